@@ -1,0 +1,49 @@
+"""Why an inbound datagram or an outbound packet was dropped, and the counters of each."""
+
+from enum import StrEnum
+
+
+class DropReason(StrEnum):
+    """Every reason the overlay drops input; `status` shows a counter for each."""
+
+    MALFORMED = "malformed"
+    """Too short, too long, unknown message type, or non-zero reserved bytes."""
+    BAD_MAC1 = "bad_mac1"
+    """A handshake message whose mac1 does not verify against our public key."""
+    COOKIE_REQUIRED = "cookie_required"
+    """Under load, a handshake message without a valid mac2: answered by a cookie reply."""
+    HANDSHAKE_FAILED = "handshake_failed"
+    """A handshake message that did not decrypt or authenticate."""
+    UNKNOWN_PEER = "unknown_peer"
+    """An initiation from a static key that is not one of our peers."""
+    REPLAYED_INITIATION = "replayed_initiation"
+    """An initiation whose TAI64N timestamp is not newer than the last one seen."""
+    HANDSHAKE_RATE = "handshake_rate"
+    """An initiation that arrived sooner after the last one than the protocol allows."""
+    UNKNOWN_INDEX = "unknown_index"
+    """A response, cookie reply or transport message for an index we do not hold."""
+    BAD_COOKIE = "bad_cookie"
+    """A cookie reply that did not decrypt."""
+    DECRYPT_FAILED = "decrypt_failed"
+    """A transport message whose authentication tag does not verify."""
+    REPLAY = "replay"
+    """A transport message whose counter was seen before or is behind the window."""
+    KEY_EXPIRED = "key_expired"
+    """A transport message for a keypair past its reject time or message count."""
+    NOT_IP = "not_ip"
+    """A decrypted payload that is not a well-formed IPv4 or IPv6 packet."""
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
+    """A decrypted packet whose source address the sending peer does not own."""
+    NO_ROUTE = "no_route"
+    """A packet from the TUN whose destination no peer's allowed IPs cover."""
+    NO_ENDPOINT = "no_endpoint"
+    """A packet for a peer whose endpoint is not known yet."""
+    QUEUE_FULL = "queue_full"
+    """A packet dropped because too many wait for the peer's handshake."""
+    SEND_FAILED = "send_failed"
+    """The UDP socket refused a datagram."""
+
+
+def new_drop_counters() -> dict[DropReason, int]:
+    """A counter for every reason, all at zero, so `status` always lists each."""
+    return dict.fromkeys(DropReason, 0)
