@@ -1,0 +1,6 @@
+"""The Linux TUN device: open it (device), configure its link over netlink (link)."""
+
+from pilotif.tun.device import TunDevice, TunError
+from pilotif.tun.link import LinkError, configure_link, delete_link, link_exists
+
+__all__ = ["LinkError", "TunDevice", "TunError", "configure_link", "delete_link", "link_exists"]
