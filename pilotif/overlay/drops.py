@@ -40,6 +40,8 @@ class DropReason(StrEnum):
     """A packet for a peer whose endpoint is not known yet."""
     QUEUE_FULL = "queue_full"
     """A packet dropped because too many wait for the peer's handshake."""
+    HANDSHAKE_GAVE_UP = "handshake_gave_up"
+    """Packets queued for a peer whose handshake never completed."""
     SEND_FAILED = "send_failed"
     """The UDP socket refused a datagram."""
 

@@ -1,0 +1,545 @@
+"""The sans-IO WireGuard device: peers, sessions, cryptokey routing and timers.
+
+Theory of operation. The device never touches a socket or a clock. It has three
+inputs, each taking `now` (seconds on the caller's monotonic clock):
+
+- `send_packet(packet, now)`: an IP packet read from the TUN;
+- `receive_datagram(data, source, now)`: a UDP payload from the network;
+- `handle_timers(now)`: called at (or after) `next_timer()`.
+
+After any input the caller drains three outputs: `outgoing` (datagrams and the
+endpoint to send each to), `to_tun` (decrypted IP packets) and `events`.
+Peer input is hostile: anything malformed, unauthenticated, replayed or not
+allowed is dropped and counted in `drops` by reason; it never raises.
+Wall time is needed only for the TAI64N timestamp of initiations:
+`wall_offset_s` turns `now` into Unix time.
+"""
+
+import os
+import struct
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Network, IPv6Network
+
+from cryptography.exceptions import InvalidTag
+
+from pilotif.overlay.allowed_ips import AllowedIPs
+from pilotif.overlay.constants import (
+    AEAD_TAG_SIZE,
+    HANDSHAKE_INITIATION_RATE_S,
+    KEEPALIVE_TIMEOUT_S,
+    MAX_STAGED_PACKETS,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+    PADDING_MULTIPLE,
+    REJECT_AFTER_TIME_S,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME_S,
+    REKEY_ATTEMPT_TIME_S,
+    REKEY_ON_RECEIVE_AGE_S,
+    REKEY_TIMEOUT_JITTER_MAX_S,
+    REKEY_TIMEOUT_S,
+    TRANSPORT_HEADER_SIZE,
+    TRANSPORT_MIN_SIZE,
+    UNDER_LOAD_HANDSHAKES_PER_S,
+    UNDER_LOAD_HOLD_S,
+)
+from pilotif.overlay.cookie import CookieChecker, CookieGenerator, source_bytes
+from pilotif.overlay.crypto import KEY_SIZE, generate_private_key, tai64n
+from pilotif.overlay.drops import DropReason, new_drop_counters
+from pilotif.overlay.events import (
+    Endpoint,
+    EndpointChanged,
+    Event,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    KeysZeroed,
+)
+from pilotif.overlay.handshake import (
+    HandshakeError,
+    InitiatorState,
+    LocalIdentity,
+    consume_initiation,
+    consume_response,
+    create_initiation,
+    create_response,
+)
+from pilotif.overlay.ippacket import packet_addresses
+from pilotif.overlay.messages import (
+    MessageError,
+    parse_cookie_reply,
+    parse_initiation,
+    parse_response,
+)
+from pilotif.overlay.peer import Keypair, Peer
+
+MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME_S / REKEY_TIMEOUT_S)
+"""Initiations sent for one handshake before we give up (whitepaper 6.4)."""
+ZERO_KEYS_AFTER_S = REJECT_AFTER_TIME_S * 3
+NO_PRESHARED_KEY = bytes(KEY_SIZE)
+_INDEX_SPACE = 2**32
+_TRANSPORT_HEADER = struct.Struct("<I I Q")
+_TRANSPORT_TYPE_WORD = MESSAGE_TRANSPORT
+_NONCE_PREFIX = bytes(4)
+_PADDING = bytes(PADDING_MULTIPLE)
+
+
+class Device:
+    """A WireGuard interface's protocol state; see the module docstring."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        mtu: int,
+        wall_offset_s: float = 0.0,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.local = LocalIdentity.from_private_key(private_key)
+        self.mtu = mtu
+        self.wall_offset_s = wall_offset_s
+        self._random_bytes = random_bytes
+        self._cookie_checker = CookieChecker(self.local, random_bytes)
+        self._peers: dict[bytes, Peer] = {}
+        self._routes: AllowedIPs[Peer] = AllowedIPs()
+        self._by_index: dict[int, tuple[Peer, Keypair | InitiatorState]] = {}
+        self._handshakes_window_start_s = 0.0
+        self._handshakes_in_window = 0
+        self._under_load_until_s = -1.0
+        self.outgoing: list[tuple[bytes, Endpoint]] = []
+        self.to_tun: list[bytes] = []
+        self.events: list[Event] = []
+        self.drops = new_drop_counters()
+
+    # -- configuration -------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes:
+        """Our static public key."""
+        return self.local.public_key
+
+    def add_peer(
+        self,
+        public_key: bytes,
+        *,
+        allowed_ips: Iterable[IPv4Network | IPv6Network] = (),
+        endpoint: Endpoint | None = None,
+        preshared_key: bytes | None = None,
+        persistent_keepalive_s: int | None = None,
+        now: float,
+    ) -> Peer:
+        """Add (or replace) a peer; raises ValueError for our own key."""
+        if public_key == self.public_key:
+            raise ValueError("a peer cannot have our own public key")
+        self.remove_peer(public_key)
+        peer = Peer(
+            public_key=public_key,
+            preshared_key=preshared_key or NO_PRESHARED_KEY,
+            allowed_ips=list(allowed_ips),
+            endpoint=endpoint,
+            persistent_keepalive_s=persistent_keepalive_s,
+            cookie_generator=CookieGenerator(public_key),
+        )
+        self._peers[public_key] = peer
+        for network in peer.allowed_ips:
+            self._routes.insert(network, peer)
+        if persistent_keepalive_s and endpoint is not None:
+            peer.timers.persistent_keepalive = now
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        """Forget a peer, its routes and all its sessions."""
+        peer = self._peers.pop(public_key, None)
+        if peer is None:
+            return
+        self._routes.remove_value(peer)
+        self._zero_keys(peer)
+
+    def peers(self) -> list[Peer]:
+        """All peers, in the order they were added."""
+        return list(self._peers.values())
+
+    def peer(self, public_key: bytes) -> Peer | None:
+        """The peer with this static key, if any."""
+        return self._peers.get(public_key)
+
+    # -- outbound ------------------------------------------------------------------
+
+    def send_packet(self, packet: bytes, now: float) -> None:
+        """Route an IP packet from the TUN to its peer, encrypting or queueing it."""
+        addresses = packet_addresses(packet)
+        if addresses is None:
+            self.drops[DropReason.NOT_IP] += 1
+            return
+        peer = self._routes.lookup(addresses[1])
+        if peer is None:
+            self.drops[DropReason.NO_ROUTE] += 1
+            return
+        if peer.endpoint is None:
+            self.drops[DropReason.NO_ENDPOINT] += 1
+            return
+        keypair = peer.current
+        if keypair is not None and keypair.can_send(now):
+            self._send_transport(peer, keypair, packet, now)
+            self._keep_key_fresh_sending(peer, keypair, now)
+            return
+        if len(peer.staged) >= MAX_STAGED_PACKETS:
+            peer.staged.popleft()
+            self.drops[DropReason.QUEUE_FULL] += 1
+        peer.staged.append(bytes(packet))
+        self._send_initiation(peer, now, is_retry=False)
+
+    def _send_transport(self, peer: Peer, keypair: Keypair, packet: bytes, now: float) -> None:
+        assert peer.endpoint is not None
+        counter = keypair.send_counter
+        keypair.send_counter = counter + 1
+        padding = -len(packet) % PADDING_MULTIPLE
+        if len(packet) + padding > self.mtu:
+            padding = max(0, self.mtu - len(packet))
+        plaintext = packet + _PADDING[:padding] if padding else packet
+        nonce = _NONCE_PREFIX + counter.to_bytes(8, "little")
+        datagram = _TRANSPORT_HEADER.pack(
+            _TRANSPORT_TYPE_WORD, keypair.remote_index, counter
+        ) + keypair.send_aead.encrypt(nonce, plaintext, None)
+        self.outgoing.append((datagram, peer.endpoint))
+        peer.tx_bytes += len(datagram)
+        timers = peer.timers
+        timers.send_keepalive = None
+        if packet:
+            if timers.new_handshake is None:
+                timers.new_handshake = now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S
+        self._arm_persistent_keepalive(peer, now)
+
+    def _send_keepalive(self, peer: Peer, now: float) -> None:
+        keypair = peer.current
+        if peer.endpoint is None:
+            return
+        if keypair is not None and keypair.can_send(now):
+            self._send_transport(peer, keypair, b"", now)
+        else:
+            self._send_initiation(peer, now, is_retry=False)
+
+    def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float) -> None:
+        if keypair.send_counter > REKEY_AFTER_MESSAGES or (
+            keypair.is_initiator and now - keypair.created_s > REKEY_AFTER_TIME_S
+        ):
+            self._send_initiation(peer, now, is_retry=False)
+
+    def _send_initiation(self, peer: Peer, now: float, *, is_retry: bool) -> None:
+        if not is_retry:
+            if peer.handshake is not None and peer.timers.retransmit_handshake is not None:
+                return
+            peer.handshake_attempts = 0
+        if (
+            peer.last_initiation_sent_s is not None
+            and not is_retry
+            and now - peer.last_initiation_sent_s < REKEY_TIMEOUT_S
+        ):
+            return
+        if peer.endpoint is None:
+            return
+        if peer.handshake is not None:
+            self._by_index.pop(peer.handshake.sender_index, None)
+        index = self._new_index()
+        message, state = create_initiation(
+            self.local,
+            peer.public_key,
+            index,
+            tai64n(now + self.wall_offset_s),
+            generate_private_key(),
+        )
+        peer.cookie_generator.add_macs(message, now)
+        peer.handshake = state
+        self._by_index[index] = (peer, state)
+        peer.last_initiation_sent_s = now
+        self._send_handshake_message(peer, bytes(message), now)
+        jitter = (
+            int.from_bytes(self._random_bytes(2), "little") / 0xFFFF * REKEY_TIMEOUT_JITTER_MAX_S
+        )
+        peer.timers.retransmit_handshake = now + REKEY_TIMEOUT_S + jitter
+
+    def _send_handshake_message(self, peer: Peer, message: bytes, now: float) -> None:
+        assert peer.endpoint is not None
+        self.outgoing.append((message, peer.endpoint))
+        peer.tx_bytes += len(message)
+        peer.timers.send_keepalive = None
+        self._arm_persistent_keepalive(peer, now)
+
+    def _arm_persistent_keepalive(self, peer: Peer, now: float) -> None:
+        if peer.persistent_keepalive_s:
+            peer.timers.persistent_keepalive = now + peer.persistent_keepalive_s
+
+    def _new_index(self) -> int:
+        while True:
+            index = int.from_bytes(self._random_bytes(4), "little") % _INDEX_SPACE
+            if index not in self._by_index:
+                return index
+
+    # -- inbound -------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
+        """Handle one UDP payload from `source`; never raises on peer input."""
+        if len(data) < TRANSPORT_MIN_SIZE:
+            self.drops[DropReason.MALFORMED] += 1
+            return
+        kind = data[0]
+        try:
+            if kind == MESSAGE_TRANSPORT:
+                self._receive_transport(data, source, now)
+            elif kind == MESSAGE_INITIATION:
+                self._receive_initiation(data, source, now)
+            elif kind == MESSAGE_RESPONSE:
+                self._receive_response(data, source, now)
+            elif kind == MESSAGE_COOKIE_REPLY:
+                self._receive_cookie_reply(data, now)
+            else:
+                self.drops[DropReason.MALFORMED] += 1
+        except MessageError as error:
+            self.drops[error.reason] += 1
+        except HandshakeError as error:
+            self.drops[error.reason] += 1
+
+    def _receive_transport(self, data: bytes, source: Endpoint, now: float) -> None:
+        type_word, index, counter = _TRANSPORT_HEADER.unpack_from(data)
+        if type_word != _TRANSPORT_TYPE_WORD:
+            self.drops[DropReason.MALFORMED] += 1
+            return
+        entry = self._by_index.get(index)
+        if entry is None or not isinstance(entry[1], Keypair):
+            self.drops[DropReason.UNKNOWN_INDEX] += 1
+            return
+        peer, keypair = entry
+        if not keypair.can_receive(now):
+            self.drops[DropReason.KEY_EXPIRED] += 1
+            return
+        if not keypair.replay.check(counter):
+            self.drops[DropReason.REPLAY] += 1
+            return
+        nonce = _NONCE_PREFIX + counter.to_bytes(8, "little")
+        try:
+            plaintext = keypair.receive_aead.decrypt(
+                nonce, memoryview(data)[TRANSPORT_HEADER_SIZE:], None
+            )
+        except InvalidTag:
+            self.drops[DropReason.DECRYPT_FAILED] += 1
+            return
+        if not keypair.replay.update(counter):
+            self.drops[DropReason.REPLAY] += 1
+            return
+        peer.rx_bytes += len(data)
+        self._update_endpoint(peer, source)
+        if keypair is peer.next:
+            self._forget_keypair(peer.previous)
+            peer.previous = peer.current
+            peer.current = keypair
+            peer.next = None
+            self._handshake_complete(peer, now, initiator=False)
+            self._send_staged(peer, now)
+        timers = peer.timers
+        timers.new_handshake = None
+        self._arm_persistent_keepalive(peer, now)
+        if (
+            keypair is peer.current
+            and keypair.is_initiator
+            and now - keypair.created_s > REKEY_ON_RECEIVE_AGE_S
+        ):
+            self._send_initiation(peer, now, is_retry=False)
+        if not plaintext:
+            return
+        if timers.send_keepalive is None:
+            timers.send_keepalive = now + KEEPALIVE_TIMEOUT_S
+        addresses = packet_addresses(plaintext)
+        if addresses is None:
+            self.drops[DropReason.NOT_IP] += 1
+            return
+        if self._routes.lookup(addresses[0]) is not peer:
+            self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
+            return
+        length = addresses[2]
+        self.to_tun.append(plaintext if length == len(plaintext) else plaintext[:length])
+
+    def _under_load(self, now: float) -> bool:
+        if now - self._handshakes_window_start_s >= 1.0:
+            self._handshakes_window_start_s = now
+            self._handshakes_in_window = 0
+        self._handshakes_in_window += 1
+        if self._handshakes_in_window > UNDER_LOAD_HANDSHAKES_PER_S:
+            self._under_load_until_s = now + UNDER_LOAD_HOLD_S
+        return now < self._under_load_until_s
+
+    def _check_handshake_macs(
+        self, data: bytes, sender_index: int, source: Endpoint, now: float
+    ) -> bool:
+        """mac1, and mac2 when under load; answers a cookie reply when mac2 is missing."""
+        if not self._cookie_checker.check_mac1(data):
+            self.drops[DropReason.BAD_MAC1] += 1
+            return False
+        if self._under_load(now):
+            source_key = source_bytes(*source)
+            if not self._cookie_checker.check_mac2(data, source_key, now):
+                reply = self._cookie_checker.create_reply(data, sender_index, source_key, now)
+                self.outgoing.append((reply, source))
+                self.drops[DropReason.COOKIE_REQUIRED] += 1
+                return False
+        return True
+
+    def _receive_initiation(self, data: bytes, source: Endpoint, now: float) -> None:
+        message = parse_initiation(data)
+        if not self._check_handshake_macs(data, message.sender, source, now):
+            return
+        state = consume_initiation(self.local, data)
+        peer = self._peers.get(state.remote_static)
+        if peer is None:
+            self.drops[DropReason.UNKNOWN_PEER] += 1
+            return
+        if state.timestamp <= peer.greatest_timestamp:
+            self.drops[DropReason.REPLAYED_INITIATION] += 1
+            return
+        if (
+            peer.last_initiation_received_s is not None
+            and now - peer.last_initiation_received_s < HANDSHAKE_INITIATION_RATE_S
+        ):
+            self.drops[DropReason.HANDSHAKE_RATE] += 1
+            return
+        peer.greatest_timestamp = state.timestamp
+        peer.last_initiation_received_s = now
+        peer.rx_bytes += len(data)
+        self._update_endpoint(peer, source)
+        index = self._new_index()
+        response, keys = create_response(
+            self.local, state, peer.preshared_key, index, generate_private_key()
+        )
+        peer.cookie_generator.add_macs(response, now)
+        keypair = Keypair(keys, now)
+        if peer.next is not None:
+            self._forget_keypair(peer.next)
+        self._forget_keypair(peer.previous)
+        peer.previous = None
+        peer.next = keypair
+        self._by_index[index] = (peer, keypair)
+        peer.timers.new_handshake = None
+        peer.timers.zero_key_material = now + ZERO_KEYS_AFTER_S
+        self._send_handshake_message(peer, bytes(response), now)
+
+    def _receive_response(self, data: bytes, source: Endpoint, now: float) -> None:
+        message = parse_response(data)
+        if not self._check_handshake_macs(data, message.sender, source, now):
+            return
+        entry = self._by_index.get(message.receiver)
+        if entry is None or not isinstance(entry[1], InitiatorState):
+            self.drops[DropReason.UNKNOWN_INDEX] += 1
+            return
+        peer, state = entry
+        keys = consume_response(self.local, state, peer.preshared_key, data)
+        del self._by_index[message.receiver]
+        peer.handshake = None
+        peer.rx_bytes += len(data)
+        self._update_endpoint(peer, source)
+        keypair = Keypair(keys, now)
+        self._by_index[keys.local_index] = (peer, keypair)
+        self._forget_keypair(peer.previous)
+        if peer.next is not None:
+            peer.previous = peer.next
+            self._forget_keypair(peer.current)
+            peer.next = None
+        else:
+            peer.previous = peer.current
+        peer.current = keypair
+        peer.timers.new_handshake = None
+        peer.timers.zero_key_material = now + ZERO_KEYS_AFTER_S
+        self._arm_persistent_keepalive(peer, now)
+        self._handshake_complete(peer, now, initiator=True)
+        if not self._send_staged(peer, now):
+            self._send_keepalive(peer, now)
+
+    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+        message = parse_cookie_reply(data)
+        entry = self._by_index.get(message.receiver)
+        if entry is None:
+            self.drops[DropReason.UNKNOWN_INDEX] += 1
+            return
+        peer = entry[0]
+        if not peer.cookie_generator.consume_reply(data, now):
+            self.drops[DropReason.BAD_COOKIE] += 1
+
+    # -- session bookkeeping -------------------------------------------------------
+
+    def _update_endpoint(self, peer: Peer, source: Endpoint) -> None:
+        if peer.endpoint != source:
+            peer.endpoint = source
+            self.events.append(EndpointChanged(peer.public_key, source))
+
+    def _handshake_complete(self, peer: Peer, now: float, *, initiator: bool) -> None:
+        peer.timers.retransmit_handshake = None
+        peer.handshake_attempts = 0
+        peer.last_handshake_s = now
+        self.events.append(HandshakeCompleted(peer.public_key, initiator))
+
+    def _send_staged(self, peer: Peer, now: float) -> bool:
+        """Send the packets queued during the handshake; True if there were any."""
+        keypair = peer.current
+        if not peer.staged or keypair is None or peer.endpoint is None:
+            return False
+        while peer.staged:
+            self._send_transport(peer, keypair, peer.staged.popleft(), now)
+        return True
+
+    def _forget_keypair(self, keypair: Keypair | None) -> None:
+        """Drop a keypair's index so that nothing is accepted for it any more."""
+        if keypair is None:
+            return
+        entry = self._by_index.get(keypair.local_index)
+        if entry is not None and entry[1] is keypair:
+            del self._by_index[keypair.local_index]
+
+    def _zero_keys(self, peer: Peer) -> None:
+        for keypair in peer.keypairs():
+            self._forget_keypair(keypair)
+        if peer.handshake is not None:
+            self._by_index.pop(peer.handshake.sender_index, None)
+        peer.current = peer.previous = peer.next = None
+        peer.handshake = None
+        peer.timers.retransmit_handshake = None
+
+    # -- timers --------------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        """The earliest deadline of any peer's timer, or None when all are idle."""
+        deadlines = [t for p in self._peers.values() if (t := p.timers.earliest()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timers(self, now: float) -> None:
+        """Fire every timer whose deadline has passed."""
+        for peer in list(self._peers.values()):
+            timers = peer.timers
+            if timers.retransmit_handshake is not None and timers.retransmit_handshake <= now:
+                timers.retransmit_handshake = None
+                self._retransmit_handshake(peer, now)
+            if timers.send_keepalive is not None and timers.send_keepalive <= now:
+                timers.send_keepalive = None
+                self._send_keepalive(peer, now)
+            if timers.new_handshake is not None and timers.new_handshake <= now:
+                timers.new_handshake = None
+                self._send_initiation(peer, now, is_retry=False)
+            if timers.zero_key_material is not None and timers.zero_key_material <= now:
+                timers.zero_key_material = None
+                self._zero_keys(peer)
+                self.events.append(KeysZeroed(peer.public_key))
+            if timers.persistent_keepalive is not None and timers.persistent_keepalive <= now:
+                timers.persistent_keepalive = None
+                self._send_keepalive(peer, now)
+
+    def _retransmit_handshake(self, peer: Peer, now: float) -> None:
+        peer.handshake_attempts += 1
+        if peer.handshake_attempts >= MAX_HANDSHAKE_ATTEMPTS:
+            if peer.handshake is not None:
+                self._by_index.pop(peer.handshake.sender_index, None)
+                peer.handshake = None
+            self.drops[DropReason.HANDSHAKE_GAVE_UP] += len(peer.staged)
+            peer.staged.clear()
+            if peer.timers.zero_key_material is None:
+                peer.timers.zero_key_material = now + ZERO_KEYS_AFTER_S
+            self.events.append(HandshakeGaveUp(peer.public_key))
+            return
+        self._send_initiation(peer, now, is_retry=True)

@@ -1,0 +1,40 @@
+"""Where a daemon keeps its files: everything lives under one state directory.
+
+Two daemons with different state directories never share a file, so several can
+run on one machine (one per network namespace).
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_STATE_DIR = Path("/var/lib/pilotif")
+STATE_DIR_ENV = "PILOTIF_STATE_DIR"
+_STATE_DIR_MODE = 0o700
+
+
+@dataclass(frozen=True)
+class StatePaths:
+    """The files of one daemon."""
+
+    root: Path
+
+    @property
+    def pid_file(self) -> Path:
+        """Holds the daemon's process id while it runs."""
+        return self.root / "pilotif.pid"
+
+    @property
+    def log_file(self) -> Path:
+        """The daemon's log, one line per event."""
+        return self.root / "pilotif.log"
+
+    @property
+    def control_socket(self) -> Path:
+        """The Unix socket the CLI talks to; only root can open it."""
+        return self.root / "pilotif.sock"
+
+    def create(self) -> None:
+        """Make the directory, readable by its owner only."""
+        self.root.mkdir(mode=_STATE_DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(self.root, _STATE_DIR_MODE)
