@@ -1,0 +1,5 @@
+"""`python -m pilotif` runs the CLI."""
+
+from pilotif.cli import main
+
+main()
