@@ -132,7 +132,9 @@ def _run_foreground(config_path: Path, interface: str, paths: StatePaths, log_fo
         raise CliError(str(error), "startup_failed") from None
 
 
-def _start_background(config_path: Path, interface: str, paths: StatePaths, log_format: str) -> None:
+def _start_background(
+    config_path: Path, interface: str, paths: StatePaths, log_format: str
+) -> None:
     read_end, write_end = os.pipe()
     command = [
         sys.executable,
@@ -168,8 +170,7 @@ def _start_background(config_path: Path, interface: str, paths: StatePaths, log_
     if process.poll() is None and not message:
         process.terminate()
     raise CliError(
-        message.removeprefix("error: ")
-        or f"the daemon did not start; see {paths.log_file}",
+        message.removeprefix("error: ") or f"the daemon did not start; see {paths.log_file}",
         "startup_failed",
     )
 
@@ -286,7 +287,7 @@ def main() -> None:
     """Entry point: run the CLI; print every error as one line."""
     as_json = "--json" in sys.argv[1:]
     try:
-        code = cli.main(standalone_mode=False)
+        code = cli.main(prog_name="pilotif", standalone_mode=False)
     except click.exceptions.Abort:
         sys.exit(130)
     except click.ClickException as error:
