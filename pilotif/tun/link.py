@@ -16,8 +16,8 @@ from typing import Final
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-# IPv6 refuses links whose MTU is below this (RFC 8200 section 5).
-IPV6_MIN_MTU: Final = 1280
+from pilotif.config import IPV6_MIN_MTU
+
 # Address flag: use the IPv6 address at once, without duplicate address detection.
 _IFA_F_NODAD: Final = 0x02
 _RT_SCOPE_UNIVERSE: Final = 0
