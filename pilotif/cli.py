@@ -1,6 +1,5 @@
 """`pilotif ...`: the command line. Every error is one line that says what to do next."""
 
-import asyncio
 import contextlib
 import json
 import os
@@ -123,7 +122,7 @@ def _run_foreground(config_path: Path, interface: str, paths: StatePaths, log_fo
     ready_fd = int(os.environ.pop(READY_FD_ENV)) if READY_FD_ENV in os.environ else None
     config = load_config(config_path)
     try:
-        asyncio.run(Daemon(config, interface, paths).run(ready_fd))
+        Daemon(config, interface, paths).run(ready_fd)
     except StartupError as error:
         log_event("startup_failed", error=str(error))
         if ready_fd is not None:

@@ -107,17 +107,28 @@ class Daemon:
             self._udp.close()
             self._udp = None
 
-    async def run(self, ready_fd: int | None = None) -> None:
-        """Run until SIGTERM, SIGINT or a `down` request; report readiness on `ready_fd`."""
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stopping = asyncio.Event()
+    def run(self, ready_fd: int | None = None) -> None:
+        """Run until SIGTERM, SIGINT or a `down` request; report readiness on `ready_fd`.
+
+        The link is set up and torn down outside the event loop: pyroute2's
+        synchronous API runs an event loop of its own.
+        """
         try:
             self._open()
         except Exception as error:
             message = str(error) or type(error).__name__
             raise StartupError(message) from error
+        try:
+            asyncio.run(self._serve(ready_fd))
+        finally:
+            self._close()
+            log_event("interface_down", interface=self.interface)
+
+    async def _serve(self, ready_fd: int | None) -> None:
         assert self._tun is not None and self._udp is not None
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
         server = await serve_control(self.paths.control_socket, self._handle_request)
         self.paths.pid_file.write_text(f"{os.getpid()}\n")
         try:
@@ -146,12 +157,10 @@ class Daemon:
                 self._timer.cancel()
             for fd in [self._tun.fileno()] + [s.fileno() for s in self._udp.sockets()]:
                 loop.remove_reader(fd)
-            self._close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.control_socket.unlink()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.pid_file.unlink()
-            log_event("interface_down", interface=self.interface)
 
     # -- data path -----------------------------------------------------------------
 

@@ -305,11 +305,10 @@ class Device:
         if type_word != _TRANSPORT_TYPE_WORD:
             self.drops[DropReason.MALFORMED] += 1
             return
-        entry = self._by_index.get(index)
-        if entry is None or not isinstance(entry[1], Keypair):
+        peer, keypair = self._by_index.get(index, (None, None))
+        if peer is None or not isinstance(keypair, Keypair):
             self.drops[DropReason.UNKNOWN_INDEX] += 1
             return
-        peer, keypair = entry
         if not keypair.can_receive(now):
             self.drops[DropReason.KEY_EXPIRED] += 1
             return
@@ -426,11 +425,10 @@ class Device:
         message = parse_response(data)
         if not self._check_handshake_macs(data, message.sender, source, now):
             return
-        entry = self._by_index.get(message.receiver)
-        if entry is None or not isinstance(entry[1], InitiatorState):
+        peer, state = self._by_index.get(message.receiver, (None, None))
+        if peer is None or not isinstance(state, InitiatorState):
             self.drops[DropReason.UNKNOWN_INDEX] += 1
             return
-        peer, state = entry
         keys = consume_response(self.local, state, peer.preshared_key, data)
         del self._by_index[message.receiver]
         peer.handshake = None
