@@ -1,0 +1,80 @@
+"""The replay window accepts each counter once, within the window, below the reject limit."""
+
+import pytest
+
+from pilotif.overlay.constants import REJECT_AFTER_MESSAGES
+from pilotif.overlay.replay import WINDOW_SIZE, ReplayWindow
+
+
+@pytest.fixture
+def window() -> ReplayWindow:
+    return ReplayWindow()
+
+
+def test_counters_in_order_are_accepted(window: ReplayWindow) -> None:
+    for counter in range(3 * WINDOW_SIZE):
+        assert window.check(counter)
+        assert window.update(counter)
+
+
+def test_a_duplicate_is_a_replay(window: ReplayWindow) -> None:
+    assert window.update(0)
+    assert not window.check(0)
+    assert not window.update(0)
+    assert window.update(5)
+    assert not window.update(5)
+
+
+def test_out_of_order_inside_the_window_is_accepted_once(window: ReplayWindow) -> None:
+    newest = 10_000
+    assert window.update(newest)
+    for counter in (newest - 1, newest - WINDOW_SIZE, 5000, newest - 64):
+        assert window.check(counter)
+        assert window.update(counter)
+        assert not window.update(counter)
+    assert window.update(newest + 1)
+
+
+def test_too_old_is_refused(window: ReplayWindow) -> None:
+    newest = 5 * WINDOW_SIZE
+    assert window.update(newest)
+    assert not window.check(newest - WINDOW_SIZE - 1)
+    assert not window.update(newest - WINDOW_SIZE - 1)
+    assert not window.update(0)
+
+
+def test_check_does_not_mark(window: ReplayWindow) -> None:
+    assert window.check(7)
+    assert window.check(7)
+    assert window.update(7)
+
+
+def test_a_far_jump_forgets_the_old_window(window: ReplayWindow) -> None:
+    for counter in range(200):
+        window.update(counter)
+    far = 10**12
+    assert window.update(far)
+    assert not window.update(far)
+    assert not window.update(199), "now far behind the window"
+    # Counters just below the jump were never seen, even though their ring words
+    # held old bits before the jump.
+    for counter in range(far - WINDOW_SIZE, far, 61):
+        assert window.update(counter)
+
+
+def test_a_jump_of_less_than_the_ring_clears_only_the_passed_words(window: ReplayWindow) -> None:
+    for counter in range(0, 640, 3):
+        window.update(counter)
+    newest = 640 + WINDOW_SIZE // 2
+    assert window.update(newest)
+    assert not window.update(639), "still inside the window and seen"
+    assert window.update(641)
+    assert window.update(newest - 1)
+
+
+def test_the_reject_limit(window: ReplayWindow) -> None:
+    last_valid = REJECT_AFTER_MESSAGES - 1
+    assert window.update(last_valid)
+    assert not window.check(REJECT_AFTER_MESSAGES)
+    assert not window.update(REJECT_AFTER_MESSAGES)
+    assert not window.update(2**64 - 1)
