@@ -1,0 +1,136 @@
+"""wireguard-go as the reference WireGuard peer of the lab.
+
+It runs in the foreground (`wireguard-go -f`, so the lab owns its PID) inside a namespace
+and is configured with `wg set` and `ip`. Its UAPI socket lives in the shared
+/var/run/wireguard, so every instance on the machine needs its own interface name.
+"""
+
+import time
+from pathlib import Path
+from subprocess import Popen
+
+from pilotif.lab.config import TunnelConfig
+from pilotif.lab.netns import LabError, Namespace
+from pilotif.lab.node import PeerStats
+
+UAPI_DIR = Path("/var/run/wireguard")
+START_TIMEOUT_S = 5.0
+_POLL_INTERVAL_S = 0.05
+_KEY_FILE_MODE = 0o600
+_DUMP_PEER_FIELDS = 8
+_NO_ENDPOINT = "(none)"
+
+
+class WireguardGoNode:
+    """A wireguard-go process and its interface in one namespace."""
+
+    def __init__(
+        self,
+        namespace: Namespace,
+        interface: str,
+        config: TunnelConfig,
+        workdir: Path,
+        log_level: str = "error",
+    ) -> None:
+        self._namespace = namespace
+        self._interface = interface
+        self._config = config
+        self._workdir = workdir
+        self._log_level = log_level
+        self._process: Popen[bytes] | None = None
+
+    @property
+    def interface(self) -> str:
+        """The name of its TUN interface."""
+        return self._interface
+
+    @property
+    def config(self) -> TunnelConfig:
+        """What it was configured with."""
+        return self._config
+
+    @property
+    def log_path(self) -> Path:
+        """wireguard-go's own output."""
+        return self._workdir / f"wireguard-go-{self._interface}.log"
+
+    def start(self) -> None:
+        """Start wireguard-go, wait for its UAPI socket, set keys, peers and addresses."""
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        socket_path = UAPI_DIR / f"{self._interface}.sock"
+        if socket_path.exists():
+            raise LabError(f"{socket_path} exists: another wireguard-go uses {self._interface}")
+        self._process = self._namespace.spawn(
+            "wireguard-go",
+            "-f",
+            self._interface,
+            log_path=self.log_path,
+            env={"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": self._log_level},
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not socket_path.exists():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise LabError(
+                    f"wireguard-go {self._interface} did not start: {self.log_path.read_text()}"
+                )
+            time.sleep(_POLL_INTERVAL_S)
+        self._namespace.run("wg", "set", self._interface, *self._wg_set_args())
+        self._namespace.run("ip", "link", "set", self._interface, "mtu", str(self._config.mtu))
+        for address in self._config.addresses:
+            self._namespace.run("ip", "address", "add", address, "dev", self._interface)
+        self._namespace.run("ip", "link", "set", self._interface, "up")
+
+    def _key_file(self, name: str, key: str) -> str:
+        path = self._workdir / f"{self._interface}-{name}.key"
+        path.touch(mode=_KEY_FILE_MODE)
+        path.write_text(key + "\n")
+        return str(path)
+
+    def _wg_set_args(self) -> list[str]:
+        config = self._config
+        args = [
+            "private-key",
+            self._key_file("private", config.private_key),
+            "listen-port",
+            str(config.listen_port),
+        ]
+        for number, peer in enumerate(config.peers):
+            args += ["peer", peer.public_key]
+            if peer.preshared_key is not None:
+                args += ["preshared-key", self._key_file(f"psk{number}", peer.preshared_key)]
+            args += ["allowed-ips", ",".join(peer.allowed_ips)]
+            if peer.endpoint is not None:
+                args += ["endpoint", peer.endpoint]
+            if peer.persistent_keepalive_s is not None:
+                args += ["persistent-keepalive", str(peer.persistent_keepalive_s)]
+        return args
+
+    def stop(self) -> None:
+        """Stop wireguard-go; its interface and UAPI socket go with it."""
+        if self._process is not None:
+            self._namespace.stop(self._process)
+            self._process = None
+
+    def running(self) -> bool:
+        """Whether the wireguard-go process is still alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def peers(self) -> list[PeerStats]:
+        """Every peer as `wg show IFNAME dump` reports it."""
+        dump = self._namespace.run("wg", "show", self._interface, "dump").stdout
+        stats = []
+        for line in dump.splitlines()[1:]:
+            fields = line.split("\t")
+            if len(fields) != _DUMP_PEER_FIELDS:
+                raise LabError(f"unexpected `wg show dump` line: {line!r}")
+            key, _psk, endpoint, _allowed, handshake, rx, tx, _keepalive = fields
+            stats.append(
+                PeerStats(
+                    public_key=key,
+                    endpoint=None if endpoint == _NO_ENDPOINT else endpoint,
+                    latest_handshake=float(handshake) if int(handshake) else None,
+                    rx_bytes=int(rx),
+                    tx_bytes=int(tx),
+                )
+            )
+        return stats
