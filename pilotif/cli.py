@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pilotif.config import ConfigError, load_config
+from pilotif.config import ConfigError, InterfaceConfig, load_config
 from pilotif.control import ControlError, request
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
@@ -110,17 +110,18 @@ def up(
     except OSError as error:
         raise CliError(f"cannot create state dir {paths.root}: {error.strerror}") from None
     if foreground:
-        _run_foreground(config_path, name, paths, log_format)
+        _run_foreground(config, name, paths, log_format)
     else:
         _start_background(config_path.absolute(), name, paths, log_format)
 
 
-def _run_foreground(config_path: Path, interface: str, paths: StatePaths, log_format: str) -> None:
+def _run_foreground(
+    config: InterfaceConfig, interface: str, paths: StatePaths, log_format: str
+) -> None:
     from pilotif.daemon import Daemon, StartupError
 
     setup_logging(as_json=log_format == "json")
     ready_fd = int(os.environ.pop(READY_FD_ENV)) if READY_FD_ENV in os.environ else None
-    config = load_config(config_path)
     try:
         Daemon(config, interface, paths).run(ready_fd)
     except StartupError as error:

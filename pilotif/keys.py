@@ -23,5 +23,7 @@ def decode_key(text: str) -> bytes:
     except binascii.Error:
         raise InvalidKeyError("a key must be base64 (44 characters ending in '=')") from None
     if len(raw) != KEY_SIZE or len(stripped) != 44:
-        raise InvalidKeyError(f"a key must be 32 bytes of base64 (44 characters), got {len(stripped)}")
+        raise InvalidKeyError(
+            f"a key must be 32 bytes of base64 (44 characters), got {len(stripped)}"
+        )
     return raw

@@ -16,7 +16,6 @@ Wall time is needed only for the TAI64N timestamp of initiations:
 """
 
 import os
-import struct
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Network, IPv6Network
 
@@ -24,7 +23,6 @@ from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
 from pilotif.overlay.constants import (
-    AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
     KEEPALIVE_TIMEOUT_S,
     MAX_STAGED_PACKETS,
@@ -67,6 +65,7 @@ from pilotif.overlay.handshake import (
 )
 from pilotif.overlay.ippacket import packet_addresses
 from pilotif.overlay.messages import (
+    TRANSPORT_HEADER,
     MessageError,
     parse_cookie_reply,
     parse_initiation,
@@ -79,8 +78,6 @@ MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME_S / REKEY_TIMEOUT_S)
 ZERO_KEYS_AFTER_S = REJECT_AFTER_TIME_S * 3
 NO_PRESHARED_KEY = bytes(KEY_SIZE)
 _INDEX_SPACE = 2**32
-_TRANSPORT_HEADER = struct.Struct("<I I Q")
-_TRANSPORT_TYPE_WORD = MESSAGE_TRANSPORT
 _NONCE_PREFIX = bytes(4)
 _PADDING = bytes(PADDING_MULTIPLE)
 
@@ -199,16 +196,15 @@ class Device:
             padding = max(0, self.mtu - len(packet))
         plaintext = packet + _PADDING[:padding] if padding else packet
         nonce = _NONCE_PREFIX + counter.to_bytes(8, "little")
-        datagram = _TRANSPORT_HEADER.pack(
-            _TRANSPORT_TYPE_WORD, keypair.remote_index, counter
+        datagram = TRANSPORT_HEADER.pack(
+            MESSAGE_TRANSPORT, keypair.remote_index, counter
         ) + keypair.send_aead.encrypt(nonce, plaintext, None)
         self.outgoing.append((datagram, peer.endpoint))
         peer.tx_bytes += len(datagram)
         timers = peer.timers
         timers.send_keepalive = None
-        if packet:
-            if timers.new_handshake is None:
-                timers.new_handshake = now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S
+        if packet and timers.new_handshake is None:
+            timers.new_handshake = now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S
         self._arm_persistent_keepalive(peer, now)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
@@ -301,8 +297,8 @@ class Device:
             self.drops[error.reason] += 1
 
     def _receive_transport(self, data: bytes, source: Endpoint, now: float) -> None:
-        type_word, index, counter = _TRANSPORT_HEADER.unpack_from(data)
-        if type_word != _TRANSPORT_TYPE_WORD:
+        type_word, index, counter = TRANSPORT_HEADER.unpack_from(data)
+        if type_word != MESSAGE_TRANSPORT:
             self.drops[DropReason.MALFORMED] += 1
             return
         peer, keypair = self._by_index.get(index, (None, None))
@@ -387,7 +383,7 @@ class Device:
         message = parse_initiation(data)
         if not self._check_handshake_macs(data, message.sender, source, now):
             return
-        state = consume_initiation(self.local, data)
+        state = consume_initiation(self.local, message)
         peer = self._peers.get(state.remote_static)
         if peer is None:
             self.drops[DropReason.UNKNOWN_PEER] += 1
@@ -429,7 +425,7 @@ class Device:
         if peer is None or not isinstance(state, InitiatorState):
             self.drops[DropReason.UNKNOWN_INDEX] += 1
             return
-        keys = consume_response(self.local, state, peer.preshared_key, data)
+        keys = consume_response(self.local, state, peer.preshared_key, message)
         del self._by_index[message.receiver]
         peer.handshake = None
         peer.rx_bytes += len(data)

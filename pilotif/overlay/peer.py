@@ -55,8 +55,7 @@ class Keypair:
     def can_send(self, now: float) -> bool:
         """Still inside the reject limits of time and message count."""
         return (
-            now - self.created_s < REJECT_AFTER_TIME_S
-            and self.send_counter < REJECT_AFTER_MESSAGES
+            now - self.created_s < REJECT_AFTER_TIME_S and self.send_counter < REJECT_AFTER_MESSAGES
         )
 
     def can_receive(self, now: float) -> bool:
