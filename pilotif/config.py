@@ -28,7 +28,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Final, TypeVar
 
-from pilotif.keys import InvalidKeyError, decode_key
+from pilotif.keys import decode_key
 from pilotif.overlay.crypto import public_key
 
 MIN_MTU: Final = 576
@@ -354,7 +354,7 @@ def _apply(
 def _key(name: str, value: str, *, hint: str) -> bytes:
     try:
         return decode_key(value)
-    except InvalidKeyError as exc:
+    except ValueError as exc:  # InvalidKeyError, or base64's own for non-ASCII text
         raise _Invalid(f"bad {name}: {exc}; {hint}") from None
 
 
@@ -373,9 +373,9 @@ def _address(text: str) -> IPv4Interface | IPv6Interface:
             f"bad Address {text!r}; write an IP address with its prefix length,"
             " like 100.64.0.1/24 or fd7a:115c:a1e0::1/64"
         ) from None
-    ip = address.ip
-    if isinstance(ip, ipaddress.IPv6Address) and ip.scope_id:
+    if isinstance(address, IPv6Interface) and address.scope_id:
         raise _Invalid(f"Address {text!r} has a scope (%); remove it")
+    ip = address.ip
     if ip.is_unspecified or ip.is_multicast or ip.is_loopback:
         raise _Invalid(f"Address {text!r} cannot be an interface address; use a unicast address")
     return address
