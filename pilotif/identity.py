@@ -1,0 +1,63 @@
+"""Identities: key files kept atomically with mode 0600, the IPv6 address derived from a
+key, and the rules for hostnames."""
+
+import ipaddress
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from pilotif.keys import decode_key, encode_key
+from pilotif.overlay.crypto import generate_private_key, hash_
+
+IPV6_PREFIX = ipaddress.IPv6Network("fd50:696c:6f74::/48")
+_IPV6_LABEL = b"pilotif ipv6"
+_IPV6_SUFFIX_BYTES = 10
+_KEY_FILE_MODE = 0o600
+_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class HostnameError(ValueError):
+    """A hostname that is not a DNS label."""
+
+
+def ipv6_for_key(public_key: bytes) -> ipaddress.IPv6Address:
+    """The node's IPv6 address: the pilotif ULA /48 and 80 bits of a hash of its key."""
+    suffix = hash_(_IPV6_LABEL, public_key)[:_IPV6_SUFFIX_BYTES]
+    return ipaddress.IPv6Address(IPV6_PREFIX.network_address.packed[:6] + suffix)
+
+
+def normalize_hostname(name: str) -> str:
+    """The lower-cased hostname, or HostnameError saying what a valid one looks like."""
+    lowered = name.strip().lower()
+    if not _HOSTNAME.match(lowered):
+        raise HostnameError(
+            f"invalid hostname {name!r}: use 1-63 letters, digits and '-', "
+            "not starting or ending with '-'"
+        )
+    return lowered
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (temp file + rename), readable by the owner only."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, _KEY_FILE_MODE)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """The private key stored at `path`, created there on first use."""
+    if path.exists():
+        return decode_key(path.read_text())
+    key = generate_private_key()
+    write_private_file(path, encode_key(key) + "\n")
+    return key
