@@ -20,7 +20,7 @@ def decode_key(text: str) -> bytes:
     stripped = text.strip()
     try:
         raw = base64.b64decode(stripped, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):
         raise InvalidKeyError("a key must be base64 (44 characters ending in '=')") from None
     if len(raw) != KEY_SIZE or len(stripped) != 44:
         raise InvalidKeyError(
