@@ -161,6 +161,31 @@ class Device:
         """The peer with this static key, if any."""
         return self._peers.get(public_key)
 
+    def set_endpoint(self, public_key: bytes, endpoint: Endpoint) -> None:
+        """Send to `endpoint` from now on (until an authenticated packet roams it)."""
+        peer = self._peers.get(public_key)
+        if peer is not None:
+            peer.endpoint = endpoint
+            peer.unanswered_since_s = None
+
+    def initiate_handshake(self, public_key: bytes, now: float) -> None:
+        """Start a handshake with a peer unless one is in flight or a session is fresh."""
+        peer = self._peers.get(public_key)
+        if peer is None:
+            return
+        keypair = peer.current
+        if keypair is None or not keypair.can_send(now):
+            self._send_initiation(peer, now, is_retry=False)
+
+    def send_keepalive_to(self, public_key: bytes, endpoint: Endpoint, now: float) -> bool:
+        """Probe a candidate path: an authenticated keepalive to `endpoint`, leaving the
+        peer's endpoint as it is. False when there is no session to send it with."""
+        peer = self._peers.get(public_key)
+        if peer is None or peer.current is None or not peer.current.can_send(now):
+            return False
+        self._send_transport(peer, peer.current, b"", now, endpoint)
+        return True
+
     # -- outbound ------------------------------------------------------------------
 
     def send_packet(self, packet: bytes, now: float) -> None:
@@ -187,8 +212,16 @@ class Device:
         peer.staged.append(bytes(packet))
         self._send_initiation(peer, now, is_retry=False)
 
-    def _send_transport(self, peer: Peer, keypair: Keypair, packet: bytes, now: float) -> None:
-        assert peer.endpoint is not None
+    def _send_transport(
+        self,
+        peer: Peer,
+        keypair: Keypair,
+        packet: bytes,
+        now: float,
+        endpoint: Endpoint | None = None,
+    ) -> None:
+        destination = endpoint or peer.endpoint
+        assert destination is not None
         counter = keypair.send_counter
         keypair.send_counter = counter + 1
         padding = -len(packet) % PADDING_MULTIPLE
@@ -199,8 +232,10 @@ class Device:
         datagram = TRANSPORT_HEADER.pack(
             MESSAGE_TRANSPORT, keypair.remote_index, counter
         ) + keypair.send_aead.encrypt(nonce, plaintext, None)
-        self.outgoing.append((datagram, peer.endpoint))
+        self.outgoing.append((datagram, destination))
         peer.tx_bytes += len(datagram)
+        if peer.unanswered_since_s is None:
+            peer.unanswered_since_s = now
         timers = peer.timers
         timers.send_keepalive = None
         if packet and timers.new_handshake is None:
@@ -323,7 +358,7 @@ class Device:
             self.drops[DropReason.REPLAY] += 1
             return
         peer.rx_bytes += len(data)
-        self._update_endpoint(peer, source)
+        self._authenticated_from(peer, source, now)
         if keypair is peer.next:
             self._forget_keypair(peer.previous)
             peer.previous = peer.current
@@ -400,7 +435,7 @@ class Device:
         peer.greatest_timestamp = state.timestamp
         peer.last_initiation_received_s = now
         peer.rx_bytes += len(data)
-        self._update_endpoint(peer, source)
+        self._authenticated_from(peer, source, now)
         index = self._new_index()
         response, keys = create_response(
             self.local, state, peer.preshared_key, index, generate_private_key()
@@ -429,7 +464,7 @@ class Device:
         del self._by_index[message.receiver]
         peer.handshake = None
         peer.rx_bytes += len(data)
-        self._update_endpoint(peer, source)
+        self._authenticated_from(peer, source, now)
         keypair = Keypair(keys, now)
         self._by_index[keys.local_index] = (peer, keypair)
         self._forget_keypair(peer.previous)
@@ -459,7 +494,10 @@ class Device:
 
     # -- session bookkeeping -------------------------------------------------------
 
-    def _update_endpoint(self, peer: Peer, source: Endpoint) -> None:
+    def _authenticated_from(self, peer: Peer, source: Endpoint, now: float) -> None:
+        """An authenticated packet arrived: the endpoint roams to its source."""
+        peer.last_received_s = now
+        peer.unanswered_since_s = None
         if peer.endpoint != source:
             peer.endpoint = source
             self.events.append(EndpointChanged(peer.public_key, source))

@@ -109,6 +109,10 @@ class Peer:
     greatest_timestamp: bytes = b""
     last_handshake_s: float | None = None
     """When the latest session was established, in the caller's clock."""
+    last_received_s: float | None = None
+    """When the latest authenticated packet arrived."""
+    unanswered_since_s: float | None = None
+    """When we first sent something after the latest authenticated packet arrived."""
     rx_bytes: int = 0
     tx_bytes: int = 0
     staged: deque[bytes] = field(default_factory=deque)
