@@ -15,6 +15,8 @@ from pathlib import Path
 from pilotif.lab.netns import LabError, Namespace
 
 START_TIMEOUT_S = 5.0
+SETTLE_S = 0.3
+"""How long to let tcpdump write what it has seen before it is stopped."""
 SNAPSHOT_BYTES = 2048
 _POLL_INTERVAL_S = 0.05
 _READY_MARKER = "listening on"
@@ -52,10 +54,12 @@ def capture_udp(
     `max_packets` (0: no limit) bounds the file; tcpdump stops by itself once it is reached.
     """
     log_path = path.with_suffix(".tcpdump.log")
+    log_path.unlink(missing_ok=True)
     args = [
         "tcpdump",
         "-n",
         "-U",
+        "--immediate-mode",
         "-Z",
         "root",
         "-i",
@@ -77,6 +81,7 @@ def capture_udp(
     try:
         yield path
     finally:
+        time.sleep(SETTLE_S)
         namespace.stop(process)
 
 
