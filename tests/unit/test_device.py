@@ -1,0 +1,849 @@
+"""The sans-IO WireGuard device: handshakes, data, drops, timers, cookies and roaming.
+
+Two Devices (A and B, see conftest.py) talk to each other in memory on a fake
+clock; the tests lose, replay, reorder and tamper with datagrams in flight.
+"""
+
+import itertools
+import struct
+
+import pytest
+from conftest import (
+    MTU,
+    NOW,
+    Node,
+    connect,
+    deliver,
+    exchange,
+    ipv4_packet,
+    make_node,
+    make_pair,
+    peer_of,
+    run_timers,
+    take,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pilotif.overlay.constants import (
+    COOKIE_REPLY_SIZE,
+    INITIATION_SIZE,
+    KEEPALIVE_TIMEOUT_S,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+    REJECT_AFTER_TIME_S,
+    REKEY_AFTER_TIME_S,
+    REKEY_ATTEMPT_TIME_S,
+    REKEY_ON_RECEIVE_AGE_S,
+    REKEY_TIMEOUT_JITTER_MAX_S,
+    REKEY_TIMEOUT_S,
+    REPLAY_WINDOW_SIZE,
+    RESPONSE_SIZE,
+    TRANSPORT_MIN_SIZE,
+    UNDER_LOAD_HANDSHAKES_PER_S,
+)
+from pilotif.overlay.cookie import CookieGenerator
+from pilotif.overlay.device import Device
+from pilotif.overlay.drops import DropReason
+from pilotif.overlay.events import (
+    EndpointChanged,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    KeysZeroed,
+)
+from pilotif.overlay.peer import Keypair
+
+PSK = bytes([0x42]) * 32
+OTHER_PSK = bytes([0x24]) * 32
+ROAMED_ENDPOINT = ("198.18.1.99", 40000)
+FLOOD_SOURCE = ("198.18.1.66", 40001)
+KEEPALIVE_SIZE = TRANSPORT_MIN_SIZE
+PERSISTENT_KEEPALIVE_S = 25
+_TRANSPORT_HEADER = struct.Struct("<IIQ")
+_MAC2 = slice(INITIATION_SIZE - 16, INITIATION_SIZE)
+_MAC1 = slice(INITIATION_SIZE - 32, INITIATION_SIZE - 16)
+_SENDER_INDEX = slice(4, 8)
+
+
+def drops(node: Node) -> dict[DropReason, int]:
+    """The non-zero drop counters of a node."""
+    return {reason: count for reason, count in node.device.drops.items() if count}
+
+
+def kinds(datagrams: list[bytes]) -> list[int]:
+    """The message type of each datagram."""
+    return [datagram[0] for datagram in datagrams]
+
+
+def handshake(a: Node, b: Node, now: float) -> None:
+    """A sends B a packet, the handshake runs, and all outputs are drained."""
+    a.device.send_packet(a.packet_to(b, b"first"), now)
+    exchange(a, b, now)
+    assert b.device.to_tun == [a.packet_to(b, b"first")]
+    for node in (a, b):
+        node.device.to_tun.clear()
+        node.device.events.clear()
+
+
+def seal(keypair: Keypair, payload: bytes) -> bytes:
+    """A transport message carrying `payload` exactly as given (no padding, no checks)."""
+    counter = keypair.send_counter
+    keypair.send_counter += 1
+    nonce = bytes(4) + counter.to_bytes(8, "little")
+    return _TRANSPORT_HEADER.pack(
+        MESSAGE_TRANSPORT, keypair.remote_index, counter
+    ) + keypair.send_aead.encrypt(nonce, payload, None)
+
+
+def junk_initiation(responder: Device, now: float) -> bytes:
+    """An initiation with a valid mac1 for `responder` but contents that cannot decrypt."""
+    message = bytearray(INITIATION_SIZE)
+    message[0] = MESSAGE_INITIATION
+    message[4 : _MAC1.start] = bytes(range(7, 7 + _MAC1.start - 4))
+    CookieGenerator(responder.public_key).add_macs(message, now)
+    return bytes(message)
+
+
+def flip(datagram: bytes, position: int) -> bytes:
+    """The datagram with one byte inverted."""
+    changed = bytearray(datagram)
+    changed[position] ^= 0xFF
+    return bytes(changed)
+
+
+# -- handshake and data ------------------------------------------------------------
+
+
+def test_first_packet_triggers_a_handshake_and_is_delivered_after_it(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    packet = a.packet_to(b, b"queued during the handshake")
+
+    a.device.send_packet(packet, NOW)
+    (initiation, endpoint), *rest = take(a)
+    assert (len(initiation), initiation[0], endpoint, rest) == (
+        INITIATION_SIZE,
+        MESSAGE_INITIATION,
+        b.endpoint,
+        [],
+    )
+
+    b.device.receive_datagram(initiation, a.endpoint, NOW)
+    response = [d for d, _ in b.device.outgoing]
+    assert kinds(response) == [MESSAGE_RESPONSE] and len(response[0]) == RESPONSE_SIZE
+    assert peer_of(b, a).next is not None and peer_of(b, a).current is None
+
+    deliver(b, a, NOW)
+    assert a.device.events == [HandshakeCompleted(b.device.public_key, initiator=True)]
+    assert kinds([d for d, _ in a.device.outgoing]) == [MESSAGE_TRANSPORT]
+
+    deliver(a, b, NOW)
+    assert b.device.to_tun == [packet]
+    assert b.device.events == [HandshakeCompleted(a.device.public_key, initiator=False)]
+    assert drops(a) == drops(b) == {}
+
+
+def test_initiator_sends_a_keepalive_when_nothing_was_staged() -> None:
+    a, b = make_node(1), make_node(2)
+    connect(a, b, persistent_keepalive_s=PERSISTENT_KEEPALIVE_S)
+    connect(b, a)
+    a.device.handle_timers(NOW)
+    assert kinds(deliver(a, b, NOW)) == [MESSAGE_INITIATION]
+    staged_at_b = peer_of(b, a).next
+
+    deliver(b, a, NOW)
+    keepalive = deliver(a, b, NOW)
+
+    assert [len(d) for d in keepalive] == [KEEPALIVE_SIZE]
+    assert peer_of(b, a).current is staged_at_b and peer_of(b, a).next is None
+    assert b.device.events == [HandshakeCompleted(a.device.public_key, initiator=False)]
+    assert b.device.to_tun == []
+    assert drops(b) == {}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("psk", [None, PSK], ids=["no-psk", "psk"])
+def test_packets_flow_both_ways(v6: bool, psk: bytes | None) -> None:
+    a, b = make_pair(preshared_key_a=psk, preshared_key_b=psk)
+    handshake(a, b, NOW)
+    to_b = [a.packet_to(b, bytes([n % 256]) * n, v6=v6) for n in (0, 1, 17, 300)]
+    to_a = [b.packet_to(a, bytes([n % 256]) * n, v6=v6) for n in (5, 1000)]
+
+    for packet in to_b:
+        a.device.send_packet(packet, NOW + 1)
+    for packet in to_a:
+        b.device.send_packet(packet, NOW + 1)
+    exchange(a, b, NOW + 1)
+
+    assert b.device.to_tun == to_b
+    assert a.device.to_tun == to_a
+    assert drops(a) == drops(b) == {}
+
+
+def test_mismatched_preshared_keys_fail_the_handshake() -> None:
+    a, b = make_pair(preshared_key_a=PSK, preshared_key_b=OTHER_PSK)
+    a.device.send_packet(a.packet_to(b, b"never arrives"), NOW)
+
+    exchange(a, b, NOW)
+
+    assert drops(a) == {DropReason.HANDSHAKE_FAILED: 1}
+    assert a.device.events == []
+    assert b.device.to_tun == []
+    assert peer_of(a, b).current is None
+
+
+@pytest.mark.parametrize(
+    ("packet_size", "datagram_size"),
+    [
+        (20, 32 + 32),
+        (32, 32 + 32),
+        (33, 32 + 48),
+        (1408, 32 + 1408),
+        (1409, 32 + MTU),
+        (MTU - 1, 32 + MTU),
+        (MTU, 32 + MTU),
+    ],
+)
+def test_transport_pads_to_a_multiple_of_16_capped_at_the_mtu(
+    established: tuple[Node, Node], packet_size: int, datagram_size: int
+) -> None:
+    a, b = established
+    packet = a.packet_to(b, bytes(packet_size - 20))
+    a.device.send_packet(packet, NOW + 1)
+
+    sent = deliver(a, b, NOW + 1)
+
+    assert [len(d) for d in sent] == [datagram_size]
+    assert b.device.to_tun == [packet]
+
+
+# -- drops ---------------------------------------------------------------------------
+
+
+def test_replayed_transport_is_dropped_and_not_delivered_twice(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    packet = a.packet_to(b, b"once")
+    a.device.send_packet(packet, NOW + 1)
+
+    deliver(a, b, NOW + 1, lambda ds: ds * 2)
+
+    assert b.device.to_tun == [packet]
+    assert drops(b) == {DropReason.REPLAY: 1}
+
+
+def test_out_of_order_packets_inside_the_window_are_accepted(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    packets = [a.packet_to(b, bytes([n])) for n in range(5)]
+    for packet in packets:
+        a.device.send_packet(packet, NOW + 1)
+
+    deliver(a, b, NOW + 1, lambda ds: [ds[3], ds[0], ds[4], ds[2], ds[1]])
+
+    assert b.device.to_tun == [packets[i] for i in (3, 0, 4, 2, 1)]
+    assert drops(b) == {}
+
+
+def test_packet_further_behind_than_the_replay_window_is_dropped(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    a.device.send_packet(a.packet_to(b, b"late"), NOW + 1)
+    late = take(a)
+    for _ in range(REPLAY_WINDOW_SIZE):
+        a.device.send_packet(a.packet_to(b), NOW + 1)
+    deliver(a, b, NOW + 1)
+    b.device.to_tun.clear()
+
+    b.device.receive_datagram(late[0][0], a.endpoint, NOW + 1)
+
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.REPLAY: 1}
+
+
+def test_replayed_initiation_gets_no_new_response(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b), NOW)
+    initiation = take(a)[0][0]
+    b.device.receive_datagram(initiation, a.endpoint, NOW)
+    take(b)
+
+    b.device.receive_datagram(initiation, a.endpoint, NOW + 1)
+
+    assert b.device.outgoing == []
+    assert drops(b) == {DropReason.REPLAYED_INITIATION: 1}
+
+
+def test_initiation_from_an_unknown_key_is_dropped(pair: tuple[Node, Node]) -> None:
+    _, b = pair
+    stranger = make_node(3)
+    connect(stranger, b)
+    stranger.device.send_packet(stranger.packet_to(b), NOW)
+
+    deliver(stranger, b, NOW)
+
+    assert b.device.outgoing == []
+    assert drops(b) == {DropReason.UNKNOWN_PEER: 1}
+
+
+def _transport_with_reserved_byte(datagram: bytes) -> bytes:
+    return datagram[:2] + b"\x01" + datagram[3:]
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        pytest.param(lambda d: b"", id="empty"),
+        pytest.param(lambda d: b"\x04garbage", id="short-garbage"),
+        pytest.param(lambda d: d[: TRANSPORT_MIN_SIZE - 1], id="truncated-below-minimum"),
+        pytest.param(lambda d: d[:-1], id="truncated-initiation"),
+        pytest.param(lambda d: d + b"\x00", id="extended-initiation"),
+        pytest.param(lambda d: b"\x05" + d[1:], id="unknown-type-5"),
+        pytest.param(lambda d: b"\x00" + d[1:], id="unknown-type-0"),
+        pytest.param(_transport_with_reserved_byte, id="non-zero-reserved-byte"),
+        pytest.param(lambda d: b"\x02" + d[1:], id="initiation-relabelled-as-response"),
+        pytest.param(lambda d: b"\x03" + d[1:], id="initiation-relabelled-as-cookie-reply"),
+    ],
+)
+def test_malformed_datagrams_are_dropped(pair: tuple[Node, Node], mangle: object) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b), NOW)
+    initiation = take(a)[0][0]
+    assert callable(mangle)
+
+    b.device.receive_datagram(mangle(initiation), a.endpoint, NOW)
+
+    assert b.device.outgoing == []
+    assert drops(b) == {DropReason.MALFORMED: 1}
+
+
+def test_transport_with_non_zero_reserved_bytes_is_malformed(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    a.device.send_packet(a.packet_to(b), NOW + 1)
+
+    deliver(a, b, NOW + 1, lambda ds: [_transport_with_reserved_byte(d) for d in ds])
+
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.MALFORMED: 1}
+
+
+@pytest.mark.parametrize("position", [_MAC1.start, _MAC1.stop - 1, 40], ids=str)
+def test_initiation_with_a_bad_mac1_is_dropped(pair: tuple[Node, Node], position: int) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b), NOW)
+
+    deliver(a, b, NOW, lambda ds: [flip(d, position) for d in ds])
+
+    assert b.device.outgoing == []
+    assert drops(b) == {DropReason.BAD_MAC1: 1}
+
+
+def test_corrupted_transport_ciphertext_fails_to_decrypt(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    a.device.send_packet(a.packet_to(b, b"payload"), NOW + 1)
+
+    deliver(a, b, NOW + 1, lambda ds: [flip(d, 20) for d in ds])
+
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.DECRYPT_FAILED: 1}
+
+
+def test_transport_for_an_unknown_receiver_index_is_dropped(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    a.device.send_packet(a.packet_to(b), NOW + 1)
+
+    deliver(a, b, NOW + 1, lambda ds: [flip(d, 5) for d in ds])
+
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.UNKNOWN_INDEX: 1}
+
+
+def test_decrypted_packet_from_an_address_the_peer_does_not_own_is_dropped(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    for spoofed in ("100.64.0.99", str(b.v4)):
+        a.device.send_packet(ipv4_packet(spoofed, b.v4, b"spoofed"), NOW + 1)
+
+    deliver(a, b, NOW + 1)
+
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.SOURCE_NOT_ALLOWED: 2}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"\x00" * 20, id="version-0"),
+        pytest.param(b"\x45" + b"\x00" * 10, id="short-ipv4"),
+        pytest.param(b"\x45\x00\x00\xff" + b"\x00" * 16, id="ipv4-longer-than-payload"),
+        pytest.param(b"\x60" + b"\x00" * 20, id="short-ipv6"),
+    ],
+)
+def test_decrypted_payload_that_is_not_ip_is_dropped(
+    established: tuple[Node, Node], payload: bytes
+) -> None:
+    a, b = established
+    keypair = peer_of(a, b).current
+    assert keypair is not None
+
+    b.device.receive_datagram(seal(keypair, payload), a.endpoint, NOW + 1)
+
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.NOT_IP: 1}
+
+
+def test_packet_from_tun_to_an_address_no_peer_owns_is_dropped(
+    established: tuple[Node, Node],
+) -> None:
+    a, _ = established
+    a.device.send_packet(ipv4_packet(a.v4, "100.64.0.77"), NOW + 1)
+    a.device.send_packet(b"\x00not an ip packet at all", NOW + 1)
+
+    assert a.device.outgoing == []
+    assert drops(a) == {DropReason.NO_ROUTE: 1, DropReason.NOT_IP: 1}
+
+
+def _message(kind: int, size: int) -> st.SearchStrategy[bytes]:
+    return st.builds(
+        lambda reserved, body: bytes([kind]) + reserved + body,
+        st.sampled_from([b"\x00\x00\x00", b"\x00\x01\x00"]),
+        st.binary(min_size=size - 4, max_size=size - 4),
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.sampled_from(["raw", "typed", "transport", "flipped"]),
+    data=st.data(),
+)
+def test_arbitrary_datagrams_never_raise_and_count_exactly_one_drop(
+    shape: str, data: st.DataObject
+) -> None:
+    a, b = make_pair()
+    a.device.send_packet(a.packet_to(b), NOW)
+    initiation = take(a)[0][0]
+    b.device.receive_datagram(initiation, a.endpoint, NOW)
+    exchange(a, b, NOW)
+    a.device.send_packet(a.packet_to(b), NOW)
+    transport = take(a)[0][0]
+    b.device.receive_datagram(transport, a.endpoint, NOW)
+    before = sum(b.device.drops.values())
+    to_tun_before = list(b.device.to_tun)
+    if shape == "raw":
+        datagram = data.draw(st.binary(max_size=300))
+    elif shape == "typed":
+        datagram = data.draw(
+            st.one_of(
+                _message(MESSAGE_INITIATION, INITIATION_SIZE),
+                _message(MESSAGE_RESPONSE, RESPONSE_SIZE),
+                _message(MESSAGE_COOKIE_REPLY, COOKIE_REPLY_SIZE),
+                _message(MESSAGE_TRANSPORT, data.draw(st.integers(32, 200))),
+            )
+        )
+    elif shape == "transport":
+        keypair = peer_of(b, a).current
+        assert keypair is not None
+        index = data.draw(st.sampled_from([keypair.local_index, 0, 2**32 - 1]))
+        counter = data.draw(st.integers(0, 2**64 - 1))
+        body = data.draw(st.binary(min_size=16, max_size=200))
+        datagram = _TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, index, counter) + body
+    else:
+        original = data.draw(st.sampled_from([initiation, transport]))
+        datagram = flip(original, data.draw(st.integers(0, len(original) - 1)))
+
+    b.device.receive_datagram(datagram, FLOOD_SOURCE, NOW + 1)
+
+    assert sum(b.device.drops.values()) == before + 1
+    assert b.device.to_tun == to_tun_before
+    assert b.device.outgoing == []
+
+
+# -- timers ------------------------------------------------------------------------
+
+
+def test_lost_response_makes_the_initiator_retransmit_after_rekey_timeout(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    packet = a.packet_to(b, b"patience")
+    a.device.send_packet(packet, NOW)
+    first = deliver(a, b, NOW)
+    take(b)
+    deadline = a.device.next_timer()
+    assert deadline is not None
+    assert NOW + REKEY_TIMEOUT_S <= deadline <= NOW + REKEY_TIMEOUT_S + REKEY_TIMEOUT_JITTER_MAX_S
+
+    a.device.handle_timers(deadline - 0.001)
+    assert a.device.outgoing == []
+    a.device.handle_timers(deadline)
+    retry = [d for d, _ in a.device.outgoing]
+    assert kinds(retry) == [MESSAGE_INITIATION]
+    assert retry[0][_SENDER_INDEX] != first[0][_SENDER_INDEX]
+
+    exchange(a, b, deadline)
+    assert b.device.to_tun == [packet]
+
+
+def test_initiator_gives_up_after_rekey_attempt_time(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b, b"one"), NOW)
+    a.device.send_packet(a.packet_to(b, b"two"), NOW + 1)
+    sent_at = [NOW]
+    take(a)
+    now = NOW
+    while not a.device.events:
+        deadline = a.device.next_timer()
+        assert deadline is not None and deadline > now
+        now = deadline
+        a.device.handle_timers(now)
+        if take(a):
+            sent_at.append(now)
+    gave_up_at = now
+
+    assert a.device.events == [HandshakeGaveUp(b.device.public_key)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(sent_at)]
+    assert all(REKEY_TIMEOUT_S <= g <= REKEY_TIMEOUT_S + REKEY_TIMEOUT_JITTER_MAX_S for g in gaps)
+    latest = NOW + REKEY_ATTEMPT_TIME_S + len(sent_at) * REKEY_TIMEOUT_JITTER_MAX_S
+    assert NOW + REKEY_ATTEMPT_TIME_S <= gave_up_at <= latest
+    assert drops(a) == {DropReason.HANDSHAKE_GAVE_UP: 2}
+    a.device.handle_timers(gave_up_at + REKEY_ATTEMPT_TIME_S)
+    assert a.device.outgoing == []
+
+
+def test_receiver_with_nothing_to_send_sends_a_passive_keepalive(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    assert b.device.next_timer() == NOW + KEEPALIVE_TIMEOUT_S
+
+    b.device.handle_timers(NOW + KEEPALIVE_TIMEOUT_S - 0.001)
+    assert b.device.outgoing == []
+    b.device.handle_timers(NOW + KEEPALIVE_TIMEOUT_S)
+    keepalive = deliver(b, a, NOW + KEEPALIVE_TIMEOUT_S)
+
+    assert [(d[0], len(d)) for d in keepalive] == [(MESSAGE_TRANSPORT, KEEPALIVE_SIZE)]
+    assert a.device.to_tun == []
+    assert drops(a) == {}
+    a.device.handle_timers(NOW + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S)
+    assert a.device.outgoing == []
+
+
+def test_no_passive_keepalive_when_the_receiver_replied_with_data(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    b.device.send_packet(b.packet_to(a, b"reply"), NOW + 1)
+    take(b)
+
+    b.device.handle_timers(NOW + KEEPALIVE_TIMEOUT_S)
+
+    assert b.device.outgoing == []
+
+
+def test_data_without_reply_starts_a_new_handshake(established: tuple[Node, Node]) -> None:
+    a, b = established
+    run_timers(a, b, NOW + 30)
+    sent = NOW + 30
+    a.device.send_packet(a.packet_to(b, b"anyone there?"), sent)
+    deliver(a, b, sent)
+
+    b.device.handle_timers(sent + KEEPALIVE_TIMEOUT_S)
+    take(b)
+    a.device.handle_timers(sent + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S - 0.001)
+    assert a.device.outgoing == []
+    a.device.handle_timers(sent + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S)
+
+    assert kinds([d for d, _ in a.device.outgoing]) == [MESSAGE_INITIATION]
+
+
+def test_initiator_rekeys_after_rekey_after_time_without_losing_packets(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    now = NOW + REKEY_AFTER_TIME_S + 1
+    in_flight_to_b = a.packet_to(b, b"sent under the old keypair")
+    a.device.send_packet(in_flight_to_b, now)
+    old_transport, initiation = (d for d, _ in take(a))
+    assert kinds([old_transport, initiation]) == [MESSAGE_TRANSPORT, MESSAGE_INITIATION]
+
+    b.device.receive_datagram(initiation, a.endpoint, now)
+    in_flight_to_a = b.packet_to(a, b"B still on the old keypair")
+    b.device.send_packet(in_flight_to_a, now)
+    response, b_old_transport = (d for d, _ in take(b))
+    assert kinds([response, b_old_transport]) == [MESSAGE_RESPONSE, MESSAGE_TRANSPORT]
+
+    a.device.receive_datagram(response, b.endpoint, now)
+    a.device.receive_datagram(b_old_transport, b.endpoint, now)
+    after_rekey = a.packet_to(b, b"sent under the new keypair")
+    a.device.send_packet(after_rekey, now)
+    deliver(a, b, now)
+    b.device.receive_datagram(old_transport, a.endpoint, now)
+
+    assert a.device.to_tun == [in_flight_to_a]
+    assert b.device.to_tun == [after_rekey, in_flight_to_b]
+    assert a.device.events == [HandshakeCompleted(b.device.public_key, initiator=True)]
+    assert b.device.events == [HandshakeCompleted(a.device.public_key, initiator=False)]
+    assert drops(a) == drops(b) == {}
+
+
+def test_initiator_rekeys_when_receiving_on_an_aging_session(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    now = NOW + REKEY_ON_RECEIVE_AGE_S + 1
+    b.device.send_packet(b.packet_to(a, b"late in the session"), now)
+
+    deliver(b, a, now)
+
+    assert kinds([d for d, _ in a.device.outgoing]) == [MESSAGE_INITIATION]
+
+
+def test_packets_under_a_keypair_older_than_reject_after_time_are_dropped(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    a.device.send_packet(a.packet_to(b, b"too late"), NOW + REJECT_AFTER_TIME_S - 1)
+    transport = next(d for d, _ in take(a) if d[0] == MESSAGE_TRANSPORT)
+
+    b.device.receive_datagram(transport, a.endpoint, NOW + REJECT_AFTER_TIME_S + 1)
+
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.KEY_EXPIRED: 1}
+
+
+def test_sender_with_an_expired_keypair_starts_a_new_handshake_instead(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    now = NOW + REJECT_AFTER_TIME_S
+    packet = b.packet_to(a, b"needs fresh keys")
+    b.device.send_packet(packet, now)
+
+    assert kinds([d for d, _ in b.device.outgoing]) == [MESSAGE_INITIATION]
+    exchange(a, b, now)
+    assert a.device.to_tun == [packet]
+    assert drops(a) == drops(b) == {}
+
+
+def test_keys_are_zeroed_after_three_reject_times_and_nothing_decrypts(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    a.device.send_packet(a.packet_to(b, b"held back"), NOW + 1)
+    held = take(a)
+
+    run_timers(a, b, NOW + REJECT_AFTER_TIME_S * 3)
+
+    assert KeysZeroed(b.device.public_key) in a.device.events
+    assert KeysZeroed(a.device.public_key) in b.device.events
+    assert peer_of(a, b).keypairs() == peer_of(b, a).keypairs() == []
+    b.device.receive_datagram(held[0][0], a.endpoint, NOW + REJECT_AFTER_TIME_S * 3)
+    assert b.device.to_tun == []
+    assert drops(b) == {DropReason.UNKNOWN_INDEX: 1}
+
+
+def test_persistent_keepalive_is_sent_every_interval_of_silence() -> None:
+    a, b = make_node(1), make_node(2)
+    connect(a, b, persistent_keepalive_s=PERSISTENT_KEEPALIVE_S)
+    connect(b, a)
+    assert a.device.next_timer() == NOW
+    a.device.handle_timers(NOW)
+    exchange(a, b, NOW)
+    assert peer_of(b, a).current is not None
+
+    keepalives_at = []
+    for step in (1, 2):
+        now = NOW + step * PERSISTENT_KEEPALIVE_S
+        assert a.device.next_timer() == now
+        a.device.handle_timers(now)
+        keepalives_at += [now for d in deliver(a, b, now) if len(d) == KEEPALIVE_SIZE]
+    data_at = NOW + 2 * PERSISTENT_KEEPALIVE_S + 5
+    a.device.send_packet(a.packet_to(b, b"data resets the interval"), data_at)
+    deliver(a, b, data_at)
+
+    assert keepalives_at == [NOW + PERSISTENT_KEEPALIVE_S, NOW + 2 * PERSISTENT_KEEPALIVE_S]
+    assert peer_of(a, b).timers.persistent_keepalive == data_at + PERSISTENT_KEEPALIVE_S
+    assert drops(b) == {}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "Device._send_keepalive sends via _send_transport but never calls "
+        "_keep_key_fresh_sending, so an initiator whose only traffic is (persistent) "
+        "keepalives does not rekey after REKEY_AFTER_TIME_S; the session lapses at "
+        "REJECT_AFTER_TIME_S instead. wireguard-go calls keepKeyFreshSending for every "
+        "transport message, keepalives included (whitepaper 6.2)."
+    ),
+)
+def test_keepalive_on_a_session_older_than_rekey_after_time_starts_a_rekey() -> None:
+    a, b = make_node(1), make_node(2)
+    connect(a, b, persistent_keepalive_s=PERSISTENT_KEEPALIVE_S)
+    connect(b, a)
+    handshake(a, b, NOW)
+    initiations_at = []
+    now = NOW
+    while now < NOW + REKEY_AFTER_TIME_S + PERSISTENT_KEEPALIVE_S:
+        now = min(d for n in (a, b) if (d := n.device.next_timer()) is not None)
+        a.device.handle_timers(now)
+        b.device.handle_timers(now)
+        initiations_at += [now for d, _ in a.device.outgoing if d[0] == MESSAGE_INITIATION]
+        exchange(a, b, now)
+
+    assert initiations_at
+    assert NOW + REKEY_AFTER_TIME_S < initiations_at[0] <= now
+
+
+def test_next_timer_returns_the_earliest_deadline(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    assert a.device.next_timer() is None
+    a.device.send_packet(a.packet_to(b), NOW)
+    retransmit = a.device.next_timer()
+    assert retransmit is not None
+    assert NOW + REKEY_TIMEOUT_S <= retransmit <= NOW + REKEY_TIMEOUT_S + REKEY_TIMEOUT_JITTER_MAX_S
+
+    third = make_node(3)
+    connect(a, third, NOW + 1, persistent_keepalive_s=2)
+    assert a.device.next_timer() == NOW + 1
+    a.device.handle_timers(NOW + 1)
+
+    assert a.device.next_timer() == NOW + 1 + 2
+
+
+# -- cookies under load ------------------------------------------------------------
+
+
+def _flood(node: Node, now: float, count: int) -> None:
+    junk = junk_initiation(node.device, now)
+    for _ in range(count):
+        node.device.receive_datagram(junk, FLOOD_SOURCE, now)
+
+
+def test_responder_under_load_answers_with_a_cookie_and_accepts_mac2(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    packet = a.packet_to(b, b"under load")
+    _flood(b, NOW, UNDER_LOAD_HANDSHAKES_PER_S)
+    a.device.send_packet(packet, NOW)
+
+    deliver(a, b, NOW)
+    assert drops(b) == {
+        DropReason.HANDSHAKE_FAILED: UNDER_LOAD_HANDSHAKES_PER_S,
+        DropReason.COOKIE_REQUIRED: 1,
+    }
+    ((reply, endpoint),) = b.device.outgoing
+    assert (reply[0], len(reply), endpoint) == (MESSAGE_COOKIE_REPLY, COOKIE_REPLY_SIZE, a.endpoint)
+    deliver(b, a, NOW)
+    assert drops(a) == {}
+
+    retry_at = a.device.next_timer()
+    assert retry_at is not None
+    _flood(b, retry_at, UNDER_LOAD_HANDSHAKES_PER_S)
+    a.device.handle_timers(retry_at)
+    (retry,) = [d for d, _ in a.device.outgoing]
+    assert retry[_MAC2] != bytes(16)
+    deliver(a, b, retry_at)
+    assert kinds([d for d, _ in b.device.outgoing]) == [MESSAGE_RESPONSE]
+    assert b.device.drops[DropReason.COOKIE_REQUIRED] == 1
+    exchange(a, b, retry_at)
+    assert b.device.to_tun == [packet]
+
+
+def test_responder_at_the_load_limit_still_answers_normally(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    _flood(b, NOW, UNDER_LOAD_HANDSHAKES_PER_S - 1)
+    a.device.send_packet(a.packet_to(b), NOW)
+
+    deliver(a, b, NOW)
+
+    assert kinds([d for d, _ in b.device.outgoing]) == [MESSAGE_RESPONSE]
+    assert b.device.drops[DropReason.COOKIE_REQUIRED] == 0
+
+
+# -- roaming -----------------------------------------------------------------------
+
+
+def test_authenticated_transport_from_a_new_source_moves_the_endpoint(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    a.device.send_packet(a.packet_to(b, b"from a new network"), NOW + 1)
+
+    deliver(a, b, NOW + 1, from_endpoint=ROAMED_ENDPOINT)
+    b.device.send_packet(b.packet_to(a, b"reply"), NOW + 1)
+
+    assert b.device.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
+    assert [endpoint for _, endpoint in b.device.outgoing] == [ROAMED_ENDPOINT]
+
+
+@pytest.mark.parametrize("attack", ["corrupted", "replayed", "replayed-initiation"])
+def test_unauthenticated_or_replayed_datagram_does_not_move_the_endpoint(
+    pair: tuple[Node, Node], attack: str
+) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b), NOW)
+    initiation = take(a)[0][0]
+    b.device.receive_datagram(initiation, a.endpoint, NOW)
+    exchange(a, b, NOW)
+    a.device.send_packet(a.packet_to(b, b"genuine"), NOW + 1)
+    (transport,) = deliver(a, b, NOW + 1)
+    b.device.events.clear()
+    forged = {
+        "corrupted": flip(transport, 30),
+        "replayed": transport,
+        "replayed-initiation": initiation,
+    }[attack]
+
+    b.device.receive_datagram(forged, ROAMED_ENDPOINT, NOW + 2)
+
+    assert peer_of(b, a).endpoint == a.endpoint
+    assert b.device.events == []
+    assert sum(b.device.drops.values()) == 1
+
+
+# -- simultaneous initiation -------------------------------------------------------
+
+
+@pytest.mark.parametrize("late_side", [None, "a", "b"])
+def test_simultaneous_initiation_ends_with_traffic_both_ways(late_side: str | None) -> None:
+    a, b = make_pair()
+    to_b, to_a = a.packet_to(b, b"from A"), b.packet_to(a, b"from B")
+    a.device.send_packet(to_b, NOW)
+    b.device.send_packet(to_a, NOW)
+    init_a, init_b = take(a)[0][0], take(b)[0][0]
+
+    if late_side != "a":
+        b.device.receive_datagram(init_a, a.endpoint, NOW)
+    if late_side != "b":
+        a.device.receive_datagram(init_b, b.endpoint, NOW)
+    exchange(a, b, NOW)
+    if late_side == "a":
+        b.device.receive_datagram(init_a, a.endpoint, NOW)
+    if late_side == "b":
+        a.device.receive_datagram(init_b, b.endpoint, NOW)
+    exchange(a, b, NOW)
+
+    assert a.device.to_tun == [to_a]
+    assert b.device.to_tun == [to_b]
+    later = [(a.packet_to(b, b"again A"), b.packet_to(a, b"again B"))]
+    for packet_to_b, packet_to_a in later:
+        a.device.send_packet(packet_to_b, NOW + 1)
+        b.device.send_packet(packet_to_a, NOW + 1)
+    exchange(a, b, NOW + 1)
+    assert a.device.to_tun == [to_a, later[0][1]]
+    assert b.device.to_tun == [to_b, later[0][0]]
+    assert drops(a) == drops(b) == {}
