@@ -24,6 +24,11 @@ _UCRED = struct.Struct("3i")
 class ControlError(Exception):
     """The daemon could not be reached or refused the request."""
 
+    def __init__(self, message: str, code: str = "not_running", hint: str = "") -> None:
+        super().__init__(f"{message}; {hint}" if hint else message)
+        self.code = code
+        self.hint = hint
+
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
     sock: socket.socket = writer.get_extra_info("socket")
@@ -93,5 +98,9 @@ def request(path: Path, command: str, **arguments: Any) -> Reply:
     except ValueError:
         raise ControlError("the daemon closed the connection without a reply") from None
     if not reply.get("ok", False):
-        raise ControlError(str(reply.get("error", "the daemon refused the request")))
+        raise ControlError(
+            str(reply.get("error", "the daemon refused the request")),
+            str(reply.get("code", "error")),
+            str(reply.get("hint", "")),
+        )
     return reply
