@@ -6,6 +6,7 @@ clock; the tests lose, replay, reorder and tamper with datagrams in flight.
 
 import itertools
 import struct
+from ipaddress import IPv4Network
 
 import pytest
 from conftest import (
@@ -27,13 +28,17 @@ from hypothesis import strategies as st
 
 from pilotif.overlay.constants import (
     COOKIE_REPLY_SIZE,
+    HANDSHAKE_INITIATION_RATE_S,
     INITIATION_SIZE,
     KEEPALIVE_TIMEOUT_S,
+    MAX_STAGED_PACKETS,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME_S,
+    REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME_S,
     REKEY_ATTEMPT_TIME_S,
     REKEY_ON_RECEIVE_AGE_S,
@@ -220,6 +225,37 @@ def test_transport_pads_to_a_multiple_of_16_capped_at_the_mtu(
     assert b.device.to_tun == [packet]
 
 
+def test_packets_beyond_the_staging_limit_drop_the_oldest(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    packets = [a.packet_to(b, n.to_bytes(2, "big")) for n in range(MAX_STAGED_PACKETS + 2)]
+    for packet in packets:
+        a.device.send_packet(packet, NOW)
+
+    assert kinds([d for d, _ in a.device.outgoing]) == [MESSAGE_INITIATION]
+    exchange(a, b, NOW)
+
+    assert b.device.to_tun == packets[2:]
+    assert drops(a) == {DropReason.QUEUE_FULL: 2}
+
+
+def test_peer_without_endpoint_is_reached_once_it_initiates() -> None:
+    a, b = make_node(1), make_node(2)
+    a.device.add_peer(b.device.public_key, allowed_ips=[IPv4Network(f"{b.v4}/32")], now=NOW)
+    connect(b, a)
+    a.device.send_packet(a.packet_to(b, b"where are you?"), NOW)
+    assert a.device.outgoing == []
+    assert drops(a) == {DropReason.NO_ENDPOINT: 1}
+
+    b.device.send_packet(b.packet_to(a, b"here"), NOW + 1)
+    exchange(a, b, NOW + 1)
+    a.device.send_packet(a.packet_to(b, b"found you"), NOW + 2)
+    exchange(a, b, NOW + 2)
+
+    assert EndpointChanged(b.device.public_key, b.endpoint) in a.device.events
+    assert a.device.to_tun == [b.packet_to(a, b"here")]
+    assert b.device.to_tun == [a.packet_to(b, b"found you")]
+
+
 # -- drops ---------------------------------------------------------------------------
 
 
@@ -290,6 +326,77 @@ def test_initiation_from_an_unknown_key_is_dropped(pair: tuple[Node, Node]) -> N
 
     assert b.device.outgoing == []
     assert drops(b) == {DropReason.UNKNOWN_PEER: 1}
+
+
+def test_second_initiation_sooner_than_the_rate_limit_is_dropped(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b), NOW)
+    first = take(a)[0][0]
+    retry_at = a.device.next_timer()
+    assert retry_at is not None
+    a.device.handle_timers(retry_at)
+    second = take(a)[0][0]
+
+    b.device.receive_datagram(first, a.endpoint, retry_at)
+    take(b)
+    b.device.receive_datagram(second, a.endpoint, retry_at + HANDSHAKE_INITIATION_RATE_S / 2)
+
+    assert b.device.outgoing == []
+    assert drops(b) == {DropReason.HANDSHAKE_RATE: 1}
+
+
+def test_replayed_response_is_dropped_and_the_session_survives(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b), NOW)
+    deliver(a, b, NOW)
+    (response,) = deliver(b, a, NOW)
+    exchange(a, b, NOW)
+
+    a.device.receive_datagram(response, b.endpoint, NOW + 1)
+    b.device.send_packet(b.packet_to(a, b"still fine"), NOW + 1)
+    deliver(b, a, NOW + 1)
+
+    assert drops(a) == {DropReason.UNKNOWN_INDEX: 1}
+    assert a.device.to_tun == [b.packet_to(a, b"still fine")]
+
+
+def test_cookie_reply_that_does_not_decrypt_or_matches_no_index_is_dropped(
+    pair: tuple[Node, Node],
+) -> None:
+    a, b = pair
+    a.device.send_packet(a.packet_to(b), NOW)
+    sender_index = take(a)[0][0][_SENDER_INDEX]
+    forged = bytes([MESSAGE_COOKIE_REPLY, 0, 0, 0]) + sender_index + bytes(56)
+    unsolicited = flip(forged, 4)
+
+    a.device.receive_datagram(forged, b.endpoint, NOW)
+    a.device.receive_datagram(unsolicited, b.endpoint, NOW)
+
+    assert drops(a) == {DropReason.BAD_COOKIE: 1, DropReason.UNKNOWN_INDEX: 1}
+
+
+def test_late_response_to_a_superseded_initiation_is_dropped(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    packet = a.packet_to(b, b"survives the lost response")
+    a.device.send_packet(packet, NOW)
+    deliver(a, b, NOW)
+    late_response = take(b)
+    retry_at = a.device.next_timer()
+    assert retry_at is not None
+    a.device.handle_timers(retry_at)
+    exchange(a, b, retry_at)
+
+    a.device.receive_datagram(late_response[0][0], b.endpoint, retry_at)
+    a.device.send_packet(a.packet_to(b, b"after"), retry_at + 1)
+    exchange(a, b, retry_at + 1)
+
+    assert b.device.to_tun == [packet, a.packet_to(b, b"after")]
+    assert drops(a) == {DropReason.UNKNOWN_INDEX: 1}
+    assert drops(b) == {}
 
 
 def _transport_with_reserved_byte(datagram: bytes) -> bytes:
@@ -522,6 +629,11 @@ def test_initiator_gives_up_after_rekey_attempt_time(pair: tuple[Node, Node]) ->
     a.device.handle_timers(gave_up_at + REKEY_ATTEMPT_TIME_S)
     assert a.device.outgoing == []
 
+    retry = a.packet_to(b, b"try again")
+    a.device.send_packet(retry, gave_up_at + REKEY_ATTEMPT_TIME_S)
+    exchange(a, b, gave_up_at + REKEY_ATTEMPT_TIME_S)
+    assert b.device.to_tun == [retry]
+
 
 def test_receiver_with_nothing_to_send_sends_a_passive_keepalive(
     established: tuple[Node, Node],
@@ -638,6 +750,42 @@ def test_sender_with_an_expired_keypair_starts_a_new_handshake_instead(
     assert drops(a) == drops(b) == {}
 
 
+@pytest.mark.parametrize("sender", ["initiator", "responder"])
+def test_sender_rekeys_after_rekey_after_messages(
+    established: tuple[Node, Node], sender: str
+) -> None:
+    a, b = established
+    source, destination = (a, b) if sender == "initiator" else (b, a)
+    keypair = peer_of(source, destination).current
+    assert keypair is not None
+    keypair.send_counter = REKEY_AFTER_MESSAGES
+    packet = source.packet_to(destination, b"many messages later")
+    now = NOW + REKEY_TIMEOUT_S + 1
+
+    source.device.send_packet(packet, now)
+    sent = deliver(source, destination, now)
+
+    assert kinds(sent) == [MESSAGE_TRANSPORT, MESSAGE_INITIATION]
+    assert destination.device.to_tun == [packet]
+
+
+def test_sender_past_reject_after_messages_starts_a_new_handshake_instead(
+    established: tuple[Node, Node],
+) -> None:
+    a, b = established
+    keypair = peer_of(a, b).current
+    assert keypair is not None
+    keypair.send_counter = REJECT_AFTER_MESSAGES
+    packet = a.packet_to(b, b"needs fresh keys")
+    now = NOW + REKEY_TIMEOUT_S + 1
+
+    a.device.send_packet(packet, now)
+
+    assert kinds([d for d, _ in a.device.outgoing]) == [MESSAGE_INITIATION]
+    exchange(a, b, now)
+    assert b.device.to_tun == [packet]
+
+
 def test_keys_are_zeroed_after_three_reject_times_and_nothing_decrypts(
     established: tuple[Node, Node],
 ) -> None:
@@ -653,6 +801,11 @@ def test_keys_are_zeroed_after_three_reject_times_and_nothing_decrypts(
     b.device.receive_datagram(held[0][0], a.endpoint, NOW + REJECT_AFTER_TIME_S * 3)
     assert b.device.to_tun == []
     assert drops(b) == {DropReason.UNKNOWN_INDEX: 1}
+
+    fresh = a.packet_to(b, b"a new session")
+    a.device.send_packet(fresh, NOW + REJECT_AFTER_TIME_S * 3 + 1)
+    exchange(a, b, NOW + REJECT_AFTER_TIME_S * 3 + 1)
+    assert b.device.to_tun == [fresh]
 
 
 def test_persistent_keepalive_is_sent_every_interval_of_silence() -> None:
