@@ -248,6 +248,7 @@ class Device:
             return
         if keypair is not None and keypair.can_send(now):
             self._send_transport(peer, keypair, b"", now)
+            self._keep_key_fresh_sending(peer, keypair, now)
         else:
             self._send_initiation(peer, now, is_retry=False)
 

@@ -832,16 +832,6 @@ def test_persistent_keepalive_is_sent_every_interval_of_silence() -> None:
     assert drops(b) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Device._send_keepalive sends via _send_transport but never calls "
-        "_keep_key_fresh_sending, so an initiator whose only traffic is (persistent) "
-        "keepalives does not rekey after REKEY_AFTER_TIME_S; the session lapses at "
-        "REJECT_AFTER_TIME_S instead. wireguard-go calls keepKeyFreshSending for every "
-        "transport message, keepalives included (whitepaper 6.2)."
-    ),
-)
 def test_keepalive_on_a_session_older_than_rekey_after_time_starts_a_rekey() -> None:
     a, b = make_node(1), make_node(2)
     connect(a, b, persistent_keepalive_s=PERSISTENT_KEEPALIVE_S)
