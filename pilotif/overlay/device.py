@@ -268,6 +268,10 @@ class Device:
             and not is_retry
             and now - peer.last_initiation_sent_s < REKEY_TIMEOUT_S
         ):
+            if peer.staged and peer.timers.retransmit_handshake is None:
+                # Too soon for another initiation: try again when allowed, so that
+                # queued packets are not stuck until the next one arrives.
+                peer.timers.retransmit_handshake = peer.last_initiation_sent_s + REKEY_TIMEOUT_S
             return
         if peer.endpoint is None:
             return
