@@ -1,0 +1,1 @@
+"""The rendezvous server: identities, names, addresses, trust, hole punching and relay."""

@@ -1,0 +1,184 @@
+"""The registry's wire formats, shared by the registry and the node: sealed control
+messages (0x50), relayed WireGuard datagrams (0x51) and the registry key request (0x52).
+
+docs/CONTROL_PROTOCOL.md is the contract. Parsers of peer input raise WireError only,
+with a short `reason` that the receiver counts; our own misuse raises ValueError.
+"""
+
+import json
+import struct
+import time
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+
+from pilotif.overlay.constants import AEAD_TAG_SIZE
+from pilotif.overlay.crypto import KEY_SIZE, aead_decrypt, aead_encrypt, dh, hash_, kdf2
+from pilotif.overlay.crypto import public_key as _public_key
+from pilotif.overlay.replay import ReplayWindow
+
+CONTROL_TYPE: Final = 0x50
+RELAY_TYPE: Final = 0x51
+KEY_REQUEST_TYPE: Final = 0x52
+CONTROL_HEADER_SIZE: Final = 44
+RELAY_HEADER_SIZE: Final = 36
+KEY_MESSAGE_SIZE: Final = 36
+MAX_PAYLOAD_BYTES: Final = 1200
+MAX_COUNTER: Final = 2**63 - 1
+"""Counters are nanoseconds since the epoch; the cap lets them fit a signed SQL BIGINT."""
+
+KEY_REQUEST: Final = bytes((KEY_REQUEST_TYPE, 0, 0, 0)) + bytes(KEY_SIZE)
+"""What a node sends to learn the registry's key on first contact."""
+
+_CONTROL_HEADER: Final = struct.Struct("<B3x32sQ")
+_RELAY_HEADER: Final = struct.Struct("<B3x32s")
+_RESERVED: Final = slice(1, 4)
+_RESERVED_ZEROS: Final = bytes(3)
+_CONTROL_LABEL: Final = b"pilotif control v1"
+_MAX_CIPHERTEXT_BYTES: Final = MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
+
+assert _CONTROL_HEADER.size == CONTROL_HEADER_SIZE
+assert _RELAY_HEADER.size == RELAY_HEADER_SIZE
+
+
+class WireError(ValueError):
+    """A datagram from the network that we refuse; `reason` names why, for counters."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def next_counter(last: int) -> int:
+    """The counter to seal the next message with: the clock in ns, always rising."""
+    return max(time.time_ns(), last + 1)
+
+
+def control_sender(datagram: bytes) -> bytes:
+    """The 32-byte public key that claims to have sent a control message (unverified)."""
+    _check_control_header(datagram)
+    return bytes(datagram[4:RELAY_HEADER_SIZE])
+
+
+def _check_control_header(datagram: bytes) -> None:
+    if len(datagram) < CONTROL_HEADER_SIZE + AEAD_TAG_SIZE:
+        raise WireError("malformed", "shorter than a control header and tag")
+    if datagram[0] != CONTROL_TYPE or datagram[_RESERVED] != _RESERVED_ZEROS:
+        raise WireError("malformed", "not a control message")
+
+
+class ControlChannel:
+    """Sealing to, and opening from, one remote party (a node, or the registry).
+
+    Keys: KDF2(HASH("pilotif control v1"), DH(local, remote)); the first key carries
+    node-to-registry messages, the second registry-to-node ones. A counter is accepted
+    once, within the replay window, and above any floor given by `restore_counter`.
+    """
+
+    __slots__ = (
+        "_floor",
+        "_highest",
+        "_local_public",
+        "_receive_key",
+        "_remote",
+        "_send_key",
+        "_window",
+    )
+
+    def __init__(self, local_private: bytes, remote_public: bytes, *, local_is_registry: bool):
+        if len(remote_public) != KEY_SIZE:
+            raise ValueError("a public key is 32 bytes")
+        to_registry, to_node = kdf2(hash_(_CONTROL_LABEL), dh(local_private, remote_public))
+        self._send_key, self._receive_key = (
+            (to_node, to_registry) if local_is_registry else (to_registry, to_node)
+        )
+        self._local_public = _public_key(local_private)
+        self._remote = bytes(remote_public)
+        self._window = ReplayWindow()
+        self._floor = -1
+        self._highest = -1
+
+    @property
+    def highest_counter(self) -> int:
+        """The highest counter accepted so far (or restored), -1 before any."""
+        return self._highest
+
+    def restore_counter(self, counter: int) -> None:
+        """Refuse every counter up to `counter` (the highest one seen before a restart)."""
+        self._floor = max(self._floor, counter)
+        self._highest = max(self._highest, counter)
+
+    def seal(self, payload: dict[str, Any], counter: int) -> bytes:
+        """The datagram carrying `payload`; ValueError if its JSON exceeds MAX_PAYLOAD_BYTES."""
+        if not 0 <= counter <= MAX_COUNTER:
+            raise ValueError(f"counter {counter} out of range")
+        plaintext = json.dumps(payload, separators=(",", ":")).encode()
+        if len(plaintext) > MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"control payload of {len(plaintext)} bytes exceeds {MAX_PAYLOAD_BYTES}"
+            )
+        header = _CONTROL_HEADER.pack(CONTROL_TYPE, self._local_public, counter)
+        return header + aead_encrypt(self._send_key, counter, plaintext, header)
+
+    def open(self, datagram: bytes) -> dict[str, Any]:
+        """The JSON object a datagram from the remote party carries; WireError otherwise."""
+        _check_control_header(datagram)
+        if len(datagram) - CONTROL_HEADER_SIZE > _MAX_CIPHERTEXT_BYTES:
+            raise WireError("too_large")
+        header = bytes(datagram[:CONTROL_HEADER_SIZE])
+        _, sender, counter = _CONTROL_HEADER.unpack(header)
+        if sender != self._remote:
+            raise WireError("wrong_sender")
+        if counter > MAX_COUNTER or counter <= self._floor or not self._window.check(counter):
+            raise WireError("replay")
+        try:
+            plaintext = aead_decrypt(
+                self._receive_key, counter, datagram[CONTROL_HEADER_SIZE:], header
+            )
+        except InvalidTag:
+            raise WireError("decrypt_failed") from None
+        if not self._window.update(counter):
+            raise WireError("replay")
+        self._highest = max(self._highest, counter)
+        try:
+            message = json.loads(plaintext)
+        except (UnicodeDecodeError, ValueError):
+            raise WireError("malformed", "payload is not JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            raise WireError("malformed", "payload is not an object with an op")
+        return message
+
+
+def pack_relay(peer_public: bytes, inner: bytes) -> bytes:
+    """`0x51 0 0 0 | peer key | inner datagram`."""
+    if len(peer_public) != KEY_SIZE:
+        raise ValueError("a public key is 32 bytes")
+    return _RELAY_HEADER.pack(RELAY_TYPE, peer_public) + inner
+
+
+def unpack_relay(datagram: bytes) -> tuple[bytes, bytes]:
+    """The peer key and the inner datagram of a relay message; WireError if malformed."""
+    if len(datagram) <= RELAY_HEADER_SIZE:
+        raise WireError("malformed", "relay message without a datagram")
+    if datagram[0] != RELAY_TYPE or datagram[_RESERVED] != _RESERVED_ZEROS:
+        raise WireError("malformed", "not a relay message")
+    return bytes(datagram[4:RELAY_HEADER_SIZE]), bytes(datagram[RELAY_HEADER_SIZE:])
+
+
+def pack_key_reply(registry_public: bytes) -> bytes:
+    """The registry's answer to KEY_REQUEST: `0x52 0 0 0 | registry public key`."""
+    if len(registry_public) != KEY_SIZE:
+        raise ValueError("a public key is 32 bytes")
+    return bytes((KEY_REQUEST_TYPE, 0, 0, 0)) + registry_public
+
+
+def unpack_key_reply(datagram: bytes) -> bytes:
+    """The registry key in an answer to KEY_REQUEST; WireError if malformed."""
+    if (
+        len(datagram) != KEY_MESSAGE_SIZE
+        or datagram[0] != KEY_REQUEST_TYPE
+        or datagram[_RESERVED] != _RESERVED_ZEROS
+        or datagram[4:] == bytes(KEY_SIZE)
+    ):
+        raise WireError("malformed", "not a registry key answer")
+    return bytes(datagram[4:])
