@@ -1,13 +1,16 @@
 """`pilotif ...`: the command line. Every error is one line that says what to do next."""
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,8 +18,10 @@ import click
 
 from pilotif.config import ConfigError, InterfaceConfig, load_config
 from pilotif.control import ControlError, request
+from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
+from pilotif.node.node import NodeOptions
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
 
@@ -25,6 +30,7 @@ DEFAULT_INTERFACE = "pilot0"
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
 _POLL_S = 0.05
+PING_INTERVAL_S = 1.0
 _INTERFACE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -79,26 +85,63 @@ def _daemon_running(paths: StatePaths) -> bool:
 @click.option(
     "--config",
     "config_path",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="A wg-quick style file: [Interface] and [Peer] sections.",
+    help="A wg-quick style file: [Interface] and [Peer] sections (static peers).",
 )
-@click.option("--interface", help="Name of the TUN interface (default: the config's file name).")
+@click.option("--registry", help="Join the registry at HOST:PORT instead of a static config.")
+@click.option("--hostname", help="This node's name on the registry (a DNS label).")
+@click.option("--tags", default="", help="Comma-separated tags for discovery.")
+@click.option("--registry-key", help="The registry's public key (else pinned on first contact).")
+@click.option(
+    "--auto-approve",
+    is_flag=False,
+    flag_value="all",
+    default=None,
+    help="Approve trust requests by policy: alone for everyone, or tag:NAME.",
+)
+@click.option("--listen-port", type=click.IntRange(0, 65535), help="UDP port (registry mode).")
+@click.option(
+    "--interface", help="Name of the TUN interface (default: from the config, or pilot0)."
+)
 @click.option("--foreground", is_flag=True, help="Stay in the foreground (systemd, docker).")
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @state_dir_option
 def up(
-    config_path: Path, interface: str | None, foreground: bool, log_format: str, state_dir: Path
+    config_path: Path | None,
+    registry: str | None,
+    hostname: str | None,
+    tags: str,
+    registry_key: str | None,
+    auto_approve: str | None,
+    listen_port: int | None,
+    interface: str | None,
+    foreground: bool,
+    log_format: str,
+    state_dir: Path,
 ) -> None:
     """Bring the interface up; returns once it is up, the daemon runs on in the background."""
-    try:
-        config = load_config(config_path)
-    except ConfigError as error:
-        raise CliError(str(error), "bad_config") from None
-    name = _interface_name(interface, config_path)
     paths = StatePaths(state_dir.absolute())
+    if (config_path is None) == (registry is None):
+        raise CliError(
+            "give either --config FILE (static peers) or --registry HOST:PORT --hostname NAME",
+            "bad_input",
+        )
+    node_options = None
+    if config_path is not None:
+        try:
+            config = load_config(config_path)
+        except ConfigError as error:
+            raise CliError(str(error), "bad_config") from None
+        name = _interface_name(interface, config_path)
+    else:
+        assert registry is not None
+        node_options = _node_options(registry, hostname, tags, registry_key, auto_approve)
+        name = _interface_name(interface, Path(DEFAULT_INTERFACE))
+        config = InterfaceConfig(
+            private_key=b"", addresses=(), listen_port=listen_port, mtu=None, peers=()
+        )
     if _daemon_running(paths):
         raise CliError(
             f"pilotif is already running with state dir {paths.root}; "
@@ -107,23 +150,59 @@ def up(
         )
     try:
         paths.create()
+        if node_options is not None:
+            config = replace(config, private_key=load_or_create_key(paths.identity_key))
     except OSError as error:
-        raise CliError(f"cannot create state dir {paths.root}: {error.strerror}") from None
+        raise CliError(f"cannot use state dir {paths.root}: {error.strerror}") from None
     if foreground:
-        _run_foreground(config, name, paths, log_format)
+        _run_foreground(config, name, paths, log_format, node_options)
     else:
-        _start_background(config_path.absolute(), name, paths, log_format)
+        _start_background(name, paths)
+
+
+def _node_options(
+    registry: str,
+    hostname: str | None,
+    tags: str,
+    registry_key: str | None,
+    auto_approve: str | None,
+) -> NodeOptions:
+    host, _, port = registry.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"--registry {registry!r} must be HOST:PORT", "bad_input")
+    if hostname is None:
+        raise CliError("--registry needs --hostname NAME (this node's name)", "bad_input")
+    try:
+        name = normalize_hostname(hostname)
+        key = decode_key(registry_key) if registry_key else None
+    except HostnameError as error:
+        raise CliError(str(error), "bad_input") from None
+    except InvalidKeyError as error:
+        raise CliError(f"--registry-key: {error}", "bad_input") from None
+    if auto_approve is not None and auto_approve != "all" and not auto_approve.startswith("tag:"):
+        raise CliError("--auto-approve takes no value (everyone) or tag:NAME", "bad_input")
+    return NodeOptions(
+        registry=(host.strip("[]"), int(port)),
+        hostname=name,
+        tags=[t.strip() for t in tags.split(",") if t.strip()],
+        registry_key=key,
+        auto_approve=auto_approve,
+    )
 
 
 def _run_foreground(
-    config: InterfaceConfig, interface: str, paths: StatePaths, log_format: str
+    config: InterfaceConfig,
+    interface: str,
+    paths: StatePaths,
+    log_format: str,
+    node_options: NodeOptions | None,
 ) -> None:
     from pilotif.daemon import Daemon, StartupError
 
     setup_logging(as_json=log_format == "json")
     ready_fd = int(os.environ.pop(READY_FD_ENV)) if READY_FD_ENV in os.environ else None
     try:
-        Daemon(config, interface, paths).run(ready_fd)
+        Daemon(config, interface, paths, node_options).run(ready_fd)
     except StartupError as error:
         log_event("startup_failed", error=str(error))
         if ready_fd is not None:
@@ -132,25 +211,10 @@ def _run_foreground(
         raise CliError(str(error), "startup_failed") from None
 
 
-def _start_background(
-    config_path: Path, interface: str, paths: StatePaths, log_format: str
-) -> None:
+def _start_background(interface: str, paths: StatePaths) -> None:
+    """Run this same `up` command with --foreground as a detached daemon."""
     read_end, write_end = os.pipe()
-    command = [
-        sys.executable,
-        "-m",
-        "pilotif",
-        "up",
-        "--foreground",
-        "--config",
-        str(config_path),
-        "--interface",
-        interface,
-        "--state-dir",
-        str(paths.root),
-        "--log-format",
-        log_format,
-    ]
+    command = [sys.executable, "-m", "pilotif", *sys.argv[1:], "--foreground"]
     with open(paths.log_file, "ab") as log:
         os.chmod(paths.log_file, 0o600)
         process = subprocess.Popen(
@@ -159,7 +223,7 @@ def _start_background(
             stdout=log,
             stderr=log,
             pass_fds=(write_end,),
-            env={**os.environ, READY_FD_ENV: str(write_end)},
+            env={**os.environ, READY_FD_ENV: str(write_end), STATE_DIR_ENV: str(paths.root)},
             start_new_session=True,
         )
     os.close(write_end)
@@ -255,6 +319,223 @@ def _format_status(state: dict[str, Any]) -> str:
     drops = {reason: count for reason, count in state["drops"].items() if count}
     lines += ["", "drops: " + (", ".join(f"{r}={c}" for r, c in drops.items()) or "none")]
     return "\n".join(lines)
+
+
+def _node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, Any]:
+    """Send a node command to the daemon; a refusal becomes a CliError with its hint."""
+    paths = StatePaths(state_dir.absolute())
+    try:
+        return request(paths.control_socket, command, **arguments)
+    except ControlError as error:
+        raise CliError(str(error), error.code) from None
+
+
+def _print(as_json: bool, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+def _node_line(node: dict[str, Any]) -> str:
+    tags = ",".join(node.get("tags", []))
+    return (
+        f"{node.get('hostname', '?'):24} {node.get('ipv4', '?'):15} {node.get('public_key', '')}"
+        + (f"  tags={tags}" if tags else "")
+    )
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@cli.command()
+@click.argument("peer")
+@click.option("--message", default="", help="A note for the other side.")
+@json_option
+@state_dir_option
+def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
+    """Ask PEER (hostname, virtual IP or key) for mutual trust."""
+    reply = _node_request(state_dir, "handshake", peer=peer, message=message)
+    state = reply.get("state")
+    text = (
+        f"{peer} is trusted"
+        if state == "trusted"
+        else f"trust requested from {peer}; it shows in their `pilotif pending`"
+    )
+    _print(as_json, {"peer": peer, "state": state}, text)
+
+
+@cli.command()
+@json_option
+@state_dir_option
+def pending(as_json: bool, state_dir: Path) -> None:
+    """Trust requests waiting for you, and yours waiting for others."""
+    reply = _node_request(state_dir, "pending")
+    incoming, outgoing = reply.get("incoming", []), reply.get("outgoing", [])
+    lines = ["incoming:"] + [
+        f"  {_node_line(item.get('node', {}))}  message={item.get('message', '')!r}"
+        for item in incoming
+    ]
+    lines += ["outgoing:"] + [f"  {_node_line(node)}" for node in outgoing]
+    _print(as_json, {"incoming": incoming, "outgoing": outgoing}, "\n".join(lines))
+
+
+def _trust_decision(command: str, peer: str, as_json: bool, state_dir: Path) -> None:
+    reply = _node_request(state_dir, command, peer=peer)
+    state = reply.get("state")
+    _print(as_json, {"peer": peer, "state": state}, f"{peer}: {state}")
+
+
+@cli.command()
+@click.argument("peer")
+@json_option
+@state_dir_option
+def approve(peer: str, as_json: bool, state_dir: Path) -> None:
+    """Approve PEER's trust request."""
+    _trust_decision("approve", peer, as_json, state_dir)
+
+
+@cli.command()
+@click.argument("peer")
+@json_option
+@state_dir_option
+def reject(peer: str, as_json: bool, state_dir: Path) -> None:
+    """Reject PEER's trust request."""
+    _trust_decision("reject", peer, as_json, state_dir)
+
+
+@cli.command()
+@click.argument("peer")
+@json_option
+@state_dir_option
+def untrust(peer: str, as_json: bool, state_dir: Path) -> None:
+    """Revoke trust in PEER; the tunnel goes down on both sides."""
+    _trust_decision("untrust", peer, as_json, state_dir)
+
+
+@cli.command()
+@json_option
+@state_dir_option
+def trust(as_json: bool, state_dir: Path) -> None:
+    """The nodes you trust."""
+    trusted = _node_request(state_dir, "trust").get("trusted", [])
+    _print(as_json, trusted, "\n".join(_node_line(n) for n in trusted) or "(nobody)")
+
+
+@cli.command()
+@json_option
+@state_dir_option
+def peers(as_json: bool, state_dir: Path) -> None:
+    """Trusted peers with their path (direct, relay or none), endpoint and traffic."""
+    rows = _node_request(state_dir, "peers").get("peers", [])
+    lines = [
+        f"{p['hostname']:24} {p['ipv4']:15} {p['path']:6} {p['endpoint'] or '-':22} "
+        f"rx={p['rx_bytes']} tx={p['tx_bytes']}"
+        for p in rows
+    ]
+    _print(as_json, rows, "\n".join(lines) or "(no trusted peers)")
+
+
+@cli.command()
+@click.argument("query")
+@json_option
+@state_dir_option
+def find(query: str, as_json: bool, state_dir: Path) -> None:
+    """Look up registered nodes by NAME, virtual IP, key or tag:TAG."""
+    nodes = _node_request(state_dir, "find", query=query).get("nodes", [])
+    _print(as_json, nodes, "\n".join(_node_line(n) for n in nodes) or f"nothing matches {query!r}")
+
+
+def _peer_address(state_dir: Path, peer: str) -> str:
+    """The virtual IPv4 of PEER: an IP as given, else a trusted peer's address."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(peer))
+    for row in _node_request(state_dir, "peers").get("peers", []):
+        name = peer.lower().removesuffix(".pilot")
+        if peer == row["public_key"] or name == row["hostname"]:
+            return str(row["ipv4"])
+    raise CliError(
+        f"{peer!r} is not a trusted peer; ask it with `pilotif handshake {peer}`",
+        "peer_not_trusted",
+    )
+
+
+@cli.command()
+@click.argument("peer")
+@click.argument("port", type=click.IntRange(1, 65535))
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to connect.")
+@state_dir_option
+def connect(peer: str, port: int, timeout: float, state_dir: Path) -> None:
+    """Pipe stdin to TCP PORT of PEER and the reply to stdout."""
+    address = _peer_address(state_dir, peer)
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as conn:
+            conn.settimeout(None)
+            conn.sendall(sys.stdin.buffer.read())
+            conn.shutdown(socket.SHUT_WR)
+            while chunk := conn.recv(65536):
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+    except OSError as error:
+        raise CliError(
+            f"cannot connect to {peer} ({address}) port {port}: {error.strerror or error}; "
+            "check `pilotif peers` and that something listens there",
+            "connect_failed",
+        ) from None
+
+
+@cli.command()
+@click.argument("peer")
+@click.option("--count", "-c", default=4, show_default=True, type=click.IntRange(1, 1000))
+@json_option
+@state_dir_option
+def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
+    """ICMP echo to PEER over the overlay: RTT and path of each reply."""
+    from pilotif.node.icmp import ping_once
+
+    address = _peer_address(state_dir, peer)
+    results = []
+    for sequence in range(count):
+        rtt = ping_once(address, sequence)
+        path = next(
+            (
+                row["path"]
+                for row in _node_request(state_dir, "peers").get("peers", [])
+                if row["ipv4"] == address
+            ),
+            "none",
+        )
+        results.append({"seq": sequence, "rtt_ms": rtt, "path": path})
+        if not as_json:
+            click.echo(
+                f"reply from {address}: seq={sequence} time={rtt:.2f} ms via {path}"
+                if rtt is not None
+                else f"no reply from {address}: seq={sequence}"
+            )
+        time.sleep(PING_INTERVAL_S if sequence + 1 < count else 0)
+    if as_json:
+        click.echo(json.dumps({"peer": peer, "address": address, "replies": results}, indent=2))
+    if all(r["rtt_ms"] is None for r in results):
+        raise click.exceptions.Exit(1)
+
+
+@cli.command()
+@click.option("--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP).")
+@click.option("--network", default="100.64.0.0/10", show_default=True, help="IPv4 overlay.")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@state_dir_option
+def registry(listen: str, network: str, log_format: str, state_dir: Path) -> None:
+    """Run the registry (rendezvous, trust, relay) in the foreground; no root needed."""
+    from pilotif.registry import run_registry
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise CliError(f"--listen {listen!r} must be HOST:PORT", "bad_input")
+    try:
+        net = ipaddress.IPv4Network(network)
+    except ValueError as error:
+        raise CliError(f"--network: {error}", "bad_input") from None
+    setup_logging(as_json=log_format == "json")
+    run_registry((host.strip("[]"), int(port)), state_dir.absolute(), net, log_format)
 
 
 @cli.command()

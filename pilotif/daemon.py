@@ -12,12 +12,18 @@ import os
 import signal
 import socket
 import time
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 from typing import Any
 
 from pilotif.config import InterfaceConfig
 from pilotif.control import Reply, Request, serve_control
+from pilotif.identity import IPV6_PREFIX
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
+from pilotif.node.lan import local_endpoints
+from pilotif.node.node import PROBE_INTERVAL_S, RELAY_HOST, Node, NodeOptions
+from pilotif.node.pins import PinStore
+from pilotif.node.registry_link import RegistryError, RegistryLink
 from pilotif.overlay.device import Device
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import (
@@ -29,8 +35,9 @@ from pilotif.overlay.events import (
     KeysZeroed,
 )
 from pilotif.paths import StatePaths
-from pilotif.tun import TunDevice, configure_link, delete_link, link_exists
-from pilotif.underlay import UdpSockets, resolve_endpoint
+from pilotif.registry.wire import CONTROL_TYPE, RELAY_TYPE, WireError, pack_relay, unpack_relay
+from pilotif.tun import LinkError, TunDevice, TunError, configure_link, delete_link, link_exists
+from pilotif.underlay import UdpSockets, UnderlayError, resolve_endpoint
 
 DEFAULT_MTU = 1420
 READ_BATCH_PACKETS = 128
@@ -50,13 +57,23 @@ def format_endpoint(endpoint: Endpoint | None) -> str | None:
 
 
 class Daemon:
-    """One pilotif interface: TUN + UDP + overlay core + control socket."""
+    """One pilotif interface: TUN + UDP + overlay core + control socket, and with
+    `node` options a registry-joined node (addresses, trust and paths from the registry)."""
 
-    def __init__(self, config: InterfaceConfig, interface: str, paths: StatePaths) -> None:
+    def __init__(
+        self,
+        config: InterfaceConfig,
+        interface: str,
+        paths: StatePaths,
+        node_options: NodeOptions | None = None,
+    ) -> None:
         self.config = config
         self.interface = interface
         self.paths = paths
+        self.node_options = node_options
+        self.node: Node | None = None
         self.mtu = config.mtu or DEFAULT_MTU
+        self.addresses: list[IPv4Interface | IPv6Interface] = list(config.addresses)
         self.device = Device(
             config.private_key, mtu=self.mtu, wall_offset_s=time.time() - time.monotonic()
         )
@@ -65,29 +82,88 @@ class Daemon:
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
+        self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- start and stop ------------------------------------------------------------
 
-    def _open(self) -> None:
-        """Open sockets and the TUN and configure the link; all or nothing."""
-        now = time.monotonic()
-        peers = []
-        for peer in self.config.peers:
-            endpoint = resolve_endpoint(*peer.endpoint) if peer.endpoint else None
-            peers.append((peer, endpoint))
-        self._udp = UdpSockets(self.config.listen_port)
-        if link_exists(self.interface):
-            delete_link(self.interface)
-            log_event("stale_interface_removed", interface=self.interface)
+    def run(self, ready_fd: int | None = None) -> None:
+        """Run until SIGTERM, SIGINT or a `down` request; report readiness on `ready_fd`.
+
+        Link setup and teardown run in a worker thread: pyroute2's synchronous API
+        runs an event loop of its own.
+        """
+        asyncio.run(self._main(ready_fd))
+
+    async def _main(self, ready_fd: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stopping = asyncio.Event()
         try:
-            self._tun = TunDevice.open(self.interface)
-            routes = [network for peer in self.config.peers for network in peer.allowed_ips]
-            configure_link(self.interface, self.config.addresses, self.mtu, routes)
-        except Exception:
-            self._close()
-            raise
-        for peer, endpoint in peers:
+            await self._start()
+        except (OSError, TunError, LinkError, UnderlayError, RegistryError) as error:
+            await loop.run_in_executor(None, self._close)
+            message = str(error) or type(error).__name__
+            if isinstance(error, RegistryError) and error.hint:
+                message += f" ({error.hint})"
+            raise StartupError(message) from error
+        assert self._tun is not None and self._udp is not None
+        server = await serve_control(self.paths.control_socket, self._handle_request)
+        self.paths.pid_file.write_text(f"{os.getpid()}\n")
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._stopping.set)
+            log_event(
+                "interface_up",
+                interface=self.interface,
+                public_key=encode_key(self.device.public_key),
+                listen_port=self._udp.port,
+                addresses=",".join(str(a) for a in self.addresses),
+                mtu=self.mtu,
+                peers=len(self.device.peers()),
+            )
+            self._flush(time.monotonic())
+            if ready_fd is not None:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+            await self._stopping.wait()
+        finally:
+            server.close()
+            for handle in (self._timer, self._ticker):
+                if handle is not None:
+                    handle.cancel()
+            for fd in [self._tun.fileno()] + [s.fileno() for s in self._udp.sockets()]:
+                loop.remove_reader(fd)
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.control_socket.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.pid_file.unlink()
+            await loop.run_in_executor(None, self._close)
+            log_event("interface_down", interface=self.interface)
+
+    async def _start(self) -> None:
+        """Sockets, registration (node mode), then the TUN and its link."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        static_peers = [
+            (peer, resolve_endpoint(*peer.endpoint) if peer.endpoint else None)
+            for peer in self.config.peers
+        ]
+        self._udp = UdpSockets(self.config.listen_port)
+        for sock in self._udp.sockets():
+            loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+        routes = [network for peer in self.config.peers for network in peer.allowed_ips]
+        if self.node_options is not None:
+            self.node = await self._join_registry(self.node_options, self._udp.port)
+            assert self.node.ipv4 is not None and self.node.network is not None
+            self.addresses = [
+                ip_interface(f"{self.node.ipv4}/{self.node.network.prefixlen}"),
+                ip_interface(f"{self.node.ipv6}/{IPV6_PREFIX.prefixlen}"),
+            ]
+        await loop.run_in_executor(None, self._open_tun, routes)
+        assert self._tun is not None
+        loop.add_reader(self._tun.fileno(), self._on_tun_readable)
+        for peer, endpoint in static_peers:
             self.device.add_peer(
                 peer.public_key,
                 allowed_ips=peer.allowed_ips,
@@ -96,6 +172,44 @@ class Daemon:
                 persistent_keepalive_s=peer.persistent_keepalive_s,
                 now=now,
             )
+        if self.node is not None:
+            await self.node.sync_trust(time.monotonic())
+            for key in self.node.peers:
+                self.node.request_connect(key)
+            self._on_tick()
+
+    async def _join_registry(self, options: NodeOptions, port: int) -> Node:
+        loop = asyncio.get_running_loop()
+        pins = PinStore(self.paths.root)
+        registry = resolve_endpoint(*options.registry)
+        pinned = pins.registry_key()
+        if options.registry_key is not None:
+            if pinned is not None and pinned != options.registry_key:
+                log_event("registry_pin_replaced", key=encode_key(options.registry_key))
+            pins.pin_registry(options.registry_key)
+            pinned = options.registry_key
+        lan = await loop.run_in_executor(None, local_endpoints, port, self.interface)
+        link = RegistryLink(
+            self.config.private_key, registry, pinned, self._send_datagram, self._on_push
+        )
+        node = Node(options, self.device, link, pins, lan)
+        self.node = node
+        await node.register()
+        log_event(
+            "registered",
+            hostname=options.hostname,
+            ipv4=str(node.ipv4),
+            ipv6=str(node.ipv6),
+            public_endpoint=node.public_endpoint,
+        )
+        return node
+
+    def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
+        if link_exists(self.interface):
+            delete_link(self.interface)
+            log_event("stale_interface_removed", interface=self.interface)
+        self._tun = TunDevice.open(self.interface)
+        configure_link(self.interface, self.addresses, self.mtu, routes)
 
     def _close(self) -> None:
         if self._tun is not None:
@@ -106,61 +220,6 @@ class Daemon:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-
-    def run(self, ready_fd: int | None = None) -> None:
-        """Run until SIGTERM, SIGINT or a `down` request; report readiness on `ready_fd`.
-
-        The link is set up and torn down outside the event loop: pyroute2's
-        synchronous API runs an event loop of its own.
-        """
-        try:
-            self._open()
-        except Exception as error:
-            message = str(error) or type(error).__name__
-            raise StartupError(message) from error
-        try:
-            asyncio.run(self._serve(ready_fd))
-        finally:
-            self._close()
-            log_event("interface_down", interface=self.interface)
-
-    async def _serve(self, ready_fd: int | None) -> None:
-        assert self._tun is not None and self._udp is not None
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stopping = asyncio.Event()
-        server = await serve_control(self.paths.control_socket, self._handle_request)
-        self.paths.pid_file.write_text(f"{os.getpid()}\n")
-        try:
-            loop.add_reader(self._tun.fileno(), self._on_tun_readable)
-            for sock in self._udp.sockets():
-                loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._stopping.set)
-            log_event(
-                "interface_up",
-                interface=self.interface,
-                public_key=encode_key(self.device.public_key),
-                listen_port=self._udp.port,
-                addresses=",".join(str(a) for a in self.config.addresses),
-                mtu=self.mtu,
-                peers=len(self.config.peers),
-            )
-            self._flush(time.monotonic())
-            if ready_fd is not None:
-                os.write(ready_fd, b"ready\n")
-                os.close(ready_fd)
-            await self._stopping.wait()
-        finally:
-            server.close()
-            if self._timer is not None:
-                self._timer.cancel()
-            for fd in [self._tun.fileno()] + [s.fileno() for s in self._udp.sockets()]:
-                loop.remove_reader(fd)
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.control_socket.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.pid_file.unlink()
 
     # -- data path -----------------------------------------------------------------
 
@@ -180,13 +239,56 @@ class Daemon:
     def _on_udp_readable(self, sock: socket.socket) -> None:
         device = self.device
         receive = UdpSockets.receive
+        node = self.node
         now = time.monotonic()
         for _ in range(READ_BATCH_PACKETS):
             received = receive(sock)
             if received is None:
                 break
-            device.receive_datagram(received[0], received[1], now)
+            data, source = received
+            if node is None or data[0] < CONTROL_TYPE:
+                device.receive_datagram(data, source, now)
+            elif source == node.link.endpoint:
+                self._on_registry_datagram(node, data, now)
         self._flush(now)
+
+    def _on_registry_datagram(self, node: Node, data: bytes, now: float) -> None:
+        if data[0] != RELAY_TYPE:
+            node.link.handle_datagram(data, now)
+            return
+        try:
+            key, inner = unpack_relay(data)
+        except WireError:
+            self.device.drops[DropReason.MALFORMED] += 1
+            return
+        endpoint = node.relay_endpoint(key)
+        if endpoint is None:
+            self.device.drops[DropReason.UNKNOWN_PEER] += 1
+            return
+        self.device.receive_datagram(inner, endpoint, now)
+
+    def _send_datagram(self, datagram: bytes, endpoint: Endpoint) -> bool:
+        """Send to a UDP endpoint, or wrap for the relay when the endpoint is the relay."""
+        assert self._udp is not None
+        if endpoint[0] == RELAY_HOST and self.node is not None:
+            key = self.node.relay_key(endpoint[1])
+            if key is None:
+                return False
+            return self._udp.send(pack_relay(key, datagram), self.node.link.endpoint)
+        return self._udp.send(datagram, endpoint)
+
+    def _on_push(self, message: dict[str, Any]) -> None:
+        if self.node is not None:
+            now = time.monotonic()
+            self.node.handle_push(message, now)
+            self._flush(now)
+
+    def _on_tick(self) -> None:
+        assert self._loop is not None and self.node is not None
+        now = time.monotonic()
+        self.node.tick(now)
+        self._flush(now)
+        self._ticker = self._loop.call_later(PROBE_INTERVAL_S, self._on_tick)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -200,7 +302,7 @@ class Daemon:
         device = self.device
         assert self._tun is not None and self._udp is not None
         if device.outgoing:
-            send = self._udp.send
+            send = self._send_datagram
             failed = 0
             for datagram, endpoint in device.outgoing:
                 if not send(datagram, endpoint):
@@ -241,7 +343,23 @@ class Daemon:
             assert self._stopping is not None
             self._stopping.set()
             return {"ok": True}
-        return {"ok": False, "error": f"unknown control command {command!r}"}
+        if self.node is not None:
+            reply = await self.node.command(request, time.monotonic())
+            for peer in reply.get("peers", []):
+                peer["endpoint"] = format_endpoint(peer["endpoint"])
+                latest = peer.pop("last_handshake_s")
+                peer["last_handshake"] = None if latest is None else latest + self._wall_offset()
+            self._flush(time.monotonic())
+            return reply
+        return {
+            "ok": False,
+            "error": f"`{command}` needs a registry: start with `pilotif up --registry`",
+            "code": "no_registry",
+        }
+
+    @staticmethod
+    def _wall_offset() -> float:
+        return time.time() - time.monotonic()
 
     def status(self) -> dict[str, Any]:
         """What `pilotif status` shows."""
@@ -266,11 +384,12 @@ class Daemon:
             "interface": self.interface,
             "public_key": encode_key(self.device.public_key),
             "listen_port": self._udp.port if self._udp else None,
-            "addresses": [str(a) for a in self.config.addresses],
+            "addresses": [str(a) for a in self.addresses],
             "mtu": self.mtu,
             "pid": os.getpid(),
             "peers": peers,
             "drops": {str(reason): count for reason, count in self.device.drops.items()},
+            "node": self.node.status() if self.node is not None else None,
         }
 
 

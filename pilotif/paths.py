@@ -34,6 +34,11 @@ class StatePaths:
         """The Unix socket the CLI talks to; only root can open it."""
         return self.root / "pilotif.sock"
 
+    @property
+    def identity_key(self) -> Path:
+        """The node's private key (registry mode), created on first `up`."""
+        return self.root / "identity.key"
+
     def create(self) -> None:
         """Make the directory, readable by its owner only."""
         self.root.mkdir(mode=_STATE_DIR_MODE, parents=True, exist_ok=True)

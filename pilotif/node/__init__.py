@@ -1,0 +1,1 @@
+"""The node side of the control plane: joining a registry, trust, peers and paths."""
