@@ -11,7 +11,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from enum import Enum, StrEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, cast
 
 import dns.exception
 import dns.flags
@@ -263,8 +263,7 @@ class _ListenProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
         assert self._transport is not None
