@@ -5,6 +5,7 @@ from pilotif.dns.resolver import ResolverConfig, ResolverError
 from pilotif.dns.responder import (
     DOMAIN,
     Action,
+    Addresses,
     DnsDrop,
     DnsResponder,
     DnsServer,
@@ -15,6 +16,7 @@ from pilotif.dns.responder import (
 __all__ = [
     "DOMAIN",
     "Action",
+    "Addresses",
     "DnsDrop",
     "DnsResponder",
     "DnsServer",

@@ -39,11 +39,13 @@ _QR_BIT = 0x80  # in the third header byte
 _ANSWERED_TYPES = {dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.ANY}
 
 Addresses = tuple[IPv4Address | None, IPv6Address | None]
+"""A peer's (IPv4, IPv6) addresses in the NameTable; either may be missing."""
 _Address = tuple[str, int]
 
 
 class DnsDrop(StrEnum):
-    """Every reason a DNS datagram is dropped; the counters are keyed by these."""
+    """Every reason a query goes unanswered (or, for UPSTREAM_FAILED, gets SERVFAIL);
+    `DnsResponder.counters` is keyed by these."""
 
     MALFORMED = "malformed"
     """Not a DNS message dnspython can parse."""
