@@ -1,0 +1,426 @@
+"""The registry's durable state: nodes (key, name, address, tags, where last seen), trust
+requests and trusts, in one SQLite file.
+
+Every change runs in one transaction. The schema and queries are plain SQL that
+PostgreSQL also accepts (keys as BLOB/BYTEA, times as float seconds, JSON lists as
+text), so a PostgreSQL backend could later serve several registry replicas.
+"""
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pilotif.identity import ipv6_for_key
+
+TrustState = Literal["none", "pending", "trusted"]
+
+DB_FILE_NAME: Final = "registry.db"
+_DB_FILE_MODE: Final = 0o600
+_OCTET_MASK: Final = 0xFF
+_RESERVED_LAST_OCTETS: Final = (0x00, 0xFF)
+
+_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS nodes (
+        public_key BLOB PRIMARY KEY,
+        hostname TEXT NOT NULL UNIQUE,
+        ipv4 BIGINT NOT NULL UNIQUE,
+        tags TEXT NOT NULL,
+        highest_counter BIGINT NOT NULL,
+        endpoint TEXT,
+        lan_endpoints TEXT NOT NULL,
+        last_seen REAL,
+        created REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS trust_requests (
+        from_key BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
+        to_key BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
+        message TEXT NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (from_key, to_key)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS trust_requests_to ON trust_requests (to_key)",
+    """
+    CREATE TABLE IF NOT EXISTS trusts (
+        key_a BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
+        key_b BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
+        created REAL NOT NULL,
+        PRIMARY KEY (key_a, key_b),
+        CHECK (key_a < key_b)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS trusts_b ON trusts (key_b)",
+)
+_NODE_FIELDS: Final = (
+    "public_key",
+    "hostname",
+    "ipv4",
+    "tags",
+    "highest_counter",
+    "endpoint",
+    "lan_endpoints",
+    "last_seen",
+    "created",
+)
+_NODE_COLUMNS: Final = ", ".join(_NODE_FIELDS)
+_N_NODE_COLUMNS: Final = ", ".join(f"n.{field}" for field in _NODE_FIELDS)
+"""The node columns of `nodes n` in a join."""
+
+
+class StoreError(Exception):
+    """A request the registry refuses; `code` is what the reply carries."""
+
+    code = "error"
+
+
+class NameTaken(StoreError):
+    """The hostname belongs to another key."""
+
+    code = "name_taken"
+
+
+class NetworkFull(StoreError):
+    """No address of the network is free."""
+
+    code = "network_full"
+
+
+class UnknownNode(StoreError):
+    """No node has this key."""
+
+    code = "unknown_peer"
+
+
+class NoRequest(StoreError):
+    """There is no trust request to answer."""
+
+    code = "no_request"
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """One registered node as stored."""
+
+    public_key: bytes
+    hostname: str
+    ipv4: IPv4Address
+    tags: tuple[str, ...]
+    highest_counter: int
+    """The highest control counter accepted from it (replays stay refused after a restart)."""
+    endpoint: str | None
+    """Its public endpoint, `ip:port` as the registry saw it, once it registered."""
+    lan_endpoints: tuple[str, ...]
+    last_seen: float | None
+    """Wall-clock seconds of its last registration (heartbeat)."""
+    created: float
+
+    @property
+    def ipv6(self) -> str:
+        """Its IPv6 address, derived from its key."""
+        return str(ipv6_for_key(self.public_key))
+
+
+@dataclass(frozen=True)
+class TrustOutcome:
+    """The trust between two nodes after a request, an answer or an untrust."""
+
+    state: TrustState
+    changed: bool
+    """Whether the trust itself was just established or revoked."""
+
+
+class Store:
+    """The registry database; one instance per process, used from one thread."""
+
+    def __init__(self, path: Path, network: IPv4Network) -> None:
+        self.network = network
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, _DB_FILE_MODE))
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._transaction():
+            for statement in _SCHEMA:
+                self._db.execute(statement)
+
+    def close(self) -> None:
+        """Close the database file."""
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        cursor = self._db.cursor()
+        cursor.execute("BEGIN")
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+
+    # -- nodes -----------------------------------------------------------------------
+
+    def register(
+        self, public_key: bytes, hostname: str, tags: tuple[str, ...], now: float
+    ) -> tuple[NodeRecord, bool]:
+        """Insert a node or update its name and tags; the record and whether it is new.
+
+        A new node gets the lowest free address of the network, for good. The
+        hostname (already normalized) must not belong to another key: NameTaken.
+        """
+        with self._transaction() as cursor:
+            owner = cursor.execute(
+                "SELECT public_key FROM nodes WHERE hostname = ?", (hostname,)
+            ).fetchone()
+            if owner is not None and bytes(owner[0]) != public_key:
+                raise NameTaken(f"the name {hostname!r} belongs to another node")
+            tags_text = json.dumps(list(tags))
+            updated = cursor.execute(
+                "UPDATE nodes SET hostname = ?, tags = ? WHERE public_key = ?",
+                (hostname, tags_text, public_key),
+            ).rowcount
+            if not updated:
+                address = self._free_address(cursor)
+                cursor.execute(
+                    f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (public_key, hostname, address, tags_text, -1, None, "[]", None, now),
+                )
+            record = self._node(cursor, "public_key = ?", public_key)
+        assert record is not None
+        return record, not updated
+
+    def _free_address(self, cursor: sqlite3.Cursor) -> int:
+        used = cursor.execute(
+            "SELECT ipv4 FROM nodes WHERE ipv4 >= ? AND ipv4 <= ? ORDER BY ipv4",
+            (int(self.network.network_address), int(self.network.broadcast_address)),
+        )
+        candidate = int(self.network.network_address) + 1
+        last = int(self.network.broadcast_address) - 1
+        for (taken,) in used:
+            candidate = _skip_reserved(candidate)
+            if candidate < taken:
+                break
+            candidate = max(candidate, taken + 1)
+        candidate = _skip_reserved(candidate)
+        if candidate > last:
+            raise NetworkFull(f"every address of {self.network} is taken")
+        return candidate
+
+    def mark_seen(
+        self,
+        public_key: bytes,
+        *,
+        endpoint: str,
+        lan_endpoints: tuple[str, ...],
+        counter: int,
+        now: float,
+    ) -> None:
+        """Record a heartbeat: where the node is and the counter it sealed with."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?,"
+                " highest_counter = CASE WHEN highest_counter > ? THEN highest_counter ELSE ? END"
+                " WHERE public_key = ?",
+                (endpoint, json.dumps(list(lan_endpoints)), now, counter, counter, public_key),
+            )
+
+    def record_counter(self, public_key: bytes, counter: int) -> None:
+        """Raise the node's stored highest counter to `counter`."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                "UPDATE nodes SET highest_counter = ? WHERE public_key = ? AND highest_counter < ?",
+                (counter, public_key, counter),
+            )
+
+    def node_by_key(self, public_key: bytes) -> NodeRecord | None:
+        """The node with this key."""
+        return self._node(self._db.cursor(), "public_key = ?", public_key)
+
+    def node_by_hostname(self, hostname: str) -> NodeRecord | None:
+        """The node with this (normalized) hostname."""
+        return self._node(self._db.cursor(), "hostname = ?", hostname)
+
+    def node_by_ipv4(self, address: IPv4Address) -> NodeRecord | None:
+        """The node with this IPv4 address."""
+        return self._node(self._db.cursor(), "ipv4 = ?", int(address))
+
+    def nodes_with_tag(self, tag: str, limit: int) -> list[NodeRecord]:
+        """Up to `limit` nodes carrying the (normalized) tag, by hostname."""
+        # Tags are DNS labels (no quotes, '%' or '_'), so the quoted tag matches one
+        # element of the JSON list exactly; the filter below makes that explicit.
+        rows = self._db.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE tags LIKE ? ORDER BY hostname LIMIT ?",
+            (f'%"{tag}"%', limit),
+        )
+        return [node for node in map(_record, rows) if tag in node.tags]
+
+    def all_endpoints(self) -> list[tuple[bytes, str, float]]:
+        """Every node's key, public endpoint and last-seen time, for the relay's index."""
+        rows = self._db.execute(
+            "SELECT public_key, endpoint, last_seen FROM nodes"
+            " WHERE endpoint IS NOT NULL AND last_seen IS NOT NULL"
+        )
+        return [(bytes(key), str(endpoint), float(seen)) for key, endpoint, seen in rows]
+
+    @staticmethod
+    def _node(cursor: sqlite3.Cursor, where: str, value: object) -> NodeRecord | None:
+        row = cursor.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE {where}", (value,))
+        found = row.fetchone()
+        return None if found is None else _record(found)
+
+    # -- trust -----------------------------------------------------------------------
+
+    def request_trust(
+        self, from_key: bytes, to_key: bytes, message: str, now: float
+    ) -> TrustOutcome:
+        """`from_key` asks `to_key` for trust; trusted at once if `to_key` asked too."""
+        if from_key == to_key:
+            raise StoreError("a node cannot ask itself for trust")
+        with self._transaction() as cursor:
+            self._require(cursor, to_key)
+            if self._trusted(cursor, from_key, to_key):
+                return TrustOutcome("trusted", changed=False)
+            crossing = cursor.execute(
+                "SELECT 1 FROM trust_requests WHERE from_key = ? AND to_key = ?",
+                (to_key, from_key),
+            ).fetchone()
+            if crossing is not None:
+                self._establish(cursor, from_key, to_key, now)
+                return TrustOutcome("trusted", changed=True)
+            cursor.execute(
+                "DELETE FROM trust_requests WHERE from_key = ? AND to_key = ?", (from_key, to_key)
+            )
+            cursor.execute(
+                "INSERT INTO trust_requests (from_key, to_key, message, created)"
+                " VALUES (?, ?, ?, ?)",
+                (from_key, to_key, message, now),
+            )
+        return TrustOutcome("pending", changed=False)
+
+    def respond(
+        self, responder: bytes, requester: bytes, approve: bool, now: float
+    ) -> TrustOutcome:
+        """`responder` approves or rejects the request of `requester`.
+
+        Approving again once trusted is a no-op; approving with no request is NoRequest.
+        """
+        with self._transaction() as cursor:
+            self._require(cursor, requester)
+            if self._trusted(cursor, responder, requester):
+                return TrustOutcome("trusted", changed=False)
+            asked = cursor.execute(
+                "SELECT 1 FROM trust_requests WHERE from_key = ? AND to_key = ?",
+                (requester, responder),
+            ).fetchone()
+            if not approve:
+                cursor.execute(
+                    "DELETE FROM trust_requests WHERE from_key = ? AND to_key = ?",
+                    (requester, responder),
+                )
+                return TrustOutcome("none", changed=False)
+            if asked is None:
+                raise NoRequest("this node has not asked for trust")
+            self._establish(cursor, responder, requester, now)
+        return TrustOutcome("trusted", changed=True)
+
+    def untrust(self, key: bytes, other: bytes) -> TrustOutcome:
+        """End the trust between the two and withdraw requests either way."""
+        a, b = sorted((key, other))
+        with self._transaction() as cursor:
+            self._require(cursor, other)
+            revoked = cursor.execute(
+                "DELETE FROM trusts WHERE key_a = ? AND key_b = ?", (a, b)
+            ).rowcount
+            self._delete_requests(cursor, a, b)
+        return TrustOutcome("none", changed=bool(revoked))
+
+    def is_trusted(self, key: bytes, other: bytes) -> bool:
+        """Whether the two nodes trust each other."""
+        return self._trusted(self._db.cursor(), key, other)
+
+    def trusted(self, key: bytes) -> list[NodeRecord]:
+        """The nodes that `key` trusts, by hostname."""
+        rows = self._db.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE public_key IN ("
+            " SELECT key_b FROM trusts WHERE key_a = ?"
+            " UNION SELECT key_a FROM trusts WHERE key_b = ?) ORDER BY hostname",
+            (key, key),
+        )
+        return [_record(row) for row in rows]
+
+    def incoming(self, key: bytes) -> list[tuple[NodeRecord, str]]:
+        """The nodes asking `key` for trust, with their messages, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_N_NODE_COLUMNS}, r.message FROM nodes n"
+            " JOIN trust_requests r ON r.from_key = n.public_key"
+            " WHERE r.to_key = ? ORDER BY r.created, n.hostname",
+            (key,),
+        )
+        return [(_record(row[:-1]), str(row[-1])) for row in rows]
+
+    def outgoing(self, key: bytes) -> list[NodeRecord]:
+        """The nodes `key` asked for trust that have not answered, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {_N_NODE_COLUMNS} FROM nodes n"
+            " JOIN trust_requests r ON r.to_key = n.public_key"
+            " WHERE r.from_key = ? ORDER BY r.created, n.hostname",
+            (key,),
+        )
+        return [_record(row) for row in rows]
+
+    @staticmethod
+    def _require(cursor: sqlite3.Cursor, key: bytes) -> None:
+        if cursor.execute("SELECT 1 FROM nodes WHERE public_key = ?", (key,)).fetchone() is None:
+            raise UnknownNode("no node has this key")
+
+    @staticmethod
+    def _trusted(cursor: sqlite3.Cursor, key: bytes, other: bytes) -> bool:
+        a, b = sorted((key, other))
+        found = cursor.execute("SELECT 1 FROM trusts WHERE key_a = ? AND key_b = ?", (a, b))
+        return found.fetchone() is not None
+
+    @classmethod
+    def _establish(cls, cursor: sqlite3.Cursor, key: bytes, other: bytes, now: float) -> None:
+        a, b = sorted((key, other))
+        cls._delete_requests(cursor, a, b)
+        cursor.execute("INSERT INTO trusts (key_a, key_b, created) VALUES (?, ?, ?)", (a, b, now))
+
+    @staticmethod
+    def _delete_requests(cursor: sqlite3.Cursor, a: bytes, b: bytes) -> None:
+        cursor.execute(
+            "DELETE FROM trust_requests WHERE (from_key = ? AND to_key = ?)"
+            " OR (from_key = ? AND to_key = ?)",
+            (a, b, b, a),
+        )
+
+
+def _skip_reserved(address: int) -> int:
+    """The first address at or after `address` whose last octet is neither 0 nor 255."""
+    while address & _OCTET_MASK in _RESERVED_LAST_OCTETS:
+        address += 1
+    return address
+
+
+def _record(row: tuple[Any, ...]) -> NodeRecord:
+    key, hostname, ipv4, tags, counter, endpoint, lan, last_seen, created = row
+    return NodeRecord(
+        public_key=bytes(key),
+        hostname=hostname,
+        ipv4=IPv4Address(ipv4),
+        tags=tuple(json.loads(tags)),
+        highest_counter=counter,
+        endpoint=endpoint,
+        lan_endpoints=tuple(json.loads(lan)),
+        last_seen=last_seen,
+        created=created,
+    )

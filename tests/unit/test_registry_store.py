@@ -1,0 +1,204 @@
+"""The registry database: addresses, names, tags, trust, and everything after a reopen."""
+
+import stat
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+
+from pilotif.overlay.crypto import generate_private_key, public_key
+from pilotif.registry.store import (
+    NameTaken,
+    NetworkFull,
+    NoRequest,
+    Store,
+    StoreError,
+    UnknownNode,
+)
+
+NETWORK = IPv4Network("100.64.0.0/10")
+NOW = 1_700_000_000.0
+
+
+def new_key() -> bytes:
+    return public_key(generate_private_key())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "registry.db", NETWORK)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def alice(store: Store) -> bytes:
+    key = new_key()
+    store.register(key, "alice", ("gpu",), NOW)
+    return key
+
+
+@pytest.fixture
+def bob(store: Store) -> bytes:
+    key = new_key()
+    store.register(key, "bob", (), NOW)
+    return key
+
+
+def test_the_first_nodes_get_the_lowest_addresses(store: Store) -> None:
+    first, new = store.register(new_key(), "one", (), NOW)
+    second, _ = store.register(new_key(), "two", (), NOW)
+    assert new
+    assert first.ipv4 == IPv4Address("100.64.0.1")
+    assert second.ipv4 == IPv4Address("100.64.0.2")
+
+
+def test_addresses_skip_dot_zero_and_dot_255(tmp_path: Path) -> None:
+    store = Store(tmp_path / "registry.db", IPv4Network("10.9.0.0/23"))
+    addresses = [store.register(new_key(), f"n{i}", (), NOW)[0].ipv4 for i in range(256)]
+    assert IPv4Address("10.9.0.255") not in addresses
+    assert IPv4Address("10.9.1.0") not in addresses
+    assert addresses[253] == IPv4Address("10.9.0.254")
+    assert addresses[254] == IPv4Address("10.9.1.1")
+    store.close()
+
+
+def test_a_full_network_refuses_new_nodes(tmp_path: Path) -> None:
+    store = Store(tmp_path / "registry.db", IPv4Network("10.9.0.0/30"))
+    assert [store.register(new_key(), f"n{i}", (), NOW)[0].ipv4 for i in range(2)] == [
+        IPv4Address("10.9.0.1"),
+        IPv4Address("10.9.0.2"),
+    ]
+    with pytest.raises(NetworkFull):
+        store.register(new_key(), "late", (), NOW)
+    store.close()
+
+
+def test_registering_again_keeps_the_address_and_may_rename(store: Store, alice: bytes) -> None:
+    store.register(new_key(), "other", (), NOW)
+    record, new = store.register(alice, "alice-2", ("cpu",), NOW + 1)
+    assert not new
+    assert record.ipv4 == IPv4Address("100.64.0.1")
+    assert (record.hostname, record.tags) == ("alice-2", ("cpu",))
+    assert store.node_by_hostname("alice") is None
+
+
+def test_a_name_of_another_key_is_taken(store: Store, alice: bytes, bob: bytes) -> None:
+    with pytest.raises(NameTaken):
+        store.register(new_key(), "alice", (), NOW)
+    with pytest.raises(NameTaken):
+        store.register(alice, "bob", (), NOW)
+    record = store.node_by_key(alice)
+    assert record is not None and record.hostname == "alice"
+
+
+def test_lookups_by_key_name_address_and_tag(store: Store, alice: bytes, bob: bytes) -> None:
+    record = store.node_by_key(alice)
+    assert record is not None
+    assert store.node_by_hostname("alice") == record
+    assert store.node_by_ipv4(record.ipv4) == record
+    assert store.nodes_with_tag("gpu", 20) == [record]
+    assert store.nodes_with_tag("gp", 20) == []
+    assert store.node_by_key(new_key()) is None
+
+
+def test_tag_lookups_are_capped(store: Store) -> None:
+    for i in range(5):
+        store.register(new_key(), f"worker-{i}", ("pool",), NOW)
+    assert [n.hostname for n in store.nodes_with_tag("pool", 3)] == [
+        "worker-0",
+        "worker-1",
+        "worker-2",
+    ]
+
+
+def test_mark_seen_records_where_and_the_highest_counter(store: Store, alice: bytes) -> None:
+    store.mark_seen(
+        alice, endpoint="198.18.0.1:4000", lan_endpoints=("10.0.0.2:4000",), counter=50, now=NOW
+    )
+    store.mark_seen(alice, endpoint="198.18.0.1:4001", lan_endpoints=(), counter=40, now=NOW + 6)
+    store.record_counter(alice, 45)
+    record = store.node_by_key(alice)
+    assert record is not None
+    assert (record.endpoint, record.lan_endpoints, record.last_seen) == (
+        "198.18.0.1:4001",
+        (),
+        NOW + 6,
+    )
+    assert record.highest_counter == 50
+    store.record_counter(alice, 60)
+    assert store.all_endpoints() == [(alice, "198.18.0.1:4001", NOW + 6)]
+    record = store.node_by_key(alice)
+    assert record is not None and record.highest_counter == 60
+
+
+def test_a_trust_request_is_pending_until_approved(store: Store, alice: bytes, bob: bytes) -> None:
+    outcome = store.request_trust(alice, bob, "hi", NOW)
+    assert (outcome.state, outcome.changed) == ("pending", False)
+    assert [(n.hostname, m) for n, m in store.incoming(bob)] == [("alice", "hi")]
+    assert [n.hostname for n in store.outgoing(alice)] == ["bob"]
+    assert not store.is_trusted(alice, bob)
+    outcome = store.respond(bob, alice, True, NOW)
+    assert (outcome.state, outcome.changed) == ("trusted", True)
+    assert store.is_trusted(alice, bob) and store.is_trusted(bob, alice)
+    assert store.incoming(bob) == [] and store.outgoing(alice) == []
+    assert [n.hostname for n in store.trusted(alice)] == ["bob"]
+    assert [n.hostname for n in store.trusted(bob)] == ["alice"]
+    again = store.respond(bob, alice, True, NOW)
+    assert (again.state, again.changed) == ("trusted", False)
+
+
+def test_requests_both_ways_are_trusted_at_once(store: Store, alice: bytes, bob: bytes) -> None:
+    store.request_trust(alice, bob, "", NOW)
+    outcome = store.request_trust(bob, alice, "", NOW)
+    assert (outcome.state, outcome.changed) == ("trusted", True)
+    assert store.is_trusted(alice, bob)
+    assert store.incoming(alice) == [] and store.incoming(bob) == []
+
+
+def test_a_rejected_request_is_gone(store: Store, alice: bytes, bob: bytes) -> None:
+    store.request_trust(alice, bob, "", NOW)
+    assert store.respond(bob, alice, False, NOW).state == "none"
+    assert store.incoming(bob) == [] and not store.is_trusted(alice, bob)
+    with pytest.raises(NoRequest):
+        store.respond(bob, alice, True, NOW)
+
+
+def test_untrust_revokes_from_either_side(store: Store, alice: bytes, bob: bytes) -> None:
+    store.request_trust(alice, bob, "", NOW)
+    store.respond(bob, alice, True, NOW)
+    outcome = store.untrust(bob, alice)
+    assert (outcome.state, outcome.changed) == ("none", True)
+    assert not store.is_trusted(alice, bob)
+    assert not store.untrust(alice, bob).changed
+
+
+def test_trust_needs_a_known_other_node(store: Store, alice: bytes) -> None:
+    with pytest.raises(UnknownNode):
+        store.request_trust(alice, new_key(), "", NOW)
+    with pytest.raises(StoreError):
+        store.request_trust(alice, alice, "", NOW)
+
+
+def test_everything_is_there_after_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "registry.db"
+    store = Store(path, NETWORK)
+    alice, bob, carol = new_key(), new_key(), new_key()
+    for key, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        store.register(key, name, ("t",), NOW)
+    store.mark_seen(alice, endpoint="198.18.0.1:1", lan_endpoints=(), counter=7, now=NOW)
+    store.request_trust(alice, bob, "", NOW)
+    store.respond(bob, alice, True, NOW)
+    store.request_trust(carol, alice, "please", NOW)
+    before = [store.node_by_key(k) for k in (alice, bob, carol)]
+    store.close()
+
+    reopened = Store(path, NETWORK)
+    assert [reopened.node_by_key(k) for k in (alice, bob, carol)] == before
+    assert reopened.is_trusted(alice, bob)
+    assert [(n.hostname, m) for n, m in reopened.incoming(alice)] == [("carol", "please")]
+    record, new = reopened.register(new_key(), "dave", (), NOW)
+    assert new and record.ipv4 == IPv4Address("100.64.0.4")
+    reopened.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
