@@ -101,6 +101,13 @@ def _daemon_running(paths: StatePaths) -> bool:
 )
 @click.option("--listen-port", type=click.IntRange(0, 65535), help="UDP port (registry mode).")
 @click.option(
+    "--accept-dns",
+    type=click.BOOL,
+    default=True,
+    show_default=True,
+    help="Point the system resolver at pilotif for NAME.pilot (registry mode).",
+)
+@click.option(
     "--interface", help="Name of the TUN interface (default: from the config, or pilot0)."
 )
 @click.option("--foreground", is_flag=True, help="Stay in the foreground (systemd, docker).")
@@ -116,6 +123,7 @@ def up(
     registry_key: str | None,
     auto_approve: str | None,
     listen_port: int | None,
+    accept_dns: bool,
     interface: str | None,
     foreground: bool,
     log_format: str,
@@ -137,7 +145,10 @@ def up(
         name = _interface_name(interface, config_path)
     else:
         assert registry is not None
-        node_options = _node_options(registry, hostname, tags, registry_key, auto_approve)
+        node_options = replace(
+            _node_options(registry, hostname, tags, registry_key, auto_approve),
+            accept_dns=accept_dns,
+        )
         name = _interface_name(interface, Path(DEFAULT_INTERFACE))
         config = InterfaceConfig(
             private_key=b"", addresses=(), listen_port=listen_port, mtu=None, peers=()

@@ -17,6 +17,14 @@ from typing import Any
 
 from pilotif.config import InterfaceConfig
 from pilotif.control import Reply, Request, serve_control
+from pilotif.dns import (
+    DnsResponder,
+    DnsServer,
+    NameTable,
+    ResolverConfig,
+    ResolverError,
+    serve_dns,
+)
 from pilotif.identity import IPV6_PREFIX
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
@@ -41,6 +49,7 @@ from pilotif.underlay import UdpSockets, UnderlayError, resolve_endpoint
 
 DEFAULT_MTU = 1420
 READ_BATCH_PACKETS = 128
+DNS_PORT = 53
 _TUN_READ_BYTES = 65535
 
 
@@ -84,6 +93,10 @@ class Daemon:
         self._timer_deadline: float | None = None
         self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._dns_responder = DnsResponder(NameTable())
+        self._dns: DnsServer | None = None
+        self._resolver: ResolverConfig | None = None
+        self._names_version = -1
 
     # -- start and stop ------------------------------------------------------------
 
@@ -134,6 +147,7 @@ class Daemon:
                     handle.cancel()
             for fd in [self._tun.fileno()] + [s.fileno() for s in self._udp.sockets()]:
                 loop.remove_reader(fd)
+            self._stop_dns()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.control_socket.unlink()
             with contextlib.suppress(FileNotFoundError):
@@ -176,6 +190,7 @@ class Daemon:
             await self.node.sync_trust(time.monotonic())
             for key in self.node.peers:
                 self.node.request_connect(key)
+            await self._start_dns(self.node)
             self._on_tick()
 
     async def _join_registry(self, options: NodeOptions, port: int) -> Node:
@@ -210,6 +225,37 @@ class Daemon:
             log_event("stale_interface_removed", interface=self.interface)
         self._tun = TunDevice.open(self.interface)
         configure_link(self.interface, self.addresses, self.mtu, routes)
+
+    async def _start_dns(self, node: Node) -> None:
+        """Serve `.pilot` names on our overlay address and point the resolver at it.
+        Names are a convenience: a failure is logged and `up` carries on without them."""
+        address = str(node.ipv4)
+        resolver = ResolverConfig(self.paths.root)
+        try:
+            self._dns = await serve_dns(
+                self._dns_responder, [(address, DNS_PORT)], resolver.original_nameservers()
+            )
+        except (OSError, ResolverError) as error:
+            log_event("dns_unavailable", level=logging.WARNING, error=str(error))
+            return
+        if not node.options.accept_dns:
+            return
+        try:
+            resolver.apply(self.interface, address)
+        except (OSError, ResolverError) as error:
+            log_event("resolver_not_configured", level=logging.WARNING, error=str(error))
+            return
+        self._resolver = resolver
+        log_event("dns_configured", nameserver=address, domain="pilot")
+
+    def _stop_dns(self) -> None:
+        if self._resolver is not None:
+            with contextlib.suppress(OSError, ResolverError):
+                self._resolver.restore()
+            self._resolver = None
+        if self._dns is not None:
+            self._dns.close()
+            self._dns = None
 
     def _close(self) -> None:
         if self._tun is not None:
@@ -287,6 +333,9 @@ class Daemon:
         assert self._loop is not None and self.node is not None
         now = time.monotonic()
         self.node.tick(now)
+        if self.node.peers_version != self._names_version:
+            self._names_version = self.node.peers_version
+            self._dns_responder.table.update(self.node.names())
         self._flush(now)
         self._ticker = self._loop.call_later(PROBE_INTERVAL_S, self._on_tick)
 

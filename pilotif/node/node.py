@@ -60,6 +60,8 @@ class NodeOptions:
     registry_key: bytes | None
     auto_approve: str | None
     """None (ask), "all", or "tag:NAME"."""
+    accept_dns: bool = True
+    """Point the system resolver at our DNS responder for `.pilot` names."""
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -92,6 +94,8 @@ class Node:
         self.public_endpoint: str | None = None
         self.registry_online = False
         self.peers: dict[bytes, TrustedPeer] = {}
+        self.peers_version = 0
+        """Bumped whenever a peer is added or removed (the DNS table follows it)."""
         self.pin_conflicts: dict[str, dict[str, str]] = {}
         self._slots: dict[int, bytes] = {}
         self._next_register_s = 0.0
@@ -289,6 +293,7 @@ class Node:
             relay_slot=slot,
         )
         self.peers[key] = peer
+        self.peers_version += 1
         self.device.add_peer(
             key,
             allowed_ips=[
@@ -306,6 +311,7 @@ class Node:
         if peer is None:
             return
         self._slots.pop(peer.relay_slot, None)
+        self.peers_version += 1
         self.device.remove_peer(key)
         log_event("peer_removed", peer=peer.hostname, reason=reason)
 
