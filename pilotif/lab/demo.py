@@ -39,10 +39,11 @@ def _demo(a: LabHost, b: LabHost, kind: NodeKind) -> bool:
         f"virtual cable ({a.addresses.underlay} <-> {b.addresses.underlay})"
     )
     with tunnel((kind, kind), (a, b), preshared_key=True) as nodes:
+        _step(f"2. {kind} up on both agents, each with the other as its only peer")
         for host, node in zip((a, b), nodes, strict=True):
             key = node.config.public_key[:_KEY_PREVIEW_CHARS]
             _step(
-                f"2. agent {host.role.upper()}: {kind} up -> interface {node.interface}, "
+                f"     {host.role.upper()}: interface {node.interface}, "
                 f"{host.addresses.overlay_v4} and {host.addresses.overlay_v6}, key {key}..."
             )
         ok = True
