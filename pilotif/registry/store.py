@@ -12,7 +12,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -31,6 +31,7 @@ _SCHEMA: Final = (
         public_key BLOB PRIMARY KEY,
         hostname TEXT NOT NULL UNIQUE,
         ipv4 BIGINT NOT NULL UNIQUE,
+        ipv6 TEXT NOT NULL UNIQUE,
         tags TEXT NOT NULL,
         highest_counter BIGINT NOT NULL,
         endpoint TEXT,
@@ -64,6 +65,7 @@ _NODE_FIELDS: Final = (
     "public_key",
     "hostname",
     "ipv4",
+    "ipv6",
     "tags",
     "highest_counter",
     "endpoint",
@@ -113,6 +115,8 @@ class NodeRecord:
     public_key: bytes
     hostname: str
     ipv4: IPv4Address
+    ipv6: IPv6Address
+    """Derived from the key (`ipv6_for_key`), stored to look nodes up by it."""
     tags: tuple[str, ...]
     highest_counter: int
     """The highest control counter accepted from it (replays stay refused after a restart)."""
@@ -122,11 +126,6 @@ class NodeRecord:
     last_seen: float | None
     """Wall-clock seconds of its last registration (heartbeat)."""
     created: float
-
-    @property
-    def ipv6(self) -> str:
-        """Its IPv6 address, derived from its key."""
-        return str(ipv6_for_key(self.public_key))
 
 
 @dataclass(frozen=True)
@@ -191,9 +190,10 @@ class Store:
             ).rowcount
             if not updated:
                 address = self._free_address(cursor)
+                ipv6 = str(ipv6_for_key(public_key))
                 cursor.execute(
-                    f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (public_key, hostname, address, tags_text, -1, None, "[]", None, now),
+                    f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (public_key, hostname, address, ipv6, tags_text, -1, None, "[]", None, now),
                 )
             record = self._node(cursor, "public_key = ?", public_key)
         assert record is not None
@@ -254,15 +254,22 @@ class Store:
         """The node with this IPv4 address."""
         return self._node(self._db.cursor(), "ipv4 = ?", int(address))
 
-    def nodes_with_tag(self, tag: str, limit: int) -> list[NodeRecord]:
-        """Up to `limit` nodes carrying the (normalized) tag, by hostname."""
-        # Tags are DNS labels (no quotes, '%' or '_'), so the quoted tag matches one
-        # element of the JSON list exactly; the filter below makes that explicit.
+    def node_by_ipv6(self, address: IPv6Address) -> NodeRecord | None:
+        """The node with this IPv6 address."""
+        return self._node(self._db.cursor(), "ipv6 = ?", str(address))
+
+    def nodes_with_tag(self, tag: str, limit: int, offset: int = 0) -> list[NodeRecord]:
+        """Up to `limit` nodes carrying the tag, by hostname, skipping the first `offset`.
+
+        Tags are DNS labels (no quotes, '%' or '_'), so the quoted tag matches exactly
+        the one element of the JSON list that equals it.
+        """
         rows = self._db.execute(
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE tags LIKE ? ORDER BY hostname LIMIT ?",
-            (f'%"{tag}"%', limit),
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE tags LIKE ? ORDER BY hostname"
+            " LIMIT ? OFFSET ?",
+            (f'%"{tag}"%', limit, offset),
         )
-        return [node for node in map(_record, rows) if tag in node.tags]
+        return [_record(row) for row in rows]
 
     def all_endpoints(self) -> list[tuple[bytes, str, float]]:
         """Every node's key, public endpoint and last-seen time, for the relay's index."""
@@ -412,11 +419,12 @@ def _skip_reserved(address: int) -> int:
 
 
 def _record(row: tuple[Any, ...]) -> NodeRecord:
-    key, hostname, ipv4, tags, counter, endpoint, lan, last_seen, created = row
+    key, hostname, ipv4, ipv6, tags, counter, endpoint, lan, last_seen, created = row
     return NodeRecord(
         public_key=bytes(key),
         hostname=hostname,
         ipv4=IPv4Address(ipv4),
+        ipv6=IPv6Address(ipv6),
         tags=tuple(json.loads(tags)),
         highest_counter=counter,
         endpoint=endpoint,

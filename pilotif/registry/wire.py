@@ -8,6 +8,7 @@ with a short `reason` that the receiver counts; our own misuse raises ValueError
 import json
 import struct
 import time
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -15,6 +16,7 @@ from cryptography.exceptions import InvalidTag
 from pilotif.overlay.constants import AEAD_TAG_SIZE
 from pilotif.overlay.crypto import KEY_SIZE, aead_decrypt, aead_encrypt, dh, hash_, kdf2
 from pilotif.overlay.crypto import public_key as _public_key
+from pilotif.overlay.events import Endpoint
 from pilotif.overlay.replay import ReplayWindow
 
 CONTROL_TYPE: Final = 0x50
@@ -36,6 +38,7 @@ _RESERVED: Final = slice(1, 4)
 _RESERVED_ZEROS: Final = bytes(3)
 _CONTROL_LABEL: Final = b"pilotif control v1"
 _MAX_CIPHERTEXT_BYTES: Final = MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
+_MAX_PORT: Final = 65535
 
 assert _CONTROL_HEADER.size == CONTROL_HEADER_SIZE
 assert _RELAY_HEADER.size == RELAY_HEADER_SIZE
@@ -112,7 +115,7 @@ class ControlChannel:
         """The datagram carrying `payload`; ValueError if its JSON exceeds MAX_PAYLOAD_BYTES."""
         if not 0 <= counter <= MAX_COUNTER:
             raise ValueError(f"counter {counter} out of range")
-        plaintext = json.dumps(payload, separators=(",", ":")).encode()
+        plaintext = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         if len(plaintext) > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"control payload of {len(plaintext)} bytes exceeds {MAX_PAYLOAD_BYTES}"
@@ -163,6 +166,24 @@ def unpack_relay(datagram: bytes) -> tuple[bytes, bytes]:
     if datagram[0] != RELAY_TYPE or datagram[_RESERVED] != _RESERVED_ZEROS:
         raise WireError("malformed", "not a relay message")
     return bytes(datagram[4:RELAY_HEADER_SIZE]), bytes(datagram[RELAY_HEADER_SIZE:])
+
+
+def format_endpoint(endpoint: Endpoint) -> str:
+    """`ip:port`, or `[ip6]:port`: how endpoints travel in control messages."""
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """The endpoint written as `ip:port` or `[ip6]:port`; ValueError if it is not one."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > _MAX_PORT:
+        raise ValueError(f"{text!r} is not ip:port")
+    if host.startswith("[") and host.endswith("]"):
+        address: IPv4Address | IPv6Address = IPv6Address(host[1:-1])
+    else:
+        address = IPv4Address(host)
+    return (str(address), int(port))
 
 
 def pack_key_reply(registry_public: bytes) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pilotif.identity import ipv6_for_key
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.store import (
     NameTaken,
@@ -98,6 +99,8 @@ def test_lookups_by_key_name_address_and_tag(store: Store, alice: bytes, bob: by
     assert record is not None
     assert store.node_by_hostname("alice") == record
     assert store.node_by_ipv4(record.ipv4) == record
+    assert record.ipv6 == ipv6_for_key(alice)
+    assert store.node_by_ipv6(record.ipv6) == record
     assert store.nodes_with_tag("gpu", 20) == [record]
     assert store.nodes_with_tag("gp", 20) == []
     assert store.node_by_key(new_key()) is None
@@ -110,6 +113,10 @@ def test_tag_lookups_are_capped(store: Store) -> None:
         "worker-0",
         "worker-1",
         "worker-2",
+    ]
+    assert [n.hostname for n in store.nodes_with_tag("pool", 3, offset=3)] == [
+        "worker-3",
+        "worker-4",
     ]
 
 

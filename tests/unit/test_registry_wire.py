@@ -16,9 +16,11 @@ from pilotif.registry.wire import (
     ControlChannel,
     WireError,
     control_sender,
+    format_endpoint,
     next_counter,
     pack_key_reply,
     pack_relay,
+    parse_endpoint,
     unpack_key_reply,
     unpack_relay,
 )
@@ -156,3 +158,20 @@ def test_counters_always_rise() -> None:
     assert next_counter(far_future) == far_future + 1
     first = next_counter(0)
     assert next_counter(first) > first
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "text"),
+    [(("198.18.0.1", 51820), "198.18.0.1:51820"), (("fd00::1", 7946), "[fd00::1]:7946")],
+)
+def test_endpoints_are_written_ip_colon_port_and_read_back(
+    endpoint: tuple[str, int], text: str
+) -> None:
+    assert format_endpoint(endpoint) == text
+    assert parse_endpoint(text) == endpoint
+
+
+@pytest.mark.parametrize("text", ["", "198.18.0.1", "host:80", "1.2.3.4:99999", "fd00::1:80", ":1"])
+def test_text_that_is_not_an_endpoint_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_endpoint(text)
