@@ -1,0 +1,641 @@
+"""The registry server: `RegistryCore` answers datagrams (sans-IO: bytes, a source and
+the time in, datagrams to send out) and `run_registry` runs it on a UDP socket.
+
+The core authenticates control messages (0x50) per sender key, registers nodes, carries
+trust requests and answers, coordinates hole punching, relays WireGuard ciphertext
+between nodes that trust each other (0x51) and tells a node the registry key (0x52).
+Peer input is hostile: whatever is malformed, unauthenticated, replayed, not allowed or
+over a rate limit is dropped and counted in `counters`, never logged per packet.
+docs/CONTROL_PROTOCOL.md is the contract with the node.
+"""
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, ip_address
+from pathlib import Path
+from typing import Any, Final
+
+from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
+from pilotif.keys import InvalidKeyError, decode_key, encode_key
+from pilotif.logs import log_event, setup_logging
+from pilotif.overlay.constants import AEAD_TAG_SIZE
+from pilotif.overlay.crypto import public_key as _public_key
+from pilotif.overlay.events import Endpoint
+from pilotif.registry.ratelimit import TokenBuckets
+from pilotif.registry.store import (
+    DB_FILE_NAME,
+    NameTaken,
+    NetworkFull,
+    NodeRecord,
+    NoRequest,
+    Store,
+    StoreError,
+    UnknownNode,
+)
+from pilotif.registry.wire import (
+    CONTROL_HEADER_SIZE,
+    CONTROL_TYPE,
+    KEY_REQUEST,
+    KEY_REQUEST_TYPE,
+    MAX_PAYLOAD_BYTES,
+    RELAY_TYPE,
+    ControlChannel,
+    WireError,
+    control_sender,
+    format_endpoint,
+    next_counter,
+    pack_key_reply,
+    pack_relay,
+    parse_endpoint,
+    unpack_relay,
+)
+
+ONLINE_WINDOW_S: Final = 60.0
+"""A node is online if it registered (heartbeat) this recently."""
+LOOKUP_LIMIT: Final = 20
+"""Most nodes one lookup returns (fewer if they do not fit one reply)."""
+PENDING_PUSH_LIMIT: Final = 20
+"""Most trust requests re-sent to a node after one of its registrations."""
+MAX_TAGS: Final = 8
+MAX_TAG_CHARS: Final = 32
+MAX_LAN_ENDPOINTS: Final = 4
+MAX_TRUST_MESSAGE_BYTES: Final = 256
+"""Longest trust message, as JSON-encoded UTF-8, so that every push fits a datagram."""
+CONTROL_RATE_PER_S: Final = 50.0
+CONTROL_BURST: Final = 100.0
+RELAY_PACKETS_PER_S: Final = 20_000.0
+RELAY_BURST_PACKETS: Final = 40_000.0
+RELAY_BYTES_PER_S: Final = 25_000_000.0
+RELAY_BURST_BYTES: Final = 50_000_000.0
+MAX_CHANNELS: Final = 10_000
+"""Authenticated senders whose channel (keys, replay window) stays in memory."""
+REGISTRY_KEY_FILE: Final = "registry.key"
+
+MAX_REQUEST_ID: Final = 2**63 - 1
+"""Requests with a larger (or no) id get no reply."""
+
+_MAX_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
+_TAG_PREFIX: Final = "tag:"
+_STORE_ERROR_HINTS: Final = {
+    NameTaken.code: "choose another --hostname; a name belongs to the first key that takes it",
+    NetworkFull.code: "the registry's network has no free address; ask its operator",
+    UnknownNode.code: "pilotif lookup NAME shows the nodes the registry knows",
+    NoRequest.code: "pilotif pending lists the requests you can answer",
+}
+
+Outgoing = tuple[bytes, Endpoint]
+"""A datagram to send and where to."""
+_Push = tuple[bytes, dict[str, Any], Endpoint]
+"""A message to seal for a node's key and send to its endpoint."""
+
+
+class _Refused(Exception):
+    """A request we answer with ok=false."""
+
+    def __init__(self, code: str, error: str, hint: str = "") -> None:
+        super().__init__(error)
+        self.code = code
+        self.error = error
+        self.hint = hint
+
+
+@dataclass
+class _Request:
+    """One authenticated control message being handled."""
+
+    sender: bytes
+    record: NodeRecord | None
+    message: dict[str, Any]
+    source: Endpoint
+    now: float
+    pushes: list[_Push]
+    """Messages to send after the reply, sealed in order so that counters rise."""
+
+
+class RegistryCore:
+    """The registry's logic, without sockets or clocks.
+
+    Inputs: `handle_datagram(data, source, now)` for every datagram received, where
+    `now` is wall-clock seconds (it is stored as a node's last-seen time). Output: the
+    datagrams to send. `counters` counts drops by reason (`rate_limited`, `malformed`,
+    `decrypt_failed`, `replay`, `relay_not_trusted`, ...) and the relayed traffic
+    (`relayed_packets`, `relayed_bytes`).
+    """
+
+    def __init__(self, private_key: bytes, store: Store) -> None:
+        self.public_key = _public_key(private_key)
+        self.store = store
+        self.counters: Counter[str] = Counter()
+        self._private_key = private_key
+        self._counter = 0
+        self._channels: OrderedDict[bytes, ControlChannel] = OrderedDict()
+        self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
+        self._relay_packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
+        self._relay_bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
+        self._seen: dict[bytes, tuple[Endpoint, float]] = {}
+        self._owners: dict[Endpoint, bytes] = {}
+        for key, endpoint, last_seen in store.all_endpoints():
+            self._note_seen(key, parse_endpoint(endpoint), last_seen)
+        self._ops: dict[str, Callable[[_Request], dict[str, Any]]] = {
+            "lookup": self._lookup,
+            "trust_request": self._trust_request,
+            "trust_respond": self._trust_respond,
+            "untrust": self._untrust,
+            "trust_list": self._trust_list,
+            "connect": self._connect,
+        }
+
+    # -- datagrams -------------------------------------------------------------------
+
+    def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        """Everything to send in answer to one datagram from `source`."""
+        kind = data[0] if data else None
+        if kind == RELAY_TYPE:
+            return self._relay(data, source, now)
+        if not self._control_limit.allow(source, now):
+            self.counters["rate_limited"] += 1
+            return []
+        if kind == CONTROL_TYPE:
+            return self._control(data, source, now)
+        if kind == KEY_REQUEST_TYPE and data == KEY_REQUEST:
+            return [(pack_key_reply(self.public_key), source)]
+        self.counters["malformed" if kind == KEY_REQUEST_TYPE else "unknown_type"] += 1
+        return []
+
+    def _relay(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        if not (
+            self._relay_packets.allow(source, now)
+            and self._relay_bytes.allow(source, now, len(data))
+        ):
+            self.counters["relay_rate_limited"] += 1
+            return []
+        try:
+            destination, inner = unpack_relay(data)
+        except WireError:
+            self.counters["relay_malformed"] += 1
+            return []
+        sender = self._owners.get(source)
+        if sender is None:
+            self.counters["relay_unknown_source"] += 1
+            return []
+        target = self._seen.get(destination)
+        if target is None or not self._online(sender, now) or not self._online(destination, now):
+            self.counters["relay_offline"] += 1
+            return []
+        if not self.store.is_trusted(sender, destination):
+            self.counters["relay_not_trusted"] += 1
+            return []
+        self.counters["relayed_packets"] += 1
+        self.counters["relayed_bytes"] += len(inner)
+        return [(pack_relay(sender, inner), target[0])]
+
+    def _control(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        if len(data) > _MAX_CONTROL_DATAGRAM:
+            self.counters["too_large"] += 1
+            return []
+        try:
+            sender = control_sender(data)
+            channel = self._channels.get(sender)
+            fresh = channel is None
+            if channel is None:
+                channel = self._new_channel(sender)
+            message = channel.open(data)
+        except WireError as error:
+            self.counters[error.reason] += 1
+            return []
+        except ValueError:
+            self.counters["bad_key"] += 1
+            return []
+        if fresh:
+            self._channels[sender] = channel
+            if len(self._channels) > MAX_CHANNELS:
+                self._channels.popitem(last=False)
+        else:
+            self._channels.move_to_end(sender)
+        self.counters["control_messages"] += 1
+        request = _Request(sender, self.store.node_by_key(sender), message, source, now, [])
+        reply = self._dispatch(request, channel.highest_counter)
+        request_id = message.get("id")
+        outgoing: list[Outgoing] = []
+        if type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID:
+            outgoing.append((self._seal_reply(sender, request_id, reply), source))
+        for key, payload, endpoint in request.pushes:
+            outgoing.append((self._seal(key, payload), endpoint))
+        return outgoing
+
+    def _seal_reply(self, key: bytes, request_id: int, reply: dict[str, Any]) -> bytes:
+        try:
+            return self._seal(key, {**reply, "id": request_id})
+        except ValueError:
+            # Only an error echoing a long input can outgrow a datagram.
+            self.counters["reply_too_large"] += 1
+            short = _error_reply("bad_request", "the request is too long to answer", "")
+            return self._seal(key, {**short, "id": request_id})
+
+    def _new_channel(self, key: bytes) -> ControlChannel:
+        channel = ControlChannel(self._private_key, key, local_is_registry=True)
+        record = self.store.node_by_key(key)
+        if record is not None:
+            channel.restore_counter(record.highest_counter)
+        return channel
+
+    def _seal(self, key: bytes, payload: dict[str, Any]) -> bytes:
+        channel = self._channels.get(key) or self._new_channel(key)
+        self._counter = next_counter(self._counter)
+        return channel.seal(payload, self._counter)
+
+    def _dispatch(self, request: _Request, counter: int) -> dict[str, Any]:
+        op = request.message["op"]
+        try:
+            if op == "register":
+                return self._register(request, counter)
+            if request.record is None:
+                raise _Refused(
+                    "not_registered",
+                    "this key is not registered",
+                    "send register first (pilotif up does)",
+                )
+            self.store.record_counter(request.sender, counter)
+            handler = self._ops.get(op)
+            if handler is None:
+                raise _Refused("unknown_op", f"unknown op {op!r}")
+            return {"op": "reply", "ok": True, **handler(request)}
+        except StoreError as error:
+            return _error_reply(error.code, str(error), _STORE_ERROR_HINTS.get(error.code, ""))
+        except _Refused as refused:
+            return _error_reply(refused.code, refused.error, refused.hint)
+
+    # -- register --------------------------------------------------------------------
+
+    def _register(self, request: _Request, counter: int) -> dict[str, Any]:
+        message, key, now = request.message, request.sender, request.now
+        hostname = _hostname(message.get("hostname"))
+        tags = _tags(message.get("tags", []))
+        lan = _lan_endpoints(message.get("lan", []))
+        try:
+            record, new = self.store.register(key, hostname, tags, now)
+        except StoreError:
+            if request.record is not None:
+                self.store.record_counter(key, counter)
+            raise
+        endpoint = format_endpoint(request.source)
+        self.store.mark_seen(key, endpoint=endpoint, lan_endpoints=lan, counter=counter, now=now)
+        was_online = self._online(key, now) and self._seen[key][0] == request.source
+        self._note_seen(key, request.source, now)
+        previous = request.record
+        if new or previous is None:
+            log_event("node_registered", hostname=hostname, ipv4=record.ipv4, key=encode_key(key))
+        elif (previous.hostname, previous.tags) != (hostname, tags):
+            log_event("node_updated", hostname=hostname, was=previous.hostname, tags=",".join(tags))
+        if not was_online:
+            log_event("node_online", hostname=hostname, endpoint=endpoint)
+        for requester, text in self.store.incoming(key)[:PENDING_PUSH_LIMIT]:
+            push = {"op": "trust_requested", "node": self._node(requester, now), "message": text}
+            self._push(key, push, now, request.pushes)
+        return {
+            "op": "reply",
+            "ok": True,
+            "ipv4": str(record.ipv4),
+            "ipv6": str(record.ipv6),
+            "hostname": record.hostname,
+            "public_endpoint": endpoint,
+            "network": str(self.store.network),
+        }
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def _lookup(self, request: _Request) -> dict[str, Any]:
+        query = request.message.get("query")
+        offset = _offset(request.message)
+        if not isinstance(query, str):
+            raise _Refused("bad_request", "lookup needs a query")
+        nodes = [self._node(n, request.now) for n in self._find(query.strip(), offset)]
+        return _fit({"nodes": []}, [("nodes", node) for node in nodes], offset, LOOKUP_LIMIT)
+
+    def _find(self, query: str, offset: int) -> list[NodeRecord]:
+        if query.startswith(_TAG_PREFIX):
+            tag = _tags([query.removeprefix(_TAG_PREFIX)])[0]
+            return self.store.nodes_with_tag(tag, LOOKUP_LIMIT + 1, offset)
+        if offset:
+            return []
+        found: NodeRecord | None
+        with contextlib.suppress(ValueError):
+            address = ip_address(query)
+            if isinstance(address, IPv4Address):
+                found = self.store.node_by_ipv4(address)
+            else:
+                found = self.store.node_by_ipv6(address)
+            return [] if found is None else [found]
+        with contextlib.suppress(InvalidKeyError):
+            found = self.store.node_by_key(decode_key(query))
+            return [] if found is None else [found]
+        found = self.store.node_by_hostname(_hostname(query.removesuffix(".pilot")))
+        return [] if found is None else [found]
+
+    def _trust_list(self, request: _Request) -> dict[str, Any]:
+        key, now = request.sender, request.now
+        entries: list[tuple[str, Any]] = [
+            ("trusted", self._node(node, now)) for node in self.store.trusted(key)
+        ]
+        entries += [
+            ("incoming", {"node": self._node(node, now), "message": text})
+            for node, text in self.store.incoming(key)
+        ]
+        entries += [("outgoing", self._node(node, now)) for node in self.store.outgoing(key)]
+        offset = _offset(request.message)
+        empty: dict[str, list[Any]] = {"trusted": [], "incoming": [], "outgoing": []}
+        return _fit(empty, entries[offset:], offset)
+
+    # -- trust -----------------------------------------------------------------------
+
+    def _trust_request(self, request: _Request) -> dict[str, Any]:
+        peer = self._peer(request)
+        text = request.message.get("message", "")
+        if not isinstance(text, str):
+            raise _Refused("bad_request", "message must be a string")
+        if _json_size(text) > MAX_TRUST_MESSAGE_BYTES:
+            raise _Refused(
+                "message_too_long",
+                "the trust message is too long",
+                f"keep it under {MAX_TRUST_MESSAGE_BYTES} bytes",
+            )
+        outcome = self.store.request_trust(request.sender, peer.public_key, text, request.now)
+        assert request.record is not None
+        if outcome.changed:
+            self._trust_changed(request.record, peer, True, request.now, request.pushes)
+        elif outcome.state == "pending":
+            log_event("trust_requested", source=request.record.hostname, target=peer.hostname)
+            push = {
+                "op": "trust_requested",
+                "node": self._node(request.record, request.now),
+                "message": text,
+            }
+            self._push(peer.public_key, push, request.now, request.pushes)
+        return {"state": outcome.state}
+
+    def _trust_respond(self, request: _Request) -> dict[str, Any]:
+        peer = self._peer(request)
+        approve = request.message.get("approve")
+        if not isinstance(approve, bool):
+            raise _Refused("bad_request", "approve must be true or false")
+        outcome = self.store.respond(request.sender, peer.public_key, approve, request.now)
+        assert request.record is not None
+        if outcome.changed:
+            self._trust_changed(request.record, peer, True, request.now, request.pushes)
+        elif not approve:
+            log_event("trust_rejected", source=peer.hostname, target=request.record.hostname)
+        return {"state": outcome.state}
+
+    def _untrust(self, request: _Request) -> dict[str, Any]:
+        peer = self._peer(request)
+        outcome = self.store.untrust(request.sender, peer.public_key)
+        assert request.record is not None
+        if outcome.changed:
+            self._trust_changed(request.record, peer, False, request.now, request.pushes)
+        return {"state": outcome.state}
+
+    def _trust_changed(
+        self, node: NodeRecord, peer: NodeRecord, trusted: bool, now: float, out: list[_Push]
+    ) -> None:
+        log_event(
+            "trust_established" if trusted else "trust_revoked",
+            node=node.hostname,
+            peer=peer.hostname,
+        )
+        for one, other in ((node, peer), (peer, node)):
+            push = {"op": "trust_changed", "node": self._node(other, now), "trusted": trusted}
+            self._push(one.public_key, push, now, out)
+
+    # -- paths -----------------------------------------------------------------------
+
+    def _connect(self, request: _Request) -> dict[str, Any]:
+        peer = self._peer(request)
+        node, now = request.record, request.now
+        assert node is not None
+        if not self.store.is_trusted(node.public_key, peer.public_key):
+            raise _Refused(
+                "not_trusted",
+                f"you and {peer.hostname} do not trust each other",
+                f"pilotif handshake {peer.hostname}, then wait for the approval",
+            )
+        if not self._online(peer.public_key, now):
+            raise _Refused("peer_offline", f"{peer.hostname} is offline")
+        if not self._online(node.public_key, now):
+            raise _Refused("not_online", "this node has not registered recently", "register")
+        for one, other in ((node, peer), (peer, node)):
+            push = {
+                "op": "punch",
+                "node": self._node(other, now),
+                "candidates": self._candidates(other),
+            }
+            self._push(one.public_key, push, now, request.pushes)
+        return {}
+
+    def _candidates(self, node: NodeRecord) -> list[str]:
+        seen = self._seen.get(node.public_key)
+        public = [format_endpoint(seen[0])] if seen is not None else []
+        return public + [lan for lan in node.lan_endpoints if lan not in public]
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _peer(self, request: _Request) -> NodeRecord:
+        text = request.message.get("peer")
+        try:
+            key = decode_key(text) if isinstance(text, str) else None
+        except InvalidKeyError:
+            key = None
+        if key is None:
+            raise _Refused("bad_request", "peer must be a base64 public key")
+        if key == request.sender:
+            raise _Refused("bad_request", "that is this node's own key")
+        peer = self.store.node_by_key(key)
+        if peer is None:
+            raise _Refused("unknown_peer", "no node has this key", "pilotif lookup NAME")
+        return peer
+
+    def _push(self, key: bytes, payload: dict[str, Any], now: float, out: list[_Push]) -> None:
+        seen = self._seen.get(key)
+        if seen is not None and self._online(key, now):
+            out.append((key, payload, seen[0]))
+
+    def _note_seen(self, key: bytes, endpoint: Endpoint, now: float) -> None:
+        previous = self._seen.get(key)
+        if previous is not None and self._owners.get(previous[0]) == key:
+            del self._owners[previous[0]]
+        self._seen[key] = (endpoint, now)
+        self._owners[endpoint] = key
+
+    def _online(self, key: bytes, now: float) -> bool:
+        seen = self._seen.get(key)
+        return seen is not None and now - seen[1] <= ONLINE_WINDOW_S
+
+    def _node(self, node: NodeRecord, now: float) -> dict[str, Any]:
+        return {
+            "hostname": node.hostname,
+            "public_key": encode_key(node.public_key),
+            "ipv4": str(node.ipv4),
+            "ipv6": str(node.ipv6),
+            "tags": list(node.tags),
+            "online": self._online(node.public_key, now),
+        }
+
+
+def _hostname(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Refused("bad_request", "hostname must be a string")
+    try:
+        return normalize_hostname(value)
+    except HostnameError as error:
+        raise _Refused("invalid_hostname", str(error), "pick a DNS label, e.g. my-agent") from None
+
+
+def _tags(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        raise _Refused("bad_request", "tags must be a list of strings")
+    tags: list[str] = []
+    for tag in value:
+        try:
+            name = normalize_hostname(tag)
+        except HostnameError:
+            name = ""
+        if not name or len(name) > MAX_TAG_CHARS:
+            raise _Refused(
+                "invalid_tag",
+                f"invalid tag {tag!r}",
+                f"tags are 1-{MAX_TAG_CHARS} letters, digits and '-'",
+            )
+        if name not in tags:
+            tags.append(name)
+    if len(tags) > MAX_TAGS:
+        raise _Refused("invalid_tag", f"too many tags ({len(tags)})", f"use at most {MAX_TAGS}")
+    return tuple(tags)
+
+
+def _lan_endpoints(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Refused("bad_request", "lan must be a list of 'ip:port' strings")
+    endpoints: list[str] = []
+    for text in value:
+        with contextlib.suppress(ValueError):
+            endpoint = format_endpoint(parse_endpoint(text))
+            if endpoint not in endpoints:
+                endpoints.append(endpoint)
+    return tuple(endpoints[:MAX_LAN_ENDPOINTS])
+
+
+def _offset(message: dict[str, Any]) -> int:
+    offset = message.get("offset", 0)
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise _Refused("bad_request", "offset must be a non-negative integer")
+    return offset
+
+
+def _fit(
+    lists: dict[str, list[Any]],
+    entries: list[tuple[str, Any]],
+    offset: int,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """`lists` with as many (list name, entry) appended as fit one reply (and `limit`);
+    `next_offset` says where the next page starts when some are left."""
+    envelope = {"op": "reply", "ok": True, "id": MAX_REQUEST_ID, "next_offset": MAX_REQUEST_ID}
+    budget = MAX_PAYLOAD_BYTES - _json_size({**envelope, **lists})
+    page = {name: list(items) for name, items in lists.items()}
+    for index, (name, entry) in enumerate(entries):
+        # An entry costs its JSON and at most one separating comma.
+        budget -= _json_size(entry) + 1
+        if budget < 0 or index == limit:
+            return {**page, "next_offset": offset + index}
+        page[name].append(entry)
+    return page
+
+
+def _json_size(value: object) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _error_reply(code: str, error: str, hint: str) -> dict[str, Any]:
+    return {"op": "reply", "ok": False, "code": code, "error": error, "hint": hint}
+
+
+# -- the asyncio adapter -------------------------------------------------------------
+
+
+class _RegistryProtocol(asyncio.DatagramProtocol):
+    """Hands every datagram to the core with the wall-clock time, sends what it returns."""
+
+    def __init__(self, core: RegistryCore) -> None:
+        self._core = core
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        core = self._core
+        try:
+            outgoing = core.handle_datagram(data, (str(addr[0]), int(addr[1])), time.time())
+        except Exception as error:
+            core.counters["internal_error"] += 1
+            count = core.counters["internal_error"]
+            if count & (count - 1) == 0:
+                log_event("registry_internal_error", error=repr(error), count=count)
+            return
+        assert self._transport is not None
+        for datagram, destination in outgoing:
+            self._transport.sendto(datagram, destination)
+
+    def error_received(self, exc: Exception) -> None:
+        self._core.counters["socket_error"] += 1
+
+
+async def _serve(core: RegistryCore, listen: Endpoint) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _RegistryProtocol(core), local_addr=listen
+    )
+    try:
+        await stop.wait()
+    finally:
+        transport.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run_registry(
+    listen: tuple[str, int], state_dir: Path, network: IPv4Network, log_format: str = "text"
+) -> None:
+    """Run the registry in the foreground until SIGTERM or SIGINT.
+
+    Its key is `state_dir/registry.key` (created on first run) and its database
+    `state_dir/registry.db`; nothing is written elsewhere. Logs go where setup_logging
+    points (stderr), starting with the registry's public key.
+    """
+    setup_logging(as_json=log_format == "json")
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_key = load_or_create_key(state_dir / REGISTRY_KEY_FILE)
+    store = Store(state_dir / DB_FILE_NAME, network)
+    core = RegistryCore(private_key, store)
+    log_event(
+        "registry_started",
+        listen=format_endpoint(listen),
+        public_key=encode_key(core.public_key),
+        network=network,
+        state_dir=state_dir,
+        hint="nodes pin this key on first contact, or pass it as --registry-key",
+    )
+    try:
+        asyncio.run(_serve(core, listen))
+    finally:
+        store.close()
+        log_event("registry_stopped", **{k: v for k, v in sorted(core.counters.items())})

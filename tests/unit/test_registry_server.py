@@ -1,0 +1,508 @@
+"""The registry core driven in memory by fake nodes: registration, lookups, trust,
+punching, relay, and hostile input. No sockets; time is a number the test moves."""
+
+import itertools
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pilotif.identity import ipv6_for_key
+from pilotif.keys import encode_key
+from pilotif.overlay.crypto import generate_private_key, public_key
+from pilotif.overlay.events import Endpoint
+from pilotif.registry.server import (
+    CONTROL_BURST,
+    MAX_LAN_ENDPOINTS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TRUST_MESSAGE_BYTES,
+    ONLINE_WINDOW_S,
+    RELAY_BURST_BYTES,
+    RegistryCore,
+)
+from pilotif.registry.store import Store
+from pilotif.registry.wire import (
+    KEY_REQUEST,
+    ControlChannel,
+    pack_relay,
+    unpack_key_reply,
+    unpack_relay,
+)
+
+NETWORK = IPv4Network("100.64.0.0/10")
+START = 1_700_000_000.0
+WIREGUARD_DATAGRAM = bytes((4, 0, 0, 0)) + bytes(44)
+
+
+class FakeNode:
+    """A node's side of the control channel at a fixed public endpoint."""
+
+    def __init__(self, registry_public: bytes, endpoint: Endpoint) -> None:
+        private = generate_private_key()
+        self.key = public_key(private)
+        self.b64 = encode_key(self.key)
+        self.endpoint = endpoint
+        self.channel = ControlChannel(private, registry_public, local_is_registry=False)
+        self._counter = itertools.count(1)
+        self._ids = itertools.count(1)
+        self.last_sent = b""
+        self.received: list[dict[str, Any]] = []
+        """Messages opened but not yet taken by a test."""
+
+    def seal(self, op: str, *, with_id: bool = True, **fields: Any) -> bytes:
+        payload = {"op": op, **fields}
+        if with_id:
+            payload["id"] = next(self._ids)
+        self.last_sent = self.channel.seal(payload, next(self._counter))
+        return self.last_sent
+
+
+class World:
+    """A registry core on a database in tmp_path, fake nodes, and their inboxes."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.private_key = generate_private_key()
+        self.now = START
+        self.inbox: dict[Endpoint, list[bytes]] = {}
+        self._hosts = itertools.count(1)
+        self.store = Store(state_dir / "registry.db", NETWORK)
+        self.core = RegistryCore(self.private_key, self.store)
+
+    def restart(self) -> None:
+        self.store.close()
+        self.store = Store(self.state_dir / "registry.db", NETWORK)
+        self.core = RegistryCore(self.private_key, self.store)
+
+    def new_node(self) -> FakeNode:
+        host = next(self._hosts)
+        return FakeNode(self.core.public_key, (f"198.18.0.{host}", 40000 + host))
+
+    def deliver(self, data: bytes, source: Endpoint) -> None:
+        for datagram, destination in self.core.handle_datagram(data, source, self.now):
+            self.inbox.setdefault(destination, []).append(datagram)
+
+    def call(self, node: FakeNode, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a request from the node's endpoint and return the reply it gets."""
+        self.deliver(node.seal(op, **fields), node.endpoint)
+        self._open(node)
+        replies = [m for m in node.received if m["op"] == "reply"]
+        assert len(replies) == 1, replies
+        node.received.remove(replies[0])
+        return replies[0]
+
+    def messages(self, node: FakeNode) -> list[dict[str, Any]]:
+        """Everything the node received that no test took yet, in order."""
+        self._open(node)
+        taken, node.received = node.received, []
+        return taken
+
+    def pushes(self, node: FakeNode) -> list[dict[str, Any]]:
+        return [m for m in self.messages(node) if m["op"] != "reply"]
+
+    def _open(self, node: FakeNode) -> None:
+        # In arrival order, as the node's replay window requires.
+        node.received += [node.channel.open(d) for d in self.inbox.pop(node.endpoint, [])]
+
+    def register(self, node: FakeNode, hostname: str, **fields: Any) -> dict[str, Any]:
+        reply = self.call(
+            node, "register", **{"hostname": hostname, "tags": [], "lan": [], **fields}
+        )
+        assert reply["ok"], reply
+        return reply
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    built = World(tmp_path)
+    yield built
+    built.store.close()
+
+
+@pytest.fixture
+def alice(world: World) -> FakeNode:
+    node = world.new_node()
+    world.register(node, "alice", tags=["gpu"], lan=["10.0.0.5:51820"])
+    return node
+
+
+@pytest.fixture
+def bob(world: World) -> FakeNode:
+    node = world.new_node()
+    world.register(node, "bob")
+    return node
+
+
+def trust(world: World, a: FakeNode, b: FakeNode) -> None:
+    assert world.call(a, "trust_request", peer=b.b64, message="")["state"] == "pending"
+    assert world.call(b, "trust_respond", peer=a.b64, approve=True)["state"] == "trusted"
+    world.pushes(a)
+    world.pushes(b)
+
+
+# -- registration ------------------------------------------------------------------
+
+
+def test_register_assigns_addresses_and_reports_the_public_endpoint(world: World) -> None:
+    first, second = world.new_node(), world.new_node()
+    reply = world.register(first, "First-Agent")
+    assert reply["ipv4"] == "100.64.0.1"
+    assert reply["ipv6"] == str(ipv6_for_key(first.key))
+    assert reply["hostname"] == "first-agent"
+    assert reply["public_endpoint"] == f"{first.endpoint[0]}:{first.endpoint[1]}"
+    assert reply["network"] == str(NETWORK)
+    assert world.register(second, "second")["ipv4"] == "100.64.0.2"
+
+
+def test_a_registration_survives_a_registry_restart(world: World, alice: FakeNode) -> None:
+    world.restart()
+    other = world.new_node()
+    assert world.register(other, "other")["ipv4"] == "100.64.0.2"
+    reply = world.register(alice, "alice")
+    assert reply["ipv4"] == "100.64.0.1"
+
+
+def test_a_name_of_another_key_is_refused_with_a_hint(world: World, alice: FakeNode) -> None:
+    thief = world.new_node()
+    reply = world.call(thief, "register", hostname="alice", tags=[], lan=[])
+    assert (reply["ok"], reply["code"]) == (False, "name_taken")
+    assert "hostname" in reply["hint"]
+
+
+def test_a_node_may_rename_itself_to_a_free_name(world: World, alice: FakeNode) -> None:
+    assert world.register(alice, "alice-2")["ipv4"] == "100.64.0.1"
+    assert world.call(alice, "lookup", query="alice")["nodes"] == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"hostname": "-bad-"}, "invalid_hostname"),
+        ({"hostname": 5}, "bad_request"),
+        ({"hostname": "ok", "tags": ["UPPER ok?"]}, "invalid_tag"),
+        ({"hostname": "ok", "tags": [f"t{i}" for i in range(MAX_TAGS + 1)]}, "invalid_tag"),
+        ({"hostname": "ok", "lan": "10.0.0.1:1"}, "bad_request"),
+        ({"hostname": "x" * 1100}, "bad_request"),
+    ],
+)
+def test_invalid_registrations_say_what_is_wrong(
+    world: World, fields: dict[str, Any], code: str
+) -> None:
+    reply = world.call(world.new_node(), "register", **fields)
+    assert (reply["ok"], reply["code"]) == (False, code)
+
+
+def test_a_replayed_register_is_refused_also_after_a_restart(world: World, alice: FakeNode) -> None:
+    captured = alice.last_sent
+    thief_endpoint = ("198.18.9.9", 9999)
+    world.deliver(captured, thief_endpoint)
+    assert world.core.counters["replay"] == 1
+    world.restart()
+    world.deliver(captured, thief_endpoint)
+    assert world.core.counters["replay"] == 1
+    assert thief_endpoint not in world.inbox
+    record = world.store.node_by_key(alice.key)
+    assert record is not None and record.endpoint == f"{alice.endpoint[0]}:{alice.endpoint[1]}"
+
+
+def test_other_requests_need_a_registration_first(world: World) -> None:
+    reply = world.call(world.new_node(), "lookup", query="alice")
+    assert (reply["ok"], reply["code"]) == (False, "not_registered")
+
+
+def test_unknown_ops_are_refused_and_requests_without_id_get_no_reply(
+    world: World, alice: FakeNode
+) -> None:
+    assert world.call(alice, "fly")["code"] == "unknown_op"
+    world.deliver(alice.seal("lookup", with_id=False, query="alice"), alice.endpoint)
+    assert world.messages(alice) == []
+
+
+def test_the_key_request_is_answered_with_the_registry_key(world: World) -> None:
+    world.deliver(KEY_REQUEST, ("198.18.0.50", 1))
+    [answer] = world.inbox[("198.18.0.50", 1)]
+    assert unpack_key_reply(answer) == world.core.public_key
+
+
+# -- lookups -----------------------------------------------------------------------
+
+
+def test_lookup_by_name_address_key_and_tag(world: World, alice: FakeNode, bob: FakeNode) -> None:
+    by_name = world.call(bob, "lookup", query="alice.pilot")["nodes"]
+    assert by_name == [
+        {
+            "hostname": "alice",
+            "public_key": alice.b64,
+            "ipv4": "100.64.0.1",
+            "ipv6": str(ipv6_for_key(alice.key)),
+            "tags": ["gpu"],
+            "online": True,
+        }
+    ]
+    for query in ("100.64.0.1", str(ipv6_for_key(alice.key)), alice.b64, "tag:gpu", "ALICE"):
+        assert world.call(bob, "lookup", query=query)["nodes"] == by_name, query
+    assert world.call(bob, "lookup", query="carol")["nodes"] == []
+    assert world.call(bob, "lookup", query="100.64.0.9")["nodes"] == []
+
+
+def test_lookup_says_offline_after_the_heartbeats_stop(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    world.now += ONLINE_WINDOW_S + 1
+    [node] = world.call(bob, "lookup", query="alice")["nodes"]
+    assert node["online"] is False
+
+
+def test_tag_lookups_are_capped_and_paged(world: World) -> None:
+    nodes = [world.new_node() for _ in range(25)]
+    for index, node in enumerate(nodes):
+        world.register(node, f"worker-{index:02d}-{'x' * 40}", tags=["pool"])
+    seen: list[str] = []
+    offset = 0
+    while True:
+        reply = world.call(nodes[0], "lookup", query="tag:pool", offset=offset)
+        assert 0 < len(reply["nodes"]) <= 20
+        seen += [n["hostname"] for n in reply["nodes"]]
+        if "next_offset" not in reply:
+            break
+        offset = reply["next_offset"]
+    assert seen == sorted(f"worker-{i:02d}-{'x' * 40}" for i in range(25))
+
+
+# -- trust -------------------------------------------------------------------------
+
+
+def test_trust_request_pending_then_approved_tells_both(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    reply = world.call(alice, "trust_request", peer=bob.b64, message="hello bob")
+    assert reply["state"] == "pending"
+    [asked] = world.pushes(bob)
+    assert asked["op"] == "trust_requested"
+    assert (asked["node"]["hostname"], asked["message"]) == ("alice", "hello bob")
+    listing = world.call(bob, "trust_list")
+    assert [i["node"]["hostname"] for i in listing["incoming"]] == ["alice"]
+    assert [n["hostname"] for n in world.call(alice, "trust_list")["outgoing"]] == ["bob"]
+
+    assert world.call(bob, "trust_respond", peer=alice.b64, approve=True)["state"] == "trusted"
+    for node, other in ((alice, "bob"), (bob, "alice")):
+        [changed] = world.pushes(node)
+        assert changed["op"] == "trust_changed" and changed["trusted"] is True
+        assert changed["node"]["hostname"] == other
+    assert [n["hostname"] for n in world.call(alice, "trust_list")["trusted"]] == ["bob"]
+
+
+def test_requests_both_ways_are_trusted_at_once(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    world.call(alice, "trust_request", peer=bob.b64, message="")
+    world.pushes(bob)
+    assert world.call(bob, "trust_request", peer=alice.b64, message="")["state"] == "trusted"
+    assert [m["op"] for m in world.pushes(alice)] == ["trust_changed"]
+    assert [m["op"] for m in world.pushes(bob)] == ["trust_changed"]
+
+
+def test_a_rejected_request_leaves_no_trust(world: World, alice: FakeNode, bob: FakeNode) -> None:
+    world.call(alice, "trust_request", peer=bob.b64, message="")
+    assert world.call(bob, "trust_respond", peer=alice.b64, approve=False)["state"] == "none"
+    assert world.pushes(alice) == []
+    listing = world.call(bob, "trust_list")
+    assert (listing["trusted"], listing["incoming"]) == ([], [])
+    late = world.call(bob, "trust_respond", peer=alice.b64, approve=True)
+    assert (late["ok"], late["code"]) == (False, "no_request")
+
+
+def test_untrust_tells_both_sides(world: World, alice: FakeNode, bob: FakeNode) -> None:
+    trust(world, alice, bob)
+    assert world.call(bob, "untrust", peer=alice.b64)["state"] == "none"
+    for node in (alice, bob):
+        [changed] = world.pushes(node)
+        assert (changed["op"], changed["trusted"]) == ("trust_changed", False)
+    assert world.call(alice, "trust_list")["trusted"] == []
+
+
+def test_an_offline_target_gets_the_request_when_it_comes_back(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    world.now += ONLINE_WINDOW_S + 1
+    world.register(alice, "alice")
+    assert world.call(alice, "trust_request", peer=bob.b64, message="later")["state"] == "pending"
+    assert bob.endpoint not in world.inbox
+    world.now += 1
+    world.register(bob, "bob")
+    [asked] = world.pushes(bob)
+    assert (asked["op"], asked["message"]) == ("trust_requested", "later")
+
+
+def test_trust_with_an_unknown_or_malformed_peer_is_refused(world: World, alice: FakeNode) -> None:
+    stranger = world.new_node()
+    assert world.call(alice, "trust_request", peer=stranger.b64)["code"] == "unknown_peer"
+    assert world.call(alice, "trust_request", peer="nope")["code"] == "bad_request"
+    assert world.call(alice, "trust_request", peer=alice.b64)["code"] == "bad_request"
+
+
+def test_the_biggest_allowed_identity_and_message_still_fit_every_push(world: World) -> None:
+    tags = [f"{i}{'t' * (MAX_TAG_CHARS - 1)}" for i in range(MAX_TAGS)]
+    lan = [f"[fd00:{i + 1}:ffff:ffff:ffff:ffff:ffff:ffff]:65535" for i in range(MAX_LAN_ENDPOINTS)]
+    big, other = world.new_node(), world.new_node()
+    world.register(big, "b" * 63, tags=tags, lan=lan)
+    world.register(other, "o" * 63, tags=tags, lan=lan)
+    message = "é" * (MAX_TRUST_MESSAGE_BYTES // 2 - 1)
+    world.call(big, "trust_request", peer=other.b64, message=message)
+    [asked] = world.pushes(other)
+    assert asked["message"] == message
+    world.call(other, "trust_respond", peer=big.b64, approve=True)
+    world.pushes(big)
+    world.pushes(other)
+    world.call(big, "connect", peer=other.b64)
+    [punch] = world.pushes(other)
+    assert punch["candidates"][1:] == lan
+    too_long = world.call(big, "trust_request", peer=other.b64, message=message + "éé")
+    assert too_long["code"] == "message_too_long"
+
+
+def test_trust_list_pages_when_it_does_not_fit_one_datagram(world: World) -> None:
+    hub = world.new_node()
+    world.register(hub, "hub")
+    spokes = [world.new_node() for _ in range(12)]
+    for index, spoke in enumerate(spokes):
+        world.register(spoke, f"spoke-{index:02d}", tags=["a-long-tag-name", "another-tag"])
+        trust(world, spoke, hub)
+    names: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        reply = world.call(hub, "trust_list", offset=offset)
+        names += [n["hostname"] for n in reply["trusted"]]
+        offset = reply.get("next_offset")
+    assert names == [f"spoke-{i:02d}" for i in range(12)]
+
+
+# -- punching ----------------------------------------------------------------------
+
+
+def test_connect_sends_both_sides_each_others_candidates_only_when_trusted(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    refused = world.call(alice, "connect", peer=bob.b64)
+    assert (refused["ok"], refused["code"]) == (False, "not_trusted")
+    assert world.pushes(bob) == []
+    trust(world, alice, bob)
+    assert world.call(alice, "connect", peer=bob.b64)["ok"]
+    [to_alice] = world.pushes(alice)
+    [to_bob] = world.pushes(bob)
+    assert to_alice["op"] == to_bob["op"] == "punch"
+    assert to_alice["node"]["hostname"] == "bob"
+    assert to_alice["candidates"] == [f"{bob.endpoint[0]}:{bob.endpoint[1]}"]
+    assert to_bob["candidates"] == [f"{alice.endpoint[0]}:{alice.endpoint[1]}", "10.0.0.5:51820"]
+
+
+def test_connect_to_an_offline_peer_is_refused(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    trust(world, alice, bob)
+    world.now += ONLINE_WINDOW_S + 1
+    world.register(alice, "alice")
+    assert world.call(alice, "connect", peer=bob.b64)["code"] == "peer_offline"
+    assert world.pushes(bob) == []
+
+
+def test_no_reply_ever_reveals_an_endpoint_to_an_untrusted_node(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    world.call(bob, "trust_request", peer=alice.b64, message="")
+    seen = [
+        world.call(bob, "lookup", query="alice"),
+        world.call(bob, "trust_list"),
+        world.call(bob, "connect", peer=alice.b64),
+        *world.pushes(bob),
+    ]
+    assert alice.endpoint[0] not in repr(seen) and "10.0.0.5" not in repr(seen)
+
+
+# -- relay -------------------------------------------------------------------------
+
+
+def test_relay_forwards_between_trusting_nodes_from_registered_endpoints(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
+    assert world.core.counters["relay_not_trusted"] == 1
+    assert bob.endpoint not in world.inbox
+
+    trust(world, alice, bob)
+    world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
+    [forwarded] = world.inbox.pop(bob.endpoint)
+    assert unpack_relay(forwarded) == (alice.key, WIREGUARD_DATAGRAM)
+    assert world.core.counters["relayed_packets"] == 1
+
+    world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), ("198.18.7.7", alice.endpoint[1]))
+    assert world.core.counters["relay_unknown_source"] == 1
+    world.now += ONLINE_WINDOW_S + 1
+    world.register(alice, "alice")
+    world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
+    assert world.core.counters["relay_offline"] == 1
+    assert bob.endpoint not in world.inbox
+
+
+def test_relay_keeps_working_across_a_registry_restart(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    trust(world, alice, bob)
+    world.restart()
+    world.deliver(pack_relay(alice.key, WIREGUARD_DATAGRAM), bob.endpoint)
+    [forwarded] = world.inbox.pop(alice.endpoint)
+    assert unpack_relay(forwarded) == (bob.key, WIREGUARD_DATAGRAM)
+
+
+def test_relay_bandwidth_is_bounded_per_source(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    trust(world, alice, bob)
+    big = pack_relay(bob.key, bytes(60_000))
+    sent = int(RELAY_BURST_BYTES // len(big)) + 100
+    for _ in range(sent):
+        world.deliver(big, alice.endpoint)
+    forwarded = len(world.inbox.pop(bob.endpoint))
+    assert forwarded == RELAY_BURST_BYTES // len(big)
+    assert world.core.counters["relay_rate_limited"] == sent - forwarded
+    world.now += 1
+    world.deliver(big, alice.endpoint)
+    assert len(world.inbox.pop(bob.endpoint)) == 1
+
+
+# -- hostile input -----------------------------------------------------------------
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=200)
+@given(data=st.binary(max_size=1500))
+def test_garbage_is_dropped_and_counted_never_raised(world: World, data: bytes) -> None:
+    before = sum(world.core.counters.values())
+    world.now += 1
+    world.deliver(data, ("198.18.66.66", 6666))
+    assert sum(world.core.counters.values()) == before + 1 or data == KEY_REQUEST
+
+
+def test_truncated_and_tampered_messages_are_counted(world: World, alice: FakeNode) -> None:
+    sealed = alice.seal("lookup", query="alice")
+    world.deliver(sealed[:50], alice.endpoint)
+    world.deliver(sealed[:-1] + bytes((sealed[-1] ^ 1,)), alice.endpoint)
+    world.deliver(sealed + bytes(2000), alice.endpoint)
+    counters = world.core.counters
+    assert (counters["malformed"], counters["decrypt_failed"], counters["too_large"]) == (1, 1, 1)
+    assert alice.endpoint not in world.inbox
+
+
+def test_control_messages_are_rate_limited_per_source(world: World, alice: FakeNode) -> None:
+    for _ in range(int(CONTROL_BURST) + 10):
+        world.deliver(alice.seal("lookup", query="alice"), alice.endpoint)
+    # The registration took one token at the same instant.
+    assert world.core.counters["rate_limited"] == 11
+    assert len(world.inbox.pop(alice.endpoint)) == CONTROL_BURST - 1
+    world.now += 1
+    world.deliver(alice.seal("lookup", query="alice"), alice.endpoint)
+    assert len(world.inbox.pop(alice.endpoint)) == 1
