@@ -1,1 +1,34 @@
-"""The rendezvous server: identities, names, addresses, trust, hole punching and relay."""
+"""The rendezvous server: identities, names, addresses, trust, hole punching and relay.
+
+`wire` is the codec both the registry and the node speak (docs/CONTROL_PROTOCOL.md),
+`store` the registry's database, `server` its logic (`RegistryCore`) and UDP loop
+(`run_registry`).
+"""
+
+from pilotif.registry.server import RegistryCore, run_registry
+from pilotif.registry.store import (
+    NameTaken,
+    NetworkFull,
+    NodeRecord,
+    NoRequest,
+    Store,
+    StoreError,
+    TrustOutcome,
+    UnknownNode,
+)
+from pilotif.registry.wire import ControlChannel, WireError
+
+__all__ = [
+    "ControlChannel",
+    "NameTaken",
+    "NetworkFull",
+    "NoRequest",
+    "NodeRecord",
+    "RegistryCore",
+    "Store",
+    "StoreError",
+    "TrustOutcome",
+    "UnknownNode",
+    "WireError",
+    "run_registry",
+]

@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import json
 import signal
+import socket
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
@@ -82,6 +83,7 @@ MAX_REQUEST_ID: Final = 2**63 - 1
 
 _MAX_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
 _TAG_PREFIX: Final = "tag:"
+_IPV4_MAPPED_PREFIX: Final = "::ffff:"
 _STORE_ERROR_HINTS: Final = {
     NameTaken.code: "choose another --hostname; a name belongs to the first key that takes it",
     NetworkFull.code: "the registry's network has no free address; ask its operator",
@@ -213,9 +215,7 @@ class RegistryCore:
             self.counters["bad_key"] += 1
             return []
         if fresh:
-            self._channels[sender] = channel
-            if len(self._channels) > MAX_CHANNELS:
-                self._channels.popitem(last=False)
+            self._remember(sender, channel)
         else:
             self._channels.move_to_end(sender)
         self.counters["control_messages"] += 1
@@ -245,8 +245,17 @@ class RegistryCore:
             channel.restore_counter(record.highest_counter)
         return channel
 
+    def _remember(self, key: bytes, channel: ControlChannel) -> None:
+        self._channels[key] = channel
+        if len(self._channels) > MAX_CHANNELS:
+            self._channels.popitem(last=False)
+
     def _seal(self, key: bytes, payload: dict[str, Any]) -> bytes:
-        channel = self._channels.get(key) or self._new_channel(key)
+        channel = self._channels.get(key)
+        if channel is None:
+            # Only authenticated senders and registered nodes receive messages.
+            channel = self._new_channel(key)
+            self._remember(key, channel)
         self._counter = next_counter(self._counter)
         return channel.seal(payload, self._counter)
 
@@ -573,15 +582,20 @@ class _RegistryProtocol(asyncio.DatagramProtocol):
     def __init__(self, core: RegistryCore) -> None:
         self._core = core
         self._transport: asyncio.DatagramTransport | None = None
+        self._dual_stack = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._dual_stack = self._transport.get_extra_info("socket").family == socket.AF_INET6
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         core = self._core
+        host = str(addr[0])
+        if self._dual_stack and host.startswith(_IPV4_MAPPED_PREFIX) and "." in host:
+            # An IPv6 socket shows IPv4 nodes as ::ffff:a.b.c.d; their peers want a.b.c.d.
+            host = host.removeprefix(_IPV4_MAPPED_PREFIX)
         try:
-            outgoing = core.handle_datagram(data, (str(addr[0]), int(addr[1])), time.time())
+            outgoing = core.handle_datagram(data, (host, int(addr[1])), time.time())
         except Exception as error:
             core.counters["internal_error"] += 1
             count = core.counters["internal_error"]
@@ -589,8 +603,10 @@ class _RegistryProtocol(asyncio.DatagramProtocol):
                 log_event("registry_internal_error", error=repr(error), count=count)
             return
         assert self._transport is not None
-        for datagram, destination in outgoing:
-            self._transport.sendto(datagram, destination)
+        for datagram, (host, port) in outgoing:
+            if self._dual_stack and ":" not in host:
+                host = _IPV4_MAPPED_PREFIX + host
+            self._transport.sendto(datagram, (host, port))
 
     def error_received(self, exc: Exception) -> None:
         self._core.counters["socket_error"] += 1
