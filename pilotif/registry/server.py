@@ -144,7 +144,7 @@ class RegistryCore:
         self._owners: dict[Endpoint, bytes] = {}
         for key, endpoint, last_seen in store.all_endpoints():
             self._note_seen(key, parse_endpoint(endpoint), last_seen)
-        self._ops: dict[str, Callable[[_Request], dict[str, Any]]] = {
+        self._ops: dict[str, Callable[[_Request, NodeRecord], dict[str, Any]]] = {
             "lookup": self._lookup,
             "trust_request": self._trust_request,
             "trust_respond": self._trust_respond,
@@ -274,7 +274,7 @@ class RegistryCore:
             handler = self._ops.get(op)
             if handler is None:
                 raise _Refused("unknown_op", f"unknown op {op!r}")
-            return {"op": "reply", "ok": True, **handler(request)}
+            return {"op": "reply", "ok": True, **handler(request, request.record)}
         except StoreError as error:
             return _error_reply(error.code, str(error), _STORE_ERROR_HINTS.get(error.code, ""))
         except _Refused as refused:
@@ -319,7 +319,7 @@ class RegistryCore:
 
     # -- lookups ---------------------------------------------------------------------
 
-    def _lookup(self, request: _Request) -> dict[str, Any]:
+    def _lookup(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
         query = request.message.get("query")
         offset = _offset(request.message)
         if not isinstance(query, str):
@@ -347,7 +347,7 @@ class RegistryCore:
         found = self.store.node_by_hostname(_hostname(query.removesuffix(".pilot")))
         return [] if found is None else [found]
 
-    def _trust_list(self, request: _Request) -> dict[str, Any]:
+    def _trust_list(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
         key, now = request.sender, request.now
         entries: list[tuple[str, Any]] = [
             ("trusted", self._node(node, now)) for node in self.store.trusted(key)
@@ -363,7 +363,7 @@ class RegistryCore:
 
     # -- trust -----------------------------------------------------------------------
 
-    def _trust_request(self, request: _Request) -> dict[str, Any]:
+    def _trust_request(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
         peer = self._peer(request)
         text = request.message.get("message", "")
         if not isinstance(text, str):
@@ -375,38 +375,35 @@ class RegistryCore:
                 f"keep it under {MAX_TRUST_MESSAGE_BYTES} bytes",
             )
         outcome = self.store.request_trust(request.sender, peer.public_key, text, request.now)
-        assert request.record is not None
         if outcome.changed:
-            self._trust_changed(request.record, peer, True, request.now, request.pushes)
+            self._trust_changed(node, peer, True, request.now, request.pushes)
         elif outcome.state == "pending":
-            log_event("trust_requested", source=request.record.hostname, target=peer.hostname)
+            log_event("trust_requested", source=node.hostname, target=peer.hostname)
             push = {
                 "op": "trust_requested",
-                "node": self._node(request.record, request.now),
+                "node": self._node(node, request.now),
                 "message": text,
             }
             self._push(peer.public_key, push, request.now, request.pushes)
         return {"state": outcome.state}
 
-    def _trust_respond(self, request: _Request) -> dict[str, Any]:
+    def _trust_respond(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
         peer = self._peer(request)
         approve = request.message.get("approve")
         if not isinstance(approve, bool):
             raise _Refused("bad_request", "approve must be true or false")
         outcome = self.store.respond(request.sender, peer.public_key, approve, request.now)
-        assert request.record is not None
         if outcome.changed:
-            self._trust_changed(request.record, peer, True, request.now, request.pushes)
+            self._trust_changed(node, peer, True, request.now, request.pushes)
         elif not approve:
-            log_event("trust_rejected", source=peer.hostname, target=request.record.hostname)
+            log_event("trust_rejected", source=peer.hostname, target=node.hostname)
         return {"state": outcome.state}
 
-    def _untrust(self, request: _Request) -> dict[str, Any]:
+    def _untrust(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
         peer = self._peer(request)
         outcome = self.store.untrust(request.sender, peer.public_key)
-        assert request.record is not None
         if outcome.changed:
-            self._trust_changed(request.record, peer, False, request.now, request.pushes)
+            self._trust_changed(node, peer, False, request.now, request.pushes)
         return {"state": outcome.state}
 
     def _trust_changed(
@@ -423,10 +420,9 @@ class RegistryCore:
 
     # -- paths -----------------------------------------------------------------------
 
-    def _connect(self, request: _Request) -> dict[str, Any]:
+    def _connect(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
         peer = self._peer(request)
-        node, now = request.record, request.now
-        assert node is not None
+        now = request.now
         if not self.store.is_trusted(node.public_key, peer.public_key):
             raise _Refused(
                 "not_trusted",
@@ -436,7 +432,7 @@ class RegistryCore:
         if not self._online(peer.public_key, now):
             raise _Refused("peer_offline", f"{peer.hostname} is offline")
         if not self._online(node.public_key, now):
-            raise _Refused("not_online", "this node has not registered recently", "register")
+            raise _Refused("not_online", "this node has not registered in a while", "retry")
         for one, other in ((node, peer), (peer, node)):
             push = {
                 "op": "punch",

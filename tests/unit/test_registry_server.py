@@ -15,6 +15,7 @@ from pilotif.identity import ipv6_for_key
 from pilotif.keys import encode_key
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
+from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.server import (
     CONTROL_BURST,
     MAX_LAN_ENDPOINTS,
@@ -506,3 +507,13 @@ def test_control_messages_are_rate_limited_per_source(world: World, alice: FakeN
     world.now += 1
     world.deliver(alice.seal("lookup", query="alice"), alice.endpoint)
     assert len(world.inbox.pop(alice.endpoint)) == 1
+
+
+def test_token_buckets_refill_over_time_and_forget_the_least_recent_source() -> None:
+    buckets = TokenBuckets(rate_per_s=2.0, burst=2.0, max_sources=2)
+    assert [buckets.allow("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert buckets.allow("a", 0.5) and not buckets.allow("a", 0.5)
+    buckets.allow("b", 0.5)
+    buckets.allow("c", 0.5)
+    # "a" was forgotten, so it starts again with a full bucket.
+    assert buckets.allow("a", 0.5) and buckets.allow("a", 0.5)
