@@ -315,7 +315,8 @@ class Daemon:
 
     def _send_datagram(self, datagram: bytes, endpoint: Endpoint) -> bool:
         """Send to a UDP endpoint, or wrap for the relay when the endpoint is the relay."""
-        assert self._udp is not None
+        if self._udp is None:
+            return False
         if endpoint[0] == RELAY_HOST and self.node is not None:
             key = self.node.relay_key(endpoint[1])
             if key is None:
@@ -349,7 +350,6 @@ class Daemon:
     def _flush(self, now: float) -> None:
         """Send and write what the core produced, log its events, re-arm the timer."""
         device = self.device
-        assert self._tun is not None and self._udp is not None
         if device.outgoing:
             send = self._send_datagram
             failed = 0
@@ -360,10 +360,11 @@ class Daemon:
             if failed:
                 device.drops[DropReason.SEND_FAILED] += failed
         if device.to_tun:
-            fd = self._tun.fileno()
-            for packet in device.to_tun:
-                with contextlib.suppress(BlockingIOError):
-                    os.write(fd, packet)
+            if self._tun is not None:
+                fd = self._tun.fileno()
+                for packet in device.to_tun:
+                    with contextlib.suppress(BlockingIOError):
+                        os.write(fd, packet)
             device.to_tun.clear()
         if device.events:
             for event in device.events:

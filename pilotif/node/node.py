@@ -329,7 +329,9 @@ class Node:
         if state is None:
             return
         direct = state.endpoint is not None and state.endpoint[0] != RELAY_HOST
-        if now < peer.probe_until_s and now >= peer.next_probe_s and not direct:
+        # Probe for the whole window even once direct here: the other side may not
+        # have heard from us directly yet, and probes are what move it.
+        if now < peer.probe_until_s and now >= peer.next_probe_s:
             peer.next_probe_s = now + PROBE_INTERVAL_S
             if state.current is None:
                 self.device.initiate_handshake(peer.public_key, now)
