@@ -270,6 +270,15 @@ def _read_readiness(fd: int) -> str:
     return data.decode(errors="replace").strip()
 
 
+def _process_alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for a parent (or init) to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 @cli.command()
 @state_dir_option
 def down(state_dir: Path) -> None:
@@ -283,9 +292,7 @@ def down(state_dir: Path) -> None:
     pid = int(status["pid"])
     deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _process_alive(pid):
             click.echo(f"pilotif is down ({status['interface']} removed)")
             return
         time.sleep(_POLL_S)

@@ -43,7 +43,14 @@ from pilotif.overlay.events import (
     KeysZeroed,
 )
 from pilotif.paths import StatePaths
-from pilotif.registry.wire import CONTROL_TYPE, RELAY_TYPE, WireError, pack_relay, unpack_relay
+from pilotif.registry.wire import (
+    CONTROL_TYPE,
+    RELAY_TYPE,
+    WireError,
+    format_endpoint,
+    pack_relay,
+    unpack_relay,
+)
 from pilotif.tun import LinkError, TunDevice, TunError, configure_link, delete_link, link_exists
 from pilotif.underlay import UdpSockets, UnderlayError, resolve_endpoint
 
@@ -55,14 +62,6 @@ _TUN_READ_BYTES = 65535
 
 class StartupError(Exception):
     """The daemon could not start; the message says why and what to do."""
-
-
-def format_endpoint(endpoint: Endpoint | None) -> str | None:
-    """`ip:port`, or `[ip6]:port`, as `wg` prints endpoints."""
-    if endpoint is None:
-        return None
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Daemon:
@@ -396,7 +395,7 @@ class Daemon:
         if self.node is not None:
             reply = await self.node.command(request, time.monotonic())
             for peer in reply.get("peers", []):
-                peer["endpoint"] = format_endpoint(peer["endpoint"])
+                peer["endpoint"] = peer["endpoint"] and format_endpoint(peer["endpoint"])
                 latest = peer.pop("last_handshake_s")
                 peer["last_handshake"] = None if latest is None else latest + self._wall_offset()
             self._flush(time.monotonic())
@@ -421,7 +420,7 @@ class Daemon:
             peers.append(
                 {
                     "public_key": encode_key(peer.public_key),
-                    "endpoint": format_endpoint(peer.endpoint),
+                    "endpoint": peer.endpoint and format_endpoint(peer.endpoint),
                     "allowed_ips": [str(n) for n in peer.allowed_ips],
                     "latest_handshake": None if latest is None else latest + wall_offset,
                     "rx_bytes": peer.rx_bytes,

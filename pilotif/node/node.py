@@ -24,6 +24,7 @@ from pilotif.node.registry_link import (
 )
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint
+from pilotif.registry.wire import parse_endpoint
 
 RELAY_HOST = "relay"
 """The endpoint host of a peer reached through the registry's relay."""
@@ -62,14 +63,6 @@ class NodeOptions:
     """None (ask), "all", or "tag:NAME"."""
     accept_dns: bool = True
     """Point the system resolver at our DNS responder for `.pilot` names."""
-
-
-def parse_endpoint(text: str) -> Endpoint:
-    """'ip:port' or '[ip6]:port' as an endpoint tuple; ValueError if it is not one."""
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    ipaddress.ip_address(host)
-    return (host, int(port))
 
 
 class Node:
@@ -146,7 +139,7 @@ class Node:
 
     async def sync_trust(self, now: float) -> None:
         """Fetch the trust list and make the device's peers match it."""
-        reply = await self.link.call("trust_list")
+        reply = await self.trust_list()
         trusted = {self._key_of(node): node for node in reply.get("trusted", [])}
         for key in list(self.peers):
             if key not in trusted:
@@ -156,9 +149,17 @@ class Node:
         for item in reply.get("incoming", []):
             self._on_trust_requested(item.get("node", {}), str(item.get("message", "")))
 
-    def start_heartbeat(self) -> None:
-        """Register every REGISTER_INTERVAL_S from now on (the daemon's tick calls it)."""
-        self._next_register_s = 0.0
+    async def trust_list(self) -> dict[str, list[Any]]:
+        """Every page of the registry's trust list, joined."""
+        joined: dict[str, list[Any]] = {"trusted": [], "incoming": [], "outgoing": []}
+        offset: int | None = 0
+        while offset is not None:
+            reply = await self.link.call("trust_list", offset=offset)
+            for name, items in joined.items():
+                items.extend(reply.get(name, []))
+            next_offset = reply.get("next_offset")
+            offset = next_offset if isinstance(next_offset, int) and next_offset > offset else None
+        return joined
 
     def tick(self, now: float) -> None:
         """Called about every PROBE_INTERVAL_S: heartbeat, probes, path fallback."""
@@ -385,13 +386,7 @@ class Node:
                 reply = await self.link.call("lookup", query=str(request.get("query", "")))
                 return {"ok": True, "nodes": reply.get("nodes", [])}
             if command in ("trust", "pending"):
-                reply = await self.link.call("trust_list")
-                return {
-                    "ok": True,
-                    "trusted": reply.get("trusted", []),
-                    "incoming": reply.get("incoming", []),
-                    "outgoing": reply.get("outgoing", []),
-                }
+                return {"ok": True, **(await self.trust_list())}
             key = await self._resolve_key(str(request.get("peer", "")))
             if command == "handshake":
                 reply = await self.link.call(
