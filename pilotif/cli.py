@@ -316,7 +316,22 @@ def status(as_json: bool, state_dir: Path) -> None:
 
 
 def _format_status(state: dict[str, Any]) -> str:
-    lines = [
+    node = state.get("node")
+    lines = []
+    if node:
+        lines += [
+            f"node: {node['hostname']} ({node['ipv4']}, {node['ipv6']})",
+            f"  registry: {node['registry']} "
+            + ("online" if node["registry_online"] else "UNREACHABLE"),
+            f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
+        ]
+        for hostname, conflict in node["pin_conflicts"].items():
+            lines.append(
+                f"  REFUSED key {conflict['offered_key']} for {hostname}: "
+                f"pinned {conflict['pinned_key']}"
+            )
+        lines.append("")
+    lines += [
         f"interface: {state['interface']}",
         f"  public key: {state['public_key']}",
         f"  listening port: {state['listen_port']}",
@@ -553,7 +568,10 @@ def registry(listen: str, network: str, log_format: str, state_dir: Path) -> Non
     except ValueError as error:
         raise CliError(f"--network: {error}", "bad_input") from None
     setup_logging(as_json=log_format == "json")
-    run_registry((host.strip("[]"), int(port)), state_dir.absolute(), net, log_format)
+    try:
+        run_registry((host.strip("[]"), int(port)), state_dir.absolute(), net, log_format)
+    except OSError as error:
+        raise CliError(f"cannot listen on {listen}: {error.strerror or error}") from None
 
 
 @cli.command()

@@ -444,6 +444,17 @@ class Node:
             "tx_bytes": state.tx_bytes if state else 0,
         }
 
+    def nat_type(self) -> str:
+        """What the registry's view of our endpoint says about the NAT in front of us."""
+        if self.public_endpoint is None:
+            return "unknown"
+        if self.public_endpoint in self.lan_endpoints:
+            return "none"
+        local_ports = {text.rpartition(":")[2] for text in self.lan_endpoints}
+        if self.public_endpoint.rpartition(":")[2] in local_ports:
+            return "port-preserving (cone-like: direct paths likely)"
+        return "port-changing (symmetric-like: may need the relay)"
+
     def status(self) -> dict[str, Any]:
         """The node part of `pilotif status`."""
         return {
@@ -455,5 +466,6 @@ class Node:
             "registry_online": self.registry_online,
             "public_endpoint": self.public_endpoint,
             "lan_endpoints": self.lan_endpoints,
+            "nat": self.nat_type(),
             "pin_conflicts": self.pin_conflicts,
         }
