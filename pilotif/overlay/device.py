@@ -234,7 +234,7 @@ class Device:
         ) + keypair.send_aead.encrypt(nonce, plaintext, None)
         self.outgoing.append((datagram, destination))
         peer.tx_bytes += len(datagram)
-        if peer.unanswered_since_s is None:
+        if packet and peer.unanswered_since_s is None:
             peer.unanswered_since_s = now
         timers = peer.timers
         timers.send_keepalive = None

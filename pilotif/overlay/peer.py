@@ -112,7 +112,7 @@ class Peer:
     last_received_s: float | None = None
     """When the latest authenticated packet arrived."""
     unanswered_since_s: float | None = None
-    """When we first sent something after the latest authenticated packet arrived."""
+    """When we first sent data (not a keepalive) after the latest authenticated packet."""
     rx_bytes: int = 0
     tx_bytes: int = 0
     staged: deque[bytes] = field(default_factory=deque)
