@@ -65,6 +65,12 @@ class NodeOptions:
     """Point the system resolver at our DNS responder for `.pilot` names."""
 
 
+def _may_roam(current: Endpoint, source: Endpoint) -> bool:
+    """A direct path is not given up for the relay because a relayed packet arrived;
+    only silence on the direct path moves a peer back to the relay."""
+    return not (current[0] != RELAY_HOST and source[0] == RELAY_HOST)
+
+
 class Node:
     """The node side of the control plane; see the module docstring."""
 
@@ -93,6 +99,7 @@ class Node:
         self._slots: dict[int, bytes] = {}
         self._next_register_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        device.roam_filter = _may_roam
 
     # -- registration --------------------------------------------------------------
 

@@ -108,6 +108,9 @@ class Device:
         self.to_tun: list[bytes] = []
         self.events: list[Event] = []
         self.drops = new_drop_counters()
+        self.roam_filter: Callable[[Endpoint, Endpoint], bool] | None = None
+        """Decides whether a peer's endpoint may move from the first to the second
+        endpoint; None lets it follow every authenticated packet (plain WireGuard)."""
 
     # -- configuration -------------------------------------------------------------
 
@@ -503,7 +506,11 @@ class Device:
         """An authenticated packet arrived: the endpoint roams to its source."""
         peer.last_received_s = now
         peer.unanswered_since_s = None
-        if peer.endpoint != source:
+        if peer.endpoint != source and (
+            peer.endpoint is None
+            or self.roam_filter is None
+            or self.roam_filter(peer.endpoint, source)
+        ):
             peer.endpoint = source
             self.events.append(EndpointChanged(peer.public_key, source))
 
