@@ -129,6 +129,37 @@ def _transfer_program(*args: str) -> list[str]:
     return [sys.executable, "-m", "pilotif.lab.transfer", *args]
 
 
+def start_receiver(
+    namespace: Namespace,
+    bind: str,
+    port: int = TRANSFER_PORT,
+    *,
+    show_text: bool = False,
+    reply: str | None = None,
+) -> "subprocess.Popen[bytes]":
+    """A receiver listening on bind:port in `namespace` (accepts one connection).
+
+    Once its connection ends it prints one JSON line (bytes, sha256, and text with
+    `show_text`) after answering `reply`; stop it with `namespace.stop`.
+    """
+    serve_args = ["serve", "--bind", bind, "--port", str(port)]
+    if show_text:
+        serve_args.append("--show-text")
+    if reply is not None:
+        serve_args += ["--reply", reply]
+    server = namespace.spawn(*_transfer_program(*serve_args), pipes=True)
+    assert server.stdout is not None
+    if not server.stdout.readline():
+        namespace.stop(server)
+        raise LabError(f"the transfer receiver could not listen on {bind}:{port}")
+    return server
+
+
+def receiver_report(process: "subprocess.Popen[bytes]") -> dict[str, object]:
+    """The JSON line a receiver from `start_receiver` printed once its connection ended."""
+    return _last_json(process, "receiver")
+
+
 def start_transfer(
     sender: Namespace,
     receiver: Namespace,
@@ -138,16 +169,13 @@ def start_transfer(
     message: str | None = None,
     min_seconds: float = 0.0,
     port: int = TRANSFER_PORT,
+    bind: str | None = None,
 ) -> RunningTransfer:
-    """Start a receiver on address:port in `receiver` and a sender to it in `sender`."""
-    serve_args = ["serve", "--bind", address, "--port", str(port)]
-    if message is not None:
-        serve_args.append("--show-text")
-    server = receiver.spawn(*_transfer_program(*serve_args), pipes=True)
-    assert server.stdout is not None
-    if not server.stdout.readline():
-        receiver.stop(server)
-        raise LabError(f"the transfer receiver could not listen on {address}:{port}")
+    """Start a receiver on address:port in `receiver` and a sender to it in `sender`.
+
+    `address` may be a name the sender resolves; the receiver then listens on `bind`.
+    """
+    server = start_receiver(receiver, bind or address, port, show_text=message is not None)
     send_args = ["send", "--host", address, "--port", str(port), "--bytes", str(size_bytes)]
     send_args += ["--min-seconds", str(min_seconds)]
     if message is not None:

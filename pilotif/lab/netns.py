@@ -4,10 +4,14 @@ A namespace's name carries the id of the process that made it (``pflab-<pid>-<to
 so a later run can tell a namespace left behind by a killed run (its owner is gone: removed at
 start by `remove_stale_namespaces`) from one of a run that is still going (left alone).
 Every process started in a namespace is stopped by its PID before the namespace is deleted.
+A namespace may get its own resolv.conf in /etc/netns/NAME/ (which `ip netns exec` mounts over
+/etc/resolv.conf), so a daemon that edits the resolver never touches the machine's own file;
+that directory goes with the namespace.
 """
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -20,6 +24,7 @@ COMMAND_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 _POLL_INTERVAL_S = 0.05
 _NETNS_DIR = Path("/var/run/netns")
+NETNS_ETC_DIR = Path("/etc/netns")
 _RUN_TOKEN_BYTES = 3
 _ZOMBIE_STATE = "Z"
 
@@ -128,6 +133,11 @@ class Namespace:
     def __repr__(self) -> str:
         return f"Namespace({self.name!r})"
 
+    @property
+    def etc_dir(self) -> Path:
+        """/etc/netns/NAME: files `ip netns exec` mounts over those of /etc."""
+        return NETNS_ETC_DIR / self.name
+
     def command(self, *args: str) -> list[str]:
         """The argument list that runs `args` inside this namespace."""
         return ["ip", "netns", "exec", self.name, *args]
@@ -202,6 +212,7 @@ class Namespace:
         for pid in self.pids():
             stop_pid(pid)
         run_checked(["ip", "netns", "delete", self.name], check=False)
+        shutil.rmtree(self.etc_dir, ignore_errors=True)
 
 
 def _owner_pid(name: str) -> int | None:
@@ -212,25 +223,36 @@ def _owner_pid(name: str) -> int | None:
 
 
 def remove_stale_namespaces() -> list[str]:
-    """Delete the lab namespaces whose owning process is gone; their names."""
-    if not _NETNS_DIR.is_dir():
-        return []
+    """Delete the lab namespaces (and their /etc/netns dirs) whose owning process is gone."""
+    names = {
+        entry.name
+        for directory in (_NETNS_DIR, NETNS_ETC_DIR)
+        if directory.is_dir()
+        for entry in directory.iterdir()
+    }
     removed = []
-    for entry in sorted(_NETNS_DIR.iterdir()):
-        owner = _owner_pid(entry.name)
+    for name in sorted(names):
+        owner = _owner_pid(name)
         if owner is None or pid_alive(owner):
             continue
-        Namespace(entry.name).delete()
-        removed.append(entry.name)
+        Namespace(name).delete()
+        removed.append(name)
     return removed
 
 
 @contextmanager
-def namespace(run_id: str, role: str) -> Iterator[Namespace]:
-    """A new namespace with loopback up, deleted (with its processes) when the block ends."""
+def namespace(run_id: str, role: str, *, resolv_conf: str | None = None) -> Iterator[Namespace]:
+    """A new namespace with loopback up, deleted (with its processes) when the block ends.
+
+    With `resolv_conf`, the namespace gets that text as its own /etc/resolv.conf, written
+    before anything runs inside it.
+    """
     created = Namespace(f"{NAMESPACE_PREFIX}-{run_id}-{role}")
-    run_checked(["ip", "netns", "add", created.name])
+    if resolv_conf is not None:
+        created.etc_dir.mkdir(parents=True, exist_ok=True)
+        (created.etc_dir / "resolv.conf").write_text(resolv_conf)
     try:
+        run_checked(["ip", "netns", "add", created.name])
         created.run("ip", "link", "set", "lo", "up")
         yield created
     finally:

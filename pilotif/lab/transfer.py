@@ -1,9 +1,10 @@
 """The lab's TCP transfer program: `python -m pilotif.lab.transfer serve|send ...`.
 
 The receiver accepts one connection, reads to end of stream and prints one JSON line with
-the byte count and SHA-256 of what arrived (and the text itself with --show-text). The
-sender streams random bytes (or one message), prints the same for what it sent, and exits
-only once the receiver has closed, so both lines describe the same finished transfer.
+the byte count and SHA-256 of what arrived (and the text itself with --show-text), after
+answering the --reply text, if any. The sender streams random bytes (or one message), prints
+the same for what it sent, and exits only once the receiver has closed, so both lines describe
+the same finished transfer.
 """
 
 import argparse
@@ -31,8 +32,8 @@ def _emit(record: dict[str, object]) -> None:
     print(json.dumps(record), flush=True)
 
 
-def serve(bind: str, port: int, show_text: bool) -> None:
-    """Accept one connection on bind:port and report everything it carried."""
+def serve(bind: str, port: int, show_text: bool, reply: str | None = None) -> None:
+    """Accept one connection on bind:port, report everything it carried, answer `reply`."""
     with socket.socket(_family(bind), socket.SOCK_STREAM) as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((bind, port))
@@ -51,6 +52,8 @@ def serve(bind: str, port: int, show_text: bool) -> None:
             size += len(chunk)
             if received is not None:
                 received += chunk
+        if reply is not None:
+            connection.sendall(reply.encode("utf-8"))
     record: dict[str, object] = {
         "bytes": size,
         "sha256": digest.hexdigest(),
@@ -112,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     receiver.add_argument("--bind", required=True)
     receiver.add_argument("--port", type=int, required=True)
     receiver.add_argument("--show-text", action="store_true")
+    receiver.add_argument("--reply")
     sender = commands.add_parser("send")
     sender.add_argument("--host", required=True)
     sender.add_argument("--port", type=int, required=True)
@@ -120,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sender.add_argument("--min-seconds", type=float, default=0.0)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        serve(args.bind, args.port, args.show_text)
+        serve(args.bind, args.port, args.show_text, args.reply)
     else:
         send(args.host, args.port, args.bytes, args.message, args.min_seconds)
     return 0

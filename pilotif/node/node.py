@@ -24,6 +24,7 @@ from pilotif.node.registry_link import (
 )
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint
+from pilotif.overlay.peer import Peer
 from pilotif.registry.wire import parse_endpoint
 
 RELAY_HOST = "relay"
@@ -49,6 +50,8 @@ class TrustedPeer:
     probe_until_s: float = 0.0
     next_probe_s: float = 0.0
     reprobe_at_s: float | None = None
+    relay_hold_until_s: float = 0.0
+    """After a direct path failed: stay on the relay until the next probe round."""
 
 
 @dataclass
@@ -63,12 +66,6 @@ class NodeOptions:
     """None (ask), "all", or "tag:NAME"."""
     accept_dns: bool = True
     """Point the system resolver at our DNS responder for `.pilot` names."""
-
-
-def _may_roam(current: Endpoint, source: Endpoint) -> bool:
-    """A direct path is not given up for the relay because a relayed packet arrived;
-    only silence on the direct path moves a peer back to the relay."""
-    return not (current[0] != RELAY_HOST and source[0] == RELAY_HOST)
 
 
 class Node:
@@ -99,7 +96,7 @@ class Node:
         self._slots: dict[int, bytes] = {}
         self._next_register_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        device.roam_filter = _may_roam
+        device.roam_filter = self._may_roam
 
     # -- registration --------------------------------------------------------------
 
@@ -249,6 +246,7 @@ class Node:
             except ValueError:
                 continue
         peer.candidates = endpoints
+        peer.relay_hold_until_s = 0.0
         peer.probe_until_s = now + PROBE_DURATION_S
         peer.next_probe_s = now
         self.device.initiate_handshake(peer.public_key, now)
@@ -323,6 +321,23 @@ class Node:
         self.device.remove_peer(key)
         log_event("peer_removed", peer=peer.hostname, reason=reason)
 
+    def _may_roam(self, state: Peer, source: Endpoint, now: float) -> bool:
+        """Path choice on top of WireGuard roaming: a direct path is given up for the
+        relay only once it has been silent for DIRECT_PATH_TIMEOUT_S (relayed packets
+        still in flight do not undo a fresh direct path), and a failed direct path is
+        not taken back before the next probe round."""
+        peer = self.peers.get(state.public_key)
+        if peer is None or state.endpoint is None:
+            return True
+        to_relay = source[0] == RELAY_HOST
+        on_relay = state.endpoint[0] == RELAY_HOST
+        if to_relay and not on_relay:
+            silent_since = state.last_received_s
+            return silent_since is None or now - silent_since > DIRECT_PATH_TIMEOUT_S
+        if on_relay and not to_relay:
+            return now >= peer.relay_hold_until_s
+        return True
+
     def relay_key(self, slot: int) -> bytes | None:
         """The peer whose relay endpoint is `(RELAY_HOST, slot)`."""
         return self._slots.get(slot)
@@ -353,6 +368,7 @@ class Node:
             log_event("path_relay", peer=peer.hostname, reason="direct path silent")
             self.device.set_endpoint(peer.public_key, (RELAY_HOST, peer.relay_slot))
             peer.reprobe_at_s = now + REPROBE_INTERVAL_S
+            peer.relay_hold_until_s = peer.reprobe_at_s
         if peer.reprobe_at_s is not None and now >= peer.reprobe_at_s and not direct:
             peer.reprobe_at_s = now + REPROBE_INTERVAL_S
             self.request_connect(peer.public_key)

@@ -108,9 +108,9 @@ class Device:
         self.to_tun: list[bytes] = []
         self.events: list[Event] = []
         self.drops = new_drop_counters()
-        self.roam_filter: Callable[[Endpoint, Endpoint], bool] | None = None
-        """Decides whether a peer's endpoint may move from the first to the second
-        endpoint; None lets it follow every authenticated packet (plain WireGuard)."""
+        self.roam_filter: Callable[[Peer, Endpoint, float], bool] | None = None
+        """Decides whether a peer's endpoint may move to the source of an authenticated
+        packet; None lets it follow every one (plain WireGuard roaming)."""
 
     # -- configuration -------------------------------------------------------------
 
@@ -503,16 +503,16 @@ class Device:
     # -- session bookkeeping -------------------------------------------------------
 
     def _authenticated_from(self, peer: Peer, source: Endpoint, now: float) -> None:
-        """An authenticated packet arrived: the endpoint roams to its source."""
-        peer.last_received_s = now
-        peer.unanswered_since_s = None
+        """An authenticated packet arrived: the endpoint roams to its source (unless the
+        roam filter keeps it), and the current path counts as answered."""
         if peer.endpoint != source and (
-            peer.endpoint is None
-            or self.roam_filter is None
-            or self.roam_filter(peer.endpoint, source)
+            peer.endpoint is None or self.roam_filter is None or self.roam_filter(peer, source, now)
         ):
             peer.endpoint = source
             self.events.append(EndpointChanged(peer.public_key, source))
+        if source == peer.endpoint:
+            peer.last_received_s = now
+            peer.unanswered_since_s = None
 
     def _handshake_complete(self, peer: Peer, now: float, *, initiator: bool) -> None:
         peer.timers.retransmit_handshake = None

@@ -110,7 +110,7 @@ class Peer:
     last_handshake_s: float | None = None
     """When the latest session was established, in the caller's clock."""
     last_received_s: float | None = None
-    """When the latest authenticated packet arrived."""
+    """When the latest authenticated packet arrived from the peer's current endpoint."""
     unanswered_since_s: float | None = None
     """When we first sent data (not a keepalive) after the latest authenticated packet."""
     rx_bytes: int = 0
