@@ -1,10 +1,12 @@
-"""One ICMP echo over the overlay, for `pilotif ping` (a raw socket: root)."""
+"""ICMP echo over the overlay: `pilotif ping` (a raw socket: root), and the echo
+requests the daemon injects to check that a direct path still answers."""
 
 import os
 import select
 import socket
 import struct
 import time
+from ipaddress import IPv4Address
 
 _ECHO_REQUEST = 8
 _ECHO_REPLY = 0
@@ -12,6 +14,9 @@ _HEADER = struct.Struct("!BBHHH")
 _PAYLOAD = b"pilotif-ping-0123456789abcdef"
 REPLY_TIMEOUT_S = 2.0
 _IPV4_HEADER_MIN = 20
+_IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_TTL = 64
+_PATH_CHECK_IDENT = 0x7069
 
 
 def _checksum(data: bytes) -> int:
@@ -23,13 +28,25 @@ def _checksum(data: bytes) -> int:
     return int(~total & 0xFFFF)
 
 
+def _echo_message(ident: int, sequence: int) -> bytes:
+    header = _HEADER.pack(_ECHO_REQUEST, 0, 0, ident, sequence)
+    checksum = _checksum(header + _PAYLOAD)
+    return _HEADER.pack(_ECHO_REQUEST, 0, checksum, ident, sequence) + _PAYLOAD
+
+
+def echo_request_packet(source: IPv4Address, destination: IPv4Address, sequence: int) -> bytes:
+    """A whole IPv4 packet carrying an ICMP echo request, ready for the overlay device."""
+    message = _echo_message(_PATH_CHECK_IDENT, sequence & 0xFFFF)
+    fields = [0x45, 0, _IPV4_HEADER_MIN + len(message), 0, 0, _TTL, socket.IPPROTO_ICMP, 0]
+    header = _IPV4_HEADER.pack(*fields, source.packed, destination.packed)
+    fields[7] = _checksum(header)
+    return _IPV4_HEADER.pack(*fields, source.packed, destination.packed) + message
+
+
 def ping_once(address: str, sequence: int) -> float | None:
     """The round trip in ms of one echo to an IPv4 `address`, or None on timeout."""
     ident = os.getpid() & 0xFFFF
-    header = _HEADER.pack(_ECHO_REQUEST, 0, 0, ident, sequence)
-    packet = (
-        _HEADER.pack(_ECHO_REQUEST, 0, _checksum(header + _PAYLOAD), ident, sequence) + _PAYLOAD
-    )
+    packet = _echo_message(ident, sequence)
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         start = time.monotonic()
         sock.sendto(packet, (address, 0))

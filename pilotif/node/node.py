@@ -15,6 +15,7 @@ from typing import Any
 from pilotif.identity import HostnameError, ipv6_for_key, normalize_hostname
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
+from pilotif.node.icmp import echo_request_packet
 from pilotif.node.pins import PinStore
 from pilotif.node.registry_link import (
     RegistryError,
@@ -33,6 +34,8 @@ REGISTER_INTERVAL_S = 20.0
 PROBE_INTERVAL_S = 0.2
 PROBE_DURATION_S = 5.0
 DIRECT_PATH_TIMEOUT_S = 5.0
+PATH_CHECK_AFTER_S = 1.0
+"""Unanswered data this old on a direct path makes us ask the peer for an echo."""
 REPROBE_INTERVAL_S = 30.0
 
 
@@ -50,6 +53,7 @@ class TrustedPeer:
     probe_until_s: float = 0.0
     next_probe_s: float = 0.0
     reprobe_at_s: float | None = None
+    next_path_check_s: float = 0.0
     relay_hold_until_s: float = 0.0
     """After a direct path failed: stay on the relay until the next probe round."""
 
@@ -96,6 +100,7 @@ class Node:
         self._slots: dict[int, bytes] = {}
         self._next_register_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._path_checks = 0
         device.roam_filter = self._may_roam
 
     # -- registration --------------------------------------------------------------
@@ -360,11 +365,20 @@ class Node:
                 self.device.initiate_handshake(peer.public_key, now)
             for candidate in peer.candidates:
                 self.device.send_keepalive_to(peer.public_key, candidate, now)
+        unanswered_s = None if state.unanswered_since_s is None else now - state.unanswered_since_s
         if (
             direct
-            and state.unanswered_since_s is not None
-            and now - state.unanswered_since_s > DIRECT_PATH_TIMEOUT_S
+            and unanswered_s is not None
+            and unanswered_s >= PATH_CHECK_AFTER_S
+            and now >= peer.next_path_check_s
+            and self.ipv4 is not None
         ):
+            # The peer's kernel answers an echo at once; plain data may need no answer.
+            peer.next_path_check_s = now + PATH_CHECK_AFTER_S
+            self._path_checks += 1
+            packet = echo_request_packet(self.ipv4, peer.ipv4, self._path_checks)
+            self.device.send_packet(packet, now)
+        if direct and unanswered_s is not None and unanswered_s > DIRECT_PATH_TIMEOUT_S:
             log_event("path_relay", peer=peer.hostname, reason="direct path silent")
             self.device.set_endpoint(peer.public_key, (RELAY_HOST, peer.relay_slot))
             peer.reprobe_at_s = now + REPROBE_INTERVAL_S
