@@ -1,0 +1,401 @@
+"""The NAT lab: pilotif agents behind NAT routers on a small simulated internet, with a registry.
+
+    public namespace ("the internet"): switch sw0 198.18.0.1/24, registry on 198.18.0.1:7946
+      +-- router r0: wan0 198.18.0.11, NAT (cone or symmetric), LAN 198.19.1.0/24 (agents .2 ...)
+      +-- router r1: wan0 198.18.0.12, NAT (cone or symmetric), LAN 198.19.2.0/24 (agents .2 ...)
+
+Every router masquerades its LAN behind its WAN address with nftables and, like a home router,
+drops unsolicited inbound connections; a cone NAT keeps a LAN socket's port for every
+destination (endpoint-independent mapping), a symmetric NAT picks a random port for each.
+Nothing routes to the LANs from the public side, and no namespace routes to the real network.
+Each namespace has its own resolv.conf, so a daemon editing its resolver never touches the
+machine's. Agents are driven only through the `pilotif` command line.
+"""
+
+import ipaddress
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pilotif.lab.netns import (
+    LabError,
+    Namespace,
+    namespace,
+    new_run_id,
+    pid_alive,
+    remove_stale_namespaces,
+    run_checked,
+    stop_pid,
+)
+from pilotif.lab.pilotif_node import UP_TIMEOUT_S, pilotif_executable
+
+PUBLIC_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
+REGISTRY_ADDRESS = "198.18.0.1"
+REGISTRY_PORT = 7946
+REGISTRY = f"{REGISTRY_ADDRESS}:{REGISTRY_PORT}"
+LAN_NETWORKS = (ipaddress.IPv4Network("198.19.1.0/24"), ipaddress.IPv4Network("198.19.2.0/24"))
+ROUTER_WAN_FIRST_HOST = 11
+"""Router i's WAN address is host ROUTER_WAN_FIRST_HOST + i of PUBLIC_NETWORK."""
+LAN_ROUTER_HOST = 1
+LAN_FIRST_AGENT_HOST = 2
+RESOLV_CONF = f"# pilotif NAT lab: nothing answers here\nnameserver {REGISTRY_ADDRESS}\n"
+REGISTRY_START_TIMEOUT_S = 10.0
+POLL_INTERVAL_S = 0.2
+PATH_TIMEOUT_S = 5.0
+"""How long a trusted pair may take to settle on its path (and on trust itself)."""
+_SWITCH = "sw0"
+_WAN = "wan0"
+_LAN_BRIDGE = "lan0"
+_AGENT_LINK = "eth0"
+_REGISTRY_DIR = "registry"
+_REGISTRY_LOG = "registry.log"
+_PID_FILE = "pilotif.pid"
+_LOG_FILE = "pilotif.log"
+
+T = TypeVar("T")
+
+
+class NatKind(StrEnum):
+    """How a router maps a LAN socket to its WAN address."""
+
+    CONE = "cone"
+    """Endpoint-independent mapping: one public port per LAN socket (`masquerade`)."""
+    SYMMETRIC = "symmetric"
+    """A random public port per destination (`masquerade random,fully-random`)."""
+
+
+_MASQUERADE = {
+    NatKind.CONE: "masquerade",
+    NatKind.SYMMETRIC: "masquerade random,fully-random",
+}
+
+
+def _router_ruleset(kind: NatKind) -> str:
+    """NAT out of wan0; drop connections that start on the WAN side (to the router or LAN)."""
+    return f"""
+table ip pflab_nat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{_WAN}" {_MASQUERADE[kind]}
+    }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{_WAN}" ct state new drop
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname "{_WAN}" ct state new drop
+    }}
+}}
+"""
+
+
+def poll_until(
+    probe: Callable[[], T | None], timeout_s: float, what: str, interval_s: float = POLL_INTERVAL_S
+) -> T:
+    """Call `probe` until it returns something other than None; LabError after the timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise LabError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(interval_s)
+
+
+@dataclass(frozen=True)
+class Router:
+    """A NAT router: WAN address on the public switch, a LAN behind it."""
+
+    namespace: Namespace
+    kind: NatKind
+    wan_address: str
+    lan: ipaddress.IPv4Network
+
+    @property
+    def lan_address(self) -> str:
+        """The router's own LAN address, the agents' default gateway."""
+        return str(self.lan[LAN_ROUTER_HOST])
+
+
+@dataclass
+class Agent:
+    """A host on a router's LAN running one pilotif node, driven by its command line."""
+
+    hostname: str
+    namespace: Namespace
+    router: Router
+    lan_address: str
+    state_dir: Path
+    _up_args: list[str] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        """The daemon's log."""
+        return self.state_dir / _LOG_FILE
+
+    def pilotif(
+        self, *args: str, check: bool = True, input_text: str | None = None
+    ) -> "subprocess.CompletedProcess[str]":
+        """`pilotif ARGS --state-dir DIR` in the agent's namespace."""
+        return self.namespace.run(
+            pilotif_executable(),
+            *args,
+            "--state-dir",
+            str(self.state_dir),
+            check=check,
+            timeout_s=UP_TIMEOUT_S,
+            input_text=input_text,
+        )
+
+    def json(self, *args: str) -> Any:
+        """`pilotif ARGS --json`, parsed."""
+        output = self.pilotif(*args, "--json").stdout
+        try:
+            return json.loads(output)
+        except json.JSONDecodeError as error:
+            raise LabError(f"`pilotif {' '.join(args)} --json` printed {output!r}") from error
+
+    def up(
+        self,
+        *,
+        tags: Sequence[str] = (),
+        auto_approve: str | None = None,
+        accept_dns: bool = True,
+        listen_port: int | None = None,
+    ) -> None:
+        """`pilotif up` joined to the lab's registry; returns once the daemon is up."""
+        args = ["--registry", REGISTRY, "--hostname", self.hostname]
+        if tags:
+            args += ["--tags", ",".join(tags)]
+        if auto_approve is not None:
+            args += ["--auto-approve", auto_approve]
+        if listen_port is not None:
+            args += ["--listen-port", str(listen_port)]
+        args += ["--accept-dns", str(accept_dns).lower()]
+        self._up_args = args
+        self.restart()
+
+    def restart(self) -> None:
+        """`pilotif up` again with the arguments of the last `up` (same state dir)."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        output = self.state_dir.parent / f"{self.hostname}-up.out"
+        self.namespace.run(
+            pilotif_executable(),
+            "up",
+            *self._up_args,
+            "--state-dir",
+            str(self.state_dir),
+            timeout_s=UP_TIMEOUT_S,
+            output_path=output,
+        )
+
+    def pid(self) -> int | None:
+        """The daemon's PID from its PID file, if it wrote one."""
+        try:
+            return int((self.state_dir / _PID_FILE).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def down(self) -> None:
+        """`pilotif down`, then stop the daemon by its PID if it is still there."""
+        pid = self.pid()
+        if pid is None:
+            return
+        self.pilotif("down", check=False)
+        if pid is not None and pid_alive(pid):
+            stop_pid(pid)
+
+    def status(self) -> dict[str, Any]:
+        """`pilotif status --json`."""
+        parsed: dict[str, Any] = self.json("status")
+        return parsed
+
+    def peers(self) -> list[dict[str, Any]]:
+        """`pilotif peers --json`."""
+        parsed: list[dict[str, Any]] = self.json("peers")
+        return parsed
+
+    def peer(self, hostname: str) -> dict[str, Any] | None:
+        """This agent's row for a trusted peer, or None."""
+        return next((p for p in self.peers() if p["hostname"] == hostname), None)
+
+    def wait_for_path(
+        self, hostname: str, paths: Sequence[str], timeout_s: float = PATH_TIMEOUT_S
+    ) -> dict[str, Any]:
+        """The peer row once its path is one of `paths`; LabError (with the last row) if not."""
+        last: list[dict[str, Any] | None] = [None]
+
+        def settled() -> dict[str, Any] | None:
+            last[0] = self.peer(hostname)
+            return last[0] if last[0] is not None and last[0]["path"] in paths else None
+
+        try:
+            return poll_until(settled, timeout_s, f"{self.hostname}: path to {hostname}")
+        except LabError as error:
+            raise LabError(f"{error}; last peers row: {last[0]}") from None
+
+
+@dataclass
+class NatLab:
+    """The public switch with the registry, the routers and their agents."""
+
+    public: Namespace
+    routers: tuple[Router, ...]
+    agents: dict[str, Agent]
+    workdir: Path
+    _registry: "subprocess.Popen[bytes] | None" = None
+
+    def __getitem__(self, hostname: str) -> Agent:
+        return self.agents[hostname]
+
+    @property
+    def registry_state_dir(self) -> Path:
+        """The registry's key and database."""
+        return self.workdir / _REGISTRY_DIR
+
+    @property
+    def registry_log(self) -> Path:
+        """Everything the registry printed, across restarts."""
+        return self.workdir / _REGISTRY_LOG
+
+    @property
+    def registry_pid(self) -> int | None:
+        """The running registry's PID."""
+        return None if self._registry is None else self._registry.pid
+
+    def start_registry(self) -> None:
+        """Run `pilotif registry` on 198.18.0.1:7946; returns once it listens."""
+        if self._registry is not None:
+            raise LabError("the registry is already running")
+        self._registry = self.public.spawn(
+            pilotif_executable(),
+            "registry",
+            "--listen",
+            REGISTRY,
+            "--state-dir",
+            str(self.registry_state_dir),
+            log_path=self.registry_log,
+        )
+        process = self._registry
+
+        def listening() -> bool | None:
+            if process.poll() is not None:
+                raise LabError(f"the registry exited {process.returncode}: {self._log_tail()}")
+            sockets = self.public.run("ss", "-Hnlu", "src", REGISTRY).stdout
+            return True if sockets.strip() else None
+
+        poll_until(listening, REGISTRY_START_TIMEOUT_S, "the registry listening on " + REGISTRY)
+
+    def stop_registry(self) -> None:
+        """Stop the registry by its PID (SIGTERM, then SIGKILL)."""
+        if self._registry is not None:
+            self.public.stop(self._registry)
+            self._registry = None
+
+    def _log_tail(self) -> str:
+        return self.registry_log.read_text()[-2000:] if self.registry_log.exists() else ""
+
+
+def _veth(name_a: str, ns_a: Namespace, name_b: str, ns_b: Namespace) -> None:
+    run_checked(
+        [
+            *("ip", "link", "add", name_a, "netns", ns_a.name, "type", "veth"),
+            *("peer", "name", name_b, "netns", ns_b.name),
+        ]
+    )
+
+
+def _bridge(ns: Namespace, name: str, address: str) -> None:
+    ns.run("ip", "link", "add", name, "type", "bridge")
+    ns.run("ip", "address", "add", address, "dev", name)
+    ns.run("ip", "link", "set", name, "up")
+
+
+def _attach(ns: Namespace, link: str, bridge: str) -> None:
+    ns.run("ip", "link", "set", link, "master", bridge)
+    ns.run("ip", "link", "set", link, "up")
+
+
+def _with_prefix(address: str, network: ipaddress.IPv4Network) -> str:
+    return f"{address}/{network.prefixlen}"
+
+
+def _build_router(public: Namespace, ns: Namespace, index: int, kind: NatKind) -> Router:
+    wan_address = str(PUBLIC_NETWORK[ROUTER_WAN_FIRST_HOST + index])
+    port = f"r{index}"
+    _veth(port, public, _WAN, ns)
+    _attach(public, port, _SWITCH)
+    ns.run("ip", "address", "add", _with_prefix(wan_address, PUBLIC_NETWORK), "dev", _WAN)
+    ns.run("ip", "link", "set", _WAN, "up")
+    ns.run("ip", "route", "add", "default", "via", REGISTRY_ADDRESS)
+    router = Router(ns, kind, wan_address, LAN_NETWORKS[index])
+    _bridge(ns, _LAN_BRIDGE, _with_prefix(router.lan_address, router.lan))
+    ns.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    ns.run("nft", "-f", "-", input_text=_router_ruleset(kind))
+    return router
+
+
+def _build_agent(hostname: str, ns: Namespace, router: Router, host: int, workdir: Path) -> Agent:
+    port = f"p{host}"
+    _veth(port, router.namespace, _AGENT_LINK, ns)
+    _attach(router.namespace, port, _LAN_BRIDGE)
+    address = str(router.lan[host])
+    ns.run("ip", "address", "add", _with_prefix(address, router.lan), "dev", _AGENT_LINK)
+    ns.run("ip", "link", "set", _AGENT_LINK, "up")
+    ns.run("ip", "route", "add", "default", "via", router.lan_address)
+    return Agent(hostname, ns, router, address, workdir / hostname)
+
+
+@contextmanager
+def nat_lab(
+    nats: Sequence[NatKind],
+    agents: Sequence[tuple[str, int]],
+    workdir: Path | None = None,
+) -> Iterator[NatLab]:
+    """The lab with one router per entry of `nats` and agents (hostname, router index).
+
+    The registry runs (on a fresh state dir); agents are not up yet. Everything (daemons by
+    PID, the registry, namespaces and their /etc/netns dirs) is torn down when the block
+    ends, even on failure. Files go to `workdir`, or to a temporary directory removed after.
+    """
+    if len(nats) > len(LAN_NETWORKS):
+        raise LabError(f"the NAT lab has room for {len(LAN_NETWORKS)} routers")
+    remove_stale_namespaces()
+    run_id = new_run_id()
+    with ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="pflab-nat-"))
+            stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+
+        def new_namespace(role: str) -> Namespace:
+            return stack.enter_context(namespace(run_id, role, resolv_conf=RESOLV_CONF))
+
+        public = new_namespace("pub")
+        _bridge(public, _SWITCH, _with_prefix(REGISTRY_ADDRESS, PUBLIC_NETWORK))
+        routers = tuple(
+            _build_router(public, new_namespace(f"r{index}"), index, kind)
+            for index, kind in enumerate(nats)
+        )
+        hosts_used = [LAN_FIRST_AGENT_HOST] * len(routers)
+        built: dict[str, Agent] = {}
+        for hostname, index in agents:
+            agent = _build_agent(
+                hostname, new_namespace(hostname), routers[index], hosts_used[index], workdir
+            )
+            hosts_used[index] += 1
+            built[hostname] = agent
+            stack.callback(agent.down)
+        lab = NatLab(public, routers, built, workdir)
+        stack.callback(lab.stop_registry)
+        lab.start_registry()
+        yield lab
