@@ -1,0 +1,295 @@
+"""Issue 3 end to end: agents behind NAT routers join a registry, trust each other, reach each
+other by name, directly through cone NATs and through the relay when both NATs are symmetric.
+
+Every test builds its own NAT lab (pilotif.lab.nat: a public switch with the registry on
+198.18.0.1, NAT routers, agents on their LANs) and drives the agents with the `pilotif`
+command line, as a user would; the lab is torn down even when a test fails. Files (daemon
+logs in AGENT/pilotif.log, the registry's log) stay in the test's tmp_path.
+"""
+
+import ipaddress
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pilotif.lab.checks import (
+    ping,
+    receiver_report,
+    start_receiver,
+    start_transfer,
+)
+from pilotif.lab.nat import (
+    LAN_NETWORKS,
+    PATH_TIMEOUT_S,
+    Agent,
+    NatKind,
+    NatLab,
+    nat_lab,
+    poll_until,
+)
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="builds network namespaces: needs root"),
+]
+
+CONE, SYMMETRIC = NatKind.CONE, NatKind.SYMMETRIC
+DIRECT, RELAY = "direct", "relay"
+LARGE_TRANSFER_BYTES = 10 * 2**20
+SMALL_TRANSFER_BYTES = 3 * 2**20
+SEED_LINE = '{"action":"start_stream", "parameters":"real_time"}'
+SEED_REPLY = '{"status":"streaming"}'
+SEED_PORT = 1000
+PROBE_WINDOW_S = 6.0
+"""Longer than the node's probing after a punch: a path still relayed then stays relayed."""
+RESTART_TRANSFER_BYTES = 4 * 2**20
+RESTART_TRANSFER_S = 4.0
+REGISTRY_NOTICE_TIMEOUT_S = 30.0
+"""Nodes learn the registry's state from their heartbeat (a register every 20 s)."""
+PING_COUNT = 3
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """Where the lab keeps its files for this test."""
+    return tmp_path
+
+
+def _trust(asker: Agent, approver: Agent) -> None:
+    """`asker` asks for trust, `approver` approves it, as two users would."""
+    asker.pilotif("handshake", approver.hostname, "--message", "lab test")
+    poll_until(
+        lambda: (
+            True
+            if any(
+                entry["node"]["hostname"] == asker.hostname
+                for entry in approver.json("pending").get("incoming", [])
+            )
+            else None
+        ),
+        PATH_TIMEOUT_S,
+        f"{asker.hostname}'s request in {approver.hostname}'s pending",
+    )
+    approver.pilotif("approve", asker.hostname)
+
+
+@pytest.fixture
+def cone_pair(workdir: Path) -> Iterator[NatLab]:
+    """alpha and beta behind two cone NATs, up and trusting each other."""
+    with nat_lab((CONE, CONE), (("alpha", 0), ("beta", 1)), workdir) as lab:
+        _up_and_trust(lab, "alpha", "beta")
+        yield lab
+
+
+def _up_and_trust(lab: NatLab, asker: str, approver: str) -> None:
+    lab[asker].up()
+    lab[approver].up()
+    _trust(lab[asker], lab[approver])
+
+
+def _wait_both(
+    lab: NatLab, a: str, b: str, paths: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Both sides' rows for each other once both paths are among `paths`."""
+    return lab[a].wait_for_path(b, paths), lab[b].wait_for_path(a, paths)
+
+
+def _path(agent: Agent, hostname: str) -> str | None:
+    row = agent.peer(hostname)
+    return None if row is None else str(row["path"])
+
+
+def _ipv4(agent: Agent) -> str:
+    address: str = agent.status()["node"]["ipv4"]
+    return address
+
+
+def _endpoint_host(endpoint: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(endpoint.rsplit(":", 1)[0])
+
+
+def _getent(agent: Agent, database: str, name: str) -> set[str]:
+    result = agent.namespace.run("getent", database, name, check=False)
+    return {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+
+
+def test_cone_nats_go_direct_and_carry_tcp_by_name(cone_pair: NatLab) -> None:
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    to_beta, to_alpha = _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    beta_node, alpha_node = beta.status()["node"], alpha.status()["node"]
+    # Each side reaches the other at its NAT's public mapping, as the registry saw it.
+    assert to_beta["endpoint"] == beta_node["public_endpoint"]
+    assert to_alpha["endpoint"] == alpha_node["public_endpoint"]
+    assert str(_endpoint_host(to_beta["endpoint"])) == cone_pair.routers[1].wan_address
+    assert to_beta["ipv4"] == beta_node["ipv4"]
+
+    assert _getent(alpha, "ahostsv4", "beta.pilot") == {beta_node["ipv4"]}
+    assert _getent(alpha, "hosts", "beta.pilot") <= {beta_node["ipv4"], beta_node["ipv6"]}
+    assert _getent(alpha, "hosts", "beta.pilot")
+
+    transfer = start_transfer(
+        alpha.namespace,
+        beta.namespace,
+        "beta.pilot",
+        LARGE_TRANSFER_BYTES,
+        bind=beta_node["ipv4"],
+    ).wait()
+    assert transfer.intact, transfer
+    assert transfer.received_bytes == LARGE_TRANSFER_BYTES
+
+    server = start_receiver(
+        beta.namespace, beta_node["ipv4"], SEED_PORT, show_text=True, reply=SEED_REPLY
+    )
+    try:
+        reply = alpha.pilotif("connect", "beta", str(SEED_PORT), input_text=f"{SEED_LINE}\n").stdout
+        received = receiver_report(server)
+    finally:
+        beta.namespace.stop(server)
+    assert received["text"] == f"{SEED_LINE}\n"
+    assert reply == SEED_REPLY
+
+    after = alpha.peer("beta")
+    assert after is not None
+    assert after["path"] == DIRECT
+    assert after["tx_bytes"] >= LARGE_TRANSFER_BYTES
+
+
+def test_symmetric_nats_fall_back_to_the_relay(workdir: Path) -> None:
+    with nat_lab((SYMMETRIC, SYMMETRIC), (("alpha", 0), ("beta", 1)), workdir) as lab:
+        _up_and_trust(lab, "alpha", "beta")
+        alpha, beta = lab["alpha"], lab["beta"]
+        _wait_both(lab, "alpha", "beta", (RELAY, DIRECT))
+        time.sleep(PROBE_WINDOW_S)
+        assert _path(alpha, "beta") == RELAY
+        assert _path(beta, "alpha") == RELAY
+        transfer = start_transfer(
+            alpha.namespace,
+            beta.namespace,
+            "beta.pilot",
+            SMALL_TRANSFER_BYTES,
+            bind=_ipv4(beta),
+        ).wait()
+        assert transfer.intact, transfer
+        assert _path(alpha, "beta") == RELAY
+
+
+def test_cone_and_symmetric_nats_ping_by_name(workdir: Path) -> None:
+    with nat_lab((CONE, SYMMETRIC), (("alpha", 0), ("beta", 1)), workdir) as lab:
+        _up_and_trust(lab, "alpha", "beta")
+        alpha, beta = lab["alpha"], lab["beta"]
+        _wait_both(lab, "alpha", "beta", (RELAY, DIRECT))
+        result = alpha.pilotif("ping", "beta", "--count", str(PING_COUNT), "--json")
+        assert result.returncode == 0
+        assert ping(alpha.namespace, "beta.pilot", PING_COUNT).all_answered
+        assert ping(beta.namespace, "alpha.pilot", PING_COUNT).all_answered
+
+
+def test_an_untrusted_node_sees_no_endpoint_and_reaches_nobody(workdir: Path) -> None:
+    with nat_lab((CONE, CONE), (("alpha", 0), ("beta", 1), ("gamma", 1)), workdir) as lab:
+        _up_and_trust(lab, "alpha", "beta")
+        alpha, gamma = lab["alpha"], lab["gamma"]
+        gamma.up()
+        gamma.pilotif("handshake", "alpha", "--message", "let me in")
+        alpha_node = alpha.status()["node"]
+        alpha_public = alpha_node["public_endpoint"]
+
+        assert gamma.peers() == []
+        found_json = gamma.pilotif("find", "alpha", "--json").stdout
+        found_text = gamma.pilotif("find", "alpha").stdout
+        assert [n["hostname"] for n in gamma.json("find", "alpha")] == ["alpha"]
+        assert "alpha" in found_text
+        for output in (found_json, found_text):
+            for secret in (alpha_public, lab.routers[0].wan_address, alpha.lan_address):
+                assert secret not in output
+        assert "endpoint" not in found_json
+
+        drops_before = gamma.status()["drops"]
+        assert not ping(gamma.namespace, alpha_node["ipv4"], PING_COUNT).received
+        drops_after = gamma.status()["drops"]
+        assert drops_after["no_route"] - drops_before["no_route"] >= PING_COUNT
+        # Nothing of gamma's reached alpha: no peer, no traffic for it.
+        gamma_key = gamma.status()["public_key"]
+        assert all(p["public_key"] != gamma_key for p in alpha.status()["peers"])
+        assert [p["hostname"] for p in alpha.peers()] == ["beta"]
+
+
+def test_traffic_survives_a_registry_restart(cone_pair: NatLab) -> None:
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    both = (alpha, beta)
+    cone_pair.stop_registry()
+    transfer = start_transfer(
+        alpha.namespace,
+        beta.namespace,
+        "beta.pilot",
+        RESTART_TRANSFER_BYTES,
+        min_seconds=RESTART_TRANSFER_S,
+        bind=_ipv4(beta),
+    ).wait()
+    assert transfer.intact, transfer
+    poll_until(
+        lambda: True if not any(_registry_online(agent) for agent in both) else None,
+        REGISTRY_NOTICE_TIMEOUT_S,
+        "alpha and beta noticing the registry is gone",
+    )
+    assert ping(alpha.namespace, "beta.pilot", PING_COUNT).all_answered
+    assert ping(beta.namespace, "alpha.pilot", PING_COUNT).all_answered
+
+    cone_pair.start_registry()
+    poll_until(
+        lambda: True if all(_registry_online(agent) for agent in both) else None,
+        REGISTRY_NOTICE_TIMEOUT_S,
+        "alpha and beta registered again",
+    )
+    for agent in both:
+        assert "registry_regained" in agent.log_path.read_text()
+    assert [n["hostname"] for n in alpha.json("find", "beta")] == ["beta"]
+    assert ping(alpha.namespace, "beta.pilot", PING_COUNT).all_answered
+
+
+def _registry_online(agent: Agent) -> bool:
+    return bool(agent.status()["node"]["registry_online"])
+
+
+def test_a_restarted_daemon_keeps_its_address_and_trust(cone_pair: NatLab) -> None:
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    address_before = _ipv4(alpha)
+    alpha.down()
+    alpha.restart()
+    assert _ipv4(alpha) == address_before
+    assert [n["hostname"] for n in alpha.json("trust")] == ["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT, RELAY))
+    assert ping(alpha.namespace, _ipv4(beta), PING_COUNT).all_answered
+    assert ping(beta.namespace, "alpha.pilot", PING_COUNT).all_answered
+
+
+def test_untrust_tears_the_tunnel_down_on_both_sides(cone_pair: NatLab) -> None:
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    alpha_ip, beta_ip = _ipv4(alpha), _ipv4(beta)
+    alpha.pilotif("untrust", "beta")
+    poll_until(
+        lambda: True if not alpha.peers() and not beta.peers() else None,
+        PATH_TIMEOUT_S,
+        "both peer lists empty after untrust",
+    )
+    assert not ping(alpha.namespace, beta_ip, PING_COUNT).received
+    assert not ping(beta.namespace, alpha_ip, PING_COUNT).received
+    assert alpha.json("trust") == []
+    assert beta.json("trust") == []
+
+
+def test_two_agents_behind_one_nat_talk_over_their_lan(workdir: Path) -> None:
+    with nat_lab((CONE,), (("alpha", 0), ("gamma", 0)), workdir) as lab:
+        _up_and_trust(lab, "alpha", "gamma")
+        to_gamma, to_alpha = _wait_both(lab, "alpha", "gamma", (DIRECT,))
+        lan = LAN_NETWORKS[0]
+        assert _endpoint_host(to_gamma["endpoint"]) in lan
+        assert _endpoint_host(to_alpha["endpoint"]) in lan
+        assert str(_endpoint_host(to_gamma["endpoint"])) == lab["gamma"].lan_address
+        assert ping(lab["alpha"].namespace, "gamma.pilot", PING_COUNT).all_answered
