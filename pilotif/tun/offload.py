@@ -1,0 +1,540 @@
+"""TUN offloads: many TCP segments per read and per write instead of one packet each.
+
+With IFF_VNET_HDR every packet on the TUN fd is preceded by a `virtio_net_hdr`. Once
+TUNSETOFFLOAD grants TSO, the kernel hands us TCP "super-packets" of up to 64 KiB (one
+read) that we split into MTU-sized segments before encryption (`split_gso`), and we hand
+it super-packets built from the in-order TCP segments of one flow in a batch
+(`coalesce`), so that one write carries many segments (GRO). `TunBatch` wraps a TUN
+device with both directions and falls back to one plain packet per read and write when
+the kernel grants nothing.
+
+Checksums are the Internet ones' complement sum (RFC 1071). Python sums fastest as one
+big integer: `int.from_bytes(data, "little") % 0xFFFF` is congruent to the sum of the
+byte-swapped 16-bit words (2**16 == 1 mod 0xFFFF, an odd trailing byte is padded by
+itself), and the ones' complement sum does not care about byte order (RFC 1071, 2.B),
+so every sum here is kept in that "little" domain and written back little-endian.
+"""
+
+import contextlib
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from pilotif.overlay.crypto import BytesLike
+from pilotif.tun.device import TunDevice
+
+VIRTIO_NET_HDR_SIZE: Final = 10
+VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 0x01
+GSO_NONE: Final = 0
+GSO_TCPV4: Final = 1
+GSO_TCPV6: Final = 4
+GSO_UDP_L4: Final = 5
+_GSO_ECN: Final = 0x80
+
+TUN_F_CSUM: Final = 0x01
+TUN_F_TSO4: Final = 0x02
+TUN_F_TSO6: Final = 0x04
+TUN_F_USO4: Final = 0x20
+TUN_F_USO6: Final = 0x40
+_TUNSETOFFLOAD: Final = 0x400454D0
+_TUNSETVNETHDRSZ: Final = 0x400454D8
+
+MAX_IP_PACKET_BYTES: Final = 65535
+"""The largest packet a read returns or a coalesced write carries (IPv4 total length)."""
+MAX_GSO_SEGMENTS: Final = 128
+"""Segments one super-packet may split into (64 KiB of 536-byte segments fits)."""
+
+_VNET_HDR: Final = struct.Struct("=BBHHHH")
+_ZERO_VNET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)
+_ONES: Final = 0xFFFF
+_IPV4: Final = 4
+_IPV6: Final = 6
+_IPV4_MIN_HEADER_BYTES: Final = 20
+_IPV6_HEADER_BYTES: Final = 40
+_IPV4_ID: Final = 4
+_IPV4_TOTAL_LENGTH: Final = 2
+_IPV4_FLAGS_FRAGMENT: Final = 6
+_IPV4_DF: Final = 0x4000
+_IPV4_TTL: Final = 8
+_IPV4_PROTOCOL: Final = 9
+_IPV4_CHECKSUM: Final = 10
+_IPV4_ADDRESSES: Final = slice(12, 20)
+_IPV6_PAYLOAD_LENGTH: Final = 4
+_IPV6_NEXT_HEADER: Final = 6
+_IPV6_HOP_LIMIT: Final = 7
+_IPV6_ADDRESSES: Final = slice(8, 40)
+_PROTO_TCP: Final = 6
+_PROTO_UDP: Final = 17
+_TCP_MIN_HEADER_BYTES: Final = 20
+_TCP_SEQ: Final = 4
+_TCP_ACK: Final = 8
+_TCP_DATA_OFFSET: Final = 12
+_TCP_FLAGS: Final = 13
+_TCP_CHECKSUM: Final = 16
+_TCP_FIN: Final = 0x01
+_TCP_PSH: Final = 0x08
+_TCP_ACK_FLAG: Final = 0x10
+_TCP_CWR: Final = 0x80
+_UDP_HEADER_BYTES: Final = 8
+_UDP_LENGTH: Final = 4
+_UDP_CHECKSUM: Final = 6
+_SEQ_SPACE: Final = 2**32
+_ID_SPACE: Final = 2**16
+_U16: Final = struct.Struct("!H")
+_U16_LE: Final = struct.Struct("<H")
+_U32: Final = struct.Struct("!I")
+
+
+class OffloadError(Exception):
+    """A super-packet from the kernel cannot be split (malformed header or too big)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VirtioNetHdr:
+    """The virtio_net_hdr before each packet on a TUN opened with IFF_VNET_HDR."""
+
+    flags: int = 0
+    """VIRTIO_NET_HDR_F_NEEDS_CSUM: the checksum at csum_start + csum_offset is partial."""
+    gso_type: int = GSO_NONE
+    """GSO_NONE, GSO_TCPV4, GSO_TCPV6 or GSO_UDP_L4 (plus 0x80 for ECN)."""
+    hdr_len: int = 0
+    """Bytes of IP and transport headers repeated in front of each segment."""
+    gso_size: int = 0
+    """Payload bytes per segment (the last one may be shorter)."""
+    csum_start: int = 0
+    """Offset of the transport header."""
+    csum_offset: int = 0
+    """Offset of the checksum field inside the transport header."""
+
+    @classmethod
+    def unpack_from(cls, buffer: BytesLike, offset: int = 0) -> "VirtioNetHdr":
+        return cls(*_VNET_HDR.unpack_from(buffer, offset))
+
+    def pack_into(self, buffer: bytearray | memoryview, offset: int = 0) -> None:
+        _VNET_HDR.pack_into(
+            buffer,
+            offset,
+            self.flags,
+            self.gso_type,
+            self.hdr_len,
+            self.gso_size,
+            self.csum_start,
+            self.csum_offset,
+        )
+
+
+# -- checksums -----------------------------------------------------------------------
+
+
+def _sum_le(data: BytesLike) -> int:
+    """The ones' complement sum of `data`'s byte-swapped 16-bit words, mod 0xFFFF."""
+    return int.from_bytes(data, "little") % _ONES
+
+
+def _swap16(value: int) -> int:
+    return ((value & 0xFF) << 8) | (value >> 8)
+
+
+def internet_checksum(data: BytesLike, initial: int = 0) -> int:
+    """The RFC 1071 checksum of `data` (big-endian, as written in a header).
+
+    `initial` is a big-endian partial sum to add (a pseudo-header's)."""
+    total = (_sum_le(data) + _swap16(initial)) % _ONES
+    return _swap16(-total % _ONES)
+
+
+def _pseudo_sum_le(addresses: BytesLike, protocol: int, length: int) -> int:
+    """The pseudo-header sum (source, destination, protocol, length) in the little domain."""
+    return int.from_bytes(addresses, "little") + (protocol << 8) + _swap16(length)
+
+
+def _fold_le(total: int) -> int:
+    """A little-domain sum folded to 16 bits, as a partial checksum field holds it."""
+    return total % _ONES or _ONES
+
+
+# -- TUN offload negotiation -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TunOffloads:
+    """What the kernel granted on one TUN fd; `status()` is what `pilotif status` shows."""
+
+    vnet_hdr: bool
+    tso: bool
+    """TCP segmentation (TSO4 and TSO6): reads carry super-packets, writes may too."""
+    uso: bool
+    """UDP segmentation (USO4 and USO6): reads may carry UDP super-packets."""
+    refused: tuple[str, ...] = ()
+    """What the kernel refused, and why."""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "vnet_hdr": self.vnet_hdr,
+            "tso": self.tso,
+            "uso": self.uso,
+            "refused": list(self.refused),
+        }
+
+
+def enable_offloads(tun: TunDevice, *, uso: bool = True) -> TunOffloads:
+    """Ask the kernel for checksum, TSO and (with `uso`) USO offloads on `tun`.
+
+    Needs a TUN opened with `vnet_hdr=True`; without it nothing is enabled. Each
+    refusal falls back to less (TSO without USO, then nothing) and is recorded.
+    """
+    if not tun.vnet_hdr:
+        return TunOffloads(vnet_hdr=False, tso=False, uso=False, refused=("vnet_hdr: off",))
+    refused: list[str] = []
+    fcntl.ioctl(tun.fileno(), _TUNSETVNETHDRSZ, struct.pack("i", VIRTIO_NET_HDR_SIZE))
+    tso_flags = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    attempts = [("tso+uso", tso_flags | TUN_F_USO4 | TUN_F_USO6)] if uso else []
+    attempts.append(("tso", tso_flags))
+    for name, flags in attempts:
+        try:
+            fcntl.ioctl(tun.fileno(), _TUNSETOFFLOAD, flags)
+        except OSError as error:
+            refused.append(f"{name}: {errno.errorcode.get(error.errno or 0, error.strerror)}")
+            continue
+        return TunOffloads(vnet_hdr=True, tso=True, uso=name == "tso+uso", refused=tuple(refused))
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(tun.fileno(), _TUNSETOFFLOAD, 0)
+    return TunOffloads(vnet_hdr=True, tso=False, uso=False, refused=tuple(refused))
+
+
+# -- splitting what the kernel read (GSO) ------------------------------------------------
+
+
+def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[memoryview]:
+    """Split a super-packet into complete packets written back to back into `out`.
+
+    `packet` is what follows the virtio header. A packet without GSO comes back as it
+    is, its checksum completed when the kernel left it partial (then `packet` must be
+    writable). Each segment gets its own IPv4 ID, total length and header checksum (or
+    IPv6 payload length), TCP sequence number (FIN, PSH only on the last, CWR only on
+    the first) or UDP length, and a full transport checksum. The views point into
+    `out`, which must hold the segments and their repeated headers.
+    Raises OffloadError for a header that does not describe the packet.
+    """
+    gso_type = header.gso_type & ~_GSO_ECN
+    if gso_type == GSO_NONE:
+        if header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            _complete_checksum(packet, header.csum_start, header.csum_offset)
+        return [packet]
+    if gso_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4) or header.gso_size == 0:
+        raise OffloadError(f"unsupported GSO type {header.gso_type} size {header.gso_size}")
+    start = header.csum_start
+    if len(packet) <= start + _UDP_HEADER_BYTES or start < _IPV4_MIN_HEADER_BYTES:
+        raise OffloadError("super-packet shorter than its headers")
+    is_tcp = gso_type != GSO_UDP_L4
+    version = packet[0] >> 4
+    if version == _IPV4:
+        addresses = packet[_IPV4_ADDRESSES]
+        ip_len = (packet[0] & 0x0F) * 4
+    elif version == _IPV6:
+        addresses = packet[_IPV6_ADDRESSES]
+        ip_len = _IPV6_HEADER_BYTES
+    else:
+        raise OffloadError(f"super-packet of IP version {version}")
+    if is_tcp:
+        header_len = start + (packet[start + _TCP_DATA_OFFSET] >> 4) * 4
+        protocol = _PROTO_TCP
+        checksum_at = start + _TCP_CHECKSUM
+    else:
+        header_len = start + _UDP_HEADER_BYTES
+        protocol = _PROTO_UDP
+        checksum_at = start + _UDP_CHECKSUM
+    payload_len = len(packet) - header_len
+    gso_size = header.gso_size
+    count = -(-payload_len // gso_size)
+    if payload_len <= 0 or count > MAX_GSO_SEGMENTS:
+        raise OffloadError(f"super-packet of {payload_len} bytes in {count} segments")
+    if count * header_len + payload_len > len(out):
+        raise OffloadError("split buffer too small")
+    pseudo = int.from_bytes(addresses, "little") + (protocol << 8)
+    headers = bytearray(packet[:header_len])
+    headers[checksum_at] = headers[checksum_at + 1] = 0
+    first_id = first_seq = last_flags = middle_flags = 0
+    if version == _IPV4:
+        headers[_IPV4_CHECKSUM] = headers[_IPV4_CHECKSUM + 1] = 0
+        first_id = _U16.unpack_from(headers, _IPV4_ID)[0]
+    if is_tcp:
+        first_seq = _U32.unpack_from(headers, start + _TCP_SEQ)[0]
+        last_flags = headers[start + _TCP_FLAGS]
+        middle_flags = last_flags & ~(_TCP_FIN | _TCP_PSH)
+    view = memoryview(out)
+    segments: list[memoryview] = []
+    offset = 0
+    data = header_len
+    for index in range(count):
+        chunk = min(gso_size, len(packet) - data)
+        size = header_len + chunk
+        view[offset : offset + header_len] = headers
+        view[offset + header_len : offset + size] = packet[data : data + chunk]
+        transport_len = size - start
+        if version == _IPV4:
+            _U16.pack_into(out, offset + _IPV4_TOTAL_LENGTH, size)
+            _U16.pack_into(out, offset + _IPV4_ID, (first_id + index) % _ID_SPACE)
+            _U16_LE.pack_into(
+                out,
+                offset + _IPV4_CHECKSUM,
+                -_sum_le(view[offset : offset + ip_len]) % _ONES,
+            )
+        else:
+            _U16.pack_into(out, offset + _IPV6_PAYLOAD_LENGTH, size - _IPV6_HEADER_BYTES)
+        if is_tcp:
+            _U32.pack_into(
+                out, offset + start + _TCP_SEQ, (first_seq + index * gso_size) % _SEQ_SPACE
+            )
+            flags = last_flags if index == count - 1 else middle_flags
+            out[offset + start + _TCP_FLAGS] = flags if index == 0 else flags & ~_TCP_CWR
+        else:
+            _U16.pack_into(out, offset + start + _UDP_LENGTH, transport_len)
+        segment = view[offset + start : offset + size]
+        checksum = -(pseudo + _swap16(transport_len) + int.from_bytes(segment, "little")) % _ONES
+        if not is_tcp and checksum == 0:
+            checksum = _ONES
+        _U16_LE.pack_into(out, offset + checksum_at, checksum)
+        segments.append(view[offset : offset + size])
+        offset += size
+        data += chunk
+    return segments
+
+
+def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> None:
+    """Turn a partial checksum (the pseudo-header sum the kernel left) into a full one."""
+    at = start + checksum_offset
+    if at + 2 > len(packet):
+        raise OffloadError("checksum offset beyond the packet")
+    checksum = -_sum_le(packet[start:]) % _ONES
+    _U16_LE.pack_into(packet, at, checksum)
+
+
+# -- coalescing what we write (GRO) -----------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Flow:
+    """A super-packet being built: the first segment's headers, then every payload."""
+
+    buffer: bytearray
+    ip_len: int
+    header_len: int
+    gso_size: int
+    next_seq: int
+    segments: int = 1
+    closed: bool = False
+    """A PSH or a short segment ends the super-packet."""
+    first: BytesLike = field(default=b"")
+
+
+def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[BytesLike]:
+    """The writes that carry `packets` to a TUN with TSO granted: each with its header.
+
+    In-order TCP segments of one flow (same addresses, ports, ACK, TCP options, TOS/TTL)
+    become one super-packet with a GSO virtio header; every other packet is written as
+    it is behind a zero header. Writes keep the order of each flow's first packet.
+    With `verify`, a segment whose checksum is wrong is not merged (the kernel would
+    not check a merged one again).
+    """
+    writes: list[BytesLike | _Flow] = []
+    flows: dict[bytes, _Flow] = {}
+    for packet in packets:
+        candidate = _tcp_candidate(packet)
+        if candidate is None:
+            writes.append(_ZERO_VNET_HDR + packet)
+            continue
+        key, ip_len, header_len, seq, psh = candidate
+        payload = len(packet) - header_len
+        flow = flows.get(key)
+        if (
+            flow is not None
+            and not flow.closed
+            and seq == flow.next_seq
+            and header_len == flow.header_len
+            and payload <= flow.gso_size
+            and len(flow.buffer) + payload <= VIRTIO_NET_HDR_SIZE + MAX_IP_PACKET_BYTES
+            and (not verify or _tcp_checksum_ok(packet, ip_len))
+        ):
+            if flow.segments == 1 and verify and not _tcp_checksum_ok(flow.first, ip_len):
+                flow.closed = True
+            else:
+                flow.buffer += packet[header_len:]
+                flow.segments += 1
+                flow.next_seq = (seq + payload) % _SEQ_SPACE
+                if psh:
+                    flow.buffer[VIRTIO_NET_HDR_SIZE + ip_len + _TCP_FLAGS] |= _TCP_PSH
+                flow.closed = psh or payload < flow.gso_size
+                continue
+        flow = _Flow(
+            buffer=bytearray(_ZERO_VNET_HDR + packet),
+            ip_len=ip_len,
+            header_len=header_len,
+            gso_size=payload,
+            next_seq=(seq + payload) % _SEQ_SPACE,
+            closed=psh,
+            first=packet,
+        )
+        flows[key] = flow
+        writes.append(flow)
+    return [_finish(w) if isinstance(w, _Flow) else w for w in writes]
+
+
+def _tcp_candidate(packet: BytesLike) -> tuple[bytes, int, int, int, bool] | None:
+    """(flow key, IP header length, all headers' length, seq, PSH) of a mergeable segment."""
+    if len(packet) < _IPV4_MIN_HEADER_BYTES + _TCP_MIN_HEADER_BYTES:
+        return None
+    version = packet[0] >> 4
+    if version == _IPV4:
+        ip_len = (packet[0] & 0x0F) * 4
+        if (
+            ip_len != _IPV4_MIN_HEADER_BYTES
+            or packet[_IPV4_PROTOCOL] != _PROTO_TCP
+            or _U16.unpack_from(packet, _IPV4_TOTAL_LENGTH)[0] != len(packet)
+            or _U16.unpack_from(packet, _IPV4_FLAGS_FRAGMENT)[0] & ~_IPV4_DF
+        ):
+            return None
+        ip_key = (
+            bytes(packet[1:2])
+            + bytes(packet[_IPV4_TTL : _IPV4_TTL + 1])
+            + bytes(packet[_IPV4_FLAGS_FRAGMENT : _IPV4_FLAGS_FRAGMENT + 1])
+        )
+        addresses = bytes(packet[_IPV4_ADDRESSES])
+    elif version == _IPV6:
+        ip_len = _IPV6_HEADER_BYTES
+        if (
+            len(packet) < _IPV6_HEADER_BYTES + _TCP_MIN_HEADER_BYTES
+            or packet[_IPV6_NEXT_HEADER] != _PROTO_TCP
+            or _U16.unpack_from(packet, _IPV6_PAYLOAD_LENGTH)[0] + ip_len != len(packet)
+        ):
+            return None
+        ip_key = bytes(packet[0:2]) + bytes(packet[_IPV6_HOP_LIMIT : _IPV6_HOP_LIMIT + 1])
+        addresses = bytes(packet[_IPV6_ADDRESSES])
+    else:
+        return None
+    header_len = ip_len + (packet[ip_len + _TCP_DATA_OFFSET] >> 4) * 4
+    flags = packet[ip_len + _TCP_FLAGS]
+    if (
+        header_len - ip_len < _TCP_MIN_HEADER_BYTES
+        or header_len >= len(packet)
+        or flags & ~_TCP_PSH != _TCP_ACK_FLAG
+    ):
+        return None
+    key = (
+        ip_key
+        + addresses
+        + bytes(packet[ip_len : ip_len + _TCP_SEQ])
+        + bytes(packet[ip_len + _TCP_ACK : ip_len + _TCP_DATA_OFFSET])
+        + bytes(packet[ip_len + _TCP_MIN_HEADER_BYTES : header_len])
+    )
+    seq = _U32.unpack_from(packet, ip_len + _TCP_SEQ)[0]
+    return key, ip_len, header_len, seq, bool(flags & _TCP_PSH)
+
+
+def _tcp_checksum_ok(packet: BytesLike, ip_len: int) -> bool:
+    addresses = (
+        packet[_IPV4_ADDRESSES] if ip_len == _IPV4_MIN_HEADER_BYTES else packet[_IPV6_ADDRESSES]
+    )
+    total = _pseudo_sum_le(addresses, _PROTO_TCP, len(packet) - ip_len) + _sum_le(packet[ip_len:])
+    return total % _ONES == 0
+
+
+def _finish(flow: _Flow) -> BytesLike:
+    """The write for a flow: the original segment, or the super-packet with its header."""
+    if flow.segments == 1:
+        return flow.buffer
+    buffer = flow.buffer
+    packet = memoryview(buffer)[VIRTIO_NET_HDR_SIZE:]
+    ip_len = flow.ip_len
+    size = len(packet)
+    if ip_len == _IPV4_MIN_HEADER_BYTES:
+        gso_type = GSO_TCPV4
+        _U16.pack_into(packet, _IPV4_TOTAL_LENGTH, size)
+        packet[_IPV4_CHECKSUM] = packet[_IPV4_CHECKSUM + 1] = 0
+        _U16_LE.pack_into(packet, _IPV4_CHECKSUM, -_sum_le(packet[:ip_len]) % _ONES)
+        addresses = packet[_IPV4_ADDRESSES]
+    else:
+        gso_type = GSO_TCPV6
+        _U16.pack_into(packet, _IPV6_PAYLOAD_LENGTH, size - ip_len)
+        addresses = packet[_IPV6_ADDRESSES]
+    partial = _fold_le(_pseudo_sum_le(addresses, _PROTO_TCP, size - ip_len))
+    _U16_LE.pack_into(packet, ip_len + _TCP_CHECKSUM, partial)
+    VirtioNetHdr(
+        flags=VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type=gso_type,
+        hdr_len=flow.header_len,
+        gso_size=flow.gso_size,
+        csum_start=ip_len,
+        csum_offset=_TCP_CHECKSUM,
+    ).pack_into(buffer)
+    packet.release()
+    return buffer
+
+
+# -- the TUN in batches ------------------------------------------------------------------
+
+
+class TunBatch:
+    """Reads and writes on a TUN with whatever offloads it was granted.
+
+    `read()` returns the packets of one kernel read: the MTU-sized segments of a
+    super-packet with TSO, else the one packet. They are views into buffers that the
+    next `read()` reuses: encrypt or copy them first.
+    """
+
+    def __init__(self, tun: TunDevice, offloads: TunOffloads) -> None:
+        self.tun = tun
+        self.offloads = offloads
+        self._fd = tun.fileno()
+        self._header = VIRTIO_NET_HDR_SIZE if offloads.vnet_hdr else 0
+        self._read_buffer = bytearray(self._header + MAX_IP_PACKET_BYTES)
+        self._read_view = memoryview(self._read_buffer)
+        self._split_buffer = bytearray(2 * MAX_IP_PACKET_BYTES)
+        self.split_errors = 0
+        """Super-packets dropped because their header did not describe them."""
+
+    def read(self) -> list[memoryview] | None:
+        """The packets of one read, or None when nothing waits."""
+        try:
+            length = os.readv(self._fd, (self._read_buffer,))
+        except (BlockingIOError, InterruptedError):
+            return None
+        if not self._header:
+            return [self._read_view[:length]]
+        if length <= self._header:
+            return []
+        header = VirtioNetHdr.unpack_from(self._read_buffer)
+        packet = self._read_view[self._header : length]
+        if header.gso_type == GSO_NONE and not header.flags:
+            return [packet]
+        try:
+            return split_gso(packet, header, self._split_buffer)
+        except OffloadError:
+            self.split_errors += 1
+            return []
+
+    def write(self, packets: Sequence[BytesLike]) -> int:
+        """Hand `packets` to the kernel in as few writes as the offloads allow.
+
+        Returns the number of writes the kernel refused (e.g. a full queue)."""
+        fd = self._fd
+        failed = 0
+        if self.offloads.tso:
+            writes: Sequence[BytesLike] = coalesce(packets)
+            for write in writes:
+                try:
+                    os.write(fd, write)
+                except OSError:
+                    failed += 1
+            return failed
+        prefix = (_ZERO_VNET_HDR,) if self._header else ()
+        for packet in packets:
+            try:
+                os.writev(fd, (*prefix, packet))
+            except OSError:
+                failed += 1
+        return failed
