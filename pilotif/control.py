@@ -1,5 +1,9 @@
 """The local control API: one JSON request and one JSON reply per connection, over a
-Unix socket that only root can open (mode 0600, and the peer's uid is checked)."""
+Unix socket that only root can open (mode 0600, and the peer's uid is checked).
+
+A streaming command (`events`) answers `{"ok": true}` and then one JSON line per item
+for as long as the client keeps the connection open.
+"""
 
 import asyncio
 import contextlib
@@ -7,13 +11,14 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 Request = dict[str, Any]
 Reply = dict[str, Any]
 Handler = Callable[[Request], Awaitable[Reply]]
+StreamHandler = Callable[[Request], AsyncGenerator[Reply, None]]
 
 _SOCKET_MODE = 0o600
 _MAX_REQUEST_BYTES = 65536
@@ -36,8 +41,35 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int:
     return int(_UCRED.unpack(creds)[1])
 
 
-async def serve_control(path: Path, handler: Handler) -> asyncio.AbstractServer:
-    """Listen on `path` and answer each request with `handler`."""
+async def _stream(
+    items: AsyncGenerator[Reply, None], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Write `{"ok": true}`, then each item as a line, until the client hangs up."""
+
+    async def pump() -> None:
+        writer.write(json.dumps({"ok": True}).encode() + b"\n")
+        await writer.drain()
+        async for item in items:
+            writer.write(json.dumps(item).encode() + b"\n")
+            await writer.drain()
+
+    pumping = asyncio.ensure_future(pump())
+    hang_up = asyncio.ensure_future(reader.read(1))
+    try:
+        await asyncio.wait((pumping, hang_up), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (pumping, hang_up):
+            task.cancel()
+        await asyncio.gather(pumping, hang_up, return_exceptions=True)
+        await items.aclose()
+
+
+async def serve_control(
+    path: Path, handler: Handler, streams: Mapping[str, StreamHandler] | None = None
+) -> asyncio.AbstractServer:
+    """Listen on `path` and answer each request with `handler`, or with the stream of
+    `streams[command]` for a streaming command."""
+    streams = streams or {}
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -52,6 +84,10 @@ async def serve_control(path: Path, handler: Handler) -> asyncio.AbstractServer:
                 except ValueError:
                     reply = {"ok": False, "error": "malformed control request"}
                 else:
+                    stream = streams.get(str(request.get("command")))
+                    if stream is not None:
+                        await _stream(stream(request), reader, writer)
+                        return
                     reply = await handler(request)
             writer.write(json.dumps(reply).encode() + b"\n")
             await writer.drain()
@@ -71,30 +107,33 @@ async def serve_control(path: Path, handler: Handler) -> asyncio.AbstractServer:
     return server
 
 
-def request(path: Path, command: str, **arguments: Any) -> Reply:
-    """Send one request to the daemon at `path` and return its reply."""
+def _connect(path: Path, command: str, arguments: dict[str, Any]) -> socket.socket:
+    """A connected socket to the daemon at `path` with the request sent."""
     message = json.dumps({"command": command, **arguments}).encode() + b"\n"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(_CLIENT_TIMEOUT_S)
-        try:
-            sock.connect(str(path))
-        except FileNotFoundError:
-            raise ControlError(
-                f"pilotif is not running (no control socket at {path}); start it with `pilotif up`"
-            ) from None
-        except PermissionError:
-            raise ControlError(f"permission denied on {path}: run this as root") from None
-        except ConnectionRefusedError:
-            raise ControlError(
-                f"pilotif is not running (stale control socket at {path}); "
-                "start it with `pilotif up`"
-            ) from None
-        sock.sendall(message)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(_CLIENT_TIMEOUT_S)
     try:
-        reply: Reply = json.loads(b"".join(chunks))
+        sock.connect(str(path))
+        sock.sendall(message)
+    except FileNotFoundError:
+        sock.close()
+        raise ControlError(
+            f"pilotif is not running (no control socket at {path}); start it with `pilotif up`"
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise ControlError(f"permission denied on {path}: run this as root") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise ControlError(
+            f"pilotif is not running (stale control socket at {path}); start it with `pilotif up`"
+        ) from None
+    return sock
+
+
+def _checked(data: bytes) -> Reply:
+    try:
+        reply: Reply = json.loads(data)
     except ValueError:
         raise ControlError("the daemon closed the connection without a reply") from None
     if not reply.get("ok", False):
@@ -104,3 +143,24 @@ def request(path: Path, command: str, **arguments: Any) -> Reply:
             str(reply.get("hint", "")),
         )
     return reply
+
+
+def request(path: Path, command: str, **arguments: Any) -> Reply:
+    """Send one request to the daemon at `path` and return its reply."""
+    with _connect(path, command, arguments) as sock:
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return _checked(b"".join(chunks))
+
+
+def stream(path: Path, command: str, **arguments: Any) -> Iterator[Reply]:
+    """Send a streaming request and yield each item the daemon writes, as it comes,
+    until the daemon closes the connection."""
+    with _connect(path, command, arguments) as sock:
+        lines = sock.makefile("rb")
+        _checked(lines.readline())
+        sock.settimeout(None)
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                yield json.loads(line)
