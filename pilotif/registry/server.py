@@ -25,6 +25,7 @@ from typing import Any, Final, cast
 from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
+from pilotif.observe.metrics import RegistryCollector, RegistrySample, start_metrics_server
 from pilotif.overlay.constants import AEAD_TAG_SIZE
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
@@ -84,6 +85,8 @@ MAX_REQUEST_ID: Final = 2**63 - 1
 _MAX_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
 _TAG_PREFIX: Final = "tag:"
 _IPV4_MAPPED_PREFIX: Final = "::ffff:"
+_TRAFFIC_COUNTERS: Final = frozenset({"relayed_packets", "relayed_bytes", "control_messages"})
+"""Counters of work done; every other counter counts datagrams dropped, by reason."""
 _STORE_ERROR_HINTS: Final = {
     NameTaken.code: "choose another --hostname; a name belongs to the first key that takes it",
     NetworkFull.code: "the registry's network has no free address; ask its operator",
@@ -134,6 +137,10 @@ class RegistryCore:
         self.public_key = _public_key(private_key)
         self.store = store
         self.counters: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        """Authenticated control requests by op (`other` for an op we do not know)."""
+        self.rejects: Counter[str] = Counter()
+        """Refused control requests by error code."""
         self._private_key = private_key
         self._counter = 0
         self._channels: OrderedDict[bytes, ControlChannel] = OrderedDict()
@@ -260,7 +267,14 @@ class RegistryCore:
         return channel.seal(payload, self._counter)
 
     def _dispatch(self, request: _Request, counter: int) -> dict[str, Any]:
+        reply = self._answer(request, counter)
+        if not reply.get("ok", False):
+            self.rejects[str(reply.get("code"))] += 1
+        return reply
+
+    def _answer(self, request: _Request, counter: int) -> dict[str, Any]:
         op = request.message["op"]
+        self.requests[op if op == "register" or op in self._ops else "other"] += 1
         try:
             if op == "register":
                 return self._register(request, counter)
@@ -476,6 +490,10 @@ class RegistryCore:
         self._seen[key] = (endpoint, now)
         self._owners[endpoint] = key
 
+    def nodes_online(self, now: float) -> int:
+        """How many nodes have registered within ONLINE_WINDOW_S."""
+        return sum(1 for _, seen_s in self._seen.values() if now - seen_s <= ONLINE_WINDOW_S)
+
     def _online(self, key: bytes, now: float) -> bool:
         seen = self._seen.get(key)
         return seen is not None and now - seen[1] <= ONLINE_WINDOW_S
@@ -608,11 +626,29 @@ class _RegistryProtocol(asyncio.DatagramProtocol):
         self._core.counters["socket_error"] += 1
 
 
-async def _serve(core: RegistryCore, listen: Endpoint) -> None:
+def metrics_sample(core: RegistryCore) -> RegistrySample:
+    """The registry's metrics, read from its core now."""
+    counters = core.counters
+    return RegistrySample(
+        nodes_online=core.nodes_online(time.time()),
+        requests=dict(core.requests),
+        rejects=dict(core.rejects),
+        relayed_packets=counters["relayed_packets"],
+        relayed_bytes=counters["relayed_bytes"],
+        dropped={k: v for k, v in counters.items() if k not in _TRAFFIC_COUNTERS},
+    )
+
+
+async def _serve(core: RegistryCore, listen: Endpoint, metrics: Endpoint | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    metrics_server = None
+    if metrics is not None:
+        collector = RegistryCollector(lambda: metrics_sample(core))
+        metrics_server = await start_metrics_server(*metrics, collector)
+        log_event("metrics_serving", listen=format_endpoint(metrics))
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _RegistryProtocol(core), local_addr=listen
     )
@@ -620,18 +656,25 @@ async def _serve(core: RegistryCore, listen: Endpoint) -> None:
         await stop.wait()
     finally:
         transport.close()
+        if metrics_server is not None:
+            metrics_server.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 
 
 def run_registry(
-    listen: tuple[str, int], state_dir: Path, network: IPv4Network, log_format: str = "text"
+    listen: tuple[str, int],
+    state_dir: Path,
+    network: IPv4Network,
+    log_format: str = "text",
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     """Run the registry in the foreground until SIGTERM or SIGINT.
 
     Its key is `state_dir/registry.key` (created on first run) and its database
     `state_dir/registry.db`; nothing is written elsewhere. Logs go where setup_logging
-    points (stderr), starting with the registry's public key.
+    points (stderr), starting with the registry's public key. With `metrics` (HOST, PORT)
+    it also serves Prometheus metrics at http://HOST:PORT/metrics.
     """
     setup_logging(as_json=log_format == "json")
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -647,7 +690,7 @@ def run_registry(
         hint="nodes pin this key on first contact, or pass it as --registry-key",
     )
     try:
-        asyncio.run(_serve(core, listen))
+        asyncio.run(_serve(core, listen, metrics))
     finally:
         store.close()
         log_event("registry_stopped", **{k: v for k, v in sorted(core.counters.items())})
