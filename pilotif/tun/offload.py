@@ -228,9 +228,10 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
     if gso_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4) or header.gso_size == 0:
         raise OffloadError(f"unsupported GSO type {header.gso_type} size {header.gso_size}")
     start = header.csum_start
-    if len(packet) <= start + _UDP_HEADER_BYTES or start < _IPV4_MIN_HEADER_BYTES:
-        raise OffloadError("super-packet shorter than its headers")
     is_tcp = gso_type != GSO_UDP_L4
+    transport_min = _TCP_MIN_HEADER_BYTES if is_tcp else _UDP_HEADER_BYTES
+    if len(packet) <= start + transport_min or start < _IPV4_MIN_HEADER_BYTES:
+        raise OffloadError("super-packet shorter than its headers")
     version = packet[0] >> 4
     if version == _IPV4:
         addresses = packet[_IPV4_ADDRESSES]

@@ -1,0 +1,246 @@
+"""TUN offloads without a TUN: splitting TSO super-packets, coalescing segments (GRO).
+
+Super-packets are built the way the kernel hands them over (one IP and TCP header, a
+long payload, the TCP checksum field holding only the pseudo-header sum); every
+segment is checked with scapy, which recomputes the checksums independently.
+"""
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Packet, Raw
+
+from pilotif.tun.offload import (
+    GSO_NONE,
+    GSO_TCPV4,
+    GSO_TCPV6,
+    GSO_UDP_L4,
+    MAX_IP_PACKET_BYTES,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_SIZE,
+    OffloadError,
+    VirtioNetHdr,
+    coalesce,
+    internet_checksum,
+    split_gso,
+)
+
+MSS_V4 = 1368
+MSS_V6 = 1348
+TIMESTAMPS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
+SEQ_NEAR_WRAP = 2**32 - 5000
+
+
+def tcp_super_packet(
+    payload: bytes, *, v6: bool = False, flags: str = "PA", seq: int = SEQ_NEAR_WRAP
+) -> tuple[bytearray, VirtioNetHdr]:
+    """A TSO super-packet as a TUN read returns it after the virtio header."""
+    if v6:
+        ip: Packet = IPv6(src="fd00:64::1", dst="fd00:64::2", hlim=64)
+        gso_type, gso_size = GSO_TCPV6, MSS_V6
+    else:
+        ip = IP(src="100.64.0.1", dst="100.64.0.2", id=7, flags="DF")
+        gso_type, gso_size = GSO_TCPV4, MSS_V4
+    tcp = TCP(sport=40000, dport=5201, seq=seq, ack=99, flags=flags, options=TIMESTAMPS)
+    raw = bytearray(bytes(ip / tcp / Raw(payload)))
+    ip_len = 40 if v6 else 20
+    _set_partial_checksum(raw, ip_len, v6=v6)
+    header = VirtioNetHdr(
+        flags=VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type=gso_type,
+        hdr_len=ip_len + 32,
+        gso_size=gso_size,
+        csum_start=ip_len,
+        csum_offset=16,
+    )
+    return raw, header
+
+
+def _set_partial_checksum(raw: bytearray, ip_len: int, *, v6: bool) -> None:
+    """Put only the pseudo-header sum (not complemented) in the TCP checksum field."""
+    addresses = bytes(raw[8:40]) if v6 else bytes(raw[12:20])
+    pseudo = addresses + struct.pack("!HH", 6, len(raw) - ip_len)
+    partial = 0xFFFF - internet_checksum(pseudo)
+    struct.pack_into("!H", raw, ip_len + 16, partial)
+
+
+def checksums_are_valid(segment: bytes) -> bool:
+    """Scapy's own checksums of the segment match the ones it carries."""
+    packet = IP(segment) if segment[0] >> 4 == 4 else IPv6(segment)
+    layer = packet[TCP] if TCP in packet else packet[UDP]
+    carried = (packet.chksum if IP in packet else None, layer.chksum)
+    if IP in packet:
+        del packet[IP].chksum
+    del layer.chksum
+    rebuilt = IP(bytes(packet)) if IP in packet else IPv6(bytes(packet))
+    fresh_layer = rebuilt[TCP] if TCP in rebuilt else rebuilt[UDP]
+    return carried == (rebuilt.chksum if IP in rebuilt else None, fresh_layer.chksum)
+
+
+def split(raw: bytearray, header: VirtioNetHdr) -> list[bytes]:
+    out = bytearray(2 * MAX_IP_PACKET_BYTES)
+    return [bytes(s) for s in split_gso(memoryview(raw), header, out)]
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_tso_super_packet_splits_into_valid_mtu_segments(v6: bool) -> None:
+    payload = os.urandom(60000)
+    raw, header = tcp_super_packet(payload, v6=v6)
+    segments = split(raw, header)
+    mss = MSS_V6 if v6 else MSS_V4
+    assert len(segments) == -(-len(payload) // mss)
+    assert all(len(s) <= 1420 for s in segments)
+    assert all(checksums_are_valid(s) for s in segments)
+    parsed = [IPv6(s) if v6 else IP(s) for s in segments]
+    assert b"".join(bytes(p[TCP].payload) for p in parsed) == payload
+    assert [p[TCP].seq for p in parsed] == [
+        (SEQ_NEAR_WRAP + i * mss) % 2**32 for i in range(len(parsed))
+    ]
+    assert all(p[TCP].options == parsed[0][TCP].options for p in parsed)
+
+
+def test_ipv4_segments_get_consecutive_ids_and_their_own_length() -> None:
+    raw, header = tcp_super_packet(os.urandom(5000))
+    parsed = [IP(s) for s in split(raw, header)]
+    assert [p.id for p in parsed] == [7, 8, 9, 10]
+    assert [p.len for p in parsed] == [len(bytes(p)) for p in parsed]
+
+
+def test_psh_and_fin_only_on_the_last_segment() -> None:
+    raw, header = tcp_super_packet(os.urandom(4000), flags="FPA")
+    flags = [str(IP(s)[TCP].flags) for s in split(raw, header)]
+    assert flags == ["A", "A", "FPA"]
+
+
+def test_cwr_only_on_the_first_segment() -> None:
+    raw, header = tcp_super_packet(os.urandom(4000), flags="AC")
+    flags = [str(IP(s)[TCP].flags) for s in split(raw, header)]
+    assert flags == ["AC", "A", "A"]
+
+
+def test_udp_super_packet_splits_with_its_own_lengths() -> None:
+    payload = os.urandom(3000)
+    raw = bytearray(
+        bytes(IP(src="100.64.0.1", dst="100.64.0.2") / UDP(sport=1, dport=2) / Raw(payload))
+    )
+    header = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, GSO_UDP_L4, 28, 1000, 20, 6)
+    segments = split(raw, header)
+    assert [IP(s)[UDP].len for s in segments] == [1008, 1008, 1008]
+    assert all(checksums_are_valid(s) for s in segments)
+    assert b"".join(bytes(IP(s)[UDP].payload) for s in segments) == payload
+
+
+def test_partial_checksum_of_a_single_packet_is_completed() -> None:
+    raw, _ = tcp_super_packet(b"hello")
+    header = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16)
+    (packet,) = split(raw, header)
+    assert checksums_are_valid(packet)
+
+
+def test_header_that_does_not_describe_the_packet_raises() -> None:
+    raw, header = tcp_super_packet(os.urandom(2000))
+    bad = VirtioNetHdr(header.flags, 2, header.hdr_len, header.gso_size, 20, 16)
+    with pytest.raises(OffloadError):
+        split(raw, bad)
+    with pytest.raises(OffloadError):
+        split(bytearray(raw[:30]), header)
+
+
+def test_virtio_header_packs_and_parses_back() -> None:
+    header = VirtioNetHdr(1, GSO_TCPV6, 72, 1348, 40, 16)
+    buffer = bytearray(VIRTIO_NET_HDR_SIZE)
+    header.pack_into(buffer)
+    assert VirtioNetHdr.unpack_from(buffer) == header
+    assert buffer[:2] == b"\x01\x04"
+
+
+def test_internet_checksum_matches_rfc1071_example() -> None:
+    # RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
+    assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0xFFFF - 0xDDF2
+    assert internet_checksum(b"\x01") == 0xFEFF
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_segments_coalesce_back_into_one_super_packet(v6: bool) -> None:
+    payload = os.urandom(40000)
+    raw, header = tcp_super_packet(payload, v6=v6)
+    segments = split(raw, header)
+    (write,) = coalesce(segments)
+    written = VirtioNetHdr.unpack_from(write)
+    assert written.gso_type == (GSO_TCPV6 if v6 else GSO_TCPV4)
+    assert written.gso_size == header.gso_size
+    assert written.flags == VIRTIO_NET_HDR_F_NEEDS_CSUM
+    assert (written.csum_start, written.csum_offset) == (header.csum_start, 16)
+    packet = bytearray(write[VIRTIO_NET_HDR_SIZE:])
+    assert len(packet) == len(raw)
+    # What the kernel will do with it: split it again. The result is the same segments.
+    assert split(packet, written) == segments
+
+
+def test_coalesced_super_packet_carries_the_pseudo_header_sum() -> None:
+    raw, header = tcp_super_packet(os.urandom(3000))
+    (write,) = coalesce(split(raw, header))
+    assert bytes(write[VIRTIO_NET_HDR_SIZE:]) == bytes(raw)
+
+
+def test_non_tcp_and_single_segments_pass_through_behind_a_zero_header() -> None:
+    udp = bytes(IP(src="100.64.0.1", dst="100.64.0.2") / UDP(sport=1, dport=2) / Raw(b"x" * 100))
+    raw, header = tcp_super_packet(os.urandom(500))
+    (single,) = split(raw, header)
+    writes = coalesce([udp, single])
+    assert [bytes(w) for w in writes] == [bytes(10) + udp, bytes(10) + single]
+
+
+def test_flows_are_kept_apart_and_in_first_packet_order() -> None:
+    a = split(*tcp_super_packet(os.urandom(4000)))
+    b_raw, b_header = tcp_super_packet(os.urandom(4000), seq=1)
+    b_raw[21] ^= 1  # another source port
+    _set_partial_checksum(b_raw, 20, v6=False)
+    b = split(b_raw, b_header)
+    writes = coalesce([a[0], b[0], a[1], b[1], a[2], b[2]])
+    assert len(writes) == 2
+    assert [IP(bytes(w[10:]))[TCP].sport for w in writes] == [40000, 40001]
+
+
+def test_gap_in_sequence_starts_a_new_super_packet() -> None:
+    segments = split(*tcp_super_packet(os.urandom(6000)))
+    writes = coalesce([segments[0], segments[1], segments[3], segments[4]])
+    assert [VirtioNetHdr.unpack_from(w).gso_type for w in writes] == [GSO_TCPV4, GSO_TCPV4]
+
+
+def test_segment_after_psh_is_not_merged() -> None:
+    first = split(*tcp_super_packet(os.urandom(2000), seq=1000))
+    second = split(*tcp_super_packet(os.urandom(2000), seq=3000))
+    writes = coalesce(first + second)
+    assert len(writes) == 2
+    assert str(IP(bytes(writes[0][10:]))[TCP].flags) == "PA"
+
+
+def test_segment_with_a_bad_checksum_is_not_merged() -> None:
+    segments = [bytearray(s) for s in split(*tcp_super_packet(os.urandom(6000)))]
+    segments[2][-1] ^= 0xFF
+    writes = coalesce(segments)
+    assert len(writes) == 3
+    assert bytes(writes[1][10:]) == bytes(segments[2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=62000),
+    seq=st.integers(min_value=0, max_value=2**32 - 1),
+    v6=st.booleans(),
+)
+def test_split_then_coalesce_round_trips(size: int, seq: int, v6: bool) -> None:
+    payload = os.urandom(size)
+    raw, header = tcp_super_packet(payload, v6=v6, seq=seq)
+    segments = split(raw, header)
+    assert all(checksums_are_valid(s) for s in segments[:3] + segments[-1:])
+    writes = coalesce(segments)
+    assert len(writes) == 1
+    if len(segments) > 1:
+        assert bytes(writes[0][VIRTIO_NET_HDR_SIZE:]) == bytes(raw)
