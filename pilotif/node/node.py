@@ -23,6 +23,7 @@ from pilotif.node.registry_link import (
     RegistryLink,
     RegistryUnreachable,
 )
+from pilotif.observe.events import Publish, no_publish
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.peer import Peer
@@ -102,6 +103,8 @@ class Node:
         self._tasks: set[asyncio.Task[None]] = set()
         self._path_checks = 0
         device.roam_filter = self._may_roam
+        self.publish: Publish = no_publish
+        """Where trust, registry and path events go (the daemon sets its event bus)."""
 
     # -- registration --------------------------------------------------------------
 
@@ -185,9 +188,11 @@ class Node:
         except RegistryError as error:
             if was_online:
                 log_event("registry_lost", error=str(error))
+                self.publish("registry_lost", error=str(error))
             return
         if not was_online:
             log_event("registry_regained", ipv4=str(self.ipv4))
+            self.publish("registry_regained")
             await self.sync_trust(now)
 
     def _spawn(self, coroutine: Any) -> None:
@@ -208,10 +213,12 @@ class Node:
         elif op == "trust_changed":
             if message.get("trusted"):
                 log_event("trust_established", peer=node.get("hostname"))
+                self.publish("trust_approved", **_peer_fields(node))
                 self._add_peer(node, now)
                 self.request_connect(self._key_of(node))
             else:
                 log_event("trust_revoked", peer=node.get("hostname"))
+                self.publish("trust_revoked", **_peer_fields(node))
                 self._remove_peer(self._key_of(node), reason="trust revoked")
         elif op == "punch":
             self._on_punch(node, message.get("candidates", []), now)
@@ -219,6 +226,7 @@ class Node:
     def _on_trust_requested(self, node: dict[str, Any], message: str) -> None:
         hostname = str(node.get("hostname", ""))
         log_event("trust_requested", peer=hostname, message=message)
+        self.publish("trust_requested", **_peer_fields(node), message=message)
         policy = self.options.auto_approve
         tags = [str(t) for t in node.get("tags", [])]
         if policy == "all" or (policy is not None and policy.removeprefix("tag:") in tags):
@@ -325,6 +333,7 @@ class Node:
         self.peers_version += 1
         self.device.remove_peer(key)
         log_event("peer_removed", peer=peer.hostname, reason=reason)
+        self.publish("peer_down", peer=peer.hostname, public_key=encode_key(key), reason=reason)
 
     def _may_roam(self, state: Peer, source: Endpoint, now: float) -> bool:
         """Path choice on top of WireGuard roaming: a direct path is given up for the
@@ -380,6 +389,14 @@ class Node:
             self.device.send_packet(packet, now)
         if direct and unanswered_s is not None and unanswered_s > DIRECT_PATH_TIMEOUT_S:
             log_event("path_relay", peer=peer.hostname, reason="direct path silent")
+            self.publish(
+                "path_changed",
+                peer=peer.hostname,
+                public_key=encode_key(peer.public_key),
+                path="relay",
+                endpoint=None,
+                reason="direct path silent",
+            )
             self.device.set_endpoint(peer.public_key, (RELAY_HOST, peer.relay_slot))
             peer.reprobe_at_s = now + REPROBE_INTERVAL_S
             peer.relay_hold_until_s = peer.reprobe_at_s
@@ -506,3 +523,8 @@ class Node:
             "nat": self.nat_type(),
             "pin_conflicts": self.pin_conflicts,
         }
+
+
+def _peer_fields(node: dict[str, Any]) -> dict[str, object]:
+    """How events name a node the registry told us about."""
+    return {"peer": str(node.get("hostname", "")), "public_key": str(node.get("public_key", ""))}
