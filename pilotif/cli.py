@@ -10,14 +10,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from pilotif.config import ConfigError, InterfaceConfig, load_config
-from pilotif.control import ControlError, request
+from pilotif.control import ControlError, request, stream
 from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
@@ -114,6 +114,8 @@ def _daemon_running(paths: StatePaths) -> bool:
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@click.option("--metrics", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option("--webhook", help="POST every event (see `pilotif events`) as JSON to this URL.")
 @state_dir_option
 def up(
     config_path: Path | None,
@@ -127,10 +129,16 @@ def up(
     interface: str | None,
     foreground: bool,
     log_format: str,
+    metrics: str | None,
+    webhook: str | None,
     state_dir: Path,
 ) -> None:
     """Bring the interface up; returns once it is up, the daemon runs on in the background."""
     paths = StatePaths(state_dir.absolute())
+    observe = _Observe(
+        metrics=_host_port("--metrics", metrics) if metrics is not None else None,
+        webhook=_webhook_url(webhook) if webhook is not None else None,
+    )
     if (config_path is None) == (registry is None):
         raise CliError(
             "give either --config FILE (static peers) or --registry HOST:PORT --hostname NAME",
@@ -166,9 +174,34 @@ def up(
     except OSError as error:
         raise CliError(f"cannot use state dir {paths.root}: {error.strerror}") from None
     if foreground:
-        _run_foreground(config, name, paths, log_format, node_options)
+        _run_foreground(config, name, paths, log_format, node_options, observe)
     else:
         _start_background(name, paths)
+
+
+@dataclass(frozen=True)
+class _Observe:
+    """`up --metrics` and `--webhook`."""
+
+    metrics: tuple[str, int] | None
+    webhook: str | None
+
+
+def _host_port(option: str, text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) as (host, port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CliError(f"{option} {text!r} must be HOST:PORT", "bad_input")
+    return host.strip("[]"), int(port)
+
+
+def _webhook_url(url: str) -> str:
+    from pilotif.observe import WebhookError, check_webhook_url
+
+    try:
+        return check_webhook_url(url)
+    except WebhookError as error:
+        raise CliError(f"--webhook: {error}", "bad_input") from None
 
 
 def _node_options(
@@ -207,13 +240,21 @@ def _run_foreground(
     paths: StatePaths,
     log_format: str,
     node_options: NodeOptions | None,
+    observe: _Observe,
 ) -> None:
     from pilotif.daemon import Daemon, StartupError
 
     setup_logging(as_json=log_format == "json")
     ready_fd = int(os.environ.pop(READY_FD_ENV)) if READY_FD_ENV in os.environ else None
     try:
-        Daemon(config, interface, paths, node_options).run(ready_fd)
+        Daemon(
+            config,
+            interface,
+            paths,
+            node_options,
+            metrics=observe.metrics,
+            webhook=observe.webhook,
+        ).run(ready_fd)
     except StartupError as error:
         log_event("startup_failed", error=str(error))
         if ready_fd is not None:
@@ -550,13 +591,42 @@ def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
 
 
 @cli.command()
+@json_option
+@state_dir_option
+def events(as_json: bool, state_dir: Path) -> None:
+    """Print events as they happen (peers up/down, paths, trust, registry) until Ctrl-C."""
+    paths = StatePaths(state_dir.absolute())
+    try:
+        for event in stream(paths.control_socket, "events", on_open=_listening):
+            click.echo(json.dumps(event) if as_json else _format_event(event))
+    except ControlError as error:
+        raise CliError(str(error), error.code) from None
+    raise CliError("the daemon stopped", "not_running")
+
+
+def _listening() -> None:
+    click.echo("pilotif: listening for events (Ctrl-C to stop)", err=True)
+
+
+def _format_event(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(float(event.get("time", 0))))
+    fields = " ".join(
+        f"{key}={value}" for key, value in event.items() if key not in ("time", "event")
+    )
+    return f"{stamp} {event.get('event')} {fields}".rstrip()
+
+
+@cli.command()
 @click.option("--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP).")
 @click.option("--network", default="100.64.0.0/10", show_default=True, help="IPv4 overlay.")
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@click.option("--metrics", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @state_dir_option
-def registry(listen: str, network: str, log_format: str, state_dir: Path) -> None:
+def registry(
+    listen: str, network: str, log_format: str, metrics: str | None, state_dir: Path
+) -> None:
     """Run the registry (rendezvous, trust, relay) in the foreground; no root needed."""
     from pilotif.registry import run_registry
 
@@ -567,9 +637,12 @@ def registry(listen: str, network: str, log_format: str, state_dir: Path) -> Non
         net = ipaddress.IPv4Network(network)
     except ValueError as error:
         raise CliError(f"--network: {error}", "bad_input") from None
+    metrics_at = _host_port("--metrics", metrics) if metrics is not None else None
     setup_logging(as_json=log_format == "json")
     try:
-        run_registry((host.strip("[]"), int(port)), state_dir.absolute(), net, log_format)
+        run_registry(
+            (host.strip("[]"), int(port)), state_dir.absolute(), net, log_format, metrics_at
+        )
     except OSError as error:
         raise CliError(f"cannot listen on {listen}: {error.strerror or error}") from None
 

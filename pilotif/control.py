@@ -154,13 +154,17 @@ def request(path: Path, command: str, **arguments: Any) -> Reply:
     return _checked(b"".join(chunks))
 
 
-def stream(path: Path, command: str, **arguments: Any) -> Iterator[Reply]:
+def stream(
+    path: Path, command: str, *, on_open: Callable[[], None] | None = None, **arguments: Any
+) -> Iterator[Reply]:
     """Send a streaming request and yield each item the daemon writes, as it comes,
-    until the daemon closes the connection."""
+    until the daemon closes the connection; `on_open` is called once the daemon accepted."""
     with _connect(path, command, arguments) as sock:
         lines = sock.makefile("rb")
         _checked(lines.readline())
         sock.settimeout(None)
+        if on_open is not None:
+            on_open()
         for line in lines:
             with contextlib.suppress(ValueError):
                 yield json.loads(line)

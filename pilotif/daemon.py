@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import AsyncGenerator
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 from typing import Any
 
@@ -32,6 +33,14 @@ from pilotif.node.lan import local_endpoints
 from pilotif.node.node import PROBE_INTERVAL_S, RELAY_HOST, Node, NodeOptions
 from pilotif.node.pins import PinStore
 from pilotif.node.registry_link import RegistryError, RegistryLink
+from pilotif.observe import (
+    EventBus,
+    NodeCollector,
+    NodeSample,
+    PeerSample,
+    Webhook,
+    start_metrics_server,
+)
 from pilotif.overlay.device import Device
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import (
@@ -74,6 +83,9 @@ class Daemon:
         interface: str,
         paths: StatePaths,
         node_options: NodeOptions | None = None,
+        *,
+        metrics: Endpoint | None = None,
+        webhook: str | None = None,
     ) -> None:
         self.config = config
         self.interface = interface
@@ -96,6 +108,16 @@ class Daemon:
         self._dns: DnsServer | None = None
         self._resolver: ResolverConfig | None = None
         self._names_version = -1
+        self.events = EventBus()
+        """Peer, path, trust and registry events for `pilotif events` and the webhook."""
+        self.handshakes = 0
+        self.relay_rx_bytes = 0
+        self.relay_tx_bytes = 0
+        self._peers_up: set[str] = set()
+        """Keys (base64) of peers with a session: peer_up was published, peer_down not yet."""
+        self._metrics = metrics
+        self._metrics_server: asyncio.AbstractServer | None = None
+        self._webhook = Webhook(webhook, self.events) if webhook is not None else None
 
     # -- start and stop ------------------------------------------------------------
 
@@ -120,7 +142,11 @@ class Daemon:
                 message += f" ({error.hint})"
             raise StartupError(message) from error
         assert self._tun is not None and self._udp is not None
-        server = await serve_control(self.paths.control_socket, self._handle_request)
+        server = await serve_control(
+            self.paths.control_socket, self._handle_request, {"events": self._event_stream}
+        )
+        if self._webhook is not None:
+            self._webhook.start()
         self.paths.pid_file.write_text(f"{os.getpid()}\n")
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
@@ -141,6 +167,10 @@ class Daemon:
             await self._stopping.wait()
         finally:
             server.close()
+            if self._metrics_server is not None:
+                self._metrics_server.close()
+            if self._webhook is not None:
+                await self._webhook.close()
             for handle in (self._timer, self._ticker):
                 if handle is not None:
                     handle.cancel()
@@ -191,6 +221,10 @@ class Daemon:
                 self.node.request_connect(key)
             await self._start_dns(self.node)
             self._on_tick()
+        if self._metrics is not None:
+            collector = NodeCollector(self.metrics_sample)
+            self._metrics_server = await start_metrics_server(*self._metrics, collector)
+            log_event("metrics_serving", listen=format_endpoint(self._metrics))
 
     async def _join_registry(self, options: NodeOptions, port: int) -> Node:
         loop = asyncio.get_running_loop()
@@ -207,6 +241,7 @@ class Daemon:
             self.config.private_key, registry, pinned, self._send_datagram, self._on_push
         )
         node = Node(options, self.device, link, pins, lan)
+        node.publish = self._publish
         self.node = node
         await node.register()
         log_event(
@@ -310,6 +345,7 @@ class Daemon:
         if endpoint is None:
             self.device.drops[DropReason.UNKNOWN_PEER] += 1
             return
+        self.relay_rx_bytes += len(inner)
         self.device.receive_datagram(inner, endpoint, now)
 
     def _send_datagram(self, datagram: bytes, endpoint: Endpoint) -> bool:
@@ -318,9 +354,12 @@ class Daemon:
             return False
         if endpoint[0] == RELAY_HOST and self.node is not None:
             key = self.node.relay_key(endpoint[1])
-            if key is None:
+            if key is None or not self._udp.send(
+                pack_relay(key, datagram), self.node.link.endpoint
+            ):
                 return False
-            return self._udp.send(pack_relay(key, datagram), self.node.link.endpoint)
+            self.relay_tx_bytes += len(datagram)
+            return True
         return self._udp.send(datagram, endpoint)
 
     def _on_push(self, message: dict[str, Any]) -> None:
@@ -368,6 +407,7 @@ class Daemon:
         if device.events:
             for event in device.events:
                 _log_overlay_event(event)
+                self._publish_overlay_event(event)
             device.events.clear()
         self._rearm_timer()
 
@@ -381,6 +421,78 @@ class Daemon:
         self._timer_deadline = deadline
         if deadline is not None and self._loop is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    # -- events and metrics ----------------------------------------------------------
+
+    def _publish(self, kind: str, /, **fields: object) -> None:
+        """Publish to the bus; `peer_down` only for a peer that was up."""
+        if kind == "peer_down":
+            key = fields.get("public_key")
+            if key not in self._peers_up:
+                return
+            self._peers_up.discard(key)
+        self.events.publish(kind, **fields)
+
+    def _publish_overlay_event(self, event: Event) -> None:
+        key = encode_key(event.public_key)
+        if isinstance(event, HandshakeCompleted):
+            self.handshakes += 1
+            if key not in self._peers_up:
+                self._peers_up.add(key)
+                name = self._peer_name(event.public_key)
+                self.events.publish("peer_up", peer=name, public_key=key)
+        elif isinstance(event, KeysZeroed):
+            self._publish(
+                "peer_down", peer=self._peer_name(event.public_key), public_key=key, reason="silent"
+            )
+        elif isinstance(event, EndpointChanged):
+            relayed = event.endpoint[0] == RELAY_HOST
+            self.events.publish(
+                "path_changed",
+                peer=self._peer_name(event.public_key),
+                public_key=key,
+                path="relay" if relayed else "direct",
+                endpoint=None if relayed else format_endpoint(event.endpoint),
+            )
+
+    def _peer_name(self, key: bytes) -> str:
+        """The peer's hostname where the registry told us, else its key."""
+        peer = self.node.peers.get(key) if self.node is not None else None
+        return peer.hostname if peer is not None else encode_key(key)
+
+    def _path_of(self, key: bytes) -> str:
+        if self.node is not None:
+            return self.node.path_of(key)
+        state = self.device.peer(key)
+        return "direct" if state and state.current and state.endpoint else "none"
+
+    def metrics_sample(self) -> NodeSample:
+        """The node's metrics now (called at scrape time)."""
+        return NodeSample(
+            peers=[
+                PeerSample(
+                    name=self._peer_name(peer.public_key),
+                    path=self._path_of(peer.public_key),
+                    rx_bytes=peer.rx_bytes,
+                    tx_bytes=peer.tx_bytes,
+                )
+                for peer in self.device.peers()
+            ],
+            handshakes=self.handshakes,
+            drops={str(reason): count for reason, count in self.device.drops.items()},
+            relay_rx_bytes=self.relay_rx_bytes,
+            relay_tx_bytes=self.relay_tx_bytes,
+            registry_online=self.node.registry_online if self.node is not None else None,
+        )
+
+    async def _event_stream(self, request: Request) -> AsyncGenerator[Reply, None]:
+        """`pilotif events`: every event from now on, until the client hangs up."""
+        subscription = self.events.subscribe()
+        try:
+            while True:
+                yield await subscription.get()
+        finally:
+            subscription.close()
 
     # -- control -------------------------------------------------------------------
 
