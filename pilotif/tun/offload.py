@@ -87,6 +87,7 @@ _ID_SPACE: Final = 2**16
 _U16: Final = struct.Struct("!H")
 _U16_LE: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("!I")
+_U16_PAIR: Final = struct.Struct("!HH")
 
 
 class OffloadError(Exception):
@@ -259,10 +260,12 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
     pseudo = int.from_bytes(addresses, "little") + (protocol << 8)
     headers = bytearray(packet[:header_len])
     headers[checksum_at] = headers[checksum_at + 1] = 0
-    first_id = first_seq = last_flags = middle_flags = 0
+    first_id = first_seq = last_flags = middle_flags = ip_sum = 0
     if version == _IPV4:
-        headers[_IPV4_CHECKSUM] = headers[_IPV4_CHECKSUM + 1] = 0
         first_id = _U16.unpack_from(headers, _IPV4_ID)[0]
+        _U16_PAIR.pack_into(headers, _IPV4_TOTAL_LENGTH, 0, 0)
+        _U16.pack_into(headers, _IPV4_CHECKSUM, 0)
+        ip_sum = int.from_bytes(headers[:ip_len], "little")
     if is_tcp:
         first_seq = _U32.unpack_from(headers, start + _TCP_SEQ)[0]
         last_flags = headers[start + _TCP_FLAGS]
@@ -278,13 +281,10 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
         view[offset + header_len : offset + size] = packet[data : data + chunk]
         transport_len = size - start
         if version == _IPV4:
-            _U16.pack_into(out, offset + _IPV4_TOTAL_LENGTH, size)
-            _U16.pack_into(out, offset + _IPV4_ID, (first_id + index) % _ID_SPACE)
-            _U16_LE.pack_into(
-                out,
-                offset + _IPV4_CHECKSUM,
-                -_sum_le(view[offset : offset + ip_len]) % _ONES,
-            )
+            ip_id = (first_id + index) % _ID_SPACE
+            ip_checksum = _swap16(-(ip_sum + _swap16(size) + _swap16(ip_id)) % _ONES)
+            _U16_PAIR.pack_into(out, offset + _IPV4_TOTAL_LENGTH, size, ip_id)
+            _U16.pack_into(out, offset + _IPV4_CHECKSUM, ip_checksum)
         else:
             _U16.pack_into(out, offset + _IPV6_PAYLOAD_LENGTH, size - _IPV6_HEADER_BYTES)
         if is_tcp:

@@ -1,0 +1,221 @@
+"""In-process prototype of the fast path: per-packet costs with and without offloads.
+
+No network and no root: two Devices get a session in memory, then each path moves the
+same data (64 KiB TCP super-packets of MSS-sized segments, MTU 1420) through its own
+steps and we time them on one core.
+
+- current, send:  Device.send_packet per 1420-byte packet (what _on_tun_readable does);
+- current, recv:  Device.receive_datagram per datagram (what _on_udp_readable does);
+- fast, send:     split_gso of one super-packet + seal_batch into one GSO-ready buffer;
+- fast, recv:     open_into per datagram into one arena + coalesce into TUN writes.
+
+With --udp it also times the UDP system calls on loopback: one sendto/recvmsg per
+datagram against one GSO send and one GRO receive per 45 datagrams.
+
+    python3 bench/fastpath_proto.py [--seconds 2] [--udp]
+"""
+
+import argparse
+import array
+import os
+import time
+from collections.abc import Callable
+from ipaddress import IPv4Network
+
+from scapy.layers.inet import IP, TCP
+from scapy.packet import Raw
+
+from pilotif.fastpath import open_into, seal_batch
+from pilotif.overlay.crypto import generate_private_key
+from pilotif.overlay.device import Device
+from pilotif.overlay.messages import TRANSPORT_HEADER
+from pilotif.tun.offload import (
+    GSO_TCPV4,
+    MAX_IP_PACKET_BYTES,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VirtioNetHdr,
+    coalesce,
+    split_gso,
+)
+from pilotif.underlay import UdpSockets
+from pilotif.underlay_batch import UdpBatch
+
+MTU = 1420
+MSS = MTU - 20 - 32  # IPv4 and TCP with timestamps, as iperf3's stream has
+SEGMENTS_PER_SUPER_PACKET = 45
+NOW = 1000.0
+A_ENDPOINT = ("198.18.0.1", 51820)
+B_ENDPOINT = ("198.18.0.2", 51820)
+
+
+def _session() -> tuple[Device, Device]:
+    a = Device(generate_private_key(), mtu=MTU)
+    b = Device(generate_private_key(), mtu=MTU)
+    a.add_peer(
+        b.public_key, allowed_ips=[IPv4Network("100.64.0.2/32")], endpoint=B_ENDPOINT, now=NOW
+    )
+    b.add_peer(
+        a.public_key, allowed_ips=[IPv4Network("100.64.0.1/32")], endpoint=A_ENDPOINT, now=NOW
+    )
+    a.send_packet(bytes(IP(src="100.64.0.1", dst="100.64.0.2") / Raw(b"hi")), NOW)
+    for _ in range(4):
+        for source, target, endpoint in ((a, b, A_ENDPOINT), (b, a, B_ENDPOINT)):
+            for datagram, _ in source.outgoing:
+                target.receive_datagram(datagram, endpoint, NOW)
+            source.outgoing.clear()
+    a.to_tun.clear()
+    b.to_tun.clear()
+    return a, b
+
+
+def _super_packet() -> tuple[bytearray, VirtioNetHdr]:
+    payload = os.urandom(MSS * SEGMENTS_PER_SUPER_PACKET)
+    options = [("NOP", None), ("NOP", None), ("Timestamp", (1, 2))]
+    packet = IP(src="100.64.0.1", dst="100.64.0.2", flags="DF") / TCP(
+        sport=40000, dport=5201, flags="A", options=options
+    )
+    raw = bytearray(bytes(packet / Raw(payload)))
+    header = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, GSO_TCPV4, 52, MSS, 20, 16)
+    return raw, header
+
+
+def _rate(step: Callable[[], int], seconds: float) -> float:
+    """Packets per second of `step`, which returns how many packets it moved."""
+    moved = 0
+    start = time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        moved += step()
+    return moved / elapsed
+
+
+def _udp_costs(rounds: int = 400) -> None:
+    """Microseconds per datagram of the UDP calls, plain against GSO/GRO, on loopback."""
+    a, b = UdpSockets(None), UdpSockets(None)
+    sender, receiver = UdpBatch(a), UdpBatch(b)
+    endpoint = ("127.0.0.1", b.port)
+    datagrams = [bytes(MTU + 32)] * (SEGMENTS_PER_SUPER_PACKET - 1) + [bytes(700)]
+    buffer = b"".join(datagrams)
+
+    def plain() -> None:
+        for datagram in datagrams:
+            a.v4.sendto(datagram, endpoint)
+
+    def batched() -> None:
+        sender.send_buffer(buffer, MTU + 32, endpoint)
+
+    print(f"\n{'UDP on loopback, per datagram':44} {'send us':>10} {'recv us':>10}")
+    for name, send in (("sendto / recvmsg each", plain), ("GSO send / GRO receive", batched)):
+        sending = receiving = 0.0
+        for _ in range(rounds):
+            start = time.perf_counter()
+            send()
+            middle = time.perf_counter()
+            while receiver.receive(b.v4) is not None:
+                pass
+            sending += middle - start
+            receiving += time.perf_counter() - middle
+        count = rounds * len(datagrams)
+        print(f"{name:44} {sending / count * 1e6:10.2f} {receiving / count * 1e6:10.2f}")
+    a.close()
+    b.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--udp", action="store_true", help="also time UDP calls on loopback")
+    arguments = parser.parse_args()
+    seconds = arguments.seconds
+    a, b = _session()
+    raw, header = _super_packet()
+    split_buffer = bytearray(2 * MAX_IP_PACKET_BYTES)
+    segments = [bytes(s) for s in split_gso(memoryview(raw), header, split_buffer)]
+    keypair = a.peer(b.public_key).current  # type: ignore[union-attr]
+    receive_keypair = b.peer(a.public_key).current  # type: ignore[union-attr]
+    assert keypair is not None and receive_keypair is not None
+    sealed = bytearray(SEGMENTS_PER_SUPER_PACKET * (MTU + 32))
+    scratch = bytearray(MTU)
+    arena = bytearray(SEGMENTS_PER_SUPER_PACKET * MTU)
+    arena_view = memoryview(arena)
+    results: dict[str, float] = {}
+
+    def current_send() -> int:
+        for segment in segments:
+            a.send_packet(segment, NOW)
+        a.outgoing.clear()
+        return len(segments)
+
+    def fast_split() -> int:
+        return len(split_gso(memoryview(raw), header, split_buffer))
+
+    def fast_send() -> int:
+        pieces = split_gso(memoryview(raw), header, split_buffer)
+        first = keypair.send_counter
+        keypair.send_counter += len(pieces)
+        seal_batch(keypair.send_aead, keypair.remote_index, first, pieces, MTU, sealed, scratch)
+        return len(pieces)
+
+    results["current send (Device.send_packet)"] = _rate(current_send, seconds)
+    results["fast send: split only"] = _rate(fast_split, seconds)
+    results["fast send: split + seal"] = _rate(fast_send, seconds)
+
+    first = keypair.send_counter
+    keypair.send_counter += len(segments)
+    datagrams = [
+        bytes(d)
+        for d in seal_batch(
+            keypair.send_aead, keypair.remote_index, first, segments, MTU, sealed, scratch
+        )
+    ]
+
+    def current_receive() -> int:
+        receive_keypair.replay = type(receive_keypair.replay)()
+        for datagram in datagrams:
+            b.receive_datagram(datagram, A_ENDPOINT, NOW)
+        assert len(b.to_tun) == len(datagrams)
+        b.to_tun.clear()
+        return len(datagrams)
+
+    def fast_open() -> list[memoryview]:
+        plaintexts = []
+        offset = 0
+        aead = receive_keypair.receive_aead
+        for datagram in datagrams:
+            counter = TRANSPORT_HEADER.unpack_from(datagram)[2]
+            length = open_into(aead, counter, datagram, arena_view[offset:])
+            total = int.from_bytes(arena_view[offset + 2 : offset + 4], "big")
+            plaintexts.append(arena_view[offset : offset + min(length, total)])
+            offset += length
+        return plaintexts
+
+    def fast_receive(verify: bool) -> Callable[[], int]:
+        def step() -> int:
+            writes = coalesce(fast_open(), verify=verify)
+            assert len(writes) == 1
+            return len(datagrams)
+
+        return step
+
+    results["current receive (Device.receive_datagram)"] = _rate(current_receive, seconds)
+    results["fast receive: open only"] = _rate(lambda: len(fast_open()), seconds)
+    results["fast receive: open + coalesce"] = _rate(fast_receive(False), seconds)
+    results["fast receive: open + coalesce + verify"] = _rate(fast_receive(True), seconds)
+
+    sample = segments[0]
+    checksum_ways: dict[str, Callable[[], int]] = {
+        "int.from_bytes % 0xFFFF": lambda: int.from_bytes(sample, "little") % 0xFFFF,
+        "sum(memoryview.cast('H'))": lambda: sum(memoryview(sample).cast("H")),
+        "sum(array('H'))": lambda: sum(array.array("H", sample)),
+    }
+    print(f"{'path':44} {'packets/s':>10} {'us/packet':>10} {'Gbit/s':>7}")
+    for name, rate in results.items():
+        print(f"{name:44} {rate:10.0f} {1e6 / rate:10.2f} {rate * MTU * 8 / 1e9:7.2f}")
+    print(f"\n{'checksum of a 1420-byte segment':44} {'us':>10}")
+    for name, way in checksum_ways.items():
+        print(f"{name:44} {1e6 / _rate(lambda w=way: (w(), 1)[1], seconds / 4):10.2f}")
+    if arguments.udp:
+        _udp_costs()
+
+
+if __name__ == "__main__":
+    main()
