@@ -57,6 +57,10 @@ async def _stream(
     hang_up = asyncio.ensure_future(reader.read(1))
     try:
         await asyncio.wait((pumping, hang_up), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The daemon is stopping: the stream just ends. (A connection handler left
+        # cancelled is reported as an error by asyncio's stream server in 3.11.)
+        pass
     finally:
         for task in (pumping, hang_up):
             task.cancel()

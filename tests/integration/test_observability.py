@@ -95,6 +95,7 @@ class EventReader:
         self, match: Callable[[dict[str, Any]], bool], what: str, timeout_s: float = EVENT_TIMEOUT_S
     ) -> dict[str, Any]:
         """The first event (seen or to come) that matches; fails after `timeout_s`."""
+        # Events come in order: an earlier wait may have read past the one wanted here.
         for event in self.seen:
             if match(event):
                 return event
@@ -109,9 +110,9 @@ class EventReader:
                 break
             self._buffer += chunk
             *lines, self._buffer = self._buffer.split(b"\n")
-            for line in lines:
-                event: dict[str, Any] = json.loads(line)
-                self.seen.append(event)
+            fresh: list[dict[str, Any]] = [json.loads(line) for line in lines]
+            self.seen += fresh
+            for event in fresh:
                 if match(event):
                     return event
         pytest.fail(f"no {what} event in {timeout_s} s; saw {self.seen}")
