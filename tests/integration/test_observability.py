@@ -24,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pilotif.lab import LabHost, PilotifNode, ping, tcp_transfer, tunnel_configs
-from pilotif.lab.nat import PATH_TIMEOUT_S, NatKind, NatLab, nat_lab, poll_until
+from pilotif.lab.nat import PATH_TIMEOUT_S, REGISTRY, NatKind, NatLab, nat_lab, poll_until
 from pilotif.lab.netns import Namespace, pid_alive, stop_process
 from pilotif.lab.pilotif_node import pilotif_executable
 
@@ -206,7 +206,8 @@ def test_registry_node_reports_trust_peer_up_and_path_change_to_direct(tmp_path:
     cone = NatKind.CONE
     with nat_lab((cone, cone), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
+        metrics = f"127.0.0.1:{METRICS_PORT}"
+        alpha.pilotif("up", "--registry", REGISTRY, "--hostname", "alpha", "--metrics", metrics)
         beta.up()
         events = _events_of(lab, "alpha")
         alpha.pilotif("handshake", "beta")
@@ -225,6 +226,12 @@ def test_registry_node_reports_trust_peer_up_and_path_change_to_direct(tmp_path:
         )
         assert direct["peer"] == "beta"
         assert direct["endpoint"] == alpha.peer("beta")["endpoint"]  # type: ignore[index]
+        samples = _scrape(alpha.namespace, f"http://{metrics}/metrics")
+        assert samples[("pilotif_peers", (("path", "direct"),))] == 1
+        assert samples[("pilotif_registry_online", ())] == 1
+        # The first handshake went through the registry's relay, before the punch.
+        assert samples[("pilotif_relay_tx_bytes_total", ())] > 0
+        assert samples[("pilotif_handshakes_total", ())] >= 1
         beta.pilotif("untrust", "alpha")
         revoked = events.wait_for(lambda e: e["event"] == "trust_revoked", "trust_revoked")
         assert revoked["peer"] == "beta"
