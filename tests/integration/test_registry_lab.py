@@ -31,6 +31,8 @@ from pilotif.lab.nat import (
     nat_lab,
     poll_until,
 )
+from pilotif.lab.nat_demo import run_nat_demo
+from pilotif.lab.netns import NAMESPACE_PREFIX, run_checked
 
 pytestmark = [
     pytest.mark.integration,
@@ -182,8 +184,9 @@ def test_cone_and_symmetric_nats_ping_by_name(workdir: Path) -> None:
         _up_and_trust(lab, "alpha", "beta")
         alpha, beta = lab["alpha"], lab["beta"]
         _wait_both(lab, "alpha", "beta", (RELAY, DIRECT))
-        result = alpha.pilotif("ping", "beta", "--count", str(PING_COUNT), "--json")
-        assert result.returncode == 0
+        replies = alpha.json("ping", "beta", "--count", str(PING_COUNT))["replies"]
+        assert len(replies) == PING_COUNT
+        assert all(r["rtt_ms"] is not None and r["path"] in (DIRECT, RELAY) for r in replies)
         assert ping(alpha.namespace, "beta.pilot", PING_COUNT).all_answered
         assert ping(beta.namespace, "alpha.pilot", PING_COUNT).all_answered
 
@@ -293,3 +296,13 @@ def test_two_agents_behind_one_nat_talk_over_their_lan(workdir: Path) -> None:
         assert _endpoint_host(to_alpha["endpoint"]) in lan
         assert str(_endpoint_host(to_gamma["endpoint"])) == lab["gamma"].lan_address
         assert ping(lab["alpha"].namespace, "gamma.pilot", PING_COUNT).all_answered
+
+
+def test_the_nat_demo_passes_and_cleans_up(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_nat_demo() == 0
+    output = capsys.readouterr().out
+    assert "demo passed" in output
+    assert f"beta's server received: {SEED_LINE!r}" in output
+    ours = f"{NAMESPACE_PREFIX}-{os.getpid()}-"
+    listing = run_checked(["ip", "netns", "list"]).stdout
+    assert [line for line in listing.splitlines() if line.startswith(ours)] == []
