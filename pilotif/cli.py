@@ -664,11 +664,22 @@ def pubkey() -> None:
 
 
 @cli.command()
-def demo() -> None:
-    """Build a two-namespace lab, run two pilotif daemons and show them talking (root)."""
-    from pilotif.lab.demo import run_demo
+@click.option(
+    "--static",
+    is_flag=True,
+    help="Show the static-key data plane (two hosts, wg-quick files) instead.",
+)
+def demo(static: bool) -> None:
+    """Run a namespace lab (root): a registry and two agents behind NATs that trust
+    each other and talk by name; everything is removed afterwards."""
+    if static:
+        from pilotif.lab.demo import run_demo
 
-    code = run_demo()
+        code = run_demo()
+    else:
+        from pilotif.lab.nat_demo import run_nat_demo
+
+        code = run_nat_demo()
     if code:
         raise click.exceptions.Exit(code)
 
