@@ -17,3 +17,10 @@ def hosts(tmp_path: Path) -> Iterator[tuple[LabHost, LabHost]]:
     """Hosts A (198.18.0.1) and B (198.18.0.2) in their own namespaces."""
     with host_pair(tmp_path) as pair:
         yield pair
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the `docker` marker: tests that run their own dockerd and build the image."""
+    config.addinivalue_line(
+        "markers", "docker: runs a private dockerd and builds the image (minutes; root)"
+    )
