@@ -74,6 +74,7 @@ BASE_IMAGE = "pilotif-test-base:bookworm"
 IMAGE = "pilotif:latest"  # the image name deploy/compose.yaml runs
 PROJECT = "pilotiftest"
 APP_PORT = 8080
+OTHER_REGISTRY_PORT = 7000
 
 DEBOOTSTRAP_TIMEOUT_S = 900.0
 BUILD_TIMEOUT_S = 600.0
@@ -367,12 +368,19 @@ def _logs(dockerd: _Dockerd, service: str) -> str:
     return result.stdout
 
 
+def _health(dockerd: _Dockerd, container: str) -> str | None:
+    """A container's health: starting, healthy, unhealthy (None without a health check)."""
+    state = json.loads(dockerd.docker("inspect", "--format={{json .State}}", container).stdout)
+    health: str | None = state.get("Health", {}).get("Status")
+    return health
+
+
 def _wait_healthy(dockerd: _Dockerd, *services: str) -> None:
     for service in services:
         deadline = time.monotonic() + HEALTHY_TIMEOUT_S
         health = None
         while time.monotonic() < deadline:
-            health = _inspect(dockerd, service)["State"].get("Health", {}).get("Status")
+            health = _health(dockerd, _container(dockerd, service))
             if health == "healthy":
                 break
             time.sleep(POLL_S)
@@ -422,6 +430,27 @@ def test_node_without_settings_says_what_to_set(dockerd: _Dockerd) -> None:
     result = dockerd.docker("run", "--rm", IMAGE, check=False)
     assert result.returncode != 0
     assert "set PILOTIF_REGISTRY=HOST:PORT" in result.stderr
+
+
+def test_registry_role_from_the_environment_runs_without_capabilities(dockerd: _Dockerd) -> None:
+    container = dockerd.docker(
+        "run",
+        "--detach",
+        "--cap-drop=ALL",
+        f"--health-interval={POLL_S}s",
+        "--env=PILOTIF_ROLE=registry",
+        f"--env=PILOTIF_LISTEN=0.0.0.0:{OTHER_REGISTRY_PORT}",
+        IMAGE,
+    ).stdout.strip()
+    try:
+        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+        while _health(dockerd, container) != "healthy" and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        log = dockerd.docker("logs", container).stderr
+        assert _health(dockerd, container) == "healthy", log
+        assert f"registry_started listen=0.0.0.0:{OTHER_REGISTRY_PORT}" in log
+    finally:
+        dockerd.docker("rm", "--force", "--volumes", container)
 
 
 def test_app_without_capabilities_reaches_the_other_app_by_name(agents: _Dockerd) -> None:
