@@ -366,7 +366,7 @@ class Device:
             self.drops[DropReason.REPLAY] += 1
             return
         peer.rx_bytes += len(data)
-        self._authenticated_from(peer, source, now)
+        self._authenticated_from(peer, source, now, answered=bool(plaintext))
         if keypair is peer.next:
             self._forget_keypair(peer.previous)
             peer.previous = peer.current
@@ -443,7 +443,7 @@ class Device:
         peer.greatest_timestamp = state.timestamp
         peer.last_initiation_received_s = now
         peer.rx_bytes += len(data)
-        self._authenticated_from(peer, source, now)
+        self._authenticated_from(peer, source, now, answered=False)
         index = self._new_index()
         response, keys = create_response(
             self.local, state, peer.preshared_key, index, generate_private_key()
@@ -472,7 +472,7 @@ class Device:
         del self._by_index[message.receiver]
         peer.handshake = None
         peer.rx_bytes += len(data)
-        self._authenticated_from(peer, source, now)
+        self._authenticated_from(peer, source, now, answered=True)
         keypair = Keypair(keys, now)
         self._by_index[keys.local_index] = (peer, keypair)
         self._forget_keypair(peer.previous)
@@ -502,9 +502,12 @@ class Device:
 
     # -- session bookkeeping -------------------------------------------------------
 
-    def _authenticated_from(self, peer: Peer, source: Endpoint, now: float) -> None:
+    def _authenticated_from(
+        self, peer: Peer, source: Endpoint, now: float, *, answered: bool
+    ) -> None:
         """An authenticated packet arrived: the endpoint roams to its source (unless the
-        roam filter keeps it), and the current path counts as answered."""
+        roam filter keeps it). Data or a handshake response on the current path answers
+        what we sent; a keepalive or an initiation proves only the way towards us."""
         if peer.endpoint != source and (
             peer.endpoint is None or self.roam_filter is None or self.roam_filter(peer, source, now)
         ):
@@ -512,7 +515,8 @@ class Device:
             self.events.append(EndpointChanged(peer.public_key, source))
         if source == peer.endpoint:
             peer.last_received_s = now
-            peer.unanswered_since_s = None
+            if answered:
+                peer.unanswered_since_s = None
 
     def _handshake_complete(self, peer: Peer, now: float, *, initiator: bool) -> None:
         peer.timers.retransmit_handshake = None

@@ -306,3 +306,36 @@ def test_the_nat_demo_passes_and_cleans_up(capsys: pytest.CaptureFixture[str]) -
     ours = f"{NAMESPACE_PREFIX}-{os.getpid()}-"
     listing = run_checked(["ip", "netns", "list"]).stdout
     assert [line for line in listing.splitlines() if line.startswith(ours)] == []
+
+
+FALLBACK_DEADLINE_S = 10.0
+"""Issue 3: a direct path that dies falls back to the relay within 10 s."""
+
+
+def test_a_dead_direct_path_falls_back_to_the_relay_within_ten_seconds(
+    cone_pair: NatLab,
+) -> None:
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    beta_address = _ipv4(beta)
+    # Cut the direct path: beta's router now drops everything from alpha's router.
+    # The registry (and so the relay) stays reachable for both.
+    beta_router = cone_pair.routers[1].namespace
+    alpha_wan = cone_pair.routers[0].wan_address
+    beta_router.run("nft", "add", "table", "inet", "cut")
+    beta_router.run(
+        "nft", "add", "chain", "inet", "cut", "in", "{ type filter hook prerouting priority -300; }"
+    )
+    beta_router.run("nft", "add", "rule", "inet", "cut", "in", "ip", "saddr", alpha_wan, "drop")
+    cut_at = time.monotonic()
+    replied_at = None
+    while time.monotonic() - cut_at < FALLBACK_DEADLINE_S + 5:
+        if (
+            ping(alpha.namespace, beta_address, count=1).all_answered
+            and _path(alpha, "beta") == RELAY
+        ):
+            replied_at = time.monotonic()
+            break
+    assert replied_at is not None, "no reply through the relay after the direct path died"
+    assert replied_at - cut_at <= FALLBACK_DEADLINE_S
+    assert _path(beta, "alpha") == RELAY
