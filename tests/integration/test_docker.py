@@ -13,7 +13,7 @@ bridge and address pool in 198.18.0.0/15, and neither iptables rules nor IP forw
 bridge and nothing beyond it. The image build alone uses the host's network (for PyPI), and
 the base gets the host's CA bundle so that pip inside the build trusts what pip outside does.
 Everything made (containers, images, volumes, networks, dockerd and its containerd, bridges,
-mounts, the temp dir) is removed even when a step fails, and the teardown checks that none
+mounts, cgroups, the temp dir) is removed even when a step fails, and the teardown checks that none
 of it is left and that ip_forward, the bridge sysctls and the nftables tables are as before.
 """
 
@@ -145,6 +145,18 @@ def _mounts_under(root: Path) -> list[str]:
     return sorted(set(inside), key=len, reverse=True)
 
 
+def _cgroups_named(name: str) -> list[Path]:
+    """The cgroup `name` and everything below it, in every cgroup hierarchy, deepest first."""
+    found: list[Path] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ")
+        if fields[-1].split()[0] in {"cgroup", "cgroup2"}:
+            top = Path(fields[0].split()[4]) / name
+            if top.is_dir():
+                found += [d for d in top.rglob("*") if d.is_dir()] + [top]
+    return sorted(set(found), key=lambda d: len(d.parts), reverse=True)
+
+
 def _pids_mentioning(text: str) -> list[int]:
     """Processes whose command line names `text` (our temp dir: ours and no one else's)."""
     pids = []
@@ -162,6 +174,8 @@ class _Dockerd:
         self.root = root
         self.socket = root / "docker.sock"
         self.log = root / "dockerd.log"
+        self.cgroup = root.name
+        """The cgroup parent of all containers, named after the temp dir: ours alone."""
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -178,6 +192,7 @@ class _Dockerd:
             "--iptables=false",
             "--ip-forward=false",
             "--ip-masq=false",
+            f"--cgroup-parent=/{self.cgroup}",
         ]
         with self.log.open("wb") as log:
             self._process = subprocess.Popen(
@@ -244,7 +259,11 @@ def _run(
 
 
 def _restore_host(before: _HostState, root: Path) -> None:
-    """Undo what dockerd may leave behind: mounts, bridges and veths, sysctls, nft tables."""
+    """Undo what dockerd may leave behind: mounts, cgroups, bridges and veths, sysctls, nft
+    tables."""
+    for cgroup in _cgroups_named(root.name):
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
     for point in _mounts_under(root):
         if subprocess.run(["umount", point], check=False).returncode != 0:
             subprocess.run(["umount", "--lazy", point], check=False)
@@ -263,6 +282,7 @@ def _leftovers(before: _HostState, root: Path) -> list[str]:
     after = _host_state()
     left = [f"process {pid}" for pid in _pids_mentioning(str(root))]
     left += [f"mount {point}" for point in _mounts_under(root)]
+    left += [f"cgroup {cgroup}" for cgroup in _cgroups_named(root.name)]
     left += [f"link {link}" for link in after.links - before.links if _DOCKER_LINK.match(link)]
     left += [
         f"nft table {table}" for table in _iptables_tables(after.nft_tables - before.nft_tables)
