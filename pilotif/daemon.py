@@ -61,12 +61,14 @@ from pilotif.registry.wire import (
     unpack_relay,
 )
 from pilotif.tun import LinkError, TunDevice, TunError, configure_link, delete_link, link_exists
+from pilotif.tun.offload import TunBatch, enable_offloads
 from pilotif.underlay import UdpSockets, UnderlayError, resolve_endpoint
+from pilotif.underlay_batch import UdpBatch
 
 DEFAULT_MTU = 1420
-READ_BATCH_PACKETS = 128
+READ_BATCH_READS = 64
+"""Reads per wake-up (with TSO one TUN read may carry dozens of packets)."""
 DNS_PORT = 53
-_TUN_READ_BYTES = 65535
 
 
 class StartupError(Exception):
@@ -98,6 +100,8 @@ class Daemon:
             config.private_key, mtu=self.mtu, wall_offset_s=time.time() - time.monotonic()
         )
         self._tun: TunDevice | None = None
+        self._tun_io: TunBatch | None = None
+        self._udp_io: UdpBatch | None = None
         self._udp: UdpSockets | None = None
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -193,6 +197,7 @@ class Daemon:
             for peer in self.config.peers
         ]
         self._udp = UdpSockets(self.config.listen_port)
+        self._udp_io = UdpBatch(self._udp)
         for sock in self._udp.sockets():
             loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
         routes = [network for peer in self.config.peers for network in peer.allowed_ips]
@@ -257,7 +262,8 @@ class Daemon:
         if link_exists(self.interface):
             delete_link(self.interface)
             log_event("stale_interface_removed", interface=self.interface)
-        self._tun = TunDevice.open(self.interface)
+        self._tun = TunDevice.open(self.interface, vnet_hdr=True)
+        self._tun_io = TunBatch(self._tun, enable_offloads(self._tun))
         configure_link(self.interface, self.addresses, self.mtu, routes)
 
     async def _start_dns(self, node: Node) -> None:
@@ -304,32 +310,37 @@ class Daemon:
     # -- data path -----------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        assert self._tun is not None
-        fd = self._tun.fileno()
-        device = self.device
+        assert self._tun_io is not None
+        read = self._tun_io.read
+        send_packet = self.device.send_packet
         now = time.monotonic()
-        for _ in range(READ_BATCH_PACKETS):
-            try:
-                packet = os.read(fd, _TUN_READ_BYTES)
-            except (BlockingIOError, InterruptedError):
+        for _ in range(READ_BATCH_READS):
+            packets = read()
+            if packets is None:
                 break
-            device.send_packet(packet, now)
+            for packet in packets:
+                send_packet(bytes(packet), now)
         self._flush(now)
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
-        device = self.device
-        receive = UdpSockets.receive
+        assert self._udp_io is not None
+        receive = self._udp_io.receive
+        receive_datagram = self.device.receive_datagram
         node = self.node
         now = time.monotonic()
-        for _ in range(READ_BATCH_PACKETS):
+        for _ in range(READ_BATCH_READS):
             received = receive(sock)
             if received is None:
                 break
-            data, source = received
-            if node is None or data[0] < CONTROL_TYPE:
-                device.receive_datagram(data, source, now)
-            elif source == node.link.endpoint:
-                self._on_registry_datagram(node, data, now)
+            views, source = received
+            for view in views:
+                data = bytes(view)
+                if not data:
+                    continue
+                if node is None or data[0] < CONTROL_TYPE:
+                    receive_datagram(data, source, now)
+                elif source == node.link.endpoint:
+                    self._on_registry_datagram(node, data, now)
         self._flush(now)
 
     def _on_registry_datagram(self, node: Node, data: bytes, now: float) -> None:
@@ -389,20 +400,20 @@ class Daemon:
         """Send and write what the core produced, log its events, re-arm the timer."""
         device = self.device
         if device.outgoing:
-            send = self._send_datagram
             failed = 0
-            for datagram, endpoint in device.outgoing:
-                if not send(datagram, endpoint):
-                    failed += 1
+            direct = [item for item in device.outgoing if item[1][0] != RELAY_HOST]
+            if len(direct) < len(device.outgoing):
+                for datagram, endpoint in device.outgoing:
+                    if endpoint[0] == RELAY_HOST and not self._send_datagram(datagram, endpoint):
+                        failed += 1
+            if direct:
+                failed += self._udp_io.send(direct) if self._udp_io else len(direct)
             device.outgoing.clear()
             if failed:
                 device.drops[DropReason.SEND_FAILED] += failed
         if device.to_tun:
-            if self._tun is not None:
-                fd = self._tun.fileno()
-                for packet in device.to_tun:
-                    with contextlib.suppress(BlockingIOError):
-                        os.write(fd, packet)
+            if self._tun_io is not None:
+                device.drops[DropReason.TUN_WRITE_FAILED] += self._tun_io.write(device.to_tun)
             device.to_tun.clear()
         if device.events:
             for event in device.events:
@@ -550,6 +561,10 @@ class Daemon:
             "pid": os.getpid(),
             "peers": peers,
             "drops": {str(reason): count for reason, count in self.device.drops.items()},
+            "offloads": {
+                "tun": self._tun_io.offloads.status() if self._tun_io else None,
+                "udp": self._udp_io.status() if self._udp_io else None,
+            },
             "node": self.node.status() if self.node is not None else None,
         }
 

@@ -64,17 +64,6 @@ class UdpSockets:
             return False
         return True
 
-    @staticmethod
-    def receive(sock: socket.socket) -> tuple[bytes, Endpoint] | None:
-        """One waiting datagram and its source, or None when none waits."""
-        try:
-            data, address = sock.recvfrom(_MAX_DATAGRAM_BYTES, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:
-            return None
-        return data, (address[0], address[1])
-
     def close(self) -> None:
         """Close both sockets."""
         for sock in self.sockets():

@@ -44,6 +44,8 @@ class DropReason(StrEnum):
     """Packets queued for a peer whose handshake never completed."""
     SEND_FAILED = "send_failed"
     """The UDP socket refused a datagram."""
+    TUN_WRITE_FAILED = "tun_write_failed"
+    """The TUN refused a decrypted packet (a full queue)."""
 
 
 def new_drop_counters() -> dict[DropReason, int]:
