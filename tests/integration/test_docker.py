@@ -172,11 +172,9 @@ class _Dockerd:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.socket = root / "docker.sock"
         self.log = root / "dockerd.log"
-        self.cgroup = root.name
-        """The cgroup parent of all containers, named after the temp dir: ours alone."""
-        self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
+        self.host = f"unix://{root / 'docker.sock'}"
+        self.cgroup = root.name  # the cgroup parent of its containers: ours alone
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -186,7 +184,7 @@ class _Dockerd:
             f"--data-root={self.root / 'data'}",
             f"--exec-root={self.root / 'exec'}",
             f"--pidfile={self.root / 'dockerd.pid'}",
-            f"--host=unix://{self.socket}",
+            f"--host={self.host}",
             f"--bip={DEFAULT_BRIDGE_ADDRESS}",
             f"--default-address-pool={ADDRESS_POOL}",
             "--iptables=false",
@@ -214,11 +212,13 @@ class _Dockerd:
     def docker(
         self, *args: str, check: bool = True, timeout_s: float = EXEC_TIMEOUT_S
     ) -> subprocess.CompletedProcess[str]:
-        return _run([DOCKER, *args], self.env, check=check, timeout_s=timeout_s)
+        return run_checked([DOCKER, f"--host={self.host}", *args], check=check, timeout_s=timeout_s)
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = [COMPOSE, "--no-ansi", "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
-        return _run(command, self.env, check=check, timeout_s=COMPOSE_TIMEOUT_S)
+        command = [COMPOSE, f"--host={self.host}", "--no-ansi", "-p", PROJECT]
+        return run_checked(
+            [*command, "-f", str(COMPOSE_FILE), *args], check=check, timeout_s=COMPOSE_TIMEOUT_S
+        )
 
     def stop(self) -> None:
         """Remove every container, image and volume, then stop dockerd and what it started."""
@@ -242,20 +242,6 @@ class _Dockerd:
         for pid in _pids_mentioning(str(self.root)):
             stop_pid(pid)
         self._process = None
-
-
-def _run(
-    command: list[str], env: dict[str, str], *, check: bool, timeout_s: float
-) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"`{' '.join(command)}` exited {result.returncode}\n"
-            f"stdout: {result.stdout.strip()}\nstderr: {result.stderr.strip()}"
-        )
-    return result
 
 
 def _restore_host(before: _HostState, root: Path) -> None:
