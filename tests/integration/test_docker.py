@@ -85,6 +85,7 @@ HEALTHY_TIMEOUT_S = 120.0
 EXCHANGE_TIMEOUT_S = 60.0
 EXEC_TIMEOUT_S = 30.0
 POLL_S = 1.0
+STOP_GRACE_S = 10
 LOG_TAIL_LINES = 30
 
 _DOCKER_LINK = re.compile(r"^(docker0|br-[0-9a-f]{12}|veth[0-9a-f]{7})$")
@@ -369,31 +370,28 @@ def _inspect(dockerd: _Dockerd, service: str) -> dict[str, Any]:
     return details[0]
 
 
-def _logs(dockerd: _Dockerd, service: str) -> str:
-    result = dockerd.compose("logs", "--no-color", f"--tail={LOG_TAIL_LINES}", service)
-    return result.stdout
+def _logs(dockerd: _Dockerd, container: str) -> str:
+    """The end of a container's output (the daemons log to stderr)."""
+    result = dockerd.docker("logs", f"--tail={LOG_TAIL_LINES}", container)
+    return result.stdout + result.stderr
 
 
-def _health(dockerd: _Dockerd, container: str) -> str | None:
-    """A container's health: starting, healthy, unhealthy (None without a health check)."""
-    state = json.loads(dockerd.docker("inspect", "--format={{json .State}}", container).stdout)
-    health: str | None = state.get("Health", {}).get("Status")
-    return health
+def _state(dockerd: _Dockerd, container: str) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads(
+        dockerd.docker("inspect", "--format={{json .State}}", container).stdout
+    )
+    return state
 
 
-def _wait_healthy(dockerd: _Dockerd, *services: str) -> None:
-    for service in services:
-        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-        health = None
-        while time.monotonic() < deadline:
-            health = _health(dockerd, _container(dockerd, service))
-            if health == "healthy":
-                break
-            time.sleep(POLL_S)
-        else:
+def _wait_healthy(dockerd: _Dockerd, container: str) -> None:
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    while (health := _state(dockerd, container).get("Health", {}).get("Status")) != "healthy":
+        if time.monotonic() > deadline:
             pytest.fail(
-                f"{service} is {health} after {HEALTHY_TIMEOUT_S:.0f} s\n" + _logs(dockerd, service)
+                f"{container} is {health} after {HEALTHY_TIMEOUT_S:.0f} s\n"
+                + _logs(dockerd, container)
             )
+        time.sleep(POLL_S)
 
 
 def _pilotif(dockerd: _Dockerd, service: str, *args: str) -> Any:
@@ -415,8 +413,8 @@ def _exchange(dockerd: _Dockerd, line: str) -> dict[str, Any]:
         if time.monotonic() > deadline:
             pytest.fail(
                 f"beta-app never reached alpha.pilot:{APP_PORT}: {result.stderr.strip()}\n"
-                + _logs(dockerd, "alpha")
-                + _logs(dockerd, "beta")
+                + _logs(dockerd, _container(dockerd, "alpha"))
+                + _logs(dockerd, _container(dockerd, "beta"))
             )
         time.sleep(POLL_S)
 
@@ -426,7 +424,8 @@ def agents(dockerd: _Dockerd) -> Iterator[_Dockerd]:
     """deploy/compose.yaml up: the registry and the two agents, sidecars healthy."""
     try:
         dockerd.compose("up", "-d", "--no-build")
-        _wait_healthy(dockerd, "registry", "alpha", "beta")
+        for service in ("registry", "alpha", "beta"):
+            _wait_healthy(dockerd, _container(dockerd, service))
         yield dockerd
     finally:
         dockerd.compose("down", "--volumes", "--remove-orphans", check=False)
@@ -439,6 +438,7 @@ def test_node_without_settings_says_what_to_set(dockerd: _Dockerd) -> None:
 
 
 def test_registry_role_from_the_environment_runs_without_capabilities(dockerd: _Dockerd) -> None:
+    """Also without --init: as PID 1 it still stops on SIGTERM (not killed after the grace)."""
     container = dockerd.docker(
         "run",
         "--detach",
@@ -449,12 +449,11 @@ def test_registry_role_from_the_environment_runs_without_capabilities(dockerd: _
         IMAGE,
     ).stdout.strip()
     try:
-        deadline = time.monotonic() + HEALTHY_TIMEOUT_S
-        while _health(dockerd, container) != "healthy" and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        log = dockerd.docker("logs", container).stderr
-        assert _health(dockerd, container) == "healthy", log
+        _wait_healthy(dockerd, container)
+        log = _logs(dockerd, container)
         assert f"registry_started listen=0.0.0.0:{OTHER_REGISTRY_PORT}" in log
+        dockerd.docker("stop", f"--time={STOP_GRACE_S}", container)
+        assert _state(dockerd, container)["ExitCode"] == 0
     finally:
         dockerd.docker("rm", "--force", "--volumes", container)
 
@@ -477,7 +476,7 @@ def test_recreated_sidecar_keeps_its_address_and_trust(agents: _Dockerd) -> None
     old_container = _container(agents, "alpha")
     agents.compose("rm", "--stop", "--force", "alpha", "alpha-app")
     agents.compose("up", "-d", "--no-build")
-    _wait_healthy(agents, "alpha")
+    _wait_healthy(agents, _container(agents, "alpha"))
     after = _pilotif(agents, "alpha", "status")
     assert _container(agents, "alpha") != old_container
     assert after["node"]["ipv4"] == before["node"]["ipv4"]
@@ -495,4 +494,4 @@ def test_sigterm_stops_a_sidecar_and_restores_its_resolver(agents: _Dockerd) -> 
     stopped = _inspect(agents, "beta")
     assert stopped["State"]["ExitCode"] == 0
     assert not resolv_conf.read_text().startswith(MARKER)
-    assert "interface_down" in _logs(agents, "beta")
+    assert "interface_down" in _logs(agents, beta["Id"])
