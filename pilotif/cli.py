@@ -39,9 +39,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 class CliError(click.ClickException):
     """A failure reported as one line, with a machine-readable code for --json."""
 
-    def __init__(self, message: str, code: str = "error") -> None:
+    def __init__(self, message: str, code: str = "error", hint: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.hint = hint
 
 
 def state_dir_option(function: F) -> F:
@@ -401,7 +402,7 @@ def _node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, 
     try:
         return request(paths.control_socket, command, **arguments)
     except ControlError as error:
-        raise CliError(str(error), error.code) from None
+        raise CliError(str(error), error.code, error.hint) from None
 
 
 def _print(as_json: bool, data: Any, text: str) -> None:
@@ -600,7 +601,7 @@ def events(as_json: bool, state_dir: Path) -> None:
         for event in stream(paths.control_socket, "events", on_open=_listening):
             click.echo(json.dumps(event) if as_json else _format_event(event))
     except ControlError as error:
-        raise CliError(str(error), error.code) from None
+        raise CliError(str(error), error.code, error.hint) from None
     raise CliError("the daemon stopped", "not_running")
 
 
@@ -693,11 +694,13 @@ def main() -> None:
         sys.exit(130)
     except click.ClickException as error:
         code_name = error.code if isinstance(error, CliError) else "bad_input"
+        hint = error.hint if isinstance(error, CliError) else ""
         message = error.format_message()
         if isinstance(error, click.UsageError) and error.ctx is not None:
-            message += f" (see `{error.ctx.command_path} --help`)"
+            hint = f"see `{error.ctx.command_path} --help`"
+            message += f" ({hint})"
         if as_json:
-            click.echo(json.dumps({"error": message, "code": code_name}))
+            click.echo(json.dumps({"error": message, "code": code_name, "hint": hint}))
         click.echo(f"pilotif: error: {message}", err=True)
         sys.exit(error.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

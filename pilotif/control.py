@@ -122,15 +122,21 @@ def _connect(path: Path, command: str, arguments: dict[str, Any]) -> socket.sock
     except FileNotFoundError:
         sock.close()
         raise ControlError(
-            f"pilotif is not running (no control socket at {path}); start it with `pilotif up`"
+            f"pilotif is not running (no control socket at {path})",
+            "not_running",
+            "start it with `pilotif up`, or pass the --state-dir it runs with",
         ) from None
     except PermissionError:
         sock.close()
-        raise ControlError(f"permission denied on {path}: run this as root") from None
+        raise ControlError(
+            f"permission denied on {path}", "permission_denied", "run this as root"
+        ) from None
     except ConnectionRefusedError:
         sock.close()
         raise ControlError(
-            f"pilotif is not running (stale control socket at {path}); start it with `pilotif up`"
+            f"pilotif is not running (stale control socket at {path})",
+            "not_running",
+            "start it with `pilotif up`",
         ) from None
     return sock
 
@@ -139,7 +145,11 @@ def _checked(data: bytes) -> Reply:
     try:
         reply: Reply = json.loads(data)
     except ValueError:
-        raise ControlError("the daemon closed the connection without a reply") from None
+        raise ControlError(
+            "the daemon closed the connection without a reply",
+            "no_reply",
+            "see the daemon's log in the state dir",
+        ) from None
     if not reply.get("ok", False):
         raise ControlError(
             str(reply.get("error", "the daemon refused the request")),
