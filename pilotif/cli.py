@@ -330,7 +330,7 @@ def down(state_dir: Path) -> None:
         status = request(paths.control_socket, "status")["status"]
         request(paths.control_socket, "down")
     except ControlError as error:
-        raise CliError(str(error), "not_running") from None
+        raise CliError(str(error), error.code, error.hint) from None
     pid = int(status["pid"])
     deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -350,7 +350,7 @@ def status(as_json: bool, state_dir: Path) -> None:
     try:
         state = request(paths.control_socket, "status")["status"]
     except ControlError as error:
-        raise CliError(str(error), "not_running") from None
+        raise CliError(str(error), error.code, error.hint) from None
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return

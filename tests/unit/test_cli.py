@@ -1,0 +1,113 @@
+"""The command line as a user meets it: keys compatible with `wg`, and one clear line
+(and a non-zero exit) for every kind of bad input. No root, no daemon."""
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pilotif.overlay.crypto import public_key
+
+
+def pilotif(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pilotif", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pilotif: error: ")
+    for word in words:
+        assert word in lines[0]
+
+
+def test_genkey_makes_a_clamped_curve25519_key_and_pubkey_derives_it() -> None:
+    private_text = pilotif("genkey").stdout.strip()
+    private = base64.b64decode(private_text, validate=True)
+    assert len(private_text) == 44 and len(private) == 32
+    assert private[0] & 7 == 0 and private[31] & 128 == 0 and private[31] & 64 == 64
+    public_text = pilotif("pubkey", stdin=private_text + "\n").stdout.strip()
+    assert base64.b64decode(public_text) == public_key(private)
+
+
+@pytest.mark.skipif(shutil.which("wg") is None, reason="wireguard-tools (wg) is not installed")
+def test_keys_are_byte_compatible_with_wg() -> None:
+    ours = pilotif("genkey").stdout
+    theirs = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout
+    for private in (ours, theirs):
+        wg_public = subprocess.run(
+            ["wg", "pubkey"], input=private, capture_output=True, text=True, check=True
+        ).stdout
+        assert pilotif("pubkey", stdin=private).stdout == wg_public
+
+
+@pytest.mark.parametrize("garbage", ["", "not a key", "QUJD", "é" * 44, "A" * 42 + "=="])
+def test_pubkey_refuses_what_is_not_a_key(garbage: str) -> None:
+    assert_one_line_error(pilotif("pubkey", stdin=garbage), "stdin", "key")
+
+
+def test_up_needs_a_config_or_a_registry() -> None:
+    assert_one_line_error(pilotif("up"), "--config", "--registry")
+
+
+def test_up_names_the_file_and_line_of_a_config_mistake(tmp_path: Path) -> None:
+    config = tmp_path / "pilot0.conf"
+    config.write_text("[Interface]\nPrivateKey = nope\nAddress = 100.64.0.1/24\n")
+    assert_one_line_error(pilotif("up", "--config", str(config)), f"{config}:2")
+
+
+def test_up_reports_a_missing_config_file(tmp_path: Path) -> None:
+    assert_one_line_error(pilotif("up", "--config", str(tmp_path / "missing.conf")), "missing")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--registry", "nohostport", "--hostname", "a"], ["--registry", "HOST:PORT"]),
+        (["--registry", "198.18.0.1:7946"], ["--hostname"]),
+        (["--registry", "198.18.0.1:7946", "--hostname", "-bad-"], ["hostname"]),
+        (
+            ["--registry", "198.18.0.1:7946", "--hostname", "a", "--registry-key", "xx"],
+            ["--registry-key"],
+        ),
+        (
+            ["--registry", "198.18.0.1:7946", "--hostname", "a", "--auto-approve", "bob"],
+            ["--auto-approve"],
+        ),
+    ],
+)
+def test_up_refuses_bad_registry_options(args: list[str], words: list[str]) -> None:
+    assert_one_line_error(pilotif("up", *args), *words)
+
+
+def test_an_unknown_option_is_one_line_pointing_at_help() -> None:
+    assert_one_line_error(pilotif("status", "--bogus"), "--bogus", "pilotif status --help")
+
+
+def test_status_without_a_daemon_says_how_to_start_it(tmp_path: Path) -> None:
+    result = pilotif("status", "--json", "--state-dir", str(tmp_path))
+    assert_one_line_error(result, "not running")
+    error = json.loads(result.stdout)
+    assert error["code"] == "not_running"
+    assert "pilotif up" in error["hint"]
+
+
+def test_node_commands_without_a_daemon_fail_cleanly(tmp_path: Path) -> None:
+    for args in (["peers"], ["handshake", "beta"], ["pending"], ["find", "tag:x"]):
+        assert_one_line_error(pilotif(*args, "--state-dir", str(tmp_path)), "not running")
+
+
+def test_connect_refuses_a_port_out_of_range(tmp_path: Path) -> None:
+    assert_one_line_error(pilotif("connect", "beta", "70000", "--state-dir", str(tmp_path)))
