@@ -60,7 +60,15 @@ from pilotif.registry.wire import (
     pack_relay,
     unpack_relay,
 )
-from pilotif.tun import LinkError, TunDevice, TunError, configure_link, delete_link, link_exists
+from pilotif.tun import (
+    Ipv6UnavailableError,
+    LinkError,
+    TunDevice,
+    TunError,
+    configure_link,
+    delete_link,
+    link_exists,
+)
 from pilotif.tun.offload import TunBatch, enable_offloads
 from pilotif.underlay import UdpSockets, UnderlayError, resolve_endpoint
 from pilotif.underlay_batch import UdpBatch
@@ -264,7 +272,16 @@ class Daemon:
             log_event("stale_interface_removed", interface=self.interface)
         self._tun = TunDevice.open(self.interface, vnet_hdr=True)
         self._tun_io = TunBatch(self._tun, enable_offloads(self._tun))
-        configure_link(self.interface, self.addresses, self.mtu, routes)
+        try:
+            configure_link(self.interface, self.addresses, self.mtu, routes)
+        except Ipv6UnavailableError as error:
+            if self.node is None:
+                raise
+            # A node's IPv6 address is a bonus: carry on with IPv4 (e.g. in a container
+            # whose /proc/sys is read-only with IPv6 off).
+            log_event("ipv6_unavailable", level=logging.WARNING, error=str(error))
+            self.addresses = [a for a in self.addresses if a.version == 4]
+            configure_link(self.interface, self.addresses, self.mtu, routes)
 
     async def _start_dns(self, node: Node) -> None:
         """Serve `.pilot` names on our overlay address and point the resolver at it.

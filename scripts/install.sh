@@ -3,7 +3,10 @@
 # Python package itself with its test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SYSTEM_PACKAGES=(iproute2 iputils-ping nftables wireguard-go wireguard-tools iperf3 tcpdump docker.io docker-compose debootstrap)
+SYSTEM_PACKAGES=(
+    iproute2 iputils-ping nftables wireguard-go wireguard-tools iperf3 tcpdump
+    docker.io docker-compose debootstrap systemd
+)
 if [ "$(id -u)" -eq 0 ]; then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${SYSTEM_PACKAGES[@]}"

@@ -1,6 +1,20 @@
 """The Linux TUN device: open it (device), configure its link over netlink (link)."""
 
 from pilotif.tun.device import TunDevice, TunError
-from pilotif.tun.link import LinkError, configure_link, delete_link, link_exists
+from pilotif.tun.link import (
+    Ipv6UnavailableError,
+    LinkError,
+    configure_link,
+    delete_link,
+    link_exists,
+)
 
-__all__ = ["LinkError", "TunDevice", "TunError", "configure_link", "delete_link", "link_exists"]
+__all__ = [
+    "Ipv6UnavailableError",
+    "LinkError",
+    "TunDevice",
+    "TunError",
+    "configure_link",
+    "delete_link",
+    "link_exists",
+]

@@ -30,6 +30,11 @@ class LinkError(Exception):
     """A netlink request failed; the message names the link and what to do."""
 
 
+class Ipv6UnavailableError(LinkError):
+    """IPv6 is off for this link and cannot be switched on (e.g. a container's
+    read-only /proc/sys)."""
+
+
 def link_exists(name: str) -> bool:
     """Whether a network device called `name` exists in this namespace."""
     with _netlink(name, "look up") as ipr:
@@ -126,12 +131,12 @@ def _enable_ipv6(name: str) -> None:
         if sysctl.read_text().strip() != "0":
             sysctl.write_text("0")
     except FileNotFoundError:
-        raise LinkError(
+        raise Ipv6UnavailableError(
             f"cannot add IPv6 addresses to {name}: IPv6 is disabled in this kernel "
             f"(ipv6.disable=1); enable it or use IPv4 addresses only"
         ) from None
     except OSError as exc:
-        raise LinkError(
+        raise Ipv6UnavailableError(
             f"cannot enable IPv6 on {name} ({sysctl}: {exc.strerror}); "
             f"set net.ipv6.conf.{name}.disable_ipv6=0 or use IPv4 addresses only"
         ) from None
