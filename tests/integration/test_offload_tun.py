@@ -36,7 +36,7 @@ MTU = 1420
 MSS = MTU - 40
 ZERO = bytes(VIRTIO_NET_HDR_SIZE)
 tun = TunDevice.open("pilot0", vnet_hdr=True)
-offloads = enable_offloads(tun)
+offloads = enable_offloads(tun, tso=True)
 configure_link(tun.name, [ip_interface("100.64.0.1/24")], MTU, [])
 buffer = bytearray(VIRTIO_NET_HDR_SIZE + MAX_IP_PACKET_BYTES)
 
