@@ -38,21 +38,11 @@ class PilotifNode:
         self, namespace: Namespace, interface: str, config: TunnelConfig, workdir: Path
     ) -> None:
         self._namespace = namespace
-        self._interface = interface
-        self._config = config
+        self.interface = interface
+        self.config = config
         self._workdir = workdir
         self.state_dir = workdir / f"{interface}-state"
         self.config_path = workdir / f"{interface}.conf"
-
-    @property
-    def interface(self) -> str:
-        """The name of its TUN interface."""
-        return self._interface
-
-    @property
-    def config(self) -> TunnelConfig:
-        """What it was configured with."""
-        return self._config
 
     @property
     def log_path(self) -> Path:
@@ -60,7 +50,7 @@ class PilotifNode:
         return self.state_dir / _LOG_FILE
 
     def _pilotif(self, *args: str, check: bool = True) -> str:
-        output_path = self._workdir / f"{self._interface}-{args[0]}.out"
+        output_path = self._workdir / f"{self.interface}-{args[0]}.out"
         result = self._namespace.run(
             pilotif_executable(),
             *args,
@@ -76,8 +66,8 @@ class PilotifNode:
         """`pilotif up` with the config written as a wg-quick style file."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.touch(mode=_CONFIG_FILE_MODE)
-        self.config_path.write_text(self._config.to_wg_quick())
-        self._pilotif("up", "--config", str(self.config_path), "--interface", self._interface)
+        self.config_path.write_text(self.config.to_wg_quick())
+        self._pilotif("up", "--config", str(self.config_path), "--interface", self.interface)
 
     def pid(self) -> int | None:
         """The daemon's PID from its PID file, if it wrote one."""

@@ -33,37 +33,27 @@ class WireguardGoNode:
         log_level: str = "error",
     ) -> None:
         self._namespace = namespace
-        self._interface = interface
-        self._config = config
+        self.interface = interface
+        self.config = config
         self._workdir = workdir
         self._log_level = log_level
         self._process: Popen[bytes] | None = None
 
     @property
-    def interface(self) -> str:
-        """The name of its TUN interface."""
-        return self._interface
-
-    @property
-    def config(self) -> TunnelConfig:
-        """What it was configured with."""
-        return self._config
-
-    @property
     def log_path(self) -> Path:
         """wireguard-go's own output."""
-        return self._workdir / f"wireguard-go-{self._interface}.log"
+        return self._workdir / f"wireguard-go-{self.interface}.log"
 
     def start(self) -> None:
         """Start wireguard-go, wait for its UAPI socket, set keys, peers and addresses."""
         self._workdir.mkdir(parents=True, exist_ok=True)
-        socket_path = UAPI_DIR / f"{self._interface}.sock"
+        socket_path = UAPI_DIR / f"{self.interface}.sock"
         if socket_path.exists():
-            raise LabError(f"{socket_path} exists: another wireguard-go uses {self._interface}")
+            raise LabError(f"{socket_path} exists: another wireguard-go uses {self.interface}")
         self._process = self._namespace.spawn(
             "wireguard-go",
             "-f",
-            self._interface,
+            self.interface,
             log_path=self.log_path,
             env={"WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": self._log_level},
         )
@@ -71,23 +61,23 @@ class WireguardGoNode:
         while not socket_path.exists():
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise LabError(
-                    f"wireguard-go {self._interface} did not start: {self.log_path.read_text()}"
+                    f"wireguard-go {self.interface} did not start: {self.log_path.read_text()}"
                 )
             time.sleep(_POLL_INTERVAL_S)
-        self._namespace.run("wg", "set", self._interface, *self._wg_set_args())
-        self._namespace.run("ip", "link", "set", self._interface, "mtu", str(self._config.mtu))
-        for address in self._config.addresses:
-            self._namespace.run("ip", "address", "add", address, "dev", self._interface)
-        self._namespace.run("ip", "link", "set", self._interface, "up")
+        self._namespace.run("wg", "set", self.interface, *self._wg_set_args())
+        self._namespace.run("ip", "link", "set", self.interface, "mtu", str(self.config.mtu))
+        for address in self.config.addresses:
+            self._namespace.run("ip", "address", "add", address, "dev", self.interface)
+        self._namespace.run("ip", "link", "set", self.interface, "up")
 
     def _key_file(self, name: str, key: str) -> str:
-        path = self._workdir / f"{self._interface}-{name}.key"
+        path = self._workdir / f"{self.interface}-{name}.key"
         path.touch(mode=_KEY_FILE_MODE)
         path.write_text(key + "\n")
         return str(path)
 
     def _wg_set_args(self) -> list[str]:
-        config = self._config
+        config = self.config
         args = [
             "private-key",
             self._key_file("private", config.private_key),
@@ -117,7 +107,7 @@ class WireguardGoNode:
 
     def peers(self) -> list[PeerStats]:
         """Every peer as `wg show IFNAME dump` reports it."""
-        dump = self._namespace.run("wg", "show", self._interface, "dump").stdout
+        dump = self._namespace.run("wg", "show", self.interface, "dump").stdout
         stats = []
         for line in dump.splitlines()[1:]:
             fields = line.split("\t")
