@@ -1,112 +1,274 @@
-"""Throughput of pilotif against wireguard-go, on the same lab, in one invocation (needs root).
+"""The five figures of issue 4: pilotif against wireguard-go on the same lab (needs root).
 
-    sudo python bench/throughput.py [--time 10] [--pairs 3]
+    sudo python3 bench/throughput.py [--time 10] [--pairs 3] [--only FIGURE ...]
 
 Builds two namespaces joined by a veth pair, then alternately brings up a pilotif<->pilotif
-tunnel and a wireguard-go<->wireguard-go tunnel (same keys layout, MTU 1420, no preshared
-key), and runs one single-stream TCP iperf3 test from A to B over each
-(`iperf3 -c 100.64.0.2 -t TIME -J`). Prints every run, the median of each implementation
-and the ratio pilotif / wireguard-go.
+tunnel and a wireguard-go<->wireguard-go tunnel (same key layout, MTU 1420, no preshared
+key, 100.64.0.1 <-> 100.64.0.2), PAIRS times each, and over each tunnel measures:
+
+- ping:     RTT of 100 pings from A to B (`ping -c 100 -i 0.01`), average;
+- stream:   one TCP stream from A to B (`iperf3 -c 100.64.0.2 -t TIME -J`);
+- cpu:      CPU seconds (utime + stime from /proc/PID/stat) of both tunnel daemons during
+            the `stream` test, per 10^9 bytes iperf3 delivered;
+- reverse:  one TCP stream from B to A (the same with `-R`);
+- parallel: 8 TCP streams from A to B (the same with `-P 8`).
+
+Throughputs are iperf3's receiver-side rates. It prints every run, then per figure the
+median of each implementation, the ratio pilotif / wireguard-go and whether it meets the
+target of issue 4. Besides the pairs, over one more pilotif tunnel:
+
+- sha256:   a 200 MB TCP transfer from A to B whose size and SHA-256 must match;
+- profile:  py-spy samples of the sending (A) and the receiving (B) daemon during one more
+            `stream` test, and the top functions by self time of each.
+
+Exit status: 0 when every measured figure meets its target, 1 when the transfer arrived
+corrupted, 3 when a figure misses its target.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 
-from pilotif.lab import LabError, LabHost, NodeKind, host_pair, ping, tunnel
+from daemon_profile import self_time, start_record, wait_record
+from tunnel_figures import (
+    PING_COUNT,
+    PING_INTERVAL_S,
+    checked_transfer,
+    iperf,
+    ping_rtt,
+)
+
+from pilotif.lab import LabError, LabHost, NodeKind, PilotifNode, host_pair, ping, tunnel
 from pilotif.lab.topology import TUNNEL_MTU
 
 DEFAULT_TIME_S = 10
 DEFAULT_PAIRS = 3
-IPERF_PORT = 5201
-IPERF_GRACE_S = 30.0
-"""How much longer than its test time iperf3 may take (connect, handshake, report)."""
-_SERVER_READY = b"Server listening"
-_BITS_PER_MEGABIT = 1e6
+DEFAULT_TRANSFER_MB = 200
+PARALLEL_STREAMS = 8
+PROFILE_TOP = 10
+UP_CHECK_ATTEMPTS = 3
+_BYTES_PER_MB = 10**6
+EXIT_CORRUPTED = 1
 EXIT_NOT_ROOT = 2
+EXIT_TARGET_MISSED = 3
+
+
+class Figure(StrEnum):
+    """One figure of issue 4, in the order it is measured over each tunnel."""
+
+    PING = "ping"
+    STREAM = "stream"
+    CPU = "cpu"
+    REVERSE = "reverse"
+    PARALLEL = "parallel"
+
+
+class Extra(StrEnum):
+    """What the benchmark does over one more pilotif tunnel, beside the pairs."""
+
+    SHA256 = "sha256"
+    PROFILE = "profile"
 
 
 @dataclass(frozen=True)
-class Run:
-    """One iperf3 test over one tunnel."""
+class Target:
+    """What issue 4 asks of a figure: ratio pilotif / wireguard-go at least or at most."""
+
+    unit: str
+    higher_is_better: bool
+    ratio: float
+
+    def met(self, ratio: float) -> bool:
+        """Whether a ratio pilotif / wireguard-go meets the target."""
+        return ratio >= self.ratio if self.higher_is_better else ratio <= self.ratio
+
+    def __str__(self) -> str:
+        return f"{'>=' if self.higher_is_better else '<='} {self.ratio:g}x"
+
+
+TARGETS = {
+    Figure.PING: Target("ms RTT", higher_is_better=False, ratio=1.0),
+    Figure.STREAM: Target("Mbit/s", higher_is_better=True, ratio=2.5),
+    Figure.CPU: Target("CPU s/GB", higher_is_better=False, ratio=1.0),
+    Figure.REVERSE: Target("Mbit/s", higher_is_better=True, ratio=2.5),
+    Figure.PARALLEL: Target("Mbit/s", higher_is_better=True, ratio=2.0),
+}
+KINDS = (NodeKind.PILOTIF, NodeKind.WIREGUARD_GO)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One figure measured over one tunnel."""
 
     kind: NodeKind
-    megabits_per_s: float
-    retransmits: int
+    figure: Figure
+    value: float
 
 
-def _iperf(a: LabHost, b: LabHost, kind: NodeKind, time_s: int) -> Run:
-    """Bring up a tunnel of `kind` on both hosts and run one iperf3 test from A to B."""
-    address = b.addresses.overlay_v4
-    with tunnel((kind, kind), (a, b), preshared_key=False):
-        if not ping(a.namespace, address).all_answered:
-            raise LabError(f"the {kind} tunnel does not answer ping")
-        server = b.namespace.spawn(
-            "iperf3", "-s", "-1", "--forceflush", "-B", address, "-p", str(IPERF_PORT), pipes=True
+def _measure(
+    a: LabHost, b: LabHost, figures: list[Figure], time_s: int, report: Callable[[str], None]
+) -> dict[Figure, float]:
+    """The chosen figures over the tunnel that is up between A and B."""
+    values: dict[Figure, float] = {}
+    if Figure.PING in figures:
+        rtt = ping_rtt(a, b)
+        values[Figure.PING] = rtt.average_ms
+        report(
+            f"ping average {rtt.average_ms:.3f} ms, median {rtt.median_ms:.3f} ms, lost {rtt.lost}"
         )
-        try:
-            assert server.stdout is not None
-            while _SERVER_READY not in (line := server.stdout.readline()):
-                if not line:
-                    raise LabError("iperf3 server did not start")
-            result = a.namespace.run(
-                "iperf3",
-                "-c",
-                address,
-                "-p",
-                str(IPERF_PORT),
-                "-t",
-                str(time_s),
-                "-J",
-                timeout_s=time_s + IPERF_GRACE_S,
+    if Figure.STREAM in figures or Figure.CPU in figures:
+        run = iperf(a, b, time_s)
+        values[Figure.STREAM] = run.megabits_per_s
+        values[Figure.CPU] = run.cpu_s_per_gb
+        report(
+            f"stream {run.megabits_per_s:7.1f} Mbit/s, retransmits {run.retransmits}, "
+            f"daemons {run.daemon_cpu_s:.2f} CPU s = {run.cpu_s_per_gb:.2f} CPU s/GB"
+        )
+    if Figure.REVERSE in figures:
+        run = iperf(a, b, time_s, "-R")
+        values[Figure.REVERSE] = run.megabits_per_s
+        report(f"reverse {run.megabits_per_s:7.1f} Mbit/s, retransmits {run.retransmits}")
+    if Figure.PARALLEL in figures:
+        run = iperf(a, b, time_s, "-P", str(PARALLEL_STREAMS))
+        values[Figure.PARALLEL] = run.megabits_per_s
+        report(f"parallel {run.megabits_per_s:7.1f} Mbit/s, retransmits {run.retransmits}")
+    return {figure: value for figure, value in values.items() if figure in figures}
+
+
+def _check_up(a: LabHost, b: LabHost, kind: NodeKind) -> None:
+    """Ping through the new tunnel; a failed check is retried (and said) before giving up."""
+    for attempt in range(1, UP_CHECK_ATTEMPTS + 1):
+        if ping(a.namespace, b.addresses.overlay_v4).all_answered:
+            return
+        print(f"the {kind} tunnel lost pings on check {attempt} of {UP_CHECK_ATTEMPTS}", flush=True)
+    raise LabError(f"the {kind} tunnel does not answer ping")
+
+
+def _pairs(a: LabHost, b: LabHost, figures: list[Figure], pairs: int, time_s: int) -> list[Sample]:
+    samples: list[Sample] = []
+    for number in range(1, pairs + 1):
+        for kind in KINDS:
+            with tunnel((kind, kind), (a, b), preshared_key=False):
+                _check_up(a, b, kind)
+
+                def report(line: str, kind: NodeKind = kind, number: int = number) -> None:
+                    print(f"pair {number} {kind:<13} {line}", flush=True)
+
+                values = _measure(a, b, figures, time_s, report)
+            samples += [Sample(kind, figure, value) for figure, value in values.items()]
+    return samples
+
+
+def _summary(samples: list[Sample], figures: list[Figure]) -> bool:
+    """Print median, ratio and target of each figure; whether every target is met."""
+    print(f"\n{'figure':<9} {'pilotif':>10} {'wireguard-go':>12}  unit      ratio  target  met")
+    all_met = True
+    for figure in figures:
+        target = TARGETS[figure]
+        ours, theirs = (
+            statistics.median(s.value for s in samples if s.kind is kind and s.figure is figure)
+            for kind in KINDS
+        )
+        ratio = ours / theirs
+        met = target.met(ratio)
+        all_met = all_met and met
+        print(
+            f"{figure:<9} {ours:>10.3f} {theirs:>12.3f}"
+            f"  {target.unit:<9} {ratio:5.2f}  {target!s:<6}  {'yes' if met else 'NO'}"
+        )
+    return all_met
+
+
+def _print_profile(role: str, raw: Path) -> None:
+    total, entries = self_time(raw)
+    print(f"\n{role} daemon: {total} busy samples, top {PROFILE_TOP} by self time")
+    for entry in entries[:PROFILE_TOP]:
+        print(f"  {entry.share:6.1%} {entry.samples:6d}  {entry.function}")
+
+
+def _extras(a: LabHost, b: LabHost, extras: list[Extra], time_s: int, transfer_mb: int) -> bool:
+    """The sha256 check and the profile over one pilotif tunnel; whether the bytes arrived."""
+    intact = True
+    with tunnel((NodeKind.PILOTIF, NodeKind.PILOTIF), (a, b), preshared_key=False) as nodes:
+        _check_up(a, b, NodeKind.PILOTIF)
+        if Extra.SHA256 in extras:
+            result = checked_transfer(a, b, transfer_mb * _BYTES_PER_MB)
+            intact = result.intact
+            print(
+                f"\nsha256: {result.sent_bytes} bytes sent, {result.received_bytes} received, "
+                f"sha256 {'matches' if intact else 'DIFFERS'} ({result.sent_sha256[:16]}...), "
+                f"{result.megabits_per_s:.1f} Mbit/s"
             )
-        finally:
-            b.namespace.stop(server)
-    report = json.loads(result.stdout)["end"]
-    return Run(
-        kind=kind,
-        megabits_per_s=report["sum_received"]["bits_per_second"] / _BITS_PER_MEGABIT,
-        retransmits=int(report["sum_sent"].get("retransmits", 0)),
-    )
+        if Extra.PROFILE in extras:
+            with tempfile.TemporaryDirectory(prefix="pf-profile-") as directory:
+                raws = {role: Path(directory) / f"{role}.raw" for role in ("sending", "receiving")}
+                recorders = []
+                for node, raw in zip(nodes, raws.values(), strict=True):
+                    assert isinstance(node, PilotifNode)
+                    pid = node.pid()
+                    if pid is None:
+                        raise LabError("the pilotif daemon wrote no PID file")
+                    recorders.append(start_record(pid, time_s, raw))
+                run = iperf(a, b, time_s)
+                for recorder in recorders:
+                    wait_record(recorder, time_s)
+                print(
+                    f"\nprofile: py-spy record --nonblocking --rate 100 --format raw -d {time_s} "
+                    f"on both pilotif daemons during one stream test "
+                    f"({run.megabits_per_s:.1f} Mbit/s while sampled)"
+                )
+                for role, raw in raws.items():
+                    _print_profile(role, raw)
+    return intact
 
 
 def main() -> int:
-    """Run the pairs and print each run, the medians and the ratio."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--time", type=int, default=DEFAULT_TIME_S, help="seconds per run")
+    """Run the pairs and the extras, print every run, the summary and the profile."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--time", type=int, default=DEFAULT_TIME_S, help="seconds per iperf3 test")
     parser.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help="runs of each")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[*Figure, *Extra],
+        metavar="WHAT",
+        help=f"measure only these (default: all of {', '.join([*Figure, *Extra])})",
+    )
+    parser.add_argument(
+        "--transfer-mb", type=int, default=DEFAULT_TRANSFER_MB, help="size of the sha256 transfer"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark builds network namespaces and needs root: run it with sudo")
         return EXIT_NOT_ROOT
+    chosen = set(args.only or [*Figure, *Extra])
+    figures = [figure for figure in Figure if figure in chosen]
+    extras = [extra for extra in Extra if extra in chosen]
 
-    kinds = (NodeKind.PILOTIF, NodeKind.WIREGUARD_GO)
-    runs: list[Run] = []
     print(
-        f"single TCP stream, iperf3 -t {args.time}, MTU {TUNNEL_MTU}, "
-        f"{args.pairs} pairs, {os.cpu_count()} CPUs"
+        f"pilotif vs wireguard-go, MTU {TUNNEL_MTU}, iperf3 -t {args.time}, {args.pairs} pairs, "
+        f"ping -c {PING_COUNT} -i {PING_INTERVAL_S}, {os.cpu_count()} CPUs",
+        flush=True,
     )
+    all_met = True
+    intact = True
     with host_pair() as (a, b):
-        for number in range(1, args.pairs + 1):
-            for kind in kinds:
-                run = _iperf(a, b, kind, args.time)
-                runs.append(run)
-                print(
-                    f"pair {number} {kind:<13} {run.megabits_per_s:9.1f} Mbit/s  "
-                    f"retransmits {run.retransmits}",
-                    flush=True,
-                )
-    medians = {
-        kind: statistics.median(r.megabits_per_s for r in runs if r.kind is kind) for kind in kinds
-    }
-    for kind in kinds:
-        print(f"median {kind:<13} {medians[kind]:9.1f} Mbit/s")
-    ratio = medians[NodeKind.PILOTIF] / medians[NodeKind.WIREGUARD_GO]
-    print(f"ratio pilotif / wireguard-go: {ratio:.2f}")
-    return 0
+        if figures:
+            samples = _pairs(a, b, figures, args.pairs, args.time)
+            all_met = _summary(samples, figures)
+        if extras:
+            intact = _extras(a, b, extras, args.time, args.transfer_mb)
+    if not intact:
+        return EXIT_CORRUPTED
+    return 0 if all_met else EXIT_TARGET_MISSED
 
 
 if __name__ == "__main__":
