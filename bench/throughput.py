@@ -144,9 +144,13 @@ def _measure(
 def _check_up(a: LabHost, b: LabHost, kind: NodeKind) -> None:
     """Ping through the new tunnel; a failed check is retried (and said) before giving up."""
     for attempt in range(1, UP_CHECK_ATTEMPTS + 1):
-        if ping(a.namespace, b.addresses.overlay_v4).all_answered:
+        result = ping(a.namespace, b.addresses.overlay_v4)
+        if result.all_answered:
             return
-        print(f"the {kind} tunnel lost pings on check {attempt} of {UP_CHECK_ATTEMPTS}", flush=True)
+        print(
+            f"the {kind} tunnel lost pings on check {attempt} of {UP_CHECK_ATTEMPTS}: {result}",
+            flush=True,
+        )
     raise LabError(f"the {kind} tunnel does not answer ping")
 
 
