@@ -141,13 +141,23 @@ class Node:
             key = await self.link.fetch_key()
         except RegistryUnreachable:
             return
-        if key != pinned:
+        if key == pinned:
+            return
+        where = f"{self.link.endpoint[0]}:{self.link.endpoint[1]}"
+        if self.options.registry_key is not None:
             raise RegistryKeyMismatch(
-                "registry_key_changed",
-                f"the registry at {self.link.endpoint[0]}:{self.link.endpoint[1]} now has key "
-                f"{encode_key(key)}, not the pinned {encode_key(pinned)}",
-                f"if that is expected, delete {self.pins.registry_pin_path} or pass --registry-key",
+                "registry_key_mismatch",
+                f"the registry at {where} has key {encode_key(key)}, not the one given "
+                f"with --registry-key ({encode_key(pinned)})",
+                "check the key the registry logged at start and pass that to --registry-key",
             )
+        raise RegistryKeyMismatch(
+            "registry_key_changed",
+            f"the registry at {where} now has key {encode_key(key)}, not the pinned "
+            f"{encode_key(pinned)}",
+            f"if that is expected, delete {self.pins.registry_pin_path} "
+            "or pass the new key with --registry-key",
+        )
 
     async def sync_trust(self, now: float) -> None:
         """Fetch the trust list and make the device's peers match it."""

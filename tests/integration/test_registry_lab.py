@@ -25,6 +25,7 @@ from pilotif.lab.checks import (
 from pilotif.lab.nat import (
     LAN_NETWORKS,
     PATH_TIMEOUT_S,
+    REGISTRY,
     Agent,
     NatKind,
     NatLab,
@@ -339,3 +340,30 @@ def test_a_dead_direct_path_falls_back_to_the_relay_within_ten_seconds(
     assert replied_at is not None, "no reply through the relay after the direct path died"
     assert replied_at - cut_at <= FALLBACK_DEADLINE_S
     assert _path(beta, "alpha") == RELAY
+
+
+def test_a_registry_with_another_key_is_refused_with_what_to_do(workdir: Path) -> None:
+    with nat_lab((CONE,), (("alpha", 0),), workdir) as lab:
+        alpha = lab["alpha"]
+        wrong_key = "8J2q0UTNK+cIvDEghP+uuCkp4CemE3wU7/tgcE+GXFE="
+        refused = alpha.pilotif(
+            "up",
+            "--registry",
+            REGISTRY,
+            "--hostname",
+            "alpha",
+            "--registry-key",
+            wrong_key,
+            check=False,
+        )
+        assert refused.returncode != 0
+        message = refused.stderr.strip()
+        assert len(message.splitlines()) == 1, message
+        assert "registry" in message and "--registry-key" in message
+        assert alpha.pid() is None
+        assert "pilot0" not in alpha.namespace.run("ip", "-br", "link").stdout
+
+        # Without the wrong pin (delete the pin file, as the error says) it joins.
+        (alpha.state_dir / "registry.pub").unlink()
+        alpha.up()
+        assert alpha.status()["node"]["registry_online"] is True
