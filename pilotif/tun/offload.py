@@ -517,6 +517,9 @@ class TunBatch:
             return [self._read_view[:length]]
         if length <= self._header:
             return []
+        if not self.offloads.tso:
+            # Without TSO and checksum offload the kernel's header is always empty.
+            return [self._read_view[self._header : length]]
         header = VirtioNetHdr.unpack_from(self._read_buffer)
         packet = self._read_view[self._header : length]
         if header.gso_type == GSO_NONE and not header.flags:
