@@ -552,8 +552,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """What `pilotif status` shows."""
-        now = time.monotonic()
-        wall_offset = time.time() - now
+        wall_offset = self._wall_offset()
         peers = []
         for peer in self.device.peers():
             latest = peer.last_handshake_s

@@ -8,6 +8,8 @@ import struct
 import time
 from ipaddress import IPv4Address
 
+from pilotif.tun.offload import internet_checksum
+
 _ECHO_REQUEST = 8
 _ECHO_REPLY = 0
 _HEADER = struct.Struct("!BBHHH")
@@ -19,18 +21,9 @@ _TTL = 64
 _PATH_CHECK_IDENT = 0x7069
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return int(~total & 0xFFFF)
-
-
 def _echo_message(ident: int, sequence: int) -> bytes:
     header = _HEADER.pack(_ECHO_REQUEST, 0, 0, ident, sequence)
-    checksum = _checksum(header + _PAYLOAD)
+    checksum = internet_checksum(header + _PAYLOAD)
     return _HEADER.pack(_ECHO_REQUEST, 0, checksum, ident, sequence) + _PAYLOAD
 
 
@@ -39,7 +32,7 @@ def echo_request_packet(source: IPv4Address, destination: IPv4Address, sequence:
     message = _echo_message(_PATH_CHECK_IDENT, sequence & 0xFFFF)
     fields = [0x45, 0, _IPV4_HEADER_MIN + len(message), 0, 0, _TTL, socket.IPPROTO_ICMP, 0]
     header = _IPV4_HEADER.pack(*fields, source.packed, destination.packed)
-    fields[7] = _checksum(header)
+    fields[7] = internet_checksum(header)
     return _IPV4_HEADER.pack(*fields, source.packed, destination.packed) + message
 
 

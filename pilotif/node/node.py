@@ -6,14 +6,12 @@ device has and where their packets go, and answers the CLI's trust and peer comm
 """
 
 import asyncio
-import base64
-import binascii
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
 from pilotif.identity import HostnameError, ipv6_for_key, normalize_hostname
-from pilotif.keys import encode_key
+from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event
 from pilotif.node.icmp import echo_request_packet
 from pilotif.node.pins import PinStore
@@ -278,11 +276,11 @@ class Node:
     # -- peers and paths ------------------------------------------------------------
 
     def _key_of(self, node: dict[str, Any]) -> bytes:
+        """The node object's key, or b"" when it has none that decodes."""
         try:
-            key = base64.b64decode(str(node.get("public_key", "")), validate=True)
-        except (binascii.Error, ValueError):
+            return decode_key(str(node.get("public_key", "")))
+        except InvalidKeyError:
             return b""
-        return key if len(key) == 32 else b""
 
     def _add_peer(self, node: dict[str, Any], now: float) -> None:
         key = self._key_of(node)
