@@ -30,7 +30,7 @@ from pilotif.identity import IPV6_PREFIX
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
 from pilotif.node.lan import local_endpoints
-from pilotif.node.node import PROBE_INTERVAL_S, RELAY_HOST, Node, NodeOptions
+from pilotif.node.node import PROBE_INTERVAL_S, RELAY_HOST, Node, NodeOptions, path_of
 from pilotif.node.pins import PinStore
 from pilotif.node.registry_link import RegistryError, RegistryLink
 from pilotif.observe import (
@@ -488,19 +488,13 @@ class Daemon:
         peer = self.node.peers.get(key) if self.node is not None else None
         return peer.hostname if peer is not None else encode_key(key)
 
-    def _path_of(self, key: bytes) -> str:
-        if self.node is not None:
-            return self.node.path_of(key)
-        state = self.device.peer(key)
-        return "direct" if state and state.current and state.endpoint else "none"
-
     def metrics_sample(self) -> NodeSample:
         """The node's metrics now (called at scrape time)."""
         return NodeSample(
             peers=[
                 PeerSample(
                     name=self._peer_name(peer.public_key),
-                    path=self._path_of(peer.public_key),
+                    path=path_of(self.device, peer.public_key),
                     rx_bytes=peer.rx_bytes,
                     tx_bytes=peer.tx_bytes,
                 )

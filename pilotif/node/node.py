@@ -57,6 +57,14 @@ class TrustedPeer:
     """After a direct path failed: stay on the relay until the next probe round."""
 
 
+def path_of(device: Device, key: bytes) -> str:
+    """A peer's path: 'direct', 'relay' or 'none' (no session yet)."""
+    state = device.peer(key)
+    if state is None or state.current is None or state.endpoint is None:
+        return "none"
+    return "relay" if state.endpoint[0] == RELAY_HOST else "direct"
+
+
 @dataclass
 class NodeOptions:
     """How `up` joins a registry."""
@@ -412,13 +420,6 @@ class Node:
             peer.reprobe_at_s = now + REPROBE_INTERVAL_S
             self.request_connect(peer.public_key)
 
-    def path_of(self, key: bytes) -> str:
-        """'direct', 'relay' or 'none' (no session yet)."""
-        state = self.device.peer(key)
-        if state is None or state.current is None or state.endpoint is None:
-            return "none"
-        return "relay" if state.endpoint[0] == RELAY_HOST else "direct"
-
     def names(self) -> dict[str, tuple[ipaddress.IPv4Address, ipaddress.IPv6Address]]:
         """Hostname -> addresses of every trusted peer, for the DNS responder."""
         return {p.hostname: (p.ipv4, p.ipv6) for p in self.peers.values()}
@@ -499,7 +500,7 @@ class Node:
             "public_key": encode_key(peer.public_key),
             "tags": peer.tags,
             "trusted": True,
-            "path": self.path_of(peer.public_key),
+            "path": path_of(self.device, peer.public_key),
             "endpoint": None if endpoint is None or endpoint[0] == RELAY_HOST else endpoint,
             "last_handshake_s": state.last_handshake_s if state else None,
             "rx_bytes": state.rx_bytes if state else 0,
