@@ -105,7 +105,8 @@ class Node:
         """Bumped whenever a peer is added or removed (the DNS table follows it)."""
         self.pin_conflicts: dict[str, dict[str, str]] = {}
         self._slots: dict[int, bytes] = {}
-        self._next_register_s = 0.0
+        self._next_register_s: float | None = None
+        """Set on the first tick: `up` has just registered, the heartbeat follows."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._path_checks = 0
         device.roam_filter = self._may_roam
@@ -191,7 +192,9 @@ class Node:
 
     def tick(self, now: float) -> None:
         """Called about every PROBE_INTERVAL_S: heartbeat, probes, path fallback."""
-        if now >= self._next_register_s:
+        if self._next_register_s is None:
+            self._next_register_s = now + REGISTER_INTERVAL_S
+        elif now >= self._next_register_s:
             self._next_register_s = now + REGISTER_INTERVAL_S
             self._spawn(self._heartbeat(now))
         for peer in self.peers.values():
