@@ -41,7 +41,9 @@ from pilotif.observe import (
     Webhook,
     start_metrics_server,
 )
-from pilotif.overlay.device import Device
+from pilotif.overlay.constants import TRANSPORT_MIN_SIZE
+from pilotif.overlay.crypto import BytesLike
+from pilotif.overlay.device import Device, padded_length
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import (
     Endpoint,
@@ -67,15 +69,18 @@ from pilotif.tun import (
     TunError,
     configure_link,
     delete_link,
+    limit_gso_segments,
     link_exists,
 )
-from pilotif.tun.offload import TunBatch, enable_offloads
+from pilotif.tun.offload import READ_ARENA_BYTES, TunBatch, enable_offloads
 from pilotif.underlay import UdpSockets, UnderlayError, resolve_endpoint
-from pilotif.underlay_batch import UdpBatch
+from pilotif.underlay_batch import RECEIVE_BUFFER_BYTES, UdpBatch, segments_per_send
 
 DEFAULT_MTU = 1420
-READ_BATCH_READS = 64
-"""Reads per wake-up (with TSO one TUN read may carry dozens of packets)."""
+READ_BATCH_PACKETS = 64
+"""TUN packets read, and encrypted as one batch, before they are sent."""
+READ_ROUNDS = 8
+"""Batches of TUN packets, or UDP receives, handled per wake-up."""
 DNS_PORT = 53
 
 
@@ -111,6 +116,12 @@ class Daemon:
         self._tun_io: TunBatch | None = None
         self._udp_io: UdpBatch | None = None
         self._udp: UdpSockets | None = None
+        self._tso_max_segments: int | None = None
+        """The cap on segments per TSO super-packet (one UDP GSO send), if the kernel took it."""
+        self._sealed = memoryview(bytearray(2 * READ_ARENA_BYTES))
+        """Where a batch of TUN packets is encrypted, until it is sent."""
+        self._plaintexts = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
+        """Where the datagrams of one UDP receive are decrypted, until written to the TUN."""
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
@@ -282,6 +293,10 @@ class Daemon:
             log_event("ipv6_unavailable", level=logging.WARNING, error=str(error))
             self.addresses = [a for a in self.addresses if a.version == 4]
             configure_link(self.interface, self.addresses, self.mtu, routes)
+        if self._tun_io.offloads.tso:
+            segments = segments_per_send(padded_length(self.mtu, self.mtu) + TRANSPORT_MIN_SIZE)
+            if limit_gso_segments(self.interface, segments):
+                self._tso_max_segments = segments
 
     async def _start_dns(self, node: Node) -> None:
         """Serve `.pilot` names on our overlay address and point the resolver at it.
@@ -328,35 +343,40 @@ class Daemon:
 
     def _on_tun_readable(self) -> None:
         assert self._tun_io is not None
-        read = self._tun_io.read
-        send_packet = self.device.send_packet
+        read_many = self._tun_io.read_many
+        send_packets = self.device.send_packets
+        sealed = self._sealed
         now = time.monotonic()
-        for _ in range(READ_BATCH_READS):
-            packets = read()
-            if packets is None:
+        for _ in range(READ_ROUNDS):
+            packets = read_many(READ_BATCH_PACKETS)
+            if not packets:
                 break
-            for packet in packets:
-                send_packet(bytes(packet), now)
-        self._flush(now)
+            send_packets(packets, now, sealed)
+            self._flush(now)
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
         assert self._udp_io is not None
         receive = self._udp_io.receive
-        receive_datagram = self.device.receive_datagram
+        receive_datagrams = self.device.receive_datagrams
+        plaintexts = self._plaintexts
         node = self.node
         now = time.monotonic()
-        for _ in range(READ_BATCH_READS):
+        for _ in range(READ_ROUNDS):
             received = receive(sock)
             if received is None:
                 break
             views, source = received
+            if node is None or source != node.link.endpoint:
+                receive_datagrams(views, source, now, plaintexts)
+                self._write_tun()
+                continue
             for view in views:
                 data = bytes(view)
                 if not data:
                     continue
-                if node is None or data[0] < CONTROL_TYPE:
-                    receive_datagram(data, source, now)
-                elif source == node.link.endpoint:
+                if data[0] < CONTROL_TYPE:
+                    self.device.receive_datagram(data, source, now)
+                else:
                     self._on_registry_datagram(node, data, now)
         self._flush(now)
 
@@ -376,7 +396,7 @@ class Daemon:
         self.relay_rx_bytes += len(inner)
         self.device.receive_datagram(inner, endpoint, now)
 
-    def _send_datagram(self, datagram: bytes, endpoint: Endpoint) -> bool:
+    def _send_datagram(self, datagram: BytesLike, endpoint: Endpoint) -> bool:
         """Send to a UDP endpoint, or wrap for the relay when the endpoint is the relay."""
         if self._udp is None:
             return False
@@ -428,16 +448,21 @@ class Daemon:
             device.outgoing.clear()
             if failed:
                 device.drops[DropReason.SEND_FAILED] += failed
-        if device.to_tun:
-            if self._tun_io is not None:
-                device.drops[DropReason.TUN_WRITE_FAILED] += self._tun_io.write(device.to_tun)
-            device.to_tun.clear()
+        self._write_tun()
         if device.events:
             for event in device.events:
                 _log_overlay_event(event)
                 self._publish_overlay_event(event)
             device.events.clear()
         self._rearm_timer()
+
+    def _write_tun(self) -> None:
+        """Write the decrypted packets to the TUN (they may point into `_plaintexts`)."""
+        device = self.device
+        if device.to_tun:
+            if self._tun_io is not None:
+                device.drops[DropReason.TUN_WRITE_FAILED] += self._tun_io.write(device.to_tun)
+            device.to_tun.clear()
 
     def _rearm_timer(self) -> None:
         deadline = self.device.next_timer()
@@ -573,6 +598,7 @@ class Daemon:
             "drops": {str(reason): count for reason, count in self.device.drops.items()},
             "offloads": {
                 "tun": self._tun_io.offloads.status() if self._tun_io else None,
+                "tso_max_segments": self._tso_max_segments,
                 "udp": self._udp_io.status() if self._udp_io else None,
             },
             "node": self.node.status() if self.node is not None else None,

@@ -4,6 +4,7 @@ import contextlib
 import errno
 import socket
 
+from pilotif.overlay.crypto import BytesLike
 from pilotif.overlay.events import Endpoint
 
 _SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -53,7 +54,7 @@ class UdpSockets:
         """The open sockets, to watch for input."""
         return [s for s in (self.v4, self.v6) if s is not None]
 
-    def send(self, datagram: bytes, endpoint: Endpoint) -> bool:
+    def send(self, datagram: BytesLike, endpoint: Endpoint) -> bool:
         """Send one datagram; False if the kernel refused it."""
         sock = self.v6 if ":" in endpoint[0] else self.v4
         if sock is None:

@@ -28,11 +28,17 @@ UDP_MAX_SEGMENTS: Final = 64
 """Datagrams one GSO send may carry (the kernel's UDP_MAX_SEGMENTS)."""
 MAX_GSO_BYTES: Final = 65535 - 20 - 8
 """Bytes one GSO send may carry: the largest IPv4 UDP payload."""
-_RECEIVE_BUFFER_BYTES: Final = 65535
+RECEIVE_BUFFER_BYTES: Final = 65535
+"""The most bytes one receive returns (the datagrams of one GRO batch together)."""
 _GSO_SIZE: Final = struct.Struct("=H")
 _GRO_SIZE_INT: Final = struct.Struct("=i")
 _ANCILLARY_BYTES: Final = socket.CMSG_SPACE(_GRO_SIZE_INT.size)
 _DISABLING_ERRNOS: Final = frozenset({errno.EIO, errno.EINVAL})
+
+
+def segments_per_send(datagram_bytes: int) -> int:
+    """How many datagrams of `datagram_bytes` one GSO send may carry."""
+    return max(1, min(UDP_MAX_SEGMENTS, MAX_GSO_BYTES // datagram_bytes))
 
 
 def gso_groups(
@@ -81,7 +87,7 @@ class _BatchSocket:
         self.gso = _probe(sock, UDP_SEGMENT, None)
         self.gro = gro and _probe(sock, UDP_GRO, 1)
         self.disabled: str | None = None
-        self.buffer = bytearray(_RECEIVE_BUFFER_BYTES)
+        self.buffer = bytearray(RECEIVE_BUFFER_BYTES)
         self.view = memoryview(self.buffer)
 
     def status(self) -> dict[str, Any]:
@@ -181,7 +187,7 @@ class UdpBatch:
         count = -(-len(view) // segment_size)
         if batch is None:
             return count
-        per_send = min(UDP_MAX_SEGMENTS, MAX_GSO_BYTES // segment_size) * segment_size
+        per_send = segments_per_send(segment_size) * segment_size
         failed = 0
         for start in range(0, len(view), per_send):
             chunk = view[start : start + per_send]

@@ -16,13 +16,16 @@ Wall time is needed only for the TAI64N timestamp of initiations:
 """
 
 import os
-from collections.abc import Callable, Iterable
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network
+from typing import Final
 
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
 from pilotif.overlay.constants import (
+    AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
     KEEPALIVE_TIMEOUT_S,
     MAX_STAGED_PACKETS,
@@ -31,6 +34,7 @@ from pilotif.overlay.constants import (
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
     PADDING_MULTIPLE,
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME_S,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME_S,
@@ -44,7 +48,7 @@ from pilotif.overlay.constants import (
     UNDER_LOAD_HOLD_S,
 )
 from pilotif.overlay.cookie import CookieChecker, CookieGenerator, source_bytes
-from pilotif.overlay.crypto import KEY_SIZE, generate_private_key, tai64n
+from pilotif.overlay.crypto import KEY_SIZE, BytesLike, generate_private_key, tai64n
 from pilotif.overlay.drops import DropReason, new_drop_counters
 from pilotif.overlay.events import (
     Endpoint,
@@ -78,8 +82,17 @@ MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME_S / REKEY_TIMEOUT_S)
 ZERO_KEYS_AFTER_S = REJECT_AFTER_TIME_S * 3
 NO_PRESHARED_KEY = bytes(KEY_SIZE)
 _INDEX_SPACE = 2**32
-_NONCE_PREFIX = bytes(4)
+_NONCE: Final = struct.Struct("<4xQ")
+"""The AEAD nonce of a transport counter: four zero bytes, then the counter."""
 _PADDING = bytes(PADDING_MULTIPLE)
+_TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
+
+
+def padded_length(length: int, mtu: int) -> int:
+    """A plaintext's length after WireGuard's padding: up to a multiple of 16, not past
+    the MTU (a longer packet is not padded)."""
+    padded = length + (-length % PADDING_MULTIPLE)
+    return padded if padded <= mtu else max(length, mtu)
 
 
 class Device:
@@ -97,6 +110,7 @@ class Device:
         self.mtu = mtu
         self.wall_offset_s = wall_offset_s
         self._random_bytes = random_bytes
+        self._pad_scratch = bytearray(mtu)
         self._cookie_checker = CookieChecker(self.local, random_bytes)
         self._peers: dict[bytes, Peer] = {}
         self._routes: AllowedIPs[Peer] = AllowedIPs()
@@ -104,8 +118,8 @@ class Device:
         self._handshakes_window_start_s = 0.0
         self._handshakes_in_window = 0
         self._under_load_until_s = -1.0
-        self.outgoing: list[tuple[bytes, Endpoint]] = []
-        self.to_tun: list[bytes] = []
+        self.outgoing: list[tuple[BytesLike, Endpoint]] = []
+        self.to_tun: list[BytesLike] = []
         self.events: list[Event] = []
         self.drops = new_drop_counters()
         self.roam_filter: Callable[[Peer, Endpoint, float], bool] | None = None
@@ -215,6 +229,76 @@ class Device:
         peer.staged.append(bytes(packet))
         self._send_initiation(peer, now, is_retry=False)
 
+    def send_packets(self, packets: Sequence[BytesLike], now: float, sealed: memoryview) -> None:
+        """Route and encrypt IP packets from the TUN, in order: `send_packet` for each.
+
+        Packets for a peer with a usable session are sealed back to back into `sealed`
+        with one bookkeeping per run of packets to the same destination; the views of
+        them appended to `outgoing` are valid until the caller reuses `sealed`. A packet
+        that does not fit, or has no session yet, takes `send_packet`'s way.
+        """
+        scratch = self._pad_scratch
+        outgoing = self.outgoing
+        pack_header = TRANSPORT_HEADER.pack_into
+        pack_nonce = _NONCE.pack
+        mtu = self.mtu
+        capacity = len(sealed)
+        offset = run_start = counter = remote_index = 0
+        run: tuple[Peer, Keypair, Endpoint] | None = None
+        run_destination = b""
+        for packet in packets:
+            addresses = packet_addresses(packet)
+            if run is not None and (addresses is None or addresses[1] != run_destination):
+                self._sent_run(run, counter, offset - run_start, now)
+                run = None
+            if run is None and addresses is not None:
+                run = self._send_run(addresses[1], now)
+                if run is not None:
+                    run_destination = addresses[1]
+                    counter, remote_index = run[1].send_counter, run[1].remote_index
+                    run_start = offset
+            length = len(packet)
+            padded = padded_length(length, mtu)
+            end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
+            if run is None or end > capacity or counter >= REJECT_AFTER_MESSAGES:
+                if run is not None:
+                    self._sent_run(run, counter, offset - run_start, now)
+                    run = None
+                self.send_packet(bytes(packet), now)
+                continue
+            pack_header(sealed, offset, MESSAGE_TRANSPORT, remote_index, counter)
+            if padded != length:
+                scratch[:length] = packet
+                scratch[length:padded] = _PADDING[: padded - length]
+                packet = scratch[:padded]
+            run[1].send_aead.encrypt_into(
+                pack_nonce(counter), packet, None, sealed[offset + TRANSPORT_HEADER_SIZE : end]
+            )
+            outgoing.append((sealed[offset:end], run[2]))
+            counter += 1
+            offset = end
+        if run is not None:
+            self._sent_run(run, counter, offset - run_start, now)
+
+    def _send_run(self, destination: bytes, now: float) -> tuple[Peer, Keypair, Endpoint] | None:
+        """The peer, session and endpoint that packets to `destination` go out with now,
+        if it has all three."""
+        peer = self._routes.lookup(destination)
+        if peer is None or peer.endpoint is None:
+            return None
+        keypair = peer.current
+        if keypair is None or not keypair.can_send(now):
+            return None
+        return peer, keypair, peer.endpoint
+
+    def _sent_run(
+        self, run: tuple[Peer, Keypair, Endpoint], counter: int, sent_bytes: int, now: float
+    ) -> None:
+        peer, keypair, _ = run
+        keypair.send_counter = counter
+        self._sent_transport(peer, sent_bytes, True, now)
+        self._keep_key_fresh_sending(peer, keypair, now)
+
     def _send_transport(
         self,
         peer: Peer,
@@ -227,21 +311,23 @@ class Device:
         assert destination is not None
         counter = keypair.send_counter
         keypair.send_counter = counter + 1
-        padding = -len(packet) % PADDING_MULTIPLE
-        if len(packet) + padding > self.mtu:
-            padding = max(0, self.mtu - len(packet))
+        padding = padded_length(len(packet), self.mtu) - len(packet)
         plaintext = packet + _PADDING[:padding] if padding else packet
-        nonce = _NONCE_PREFIX + counter.to_bytes(8, "little")
         datagram = TRANSPORT_HEADER.pack(
             MESSAGE_TRANSPORT, keypair.remote_index, counter
-        ) + keypair.send_aead.encrypt(nonce, plaintext, None)
+        ) + keypair.send_aead.encrypt(_NONCE.pack(counter), plaintext, None)
         self.outgoing.append((datagram, destination))
-        peer.tx_bytes += len(datagram)
-        if packet and peer.unanswered_since_s is None:
+        self._sent_transport(peer, len(datagram), bool(packet), now)
+
+    def _sent_transport(self, peer: Peer, sent_bytes: int, data: bool, now: float) -> None:
+        """The timers and counters of transport messages just sent (`data`: not only
+        keepalives)."""
+        peer.tx_bytes += sent_bytes
+        if data and peer.unanswered_since_s is None:
             peer.unanswered_since_s = now
         timers = peer.timers
         timers.send_keepalive = None
-        if packet and timers.new_handshake is None:
+        if data and timers.new_handshake is None:
             timers.new_handshake = now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S
         self._arm_persistent_keepalive(peer, now)
 
@@ -339,6 +425,93 @@ class Device:
         except HandshakeError as error:
             self.drops[error.reason] += 1
 
+    def receive_datagrams(
+        self, datagrams: Sequence[BytesLike], source: Endpoint, now: float, plaintexts: memoryview
+    ) -> None:
+        """Handle the UDP payloads of one receive from `source`, in order:
+        `receive_datagram` for each.
+
+        Transport messages of an established session are decrypted back to back into
+        `plaintexts` (which must hold the sum of their lengths) with one bookkeeping per
+        run of one session; the packets appended to `to_tun` are views into it, valid
+        until the caller reuses `plaintexts`.
+        """
+        drops = self.drops
+        to_tun = self.to_tun
+        unpack_header = TRANSPORT_HEADER.unpack_from
+        pack_nonce = _NONCE.pack
+        lookup = self._routes.lookup
+        offset = run_bytes = 0
+        run_data = False
+        run_index = -1
+        run: tuple[Peer, Keypair] | None = None
+        allowed_source = b""
+        for datagram in datagrams:
+            if len(datagram) >= TRANSPORT_MIN_SIZE:
+                kind, index, counter = unpack_header(datagram)
+                if kind == MESSAGE_TRANSPORT and index != run_index:
+                    if run is not None and run_bytes:
+                        self._received_transport(*run, source, run_bytes, run_data, now)
+                    run = self._receive_run(index, now)
+                    run_index = index if run is not None else -1
+                    run_bytes = 0
+                    run_data = False
+                    allowed_source = b""
+                if run is not None and kind == MESSAGE_TRANSPORT and index == run_index:
+                    peer, keypair = run
+                    replay = keypair.replay
+                    if not replay.check(counter):
+                        drops[DropReason.REPLAY] += 1
+                        continue
+                    length = len(datagram) - _TRANSPORT_OVERHEAD_BYTES
+                    plaintext = plaintexts[offset : offset + length]
+                    try:
+                        keypair.receive_aead.decrypt_into(
+                            pack_nonce(counter),
+                            memoryview(datagram)[TRANSPORT_HEADER_SIZE:],
+                            None,
+                            plaintext,
+                        )
+                    except InvalidTag:
+                        drops[DropReason.DECRYPT_FAILED] += 1
+                        continue
+                    if not replay.update(counter):
+                        drops[DropReason.REPLAY] += 1
+                        continue
+                    run_bytes += len(datagram)
+                    if not length:
+                        continue
+                    run_data = True
+                    addresses = packet_addresses(plaintext)
+                    if addresses is None:
+                        drops[DropReason.NOT_IP] += 1
+                        continue
+                    if addresses[0] != allowed_source:
+                        if lookup(addresses[0]) is not peer:
+                            drops[DropReason.SOURCE_NOT_ALLOWED] += 1
+                            continue
+                        allowed_source = addresses[0]
+                    to_tun.append(plaintext[: addresses[2]])
+                    offset += length
+                    continue
+            if run is not None and run_bytes:
+                self._received_transport(*run, source, run_bytes, run_data, now)
+            run = None
+            run_index = -1
+            self.receive_datagram(bytes(datagram), source, now)
+        if run is not None and run_bytes:
+            self._received_transport(*run, source, run_bytes, run_data, now)
+
+    def _receive_run(self, index: int, now: float) -> tuple[Peer, Keypair] | None:
+        """The peer and session of a receiver index, if it is one that takes data now
+        without a change of state (not a session still waiting for its first message)."""
+        peer, keypair = self._by_index.get(index, (None, None))
+        if peer is None or not isinstance(keypair, Keypair):
+            return None
+        if keypair is peer.next or not keypair.can_receive(now):
+            return None
+        return peer, keypair
+
     def _receive_transport(self, data: bytes, source: Endpoint, now: float) -> None:
         type_word, index, counter = TRANSPORT_HEADER.unpack_from(data)
         if type_word != MESSAGE_TRANSPORT:
@@ -354,10 +527,9 @@ class Device:
         if not keypair.replay.check(counter):
             self.drops[DropReason.REPLAY] += 1
             return
-        nonce = _NONCE_PREFIX + counter.to_bytes(8, "little")
         try:
             plaintext = keypair.receive_aead.decrypt(
-                nonce, memoryview(data)[TRANSPORT_HEADER_SIZE:], None
+                _NONCE.pack(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None
             )
         except InvalidTag:
             self.drops[DropReason.DECRYPT_FAILED] += 1
@@ -365,8 +537,32 @@ class Device:
         if not keypair.replay.update(counter):
             self.drops[DropReason.REPLAY] += 1
             return
-        peer.rx_bytes += len(data)
-        self._authenticated_from(peer, source, now, answered=bool(plaintext))
+        self._received_transport(peer, keypair, source, len(data), bool(plaintext), now)
+        if not plaintext:
+            return
+        addresses = packet_addresses(plaintext)
+        if addresses is None:
+            self.drops[DropReason.NOT_IP] += 1
+            return
+        if self._routes.lookup(addresses[0]) is not peer:
+            self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
+            return
+        length = addresses[2]
+        self.to_tun.append(plaintext if length == len(plaintext) else plaintext[:length])
+
+    def _received_transport(
+        self,
+        peer: Peer,
+        keypair: Keypair,
+        source: Endpoint,
+        received_bytes: int,
+        data: bool,
+        now: float,
+    ) -> None:
+        """The roaming, session rotation, timers and counters of authenticated transport
+        messages from `source` (`data`: not only keepalives)."""
+        peer.rx_bytes += received_bytes
+        self._authenticated_from(peer, source, now, answered=data)
         if keypair is peer.next:
             self._forget_keypair(peer.previous)
             peer.previous = peer.current
@@ -383,19 +579,8 @@ class Device:
             and now - keypair.created_s > REKEY_ON_RECEIVE_AGE_S
         ):
             self._send_initiation(peer, now, is_retry=False)
-        if not plaintext:
-            return
-        if timers.send_keepalive is None:
+        if data and timers.send_keepalive is None:
             timers.send_keepalive = now + KEEPALIVE_TIMEOUT_S
-        addresses = packet_addresses(plaintext)
-        if addresses is None:
-            self.drops[DropReason.NOT_IP] += 1
-            return
-        if self._routes.lookup(addresses[0]) is not peer:
-            self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
-            return
-        length = addresses[2]
-        self.to_tun.append(plaintext if length == len(plaintext) else plaintext[:length])
 
     def _under_load(self, now: float) -> bool:
         if now - self._handshakes_window_start_s >= 1.0:

@@ -14,7 +14,7 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.constants import AEAD_TAG_SIZE
-from pilotif.overlay.crypto import KEY_SIZE, aead_decrypt, aead_encrypt, dh, hash_, kdf2
+from pilotif.overlay.crypto import KEY_SIZE, BytesLike, aead_decrypt, aead_encrypt, dh, hash_, kdf2
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.replay import ReplayWindow
@@ -152,7 +152,7 @@ class ControlChannel:
         return message
 
 
-def pack_relay(peer_public: bytes, inner: bytes) -> bytes:
+def pack_relay(peer_public: bytes, inner: BytesLike) -> bytes:
     """`0x51 0 0 0 | peer key | inner datagram`."""
     if len(peer_public) != KEY_SIZE:
         raise ValueError("a public key is 32 bytes")

@@ -6,6 +6,7 @@ from pilotif.tun.link import (
     LinkError,
     configure_link,
     delete_link,
+    limit_gso_segments,
     link_exists,
 )
 
@@ -16,5 +17,6 @@ __all__ = [
     "TunError",
     "configure_link",
     "delete_link",
+    "limit_gso_segments",
     "link_exists",
 ]

@@ -91,6 +91,21 @@ def configure_link(
                 _replace_route(ipr, index, network)
 
 
+def limit_gso_segments(name: str, segments: int) -> bool:
+    """Cap the TCP segments the kernel puts in one super-packet for `name` (TSO reads);
+    whether the kernel took it.
+
+    A super-packet whose segments fit one UDP GSO send leaves as one send and arrives as
+    one GRO receive, one write into the peer's TUN and one ACK back.
+    """
+    try:
+        with IPRoute() as ipr:
+            ipr.link("set", index=_index(ipr, name), gso_max_segs=segments)
+    except NetlinkError:
+        return False
+    return True
+
+
 def _connected(
     network: IPv4Network | IPv6Network, addresses: Sequence[IPv4Interface | IPv6Interface]
 ) -> bool:

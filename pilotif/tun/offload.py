@@ -18,11 +18,14 @@ so every sum here is kept in that "little" domain and written back little-endian
 import contextlib
 import errno
 import fcntl
+import functools
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
 
 from pilotif.overlay.crypto import BytesLike
 from pilotif.tun.device import TunDevice
@@ -45,6 +48,8 @@ _TUNSETVNETHDRSZ: Final = 0x400454D8
 
 MAX_IP_PACKET_BYTES: Final = 65535
 """The largest packet a read returns or a coalesced write carries (IPv4 total length)."""
+READ_ARENA_BYTES: Final = 4 * MAX_IP_PACKET_BYTES
+"""Room for the packets of one `TunBatch.read_many` (a read needs a whole packet's room)."""
 MAX_GSO_SEGMENTS: Final = 128
 """Segments one super-packet may split into (64 KiB of 536-byte segments fits)."""
 
@@ -183,7 +188,7 @@ class TunOffloads:
         }
 
 
-def enable_offloads(tun: TunDevice, *, tso: bool = False, uso: bool = True) -> TunOffloads:
+def enable_offloads(tun: TunDevice, *, tso: bool = True, uso: bool = True) -> TunOffloads:
     """Set up the virtio header on `tun`, and with `tso` ask for checksum, TSO and (with
     `uso`) USO offloads on reads.
 
@@ -220,14 +225,15 @@ def enable_offloads(tun: TunDevice, *, tso: bool = False, uso: bool = True) -> T
 
 
 def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[memoryview]:
-    """Split a super-packet into complete packets written back to back into `out`.
+    """Split a super-packet into complete packets, one per row of `out`.
 
     `packet` is what follows the virtio header. A packet without GSO comes back as it
     is, its checksum completed when the kernel left it partial (then `packet` must be
     writable). Each segment gets its own IPv4 ID, total length and header checksum (or
     IPv6 payload length), TCP sequence number (FIN, PSH only on the last, CWR only on
-    the first) or UDP length, and a full transport checksum. The views point into
-    `out`, which must hold the segments and their repeated headers.
+    the first) or UDP length, and a full transport checksum. All segments are built at
+    once with numpy: one row of `out` each (the rows of a segment size that is odd get a
+    zero byte more, so that every row sums in 16-bit words). The views point into `out`.
     Raises OffloadError for a header that does not describe the packet.
     """
     gso_type = header.gso_type & ~_GSO_ECN
@@ -261,58 +267,75 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
         checksum_at = start + _UDP_CHECKSUM
     payload_len = len(packet) - header_len
     gso_size = header.gso_size
-    count = -(-payload_len // gso_size)
+    full, remainder = divmod(payload_len, gso_size)
+    count = full + (remainder > 0)
     if payload_len <= 0 or count > MAX_GSO_SEGMENTS:
         raise OffloadError(f"super-packet of {payload_len} bytes in {count} segments")
-    if count * header_len + payload_len > len(out):
+    stride = header_len + gso_size + (header_len + gso_size) % 2
+    if count * stride > len(out):
         raise OffloadError("split buffer too small")
-    pseudo = int.from_bytes(addresses, "little") + (protocol << 8)
-    headers = bytearray(packet[:header_len])
-    headers[checksum_at] = headers[checksum_at + 1] = 0
-    first_id = first_seq = last_flags = middle_flags = ip_sum = 0
+
+    rows = np.frombuffer(out, np.uint8, count * stride).reshape(count, stride)
+    rows[:, :header_len] = np.frombuffer(packet, np.uint8, header_len)
+    payload = np.frombuffer(packet, np.uint8, offset=header_len)
+    rows[:full, header_len : header_len + gso_size] = payload[: full * gso_size].reshape(
+        full, gso_size
+    )
+    rows[:, header_len + gso_size :] = 0
+    if remainder:
+        rows[full, header_len : header_len + remainder] = payload[full * gso_size :]
+        rows[full, header_len + remainder :] = 0
+    sizes = np.full(count, header_len + gso_size, np.uint32)
+    sizes[-1] = header_len + (remainder or gso_size)
+    index = np.arange(count, dtype=np.uint32)
+
+    def field(offset: int, dtype: str) -> Any:
+        width = np.dtype(dtype).itemsize
+        return rows[:, offset : offset + width].view(dtype)[:, 0]
+
     if version == _IPV4:
-        first_id = _U16.unpack_from(headers, _IPV4_ID)[0]
-        _U16_PAIR.pack_into(headers, _IPV4_TOTAL_LENGTH, 0, 0)
-        _U16.pack_into(headers, _IPV4_CHECKSUM, 0)
-        ip_sum = int.from_bytes(headers[:ip_len], "little")
+        field(_IPV4_TOTAL_LENGTH, ">u2")[:] = sizes
+        first_id = _U16.unpack_from(packet, _IPV4_ID)[0]
+        field(_IPV4_ID, ">u2")[:] = (first_id + index) % _ID_SPACE
+        field(_IPV4_CHECKSUM, ">u2")[:] = 0
+        ip_sums = rows[:, :ip_len].view(">u2").sum(axis=1, dtype=np.uint64)
+        field(_IPV4_CHECKSUM, ">u2")[:] = _ones_complement(ip_sums)
+    else:
+        field(_IPV6_PAYLOAD_LENGTH, ">u2")[:] = sizes - _IPV6_HEADER_BYTES
+    transport_lengths = sizes - start
     if is_tcp:
-        first_seq = _U32.unpack_from(headers, start + _TCP_SEQ)[0]
-        last_flags = headers[start + _TCP_FLAGS]
-        middle_flags = last_flags & ~(_TCP_FIN | _TCP_PSH)
+        first_seq = _U32.unpack_from(packet, start + _TCP_SEQ)[0]
+        field(start + _TCP_SEQ, ">u4")[:] = (first_seq + index.astype(np.uint64) * gso_size) % (
+            _SEQ_SPACE
+        )
+        flags = packet[start + _TCP_FLAGS]
+        rows[:, start + _TCP_FLAGS] = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
+        rows[0, start + _TCP_FLAGS] |= flags & _TCP_CWR
+        rows[-1, start + _TCP_FLAGS] |= flags & (_TCP_FIN | _TCP_PSH)
+    else:
+        field(start + _UDP_LENGTH, ">u2")[:] = transport_lengths
+    field(checksum_at, ">u2")[:] = 0
+    pseudo = _pseudo_sum_be(addresses, protocol)
+    sums = rows[:, start:].view(">u2").sum(axis=1, dtype=np.uint64) + transport_lengths + pseudo
+    checksums = _ones_complement(sums)
+    if not is_tcp:
+        checksums[checksums == 0] = _ONES
+    field(checksum_at, ">u2")[:] = checksums
     view = memoryview(out)
-    segments: list[memoryview] = []
-    offset = 0
-    data = header_len
-    for index in range(count):
-        chunk = min(gso_size, len(packet) - data)
-        size = header_len + chunk
-        view[offset : offset + header_len] = headers
-        view[offset + header_len : offset + size] = packet[data : data + chunk]
-        transport_len = size - start
-        if version == _IPV4:
-            ip_id = (first_id + index) % _ID_SPACE
-            ip_checksum = _swap16(-(ip_sum + _swap16(size) + _swap16(ip_id)) % _ONES)
-            _U16_PAIR.pack_into(out, offset + _IPV4_TOTAL_LENGTH, size, ip_id)
-            _U16.pack_into(out, offset + _IPV4_CHECKSUM, ip_checksum)
-        else:
-            _U16.pack_into(out, offset + _IPV6_PAYLOAD_LENGTH, size - _IPV6_HEADER_BYTES)
-        if is_tcp:
-            _U32.pack_into(
-                out, offset + start + _TCP_SEQ, (first_seq + index * gso_size) % _SEQ_SPACE
-            )
-            flags = last_flags if index == count - 1 else middle_flags
-            out[offset + start + _TCP_FLAGS] = flags if index == 0 else flags & ~_TCP_CWR
-        else:
-            _U16.pack_into(out, offset + start + _UDP_LENGTH, transport_len)
-        segment = view[offset + start : offset + size]
-        checksum = -(pseudo + _swap16(transport_len) + int.from_bytes(segment, "little")) % _ONES
-        if not is_tcp and checksum == 0:
-            checksum = _ONES
-        _U16_LE.pack_into(out, offset + checksum_at, checksum)
-        segments.append(view[offset : offset + size])
-        offset += size
-        data += chunk
-    return segments
+    return [view[row * stride : row * stride + size] for row, size in enumerate(sizes.tolist())]
+
+
+def _pseudo_sum_be(addresses: BytesLike, protocol: int) -> int:
+    """The pseudo-header's addresses and protocol summed in big-endian 16-bit words."""
+    words: tuple[int, ...] = struct.unpack(f"!{len(addresses) // 2}H", addresses)
+    return sum(words) + protocol
+
+
+def _ones_complement(sums: Any) -> Any:
+    """The 16-bit ones' complement of 64-bit sums of 16-bit words (numpy, per row)."""
+    for _ in range(3):
+        sums = (sums & _ONES) + (sums >> 16)
+    return (~sums) & _ONES
 
 
 def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> None:
@@ -327,19 +350,103 @@ def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> 
 # -- coalescing what we write (GRO) -----------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Flow:
-    """A super-packet being built: the first segment's headers, then every payload."""
+@functools.cache
+def _header_mask(ip_len: int, header_len: int) -> int:
+    """Ones over the header bytes that every segment of one super-packet shares.
 
-    buffer: bytearray
-    ip_len: int
-    header_len: int
-    gso_size: int
-    next_seq: int
-    segments: int = 1
-    closed: bool = False
-    """A PSH or a short segment ends the super-packet."""
-    first: BytesLike = field(default=b"")
+    Zeros over what differs from segment to segment: the IPv4 total length, ID and
+    header checksum (IPv6: payload length), the TCP sequence number, PSH and checksum.
+    """
+    mask = bytearray(b"\xff" * header_len)
+    varying = [(_IPV4_TOTAL_LENGTH, 4), (_IPV4_CHECKSUM, 2)]
+    if ip_len == _IPV6_HEADER_BYTES:
+        varying = [(_IPV6_PAYLOAD_LENGTH, 2)]
+    varying += [(ip_len + _TCP_SEQ, 4), (ip_len + _TCP_CHECKSUM, 2)]
+    for start, size in varying:
+        mask[start : start + size] = bytes(size)
+    mask[ip_len + _TCP_FLAGS] &= ~_TCP_PSH
+    return int.from_bytes(mask, "big")
+
+
+class _Flow:
+    """A super-packet being built: the first segment's headers, then every payload.
+
+    A segment continues it when its headers, read as one big-endian integer, equal the
+    first segment's wherever `_header_mask` has ones and its sequence number is the
+    next one: one integer comparison per segment instead of a field-by-field parse.
+    """
+
+    __slots__ = (
+        "buffer",
+        "closed",
+        "first",
+        "gso_size",
+        "header_len",
+        "ip_len",
+        "length_base",
+        "length_shift",
+        "mask",
+        "next_seq",
+        "psh_shift",
+        "segments",
+        "seq_shift",
+        "template",
+    )
+
+    def __init__(self, packet: BytesLike, ip_len: int, header_len: int, seq: int, psh: bool):
+        payload = len(packet) - header_len
+        self.buffer = bytearray(_ZERO_VNET_HDR + packet)
+        self.first = packet
+        self.ip_len = ip_len
+        self.header_len = header_len
+        self.gso_size = payload
+        self.next_seq = (seq + payload) % _SEQ_SPACE
+        self.segments = 1
+        self.closed = psh
+        """A PSH or a short segment ends the super-packet."""
+        self.template = int.from_bytes(packet[:header_len], "big")
+        self.mask = _header_mask(ip_len, header_len)
+        self.seq_shift = (header_len - ip_len - _TCP_SEQ - 4) * 8
+        self.psh_shift = (header_len - ip_len - _TCP_FLAGS - 1) * 8 + _TCP_PSH.bit_length() - 1
+        if ip_len == _IPV6_HEADER_BYTES:
+            self.length_shift = (header_len - _IPV6_PAYLOAD_LENGTH - 2) * 8
+            self.length_base = _IPV6_HEADER_BYTES
+        else:
+            self.length_shift = (header_len - _IPV4_TOTAL_LENGTH - 2) * 8
+            self.length_base = 0
+
+    def extend(self, packet: BytesLike, verify: bool) -> bool:
+        """Append `packet` if it is this flow's next segment; whether it was."""
+        if self.closed:
+            return False
+        header_len = self.header_len
+        payload = len(packet) - header_len
+        if (
+            payload <= 0
+            or payload > self.gso_size
+            or len(self.buffer) + payload > VIRTIO_NET_HDR_SIZE + MAX_IP_PACKET_BYTES
+        ):
+            return False
+        word = int.from_bytes(packet[:header_len], "big")
+        if (
+            (word ^ self.template) & self.mask
+            or (word >> self.seq_shift) & 0xFFFFFFFF != self.next_seq
+            or (word >> self.length_shift) & 0xFFFF != len(packet) - self.length_base
+        ):
+            return False
+        if verify and not _tcp_checksum_ok(packet, self.ip_len):
+            return False
+        if verify and self.segments == 1 and not _tcp_checksum_ok(self.first, self.ip_len):
+            self.closed = True
+            return False
+        self.buffer += packet[header_len:]
+        self.segments += 1
+        self.next_seq = (self.next_seq + payload) % _SEQ_SPACE
+        psh = (word >> self.psh_shift) & 1
+        if psh:
+            self.buffer[VIRTIO_NET_HDR_SIZE + self.ip_len + _TCP_FLAGS] |= _TCP_PSH
+        self.closed = bool(psh) or payload < self.gso_size
+        return True
 
 
 def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[BytesLike]:
@@ -353,44 +460,21 @@ def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[Bytes
     """
     writes: list[BytesLike | _Flow] = []
     flows: dict[bytes, _Flow] = {}
+    last: _Flow | None = None
     for packet in packets:
+        if last is not None and last.extend(packet, verify):
+            continue
         candidate = _tcp_candidate(packet)
         if candidate is None:
             writes.append(_ZERO_VNET_HDR + packet)
             continue
         key, ip_len, header_len, seq, psh = candidate
-        payload = len(packet) - header_len
         flow = flows.get(key)
-        if (
-            flow is not None
-            and not flow.closed
-            and seq == flow.next_seq
-            and header_len == flow.header_len
-            and payload <= flow.gso_size
-            and len(flow.buffer) + payload <= VIRTIO_NET_HDR_SIZE + MAX_IP_PACKET_BYTES
-            and (not verify or _tcp_checksum_ok(packet, ip_len))
-        ):
-            if flow.segments == 1 and verify and not _tcp_checksum_ok(flow.first, ip_len):
-                flow.closed = True
-            else:
-                flow.buffer += packet[header_len:]
-                flow.segments += 1
-                flow.next_seq = (seq + payload) % _SEQ_SPACE
-                if psh:
-                    flow.buffer[VIRTIO_NET_HDR_SIZE + ip_len + _TCP_FLAGS] |= _TCP_PSH
-                flow.closed = psh or payload < flow.gso_size
-                continue
-        flow = _Flow(
-            buffer=bytearray(_ZERO_VNET_HDR + packet),
-            ip_len=ip_len,
-            header_len=header_len,
-            gso_size=payload,
-            next_seq=(seq + payload) % _SEQ_SPACE,
-            closed=psh,
-            first=packet,
-        )
-        flows[key] = flow
-        writes.append(flow)
+        if flow is not None and flow is not last and flow.extend(packet, verify):
+            last = flow
+            continue
+        last = flows[key] = _Flow(packet, ip_len, header_len, seq, psh)
+        writes.append(last)
     return [_finish(w) if isinstance(w, _Flow) else w for w in writes]
 
 
@@ -491,44 +575,50 @@ def _finish(flow: _Flow) -> BytesLike:
 class TunBatch:
     """Reads and writes on a TUN with whatever offloads it was granted.
 
-    `read()` returns the packets of one kernel read: the MTU-sized segments of a
-    super-packet with TSO, else the one packet. They are views into buffers that the
-    next `read()` reuses: encrypt or copy them first.
+    `read_many()` returns the packets of several kernel reads (or, with TSO, the
+    MTU-sized segments of one super-packet). They are views into buffers that the next
+    `read_many()` reuses: encrypt or copy them first.
     """
 
     def __init__(self, tun: TunDevice, offloads: TunOffloads) -> None:
         self.tun = tun
         self.offloads = offloads
         self._fd = tun.fileno()
-        self._header = VIRTIO_NET_HDR_SIZE if offloads.vnet_hdr else 0
-        self._read_buffer = bytearray(self._header + MAX_IP_PACKET_BYTES)
-        self._read_view = memoryview(self._read_buffer)
+        self._header = bytearray(VIRTIO_NET_HDR_SIZE if offloads.vnet_hdr else 0)
+        self._arena = bytearray(READ_ARENA_BYTES)
+        self._arena_view = memoryview(self._arena)
         self._split_buffer = bytearray(2 * MAX_IP_PACKET_BYTES)
         self.split_errors = 0
         """Super-packets dropped because their header did not describe them."""
 
-    def read(self) -> list[memoryview] | None:
-        """The packets of one read, or None when nothing waits."""
-        try:
-            length = os.readv(self._fd, (self._read_buffer,))
-        except (BlockingIOError, InterruptedError):
-            return None
-        if not self._header:
-            return [self._read_view[:length]]
-        if length <= self._header:
-            return []
-        if not self.offloads.tso:
-            # Without TSO and checksum offload the kernel's header is always empty.
-            return [self._read_view[self._header : length]]
-        header = VirtioNetHdr.unpack_from(self._read_buffer)
-        packet = self._read_view[self._header : length]
-        if header.gso_type == GSO_NONE and not header.flags:
-            return [packet]
-        try:
-            return split_gso(packet, header, self._split_buffer)
-        except OffloadError:
-            self.split_errors += 1
-            return []
+    def read_many(self, limit: int) -> list[memoryview]:
+        """The packets of up to `limit` reads; empty when nothing waits."""
+        fd = self._fd
+        header = self._header
+        arena = self._arena_view
+        packets: list[memoryview] = []
+        offset = 0
+        while len(packets) < limit and len(arena) - offset >= MAX_IP_PACKET_BYTES:
+            slot = arena[offset:]
+            try:
+                length = os.readv(fd, (header, slot) if header else (slot,)) - len(header)
+            except (BlockingIOError, InterruptedError):
+                break
+            if length <= 0:
+                break
+            if self.offloads.tso and (header[0] or header[1]):
+                # A super-packet (or a partial checksum): split it, and return its
+                # segments alone, as they live in the split buffer.
+                try:
+                    packets += split_gso(
+                        slot[:length], VirtioNetHdr.unpack_from(header), self._split_buffer
+                    )
+                except OffloadError:
+                    self.split_errors += 1
+                break
+            packets.append(slot[:length])
+            offset += length
+        return packets
 
     def write(self, packets: Sequence[BytesLike]) -> int:
         """Hand `packets` to the kernel in as few writes as the offloads allow.
