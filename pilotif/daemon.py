@@ -379,6 +379,10 @@ class Daemon:
                 else:
                     self._on_registry_datagram(node, data, now)
         self._flush(now)
+        if self._tun_io is not None:
+            # What we wrote may have made the kernel answer at once (a TCP ACK): take
+            # it now rather than after another trip through the event loop.
+            self._on_tun_readable()
 
     def _on_registry_datagram(self, node: Node, data: bytes, now: float) -> None:
         if data[0] != RELAY_TYPE:

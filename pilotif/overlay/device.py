@@ -86,6 +86,13 @@ _NONCE: Final = struct.Struct("<4xQ")
 """The AEAD nonce of a transport counter: four zero bytes, then the counter."""
 _PADDING = bytes(PADDING_MULTIPLE)
 _TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
+_IPV4_DESTINATION: Final = slice(16, 20)
+_IPV4_HEAD: Final = struct.Struct("!BxH8x4s")
+"""The first byte, total length and source of an IPv4 header."""
+_IPV4_PLAIN_FIRST_BYTE: Final = 0x45
+"""Version 4, a 20-byte header: the packets the fast path parses itself."""
+_IPV4_MIN_BYTES: Final = 20
+_IPV6_DESTINATION: Final = slice(24, 40)
 
 
 def padded_length(length: int, mtu: int) -> int:
@@ -243,22 +250,26 @@ class Device:
         pack_nonce = _NONCE.pack
         mtu = self.mtu
         capacity = len(sealed)
-        offset = run_start = counter = remote_index = 0
+        offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, Endpoint] | None = None
         run_destination = b""
+        run_slice = _IPV4_DESTINATION
         for packet in packets:
-            addresses = packet_addresses(packet)
-            if run is not None and (addresses is None or addresses[1] != run_destination):
-                self._sent_run(run, counter, offset - run_start, now)
-                run = None
-            if run is None and addresses is not None:
-                run = self._send_run(addresses[1], now)
+            if run is None or packet[run_slice] != run_destination or packet[0] >> 4 != run_version:
                 if run is not None:
+                    self._sent_run(run, counter, offset - run_start, now)
+                addresses = packet_addresses(packet)
+                run = self._send_run(addresses[1], now) if addresses is not None else None
+                if run is not None and addresses is not None:
                     run_destination = addresses[1]
+                    run_version = packet[0] >> 4
+                    run_slice = _IPV4_DESTINATION if run_version == 4 else _IPV6_DESTINATION
                     counter, remote_index = run[1].send_counter, run[1].remote_index
                     run_start = offset
             length = len(packet)
-            padded = padded_length(length, mtu)
+            padded = length + (-length % PADDING_MULTIPLE)
+            if padded > mtu:
+                padded = max(length, mtu)
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or end > capacity or counter >= REJECT_AFTER_MESSAGES:
                 if run is not None:
@@ -482,16 +493,21 @@ class Device:
                     if not length:
                         continue
                     run_data = True
-                    addresses = packet_addresses(plaintext)
-                    if addresses is None:
-                        drops[DropReason.NOT_IP] += 1
-                        continue
-                    if addresses[0] != allowed_source:
-                        if lookup(addresses[0]) is not peer:
+                    first = total = 0
+                    if length >= _IPV4_MIN_BYTES:
+                        first, total, source_address = _IPV4_HEAD.unpack_from(plaintext)
+                    if first != _IPV4_PLAIN_FIRST_BYTE or not _IPV4_MIN_BYTES <= total <= length:
+                        addresses = packet_addresses(plaintext)
+                        if addresses is None:
+                            drops[DropReason.NOT_IP] += 1
+                            continue
+                        source_address, _, total = addresses
+                    if source_address != allowed_source:
+                        if lookup(source_address) is not peer:
                             drops[DropReason.SOURCE_NOT_ALLOWED] += 1
                             continue
-                        allowed_source = addresses[0]
-                    to_tun.append(plaintext[: addresses[2]])
+                        allowed_source = source_address
+                    to_tun.append(plaintext[:total])
                     offset += length
                     continue
             if run is not None and run_bytes:

@@ -49,8 +49,10 @@ class ReplayWindow:
         word_index = counter >> _WORD_BITS_LOG2
         if counter > self._newest:
             current = self._newest >> _WORD_BITS_LOG2
-            for index in range(current + 1, current + 1 + min(word_index - current, _RING_WORDS)):
-                ring[index & _RING_MASK] = 0
+            if word_index != current:
+                last = current + 1 + min(word_index - current, _RING_WORDS)
+                for index in range(current + 1, last):
+                    ring[index & _RING_MASK] = 0
             self._newest = counter
         elif self._newest - counter > WINDOW_SIZE:
             return False
