@@ -275,67 +275,75 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
     if count * stride > len(out):
         raise OffloadError("split buffer too small")
 
+    full_size = header_len + gso_size
+    last_size = header_len + (remainder or gso_size)
+    # The headers every full segment shares: lengths of a full segment, checksums zero,
+    # the flags of a middle segment. IDs, sequence numbers and checksums go per row.
+    template = bytearray(packet[:header_len])
+    if version == _IPV4:
+        _U16_PAIR.pack_into(template, _IPV4_TOTAL_LENGTH, full_size, 0)
+        _U16.pack_into(template, _IPV4_CHECKSUM, 0)
+    else:
+        _U16.pack_into(template, _IPV6_PAYLOAD_LENGTH, full_size - _IPV6_HEADER_BYTES)
+    if is_tcp:
+        flags = template[start + _TCP_FLAGS]
+        template[start + _TCP_FLAGS] = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
+    else:
+        _U16.pack_into(template, start + _UDP_LENGTH, full_size - start)
+    _U16.pack_into(template, checksum_at, 0)
+
     rows = np.frombuffer(out, np.uint8, count * stride).reshape(count, stride)
-    rows[:, :header_len] = np.frombuffer(packet, np.uint8, header_len)
+    rows[:, :header_len] = np.frombuffer(template, np.uint8)
     payload = np.frombuffer(packet, np.uint8, offset=header_len)
-    rows[:full, header_len : header_len + gso_size] = payload[: full * gso_size].reshape(
-        full, gso_size
-    )
-    rows[:, header_len + gso_size :] = 0
+    rows[:full, header_len:full_size] = payload[: full * gso_size].reshape(full, gso_size)
+    if stride > full_size:
+        rows[:, full_size:] = 0
+    last = (count - 1) * stride
     if remainder:
         rows[full, header_len : header_len + remainder] = payload[full * gso_size :]
-        rows[full, header_len + remainder :] = 0
-    sizes = np.full(count, header_len + gso_size, np.uint32)
-    sizes[-1] = header_len + (remainder or gso_size)
-    index = np.arange(count, dtype=np.uint32)
-
-    def field(offset: int, dtype: str) -> Any:
-        width = np.dtype(dtype).itemsize
-        return rows[:, offset : offset + width].view(dtype)[:, 0]
-
-    if version == _IPV4:
-        field(_IPV4_TOTAL_LENGTH, ">u2")[:] = sizes
-        first_id = _U16.unpack_from(packet, _IPV4_ID)[0]
-        field(_IPV4_ID, ">u2")[:] = (first_id + index) % _ID_SPACE
-        field(_IPV4_CHECKSUM, ">u2")[:] = 0
-        ip_sums = rows[:, :ip_len].view(">u2").sum(axis=1, dtype=np.uint64)
-        field(_IPV4_CHECKSUM, ">u2")[:] = _ones_complement(ip_sums)
-    else:
-        field(_IPV6_PAYLOAD_LENGTH, ">u2")[:] = sizes - _IPV6_HEADER_BYTES
-    transport_lengths = sizes - start
+        out[last + last_size : last + stride] = bytes(stride - last_size)
+        if version == _IPV4:
+            _U16.pack_into(out, last + _IPV4_TOTAL_LENGTH, last_size)
+        else:
+            _U16.pack_into(out, last + _IPV6_PAYLOAD_LENGTH, last_size - _IPV6_HEADER_BYTES)
+        if not is_tcp:
+            _U16.pack_into(out, last + start + _UDP_LENGTH, last_size - start)
     if is_tcp:
+        out[start + _TCP_FLAGS] |= flags & _TCP_CWR
+        out[last + start + _TCP_FLAGS] |= flags & (_TCP_FIN | _TCP_PSH)
         first_seq = _U32.unpack_from(packet, start + _TCP_SEQ)[0]
-        field(start + _TCP_SEQ, ">u4")[:] = (first_seq + index.astype(np.uint64) * gso_size) % (
-            _SEQ_SPACE
-        )
-        flags = packet[start + _TCP_FLAGS]
-        rows[:, start + _TCP_FLAGS] = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
-        rows[0, start + _TCP_FLAGS] |= flags & _TCP_CWR
-        rows[-1, start + _TCP_FLAGS] |= flags & (_TCP_FIN | _TCP_PSH)
-    else:
-        field(start + _UDP_LENGTH, ">u2")[:] = transport_lengths
-    field(checksum_at, ">u2")[:] = 0
-    pseudo = _pseudo_sum_be(addresses, protocol)
-    sums = rows[:, start:].view(">u2").sum(axis=1, dtype=np.uint64) + transport_lengths + pseudo
-    checksums = _ones_complement(sums)
-    if not is_tcp:
-        checksums[checksums == 0] = _ONES
-    field(checksum_at, ">u2")[:] = checksums
+        seqs = np.arange(first_seq, first_seq + count * gso_size, gso_size, dtype=np.uint64)
+        _column(rows, start + _TCP_SEQ, ">u4")[:] = seqs & 0xFFFFFFFF
+    if version == _IPV4:
+        first_id = _U16.unpack_from(packet, _IPV4_ID)[0]
+        ids = np.arange(first_id, first_id + count, dtype=np.uint64) & _ONES
+        _column(rows, _IPV4_ID, ">u2")[:] = ids
+        # Only the ID (and the last row's length) differs from the template's header.
+        ip_sums = ids + sum(struct.unpack(f"!{ip_len // 2}H", template[:ip_len]))
+        ip_sums[-1] += (last_size - full_size) % _ONES
+        _column(rows, _IPV4_CHECKSUM, ">u2")[:] = _ONES - ip_sums % _ONES
+    sums = rows[:, start:].view(">u2").sum(axis=1, dtype=np.uint64)
+    sums += _pseudo_sum_be(addresses, protocol) + full_size - start
+    sums[-1] += (last_size - full_size) % _ONES
+    # A sum that is a multiple of 0xFFFF gives 0xFFFF, never 0: the other ones'
+    # complement zero, equally valid for TCP and the one UDP needs.
+    _column(rows, checksum_at, ">u2")[:] = _ONES - sums % _ONES
     view = memoryview(out)
-    return [view[row * stride : row * stride + size] for row, size in enumerate(sizes.tolist())]
+    segments = [view[offset : offset + full_size] for offset in range(0, full * stride, stride)]
+    if remainder:
+        segments.append(view[last : last + last_size])
+    return segments
+
+
+def _column(rows: Any, offset: int, dtype: str) -> Any:
+    """A big-endian field of every row, as a writable numpy column."""
+    return rows[:, offset : offset + np.dtype(dtype).itemsize].view(dtype)[:, 0]
 
 
 def _pseudo_sum_be(addresses: BytesLike, protocol: int) -> int:
     """The pseudo-header's addresses and protocol summed in big-endian 16-bit words."""
     words: tuple[int, ...] = struct.unpack(f"!{len(addresses) // 2}H", addresses)
     return sum(words) + protocol
-
-
-def _ones_complement(sums: Any) -> Any:
-    """The 16-bit ones' complement of 64-bit sums of 16-bit words (numpy, per row)."""
-    for _ in range(3):
-        sums = (sums & _ONES) + (sums >> 16)
-    return (~sums) & _ONES
 
 
 def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> None:

@@ -244,3 +244,57 @@ def test_split_then_coalesce_round_trips(size: int, seq: int, v6: bool) -> None:
     assert len(writes) == 1
     if len(segments) > 1:
         assert bytes(writes[0][VIRTIO_NET_HDR_SIZE:]) == bytes(raw)
+
+
+def _transport_checksum_ok(segment: bytes, v6: bool, protocol: int) -> bool:
+    """The ones' complement sum over pseudo-header and transport bytes is zero (either
+    representation of the checksum, 0x0000 or 0xFFFF, is accepted by a receiver)."""
+    ip_len = 40 if v6 else 20
+    addresses = segment[8:40] if v6 else segment[12:20]
+    transport = segment[ip_len:]
+    pseudo = addresses + struct.pack("!HH", protocol, len(transport))
+    return internet_checksum(pseudo + transport) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(min_value=1, max_value=30000),
+    gso_size=st.integers(min_value=1, max_value=1400),
+    kind=st.sampled_from(["tcp4", "tcp6", "udp4"]),
+)
+def test_any_segment_size_splits_into_valid_segments(size: int, gso_size: int, kind: str) -> None:
+    # Odd segment sizes and short last segments included: every segment is a complete,
+    # valid packet and together they carry the payload, in order.
+    size = min(size, gso_size * 100)
+    payload = os.urandom(size)
+    v6 = kind == "tcp6"
+    if kind == "udp4":
+        raw = bytearray(
+            bytes(IP(src="100.64.0.1", dst="100.64.0.2") / UDP(sport=1, dport=2) / Raw(payload))
+        )
+        header = VirtioNetHdr(VIRTIO_NET_HDR_F_NEEDS_CSUM, GSO_UDP_L4, 28, gso_size, 20, 6)
+        protocol, header_len = 17, 28
+    else:
+        raw, header = tcp_super_packet(payload, v6=v6, flags="A")
+        header = VirtioNetHdr(
+            header.flags,
+            header.gso_type,
+            header.hdr_len,
+            gso_size,
+            *[header.csum_start, header.csum_offset],
+        )
+        protocol, header_len = 6, header.hdr_len
+    segments = split(raw, header)
+    assert len(segments) == -(-size // gso_size)
+    assert b"".join(s[header_len:] for s in segments) == payload
+    for number, segment in enumerate(segments):
+        assert len(segment) - header_len == min(gso_size, size - number * gso_size)
+        assert _transport_checksum_ok(segment, v6, protocol), number
+        if v6:
+            assert struct.unpack_from("!H", segment, 4)[0] == len(segment) - 40
+        else:
+            assert struct.unpack_from("!H", segment, 2)[0] == len(segment)
+            assert internet_checksum(segment[:20]) == 0
+        if kind != "udp4":
+            expected_seq = (SEQ_NEAR_WRAP + number * gso_size) % 2**32
+            assert struct.unpack_from("!I", segment, (40 if v6 else 20) + 4)[0] == expected_seq
