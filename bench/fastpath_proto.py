@@ -1,13 +1,15 @@
-"""In-process prototype of the fast path: per-packet costs with and without offloads.
+"""In-process costs of the fast path: per packet, one at a time against in batches.
 
 No network and no root: two Devices get a session in memory, then each path moves the
 same data (64 KiB TCP super-packets of MSS-sized segments, MTU 1420) through its own
 steps and we time them on one core.
 
-- current, send:  Device.send_packet per 1420-byte packet (what _on_tun_readable does);
-- current, recv:  Device.receive_datagram per datagram (what _on_udp_readable does);
-- fast, send:     split_gso of one super-packet + seal_batch into one GSO-ready buffer;
-- fast, recv:     open_into per datagram into one arena + coalesce into TUN writes.
+- per packet, send:  Device.send_packet per 1420-byte packet;
+- per packet, recv:  Device.receive_datagram per datagram;
+- batch, send:       split_gso of one super-packet (a TSO read) + Device.send_packets
+                     into one buffer (what the daemon does);
+- batch, recv:       Device.receive_datagrams of one GRO receive + coalesce into TUN
+                     writes (what the daemon does).
 
 With --udp it also times the UDP system calls on loopback: one sendto/recvmsg per
 datagram against one GSO send and one GRO receive per 45 datagrams.
@@ -25,10 +27,8 @@ from ipaddress import IPv4Network
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
-from pilotif.fastpath import open_into, seal_batch
 from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.device import Device
-from pilotif.overlay.messages import TRANSPORT_HEADER
 from pilotif.tun.offload import (
     GSO_TCPV4,
     MAX_IP_PACKET_BYTES,
@@ -130,13 +130,10 @@ def main() -> None:
     raw, header = _super_packet()
     split_buffer = bytearray(2 * MAX_IP_PACKET_BYTES)
     segments = [bytes(s) for s in split_gso(memoryview(raw), header, split_buffer)]
-    keypair = a.peer(b.public_key).current  # type: ignore[union-attr]
+    sealed = memoryview(bytearray(SEGMENTS_PER_SUPER_PACKET * (MTU + 64)))
+    plaintexts = memoryview(bytearray(SEGMENTS_PER_SUPER_PACKET * (MTU + 64)))
     receive_keypair = b.peer(a.public_key).current  # type: ignore[union-attr]
-    assert keypair is not None and receive_keypair is not None
-    sealed = bytearray(SEGMENTS_PER_SUPER_PACKET * (MTU + 32))
-    scratch = bytearray(MTU)
-    arena = bytearray(SEGMENTS_PER_SUPER_PACKET * MTU)
-    arena_view = memoryview(arena)
+    assert receive_keypair is not None
     results: dict[str, float] = {}
 
     def current_send() -> int:
@@ -145,28 +142,22 @@ def main() -> None:
         a.outgoing.clear()
         return len(segments)
 
-    def fast_split() -> int:
+    def batch_split() -> int:
         return len(split_gso(memoryview(raw), header, split_buffer))
 
-    def fast_send() -> int:
+    def batch_send() -> int:
         pieces = split_gso(memoryview(raw), header, split_buffer)
-        first = keypair.send_counter
-        keypair.send_counter += len(pieces)
-        seal_batch(keypair.send_aead, keypair.remote_index, first, pieces, MTU, sealed, scratch)
+        a.send_packets(pieces, NOW, sealed)
+        a.outgoing.clear()
         return len(pieces)
 
-    results["current send (Device.send_packet)"] = _rate(current_send, seconds)
-    results["fast send: split only"] = _rate(fast_split, seconds)
-    results["fast send: split + seal"] = _rate(fast_send, seconds)
+    results["per packet send (Device.send_packet)"] = _rate(current_send, seconds)
+    results["batch send: split_gso only"] = _rate(batch_split, seconds)
+    results["batch send: split_gso + send_packets"] = _rate(batch_send, seconds)
 
-    first = keypair.send_counter
-    keypair.send_counter += len(segments)
-    datagrams = [
-        bytes(d)
-        for d in seal_batch(
-            keypair.send_aead, keypair.remote_index, first, segments, MTU, sealed, scratch
-        )
-    ]
+    a.send_packets(segments, NOW, sealed)
+    datagrams = [bytes(d) for d, _ in a.outgoing]
+    a.outgoing.clear()
 
     def current_receive() -> int:
         receive_keypair.replay = type(receive_keypair.replay)()
@@ -176,30 +167,21 @@ def main() -> None:
         b.to_tun.clear()
         return len(datagrams)
 
-    def fast_open() -> list[memoryview]:
-        plaintexts = []
-        offset = 0
-        aead = receive_keypair.receive_aead
-        for datagram in datagrams:
-            counter = TRANSPORT_HEADER.unpack_from(datagram)[2]
-            length = open_into(aead, counter, datagram, arena_view[offset:])
-            total = int.from_bytes(arena_view[offset + 2 : offset + 4], "big")
-            plaintexts.append(arena_view[offset : offset + min(length, total)])
-            offset += length
-        return plaintexts
-
-    def fast_receive(verify: bool) -> Callable[[], int]:
+    def batch_receive(with_coalesce: bool) -> Callable[[], int]:
         def step() -> int:
-            writes = coalesce(fast_open(), verify=verify)
-            assert len(writes) == 1
+            receive_keypair.replay = type(receive_keypair.replay)()
+            b.receive_datagrams(datagrams, A_ENDPOINT, NOW, plaintexts)
+            assert len(b.to_tun) == len(datagrams)
+            if with_coalesce:
+                assert len(coalesce(b.to_tun, verify=False)) == 1
+            b.to_tun.clear()
             return len(datagrams)
 
         return step
 
-    results["current receive (Device.receive_datagram)"] = _rate(current_receive, seconds)
-    results["fast receive: open only"] = _rate(lambda: len(fast_open()), seconds)
-    results["fast receive: open + coalesce"] = _rate(fast_receive(False), seconds)
-    results["fast receive: open + coalesce + verify"] = _rate(fast_receive(True), seconds)
+    results["per packet receive (Device.receive_datagram)"] = _rate(current_receive, seconds)
+    results["batch receive: receive_datagrams only"] = _rate(batch_receive(False), seconds)
+    results["batch receive: receive_datagrams + coalesce"] = _rate(batch_receive(True), seconds)
 
     sample = segments[0]
     checksum_ways: dict[str, Callable[[], int]] = {

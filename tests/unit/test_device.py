@@ -50,7 +50,7 @@ from pilotif.overlay.constants import (
     UNDER_LOAD_HANDSHAKES_PER_S,
 )
 from pilotif.overlay.cookie import CookieGenerator
-from pilotif.overlay.device import Device
+from pilotif.overlay.device import Device, padded_length
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import (
     EndpointChanged,
@@ -990,3 +990,11 @@ def test_simultaneous_initiation_ends_with_traffic_both_ways(late_side: str | No
     assert a.device.to_tun == [to_a, later[0][1]]
     assert b.device.to_tun == [to_b, later[0][0]]
     assert drops(a) == drops(b) == {}
+
+
+def test_padding_rounds_up_to_16_but_stops_at_the_mtu() -> None:
+    assert padded_length(0, MTU) == 0
+    assert padded_length(1, MTU) == 16
+    assert padded_length(MTU - 2, MTU) == MTU
+    assert padded_length(MTU, MTU) == MTU
+    assert padded_length(MTU + 5, MTU) == MTU + 5
