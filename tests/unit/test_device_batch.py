@@ -5,6 +5,7 @@ once per item, in order: same packets out of the TUN on the far side, byte for b
 same drop counters, same byte counters, same roaming. A and B come from conftest.py.
 """
 
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 
 import pytest
@@ -22,8 +23,7 @@ from conftest import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import UDP as UDP6
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
@@ -38,7 +38,7 @@ from pilotif.overlay.constants import (
     TRANSPORT_MIN_SIZE,
 )
 from pilotif.overlay.drops import DropReason
-from pilotif.overlay.events import EndpointChanged, HandshakeCompleted
+from pilotif.overlay.events import EndpointChanged, Event, HandshakeCompleted
 from pilotif.overlay.messages import TRANSPORT_HEADER
 from pilotif.overlay.peer import Keypair
 
@@ -50,6 +50,8 @@ ROAMED_ENDPOINT = ("198.18.1.99", 40000)
 NO_ROUTE_V4 = "100.64.0.99"
 UNKNOWN_INDEX = 0xDEADBEEF
 TRUNCATED_BYTES = TRANSPORT_MIN_SIZE - 1
+SMALL_DATAGRAM_BYTES = 2 * OVERHEAD_BYTES + 64
+"""Room left in `sealed` after three full-size datagrams for one small one only."""
 
 
 def drops(node: Node) -> dict[DropReason, int]:
@@ -135,7 +137,7 @@ def tcp_segment(a: Node, b: Node, sequence: int, size: int = MSS) -> bytes:
 
 
 def ipv6_udp(a: Node, b: Node, payload: bytes) -> bytes:
-    return bytes(IPv6(src=str(a.v6), dst=str(b.v6)) / UDP6(sport=5353, dport=5353) / Raw(payload))
+    return bytes(IPv6(src=str(a.v6), dst=str(b.v6)) / UDP(sport=5353, dport=5353) / Raw(payload))
 
 
 def ipv4_with_options(a: Node, b: Node) -> bytes:
@@ -188,59 +190,71 @@ def add_endpointless_peer(a: Node, third: Node) -> None:
 # -- equivalence with the one-at-a-time path ---------------------------------------
 
 
-def test_batch_delivers_the_mix_in_order_byte_for_byte_like_one_at_a_time() -> None:
-    batched, single = established_pair(), established_pair()
+@dataclass
+class _Outcome:
+    """What a user sees of one trip of the mix from A to B."""
+
+    delivered: list[bytes]
+    lengths: list[int]
+    counters: list[int]
+    sender_drops: dict[DropReason, int]
+    receiver_drops: dict[DropReason, int]
+    tx_bytes: int
+    rx_bytes: int
+    events: list[Event]
+
+
+def _send_mix(use_batch: bool) -> tuple[_Outcome, list[bytes], int]:
+    """A fresh session, the hostile mix from A to B in batches or one at a time; also the
+    packets B should get and A's send counter before."""
+    a, b = established_pair()
     third = make_node(3)
-    results = []
-    for (a, b), use_batch in ((batched, True), (single, False)):
-        add_endpointless_peer(a, third)
-        packets = hostile_mix(a, b, third)
-        tx_before, rx_before = peer_of(a, b).tx_bytes, peer_of(b, a).rx_bytes
-        counter_before = peer_of(a, b).current.send_counter  # type: ignore[union-attr]
-        if use_batch:
-            batch_send(a, packets)
-        else:
-            for packet in packets:
-                a.device.send_packet(packet, NOW)
-        sent = take_bytes(a)
-        assert {endpoint for _, endpoint in sent} == {b.endpoint}
-        datagrams = [datagram for datagram, _ in sent]
-        if use_batch:
-            batch_receive(b, datagrams, a.endpoint)
-        else:
-            for datagram in datagrams:
-                b.device.receive_datagram(datagram, a.endpoint, NOW)
-        results.append(
-            {
-                "delivered": delivered(b),
-                "expected": good_mix(a, b),
-                "lengths": [len(d) for d in datagrams],
-                "counters": [counter_of(d) for d in datagrams],
-                "counter_before": counter_before,
-                "sender_drops": drops(a),
-                "receiver_drops": drops(b),
-                "tx": peer_of(a, b).tx_bytes - tx_before,
-                "rx": peer_of(b, a).rx_bytes - rx_before,
-                "events": b.device.events + a.device.events,
-                "reply": take(b),
-            }
-        )
-    batch, one_by_one = results
-    assert batch["delivered"] == batch["expected"]
-    assert one_by_one["delivered"] == one_by_one["expected"]
-    assert batch["sender_drops"] == {
+    add_endpointless_peer(a, third)
+    keypair = peer_of(a, b).current
+    assert keypair is not None
+    packets = hostile_mix(a, b, third)
+    counter_before = keypair.send_counter
+    tx_before, rx_before = peer_of(a, b).tx_bytes, peer_of(b, a).rx_bytes
+    if use_batch:
+        batch_send(a, packets)
+    else:
+        for packet in packets:
+            a.device.send_packet(packet, NOW)
+    sent = take_bytes(a)
+    assert {endpoint for _, endpoint in sent} == {b.endpoint}
+    datagrams = [datagram for datagram, _ in sent]
+    if use_batch:
+        batch_receive(b, datagrams, a.endpoint)
+    else:
+        for datagram in datagrams:
+            b.device.receive_datagram(datagram, a.endpoint, NOW)
+    outcome = _Outcome(
+        delivered=delivered(b),
+        lengths=[len(d) for d in datagrams],
+        counters=[counter_of(d) for d in datagrams],
+        sender_drops=drops(a),
+        receiver_drops=drops(b),
+        tx_bytes=peer_of(a, b).tx_bytes - tx_before,
+        rx_bytes=peer_of(b, a).rx_bytes - rx_before,
+        events=a.device.events + b.device.events,
+    )
+    return outcome, good_mix(a, b), counter_before
+
+
+def test_batch_delivers_the_mix_in_order_byte_for_byte_like_one_at_a_time() -> None:
+    batch, expected, counter_before = _send_mix(use_batch=True)
+    one_by_one, expected_one_by_one, _ = _send_mix(use_batch=False)
+
+    assert batch.delivered == expected == expected_one_by_one
+    assert batch.counters == list(range(counter_before, counter_before + len(expected)))
+    assert batch.sender_drops == {
         DropReason.NOT_IP: 3,
         DropReason.NO_ROUTE: 1,
         DropReason.NO_ENDPOINT: 1,
     }
-    assert batch["receiver_drops"] == {}
-    assert batch["counters"] == list(
-        range(batch["counter_before"], batch["counter_before"] + len(good_mix(*batched)))
-    )
-    for key in ("lengths", "sender_drops", "receiver_drops", "tx", "rx", "events"):
-        assert batch[key] == one_by_one[key], key
-    assert batch["tx"] == batch["rx"] == sum(batch["lengths"])
-    assert len(batch["reply"]) == len(one_by_one["reply"])
+    assert batch.receiver_drops == {}
+    assert batch.tx_bytes == batch.rx_bytes == sum(batch.lengths)
+    assert batch == one_by_one
 
 
 def test_padding_is_to_16_bytes_and_never_past_the_mtu(established: tuple[Node, Node]) -> None:
@@ -390,7 +404,10 @@ def test_a_batch_of_only_replays_from_a_new_source_does_not_roam(
     peer = peer_of(b, a)
     rx_before, last_received = peer.rx_bytes, peer.last_received_s
 
-    batch_receive(b, good, ROAMED_ENDPOINT, now=NOW + 1)
+    garbage = bytes(range(100))
+    unknown_index = TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, UNKNOWN_INDEX, 0) + good[0][16:]
+    replays = [good[0], good[1], garbage, good[2], unknown_index, good[3]]
+    batch_receive(b, replays, ROAMED_ENDPOINT, now=NOW + 1)
     keypair = peer_of(a, b).current
     assert keypair is not None
     forged = [flip(seal(keypair, a.packet_to(b, b"forged")), -1) for _ in range(4)]
@@ -400,7 +417,12 @@ def test_a_batch_of_only_replays_from_a_new_source_does_not_roam(
     assert b.device.events == []
     assert (peer.rx_bytes, peer.last_received_s) == (rx_before, last_received)
     assert delivered(b) == []
-    assert drops(b) == {DropReason.REPLAY: 4, DropReason.DECRYPT_FAILED: 4}
+    assert drops(b) == {
+        DropReason.REPLAY: 4,
+        DropReason.MALFORMED: 1,
+        DropReason.UNKNOWN_INDEX: 1,
+        DropReason.DECRYPT_FAILED: 4,
+    }
     batch_send(b, [b.packet_to(a, b"reply")])
     assert [endpoint for _, endpoint in take(b)] == [a.endpoint]
 
@@ -470,13 +492,18 @@ def test_packets_that_do_not_fit_in_sealed_still_go_out_in_order(
     keypair = peer_of(a, b).current
     assert keypair is not None
     packets = [tcp_segment(a, b, i) for i in range(8)]
-    packets[5:5] = [a.packet_to(b, b"small, fits after the overflow")]
-    sealed = sealed_buffer(3 * (MTU + OVERHEAD_BYTES))
+    small = a.packet_to(b, b"small, fits after the overflow")
+    packets[5:5] = [small]
+    sealed = sealed_buffer(3 * (MTU + OVERHEAD_BYTES) + SMALL_DATAGRAM_BYTES)
     before = keypair.send_counter
 
     a.device.send_packets(packets, NOW, sealed)
 
-    sent = take_bytes(a)
+    sent = take(a)
+    assert [isinstance(d, memoryview) for d, _ in sent] == [True] * 3 + [False] * 2 + [True] + [
+        False
+    ] * 3
+    sent = [(bytes(d), endpoint) for d, endpoint in sent]
     assert len(sent) == len(packets)
     assert keypair.send_counter == before + len(packets)
     assert [counter_of(d) for d, _ in sent] == list(range(before, before + len(packets)))
