@@ -89,6 +89,8 @@ _TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
 _IPV4_DESTINATION: Final = slice(16, 20)
 _IPV4_HEAD: Final = struct.Struct("!BxH8x4s")
 """The first byte, total length and source of an IPv4 header."""
+_IPV4_FIRST_AND_LENGTH: Final = struct.Struct("!BxH")
+_IPV4_VERSION: Final = 4
 _IPV4_PLAIN_FIRST_BYTE: Final = 0x45
 """Version 4, a 20-byte header: the packets the fast path parses itself."""
 _IPV4_MIN_BYTES: Final = 20
@@ -255,7 +257,20 @@ class Device:
         run_destination = b""
         run_slice = _IPV4_DESTINATION
         for packet in packets:
-            if run is None or packet[run_slice] != run_destination or packet[0] >> 4 != run_version:
+            length = len(packet)
+            # The run goes on for a well-formed packet to the same destination; a plain
+            # IPv4 header is checked here, anything else by packet_addresses.
+            same_run = False
+            if run is not None and packet[run_slice] == run_destination:
+                if run_version == _IPV4_VERSION:
+                    first, total = _IPV4_FIRST_AND_LENGTH.unpack_from(packet)
+                    same_run = (
+                        first == _IPV4_PLAIN_FIRST_BYTE and _IPV4_MIN_BYTES <= total <= length
+                    )
+                else:
+                    addresses = packet_addresses(packet)
+                    same_run = addresses is not None and addresses[1] == run_destination
+            if not same_run:
                 if run is not None:
                     self._sent_run(run, counter, offset - run_start, now)
                 addresses = packet_addresses(packet)
@@ -263,10 +278,11 @@ class Device:
                 if run is not None and addresses is not None:
                     run_destination = addresses[1]
                     run_version = packet[0] >> 4
-                    run_slice = _IPV4_DESTINATION if run_version == 4 else _IPV6_DESTINATION
+                    run_slice = (
+                        _IPV4_DESTINATION if run_version == _IPV4_VERSION else _IPV6_DESTINATION
+                    )
                     counter, remote_index = run[1].send_counter, run[1].remote_index
                     run_start = offset
-            length = len(packet)
             padded = length + (-length % PADDING_MULTIPLE)
             if padded > mtu:
                 padded = max(length, mtu)

@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from pilotif.overlay.crypto import generate_private_key
+from pilotif.overlay.crypto import BytesLike, generate_private_key
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.peer import Peer
@@ -134,7 +134,7 @@ def make_pair(
     return a, b
 
 
-def take(node: Node) -> list[tuple[bytes, Endpoint]]:
+def take(node: Node) -> list[tuple[BytesLike, Endpoint]]:
     """Every datagram the node queued, with its destination; empties the queue."""
     queued = list(node.device.outgoing)
     node.device.outgoing.clear()
@@ -153,7 +153,7 @@ def deliver(
 
     Datagrams appear to come from `source.endpoint` unless `from_endpoint` is given.
     """
-    datagrams = [datagram for datagram, _ in take(source)]
+    datagrams = [bytes(datagram) for datagram, _ in take(source)]
     if transform is not None:
         datagrams = list(transform(datagrams))
     for datagram in datagrams:

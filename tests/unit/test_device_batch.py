@@ -609,12 +609,6 @@ def test_batch_stops_encrypting_at_the_reject_limit_and_stages_the_rest(
     assert list(peer_of(a, b).staged) == packets[2:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="send_packets reuses the run's route for any packet whose destination bytes and "
-    "IP version match the previous one, without packet_addresses(): a malformed packet "
-    "(bad total length) is encrypted and sent instead of dropped as NOT_IP",
-)
 def test_a_malformed_packet_to_the_same_destination_is_dropped_like_send_packet(
     established: tuple[Node, Node],
 ) -> None:
