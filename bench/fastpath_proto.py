@@ -8,7 +8,7 @@ steps and we time them on one core.
 - per packet, recv:  Device.receive_datagram per datagram;
 - batch, send:       split_gso of one super-packet (a TSO read) + Device.send_packets
                      into one buffer (what the daemon does);
-- batch, recv:       Device.receive_datagrams of one GRO receive + coalesce into TUN
+- batch, recv:       Device.receive_segments of one GRO receive + coalesce into TUN
                      writes (what the daemon does).
 
 With --udp it also times the UDP system calls on loopback: one sendto/recvmsg per
@@ -167,10 +167,14 @@ def main() -> None:
         b.to_tun.clear()
         return len(datagrams)
 
+    glued = memoryview(b"".join(datagrams))
+    datagram_size = len(datagrams[0])
+
     def batch_receive(with_coalesce: bool) -> Callable[[], int]:
         def step() -> int:
             receive_keypair.replay = type(receive_keypair.replay)()
-            b.receive_datagrams(datagrams, A_ENDPOINT, NOW, plaintexts)
+            receive_keypair.replay.update(0)
+            b.receive_segments(glued, datagram_size, A_ENDPOINT, NOW, plaintexts)
             assert len(b.to_tun) == len(datagrams)
             if with_coalesce:
                 assert len(coalesce(b.to_tun, verify=False)) == 1
@@ -180,8 +184,8 @@ def main() -> None:
         return step
 
     results["per packet receive (Device.receive_datagram)"] = _rate(current_receive, seconds)
-    results["batch receive: receive_datagrams only"] = _rate(batch_receive(False), seconds)
-    results["batch receive: receive_datagrams + coalesce"] = _rate(batch_receive(True), seconds)
+    results["batch receive: receive_segments only"] = _rate(batch_receive(False), seconds)
+    results["batch receive: receive_segments + coalesce"] = _rate(batch_receive(True), seconds)
 
     sample = segments[0]
     checksum_ways: dict[str, Callable[[], int]] = {

@@ -53,6 +53,7 @@ from pilotif.overlay.events import (
     HandshakeGaveUp,
     KeysZeroed,
 )
+from pilotif.overlay.messages import split_coalesced
 from pilotif.paths import StatePaths
 from pilotif.registry.wire import (
     CONTROL_TYPE,
@@ -357,7 +358,7 @@ class Daemon:
     def _on_udp_readable(self, sock: socket.socket) -> None:
         assert self._udp_io is not None
         receive = self._udp_io.receive
-        receive_datagrams = self.device.receive_datagrams
+        receive_segments = self.device.receive_segments
         plaintexts = self._plaintexts
         node = self.node
         now = time.monotonic()
@@ -365,12 +366,12 @@ class Daemon:
             received = receive(sock)
             if received is None:
                 break
-            views, source = received
+            buffer, segment_size, source = received
             if node is None or source != node.link.endpoint:
-                receive_datagrams(views, source, now, plaintexts)
+                receive_segments(buffer, segment_size, source, now, plaintexts)
                 self._write_tun()
                 continue
-            for view in views:
+            for view in split_coalesced(buffer, segment_size):
                 data = bytes(view)
                 if not data:
                     continue

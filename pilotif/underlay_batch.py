@@ -3,9 +3,10 @@
 A GSO send (`sendmsg` with a UDP_SEGMENT control message) hands the kernel up to 64
 datagrams of one size (the last may be shorter) for one endpoint as a single buffer;
 the kernel cuts it. With UDP_GRO set on a socket the kernel may instead hand us several
-datagrams of one sender glued together, and says their size in a control message; we
-cut them (`split_coalesced`). WireGuard pads plaintexts to 16 bytes, so the encrypted
-segments of one TCP super-packet are equal in size but the last, as GSO needs.
+datagrams of one sender glued together, and says their size in a control message
+(`pilotif.overlay.messages.split_coalesced` cuts them). WireGuard pads plaintexts to 16
+bytes, so the encrypted segments of one TCP super-packet are equal in size but the
+last, as GSO needs.
 
 Each offload is probed when the socket is wrapped and dropped for good at the first
 EIO or EINVAL (a device or kernel that cannot segment); `status()` says which are on.
@@ -72,13 +73,6 @@ def gso_groups(
     return groups
 
 
-def split_coalesced(buffer: memoryview, segment_size: int) -> list[memoryview]:
-    """The datagrams of a GRO receive: `segment_size` bytes each, the last maybe fewer."""
-    if segment_size <= 0 or segment_size >= len(buffer):
-        return [buffer]
-    return [buffer[start : start + segment_size] for start in range(0, len(buffer), segment_size)]
-
-
 class _BatchSocket:
     """One UDP socket with its probed offloads and its receive buffer."""
 
@@ -117,7 +111,7 @@ class _BatchSocket:
                     failed += 1
         return failed
 
-    def receive(self) -> tuple[list[memoryview], Endpoint] | None:
+    def receive(self) -> tuple[memoryview, int, Endpoint] | None:
         try:
             length, ancillary, _, address = self.sock.recvmsg_into(
                 [self.buffer], _ANCILLARY_BYTES, socket.MSG_DONTWAIT
@@ -133,7 +127,7 @@ class _BatchSocket:
                     segment_size = _GRO_SIZE_INT.unpack_from(data)[0]
                 else:
                     segment_size = _GSO_SIZE.unpack_from(data)[0]
-        return split_coalesced(self.view[:length], segment_size), (address[0], address[1])
+        return self.view[:length], segment_size, (address[0], address[1])
 
 
 def _probe(sock: socket.socket, option: int, value: int | None) -> bool:
@@ -194,6 +188,8 @@ class UdpBatch:
             failed += batch.send(endpoint, segment_size, [chunk], -(-len(chunk) // segment_size))
         return failed
 
-    def receive(self, sock: socket.socket) -> tuple[list[memoryview], Endpoint] | None:
-        """The datagrams of one receive on `sock` and their source, or None when none waits."""
+    def receive(self, sock: socket.socket) -> tuple[memoryview, int, Endpoint] | None:
+        """One receive on `sock`, or None when none waits: the buffer, the size of the
+        datagrams glued in it (0: one datagram; `split_coalesced` cuts them) and their
+        source."""
         return self._by_fd[sock.fileno()].receive()

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
@@ -74,6 +75,7 @@ from pilotif.overlay.messages import (
     parse_cookie_reply,
     parse_initiation,
     parse_response,
+    split_coalesced,
 )
 from pilotif.overlay.peer import Keypair, Peer
 
@@ -87,13 +89,23 @@ _NONCE: Final = struct.Struct("<4xQ")
 _PADDING = bytes(PADDING_MULTIPLE)
 _TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
 _IPV4_DESTINATION: Final = slice(16, 20)
-_IPV4_HEAD: Final = struct.Struct("!BxH8x4s")
-"""The first byte, total length and source of an IPv4 header."""
 _IPV4_FIRST_AND_LENGTH: Final = struct.Struct("!BxH")
 _IPV4_VERSION: Final = 4
 _IPV4_PLAIN_FIRST_BYTE: Final = 0x45
 """Version 4, a 20-byte header: the packets the fast path parses itself."""
 _IPV4_MIN_BYTES: Final = 20
+_IPV4_TOTAL_LENGTH: Final = 2
+_IPV4_SOURCE_OFFSET: Final = 12
+_IPV4_DESTINATION_OFFSET: Final = 16
+_COUNTER_OFFSET: Final = 8
+_TYPE_MASK: Final = 0xFFFFFFFF
+"""The first 8 bytes of a transport message, read as one little-endian integer: the type
+word in the low 32 bits, the receiver index in the high ones."""
+_INDEX_SHIFT: Final = 32
+_VECTOR_MIN_DATAGRAMS: Final = 4
+"""Below this many datagrams in one receive, numpy costs more than it saves."""
+_VECTOR_MIN_DATAGRAM_BYTES: Final = TRANSPORT_MIN_SIZE + 20
+"""Each datagram of a vectorised batch carries at least an IPv4 header."""
 _IPV6_DESTINATION: Final = slice(24, 40)
 
 
@@ -464,15 +476,12 @@ class Device:
         until the caller reuses `plaintexts`.
         """
         drops = self.drops
-        to_tun = self.to_tun
         unpack_header = TRANSPORT_HEADER.unpack_from
         pack_nonce = _NONCE.pack
-        lookup = self._routes.lookup
         offset = run_bytes = 0
         run_data = False
         run_index = -1
         run: tuple[Peer, Keypair] | None = None
-        allowed_source = b""
         for datagram in datagrams:
             if len(datagram) >= TRANSPORT_MIN_SIZE:
                 kind, index, counter = unpack_header(datagram)
@@ -483,7 +492,6 @@ class Device:
                     run_index = index if run is not None else -1
                     run_bytes = 0
                     run_data = False
-                    allowed_source = b""
                 if run is not None and kind == MESSAGE_TRANSPORT and index == run_index:
                     peer, keypair = run
                     replay = keypair.replay
@@ -506,25 +514,10 @@ class Device:
                         drops[DropReason.REPLAY] += 1
                         continue
                     run_bytes += len(datagram)
-                    if not length:
-                        continue
-                    run_data = True
-                    first = total = 0
-                    if length >= _IPV4_MIN_BYTES:
-                        first, total, source_address = _IPV4_HEAD.unpack_from(plaintext)
-                    if first != _IPV4_PLAIN_FIRST_BYTE or not _IPV4_MIN_BYTES <= total <= length:
-                        addresses = packet_addresses(plaintext)
-                        if addresses is None:
-                            drops[DropReason.NOT_IP] += 1
-                            continue
-                        source_address, _, total = addresses
-                    if source_address != allowed_source:
-                        if lookup(source_address) is not peer:
-                            drops[DropReason.SOURCE_NOT_ALLOWED] += 1
-                            continue
-                        allowed_source = source_address
-                    to_tun.append(plaintext[:total])
-                    offset += length
+                    if length:
+                        run_data = True
+                        self._deliver(peer, plaintext)
+                        offset += length
                     continue
             if run is not None and run_bytes:
                 self._received_transport(*run, source, run_bytes, run_data, now)
@@ -533,6 +526,128 @@ class Device:
             self.receive_datagram(bytes(datagram), source, now)
         if run is not None and run_bytes:
             self._received_transport(*run, source, run_bytes, run_data, now)
+
+    def receive_segments(
+        self,
+        buffer: memoryview,
+        segment_size: int,
+        source: Endpoint,
+        now: float,
+        plaintexts: memoryview,
+    ) -> None:
+        """Handle one GRO receive from `source`: datagrams of `segment_size` bytes back to
+        back in `buffer` (the last may be shorter; 0 means one datagram).
+
+        What `receive_datagrams` does with them. The usual batch (transport messages of
+        one session, counters increasing, all new, plain IPv4 packets from one source
+        inside) is checked with numpy at once: per datagram only the decryption is left.
+        """
+        count = -(-len(buffer) // segment_size) if segment_size > 0 else 1
+        last_size = len(buffer) - (count - 1) * segment_size
+        if count < _VECTOR_MIN_DATAGRAMS or last_size < _VECTOR_MIN_DATAGRAM_BYTES:
+            self.receive_datagrams(split_coalesced(buffer, segment_size), source, now, plaintexts)
+            return
+        counters = np.ndarray((count,), "<u8", buffer, _COUNTER_OFFSET, (segment_size,))
+        headers = np.ndarray((count,), "<u8", buffer, 0, (segment_size,))
+        run = None
+        if (headers == headers[0]).all() and int(headers[0]) & _TYPE_MASK == MESSAGE_TRANSPORT:
+            run = self._receive_run(int(headers[0]) >> _INDEX_SHIFT, now)
+        first, last = int(counters[0]), int(counters[-1])
+        if (
+            run is None
+            or first <= run[1].replay.newest
+            or last != first + count - 1
+            or last >= REJECT_AFTER_MESSAGES
+            or not (counters[1:] > counters[:-1]).all()
+        ):
+            self.receive_datagrams(split_coalesced(buffer, segment_size), source, now, plaintexts)
+            return
+        peer, keypair = run
+        decrypt = keypair.receive_aead.decrypt_into
+        pack_nonce = _NONCE.pack
+        plain_size = segment_size - _TRANSPORT_OVERHEAD_BYTES
+        last_plain = last_size - _TRANSPORT_OVERHEAD_BYTES
+        failed: list[int] = []
+        start = out = 0
+        for counter in range(first, last + 1):
+            end = start + segment_size
+            try:
+                decrypt(
+                    pack_nonce(counter),
+                    buffer[start + TRANSPORT_HEADER_SIZE : end],
+                    None,
+                    plaintexts[out : out + (plain_size if counter != last else last_plain)],
+                )
+            except InvalidTag:
+                failed.append(counter - first)
+            start = end
+            out += plain_size
+        if failed:
+            self._deliver_rows(peer, keypair, buffer, segment_size, failed, source, now, plaintexts)
+            return
+        keypair.replay.update_run(first, last)
+        self._received_transport(peer, keypair, source, len(buffer), True, now)
+        firsts = np.ndarray((count,), np.uint8, plaintexts, 0, (plain_size,))
+        totals = np.ndarray((count,), ">u2", plaintexts, _IPV4_TOTAL_LENGTH, (plain_size,))
+        sources = np.ndarray((count,), ">u4", plaintexts, _IPV4_SOURCE_OFFSET, (plain_size,))
+        if (
+            (firsts == _IPV4_PLAIN_FIRST_BYTE).all()
+            and (sources == sources[0]).all()
+            and (totals >= _IPV4_MIN_BYTES).all()
+            and (totals[:-1] <= plain_size).all()
+            and int(totals[-1]) <= last_plain
+            and self._routes.lookup(plaintexts[_IPV4_SOURCE_OFFSET:_IPV4_DESTINATION_OFFSET])
+            is peer
+        ):
+            self.to_tun.extend(
+                [
+                    plaintexts[row * plain_size : row * plain_size + total]
+                    for row, total in enumerate(totals.tolist())
+                ]
+            )
+            return
+        for row in range(count):
+            size = plain_size if row < count - 1 else last_plain
+            self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size])
+
+    def _deliver_rows(
+        self,
+        peer: Peer,
+        keypair: Keypair,
+        buffer: memoryview,
+        segment_size: int,
+        failed: list[int],
+        source: Endpoint,
+        now: float,
+        plaintexts: memoryview,
+    ) -> None:
+        """The rare end of `receive_segments`: some datagrams did not authenticate."""
+        self.drops[DropReason.DECRYPT_FAILED] += len(failed)
+        replay = keypair.replay
+        first = int.from_bytes(buffer[_COUNTER_OFFSET:TRANSPORT_HEADER_SIZE], "little")
+        plain_size = segment_size - _TRANSPORT_OVERHEAD_BYTES
+        received = 0
+        skip = set(failed)
+        for row, datagram in enumerate(split_coalesced(buffer, segment_size)):
+            if row in skip or not replay.update(first + row):
+                continue
+            received += len(datagram)
+            offset = row * plain_size
+            self._deliver(
+                peer, plaintexts[offset : offset + len(datagram) - _TRANSPORT_OVERHEAD_BYTES]
+            )
+        if received:
+            self._received_transport(peer, keypair, source, received, True, now)
+
+    def _deliver(self, peer: Peer, plaintext: memoryview) -> None:
+        """Queue a decrypted packet of `peer` for the TUN if it is IP from its allowed IPs."""
+        addresses = packet_addresses(plaintext)
+        if addresses is None:
+            self.drops[DropReason.NOT_IP] += 1
+        elif self._routes.lookup(addresses[0]) is not peer:
+            self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
+        else:
+            self.to_tun.append(plaintext[: addresses[2]])
 
     def _receive_run(self, index: int, now: float) -> tuple[Peer, Keypair] | None:
         """The peer and session of a receiver index, if it is one that takes data now

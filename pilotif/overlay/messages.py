@@ -129,3 +129,11 @@ def pack_transport_header(
 ) -> None:
     """Write the 16-byte transport header into a preallocated buffer at `offset`."""
     TRANSPORT_HEADER.pack_into(buf, offset, MESSAGE_TRANSPORT, receiver, counter)
+
+
+def split_coalesced(buffer: memoryview, segment_size: int) -> list[memoryview]:
+    """The datagrams of a GRO receive: `segment_size` bytes each, the last maybe fewer
+    (a `segment_size` of 0 means one datagram)."""
+    if segment_size <= 0 or segment_size >= len(buffer):
+        return [buffer]
+    return [buffer[start : start + segment_size] for start in range(0, len(buffer), segment_size)]

@@ -30,6 +30,11 @@ class ReplayWindow:
         self._ring = [0] * _RING_WORDS
         self._newest = 0
 
+    @property
+    def newest(self) -> int:
+        """The highest counter marked so far (0 before any)."""
+        return self._newest
+
     def check(self, counter: int) -> bool:
         """Whether `counter` would be accepted; use before decrypting, changes nothing."""
         if counter >= REJECT_AFTER_MESSAGES:
@@ -63,3 +68,23 @@ class ReplayWindow:
             return False
         ring[slot] = old | bit
         return True
+
+    def update_run(self, first: int, last: int) -> None:
+        """Mark the consecutive counters `first`..`last` as seen, in one go.
+
+        For a run that `check` accepts as a whole: `newest < first <= last <
+        REJECT_AFTER_MESSAGES` (the caller checks). Costs a few operations per 64
+        counters instead of per counter.
+        """
+        ring = self._ring
+        current = self._newest >> _WORD_BITS_LOG2
+        last_word = last >> _WORD_BITS_LOG2
+        for index in range(current + 1, current + 1 + min(last_word - current, _RING_WORDS)):
+            ring[index & _RING_MASK] = 0
+        self._newest = last
+        for word in range(
+            max(first >> _WORD_BITS_LOG2, last_word - _RING_WORDS + 1), last_word + 1
+        ):
+            low = max(first, word << _WORD_BITS_LOG2) & _BIT_MASK
+            high = min(last, (word << _WORD_BITS_LOG2) | _BIT_MASK) & _BIT_MASK
+            ring[word & _RING_MASK] |= ((1 << (high - low + 1)) - 1) << low

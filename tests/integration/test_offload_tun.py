@@ -137,6 +137,7 @@ _UDP_PROGRAM = """
 import json, select
 from pilotif.underlay import UdpSockets
 from pilotif.underlay_batch import UdpBatch
+from pilotif.overlay.messages import split_coalesced
 
 a, b = UdpSockets(None), UdpSockets(None)
 sender, receiver = UdpBatch(a), UdpBatch(b)
@@ -148,7 +149,7 @@ while len(received) < len(datagrams) and select.select([b.v4], [], [], 2)[0]:
     if batch is None:
         break
     calls += 1
-    received += [bytes(d) for d in batch[0]]
+    received += [bytes(d) for d in split_coalesced(batch[0], batch[1])]
 print(json.dumps({
     "status": sender.status(),
     "refused": refused,
