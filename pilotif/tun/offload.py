@@ -48,6 +48,8 @@ _TUNSETVNETHDRSZ: Final = 0x400454D8
 
 MAX_IP_PACKET_BYTES: Final = 65535
 """The largest packet a read returns or a coalesced write carries (IPv4 total length)."""
+_WHOLE_BATCH_MIN_PACKETS: Final = 4
+"""Below this many packets a write batch is coalesced packet by packet."""
 READ_ARENA_BYTES: Final = 4 * MAX_IP_PACKET_BYTES
 """Room for the packets of one `TunBatch.read_many` (a read needs a whole packet's room)."""
 MAX_GSO_SEGMENTS: Final = 128
@@ -466,6 +468,10 @@ def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[Bytes
     With `verify`, a segment whose checksum is wrong is not merged (the kernel would
     not check a merged one again).
     """
+    if not verify and len(packets) >= _WHOLE_BATCH_MIN_PACKETS:
+        whole = _coalesce_whole(packets)
+        if whole is not None:
+            return [_finish(whole)]
     writes: list[BytesLike | _Flow] = []
     flows: dict[bytes, _Flow] = {}
     last: _Flow | None = None
@@ -484,6 +490,61 @@ def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[Bytes
         last = flows[key] = _Flow(packet, ip_len, header_len, seq, psh)
         writes.append(last)
     return [_finish(w) if isinstance(w, _Flow) else w for w in writes]
+
+
+def _coalesce_whole(packets: Sequence[BytesLike]) -> _Flow | None:
+    """The usual batch in one go: every packet the next segment of the first one's flow,
+    all of one size but the last. Checked with numpy on all headers at once: the
+    shared bytes equal (`_header_mask`), sequence numbers consecutive, lengths right,
+    PSH on the last only. None when the batch is anything else (`coalesce` then goes
+    packet by packet)."""
+    count = len(packets)
+    size = len(packets[0])
+    candidate = _tcp_candidate(packets[0])
+    if candidate is None:
+        return None
+    _, ip_len, header_len, seq, psh = candidate
+    payload = size - header_len
+    last_size = len(packets[-1])
+    if (
+        psh
+        or not header_len < last_size <= size
+        or header_len + payload * count > MAX_IP_PACKET_BYTES
+        or any(len(packet) != size for packet in packets[1:-1])
+    ):
+        return None
+    joined = b"".join(packets)
+    headers = np.ndarray((count, header_len), np.uint8, joined, 0, (size, 1))
+    if ((headers ^ headers[0]) & _header_mask_array(ip_len, header_len)).any():
+        return None
+    seqs = np.ndarray((count,), ">u4", joined, ip_len + _TCP_SEQ, (size,)).astype(np.uint64)
+    if ((seqs - seq) % _SEQ_SPACE != np.arange(count, dtype=np.uint64) * payload).any():
+        return None
+    length_at, length_base = (
+        (_IPV4_TOTAL_LENGTH, 0) if ip_len != _IPV6_HEADER_BYTES else (_IPV6_PAYLOAD_LENGTH, ip_len)
+    )
+    lengths = np.ndarray((count,), ">u2", joined, length_at, (size,))
+    flags = np.ndarray((count - 1,), np.uint8, joined, ip_len + _TCP_FLAGS, (size,))
+    if (
+        (lengths[:-1] != size - length_base).any()
+        or int(lengths[-1]) != last_size - length_base
+        or (flags & _TCP_PSH).any()
+    ):
+        return None
+    flow = _Flow(packets[0], ip_len, header_len, seq, psh)
+    middle = np.ndarray((count - 2, payload), np.uint8, joined, size + header_len, (size, 1))
+    flow.buffer += middle.tobytes()
+    flow.buffer += memoryview(joined)[(count - 1) * size + header_len :]
+    flow.segments = count
+    if joined[-last_size + ip_len + _TCP_FLAGS] & _TCP_PSH:
+        flow.buffer[VIRTIO_NET_HDR_SIZE + ip_len + _TCP_FLAGS] |= _TCP_PSH
+    return flow
+
+
+@functools.cache
+def _header_mask_array(ip_len: int, header_len: int) -> Any:
+    """`_header_mask` as a numpy row of bytes."""
+    return np.frombuffer(_header_mask(ip_len, header_len).to_bytes(header_len, "big"), np.uint8)
 
 
 def _tcp_candidate(packet: BytesLike) -> tuple[bytes, int, int, int, bool] | None:
