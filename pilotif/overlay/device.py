@@ -294,6 +294,7 @@ class Device:
                         _IPV4_DESTINATION if run_version == _IPV4_VERSION else _IPV6_DESTINATION
                     )
                     counter, remote_index = run[1].send_counter, run[1].remote_index
+                    encrypt, endpoint = run[1].send_aead.encrypt_into, run[2]
                     run_start = offset
             padded = length + (-length % PADDING_MULTIPLE)
             if padded > mtu:
@@ -310,10 +311,8 @@ class Device:
                 scratch[:length] = packet
                 scratch[length:padded] = _PADDING[: padded - length]
                 packet = scratch[:padded]
-            run[1].send_aead.encrypt_into(
-                pack_nonce(counter), packet, None, sealed[offset + TRANSPORT_HEADER_SIZE : end]
-            )
-            outgoing.append((sealed[offset:end], run[2]))
+            encrypt(pack_nonce(counter), packet, None, sealed[offset + TRANSPORT_HEADER_SIZE : end])
+            outgoing.append((sealed[offset:end], endpoint))
             counter += 1
             offset = end
         if run is not None:
