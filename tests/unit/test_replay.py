@@ -1,8 +1,10 @@
 """The replay window accepts each counter once, within the window, below the reject limit."""
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
-from pilotif.overlay.constants import REJECT_AFTER_MESSAGES
+from pilotif.overlay.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE
 from pilotif.overlay.replay import WINDOW_SIZE, ReplayWindow
 
 
@@ -78,3 +80,46 @@ def test_the_reject_limit(window: ReplayWindow) -> None:
     assert not window.check(REJECT_AFTER_MESSAGES)
     assert not window.update(REJECT_AFTER_MESSAGES)
     assert not window.update(2**64 - 1)
+
+
+_WORD_BITS = 64
+_RUN_STARTS = st.one_of(
+    st.integers(0, 3 * REPLAY_WINDOW_SIZE),
+    st.integers(0, 2**40),
+    st.integers(REJECT_AFTER_MESSAGES - 4 * REPLAY_WINDOW_SIZE, REJECT_AFTER_MESSAGES - 1),
+)
+_RUN_LENGTHS = st.one_of(
+    st.integers(1, 3 * _WORD_BITS),
+    st.integers(1, REPLAY_WINDOW_SIZE + 3 * _WORD_BITS),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    newest=_RUN_STARTS,
+    seen_behind=st.lists(st.integers(0, WINDOW_SIZE + 100), max_size=40),
+    gap=st.one_of(st.integers(1, 2 * _WORD_BITS), st.integers(1, 3 * REPLAY_WINDOW_SIZE)),
+    length=_RUN_LENGTHS,
+)
+def test_update_run_marks_what_update_per_counter_marks(
+    newest: int, seen_behind: list[int], gap: int, length: int
+) -> None:
+    first = newest + gap
+    last = min(first + length - 1, REJECT_AFTER_MESSAGES - 1)
+    assume(first <= last)
+    by_run, by_counter = ReplayWindow(), ReplayWindow()
+    for window in (by_run, by_counter):
+        for counter in sorted(newest - behind for behind in seen_behind if behind <= newest):
+            window.update(counter)
+        window.update(newest)
+    assert by_run.newest == by_counter.newest == newest
+
+    by_run.update_run(first, last)
+    for counter in range(first, last + 1):
+        assert by_counter.update(counter)
+
+    assert by_run.newest == by_counter.newest == last
+    low = max(0, last - WINDOW_SIZE - 100)
+    disagree = [c for c in range(low, last + 6) if by_run.check(c) != by_counter.check(c)]
+    assert disagree == []
+    assert not any(by_run.check(counter) for counter in range(max(low, first), last + 1))
