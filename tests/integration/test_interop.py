@@ -128,6 +128,11 @@ def test_status_json_describes_interface_peer_and_counters(
         assert peer["preshared_key"] is True
         assert peer["persistent_keepalive"] is None
         assert {reason.value for reason in DropReason} <= set(status["drops"])
+        # The lab kernel grants TSO on the TUN, and a super-packet is capped to what one
+        # UDP GSO send carries at this MTU ((1420 + 32) bytes each, 65507 at most).
+        offloads = status["offloads"]
+        assert offloads["tun"]["tso"] is True
+        assert offloads["tso_max_segments"] == 65507 // (TUNNEL_MTU + 32)
 
         assert ping(a.namespace, b.addresses.overlay_v4).all_answered
         [after_ping] = node.status()["peers"]
