@@ -350,10 +350,11 @@ class Daemon:
         now = time.monotonic()
         for _ in range(READ_ROUNDS):
             packets = read_many(READ_BATCH_PACKETS)
-            if not packets:
+            if packets:
+                send_packets(packets, now, sealed)
+                self._flush(now)
+            if self._tun_io.drained:
                 break
-            send_packets(packets, now, sealed)
-            self._flush(now)
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
         assert self._udp_io is not None

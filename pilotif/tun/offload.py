@@ -658,19 +658,24 @@ class TunBatch:
         self._split_buffer = bytearray(2 * MAX_IP_PACKET_BYTES)
         self.split_errors = 0
         """Super-packets dropped because their header did not describe them."""
+        self.drained = False
 
     def read_many(self, limit: int) -> list[memoryview]:
-        """The packets of up to `limit` reads; empty when nothing waits."""
+        """The packets of up to `limit` reads; empty when nothing waits. Afterwards
+        `drained` says whether the last read found the queue empty (no need to call
+        again before the fd is readable)."""
         fd = self._fd
         header = self._header
         arena = self._arena_view
         packets: list[memoryview] = []
         offset = 0
+        self.drained = False
         while len(packets) < limit and len(arena) - offset >= MAX_IP_PACKET_BYTES:
             slot = arena[offset:]
             try:
                 length = os.readv(fd, (header, slot) if header else (slot,)) - len(header)
             except (BlockingIOError, InterruptedError):
+                self.drained = True
                 break
             if length <= 0:
                 break
