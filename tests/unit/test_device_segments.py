@@ -31,6 +31,7 @@ from test_device_batch import (
     ROAMED_ENDPOINT,
     UNKNOWN_INDEX,
     batch_send,
+    counter_of,
     delivered,
     drops,
     established_pair,
@@ -370,7 +371,9 @@ def test_a_corrupted_row_in_the_middle_is_dropped_and_its_original_still_accepte
     assert peer_of(b, a).rx_bytes - rx_before == 5 * len(original)
     assert receive(b, [(original, 0)], a.endpoint) == [packets[3]]
     assert receive(b, [(original, 0)], a.endpoint) == []
-    assert drops(b) == {DropReason.DECRYPT_FAILED: 1, DropReason.REPLAY: 1}
+    datagrams[3] = original
+    assert receive(b, [one_receive(datagrams)], a.endpoint) == []
+    assert drops(b) == {DropReason.DECRYPT_FAILED: 1, DropReason.REPLAY: 1 + len(datagrams)}
 
 
 def test_a_replayed_batch_from_a_new_source_is_all_dropped_and_does_not_roam() -> None:
@@ -430,6 +433,19 @@ def test_a_batch_with_counters_out_of_order_or_repeated_is_handled_per_datagram(
     assert drops(b) == {DropReason.REPLAY: 1}
 
 
+def test_a_batch_with_two_rows_swapped_is_delivered_in_arrival_order() -> None:
+    a, b = established_pair()
+    packets = tcp_segments(a, b, 6)
+    batch_send(a, packets)
+    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    order = [0, 1, 3, 2, 4, 5]
+
+    got = receive(b, [one_receive([datagrams[i] for i in order])], a.endpoint)
+
+    assert got == [packets[i] for i in order]
+    assert drops(b) == {}
+
+
 def test_a_row_of_the_previous_session_inside_a_batch_is_delivered_in_place() -> None:
     a, b = established_pair()
     old = peer_of(a, b).current
@@ -443,13 +459,31 @@ def test_a_row_of_the_previous_session_inside_a_batch_is_delivered_in_place() ->
     delivered(b)
     b.device.events.clear()
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets[:2] + packets[3:])
+    batch_send(a, packets[:2])
+    new = peer_of(a, b).current
+    assert new is not None
+    old.send_counter = new.send_counter
+    new.send_counter += 1
+    batch_send(a, packets[3:])
     datagrams = [datagram for datagram, _ in take_bytes(a)]
     datagrams.insert(2, seal(old, packets[2]))
+    assert [counter_of(d) for d in datagrams] == list(range(old.send_counter - 3, new.send_counter))
 
     assert receive(b, [one_receive(datagrams)], a.endpoint, now=later) == packets
     assert drops(b) == {}
     assert b.device.events == []
+
+
+def test_a_row_whose_index_was_rewritten_is_dropped_though_its_counter_fits() -> None:
+    a, b = established_pair()
+    packets = tcp_segments(a, b, 6)
+    batch_send(a, packets)
+    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    header = TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, UNKNOWN_INDEX, counter_of(datagrams[3]))
+    datagrams[3] = header + datagrams[3][len(header) :]
+
+    assert receive(b, [one_receive(datagrams)], a.endpoint) == packets[:3] + packets[4:]
+    assert drops(b) == {DropReason.UNKNOWN_INDEX: 1}
 
 
 def test_garbage_and_unknown_indexes_glued_in_are_counted_and_the_rest_delivered() -> None:

@@ -88,30 +88,45 @@ _RUN_STARTS = st.one_of(
     st.integers(0, 2**40),
     st.integers(REJECT_AFTER_MESSAGES - 4 * REPLAY_WINDOW_SIZE, REJECT_AFTER_MESSAGES - 1),
 )
-_RUN_LENGTHS = st.one_of(
-    st.integers(1, 3 * _WORD_BITS),
-    st.integers(1, REPLAY_WINDOW_SIZE + 3 * _WORD_BITS),
+_NEAR = st.integers(1, 2 * _WORD_BITS)
+"""A step that stays in the same 64-bit word or crosses into the next ones."""
+_AROUND_THE_RING = st.integers(
+    REPLAY_WINDOW_SIZE - 2 * _WORD_BITS, REPLAY_WINDOW_SIZE + 2 * _WORD_BITS
 )
+"""Runs about as long as the ring: the first word and the last share a slot."""
+_RUN_LENGTHS = st.one_of(
+    _NEAR, _AROUND_THE_RING, st.integers(1, REPLAY_WINDOW_SIZE + 3 * _WORD_BITS)
+)
+
+
+def _mark_behind(window: ReplayWindow, newest: int, stride: int, extra: list[int]) -> None:
+    """Mark every `stride`-th counter of the window behind `newest`, the `extra` ones
+    (distances behind it), then `newest`."""
+    low = max(0, newest - WINDOW_SIZE - 100)
+    behind = {*range(newest - stride, low - 1, -stride), *(newest - e for e in extra)}
+    for counter in sorted(c for c in behind if c >= 0):
+        window.update(counter)
+    window.update(newest)
 
 
 @settings(max_examples=150, deadline=None)
 @given(
     newest=_RUN_STARTS,
-    seen_behind=st.lists(st.integers(0, WINDOW_SIZE + 100), max_size=40),
-    gap=st.one_of(st.integers(1, 2 * _WORD_BITS), st.integers(1, 3 * REPLAY_WINDOW_SIZE)),
+    stride=st.integers(1, 200),
+    extra=st.lists(st.integers(1, WINDOW_SIZE + 100), max_size=20),
+    gap=st.one_of(_NEAR, _AROUND_THE_RING, st.integers(1, 3 * REPLAY_WINDOW_SIZE)),
     length=_RUN_LENGTHS,
+    follow=_NEAR,
 )
 def test_update_run_marks_what_update_per_counter_marks(
-    newest: int, seen_behind: list[int], gap: int, length: int
+    newest: int, stride: int, extra: list[int], gap: int, length: int, follow: int
 ) -> None:
     first = newest + gap
     last = min(first + length - 1, REJECT_AFTER_MESSAGES - 1)
     assume(first <= last)
     by_run, by_counter = ReplayWindow(), ReplayWindow()
     for window in (by_run, by_counter):
-        for counter in sorted(newest - behind for behind in seen_behind if behind <= newest):
-            window.update(counter)
-        window.update(newest)
+        _mark_behind(window, newest, stride, extra)
     assert by_run.newest == by_counter.newest == newest
 
     by_run.update_run(first, last)
@@ -119,7 +134,14 @@ def test_update_run_marks_what_update_per_counter_marks(
         assert by_counter.update(counter)
 
     assert by_run.newest == by_counter.newest == last
-    low = max(0, last - WINDOW_SIZE - 100)
-    disagree = [c for c in range(low, last + 6) if by_run.check(c) != by_counter.check(c)]
-    assert disagree == []
-    assert not any(by_run.check(counter) for counter in range(max(low, first), last + 1))
+    assert not any(by_run.check(counter) for counter in range(first, last + 1)[-WINDOW_SIZE:])
+
+    def disagreements() -> list[int]:
+        low = max(0, max(by_run.newest, by_counter.newest) - WINDOW_SIZE - 100)
+        high = max(by_run.newest, by_counter.newest) + 5
+        return [c for c in range(low, high + 1) if by_run.check(c) != by_counter.check(c)]
+
+    assert disagreements() == []
+    # What the run marked must also be right for the counters that come next.
+    assert by_run.update(last + follow) == by_counter.update(last + follow)
+    assert disagreements() == []
