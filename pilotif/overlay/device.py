@@ -88,8 +88,7 @@ _NONCE: Final = struct.Struct("<4xQ")
 """The AEAD nonce of a transport counter: four zero bytes, then the counter."""
 _PADDING = bytes(PADDING_MULTIPLE)
 _TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
-_IPV4_DESTINATION: Final = slice(16, 20)
-_IPV4_FIRST_AND_LENGTH: Final = struct.Struct("!BxH")
+_IPV4_FIRST_LENGTH_DESTINATION: Final = struct.Struct("!BxH12x4s")
 _IPV4_VERSION: Final = 4
 _IPV4_PLAIN_FIRST_BYTE: Final = 0x45
 """Version 4, a 20-byte header: the packets the fast path parses itself."""
@@ -106,7 +105,6 @@ _VECTOR_MIN_DATAGRAMS: Final = 4
 """Below this many datagrams in one receive, numpy costs more than it saves."""
 _VECTOR_MIN_DATAGRAM_BYTES: Final = TRANSPORT_MIN_SIZE + 20
 """Each datagram of a vectorised batch carries at least an IPv4 header."""
-_IPV6_DESTINATION: Final = slice(24, 40)
 
 
 def padded_length(length: int, mtu: int) -> int:
@@ -267,17 +265,18 @@ class Device:
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, Endpoint] | None = None
         run_destination = b""
-        run_slice = _IPV4_DESTINATION
         for packet in packets:
             length = len(packet)
             # The run goes on for a well-formed packet to the same destination; a plain
             # IPv4 header is checked here, anything else by packet_addresses.
             same_run = False
-            if run is not None and packet[run_slice] == run_destination:
+            if run is not None and length >= _IPV4_MIN_BYTES:
                 if run_version == _IPV4_VERSION:
-                    first, total = _IPV4_FIRST_AND_LENGTH.unpack_from(packet)
+                    first, total, destination = _IPV4_FIRST_LENGTH_DESTINATION.unpack_from(packet)
                     same_run = (
-                        first == _IPV4_PLAIN_FIRST_BYTE and _IPV4_MIN_BYTES <= total <= length
+                        destination == run_destination
+                        and first == _IPV4_PLAIN_FIRST_BYTE
+                        and _IPV4_MIN_BYTES <= total <= length
                     )
                 else:
                     addresses = packet_addresses(packet)
@@ -290,9 +289,6 @@ class Device:
                 if run is not None and addresses is not None:
                     run_destination = addresses[1]
                     run_version = packet[0] >> 4
-                    run_slice = (
-                        _IPV4_DESTINATION if run_version == _IPV4_VERSION else _IPV6_DESTINATION
-                    )
                     counter, remote_index = run[1].send_counter, run[1].remote_index
                     encrypt, endpoint = run[1].send_aead.encrypt_into, run[2]
                     run_start = offset

@@ -58,6 +58,8 @@ MAX_GSO_SEGMENTS: Final = 128
 _VNET_HDR: Final = struct.Struct("=BBHHHH")
 _ZERO_VNET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)
 _ONES: Final = 0xFFFF
+_BYTE_SWAP_FACTOR: Final = 256
+"""256 * x mod 0xFFFF swaps the bytes of a 16-bit ones' complement sum x."""
 _IPV4: Final = 4
 _IPV6: Final = 6
 _IPV4_MIN_HEADER_BYTES: Final = 20
@@ -323,7 +325,11 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
         ip_sums = ids + sum(struct.unpack(f"!{ip_len // 2}H", template[:ip_len]))
         ip_sums[-1] += (last_size - full_size) % _ONES
         _column(rows, _IPV4_CHECKSUM, ">u2")[:] = _ONES - ip_sums % _ONES
-    sums = rows[:, start:].view(">u2").sum(axis=1, dtype=np.uint64)
+    # Summed as little-endian words (native on x86 and ARM: no byte swapping; 32-bit
+    # accumulators, as a row is far below 65,536 words), then moved to the big-endian
+    # domain: swapping the bytes of a 16-bit sum is multiplying it by 256, modulo 0xFFFF.
+    sums = rows[:, start:].view("<u2").sum(axis=1, dtype=np.uint32).astype(np.uint64)
+    sums = sums % _ONES * _BYTE_SWAP_FACTOR
     sums += _pseudo_sum_be(addresses, protocol) + full_size - start
     sums[-1] += (last_size - full_size) % _ONES
     # A sum that is a multiple of 0xFFFF gives 0xFFFF, never 0: the other ones'
