@@ -39,7 +39,7 @@ _DISABLING_ERRNOS: Final = frozenset({errno.EIO, errno.EINVAL})
 
 def segments_per_send(datagram_bytes: int) -> int:
     """How many datagrams of `datagram_bytes` one GSO send may carry."""
-    return max(1, min(UDP_MAX_SEGMENTS, MAX_GSO_BYTES // datagram_bytes))
+    return max(1, min(UDP_MAX_SEGMENTS, MAX_GSO_BYTES // max(datagram_bytes, 1)))
 
 
 def gso_groups(
@@ -53,22 +53,18 @@ def gso_groups(
     groups: list[tuple[Endpoint, int, list[BytesLike]]] = []
     current: list[BytesLike] = []
     endpoint: Endpoint | None = None
-    size = total = 0
+    size = room = 0
     for datagram, destination in datagrams:
         length = len(datagram)
-        if (
-            current
-            and destination == endpoint
-            and length <= size
-            and len(current[-1]) == size
-            and len(current) < UDP_MAX_SEGMENTS
-            and total + length <= MAX_GSO_BYTES
-        ):
+        if room and length <= size and (destination is endpoint or destination == endpoint):
             current.append(datagram)
-            total += length
+            # A shorter datagram ends the group: GSO cuts every segment but the last
+            # to the group's size.
+            room = room - 1 if length == size else 0
             continue
         current = [datagram]
-        endpoint, size, total = destination, length, length
+        endpoint, size = destination, length
+        room = segments_per_send(length) - 1
         groups.append((destination, length, current))
     return groups
 
