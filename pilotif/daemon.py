@@ -471,14 +471,21 @@ class Daemon:
             device.to_tun.clear()
 
     def _rearm_timer(self) -> None:
+        """Make the timer fire by the core's next deadline.
+
+        An armed timer that fires no later than that stays: when it fires early, the
+        core finds nothing due and the timer is armed again for the real deadline. Data
+        moves the deadlines on every packet; cancelling and re-arming each time cost
+        more than the occasional early wake-up.
+        """
         deadline = self.device.next_timer()
-        if deadline == self._timer_deadline:
+        armed = self._timer_deadline
+        if deadline is None or (armed is not None and armed <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_deadline = deadline
-        if deadline is not None and self._loop is not None:
+        if self._loop is not None:
             self._timer = self._loop.call_at(deadline, self._on_timer)
 
     # -- events and metrics ----------------------------------------------------------
