@@ -92,7 +92,6 @@ _UDP_HEADER_BYTES: Final = 8
 _UDP_LENGTH: Final = 4
 _UDP_CHECKSUM: Final = 6
 _SEQ_SPACE: Final = 2**32
-_ID_SPACE: Final = 2**16
 _U16: Final = struct.Struct("!H")
 _U16_LE: Final = struct.Struct("<H")
 _U32: Final = struct.Struct("!I")
