@@ -393,7 +393,32 @@ def _format_status(state: dict[str, Any]) -> str:
             lines.append(f"  persistent keepalive: every {peer['persistent_keepalive']} seconds")
     drops = {reason: count for reason, count in state["drops"].items() if count}
     lines += ["", "drops: " + (", ".join(f"{r}={c}" for r, c in drops.items()) or "none")]
+    if state.get("offloads"):
+        lines += _format_offloads(state["offloads"])
     return "\n".join(lines)
+
+
+def _format_offloads(offloads: dict[str, Any]) -> list[str]:
+    """What the kernel granted on the TUN and the UDP sockets, and what it refused."""
+    tun = offloads.get("tun") or {}
+    granted = []
+    if tun.get("tso"):
+        segments = offloads.get("tso_max_segments")
+        granted.append("tso" + (f" (up to {segments} segments a read)" if segments else ""))
+    if tun.get("uso"):
+        granted.append("uso")
+    if tun.get("coalesced_writes"):
+        granted.append("coalesced writes")
+    lines = ["offloads:", f"  tun: {', '.join(granted) or 'none'}"]
+    lines += [f"  tun refused: {refusal}" for refusal in tun.get("refused", [])]
+    for family, udp in (offloads.get("udp") or {}).items():
+        if udp is None:
+            continue
+        on = [name for name in ("gso", "gro") if udp.get(name)]
+        lines.append(f"  udp {family}: {', '.join(on) or 'none'}")
+        if udp.get("gso_disabled"):
+            lines.append(f"  udp {family} gso dropped: {udp['gso_disabled']}")
+    return lines
 
 
 def _node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, Any]:

@@ -111,3 +111,38 @@ def test_node_commands_without_a_daemon_fail_cleanly(tmp_path: Path) -> None:
 
 def test_connect_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     assert_one_line_error(pilotif("connect", "beta", "70000", "--state-dir", str(tmp_path)))
+
+
+def test_status_says_which_offloads_are_on_and_what_was_refused() -> None:
+    from pilotif.cli import _format_status
+
+    state = {
+        "interface": "pilot0",
+        "public_key": "k",
+        "listen_port": 51820,
+        "addresses": ["100.64.0.1/10"],
+        "mtu": 1420,
+        "peers": [],
+        "drops": {"replay": 0},
+        "offloads": {
+            "tun": {
+                "vnet_hdr": True,
+                "coalesced_writes": True,
+                "tso": True,
+                "uso": False,
+                "refused": ["tso+uso: EINVAL"],
+            },
+            "tso_max_segments": 45,
+            "udp": {
+                "v4": {"gso": False, "gro": True, "gso_disabled": "EIO on a GSO send"},
+                "v6": None,
+            },
+        },
+        "node": None,
+    }
+    text = _format_status(state)
+    assert "  tun: tso (up to 45 segments a read), coalesced writes" in text
+    assert "  tun refused: tso+uso: EINVAL" in text
+    assert "  udp v4: gro" in text
+    assert "  udp v4 gso dropped: EIO on a GSO send" in text
+    assert "udp v6" not in text
