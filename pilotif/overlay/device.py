@@ -536,6 +536,7 @@ class Device:
         What `receive_datagrams` does with them. The usual batch (transport messages of
         one session, counters increasing, all new, plain IPv4 packets from one source
         inside) is checked with numpy at once: per datagram only the decryption is left.
+        `plaintexts` must hold len(buffer) bytes; `to_tun` gets views into it.
         """
         count = -(-len(buffer) // segment_size) if segment_size > 0 else 1
         last_size = len(buffer) - (count - 1) * segment_size
