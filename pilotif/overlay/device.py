@@ -540,25 +540,12 @@ class Device:
         """
         count = -(-len(buffer) // segment_size) if segment_size > 0 else 1
         last_size = len(buffer) - (count - 1) * segment_size
-        if count < _VECTOR_MIN_DATAGRAMS or last_size < _VECTOR_MIN_DATAGRAM_BYTES:
+        run = self._segments_run(buffer, segment_size, count, last_size, now)
+        if run is None:
             self.receive_datagrams(split_coalesced(buffer, segment_size), source, now, plaintexts)
             return
-        counters = np.ndarray((count,), "<u8", buffer, _COUNTER_OFFSET, (segment_size,))
-        headers = np.ndarray((count,), "<u8", buffer, 0, (segment_size,))
-        run = None
-        if (headers == headers[0]).all() and int(headers[0]) & _TYPE_MASK == MESSAGE_TRANSPORT:
-            run = self._receive_run(int(headers[0]) >> _INDEX_SHIFT, now)
-        first, last = int(counters[0]), int(counters[-1])
-        if (
-            run is None
-            or first <= run[1].replay.newest
-            or last != first + count - 1
-            or last >= REJECT_AFTER_MESSAGES
-            or not (counters[1:] > counters[:-1]).all()
-        ):
-            self.receive_datagrams(split_coalesced(buffer, segment_size), source, now, plaintexts)
-            return
-        peer, keypair = run
+        peer, keypair, first = run
+        last = first + count - 1
         decrypt = keypair.receive_aead.decrypt_into
         pack_nonce = _NONCE.pack
         plain_size = segment_size - _TRANSPORT_OVERHEAD_BYTES
@@ -579,7 +566,9 @@ class Device:
             start = end
             out += plain_size
         if failed:
-            self._deliver_rows(peer, keypair, buffer, segment_size, failed, source, now, plaintexts)
+            self._deliver_rows(
+                peer, keypair, buffer, segment_size, first, failed, source, now, plaintexts
+            )
             return
         keypair.replay.update_run(first, last)
         self._received_transport(peer, keypair, source, len(buffer), True, now)
@@ -606,12 +595,37 @@ class Device:
             size = plain_size if row < count - 1 else last_plain
             self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size])
 
+    def _segments_run(
+        self, buffer: memoryview, segment_size: int, count: int, last_size: int, now: float
+    ) -> tuple[Peer, Keypair, int] | None:
+        """The peer, session and first counter of a GRO receive that `receive_segments`
+        can take at once: enough datagrams, each a transport message of one session that
+        takes data now, with consecutive counters all newer than any seen."""
+        if count < _VECTOR_MIN_DATAGRAMS or last_size < _VECTOR_MIN_DATAGRAM_BYTES:
+            return None
+        headers = np.ndarray((count,), "<u8", buffer, 0, (segment_size,))
+        if not (headers == headers[0]).all() or int(headers[0]) & _TYPE_MASK != MESSAGE_TRANSPORT:
+            return None
+        run = self._receive_run(int(headers[0]) >> _INDEX_SHIFT, now)
+        counters = np.ndarray((count,), "<u8", buffer, _COUNTER_OFFSET, (segment_size,))
+        first, last = int(counters[0]), int(counters[-1])
+        if (
+            run is None
+            or first <= run[1].replay.newest
+            or last != first + count - 1
+            or last >= REJECT_AFTER_MESSAGES
+            or not (counters[1:] > counters[:-1]).all()
+        ):
+            return None
+        return run[0], run[1], first
+
     def _deliver_rows(
         self,
         peer: Peer,
         keypair: Keypair,
         buffer: memoryview,
         segment_size: int,
+        first: int,
         failed: list[int],
         source: Endpoint,
         now: float,
@@ -620,7 +634,6 @@ class Device:
         """The rare end of `receive_segments`: some datagrams did not authenticate."""
         self.drops[DropReason.DECRYPT_FAILED] += len(failed)
         replay = keypair.replay
-        first = int.from_bytes(buffer[_COUNTER_OFFSET:TRANSPORT_HEADER_SIZE], "little")
         plain_size = segment_size - _TRANSPORT_OVERHEAD_BYTES
         received = 0
         skip = set(failed)
@@ -635,7 +648,7 @@ class Device:
         if received:
             self._received_transport(peer, keypair, source, received, True, now)
 
-    def _deliver(self, peer: Peer, plaintext: memoryview) -> None:
+    def _deliver(self, peer: Peer, plaintext: BytesLike) -> None:
         """Queue a decrypted packet of `peer` for the TUN if it is IP from its allowed IPs."""
         addresses = packet_addresses(plaintext)
         if addresses is None:
@@ -681,17 +694,8 @@ class Device:
             self.drops[DropReason.REPLAY] += 1
             return
         self._received_transport(peer, keypair, source, len(data), bool(plaintext), now)
-        if not plaintext:
-            return
-        addresses = packet_addresses(plaintext)
-        if addresses is None:
-            self.drops[DropReason.NOT_IP] += 1
-            return
-        if self._routes.lookup(addresses[0]) is not peer:
-            self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
-            return
-        length = addresses[2]
-        self.to_tun.append(plaintext if length == len(plaintext) else plaintext[:length])
+        if plaintext:
+            self._deliver(peer, plaintext)
 
     def _received_transport(
         self,
