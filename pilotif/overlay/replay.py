@@ -53,12 +53,7 @@ class ReplayWindow:
         ring = self._ring
         word_index = counter >> _WORD_BITS_LOG2
         if counter > self._newest:
-            current = self._newest >> _WORD_BITS_LOG2
-            if word_index != current:
-                last = current + 1 + min(word_index - current, _RING_WORDS)
-                for index in range(current + 1, last):
-                    ring[index & _RING_MASK] = 0
-            self._newest = counter
+            self._advance(counter)
         elif self._newest - counter > WINDOW_SIZE:
             return False
         slot = word_index & _RING_MASK
@@ -77,14 +72,22 @@ class ReplayWindow:
         counters instead of per counter.
         """
         ring = self._ring
-        current = self._newest >> _WORD_BITS_LOG2
         last_word = last >> _WORD_BITS_LOG2
-        for index in range(current + 1, current + 1 + min(last_word - current, _RING_WORDS)):
-            ring[index & _RING_MASK] = 0
-        self._newest = last
+        self._advance(last)
         for word in range(
             max(first >> _WORD_BITS_LOG2, last_word - _RING_WORDS + 1), last_word + 1
         ):
             low = max(first, word << _WORD_BITS_LOG2) & _BIT_MASK
             high = min(last, (word << _WORD_BITS_LOG2) | _BIT_MASK) & _BIT_MASK
             ring[word & _RING_MASK] |= ((1 << (high - low + 1)) - 1) << low
+
+    def _advance(self, counter: int) -> None:
+        """Make `counter` (newer than any) the newest: the words of the ring between the
+        newest's and its own are recycled (cleared)."""
+        current = self._newest >> _WORD_BITS_LOG2
+        word_index = counter >> _WORD_BITS_LOG2
+        if word_index != current:
+            ring = self._ring
+            for index in range(current + 1, current + 1 + min(word_index - current, _RING_WORDS)):
+                ring[index & _RING_MASK] = 0
+        self._newest = counter
