@@ -324,13 +324,14 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
         ip_sums = ids + sum(struct.unpack(f"!{ip_len // 2}H", template[:ip_len]))
         ip_sums[-1] += (last_size - full_size) % _ONES
         _column(rows, _IPV4_CHECKSUM, ">u2")[:] = _ONES - ip_sums % _ONES
-    # Summed as little-endian words (native on x86 and ARM: no byte swapping; 32-bit
-    # accumulators, as a row is far below 65,536 words), then moved to the big-endian
-    # domain: swapping the bytes of a 16-bit sum is multiplying it by 256, modulo 0xFFFF.
+    # Summed in the module's little domain (little-endian words, native on x86 and ARM;
+    # 32-bit accumulators, as a row is far below 65,536 words), then moved to the
+    # big-endian domain: swapping the bytes of a 16-bit sum is multiplying it by 256,
+    # modulo 0xFFFF.
     sums = rows[:, start:].view("<u2").sum(axis=1, dtype=np.uint32).astype(np.uint64)
+    sums += _pseudo_sum_le(addresses, protocol, full_size - start) % _ONES
+    sums[-1] += (_swap16(last_size - start) - _swap16(full_size - start)) % _ONES
     sums = sums % _ONES * _BYTE_SWAP_FACTOR
-    sums += _pseudo_sum_be(addresses, protocol) + full_size - start
-    sums[-1] += (last_size - full_size) % _ONES
     # A sum that is a multiple of 0xFFFF gives 0xFFFF, never 0: the other ones'
     # complement zero, equally valid for TCP and the one UDP needs.
     _column(rows, checksum_at, ">u2")[:] = _ONES - sums % _ONES
@@ -344,12 +345,6 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
 def _column(rows: Any, offset: int, dtype: str) -> Any:
     """A big-endian field of every row, as a writable numpy column."""
     return rows[:, offset : offset + np.dtype(dtype).itemsize].view(dtype)[:, 0]
-
-
-def _pseudo_sum_be(addresses: BytesLike, protocol: int) -> int:
-    """The pseudo-header's addresses and protocol summed in big-endian 16-bit words."""
-    words: tuple[int, ...] = struct.unpack(f"!{len(addresses) // 2}H", addresses)
-    return sum(words) + protocol
 
 
 def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> None:
