@@ -292,9 +292,7 @@ class Device:
                     counter, remote_index = run[1].send_counter, run[1].remote_index
                     encrypt, endpoint = run[1].send_aead.encrypt_into, run[2]
                     run_start = offset
-            padded = length + (-length % PADDING_MULTIPLE)
-            if padded > mtu:
-                padded = max(length, mtu)
+            padded = padded_length(length, mtu)
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or end > capacity or counter >= REJECT_AFTER_MESSAGES:
                 if run is not None:
