@@ -43,7 +43,7 @@ from pilotif.observe import (
 )
 from pilotif.overlay.constants import TRANSPORT_MIN_SIZE
 from pilotif.overlay.crypto import BytesLike
-from pilotif.overlay.device import Device, padded_length
+from pilotif.overlay.device import Device
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import (
     Endpoint,
@@ -295,7 +295,8 @@ class Daemon:
             self.addresses = [a for a in self.addresses if a.version == 4]
             configure_link(self.interface, self.addresses, self.mtu, routes)
         if self._tun_io.offloads.tso:
-            segments = segments_per_send(padded_length(self.mtu, self.mtu) + TRANSPORT_MIN_SIZE)
+            # A full-MTU packet is never padded: its datagram is MTU + header + tag.
+            segments = segments_per_send(self.mtu + TRANSPORT_MIN_SIZE)
             if limit_gso_segments(self.interface, segments):
                 self._tso_max_segments = segments
 
