@@ -15,10 +15,12 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
+from pilotif.overlay.constants import MESSAGE_TRANSPORT
 from pilotif.overlay.crypto import BytesLike, generate_private_key
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint
-from pilotif.overlay.peer import Peer
+from pilotif.overlay.messages import TRANSPORT_HEADER
+from pilotif.overlay.peer import Keypair, Peer
 
 MTU = 1420
 NOW = 1000.0
@@ -207,3 +209,13 @@ def established(pair: tuple[Node, Node]) -> tuple[Node, Node]:
         node.device.to_tun.clear()
         node.device.events.clear()
     return pair
+
+
+def seal(keypair: Keypair, payload: bytes) -> bytes:
+    """A transport message carrying `payload` exactly as given (no padding, no checks)."""
+    counter = keypair.send_counter
+    keypair.send_counter += 1
+    nonce = bytes(4) + counter.to_bytes(8, "little")
+    return TRANSPORT_HEADER.pack(
+        MESSAGE_TRANSPORT, keypair.remote_index, counter
+    ) + keypair.send_aead.encrypt(nonce, payload, None)

@@ -5,7 +5,6 @@ clock; the tests lose, replay, reorder and tamper with datagrams in flight.
 """
 
 import itertools
-import struct
 from ipaddress import IPv4Network
 
 import pytest
@@ -21,6 +20,7 @@ from conftest import (
     make_pair,
     peer_of,
     run_timers,
+    seal,
     take,
 )
 from hypothesis import HealthCheck, given, settings
@@ -58,7 +58,7 @@ from pilotif.overlay.events import (
     HandshakeGaveUp,
     KeysZeroed,
 )
-from pilotif.overlay.peer import Keypair
+from pilotif.overlay.messages import TRANSPORT_HEADER
 
 PSK = bytes([0x42]) * 32
 OTHER_PSK = bytes([0x24]) * 32
@@ -66,7 +66,6 @@ ROAMED_ENDPOINT = ("198.18.1.99", 40000)
 FLOOD_SOURCE = ("198.18.1.66", 40001)
 KEEPALIVE_SIZE = TRANSPORT_MIN_SIZE
 PERSISTENT_KEEPALIVE_S = 25
-_TRANSPORT_HEADER = struct.Struct("<IIQ")
 _MAC2 = slice(INITIATION_SIZE - 16, INITIATION_SIZE)
 _MAC1 = slice(INITIATION_SIZE - 32, INITIATION_SIZE - 16)
 _SENDER_INDEX = slice(4, 8)
@@ -90,16 +89,6 @@ def handshake(a: Node, b: Node, now: float) -> None:
     for node in (a, b):
         node.device.to_tun.clear()
         node.device.events.clear()
-
-
-def seal(keypair: Keypair, payload: bytes) -> bytes:
-    """A transport message carrying `payload` exactly as given (no padding, no checks)."""
-    counter = keypair.send_counter
-    keypair.send_counter += 1
-    nonce = bytes(4) + counter.to_bytes(8, "little")
-    return _TRANSPORT_HEADER.pack(
-        MESSAGE_TRANSPORT, keypair.remote_index, counter
-    ) + keypair.send_aead.encrypt(nonce, payload, None)
 
 
 def junk_initiation(responder: Device, now: float) -> bytes:
@@ -566,7 +555,7 @@ def test_arbitrary_datagrams_never_raise_and_count_exactly_one_drop(
         index = data.draw(st.sampled_from([keypair.local_index, 0, 2**32 - 1]))
         counter = data.draw(st.integers(0, 2**64 - 1))
         body = data.draw(st.binary(min_size=16, max_size=200))
-        datagram = _TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, index, counter) + body
+        datagram = TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, index, counter) + body
     else:
         original = data.draw(st.sampled_from([initiation, transport]))
         datagram = flip(original, data.draw(st.integers(0, len(original) - 1)))

@@ -19,6 +19,7 @@ from conftest import (
     make_node,
     make_pair,
     peer_of,
+    seal,
     take,
 )
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +41,6 @@ from pilotif.overlay.constants import (
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import EndpointChanged, Event, HandshakeCompleted
 from pilotif.overlay.messages import TRANSPORT_HEADER
-from pilotif.overlay.peer import Keypair
 
 OVERHEAD_BYTES = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
 SEALED_BYTES = 64 * (MTU + OVERHEAD_BYTES)
@@ -108,16 +108,6 @@ def counter_of(datagram: bytes) -> int:
     kind, _, counter = TRANSPORT_HEADER.unpack_from(datagram)
     assert kind == MESSAGE_TRANSPORT
     return int(counter)
-
-
-def seal(keypair: Keypair, payload: bytes) -> bytes:
-    """A transport message carrying `payload` exactly as given (no padding, no checks)."""
-    counter = keypair.send_counter
-    keypair.send_counter += 1
-    nonce = bytes(4) + counter.to_bytes(8, "little")
-    return TRANSPORT_HEADER.pack(
-        MESSAGE_TRANSPORT, keypair.remote_index, counter
-    ) + keypair.send_aead.encrypt(nonce, payload, None)
 
 
 def flip(datagram: bytes, position: int) -> bytes:

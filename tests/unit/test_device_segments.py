@@ -19,6 +19,7 @@ from conftest import (
     ipv6_packet,
     make_node,
     peer_of,
+    seal,
     take,
 )
 from hypothesis import HealthCheck, given, settings
@@ -36,7 +37,6 @@ from test_device_batch import (
     drops,
     established_pair,
     flip,
-    seal,
     take_bytes,
     tcp_segment,
 )
