@@ -136,6 +136,12 @@ def count_fallbacks(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def sent(node: Node, packets: list[bytes]) -> list[bytes]:
+    """The datagrams `node` seals for `packets` in one batch, copied out."""
+    batch_send(node, packets)
+    return [datagram for datagram, _ in take_bytes(node)]
+
+
 def sealed_rows(a: Node, b: Node, rows: list[bytes]) -> list[bytes]:
     """`rows` sealed as they are (no padding) in A's current session to B."""
     keypair = peer_of(a, b).current
@@ -252,8 +258,7 @@ def _send_script(a: Node, b: Node, bursts: list[tuple[int, str, int, str, int]])
         if tail_kind not in ("none", "keepalive"):
             packets.append(_tail_packet(a, b, tail_kind, tail_size, sequence))
         sequence += len(packets)
-        batch_send(a, packets)
-        datagrams += [datagram for datagram, _ in take_bytes(a)]
+        datagrams += sent(a, packets)
         if tail_kind == "keepalive":
             datagrams.append(seal(keypair, b""))
     return datagrams
@@ -325,8 +330,7 @@ def test_a_usual_batch_is_taken_by_the_vectorised_path_and_delivered_in_order(
     a, b = established_pair()
     fallbacks = count_fallbacks(b, monkeypatch)
     packets = [*tcp_segments(a, b, 7), a.packet_to(b, b"short tail")]
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     rx_before = peer_of(b, a).rx_bytes
 
     assert receive(b, [one_receive(datagrams)], a.endpoint) == packets
@@ -341,8 +345,7 @@ def test_a_usual_batch_is_taken_by_the_vectorised_path_and_delivered_in_order(
 def test_one_datagram_is_one_datagram_whatever_the_segment_size(segment_size: int) -> None:
     a, b = established_pair()
     packet = tcp_segment(a, b, 1)
-    batch_send(a, [packet])
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, [packet])
     assert len(datagrams[0]) == 1452
 
     assert receive(b, [(datagrams[0], segment_size)], a.endpoint) == [packet]
@@ -358,8 +361,7 @@ def test_a_corrupted_row_in_the_middle_is_dropped_and_its_original_still_accepte
     a, b = established_pair()
     fallbacks = count_fallbacks(b, monkeypatch)
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     original = datagrams[3]
     datagrams[3] = flip(original, -1)
     rx_before = peer_of(b, a).rx_bytes
@@ -379,8 +381,7 @@ def test_a_corrupted_row_in_the_middle_is_dropped_and_its_original_still_accepte
 def test_a_replayed_batch_from_a_new_source_is_all_dropped_and_does_not_roam() -> None:
     a, b = established_pair()
     packets = [*tcp_segments(a, b, 5), a.packet_to(b, b"tail")]
-    batch_send(a, packets)
-    glued = one_receive([datagram for datagram, _ in take_bytes(a)])
+    glued = one_receive(sent(a, packets))
     assert receive(b, [glued], a.endpoint) == packets
     peer = peer_of(b, a)
     rx_before, last_received = peer.rx_bytes, peer.last_received_s
@@ -412,8 +413,7 @@ def test_a_glued_batch_of_forgeries_from_a_new_source_neither_delivers_nor_roams
 def test_a_batch_missing_a_counter_is_still_delivered_and_the_late_one_after() -> None:
     a, b = established_pair()
     packets = tcp_segments(a, b, 7)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     late = datagrams.pop(3)
 
     assert receive(b, [one_receive(datagrams)], a.endpoint) == packets[:3] + packets[4:]
@@ -424,8 +424,7 @@ def test_a_batch_missing_a_counter_is_still_delivered_and_the_late_one_after() -
 def test_a_batch_with_counters_out_of_order_or_repeated_is_handled_per_datagram() -> None:
     a, b = established_pair()
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets)
-    d = [datagram for datagram, _ in take_bytes(a)]
+    d = sent(a, packets)
 
     glued = one_receive([d[1], d[0], d[2], d[2], d[4], d[3], d[5]])
 
@@ -436,8 +435,7 @@ def test_a_batch_with_counters_out_of_order_or_repeated_is_handled_per_datagram(
 def test_a_batch_with_two_rows_swapped_is_delivered_in_arrival_order() -> None:
     a, b = established_pair()
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     order = [0, 1, 3, 2, 4, 5]
 
     got = receive(b, [one_receive([datagrams[i] for i in order])], a.endpoint)
@@ -464,8 +462,7 @@ def test_a_row_of_the_previous_session_inside_a_batch_is_delivered_in_place() ->
     assert new is not None
     old.send_counter = new.send_counter
     new.send_counter += 1
-    batch_send(a, packets[3:])
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets[3:])
     datagrams.insert(2, seal(old, packets[2]))
     assert [counter_of(d) for d in datagrams] == list(range(old.send_counter - 3, new.send_counter))
 
@@ -477,8 +474,7 @@ def test_a_row_of_the_previous_session_inside_a_batch_is_delivered_in_place() ->
 def test_a_row_whose_index_was_rewritten_is_dropped_though_its_counter_fits() -> None:
     a, b = established_pair()
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     header = TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, UNKNOWN_INDEX, counter_of(datagrams[3]))
     datagrams[3] = header + datagrams[3][len(header) :]
 
@@ -489,8 +485,7 @@ def test_a_row_whose_index_was_rewritten_is_dropped_though_its_counter_fits() ->
 def test_garbage_and_unknown_indexes_glued_in_are_counted_and_the_rest_delivered() -> None:
     a, b = established_pair()
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     size = len(datagrams[0])
     _, _, counter = TRANSPORT_HEADER.unpack_from(datagrams[-1])
     unknown = TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, UNKNOWN_INDEX, counter + 1)
@@ -514,8 +509,7 @@ def test_garbage_and_unknown_indexes_glued_in_are_counted_and_the_rest_delivered
 def test_rows_with_reserved_bytes_set_are_malformed_though_they_authenticate() -> None:
     a, b = established_pair()
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     reserved = [bytes([d[0], 1]) + d[2:] for d in datagrams]
 
     assert receive(b, [one_receive(reserved)], a.endpoint) == []
@@ -654,8 +648,7 @@ def test_a_valid_glued_batch_from_a_new_source_roams_once(
     a, b = established_pair()
     fallbacks = count_fallbacks(b, monkeypatch)
     packets = tcp_segments(a, b, 10)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
 
     got = receive(b, glue(datagrams[:5]) + glue(datagrams[5:]), ROAMED_ENDPOINT, now=NOW + 1)
 
@@ -671,8 +664,7 @@ def test_a_valid_glued_batch_from_a_new_source_roams_once(
 def test_a_glued_batch_with_a_forged_row_from_a_new_source_roams_once() -> None:
     a, b = established_pair()
     packets = tcp_segments(a, b, 6)
-    batch_send(a, packets)
-    datagrams = [datagram for datagram, _ in take_bytes(a)]
+    datagrams = sent(a, packets)
     datagrams[0] = flip(datagrams[0], -1)
 
     assert receive(b, [one_receive(datagrams)], ROAMED_ENDPOINT) == packets[1:]
