@@ -192,6 +192,13 @@ def peer_of(node: Node, other: Node) -> Peer:
     return peer
 
 
+def current_keypair(node: Node, other: Node) -> Keypair:
+    """`node`'s current session with `other`; the test fails when there is none."""
+    keypair = peer_of(node, other).current
+    assert keypair is not None, "no current session"
+    return keypair
+
+
 @pytest.fixture
 def pair() -> tuple[Node, Node]:
     """A and B configured as peers, no session yet."""

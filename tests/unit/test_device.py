@@ -13,6 +13,7 @@ from conftest import (
     NOW,
     Node,
     connect,
+    current_keypair,
     deliver,
     exchange,
     ipv4_packet,
@@ -492,8 +493,7 @@ def test_decrypted_payload_that_is_not_ip_is_dropped(
     established: tuple[Node, Node], payload: bytes
 ) -> None:
     a, b = established
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
 
     b.device.receive_datagram(seal(keypair, payload), a.endpoint, NOW + 1)
 
@@ -550,8 +550,7 @@ def test_arbitrary_datagrams_never_raise_and_count_exactly_one_drop(
             )
         )
     elif shape == "transport":
-        keypair = peer_of(b, a).current
-        assert keypair is not None
+        keypair = current_keypair(b, a)
         index = data.draw(st.sampled_from([keypair.local_index, 0, 2**32 - 1]))
         counter = data.draw(st.integers(0, 2**64 - 1))
         body = data.draw(st.binary(min_size=16, max_size=200))
@@ -745,8 +744,7 @@ def test_sender_rekeys_after_rekey_after_messages(
 ) -> None:
     a, b = established
     source, destination = (a, b) if sender == "initiator" else (b, a)
-    keypair = peer_of(source, destination).current
-    assert keypair is not None
+    keypair = current_keypair(source, destination)
     keypair.send_counter = REKEY_AFTER_MESSAGES
     packet = source.packet_to(destination, b"many messages later")
     now = NOW + REKEY_TIMEOUT_S + 1
@@ -762,8 +760,7 @@ def test_sender_past_reject_after_messages_starts_a_new_handshake_instead(
     established: tuple[Node, Node],
 ) -> None:
     a, b = established
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     keypair.send_counter = REJECT_AFTER_MESSAGES
     packet = a.packet_to(b, b"needs fresh keys")
     now = NOW + REKEY_TIMEOUT_S + 1

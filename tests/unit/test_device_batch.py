@@ -13,6 +13,7 @@ from conftest import (
     MTU,
     NOW,
     Node,
+    current_keypair,
     exchange,
     ipv4_packet,
     ipv6_packet,
@@ -200,8 +201,7 @@ def _send_mix(use_batch: bool) -> tuple[_Outcome, list[bytes], int]:
     a, b = established_pair()
     third = make_node(3)
     add_endpointless_peer(a, third)
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     packets = hostile_mix(a, b, third)
     counter_before = keypair.send_counter
     tx_before, rx_before = peer_of(a, b).tx_bytes, peer_of(b, a).rx_bytes
@@ -308,8 +308,7 @@ def test_send_counter_advances_by_the_batch_and_nonces_never_repeat(
     established: tuple[Node, Node],
 ) -> None:
     a, b = established
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     sealed = sealed_buffer()
     datagrams: list[bytes] = []
     expected: list[bytes] = []
@@ -344,8 +343,7 @@ def test_bad_datagrams_inside_a_batch_are_counted_and_good_ones_delivered_in_ord
     established: tuple[Node, Node],
 ) -> None:
     a, b = established
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     packets = [a.packet_to(b, bytes([i]) * (10 + i)) for i in range(6)]
     batch_send(a, packets)
     good = [d for d, _ in take_bytes(a)]
@@ -398,8 +396,7 @@ def test_a_batch_of_only_replays_from_a_new_source_does_not_roam(
     unknown_index = TRANSPORT_HEADER.pack(MESSAGE_TRANSPORT, UNKNOWN_INDEX, 0) + good[0][16:]
     replays = [good[0], good[1], garbage, good[2], unknown_index, good[3]]
     batch_receive(b, replays, ROAMED_ENDPOINT, now=NOW + 1)
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     forged = [flip(seal(keypair, a.packet_to(b, b"forged")), -1) for _ in range(4)]
     batch_receive(b, forged, ROAMED_ENDPOINT, now=NOW + 1)
 
@@ -444,8 +441,7 @@ def test_decrypted_plaintexts_that_are_not_ip_or_not_allowed_are_dropped(
     established: tuple[Node, Node],
 ) -> None:
     a, b = established
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     good = [a.packet_to(b, b"one"), ipv4_with_options(a, b), a.packet_to(b, b"three", v6=True)]
     too_long = bytearray(a.packet_to(b, b"claims more"))
     too_long[2:4] = (len(too_long) + 32).to_bytes(2, "big")
@@ -479,8 +475,7 @@ def test_packets_that_do_not_fit_in_sealed_still_go_out_in_order(
     established: tuple[Node, Node],
 ) -> None:
     a, b = established
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     packets = [tcp_segment(a, b, i) for i in range(8)]
     small = a.packet_to(b, b"small, fits after the overflow")
     packets[5:5] = [small]
@@ -583,8 +578,7 @@ def test_batch_stops_encrypting_at_the_reject_limit_and_stages_the_rest(
     established: tuple[Node, Node],
 ) -> None:
     a, b = established
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     keypair.send_counter = REJECT_AFTER_MESSAGES - 2
     packets = [a.packet_to(b, bytes([i]) * 20) for i in range(4)]
 

@@ -14,6 +14,7 @@ from conftest import (
     NOW,
     Node,
     connect,
+    current_keypair,
     exchange,
     ipv4_packet,
     ipv6_packet,
@@ -144,8 +145,7 @@ def sent(node: Node, packets: list[bytes]) -> list[bytes]:
 
 def sealed_rows(a: Node, b: Node, rows: list[bytes]) -> list[bytes]:
     """`rows` sealed as they are (no padding) in A's current session to B."""
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     return [seal(keypair, row) for row in rows]
 
 
@@ -248,8 +248,7 @@ _OPS = ["none", "none", "drop", "corrupt", "replay", "duplicate", "swap", "garba
 def _send_script(a: Node, b: Node, bursts: list[tuple[int, str, int, str, int]]) -> list[bytes]:
     """The datagrams A sends B for `bursts`: each burst in one send_packets, then its
     keepalive tail, if any, sealed after it."""
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     datagrams: list[bytes] = []
     sequence = 0
     for tcp_count, odd_kind, odd_position, tail_kind, tail_size in bursts:
@@ -519,8 +518,7 @@ def test_rows_with_reserved_bytes_set_are_malformed_though_they_authenticate() -
 
 def test_a_batch_running_past_the_reject_limit_is_cut_at_the_limit() -> None:
     a, b = established_pair()
-    keypair = peer_of(a, b).current
-    assert keypair is not None
+    keypair = current_keypair(a, b)
     keypair.send_counter = REJECT_AFTER_MESSAGES - 3
     packets = tcp_segments(a, b, 5)
 
