@@ -21,7 +21,7 @@ from pilotif.control import ControlError, request, stream
 from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
-from pilotif.node.node import NodeOptions
+from pilotif.node.core import NodeOptions
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
 
@@ -367,11 +367,8 @@ def _format_status(state: dict[str, Any]) -> str:
             + ("online" if node["registry_online"] else "UNREACHABLE"),
             f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
         ]
-        for hostname, conflict in node["pin_conflicts"].items():
-            lines.append(
-                f"  REFUSED key {conflict['offered_key']} for {hostname}: "
-                f"pinned {conflict['pinned_key']}"
-            )
+        for hostname, reason in node["refused_peers"].items():
+            lines.append(f"  REFUSED peer {hostname}: {reason}")
         lines.append("")
     lines += [
         f"interface: {state['interface']}",

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 from typing import Any
 
+from pilotif.bind import Bind
 from pilotif.config import InterfaceConfig
 from pilotif.control import Reply, Request, serve_control
 from pilotif.dns import (
@@ -29,10 +30,11 @@ from pilotif.dns import (
 from pilotif.identity import IPV6_PREFIX
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
+from pilotif.node.adapter import NodeRunner, RegistryError
+from pilotif.node.core import NodeCore, NodeOptions
+from pilotif.node.events import NodeEvent, PeerRemoved
 from pilotif.node.lan import local_endpoints
-from pilotif.node.node import PROBE_INTERVAL_S, RELAY_HOST, Node, NodeOptions, path_of
-from pilotif.node.pins import PinStore
-from pilotif.node.registry_link import RegistryError, RegistryLink
+from pilotif.node.trust import TrustFileError, TrustFiles
 from pilotif.observe import (
     EventBus,
     NodeCollector,
@@ -41,8 +43,8 @@ from pilotif.observe import (
     Webhook,
     start_metrics_server,
 )
+from pilotif.observe.routes import ROUTES, event_fields
 from pilotif.overlay.constants import TRANSPORT_MIN_SIZE
-from pilotif.overlay.crypto import BytesLike
 from pilotif.overlay.device import Device
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import (
@@ -50,19 +52,12 @@ from pilotif.overlay.events import (
     EndpointChanged,
     Event,
     HandshakeCompleted,
-    HandshakeGaveUp,
     KeysZeroed,
+    PeerEndpoint,
+    RelayEndpoint,
 )
-from pilotif.overlay.messages import split_coalesced
 from pilotif.paths import StatePaths
-from pilotif.registry.wire import (
-    CONTROL_TYPE,
-    RELAY_TYPE,
-    WireError,
-    format_endpoint,
-    pack_relay,
-    unpack_relay,
-)
+from pilotif.registry.wire import format_endpoint
 from pilotif.tun import (
     Ipv6UnavailableError,
     LinkError,
@@ -74,8 +69,8 @@ from pilotif.tun import (
     link_exists,
 )
 from pilotif.tun.offload import READ_ARENA_BYTES, TunBatch, enable_offloads
-from pilotif.underlay import UdpSockets, UnderlayError, resolve_endpoint
-from pilotif.underlay_batch import RECEIVE_BUFFER_BYTES, UdpBatch, segments_per_send
+from pilotif.underlay import UnderlayError, resolve_endpoint
+from pilotif.underlay_batch import RECEIVE_BUFFER_BYTES, segments_per_send
 
 DEFAULT_MTU = 1420
 READ_BATCH_PACKETS = 64
@@ -107,7 +102,7 @@ class Daemon:
         self.interface = interface
         self.paths = paths
         self.node_options = node_options
-        self.node: Node | None = None
+        self.node: NodeRunner | None = None
         self.mtu = config.mtu or DEFAULT_MTU
         self.addresses: list[IPv4Interface | IPv6Interface] = list(config.addresses)
         self.device = Device(
@@ -115,8 +110,7 @@ class Daemon:
         )
         self._tun: TunDevice | None = None
         self._tun_io: TunBatch | None = None
-        self._udp_io: UdpBatch | None = None
-        self._udp: UdpSockets | None = None
+        self._bind: Bind | None = None
         self._tso_max_segments: int | None = None
         """The cap on segments per TSO super-packet (one UDP GSO send), if the kernel took it."""
         self._sealed = memoryview(bytearray(2 * READ_ARENA_BYTES))
@@ -126,7 +120,6 @@ class Daemon:
         self._stopping: asyncio.Event | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
-        self._ticker: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dns_responder = DnsResponder(NameTable())
         self._dns: DnsServer | None = None
@@ -135,8 +128,6 @@ class Daemon:
         self.events = EventBus()
         """Peer, path, trust and registry events for `pilotif events` and the webhook."""
         self.handshakes = 0
-        self.relay_rx_bytes = 0
-        self.relay_tx_bytes = 0
         self._peers_up: set[str] = set()
         """Keys (base64) of peers with a session: peer_up was published, peer_down not yet."""
         self._metrics = metrics
@@ -159,13 +150,20 @@ class Daemon:
         self._stopping = asyncio.Event()
         try:
             await self._start()
-        except (OSError, TunError, LinkError, UnderlayError, RegistryError) as error:
+        except (
+            OSError,
+            TunError,
+            LinkError,
+            UnderlayError,
+            RegistryError,
+            TrustFileError,
+        ) as error:
             await loop.run_in_executor(None, self._close)
             message = str(error) or type(error).__name__
             if isinstance(error, RegistryError) and error.hint:
                 message += f" ({error.hint})"
             raise StartupError(message) from error
-        assert self._tun is not None and self._udp is not None
+        assert self._tun is not None and self._bind is not None
         server = await serve_control(
             self.paths.control_socket, self._handle_request, {"events": self._event_stream}
         )
@@ -179,7 +177,7 @@ class Daemon:
                 "interface_up",
                 interface=self.interface,
                 public_key=encode_key(self.device.public_key),
-                listen_port=self._udp.port,
+                listen_port=self._bind.port,
                 addresses=",".join(str(a) for a in self.addresses),
                 mtu=self.mtu,
                 peers=len(self.device.peers()),
@@ -195,10 +193,11 @@ class Daemon:
                 self._metrics_server.close()
             if self._webhook is not None:
                 await self._webhook.close()
-            for handle in (self._timer, self._ticker):
-                if handle is not None:
-                    handle.cancel()
-            for fd in [self._tun.fileno()] + [s.fileno() for s in self._udp.sockets()]:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.node is not None:
+                self.node.close()
+            for fd in [self._tun.fileno()] + [s.fileno() for s in self._bind.sockets()]:
                 loop.remove_reader(fd)
             self._stop_dns()
             with contextlib.suppress(FileNotFoundError):
@@ -209,24 +208,28 @@ class Daemon:
             log_event("interface_down", interface=self.interface)
 
     async def _start(self) -> None:
-        """Sockets, registration (node mode), then the TUN and its link."""
+        """Sockets, joining the registry (node mode), then the TUN and its link."""
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         static_peers = [
             (peer, resolve_endpoint(*peer.endpoint) if peer.endpoint else None)
             for peer in self.config.peers
         ]
-        self._udp = UdpSockets(self.config.listen_port)
-        self._udp_io = UdpBatch(self._udp)
-        for sock in self._udp.sockets():
+        registry = None
+        if self.node_options is not None:
+            registry = resolve_endpoint(*self.node_options.registry)
+        self._bind = Bind(self.config.listen_port, registry)
+        for sock in self._bind.sockets():
             loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
         routes = [network for peer in self.config.peers for network in peer.allowed_ips]
-        if self.node_options is not None:
-            self.node = await self._join_registry(self.node_options, self._udp.port)
-            assert self.node.ipv4 is not None and self.node.network is not None
+        node = None
+        if self.node_options is not None and registry is not None:
+            node = await self._join_registry(self.node_options, registry, self._bind.port)
+            core = node.core
+            assert core.ipv4 is not None and core.network is not None
             self.addresses = [
-                ip_interface(f"{self.node.ipv4}/{self.node.network.prefixlen}"),
-                ip_interface(f"{self.node.ipv6}/{IPV6_PREFIX.prefixlen}"),
+                ip_interface(f"{core.ipv4}/{core.network.prefixlen}"),
+                ip_interface(f"{core.ipv6}/{IPV6_PREFIX.prefixlen}"),
             ]
         await loop.run_in_executor(None, self._open_tun, routes)
         assert self._tun is not None
@@ -240,43 +243,41 @@ class Daemon:
                 persistent_keepalive_s=peer.persistent_keepalive_s,
                 now=now,
             )
-        if self.node is not None:
-            await self.node.sync_trust(time.monotonic())
-            for key in self.node.peers:
-                self.node.request_connect(key)
-            await self._start_dns(self.node)
-            self._on_tick()
+        if node is not None:
+            await node.synced()
+            self._update_names()
+            await self._start_dns(node.core)
         if self._metrics is not None:
             collector = NodeCollector(self.metrics_sample)
             self._metrics_server = await start_metrics_server(*self._metrics, collector)
             log_event("metrics_serving", listen=format_endpoint(self._metrics))
 
-    async def _join_registry(self, options: NodeOptions, port: int) -> Node:
+    async def _join_registry(
+        self, options: NodeOptions, registry: Endpoint, port: int
+    ) -> NodeRunner:
         loop = asyncio.get_running_loop()
-        pins = PinStore(self.paths.root)
-        registry = resolve_endpoint(*options.registry)
-        pinned = pins.registry_key()
+        files = TrustFiles(self.paths.root)
+        trust = files.load()
         if options.registry_key is not None:
-            if pinned is not None and pinned != options.registry_key:
+            if trust.registry_key not in (None, options.registry_key):
                 log_event("registry_pin_replaced", key=encode_key(options.registry_key))
-            pins.pin_registry(options.registry_key)
-            pinned = options.registry_key
+            trust.registry_key = options.registry_key
+            files.save(trust)
         lan = await loop.run_in_executor(None, local_endpoints, port, self.interface)
-        link = RegistryLink(
-            self.config.private_key, registry, pinned, self._send_datagram, self._on_push
+        core = NodeCore(
+            options,
+            self.device,
+            trust,
+            registry=registry,
+            lan_endpoints=lan,
+            first_counter=time.time_ns(),
         )
-        node = Node(options, self.device, link, pins, lan)
-        node.publish = self._publish
-        self.node = node
-        await node.register()
-        log_event(
-            "registered",
-            hostname=options.hostname,
-            ipv4=str(node.ipv4),
-            ipv6=str(node.ipv6),
-            public_endpoint=node.public_endpoint,
+        assert self._bind is not None
+        self.node = NodeRunner(
+            core, files, send=self._bind.send_control, flush=self._flush, on_event=self._on_event
         )
-        return node
+        await self.node.join()
+        return self.node
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         if link_exists(self.interface):
@@ -300,7 +301,7 @@ class Daemon:
             if limit_gso_segments(self.interface, segments):
                 self._tso_max_segments = segments
 
-    async def _start_dns(self, node: Node) -> None:
+    async def _start_dns(self, node: NodeCore) -> None:
         """Serve `.pilot` names on our overlay address and point the resolver at it.
         Names are a convenience: a failure is logged and `up` carries on without them."""
         address = str(node.ipv4)
@@ -337,9 +338,9 @@ class Daemon:
             self._tun = None
             with contextlib.suppress(Exception):
                 delete_link(self.interface)
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
+        if self._bind is not None:
+            self._bind.close()
+            self._bind = None
 
     # -- data path -----------------------------------------------------------------
 
@@ -358,80 +359,34 @@ class Daemon:
                 break
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
-        assert self._udp_io is not None
-        receive = self._udp_io.receive
+        assert self._bind is not None
+        bind = self._bind
         receive_segments = self.device.receive_segments
         plaintexts = self._plaintexts
-        node = self.node
         now = time.monotonic()
         for _ in range(READ_ROUNDS):
-            received = receive(sock)
+            received = bind.receive(sock)
             if received is None:
                 break
             buffer, segment_size, source = received
-            if node is None or source != node.link.endpoint:
+            if not bind.is_registry(source):
+                if bind.is_opener(buffer):
+                    continue
                 receive_segments(buffer, segment_size, source, now, plaintexts)
                 self._write_tun()
                 continue
-            for view in split_coalesced(buffer, segment_size):
-                data = bytes(view)
-                if not data:
-                    continue
-                if data[0] < CONTROL_TYPE:
-                    self.device.receive_datagram(data, source, now)
-                else:
-                    self._on_registry_datagram(node, data, now)
+            sorted_ = bind.split_registry(buffer, segment_size)
+            for data, endpoint in sorted_.wireguard:
+                self.device.receive_datagram(data, endpoint, now)
+            if sorted_.control and self.node is not None:
+                for data in sorted_.control:
+                    self.node.receive_control(data, now)
+                self.node.after_input(now)
         self._flush(now)
         if self._tun_io is not None:
             # What we wrote may have made the kernel answer at once (a TCP ACK): take
             # it now rather than after another trip through the event loop.
             self._on_tun_readable()
-
-    def _on_registry_datagram(self, node: Node, data: bytes, now: float) -> None:
-        if data[0] != RELAY_TYPE:
-            node.link.handle_datagram(data, now)
-            return
-        try:
-            key, inner = unpack_relay(data)
-        except WireError:
-            self.device.drops[DropReason.MALFORMED] += 1
-            return
-        endpoint = node.relay_endpoint(key)
-        if endpoint is None:
-            self.device.drops[DropReason.UNKNOWN_PEER] += 1
-            return
-        self.relay_rx_bytes += len(inner)
-        self.device.receive_datagram(inner, endpoint, now)
-
-    def _send_datagram(self, datagram: BytesLike, endpoint: Endpoint) -> bool:
-        """Send to a UDP endpoint, or wrap for the relay when the endpoint is the relay."""
-        if self._udp is None:
-            return False
-        if endpoint[0] == RELAY_HOST and self.node is not None:
-            key = self.node.relay_key(endpoint[1])
-            if key is None or not self._udp.send(
-                pack_relay(key, datagram), self.node.link.endpoint
-            ):
-                return False
-            self.relay_tx_bytes += len(datagram)
-            return True
-        return self._udp.send(datagram, endpoint)
-
-    def _on_push(self, message: dict[str, Any]) -> None:
-        if self.node is not None:
-            now = time.monotonic()
-            self.node.handle_push(message, now)
-            self._flush(now)
-
-    def _on_tick(self) -> None:
-        assert self._loop is not None and self.node is not None
-        now = time.monotonic()
-        self.node.tick(now)
-        if self.node.peers_version != self._names_version:
-            self._names_version = self.node.peers_version
-            self._dns_responder.table.update(self.node.names())
-        self._flush(now)
-        self._ticker = self._loop.call_later(PROBE_INTERVAL_S, self._on_tick)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -444,23 +399,15 @@ class Daemon:
         """Send and write what the core produced, log its events, re-arm the timer."""
         device = self.device
         if device.outgoing:
-            failed = 0
-            direct = [item for item in device.outgoing if item[1][0] != RELAY_HOST]
-            if len(direct) < len(device.outgoing):
-                for datagram, endpoint in device.outgoing:
-                    if endpoint[0] == RELAY_HOST and not self._send_datagram(datagram, endpoint):
-                        failed += 1
-            if direct:
-                failed += self._udp_io.send(direct) if self._udp_io else len(direct)
+            failed = self._bind.send(device.outgoing) if self._bind else len(device.outgoing)
             device.outgoing.clear()
             if failed:
                 device.drops[DropReason.SEND_FAILED] += failed
         self._write_tun()
         if device.events:
-            for event in device.events:
-                _log_overlay_event(event)
-                self._publish_overlay_event(event)
-            device.events.clear()
+            events, device.events = device.events, []
+            for event in events:
+                self._on_event(event)
         self._rearm_timer()
 
     def _write_tun(self) -> None:
@@ -491,41 +438,66 @@ class Daemon:
 
     # -- events and metrics ----------------------------------------------------------
 
-    def _publish(self, kind: str, /, **fields: object) -> None:
-        """Publish to the bus; `peer_down` only for a peer that was up."""
-        if kind == "peer_down":
-            key = fields.get("public_key")
-            if key not in self._peers_up:
-                return
-            self._peers_up.discard(key)
-        self.events.publish(kind, **fields)
-
-    def _publish_overlay_event(self, event: Event) -> None:
-        key = encode_key(event.public_key)
+    def _on_event(self, event: Event | NodeEvent) -> None:
+        """Log an event of either core as one line and publish it as its route says;
+        `peer_up` and `peer_down` are published here, once each way per peer."""
+        route = ROUTES[type(event)]
+        fields = event_fields(event)
+        if route.log is not None:
+            log_event(route.log, level=route.level, **fields)
         if isinstance(event, HandshakeCompleted):
             self.handshakes += 1
-            if key not in self._peers_up:
-                self._peers_up.add(key)
-                name = self._peer_name(event.public_key)
-                self.events.publish("peer_up", peer=name, public_key=key)
+            self._peer_up(event.public_key)
+        elif isinstance(event, PeerRemoved):
+            self._peer_down(event.public_key, event.peer, event.reason)
         elif isinstance(event, KeysZeroed):
-            self._publish(
-                "peer_down", peer=self._peer_name(event.public_key), public_key=key, reason="silent"
-            )
-        elif isinstance(event, EndpointChanged):
-            relayed = event.endpoint[0] == RELAY_HOST
+            self._peer_down(event.public_key, self._peer_name(event.public_key), "silent")
+        elif isinstance(event, EndpointChanged) and not self._node_peer(event.public_key):
+            relayed = isinstance(event.endpoint, RelayEndpoint)
             self.events.publish(
                 "path_changed",
                 peer=self._peer_name(event.public_key),
-                public_key=key,
+                public_key=encode_key(event.public_key),
                 path="relay" if relayed else "direct",
-                endpoint=None if relayed else format_endpoint(event.endpoint),
+                endpoint=fields["endpoint"] if not relayed else None,
             )
+        if route.publish is not None:
+            self.events.publish(route.publish, **fields)
+        if self.node is not None and self.node.core.peers_version != self._names_version:
+            self._update_names()
+
+    def _node_peer(self, key: bytes) -> bool:
+        """Whether the node core chooses this peer's path (it publishes path_changed)."""
+        return self.node is not None and key in self.node.core.peers
+
+    def _peer_up(self, key: bytes) -> None:
+        encoded = encode_key(key)
+        if encoded not in self._peers_up:
+            self._peers_up.add(encoded)
+            self.events.publish("peer_up", peer=self._peer_name(key), public_key=encoded)
+
+    def _peer_down(self, key: bytes, name: str, reason: str) -> None:
+        encoded = encode_key(key)
+        if encoded in self._peers_up:
+            self._peers_up.discard(encoded)
+            self.events.publish("peer_down", peer=name, public_key=encoded, reason=reason)
+
+    def _update_names(self) -> None:
+        """Point the DNS table at the node's trusted peers."""
+        if self.node is not None:
+            self._names_version = self.node.core.peers_version
+            self._dns_responder.table.update(self.node.core.names())
 
     def _peer_name(self, key: bytes) -> str:
         """The peer's hostname where the registry told us, else its key."""
-        peer = self.node.peers.get(key) if self.node is not None else None
+        peer = self.node.core.peers.get(key) if self.node is not None else None
         return peer.hostname if peer is not None else encode_key(key)
+
+    def _path_of(self, key: bytes) -> str:
+        if self.node is not None:
+            return self.node.core.path_of(key)
+        peer = self.device.peer(key)
+        return "none" if peer is None or peer.current is None else "direct"
 
     def metrics_sample(self) -> NodeSample:
         """The node's metrics now (called at scrape time)."""
@@ -533,7 +505,7 @@ class Daemon:
             peers=[
                 PeerSample(
                     name=self._peer_name(peer.public_key),
-                    path=path_of(self.device, peer.public_key),
+                    path=self._path_of(peer.public_key),
                     rx_bytes=peer.rx_bytes,
                     tx_bytes=peer.tx_bytes,
                 )
@@ -541,9 +513,9 @@ class Daemon:
             ],
             handshakes=self.handshakes,
             drops={str(reason): count for reason, count in self.device.drops.items()},
-            relay_rx_bytes=self.relay_rx_bytes,
-            relay_tx_bytes=self.relay_tx_bytes,
-            registry_online=self.node.registry_online if self.node is not None else None,
+            relay_rx_bytes=self._bind.counters["relay_rx_bytes"] if self._bind else 0,
+            relay_tx_bytes=self._bind.counters["relay_tx_bytes"] if self._bind else 0,
+            registry_online=self.node.core.registry_online if self.node is not None else None,
         )
 
     async def _event_stream(self, request: Request) -> AsyncGenerator[Reply, None]:
@@ -566,9 +538,8 @@ class Daemon:
             self._stopping.set()
             return {"ok": True}
         if self.node is not None:
-            reply = await self.node.command(request, time.monotonic())
+            reply = await self.node.command(request)
             for peer in reply.get("peers", []):
-                peer["endpoint"] = peer["endpoint"] and format_endpoint(peer["endpoint"])
                 latest = peer.pop("last_handshake_s")
                 peer["last_handshake"] = None if latest is None else latest + self._wall_offset()
             self._flush(time.monotonic())
@@ -592,7 +563,7 @@ class Daemon:
             peers.append(
                 {
                     "public_key": encode_key(peer.public_key),
-                    "endpoint": peer.endpoint and format_endpoint(peer.endpoint),
+                    "endpoint": _endpoint_text(peer.endpoint),
                     "allowed_ips": [str(n) for n in peer.allowed_ips],
                     "latest_handshake": None if latest is None else latest + wall_offset,
                     "rx_bytes": peer.rx_bytes,
@@ -604,33 +575,23 @@ class Daemon:
         return {
             "interface": self.interface,
             "public_key": encode_key(self.device.public_key),
-            "listen_port": self._udp.port if self._udp else None,
+            "listen_port": self._bind.port if self._bind else None,
             "addresses": [str(a) for a in self.addresses],
             "mtu": self.mtu,
             "pid": os.getpid(),
             "peers": peers,
             "drops": {str(reason): count for reason, count in self.device.drops.items()},
+            "bind": dict(self._bind.counters) if self._bind else {},
             "offloads": {
                 "tun": self._tun_io.offloads.status() if self._tun_io else None,
                 "tso_max_segments": self._tso_max_segments,
-                "udp": self._udp_io.status() if self._udp_io else None,
+                "udp": self._bind.status() if self._bind else None,
             },
-            "node": self.node.status() if self.node is not None else None,
+            "node": self.node.core.status() if self.node is not None else None,
         }
 
 
-def _log_overlay_event(event: Event) -> None:
-    if isinstance(event, HandshakeCompleted):
-        log_event(
-            "handshake_completed", peer=encode_key(event.public_key), initiator=event.initiator
-        )
-    elif isinstance(event, EndpointChanged):
-        log_event(
-            "endpoint_changed",
-            peer=encode_key(event.public_key),
-            endpoint=format_endpoint(event.endpoint),
-        )
-    elif isinstance(event, HandshakeGaveUp):
-        log_event("handshake_gave_up", level=logging.WARNING, peer=encode_key(event.public_key))
-    elif isinstance(event, KeysZeroed):
-        log_event("keys_zeroed", peer=encode_key(event.public_key))
+def _endpoint_text(endpoint: PeerEndpoint | None) -> str | None:
+    if endpoint is None:
+        return None
+    return "relay" if isinstance(endpoint, RelayEndpoint) else format_endpoint(endpoint)

@@ -1,14 +1,15 @@
-"""The node's link to the registry: sealed requests with retries, replies matched by id,
-pushes handed to a callback, and the registry key learned once and pinned.
+"""The node's link to the registry, sans-IO: sealed requests with retries, replies matched
+by id, pushes, and the registry key asked for on first contact.
 
-It shares the node's single UDP socket: the daemon hands it every datagram of type
-0x50/0x52 from the registry's address and gives it a function to send with.
+Inputs: `request`/`notify`/`fetch_key` (what to send), `receive(data, now)` for every
+0x50/0x52 datagram from the registry's address, and `handle_timer(now)` at or after
+`next_timer()`. Outputs: `outgoing` (datagrams for the registry) and the `LinkInput`s
+that `receive` and `handle_timer` return. No sockets, no clocks.
 """
 
-import asyncio
-import itertools
-from collections.abc import Callable
-from typing import Any
+import os
+from dataclasses import dataclass
+from typing import Any, Final
 
 from pilotif.overlay.events import Endpoint
 from pilotif.registry.wire import (
@@ -17,157 +18,181 @@ from pilotif.registry.wire import (
     KEY_REQUEST_TYPE,
     ControlChannel,
     WireError,
-    next_counter,
     unpack_key_reply,
 )
 
-REQUEST_ATTEMPTS = 5
-REQUEST_RETRY_S = 1.0
-
-Push = dict[str, Any]
-
-
-class RegistryError(Exception):
-    """The registry refused a request; `code` and `hint` come from its reply."""
-
-    def __init__(self, code: str, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.hint = hint
+REQUEST_ATTEMPTS: Final = 5
+REQUEST_RETRY_S: Final = 1.0
+KEY_FETCH_ID: Final = 0
+"""The request id under which the key request (which carries no id) is tracked."""
+_ID_BITS: Final = 48
+"""Request ids start at a random point of this range each session, so a reply recorded
+in an earlier session matches nothing we wait for."""
 
 
-class RegistryUnreachable(RegistryError):
-    """No reply from the registry after every retry."""
+@dataclass(frozen=True)
+class Reply:
+    """The registry answered request `request_id`."""
+
+    request_id: int
+    message: dict[str, Any]
 
 
-class RegistryKeyMismatch(RegistryError):
-    """The registry answered with a key other than the one pinned."""
+@dataclass(frozen=True)
+class Push:
+    """A message from the registry that answers nothing (trust_requested, punch, ...)."""
+
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KeyAnswer:
+    """The registry said its key (first contact, or after a silence)."""
+
+    key: bytes
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """Request `request_id` (KEY_FETCH_ID: the key request) got no answer after every
+    attempt."""
+
+    request_id: int
+
+
+LinkInput = Reply | Push | KeyAnswer | GaveUp
+
+
+@dataclass
+class _Pending:
+    payload: dict[str, Any] | None
+    """The request (None: the key request)."""
+    attempts: int
+    retry_at_s: float
+    sent_s: float
+    """When it was first sent (its reply measures the round trip if it was sent once)."""
 
 
 class RegistryLink:
-    """Requests to and pushes from one registry, over a send function of the daemon's."""
+    """Requests to and messages from one registry; see the module docstring."""
 
     def __init__(
         self,
         private_key: bytes,
-        registry_endpoint: Endpoint,
+        endpoint: Endpoint,
         registry_key: bytes | None,
-        send: Callable[[bytes, Endpoint], bool],
-        on_push: Callable[[Push], None],
+        *,
+        first_counter: int,
+        first_id: int | None = None,
     ) -> None:
         self._private_key = private_key
-        self.endpoint = registry_endpoint
+        self.endpoint = endpoint
         self.registry_key = registry_key
-        self._send = send
-        self._on_push = on_push
         self._channel = (
             ControlChannel(private_key, registry_key, local_is_registry=False)
             if registry_key
             else None
         )
-        self._ids = itertools.count(1)
-        self._counter = 0
-        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._key_waiters: list[asyncio.Future[bytes]] = []
-        self.last_reply_s: float | None = None
+        self._counter = first_counter
+        self._next_id = (
+            first_id if first_id is not None else 1 + int.from_bytes(os.urandom(6)) % 2**_ID_BITS
+        )
+        self._pending: dict[int, _Pending] = {}
+        self.outgoing: list[tuple[bytes, Endpoint]] = []
+        self.last_heard_s: float | None = None
+        self.rtt_s: float | None = None
+        """The round trip of the latest request answered at its first attempt."""
         self.dropped = 0
-
-    # -- inbound -------------------------------------------------------------------
-
-    def handle_datagram(self, data: bytes, now: float) -> None:
-        """A datagram of type 0x50 or 0x52 from the registry's address."""
-        if data[0] == KEY_REQUEST_TYPE:
-            self._handle_key_reply(data)
-            return
-        if self._channel is None or data[0] != CONTROL_TYPE:
-            self.dropped += 1
-            return
-        try:
-            message = self._channel.open(data)
-        except WireError:
-            self.dropped += 1
-            return
-        self.last_reply_s = now
-        if message.get("op") == "reply":
-            future = self._waiting.pop(message.get("id", -1), None)
-            if future is not None and not future.done():
-                future.set_result(message)
-            return
-        self._on_push(message)
-
-    def _handle_key_reply(self, data: bytes) -> None:
-        try:
-            key = unpack_key_reply(data)
-        except WireError:
-            self.dropped += 1
-            return
-        for future in self._key_waiters:
-            if not future.done():
-                future.set_result(key)
-        self._key_waiters.clear()
-
-    # -- outbound ------------------------------------------------------------------
 
     def use_key(self, key: bytes) -> None:
         """Seal for, and accept only, the registry with this key from now on."""
         self.registry_key = key
         self._channel = ControlChannel(self._private_key, key, local_is_registry=False)
 
-    async def fetch_key(self) -> bytes:
-        """Ask the registry for its key (first contact, or to explain a silence)."""
-        loop = asyncio.get_running_loop()
-        for _ in range(REQUEST_ATTEMPTS):
-            future: asyncio.Future[bytes] = loop.create_future()
-            self._key_waiters.append(future)
-            self._send(KEY_REQUEST, self.endpoint)
-            try:
-                key = await asyncio.wait_for(future, REQUEST_RETRY_S)
-            except TimeoutError:
-                continue
-            return key
-        raise RegistryUnreachable(
-            "unreachable",
-            f"no answer from the registry at {self.endpoint[0]}:{self.endpoint[1]}",
-            "check the address and that UDP to it is allowed",
-        )
+    # -- outbound ----------------------------------------------------------------
 
-    def notify(self, op: str, **fields: Any) -> None:
-        """Send a message that expects no reply."""
-        self._seal_and_send({"op": op, **fields})
+    def fetch_key(self, now: float) -> None:
+        """Ask the registry for its key; a KeyAnswer or GaveUp(KEY_FETCH_ID) follows."""
+        self._pending[KEY_FETCH_ID] = _Pending(None, 0, now, now)
+        self._transmit(KEY_FETCH_ID, now)
 
-    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
-        """Send a request, retrying, and return the registry's reply."""
+    def request(self, op: str, fields: dict[str, Any], now: float) -> int:
+        """Send a request (retried until answered); its id, which the Reply echoes."""
         if self._channel is None:
-            raise RuntimeError("RegistryLink.call before the registry key is known")
-        request_id = next(self._ids)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._waiting[request_id] = future
-        try:
-            for _ in range(REQUEST_ATTEMPTS):
-                self._seal_and_send({"op": op, "id": request_id, **fields})
-                try:
-                    reply = await asyncio.wait_for(asyncio.shield(future), REQUEST_RETRY_S)
-                except TimeoutError:
-                    continue
-                if not reply.get("ok"):
-                    raise RegistryError(
-                        str(reply.get("code", "error")),
-                        str(reply.get("error", "the registry refused the request")),
-                        str(reply.get("hint", "")),
-                    )
-                return reply
-        finally:
-            self._waiting.pop(request_id, None)
-            if not future.done():
-                future.cancel()
-        raise RegistryUnreachable(
-            "unreachable",
-            f"no answer from the registry at {self.endpoint[0]}:{self.endpoint[1]}",
-            "the registry may be down; pilotif keeps trying in the background",
-        )
+            raise RuntimeError("RegistryLink.request before the registry key is known")
+        request_id = self._next_id
+        self._next_id += 1
+        if self.rtt_s is not None:
+            # The registry times punches from it (both sides open their NATs at once).
+            fields = {**fields, "rtt_ms": round(self.rtt_s * 1000)}
+        self._pending[request_id] = _Pending({"op": op, "id": request_id, **fields}, 0, now, now)
+        self._transmit(request_id, now)
+        return request_id
 
-    def _seal_and_send(self, payload: dict[str, Any]) -> None:
+    def cancel(self, request_id: int) -> None:
+        """Stop retrying a request; a late reply to it is dropped."""
+        self._pending.pop(request_id, None)
+
+    def _transmit(self, request_id: int, now: float) -> None:
+        pending = self._pending[request_id]
+        pending.attempts += 1
+        pending.retry_at_s = now + REQUEST_RETRY_S
+        if pending.payload is None:
+            self.outgoing.append((KEY_REQUEST, self.endpoint))
+            return
         assert self._channel is not None
-        self._counter = next_counter(self._counter)
-        self._send(self._channel.seal(payload, self._counter), self.endpoint)
+        self._counter += 1
+        self.outgoing.append((self._channel.seal(pending.payload, self._counter), self.endpoint))
+
+    def next_timer(self) -> float | None:
+        """When the next retry is due, if any request waits."""
+        return min((p.retry_at_s for p in self._pending.values()), default=None)
+
+    def handle_timer(self, now: float) -> list[LinkInput]:
+        """Retry what is due; GaveUp for requests out of attempts."""
+        gave_up: list[LinkInput] = []
+        for request_id, pending in list(self._pending.items()):
+            if pending.retry_at_s > now:
+                continue
+            if pending.attempts >= REQUEST_ATTEMPTS:
+                del self._pending[request_id]
+                gave_up.append(GaveUp(request_id))
+            else:
+                self._transmit(request_id, now)
+        return gave_up
+
+    # -- inbound -----------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> list[LinkInput]:
+        """A 0x50 or 0x52 datagram from the registry's address; what it means, if
+        anything (forged, replayed and unexpected datagrams are dropped and counted)."""
+        if data[:1] == bytes((KEY_REQUEST_TYPE,)):
+            if KEY_FETCH_ID not in self._pending:
+                self.dropped += 1
+                return []
+            try:
+                key = unpack_key_reply(data)
+            except WireError:
+                self.dropped += 1
+                return []
+            del self._pending[KEY_FETCH_ID]
+            return [KeyAnswer(key)]
+        if self._channel is None or data[:1] != bytes((CONTROL_TYPE,)):
+            self.dropped += 1
+            return []
+        try:
+            message = self._channel.open(data)
+        except WireError:
+            self.dropped += 1
+            return []
+        self.last_heard_s = now
+        if message.get("op") != "reply":
+            return [Push(message)]
+        request_id = message.get("id")
+        pending = self._pending.pop(request_id, None) if type(request_id) is int else None
+        if pending is None:
+            self.dropped += 1
+            return []
+        if pending.attempts == 1:
+            self.rtt_s = now - pending.sent_s
+        return [Reply(message["id"], message)]

@@ -26,6 +26,7 @@ from pilotif.overlay.crypto import (
     xaead_decrypt,
     xaead_encrypt,
 )
+from pilotif.overlay.events import PeerEndpoint, RelayEndpoint
 from pilotif.overlay.handshake import LABEL_COOKIE, LABEL_MAC1, LocalIdentity
 from pilotif.overlay.messages import (
     COOKIE_REPLY,
@@ -44,8 +45,12 @@ _COOKIE_EXPIRY_MARGIN_S: Final = 5.0
 _NO_MAC: Final = bytes(MAC_SIZE)
 
 
-def source_bytes(host: str, port: int) -> bytes:
-    """The packed address (4 or 16 bytes) and big-endian port that a cookie is bound to."""
+def source_bytes(source: PeerEndpoint) -> bytes:
+    """What a cookie is bound to: the packed address (4 or 16 bytes) and big-endian port
+    of a UDP source, or the peer key (32 bytes) of a datagram that came through the relay."""
+    if isinstance(source, RelayEndpoint):
+        return source.peer
+    host, port = source
     return ipaddress.ip_address(host).packed + port.to_bytes(_PORT_SIZE, "big")
 
 

@@ -52,12 +52,12 @@ from pilotif.overlay.cookie import CookieChecker, CookieGenerator, source_bytes
 from pilotif.overlay.crypto import KEY_SIZE, BytesLike, generate_private_key, tai64n
 from pilotif.overlay.drops import DropReason, new_drop_counters
 from pilotif.overlay.events import (
-    Endpoint,
     EndpointChanged,
     Event,
     HandshakeCompleted,
     HandshakeGaveUp,
     KeysZeroed,
+    PeerEndpoint,
 )
 from pilotif.overlay.handshake import (
     HandshakeError,
@@ -93,6 +93,7 @@ _IPV4_VERSION: Final = 4
 _IPV4_PLAIN_FIRST_BYTE: Final = 0x45
 """Version 4, a 20-byte header: the packets the fast path parses itself."""
 _IPV4_MIN_BYTES: Final = 20
+_IPV4_BYTES: Final = 4
 _IPV4_TOTAL_LENGTH: Final = 2
 _IPV4_SOURCE_OFFSET: Final = 12
 _IPV4_DESTINATION_OFFSET: Final = 16
@@ -137,15 +138,26 @@ class Device:
         self._handshakes_window_start_s = 0.0
         self._handshakes_in_window = 0
         self._under_load_until_s = -1.0
-        self.outgoing: list[tuple[BytesLike, Endpoint]] = []
+        self.outgoing: list[tuple[BytesLike, PeerEndpoint]] = []
         self.to_tun: list[BytesLike] = []
         self.events: list[Event] = []
         self.drops = new_drop_counters()
-        self.roam_filter: Callable[[Peer, Endpoint, float], bool] | None = None
+        self.local_addresses: frozenset[bytes] | None = None
+        """Packed addresses (4 or 16 bytes) that decrypted packets must be addressed to;
+        None takes any destination (a plain WireGuard interface that may route)."""
+        self._local_ipv4 = -1
+        self.roam_filter: Callable[[Peer, PeerEndpoint, float], bool] | None = None
         """Decides whether a peer's endpoint may move to the source of an authenticated
         packet; None lets it follow every one (plain WireGuard roaming)."""
 
     # -- configuration -------------------------------------------------------------
+
+    def accept_only_to(self, addresses: Iterable[bytes]) -> None:
+        """Deliver only packets addressed to one of `addresses` (packed): a node, not a
+        router. Others are dropped as DESTINATION_NOT_LOCAL."""
+        self.local_addresses = frozenset(addresses)
+        ipv4 = [address for address in self.local_addresses if len(address) == _IPV4_BYTES]
+        self._local_ipv4 = int.from_bytes(ipv4[0], "big") if len(ipv4) == 1 else -1
 
     @property
     def public_key(self) -> bytes:
@@ -157,7 +169,7 @@ class Device:
         public_key: bytes,
         *,
         allowed_ips: Iterable[IPv4Network | IPv6Network] = (),
-        endpoint: Endpoint | None = None,
+        endpoint: PeerEndpoint | None = None,
         preshared_key: bytes | None = None,
         persistent_keepalive_s: int | None = None,
         now: float,
@@ -197,7 +209,7 @@ class Device:
         """The peer with this static key, if any."""
         return self._peers.get(public_key)
 
-    def set_endpoint(self, public_key: bytes, endpoint: Endpoint) -> None:
+    def set_endpoint(self, public_key: bytes, endpoint: PeerEndpoint) -> None:
         """Send to `endpoint` from now on (until an authenticated packet roams it)."""
         peer = self._peers.get(public_key)
         if peer is not None:
@@ -213,7 +225,7 @@ class Device:
         if keypair is None or not keypair.can_send(now):
             self._send_initiation(peer, now, is_retry=False)
 
-    def send_keepalive_to(self, public_key: bytes, endpoint: Endpoint, now: float) -> bool:
+    def send_keepalive_to(self, public_key: bytes, endpoint: PeerEndpoint, now: float) -> bool:
         """Probe a candidate path: an authenticated keepalive to `endpoint`, leaving the
         peer's endpoint as it is. False when there is no session to send it with."""
         peer = self._peers.get(public_key)
@@ -263,7 +275,7 @@ class Device:
         mtu = self.mtu
         capacity = len(sealed)
         offset = run_start = counter = remote_index = run_version = 0
-        run: tuple[Peer, Keypair, Endpoint] | None = None
+        run: tuple[Peer, Keypair, PeerEndpoint] | None = None
         run_destination = b""
         for packet in packets:
             length = len(packet)
@@ -312,7 +324,9 @@ class Device:
         if run is not None:
             self._sent_run(run, counter, offset - run_start, now)
 
-    def _send_run(self, destination: bytes, now: float) -> tuple[Peer, Keypair, Endpoint] | None:
+    def _send_run(
+        self, destination: bytes, now: float
+    ) -> tuple[Peer, Keypair, PeerEndpoint] | None:
         """The peer, session and endpoint that packets to `destination` go out with now,
         if it has all three."""
         peer = self._routes.lookup(destination)
@@ -324,7 +338,7 @@ class Device:
         return peer, keypair, peer.endpoint
 
     def _sent_run(
-        self, run: tuple[Peer, Keypair, Endpoint], counter: int, sent_bytes: int, now: float
+        self, run: tuple[Peer, Keypair, PeerEndpoint], counter: int, sent_bytes: int, now: float
     ) -> None:
         peer, keypair, _ = run
         keypair.send_counter = counter
@@ -337,7 +351,7 @@ class Device:
         keypair: Keypair,
         packet: bytes,
         now: float,
-        endpoint: Endpoint | None = None,
+        endpoint: PeerEndpoint | None = None,
     ) -> None:
         destination = endpoint or peer.endpoint
         assert destination is not None
@@ -435,7 +449,7 @@ class Device:
 
     # -- inbound -------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, source: Endpoint, now: float) -> None:
+    def receive_datagram(self, data: bytes, source: PeerEndpoint, now: float) -> None:
         """Handle one UDP payload from `source`; never raises on peer input."""
         if len(data) < TRANSPORT_MIN_SIZE:
             self.drops[DropReason.MALFORMED] += 1
@@ -458,7 +472,11 @@ class Device:
             self.drops[error.reason] += 1
 
     def receive_datagrams(
-        self, datagrams: Sequence[BytesLike], source: Endpoint, now: float, plaintexts: memoryview
+        self,
+        datagrams: Sequence[BytesLike],
+        source: PeerEndpoint,
+        now: float,
+        plaintexts: memoryview,
     ) -> None:
         """Handle the UDP payloads of one receive from `source`, in order:
         `receive_datagram` for each.
@@ -524,7 +542,7 @@ class Device:
         self,
         buffer: memoryview,
         segment_size: int,
-        source: Endpoint,
+        source: PeerEndpoint,
         now: float,
         plaintexts: memoryview,
     ) -> None:
@@ -574,7 +592,8 @@ class Device:
         totals = np.ndarray((count,), ">u2", plaintexts, _IPV4_TOTAL_LENGTH, (plain_size,))
         sources = np.ndarray((count,), ">u4", plaintexts, _IPV4_SOURCE_OFFSET, (plain_size,))
         if (
-            (firsts == _IPV4_PLAIN_FIRST_BYTE).all()
+            self._rows_to_local(plaintexts, count, plain_size)
+            and (firsts == _IPV4_PLAIN_FIRST_BYTE).all()
             and (sources == sources[0]).all()
             and (totals >= _IPV4_MIN_BYTES).all()
             and (totals[:-1] <= plain_size).all()
@@ -592,6 +611,18 @@ class Device:
         for row in range(count):
             size = plain_size if row < count - 1 else last_plain
             self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size])
+
+    def _rows_to_local(self, plaintexts: memoryview, count: int, plain_size: int) -> bool:
+        """Whether every IPv4 packet of a decrypted batch is addressed to this node (or
+        the device takes any destination)."""
+        if self.local_addresses is None:
+            return True
+        if self._local_ipv4 < 0:
+            return False
+        destinations = np.ndarray(
+            (count,), ">u4", plaintexts, _IPV4_DESTINATION_OFFSET, (plain_size,)
+        )
+        return bool((destinations == self._local_ipv4).all())
 
     def _segments_run(
         self, buffer: memoryview, segment_size: int, count: int, last_size: int, now: float
@@ -625,7 +656,7 @@ class Device:
         segment_size: int,
         first: int,
         failed: list[int],
-        source: Endpoint,
+        source: PeerEndpoint,
         now: float,
         plaintexts: memoryview,
     ) -> None:
@@ -653,6 +684,8 @@ class Device:
             self.drops[DropReason.NOT_IP] += 1
         elif self._routes.lookup(addresses[0]) is not peer:
             self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
+        elif self.local_addresses is not None and addresses[1] not in self.local_addresses:
+            self.drops[DropReason.DESTINATION_NOT_LOCAL] += 1
         else:
             self.to_tun.append(plaintext[: addresses[2]])
 
@@ -666,7 +699,7 @@ class Device:
             return None
         return peer, keypair
 
-    def _receive_transport(self, data: bytes, source: Endpoint, now: float) -> None:
+    def _receive_transport(self, data: bytes, source: PeerEndpoint, now: float) -> None:
         type_word, index, counter = TRANSPORT_HEADER.unpack_from(data)
         if type_word != MESSAGE_TRANSPORT:
             self.drops[DropReason.MALFORMED] += 1
@@ -699,7 +732,7 @@ class Device:
         self,
         peer: Peer,
         keypair: Keypair,
-        source: Endpoint,
+        source: PeerEndpoint,
         received_bytes: int,
         data: bool,
         now: float,
@@ -737,14 +770,14 @@ class Device:
         return now < self._under_load_until_s
 
     def _check_handshake_macs(
-        self, data: bytes, sender_index: int, source: Endpoint, now: float
+        self, data: bytes, sender_index: int, source: PeerEndpoint, now: float
     ) -> bool:
         """mac1, and mac2 when under load; answers a cookie reply when mac2 is missing."""
         if not self._cookie_checker.check_mac1(data):
             self.drops[DropReason.BAD_MAC1] += 1
             return False
         if self._under_load(now):
-            source_key = source_bytes(*source)
+            source_key = source_bytes(source)
             if not self._cookie_checker.check_mac2(data, source_key, now):
                 reply = self._cookie_checker.create_reply(data, sender_index, source_key, now)
                 self.outgoing.append((reply, source))
@@ -752,7 +785,7 @@ class Device:
                 return False
         return True
 
-    def _receive_initiation(self, data: bytes, source: Endpoint, now: float) -> None:
+    def _receive_initiation(self, data: bytes, source: PeerEndpoint, now: float) -> None:
         message = parse_initiation(data)
         if not self._check_handshake_macs(data, message.sender, source, now):
             return
@@ -790,7 +823,7 @@ class Device:
         peer.timers.zero_key_material = now + ZERO_KEYS_AFTER_S
         self._send_handshake_message(peer, bytes(response), now)
 
-    def _receive_response(self, data: bytes, source: Endpoint, now: float) -> None:
+    def _receive_response(self, data: bytes, source: PeerEndpoint, now: float) -> None:
         message = parse_response(data)
         if not self._check_handshake_macs(data, message.sender, source, now):
             return
@@ -833,7 +866,7 @@ class Device:
     # -- session bookkeeping -------------------------------------------------------
 
     def _authenticated_from(
-        self, peer: Peer, source: Endpoint, now: float, *, answered: bool
+        self, peer: Peer, source: PeerEndpoint, now: float, *, answered: bool
     ) -> None:
         """An authenticated packet arrived: the endpoint roams to its source (unless the
         roam filter keeps it). Data or a handshake response on the current path answers

@@ -34,6 +34,9 @@ class DropReason(StrEnum):
     """A decrypted payload that is not a well-formed IPv4 or IPv6 packet."""
     SOURCE_NOT_ALLOWED = "source_not_allowed"
     """A decrypted packet whose source address the sending peer does not own."""
+    DESTINATION_NOT_LOCAL = "destination_not_local"
+    """A decrypted packet addressed to something other than this node's own overlay
+    addresses (a peer trying to reach our LAN or another interface through us)."""
     NO_ROUTE = "no_route"
     """A packet from the TUN whose destination no peer's allowed IPs cover."""
     NO_ENDPOINT = "no_endpoint"

@@ -6,6 +6,22 @@ Endpoint = tuple[str, int]
 """A UDP endpoint as (host, port); host is an IPv4 or IPv6 address literal."""
 
 
+@dataclass(frozen=True, slots=True)
+class RelayEndpoint:
+    """A peer reached through the registry's relay rather than at a UDP address.
+
+    Datagrams sent here go to the relay, wrapped for `peer`; datagrams the relay
+    forwarded from `peer` arrive from here. The Bind does the wrapping.
+    """
+
+    peer: bytes
+    """The static public key of the peer on the other side of the relay."""
+
+
+PeerEndpoint = Endpoint | RelayEndpoint
+"""Where a peer's datagrams go and come from: a UDP address or the relay."""
+
+
 @dataclass(frozen=True)
 class HandshakeCompleted:
     """A new session with a peer is ready to carry data."""
@@ -30,7 +46,7 @@ class EndpointChanged:
 
     public_key: bytes
     """The peer's static public key."""
-    endpoint: Endpoint
+    endpoint: PeerEndpoint
     """The address its latest authenticated packet came from."""
 
 

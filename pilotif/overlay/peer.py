@@ -23,7 +23,7 @@ from pilotif.overlay.constants import (
     REJECT_AFTER_TIME_S,
 )
 from pilotif.overlay.cookie import CookieGenerator
-from pilotif.overlay.events import Endpoint
+from pilotif.overlay.events import PeerEndpoint
 from pilotif.overlay.handshake import InitiatorState, SessionKeys
 from pilotif.overlay.replay import ReplayWindow
 
@@ -96,7 +96,7 @@ class Peer:
     public_key: bytes
     preshared_key: bytes
     allowed_ips: list[IPv4Network | IPv6Network]
-    endpoint: Endpoint | None
+    endpoint: PeerEndpoint | None
     persistent_keepalive_s: int | None
     cookie_generator: CookieGenerator
     current: Keypair | None = None

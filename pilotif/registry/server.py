@@ -79,6 +79,8 @@ MAX_CHANNELS: Final = 10_000
 """Authenticated senders whose channel (keys, replay window) stays in memory."""
 REGISTRY_KEY_FILE: Final = "registry.key"
 
+MAX_RTT_MS: Final = 2_000
+"""The largest round trip a node may report; longer ones count as this."""
 MAX_REQUEST_ID: Final = 2**63 - 1
 """Requests with a larger (or no) id get no reply."""
 
@@ -148,6 +150,8 @@ class RegistryCore:
         self._relay_packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
         self._relay_bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
         self._seen: dict[bytes, tuple[Endpoint, float]] = {}
+        self._rtt_ms: dict[bytes, int] = {}
+        """Each node's round trip to us as it last reported it (`rtt_ms` of any request)."""
         self._owners: dict[Endpoint, bytes] = {}
         for key, endpoint, last_seen in store.all_endpoints():
             self._note_seen(key, parse_endpoint(endpoint), last_seen)
@@ -227,6 +231,9 @@ class RegistryCore:
             self._channels.move_to_end(sender)
         self.counters["control_messages"] += 1
         request = _Request(sender, self.store.node_by_key(sender), message, source, now, [])
+        rtt_ms = message.get("rtt_ms")
+        if request.record is not None and type(rtt_ms) is int and rtt_ms >= 0:
+            self._rtt_ms[sender] = min(rtt_ms, MAX_RTT_MS)
         reply = self._dispatch(request, channel.highest_counter)
         request_id = message.get("id")
         outgoing: list[Outgoing] = []
@@ -447,11 +454,18 @@ class RegistryCore:
             raise _Refused("peer_offline", f"{peer.hostname} is offline")
         if not self._online(node.public_key, now):
             raise _Refused("not_online", "this node has not registered in a while", "retry")
+        # Both sides should open their NATs at one moment: the one nearer to us waits
+        # for the punch to reach the other (half of each side's reported round trip).
+        one_way_ms = {
+            key: self._rtt_ms.get(key, 0) / 2 for key in (node.public_key, peer.public_key)
+        }
+        latest_ms = max(one_way_ms.values())
         for one, other in ((node, peer), (peer, node)):
             push = {
                 "op": "punch",
                 "node": self._node(other, now),
                 "candidates": self._candidates(other),
+                "delay_ms": round(latest_ms - one_way_ms[one.public_key]),
             }
             self._push(one.public_key, push, now, request.pushes)
         return {}

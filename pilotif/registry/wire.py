@@ -22,6 +22,13 @@ from pilotif.overlay.replay import ReplayWindow
 CONTROL_TYPE: Final = 0x50
 RELAY_TYPE: Final = 0x51
 KEY_REQUEST_TYPE: Final = 0x52
+PUNCH_OPENER_TYPE: Final = 0x53
+PUNCH_OPENER: Final = bytes((PUNCH_OPENER_TYPE, 0, 0, 0))
+"""What a node sends to each of a peer's candidates the moment a punch arrives, before
+any session exists: it opens our NAT's mapping towards the peer at the same moment the
+peer opens its own, so neither side's first probe meets a NAT with no mapping (a router
+that takes such a packet for itself then blocks that port towards the peer). The
+receiver drops it and counts it."""
 CONTROL_HEADER_SIZE: Final = 44
 RELAY_HEADER_SIZE: Final = 36
 KEY_MESSAGE_SIZE: Final = 36

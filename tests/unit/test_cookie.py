@@ -10,8 +10,8 @@ from pilotif.overlay.cookie import CookieChecker, CookieGenerator, source_bytes
 from pilotif.overlay.handshake import LocalIdentity, create_initiation
 from pilotif.overlay.messages import parse_cookie_reply
 
-SOURCE = source_bytes("198.18.0.1", 51820)
-OTHER_SOURCE = source_bytes("198.18.0.2", 51820)
+SOURCE = source_bytes(("198.18.0.1", 51820))
+OTHER_SOURCE = source_bytes(("198.18.0.2", 51820))
 SENDER_INDEX = 0x01020304
 NOW = 1000.0
 
@@ -65,8 +65,10 @@ def _get_cookie(
 
 
 def test_source_bytes_pack_the_address_and_big_endian_port() -> None:
-    assert source_bytes("198.18.0.1", 51820) == bytes([198, 18, 0, 1]) + (51820).to_bytes(2, "big")
-    assert source_bytes("fd00::1", 1) == bytes.fromhex("fd00" + "00" * 13 + "01") + b"\x00\x01"
+    assert source_bytes(("198.18.0.1", 51820)) == bytes([198, 18, 0, 1]) + (51820).to_bytes(
+        2, "big"
+    )
+    assert source_bytes(("fd00::1", 1)) == bytes.fromhex("fd00" + "00" * 13 + "01") + b"\x00\x01"
 
 
 def test_mac1_verifies(

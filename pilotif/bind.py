@@ -1,0 +1,143 @@
+"""The Bind: the UDP side of a daemon (wireguard-go's conn.Bind, Tailscale's magicsock).
+
+It owns the UDP sockets and their batching, wraps datagrams for peers reached through
+the relay, and splits what arrives from the registry's address into control messages
+(for the node core) and relayed WireGuard datagrams (for the overlay device, from a
+`RelayEndpoint`). Everything else that arrives goes to the device as it is.
+"""
+
+import socket
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pilotif.overlay.crypto import BytesLike
+from pilotif.overlay.events import Endpoint, PeerEndpoint, RelayEndpoint
+from pilotif.overlay.messages import split_coalesced
+from pilotif.registry.wire import (
+    CONTROL_TYPE,
+    PUNCH_OPENER,
+    RELAY_TYPE,
+    WireError,
+    pack_relay,
+    unpack_relay,
+)
+from pilotif.underlay import UdpSockets
+from pilotif.underlay_batch import UdpBatch
+
+
+@dataclass
+class FromRegistry:
+    """What one receive from the registry's address held, sorted by who takes it."""
+
+    control: list[bytes] = field(default_factory=list)
+    """Control messages and key answers (0x50, 0x52): for the node core."""
+    wireguard: list[tuple[bytes, PeerEndpoint]] = field(default_factory=list)
+    """WireGuard datagrams, with where they came from (the relay, for a peer): for the
+    device."""
+
+
+class RelayFraming:
+    """The Bind's logic without sockets: relay framing and sorting what arrives.
+
+    `registry` is where relayed datagrams go and where control messages come from (None
+    for a daemon without a registry). `counters` counts relayed bytes each way, punch
+    openers, and relay messages dropped as malformed.
+    """
+
+    def __init__(self, registry: Endpoint | None) -> None:
+        self.registry = registry
+        self.counters: Counter[str] = Counter()
+
+    def wrap(self, datagram: BytesLike, endpoint: RelayEndpoint) -> tuple[bytes, Endpoint] | None:
+        """The datagram for the relay that carries `datagram` to a relayed peer."""
+        if self.registry is None:
+            return None
+        self.counters["relay_tx_bytes"] += len(datagram)
+        return pack_relay(endpoint.peer, datagram), self.registry
+
+    def is_opener(self, buffer: memoryview) -> bool:
+        """Whether a receive is a peer's punch opener (counted, then dropped)."""
+        if len(buffer) == len(PUNCH_OPENER) and buffer == PUNCH_OPENER:
+            self.counters["punch_openers"] += 1
+            return True
+        return False
+
+    def is_registry(self, source: Endpoint) -> bool:
+        """Whether datagrams from `source` need `split_registry` rather than the device."""
+        return source == self.registry
+
+    def split_registry(self, buffer: memoryview, segment_size: int) -> FromRegistry:
+        """Sort the datagrams of one receive from the registry's address."""
+        sorted_ = FromRegistry()
+        assert self.registry is not None
+        for view in split_coalesced(buffer, segment_size):
+            data = bytes(view)
+            if not data:
+                continue
+            if data[0] < CONTROL_TYPE:
+                sorted_.wireguard.append((data, self.registry))
+            elif data[0] != RELAY_TYPE:
+                sorted_.control.append(data)
+            else:
+                try:
+                    peer, inner = unpack_relay(data)
+                except WireError:
+                    self.counters["relay_malformed"] += 1
+                    continue
+                self.counters["relay_rx_bytes"] += len(inner)
+                sorted_.wireguard.append((inner, RelayEndpoint(peer)))
+        return sorted_
+
+
+class Bind(RelayFraming):
+    """UDP sockets on one port, batched, with the relay as one more kind of endpoint."""
+
+    def __init__(self, port: int | None, registry: Endpoint | None = None) -> None:
+        super().__init__(registry)
+        self._sockets = UdpSockets(port)
+        self._batch = UdpBatch(self._sockets)
+        self.port = self._sockets.port
+
+    def sockets(self) -> list[socket.socket]:
+        """The open sockets, to watch for input."""
+        return self._sockets.sockets()
+
+    def status(self) -> dict[str, Any]:
+        """Which offloads each socket has (`pilotif status`)."""
+        return self._batch.status()
+
+    def close(self) -> None:
+        """Close the sockets."""
+        self._sockets.close()
+
+    # -- sending -----------------------------------------------------------------
+
+    def send(self, datagrams: Sequence[tuple[BytesLike, PeerEndpoint]]) -> int:
+        """Send datagrams in order, wrapping those for relayed peers; the number refused."""
+        relayed = [item for item in datagrams if isinstance(item[1], RelayEndpoint)]
+        if not relayed:
+            return self._batch.send(datagrams)  # type: ignore[arg-type]
+        direct: list[tuple[BytesLike, Endpoint]] = []
+        failed = 0
+        for datagram, endpoint in datagrams:
+            if isinstance(endpoint, RelayEndpoint):
+                failed += not self._send_relayed(datagram, endpoint)
+            else:
+                direct.append((datagram, endpoint))
+        return failed + (self._batch.send(direct) if direct else 0)
+
+    def send_control(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> int:
+        """Send control datagrams one by one; the number refused."""
+        return sum(not self._sockets.send(datagram, to) for datagram, to in datagrams)
+
+    def _send_relayed(self, datagram: BytesLike, endpoint: RelayEndpoint) -> bool:
+        wrapped = self.wrap(datagram, endpoint)
+        return wrapped is not None and self._sockets.send(*wrapped)
+
+    # -- receiving ---------------------------------------------------------------
+
+    def receive(self, sock: socket.socket) -> tuple[memoryview, int, Endpoint] | None:
+        """One receive on `sock` (see `UdpBatch.receive`), or None when none waits."""
+        return self._batch.receive(sock)

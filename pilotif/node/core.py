@@ -1,0 +1,786 @@
+"""The node side of the control plane, sans-IO: joining a registry, trust, trusted peers
+as WireGuard peers of the overlay device, and the path to each.
+
+Theory of operation (aioquic's QuicConnection is the model). The core has three kinds
+of input, each taking `now` (seconds on the caller's monotonic clock):
+
+- commands: `start` (join), `call` (a request for the registry on behalf of the CLI);
+- the network: `receive_control(data, now)` for every 0x50/0x52 datagram from the
+  registry's address, and the device's roam filter, which the core installs;
+- the timer: `handle_timer(now)` at or after `get_timer()`.
+
+Its outputs: `datagrams_to_send()` (control datagrams for the registry), the overlay
+device it steers (peers, endpoints, probes: the caller drains the device as usual),
+`events` (frozen dataclasses of `pilotif.node.events`) and `get_timer()`. No asyncio,
+no sockets, no clock, no files: `trust` is the in-memory record the caller loads and
+saves (on TrustStateChanged).
+
+Paths follow the table of `pilotif.node.paths`; `_enter` does what entering each
+state means.
+"""
+
+import ipaddress
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from typing import Any, Final
+
+from pilotif.identity import HostnameError, ipv6_for_key, normalize_hostname
+from pilotif.keys import InvalidKeyError, decode_key, encode_key
+from pilotif.node.events import (
+    Joined,
+    JoinFailed,
+    NodeEvent,
+    PathChanged,
+    PeerAdded,
+    PeerRefused,
+    PeerRemoved,
+    RegistryKeyPinned,
+    RegistryLost,
+    RegistryRegained,
+    RequestDone,
+    RequestError,
+    RequestFailed,
+    TrustApproved,
+    TrustRequested,
+    TrustRevoked,
+    TrustStateChanged,
+    TrustSynced,
+)
+from pilotif.node.icmp import echo_request_packet
+from pilotif.node.paths import (
+    DIRECT_PATH_TIMEOUT_S,
+    DIRECT_STATES,
+    FALLBACK_ROUND_S,
+    PATH_CHECK_AFTER_S,
+    PROBE_DURATION_S,
+    PROBE_INTERVAL_S,
+    ROUND_BACKOFF_FIRST_S,
+    ROUND_BACKOFF_MAX_S,
+    STABLE_DIRECT_S,
+    PathInput,
+    PathState,
+    next_state,
+)
+from pilotif.node.registry_link import (
+    KEY_FETCH_ID,
+    KeyAnswer,
+    LinkInput,
+    Push,
+    RegistryLink,
+    Reply,
+)
+from pilotif.node.trust import TrustRecord
+from pilotif.overlay.device import Device
+from pilotif.overlay.events import Endpoint, PeerEndpoint, RelayEndpoint
+from pilotif.overlay.peer import Peer
+from pilotif.registry.wire import PUNCH_OPENER, format_endpoint, parse_endpoint
+
+REGISTER_INTERVAL_S: Final = 20.0
+"""How often a node registers again (its heartbeat)."""
+PATH_POLL_S: Final = 0.5
+"""How often the core looks at a direct path's answers."""
+MAX_PUNCH_DELAY_MS: Final = 1_000
+"""The longest a punch may be put off to meet the other side's."""
+_ALL: Final = "all"
+_TAG_PREFIX: Final = "tag:"
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """How `up` joins a registry."""
+
+    registry: Endpoint
+    hostname: str
+    tags: list[str]
+    registry_key: bytes | None
+    auto_approve: str | None
+    """None (ask), "all", or "tag:NAME"."""
+    accept_dns: bool = True
+    """Point the system resolver at our DNS responder for `.pilot` names."""
+
+
+@dataclass
+class TrustedPeer:
+    """What the node knows of a peer it trusts, and where its path stands."""
+
+    hostname: str
+    public_key: bytes
+    ipv4: IPv4Address
+    ipv6: IPv6Address
+    tags: list[str]
+    state: PathState = PathState.RELAY
+    candidates: list[Endpoint] = field(default_factory=list)
+    round_until_s: float = 0.0
+    """Probes go out until then (also once direct: the other side may need them)."""
+    next_probe_s: float = 0.0
+    next_round_s: float | None = None
+    """When to ask the registry for the next probe round (relayed peers)."""
+    backoff_s: float = ROUND_BACKOFF_FIRST_S
+    direct_since_s: float | None = None
+    next_check_s: float = 0.0
+    """When to look at (or echo on) the direct path next."""
+
+
+@dataclass
+class _TrustSync:
+    """A trust_list being fetched page by page."""
+
+    trusted: list[dict[str, Any]] = field(default_factory=list)
+    incoming: list[dict[str, Any]] = field(default_factory=list)
+
+
+class NodeCore:
+    """The node side of the control plane; see the module docstring."""
+
+    def __init__(
+        self,
+        options: NodeOptions,
+        device: Device,
+        trust: TrustRecord,
+        *,
+        registry: Endpoint,
+        lan_endpoints: list[str],
+        first_counter: int,
+        first_request_id: int | None = None,
+    ) -> None:
+        self.options = options
+        self.device = device
+        self.trust = trust
+        self.lan_endpoints = lan_endpoints
+        self.link = RegistryLink(
+            device.local.private_key,
+            registry,
+            trust.registry_key,
+            first_counter=first_counter,
+            first_id=first_request_id,
+        )
+        self.ipv4: IPv4Address | None = None
+        self.ipv6 = ipv6_for_key(device.public_key)
+        self.network: IPv4Network | None = None
+        self.public_endpoint: str | None = None
+        self.registry_online = False
+        self.joined = False
+        self.peers: dict[bytes, TrustedPeer] = {}
+        self.peers_version = 0
+        """Bumped whenever a peer is added or removed (the DNS table follows it)."""
+        self.events: list[NodeEvent] = []
+        self.refused: dict[str, str] = {}
+        """Hostname -> why the registry's offer of that peer was refused (the latest)."""
+        self._internal: dict[int, str] = {}
+        """Requests the core made itself, by id: their op."""
+        self._sync: _TrustSync | None = None
+        self._next_register_s: float | None = None
+        self._checking_key = False
+        self._path_checks = 0
+        self._openers: list[tuple[bytes, Endpoint]] = []
+        self._delayed_punches: list[tuple[float, dict[str, Any]]] = []
+        device.roam_filter = self._may_roam
+
+    # -- inputs: commands ----------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Join: learn the registry's key if none is pinned, then register."""
+        if self.link.registry_key is None:
+            self.link.fetch_key(now)
+        else:
+            self._register(now)
+
+    def call(self, op: str, fields: dict[str, Any], now: float) -> int:
+        """A request for the registry; RequestDone or RequestFailed with the returned id
+        follows. Trust requests record this node's consent; untrust takes the peer down
+        here at once, whatever the registry answers."""
+        key = _key(fields.get("peer"))
+        if key is not None:
+            if op == "trust_request" or (op == "trust_respond" and fields.get("approve")):
+                self._consent(key)
+            elif op == "trust_respond" or op == "untrust":
+                self._remove_peer(key, reason="untrusted here")
+                self._withdraw(key)
+        return self.link.request(op, fields, now)
+
+    # -- inputs: network -----------------------------------------------------------
+
+    def receive_control(self, data: bytes, now: float) -> None:
+        """A 0x50/0x52 datagram from the registry's address."""
+        for item in self.link.receive(data, now):
+            self._on_link(item, now)
+
+    def _may_roam(self, state: Peer, source: PeerEndpoint, now: float) -> bool:
+        """The device's roam filter: may an authenticated packet from `source` move the
+        peer's endpoint there? The path table decides; a relayed packet speaks only for
+        the peer the relay forwarded it from."""
+        peer = self.peers.get(state.public_key)
+        if peer is None:
+            return True
+        if isinstance(source, RelayEndpoint):
+            if source.peer != peer.public_key:
+                return False
+            last = state.last_received_s
+            if last is not None and now - last <= DIRECT_PATH_TIMEOUT_S:
+                return False
+            return self._input(peer, PathInput.RELAYED_PACKET_AFTER_SILENCE, now, source)
+        return self._input(peer, PathInput.DIRECT_PACKET, now, source)
+
+    # -- inputs: timer -------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` is due next."""
+        deadlines = [self.link.next_timer(), self._next_register_s]
+        deadlines += [at for at, _ in self._delayed_punches]
+        for peer in self.peers.values():
+            deadlines.append(self._peer_deadline(peer))
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Retries, the heartbeat, probes and path checks that are due."""
+        for item in self.link.handle_timer(now):
+            self._on_link(item, now)
+        due = [message for at, message in self._delayed_punches if at <= now]
+        if due:
+            self._delayed_punches = [item for item in self._delayed_punches if item[0] > now]
+            for message in due:
+                self._on_punch({**message, "delay_ms": 0}, message["node"], now)
+        if self._next_register_s is not None and now >= self._next_register_s:
+            self._next_register_s = now + REGISTER_INTERVAL_S
+            self._register(now)
+        for peer in list(self.peers.values()):
+            self._tick_peer(peer, now)
+
+    # -- outputs -------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
+        """Control datagrams for the registry and punch openers for peers' candidates,
+        in order; the list is handed over."""
+        out, self.link.outgoing = self.link.outgoing, []
+        if self._openers:
+            out += self._openers
+            self._openers = []
+        return out
+
+    # -- the registry link -----------------------------------------------------------
+
+    def _register(self, now: float) -> None:
+        fields = {"hostname": self.options.hostname, "tags": self.options.tags}
+        request_id = self.link.request("register", {**fields, "lan": self.lan_endpoints}, now)
+        self._internal[request_id] = "register"
+
+    def _request(self, op: str, fields: dict[str, Any], now: float) -> None:
+        if self.link.registry_key is not None:
+            self._internal[self.link.request(op, fields, now)] = op
+
+    def _on_link(self, item: LinkInput, now: float) -> None:
+        if isinstance(item, Push):
+            self._on_push(item.message, now)
+        elif isinstance(item, KeyAnswer):
+            self._on_key(item.key, now)
+        elif isinstance(item, Reply):
+            op = self._internal.pop(item.request_id, None)
+            if op is None:
+                self._on_call_reply(item.request_id, item.message)
+            elif item.message.get("ok"):
+                self._on_reply(op, item.message, now)
+            else:
+                self._on_refusal(op, item.message)
+        elif item.request_id == KEY_FETCH_ID:
+            self._on_key(None, now)
+        else:
+            op = self._internal.pop(item.request_id, None)
+            if op is None:
+                self.events.append(RequestFailed(item.request_id, *self._unreachable()))
+            else:
+                self._on_silence(op, now)
+
+    def _on_call_reply(self, request_id: int, reply: dict[str, Any]) -> None:
+        if reply.get("ok"):
+            self.events.append(RequestDone(request_id, reply))
+            return
+        code, error, hint = _refusal(reply)
+        self.events.append(RequestFailed(request_id, code, error, hint))
+
+    def _unreachable(self) -> tuple[str, str, str]:
+        host, port = self.link.endpoint
+        return (
+            "unreachable",
+            f"no answer from the registry at {format_endpoint((host, port))}",
+            "check the address, that UDP to it is allowed, and that the registry runs",
+        )
+
+    def _on_key(self, key: bytes | None, now: float) -> None:
+        pinned = self.link.registry_key
+        if pinned is None:
+            if key is None:
+                self._fail(*self._unreachable())
+                return
+            self.trust.registry_key = key
+            self.link.use_key(key)
+            self.events += [RegistryKeyPinned(key), TrustStateChanged()]
+            self._register(now)
+            return
+        self._checking_key = False
+        if key is None or key == pinned:
+            if not self.joined:
+                self._fail(*self._unreachable())
+            return
+        where = format_endpoint(self.link.endpoint)
+        if self.options.registry_key is not None:
+            failure = (
+                "registry_key_mismatch",
+                f"the registry at {where} has key {encode_key(key)}, not the one given "
+                f"with --registry-key ({encode_key(pinned)})",
+                "check the key the registry logged at start and pass that to --registry-key",
+            )
+        else:
+            failure = (
+                "registry_key_changed",
+                f"the registry at {where} now has key {encode_key(key)}, not the pinned "
+                f"{encode_key(pinned)}",
+                "if that is expected, delete STATE_DIR/registry.pub or pass the new key "
+                "with --registry-key",
+            )
+        if self.joined:
+            self.events.append(RequestError("register", failure[1]))
+        else:
+            self._fail(*failure)
+
+    def _fail(self, code: str, error: str, hint: str) -> None:
+        self.events.append(JoinFailed(code, error, hint))
+
+    def _on_silence(self, op: str, now: float) -> None:
+        """An internal request got no answer after every attempt."""
+        if op == "trust_list":
+            self._sync = None
+        if op != "register":
+            self.events.append(RequestError(op, self._unreachable()[1]))
+            return
+        if self.registry_online or not self.joined:
+            self.registry_online = False
+            if self.joined:
+                self.events.append(RegistryLost(self._unreachable()[1]))
+            if not self._checking_key:
+                # Silence from a pinned registry: does it answer with another key?
+                self._checking_key = True
+                self.link.fetch_key(now)
+
+    def _on_refusal(self, op: str, reply: dict[str, Any]) -> None:
+        code, error, hint = _refusal(reply)
+        if op == "register" and not self.joined:
+            self._fail(code, error, hint)
+            return
+        if op == "trust_list":
+            self._sync = None
+        self.events.append(RequestError(op, error))
+
+    def _on_reply(self, op: str, reply: dict[str, Any], now: float) -> None:
+        if op == "register":
+            self._on_registered(reply, now)
+        elif op == "trust_list":
+            self._on_trust_page(reply, now)
+
+    def _on_registered(self, reply: dict[str, Any], now: float) -> None:
+        try:
+            ipv4 = IPv4Address(reply["ipv4"])
+            network = IPv4Network(reply.get("network", "100.64.0.0/10"))
+        except (KeyError, ValueError):
+            self.events.append(RequestError("register", "the registry's reply has no address"))
+            return
+        if self.network is not None and (ipv4, network) != (self.ipv4, self.network):
+            self.events.append(
+                RequestError("register", f"the registry moved this node to {ipv4} in {network}")
+            )
+            return
+        self.ipv4, self.network = ipv4, network
+        endpoint = reply.get("public_endpoint")
+        self.public_endpoint = endpoint if isinstance(endpoint, str) else None
+        self._next_register_s = now + REGISTER_INTERVAL_S
+        was_online, self.registry_online = self.registry_online, True
+        if not self.joined:
+            self.joined = True
+            self.device.accept_only_to([ipv4.packed, self.ipv6.packed])
+            self.events.append(Joined(ipv4, network, self.public_endpoint))
+            self.sync_trust(now)
+        elif not was_online:
+            self.events.append(RegistryRegained())
+            self.sync_trust(now)
+
+    # -- trust -----------------------------------------------------------------------
+
+    def sync_trust(self, now: float) -> None:
+        """Fetch the trust list (page by page) and make the device's peers match it."""
+        if self._sync is None:
+            self._sync = _TrustSync()
+            self._request("trust_list", {"offset": 0}, now)
+
+    def _on_trust_page(self, reply: dict[str, Any], now: float) -> None:
+        sync = self._sync
+        if sync is None:
+            return
+        sync.trusted += [n for n in reply.get("trusted", []) if isinstance(n, dict)]
+        sync.incoming += [n for n in reply.get("incoming", []) if isinstance(n, dict)]
+        next_offset = reply.get("next_offset")
+        if type(next_offset) is int and next_offset > 0:
+            self._request("trust_list", {"offset": next_offset}, now)
+            return
+        self._sync = None
+        trusted = {_key(node.get("public_key")): node for node in sync.trusted}
+        for key in list(self.peers):
+            if key not in trusted:
+                self._remove_peer(key, reason="no longer trusted")
+        for node in trusted.values():
+            self._add_peer(node, now)
+        for item in sync.incoming:
+            asker = item.get("node")
+            if isinstance(asker, dict):
+                self._on_trust_requested(asker, str(item.get("message", "")), now)
+        self.events.append(TrustSynced())
+
+    def _on_push(self, message: dict[str, Any], now: float) -> None:
+        op = message.get("op")
+        node = message.get("node")
+        if not isinstance(node, dict):
+            return
+        if op == "trust_requested":
+            self._on_trust_requested(node, str(message.get("message", "")), now)
+        elif op == "trust_changed":
+            key = _key(node.get("public_key"))
+            if key is None:
+                return
+            name = str(node.get("hostname", ""))
+            if message.get("trusted") is True:
+                if self._add_peer(node, now):
+                    self.events.append(TrustApproved(name, key))
+            elif message.get("trusted") is False:
+                self.events.append(TrustRevoked(name, key))
+                self._remove_peer(key, reason="trust revoked")
+                self._withdraw(key)
+        elif op == "punch":
+            self._on_punch(message, node, now)
+
+    def _on_trust_requested(self, node: dict[str, Any], message: str, now: float) -> None:
+        key = _key(node.get("public_key"))
+        if key is None or key in self.peers:
+            return
+        self.events.append(TrustRequested(str(node.get("hostname", "")), key, message))
+        policy = self.options.auto_approve
+        tags = node.get("tags")
+        tags = [str(t) for t in tags] if isinstance(tags, list) else []
+        if policy == _ALL or (policy is not None and policy.removeprefix(_TAG_PREFIX) in tags):
+            self._consent(key)
+            self._request("trust_respond", {"peer": encode_key(key), "approve": True}, now)
+
+    def _consent(self, key: bytes) -> None:
+        if key not in self.trust.consented:
+            self.trust.consented.add(key)
+            self.events.append(TrustStateChanged())
+
+    def _withdraw(self, key: bytes) -> None:
+        if key in self.trust.consented or key in self.trust.pins.values():
+            self.trust.forget(key)
+            self.events.append(TrustStateChanged())
+
+    # -- peers -----------------------------------------------------------------------
+
+    def _add_peer(self, node: dict[str, Any], now: float) -> bool:
+        """Add a peer the registry says we trust, if we consented and its addresses are
+        sane; whether it is (now) a peer."""
+        key = _key(node.get("public_key"))
+        name = str(node.get("hostname", ""))
+        if key is None or key == self.device.public_key:
+            return False
+        refusal = self._refusal_of(node, key)
+        if refusal is not None:
+            self.refused[name] = refusal
+            self.events.append(PeerRefused(name, key, refusal))
+            return False
+        hostname = normalize_hostname(name)
+        self.refused.pop(hostname, None)
+        tags = [str(t) for t in node.get("tags", []) if isinstance(t, str)]
+        existing = self.peers.get(key)
+        if existing is not None:
+            existing.hostname, existing.tags = hostname, tags
+            return True
+        if self.trust.pins.get(hostname) != key:
+            self.trust.pin_peer(hostname, key)
+            self.events.append(TrustStateChanged())
+        peer = TrustedPeer(
+            hostname=hostname,
+            public_key=key,
+            ipv4=IPv4Address(node["ipv4"]),
+            ipv6=ipv6_for_key(key),
+            tags=tags,
+            next_round_s=now,
+        )
+        self.peers[key] = peer
+        self.peers_version += 1
+        self.device.add_peer(
+            key,
+            allowed_ips=[
+                ipaddress.ip_network(f"{peer.ipv4}/32"),
+                ipaddress.ip_network(f"{peer.ipv6}/128"),
+            ],
+            endpoint=RelayEndpoint(key),
+            persistent_keepalive_s=int(REGISTER_INTERVAL_S),
+            now=now,
+        )
+        self.events.append(PeerAdded(hostname, key, peer.ipv4))
+        return True
+
+    def _refusal_of(self, node: dict[str, Any], key: bytes) -> str | None:
+        """Why the node the registry offered cannot be a peer, or None if it can."""
+        if key not in self.trust.consented:
+            return "this node never asked for or approved that trust"
+        try:
+            hostname = normalize_hostname(str(node.get("hostname", "")))
+            ipv4 = IPv4Address(node.get("ipv4"))
+        except (HostnameError, ValueError):
+            return "the registry gave no valid hostname and address"
+        pinned = self.trust.pins.get(hostname)
+        if pinned is not None and pinned != key:
+            return f"{hostname} is pinned to key {encode_key(pinned)}"
+        if self.network is None or ipv4 not in self.network or ipv4 == self.ipv4:
+            return f"{ipv4} is not a peer address of the network {self.network}"
+        taken = [p for p in self.peers.values() if p.ipv4 == ipv4 and p.public_key != key]
+        if taken:
+            return f"{ipv4} belongs to {taken[0].hostname}"
+        return None
+
+    def _remove_peer(self, key: bytes, *, reason: str) -> None:
+        peer = self.peers.pop(key, None)
+        if peer is None:
+            return
+        self.peers_version += 1
+        self.device.remove_peer(key)
+        self.events.append(PeerRemoved(peer.hostname, key, reason))
+
+    # -- paths -----------------------------------------------------------------------
+
+    def _on_punch(self, message: dict[str, Any], node: dict[str, Any], now: float) -> None:
+        peer = self.peers.get(_key(node.get("public_key")) or b"")
+        candidates = message.get("candidates")
+        if peer is None or not isinstance(candidates, list):
+            return
+        delay_ms = message.get("delay_ms", 0)
+        if type(delay_ms) is int and 0 < delay_ms <= MAX_PUNCH_DELAY_MS:
+            # The registry says when the other side's punch arrives: open then.
+            self._delayed_punches.append((now + delay_ms / 1000, message))
+            return
+        endpoints = []
+        for text in candidates:
+            try:
+                endpoints.append(parse_endpoint(str(text)))
+            except ValueError:
+                continue
+        peer.candidates = endpoints
+        self._openers += [(PUNCH_OPENER, endpoint) for endpoint in endpoints]
+        self._input(peer, PathInput.PUNCH, now)
+        peer.round_until_s = now + PROBE_DURATION_S
+        peer.next_probe_s = now
+        self.device.initiate_handshake(peer.public_key, now)
+        self._tick_peer(peer, now)
+
+    def _input(
+        self, peer: TrustedPeer, event: PathInput, now: float, source: PeerEndpoint | None = None
+    ) -> bool:
+        """Feed the path table; whether the peer's endpoint may move to `source`."""
+        state = next_state(peer.state, event)
+        if state == peer.state:
+            return state in DIRECT_STATES and event == PathInput.DIRECT_PACKET
+        previous, peer.state = peer.state, state
+        self._enter(peer, previous, event, now, source)
+        return event in (PathInput.DIRECT_PACKET, PathInput.RELAYED_PACKET_AFTER_SILENCE)
+
+    def _enter(
+        self,
+        peer: TrustedPeer,
+        previous: PathState,
+        event: PathInput,
+        now: float,
+        source: PeerEndpoint | None,
+    ) -> None:
+        """What entering `peer.state` does."""
+        state = peer.state
+        if state == PathState.DIRECT and previous not in DIRECT_STATES:
+            if isinstance(source, tuple):
+                # Sends from the relay's time do not count against the new path; and
+                # the probe is answered where it came from, which may be a port the
+                # registry never saw (the peer's NAT chose it for us alone).
+                self.device.set_endpoint(peer.public_key, source)
+                self.device.send_keepalive_to(peer.public_key, source, now)
+            peer.direct_since_s = now
+            peer.next_round_s = None
+            peer.next_check_s = now + PATH_POLL_S
+            endpoint = format_endpoint(source) if isinstance(source, tuple) else None
+            self._path_changed(peer, "direct", endpoint, "probe answered")
+        elif state == PathState.SUSPECT:
+            self._echo(peer, now)
+        elif state == PathState.PROBING:
+            peer.next_round_s = None
+        elif state in (PathState.RELAY, PathState.HELD):
+            if previous in DIRECT_STATES:
+                lived = now - (peer.direct_since_s or now)
+                if lived >= STABLE_DIRECT_S:
+                    peer.backoff_s = ROUND_BACKOFF_FIRST_S
+                peer.next_round_s = now + FALLBACK_ROUND_S
+                reason = (
+                    "direct path silent"
+                    if event == PathInput.SILENT
+                    else "the peer went back to the relay"
+                )
+                if state == PathState.HELD:
+                    self.device.set_endpoint(peer.public_key, RelayEndpoint(peer.public_key))
+                self._path_changed(peer, "relay", None, reason)
+            else:
+                peer.next_round_s = now + peer.backoff_s
+                peer.backoff_s = min(peer.backoff_s * 2, ROUND_BACKOFF_MAX_S)
+
+    def _path_changed(self, peer: TrustedPeer, path: str, endpoint: str | None, why: str) -> None:
+        self.events.append(PathChanged(peer.hostname, peer.public_key, path, endpoint, why))
+
+    def _echo(self, peer: TrustedPeer, now: float) -> None:
+        """An ICMP echo to the peer through the tunnel: its kernel answers at once, so
+        one-way data does not look like a dead path."""
+        if self.ipv4 is None:
+            return
+        self._path_checks += 1
+        packet = echo_request_packet(self.ipv4, peer.ipv4, self._path_checks)
+        self.device.send_packet(packet, now)
+        peer.next_check_s = now + PATH_CHECK_AFTER_S
+
+    def _peer_deadline(self, peer: TrustedPeer) -> float | None:
+        deadlines = []
+        if peer.round_until_s > peer.next_probe_s:
+            deadlines.append(peer.next_probe_s)
+        if peer.state == PathState.PROBING:
+            deadlines.append(peer.round_until_s)
+        if peer.next_round_s is not None and self.registry_online:
+            deadlines.append(peer.next_round_s)
+        if peer.state in DIRECT_STATES:
+            deadlines.append(peer.next_check_s)
+        return min(deadlines, default=None)
+
+    def _tick_peer(self, peer: TrustedPeer, now: float) -> None:
+        state = self.device.peer(peer.public_key)
+        if state is None:
+            return
+        if now < peer.round_until_s and now >= peer.next_probe_s:
+            peer.next_probe_s = now + PROBE_INTERVAL_S
+            if state.current is None:
+                self.device.initiate_handshake(peer.public_key, now)
+            targets = list(peer.candidates)
+            if isinstance(state.endpoint, tuple) and state.endpoint not in targets:
+                targets.append(state.endpoint)
+            for target in targets:
+                self.device.send_keepalive_to(peer.public_key, target, now)
+        if peer.state == PathState.PROBING and now >= peer.round_until_s:
+            self._input(peer, PathInput.ROUND_OVER, now)
+        if peer.next_round_s is not None and now >= peer.next_round_s and self.registry_online:
+            peer.next_round_s = now + peer.backoff_s
+            self._request("connect", {"peer": encode_key(peer.public_key)}, now)
+        if peer.state in DIRECT_STATES and now >= peer.next_check_s:
+            peer.next_check_s = now + PATH_POLL_S
+            self._check_direct(peer, state, now)
+
+    def _check_direct(self, peer: TrustedPeer, state: Peer, now: float) -> None:
+        since = state.unanswered_since_s
+        if since is None:
+            self._input(peer, PathInput.ANSWERED, now)
+        elif now - since > DIRECT_PATH_TIMEOUT_S:
+            self._input(peer, PathInput.SILENT, now)
+        elif now - since >= PATH_CHECK_AFTER_S:
+            if peer.state == PathState.SUSPECT:
+                self._echo(peer, now)
+            else:
+                self._input(peer, PathInput.UNANSWERED, now)
+
+    # -- views -----------------------------------------------------------------------
+
+    def path_of(self, key: bytes) -> str:
+        """A peer's path: 'direct', 'relay' or 'none' (no session yet)."""
+        state = self.device.peer(key)
+        peer = self.peers.get(key)
+        if state is None or state.current is None or state.endpoint is None:
+            return "none"
+        if peer is not None:
+            return "direct" if peer.state in DIRECT_STATES else "relay"
+        return "relay" if isinstance(state.endpoint, RelayEndpoint) else "direct"
+
+    def names(self) -> dict[str, tuple[IPv4Address, IPv6Address]]:
+        """Hostname -> addresses of every trusted peer, for the DNS responder."""
+        return {p.hostname: (p.ipv4, p.ipv6) for p in self.peers.values()}
+
+    def find_peer(self, text: str) -> TrustedPeer | None:
+        """A trusted peer by hostname (with or without .pilot), virtual IP or key."""
+        text = text.strip()
+        name = text.lower().removesuffix(".pilot")
+        for peer in self.peers.values():
+            if text == encode_key(peer.public_key) or name in (
+                peer.hostname,
+                str(peer.ipv4),
+                str(peer.ipv6),
+            ):
+                return peer
+        return None
+
+    def describe_peer(self, peer: TrustedPeer) -> dict[str, Any]:
+        """One row of `pilotif peers` (times on the core's clock)."""
+        state = self.device.peer(peer.public_key)
+        endpoint = state.endpoint if state else None
+        return {
+            "hostname": peer.hostname,
+            "ipv4": str(peer.ipv4),
+            "ipv6": str(peer.ipv6),
+            "public_key": encode_key(peer.public_key),
+            "tags": peer.tags,
+            "trusted": True,
+            "path": self.path_of(peer.public_key),
+            "path_state": str(peer.state),
+            "endpoint": format_endpoint(endpoint) if isinstance(endpoint, tuple) else None,
+            "last_handshake_s": state.last_handshake_s if state else None,
+            "rx_bytes": state.rx_bytes if state else 0,
+            "tx_bytes": state.tx_bytes if state else 0,
+        }
+
+    def nat_type(self) -> str:
+        """What the registry's view of our endpoint says about the NAT in front of us."""
+        if self.public_endpoint is None:
+            return "unknown"
+        if self.public_endpoint in self.lan_endpoints:
+            return "none"
+        local_ports = {text.rpartition(":")[2] for text in self.lan_endpoints}
+        if self.public_endpoint.rpartition(":")[2] in local_ports:
+            return "port-preserving (cone-like: direct paths likely)"
+        return "port-changing (symmetric-like: may need the relay)"
+
+    def status(self) -> dict[str, Any]:
+        """The node part of `pilotif status`."""
+        key = self.link.registry_key
+        return {
+            "hostname": self.options.hostname,
+            "ipv4": str(self.ipv4) if self.ipv4 else None,
+            "ipv6": str(self.ipv6),
+            "registry": format_endpoint(self.link.endpoint),
+            "registry_key": encode_key(key) if key else None,
+            "registry_online": self.registry_online,
+            "public_endpoint": self.public_endpoint,
+            "lan_endpoints": self.lan_endpoints,
+            "nat": self.nat_type(),
+            "refused_peers": self.refused,
+            "control_dropped": self.link.dropped,
+        }
+
+
+def _key(value: object) -> bytes | None:
+    """A base64 key from a message, or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return decode_key(value)
+    except InvalidKeyError:
+        return None
+
+
+def _refusal(reply: dict[str, Any]) -> tuple[str, str, str]:
+    return (
+        str(reply.get("code", "error")),
+        str(reply.get("error", "the registry refused the request")),
+        str(reply.get("hint", "")),
+    )

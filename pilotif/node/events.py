@@ -1,0 +1,202 @@
+"""Events the node core reports to its adapter: what happened on the registry link, to
+trust, to peers and to their paths. The daemon logs each as one line and publishes some
+to `pilotif events` (its table `EVENT_ROUTES` says which)."""
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RegistryKeyPinned:
+    """First contact: the registry told us its key, and we pinned it."""
+
+    key: bytes
+    """The registry's public key."""
+
+
+@dataclass(frozen=True)
+class Joined:
+    """The first registration succeeded: the node has its address."""
+
+    ipv4: IPv4Address
+    """The node's permanent virtual IPv4 address."""
+    network: IPv4Network
+    """The registry's overlay network."""
+    public_endpoint: str | None
+    """Our endpoint as the registry saw it (`ip:port`)."""
+
+
+@dataclass(frozen=True)
+class JoinFailed:
+    """`up` cannot join: the registry refused, never answered, or has another key."""
+
+    code: str
+    """A short name of the failure (`unreachable`, `name_taken`, `registry_key_changed`)."""
+    error: str
+    """What happened, for a person."""
+    hint: str
+    """What to do about it."""
+
+
+@dataclass(frozen=True)
+class RegistryLost:
+    """A heartbeat got no answer: the registry is unreachable for now."""
+
+    error: str
+    """What failed."""
+
+
+@dataclass(frozen=True)
+class RegistryRegained:
+    """The registry answers again after RegistryLost."""
+
+
+@dataclass(frozen=True)
+class RequestDone:
+    """A request made with `NodeCore.call` got its reply."""
+
+    request_id: int
+    """The id `call` returned."""
+    reply: dict[str, Any]
+    """The registry's reply (`ok` is true)."""
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    """A request made with `NodeCore.call` was refused or never answered."""
+
+    request_id: int
+    """The id `call` returned."""
+    code: str
+    """The registry's error code, or `unreachable`."""
+    error: str
+    """What happened, for a person."""
+    hint: str
+    """What to do about it."""
+
+
+@dataclass(frozen=True)
+class TrustRequested:
+    """Someone asks us for trust."""
+
+    peer: str
+    """Their hostname."""
+    public_key: bytes
+    """Their key."""
+    message: str
+    """What they wrote with the request."""
+
+
+@dataclass(frozen=True)
+class TrustApproved:
+    """The registry says a trust we asked for or approved is established."""
+
+    peer: str
+    """The peer's hostname."""
+    public_key: bytes
+    """The peer's key."""
+
+
+@dataclass(frozen=True)
+class TrustRevoked:
+    """A trust ended (either side untrusted)."""
+
+    peer: str
+    """The peer's hostname."""
+    public_key: bytes
+    """The peer's key."""
+
+
+@dataclass(frozen=True)
+class PeerRefused:
+    """The registry offered a peer that this node will not add."""
+
+    peer: str
+    """The hostname the registry gave."""
+    public_key: bytes
+    """The key the registry gave."""
+    reason: str
+    """Why: not asked for or approved here, a key other than the pinned one, an address
+    outside the network or taken by another peer."""
+
+
+@dataclass(frozen=True)
+class PeerAdded:
+    """A trusted peer became a WireGuard peer of the device."""
+
+    peer: str
+    """Its hostname."""
+    public_key: bytes
+    """Its key."""
+    ipv4: IPv4Address
+    """Its virtual IPv4 address."""
+
+
+@dataclass(frozen=True)
+class PeerRemoved:
+    """A peer left the device."""
+
+    peer: str
+    """Its hostname."""
+    public_key: bytes
+    """Its key."""
+    reason: str
+    """Why (`trust revoked`, `untrusted here`, `no longer trusted`)."""
+
+
+@dataclass(frozen=True)
+class PathChanged:
+    """The path to a peer moved between the relay and a direct endpoint."""
+
+    peer: str
+    """Its hostname."""
+    public_key: bytes
+    """Its key."""
+    path: str
+    """`direct` or `relay`."""
+    endpoint: str | None
+    """The direct endpoint (`ip:port`), None on the relay."""
+    reason: str
+    """What moved it."""
+
+
+@dataclass(frozen=True)
+class RequestError:
+    """A request the node made on its own (connect, auto-approve) failed."""
+
+    op: str
+    """The request's op."""
+    error: str
+    """What failed."""
+
+
+@dataclass(frozen=True)
+class TrustSynced:
+    """The trust list was fetched and the device's peers match it."""
+
+
+@dataclass(frozen=True)
+class TrustStateChanged:
+    """Pins or consents changed: the adapter writes them to the state dir."""
+
+
+NodeEvent = (
+    RegistryKeyPinned
+    | Joined
+    | JoinFailed
+    | RegistryLost
+    | RegistryRegained
+    | RequestDone
+    | RequestFailed
+    | TrustRequested
+    | TrustApproved
+    | TrustRevoked
+    | PeerRefused
+    | PeerAdded
+    | PeerRemoved
+    | PathChanged
+    | RequestError
+    | TrustSynced
+    | TrustStateChanged
+)

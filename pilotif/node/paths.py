@@ -1,0 +1,101 @@
+"""The path to one trusted peer: relay or direct, as one state table.
+
+Theory of operation (h11's `_state.py` is the model). Each peer's path is in one state
+of `PathState`; the node core feeds it `PathInput`s and `TRANSITIONS` says the new state
+for each (state, input) pair. A pair that is not in the table leaves the state as it
+is: that input means nothing there (a relayed packet while relayed, say). The core does
+the side effect that goes with entering a state (moving the device's endpoint, sending
+an echo, scheduling the next probe round) in one place, `NodeCore._enter`.
+
+- RELAY: traffic goes through the registry's relay. Probe rounds are scheduled with
+  backoff (`ROUND_BACKOFF_FIRST_S` doubling up to `ROUND_BACKOFF_MAX_S`): at each, the
+  node asks the registry to `connect`, which sends both sides a `punch` at one moment.
+- PROBING: a round is on: for `PROBE_DURATION_S` both sides send authenticated
+  keepalives to each other's candidate endpoints every `PROBE_INTERVAL_S`. Traffic
+  still goes through the relay. The first authenticated packet from a UDP address
+  moves the path there (DIRECT), wherever it came from: the NAT may have given the
+  other side another port than the registry saw.
+- DIRECT: traffic goes to the peer's UDP endpoint, which follows WireGuard roaming.
+- SUSPECT: data we sent directly has gone unanswered for `PATH_CHECK_AFTER_S`; an ICMP
+  echo through the tunnel asks the peer's kernel for an answer.
+- HELD: the direct path went silent for `DIRECT_PATH_TIMEOUT_S`: back on the relay,
+  and packets that still arrive directly do not move us until the next probe round.
+"""
+
+from enum import StrEnum
+from typing import Final
+
+PROBE_INTERVAL_S: Final = 0.2
+PROBE_DURATION_S: Final = 5.0
+ROUND_BACKOFF_FIRST_S: Final = 2.0
+"""The wait before the second probe round of a relayed peer; it doubles after each."""
+ROUND_BACKOFF_MAX_S: Final = 32.0
+"""The longest wait between probe rounds: longer than Linux conntrack keeps an unanswered
+UDP entry (30 s), so a round that failed because a router took the other side's first
+packet for itself (and blocked that port towards it) is followed by one that finds the
+router's table clean again."""
+FALLBACK_ROUND_S: Final = 1.0
+"""How soon after a direct path died the next probe round starts."""
+STABLE_DIRECT_S: Final = 60.0
+"""A direct path that lived this long resets the backoff when it dies."""
+PATH_CHECK_AFTER_S: Final = 1.0
+"""Unanswered data this old on a direct path makes us ask the peer for an echo."""
+DIRECT_PATH_TIMEOUT_S: Final = 5.0
+"""A direct path that answered nothing for this long falls back to the relay."""
+
+
+class PathState(StrEnum):
+    """Where a peer's traffic goes; see the module docstring."""
+
+    RELAY = "relay"
+    PROBING = "probing"
+    DIRECT = "direct"
+    SUSPECT = "suspect"
+    HELD = "held"
+
+
+class PathInput(StrEnum):
+    """What can happen to a path."""
+
+    PUNCH = "punch"
+    """The registry started a probe round (a `punch` with the peer's candidates)."""
+    ROUND_OVER = "round_over"
+    """PROBE_DURATION_S passed since the punch."""
+    DIRECT_PACKET = "direct_packet"
+    """An authenticated packet of the peer arrived from a UDP address."""
+    RELAYED_PACKET_AFTER_SILENCE = "relayed_packet_after_silence"
+    """An authenticated packet came through the relay while the direct path has been
+    silent for DIRECT_PATH_TIMEOUT_S (the other side fell back)."""
+    UNANSWERED = "unanswered"
+    """Data sent on the direct path is unanswered for PATH_CHECK_AFTER_S."""
+    ANSWERED = "answered"
+    """The direct path answered again."""
+    SILENT = "silent"
+    """The direct path answered nothing for DIRECT_PATH_TIMEOUT_S."""
+
+
+TRANSITIONS: Final[dict[tuple[PathState, PathInput], PathState]] = {
+    (PathState.RELAY, PathInput.PUNCH): PathState.PROBING,
+    (PathState.RELAY, PathInput.DIRECT_PACKET): PathState.DIRECT,
+    (PathState.HELD, PathInput.PUNCH): PathState.PROBING,
+    (PathState.PROBING, PathInput.PUNCH): PathState.PROBING,
+    (PathState.PROBING, PathInput.ROUND_OVER): PathState.RELAY,
+    (PathState.PROBING, PathInput.DIRECT_PACKET): PathState.DIRECT,
+    (PathState.DIRECT, PathInput.DIRECT_PACKET): PathState.DIRECT,
+    (PathState.DIRECT, PathInput.UNANSWERED): PathState.SUSPECT,
+    (PathState.DIRECT, PathInput.SILENT): PathState.HELD,
+    (PathState.DIRECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
+    (PathState.SUSPECT, PathInput.DIRECT_PACKET): PathState.SUSPECT,
+    (PathState.SUSPECT, PathInput.ANSWERED): PathState.DIRECT,
+    (PathState.SUSPECT, PathInput.SILENT): PathState.HELD,
+    (PathState.SUSPECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
+}
+"""(state, input) -> the next state; pairs not listed leave the state unchanged."""
+
+DIRECT_STATES: Final = frozenset({PathState.DIRECT, PathState.SUSPECT})
+"""States whose traffic goes to a UDP endpoint."""
+
+
+def next_state(state: PathState, event: PathInput) -> PathState:
+    """The state after `event`; the same state when the table has no entry for the pair."""
+    return TRANSITIONS.get((state, event), state)

@@ -1,0 +1,96 @@
+"""One table for every event of the cores (overlay device and node): the log line it
+becomes and the `pilotif events` kind it is published as, if any.
+
+Fields come from the event's dataclass fields: keys as base64, addresses and endpoints
+as text. `peer_up`/`peer_down` are published by the daemon, which knows which peers
+are up; they are not in this table.
+"""
+
+import logging
+from dataclasses import dataclass, fields
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from typing import Final
+
+from pilotif.keys import encode_key
+from pilotif.node.events import (
+    Joined,
+    JoinFailed,
+    NodeEvent,
+    PathChanged,
+    PeerAdded,
+    PeerRefused,
+    PeerRemoved,
+    RegistryKeyPinned,
+    RegistryLost,
+    RegistryRegained,
+    RequestDone,
+    RequestError,
+    RequestFailed,
+    TrustApproved,
+    TrustRequested,
+    TrustRevoked,
+    TrustStateChanged,
+    TrustSynced,
+)
+from pilotif.overlay.events import (
+    EndpointChanged,
+    Event,
+    HandshakeCompleted,
+    HandshakeGaveUp,
+    KeysZeroed,
+    RelayEndpoint,
+)
+from pilotif.registry.wire import format_endpoint
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one kind of event goes."""
+
+    log: str | None
+    """The log line's event name (None: not logged)."""
+    publish: str | None = None
+    """The `pilotif events` kind (None: not published)."""
+    level: int = logging.INFO
+
+
+ROUTES: Final[dict[type, Route]] = {
+    HandshakeCompleted: Route("handshake_completed"),
+    HandshakeGaveUp: Route("handshake_gave_up", level=logging.WARNING),
+    EndpointChanged: Route("endpoint_changed"),
+    KeysZeroed: Route("keys_zeroed"),
+    RegistryKeyPinned: Route("registry_key_pinned"),
+    Joined: Route("registered"),
+    JoinFailed: Route("join_failed", level=logging.WARNING),
+    RegistryLost: Route("registry_lost", "registry_lost", logging.WARNING),
+    RegistryRegained: Route("registry_regained", "registry_regained"),
+    RequestDone: Route(None),
+    RequestFailed: Route(None),
+    RequestError: Route("request_failed", level=logging.WARNING),
+    TrustRequested: Route("trust_requested", "trust_requested"),
+    TrustApproved: Route("trust_established", "trust_approved"),
+    TrustRevoked: Route("trust_revoked", "trust_revoked"),
+    PeerRefused: Route("peer_refused", level=logging.WARNING),
+    PeerAdded: Route("peer_added"),
+    PeerRemoved: Route("peer_removed"),
+    PathChanged: Route("path_changed", "path_changed"),
+    TrustSynced: Route(None),
+    TrustStateChanged: Route(None),
+}
+
+
+def event_fields(event: Event | NodeEvent) -> dict[str, object]:
+    """The event's fields as text, numbers and booleans (keys in base64)."""
+    out: dict[str, object] = {}
+    for item in fields(event):
+        value = getattr(event, item.name)
+        if isinstance(value, bytes):
+            value = encode_key(value)
+        elif isinstance(value, RelayEndpoint):
+            value = "relay"
+        elif isinstance(value, tuple):
+            value = format_endpoint(value)
+        elif isinstance(value, (IPv4Address, IPv6Address, IPv4Network)):
+            value = str(value)
+        out[item.name] = value
+    return out

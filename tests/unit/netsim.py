@@ -1,0 +1,317 @@
+"""A simulated network for the control plane's unit tests: node cores (each with its
+overlay device), the registry core, and NAT routers between them, all in memory on one
+fake clock. No sockets, no root, deterministic for a given seed.
+
+NAT routers model Linux conntrack + masquerade closely enough for hole punching:
+- mapping: a LAN socket keeps its port towards each destination when that (public
+  port, destination) pair is free (cone-like), or gets a random port per destination
+  (symmetric);
+- filtering: an inbound datagram passes only for a (public port, remote) pair the LAN
+  side sent to (endpoint-dependent), or for any remote once the port is mapped
+  (endpoint-independent, "full cone");
+- `accepts_to_self`: a router that does not drop inbound datagrams addressed to itself
+  keeps a conntrack entry for each, so its LAN side cannot map that (port, remote) pair
+  until the entry expires (the collision that issue 9 describes).
+Entries expire after UDP_TIMEOUT_S without traffic.
+"""
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from pilotif.bind import RelayFraming
+from pilotif.keys import encode_key
+from pilotif.node.core import NodeCore, NodeOptions
+from pilotif.node.events import NodeEvent
+from pilotif.node.icmp import echo_request_packet
+from pilotif.node.trust import TrustRecord
+from pilotif.overlay.crypto import generate_private_key
+from pilotif.overlay.device import Device
+from pilotif.overlay.events import Endpoint, RelayEndpoint
+from pilotif.registry.server import RegistryCore
+from pilotif.registry.store import Store
+
+REGISTRY: Endpoint = ("198.18.0.1", 7946)
+NETWORK = "100.64.0.0/10"
+NODE_PORT = 51820
+UDP_TIMEOUT_S = 30.0
+START_S = 1_000_000.0
+LINK_DELAY_S = 0.002
+"""One hop's delay (LAN to router, router to router or registry)."""
+
+
+class Mapping(StrEnum):
+    CONE = "cone"
+    SYMMETRIC = "symmetric"
+
+
+class Filtering(StrEnum):
+    ENDPOINT_DEPENDENT = "endpoint-dependent"
+    ENDPOINT_INDEPENDENT = "endpoint-independent"
+
+
+@dataclass
+class Nat:
+    """One NAT router; see the module docstring."""
+
+    wan: str
+    mapping: Mapping = Mapping.CONE
+    filtering: Filtering = Filtering.ENDPOINT_DEPENDENT
+    accepts_to_self: bool = False
+    rng: random.Random = field(default_factory=lambda: random.Random(1))
+    flows: dict[tuple[int, Endpoint], tuple[Endpoint, float]] = field(default_factory=dict)
+    """(public port, remote) -> (LAN endpoint, expiry)."""
+    own: dict[tuple[int, Endpoint], float] = field(default_factory=dict)
+    """(public port, remote) -> expiry of an entry for a datagram taken by the router."""
+    collisions: int = 0
+
+    def _expire(self, now: float) -> None:
+        self.flows = {k: v for k, v in self.flows.items() if v[1] > now}
+        self.own = {k: v for k, v in self.own.items() if v > now}
+
+    def outbound(self, lan: Endpoint, remote: Endpoint, now: float) -> Endpoint:
+        self._expire(now)
+        for (port, to), (inside, _) in self.flows.items():
+            if to == remote and inside == lan:
+                self.flows[(port, to)] = (lan, now + UDP_TIMEOUT_S)
+                return (self.wan, port)
+        port = lan[1] if self.mapping == Mapping.CONE else self.rng.randrange(20000, 60000)
+        while (port, remote) in self.flows or (port, remote) in self.own:
+            if (port, remote) in self.own:
+                self.collisions += 1
+            port = self.rng.randrange(20000, 60000)
+        self.flows[(port, remote)] = (lan, now + UDP_TIMEOUT_S)
+        return (self.wan, port)
+
+    def inbound(self, port: int, remote: Endpoint, now: float) -> Endpoint | None:
+        self._expire(now)
+        flow = self.flows.get((port, remote))
+        if flow is None and self.filtering == Filtering.ENDPOINT_INDEPENDENT:
+            flow = next((v for (p, _), v in self.flows.items() if p == port), None)
+        if flow is not None:
+            self.flows[(port, remote)] = (flow[0], now + UDP_TIMEOUT_S)
+            return flow[0]
+        if self.accepts_to_self:
+            self.own[(port, remote)] = now + UDP_TIMEOUT_S
+        return None
+
+
+class SimNode:
+    """A node core with its device on a LAN behind `nat` (None: on the internet)."""
+
+    def __init__(
+        self,
+        net: "Network",
+        hostname: str,
+        lan_ip: str,
+        nat: Nat | None,
+        *,
+        auto_approve: str | None = None,
+        tags: tuple[str, ...] = (),
+    ) -> None:
+        self.net = net
+        self.hostname = hostname
+        self.address: Endpoint = (lan_ip, NODE_PORT)
+        self.nat = nat
+        self.device = Device(generate_private_key(), mtu=1420, wall_offset_s=START_S)
+        options = NodeOptions(REGISTRY, hostname, list(tags), None, auto_approve)
+        self.trust = TrustRecord(registry_key=net.registry.public_key)
+        self.core = NodeCore(
+            options,
+            self.device,
+            self.trust,
+            registry=REGISTRY,
+            lan_endpoints=[f"{lan_ip}:{NODE_PORT}"],
+            first_counter=1,
+        )
+        self.framing = RelayFraming(REGISTRY)
+        self.events: list[NodeEvent] = []
+        self.received: list[bytes] = []
+        """IP packets the device handed to the TUN."""
+
+    @property
+    def key(self) -> str:
+        return encode_key(self.device.public_key)
+
+    def flush(self) -> None:
+        for data, to in self.core.datagrams_to_send():
+            self.net.send(self, data, to)
+        for data, endpoint in self.device.outgoing:
+            if isinstance(endpoint, RelayEndpoint):
+                wrapped = self.framing.wrap(data, endpoint)
+                assert wrapped is not None
+                self.net.send(self, wrapped[0], wrapped[1])
+            else:
+                self.net.send(self, bytes(data), endpoint)
+        self.device.outgoing.clear()
+        self.received += [bytes(p) for p in self.device.to_tun]
+        self.device.to_tun.clear()
+        self.device.events.clear()
+        self.events += self.core.events
+        self.core.events = []
+
+    def deliver(self, data: bytes, source: Endpoint) -> None:
+        now = self.net.now
+        if self.framing.is_registry(source):
+            sorted_ = self.framing.split_registry(memoryview(data), 0)
+            for control in sorted_.control:
+                self.core.receive_control(control, now)
+            for inner, endpoint in sorted_.wireguard:
+                self.device.receive_datagram(inner, endpoint, now)
+        elif not self.framing.is_opener(memoryview(data)):
+            self.device.receive_datagram(data, source, now)
+        self.flush()
+
+    def timer(self) -> float | None:
+        deadlines = [d for d in (self.core.get_timer(), self.device.next_timer()) if d]
+        return min(deadlines, default=None)
+
+    def fire(self) -> None:
+        now = self.net.now
+        self.device.handle_timers(now)
+        self.core.handle_timer(now)
+        self.flush()
+
+    def call(self, op: str, **fields: object) -> int:
+        request_id = self.core.call(op, dict(fields), self.net.now)
+        self.flush()
+        return request_id
+
+    def ping(self, other: "SimNode", sequence: int = 1) -> None:
+        """Send an ICMP echo to `other`'s overlay address, as a program would."""
+        assert self.core.ipv4 is not None and other.core.ipv4 is not None
+        packet = echo_request_packet(self.core.ipv4, other.core.ipv4, sequence)
+        self.device.send_packet(packet, self.net.now)
+        self.flush()
+
+    def path_to(self, other: "SimNode") -> str:
+        return self.core.path_of(other.device.public_key)
+
+
+@dataclass(order=True)
+class _InFlight:
+    at: float
+    seq: int
+    data: bytes = field(compare=False)
+    source: Endpoint = field(compare=False)
+    to: Endpoint = field(compare=False)
+
+
+class Network:
+    """The registry on the internet, and nodes added with `node`."""
+
+    def __init__(self, tmp: Path, *, seed: int = 1, loss: float = 0.0) -> None:
+        self.now = START_S
+        self.rng = random.Random(seed)
+        self.loss = loss
+        self.registry = RegistryCore(
+            generate_private_key(), Store(tmp / "registry.db", IPv4Network(NETWORK))
+        )
+        self.nodes: list[SimNode] = []
+        self.nats: dict[str, Nat] = {}
+        self._queue: list[_InFlight] = []
+        self._seq = itertools.count()
+        self._wan = itertools.count(11)
+        self.delays: dict[tuple[str, str], float] = {}
+        """Extra delay of datagrams from one public address to another."""
+
+    def node(
+        self,
+        hostname: str,
+        *,
+        mapping: Mapping = Mapping.CONE,
+        filtering: Filtering = Filtering.ENDPOINT_DEPENDENT,
+        accepts_to_self: bool = False,
+        auto_approve: str | None = None,
+    ) -> SimNode:
+        index = next(self._wan)
+        nat = Nat(
+            f"198.18.0.{index}",
+            mapping,
+            filtering,
+            accepts_to_self,
+            random.Random(self.rng.random()),
+        )
+        self.nats[nat.wan] = nat
+        node = SimNode(self, hostname, f"198.19.{index}.2", nat, auto_approve=auto_approve)
+        self.nodes.append(node)
+        return node
+
+    # -- datagrams -------------------------------------------------------------------
+
+    def send(self, sender: SimNode, data: bytes, to: Endpoint) -> None:
+        """A datagram from a node, through its NAT."""
+        source = sender.address
+        if sender.nat is not None:
+            source = sender.nat.outbound(sender.address, to, self.now)
+        self._transmit(data, source, to)
+
+    def _transmit(self, data: bytes, source: Endpoint, to: Endpoint) -> None:
+        if self.loss and self.rng.random() < self.loss:
+            return
+        delay = 2 * LINK_DELAY_S + self.delays.get((source[0], to[0]), 0.0)
+        item = _InFlight(self.now + delay, next(self._seq), data, source, to)
+        heapq.heappush(self._queue, item)
+
+    def _arrive(self, item: _InFlight) -> None:
+        if item.to == REGISTRY:
+            for data, to in self.registry.handle_datagram(item.data, item.source, self.now):
+                self._transmit(data, REGISTRY, to)
+            return
+        nat = self.nats.get(item.to[0])
+        if nat is None:
+            return
+        inside = nat.inbound(item.to[1], item.source, self.now)
+        for node in self.nodes:
+            if node.address == inside:
+                node.deliver(item.data, item.source)
+
+    # -- time ------------------------------------------------------------------------
+
+    def run(self, seconds: float) -> None:
+        """Let `seconds` pass, delivering datagrams and firing timers in time order."""
+        end = self.now + seconds
+        while True:
+            timers = [(t, i) for i, n in enumerate(self.nodes) if (t := n.timer()) is not None]
+            next_timer = min(timers, default=None)
+            next_datagram = self._queue[0].at if self._queue else None
+            candidates = [t for t in (next_timer and next_timer[0], next_datagram) if t]
+            if not candidates or min(candidates) > end:
+                self.now = end
+                return
+            self.now = max(self.now, min(candidates))
+            if next_datagram is not None and next_datagram <= self.now:
+                self._arrive(heapq.heappop(self._queue))
+            else:
+                assert next_timer is not None
+                self.nodes[next_timer[1]].fire()
+
+    def run_until(
+        self, condition: Callable[[], bool], timeout_s: float, step_s: float = 0.05
+    ) -> float:
+        """Run until `condition()` holds; the seconds it took (AssertionError after
+        `timeout_s`)."""
+        start = self.now
+        while not condition():
+            if self.now - start > timeout_s:
+                raise AssertionError(f"not within {timeout_s} s")
+            self.run(step_s)
+        return self.now - start
+
+    def up(self, *nodes: SimNode) -> None:
+        """Start each node and wait until all have joined."""
+        for node in nodes:
+            node.core.start(self.now)
+            node.flush()
+        self.run_until(lambda: all(n.core.joined for n in nodes), 10.0)
+
+    def trust(self, asker: SimNode, approver: SimNode) -> None:
+        """`asker` asks for trust and `approver` approves, as two users would."""
+        asker.call("trust_request", peer=approver.key, message="sim")
+        self.run(0.1)
+        approver.call("trust_respond", peer=asker.key, approve=True)

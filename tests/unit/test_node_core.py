@@ -1,0 +1,358 @@
+"""The node core against the registry core in memory (tests/unit/netsim.py): joining,
+trust, the daemon's own trust checks, paths through NATs of each kind, the relay, hole
+punching that keeps trying, and a dead direct path falling back. No sockets, no root."""
+
+from collections.abc import Iterator
+from ipaddress import IPv4Address, ip_network
+from pathlib import Path
+
+import pytest
+
+from pilotif.node.events import (
+    Joined,
+    PathChanged,
+    PeerAdded,
+    PeerRefused,
+    RequestDone,
+    TrustRequested,
+)
+from pilotif.node.icmp import echo_request_packet
+from pilotif.node.paths import (
+    DIRECT_STATES,
+    ROUND_BACKOFF_MAX_S,
+    TRANSITIONS,
+    PathInput,
+    PathState,
+    next_state,
+)
+from pilotif.overlay.drops import DropReason
+from pilotif.overlay.events import RelayEndpoint
+from tests.unit.netsim import (
+    LINK_DELAY_S,
+    REGISTRY,
+    UDP_TIMEOUT_S,
+    Filtering,
+    Mapping,
+    Network,
+    SimNode,
+)
+
+TRUST_TO_DIRECT_S = 5.0
+"""Issue 9: cone NATs go direct within this long of trust."""
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path)
+    yield network
+    network.registry.store.close()
+
+
+def _trusting(net: Network, alpha: SimNode, beta: SimNode) -> None:
+    net.up(alpha, beta)
+    net.trust(alpha, beta)
+    net.run_until(
+        lambda: (
+            beta.device.public_key in alpha.core.peers
+            and alpha.device.public_key in beta.core.peers
+        ),
+        5.0,
+    )
+
+
+def _both_direct(alpha: SimNode, beta: SimNode) -> bool:
+    return alpha.path_to(beta) == "direct" and beta.path_to(alpha) == "direct"
+
+
+def _ping_arrives(net: Network, sender: SimNode, receiver: SimNode, sequence: int) -> bool:
+    before = len(receiver.received)
+    sender.ping(receiver, sequence)
+    net.run(0.5)
+    return len(receiver.received) > before
+
+
+# -- joining and trust ----------------------------------------------------------------
+
+
+def test_a_node_joins_and_gets_an_address_in_the_network(net: Network) -> None:
+    alpha = net.node("alpha")
+    net.up(alpha)
+    joined = [e for e in alpha.events if isinstance(e, Joined)]
+    assert len(joined) == 1
+    assert str(joined[0].ipv4).startswith("100.")
+    assert alpha.core.registry_online
+    assert alpha.nat is not None
+    assert joined[0].public_endpoint == f"{alpha.nat.wan}:51820"
+
+
+def test_trust_adds_each_side_as_a_peer_and_packets_flow_over_the_relay_first(
+    net: Network,
+) -> None:
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    beta = net.node("beta", mapping=Mapping.SYMMETRIC)
+    _trusting(net, alpha, beta)
+    assert any(isinstance(e, TrustRequested) for e in beta.events)
+    assert [e.peer for e in alpha.events if isinstance(e, PeerAdded)] == ["beta"]
+    assert _ping_arrives(net, alpha, beta, 1)
+    assert alpha.path_to(beta) == "relay"
+
+
+def test_a_cli_request_gets_its_reply_as_an_event(net: Network) -> None:
+    alpha = net.node("alpha")
+    net.up(alpha)
+    request_id = alpha.call("lookup", query="alpha")
+    net.run(0.5)
+    done = [e for e in alpha.events if isinstance(e, RequestDone)]
+    assert [e.request_id for e in done] == [request_id]
+    assert done[0].reply["nodes"][0]["hostname"] == "alpha"
+
+
+def test_a_peer_this_node_never_asked_for_is_refused(net: Network) -> None:
+    """A compromised registry pushes trust_changed for a stranger: not added."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    net.up(alpha, beta)
+    node = {
+        "hostname": "beta",
+        "public_key": beta.key,
+        "ipv4": str(beta.core.ipv4),
+        "ipv6": str(beta.core.ipv6),
+        "tags": [],
+    }
+    alpha.core._on_push({"op": "trust_changed", "node": node, "trusted": True}, net.now)
+    alpha.flush()
+    assert beta.device.public_key not in alpha.core.peers
+    assert alpha.device.peer(beta.device.public_key) is None
+    refused = [e for e in alpha.events if isinstance(e, PeerRefused)]
+    assert refused and "never asked" in refused[0].reason
+
+
+@pytest.mark.parametrize(
+    ("ipv4", "why"),
+    [("10.0.0.5", "not a peer address"), ("own", "not a peer address"), ("taken", "belongs to")],
+)
+def test_a_peer_with_an_address_outside_the_network_or_taken_is_refused(
+    net: Network, ipv4: str, why: str
+) -> None:
+    alpha, beta, gamma = net.node("alpha"), net.node("beta"), net.node("gamma")
+    _trusting(net, alpha, beta)
+    address = {"own": str(alpha.core.ipv4), "taken": str(beta.core.ipv4)}.get(ipv4, ipv4)
+    alpha.trust.consented.add(gamma.device.public_key)
+    node = {"hostname": "gamma", "public_key": gamma.key, "ipv4": address, "tags": []}
+    alpha.core._on_push({"op": "trust_changed", "node": node, "trusted": True}, net.now)
+    alpha.flush()
+    assert gamma.device.public_key not in alpha.core.peers
+    assert why in [e for e in alpha.events if isinstance(e, PeerRefused)][-1].reason
+
+
+def test_untrust_takes_the_peer_down_on_both_sides_and_forgets_the_consent(
+    net: Network,
+) -> None:
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    alpha.call("untrust", peer=beta.key)
+    net.run(1.0)
+    assert beta.device.public_key not in alpha.core.peers
+    assert alpha.device.public_key not in beta.core.peers
+    assert beta.device.public_key not in alpha.trust.consented
+    assert alpha.device.public_key not in beta.trust.consented
+
+
+def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
+    alpha = net.node("alpha")
+    beta = net.node("beta", auto_approve="tag:team")
+    gamma = net.node("gamma", auto_approve="all")
+    net.up(alpha, beta, gamma)
+    alpha.call("trust_request", peer=beta.key, message="")
+    alpha.call("trust_request", peer=gamma.key, message="")
+    net.run(2.0)
+    assert gamma.device.public_key in alpha.core.peers
+    assert beta.device.public_key not in alpha.core.peers
+
+
+def test_packets_from_a_peer_to_other_addresses_are_dropped(net: Network) -> None:
+    """A trusted peer reaches this node's own overlay addresses only, not what it routes."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    assert alpha.core.ipv4 is not None
+    packet = echo_request_packet(alpha.core.ipv4, IPv4Address("192.168.1.10"), 1)
+    # alpha routes a LAN through beta, as a peer that wants to reach beta's LAN would.
+    alpha.device.remove_peer(beta.device.public_key)
+    alpha.device.add_peer(
+        beta.device.public_key,
+        allowed_ips=[ip_network(f"{beta.core.ipv4}/32"), ip_network("192.168.1.0/24")],
+        endpoint=RelayEndpoint(beta.device.public_key),
+        now=net.now,
+    )
+    before = beta.device.drops[DropReason.DESTINATION_NOT_LOCAL]
+    alpha.device.send_packet(packet, net.now)
+    alpha.flush()
+    net.run(1.0)
+    assert beta.device.drops[DropReason.DESTINATION_NOT_LOCAL] == before + 1
+    assert not beta.received or all(p[16:20] != bytes([192, 168, 1, 10]) for p in beta.received)
+
+
+# -- paths ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("filtering", "accepts_to_self"),
+    [
+        (Filtering.ENDPOINT_DEPENDENT, False),
+        (Filtering.ENDPOINT_DEPENDENT, True),
+        (Filtering.ENDPOINT_INDEPENDENT, False),
+    ],
+)
+def test_cone_nats_go_direct_within_five_seconds_of_trust(
+    net: Network, filtering: Filtering, accepts_to_self: bool
+) -> None:
+    alpha = net.node("alpha", filtering=filtering, accepts_to_self=accepts_to_self)
+    beta = net.node("beta", filtering=filtering, accepts_to_self=accepts_to_self)
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+    assert _ping_arrives(net, alpha, beta, 1)
+    assert _ping_arrives(net, beta, alpha, 2)
+    assert any(isinstance(e, PathChanged) and e.path == "direct" for e in alpha.events)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_routers_that_take_packets_for_themselves_go_direct_within_five_seconds(
+    tmp_path: Path, seed: int
+) -> None:
+    """Issue 9: routers that accept inbound packets to themselves, the punches arriving
+    a little apart (less than a packet takes between the routers): 20 of 20 direct
+    within 5 s of trust, because both sides open their NAT at the punch."""
+    net = Network(tmp_path, seed=seed)
+    alpha = net.node("alpha", accepts_to_self=True)
+    beta = net.node("beta", accepts_to_self=True)
+    late = alpha if seed % 2 else beta
+    assert late.nat is not None
+    net.delays[(REGISTRY[0], late.nat.wan)] = LINK_DELAY_S * (seed % 4) / 2
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+    assert _ping_arrives(net, alpha, beta, 1)
+    net.registry.store.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_registry_far_from_one_side_still_has_both_open_at_one_moment(
+    tmp_path: Path, seed: int
+) -> None:
+    """The registry is much nearer to one side than the two sides are to each other:
+    its punch waits (`delay_ms`, from the round trips the nodes report) so that both
+    open their NATs at the same moment, and no router takes a first packet for itself."""
+    net = Network(tmp_path, seed=seed)
+    alpha = net.node("alpha", accepts_to_self=True)
+    beta = net.node("beta", accepts_to_self=True)
+    far = alpha if seed % 2 else beta
+    assert far.nat is not None
+    net.delays[(REGISTRY[0], far.nat.wan)] = net.delays[(far.nat.wan, REGISTRY[0])] = 0.02
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+    assert far.nat.collisions == 0
+    net.registry.store.close()
+
+
+def test_a_round_lost_to_a_router_collision_is_followed_by_one_that_goes_direct(
+    net: Network,
+) -> None:
+    """A first round whose punch reached one side late (one side's first packet met the
+    other's router, which then blocks that port towards it): later rounds wait longer
+    than the router keeps that entry, and one goes direct."""
+    alpha = net.node("alpha", accepts_to_self=True)
+    beta = net.node("beta", accepts_to_self=True)
+    assert beta.nat is not None
+    net.up(alpha, beta)
+    net.delays[(REGISTRY[0], beta.nat.wan)] = 4 * LINK_DELAY_S
+    net.trust(alpha, beta)
+    net.run(TRUST_TO_DIRECT_S)
+    assert beta.nat.collisions > 0 and not _both_direct(alpha, beta)
+    net.delays.clear()
+    net.run_until(lambda: _both_direct(alpha, beta), 3 * (ROUND_BACKOFF_MAX_S + UDP_TIMEOUT_S))
+    assert _ping_arrives(net, alpha, beta, 1)
+
+
+def test_symmetric_nats_stay_on_the_relay_and_carry_traffic(net: Network) -> None:
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    beta = net.node("beta", mapping=Mapping.SYMMETRIC)
+    _trusting(net, alpha, beta)
+    net.run(20.0)
+    assert alpha.path_to(beta) == "relay" and beta.path_to(alpha) == "relay"
+    for sequence in range(5):
+        assert _ping_arrives(net, alpha, beta, sequence)
+
+
+def test_probe_rounds_repeat_with_backoff_while_relayed(net: Network) -> None:
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    beta = net.node("beta", mapping=Mapping.SYMMETRIC)
+    _trusting(net, alpha, beta)
+    before = net.registry.requests["connect"]
+    net.run(120.0)
+    rounds = net.registry.requests["connect"] - before
+    # Both sides ask: backoff 2, 4, 8, 16, 30, 30 ... s: about six rounds each in 120 s.
+    assert 6 <= rounds <= 20
+    peer = alpha.core.peers[beta.device.public_key]
+    assert peer.backoff_s == ROUND_BACKOFF_MAX_S
+
+
+def test_a_probe_from_an_unexpected_port_is_answered_there(net: Network) -> None:
+    """alpha's symmetric NAT sends its probes from a port the registry never saw; beta's
+    router lets them in, beta answers where they came from, and both go direct."""
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    beta = net.node("beta", filtering=Filtering.ENDPOINT_INDEPENDENT)
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+    to_alpha = beta.device.peer(alpha.device.public_key)
+    assert to_alpha is not None and to_alpha.endpoint != (alpha.nat.wan if alpha.nat else "", 0)
+    assert alpha.core.public_endpoint not in (
+        None,
+        f"{to_alpha.endpoint[0]}:{to_alpha.endpoint[1]}",
+    )  # type: ignore[index]
+    assert _ping_arrives(net, alpha, beta, 1)
+
+
+def test_a_dead_direct_path_falls_back_to_the_relay_within_ten_seconds(net: Network) -> None:
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+    assert alpha.nat is not None and beta.nat is not None
+    # Cut the direct path only: each router now drops the other's datagrams.
+    net.delays[(alpha.nat.wan, beta.nat.wan)] = 1e9
+    net.delays[(beta.nat.wan, alpha.nat.wan)] = 1e9
+    start = net.now
+    sequence = 10
+    while alpha.path_to(beta) != "relay":
+        sequence += 1
+        alpha.ping(beta, sequence)
+        net.run(0.5)
+        assert net.now - start < 10.0
+    net.run_until(lambda: beta.path_to(alpha) == "relay", 10.0)
+    assert _ping_arrives(net, alpha, beta, 99)
+    assert alpha.core.peers[beta.device.public_key].state not in DIRECT_STATES
+
+
+def test_the_relay_speaks_only_for_the_peer_it_forwarded_from(net: Network) -> None:
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    state = alpha.device.peer(beta.device.public_key)
+    assert state is not None
+    assert not alpha.core._may_roam(state, RelayEndpoint(b"\x01" * 32), net.now)
+
+
+# -- the path table ---------------------------------------------------------------------
+
+
+def test_every_listed_transition_is_reachable_and_others_keep_the_state() -> None:
+    for state in PathState:
+        for event in PathInput:
+            expected = TRANSITIONS.get((state, event), state)
+            assert next_state(state, event) == expected
+
+
+def test_only_a_packet_from_the_peer_or_a_punch_leaves_the_relay() -> None:
+    leaving = {
+        (state, event)
+        for (state, event), target in TRANSITIONS.items()
+        if state not in DIRECT_STATES and target in DIRECT_STATES
+    }
+    assert {event for _, event in leaving} == {PathInput.DIRECT_PACKET}
+    assert (PathState.HELD, PathInput.DIRECT_PACKET) not in TRANSITIONS
