@@ -23,7 +23,8 @@ class _EventFormatter(logging.Formatter):
         stamp += f".{int(record.msecs):03d}Z"
         if self._as_json:
             return json.dumps(
-                {"time": stamp, "level": record.levelname.lower(), "event": record.msg, **fields}
+                {"time": stamp, "level": record.levelname.lower(), "event": record.msg, **fields},
+                default=str,
             )
         text = " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
         return f"{stamp} {record.levelname.lower()} {record.msg} {text}".rstrip()
@@ -31,7 +32,7 @@ class _EventFormatter(logging.Formatter):
 
 def _quote(value: object) -> str:
     text = str(value)
-    if not text or any(c in text for c in ' "='):
+    if not text or not text.isprintable() or any(c in text for c in ' "='):
         return json.dumps(text)
     return text
 
