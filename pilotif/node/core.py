@@ -51,6 +51,7 @@ from pilotif.node.paths import (
     DIRECT_PATH_TIMEOUT_S,
     DIRECT_STATES,
     FALLBACK_ROUND_S,
+    HOLD_AFTER_FALLBACK_S,
     PATH_CHECK_AFTER_S,
     PROBE_DURATION_S,
     PROBE_INTERVAL_S,
@@ -619,7 +620,9 @@ class NodeCore:
                 lived = now - (peer.direct_since_s or now)
                 if lived >= STABLE_DIRECT_S:
                     peer.backoff_s = ROUND_BACKOFF_FIRST_S
-                peer.next_round_s = now + FALLBACK_ROUND_S
+                    peer.next_round_s = now + FALLBACK_ROUND_S
+                else:
+                    peer.next_round_s = now + HOLD_AFTER_FALLBACK_S
                 reason = (
                     "direct path silent"
                     if event == PathInput.SILENT

@@ -19,7 +19,9 @@ an echo, scheduling the next probe round) in one place, `NodeCore._enter`.
 - SUSPECT: data we sent directly has gone unanswered for `PATH_CHECK_AFTER_S`; an ICMP
   echo through the tunnel asks the peer's kernel for an answer.
 - HELD: the direct path went silent for `DIRECT_PATH_TIMEOUT_S`: back on the relay,
-  and packets that still arrive directly do not move us until the next probe round.
+  and packets that still arrive directly do not move us until the next probe round
+  (after FALLBACK_ROUND_S if the path had lived STABLE_DIRECT_S, else after
+  HOLD_AFTER_FALLBACK_S).
 """
 
 from enum import StrEnum
@@ -35,7 +37,12 @@ UDP entry (30 s), so a round that failed because a router took the other side's 
 packet for itself (and blocked that port towards it) is followed by one that finds the
 router's table clean again."""
 FALLBACK_ROUND_S: Final = 1.0
-"""How soon after a direct path died the next probe round starts."""
+"""How soon the next probe round starts after a long-lived direct path died (most likely
+a NAT or address change that a new round finds at once)."""
+HOLD_AFTER_FALLBACK_S: Final = 30.0
+"""How long a peer stays on the relay after a young direct path died: such a path often
+works one way only (we hear the peer directly but it does not hear us), and a round
+would take it back only to lose it again."""
 STABLE_DIRECT_S: Final = 60.0
 """A direct path that lived this long resets the backoff when it dies."""
 PATH_CHECK_AFTER_S: Final = 1.0
