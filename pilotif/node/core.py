@@ -174,7 +174,8 @@ class NodeCore:
         self._checking_key = False
         self._path_checks = 0
         self._openers: list[tuple[bytes, Endpoint]] = []
-        self._delayed_punches: list[tuple[float, dict[str, Any]]] = []
+        self._delayed_punches: list[tuple[float, bytes, list[Endpoint]]] = []
+        """Punches to act on later: (when, peer key, candidates)."""
         device.roam_filter = self._may_roam
 
     # -- inputs: commands ----------------------------------------------------------
@@ -188,13 +189,15 @@ class NodeCore:
 
     def call(self, op: str, fields: dict[str, Any], now: float) -> int:
         """A request for the registry; RequestDone or RequestFailed with the returned id
-        follows. Trust requests record this node's consent; untrust takes the peer down
-        here at once, whatever the registry answers."""
+        follows. Trust requests and approvals record this node's consent; a rejection of a
+        request withdraws it; untrust takes the peer down here at once, whatever the
+        registry answers. (Rejecting a peer already trusted changes nothing, as at the
+        registry.)"""
         key = _key(fields.get("peer"))
         if key is not None:
             if op == "trust_request" or (op == "trust_respond" and fields.get("approve")):
                 self._consent(key)
-            elif op == "trust_respond" or op == "untrust":
+            elif op == "untrust" or (op == "trust_respond" and key not in self.peers):
                 self._remove_peer(key, reason="untrusted here")
                 self._withdraw(key)
         return self.link.request(op, fields, now)
@@ -227,7 +230,7 @@ class NodeCore:
     def get_timer(self) -> float | None:
         """When `handle_timer` is due next."""
         deadlines = [self.link.next_timer(), self._next_register_s]
-        deadlines += [at for at, _ in self._delayed_punches]
+        deadlines += [at for at, _, _ in self._delayed_punches]
         for peer in self.peers.values():
             deadlines.append(self._peer_deadline(peer))
         return min((d for d in deadlines if d is not None), default=None)
@@ -236,11 +239,11 @@ class NodeCore:
         """Retries, the heartbeat, probes and path checks that are due."""
         for item in self.link.handle_timer(now):
             self._on_link(item, now)
-        due = [message for at, message in self._delayed_punches if at <= now]
+        due = [item for item in self._delayed_punches if item[0] <= now]
         if due:
             self._delayed_punches = [item for item in self._delayed_punches if item[0] > now]
-            for message in due:
-                self._on_punch({**message, "delay_ms": 0}, message["node"], now)
+            for _, key, endpoints in due:
+                self._start_round(key, endpoints, now)
         if self._next_register_s is not None and now >= self._next_register_s:
             self._next_register_s = now + REGISTER_INTERVAL_S
             self._register(now)
@@ -248,6 +251,12 @@ class NodeCore:
             self._tick_peer(peer, now)
 
     # -- outputs -------------------------------------------------------------------
+
+    @property
+    def has_output(self) -> bool:
+        """Whether datagrams or events wait (the device's roam filter can add events
+        while the device, not the core, is handling input)."""
+        return bool(self.events or self.link.outgoing or self._openers)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
         """Control datagrams for the registry and punch openers for peers' candidates,
@@ -555,14 +564,9 @@ class NodeCore:
     # -- paths -----------------------------------------------------------------------
 
     def _on_punch(self, message: dict[str, Any], node: dict[str, Any], now: float) -> None:
-        peer = self.peers.get(_key(node.get("public_key")) or b"")
+        key = _key(node.get("public_key"))
         candidates = message.get("candidates")
-        if peer is None or not isinstance(candidates, list):
-            return
-        delay_ms = message.get("delay_ms", 0)
-        if type(delay_ms) is int and 0 < delay_ms <= MAX_PUNCH_DELAY_MS:
-            # The registry says when the other side's punch arrives: open then.
-            self._delayed_punches.append((now + delay_ms / 1000, message))
+        if key not in self.peers or not isinstance(candidates, list):
             return
         endpoints = []
         for text in candidates:
@@ -570,6 +574,18 @@ class NodeCore:
                 endpoints.append(parse_endpoint(str(text)))
             except ValueError:
                 continue
+        delay_ms = message.get("delay_ms", 0)
+        if type(delay_ms) is int and 0 < delay_ms <= MAX_PUNCH_DELAY_MS:
+            # The registry says when the other side's punch arrives: open then.
+            self._delayed_punches.append((now + delay_ms / 1000, key, endpoints))
+            return
+        self._start_round(key, endpoints, now)
+
+    def _start_round(self, key: bytes, endpoints: list[Endpoint], now: float) -> None:
+        """A probe round towards a peer's candidates (the peer may have gone meanwhile)."""
+        peer = self.peers.get(key)
+        if peer is None:
+            return
         peer.candidates = endpoints
         self._openers += [(PUNCH_OPENER, endpoint) for endpoint in endpoints]
         self._input(peer, PathInput.PUNCH, now)

@@ -356,3 +356,23 @@ def test_only_a_packet_from_the_peer_or_a_punch_leaves_the_relay() -> None:
     }
     assert {event for _, event in leaving} == {PathInput.DIRECT_PACKET}
     assert (PathState.HELD, PathInput.DIRECT_PACKET) not in TRANSITIONS
+
+
+def test_rejecting_a_peer_already_trusted_changes_nothing(net: Network) -> None:
+    """As at the registry: `reject` answers requests; it does not end a trust."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    beta.call("trust_respond", peer=alpha.key, approve=False)
+    net.run(1.0)
+    assert alpha.device.public_key in beta.core.peers
+    assert alpha.device.public_key in beta.trust.consented
+    assert _ping_arrives(net, beta, alpha, 1)
+
+
+def test_rejecting_a_request_withdraws_any_consent(net: Network) -> None:
+    alpha, beta = net.node("alpha"), net.node("beta")
+    net.up(alpha, beta)
+    alpha.call("trust_request", peer=beta.key, message="")
+    beta.call("trust_request", peer=alpha.key, message="")
+    beta.call("trust_respond", peer=alpha.key, approve=False)
+    assert alpha.device.public_key not in beta.trust.consented
