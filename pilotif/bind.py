@@ -20,11 +20,17 @@ from pilotif.registry.wire import (
     PUNCH_OPENER,
     RELAY_TYPE,
     WireError,
+    format_endpoint,
     pack_relay,
     unpack_relay,
 )
 from pilotif.underlay import UdpSockets
 from pilotif.underlay_batch import UdpBatch
+
+
+def endpoint_text(endpoint: PeerEndpoint) -> str:
+    """`ip:port` (`[ip6]:port`) of a UDP endpoint, `relay` for a relayed peer."""
+    return "relay" if isinstance(endpoint, RelayEndpoint) else format_endpoint(endpoint)
 
 
 @dataclass
@@ -116,8 +122,7 @@ class Bind(RelayFraming):
 
     def send(self, datagrams: Sequence[tuple[BytesLike, PeerEndpoint]]) -> int:
         """Send datagrams in order, wrapping those for relayed peers; the number refused."""
-        relayed = [item for item in datagrams if isinstance(item[1], RelayEndpoint)]
-        if not relayed:
+        if not any(isinstance(endpoint, RelayEndpoint) for _, endpoint in datagrams):
             return self._batch.send(datagrams)  # type: ignore[arg-type]
         direct: list[tuple[BytesLike, Endpoint]] = []
         failed = 0

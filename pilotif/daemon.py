@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
 from typing import Any
 
-from pilotif.bind import Bind
+from pilotif.bind import Bind, endpoint_text
 from pilotif.config import InterfaceConfig
 from pilotif.control import Reply, Request, serve_control
 from pilotif.dns import (
@@ -53,7 +53,6 @@ from pilotif.overlay.events import (
     Event,
     HandshakeCompleted,
     KeysZeroed,
-    PeerEndpoint,
     RelayEndpoint,
 )
 from pilotif.paths import StatePaths
@@ -396,7 +395,9 @@ class Daemon:
         self._flush(now)
 
     def _flush(self, now: float) -> None:
-        """Send and write what the core produced, log its events, re-arm the timer."""
+        """Send and write what the cores produced, log their events, re-arm the timers."""
+        if self.node is not None and self.node.core.has_output:
+            self.node.drain()
         device = self.device
         if device.outgoing:
             failed = self._bind.send(device.outgoing) if self._bind else len(device.outgoing)
@@ -563,7 +564,7 @@ class Daemon:
             peers.append(
                 {
                     "public_key": encode_key(peer.public_key),
-                    "endpoint": _endpoint_text(peer.endpoint),
+                    "endpoint": peer.endpoint and endpoint_text(peer.endpoint),
                     "allowed_ips": [str(n) for n in peer.allowed_ips],
                     "latest_handshake": None if latest is None else latest + wall_offset,
                     "rx_bytes": peer.rx_bytes,
@@ -589,9 +590,3 @@ class Daemon:
             },
             "node": self.node.core.status() if self.node is not None else None,
         }
-
-
-def _endpoint_text(endpoint: PeerEndpoint | None) -> str | None:
-    if endpoint is None:
-        return None
-    return "relay" if isinstance(endpoint, RelayEndpoint) else format_endpoint(endpoint)

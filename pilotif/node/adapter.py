@@ -66,8 +66,17 @@ class NodeRunner:
     # -- driving the core ------------------------------------------------------------
 
     def after_input(self, now: float) -> None:
-        """Send, persist and route what the core produced; re-arm its timer. Call after
-        every input to the core (the daemon does after datagrams from the registry)."""
+        """After an input to the core: the daemon's flush (which drains the core and
+        sends what the core made the device produce), then the core's timer, whose
+        deadline an input may move without any output."""
+        if not self.core.has_output:
+            self._rearm()
+        self._flush(now)
+
+    def drain(self) -> None:
+        """Send, persist and route what the core produced, and re-arm its timer. The
+        daemon's flush calls it whenever `core.has_output`: also after device input,
+        since the device's roam filter moves paths."""
         core = self.core
         datagrams = core.datagrams_to_send()
         if datagrams:
@@ -90,7 +99,6 @@ class NodeRunner:
                 self._on_event(event)
         if persist:
             self._files.save(core.trust)
-        self._flush(now)
         self._rearm()
 
     def receive_control(self, data: bytes, now: float) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Final
 
+from pilotif.bind import endpoint_text
 from pilotif.keys import encode_key
 from pilotif.node.events import (
     Joined,
@@ -40,7 +41,6 @@ from pilotif.overlay.events import (
     KeysZeroed,
     RelayEndpoint,
 )
-from pilotif.registry.wire import format_endpoint
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,8 @@ def event_fields(event: Event | NodeEvent) -> dict[str, object]:
         value = getattr(event, item.name)
         if isinstance(value, bytes):
             value = encode_key(value)
-        elif isinstance(value, RelayEndpoint):
-            value = "relay"
-        elif isinstance(value, tuple):
-            value = format_endpoint(value)
+        elif isinstance(value, (tuple, RelayEndpoint)):
+            value = endpoint_text(value)
         elif isinstance(value, (IPv4Address, IPv6Address, IPv4Network)):
             value = str(value)
         out[item.name] = value
