@@ -92,7 +92,7 @@ _TRAFFIC_COUNTERS: Final = frozenset({"relayed_packets", "relayed_bytes", "contr
 _STORE_ERROR_HINTS: Final = {
     NameTaken.code: "choose another --hostname; a name belongs to the first key that takes it",
     NetworkFull.code: "the registry's network has no free address; ask its operator",
-    UnknownNode.code: "pilotif lookup NAME shows the nodes the registry knows",
+    UnknownNode.code: "pilotif find NAME shows the nodes the registry knows",
     NoRequest.code: "pilotif pending lists the requests you can answer",
 }
 
@@ -489,7 +489,7 @@ class RegistryCore:
             raise _Refused("bad_request", "that is this node's own key")
         peer = self.store.node_by_key(key)
         if peer is None:
-            raise _Refused("unknown_peer", "no node has this key", "pilotif lookup NAME")
+            raise _Refused("unknown_peer", "no node has this key", "pilotif find NAME")
         return peer
 
     def _push(self, key: bytes, payload: dict[str, Any], now: float, out: list[_Push]) -> None:

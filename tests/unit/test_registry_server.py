@@ -2,6 +2,7 @@
 punching, relay, and hostile input. No sockets; time is a number the test moves."""
 
 import itertools
+import re
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -11,10 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pilotif.cli import cli
 from pilotif.identity import ipv6_for_key
 from pilotif.keys import encode_key
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
+from pilotif.registry import server
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.server import (
     CONTROL_BURST,
@@ -517,3 +520,11 @@ def test_token_buckets_refill_over_time_and_forget_the_least_recent_source() -> 
     buckets.allow("c", 0.5)
     # "a" was forgotten, so it starts again with a full bucket.
     assert buckets.allow("a", 0.5) and buckets.allow("a", 0.5)
+
+
+def test_hints_name_commands_the_cli_has() -> None:
+    """Issue 9: two hints named a `pilotif lookup` command that does not exist."""
+    text = Path(server.__file__).read_text()
+    named = set(re.findall(r"pilotif ([a-z-]+)", text))
+    assert named, "the registry names no commands in its hints"
+    assert named <= set(cli.commands), named - set(cli.commands)
