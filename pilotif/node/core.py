@@ -205,7 +205,7 @@ class NodeCore:
     # -- inputs: network -----------------------------------------------------------
 
     def receive_control(self, data: bytes, now: float) -> None:
-        """A 0x50/0x52 datagram from the registry's address."""
+        """A 0x50, 0x52 or 0x54 datagram from the registry's address."""
         for item in self.link.receive(data, now):
             self._on_link(item, now)
 

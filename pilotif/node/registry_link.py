@@ -11,11 +11,15 @@ import os
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pilotif.overlay.cookie import CookieGenerator
 from pilotif.overlay.events import Endpoint
+from pilotif.overlay.messages import MessageError, parse_cookie_reply
 from pilotif.registry.wire import (
     CONTROL_TYPE,
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
+    REGISTRY_COOKIE_TYPE,
+    REQUEST_MACS_SIZE,
     ControlChannel,
     WireError,
     unpack_key_reply,
@@ -88,11 +92,10 @@ class RegistryLink:
         self._private_key = private_key
         self.endpoint = endpoint
         self.registry_key = registry_key
-        self._channel = (
-            ControlChannel(private_key, registry_key, local_is_registry=False)
-            if registry_key
-            else None
-        )
+        self._channel: ControlChannel | None = None
+        self._cookies: CookieGenerator | None = None
+        if registry_key:
+            self.use_key(registry_key)
         self._counter = first_counter
         self._next_id = (
             first_id if first_id is not None else 1 + int.from_bytes(os.urandom(6)) % 2**_ID_BITS
@@ -108,6 +111,7 @@ class RegistryLink:
         """Seal for, and accept only, the registry with this key from now on."""
         self.registry_key = key
         self._channel = ControlChannel(self._private_key, key, local_is_registry=False)
+        self._cookies = CookieGenerator(key)
 
     # -- outbound ----------------------------------------------------------------
 
@@ -140,9 +144,12 @@ class RegistryLink:
         if pending.payload is None:
             self.outgoing.append((KEY_REQUEST, self.endpoint))
             return
-        assert self._channel is not None
+        assert self._channel is not None and self._cookies is not None
         self._counter += 1
-        self.outgoing.append((self._channel.seal(pending.payload, self._counter), self.endpoint))
+        message = bytearray(self._channel.seal(pending.payload, self._counter))
+        message += bytes(REQUEST_MACS_SIZE)
+        self._cookies.add_macs(message, now)
+        self.outgoing.append((bytes(message), self.endpoint))
 
     def next_timer(self) -> float | None:
         """When the next retry is due, if any request waits."""
@@ -164,8 +171,15 @@ class RegistryLink:
     # -- inbound -----------------------------------------------------------------
 
     def receive(self, data: bytes, now: float) -> list[LinkInput]:
-        """A 0x50 or 0x52 datagram from the registry's address; what it means, if
-        anything (forged, replayed and unexpected datagrams are dropped and counted)."""
+        """A 0x50, 0x52 or 0x54 datagram from the registry's address; what it means, if
+        anything (forged, replayed and unexpected datagrams are dropped and counted).
+
+        A cookie reply (0x54) to our latest request sends every waiting request again at
+        once, now with a mac2 that proves our address.
+        """
+        if data[:1] == bytes((REGISTRY_COOKIE_TYPE,)):
+            self._take_cookie(data, now)
+            return []
         if data[:1] == bytes((KEY_REQUEST_TYPE,)):
             if KEY_FETCH_ID not in self._pending:
                 self.dropped += 1
@@ -196,3 +210,19 @@ class RegistryLink:
         if pending.attempts == 1:
             self.rtt_s = now - pending.sent_s
         return [Reply(message["id"], message)]
+
+    def _take_cookie(self, data: bytes, now: float) -> None:
+        try:
+            reply = parse_cookie_reply(data, REGISTRY_COOKIE_TYPE)
+        except MessageError:
+            self.dropped += 1
+            return
+        if self._cookies is None or not self._cookies.consume_reply(reply, now):
+            self.dropped += 1
+            return
+        for request_id, pending in self._pending.items():
+            if pending.payload is not None:
+                # Not a new attempt: the registry dropped the last one unread.
+                pending.attempts -= 1
+                pending.sent_s = now
+                self._transmit(request_id, now)

@@ -55,11 +55,16 @@ def source_bytes(source: PeerEndpoint) -> bytes:
 
 
 class CookieChecker:
-    """The responder's side, one per device: checks mac1/mac2 and writes cookie replies."""
+    """The responder's side, one per device (and one in the registry, whose replies have
+    `reply_type` 0x54): checks mac1/mac2 and writes cookie replies."""
 
     def __init__(
-        self, local: LocalIdentity, random_bytes: Callable[[int], bytes] = os.urandom
+        self,
+        local: LocalIdentity,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        reply_type: int = MESSAGE_COOKIE_REPLY,
     ) -> None:
+        self._reply_type = reply_type
         self._mac1_key = local.mac1_key
         self._cookie_key = local.cookie_key
         self._random_bytes = random_bytes
@@ -90,9 +95,7 @@ class CookieChecker:
             self._cookie_key, nonce, self._cookie(source), message[_MAC1_START:_MAC2_START]
         )
         reply = bytearray(COOKIE_REPLY_SIZE)
-        COOKIE_REPLY.pack_into(
-            reply, 0, MESSAGE_COOKIE_REPLY, receiver_index, nonce, encrypted_cookie
-        )
+        COOKIE_REPLY.pack_into(reply, 0, self._reply_type, receiver_index, nonce, encrypted_cookie)
         return bytes(reply)
 
     def _secret_is_fresh(self, now: float) -> bool:

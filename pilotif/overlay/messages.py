@@ -108,9 +108,12 @@ def parse_response(data: BytesLike) -> ResponseMessage:
     return ResponseMessage(sender, receiver, ephemeral, empty, mac1, mac2)
 
 
-def parse_cookie_reply(data: BytesLike) -> CookieReplyMessage:
-    """Split a cookie reply into its fields."""
-    _check_fixed(data, COOKIE_REPLY_SIZE, MESSAGE_COOKIE_REPLY, "cookie reply")
+def parse_cookie_reply(
+    data: BytesLike, message_type: int = MESSAGE_COOKIE_REPLY
+) -> CookieReplyMessage:
+    """Split a cookie reply into its fields (`message_type`: the registry sends its cookie
+    replies as its own type, 0x54, to keep them apart from a peer's)."""
+    _check_fixed(data, COOKIE_REPLY_SIZE, message_type, "cookie reply")
     _, receiver, nonce, encrypted_cookie = COOKIE_REPLY.unpack(data)
     return CookieReplyMessage(receiver, nonce, encrypted_cookie)
 

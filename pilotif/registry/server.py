@@ -27,8 +27,10 @@ from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
 from pilotif.observe.metrics import RegistryCollector, RegistrySample, start_metrics_server
 from pilotif.overlay.constants import AEAD_TAG_SIZE
+from pilotif.overlay.cookie import CookieChecker, source_bytes
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
+from pilotif.overlay.handshake import LocalIdentity
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.store import (
     DB_FILE_NAME,
@@ -46,7 +48,9 @@ from pilotif.registry.wire import (
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
     MAX_PAYLOAD_BYTES,
+    REGISTRY_COOKIE_TYPE,
     RELAY_TYPE,
+    REQUEST_MACS_SIZE,
     ControlChannel,
     WireError,
     control_sender,
@@ -71,6 +75,15 @@ MAX_TRUST_MESSAGE_BYTES: Final = 256
 """Longest trust message, as JSON-encoded UTF-8, so that every push fits a datagram."""
 CONTROL_RATE_PER_S: Final = 50.0
 CONTROL_BURST: Final = 100.0
+"""Control messages from one proven ip:port (many nodes may share a NAT's address)."""
+UNPROVEN_RATE_PER_S: Final = 50.0
+UNPROVEN_BURST: Final = 200
+"""Answers (cookie replies, key answers) to one address whose ports are not proven: the
+most an off-path spoofer can reflect at one victim, at no more bytes than it sent."""
+NEW_KEY_RATE_PER_S: Final = 20.0
+NEW_KEY_BURST: Final = 50
+"""Control messages from keys without a cached channel (each costs an X25519 and a
+query), per proven address."""
 RELAY_PACKETS_PER_S: Final = 20_000.0
 RELAY_BURST_PACKETS: Final = 40_000.0
 RELAY_BYTES_PER_S: Final = 25_000_000.0
@@ -84,10 +97,17 @@ MAX_RTT_MS: Final = 2_000
 MAX_REQUEST_ID: Final = 2**63 - 1
 """Requests with a larger (or no) id get no reply."""
 
-_MAX_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
+_MAX_CONTROL_DATAGRAM: Final = (
+    CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
+)
+_MIN_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
+_IPV6_GROUP_BYTES: Final = 8
+"""Rate limits count an IPv6 source by its /64, as one host may own all of it."""
 _TAG_PREFIX: Final = "tag:"
 _IPV4_MAPPED_PREFIX: Final = "::ffff:"
-_TRAFFIC_COUNTERS: Final = frozenset({"relayed_packets", "relayed_bytes", "control_messages"})
+_TRAFFIC_COUNTERS: Final = frozenset(
+    {"relayed_packets", "relayed_bytes", "control_messages", "cookie_replies"}
+)
 """Counters of work done; every other counter counts datagrams dropped, by reason."""
 _STORE_ERROR_HINTS: Final = {
     NameTaken.code: "choose another --hostname; a name belongs to the first key that takes it",
@@ -146,7 +166,12 @@ class RegistryCore:
         self._private_key = private_key
         self._counter = 0
         self._channels: OrderedDict[bytes, ControlChannel] = OrderedDict()
+        self._cookies = CookieChecker(
+            LocalIdentity.from_private_key(private_key), reply_type=REGISTRY_COOKIE_TYPE
+        )
         self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
+        self._unproven_limit = TokenBuckets(UNPROVEN_RATE_PER_S, UNPROVEN_BURST)
+        self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._relay_packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
         self._relay_bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
         self._seen: dict[bytes, tuple[Endpoint, float]] = {}
@@ -171,12 +196,12 @@ class RegistryCore:
         kind = data[0] if data else None
         if kind == RELAY_TYPE:
             return self._relay(data, source, now)
-        if not self._control_limit.allow(source, now):
-            self.counters["rate_limited"] += 1
-            return []
         if kind == CONTROL_TYPE:
             return self._control(data, source, now)
         if kind == KEY_REQUEST_TYPE and data == KEY_REQUEST:
+            if not self._unproven_limit.allow(_address_group(source), now):
+                self.counters["rate_limited"] += 1
+                return []
             return [(pack_key_reply(self.public_key), source)]
         self.counters["malformed" if kind == KEY_REQUEST_TYPE else "unknown_type"] += 1
         return []
@@ -209,16 +234,39 @@ class RegistryCore:
         return [(pack_relay(sender, inner), target[0])]
 
     def _control(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        """Cheap checks first: size, mac1 (keyed by our public key), mac2 (the cookie
+        that proves the source address; without it only a cookie reply, smaller than
+        the message, goes back); rate limits; then the X25519 and the AEAD."""
         if len(data) > _MAX_CONTROL_DATAGRAM:
             self.counters["too_large"] += 1
             return []
+        if len(data) < _MIN_CONTROL_DATAGRAM:
+            self.counters["malformed"] += 1
+            return []
+        if not self._cookies.check_mac1(data):
+            self.counters["bad_mac1"] += 1
+            return []
+        address = source_bytes(source)
+        if not self._cookies.check_mac2(data, address, now):
+            if not self._unproven_limit.allow(_address_group(source), now):
+                self.counters["rate_limited"] += 1
+                return []
+            self.counters["cookie_replies"] += 1
+            return [(self._cookies.create_reply(data, 0, address, now), source)]
+        if not self._control_limit.allow(source, now):
+            self.counters["rate_limited"] += 1
+            return []
+        sealed = data[:-REQUEST_MACS_SIZE]
         try:
-            sender = control_sender(data)
+            sender = control_sender(sealed)
             channel = self._channels.get(sender)
             fresh = channel is None
             if channel is None:
+                if not self._new_key_limit.allow(_address_group(source), now):
+                    self.counters["new_key_rate_limited"] += 1
+                    return []
                 channel = self._new_channel(sender)
-            message = channel.open(data)
+            message = channel.open(sealed)
         except WireError as error:
             self.counters[error.reason] += 1
             return []
@@ -521,6 +569,11 @@ class RegistryCore:
             "tags": list(node.tags),
             "online": self._online(node.public_key, now),
         }
+
+
+def _address_group(source: Endpoint) -> bytes:
+    """What per-address limits count: an IPv4 address, or an IPv6 /64."""
+    return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
 
 
 def _hostname(value: object) -> str:

@@ -1,5 +1,6 @@
 """The registry's wire formats, shared by the registry and the node: sealed control
-messages (0x50), relayed WireGuard datagrams (0x51) and the registry key request (0x52).
+messages (0x50), relayed WireGuard datagrams (0x51), the registry key request (0x52),
+punch openers (0x53) and the registry's cookie replies (0x54).
 
 docs/CONTROL_PROTOCOL.md is the contract. Parsers of peer input raise WireError only,
 with a short `reason` that the receiver counts; our own misuse raises ValueError.
@@ -14,7 +15,16 @@ from typing import Any, Final
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.constants import AEAD_TAG_SIZE
-from pilotif.overlay.crypto import KEY_SIZE, BytesLike, aead_decrypt, aead_encrypt, dh, hash_, kdf2
+from pilotif.overlay.crypto import (
+    KEY_SIZE,
+    MAC_SIZE,
+    BytesLike,
+    aead_decrypt,
+    aead_encrypt,
+    dh,
+    hash_,
+    kdf2,
+)
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.replay import ReplayWindow
@@ -29,7 +39,12 @@ any session exists: it opens our NAT's mapping towards the peer at the same mome
 peer opens its own, so neither side's first probe meets a NAT with no mapping (a router
 that takes such a packet for itself then blocks that port towards the peer). The
 receiver drops it and counts it."""
+REGISTRY_COOKIE_TYPE: Final = 0x54
+"""The registry's cookie reply (WireGuard's type 3 layout): it answers a control message
+whose mac2 does not prove the sender's address, and carries the cookie that will."""
 CONTROL_HEADER_SIZE: Final = 44
+REQUEST_MACS_SIZE: Final = 2 * MAC_SIZE
+"""mac1 and mac2 follow the ciphertext of every control message a node sends."""
 RELAY_HEADER_SIZE: Final = 36
 KEY_MESSAGE_SIZE: Final = 36
 MAX_PAYLOAD_BYTES: Final = 1200

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pilotif.node.registry_link import RegistryLink
 from pilotif.observe import (
     NodeCollector,
     NodeSample,
@@ -18,7 +19,6 @@ from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.drops import new_drop_counters
 from pilotif.registry.server import RegistryCore, metrics_sample
 from pilotif.registry.store import Store
-from pilotif.registry.wire import ControlChannel
 
 
 def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -110,10 +110,16 @@ def test_registry_sample_counts_requests_by_op_and_rejects_by_code(tmp_path: Pat
     now = time.time()
 
     def node(number: int, *messages: dict[str, object]) -> None:
-        channel = ControlChannel(generate_private_key(), core.public_key, local_is_registry=False)
-        for counter, message in enumerate(messages, start=1):
-            sealed = channel.seal({**message, "id": counter}, counter)
-            core.handle_datagram(sealed, ("198.18.0.1", number), now)
+        link = RegistryLink(
+            generate_private_key(), ("198.18.0.254", 9000), core.public_key, first_counter=1
+        )
+        for message in messages:
+            link.request(str(message["op"]), {k: v for k, v in message.items() if k != "op"}, now)
+            while link.outgoing:
+                sent, link.outgoing = link.outgoing, []
+                for datagram, _ in sent:
+                    for answer, _ in core.handle_datagram(datagram, ("198.18.0.1", number), now):
+                        link.receive(answer, now)
 
     node(1, {"op": "lookup", "hostname": "agent2"})
     node(2, {"op": "register", "hostname": "agent2"})

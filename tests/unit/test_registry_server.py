@@ -3,7 +3,7 @@ punching, relay, and hostile input. No sockets; time is a number the test moves.
 
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,11 @@ from hypothesis import strategies as st
 from pilotif.cli import cli
 from pilotif.identity import ipv6_for_key
 from pilotif.keys import encode_key
+from pilotif.overlay.constants import COOKIE_REPLY_SIZE
+from pilotif.overlay.cookie import CookieGenerator
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
+from pilotif.overlay.messages import parse_cookie_reply
 from pilotif.registry import server
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.server import (
@@ -25,14 +28,19 @@ from pilotif.registry.server import (
     MAX_TAG_CHARS,
     MAX_TAGS,
     MAX_TRUST_MESSAGE_BYTES,
+    NEW_KEY_BURST,
     ONLINE_WINDOW_S,
     RELAY_BURST_BYTES,
+    UNPROVEN_BURST,
     RegistryCore,
 )
 from pilotif.registry.store import Store
 from pilotif.registry.wire import (
     KEY_REQUEST,
+    REGISTRY_COOKIE_TYPE,
+    REQUEST_MACS_SIZE,
     ControlChannel,
+    format_endpoint,
     pack_relay,
     unpack_key_reply,
     unpack_relay,
@@ -44,16 +52,22 @@ WIREGUARD_DATAGRAM = bytes((4, 0, 0, 0)) + bytes(44)
 
 
 class FakeNode:
-    """A node's side of the control channel at a fixed public endpoint."""
+    """A node's side of the control channel at a fixed public endpoint, with mac1 and
+    mac2 on what it sends (`clock` gives the cookie's time)."""
 
-    def __init__(self, registry_public: bytes, endpoint: Endpoint) -> None:
+    def __init__(
+        self, registry_public: bytes, endpoint: Endpoint, clock: Callable[[], float]
+    ) -> None:
         private = generate_private_key()
         self.key = public_key(private)
         self.b64 = encode_key(self.key)
         self.endpoint = endpoint
         self.channel = ControlChannel(private, registry_public, local_is_registry=False)
+        self.cookies = CookieGenerator(registry_public)
+        self._clock = clock
         self._counter = itertools.count(1)
         self._ids = itertools.count(1)
+        self.last_payload: dict[str, Any] = {}
         self.last_sent = b""
         self.received: list[dict[str, Any]] = []
         """Messages opened but not yet taken by a test."""
@@ -62,8 +76,24 @@ class FakeNode:
         payload = {"op": op, **fields}
         if with_id:
             payload["id"] = next(self._ids)
-        self.last_sent = self.channel.seal(payload, next(self._counter))
+        return self.reseal(payload)
+
+    def reseal(self, payload: dict[str, Any]) -> bytes:
+        """`payload` sealed with the next counter and our current cookie."""
+        self.last_payload = payload
+        message = bytearray(self.channel.seal(payload, next(self._counter)))
+        message += bytes(REQUEST_MACS_SIZE)
+        self.cookies.add_macs(message, self._clock())
+        self.last_sent = bytes(message)
         return self.last_sent
+
+
+def remac(node: FakeNode, datagram: bytes, now: float) -> bytes:
+    """`datagram` with mac1 and mac2 written again with the node's cookie (what an
+    on-path attacker, who sees the cookie replies, can do)."""
+    message = bytearray(datagram)
+    node.cookies.add_macs(message, now)
+    return bytes(message)
 
 
 class World:
@@ -75,6 +105,7 @@ class World:
         self.now = START
         self.inbox: dict[Endpoint, list[bytes]] = {}
         self._hosts = itertools.count(1)
+        self.nodes: dict[Endpoint, FakeNode] = {}
         self.store = Store(state_dir / "registry.db", NETWORK)
         self.core = RegistryCore(self.private_key, self.store)
 
@@ -85,10 +116,28 @@ class World:
 
     def new_node(self) -> FakeNode:
         host = next(self._hosts)
-        return FakeNode(self.core.public_key, (f"198.18.0.{host}", 40000 + host))
+        node = FakeNode(self.core.public_key, (f"198.18.0.{host}", 40000 + host), self.clock)
+        self.nodes[node.endpoint] = node
+        return node
+
+    def clock(self) -> float:
+        return self.now
 
     def deliver(self, data: bytes, source: Endpoint) -> None:
+        """Hand a datagram to the registry; a cookie reply to a node's own message is
+        taken by that node, which sends the message again (as RegistryLink does)."""
         for datagram, destination in self.core.handle_datagram(data, source, self.now):
+            node = self.nodes.get(destination)
+            if (
+                datagram[0] == REGISTRY_COOKIE_TYPE
+                and node is not None
+                and data == node.last_sent
+                and node.cookies.consume_reply(
+                    parse_cookie_reply(datagram, REGISTRY_COOKIE_TYPE), self.now
+                )
+            ):
+                self.deliver(node.reseal(node.last_payload), source)
+                continue
             self.inbox.setdefault(destination, []).append(datagram)
 
     def call(self, node: FakeNode, op: str, **fields: Any) -> dict[str, Any]:
@@ -204,12 +253,23 @@ def test_invalid_registrations_say_what_is_wrong(
 def test_a_replayed_register_is_refused_also_after_a_restart(world: World, alice: FakeNode) -> None:
     captured = alice.last_sent
     thief_endpoint = ("198.18.9.9", 9999)
+    # From another address its mac2 proves nothing: a cookie reply, no bigger, and no move.
     world.deliver(captured, thief_endpoint)
+    [cookie_reply] = world.inbox.pop(thief_endpoint)
+    assert len(cookie_reply) < len(captured)
+    # From the node's own address (a spoofer's copy) it is a replay.
+    world.deliver(captured, alice.endpoint)
     assert world.core.counters["replay"] == 1
+    world.call(alice, "lookup", query="alice")
     world.restart()
-    world.deliver(captured, thief_endpoint)
+    world.deliver(captured, alice.endpoint)
+    assert len(world.inbox.pop(alice.endpoint)) == 1, "the restarted registry's cookies are new"
+    assert world.core.counters["cookie_replies"] == 1
+    # An on-path thief can read cookie replies and write macs: the stored counter stops it.
+    world.call(alice, "lookup", query="alice")
+    world.deliver(remac(alice, captured, world.now), alice.endpoint)
     assert world.core.counters["replay"] == 1
-    assert thief_endpoint not in world.inbox
+    assert alice.endpoint not in world.inbox
     record = world.store.node_by_key(alice.key)
     assert record is not None and record.endpoint == f"{alice.endpoint[0]}:{alice.endpoint[1]}"
 
@@ -479,6 +539,97 @@ def test_relay_bandwidth_is_bounded_per_source(
     assert len(world.inbox.pop(bob.endpoint)) == 1
 
 
+# -- attacks from the open internet (issue 9) ----------------------------------------
+
+
+def test_a_spoofed_register_sends_the_victim_fewer_bytes_than_the_spoofer_sent(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    """Before: a register from a spoofed source got its reply and up to 20 pushes
+    (about 120x the bytes in). Now an unproven address gets one cookie reply, smaller
+    than what came in, and never on more than a burst per address, whatever the port."""
+    eve = world.new_node()
+    world.register(eve, "eve")
+    for asker in (alice, bob):
+        world.call(asker, "trust_request", peer=eve.b64, message="x" * 200)
+    victim = "198.18.50.50"
+    sent = received = answers = 0
+    for port in range(1, 2 * UNPROVEN_BURST):
+        # eve's own key and a mac2 made with eve's cookie: valid everywhere but here.
+        datagram = eve.seal("register", hostname="eve", tags=[], lan=[])
+        world.deliver(datagram, (victim, port))
+        sent += len(datagram)
+    for (host, _), datagrams in world.inbox.items():
+        if host == victim:
+            received += sum(len(d) for d in datagrams)
+            answers += len(datagrams)
+            assert all(len(d) == COOKIE_REPLY_SIZE for d in datagrams)
+    assert received < sent / 2
+    assert answers == UNPROVEN_BURST
+    record = world.store.node_by_key(eve.key)
+    assert record is not None and record.endpoint == format_endpoint(eve.endpoint)
+
+
+def test_a_spoofed_register_cannot_take_a_nodes_endpoint_or_relay_slot(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    """Before: eve registering from alice's address took alice's relay slot, so what
+    bob relayed to eve went to alice's address and what alice relayed came from eve."""
+    trust(world, alice, bob)
+    eve = world.new_node()
+    world.register(eve, "eve")
+    trust(world, eve, bob)
+    world.deliver(eve.seal("register", hostname="eve", tags=[], lan=[]), alice.endpoint)
+    [cookie_reply] = world.inbox.pop(alice.endpoint)
+    assert cookie_reply[0] == REGISTRY_COOKIE_TYPE
+    world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
+    [forwarded] = world.inbox.pop(bob.endpoint)
+    assert unpack_relay(forwarded)[0] == alice.key
+    world.deliver(pack_relay(eve.key, WIREGUARD_DATAGRAM), bob.endpoint)
+    assert list(world.inbox) == [eve.endpoint]
+
+
+def test_junk_from_fresh_keys_costs_a_hash_not_a_key_exchange(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: each 0x50 from a new key cost an X25519 and a query (~97 us). Now a
+    message without our mac1 is dropped after one keyed hash, and one without a cookie
+    gets a cookie reply; neither opens a channel."""
+    opened: list[bytes] = []
+    real_channel = server.ControlChannel
+
+    def counting_channel(private: bytes, key: bytes, **kwargs: Any) -> ControlChannel:
+        opened.append(key)
+        return real_channel(private, key, **kwargs)
+
+    monkeypatch.setattr(server, "ControlChannel", counting_channel)
+    stranger = FakeNode(world.core.public_key, ("198.18.60.1", 1), world.clock)
+    for number in range(500):
+        fresh = FakeNode(world.core.public_key, ("198.18.60.1", 1), world.clock)
+        datagram = bytearray(fresh.seal("register", hostname=f"junk{number}"))
+        world.deliver(bytes(datagram), (f"198.18.{61 + number % 100}.{number % 250 + 1}", 9))
+        datagram[-REQUEST_MACS_SIZE - 1] ^= 1
+        world.deliver(bytes(datagram), ("198.18.60.1", 1))
+    assert opened == []
+    assert world.core.counters["bad_mac1"] == 500
+    assert world.core.counters["cookie_replies"] == 500
+    assert stranger.key not in opened
+
+
+def test_fresh_keys_from_one_proven_address_are_rate_limited(world: World) -> None:
+    """Someone with a real address can prove it and then try many keys: each costs an
+    X25519, so new keys from one address get NEW_KEY_BURST, then NEW_KEY_RATE_PER_S."""
+    endpoint = ("198.18.70.1", 5000)
+    answered = 0
+    for number in range(int(NEW_KEY_BURST) + 20):
+        node = FakeNode(world.core.public_key, (endpoint[0], 5000 + number), world.clock)
+        world.nodes[node.endpoint] = node
+        world.deliver(node.seal("lookup", query="x"), node.endpoint)
+        answered += len(world.inbox.pop(node.endpoint, []))
+    assert answered == NEW_KEY_BURST
+    assert world.core.counters["new_key_rate_limited"] == 20
+
+
 # -- hostile input -----------------------------------------------------------------
 
 
@@ -493,11 +644,15 @@ def test_garbage_is_dropped_and_counted_never_raised(world: World, data: bytes) 
 
 def test_truncated_and_tampered_messages_are_counted(world: World, alice: FakeNode) -> None:
     sealed = alice.seal("lookup", query="alice")
+    tag_end = -REQUEST_MACS_SIZE - 1
+    tampered = sealed[:tag_end] + bytes((sealed[tag_end] ^ 1,)) + sealed[tag_end + 1 :]
     world.deliver(sealed[:50], alice.endpoint)
-    world.deliver(sealed[:-1] + bytes((sealed[-1] ^ 1,)), alice.endpoint)
+    world.deliver(tampered, alice.endpoint)
+    world.deliver(remac(alice, tampered, world.now), alice.endpoint)
     world.deliver(sealed + bytes(2000), alice.endpoint)
     counters = world.core.counters
-    assert (counters["malformed"], counters["decrypt_failed"], counters["too_large"]) == (1, 1, 1)
+    assert (counters["malformed"], counters["bad_mac1"]) == (1, 1)
+    assert (counters["decrypt_failed"], counters["too_large"]) == (1, 1)
     assert alice.endpoint not in world.inbox
 
 
