@@ -19,6 +19,7 @@ from typing import Any
 from pilotif.bind import Bind, endpoint_text
 from pilotif.config import InterfaceConfig
 from pilotif.control import Reply, Request, serve_control
+from pilotif.counter_lease import CounterLease
 from pilotif.dns import (
     DnsResponder,
     DnsServer,
@@ -27,14 +28,14 @@ from pilotif.dns import (
     ResolverError,
     serve_dns,
 )
-from pilotif.identity import IPV6_PREFIX
+from pilotif.identity import IPV6_PREFIX, StateFileError
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
 from pilotif.node.adapter import NodeRunner, RegistryError
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent, PeerRemoved
 from pilotif.node.lan import local_endpoints
-from pilotif.node.trust import TrustFileError, TrustFiles
+from pilotif.node.trust import TrustFiles
 from pilotif.observe import (
     EventBus,
     NodeCollector,
@@ -155,7 +156,7 @@ class Daemon:
             LinkError,
             UnderlayError,
             RegistryError,
-            TrustFileError,
+            StateFileError,
         ) as error:
             await loop.run_in_executor(None, self._close)
             message = str(error) or type(error).__name__
@@ -263,17 +264,23 @@ class Daemon:
             trust.registry_key = options.registry_key
             files.save(trust)
         lan = await loop.run_in_executor(None, local_endpoints, port, self.interface)
+        lease = CounterLease(self.paths.control_counter)
         core = NodeCore(
             options,
             self.device,
             trust,
             registry=registry,
             lan_endpoints=lan,
-            first_counter=time.time_ns(),
+            first_counter=lease.first,
         )
         assert self._bind is not None
         self.node = NodeRunner(
-            core, files, send=self._bind.send_control, flush=self._flush, on_event=self._on_event
+            core,
+            files,
+            lease,
+            send=self._bind.send_control,
+            flush=self._flush,
+            on_event=self._on_event,
         )
         await self.node.join()
         return self.node

@@ -1,13 +1,14 @@
-"""Identities: key files kept atomically with mode 0600, the IPv6 address derived from a
-key, and the rules for hostnames."""
+"""Identities and state files: key files kept atomically with mode 0600 and never read
+through a symlink, the IPv6 address derived from a key, and the rules for hostnames."""
 
+import errno
 import ipaddress
 import os
 import re
 import tempfile
 from pathlib import Path
 
-from pilotif.keys import decode_key, encode_key
+from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.overlay.crypto import generate_private_key, hash_
 
 IPV6_PREFIX = ipaddress.IPv6Network("fd50:696c:6f74::/48")
@@ -19,6 +20,10 @@ _HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 class HostnameError(ValueError):
     """A hostname that is not a DNS label."""
+
+
+class StateFileError(Exception):
+    """A state file that cannot be used; the message names it and says what to do."""
 
 
 def ipv6_for_key(public_key: bytes) -> ipaddress.IPv6Address:
@@ -54,10 +59,37 @@ def write_private_file(path: Path, text: str) -> None:
         raise
 
 
+def read_state_file(path: Path) -> str | None:
+    """The text of a state file, None if it does not exist; StateFileError if it is a
+    symbolic link (never followed) or cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise StateFileError(
+                f"{path} is a symbolic link; pilotif does not follow links there"
+            ) from None
+        raise StateFileError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        with os.fdopen(fd, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise StateFileError(f"cannot read {path}: {error}") from None
+
+
 def load_or_create_key(path: Path) -> bytes:
     """The private key stored at `path`, created there on first use."""
-    if path.exists():
-        return decode_key(path.read_text())
-    key = generate_private_key()
-    write_private_file(path, encode_key(key) + "\n")
-    return key
+    text = read_state_file(path)
+    if text is None:
+        key = generate_private_key()
+        write_private_file(path, encode_key(key) + "\n")
+        return key
+    try:
+        return decode_key(text)
+    except InvalidKeyError:
+        raise StateFileError(
+            f"{path} does not hold a private key; restore it from a backup, or move it "
+            "away to start with a new key (peers must then trust the new key again)"
+        ) from None

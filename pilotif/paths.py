@@ -39,6 +39,11 @@ class StatePaths:
         """The node's private key (registry mode), created on first `up`."""
         return self.root / "identity.key"
 
+    @property
+    def control_counter(self) -> Path:
+        """Above every counter the node sealed a control message with (CounterLease)."""
+        return self.root / "control.counter"
+
     def create(self) -> None:
         """Make the directory, readable by its owner only."""
         self.root.mkdir(mode=_STATE_DIR_MODE, parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """The asyncio side of a node: runs a `NodeCore` for the daemon.
 
 It feeds the core the time, arms one timer for it, sends its control datagrams, keeps
-the trust record on disk when it changes, and owns the futures of whoever waits for
-the registry (`join` at start, the CLI's commands), resolving them from the core's
-events. Every other event goes to the daemon's `on_event`.
+the trust record and the counter lease on disk when they change, and owns the futures
+of whoever waits for the registry (`join` at start, the CLI's commands), resolving them
+from the core's events. Every other event goes to the daemon's `on_event`.
 """
 
 import asyncio
@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from pilotif.counter_lease import CounterLease
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.node.core import NodeCore
 from pilotif.node.events import (
@@ -47,6 +48,7 @@ class NodeRunner:
         self,
         core: NodeCore,
         files: TrustFiles,
+        lease: CounterLease,
         *,
         send: Callable[[list[tuple[bytes, Endpoint]]], object],
         flush: Callable[[float], None],
@@ -54,6 +56,7 @@ class NodeRunner:
     ) -> None:
         self.core = core
         self._files = files
+        self._lease = lease
         self._send = send
         self._flush = flush
         self._on_event = on_event
@@ -80,6 +83,7 @@ class NodeRunner:
         core = self.core
         datagrams = core.datagrams_to_send()
         if datagrams:
+            self._lease.cover(core.link.counter)
             self._send(datagrams)
         events, core.events = core.events, []
         persist = False

@@ -32,6 +32,8 @@ KEY_FETCH_ID: Final = 0
 _ID_BITS: Final = 48
 """Request ids start at a random point of this range each session, so a reply recorded
 in an earlier session matches nothing we wait for."""
+_SESSION_LIMIT: Final = 2**63
+"""Sessions fit a signed 64-bit integer, as ids and counters do."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,21 @@ class RegistryLink:
         self._next_id = (
             first_id if first_id is not None else 1 + int.from_bytes(os.urandom(6)) % 2**_ID_BITS
         )
+        self.session = int.from_bytes(os.urandom(8)) % _SESSION_LIMIT
+        """Chosen anew each start; every request carries it and the registry echoes it
+        in all it seals for us, so its messages to an earlier session are refused."""
         self._pending: dict[int, _Pending] = {}
         self.outgoing: list[tuple[bytes, Endpoint]] = []
         self.last_heard_s: float | None = None
         self.rtt_s: float | None = None
         """The round trip of the latest request answered at its first attempt."""
         self.dropped = 0
+
+    @property
+    def counter(self) -> int:
+        """The counter of the latest request sealed (kept rising across restarts by the
+        adapter's CounterLease)."""
+        return self._counter
 
     def use_key(self, key: bytes) -> None:
         """Seal for, and accept only, the registry with this key from now on."""
@@ -129,7 +140,8 @@ class RegistryLink:
         if self.rtt_s is not None:
             # The registry times punches from it (both sides open their NATs at once).
             fields = {**fields, "rtt_ms": round(self.rtt_s * 1000)}
-        self._pending[request_id] = _Pending({"op": op, "id": request_id, **fields}, 0, now, now)
+        payload = {"op": op, "id": request_id, "session": self.session, **fields}
+        self._pending[request_id] = _Pending(payload, 0, now, now)
         self._transmit(request_id, now)
         return request_id
 
@@ -199,17 +211,28 @@ class RegistryLink:
         except WireError:
             self.dropped += 1
             return []
+        if message.get("session") != self.session:
+            self.dropped += 1
+            return []
         self.last_heard_s = now
         if message.get("op") != "reply":
             return [Push(message)]
         request_id = message.get("id")
-        pending = self._pending.pop(request_id, None) if type(request_id) is int else None
-        if pending is None:
+        if not isinstance(request_id, int) or request_id not in self._pending:
             self.dropped += 1
             return []
+        pending = self._pending[request_id]
+        floor = message.get("floor")
+        if message.get("code") == "stale_counter" and type(floor) is int:
+            # We count from below what the registry saw (a restart with an older
+            # counter file, or a clock that ran ahead in an older version): go above.
+            self._counter = max(self._counter, floor)
+            self._send_again(request_id, now)
+            return []
+        del self._pending[request_id]
         if pending.attempts == 1:
             self.rtt_s = now - pending.sent_s
-        return [Reply(message["id"], message)]
+        return [Reply(request_id, message)]
 
     def _take_cookie(self, data: bytes, now: float) -> None:
         try:
@@ -222,7 +245,12 @@ class RegistryLink:
             return
         for request_id, pending in self._pending.items():
             if pending.payload is not None:
-                # Not a new attempt: the registry dropped the last one unread.
-                pending.attempts -= 1
-                pending.sent_s = now
-                self._transmit(request_id, now)
+                self._send_again(request_id, now)
+
+    def _send_again(self, request_id: int, now: float) -> None:
+        """Send a request at once without spending an attempt: the registry answered the
+        last one without reading it (a cookie reply, a stale counter)."""
+        pending = self._pending[request_id]
+        pending.attempts -= 1
+        pending.sent_s = now
+        self._transmit(request_id, now)

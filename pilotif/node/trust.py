@@ -5,7 +5,7 @@ the registry says.
 
 `TrustRecord` is the in-memory state the node core works on; `TrustFiles` reads and
 writes it (atomically, mode 0600, never through a symlink). A file that cannot be read
-is a `TrustFileError` naming the file and what to do.
+is a `StateFileError` naming the file and what to do.
 """
 
 import json
@@ -13,15 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from pilotif.identity import write_private_file
+from pilotif.identity import StateFileError, read_state_file, write_private_file
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 
 REGISTRY_PIN_FILE: Final = "registry.pub"
 PEERS_FILE: Final = "peers.json"
-
-
-class TrustFileError(Exception):
-    """A state file is unreadable; the message names it and says what to do."""
 
 
 @dataclass
@@ -55,16 +51,16 @@ class TrustFiles:
     def load(self) -> TrustRecord:
         """The record kept in the state dir (empty where files do not exist yet)."""
         record = TrustRecord()
-        text = _read(self.registry_pin_path)
+        text = read_state_file(self.registry_pin_path)
         if text is not None:
             try:
                 record.registry_key = decode_key(text)
             except InvalidKeyError:
-                raise TrustFileError(
+                raise StateFileError(
                     f"{self.registry_pin_path} does not hold a registry key; delete it to pin "
                     "the registry's key again on first contact, or pass --registry-key"
                 ) from None
-        text = _read(self.peers_path)
+        text = read_state_file(self.peers_path)
         if text is not None:
             self._load_peers(text, record)
         return record
@@ -78,7 +74,7 @@ class TrustFiles:
         try:
             loaded = json.loads(text)
             if not isinstance(loaded, dict):
-                raise TrustFileError(problem)
+                raise StateFileError(problem)
             if "pins" not in loaded:
                 # The first format: hostname -> key of peers that were trusted.
                 record.pins = {str(k): decode_key(str(v)) for k, v in loaded.items()}
@@ -86,11 +82,11 @@ class TrustFiles:
                 return
             pins, consented = loaded["pins"], loaded.get("consented", [])
             if not isinstance(pins, dict) or not isinstance(consented, list):
-                raise TrustFileError(problem)
+                raise StateFileError(problem)
             record.pins = {str(k): decode_key(str(v)) for k, v in pins.items()}
             record.consented = {decode_key(str(k)) for k in consented}
         except (ValueError, InvalidKeyError):
-            raise TrustFileError(problem) from None
+            raise StateFileError(problem) from None
 
     def save(self, record: TrustRecord) -> None:
         """Write the record (each file atomically)."""
@@ -101,15 +97,3 @@ class TrustFiles:
             "consented": sorted(encode_key(key) for key in record.consented),
         }
         write_private_file(self.peers_path, json.dumps(document, indent=2) + "\n")
-
-
-def _read(path: Path) -> str | None:
-    """The text of a state file, None if it does not exist; never through a symlink."""
-    if path.is_symlink():
-        raise TrustFileError(f"{path} is a symbolic link; pilotif does not follow links there")
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as error:
-        raise TrustFileError(f"cannot read {path}: {error}") from None

@@ -22,6 +22,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 from typing import Any, Final, cast
 
+from pilotif.counter_lease import CounterLease
 from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
@@ -52,10 +53,10 @@ from pilotif.registry.wire import (
     RELAY_TYPE,
     REQUEST_MACS_SIZE,
     ControlChannel,
+    StaleCounter,
     WireError,
     control_sender,
     format_endpoint,
-    next_counter,
     pack_key_reply,
     pack_relay,
     parse_endpoint,
@@ -91,11 +92,12 @@ RELAY_BURST_BYTES: Final = 50_000_000.0
 MAX_CHANNELS: Final = 10_000
 """Authenticated senders whose channel (keys, replay window) stays in memory."""
 REGISTRY_KEY_FILE: Final = "registry.key"
+COUNTER_FILE: Final = "registry.counter"
 
 MAX_RTT_MS: Final = 2_000
 """The largest round trip a node may report; longer ones count as this."""
 MAX_REQUEST_ID: Final = 2**63 - 1
-"""Requests with a larger (or no) id get no reply."""
+"""Requests with a larger (or no) id get no reply; sessions are no larger either."""
 
 _MAX_CONTROL_DATAGRAM: Final = (
     CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
@@ -155,7 +157,7 @@ class RegistryCore:
     (`relayed_packets`, `relayed_bytes`).
     """
 
-    def __init__(self, private_key: bytes, store: Store) -> None:
+    def __init__(self, private_key: bytes, store: Store, *, first_counter: int) -> None:
         self.public_key = _public_key(private_key)
         self.store = store
         self.counters: Counter[str] = Counter()
@@ -164,7 +166,12 @@ class RegistryCore:
         self.rejects: Counter[str] = Counter()
         """Refused control requests by error code."""
         self._private_key = private_key
-        self._counter = 0
+        self.counter = first_counter
+        """The counter of the latest message sealed (the adapter keeps it rising across
+        restarts with a CounterLease)."""
+        self._sessions: dict[bytes, int] = {}
+        """Each node's session (chosen at its `up`), echoed in what we seal for it so that
+        its messages from an earlier session cannot be replayed into this one."""
         self._channels: OrderedDict[bytes, ControlChannel] = OrderedDict()
         self._cookies = CookieChecker(
             LocalIdentity.from_private_key(private_key), reply_type=REGISTRY_COOKIE_TYPE
@@ -267,6 +274,9 @@ class RegistryCore:
                     return []
                 channel = self._new_channel(sender)
             message = channel.open(sealed)
+        except StaleCounter as stale:
+            self.counters[stale.reason] += 1
+            return self._stale_counter_notice(sender, stale, source)
         except WireError as error:
             self.counters[error.reason] += 1
             return []
@@ -278,6 +288,9 @@ class RegistryCore:
         else:
             self._channels.move_to_end(sender)
         self.counters["control_messages"] += 1
+        session = message.get("session")
+        if type(session) is int and 0 <= session <= MAX_REQUEST_ID:
+            self._sessions[sender] = session
         request = _Request(sender, self.store.node_by_key(sender), message, source, now, [])
         rtt_ms = message.get("rtt_ms")
         if request.record is not None and type(rtt_ms) is int and rtt_ms >= 0:
@@ -290,6 +303,22 @@ class RegistryCore:
         for key, payload, endpoint in request.pushes:
             outgoing.append((self._seal(key, payload), endpoint))
         return outgoing
+
+    def _stale_counter_notice(
+        self, sender: bytes, stale: StaleCounter, source: Endpoint
+    ) -> list[Outgoing]:
+        """Tell a node (at its proven address) the counter to go above: after a restart
+        from a lower counter it retries at once instead of failing. A replay gets the
+        same notice, which names a request the node no longer waits for."""
+        request_id = stale.message.get("id")
+        if not (type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID):
+            return []
+        notice = _error_reply("stale_counter", "the counter is not above the last one", "")
+        notice["floor"] = stale.floor
+        session = stale.message.get("session")
+        if type(session) is int and 0 <= session <= MAX_REQUEST_ID:
+            notice["session"] = session
+        return [(self._seal_reply(sender, request_id, notice), source)]
 
     def _seal_reply(self, key: bytes, request_id: int, reply: dict[str, Any]) -> bytes:
         try:
@@ -318,8 +347,11 @@ class RegistryCore:
             # Only authenticated senders and registered nodes receive messages.
             channel = self._new_channel(key)
             self._remember(key, channel)
-        self._counter = next_counter(self._counter)
-        return channel.seal(payload, self._counter)
+        session = self._sessions.get(key)
+        if session is not None:
+            payload = {"session": session, **payload}
+        self.counter += 1
+        return channel.seal(payload, self.counter)
 
     def _dispatch(self, request: _Request, counter: int) -> dict[str, Any]:
         reply = self._answer(request, counter)
@@ -542,8 +574,13 @@ class RegistryCore:
 
     def _push(self, key: bytes, payload: dict[str, Any], now: float, out: list[_Push]) -> None:
         seen = self._seen.get(key)
-        if seen is not None and self._online(key, now):
-            out.append((key, payload, seen[0]))
+        if seen is None or not self._online(key, now):
+            return
+        if key not in self._sessions:
+            # It would drop a push without its session; it syncs at its next request.
+            self.counters["push_no_session"] += 1
+            return
+        out.append((key, payload, seen[0]))
 
     def _note_seen(self, key: bytes, endpoint: Endpoint, now: float) -> None:
         previous = self._seen.get(key)
@@ -634,7 +671,13 @@ def _fit(
 ) -> dict[str, Any]:
     """`lists` with as many (list name, entry) appended as fit one reply (and `limit`);
     `next_offset` says where the next page starts when some are left."""
-    envelope = {"op": "reply", "ok": True, "id": MAX_REQUEST_ID, "next_offset": MAX_REQUEST_ID}
+    envelope = {
+        "op": "reply",
+        "ok": True,
+        "id": MAX_REQUEST_ID,
+        "session": MAX_REQUEST_ID,
+        "next_offset": MAX_REQUEST_ID,
+    }
     budget = MAX_PAYLOAD_BYTES - _json_size({**envelope, **lists})
     page = {name: list(items) for name, items in lists.items()}
     for index, (name, entry) in enumerate(entries):
@@ -660,8 +703,9 @@ def _error_reply(code: str, error: str, hint: str) -> dict[str, Any]:
 class _RegistryProtocol(asyncio.DatagramProtocol):
     """Hands every datagram to the core with the wall-clock time, sends what it returns."""
 
-    def __init__(self, core: RegistryCore) -> None:
+    def __init__(self, core: RegistryCore, lease: CounterLease) -> None:
         self._core = core
+        self._lease = lease
         self._transport: asyncio.DatagramTransport | None = None
         self._dual_stack = False
 
@@ -677,6 +721,7 @@ class _RegistryProtocol(asyncio.DatagramProtocol):
             host = host.removeprefix(_IPV4_MAPPED_PREFIX)
         try:
             outgoing = core.handle_datagram(data, (host, int(addr[1])), time.time())
+            self._lease.cover(core.counter)
         except Exception as error:
             core.counters["internal_error"] += 1
             count = core.counters["internal_error"]
@@ -706,7 +751,9 @@ def metrics_sample(core: RegistryCore) -> RegistrySample:
     )
 
 
-async def _serve(core: RegistryCore, listen: Endpoint, metrics: Endpoint | None) -> None:
+async def _serve(
+    core: RegistryCore, lease: CounterLease, listen: Endpoint, metrics: Endpoint | None
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -717,7 +764,7 @@ async def _serve(core: RegistryCore, listen: Endpoint, metrics: Endpoint | None)
         metrics_server = await start_metrics_server(*metrics, collector)
         log_event("metrics_serving", listen=format_endpoint(metrics))
     transport, _ = await loop.create_datagram_endpoint(
-        lambda: _RegistryProtocol(core), local_addr=listen
+        lambda: _RegistryProtocol(core, lease), local_addr=listen
     )
     try:
         await stop.wait()
@@ -747,7 +794,8 @@ def run_registry(
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     private_key = load_or_create_key(state_dir / REGISTRY_KEY_FILE)
     store = Store(state_dir / DB_FILE_NAME, network)
-    core = RegistryCore(private_key, store)
+    lease = CounterLease(state_dir / COUNTER_FILE)
+    core = RegistryCore(private_key, store, first_counter=lease.first)
     log_event(
         "registry_started",
         listen=format_endpoint(listen),
@@ -757,7 +805,7 @@ def run_registry(
         hint="nodes pin this key on first contact, or pass it as --registry-key",
     )
     try:
-        asyncio.run(_serve(core, listen, metrics))
+        asyncio.run(_serve(core, lease, listen, metrics))
     finally:
         store.close()
         log_event("registry_stopped", **{k: v for k, v in sorted(core.counters.items())})

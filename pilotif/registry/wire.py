@@ -8,7 +8,6 @@ with a short `reason` that the receiver counts; our own misuse raises ValueError
 
 import json
 import struct
-import time
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final
 
@@ -49,7 +48,7 @@ RELAY_HEADER_SIZE: Final = 36
 KEY_MESSAGE_SIZE: Final = 36
 MAX_PAYLOAD_BYTES: Final = 1200
 MAX_COUNTER: Final = 2**63 - 1
-"""Counters are nanoseconds since the epoch; the cap lets them fit a signed SQL BIGINT."""
+"""The cap lets counters fit a signed SQL BIGINT (pilotif.counter_lease hands them out)."""
 
 KEY_REQUEST: Final = bytes((KEY_REQUEST_TYPE, 0, 0, 0)) + bytes(KEY_SIZE)
 """What a node sends to learn the registry's key on first contact."""
@@ -74,9 +73,15 @@ class WireError(ValueError):
         self.reason = reason
 
 
-def next_counter(last: int) -> int:
-    """The counter to seal the next message with: the clock in ns, always rising."""
-    return max(time.time_ns(), last + 1)
+class StaleCounter(WireError):
+    """An authentic message whose counter was seen, or lies below what we accept: a
+    replay, or a sender that counts from too low after a restart. `message` is what it
+    carries and `floor` the counter the sender must go above."""
+
+    def __init__(self, message: dict[str, Any], floor: int) -> None:
+        super().__init__("stale_counter")
+        self.message = message
+        self.floor = floor
 
 
 def control_sender(datagram: bytes) -> bytes:
@@ -154,24 +159,29 @@ class ControlChannel:
         _, sender, counter = _CONTROL_HEADER.unpack(header)
         if sender != self._remote:
             raise WireError("wrong_sender")
-        if counter > MAX_COUNTER or counter <= self._floor or not self._window.check(counter):
-            raise WireError("replay")
+        if counter > MAX_COUNTER:
+            raise WireError("malformed", "counter out of range")
         try:
             plaintext = aead_decrypt(
                 self._receive_key, counter, datagram[CONTROL_HEADER_SIZE:], header
             )
         except InvalidTag:
             raise WireError("decrypt_failed") from None
-        if not self._window.update(counter):
-            raise WireError("replay")
+        message = _parse_payload(plaintext)
+        if counter <= self._floor or not self._window.update(counter):
+            raise StaleCounter(message, self._highest)
         self._highest = max(self._highest, counter)
-        try:
-            message = json.loads(plaintext)
-        except (UnicodeDecodeError, ValueError):
-            raise WireError("malformed", "payload is not JSON") from None
-        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
-            raise WireError("malformed", "payload is not an object with an op")
         return message
+
+
+def _parse_payload(plaintext: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(plaintext)
+    except (UnicodeDecodeError, ValueError):
+        raise WireError("malformed", "payload is not JSON") from None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise WireError("malformed", "payload is not an object with an op")
+    return message
 
 
 def pack_relay(peer_public: bytes, inner: BytesLike) -> bytes:

@@ -210,7 +210,9 @@ class Network:
         self.rng = random.Random(seed)
         self.loss = loss
         self.registry = RegistryCore(
-            generate_private_key(), Store(tmp / "registry.db", IPv4Network(NETWORK))
+            generate_private_key(),
+            Store(tmp / "registry.db", IPv4Network(NETWORK)),
+            first_counter=1,
         )
         self.nodes: list[SimNode] = []
         self.nats: dict[str, Nat] = {}

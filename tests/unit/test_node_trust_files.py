@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pilotif.identity import StateFileError
 from pilotif.keys import encode_key
 from pilotif.logs import _EventFormatter
-from pilotif.node.trust import TrustFileError, TrustFiles, TrustRecord
+from pilotif.node.trust import TrustFiles, TrustRecord
 from pilotif.overlay.cookie import source_bytes
 from pilotif.overlay.events import RelayEndpoint
 
@@ -43,7 +44,7 @@ def test_the_first_peers_format_counts_as_pins_with_consent(tmp_path: Path) -> N
 )
 def test_a_corrupted_file_is_one_error_naming_it(tmp_path: Path, name: str, text: str) -> None:
     (tmp_path / name).write_text(text)
-    with pytest.raises(TrustFileError) as error:
+    with pytest.raises(StateFileError) as error:
         TrustFiles(tmp_path).load()
     assert str(tmp_path / name) in str(error.value)
 
@@ -52,7 +53,7 @@ def test_a_state_file_behind_a_symlink_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_text(encode_key(KEY_A))
     (tmp_path / "registry.pub").symlink_to(target)
-    with pytest.raises(TrustFileError, match="symbolic link"):
+    with pytest.raises(StateFileError, match="symbolic link"):
         TrustFiles(tmp_path).load()
 
 

@@ -106,7 +106,7 @@ def test_registry_metrics_show_nodes_requests_rejects_drops_and_relay() -> None:
 
 def test_registry_sample_counts_requests_by_op_and_rejects_by_code(tmp_path: Path) -> None:
     store = Store(tmp_path / "registry.db", IPv4Network("100.64.0.0/10"))
-    core = RegistryCore(generate_private_key(), store)
+    core = RegistryCore(generate_private_key(), store, first_counter=1)
     now = time.time()
 
     def node(number: int, *messages: dict[str, object]) -> None:

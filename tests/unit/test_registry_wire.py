@@ -14,10 +14,10 @@ from pilotif.registry.wire import (
     RELAY_HEADER_SIZE,
     RELAY_TYPE,
     ControlChannel,
+    StaleCounter,
     WireError,
     control_sender,
     format_endpoint,
-    next_counter,
     pack_key_reply,
     pack_relay,
     parse_endpoint,
@@ -56,13 +56,14 @@ def test_the_header_names_the_sender_and_counter() -> None:
     assert int.from_bytes(datagram[36:CONTROL_HEADER_SIZE], "little") == COUNTER
 
 
-def test_a_replayed_message_is_refused() -> None:
+def test_a_replayed_message_is_refused_and_says_the_floor() -> None:
     datagram = node_side().seal(MESSAGE, COUNTER)
     registry = registry_side()
     registry.open(datagram)
-    with pytest.raises(WireError) as refused:
+    with pytest.raises(StaleCounter) as refused:
         registry.open(datagram)
-    assert refused.value.reason == "replay"
+    assert (refused.value.reason, refused.value.floor) == ("stale_counter", COUNTER)
+    assert refused.value.message == MESSAGE
 
 
 def test_a_restored_counter_refuses_older_messages_after_a_restart() -> None:
@@ -70,10 +71,21 @@ def test_a_restored_counter_refuses_older_messages_after_a_restart() -> None:
     old = node.seal(MESSAGE, COUNTER)
     restarted = registry_side()
     restarted.restore_counter(COUNTER)
-    with pytest.raises(WireError) as refused:
+    with pytest.raises(StaleCounter) as refused:
         restarted.open(old)
-    assert refused.value.reason == "replay"
+    assert refused.value.floor == COUNTER
     assert restarted.open(node.seal(MESSAGE, COUNTER + 1)) == MESSAGE
+
+
+def test_a_forged_old_counter_is_not_called_stale() -> None:
+    """Only an authentic message learns the floor: a forgery fails to decrypt."""
+    registry = registry_side()
+    registry.restore_counter(COUNTER)
+    forged = bytearray(node_side().seal(MESSAGE, COUNTER - 1))
+    forged[-1] ^= 1
+    with pytest.raises(WireError) as refused:
+        registry.open(bytes(forged))
+    assert refused.value.reason == "decrypt_failed"
 
 
 def test_a_message_sealed_in_the_wrong_direction_does_not_open() -> None:
@@ -151,13 +163,6 @@ def test_the_key_reply_carries_the_registry_key_and_the_request_is_not_a_reply()
     assert unpack_key_reply(pack_key_reply(REGISTRY_PUBLIC)) == REGISTRY_PUBLIC
     with pytest.raises(WireError):
         unpack_key_reply(KEY_REQUEST)
-
-
-def test_counters_always_rise() -> None:
-    far_future = 2**62
-    assert next_counter(far_future) == far_future + 1
-    first = next_counter(0)
-    assert next_counter(first) > first
 
 
 @pytest.mark.parametrize(

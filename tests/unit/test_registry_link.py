@@ -1,0 +1,193 @@
+"""The node's registry link against a real registry core, in memory: cookies, sessions and
+counters that survive restarts on both sides without the wall clock. No sockets."""
+
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pilotif.counter_lease import LEASE, CounterLease
+from pilotif.identity import StateFileError
+from pilotif.keys import encode_key
+from pilotif.node.registry_link import (
+    REQUEST_ATTEMPTS,
+    GaveUp,
+    LinkInput,
+    Push,
+    RegistryLink,
+    Reply,
+)
+from pilotif.overlay.crypto import generate_private_key, public_key
+from pilotif.overlay.events import Endpoint
+from pilotif.registry.server import RegistryCore
+from pilotif.registry.store import Store
+
+REGISTRY: Endpoint = ("198.18.0.1", 9000)
+START_S = 1_700_000_000.0
+
+
+class Pair:
+    """One registry core and the links of nodes at fixed addresses; `exchange` carries
+    datagrams both ways until nothing is left in flight."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.registry_private = generate_private_key()
+        self.store = Store(tmp / "registry.db", IPv4Network("100.64.0.0/10"))
+        self.core = RegistryCore(self.registry_private, self.store, first_counter=1)
+        self.now = START_S
+        self.heard: dict[Endpoint, list[bytes]] = {}
+        """Every datagram the registry sent, by destination (what an observer records)."""
+
+    def link(self, private: bytes, first_counter: int = 1) -> RegistryLink:
+        return RegistryLink(private, REGISTRY, self.core.public_key, first_counter=first_counter)
+
+    def exchange(self, link: RegistryLink, source: Endpoint) -> list[LinkInput]:
+        inputs: list[LinkInput] = []
+        while link.outgoing:
+            sent, link.outgoing = link.outgoing, []
+            for datagram, _ in sent:
+                for answer, destination in self.core.handle_datagram(datagram, source, self.now):
+                    self.heard.setdefault(destination, []).append(answer)
+                    if destination == source:
+                        inputs += link.receive(answer, self.now)
+        return inputs
+
+    def call(self, link: RegistryLink, source: Endpoint, op: str, **fields: Any) -> dict[str, Any]:
+        request_id = link.request(op, fields, self.now)
+        replies = [i for i in self.exchange(link, source) if isinstance(i, Reply)]
+        assert [r.request_id for r in replies] == [request_id]
+        return replies[0].message
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    built = Pair(tmp_path)
+    yield built
+    built.store.close()
+
+
+ALICE: Endpoint = ("198.18.1.2", 40001)
+BOB: Endpoint = ("198.18.1.3", 40002)
+
+
+def register(pair: Pair, link: RegistryLink, source: Endpoint, name: str) -> None:
+    reply = pair.call(link, source, "register", hostname=name, tags=[], lan=[])
+    assert reply["ok"], reply
+
+
+def test_a_cookie_reply_sends_the_request_again_at_once_without_spending_an_attempt(
+    pair: Pair,
+) -> None:
+    link = pair.link(generate_private_key())
+    link.request("register", {"hostname": "alice", "tags": [], "lan": []}, pair.now)
+    [first] = link.outgoing
+    inputs = pair.exchange(link, ALICE)
+    assert pair.core.counters["cookie_replies"] == 1
+    assert [type(i) for i in inputs] == [Reply]
+    # The first datagram, without a cookie, was answered with 64 bytes only.
+    assert len(pair.heard[ALICE][0]) == 64 < len(first[0])
+    # Every later request carries a valid mac2 until the cookie ages.
+    register(pair, link, ALICE, "alice")
+    assert pair.core.counters["cookie_replies"] == 1
+    pair.now += 150
+    register(pair, link, ALICE, "alice")
+    assert pair.core.counters["cookie_replies"] == 2
+    assert link.handle_timer(pair.now + 1) == []
+    assert link.next_timer() is None
+
+
+def test_a_node_counting_from_below_the_registrys_floor_joins_after_one_notice(
+    pair: Pair,
+) -> None:
+    """Before: counters were the clock in ns, so a node whose clock once ran ahead was
+    refused as a replay until real time caught up, seeing only "registry unreachable".
+    Now the registry says the floor and the node goes above it at once."""
+    private = generate_private_key()
+    ahead = pair.link(private, first_counter=2**62)
+    register(pair, ahead, ALICE, "alice")
+    behind = pair.link(private, first_counter=5)
+    register(pair, behind, ALICE, "alice")
+    assert pair.core.counters["stale_counter"] == 1
+    assert behind.counter > 2**62
+
+
+def test_pushes_recorded_in_an_earlier_session_are_refused_after_a_restart(pair: Pair) -> None:
+    """Before: after a restart the node accepted a push recorded in its earlier session
+    (a trust_changed that brings back a revoked peer). Now every message the registry
+    seals for a node names the session the node chose at its start."""
+    alice_key, bob_key = generate_private_key(), generate_private_key()
+    alice, bob = pair.link(alice_key), pair.link(bob_key)
+    register(pair, alice, ALICE, "alice")
+    register(pair, bob, BOB, "bob")
+    bob_b64 = _b64(bob_key)
+    pair.call(alice, ALICE, "trust_request", peer=bob_b64, message="")
+    pair.call(bob, BOB, "trust_respond", peer=_b64(alice_key), approve=True)
+    recorded = pair.heard[ALICE][-1]
+    [taken] = alice.receive(recorded, pair.now)
+    assert isinstance(taken, Push) and taken.message["trusted"] is True
+
+    restarted = pair.link(alice_key, first_counter=alice.counter + 1)
+    assert restarted.session != alice.session
+    register(pair, restarted, ALICE, "alice")
+    before = restarted.dropped
+    assert restarted.receive(recorded, pair.now) == []
+    assert restarted.dropped == before + 1
+    # What the registry pushes now, it seals for the new session.
+    pair.call(bob, BOB, "untrust", peer=_b64(alice_key))
+    [revoked] = restarted.receive(pair.heard[ALICE][-1], pair.now)
+    assert isinstance(revoked, Push) and revoked.message["trusted"] is False
+
+
+def test_a_request_that_gets_no_answer_gives_up_after_its_attempts(pair: Pair) -> None:
+    link = pair.link(generate_private_key())
+    request_id = link.request("lookup", {"query": "x"}, pair.now)
+    gave_up: list[LinkInput] = []
+    for second in range(1, 2 * REQUEST_ATTEMPTS):
+        gave_up += link.handle_timer(pair.now + second)
+    assert gave_up == [GaveUp(request_id)]
+
+
+def _b64(private: bytes) -> str:
+    return encode_key(public_key(private))
+
+
+# -- the counter file --------------------------------------------------------------
+
+
+def test_the_counter_lease_starts_above_everything_handed_out_before(tmp_path: Path) -> None:
+    path = tmp_path / "control.counter"
+    first = CounterLease(path)
+    assert int(path.read_text()) == first.first + LEASE
+    first.cover(first.first + LEASE - 1)
+    assert int(path.read_text()) == first.first + 2 * LEASE - 1
+    second = CounterLease(path)
+    assert second.first > first.first + LEASE - 1
+
+
+def test_the_counter_lease_ignores_the_clock_once_it_has_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "control.counter"
+    path.write_text("1000\n")
+    monkeypatch.setattr("time.time_ns", lambda: 10**18)
+    assert CounterLease(path).first == 1000
+
+
+@pytest.mark.parametrize("text", ["", "abc\n", "-5\n", f"{2**64}\n", "12 34\n"])
+def test_a_corrupted_counter_file_is_one_error_naming_it(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "control.counter"
+    path.write_text(text)
+    with pytest.raises(StateFileError, match=str(path)):
+        CounterLease(path)
+
+
+def test_a_counter_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("5\n")
+    (tmp_path / "control.counter").symlink_to(target)
+    with pytest.raises(StateFileError, match="symbolic link"):
+        CounterLease(tmp_path / "control.counter")
+    assert target.read_text() == "5\n"
