@@ -67,6 +67,8 @@ ONLINE_WINDOW_S: Final = 60.0
 """A node is online if it registered (heartbeat) this recently."""
 LOOKUP_LIMIT: Final = 20
 """Most nodes one lookup returns (fewer if they do not fit one reply)."""
+TRUST_PAGE_LIMIT: Final = 20
+"""Most entries one trust_list page holds (fewer if they do not fit one reply)."""
 PENDING_PUSH_LIMIT: Final = 20
 """Most trust requests re-sent to a node after one of its registrations."""
 MAX_TAGS: Final = 8
@@ -106,6 +108,7 @@ _MIN_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + AEAD_TAG_SIZE + REQUEST_MAC
 _IPV6_GROUP_BYTES: Final = 8
 """Rate limits count an IPv6 source by its /64, as one host may own all of it."""
 _TAG_PREFIX: Final = "tag:"
+_TRUST_LISTS: Final = ("trusted", "incoming", "outgoing")
 _IPV4_MAPPED_PREFIX: Final = "::ffff:"
 _TRAFFIC_COUNTERS: Final = frozenset(
     {"relayed_packets", "relayed_bytes", "control_messages", "cookie_replies"}
@@ -405,7 +408,7 @@ class RegistryCore:
             log_event("node_updated", hostname=hostname, was=previous.hostname, tags=",".join(tags))
         if not was_online:
             log_event("node_online", hostname=hostname, endpoint=endpoint)
-        for requester, text in self.store.incoming(key)[:PENDING_PUSH_LIMIT]:
+        for requester, text in self.store.incoming(key, PENDING_PUSH_LIMIT):
             push = {"op": "trust_requested", "node": self._node(requester, now), "message": text}
             self._push(key, push, now, request.pushes)
         return {
@@ -449,18 +452,33 @@ class RegistryCore:
         return [] if found is None else [found]
 
     def _trust_list(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
+        """One page of the node's trusted peers, then requests to it, then its own: read
+        from the database from `offset` on, never the whole lists."""
         key, now = request.sender, request.now
-        entries: list[tuple[str, Any]] = [
-            ("trusted", self._node(node, now)) for node in self.store.trusted(key)
-        ]
-        entries += [
-            ("incoming", {"node": self._node(node, now), "message": text})
-            for node, text in self.store.incoming(key)
-        ]
-        entries += [("outgoing", self._node(node, now)) for node in self.store.outgoing(key)]
         offset = _offset(request.message)
-        empty: dict[str, list[Any]] = {"trusted": [], "incoming": [], "outgoing": []}
-        return _fit(empty, entries[offset:], offset)
+        entries: list[tuple[str, Any]] = []
+        start = offset
+        for name, total in zip(_TRUST_LISTS, self.store.trust_counts(key), strict=True):
+            wanted = TRUST_PAGE_LIMIT + 1 - len(entries)
+            if start >= total or wanted <= 0:
+                start = max(0, start - total)
+                continue
+            if name == "trusted":
+                entries += [
+                    (name, self._node(n, now)) for n in self.store.trusted(key, wanted, start)
+                ]
+            elif name == "incoming":
+                entries += [
+                    (name, {"node": self._node(n, now), "message": text})
+                    for n, text in self.store.incoming(key, wanted, start)
+                ]
+            else:
+                entries += [
+                    (name, self._node(n, now)) for n in self.store.outgoing(key, wanted, start)
+                ]
+            start = 0
+        empty: dict[str, list[Any]] = {name: [] for name in _TRUST_LISTS}
+        return _fit(empty, entries, offset, TRUST_PAGE_LIMIT)
 
     # -- trust -----------------------------------------------------------------------
 

@@ -24,6 +24,10 @@ DB_FILE_NAME: Final = "registry.db"
 _DB_FILE_MODE: Final = 0o600
 _OCTET_MASK: Final = 0xFF
 _RESERVED_LAST_OCTETS: Final = (0x00, 0xFF)
+MAX_PENDING_PER_TARGET: Final = 100
+"""Unanswered trust requests one node may hold; a newer one expires the oldest."""
+MAX_PENDING_PER_REQUESTER: Final = 50
+"""Unanswered trust requests one node may have out; a newer one expires its oldest."""
 
 _SCHEMA: Final = (
     """
@@ -312,6 +316,8 @@ class Store:
                 " VALUES (?, ?, ?, ?)",
                 (from_key, to_key, message, now),
             )
+            self._keep_newest(cursor, "to_key", to_key, MAX_PENDING_PER_TARGET)
+            self._keep_newest(cursor, "from_key", from_key, MAX_PENDING_PER_REQUESTER)
         return TrustOutcome("pending", changed=False)
 
     def respond(
@@ -355,35 +361,61 @@ class Store:
         """Whether the two nodes trust each other."""
         return self._trusted(self._db.cursor(), key, other)
 
-    def trusted(self, key: bytes) -> list[NodeRecord]:
-        """The nodes that `key` trusts, by hostname."""
+    def trusted(self, key: bytes, limit: int = -1, offset: int = 0) -> list[NodeRecord]:
+        """The nodes that `key` trusts, by hostname (`limit` of them from `offset`)."""
         rows = self._db.execute(
             f"SELECT {_NODE_COLUMNS} FROM nodes WHERE public_key IN ("
             " SELECT key_b FROM trusts WHERE key_a = ?"
-            " UNION SELECT key_a FROM trusts WHERE key_b = ?) ORDER BY hostname",
-            (key, key),
+            " UNION SELECT key_a FROM trusts WHERE key_b = ?) ORDER BY hostname"
+            " LIMIT ? OFFSET ?",
+            (key, key, limit, offset),
         )
         return [_record(row) for row in rows]
 
-    def incoming(self, key: bytes) -> list[tuple[NodeRecord, str]]:
+    def incoming(
+        self, key: bytes, limit: int = -1, offset: int = 0
+    ) -> list[tuple[NodeRecord, str]]:
         """The nodes asking `key` for trust, with their messages, oldest first."""
         rows = self._db.execute(
             f"SELECT {_N_NODE_COLUMNS}, r.message FROM nodes n"
             " JOIN trust_requests r ON r.from_key = n.public_key"
-            " WHERE r.to_key = ? ORDER BY r.created, n.hostname",
-            (key,),
+            " WHERE r.to_key = ? ORDER BY r.created, n.hostname LIMIT ? OFFSET ?",
+            (key, limit, offset),
         )
         return [(_record(row[:-1]), str(row[-1])) for row in rows]
 
-    def outgoing(self, key: bytes) -> list[NodeRecord]:
+    def outgoing(self, key: bytes, limit: int = -1, offset: int = 0) -> list[NodeRecord]:
         """The nodes `key` asked for trust that have not answered, oldest first."""
         rows = self._db.execute(
             f"SELECT {_N_NODE_COLUMNS} FROM nodes n"
             " JOIN trust_requests r ON r.to_key = n.public_key"
-            " WHERE r.from_key = ? ORDER BY r.created, n.hostname",
-            (key,),
+            " WHERE r.from_key = ? ORDER BY r.created, n.hostname LIMIT ? OFFSET ?",
+            (key, limit, offset),
         )
         return [_record(row) for row in rows]
+
+    def trust_counts(self, key: bytes) -> tuple[int, int, int]:
+        """How many nodes `key` trusts, are asking it, and it asked (in one query)."""
+        row = self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM trusts WHERE key_a = ? OR key_b = ?),"
+            " (SELECT COUNT(*) FROM trust_requests WHERE to_key = ?),"
+            " (SELECT COUNT(*) FROM trust_requests WHERE from_key = ?)",
+            (key, key, key, key),
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    @staticmethod
+    def _keep_newest(
+        cursor: sqlite3.Cursor, side: Literal["to_key", "from_key"], key: bytes, cap: int
+    ) -> None:
+        """Expire the oldest requests to (or from) `key` beyond the newest `cap`."""
+        other = "from_key" if side == "to_key" else "to_key"
+        cursor.execute(
+            f"DELETE FROM trust_requests WHERE {side} = ? AND {other} NOT IN ("
+            f" SELECT {other} FROM trust_requests WHERE {side} = ?"
+            f" ORDER BY created DESC, {other} LIMIT ?)",
+            (key, key, cap),
+        )
 
     @staticmethod
     def _require(cursor: sqlite3.Cursor, key: bytes) -> None:

@@ -30,11 +30,12 @@ from pilotif.registry.server import (
     MAX_TRUST_MESSAGE_BYTES,
     NEW_KEY_BURST,
     ONLINE_WINDOW_S,
+    PENDING_PUSH_LIMIT,
     RELAY_BURST_BYTES,
     UNPROVEN_BURST,
     RegistryCore,
 )
-from pilotif.registry.store import Store
+from pilotif.registry.store import MAX_PENDING_PER_REQUESTER, MAX_PENDING_PER_TARGET, Store
 from pilotif.registry.wire import (
     CONTROL_HEADER_SIZE,
     KEY_REQUEST,
@@ -119,7 +120,11 @@ class World:
 
     def new_node(self) -> FakeNode:
         host = next(self._hosts)
-        node = FakeNode(self.core.public_key, (f"198.18.0.{host}", 40000 + host), self.clock)
+        node = FakeNode(
+            self.core.public_key,
+            (f"198.18.{host // 250}.{host % 250 + 1}", 40000 + host),
+            self.clock,
+        )
         self.nodes[node.endpoint] = node
         return node
 
@@ -451,6 +456,55 @@ def test_trust_list_pages_when_it_does_not_fit_one_datagram(world: World) -> Non
         names += [n["hostname"] for n in reply["trusted"]]
         offset = reply.get("next_offset")
     assert names == [f"spoke-{i:02d}" for i in range(12)]
+
+
+def test_pending_requests_are_capped_per_target_and_per_requester_oldest_first(
+    world: World, alice: FakeNode
+) -> None:
+    """Before: requests to one node were unbounded and every heartbeat and trust_list
+    page loaded them all (2,000 cost 33 s of registry CPU). Now the newest
+    MAX_PENDING_PER_TARGET stay, heartbeats push at most PENDING_PUSH_LIMIT of them, and
+    trust_list reads one page from the database."""
+    askers = [world.new_node() for _ in range(MAX_PENDING_PER_TARGET + 5)]
+    for index, asker in enumerate(askers):
+        world.register(asker, f"asker-{index:03d}")
+        world.now += 0.001
+        world.call(asker, "trust_request", peer=alice.b64, message=f"m{index}")
+    world.messages(alice)
+    world.register(alice, "alice")
+    assert len(world.pushes(alice)) == PENDING_PUSH_LIMIT
+    listed = paged_trust_list(world, alice)
+    expected = [f"asker-{index:03d}" for index in range(5, len(askers))]
+    assert [entry["node"]["hostname"] for entry in listed["incoming"]] == expected
+    assert listed["trusted"] == listed["outgoing"] == []
+
+    # One node asking many: its oldest requests expire past MAX_PENDING_PER_REQUESTER.
+    for asker in askers[: MAX_PENDING_PER_REQUESTER + 3]:
+        world.now += 0.001
+        world.call(alice, "trust_request", peer=asker.b64, message="")
+    # A crossing request trusts at once: the first five askers' requests had expired.
+    listed = paged_trust_list(world, alice)
+    assert len(listed["outgoing"]) == 5 and len(listed["trusted"]) == MAX_PENDING_PER_REQUESTER - 2
+    assert [n["hostname"] for n in listed["outgoing"]] == [f"asker-{i:03d}" for i in range(5)]
+    strangers = [world.new_node() for _ in range(MAX_PENDING_PER_REQUESTER)]
+    for index, stranger in enumerate(strangers):
+        world.register(stranger, f"stranger-{index:03d}")
+        world.now += 0.1
+        world.call(alice, "trust_request", peer=stranger.b64, message="")
+    outgoing = [n["hostname"] for n in paged_trust_list(world, alice)["outgoing"]]
+    assert outgoing == [f"stranger-{i:03d}" for i in range(MAX_PENDING_PER_REQUESTER)]
+
+
+def paged_trust_list(world: World, node: FakeNode) -> dict[str, list[Any]]:
+    """Every page of the node's trust_list, joined; each page fits one datagram."""
+    joined: dict[str, list[Any]] = {"trusted": [], "incoming": [], "outgoing": []}
+    offset: int | None = 0
+    while offset is not None:
+        reply = world.call(node, "trust_list", offset=offset)
+        for name, entries in joined.items():
+            entries += reply[name]
+        offset = reply.get("next_offset")
+    return joined
 
 
 # -- punching ----------------------------------------------------------------------
