@@ -18,7 +18,14 @@ import click
 
 from pilotif.config import ConfigError, InterfaceConfig, load_config
 from pilotif.control import ControlError, request, stream
-from pilotif.identity import HostnameError, load_or_create_key, normalize_hostname
+from pilotif.hostport import HostPortError, parse_host_port
+from pilotif.identity import (
+    HostnameError,
+    StateFileError,
+    append_private_file,
+    load_or_create_key,
+    normalize_hostname,
+)
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
 from pilotif.node.core import NodeOptions
@@ -172,6 +179,8 @@ def up(
         paths.create()
         if node_options is not None:
             config = replace(config, private_key=load_or_create_key(paths.identity_key))
+    except StateFileError as error:
+        raise CliError(str(error), "bad_state") from None
     except OSError as error:
         raise CliError(f"cannot use state dir {paths.root}: {error.strerror}") from None
     if foreground:
@@ -189,11 +198,11 @@ class _Observe:
 
 
 def _host_port(option: str, text: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) as (host, port)."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CliError(f"{option} {text!r} must be HOST:PORT", "bad_input")
-    return host.strip("[]"), int(port)
+    """HOST:PORT (an IPv6 host in brackets) as (host, port); a clear error if not."""
+    try:
+        return parse_host_port(text)
+    except HostPortError as error:
+        raise CliError(f"{option} {error}", "bad_input") from None
 
 
 def _webhook_url(url: str) -> str:
@@ -212,9 +221,7 @@ def _node_options(
     registry_key: str | None,
     auto_approve: str | None,
 ) -> NodeOptions:
-    host, _, port = registry.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CliError(f"--registry {registry!r} must be HOST:PORT", "bad_input")
+    registry_at = _host_port("--registry", registry)
     if hostname is None:
         raise CliError("--registry needs --hostname NAME (this node's name)", "bad_input")
     try:
@@ -227,7 +234,7 @@ def _node_options(
     if auto_approve is not None and auto_approve != "all" and not auto_approve.startswith("tag:"):
         raise CliError("--auto-approve takes no value (everyone) or tag:NAME", "bad_input")
     return NodeOptions(
-        registry=(host.strip("[]"), int(port)),
+        registry=registry_at,
         hostname=name,
         tags=[t.strip() for t in tags.split(",") if t.strip()],
         registry_key=key,
@@ -268,8 +275,11 @@ def _start_background(interface: str, paths: StatePaths) -> None:
     """Run this same `up` command with --foreground as a detached daemon."""
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "pilotif", *sys.argv[1:], "--foreground"]
-    with open(paths.log_file, "ab") as log:
-        os.chmod(paths.log_file, 0o600)
+    try:
+        log = append_private_file(paths.log_file)
+    except StateFileError as error:
+        raise CliError(str(error), "bad_state") from None
+    with log:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -653,9 +663,7 @@ def registry(
     """Run the registry (rendezvous, trust, relay) in the foreground; no root needed."""
     from pilotif.registry import run_registry
 
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise CliError(f"--listen {listen!r} must be HOST:PORT", "bad_input")
+    listen_at = _host_port("--listen", listen)
     try:
         net = ipaddress.IPv4Network(network)
     except ValueError as error:
@@ -663,9 +671,9 @@ def registry(
     metrics_at = _host_port("--metrics", metrics) if metrics is not None else None
     setup_logging(as_json=log_format == "json")
     try:
-        run_registry(
-            (host.strip("[]"), int(port)), state_dir.absolute(), net, log_format, metrics_at
-        )
+        run_registry(listen_at, state_dir.absolute(), net, log_format, metrics_at)
+    except StateFileError as error:
+        raise CliError(str(error), "bad_state") from None
     except OSError as error:
         raise CliError(f"cannot listen on {listen}: {error.strerror or error}") from None
 

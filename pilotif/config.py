@@ -28,6 +28,7 @@ from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
 from typing import Final, TypeVar
 
+from pilotif.hostport import MAX_PORT, HostPortError, parse_host_port
 from pilotif.keys import decode_key
 from pilotif.overlay.crypto import public_key
 
@@ -35,11 +36,8 @@ MIN_MTU: Final = 576
 MAX_MTU: Final = 65535
 # IPv6 refuses links whose MTU is below this (RFC 8200 section 5).
 IPV6_MIN_MTU: Final = 1280
-MAX_PORT: Final = 65535
 MAX_KEEPALIVE_S: Final = 65535
 
-_MAX_HOSTNAME_LENGTH: Final = 253
-_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
 _DIGITS: Final = re.compile(r"[0-9]+", re.ASCII)
 _UNSUPPORTED_KEYS: Final = {
     key.lower(): key
@@ -400,41 +398,10 @@ def _network(text: str) -> IPv4Network | IPv6Network:
 
 
 def _endpoint(text: str) -> tuple[str, int]:
-    form = "write HOST:PORT, like 198.18.0.2:51820, [fd00::1]:51820 or host.example:51820"
-    if text.startswith("["):
-        host, close, port_text = text[1:].partition("]:")
-        if not close:
-            raise _Invalid(f"bad Endpoint {text!r}; {form}")
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise _Invalid(f"bad Endpoint {text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, colon, port_text = text.rpartition(":")
-        if not colon or not host:
-            raise _Invalid(f"bad Endpoint {text!r}; {form}")
-        if ":" in host:
-            raise _Invalid(f"bad Endpoint {text!r}: put an IPv6 address in brackets, [{host}]")
-        host = _host(text, host)
-    port = _number("Endpoint port", port_text, 1, MAX_PORT, hint="use 1..65535")
-    return host, port
-
-
-def _host(endpoint: str, host: str) -> str:
     try:
-        return str(ipaddress.IPv4Address(host))
-    except ValueError:
-        pass
-    labels = host.removesuffix(".").split(".")
-    if (
-        len(host) > _MAX_HOSTNAME_LENGTH
-        or not all(_HOST_LABEL.fullmatch(label) for label in labels)
-        or labels[-1].isdigit()
-    ):
-        raise _Invalid(
-            f"bad Endpoint {endpoint!r}: {host!r} is neither an IPv4 address nor a host name"
-        )
-    return host
+        return parse_host_port(text)
+    except HostPortError as error:
+        raise _Invalid(f"bad Endpoint {error}") from None
 
 
 def _number(name: str, text: str, low: int, high: int, *, hint: str) -> int:

@@ -28,7 +28,7 @@ from pilotif.dns import (
     ResolverError,
     serve_dns,
 )
-from pilotif.identity import IPV6_PREFIX, StateFileError
+from pilotif.identity import IPV6_PREFIX, StateFileError, write_private_file
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
 from pilotif.node.adapter import NodeRunner, RegistryError
@@ -169,7 +169,7 @@ class Daemon:
         )
         if self._webhook is not None:
             self._webhook.start()
-        self.paths.pid_file.write_text(f"{os.getpid()}\n")
+        write_private_file(self.paths.pid_file, f"{os.getpid()}\n")
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stopping.set)

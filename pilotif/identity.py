@@ -7,6 +7,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.overlay.crypto import generate_private_key, hash_
@@ -77,6 +78,20 @@ def read_state_file(path: Path) -> str | None:
             return handle.read()
     except (OSError, UnicodeDecodeError) as error:
         raise StateFileError(f"cannot read {path}: {error}") from None
+
+
+def append_private_file(path: Path) -> BinaryIO:
+    """`path` opened for appending (created with mode 0600); StateFileError if it is a
+    symbolic link (never followed) or cannot be opened."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.fdopen(os.open(path, flags, _KEY_FILE_MODE), "ab")
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise StateFileError(
+                f"{path} is a symbolic link; pilotif does not follow links there"
+            ) from None
+        raise StateFileError(f"cannot open {path}: {error.strerror}") from None
 
 
 def load_or_create_key(path: Path) -> bytes:

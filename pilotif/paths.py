@@ -4,13 +4,16 @@ Two daemons with different state directories never share a file, so several can
 run on one machine (one per network namespace).
 """
 
-import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from pilotif.identity import StateFileError
 
 DEFAULT_STATE_DIR = Path("/var/lib/pilotif")
 STATE_DIR_ENV = "PILOTIF_STATE_DIR"
 _STATE_DIR_MODE = 0o700
+_WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,19 @@ class StatePaths:
         return self.root / "control.counter"
 
     def create(self) -> None:
-        """Make the directory, readable by its owner only."""
-        self.root.mkdir(mode=_STATE_DIR_MODE, parents=True, exist_ok=True)
-        os.chmod(self.root, _STATE_DIR_MODE)
+        """Make the directory (mode 0700) if it does not exist. An existing one keeps
+        its mode, but one that other users may write to is refused: they could plant
+        files and links where the daemon writes."""
+        try:
+            self.root.mkdir(mode=_STATE_DIR_MODE, parents=True)
+            return
+        except FileExistsError:
+            pass
+        mode = self.root.stat().st_mode
+        if not stat.S_ISDIR(mode):
+            raise StateFileError(f"state dir {self.root} is not a directory")
+        if mode & _WRITABLE_BY_OTHERS:
+            raise StateFileError(
+                f"state dir {self.root} is writable by other users; give pilotif a "
+                f"directory of its own, such as {self.root / 'pilotif'}"
+            )

@@ -32,6 +32,7 @@ from pilotif.overlay.cookie import CookieChecker, source_bytes
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.handshake import LocalIdentity
+from pilotif.paths import StatePaths
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.store import (
     DB_FILE_NAME,
@@ -809,7 +810,7 @@ def run_registry(
     it also serves Prometheus metrics at http://HOST:PORT/metrics.
     """
     setup_logging(as_json=log_format == "json")
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    StatePaths(state_dir).create()
     private_key = load_or_create_key(state_dir / REGISTRY_KEY_FILE)
     store = Store(state_dir / DB_FILE_NAME, network)
     lease = CounterLease(state_dir / COUNTER_FILE)

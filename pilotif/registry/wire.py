@@ -8,11 +8,11 @@ with a short `reason` that the receiver counts; our own misuse raises ValueError
 
 import json
 import struct
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 
+from pilotif.hostport import parse_address_port
 from pilotif.overlay.constants import AEAD_TAG_SIZE
 from pilotif.overlay.crypto import (
     KEY_SIZE,
@@ -59,7 +59,6 @@ _RESERVED: Final = slice(1, 4)
 _RESERVED_ZEROS: Final = bytes(3)
 _CONTROL_LABEL: Final = b"pilotif control v1"
 _MAX_CIPHERTEXT_BYTES: Final = MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
-_MAX_PORT: Final = 65535
 
 assert _CONTROL_HEADER.size == CONTROL_HEADER_SIZE
 assert _RELAY_HEADER.size == RELAY_HEADER_SIZE
@@ -208,14 +207,7 @@ def format_endpoint(endpoint: Endpoint) -> str:
 
 def parse_endpoint(text: str) -> Endpoint:
     """The endpoint written as `ip:port` or `[ip6]:port`; ValueError if it is not one."""
-    host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or int(port) > _MAX_PORT:
-        raise ValueError(f"{text!r} is not ip:port")
-    if host.startswith("[") and host.endswith("]"):
-        address: IPv4Address | IPv6Address = IPv6Address(host[1:-1])
-    else:
-        address = IPv4Address(host)
-    return (str(address), int(port))
+    return parse_address_port(text)
 
 
 def pack_key_reply(registry_public: bytes) -> bytes:

@@ -109,6 +109,44 @@ def test_node_commands_without_a_daemon_fail_cleanly(tmp_path: Path) -> None:
         assert_one_line_error(pilotif(*args, "--state-dir", str(tmp_path)), "not running")
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["registry", "--listen", "0.0.0.0:99999"], ["--listen", "1..65535"]),
+        (
+            ["registry", "--listen", "127.0.0.1:9000", "--metrics", "127.0.0.1:http"],
+            ["--metrics", "must be a number"],
+        ),
+        (["up", "--registry", "198.18.0.1:99999", "--hostname", "a"], ["--registry", "1..65535"]),
+        (["up", "--registry", "fd00::1:9000", "--hostname", "a"], ["--registry", "[fd00::1]"]),
+    ],
+)
+def test_every_host_port_option_refuses_what_is_not_host_port(
+    tmp_path: Path, args: list[str], words: list[str]
+) -> None:
+    """Issue 9: five parsers disagreed, and `registry --listen` took port 99999."""
+    result = pilotif(*args, "--state-dir", str(tmp_path / "state"))
+    assert_one_line_error(result, *words)
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_state_dir_others_can_write_is_refused_and_left_as_it_was(tmp_path: Path) -> None:
+    """Issue 9: `--state-dir /tmp` chmodded /tmp to 0700."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    result = pilotif("registry", "--listen", "127.0.0.1:1", "--state-dir", str(shared))
+    assert_one_line_error(result, str(shared), "writable by other users")
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert list(shared.iterdir()) == []
+
+
+def test_a_corrupted_registry_key_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "registry.key").write_text("not a key\n")
+    result = pilotif("registry", "--listen", "127.0.0.1:1", "--state-dir", str(tmp_path))
+    assert_one_line_error(result, str(tmp_path / "registry.key"), "does not hold a private key")
+
+
 def test_connect_refuses_a_port_out_of_range(tmp_path: Path) -> None:
     assert_one_line_error(pilotif("connect", "beta", "70000", "--state-dir", str(tmp_path)))
 

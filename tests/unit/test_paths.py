@@ -1,0 +1,85 @@
+"""The state directory: created private, never chmodded when it exists, refused when
+others may write in it; state files never followed through a symlink."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pilotif.identity import (
+    StateFileError,
+    append_private_file,
+    load_or_create_key,
+    write_private_file,
+)
+from pilotif.paths import StatePaths
+
+
+def test_a_new_state_dir_is_private(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path / "a" / "state")
+    paths.create()
+    assert paths.root.stat().st_mode & 0o777 == 0o700
+
+
+def test_an_existing_state_dir_keeps_its_mode(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    root.mkdir(mode=0o755)
+    root.chmod(0o755)
+    StatePaths(root).create()
+    assert root.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o770, 0o702])
+def test_a_state_dir_others_can_write_is_refused(tmp_path: Path, mode: int) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(mode)
+    with pytest.raises(StateFileError, match="writable by other users"):
+        StatePaths(root).create()
+    assert root.stat().st_mode & 0o7777 == mode
+
+
+def test_a_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StateFileError, match="not a directory"):
+        StatePaths(tmp_path / "file").create()
+
+
+def test_the_log_is_appended_privately_and_never_through_a_link(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    with append_private_file(paths.log_file) as log:
+        log.write(b"one\n")
+    assert paths.log_file.stat().st_mode & 0o777 == 0o600
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    paths.log_file.unlink()
+    paths.log_file.symlink_to(victim)
+    with pytest.raises(StateFileError, match="symbolic link"):
+        append_private_file(paths.log_file)
+    assert victim.read_text() == "precious\n"
+
+
+def test_the_pid_file_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    paths = StatePaths(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    paths.pid_file.symlink_to(victim)
+    write_private_file(paths.pid_file, f"{os.getpid()}\n")
+    assert victim.read_text() == "precious\n"
+    assert not paths.pid_file.is_symlink()
+
+
+@pytest.mark.parametrize("text", ["", "garbage\n", "AAAA\n", "\xff"])
+def test_a_corrupted_identity_key_is_one_error_naming_it(tmp_path: Path, text: str) -> None:
+    key_file = StatePaths(tmp_path).identity_key
+    key_file.write_bytes(text.encode("latin-1"))
+    with pytest.raises(StateFileError, match=str(key_file)):
+        load_or_create_key(key_file)
+
+
+def test_an_identity_key_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    key_file = StatePaths(tmp_path).identity_key
+    key_file.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StateFileError, match="symbolic link"):
+        load_or_create_key(key_file)
+    assert not (tmp_path / "elsewhere").exists()
