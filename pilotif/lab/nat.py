@@ -16,6 +16,7 @@ import ipaddress
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,8 @@ REGISTRY = f"{REGISTRY_ADDRESS}:{REGISTRY_PORT}"
 LAN_NETWORKS = (ipaddress.IPv4Network("198.19.1.0/24"), ipaddress.IPv4Network("198.19.2.0/24"))
 ROUTER_WAN_FIRST_HOST = 11
 """Router i's WAN address is host ROUTER_WAN_FIRST_HOST + i of PUBLIC_NETWORK."""
+INTERNET_FIRST_HOST = 100
+"""Internet host i (no NAT, e.g. an attacker) is host INTERNET_FIRST_HOST + i."""
 LAN_ROUTER_HOST = 1
 LAN_FIRST_AGENT_HOST = 2
 RESOLV_CONF = f"# pilotif NAT lab: nothing answers here\nnameserver {REGISTRY_ADDRESS}\n"
@@ -70,26 +73,35 @@ class NatKind(StrEnum):
     """Endpoint-independent mapping: one public port per LAN socket (`masquerade`)."""
     SYMMETRIC = "symmetric"
     """A random public port per destination (`masquerade random,fully-random`)."""
+    CONE_ACCEPTING = "cone-accepting"
+    """Cone mapping on a router without an input firewall: it takes a packet for itself
+    when no mapping matches, and conntrack then holds that tuple, so a LAN socket that
+    sends to the same peer later gets another public port (the collision that kept
+    first hole punches failing, issue 9)."""
 
 
 _MASQUERADE = {
     NatKind.CONE: "masquerade",
     NatKind.SYMMETRIC: "masquerade random,fully-random",
+    NatKind.CONE_ACCEPTING: "masquerade",
 }
 
 
 def _router_ruleset(kind: NatKind) -> str:
-    """NAT out of wan0; drop connections that start on the WAN side (to the router or LAN)."""
+    """NAT out of wan0; drop connections that start on the WAN side (to the LAN, and to
+    the router itself unless it is CONE_ACCEPTING, which counts them instead)."""
+    verdict = "counter" if kind is NatKind.CONE_ACCEPTING else "drop"
+    input_chain = f"""
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{_WAN}" ct state new {verdict}
+    }}"""
     return f"""
 table ip pflab_nat {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
         oifname "{_WAN}" {_MASQUERADE[kind]}
-    }}
-    chain input {{
-        type filter hook input priority filter; policy accept;
-        iifname "{_WAN}" ct state new drop
-    }}
+    }}{input_chain}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         iifname "{_WAN}" ct state new drop
@@ -125,6 +137,27 @@ class Router:
     def lan_address(self) -> str:
         """The router's own LAN address, the agents' default gateway."""
         return str(self.lan[LAN_ROUTER_HOST])
+
+    def packets_taken_for_itself(self) -> int:
+        """New flows from the WAN that a CONE_ACCEPTING router took for itself."""
+        listing = json.loads(
+            self.namespace.run("nft", "-j", "list", "chain", "ip", "pflab_nat", "input").stdout
+        )
+        return sum(
+            expression["counter"]["packets"]
+            for item in listing["nftables"]
+            if "rule" in item
+            for expression in item["rule"]["expr"]
+            if "counter" in expression
+        )
+
+
+@dataclass(frozen=True)
+class InternetHost:
+    """A host on the public switch itself, without NAT (a server, or an attacker)."""
+
+    namespace: Namespace
+    address: str
 
 
 @dataclass
@@ -253,10 +286,16 @@ class NatLab:
     routers: tuple[Router, ...]
     agents: dict[str, Agent]
     workdir: Path
+    internet: dict[str, InternetHost] = field(default_factory=dict)
     _registry: "subprocess.Popen[bytes] | None" = None
 
     def __getitem__(self, hostname: str) -> Agent:
         return self.agents[hostname]
+
+    def bytes_to_router(self, index: int) -> int:
+        """Bytes the public switch has sent towards router `index`'s WAN (its link)."""
+        shown = json.loads(self.public.run("ip", "-j", "-s", "link", "show", f"r{index}").stdout)
+        return int(shown[0]["stats64"]["tx"]["bytes"])
 
     @property
     def registry_state_dir(self) -> Path:
@@ -330,10 +369,26 @@ def _with_prefix(address: str, network: ipaddress.IPv4Network) -> str:
     return f"{address}/{network.prefixlen}"
 
 
-def _build_router(public: Namespace, ns: Namespace, index: int, kind: NatKind) -> Router:
+def _build_router(
+    public: Namespace, ns: Namespace, index: int, kind: NatKind, delay_ms: float
+) -> Router:
     wan_address = str(PUBLIC_NETWORK[ROUTER_WAN_FIRST_HOST + index])
     port = f"r{index}"
-    _veth(port, public, _WAN, ns)
+    if delay_ms:
+        # wan0 -- r{i}x ==cable== r{i}y -- r{i} on the switch.
+        near, far = f"{port}x", f"{port}y"
+        _veth(near, public, _WAN, ns)
+        _veth(far, public, port, public)
+        # The cable copies frames as they are: those sent into it must be whole (no
+        # segmentation offload) and carry their checksums (no checksum offload).
+        offloads = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
+        for link in (near, far, port):
+            public.run("ip", "link", "set", link, "up")
+            public.run("ethtool", "-K", link, *offloads)
+        ns.run("ethtool", "-K", _WAN, *offloads)
+        public.spawn(sys.executable, "-m", "pilotif.lab.cable", near, far, str(delay_ms))
+    else:
+        _veth(port, public, _WAN, ns)
     _attach(public, port, _SWITCH)
     ns.run("ip", "address", "add", _with_prefix(wan_address, PUBLIC_NETWORK), "dev", _WAN)
     ns.run("ip", "link", "set", _WAN, "up")
@@ -343,6 +398,16 @@ def _build_router(public: Namespace, ns: Namespace, index: int, kind: NatKind) -
     ns.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
     ns.run("nft", "-f", "-", input_text=_router_ruleset(kind))
     return router
+
+
+def _build_internet_host(public: Namespace, ns: Namespace, index: int) -> InternetHost:
+    address = str(PUBLIC_NETWORK[INTERNET_FIRST_HOST + index])
+    port = f"h{index}"
+    _veth(port, public, _WAN, ns)
+    _attach(public, port, _SWITCH)
+    ns.run("ip", "address", "add", _with_prefix(address, PUBLIC_NETWORK), "dev", _WAN)
+    ns.run("ip", "link", "set", _WAN, "up")
+    return InternetHost(ns, address)
 
 
 def _build_agent(hostname: str, ns: Namespace, router: Router, host: int, workdir: Path) -> Agent:
@@ -361,8 +426,12 @@ def nat_lab(
     nats: Sequence[NatKind],
     agents: Sequence[tuple[str, int]],
     workdir: Path | None = None,
+    internet_hosts: Sequence[str] = (),
+    wan_delay_ms: Sequence[float] = (),
 ) -> Iterator[NatLab]:
-    """The lab with one router per entry of `nats` and agents (hostname, router index).
+    """The lab with one router per entry of `nats` and agents (hostname, router index),
+    and `internet_hosts` (names) on the public switch itself. `wan_delay_ms` puts a delay
+    cable (pilotif.lab.cable) between router i and the switch, each way.
 
     The registry runs (on a fresh state dir); agents are not up yet. Everything (daemons by
     PID, the registry, namespaces and their /etc/netns dirs) is torn down when the block
@@ -382,8 +451,9 @@ def nat_lab(
 
         public = new_namespace("pub")
         _bridge(public, _SWITCH, _with_prefix(REGISTRY_ADDRESS, PUBLIC_NETWORK))
+        delays = list(wan_delay_ms) + [0.0] * (len(nats) - len(wan_delay_ms))
         routers = tuple(
-            _build_router(public, new_namespace(f"r{index}"), index, kind)
+            _build_router(public, new_namespace(f"r{index}"), index, kind, delays[index])
             for index, kind in enumerate(nats)
         )
         hosts_used = [LAN_FIRST_AGENT_HOST] * len(routers)
@@ -395,7 +465,11 @@ def nat_lab(
             hosts_used[index] += 1
             built[hostname] = agent
             stack.callback(agent.down)
-        lab = NatLab(public, routers, built, workdir)
+        internet = {
+            name: _build_internet_host(public, new_namespace(name), index)
+            for index, name in enumerate(internet_hosts)
+        }
+        lab = NatLab(public, routers, built, workdir, internet)
         stack.callback(lab.stop_registry)
         lab.start_registry()
         yield lab

@@ -144,6 +144,25 @@ def test_a_peer_with_an_address_outside_the_network_or_taken_is_refused(
     assert why in [e for e in alpha.events if isinstance(e, PeerRefused)][-1].reason
 
 
+def test_a_new_key_under_a_pinned_name_is_refused(net: Network) -> None:
+    """A compromised registry hands another key under the name of a trusted peer (even
+    one this node consented to): the key pinned for that name wins."""
+    alpha, beta, gamma = net.node("alpha"), net.node("beta"), net.node("gamma")
+    _trusting(net, alpha, beta)
+    alpha.trust.consented.add(gamma.device.public_key)
+    node = {
+        "hostname": "beta",
+        "public_key": gamma.key,
+        "ipv4": "100.64.0.99",
+        "tags": [],
+    }
+    alpha.core._on_push({"op": "trust_changed", "node": node, "trusted": True}, net.now)
+    alpha.flush()
+    assert gamma.device.public_key not in alpha.core.peers
+    assert alpha.trust.pins["beta"] == beta.device.public_key
+    assert "pinned" in [e for e in alpha.events if isinstance(e, PeerRefused)][-1].reason
+
+
 def test_untrust_takes_the_peer_down_on_both_sides_and_forgets_the_consent(
     net: Network,
 ) -> None:
