@@ -1,11 +1,12 @@
 """The rendezvous server: identities, names, addresses, trust, hole punching and relay.
 
 `wire` is the codec both the registry and the node speak (docs/CONTROL_PROTOCOL.md),
-`store` the registry's database, `server` its logic (`RegistryCore`) and UDP loop
-(`run_registry`).
+`store` the registry's database, `server` its logic (`RegistryCore`) and `service` its
+UDP loop (`run_registry`).
 """
 
-from pilotif.registry.server import RegistryCore, run_registry
+from pilotif.registry.server import RegistryCore
+from pilotif.registry.service import run_registry
 from pilotif.registry.store import (
     NameTaken,
     NetworkFull,

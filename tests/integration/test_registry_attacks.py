@@ -25,7 +25,8 @@ from pilotif.lab.nat import (
     poll_until,
 )
 from pilotif.overlay.crypto import public_key
-from pilotif.registry.server import REGISTRY_KEY_FILE, UNPROVEN_BURST
+from pilotif.registry.server import UNPROVEN_BURST
+from pilotif.registry.service import REGISTRY_KEY_FILE
 
 pytestmark = [
     pytest.mark.integration,

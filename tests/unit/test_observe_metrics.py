@@ -17,7 +17,8 @@ from pilotif.observe import (
 )
 from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.drops import new_drop_counters
-from pilotif.registry.server import RegistryCore, metrics_sample
+from pilotif.registry.server import RegistryCore
+from pilotif.registry.service import metrics_sample
 from pilotif.registry.store import Store
 
 

@@ -1,0 +1,148 @@
+"""The registry as a service: `run_registry` runs a `RegistryCore` on a UDP socket with
+asyncio, keeps its counter lease, serves its metrics, and stops on SIGTERM or SIGINT."""
+
+import asyncio
+import signal
+import socket
+import time
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any, Final, cast
+
+from pilotif.counter_lease import CounterLease
+from pilotif.identity import load_or_create_key
+from pilotif.keys import encode_key
+from pilotif.logs import log_event, setup_logging
+from pilotif.observe.metrics import RegistryCollector, RegistrySample, start_metrics_server
+from pilotif.overlay.events import Endpoint
+from pilotif.paths import StatePaths
+from pilotif.registry.server import TRAFFIC_COUNTERS, RegistryCore
+from pilotif.registry.store import DB_FILE_NAME, Store
+from pilotif.registry.wire import format_endpoint
+
+REGISTRY_KEY_FILE: Final = "registry.key"
+COUNTER_FILE: Final = "registry.counter"
+_IPV4_MAPPED_PREFIX: Final = "::ffff:"
+
+
+class _RegistryProtocol(asyncio.DatagramProtocol):
+    """Hands every datagram to the core with the wall-clock time, sends what it returns."""
+
+    def __init__(self, core: RegistryCore, lease: CounterLease) -> None:
+        self._core = core
+        self._lease = lease
+        self._transport: asyncio.DatagramTransport | None = None
+        self._dual_stack = False
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+        self._dual_stack = self._transport.get_extra_info("socket").family == socket.AF_INET6
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        core = self._core
+        host = str(addr[0])
+        if self._dual_stack and host.startswith(_IPV4_MAPPED_PREFIX) and "." in host:
+            # An IPv6 socket shows IPv4 nodes as ::ffff:a.b.c.d; their peers want a.b.c.d.
+            host = host.removeprefix(_IPV4_MAPPED_PREFIX)
+        try:
+            outgoing = core.handle_datagram(data, (host, int(addr[1])), time.time())
+            self._lease.cover(core.counter)
+        except Exception as error:
+            core.counters["internal_error"] += 1
+            count = core.counters["internal_error"]
+            if count & (count - 1) == 0:
+                log_event("registry_internal_error", error=repr(error), count=count)
+            return
+        assert self._transport is not None
+        if self._paused:
+            core.counters["send_queue_full"] += len(outgoing)
+            return
+        for datagram, (host, port) in outgoing:
+            if self._dual_stack and ":" not in host:
+                host = _IPV4_MAPPED_PREFIX + host
+            self._transport.sendto(datagram, (host, port))
+
+    def pause_writing(self) -> None:
+        """The kernel's buffer is full and asyncio holds more than its high-water mark:
+        drop (and count) answers rather than queue them behind junk."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+
+    def error_received(self, exc: Exception) -> None:
+        self._core.counters["socket_error"] += 1
+
+
+def metrics_sample(core: RegistryCore) -> RegistrySample:
+    """The registry's metrics, read from its core now."""
+    counters = core.counters
+    return RegistrySample(
+        nodes_online=core.nodes_online(time.time()),
+        requests=dict(core.requests),
+        rejects=dict(core.rejects),
+        relayed_packets=counters["relayed_packets"],
+        relayed_bytes=counters["relayed_bytes"],
+        dropped={k: v for k, v in counters.items() if k not in TRAFFIC_COUNTERS},
+    )
+
+
+async def _serve(
+    core: RegistryCore, lease: CounterLease, listen: Endpoint, metrics: Endpoint | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    metrics_server = None
+    if metrics is not None:
+        collector = RegistryCollector(lambda: metrics_sample(core))
+        metrics_server = await start_metrics_server(*metrics, collector)
+        log_event("metrics_serving", listen=format_endpoint(metrics))
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _RegistryProtocol(core, lease), local_addr=listen
+    )
+    try:
+        await stop.wait()
+    finally:
+        transport.close()
+        if metrics_server is not None:
+            metrics_server.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run_registry(
+    listen: tuple[str, int],
+    state_dir: Path,
+    network: IPv4Network,
+    log_format: str = "text",
+    metrics: tuple[str, int] | None = None,
+) -> None:
+    """Run the registry in the foreground until SIGTERM or SIGINT.
+
+    Its key is `state_dir/registry.key` (created on first run) and its database
+    `state_dir/registry.db`; nothing is written elsewhere. Logs go where setup_logging
+    points (stderr), starting with the registry's public key. With `metrics` (HOST, PORT)
+    it also serves Prometheus metrics at http://HOST:PORT/metrics.
+    """
+    setup_logging(as_json=log_format == "json")
+    StatePaths(state_dir).create()
+    private_key = load_or_create_key(state_dir / REGISTRY_KEY_FILE)
+    store = Store(state_dir / DB_FILE_NAME, network)
+    lease = CounterLease(state_dir / COUNTER_FILE)
+    core = RegistryCore(private_key, store, first_counter=lease.first)
+    log_event(
+        "registry_started",
+        listen=format_endpoint(listen),
+        public_key=encode_key(core.public_key),
+        network=network,
+        state_dir=state_dir,
+        hint="nodes pin this key on first contact, or pass it as --registry-key",
+    )
+    try:
+        asyncio.run(_serve(core, lease, listen, metrics))
+    finally:
+        store.close()
+        log_event("registry_stopped", **{k: v for k, v in sorted(core.counters.items())})
