@@ -1,0 +1,139 @@
+"""The node's asyncio adapter (NodeRunner) on a real event loop, wired to a registry core
+in memory as the daemon wires it to a socket: futures resolved from the core's events,
+the counter lease kept, and the timer re-armed whenever the daemon's flush drains output
+that an input outside the runner (the device's roam filter) made. No sockets, no root."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pilotif.counter_lease import CounterLease
+from pilotif.node.adapter import NodeRunner, RegistryError
+from pilotif.node.core import NodeCore, NodeOptions
+from pilotif.node.events import NodeEvent
+from pilotif.node.registry_link import REQUEST_RETRY_S
+from pilotif.node.trust import TrustFiles
+from pilotif.overlay.crypto import generate_private_key
+from pilotif.overlay.device import Device
+from pilotif.overlay.events import Endpoint
+from pilotif.registry.server import RegistryCore
+from pilotif.registry.store import Store
+
+REGISTRY: Endpoint = ("198.18.0.1", 7946)
+NODE: Endpoint = ("198.18.0.11", 40000)
+
+
+class Wiring:
+    """A NodeRunner whose datagrams reach a registry core (unless `drop_next` says
+    otherwise) and whose answers come back on the loop, as the daemon's socket does."""
+
+    def __init__(self, tmp: Path, hostname: str = "alpha") -> None:
+        self.tmp = tmp
+        self.store = Store(tmp / "registry.db", IPv4Network("100.64.0.0/10"))
+        self.registry = RegistryCore(generate_private_key(), self.store, first_counter=1)
+        self.sent = 0
+        self.drop_next = 0
+        self.events: list[NodeEvent] = []
+        state = tmp / hostname
+        state.mkdir()
+        files = TrustFiles(state)
+        self.lease = CounterLease(state / "control.counter")
+        device = Device(generate_private_key(), mtu=1420, wall_offset_s=0.0)
+        options = NodeOptions(REGISTRY, hostname, [], None, None)
+        core = NodeCore(
+            options,
+            device,
+            files.load(),
+            registry=REGISTRY,
+            lan_endpoints=[],
+            first_counter=self.lease.first,
+        )
+        self.runner = NodeRunner(
+            core,
+            files,
+            self.lease,
+            send=self._send,
+            flush=self._flush,
+            on_event=self.events.append,
+        )
+
+    def _flush(self, now: float) -> None:
+        # The daemon's flush: drain the core whenever it has output.
+        if self.runner.core.has_output:
+            self.runner.drain()
+
+    def _send(self, datagrams: list[tuple[bytes, Endpoint]]) -> None:
+        loop = asyncio.get_running_loop()
+        for datagram, _ in datagrams:
+            self.sent += 1
+            if self.drop_next:
+                self.drop_next -= 1
+                continue
+            for answer, _ in self.registry.handle_datagram(datagram, NODE, time.time()):
+                loop.call_soon(self._receive, answer)
+
+    def _receive(self, answer: bytes) -> None:
+        now = time.monotonic()
+        self.runner.receive_control(answer, now)
+        self.runner.after_input(now)
+
+
+@pytest.fixture
+def wiring(tmp_path: Path) -> Iterator[Wiring]:
+    built = Wiring(tmp_path)
+    yield built
+    built.runner.close()
+    built.store.close()
+
+
+def test_join_and_commands_resolve_from_the_cores_events(wiring: Wiring) -> None:
+    async def scenario() -> dict[str, Any]:
+        await wiring.runner.join()
+        await wiring.runner.synced()
+        return await wiring.runner.command({"command": "find", "query": "alpha"})
+
+    found = asyncio.run(scenario())
+    assert [node["hostname"] for node in found["nodes"]] == ["alpha"]
+    # The pinned registry key and the counter lease are on disk.
+    assert (wiring.tmp / "alpha" / "registry.pub").exists()
+    assert int((wiring.tmp / "alpha" / "control.counter").read_text()) > (
+        wiring.runner.core.link.counter
+    )
+
+
+def test_a_refusal_is_a_registry_error_with_its_code(wiring: Wiring) -> None:
+    async def scenario() -> None:
+        await wiring.runner.join()
+        await wiring.runner.call("trust_request", peer="not a key")
+
+    with pytest.raises(RegistryError) as refused:
+        asyncio.run(scenario())
+    assert refused.value.code == "bad_request"
+
+
+def test_output_made_outside_the_runner_is_sent_and_its_retry_timer_armed(
+    wiring: Wiring,
+) -> None:
+    """The device's roam filter changes the core during data input, outside any runner
+    method; the daemon's flush then drains. What that made must go out at once and its
+    timer be armed then (before, it waited for the core's next timer): here a request
+    whose first datagram is lost goes out again REQUEST_RETRY_S later."""
+
+    async def scenario() -> tuple[int, int]:
+        await wiring.runner.join()
+        await wiring.runner.synced()
+        wiring.drop_next = 1
+        before = wiring.sent
+        now = time.monotonic()
+        wiring.runner.core.call("lookup", {"query": "alpha"}, now)
+        wiring._flush(now)
+        at_once = wiring.sent - before
+        await asyncio.sleep(REQUEST_RETRY_S * 1.5)
+        return at_once, wiring.sent - before
+
+    assert asyncio.run(scenario()) == (1, 2)
