@@ -3,8 +3,9 @@
 Theory of operation. The device never touches a socket or a clock. It has three
 inputs, each taking `now` (seconds on the caller's monotonic clock):
 
-- `send_packet(packet, now)`: an IP packet read from the TUN;
-- `receive_datagram(data, source, now)`: a UDP payload from the network;
+- `send_packets(packets, now)`: IP packets read from the TUN (`send_packet`: one);
+- `receive_datagrams(datagrams, source, now)`: UDP payloads from the network
+  (`receive_datagram`: one; `receive_segments`: one GRO receive);
 - `handle_timers(now)`: called at (or after) `next_timer()`.
 
 After any input the caller drains three outputs: `outgoing` (datagrams and the
@@ -231,13 +232,25 @@ class Device:
         peer = self._peers.get(public_key)
         if peer is None or peer.current is None or not peer.current.can_send(now):
             return False
-        self._send_transport(peer, peer.current, b"", now, endpoint)
+        self._send_keepalive_message(peer, peer.current, now, endpoint)
         return True
 
     # -- outbound ------------------------------------------------------------------
 
-    def send_packet(self, packet: bytes, now: float) -> None:
-        """Route an IP packet from the TUN to its peer, encrypting or queueing it."""
+    def send_packet(self, packet: BytesLike, now: float) -> None:
+        """Route one IP packet from the TUN: a batch of one (`send_packets`)."""
+        self.send_packets((packet,), now)
+
+    def _sealed_bytes(self, packets: Sequence[BytesLike]) -> int:
+        """What sealing `packets` takes, each padded and framed."""
+        mtu = self.mtu
+        return sum(padded_length(len(p), mtu) for p in packets) + len(packets) * (
+            _TRANSPORT_OVERHEAD_BYTES
+        )
+
+    def _stage(self, packet: BytesLike, now: float) -> None:
+        """A packet without a session to seal it with now: dropped (not IP, no route, no
+        endpoint), or queued for the handshake this starts."""
         addresses = packet_addresses(packet)
         if addresses is None:
             self.drops[DropReason.NOT_IP] += 1
@@ -249,25 +262,26 @@ class Device:
         if peer.endpoint is None:
             self.drops[DropReason.NO_ENDPOINT] += 1
             return
-        keypair = peer.current
-        if keypair is not None and keypair.can_send(now):
-            self._send_transport(peer, keypair, packet, now)
-            self._keep_key_fresh_sending(peer, keypair, now)
-            return
         if len(peer.staged) >= MAX_STAGED_PACKETS:
             peer.staged.popleft()
             self.drops[DropReason.QUEUE_FULL] += 1
         peer.staged.append(bytes(packet))
         self._send_initiation(peer, now, is_retry=False)
 
-    def send_packets(self, packets: Sequence[BytesLike], now: float, sealed: memoryview) -> None:
-        """Route and encrypt IP packets from the TUN, in order: `send_packet` for each.
+    def send_packets(
+        self, packets: Sequence[BytesLike], now: float, sealed: memoryview | None = None
+    ) -> None:
+        """Route and encrypt IP packets from the TUN, in order: the one send pipeline (a
+        single packet is a batch of one).
 
         Packets for a peer with a usable session are sealed back to back into `sealed`
-        with one bookkeeping per run of packets to the same destination; the views of
-        them appended to `outgoing` are valid until the caller reuses `sealed`. A packet
-        that does not fit, or has no session yet, takes `send_packet`'s way.
+        (a new buffer when None, or when the rest does not fit) with one bookkeeping per
+        run of packets to the same destination; the views of them appended to `outgoing`
+        are valid until the caller reuses `sealed`. A packet without a session is queued
+        for the handshake it starts (`_stage`).
         """
+        if sealed is None:
+            sealed = memoryview(bytearray(self._sealed_bytes(packets)))
         scratch = self._pad_scratch
         outgoing = self.outgoing
         pack_header = TRANSPORT_HEADER.pack_into
@@ -277,7 +291,7 @@ class Device:
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, PeerEndpoint] | None = None
         run_destination = b""
-        for packet in packets:
+        for position, packet in enumerate(packets):
             length = len(packet)
             # The run goes on for a well-formed packet to the same destination; a plain
             # IPv4 header is checked here, anything else by packet_addresses.
@@ -306,12 +320,19 @@ class Device:
                     run_start = offset
             padded = padded_length(length, mtu)
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
-            if run is None or end > capacity or counter >= REJECT_AFTER_MESSAGES:
+            if run is None or counter >= REJECT_AFTER_MESSAGES:
                 if run is not None:
                     self._sent_run(run, counter, offset - run_start, now)
                     run = None
-                self.send_packet(bytes(packet), now)
+                self._stage(packet, now)
                 continue
+            if end > capacity:
+                # The caller's buffer is full: the rest goes to a new one.
+                self._sent_run(run, counter, offset - run_start, now)
+                sealed = memoryview(bytearray(self._sealed_bytes(packets[position:])))
+                capacity = len(sealed)
+                offset = run_start = 0
+                end = padded + _TRANSPORT_OVERHEAD_BYTES
             pack_header(sealed, offset, MESSAGE_TRANSPORT, remote_index, counter)
             if padded != length:
                 scratch[:length] = packet
@@ -345,25 +366,19 @@ class Device:
         self._sent_transport(peer, sent_bytes, True, now)
         self._keep_key_fresh_sending(peer, keypair, now)
 
-    def _send_transport(
-        self,
-        peer: Peer,
-        keypair: Keypair,
-        packet: bytes,
-        now: float,
-        endpoint: PeerEndpoint | None = None,
+    def _send_keepalive_message(
+        self, peer: Peer, keypair: Keypair, now: float, endpoint: PeerEndpoint | None = None
     ) -> None:
+        """A transport message with nothing inside (to the peer's endpoint, or another)."""
         destination = endpoint or peer.endpoint
         assert destination is not None
         counter = keypair.send_counter
         keypair.send_counter = counter + 1
-        padding = padded_length(len(packet), self.mtu) - len(packet)
-        plaintext = packet + _PADDING[:padding] if padding else packet
         datagram = TRANSPORT_HEADER.pack(
             MESSAGE_TRANSPORT, keypair.remote_index, counter
-        ) + keypair.send_aead.encrypt(_NONCE.pack(counter), plaintext, None)
+        ) + keypair.send_aead.encrypt(_NONCE.pack(counter), b"", None)
         self.outgoing.append((datagram, destination))
-        self._sent_transport(peer, len(datagram), bool(packet), now)
+        self._sent_transport(peer, len(datagram), False, now)
 
     def _sent_transport(self, peer: Peer, sent_bytes: int, data: bool, now: float) -> None:
         """The timers and counters of transport messages just sent (`data`: not only
@@ -382,7 +397,7 @@ class Device:
         if peer.endpoint is None:
             return
         if keypair is not None and keypair.can_send(now):
-            self._send_transport(peer, keypair, b"", now)
+            self._send_keepalive_message(peer, keypair, now)
             self._keep_key_fresh_sending(peer, keypair, now)
         else:
             self._send_initiation(peer, now, is_retry=False)
@@ -450,20 +465,19 @@ class Device:
     # -- inbound -------------------------------------------------------------------
 
     def receive_datagram(self, data: bytes, source: PeerEndpoint, now: float) -> None:
-        """Handle one UDP payload from `source`; never raises on peer input."""
-        if len(data) < TRANSPORT_MIN_SIZE:
-            self.drops[DropReason.MALFORMED] += 1
-            return
+        """Handle one UDP payload from `source`: a batch of one (`receive_datagrams`)."""
+        self.receive_datagrams((data,), source, now)
+
+    def _receive_handshake_message(self, data: BytesLike, source: PeerEndpoint, now: float) -> None:
+        """An initiation, response or cookie reply (anything else is malformed)."""
         kind = data[0]
         try:
-            if kind == MESSAGE_TRANSPORT:
-                self._receive_transport(data, source, now)
-            elif kind == MESSAGE_INITIATION:
-                self._receive_initiation(data, source, now)
+            if kind == MESSAGE_INITIATION:
+                self._receive_initiation(bytes(data), source, now)
             elif kind == MESSAGE_RESPONSE:
-                self._receive_response(data, source, now)
+                self._receive_response(bytes(data), source, now)
             elif kind == MESSAGE_COOKIE_REPLY:
-                self._receive_cookie_reply(data, now)
+                self._receive_cookie_reply(bytes(data), now)
             else:
                 self.drops[DropReason.MALFORMED] += 1
         except MessageError as error:
@@ -476,16 +490,19 @@ class Device:
         datagrams: Sequence[BytesLike],
         source: PeerEndpoint,
         now: float,
-        plaintexts: memoryview,
+        plaintexts: memoryview | None = None,
     ) -> None:
-        """Handle the UDP payloads of one receive from `source`, in order:
-        `receive_datagram` for each.
+        """Handle the UDP payloads of one receive from `source`, in order; never raises
+        on peer input. The one receive pipeline: a single datagram is a batch of one,
+        and `receive_segments` comes here for what numpy cannot take at once.
 
-        Transport messages of an established session are decrypted back to back into
-        `plaintexts` (which must hold the sum of their lengths) with one bookkeeping per
-        run of one session; the packets appended to `to_tun` are views into it, valid
-        until the caller reuses `plaintexts`.
+        Transport messages are decrypted back to back into `plaintexts` (which must hold
+        the sum of their lengths; a new buffer when None) with one bookkeeping per run
+        of one session; the packets appended to `to_tun` are views into it, valid until
+        the caller reuses `plaintexts`. Handshake messages go to their handlers.
         """
+        if plaintexts is None:
+            plaintexts = memoryview(bytearray(sum(len(d) for d in datagrams)))
         drops = self.drops
         unpack_header = TRANSPORT_HEADER.unpack_from
         pack_nonce = _NONCE.pack
@@ -494,47 +511,56 @@ class Device:
         run_index = -1
         run: tuple[Peer, Keypair] | None = None
         for datagram in datagrams:
-            if len(datagram) >= TRANSPORT_MIN_SIZE:
-                kind, index, counter = unpack_header(datagram)
-                if kind == MESSAGE_TRANSPORT and index != run_index:
-                    if run is not None and run_bytes:
-                        self._received_transport(*run, source, run_bytes, run_data, now)
-                    run = self._receive_run(index, now)
-                    run_index = index if run is not None else -1
-                    run_bytes = 0
-                    run_data = False
-                if run is not None and kind == MESSAGE_TRANSPORT and index == run_index:
-                    peer, keypair = run
-                    replay = keypair.replay
-                    if not replay.check(counter):
-                        drops[DropReason.REPLAY] += 1
-                        continue
-                    length = len(datagram) - _TRANSPORT_OVERHEAD_BYTES
-                    plaintext = plaintexts[offset : offset + length]
-                    try:
-                        keypair.receive_aead.decrypt_into(
-                            pack_nonce(counter),
-                            memoryview(datagram)[TRANSPORT_HEADER_SIZE:],
-                            None,
-                            plaintext,
-                        )
-                    except InvalidTag:
-                        drops[DropReason.DECRYPT_FAILED] += 1
-                        continue
-                    if not replay.update(counter):
-                        drops[DropReason.REPLAY] += 1
-                        continue
-                    run_bytes += len(datagram)
-                    if length:
-                        run_data = True
-                        self._deliver(peer, plaintext)
-                        offset += length
+            if len(datagram) < TRANSPORT_MIN_SIZE:
+                drops[DropReason.MALFORMED] += 1
+                continue
+            kind, index, counter = unpack_header(datagram)
+            if kind != MESSAGE_TRANSPORT:
+                if run is not None and run_bytes:
+                    self._received_transport(*run, source, run_bytes, run_data, now)
+                run, run_index = None, -1
+                if datagram[0] == MESSAGE_TRANSPORT:
+                    drops[DropReason.MALFORMED] += 1  # non-zero reserved bytes
+                else:
+                    self._receive_handshake_message(datagram, source, now)
+                continue
+            if index != run_index:
+                if run is not None and run_bytes:
+                    self._received_transport(*run, source, run_bytes, run_data, now)
+                found = self._receive_run(index, now)
+                if isinstance(found, DropReason):
+                    drops[found] += 1
+                    run, run_index = None, -1
                     continue
-            if run is not None and run_bytes:
-                self._received_transport(*run, source, run_bytes, run_data, now)
-            run = None
-            run_index = -1
-            self.receive_datagram(bytes(datagram), source, now)
+                run, run_index = found, index
+                run_bytes = 0
+                run_data = False
+            assert run is not None
+            peer, keypair = run
+            replay = keypair.replay
+            if not replay.check(counter):
+                drops[DropReason.REPLAY] += 1
+                continue
+            length = len(datagram) - _TRANSPORT_OVERHEAD_BYTES
+            plaintext = plaintexts[offset : offset + length]
+            try:
+                keypair.receive_aead.decrypt_into(
+                    pack_nonce(counter),
+                    memoryview(datagram)[TRANSPORT_HEADER_SIZE:],
+                    None,
+                    plaintext,
+                )
+            except InvalidTag:
+                drops[DropReason.DECRYPT_FAILED] += 1
+                continue
+            if not replay.update(counter):
+                drops[DropReason.REPLAY] += 1
+                continue
+            run_bytes += len(datagram)
+            if length:
+                run_data = True
+                self._deliver(peer, plaintext)
+                offset += length
         if run is not None and run_bytes:
             self._received_transport(*run, source, run_bytes, run_data, now)
 
@@ -639,7 +665,8 @@ class Device:
         counters = np.ndarray((count,), "<u8", buffer, _COUNTER_OFFSET, (segment_size,))
         first, last = int(counters[0]), int(counters[-1])
         if (
-            run is None
+            isinstance(run, DropReason)
+            or run[1] is run[0].next
             or first <= run[1].replay.newest
             or last != first + count - 1
             or last >= REJECT_AFTER_MESSAGES
@@ -689,44 +716,16 @@ class Device:
         else:
             self.to_tun.append(plaintext[: addresses[2]])
 
-    def _receive_run(self, index: int, now: float) -> tuple[Peer, Keypair] | None:
-        """The peer and session of a receiver index, if it is one that takes data now
-        without a change of state (not a session still waiting for its first message)."""
+    def _receive_run(self, index: int, now: float) -> tuple[Peer, Keypair] | DropReason:
+        """The peer and session of a receiver index, or why its messages are dropped.
+        A session still waiting for its first message takes them too: the end of the
+        run (`_received_transport`) makes it the current one."""
         peer, keypair = self._by_index.get(index, (None, None))
         if peer is None or not isinstance(keypair, Keypair):
-            return None
-        if keypair is peer.next or not keypair.can_receive(now):
-            return None
-        return peer, keypair
-
-    def _receive_transport(self, data: bytes, source: PeerEndpoint, now: float) -> None:
-        type_word, index, counter = TRANSPORT_HEADER.unpack_from(data)
-        if type_word != MESSAGE_TRANSPORT:
-            self.drops[DropReason.MALFORMED] += 1
-            return
-        peer, keypair = self._by_index.get(index, (None, None))
-        if peer is None or not isinstance(keypair, Keypair):
-            self.drops[DropReason.UNKNOWN_INDEX] += 1
-            return
+            return DropReason.UNKNOWN_INDEX
         if not keypair.can_receive(now):
-            self.drops[DropReason.KEY_EXPIRED] += 1
-            return
-        if not keypair.replay.check(counter):
-            self.drops[DropReason.REPLAY] += 1
-            return
-        try:
-            plaintext = keypair.receive_aead.decrypt(
-                _NONCE.pack(counter), memoryview(data)[TRANSPORT_HEADER_SIZE:], None
-            )
-        except InvalidTag:
-            self.drops[DropReason.DECRYPT_FAILED] += 1
-            return
-        if not keypair.replay.update(counter):
-            self.drops[DropReason.REPLAY] += 1
-            return
-        self._received_transport(peer, keypair, source, len(data), bool(plaintext), now)
-        if plaintext:
-            self._deliver(peer, plaintext)
+            return DropReason.KEY_EXPIRED
+        return peer, keypair
 
     def _received_transport(
         self,
@@ -892,8 +891,9 @@ class Device:
         keypair = peer.current
         if not peer.staged or keypair is None or peer.endpoint is None:
             return False
-        while peer.staged:
-            self._send_transport(peer, keypair, peer.staged.popleft(), now)
+        staged = list(peer.staged)
+        peer.staged.clear()
+        self.send_packets(staged, now)
         return True
 
     def _forget_keypair(self, keypair: Keypair | None) -> None:

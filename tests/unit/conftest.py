@@ -16,7 +16,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 import pytest
 
 from pilotif.overlay.constants import MESSAGE_TRANSPORT
-from pilotif.overlay.crypto import BytesLike, generate_private_key
+from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.messages import TRANSPORT_HEADER
@@ -136,9 +136,10 @@ def make_pair(
     return a, b
 
 
-def take(node: Node) -> list[tuple[BytesLike, Endpoint]]:
-    """Every datagram the node queued, with its destination; empties the queue."""
-    queued = list(node.device.outgoing)
+def take(node: Node) -> list[tuple[bytes, Endpoint]]:
+    """Every datagram the node queued (copied out: sealed packets are views into the
+    device's buffers), with its destination; empties the queue."""
+    queued = [(bytes(datagram), endpoint) for datagram, endpoint in node.device.outgoing]
     node.device.outgoing.clear()
     return queued
 
