@@ -6,6 +6,7 @@ so the top entries are the functions whose own code (not their callees) ran most
 """
 
 import re
+import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ class SelfTime:
 
 def start_record(pid: int, duration_s: int, output: Path) -> "subprocess.Popen[bytes]":
     """Start sampling `pid` for `duration_s` into `output` (raw collapsed stacks)."""
+    if shutil.which("py-spy") is None:
+        raise SystemExit("the profile needs py-spy: pip install -e '.[bench]' (or --only ...)")
     return subprocess.Popen(
         [
             "py-spy",

@@ -58,6 +58,7 @@ from pilotif.overlay.events import (
     HandshakeCompleted,
     HandshakeGaveUp,
     KeysZeroed,
+    RelayEndpoint,
 )
 from pilotif.overlay.messages import TRANSPORT_HEADER
 
@@ -890,6 +891,25 @@ def test_responder_under_load_answers_with_a_cookie_and_accepts_mac2(
     assert b.device.drops[DropReason.COOKIE_REQUIRED] == 1
     exchange(a, b, retry_at)
     assert b.device.to_tun == [packet]
+
+
+def test_a_relayed_initiation_under_load_gets_a_cookie_reply_bound_to_the_peer(
+    pair: tuple[Node, Node],
+) -> None:
+    """Issue 9: under handshake load a relayed initiation reached
+    `cookie.source_bytes(("relay", slot))`, whose ValueError escaped receive_datagram
+    (which must never raise) and aborted the batch. Its cookie is now bound to the key the
+    relay forwarded it from."""
+    a, b = pair
+    relayed = RelayEndpoint(a.device.public_key)
+    b.device.set_endpoint(a.device.public_key, relayed)
+    _flood(b, NOW, UNDER_LOAD_HANDSHAKES_PER_S)
+    a.device.send_packet(a.packet_to(b), NOW)
+    ((initiation, _),) = take(a)
+    b.device.receive_datagram(initiation, relayed, NOW)
+    ((reply, endpoint),) = b.device.outgoing
+    assert (reply[0], len(reply), endpoint) == (MESSAGE_COOKIE_REPLY, COOKIE_REPLY_SIZE, relayed)
+    assert b.device.drops[DropReason.COOKIE_REQUIRED] == 1
 
 
 def test_responder_at_the_load_limit_still_answers_normally(pair: tuple[Node, Node]) -> None:
