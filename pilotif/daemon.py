@@ -33,7 +33,7 @@ from pilotif.keys import encode_key
 from pilotif.logs import log_event
 from pilotif.node.adapter import NodeRunner, RegistryError
 from pilotif.node.core import NodeCore, NodeOptions
-from pilotif.node.events import NodeEvent, PeerRemoved
+from pilotif.node.events import NodeEvent
 from pilotif.node.lan import local_endpoints
 from pilotif.node.trust import TrustFiles
 from pilotif.observe import (
@@ -44,17 +44,13 @@ from pilotif.observe import (
     Webhook,
     start_metrics_server,
 )
-from pilotif.observe.routes import ROUTES, event_fields
+from pilotif.observe.publisher import EventPublisher
 from pilotif.overlay.constants import TRANSPORT_MIN_SIZE
 from pilotif.overlay.device import Device
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import (
     Endpoint,
-    EndpointChanged,
     Event,
-    HandshakeCompleted,
-    KeysZeroed,
-    RelayEndpoint,
 )
 from pilotif.paths import StatePaths
 from pilotif.registry.wire import format_endpoint
@@ -127,9 +123,7 @@ class Daemon:
         self._names_version = -1
         self.events = EventBus()
         """Peer, path, trust and registry events for `pilotif events` and the webhook."""
-        self.handshakes = 0
-        self._peers_up: set[str] = set()
-        """Keys (base64) of peers with a session: peer_up was published, peer_down not yet."""
+        self.publisher = EventPublisher(self.events)
         self._metrics = metrics
         self._metrics_server: asyncio.AbstractServer | None = None
         self._webhook = Webhook(webhook, self.events) if webhook is not None else None
@@ -282,6 +276,7 @@ class Daemon:
             flush=self._flush,
             on_event=self._on_event,
         )
+        self.publisher.node = core
         await self.node.join()
         return self.node
 
@@ -447,59 +442,16 @@ class Daemon:
     # -- events and metrics ----------------------------------------------------------
 
     def _on_event(self, event: Event | NodeEvent) -> None:
-        """Log an event of either core as one line and publish it as its route says;
-        `peer_up` and `peer_down` are published here, once each way per peer."""
-        route = ROUTES[type(event)]
-        fields = event_fields(event)
-        if route.log is not None:
-            log_event(route.log, level=route.level, **fields)
-        if isinstance(event, HandshakeCompleted):
-            self.handshakes += 1
-            self._peer_up(event.public_key)
-        elif isinstance(event, PeerRemoved):
-            self._peer_down(event.public_key, event.peer, event.reason)
-        elif isinstance(event, KeysZeroed):
-            self._peer_down(event.public_key, self._peer_name(event.public_key), "silent")
-        elif isinstance(event, EndpointChanged) and not self._node_peer(event.public_key):
-            relayed = isinstance(event.endpoint, RelayEndpoint)
-            self.events.publish(
-                "path_changed",
-                peer=self._peer_name(event.public_key),
-                public_key=encode_key(event.public_key),
-                path="relay" if relayed else "direct",
-                endpoint=fields["endpoint"] if not relayed else None,
-            )
-        if route.publish is not None:
-            self.events.publish(route.publish, **fields)
+        """Log and publish an event of either core; keep the DNS names current."""
+        self.publisher.publish(event)
         if self.node is not None and self.node.core.peers_version != self._names_version:
             self._update_names()
-
-    def _node_peer(self, key: bytes) -> bool:
-        """Whether the node core chooses this peer's path (it publishes path_changed)."""
-        return self.node is not None and key in self.node.core.peers
-
-    def _peer_up(self, key: bytes) -> None:
-        encoded = encode_key(key)
-        if encoded not in self._peers_up:
-            self._peers_up.add(encoded)
-            self.events.publish("peer_up", peer=self._peer_name(key), public_key=encoded)
-
-    def _peer_down(self, key: bytes, name: str, reason: str) -> None:
-        encoded = encode_key(key)
-        if encoded in self._peers_up:
-            self._peers_up.discard(encoded)
-            self.events.publish("peer_down", peer=name, public_key=encoded, reason=reason)
 
     def _update_names(self) -> None:
         """Point the DNS table at the node's trusted peers."""
         if self.node is not None:
             self._names_version = self.node.core.peers_version
             self._dns_responder.table.update(self.node.core.names())
-
-    def _peer_name(self, key: bytes) -> str:
-        """The peer's hostname where the registry told us, else its key."""
-        peer = self.node.core.peers.get(key) if self.node is not None else None
-        return peer.hostname if peer is not None else encode_key(key)
 
     def _path_of(self, key: bytes) -> str:
         if self.node is not None:
@@ -512,14 +464,14 @@ class Daemon:
         return NodeSample(
             peers=[
                 PeerSample(
-                    name=self._peer_name(peer.public_key),
+                    name=self.publisher.peer_name(peer.public_key),
                     path=self._path_of(peer.public_key),
                     rx_bytes=peer.rx_bytes,
                     tx_bytes=peer.tx_bytes,
                 )
                 for peer in self.device.peers()
             ],
-            handshakes=self.handshakes,
+            handshakes=self.publisher.handshakes,
             drops={str(reason): count for reason, count in self.device.drops.items()},
             relay_rx_bytes=self._bind.counters["relay_rx_bytes"] if self._bind else 0,
             relay_tx_bytes=self._bind.counters["relay_tx_bytes"] if self._bind else 0,

@@ -60,19 +60,28 @@ def write_private_file(path: Path, text: str) -> None:
         raise
 
 
-def read_state_file(path: Path) -> str | None:
-    """The text of a state file, None if it does not exist; StateFileError if it is a
-    symbolic link (never followed) or cannot be read."""
+def _open_no_follow(path: Path, flags: int) -> int:
+    """`os.open` that never follows a symbolic link at `path` (new files get mode 0600);
+    FileNotFoundError passes through, any other failure is a StateFileError."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, _KEY_FILE_MODE)
     except FileNotFoundError:
-        return None
+        raise
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise StateFileError(
                 f"{path} is a symbolic link; pilotif does not follow links there"
             ) from None
-        raise StateFileError(f"cannot read {path}: {error.strerror}") from None
+        raise StateFileError(f"cannot open {path}: {error.strerror}") from None
+
+
+def read_state_file(path: Path) -> str | None:
+    """The text of a state file, None if it does not exist; StateFileError if it is a
+    symbolic link (never followed) or cannot be read."""
+    try:
+        fd = _open_no_follow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
     try:
         with os.fdopen(fd, encoding="utf-8") as handle:
             return handle.read()
@@ -83,15 +92,11 @@ def read_state_file(path: Path) -> str | None:
 def append_private_file(path: Path) -> BinaryIO:
     """`path` opened for appending (created with mode 0600); StateFileError if it is a
     symbolic link (never followed) or cannot be opened."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.fdopen(os.open(path, flags, _KEY_FILE_MODE), "ab")
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            raise StateFileError(
-                f"{path} is a symbolic link; pilotif does not follow links there"
-            ) from None
+        fd = _open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    except FileNotFoundError as error:
         raise StateFileError(f"cannot open {path}: {error.strerror}") from None
+    return os.fdopen(fd, "ab")
 
 
 def load_or_create_key(path: Path) -> bytes:

@@ -1,8 +1,11 @@
-"""The event bus: order, the bound on a slow subscriber and the notice of what it lost."""
+"""The event bus: order, the bound on a slow subscriber and the notice of what it lost;
+the publisher that turns the cores' events into it."""
 
 import asyncio
 
 from pilotif.observe import Event, EventBus, Subscription
+from pilotif.observe.publisher import EventPublisher
+from pilotif.overlay.events import EndpointChanged, HandshakeCompleted, KeysZeroed, RelayEndpoint
 
 
 async def _take(subscription: Subscription, count: int) -> list[Event]:
@@ -63,3 +66,26 @@ def test_publishing_without_subscribers_or_a_loop_is_harmless() -> None:
     subscription.close()
     subscription.close()
     assert bus.subscribers == 0
+
+
+def test_the_publisher_says_peer_up_and_down_once_each_and_where_static_peers_roam() -> None:
+    key = bytes(range(32))
+
+    async def scenario() -> tuple[list[Event], int]:
+        bus = EventBus()
+        subscription = bus.subscribe()
+        publisher = EventPublisher(bus)
+        publisher.publish(HandshakeCompleted(key, initiator=True))
+        publisher.publish(HandshakeCompleted(key, initiator=False))
+        publisher.publish(EndpointChanged(key, ("198.18.0.2", 51820)))
+        publisher.publish(EndpointChanged(key, RelayEndpoint(key)))
+        publisher.publish(KeysZeroed(key))
+        publisher.publish(KeysZeroed(key))
+        return await _take(subscription, 4), publisher.handshakes
+
+    events, handshakes = asyncio.run(scenario())
+    assert [e["event"] for e in events] == ["peer_up", "path_changed", "path_changed", "peer_down"]
+    assert (events[1]["path"], events[1]["endpoint"]) == ("direct", "198.18.0.2:51820")
+    assert (events[2]["path"], events[2]["endpoint"]) == ("relay", None)
+    assert events[3]["reason"] == "silent"
+    assert handshakes == 2
