@@ -411,6 +411,10 @@ class NodeCore:
         elif not was_online:
             self.events.append(RegistryRegained())
             self.sync_trust(now)
+        elif reply.get("resync") is True:
+            # The registry did not know our session (it restarted): pushes it had for us
+            # meanwhile were not sent.
+            self.sync_trust(now)
 
     # -- trust -----------------------------------------------------------------------
 

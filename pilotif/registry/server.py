@@ -137,6 +137,9 @@ class _Request:
     now: float
     pushes: list[_Push]
     """Messages to send after the reply, sealed in order so that counters rise."""
+    new_session: bool
+    """The first message of this node's session that we see (a new `up`, or our restart:
+    pushes meant for it meanwhile were not sent)."""
 
 
 class RegistryCore:
@@ -281,9 +284,13 @@ class RegistryCore:
             self._channels.move_to_end(sender)
         self.counters["control_messages"] += 1
         session = message.get("session")
+        new_session = False
         if type(session) is int and 0 <= session <= MAX_REQUEST_ID:
+            new_session = self._sessions.get(sender) != session
             self._sessions[sender] = session
-        request = _Request(sender, self.store.node_by_key(sender), message, source, now, [])
+        request = _Request(
+            sender, self.store.node_by_key(sender), message, source, now, [], new_session
+        )
         rtt_ms = message.get("rtt_ms")
         if request.record is not None and type(rtt_ms) is int and rtt_ms >= 0:
             self._rtt_ms[sender] = min(rtt_ms, MAX_RTT_MS)
@@ -408,6 +415,7 @@ class RegistryCore:
             "hostname": record.hostname,
             "public_endpoint": endpoint,
             "network": str(self.store.network),
+            "resync": request.new_session,
         }
 
     # -- lookups ---------------------------------------------------------------------

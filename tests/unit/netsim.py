@@ -209,11 +209,9 @@ class Network:
         self.now = START_S
         self.rng = random.Random(seed)
         self.loss = loss
-        self.registry = RegistryCore(
-            generate_private_key(),
-            Store(tmp / "registry.db", IPv4Network(NETWORK)),
-            first_counter=1,
-        )
+        self._registry_key = generate_private_key()
+        self._store = Store(tmp / "registry.db", IPv4Network(NETWORK))
+        self.registry = RegistryCore(self._registry_key, self._store, first_counter=1)
         self.nodes: list[SimNode] = []
         self.nats: dict[str, Nat] = {}
         self._queue: list[_InFlight] = []
@@ -311,6 +309,13 @@ class Network:
             node.core.start(self.now)
             node.flush()
         self.run_until(lambda: all(n.core.joined for n in nodes), 10.0)
+
+    def restart_registry(self) -> None:
+        """A new registry process on the same key and database: what it kept in memory
+        (endpoints aside, which the database holds) is gone."""
+        self.registry = RegistryCore(
+            self._registry_key, self._store, first_counter=self.registry.counter + 1
+        )
 
     def trust(self, asker: SimNode, approver: SimNode) -> None:
         """`asker` asks for trust and `approver` approves, as two users would."""

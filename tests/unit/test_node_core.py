@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pilotif.node.core import REGISTER_INTERVAL_S
 from pilotif.node.events import (
     Joined,
     PathChanged,
@@ -174,6 +175,25 @@ def test_untrust_takes_the_peer_down_on_both_sides_and_forgets_the_consent(
     assert alpha.device.public_key not in beta.core.peers
     assert beta.device.public_key not in alpha.trust.consented
     assert alpha.device.public_key not in beta.trust.consented
+
+
+def test_an_approval_during_a_registry_restart_reaches_the_node_at_its_next_heartbeat(
+    net: Network,
+) -> None:
+    """A restarted registry does not know the nodes' sessions, so it sends them no push
+    until they speak; the first register of a session it did not know says `resync`, and
+    the node fetches its trust list then."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    net.up(alpha, beta)
+    alpha.call("trust_request", peer=beta.key, message="")
+    net.run(0.5)
+    net.restart_registry()
+    beta.call("trust_respond", peer=alpha.key, approve=True)
+    net.run(1.0)
+    assert beta.device.public_key not in alpha.core.peers
+    assert net.registry.counters["push_no_session"] >= 1
+    net.run(REGISTER_INTERVAL_S + 1)
+    assert beta.device.public_key in alpha.core.peers
 
 
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
