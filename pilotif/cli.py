@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -367,14 +368,23 @@ def status(as_json: bool, state_dir: Path) -> None:
     click.echo(_format_status(state))
 
 
+def _registry_state(node: dict[str, Any]) -> str:
+    if node["registry_online"]:
+        return "online"
+    since = node.get("registry_unreachable_since")
+    if since is None:
+        return "UNREACHABLE"
+    stamp = datetime.fromtimestamp(since).strftime("%H:%M:%S")
+    return f"UNREACHABLE since {stamp} ({time.time() - since:.0f} s)"
+
+
 def _format_status(state: dict[str, Any]) -> str:
     node = state.get("node")
     lines = []
     if node:
         lines += [
             f"node: {node['hostname']} ({node['ipv4']}, {node['ipv6']})",
-            f"  registry: {node['registry']} "
-            + ("online" if node["registry_online"] else "UNREACHABLE"),
+            f"  registry: {node['registry']} " + _registry_state(node),
             f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
         ]
         for hostname, reason in node["refused_peers"].items():

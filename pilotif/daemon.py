@@ -547,5 +547,13 @@ class Daemon:
                 "tso_max_segments": self._tso_max_segments,
                 "udp": self._bind.status() if self._bind else None,
             },
-            "node": self.node.core.status() if self.node is not None else None,
+            "node": self._node_status(wall_offset),
         }
+
+    def _node_status(self, wall_offset: float) -> dict[str, Any] | None:
+        if self.node is None:
+            return None
+        status = self.node.core.status()
+        lost = status.pop("registry_lost_s")
+        status["registry_unreachable_since"] = None if lost is None else lost + wall_offset
+        return status

@@ -77,6 +77,12 @@ from pilotif.overlay.peer import Peer
 from pilotif.registry.wire import PUNCH_OPENER, format_endpoint, parse_endpoint
 
 REGISTER_INTERVAL_S: Final = 20.0
+REGISTRY_RETRY_S: Final = 1.0
+"""While the registry is unreachable: the pause before registering again, so that a
+registry that comes back (a restart, an upgrade) sees its nodes within about a second."""
+REGISTRY_RECENT_S: Final = 120.0
+"""For this long after the registry was last heard, retry every REGISTRY_RETRY_S; later
+only every REGISTER_INTERVAL_S (each register still tries REQUEST_ATTEMPTS times)."""
 """How often a node registers again (its heartbeat)."""
 PATH_POLL_S: Final = 0.5
 """How often the core looks at a direct path's answers."""
@@ -160,6 +166,8 @@ class NodeCore:
         self.network: IPv4Network | None = None
         self.public_endpoint: str | None = None
         self.registry_online = False
+        self.registry_lost_s: float | None = None
+        """When the registry stopped answering (None while it answers)."""
         self.joined = False
         self.peers: dict[bytes, TrustedPeer] = {}
         self.peers_version = 0
@@ -365,11 +373,16 @@ class NodeCore:
         if self.registry_online or not self.joined:
             self.registry_online = False
             if self.joined:
+                self.registry_lost_s = now
                 self.events.append(RegistryLost(self._unreachable()[1]))
             if not self._checking_key:
                 # Silence from a pinned registry: does it answer with another key?
                 self._checking_key = True
                 self.link.fetch_key(now)
+        if self.joined:
+            heard = self.link.last_heard_s
+            recent = heard is not None and now - heard <= REGISTRY_RECENT_S
+            self._next_register_s = now + (REGISTRY_RETRY_S if recent else REGISTER_INTERVAL_S)
 
     def _on_refusal(self, op: str, reply: dict[str, Any]) -> None:
         code, error, hint = _refusal(reply)
@@ -403,6 +416,7 @@ class NodeCore:
         self.public_endpoint = endpoint if isinstance(endpoint, str) else None
         self._next_register_s = now + REGISTER_INTERVAL_S
         was_online, self.registry_online = self.registry_online, True
+        self.registry_lost_s = None
         if not self.joined:
             self.joined = True
             self.device.accept_only_to([ipv4.packed, self.ipv6.packed])
@@ -783,6 +797,7 @@ class NodeCore:
             "registry": format_endpoint(self.link.endpoint),
             "registry_key": encode_key(key) if key else None,
             "registry_online": self.registry_online,
+            "registry_lost_s": self.registry_lost_s,
             "public_endpoint": self.public_endpoint,
             "lan_endpoints": self.lan_endpoints,
             "nat": self.nat_type(),

@@ -130,6 +130,8 @@ class SimNode:
             first_counter=1,
         )
         self.framing = RelayFraming(REGISTRY)
+        self.control_sent = 0
+        """Datagrams sent to the registry's address."""
         self.events: list[NodeEvent] = []
         self.received: list[bytes] = []
         """IP packets the device handed to the TUN."""
@@ -140,6 +142,8 @@ class SimNode:
 
     def flush(self) -> None:
         for data, to in self.core.datagrams_to_send():
+            if to == REGISTRY:
+                self.control_sent += 1
             self.net.send(self, data, to)
         for data, endpoint in self.device.outgoing:
             if isinstance(endpoint, RelayEndpoint):
@@ -219,6 +223,8 @@ class Network:
         self._wan = itertools.count(11)
         self.delays: dict[tuple[str, str], float] = {}
         """Extra delay of datagrams from one public address to another."""
+        self.registry_down = False
+        """While True, whatever reaches the registry is lost (its process is stopped)."""
 
     def node(
         self,
@@ -260,6 +266,8 @@ class Network:
 
     def _arrive(self, item: _InFlight) -> None:
         if item.to == REGISTRY:
+            if self.registry_down:
+                return
             for data, to in self.registry.handle_datagram(item.data, item.source, self.now):
                 self._transmit(data, REGISTRY, to)
             return

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,14 @@ def test_status_says_which_offloads_are_on_and_what_was_refused() -> None:
     assert "  udp v4: gro" in text
     assert "  udp v4 gso dropped: EIO on a GSO send" in text
     assert "udp v6" not in text
+
+
+def test_status_says_since_when_the_registry_is_unreachable() -> None:
+    from pilotif.cli import _registry_state
+
+    since = time.time() - 42
+    node = {"registry_online": False, "registry_unreachable_since": since}
+    text = _registry_state(node)
+    assert text.startswith("UNREACHABLE since ")
+    assert text.endswith("(42 s)")
+    assert _registry_state({"registry_online": True}) == "online"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.node.core import REGISTER_INTERVAL_S
+from pilotif.node.core import REGISTER_INTERVAL_S, REGISTRY_RECENT_S, REGISTRY_RETRY_S
 from pilotif.node.events import (
     Joined,
     PathChanged,
@@ -26,6 +26,7 @@ from pilotif.node.paths import (
     PathState,
     next_state,
 )
+from pilotif.node.registry_link import REQUEST_ATTEMPTS
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import RelayEndpoint
 from tests.unit.netsim import (
@@ -194,6 +195,36 @@ def test_an_approval_during_a_registry_restart_reaches_the_node_at_its_next_hear
     assert net.registry.counters["push_no_session"] >= 1
     net.run(REGISTER_INTERVAL_S + 1)
     assert beta.device.public_key in alpha.core.peers
+
+
+def test_nodes_are_back_within_seconds_of_the_registry_and_say_since_when_it_was_away(
+    net: Network,
+) -> None:
+    """Issue 10: a node noticed a returning registry only at its next heartbeat (up to
+    20 s later). While the registry was heard recently it retries every second."""
+    alpha = net.node("alpha")
+    net.up(alpha)
+    net.registry_down = True
+    net.run_until(lambda: not alpha.core.registry_online, REGISTER_INTERVAL_S + 10)
+    lost_s = alpha.core.registry_lost_s
+    assert lost_s is not None and alpha.core.status()["registry_lost_s"] == lost_s
+    net.run(30.0)
+    net.registry_down = False
+    back_at = net.now
+    net.run_until(lambda: alpha.core.registry_online, 10.0)
+    assert net.now - back_at <= REGISTRY_RETRY_S * 2 + 0.5
+    assert alpha.core.registry_lost_s is None
+
+
+def test_a_registry_away_for_long_is_tried_every_heartbeat_only(net: Network) -> None:
+    alpha = net.node("alpha")
+    net.up(alpha)
+    net.registry_down = True
+    net.run(REGISTRY_RECENT_S + REGISTER_INTERVAL_S * 2)
+    sent_before = alpha.control_sent
+    net.run(REGISTER_INTERVAL_S * 3)
+    attempts = alpha.control_sent - sent_before
+    assert attempts <= 3 * (REQUEST_ATTEMPTS + 1), attempts
 
 
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
