@@ -217,7 +217,7 @@ class NodeCore:
         for item in self.link.receive(data, now):
             self._on_link(item, now)
 
-    def _may_roam(self, state: Peer, source: PeerEndpoint, now: float) -> bool:
+    def _may_roam(self, state: Peer, source: PeerEndpoint, now: float, initiation: bool) -> bool:
         """The device's roam filter: may an authenticated packet from `source` move the
         peer's endpoint there? The path table decides; a relayed packet speaks only for
         the peer the relay forwarded it from."""
@@ -227,6 +227,9 @@ class NodeCore:
         if isinstance(source, RelayEndpoint):
             if source.peer != peer.public_key:
                 return False
+            if initiation:
+                # The peer (re)started a session through the relay: answer it there.
+                return self._input(peer, PathInput.RELAYED_INITIATION, now, source)
             last = state.last_received_s
             if last is not None and now - last <= DIRECT_PATH_TIMEOUT_S:
                 return False
@@ -621,7 +624,11 @@ class NodeCore:
             return state in DIRECT_STATES and event == PathInput.DIRECT_PACKET
         previous, peer.state = peer.state, state
         self._enter(peer, previous, event, now, source)
-        return event in (PathInput.DIRECT_PACKET, PathInput.RELAYED_PACKET_AFTER_SILENCE)
+        return event in (
+            PathInput.DIRECT_PACKET,
+            PathInput.RELAYED_PACKET_AFTER_SILENCE,
+            PathInput.RELAYED_INITIATION,
+        )
 
     def _enter(
         self,

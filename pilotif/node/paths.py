@@ -73,6 +73,9 @@ class PathInput(StrEnum):
     RELAYED_PACKET_AFTER_SILENCE = "relayed_packet_after_silence"
     """An authenticated packet came through the relay while the direct path has been
     silent for DIRECT_PATH_TIMEOUT_S (the other side fell back)."""
+    RELAYED_INITIATION = "relayed_initiation"
+    """A handshake initiation of the peer came through the relay: it restarted, or lost
+    its direct path, and answers only there."""
     UNANSWERED = "unanswered"
     """Data sent on the direct path is unanswered for PATH_CHECK_AFTER_S."""
     ANSWERED = "answered"
@@ -92,10 +95,12 @@ TRANSITIONS: Final[dict[tuple[PathState, PathInput], PathState]] = {
     (PathState.DIRECT, PathInput.UNANSWERED): PathState.SUSPECT,
     (PathState.DIRECT, PathInput.SILENT): PathState.HELD,
     (PathState.DIRECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
+    (PathState.DIRECT, PathInput.RELAYED_INITIATION): PathState.RELAY,
     (PathState.SUSPECT, PathInput.DIRECT_PACKET): PathState.SUSPECT,
     (PathState.SUSPECT, PathInput.ANSWERED): PathState.DIRECT,
     (PathState.SUSPECT, PathInput.SILENT): PathState.HELD,
     (PathState.SUSPECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
+    (PathState.SUSPECT, PathInput.RELAYED_INITIATION): PathState.RELAY,
 }
 """(state, input) -> the next state; pairs not listed leave the state unchanged."""
 

@@ -147,9 +147,10 @@ class Device:
         """Packed addresses (4 or 16 bytes) that decrypted packets must be addressed to;
         None takes any destination (a plain WireGuard interface that may route)."""
         self._local_ipv4 = -1
-        self.roam_filter: Callable[[Peer, PeerEndpoint, float], bool] | None = None
+        self.roam_filter: Callable[[Peer, PeerEndpoint, float, bool], bool] | None = None
         """Decides whether a peer's endpoint may move to the source of an authenticated
-        packet; None lets it follow every one (plain WireGuard roaming)."""
+        packet (the last argument: it is a handshake initiation); None lets it follow
+        every one (plain WireGuard roaming)."""
 
     # -- configuration -------------------------------------------------------------
 
@@ -805,7 +806,7 @@ class Device:
         peer.greatest_timestamp = state.timestamp
         peer.last_initiation_received_s = now
         peer.rx_bytes += len(data)
-        self._authenticated_from(peer, source, now, answered=False)
+        self._authenticated_from(peer, source, now, answered=False, initiation=True)
         index = self._new_index()
         response, keys = create_response(
             self.local, state, peer.preshared_key, index, generate_private_key()
@@ -865,13 +866,21 @@ class Device:
     # -- session bookkeeping -------------------------------------------------------
 
     def _authenticated_from(
-        self, peer: Peer, source: PeerEndpoint, now: float, *, answered: bool
+        self,
+        peer: Peer,
+        source: PeerEndpoint,
+        now: float,
+        *,
+        answered: bool,
+        initiation: bool = False,
     ) -> None:
         """An authenticated packet arrived: the endpoint roams to its source (unless the
         roam filter keeps it). Data or a handshake response on the current path answers
         what we sent; a keepalive or an initiation proves only the way towards us."""
         if peer.endpoint != source and (
-            peer.endpoint is None or self.roam_filter is None or self.roam_filter(peer, source, now)
+            peer.endpoint is None
+            or self.roam_filter is None
+            or self.roam_filter(peer, source, now, initiation)
         ):
             peer.endpoint = source
             self.events.append(EndpointChanged(peer.public_key, source))

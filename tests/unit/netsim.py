@@ -119,16 +119,9 @@ class SimNode:
         self.address: Endpoint = (lan_ip, NODE_PORT)
         self.nat = nat
         self.device = Device(generate_private_key(), mtu=1420, wall_offset_s=START_S)
-        options = NodeOptions(REGISTRY, hostname, list(tags), None, auto_approve)
+        self.options = NodeOptions(REGISTRY, hostname, list(tags), None, auto_approve)
         self.trust = TrustRecord(registry_key=net.registry.public_key)
-        self.core = NodeCore(
-            options,
-            self.device,
-            self.trust,
-            registry=REGISTRY,
-            lan_endpoints=[f"{lan_ip}:{NODE_PORT}"],
-            first_counter=1,
-        )
+        self.core = self._new_core(first_counter=1)
         self.framing = RelayFraming(REGISTRY)
         self.control_sent = 0
         """Datagrams sent to the registry's address."""
@@ -158,6 +151,26 @@ class SimNode:
         self.device.events.clear()
         self.events += self.core.events
         self.core.events = []
+
+    def _new_core(self, *, first_counter: int) -> NodeCore:
+        return NodeCore(
+            self.options,
+            self.device,
+            self.trust,
+            registry=REGISTRY,
+            lan_endpoints=[f"{self.address[0]}:{self.address[1]}"],
+            first_counter=first_counter,
+        )
+
+    def restart(self, port: int) -> None:
+        """`pilotif down`, then `up` on another UDP port (as `up` without --listen-port
+        gets): a new device and core with the same key and the trust record it kept."""
+        counter = self.core.link.counter
+        self.address = (self.address[0], port)
+        self.device = Device(self.device.local.private_key, mtu=1420, wall_offset_s=START_S)
+        self.core = self._new_core(first_counter=counter + 1)
+        self.core.start(self.net.now)
+        self.flush()
 
     def deliver(self, data: bytes, source: Endpoint) -> None:
         now = self.net.now

@@ -227,6 +227,23 @@ def test_a_registry_away_for_long_is_tried_every_heartbeat_only(net: Network) ->
     assert attempts <= 3 * (REQUEST_ATTEMPTS + 1), attempts
 
 
+def test_a_restarted_node_is_reached_again_within_two_seconds(net: Network) -> None:
+    """Issue 10: after `down`/`up` the other side reached the node only after its own
+    timers (7 s in the lab): its answer to the restarted node's initiation, which came
+    through the relay, went to the old direct endpoint."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), 10.0)
+    alpha.restart(port=40000)
+    net.run_until(lambda: alpha.core.joined, 5.0)
+    restarted_at = net.now
+    sequence = 1
+    while not _ping_arrives(net, beta, alpha, sequence):
+        sequence += 1
+        assert net.now - restarted_at < 30.0
+    assert net.now - restarted_at <= 2.0, net.now - restarted_at
+
+
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
     alpha = net.node("alpha")
     beta = net.node("beta", auto_approve="tag:team")
@@ -407,7 +424,8 @@ def test_the_relay_speaks_only_for_the_peer_it_forwarded_from(net: Network) -> N
     _trusting(net, alpha, beta)
     state = alpha.device.peer(beta.device.public_key)
     assert state is not None
-    assert not alpha.core._may_roam(state, RelayEndpoint(b"\x01" * 32), net.now)
+    for initiation in (False, True):
+        assert not alpha.core._may_roam(state, RelayEndpoint(b"\x01" * 32), net.now, initiation)
 
 
 # -- the path table ---------------------------------------------------------------------
