@@ -278,6 +278,25 @@ class Agent:
             raise LabError(f"{error}; last peers row: {last[0]}") from None
 
 
+def trust(asker: Agent, approver: Agent) -> None:
+    """`asker` asks for trust, `approver` approves once the request has arrived, as two
+    users would."""
+    asker.pilotif("handshake", approver.hostname, "--message", "lab")
+    poll_until(
+        lambda: (
+            True
+            if any(
+                entry["node"]["hostname"] == asker.hostname
+                for entry in approver.json("pending").get("incoming", [])
+            )
+            else None
+        ),
+        PATH_TIMEOUT_S,
+        f"{asker.hostname}'s request in {approver.hostname}'s pending",
+    )
+    approver.pilotif("approve", asker.hostname)
+
+
 @dataclass
 class NatLab:
     """The public switch with the registry, the routers and their agents."""

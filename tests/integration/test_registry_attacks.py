@@ -22,7 +22,7 @@ from pilotif.lab.nat import (
     NatKind,
     NatLab,
     nat_lab,
-    poll_until,
+    trust,
 )
 from pilotif.overlay.crypto import public_key
 from pilotif.registry.server import UNPROVEN_BURST
@@ -162,13 +162,7 @@ def test_routers_that_take_packets_for_themselves_still_go_direct_20_of_20(
             try:
                 alpha.up()
                 beta.up()
-                alpha.pilotif("handshake", beta.hostname)
-                poll_until(
-                    lambda b=beta, a=alpha: True if b.json("pending").get("incoming") else None,
-                    PATH_TIMEOUT_S,
-                    f"{alpha.hostname}'s request at {beta.hostname}",
-                )
-                beta.pilotif("approve", alpha.hostname)
+                trust(alpha, beta)
                 trusted_at = time.monotonic()
                 alpha.wait_for_path(beta.hostname, ("direct",), PATH_TIMEOUT_S)
                 beta.wait_for_path(alpha.hostname, ("direct",), PATH_TIMEOUT_S)

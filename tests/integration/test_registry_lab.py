@@ -31,6 +31,7 @@ from pilotif.lab.nat import (
     NatLab,
     nat_lab,
     poll_until,
+    trust,
 )
 from pilotif.lab.nat_demo import run_nat_demo
 from pilotif.lab.netns import NAMESPACE_PREFIX, run_checked
@@ -66,24 +67,6 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _trust(asker: Agent, approver: Agent) -> None:
-    """`asker` asks for trust, `approver` approves it, as two users would."""
-    asker.pilotif("handshake", approver.hostname, "--message", "lab test")
-    poll_until(
-        lambda: (
-            True
-            if any(
-                entry["node"]["hostname"] == asker.hostname
-                for entry in approver.json("pending").get("incoming", [])
-            )
-            else None
-        ),
-        PATH_TIMEOUT_S,
-        f"{asker.hostname}'s request in {approver.hostname}'s pending",
-    )
-    approver.pilotif("approve", asker.hostname)
-
-
 @pytest.fixture
 def cone_pair(workdir: Path) -> Iterator[NatLab]:
     """alpha and beta behind two cone NATs, up and trusting each other."""
@@ -95,7 +78,7 @@ def cone_pair(workdir: Path) -> Iterator[NatLab]:
 def _up_and_trust(lab: NatLab, asker: str, approver: str) -> None:
     lab[asker].up()
     lab[approver].up()
-    _trust(lab[asker], lab[approver])
+    trust(lab[asker], lab[approver])
 
 
 def _wait_both(

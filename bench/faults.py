@@ -1,0 +1,181 @@
+"""Faults, measured: what a user sees while the registry, the network or a daemon fails.
+
+    sudo python3 bench/faults.py            # every fault below
+    sudo python3 bench/faults.py --only registry-restart daemon-restart
+
+For each fault a fresh NAT lab (pilotif.lab.nat: a registry on the lab's internet, alpha
+and beta behind two routers, cone for the direct path and symmetric for the relay) comes
+up with alpha and beta trusting each other. While the fault happens, alpha pings beta
+every 200 ms (`ping -D -O`) and sends beta a sha256-checked TCP stream. It prints per
+fault and path: pings lost, the longest silence between two answers (the outage, in
+seconds), how long until the daemons said the registry was back where that applies, and
+whether the transfer arrived intact. Figures go to docs/BENCHMARKS.md with this command.
+"""
+
+import argparse
+import itertools
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+from pilotif.lab.checks import RunningTransfer, start_transfer
+from pilotif.lab.nat import NatKind, NatLab, nat_lab, poll_until, trust
+
+PING_INTERVAL_S = 0.2
+SETTLE_S = 3.0
+"""Pinging before and after the fault, so the silence is measured between answers."""
+TRANSFER_BYTES = 20 * 2**20
+TRANSFER_S = 45.0
+"""How long the transfer lasts: longer than any fault here, so that each falls inside."""
+REGISTRY_DOWN_S = 10.0
+PATH_TIMEOUT_S = 15.0
+ONLINE_TIMEOUT_S = 60.0
+EXIT_NOT_ROOT = 2
+NODES = ("alpha", "beta")
+_REPLY = re.compile(r"^\[(?P<time>[\d.]+)\] \d+ bytes from .* icmp_seq=(?P<seq>\d+)")
+_NO_ANSWER = re.compile(r"^\[[\d.]+\] no answer yet for icmp_seq=(?P<seq>\d+)")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the probe and the transfer saw during one fault."""
+
+    fault: str
+    path: str
+    lost: int
+    sent: int
+    longest_silence_s: float
+    registry_back_s: float | None
+    intact: bool
+
+
+def _registry_online(lab: NatLab) -> bool:
+    return all(lab[name].status()["node"]["registry_online"] for name in NODES)
+
+
+def registry_restart(lab: NatLab) -> float | None:
+    """The registry stops for REGISTRY_DOWN_S, long enough for the nodes to notice only
+    if a heartbeat falls in it; returns how long after its return both said online."""
+    lab.stop_registry()
+    time.sleep(REGISTRY_DOWN_S)
+    lab.start_registry()
+    back = time.monotonic()
+    poll_until(lambda: True if _registry_online(lab) else None, ONLINE_TIMEOUT_S, "online")
+    return time.monotonic() - back
+
+
+def registry_outage_noticed(lab: NatLab) -> float | None:
+    """The registry stops until both nodes say it is unreachable, then returns."""
+    lab.stop_registry()
+    poll_until(
+        lambda: None if any(lab[n].status()["node"]["registry_online"] for n in NODES) else True,
+        ONLINE_TIMEOUT_S,
+        "both nodes noticing",
+    )
+    lab.start_registry()
+    back = time.monotonic()
+    poll_until(lambda: True if _registry_online(lab) else None, ONLINE_TIMEOUT_S, "online")
+    return time.monotonic() - back
+
+
+def daemon_restart(lab: NatLab) -> float | None:
+    """beta's daemon goes down and up again (on a new UDP port)."""
+    lab["beta"].down()
+    lab["beta"].restart()
+    return None
+
+
+def nat_flush(lab: NatLab) -> float | None:
+    """Both routers forget every NAT mapping (`conntrack -F`)."""
+    for router in lab.routers:
+        router.namespace.run("conntrack", "-F", check=False)
+    return None
+
+
+FAULTS: dict[str, Callable[[NatLab], float | None]] = {
+    "registry-restart": registry_restart,
+    "registry-outage": registry_outage_noticed,
+    "daemon-restart": daemon_restart,
+    "nat-flush": nat_flush,
+}
+PATHS = {"direct": (NatKind.CONE, NatKind.CONE), "relay": (NatKind.SYMMETRIC, NatKind.SYMMETRIC)}
+
+
+def _probe_result(output: str) -> tuple[int, int, float]:
+    """(lost, sent, longest silence between answers) of `ping -D -O` output."""
+    answered: dict[int, float] = {}
+    asked: set[int] = set()
+    for line in output.splitlines():
+        if reply := _REPLY.match(line):
+            answered[int(reply["seq"])] = float(reply["time"])
+            asked.add(int(reply["seq"]))
+        elif missing := _NO_ANSWER.match(line):
+            asked.add(int(missing["seq"]))
+    times = sorted(answered.values())
+    silence = max((b - a for a, b in itertools.pairwise(times)), default=0.0)
+    sent = max(asked, default=0)
+    return sent - len(answered), sent, silence
+
+
+def run_fault(fault: str, path: str, workdir: Path) -> Outcome:
+    run_dir = workdir / f"{fault}-{path}"
+    run_dir.mkdir()
+    with nat_lab(PATHS[path], (("alpha", 0), ("beta", 1)), run_dir) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", (path,), PATH_TIMEOUT_S)
+        beta_ip = beta.status()["node"]["ipv4"]
+        probe = alpha.namespace.spawn(
+            "ping", "-n", "-D", "-O", "-i", str(PING_INTERVAL_S), beta_ip, pipes=True
+        )
+        transfer: RunningTransfer = start_transfer(
+            alpha.namespace, beta.namespace, beta_ip, TRANSFER_BYTES, min_seconds=TRANSFER_S
+        )
+        time.sleep(SETTLE_S)
+        registry_back_s = FAULTS[fault](lab)
+        time.sleep(SETTLE_S)
+        result = transfer.wait()
+        probe.terminate()
+        output, _ = probe.communicate(timeout=10)
+        lost, sent, silence = _probe_result(output.decode())
+        return Outcome(fault, path, lost, sent, silence, registry_back_s, result.intact)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--only", nargs="+", choices=list(FAULTS), metavar="FAULT")
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("the benchmark builds network namespaces and needs root: run it with sudo")
+        return EXIT_NOT_ROOT
+    outcomes = []
+    with TemporaryDirectory(prefix="pilotif-faults-") as tmp:
+        for fault in args.only or list(FAULTS):
+            for path in args.paths:
+                outcome = run_fault(fault, path, Path(tmp))
+                outcomes.append(outcome)
+                print(outcome, flush=True)
+    print()
+    header = f"{'fault':<18} {'path':<7} {'pings lost':>12} {'silence s':>10}"
+    print(f"{header} {'registry back s':>16} intact")
+    for o in outcomes:
+        back = "" if o.registry_back_s is None else f"{o.registry_back_s:.1f}"
+        print(
+            f"{o.fault:<18} {o.path:<7} {f'{o.lost}/{o.sent}':>12} "
+            f"{o.longest_silence_s:>10.1f} {back:>16} {'yes' if o.intact else 'NO'}"
+        )
+    return 0 if all(o.intact for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
