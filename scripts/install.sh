@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SYSTEM_PACKAGES=(
-    iproute2 iputils-ping nftables wireguard-go wireguard-tools iperf3 tcpdump ethtool
+    iproute2 iputils-ping nftables wireguard-go wireguard-tools iperf3 tcpdump ethtool conntrack
     docker.io docker-compose debootstrap systemd
 )
 if [ "$(id -u)" -eq 0 ]; then
