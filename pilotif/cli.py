@@ -371,6 +371,8 @@ def status(as_json: bool, state_dir: Path) -> None:
 def _registry_state(node: dict[str, Any]) -> str:
     if node["registry_online"]:
         return "online"
+    if node.get("registry_key_refused"):
+        return f"KEY REFUSED: {node['registry_key_refused']}"
     since = node.get("registry_unreachable_since")
     if since is None:
         return "UNREACHABLE"

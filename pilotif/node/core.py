@@ -35,6 +35,7 @@ from pilotif.node.events import (
     PeerRefused,
     PeerRemoved,
     RegistryKeyPinned,
+    RegistryKeyRefused,
     RegistryLost,
     RegistryRegained,
     RequestDone,
@@ -168,6 +169,8 @@ class NodeCore:
         self.registry_online = False
         self.registry_lost_s: float | None = None
         """When the registry stopped answering (None while it answers)."""
+        self.registry_key_refused: str | None = None
+        """Why the registry at our address is refused (it has another key), with what to do."""
         self.joined = False
         self.peers: dict[bytes, TrustedPeer] = {}
         self.peers_version = 0
@@ -359,7 +362,8 @@ class NodeCore:
                 "with --registry-key",
             )
         if self.joined:
-            self.events.append(RequestError("register", failure[1]))
+            self.registry_key_refused = f"{failure[1]}; {failure[2]}"
+            self.events.append(RegistryKeyRefused(key, failure[1], failure[2]))
         else:
             self._fail(*failure)
 
@@ -378,10 +382,11 @@ class NodeCore:
             if self.joined:
                 self.registry_lost_s = now
                 self.events.append(RegistryLost(self._unreachable()[1]))
-            if not self._checking_key:
-                # Silence from a pinned registry: does it answer with another key?
-                self._checking_key = True
-                self.link.fetch_key(now)
+        if not self._checking_key:
+            # Silence from a pinned registry: does it answer with another key? (Asked
+            # again at each retry: a registry that lost its state comes back silent.)
+            self._checking_key = True
+            self.link.fetch_key(now)
         if self.joined:
             heard = self.link.last_heard_s
             recent = heard is not None and now - heard <= REGISTRY_RECENT_S
@@ -420,6 +425,7 @@ class NodeCore:
         self._next_register_s = now + REGISTER_INTERVAL_S
         was_online, self.registry_online = self.registry_online, True
         self.registry_lost_s = None
+        self.registry_key_refused = None
         if not self.joined:
             self.joined = True
             self.device.accept_only_to([ipv4.packed, self.ipv6.packed])
@@ -805,6 +811,7 @@ class NodeCore:
             "registry_key": encode_key(key) if key else None,
             "registry_online": self.registry_online,
             "registry_lost_s": self.registry_lost_s,
+            "registry_key_refused": self.registry_key_refused,
             "public_endpoint": self.public_endpoint,
             "lan_endpoints": self.lan_endpoints,
             "nat": self.nat_type(),

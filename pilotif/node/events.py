@@ -48,6 +48,18 @@ class RegistryLost:
 
 
 @dataclass(frozen=True)
+class RegistryKeyRefused:
+    """The registry at our address answers with another key than the one we pinned (its
+    state was lost, or it is another registry): we do not talk to it."""
+
+    key: bytes
+    """The key it has now."""
+    error: str
+    hint: str
+    """What its operator, or this node's, does about it."""
+
+
+@dataclass(frozen=True)
 class RegistryRegained:
     """The registry answers again after RegistryLost."""
 
@@ -186,6 +198,7 @@ NodeEvent = (
     | Joined
     | JoinFailed
     | RegistryLost
+    | RegistryKeyRefused
     | RegistryRegained
     | RequestDone
     | RequestFailed

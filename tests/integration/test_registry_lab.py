@@ -246,6 +246,26 @@ def test_traffic_survives_a_registry_restart(cone_pair: NatLab) -> None:
     assert ping(alpha.namespace, "beta.pilot", PING_COUNT).all_answered
 
 
+def test_a_registry_that_lost_its_key_is_refused_and_said_so(cone_pair: NatLab) -> None:
+    """Issue 10: a registry restarted without its state (a new key) was reported only as
+    "no answer from the registry"."""
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    cone_pair.stop_registry()
+    (cone_pair.registry_state_dir / "registry.key").unlink()
+    cone_pair.start_registry()
+    refused = poll_until(
+        lambda: alpha.status()["node"]["registry_key_refused"],
+        REGISTRY_NOTICE_TIMEOUT_S,
+        "alpha refusing the registry's new key",
+    )
+    assert "registry.pub" in refused
+    assert "KEY REFUSED" in alpha.pilotif("status").stdout
+    assert "registry_key_refused" in alpha.log_path.read_text()
+    # The tunnel the node already has goes on.
+    assert ping(alpha.namespace, _ipv4(beta), PING_COUNT).all_answered
+
+
 def _registry_online(agent: Agent) -> bool:
     return bool(agent.status()["node"]["registry_online"])
 

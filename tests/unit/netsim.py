@@ -331,9 +331,12 @@ class Network:
             node.flush()
         self.run_until(lambda: all(n.core.joined for n in nodes), 10.0)
 
-    def restart_registry(self) -> None:
+    def restart_registry(self, *, new_key: bool = False) -> None:
         """A new registry process on the same key and database: what it kept in memory
-        (endpoints aside, which the database holds) is gone."""
+        (endpoints aside, which the database holds) is gone. With `new_key` its key was
+        lost and it made a new one."""
+        if new_key:
+            self._registry_key = generate_private_key()
         self.registry = RegistryCore(
             self._registry_key, self._store, first_counter=self.registry.counter + 1
         )

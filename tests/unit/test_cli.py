@@ -196,3 +196,5 @@ def test_status_says_since_when_the_registry_is_unreachable() -> None:
     assert text.startswith("UNREACHABLE since ")
     assert text.endswith("(42 s)")
     assert _registry_state({"registry_online": True}) == "online"
+    refused = {"registry_online": False, "registry_key_refused": "it has key K; delete X"}
+    assert _registry_state(refused) == "KEY REFUSED: it has key K; delete X"

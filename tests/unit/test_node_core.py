@@ -14,6 +14,7 @@ from pilotif.node.events import (
     PathChanged,
     PeerAdded,
     PeerRefused,
+    RegistryKeyRefused,
     RequestDone,
     TrustRequested,
 )
@@ -216,6 +217,25 @@ def test_nodes_are_back_within_seconds_of_the_registry_and_say_since_when_it_was
     assert alpha.core.registry_lost_s is None
 
 
+def test_a_registry_that_comes_back_with_another_key_is_refused_and_said_so(
+    net: Network,
+) -> None:
+    """Issue 10: a registry whose state was lost came back with a new key, and nodes said
+    only that it did not answer."""
+    alpha = net.node("alpha")
+    net.up(alpha)
+    net.registry_down = True
+    net.run_until(lambda: not alpha.core.registry_online, REGISTER_INTERVAL_S + 10)
+    net.restart_registry(new_key=True)
+    net.registry_down = False
+    net.run_until(lambda: alpha.core.registry_key_refused is not None, 15.0)
+    [refused] = [e for e in alpha.events if isinstance(e, RegistryKeyRefused)]
+    assert refused.key == net.registry.public_key
+    assert "registry.pub" in refused.hint
+    assert not alpha.core.registry_online
+    assert alpha.core.status()["registry_key_refused"] == alpha.core.registry_key_refused
+
+
 def test_a_registry_away_for_long_is_tried_every_heartbeat_only(net: Network) -> None:
     alpha = net.node("alpha")
     net.up(alpha)
@@ -224,7 +244,8 @@ def test_a_registry_away_for_long_is_tried_every_heartbeat_only(net: Network) ->
     sent_before = alpha.control_sent
     net.run(REGISTER_INTERVAL_S * 3)
     attempts = alpha.control_sent - sent_before
-    assert attempts <= 3 * (REQUEST_ATTEMPTS + 1), attempts
+    # Three registers and three key checks at most, each of REQUEST_ATTEMPTS datagrams.
+    assert attempts <= 3 * 2 * (REQUEST_ATTEMPTS + 1), attempts
 
 
 def test_a_restarted_node_is_reached_again_within_two_seconds(net: Network) -> None:
