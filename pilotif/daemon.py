@@ -32,6 +32,7 @@ from pilotif.identity import IPV6_PREFIX, StateFileError, write_private_file
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
 from pilotif.node.adapter import NodeRunner, RegistryError
+from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent
 from pilotif.node.lan import local_endpoints
@@ -210,15 +211,20 @@ class Daemon:
             for peer in self.config.peers
         ]
         registry = None
+        cache = NodeCache(self.paths.root)
+        snapshot = None
         if self.node_options is not None:
             registry = resolve_endpoint(*self.node_options.registry)
-        self._bind = Bind(self.config.listen_port, registry)
+            snapshot = cache.load()
+        self._bind = self._open_bind(registry, snapshot)
         for sock in self._bind.sockets():
             loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
         routes = [network for peer in self.config.peers for network in peer.allowed_ips]
         node = None
         if self.node_options is not None and registry is not None:
-            node = await self._join_registry(self.node_options, registry, self._bind.port)
+            node = await self._join_registry(
+                self.node_options, registry, self._bind.port, cache, snapshot
+            )
             core = node.core
             assert core.ipv4 is not None and core.network is not None
             self.addresses = [
@@ -247,7 +253,12 @@ class Daemon:
             log_event("metrics_serving", listen=format_endpoint(self._metrics))
 
     async def _join_registry(
-        self, options: NodeOptions, registry: Endpoint, port: int
+        self,
+        options: NodeOptions,
+        registry: Endpoint,
+        port: int,
+        cache: NodeCache,
+        snapshot: NodeSnapshot | None,
     ) -> NodeRunner:
         loop = asyncio.get_running_loop()
         files = TrustFiles(self.paths.root)
@@ -272,13 +283,26 @@ class Daemon:
             core,
             files,
             lease,
+            cache,
+            listen_port=port,
             send=self._bind.send_control,
             flush=self._flush,
             on_event=self._on_event,
         )
         self.publisher.node = core
-        await self.node.join()
+        await self.node.join(snapshot)
         return self.node
+
+    def _open_bind(self, registry: Endpoint | None, snapshot: NodeSnapshot | None) -> Bind:
+        """The UDP port: the one asked for, else the node's port of its last run (so that
+        peers and NAT mappings that know it still reach it), else any."""
+        if self.config.listen_port is not None or snapshot is None:
+            return Bind(self.config.listen_port, registry)
+        try:
+            return Bind(snapshot.listen_port, registry)
+        except UnderlayError:
+            log_event("listen_port_taken", port=snapshot.listen_port)
+            return Bind(None, registry)
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         if link_exists(self.interface):

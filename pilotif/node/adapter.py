@@ -13,14 +13,19 @@ from typing import Any, Final
 
 from pilotif.counter_lease import CounterLease
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
-from pilotif.node.core import NodeCore
+from pilotif.node.cache import NodeCache, NodeSnapshot
+from pilotif.node.core import UNREACHABLE, NodeCore
 from pilotif.node.events import (
     Joined,
     JoinFailed,
     NodeEvent,
+    PathChanged,
+    PeerAdded,
+    PeerRemoved,
     RequestDone,
     RequestError,
     RequestFailed,
+    StartedWithoutRegistry,
     TrustStateChanged,
     TrustSynced,
 )
@@ -29,6 +34,10 @@ from pilotif.node.trust import TrustFiles
 from pilotif.overlay.events import Endpoint
 
 SYNC_TIMEOUT_S: Final = REQUEST_ATTEMPTS * REQUEST_RETRY_S * 2
+JOIN_GRACE_S: Final = 1.0
+"""How long `up` waits for the registry when it could start from what the node kept."""
+_CACHED_CHANGES: Final = (Joined, PeerAdded, PeerRemoved, PathChanged, StartedWithoutRegistry)
+"""Events after which the node cache is written again (if what it holds changed)."""
 """How long `join` waits for the first trust list before it carries on without it."""
 
 
@@ -49,7 +58,9 @@ class NodeRunner:
         core: NodeCore,
         files: TrustFiles,
         lease: CounterLease,
+        cache: NodeCache,
         *,
+        listen_port: int,
         send: Callable[[list[tuple[bytes, Endpoint]]], object],
         flush: Callable[[float], None],
         on_event: Callable[[NodeEvent], None],
@@ -57,6 +68,8 @@ class NodeRunner:
         self.core = core
         self._files = files
         self._lease = lease
+        self._cache = cache
+        self._listen_port = listen_port
         self._send = send
         self._flush = flush
         self._on_event = on_event
@@ -87,6 +100,10 @@ class NodeRunner:
             self._send(datagrams)
         events, core.events = core.events, []
         persist = False
+        if any(isinstance(event, _CACHED_CHANGES) for event in events):
+            snapshot = core.snapshot(self._listen_port)
+            if snapshot is not None:
+                self._cache.save(snapshot)
         for event in events:
             if isinstance(event, TrustStateChanged):
                 persist = True
@@ -134,16 +151,35 @@ class NodeRunner:
 
     # -- joining ---------------------------------------------------------------------
 
-    async def join(self) -> None:
+    async def join(self, snapshot: NodeSnapshot | None = None) -> None:
         """Register (learning the registry's key first if none is pinned), then fetch
-        the trust list; RegistryError if the registry refuses or never answers."""
+        the trust list; RegistryError if the registry refuses or never answers. With a
+        `snapshot` of an earlier run, a registry that has not answered within
+        JOIN_GRACE_S is not waited for: the node starts from the snapshot and the
+        registration goes on in the background."""
         loop = asyncio.get_running_loop()
         self._joined = loop.create_future()
         self._synced = loop.create_future()
         now = time.monotonic()
         self.core.start(now)
         self.after_input(now)
-        await self._joined
+        if snapshot is None:
+            await self._joined
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._joined), JOIN_GRACE_S)
+        except TimeoutError:
+            pass
+        except RegistryError as error:
+            if error.code != UNREACHABLE:
+                raise
+        else:
+            return
+        self._joined.cancel()
+        _settle(self._synced)
+        now = time.monotonic()
+        self.core.resume(snapshot, now)
+        self.after_input(now)
 
     async def synced(self) -> None:
         """Wait (a bounded time) for the first trust list after joining."""

@@ -26,6 +26,7 @@ from typing import Any, Final
 
 from pilotif.identity import HostnameError, ipv6_for_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
+from pilotif.node.cache import CachedPeer, NodeSnapshot
 from pilotif.node.events import (
     Joined,
     JoinFailed,
@@ -41,6 +42,7 @@ from pilotif.node.events import (
     RequestDone,
     RequestError,
     RequestFailed,
+    StartedWithoutRegistry,
     TrustApproved,
     TrustRequested,
     TrustRevoked,
@@ -78,11 +80,13 @@ from pilotif.overlay.peer import Peer
 from pilotif.registry.wire import PUNCH_OPENER, format_endpoint, parse_endpoint
 
 REGISTER_INTERVAL_S: Final = 20.0
+UNREACHABLE: Final = "unreachable"
+"""The code of a failure that got no answer at all (as opposed to a refusal)."""
 REGISTRY_RETRY_S: Final = 1.0
 """While the registry is unreachable: the pause before registering again, so that a
 registry that comes back (a restart, an upgrade) sees its nodes within about a second."""
 REGISTRY_RECENT_S: Final = 120.0
-"""For this long after the registry was last heard, retry every REGISTRY_RETRY_S; later
+"""For this long after the registry stopped answering, retry every REGISTRY_RETRY_S; later
 only every REGISTER_INTERVAL_S (each register still tries REQUEST_ATTEMPTS times)."""
 """How often a node registers again (its heartbeat)."""
 PATH_POLL_S: Final = 0.5
@@ -191,6 +195,52 @@ class NodeCore:
 
     # -- inputs: commands ----------------------------------------------------------
 
+    def resume(self, snapshot: NodeSnapshot, now: float) -> None:
+        """Start from what the node kept, the registry being unreachable (`start` said
+        so): its address, and its cached peers that it still consents to, each tried at
+        once at its last direct endpoint. Registering goes on in the background."""
+        self.ipv4, self.network = snapshot.ipv4, snapshot.network
+        self.joined = True
+        self.registry_online = False
+        self.registry_lost_s = now
+        self.device.accept_only_to([snapshot.ipv4.packed, self.ipv6.packed])
+        added = 0
+        for cached in snapshot.peers:
+            node = {
+                "hostname": cached.hostname,
+                "public_key": encode_key(cached.public_key),
+                "ipv4": str(cached.ipv4),
+                "tags": list(cached.tags),
+            }
+            if not self._add_peer(node, now):
+                continue
+            added += 1
+            if cached.endpoint is not None:
+                peer = self.peers[cached.public_key]
+                self._input(peer, PathInput.CACHED_ENDPOINT, now, cached.endpoint)
+                self.device.initiate_handshake(cached.public_key, now)
+        self._next_register_s = now + REGISTRY_RETRY_S
+        self.events.append(StartedWithoutRegistry(snapshot.ipv4, added))
+
+    def snapshot(self, listen_port: int) -> NodeSnapshot | None:
+        """What to keep for a start without the registry (None before joining)."""
+        if not self.joined or self.ipv4 is None or self.network is None:
+            return None
+        peers = []
+        for peer in self.peers.values():
+            state = self.device.peer(peer.public_key)
+            endpoint = state.endpoint if state is not None else None
+            peers.append(
+                CachedPeer(
+                    peer.hostname,
+                    peer.public_key,
+                    peer.ipv4,
+                    tuple(peer.tags),
+                    endpoint if isinstance(endpoint, tuple) else None,
+                )
+            )
+        return NodeSnapshot(self.ipv4, self.network, listen_port, tuple(peers))
+
     def start(self, now: float) -> None:
         """Join: learn the registry's key if none is pinned, then register."""
         if self.link.registry_key is None:
@@ -284,6 +334,10 @@ class NodeCore:
     # -- the registry link -----------------------------------------------------------
 
     def _register(self, now: float) -> None:
+        if self.link.registry_key is None:
+            # Started from the cache with no pinned key (registry.pub was removed).
+            self.link.fetch_key(now)
+            return
         fields = {"hostname": self.options.hostname, "tags": self.options.tags}
         request_id = self.link.request("register", {**fields, "lan": self.lan_endpoints}, now)
         self._internal[request_id] = "register"
@@ -324,7 +378,7 @@ class NodeCore:
     def _unreachable(self) -> tuple[str, str, str]:
         host, port = self.link.endpoint
         return (
-            "unreachable",
+            UNREACHABLE,
             f"no answer from the registry at {format_endpoint((host, port))}",
             "check the address, that UDP to it is allowed, and that the registry runs",
         )
@@ -333,7 +387,8 @@ class NodeCore:
         pinned = self.link.registry_key
         if pinned is None:
             if key is None:
-                self._fail(*self._unreachable())
+                if not self.joined:
+                    self._fail(*self._unreachable())
                 return
             self.trust.registry_key = key
             self.link.use_key(key)
@@ -388,8 +443,8 @@ class NodeCore:
             self._checking_key = True
             self.link.fetch_key(now)
         if self.joined:
-            heard = self.link.last_heard_s
-            recent = heard is not None and now - heard <= REGISTRY_RECENT_S
+            lost = self.registry_lost_s
+            recent = lost is not None and now - lost <= REGISTRY_RECENT_S
             self._next_register_s = now + (REGISTRY_RETRY_S if recent else REGISTER_INTERVAL_S)
 
     def _on_refusal(self, op: str, reply: dict[str, Any]) -> None:
@@ -657,7 +712,12 @@ class NodeCore:
             peer.next_round_s = None
             peer.next_check_s = now + PATH_POLL_S
             endpoint = format_endpoint(source) if isinstance(source, tuple) else None
-            self._path_changed(peer, "direct", endpoint, "probe answered")
+            reason = (
+                "last direct endpoint (started without the registry)"
+                if event == PathInput.CACHED_ENDPOINT
+                else "probe answered"
+            )
+            self._path_changed(peer, "direct", endpoint, reason)
         elif state == PathState.SUSPECT:
             self._echo(peer, now)
         elif state == PathState.PROBING:

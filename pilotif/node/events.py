@@ -28,6 +28,16 @@ class Joined:
 
 
 @dataclass(frozen=True)
+class StartedWithoutRegistry:
+    """The registry did not answer at start: the node runs on what it kept (its address
+    and trusted peers) and keeps registering in the background."""
+
+    ipv4: IPv4Address
+    peers: int
+    """How many cached peers it added again."""
+
+
+@dataclass(frozen=True)
 class JoinFailed:
     """`up` cannot join: the registry refused, never answered, or has another key."""
 
@@ -196,6 +206,7 @@ class TrustStateChanged:
 NodeEvent = (
     RegistryKeyPinned
     | Joined
+    | StartedWithoutRegistry
     | JoinFailed
     | RegistryLost
     | RegistryKeyRefused

@@ -73,6 +73,9 @@ class PathInput(StrEnum):
     RELAYED_PACKET_AFTER_SILENCE = "relayed_packet_after_silence"
     """An authenticated packet came through the relay while the direct path has been
     silent for DIRECT_PATH_TIMEOUT_S (the other side fell back)."""
+    CACHED_ENDPOINT = "cached_endpoint"
+    """The node started without its registry and knows the peer's last direct endpoint:
+    it goes there at once (and falls back like any direct path that does not answer)."""
     RELAYED_INITIATION = "relayed_initiation"
     """A handshake initiation of the peer came through the relay: it restarted, or lost
     its direct path, and answers only there."""
@@ -87,6 +90,7 @@ class PathInput(StrEnum):
 TRANSITIONS: Final[dict[tuple[PathState, PathInput], PathState]] = {
     (PathState.RELAY, PathInput.PUNCH): PathState.PROBING,
     (PathState.RELAY, PathInput.DIRECT_PACKET): PathState.DIRECT,
+    (PathState.RELAY, PathInput.CACHED_ENDPOINT): PathState.DIRECT,
     (PathState.HELD, PathInput.PUNCH): PathState.PROBING,
     (PathState.PROBING, PathInput.PUNCH): PathState.PROBING,
     (PathState.PROBING, PathInput.ROUND_OVER): PathState.RELAY,

@@ -58,6 +58,8 @@ PING_COUNT = 3
 REGISTRY_RETURN_TIMEOUT_S = 5.0
 """Generous against the ~1 s target (bench/faults.py measures it): CI machines are slow."""
 RESTARTED_REACHED_TIMEOUT_S = 5.0
+UP_WITHOUT_REGISTRY_S = 10.0
+"""`up` returns after about JOIN_GRACE_S (1 s) plus the interface setup; generous."""
 """Generous against the ~1-2 s target, for the same reason."""
 
 
@@ -289,6 +291,37 @@ def test_a_restarted_daemon_keeps_its_address_and_trust(cone_pair: NatLab) -> No
     _wait_both(cone_pair, "alpha", "beta", (DIRECT, RELAY))
     assert ping(alpha.namespace, _ipv4(beta), PING_COUNT).all_answered
     assert ping(beta.namespace, "alpha.pilot", PING_COUNT).all_answered
+
+
+def test_a_node_that_ran_before_starts_while_the_registry_is_down(cone_pair: NatLab) -> None:
+    """Issue 10: `up` while the registry was down failed after 10.6 s (and said that
+    something kept trying). Now the node starts from what it kept, on the same port,
+    reaches its peer directly and joins when the registry is back."""
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    beta_ip = _ipv4(beta)
+    port_before = alpha.status()["listen_port"]
+    cone_pair.stop_registry()
+    alpha.down()
+    started = time.monotonic()
+    alpha.restart()
+    assert time.monotonic() - started < UP_WITHOUT_REGISTRY_S
+    status = alpha.status()
+    assert status["listen_port"] == port_before
+    assert status["node"]["registry_online"] is False
+    poll_until(
+        lambda: True if ping(alpha.namespace, beta_ip, 1).all_answered else None,
+        RESTARTED_REACHED_TIMEOUT_S,
+        "alpha reaching beta without the registry",
+        interval_s=0.0,
+    )
+    assert "started_without_registry" in alpha.log_path.read_text()
+    cone_pair.start_registry()
+    poll_until(
+        lambda: True if _registry_online(alpha) else None,
+        REGISTRY_RETURN_TIMEOUT_S,
+        "alpha registered once the registry is back",
+    )
 
 
 def test_untrust_tears_the_tunnel_down_on_both_sides(cone_pair: NatLab) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from pilotif.counter_lease import CounterLease
-from pilotif.node.adapter import NodeRunner, RegistryError
+from pilotif.node.adapter import JOIN_GRACE_S, NodeRunner, RegistryError
+from pilotif.node.cache import NodeCache
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent
 from pilotif.node.registry_link import REQUEST_RETRY_S
@@ -32,19 +33,27 @@ class Wiring:
     """A NodeRunner whose datagrams reach a registry core (unless `drop_next` says
     otherwise) and whose answers come back on the loop, as the daemon's socket does."""
 
-    def __init__(self, tmp: Path, hostname: str = "alpha") -> None:
+    def __init__(self, tmp: Path, restart_of: "Wiring | None" = None) -> None:
+        """A node named alpha; `restart_of`: the same node (key, state dir, registry)
+        started again."""
         self.tmp = tmp
-        self.store = Store(tmp / "registry.db", IPv4Network("100.64.0.0/10"))
-        self.registry = RegistryCore(generate_private_key(), self.store, first_counter=1)
+        if restart_of is None:
+            self.store = Store(tmp / "registry.db", IPv4Network("100.64.0.0/10"))
+            self.registry = RegistryCore(generate_private_key(), self.store, first_counter=1)
+            private_key = generate_private_key()
+        else:
+            self.store, self.registry = restart_of.store, restart_of.registry
+            private_key = restart_of.runner.core.device.local.private_key
         self.sent = 0
         self.drop_next = 0
+        self.registry_down = False
         self.events: list[NodeEvent] = []
-        state = tmp / hostname
-        state.mkdir()
+        state = tmp / "alpha"
+        state.mkdir(exist_ok=True)
         files = TrustFiles(state)
         self.lease = CounterLease(state / "control.counter")
-        device = Device(generate_private_key(), mtu=1420, wall_offset_s=0.0)
-        options = NodeOptions(REGISTRY, hostname, [], None, None)
+        device = Device(private_key, mtu=1420, wall_offset_s=0.0)
+        options = NodeOptions(REGISTRY, "alpha", [], None, None)
         core = NodeCore(
             options,
             device,
@@ -53,10 +62,13 @@ class Wiring:
             lan_endpoints=[],
             first_counter=self.lease.first,
         )
+        self.cache = NodeCache(state)
         self.runner = NodeRunner(
             core,
             files,
             self.lease,
+            self.cache,
+            listen_port=NODE[1],
             send=self._send,
             flush=self._flush,
             on_event=self.events.append,
@@ -71,8 +83,8 @@ class Wiring:
         loop = asyncio.get_running_loop()
         for datagram, _ in datagrams:
             self.sent += 1
-            if self.drop_next:
-                self.drop_next -= 1
+            if self.drop_next or self.registry_down:
+                self.drop_next = max(0, self.drop_next - 1)
                 continue
             for answer, _ in self.registry.handle_datagram(datagram, NODE, time.time()):
                 loop.call_soon(self._receive, answer)
@@ -137,3 +149,45 @@ def test_output_made_outside_the_runner_is_sent_and_its_retry_timer_armed(
         return at_once, wiring.sent - before
 
     assert asyncio.run(scenario()) == (1, 2)
+
+
+def test_a_node_that_ran_before_starts_without_its_registry_and_joins_later(
+    wiring: Wiring,
+) -> None:
+    """Issue 10: `up` while the registry was down failed after 10.6 s, though the node
+    had run before. With what it kept it starts after JOIN_GRACE_S and keeps trying."""
+    asyncio.run(wiring.runner.join())
+    snapshot = wiring.runner.core.snapshot(NODE[1])
+    assert snapshot is not None
+    assert wiring.cache.load() == snapshot, "the cache was written when the node joined"
+
+    wiring.runner.close()
+    restarted = Wiring(wiring.tmp, restart_of=wiring)
+    restarted.registry_down = True
+
+    async def scenario() -> tuple[float, bool]:
+        started = time.monotonic()
+        await restarted.runner.join(snapshot)
+        took = time.monotonic() - started
+        core = restarted.runner.core
+        assert core.ipv4 == snapshot.ipv4 and not core.registry_online
+        restarted.registry_down = False
+        await asyncio.sleep(REQUEST_RETRY_S * 3)
+        return took, core.registry_online
+
+    took, online_later = asyncio.run(scenario())
+    restarted.runner.close()
+    assert JOIN_GRACE_S <= took < JOIN_GRACE_S + 1.0
+    assert online_later
+
+
+def test_without_a_snapshot_an_unreachable_registry_fails_up(wiring: Wiring) -> None:
+    wiring.registry_down = True
+
+    async def scenario() -> None:
+        await wiring.runner.join(None)
+
+    with pytest.raises(RegistryError) as failed:
+        asyncio.run(scenario())
+    assert failed.value.code == "unreachable"
+    assert "keeps trying" not in str(failed.value)

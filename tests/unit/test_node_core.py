@@ -16,6 +16,7 @@ from pilotif.node.events import (
     PeerRefused,
     RegistryKeyRefused,
     RequestDone,
+    StartedWithoutRegistry,
     TrustRequested,
 )
 from pilotif.node.icmp import echo_request_packet
@@ -32,6 +33,7 @@ from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import RelayEndpoint
 from tests.unit.netsim import (
     LINK_DELAY_S,
+    NODE_PORT,
     REGISTRY,
     UDP_TIMEOUT_S,
     Filtering,
@@ -265,6 +267,35 @@ def test_a_restarted_node_is_reached_again_within_two_seconds(net: Network) -> N
     assert net.now - restarted_at <= 2.0, net.now - restarted_at
 
 
+def test_a_node_restarted_while_the_registry_is_down_reaches_its_peer_directly(
+    net: Network,
+) -> None:
+    """Issue 10: with what it kept (address, peers, their last direct endpoints, its
+    port) a node starts without the registry and reaches its peers directly at once."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), 10.0)
+    snapshot = alpha.core.snapshot(NODE_PORT)
+    assert snapshot is not None
+    [cached] = snapshot.peers
+    assert cached.endpoint is not None and cached.hostname == "beta"
+    net.registry_down = True
+    alpha.restart(port=NODE_PORT)
+    net.run(1.0)
+    alpha.core.resume(snapshot, net.now)
+    alpha.flush()
+    started = net.now
+    sequence = 1
+    while not _ping_arrives(net, alpha, beta, sequence):
+        sequence += 1
+        assert net.now - started < 10.0
+    assert net.now - started <= 2.0
+    assert alpha.path_to(beta) == "direct"
+    assert [e for e in alpha.events if isinstance(e, StartedWithoutRegistry)]
+    net.registry_down = False
+    net.run_until(lambda: alpha.core.registry_online, 5.0)
+
+
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
     alpha = net.node("alpha")
     beta = net.node("beta", auto_approve="tag:team")
@@ -459,13 +490,13 @@ def test_every_listed_transition_is_reachable_and_others_keep_the_state() -> Non
             assert next_state(state, event) == expected
 
 
-def test_only_a_packet_from_the_peer_or_a_punch_leaves_the_relay() -> None:
+def test_only_a_packet_from_the_peer_or_its_cached_endpoint_leaves_the_relay() -> None:
     leaving = {
         (state, event)
         for (state, event), target in TRANSITIONS.items()
         if state not in DIRECT_STATES and target in DIRECT_STATES
     }
-    assert {event for _, event in leaving} == {PathInput.DIRECT_PACKET}
+    assert {event for _, event in leaving} == {PathInput.DIRECT_PACKET, PathInput.CACHED_ENDPOINT}
     assert (PathState.HELD, PathInput.DIRECT_PACKET) not in TRANSITIONS
 
 
