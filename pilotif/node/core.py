@@ -71,6 +71,7 @@ from pilotif.node.registry_link import (
     LinkInput,
     Push,
     RegistryLink,
+    RelaySourceUnknown,
     Reply,
 )
 from pilotif.node.trust import TrustRecord
@@ -80,6 +81,12 @@ from pilotif.overlay.peer import Peer
 from pilotif.registry.wire import PUNCH_OPENER, format_endpoint, parse_endpoint
 
 REGISTER_INTERVAL_S: Final = 20.0
+REREGISTER_MIN_S: Final = 2.0
+"""The shortest time between two registrations the relay's notices cause."""
+RELAY_KEEPALIVE_S: Final = 2
+"""The persistent keepalive of a relayed peer: a NAT mapping towards the registry that
+changed (flushed, or the router restarted) is found within this, from the relay's
+notice, on both sides (a direct peer keeps REGISTER_INTERVAL_S)."""
 UNREACHABLE: Final = "unreachable"
 """The code of a failure that got no answer at all (as opposed to a refusal)."""
 REGISTRY_RETRY_S: Final = 1.0
@@ -187,6 +194,7 @@ class NodeCore:
         self._sync: _TrustSync | None = None
         self._next_register_s: float | None = None
         self._checking_key = False
+        self._reregister_at_s = 0.0
         self._path_checks = 0
         self._openers: list[tuple[bytes, Endpoint]] = []
         self._delayed_punches: list[tuple[float, bytes, list[Endpoint]]] = []
@@ -342,6 +350,15 @@ class NodeCore:
         request_id = self.link.request("register", {**fields, "lan": self.lan_endpoints}, now)
         self._internal[request_id] = "register"
 
+    def _register_now(self, now: float) -> None:
+        """The relay does not know our address any more (our NAT mapping changed):
+        register again at once, at most every REREGISTER_MIN_S."""
+        if not self.joined or now < self._reregister_at_s:
+            return
+        self._reregister_at_s = now + REREGISTER_MIN_S
+        self._next_register_s = now + REGISTER_INTERVAL_S
+        self._register(now)
+
     def _request(self, op: str, fields: dict[str, Any], now: float) -> None:
         if self.link.registry_key is not None:
             self._internal[self.link.request(op, fields, now)] = op
@@ -359,6 +376,8 @@ class NodeCore:
                 self._on_reply(op, item.message, now)
             else:
                 self._on_refusal(op, item.message)
+        elif isinstance(item, RelaySourceUnknown):
+            self._register_now(now)
         elif item.request_id == KEY_FETCH_ID:
             self._on_key(None, now)
         else:
@@ -610,7 +629,7 @@ class NodeCore:
                 ipaddress.ip_network(f"{peer.ipv6}/128"),
             ],
             endpoint=RelayEndpoint(key),
-            persistent_keepalive_s=int(REGISTER_INTERVAL_S),
+            persistent_keepalive_s=RELAY_KEEPALIVE_S,
             now=now,
         )
         self.events.append(PeerAdded(hostname, key, peer.ipv4))
@@ -711,6 +730,7 @@ class NodeCore:
             peer.direct_since_s = now
             peer.next_round_s = None
             peer.next_check_s = now + PATH_POLL_S
+            self.device.set_persistent_keepalive(peer.public_key, int(REGISTER_INTERVAL_S), now)
             endpoint = format_endpoint(source) if isinstance(source, tuple) else None
             reason = (
                 "last direct endpoint (started without the registry)"
@@ -724,6 +744,7 @@ class NodeCore:
             peer.next_round_s = None
         elif state in (PathState.RELAY, PathState.HELD):
             if previous in DIRECT_STATES:
+                self.device.set_persistent_keepalive(peer.public_key, RELAY_KEEPALIVE_S, now)
                 lived = now - (peer.direct_since_s or now)
                 if lived >= STABLE_DIRECT_S:
                     peer.backoff_s = ROUND_BACKOFF_FIRST_S

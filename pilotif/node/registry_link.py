@@ -19,6 +19,7 @@ from pilotif.registry.wire import (
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
     REGISTRY_COOKIE_TYPE,
+    RELAY_SOURCE_UNKNOWN,
     REQUEST_MACS_SIZE,
     ControlChannel,
     WireError,
@@ -66,7 +67,13 @@ class GaveUp:
     request_id: int
 
 
-LinkInput = Reply | Push | KeyAnswer | GaveUp
+@dataclass(frozen=True)
+class RelaySourceUnknown:
+    """The registry got a relay message of ours from an address we did not register from
+    (our NAT mapping changed)."""
+
+
+LinkInput = Reply | Push | KeyAnswer | GaveUp | RelaySourceUnknown
 
 
 @dataclass
@@ -183,8 +190,8 @@ class RegistryLink:
     # -- inbound -----------------------------------------------------------------
 
     def receive(self, data: bytes, now: float) -> list[LinkInput]:
-        """A 0x50, 0x52 or 0x54 datagram from the registry's address; what it means, if
-        anything (forged, replayed and unexpected datagrams are dropped and counted).
+        """A 0x50, 0x52, 0x54 or 0x55 datagram from the registry's address; what it means,
+        if anything (forged, replayed and unexpected datagrams are dropped and counted).
 
         A cookie reply (0x54) to our latest request sends every waiting request again at
         once, now with a mac2 that proves our address.
@@ -192,6 +199,8 @@ class RegistryLink:
         if data[:1] == bytes((REGISTRY_COOKIE_TYPE,)):
             self._take_cookie(data, now)
             return []
+        if data == RELAY_SOURCE_UNKNOWN:
+            return [RelaySourceUnknown()]
         if data[:1] == bytes((KEY_REQUEST_TYPE,)):
             if KEY_FETCH_ID not in self._pending:
                 self.dropped += 1

@@ -218,6 +218,16 @@ class Device:
             peer.endpoint = endpoint
             peer.unanswered_since_s = None
 
+    def set_persistent_keepalive(self, public_key: bytes, seconds: int | None, now: float) -> None:
+        """Send a keepalive to the peer after `seconds` of sending nothing (None: never)."""
+        peer = self._peers.get(public_key)
+        if peer is None:
+            return
+        peer.persistent_keepalive_s = seconds
+        peer.timers.persistent_keepalive = (
+            now + seconds if seconds and peer.endpoint is not None else None
+        )
+
     def initiate_handshake(self, public_key: bytes, now: float) -> None:
         """Start a handshake with a peer unless one is in flight or a session is fresh."""
         peer = self._peers.get(public_key)

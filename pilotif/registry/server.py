@@ -42,6 +42,7 @@ from pilotif.registry.wire import (
     KEY_REQUEST_TYPE,
     MAX_PAYLOAD_BYTES,
     REGISTRY_COOKIE_TYPE,
+    RELAY_SOURCE_UNKNOWN,
     RELAY_TYPE,
     REQUEST_MACS_SIZE,
     ControlChannel,
@@ -223,7 +224,9 @@ class RegistryCore:
         sender = self._owners.get(source)
         if sender is None:
             self.counters["relay_unknown_source"] += 1
-            return []
+            if not self._unproven_limit.allow(_address_group(source), now):
+                return []
+            return [(RELAY_SOURCE_UNKNOWN, source)]
         target = self._seen.get(destination)
         if target is None or not self._online(sender, now) or not self._online(destination, now):
             self.counters["relay_offline"] += 1

@@ -70,6 +70,11 @@ class Nat:
     """(public port, remote) -> expiry of an entry for a datagram taken by the router."""
     collisions: int = 0
 
+    def flush(self) -> None:
+        """Forget every mapping (`conntrack -F`, a router restart)."""
+        self.flows.clear()
+        self.own.clear()
+
     def _expire(self, now: float) -> None:
         self.flows = {k: v for k, v in self.flows.items() if v[1] > now}
         self.own = {k: v for k, v in self.own.items() if v > now}

@@ -22,6 +22,7 @@ from pilotif.node.events import (
 from pilotif.node.icmp import echo_request_packet
 from pilotif.node.paths import (
     DIRECT_STATES,
+    PROBE_DURATION_S,
     ROUND_BACKOFF_MAX_S,
     TRANSITIONS,
     PathInput,
@@ -294,6 +295,29 @@ def test_a_node_restarted_while_the_registry_is_down_reaches_its_peer_directly(
     assert [e for e in alpha.events if isinstance(e, StartedWithoutRegistry)]
     net.registry_down = False
     net.run_until(lambda: alpha.core.registry_online, 5.0)
+
+
+def test_relayed_traffic_is_back_within_seconds_of_a_nat_flush(net: Network) -> None:
+    """Issue 10: after both NATs forgot their mappings, relayed traffic waited for each
+    node's next heartbeat (15-18 s): the relay forwards only to and from registered
+    addresses. Its notice about an unknown source, and 2 s keepalives on relayed paths,
+    make both sides register again at once."""
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    beta = net.node("beta", mapping=Mapping.SYMMETRIC)
+    _trusting(net, alpha, beta)
+    net.run(PROBE_DURATION_S + 1)
+    assert alpha.path_to(beta) == beta.path_to(alpha) == "relay"
+    assert _ping_arrives(net, alpha, beta, 1)
+    for nat in (alpha.nat, beta.nat):
+        assert nat is not None
+        nat.flush()
+    flushed = net.now
+    sequence = 2
+    while not _ping_arrives(net, alpha, beta, sequence):
+        sequence += 1
+        assert net.now - flushed < 30.0
+    assert net.now - flushed <= 3.5, net.now - flushed
+    assert net.registry.counters["relay_unknown_source"] >= 1
 
 
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:

@@ -40,6 +40,7 @@ from pilotif.registry.wire import (
     CONTROL_HEADER_SIZE,
     KEY_REQUEST,
     REGISTRY_COOKIE_TYPE,
+    RELAY_SOURCE_UNKNOWN,
     REQUEST_MACS_SIZE,
     ControlChannel,
     format_endpoint,
@@ -571,6 +572,23 @@ def test_relay_forwards_between_trusting_nodes_from_registered_endpoints(
     world.register(alice, "alice")
     world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
     assert world.core.counters["relay_offline"] == 1
+    assert bob.endpoint not in world.inbox
+
+
+def test_a_relay_message_from_an_unknown_address_gets_a_four_byte_notice(
+    world: World, alice: FakeNode, bob: FakeNode
+) -> None:
+    """A node whose NAT mapping changed learns it from its next relayed packet (and
+    registers again) instead of at its next heartbeat; the notice is smaller than what
+    came in and limited per address like every unproven answer."""
+    trust(world, alice, bob)
+    moved = ("198.18.99.1", alice.endpoint[1])  # its NAT now has another address
+    datagram = pack_relay(bob.key, WIREGUARD_DATAGRAM)
+    for _ in range(UNPROVEN_BURST + 10):
+        world.deliver(datagram, moved)
+    notices = world.inbox.pop(moved)
+    assert notices == [RELAY_SOURCE_UNKNOWN] * UNPROVEN_BURST
+    assert len(RELAY_SOURCE_UNKNOWN) < len(datagram)
     assert bob.endpoint not in world.inbox
 
 
