@@ -90,6 +90,19 @@ def daemon_restart(lab: NatLab) -> float | None:
     return None
 
 
+def up_without_registry(lab: NatLab) -> float | None:
+    """The registry stops; beta's daemon goes down and up again (from what it kept); the
+    registry returns after REGISTRY_DOWN_S; returns how long until both said online."""
+    lab.stop_registry()
+    lab["beta"].down()
+    lab["beta"].restart()
+    time.sleep(REGISTRY_DOWN_S)
+    lab.start_registry()
+    back = time.monotonic()
+    poll_until(lambda: True if _registry_online(lab) else None, ONLINE_TIMEOUT_S, "online")
+    return time.monotonic() - back
+
+
 def nat_flush(lab: NatLab) -> float | None:
     """Both routers forget every NAT mapping (`conntrack -F`)."""
     for router in lab.routers:
@@ -101,6 +114,7 @@ FAULTS: dict[str, Callable[[NatLab], float | None]] = {
     "registry-restart": registry_restart,
     "registry-outage": registry_outage_noticed,
     "daemon-restart": daemon_restart,
+    "up-without-registry": up_without_registry,
     "nat-flush": nat_flush,
 }
 PATHS = {"direct": (NatKind.CONE, NatKind.CONE), "relay": (NatKind.SYMMETRIC, NatKind.SYMMETRIC)}
