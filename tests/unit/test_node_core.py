@@ -320,6 +320,26 @@ def test_relayed_traffic_is_back_within_seconds_of_a_nat_flush(net: Network) -> 
     assert net.registry.counters["relay_unknown_source"] >= 1
 
 
+def test_an_auto_approval_made_while_the_registry_goes_away_is_not_lost(
+    net: Network,
+) -> None:
+    """Issue 10 asks that nothing queued for the registry be lost: an auto-approval whose
+    answer the registry never got is made again, because the registry pushes each
+    pending request again after the node's next registration."""
+    alpha = net.node("alpha", auto_approve="all")
+    beta = net.node("beta")
+    net.up(alpha, beta)
+    beta.call("trust_request", peer=alpha.key, message="")
+    net.run_until(
+        lambda: any(isinstance(e, TrustRequested) for e in alpha.events), 5.0, step_s=0.001
+    )
+    net.registry_down = True
+    net.run(REQUEST_ATTEMPTS * 2.0)
+    assert beta.device.public_key not in alpha.core.peers
+    net.registry_down = False
+    net.run_until(lambda: beta.device.public_key in alpha.core.peers, 30.0)
+
+
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
     alpha = net.node("alpha")
     beta = net.node("beta", auto_approve="tag:team")
