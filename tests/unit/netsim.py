@@ -35,6 +35,7 @@ from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint, RelayEndpoint
 from pilotif.registry.server import RegistryCore
 from pilotif.registry.store import Store
+from pilotif.tun.offload import internet_checksum
 
 REGISTRY: Endpoint = ("198.18.0.1", 7946)
 NETWORK = "100.64.0.0/10"
@@ -42,6 +43,11 @@ NODE_PORT = 51820
 UDP_TIMEOUT_S = 30.0
 START_S = 1_000_000.0
 LINK_DELAY_S = 0.002
+_PLAIN_IPV4 = 0x45
+_ICMP = 1
+_ECHO_REQUEST = 8
+_IPV4_HEADER_BYTES = 20
+_ICMP_MIN_BYTES = 28
 """One hop's delay (LAN to router, router to router or registry)."""
 
 
@@ -106,6 +112,23 @@ class Nat:
         return None
 
 
+def _echo_reply(packet: bytes) -> bytes | None:
+    """The echo reply a kernel sends to an IPv4 ICMP echo request (None for anything else)."""
+    if len(packet) < _ICMP_MIN_BYTES or packet[0] != _PLAIN_IPV4 or packet[9] != _ICMP:
+        return None
+    if packet[_IPV4_HEADER_BYTES] != _ECHO_REQUEST:
+        return None
+    header = bytearray(packet[:_IPV4_HEADER_BYTES])
+    header[12:16], header[16:20] = packet[16:20], packet[12:16]
+    header[10:12] = bytes(2)
+    header[10:12] = internet_checksum(header).to_bytes(2, "big")
+    message = bytearray(packet[_IPV4_HEADER_BYTES:])
+    message[0] = 0
+    message[2:4] = bytes(2)
+    message[2:4] = internet_checksum(message).to_bytes(2, "big")
+    return bytes(header + message)
+
+
 class SimNode:
     """A node core with its device on a LAN behind `nat` (None: on the internet)."""
 
@@ -130,6 +153,8 @@ class SimNode:
         self.framing = RelayFraming(REGISTRY)
         self.control_sent = 0
         """Datagrams sent to the registry's address."""
+        self.answers_pings = False
+        """Whether its "kernel" answers ICMP echo requests that arrive through the tunnel."""
         self.events: list[NodeEvent] = []
         self.received: list[bytes] = []
         """IP packets the device handed to the TUN."""
@@ -151,8 +176,14 @@ class SimNode:
             else:
                 self.net.send(self, bytes(data), endpoint)
         self.device.outgoing.clear()
-        self.received += [bytes(p) for p in self.device.to_tun]
+        arrived = [bytes(p) for p in self.device.to_tun]
         self.device.to_tun.clear()
+        self.received += arrived
+        if self.answers_pings:
+            replies = [r for r in map(_echo_reply, arrived) if r is not None]
+            if replies:
+                self.device.send_packets(replies, self.net.now)
+                self.flush()
         self.device.events.clear()
         self.events += self.core.events
         self.core.events = []
