@@ -63,6 +63,11 @@ def registry_restart(lab: NatLab) -> float | None:
     if a heartbeat falls in it; returns how long after its return both said online."""
     lab.stop_registry()
     time.sleep(REGISTRY_DOWN_S)
+    return _registry_back(lab)
+
+
+def _registry_back(lab: NatLab) -> float:
+    """Start the registry again; how long until both nodes say it is online."""
     lab.start_registry()
     back = time.monotonic()
     poll_until(lambda: True if _registry_online(lab) else None, ONLINE_TIMEOUT_S, "online")
@@ -77,14 +82,11 @@ def registry_outage_noticed(lab: NatLab) -> float | None:
         ONLINE_TIMEOUT_S,
         "both nodes noticing",
     )
-    lab.start_registry()
-    back = time.monotonic()
-    poll_until(lambda: True if _registry_online(lab) else None, ONLINE_TIMEOUT_S, "online")
-    return time.monotonic() - back
+    return _registry_back(lab)
 
 
 def daemon_restart(lab: NatLab) -> float | None:
-    """beta's daemon goes down and up again (on a new UDP port)."""
+    """beta's daemon goes down and up again (`down`, `up`)."""
     lab["beta"].down()
     lab["beta"].restart()
     return None
@@ -97,10 +99,7 @@ def up_without_registry(lab: NatLab) -> float | None:
     lab["beta"].down()
     lab["beta"].restart()
     time.sleep(REGISTRY_DOWN_S)
-    lab.start_registry()
-    back = time.monotonic()
-    poll_until(lambda: True if _registry_online(lab) else None, ONLINE_TIMEOUT_S, "online")
-    return time.monotonic() - back
+    return _registry_back(lab)
 
 
 def nat_flush(lab: NatLab) -> float | None:
