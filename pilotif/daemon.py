@@ -36,6 +36,7 @@ from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent
 from pilotif.node.lan import local_endpoints
+from pilotif.node.netwatch import NetworkWatch
 from pilotif.node.trust import TrustFiles
 from pilotif.observe import (
     EventBus,
@@ -75,6 +76,9 @@ READ_BATCH_PACKETS = 64
 READ_ROUNDS = 8
 """Batches of TUN packets, or UDP receives, handled per wake-up."""
 DNS_PORT = 53
+NETWORK_SETTLE_S = 0.3
+"""How long after a change of this host's addresses or routes the node acts (changes come
+in bursts: an address, then its routes)."""
 
 
 class StartupError(Exception):
@@ -128,6 +132,10 @@ class Daemon:
         self._metrics = metrics
         self._metrics_server: asyncio.AbstractServer | None = None
         self._webhook = Webhook(webhook, self.events) if webhook is not None else None
+        self._netwatch: NetworkWatch | None = None
+        self._network_settling: asyncio.TimerHandle | None = None
+        self._network_task: asyncio.Future[None] | None = None
+        self._network_changes: list[str] = []
 
     # -- start and stop ------------------------------------------------------------
 
@@ -192,6 +200,8 @@ class Daemon:
                 self._timer.cancel()
             if self.node is not None:
                 self.node.close()
+            if self._netwatch is not None:
+                self._netwatch.close()
             for fd in [self._tun.fileno()] + [s.fileno() for s in self._bind.sockets()]:
                 loop.remove_reader(fd)
             self._stop_dns()
@@ -247,6 +257,7 @@ class Daemon:
             await node.synced()
             self._update_names()
             await self._start_dns(node.core)
+            self._netwatch = NetworkWatch(self.interface, loop, self._on_network_change)
         if self._metrics is not None:
             collector = NodeCollector(self.metrics_sample)
             self._metrics_server = await start_metrics_server(*self._metrics, collector)
@@ -292,6 +303,28 @@ class Daemon:
         self.publisher.node = core
         await self.node.join(snapshot)
         return self.node
+
+    def _on_network_change(self, what: str) -> None:
+        """An address or the default route of this host changed: act once they settle."""
+        self._network_changes.append(what)
+        if self._network_settling is None:
+            assert self._loop is not None
+            self._network_settling = self._loop.call_later(NETWORK_SETTLE_S, self._settled)
+
+    def _settled(self) -> None:
+        self._network_task = asyncio.ensure_future(self._network_changed())
+
+    async def _network_changed(self) -> None:
+        self._network_settling = None
+        if self.node is None or self._bind is None:
+            return
+        loop = asyncio.get_running_loop()
+        lan = await loop.run_in_executor(None, local_endpoints, self._bind.port, self.interface)
+        changes, self._network_changes = self._network_changes, []
+        log_event("network_changed", lan=",".join(lan), changes=", ".join(changes))
+        now = time.monotonic()
+        self.node.core.network_changed(lan, now)
+        self.node.after_input(now)
 
     def _open_bind(self, registry: Endpoint | None, snapshot: NodeSnapshot | None) -> Bind:
         """The UDP port: the one asked for, else the node's port of its last run (so that

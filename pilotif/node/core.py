@@ -195,6 +195,9 @@ class NodeCore:
         self._next_register_s: float | None = None
         self._checking_key = False
         self._reregister_at_s = 0.0
+        self._rehandshake_after_register = False
+        """After a network change: new handshakes through the relay once the registry
+        knows our new address (the peers then move to the relay at once)."""
         self._path_checks = 0
         self._openers: list[tuple[bytes, Endpoint]] = []
         self._delayed_punches: list[tuple[float, bytes, list[Endpoint]]] = []
@@ -350,6 +353,21 @@ class NodeCore:
         request_id = self.link.request("register", {**fields, "lan": self.lan_endpoints}, now)
         self._internal[request_id] = "register"
 
+    def network_changed(self, lan_endpoints: list[str], now: float) -> None:
+        """This host's addresses or routes changed (a roam, a new LAN, a link back up):
+        register at once from wherever we are now, and ask for a probe round with every
+        peer, whose NATs may filter our new address until both sides punch again."""
+        self.lan_endpoints = lan_endpoints
+        if not self.joined:
+            return
+        for peer in self.peers.values():
+            self._input(peer, PathInput.NETWORK_CHANGED, now)
+        self._rehandshake_after_register = True
+        self._reregister_at_s = 0.0
+        self._register_now(now)
+        for peer in self.peers.values():
+            self._request("connect", {"peer": encode_key(peer.public_key)}, now)
+
     def _register_now(self, now: float) -> None:
         """The relay does not know our address any more (our NAT mapping changed):
         register again at once, at most every REREGISTER_MIN_S."""
@@ -500,6 +518,10 @@ class NodeCore:
         was_online, self.registry_online = self.registry_online, True
         self.registry_lost_s = None
         self.registry_key_refused = None
+        if self._rehandshake_after_register:
+            self._rehandshake_after_register = False
+            for peer in self.peers.values():
+                self.device.rehandshake(peer.public_key, now)
         if not self.joined:
             self.joined = True
             self.device.accept_only_to([ipv4.packed, self.ipv6.packed])
@@ -751,11 +773,10 @@ class NodeCore:
                     peer.next_round_s = now + FALLBACK_ROUND_S
                 else:
                     peer.next_round_s = now + HOLD_AFTER_FALLBACK_S
-                reason = (
-                    "direct path silent"
-                    if event == PathInput.SILENT
-                    else "the peer went back to the relay"
-                )
+                reason = {
+                    PathInput.SILENT: "direct path silent",
+                    PathInput.NETWORK_CHANGED: "this host's network changed",
+                }.get(event, "the peer went back to the relay")
                 if state == PathState.HELD:
                     self.device.set_endpoint(peer.public_key, RelayEndpoint(peer.public_key))
                 self._path_changed(peer, "relay", None, reason)

@@ -73,6 +73,10 @@ class PathInput(StrEnum):
     RELAYED_PACKET_AFTER_SILENCE = "relayed_packet_after_silence"
     """An authenticated packet came through the relay while the direct path has been
     silent for DIRECT_PATH_TIMEOUT_S (the other side fell back)."""
+    NETWORK_CHANGED = "network_changed"
+    """This host's addresses or routes changed: our NAT mappings (and so the peer's view
+    of our endpoint) may be gone. Back to the relay at once; the probe round the node
+    asks for brings the path back to direct where it can."""
     CACHED_ENDPOINT = "cached_endpoint"
     """The node started without its registry and knows the peer's last direct endpoint:
     it goes there at once (and falls back like any direct path that does not answer)."""
@@ -100,11 +104,13 @@ TRANSITIONS: Final[dict[tuple[PathState, PathInput], PathState]] = {
     (PathState.DIRECT, PathInput.SILENT): PathState.HELD,
     (PathState.DIRECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
     (PathState.DIRECT, PathInput.RELAYED_INITIATION): PathState.RELAY,
+    (PathState.DIRECT, PathInput.NETWORK_CHANGED): PathState.HELD,
     (PathState.SUSPECT, PathInput.DIRECT_PACKET): PathState.SUSPECT,
     (PathState.SUSPECT, PathInput.ANSWERED): PathState.DIRECT,
     (PathState.SUSPECT, PathInput.SILENT): PathState.HELD,
     (PathState.SUSPECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
     (PathState.SUSPECT, PathInput.RELAYED_INITIATION): PathState.RELAY,
+    (PathState.SUSPECT, PathInput.NETWORK_CHANGED): PathState.HELD,
 }
 """(state, input) -> the next state; pairs not listed leave the state unchanged."""
 

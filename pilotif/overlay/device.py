@@ -228,6 +228,15 @@ class Device:
             now + seconds if seconds and peer.endpoint is not None else None
         )
 
+    def rehandshake(self, public_key: bytes, now: float) -> None:
+        """Start a new handshake with a peer now, even if its session is fresh and the
+        last initiation is recent: our way to it changed (the caller does this once per
+        change of this host's network, not per packet)."""
+        peer = self._peers.get(public_key)
+        if peer is not None:
+            peer.last_initiation_sent_s = None
+            self._send_initiation(peer, now, is_retry=False)
+
     def initiate_handshake(self, public_key: bytes, now: float) -> None:
         """Start a handshake with a peer unless one is in flight or a session is fresh."""
         peer = self._peers.get(public_key)

@@ -58,6 +58,8 @@ PING_COUNT = 3
 REGISTRY_RETURN_TIMEOUT_S = 5.0
 """Generous against the ~1 s target (bench/faults.py measures it): CI machines are slow."""
 RESTARTED_REACHED_TIMEOUT_S = 5.0
+ROAMED_HOST = 50
+"""The LAN host number alpha moves to."""
 UP_WITHOUT_REGISTRY_S = 10.0
 """`up` returns after about JOIN_GRACE_S (1 s) plus the interface setup; generous."""
 """Generous against the ~1-2 s target, for the same reason."""
@@ -322,6 +324,28 @@ def test_a_node_that_ran_before_starts_while_the_registry_is_down(cone_pair: Nat
         REGISTRY_RETURN_TIMEOUT_S,
         "alpha registered once the registry is back",
     )
+
+
+def test_a_node_that_changes_its_address_is_reached_again_at_once(cone_pair: NatLab) -> None:
+    """Issue 10: a new LAN address cost 11-12 s. The daemon sees it (netlink) and goes
+    through the relay from its new address at once, and its peer follows."""
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    alpha_ip, beta_ip = _ipv4(alpha), _ipv4(beta)
+    router = alpha.router
+    new_address = str(router.lan[ROAMED_HOST])
+    prefix = router.lan.prefixlen
+    alpha.namespace.run("ip", "address", "del", f"{alpha.lan_address}/{prefix}", "dev", "eth0")
+    alpha.namespace.run("ip", "address", "add", f"{new_address}/{prefix}", "dev", "eth0")
+    alpha.namespace.run("ip", "route", "add", "default", "via", router.lan_address)
+    for sender, address in ((alpha, beta_ip), (beta, alpha_ip)):
+        poll_until(
+            lambda s=sender, a=address: True if ping(s.namespace, a, 1).all_answered else None,
+            RESTARTED_REACHED_TIMEOUT_S,
+            f"{sender.hostname} reaching the other after the address change",
+            interval_s=0.0,
+        )
+    assert "network_changed" in alpha.log_path.read_text()
 
 
 def test_untrust_tears_the_tunnel_down_on_both_sides(cone_pair: NatLab) -> None:

@@ -356,6 +356,29 @@ def test_a_ping_stream_loses_nothing_across_rekeys_and_keeps_its_direct_path(
     assert net.now - handshakes.last_handshake_s < 150.0, "a rekey happened in the run"
 
 
+def test_a_node_whose_address_changes_is_reached_again_within_a_second(
+    net: Network,
+) -> None:
+    """Issue 10: a new LAN address (or a new public one) cost 11-12 s. The daemon sees
+    the change (netlink); the core goes to the relay at once, registers from the new
+    address, shakes hands again through the relay (so the peer moves too) and asks for
+    a probe round. Here the NAT still holds the old address's mappings, so the new ones
+    get other ports per destination and the pair stays on the relay until they expire."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), 10.0)
+    lan_ip, port = alpha.address
+    alpha.address = (lan_ip.rsplit(".", 1)[0] + ".77", port)
+    alpha.core.network_changed([f"{alpha.address[0]}:{port}"], net.now)
+    alpha.flush()
+    assert _seconds_until_a_ping_arrives(net, alpha, beta) <= 1.0
+    assert _seconds_until_a_ping_arrives(net, beta, alpha) <= 0.5
+    assert any(
+        isinstance(e, PathChanged) and e.reason == "this host's network changed"
+        for e in alpha.events
+    )
+
+
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
     alpha = net.node("alpha")
     beta = net.node("beta", auto_approve="tag:team")
