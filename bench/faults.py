@@ -37,6 +37,8 @@ PATH_TIMEOUT_S = 15.0
 ONLINE_TIMEOUT_S = 60.0
 EXIT_NOT_ROOT = 2
 NODES = ("alpha", "beta")
+ROAMED_HOST = 50
+"""The LAN host number alpha moves to in the roam."""
 _REPLY = re.compile(r"^\[(?P<time>[\d.]+)\] \d+ bytes from .* icmp_seq=(?P<seq>\d+)")
 _NO_ANSWER = re.compile(r"^\[[\d.]+\] no answer yet for icmp_seq=(?P<seq>\d+)")
 
@@ -102,6 +104,13 @@ def up_without_registry(lab: NatLab) -> float | None:
     return _registry_back(lab)
 
 
+def roam(lab: NatLab) -> float | None:
+    """alpha gets a new LAN address (as a laptop on another Wi-Fi would, behind the same
+    router here): the old one goes, the new one and the default route come."""
+    lab["alpha"].move_to(ROAMED_HOST)
+    return None
+
+
 def nat_flush(lab: NatLab) -> float | None:
     """Both routers forget every NAT mapping (`conntrack -F`)."""
     for router in lab.routers:
@@ -114,6 +123,7 @@ FAULTS: dict[str, Callable[[NatLab], float | None]] = {
     "registry-outage": registry_outage_noticed,
     "daemon-restart": daemon_restart,
     "up-without-registry": up_without_registry,
+    "roam": roam,
     "nat-flush": nat_flush,
 }
 PATHS = {"direct": (NatKind.CONE, NatKind.CONE), "relay": (NatKind.SYMMETRIC, NatKind.SYMMETRIC)}

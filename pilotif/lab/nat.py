@@ -232,6 +232,19 @@ class Agent:
             output_path=output,
         )
 
+    def move_to(self, host: int) -> None:
+        """Take host number `host` of the router's LAN instead of the current address (a
+        laptop joining another Wi-Fi behind the same router): the old address and its
+        routes go, the new address and the default route come."""
+        prefix = self.router.lan.prefixlen
+        new_address = str(self.router.lan[host])
+        self.namespace.run(
+            "ip", "address", "del", f"{self.lan_address}/{prefix}", "dev", _AGENT_LINK
+        )
+        self.namespace.run("ip", "address", "add", f"{new_address}/{prefix}", "dev", _AGENT_LINK)
+        self.namespace.run("ip", "route", "add", "default", "via", self.router.lan_address)
+        self.lan_address = new_address
+
     def pid(self) -> int | None:
         """The daemon's PID from its PID file, if it wrote one."""
         try:

@@ -332,12 +332,7 @@ def test_a_node_that_changes_its_address_is_reached_again_at_once(cone_pair: Nat
     alpha, beta = cone_pair["alpha"], cone_pair["beta"]
     _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
     alpha_ip, beta_ip = _ipv4(alpha), _ipv4(beta)
-    router = alpha.router
-    new_address = str(router.lan[ROAMED_HOST])
-    prefix = router.lan.prefixlen
-    alpha.namespace.run("ip", "address", "del", f"{alpha.lan_address}/{prefix}", "dev", "eth0")
-    alpha.namespace.run("ip", "address", "add", f"{new_address}/{prefix}", "dev", "eth0")
-    alpha.namespace.run("ip", "route", "add", "default", "via", router.lan_address)
+    alpha.move_to(ROAMED_HOST)
     for sender, address in ((alpha, beta_ip), (beta, alpha_ip)):
         poll_until(
             lambda s=sender, a=address: True if ping(s.namespace, a, 1).all_answered else None,
