@@ -37,6 +37,8 @@ PATH_TIMEOUT_S = 15.0
 ONLINE_TIMEOUT_S = 60.0
 EXIT_NOT_ROOT = 2
 NODES = ("alpha", "beta")
+LOSSY_DELAY_MS = 20.0
+LOSSY_SHARE = 0.05
 ROAMED_HOST = 50
 """The LAN host number alpha moves to in the roam."""
 _REPLY = re.compile(r"^\[(?P<time>[\d.]+)\] \d+ bytes from .* icmp_seq=(?P<seq>\d+)")
@@ -111,6 +113,13 @@ def roam(lab: NatLab) -> float | None:
     return None
 
 
+def lossy_link(lab: NatLab) -> float | None:
+    """alpha's router is 20 ms from the internet and loses 5% of frames each way for the
+    whole run (the lab is built so): nothing happens here."""
+    del lab
+    return None
+
+
 def nat_flush(lab: NatLab) -> float | None:
     """Both routers forget every NAT mapping (`conntrack -F`)."""
     for router in lab.routers:
@@ -125,7 +134,12 @@ FAULTS: dict[str, Callable[[NatLab], float | None]] = {
     "up-without-registry": up_without_registry,
     "roam": roam,
     "nat-flush": nat_flush,
+    "lossy-link": lossy_link,
 }
+LAB_OPTIONS: dict[str, dict[str, tuple[float, ...]]] = {
+    "lossy-link": {"wan_delay_ms": (LOSSY_DELAY_MS,), "wan_loss": (LOSSY_SHARE,)},
+}
+"""Faults that are a property of the lab for the whole run rather than an event."""
 PATHS = {"direct": (NatKind.CONE, NatKind.CONE), "relay": (NatKind.SYMMETRIC, NatKind.SYMMETRIC)}
 
 
@@ -148,7 +162,8 @@ def _probe_result(output: str) -> tuple[int, int, float]:
 def run_fault(fault: str, path: str, workdir: Path) -> Outcome:
     run_dir = workdir / f"{fault}-{path}"
     run_dir.mkdir()
-    with nat_lab(PATHS[path], (("alpha", 0), ("beta", 1)), run_dir) as lab:
+    options = LAB_OPTIONS.get(fault, {})
+    with nat_lab(PATHS[path], (("alpha", 0), ("beta", 1)), run_dir, **options) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
         alpha.up()
         beta.up()

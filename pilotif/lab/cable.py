@@ -1,4 +1,5 @@
-"""A delay cable for the lab: Ethernet frames cross between two links `delay_ms` later.
+"""A delay cable for the lab: Ethernet frames cross between two links `delay_ms` later,
+and a share `loss` of them (0 to 1) never does.
 
 The machine's kernel has no netem, so the lab's "internet" would be a few microseconds
 wide, and no hole punch can be timed against the NAT routers of a real internet, which
@@ -6,7 +7,7 @@ are milliseconds apart. The cable puts that distance back: it reads every frame 
 arrives on one link (an AF_PACKET socket, promiscuous) and sends it out of the other
 after the delay, both ways. Run it inside the namespace that holds both links:
 
-    python -m pilotif.lab.cable LINK_A LINK_B DELAY_MS
+    python -m pilotif.lab.cable LINK_A LINK_B DELAY_MS [LOSS]
 
 It runs until SIGTERM. Frames are held in memory in order; one that the outgoing link
 refuses is dropped (the links should have their offloads off, so no frame is larger
@@ -15,6 +16,7 @@ than the MTU).
 
 import heapq
 import itertools
+import random
 import select
 import signal
 import socket
@@ -41,8 +43,9 @@ def _open(link: str) -> socket.socket:
     return sock
 
 
-def run(link_a: str, link_b: str, delay_s: float) -> None:
-    """Carry frames between the two links, each `delay_s` late, until SIGTERM."""
+def run(link_a: str, link_b: str, delay_s: float, loss: float = 0.0) -> None:
+    """Carry frames between the two links, each `delay_s` late (a share `loss` of them
+    dropped at random), until SIGTERM."""
     running = [True]
     signal.signal(signal.SIGTERM, lambda *_: running.__setitem__(0, False))
     a, b = _open(link_a), _open(link_b)
@@ -61,6 +64,8 @@ def run(link_a: str, link_b: str, delay_s: float) -> None:
                     break
                 if address[2] == socket.PACKET_OUTGOING:
                     continue  # what we sent ourselves
+                if loss and random.random() < loss:
+                    continue
                 heapq.heappush(due, (now + delay_s, next(order), other[sock], frame))
         while due and due[0][0] <= time.monotonic():
             _, _, out, frame = heapq.heappop(due)
@@ -71,4 +76,9 @@ def run(link_a: str, link_b: str, delay_s: float) -> None:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], sys.argv[2], float(sys.argv[3]) / 1000)
+    run(
+        sys.argv[1],
+        sys.argv[2],
+        float(sys.argv[3]) / 1000,
+        float(sys.argv[4] if len(sys.argv) > 4 else 0),
+    )

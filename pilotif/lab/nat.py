@@ -402,11 +402,11 @@ def _with_prefix(address: str, network: ipaddress.IPv4Network) -> str:
 
 
 def _build_router(
-    public: Namespace, ns: Namespace, index: int, kind: NatKind, delay_ms: float
+    public: Namespace, ns: Namespace, index: int, kind: NatKind, delay_ms: float, loss: float
 ) -> Router:
     wan_address = str(PUBLIC_NETWORK[ROUTER_WAN_FIRST_HOST + index])
     port = f"r{index}"
-    if delay_ms:
+    if delay_ms or loss:
         # wan0 -- r{i}x ==cable== r{i}y -- r{i} on the switch.
         near, far = f"{port}x", f"{port}y"
         _veth(near, public, _WAN, ns)
@@ -418,7 +418,8 @@ def _build_router(
             public.run("ip", "link", "set", link, "up")
             public.run("ethtool", "-K", link, *offloads)
         ns.run("ethtool", "-K", _WAN, *offloads)
-        public.spawn(sys.executable, "-m", "pilotif.lab.cable", near, far, str(delay_ms))
+        cable = ("pilotif.lab.cable", near, far, str(delay_ms), str(loss))
+        public.spawn(sys.executable, "-m", *cable)
     else:
         _veth(port, public, _WAN, ns)
     _attach(public, port, _SWITCH)
@@ -460,10 +461,12 @@ def nat_lab(
     workdir: Path | None = None,
     internet_hosts: Sequence[str] = (),
     wan_delay_ms: Sequence[float] = (),
+    wan_loss: Sequence[float] = (),
 ) -> Iterator[NatLab]:
     """The lab with one router per entry of `nats` and agents (hostname, router index),
-    and `internet_hosts` (names) on the public switch itself. `wan_delay_ms` puts a delay
-    cable (pilotif.lab.cable) between router i and the switch, each way.
+    and `internet_hosts` (names) on the public switch itself. `wan_delay_ms` and
+    `wan_loss` (a share, 0 to 1) put a delay cable (pilotif.lab.cable) between router i
+    and the switch, each way.
 
     The registry runs (on a fresh state dir); agents are not up yet. Everything (daemons by
     PID, the registry, namespaces and their /etc/netns dirs) is torn down when the block
@@ -484,8 +487,11 @@ def nat_lab(
         public = new_namespace("pub")
         _bridge(public, _SWITCH, _with_prefix(REGISTRY_ADDRESS, PUBLIC_NETWORK))
         delays = list(wan_delay_ms) + [0.0] * (len(nats) - len(wan_delay_ms))
+        losses = list(wan_loss) + [0.0] * (len(nats) - len(wan_loss))
         routers = tuple(
-            _build_router(public, new_namespace(f"r{index}"), index, kind, delays[index])
+            _build_router(
+                public, new_namespace(f"r{index}"), index, kind, delays[index], losses[index]
+            )
             for index, kind in enumerate(nats)
         )
         hosts_used = [LAN_FIRST_AGENT_HOST] * len(routers)
