@@ -210,11 +210,9 @@ class NodeCore:
         """Start from what the node kept, the registry being unreachable (`start` said
         so): its address, and its cached peers that it still consents to, each tried at
         once at its last direct endpoint. Registering goes on in the background."""
-        self.ipv4, self.network = snapshot.ipv4, snapshot.network
-        self.joined = True
+        self._take_address(snapshot.ipv4, snapshot.network)
         self.registry_online = False
         self.registry_lost_s = now
-        self.device.accept_only_to([snapshot.ipv4.packed, self.ipv6.packed])
         added = 0
         for cached in snapshot.peers:
             node = {
@@ -232,6 +230,13 @@ class NodeCore:
                 self.device.initiate_handshake(cached.public_key, now)
         self._next_register_s = now + REGISTRY_RETRY_S
         self.events.append(StartedWithoutRegistry(snapshot.ipv4, added))
+
+    def _take_address(self, ipv4: IPv4Address, network: IPv4Network) -> None:
+        """The node is joined with this address (from the registry, or kept): peers'
+        packets must be addressed to it or to the node's IPv6 address."""
+        self.ipv4, self.network = ipv4, network
+        self.joined = True
+        self.device.accept_only_to([ipv4.packed, self.ipv6.packed])
 
     def snapshot(self, listen_port: int) -> NodeSnapshot | None:
         """What to keep for a start without the registry (None before joining)."""
@@ -363,16 +368,18 @@ class NodeCore:
         for peer in self.peers.values():
             self._input(peer, PathInput.NETWORK_CHANGED, now)
         self._rehandshake_after_register = True
-        self._reregister_at_s = 0.0
-        self._register_now(now)
+        self._reregister(now)
         for peer in self.peers.values():
             self._request("connect", {"peer": encode_key(peer.public_key)}, now)
 
-    def _register_now(self, now: float) -> None:
+    def _on_relay_notice(self, now: float) -> None:
         """The relay does not know our address any more (our NAT mapping changed):
         register again at once, at most every REREGISTER_MIN_S."""
-        if not self.joined or now < self._reregister_at_s:
-            return
+        if self.joined and now >= self._reregister_at_s:
+            self._reregister(now)
+
+    def _reregister(self, now: float) -> None:
+        """Register now, outside the heartbeat (which starts again from here)."""
         self._reregister_at_s = now + REREGISTER_MIN_S
         self._next_register_s = now + REGISTER_INTERVAL_S
         self._register(now)
@@ -395,7 +402,7 @@ class NodeCore:
             else:
                 self._on_refusal(op, item.message)
         elif isinstance(item, RelaySourceUnknown):
-            self._register_now(now)
+            self._on_relay_notice(now)
         elif item.request_id == KEY_FETCH_ID:
             self._on_key(None, now)
         else:
@@ -523,8 +530,7 @@ class NodeCore:
             for peer in self.peers.values():
                 self.device.rehandshake(peer.public_key, now)
         if not self.joined:
-            self.joined = True
-            self.device.accept_only_to([ipv4.packed, self.ipv6.packed])
+            self._take_address(ipv4, network)
             self.events.append(Joined(ipv4, network, self.public_endpoint))
             self.sync_trust(now)
         elif not was_online:

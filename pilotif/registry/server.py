@@ -286,9 +286,9 @@ class RegistryCore:
         else:
             self._channels.move_to_end(sender)
         self.counters["control_messages"] += 1
-        session = message.get("session")
+        session = _id_field(message, "session")
         new_session = False
-        if type(session) is int and 0 <= session <= MAX_REQUEST_ID:
+        if session is not None:
             new_session = self._sessions.get(sender) != session
             self._sessions[sender] = session
         request = _Request(
@@ -298,9 +298,9 @@ class RegistryCore:
         if request.record is not None and type(rtt_ms) is int and rtt_ms >= 0:
             self._rtt_ms[sender] = min(rtt_ms, MAX_RTT_MS)
         reply = self._dispatch(request, channel.highest_counter)
-        request_id = message.get("id")
+        request_id = _id_field(message, "id")
         outgoing: list[Outgoing] = []
-        if type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID:
+        if request_id is not None:
             outgoing.append((self._seal_reply(sender, request_id, reply), source))
         for key, payload, endpoint in request.pushes:
             outgoing.append((self._seal(key, payload), endpoint))
@@ -312,13 +312,13 @@ class RegistryCore:
         """Tell a node (at its proven address) the counter to go above: after a restart
         from a lower counter it retries at once instead of failing. A replay gets the
         same notice, which names a request the node no longer waits for."""
-        request_id = stale.message.get("id")
-        if not (type(request_id) is int and 0 <= request_id <= MAX_REQUEST_ID):
+        request_id = _id_field(stale.message, "id")
+        if request_id is None:
             return []
         notice = _error_reply("stale_counter", "the counter is not above the last one", "")
         notice["floor"] = stale.floor
-        session = stale.message.get("session")
-        if type(session) is int and 0 <= session <= MAX_REQUEST_ID:
+        session = _id_field(stale.message, "session")
+        if session is not None:
             notice["session"] = session
         return [(self._seal_reply(sender, request_id, notice), source)]
 
@@ -624,6 +624,12 @@ class RegistryCore:
             "tags": list(node.tags),
             "online": self._online(node.public_key, now),
         }
+
+
+def _id_field(message: dict[str, Any], name: str) -> int | None:
+    """A request id or session from a message: an integer in 0..MAX_REQUEST_ID, else None."""
+    value = message.get(name)
+    return value if type(value) is int and 0 <= value <= MAX_REQUEST_ID else None
 
 
 def _address_group(source: Endpoint) -> bytes:
