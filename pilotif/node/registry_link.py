@@ -1,8 +1,8 @@
 """The node's link to the registry, sans-IO: sealed requests with retries, replies matched
 by id, pushes, and the registry key asked for on first contact.
 
-Inputs: `request`/`notify`/`fetch_key` (what to send), `receive(data, now)` for every
-0x50/0x52 datagram from the registry's address, and `handle_timer(now)` at or after
+Inputs: `request`/`fetch_key` (what to send), `receive(data, now)` for every
+0x50/0x52/0x54/0x55 datagram from the registry's address, and `handle_timer(now)` at or after
 `next_timer()`. Outputs: `outgoing` (datagrams for the registry) and the `LinkInput`s
 that `receive` and `handle_timer` return. No sockets, no clocks.
 """
@@ -114,7 +114,6 @@ class RegistryLink:
         in all it seals for us, so its messages to an earlier session are refused."""
         self._pending: dict[int, _Pending] = {}
         self.outgoing: list[tuple[bytes, Endpoint]] = []
-        self.last_heard_s: float | None = None
         self.rtt_s: float | None = None
         """The round trip of the latest request answered at its first attempt."""
         self.dropped = 0
@@ -151,10 +150,6 @@ class RegistryLink:
         self._pending[request_id] = _Pending(payload, 0, now, now)
         self._transmit(request_id, now)
         return request_id
-
-    def cancel(self, request_id: int) -> None:
-        """Stop retrying a request; a late reply to it is dropped."""
-        self._pending.pop(request_id, None)
 
     def _transmit(self, request_id: int, now: float) -> None:
         pending = self._pending[request_id]
@@ -223,7 +218,6 @@ class RegistryLink:
         if message.get("session") != self.session:
             self.dropped += 1
             return []
-        self.last_heard_s = now
         if message.get("op") != "reply":
             return [Push(message)]
         request_id = message.get("id")
