@@ -232,9 +232,7 @@ class Daemon:
         routes = [network for peer in self.config.peers for network in peer.allowed_ips]
         node = None
         if self.node_options is not None and registry is not None:
-            node = await self._join_registry(
-                self.node_options, registry, self._bind.port, cache, snapshot
-            )
+            node = await self._join_registry(self.node_options, registry, cache, snapshot)
             core = node.core
             assert core.ipv4 is not None and core.network is not None
             self.addresses = [
@@ -267,7 +265,6 @@ class Daemon:
         self,
         options: NodeOptions,
         registry: Endpoint,
-        port: int,
         cache: NodeCache,
         snapshot: NodeSnapshot | None,
     ) -> NodeRunner:
@@ -279,6 +276,8 @@ class Daemon:
                 log_event("registry_pin_replaced", key=encode_key(options.registry_key))
             trust.registry_key = options.registry_key
             files.save(trust)
+        assert self._bind is not None
+        port = self._bind.port
         lan = await loop.run_in_executor(None, local_endpoints, port, self.interface)
         lease = CounterLease(self.paths.control_counter)
         core = NodeCore(
@@ -289,7 +288,6 @@ class Daemon:
             lan_endpoints=lan,
             first_counter=lease.first,
         )
-        assert self._bind is not None
         self.node = NodeRunner(
             core,
             files,
