@@ -13,6 +13,12 @@ KEEPALIVE_TIMEOUT_S: Final = 10.0
 COOKIE_REFRESH_TIME_S: Final = 120.0
 # The initiator of the current session rekeys on receive when the session is this old.
 REKEY_ON_RECEIVE_AGE_S: Final = REJECT_AFTER_TIME_S - KEEPALIVE_TIMEOUT_S - REKEY_TIMEOUT_S
+# A keypair that a rotation pushes out of the three slots (previous, current, next) is
+# still accepted this long, never used to send: when both sides rekey at once, each keeps
+# sending under its old session until its own response arrives, and the other side's new
+# `next` has already pushed that session out (the whitepaper's slots lose those packets).
+RETIRED_KEYPAIR_S: Final = REKEY_TIMEOUT_S
+MAX_RETIRED_KEYPAIRS: Final = 2
 # Send a new handshake at most this often per peer (wireguard-go: RekeyTimeout).
 HANDSHAKE_INITIATION_RATE_S: Final = 1 / 50
 

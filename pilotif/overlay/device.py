@@ -30,6 +30,7 @@ from pilotif.overlay.constants import (
     AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
     KEEPALIVE_TIMEOUT_S,
+    MAX_RETIRED_KEYPAIRS,
     MAX_STAGED_PACKETS,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
@@ -44,6 +45,7 @@ from pilotif.overlay.constants import (
     REKEY_ON_RECEIVE_AGE_S,
     REKEY_TIMEOUT_JITTER_MAX_S,
     REKEY_TIMEOUT_S,
+    RETIRED_KEYPAIR_S,
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
     UNDER_LOAD_HANDSHAKES_PER_S,
@@ -761,7 +763,7 @@ class Device:
         peer.rx_bytes += received_bytes
         self._authenticated_from(peer, source, now, answered=data)
         if keypair is peer.next:
-            self._forget_keypair(peer.previous)
+            self._retire_keypair(peer, peer.previous, now)
             peer.previous = peer.current
             peer.current = keypair
             peer.next = None
@@ -832,9 +834,8 @@ class Device:
         )
         peer.cookie_generator.add_macs(response, now)
         keypair = Keypair(keys, now)
-        if peer.next is not None:
-            self._forget_keypair(peer.next)
-        self._forget_keypair(peer.previous)
+        self._retire_keypair(peer, peer.next, now)
+        self._retire_keypair(peer, peer.previous, now)
         peer.previous = None
         peer.next = keypair
         self._by_index[index] = (peer, keypair)
@@ -857,10 +858,10 @@ class Device:
         self._authenticated_from(peer, source, now, answered=True)
         keypair = Keypair(keys, now)
         self._by_index[keys.local_index] = (peer, keypair)
-        self._forget_keypair(peer.previous)
+        self._retire_keypair(peer, peer.previous, now)
         if peer.next is not None:
             peer.previous = peer.next
-            self._forget_keypair(peer.current)
+            self._retire_keypair(peer, peer.current, now)
             peer.next = None
         else:
             peer.previous = peer.current
@@ -932,12 +933,29 @@ class Device:
         if entry is not None and entry[1] is keypair:
             del self._by_index[keypair.local_index]
 
+    def _retire_keypair(self, peer: Peer, keypair: Keypair | None, now: float) -> None:
+        """Take a keypair that a rotation pushes out of its slot for RETIRED_KEYPAIR_S
+        more, for inbound packets only (at most MAX_RETIRED_KEYPAIRS per peer)."""
+        if keypair is None:
+            return
+        peer.retired.append((now + RETIRED_KEYPAIR_S, keypair))
+        if len(peer.retired) > MAX_RETIRED_KEYPAIRS:
+            self._forget_keypair(peer.retired.popleft()[1])
+        peer.timers.forget_retired = peer.retired[0][0]
+
+    def _forget_retired(self, peer: Peer, now: float) -> None:
+        while peer.retired and peer.retired[0][0] <= now:
+            self._forget_keypair(peer.retired.popleft()[1])
+        peer.timers.forget_retired = peer.retired[0][0] if peer.retired else None
+
     def _zero_keys(self, peer: Peer) -> None:
         for keypair in peer.keypairs():
             self._forget_keypair(keypair)
         if peer.handshake is not None:
             self._by_index.pop(peer.handshake.sender_index, None)
         peer.current = peer.previous = peer.next = None
+        peer.retired.clear()
+        peer.timers.forget_retired = None
         peer.handshake = None
         peer.timers.retransmit_handshake = None
 
@@ -968,6 +986,8 @@ class Device:
             if timers.persistent_keepalive is not None and timers.persistent_keepalive <= now:
                 timers.persistent_keepalive = None
                 self._send_keepalive(peer, now)
+            if timers.forget_retired is not None and timers.forget_retired <= now:
+                self._forget_retired(peer, now)
 
     def _retransmit_handshake(self, peer: Peer, now: float) -> None:
         peer.handshake_attempts += 1

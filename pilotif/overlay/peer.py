@@ -9,7 +9,8 @@ They follow the whitepaper's section 6 and wireguard-go's `device/timers.go`:
 - new_handshake: KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S after we sent data, unless
   something authenticated arrived meanwhile;
 - zero_key_material: REJECT_AFTER_TIME_S * 3 after the last new session;
-- persistent_keepalive: every PersistentKeepalive seconds of silence.
+- persistent_keepalive: every PersistentKeepalive seconds of silence;
+- forget_retired: when the oldest retired keypair stops being accepted.
 """
 
 from collections import deque
@@ -72,6 +73,7 @@ class PeerTimers:
     new_handshake: float | None = None
     zero_key_material: float | None = None
     persistent_keepalive: float | None = None
+    forget_retired: float | None = None
 
     def earliest(self) -> float | None:
         """The next deadline of any timer."""
@@ -83,6 +85,7 @@ class PeerTimers:
                 self.new_handshake,
                 self.zero_key_material,
                 self.persistent_keepalive,
+                self.forget_retired,
             )
             if t is not None
         ]
@@ -102,6 +105,9 @@ class Peer:
     current: Keypair | None = None
     previous: Keypair | None = None
     next: Keypair | None = None
+    retired: deque[tuple[float, Keypair]] = field(default_factory=deque)
+    """Keypairs pushed out of the slots by a rotation, with when each stops being
+    accepted (oldest first): they take inbound packets, never outbound ones."""
     handshake: InitiatorState | None = None
     handshake_attempts: int = 0
     last_initiation_sent_s: float | None = None
@@ -119,5 +125,6 @@ class Peer:
     timers: PeerTimers = field(default_factory=PeerTimers)
 
     def keypairs(self) -> list[Keypair]:
-        """Every keypair held, newest first."""
-        return [kp for kp in (self.next, self.current, self.previous) if kp is not None]
+        """Every keypair held, newest first, retired ones included."""
+        held = [kp for kp in (self.next, self.current, self.previous) if kp is not None]
+        return held + [keypair for _, keypair in reversed(self.retired)]

@@ -5,6 +5,7 @@ clock; the tests lose, replay, reorder and tamper with datagrams in flight.
 """
 
 import itertools
+from collections import deque
 from ipaddress import IPv4Network
 
 import pytest
@@ -47,6 +48,7 @@ from pilotif.overlay.constants import (
     REKEY_TIMEOUT_S,
     REPLAY_WINDOW_SIZE,
     RESPONSE_SIZE,
+    RETIRED_KEYPAIR_S,
     TRANSPORT_MIN_SIZE,
     UNDER_LOAD_HANDSHAKES_PER_S,
 )
@@ -1004,3 +1006,74 @@ def test_padding_rounds_up_to_16_but_stops_at_the_mtu() -> None:
     assert padded_length(MTU - 2, MTU) == MTU
     assert padded_length(MTU, MTU) == MTU
     assert padded_length(MTU + 5, MTU) == MTU + 5
+
+
+def _both_initiators() -> tuple[Node, Node]:
+    """A and B after initiations that crossed at NOW: each is the initiator of the
+    session it sends under; outputs drained."""
+    a, b = make_pair()
+    a.device.send_packet(a.packet_to(b, b"start A"), NOW)
+    b.device.send_packet(b.packet_to(a, b"start B"), NOW)
+    exchange(a, b, NOW)
+    assert current_keypair(a, b).is_initiator and current_keypair(b, a).is_initiator
+    for node in (a, b):
+        node.device.to_tun.clear()
+    return a, b
+
+
+def test_a_simultaneous_rekey_loses_no_packet_in_flight() -> None:
+    """Both sides initiated at the start (a hole punch makes both do so), so both are
+    initiators and both rekey at REKEY_AFTER_TIME: the initiations cross, and each side
+    keeps sending under its old session until its own response arrives. WireGuard's three
+    slots drop those packets (the responder's new `next` pushes the old session out);
+    a keypair pushed out stays receivable for a short while, so none is lost."""
+    a, b = _both_initiators()
+    now = NOW + REKEY_AFTER_TIME_S + 1
+    first_to_b, first_to_a = a.packet_to(b, b"A 1"), b.packet_to(a, b"B 1")
+    a.device.send_packet(first_to_b, now)
+    b.device.send_packet(first_to_a, now)
+    (a_old, init_a), (b_old, init_b) = ([d for d, _ in take(n)] for n in (a, b))
+    assert kinds([a_old, init_a, b_old, init_b]) == [MESSAGE_TRANSPORT, MESSAGE_INITIATION] * 2
+
+    b.device.receive_datagram(init_a, a.endpoint, now)
+    a.device.receive_datagram(init_b, b.endpoint, now)
+    second_to_b, second_to_a = a.packet_to(b, b"A 2"), b.packet_to(a, b"B 2")
+    a.device.send_packet(second_to_b, now)
+    b.device.send_packet(second_to_a, now)
+    (response_to_b, a_old_2), (response_to_a, b_old_2) = ([d for d, _ in take(n)] for n in (a, b))
+    assert kinds([response_to_b, a_old_2]) == [MESSAGE_RESPONSE, MESSAGE_TRANSPORT]
+    a.device.receive_datagram(response_to_a, b.endpoint, now)
+    b.device.receive_datagram(response_to_b, a.endpoint, now)
+    for datagram in (b_old, b_old_2):
+        a.device.receive_datagram(datagram, b.endpoint, now)
+    for datagram in (a_old, a_old_2):
+        b.device.receive_datagram(datagram, a.endpoint, now)
+    exchange(a, b, now)
+    third_to_b, third_to_a = a.packet_to(b, b"A 3"), b.packet_to(a, b"B 3")
+    a.device.send_packet(third_to_b, now + 1)
+    b.device.send_packet(third_to_a, now + 1)
+    exchange(a, b, now + 1)
+
+    assert a.device.to_tun == [first_to_a, second_to_a, third_to_a]
+    assert b.device.to_tun == [first_to_b, second_to_b, third_to_b]
+    assert drops(a) == drops(b) == {}
+
+
+def test_a_keypair_pushed_out_by_a_rotation_is_accepted_only_for_retired_keypair_s() -> None:
+    a, b = _both_initiators()
+    old_session = current_keypair(a, b)
+    now = NOW + REKEY_AFTER_TIME_S + 1
+    a.device.send_packet(a.packet_to(b, b"rekey A"), now)
+    b.device.send_packet(b.packet_to(a, b"rekey B"), now)
+    exchange(a, b, now)
+    assert current_keypair(a, b) is not old_session
+    b.device.to_tun.clear()
+    late, too_late = (seal(old_session, a.packet_to(b, text)) for text in (b"late", b"too late"))
+
+    b.device.receive_datagram(late, a.endpoint, now + RETIRED_KEYPAIR_S - 0.1)
+    b.device.handle_timers(now + RETIRED_KEYPAIR_S)
+    b.device.receive_datagram(too_late, a.endpoint, now + RETIRED_KEYPAIR_S)
+
+    assert b.device.to_tun == [a.packet_to(b, b"late")]
+    assert drops(b) == {DropReason.UNKNOWN_INDEX: 1}
+    assert peer_of(b, a).retired == deque() and peer_of(b, a).timers.forget_retired is None
