@@ -2,6 +2,7 @@
 
     sudo python3 bench/faults.py            # every fault below
     sudo python3 bench/faults.py --only registry-restart daemon-restart
+    sudo python3 bench/faults.py --soak 30     # one fault every 20 s for 30 minutes
 
 For each fault a fresh NAT lab (pilotif.lab.nat: a registry on the lab's internet, alpha
 and beta behind two routers, cone for the direct path and symmetric for the relay) comes
@@ -9,7 +10,10 @@ up with alpha and beta trusting each other. While the fault happens, alpha pings
 every 200 ms (`ping -D -O`) and sends beta a sha256-checked TCP stream. It prints per
 fault and path: pings lost, the longest silence between two answers (the outage, in
 seconds), how long until the daemons said the registry was back where that applies, and
-whether the transfer arrived intact. Figures go to docs/BENCHMARKS.md with this command.
+whether the transfer arrived intact. The soak (`--soak MINUTES`) runs one lab for that
+long, a fault every 20 s in turn, and prints the daemons' and the registry's memory and
+open descriptors at the start and the end. Figures go to docs/BENCHMARKS.md with the
+command that made them.
 """
 
 import argparse
@@ -41,6 +45,11 @@ LOSSY_DELAY_MS = 20.0
 LOSSY_SHARE = 0.05
 ROAMED_HOST = 50
 """The LAN host number alpha moves to in the roam."""
+QUIET_S = 130.0
+SOAK_CYCLE_S = 20.0
+"""One soak event (a peer leaves and rejoins, NAT mappings flush, the registry restarts,
+in turn) per cycle."""
+SOAK_REGISTRY_DOWN_S = 5.0
 _REPLY = re.compile(r"^\[(?P<time>[\d.]+)\] \d+ bytes from .* icmp_seq=(?P<seq>\d+)")
 _NO_ANSWER = re.compile(r"^\[[\d.]+\] no answer yet for icmp_seq=(?P<seq>\d+)")
 
@@ -113,6 +122,21 @@ def roam(lab: NatLab) -> float | None:
     return None
 
 
+def wan_change(lab: NatLab) -> float | None:
+    """beta's router gets a new WAN address (a new lease from its ISP): nothing changes
+    on beta's own host, and alpha keeps sending to the old address."""
+    lab.renumber_router(1)
+    return None
+
+
+def quiet(lab: NatLab) -> float | None:
+    """Nothing happens for QUIET_S, across the sessions' rekey at 120 s (both sides
+    initiated at the punch, so both rekey at once)."""
+    del lab
+    time.sleep(QUIET_S)
+    return None
+
+
 def lossy_link(lab: NatLab) -> float | None:
     """alpha's router is 20 ms from the internet and loses 5% of frames each way for the
     whole run (the lab is built so): nothing happens here."""
@@ -134,6 +158,8 @@ FAULTS: dict[str, Callable[[NatLab], float | None]] = {
     "up-without-registry": up_without_registry,
     "roam": roam,
     "nat-flush": nat_flush,
+    "wan-change": wan_change,
+    "quiet": quiet,
     "lossy-link": lossy_link,
 }
 LAB_OPTIONS: dict[str, dict[str, tuple[float, ...]]] = {
@@ -141,6 +167,74 @@ LAB_OPTIONS: dict[str, dict[str, tuple[float, ...]]] = {
 }
 """Faults that are a property of the lab for the whole run rather than an event."""
 PATHS = {"direct": (NatKind.CONE, NatKind.CONE), "relay": (NatKind.SYMMETRIC, NatKind.SYMMETRIC)}
+
+
+def _footprint(pid: int) -> tuple[int, int]:
+    """(resident memory in KiB, open file descriptors) of a process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _footprints(lab: NatLab) -> dict[str, tuple[int, int]]:
+    pids = {name: lab[name].pid() for name in NODES} | {"registry": lab.registry_pid}
+    return {name: _footprint(pid) for name, pid in pids.items() if pid is not None}
+
+
+def _soak_event(lab: NatLab, cycle: int) -> str:
+    """The cycle's fault: gamma leaves and rejoins, the NAT mappings flush, or the
+    registry restarts."""
+    kind = cycle % 3
+    if kind == 0:
+        lab["gamma"].down()
+        lab["gamma"].restart()
+        return "gamma left and rejoined"
+    if kind == 1:
+        nat_flush(lab)
+        return "NAT mappings flushed"
+    lab.stop_registry()
+    time.sleep(SOAK_REGISTRY_DOWN_S)
+    lab.start_registry()
+    return "registry restarted"
+
+
+def soak(minutes: float, workdir: Path) -> int:
+    """alpha and beta (cone NATs, direct) and gamma (behind alpha's router) trusting
+    alpha; a ping from alpha to beta every 200 ms; one fault per SOAK_CYCLE_S for
+    `minutes`. Prints the daemons' and the registry's memory and descriptors per cycle,
+    then start against end."""
+    agents = (("alpha", 0), ("beta", 1), ("gamma", 0))
+    with nat_lab(PATHS["direct"], agents, workdir) as lab:
+        for agent in lab.agents.values():
+            agent.up()
+        trust(lab["alpha"], lab["beta"])
+        trust(lab["gamma"], lab["alpha"])
+        lab["alpha"].wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
+        beta_ip = lab["beta"].status()["node"]["ipv4"]
+        probe = lab["alpha"].namespace.spawn(
+            "ping", "-n", "-D", "-O", "-i", str(PING_INTERVAL_S), beta_ip, pipes=True
+        )
+        start = _footprints(lab)
+        print(f"start: {start}", flush=True)
+        deadline = time.monotonic() + minutes * 60
+        cycle = 0
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            event = _soak_event(lab, cycle)
+            time.sleep(max(0.0, SOAK_CYCLE_S - (time.monotonic() - began)))
+            print(f"cycle {cycle}: {event}; {_footprints(lab)}", flush=True)
+            cycle += 1
+        end = _footprints(lab)
+        probe.terminate()
+        output, _ = probe.communicate(timeout=10)
+    lost, sent, silence = _probe_result(output.decode())
+    print(f"\nsoak: {minutes:g} min, {cycle} faults; alpha -> beta pings lost {lost}/{sent}")
+    print(f"longest silence between answers: {silence:.1f} s")
+    print(f"{'process':<10} {'RSS KiB start':>14} {'end':>8} {'fds start':>10} {'end':>5}")
+    for name, (rss, fds) in start.items():
+        end_rss, end_fds = end.get(name, (0, 0))
+        print(f"{name:<10} {rss:>14} {end_rss:>8} {fds:>10} {end_fds:>5}")
+    return 0
 
 
 def _probe_result(output: str) -> tuple[int, int, float]:
@@ -192,10 +286,16 @@ def main() -> int:
     )
     parser.add_argument("--only", nargs="+", choices=list(FAULTS), metavar="FAULT")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS))
+    parser.add_argument(
+        "--soak", type=float, metavar="MINUTES", help="run the soak for MINUTES instead"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark builds network namespaces and needs root: run it with sudo")
         return EXIT_NOT_ROOT
+    if args.soak is not None:
+        with TemporaryDirectory(prefix="pilotif-soak-") as tmp:
+            return soak(args.soak, Path(tmp))
     outcomes = []
     with TemporaryDirectory(prefix="pilotif-faults-") as tmp:
         for fault in args.only or list(FAULTS):

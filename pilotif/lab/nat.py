@@ -12,6 +12,7 @@ Each namespace has its own resolv.conf, so a daemon editing its resolver never t
 machine's. Agents are driven only through the `pilotif` command line.
 """
 
+import dataclasses
 import ipaddress
 import json
 import shutil
@@ -45,6 +46,8 @@ REGISTRY = f"{REGISTRY_ADDRESS}:{REGISTRY_PORT}"
 LAN_NETWORKS = (ipaddress.IPv4Network("198.19.1.0/24"), ipaddress.IPv4Network("198.19.2.0/24"))
 ROUTER_WAN_FIRST_HOST = 11
 """Router i's WAN address is host ROUTER_WAN_FIRST_HOST + i of PUBLIC_NETWORK."""
+ROUTER_WAN_RENUMBERED_FIRST_HOST = 31
+"""Router i's WAN address after `NatLab.renumber_router(i)`."""
 INTERNET_FIRST_HOST = 100
 """Internet host i (no NAT, e.g. an attacker) is host INTERNET_FIRST_HOST + i."""
 LAN_ROUTER_HOST = 1
@@ -328,6 +331,23 @@ class NatLab:
         """Bytes the public switch has sent towards router `index`'s WAN (its link)."""
         shown = json.loads(self.public.run("ip", "-j", "-s", "link", "show", f"r{index}").stdout)
         return int(shown[0]["stats64"]["tx"]["bytes"])
+
+    def renumber_router(self, index: int) -> str:
+        """Give router `index` another WAN address, as an ISP does with a new lease: the
+        old address goes (and the kernel drops the NAT mappings made with it), the new one
+        and the default route come. The agents behind it see no change. Returns the new
+        address."""
+        router = self.routers[index]
+        address = str(PUBLIC_NETWORK[ROUTER_WAN_RENUMBERED_FIRST_HOST + index])
+        ns = router.namespace
+        ns.run(
+            "ip", "address", "del", _with_prefix(router.wan_address, PUBLIC_NETWORK), "dev", _WAN
+        )
+        ns.run("ip", "address", "add", _with_prefix(address, PUBLIC_NETWORK), "dev", _WAN)
+        ns.run("ip", "route", "replace", "default", "via", REGISTRY_ADDRESS)
+        renumbered = dataclasses.replace(router, wan_address=address)
+        self.routers = tuple(renumbered if r is router else r for r in self.routers)
+        return address
 
     @property
     def registry_state_dir(self) -> Path:

@@ -367,6 +367,14 @@ class Network:
             node.flush()
         self.run_until(lambda: all(n.core.joined for n in nodes), 10.0)
 
+    def renumber(self, nat: Nat, wan: str) -> None:
+        """The router gets another WAN address (a new lease): its mappings go with the
+        old one; nothing changes behind it."""
+        del self.nats[nat.wan]
+        nat.wan = wan
+        nat.flush()
+        self.nats[wan] = nat
+
     def restart_registry(self, *, new_key: bool = False) -> None:
         """A new registry process on the same key and database: what it kept in memory
         (endpoints aside, which the database holds) is gone. With `new_key` its key was

@@ -43,6 +43,8 @@ from tests.unit.netsim import (
     SimNode,
 )
 
+RENUMBERED_WAN = "198.18.77.1"
+KEEPALIVE_BYTES = 32
 TRUST_TO_DIRECT_S = 5.0
 """Issue 9: cone NATs go direct within this long of trust."""
 
@@ -337,6 +339,80 @@ def test_an_auto_approval_made_while_the_registry_goes_away_is_not_lost(
     net.run_until(lambda: beta.device.public_key in alpha.core.peers, 30.0)
 
 
+def _registry_away(net: Network, *nodes: SimNode) -> None:
+    net.registry_down = True
+    net.run_until(lambda: not any(n.core.registry_online for n in nodes), REGISTER_INTERVAL_S + 10)
+
+
+def _reply_of(node: SimNode, request_id: int) -> dict[str, object]:
+    replies = [
+        e.reply for e in node.events if isinstance(e, RequestDone) and e.request_id == request_id
+    ]
+    assert replies, f"no reply to request {request_id}"
+    return replies[0]
+
+
+def test_trust_answers_and_requests_made_while_the_registry_is_away_are_sent_when_it_returns(
+    net: Network,
+) -> None:
+    """Issue 10: `approve` and `handshake` while the registry was away failed after 5 s
+    and were lost. Now they say `queued` at once, are kept, and go out when it returns."""
+    alpha, beta, gamma = net.node("alpha"), net.node("beta"), net.node("gamma")
+    net.up(alpha, beta, gamma)
+    gamma.call("trust_request", peer=alpha.key, message="from gamma")
+    net.run(0.5)
+    _registry_away(net, alpha, beta, gamma)
+
+    approval = alpha.call("trust_respond", peer=gamma.key, approve=True)
+    request = alpha.call("trust_request", peer=beta.key, message="from alpha")
+    net.run(0.1)
+    assert _reply_of(alpha, approval)["state"] == _reply_of(alpha, request)["state"] == "queued"
+    assert set(alpha.trust.outbox) == {gamma.device.public_key, beta.device.public_key}
+    net.run(30.0)
+    net.registry_down = False
+    net.run_until(lambda: gamma.device.public_key in alpha.core.peers, 10.0)
+    net.run_until(
+        lambda: any(
+            isinstance(e, TrustRequested) and e.message == "from alpha" for e in beta.events
+        ),
+        10.0,
+    )
+    assert alpha.device.public_key in gamma.core.peers
+    assert alpha.trust.outbox == {}
+
+
+def test_an_untrust_made_while_the_registry_is_away_reaches_the_peer_when_it_returns(
+    net: Network,
+) -> None:
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    _registry_away(net, alpha, beta)
+
+    alpha.call("untrust", peer=beta.key)
+    net.run(0.1)
+    assert beta.device.public_key not in alpha.core.peers
+    net.registry_down = False
+    net.run_until(lambda: alpha.device.public_key not in beta.core.peers, 10.0)
+    assert alpha.trust.outbox == {}
+
+
+def test_a_queued_answer_is_replaced_by_a_later_one_for_the_same_peer(net: Network) -> None:
+    alpha, gamma = net.node("alpha"), net.node("gamma")
+    net.up(alpha, gamma)
+    gamma.call("trust_request", peer=alpha.key, message="")
+    net.run(0.5)
+    _registry_away(net, alpha, gamma)
+
+    alpha.call("trust_respond", peer=gamma.key, approve=True)
+    alpha.call("trust_respond", peer=gamma.key, approve=False)
+    assert [op for op, _ in alpha.trust.outbox.values()] == ["trust_respond"]
+    net.registry_down = False
+    net.run(REGISTRY_RETRY_S * 3 + 1)
+    assert gamma.device.public_key not in alpha.core.peers
+    assert alpha.device.public_key not in gamma.core.peers
+    assert alpha.trust.outbox == {}
+
+
 def test_a_ping_stream_loses_nothing_across_rekeys_and_keeps_its_direct_path(
     net: Network,
 ) -> None:
@@ -377,6 +453,39 @@ def test_a_node_whose_address_changes_is_reached_again_within_a_second(
         isinstance(e, PathChanged) and e.reason == "this host's network changed"
         for e in alpha.events
     )
+
+
+@pytest.mark.parametrize(
+    ("mapping", "path"), [(Mapping.CONE, "direct"), (Mapping.SYMMETRIC, "relay")]
+)
+def test_a_node_whose_public_address_changes_is_reached_again_within_two_seconds(
+    net: Network, mapping: Mapping, path: str
+) -> None:
+    """Issue 10: beta's router gets a new WAN address; nothing changes on beta's host and
+    alpha keeps sending to the old one (7.5 s of silence in the lab on a direct path,
+    3.3 s on the relay). beta, which heard alpha's data until then, sends one keepalive
+    after PATH_CHECK_AFTER_S of silence: alpha's device roams to where it came from, or
+    the relay, which does not know that address, tells beta to register again."""
+    alpha, beta = net.node("alpha", mapping=mapping), net.node("beta", mapping=mapping)
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: alpha.path_to(beta) == beta.path_to(alpha) == path, 10.0)
+    assert _ping_arrives(net, alpha, beta, 1, seconds=0.1)
+    assert beta.nat is not None
+    net.renumber(beta.nat, RENUMBERED_WAN)
+
+    assert _seconds_until_a_ping_arrives(net, alpha, beta) <= 2.0
+    assert alpha.path_to(beta) == path
+
+
+def test_a_quiet_peer_gets_one_keepalive_not_a_stream_of_them(net: Network) -> None:
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), 10.0)
+    assert _ping_arrives(net, alpha, beta, 1, seconds=0.1)
+    sent_before = beta.device.peer(alpha.device.public_key).tx_bytes  # type: ignore[union-attr]
+    net.run(10.0)
+    sent = beta.device.peer(alpha.device.public_key).tx_bytes - sent_before  # type: ignore[union-attr]
+    assert sent == KEEPALIVE_BYTES
 
 
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:

@@ -19,7 +19,12 @@ KEY_A, KEY_B = bytes(range(32)), bytes(range(1, 33))
 
 def test_a_record_survives_a_save_and_load(tmp_path: Path) -> None:
     files = TrustFiles(tmp_path)
-    record = TrustRecord(registry_key=KEY_A, pins={"beta": KEY_B}, consented={KEY_B})
+    record = TrustRecord(
+        registry_key=KEY_A,
+        pins={"beta": KEY_B},
+        consented={KEY_B},
+        outbox={KEY_A: ("trust_request", {"peer": encode_key(KEY_A), "message": "hi"})},
+    )
     files.save(record)
     assert files.load() == record
     assert (tmp_path / "peers.json").stat().st_mode & 0o777 == 0o600
@@ -38,6 +43,8 @@ def test_the_first_peers_format_counts_as_pins_with_consent(tmp_path: Path) -> N
         ("peers.json", "{not json"),
         ("peers.json", "[1, 2]"),
         ("peers.json", '{"pins": {"beta": "short"}}'),
+        ("peers.json", '{"pins": {}, "outbox": {"short": {"op": "untrust", "fields": {}}}}'),
+        ("peers.json", '{"pins": {}, "outbox": []}'),
         ("registry.pub", "garbage"),
         ("registry.pub", "\xff"),
     ],
