@@ -29,7 +29,7 @@ from pilotif.identity import (
 )
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
-from pilotif.node.core import NodeOptions
+from pilotif.node.core import QUEUED, NodeOptions
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
 
@@ -473,11 +473,12 @@ def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
     """Ask PEER (hostname, virtual IP or key) for mutual trust."""
     reply = _node_request(state_dir, "handshake", peer=peer, message=message)
     state = reply.get("state")
-    text = (
-        f"{peer} is trusted"
-        if state == "trusted"
-        else f"trust requested from {peer}; it shows in their `pilotif pending`"
-    )
+    if state == "trusted":
+        text = f"{peer} is trusted"
+    elif state == QUEUED:
+        text = f"the registry does not answer: the request to {peer} is kept and sent when it does"
+    else:
+        text = f"trust requested from {peer}; it shows in their `pilotif pending`"
     _print(as_json, {"peer": peer, "state": state}, text)
 
 
@@ -499,7 +500,10 @@ def pending(as_json: bool, state_dir: Path) -> None:
 def _trust_decision(command: str, peer: str, as_json: bool, state_dir: Path) -> None:
     reply = _node_request(state_dir, command, peer=peer)
     state = reply.get("state")
-    _print(as_json, {"peer": peer, "state": state}, f"{peer}: {state}")
+    text = f"{peer}: {state}"
+    if state == QUEUED:
+        text += " (the registry does not answer: kept, and sent when it does)"
+    _print(as_json, {"peer": peer, "state": state}, text)
 
 
 @cli.command()

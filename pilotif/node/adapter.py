@@ -263,11 +263,14 @@ class NodeRunner:
         return joined
 
     async def _resolve_key(self, text: str) -> bytes:
-        """A peer's key from a hostname, virtual IP or key: local peers first, then the
-        registry."""
+        """A peer's key from a hostname, virtual IP or key: local peers first, then
+        nodes that asked us for trust, then the registry."""
         peer = self.core.find_peer(text)
         if peer is not None:
             return peer.public_key
+        asker = self.core.requesters.get(text.strip().lower().removesuffix(".pilot"))
+        if asker is not None:
+            return asker
         reply = await self.call("lookup", query=text.strip().removesuffix(".pilot"))
         nodes = reply.get("nodes", [])
         keys = {node.get("public_key") for node in nodes if isinstance(node, dict)}

@@ -19,6 +19,7 @@ Paths follow the table of `pilotif.node.paths`; `_enter` does what entering each
 state means.
 """
 
+import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
@@ -35,6 +36,7 @@ from pilotif.node.events import (
     PeerAdded,
     PeerRefused,
     PeerRemoved,
+    PublicEndpointChanged,
     RegistryKeyPinned,
     RegistryKeyRefused,
     RegistryLost,
@@ -58,6 +60,8 @@ from pilotif.node.paths import (
     PATH_CHECK_AFTER_S,
     PROBE_DURATION_S,
     PROBE_INTERVAL_S,
+    QUIET_PEER_KEEPALIVE_S,
+    QUIET_RELAY_KEEPALIVE_MIN_S,
     ROUND_BACKOFF_FIRST_S,
     ROUND_BACKOFF_MAX_S,
     STABLE_DIRECT_S,
@@ -100,6 +104,11 @@ PATH_POLL_S: Final = 0.5
 """How often the core looks at a direct path's answers."""
 MAX_PUNCH_DELAY_MS: Final = 1_000
 """The longest a punch may be put off to meet the other side's."""
+TRUST_OPS: Final = frozenset({"trust_request", "trust_respond", "untrust"})
+"""Requests that change trust: kept in the outbox until the registry confirms them."""
+QUEUED: Final = "queued"
+"""The state a trust request or answer has while the registry does not answer."""
+_OutboxEntry = tuple[str, dict[str, Any]]
 _ALL: Final = "all"
 _TAG_PREFIX: Final = "tag:"
 
@@ -138,6 +147,11 @@ class TrustedPeer:
     direct_since_s: float | None = None
     next_check_s: float = 0.0
     """When to look at (or echo on) the direct path next."""
+    keepalive_for_s: float | None = None
+    """The data arrival (the device's last_data_received_s) after which the quiet-peer
+    keepalive went out."""
+    relay_keepalive_at_s: float = 0.0
+    """When a quiet-peer keepalive may go through the relay again."""
 
 
 @dataclass
@@ -190,6 +204,11 @@ class NodeCore:
         self.refused: dict[str, str] = {}
         """Hostname -> why the registry's offer of that peer was refused (the latest)."""
         self._internal: dict[int, str] = {}
+        self._outbox_sent: dict[int, tuple[bytes, _OutboxEntry]] = {}
+        """Request id -> the outbox entry it carries (peer key, (op, fields))."""
+        self.requesters: dict[str, bytes] = {}
+        """Hostname -> key of nodes that asked us for trust (for `approve NAME` while
+        the registry is away)."""
         """Requests the core made itself, by id: their op."""
         self._sync: _TrustSync | None = None
         self._next_register_s: float | None = None
@@ -271,13 +290,51 @@ class NodeCore:
         registry answers. (Rejecting a peer already trusted changes nothing, as at the
         registry.)"""
         key = _key(fields.get("peer"))
-        if key is not None:
-            if op == "trust_request" or (op == "trust_respond" and fields.get("approve")):
-                self._consent(key)
-            elif op == "untrust" or (op == "trust_respond" and key not in self.peers):
-                self._remove_peer(key, reason="untrusted here")
-                self._withdraw(key)
-        return self.link.request(op, fields, now)
+        if key is None or op not in TRUST_OPS:
+            return self.link.request(op, fields, now)
+        if op == "trust_request" or (op == "trust_respond" and fields.get("approve")):
+            self._consent(key)
+        elif op == "untrust" or key not in self.peers:
+            self._remove_peer(key, reason="untrusted here")
+            self._withdraw(key)
+        request_id = self._queue_trust(key, op, fields, now)
+        if self.joined and not self.registry_online:
+            self.events.append(RequestDone(request_id, {"ok": True, "state": QUEUED}))
+        return request_id
+
+    def _queue_trust(self, key: bytes, op: str, fields: dict[str, Any], now: float) -> int:
+        """Keep a trust request or answer in the outbox (replacing any older one about
+        that peer) until the registry confirms it, and send it."""
+        entry = (op, fields)
+        self.trust.outbox[key] = entry
+        self.events.append(TrustStateChanged())
+        return self._send_queued(key, entry, now)
+
+    def _send_queued(self, key: bytes, entry: "_OutboxEntry", now: float) -> int:
+        request_id = self.link.request(entry[0], entry[1], now)
+        self._outbox_sent[request_id] = (key, entry)
+        return request_id
+
+    def _send_outbox(self, now: float) -> None:
+        """Send what the outbox holds and is not on its way (after a registration: the
+        registry answers again, or this node restarted with something queued)."""
+        on_the_way = [entry for _, entry in self._outbox_sent.values()]
+        for key, entry in list(self.trust.outbox.items()):
+            if not any(entry is sent for sent in on_the_way):
+                self._send_queued(key, entry, now)
+
+    def _outbox_answered(self, request_id: int, reply: dict[str, Any]) -> None:
+        """The registry answered a queued request: it leaves the outbox (a refusal too,
+        which is logged; the CLI caller, if any, sees it as well)."""
+        sent = self._outbox_sent.pop(request_id, None)
+        if sent is None:
+            return
+        key, entry = sent
+        if self.trust.outbox.get(key) is entry:
+            del self.trust.outbox[key]
+            self.events.append(TrustStateChanged())
+        if not reply.get("ok"):
+            self.events.append(RequestError(entry[0], _refusal(reply)[1]))
 
     # -- inputs: network -----------------------------------------------------------
 
@@ -365,11 +422,15 @@ class NodeCore:
         self.lan_endpoints = lan_endpoints
         if not self.joined:
             return
-        for peer in self.peers.values():
-            self._input(peer, PathInput.NETWORK_CHANGED, now)
         self._rehandshake_after_register = True
         self._reregister(now)
+        self._punch_again(now)
+
+    def _punch_again(self, now: float) -> None:
+        """Our NAT mapping, and so every peer's view of our endpoint, changed: back to the
+        relay with each peer, and a probe round with each."""
         for peer in self.peers.values():
+            self._input(peer, PathInput.NETWORK_CHANGED, now)
             self._request("connect", {"peer": encode_key(peer.public_key)}, now)
 
     def _on_relay_notice(self, now: float) -> None:
@@ -394,6 +455,7 @@ class NodeCore:
         elif isinstance(item, KeyAnswer):
             self._on_key(item.key, now)
         elif isinstance(item, Reply):
+            self._outbox_answered(item.request_id, item.message)
             op = self._internal.pop(item.request_id, None)
             if op is None:
                 self._on_call_reply(item.request_id, item.message)
@@ -407,7 +469,10 @@ class NodeCore:
             self._on_key(None, now)
         else:
             op = self._internal.pop(item.request_id, None)
-            if op is None:
+            if self._outbox_sent.pop(item.request_id, None) is not None:
+                # Kept in the outbox: sent again after the next registration.
+                self.events.append(RequestDone(item.request_id, {"ok": True, "state": QUEUED}))
+            elif op is None:
                 self.events.append(RequestFailed(item.request_id, *self._unreachable()))
             else:
                 self._on_silence(op, now)
@@ -520,7 +585,14 @@ class NodeCore:
             return
         self.ipv4, self.network = ipv4, network
         endpoint = reply.get("public_endpoint")
+        previous_endpoint = self.public_endpoint
         self.public_endpoint = endpoint if isinstance(endpoint, str) else None
+        if self.joined and previous_endpoint not in (None, self.public_endpoint):
+            # Our router's public address changed with nothing changing on this host
+            # (a new lease): what network_changed does, the registration aside.
+            self.events.append(PublicEndpointChanged(previous_endpoint, self.public_endpoint))
+            self._rehandshake_after_register = True
+            self._punch_again(now)
         self._next_register_s = now + REGISTER_INTERVAL_S
         was_online, self.registry_online = self.registry_online, True
         self.registry_lost_s = None
@@ -529,6 +601,7 @@ class NodeCore:
             self._rehandshake_after_register = False
             for peer in self.peers.values():
                 self.device.rehandshake(peer.public_key, now)
+        self._send_outbox(now)
         if not self.joined:
             self._take_address(ipv4, network)
             self.events.append(Joined(ipv4, network, self.public_endpoint))
@@ -598,13 +671,15 @@ class NodeCore:
         key = _key(node.get("public_key"))
         if key is None or key in self.peers:
             return
+        with contextlib.suppress(HostnameError):
+            self.requesters[normalize_hostname(str(node.get("hostname", "")))] = key
         self.events.append(TrustRequested(str(node.get("hostname", "")), key, message))
         policy = self.options.auto_approve
         tags = node.get("tags")
         tags = [str(t) for t in tags] if isinstance(tags, list) else []
         if policy == _ALL or (policy is not None and policy.removeprefix(_TAG_PREFIX) in tags):
             self._consent(key)
-            self._request("trust_respond", {"peer": encode_key(key), "approve": True}, now)
+            self._queue_trust(key, "trust_respond", {"peer": encode_key(key), "approve": True}, now)
 
     def _consent(self, key: bytes) -> None:
         if key not in self.trust.consented:
@@ -804,7 +879,7 @@ class NodeCore:
         peer.next_check_s = now + PATH_CHECK_AFTER_S
 
     def _peer_deadline(self, peer: TrustedPeer) -> float | None:
-        deadlines = []
+        deadlines: list[float | None] = []
         if peer.round_until_s > peer.next_probe_s:
             deadlines.append(peer.next_probe_s)
         if peer.state == PathState.PROBING:
@@ -813,7 +888,18 @@ class NodeCore:
             deadlines.append(peer.next_round_s)
         if peer.state in DIRECT_STATES:
             deadlines.append(peer.next_check_s)
-        return min(deadlines, default=None)
+        state = self.device.peer(peer.public_key)
+        if state is not None:
+            deadlines.append(self._quiet_keepalive_due(peer, state))
+        return min((d for d in deadlines if d is not None), default=None)
+
+    @staticmethod
+    def _quiet_keepalive_due(peer: TrustedPeer, state: Peer) -> float | None:
+        """When a peer whose data stopped arriving is sent one keepalive, if it is due."""
+        heard = state.last_data_received_s
+        if heard is None or heard == peer.keepalive_for_s:
+            return None
+        return heard + QUIET_PEER_KEEPALIVE_S
 
     def _tick_peer(self, peer: TrustedPeer, now: float) -> None:
         state = self.device.peer(peer.public_key)
@@ -836,6 +922,23 @@ class NodeCore:
         if peer.state in DIRECT_STATES and now >= peer.next_check_s:
             peer.next_check_s = now + PATH_POLL_S
             self._check_direct(peer, state, now)
+        due = self._quiet_keepalive_due(peer, state)
+        if due is not None and now >= due:
+            self._quiet_keepalive(peer, state, now)
+
+    def _quiet_keepalive(self, peer: TrustedPeer, state: Peer, now: float) -> None:
+        """A peer whose data stopped arriving gets a keepalive directly and, at most every
+        QUIET_RELAY_KEEPALIVE_MIN_S, one through the relay: if our router's public
+        address changed, the peer's router drops the direct one, and the relay answers
+        the other with its notice that it does not know our address (we register again,
+        see a new public endpoint, and punch again)."""
+        peer.keepalive_for_s = state.last_data_received_s
+        relay = RelayEndpoint(peer.public_key)
+        if isinstance(state.endpoint, tuple):
+            self.device.send_keepalive_to(peer.public_key, state.endpoint, now)
+        if now >= peer.relay_keepalive_at_s:
+            peer.relay_keepalive_at_s = now + QUIET_RELAY_KEEPALIVE_MIN_S
+            self.device.send_keepalive_to(peer.public_key, relay, now)
 
     def _check_direct(self, peer: TrustedPeer, state: Peer, now: float) -> None:
         since = state.unanswered_since_s

@@ -75,6 +75,16 @@ class RegistryRegained:
 
 
 @dataclass(frozen=True)
+class PublicEndpointChanged:
+    """The registry sees us at another public endpoint though nothing changed on this
+    host (our router got a new address, or lost its mapping): every peer is punched
+    again."""
+
+    old: str | None
+    new: str | None
+
+
+@dataclass(frozen=True)
 class RequestDone:
     """A request made with `NodeCore.call` got its reply."""
 
@@ -211,6 +221,7 @@ NodeEvent = (
     | RegistryLost
     | RegistryKeyRefused
     | RegistryRegained
+    | PublicEndpointChanged
     | RequestDone
     | RequestFailed
     | TrustRequested

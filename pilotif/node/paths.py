@@ -49,6 +49,14 @@ PATH_CHECK_AFTER_S: Final = 1.0
 """Unanswered data this old on a direct path makes us ask the peer for an echo."""
 DIRECT_PATH_TIMEOUT_S: Final = 5.0
 """A direct path that answered nothing for this long falls back to the relay."""
+QUIET_PEER_KEEPALIVE_S: Final = 1.0
+"""A peer whose data stopped arriving this long ago gets one keepalive from us, on
+either path: when our router got a new public address and nothing changed on this host,
+that packet is how the peer (or the relay, which then asks us to register again) learns
+where we are."""
+QUIET_RELAY_KEEPALIVE_MIN_S: Final = 10.0
+"""The quiet-peer keepalive through the relay goes at most this often per peer (it is
+relay load; the direct one costs the relay nothing)."""
 
 
 class PathState(StrEnum):

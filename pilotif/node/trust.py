@@ -1,7 +1,8 @@
 """What a node keeps about trust in its state dir: the registry's pinned key, the key
-pinned for each trusted peer's hostname, and the keys this node consented to (asked for
-trust, approved, or auto-approved). The node adds a peer only with its consent, whatever
-the registry says.
+pinned for each trusted peer's hostname, the keys this node consented to (asked for
+trust, approved, or auto-approved), and its trust requests and answers that the
+registry has not confirmed yet (the outbox, sent when the registry answers again). The
+node adds a peer only with its consent, whatever the registry says.
 
 `TrustRecord` is the in-memory state the node core works on; `TrustFiles` reads and
 writes it (atomically, mode 0600, never through a symlink). A file that cannot be read
@@ -11,7 +12,7 @@ is a `StateFileError` naming the file and what to do.
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from pilotif.identity import StateFileError, read_state_file, write_private_file
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
@@ -29,6 +30,9 @@ class TrustRecord:
     """hostname -> the key first trusted under that name."""
     consented: set[bytes] = field(default_factory=set)
     """Keys this node asked for trust, approved, or approved by its policy."""
+    outbox: dict[bytes, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    """peer key -> the latest trust request or answer about it (op, fields) that the
+    registry has not confirmed."""
 
     def pin_peer(self, hostname: str, key: bytes) -> None:
         """Pin `key` for `hostname`, forgetting any older name of that key."""
@@ -81,10 +85,16 @@ class TrustFiles:
                 record.consented = set(record.pins.values())
                 return
             pins, consented = loaded["pins"], loaded.get("consented", [])
-            if not isinstance(pins, dict) or not isinstance(consented, list):
+            outbox = loaded.get("outbox", {})
+            if not (
+                isinstance(pins, dict) and isinstance(consented, list) and isinstance(outbox, dict)
+            ):
                 raise StateFileError(problem)
             record.pins = {str(k): decode_key(str(v)) for k, v in pins.items()}
             record.consented = {decode_key(str(k)) for k in consented}
+            record.outbox = {
+                decode_key(str(k)): _outbox_entry(v, problem) for k, v in outbox.items()
+            }
         except (ValueError, InvalidKeyError):
             raise StateFileError(problem) from None
 
@@ -95,5 +105,18 @@ class TrustFiles:
         document = {
             "pins": {name: encode_key(key) for name, key in sorted(record.pins.items())},
             "consented": sorted(encode_key(key) for key in record.consented),
+            "outbox": {
+                encode_key(key): {"op": op, "fields": fields}
+                for key, (op, fields) in record.outbox.items()
+            },
         }
         write_private_file(self.peers_path, json.dumps(document, indent=2) + "\n")
+
+
+def _outbox_entry(item: object, problem: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(item, dict):
+        raise StateFileError(problem)
+    op, fields = item.get("op"), item.get("fields")
+    if not isinstance(op, str) or not isinstance(fields, dict):
+        raise StateFileError(problem)
+    return op, fields

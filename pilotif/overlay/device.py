@@ -71,7 +71,7 @@ from pilotif.overlay.handshake import (
     create_initiation,
     create_response,
 )
-from pilotif.overlay.ippacket import packet_addresses
+from pilotif.overlay.ippacket import is_echo_reply, packet_addresses
 from pilotif.overlay.messages import (
     TRANSPORT_HEADER,
     MessageError,
@@ -312,6 +312,7 @@ class Device:
         capacity = len(sealed)
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, PeerEndpoint] | None = None
+        run_packet: BytesLike = b""
         run_destination = b""
         for position, packet in enumerate(packets):
             length = len(packet)
@@ -331,26 +332,27 @@ class Device:
                     same_run = addresses is not None and addresses[1] == run_destination
             if not same_run:
                 if run is not None:
-                    self._sent_run(run, counter, offset - run_start, now)
+                    self._sent_run(run, counter, offset - run_start, run_packet, now)
                 addresses = packet_addresses(packet)
                 run = self._send_run(addresses[1], now) if addresses is not None else None
                 if run is not None and addresses is not None:
                     run_destination = addresses[1]
                     run_version = packet[0] >> 4
                     counter, remote_index = run[1].send_counter, run[1].remote_index
+                    run_packet = packet
                     encrypt, endpoint = run[1].send_aead.encrypt_into, run[2]
                     run_start = offset
             padded = padded_length(length, mtu)
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or counter >= REJECT_AFTER_MESSAGES:
                 if run is not None:
-                    self._sent_run(run, counter, offset - run_start, now)
+                    self._sent_run(run, counter, offset - run_start, run_packet, now)
                     run = None
                 self._stage(packet, now)
                 continue
             if end > capacity:
                 # The caller's buffer is full: the rest goes to a new one.
-                self._sent_run(run, counter, offset - run_start, now)
+                self._sent_run(run, counter, offset - run_start, run_packet, now)
                 sealed = memoryview(bytearray(self._sealed_bytes(packets[position:])))
                 capacity = len(sealed)
                 offset = run_start = 0
@@ -365,7 +367,7 @@ class Device:
             counter += 1
             offset = end
         if run is not None:
-            self._sent_run(run, counter, offset - run_start, now)
+            self._sent_run(run, counter, offset - run_start, run_packet, now)
 
     def _send_run(
         self, destination: bytes, now: float
@@ -381,11 +383,24 @@ class Device:
         return peer, keypair, peer.endpoint
 
     def _sent_run(
-        self, run: tuple[Peer, Keypair, PeerEndpoint], counter: int, sent_bytes: int, now: float
+        self,
+        run: tuple[Peer, Keypair, PeerEndpoint],
+        counter: int,
+        sent_bytes: int,
+        first: BytesLike,
+        now: float,
     ) -> None:
+        """The bookkeeping of packets sealed for one peer up to `counter`, `first` the
+        first of them. A lone echo reply does not start waiting for an answer: otherwise each
+        side's path check (an echo) would make the other side's kernel reply start the
+        next one, back and forth for as long as the peers are idle."""
         peer, keypair, _ = run
+        lone = counter - keypair.send_counter == 1
         keypair.send_counter = counter
+        waiting = peer.unanswered_since_s
         self._sent_transport(peer, sent_bytes, True, now)
+        if waiting is None and lone and is_echo_reply(first):
+            peer.unanswered_since_s = None
         self._keep_key_fresh_sending(peer, keypair, now)
 
     def _send_keepalive_message(
@@ -762,6 +777,8 @@ class Device:
         messages from `source` (`data`: not only keepalives)."""
         peer.rx_bytes += received_bytes
         self._authenticated_from(peer, source, now, answered=data)
+        if data and source == peer.endpoint:
+            peer.last_data_received_s = now
         if keypair is peer.next:
             self._retire_keypair(peer, peer.previous, now)
             peer.previous = peer.current

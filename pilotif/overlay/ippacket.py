@@ -1,7 +1,9 @@
-"""Just enough of the IPv4 and IPv6 headers: addresses and the packet's own length.
+"""Just enough of the IPv4 and IPv6 headers: addresses and the packet's own length, and
+whether a packet is an ICMP echo reply.
 
 Used on decrypted payloads (strip WireGuard's padding, check the source against
-the peer's allowed IPs) and on packets from the TUN (destination picks the peer).
+the peer's allowed IPs) and on packets from the TUN (destination picks the peer; an
+echo reply asks for no answer).
 """
 
 from typing import Final
@@ -21,6 +23,12 @@ _IPV6_HEADER_SIZE: Final = 40
 _IPV6_PAYLOAD_LENGTH: Final = slice(4, 6)
 _IPV6_SOURCE: Final = slice(8, 24)
 _IPV6_DESTINATION: Final = slice(24, 40)
+_IPV4_PROTOCOL: Final = 9
+_IPV6_NEXT_HEADER: Final = 6
+_PROTO_ICMP: Final = 1
+_PROTO_ICMPV6: Final = 58
+_ICMP_ECHO_REPLY: Final = 0
+_ICMPV6_ECHO_REPLY: Final = 129
 
 
 def packet_addresses(packet: BytesLike) -> tuple[bytes, bytes, int] | None:
@@ -50,3 +58,23 @@ def packet_addresses(packet: BytesLike) -> tuple[bytes, bytes, int] | None:
             return None
         return bytes(packet[_IPV6_SOURCE]), bytes(packet[_IPV6_DESTINATION]), total_length
     return None
+
+
+def is_echo_reply(packet: BytesLike) -> bool:
+    """Whether a well-formed packet is an ICMP (or ICMPv6) echo reply: an answer that
+    asks for none (an IPv6 echo behind extension headers is not recognised)."""
+    addresses = packet_addresses(packet)
+    if addresses is None:
+        return False
+    if packet[0] >> 4 == _IPV4:
+        header = (packet[0] & _IPV4_IHL_MASK) * _IPV4_WORD_SIZE
+        return (
+            packet[_IPV4_PROTOCOL] == _PROTO_ICMP
+            and addresses[2] > header
+            and packet[header] == _ICMP_ECHO_REPLY
+        )
+    return (
+        packet[_IPV6_NEXT_HEADER] == _PROTO_ICMPV6
+        and addresses[2] > _IPV6_HEADER_SIZE
+        and packet[_IPV6_HEADER_SIZE] == _ICMPV6_ECHO_REPLY
+    )

@@ -117,6 +117,9 @@ class Peer:
     """When the latest session was established, in the caller's clock."""
     last_received_s: float | None = None
     """When the latest authenticated packet arrived from the peer's current endpoint."""
+    last_data_received_s: float | None = None
+    """When the latest data packet (not a keepalive or handshake) arrived from the peer's
+    current endpoint."""
     unanswered_since_s: float | None = None
     """When we first sent data (not a keepalive) after the latest authenticated packet."""
     rx_bytes: int = 0

@@ -28,6 +28,7 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pilotif.node.icmp import echo_request_packet
 from pilotif.overlay.constants import (
     COOKIE_REPLY_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
@@ -73,6 +74,7 @@ PERSISTENT_KEEPALIVE_S = 25
 _MAC2 = slice(INITIATION_SIZE - 16, INITIATION_SIZE)
 _MAC1 = slice(INITIATION_SIZE - 32, INITIATION_SIZE - 16)
 _SENDER_INDEX = slice(4, 8)
+ICMP_ECHO, ICMP_ECHO_REPLY = 8, 0
 
 
 def drops(node: Node) -> dict[DropReason, int]:
@@ -1077,3 +1079,23 @@ def test_a_keypair_pushed_out_by_a_rotation_is_accepted_only_for_retired_keypair
     assert b.device.to_tun == [a.packet_to(b, b"late")]
     assert drops(b) == {DropReason.UNKNOWN_INDEX: 1}
     assert peer_of(b, a).retired == deque() and peer_of(b, a).timers.forget_retired is None
+
+
+@pytest.mark.parametrize(("echo_type", "waits"), [(ICMP_ECHO_REPLY, False), (ICMP_ECHO, True)])
+def test_a_lone_echo_reply_waits_for_no_answer_an_echo_request_does(
+    established: tuple[Node, Node], echo_type: int, waits: bool
+) -> None:
+    """Each side's path check is an echo: if the other kernel's reply counted as data
+    waiting for an answer, it would start that side's check, and so on for as long as
+    the peers are idle."""
+    a, b = established
+    b.device.send_packet(b.packet_to(a, b"an answer"), NOW)
+    deliver(b, a, NOW)
+    assert peer_of(a, b).unanswered_since_s is None
+    now = NOW + 1
+    echo = bytearray(echo_request_packet(a.v4, b.v4, 1))
+    echo[20] = echo_type
+
+    a.device.send_packet(bytes(echo), now)
+
+    assert (peer_of(a, b).unanswered_since_s == now) is waits

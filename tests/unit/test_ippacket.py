@@ -5,7 +5,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from pilotif.overlay.ippacket import packet_addresses
+from pilotif.overlay.ippacket import is_echo_reply, packet_addresses
 
 V4_SOURCE = ip_address("100.64.0.1").packed
 V4_DESTINATION = ip_address("100.64.0.2").packed
@@ -13,7 +13,9 @@ V6_SOURCE = ip_address("fd00::1").packed
 V6_DESTINATION = ip_address("fd00::2").packed
 
 
-def _ipv4(payload: bytes, ihl_words: int = 5, total_length: int | None = None) -> bytes:
+def _ipv4(
+    payload: bytes, ihl_words: int = 5, total_length: int | None = None, protocol: int = 17
+) -> bytes:
     options = bytes(4 * (ihl_words - 5)) if ihl_words > 5 else b""
     header_size = 20 + len(options)
     length = header_size + len(payload) if total_length is None else total_length
@@ -25,7 +27,7 @@ def _ipv4(payload: bytes, ihl_words: int = 5, total_length: int | None = None) -
         0,
         0,
         64,
-        17,
+        protocol,
         0,
         V4_SOURCE,
         V4_DESTINATION,
@@ -33,9 +35,11 @@ def _ipv4(payload: bytes, ihl_words: int = 5, total_length: int | None = None) -
     return header + options + payload
 
 
-def _ipv6(payload: bytes, payload_length: int | None = None) -> bytes:
+def _ipv6(payload: bytes, payload_length: int | None = None, next_header: int = 17) -> bytes:
     length = len(payload) if payload_length is None else payload_length
-    header = struct.pack("!IHBB16s16s", 0x60000000, length, 17, 64, V6_SOURCE, V6_DESTINATION)
+    header = struct.pack(
+        "!IHBB16s16s", 0x60000000, length, next_header, 64, V6_SOURCE, V6_DESTINATION
+    )
     return header + payload
 
 
@@ -75,3 +79,27 @@ def test_ipv6_addresses_and_length() -> None:
 )
 def test_malformed_packets_give_none(packet: bytes) -> None:
     assert packet_addresses(packet) is None
+
+
+ICMP, ICMPV6 = 1, 58
+ECHO = bytes(6)
+"""An echo's identifier, sequence and checksum (zeros: not read)."""
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [
+        (_ipv4(bytes([0, 0]) + ECHO, protocol=ICMP), True),
+        (_ipv4(bytes([0, 0]) + ECHO, ihl_words=6, protocol=ICMP), True),
+        (_ipv6(bytes([129, 0]) + ECHO, next_header=ICMPV6), True),
+        (_ipv4(bytes([8, 0]) + ECHO, protocol=ICMP), False),
+        (_ipv6(bytes([128, 0]) + ECHO, next_header=ICMPV6), False),
+        (_ipv4(bytes([0, 0]) + ECHO), False),
+        (_ipv4(b"", protocol=ICMP), False),
+        (_ipv6(b"", next_header=ICMPV6), False),
+        (b"\x45", False),
+        (b"", False),
+    ],
+)
+def test_an_echo_reply_is_recognised_and_nothing_else_is(packet: bytes, expected: bool) -> None:
+    assert is_echo_reply(packet) is expected

@@ -23,6 +23,8 @@ from pilotif.node.icmp import echo_request_packet
 from pilotif.node.paths import (
     DIRECT_STATES,
     PROBE_DURATION_S,
+    QUIET_PEER_KEEPALIVE_S,
+    QUIET_RELAY_KEEPALIVE_MIN_S,
     ROUND_BACKOFF_MAX_S,
     TRANSITIONS,
     PathInput,
@@ -405,7 +407,8 @@ def test_a_queued_answer_is_replaced_by_a_later_one_for_the_same_peer(net: Netwo
 
     alpha.call("trust_respond", peer=gamma.key, approve=True)
     alpha.call("trust_respond", peer=gamma.key, approve=False)
-    assert [op for op, _ in alpha.trust.outbox.values()] == ["trust_respond"]
+    assert [fields["approve"] for _, fields in alpha.trust.outbox.values()] == [False]
+    net.run(REQUEST_ATTEMPTS * 2.0)
     net.registry_down = False
     net.run(REGISTRY_RETRY_S * 3 + 1)
     assert gamma.device.public_key not in alpha.core.peers
@@ -477,15 +480,29 @@ def test_a_node_whose_public_address_changes_is_reached_again_within_two_seconds
     assert alpha.path_to(beta) == path
 
 
-def test_a_quiet_peer_gets_one_keepalive_not_a_stream_of_them(net: Network) -> None:
+def test_a_quiet_peer_gets_one_keepalive_and_the_relay_one_at_most_every_ten_seconds(
+    net: Network,
+) -> None:
     alpha, beta = net.node("alpha"), net.node("beta")
     _trusting(net, alpha, beta)
     net.run_until(lambda: _both_direct(alpha, beta), 10.0)
+    net.run(PROBE_DURATION_S)
+    alpha.answers_pings = beta.answers_pings = True
+    state = beta.device.peer(alpha.device.public_key)
+    assert state is not None
+    before = state.tx_bytes
     assert _ping_arrives(net, alpha, beta, 1, seconds=0.1)
-    sent_before = beta.device.peer(alpha.device.public_key).tx_bytes  # type: ignore[union-attr]
-    net.run(10.0)
-    sent = beta.device.peer(alpha.device.public_key).tx_bytes - sent_before  # type: ignore[union-attr]
-    assert sent == KEEPALIVE_BYTES
+    reply = state.tx_bytes - before
+
+    net.run(QUIET_PEER_KEEPALIVE_S + 3)
+    first_quiet = state.tx_bytes - before - reply
+    assert _ping_arrives(net, alpha, beta, 2, seconds=0.1)
+    net.run(QUIET_PEER_KEEPALIVE_S + 3)
+    second_quiet = state.tx_bytes - before - 2 * reply - first_quiet
+
+    assert first_quiet == 2 * KEEPALIVE_BYTES
+    assert second_quiet == KEEPALIVE_BYTES
+    assert QUIET_RELAY_KEEPALIVE_MIN_S > 2 * (QUIET_PEER_KEEPALIVE_S + 3)
 
 
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
