@@ -470,8 +470,12 @@ class NodeCore:
         else:
             op = self._internal.pop(item.request_id, None)
             if self._outbox_sent.pop(item.request_id, None) is not None:
-                # Kept in the outbox: sent again after the next registration.
+                # Kept in the outbox: sent again after the next registration, which is
+                # now (the registry may be gone: its silence then starts the retries
+                # that bring the node back within a second of its return).
                 self.events.append(RequestDone(item.request_id, {"ok": True, "state": QUEUED}))
+                if self.registry_online and now >= self._reregister_at_s:
+                    self._reregister(now)
             elif op is None:
                 self.events.append(RequestFailed(item.request_id, *self._unreachable()))
             else:

@@ -8,6 +8,7 @@ logs in AGENT/pilotif.log, the registry's log) stay in the test's tmp_path.
 """
 
 import ipaddress
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -58,11 +59,14 @@ PING_COUNT = 3
 REGISTRY_RETURN_TIMEOUT_S = 5.0
 """Generous against the ~1 s target (bench/faults.py measures it): CI machines are slow."""
 RESTARTED_REACHED_TIMEOUT_S = 5.0
+"""Generous against the ~1-2 s target, for the same reason."""
 ROAMED_HOST = 50
 """The LAN host number alpha moves to."""
 UP_WITHOUT_REGISTRY_S = 10.0
 """`up` returns after about JOIN_GRACE_S (1 s) plus the interface setup; generous."""
-"""Generous against the ~1-2 s target, for the same reason."""
+QUEUED_ANSWER_S = 15.0
+"""A trust answer the registry does not take says `queued` after the link's attempts
+(5 s); generous."""
 
 
 @pytest.fixture
@@ -341,6 +345,61 @@ def test_a_node_that_changes_its_address_is_reached_again_at_once(cone_pair: Nat
             interval_s=0.0,
         )
     assert "network_changed" in alpha.log_path.read_text()
+
+
+def test_a_node_whose_router_gets_a_new_public_address_is_reached_again(
+    cone_pair: NatLab,
+) -> None:
+    """Issue 10: beta's router gets a new WAN address (a new lease); nothing changes on
+    beta's host, and alpha's packets went to the old address for 7.5 s. beta, hearing
+    nothing more, sends a keepalive directly and one through the relay; the relay does
+    not know that address, so beta registers again, sees its new public endpoint and
+    punches again."""
+    alpha, beta = cone_pair["alpha"], cone_pair["beta"]
+    _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    beta_ip = _ipv4(beta)
+    assert ping(alpha.namespace, beta_ip, 1).all_answered
+    new_address = cone_pair.renumber_router(1)
+    poll_until(
+        lambda: True if ping(alpha.namespace, beta_ip, 1).all_answered else None,
+        RESTARTED_REACHED_TIMEOUT_S,
+        "alpha reaching beta behind its renumbered router",
+        interval_s=0.0,
+    )
+    assert str(beta.status()["node"]["public_endpoint"]).startswith(f"{new_address}:")
+    assert "public_endpoint_changed" in beta.log_path.read_text()
+    row, _ = _wait_both(cone_pair, "alpha", "beta", (DIRECT,))
+    assert _endpoint_host(row["endpoint"]) == ipaddress.IPv4Address(new_address)
+
+
+def test_a_trust_answer_given_while_the_registry_is_down_reaches_the_asker(
+    workdir: Path,
+) -> None:
+    """Issue 10: `approve` while the registry was down failed after 5 s and was lost.
+    Now it says `queued`, is kept (peers.json), and goes out when the registry returns."""
+    with nat_lab((CONE, CONE), (("alpha", 0), ("beta", 1)), workdir) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        alpha.pilotif("handshake", "beta")
+        poll_until(
+            lambda: True if beta.json("pending")["incoming"] else None,
+            PATH_TIMEOUT_S,
+            "beta seeing alpha's request",
+        )
+        lab.stop_registry()
+        started = time.monotonic()
+        answer = beta.json("approve", "alpha")
+        assert time.monotonic() - started < QUEUED_ANSWER_S
+        assert answer == {"peer": "alpha", "state": "queued"}
+        kept = json.loads((beta.state_dir / "peers.json").read_text())["outbox"]
+        assert [entry["op"] for entry in kept.values()] == ["trust_respond"]
+        lab.start_registry()
+        timeout_s = REGISTRY_RETURN_TIMEOUT_S + PATH_TIMEOUT_S
+        alpha.wait_for_path("beta", (DIRECT, RELAY), timeout_s)
+        beta.wait_for_path("alpha", (DIRECT, RELAY), timeout_s)
+        assert ping(alpha.namespace, "beta.pilot", PING_COUNT).all_answered
+        assert json.loads((beta.state_dir / "peers.json").read_text())["outbox"] == {}
 
 
 def test_untrust_tears_the_tunnel_down_on_both_sides(cone_pair: NatLab) -> None:

@@ -31,7 +31,7 @@ from pilotif.node.paths import (
     PathState,
     next_state,
 )
-from pilotif.node.registry_link import REQUEST_ATTEMPTS
+from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import RelayEndpoint
 from tests.unit.netsim import (
@@ -381,6 +381,28 @@ def test_trust_answers_and_requests_made_while_the_registry_is_away_are_sent_whe
     )
     assert alpha.device.public_key in gamma.core.peers
     assert alpha.trust.outbox == {}
+
+
+def test_an_answer_the_registry_did_not_take_is_sent_within_seconds_of_its_return(
+    net: Network,
+) -> None:
+    """The node had not noticed the registry was gone: the answer waits for its attempts,
+    says `queued`, and the registration it then tries finds the registry away, so the
+    node retries every second instead of waiting for its next heartbeat."""
+    alpha, gamma = net.node("alpha"), net.node("gamma")
+    net.up(alpha, gamma)
+    gamma.call("trust_request", peer=alpha.key, message="")
+    net.run(0.5)
+    net.registry_down = True
+
+    approval = alpha.call("trust_respond", peer=gamma.key, approve=True)
+    net.run(REQUEST_ATTEMPTS * REQUEST_RETRY_S + 0.5)
+    assert _reply_of(alpha, approval)["state"] == "queued"
+    net.run_until(lambda: not alpha.core.registry_online, REQUEST_ATTEMPTS * REQUEST_RETRY_S + 1)
+    net.registry_down = False
+    back_at = net.now
+    net.run_until(lambda: gamma.device.public_key in alpha.core.peers, 10.0)
+    assert net.now - back_at <= REGISTRY_RETRY_S * 2 + 0.5
 
 
 def test_an_untrust_made_while_the_registry_is_away_reaches_the_peer_when_it_returns(
