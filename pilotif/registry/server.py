@@ -25,6 +25,7 @@ from pilotif.overlay.cookie import CookieChecker, source_bytes
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.handshake import LocalIdentity
+from pilotif.registry.joinkey import parse_join_key
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.store import (
     NameTaken,
@@ -84,6 +85,15 @@ RELAY_PACKETS_PER_S: Final = 20_000.0
 RELAY_BURST_PACKETS: Final = 40_000.0
 RELAY_BYTES_PER_S: Final = 25_000_000.0
 RELAY_BURST_BYTES: Final = 50_000_000.0
+NEW_NODES_PER_S: Final = 0.2
+NEW_NODES_BURST: Final = 20.0
+"""New registrations from one address (a /64 for IPv6): names and addresses are finite."""
+JOIN_KEY_USES_PER_S: Final = 1.0
+JOIN_KEY_BURST: Final = 100.0
+"""New registrations with one join key (a fleet joins in a burst, a leaked key does not
+fill the network at once)."""
+DEFAULT_EXPIRE_AFTER_S: Final = 30 * 86_400.0
+"""A node not seen for this long loses its name and address."""
 MAX_CHANNELS: Final = 10_000
 """Authenticated senders whose channel (keys, replay window) stays in memory."""
 
@@ -109,6 +119,11 @@ _STORE_ERROR_HINTS: Final = {
     NetworkFull.code: "the registry's network has no free address; ask its operator",
     UnknownNode.code: "pilotif find NAME shows the nodes the registry knows",
     NoRequest.code: "pilotif pending lists the requests you can answer",
+    "join_key_required": "ask the registry's operator for a join key and pass --join-key",
+    "join_key_unknown": "check the key, or ask the registry's operator for a new one",
+    "join_key_expired": "ask the registry's operator for a new join key",
+    "join_key_revoked": "ask the registry's operator for a new join key",
+    "join_key_used": "a one-off key admits one node: ask for another, or a --reusable one",
 }
 
 Outgoing = tuple[bytes, Endpoint]
@@ -153,9 +168,20 @@ class RegistryCore:
     (`relayed_packets`, `relayed_bytes`).
     """
 
-    def __init__(self, private_key: bytes, store: Store, *, first_counter: int) -> None:
+    def __init__(
+        self,
+        private_key: bytes,
+        store: Store,
+        *,
+        first_counter: int,
+        require_join_key: bool = False,
+        expire_after_s: float = DEFAULT_EXPIRE_AFTER_S,
+    ) -> None:
         self.public_key = _public_key(private_key)
         self.store = store
+        self.require_join_key = require_join_key
+        """A closed registry: a new node needs a join key."""
+        self.expire_after_s = expire_after_s
         self.counters: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         """Authenticated control requests by op (`other` for an op we do not know)."""
@@ -175,6 +201,8 @@ class RegistryCore:
         self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
         self._unproven_limit = TokenBuckets(UNPROVEN_RATE_PER_S, UNPROVEN_BURST)
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
+        self._new_node_limit = TokenBuckets(NEW_NODES_PER_S, NEW_NODES_BURST)
+        self._join_key_limit = TokenBuckets(JOIN_KEY_USES_PER_S, JOIN_KEY_BURST)
         self._relay_packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
         self._relay_bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
         self._seen: dict[bytes, tuple[Endpoint, float]] = {}
@@ -390,8 +418,19 @@ class RegistryCore:
         hostname = _hostname(message.get("hostname"))
         tags = _tags(message.get("tags", []))
         lan = _lan_endpoints(message.get("lan", []))
+        join_key = _join_key(message.get("join_key"))
+        if request.record is None:
+            self._limit_new_node(request.source, join_key, now)
         try:
-            record, new = self.store.register(key, hostname, tags, now)
+            record, new = self.store.register(
+                key,
+                hostname,
+                tags,
+                now,
+                join_key=join_key,
+                require_join_key=self.require_join_key,
+                expired_before=now - self.expire_after_s,
+            )
         except StoreError:
             if request.record is not None:
                 self.store.record_counter(key, counter)
@@ -402,9 +441,23 @@ class RegistryCore:
         self._note_seen(key, request.source, now)
         previous = request.record
         if new or previous is None:
-            log_event("node_registered", hostname=hostname, ipv4=record.ipv4, key=encode_key(key))
-        elif (previous.hostname, previous.tags) != (hostname, tags):
+            log_event(
+                "node_registered",
+                hostname=hostname,
+                ipv4=str(record.ipv4),
+                key=encode_key(key),
+                network=record.network or "",
+            )
+        elif (previous.hostname, previous.tags, previous.granted_tags) != (
+            hostname,
+            tags,
+            record.granted_tags,
+        ):
             log_event("node_updated", hostname=hostname, was=previous.hostname, tags=",".join(tags))
+            # Its peers learn the new name (their DNS follows) and tags.
+            for peer in self.store.trusted(key, PENDING_PUSH_LIMIT):
+                push = {"op": "trust_changed", "node": self._node(record, now), "trusted": True}
+                self._push(peer.public_key, push, now, request.pushes)
         if not was_online:
             log_event("node_online", hostname=hostname, endpoint=endpoint)
         for requester, text in self.store.incoming(key, PENDING_PUSH_LIMIT):
@@ -418,8 +471,37 @@ class RegistryCore:
             "hostname": record.hostname,
             "public_endpoint": endpoint,
             "network": str(self.store.network),
+            "network_name": record.network,
+            "granted_tags": list(record.granted_tags),
             "resync": request.new_session,
         }
+
+    def _limit_new_node(
+        self, source: Endpoint, join_key: tuple[str, str] | None, now: float
+    ) -> None:
+        if not self._new_node_limit.allow(_address_group(source), now):
+            raise _Refused(
+                "rate_limited", "too many new nodes from this address", "try again in a minute"
+            )
+        if join_key is not None and not self._join_key_limit.allow(join_key[0], now):
+            raise _Refused(
+                "rate_limited", "too many new nodes with this join key", "try again in a minute"
+            )
+
+    def expire(self, now: float) -> None:
+        """Remove the nodes not seen for `expire_after_s` (their names and addresses can
+        be taken again); call it now and then (the service does every minute)."""
+        for node in self.store.expire_nodes(now - self.expire_after_s):
+            self._forget(node.public_key)
+            log_event("node_expired", hostname=node.hostname, ipv4=str(node.ipv4))
+
+    def _forget(self, key: bytes) -> None:
+        seen = self._seen.pop(key, None)
+        if seen is not None and self._owners.get(seen[0]) == key:
+            del self._owners[seen[0]]
+        self._channels.pop(key, None)
+        self._sessions.pop(key, None)
+        self._rtt_ms.pop(key, None)
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -428,7 +510,13 @@ class RegistryCore:
         offset = _offset(request.message)
         if not isinstance(query, str):
             raise _Refused("bad_request", "lookup needs a query")
-        nodes = [self._node(n, request.now) for n in self._find(query.strip(), offset)]
+        closed = {n.name for n in self.store.networks() if n.closed}
+        found = [
+            n
+            for n in self._find(query.strip(), offset)
+            if n.network not in closed or n.network == node.network
+        ]
+        nodes = [self._node(n, request.now) for n in found]
         return _fit({"nodes": []}, [("nodes", node) for node in nodes], offset, LOOKUP_LIMIT)
 
     def _find(self, query: str, offset: int) -> list[NodeRecord]:
@@ -616,7 +704,9 @@ class RegistryCore:
         return seen is not None and now - seen[1] <= ONLINE_WINDOW_S
 
     def _node(self, node: NodeRecord, now: float) -> dict[str, Any]:
-        return {
+        """A node as others see it; `granted_tags` and `network_name` only where it has
+        them (pages hold more nodes without them)."""
+        described: dict[str, Any] = {
             "hostname": node.hostname,
             "public_key": encode_key(node.public_key),
             "ipv4": str(node.ipv4),
@@ -624,6 +714,11 @@ class RegistryCore:
             "tags": list(node.tags),
             "online": self._online(node.public_key, now),
         }
+        if node.granted_tags:
+            described["granted_tags"] = list(node.granted_tags)
+        if node.network is not None:
+            described["network_name"] = node.network
+        return described
 
 
 def _id_field(message: dict[str, Any], name: str) -> int | None:
@@ -666,6 +761,19 @@ def _tags(value: object) -> tuple[str, ...]:
     if len(tags) > MAX_TAGS:
         raise _Refused("invalid_tag", f"too many tags ({len(tags)})", f"use at most {MAX_TAGS}")
     return tuple(tags)
+
+
+def _join_key(value: object) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    parsed = parse_join_key(value) if isinstance(value, str) else None
+    if parsed is None:
+        raise _Refused(
+            "join_key_unknown",
+            "that is not a join key (they read pjk_...)",
+            _STORE_ERROR_HINTS["join_key_unknown"],
+        )
+    return parsed
 
 
 def _lan_endpoints(value: object) -> tuple[str, ...]:

@@ -1,5 +1,5 @@
-"""The registry's durable state: nodes (key, name, address, tags, where last seen), trust
-requests and trusts, in one SQLite file.
+"""The registry's durable state: nodes (key, name, address, tags, network, where last
+seen), trust requests and trusts, networks and join keys, in one SQLite file.
 
 Every change runs in one transaction. The schema and queries are plain SQL that
 PostgreSQL also accepts (keys as BLOB/BYTEA, times as float seconds, JSON lists as
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from pilotif.identity import ipv6_for_key
+from pilotif.registry.joinkey import new_join_key, secret_matches
 
 TrustState = Literal["none", "pending", "trusted"]
 
@@ -64,6 +65,38 @@ _SCHEMA: Final = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS trusts_b ON trusts (key_b)",
+    """
+    CREATE TABLE IF NOT EXISTS networks (
+        name TEXT PRIMARY KEY,
+        closed INTEGER NOT NULL,
+        created REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS join_keys (
+        id TEXT PRIMARY KEY,
+        digest BLOB NOT NULL,
+        network TEXT REFERENCES networks (name),
+        tags TEXT NOT NULL,
+        reusable INTEGER NOT NULL,
+        expires REAL,
+        uses INTEGER NOT NULL,
+        revoked INTEGER NOT NULL,
+        created REAL NOT NULL
+    )
+    """,
+)
+_ADDED_NODE_COLUMNS: Final = (
+    ("network", "TEXT"),
+    ("granted_tags", "TEXT NOT NULL DEFAULT '[]'"),
+    ("join_key", "TEXT"),
+)
+"""Columns later versions added to `nodes` (added to an older database at open)."""
+_NOT_IN_A_NETWORK: Final = (None, "[]", None)
+"""The added columns of a node that joined without a key."""
+_INDEXES_OF_ADDED_COLUMNS: Final = (
+    "CREATE INDEX IF NOT EXISTS nodes_network ON nodes (network)",
+    "CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes (last_seen)",
 )
 _NODE_FIELDS: Final = (
     "public_key",
@@ -76,6 +109,9 @@ _NODE_FIELDS: Final = (
     "lan_endpoints",
     "last_seen",
     "created",
+    "network",
+    "granted_tags",
+    "join_key",
 )
 _NODE_COLUMNS: Final = ", ".join(_NODE_FIELDS)
 _N_NODE_COLUMNS: Final = ", ".join(f"n.{field}" for field in _NODE_FIELDS)
@@ -112,6 +148,27 @@ class NoRequest(StoreError):
     code = "no_request"
 
 
+class NetworkExists(StoreError):
+    """A network of that name exists."""
+
+    code = "network_exists"
+
+
+class UnknownNetwork(StoreError):
+    """No network has that name."""
+
+    code = "unknown_network"
+
+
+class JoinRefused(StoreError):
+    """A node that may not join: no key where one is required, or a key that is not
+    (or no longer) good; `code` says which."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class NodeRecord:
     """One registered node as stored."""
@@ -129,6 +186,37 @@ class NodeRecord:
     lan_endpoints: tuple[str, ...]
     last_seen: float | None
     """Wall-clock seconds of its last registration (heartbeat)."""
+    created: float
+    network: str | None
+    """The network it joined with a join key (None: none)."""
+    granted_tags: tuple[str, ...]
+    """Tags a join key or the operator granted (`tags` are its own labels)."""
+    join_key: str | None
+    """The id of the join key that admitted it last."""
+
+
+@dataclass(frozen=True)
+class NetworkRecord:
+    """A network: a group of nodes that join it with its keys."""
+
+    name: str
+    closed: bool
+    """A closed network's members are found only by other members."""
+    created: float
+    members: int
+
+
+@dataclass(frozen=True)
+class JoinKeyRecord:
+    """A join key as stored (its secret only as a digest)."""
+
+    id: str
+    network: str | None
+    tags: tuple[str, ...]
+    reusable: bool
+    expires: float | None
+    uses: int
+    revoked: bool
     created: float
 
 
@@ -152,9 +240,15 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        with self._transaction():
+        with self._transaction() as cursor:
             for statement in _SCHEMA:
-                self._db.execute(statement)
+                cursor.execute(statement)
+            columns = {row[1] for row in cursor.execute("PRAGMA table_info(nodes)")}
+            for name, definition in _ADDED_NODE_COLUMNS:
+                if name not in columns:
+                    cursor.execute(f"ALTER TABLE nodes ADD COLUMN {name} {definition}")
+            for statement in _INDEXES_OF_ADDED_COLUMNS:
+                cursor.execute(statement)
 
     def close(self) -> None:
         """Close the database file."""
@@ -174,34 +268,96 @@ class Store:
     # -- nodes -----------------------------------------------------------------------
 
     def register(
-        self, public_key: bytes, hostname: str, tags: tuple[str, ...], now: float
+        self,
+        public_key: bytes,
+        hostname: str,
+        tags: tuple[str, ...],
+        now: float,
+        *,
+        join_key: tuple[str, str] | None = None,
+        require_join_key: bool = False,
+        expired_before: float | None = None,
     ) -> tuple[NodeRecord, bool]:
         """Insert a node or update its name and tags; the record and whether it is new.
 
         A new node gets the lowest free address of the network, for good. The
-        hostname (already normalized) must not belong to another key: NameTaken.
+        hostname (already normalized) must not belong to another key (NameTaken), unless
+        that node was last seen before `expired_before`: then it is removed first. A
+        join key (id, secret) is redeemed (JoinRefused if it is not good): the node joins
+        its network and holds its tags. A new node without one is refused when
+        `require_join_key`; a node that the same key admitted before redeems it again
+        without using it up.
         """
         with self._transaction() as cursor:
             owner = cursor.execute(
-                "SELECT public_key FROM nodes WHERE hostname = ?", (hostname,)
+                "SELECT public_key, COALESCE(last_seen, created) FROM nodes WHERE hostname = ?",
+                (hostname,),
             ).fetchone()
             if owner is not None and bytes(owner[0]) != public_key:
-                raise NameTaken(f"the name {hostname!r} belongs to another node")
+                if expired_before is None or owner[1] >= expired_before:
+                    raise NameTaken(f"the name {hostname!r} belongs to another node")
+                cursor.execute("DELETE FROM nodes WHERE public_key = ?", (bytes(owner[0]),))
+            existing = self._node(cursor, "public_key = ?", public_key)
+            if join_key is None and existing is None and require_join_key:
+                raise JoinRefused(
+                    "join_key_required", "this registry admits only nodes with a join key"
+                )
             tags_text = json.dumps(list(tags))
-            updated = cursor.execute(
-                "UPDATE nodes SET hostname = ?, tags = ? WHERE public_key = ?",
-                (hostname, tags_text, public_key),
-            ).rowcount
-            if not updated:
+            if existing is None:
                 address = self._free_address(cursor)
                 ipv6 = str(ipv6_for_key(public_key))
                 cursor.execute(
-                    f"INSERT INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (public_key, hostname, address, ipv6, tags_text, -1, None, "[]", None, now),
+                    f"INSERT INTO nodes ({_NODE_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        *(public_key, hostname, address, ipv6, tags_text, -1),
+                        *(None, "[]", None, now, *_NOT_IN_A_NETWORK),
+                    ),
                 )
+            else:
+                cursor.execute(
+                    "UPDATE nodes SET hostname = ?, tags = ? WHERE public_key = ?",
+                    (hostname, tags_text, public_key),
+                )
+            if join_key is not None:
+                self._redeem(cursor, public_key, join_key, existing, now)
             record = self._node(cursor, "public_key = ?", public_key)
         assert record is not None
-        return record, not updated
+        return record, existing is None
+
+    @staticmethod
+    def _redeem(
+        cursor: sqlite3.Cursor,
+        public_key: bytes,
+        join_key: tuple[str, str],
+        existing: NodeRecord | None,
+        now: float,
+    ) -> None:
+        key_id, secret = join_key
+        row = cursor.execute(
+            "SELECT digest, network, tags, reusable, expires, uses, revoked"
+            " FROM join_keys WHERE id = ?",
+            (key_id,),
+        ).fetchone()
+        if row is None or not secret_matches(secret, bytes(row[0])):
+            raise JoinRefused("join_key_unknown", "the registry does not know this join key")
+        digest, network, tags_text, reusable, expires, uses, revoked = row
+        del digest
+        if revoked:
+            raise JoinRefused("join_key_revoked", "this join key was revoked")
+        if expires is not None and now >= expires:
+            raise JoinRefused("join_key_expired", "this join key has expired")
+        again = existing is not None and existing.join_key == key_id
+        if uses and not reusable and not again:
+            raise JoinRefused("join_key_used", "this one-off join key was used already")
+        granted = list(existing.granted_tags) if existing is not None else []
+        granted += [tag for tag in json.loads(tags_text) if tag not in granted]
+        cursor.execute(
+            "UPDATE nodes SET network = ?, granted_tags = ?, join_key = ? WHERE public_key = ?",
+            (network, json.dumps(granted), key_id, public_key),
+        )
+        if not again:
+            cursor.execute("UPDATE join_keys SET uses = uses + 1 WHERE id = ?", (key_id,))
 
     def _free_address(self, cursor: sqlite3.Cursor) -> int:
         used = cursor.execute(
@@ -263,15 +419,16 @@ class Store:
         return self._node(self._db.cursor(), "ipv6 = ?", str(address))
 
     def nodes_with_tag(self, tag: str, limit: int, offset: int = 0) -> list[NodeRecord]:
-        """Up to `limit` nodes carrying the tag, by hostname, skipping the first `offset`.
+        """Up to `limit` nodes carrying the tag (their own or granted), by hostname,
+        skipping the first `offset`.
 
         Tags are DNS labels (no quotes, '%' or '_'), so the quoted tag matches exactly
         the one element of the JSON list that equals it.
         """
         rows = self._db.execute(
-            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE tags LIKE ? ORDER BY hostname"
-            " LIMIT ? OFFSET ?",
-            (f'%"{tag}"%', limit, offset),
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE tags LIKE ? OR granted_tags LIKE ?"
+            " ORDER BY hostname LIMIT ? OFFSET ?",
+            (f'%"{tag}"%', f'%"{tag}"%', limit, offset),
         )
         return [_record(row) for row in rows]
 
@@ -288,6 +445,150 @@ class Store:
         row = cursor.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE {where}", (value,))
         found = row.fetchone()
         return None if found is None else _record(found)
+
+    def nodes(self, limit: int = -1, offset: int = 0) -> list[NodeRecord]:
+        """Every node, by hostname (`limit` of them from `offset`)."""
+        rows = self._db.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY hostname LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [_record(row) for row in rows]
+
+    def remove_node(self, hostname: str) -> NodeRecord:
+        """Remove a node (its trusts and requests go with it); UnknownNode if none."""
+        with self._transaction() as cursor:
+            record = self._node(cursor, "hostname = ?", hostname)
+            if record is None:
+                raise UnknownNode(f"no node is called {hostname!r}")
+            cursor.execute("DELETE FROM nodes WHERE public_key = ?", (record.public_key,))
+        return record
+
+    def rename_node(self, hostname: str, new_name: str) -> NodeRecord:
+        """Give a node another (normalized, free) name."""
+        with self._transaction() as cursor:
+            record = self._node(cursor, "hostname = ?", hostname)
+            if record is None:
+                raise UnknownNode(f"no node is called {hostname!r}")
+            if self._node(cursor, "hostname = ?", new_name) is not None:
+                raise NameTaken(f"the name {new_name!r} belongs to another node")
+            cursor.execute(
+                "UPDATE nodes SET hostname = ? WHERE public_key = ?", (new_name, record.public_key)
+            )
+            renamed = self._node(cursor, "public_key = ?", record.public_key)
+        assert renamed is not None
+        return renamed
+
+    def set_granted_tag(self, hostname: str, tag: str, granted: bool) -> NodeRecord:
+        """Grant a node a tag, or take it back."""
+        with self._transaction() as cursor:
+            record = self._node(cursor, "hostname = ?", hostname)
+            if record is None:
+                raise UnknownNode(f"no node is called {hostname!r}")
+            tags = [t for t in record.granted_tags if t != tag] + ([tag] if granted else [])
+            cursor.execute(
+                "UPDATE nodes SET granted_tags = ? WHERE public_key = ?",
+                (json.dumps(tags), record.public_key),
+            )
+            changed = self._node(cursor, "public_key = ?", record.public_key)
+        assert changed is not None
+        return changed
+
+    def expire_nodes(self, seen_before: float) -> list[NodeRecord]:
+        """Remove every node last seen (or, never seen, created) before `seen_before`:
+        its name and address can be taken again. The removed nodes."""
+        with self._transaction() as cursor:
+            where = "COALESCE(last_seen, created) < ?"
+            rows = cursor.execute(
+                f"SELECT {_NODE_COLUMNS} FROM nodes WHERE {where}", (seen_before,)
+            )
+            expired = [_record(row) for row in rows]
+            cursor.execute(f"DELETE FROM nodes WHERE {where}", (seen_before,))
+        return expired
+
+    # -- networks and join keys -----------------------------------------------------------
+
+    def create_network(self, name: str, *, closed: bool, now: float) -> NetworkRecord:
+        """A new network (NetworkExists if the name is taken)."""
+        with self._transaction() as cursor:
+            if cursor.execute("SELECT 1 FROM networks WHERE name = ?", (name,)).fetchone():
+                raise NetworkExists(f"a network called {name!r} exists")
+            cursor.execute(
+                "INSERT INTO networks (name, closed, created) VALUES (?, ?, ?)",
+                (name, int(closed), now),
+            )
+        return NetworkRecord(name, closed, now, 0)
+
+    def networks(self) -> list[NetworkRecord]:
+        """Every network with its number of members, by name."""
+        rows = self._db.execute(
+            "SELECT w.name, w.closed, w.created,"
+            " (SELECT COUNT(*) FROM nodes n WHERE n.network = w.name)"
+            " FROM networks w ORDER BY w.name"
+        )
+        return [
+            NetworkRecord(name, bool(closed), created, count)
+            for name, closed, created, count in rows
+        ]
+
+    def network_named(self, name: str) -> NetworkRecord | None:
+        """The network of that name."""
+        return next((n for n in self.networks() if n.name == name), None)
+
+    def create_join_key(
+        self,
+        *,
+        network: str | None,
+        tags: tuple[str, ...],
+        reusable: bool,
+        expires: float | None,
+        now: float,
+    ) -> tuple[JoinKeyRecord, str]:
+        """A new join key: its record and its text (shown once: only a digest is kept)."""
+        key_id, text, digest = new_join_key()
+        with self._transaction() as cursor:
+            if (
+                network is not None
+                and not cursor.execute(
+                    "SELECT 1 FROM networks WHERE name = ?", (network,)
+                ).fetchone()
+            ):
+                raise UnknownNetwork(f"no network is called {network!r}")
+            cursor.execute(
+                "INSERT INTO join_keys"
+                " (id, digest, network, tags, reusable, expires, uses, revoked, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?)",
+                (key_id, digest, network, json.dumps(list(tags)), int(reusable), expires, now),
+            )
+        record = JoinKeyRecord(key_id, network, tags, reusable, expires, 0, False, now)
+        return record, text
+
+    def join_keys(self) -> list[JoinKeyRecord]:
+        """Every join key, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, network, tags, reusable, expires, uses, revoked, created"
+            " FROM join_keys ORDER BY created, id"
+        )
+        return [
+            JoinKeyRecord(
+                key_id,
+                network,
+                tuple(json.loads(tags)),
+                bool(reusable),
+                expires,
+                uses,
+                bool(revoked),
+                created,
+            )
+            for key_id, network, tags, reusable, expires, uses, revoked, created in rows
+        ]
+
+    def revoke_join_key(self, key_id: str) -> None:
+        """Revoke a join key (nodes it admitted stay); UnknownJoinKey if none has that id."""
+        with self._transaction() as cursor:
+            if not cursor.execute(
+                "UPDATE join_keys SET revoked = 1 WHERE id = ?", (key_id,)
+            ).rowcount:
+                raise JoinRefused("join_key_unknown", f"no join key has the id {key_id!r}")
 
     # -- trust -----------------------------------------------------------------------
 
@@ -451,7 +752,8 @@ def _skip_reserved(address: int) -> int:
 
 
 def _record(row: tuple[Any, ...]) -> NodeRecord:
-    key, hostname, ipv4, ipv6, tags, counter, endpoint, lan, last_seen, created = row
+    key, hostname, ipv4, ipv6, tags, counter, endpoint, lan, last_seen, created = row[:10]
+    network, granted, join_key = row[10:]
     return NodeRecord(
         public_key=bytes(key),
         hostname=hostname,
@@ -463,4 +765,7 @@ def _record(row: tuple[Any, ...]) -> NodeRecord:
         lan_endpoints=tuple(json.loads(lan)),
         last_seen=last_seen,
         created=created,
+        network=network,
+        granted_tags=tuple(json.loads(granted)),
+        join_key=join_key,
     )
