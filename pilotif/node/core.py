@@ -110,6 +110,7 @@ QUEUED: Final = "queued"
 """The state a trust request or answer has while the registry does not answer."""
 _OutboxEntry = tuple[str, dict[str, Any]]
 _ALL: Final = "all"
+NETWORK_POLICY: Final = "network"
 _TAG_PREFIX: Final = "tag:"
 
 
@@ -122,9 +123,12 @@ class NodeOptions:
     tags: list[str]
     registry_key: bytes | None
     auto_approve: str | None
-    """None (ask), "all", or "tag:NAME"."""
+    """None (ask), "all", "network" (members of our network), or "tag:NAME" (nodes the
+    registry's operator granted that tag)."""
     accept_dns: bool = True
     """Point the system resolver at our DNS responder for `.pilot` names."""
+    join_key: str | None = None
+    """A join key from the registry's operator (sent until the registry admits us)."""
 
 
 @dataclass
@@ -190,6 +194,11 @@ class NodeCore:
         self.ipv4: IPv4Address | None = None
         self.ipv6 = ipv6_for_key(device.public_key)
         self.network: IPv4Network | None = None
+        self.network_name: str | None = None
+        """The registry's network we are a member of (a join key put us there)."""
+        self.admitted = False
+        """Whether the registry accepted a registration of this run (the join key is
+        sent until then: revoking it later does not turn the node away)."""
         self.public_endpoint: str | None = None
         self.registry_online = False
         self.registry_lost_s: float | None = None
@@ -411,7 +420,9 @@ class NodeCore:
             # Started from the cache with no pinned key (registry.pub was removed).
             self.link.fetch_key(now)
             return
-        fields = {"hostname": self.options.hostname, "tags": self.options.tags}
+        fields: dict[str, Any] = {"hostname": self.options.hostname, "tags": self.options.tags}
+        if self.options.join_key is not None and not self.admitted:
+            fields["join_key"] = self.options.join_key
         request_id = self.link.request("register", {**fields, "lan": self.lan_endpoints}, now)
         self._internal[request_id] = "register"
 
@@ -588,6 +599,9 @@ class NodeCore:
             )
             return
         self.ipv4, self.network = ipv4, network
+        self.admitted = True
+        name = reply.get("network_name")
+        self.network_name = name if isinstance(name, str) else None
         endpoint = reply.get("public_endpoint")
         previous_endpoint = self.public_endpoint
         self.public_endpoint = endpoint if isinstance(endpoint, str) else None
@@ -678,12 +692,22 @@ class NodeCore:
         with contextlib.suppress(HostnameError):
             self.requesters[normalize_hostname(str(node.get("hostname", "")))] = key
         self.events.append(TrustRequested(str(node.get("hostname", "")), key, message))
-        policy = self.options.auto_approve
-        tags = node.get("tags")
-        tags = [str(t) for t in tags] if isinstance(tags, list) else []
-        if policy == _ALL or (policy is not None and policy.removeprefix(_TAG_PREFIX) in tags):
+        if self._approves_by_policy(node):
             self._consent(key)
             self._queue_trust(key, "trust_respond", {"peer": encode_key(key), "approve": True}, now)
+
+    def _approves_by_policy(self, node: dict[str, Any]) -> bool:
+        """Whether `--auto-approve` approves this asker: everyone, members of our
+        network, or nodes granted a tag (a tag a node gave itself never counts)."""
+        policy = self.options.auto_approve
+        if policy is None:
+            return False
+        if policy == _ALL:
+            return True
+        if policy == NETWORK_POLICY:
+            return self.network_name is not None and node.get("network_name") == self.network_name
+        granted = node.get("granted_tags")
+        return isinstance(granted, list) and policy.removeprefix(_TAG_PREFIX) in granted
 
     def _consent(self, key: bytes) -> None:
         if key not in self.trust.consented:

@@ -16,7 +16,7 @@ PREFIX: Final = "pjk_"
 _ID_HEX_CHARS: Final = 8
 _SECRET_BYTES: Final = 24
 _MAX_SECRET_CHARS: Final = 64
-_PERSON: Final = b"pilotif-jk"
+_PERSON: Final = b"pjk-v1"
 
 
 def new_join_key() -> tuple[str, str, bytes]:
