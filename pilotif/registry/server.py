@@ -209,8 +209,10 @@ class RegistryCore:
         self._rtt_ms: dict[bytes, int] = {}
         """Each node's round trip to us as it last reported it (`rtt_ms` of any request)."""
         self._owners: dict[Endpoint, bytes] = {}
-        for key, endpoint, last_seen in store.all_endpoints():
+        for key, endpoint, last_seen, session in store.all_endpoints():
             self._note_seen(key, parse_endpoint(endpoint), last_seen)
+            if session is not None:
+                self._sessions[key] = session
         self._ops: dict[str, Callable[[_Request, NodeRecord], dict[str, Any]]] = {
             "lookup": self._lookup,
             "trust_request": self._trust_request,
@@ -436,7 +438,14 @@ class RegistryCore:
                 self.store.record_counter(key, counter)
             raise
         endpoint = format_endpoint(request.source)
-        self.store.mark_seen(key, endpoint=endpoint, lan_endpoints=lan, counter=counter, now=now)
+        self.store.mark_seen(
+            key,
+            endpoint=endpoint,
+            lan_endpoints=lan,
+            counter=counter,
+            session=self._sessions.get(key),
+            now=now,
+        )
         was_online = self._online(key, now) and self._seen[key][0] == request.source
         self._note_seen(key, request.source, now)
         previous = request.record

@@ -90,6 +90,7 @@ _ADDED_NODE_COLUMNS: Final = (
     ("network", "TEXT"),
     ("granted_tags", "TEXT NOT NULL DEFAULT '[]'"),
     ("join_key", "TEXT"),
+    ("session", "BIGINT"),
 )
 """Columns later versions added to `nodes` (added to an older database at open)."""
 _NOT_IN_A_NETWORK: Final = (None, "[]", None)
@@ -383,15 +384,20 @@ class Store:
         endpoint: str,
         lan_endpoints: tuple[str, ...],
         counter: int,
+        session: int | None,
         now: float,
     ) -> None:
-        """Record a heartbeat: where the node is and the counter it sealed with."""
+        """Record a heartbeat: where the node is, the counter it sealed with and its
+        session (so that a restarted registry can push to it at once)."""
         with self._transaction() as cursor:
             cursor.execute(
-                "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?,"
+                "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?,"
                 " highest_counter = CASE WHEN highest_counter > ? THEN highest_counter ELSE ? END"
                 " WHERE public_key = ?",
-                (endpoint, json.dumps(list(lan_endpoints)), now, counter, counter, public_key),
+                (
+                    *(endpoint, json.dumps(list(lan_endpoints)), now, session),
+                    *(counter, counter, public_key),
+                ),
             )
 
     def record_counter(self, public_key: bytes, counter: int) -> None:
@@ -432,13 +438,17 @@ class Store:
         )
         return [_record(row) for row in rows]
 
-    def all_endpoints(self) -> list[tuple[bytes, str, float]]:
-        """Every node's key, public endpoint and last-seen time, for the relay's index."""
+    def all_endpoints(self) -> list[tuple[bytes, str, float, int | None]]:
+        """Every node's key, public endpoint, last-seen time and session, for the relay's
+        index and pushes after a restart."""
         rows = self._db.execute(
-            "SELECT public_key, endpoint, last_seen FROM nodes"
+            "SELECT public_key, endpoint, last_seen, session FROM nodes"
             " WHERE endpoint IS NOT NULL AND last_seen IS NOT NULL"
         )
-        return [(bytes(key), str(endpoint), float(seen)) for key, endpoint, seen in rows]
+        return [
+            (bytes(key), str(endpoint), float(seen), session)
+            for key, endpoint, seen, session in rows
+        ]
 
     @staticmethod
     def _node(cursor: sqlite3.Cursor, where: str, value: object) -> NodeRecord | None:

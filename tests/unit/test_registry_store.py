@@ -122,9 +122,16 @@ def test_tag_lookups_are_capped(store: Store) -> None:
 
 def test_mark_seen_records_where_and_the_highest_counter(store: Store, alice: bytes) -> None:
     store.mark_seen(
-        alice, endpoint="198.18.0.1:4000", lan_endpoints=("10.0.0.2:4000",), counter=50, now=NOW
+        alice,
+        endpoint="198.18.0.1:4000",
+        lan_endpoints=("10.0.0.2:4000",),
+        counter=50,
+        session=None,
+        now=NOW,
     )
-    store.mark_seen(alice, endpoint="198.18.0.1:4001", lan_endpoints=(), counter=40, now=NOW + 6)
+    store.mark_seen(
+        alice, endpoint="198.18.0.1:4001", lan_endpoints=(), counter=40, session=9, now=NOW + 6
+    )
     store.record_counter(alice, 45)
     record = store.node_by_key(alice)
     assert record is not None
@@ -135,7 +142,7 @@ def test_mark_seen_records_where_and_the_highest_counter(store: Store, alice: by
     )
     assert record.highest_counter == 50
     store.record_counter(alice, 60)
-    assert store.all_endpoints() == [(alice, "198.18.0.1:4001", NOW + 6)]
+    assert store.all_endpoints() == [(alice, "198.18.0.1:4001", NOW + 6, 9)]
     record = store.node_by_key(alice)
     assert record is not None and record.highest_counter == 60
 
@@ -194,7 +201,7 @@ def test_everything_is_there_after_a_reopen(tmp_path: Path) -> None:
     alice, bob, carol = new_key(), new_key(), new_key()
     for key, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
         store.register(key, name, ("t",), NOW)
-    store.mark_seen(alice, endpoint="198.18.0.1:1", lan_endpoints=(), counter=7, now=NOW)
+    store.mark_seen(alice, endpoint="198.18.0.1:1", lan_endpoints=(), counter=7, session=1, now=NOW)
     store.request_trust(alice, bob, "", NOW)
     store.respond(bob, alice, True, NOW)
     store.request_trust(carol, alice, "please", NOW)
