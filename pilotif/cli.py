@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 import click
 
+from pilotif.admin_cli import admin
+from pilotif.cli_common import CliError, echo_result, json_option
 from pilotif.config import ConfigError, InterfaceConfig, load_config
 from pilotif.control import ControlError, request, stream
+from pilotif.duration import DurationError, parse_duration
 from pilotif.hostport import HostPortError, parse_host_port
 from pilotif.identity import (
     HostnameError,
@@ -29,11 +32,13 @@ from pilotif.identity import (
 )
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
-from pilotif.node.core import QUEUED, NodeOptions
+from pilotif.node.core import NETWORK_POLICY, QUEUED, NodeOptions
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
+from pilotif.registry.joinkey import parse_join_key
 
 READY_FD_ENV = "PILOTIF_READY_FD"
+JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
 DEFAULT_INTERFACE = "pilot0"
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -42,15 +47,6 @@ PING_INTERVAL_S = 1.0
 _INTERFACE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CliError(click.ClickException):
-    """A failure reported as one line, with a machine-readable code for --json."""
-
-    def __init__(self, message: str, code: str = "error", hint: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.hint = hint
 
 
 def state_dir_option(function: F) -> F:
@@ -106,7 +102,13 @@ def _daemon_running(paths: StatePaths) -> bool:
     is_flag=False,
     flag_value="all",
     default=None,
-    help="Approve trust requests by policy: alone for everyone, or tag:NAME.",
+    help="Approve trust requests by policy: alone for everyone, `network` for members of "
+    "this node's network, or tag:NAME for nodes the registry's operator granted NAME.",
+)
+@click.option(
+    "--join-key",
+    envvar=JOIN_KEY_ENV,
+    help=f"A join key from the registry's operator (env {JOIN_KEY_ENV}).",
 )
 @click.option("--listen-port", type=click.IntRange(0, 65535), help="UDP port (registry mode).")
 @click.option(
@@ -133,6 +135,7 @@ def up(
     tags: str,
     registry_key: str | None,
     auto_approve: str | None,
+    join_key: str | None,
     listen_port: int | None,
     accept_dns: bool,
     interface: str | None,
@@ -165,6 +168,7 @@ def up(
         node_options = replace(
             _node_options(registry, hostname, tags, registry_key, auto_approve),
             accept_dns=accept_dns,
+            join_key=_join_key(join_key) if join_key is not None else None,
         )
         name = _interface_name(interface, Path(DEFAULT_INTERFACE))
         config = InterfaceConfig(
@@ -215,6 +219,16 @@ def _webhook_url(url: str) -> str:
         raise CliError(f"--webhook: {error}", "bad_input") from None
 
 
+def _join_key(text: str) -> str:
+    if parse_join_key(text) is None:
+        raise CliError(
+            "--join-key: that is not a join key (they read pjk_...)",
+            "bad_input",
+            "copy the key `pilotif registry admin key create` printed",
+        )
+    return text.strip()
+
+
 def _node_options(
     registry: str,
     hostname: str | None,
@@ -232,8 +246,10 @@ def _node_options(
         raise CliError(str(error), "bad_input") from None
     except InvalidKeyError as error:
         raise CliError(f"--registry-key: {error}", "bad_input") from None
-    if auto_approve is not None and auto_approve != "all" and not auto_approve.startswith("tag:"):
-        raise CliError("--auto-approve takes no value (everyone) or tag:NAME", "bad_input")
+    if auto_approve not in (None, "all", NETWORK_POLICY) and not auto_approve.startswith("tag:"):
+        raise CliError(
+            "--auto-approve takes no value (everyone), `network` or tag:NAME", "bad_input"
+        )
     return NodeOptions(
         registry=registry_at,
         hostname=name,
@@ -449,19 +465,17 @@ def _node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, 
         raise CliError(str(error), error.code, error.hint) from None
 
 
-def _print(as_json: bool, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if as_json else text)
-
-
 def _node_line(node: dict[str, Any]) -> str:
+    """One node: name, address, key, its own tags and those the operator granted."""
     tags = ",".join(node.get("tags", []))
+    granted = ",".join(node.get("granted_tags", []))
+    network = node.get("network_name")
     return (
         f"{node.get('hostname', '?'):24} {node.get('ipv4', '?'):15} {node.get('public_key', '')}"
         + (f"  tags={tags}" if tags else "")
+        + (f"  granted={granted}" if granted else "")
+        + (f"  network={network}" if network else "")
     )
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 @cli.command()
@@ -479,7 +493,7 @@ def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
         text = f"the registry does not answer: the request to {peer} is kept and sent when it does"
     else:
         text = f"trust requested from {peer}; it shows in their `pilotif pending`"
-    _print(as_json, {"peer": peer, "state": state}, text)
+    echo_result(as_json, {"peer": peer, "state": state}, text)
 
 
 @cli.command()
@@ -494,7 +508,7 @@ def pending(as_json: bool, state_dir: Path) -> None:
         for item in incoming
     ]
     lines += ["outgoing:"] + [f"  {_node_line(node)}" for node in outgoing]
-    _print(as_json, {"incoming": incoming, "outgoing": outgoing}, "\n".join(lines))
+    echo_result(as_json, {"incoming": incoming, "outgoing": outgoing}, "\n".join(lines))
 
 
 def _trust_decision(command: str, peer: str, as_json: bool, state_dir: Path) -> None:
@@ -503,7 +517,7 @@ def _trust_decision(command: str, peer: str, as_json: bool, state_dir: Path) -> 
     text = f"{peer}: {state}"
     if state == QUEUED:
         text += " (the registry does not answer: kept, and sent when it does)"
-    _print(as_json, {"peer": peer, "state": state}, text)
+    echo_result(as_json, {"peer": peer, "state": state}, text)
 
 
 @cli.command()
@@ -539,7 +553,7 @@ def untrust(peer: str, as_json: bool, state_dir: Path) -> None:
 def trust(as_json: bool, state_dir: Path) -> None:
     """The nodes you trust."""
     trusted = _node_request(state_dir, "trust").get("trusted", [])
-    _print(as_json, trusted, "\n".join(_node_line(n) for n in trusted) or "(nobody)")
+    echo_result(as_json, trusted, "\n".join(_node_line(n) for n in trusted) or "(nobody)")
 
 
 @cli.command()
@@ -553,7 +567,7 @@ def peers(as_json: bool, state_dir: Path) -> None:
         f"rx={p['rx_bytes']} tx={p['tx_bytes']}"
         for p in rows
     ]
-    _print(as_json, rows, "\n".join(lines) or "(no trusted peers)")
+    echo_result(as_json, rows, "\n".join(lines) or "(no trusted peers)")
 
 
 @cli.command()
@@ -563,7 +577,9 @@ def peers(as_json: bool, state_dir: Path) -> None:
 def find(query: str, as_json: bool, state_dir: Path) -> None:
     """Look up registered nodes by NAME, virtual IP, key or tag:TAG."""
     nodes = _node_request(state_dir, "find", query=query).get("nodes", [])
-    _print(as_json, nodes, "\n".join(_node_line(n) for n in nodes) or f"nothing matches {query!r}")
+    echo_result(
+        as_json, nodes, "\n".join(_node_line(n) for n in nodes) or f"nothing matches {query!r}"
+    )
 
 
 def _peer_address(state_dir: Path, peer: str) -> str:
@@ -665,29 +681,54 @@ def _format_event(event: dict[str, Any]) -> str:
     return f"{stamp} {event.get('event')} {fields}".rstrip()
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP).")
 @click.option("--network", default="100.64.0.0/10", show_default=True, help="IPv4 overlay.")
+@click.option(
+    "--require-join-key", is_flag=True, help="Admit new nodes only with a join key (closed)."
+)
+@click.option(
+    "--expire-after",
+    default="30d",
+    show_default=True,
+    help="Free the name and address of a node not seen for this long.",
+)
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option("--metrics", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
 @state_dir_option
+@click.pass_context
 def registry(
-    listen: str, network: str, log_format: str, metrics: str | None, state_dir: Path
+    ctx: click.Context,
+    listen: str,
+    network: str,
+    require_join_key: bool,
+    expire_after: str,
+    log_format: str,
+    metrics: str | None,
+    state_dir: Path,
 ) -> None:
-    """Run the registry (rendezvous, trust, relay) in the foreground; no root needed."""
-    from pilotif.registry import run_registry
+    """Run the registry (rendezvous, trust, relay) in the foreground; no root needed.
+    `pilotif registry admin --state-dir DIR ...` manages it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from pilotif.registry import RegistryOptions, run_registry
 
     listen_at = _host_port("--listen", listen)
     try:
         net = ipaddress.IPv4Network(network)
     except ValueError as error:
         raise CliError(f"--network: {error}", "bad_input") from None
+    try:
+        expire_after_s = parse_duration(expire_after)
+    except DurationError as error:
+        raise CliError(f"--expire-after: {error}", "bad_input") from None
     metrics_at = _host_port("--metrics", metrics) if metrics is not None else None
+    options = RegistryOptions(net, require_join_key, expire_after_s)
     setup_logging(as_json=log_format == "json")
     try:
-        run_registry(listen_at, state_dir.absolute(), net, log_format, metrics_at)
+        run_registry(listen_at, state_dir.absolute(), options, log_format, metrics_at)
     except StateFileError as error:
         raise CliError(str(error), "bad_state") from None
     except OSError as error:
@@ -729,6 +770,9 @@ def demo(static: bool) -> None:
         code = run_nat_demo()
     if code:
         raise click.exceptions.Exit(code)
+
+
+registry.add_command(admin)
 
 
 def main() -> None:

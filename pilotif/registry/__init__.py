@@ -1,12 +1,12 @@
 """The rendezvous server: identities, names, addresses, trust, hole punching and relay.
 
 `wire` is the codec both the registry and the node speak (docs/CONTROL_PROTOCOL.md),
-`store` the registry's database, `server` its logic (`RegistryCore`) and `service` its
-UDP loop (`run_registry`).
+`store` the registry's database, `joinkey` the join keys' text, `server` its logic
+(`RegistryCore`) and `service` its UDP loop (`run_registry`).
 """
 
 from pilotif.registry.server import RegistryCore
-from pilotif.registry.service import run_registry
+from pilotif.registry.service import RegistryOptions, run_registry
 from pilotif.registry.store import (
     NameTaken,
     NetworkFull,
@@ -26,6 +26,7 @@ __all__ = [
     "NoRequest",
     "NodeRecord",
     "RegistryCore",
+    "RegistryOptions",
     "Store",
     "StoreError",
     "TrustOutcome",

@@ -5,6 +5,7 @@ import asyncio
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, Final, cast
@@ -16,13 +17,14 @@ from pilotif.logs import log_event, setup_logging
 from pilotif.observe.metrics import RegistryCollector, RegistrySample, start_metrics_server
 from pilotif.overlay.events import Endpoint
 from pilotif.paths import StatePaths
-from pilotif.registry.server import TRAFFIC_COUNTERS, RegistryCore
+from pilotif.registry.server import DEFAULT_EXPIRE_AFTER_S, TRAFFIC_COUNTERS, RegistryCore
 from pilotif.registry.store import DB_FILE_NAME, Store
 from pilotif.registry.wire import format_endpoint
 
 REGISTRY_KEY_FILE: Final = "registry.key"
 COUNTER_FILE: Final = "registry.counter"
 _IPV4_MAPPED_PREFIX: Final = "::ffff:"
+EXPIRE_EVERY_S: Final = 60.0
 
 
 class _RegistryProtocol(asyncio.DatagramProtocol):
@@ -103,9 +105,11 @@ async def _serve(
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _RegistryProtocol(core, lease), local_addr=listen
     )
+    housekeeping = asyncio.create_task(_expire_now_and_then(core))
     try:
         await stop.wait()
     finally:
+        housekeeping.cancel()
         transport.close()
         if metrics_server is not None:
             metrics_server.close()
@@ -113,10 +117,27 @@ async def _serve(
             loop.remove_signal_handler(signum)
 
 
+async def _expire_now_and_then(core: RegistryCore) -> None:
+    """Forget nodes unseen for the expiry time: at start, then every EXPIRE_EVERY_S."""
+    while True:
+        core.expire(time.time())
+        await asyncio.sleep(EXPIRE_EVERY_S)
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How `pilotif registry` runs: its address range, whether it is closed, and when
+    it forgets nodes."""
+
+    network: IPv4Network
+    require_join_key: bool = False
+    expire_after_s: float = DEFAULT_EXPIRE_AFTER_S
+
+
 def run_registry(
     listen: tuple[str, int],
     state_dir: Path,
-    network: IPv4Network,
+    options: RegistryOptions,
     log_format: str = "text",
     metrics: tuple[str, int] | None = None,
 ) -> None:
@@ -130,15 +151,23 @@ def run_registry(
     setup_logging(as_json=log_format == "json")
     StatePaths(state_dir).create()
     private_key = load_or_create_key(state_dir / REGISTRY_KEY_FILE)
-    store = Store(state_dir / DB_FILE_NAME, network)
+    store = Store(state_dir / DB_FILE_NAME, options.network)
     lease = CounterLease(state_dir / COUNTER_FILE)
-    core = RegistryCore(private_key, store, first_counter=lease.first)
+    core = RegistryCore(
+        private_key,
+        store,
+        first_counter=lease.first,
+        require_join_key=options.require_join_key,
+        expire_after_s=options.expire_after_s,
+    )
     log_event(
         "registry_started",
         listen=format_endpoint(listen),
         public_key=encode_key(core.public_key),
-        network=network,
-        state_dir=state_dir,
+        network=str(options.network),
+        closed=options.require_join_key,
+        expire_after_s=options.expire_after_s,
+        state_dir=str(state_dir),
         hint="nodes pin this key on first contact, or pass it as --registry-key",
     )
     try:
