@@ -208,9 +208,12 @@ class Agent:
         auto_approve: str | None = None,
         accept_dns: bool = True,
         listen_port: int | None = None,
+        join_key: str | None = None,
     ) -> None:
         """`pilotif up` joined to the lab's registry; returns once the daemon is up."""
         args = ["--registry", REGISTRY, "--hostname", self.hostname]
+        if join_key is not None:
+            args += ["--join-key", join_key]
         if tags:
             args += ["--tags", ",".join(tags)]
         if auto_approve is not None:
@@ -322,6 +325,8 @@ class NatLab:
     agents: dict[str, Agent]
     workdir: Path
     internet: dict[str, InternetHost] = field(default_factory=dict)
+    registry_args: tuple[str, ...] = ()
+    """Extra `pilotif registry` options (e.g. --require-join-key), kept across restarts."""
     _registry: "subprocess.Popen[bytes] | None" = None
 
     def __getitem__(self, hostname: str) -> Agent:
@@ -375,6 +380,7 @@ class NatLab:
             REGISTRY,
             "--state-dir",
             str(self.registry_state_dir),
+            *self.registry_args,
             log_path=self.registry_log,
         )
         process = self._registry
@@ -386,6 +392,22 @@ class NatLab:
             return True if sockets.strip() else None
 
         poll_until(listening, REGISTRY_START_TIMEOUT_S, "the registry listening on " + REGISTRY)
+
+    def admin(self, *args: str) -> Any:
+        """`pilotif registry admin --state-dir DIR ARGS --json`, parsed (run on the lab's
+        host: the registry's database is a file in the workdir)."""
+        result = run_checked(
+            [
+                pilotif_executable(),
+                "registry",
+                "admin",
+                "--state-dir",
+                str(self.registry_state_dir),
+                *args,
+                "--json",
+            ]
+        )
+        return json.loads(result.stdout)
 
     def stop_registry(self) -> None:
         """Stop the registry by its PID (SIGTERM, then SIGKILL)."""
@@ -482,11 +504,12 @@ def nat_lab(
     internet_hosts: Sequence[str] = (),
     wan_delay_ms: Sequence[float] = (),
     wan_loss: Sequence[float] = (),
+    registry_args: Sequence[str] = (),
 ) -> Iterator[NatLab]:
     """The lab with one router per entry of `nats` and agents (hostname, router index),
     and `internet_hosts` (names) on the public switch itself. `wan_delay_ms` and
     `wan_loss` (a share, 0 to 1) put a delay cable (pilotif.lab.cable) between router i
-    and the switch, each way.
+    and the switch, each way. `registry_args` go to `pilotif registry`.
 
     The registry runs (on a fresh state dir); agents are not up yet. Everything (daemons by
     PID, the registry, namespaces and their /etc/netns dirs) is torn down when the block
@@ -527,7 +550,7 @@ def nat_lab(
             name: _build_internet_host(public, new_namespace(name), index)
             for index, name in enumerate(internet_hosts)
         }
-        lab = NatLab(public, routers, built, workdir, internet)
+        lab = NatLab(public, routers, built, workdir, internet, tuple(registry_args))
         stack.callback(lab.stop_registry)
         lab.start_registry()
         yield lab
