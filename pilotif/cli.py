@@ -18,7 +18,13 @@ from typing import Any, TypeVar
 import click
 
 from pilotif.admin_cli import admin
-from pilotif.cli_common import CliError, echo_result, json_option
+from pilotif.cli_common import (
+    CliError,
+    echo_result,
+    json_option,
+    node_request,
+    state_dir_option,
+)
 from pilotif.config import ConfigError, InterfaceConfig, load_config
 from pilotif.control import ControlError, request, stream
 from pilotif.duration import DurationError, parse_duration
@@ -34,7 +40,8 @@ from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
 from pilotif.node.core import NETWORK_POLICY, QUEUED, NodeOptions
 from pilotif.overlay.crypto import generate_private_key, public_key
-from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
+from pilotif.paths import STATE_DIR_ENV, StatePaths
+from pilotif.policy_cli import allow, deny, policy
 from pilotif.registry.joinkey import parse_join_key
 
 READY_FD_ENV = "PILOTIF_READY_FD"
@@ -47,18 +54,6 @@ PING_INTERVAL_S = 1.0
 _INTERFACE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def state_dir_option(function: F) -> F:
-    """`--state-dir DIR` (env PILOTIF_STATE_DIR), on every command."""
-    return click.option(
-        "--state-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar=STATE_DIR_ENV,
-        default=DEFAULT_STATE_DIR,
-        show_default=True,
-        help="Directory for the daemon's socket, pid file and log.",
-    )(function)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,6 +101,12 @@ def _daemon_running(paths: StatePaths) -> bool:
     "this node's network, or tag:NAME for nodes the registry's operator granted NAME.",
 )
 @click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A port policy file (see `pilotif policy`); reloaded on SIGHUP.",
+)
+@click.option(
     "--join-key",
     envvar=JOIN_KEY_ENV,
     help=f"A join key from the registry's operator (env {JOIN_KEY_ENV}).",
@@ -135,6 +136,7 @@ def up(
     tags: str,
     registry_key: str | None,
     auto_approve: str | None,
+    policy_file: Path | None,
     join_key: str | None,
     listen_port: int | None,
     accept_dns: bool,
@@ -169,6 +171,7 @@ def up(
             _node_options(registry, hostname, tags, registry_key, auto_approve),
             accept_dns=accept_dns,
             join_key=_join_key(join_key) if join_key is not None else None,
+            policy_file=_policy_file(policy_file) if policy_file is not None else None,
         )
         name = _interface_name(interface, Path(DEFAULT_INTERFACE))
         config = InterfaceConfig(
@@ -217,6 +220,19 @@ def _webhook_url(url: str) -> str:
         return check_webhook_url(url)
     except WebhookError as error:
         raise CliError(f"--webhook: {error}", "bad_input") from None
+
+
+def _policy_file(path: Path) -> Path:
+    """The file, checked now: a bad line fails `up` with its file and line number."""
+    from pilotif.node.policy import PolicyError, parse_policy
+
+    try:
+        parse_policy(path.read_text(), str(path))
+    except PolicyError as error:
+        raise CliError(str(error), "bad_policy") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CliError(f"--policy: cannot read {path}: {error}", "bad_input") from None
+    return path.absolute()
 
 
 def _join_key(text: str) -> str:
@@ -456,15 +472,6 @@ def _format_offloads(offloads: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, Any]:
-    """Send a node command to the daemon; a refusal becomes a CliError with its hint."""
-    paths = StatePaths(state_dir.absolute())
-    try:
-        return request(paths.control_socket, command, **arguments)
-    except ControlError as error:
-        raise CliError(str(error), error.code, error.hint) from None
-
-
 def _node_line(node: dict[str, Any]) -> str:
     """One node: name, address, key, its own tags and those the operator granted."""
     tags = ",".join(node.get("tags", []))
@@ -485,7 +492,7 @@ def _node_line(node: dict[str, Any]) -> str:
 @state_dir_option
 def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
     """Ask PEER (hostname, virtual IP or key) for mutual trust."""
-    reply = _node_request(state_dir, "handshake", peer=peer, message=message)
+    reply = node_request(state_dir, "handshake", peer=peer, message=message)
     state = reply.get("state")
     if state == "trusted":
         text = f"{peer} is trusted"
@@ -501,7 +508,7 @@ def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
 @state_dir_option
 def pending(as_json: bool, state_dir: Path) -> None:
     """Trust requests waiting for you, and yours waiting for others."""
-    reply = _node_request(state_dir, "pending")
+    reply = node_request(state_dir, "pending")
     incoming, outgoing = reply.get("incoming", []), reply.get("outgoing", [])
     lines = ["incoming:"] + [
         f"  {_node_line(item.get('node', {}))}  message={item.get('message', '')!r}"
@@ -512,7 +519,7 @@ def pending(as_json: bool, state_dir: Path) -> None:
 
 
 def _trust_decision(command: str, peer: str, as_json: bool, state_dir: Path) -> None:
-    reply = _node_request(state_dir, command, peer=peer)
+    reply = node_request(state_dir, command, peer=peer)
     state = reply.get("state")
     text = f"{peer}: {state}"
     if state == QUEUED:
@@ -552,7 +559,7 @@ def untrust(peer: str, as_json: bool, state_dir: Path) -> None:
 @state_dir_option
 def trust(as_json: bool, state_dir: Path) -> None:
     """The nodes you trust."""
-    trusted = _node_request(state_dir, "trust").get("trusted", [])
+    trusted = node_request(state_dir, "trust").get("trusted", [])
     echo_result(as_json, trusted, "\n".join(_node_line(n) for n in trusted) or "(nobody)")
 
 
@@ -561,7 +568,7 @@ def trust(as_json: bool, state_dir: Path) -> None:
 @state_dir_option
 def peers(as_json: bool, state_dir: Path) -> None:
     """Trusted peers with their path (direct, relay or none), endpoint and traffic."""
-    rows = _node_request(state_dir, "peers").get("peers", [])
+    rows = node_request(state_dir, "peers").get("peers", [])
     lines = [
         f"{p['hostname']:24} {p['ipv4']:15} {p['path']:6} {p['endpoint'] or '-':22} "
         f"rx={p['rx_bytes']} tx={p['tx_bytes']}"
@@ -576,7 +583,7 @@ def peers(as_json: bool, state_dir: Path) -> None:
 @state_dir_option
 def find(query: str, as_json: bool, state_dir: Path) -> None:
     """Look up registered nodes by NAME, virtual IP, key or tag:TAG."""
-    nodes = _node_request(state_dir, "find", query=query).get("nodes", [])
+    nodes = node_request(state_dir, "find", query=query).get("nodes", [])
     echo_result(
         as_json, nodes, "\n".join(_node_line(n) for n in nodes) or f"nothing matches {query!r}"
     )
@@ -586,7 +593,7 @@ def _peer_address(state_dir: Path, peer: str) -> str:
     """The virtual IPv4 of PEER: an IP as given, else a trusted peer's address."""
     with contextlib.suppress(ValueError):
         return str(ipaddress.ip_address(peer))
-    for row in _node_request(state_dir, "peers").get("peers", []):
+    for row in node_request(state_dir, "peers").get("peers", []):
         name = peer.lower().removesuffix(".pilot")
         if peer == row["public_key"] or name == row["hostname"]:
             return str(row["ipv4"])
@@ -636,7 +643,7 @@ def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
         path = next(
             (
                 row["path"]
-                for row in _node_request(state_dir, "peers").get("peers", [])
+                for row in node_request(state_dir, "peers").get("peers", [])
                 if row["ipv4"] == address
             ),
             "none",
@@ -773,6 +780,9 @@ def demo(static: bool) -> None:
 
 
 registry.add_command(admin)
+cli.add_command(allow)
+cli.add_command(deny)
+cli.add_command(policy)
 
 
 def main() -> None:

@@ -1,10 +1,18 @@
 """What every group of `pilotif` commands shares: the one-line error with a code, the
-`--json` option, and printing a result as text or JSON."""
+`--json` and `--state-dir` options, printing a result as text or JSON, and asking the
+running daemon."""
 
 import json
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
+
+from pilotif.control import ControlError, request
+from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class CliError(click.ClickException):
@@ -22,3 +30,24 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 def echo_result(as_json: bool, data: Any, text: str) -> None:
     """Print `data` as JSON with --json, else `text`."""
     click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+def state_dir_option(function: F) -> F:
+    """`--state-dir DIR` (env PILOTIF_STATE_DIR), on every command."""
+    return click.option(
+        "--state-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=STATE_DIR_ENV,
+        default=DEFAULT_STATE_DIR,
+        show_default=True,
+        help="Directory for the daemon's socket, pid file and log.",
+    )(function)
+
+
+def node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, Any]:
+    """Send a node command to the daemon; a refusal becomes a CliError with its hint."""
+    paths = StatePaths(state_dir.absolute())
+    try:
+        return request(paths.control_socket, command, **arguments)
+    except ControlError as error:
+        raise CliError(str(error), error.code, error.hint) from None

@@ -37,6 +37,8 @@ from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent
 from pilotif.node.lan import local_endpoints
 from pilotif.node.netwatch import NetworkWatch
+from pilotif.node.policy import PolicyError
+from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.trust import TrustFiles
 from pilotif.observe import (
     EventBus,
@@ -160,6 +162,7 @@ class Daemon:
             UnderlayError,
             RegistryError,
             StateFileError,
+            PolicyError,
         ) as error:
             await loop.run_in_executor(None, self._close)
             message = str(error) or type(error).__name__
@@ -176,6 +179,8 @@ class Daemon:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stopping.set)
+            if self.node is not None:
+                loop.add_signal_handler(signal.SIGHUP, self.node.reload_policy)
             log_event(
                 "interface_up",
                 interface=self.interface,
@@ -288,11 +293,14 @@ class Daemon:
             lan_endpoints=lan,
             first_counter=lease.first,
         )
+        policy_files = PolicyFiles(self.paths.root, options.policy_file)
+        core.set_policy(policy_files.load())
         self.node = NodeRunner(
             core,
             files,
             lease,
             cache,
+            policy_files,
             listen_port=port,
             send=self._bind.send_control,
             flush=self._flush,

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from pilotif.counter_lease import CounterLease
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
+from pilotif.logs import log_event
 from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.core import UNREACHABLE, NodeCore
 from pilotif.node.events import (
@@ -29,11 +30,20 @@ from pilotif.node.events import (
     TrustStateChanged,
     TrustSynced,
 )
+from pilotif.node.policy import (
+    ANY_PEER,
+    NETWORK_TARGET,
+    TAG_PREFIX,
+    PolicyError,
+    parse_rule,
+)
+from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
 from pilotif.overlay.events import Endpoint
 
 SYNC_TIMEOUT_S: Final = REQUEST_ATTEMPTS * REQUEST_RETRY_S * 2
+_POLICY_COMMAND: Final = "policy"
 JOIN_GRACE_S: Final = 1.0
 """How long `up` waits for the registry when it could start from what the node kept."""
 _CACHED_CHANGES: Final = (Joined, PeerAdded, PeerRemoved, PathChanged, StartedWithoutRegistry)
@@ -59,6 +69,7 @@ class NodeRunner:
         files: TrustFiles,
         lease: CounterLease,
         cache: NodeCache,
+        policy_files: PolicyFiles,
         *,
         listen_port: int,
         send: Callable[[list[tuple[bytes, Endpoint]]], object],
@@ -69,6 +80,7 @@ class NodeRunner:
         self._files = files
         self._lease = lease
         self._cache = cache
+        self._policy_files = policy_files
         self._listen_port = listen_port
         self._send = send
         self._flush = flush
@@ -222,8 +234,10 @@ class NodeRunner:
             future.set_exception(RegistryError(event.code, event.error, event.hint))
 
     async def command(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer a CLI command that needs the registry or the peer list."""
+        """Answer a CLI command that needs the registry, the peer list or the policy."""
         command = request.get("command")
+        if isinstance(command, str) and command.startswith(_POLICY_COMMAND):
+            return self._policy_command(command, request)
         try:
             if command == "peers":
                 core = self.core
@@ -249,6 +263,62 @@ class NodeRunner:
         except RegistryError as error:
             return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
         return {"ok": False, "error": f"unknown command {command!r}", "code": "bad_command"}
+
+    # -- the port policy ---------------------------------------------------------------
+
+    def reload_policy(self) -> None:
+        """SIGHUP: read the policy files again; a bad one is logged, the policy kept."""
+        reply = self._policy_command("policy_reload", {})
+        if reply["ok"]:
+            log_event("policy_reloaded", rules=len(self.core.policy.rules))
+        else:
+            log_event("policy_not_reloaded", error=reply["error"])
+
+    def _policy_command(self, command: str, request: dict[str, Any]) -> dict[str, Any]:
+        """`pilotif policy ...`, `allow`, `deny`: show, reload or change the policy."""
+        files = self._policy_files
+        try:
+            if command == "policy_reload":
+                self.core.set_policy(files.load())
+            elif command == "policy_rule":
+                rule = parse_rule(
+                    str(request.get("action")), str(request.get("target")), str(request.get("spec"))
+                )
+                self._check_target(rule.target)
+                self.core.set_policy(files.add(rule))
+            elif command == "policy_default":
+                action = request.get("action")
+                if action not in ("allow", "deny"):
+                    raise PolicyError("the default is `allow` or `deny`")
+                self.core.set_policy(files.set_default("allow" if action == "allow" else "deny"))
+            elif command != "policy":
+                raise PolicyError(f"unknown command {command!r}")
+        except PolicyError as error:
+            return {"ok": False, "error": str(error), "code": "bad_policy"}
+        except RegistryError as error:
+            return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
+        policy = self.core.policy
+        denied = {
+            peer.hostname: state.policy_denied
+            for peer in self.core.peers.values()
+            if (state := self.core.device.peer(peer.public_key)) is not None
+        }
+        return {
+            "ok": True,
+            "policy": {"default": policy.default, "rules": [r.text() for r in policy.rules]},
+            "policy_denied": denied,
+        }
+
+    def _check_target(self, target: str) -> None:
+        """A rule for a peer by name needs a peer of that name (tags and `*` do not)."""
+        if target in (ANY_PEER, NETWORK_TARGET) or target.startswith(TAG_PREFIX):
+            return
+        if self.core.find_peer(target) is None:
+            raise RegistryError(
+                "peer_not_found",
+                f"no trusted peer is called {target!r}",
+                "`pilotif peers` lists them; a rule for tag:NAME, network or * needs none",
+            )
 
     async def trust_list(self) -> dict[str, list[Any]]:
         """Every page of the registry's trust list, joined."""

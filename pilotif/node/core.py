@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from pathlib import Path
 from typing import Any, Final
 
 from pilotif.identity import HostnameError, ipv6_for_key, normalize_hostname
@@ -69,6 +70,7 @@ from pilotif.node.paths import (
     PathState,
     next_state,
 )
+from pilotif.node.policy import PeerIdentity, Policy, packet_filter
 from pilotif.node.registry_link import (
     KEY_FETCH_ID,
     KeyAnswer,
@@ -129,6 +131,8 @@ class NodeOptions:
     """Point the system resolver at our DNS responder for `.pilot` names."""
     join_key: str | None = None
     """A join key from the registry's operator (sent until the registry admits us)."""
+    policy_file: Path | None = None
+    """The operator's port policy file (`up --policy`), read with the CLI's rules."""
 
 
 @dataclass
@@ -140,6 +144,10 @@ class TrustedPeer:
     ipv4: IPv4Address
     ipv6: IPv6Address
     tags: list[str]
+    """The tags it gave itself (labels for `find`)."""
+    granted_tags: list[str] = field(default_factory=list)
+    """The tags the registry's operator granted it (what policies and auto-approval match)."""
+    network_name: str | None = None
     state: PathState = PathState.RELAY
     candidates: list[Endpoint] = field(default_factory=list)
     round_until_s: float = 0.0
@@ -195,6 +203,8 @@ class NodeCore:
         self.ipv6 = ipv6_for_key(device.public_key)
         self.network: IPv4Network | None = None
         self.network_name: str | None = None
+        self.policy = Policy()
+        """The port policy applied to every peer's packets (`set_policy`)."""
         """The registry's network we are a member of (a join key put us there)."""
         self.admitted = False
         """Whether the registry accepted a registration of this run (the join key is
@@ -601,7 +611,10 @@ class NodeCore:
         self.ipv4, self.network = ipv4, network
         self.admitted = True
         name = reply.get("network_name")
-        self.network_name = name if isinstance(name, str) else None
+        name = name if isinstance(name, str) else None
+        if name != self.network_name:
+            self.network_name = name
+            self.set_policy(self.policy)
         endpoint = reply.get("public_endpoint")
         previous_endpoint = self.public_endpoint
         self.public_endpoint = endpoint if isinstance(endpoint, str) else None
@@ -735,20 +748,29 @@ class NodeCore:
             return False
         hostname = normalize_hostname(name)
         self.refused.pop(hostname, None)
-        tags = [str(t) for t in node.get("tags", []) if isinstance(t, str)]
-        existing = self.peers.get(key)
-        if existing is not None:
-            existing.hostname, existing.tags = hostname, tags
-            return True
+        tags = _strings(node.get("tags"))
+        granted = _strings(node.get("granted_tags"))
+        network_name = node.get("network_name")
+        network_name = network_name if isinstance(network_name, str) else None
         if self.trust.pins.get(hostname) != key:
             self.trust.pin_peer(hostname, key)
             self.events.append(TrustStateChanged())
+        existing = self.peers.get(key)
+        if existing is not None:
+            if existing.hostname != hostname:
+                self.peers_version += 1
+            existing.hostname, existing.tags = hostname, tags
+            existing.granted_tags, existing.network_name = granted, network_name
+            self._apply_policy(existing)
+            return True
         peer = TrustedPeer(
             hostname=hostname,
             public_key=key,
             ipv4=IPv4Address(node["ipv4"]),
             ipv6=ipv6_for_key(key),
             tags=tags,
+            granted_tags=granted,
+            network_name=network_name,
             next_round_s=now,
         )
         self.peers[key] = peer
@@ -763,8 +785,20 @@ class NodeCore:
             persistent_keepalive_s=RELAY_KEEPALIVE_S,
             now=now,
         )
+        self._apply_policy(peer)
         self.events.append(PeerAdded(hostname, key, peer.ipv4))
         return True
+
+    def set_policy(self, policy: Policy) -> None:
+        """Apply a port policy to every peer (and to those added later)."""
+        self.policy = policy
+        for peer in self.peers.values():
+            self._apply_policy(peer)
+
+    def _apply_policy(self, peer: TrustedPeer) -> None:
+        same_network = self.network_name is not None and peer.network_name == self.network_name
+        identity = PeerIdentity(peer.hostname, tuple(peer.granted_tags), same_network)
+        self.device.set_packet_filter(peer.public_key, packet_filter(self.policy, identity))
 
     def _refusal_of(self, node: dict[str, Any], key: bytes) -> str | None:
         """Why the node the registry offered cannot be a peer, or None if it can."""
@@ -1026,6 +1060,7 @@ class NodeCore:
             "last_handshake_s": state.last_handshake_s if state else None,
             "rx_bytes": state.rx_bytes if state else 0,
             "tx_bytes": state.tx_bytes if state else 0,
+            "policy_denied": state.policy_denied if state else 0,
         }
 
     def nat_type(self) -> str:
@@ -1057,6 +1092,11 @@ class NodeCore:
             "refused_peers": self.refused,
             "control_dropped": self.link.dropped,
         }
+
+
+def _strings(value: object) -> list[str]:
+    """The strings of a list from a message ([] for anything else)."""
+    return [str(item) for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
 def _key(value: object) -> bytes | None:

@@ -80,6 +80,7 @@ from pilotif.overlay.messages import (
     parse_response,
     split_coalesced,
 )
+from pilotif.overlay.packet_filter import PacketFilter
 from pilotif.overlay.peer import Keypair, Peer
 
 MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME_S / REKEY_TIMEOUT_S)
@@ -220,6 +221,12 @@ class Device:
             peer.endpoint = endpoint
             peer.unanswered_since_s = None
 
+    def set_packet_filter(self, public_key: bytes, packet_filter: PacketFilter | None) -> None:
+        """Apply a port policy to what the peer sends us (None: everything passes)."""
+        peer = self._peers.get(public_key)
+        if peer is not None:
+            peer.packet_filter = packet_filter
+
     def set_persistent_keepalive(self, public_key: bytes, seconds: int | None, now: float) -> None:
         """Send a keepalive to the peer after `seconds` of sending nothing (None: never)."""
         peer = self._peers.get(public_key)
@@ -313,6 +320,8 @@ class Device:
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, PeerEndpoint] | None = None
         run_packet: BytesLike = b""
+        # The run's peer's filter when it must remember outbound UDP flows:
+        noting: PacketFilter | None = None
         run_destination = b""
         for position, packet in enumerate(packets):
             length = len(packet)
@@ -335,6 +344,7 @@ class Device:
                     self._sent_run(run, counter, offset - run_start, run_packet, now)
                 addresses = packet_addresses(packet)
                 run = self._send_run(addresses[1], now) if addresses is not None else None
+                noting = None
                 if run is not None and addresses is not None:
                     run_destination = addresses[1]
                     run_version = packet[0] >> 4
@@ -342,6 +352,9 @@ class Device:
                     run_packet = packet
                     encrypt, endpoint = run[1].send_aead.encrypt_into, run[2]
                     run_start = offset
+                    noting = run[0].packet_filter
+                    if noting is not None and not noting.records_udp:
+                        noting = None
             padded = padded_length(length, mtu)
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or counter >= REJECT_AFTER_MESSAGES:
@@ -364,6 +377,8 @@ class Device:
                 packet = scratch[:padded]
             encrypt(pack_nonce(counter), packet, None, sealed[offset + TRANSPORT_HEADER_SIZE : end])
             outgoing.append((sealed[offset:end], endpoint))
+            if noting is not None:
+                noting.note_outbound(packet, now)
             counter += 1
             offset = end
         if run is not None:
@@ -596,7 +611,7 @@ class Device:
             run_bytes += len(datagram)
             if length:
                 run_data = True
-                self._deliver(peer, plaintext)
+                self._deliver(peer, plaintext, now)
                 offset += length
         if run is not None and run_bytes:
             self._received_transport(*run, source, run_bytes, run_data, now)
@@ -663,6 +678,10 @@ class Device:
             and int(totals[-1]) <= last_plain
             and self._routes.lookup(plaintexts[_IPV4_SOURCE_OFFSET:_IPV4_DESTINATION_OFFSET])
             is peer
+            and (
+                peer.packet_filter is None
+                or peer.packet_filter.passes_rows(plaintexts, count, plain_size)
+            )
         ):
             self.to_tun.extend(
                 [
@@ -673,7 +692,7 @@ class Device:
             return
         for row in range(count):
             size = plain_size if row < count - 1 else last_plain
-            self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size])
+            self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size], now)
 
     def _rows_to_local(self, plaintexts: memoryview, count: int, plain_size: int) -> bool:
         """Whether every IPv4 packet of a decrypted batch is addressed to this node (or
@@ -736,12 +755,12 @@ class Device:
             received += len(datagram)
             offset = row * plain_size
             self._deliver(
-                peer, plaintexts[offset : offset + len(datagram) - _TRANSPORT_OVERHEAD_BYTES]
+                peer, plaintexts[offset : offset + len(datagram) - _TRANSPORT_OVERHEAD_BYTES], now
             )
         if received:
             self._received_transport(peer, keypair, source, received, True, now)
 
-    def _deliver(self, peer: Peer, plaintext: BytesLike) -> None:
+    def _deliver(self, peer: Peer, plaintext: BytesLike, now: float) -> None:
         """Queue a decrypted packet of `peer` for the TUN if it is IP from its allowed IPs."""
         addresses = packet_addresses(plaintext)
         if addresses is None:
@@ -750,6 +769,11 @@ class Device:
             self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
         elif self.local_addresses is not None and addresses[1] not in self.local_addresses:
             self.drops[DropReason.DESTINATION_NOT_LOCAL] += 1
+        elif peer.packet_filter is not None and not peer.packet_filter.allows(
+            plaintext[: addresses[2]], now
+        ):
+            self.drops[DropReason.POLICY_DENIED] += 1
+            peer.policy_denied += 1
         else:
             self.to_tun.append(plaintext[: addresses[2]])
 

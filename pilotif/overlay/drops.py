@@ -37,6 +37,8 @@ class DropReason(StrEnum):
     DESTINATION_NOT_LOCAL = "destination_not_local"
     """A decrypted packet addressed to something other than this node's own overlay
     addresses (a peer trying to reach our LAN or another interface through us)."""
+    POLICY_DENIED = "policy_denied"
+    """A decrypted packet the port policy refuses (counted per peer too)."""
     NO_ROUTE = "no_route"
     """A packet from the TUN whose destination no peer's allowed IPs cover."""
     NO_ENDPOINT = "no_endpoint"

@@ -26,6 +26,7 @@ from pilotif.overlay.constants import (
 from pilotif.overlay.cookie import CookieGenerator
 from pilotif.overlay.events import PeerEndpoint
 from pilotif.overlay.handshake import InitiatorState, SessionKeys
+from pilotif.overlay.packet_filter import PacketFilter
 from pilotif.overlay.replay import ReplayWindow
 
 
@@ -124,6 +125,10 @@ class Peer:
     """When we first sent data (not a keepalive) after the latest authenticated packet."""
     rx_bytes: int = 0
     tx_bytes: int = 0
+    packet_filter: PacketFilter | None = None
+    """The port policy of what it sends us (None: everything passes)."""
+    policy_denied: int = 0
+    """Its packets the port policy refused."""
     staged: deque[bytes] = field(default_factory=deque)
     timers: PeerTimers = field(default_factory=PeerTimers)
 

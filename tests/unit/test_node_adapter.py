@@ -17,6 +17,7 @@ from pilotif.node.adapter import JOIN_GRACE_S, NodeRunner, RegistryError
 from pilotif.node.cache import NodeCache
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent
+from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registry_link import REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
 from pilotif.overlay.crypto import generate_private_key
@@ -68,6 +69,7 @@ class Wiring:
             files,
             self.lease,
             self.cache,
+            PolicyFiles(tmp, None),
             listen_port=NODE[1],
             send=self._send,
             flush=self._flush,
