@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pilotif.node.icmp import echo_request_packet
+from pilotif.node.policy import PeerIdentity, packet_filter, parse_policy
 from pilotif.overlay.constants import (
     COOKIE_REPLY_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
@@ -1099,3 +1100,27 @@ def test_a_lone_echo_reply_waits_for_no_answer_an_echo_request_does(
     a.device.send_packet(bytes(echo), now)
 
     assert (peer_of(a, b).unanswered_since_s == now) is waits
+
+
+def test_the_port_policy_drops_and_counts_what_it_refuses(established: tuple[Node, Node]) -> None:
+    a, b = established
+    policy, _ = parse_policy("default deny\nallow * 8080/tcp\n", "test")
+    identity = PeerIdentity("a", (), same_network=False)
+    b.device.set_packet_filter(a.device.public_key, packet_filter(policy, identity))
+
+    def syn(port: int) -> bytes:
+        header = ipv4_packet(a.v4, b.v4, bytes(20))
+        packet = bytearray(header)
+        packet[9] = 6
+        packet[22:24] = port.to_bytes(2, "big")
+        packet[32] = 0x50
+        packet[33] = 0x02
+        return bytes(packet)
+
+    for port in (22, 8080):
+        a.device.send_packet(syn(port), NOW + 1)
+    deliver(a, b, NOW + 1)
+
+    assert [bytes(p) for p in b.device.to_tun] == [syn(8080)]
+    assert drops(b) == {DropReason.POLICY_DENIED: 1}
+    assert peer_of(b, a).policy_denied == 1

@@ -1,0 +1,276 @@
+"""The port policy: its text (parser, one error naming file and line), the decisions it
+compiles to (checked against a brute-force reading with hypothesis), the packet filter
+the device runs, and the files it is kept in."""
+
+import struct
+from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pilotif.node.policy import (
+    PeerIdentity,
+    Policy,
+    PolicyError,
+    Rule,
+    packet_filter,
+    parse_policy,
+    parse_rule,
+)
+from pilotif.node.policy_files import PolicyFiles
+from pilotif.overlay.packet_filter import UDP_REPLY_TIMEOUT_S, PacketFilter, PortDecisions
+
+ORCHESTRATOR = PeerIdentity("orchestrator", ("workers",), same_network=True)
+STRANGER = PeerIdentity("stranger", (), same_network=False)
+OURS, THEIRS = IPv4Address("100.64.0.1"), IPv4Address("100.64.0.2")
+TCP, UDP, ICMP = 6, 17, 1
+SYN, ACK = 0x02, 0x10
+NOW = 1000.0
+
+EXAMPLE = """\
+# the orchestrator may reach the executor's API; workers their port range; pings in the
+# network; never ssh
+default deny
+allow orchestrator 8080/tcp
+allow tag:workers 9000-9100/udp   # granted tag
+allow network icmp
+deny * 22/tcp
+"""
+
+
+def _ipv4(proto: int, transport: bytes, *, fragment_offset: int = 0) -> bytes:
+    total = 20 + len(transport)
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        total,
+        0,
+        fragment_offset,
+        64,
+        proto,
+        0,
+        THEIRS.packed,
+        OURS.packed,
+    )
+    return header + transport
+
+
+def _tcp(port: int, flags: int, source_port: int = 40000) -> bytes:
+    return _ipv4(TCP, struct.pack("!HHIIBBHHH", source_port, port, 0, 0, 0x50, flags, 0, 0, 0))
+
+
+def _udp(port: int, source_port: int = 40000) -> bytes:
+    return _ipv4(UDP, struct.pack("!HHHH", source_port, port, 8, 0))
+
+
+def _icmp(kind: int) -> bytes:
+    return _ipv4(ICMP, bytes([kind, 0, 0, 0, 0, 1, 0, 1]))
+
+
+def _tcp6(port: int, flags: int) -> bytes:
+    transport = struct.pack("!HHIIBBHHH", 40000, port, 0, 0, 0x50, flags, 0, 0, 0)
+    header = struct.pack(
+        "!IHBB16s16s",
+        0x60000000,
+        len(transport),
+        TCP,
+        64,
+        IPv6Address("fd00::2").packed,
+        IPv6Address("fd00::1").packed,
+    )
+    return header + transport
+
+
+def _example_filter(peer: PeerIdentity) -> PacketFilter:
+    policy, _ = parse_policy(EXAMPLE, "example")
+    compiled = packet_filter(policy, peer)
+    assert compiled is not None
+    return compiled
+
+
+# -- the text ------------------------------------------------------------------------
+
+
+def test_the_example_reads_as_written() -> None:
+    policy, has_default = parse_policy(EXAMPLE, "example")
+    assert has_default and policy.default == "deny"
+    assert [r.text() for r in policy.rules] == [
+        "allow orchestrator 8080/tcp",
+        "allow tag:workers 9000-9100/udp",
+        "allow network icmp",
+        "deny * 22/tcp",
+    ]
+    assert parse_policy(policy.text(), "again")[0] == policy
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("default maybe", ("default",)),
+        ("permit alpha 80/tcp", ("allow or deny",)),
+        ("allow alpha 80", ("PORTS/tcp",)),
+        ("allow alpha 80/sctp", ("PORTS/tcp",)),
+        ("allow alpha 0/tcp", ("1 to 65535",)),
+        ("allow alpha 70000/tcp", ("1 to 65535",)),
+        ("allow alpha 90-80/tcp", ("low to high",)),
+        ("allow alpha x-y/tcp", ("LOW-HIGH",)),
+        ("allow tag:not_a_label 80/tcp", ("not a peer",)),
+        ("allow -bad- 80/tcp", ("not a peer",)),
+        ("allow alpha", ("expected",)),
+    ],
+)
+def test_a_bad_line_is_one_error_with_file_and_line(line: str, words: tuple[str, ...]) -> None:
+    with pytest.raises(PolicyError) as error:
+        parse_policy(f"default deny\n\n{line}\n", "/etc/pilotif/policy")
+    assert str(error.value).startswith("/etc/pilotif/policy:3: ")
+    for word in words:
+        assert word in str(error.value)
+
+
+rules = st.builds(
+    lambda action, target, proto, low, span: parse_rule(
+        action, target, "icmp" if proto == "icmp" else f"{low}-{min(65535, low + span)}/{proto}"
+    ),
+    st.sampled_from(["allow", "deny"]),
+    st.sampled_from(["*", "network", "tag:workers", "tag:other", "orchestrator", "stranger"]),
+    st.sampled_from(["tcp", "udp", "icmp"]),
+    st.integers(1, 65535),
+    st.integers(0, 3000),
+)
+
+
+@given(st.sampled_from(["allow", "deny"]), st.lists(rules, max_size=10))
+def test_any_policy_reads_back_from_its_text(default: str, drawn: list[Rule]) -> None:
+    policy = Policy("allow" if default == "allow" else "deny", tuple(dict.fromkeys(drawn)))
+    assert parse_policy(policy.text(), "x")[0] == policy
+
+
+# -- what it decides -----------------------------------------------------------------------
+
+
+def _brute_force(policy: Policy, peer: PeerIdentity, proto: str, port: int) -> bool:
+    """The documented rule, read literally: a deny that names it refuses, else an
+    allow that names it passes, else the default."""
+    named = [
+        r
+        for r in policy.rules
+        if peer.matches(r.target) and r.proto == proto and r.low <= port <= r.high
+    ]
+    if any(r.action == "deny" for r in named):
+        return False
+    return any(r.action == "allow" for r in named) or policy.default == "allow"
+
+
+@settings(max_examples=200)
+@given(
+    st.sampled_from(["allow", "deny"]),
+    st.lists(rules, max_size=10),
+    st.sampled_from([ORCHESTRATOR, STRANGER]),
+    st.lists(st.integers(1, 65535), min_size=1, max_size=20),
+)
+def test_compiled_decisions_agree_with_the_rules_read_literally(
+    default: str, drawn: list[Rule], peer: PeerIdentity, ports: list[int]
+) -> None:
+    policy = Policy("allow" if default == "allow" else "deny", tuple(dict.fromkeys(drawn)))
+    compiled = packet_filter(policy, peer)
+    if policy.is_open:
+        assert compiled is None
+        return
+    assert compiled is not None
+    for port in ports:
+        assert compiled.allows(_tcp(port, SYN), NOW) == _brute_force(policy, peer, "tcp", port)
+        expected_udp = _brute_force(policy, peer, "udp", port)
+        assert compiled.allows(_udp(port), NOW) == expected_udp
+    icmp_named = [r.action for r in policy.rules if peer.matches(r.target) and r.proto == "icmp"]
+    expected_icmp = "deny" not in icmp_named and ("allow" in icmp_named or default == "allow")
+    assert compiled.allows(_icmp(8), NOW) == expected_icmp
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535)), max_size=6),
+    st.lists(st.tuples(st.integers(0, 65535), st.integers(0, 65535)), max_size=6),
+    st.booleans(),
+    st.lists(st.integers(0, 65535), min_size=1, max_size=30),
+)
+def test_port_intervals_match_a_port_by_port_reading(
+    allow: list[tuple[int, int]],
+    deny: list[tuple[int, int]],
+    default: bool,
+    ports: list[int],
+) -> None:
+    allow = [(min(a, b), max(a, b)) for a, b in allow]
+    deny = [(min(a, b), max(a, b)) for a, b in deny]
+    decisions = PortDecisions.build(allow, deny, default)
+    for port in ports:
+        denied = any(lo <= port <= hi for lo, hi in deny)
+        allowed = any(lo <= port <= hi for lo, hi in allow)
+        assert decisions.allows(port) == (not denied and (allowed or default))
+
+
+def test_the_open_policy_needs_no_filter() -> None:
+    assert packet_filter(Policy(), STRANGER) is None
+    assert packet_filter(Policy(rules=(parse_rule("allow", "*", "80/tcp"),)), STRANGER) is None
+
+
+# -- the filter the device runs ---------------------------------------------------------
+
+
+def test_tcp_connections_are_checked_when_opened_only() -> None:
+    orchestrator = _example_filter(ORCHESTRATOR)
+    assert orchestrator.allows(_tcp(8080, SYN), NOW)
+    assert not orchestrator.allows(_tcp(22, SYN), NOW)
+    assert not orchestrator.allows(_tcp(8081, SYN), NOW)
+    assert orchestrator.allows(_tcp(22, SYN | ACK), NOW)
+    assert orchestrator.allows(_tcp(22, ACK), NOW)
+    assert not _example_filter(STRANGER).allows(_tcp(8080, SYN), NOW)
+    assert orchestrator.allows(_tcp6(8080, SYN), NOW)
+    assert not orchestrator.allows(_tcp6(443, SYN), NOW)
+
+
+def test_udp_answers_to_what_we_sent_pass_until_they_expire() -> None:
+    stranger = _example_filter(STRANGER)
+    assert not stranger.allows(_udp(5353, source_port=53), NOW)
+    outbound = _ipv4(UDP, struct.pack("!HHHH", 5353, 53, 8, 0))
+    stranger.note_outbound(outbound, NOW)
+    assert stranger.allows(_udp(5353, source_port=53), NOW + 1)
+    assert not stranger.allows(_udp(5353, source_port=54), NOW + 1)
+    assert not stranger.allows(_udp(5353, source_port=53), NOW + UDP_REPLY_TIMEOUT_S + 1)
+    assert _example_filter(ORCHESTRATOR).allows(_udp(9050), NOW)
+
+
+def test_icmp_echo_requests_follow_the_policy_and_replies_always_pass() -> None:
+    assert _example_filter(ORCHESTRATOR).allows(_icmp(8), NOW)
+    assert not _example_filter(STRANGER).allows(_icmp(8), NOW)
+    assert _example_filter(STRANGER).allows(_icmp(0), NOW)
+    assert _example_filter(STRANGER).allows(_icmp(3), NOW)
+
+
+def test_later_fragments_pass_and_other_protocols_get_the_default() -> None:
+    stranger = _example_filter(STRANGER)
+    assert stranger.allows(_ipv4(TCP, b"x" * 8, fragment_offset=100), NOW)
+    assert not stranger.allows(_ipv4(47, b"gre!"), NOW)
+    assert not stranger.allows(_ipv4(TCP, b"\x00\x16"), NOW)
+
+
+# -- where it is kept -----------------------------------------------------------------------
+
+
+def test_cli_rules_are_kept_after_the_file_and_their_default_wins(tmp_path: Path) -> None:
+    operator = tmp_path / "policy"
+    operator.write_text("default allow\ndeny * 22/tcp\n")
+    files = PolicyFiles(tmp_path, operator)
+    files.add(parse_rule("allow", "orchestrator", "22/tcp"))
+    policy = files.set_default("deny")
+    assert policy.default == "deny"
+    assert [r.text() for r in policy.rules] == ["deny * 22/tcp", "allow orchestrator 22/tcp"]
+    assert PolicyFiles(tmp_path, operator).load() == policy
+
+
+def test_a_bad_file_is_refused_whole(tmp_path: Path) -> None:
+    operator = tmp_path / "policy"
+    operator.write_text("default deny\nallow orchestrator 8080/tcp\nallow x 99999/tcp\n")
+    with pytest.raises(PolicyError, match=f"{operator}:3: "):
+        PolicyFiles(tmp_path, operator).load()
