@@ -209,11 +209,14 @@ class Agent:
         accept_dns: bool = True,
         listen_port: int | None = None,
         join_key: str | None = None,
+        policy_file: Path | None = None,
     ) -> None:
         """`pilotif up` joined to the lab's registry; returns once the daemon is up."""
         args = ["--registry", REGISTRY, "--hostname", self.hostname]
         if join_key is not None:
             args += ["--join-key", join_key]
+        if policy_file is not None:
+            args += ["--policy", str(policy_file)]
         if tags:
             args += ["--tags", ",".join(tags)]
         if auto_approve is not None:
