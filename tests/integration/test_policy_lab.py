@@ -85,9 +85,9 @@ def test_a_peer_allowed_only_8080_reaches_that_port_and_nothing_else(tmp_path: P
             )
             after = alpha.peer("beta")
             assert handshake is not None and after is not None
-            assert (
-                after["path"] == "direct" and after["last_handshake"] == handshake["last_handshake"]
-            )
+            # Same session (the time is shown on the wall clock, to within a read's jitter).
+            assert after["path"] == "direct"
+            assert after["last_handshake"] == pytest.approx(handshake["last_handshake"], abs=0.5)
             assert ping(alpha.namespace, beta_ip).all_answered
 
             # Bad input: one line, the policy in force unchanged.
