@@ -1,6 +1,6 @@
 """The five figures of issue 4: pilotif against wireguard-go on the same lab (needs root).
 
-    sudo python3 bench/throughput.py [--time 10] [--pairs 3] [--only FIGURE ...]
+    sudo python3 bench/throughput.py [--time 10] [--pairs 3] [--only FIGURE ...] [--policy]
 
 Builds two namespaces joined by a veth pair, then alternately brings up a pilotif<->pilotif
 tunnel and a wireguard-go<->wireguard-go tunnel (same key layout, MTU 1420, no preshared
@@ -12,6 +12,10 @@ key, 100.64.0.1 <-> 100.64.0.2), PAIRS times each, and over each tunnel measures
             the `stream` test, per 10^9 bytes iperf3 delivered;
 - reverse:  one TCP stream from B to A (the same with `-R`);
 - parallel: 8 TCP streams from A to B (the same with `-P 8`).
+
+With `--policy` a third tunnel joins each pair: pilotif with TEN_RULE_POLICY (default
+deny, ten rules that let the tests through) on both ends, and the summary adds the ratio
+pilotif+policy / pilotif (issue 11: within 5%).
 
 Throughputs are iperf3's receiver-side rates. It prints every run, then per figure the
 median of each implementation, the ratio pilotif / wireguard-go and whether it meets the
@@ -99,14 +103,43 @@ TARGETS = {
     Figure.REVERSE: Target("Mbit/s", higher_is_better=True, ratio=2.5),
     Figure.PARALLEL: Target("Mbit/s", higher_is_better=True, ratio=2.0),
 }
-KINDS = (NodeKind.PILOTIF, NodeKind.WIREGUARD_GO)
+TEN_RULE_POLICY = """\
+default deny
+allow * 5201/tcp
+allow * icmp
+allow * 8080/tcp
+allow * 8443/tcp
+allow * 9000-9100/tcp
+allow * 53/udp
+allow * 5353/udp
+allow * 60000-61000/udp
+deny * 22/tcp
+deny * 23/tcp
+"""
+"""iperf3's port, ping, and eight rules the tests never use (ten in all)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One kind of tunnel of a pair."""
+
+    label: str
+    kind: NodeKind
+    policy: str | None = None
+
+
+PILOTIF = Variant("pilotif", NodeKind.PILOTIF)
+WIREGUARD_GO = Variant("wireguard-go", NodeKind.WIREGUARD_GO)
+PILOTIF_POLICY = Variant("pilotif+policy", NodeKind.PILOTIF, TEN_RULE_POLICY)
+POLICY_COST_LIMIT = 0.05
+"""Issue 11: a ten-rule policy costs at most this share of any figure."""
 
 
 @dataclass(frozen=True)
 class Sample:
     """One figure measured over one tunnel."""
 
-    kind: NodeKind
+    variant: Variant
     figure: Figure
     value: float
 
@@ -154,38 +187,61 @@ def _check_up(a: LabHost, b: LabHost, kind: NodeKind) -> None:
     raise LabError(f"the {kind} tunnel does not answer ping")
 
 
-def _pairs(a: LabHost, b: LabHost, figures: list[Figure], pairs: int, time_s: int) -> list[Sample]:
+def _pairs(
+    a: LabHost,
+    b: LabHost,
+    figures: list[Figure],
+    pairs: int,
+    time_s: int,
+    variants: tuple[Variant, ...],
+) -> list[Sample]:
     samples: list[Sample] = []
     for number in range(1, pairs + 1):
-        for kind in KINDS:
-            with tunnel((kind, kind), (a, b), preshared_key=False):
+        for variant in variants:
+            kind = variant.kind
+            with tunnel((kind, kind), (a, b), preshared_key=False, policy=variant.policy):
                 _check_up(a, b, kind)
 
-                def report(line: str, kind: NodeKind = kind, number: int = number) -> None:
-                    print(f"pair {number} {kind:<13} {line}", flush=True)
+                def report(line: str, label: str = variant.label, number: int = number) -> None:
+                    print(f"pair {number} {label:<15} {line}", flush=True)
 
                 values = _measure(a, b, figures, time_s, report)
-            samples += [Sample(kind, figure, value) for figure, value in values.items()]
+            samples += [Sample(variant, figure, value) for figure, value in values.items()]
     return samples
 
 
-def _summary(samples: list[Sample], figures: list[Figure]) -> bool:
-    """Print median, ratio and target of each figure; whether every target is met."""
-    print(f"\n{'figure':<9} {'pilotif':>10} {'wireguard-go':>12}  unit      ratio  target  met")
+def _median(samples: list[Sample], variant: Variant, figure: Figure) -> float:
+    return statistics.median(
+        s.value for s in samples if s.variant == variant and s.figure is figure
+    )
+
+
+def _summary(samples: list[Sample], figures: list[Figure], with_policy: bool) -> bool:
+    """Print median, ratio and target of each figure (and the policy's cost); whether
+    every target is met."""
+    policy_head = f"  {'+policy':>10}  cost" if with_policy else ""
+    print(
+        f"\n{'figure':<9} {'pilotif':>10} {'wireguard-go':>12}  unit      ratio  target  met"
+        + policy_head
+    )
     all_met = True
     for figure in figures:
         target = TARGETS[figure]
-        ours, theirs = (
-            statistics.median(s.value for s in samples if s.kind is kind and s.figure is figure)
-            for kind in KINDS
-        )
+        ours, theirs = _median(samples, PILOTIF, figure), _median(samples, WIREGUARD_GO, figure)
         ratio = ours / theirs
         met = target.met(ratio)
         all_met = all_met and met
-        print(
+        line = (
             f"{figure:<9} {ours:>10.3f} {theirs:>12.3f}"
-            f"  {target.unit:<9} {ratio:5.2f}  {target!s:<6}  {'yes' if met else 'NO'}"
+            f"  {target.unit:<9} {ratio:5.2f}  {target!s:<6}  {'yes' if met else 'NO '}"
         )
+        if with_policy:
+            filtered = _median(samples, PILOTIF_POLICY, figure)
+            worse = ours / filtered - 1 if target.higher_is_better else filtered / ours - 1
+            cheap = worse <= POLICY_COST_LIMIT
+            all_met = all_met and cheap
+            line += f"  {filtered:>10.3f} {worse:+5.1%} {'ok' if cheap else 'TOO MUCH'}"
+        print(line)
     return all_met
 
 
@@ -249,6 +305,9 @@ def main() -> int:
     parser.add_argument(
         "--transfer-mb", type=int, default=DEFAULT_TRANSFER_MB, help="size of the sha256 transfer"
     )
+    parser.add_argument(
+        "--policy", action="store_true", help="also pilotif with a ten-rule port policy"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("the benchmark builds network namespaces and needs root: run it with sudo")
@@ -266,8 +325,9 @@ def main() -> int:
     intact = True
     with host_pair() as (a, b):
         if figures:
-            samples = _pairs(a, b, figures, args.pairs, args.time)
-            all_met = _summary(samples, figures)
+            variants = (PILOTIF, WIREGUARD_GO) + ((PILOTIF_POLICY,) if args.policy else ())
+            samples = _pairs(a, b, figures, args.pairs, args.time, variants)
+            all_met = _summary(samples, figures, args.policy)
         if extras:
             intact = _extras(a, b, extras, args.time, args.transfer_mb)
     if not intact:

@@ -171,12 +171,12 @@ def up(
             _node_options(registry, hostname, tags, registry_key, auto_approve),
             accept_dns=accept_dns,
             join_key=_join_key(join_key) if join_key is not None else None,
-            policy_file=_policy_file(policy_file) if policy_file is not None else None,
         )
         name = _interface_name(interface, Path(DEFAULT_INTERFACE))
         config = InterfaceConfig(
             private_key=b"", addresses=(), listen_port=listen_port, mtu=None, peers=()
         )
+    policy = _policy_file(policy_file) if policy_file is not None else None
     if _daemon_running(paths):
         raise CliError(
             f"pilotif is already running with state dir {paths.root}; "
@@ -192,7 +192,7 @@ def up(
     except OSError as error:
         raise CliError(f"cannot use state dir {paths.root}: {error.strerror}") from None
     if foreground:
-        _run_foreground(config, name, paths, log_format, node_options, observe)
+        _run_foreground(config, name, paths, log_format, node_options, observe, policy)
     else:
         _start_background(name, paths)
 
@@ -282,6 +282,7 @@ def _run_foreground(
     log_format: str,
     node_options: NodeOptions | None,
     observe: _Observe,
+    policy_file: Path | None,
 ) -> None:
     from pilotif.daemon import Daemon, StartupError
 
@@ -295,6 +296,7 @@ def _run_foreground(
             node_options,
             metrics=observe.metrics,
             webhook=observe.webhook,
+            policy_file=policy_file,
         ).run(ready_fd)
     except StartupError as error:
         log_event("startup_failed", error=str(error))

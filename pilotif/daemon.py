@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import AsyncGenerator
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
+from pathlib import Path
 from typing import Any
 
 from pilotif.bind import Bind, endpoint_text
@@ -37,7 +38,7 @@ from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent
 from pilotif.node.lan import local_endpoints
 from pilotif.node.netwatch import NetworkWatch
-from pilotif.node.policy import PolicyError
+from pilotif.node.policy import PeerIdentity, PolicyError, packet_filter
 from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.trust import TrustFiles
 from pilotif.observe import (
@@ -100,8 +101,10 @@ class Daemon:
         *,
         metrics: Endpoint | None = None,
         webhook: str | None = None,
+        policy_file: Path | None = None,
     ) -> None:
         self.config = config
+        self._policy_files = PolicyFiles(paths.root, policy_file)
         self.interface = interface
         self.paths = paths
         self.node_options = node_options
@@ -179,8 +182,10 @@ class Daemon:
         try:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, self._stopping.set)
-            if self.node is not None:
-                loop.add_signal_handler(signal.SIGHUP, self.node.reload_policy)
+            loop.add_signal_handler(
+                signal.SIGHUP,
+                self._reload_static_policy if self.node is None else self.node.reload_policy,
+            )
             log_event(
                 "interface_up",
                 interface=self.interface,
@@ -256,6 +261,8 @@ class Daemon:
                 persistent_keepalive_s=peer.persistent_keepalive_s,
                 now=now,
             )
+        if static_peers:
+            self._apply_static_policy()
         if node is not None:
             await node.synced()
             self._update_names()
@@ -293,14 +300,13 @@ class Daemon:
             lan_endpoints=lan,
             first_counter=lease.first,
         )
-        policy_files = PolicyFiles(self.paths.root, options.policy_file)
-        core.set_policy(policy_files.load())
+        core.set_policy(self._policy_files.load())
         self.node = NodeRunner(
             core,
             files,
             lease,
             cache,
-            policy_files,
+            self._policy_files,
             listen_port=port,
             send=self._bind.send_control,
             flush=self._flush,
@@ -309,6 +315,21 @@ class Daemon:
         self.publisher.node = core
         await self.node.join(snapshot)
         return self.node
+
+    def _apply_static_policy(self) -> None:
+        """Static peers have no names or tags: only rules for `*` name them."""
+        policy = self._policy_files.load()
+        anonymous = PeerIdentity("", (), same_network=False)
+        for peer in self.device.peers():
+            self.device.set_packet_filter(peer.public_key, packet_filter(policy, anonymous))
+
+    def _reload_static_policy(self) -> None:
+        try:
+            self._apply_static_policy()
+        except PolicyError as error:
+            log_event("policy_not_reloaded", error=str(error))
+            return
+        log_event("policy_reloaded")
 
     def _on_network_change(self, what: str) -> None:
         """An address or the default route of this host changed: act once they settle."""

@@ -35,7 +35,12 @@ class PilotifNode:
     """A pilotif daemon and its interface in one namespace."""
 
     def __init__(
-        self, namespace: Namespace, interface: str, config: TunnelConfig, workdir: Path
+        self,
+        namespace: Namespace,
+        interface: str,
+        config: TunnelConfig,
+        workdir: Path,
+        policy: str | None = None,
     ) -> None:
         self._namespace = namespace
         self.interface = interface
@@ -43,6 +48,8 @@ class PilotifNode:
         self._workdir = workdir
         self.state_dir = workdir / f"{interface}-state"
         self.config_path = workdir / f"{interface}.conf"
+        self.policy = policy
+        """A port policy's text for `up --policy` (None: none)."""
 
     @property
     def log_path(self) -> Path:
@@ -67,7 +74,12 @@ class PilotifNode:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.touch(mode=_CONFIG_FILE_MODE)
         self.config_path.write_text(self.config.to_wg_quick())
-        self._pilotif("up", "--config", str(self.config_path), "--interface", self.interface)
+        args = ["up", "--config", str(self.config_path), "--interface", self.interface]
+        if self.policy is not None:
+            policy_path = self._workdir / f"{self.interface}.policy"
+            policy_path.write_text(self.policy)
+            args += ["--policy", str(policy_path)]
+        self._pilotif(*args)
 
     def pid(self) -> int | None:
         """The daemon's PID from its PID file, if it wrote one."""

@@ -152,11 +152,14 @@ def tunnel_configs(
     return configs[0], configs[1]
 
 
-def make_node(kind: NodeKind, host: LabHost, config: TunnelConfig) -> TunnelNode:
-    """A node of that kind on `host`, with a fresh interface name; not started yet."""
+def make_node(
+    kind: NodeKind, host: LabHost, config: TunnelConfig, policy: str | None = None
+) -> TunnelNode:
+    """A node of that kind on `host`, with a fresh interface name; not started yet.
+    `policy` is a port policy's text for a pilotif node."""
     interface = host.new_interface_name()
     if kind is NodeKind.PILOTIF:
-        return PilotifNode(host.namespace, interface, config, host.workdir)
+        return PilotifNode(host.namespace, interface, config, host.workdir, policy)
     return WireguardGoNode(host.namespace, interface, config, host.workdir)
 
 
@@ -167,13 +170,15 @@ def tunnel(
     *,
     preshared_key: bool,
     keepalive_s: int | None = None,
+    policy: str | None = None,
 ) -> Iterator[tuple[TunnelNode, TunnelNode]]:
-    """Both ends of a tunnel started on the two hosts, stopped when the block ends."""
+    """Both ends of a tunnel started on the two hosts, stopped when the block ends
+    (pilotif ends with the port policy `policy`, if given)."""
     configs = tunnel_configs(*hosts, preshared_key=preshared_key, keepalive_s=keepalive_s)
     with ExitStack() as stack:
         nodes = []
         for kind, host, config in zip(kinds, hosts, configs, strict=True):
-            node = make_node(kind, host, config)
+            node = make_node(kind, host, config, policy)
             stack.callback(node.stop)
             node.start()
             nodes.append(node)

@@ -23,7 +23,6 @@ import contextlib
 import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
-from pathlib import Path
 from typing import Any, Final
 
 from pilotif.identity import HostnameError, ipv6_for_key, normalize_hostname
@@ -131,8 +130,6 @@ class NodeOptions:
     """Point the system resolver at our DNS responder for `.pilot` names."""
     join_key: str | None = None
     """A join key from the registry's operator (sent until the registry admits us)."""
-    policy_file: Path | None = None
-    """The operator's port policy file (`up --policy`), read with the CLI's rules."""
 
 
 @dataclass
