@@ -4,12 +4,15 @@
 #   (no arguments)        the node, `pilotif up --foreground`, or the registry when
 #                         PILOTIF_ROLE=registry
 #   registry [ARGS...]    the registry: `pilotif registry ARGS...`
+#   join-key FILE [ARGS]  once: a join key from the registry in this container's state dir
+#                         (`pilotif registry admin key create ARGS`), written to FILE
 #   health                the HEALTHCHECK: `pilotif status` (node), the UDP port bound (registry)
 #   anything else         run as given (`pilotif status`, `sh`, ...)
 #
 # Node: PILOTIF_REGISTRY (HOST:PORT), PILOTIF_HOSTNAME, PILOTIF_TAGS (a,b), PILOTIF_REGISTRY_KEY,
-# PILOTIF_AUTO_APPROVE ("" off, "all", "tag:NAME"), PILOTIF_HANDSHAKE (peers to ask for trust
-# once the node is up, comma-separated), PILOTIF_EXTRA_ARGS (more `pilotif up` options).
+# PILOTIF_AUTO_APPROVE ("" off, "all", "network", "tag:NAME"), PILOTIF_JOIN_KEY (or
+# PILOTIF_JOIN_KEY_FILE, a file holding it), PILOTIF_HANDSHAKE (peers to ask for trust once
+# the node is up, comma-separated), PILOTIF_EXTRA_ARGS (more `pilotif up` options).
 # Registry: PILOTIF_LISTEN (HOST:PORT, default 0.0.0.0:7946), PILOTIF_EXTRA_ARGS.
 # State (key, pins; the registry's database) lives in PILOTIF_STATE_DIR, the image's volume.
 set -eu
@@ -77,11 +80,27 @@ run_node() {
     [ -z "${PILOTIF_TAGS:-}" ] || set -- "$@" --tags "$PILOTIF_TAGS"
     [ -z "${PILOTIF_REGISTRY_KEY:-}" ] || set -- "$@" --registry-key "$PILOTIF_REGISTRY_KEY"
     [ -z "${PILOTIF_AUTO_APPROVE:-}" ] || set -- "$@" "--auto-approve=$PILOTIF_AUTO_APPROVE"
+    if [ -n "${PILOTIF_JOIN_KEY_FILE:-}" ]; then
+        [ -r "$PILOTIF_JOIN_KEY_FILE" ] || fail "PILOTIF_JOIN_KEY_FILE: cannot read $PILOTIF_JOIN_KEY_FILE"
+        PILOTIF_JOIN_KEY=$(cat "$PILOTIF_JOIN_KEY_FILE")
+        export PILOTIF_JOIN_KEY # `pilotif up` reads it (never on its command line)
+    fi
     mkdir -p "$STATE_DIR"
     echo "node" >"$ROLE_FILE"
     [ -z "${PILOTIF_HANDSHAKE:-}" ] || handshake_when_up &
     # shellcheck disable=SC2086 # PILOTIF_EXTRA_ARGS is a list of options
     exec pilotif "$@" ${PILOTIF_EXTRA_ARGS:-}
+}
+
+# A join key for the nodes of a compose file, made once: FILE is left alone if it exists.
+make_join_key() {
+    [ "$#" -ge 1 ] || fail "join-key FILE [pilotif registry admin key create options]"
+    file="$1"
+    shift
+    [ ! -s "$file" ] || exit 0
+    pilotif registry admin --state-dir "$STATE_DIR" key create "$@" >"$file.new"
+    mv "$file.new" "$file"
+    log "join key written to $file"
 }
 
 # Healthy: the node's daemon answers `pilotif status`; the registry's UDP port is bound.
@@ -107,6 +126,10 @@ case "$1" in
 registry)
     shift
     run_registry "$@"
+    ;;
+join-key)
+    shift
+    make_join_key "$@"
     ;;
 health) health ;;
 *) exec "$@" ;;

@@ -170,7 +170,7 @@ def up(
         node_options = replace(
             _node_options(registry, hostname, tags, registry_key, auto_approve),
             accept_dns=accept_dns,
-            join_key=_join_key(join_key) if join_key is not None else None,
+            join_key=_join_key(join_key) if join_key else None,
         )
         name = _interface_name(interface, Path(DEFAULT_INTERFACE))
         config = InterfaceConfig(
