@@ -101,6 +101,9 @@ _IPV4_BYTES: Final = 4
 _IPV4_TOTAL_LENGTH: Final = 2
 _IPV4_SOURCE_OFFSET: Final = 12
 _IPV4_DESTINATION_OFFSET: Final = 16
+_IPV4_PROTO_OFFSET: Final = 9
+_IPV6_NEXT_OFFSET: Final = 6
+_PROTO_UDP: Final = 17
 _COUNTER_OFFSET: Final = 8
 _TYPE_MASK: Final = 0xFFFFFFFF
 """The first 8 bytes of a transport message, read as one little-endian integer: the type
@@ -320,8 +323,10 @@ class Device:
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, PeerEndpoint] | None = None
         run_packet: BytesLike = b""
-        # The run's peer's filter when it must remember outbound UDP flows:
+        # The run's peer's filter when it must remember outbound UDP flows, and where the
+        # run's packets say their protocol:
         noting: PacketFilter | None = None
+        proto_at = _IPV4_PROTO_OFFSET
         run_destination = b""
         for position, packet in enumerate(packets):
             length = len(packet)
@@ -355,6 +360,9 @@ class Device:
                     noting = run[0].packet_filter
                     if noting is not None and not noting.records_udp:
                         noting = None
+                    proto_at = (
+                        _IPV4_PROTO_OFFSET if run_version == _IPV4_VERSION else _IPV6_NEXT_OFFSET
+                    )
             padded = padded_length(length, mtu)
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or counter >= REJECT_AFTER_MESSAGES:
@@ -377,7 +385,7 @@ class Device:
                 packet = scratch[:padded]
             encrypt(pack_nonce(counter), packet, None, sealed[offset + TRANSPORT_HEADER_SIZE : end])
             outgoing.append((sealed[offset:end], endpoint))
-            if noting is not None:
+            if noting is not None and packet[proto_at] == _PROTO_UDP:
                 noting.note_outbound(packet, now)
             counter += 1
             offset = end

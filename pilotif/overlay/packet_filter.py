@@ -44,6 +44,8 @@ _TCP_ACK: Final = 0x10
 _TCP_FLAGS_OFFSET: Final = 13
 _IPV4_FRAGMENT_OFFSET_MASK: Final = 0x1FFF
 _IPV4_HEADER_BYTES: Final = 20
+_IPV4_PLAIN_FIRST_BYTE: Final = 0x45
+_PLAIN_TCP_FLAGS: Final = _IPV4_HEADER_BYTES + _TCP_FLAGS_OFFSET
 _IPV6_HEADER_BYTES: Final = 40
 _PORTS_BYTES: Final = 4
 
@@ -124,6 +126,18 @@ class PacketFilter:
 
     def allows(self, packet: BytesLike, now: float) -> bool:
         """Whether a (well-formed, already source-checked) packet from the peer passes."""
+        if (
+            packet[0] == _IPV4_PLAIN_FIRST_BYTE
+            and packet[9] == _PROTO_TCP
+            and len(packet) > _PLAIN_TCP_FLAGS
+            and packet[_PLAIN_TCP_FLAGS] & (_TCP_SYN | _TCP_ACK) != _TCP_SYN
+        ):
+            # The common case first: a segment of an open connection (or a later
+            # fragment, which passes anyway).
+            return True
+        return self._decide(packet, now)
+
+    def _decide(self, packet: BytesLike, now: float) -> bool:
         version = packet[0] >> 4
         if version == 4:
             header = (packet[0] & 0x0F) * 4

@@ -3,6 +3,7 @@ trust, the daemon's own trust checks, paths through NATs of each kind, the relay
 punching that keeps trying, and a dead direct path falling back. No sockets, no root."""
 
 from collections.abc import Iterator
+from dataclasses import replace
 from ipaddress import IPv4Address, ip_network
 from pathlib import Path
 
@@ -764,3 +765,19 @@ def test_rejecting_a_request_withdraws_any_consent(net: Network) -> None:
     beta.call("trust_request", peer=alpha.key, message="")
     beta.call("trust_respond", peer=alpha.key, approve=False)
     assert alpha.device.public_key not in beta.trust.consented
+
+
+def test_a_node_that_renames_itself_is_known_by_the_new_name_to_its_peers(
+    net: Network,
+) -> None:
+    """Issue 11: a rename reaches the peers at once (the registry pushes it) and their
+    `.pilot` names follow; the old name is free again."""
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    version = beta.core.peers_version
+    alpha.options = replace(alpha.options, hostname="alpha-2")
+    alpha.restart(NODE_PORT + 1)
+    net.run_until(lambda: "alpha-2" in beta.core.names(), 5.0)
+    assert "alpha" not in beta.core.names()
+    assert beta.core.peers_version > version
+    assert beta.trust.pins.get("alpha-2") == alpha.device.public_key
