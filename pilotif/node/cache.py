@@ -30,6 +30,9 @@ class CachedPeer:
     tags: tuple[str, ...]
     endpoint: Endpoint | None
     """Its UDP endpoint when the path was direct, else None."""
+    granted_tags: tuple[str, ...] = ()
+    """The tags the registry's operator granted it (the port policy matches them)."""
+    network_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class NodeSnapshot:
     network: IPv4Network
     listen_port: int
     peers: tuple[CachedPeer, ...]
+    network_name: str | None = None
+    """The registry's network the node is a member of."""
 
 
 class NodeCache:
@@ -85,9 +90,12 @@ def _encode(snapshot: NodeSnapshot) -> dict[str, Any]:
                 "ipv4": str(peer.ipv4),
                 "tags": list(peer.tags),
                 "endpoint": None if peer.endpoint is None else format_endpoint(peer.endpoint),
+                "granted_tags": list(peer.granted_tags),
+                "network_name": peer.network_name,
             }
             for peer in snapshot.peers
         ],
+        "network_name": snapshot.network_name,
     }
 
 
@@ -102,9 +110,20 @@ def _decode(document: dict[str, Any]) -> NodeSnapshot:
             ipv4=IPv4Address(peer["ipv4"]),
             tags=tuple(str(tag) for tag in peer["tags"]),
             endpoint=None if peer["endpoint"] is None else parse_endpoint(str(peer["endpoint"])),
+            granted_tags=tuple(str(tag) for tag in peer.get("granted_tags", [])),
+            network_name=_optional_text(peer.get("network_name")),
         )
         for peer in document["peers"]
     )
     return NodeSnapshot(
-        IPv4Address(document["ipv4"]), IPv4Network(document["network"]), port, peers
+        IPv4Address(document["ipv4"]),
+        IPv4Network(document["network"]),
+        port,
+        peers,
+        _optional_text(document.get("network_name")),
     )
+
+
+def _optional_text(value: object) -> str | None:
+    """A text field that older files lack (None)."""
+    return None if value is None else str(value)

@@ -246,6 +246,7 @@ class NodeCore:
         so): its address, and its cached peers that it still consents to, each tried at
         once at its last direct endpoint. Registering goes on in the background."""
         self._take_address(snapshot.ipv4, snapshot.network)
+        self.network_name = snapshot.network_name
         self.registry_online = False
         self.registry_lost_s = now
         added = 0
@@ -255,6 +256,8 @@ class NodeCore:
                 "public_key": encode_key(cached.public_key),
                 "ipv4": str(cached.ipv4),
                 "tags": list(cached.tags),
+                "granted_tags": list(cached.granted_tags),
+                "network_name": cached.network_name,
             }
             if not self._add_peer(node, now):
                 continue
@@ -288,9 +291,11 @@ class NodeCore:
                     peer.ipv4,
                     tuple(peer.tags),
                     endpoint if isinstance(endpoint, tuple) else None,
+                    tuple(peer.granted_tags),
+                    peer.network_name,
                 )
             )
-        return NodeSnapshot(self.ipv4, self.network, listen_port, tuple(peers))
+        return NodeSnapshot(self.ipv4, self.network, listen_port, tuple(peers), self.network_name)
 
     def start(self, now: float) -> None:
         """Join: learn the registry's key if none is pinned, then register."""

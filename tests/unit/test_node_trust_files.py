@@ -1,8 +1,9 @@
-"""The node's trust state on disk: what it keeps, the first format it still reads, and a
-clear error (naming the file) for a file it cannot use."""
+"""The node's trust state and its cache on disk: what they keep, the older formats they
+still read, and a clear error (naming the file) for a file it cannot use."""
 
 import json
 import logging
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from pilotif.identity import StateFileError
 from pilotif.keys import encode_key
 from pilotif.logs import _EventFormatter
+from pilotif.node.cache import NODE_CACHE_FILE, CachedPeer, NodeCache, NodeSnapshot
 from pilotif.node.trust import TrustFiles, TrustRecord
 from pilotif.overlay.cookie import source_bytes
 from pilotif.overlay.events import RelayEndpoint
@@ -84,3 +86,30 @@ def test_a_log_field_with_a_newline_stays_on_one_line() -> None:
     assert "\n" not in line
     record.fields = {"network": Path("/x"), "n": 1}
     assert json.loads(_EventFormatter(as_json=True).format(record))["network"] == "/x"
+
+
+def test_the_node_cache_keeps_granted_tags_and_networks_and_reads_older_files(
+    tmp_path: Path,
+) -> None:
+    """A node that starts without its registry applies its port policy to cached peers
+    by the tags the operator granted them, so node.json keeps those (and networks)."""
+    peer = CachedPeer(
+        "beta",
+        KEY_B,
+        IPv4Address("100.64.0.2"),
+        ("own",),
+        ("198.18.0.12", 51820),
+        granted_tags=("workers",),
+        network_name="fleet",
+    )
+    snapshot = NodeSnapshot(
+        IPv4Address("100.64.0.1"), IPv4Network("100.64.0.0/10"), 51820, (peer,), "fleet"
+    )
+    NodeCache(tmp_path).save(snapshot)
+    assert NodeCache(tmp_path).load() == snapshot
+    older = json.loads((tmp_path / NODE_CACHE_FILE).read_text())
+    del older["network_name"], older["peers"][0]["granted_tags"], older["peers"][0]["network_name"]
+    (tmp_path / NODE_CACHE_FILE).write_text(json.dumps(older))
+    loaded = NodeCache(tmp_path).load()
+    assert loaded is not None and loaded.network_name is None
+    assert loaded.peers[0].granted_tags == () and loaded.peers[0].network_name is None

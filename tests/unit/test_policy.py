@@ -274,3 +274,21 @@ def test_a_bad_file_is_refused_whole(tmp_path: Path) -> None:
     operator.write_text("default deny\nallow orchestrator 8080/tcp\nallow x 99999/tcp\n")
     with pytest.raises(PolicyError, match=f"{operator}:3: "):
         PolicyFiles(tmp_path, operator).load()
+
+
+def test_a_batch_passes_at_once_only_when_every_row_is_a_tcp_segment_that_opens_nothing() -> None:
+    compiled = _example_filter(STRANGER)
+    row = 64
+
+    def batch(*packets: bytes, spare_rows: int = 2) -> memoryview:
+        buffer = bytearray(row * (len(packets) + spare_rows))
+        for index, packet in enumerate(packets):
+            buffer[index * row : index * row + len(packet)] = packet
+        # What lies after the batch (a SYN, here) is not part of it.
+        buffer[len(packets) * row : len(packets) * row + 40] = _tcp(22, SYN)
+        return memoryview(buffer)
+
+    segments = [_tcp(22, ACK), _tcp(8080, ACK | 0x08), _tcp(22, SYN | ACK)]
+    assert compiled.passes_rows(batch(*segments), 3, row)
+    assert not compiled.passes_rows(batch(*segments, _tcp(22, SYN)), 4, row)
+    assert not compiled.passes_rows(batch(*segments, _udp(53)), 4, row)
