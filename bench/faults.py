@@ -211,8 +211,10 @@ def soak(minutes: float, workdir: Path) -> int:
         trust(lab["gamma"], lab["alpha"])
         lab["alpha"].wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
         beta_ip = lab["beta"].status()["node"]["ipv4"]
+        # Half an hour of ping lines would fill a pipe (and stall ping): a file.
+        probe_log = workdir / "probe.log"
         probe = lab["alpha"].namespace.spawn(
-            "ping", "-n", "-D", "-O", "-i", str(PING_INTERVAL_S), beta_ip, pipes=True
+            "ping", "-n", "-D", "-O", "-i", str(PING_INTERVAL_S), beta_ip, log_path=probe_log
         )
         start = _footprints(lab)
         print(f"start: {start}", flush=True)
@@ -225,9 +227,8 @@ def soak(minutes: float, workdir: Path) -> int:
             print(f"cycle {cycle}: {event}; {_footprints(lab)}", flush=True)
             cycle += 1
         end = _footprints(lab)
-        probe.terminate()
-        output, _ = probe.communicate(timeout=10)
-    lost, sent, silence = _probe_result(output.decode())
+        lab["alpha"].namespace.stop(probe)
+    lost, sent, silence = _probe_result(probe_log.read_text())
     print(f"\nsoak: {minutes:g} min, {cycle} faults; alpha -> beta pings lost {lost}/{sent}")
     print(f"longest silence between answers: {silence:.1f} s")
     print(f"{'process':<10} {'RSS KiB start':>14} {'end':>8} {'fds start':>10} {'end':>5}")
