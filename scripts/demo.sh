@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: two agents in two network namespaces talking over pilotif (needs root).
+# The demo: two agents in two network namespaces talking over pilotif. Run it as root
+# (`sudo ./scripts/demo.sh` where you are not); it installs only what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/install.sh >/dev/null
+./scripts/install.sh demo >/dev/null
 exec pilotif demo "$@"
