@@ -401,7 +401,7 @@ class Daemon:
         if not node.options.accept_dns:
             return
         try:
-            resolver.apply(self.interface, address)
+            resolver.apply(self.interface, address, [a.network for a in self.addresses])
         except (OSError, ResolverError) as error:
             log_event("resolver_not_configured", level=logging.WARNING, error=str(error))
             return

@@ -17,7 +17,11 @@ import ipaddress
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+
+import dns.reversename
 
 from pilotif.dns.responder import DOMAIN
 from pilotif.identity import write_private_file
@@ -62,11 +66,18 @@ class ResolverConfig:
             and RESOLVED_STUB_ADDRESS in _nameservers(self._read_or_empty())
         )
 
-    def apply(self, interface: str, nameserver: str) -> None:
-        """Send `.pilot` queries (and, editing resolv.conf, all queries) to `nameserver`."""
+    def apply(
+        self,
+        interface: str,
+        nameserver: str,
+        overlays: Sequence[IPv4Network | IPv6Network] = (),
+    ) -> None:
+        """Send `.pilot` queries and the reverse lookups of the `overlays` (and, editing
+        resolv.conf, all queries) to `nameserver`."""
         if self.uses_resolved():
             self._run_resolvectl("dns", interface, nameserver)
-            self._run_resolvectl("domain", interface, f"~{DOMAIN}")
+            zones = [f"~{reverse_zone(network)}" for network in overlays]
+            self._run_resolvectl("domain", interface, f"~{DOMAIN}", *zones)
             self._link = interface
         else:
             current = self._read()
@@ -184,3 +195,14 @@ def _is_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def reverse_zone(network: IPv4Network | IPv6Network) -> str:
+    """The reverse DNS zone that holds every address of `network`: its whole octets (or
+    nibbles, for IPv6), e.g. 100.64.0.0/10 -> 100.in-addr.arpa."""
+    full = dns.reversename.from_address(str(network.network_address)).to_text(omit_final_dot=True)
+    labels = full.split(".")
+    unit_bits = 8 if network.version == 4 else 4
+    kept = network.prefixlen // unit_bits
+    host_labels = len(labels) - 2 - kept
+    return ".".join(labels[host_labels:])

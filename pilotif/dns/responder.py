@@ -1,5 +1,6 @@
-"""The DNS responder of a node: answers `HOSTNAME.pilot` from a table of trusted peers and
-forwards every other query, as raw bytes, to the machine's original nameservers.
+"""The DNS responder of a node: answers `HOSTNAME.pilot` from a table of trusted peers (and
+the reverse, PTR, for their overlay addresses) and forwards every other query, as raw
+bytes, to the machine's original nameservers.
 
 `DnsResponder` is the sans-IO core (bytes in, bytes out, no sockets, no clocks);
 `serve_dns` is the thin asyncio adapter that the daemon runs. Hostile input is dropped and
@@ -21,6 +22,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.reversename
 import dns.rrset
 
 DOMAIN = "pilot"
@@ -37,6 +39,7 @@ _SOA = dns.rrset.from_text(
 _DNS_HEADER_BYTES = 12
 _QR_BIT = 0x80  # in the third header byte
 _ANSWERED_TYPES = {dns.rdatatype.A, dns.rdatatype.AAAA, dns.rdatatype.ANY}
+_REVERSE_ZONES = (dns.reversename.ipv4_reverse_domain, dns.reversename.ipv6_reverse_domain)
 
 Addresses = tuple[IPv4Address | None, IPv6Address | None]
 """A peer's (IPv4, IPv6) addresses in the NameTable; either may be missing."""
@@ -79,10 +82,21 @@ class NameTable:
 
     def __init__(self) -> None:
         self._names: dict[str, Addresses] = {}
+        self._by_address: dict[IPv4Address | IPv6Address, str] = {}
 
     def update(self, names: Mapping[str, Addresses]) -> None:
         """Replace the whole table; hostnames are matched case-insensitively."""
         self._names = {name.lower(): addresses for name, addresses in names.items()}
+        self._by_address = {
+            address: name
+            for name, addresses in self._names.items()
+            for address in addresses
+            if address is not None
+        }
+
+    def name_of(self, address: IPv4Address | IPv6Address) -> str | None:
+        """The hostname that owns an overlay address, or None."""
+        return self._by_address.get(address)
 
     def lookup(self, hostname: str) -> Addresses | None:
         """The (IPv4, IPv6) addresses of `hostname`, or None when it is not in the table."""
@@ -115,9 +129,33 @@ class DnsResponder:
         if message is None:
             return Action.DROP
         (question,) = message.question
-        if not question.name.is_subdomain(_ZONE):
-            return Action.FORWARD
-        return self._respond(message, question).to_wire()
+        if question.name.is_subdomain(_ZONE):
+            return self._respond(message, question).to_wire()
+        reverse = self._reverse(message, question)
+        return Action.FORWARD if reverse is None else reverse.to_wire()
+
+    def _reverse(
+        self, query: dns.message.Message, question: dns.rrset.RRset
+    ) -> dns.message.Message | None:
+        """The PTR answer for a peer's overlay address (`ping beta.pilot` prints the name
+        without asking the upstream); None for every other reverse name."""
+        if question.rdtype not in (dns.rdatatype.PTR, dns.rdatatype.ANY) or not any(
+            question.name.is_subdomain(zone) for zone in _REVERSE_ZONES
+        ):
+            return None
+        try:
+            address = ipaddress.ip_address(dns.reversename.to_address(question.name))
+        except (dns.exception.SyntaxError, ValueError):
+            return None
+        hostname = self.table.name_of(address)
+        if hostname is None or question.rdclass != dns.rdataclass.IN:
+            return None
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA | dns.flags.RA
+        response.answer.append(
+            dns.rrset.from_text(question.name, TTL_S, "IN", "PTR", f"{hostname}.{DOMAIN}.")
+        )
+        return response
 
     def _parse(self, query: bytes) -> dns.message.Message | None:
         try:

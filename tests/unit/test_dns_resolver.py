@@ -3,11 +3,13 @@ inode), restored byte for byte, recovered after a crash; and the systemd-resolve
 stand-in `resolvectl` that records its arguments."""
 
 import stat
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 
 from pilotif.dns import ResolverConfig, ResolverError
+from pilotif.dns.resolver import reverse_zone
 
 ORIGINAL = (
     "# written by the network manager\r\n"
@@ -161,3 +163,27 @@ def test_failing_resolvectl_says_what_to_check(
     failing.write_text("#!/bin/sh\necho 'Failed to set DNS' >&2\nexit 1\n")
     with pytest.raises(ResolverError, match="systemd-resolved"):
         resolver.apply("pilot0", RESPONDER)
+
+
+def test_with_resolved_the_overlays_reverse_lookups_come_to_us_too(
+    resolved: tuple[ResolverConfig, Path, Path],
+) -> None:
+    resolver, _, log = resolved
+    overlays = [ip_network("100.64.0.0/10"), ip_network("fd50:696c:6f74::/48")]
+    resolver.apply("pilot0", RESPONDER, overlays)
+    assert log.read_text().splitlines()[-1] == (
+        "domain pilot0 ~pilot ~100.in-addr.arpa ~4.7.f.6.c.6.9.6.0.5.d.f.ip6.arpa"
+    )
+
+
+@pytest.mark.parametrize(
+    ("network", "zone"),
+    [
+        ("100.64.0.0/10", "100.in-addr.arpa"),
+        ("10.1.0.0/16", "1.10.in-addr.arpa"),
+        ("192.168.7.0/24", "7.168.192.in-addr.arpa"),
+        ("fd00::/8", "d.f.ip6.arpa"),
+    ],
+)
+def test_a_networks_reverse_zone_is_its_whole_octets_or_nibbles(network: str, zone: str) -> None:
+    assert reverse_zone(ip_network(network)) == zone

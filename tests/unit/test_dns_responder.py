@@ -8,6 +8,7 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.reversename
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -167,3 +168,30 @@ def test_zone_apex_exists_without_addresses(responder: DnsResponder) -> None:
     response = ask(responder, "pilot", "A")
     assert response.rcode() == dns.rcode.NOERROR
     assert response.answer == []
+
+
+@pytest.mark.parametrize(("address", "name"), [(BETA_V4, "beta.pilot."), (BETA_V6, "beta.pilot.")])
+def test_a_peers_address_gets_its_name_back(
+    responder: DnsResponder, address: IPv4Address | IPv6Address, name: str
+) -> None:
+    """Issue 12: `ping beta.pilot` looks the address up the other way; the responder
+    answers that itself instead of waiting on the upstream."""
+    response = ask(responder, dns.reversename.from_address(str(address)).to_text(), "PTR")
+    assert response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA
+    assert addresses(response) == [name]
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype"),
+    [
+        ("9.0.64.100.in-addr.arpa.", "PTR"),  # an overlay address of nobody we know
+        ("1.1.168.192.in-addr.arpa.", "PTR"),
+        ("2.0.64.100.in-addr.arpa.", "A"),
+        ("x.2.0.64.100.in-addr.arpa.", "PTR"),
+    ],
+)
+def test_other_reverse_names_are_left_to_forward(
+    responder: DnsResponder, name: str, rdtype: str
+) -> None:
+    query = dns.message.make_query(name, rdtype)
+    assert responder.decide(query.to_wire()) is Action.FORWARD
