@@ -59,6 +59,9 @@ from pilotif.overlay.events import (
 )
 from pilotif.paths import StatePaths
 from pilotif.registry.wire import format_endpoint
+from pilotif.services.commands import SERVICE_COMMANDS, ServiceCommands
+from pilotif.services.inbox import Inbox, Message
+from pilotif.services.server import AgentServices
 from pilotif.tun import (
     Ipv6UnavailableError,
     LinkError,
@@ -129,6 +132,8 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dns_responder = DnsResponder(NameTable())
         self._dns: DnsServer | None = None
+        self._services: AgentServices | None = None
+        self._service_commands: ServiceCommands | None = None
         self._resolver: ResolverConfig | None = None
         self._names_version = -1
         self.events = EventBus()
@@ -214,7 +219,7 @@ class Daemon:
                 self._netwatch.close()
             for fd in [self._tun.fileno()] + [s.fileno() for s in self._bind.sockets()]:
                 loop.remove_reader(fd)
-            self._stop_dns()
+            self._stop_overlay_servers()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.control_socket.unlink()
             with contextlib.suppress(FileNotFoundError):
@@ -267,6 +272,7 @@ class Daemon:
             await node.synced()
             self._update_names()
             await self._start_dns(node.core)
+            await self._start_services(node.core)
             self._netwatch = NetworkWatch(self.interface, loop, self._on_network_change)
         if self._metrics is not None:
             collector = NodeCollector(self.metrics_sample)
@@ -408,7 +414,34 @@ class Daemon:
         self._resolver = resolver
         log_event("dns_configured", nameserver=address, domain="pilot")
 
-    def _stop_dns(self) -> None:
+    async def _start_services(self, node: NodeCore) -> None:
+        """The agent services on our overlay address (docs/AGENTS.md); like names, a
+        convenience: a failure is logged and `up` carries on without them."""
+
+        def peer_of(address: str) -> str | None:
+            peer = node.find_peer(address)
+            return None if peer is None else peer.hostname
+
+        def trusted(text: str) -> tuple[str, str] | None:
+            peer = node.find_peer(text)
+            return None if peer is None else (peer.hostname, str(peer.ipv4))
+
+        def received(message: Message) -> None:
+            self.events.publish(
+                "message_received", peer=message.sender, id=message.id, text=message.text
+            )
+
+        services = AgentServices(Inbox(self.paths.root), peer_of, received)
+        try:
+            await services.start(str(node.ipv4))
+        except OSError as error:
+            log_event("services_unavailable", level=logging.WARNING, error=str(error))
+            return
+        self._services = services
+        self._service_commands = ServiceCommands(services, trusted)
+
+    def _stop_overlay_servers(self) -> None:
+        """The DNS responder (and the resolver it edited) and the agent services."""
         if self._resolver is not None:
             with contextlib.suppress(OSError, ResolverError):
                 self._resolver.restore()
@@ -416,6 +449,9 @@ class Daemon:
         if self._dns is not None:
             self._dns.close()
             self._dns = None
+        if self._services is not None:
+            self._services.close()
+            self._services = None
 
     def _close(self) -> None:
         if self._tun is not None:
@@ -581,6 +617,15 @@ class Daemon:
             assert self._stopping is not None
             self._stopping.set()
             return {"ok": True}
+        if command in SERVICE_COMMANDS:
+            if self._service_commands is None:
+                return {
+                    "ok": False,
+                    "error": "the agent services are not running here",
+                    "code": "no_services",
+                    "hint": "they run on nodes joined to a registry; see the daemon's log",
+                }
+            return await self._service_commands.handle(request)
         if self.node is not None:
             reply = await self.node.command(request)
             for peer in reply.get("peers", []):

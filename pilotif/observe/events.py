@@ -23,6 +23,7 @@ EVENT_KINDS = frozenset(
         "trust_revoked",
         "registry_lost",
         "registry_regained",
+        "message_received",
     }
 )
 """What the daemon publishes; subscribers may also see `events_dropped`."""

@@ -1,0 +1,48 @@
+"""The CLI's (and the MCP server's) commands for the agent services, answered by the
+daemon: `send` a message to a peer, read or clear the `inbox`."""
+
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any, Final
+
+from pilotif.services import client
+from pilotif.services.client import ServiceError
+from pilotif.services.server import MESSAGES_PORT, AgentServices
+
+SERVICE_COMMANDS: Final = frozenset({"send", "inbox"})
+TrustedAddress = Callable[[str], tuple[str, str] | None]
+"""(hostname, overlay IPv4) of the trusted peer named by a hostname, address or key."""
+
+
+class ServiceCommands:
+    """Answers SERVICE_COMMANDS; see the module docstring."""
+
+    def __init__(self, services: AgentServices, trusted: TrustedAddress) -> None:
+        self._services = services
+        self._trusted = trusted
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request.get("command")
+        try:
+            if command == "send":
+                return await self._send(str(request.get("peer", "")), request.get("text"))
+            if request.get("clear"):
+                return {"ok": True, "cleared": self._services.inbox.clear()}
+            messages = [asdict(m) for m in self._services.inbox.messages()]
+            return {"ok": True, "messages": messages}
+        except ServiceError as error:
+            return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
+
+    async def _send(self, peer: str, text: object) -> dict[str, Any]:
+        if not isinstance(text, str) or not text:
+            raise ServiceError("bad_input", "a message needs some text")
+        found = self._trusted(peer)
+        if found is None:
+            raise ServiceError(
+                "not_trusted",
+                f"{peer!r} is not a trusted peer",
+                "`pilotif peers` lists them; `pilotif handshake PEER` asks for trust",
+            )
+        hostname, address = found
+        answer = await client.request(address, MESSAGES_PORT, {"op": "message", "text": text})
+        return {"ok": True, "peer": hostname, "id": answer.get("id")}

@@ -1,0 +1,138 @@
+"""The listeners of the agent services, on the node's own overlay address, for trusted
+peers only (the tunnel carries nothing else to that address; a connection from an address
+that is no trusted peer is closed at once).
+
+- MESSAGES_PORT (1001): `{"op": "message", "text": ...}` -> `{"ok": true, "id": N}`; the
+  message goes to the inbox (and a `message_received` event).
+- ECHO_PORT (7): every byte comes back (RFC 862).
+
+Limits per peer: MAX_CONNECTIONS_PER_PEER open connections, MESSAGES_PER_S (burst
+MESSAGE_BURST) messages, MAX_TEXT_BYTES a text. A peer that sends garbage gets one error
+answer and a closed connection, counted in `counters` by reason; never a crash.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from pilotif.registry.ratelimit import TokenBuckets
+from pilotif.services.inbox import Inbox, Message
+from pilotif.services.wire import MAX_LINE_BYTES, WireError, encode, error_answer, read_message
+
+ECHO_PORT: Final = 7
+MESSAGES_PORT: Final = 1001
+MAX_CONNECTIONS_PER_PEER: Final = 16
+MESSAGES_PER_S: Final = 10.0
+MESSAGE_BURST: Final = 50.0
+MAX_TEXT_BYTES: Final = 16 * 1024
+IDLE_TIMEOUT_S: Final = 60.0
+ECHO_CHUNK_BYTES: Final = 64 * 1024
+
+PeerOf = Callable[[str], str | None]
+"""The hostname of the trusted peer that owns an overlay address, or None."""
+Handler = Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""A service: the peer's hostname and its connection."""
+
+
+class AgentServices:
+    """The services' listeners; see the module docstring."""
+
+    def __init__(
+        self, inbox: Inbox, peer_of: PeerOf, on_message: Callable[[Message], None]
+    ) -> None:
+        self.inbox = inbox
+        self._peer_of = peer_of
+        self._on_message = on_message
+        self.counters: Counter[str] = Counter()
+        """Refused connections and requests, by reason."""
+        self._connections: Counter[str] = Counter()
+        self._message_limit = TokenBuckets(MESSAGES_PER_S, MESSAGE_BURST)
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self, address: str) -> None:
+        """Listen on the services' ports of `address` (the node's overlay IPv4)."""
+        handlers: dict[
+            int, Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+        ] = {
+            MESSAGES_PORT: self._messages,
+            ECHO_PORT: self._echo,
+        }
+        for port, handler in handlers.items():
+            server = await asyncio.start_server(
+                self._admit(handler), address, port, limit=MAX_LINE_BYTES
+            )
+            self._servers.append(server)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers = []
+
+    def _admit(
+        self, handler: Handler
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = self._peer_of(str(writer.get_extra_info("peername")[0]))
+            if peer is None:
+                self.counters["not_a_peer"] += 1
+            elif self._connections[peer] >= MAX_CONNECTIONS_PER_PEER:
+                self.counters["too_many_connections"] += 1
+            else:
+                self._connections[peer] += 1
+                try:
+                    await handler(peer, reader, writer)
+                except (ConnectionError, TimeoutError):
+                    self.counters["connection_lost"] += 1
+                finally:
+                    self._connections[peer] -= 1
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+        return connected
+
+    async def _messages(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            try:
+                request = await asyncio.wait_for(read_message(reader), IDLE_TIMEOUT_S)
+            except WireError as error:
+                self.counters[error.code] += 1
+                writer.write(encode(error_answer(error.code, str(error))))
+                await writer.drain()
+                return
+            if request is None:
+                return
+            answer = self._message(peer, request)
+            writer.write(encode(answer))
+            await writer.drain()
+            if not answer["ok"] and answer["code"] == "bad_request":
+                return
+
+    def _message(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
+        text = request.get("text")
+        if request.get("op") != "message" or not isinstance(text, str):
+            self.counters["bad_request"] += 1
+            return error_answer("bad_request", 'send {"op": "message", "text": "..."}')
+        if len(text.encode()) > MAX_TEXT_BYTES:
+            self.counters["too_large"] += 1
+            return error_answer("too_large", f"a message is at most {MAX_TEXT_BYTES} bytes")
+        now = time.time()
+        if not self._message_limit.allow(peer, now):
+            self.counters["rate_limited"] += 1
+            return error_answer("rate_limited", f"at most {MESSAGES_PER_S:g} messages a second")
+        message = self.inbox.add(peer, text, now)
+        self._on_message(message)
+        return {"ok": True, "id": message.id}
+
+    async def _echo(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        del peer
+        while data := await asyncio.wait_for(reader.read(ECHO_CHUNK_BYTES), IDLE_TIMEOUT_S):
+            writer.write(data)
+            await writer.drain()

@@ -1,0 +1,90 @@
+"""The agent services' sans-IO parts: the line framing, the inbox on disk, and what the
+messages service answers (sizes, garbage, limits). The listeners run in the lab tests."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pilotif.services.inbox import INBOX_FILE, Inbox, Message
+from pilotif.services.server import MAX_TEXT_BYTES, MESSAGE_BURST, AgentServices
+from pilotif.services.wire import WireError, decode, encode
+
+NOW = 1_800_000_000.0
+
+
+def test_a_message_is_one_line_of_json_and_reads_back() -> None:
+    line = encode({"op": "message", "text": "héllo\nworld"})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert decode(line) == {"op": "message", "text": "héllo\nworld"}
+
+
+@pytest.mark.parametrize("line", [b"garbage\n", b"[1, 2]\n", b"\xff\xfe\n", b"\n", b'"text"\n'])
+def test_a_line_that_is_not_a_json_object_is_a_bad_request(line: bytes) -> None:
+    with pytest.raises(WireError) as error:
+        decode(line)
+    assert error.value.code == "bad_request"
+
+
+def test_the_inbox_keeps_messages_across_restarts_and_only_the_newest(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path, max_messages=3)
+    for number in range(5):
+        inbox.add("alpha", f"m{number}", NOW + number)
+    again = Inbox(tmp_path, max_messages=3)
+    assert [(m.id, m.text) for m in again.messages()] == [(3, "m2"), (4, "m3"), (5, "m4")]
+    assert (tmp_path / INBOX_FILE).stat().st_mode & 0o777 == 0o600
+    assert again.add("beta", "next", NOW + 9).id == 6
+    assert again.clear() == 3 and Inbox(tmp_path).messages() == []
+
+
+def test_a_line_cut_short_by_a_crash_loses_only_itself(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path)
+    inbox.add("alpha", "whole", NOW)
+    with (tmp_path / INBOX_FILE).open("a") as file:
+        file.write('{"id": 2, "sender": "alpha", "rec')
+    assert [m.text for m in Inbox(tmp_path).messages()] == ["whole"]
+
+
+def _services(tmp_path: Path) -> tuple[AgentServices, list[Message]]:
+    received: list[Message] = []
+    peers = {"100.64.0.1": "alpha"}
+    return AgentServices(Inbox(tmp_path), peers.get, received.append), received
+
+
+def test_a_message_goes_to_the_inbox_with_its_sender(tmp_path: Path) -> None:
+    services, received = _services(tmp_path)
+    answer = services._message("alpha", {"op": "message", "text": "hi"})
+    assert answer == {"ok": True, "id": 1}
+    assert [(m.sender, m.text) for m in received] == [("alpha", "hi")]
+    assert [m.text for m in services.inbox.messages()] == ["hi"]
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        ({"op": "message"}, "bad_request"),
+        ({"op": "other", "text": "x"}, "bad_request"),
+        ({"op": "message", "text": 5}, "bad_request"),
+        ({"op": "message", "text": "x" * (MAX_TEXT_BYTES + 1)}, "too_large"),
+    ],
+)
+def test_bad_requests_are_refused_counted_and_keep_nothing(
+    tmp_path: Path, request_: dict[str, object], code: str
+) -> None:
+    services, received = _services(tmp_path)
+    answer = services._message("alpha", request_)
+    assert (answer["ok"], answer["code"]) == (False, code)
+    assert services.counters[code] == 1
+    assert received == [] and services.inbox.messages() == []
+
+
+def test_a_peer_sending_too_fast_is_refused_past_its_burst(tmp_path: Path) -> None:
+    services, _ = _services(tmp_path)
+    answers = [
+        services._message("alpha", {"op": "message", "text": str(n)})
+        for n in range(int(MESSAGE_BURST) + 5)
+    ]
+    refused = [a for a in answers if not a["ok"]]
+    assert len(refused) >= 4 and {a["code"] for a in refused} == {"rate_limited"}
+    assert len(services.inbox.messages()) <= MESSAGE_BURST + 1
+    assert json.loads((tmp_path / INBOX_FILE).read_text().splitlines()[0])["sender"] == "alpha"
