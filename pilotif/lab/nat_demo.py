@@ -4,7 +4,8 @@ Builds the NAT lab (a registry on a small simulated internet, two home routers w
 NATs, one agent behind each), brings pilotif up on both, has alpha ask beta for trust and
 beta approve, resolves `beta.pilot` from alpha's namespace, sends the seed's JSON line to a
 plain TCP server on beta with `pilotif connect`, shows `pilotif peers` on both sides with the
-path they settled on, and tears everything down.
+path they settled on, has beta leave a message in alpha's inbox (an agent service), and
+tears everything down.
 """
 
 import os
@@ -17,6 +18,7 @@ from pilotif.lab.netns import LabError
 DEMO_LINE = '{"action":"start_stream", "parameters":"real_time"}'
 DEMO_REPLY = '{"status":"streaming"}'
 DEMO_PORT = 1000
+DEMO_MESSAGE = "stream started, results on port 1000"
 _DIRECT = "direct"
 
 
@@ -76,6 +78,13 @@ def _demo(lab: NatLab) -> list[str]:
     _step("6. the path each side uses (direct: hole punched through both NATs)")
     _shell(alpha, "pilotif peers", alpha.pilotif("peers").stdout)
     _shell(beta, "pilotif peers", beta.pilotif("peers").stdout)
+    _step("7. an agent service: beta leaves a message in alpha's inbox (docs/AGENTS.md)")
+    sent = beta.pilotif("send", "alpha", DEMO_MESSAGE, check=False)
+    _shell(beta, f"pilotif send alpha '{DEMO_MESSAGE}'", sent.stdout or sent.stderr)
+    inbox = alpha.pilotif("inbox", check=False)
+    _shell(alpha, "pilotif inbox", inbox.stdout or inbox.stderr)
+    if f"beta: {DEMO_MESSAGE}" not in inbox.stdout:
+        failures.append(f"the message did not reach alpha's inbox: {sent.stderr.strip()}")
     if addresses != {beta_ipv4}:
         failures.append(f"beta.pilot resolved to {sorted(addresses)}, not {beta_ipv4}")
     if received != f"{DEMO_LINE}\n" or connect.stdout != DEMO_REPLY:
@@ -94,7 +103,7 @@ def run_nat_demo() -> int:
     except LabError as error:
         print(f"demo failed: {error}")
         return EXIT_FAILED
-    _step("7. registry, daemons and namespaces stopped, nothing left behind")
+    _step("8. registry, daemons and namespaces stopped, nothing left behind")
     if failures:
         print("demo failed: " + "; ".join(failures))
         return EXIT_FAILED
