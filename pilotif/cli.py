@@ -26,6 +26,7 @@ from pilotif.cli_common import (
     state_dir_option,
 )
 from pilotif.config import ConfigError, InterfaceConfig, load_config
+from pilotif.context_cli import context
 from pilotif.control import ControlError, request, stream
 from pilotif.duration import DurationError, parse_duration
 from pilotif.hostport import HostPortError, parse_host_port
@@ -788,6 +789,7 @@ cli.add_command(deny)
 cli.add_command(policy)
 cli.add_command(send)
 cli.add_command(inbox)
+cli.add_command(context)
 
 
 def main() -> None:
