@@ -1,0 +1,96 @@
+"""`pilotif mcp` with the MCP SDK's own client over stdio, the server in alpha's namespace
+of the NAT lab: it lists its tools, answers `status`, sends a message that arrives in
+beta's inbox, talks TCP to beta's echo port, and turns bad calls into tool errors."""
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+from pilotif.lab.nat import Agent, NatKind, nat_lab, trust
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="builds network namespaces: needs root"),
+]
+
+PATH_TIMEOUT_S = 15.0
+TOOLS = {
+    "status",
+    "peers",
+    "find",
+    "handshake",
+    "pending",
+    "approve",
+    "reject",
+    "send",
+    "inbox",
+    "request",
+}
+
+
+def _payload(result: Any) -> Any:
+    """A tool result's value: structured content if any, else its text as JSON."""
+    if result.structured_content is not None:
+        value = result.structured_content
+        return value.get("result", value) if isinstance(value, dict) else value
+    return json.loads(result.content[0].text)
+
+
+async def _session_checks(agent: Agent) -> dict[str, Any]:
+    server = StdioServerParameters(
+        command="ip",
+        args=[
+            "netns",
+            "exec",
+            agent.namespace.name,
+            sys.executable,
+            "-m",
+            "pilotif",
+            "mcp",
+            "--state-dir",
+            str(agent.state_dir),
+        ],
+        env=dict(os.environ),
+    )
+    seen: dict[str, Any] = {}
+    async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        seen["tools"] = {tool.name for tool in (await session.list_tools()).tools}
+        seen["status"] = _payload(await session.call_tool("status", {}))
+        seen["send"] = _payload(
+            await session.call_tool("send", {"peer": "beta", "text": "from mcp"})
+        )
+        seen["echo"] = _payload(
+            await session.call_tool(
+                "request", {"peer": "beta", "port": 7, "data": "ping\n", "timeout_s": 2}
+            )
+        )
+        seen["stranger"] = await session.call_tool("send", {"peer": "nobody", "text": "x"})
+        seen["wrong_args"] = await session.call_tool("send", {"peer": "beta"})
+    return seen
+
+
+def test_an_mcp_client_uses_the_node_as_tools(tmp_path: Path) -> None:
+    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", ("direct", "relay"), PATH_TIMEOUT_S)
+
+        seen = asyncio.run(_session_checks(alpha))
+
+        assert seen["tools"] >= TOOLS
+        assert seen["status"]["node"]["hostname"] == "alpha"
+        assert seen["send"]["peer"] == "beta"
+        assert [(m["sender"], m["text"]) for m in beta.json("inbox")] == [("alpha", "from mcp")]
+        assert seen["echo"]["reply"] == "ping\n" and seen["echo"]["timed_out"] is True
+        assert seen["stranger"].is_error and "not_trusted" in seen["stranger"].content[0].text
+        assert seen["wrong_args"].is_error
