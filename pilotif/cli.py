@@ -44,7 +44,7 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import STATE_DIR_ENV, StatePaths
 from pilotif.policy_cli import allow, deny, policy
 from pilotif.registry.joinkey import parse_join_key
-from pilotif.services_cli import inbox, send
+from pilotif.services_cli import inbox, received, send, send_file
 
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
@@ -789,6 +789,8 @@ cli.add_command(deny)
 cli.add_command(policy)
 cli.add_command(send)
 cli.add_command(inbox)
+cli.add_command(send_file)
+cli.add_command(received)
 cli.add_command(context)
 
 

@@ -51,3 +51,17 @@ def node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, A
         return request(paths.control_socket, command, **arguments)
     except ControlError as error:
         raise CliError(str(error), error.code, error.hint) from None
+
+
+def trusted_peer_address(state_dir: Path, peer: str) -> str:
+    """The virtual IPv4 of a trusted peer named by hostname, address or key (asked of the
+    daemon); CliError `not_trusted` if no trusted peer has that name."""
+    wanted = peer.strip().lower().removesuffix(".pilot")
+    for row in node_request(state_dir, "peers").get("peers", []):
+        if wanted in (row.get("hostname"), row.get("ipv4"), row.get("ipv6"), row.get("public_key")):
+            return str(row["ipv4"])
+    raise CliError(
+        f"{peer!r} is not a trusted peer",
+        "not_trusted",
+        "`pilotif peers` lists them; `pilotif handshake PEER` asks for trust",
+    )

@@ -60,6 +60,7 @@ from pilotif.overlay.events import (
 from pilotif.paths import StatePaths
 from pilotif.registry.wire import format_endpoint
 from pilotif.services.commands import SERVICE_COMMANDS, ServiceCommands
+from pilotif.services.files import ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
 from pilotif.services.server import AgentServices
 from pilotif.tun import (
@@ -431,7 +432,17 @@ class Daemon:
                 "message_received", peer=message.sender, id=message.id, text=message.text
             )
 
-        services = AgentServices(Inbox(self.paths.root), peer_of, received)
+        def file_received(file: ReceivedFile) -> None:
+            self.events.publish(
+                "file_received", peer=file.sender, id=file.id, name=file.name, size=file.size
+            )
+
+        try:
+            files = ReceivedFiles(self.paths.root)
+        except OSError as error:
+            log_event("services_unavailable", level=logging.WARNING, error=str(error))
+            return
+        services = AgentServices(Inbox(self.paths.root), files, peer_of, received, file_received)
         try:
             await services.start(str(node.ipv4))
         except OSError as error:

@@ -15,7 +15,7 @@ from typing import Any, Final
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from pilotif.cli_common import CliError, node_request
+from pilotif.cli_common import CliError, node_request, trusted_peer_address
 
 MAX_REPLY_BYTES: Final = 64 * 1024
 MAX_REQUEST_S: Final = 30.0
@@ -27,12 +27,23 @@ virtual IP or key. Trust is mutual: `handshake` asks, the other side `approve`s.
 TCP to a service on a trusted peer."""
 
 
+def _tool_error(error: CliError) -> ToolError:
+    hint = f" ({error.hint})" if error.hint else ""
+    return ToolError(f"{error.format_message()}{hint} [code: {error.code}]")
+
+
 def _ask(state_dir: Path, command: str, **arguments: Any) -> dict[str, Any]:
     try:
         return node_request(state_dir, command, **arguments)
     except CliError as error:
-        hint = f" ({error.hint})" if error.hint else ""
-        raise ToolError(f"{error.format_message()}{hint} [code: {error.code}]") from None
+        raise _tool_error(error) from None
+
+
+def _peer_address(state_dir: Path, peer: str) -> str:
+    try:
+        return trusted_peer_address(state_dir, peer)
+    except CliError as error:
+        raise _tool_error(error) from None
 
 
 def build_server(state_dir: Path) -> MCPServer:
@@ -143,14 +154,3 @@ def build_server(state_dir: Path) -> MCPServer:
         }
 
     return server
-
-
-def _peer_address(state_dir: Path, peer: str) -> str:
-    """The virtual IPv4 of a trusted peer named by hostname, address or key."""
-    wanted = peer.strip().lower().removesuffix(".pilot")
-    for row in _ask(state_dir, "peers").get("peers", []):
-        if wanted in (row.get("hostname"), row.get("ipv4"), row.get("ipv6"), row.get("public_key")):
-            return str(row["ipv4"])
-    raise ToolError(
-        f"{peer!r} is not a trusted peer (`peers` lists them; `handshake` asks) [code: not_trusted]"
-    )

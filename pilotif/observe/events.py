@@ -24,6 +24,7 @@ EVENT_KINDS = frozenset(
         "registry_lost",
         "registry_regained",
         "message_received",
+        "file_received",
     }
 )
 """What the daemon publishes; subscribers may also see `events_dropped`."""

@@ -1,5 +1,5 @@
 """The CLI's (and the MCP server's) commands for the agent services, answered by the
-daemon: `send` a message to a peer, read or clear the `inbox`."""
+daemon: `send` a message to a peer, read or clear the `inbox`, list the files `received`."""
 
 from collections.abc import Callable
 from dataclasses import asdict
@@ -9,7 +9,7 @@ from pilotif.services import client
 from pilotif.services.client import ServiceError
 from pilotif.services.server import MESSAGES_PORT, AgentServices
 
-SERVICE_COMMANDS: Final = frozenset({"send", "inbox"})
+SERVICE_COMMANDS: Final = frozenset({"send", "inbox", "received"})
 TrustedAddress = Callable[[str], tuple[str, str] | None]
 """(hostname, overlay IPv4) of the trusted peer named by a hostname, address or key."""
 
@@ -26,6 +26,9 @@ class ServiceCommands:
         try:
             if command == "send":
                 return await self._send(str(request.get("peer", "")), request.get("text"))
+            if command == "received":
+                files = [asdict(f) for f in self._services.files.files()]
+                return {"ok": True, "directory": str(self._services.files.root), "files": files}
             if request.get("clear"):
                 return {"ok": True, "cleared": self._services.inbox.clear()}
             messages = [asdict(m) for m in self._services.inbox.messages()]

@@ -2,8 +2,11 @@
 peers only (the tunnel carries nothing else to that address; a connection from an address
 that is no trusted peer is closed at once).
 
-- MESSAGES_PORT (1001): `{"op": "message", "text": ...}` -> `{"ok": true, "id": N}`; the
-  message goes to the inbox (and a `message_received` event).
+- MESSAGES_PORT (1001), data exchange: `{"op": "message", "text": ...}` -> `{"ok": true,
+  "id": N}`, the message into the inbox (and a `message_received` event); and
+  `{"op": "file", "name", "size", "sha256"}` -> `{"ok": true, "ready": true}` (or a
+  refusal, before any byte is sent), then exactly `size` raw bytes -> `{"ok": true, "id",
+  "name", "size", "sha256"}` once the file is whole (pilotif.services.files).
 - ECHO_PORT (7): every byte comes back (RFC 862).
 
 Limits per peer: MAX_CONNECTIONS_PER_PEER open connections, MESSAGES_PER_S (burst
@@ -16,9 +19,11 @@ import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, Final
 
 from pilotif.registry.ratelimit import TokenBuckets
+from pilotif.services.files import FileRefused, ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
 from pilotif.services.wire import MAX_LINE_BYTES, WireError, encode, error_answer, read_message
 
@@ -30,6 +35,9 @@ MESSAGE_BURST: Final = 50.0
 MAX_TEXT_BYTES: Final = 16 * 1024
 IDLE_TIMEOUT_S: Final = 60.0
 ECHO_CHUNK_BYTES: Final = 64 * 1024
+FILE_CHUNK_BYTES: Final = 256 * 1024
+_CLOSING_CODES: Final = frozenset({"bad_request", "truncated", "bad_hash", "disk_full"})
+"""Answers after which the connection's stream cannot be trusted to be at a line."""
 
 PeerOf = Callable[[str], str | None]
 """The hostname of the trusted peer that owns an overlay address, or None."""
@@ -41,9 +49,16 @@ class AgentServices:
     """The services' listeners; see the module docstring."""
 
     def __init__(
-        self, inbox: Inbox, peer_of: PeerOf, on_message: Callable[[Message], None]
+        self,
+        inbox: Inbox,
+        files: ReceivedFiles,
+        peer_of: PeerOf,
+        on_message: Callable[[Message], None],
+        on_file: Callable[[ReceivedFile], None],
     ) -> None:
         self.inbox = inbox
+        self.files = files
+        self._on_file = on_file
         self._peer_of = peer_of
         self._on_message = on_message
         self.counters: Counter[str] = Counter()
@@ -107,10 +122,13 @@ class AgentServices:
                 return
             if request is None:
                 return
-            answer = self._message(peer, request)
+            if request.get("op") == "file":
+                answer = await self._file(peer, request, reader, writer)
+            else:
+                answer = self._message(peer, request)
             writer.write(encode(answer))
             await writer.drain()
-            if not answer["ok"] and answer["code"] == "bad_request":
+            if not answer["ok"] and answer["code"] in _CLOSING_CODES:
                 return
 
     def _message(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +146,47 @@ class AgentServices:
         message = self.inbox.add(peer, text, now)
         self._on_message(message)
         return {"ok": True, "id": message.id}
+
+    async def _file(
+        self,
+        peer: str,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> dict[str, Any]:
+        """Take one file: refuse it before its bytes, or keep it only once whole."""
+        try:
+            incoming = self.files.begin(
+                peer, request.get("name"), request.get("size"), request.get("sha256")
+            )
+        except FileRefused as error:
+            self.counters[error.code] += 1
+            return error_answer(error.code, str(error))
+        writer.write(encode({"ok": True, "ready": True, "id": incoming.id}))
+        await writer.drain()
+        try:
+            remaining = incoming.size
+            while remaining:
+                chunk = await asyncio.wait_for(
+                    reader.read(min(FILE_CHUNK_BYTES, remaining)), IDLE_TIMEOUT_S
+                )
+                if not chunk:
+                    break
+                incoming.write(chunk)
+                remaining -= len(chunk)
+            received = incoming.finish(time.time())
+        except FileRefused as error:
+            self.counters[error.code] += 1
+            return error_answer(error.code, str(error))
+        except OSError as error:
+            incoming.abort()
+            self.counters["write_failed"] += 1
+            return error_answer("disk_full", f"the file could not be written: {error.strerror}")
+        except BaseException:
+            incoming.abort()
+            raise
+        self._on_file(received)
+        return {"ok": True, **asdict(received)}
 
     async def _echo(
         self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

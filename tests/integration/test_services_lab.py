@@ -1,10 +1,13 @@
 """Issue 12's agent services end to end in the NAT lab: a message reaches a peer's inbox
 across two NATs and survives the peer's restart; a client in another language (bash and
 its /dev/tcp) speaks the documented wire format; garbage gets an answer and a closed
-connection, never a stuck daemon; echo answers on port 7."""
+connection, never a stuck daemon; echo answers on port 7; a 50 MB file arrives with its
+SHA-256, and one cut short leaves nothing."""
 
+import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +72,54 @@ def test_messages_reach_the_inbox_survive_a_restart_and_speak_plain_lines(
             assert "pilotif: error:" in str(refused.value)
         assert beta.json("inbox", "--clear") == {"cleared": 2}
         assert beta.json("inbox") == []
+
+
+FILE_BYTES = 50 * 2**20
+_TRUNCATED_CLIENT = """
+import hashlib, json, socket, sys
+data = b"t" * 2_000_000
+conn = socket.create_connection((sys.argv[1], 1001), timeout=10)
+header = {"op": "file", "name": "cut.bin", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+conn.sendall(json.dumps(header).encode() + b"\\n")
+print(conn.makefile("rb").readline().decode().strip())
+conn.sendall(data[: len(data) // 2])
+conn.close()
+"""
+
+
+def test_a_file_arrives_whole_or_not_at_all(tmp_path: Path) -> None:
+    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
+        beta_ip = beta.status()["node"]["ipv4"]
+        payload = tmp_path / "results.bin"
+        payload.write_bytes(os.urandom(FILE_BYTES))
+        digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+
+        sent = alpha.json("send-file", "beta", str(payload))
+        assert (sent["size"], sent["sha256"]) == (FILE_BYTES, digest)
+        listing = beta.json("received")
+        [kept] = listing["files"]
+        assert (kept["sender"], kept["size"], kept["sha256"]) == ("alpha", FILE_BYTES, digest)
+        on_disk = Path(listing["directory"]) / kept["name"]
+        assert hashlib.sha256(on_disk.read_bytes()).hexdigest() == digest
+
+        # A transfer cut short leaves no file, listed or partial.
+        ready = alpha.namespace.run(sys.executable, "-c", _TRUNCATED_CLIENT, beta_ip).stdout
+        assert json.loads(ready)["ready"] is True
+        poll_until(
+            lambda: True if not any((Path(listing["directory"]) / ".partial").iterdir()) else None,
+            REACHED_TIMEOUT_S,
+            "beta dropping the partial file",
+        )
+        assert [f["name"] for f in beta.json("received")["files"]] == [kept["name"]]
+
+        # Too large: refused before a byte is sent.
+        header = json.dumps({"op": "file", "name": "huge", "size": 2**40, "sha256": "0" * 64})
+        refused = json.loads(_bash_exchange(alpha, beta_ip, 1001, header))
+        assert (refused["ok"], refused["code"]) == (False, "too_large")
+        with pytest.raises(LabError):
+            alpha.pilotif("send-file", "beta", str(tmp_path / "missing.bin"))

@@ -1,11 +1,21 @@
-"""The agent services' sans-IO parts: the line framing, the inbox on disk, and what the
-messages service answers (sizes, garbage, limits). The listeners run in the lab tests."""
+"""The agent services' sans-IO parts: the line framing, the inbox on disk, what the
+messages service answers (sizes, garbage, limits), and received files (names that are
+never paths, nothing kept unless whole). The listeners run in the lab tests."""
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from pilotif.services.files import (
+    MAX_FILE_BYTES,
+    PARTIAL_DIR,
+    RECEIVED_DIR,
+    FileRefused,
+    ReceivedFiles,
+    safe_name,
+)
 from pilotif.services.inbox import INBOX_FILE, Inbox, Message
 from pilotif.services.server import MAX_TEXT_BYTES, MESSAGE_BURST, AgentServices
 from pilotif.services.wire import WireError, decode, encode
@@ -48,7 +58,10 @@ def test_a_line_cut_short_by_a_crash_loses_only_itself(tmp_path: Path) -> None:
 def _services(tmp_path: Path) -> tuple[AgentServices, list[Message]]:
     received: list[Message] = []
     peers = {"100.64.0.1": "alpha"}
-    return AgentServices(Inbox(tmp_path), peers.get, received.append), received
+    services = AgentServices(
+        Inbox(tmp_path), ReceivedFiles(tmp_path), peers.get, received.append, lambda f: None
+    )
+    return services, received
 
 
 def test_a_message_goes_to_the_inbox_with_its_sender(tmp_path: Path) -> None:
@@ -88,3 +101,78 @@ def test_a_peer_sending_too_fast_is_refused_past_its_burst(tmp_path: Path) -> No
     assert len(refused) >= 4 and {a["code"] for a in refused} == {"rate_limited"}
     assert len(services.inbox.messages()) <= MESSAGE_BURST + 1
     assert json.loads((tmp_path / INBOX_FILE).read_text().splitlines()[0])["sender"] == "alpha"
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "safe"),
+    [
+        ("report.pdf", "report.pdf"),
+        ("../../etc/passwd", "passwd"),
+        ("/root/.ssh/authorized_keys", "authorized_keys"),
+        ("..\\\\windows\\\\evil.exe", "evil.exe"),
+        (".hidden", "hidden"),
+        ("spaces and ünïcode.txt", "spaces_and_n_code.txt"),
+        ("", "file"),
+        ("..", "file"),
+    ],
+)
+def test_a_senders_file_name_is_never_a_path_here(name: str, safe: str) -> None:
+    assert safe_name(name) == safe
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_a_whole_file_is_kept_and_listed_across_restarts(tmp_path: Path) -> None:
+    files = ReceivedFiles(tmp_path)
+    data = b"x" * 1000
+    incoming = files.begin("alpha", "../notes.txt", len(data), _sha(data))
+    incoming.write(data[:600])
+    incoming.write(data[600:])
+    kept = incoming.finish(NOW)
+    assert (kept.name, kept.sender, kept.size) == ("1-notes.txt", "alpha", 1000)
+    assert (tmp_path / RECEIVED_DIR / "1-notes.txt").read_bytes() == data
+    assert ReceivedFiles(tmp_path).files() == [kept]
+    assert list((tmp_path / RECEIVED_DIR / PARTIAL_DIR).iterdir()) == []
+
+
+@pytest.mark.parametrize("fault", ["truncated", "bad_hash"])
+def test_a_file_that_is_not_whole_leaves_nothing(tmp_path: Path, fault: str) -> None:
+    files = ReceivedFiles(tmp_path)
+    data = b"y" * 100
+    incoming = files.begin("alpha", "f", len(data), _sha(data))
+    incoming.write(data[:50] if fault == "truncated" else b"z" * 100)
+    with pytest.raises(FileRefused) as refused:
+        incoming.finish(NOW)
+    assert refused.value.code == fault
+    assert files.files() == []
+    assert sorted(p.name for p in (tmp_path / RECEIVED_DIR).rglob("*") if p.is_file()) == []
+
+
+def test_a_partial_file_left_by_a_stopped_daemon_is_removed(tmp_path: Path) -> None:
+    files = ReceivedFiles(tmp_path)
+    files.begin("alpha", "f", 10, _sha(b"0123456789")).write(b"01234")
+    ReceivedFiles(tmp_path)
+    assert list((tmp_path / RECEIVED_DIR / PARTIAL_DIR).iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "sha256", "code"),
+    [
+        (None, 10, "0" * 64, "bad_request"),
+        ("f", "10", "0" * 64, "bad_request"),
+        ("f", -1, "0" * 64, "bad_request"),
+        ("f", 10, "not hex", "bad_request"),
+        ("f", MAX_FILE_BYTES + 1, "0" * 64, "too_large"),
+    ],
+)
+def test_a_file_is_refused_before_its_bytes(
+    tmp_path: Path, name: object, size: object, sha256: object, code: str
+) -> None:
+    with pytest.raises(FileRefused) as refused:
+        ReceivedFiles(tmp_path).begin("alpha", name, size, sha256)
+    assert refused.value.code == code
