@@ -79,7 +79,8 @@ _TRUNCATED_CLIENT = """
 import hashlib, json, socket, sys
 data = b"t" * 2_000_000
 conn = socket.create_connection((sys.argv[1], 1001), timeout=10)
-header = {"op": "file", "name": "cut.bin", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+digest = hashlib.sha256(data).hexdigest()
+header = {"op": "file", "name": "cut.bin", "size": len(data), "sha256": digest}
 conn.sendall(json.dumps(header).encode() + b"\\n")
 print(conn.makefile("rb").readline().decode().strip())
 conn.sendall(data[: len(data) // 2])
