@@ -44,7 +44,7 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import STATE_DIR_ENV, StatePaths
 from pilotif.policy_cli import allow, deny, policy
 from pilotif.registry.joinkey import parse_join_key
-from pilotif.services_cli import inbox, received, send, send_file
+from pilotif.services_cli import inbox, publish, received, send, send_file, subscribe
 
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
@@ -791,6 +791,8 @@ cli.add_command(send)
 cli.add_command(inbox)
 cli.add_command(send_file)
 cli.add_command(received)
+cli.add_command(publish)
+cli.add_command(subscribe)
 cli.add_command(context)
 
 

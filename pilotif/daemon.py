@@ -420,6 +420,8 @@ class Daemon:
         convenience: a failure is logged and `up` carries on without them."""
 
         def peer_of(address: str) -> str | None:
+            if address in (str(node.ipv4), str(node.ipv6)):
+                return node.options.hostname  # this node, using its own services
             peer = node.find_peer(address)
             return None if peer is None else peer.hostname
 

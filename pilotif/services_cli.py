@@ -1,7 +1,8 @@
-"""`pilotif send`, `inbox`, `send-file` and `received`: messages and files between trusted
-peers, over the agent services (pilotif.services). Messages go through the running daemon;
-a file goes straight from this command to the peer's port 1001, so that a progress bar can
-follow it."""
+"""`pilotif send`, `inbox`, `send-file`, `received`, `publish` and `subscribe`: messages,
+files and events between trusted peers, over the agent services (pilotif.services).
+Messages go through the running daemon; a file, a publish and a subscription go straight
+from this command to the peer's port (a progress bar follows a file; a subscription prints
+events as they come)."""
 
 import hashlib
 import json
@@ -23,7 +24,8 @@ from pilotif.cli_common import (
 )
 from pilotif.control import ControlError, stream
 from pilotif.paths import StatePaths
-from pilotif.services.server import MESSAGES_PORT
+from pilotif.services.broker import TopicError, check_topic
+from pilotif.services.server import EVENTS_PORT, MESSAGES_PORT
 from pilotif.services.wire import MAX_LINE_BYTES, WireError, decode, encode
 
 
@@ -178,3 +180,93 @@ def received(as_json: bool, state_dir: Path) -> None:
     ]
     text = "\n".join(lines) + f"\n(in {reply.get('directory')})" if files else "(no files)"
     echo_result(as_json, {"directory": reply.get("directory"), "files": files}, text)
+
+
+def _service_address(state_dir: Path, peer: str) -> str:
+    """A trusted peer's virtual IPv4, or this node's own for its own hostname or address."""
+    node = node_request(state_dir, "status").get("status", {}).get("node") or {}
+    if peer.strip().lower().removesuffix(".pilot") in (node.get("hostname"), node.get("ipv4")):
+        return str(node["ipv4"])
+    return trusted_peer_address(state_dir, peer)
+
+
+def _events_connection(state_dir: Path, peer: str, timeout_s: float) -> socket.socket:
+    address = _service_address(state_dir, peer)
+    try:
+        return socket.create_connection((address, EVENTS_PORT), min(timeout_s, CONNECT_TIMEOUT_S))
+    except ConnectionRefusedError:
+        raise CliError(
+            f"nothing listens on {address}:{EVENTS_PORT}",
+            "service_closed",
+            "the peer runs an older pilotif, or its port policy refuses that port",
+        ) from None
+    except OSError as error:
+        raise CliError(f"{peer}: {error.strerror or error}", "peer_unreachable") from None
+
+
+def _topic(text: str, *, pattern: bool = False) -> str:
+    try:
+        return check_topic(text, pattern=pattern)
+    except TopicError as error:
+        raise CliError(f"TOPIC: {error}", "bad_topic") from None
+
+
+@click.command()
+@click.argument("peer")
+@click.argument("topic")
+@click.argument("data")
+@json_option
+@state_dir_option
+def publish(peer: str, topic: str, data: str, as_json: bool, state_dir: Path) -> None:
+    """Publish DATA (JSON, or else taken as text) on TOPIC of PEER's broker (a trusted
+    peer, or this node's own hostname)."""
+    checked = _topic(topic)
+    try:
+        value: Any = json.loads(data)
+    except json.JSONDecodeError:
+        value = data
+    with _events_connection(state_dir, peer, ANSWER_TIMEOUT_S) as conn:
+        conn.settimeout(ANSWER_TIMEOUT_S)
+        conn.sendall(encode({"op": "publish", "topic": checked, "data": value}))
+        answer = _answer(conn.makefile("rb"))
+    delivered = answer.get("delivered", 0)
+    echo_result(
+        as_json, {"topic": checked, "delivered": delivered}, f"{checked}: {delivered} subscribers"
+    )
+
+
+@click.command()
+@click.argument("peer")
+@click.argument("topic")
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many events.")
+@click.option(
+    "--timeout", "timeout_s", type=click.FloatRange(min=0.1), help="Stop after this many seconds."
+)
+@state_dir_option
+def subscribe(
+    peer: str, topic: str, count: int | None, timeout_s: float | None, state_dir: Path
+) -> None:
+    """Print one JSON line per event published on PEER's TOPIC (`*` matches any run of
+    characters) from now on, until --count events, --timeout seconds or Ctrl-C."""
+    pattern = _topic(topic, pattern=True)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with _events_connection(state_dir, peer, timeout_s or CONNECT_TIMEOUT_S) as conn:
+        conn.settimeout(ANSWER_TIMEOUT_S)
+        conn.sendall(encode({"op": "subscribe", "topic": pattern}))
+        stream = conn.makefile("rb")
+        _answer(stream)
+        print("pilotif: subscribed (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        seen = 0
+        while count is None or seen < count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            conn.settimeout(remaining)
+            try:
+                line = stream.readline(MAX_LINE_BYTES + 1)
+            except TimeoutError:
+                return
+            if not line:
+                raise CliError("the peer closed the subscription", "service_failed")
+            click.echo(line.decode().rstrip("\n"))
+            seen += 1

@@ -7,6 +7,10 @@ that is no trusted peer is closed at once).
   `{"op": "file", "name", "size", "sha256"}` -> `{"ok": true, "ready": true}` (or a
   refusal, before any byte is sent), then exactly `size` raw bytes -> `{"ok": true, "id",
   "name", "size", "sha256"}` once the file is whole (pilotif.services.files).
+- EVENTS_PORT (1002), publish/subscribe on this node's topics (pilotif.services.broker):
+  `{"op": "publish", "topic", "data"}` -> `{"ok": true, "delivered": N}`;
+  `{"op": "subscribe", "topic": PATTERN}` -> `{"ok": true, "subscribed": PATTERN}`, then
+  one line per event published after it, until the subscriber closes.
 - ECHO_PORT (7): every byte comes back (RFC 862).
 
 Limits per peer: MAX_CONNECTIONS_PER_PEER open connections, MESSAGES_PER_S (burst
@@ -23,12 +27,16 @@ from dataclasses import asdict
 from typing import Any, Final
 
 from pilotif.registry.ratelimit import TokenBuckets
+from pilotif.services.broker import PUBLISHED, Broker, TopicError, check_topic, matches
 from pilotif.services.files import FileRefused, ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
 from pilotif.services.wire import MAX_LINE_BYTES, WireError, encode, error_answer, read_message
 
 ECHO_PORT: Final = 7
 MESSAGES_PORT: Final = 1001
+EVENTS_PORT: Final = 1002
+PUBLISH_PER_S: Final = 50.0
+PUBLISH_BURST: Final = 200.0
 MAX_CONNECTIONS_PER_PEER: Final = 16
 MESSAGES_PER_S: Final = 10.0
 MESSAGE_BURST: Final = 50.0
@@ -65,6 +73,8 @@ class AgentServices:
         """Refused connections and requests, by reason."""
         self._connections: Counter[str] = Counter()
         self._message_limit = TokenBuckets(MESSAGES_PER_S, MESSAGE_BURST)
+        self._publish_limit = TokenBuckets(PUBLISH_PER_S, PUBLISH_BURST)
+        self.broker = Broker()
         self._servers: list[asyncio.Server] = []
 
     async def start(self, address: str) -> None:
@@ -73,6 +83,7 @@ class AgentServices:
             int, Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
         ] = {
             MESSAGES_PORT: self._messages,
+            EVENTS_PORT: self._events,
             ECHO_PORT: self._echo,
         }
         for port, handler in handlers.items():
@@ -187,6 +198,78 @@ class AgentServices:
             raise
         self._on_file(received)
         return {"ok": True, **asdict(received)}
+
+    async def _events(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            try:
+                request = await asyncio.wait_for(read_message(reader), IDLE_TIMEOUT_S)
+            except WireError as error:
+                self.counters[error.code] += 1
+                writer.write(encode(error_answer(error.code, str(error))))
+                await writer.drain()
+                return
+            if request is None:
+                return
+            op = request.get("op")
+            if op == "subscribe":
+                await self._subscribe(request.get("topic"), reader, writer)
+                return
+            if op == "publish":
+                answer = self._publish(peer, request)
+            else:
+                self.counters["bad_request"] += 1
+                answer = error_answer("bad_request", 'the ops here are "publish" and "subscribe"')
+            writer.write(encode(answer))
+            await writer.drain()
+            if not answer["ok"] and answer["code"] == "bad_request":
+                return
+
+    def _publish(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            topic = check_topic(request.get("topic"))
+        except TopicError as error:
+            self.counters["bad_topic"] += 1
+            return error_answer("bad_topic", str(error))
+        if "data" not in request:
+            self.counters["bad_request"] += 1
+            return error_answer("bad_request", 'a publish carries "data" (any JSON)')
+        if not self._publish_limit.allow(peer, time.time()):
+            self.counters["rate_limited"] += 1
+            return error_answer("rate_limited", f"at most {PUBLISH_PER_S:g} events a second")
+        return {"ok": True, "delivered": self.broker.publish(topic, request["data"], peer)}
+
+    async def _subscribe(
+        self, pattern: object, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Stream the matching events until the subscriber closes its side."""
+        try:
+            checked = check_topic(pattern, pattern=True)
+        except TopicError as error:
+            self.counters["bad_topic"] += 1
+            writer.write(encode(error_answer("bad_topic", str(error))))
+            await writer.drain()
+            return
+        subscription = self.broker.subscribe(checked)
+        closed = asyncio.ensure_future(reader.read(1))
+        try:
+            writer.write(encode({"ok": True, "subscribed": checked}))
+            await writer.drain()
+            while True:
+                getter = asyncio.ensure_future(subscription.get())
+                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return
+                event = getter.result()
+                if event["event"] == PUBLISHED and not matches(checked, event["topic"]):
+                    continue
+                writer.write(encode(event))
+                await writer.drain()
+        finally:
+            closed.cancel()
+            self.broker.unsubscribe(subscription)
 
     async def _echo(
         self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

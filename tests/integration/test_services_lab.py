@@ -2,7 +2,8 @@
 across two NATs and survives the peer's restart; a client in another language (bash and
 its /dev/tcp) speaks the documented wire format; garbage gets an answer and a closed
 connection, never a stuck daemon; echo answers on port 7; a 50 MB file arrives with its
-SHA-256, and one cut short leaves nothing."""
+SHA-256, and one cut short leaves nothing; a subscriber gets exactly the events published
+after it subscribed."""
 
 import hashlib
 import json
@@ -14,6 +15,7 @@ import pytest
 
 from pilotif.lab.nat import Agent, NatKind, nat_lab, poll_until, trust
 from pilotif.lab.netns import LabError
+from pilotif.lab.pilotif_node import pilotif_executable
 
 pytestmark = [
     pytest.mark.integration,
@@ -124,3 +126,45 @@ def test_a_file_arrives_whole_or_not_at_all(tmp_path: Path) -> None:
         assert (refused["ok"], refused["code"]) == (False, "too_large")
         with pytest.raises(LabError):
             alpha.pilotif("send-file", "beta", str(tmp_path / "missing.bin"))
+
+
+def test_a_subscriber_gets_exactly_the_events_published_after_it_subscribed(
+    tmp_path: Path,
+) -> None:
+    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
+        assert beta.json("publish", "beta", "jobs/0", "before")["delivered"] == 0
+        subscriber = alpha.namespace.spawn(
+            pilotif_executable(),
+            "subscribe",
+            "beta",
+            "jobs/*",
+            "--count",
+            "2",
+            "--timeout",
+            "60",
+            "--state-dir",
+            str(alpha.state_dir),
+            pipes=True,
+        )
+        try:
+            assert subscriber.stderr is not None
+            assert b"subscribed" in subscriber.stderr.readline()
+            assert beta.json("publish", "beta", "jobs/1", '{"n": 1}')["delivered"] == 1
+            assert beta.json("publish", "beta", "other/x", "not for it")["delivered"] == 0
+            assert alpha.json("publish", "beta", "jobs/2", "two")["delivered"] == 1
+            output, _ = subscriber.communicate(timeout=30)
+        finally:
+            alpha.namespace.stop(subscriber)
+        events = [json.loads(line) for line in output.decode().splitlines()]
+        assert [(e["topic"], e["data"], e["sender"]) for e in events] == [
+            ("jobs/1", {"n": 1}, "beta"),
+            ("jobs/2", "two", "alpha"),
+        ]
+        with pytest.raises(LabError) as refused:
+            alpha.pilotif("publish", "beta", "bad topic!", "x")
+        assert "bad_topic" in str(refused.value) or "topic" in str(refused.value)

@@ -2,12 +2,14 @@
 messages service answers (sizes, garbage, limits), and received files (names that are
 never paths, nothing kept unless whole). The listeners run in the lab tests."""
 
+import asyncio
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
+from pilotif.services.broker import Broker, TopicError, check_topic, matches
 from pilotif.services.files import (
     MAX_FILE_BYTES,
     PARTIAL_DIR,
@@ -176,3 +178,49 @@ def test_a_file_is_refused_before_its_bytes(
     with pytest.raises(FileRefused) as refused:
         ReceivedFiles(tmp_path).begin("alpha", name, size, sha256)
     assert refused.value.code == code
+
+
+# -- publish/subscribe ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topic", ["jobs", "jobs/build-7", "a.b_c/D-9", "x" * 128])
+def test_topics_of_letters_digits_and_dot_slash_dash_are_good(topic: str) -> None:
+    assert check_topic(topic) == topic
+
+
+@pytest.mark.parametrize("topic", ["", "x" * 129, "jobs/*", "white space", "jobs;rm", "ünï", 5])
+def test_other_topics_are_refused(topic: object) -> None:
+    with pytest.raises(TopicError):
+        check_topic(topic)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "hit"),
+    [
+        ("jobs/*", "jobs/7", True),
+        ("jobs/*", "jobs/7/log", True),
+        ("jobs/*", "job/7", False),
+        ("*", "anything", True),
+        ("jobs", "jobs", True),
+        ("jobs", "jobs/1", False),
+    ],
+)
+def test_a_star_matches_any_run_of_characters(pattern: str, topic: str, hit: bool) -> None:
+    assert matches(check_topic(pattern, pattern=True), topic) is hit
+
+
+def test_a_subscriber_gets_the_events_published_after_it_subscribed_only() -> None:
+    async def scenario() -> list[dict[str, object]]:
+        broker = Broker()
+        assert broker.publish("jobs/0", "before", "alpha") == 0
+        subscription = broker.subscribe("jobs/*")
+        assert broker.publish("jobs/1", {"n": 1}, "alpha") == 1
+        assert broker.publish("other", "x", "alpha") == 0
+        events = [await subscription.get(), await subscription.get()]
+        broker.unsubscribe(subscription)
+        assert broker.publish("jobs/2", "after", "alpha") == 0
+        return events
+
+    first, second = asyncio.run(scenario())
+    assert (first["topic"], first["data"], first["sender"]) == ("jobs/1", {"n": 1}, "alpha")
+    assert second["topic"] == "other"  # the bus hands every event; the server filters
