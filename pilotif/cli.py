@@ -44,7 +44,15 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import STATE_DIR_ENV, StatePaths
 from pilotif.policy_cli import allow, deny, policy
 from pilotif.registry.joinkey import parse_join_key
-from pilotif.services_cli import inbox, publish, received, send, send_file, subscribe
+from pilotif.services_cli import (
+    inbox,
+    publish,
+    received,
+    send,
+    send_file,
+    subscribe,
+    task,
+)
 
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
@@ -793,6 +801,7 @@ cli.add_command(send_file)
 cli.add_command(received)
 cli.add_command(publish)
 cli.add_command(subscribe)
+cli.add_command(task)
 cli.add_command(context)
 
 

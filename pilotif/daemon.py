@@ -63,6 +63,8 @@ from pilotif.services.commands import SERVICE_COMMANDS, ServiceCommands
 from pilotif.services.files import ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
 from pilotif.services.server import AgentServices
+from pilotif.services.task_service import TaskService
+from pilotif.services.tasks import TaskStore
 from pilotif.tun import (
     Ipv6UnavailableError,
     LinkError,
@@ -444,7 +446,15 @@ class Daemon:
         except OSError as error:
             log_event("services_unavailable", level=logging.WARNING, error=str(error))
             return
-        services = AgentServices(Inbox(self.paths.root), files, peer_of, received, file_received)
+
+        def address_of(hostname: str) -> str | None:
+            found = trusted(hostname)
+            return None if found is None else found[1]
+
+        tasks = TaskService(TaskStore(self.paths.root), address_of)
+        services = AgentServices(
+            Inbox(self.paths.root), files, tasks, peer_of, received, file_received
+        )
         try:
             await services.start(str(node.ipv4))
         except OSError as error:
@@ -452,6 +462,7 @@ class Daemon:
             return
         self._services = services
         self._service_commands = ServiceCommands(services, trusted)
+        tasks.start()
 
     def _stop_overlay_servers(self) -> None:
         """The DNS responder (and the resolver it edited) and the agent services."""
@@ -463,6 +474,7 @@ class Daemon:
             self._dns.close()
             self._dns = None
         if self._services is not None:
+            self._services.tasks.close()
             self._services.close()
             self._services = None
 

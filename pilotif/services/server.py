@@ -11,6 +11,7 @@ that is no trusted peer is closed at once).
   `{"op": "publish", "topic", "data"}` -> `{"ok": true, "delivered": N}`;
   `{"op": "subscribe", "topic": PATTERN}` -> `{"ok": true, "subscribed": PATTERN}`, then
   one line per event published after it, until the subscriber closes.
+- TASKS_PORT (1003), tasks (pilotif.services.task_service): `submit`, `update`, `get`.
 - ECHO_PORT (7): every byte comes back (RFC 862).
 
 Limits per peer: MAX_CONNECTIONS_PER_PEER open connections, MESSAGES_PER_S (burst
@@ -30,6 +31,7 @@ from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.services.broker import PUBLISHED, Broker, TopicError, check_topic, matches
 from pilotif.services.files import FileRefused, ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
+from pilotif.services.task_service import TASKS_PORT, TaskService
 from pilotif.services.wire import MAX_LINE_BYTES, WireError, encode, error_answer, read_message
 
 ECHO_PORT: Final = 7
@@ -51,6 +53,11 @@ PeerOf = Callable[[str], str | None]
 """The hostname of the trusted peer that owns an overlay address, or None."""
 Handler = Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 """A service: the peer's hostname and its connection."""
+Responder = Callable[
+    [str, dict[str, Any], asyncio.StreamReader, asyncio.StreamWriter],
+    Awaitable[dict[str, Any] | None],
+]
+"""The answer to one request line (None: the responder took the connection over)."""
 
 
 class AgentServices:
@@ -60,12 +67,14 @@ class AgentServices:
         self,
         inbox: Inbox,
         files: ReceivedFiles,
+        tasks: TaskService,
         peer_of: PeerOf,
         on_message: Callable[[Message], None],
         on_file: Callable[[ReceivedFile], None],
     ) -> None:
         self.inbox = inbox
         self.files = files
+        self.tasks = tasks
         self._on_file = on_file
         self._peer_of = peer_of
         self._on_message = on_message
@@ -84,6 +93,7 @@ class AgentServices:
         ] = {
             MESSAGES_PORT: self._messages,
             EVENTS_PORT: self._events,
+            TASKS_PORT: self._tasks,
             ECHO_PORT: self._echo,
         }
         for port, handler in handlers.items():
@@ -120,9 +130,15 @@ class AgentServices:
 
         return connected
 
-    async def _messages(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    async def _lines(
+        self,
+        peer: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        respond: Responder,
     ) -> None:
+        """One request a line, one answer a line, until the peer closes, sends garbage,
+        or the responder takes the connection over (it answers None)."""
         while True:
             try:
                 request = await asyncio.wait_for(read_message(reader), IDLE_TIMEOUT_S)
@@ -133,14 +149,28 @@ class AgentServices:
                 return
             if request is None:
                 return
-            if request.get("op") == "file":
-                answer = await self._file(peer, request, reader, writer)
-            else:
-                answer = self._message(peer, request)
+            answer = await respond(peer, request, reader, writer)
+            if answer is None:
+                return
             writer.write(encode(answer))
             await writer.drain()
             if not answer["ok"] and answer["code"] in _CLOSING_CODES:
                 return
+
+    async def _messages(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        async def respond(
+            peer: str,
+            request: dict[str, Any],
+            reader: asyncio.StreamReader,
+            writer: asyncio.StreamWriter,
+        ) -> dict[str, Any] | None:
+            if request.get("op") == "file":
+                return await self._file(peer, request, reader, writer)
+            return self._message(peer, request)
+
+        await self._lines(peer, reader, writer, respond)
 
     def _message(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
         text = request.get("text")
@@ -202,29 +232,38 @@ class AgentServices:
     async def _events(
         self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        while True:
-            try:
-                request = await asyncio.wait_for(read_message(reader), IDLE_TIMEOUT_S)
-            except WireError as error:
-                self.counters[error.code] += 1
-                writer.write(encode(error_answer(error.code, str(error))))
-                await writer.drain()
-                return
-            if request is None:
-                return
+        async def respond(
+            peer: str,
+            request: dict[str, Any],
+            reader: asyncio.StreamReader,
+            writer: asyncio.StreamWriter,
+        ) -> dict[str, Any] | None:
             op = request.get("op")
             if op == "subscribe":
                 await self._subscribe(request.get("topic"), reader, writer)
-                return
+                return None
             if op == "publish":
-                answer = self._publish(peer, request)
-            else:
-                self.counters["bad_request"] += 1
-                answer = error_answer("bad_request", 'the ops here are "publish" and "subscribe"')
-            writer.write(encode(answer))
-            await writer.drain()
-            if not answer["ok"] and answer["code"] == "bad_request":
-                return
+                return self._publish(peer, request)
+            self.counters["bad_request"] += 1
+            return error_answer("bad_request", 'the ops here are "publish" and "subscribe"')
+
+        await self._lines(peer, reader, writer, respond)
+
+    async def _tasks(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        async def respond(
+            peer: str,
+            request: dict[str, Any],
+            reader: asyncio.StreamReader,
+            writer: asyncio.StreamWriter,
+        ) -> dict[str, Any] | None:
+            answer = self.tasks.answer(peer, request, time.time())
+            if not answer["ok"]:
+                self.counters[str(answer["code"])] += 1
+            return answer
+
+        await self._lines(peer, reader, writer, respond)
 
     def _publish(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -168,3 +168,37 @@ def test_a_subscriber_gets_exactly_the_events_published_after_it_subscribed(
         with pytest.raises(LabError) as refused:
             alpha.pilotif("publish", "beta", "bad topic!", "x")
         assert "bad_topic" in str(refused.value) or "topic" in str(refused.value)
+
+
+def test_a_task_is_submitted_accepted_and_answered_across_two_nats(tmp_path: Path) -> None:
+    with nat_lab((NatKind.CONE, NatKind.SYMMETRIC), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", ("direct", "relay"), PATH_TIMEOUT_S)
+        submitted = alpha.json("task", "submit", "beta", "summarise the logs")
+        task_id = submitted["id"]
+        [incoming] = beta.json("task", "list")
+        assert (incoming["id"], incoming["role"], incoming["peer"]) == (
+            task_id,
+            "incoming",
+            "alpha",
+        )
+        assert beta.json("task", "accept", task_id)["state"] == "accepted"
+        assert beta.json("task", "result", task_id, "3 errors, all DNS")["state"] == "done"
+        [outgoing] = alpha.json("task", "list")
+        assert (outgoing["role"], outgoing["state"], outgoing["result"]) == (
+            "outgoing",
+            "done",
+            "3 errors, all DNS",
+        )
+        # Both keep their history across a restart; a finished task takes no more changes.
+        alpha.down()
+        alpha.restart()
+        assert [t["state"] for t in alpha.json("task", "list")] == ["done"]
+        with pytest.raises(LabError) as refused:
+            beta.pilotif("task", "decline", task_id, "--reason", "too late")
+        assert "bad_state" in str(refused.value) or "cannot become" in str(refused.value)
+        with pytest.raises(LabError):
+            beta.pilotif("task", "accept", "no-such-task")

@@ -20,6 +20,8 @@ from pilotif.services.files import (
 )
 from pilotif.services.inbox import INBOX_FILE, Inbox, Message
 from pilotif.services.server import MAX_TEXT_BYTES, MESSAGE_BURST, AgentServices
+from pilotif.services.task_service import TaskService
+from pilotif.services.tasks import TASK_TTL_S, TaskError, TaskStore
 from pilotif.services.wire import WireError, decode, encode
 
 NOW = 1_800_000_000.0
@@ -60,8 +62,9 @@ def test_a_line_cut_short_by_a_crash_loses_only_itself(tmp_path: Path) -> None:
 def _services(tmp_path: Path) -> tuple[AgentServices, list[Message]]:
     received: list[Message] = []
     peers = {"100.64.0.1": "alpha"}
+    tasks = TaskService(TaskStore(tmp_path), lambda hostname: None)
     services = AgentServices(
-        Inbox(tmp_path), ReceivedFiles(tmp_path), peers.get, received.append, lambda f: None
+        Inbox(tmp_path), ReceivedFiles(tmp_path), tasks, peers.get, received.append, print
     )
     return services, received
 
@@ -224,3 +227,52 @@ def test_a_subscriber_gets_the_events_published_after_it_subscribed_only() -> No
     first, second = asyncio.run(scenario())
     assert (first["topic"], first["data"], first["sender"]) == ("jobs/1", {"n": 1}, "alpha")
     assert second["topic"] == "other"  # the bus hands every event; the server filters
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+
+def test_a_task_goes_from_submitted_to_done_and_each_side_sees_only_its_own(
+    tmp_path: Path,
+) -> None:
+    executor = TaskService(TaskStore(tmp_path / "beta"), lambda hostname: None)
+    (tmp_path / "beta").mkdir(exist_ok=True)
+    submitted = executor.answer("alpha", {"op": "submit", "description": "build it"}, NOW)
+    task_id = submitted["id"]
+    assert executor.answer("gamma", {"op": "get", "id": task_id}, NOW)["code"] == "unknown_task"
+    seen = executor.answer("alpha", {"op": "get", "id": task_id}, NOW)["task"]
+    assert (seen["state"], seen["role"], seen["peer"]) == ("new", "incoming", "alpha")
+    store = executor.store
+    task = store.get(task_id, "incoming")
+    done = store.move(task, "done", NOW + 1, result="built", notified=False)
+    assert store.unnotified() == [done]
+    with pytest.raises(TaskError) as again:
+        store.move(done, "accepted", NOW + 2, notified=False)
+    assert again.value.code == "bad_state"
+    reloaded = TaskStore(tmp_path / "beta")
+    assert reloaded.get(task_id, "incoming").result == "built"
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        ({"op": "submit"}, "bad_request"),
+        ({"op": "submit", "description": ""}, "bad_request"),
+        ({"op": "update", "id": "nope", "state": "done"}, "unknown_task"),
+        ({"op": "dance"}, "bad_request"),
+    ],
+)
+def test_bad_task_requests_are_refused(
+    tmp_path: Path, request_: dict[str, object], code: str
+) -> None:
+    service = TaskService(TaskStore(tmp_path), lambda hostname: None)
+    assert service.answer("alpha", request_, NOW)["code"] == code
+
+
+def test_tasks_not_ended_within_their_time_expire(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path)
+    service = TaskService(store, lambda hostname: None)
+    task_id = service.answer("alpha", {"op": "submit", "description": "x"}, NOW)["id"]
+    assert [t.state for t in store.tasks(NOW + TASK_TTL_S - 1)] == ["new"]
+    assert [t.state for t in store.tasks(NOW + TASK_TTL_S + 1)] == ["expired"]
+    assert TaskStore(tmp_path).get(task_id, "incoming").state == "expired"
