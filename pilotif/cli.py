@@ -45,7 +45,9 @@ from pilotif.paths import STATE_DIR_ENV, StatePaths
 from pilotif.policy_cli import allow, deny, policy
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.services_cli import (
+    bench,
     inbox,
+    listen,
     publish,
     received,
     send,
@@ -802,6 +804,8 @@ cli.add_command(received)
 cli.add_command(publish)
 cli.add_command(subscribe)
 cli.add_command(task)
+cli.add_command(bench)
+cli.add_command(listen)
 cli.add_command(context)
 
 

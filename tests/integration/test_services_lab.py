@@ -202,3 +202,40 @@ def test_a_task_is_submitted_accepted_and_answered_across_two_nats(tmp_path: Pat
         assert "bad_state" in str(refused.value) or "cannot become" in str(refused.value)
         with pytest.raises(LabError):
             beta.pilotif("task", "accept", "no-such-task")
+
+
+def test_bench_measures_and_listen_prints_what_arrives(tmp_path: Path) -> None:
+    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
+        beta_ip = beta.status()["node"]["ipv4"]
+        measured = alpha.json("bench", "beta", "5")
+        assert measured["megabytes"] == 5 and measured["mbit_per_s"] > 0
+        assert 0 < measured["rtt_ms"] < 1000
+
+        listener = beta.namespace.spawn(
+            pilotif_executable(),
+            "listen",
+            "9000",
+            "--count",
+            "2",
+            "--state-dir",
+            str(beta.state_dir),
+            pipes=True,
+        )
+        try:
+            assert listener.stderr is not None
+            assert b"listening" in listener.stderr.readline()
+            script = f'exec 3<>/dev/tcp/{beta_ip}/9000 && printf "one\\ntwo\\n" >&3'
+            alpha.namespace.run("bash", "-c", script)
+            output, _ = listener.communicate(timeout=30)
+        finally:
+            beta.namespace.stop(listener)
+        alpha_ip = alpha.status()["node"]["ipv4"]
+        assert [json.loads(line) for line in output.decode().splitlines()] == [
+            {"peer": alpha_ip, "port": 9000, "data": "one"},
+            {"peer": alpha_ip, "port": 9000, "data": "two"},
+        ]
