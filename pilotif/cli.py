@@ -44,17 +44,9 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import STATE_DIR_ENV, StatePaths
 from pilotif.policy_cli import allow, deny, policy
 from pilotif.registry.joinkey import parse_join_key
-from pilotif.services_cli import (
-    bench,
-    inbox,
-    listen,
-    publish,
-    received,
-    send,
-    send_file,
-    subscribe,
-    task,
-)
+from pilotif.services_cli import inbox, publish, received, send, send_file, subscribe
+from pilotif.task_cli import task
+from pilotif.tcp_cli import bench, listen
 
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
