@@ -65,3 +65,11 @@ def trusted_peer_address(state_dir: Path, peer: str) -> str:
         "not_trusted",
         "`pilotif peers` lists them; `pilotif handshake PEER` asks for trust",
     )
+
+
+def service_address(state_dir: Path, peer: str) -> str:
+    """A trusted peer's virtual IPv4, or this node's own for its own hostname or address."""
+    node = node_request(state_dir, "status").get("status", {}).get("node") or {}
+    if peer.strip().lower().removesuffix(".pilot") in (node.get("hostname"), node.get("ipv4")):
+        return str(node["ipv4"])
+    return trusted_peer_address(state_dir, peer)

@@ -9,16 +9,21 @@ it to an MCP client.
 
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from pilotif.cli_common import CliError, node_request, trusted_peer_address
+from pilotif.cli_common import CliError, node_request, service_address, trusted_peer_address
+from pilotif.services import peer_client
+from pilotif.services.client import ServiceError
 
 MAX_REPLY_BYTES: Final = 64 * 1024
 MAX_REQUEST_S: Final = 30.0
+MAX_EVENTS: Final = 100
 INSTRUCTIONS: Final = """\
 pilotif gives this machine a permanent virtual IP on an overlay network of agents.
 Peers are other agents this node trusts; reach them by hostname (NAME or NAME.pilot),
@@ -153,4 +158,81 @@ def build_server(state_dir: Path) -> MCPServer:
             "timed_out": timed_out,
         }
 
+    @server.tool()
+    def send_file(peer: str, path: str) -> dict[str, Any]:
+        """Send the file at `path` (on this machine) to the trusted peer `peer`; it keeps
+        it once its size and SHA-256 match (see its `received`)."""
+        with _service_errors():
+            address = service_address(state_dir, peer)
+            return peer_client.send_file(address, Path(path))
+
+    @server.tool()
+    def publish(peer: str, topic: str, data: Any) -> dict[str, Any]:
+        """Publish `data` (any JSON) on `topic` of the broker of `peer` (a trusted peer, or
+        this node's own hostname). Returns how many subscribers it reached."""
+        with _service_errors():
+            delivered = peer_client.publish(service_address(state_dir, peer), topic, data)
+        return {"topic": topic, "delivered": delivered}
+
+    @server.tool()
+    def subscribe(
+        peer: str, topic: str, count: int = 10, timeout_s: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """Wait for events published on `peer`'s topics matching `topic` (`*` is any run
+        of characters) from now on; returns those that came, at most `count` (up to 100)
+        within `timeout_s` seconds (up to 60)."""
+        bounded_count = max(1, min(count, MAX_EVENTS))
+        bounded_s = max(0.1, min(timeout_s, MAX_REQUEST_S * 2))
+        with _service_errors():
+            address = service_address(state_dir, peer)
+            return list(peer_client.subscribe(address, topic, bounded_count, bounded_s))
+
+    @server.tool()
+    def task_submit(peer: str, description: str) -> dict[str, Any]:
+        """Ask the trusted peer `peer` to do `description`. Returns the task (its id and
+        state); `task_list` follows it until its result arrives."""
+        task: dict[str, Any] = _ask(state_dir, "task_submit", peer=peer, description=description)[
+            "task"
+        ]
+        return task
+
+    @server.tool()
+    def task_list() -> list[dict[str, Any]]:
+        """Tasks this node submitted (role outgoing) and tasks submitted to it (incoming):
+        id, peer, description, state (new, accepted, declined, done, expired), result."""
+        tasks: list[dict[str, Any]] = _ask(state_dir, "task_list").get("tasks", [])
+        return tasks
+
+    @server.tool()
+    def task_accept(task_id: str) -> dict[str, Any]:
+        """Accept an incoming task (its submitter is told)."""
+        task: dict[str, Any] = _ask(state_dir, "task_decide", id=task_id, state="accepted")["task"]
+        return task
+
+    @server.tool()
+    def task_decline(task_id: str, reason: str) -> dict[str, Any]:
+        """Decline an incoming task with a reason (its submitter is told)."""
+        reply = _ask(state_dir, "task_decide", id=task_id, state="declined", reason=reason)
+        task: dict[str, Any] = reply["task"]
+        return task
+
+    @server.tool()
+    def task_result(task_id: str, result: str) -> dict[str, Any]:
+        """Answer an incoming task with its result: it is done, and its submitter has it."""
+        reply = _ask(state_dir, "task_decide", id=task_id, state="done", result=result)
+        task: dict[str, Any] = reply["task"]
+        return task
+
     return server
+
+
+@contextmanager
+def _service_errors() -> Iterator[None]:
+    """A peer service's refusal (or the daemon's), as an MCP tool error."""
+    try:
+        yield
+    except ServiceError as error:
+        hint = f" ({error.hint})" if error.hint else ""
+        raise ToolError(f"{error}{hint} [code: {error.code}]") from None
+    except CliError as error:
+        raise _tool_error(error) from None

@@ -4,13 +4,13 @@ Messages go through the running daemon; a file, a publish and a subscription go 
 from this command to the peer's port (a progress bar follows a file; a subscription prints
 events as they come)."""
 
-import hashlib
 import json
-import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 
@@ -19,14 +19,14 @@ from pilotif.cli_common import (
     echo_result,
     json_option,
     node_request,
+    service_address,
     state_dir_option,
     trusted_peer_address,
 )
 from pilotif.control import ControlError, stream
 from pilotif.paths import StatePaths
-from pilotif.services.broker import TopicError, check_topic
-from pilotif.services.server import EVENTS_PORT, MESSAGES_PORT
-from pilotif.services.wire import MAX_LINE_BYTES, WireError, decode, encode
+from pilotif.services import peer_client
+from pilotif.services.client import ServiceError
 
 
 @click.command()
@@ -98,30 +98,13 @@ def inbox(follow: bool, clear: bool, as_json: bool, state_dir: Path) -> None:
     raise CliError("the daemon stopped", "not_running")
 
 
-CONNECT_TIMEOUT_S = 10.0
-ANSWER_TIMEOUT_S = 60.0
-CHUNK_BYTES = 256 * 1024
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _answer(stream: BinaryIO) -> dict[str, Any]:
-    line = stream.readline(MAX_LINE_BYTES + 1)
-    if not line:
-        raise CliError("the peer closed the connection without an answer", "service_failed")
+@contextmanager
+def _as_cli_errors() -> Iterator[None]:
+    """A peer service's refusal, as the CLI's one line with its code."""
     try:
-        answer = decode(line)
-    except WireError as error:
-        raise CliError(f"the peer answered garbage: {error}", "service_failed") from None
-    if not answer.get("ok"):
-        raise CliError(str(answer.get("error")), str(answer.get("code", "refused")))
-    return answer
+        yield
+    except ServiceError as error:
+        raise CliError(str(error), error.code, error.hint) from None
 
 
 @click.command("send-file")
@@ -132,39 +115,16 @@ def _answer(stream: BinaryIO) -> dict[str, Any]:
 def send_file(peer: str, path: Path, as_json: bool, state_dir: Path) -> None:
     """Send the file PATH to the trusted PEER; it keeps it once size and SHA-256 match."""
     address = trusted_peer_address(state_dir, peer)
-    try:
-        size = path.stat().st_size
-        sha256 = _sha256(path)
-        source = path.open("rb")
-    except OSError as error:
-        raise CliError(f"cannot read {path}: {error.strerror}", "bad_input") from None
-    header = {"op": "file", "name": path.name, "size": size, "sha256": sha256}
-    try:
-        with source, socket.create_connection((address, MESSAGES_PORT), CONNECT_TIMEOUT_S) as conn:
-            conn.settimeout(ANSWER_TIMEOUT_S)
-            stream = conn.makefile("rb")
-            conn.sendall(encode(header))
-            _answer(stream)
-            show = sys.stderr.isatty() and not as_json
-            with click.progressbar(
-                length=size, label=path.name, file=sys.stderr, hidden=not show
-            ) as bar:
-                while chunk := source.read(CHUNK_BYTES):
-                    conn.sendall(chunk)
-                    bar.update(len(chunk))
-            answer = _answer(stream)
-    except ConnectionRefusedError:
-        raise CliError(
-            f"nothing listens on {address}:{MESSAGES_PORT}",
-            "service_closed",
-            "the peer runs an older pilotif, or its port policy refuses that port",
-        ) from None
-    except OSError as error:
-        raise CliError(f"{peer}: {error.strerror or error}", "peer_unreachable") from None
-    data = {"peer": peer, "name": answer.get("name"), "size": size, "sha256": sha256}
-    echo_result(
-        as_json, data, f"sent {path.name} to {peer} ({size} bytes, sha256 {sha256[:16]}...)"
-    )
+    show = sys.stderr.isatty() and not as_json
+    size = path.stat().st_size
+    with (
+        _as_cli_errors(),
+        click.progressbar(length=size, label=path.name, file=sys.stderr, hidden=not show) as bar,
+    ):
+        answer = peer_client.send_file(address, path, bar.update)
+    data = {"peer": peer, "name": answer.get("name"), "size": size, "sha256": answer.get("sha256")}
+    text = f"sent {path.name} to {peer} ({size} bytes, sha256 {str(answer.get('sha256'))[:16]}...)"
+    echo_result(as_json, data, text)
 
 
 @click.command()
@@ -182,35 +142,6 @@ def received(as_json: bool, state_dir: Path) -> None:
     echo_result(as_json, {"directory": reply.get("directory"), "files": files}, text)
 
 
-def service_address(state_dir: Path, peer: str) -> str:
-    """A trusted peer's virtual IPv4, or this node's own for its own hostname or address."""
-    node = node_request(state_dir, "status").get("status", {}).get("node") or {}
-    if peer.strip().lower().removesuffix(".pilot") in (node.get("hostname"), node.get("ipv4")):
-        return str(node["ipv4"])
-    return trusted_peer_address(state_dir, peer)
-
-
-def _events_connection(state_dir: Path, peer: str, timeout_s: float) -> socket.socket:
-    address = service_address(state_dir, peer)
-    try:
-        return socket.create_connection((address, EVENTS_PORT), min(timeout_s, CONNECT_TIMEOUT_S))
-    except ConnectionRefusedError:
-        raise CliError(
-            f"nothing listens on {address}:{EVENTS_PORT}",
-            "service_closed",
-            "the peer runs an older pilotif, or its port policy refuses that port",
-        ) from None
-    except OSError as error:
-        raise CliError(f"{peer}: {error.strerror or error}", "peer_unreachable") from None
-
-
-def _topic(text: str, *, pattern: bool = False) -> str:
-    try:
-        return check_topic(text, pattern=pattern)
-    except TopicError as error:
-        raise CliError(f"TOPIC: {error}", "bad_topic") from None
-
-
 @click.command()
 @click.argument("peer")
 @click.argument("topic")
@@ -220,18 +151,14 @@ def _topic(text: str, *, pattern: bool = False) -> str:
 def publish(peer: str, topic: str, data: str, as_json: bool, state_dir: Path) -> None:
     """Publish DATA (JSON, or else taken as text) on TOPIC of PEER's broker (a trusted
     peer, or this node's own hostname)."""
-    checked = _topic(topic)
     try:
         value: Any = json.loads(data)
     except json.JSONDecodeError:
         value = data
-    with _events_connection(state_dir, peer, ANSWER_TIMEOUT_S) as conn:
-        conn.settimeout(ANSWER_TIMEOUT_S)
-        conn.sendall(encode({"op": "publish", "topic": checked, "data": value}))
-        answer = _answer(conn.makefile("rb"))
-    delivered = answer.get("delivered", 0)
+    with _as_cli_errors():
+        delivered = peer_client.publish(service_address(state_dir, peer), topic, value)
     echo_result(
-        as_json, {"topic": checked, "delivered": delivered}, f"{checked}: {delivered} subscribers"
+        as_json, {"topic": topic, "delivered": delivered}, f"{topic}: {delivered} subscribers"
     )
 
 
@@ -248,25 +175,11 @@ def subscribe(
 ) -> None:
     """Print one JSON line per event published on PEER's TOPIC (`*` matches any run of
     characters) from now on, until --count events, --timeout seconds or Ctrl-C."""
-    pattern = _topic(topic, pattern=True)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with _events_connection(state_dir, peer, timeout_s or CONNECT_TIMEOUT_S) as conn:
-        conn.settimeout(ANSWER_TIMEOUT_S)
-        conn.sendall(encode({"op": "subscribe", "topic": pattern}))
-        stream = conn.makefile("rb")
-        _answer(stream)
+
+    def subscribed() -> None:
         print("pilotif: subscribed (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        seen = 0
-        while count is None or seen < count:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return
-            conn.settimeout(remaining)
-            try:
-                line = stream.readline(MAX_LINE_BYTES + 1)
-            except TimeoutError:
-                return
-            if not line:
-                raise CliError("the peer closed the subscription", "service_failed")
-            click.echo(line.decode().rstrip("\n"))
-            seen += 1
+
+    address = service_address(state_dir, peer)
+    with _as_cli_errors():
+        for event in peer_client.subscribe(address, topic, count, timeout_s, subscribed):
+            click.echo(json.dumps(event))

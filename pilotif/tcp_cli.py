@@ -11,9 +11,16 @@ from pathlib import Path
 
 import click
 
-from pilotif.cli_common import CliError, echo_result, json_option, node_request, state_dir_option
+from pilotif.cli_common import (
+    CliError,
+    echo_result,
+    json_option,
+    node_request,
+    service_address,
+    state_dir_option,
+)
+from pilotif.services.peer_client import ANSWER_TIMEOUT_S, CHUNK_BYTES, CONNECT_TIMEOUT_S
 from pilotif.services.server import ECHO_PORT
-from pilotif.services_cli import ANSWER_TIMEOUT_S, CHUNK_BYTES, CONNECT_TIMEOUT_S, service_address
 
 BENCH_RTT_ROUNDS = 20
 BENCH_DEFAULT_MB = 10

@@ -22,6 +22,12 @@ pytestmark = [
 
 PATH_TIMEOUT_S = 15.0
 TOOLS = {
+    "send_file",
+    "publish",
+    "subscribe",
+    "task_submit",
+    "task_list",
+    "task_result",
     "status",
     "peers",
     "find",
@@ -73,6 +79,14 @@ async def _session_checks(agent: Agent) -> dict[str, Any]:
             )
         )
         seen["stranger"] = await session.call_tool("send", {"peer": "nobody", "text": "x"})
+        seen["publish"] = _payload(
+            await session.call_tool(
+                "publish", {"peer": "beta", "topic": "jobs/1", "data": {"n": 1}}
+            )
+        )
+        seen["task"] = _payload(
+            await session.call_tool("task_submit", {"peer": "beta", "description": "from mcp"})
+        )
         seen["wrong_args"] = await session.call_tool("send", {"peer": "beta"})
     return seen
 
@@ -94,3 +108,10 @@ def test_an_mcp_client_uses_the_node_as_tools(tmp_path: Path) -> None:
         assert seen["echo"]["reply"] == "ping\n" and seen["echo"]["timed_out"] is True
         assert seen["stranger"].is_error and "not_trusted" in seen["stranger"].content[0].text
         assert seen["wrong_args"].is_error
+        assert seen["publish"] == {"topic": "jobs/1", "delivered": 0}
+        [task] = beta.json("task", "list")
+        assert (task["id"], task["description"], task["peer"]) == (
+            seen["task"]["id"],
+            "from mcp",
+            "alpha",
+        )
