@@ -33,8 +33,9 @@ TCP to a service on a trusted peer."""
 
 
 def _tool_error(error: CliError) -> ToolError:
-    hint = f" ({error.hint})" if error.hint else ""
-    return ToolError(f"{error.format_message()}{hint} [code: {error.code}]")
+    message = error.format_message()
+    hint = f" ({error.hint})" if error.hint and error.hint not in message else ""
+    return ToolError(f"{message}{hint} [code: {error.code}]")
 
 
 def _ask(state_dir: Path, command: str, **arguments: Any) -> dict[str, Any]:
@@ -232,7 +233,6 @@ def _service_errors() -> Iterator[None]:
     try:
         yield
     except ServiceError as error:
-        hint = f" ({error.hint})" if error.hint else ""
-        raise ToolError(f"{error}{hint} [code: {error.code}]") from None
+        raise _tool_error(CliError(str(error), error.code, error.hint)) from None
     except CliError as error:
         raise _tool_error(error) from None

@@ -45,7 +45,8 @@ def _payload(result: Any) -> Any:
     """A tool result's value: structured content if any, else its text as JSON."""
     if result.structured_content is not None:
         value = result.structured_content
-        return value.get("result", value) if isinstance(value, dict) else value
+        # A tool that returns something other than an object has it wrapped as "result".
+        return value["result"] if set(value) == {"result"} else value
     return json.loads(result.content[0].text)
 
 
