@@ -16,7 +16,13 @@ from typing import Any
 
 import click
 
-from pilotif.cli_common import CliError, echo_result, json_option
+from pilotif.cli_common import (
+    ADMIN_ERRORS,
+    CliError,
+    echo_result,
+    json_option,
+    json_output,
+)
 from pilotif.duration import DurationError, parse_duration
 from pilotif.identity import HostnameError, normalize_hostname
 from pilotif.registry.store import (
@@ -93,6 +99,10 @@ def network() -> None:
 @click.option("--closed", is_flag=True, help="Hide its members from outsiders' `find`.")
 @json_option
 @click.pass_context
+@json_output(
+    '{"name", "closed", "created", "members"}',
+    (*ADMIN_ERRORS, "network_exists"),
+)
 def network_create(ctx: click.Context, name: str, closed: bool, as_json: bool) -> None:
     """Create the network NAME."""
     label = _label("NAME", name)
@@ -106,6 +116,10 @@ def network_create(ctx: click.Context, name: str, closed: bool, as_json: bool) -
 @network.command("list")
 @json_option
 @click.pass_context
+@json_output(
+    '[{"name", "closed", "created", "members"}]',
+    ADMIN_ERRORS,
+)
 def network_list(ctx: click.Context, as_json: bool) -> None:
     """The networks and how many members each has."""
     with _store(ctx) as store:
@@ -131,6 +145,10 @@ def key() -> None:
 @click.option("--expires", help="Stop admitting after this long (e.g. 1h, 7d).")
 @json_option
 @click.pass_context
+@json_output(
+    '{"key", "id", "network", "tags", "reusable", "expires", "uses", "revoked", "created"}',
+    (*ADMIN_ERRORS, "unknown_network"),
+)
 def key_create(
     ctx: click.Context,
     tags: str,
@@ -163,6 +181,10 @@ def _key_fields(record: JoinKeyRecord) -> dict[str, Any]:
 @key.command("list")
 @json_option
 @click.pass_context
+@json_output(
+    '[{"id", "network", "tags", "reusable", "expires", "uses", "revoked", "created"}]',
+    ADMIN_ERRORS,
+)
 def key_list(ctx: click.Context, as_json: bool) -> None:
     """Every join key (never its secret): id, network, tags, uses, state."""
     with _store(ctx) as store:
@@ -195,6 +217,10 @@ def _key_line(record: JoinKeyRecord, now: float) -> str:
 @click.argument("key_id", metavar="ID")
 @json_option
 @click.pass_context
+@json_output(
+    '{"id", "revoked"}',
+    (*ADMIN_ERRORS, "join_key_unknown"),
+)
 def key_revoke(ctx: click.Context, key_id: str, as_json: bool) -> None:
     """Revoke the key ID: it admits nobody more (nodes it admitted stay)."""
     with _store(ctx) as store:
@@ -224,6 +250,10 @@ def _node_fields(record: NodeRecord) -> dict[str, Any]:
 @node.command("list")
 @json_option
 @click.pass_context
+@json_output(
+    '[NODE: {"hostname", "ipv4", "tags", "granted_tags", "network", "last_seen"}]',
+    ADMIN_ERRORS,
+)
 def node_list(ctx: click.Context, as_json: bool) -> None:
     """Every node: name, address, network, tags (own and granted), last seen."""
     with _store(ctx) as store:
@@ -240,6 +270,10 @@ def node_list(ctx: click.Context, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 @click.pass_context
+@json_output(
+    "NODE",
+    (*ADMIN_ERRORS, "unknown_peer"),
+)
 def node_remove(ctx: click.Context, name: str, as_json: bool) -> None:
     """Remove the node NAME: its name, address and trusts go."""
     with _store(ctx) as store:
@@ -252,6 +286,10 @@ def node_remove(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.argument("new_name")
 @json_option
 @click.pass_context
+@json_output(
+    "NODE",
+    (*ADMIN_ERRORS, "unknown_peer", "name_taken"),
+)
 def node_rename(ctx: click.Context, name: str, new_name: str, as_json: bool) -> None:
     """Give the node NAME the name NEW_NAME."""
     with _store(ctx) as store:
@@ -269,6 +307,10 @@ def tag() -> None:
 @click.argument("tag_name", metavar="TAG")
 @json_option
 @click.pass_context
+@json_output(
+    "NODE",
+    (*ADMIN_ERRORS, "unknown_peer"),
+)
 def tag_grant(ctx: click.Context, name: str, tag_name: str, as_json: bool) -> None:
     """Grant the node NAME the tag TAG."""
     _set_tag(ctx, name, tag_name, True, as_json)
@@ -279,6 +321,10 @@ def tag_grant(ctx: click.Context, name: str, tag_name: str, as_json: bool) -> No
 @click.argument("tag_name", metavar="TAG")
 @json_option
 @click.pass_context
+@json_output(
+    "NODE",
+    (*ADMIN_ERRORS, "unknown_peer"),
+)
 def tag_revoke(ctx: click.Context, name: str, tag_name: str, as_json: bool) -> None:
     """Take the tag TAG back from the node NAME."""
     _set_tag(ctx, name, tag_name, False, as_json)

@@ -19,9 +19,12 @@ import click
 
 from pilotif.admin_cli import admin
 from pilotif.cli_common import (
+    DAEMON_ERRORS,
+    REGISTRY_ERRORS,
     CliError,
     echo_result,
     json_option,
+    json_output,
     node_request,
     state_dir_option,
 )
@@ -393,6 +396,15 @@ def down(state_dir: Path) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @state_dir_option
+@json_output(
+    (
+        '{"interface", "public_key", "listen_port", "addresses", "mtu", "pid", '
+        '"peers": [{"public_key", "endpoint", "allowed_ips", "latest_handshake", "rx_bytes", '
+        '"tx_bytes"}], "drops": {reason: count}, "node": {"hostname", "ipv4", '
+        '"registry_online", "public_endpoint", ...}}'
+    ),
+    DAEMON_ERRORS,
+)
 def status(as_json: bool, state_dir: Path) -> None:
     """Show the interface, its peers and the drop counters."""
     paths = StatePaths(state_dir.absolute())
@@ -496,6 +508,10 @@ def _node_line(node: dict[str, Any]) -> str:
 @click.option("--message", default="", help="A note for the other side.")
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "state": "trusted" | "pending" | "queued"}',
+    REGISTRY_ERRORS,
+)
 def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
     """Ask PEER (hostname, virtual IP or key) for mutual trust."""
     reply = node_request(state_dir, "handshake", peer=peer, message=message)
@@ -512,6 +528,13 @@ def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
 @cli.command()
 @json_option
 @state_dir_option
+@json_output(
+    (
+        '{"incoming": [{"node": NODE, "message"}], '
+        '"outgoing": [NODE]} where NODE is {"hostname", "ipv4", "public_key", "tags", "online"}'
+    ),
+    REGISTRY_ERRORS,
+)
 def pending(as_json: bool, state_dir: Path) -> None:
     """Trust requests waiting for you, and yours waiting for others."""
     reply = node_request(state_dir, "pending")
@@ -537,6 +560,10 @@ def _trust_decision(command: str, peer: str, as_json: bool, state_dir: Path) -> 
 @click.argument("peer")
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "state": "trusted" | "queued"}',
+    REGISTRY_ERRORS,
+)
 def approve(peer: str, as_json: bool, state_dir: Path) -> None:
     """Approve PEER's trust request."""
     _trust_decision("approve", peer, as_json, state_dir)
@@ -546,6 +573,10 @@ def approve(peer: str, as_json: bool, state_dir: Path) -> None:
 @click.argument("peer")
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "state": "none" | "queued"}',
+    REGISTRY_ERRORS,
+)
 def reject(peer: str, as_json: bool, state_dir: Path) -> None:
     """Reject PEER's trust request."""
     _trust_decision("reject", peer, as_json, state_dir)
@@ -555,6 +586,10 @@ def reject(peer: str, as_json: bool, state_dir: Path) -> None:
 @click.argument("peer")
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "state": "none" | "queued"}',
+    REGISTRY_ERRORS,
+)
 def untrust(peer: str, as_json: bool, state_dir: Path) -> None:
     """Revoke trust in PEER; the tunnel goes down on both sides."""
     _trust_decision("untrust", peer, as_json, state_dir)
@@ -563,6 +598,10 @@ def untrust(peer: str, as_json: bool, state_dir: Path) -> None:
 @cli.command()
 @json_option
 @state_dir_option
+@json_output(
+    '[{"hostname", "ipv4", "ipv6", "public_key", "tags", "online"}]',
+    REGISTRY_ERRORS,
+)
 def trust(as_json: bool, state_dir: Path) -> None:
     """The nodes you trust."""
     trusted = node_request(state_dir, "trust").get("trusted", [])
@@ -572,6 +611,14 @@ def trust(as_json: bool, state_dir: Path) -> None:
 @cli.command()
 @json_option
 @state_dir_option
+@json_output(
+    (
+        '[{"hostname", "ipv4", "ipv6", "public_key", "tags", '
+        '"path": "direct" | "relay" | "none", "path_state", "endpoint", "last_handshake", '
+        '"rx_bytes", "tx_bytes", "policy_denied"}]'
+    ),
+    DAEMON_ERRORS,
+)
 def peers(as_json: bool, state_dir: Path) -> None:
     """Trusted peers with their path (direct, relay or none), endpoint and traffic."""
     rows = node_request(state_dir, "peers").get("peers", [])
@@ -587,6 +634,13 @@ def peers(as_json: bool, state_dir: Path) -> None:
 @click.argument("query")
 @json_option
 @state_dir_option
+@json_output(
+    (
+        '[{"hostname", "ipv4", "ipv6", "public_key", "tags", "granted_tags"?, "network_name"?, '
+        '"online"}]'
+    ),
+    REGISTRY_ERRORS,
+)
 def find(query: str, as_json: bool, state_dir: Path) -> None:
     """Look up registered nodes by NAME, virtual IP, key or tag:TAG."""
     nodes = node_request(state_dir, "find", query=query).get("nodes", [])
@@ -638,6 +692,10 @@ def connect(peer: str, port: int, timeout: float, state_dir: Path) -> None:
 @click.option("--count", "-c", default=4, show_default=True, type=click.IntRange(1, 1000))
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "address", "replies": [{"seq", "rtt_ms" | null, "path"}]}',
+    DAEMON_ERRORS,
+)
 def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
     """ICMP echo to PEER over the overlay: RTT and path of each reply."""
     from pilotif.node.icmp import ping_once
@@ -671,6 +729,10 @@ def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
 @cli.command()
 @json_option
 @state_dir_option
+@json_output(
+    'one JSON object a line: {"time", "event", ...fields}',
+    DAEMON_ERRORS,
+)
 def events(as_json: bool, state_dir: Path) -> None:
     """Print events as they happen (peers up/down, paths, trust, registry) until Ctrl-C."""
     paths = StatePaths(state_dir.absolute())

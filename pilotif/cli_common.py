@@ -25,6 +25,27 @@ class CliError(click.ClickException):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+DAEMON_ERRORS = ("not_running",)
+"""What every command that asks the daemon may answer (it is not running)."""
+SERVICE_ERRORS = ("not_trusted", "service_closed", "peer_unreachable", "service_failed")
+"""What a command that reaches a peer's service may answer."""
+REGISTRY_ERRORS = (*DAEMON_ERRORS, "unreachable", "peer_not_found", "ambiguous_peer", "no_request")
+"""What a command that asks the registry (through the daemon) may answer."""
+TASK_ERRORS = ("unknown_task", "bad_state")
+ADMIN_ERRORS = ("no_registry", "no_access")
+"""What `registry admin` may answer before it reads anything."""
+
+
+def json_output(shape: str, errors: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """Declare, next to a command, the shape of what it prints with --json and the codes
+    of its errors: `pilotif context` reads them from here."""
+
+    def declare(function: F) -> F:
+        function.__dict__["json_output"] = shape
+        function.__dict__["error_codes"] = ("bad_input", *errors)
+        return function
+
+    return declare
 
 
 def echo_result(as_json: bool, data: Any, text: str) -> None:

@@ -1,14 +1,19 @@
 """`pilotif context [--json]`: every command of this CLI, read from the CLI itself (click's
 own description of it, never a copy kept by hand), for agents that discover what they can
 do: its path, what it is for, its arguments and options (with types, choices, defaults
-and environment variables), and whether it prints JSON. Errors follow one contract for
-every command, stated in `errors`."""
+and environment variables), whether it prints JSON and the shape of that JSON and its
+error codes (declared next to each command with `json_output`). Errors follow one
+contract for every command, stated in `errors`."""
 
 from typing import Any
 
 import click
 
-from pilotif.cli_common import echo_result, json_option
+from pilotif.cli_common import (
+    echo_result,
+    json_option,
+    json_output,
+)
 
 ERRORS = {
     "text": "one line on stderr: `pilotif: error: WHAT (HINT)`, and a non-zero exit status",
@@ -50,6 +55,8 @@ def _commands(command: click.Command, path: list[str]) -> list[dict[str, Any]]:
                 "arguments": [_parameter(p) for p in parameters if isinstance(p, click.Argument)],
                 "options": [_parameter(p) for p in parameters if isinstance(p, click.Option)],
                 "json": any(p.name == "as_json" for p in parameters),
+                "json_output": getattr(command.callback, "json_output", None),
+                "error_codes": list(getattr(command.callback, "error_codes", ("bad_input",))),
             }
         )
     if isinstance(command, click.Group):
@@ -61,6 +68,13 @@ def _commands(command: click.Command, path: list[str]) -> list[dict[str, Any]]:
 @click.command()
 @json_option
 @click.pass_context
+@json_output(
+    (
+        '{"commands": [{"command", "summary", "help", "arguments", "options", "json", '
+        '"json_output", "error_codes"}], "errors": {"text", "json"}}'
+    ),
+    (),
+)
 def context(ctx: click.Context, as_json: bool) -> None:
     """Every command, its arguments and options, as read from this CLI (for agents)."""
     root = ctx.find_root().command

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from pilotif.cli_common import echo_result, json_option, node_request, state_dir_option
+from pilotif.cli_common import (
+    DAEMON_ERRORS,
+    echo_result,
+    json_option,
+    json_output,
+    node_request,
+    state_dir_option,
+)
 
 _TARGET_HELP = "TARGET is a peer's hostname, tag:NAME, network or *"
 _SPEC_HELP = "SPEC is PORT/PROTO, LOW-HIGH/PROTO or */PROTO (tcp, udp), or icmp"
@@ -29,6 +36,10 @@ def _show(reply: dict[str, Any], as_json: bool) -> None:
 @click.argument("spec")
 @json_option
 @state_dir_option
+@json_output(
+    '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
+    (*DAEMON_ERRORS, "bad_policy", "peer_not_found"),
+)
 def allow(target: str, spec: str, as_json: bool, state_dir: Path) -> None:
     reply = node_request(state_dir, "policy_rule", action="allow", target=target, spec=spec)
     _show(reply, as_json)
@@ -39,6 +50,10 @@ def allow(target: str, spec: str, as_json: bool, state_dir: Path) -> None:
 @click.argument("spec")
 @json_option
 @state_dir_option
+@json_output(
+    '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
+    (*DAEMON_ERRORS, "bad_policy", "peer_not_found"),
+)
 def deny(target: str, spec: str, as_json: bool, state_dir: Path) -> None:
     reply = node_request(state_dir, "policy_rule", action="deny", target=target, spec=spec)
     _show(reply, as_json)
@@ -48,6 +63,10 @@ def deny(target: str, spec: str, as_json: bool, state_dir: Path) -> None:
 @json_option
 @state_dir_option
 @click.pass_context
+@json_output(
+    '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
+    DAEMON_ERRORS,
+)
 def policy(ctx: click.Context, as_json: bool, state_dir: Path) -> None:
     """Show the port policy in force (and what it refused, per peer)."""
     if ctx.invoked_subcommand is None:
@@ -58,6 +77,10 @@ def policy(ctx: click.Context, as_json: bool, state_dir: Path) -> None:
 @click.argument("action", type=click.Choice(["allow", "deny"]))
 @json_option
 @state_dir_option
+@json_output(
+    '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
+    (*DAEMON_ERRORS, "bad_policy"),
+)
 def policy_default(action: str, as_json: bool, state_dir: Path) -> None:
     """What a port no rule names gets: allow (as without a policy) or deny."""
     _show(node_request(state_dir, "policy_default", action=action), as_json)
@@ -66,6 +89,10 @@ def policy_default(action: str, as_json: bool, state_dir: Path) -> None:
 @policy.command("reload")
 @json_option
 @state_dir_option
+@json_output(
+    '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
+    (*DAEMON_ERRORS, "bad_policy"),
+)
 def policy_reload(as_json: bool, state_dir: Path) -> None:
     """Read `up --policy FILE` again (as SIGHUP does); a bad file changes nothing."""
     _show(node_request(state_dir, "policy_reload"), as_json)

@@ -15,9 +15,12 @@ from typing import Any
 import click
 
 from pilotif.cli_common import (
+    DAEMON_ERRORS,
+    SERVICE_ERRORS,
     CliError,
     echo_result,
     json_option,
+    json_output,
     node_request,
     service_address,
     state_dir_option,
@@ -40,6 +43,10 @@ from pilotif.services.client import ServiceError
 )
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "id"}',
+    DAEMON_ERRORS + SERVICE_ERRORS + ("rate_limited", "too_large"),
+)
 def send(
     peer: str, text: str | None, text_file: Path | None, as_json: bool, state_dir: Path
 ) -> None:
@@ -66,6 +73,13 @@ def _message_line(message: dict[str, Any]) -> str:
 @click.option("--clear", is_flag=True, help="Forget every message.")
 @json_option
 @state_dir_option
+@json_output(
+    (
+        '[{"id", "sender", "received", '
+        '"text"}] (with --clear: {"cleared"}; with --follow: one object a line)'
+    ),
+    DAEMON_ERRORS,
+)
 def inbox(follow: bool, clear: bool, as_json: bool, state_dir: Path) -> None:
     """Messages trusted peers sent this node, oldest first (kept across restarts)."""
     if clear:
@@ -112,6 +126,12 @@ def _as_cli_errors() -> Iterator[None]:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "name", "size", "sha256"}',
+    DAEMON_ERRORS
+    + SERVICE_ERRORS
+    + ("too_large", "no_space", "disk_full", "truncated", "bad_hash"),
+)
 def send_file(peer: str, path: Path, as_json: bool, state_dir: Path) -> None:
     """Send the file PATH to the trusted PEER; it keeps it once size and SHA-256 match."""
     address = trusted_peer_address(state_dir, peer)
@@ -130,6 +150,10 @@ def send_file(peer: str, path: Path, as_json: bool, state_dir: Path) -> None:
 @click.command()
 @json_option
 @state_dir_option
+@json_output(
+    '{"directory", "files": [{"id", "sender", "name", "size", "sha256", "received"}]}',
+    DAEMON_ERRORS,
+)
 def received(as_json: bool, state_dir: Path) -> None:
     """Files trusted peers sent this node: whole ones only, with sender, size and SHA-256."""
     reply = node_request(state_dir, "received")
@@ -148,6 +172,10 @@ def received(as_json: bool, state_dir: Path) -> None:
 @click.argument("data")
 @json_option
 @state_dir_option
+@json_output(
+    '{"topic", "delivered"}',
+    DAEMON_ERRORS + SERVICE_ERRORS + ("bad_topic", "rate_limited"),
+)
 def publish(peer: str, topic: str, data: str, as_json: bool, state_dir: Path) -> None:
     """Publish DATA (JSON, or else taken as text) on TOPIC of PEER's broker (a trusted
     peer, or this node's own hostname)."""
@@ -170,6 +198,13 @@ def publish(peer: str, topic: str, data: str, as_json: bool, state_dir: Path) ->
     "--timeout", "timeout_s", type=click.FloatRange(min=0.1), help="Stop after this many seconds."
 )
 @state_dir_option
+@json_output(
+    (
+        'one JSON object a line: {"time", "event": "published", "topic", "data", '
+        '"sender"} or {"event": "events_dropped", "count"}'
+    ),
+    DAEMON_ERRORS + SERVICE_ERRORS + ("bad_topic",),
+)
 def subscribe(
     peer: str, topic: str, count: int | None, timeout_s: float | None, state_dir: Path
 ) -> None:

@@ -7,7 +7,17 @@ from typing import Any
 
 import click
 
-from pilotif.cli_common import CliError, echo_result, json_option, node_request, state_dir_option
+from pilotif.cli_common import (
+    DAEMON_ERRORS,
+    SERVICE_ERRORS,
+    TASK_ERRORS,
+    CliError,
+    echo_result,
+    json_option,
+    json_output,
+    node_request,
+    state_dir_option,
+)
 
 
 @click.group()
@@ -36,6 +46,14 @@ def _show_task(reply: dict[str, Any], as_json: bool) -> None:
 @click.argument("description")
 @json_option
 @state_dir_option
+@json_output(
+    (
+        'TASK: {"id", "role": "outgoing" | "incoming", "peer", "description", '
+        '"state": "new" | "accepted" | "declined" | "done" | "expired", "created", "updated", '
+        '"result", "reason", "notified"}'
+    ),
+    DAEMON_ERRORS + SERVICE_ERRORS + ("too_large",),
+)
 def task_submit(peer: str, description: str, as_json: bool, state_dir: Path) -> None:
     """Ask the trusted PEER to do DESCRIPTION; `task list` follows it."""
     _show_task(node_request(state_dir, "task_submit", peer=peer, description=description), as_json)
@@ -44,6 +62,10 @@ def task_submit(peer: str, description: str, as_json: bool, state_dir: Path) -> 
 @task.command("list")
 @json_option
 @state_dir_option
+@json_output(
+    "[TASK]",
+    DAEMON_ERRORS,
+)
 def task_list(as_json: bool, state_dir: Path) -> None:
     """Tasks you submitted (->) and tasks submitted to you (<-), with their states."""
     tasks = node_request(state_dir, "task_list").get("tasks", [])
@@ -54,6 +76,10 @@ def task_list(as_json: bool, state_dir: Path) -> None:
 @click.argument("task_id", metavar="ID")
 @json_option
 @state_dir_option
+@json_output(
+    "TASK",
+    DAEMON_ERRORS + TASK_ERRORS,
+)
 def task_accept(task_id: str, as_json: bool, state_dir: Path) -> None:
     """Accept the task ID submitted to you."""
     _show_task(node_request(state_dir, "task_decide", id=task_id, state="accepted"), as_json)
@@ -64,6 +90,10 @@ def task_accept(task_id: str, as_json: bool, state_dir: Path) -> None:
 @click.option("--reason", required=True, help="Why, for the submitter.")
 @json_option
 @state_dir_option
+@json_output(
+    "TASK",
+    DAEMON_ERRORS + TASK_ERRORS,
+)
 def task_decline(task_id: str, reason: str, as_json: bool, state_dir: Path) -> None:
     """Decline the task ID submitted to you."""
     reply = node_request(state_dir, "task_decide", id=task_id, state="declined", reason=reason)
@@ -81,6 +111,10 @@ def task_decline(task_id: str, reason: str, as_json: bool, state_dir: Path) -> N
 )
 @json_option
 @state_dir_option
+@json_output(
+    "TASK",
+    DAEMON_ERRORS + TASK_ERRORS + ("too_large",),
+)
 def task_result(
     task_id: str, text: str | None, text_file: Path | None, as_json: bool, state_dir: Path
 ) -> None:

@@ -12,9 +12,12 @@ from pathlib import Path
 import click
 
 from pilotif.cli_common import (
+    DAEMON_ERRORS,
+    SERVICE_ERRORS,
     CliError,
     echo_result,
     json_option,
+    json_output,
     node_request,
     service_address,
     state_dir_option,
@@ -31,6 +34,10 @@ BENCH_DEFAULT_MB = 10
 @click.argument("megabytes", type=click.IntRange(1, 1024), default=BENCH_DEFAULT_MB)
 @json_option
 @state_dir_option
+@json_output(
+    '{"peer", "rtt_ms", "megabytes", "seconds", "mbit_per_s"}',
+    DAEMON_ERRORS + SERVICE_ERRORS,
+)
 def bench(peer: str, megabytes: int, as_json: bool, state_dir: Path) -> None:
     """Round trip and throughput to PEER over the overlay, through its echo port (7):
     MEGABYTES go there and come back."""

@@ -44,3 +44,11 @@ def test_every_command_is_in_the_readme_table() -> None:
         if not any(all(word in row for word in command["command"].split()) for row in rows)
     ]
     assert missing == []
+
+
+def test_every_command_that_prints_json_says_what_and_its_error_codes() -> None:
+    commands = _catalog()["commands"]  # type: ignore[index]
+    undeclared = [c["command"] for c in commands if c["json"] and not c["json_output"]]
+    assert undeclared == []
+    send = next(c for c in commands if c["command"] == "pilotif send")
+    assert {"bad_input", "not_running", "not_trusted"} <= set(send["error_codes"])
