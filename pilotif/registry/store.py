@@ -281,7 +281,8 @@ class Store:
     ) -> tuple[NodeRecord, bool]:
         """Insert a node or update its name and tags; the record and whether it is new.
 
-        A new node gets the lowest free address of the network, for good. The
+        A new node gets the address after the highest taken (the lowest free one once
+        the network's top is reached), for good. The
         hostname (already normalized) must not belong to another key (NameTaken), unless
         that node was last seen before `expired_before`: then it is removed first. A
         join key (id, secret) is redeemed (JoinRefused if it is not good): the node joins
@@ -361,12 +362,24 @@ class Store:
             cursor.execute("UPDATE join_keys SET uses = uses + 1 WHERE id = ?", (key_id,))
 
     def _free_address(self, cursor: sqlite3.Cursor) -> int:
-        used = cursor.execute(
-            "SELECT ipv4 FROM nodes WHERE ipv4 >= ? AND ipv4 <= ? ORDER BY ipv4",
-            (int(self.network.network_address), int(self.network.broadcast_address)),
-        )
-        candidate = int(self.network.network_address) + 1
+        """The address after the highest one taken (one index lookup, whatever the number
+        of nodes); once the top of the network is reached, the lowest gap that expired
+        nodes left (a walk over the taken addresses, which happens only then)."""
+        first = int(self.network.network_address) + 1
         last = int(self.network.broadcast_address) - 1
+        (highest,) = cursor.execute(
+            "SELECT MAX(ipv4) FROM nodes WHERE ipv4 >= ? AND ipv4 <= ?", (first, last)
+        ).fetchone()
+        candidate = _skip_reserved(first if highest is None else highest + 1)
+        if candidate <= last:
+            return candidate
+        return self._lowest_gap(cursor, first, last)
+
+    def _lowest_gap(self, cursor: sqlite3.Cursor, first: int, last: int) -> int:
+        used = cursor.execute(
+            "SELECT ipv4 FROM nodes WHERE ipv4 >= ? AND ipv4 <= ? ORDER BY ipv4", (first, last)
+        )
+        candidate = first
         for (taken,) in used:
             candidate = _skip_reserved(candidate)
             if candidate < taken:

@@ -216,3 +216,22 @@ def test_everything_is_there_after_a_reopen(tmp_path: Path) -> None:
     assert new and record.ipv4 == IPv4Address("100.64.0.4")
     reopened.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_freed_address_is_taken_again_once_the_top_of_the_network_is_reached(
+    tmp_path: Path,
+) -> None:
+    """New nodes take the address after the highest one (an index lookup, not a walk
+    over every node); the gaps that removed nodes leave are filled once the top is full."""
+    store = Store(tmp_path / "registry.db", IPv4Network("10.9.0.0/29"))
+    names = [f"n{i}" for i in range(6)]
+    for name in names[:3]:
+        store.register(new_key(), name, (), NOW)
+    store.remove_node("n0")
+    assert store.register(new_key(), "n3", (), NOW)[0].ipv4 == IPv4Address("10.9.0.4")
+    for name in names[4:]:
+        store.register(new_key(), name, (), NOW)
+    assert store.register(new_key(), "late", (), NOW)[0].ipv4 == IPv4Address("10.9.0.1")
+    with pytest.raises(NetworkFull):
+        store.register(new_key(), "later", (), NOW)
+    store.close()
