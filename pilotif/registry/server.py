@@ -362,7 +362,9 @@ class RegistryCore:
             return self._seal(key, {**short, "id": request_id})
 
     def _new_channel(self, key: bytes) -> ControlChannel:
-        channel = ControlChannel(self._private_key, key, local_is_registry=True)
+        channel = ControlChannel(
+            self._private_key, key, local_is_registry=True, local_public=self.public_key
+        )
         record = self.store.node_by_key(key)
         if record is not None:
             channel.restore_counter(record.highest_counter)

@@ -180,3 +180,11 @@ def test_endpoints_are_written_ip_colon_port_and_read_back(
 def test_text_that_is_not_an_endpoint_is_refused(text: str) -> None:
     with pytest.raises(ValueError):
         parse_endpoint(text)
+
+
+def test_a_channel_given_its_own_public_key_seals_exactly_as_one_that_computes_it() -> None:
+    given = ControlChannel(
+        REGISTRY_PRIVATE, NODE_PUBLIC, local_is_registry=True, local_public=REGISTRY_PUBLIC
+    )
+    assert given.seal(MESSAGE, COUNTER) == registry_side().seal(MESSAGE, COUNTER)
+    assert node_side().open(given.seal(MESSAGE, COUNTER + 1)) == MESSAGE
