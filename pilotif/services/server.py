@@ -88,12 +88,10 @@ class AgentServices:
 
     async def start(self, address: str) -> None:
         """Listen on the services' ports of `address` (the node's overlay IPv4)."""
-        handlers: dict[
-            int, Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-        ] = {
-            MESSAGES_PORT: self._messages,
-            EVENTS_PORT: self._events,
-            TASKS_PORT: self._tasks,
+        handlers: dict[int, Handler] = {
+            MESSAGES_PORT: self._line_service(self._data_request),
+            EVENTS_PORT: self._line_service(self._events_request),
+            TASKS_PORT: self._line_service(self._task_request),
             ECHO_PORT: self._echo,
         }
         for port, handler in handlers.items():
@@ -130,60 +128,57 @@ class AgentServices:
 
         return connected
 
-    async def _lines(
+    def _line_service(self, respond: Responder) -> Handler:
+        """A service that reads one request a line and writes one answer a line, until
+        the peer closes, sends garbage, or `respond` takes the connection over (None)."""
+
+        async def serve(
+            peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            while True:
+                try:
+                    request = await asyncio.wait_for(read_message(reader), IDLE_TIMEOUT_S)
+                except WireError as error:
+                    writer.write(encode(self._refused(error.code, str(error))))
+                    await writer.drain()
+                    return
+                if request is None:
+                    return
+                answer = await respond(peer, request, reader, writer)
+                if answer is None:
+                    return
+                writer.write(encode(answer))
+                await writer.drain()
+                if not answer["ok"] and answer["code"] in _CLOSING_CODES:
+                    return
+
+        return serve
+
+    async def _data_request(
         self,
         peer: str,
+        request: dict[str, Any],
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        respond: Responder,
-    ) -> None:
-        """One request a line, one answer a line, until the peer closes, sends garbage,
-        or the responder takes the connection over (it answers None)."""
-        while True:
-            try:
-                request = await asyncio.wait_for(read_message(reader), IDLE_TIMEOUT_S)
-            except WireError as error:
-                self.counters[error.code] += 1
-                writer.write(encode(error_answer(error.code, str(error))))
-                await writer.drain()
-                return
-            if request is None:
-                return
-            answer = await respond(peer, request, reader, writer)
-            if answer is None:
-                return
-            writer.write(encode(answer))
-            await writer.drain()
-            if not answer["ok"] and answer["code"] in _CLOSING_CODES:
-                return
+    ) -> dict[str, Any] | None:
+        if request.get("op") == "file":
+            return await self._file(peer, request, reader, writer)
+        return self._message(peer, request)
 
-    async def _messages(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        async def respond(
-            peer: str,
-            request: dict[str, Any],
-            reader: asyncio.StreamReader,
-            writer: asyncio.StreamWriter,
-        ) -> dict[str, Any] | None:
-            if request.get("op") == "file":
-                return await self._file(peer, request, reader, writer)
-            return self._message(peer, request)
-
-        await self._lines(peer, reader, writer, respond)
+    def _refused(self, code: str, error: str) -> dict[str, Any]:
+        """A refusal's answer, counted by its code."""
+        self.counters[code] += 1
+        return error_answer(code, error)
 
     def _message(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
         text = request.get("text")
         if request.get("op") != "message" or not isinstance(text, str):
-            self.counters["bad_request"] += 1
-            return error_answer("bad_request", 'send {"op": "message", "text": "..."}')
+            return self._refused("bad_request", 'send {"op": "message", "text": "..."}')
         if len(text.encode()) > MAX_TEXT_BYTES:
-            self.counters["too_large"] += 1
-            return error_answer("too_large", f"a message is at most {MAX_TEXT_BYTES} bytes")
+            return self._refused("too_large", f"a message is at most {MAX_TEXT_BYTES} bytes")
         now = time.time()
         if not self._message_limit.allow(peer, now):
-            self.counters["rate_limited"] += 1
-            return error_answer("rate_limited", f"at most {MESSAGES_PER_S:g} messages a second")
+            return self._refused("rate_limited", f"at most {MESSAGES_PER_S:g} messages a second")
         message = self.inbox.add(peer, text, now)
         self._on_message(message)
         return {"ok": True, "id": message.id}
@@ -201,8 +196,7 @@ class AgentServices:
                 peer, request.get("name"), request.get("size"), request.get("sha256")
             )
         except FileRefused as error:
-            self.counters[error.code] += 1
-            return error_answer(error.code, str(error))
+            return self._refused(error.code, str(error))
         writer.write(encode({"ok": True, "ready": True, "id": incoming.id}))
         await writer.drain()
         try:
@@ -217,8 +211,7 @@ class AgentServices:
                 remaining -= len(chunk)
             received = incoming.finish(time.time())
         except FileRefused as error:
-            self.counters[error.code] += 1
-            return error_answer(error.code, str(error))
+            return self._refused(error.code, str(error))
         except OSError as error:
             incoming.abort()
             self.counters["write_failed"] += 1
@@ -229,54 +222,42 @@ class AgentServices:
         self._on_file(received)
         return {"ok": True, **asdict(received)}
 
-    async def _events(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        async def respond(
-            peer: str,
-            request: dict[str, Any],
-            reader: asyncio.StreamReader,
-            writer: asyncio.StreamWriter,
-        ) -> dict[str, Any] | None:
-            op = request.get("op")
-            if op == "subscribe":
-                await self._subscribe(request.get("topic"), reader, writer)
-                return None
-            if op == "publish":
-                return self._publish(peer, request)
-            self.counters["bad_request"] += 1
-            return error_answer("bad_request", 'the ops here are "publish" and "subscribe"')
+    async def _events_request(
+        self,
+        peer: str,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> dict[str, Any] | None:
+        op = request.get("op")
+        if op == "subscribe":
+            await self._subscribe(request.get("topic"), reader, writer)
+            return None
+        if op == "publish":
+            return self._publish(peer, request)
+        return self._refused("bad_request", 'the ops here are "publish" and "subscribe"')
 
-        await self._lines(peer, reader, writer, respond)
-
-    async def _tasks(
-        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        async def respond(
-            peer: str,
-            request: dict[str, Any],
-            reader: asyncio.StreamReader,
-            writer: asyncio.StreamWriter,
-        ) -> dict[str, Any] | None:
-            answer = self.tasks.answer(peer, request, time.time())
-            if not answer["ok"]:
-                self.counters[str(answer["code"])] += 1
-            return answer
-
-        await self._lines(peer, reader, writer, respond)
+    async def _task_request(
+        self,
+        peer: str,
+        request: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> dict[str, Any] | None:
+        answer = self.tasks.answer(peer, request, time.time())
+        if not answer["ok"]:
+            self.counters[str(answer["code"])] += 1
+        return answer
 
     def _publish(self, peer: str, request: dict[str, Any]) -> dict[str, Any]:
         try:
             topic = check_topic(request.get("topic"))
         except TopicError as error:
-            self.counters["bad_topic"] += 1
-            return error_answer("bad_topic", str(error))
+            return self._refused("bad_topic", str(error))
         if "data" not in request:
-            self.counters["bad_request"] += 1
-            return error_answer("bad_request", 'a publish carries "data" (any JSON)')
+            return self._refused("bad_request", 'a publish carries "data" (any JSON)')
         if not self._publish_limit.allow(peer, time.time()):
-            self.counters["rate_limited"] += 1
-            return error_answer("rate_limited", f"at most {PUBLISH_PER_S:g} events a second")
+            return self._refused("rate_limited", f"at most {PUBLISH_PER_S:g} events a second")
         return {"ok": True, "delivered": self.broker.publish(topic, request["data"], peer)}
 
     async def _subscribe(
@@ -286,8 +267,7 @@ class AgentServices:
         try:
             checked = check_topic(pattern, pattern=True)
         except TopicError as error:
-            self.counters["bad_topic"] += 1
-            writer.write(encode(error_answer("bad_topic", str(error))))
+            writer.write(encode(self._refused("bad_topic", str(error))))
             await writer.drain()
             return
         subscription = self.broker.subscribe(checked)
