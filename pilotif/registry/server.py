@@ -521,7 +521,7 @@ class RegistryCore:
         offset = _offset(request.message)
         if not isinstance(query, str):
             raise _Refused("bad_request", "lookup needs a query")
-        closed = {n.name for n in self.store.networks() if n.closed}
+        closed = self.store.closed_networks()
         found = [
             n
             for n in self._find(query.strip(), offset)

@@ -343,8 +343,7 @@ class Store:
         ).fetchone()
         if row is None or not secret_matches(secret, bytes(row[0])):
             raise JoinRefused("join_key_unknown", "the registry does not know this join key")
-        digest, network, tags_text, reusable, expires, uses, revoked = row
-        del digest
+        network, tags_text, reusable, expires, uses, revoked = row[1:]
         if revoked:
             raise JoinRefused("join_key_revoked", "this join key was revoked")
         if expires is not None and now >= expires:
@@ -553,9 +552,9 @@ class Store:
             for name, closed, created, count in rows
         ]
 
-    def network_named(self, name: str) -> NetworkRecord | None:
-        """The network of that name."""
-        return next((n for n in self.networks() if n.name == name), None)
+    def closed_networks(self) -> set[str]:
+        """The names of the closed networks (without counting anyone's members)."""
+        return {name for (name,) in self._db.execute("SELECT name FROM networks WHERE closed")}
 
     def create_join_key(
         self,
