@@ -3,6 +3,7 @@
 running daemon."""
 
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,3 +95,16 @@ def service_address(state_dir: Path, peer: str) -> str:
     if peer.strip().lower().removesuffix(".pilot") in (node.get("hostname"), node.get("ipv4")):
         return str(node["ipv4"])
     return trusted_peer_address(state_dir, peer)
+
+
+def text_or_file(text: str | None, text_file: Path | None) -> str:
+    """A command's TEXT argument or the text of its --file (- for stdin): exactly one."""
+    if (text is None) == (text_file is None):
+        raise CliError("give TEXT or --file FILE (not both)", "bad_input")
+    if text is not None:
+        return text
+    assert text_file is not None
+    try:
+        return sys.stdin.read() if str(text_file) == "-" else text_file.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CliError(f"--file: cannot read {text_file}: {error}", "bad_input") from None

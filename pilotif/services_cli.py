@@ -24,6 +24,7 @@ from pilotif.cli_common import (
     node_request,
     service_address,
     state_dir_option,
+    text_or_file,
     trusted_peer_address,
 )
 from pilotif.control import ControlError, stream
@@ -51,13 +52,7 @@ def send(
     peer: str, text: str | None, text_file: Path | None, as_json: bool, state_dir: Path
 ) -> None:
     """Send TEXT to PEER's inbox (a trusted peer: hostname, virtual IP or key)."""
-    if (text is None) == (text_file is None):
-        raise CliError("give TEXT or --file FILE (not both)", "bad_input")
-    if text_file is not None:
-        try:
-            text = sys.stdin.read() if str(text_file) == "-" else text_file.read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            raise CliError(f"--file: cannot read {text_file}: {error}", "bad_input") from None
+    text = text_or_file(text, text_file)
     reply = node_request(state_dir, "send", peer=peer, text=text)
     data = {"peer": reply.get("peer"), "id": reply.get("id")}
     echo_result(as_json, data, f"sent to {reply.get('peer')} (message {reply.get('id')})")

@@ -1,7 +1,6 @@
 """`pilotif task submit|list|accept|decline|result`: tasks between agents, through the
 running daemon (pilotif.services.task_service)."""
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +10,12 @@ from pilotif.cli_common import (
     DAEMON_ERRORS,
     SERVICE_ERRORS,
     TASK_ERRORS,
-    CliError,
     echo_result,
     json_option,
     json_output,
     node_request,
     state_dir_option,
+    text_or_file,
 )
 
 
@@ -119,12 +118,6 @@ def task_result(
     task_id: str, text: str | None, text_file: Path | None, as_json: bool, state_dir: Path
 ) -> None:
     """Answer the task ID with TEXT (or --file): it is done, and its submitter has it."""
-    if (text is None) == (text_file is None):
-        raise CliError("give TEXT or --file FILE (not both)", "bad_input")
-    if text_file is not None:
-        try:
-            text = sys.stdin.read() if str(text_file) == "-" else text_file.read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            raise CliError(f"--file: cannot read {text_file}: {error}", "bad_input") from None
+    text = text_or_file(text, text_file)
     reply = node_request(state_dir, "task_decide", id=task_id, state="done", result=text)
     _show_task(reply, as_json)
