@@ -557,3 +557,18 @@ def nat_lab(
         stack.callback(lab.stop_registry)
         lab.start_registry()
         yield lab
+
+
+@contextmanager
+def trusting_pair(
+    nats: tuple[NatKind, NatKind], workdir: Path, paths: Sequence[str], timeout_s: float
+) -> Iterator[NatLab]:
+    """The lab with alpha behind router 0 and beta behind router 1, both up, trusting
+    each other, and alpha's path to beta one of `paths` (within `timeout_s`)."""
+    with nat_lab(nats, (("alpha", 0), ("beta", 1)), workdir) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha.up()
+        beta.up()
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", paths, timeout_s)
+        yield lab

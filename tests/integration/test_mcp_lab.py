@@ -13,7 +13,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from pilotif.lab.nat import Agent, NatKind, nat_lab, trust
+from pilotif.lab.nat import Agent, NatKind, trusting_pair
 
 pytestmark = [
     pytest.mark.integration,
@@ -93,12 +93,10 @@ async def _session_checks(agent: Agent) -> dict[str, Any]:
 
 
 def test_an_mcp_client_uses_the_node_as_tools(tmp_path: Path) -> None:
-    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+    with trusting_pair(
+        (NatKind.CONE, NatKind.CONE), tmp_path, ("direct", "relay"), PATH_TIMEOUT_S
+    ) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
-        beta.up()
-        trust(alpha, beta)
-        alpha.wait_for_path("beta", ("direct", "relay"), PATH_TIMEOUT_S)
 
         seen = asyncio.run(_session_checks(alpha))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.lab.nat import Agent, NatKind, nat_lab, poll_until, trust
+from pilotif.lab.nat import Agent, NatKind, poll_until, trusting_pair
 from pilotif.lab.netns import LabError
 from pilotif.lab.pilotif_node import pilotif_executable
 
@@ -39,12 +39,8 @@ def _bash_exchange(agent: Agent, address: str, port: int, line: str) -> str:
 def test_messages_reach_the_inbox_survive_a_restart_and_speak_plain_lines(
     tmp_path: Path,
 ) -> None:
-    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+    with trusting_pair((NatKind.CONE, NatKind.CONE), tmp_path, ("direct",), PATH_TIMEOUT_S) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
-        beta.up()
-        trust(alpha, beta)
-        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
         beta_ip = beta.status()["node"]["ipv4"]
 
         assert alpha.json("send", "beta", "hello beta") == {"peer": "beta", "id": 1}
@@ -91,12 +87,8 @@ conn.close()
 
 
 def test_a_file_arrives_whole_or_not_at_all(tmp_path: Path) -> None:
-    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+    with trusting_pair((NatKind.CONE, NatKind.CONE), tmp_path, ("direct",), PATH_TIMEOUT_S) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
-        beta.up()
-        trust(alpha, beta)
-        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
         beta_ip = beta.status()["node"]["ipv4"]
         payload = tmp_path / "results.bin"
         payload.write_bytes(os.urandom(FILE_BYTES))
@@ -131,12 +123,8 @@ def test_a_file_arrives_whole_or_not_at_all(tmp_path: Path) -> None:
 def test_a_subscriber_gets_exactly_the_events_published_after_it_subscribed(
     tmp_path: Path,
 ) -> None:
-    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+    with trusting_pair((NatKind.CONE, NatKind.CONE), tmp_path, ("direct",), PATH_TIMEOUT_S) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
-        beta.up()
-        trust(alpha, beta)
-        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
         assert beta.json("publish", "beta", "jobs/0", "before")["delivered"] == 0
         subscriber = alpha.namespace.spawn(
             pilotif_executable(),
@@ -171,12 +159,10 @@ def test_a_subscriber_gets_exactly_the_events_published_after_it_subscribed(
 
 
 def test_a_task_is_submitted_accepted_and_answered_across_two_nats(tmp_path: Path) -> None:
-    with nat_lab((NatKind.CONE, NatKind.SYMMETRIC), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+    with trusting_pair(
+        (NatKind.CONE, NatKind.SYMMETRIC), tmp_path, ("direct", "relay"), PATH_TIMEOUT_S
+    ) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
-        beta.up()
-        trust(alpha, beta)
-        alpha.wait_for_path("beta", ("direct", "relay"), PATH_TIMEOUT_S)
         submitted = alpha.json("task", "submit", "beta", "summarise the logs")
         task_id = submitted["id"]
         [incoming] = beta.json("task", "list")
@@ -205,12 +191,8 @@ def test_a_task_is_submitted_accepted_and_answered_across_two_nats(tmp_path: Pat
 
 
 def test_bench_measures_and_listen_prints_what_arrives(tmp_path: Path) -> None:
-    with nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab:
+    with trusting_pair((NatKind.CONE, NatKind.CONE), tmp_path, ("direct",), PATH_TIMEOUT_S) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
-        beta.up()
-        trust(alpha, beta)
-        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
         beta_ip = beta.status()["node"]["ipv4"]
         measured = alpha.json("bench", "beta", "5")
         assert measured["megabytes"] == 5 and measured["mbit_per_s"] > 0
