@@ -37,9 +37,7 @@ def main() -> int:
             key = os.urandom(32)
             started = time.perf_counter()
             store.register(key, f"node-{number}", ("bench",), now)
-            store.mark_seen(
-                key, endpoint="198.18.0.1:51820", lan_endpoints=(), counter=1, session=1, now=now
-            )
+            store.mark_seen(key, endpoint="198.18.0.1:51820", lan_endpoints=(), session=1, now=now)
             timings.append(time.perf_counter() - started)
         store.close()
     tenth = max(1, args.nodes // 10)

@@ -94,9 +94,18 @@ JOIN_KEY_BURST: Final = 100.0
 fill the network at once)."""
 DEFAULT_EXPIRE_AFTER_S: Final = 30 * 86_400.0
 """A node not seen for this long loses its name and address."""
-MAX_CHANNELS: Final = 10_000
-"""Authenticated senders whose channel (keys, replay window) stays in memory."""
+MAX_CHANNELS: Final = 250_000
+"""Authenticated senders whose channel (keys, replay window: about 0.5 KB) stays in
+memory; a sender beyond it pays an X25519 and a query for its next message."""
 
+SEEN_WRITE_S: Final = 300.0
+"""A heartbeat is written to the database when the node's endpoints or session changed,
+else at most this often (and for every node at a clean stop): at 100,000 nodes a write
+per heartbeat would be 5,000 rows a second."""
+COUNTER_LEASE: Final = 1024
+"""The counter floor stored for a node runs this far ahead of the counters it sent, so
+it is written once per COUNTER_LEASE / 2 messages; after a restart the node's first
+message is refused as stale and sent again above the floor (one round trip)."""
 MAX_RTT_MS: Final = 2_000
 """The largest round trip a node may report; longer ones count as this."""
 MAX_REQUEST_ID: Final = 2**63 - 1
@@ -405,7 +414,7 @@ class RegistryCore:
                     "this key is not registered",
                     "send register first (pilotif up does)",
                 )
-            self.store.record_counter(request.sender, counter)
+            self._keep_counter_floor(request.record, counter)
             handler = self._ops.get(op)
             if handler is None:
                 raise _Refused("unknown_op", f"unknown op {op!r}")
@@ -423,34 +432,48 @@ class RegistryCore:
         tags = _tags(message.get("tags", []))
         lan = _lan_endpoints(message.get("lan", []))
         join_key = _join_key(message.get("join_key"))
-        if request.record is None:
+        previous = request.record
+        if previous is None:
             self._limit_new_node(request.source, join_key, now)
-        try:
-            record, new = self.store.register(
-                key,
-                hostname,
-                tags,
-                now,
-                join_key=join_key,
-                require_join_key=self.require_join_key,
-                expired_before=now - self.expire_after_s,
-            )
-        except StoreError:
-            if request.record is not None:
-                self.store.record_counter(key, counter)
-            raise
+        if (
+            previous is not None
+            and join_key is None
+            and (hostname, tags) == (previous.hostname, previous.tags)
+        ):
+            # A heartbeat: nothing to write but where the node is (batched below).
+            record, new = previous, False
+        else:
+            try:
+                record, new = self.store.register(
+                    key,
+                    hostname,
+                    tags,
+                    now,
+                    join_key=join_key,
+                    require_join_key=self.require_join_key,
+                    expired_before=now - self.expire_after_s,
+                )
+            except StoreError:
+                if previous is not None:
+                    self._keep_counter_floor(previous, counter)
+                raise
+        self._keep_counter_floor(record, counter)
         endpoint = format_endpoint(request.source)
-        self.store.mark_seen(
-            key,
-            endpoint=endpoint,
-            lan_endpoints=lan,
-            counter=counter,
-            session=self._sessions.get(key),
-            now=now,
-        )
+        if (
+            previous is None
+            or request.new_session
+            or (previous.endpoint, previous.lan_endpoints) != (endpoint, lan)
+            or now - (previous.last_seen or 0.0) >= SEEN_WRITE_S
+        ):
+            self.store.mark_seen(
+                key,
+                endpoint=endpoint,
+                lan_endpoints=lan,
+                session=self._sessions.get(key),
+                now=now,
+            )
         was_online = self._online(key, now) and self._seen[key][0] == request.source
         self._note_seen(key, request.source, now)
-        previous = request.record
         if new or previous is None:
             log_event(
                 "node_registered",
@@ -486,6 +509,22 @@ class RegistryCore:
             "granted_tags": list(record.granted_tags),
             "resync": request.new_session,
         }
+
+    def _keep_counter_floor(self, record: NodeRecord, counter: int) -> None:
+        """Keep the node's stored floor above `counter`: it is written COUNTER_LEASE
+        ahead, so once every COUNTER_LEASE / 2 messages rather than for each."""
+        if counter > record.highest_counter - COUNTER_LEASE // 2:
+            self.store.record_counter(record.public_key, counter + COUNTER_LEASE)
+
+    def save(self) -> None:
+        """Write what a clean stop keeps for the next start: when each node was last
+        seen (the database has it only to SEEN_WRITE_S) and, for each node with a
+        channel, the exact highest counter (the next start then accepts its next
+        message at once instead of refusing it below the lease)."""
+        self.store.touch((key, seen_s) for key, (_, seen_s) in self._seen.items())
+        self.store.set_counter_floors(
+            (key, channel.highest_counter) for key, channel in self._channels.items()
+        )
 
     def _limit_new_node(
         self, source: Endpoint, join_key: tuple[str, str] | None, now: float

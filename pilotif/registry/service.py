@@ -25,6 +25,11 @@ REGISTRY_KEY_FILE: Final = "registry.key"
 COUNTER_FILE: Final = "registry.counter"
 _IPV4_MAPPED_PREFIX: Final = "::ffff:"
 EXPIRE_EVERY_S: Final = 60.0
+WRITE_EVERY_S: Final = 0.1
+"""How often heartbeats are written to the database (in one transaction), at most."""
+RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
+"""The socket's receive buffer (as far as net.core.rmem_max allows): a burst of
+datagrams waits there while a batch of heartbeats is written."""
 
 
 class _RegistryProtocol(asyncio.DatagramProtocol):
@@ -105,11 +110,17 @@ async def _serve(
     transport, _ = await loop.create_datagram_endpoint(
         lambda: _RegistryProtocol(core, lease), local_addr=listen
     )
-    housekeeping = asyncio.create_task(_expire_now_and_then(core))
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    housekeeping = [
+        asyncio.create_task(_expire_now_and_then(core)),
+        asyncio.create_task(_write_now_and_then(core)),
+    ]
     try:
         await stop.wait()
     finally:
-        housekeeping.cancel()
+        for task in housekeeping:
+            task.cancel()
         transport.close()
         if metrics_server is not None:
             metrics_server.close()
@@ -122,6 +133,13 @@ async def _expire_now_and_then(core: RegistryCore) -> None:
     while True:
         core.expire(time.time())
         await asyncio.sleep(EXPIRE_EVERY_S)
+
+
+async def _write_now_and_then(core: RegistryCore) -> None:
+    """Write the heartbeats received since the last write, every WRITE_EVERY_S."""
+    while True:
+        await asyncio.sleep(WRITE_EVERY_S)
+        core.store.flush()
 
 
 @dataclass(frozen=True)
@@ -173,5 +191,6 @@ def run_registry(
     try:
         asyncio.run(_serve(core, lease, listen, metrics))
     finally:
+        core.save()
         store.close()
         log_event("registry_stopped", **{k: v for k, v in sorted(core.counters.items())})

@@ -10,8 +10,8 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -181,12 +181,14 @@ class NodeRecord:
     """Derived from the key (`ipv6_for_key`), stored to look nodes up by it."""
     tags: tuple[str, ...]
     highest_counter: int
-    """The highest control counter accepted from it (replays stay refused after a restart)."""
+    """A floor at or above every control counter accepted from it: after a restart,
+    counters up to it (replays) are refused."""
     endpoint: str | None
     """Its public endpoint, `ip:port` as the registry saw it, once it registered."""
     lan_endpoints: tuple[str, ...]
     last_seen: float | None
-    """Wall-clock seconds of its last registration (heartbeat)."""
+    """Wall-clock seconds of its last registration (heartbeat) as written: the registry
+    writes it when the node's endpoints change, else every few minutes."""
     created: float
     network: str | None
     """The network it joined with a join key (None: none)."""
@@ -237,6 +239,10 @@ class Store:
         self.network = network
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, _DB_FILE_MODE))
+        self._seen_pending: dict[bytes, tuple[str, str, float, int | None]] = {}
+        """Heartbeats not written yet: endpoint, LAN endpoints (JSON), time, session."""
+        self._counter_pending: dict[bytes, int] = {}
+        """Counter floors not written yet."""
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -252,19 +258,28 @@ class Store:
                 cursor.execute(statement)
 
     def close(self) -> None:
-        """Close the database file."""
+        """Write what is pending and close the database file."""
+        self.flush()
         self._db.close()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """One transaction, which writes the pending heartbeats first (they stay pending
+        if it rolls back)."""
         cursor = self._db.cursor()
         cursor.execute("BEGIN")
         try:
+            pending = self.unwritten > 0
+            if pending:
+                self._write_pending(cursor)
             yield cursor
         except BaseException:
             cursor.execute("ROLLBACK")
             raise
         cursor.execute("COMMIT")
+        if pending:
+            self._seen_pending.clear()
+            self._counter_pending.clear()
 
     # -- nodes -----------------------------------------------------------------------
 
@@ -395,30 +410,62 @@ class Store:
         *,
         endpoint: str,
         lan_endpoints: tuple[str, ...],
-        counter: int,
         session: int | None,
         now: float,
     ) -> None:
-        """Record a heartbeat: where the node is, the counter it sealed with and its
-        session (so that a restarted registry can push to it at once)."""
+        """Record a heartbeat: where the node is and its session (so that a restarted
+        registry can push to it at once).
+
+        Heartbeats are written in batches (with the next transaction, or `flush`): one
+        commit for many nodes instead of one each. Every read sees them at once."""
+        self._seen_pending[public_key] = (endpoint, json.dumps(list(lan_endpoints)), now, session)
+
+    def touch(self, seen: Iterable[tuple[bytes, float]]) -> None:
+        """Raise the last-seen times of these nodes (key, time) where the database has
+        an earlier one, in one transaction."""
         with self._transaction() as cursor:
-            cursor.execute(
-                "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?,"
-                " highest_counter = CASE WHEN highest_counter > ? THEN highest_counter ELSE ? END"
-                " WHERE public_key = ?",
-                (
-                    *(endpoint, json.dumps(list(lan_endpoints)), now, session),
-                    *(counter, counter, public_key),
-                ),
+            cursor.executemany(
+                "UPDATE nodes SET last_seen = ? WHERE public_key = ?"
+                " AND (last_seen IS NULL OR last_seen < ?)",
+                [(seen_s, key, seen_s) for key, seen_s in seen],
             )
 
     def record_counter(self, public_key: bytes, counter: int) -> None:
-        """Raise the node's stored highest counter to `counter`."""
+        """Raise the node's stored counter floor to `counter` (written as heartbeats
+        are)."""
+        if counter > self._counter_pending.get(public_key, -1):
+            self._counter_pending[public_key] = counter
+
+    def set_counter_floors(self, floors: Iterable[tuple[bytes, int]]) -> None:
+        """Set these nodes' counter floors (key, counter) exactly, in one transaction:
+        only for counters known to be the highest accepted (a lease is lowered)."""
         with self._transaction() as cursor:
-            cursor.execute(
-                "UPDATE nodes SET highest_counter = ? WHERE public_key = ? AND highest_counter < ?",
-                (counter, public_key, counter),
+            cursor.executemany(
+                "UPDATE nodes SET highest_counter = ? WHERE public_key = ?",
+                [(counter, key) for key, counter in floors],
             )
+
+    @property
+    def unwritten(self) -> int:
+        """How many heartbeats and counter floors are not written yet."""
+        return len(self._seen_pending) + len(self._counter_pending)
+
+    def flush(self) -> None:
+        """Write the heartbeats and counter floors recorded since the last write."""
+        if self.unwritten:
+            with self._transaction():
+                pass
+
+    def _write_pending(self, cursor: sqlite3.Cursor) -> None:
+        cursor.executemany(
+            "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?"
+            " WHERE public_key = ?",
+            [(*seen, key) for key, seen in self._seen_pending.items()],
+        )
+        cursor.executemany(
+            "UPDATE nodes SET highest_counter = ? WHERE public_key = ? AND highest_counter < ?",
+            [(counter, key, counter) for key, counter in self._counter_pending.items()],
+        )
 
     def node_by_key(self, public_key: bytes) -> NodeRecord | None:
         """The node with this key."""
@@ -448,11 +495,12 @@ class Store:
             " ORDER BY hostname LIMIT ? OFFSET ?",
             (f'%"{tag}"%', f'%"{tag}"%', limit, offset),
         )
-        return [_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def all_endpoints(self) -> list[tuple[bytes, str, float, int | None]]:
         """Every node's key, public endpoint, last-seen time and session, for the relay's
         index and pushes after a restart."""
+        self.flush()
         rows = self._db.execute(
             "SELECT public_key, endpoint, last_seen, session FROM nodes"
             " WHERE endpoint IS NOT NULL AND last_seen IS NOT NULL"
@@ -462,11 +510,27 @@ class Store:
             for key, endpoint, seen, session in rows
         ]
 
-    @staticmethod
-    def _node(cursor: sqlite3.Cursor, where: str, value: object) -> NodeRecord | None:
+    def _node(self, cursor: sqlite3.Cursor, where: str, value: object) -> NodeRecord | None:
         row = cursor.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE {where}", (value,))
         found = row.fetchone()
-        return None if found is None else _record(found)
+        return None if found is None else self._record(found)
+
+    def _record(self, row: tuple[Any, ...]) -> NodeRecord:
+        """The node of a row, with its heartbeat not written yet (if any) applied."""
+        record = _record(row)
+        seen = self._seen_pending.get(record.public_key)
+        counter = self._counter_pending.get(record.public_key, -1)
+        if seen is not None:
+            endpoint, lan_text, last_seen, _ = seen
+            record = replace(
+                record,
+                endpoint=endpoint,
+                lan_endpoints=tuple(json.loads(lan_text)),
+                last_seen=last_seen,
+            )
+        if counter > record.highest_counter:
+            record = replace(record, highest_counter=counter)
+        return record
 
     def nodes(self, limit: int = -1, offset: int = 0) -> list[NodeRecord]:
         """Every node, by hostname (`limit` of them from `offset`)."""
@@ -474,7 +538,7 @@ class Store:
             f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY hostname LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def remove_node(self, hostname: str) -> NodeRecord:
         """Remove a node (its trusts and requests go with it); UnknownNode if none."""
@@ -523,7 +587,7 @@ class Store:
             rows = cursor.execute(
                 f"SELECT {_NODE_COLUMNS} FROM nodes WHERE {where}", (seen_before,)
             )
-            expired = [_record(row) for row in rows]
+            expired = [self._record(row) for row in rows]
             cursor.execute(f"DELETE FROM nodes WHERE {where}", (seen_before,))
         return expired
 
@@ -693,7 +757,7 @@ class Store:
             " LIMIT ? OFFSET ?",
             (key, key, limit, offset),
         )
-        return [_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def incoming(
         self, key: bytes, limit: int = -1, offset: int = 0
@@ -705,7 +769,7 @@ class Store:
             " WHERE r.to_key = ? ORDER BY r.created, n.hostname LIMIT ? OFFSET ?",
             (key, limit, offset),
         )
-        return [(_record(row[:-1]), str(row[-1])) for row in rows]
+        return [(self._record(row[:-1]), str(row[-1])) for row in rows]
 
     def outgoing(self, key: bytes, limit: int = -1, offset: int = 0) -> list[NodeRecord]:
         """The nodes `key` asked for trust that have not answered, oldest first."""
@@ -715,7 +779,7 @@ class Store:
             " WHERE r.from_key = ? ORDER BY r.created, n.hostname LIMIT ? OFFSET ?",
             (key, limit, offset),
         )
-        return [_record(row) for row in rows]
+        return [self._record(row) for row in rows]
 
     def trust_counts(self, key: bytes) -> tuple[int, int, int]:
         """How many nodes `key` trusts, are asking it, and it asked (in one query)."""

@@ -27,7 +27,6 @@ from pilotif.overlay.crypto import (
 )
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
-from pilotif.overlay.replay import ReplayWindow
 
 CONTROL_TYPE: Final = 0x50
 RELAY_TYPE: Final = 0x51
@@ -54,6 +53,11 @@ RELAY_HEADER_SIZE: Final = 36
 KEY_MESSAGE_SIZE: Final = 36
 MAX_PAYLOAD_BYTES: Final = 1200
 MAX_COUNTER: Final = 2**63 - 1
+CONTROL_REPLAY_WINDOW: Final = 128
+"""How far behind the highest counter a control message is still accepted once: a
+node's requests arrive nearly in order, and the registry keeps a channel per node (the
+data plane's window is 8,192 counters)."""
+_WINDOW_MASK: Final = (1 << CONTROL_REPLAY_WINDOW) - 1
 """The cap lets counters fit a signed SQL BIGINT (pilotif.counter_lease hands them out)."""
 
 KEY_REQUEST: Final = bytes((KEY_REQUEST_TYPE, 0, 0, 0)) + bytes(KEY_SIZE)
@@ -107,7 +111,8 @@ class ControlChannel:
 
     Keys: KDF2(HASH("pilotif control v1"), DH(local, remote)); the first key carries
     node-to-registry messages, the second registry-to-node ones. A counter is accepted
-    once, within the replay window, and above any floor given by `restore_counter`.
+    once, within CONTROL_REPLAY_WINDOW of the highest, and above any floor given by
+    `restore_counter`.
     """
 
     __slots__ = (
@@ -116,8 +121,8 @@ class ControlChannel:
         "_local_public",
         "_receive_key",
         "_remote",
+        "_seen",
         "_send_key",
-        "_window",
     )
 
     def __init__(
@@ -138,7 +143,8 @@ class ControlChannel:
         # otherwise be computed again each time (a quarter of a channel's cost).
         self._local_public = local_public or _public_key(local_private)
         self._remote = bytes(remote_public)
-        self._window = ReplayWindow()
+        self._seen = 0
+        """Bit i: counter `_highest - i` was accepted."""
         self._floor = -1
         self._highest = -1
 
@@ -150,7 +156,9 @@ class ControlChannel:
     def restore_counter(self, counter: int) -> None:
         """Refuse every counter up to `counter` (the highest one seen before a restart)."""
         self._floor = max(self._floor, counter)
-        self._highest = max(self._highest, counter)
+        if counter > self._highest:
+            self._seen = self._seen << (counter - self._highest) & _WINDOW_MASK
+            self._highest = counter
 
     def seal(self, payload: dict[str, Any], counter: int) -> bytes:
         """The datagram carrying `payload`; ValueError if its JSON exceeds MAX_PAYLOAD_BYTES."""
@@ -182,10 +190,21 @@ class ControlChannel:
         except InvalidTag:
             raise WireError("decrypt_failed") from None
         message = _parse_payload(plaintext)
-        if counter <= self._floor or not self._window.update(counter):
+        if counter <= self._floor or not self._accept(counter):
             raise StaleCounter(message, self._highest)
-        self._highest = max(self._highest, counter)
         return message
+
+    def _accept(self, counter: int) -> bool:
+        """Mark `counter` seen; False if it was, or is too far behind to tell."""
+        behind = self._highest - counter
+        if behind < 0:
+            self._seen = (self._seen << -behind | 1) & _WINDOW_MASK
+            self._highest = counter
+            return True
+        if behind >= CONTROL_REPLAY_WINDOW or self._seen >> behind & 1:
+            return False
+        self._seen |= 1 << behind
+        return True
 
 
 def _parse_payload(plaintext: bytes) -> dict[str, Any]:

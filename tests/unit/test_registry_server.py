@@ -32,6 +32,7 @@ from pilotif.registry.server import (
     ONLINE_WINDOW_S,
     PENDING_PUSH_LIMIT,
     RELAY_BURST_BYTES,
+    SEEN_WRITE_S,
     UNPROVEN_BURST,
     RegistryCore,
 )
@@ -68,7 +69,7 @@ class FakeNode:
         self.channel = ControlChannel(private, registry_public, local_is_registry=False)
         self.cookies = CookieGenerator(registry_public)
         self._clock = clock
-        self._counter = itertools.count(1)
+        self.counter = itertools.count(1)
         self._ids = itertools.count(1)
         self.session = int.from_bytes(self.key[:7])
         self.last_payload: dict[str, Any] = {}
@@ -85,7 +86,7 @@ class FakeNode:
     def reseal(self, payload: dict[str, Any]) -> bytes:
         """`payload` sealed with the next counter and our current cookie."""
         self.last_payload = payload
-        message = bytearray(self.channel.seal(payload, next(self._counter)))
+        message = bytearray(self.channel.seal(payload, next(self.counter)))
         message += bytes(REQUEST_MACS_SIZE)
         self.cookies.add_macs(message, self._clock())
         self.last_sent = bytes(message)
@@ -113,8 +114,11 @@ class World:
         self.store = Store(state_dir / "registry.db", NETWORK)
         self.core = RegistryCore(self.private_key, self.store, first_counter=1)
 
-    def restart(self) -> None:
-        """A new registry process on the same state (its counter lease carries over)."""
+    def restart(self, *, crash: bool = False) -> None:
+        """A new registry process on the same state (its counter lease carries over),
+        after a clean stop or (`crash`) without one."""
+        if not crash:
+            self.core.save()
         self.store.close()
         self.store = Store(self.state_dir / "registry.db", NETWORK)
         self.core = RegistryCore(self.private_key, self.store, first_counter=self.core.counter)
@@ -285,6 +289,46 @@ def test_a_replayed_register_is_refused_also_after_a_restart(world: World, alice
     assert notice["code"] == "stale_counter"
     record = world.store.node_by_key(alice.key)
     assert record is not None and record.endpoint == f"{alice.endpoint[0]}:{alice.endpoint[1]}"
+
+
+def test_after_a_crash_the_counter_lease_refuses_replays_and_the_node_goes_above_it(
+    world: World, alice: FakeNode
+) -> None:
+    captured = alice.last_sent
+    world.call(alice, "lookup", query="alice")
+    world.restart(crash=True)  # nothing saved: the database has the lease, not the counter
+    stale = world.call(alice, "lookup", query="alice")
+    sent = int.from_bytes(alice.last_sent[36:CONTROL_HEADER_SIZE], "little")
+    assert stale["code"] == "stale_counter" and stale["floor"] > sent
+    world.deliver(remac(alice, captured, world.now), alice.endpoint)
+    assert world.core.counters["stale_counter"] == 2
+    world.messages(alice)
+    alice.counter = itertools.count(stale["floor"] + 1)
+    assert world.call(alice, "lookup", query="alice")["ok"]
+
+
+def test_a_heartbeat_writes_only_what_changed(world: World, alice: FakeNode) -> None:
+    world.store.flush()
+    world.now += 20
+    world.register(alice, "alice", tags=["gpu"], lan=["10.0.0.5:51820"])
+    assert world.store.unwritten == 0, "nothing changed: the heartbeat stays in memory"
+    world.register(alice, "alice", tags=["gpu"], lan=["10.0.0.6:51820"])
+    assert world.store.unwritten == 1
+    record = world.store.node_by_key(alice.key)
+    assert record is not None and record.lan_endpoints == ("10.0.0.6:51820",)
+    world.store.flush()
+    world.now += SEEN_WRITE_S
+    world.register(alice, "alice", tags=["gpu"], lan=["10.0.0.6:51820"])
+    record = world.store.node_by_key(alice.key)
+    assert record is not None and record.last_seen == world.now
+
+
+def test_after_a_clean_stop_the_next_message_is_taken_at_once(
+    world: World, alice: FakeNode
+) -> None:
+    world.restart()
+    assert world.call(alice, "lookup", query="alice")["ok"]
+    assert world.core.counters["stale_counter"] == 0
 
 
 def test_other_requests_need_a_registration_first(world: World) -> None:

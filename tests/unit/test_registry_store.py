@@ -1,5 +1,7 @@
 """The registry database: addresses, names, tags, trust, and everything after a reopen."""
 
+import contextlib
+import sqlite3
 import stat
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -120,18 +122,14 @@ def test_tag_lookups_are_capped(store: Store) -> None:
     ]
 
 
-def test_mark_seen_records_where_and_the_highest_counter(store: Store, alice: bytes) -> None:
+def test_mark_seen_records_where_and_record_counter_raises_the_floor(
+    store: Store, alice: bytes
+) -> None:
     store.mark_seen(
-        alice,
-        endpoint="198.18.0.1:4000",
-        lan_endpoints=("10.0.0.2:4000",),
-        counter=50,
-        session=None,
-        now=NOW,
+        alice, endpoint="198.18.0.1:4000", lan_endpoints=("10.0.0.2:4000",), session=None, now=NOW
     )
-    store.mark_seen(
-        alice, endpoint="198.18.0.1:4001", lan_endpoints=(), counter=40, session=9, now=NOW + 6
-    )
+    store.record_counter(alice, 50)
+    store.mark_seen(alice, endpoint="198.18.0.1:4001", lan_endpoints=(), session=9, now=NOW + 6)
     store.record_counter(alice, 45)
     record = store.node_by_key(alice)
     assert record is not None
@@ -145,6 +143,52 @@ def test_mark_seen_records_where_and_the_highest_counter(store: Store, alice: by
     assert store.all_endpoints() == [(alice, "198.18.0.1:4001", NOW + 6, 9)]
     record = store.node_by_key(alice)
     assert record is not None and record.highest_counter == 60
+
+
+def test_touch_only_raises_last_seen(store: Store, alice: bytes, bob: bytes) -> None:
+    store.mark_seen(alice, endpoint="198.18.0.1:1", lan_endpoints=(), session=1, now=NOW + 10)
+    store.touch([(alice, NOW + 5), (bob, NOW + 7)])
+    seen = {key: store.node_by_key(key) for key in (alice, bob)}
+    assert [(r.last_seen if r else None) for r in seen.values()] == [NOW + 10, NOW + 7]
+
+
+def _written_endpoints(path: Path) -> dict[bytes, str | None]:
+    """The endpoints in the file, read by another connection (as `registry admin` does)."""
+    with contextlib.closing(sqlite3.connect(path)) as other:
+        return {bytes(k): e for k, e in other.execute("SELECT public_key, endpoint FROM nodes")}
+
+
+def test_heartbeats_are_written_together_and_read_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "registry.db"
+    store = Store(path, NETWORK)
+    keys = [new_key() for _ in range(3)]
+    for number, key in enumerate(keys):
+        store.register(key, f"node-{number}", (), NOW)
+    for number, key in enumerate(keys):
+        store.mark_seen(
+            key, endpoint=f"198.18.0.1:{number + 1}", lan_endpoints=(), session=1, now=NOW
+        )
+        store.record_counter(key, 3)
+    assert store.unwritten == 6
+    assert set(_written_endpoints(path).values()) == {None}
+    record = store.node_by_key(keys[2])
+    assert record is not None and (record.endpoint, record.highest_counter) == ("198.18.0.1:3", 3)
+    store.flush()
+    assert store.unwritten == 0
+    assert sorted(_written_endpoints(path).values()) == [f"198.18.0.1:{n}" for n in (1, 2, 3)]
+    store.close()
+
+
+def test_heartbeats_outlive_a_transaction_that_rolls_back(store: Store, alice: bytes) -> None:
+    store.register(new_key(), "bob", (), NOW)
+    store.mark_seen(alice, endpoint="198.18.0.1:9", lan_endpoints=(), session=1, now=NOW)
+    store.record_counter(alice, 8)
+    with pytest.raises(NameTaken):
+        store.register(new_key(), "bob", (), NOW)
+    assert store.unwritten == 2
+    store.flush()
+    record = store.node_by_key(alice)
+    assert record is not None and (record.endpoint, record.highest_counter) == ("198.18.0.1:9", 8)
 
 
 def test_a_trust_request_is_pending_until_approved(store: Store, alice: bytes, bob: bytes) -> None:
@@ -201,7 +245,8 @@ def test_everything_is_there_after_a_reopen(tmp_path: Path) -> None:
     alice, bob, carol = new_key(), new_key(), new_key()
     for key, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
         store.register(key, name, ("t",), NOW)
-    store.mark_seen(alice, endpoint="198.18.0.1:1", lan_endpoints=(), counter=7, session=1, now=NOW)
+    store.mark_seen(alice, endpoint="198.18.0.1:1", lan_endpoints=(), session=1, now=NOW)
+    store.record_counter(alice, 7)
     store.request_trust(alice, bob, "", NOW)
     store.respond(bob, alice, True, NOW)
     store.request_trust(carol, alice, "please", NOW)

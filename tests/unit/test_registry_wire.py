@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from pilotif.overlay.crypto import aead_encrypt, dh, generate_private_key, hash_, kdf2, public_key
 from pilotif.registry.wire import (
     CONTROL_HEADER_SIZE,
+    CONTROL_REPLAY_WINDOW,
     KEY_REQUEST,
     MAX_PAYLOAD_BYTES,
     RELAY_HEADER_SIZE,
@@ -188,3 +189,31 @@ def test_a_channel_given_its_own_public_key_seals_exactly_as_one_that_computes_i
     )
     assert given.seal(MESSAGE, COUNTER) == registry_side().seal(MESSAGE, COUNTER)
     assert node_side().open(given.seal(MESSAGE, COUNTER + 1)) == MESSAGE
+
+
+def test_counters_out_of_order_open_once_within_the_window() -> None:
+    node, registry = node_side(), registry_side()
+    late = node.seal(MESSAGE, COUNTER)
+    assert registry.open(node.seal(MESSAGE, COUNTER + CONTROL_REPLAY_WINDOW - 1)) == MESSAGE
+    assert registry.open(late) == MESSAGE
+    with pytest.raises(StaleCounter):
+        registry.open(late)
+
+
+def test_a_counter_further_behind_than_the_window_is_refused() -> None:
+    node, registry = node_side(), registry_side()
+    too_late = node.seal(MESSAGE, COUNTER)
+    registry.open(node.seal(MESSAGE, COUNTER + CONTROL_REPLAY_WINDOW))
+    with pytest.raises(StaleCounter) as refused:
+        registry.open(too_late)
+    assert refused.value.floor == COUNTER + CONTROL_REPLAY_WINDOW
+
+
+def test_a_restored_counter_keeps_the_window_behind_it() -> None:
+    node, registry = node_side(), registry_side()
+    registry.open(node.seal(MESSAGE, COUNTER))
+    registry.restore_counter(COUNTER + 5)
+    with pytest.raises(StaleCounter):
+        registry.open(node.seal(MESSAGE, COUNTER + 5))
+    assert registry.open(node.seal(MESSAGE, COUNTER + 6)) == MESSAGE
+    assert registry.highest_counter == COUNTER + 6
