@@ -1,9 +1,11 @@
-"""`pilotif registry admin --state-dir DIR ...`: the registry operator's commands.
+"""`pilotif registry admin --state-dir DIR ...` (or `--database URL`): the registry
+operator's commands.
 
-They open the registry's database directly, on the registry's host, as its owner (the
-file is 0600): networks, join keys, nodes and the tags an operator grants. The registry
-may be running (SQLite in WAL mode serves both); what changes here it reads at the next
-request that needs it (a removed node, say, must join again at its next heartbeat).
+They open the registry's database directly: on the registry's host as its owner (the
+SQLite file is 0600), or its PostgreSQL database from wherever it is reachable. Networks,
+join keys, nodes and the tags an operator grants. The registry may be running (SQLite
+in WAL mode, or PostgreSQL, serves both); what changes here it reads at the next request
+that needs it (a removed node, say, must join again at its next heartbeat).
 """
 
 import time
@@ -19,12 +21,14 @@ import click
 from pilotif.cli_common import (
     ADMIN_ERRORS,
     CliError,
+    database_option,
     echo_result,
     json_option,
     json_output,
 )
 from pilotif.duration import DurationError, parse_duration
 from pilotif.identity import HostnameError, normalize_hostname
+from pilotif.registry.database import DatabaseError
 from pilotif.registry.store import (
     DB_FILE_NAME,
     JoinKeyRecord,
@@ -40,34 +44,45 @@ _ANY_NETWORK = IPv4Network("100.64.0.0/10")
 @click.group()
 @click.option(
     "--state-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="The registry's state directory (where registry.db is).",
 )
+@database_option
 @click.pass_context
-def admin(ctx: click.Context, state_dir: Path) -> None:
-    """Manage the registry's networks, join keys, nodes and tags (on its host)."""
-    ctx.obj = state_dir
+def admin(ctx: click.Context, state_dir: Path | None, database: str | None) -> None:
+    """Manage the registry's networks, join keys, nodes and tags (on its host, or
+    wherever its PostgreSQL database is reachable)."""
+    if (state_dir is None) == (database is None):
+        raise CliError(
+            "give the registry's --state-dir or its --database", "bad_input", _ADMIN_HINT
+        )
+    ctx.obj = database if database is not None else state_dir
+
+
+_ADMIN_HINT = "pilotif registry admin --state-dir /var/lib/pilotif-registry network list"
 
 
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[Store]:
-    state_dir: Path = ctx.obj
-    path = state_dir / DB_FILE_NAME
-    if not path.is_file():
-        raise CliError(
-            f"no registry database at {path}",
-            "no_registry",
-            f"run `pilotif registry --state-dir {state_dir}` once, or pass its --state-dir",
-        )
+    location: str | Path = ctx.obj
+    if isinstance(location, Path):
+        state_dir, location = location, location / DB_FILE_NAME
+        if not location.is_file():
+            raise CliError(
+                f"no registry database at {location}",
+                "no_registry",
+                f"run `pilotif registry --state-dir {state_dir}` once, or pass its --state-dir",
+            )
     try:
-        store = Store(path, _ANY_NETWORK)
+        store = Store(location, _ANY_NETWORK)
     except OSError as error:
         raise CliError(
-            f"cannot open {path}: {error.strerror}",
+            f"cannot open {location}: {error.strerror}",
             "no_access",
             "run it as the registry's user (root)",
         ) from None
+    except DatabaseError as error:
+        raise CliError(str(error), "no_database") from None
     try:
         yield store
     except StoreError as error:

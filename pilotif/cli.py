@@ -22,6 +22,7 @@ from pilotif.cli_common import (
     DAEMON_ERRORS,
     REGISTRY_ERRORS,
     CliError,
+    database_option,
     echo_result,
     json_option,
     json_output,
@@ -46,6 +47,7 @@ from pilotif.node.core import NETWORK_POLICY, QUEUED, NodeOptions
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import STATE_DIR_ENV, StatePaths
 from pilotif.policy_cli import allow, deny, policy
+from pilotif.registry.database import DatabaseError
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.services_cli import inbox, publish, received, send, send_file, subscribe
 from pilotif.task_cli import task
@@ -772,6 +774,7 @@ def _format_event(event: dict[str, Any]) -> str:
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option("--metrics", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@database_option
 @state_dir_option
 @click.pass_context
 def registry(
@@ -782,6 +785,7 @@ def registry(
     expire_after: str,
     log_format: str,
     metrics: str | None,
+    database: str | None,
     state_dir: Path,
 ) -> None:
     """Run the registry (rendezvous, trust, relay) in the foreground; no root needed.
@@ -800,12 +804,14 @@ def registry(
     except DurationError as error:
         raise CliError(f"--expire-after: {error}", "bad_input") from None
     metrics_at = _host_port("--metrics", metrics) if metrics is not None else None
-    options = RegistryOptions(net, require_join_key, expire_after_s)
+    options = RegistryOptions(net, require_join_key, expire_after_s, database)
     setup_logging(as_json=log_format == "json")
     try:
         run_registry(listen_at, state_dir.absolute(), options, log_format, metrics_at)
     except StateFileError as error:
         raise CliError(str(error), "bad_state") from None
+    except DatabaseError as error:
+        raise CliError(str(error), "no_database") from None
     except OSError as error:
         raise CliError(f"cannot listen on {listen}: {error.strerror or error}") from None
 

@@ -12,6 +12,7 @@ import click
 
 from pilotif.control import ControlError, request
 from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
+from pilotif.registry.database import is_postgresql
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -108,3 +109,21 @@ def text_or_file(text: str | None, text_file: Path | None) -> str:
         return sys.stdin.read() if str(text_file) == "-" else text_file.read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise CliError(f"--file: cannot read {text_file}: {error}", "bad_input") from None
+
+
+def _database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not is_postgresql(value):
+        raise click.BadParameter(
+            "give a postgresql://USER@HOST[:PORT]/NAME URL (without it the registry uses"
+            " SQLite in its state dir)"
+        )
+    return value
+
+
+database_option = click.option(
+    "--database",
+    metavar="URL",
+    callback=_database_url,
+    help="A PostgreSQL database (postgresql://USER@HOST/NAME) instead of SQLite in the"
+    " state dir; registry replicas share one.",
+)

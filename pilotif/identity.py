@@ -101,11 +101,19 @@ def append_private_file(path: Path) -> BinaryIO:
 
 def load_or_create_key(path: Path) -> bytes:
     """The private key stored at `path`, created there on first use."""
-    text = read_state_file(path)
-    if text is None:
+    key = load_key(path)
+    if key is None:
         key = generate_private_key()
         write_private_file(path, encode_key(key) + "\n")
-        return key
+    return key
+
+
+def load_key(path: Path) -> bytes | None:
+    """The private key stored at `path` (None: no file); StateFileError if the file
+    holds something else."""
+    text = read_state_file(path)
+    if text is None:
+        return None
     try:
         return decode_key(text)
     except InvalidKeyError:

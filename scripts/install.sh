@@ -3,14 +3,14 @@
 #
 #   ./scripts/install.sh demo    what the demo needs: the namespace lab's tools, and pilotif
 #   ./scripts/install.sh test    (the default) all the tests need too: wireguard-go, iperf3,
-#                                docker, debootstrap, systemd, ... and the test tools
+#                                docker, debootstrap, systemd, postgresql, ... and the test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE="${1:-test}"
 DEMO_PACKAGES=(iproute2 iputils-ping nftables)
 TEST_PACKAGES=(
     "${DEMO_PACKAGES[@]}" wireguard-go wireguard-tools iperf3 tcpdump ethtool conntrack
-    docker.io docker-compose debootstrap systemd
+    docker.io docker-compose debootstrap systemd postgresql
 )
 case "$PROFILE" in
 demo)

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any, Final, cast
 
 from pilotif.counter_lease import CounterLease
-from pilotif.identity import load_or_create_key
+from pilotif.identity import load_key, load_or_create_key
 from pilotif.keys import encode_key
 from pilotif.logs import log_event, setup_logging
 from pilotif.observe.metrics import RegistryCollector, RegistrySample, start_metrics_server
+from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.events import Endpoint
 from pilotif.paths import StatePaths
+from pilotif.registry.database import DatabaseError, without_password
 from pilotif.registry.server import DEFAULT_EXPIRE_AFTER_S, TRAFFIC_COUNTERS, RegistryCore
 from pilotif.registry.store import DB_FILE_NAME, Store
 from pilotif.registry.wire import format_endpoint
@@ -144,12 +146,38 @@ async def _write_now_and_then(core: RegistryCore) -> None:
 
 @dataclass(frozen=True)
 class RegistryOptions:
-    """How `pilotif registry` runs: its address range, whether it is closed, and when
-    it forgets nodes."""
+    """How `pilotif registry` runs: its address range, whether it is closed, when it
+    forgets nodes, and its database (None: SQLite in the state dir)."""
 
     network: IPv4Network
     require_join_key: bool = False
     expire_after_s: float = DEFAULT_EXPIRE_AFTER_S
+    database: str | None = None
+
+
+def _open_store(state_dir: Path, options: RegistryOptions) -> tuple[Store, bytes]:
+    """The store and the registry's private key. With a PostgreSQL database the key is
+    the database's; a `registry.key` in the state dir must then be the same key (it is
+    stored there by the first replica that has one). DatabaseError or StateFileError,
+    with nothing written, otherwise."""
+    key_path = state_dir / REGISTRY_KEY_FILE
+    if options.database is None:
+        private_key = load_or_create_key(key_path)
+        return Store(state_dir / DB_FILE_NAME, options.network), private_key
+    local = load_key(key_path)
+    store = Store(options.database, options.network)
+    try:
+        private_key = store.identity(local or generate_private_key(), time.time())
+        if local is not None and local != private_key:
+            raise DatabaseError(
+                f"{key_path} holds another key than the database's registry identity:"
+                " every replica must have the same key (move the file away to use the"
+                " database's)"
+            )
+    except BaseException:
+        store.close()
+        raise
+    return store, private_key
 
 
 def run_registry(
@@ -162,14 +190,15 @@ def run_registry(
     """Run the registry in the foreground until SIGTERM or SIGINT.
 
     Its key is `state_dir/registry.key` (created on first run) and its database
-    `state_dir/registry.db`; nothing is written elsewhere. Logs go where setup_logging
-    points (stderr), starting with the registry's public key. With `metrics` (HOST, PORT)
-    it also serves Prometheus metrics at http://HOST:PORT/metrics.
+    `state_dir/registry.db`; with `options.database` (a PostgreSQL URL) both are in that
+    database instead (the first replica stores its key there, the others load it). The
+    state dir holds the counter lease either way; nothing is written elsewhere. Logs go
+    where setup_logging points (stderr), starting with the registry's public key. With
+    `metrics` (HOST, PORT) it also serves Prometheus metrics at http://HOST:PORT/metrics.
     """
     setup_logging(as_json=log_format == "json")
     StatePaths(state_dir).create()
-    private_key = load_or_create_key(state_dir / REGISTRY_KEY_FILE)
-    store = Store(state_dir / DB_FILE_NAME, options.network)
+    store, private_key = _open_store(state_dir, options)
     lease = CounterLease(state_dir / COUNTER_FILE)
     core = RegistryCore(
         private_key,
@@ -186,6 +215,7 @@ def run_registry(
         closed=options.require_join_key,
         expire_after_s=options.expire_after_s,
         state_dir=str(state_dir),
+        database=without_password(options.database) if options.database else DB_FILE_NAME,
         hint="nodes pin this key on first contact, or pass it as --registry-key",
     )
     try:

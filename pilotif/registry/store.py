@@ -8,8 +8,6 @@ text), so a PostgreSQL backend could later serve several registry replicas.
 
 import contextlib
 import json
-import os
-import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
@@ -17,12 +15,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from pilotif.identity import ipv6_for_key
+from pilotif.registry.database import Cursor, Executor, open_database
 from pilotif.registry.joinkey import new_join_key, secret_matches
+from pilotif.registry.schema import migrate
 
 TrustState = Literal["none", "pending", "trusted"]
 
 DB_FILE_NAME: Final = "registry.db"
-_DB_FILE_MODE: Final = 0o600
 _OCTET_MASK: Final = 0xFF
 _RESERVED_LAST_OCTETS: Final = (0x00, 0xFF)
 MAX_PENDING_PER_TARGET: Final = 100
@@ -30,75 +29,10 @@ MAX_PENDING_PER_TARGET: Final = 100
 MAX_PENDING_PER_REQUESTER: Final = 50
 """Unanswered trust requests one node may have out; a newer one expires its oldest."""
 
-_SCHEMA: Final = (
-    """
-    CREATE TABLE IF NOT EXISTS nodes (
-        public_key BLOB PRIMARY KEY,
-        hostname TEXT NOT NULL UNIQUE,
-        ipv4 BIGINT NOT NULL UNIQUE,
-        ipv6 TEXT NOT NULL UNIQUE,
-        tags TEXT NOT NULL,
-        highest_counter BIGINT NOT NULL,
-        endpoint TEXT,
-        lan_endpoints TEXT NOT NULL,
-        last_seen REAL,
-        created REAL NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS trust_requests (
-        from_key BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
-        to_key BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
-        message TEXT NOT NULL,
-        created REAL NOT NULL,
-        PRIMARY KEY (from_key, to_key)
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS trust_requests_to ON trust_requests (to_key)",
-    """
-    CREATE TABLE IF NOT EXISTS trusts (
-        key_a BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
-        key_b BLOB NOT NULL REFERENCES nodes (public_key) ON DELETE CASCADE,
-        created REAL NOT NULL,
-        PRIMARY KEY (key_a, key_b),
-        CHECK (key_a < key_b)
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS trusts_b ON trusts (key_b)",
-    """
-    CREATE TABLE IF NOT EXISTS networks (
-        name TEXT PRIMARY KEY,
-        closed INTEGER NOT NULL,
-        created REAL NOT NULL
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS join_keys (
-        id TEXT PRIMARY KEY,
-        digest BLOB NOT NULL,
-        network TEXT REFERENCES networks (name),
-        tags TEXT NOT NULL,
-        reusable INTEGER NOT NULL,
-        expires REAL,
-        uses INTEGER NOT NULL,
-        revoked INTEGER NOT NULL,
-        created REAL NOT NULL
-    )
-    """,
-)
-_ADDED_NODE_COLUMNS: Final = (
-    ("network", "TEXT"),
-    ("granted_tags", "TEXT NOT NULL DEFAULT '[]'"),
-    ("join_key", "TEXT"),
-    ("session", "BIGINT"),
-)
-"""Columns later versions added to `nodes` (added to an older database at open)."""
 _NOT_IN_A_NETWORK: Final = (None, "[]", None)
-"""The added columns of a node that joined without a key."""
-_INDEXES_OF_ADDED_COLUMNS: Final = (
-    "CREATE INDEX IF NOT EXISTS nodes_network ON nodes (network)",
-    "CREATE INDEX IF NOT EXISTS nodes_last_seen ON nodes (last_seen)",
-)
+"""The network, granted tags and join key of a node that joined without a key."""
+_NO_LIMIT: Final = 2**62
+"""LIMIT for "every row" (SQLite's -1 is not SQL that PostgreSQL takes)."""
 _NODE_FIELDS: Final = (
     "public_key",
     "hostname",
@@ -235,48 +169,48 @@ class TrustOutcome:
 class Store:
     """The registry database; one instance per process, used from one thread."""
 
-    def __init__(self, path: Path, network: IPv4Network) -> None:
+    def __init__(self, location: str | Path, network: IPv4Network) -> None:
+        """Open (creating and migrating it if need be) the SQLite file at `location`, or
+        the PostgreSQL database its `postgresql://` URL names; DatabaseError if that
+        fails."""
         self.network = network
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_CREAT | os.O_RDWR, _DB_FILE_MODE))
         self._seen_pending: dict[bytes, tuple[str, str, float, int | None]] = {}
         """Heartbeats not written yet: endpoint, LAN endpoints (JSON), time, session."""
         self._counter_pending: dict[bytes, int] = {}
         """Counter floors not written yet."""
-        self._db = sqlite3.connect(path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db = open_database(location)
+        try:
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def identity(self, proposed: bytes, now: float) -> bytes:
+        """The registry's private key kept in the database (replicas share it): the one
+        there, or `proposed`, stored now if there is none."""
         with self._transaction() as cursor:
-            for statement in _SCHEMA:
-                cursor.execute(statement)
-            columns = {row[1] for row in cursor.execute("PRAGMA table_info(nodes)")}
-            for name, definition in _ADDED_NODE_COLUMNS:
-                if name not in columns:
-                    cursor.execute(f"ALTER TABLE nodes ADD COLUMN {name} {definition}")
-            for statement in _INDEXES_OF_ADDED_COLUMNS:
-                cursor.execute(statement)
+            cursor.execute(
+                "INSERT INTO registry_identity (id, private_key, created) VALUES (1, ?, ?)"
+                " ON CONFLICT (id) DO NOTHING",
+                (proposed, now),
+            )
+            row = cursor.execute("SELECT private_key FROM registry_identity").fetchone()
+        return bytes(row[0])
 
     def close(self) -> None:
-        """Write what is pending and close the database file."""
+        """Write what is pending and close the database."""
         self.flush()
         self._db.close()
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
+    def _transaction(self) -> Iterator[Cursor]:
         """One transaction, which writes the pending heartbeats first (they stay pending
         if it rolls back)."""
-        cursor = self._db.cursor()
-        cursor.execute("BEGIN")
-        try:
+        with self._db.transaction() as cursor:
             pending = self.unwritten > 0
             if pending:
                 self._write_pending(cursor)
             yield cursor
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        cursor.execute("COMMIT")
         if pending:
             self._seen_pending.clear()
             self._counter_pending.clear()
@@ -344,7 +278,7 @@ class Store:
 
     @staticmethod
     def _redeem(
-        cursor: sqlite3.Cursor,
+        cursor: Cursor,
         public_key: bytes,
         join_key: tuple[str, str],
         existing: NodeRecord | None,
@@ -375,7 +309,7 @@ class Store:
         if not again:
             cursor.execute("UPDATE join_keys SET uses = uses + 1 WHERE id = ?", (key_id,))
 
-    def _free_address(self, cursor: sqlite3.Cursor) -> int:
+    def _free_address(self, cursor: Cursor) -> int:
         """The address after the highest one taken (one index lookup, whatever the number
         of nodes); once the top of the network is reached, the lowest gap that expired
         nodes left (a walk over the taken addresses, which happens only then)."""
@@ -389,7 +323,7 @@ class Store:
             return candidate
         return self._lowest_gap(cursor, first, last)
 
-    def _lowest_gap(self, cursor: sqlite3.Cursor, first: int, last: int) -> int:
+    def _lowest_gap(self, cursor: Cursor, first: int, last: int) -> int:
         used = cursor.execute(
             "SELECT ipv4 FROM nodes WHERE ipv4 >= ? AND ipv4 <= ? ORDER BY ipv4", (first, last)
         )
@@ -456,7 +390,7 @@ class Store:
             with self._transaction():
                 pass
 
-    def _write_pending(self, cursor: sqlite3.Cursor) -> None:
+    def _write_pending(self, cursor: Cursor) -> None:
         cursor.executemany(
             "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?"
             " WHERE public_key = ?",
@@ -469,19 +403,19 @@ class Store:
 
     def node_by_key(self, public_key: bytes) -> NodeRecord | None:
         """The node with this key."""
-        return self._node(self._db.cursor(), "public_key = ?", public_key)
+        return self._node(self._db, "public_key = ?", public_key)
 
     def node_by_hostname(self, hostname: str) -> NodeRecord | None:
         """The node with this (normalized) hostname."""
-        return self._node(self._db.cursor(), "hostname = ?", hostname)
+        return self._node(self._db, "hostname = ?", hostname)
 
     def node_by_ipv4(self, address: IPv4Address) -> NodeRecord | None:
         """The node with this IPv4 address."""
-        return self._node(self._db.cursor(), "ipv4 = ?", int(address))
+        return self._node(self._db, "ipv4 = ?", int(address))
 
     def node_by_ipv6(self, address: IPv6Address) -> NodeRecord | None:
         """The node with this IPv6 address."""
-        return self._node(self._db.cursor(), "ipv6 = ?", str(address))
+        return self._node(self._db, "ipv6 = ?", str(address))
 
     def nodes_with_tag(self, tag: str, limit: int, offset: int = 0) -> list[NodeRecord]:
         """Up to `limit` nodes carrying the tag (their own or granted), by hostname,
@@ -493,7 +427,7 @@ class Store:
         rows = self._db.execute(
             f"SELECT {_NODE_COLUMNS} FROM nodes WHERE tags LIKE ? OR granted_tags LIKE ?"
             " ORDER BY hostname LIMIT ? OFFSET ?",
-            (f'%"{tag}"%', f'%"{tag}"%', limit, offset),
+            (f'%"{tag}"%', f'%"{tag}"%', _rows(limit), offset),
         )
         return [self._record(row) for row in rows]
 
@@ -510,7 +444,7 @@ class Store:
             for key, endpoint, seen, session in rows
         ]
 
-    def _node(self, cursor: sqlite3.Cursor, where: str, value: object) -> NodeRecord | None:
+    def _node(self, cursor: Executor, where: str, value: object) -> NodeRecord | None:
         row = cursor.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE {where}", (value,))
         found = row.fetchone()
         return None if found is None else self._record(found)
@@ -536,7 +470,7 @@ class Store:
         """Every node, by hostname (`limit` of them from `offset`)."""
         rows = self._db.execute(
             f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY hostname LIMIT ? OFFSET ?",
-            (limit, offset),
+            (_rows(limit), offset),
         )
         return [self._record(row) for row in rows]
 
@@ -618,7 +552,7 @@ class Store:
 
     def closed_networks(self) -> set[str]:
         """The names of the closed networks (without counting anyone's members)."""
-        return {name for (name,) in self._db.execute("SELECT name FROM networks WHERE closed")}
+        return {name for (name,) in self._db.execute("SELECT name FROM networks WHERE closed <> 0")}
 
     def create_join_key(
         self,
@@ -746,7 +680,7 @@ class Store:
 
     def is_trusted(self, key: bytes, other: bytes) -> bool:
         """Whether the two nodes trust each other."""
-        return self._trusted(self._db.cursor(), key, other)
+        return self._trusted(self._db, key, other)
 
     def trusted(self, key: bytes, limit: int = -1, offset: int = 0) -> list[NodeRecord]:
         """The nodes that `key` trusts, by hostname (`limit` of them from `offset`)."""
@@ -755,7 +689,7 @@ class Store:
             " SELECT key_b FROM trusts WHERE key_a = ?"
             " UNION SELECT key_a FROM trusts WHERE key_b = ?) ORDER BY hostname"
             " LIMIT ? OFFSET ?",
-            (key, key, limit, offset),
+            (key, key, _rows(limit), offset),
         )
         return [self._record(row) for row in rows]
 
@@ -767,7 +701,7 @@ class Store:
             f"SELECT {_N_NODE_COLUMNS}, r.message FROM nodes n"
             " JOIN trust_requests r ON r.from_key = n.public_key"
             " WHERE r.to_key = ? ORDER BY r.created, n.hostname LIMIT ? OFFSET ?",
-            (key, limit, offset),
+            (key, _rows(limit), offset),
         )
         return [(self._record(row[:-1]), str(row[-1])) for row in rows]
 
@@ -777,7 +711,7 @@ class Store:
             f"SELECT {_N_NODE_COLUMNS} FROM nodes n"
             " JOIN trust_requests r ON r.to_key = n.public_key"
             " WHERE r.from_key = ? ORDER BY r.created, n.hostname LIMIT ? OFFSET ?",
-            (key, limit, offset),
+            (key, _rows(limit), offset),
         )
         return [self._record(row) for row in rows]
 
@@ -793,7 +727,7 @@ class Store:
 
     @staticmethod
     def _keep_newest(
-        cursor: sqlite3.Cursor, side: Literal["to_key", "from_key"], key: bytes, cap: int
+        cursor: Cursor, side: Literal["to_key", "from_key"], key: bytes, cap: int
     ) -> None:
         """Expire the oldest requests to (or from) `key` beyond the newest `cap`."""
         other = "from_key" if side == "to_key" else "to_key"
@@ -805,29 +739,34 @@ class Store:
         )
 
     @staticmethod
-    def _require(cursor: sqlite3.Cursor, key: bytes) -> None:
+    def _require(cursor: Cursor, key: bytes) -> None:
         if cursor.execute("SELECT 1 FROM nodes WHERE public_key = ?", (key,)).fetchone() is None:
             raise UnknownNode("no node has this key")
 
     @staticmethod
-    def _trusted(cursor: sqlite3.Cursor, key: bytes, other: bytes) -> bool:
+    def _trusted(cursor: Executor, key: bytes, other: bytes) -> bool:
         a, b = sorted((key, other))
         found = cursor.execute("SELECT 1 FROM trusts WHERE key_a = ? AND key_b = ?", (a, b))
         return found.fetchone() is not None
 
     @classmethod
-    def _establish(cls, cursor: sqlite3.Cursor, key: bytes, other: bytes, now: float) -> None:
+    def _establish(cls, cursor: Cursor, key: bytes, other: bytes, now: float) -> None:
         a, b = sorted((key, other))
         cls._delete_requests(cursor, a, b)
         cursor.execute("INSERT INTO trusts (key_a, key_b, created) VALUES (?, ?, ?)", (a, b, now))
 
     @staticmethod
-    def _delete_requests(cursor: sqlite3.Cursor, a: bytes, b: bytes) -> None:
+    def _delete_requests(cursor: Cursor, a: bytes, b: bytes) -> None:
         cursor.execute(
             "DELETE FROM trust_requests WHERE (from_key = ? AND to_key = ?)"
             " OR (from_key = ? AND to_key = ?)",
             (a, b, b, a),
         )
+
+
+def _rows(limit: int) -> int:
+    """A LIMIT value: `limit`, or every row for a negative one."""
+    return limit if limit >= 0 else _NO_LIMIT
 
 
 def _skip_reserved(address: int) -> int:

@@ -8,13 +8,16 @@ repeats that both ways until neither has anything left to send. Time is a
 float the test advances; nothing sleeps and nothing touches a socket.
 """
 
+import itertools
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
 
 import pytest
 
+from pilotif.lab.postgres import ThrowawayPostgres, throwaway_postgres
 from pilotif.overlay.constants import MESSAGE_TRANSPORT
 from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.device import Device
@@ -227,3 +230,23 @@ def seal(keypair: Keypair, payload: bytes) -> bytes:
     return TRANSPORT_HEADER.pack(
         MESSAGE_TRANSPORT, keypair.remote_index, counter
     ) + keypair.send_aead.encrypt(nonce, payload, None)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[ThrowawayPostgres]:
+    """One throwaway PostgreSQL server for the whole run (Unix socket only)."""
+    with throwaway_postgres() as server:
+        yield server
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_db(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a registry store lives: a SQLite file, or a fresh PostgreSQL database on
+    the throwaway server (every registry store test runs on both)."""
+    if request.param == "sqlite":
+        return tmp_path / "registry.db"
+    server: ThrowawayPostgres = request.getfixturevalue("postgres_server")
+    return server.create_database(f"registry_{next(_databases)}")

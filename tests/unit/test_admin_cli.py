@@ -19,27 +19,30 @@ NETWORK = IPv4Network("100.64.0.0/10")
 
 
 @pytest.fixture
-def state_dir(tmp_path: Path) -> Path:
-    """A registry's state dir with a database holding alpha and beta."""
-    store = Store(tmp_path / DB_FILE_NAME, NETWORK)
+def registry(registry_db: str | Path) -> tuple[str, str]:
+    """How `registry admin` finds a registry's database holding alpha and beta: its
+    state dir (SQLite) or its --database (PostgreSQL)."""
+    store = Store(registry_db, NETWORK)
     for name in ("alpha", "beta"):
         store.register(public_key(generate_private_key()), name, ("own",), time.time())
     store.close()
-    return tmp_path
+    if isinstance(registry_db, Path):
+        return ("--state-dir", str(registry_db.parent))
+    return ("--database", registry_db)
 
 
-def admin(state_dir: Path, *args: str) -> Any:
-    result = pilotif("registry", "admin", "--state-dir", str(state_dir), *args, "--json")
+def admin(registry: tuple[str, str], *args: str) -> Any:
+    result = pilotif("registry", "admin", *registry, *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 def test_a_key_is_created_listed_and_revoked_and_its_secret_is_never_listed(
-    state_dir: Path,
+    registry: tuple[str, str],
 ) -> None:
-    admin(state_dir, "network", "create", "fleet", "--closed")
+    admin(registry, "network", "create", "fleet", "--closed")
     created = admin(
-        state_dir,
+        registry,
         "key",
         "create",
         "--tags",
@@ -57,12 +60,12 @@ def test_a_key_is_created_listed_and_revoked_and_its_secret_is_never_listed(
         True,
     )
     assert created["expires"] == pytest.approx(time.time() + 7 * 86_400, abs=60)
-    listed = admin(state_dir, "key", "list")
+    listed = admin(registry, "key", "list")
     assert [k["id"] for k in listed] == [created["id"]]
     assert created["key"] not in json.dumps(listed)
-    assert admin(state_dir, "key", "revoke", created["id"])["revoked"] is True
-    assert admin(state_dir, "key", "list")[0]["revoked"] is True
-    assert admin(state_dir, "network", "list") == [
+    assert admin(registry, "key", "revoke", created["id"])["revoked"] is True
+    assert admin(registry, "key", "list")[0]["revoked"] is True
+    assert admin(registry, "network", "list") == [
         {
             "name": "fleet",
             "closed": True,
@@ -72,19 +75,19 @@ def test_a_key_is_created_listed_and_revoked_and_its_secret_is_never_listed(
     ]
 
 
-def test_the_text_form_prints_the_key_alone(state_dir: Path) -> None:
-    result = pilotif("registry", "admin", "--state-dir", str(state_dir), "key", "create")
+def test_the_text_form_prints_the_key_alone(registry: tuple[str, str]) -> None:
+    result = pilotif("registry", "admin", *registry, "key", "create")
     assert result.returncode == 0
     assert parse_join_key(result.stdout.strip()) is not None
 
 
-def test_nodes_are_listed_renamed_tagged_and_removed(state_dir: Path) -> None:
-    assert [n["hostname"] for n in admin(state_dir, "node", "list")] == ["alpha", "beta"]
-    assert admin(state_dir, "tag", "grant", "alpha", "team")["granted_tags"] == ["team"]
-    assert admin(state_dir, "node", "rename", "alpha", "alpha-2")["hostname"] == "alpha-2"
-    assert admin(state_dir, "tag", "revoke", "alpha-2", "team")["granted_tags"] == []
-    admin(state_dir, "node", "remove", "beta")
-    assert [n["hostname"] for n in admin(state_dir, "node", "list")] == ["alpha-2"]
+def test_nodes_are_listed_renamed_tagged_and_removed(registry: tuple[str, str]) -> None:
+    assert [n["hostname"] for n in admin(registry, "node", "list")] == ["alpha", "beta"]
+    assert admin(registry, "tag", "grant", "alpha", "team")["granted_tags"] == ["team"]
+    assert admin(registry, "node", "rename", "alpha", "alpha-2")["hostname"] == "alpha-2"
+    assert admin(registry, "tag", "revoke", "alpha-2", "team")["granted_tags"] == []
+    admin(registry, "node", "remove", "beta")
+    assert [n["hostname"] for n in admin(registry, "node", "list")] == ["alpha-2"]
 
 
 @pytest.mark.parametrize(
@@ -102,20 +105,16 @@ def test_nodes_are_listed_renamed_tagged_and_removed(state_dir: Path) -> None:
     ],
 )
 def test_bad_input_is_one_line_and_changes_nothing(
-    state_dir: Path, args: tuple[str, ...], words: tuple[str, ...]
+    registry: tuple[str, str], args: tuple[str, ...], words: tuple[str, ...]
 ) -> None:
-    before = admin(state_dir, "node", "list"), admin(state_dir, "key", "list")
-    assert_one_line_error(
-        pilotif("registry", "admin", "--state-dir", str(state_dir), *args), *words
-    )
-    assert (admin(state_dir, "node", "list"), admin(state_dir, "key", "list")) == before
+    before = admin(registry, "node", "list"), admin(registry, "key", "list")
+    assert_one_line_error(pilotif("registry", "admin", *registry, *args), *words)
+    assert (admin(registry, "node", "list"), admin(registry, "key", "list")) == before
 
 
-def test_an_existing_network_is_refused(state_dir: Path) -> None:
-    admin(state_dir, "network", "create", "fleet")
-    result = pilotif(
-        "registry", "admin", "--state-dir", str(state_dir), "network", "create", "fleet", "--json"
-    )
+def test_an_existing_network_is_refused(registry: tuple[str, str]) -> None:
+    admin(registry, "network", "create", "fleet")
+    result = pilotif("registry", "admin", *registry, "network", "create", "fleet", "--json")
     assert result.returncode != 0
     assert json.loads(result.stdout)["code"] == "network_exists"
 
@@ -149,6 +148,15 @@ def test_up_refuses_a_bad_join_key_or_policy(
         str(tmp_path / "s"),
     )
     assert_one_line_error(result, *words)
+
+
+def test_admin_needs_a_state_dir_or_a_database_and_only_a_postgresql_url(
+    tmp_path: Path,
+) -> None:
+    assert_one_line_error(pilotif("registry", "admin", "key", "list"), "--database")
+    assert_one_line_error(
+        pilotif("registry", "admin", "--database", "mysql://x/y", "key", "list"), "postgresql://"
+    )
 
 
 def test_registry_refuses_a_bad_expiry(tmp_path: Path) -> None:

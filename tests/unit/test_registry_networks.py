@@ -8,16 +8,17 @@ from typing import Any
 
 import pytest
 
+from pilotif.registry.schema import SCHEMA_VERSION
 from pilotif.registry.server import NEW_NODES_BURST, RegistryCore
 from pilotif.registry.store import Store
-from tests.unit.test_registry_server import START, FakeNode, World, trust
+from tests.unit.test_registry_server import NETWORK, START, FakeNode, World, trust
 
 DAY_S = 86_400.0
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    built = World(tmp_path)
+def world(registry_db: str | Path) -> Iterator[World]:
+    built = World(registry_db)
     yield built
     built.store.close()
 
@@ -191,12 +192,21 @@ def test_a_renamed_node_is_pushed_to_its_peers(world: World) -> None:
     ]
 
 
-def test_an_older_database_gets_the_new_columns(tmp_path: Path) -> None:
+def test_a_database_from_before_networks_and_schema_versions_is_migrated(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "registry.db"
-    old = Store(path, World(tmp_path / "x").store.network)
-    old._db.execute("DROP INDEX nodes_network")
-    old._db.execute("ALTER TABLE nodes DROP COLUMN network")
+    old = Store(path, NETWORK)
+    for statement in (
+        "DROP INDEX nodes_network",
+        "ALTER TABLE nodes DROP COLUMN network",
+        "DROP TABLE schema_version",
+        "DROP TABLE registry_identity",
+    ):
+        old._db.execute(statement)
     old.close()
     reopened = Store(path, old.network)
     assert reopened.nodes() == []
+    row = reopened._db.execute("SELECT version FROM schema_version").fetchone()
+    assert row is not None and row[0] == SCHEMA_VERSION
     reopened.close()

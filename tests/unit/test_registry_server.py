@@ -102,16 +102,17 @@ def remac(node: FakeNode, datagram: bytes, now: float) -> bytes:
 
 
 class World:
-    """A registry core on a database in tmp_path, fake nodes, and their inboxes."""
+    """A registry core on a database (SQLite or PostgreSQL), fake nodes, and their
+    inboxes."""
 
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
+    def __init__(self, location: str | Path) -> None:
+        self.location = location
         self.private_key = generate_private_key()
         self.now = START
         self.inbox: dict[Endpoint, list[bytes]] = {}
         self._hosts = itertools.count(1)
         self.nodes: dict[Endpoint, FakeNode] = {}
-        self.store = Store(state_dir / "registry.db", NETWORK)
+        self.store = Store(location, NETWORK)
         self.core = RegistryCore(self.private_key, self.store, first_counter=1)
 
     def restart(self, *, crash: bool = False) -> None:
@@ -120,7 +121,7 @@ class World:
         if not crash:
             self.core.save()
         self.store.close()
-        self.store = Store(self.state_dir / "registry.db", NETWORK)
+        self.store = Store(self.location, NETWORK)
         self.core = RegistryCore(self.private_key, self.store, first_counter=self.core.counter)
 
     def new_node(self) -> FakeNode:
@@ -184,8 +185,8 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    built = World(tmp_path)
+def world(registry_db: str | Path) -> Iterator[World]:
+    built = World(registry_db)
     yield built
     built.store.close()
 

@@ -1,7 +1,6 @@
 """The registry database: addresses, names, tags, trust, and everything after a reopen."""
 
 import contextlib
-import sqlite3
 import stat
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
@@ -11,6 +10,8 @@ import pytest
 
 from pilotif.identity import ipv6_for_key
 from pilotif.overlay.crypto import generate_private_key, public_key
+from pilotif.registry.database import DatabaseError
+from pilotif.registry.schema import SCHEMA_VERSION
 from pilotif.registry.store import (
     NameTaken,
     NetworkFull,
@@ -29,8 +30,8 @@ def new_key() -> bytes:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store(tmp_path / "registry.db", NETWORK)
+def store(registry_db: str | Path) -> Iterator[Store]:
+    opened = Store(registry_db, NETWORK)
     yield opened
     opened.close()
 
@@ -57,8 +58,8 @@ def test_the_first_nodes_get_the_lowest_addresses(store: Store) -> None:
     assert second.ipv4 == IPv4Address("100.64.0.2")
 
 
-def test_addresses_skip_dot_zero_and_dot_255(tmp_path: Path) -> None:
-    store = Store(tmp_path / "registry.db", IPv4Network("10.9.0.0/23"))
+def test_addresses_skip_dot_zero_and_dot_255(registry_db: str | Path) -> None:
+    store = Store(registry_db, IPv4Network("10.9.0.0/23"))
     addresses = [store.register(new_key(), f"n{i}", (), NOW)[0].ipv4 for i in range(256)]
     assert IPv4Address("10.9.0.255") not in addresses
     assert IPv4Address("10.9.1.0") not in addresses
@@ -67,8 +68,8 @@ def test_addresses_skip_dot_zero_and_dot_255(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_full_network_refuses_new_nodes(tmp_path: Path) -> None:
-    store = Store(tmp_path / "registry.db", IPv4Network("10.9.0.0/30"))
+def test_a_full_network_refuses_new_nodes(registry_db: str | Path) -> None:
+    store = Store(registry_db, IPv4Network("10.9.0.0/30"))
     assert [store.register(new_key(), f"n{i}", (), NOW)[0].ipv4 for i in range(2)] == [
         IPv4Address("10.9.0.1"),
         IPv4Address("10.9.0.2"),
@@ -152,14 +153,15 @@ def test_touch_only_raises_last_seen(store: Store, alice: bytes, bob: bytes) -> 
     assert [(r.last_seen if r else None) for r in seen.values()] == [NOW + 10, NOW + 7]
 
 
-def _written_endpoints(path: Path) -> dict[bytes, str | None]:
-    """The endpoints in the file, read by another connection (as `registry admin` does)."""
-    with contextlib.closing(sqlite3.connect(path)) as other:
-        return {bytes(k): e for k, e in other.execute("SELECT public_key, endpoint FROM nodes")}
+def _written_endpoints(location: str | Path) -> dict[bytes, str | None]:
+    """The endpoints in the database, read by another connection (as `registry admin`
+    or another replica would)."""
+    with contextlib.closing(Store(location, NETWORK)) as other:
+        return {node.public_key: node.endpoint for node in other.nodes()}
 
 
-def test_heartbeats_are_written_together_and_read_at_once(tmp_path: Path) -> None:
-    path = tmp_path / "registry.db"
+def test_heartbeats_are_written_together_and_read_at_once(registry_db: str | Path) -> None:
+    path = registry_db
     store = Store(path, NETWORK)
     keys = [new_key() for _ in range(3)]
     for number, key in enumerate(keys):
@@ -239,8 +241,8 @@ def test_trust_needs_a_known_other_node(store: Store, alice: bytes) -> None:
         store.request_trust(alice, alice, "", NOW)
 
 
-def test_everything_is_there_after_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "registry.db"
+def test_everything_is_there_after_a_reopen(registry_db: str | Path) -> None:
+    path = registry_db
     store = Store(path, NETWORK)
     alice, bob, carol = new_key(), new_key(), new_key()
     for key, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
@@ -260,15 +262,42 @@ def test_everything_is_there_after_a_reopen(tmp_path: Path) -> None:
     record, new = reopened.register(new_key(), "dave", (), NOW)
     assert new and record.ipv4 == IPv4Address("100.64.0.4")
     reopened.close()
+
+
+def test_the_sqlite_file_is_the_owners_alone(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "registry.db"
+    Store(path, NETWORK).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_a_database_of_a_newer_schema_is_refused_and_left_alone(
+    registry_db: str | Path,
+) -> None:
+    store = Store(registry_db, NETWORK)
+    store.register(new_key(), "alice", (), NOW)
+    with store._transaction() as cursor:
+        cursor.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    store.close()
+    with pytest.raises(DatabaseError, match=f"version {SCHEMA_VERSION + 1}, newer"):
+        Store(registry_db, NETWORK)
+    with pytest.raises(DatabaseError):
+        Store(registry_db, NETWORK)
+
+
+def test_an_unreachable_postgresql_server_is_one_clear_error(tmp_path: Path) -> None:
+    url = f"postgresql://pilotif:secret@/registry?host={tmp_path}&port=1"
+    with pytest.raises(DatabaseError, match="cannot reach the database") as refused:
+        Store(url, NETWORK)
+    assert "secret" not in str(refused.value)
 
 
 def test_a_freed_address_is_taken_again_once_the_top_of_the_network_is_reached(
-    tmp_path: Path,
+    registry_db: str | Path,
 ) -> None:
     """New nodes take the address after the highest one (an index lookup, not a walk
     over every node); the gaps that removed nodes leave are filled once the top is full."""
-    store = Store(tmp_path / "registry.db", IPv4Network("10.9.0.0/29"))
+    store = Store(registry_db, IPv4Network("10.9.0.0/29"))
     names = [f"n{i}" for i in range(6)]
     for name in names[:3]:
         store.register(new_key(), name, (), NOW)

@@ -1,0 +1,199 @@
+"""The two databases the registry's store runs on: a SQLite file (the default) and a
+PostgreSQL server (`--database postgresql://...`, for several replicas).
+
+Both take the same SQL, written with `?` placeholders and the types of
+`COLUMN_TYPES`; a `Database` translates what differs (placeholders, type names, how
+a write transaction excludes other writers, how columns are listed). Every write
+transaction is exclusive: SQLite's `BEGIN IMMEDIATE`, and on PostgreSQL an advisory
+lock that every replica takes, so that replicas allocate addresses and names one
+after another as one process does.
+"""
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+POSTGRESQL_SCHEMES: Final = ("postgresql://", "postgres://")
+_DB_FILE_MODE: Final = 0o600
+_WRITE_LOCK: Final = 0x70696C6F74
+"""The PostgreSQL advisory lock every write transaction holds ("pilot")."""
+_CONNECT_TIMEOUT_S: Final = 5
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened or used: one line that says why and what to do."""
+
+
+class Cursor(Protocol):
+    """What the store needs of a cursor (sqlite3's and psycopg's both fit)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> "Cursor": ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Executor(Protocol):
+    """Anything that runs a statement: a cursor in a transaction, or the database."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Cursor: ...
+
+
+class Database(Protocol):
+    """A connection the store reads through and writes in transactions."""
+
+    types: dict[str, str]
+    """The engine's name for each type of COLUMN_TYPES."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
+        """Run one statement outside a transaction (reads)."""
+        ...
+
+    def transaction(self) -> contextlib.AbstractContextManager[Cursor]:
+        """One write transaction that no other writer runs beside."""
+        ...
+
+    def columns(self, cursor: Cursor, table: str) -> set[str]:
+        """The column names of `table`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+COLUMN_TYPES: Final = ("bytes", "float")
+"""Types spelled `{bytes}` and `{float}` in the schema: BLOB/BYTEA, REAL/DOUBLE PRECISION."""
+
+
+def is_postgresql(location: str | Path) -> bool:
+    """Whether `location` names a PostgreSQL server rather than a SQLite file."""
+    return isinstance(location, str) and location.startswith(POSTGRESQL_SCHEMES)
+
+
+def open_database(location: str | Path) -> Database:
+    """The SQLite file at `location`, or the PostgreSQL database its URL names."""
+    if isinstance(location, str) and is_postgresql(location):
+        return PostgresDatabase(location)
+    return SqliteDatabase(Path(location))
+
+
+class SqliteDatabase:
+    """A SQLite file (WAL, so that `registry admin` reads while the registry runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.types = {"bytes": "BLOB", "float": "REAL"}
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, _DB_FILE_MODE))
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
+        return self._db.execute(sql, parameters)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        cursor = self._db.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            yield cursor
+        except BaseException:
+            cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+
+    def columns(self, cursor: Cursor, table: str) -> set[str]:
+        return {row[1] for row in cursor.execute(f"PRAGMA table_info({table})")}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _PostgresCursor:
+    """A psycopg cursor that takes the store's `?` placeholders."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> "_PostgresCursor":
+        self._cursor.execute(_placeholders(sql), parameters)
+        return self
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> None:
+        rows = list(parameters)
+        if rows:
+            self._cursor.executemany(_placeholders(sql), rows)
+
+    @property
+    def rowcount(self) -> int:
+        return int(self._cursor.rowcount)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._cursor)
+
+
+def _placeholders(sql: str) -> str:
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresDatabase:
+    """A database on a PostgreSQL server, through psycopg 3."""
+
+    def __init__(self, url: str) -> None:
+        self.types = {"bytes": "BYTEA", "float": "DOUBLE PRECISION"}
+        try:
+            import psycopg
+        except ImportError:
+            raise DatabaseError(
+                "PostgreSQL needs psycopg: pip install 'pilotif[postgresql]'"
+            ) from None
+        self._errors = psycopg.Error
+        try:
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+        except psycopg.Error as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise DatabaseError(
+                f"cannot reach the database {without_password(url)}: {first_line}"
+            ) from None
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
+        return _PostgresCursor(self._db.cursor()).execute(sql, parameters)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Cursor]:
+        with self._db.transaction():
+            cursor = _PostgresCursor(self._db.cursor())
+            cursor.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+            yield cursor
+
+    def columns(self, cursor: Cursor, table: str) -> set[str]:
+        rows = cursor.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+        return {str(name) for (name,) in rows}
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def without_password(url: str) -> str:
+    """The URL as it may be logged: `user:secret@` loses the secret."""
+    scheme, _, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"

@@ -1,0 +1,70 @@
+"""The registry on PostgreSQL as an operator meets it: replicas that share one identity
+kept in the database, a replica with another key refused, and one clear line for a
+database that cannot be used (the store itself is tested on both engines elsewhere)."""
+
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from pilotif.identity import write_private_file
+from pilotif.keys import encode_key
+from pilotif.lab.postgres import ThrowawayPostgres
+from pilotif.overlay.crypto import generate_private_key
+from pilotif.registry.database import DatabaseError
+from pilotif.registry.service import REGISTRY_KEY_FILE, RegistryOptions, _open_store
+from tests.unit.test_cli import assert_one_line_error, pilotif
+
+NETWORK = IPv4Network("100.64.0.0/10")
+
+
+@pytest.fixture
+def database(postgres_server: ThrowawayPostgres, request: pytest.FixtureRequest) -> str:
+    return postgres_server.create_database(f"identity_{request.node.name[-40:].lower()}")
+
+
+def _replica(state_dir: Path, database: str) -> bytes:
+    store, key = _open_store(state_dir, RegistryOptions(NETWORK, database=database))
+    store.close()
+    return key
+
+
+def test_the_first_replica_creates_the_identity_and_the_others_load_it(
+    tmp_path: Path, database: str
+) -> None:
+    first = _replica(tmp_path / "a", database)
+    assert _replica(tmp_path / "b", database) == first
+    assert _replica(tmp_path / "a", database) == first
+    assert not (tmp_path / "b" / REGISTRY_KEY_FILE).exists(), "the key stays in the database"
+
+
+def test_a_registry_moving_to_postgresql_keeps_its_key(tmp_path: Path, database: str) -> None:
+    key = generate_private_key()
+    write_private_file(tmp_path / "a" / REGISTRY_KEY_FILE, encode_key(key) + "\n")
+    assert _replica(tmp_path / "a", database) == key
+    assert _replica(tmp_path / "b", database) == key
+
+
+def test_a_replica_with_another_key_is_refused_and_changes_nothing(
+    tmp_path: Path, database: str
+) -> None:
+    shared = _replica(tmp_path / "a", database)
+    stray = tmp_path / "b" / REGISTRY_KEY_FILE
+    write_private_file(stray, encode_key(generate_private_key()) + "\n")
+    with pytest.raises(DatabaseError, match="another key"):
+        _replica(tmp_path / "b", database)
+    assert _replica(tmp_path / "c", database) == shared
+
+
+def test_an_unreachable_database_is_one_line_at_start(tmp_path: Path) -> None:
+    url = f"postgresql://pilotif@/registry?host={tmp_path}&port=1"
+    result = pilotif(
+        "registry", "--database", url, "--listen", "127.0.0.1:17946", "--state-dir", str(tmp_path)
+    )
+    assert_one_line_error(result, "cannot reach the database")
+    assert not (tmp_path / "registry.db").exists()
+
+
+def test_a_database_that_is_not_postgresql_is_refused_at_once(tmp_path: Path) -> None:
+    result = pilotif("registry", "--database", "sqlite:///x.db", "--state-dir", str(tmp_path))
+    assert_one_line_error(result, "postgresql://")
