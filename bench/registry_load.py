@@ -1,6 +1,6 @@
 """A registry under the load of many nodes, over UDP (issue 13).
 
-    python3 bench/registry_load.py --nodes 100000 [--database URL] [--json]
+    python3 bench/registry_load.py --nodes 100000 [--database URL | --postgresql] [--json]
 
 Starts a real registry (`pilotif registry`, SQLite in a temporary state directory, or
 the PostgreSQL database at URL) on loopback and runs NODES simulated nodes against it,
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from pilotif.keys import decode_key
+from pilotif.lab.postgres import throwaway_postgres
 from pilotif.node.core import REGISTER_INTERVAL_S
 from pilotif.node.registry_link import GaveUp, RegistryLink, Reply
 from pilotif.overlay.crypto import generate_private_key
@@ -366,6 +367,16 @@ def _worker(
 
 
 @contextlib.contextmanager
+def _database(args: argparse.Namespace) -> Iterator[str | None]:
+    """The --database URL, a throwaway PostgreSQL server's (--postgresql), or None."""
+    if not args.postgresql:
+        yield args.database
+        return
+    with throwaway_postgres() as server:
+        yield server.create_database("registry_load")
+
+
+@contextlib.contextmanager
 def _registry(database: str | None) -> Iterator[tuple[subprocess.Popen[bytes], int, bytes]]:
     with tempfile.TemporaryDirectory(prefix="pilotif-load-") as tmp:
         port = _free_port()
@@ -385,7 +396,7 @@ def run(args: argparse.Namespace) -> Results:
     per_process = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1024
     resource.setrlimit(resource.RLIMIT_NOFILE, (per_process + 1024,) * 2)
     results = Results(args.nodes)
-    with _registry(args.database) as (process, port, key):
+    with _database(args) as database, _registry(database) as (process, port, key):
         registry = ("127.0.0.1", port)
         workers: list[tuple[multiprocessing.Process, Connection]] = []
         for first in range(0, args.nodes, per_process):
@@ -449,6 +460,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--database", help="postgresql://... (default: SQLite)")
+    parser.add_argument(
+        "--postgresql", action="store_true", help="on a throwaway PostgreSQL server"
+    )
     parser.add_argument("--heartbeat-s", type=float, default=REGISTER_INTERVAL_S)
     parser.add_argument("--measure-s", type=float, default=60.0)
     parser.add_argument("--window", type=int, default=64, help="registrations in flight")

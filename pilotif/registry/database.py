@@ -66,6 +66,19 @@ class Database(Protocol):
         """The column names of `table`."""
         ...
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Send a notification to whoever listens on `channel`."""
+        ...
+
+    def listen(self, channel: str) -> int | None:
+        """Listen on `channel`; a file descriptor readable when notifications wait (None
+        if this database has no notifications)."""
+        ...
+
+    def notifications(self) -> list[str]:
+        """The payloads received since the last call (never blocks)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -114,6 +127,15 @@ class SqliteDatabase:
     def columns(self, cursor: Cursor, table: str) -> set[str]:
         return {row[1] for row in cursor.execute(f"PRAGMA table_info({table})")}
 
+    def notify(self, channel: str, payload: str) -> None:
+        """One process uses a SQLite file: there are no other replicas to tell."""
+
+    def listen(self, channel: str) -> int | None:
+        return None
+
+    def notifications(self) -> list[str]:
+        return []
+
     def close(self) -> None:
         self._db.close()
 
@@ -154,19 +176,15 @@ class PostgresDatabase:
     def __init__(self, url: str) -> None:
         self.types = {"bytes": "BYTEA", "float": "DOUBLE PRECISION"}
         try:
-            import psycopg
+            import psycopg  # noqa: F401 (a clear error now, not at the first query)
         except ImportError:
             raise DatabaseError(
                 "PostgreSQL needs psycopg: pip install 'pilotif[postgresql]'"
             ) from None
-        self._errors = psycopg.Error
-        try:
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
-        except psycopg.Error as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise DatabaseError(
-                f"cannot reach the database {without_password(url)}: {first_line}"
-            ) from None
+        self._url = url
+        self._db = _connect(url)
+        self._listener: Any = None
+        """A second connection that only listens (notifications arrive between queries)."""
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
         return _PostgresCursor(self._db.cursor()).execute(sql, parameters)
@@ -186,8 +204,36 @@ class PostgresDatabase:
         )
         return {str(name) for (name,) in rows}
 
+    def notify(self, channel: str, payload: str) -> None:
+        self.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
+    def listen(self, channel: str) -> int | None:
+        if self._listener is None:
+            self._listener = _connect(self._url)
+        self._listener.execute(f'LISTEN "{channel}"')
+        return int(self._listener.fileno())
+
+    def notifications(self) -> list[str]:
+        if self._listener is None:
+            return []
+        return [str(n.payload) for n in self._listener.notifies(timeout=0)]
+
     def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
         self._db.close()
+
+
+def _connect(url: str) -> Any:
+    import psycopg
+
+    try:
+        return psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+    except psycopg.Error as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise DatabaseError(
+            f"cannot reach the database {without_password(url)}: {first_line}"
+        ) from None
 
 
 def without_password(url: str) -> str:

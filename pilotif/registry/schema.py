@@ -87,6 +87,14 @@ _IDENTITY_TABLE: Final = """
     )
 """
 """The registry's key, kept in the database that replicas share."""
+_REPLICAS_TABLE: Final = """
+    CREATE TABLE IF NOT EXISTS replicas (
+        name TEXT PRIMARY KEY,
+        alive {float} NOT NULL
+    )
+"""
+"""The registry replicas on this database and when each last said it is alive (a node's
+`replica` column names the one it talks to)."""
 
 
 def _first_tables(db: Database, cursor: Cursor) -> None:
@@ -94,11 +102,17 @@ def _first_tables(db: Database, cursor: Cursor) -> None:
         cursor.execute(statement.format(**db.types))
 
 
-def _networks(db: Database, cursor: Cursor) -> None:
-    columns = db.columns(cursor, "nodes")
-    for name, definition in _NETWORK_COLUMNS:
-        if name not in columns:
+def _add_node_columns(db: Database, cursor: Cursor, columns: tuple[tuple[str, str], ...]) -> None:
+    """Add the columns `nodes` lacks (a database from before schema versions may have
+    some of them)."""
+    present = db.columns(cursor, "nodes")
+    for name, definition in columns:
+        if name not in present:
             cursor.execute(f"ALTER TABLE nodes ADD COLUMN {name} {definition}")
+
+
+def _networks(db: Database, cursor: Cursor) -> None:
+    _add_node_columns(db, cursor, _NETWORK_COLUMNS)
     for statement in _NETWORK_INDEXES:
         cursor.execute(statement)
 
@@ -107,10 +121,16 @@ def _identity(db: Database, cursor: Cursor) -> None:
     cursor.execute(_IDENTITY_TABLE.format(**db.types))
 
 
+def _replicas(db: Database, cursor: Cursor) -> None:
+    _add_node_columns(db, cursor, (("replica", "TEXT"),))
+    cursor.execute(_REPLICAS_TABLE.format(**db.types))
+
+
 _MIGRATIONS: Final[tuple[Callable[[Database, Cursor], None], ...]] = (
     _first_tables,
     _networks,
     _identity,
+    _replicas,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

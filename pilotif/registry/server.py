@@ -106,6 +106,13 @@ COUNTER_LEASE: Final = 1024
 """The counter floor stored for a node runs this far ahead of the counters it sent, so
 it is written once per COUNTER_LEASE / 2 messages; after a restart the node's first
 message is refused as stale and sent again above the floor (one round trip)."""
+REPLICA_ALIVE_S: Final = 2.0
+"""How often a replica says it is alive (`keep_replicas`); one silent for three times
+that is taken for dead, and the nodes it had are offline until they come to another."""
+DETACH_EVERY: Final = 5
+"""Every how many `keep_replicas` calls the nodes that went offline here are let go."""
+PUSH_CHANNEL: Final = "pilotif_push"
+"""The notification channel that carries pushes to the replica a node talks to."""
 MAX_RTT_MS: Final = 2_000
 """The largest round trip a node may report; longer ones count as this."""
 MAX_REQUEST_ID: Final = 2**63 - 1
@@ -120,7 +127,14 @@ _IPV6_GROUP_BYTES: Final = 8
 _TAG_PREFIX: Final = "tag:"
 _TRUST_LISTS: Final = ("trusted", "incoming", "outgoing")
 TRAFFIC_COUNTERS: Final = frozenset(
-    {"relayed_packets", "relayed_bytes", "control_messages", "cookie_replies"}
+    {
+        "relayed_packets",
+        "relayed_bytes",
+        "control_messages",
+        "cookie_replies",
+        "pushes_forwarded",
+        "pushes_received",
+    }
 )
 """Counters of work done; every other counter counts datagrams dropped, by reason."""
 _STORE_ERROR_HINTS: Final = {
@@ -185,8 +199,16 @@ class RegistryCore:
         first_counter: int,
         require_join_key: bool = False,
         expire_after_s: float = DEFAULT_EXPIRE_AFTER_S,
+        replica: str | None = None,
     ) -> None:
         self.public_key = _public_key(private_key)
+        self.replica = replica
+        """This replica's name, when several share the database (None: the only one)."""
+        self.live_replicas: set[str] = set()
+        """The replicas alive at the last `keep_replicas`."""
+        self._attached: set[bytes] = set()
+        """Nodes whose `replica` in the database names us."""
+        self._keep_calls = 0
         self.store = store
         self.require_join_key = require_join_key
         """A closed registry: a new node needs a join key."""
@@ -463,6 +485,7 @@ class RegistryCore:
             previous is None
             or request.new_session
             or (previous.endpoint, previous.lan_endpoints) != (endpoint, lan)
+            or previous.replica != self.replica
             or now - (previous.last_seen or 0.0) >= SEEN_WRITE_S
         ):
             self.store.mark_seen(
@@ -471,7 +494,10 @@ class RegistryCore:
                 lan_endpoints=lan,
                 session=self._sessions.get(key),
                 now=now,
+                replica=self.replica,
             )
+        if self.replica is not None:
+            self._attached.add(key)
         was_online = self._online(key, now) and self._seen[key][0] == request.source
         self._note_seen(key, request.source, now)
         if new or previous is None:
@@ -508,6 +534,7 @@ class RegistryCore:
             "network_name": record.network,
             "granted_tags": list(record.granted_tags),
             "resync": request.new_session,
+            **({"replica": self.replica} if self.replica is not None else {}),
         }
 
     def _keep_counter_floor(self, record: NodeRecord, counter: int) -> None:
@@ -525,6 +552,44 @@ class RegistryCore:
         self.store.set_counter_floors(
             (key, channel.highest_counter) for key, channel in self._channels.items()
         )
+        if self.replica is not None:
+            # Our nodes are offline until they come to another replica.
+            self.store.detach(self._attached, self.replica)
+            self._attached.clear()
+
+    def keep_replicas(self, now: float) -> None:
+        """Say that this replica is alive, learn which others are, and (every
+        DETACH_EVERY calls) let go of the nodes that went offline here; every
+        REPLICA_ALIVE_S when there are replicas."""
+        if self.replica is None:
+            return
+        self.store.replica_alive(self.replica, now)
+        self.live_replicas = self.store.live_replicas(now - 3 * REPLICA_ALIVE_S)
+        self._keep_calls += 1
+        if self._keep_calls % DETACH_EVERY == 0:
+            gone = [key for key in self._attached if not self._online(key, now)]
+            if gone:
+                self.store.detach(gone, self.replica)
+                self._attached.difference_update(gone)
+
+    def handle_notifications(self, now: float) -> list[Outgoing]:
+        """Pushes that another replica sent through the database for our nodes."""
+        outgoing: list[Outgoing] = []
+        for text in self.store.notifications():
+            try:
+                note = json.loads(text)
+                key = decode_key(note["key"])
+                payload = note["payload"]
+            except (ValueError, KeyError, TypeError, InvalidKeyError):
+                self.counters["bad_notification"] += 1
+                continue
+            if note.get("replica") != self.replica or not isinstance(payload, dict):
+                continue
+            pushes: list[_Push] = []
+            self._push(key, payload, now, pushes, forward=False)
+            self.counters["pushes_received"] += len(pushes)
+            outgoing += [(self._seal(k, p), endpoint) for k, p, endpoint in pushes]
+        return outgoing
 
     def _limit_new_node(
         self, source: Endpoint, join_key: tuple[str, str] | None, now: float
@@ -686,7 +751,7 @@ class RegistryCore:
                 f"you and {peer.hostname} do not trust each other",
                 f"pilotif handshake {peer.hostname}, then wait for the approval",
             )
-        if not self._online(peer.public_key, now):
+        if not self._reachable(peer, now):
             raise _Refused("peer_offline", f"{peer.hostname} is offline")
         if not self._online(node.public_key, now):
             raise _Refused("not_online", "this node has not registered in a while", "retry")
@@ -708,7 +773,10 @@ class RegistryCore:
 
     def _candidates(self, node: NodeRecord) -> list[str]:
         seen = self._seen.get(node.public_key)
-        public = [format_endpoint(seen[0])] if seen is not None else []
+        if seen is not None:
+            public = [format_endpoint(seen[0])]
+        else:
+            public = [node.endpoint] if node.endpoint is not None else []
         return public + [lan for lan in node.lan_endpoints if lan not in public]
 
     # -- helpers ---------------------------------------------------------------------
@@ -728,15 +796,45 @@ class RegistryCore:
             raise _Refused("unknown_peer", "no node has this key", "pilotif find NAME")
         return peer
 
-    def _push(self, key: bytes, payload: dict[str, Any], now: float, out: list[_Push]) -> None:
+    def _push(
+        self,
+        key: bytes,
+        payload: dict[str, Any],
+        now: float,
+        out: list[_Push],
+        *,
+        forward: bool = True,
+    ) -> None:
+        """Queue a message for a node online here; one online at another replica gets it
+        through the database (unless `forward` is off: it came that way)."""
         seen = self._seen.get(key)
         if seen is None or not self._online(key, now):
+            if forward:
+                self._forward(key, payload)
             return
         if key not in self._sessions:
             # It would drop a push without its session; it syncs at its next request.
             self.counters["push_no_session"] += 1
             return
         out.append((key, payload, seen[0]))
+
+    def _forward(self, key: bytes, payload: dict[str, Any]) -> None:
+        if self.replica is None:
+            return
+        record = self.store.node_by_key(key)
+        if record is None or not self._elsewhere(record):
+            return
+        note = {"replica": record.replica, "key": encode_key(key), "payload": payload}
+        self.store.notify(PUSH_CHANNEL, json.dumps(note, separators=(",", ":")))
+        self.counters["pushes_forwarded"] += 1
+
+    def _elsewhere(self, node: NodeRecord) -> bool:
+        """Whether the node talks to another replica that is alive."""
+        return node.replica not in (None, self.replica) and node.replica in self.live_replicas
+
+    def _reachable(self, node: NodeRecord, now: float) -> bool:
+        """Online here, or at another replica that is alive."""
+        return self._online(node.public_key, now) or self._elsewhere(node)
 
     def _note_seen(self, key: bytes, endpoint: Endpoint, now: float) -> None:
         previous = self._seen.get(key)
@@ -762,7 +860,7 @@ class RegistryCore:
             "ipv4": str(node.ipv4),
             "ipv6": str(node.ipv6),
             "tags": list(node.tags),
-            "online": self._online(node.public_key, now),
+            "online": self._reachable(node, now),
         }
         if node.granted_tags:
             described["granted_tags"] = list(node.granted_tags)

@@ -2,6 +2,7 @@
 asyncio, keeps its counter lease, serves its metrics, and stops on SIGTERM or SIGINT."""
 
 import asyncio
+import os
 import signal
 import socket
 import time
@@ -19,7 +20,13 @@ from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.events import Endpoint
 from pilotif.paths import StatePaths
 from pilotif.registry.database import DatabaseError, without_password
-from pilotif.registry.server import DEFAULT_EXPIRE_AFTER_S, TRAFFIC_COUNTERS, RegistryCore
+from pilotif.registry.server import (
+    DEFAULT_EXPIRE_AFTER_S,
+    PUSH_CHANNEL,
+    REPLICA_ALIVE_S,
+    TRAFFIC_COUNTERS,
+    RegistryCore,
+)
 from pilotif.registry.store import DB_FILE_NAME, Store
 from pilotif.registry.wire import format_endpoint
 
@@ -67,6 +74,11 @@ class _RegistryProtocol(asyncio.DatagramProtocol):
         if self._paused:
             core.counters["send_queue_full"] += len(outgoing)
             return
+        self.send(outgoing)
+
+    def send(self, outgoing: list[tuple[bytes, Endpoint]]) -> None:
+        """Send datagrams the core produced outside `datagram_received`."""
+        assert self._transport is not None
         for datagram, (host, port) in outgoing:
             if self._dual_stack and ":" not in host:
                 host = _IPV4_MAPPED_PREFIX + host
@@ -109,18 +121,24 @@ async def _serve(
         collector = RegistryCollector(lambda: metrics_sample(core))
         metrics_server = await start_metrics_server(*metrics, collector)
         log_event("metrics_serving", listen=format_endpoint(metrics))
-    transport, _ = await loop.create_datagram_endpoint(
+    transport, protocol = await loop.create_datagram_endpoint(
         lambda: _RegistryProtocol(core, lease), local_addr=listen
     )
+    pushes = core.store.listen(PUSH_CHANNEL) if core.replica is not None else None
+    if pushes is not None:
+        loop.add_reader(pushes, lambda: protocol.send(core.handle_notifications(time.time())))
     sock = transport.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     housekeeping = [
         asyncio.create_task(_expire_now_and_then(core)),
         asyncio.create_task(_write_now_and_then(core)),
+        asyncio.create_task(_keep_replicas_now_and_then(core)),
     ]
     try:
         await stop.wait()
     finally:
+        if pushes is not None:
+            loop.remove_reader(pushes)
         for task in housekeeping:
             task.cancel()
         transport.close()
@@ -135,6 +153,13 @@ async def _expire_now_and_then(core: RegistryCore) -> None:
     while True:
         core.expire(time.time())
         await asyncio.sleep(EXPIRE_EVERY_S)
+
+
+async def _keep_replicas_now_and_then(core: RegistryCore) -> None:
+    """Say this replica is alive and learn which are, every REPLICA_ALIVE_S."""
+    while core.replica is not None:
+        core.keep_replicas(time.time())
+        await asyncio.sleep(REPLICA_ALIVE_S)
 
 
 async def _write_now_and_then(core: RegistryCore) -> None:
@@ -153,6 +178,12 @@ class RegistryOptions:
     require_join_key: bool = False
     expire_after_s: float = DEFAULT_EXPIRE_AFTER_S
     database: str | None = None
+
+
+def _replica_name(listen: Endpoint) -> str:
+    """This process's name among the replicas: host, port and PID (one host may run
+    several; a restarted replica is a new one)."""
+    return f"{socket.gethostname()}:{listen[1]}:{os.getpid()}"
 
 
 def _open_store(state_dir: Path, options: RegistryOptions) -> tuple[Store, bytes]:
@@ -206,6 +237,7 @@ def run_registry(
         first_counter=lease.first,
         require_join_key=options.require_join_key,
         expire_after_s=options.expire_after_s,
+        replica=_replica_name(listen) if options.database is not None else None,
     )
     log_event(
         "registry_started",
@@ -216,6 +248,7 @@ def run_registry(
         expire_after_s=options.expire_after_s,
         state_dir=str(state_dir),
         database=without_password(options.database) if options.database else DB_FILE_NAME,
+        replica=core.replica or "",
         hint="nodes pin this key on first contact, or pass it as --registry-key",
     )
     try:

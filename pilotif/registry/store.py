@@ -29,8 +29,8 @@ MAX_PENDING_PER_TARGET: Final = 100
 MAX_PENDING_PER_REQUESTER: Final = 50
 """Unanswered trust requests one node may have out; a newer one expires its oldest."""
 
-_NOT_IN_A_NETWORK: Final = (None, "[]", None)
-"""The network, granted tags and join key of a node that joined without a key."""
+_NOT_IN_A_NETWORK: Final = (None, "[]", None, None)
+"""The network, granted tags, join key and replica of a node that joined without a key."""
 _NO_LIMIT: Final = 2**62
 """LIMIT for "every row" (SQLite's -1 is not SQL that PostgreSQL takes)."""
 _NODE_FIELDS: Final = (
@@ -47,6 +47,7 @@ _NODE_FIELDS: Final = (
     "network",
     "granted_tags",
     "join_key",
+    "replica",
 )
 _NODE_COLUMNS: Final = ", ".join(_NODE_FIELDS)
 _N_NODE_COLUMNS: Final = ", ".join(f"n.{field}" for field in _NODE_FIELDS)
@@ -130,6 +131,9 @@ class NodeRecord:
     """Tags a join key or the operator granted (`tags` are its own labels)."""
     join_key: str | None
     """The id of the join key that admitted it last."""
+    replica: str | None = None
+    """The registry replica it talks to while it is online (None: offline, or a
+    registry without replicas)."""
 
 
 @dataclass(frozen=True)
@@ -174,8 +178,9 @@ class Store:
         the PostgreSQL database its `postgresql://` URL names; DatabaseError if that
         fails."""
         self.network = network
-        self._seen_pending: dict[bytes, tuple[str, str, float, int | None]] = {}
-        """Heartbeats not written yet: endpoint, LAN endpoints (JSON), time, session."""
+        self._seen_pending: dict[bytes, tuple[str, str, float, int | None, str | None]] = {}
+        """Heartbeats not written yet: endpoint, LAN endpoints (JSON), time, session,
+        replica."""
         self._counter_pending: dict[bytes, int] = {}
         """Counter floors not written yet."""
         self._db = open_database(location)
@@ -184,6 +189,45 @@ class Store:
         except BaseException:
             self._db.close()
             raise
+
+    # -- replicas ----------------------------------------------------------------------
+
+    def replica_alive(self, name: str, now: float) -> None:
+        """Say that replica `name` is alive now."""
+        with self._transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO replicas (name, alive) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET alive = excluded.alive",
+                (name, now),
+            )
+
+    def live_replicas(self, since: float) -> set[str]:
+        """The replicas that said they were alive at `since` or later."""
+        rows = self._db.execute("SELECT name FROM replicas WHERE alive >= ?", (since,))
+        return {str(name) for (name,) in rows}
+
+    def detach(self, keys: Iterable[bytes], replica: str) -> None:
+        """These nodes went offline at `replica` (unless another replica has them now)."""
+        self.flush()
+        with self._transaction() as cursor:
+            cursor.executemany(
+                "UPDATE nodes SET replica = NULL WHERE public_key = ? AND replica = ?",
+                [(key, replica) for key in keys],
+            )
+
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell every replica listening on `channel` (PostgreSQL NOTIFY; a lone SQLite
+        registry has nobody to tell)."""
+        self._db.notify(channel, payload)
+
+    def listen(self, channel: str) -> int | None:
+        """Start receiving `channel`'s notifications; the file descriptor to wait on
+        (None: this database has none)."""
+        return self._db.listen(channel)
+
+    def notifications(self) -> list[str]:
+        """The notifications received since the last call."""
+        return self._db.notifications()
 
     def identity(self, proposed: bytes, now: float) -> bytes:
         """The registry's private key kept in the database (replicas share it): the one
@@ -259,7 +303,7 @@ class Store:
                 ipv6 = str(ipv6_for_key(public_key))
                 cursor.execute(
                     f"INSERT INTO nodes ({_NODE_COLUMNS})"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         *(public_key, hostname, address, ipv6, tags_text, -1),
                         *(None, "[]", None, now, *_NOT_IN_A_NETWORK),
@@ -315,10 +359,13 @@ class Store:
         nodes left (a walk over the taken addresses, which happens only then)."""
         first = int(self.network.network_address) + 1
         last = int(self.network.broadcast_address) - 1
-        (highest,) = cursor.execute(
-            "SELECT MAX(ipv4) FROM nodes WHERE ipv4 >= ? AND ipv4 <= ?", (first, last)
+        # ORDER BY ... LIMIT 1 rather than MAX(): PostgreSQL's generic plan for MAX()
+        # over a range of parameters scans the range, this one reads one index entry.
+        row = cursor.execute(
+            "SELECT ipv4 FROM nodes WHERE ipv4 >= ? AND ipv4 <= ? ORDER BY ipv4 DESC LIMIT 1",
+            (first, last),
         ).fetchone()
-        candidate = _skip_reserved(first if highest is None else highest + 1)
+        candidate = _skip_reserved(first if row is None else int(row[0]) + 1)
         if candidate <= last:
             return candidate
         return self._lowest_gap(cursor, first, last)
@@ -346,13 +393,15 @@ class Store:
         lan_endpoints: tuple[str, ...],
         session: int | None,
         now: float,
+        replica: str | None = None,
     ) -> None:
-        """Record a heartbeat: where the node is and its session (so that a restarted
-        registry can push to it at once).
+        """Record a heartbeat: where the node is, its session (so that a restarted
+        registry can push to it at once) and the replica it talks to.
 
         Heartbeats are written in batches (with the next transaction, or `flush`): one
         commit for many nodes instead of one each. Every read sees them at once."""
-        self._seen_pending[public_key] = (endpoint, json.dumps(list(lan_endpoints)), now, session)
+        lan_text = json.dumps(list(lan_endpoints))
+        self._seen_pending[public_key] = (endpoint, lan_text, now, session, replica)
 
     def touch(self, seen: Iterable[tuple[bytes, float]]) -> None:
         """Raise the last-seen times of these nodes (key, time) where the database has
@@ -392,8 +441,8 @@ class Store:
 
     def _write_pending(self, cursor: Cursor) -> None:
         cursor.executemany(
-            "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?"
-            " WHERE public_key = ?",
+            "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?,"
+            " replica = ? WHERE public_key = ?",
             [(*seen, key) for key, seen in self._seen_pending.items()],
         )
         cursor.executemany(
@@ -455,12 +504,13 @@ class Store:
         seen = self._seen_pending.get(record.public_key)
         counter = self._counter_pending.get(record.public_key, -1)
         if seen is not None:
-            endpoint, lan_text, last_seen, _ = seen
+            endpoint, lan_text, last_seen, _, replica = seen
             record = replace(
                 record,
                 endpoint=endpoint,
                 lan_endpoints=tuple(json.loads(lan_text)),
                 last_seen=last_seen,
+                replica=replica,
             )
         if counter > record.highest_counter:
             record = replace(record, highest_counter=counter)
@@ -778,7 +828,7 @@ def _skip_reserved(address: int) -> int:
 
 def _record(row: tuple[Any, ...]) -> NodeRecord:
     key, hostname, ipv4, ipv6, tags, counter, endpoint, lan, last_seen, created = row[:10]
-    network, granted, join_key = row[10:]
+    network, granted, join_key, replica = row[10:]
     return NodeRecord(
         public_key=bytes(key),
         hostname=hostname,
@@ -793,4 +843,5 @@ def _record(row: tuple[Any, ...]) -> NodeRecord:
         network=network,
         granted_tags=tuple(json.loads(granted)),
         join_key=join_key,
+        replica=replica,
     )

@@ -105,15 +105,17 @@ class World:
     """A registry core on a database (SQLite or PostgreSQL), fake nodes, and their
     inboxes."""
 
-    def __init__(self, location: str | Path) -> None:
+    def __init__(
+        self, location: str | Path, private_key: bytes | None = None, replica: str | None = None
+    ) -> None:
         self.location = location
-        self.private_key = generate_private_key()
+        self.private_key = private_key or generate_private_key()
         self.now = START
         self.inbox: dict[Endpoint, list[bytes]] = {}
         self._hosts = itertools.count(1)
         self.nodes: dict[Endpoint, FakeNode] = {}
         self.store = Store(location, NETWORK)
-        self.core = RegistryCore(self.private_key, self.store, first_counter=1)
+        self.core = RegistryCore(self.private_key, self.store, first_counter=1, replica=replica)
 
     def restart(self, *, crash: bool = False) -> None:
         """A new registry process on the same state (its counter lease carries over),

@@ -1,0 +1,158 @@
+"""Two registry replicas on one PostgreSQL database (issue 13): nodes on different
+replicas find, trust and punch to each other, pushes cross through the database
+(LISTEN/NOTIFY), a replica that stops saying it is alive takes its nodes offline with
+it, and a node that moves keeps its address, name and trust."""
+
+import itertools
+import select
+from collections.abc import Iterator
+
+import pytest
+
+from pilotif.lab.postgres import ThrowawayPostgres
+from pilotif.overlay.crypto import generate_private_key
+from pilotif.registry.server import PUSH_CHANNEL, REPLICA_ALIVE_S
+from tests.unit.test_registry_server import FakeNode, World
+
+NOTIFY_WAIT_S = 5.0
+
+
+@pytest.fixture
+def replicas(
+    postgres_server: ThrowawayPostgres, request: pytest.FixtureRequest
+) -> Iterator[tuple[World, World]]:
+    url = postgres_server.create_database(f"replicas_{request.node.name[-40:].lower()}")
+    key = generate_private_key()
+    a, b = World(url, key, replica="a"), World(url, key, replica="b")
+    b._hosts = itertools.count(100)
+    for world in (a, b):
+        world.store.listen(PUSH_CHANNEL)
+    alive(a, b)
+    yield a, b
+    for world in (a, b):
+        world.store.close()
+
+
+def alive(*worlds: World) -> None:
+    for world in worlds:
+        world.core.keep_replicas(world.now)
+    for world in worlds:
+        world.core.keep_replicas(world.now)
+
+
+def pump(world: World) -> int:
+    """Deliver the pushes other replicas sent this one through the database; how many."""
+    listener = world.store._db._listener  # type: ignore[attr-defined]
+    ready, _, _ = select.select([listener.fileno()], [], [], NOTIFY_WAIT_S)
+    assert ready, "no notification reached the replica"
+    sent = world.core.handle_notifications(world.now)
+    for datagram, destination in sent:
+        world.inbox.setdefault(destination, []).append(datagram)
+    return len(sent)
+
+
+@pytest.fixture
+def pair(replicas: tuple[World, World]) -> tuple[FakeNode, FakeNode]:
+    a, b = replicas
+    alice, bob = a.new_node(), b.new_node()
+    a.register(alice, "alice", lan=["10.0.0.5:51820"])
+    b.register(bob, "bob", lan=["10.1.0.7:51820"])
+    for world in (a, b):
+        world.store.flush()
+    return alice, bob
+
+
+def test_the_register_reply_names_the_replica(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    a, _ = replicas
+    assert a.register(pair[0], "alice")["replica"] == "a"
+
+
+def test_trust_crosses_replicas_through_the_database(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    a, b = replicas
+    alice, bob = pair
+    [found] = a.call(alice, "lookup", query="bob")["nodes"]
+    assert found["online"], "bob is online at the other replica"
+    assert a.call(alice, "trust_request", peer=bob.b64, message="hi")["state"] == "pending"
+    assert pump(b) == 1
+    [asked] = b.pushes(bob)
+    assert (asked["op"], asked["node"]["hostname"], asked["message"]) == (
+        "trust_requested",
+        "alice",
+        "hi",
+    )
+    assert b.call(bob, "trust_respond", peer=alice.b64, approve=True)["state"] == "trusted"
+    assert pump(a) == 1
+    [changed] = a.pushes(alice)
+    assert (changed["op"], changed["node"]["hostname"], changed["trusted"]) == (
+        "trust_changed",
+        "bob",
+        True,
+    )
+    assert a.core.counters["pushes_forwarded"] == 1 and b.core.counters["pushes_received"] == 1
+
+
+def test_a_punch_reaches_both_sides_across_replicas(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    a, b = replicas
+    alice, bob = pair
+    a.call(alice, "trust_request", peer=bob.b64, message="")
+    pump(b)
+    b.call(bob, "trust_respond", peer=alice.b64, approve=True)
+    pump(a)
+    a.messages(alice)
+    b.messages(bob)
+    assert a.call(alice, "connect", peer=bob.b64)["ok"]
+    [to_alice] = a.pushes(alice)
+    assert to_alice["op"] == "punch"
+    assert to_alice["candidates"] == [f"{bob.endpoint[0]}:{bob.endpoint[1]}", "10.1.0.7:51820"]
+    pump(b)
+    [to_bob] = b.pushes(bob)
+    assert to_bob["op"] == "punch" and to_bob["node"]["hostname"] == "alice"
+    assert to_bob["candidates"][0] == f"{alice.endpoint[0]}:{alice.endpoint[1]}"
+
+
+def test_the_nodes_of_a_silent_replica_are_offline(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    a, _ = replicas
+    alice, bob = pair
+    a.now += 3 * REPLICA_ALIVE_S + 1
+    alive(a)  # b says nothing
+    [found] = a.call(alice, "lookup", query="bob")["nodes"]
+    assert not found["online"]
+    a.call(alice, "trust_request", peer=bob.b64, message="")
+    assert a.core.counters["pushes_forwarded"] == 0
+
+
+def test_a_node_that_moves_keeps_its_address_name_and_trust_and_gets_its_pushes_there(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    a, b = replicas
+    alice, bob = pair
+    a.call(alice, "trust_request", peer=bob.b64, message="")
+    pump(b)
+    b.call(bob, "trust_respond", peer=alice.b64, approve=True)
+    pump(a)
+    a.messages(alice)
+    b.messages(bob)
+    before = a.store.node_by_key(alice.key)
+    b.nodes[alice.endpoint] = alice
+    stale = b.call(alice, "register", hostname="alice", tags=[], lan=[])
+    assert stale["code"] == "stale_counter", "b knows alice's floor, not her counter"
+    alice.counter = itertools.count(stale["floor"] + 1)
+    moved = b.register(alice, "alice", lan=["10.0.0.5:51820"])
+    assert before is not None and (moved["ipv4"], moved["hostname"]) == (
+        str(before.ipv4),
+        "alice",
+    )
+    assert moved["replica"] == "b"
+    b.store.flush()
+    assert [p["hostname"] for p in b.call(alice, "trust_list")["trusted"]] == ["bob"]
+    b.call(bob, "untrust", peer=alice.b64)
+    [revoked] = b.pushes(alice)
+    assert (revoked["op"], revoked["trusted"]) == ("trust_changed", False)
