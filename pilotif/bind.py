@@ -35,8 +35,10 @@ def endpoint_text(endpoint: PeerEndpoint) -> str:
 
 @dataclass
 class FromRegistry:
-    """What one receive from the registry's address held, sorted by who takes it."""
+    """What one receive from a registry address held, sorted by who takes it."""
 
+    source: Endpoint
+    """The registry address (replica) it came from."""
     control: list[bytes] = field(default_factory=list)
     """Control messages and key answers (0x50, 0x52): for the node core."""
     wireguard: list[tuple[bytes, PeerEndpoint]] = field(default_factory=list)
@@ -47,14 +49,21 @@ class FromRegistry:
 class RelayFraming:
     """The Bind's logic without sockets: relay framing and sorting what arrives.
 
-    `registry` is where relayed datagrams go and where control messages come from (None
-    for a daemon without a registry). `counters` counts relayed bytes each way, punch
-    openers, and relay messages dropped as malformed.
+    `registry` is where relayed datagrams go (None for a daemon without a registry);
+    control messages come from it or from its other `replicas` (`use_registry` moves to
+    one of them). `counters` counts relayed bytes each way, punch openers, and relay
+    messages dropped as malformed.
     """
 
-    def __init__(self, registry: Endpoint | None) -> None:
+    def __init__(self, registry: Endpoint | None, replicas: tuple[Endpoint, ...] = ()) -> None:
         self.registry = registry
+        self.registries = {registry, *replicas} if registry is not None else set()
         self.counters: Counter[str] = Counter()
+
+    def use_registry(self, endpoint: Endpoint) -> None:
+        """Relay through the replica at `endpoint` from now on."""
+        self.registry = endpoint
+        self.registries.add(endpoint)
 
     def wrap(self, datagram: BytesLike, endpoint: RelayEndpoint) -> tuple[bytes, Endpoint] | None:
         """The datagram for the relay that carries `datagram` to a relayed peer."""
@@ -72,18 +81,19 @@ class RelayFraming:
 
     def is_registry(self, source: Endpoint) -> bool:
         """Whether datagrams from `source` need `split_registry` rather than the device."""
-        return source == self.registry
+        return source in self.registries
 
-    def split_registry(self, buffer: memoryview, segment_size: int) -> FromRegistry:
-        """Sort the datagrams of one receive from the registry's address."""
-        sorted_ = FromRegistry()
-        assert self.registry is not None
+    def split_registry(
+        self, buffer: memoryview, segment_size: int, source: Endpoint
+    ) -> FromRegistry:
+        """Sort the datagrams of one receive from a registry address (`source`)."""
+        sorted_ = FromRegistry(source)
         for view in split_coalesced(buffer, segment_size):
             data = bytes(view)
             if not data:
                 continue
             if data[0] < CONTROL_TYPE:
-                sorted_.wireguard.append((data, self.registry))
+                sorted_.wireguard.append((data, source))
             elif data[0] != RELAY_TYPE:
                 sorted_.control.append(data)
             else:
@@ -100,8 +110,13 @@ class RelayFraming:
 class Bind(RelayFraming):
     """UDP sockets on one port, batched, with the relay as one more kind of endpoint."""
 
-    def __init__(self, port: int | None, registry: Endpoint | None = None) -> None:
-        super().__init__(registry)
+    def __init__(
+        self,
+        port: int | None,
+        registry: Endpoint | None = None,
+        replicas: tuple[Endpoint, ...] = (),
+    ) -> None:
+        super().__init__(registry, replicas)
         self._sockets = UdpSockets(port)
         self._batch = UdpBatch(self._sockets)
         self.port = self._sockets.port

@@ -97,7 +97,11 @@ def _daemon_running(paths: StatePaths) -> bool:
     type=click.Path(dir_okay=False, path_type=Path),
     help="A wg-quick style file: [Interface] and [Peer] sections (static peers).",
 )
-@click.option("--registry", help="Join the registry at HOST:PORT instead of a static config.")
+@click.option(
+    "--registry",
+    help="Join the registry at HOST:PORT instead of a static config (replicas:"
+    " HOST:PORT,HOST:PORT...; a name with several addresses counts as several).",
+)
 @click.option("--hostname", help="This node's name on the registry (a DNS label).")
 @click.option("--tags", default="", help="Comma-separated tags for discovery.")
 @click.option("--registry-key", help="The registry's public key (else pinned on first contact).")
@@ -261,7 +265,11 @@ def _node_options(
     registry_key: str | None,
     auto_approve: str | None,
 ) -> NodeOptions:
-    registry_at = _host_port("--registry", registry)
+    registries = [
+        _host_port("--registry", part.strip()) for part in registry.split(",") if part.strip()
+    ]
+    if not registries:
+        raise CliError("--registry needs HOST:PORT[,HOST:PORT...]", "bad_input")
     if hostname is None:
         raise CliError("--registry needs --hostname NAME (this node's name)", "bad_input")
     try:
@@ -276,7 +284,8 @@ def _node_options(
             "--auto-approve takes no value (everyone), `network` or tag:NAME", "bad_input"
         )
     return NodeOptions(
-        registry=registry_at,
+        registry=registries[0],
+        registry_replicas=tuple(registries[1:]),
         hostname=name,
         tags=[t.strip() for t in tags.split(",") if t.strip()],
         registry_key=key,
@@ -422,6 +431,9 @@ def status(as_json: bool, state_dir: Path) -> None:
 
 def _registry_state(node: dict[str, Any]) -> str:
     if node["registry_online"]:
+        replicas = node.get("registry_replicas") or []
+        if node.get("registry_replica") and len(replicas) > 1:
+            return f"online (replica {node['registry_replica']}, 1 of {len(replicas)})"
         return "online"
     if node.get("registry_key_refused"):
         return f"KEY REFUSED: {node['registry_key_refused']}"

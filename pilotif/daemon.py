@@ -35,7 +35,7 @@ from pilotif.logs import log_event
 from pilotif.node.adapter import NodeRunner, RegistryError
 from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.core import NodeCore, NodeOptions
-from pilotif.node.events import NodeEvent
+from pilotif.node.events import NodeEvent, RegistrySwitched
 from pilotif.node.lan import local_endpoints
 from pilotif.node.netwatch import NetworkWatch
 from pilotif.node.policy import PeerIdentity, PolicyError, packet_filter
@@ -76,7 +76,7 @@ from pilotif.tun import (
     link_exists,
 )
 from pilotif.tun.offload import READ_ARENA_BYTES, TunBatch, enable_offloads
-from pilotif.underlay import UnderlayError, resolve_endpoint
+from pilotif.underlay import UnderlayError, resolve_endpoint, resolve_endpoints
 from pilotif.underlay_batch import RECEIVE_BUFFER_BYTES, segments_per_send
 
 DEFAULT_MTU = 1420
@@ -238,19 +238,19 @@ class Daemon:
             (peer, resolve_endpoint(*peer.endpoint) if peer.endpoint else None)
             for peer in self.config.peers
         ]
-        registry = None
+        registries: tuple[Endpoint, ...] = ()
         cache = NodeCache(self.paths.root)
         snapshot = None
         if self.node_options is not None:
-            registry = resolve_endpoint(*self.node_options.registry)
+            registries = _registry_endpoints(self.node_options)
             snapshot = cache.load()
-        self._bind = self._open_bind(registry, snapshot)
+        self._bind = self._open_bind(registries, snapshot)
         for sock in self._bind.sockets():
             loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
         routes = [network for peer in self.config.peers for network in peer.allowed_ips]
         node = None
-        if self.node_options is not None and registry is not None:
-            node = await self._join_registry(self.node_options, registry, cache, snapshot)
+        if self.node_options is not None and registries:
+            node = await self._join_registry(self.node_options, registries, cache, snapshot)
             core = node.core
             assert core.ipv4 is not None and core.network is not None
             self.addresses = [
@@ -285,7 +285,7 @@ class Daemon:
     async def _join_registry(
         self,
         options: NodeOptions,
-        registry: Endpoint,
+        registries: tuple[Endpoint, ...],
         cache: NodeCache,
         snapshot: NodeSnapshot | None,
     ) -> NodeRunner:
@@ -305,7 +305,8 @@ class Daemon:
             options,
             self.device,
             trust,
-            registry=registry,
+            registry=registries[0],
+            registry_replicas=registries[1:],
             lan_endpoints=lan,
             first_counter=lease.first,
         )
@@ -362,16 +363,17 @@ class Daemon:
         self.node.core.network_changed(lan, now)
         self.node.after_input(now)
 
-    def _open_bind(self, registry: Endpoint | None, snapshot: NodeSnapshot | None) -> Bind:
+    def _open_bind(self, registries: tuple[Endpoint, ...], snapshot: NodeSnapshot | None) -> Bind:
         """The UDP port: the one asked for, else the node's port of its last run (so that
         peers and NAT mappings that know it still reach it), else any."""
+        registry = registries[0] if registries else None
         if self.config.listen_port is not None or snapshot is None:
-            return Bind(self.config.listen_port, registry)
+            return Bind(self.config.listen_port, registry, registries[1:])
         try:
-            return Bind(snapshot.listen_port, registry)
+            return Bind(snapshot.listen_port, registry, registries[1:])
         except UnderlayError:
             log_event("listen_port_taken", port=snapshot.listen_port)
-            return Bind(None, registry)
+            return Bind(None, registry, registries[1:])
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         if link_exists(self.interface):
@@ -521,12 +523,12 @@ class Daemon:
                 receive_segments(buffer, segment_size, source, now, plaintexts)
                 self._write_tun()
                 continue
-            sorted_ = bind.split_registry(buffer, segment_size)
+            sorted_ = bind.split_registry(buffer, segment_size, source)
             for data, endpoint in sorted_.wireguard:
                 self.device.receive_datagram(data, endpoint, now)
             if sorted_.control and self.node is not None:
                 for data in sorted_.control:
-                    self.node.receive_control(data, now)
+                    self.node.receive_control(data, now, source)
                 self.node.after_input(now)
         self._flush(now)
         if self._tun_io is not None:
@@ -587,8 +589,12 @@ class Daemon:
     # -- events and metrics ----------------------------------------------------------
 
     def _on_event(self, event: Event | NodeEvent) -> None:
-        """Log and publish an event of either core; keep the DNS names current."""
+        """Log and publish an event of either core; keep the DNS names current and the
+        relay at the registry replica we talk to."""
         self.publisher.publish(event)
+        if isinstance(event, RegistrySwitched) and self.node is not None:
+            assert self._bind is not None
+            self._bind.use_registry(self.node.core.link.endpoint)
         if self.node is not None and self.node.core.peers_version != self._names_version:
             self._update_names()
 
@@ -711,3 +717,19 @@ class Daemon:
         lost = status.pop("registry_lost_s")
         status["registry_unreachable_since"] = None if lost is None else lost + wall_offset
         return status
+
+
+def _registry_endpoints(options: NodeOptions) -> tuple[Endpoint, ...]:
+    """The registry's addresses: every address of each name given (its replicas), in
+    order; a name that does not resolve is left out (logged) while another does."""
+    found: list[Endpoint] = []
+    errors: list[str] = []
+    for host, port in (options.registry, *options.registry_replicas):
+        try:
+            found += [e for e in resolve_endpoints(host, port) if e not in found]
+        except UnderlayError as error:
+            errors.append(str(error))
+            log_event("registry_unresolved", level=logging.WARNING, error=str(error))
+    if not found:
+        raise UnderlayError(errors[0])
+    return tuple(found)

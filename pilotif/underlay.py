@@ -71,12 +71,21 @@ class UdpSockets:
             sock.close()
 
 
-def resolve_endpoint(host: str, port: int) -> Endpoint:
-    """An endpoint's address literal, resolving a host name (IPv4 preferred)."""
+def resolve_endpoints(host: str, port: int) -> list[Endpoint]:
+    """Every address of a host name (IPv4 first), or the address literal."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as error:
         raise UnderlayError(f"cannot resolve endpoint {host}: {error.strerror}") from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    address = infos[0][4]
-    return (str(address[0]), int(address[1]))
+    found: list[Endpoint] = []
+    for info in infos:
+        endpoint = (str(info[4][0]), int(info[4][1]))
+        if endpoint not in found:
+            found.append(endpoint)
+    return found
+
+
+def resolve_endpoint(host: str, port: int) -> Endpoint:
+    """An endpoint's address literal, resolving a host name (IPv4 preferred)."""
+    return resolve_endpoints(host, port)[0]

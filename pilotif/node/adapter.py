@@ -134,9 +134,9 @@ class NodeRunner:
             self._files.save(core.trust)
         self._rearm()
 
-    def receive_control(self, data: bytes, now: float) -> None:
-        """A control datagram from the registry's address."""
-        self.core.receive_control(data, now)
+    def receive_control(self, data: bytes, now: float, source: Endpoint | None = None) -> None:
+        """A control datagram from a registry address (None: the current one)."""
+        self.core.receive_control(data, now, source)
 
     def _rearm(self) -> None:
         deadline = self.core.get_timer()

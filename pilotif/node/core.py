@@ -41,6 +41,7 @@ from pilotif.node.events import (
     RegistryKeyRefused,
     RegistryLost,
     RegistryRegained,
+    RegistrySwitched,
     RequestDone,
     RequestError,
     RequestFailed,
@@ -78,6 +79,7 @@ from pilotif.node.registry_link import (
     RegistryLink,
     RelaySourceUnknown,
     Reply,
+    SwitchedRegistry,
 )
 from pilotif.node.trust import TrustRecord
 from pilotif.overlay.device import Device
@@ -120,6 +122,7 @@ class NodeOptions:
     """How `up` joins a registry."""
 
     registry: Endpoint
+    """The registry's HOST, PORT (a name may have several addresses: replicas)."""
     hostname: str
     tags: list[str]
     registry_key: bytes | None
@@ -130,6 +133,8 @@ class NodeOptions:
     """Point the system resolver at our DNS responder for `.pilot` names."""
     join_key: str | None = None
     """A join key from the registry's operator (sent until the registry admits us)."""
+    registry_replicas: tuple[Endpoint, ...] = ()
+    """Other replicas of the registry (HOST, PORT), tried in turn when one is silent."""
 
 
 @dataclass
@@ -184,6 +189,7 @@ class NodeCore:
         lan_endpoints: list[str],
         first_counter: int,
         first_request_id: int | None = None,
+        registry_replicas: tuple[Endpoint, ...] = (),
     ) -> None:
         self.options = options
         self.device = device
@@ -195,7 +201,10 @@ class NodeCore:
             trust.registry_key,
             first_counter=first_counter,
             first_id=first_request_id,
+            replicas=registry_replicas,
         )
+        self.replica: str | None = None
+        """The name of the registry replica that answered our last registration."""
         self.ipv4: IPv4Address | None = None
         self.ipv6 = ipv6_for_key(device.public_key)
         self.network: IPv4Network | None = None
@@ -359,9 +368,9 @@ class NodeCore:
 
     # -- inputs: network -----------------------------------------------------------
 
-    def receive_control(self, data: bytes, now: float) -> None:
-        """A 0x50, 0x52 or 0x54 datagram from the registry's address."""
-        for item in self.link.receive(data, now):
+    def receive_control(self, data: bytes, now: float, source: Endpoint | None = None) -> None:
+        """A 0x50, 0x52 or 0x54 datagram from a registry address (None: the current)."""
+        for item in self.link.receive(data, now, source):
             self._on_link(item, now)
 
     def _may_roam(self, state: Peer, source: PeerEndpoint, now: float, initiation: bool) -> bool:
@@ -488,6 +497,8 @@ class NodeCore:
                 self._on_refusal(op, item.message)
         elif isinstance(item, RelaySourceUnknown):
             self._on_relay_notice(now)
+        elif isinstance(item, SwitchedRegistry):
+            self._on_switched(item, now)
         elif item.request_id == KEY_FETCH_ID:
             self._on_key(None, now)
         else:
@@ -518,6 +529,16 @@ class NodeCore:
             f"no answer from the registry at {format_endpoint((host, port))}",
             "check the address, that UDP to it is allowed, and that the registry runs",
         )
+
+    def _on_switched(self, switched: SwitchedRegistry, now: float) -> None:
+        """Another replica takes our requests: it learns where we are at once (what
+        waited was sent to it already, a registration among them if one waited)."""
+        self.replica = None
+        self.events.append(
+            RegistrySwitched(format_endpoint(switched.endpoint), format_endpoint(switched.previous))
+        )
+        if self.joined and "register" not in self._internal.values():
+            self._reregister(now)
 
     def _on_key(self, key: bytes | None, now: float) -> None:
         pinned = self.link.registry_key
@@ -612,6 +633,8 @@ class NodeCore:
             return
         self.ipv4, self.network = ipv4, network
         self.admitted = True
+        replica = reply.get("replica")
+        self.replica = replica if isinstance(replica, str) else None
         name = reply.get("network_name")
         name = name if isinstance(name, str) else None
         if name != self.network_name:
@@ -1084,6 +1107,8 @@ class NodeCore:
             "ipv4": str(self.ipv4) if self.ipv4 else None,
             "ipv6": str(self.ipv6),
             "registry": format_endpoint(self.link.endpoint),
+            "registry_replica": self.replica,
+            "registry_replicas": [format_endpoint(e) for e in self.link.endpoints],
             "registry_key": encode_key(key) if key else None,
             "registry_online": self.registry_online,
             "registry_lost_s": self.registry_lost_s,

@@ -70,6 +70,15 @@ class RegistryKeyRefused:
 
 
 @dataclass(frozen=True)
+class RegistrySwitched:
+    """The registry replica we talked to went silent: we talk to another one now (our
+    address, name and trust are the registry's, whichever replica answers)."""
+
+    registry: str
+    previous: str
+
+
+@dataclass(frozen=True)
 class RegistryRegained:
     """The registry answers again after RegistryLost."""
 
@@ -221,6 +230,7 @@ NodeEvent = (
     | RegistryLost
     | RegistryKeyRefused
     | RegistryRegained
+    | RegistrySwitched
     | PublicEndpointChanged
     | RequestDone
     | RequestFailed

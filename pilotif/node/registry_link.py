@@ -28,6 +28,9 @@ from pilotif.registry.wire import (
 
 REQUEST_ATTEMPTS: Final = 5
 REQUEST_RETRY_S: Final = 1.0
+FAILOVER_AFTER_ATTEMPTS: Final = 2
+"""With several registries, a request unanswered this many times goes to the next one
+(its attempts go on counting: every registry silent ends in GaveUp as with one)."""
 KEY_FETCH_ID: Final = 0
 """The request id under which the key request (which carries no id) is tracked."""
 _ID_BITS: Final = 48
@@ -73,7 +76,15 @@ class RelaySourceUnknown:
     (our NAT mapping changed)."""
 
 
-LinkInput = Reply | Push | KeyAnswer | GaveUp | RelaySourceUnknown
+@dataclass(frozen=True)
+class SwitchedRegistry:
+    """The registry we talked to went silent; requests go to `endpoint` from now on."""
+
+    endpoint: Endpoint
+    previous: Endpoint
+
+
+LinkInput = Reply | Push | KeyAnswer | GaveUp | RelaySourceUnknown | SwitchedRegistry
 
 
 @dataclass
@@ -86,8 +97,17 @@ class _Pending:
     """When it was first sent (its reply measures the round trip if it was sent once)."""
 
 
+class _Replica:
+    """What we keep per registry address: its replay window and its cookie."""
+
+    def __init__(self, private_key: bytes, registry_key: bytes) -> None:
+        self.channel = ControlChannel(private_key, registry_key, local_is_registry=False)
+        self.cookies = CookieGenerator(registry_key)
+
+
 class RegistryLink:
-    """Requests to and messages from one registry; see the module docstring."""
+    """Requests to and messages from the registry (one address, or several replicas of
+    one registry that share its key); see the module docstring."""
 
     def __init__(
         self,
@@ -97,12 +117,17 @@ class RegistryLink:
         *,
         first_counter: int,
         first_id: int | None = None,
+        replicas: tuple[Endpoint, ...] = (),
     ) -> None:
         self._private_key = private_key
+        self.endpoints = (endpoint, *(r for r in replicas if r != endpoint))
+        """The registry's addresses: `endpoint`, then its other `replicas`."""
         self.endpoint = endpoint
+        """The registry requests go to now."""
         self.registry_key = registry_key
-        self._channel: ControlChannel | None = None
-        self._cookies: CookieGenerator | None = None
+        self._replicas: dict[Endpoint, _Replica] = {}
+        """Per registry address: each replica counts its own messages, so each has its
+        own replay window (and cookie)."""
         if registry_key:
             self.use_key(registry_key)
         self._counter = first_counter
@@ -127,8 +152,15 @@ class RegistryLink:
     def use_key(self, key: bytes) -> None:
         """Seal for, and accept only, the registry with this key from now on."""
         self.registry_key = key
-        self._channel = ControlChannel(self._private_key, key, local_is_registry=False)
-        self._cookies = CookieGenerator(key)
+        self._replicas = {}
+
+    def _replica(self, endpoint: Endpoint) -> _Replica | None:
+        if self.registry_key is None:
+            return None
+        replica = self._replicas.get(endpoint)
+        if replica is None:
+            replica = self._replicas[endpoint] = _Replica(self._private_key, self.registry_key)
+        return replica
 
     # -- outbound ----------------------------------------------------------------
 
@@ -139,7 +171,7 @@ class RegistryLink:
 
     def request(self, op: str, fields: dict[str, Any], now: float) -> int:
         """Send a request (retried until answered); its id, which the Reply echoes."""
-        if self._channel is None:
+        if self.registry_key is None:
             raise RuntimeError("RegistryLink.request before the registry key is known")
         request_id = self._next_id
         self._next_id += 1
@@ -158,11 +190,12 @@ class RegistryLink:
         if pending.payload is None:
             self.outgoing.append((KEY_REQUEST, self.endpoint))
             return
-        assert self._channel is not None and self._cookies is not None
+        replica = self._replica(self.endpoint)
+        assert replica is not None
         self._counter += 1
-        message = bytearray(self._channel.seal(pending.payload, self._counter))
+        message = bytearray(replica.channel.seal(pending.payload, self._counter))
         message += bytes(REQUEST_MACS_SIZE)
-        self._cookies.add_macs(message, now)
+        replica.cookies.add_macs(message, now)
         self.outgoing.append((bytes(message), self.endpoint))
 
     def next_timer(self) -> float | None:
@@ -170,29 +203,44 @@ class RegistryLink:
         return min((p.retry_at_s for p in self._pending.values()), default=None)
 
     def handle_timer(self, now: float) -> list[LinkInput]:
-        """Retry what is due; GaveUp for requests out of attempts."""
-        gave_up: list[LinkInput] = []
+        """Retry what is due; GaveUp for requests out of attempts. With several
+        registries, a request silent FAILOVER_AFTER_ATTEMPTS times moves every waiting
+        request to the next registry (SwitchedRegistry)."""
+        inputs: list[LinkInput] = []
         for request_id, pending in list(self._pending.items()):
-            if pending.retry_at_s > now:
+            if pending.retry_at_s > now or request_id not in self._pending:
                 continue
             if pending.attempts >= REQUEST_ATTEMPTS:
                 del self._pending[request_id]
-                gave_up.append(GaveUp(request_id))
+                inputs.append(GaveUp(request_id))
+            elif pending.attempts % FAILOVER_AFTER_ATTEMPTS == 0 and len(self.endpoints) > 1:
+                inputs.append(self._switch(now))
             else:
                 self._transmit(request_id, now)
-        return gave_up
+        return inputs
+
+    def _switch(self, now: float) -> SwitchedRegistry:
+        """Send everything that waits to the next registry, at once."""
+        previous = self.endpoint
+        self.endpoint = self.endpoints[(self.endpoints.index(previous) + 1) % len(self.endpoints)]
+        for request_id in self._pending:
+            self._transmit(request_id, now)
+        return SwitchedRegistry(self.endpoint, previous)
 
     # -- inbound -----------------------------------------------------------------
 
-    def receive(self, data: bytes, now: float) -> list[LinkInput]:
-        """A 0x50, 0x52, 0x54 or 0x55 datagram from the registry's address; what it means,
-        if anything (forged, replayed and unexpected datagrams are dropped and counted).
+    def receive(self, data: bytes, now: float, source: Endpoint | None = None) -> list[LinkInput]:
+        """A 0x50, 0x52, 0x54 or 0x55 datagram from a registry address (`source`; None:
+        the current one); what it means, if anything (forged, replayed and unexpected
+        datagrams are dropped and counted).
 
         A cookie reply (0x54) to our latest request sends every waiting request again at
         once, now with a mac2 that proves our address.
         """
+        source = self.endpoint if source is None else source
         if data[:1] == bytes((REGISTRY_COOKIE_TYPE,)):
-            self._take_cookie(data, now)
+            if source == self.endpoint:
+                self._take_cookie(data, now)
             return []
         if data == RELAY_SOURCE_UNKNOWN:
             return [RelaySourceUnknown()]
@@ -207,11 +255,12 @@ class RegistryLink:
                 return []
             del self._pending[KEY_FETCH_ID]
             return [KeyAnswer(key)]
-        if self._channel is None or data[:1] != bytes((CONTROL_TYPE,)):
+        replica = self._replica(source) if source in self.endpoints else None
+        if replica is None or data[:1] != bytes((CONTROL_TYPE,)):
             self.dropped += 1
             return []
         try:
-            message = self._channel.open(data)
+            message = replica.channel.open(data)
         except WireError:
             self.dropped += 1
             return []
@@ -243,7 +292,8 @@ class RegistryLink:
         except MessageError:
             self.dropped += 1
             return
-        if self._cookies is None or not self._cookies.consume_reply(reply, now):
+        replica = self._replica(self.endpoint)
+        if replica is None or not replica.cookies.consume_reply(reply, now):
             self.dropped += 1
             return
         for request_id, pending in self._pending.items():

@@ -211,7 +211,7 @@ class SimNode:
     def deliver(self, data: bytes, source: Endpoint) -> None:
         now = self.net.now
         if self.framing.is_registry(source):
-            sorted_ = self.framing.split_registry(memoryview(data), 0)
+            sorted_ = self.framing.split_registry(memoryview(data), 0, source)
             for control in sorted_.control:
                 self.core.receive_control(control, now)
             for inner, endpoint in sorted_.wireguard:

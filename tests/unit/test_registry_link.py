@@ -18,6 +18,7 @@ from pilotif.node.registry_link import (
     Push,
     RegistryLink,
     Reply,
+    SwitchedRegistry,
 )
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
@@ -148,6 +149,62 @@ def test_a_request_that_gets_no_answer_gives_up_after_its_attempts(pair: Pair) -
     for second in range(1, 2 * REQUEST_ATTEMPTS):
         gave_up += link.handle_timer(pair.now + second)
     assert gave_up == [GaveUp(request_id)]
+
+
+REPLICA: Endpoint = ("198.18.0.2", 9000)
+
+
+def _through(core: RegistryCore, link: RegistryLink, source: Endpoint, now: float) -> list[Any]:
+    """Carry the link's datagrams to `core` (a replica at REPLICA) and its answers back."""
+    inputs: list[Any] = []
+    while link.outgoing:
+        sent, link.outgoing = link.outgoing, []
+        for datagram, destination in sent:
+            assert destination == REPLICA
+            for answer, to in core.handle_datagram(datagram, source, now):
+                if to == source:
+                    inputs += link.receive(answer, now, REPLICA)
+    return inputs
+
+
+def test_a_silent_registry_hands_every_waiting_request_to_its_replica(
+    pair: Pair, tmp_path: Path
+) -> None:
+    replica = RegistryCore(
+        pair.registry_private,
+        Store(tmp_path / "registry.db", IPv4Network("100.64.0.0/10")),
+        first_counter=10**6,
+        replica="b",
+    )
+    private = generate_private_key()
+    link = RegistryLink(
+        private, REGISTRY, pair.core.public_key, first_counter=1, replicas=(REPLICA,)
+    )
+    register(pair, link, ALICE, "alice")
+    pair.store.flush()
+    recorded = pair.heard[ALICE][-1]
+    request_id = link.request("lookup", {"query": "alice"}, pair.now)
+    link.outgoing.clear()  # the registry at REGISTRY is gone
+    assert link.handle_timer(pair.now + 1) == []
+    link.outgoing.clear()
+    assert link.handle_timer(pair.now + 2) == [SwitchedRegistry(REPLICA, REGISTRY)]
+    assert link.endpoint == REPLICA
+    inputs = _through(replica, link, ALICE, pair.now + 2)
+    assert [type(i) for i in inputs] == [Reply]
+    assert inputs[0].request_id == request_id and inputs[0].message["ok"]
+    # The first registry's messages still meet its own replay window.
+    before = link.dropped
+    assert link.receive(recorded, pair.now, REGISTRY) == []
+    assert link.dropped == before + 1
+    replica.store.close()
+
+
+def test_a_lone_registry_is_never_switched_away_from(pair: Pair) -> None:
+    link = pair.link(generate_private_key())
+    link.request("lookup", {"query": "x"}, pair.now)
+    inputs = [i for s in range(1, 10) for i in link.handle_timer(pair.now + s)]
+    assert not any(isinstance(i, SwitchedRegistry) for i in inputs)
+    assert {d for _, d in link.outgoing} == {REGISTRY}
 
 
 def _b64(private: bytes) -> str:
