@@ -210,9 +210,11 @@ class Agent:
         listen_port: int | None = None,
         join_key: str | None = None,
         policy_file: Path | None = None,
+        registry: str = REGISTRY,
     ) -> None:
-        """`pilotif up` joined to the lab's registry; returns once the daemon is up."""
-        args = ["--registry", REGISTRY, "--hostname", self.hostname]
+        """`pilotif up` joined to the lab's registry (or the replicas `registry` lists);
+        returns once the daemon is up."""
+        args = ["--registry", registry, "--hostname", self.hostname]
         if join_key is not None:
             args += ["--join-key", join_key]
         if policy_file is not None:
@@ -331,6 +333,7 @@ class NatLab:
     registry_args: tuple[str, ...] = ()
     """Extra `pilotif registry` options (e.g. --require-join-key), kept across restarts."""
     _registry: "subprocess.Popen[bytes] | None" = None
+    _replicas: dict[str, "subprocess.Popen[bytes]"] = field(default_factory=dict)
 
     def __getitem__(self, hostname: str) -> Agent:
         return self.agents[hostname]
@@ -413,10 +416,46 @@ class NatLab:
         return json.loads(result.stdout)
 
     def stop_registry(self) -> None:
-        """Stop the registry by its PID (SIGTERM, then SIGKILL)."""
+        """Stop the registry by its PID (SIGTERM, then SIGKILL), and its replicas."""
         if self._registry is not None:
             self.public.stop(self._registry)
             self._registry = None
+        for address in list(self._replicas):
+            self.kill_replica(address)
+
+    def start_replica(self, address: str) -> str:
+        """Another registry replica (same `registry_args`: a --database) on `address` of
+        the public switch; its HOST:PORT once it listens."""
+        self.public.run(
+            "ip", "address", "add", _with_prefix(address, PUBLIC_NETWORK), "dev", _SWITCH
+        )
+        listen = f"{address}:{REGISTRY_PORT}"
+        process = self.public.spawn(
+            pilotif_executable(),
+            "registry",
+            "--listen",
+            listen,
+            "--state-dir",
+            str(self.workdir / f"replica-{address}"),
+            *self.registry_args,
+            log_path=self.workdir / f"replica-{address}.log",
+        )
+        self._replicas[address] = process
+
+        def listening() -> bool | None:
+            if process.poll() is not None:
+                raise LabError(f"the replica on {listen} exited {process.returncode}")
+            return True if self.public.run("ss", "-Hnlu", "src", listen).stdout.strip() else None
+
+        poll_until(listening, REGISTRY_START_TIMEOUT_S, "the replica listening on " + listen)
+        return listen
+
+    def kill_replica(self, address: str) -> None:
+        """Kill the replica on `address` (SIGKILL by its PID: a crash, nothing saved)."""
+        process = self._replicas.pop(address)
+        process.kill()
+        process.wait()
+        self.public.stop(process)
 
     def _log_tail(self) -> str:
         return self.registry_log.read_text()[-2000:] if self.registry_log.exists() else ""

@@ -882,6 +882,7 @@ class NodeCore:
         self._input(peer, PathInput.PUNCH, now)
         peer.round_until_s = now + PROBE_DURATION_S
         peer.next_probe_s = now
+        self.device.probe_with_initiations(peer.public_key, endpoints)
         self.device.initiate_handshake(peer.public_key, now)
         self._tick_peer(peer, now)
 
@@ -1001,6 +1002,8 @@ class NodeCore:
                 targets.append(state.endpoint)
             for target in targets:
                 self.device.send_keepalive_to(peer.public_key, target, now)
+        if now >= peer.round_until_s and state.probe_endpoints:
+            self.device.probe_with_initiations(peer.public_key, ())
         if peer.state == PathState.PROBING and now >= peer.round_until_s:
             self._input(peer, PathInput.ROUND_OVER, now)
         if peer.next_round_s is not None and now >= peer.next_round_s and self.registry_online:

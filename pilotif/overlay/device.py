@@ -258,6 +258,14 @@ class Device:
         if keypair is None or not keypair.can_send(now):
             self._send_initiation(peer, now, is_retry=False)
 
+    def probe_with_initiations(self, public_key: bytes, endpoints: Sequence[PeerEndpoint]) -> None:
+        """Send a copy of each initiation (and retry) to these candidate endpoints too,
+        until called again (with none to stop): a peer that a relay cannot carry (it
+        talks to another registry replica) still gets a session, directly."""
+        peer = self._peers.get(public_key)
+        if peer is not None:
+            peer.probe_endpoints = tuple(endpoints)
+
     def send_keepalive_to(self, public_key: bytes, endpoint: PeerEndpoint, now: float) -> bool:
         """Probe a candidate path: an authenticated keepalive to `endpoint`, leaving the
         peer's endpoint as it is. False when there is no session to send it with."""
@@ -500,6 +508,10 @@ class Device:
         self._by_index[index] = (peer, state)
         peer.last_initiation_sent_s = now
         self._send_handshake_message(peer, bytes(message), now)
+        for endpoint in peer.probe_endpoints:
+            if endpoint != peer.endpoint:
+                self.outgoing.append((bytes(message), endpoint))
+                peer.tx_bytes += len(message)
         jitter = (
             int.from_bytes(self._random_bytes(2), "little") / 0xFFFF * REKEY_TIMEOUT_JITTER_MAX_S
         )

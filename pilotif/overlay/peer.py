@@ -111,6 +111,9 @@ class Peer:
     accepted (oldest first): they take inbound packets, never outbound ones."""
     handshake: InitiatorState | None = None
     handshake_attempts: int = 0
+    probe_endpoints: tuple[PeerEndpoint, ...] = ()
+    """Candidate paths that each initiation also goes to, beside `endpoint` (while a
+    node probes them: the first answer there makes the session direct at once)."""
     last_initiation_sent_s: float | None = None
     last_initiation_received_s: float | None = None
     greatest_timestamp: bytes = b""

@@ -147,6 +147,29 @@ def test_first_packet_triggers_a_handshake_and_is_delivered_after_it(
     assert drops(a) == drops(b) == {}
 
 
+def test_an_initiation_also_goes_to_the_probed_candidates_and_an_answer_there_wins(
+    pair: tuple[Node, Node],
+) -> None:
+    """A peer whose relay cannot carry it (another registry replica) is reached directly:
+    each initiation of a probe round goes to its candidates too."""
+    a, b = pair
+    relay_only = RelayEndpoint(b.device.public_key)
+    a.device.set_endpoint(b.device.public_key, relay_only)
+    a.device.probe_with_initiations(b.device.public_key, [b.endpoint])
+    a.device.send_packet(a.packet_to(b, b"hello"), NOW)
+    sent = take(a)
+    assert [endpoint for _, endpoint in sent] == [relay_only, b.endpoint]
+    assert sent[0][0] == sent[1][0], "one initiation, two paths"
+    b.device.receive_datagram(sent[1][0], a.endpoint, NOW)
+    deliver(b, a, NOW)
+    assert a.device.events == [
+        EndpointChanged(b.device.public_key, b.endpoint),
+        HandshakeCompleted(b.device.public_key, initiator=True),
+    ]
+    a.device.probe_with_initiations(b.device.public_key, [])
+    assert peer_of(a, b).probe_endpoints == ()
+
+
 def test_initiator_sends_a_keepalive_when_nothing_was_staged() -> None:
     a, b = make_node(1), make_node(2)
     connect(a, b, persistent_keepalive_s=PERSISTENT_KEEPALIVE_S)
