@@ -113,6 +113,11 @@ DETACH_EVERY: Final = 5
 """Every how many `keep_replicas` calls the nodes that went offline here are let go."""
 PUSH_CHANNEL: Final = "pilotif_push"
 """The notification channel that carries pushes to the replica a node talks to."""
+TRUST_CACHE_S: Final = 10.0
+"""How long the relay keeps its answer to "do these two trust each other?" (a change
+through any replica clears it at once; one made with `registry admin` shows within)."""
+MAX_TRUST_CACHE: Final = 100_000
+"""Pairs the relay remembers (all are forgotten when it is full)."""
 MAX_RTT_MS: Final = 2_000
 """The largest round trip a node may report; longer ones count as this."""
 MAX_REQUEST_ID: Final = 2**63 - 1
@@ -208,6 +213,8 @@ class RegistryCore:
         """The replicas alive at the last `keep_replicas`."""
         self._attached: set[bytes] = set()
         """Nodes whose `replica` in the database names us."""
+        self._trust_cache: dict[tuple[bytes, bytes], tuple[bool, float]] = {}
+        """Pairs of nodes the relay asked about: whether they trust each other, until when."""
         self._keep_calls = 0
         self.store = store
         self.require_join_key = require_join_key
@@ -292,7 +299,7 @@ class RegistryCore:
         if target is None or not self._online(sender, now) or not self._online(destination, now):
             self.counters["relay_offline"] += 1
             return []
-        if not self.store.is_trusted(sender, destination):
+        if not self._trusted(sender, destination, now):
             self.counters["relay_not_trusted"] += 1
             return []
         self.counters["relayed_packets"] += 1
@@ -573,11 +580,15 @@ class RegistryCore:
                 self._attached.difference_update(gone)
 
     def handle_notifications(self, now: float) -> list[Outgoing]:
-        """Pushes that another replica sent through the database for our nodes."""
+        """What other replicas sent through the database: pushes for our nodes, and
+        trust changes the relay must not answer from memory."""
         outgoing: list[Outgoing] = []
         for text in self.store.notifications():
             try:
                 note = json.loads(text)
+                if "trust" in note:
+                    self._trust_cache.pop(_pair(*(decode_key(k) for k in note["trust"])), None)
+                    continue
                 key = decode_key(note["key"])
                 payload = note["payload"]
             except (ValueError, KeyError, TypeError, InvalidKeyError):
@@ -731,6 +742,11 @@ class RegistryCore:
     def _trust_changed(
         self, node: NodeRecord, peer: NodeRecord, trusted: bool, now: float, out: list[_Push]
     ) -> None:
+        self._trust_cache.pop(_pair(node.public_key, peer.public_key), None)
+        if self.replica is not None:
+            # The other replicas' relays forget what they knew of these two.
+            note = {"trust": [encode_key(node.public_key), encode_key(peer.public_key)]}
+            self.store.notify(PUSH_CHANNEL, json.dumps(note, separators=(",", ":")))
         log_event(
             "trust_established" if trusted else "trust_revoked",
             node=node.hostname,
@@ -817,6 +833,19 @@ class RegistryCore:
             self.counters["push_no_session"] += 1
             return
         out.append((key, payload, seen[0]))
+
+    def _trusted(self, key: bytes, other: bytes, now: float) -> bool:
+        """Whether two nodes trust each other, as the relay needs it for every packet:
+        from memory for TRUST_CACHE_S (a change made through any replica clears it)."""
+        pair = _pair(key, other)
+        cached = self._trust_cache.get(pair)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        trusted = self.store.is_trusted(key, other)
+        if len(self._trust_cache) >= MAX_TRUST_CACHE:
+            self._trust_cache.clear()
+        self._trust_cache[pair] = (trusted, now + TRUST_CACHE_S)
+        return trusted
 
     def _forward(self, key: bytes, payload: dict[str, Any]) -> None:
         if self.replica is None:
@@ -975,3 +1004,8 @@ def _json_size(value: object) -> int:
 
 def _error_reply(code: str, error: str, hint: str) -> dict[str, Any]:
     return {"op": "reply", "ok": False, "code": code, "error": error, "hint": hint}
+
+
+def _pair(key: bytes, other: bytes) -> tuple[bytes, bytes]:
+    """Two nodes' keys in one order (a trust is mutual)."""
+    return (key, other) if key < other else (other, key)

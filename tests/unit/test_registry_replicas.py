@@ -12,7 +12,8 @@ import pytest
 from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key
 from pilotif.registry.server import PUSH_CHANNEL, REPLICA_ALIVE_S
-from tests.unit.test_registry_server import FakeNode, World
+from pilotif.registry.wire import ControlChannel, pack_relay
+from tests.unit.test_registry_server import WIREGUARD_DATAGRAM, FakeNode, World
 
 NOTIFY_WAIT_S = 5.0
 
@@ -60,6 +61,16 @@ def pair(replicas: tuple[World, World]) -> tuple[FakeNode, FakeNode]:
     for world in (a, b):
         world.store.flush()
     return alice, bob
+
+
+def _speak_at(world: World, node: FakeNode) -> None:
+    """Let `node` talk to this replica too, as a node's RegistryLink does: a replay
+    window of its own for this replica, and a counter above the floor it keeps."""
+    world.nodes[node.endpoint] = node
+    node.channel = ControlChannel(node.private, world.core.public_key, local_is_registry=False)
+    stale = world.call(node, "lookup", query="x")
+    assert stale["code"] == "stale_counter", "a replica knows the floor, not the counter"
+    node.counter = itertools.count(stale["floor"] + 1)
 
 
 def test_the_register_reply_names_the_replica(
@@ -141,10 +152,7 @@ def test_a_node_that_moves_keeps_its_address_name_and_trust_and_gets_its_pushes_
     a.messages(alice)
     b.messages(bob)
     before = a.store.node_by_key(alice.key)
-    b.nodes[alice.endpoint] = alice
-    stale = b.call(alice, "register", hostname="alice", tags=[], lan=[])
-    assert stale["code"] == "stale_counter", "b knows alice's floor, not her counter"
-    alice.counter = itertools.count(stale["floor"] + 1)
+    _speak_at(b, alice)
     moved = b.register(alice, "alice", lan=["10.0.0.5:51820"])
     assert before is not None and (moved["ipv4"], moved["hostname"]) == (
         str(before.ipv4),
@@ -156,3 +164,26 @@ def test_a_node_that_moves_keeps_its_address_name_and_trust_and_gets_its_pushes_
     b.call(bob, "untrust", peer=alice.b64)
     [revoked] = b.pushes(alice)
     assert (revoked["op"], revoked["trusted"]) == ("trust_changed", False)
+
+
+def test_an_untrust_at_one_replica_stops_the_other_relaying_at_once(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    a, b = replicas
+    alice, bob = pair
+    carol = a.new_node()
+    a.register(carol, "carol")
+    a.call(alice, "trust_request", peer=carol.b64, message="")
+    a.call(carol, "trust_respond", peer=alice.b64, approve=True)
+    pump(b)  # b hears of the trust (it keeps nothing about it)
+    b.nodes[carol.endpoint] = carol
+    relayed = pack_relay(carol.key, WIREGUARD_DATAGRAM)
+    a.deliver(relayed, alice.endpoint)
+    assert a.core.counters["relayed_packets"] == 1
+    a.inbox.pop(carol.endpoint)
+    _speak_at(b, carol)
+    b.call(carol, "untrust", peer=alice.b64)  # carol's request reaches the other replica
+    pump(a)
+    a.deliver(relayed, alice.endpoint)
+    assert a.core.counters["relay_not_trusted"] == 1
+    assert bob.key not in (k for k, _ in a.core._trust_cache)

@@ -33,6 +33,7 @@ from pilotif.registry.server import (
     PENDING_PUSH_LIMIT,
     RELAY_BURST_BYTES,
     SEEN_WRITE_S,
+    TRUST_CACHE_S,
     UNPROVEN_BURST,
     RegistryCore,
 )
@@ -63,6 +64,7 @@ class FakeNode:
         self, registry_public: bytes, endpoint: Endpoint, clock: Callable[[], float]
     ) -> None:
         private = generate_private_key()
+        self.private = private
         self.key = public_key(private)
         self.b64 = encode_key(self.key)
         self.endpoint = endpoint
@@ -620,6 +622,30 @@ def test_relay_forwards_between_trusting_nodes_from_registered_endpoints(
     world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
     assert world.core.counters["relay_offline"] == 1
     assert bob.endpoint not in world.inbox
+
+
+def test_the_relay_asks_the_database_once_per_pair_and_forgets_at_an_untrust(
+    world: World, alice: FakeNode, bob: FakeNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust(world, alice, bob)
+    asked: list[tuple[bytes, bytes]] = []
+    is_trusted = world.store.is_trusted
+    monkeypatch.setattr(
+        world.store, "is_trusted", lambda a, b: asked.append((a, b)) or is_trusted(a, b)
+    )
+    for _ in range(50):
+        world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
+        world.deliver(pack_relay(alice.key, WIREGUARD_DATAGRAM), bob.endpoint)
+    assert world.core.counters["relayed_packets"] == 100
+    assert len(asked) == 1, "no query per packet"
+    for node in (alice, bob):
+        world.inbox.pop(node.endpoint)
+    world.call(bob, "untrust", peer=alice.b64)
+    world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
+    assert world.core.counters["relay_not_trusted"] == 1, "an untrust is felt at once"
+    world.now += TRUST_CACHE_S
+    world.deliver(pack_relay(bob.key, WIREGUARD_DATAGRAM), alice.endpoint)
+    assert len(asked) == 3, "asked again after the untrust, and once the answer aged"
 
 
 def test_a_relay_message_from_an_unknown_address_gets_a_four_byte_notice(
