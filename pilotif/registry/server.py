@@ -353,15 +353,21 @@ class RegistryCore:
             self._remember(sender, channel)
         else:
             self._channels.move_to_end(sender)
+        record = self.store.node_by_key(sender)
+        if record is not None and self._moved_away(record, channel):
+            # It talked to another replica since this channel last heard it: a replay of
+            # what it sent there would pass this window. That replica's floor decides.
+            channel.restore_counter(record.highest_counter)
+            self.counters["stale_counter"] += 1
+            notice = StaleCounter(message, record.highest_counter)
+            return self._stale_counter_notice(sender, notice, source)
         self.counters["control_messages"] += 1
         session = _id_field(message, "session")
         new_session = False
         if session is not None:
             new_session = self._sessions.get(sender) != session
             self._sessions[sender] = session
-        request = _Request(
-            sender, self.store.node_by_key(sender), message, source, now, [], new_session
-        )
+        request = _Request(sender, record, message, source, now, [], new_session)
         rtt_ms = message.get("rtt_ms")
         if request.record is not None and type(rtt_ms) is int and rtt_ms >= 0:
             self._rtt_ms[sender] = min(rtt_ms, MAX_RTT_MS)
@@ -856,6 +862,15 @@ class RegistryCore:
         note = {"replica": record.replica, "key": encode_key(key), "payload": payload}
         self.store.notify(PUSH_CHANNEL, json.dumps(note, separators=(",", ":")))
         self.counters["pushes_forwarded"] += 1
+
+    def _moved_away(self, node: NodeRecord, channel: ControlChannel) -> bool:
+        """Whether the node talks to another replica, with counters this channel may not
+        have seen (the database's floor is that replica's lease, above them all)."""
+        return (
+            self.replica is not None
+            and node.replica not in (None, self.replica)
+            and channel.highest_counter <= node.highest_counter
+        )
 
     def _elsewhere(self, node: NodeRecord) -> bool:
         """Whether the node talks to another replica that is alive."""

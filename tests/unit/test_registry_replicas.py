@@ -13,7 +13,7 @@ from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key
 from pilotif.registry.server import PUSH_CHANNEL, REPLICA_ALIVE_S
 from pilotif.registry.wire import ControlChannel, pack_relay
-from tests.unit.test_registry_server import WIREGUARD_DATAGRAM, FakeNode, World
+from tests.unit.test_registry_server import WIREGUARD_DATAGRAM, FakeNode, World, remac
 
 NOTIFY_WAIT_S = 5.0
 
@@ -187,3 +187,25 @@ def test_an_untrust_at_one_replica_stops_the_other_relaying_at_once(
     a.deliver(relayed, alice.endpoint)
     assert a.core.counters["relay_not_trusted"] == 1
     assert bob.key not in (k for k, _ in a.core._trust_cache)
+
+
+def test_what_a_node_sent_one_replica_cannot_be_replayed_to_another(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    """Replicas share the registry's key, so a node's message to one opens at the other.
+    A replica that heard the node before it moved keeps a window below what the node sent
+    since: the floor in the database (the other replica's lease) refuses the replay."""
+    a, b = replicas
+    alice, _ = pair
+    _speak_at(b, alice)
+    b.register(alice, "alice")
+    b.store.flush()
+    _speak_at(a, alice)  # back to the first replica
+    a.register(alice, "alice")
+    a.store.flush()
+    captured = alice.last_sent
+    b.deliver(remac(alice, captured, b.now), alice.endpoint)
+    [notice] = b.messages(alice)
+    assert notice["code"] == "stale_counter"
+    record = b.store.node_by_key(alice.key)
+    assert record is not None and record.replica == "a", "the replay moved nothing"
