@@ -14,6 +14,12 @@ requests, cookies, retries), in one process:
    trip of each (p50/p99/max), the registry's CPU and memory;
 3. one registration at that size: `--probes` new nodes one after another (p50, p99).
 
+With `--replicas N` (PostgreSQL only) N registry processes share the database; node i
+starts at replica i mod N and is given all of them. `--kill-replica-at S` kills the
+second replica (SIGKILL) S seconds into the heartbeats: `failover_s` is how long each of
+its nodes, from the heartbeat that found it silent, took to be answered by another (its
+own heartbeat interval, up to `--heartbeat-s`, comes before that).
+
 `dropped` counts the datagrams the registry's socket dropped (the kernel's count for
 that socket) plus the heartbeats that needed a second attempt. Nodes share a source
 address 16 at a time, below the registry's limit of new nodes per address. Run it on a
@@ -44,7 +50,7 @@ from typing import Any
 from pilotif.keys import decode_key
 from pilotif.lab.postgres import throwaway_postgres
 from pilotif.node.core import REGISTER_INTERVAL_S
-from pilotif.node.registry_link import GaveUp, RegistryLink, Reply
+from pilotif.node.registry_link import GaveUp, RegistryLink, Reply, SwitchedRegistry
 from pilotif.overlay.crypto import generate_private_key
 
 NODES_PER_ADDRESS = 16
@@ -66,6 +72,7 @@ class SimulatedNode:
     waiting: int | None = None
     sent_s: float = 0.0
     retried: bool = False
+    switched: bool = False
 
 
 @dataclass
@@ -85,6 +92,8 @@ class Results:
     registry_cpu_percent: float = 0.0
     registry_rss_mib: float = 0.0
     new_registration_ms: list[float] = field(default_factory=list)
+    replicas: int = 1
+    failover_s: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         beats = sorted(self.heartbeat_ms)
@@ -107,6 +116,10 @@ class Results:
             "registry_rss_mib": round(self.registry_rss_mib, 1),
             "new_registration_p50_ms": _round(_percentile(probes, 50)),
             "new_registration_p99_ms": _round(_percentile(probes, 99)),
+            "replicas": self.replicas,
+            "nodes_failed_over": len(self.failover_s),
+            "failover_p50_s": _round(_percentile(sorted(self.failover_s), 50)),
+            "failover_max_s": _round(max(self.failover_s, default=0.0)),
         }
 
 
@@ -123,14 +136,15 @@ def _round(value: float) -> float:
 class Swarm:
     """The simulated nodes and one epoll loop over their sockets."""
 
-    def __init__(self, registry: tuple[str, int], registry_key: bytes, first: int) -> None:
-        self.registry = registry
+    def __init__(self, registries: list[tuple[str, int]], registry_key: bytes, first: int) -> None:
+        self.registries = registries
         self.first = first
         self.registry_key = registry_key
         self.nodes: list[SimulatedNode] = []
         self.selector = selectors.EpollSelector()
         self.waiting: set[int] = set()
         self.latencies: list[float] | None = None
+        self.failovers: list[float] = []
         self.retried = 0
         self.gave_up = 0
 
@@ -145,7 +159,12 @@ class Swarm:
         sock.bind((address, 0))
         sock.setblocking(False)
         link = RegistryLink(
-            generate_private_key(), self.registry, self.registry_key, first_counter=0
+            generate_private_key(),
+            # Probes (named) go to the first replica, which is never the one killed.
+            self.registries[0 if hostname else (self.first + number) % len(self.registries)],
+            self.registry_key,
+            first_counter=0,
+            replicas=tuple(self.registries),
         )
         node = SimulatedNode(number, hostname or f"load-{self.first + number}", sock, link)
         self.nodes.append(node)
@@ -156,7 +175,7 @@ class Swarm:
         fields = {"hostname": node.hostname, "tags": ["bench"], "lan": []}
         node.waiting = node.link.request("register", fields, now)
         node.sent_s = now
-        node.retried = False
+        node.retried = node.switched = False
         self.waiting.add(node.number)
         self._flush(node)
 
@@ -174,10 +193,10 @@ class Swarm:
             now = time.monotonic()
             while True:
                 try:
-                    data = node.sock.recv(2048)
+                    data, source = node.sock.recvfrom(2048)
                 except BlockingIOError:
                     break
-                for event in node.link.receive(data, now):
+                for event in node.link.receive(data, now, source):
                     if isinstance(event, Reply) and event.request_id == node.waiting:
                         if event.message.get("ok") is not True:
                             raise SystemExit(f"registration refused: {event.message}")
@@ -186,7 +205,11 @@ class Swarm:
         return answered
 
     def _answered(self, node: SimulatedNode, now: float, answered: list[SimulatedNode]) -> None:
-        if self.latencies is not None and not node.retried:
+        if node.switched:
+            self.failovers.append(now - node.sent_s)
+        elif node.retried:
+            self.retried += 1
+        elif self.latencies is not None:
             self.latencies.append((now - node.sent_s) * 1000)
         node.waiting = None
         self.waiting.discard(node.number)
@@ -197,11 +220,11 @@ class Swarm:
         for number in list(self.waiting):
             node = self.nodes[number]
             events = node.link.handle_timer(now)
-            if node.link.outgoing and not node.retried:
-                node.retried = True
-                self.retried += 1
+            node.retried = node.retried or bool(node.link.outgoing)
             for event in events:
-                if isinstance(event, GaveUp):
+                if isinstance(event, SwitchedRegistry):
+                    node.switched = True
+                elif isinstance(event, GaveUp):
                     self.gave_up += 1
                     node.waiting = None
                     self.waiting.discard(number)
@@ -337,12 +360,12 @@ def _probe_new_registrations(swarm: Swarm, probes: int) -> list[float]:
 
 
 def _worker(
-    conn: Connection, first: int, count: int, registry: tuple[str, int], key: bytes
+    conn: Connection, first: int, count: int, registries: list[tuple[str, int]], key: bytes
 ) -> None:
     """One process's share of the nodes (a process may hold only so many sockets),
     driven by commands from the bench: ("register", window), ("heartbeats", start,
     interval_s, measure_s, total), ("probe", count), ("stop",)."""
-    swarm = Swarm(registry, key, first)
+    swarm = Swarm(registries, key, first)
     for _ in range(count):
         swarm.add()
     # Our own collector's pauses would count as the registry's latency.
@@ -356,7 +379,7 @@ def _worker(
         elif command[0] == "heartbeats":
             _, start, interval_s, measure_s, total = command
             latencies = _heartbeats(swarm, first, total, start, interval_s, measure_s)
-            conn.send((latencies, swarm.retried, swarm.gave_up))
+            conn.send((latencies, swarm.retried, swarm.gave_up, swarm.failovers))
         elif command[0] == "probe":
             conn.send(_probe_new_registrations(swarm, command[1]))
         else:
@@ -377,33 +400,59 @@ def _database(args: argparse.Namespace) -> Iterator[str | None]:
 
 
 @contextlib.contextmanager
-def _registry(database: str | None) -> Iterator[tuple[subprocess.Popen[bytes], int, bytes]]:
+def _registries(
+    database: str | None, count: int
+) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[int], bytes]]:
+    """`count` registry processes (replicas when there are several) on loopback."""
     with tempfile.TemporaryDirectory(prefix="pilotif-load-") as tmp:
-        port = _free_port()
-        process, key = _start_registry(Path(tmp) / "state", port, database)
+        processes: list[subprocess.Popen[bytes]] = []
+        ports: list[int] = []
         try:
-            yield process, port, key
+            for index in range(count):
+                ports.append(_free_port())
+                process, key = _start_registry(Path(tmp) / f"state-{index}", ports[-1], database)
+                processes.append(process)
+            yield processes, ports, key
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _registry_totals(
+    processes: list[subprocess.Popen[bytes]], ports: list[int]
+) -> tuple[float, int]:
+    """CPU seconds and socket drops of the registries still running, summed."""
+    cpu, drops = 0.0, 0
+    for process, port in zip(processes, ports, strict=True):
+        if process.poll() is None:
+            cpu += _cpu_seconds(process.pid)
+            drops += _socket_drops(process.pid, port)
+    return cpu, drops
 
 
 def run(args: argparse.Namespace) -> Results:
+    if args.replicas > 1 and not (args.database or args.postgresql):
+        raise SystemExit("--replicas needs PostgreSQL (--database URL or --postgresql)")
     per_process = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1024
     resource.setrlimit(resource.RLIMIT_NOFILE, (per_process + 1024,) * 2)
-    results = Results(args.nodes)
-    with _database(args) as database, _registry(database) as (process, port, key):
-        registry = ("127.0.0.1", port)
+    results = Results(args.nodes, replicas=args.replicas)
+    with (
+        _database(args) as database,
+        _registries(database, args.replicas) as (processes, ports, key),
+    ):
+        registries = [("127.0.0.1", port) for port in ports]
         workers: list[tuple[multiprocessing.Process, Connection]] = []
         for first in range(0, args.nodes, per_process):
             ours, theirs = multiprocessing.Pipe()
             count = min(per_process, args.nodes - first)
             worker = multiprocessing.Process(
-                target=_worker, args=(theirs, first, count, registry, key), daemon=True
+                target=_worker, args=(theirs, first, count, registries, key), daemon=True
             )
             worker.start()
             workers.append((worker, ours))
@@ -418,22 +467,30 @@ def run(args: argparse.Namespace) -> Results:
                 done_at += conn.recv()
             done_at.sort()
             _registration_rates(results, started, done_at)
-            drops_before = _socket_drops(process.pid, port)
-            cpu_before = _cpu_seconds(process.pid)
+            cpu_before, drops_before = _registry_totals(processes, ports)
             start = time.monotonic() + 1.0
             for _, conn in workers:
                 conn.send(("heartbeats", start, args.heartbeat_s, args.measure_s, args.nodes))
+            if args.kill_replica_at is not None:
+                time.sleep(max(0.0, start + args.kill_replica_at - time.monotonic()))
+                cpu_killed, drops_killed = _registry_totals(processes[1:2], ports[1:2])
+                processes[1].kill()
+                processes[1].wait()
+                cpu_before -= cpu_killed
+                drops_before -= drops_killed
             for _, conn in workers:
-                latencies, retried, gave_up = conn.recv()
+                latencies, retried, gave_up, failovers = conn.recv()
                 results.heartbeat_ms += latencies
                 results.heartbeats_retried += retried
                 results.gave_up += gave_up
-            results.registry_cpu_percent = (
-                100 * (_cpu_seconds(process.pid) - cpu_before) / args.measure_s
+                results.failover_s += failovers
+            cpu_after, drops_after = _registry_totals(processes, ports)
+            results.registry_cpu_percent = 100 * (cpu_after - cpu_before) / args.measure_s
+            results.registry_rss_mib = max(_rss_mib(p.pid) for p in processes if p.poll() is None)
+            results.socket_drops = drops_after - drops_before
+            results.heartbeats = (
+                len(results.heartbeat_ms) + results.heartbeats_retried + len(results.failover_s)
             )
-            results.registry_rss_mib = _rss_mib(process.pid)
-            results.socket_drops = _socket_drops(process.pid, port) - drops_before
-            results.heartbeats = len(results.heartbeat_ms) + results.heartbeats_retried
             workers[0][1].send(("probe", args.probes))
             results.new_registration_ms = workers[0][1].recv()
             for _, conn in workers:
@@ -467,6 +524,10 @@ def main() -> int:
     parser.add_argument("--measure-s", type=float, default=60.0)
     parser.add_argument("--window", type=int, default=64, help="registrations in flight")
     parser.add_argument("--probes", type=int, default=200)
+    parser.add_argument("--replicas", type=int, default=1, help="registry replicas (PostgreSQL)")
+    parser.add_argument(
+        "--kill-replica-at", type=float, help="kill the second replica S s into the heartbeats"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     summary = run(args).summary()
