@@ -184,6 +184,8 @@ class _Request:
     new_session: bool
     """The first message of this node's session that we see (a new `up`, or our restart:
     pushes meant for it meanwhile were not sent)."""
+    asked: bool = False
+    """Whether trust requests to it wait (read with its record, in one query)."""
 
 
 class RegistryCore:
@@ -353,7 +355,7 @@ class RegistryCore:
             self._remember(sender, channel)
         else:
             self._channels.move_to_end(sender)
-        record = self.store.node_by_key(sender)
+        record, asked = self.store.node_and_requests(sender)
         if record is not None and self._moved_away(record, channel):
             # It talked to another replica since this channel last heard it: a replay of
             # what it sent there would pass this window. That replica's floor decides.
@@ -367,7 +369,7 @@ class RegistryCore:
         if session is not None:
             new_session = self._sessions.get(sender) != session
             self._sessions[sender] = session
-        request = _Request(sender, record, message, source, now, [], new_session)
+        request = _Request(sender, record, message, source, now, [], new_session, asked)
         rtt_ms = message.get("rtt_ms")
         if request.record is not None and type(rtt_ms) is int and rtt_ms >= 0:
             self._rtt_ms[sender] = min(rtt_ms, MAX_RTT_MS)
@@ -533,7 +535,8 @@ class RegistryCore:
                 self._push(peer.public_key, push, now, request.pushes)
         if not was_online:
             log_event("node_online", hostname=hostname, endpoint=endpoint)
-        for requester, text in self.store.incoming(key, PENDING_PUSH_LIMIT):
+        waiting = self.store.incoming(key, PENDING_PUSH_LIMIT) if request.asked else []
+        for requester, text in waiting:
             push = {"op": "trust_requested", "node": self._node(requester, now), "message": text}
             self._push(key, push, now, request.pushes)
         return {

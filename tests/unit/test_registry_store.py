@@ -217,6 +217,16 @@ def test_requests_both_ways_are_trusted_at_once(store: Store, alice: bytes, bob:
     assert store.incoming(alice) == [] and store.incoming(bob) == []
 
 
+def test_a_node_is_read_with_whether_requests_to_it_wait(
+    store: Store, alice: bytes, bob: bytes
+) -> None:
+    assert store.node_and_requests(bob) == (store.node_by_key(bob), False)
+    store.request_trust(alice, bob, "", NOW)
+    assert store.node_and_requests(bob) == (store.node_by_key(bob), True)
+    assert store.node_and_requests(alice)[1] is False
+    assert store.node_and_requests(new_key()) == (None, False)
+
+
 def test_a_rejected_request_is_gone(store: Store, alice: bytes, bob: bytes) -> None:
     store.request_trust(alice, bob, "", NOW)
     assert store.respond(bob, alice, False, NOW).state == "none"
