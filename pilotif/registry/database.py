@@ -53,6 +53,9 @@ class Database(Protocol):
 
     types: dict[str, str]
     """The engine's name for each type of COLUMN_TYPES."""
+    shared: bool
+    """Whether other registry processes write it and say so (notifications): reads then
+    cost a round trip, and what this process remembers of them must be let go."""
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
         """Run one statement outside a transaction (reads)."""
@@ -75,8 +78,8 @@ class Database(Protocol):
         if this database has no notifications)."""
         ...
 
-    def notifications(self) -> list[str]:
-        """The payloads received since the last call (never blocks)."""
+    def notifications(self) -> list[tuple[str, str]]:
+        """The (channel, payload) pairs received since the last call (never blocks)."""
         ...
 
     def close(self) -> None: ...
@@ -103,6 +106,7 @@ class SqliteDatabase:
 
     def __init__(self, path: Path) -> None:
         self.types = {"bytes": "BLOB", "float": "REAL"}
+        self.shared = False
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, _DB_FILE_MODE))
         self._db = sqlite3.connect(path, isolation_level=None)
@@ -133,7 +137,7 @@ class SqliteDatabase:
     def listen(self, channel: str) -> int | None:
         return None
 
-    def notifications(self) -> list[str]:
+    def notifications(self) -> list[tuple[str, str]]:
         return []
 
     def close(self) -> None:
@@ -175,6 +179,7 @@ class PostgresDatabase:
 
     def __init__(self, url: str) -> None:
         self.types = {"bytes": "BYTEA", "float": "DOUBLE PRECISION"}
+        self.shared = True
         try:
             import psycopg  # noqa: F401 (a clear error now, not at the first query)
         except ImportError:
@@ -213,10 +218,10 @@ class PostgresDatabase:
         self._listener.execute(f'LISTEN "{channel}"')
         return int(self._listener.fileno())
 
-    def notifications(self) -> list[str]:
+    def notifications(self) -> list[tuple[str, str]]:
         if self._listener is None:
             return []
-        return [str(n.payload) for n in self._listener.notifies(timeout=0)]
+        return [(str(n.channel), str(n.payload)) for n in self._listener.notifies(timeout=0)]
 
     def close(self) -> None:
         if self._listener is not None:

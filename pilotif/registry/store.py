@@ -8,6 +8,7 @@ text), so a PostgreSQL backend could later serve several registry replicas.
 
 import contextlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
@@ -26,6 +27,11 @@ _OCTET_MASK: Final = 0xFF
 _RESERVED_LAST_OCTETS: Final = (0x00, 0xFF)
 MAX_PENDING_PER_TARGET: Final = 100
 """Unanswered trust requests one node may hold; a newer one expires the oldest."""
+NODE_CHANNEL: Final = "pilotif_node"
+"""The notification channel on which a change to a node is announced (`ORIGIN:KEY` in
+hex): every other store lets go of what it remembered of it."""
+MAX_CACHED_NODES: Final = 250_000
+"""Nodes a store on a shared database remembers (all are let go when it is full)."""
 MAX_PENDING_PER_REQUESTER: Final = 50
 """Unanswered trust requests one node may have out; a newer one expires its oldest."""
 
@@ -184,6 +190,13 @@ class Store:
         self._counter_pending: dict[bytes, int] = {}
         """Counter floors not written yet."""
         self._db = open_database(location)
+        self._cache: dict[bytes, tuple[NodeRecord, bool]] | None = {} if self._db.shared else None
+        """On a shared database, what `node_and_requests` read (a heartbeat then needs no
+        round trip); a change anyone makes is announced on NODE_CHANNEL and let go."""
+        self._changed: set[bytes] = set()
+        """Nodes the current transaction changes (announced when it commits)."""
+        self._origin = os.urandom(4).hex()
+        """Our name in what we announce (our own announcements change nothing here)."""
         try:
             migrate(self._db)
         except BaseException:
@@ -209,7 +222,9 @@ class Store:
     def detach(self, keys: Iterable[bytes], replica: str) -> None:
         """These nodes went offline at `replica` (unless another replica has them now)."""
         self.flush()
+        keys = list(keys)
         with self._transaction() as cursor:
+            self._touched(*keys)
             cursor.executemany(
                 "UPDATE nodes SET replica = NULL WHERE public_key = ? AND replica = ?",
                 [(key, replica) for key in keys],
@@ -221,13 +236,24 @@ class Store:
         self._db.notify(channel, payload)
 
     def listen(self, channel: str) -> int | None:
-        """Start receiving `channel`'s notifications; the file descriptor to wait on
-        (None: this database has none)."""
+        """Start receiving `channel`'s notifications (and the changes to nodes others
+        make); the file descriptor to wait on (None: this database has none)."""
+        self._db.listen(NODE_CHANNEL)
         return self._db.listen(channel)
 
     def notifications(self) -> list[str]:
-        """The notifications received since the last call."""
-        return self._db.notifications()
+        """The payloads received on the listened channel since the last call (what
+        others changed is let go of here)."""
+        payloads = []
+        for channel, payload in self._db.notifications():
+            if channel != NODE_CHANNEL:
+                payloads.append(payload)
+            elif self._cache is not None:
+                origin, _, key = payload.partition(":")
+                if origin != self._origin:
+                    with contextlib.suppress(ValueError):
+                        self._cache.pop(bytes.fromhex(key), None)
+        return payloads
 
     def identity(self, proposed: bytes, now: float) -> bytes:
         """The registry's private key kept in the database (replicas share it): the one
@@ -250,11 +276,13 @@ class Store:
     def _transaction(self) -> Iterator[Cursor]:
         """One transaction, which writes the pending heartbeats first (they stay pending
         if it rolls back)."""
+        self._changed.clear()
         with self._db.transaction() as cursor:
             pending = self.unwritten > 0
             if pending:
                 self._write_pending(cursor)
             yield cursor
+            self._announce(cursor)
         if pending:
             self._seen_pending.clear()
             self._counter_pending.clear()
@@ -292,6 +320,8 @@ class Store:
                 if expired_before is None or owner[1] >= expired_before:
                     raise NameTaken(f"the name {hostname!r} belongs to another node")
                 cursor.execute("DELETE FROM nodes WHERE public_key = ?", (bytes(owner[0]),))
+                self._touched(bytes(owner[0]))
+            self._touched(public_key)
             existing = self._node(cursor, "public_key = ?", public_key)
             if join_key is None and existing is None and require_join_key:
                 raise JoinRefused(
@@ -402,6 +432,16 @@ class Store:
         commit for many nodes instead of one each. Every read sees them at once."""
         lan_text = json.dumps(list(lan_endpoints))
         self._seen_pending[public_key] = (endpoint, lan_text, now, session, replica)
+        cached = self._cache.get(public_key) if self._cache is not None else None
+        if cached is not None:
+            seen = replace(
+                cached[0],
+                endpoint=endpoint,
+                lan_endpoints=lan_endpoints,
+                last_seen=now,
+                replica=replica,
+            )
+            self._cache[public_key] = (seen, cached[1])  # type: ignore[index]
 
     def touch(self, seen: Iterable[tuple[bytes, float]]) -> None:
         """Raise the last-seen times of these nodes (key, time) where the database has
@@ -418,6 +458,10 @@ class Store:
         are)."""
         if counter > self._counter_pending.get(public_key, -1):
             self._counter_pending[public_key] = counter
+        cached = self._cache.get(public_key) if self._cache is not None else None
+        if cached is not None and counter > cached[0].highest_counter:
+            floor = replace(cached[0], highest_counter=counter)
+            self._cache[public_key] = (floor, cached[1])  # type: ignore[index]
 
     def set_counter_floors(self, floors: Iterable[tuple[bytes, int]]) -> None:
         """Set these nodes' counter floors (key, counter) exactly, in one transaction:
@@ -439,7 +483,23 @@ class Store:
             with self._transaction():
                 pass
 
+    def _touched(self, *keys: bytes) -> None:
+        """The current transaction changes these nodes."""
+        self._changed.update(keys)
+
+    def _announce(self, cursor: Cursor) -> None:
+        """Let go of the changed nodes here and, on a shared database, tell the others
+        (delivered when the transaction commits)."""
+        if self._cache is None:
+            return
+        for key in self._changed:
+            self._cache.pop(key, None)
+            cursor.execute("SELECT pg_notify(?, ?)", (NODE_CHANNEL, f"{self._origin}:{key.hex()}"))
+        self._changed.clear()
+
     def _write_pending(self, cursor: Cursor) -> None:
+        # Where a node is (and which replica has it) is news for the other replicas.
+        self._touched(*self._seen_pending)
         cursor.executemany(
             "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?,"
             " replica = ? WHERE public_key = ?",
@@ -457,13 +517,22 @@ class Store:
     def node_and_requests(self, public_key: bytes) -> tuple[NodeRecord | None, bool]:
         """The node with this key, and whether trust requests to it wait: what every
         control message needs, in one query (a round trip, on PostgreSQL)."""
+        if self._cache is not None and public_key in self._cache:
+            return self._cache[public_key]
         row = self._db.execute(
             f"SELECT {_NODE_COLUMNS},"
             " EXISTS (SELECT 1 FROM trust_requests WHERE to_key = ?) FROM nodes"
             " WHERE public_key = ?",
             (public_key, public_key),
         ).fetchone()
-        return (None, False) if row is None else (self._record(row[:-1]), bool(row[-1]))
+        if row is None:
+            return None, False
+        found = (self._record(row[:-1]), bool(row[-1]))
+        if self._cache is not None:
+            if len(self._cache) >= MAX_CACHED_NODES:
+                self._cache.clear()
+            self._cache[public_key] = found
+        return found
 
     def node_by_hostname(self, hostname: str) -> NodeRecord | None:
         """The node with this (normalized) hostname."""
@@ -542,6 +611,7 @@ class Store:
             if record is None:
                 raise UnknownNode(f"no node is called {hostname!r}")
             cursor.execute("DELETE FROM nodes WHERE public_key = ?", (record.public_key,))
+            self._touched(record.public_key)
         return record
 
     def rename_node(self, hostname: str, new_name: str) -> NodeRecord:
@@ -555,6 +625,7 @@ class Store:
             cursor.execute(
                 "UPDATE nodes SET hostname = ? WHERE public_key = ?", (new_name, record.public_key)
             )
+            self._touched(record.public_key)
             renamed = self._node(cursor, "public_key = ?", record.public_key)
         assert renamed is not None
         return renamed
@@ -570,6 +641,7 @@ class Store:
                 "UPDATE nodes SET granted_tags = ? WHERE public_key = ?",
                 (json.dumps(tags), record.public_key),
             )
+            self._touched(record.public_key)
             changed = self._node(cursor, "public_key = ?", record.public_key)
         assert changed is not None
         return changed
@@ -584,6 +656,7 @@ class Store:
             )
             expired = [self._record(row) for row in rows]
             cursor.execute(f"DELETE FROM nodes WHERE {where}", (seen_before,))
+            self._touched(*(node.public_key for node in expired))
         return expired
 
     # -- networks and join keys -----------------------------------------------------------
@@ -681,6 +754,7 @@ class Store:
             raise StoreError("a node cannot ask itself for trust")
         with self._transaction() as cursor:
             self._require(cursor, to_key)
+            self._touched(from_key, to_key)  # whether requests wait for either
             if self._trusted(cursor, from_key, to_key):
                 return TrustOutcome("trusted", changed=False)
             crossing = cursor.execute(
@@ -711,6 +785,7 @@ class Store:
         """
         with self._transaction() as cursor:
             self._require(cursor, requester)
+            self._touched(responder, requester)
             if self._trusted(cursor, responder, requester):
                 return TrustOutcome("trusted", changed=False)
             asked = cursor.execute(
@@ -733,6 +808,7 @@ class Store:
         a, b = sorted((key, other))
         with self._transaction() as cursor:
             self._require(cursor, other)
+            self._touched(key, other)
             revoked = cursor.execute(
                 "DELETE FROM trusts WHERE key_a = ? AND key_b = ?", (a, b)
             ).rowcount

@@ -10,10 +10,18 @@ from collections.abc import Iterator
 import pytest
 
 from pilotif.lab.postgres import ThrowawayPostgres
-from pilotif.overlay.crypto import generate_private_key
+from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.server import PUSH_CHANNEL, REPLICA_ALIVE_S
+from pilotif.registry.store import Store
 from pilotif.registry.wire import ControlChannel, pack_relay
-from tests.unit.test_registry_server import WIREGUARD_DATAGRAM, FakeNode, World, remac
+from tests.unit.test_registry_server import (
+    NETWORK,
+    START,
+    WIREGUARD_DATAGRAM,
+    FakeNode,
+    World,
+    remac,
+)
 
 NOTIFY_WAIT_S = 5.0
 
@@ -209,3 +217,24 @@ def test_what_a_node_sent_one_replica_cannot_be_replayed_to_another(
     assert notice["code"] == "stale_counter"
     record = b.store.node_by_key(alice.key)
     assert record is not None and record.replica == "a", "the replay moved nothing"
+
+
+def test_a_replica_lets_go_of_what_another_process_changed(
+    postgres_server: ThrowawayPostgres,
+) -> None:
+    """A heartbeat reads its node from memory on PostgreSQL; what the operator (or
+    another replica) changes is announced, and the next read goes to the database."""
+    url = postgres_server.create_database("cache_announced")
+    replica, admin = Store(url, NETWORK), Store(url, NETWORK)
+    replica.listen(PUSH_CHANNEL)
+    key = public_key(generate_private_key())
+    replica.register(key, "alice", (), START)
+    assert replica.node_and_requests(key)[0].hostname == "alice"  # type: ignore[union-attr]
+    admin.rename_node("alice", "alice-2")
+    assert replica.node_and_requests(key)[0].hostname == "alice", "remembered until told"
+    listener = replica._db._listener  # type: ignore[attr-defined]
+    select.select([listener.fileno()], [], [], NOTIFY_WAIT_S)
+    assert replica.notifications() == []
+    assert replica.node_and_requests(key)[0].hostname == "alice-2"  # type: ignore[union-attr]
+    replica.close()
+    admin.close()
