@@ -195,6 +195,9 @@ class Store:
         round trip); a change anyone makes is announced on NODE_CHANNEL and let go."""
         self._changed: set[bytes] = set()
         """Nodes the current transaction changes (announced when it commits)."""
+        self._heartbeats_written: set[bytes] = set()
+        """Nodes whose heartbeat the current transaction writes: announced, but what we
+        remember of them is already up to date."""
         self._origin = os.urandom(4).hex()
         """Our name in what we announce (our own announcements change nothing here)."""
         try:
@@ -277,6 +280,7 @@ class Store:
         """One transaction, which writes the pending heartbeats first (they stay pending
         if it rolls back)."""
         self._changed.clear()
+        self._heartbeats_written.clear()
         with self._db.transaction() as cursor:
             pending = self.unwritten > 0
             if pending:
@@ -348,6 +352,10 @@ class Store:
                 self._redeem(cursor, public_key, join_key, existing, now)
             record = self._node(cursor, "public_key = ?", public_key)
         assert record is not None
+        if self._cache is not None and existing is None:
+            # Its first heartbeat finds it here (100,000 new nodes would otherwise make
+            # 100,000 reads in the next 20 s).
+            self._cache[public_key] = (record, False)
         return record, existing is None
 
     @staticmethod
@@ -493,13 +501,15 @@ class Store:
         if self._cache is None:
             return
         for key in self._changed:
-            self._cache.pop(key, None)
+            if key not in self._heartbeats_written:
+                self._cache.pop(key, None)
             cursor.execute("SELECT pg_notify(?, ?)", (NODE_CHANNEL, f"{self._origin}:{key.hex()}"))
         self._changed.clear()
 
     def _write_pending(self, cursor: Cursor) -> None:
         # Where a node is (and which replica has it) is news for the other replicas.
         self._touched(*self._seen_pending)
+        self._heartbeats_written.update(self._seen_pending)
         cursor.executemany(
             "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?,"
             " replica = ? WHERE public_key = ?",
