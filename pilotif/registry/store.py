@@ -28,8 +28,10 @@ _RESERVED_LAST_OCTETS: Final = (0x00, 0xFF)
 MAX_PENDING_PER_TARGET: Final = 100
 """Unanswered trust requests one node may hold; a newer one expires the oldest."""
 NODE_CHANNEL: Final = "pilotif_node"
-"""The notification channel on which a change to a node is announced (`ORIGIN:KEY` in
-hex): every other store lets go of what it remembered of it."""
+"""The notification channel on which changes to nodes are announced (`ORIGIN:KEY,KEY...`
+in hex): every other store lets go of what it remembered of them."""
+_KEYS_PER_NOTIFICATION: Final = 100
+"""Keys in one notification (PostgreSQL takes 8,000 bytes; one round trip for many)."""
 MAX_CACHED_NODES: Final = 250_000
 """Nodes a store on a shared database remembers (all are let go when it is full)."""
 MAX_PENDING_PER_REQUESTER: Final = 50
@@ -252,10 +254,11 @@ class Store:
             if channel != NODE_CHANNEL:
                 payloads.append(payload)
             elif self._cache is not None:
-                origin, _, key = payload.partition(":")
+                origin, _, keys = payload.partition(":")
                 if origin != self._origin:
-                    with contextlib.suppress(ValueError):
-                        self._cache.pop(bytes.fromhex(key), None)
+                    for key in keys.split(","):
+                        with contextlib.suppress(ValueError):
+                            self._cache.pop(bytes.fromhex(key), None)
         return payloads
 
     def identity(self, proposed: bytes, now: float) -> bytes:
@@ -500,10 +503,13 @@ class Store:
         (delivered when the transaction commits)."""
         if self._cache is None:
             return
-        for key in self._changed:
+        changed = sorted(self._changed)
+        for key in changed:
             if key not in self._heartbeats_written:
                 self._cache.pop(key, None)
-            cursor.execute("SELECT pg_notify(?, ?)", (NODE_CHANNEL, f"{self._origin}:{key.hex()}"))
+        for start in range(0, len(changed), _KEYS_PER_NOTIFICATION):
+            keys = ",".join(key.hex() for key in changed[start : start + _KEYS_PER_NOTIFICATION])
+            cursor.execute("SELECT pg_notify(?, ?)", (NODE_CHANNEL, f"{self._origin}:{keys}"))
         self._changed.clear()
 
     def _write_pending(self, cursor: Cursor) -> None:
