@@ -230,10 +230,15 @@ class Store:
         keys = list(keys)
         with self._transaction() as cursor:
             self._touched(*keys)
+            self._heartbeats_written.update(keys)  # what we remember is updated below
             cursor.executemany(
                 "UPDATE nodes SET replica = NULL WHERE public_key = ? AND replica = ?",
                 [(key, replica) for key in keys],
             )
+        for key in keys:
+            cached = self._cache.get(key) if self._cache is not None else None
+            if cached is not None and cached[0].replica == replica:
+                self._cache[key] = (replace(cached[0], replica=None), cached[1])  # type: ignore[index]
 
     def notify(self, channel: str, payload: str) -> None:
         """Tell every replica listening on `channel` (PostgreSQL NOTIFY; a lone SQLite
