@@ -10,6 +10,7 @@ docs/CONTROL_PROTOCOL.md is the contract with the node.
 """
 
 import contextlib
+import itertools
 import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -111,6 +112,9 @@ REPLICA_ALIVE_S: Final = 2.0
 that is taken for dead, and the nodes it had are offline until they come to another."""
 DETACH_EVERY: Final = 5
 """Every how many `keep_replicas` calls the nodes that went offline here are let go."""
+DETACH_BATCH: Final = 1_000
+"""Nodes let go of at once, at most (a mass departure is written over several calls
+rather than in one transaction that holds up every heartbeat)."""
 PUSH_CHANNEL: Final = "pilotif_push"
 """The notification channel that carries pushes to the replica a node talks to."""
 TRUST_CACHE_S: Final = 10.0
@@ -583,7 +587,8 @@ class RegistryCore:
         self.live_replicas = self.store.live_replicas(now - 3 * REPLICA_ALIVE_S)
         self._keep_calls += 1
         if self._keep_calls % DETACH_EVERY == 0:
-            gone = [key for key in self._attached if not self._online(key, now)]
+            offline = (key for key in self._attached if not self._online(key, now))
+            gone = list(itertools.islice(offline, DETACH_BATCH))
             if gone:
                 self.store.detach(gone, self.replica)
                 self._attached.difference_update(gone)
