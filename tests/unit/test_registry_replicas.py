@@ -91,6 +91,18 @@ def _speak_at(world: World, node: FakeNode) -> None:
     node.counter = itertools.count(stale["floor"] + 1)
 
 
+def _trust_across(replicas: tuple[World, World], alice: FakeNode, bob: FakeNode) -> None:
+    """Alice (at the first replica) and bob (at the second) trust each other; what they
+    were told of it is taken."""
+    a, b = replicas
+    a.call(alice, "trust_request", peer=bob.b64, message="")
+    pump(b)
+    b.call(bob, "trust_respond", peer=alice.b64, approve=True)
+    pump(a)
+    a.messages(alice)
+    b.messages(bob)
+
+
 def test_the_register_reply_names_the_replica(
     replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
 ) -> None:
@@ -129,12 +141,7 @@ def test_a_punch_reaches_both_sides_across_replicas(
 ) -> None:
     a, b = replicas
     alice, bob = pair
-    a.call(alice, "trust_request", peer=bob.b64, message="")
-    pump(b)
-    b.call(bob, "trust_respond", peer=alice.b64, approve=True)
-    pump(a)
-    a.messages(alice)
-    b.messages(bob)
+    _trust_across(replicas, alice, bob)
     assert a.call(alice, "connect", peer=bob.b64)["ok"]
     [to_alice] = a.pushes(alice)
     assert to_alice["op"] == "punch"
@@ -163,12 +170,7 @@ def test_a_node_that_moves_keeps_its_address_name_and_trust_and_gets_its_pushes_
 ) -> None:
     a, b = replicas
     alice, bob = pair
-    a.call(alice, "trust_request", peer=bob.b64, message="")
-    pump(b)
-    b.call(bob, "trust_respond", peer=alice.b64, approve=True)
-    pump(a)
-    a.messages(alice)
-    b.messages(bob)
+    _trust_across(replicas, alice, bob)
     before = a.store.node_by_key(alice.key)
     _speak_at(b, alice)
     moved = b.register(alice, "alice", lan=["10.0.0.5:51820"])
