@@ -181,11 +181,12 @@ class PostgresDatabase:
         self.types = {"bytes": "BYTEA", "float": "DOUBLE PRECISION"}
         self.shared = True
         try:
-            import psycopg  # noqa: F401 (a clear error now, not at the first query)
+            import psycopg
         except ImportError:
             raise DatabaseError(
                 "PostgreSQL needs psycopg: pip install 'pilotif[postgresql]'"
             ) from None
+        self._errors = psycopg.Error
         self._url = url
         self._db = _connect(url)
         self._listener: Any = None
@@ -221,7 +222,20 @@ class PostgresDatabase:
     def notifications(self) -> list[tuple[str, str]]:
         if self._listener is None:
             return []
-        return [(str(n.channel), str(n.payload)) for n in self._listener.notifies(timeout=0)]
+        # libpq directly: psycopg's notifies(timeout=0) neither reads what consume_input
+        # queued nor notices a closed connection (the socket then stays readable).
+        connection = self._listener.pgconn
+        try:
+            connection.consume_input()
+        except self._errors as error:
+            first_line = str(error).strip().splitlines()[0]
+            raise DatabaseError(
+                f"the database stopped sending notifications: {first_line}"
+            ) from None
+        received = []
+        while (note := connection.notifies()) is not None:
+            received.append((note.relname.decode(), note.extra.decode()))
+        return received
 
     def close(self) -> None:
         if self._listener is not None:

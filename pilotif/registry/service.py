@@ -2,6 +2,7 @@
 asyncio, keeps its counter lease, serves its metrics, and stops on SIGTERM or SIGINT."""
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -126,7 +127,7 @@ async def _serve(
     )
     pushes = core.store.listen(PUSH_CHANNEL) if core.replica is not None else None
     if pushes is not None:
-        loop.add_reader(pushes, lambda: protocol.send(core.handle_notifications(time.time())))
+        loop.add_reader(pushes, _notified, core, protocol, loop, pushes)
     sock = transport.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     housekeeping = [
@@ -153,6 +154,21 @@ async def _expire_now_and_then(core: RegistryCore) -> None:
     while True:
         core.expire(time.time())
         await asyncio.sleep(EXPIRE_EVERY_S)
+
+
+def _notified(
+    core: RegistryCore,
+    protocol: _RegistryProtocol,
+    loop: asyncio.AbstractEventLoop,
+    fd: int,
+) -> None:
+    """Send what other replicas sent through the database; if its notifications stop
+    (the server restarted), stop listening, once, rather than fail at every turn."""
+    try:
+        protocol.send(core.handle_notifications(time.time()))
+    except DatabaseError as error:
+        loop.remove_reader(fd)
+        log_event("replica_notifications_lost", level=logging.ERROR, error=str(error))
 
 
 async def _keep_replicas_now_and_then(core: RegistryCore) -> None:

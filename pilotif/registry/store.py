@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from pilotif.identity import ipv6_for_key
-from pilotif.registry.database import Cursor, Executor, open_database
+from pilotif.registry.database import Cursor, DatabaseError, Executor, open_database
 from pilotif.registry.joinkey import new_join_key, secret_matches
 from pilotif.registry.schema import migrate
 
@@ -255,7 +255,13 @@ class Store:
         """The payloads received on the listened channel since the last call (what
         others changed is let go of here)."""
         payloads = []
-        for channel, payload in self._db.notifications():
+        try:
+            received = self._db.notifications()
+        except DatabaseError:
+            # Changes others make would go unheard: read every node from the database.
+            self._cache = None
+            raise
+        for channel, payload in received:
             if channel != NODE_CHANNEL:
                 payloads.append(payload)
             elif self._cache is not None:

@@ -12,6 +12,7 @@ import pytest
 
 from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key, public_key
+from pilotif.registry.database import DatabaseError
 from pilotif.registry.server import PUSH_CHANNEL, REPLICA_ALIVE_S
 from pilotif.registry.store import Store
 from pilotif.registry.wire import ControlChannel, pack_relay
@@ -250,5 +251,31 @@ def test_a_replica_lets_go_of_what_another_process_changed(
     select.select([listener.fileno()], [], [], NOTIFY_WAIT_S)
     assert replica.notifications() == []
     assert replica.node_and_requests(key)[0].hostname == "alice-2"  # type: ignore[union-attr]
+    replica.close()
+    admin.close()
+
+
+def test_a_replica_whose_notifications_stop_says_so_and_reads_the_database(
+    postgres_server: ThrowawayPostgres,
+) -> None:
+    url = postgres_server.create_database("listener_lost")
+    replica, admin = Store(url, NETWORK), Store(url, NETWORK)
+    fd = replica.listen(PUSH_CHANNEL)
+    assert fd is not None
+    key = public_key(generate_private_key())
+    replica.register(key, "alice", (), START)
+    replica.node_and_requests(key)
+    postgres_server.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = 'listener_lost' AND query LIKE 'LISTEN%'"
+    )
+    deadline = time.monotonic() + NOTIFY_WAIT_S
+    with pytest.raises(DatabaseError, match="stopped sending notifications"):
+        while time.monotonic() < deadline:  # its own announcements may come first
+            select.select([fd], [], [], NOTIFY_WAIT_S)
+            replica.notifications()
+    admin.rename_node("alice", "alice-2")
+    found, _ = replica.node_and_requests(key)
+    assert found is not None and found.hostname == "alice-2", "nothing stale is served"
     replica.close()
     admin.close()
