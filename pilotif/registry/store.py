@@ -9,7 +9,7 @@ text), so a PostgreSQL backend could later serve several registry replicas.
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
@@ -236,9 +236,9 @@ class Store:
                 [(key, replica) for key in keys],
             )
         for key in keys:
-            cached = self._cache.get(key) if self._cache is not None else None
-            if cached is not None and cached[0].replica == replica:
-                self._cache[key] = (replace(cached[0], replica=None), cached[1])  # type: ignore[index]
+            self._update_cached(
+                key, lambda node: replace(node, replica=None) if node.replica == replica else node
+            )
 
     def notify(self, channel: str, payload: str) -> None:
         """Tell every replica listening on `channel` (PostgreSQL NOTIFY; a lone SQLite
@@ -366,10 +366,10 @@ class Store:
                 self._redeem(cursor, public_key, join_key, existing, now)
             record = self._node(cursor, "public_key = ?", public_key)
         assert record is not None
-        if self._cache is not None and existing is None:
+        if existing is None:
             # Its first heartbeat finds it here (100,000 new nodes would otherwise make
             # 100,000 reads in the next 20 s).
-            self._cache[public_key] = (record, False)
+            self._remember(public_key, (record, False))
         return record, existing is None
 
     @staticmethod
@@ -454,16 +454,12 @@ class Store:
         commit for many nodes instead of one each. Every read sees them at once."""
         lan_text = json.dumps(list(lan_endpoints))
         self._seen_pending[public_key] = (endpoint, lan_text, now, session, replica)
-        cached = self._cache.get(public_key) if self._cache is not None else None
-        if cached is not None:
-            seen = replace(
-                cached[0],
-                endpoint=endpoint,
-                lan_endpoints=lan_endpoints,
-                last_seen=now,
-                replica=replica,
-            )
-            self._cache[public_key] = (seen, cached[1])  # type: ignore[index]
+        self._update_cached(
+            public_key,
+            lambda node: replace(
+                node, endpoint=endpoint, lan_endpoints=lan_endpoints, last_seen=now, replica=replica
+            ),
+        )
 
     def touch(self, seen: Iterable[tuple[bytes, float]]) -> None:
         """Raise the last-seen times of these nodes (key, time) where the database has
@@ -480,10 +476,10 @@ class Store:
         are)."""
         if counter > self._counter_pending.get(public_key, -1):
             self._counter_pending[public_key] = counter
-        cached = self._cache.get(public_key) if self._cache is not None else None
-        if cached is not None and counter > cached[0].highest_counter:
-            floor = replace(cached[0], highest_counter=counter)
-            self._cache[public_key] = (floor, cached[1])  # type: ignore[index]
+        self._update_cached(
+            public_key,
+            lambda node: replace(node, highest_counter=max(node.highest_counter, counter)),
+        )
 
     def set_counter_floors(self, floors: Iterable[tuple[bytes, int]]) -> None:
         """Set these nodes' counter floors (key, counter) exactly, in one transaction:
@@ -521,7 +517,21 @@ class Store:
         for start in range(0, len(changed), _KEYS_PER_NOTIFICATION):
             keys = ",".join(key.hex() for key in changed[start : start + _KEYS_PER_NOTIFICATION])
             cursor.execute("SELECT pg_notify(?, ?)", (NODE_CHANNEL, f"{self._origin}:{keys}"))
-        self._changed.clear()
+
+    def _remember(self, key: bytes, found: tuple[NodeRecord, bool]) -> None:
+        """Keep a node (and whether requests to it wait) in memory, on a shared
+        database; all are let go when MAX_CACHED_NODES are kept."""
+        if self._cache is None:
+            return
+        if len(self._cache) >= MAX_CACHED_NODES:
+            self._cache.clear()
+        self._cache[key] = found
+
+    def _update_cached(self, key: bytes, change: Callable[[NodeRecord], NodeRecord]) -> None:
+        """Apply a change this store writes to what it remembers of the node, if any."""
+        cached = self._cache.get(key) if self._cache is not None else None
+        if cached is not None:
+            self._remember(key, (change(cached[0]), cached[1]))
 
     def _write_pending(self, cursor: Cursor) -> None:
         # Where a node is (and which replica has it) is news for the other replicas.
@@ -555,10 +565,7 @@ class Store:
         if row is None:
             return None, False
         found = (self._record(row[:-1]), bool(row[-1]))
-        if self._cache is not None:
-            if len(self._cache) >= MAX_CACHED_NODES:
-                self._cache.clear()
-            self._cache[public_key] = found
+        self._remember(public_key, found)
         return found
 
     def node_by_hostname(self, hostname: str) -> NodeRecord | None:
