@@ -340,11 +340,13 @@ class RegistryCore:
             sender = control_sender(sealed)
             channel = self._channels.get(sender)
             fresh = channel is None
+            looked_up = None
             if channel is None:
                 if not self._new_key_limit.allow(_address_group(source), now):
                     self.counters["new_key_rate_limited"] += 1
                     return []
-                channel = self._new_channel(sender)
+                looked_up = self.store.node_and_requests(sender)
+                channel = self._new_channel(sender, looked_up[0])
             message = channel.open(sealed)
         except StaleCounter as stale:
             self.counters[stale.reason] += 1
@@ -359,7 +361,8 @@ class RegistryCore:
             self._remember(sender, channel)
         else:
             self._channels.move_to_end(sender)
-        record, asked = self.store.node_and_requests(sender)
+        # A new channel was made from the node's record: read it once.
+        record, asked = looked_up or self.store.node_and_requests(sender)
         if record is not None and self._moved_away(record, channel):
             # It talked to another replica since this channel last heard it: a replay of
             # what it sent there would pass this window. That replica's floor decides.
@@ -411,11 +414,11 @@ class RegistryCore:
             short = _error_reply("bad_request", "the request is too long to answer", "")
             return self._seal(key, {**short, "id": request_id})
 
-    def _new_channel(self, key: bytes) -> ControlChannel:
+    def _new_channel(self, key: bytes, record: NodeRecord | None) -> ControlChannel:
+        """A channel to `key`, refusing counters up to its node's stored floor."""
         channel = ControlChannel(
             self._private_key, key, local_is_registry=True, local_public=self.public_key
         )
-        record = self.store.node_by_key(key)
         if record is not None:
             channel.restore_counter(record.highest_counter)
         return channel
@@ -429,7 +432,7 @@ class RegistryCore:
         channel = self._channels.get(key)
         if channel is None:
             # Only authenticated senders and registered nodes receive messages.
-            channel = self._new_channel(key)
+            channel = self._new_channel(key, self.store.node_by_key(key))
             self._remember(key, channel)
         session = self._sessions.get(key)
         if session is not None:
@@ -757,10 +760,8 @@ class RegistryCore:
         self, node: NodeRecord, peer: NodeRecord, trusted: bool, now: float, out: list[_Push]
     ) -> None:
         self._trust_cache.pop(_pair(node.public_key, peer.public_key), None)
-        if self.replica is not None:
-            # The other replicas' relays forget what they knew of these two.
-            note = {"trust": [encode_key(node.public_key), encode_key(peer.public_key)]}
-            self.store.notify(PUSH_CHANNEL, json.dumps(note, separators=(",", ":")))
+        # The other replicas' relays forget what they knew of these two.
+        self._tell_replicas({"trust": [encode_key(node.public_key), encode_key(peer.public_key)]})
         log_event(
             "trust_established" if trusted else "trust_revoked",
             node=node.hostname,
@@ -867,22 +868,26 @@ class RegistryCore:
         record = self.store.node_by_key(key)
         if record is None or not self._elsewhere(record):
             return
-        note = {"replica": record.replica, "key": encode_key(key), "payload": payload}
-        self.store.notify(PUSH_CHANNEL, json.dumps(note, separators=(",", ":")))
+        self._tell_replicas({"replica": record.replica, "key": encode_key(key), "payload": payload})
         self.counters["pushes_forwarded"] += 1
+
+    def _tell_replicas(self, note: dict[str, Any]) -> None:
+        """Send the other replicas a note through the database (none: no replicas)."""
+        if self.replica is not None:
+            self.store.notify(PUSH_CHANNEL, json.dumps(note, separators=(",", ":")))
+
+    def _at_another_replica(self, node: NodeRecord) -> bool:
+        """Whether the database says the node talks to another replica than this one."""
+        return self.replica is not None and node.replica not in (None, self.replica)
 
     def _moved_away(self, node: NodeRecord, channel: ControlChannel) -> bool:
         """Whether the node talks to another replica, with counters this channel may not
         have seen (the database's floor is that replica's lease, above them all)."""
-        return (
-            self.replica is not None
-            and node.replica not in (None, self.replica)
-            and channel.highest_counter <= node.highest_counter
-        )
+        return self._at_another_replica(node) and channel.highest_counter <= node.highest_counter
 
     def _elsewhere(self, node: NodeRecord) -> bool:
         """Whether the node talks to another replica that is alive."""
-        return node.replica not in (None, self.replica) and node.replica in self.live_replicas
+        return self._at_another_replica(node) and node.replica in self.live_replicas
 
     def _reachable(self, node: NodeRecord, now: float) -> bool:
         """Online here, or at another replica that is alive."""
