@@ -37,8 +37,6 @@ def endpoint_text(endpoint: PeerEndpoint) -> str:
 class FromRegistry:
     """What one receive from a registry address held, sorted by who takes it."""
 
-    source: Endpoint
-    """The registry address (replica) it came from."""
     control: list[bytes] = field(default_factory=list)
     """Control messages and key answers (0x50, 0x52): for the node core."""
     wireguard: list[tuple[bytes, PeerEndpoint]] = field(default_factory=list)
@@ -49,21 +47,20 @@ class FromRegistry:
 class RelayFraming:
     """The Bind's logic without sockets: relay framing and sorting what arrives.
 
-    `registry` is where relayed datagrams go (None for a daemon without a registry);
-    control messages come from it or from its other `replicas` (`use_registry` moves to
-    one of them). `counters` counts relayed bytes each way, punch openers, and relay
-    messages dropped as malformed.
+    `registry` is where relayed datagrams go: the first of `registries` (none for a
+    daemon without a registry), whose replicas are where control messages come from
+    (`use_registry` moves to another). `counters` counts relayed bytes each way, punch
+    openers, and relay messages dropped as malformed.
     """
 
-    def __init__(self, registry: Endpoint | None, replicas: tuple[Endpoint, ...] = ()) -> None:
-        self.registry = registry
-        self.registries = {registry, *replicas} if registry is not None else set()
+    def __init__(self, registries: tuple[Endpoint, ...]) -> None:
+        self.registry = registries[0] if registries else None
+        self.registries = set(registries)
         self.counters: Counter[str] = Counter()
 
     def use_registry(self, endpoint: Endpoint) -> None:
         """Relay through the replica at `endpoint` from now on."""
         self.registry = endpoint
-        self.registries.add(endpoint)
 
     def wrap(self, datagram: BytesLike, endpoint: RelayEndpoint) -> tuple[bytes, Endpoint] | None:
         """The datagram for the relay that carries `datagram` to a relayed peer."""
@@ -87,7 +84,7 @@ class RelayFraming:
         self, buffer: memoryview, segment_size: int, source: Endpoint
     ) -> FromRegistry:
         """Sort the datagrams of one receive from a registry address (`source`)."""
-        sorted_ = FromRegistry(source)
+        sorted_ = FromRegistry()
         for view in split_coalesced(buffer, segment_size):
             data = bytes(view)
             if not data:
@@ -110,13 +107,8 @@ class RelayFraming:
 class Bind(RelayFraming):
     """UDP sockets on one port, batched, with the relay as one more kind of endpoint."""
 
-    def __init__(
-        self,
-        port: int | None,
-        registry: Endpoint | None = None,
-        replicas: tuple[Endpoint, ...] = (),
-    ) -> None:
-        super().__init__(registry, replicas)
+    def __init__(self, port: int | None, registries: tuple[Endpoint, ...] = ()) -> None:
+        super().__init__(registries)
         self._sockets = UdpSockets(port)
         self._batch = UdpBatch(self._sockets)
         self.port = self._sockets.port

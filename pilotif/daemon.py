@@ -366,14 +366,13 @@ class Daemon:
     def _open_bind(self, registries: tuple[Endpoint, ...], snapshot: NodeSnapshot | None) -> Bind:
         """The UDP port: the one asked for, else the node's port of its last run (so that
         peers and NAT mappings that know it still reach it), else any."""
-        registry = registries[0] if registries else None
         if self.config.listen_port is not None or snapshot is None:
-            return Bind(self.config.listen_port, registry, registries[1:])
+            return Bind(self.config.listen_port, registries)
         try:
-            return Bind(snapshot.listen_port, registry, registries[1:])
+            return Bind(snapshot.listen_port, registries)
         except UnderlayError:
             log_event("listen_port_taken", port=snapshot.listen_port)
-            return Bind(None, registry, registries[1:])
+            return Bind(None, registries)
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         if link_exists(self.interface):

@@ -208,7 +208,7 @@ class RegistryLink:
         request to the next registry (SwitchedRegistry)."""
         inputs: list[LinkInput] = []
         for request_id, pending in list(self._pending.items()):
-            if pending.retry_at_s > now or request_id not in self._pending:
+            if pending.retry_at_s > now:
                 continue
             if pending.attempts >= REQUEST_ATTEMPTS:
                 del self._pending[request_id]

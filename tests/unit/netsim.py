@@ -150,7 +150,7 @@ class SimNode:
         self.options = NodeOptions(REGISTRY, hostname, list(tags), None, auto_approve)
         self.trust = TrustRecord(registry_key=net.registry.public_key)
         self.core = self._new_core(first_counter=1)
-        self.framing = RelayFraming(REGISTRY)
+        self.framing = RelayFraming((REGISTRY,))
         self.control_sent = 0
         """Datagrams sent to the registry's address."""
         self.answers_pings = False
