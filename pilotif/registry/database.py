@@ -1,9 +1,10 @@
 """The two databases the registry's store runs on: a SQLite file (the default) and a
 PostgreSQL server (`--database postgresql://...`, for several replicas).
 
-Both take the same SQL, written with `?` placeholders and the types of
-`COLUMN_TYPES`; a `Database` translates what differs (placeholders, type names, how
-a write transaction excludes other writers, how columns are listed). Every write
+Both take the same SQL, written with `?` placeholders and the types `{bytes}` and
+`{float}` (BLOB or BYTEA, REAL or DOUBLE PRECISION); a `Database` translates what
+differs (placeholders, type names, how a write transaction excludes other writers,
+how columns are listed). Every write
 transaction is exclusive: SQLite's `BEGIN IMMEDIATE`, and on PostgreSQL an advisory
 lock that every replica takes, so that replicas allocate addresses and names one
 after another as one process does.
@@ -14,7 +15,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeGuard
 
 POSTGRESQL_SCHEMES: Final = ("postgresql://", "postgres://")
 _DB_FILE_MODE: Final = 0o600
@@ -52,7 +53,7 @@ class Database(Protocol):
     """A connection the store reads through and writes in transactions."""
 
     types: dict[str, str]
-    """The engine's name for each type of COLUMN_TYPES."""
+    """The engine's name for each type the schema spells `{bytes}` and `{float}`."""
     shared: bool
     """Whether other registry processes write it and say so (notifications): reads then
     cost a round trip, and what this process remembers of them must be let go."""
@@ -85,18 +86,14 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
-COLUMN_TYPES: Final = ("bytes", "float")
-"""Types spelled `{bytes}` and `{float}` in the schema: BLOB/BYTEA, REAL/DOUBLE PRECISION."""
-
-
-def is_postgresql(location: str | Path) -> bool:
+def is_postgresql(location: str | Path) -> TypeGuard[str]:
     """Whether `location` names a PostgreSQL server rather than a SQLite file."""
     return isinstance(location, str) and location.startswith(POSTGRESQL_SCHEMES)
 
 
 def open_database(location: str | Path) -> Database:
     """The SQLite file at `location`, or the PostgreSQL database its URL names."""
-    if isinstance(location, str) and is_postgresql(location):
+    if is_postgresql(location):
         return PostgresDatabase(location)
     return SqliteDatabase(Path(location))
 
