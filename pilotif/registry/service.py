@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -130,11 +131,15 @@ async def _serve(
         loop.add_reader(pushes, _notified, core, protocol, loop, pushes)
     sock = transport.get_extra_info("socket")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    # Forget nodes unseen for the expiry time; write the heartbeats received since the
+    # last write; say this replica is alive and learn which are.
     housekeeping = [
-        asyncio.create_task(_expire_now_and_then(core)),
-        asyncio.create_task(_write_now_and_then(core)),
-        asyncio.create_task(_keep_replicas_now_and_then(core)),
+        asyncio.create_task(_every(EXPIRE_EVERY_S, lambda: core.expire(time.time()))),
+        asyncio.create_task(_every(WRITE_EVERY_S, core.store.flush)),
     ]
+    if core.replica is not None:
+        keep = _every(REPLICA_ALIVE_S, lambda: core.keep_replicas(time.time()))
+        housekeeping.append(asyncio.create_task(keep))
     try:
         await stop.wait()
     finally:
@@ -149,11 +154,11 @@ async def _serve(
             loop.remove_signal_handler(signum)
 
 
-async def _expire_now_and_then(core: RegistryCore) -> None:
-    """Forget nodes unseen for the expiry time: at start, then every EXPIRE_EVERY_S."""
+async def _every(period_s: float, action: Callable[[], None]) -> None:
+    """Run `action` now, then every `period_s`, until cancelled."""
     while True:
-        core.expire(time.time())
-        await asyncio.sleep(EXPIRE_EVERY_S)
+        action()
+        await asyncio.sleep(period_s)
 
 
 def _notified(
@@ -169,20 +174,6 @@ def _notified(
     except DatabaseError as error:
         loop.remove_reader(fd)
         log_event("replica_notifications_lost", level=logging.ERROR, error=str(error))
-
-
-async def _keep_replicas_now_and_then(core: RegistryCore) -> None:
-    """Say this replica is alive and learn which are, every REPLICA_ALIVE_S."""
-    while core.replica is not None:
-        core.keep_replicas(time.time())
-        await asyncio.sleep(REPLICA_ALIVE_S)
-
-
-async def _write_now_and_then(core: RegistryCore) -> None:
-    """Write the heartbeats received since the last write, every WRITE_EVERY_S."""
-    while True:
-        await asyncio.sleep(WRITE_EVERY_S)
-        core.store.flush()
 
 
 @dataclass(frozen=True)
