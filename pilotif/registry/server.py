@@ -21,11 +21,9 @@ from typing import Any, Final
 from pilotif.identity import HostnameError, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event
-from pilotif.overlay.constants import AEAD_TAG_SIZE
-from pilotif.overlay.cookie import CookieChecker, source_bytes
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
-from pilotif.overlay.handshake import LocalIdentity
+from pilotif.registry.gate import ControlGate, Outgoing, address_group
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.store import (
@@ -38,12 +36,11 @@ from pilotif.registry.store import (
     UnknownNode,
 )
 from pilotif.registry.wire import (
-    CONTROL_HEADER_SIZE,
     CONTROL_TYPE,
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
     MAX_PAYLOAD_BYTES,
-    REGISTRY_COOKIE_TYPE,
+    MAX_REQUEST_ID,
     RELAY_SOURCE_UNKNOWN,
     RELAY_TYPE,
     REQUEST_MACS_SIZE,
@@ -51,7 +48,9 @@ from pilotif.registry.wire import (
     StaleCounter,
     WireError,
     control_sender,
+    error_reply,
     format_endpoint,
+    id_field,
     pack_key_reply,
     pack_relay,
     parse_endpoint,
@@ -71,13 +70,6 @@ MAX_TAG_CHARS: Final = 32
 MAX_LAN_ENDPOINTS: Final = 4
 MAX_TRUST_MESSAGE_BYTES: Final = 256
 """Longest trust message, as JSON-encoded UTF-8, so that every push fits a datagram."""
-CONTROL_RATE_PER_S: Final = 50.0
-CONTROL_BURST: Final = 100.0
-"""Control messages from one proven ip:port (many nodes may share a NAT's address)."""
-UNPROVEN_RATE_PER_S: Final = 50.0
-UNPROVEN_BURST: Final = 200
-"""Answers (cookie replies, key answers) to one address whose ports are not proven: the
-most an off-path spoofer can reflect at one victim, at no more bytes than it sent."""
 NEW_KEY_RATE_PER_S: Final = 20.0
 NEW_KEY_BURST: Final = 50
 """Control messages from keys without a cached channel (each costs an X25519 and a
@@ -124,15 +116,6 @@ MAX_TRUST_CACHE: Final = 100_000
 """Pairs the relay remembers (all are forgotten when it is full)."""
 MAX_RTT_MS: Final = 2_000
 """The largest round trip a node may report; longer ones count as this."""
-MAX_REQUEST_ID: Final = 2**63 - 1
-"""Requests with a larger (or no) id get no reply; sessions are no larger either."""
-
-_MAX_CONTROL_DATAGRAM: Final = (
-    CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
-)
-_MIN_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
-_IPV6_GROUP_BYTES: Final = 8
-"""Rate limits count an IPv6 source by its /64, as one host may own all of it."""
 _TAG_PREFIX: Final = "tag:"
 _TRUST_LISTS: Final = ("trusted", "incoming", "outgoing")
 TRAFFIC_COUNTERS: Final = frozenset(
@@ -158,8 +141,6 @@ _STORE_ERROR_HINTS: Final = {
     "join_key_used": "a one-off key admits one node: ask for another, or a --reusable one",
 }
 
-Outgoing = tuple[bytes, Endpoint]
-"""A datagram to send and where to."""
 _Push = tuple[bytes, dict[str, Any], Endpoint]
 """A message to seal for a node's key and send to its endpoint."""
 
@@ -239,11 +220,7 @@ class RegistryCore:
         """Each node's session (chosen at its `up`), echoed in what we seal for it so that
         its messages from an earlier session cannot be replayed into this one."""
         self._channels: OrderedDict[bytes, ControlChannel] = OrderedDict()
-        self._cookies = CookieChecker(
-            LocalIdentity.from_private_key(private_key), reply_type=REGISTRY_COOKIE_TYPE
-        )
-        self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
-        self._unproven_limit = TokenBuckets(UNPROVEN_RATE_PER_S, UNPROVEN_BURST)
+        self._gate = ControlGate(private_key, self.counters)
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._new_node_limit = TokenBuckets(NEW_NODES_PER_S, NEW_NODES_BURST)
         self._join_key_limit = TokenBuckets(JOIN_KEY_USES_PER_S, JOIN_KEY_BURST)
@@ -276,8 +253,7 @@ class RegistryCore:
         if kind == CONTROL_TYPE:
             return self._control(data, source, now)
         if kind == KEY_REQUEST_TYPE and data == KEY_REQUEST:
-            if not self._unproven_limit.allow(_address_group(source), now):
-                self.counters["rate_limited"] += 1
+            if not self._gate.unproven_allowed(source, now):
                 return []
             return [(pack_key_reply(self.public_key), source)]
         self.counters["malformed" if kind == KEY_REQUEST_TYPE else "unknown_type"] += 1
@@ -298,7 +274,7 @@ class RegistryCore:
         sender = self._owners.get(source)
         if sender is None:
             self.counters["relay_unknown_source"] += 1
-            if not self._unproven_limit.allow(_address_group(source), now):
+            if not self._gate.unproven_allowed(source, now):
                 return []
             return [(RELAY_SOURCE_UNKNOWN, source)]
         target = self._seen.get(destination)
@@ -313,28 +289,11 @@ class RegistryCore:
         return [(pack_relay(sender, inner), target[0])]
 
     def _control(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
-        """Cheap checks first: size, mac1 (keyed by our public key), mac2 (the cookie
-        that proves the source address; without it only a cookie reply, smaller than
-        the message, goes back); rate limits; then the X25519 and the AEAD."""
-        if len(data) > _MAX_CONTROL_DATAGRAM:
-            self.counters["too_large"] += 1
-            return []
-        if len(data) < _MIN_CONTROL_DATAGRAM:
-            self.counters["malformed"] += 1
-            return []
-        if not self._cookies.check_mac1(data):
-            self.counters["bad_mac1"] += 1
-            return []
-        address = source_bytes(source)
-        if not self._cookies.check_mac2(data, address, now):
-            if not self._unproven_limit.allow(_address_group(source), now):
-                self.counters["rate_limited"] += 1
-                return []
-            self.counters["cookie_replies"] += 1
-            return [(self._cookies.create_reply(data, 0, address, now), source)]
-        if not self._control_limit.allow(source, now):
-            self.counters["rate_limited"] += 1
-            return []
+        """The gate's cheap checks first (size, macs, rate limits), then the X25519
+        and the AEAD."""
+        refused = self._gate.admit(data, source, now)
+        if refused is not None:
+            return refused
         sealed = data[:-REQUEST_MACS_SIZE]
         try:
             sender = control_sender(sealed)
@@ -342,7 +301,7 @@ class RegistryCore:
             fresh = channel is None
             looked_up = None
             if channel is None:
-                if not self._new_key_limit.allow(_address_group(source), now):
+                if not self._new_key_limit.allow(address_group(source), now):
                     self.counters["new_key_rate_limited"] += 1
                     return []
                 looked_up = self.store.node_and_requests(sender)
@@ -371,7 +330,7 @@ class RegistryCore:
             notice = StaleCounter(message, record.highest_counter)
             return self._stale_counter_notice(sender, notice, source)
         self.counters["control_messages"] += 1
-        session = _id_field(message, "session")
+        session = id_field(message, "session")
         new_session = False
         if session is not None:
             new_session = self._sessions.get(sender) != session
@@ -381,7 +340,7 @@ class RegistryCore:
         if request.record is not None and type(rtt_ms) is int and rtt_ms >= 0:
             self._rtt_ms[sender] = min(rtt_ms, MAX_RTT_MS)
         reply = self._dispatch(request, channel.highest_counter)
-        request_id = _id_field(message, "id")
+        request_id = id_field(message, "id")
         outgoing: list[Outgoing] = []
         if request_id is not None:
             outgoing.append((self._seal_reply(sender, request_id, reply), source))
@@ -395,12 +354,12 @@ class RegistryCore:
         """Tell a node (at its proven address) the counter to go above: after a restart
         from a lower counter it retries at once instead of failing. A replay gets the
         same notice, which names a request the node no longer waits for."""
-        request_id = _id_field(stale.message, "id")
+        request_id = id_field(stale.message, "id")
         if request_id is None:
             return []
-        notice = _error_reply("stale_counter", "the counter is not above the last one", "")
+        notice = error_reply("stale_counter", "the counter is not above the last one", "")
         notice["floor"] = stale.floor
-        session = _id_field(stale.message, "session")
+        session = id_field(stale.message, "session")
         if session is not None:
             notice["session"] = session
         return [(self._seal_reply(sender, request_id, notice), source)]
@@ -411,7 +370,7 @@ class RegistryCore:
         except ValueError:
             # Only an error echoing a long input can outgrow a datagram.
             self.counters["reply_too_large"] += 1
-            short = _error_reply("bad_request", "the request is too long to answer", "")
+            short = error_reply("bad_request", "the request is too long to answer", "")
             return self._seal(key, {**short, "id": request_id})
 
     def _new_channel(self, key: bytes, record: NodeRecord | None) -> ControlChannel:
@@ -464,9 +423,9 @@ class RegistryCore:
                 raise _Refused("unknown_op", f"unknown op {op!r}")
             return {"op": "reply", "ok": True, **handler(request, request.record)}
         except StoreError as error:
-            return _error_reply(error.code, str(error), _STORE_ERROR_HINTS.get(error.code, ""))
+            return error_reply(error.code, str(error), _STORE_ERROR_HINTS.get(error.code, ""))
         except _Refused as refused:
-            return _error_reply(refused.code, refused.error, refused.hint)
+            return error_reply(refused.code, refused.error, refused.hint)
 
     # -- register --------------------------------------------------------------------
 
@@ -622,7 +581,7 @@ class RegistryCore:
     def _limit_new_node(
         self, source: Endpoint, join_key: tuple[str, str] | None, now: float
     ) -> None:
-        if not self._new_node_limit.allow(_address_group(source), now):
+        if not self._new_node_limit.allow(address_group(source), now):
             raise _Refused(
                 "rate_limited", "too many new nodes from this address", "try again in a minute"
             )
@@ -926,17 +885,6 @@ class RegistryCore:
         return described
 
 
-def _id_field(message: dict[str, Any], name: str) -> int | None:
-    """A request id or session from a message: an integer in 0..MAX_REQUEST_ID, else None."""
-    value = message.get(name)
-    return value if type(value) is int and 0 <= value <= MAX_REQUEST_ID else None
-
-
-def _address_group(source: Endpoint) -> bytes:
-    """What per-address limits count: an IPv4 address, or an IPv6 /64."""
-    return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
-
-
 def _hostname(value: object) -> str:
     if not isinstance(value, str):
         raise _Refused("bad_request", "hostname must be a string")
@@ -1028,10 +976,6 @@ def _fit(
 
 def _json_size(value: object) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
-
-
-def _error_reply(code: str, error: str, hint: str) -> dict[str, Any]:
-    return {"op": "reply", "ok": False, "code": code, "error": error, "hint": hint}
 
 
 def _pair(key: bytes, other: bytes) -> tuple[bytes, bytes]:

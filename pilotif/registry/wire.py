@@ -60,6 +60,9 @@ data plane's window is 8,192 counters)."""
 _WINDOW_MASK: Final = (1 << CONTROL_REPLAY_WINDOW) - 1
 """The cap lets counters fit a signed SQL BIGINT (pilotif.counter_lease hands them out)."""
 
+MAX_REQUEST_ID: Final = 2**63 - 1
+"""Requests with a larger (or no) id get no reply; sessions are no larger either."""
+
 KEY_REQUEST: Final = bytes((KEY_REQUEST_TYPE, 0, 0, 0)) + bytes(KEY_SIZE)
 """What a node sends to learn the registry's key on first contact."""
 
@@ -215,6 +218,17 @@ def _parse_payload(plaintext: bytes) -> dict[str, Any]:
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise WireError("malformed", "payload is not an object with an op")
     return message
+
+
+def id_field(message: dict[str, Any], name: str) -> int | None:
+    """A request id or session from a message: an integer in 0..MAX_REQUEST_ID, else None."""
+    value = message.get(name)
+    return value if type(value) is int and 0 <= value <= MAX_REQUEST_ID else None
+
+
+def error_reply(code: str, error: str, hint: str) -> dict[str, Any]:
+    """The reply refusing a request: `code` for programs, `error` and `hint` for people."""
+    return {"op": "reply", "ok": False, "code": code, "error": error, "hint": hint}
 
 
 def pack_relay(peer_public: bytes, inner: BytesLike) -> bytes:

@@ -25,7 +25,7 @@ from pilotif.lab.nat import (
     trust,
 )
 from pilotif.overlay.crypto import public_key
-from pilotif.registry.server import UNPROVEN_BURST, UNPROVEN_RATE_PER_S
+from pilotif.registry.gate import UNPROVEN_BURST, UNPROVEN_RATE_PER_S
 from pilotif.registry.service import REGISTRY_KEY_FILE
 
 pytestmark = [

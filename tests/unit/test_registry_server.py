@@ -21,9 +21,9 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.messages import parse_cookie_reply
 from pilotif.registry import server
+from pilotif.registry.gate import CONTROL_BURST, UNPROVEN_BURST
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.server import (
-    CONTROL_BURST,
     MAX_LAN_ENDPOINTS,
     MAX_TAG_CHARS,
     MAX_TAGS,
@@ -34,7 +34,6 @@ from pilotif.registry.server import (
     RELAY_BURST_BYTES,
     SEEN_WRITE_S,
     TRUST_CACHE_S,
-    UNPROVEN_BURST,
     RegistryCore,
 )
 from pilotif.registry.store import MAX_PENDING_PER_REQUESTER, MAX_PENDING_PER_TARGET, Store

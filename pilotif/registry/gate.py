@@ -1,0 +1,86 @@
+"""The cheap checks every sealed control message passes before any X25519: its size,
+mac1 (keyed by our public key), mac2 (the cookie that proves the sender's address;
+without it only a cookie reply goes back, smaller than the message) and the rate limits
+per address. The registry and the standalone relays both answer through one.
+"""
+
+from collections import Counter
+from ipaddress import ip_address
+from typing import Final
+
+from pilotif.overlay.constants import AEAD_TAG_SIZE
+from pilotif.overlay.cookie import CookieChecker, source_bytes
+from pilotif.overlay.events import Endpoint
+from pilotif.overlay.handshake import LocalIdentity
+from pilotif.registry.ratelimit import TokenBuckets
+from pilotif.registry.wire import (
+    CONTROL_HEADER_SIZE,
+    MAX_PAYLOAD_BYTES,
+    REGISTRY_COOKIE_TYPE,
+    REQUEST_MACS_SIZE,
+)
+
+CONTROL_RATE_PER_S: Final = 50.0
+CONTROL_BURST: Final = 100.0
+"""Control messages from one proven ip:port (many nodes may share a NAT's address)."""
+UNPROVEN_RATE_PER_S: Final = 50.0
+UNPROVEN_BURST: Final = 200
+"""Answers (cookie replies, key answers) to one address whose ports are not proven: the
+most an off-path spoofer can reflect at one victim, at no more bytes than it sent."""
+
+_MAX_CONTROL_DATAGRAM: Final = (
+    CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
+)
+_MIN_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
+_IPV6_GROUP_BYTES: Final = 8
+"""Rate limits count an IPv6 source by its /64, as one host may own all of it."""
+
+Outgoing = tuple[bytes, Endpoint]
+"""A datagram to send and where to."""
+
+
+def address_group(source: Endpoint) -> bytes:
+    """What per-address limits count: an IPv4 address, or an IPv6 /64."""
+    return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
+
+
+class ControlGate:
+    """Admits control messages worth opening; counts what it refuses in `counters`."""
+
+    def __init__(self, private_key: bytes, counters: Counter[str]) -> None:
+        self.counters = counters
+        self._cookies = CookieChecker(
+            LocalIdentity.from_private_key(private_key), reply_type=REGISTRY_COOKIE_TYPE
+        )
+        self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
+        self._unproven_limit = TokenBuckets(UNPROVEN_RATE_PER_S, UNPROVEN_BURST)
+
+    def admit(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing] | None:
+        """None if the message may be opened; else what to answer (a cookie reply, or
+        nothing)."""
+        if len(data) > _MAX_CONTROL_DATAGRAM:
+            self.counters["too_large"] += 1
+            return []
+        if len(data) < _MIN_CONTROL_DATAGRAM:
+            self.counters["malformed"] += 1
+            return []
+        if not self._cookies.check_mac1(data):
+            self.counters["bad_mac1"] += 1
+            return []
+        address = source_bytes(source)
+        if not self._cookies.check_mac2(data, address, now):
+            if not self.unproven_allowed(source, now):
+                return []
+            self.counters["cookie_replies"] += 1
+            return [(self._cookies.create_reply(data, 0, address, now), source)]
+        if not self._control_limit.allow(source, now):
+            self.counters["rate_limited"] += 1
+            return []
+        return None
+
+    def unproven_allowed(self, source: Endpoint, now: float) -> bool:
+        """Whether an answer may go to an address that proved nothing (counted if not)."""
+        if self._unproven_limit.allow(address_group(source), now):
+            return True
+        self.counters["rate_limited"] += 1
+        return False
