@@ -56,11 +56,15 @@ from pilotif.registry.wire import (
     parse_endpoint,
     unpack_relay,
 )
+from pilotif.relay.info import RelayInfo
+from pilotif.relay.tickets import TICKET_LIFETIME_S, issue_ticket, ticket_key
 
 ONLINE_WINDOW_S: Final = 60.0
 """A node is online if it registered (heartbeat) this recently."""
 LOOKUP_LIMIT: Final = 20
 """Most nodes one lookup returns (fewer if they do not fit one reply)."""
+TICKET_PAGE_LIMIT: Final = 12
+"""Most relay tickets one reply holds (the node forwards them in one attach)."""
 TRUST_PAGE_LIMIT: Final = 20
 """Most entries one trust_list page holds (fewer if they do not fit one reply)."""
 PENDING_PUSH_LIMIT: Final = 20
@@ -192,8 +196,12 @@ class RegistryCore:
         require_join_key: bool = False,
         expire_after_s: float = DEFAULT_EXPIRE_AFTER_S,
         replica: str | None = None,
+        relays: tuple[RelayInfo, ...] = (),
     ) -> None:
         self.public_key = _public_key(private_key)
+        self.relays = relays
+        """The standalone relays nodes are told of (none: this registry relays)."""
+        self._ticket_keys = {relay.key: ticket_key(private_key, relay.key) for relay in relays}
         self.replica = replica
         """This replica's name, when several share the database (None: the only one)."""
         self.live_replicas: set[str] = set()
@@ -241,6 +249,7 @@ class RegistryCore:
             "untrust": self._untrust,
             "trust_list": self._trust_list,
             "connect": self._connect,
+            "relay_tickets": self._relay_tickets,
         }
 
     # -- datagrams -------------------------------------------------------------------
@@ -517,6 +526,7 @@ class RegistryCore:
             "granted_tags": list(record.granted_tags),
             "resync": request.new_session,
             **({"replica": self.replica} if self.replica is not None else {}),
+            **({"relays": [r.to_json() for r in self.relays]} if self.relays else {}),
         }
 
     def _keep_counter_floor(self, record: NodeRecord, counter: int) -> None:
@@ -669,6 +679,23 @@ class RegistryCore:
             start = 0
         empty: dict[str, list[Any]] = {name: [] for name in _TRUST_LISTS}
         return _fit(empty, entries, offset, TRUST_PAGE_LIMIT)
+
+    def _relay_tickets(self, request: _Request, node: NodeRecord) -> dict[str, Any]:
+        """One page of tickets for one of our relays, a ticket per trusted peer: what the
+        node presents to that relay to send through it."""
+        key, now = request.sender, request.now
+        relay = request.message.get("relay")
+        try:
+            mac_key = self._ticket_keys.get(decode_key(relay)) if isinstance(relay, str) else None
+        except InvalidKeyError:
+            mac_key = None
+        if mac_key is None:
+            raise _Refused("unknown_relay", "this registry lists no such relay")
+        offset = _offset(request.message)
+        expires = int(now) + TICKET_LIFETIME_S
+        peers = self.store.trusted(key, TICKET_PAGE_LIMIT + 1, offset)
+        entries = [("tickets", issue_ticket(mac_key, key, p.public_key, expires)) for p in peers]
+        return _fit({"tickets": []}, entries, offset, TICKET_PAGE_LIMIT)
 
     # -- trust -----------------------------------------------------------------------
 

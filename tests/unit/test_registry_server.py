@@ -49,6 +49,7 @@ from pilotif.registry.wire import (
     unpack_key_reply,
     unpack_relay,
 )
+from pilotif.relay.info import RelayInfo
 
 NETWORK = IPv4Network("100.64.0.0/10")
 START = 1_700_000_000.0
@@ -107,7 +108,11 @@ class World:
     inboxes."""
 
     def __init__(
-        self, location: str | Path, private_key: bytes | None = None, replica: str | None = None
+        self,
+        location: str | Path,
+        private_key: bytes | None = None,
+        replica: str | None = None,
+        relays: tuple[RelayInfo, ...] = (),
     ) -> None:
         self.location = location
         self.private_key = private_key or generate_private_key()
@@ -116,7 +121,9 @@ class World:
         self._hosts = itertools.count(1)
         self.nodes: dict[Endpoint, FakeNode] = {}
         self.store = Store(location, NETWORK)
-        self.core = RegistryCore(self.private_key, self.store, first_counter=1, replica=replica)
+        self.core = RegistryCore(
+            self.private_key, self.store, first_counter=1, replica=replica, relays=relays
+        )
 
     def restart(self, *, crash: bool = False) -> None:
         """A new registry process on the same state (its counter lease carries over),
