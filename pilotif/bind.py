@@ -1,9 +1,10 @@
 """The Bind: the UDP side of a daemon (wireguard-go's conn.Bind, Tailscale's magicsock).
 
 It owns the UDP sockets and their batching, wraps datagrams for peers reached through
-the relay, and splits what arrives from the registry's address into control messages
-(for the node core) and relayed WireGuard datagrams (for the overlay device, from a
-`RelayEndpoint`). Everything else that arrives goes to the device as it is.
+a relay (our home relay, else the registry), and splits what arrives from the registry's
+and the relays' addresses into control messages (for the node core) and relayed
+WireGuard datagrams (for the overlay device, from a `RelayEndpoint`). Everything else
+that arrives goes to the device as it is.
 """
 
 import socket
@@ -47,27 +48,35 @@ class FromRegistry:
 class RelayFraming:
     """The Bind's logic without sockets: relay framing and sorting what arrives.
 
-    `registry` is where relayed datagrams go: the first of `registries` (none for a
-    daemon without a registry), whose replicas are where control messages come from
-    (`use_registry` moves to another). `counters` counts relayed bytes each way, punch
-    openers, and relay messages dropped as malformed.
+    Relayed datagrams go to the home relay (`use_relays`), else to `registry`: the first
+    of `registries` (none for a daemon without a registry), whose replicas are where
+    control messages come from (`use_registry` moves to another). `counters` counts
+    relayed bytes each way, punch openers, and relay messages dropped as malformed.
     """
 
     def __init__(self, registries: tuple[Endpoint, ...]) -> None:
         self.registry = registries[0] if registries else None
         self.registries = set(registries)
+        self.relay: Endpoint | None = None
+        self.relays: set[Endpoint] = set()
         self.counters: Counter[str] = Counter()
 
     def use_registry(self, endpoint: Endpoint) -> None:
-        """Relay through the replica at `endpoint` from now on."""
+        """Relay through the replica at `endpoint` from now on (when no relay is home)."""
         self.registry = endpoint
+
+    def use_relays(self, home: Endpoint | None, relays: set[Endpoint]) -> None:
+        """Relay through `home` (None: the registry); take datagrams from all `relays`."""
+        self.relay = home
+        self.relays = relays
 
     def wrap(self, datagram: BytesLike, endpoint: RelayEndpoint) -> tuple[bytes, Endpoint] | None:
         """The datagram for the relay that carries `datagram` to a relayed peer."""
-        if self.registry is None:
+        through = self.relay or self.registry
+        if through is None:
             return None
         self.counters["relay_tx_bytes"] += len(datagram)
-        return pack_relay(endpoint.peer, datagram), self.registry
+        return pack_relay(endpoint.peer, datagram), through
 
     def is_opener(self, buffer: memoryview) -> bool:
         """Whether a receive is a peer's punch opener (counted, then dropped)."""
@@ -78,12 +87,12 @@ class RelayFraming:
 
     def is_registry(self, source: Endpoint) -> bool:
         """Whether datagrams from `source` need `split_registry` rather than the device."""
-        return source in self.registries
+        return source in self.registries or source in self.relays
 
     def split_registry(
         self, buffer: memoryview, segment_size: int, source: Endpoint
     ) -> FromRegistry:
-        """Sort the datagrams of one receive from a registry address (`source`)."""
+        """Sort the datagrams of one receive from a registry or relay address (`source`)."""
         sorted_ = FromRegistry()
         for view in split_coalesced(buffer, segment_size):
             data = bytes(view)

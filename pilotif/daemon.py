@@ -35,7 +35,7 @@ from pilotif.logs import log_event
 from pilotif.node.adapter import NodeRunner, RegistryError
 from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.core import NodeCore, NodeOptions
-from pilotif.node.events import NodeEvent, RegistrySwitched
+from pilotif.node.events import NodeEvent, RegistrySwitched, RelaysChanged
 from pilotif.node.lan import local_endpoints
 from pilotif.node.netwatch import NetworkWatch
 from pilotif.node.policy import PeerIdentity, PolicyError, packet_filter
@@ -594,6 +594,11 @@ class Daemon:
         if isinstance(event, RegistrySwitched) and self.node is not None:
             assert self._bind is not None
             self._bind.use_registry(self.node.core.link.endpoint)
+        if isinstance(event, RelaysChanged) and self.node is not None:
+            assert self._bind is not None
+            relays = self.node.core.relays
+            home = relays.home.endpoint if relays.home is not None else None
+            self._bind.use_relays(home, relays.endpoints())
         if self.node is not None and self.node.core.peers_version != self._names_version:
             self._update_names()
 

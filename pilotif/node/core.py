@@ -42,6 +42,7 @@ from pilotif.node.events import (
     RegistryLost,
     RegistryRegained,
     RegistrySwitched,
+    RelaysChanged,
     RequestDone,
     RequestError,
     RequestFailed,
@@ -81,13 +82,20 @@ from pilotif.node.registry_link import (
     Reply,
     SwitchedRegistry,
 )
+from pilotif.node.relays import Relays, TicketsPresented
 from pilotif.node.trust import TrustRecord
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint, PeerEndpoint, RelayEndpoint
 from pilotif.overlay.peer import Peer
 from pilotif.registry.wire import PUNCH_OPENER, format_endpoint, parse_endpoint
+from pilotif.relay.info import RelayInfo, relays_from_json
+from pilotif.relay.tickets import TICKET_LIFETIME_S
 
 REGISTER_INTERVAL_S: Final = 20.0
+TICKET_RETRY_S: Final = 5.0
+"""The wait before tickets are asked for again after the registry refused or was silent."""
+TICKET_REFRESH_S: Final = TICKET_LIFETIME_S / 2
+"""How often the tickets at our home relay are fetched again (before they expire)."""
 REREGISTER_MIN_S: Final = 2.0
 """The shortest time between two registrations the relay's notices cause."""
 RELAY_KEEPALIVE_S: Final = 2
@@ -176,6 +184,15 @@ class _TrustSync:
     incoming: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass
+class _TicketFetch:
+    """Tickets for `relay` being fetched page by page (for the peers of `peers_version`)."""
+
+    relay: RelayInfo
+    peers_version: int
+    tickets: list[str] = field(default_factory=list)
+
+
 class NodeCore:
     """The node side of the control plane; see the module docstring."""
 
@@ -205,6 +222,13 @@ class NodeCore:
         )
         self.replica: str | None = None
         """The name of the registry replica that answered our last registration."""
+        self.relays = Relays(device.local.private_key)
+        """The standalone relays the registry names (none: it relays itself)."""
+        self._relays_told: tuple[str | None, str] = (None, "")
+        self._tickets: _TicketFetch | None = None
+        self._tickets_due_s: float | None = None
+        self._tickets_version = -1
+        """`peers_version` when the tickets at our home relay were fetched."""
         self.ipv4: IPv4Address | None = None
         self.ipv6 = ipv6_for_key(device.public_key)
         self.network: IPv4Network | None = None
@@ -369,9 +393,12 @@ class NodeCore:
     # -- inputs: network -----------------------------------------------------------
 
     def receive_control(self, data: bytes, now: float, source: Endpoint | None = None) -> None:
-        """A 0x50, 0x52 or 0x54 datagram from a registry address (None: the current)."""
-        for item in self.link.receive(data, now, source):
-            self._on_link(item, now)
+        """A 0x50, 0x52 or 0x54 datagram from a registry or relay address (None: the
+        current registry)."""
+        if source is None or not self.relays.receive(data, source, now):
+            for item in self.link.receive(data, now, source):
+                self._on_link(item, now)
+        self._after_relays(now)
 
     def _may_roam(self, state: Peer, source: PeerEndpoint, now: float, initiation: bool) -> bool:
         """The device's roam filter: may an authenticated packet from `source` move the
@@ -396,7 +423,9 @@ class NodeCore:
 
     def get_timer(self) -> float | None:
         """When `handle_timer` is due next."""
-        deadlines = [self.link.next_timer(), self._next_register_s]
+        deadlines = [self.link.next_timer(), self._next_register_s, self.relays.next_timer()]
+        if self._tickets is None:
+            deadlines.append(self._tickets_due_s)
         deadlines += [at for at, _, _ in self._delayed_punches]
         for peer in self.peers.values():
             deadlines.append(self._peer_deadline(peer))
@@ -416,6 +445,9 @@ class NodeCore:
             self._register(now)
         for peer in list(self.peers.values()):
             self._tick_peer(peer, now)
+        self.relays.set_active(any(self.path_of(key) == "relay" for key in self.peers), now)
+        self.relays.handle_timer(now)
+        self._after_relays(now)
 
     # -- outputs -------------------------------------------------------------------
 
@@ -423,12 +455,15 @@ class NodeCore:
     def has_output(self) -> bool:
         """Whether datagrams or events wait (the device's roam filter can add events
         while the device, not the core, is handling input)."""
-        return bool(self.events or self.link.outgoing or self._openers)
+        return bool(self.events or self.link.outgoing or self._openers or self.relays.outgoing)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
         """Control datagrams for the registry and punch openers for peers' candidates,
         in order; the list is handed over."""
         out, self.link.outgoing = self.link.outgoing, []
+        if self.relays.outgoing:
+            out += self.relays.outgoing
+            self.relays.outgoing = []
         if self._openers:
             out += self._openers
             self._openers = []
@@ -494,7 +529,7 @@ class NodeCore:
             elif item.message.get("ok"):
                 self._on_reply(op, item.message, now)
             else:
-                self._on_refusal(op, item.message)
+                self._on_refusal(op, item.message, now)
         elif isinstance(item, RelaySourceUnknown):
             self._on_relay_notice(now)
         elif isinstance(item, SwitchedRegistry):
@@ -586,6 +621,9 @@ class NodeCore:
         """An internal request got no answer after every attempt."""
         if op == "trust_list":
             self._sync = None
+        if op == "relay_tickets":
+            self._tickets = None
+            self._tickets_due_s = now + TICKET_RETRY_S
         if op != "register":
             self.events.append(RequestError(op, self._unreachable()[1]))
             return
@@ -604,13 +642,16 @@ class NodeCore:
             recent = lost is not None and now - lost <= REGISTRY_RECENT_S
             self._next_register_s = now + (REGISTRY_RETRY_S if recent else REGISTER_INTERVAL_S)
 
-    def _on_refusal(self, op: str, reply: dict[str, Any]) -> None:
+    def _on_refusal(self, op: str, reply: dict[str, Any], now: float) -> None:
         code, error, hint = _refusal(reply)
         if op == "register" and not self.joined:
             self._fail(code, error, hint)
             return
         if op == "trust_list":
             self._sync = None
+        if op == "relay_tickets":
+            self._tickets = None
+            self._tickets_due_s = now + TICKET_RETRY_S
         self.events.append(RequestError(op, error))
 
     def _on_reply(self, op: str, reply: dict[str, Any], now: float) -> None:
@@ -618,6 +659,8 @@ class NodeCore:
             self._on_registered(reply, now)
         elif op == "trust_list":
             self._on_trust_page(reply, now)
+        elif op == "relay_tickets":
+            self._on_tickets(reply, now)
 
     def _on_registered(self, reply: dict[str, Any], now: float) -> None:
         try:
@@ -633,6 +676,7 @@ class NodeCore:
             return
         self.ipv4, self.network = ipv4, network
         self.admitted = True
+        self.relays.update(relays_from_json(reply.get("relays")), now)
         replica = reply.get("replica")
         self.replica = replica if isinstance(replica, str) else None
         name = reply.get("network_name")
@@ -669,6 +713,56 @@ class NodeCore:
             # The registry did not know our session (it restarted): pushes it had for us
             # meanwhile were not sent.
             self.sync_trust(now)
+
+    # -- standalone relays -----------------------------------------------------------
+
+    def _after_relays(self, now: float) -> None:
+        """Tell the adapter where relayed datagrams go now, and fetch the tickets of our
+        home relay when it changed, when peers changed, or before they expire."""
+        for item in self.relays.events:
+            if isinstance(item, TicketsPresented):
+                # Handshakes the relay dropped for want of a ticket need not wait for
+                # their retry.
+                for key in self.peers:
+                    if self.path_of(key) == "none":
+                        self.device.rehandshake(key, now)
+            else:
+                self._tickets = None
+                self._tickets_due_s = now if item.home is not None else None
+        self.relays.events = []
+        home = self.relays.home
+        told = (
+            format_endpoint(home.endpoint) if home is not None else None,
+            ",".join(sorted(format_endpoint(e) for e in self.relays.endpoints())),
+        )
+        if told != self._relays_told:
+            self._relays_told = told
+            self.events.append(RelaysChanged(*told))
+        if home is None or self._tickets is not None:
+            return
+        due = self._tickets_due_s
+        if self._tickets_version != self.peers_version or (due is not None and now >= due):
+            self._tickets = _TicketFetch(home, self.peers_version)
+            self._request_tickets(0, now)
+
+    def _request_tickets(self, offset: int, now: float) -> None:
+        assert self._tickets is not None
+        relay = encode_key(self._tickets.relay.key)
+        self._request("relay_tickets", {"relay": relay, "offset": offset}, now)
+
+    def _on_tickets(self, reply: dict[str, Any], now: float) -> None:
+        fetch = self._tickets
+        if fetch is None:
+            return
+        fetch.tickets += _strings(reply.get("tickets"))
+        next_offset = reply.get("next_offset")
+        if type(next_offset) is int and next_offset > 0:
+            self._request_tickets(next_offset, now)
+            return
+        self._tickets = None
+        self._tickets_version = fetch.peers_version
+        self._tickets_due_s = now + TICKET_REFRESH_S
+        self.relays.set_tickets(fetch.relay, fetch.tickets, now)
 
     # -- trust -----------------------------------------------------------------------
 
@@ -1121,6 +1215,7 @@ class NodeCore:
             "nat": self.nat_type(),
             "refused_peers": self.refused,
             "control_dropped": self.link.dropped,
+            "relays": self.relays.describe(),
         }
 
 

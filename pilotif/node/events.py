@@ -79,6 +79,17 @@ class RegistrySwitched:
 
 
 @dataclass(frozen=True)
+class RelaysChanged:
+    """The standalone relays the registry names, or the one we use (our home: the nearest
+    that answers), changed. Relayed datagrams leave through `home` (None: through the
+    registry) and may arrive from any of `relays`."""
+
+    home: str | None
+    relays: str
+    """`ip:port` of each, comma-separated."""
+
+
+@dataclass(frozen=True)
 class RegistryRegained:
     """The registry answers again after RegistryLost."""
 
@@ -231,6 +242,7 @@ NodeEvent = (
     | RegistryKeyRefused
     | RegistryRegained
     | RegistrySwitched
+    | RelaysChanged
     | PublicEndpointChanged
     | RequestDone
     | RequestFailed

@@ -242,11 +242,17 @@ class Device:
 
     def rehandshake(self, public_key: bytes, now: float) -> None:
         """Start a new handshake with a peer now, even if its session is fresh and the
-        last initiation is recent: our way to it changed (the caller does this once per
-        change of this host's network, not per packet)."""
+        last initiation is recent (one in flight is sent again now, as its retry): our
+        way to it changed (the caller does this once per change of this host's network
+        or relay, not per packet)."""
         peer = self._peers.get(public_key)
-        if peer is not None:
-            peer.last_initiation_sent_s = None
+        if peer is None:
+            return
+        peer.last_initiation_sent_s = None
+        if peer.handshake is not None and peer.timers.retransmit_handshake is not None:
+            peer.timers.retransmit_handshake = None
+            self._retransmit_handshake(peer, now)
+        else:
             self._send_initiation(peer, now, is_retry=False)
 
     def initiate_handshake(self, public_key: bytes, now: float) -> None:

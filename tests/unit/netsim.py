@@ -2,6 +2,9 @@
 overlay device), the registry core, and NAT routers between them, all in memory on one
 fake clock. No sockets, no root, deterministic for a given seed.
 
+With `relays`, standalone relays (relay cores) stand on the internet too, and the
+registry names them.
+
 NAT routers model Linux conntrack + masquerade closely enough for hole punching:
 - mapping: a LAN socket keeps its port towards each destination when that (public
   port, destination) pair is free (cone-like), or gets a random port per destination
@@ -27,17 +30,20 @@ from pathlib import Path
 from pilotif.bind import RelayFraming
 from pilotif.keys import encode_key
 from pilotif.node.core import NodeCore, NodeOptions
-from pilotif.node.events import NodeEvent
+from pilotif.node.events import NodeEvent, RelaysChanged
 from pilotif.node.icmp import echo_request_packet
 from pilotif.node.trust import TrustRecord
-from pilotif.overlay.crypto import generate_private_key
+from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint, RelayEndpoint
 from pilotif.registry.server import RegistryCore
 from pilotif.registry.store import Store
+from pilotif.relay.core import RelayCore
+from pilotif.relay.info import RelayInfo
 from pilotif.tun.offload import internet_checksum
 
 REGISTRY: Endpoint = ("198.18.0.1", 7946)
+RELAY_PORT = 7947
 NETWORK = "100.64.0.0/10"
 NODE_PORT = 51820
 UDP_TIMEOUT_S = 30.0
@@ -185,6 +191,12 @@ class SimNode:
                 self.device.send_packets(replies, self.net.now)
                 self.flush()
         self.device.events.clear()
+        for event in self.core.events:
+            if isinstance(event, RelaysChanged):
+                home = self.core.relays.home
+                self.framing.use_relays(
+                    home.endpoint if home is not None else None, self.core.relays.endpoints()
+                )
         self.events += self.core.events
         self.core.events = []
 
@@ -213,7 +225,7 @@ class SimNode:
         if self.framing.is_registry(source):
             sorted_ = self.framing.split_registry(memoryview(data), 0, source)
             for control in sorted_.control:
-                self.core.receive_control(control, now)
+                self.core.receive_control(control, now, source)
             for inner, endpoint in sorted_.wireguard:
                 self.device.receive_datagram(inner, endpoint, now)
         elif not self.framing.is_opener(memoryview(data)):
@@ -258,13 +270,25 @@ class _InFlight:
 class Network:
     """The registry on the internet, and nodes added with `node`."""
 
-    def __init__(self, tmp: Path, *, seed: int = 1, loss: float = 0.0) -> None:
+    def __init__(self, tmp: Path, *, seed: int = 1, loss: float = 0.0, relays: int = 0) -> None:
         self.now = START_S
         self.rng = random.Random(seed)
         self.loss = loss
         self._registry_key = generate_private_key()
         self._store = Store(tmp / "registry.db", IPv4Network(NETWORK))
-        self.registry = RegistryCore(self._registry_key, self._store, first_counter=1)
+        self._relay_keys = [generate_private_key() for _ in range(relays)]
+        self.relay_infos = tuple(
+            RelayInfo(public_key(private), (f"198.18.1.{index + 1}", RELAY_PORT))
+            for index, private in enumerate(self._relay_keys)
+        )
+        self.relays: dict[Endpoint, RelayCore] = {}
+        for index in range(relays):
+            self.restart_relay(index)
+        self.relays_down: set[Endpoint] = set()
+        """Relays whose process is stopped: what reaches them is lost."""
+        self.registry = RegistryCore(
+            self._registry_key, self._store, first_counter=1, relays=self.relay_infos
+        )
         self.nodes: list[SimNode] = []
         self.nats: dict[str, Nat] = {}
         self._queue: list[_InFlight] = []
@@ -314,6 +338,12 @@ class Network:
         heapq.heappush(self._queue, item)
 
     def _arrive(self, item: _InFlight) -> None:
+        relay = self.relays.get(item.to)
+        if relay is not None:
+            if item.to not in self.relays_down:
+                for data, to in relay.handle_datagram(item.data, item.source, self.now):
+                    self._transmit(data, item.to, to)
+            return
         if item.to == REGISTRY:
             if self.registry_down:
                 return
@@ -382,7 +412,20 @@ class Network:
         if new_key:
             self._registry_key = generate_private_key()
         self.registry = RegistryCore(
-            self._registry_key, self._store, first_counter=self.registry.counter + 1
+            self._registry_key,
+            self._store,
+            first_counter=self.registry.counter + 1,
+            relays=self.relay_infos,
+        )
+
+    def restart_relay(self, index: int) -> None:
+        """A new process of relay `index` (a new instance: it knows no node)."""
+        info = self.relay_infos[index]
+        previous = self.relays.get(info.endpoint)
+        self.relays[info.endpoint] = RelayCore(
+            self._relay_keys[index],
+            public_key(self._registry_key),
+            first_counter=previous.counter + 1 if previous is not None else 1,
         )
 
     def trust(self, asker: SimNode, approver: SimNode) -> None:
