@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from pilotif.keys import decode_key, encode_key
-from pilotif.lab.checks import poll_until
 from pilotif.lab.nat import (
     PATH_TIMEOUT_S,
     REGISTRY,
@@ -23,6 +22,7 @@ from pilotif.lab.nat import (
     NatKind,
     NatLab,
     nat_lab,
+    poll_until,
     trust,
 )
 from pilotif.overlay.crypto import public_key
