@@ -49,6 +49,7 @@ from pilotif.paths import STATE_DIR_ENV, StatePaths
 from pilotif.policy_cli import allow, deny, policy
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.joinkey import parse_join_key
+from pilotif.relay.info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.services_cli import inbox, publish, received, send, send_file, subscribe
 from pilotif.task_cli import task
 from pilotif.tcp_cli import bench, listen
@@ -786,6 +787,13 @@ def _format_event(event: dict[str, Any]) -> str:
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option("--metrics", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
+@click.option(
+    "--relay",
+    "relays",
+    multiple=True,
+    help="A standalone relay nodes may use, as KEY@IP:PORT (`pilotif relay` logs it);"
+    " repeat for several. Without any, the registry relays.",
+)
 @database_option
 @state_dir_option
 @click.pass_context
@@ -797,6 +805,7 @@ def registry(
     expire_after: str,
     log_format: str,
     metrics: str | None,
+    relays: tuple[str, ...],
     database: str | None,
     state_dir: Path,
 ) -> None:
@@ -816,7 +825,7 @@ def registry(
     except DurationError as error:
         raise CliError(f"--expire-after: {error}", "bad_input") from None
     metrics_at = _host_port("--metrics", metrics) if metrics is not None else None
-    options = RegistryOptions(net, require_join_key, expire_after_s, database)
+    options = RegistryOptions(net, require_join_key, expire_after_s, database, _relays(relays))
     setup_logging(as_json=log_format == "json")
     try:
         run_registry(listen_at, state_dir.absolute(), options, log_format, metrics_at)
@@ -824,6 +833,62 @@ def registry(
         raise CliError(str(error), "bad_state") from None
     except DatabaseError as error:
         raise CliError(str(error), "no_database") from None
+    except OSError as error:
+        raise CliError(f"cannot listen on {listen}: {error.strerror or error}") from None
+
+
+def _relays(texts: tuple[str, ...]) -> tuple[RelayInfo, ...]:
+    if len(texts) > MAX_RELAYS:
+        raise CliError(f"--relay: at most {MAX_RELAYS} relays", "bad_input")
+    try:
+        return tuple(parse_relay(text) for text in texts)
+    except RelaySpecError as error:
+        raise CliError(f"--relay: {error}", "bad_input") from None
+
+
+@cli.command()
+@click.option("--listen", default="0.0.0.0:7947", show_default=True, help="HOST:PORT (UDP).")
+@click.option(
+    "--registry",
+    help="The registry whose tickets to accept, at HOST:PORT (its key is asked for on"
+    " first start and pinned).",
+)
+@click.option("--registry-key", help="The registry's public key (instead of asking it).")
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@state_dir_option
+def relay(
+    listen: str,
+    registry: str | None,
+    registry_key: str | None,
+    log_format: str,
+    state_dir: Path,
+) -> None:
+    """Run a standalone relay in the foreground (no database, no root): it carries
+    WireGuard datagrams between nodes that the registry's tickets prove trust each other.
+    Give its key to the registry with `pilotif registry --relay KEY@IP:PORT`."""
+    from pilotif.relay.service import RelayOptions, RelayStartError, run_relay
+
+    listen_at = _host_port("--listen", listen)
+    registry_at = _host_port("--registry", registry) if registry is not None else None
+    try:
+        key = decode_key(registry_key) if registry_key is not None else None
+    except InvalidKeyError as error:
+        raise CliError(f"--registry-key: {error}", "bad_input") from None
+    if registry_at is None and key is None:
+        raise CliError(
+            "give --registry HOST:PORT (or --registry-key KEY): the relay accepts that"
+            " registry's tickets",
+            "bad_input",
+        )
+    setup_logging(as_json=log_format == "json")
+    try:
+        run_relay(listen_at, state_dir.absolute(), RelayOptions(registry_at, key), log_format)
+    except StateFileError as error:
+        raise CliError(str(error), "bad_state") from None
+    except RelayStartError as error:
+        raise CliError(str(error), "no_registry") from None
     except OSError as error:
         raise CliError(f"cannot listen on {listen}: {error.strerror or error}") from None
 

@@ -7,11 +7,12 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from pilotif.counter_lease import CounterLease
 from pilotif.identity import load_key, load_or_create_key
@@ -22,6 +23,7 @@ from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.events import Endpoint
 from pilotif.paths import StatePaths
 from pilotif.registry.database import DatabaseError, without_password
+from pilotif.registry.gate import Outgoing
 from pilotif.registry.server import (
     DEFAULT_EXPIRE_AFTER_S,
     PUSH_CHANNEL,
@@ -31,6 +33,7 @@ from pilotif.registry.server import (
 )
 from pilotif.registry.store import DB_FILE_NAME, Store
 from pilotif.registry.wire import format_endpoint
+from pilotif.relay.info import RelayInfo
 
 REGISTRY_KEY_FILE: Final = "registry.key"
 COUNTER_FILE: Final = "registry.counter"
@@ -43,10 +46,21 @@ RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
 datagrams waits there while a batch of heartbeats is written."""
 
 
-class _RegistryProtocol(asyncio.DatagramProtocol):
-    """Hands every datagram to the core with the wall-clock time, sends what it returns."""
+class DatagramCore(Protocol):
+    """A sans-IO core that answers datagrams: the registry's, or a relay's."""
 
-    def __init__(self, core: RegistryCore, lease: CounterLease) -> None:
+    counter: int
+    counters: Counter[str]
+
+    def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        """What to send in answer to one datagram."""
+
+
+class CoreProtocol(asyncio.DatagramProtocol):
+    """Hands every datagram to the core with the wall-clock time, sends what it returns,
+    and keeps the core's counter covered by its lease."""
+
+    def __init__(self, core: DatagramCore, lease: CounterLease) -> None:
         self._core = core
         self._lease = lease
         self._transport: asyncio.DatagramTransport | None = None
@@ -70,7 +84,7 @@ class _RegistryProtocol(asyncio.DatagramProtocol):
             core.counters["internal_error"] += 1
             count = core.counters["internal_error"]
             if count & (count - 1) == 0:
-                log_event("registry_internal_error", error=repr(error), count=count)
+                log_event("internal_error", error=repr(error), count=count)
             return
         assert self._transport is not None
         if self._paused:
@@ -114,42 +128,68 @@ def metrics_sample(core: RegistryCore) -> RegistrySample:
 async def _serve(
     core: RegistryCore, lease: CounterLease, listen: Endpoint, metrics: Endpoint | None
 ) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     metrics_server = None
     if metrics is not None:
         collector = RegistryCollector(lambda: metrics_sample(core))
         metrics_server = await start_metrics_server(*metrics, collector)
         log_event("metrics_serving", listen=format_endpoint(metrics))
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _RegistryProtocol(core, lease), local_addr=listen
-    )
-    pushes = core.store.listen(PUSH_CHANNEL) if core.replica is not None else None
-    if pushes is not None:
-        loop.add_reader(pushes, _notified, core, protocol, loop, pushes)
-    sock = transport.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
     # Forget nodes unseen for the expiry time; write the heartbeats received since the
     # last write; say this replica is alive and learn which are.
-    housekeeping = [
-        asyncio.create_task(_every(EXPIRE_EVERY_S, lambda: core.expire(time.time()))),
-        asyncio.create_task(_every(WRITE_EVERY_S, core.store.flush)),
+    housekeeping: list[tuple[float, Callable[[], None]]] = [
+        (EXPIRE_EVERY_S, lambda: core.expire(time.time())),
+        (WRITE_EVERY_S, core.store.flush),
     ]
     if core.replica is not None:
-        keep = _every(REPLICA_ALIVE_S, lambda: core.keep_replicas(time.time()))
-        housekeeping.append(asyncio.create_task(keep))
+        housekeeping.append((REPLICA_ALIVE_S, lambda: core.keep_replicas(time.time())))
+
+    def take_pushes(protocol: CoreProtocol) -> Callable[[], None] | None:
+        loop = asyncio.get_running_loop()
+        pushes = core.store.listen(PUSH_CHANNEL) if core.replica is not None else None
+        if pushes is None:
+            return None
+        loop.add_reader(pushes, _notified, core, protocol, loop, pushes)
+
+        def stop() -> None:
+            loop.remove_reader(pushes)
+
+        return stop
+
+    try:
+        await serve_until_stopped(core, lease, listen, housekeeping, take_pushes)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+async def serve_until_stopped(
+    core: DatagramCore,
+    lease: CounterLease,
+    listen: Endpoint,
+    housekeeping: list[tuple[float, Callable[[], None]]],
+    on_open: Callable[[CoreProtocol], Callable[[], None] | None] | None = None,
+) -> None:
+    """Serve `core` on a UDP socket at `listen` and run each housekeeping action every
+    period, until SIGTERM or SIGINT. `on_open` may watch more (it returns how to stop)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: CoreProtocol(core, lease), local_addr=listen
+    )
+    transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES
+    )
+    stop_watching = on_open(protocol) if on_open is not None else None
+    tasks = [asyncio.create_task(_every(period, action)) for period, action in housekeeping]
     try:
         await stop.wait()
     finally:
-        if pushes is not None:
-            loop.remove_reader(pushes)
-        for task in housekeeping:
+        if stop_watching is not None:
+            stop_watching()
+        for task in tasks:
             task.cancel()
         transport.close()
-        if metrics_server is not None:
-            metrics_server.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 
@@ -163,7 +203,7 @@ async def _every(period_s: float, action: Callable[[], None]) -> None:
 
 def _notified(
     core: RegistryCore,
-    protocol: _RegistryProtocol,
+    protocol: CoreProtocol,
     loop: asyncio.AbstractEventLoop,
     fd: int,
 ) -> None:
@@ -185,6 +225,8 @@ class RegistryOptions:
     require_join_key: bool = False
     expire_after_s: float = DEFAULT_EXPIRE_AFTER_S
     database: str | None = None
+    relays: tuple[RelayInfo, ...] = ()
+    """Standalone relays to name to nodes (none: this registry relays)."""
 
 
 def _replica_name(listen: Endpoint) -> str:
@@ -245,6 +287,7 @@ def run_registry(
         require_join_key=options.require_join_key,
         expire_after_s=options.expire_after_s,
         replica=_replica_name(listen) if options.database is not None else None,
+        relays=options.relays,
     )
     log_event(
         "registry_started",
@@ -256,6 +299,7 @@ def run_registry(
         state_dir=str(state_dir),
         database=without_password(options.database) if options.database else DB_FILE_NAME,
         replica=core.replica or "",
+        relays=",".join(f"{encode_key(r.key)}@{format_endpoint(r.endpoint)}" for r in core.relays),
         hint="nodes pin this key on first contact, or pass it as --registry-key",
     )
     try:
