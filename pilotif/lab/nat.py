@@ -27,6 +27,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pilotif.identity import load_or_create_key
+from pilotif.keys import encode_key
 from pilotif.lab.netns import (
     LabError,
     Namespace,
@@ -38,11 +40,14 @@ from pilotif.lab.netns import (
     stop_pid,
 )
 from pilotif.lab.pilotif_node import UP_TIMEOUT_S, pilotif_executable
+from pilotif.overlay.crypto import public_key
+from pilotif.relay.service import RELAY_KEY_FILE
 
 PUBLIC_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 REGISTRY_ADDRESS = "198.18.0.1"
 REGISTRY_PORT = 7946
 REGISTRY = f"{REGISTRY_ADDRESS}:{REGISTRY_PORT}"
+RELAY_PORT = 7947
 LAN_NETWORKS = (ipaddress.IPv4Network("198.19.1.0/24"), ipaddress.IPv4Network("198.19.2.0/24"))
 ROUTER_WAN_FIRST_HOST = 11
 """Router i's WAN address is host ROUTER_WAN_FIRST_HOST + i of PUBLIC_NETWORK."""
@@ -334,6 +339,7 @@ class NatLab:
     """Extra `pilotif registry` options (e.g. --require-join-key), kept across restarts."""
     _registry: "subprocess.Popen[bytes] | None" = None
     _replicas: dict[str, "subprocess.Popen[bytes]"] = field(default_factory=dict)
+    _relays: dict[str, "subprocess.Popen[bytes]"] = field(default_factory=dict)
 
     def __getitem__(self, hostname: str) -> Agent:
         return self.agents[hostname]
@@ -422,13 +428,54 @@ class NatLab:
             self._registry = None
         for address in list(self._replicas):
             self.kill_replica(address)
+        for address in list(self._relays):
+            self.stop_relay(address)
+
+    def _add_public_address(self, address: str) -> None:
+        self.public.run(
+            "ip", "address", "add", _with_prefix(address, PUBLIC_NETWORK), "dev", _SWITCH
+        )
+
+    def start_relay(self, address: str) -> None:
+        """`pilotif relay` on `address` of the public switch, with the key `relay_spec`
+        made for it, accepting the lab registry's tickets; returns once it listens."""
+        self._add_public_address(address)
+        listen = f"{address}:{RELAY_PORT}"
+        process = self.public.spawn(
+            pilotif_executable(),
+            "relay",
+            "--listen",
+            listen,
+            "--registry",
+            REGISTRY,
+            "--log-format",
+            "json",
+            "--state-dir",
+            str(relay_state_dir(self.workdir, address)),
+            log_path=relay_log(self.workdir, address),
+        )
+        self._relays[address] = process
+
+        def listening() -> bool | None:
+            if process.poll() is not None:
+                raise LabError(f"the relay on {listen} exited {process.returncode}")
+            return True if self.public.run("ss", "-Hnlu", "src", listen).stdout.strip() else None
+
+        poll_until(listening, REGISTRY_START_TIMEOUT_S, "the relay listening on " + listen)
+
+    def stop_relay(self, address: str, *, crash: bool = False) -> None:
+        """Stop the relay on `address` by its PID: SIGTERM (it logs its counters), or
+        SIGKILL with `crash`."""
+        process = self._relays.pop(address)
+        if crash:
+            process.kill()
+            process.wait()
+        self.public.stop(process)
 
     def start_replica(self, address: str) -> str:
         """Another registry replica (same `registry_args`: a --database) on `address` of
         the public switch; its HOST:PORT once it listens."""
-        self.public.run(
-            "ip", "address", "add", _with_prefix(address, PUBLIC_NETWORK), "dev", _SWITCH
-        )
+        self._add_public_address(address)
         listen = f"{address}:{REGISTRY_PORT}"
         process = self.public.spawn(
             pilotif_executable(),
@@ -459,6 +506,23 @@ class NatLab:
 
     def _log_tail(self) -> str:
         return self.registry_log.read_text()[-2000:] if self.registry_log.exists() else ""
+
+
+def relay_state_dir(workdir: Path, address: str) -> Path:
+    """Where the lab's relay on `address` keeps its key."""
+    return workdir / f"relay-{address}"
+
+
+def relay_log(workdir: Path, address: str) -> Path:
+    """What the lab's relay on `address` logged (JSON lines)."""
+    return workdir / f"relay-{address}.log"
+
+
+def relay_spec(workdir: Path, address: str) -> str:
+    """`KEY@ADDRESS:PORT` of the relay the lab will run on `address`, for the registry's
+    `--relay` (its key is made now, in the state dir the relay will use)."""
+    private = load_or_create_key(relay_state_dir(workdir, address) / RELAY_KEY_FILE)
+    return f"{encode_key(public_key(private))}@{address}:{RELAY_PORT}"
 
 
 def _veth(name_a: str, ns_a: Namespace, name_b: str, ns_b: Namespace) -> None:
