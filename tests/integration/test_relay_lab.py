@@ -127,7 +127,7 @@ def test_a_standalone_relay_carries_a_symmetric_pair_and_refuses_a_stranger(
 
     counters = {address: _stopped_counters(nat, address) for address in RELAYS}
     through = counters[str(beta_home).partition(":")[0]]
-    assert through["relay_not_trusted"] == INTRUDER_DATAGRAMS
+    assert through["relay_not_trusted"] >= INTRUDER_DATAGRAMS
     assert through["bad_ticket"] >= 1
     assert sum(c.get("relayed_packets", 0) for c in counters.values()) >= 20
     # The registry relayed nothing: every relayed datagram went through the relays.
