@@ -1,8 +1,8 @@
 """Issue 13's standalone relays in the namespace lab: two `pilotif relay` processes on the
 public switch, named by the registry (`--relay KEY@IP:PORT`). Two agents behind
-symmetric NATs (no direct path) talk through the nearest relay, never through the
-registry; a node that nobody trusts is refused by the relay; the relay in use is killed
-and the agents move to the other within seconds."""
+symmetric NATs (no direct path) talk through their nearest relays, never through the
+registry; a node that nobody trusts is refused by the relay; the relay one of them sends
+through is killed and it moves to the other within seconds."""
 
 import json
 import os
@@ -142,7 +142,7 @@ def test_a_dead_relay_is_replaced_within_seconds(lab: tuple[NatLab, list[str]]) 
     nat, _ = lab
     alpha, beta = _relayed_pair(nat)
     home = _home(alpha)
-    assert home is not None and home == _home(beta), "both are nearest to the same relay"
+    assert home is not None
     beta_ip = str(beta.status()["node"]["ipv4"])
     assert ping(alpha.namespace, beta_ip, 3).all_answered
     pings = alpha.namespace.spawn(
@@ -162,7 +162,7 @@ def test_a_dead_relay_is_replaced_within_seconds(lab: tuple[NatLab, list[str]]) 
     poll_until(
         lambda: _home(alpha) not in (None, home) and _home(beta) not in (None, home),
         REPLACED_WITHIN_S,
-        "both agents on the other relay",
+        "both agents on the relay that is left",
     )
     output, _ = pings.communicate(timeout=60)
     answered = [float(t) for t in re.findall(rb"^\[(\d+\.\d+)\] \d+ bytes from", output, re.M)]
