@@ -445,6 +445,15 @@ def _registry_state(node: dict[str, Any]) -> str:
     return f"UNREACHABLE since {stamp} ({time.time() - since:.0f} s)"
 
 
+def _relay_state(relay: dict[str, Any]) -> str:
+    """One standalone relay in `pilotif status`: where, how near, whether we use it."""
+    text = str(relay["endpoint"])
+    text += f" {relay['rtt_ms']} ms" if relay["rtt_ms"] is not None else " (not measured)"
+    if not relay["alive"]:
+        text += " NOT ANSWERING"
+    return text + (" (home: relayed traffic goes here)" if relay["home"] else "")
+
+
 def _format_status(state: dict[str, Any]) -> str:
     node = state.get("node")
     lines = []
@@ -454,6 +463,7 @@ def _format_status(state: dict[str, Any]) -> str:
             f"  registry: {node['registry']} " + _registry_state(node),
             f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
         ]
+        lines += [f"  relay: {_relay_state(relay)}" for relay in node.get("relays", [])]
         for hostname, reason in node["refused_peers"].items():
             lines.append(f"  REFUSED peer {hostname}: {reason}")
         lines.append("")

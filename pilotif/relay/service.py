@@ -59,6 +59,10 @@ def fetch_registry_key(registry: Endpoint) -> bytes:
                 data, source = sock.recvfrom(64)
             except TimeoutError:
                 continue
+            except ConnectionRefusedError:
+                # Nothing listens there (yet): an ICMP port unreachable came back.
+                time.sleep(KEY_FETCH_WAIT_S)
+                continue
             if source[:2] != address[:2]:
                 continue
             try:
@@ -107,9 +111,9 @@ def run_relay(
     `state_dir/relay.key` (created on first run); the registry's operator lists it as
     `--relay PUBLIC_KEY@IP:PORT`, which the first log line says."""
     setup_logging(as_json=log_format == "json")
+    registry_key = registry_key_for(state_dir, options)
     StatePaths(state_dir).create()
     private_key = load_or_create_key(state_dir / RELAY_KEY_FILE)
-    registry_key = registry_key_for(state_dir, options)
     lease = CounterLease(state_dir / RELAY_COUNTER_FILE)
     core = RelayCore(private_key, registry_key, first_counter=lease.first)
     public = encode_key(core.public_key)

@@ -187,6 +187,31 @@ def test_status_says_which_offloads_are_on_and_what_was_refused() -> None:
     assert "udp v6" not in text
 
 
+def test_status_names_each_relay_and_the_one_in_use() -> None:
+    from pilotif.cli import _relay_state
+
+    home = {"endpoint": "198.18.0.3:7947", "rtt_ms": 1.5, "alive": True, "home": True}
+    dead = {"endpoint": "198.18.0.4:7947", "rtt_ms": None, "alive": False, "home": False}
+    assert _relay_state(home) == "198.18.0.3:7947 1.5 ms (home: relayed traffic goes here)"
+    assert _relay_state(dead) == "198.18.0.4:7947 (not measured) NOT ANSWERING"
+
+
+def test_the_relay_and_the_registry_refuse_bad_relay_options(tmp_path: Path) -> None:
+    state = ("--state-dir", str(tmp_path))
+    assert_one_line_error(pilotif("relay", *state))
+    assert_one_line_error(pilotif("relay", "--registry-key", "not-a-key", *state))
+    assert_one_line_error(pilotif("relay", "--registry", "198.18.0.1:99999", *state))
+    assert_one_line_error(pilotif("registry", "--relay", "198.18.0.3:7947", *state))
+    assert_one_line_error(pilotif("registry", "--relay", "KEY@relay.example:7947", *state))
+    assert not any(tmp_path.iterdir()), "nothing is written for bad input"
+
+
+def test_a_relay_whose_registry_does_not_answer_says_so(tmp_path: Path) -> None:
+    result = pilotif("relay", "--registry", "127.0.0.1:9", "--state-dir", str(tmp_path / "s"))
+    assert_one_line_error(result, "did not say its key")
+    assert not (tmp_path / "s").exists()
+
+
 def test_status_says_since_when_the_registry_is_unreachable() -> None:
     from pilotif.cli import _registry_state
 
