@@ -16,6 +16,7 @@ from pilotif.overlay.events import Endpoint
 from pilotif.overlay.messages import MessageError, parse_cookie_reply
 from pilotif.registry.wire import (
     CONTROL_TYPE,
+    COUNTER_LEASE,
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
     REGISTRY_COOKIE_TYPE,
@@ -223,6 +224,9 @@ class RegistryLink:
         """Send everything that waits to the next registry, at once."""
         previous = self.endpoint
         self.endpoint = self.endpoints[(self.endpoints.index(previous) + 1) % len(self.endpoints)]
+        # Above the floor the silent replica may have stored for us: the next one holds us
+        # to it, and would refuse our first message otherwise.
+        self._counter += COUNTER_LEASE
         for request_id in self._pending:
             self._transmit(request_id, now)
         return SwitchedRegistry(self.endpoint, previous)

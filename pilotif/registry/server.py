@@ -37,6 +37,7 @@ from pilotif.registry.store import (
 )
 from pilotif.registry.wire import (
     CONTROL_TYPE,
+    COUNTER_LEASE,
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
     MAX_PAYLOAD_BYTES,
@@ -99,10 +100,6 @@ SEEN_WRITE_S: Final = 300.0
 """A heartbeat is written to the database when the node's endpoints or session changed,
 else at most this often (and for every node at a clean stop): at 100,000 nodes a write
 per heartbeat would be 5,000 rows a second."""
-COUNTER_LEASE: Final = 1024
-"""The counter floor stored for a node runs this far ahead of the counters it sent, so
-it is written once per COUNTER_LEASE / 2 messages; after a restart the node's first
-message is refused as stale and sent again above the floor (one round trip)."""
 REPLICA_ALIVE_S: Final = 2.0
 """How often a replica says it is alive (`keep_replicas`); one silent for three times
 that is taken for dead, and the nodes it had are offline until they come to another."""

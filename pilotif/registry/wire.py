@@ -60,6 +60,12 @@ data plane's window is 8,192 counters)."""
 _WINDOW_MASK: Final = (1 << CONTROL_REPLAY_WINDOW) - 1
 """The cap lets counters fit a signed SQL BIGINT (pilotif.counter_lease hands them out)."""
 
+COUNTER_LEASE: Final = 1024
+"""The counter floor the registry stores for a node runs at most this far ahead of the
+counters it accepted, so it is written once per COUNTER_LEASE / 2 messages; after a
+registry restart the node's first message is refused as stale and sent again above the
+floor (one round trip). A node that moves to another replica goes this far up at once,
+so that replica (which holds it to the stored floor) takes its first message."""
 MAX_REQUEST_ID: Final = 2**63 - 1
 """Requests with a larger (or no) id get no reply; sessions are no larger either."""
 

@@ -15,7 +15,7 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.server import PUSH_CHANNEL, REPLICA_ALIVE_S
 from pilotif.registry.store import Store
-from pilotif.registry.wire import ControlChannel, pack_relay
+from pilotif.registry.wire import COUNTER_LEASE, ControlChannel, pack_relay
 from tests.unit.test_registry_server import (
     NETWORK,
     START,
@@ -185,6 +185,24 @@ def test_a_node_that_moves_keeps_its_address_name_and_trust_and_gets_its_pushes_
     b.call(bob, "untrust", peer=alice.b64)
     [revoked] = b.pushes(alice)
     assert (revoked["op"], revoked["trusted"]) == ("trust_changed", False)
+
+
+def test_a_node_that_goes_up_by_the_lease_as_it_moves_is_taken_at_once(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    """What RegistryLink does when it switches replicas: its first message at the new
+    one is above the floor the old one stored, so nothing is refused (one round trip
+    saved per node in a mass failover)."""
+    a, b = replicas
+    alice, _ = pair
+    for _ in range(3):
+        assert a.call(alice, "lookup", query="bob")["ok"]
+    a.store.flush()
+    b.nodes[alice.endpoint] = alice
+    alice.channel = ControlChannel(alice.private, b.core.public_key, local_is_registry=False)
+    alice.counter = itertools.count(next(alice.counter) + COUNTER_LEASE)
+    assert b.register(alice, "alice", lan=["10.0.0.5:51820"])["replica"] == "b"
+    assert b.core.counters["stale_counter"] == 0
 
 
 def test_an_untrust_at_one_replica_stops_the_other_relaying_at_once(
