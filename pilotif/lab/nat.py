@@ -455,13 +455,7 @@ class NatLab:
             log_path=relay_log(self.workdir, address),
         )
         self._relays[address] = process
-
-        def listening() -> bool | None:
-            if process.poll() is not None:
-                raise LabError(f"the relay on {listen} exited {process.returncode}")
-            return True if self.public.run("ss", "-Hnlu", "src", listen).stdout.strip() else None
-
-        poll_until(listening, REGISTRY_START_TIMEOUT_S, "the relay listening on " + listen)
+        self._wait_listening(process, listen, "relay")
 
     def stop_relay(self, address: str, *, crash: bool = False) -> None:
         """Stop the relay on `address` by its PID: SIGTERM (it logs its counters), or
@@ -488,14 +482,18 @@ class NatLab:
             log_path=self.workdir / f"replica-{address}.log",
         )
         self._replicas[address] = process
+        self._wait_listening(process, listen, "replica")
+        return listen
+
+    def _wait_listening(self, process: "subprocess.Popen[bytes]", listen: str, what: str) -> None:
+        """Return once `process` listens on UDP `listen`; LabError if it exits first."""
 
         def listening() -> bool | None:
             if process.poll() is not None:
-                raise LabError(f"the replica on {listen} exited {process.returncode}")
+                raise LabError(f"the {what} on {listen} exited {process.returncode}")
             return True if self.public.run("ss", "-Hnlu", "src", listen).stdout.strip() else None
 
-        poll_until(listening, REGISTRY_START_TIMEOUT_S, "the replica listening on " + listen)
-        return listen
+        poll_until(listening, REGISTRY_START_TIMEOUT_S, f"the {what} listening on {listen}")
 
     def kill_replica(self, address: str) -> None:
         """Kill the replica on `address` (SIGKILL by its PID: a crash, nothing saved)."""

@@ -1,7 +1,8 @@
 """The cheap checks every sealed control message passes before any X25519: its size,
 mac1 (keyed by our public key), mac2 (the cookie that proves the sender's address;
 without it only a cookie reply goes back, smaller than the message) and the rate limits
-per address. The registry and the standalone relays both answer through one.
+per address; and the limit on relayed traffic per address. The registry and the
+standalone relays both answer through them.
 """
 
 from collections import Counter
@@ -28,6 +29,12 @@ UNPROVEN_BURST: Final = 200
 """Answers (cookie replies, key answers) to one address whose ports are not proven: the
 most an off-path spoofer can reflect at one victim, at no more bytes than it sent."""
 
+RELAY_PACKETS_PER_S: Final = 20_000.0
+RELAY_BURST_PACKETS: Final = 40_000.0
+RELAY_BYTES_PER_S: Final = 25_000_000.0
+RELAY_BURST_BYTES: Final = 50_000_000.0
+"""What one ip:port may send through a relay (the registry's, or a standalone one)."""
+
 _MAX_CONTROL_DATAGRAM: Final = (
     CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
 )
@@ -42,6 +49,18 @@ Outgoing = tuple[bytes, Endpoint]
 def address_group(source: Endpoint) -> bytes:
     """What per-address limits count: an IPv4 address, or an IPv6 /64."""
     return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
+
+
+class RelayLimit:
+    """Relay messages per ip:port: packets and bytes, each a token bucket."""
+
+    def __init__(self) -> None:
+        self._packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
+        self._bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
+
+    def allow(self, source: Endpoint, now: float, size: int) -> bool:
+        """Whether a relay message of `size` bytes from `source` may go on."""
+        return self._packets.allow(source, now) and self._bytes.allow(source, now, size)
 
 
 class ControlGate:

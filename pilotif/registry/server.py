@@ -23,7 +23,7 @@ from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
-from pilotif.registry.gate import ControlGate, Outgoing, address_group
+from pilotif.registry.gate import ControlGate, Outgoing, RelayLimit, address_group
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.store import (
@@ -79,10 +79,6 @@ NEW_KEY_RATE_PER_S: Final = 20.0
 NEW_KEY_BURST: Final = 50
 """Control messages from keys without a cached channel (each costs an X25519 and a
 query), per proven address."""
-RELAY_PACKETS_PER_S: Final = 20_000.0
-RELAY_BURST_PACKETS: Final = 40_000.0
-RELAY_BYTES_PER_S: Final = 25_000_000.0
-RELAY_BURST_BYTES: Final = 50_000_000.0
 NEW_NODES_PER_S: Final = 0.2
 NEW_NODES_BURST: Final = 20.0
 """New registrations from one address (a /64 for IPv6): names and addresses are finite."""
@@ -229,8 +225,7 @@ class RegistryCore:
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._new_node_limit = TokenBuckets(NEW_NODES_PER_S, NEW_NODES_BURST)
         self._join_key_limit = TokenBuckets(JOIN_KEY_USES_PER_S, JOIN_KEY_BURST)
-        self._relay_packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
-        self._relay_bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
+        self._relay_limit = RelayLimit()
         self._seen: dict[bytes, tuple[Endpoint, float]] = {}
         self._rtt_ms: dict[bytes, int] = {}
         """Each node's round trip to us as it last reported it (`rtt_ms` of any request)."""
@@ -266,10 +261,7 @@ class RegistryCore:
         return []
 
     def _relay(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
-        if not (
-            self._relay_packets.allow(source, now)
-            and self._relay_bytes.allow(source, now, len(data))
-        ):
+        if not self._relay_limit.allow(source, now, len(data)):
             self.counters["relay_rate_limited"] += 1
             return []
         try:

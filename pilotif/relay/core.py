@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
-from pilotif.registry.gate import ControlGate, Outgoing
+from pilotif.registry.gate import ControlGate, Outgoing, RelayLimit
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.wire import (
     CONTROL_TYPE,
@@ -48,11 +48,6 @@ MAX_CHANNELS: Final = 250_000
 """Senders whose channel (keys, replay window) stays in memory."""
 MAX_TICKETS_PER_NODE: Final = 10_000
 """Peers one node may hold tickets for (its trusted peers)."""
-RELAY_PACKETS_PER_S: Final = 20_000.0
-RELAY_BURST_PACKETS: Final = 40_000.0
-RELAY_BYTES_PER_S: Final = 25_000_000.0
-RELAY_BURST_BYTES: Final = 50_000_000.0
-"""What one ip:port may send through the relay."""
 NEW_KEY_RATE_PER_S: Final = 20.0
 NEW_KEY_BURST: Final = 50.0
 """Attaches from keys without a channel (each costs an X25519), per proven ip:port."""
@@ -100,8 +95,7 @@ class RelayCore:
         """Attached nodes, the longest silent first."""
         self._owners: dict[Endpoint, bytes] = {}
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
-        self._packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
-        self._bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
+        self._relay_limit = RelayLimit()
 
     @property
     def attached(self) -> int:
@@ -129,7 +123,7 @@ class RelayCore:
     # -- relaying --------------------------------------------------------------------
 
     def _relay(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
-        if not (self._packets.allow(source, now) and self._bytes.allow(source, now, len(data))):
+        if not self._relay_limit.allow(source, now, len(data)):
             self.counters["relay_rate_limited"] += 1
             return []
         try:

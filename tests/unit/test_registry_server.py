@@ -21,7 +21,7 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.messages import parse_cookie_reply
 from pilotif.registry import server
-from pilotif.registry.gate import CONTROL_BURST, UNPROVEN_BURST
+from pilotif.registry.gate import CONTROL_BURST, RELAY_BURST_BYTES, UNPROVEN_BURST
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.server import (
     MAX_LAN_ENDPOINTS,
@@ -31,7 +31,6 @@ from pilotif.registry.server import (
     NEW_KEY_BURST,
     ONLINE_WINDOW_S,
     PENDING_PUSH_LIMIT,
-    RELAY_BURST_BYTES,
     SEEN_WRITE_S,
     TRUST_CACHE_S,
     RegistryCore,
