@@ -13,6 +13,7 @@ after another as one process does.
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeGuard
@@ -22,6 +23,8 @@ _DB_FILE_MODE: Final = 0o600
 _WRITE_LOCK: Final = 0x70696C6F74
 """The PostgreSQL advisory lock every write transaction holds ("pilot")."""
 _CONNECT_TIMEOUT_S: Final = 5
+_RECONNECT_S: Final = 1.0
+"""A lost connection (the server restarted) is made again at most this often."""
 
 
 class DatabaseError(Exception):
@@ -186,18 +189,37 @@ class PostgresDatabase:
         self._errors = psycopg.Error
         self._url = url
         self._db = _connect(url)
+        self._reconnect_at = 0.0
         self._listener: Any = None
         """A second connection that only listens (notifications arrive between queries)."""
 
+    def _connection(self) -> Any:
+        """The connection, made again if the server dropped it (a restart, a failover):
+        at most every _RECONNECT_S, DatabaseError until it answers."""
+        if not self._db.closed:
+            return self._db
+        now = time.monotonic()
+        if now < self._reconnect_at:
+            raise DatabaseError(f"the database {without_password(self._url)} is unreachable")
+        self._reconnect_at = now + _RECONNECT_S
+        self._db = _connect(self._url)
+        return self._db
+
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
-        return _PostgresCursor(self._db.cursor()).execute(sql, parameters)
+        try:
+            return _PostgresCursor(self._connection().cursor()).execute(sql, parameters)
+        except self._errors as error:
+            raise _lost(self._url, error) from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        with self._db.transaction():
-            cursor = _PostgresCursor(self._db.cursor())
-            cursor.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
-            yield cursor
+        try:
+            with self._connection().transaction():
+                cursor = _PostgresCursor(self._db.cursor())
+                cursor.execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+                yield cursor
+        except self._errors as error:
+            raise _lost(self._url, error) from None
 
     def columns(self, cursor: Cursor, table: str) -> set[str]:
         rows = cursor.execute(
@@ -225,9 +247,11 @@ class PostgresDatabase:
         try:
             connection.consume_input()
         except self._errors as error:
-            first_line = str(error).strip().splitlines()[0]
+            # `listen` connects again (the server may be back by then).
+            self._listener.close()
+            self._listener = None
             raise DatabaseError(
-                f"the database stopped sending notifications: {first_line}"
+                f"the database stopped sending notifications: {_first_line(error)}"
             ) from None
         received = []
         while (note := connection.notifies()) is not None:
@@ -246,10 +270,19 @@ def _connect(url: str) -> Any:
     try:
         return psycopg.connect(url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
     except psycopg.Error as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise DatabaseError(
-            f"cannot reach the database {without_password(url)}: {first_line}"
+            f"cannot reach the database {without_password(url)}: {_first_line(error)}"
         ) from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _lost(url: str, error: Exception) -> DatabaseError:
+    """What a failed statement raises: one line, the password masked."""
+    return DatabaseError(f"the database {without_password(url)} failed: {_first_line(error)}")
 
 
 def without_password(url: str) -> str:

@@ -125,6 +125,10 @@ def metrics_sample(core: RegistryCore) -> RegistrySample:
     )
 
 
+Housekeeping = list[tuple[str, float, Callable[[], None]]]
+"""What a service does on its own: (name, every how many seconds, action)."""
+
+
 async def _serve(
     core: RegistryCore, lease: CounterLease, listen: Endpoint, metrics: Endpoint | None
 ) -> None:
@@ -133,29 +137,21 @@ async def _serve(
         collector = RegistryCollector(lambda: metrics_sample(core))
         metrics_server = await start_metrics_server(*metrics, collector)
         log_event("metrics_serving", listen=format_endpoint(metrics))
-    # Forget nodes unseen for the expiry time; write the heartbeats received since the
-    # last write; say this replica is alive and learn which are.
-    housekeeping: list[tuple[float, Callable[[], None]]] = [
-        (EXPIRE_EVERY_S, lambda: core.expire(time.time())),
-        (WRITE_EVERY_S, core.store.flush),
+    housekeeping: Housekeeping = [
+        ("expire", EXPIRE_EVERY_S, lambda: core.expire(time.time())),
+        ("write_heartbeats", WRITE_EVERY_S, core.store.flush),
     ]
+    pushes = None
     if core.replica is not None:
-        housekeeping.append((REPLICA_ALIVE_S, lambda: core.keep_replicas(time.time())))
-
-    def take_pushes(protocol: CoreProtocol) -> Callable[[], None] | None:
-        loop = asyncio.get_running_loop()
-        pushes = core.store.listen(PUSH_CHANNEL) if core.replica is not None else None
-        if pushes is None:
-            return None
-        loop.add_reader(pushes, _notified, core, protocol, loop, pushes)
-
-        def stop() -> None:
-            loop.remove_reader(pushes)
-
-        return stop
-
+        pushes = _Pushes(core)
+        housekeeping += [
+            ("keep_replicas", REPLICA_ALIVE_S, lambda: core.keep_replicas(time.time())),
+            ("listen_again", REPLICA_ALIVE_S, pushes.listen_again),
+        ]
     try:
-        await serve_until_stopped(core, lease, listen, housekeeping, take_pushes)
+        await serve_until_stopped(
+            core, lease, listen, housekeeping, pushes.start if pushes is not None else None
+        )
     finally:
         if metrics_server is not None:
             metrics_server.close()
@@ -165,8 +161,8 @@ async def serve_until_stopped(
     core: DatagramCore,
     lease: CounterLease,
     listen: Endpoint,
-    housekeeping: list[tuple[float, Callable[[], None]]],
-    on_open: Callable[[CoreProtocol], Callable[[], None] | None] | None = None,
+    housekeeping: Housekeeping,
+    on_open: Callable[[CoreProtocol], Callable[[], None]] | None = None,
 ) -> None:
     """Serve `core` on a UDP socket at `listen` and run each housekeeping action every
     period, until SIGTERM or SIGINT. `on_open` may watch more (it returns how to stop)."""
@@ -181,7 +177,7 @@ async def serve_until_stopped(
         socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES
     )
     stop_watching = on_open(protocol) if on_open is not None else None
-    tasks = [asyncio.create_task(_every(period, action)) for period, action in housekeeping]
+    tasks = [asyncio.create_task(_every(*job)) for job in housekeeping]
     try:
         await stop.wait()
     finally:
@@ -194,26 +190,65 @@ async def serve_until_stopped(
             loop.remove_signal_handler(signum)
 
 
-async def _every(period_s: float, action: Callable[[], None]) -> None:
-    """Run `action` now, then every `period_s`, until cancelled."""
+async def _every(name: str, period_s: float, action: Callable[[], None]) -> None:
+    """Run `action` now, then every `period_s`, until cancelled. A failure (the database
+    is down) is logged once, and so is the first success after it: the loop goes on."""
+    failing = False
     while True:
-        action()
+        try:
+            action()
+        except Exception as error:
+            if not failing:
+                log_event("housekeeping_failed", level=logging.ERROR, job=name, error=str(error))
+            failing = True
+        else:
+            if failing:
+                log_event("housekeeping_recovered", job=name)
+            failing = False
         await asyncio.sleep(period_s)
 
 
-def _notified(
-    core: RegistryCore,
-    protocol: CoreProtocol,
-    loop: asyncio.AbstractEventLoop,
-    fd: int,
-) -> None:
-    """Send what other replicas sent through the database; if its notifications stop
-    (the server restarted), stop listening, once, rather than fail at every turn."""
-    try:
-        protocol.send(core.handle_notifications(time.time()))
-    except DatabaseError as error:
-        loop.remove_reader(fd)
-        log_event("replica_notifications_lost", level=logging.ERROR, error=str(error))
+class _Pushes:
+    """What other replicas send through the database (NOTIFY), handed to the core to
+    send. If the notifications stop (the server restarted) it stops listening, once,
+    rather than fail at every turn; `listen_again` starts again once the server is back."""
+
+    def __init__(self, core: RegistryCore) -> None:
+        self._core = core
+        self._protocol: CoreProtocol | None = None
+        self._fd: int | None = None
+
+    def start(self, protocol: CoreProtocol) -> Callable[[], None]:
+        """Listen from now on; how to stop."""
+        self._protocol = protocol
+        self._listen()
+        return self._stop
+
+    def listen_again(self) -> None:
+        """Listen again if the notifications stopped (DatabaseError while the server is
+        away: the housekeeping loop logs it once)."""
+        if self._fd is None and self._protocol is not None:
+            self._listen()
+            log_event("replica_notifications_back")
+
+    def _listen(self) -> None:
+        fd = self._core.store.listen(PUSH_CHANNEL)
+        assert fd is not None, "replicas run on PostgreSQL, which notifies"
+        asyncio.get_running_loop().add_reader(fd, self._notified)
+        self._fd = fd
+
+    def _notified(self) -> None:
+        assert self._protocol is not None
+        try:
+            self._protocol.send(self._core.handle_notifications(time.time()))
+        except DatabaseError as error:
+            self._stop()
+            log_event("replica_notifications_lost", level=logging.ERROR, error=str(error))
+
+    def _stop(self) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+            self._fd = None
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,12 @@ class Store:
         """Start receiving `channel`'s notifications (and the changes to nodes others
         make); the file descriptor to wait on (None: this database has none)."""
         self._db.listen(NODE_CHANNEL)
-        return self._db.listen(channel)
+        fd = self._db.listen(channel)
+        if self._db.shared:
+            # Heard from now on: what others change is let go of again (nothing that
+            # was remembered while nobody listened is kept).
+            self._cache = {}
+        return fd
 
     def notifications(self) -> list[str]:
         """The payloads received on the listened channel since the last call (what

@@ -20,7 +20,7 @@ from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
 from pilotif.overlay.events import Endpoint
 from pilotif.paths import StatePaths
-from pilotif.registry.service import serve_until_stopped
+from pilotif.registry.service import Housekeeping, serve_until_stopped
 from pilotif.registry.wire import KEY_REQUEST, WireError, format_endpoint, unpack_key_reply
 from pilotif.relay.core import RelayCore
 
@@ -125,7 +125,7 @@ def run_relay(
         state_dir=str(state_dir),
         hint=f"start the registry with --relay {public}@PUBLIC_IP:{listen[1]}",
     )
-    housekeeping = [(EXPIRE_EVERY_S, lambda: core.expire(time.time()))]
+    housekeeping: Housekeeping = [("expire", EXPIRE_EVERY_S, lambda: core.expire(time.time()))]
     try:
         asyncio.run(serve_until_stopped(core, lease, listen, housekeeping))
     finally:

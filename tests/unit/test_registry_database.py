@@ -2,6 +2,7 @@
 kept in the database, a replica with another key refused, and one clear line for a
 database that cannot be used (the store itself is tested on both engines elsewhere)."""
 
+import time
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.service import REGISTRY_KEY_FILE, RegistryOptions, _open_store
+from pilotif.registry.store import Store
 from tests.unit.test_cli import assert_one_line_error, pilotif
 
 NETWORK = IPv4Network("100.64.0.0/10")
@@ -68,3 +70,44 @@ def test_an_unreachable_database_is_one_line_at_start(tmp_path: Path) -> None:
 def test_a_database_that_is_not_postgresql_is_refused_at_once(tmp_path: Path) -> None:
     result = pilotif("registry", "--database", "sqlite:///x.db", "--state-dir", str(tmp_path))
     assert_one_line_error(result, "postgresql://")
+
+
+def _drop_connections(server: ThrowawayPostgres, url: str) -> None:
+    """What a server restart does to its clients: every connection to the database ends."""
+    name = url.split("@/", 1)[1].split("?")[0]
+    server.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+
+
+def test_a_store_whose_connections_were_dropped_connects_again(
+    postgres_server: ThrowawayPostgres, database: str
+) -> None:
+    store = Store(database, NETWORK)
+    try:
+        assert store.listen("pilotif_push") is not None
+        store.register(generate_private_key(), "alice", (), 1.0)
+        _drop_connections(postgres_server, database)
+        with pytest.raises(DatabaseError, match=r"failed|unreachable"):
+            store.node_by_hostname("alice")
+        with pytest.raises(DatabaseError, match="notifications"):
+            # The listening connection hears of its end when the server's goodbye arrives.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                store.notifications()
+                time.sleep(0.05)
+        # The next use after a second connects again; so does listening.
+        time.sleep(1.1)
+        found = store.node_by_hostname("alice")
+        assert found is not None and found.hostname == "alice"
+        assert store.listen("pilotif_push") is not None
+        store.notify("pilotif_push", "hello")
+        deadline = time.monotonic() + 5
+        heard: list[str] = []
+        while not heard and time.monotonic() < deadline:
+            time.sleep(0.05)
+            heard = store.notifications()
+        assert heard == ["hello"]
+    finally:
+        store.close()
