@@ -76,6 +76,7 @@ from pilotif.node.registry_link import (
     KEY_FETCH_ID,
     KeyAnswer,
     LinkInput,
+    MoveAsked,
     Push,
     RegistryLink,
     RelaySourceUnknown,
@@ -534,6 +535,10 @@ class NodeCore:
             self._on_relay_notice(now)
         elif isinstance(item, SwitchedRegistry):
             self._on_switched(item, now)
+        elif isinstance(item, MoveAsked):
+            # Only if the replica that died is ours (another may have told us late).
+            if self.replica is None or self.replica == item.gone:
+                self._on_switched(self.link.switch_to(item.endpoint, now), now)
         elif item.request_id == KEY_FETCH_ID:
             self._on_key(None, now)
         else:

@@ -85,7 +85,15 @@ class SwitchedRegistry:
     previous: Endpoint
 
 
-LinkInput = Reply | Push | KeyAnswer | GaveUp | RelaySourceUnknown | SwitchedRegistry
+@dataclass(frozen=True)
+class MoveAsked:
+    """The replica at `endpoint` says replica `gone` died (its nodes are to use it)."""
+
+    endpoint: Endpoint
+    gone: str
+
+
+LinkInput = Reply | Push | KeyAnswer | GaveUp | RelaySourceUnknown | SwitchedRegistry | MoveAsked
 
 
 @dataclass
@@ -222,8 +230,13 @@ class RegistryLink:
 
     def _switch(self, now: float) -> SwitchedRegistry:
         """Send everything that waits to the next registry, at once."""
+        following = (self.endpoints.index(self.endpoint) + 1) % len(self.endpoints)
+        return self.switch_to(self.endpoints[following], now)
+
+    def switch_to(self, endpoint: Endpoint, now: float) -> SwitchedRegistry:
+        """Talk to the replica at `endpoint` from now on; what waits goes there at once."""
         previous = self.endpoint
-        self.endpoint = self.endpoints[(self.endpoints.index(previous) + 1) % len(self.endpoints)]
+        self.endpoint = endpoint
         # Above the floor the silent replica may have stored for us: the next one holds us
         # to it, and would refuse our first message otherwise.
         self._counter += COUNTER_LEASE
@@ -271,6 +284,9 @@ class RegistryLink:
         if message.get("session") != self.session:
             self.dropped += 1
             return []
+        gone = message.get("gone")
+        if message.get("op") == "use_replica" and isinstance(gone, str):
+            return [MoveAsked(source, gone)] if source != self.endpoint else []
         if message.get("op") != "reply":
             return [Push(message)]
         request_id = message.get("id")

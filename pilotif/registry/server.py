@@ -96,14 +96,18 @@ SEEN_WRITE_S: Final = 300.0
 """A heartbeat is written to the database when the node's endpoints or session changed,
 else at most this often (and for every node at a clean stop): at 100,000 nodes a write
 per heartbeat would be 5,000 rows a second."""
-REPLICA_ALIVE_S: Final = 2.0
+REPLICA_ALIVE_S: Final = 1.0
 """How often a replica says it is alive (`keep_replicas`); one silent for three times
 that is taken for dead, and the nodes it had are offline until they come to another."""
-DETACH_EVERY: Final = 5
+DETACH_EVERY: Final = 10
 """Every how many `keep_replicas` calls the nodes that went offline here are let go."""
 DETACH_BATCH: Final = 1_000
 """Nodes let go of at once, at most (a mass departure is written over several calls
 rather than in one transaction that holds up every heartbeat)."""
+ORPHAN_NOTICE_EVERY_S: Final = 0.1
+ORPHAN_NOTICES_PER_CALL: Final = 200
+"""Nodes of a dead replica are told to move at 2,000 a second at most: each then costs
+the survivor a new channel and a registration, on top of its own nodes' heartbeats."""
 PUSH_CHANNEL: Final = "pilotif_push"
 """The notification channel that carries pushes to the replica a node talks to."""
 TRUST_CACHE_S: Final = 10.0
@@ -204,6 +208,8 @@ class RegistryCore:
         self._trust_cache: dict[tuple[bytes, bytes], tuple[bool, float]] = {}
         """Pairs of nodes the relay asked about: whether they trust each other, until when."""
         self._keep_calls = 0
+        self._orphans: list[tuple[str, bytes, str, int | None]] = []
+        """Nodes of a dead replica not told yet: (its name, key, endpoint, session)."""
         self.store = store
         self.require_join_key = require_join_key
         """A closed registry: a new node needs a join key."""
@@ -545,7 +551,14 @@ class RegistryCore:
         if self.replica is None:
             return
         self.store.replica_alive(self.replica, now)
-        self.live_replicas = self.store.live_replicas(now - 3 * REPLICA_ALIVE_S)
+        live = self.store.live_replicas(now - 3 * REPLICA_ALIVE_S)
+        dead = self.live_replicas - live
+        self.live_replicas = live
+        if dead and self.replica == min(live):
+            # One survivor (the first by name) tells the dead replicas' nodes to come.
+            for name in sorted(dead):
+                self._orphans += [(name, *node) for node in self.store.nodes_at(name)]
+            log_event("replica_dead", replicas=",".join(sorted(dead)), nodes=len(self._orphans))
         self._keep_calls += 1
         if self._keep_calls % DETACH_EVERY == 0:
             offline = (key for key in self._attached if not self._online(key, now))
@@ -553,6 +566,23 @@ class RegistryCore:
             if gone:
                 self.store.detach(gone, self.replica)
                 self._attached.difference_update(gone)
+
+    def tell_orphans(self) -> list[Outgoing]:
+        """Tell up to ORPHAN_NOTICES_PER_CALL nodes of a dead replica to use us (the
+        node moves at once instead of at its next heartbeat); called every
+        ORPHAN_NOTICE_EVERY_S, so a mass move is paced."""
+        outgoing: list[Outgoing] = []
+        while self._orphans and len(outgoing) < ORPHAN_NOTICES_PER_CALL:
+            gone, key, endpoint, session = self._orphans.pop()
+            notice: dict[str, Any] = {"op": "use_replica", "gone": gone}
+            if session is not None:
+                notice["session"] = session
+            try:
+                outgoing.append((self._seal(key, notice), parse_endpoint(endpoint)))
+            except ValueError:
+                self.counters["bad_endpoint"] += 1
+        self.counters["orphans_told"] += len(outgoing)
+        return outgoing
 
     def handle_notifications(self, now: float) -> list[Outgoing]:
         """What other replicas sent through the database: pushes for our nodes, and

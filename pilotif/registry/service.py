@@ -26,6 +26,7 @@ from pilotif.registry.database import DatabaseError, without_password
 from pilotif.registry.gate import Outgoing
 from pilotif.registry.server import (
     DEFAULT_EXPIRE_AFTER_S,
+    ORPHAN_NOTICE_EVERY_S,
     PUSH_CHANNEL,
     REPLICA_ALIVE_S,
     TRAFFIC_COUNTERS,
@@ -147,6 +148,7 @@ async def _serve(
         housekeeping += [
             ("keep_replicas", REPLICA_ALIVE_S, lambda: core.keep_replicas(time.time())),
             ("listen_again", REPLICA_ALIVE_S, pushes.listen_again),
+            ("tell_orphans", ORPHAN_NOTICE_EVERY_S, pushes.tell_orphans),
         ]
     try:
         await serve_until_stopped(
@@ -211,7 +213,8 @@ async def _every(name: str, period_s: float, action: Callable[[], None]) -> None
 class _Pushes:
     """What other replicas send through the database (NOTIFY), handed to the core to
     send. If the notifications stop (the server restarted) it stops listening, once,
-    rather than fail at every turn; `listen_again` starts again once the server is back."""
+    rather than fail at every turn; `listen_again` starts again once the server is back.
+    `tell_orphans` sends the core's notices to the nodes of a replica that died."""
 
     def __init__(self, core: RegistryCore) -> None:
         self._core = core
@@ -230,6 +233,11 @@ class _Pushes:
         if self._fd is None and self._protocol is not None:
             self._listen()
             log_event("replica_notifications_back")
+
+    def tell_orphans(self) -> None:
+        """Send the next notices to a dead replica's nodes (none: nothing to do)."""
+        if self._protocol is not None:
+            self._protocol.send(self._core.tell_orphans())
 
     def _listen(self) -> None:
         fd = self._core.store.listen(PUSH_CHANNEL)

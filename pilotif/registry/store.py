@@ -224,6 +224,15 @@ class Store:
         rows = self._db.execute("SELECT name FROM replicas WHERE alive >= ?", (since,))
         return {str(name) for (name,) in rows}
 
+    def nodes_at(self, replica: str) -> list[tuple[bytes, str, int | None]]:
+        """Key, public endpoint and session of every node whose row names `replica` (a
+        replica that died: its nodes are told to move)."""
+        self.flush()
+        rows = self._db.execute(
+            "SELECT public_key, endpoint, session FROM nodes WHERE replica = ?", (replica,)
+        )
+        return [(bytes(key), str(endpoint), session) for key, endpoint, session in rows]
+
     def detach(self, keys: Iterable[bytes], replica: str) -> None:
         """These nodes went offline at `replica` (unless another replica has them now)."""
         self.flush()

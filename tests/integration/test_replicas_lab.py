@@ -6,6 +6,7 @@ by the other replica with its address, name and trust."""
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +24,8 @@ pytestmark = [
 SECOND_REPLICA = "198.18.0.2"
 DIRECT_TIMEOUT_S = 15.0
 FAILOVER_TIMEOUT_S = 10.0
-"""The node moves after two silent attempts (2 s); generous for slow CI machines."""
+"""The other replica finds the killed one dead after 3 s and tells its nodes at once
+(issue 13: within 5 s); generous for slow CI machines."""
 PINGS_ACROSS_THE_KILL = 40
 PING_INTERVAL_S = "0.1"
 
@@ -66,13 +68,15 @@ def test_agents_on_two_replicas_trust_talk_and_survive_the_loss_of_one(
         "ping", "-n", "-c", str(PINGS_ACROSS_THE_KILL), "-i", PING_INTERVAL_S, beta_ip, pipes=True
     )
     nat.kill_replica(SECOND_REPLICA)
-    # Any request finds the replica silent; the agent moves to the other one.
-    beta.pilotif("find", "alpha", check=False)
+    killed_at = time.monotonic()
+    # Nothing asks beta to do anything: the remaining replica finds the other dead
+    # (silent for 3 s) and tells its nodes to come.
     poll_until(
         lambda: _replica(beta.status()) == alpha_replica or None,
         FAILOVER_TIMEOUT_S,
         "beta served by the remaining replica",
     )
+    print(f"replica killed: beta served by the other after {time.monotonic() - killed_at:.1f} s")
     output, _ = pings.communicate(timeout=30)
     summary = re.search(rb"(\d+) packets transmitted, (\d+) received", output)
     assert summary is not None, output

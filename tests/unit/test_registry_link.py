@@ -15,6 +15,7 @@ from pilotif.node.registry_link import (
     REQUEST_ATTEMPTS,
     GaveUp,
     LinkInput,
+    MoveAsked,
     Push,
     RegistryLink,
     Reply,
@@ -24,6 +25,7 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.registry.server import RegistryCore
 from pilotif.registry.store import Store
+from pilotif.registry.wire import ControlChannel
 
 REGISTRY: Endpoint = ("198.18.0.1", 9000)
 START_S = 1_700_000_000.0
@@ -205,6 +207,26 @@ def test_a_lone_registry_is_never_switched_away_from(pair: Pair) -> None:
     inputs = [i for s in range(1, 10) for i in link.handle_timer(pair.now + s)]
     assert not any(isinstance(i, SwitchedRegistry) for i in inputs)
     assert {d for _, d in link.outgoing} == {REGISTRY}
+
+
+def test_another_replica_asks_the_node_to_move_and_only_it_may(pair: Pair) -> None:
+    private = generate_private_key()
+    link = RegistryLink(
+        private, REGISTRY, pair.core.public_key, first_counter=1, replicas=(REPLICA,)
+    )
+    sealer = ControlChannel(pair.registry_private, public_key(private), local_is_registry=True)
+    notice = {"op": "use_replica", "gone": "reg-b:7946:9", "session": link.session}
+    assert link.receive(sealer.seal(notice, 1), pair.now, REPLICA) == [
+        MoveAsked(REPLICA, "reg-b:7946:9")
+    ]
+    # From the replica we talk to it means nothing; from an earlier session, nothing.
+    assert link.receive(sealer.seal(notice, 2), pair.now, REGISTRY) == []
+    stale = {**notice, "session": link.session + 1}
+    assert link.receive(sealer.seal(stale, 3), pair.now, REPLICA) == []
+    link.request("lookup", {"query": "x"}, pair.now)
+    link.outgoing.clear()
+    assert link.switch_to(REPLICA, pair.now) == SwitchedRegistry(REPLICA, REGISTRY)
+    assert [to for _, to in link.outgoing] == [REPLICA]
 
 
 def _b64(private: bytes) -> str:

@@ -13,7 +13,7 @@ import pytest
 from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.database import DatabaseError
-from pilotif.registry.server import PUSH_CHANNEL, REPLICA_ALIVE_S
+from pilotif.registry.server import ORPHAN_NOTICES_PER_CALL, PUSH_CHANNEL, REPLICA_ALIVE_S
 from pilotif.registry.store import Store
 from pilotif.registry.wire import COUNTER_LEASE, ControlChannel, pack_relay
 from tests.unit.test_registry_server import (
@@ -164,6 +164,35 @@ def test_the_nodes_of_a_silent_replica_are_offline(
     assert not found["online"]
     a.call(alice, "trust_request", peer=bob.b64, message="")
     assert a.core.counters["pushes_forwarded"] == 0
+
+
+def test_the_nodes_of_a_dead_replica_are_told_to_come_paced(
+    replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
+) -> None:
+    a, b = replicas
+    _, bob = pair
+    more = [b.new_node() for _ in range(ORPHAN_NOTICES_PER_CALL)]
+    for index, node in enumerate(more):
+        b.register(node, f"node-{index}")
+    b.store.flush()
+    a.now += 3 * REPLICA_ALIVE_S + 1
+    alive(a)  # b says nothing: it died
+    first = a.core.tell_orphans()
+    second = a.core.tell_orphans()
+    assert len(first) == ORPHAN_NOTICES_PER_CALL and len(second) == 1
+    assert a.core.tell_orphans() == []
+    told = {endpoint for _, endpoint in first + second}
+    assert told == {bob.endpoint, *(node.endpoint for node in more)}
+    # Sealed by a (the same registry key, its own counters): bob opens it with the
+    # window it keeps for a, and it names the replica that died and bob's session.
+    [notice] = [data for data, endpoint in first + second if endpoint == bob.endpoint]
+    at_a = ControlChannel(bob.private, a.core.public_key, local_is_registry=False)
+    message = at_a.open(notice)
+    assert (message["op"], message["gone"], message["session"]) == (
+        "use_replica",
+        "b",
+        bob.session,
+    )
 
 
 def test_a_node_that_moves_keeps_its_address_name_and_trust_and_gets_its_pushes_there(
