@@ -482,6 +482,7 @@ class NodeCore:
             fields["join_key"] = self.options.join_key
         request_id = self.link.request("register", {**fields, "lan": self.lan_endpoints}, now)
         self._internal[request_id] = "register"
+        self.link.keep_others_open()
 
     def network_changed(self, lan_endpoints: list[str], now: float) -> None:
         """This host's addresses or routes changed (a roam, a new LAN, a link back up):

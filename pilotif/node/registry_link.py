@@ -21,6 +21,7 @@ from pilotif.registry.wire import (
     KEY_REQUEST_TYPE,
     REGISTRY_COOKIE_TYPE,
     RELAY_SOURCE_UNKNOWN,
+    REPLICA_KEEPALIVE,
     REQUEST_MACS_SIZE,
     ControlChannel,
     WireError,
@@ -206,6 +207,13 @@ class RegistryLink:
         message += bytes(REQUEST_MACS_SIZE)
         replica.cookies.add_macs(message, now)
         self.outgoing.append((bytes(message), self.endpoint))
+
+    def keep_others_open(self) -> None:
+        """Send the replicas we do not talk to a keepalive (REPLICA_KEEPALIVE): our NAT
+        then lets them reach us, to tell us to move if ours dies."""
+        for endpoint in self.endpoints:
+            if endpoint != self.endpoint:
+                self.outgoing.append((REPLICA_KEEPALIVE, endpoint))
 
     def next_timer(self) -> float | None:
         """When the next retry is due, if any request waits."""

@@ -44,6 +44,7 @@ from pilotif.registry.wire import (
     MAX_REQUEST_ID,
     RELAY_SOURCE_UNKNOWN,
     RELAY_TYPE,
+    REPLICA_KEEPALIVE,
     REQUEST_MACS_SIZE,
     ControlChannel,
     StaleCounter,
@@ -127,6 +128,8 @@ TRAFFIC_COUNTERS: Final = frozenset(
         "cookie_replies",
         "pushes_forwarded",
         "pushes_received",
+        "replica_keepalives",
+        "orphans_told",
     }
 )
 """Counters of work done; every other counter counts datagrams dropped, by reason."""
@@ -259,6 +262,9 @@ class RegistryCore:
             return self._relay(data, source, now)
         if kind == CONTROL_TYPE:
             return self._control(data, source, now)
+        if data == REPLICA_KEEPALIVE:
+            self.counters["replica_keepalives"] += 1
+            return []
         if kind == KEY_REQUEST_TYPE and data == KEY_REQUEST:
             if not self._gate.unproven_allowed(source, now):
                 return []

@@ -1,7 +1,7 @@
 """The registry's wire formats, shared by the registry and the node: sealed control
 messages (0x50), relayed WireGuard datagrams (0x51), the registry key request (0x52),
-punch openers (0x53), the registry's cookie replies (0x54) and its notice that a relay
-message came from an unknown address (0x55).
+punch openers (0x53), the registry's cookie replies (0x54), its notice that a relay
+message came from an unknown address (0x55) and a node's keepalive to replicas (0x56).
 
 docs/CONTROL_PROTOCOL.md is the contract. Parsers of peer input raise WireError only,
 with a short `reason` that the receiver counts; our own misuse raises ValueError.
@@ -43,6 +43,11 @@ RELAY_SOURCE_UNKNOWN: Final = bytes((RELAY_SOURCE_UNKNOWN_TYPE, 0, 0, 0))
 """The registry's answer to a relay message from an address no node registered from: the
 sender's NAT gave it a new public port (a flushed mapping, a roam). The node registers
 again at once. Four bytes: smaller than any relay message, so it amplifies nothing."""
+REPLICA_KEEPALIVE_TYPE: Final = 0x56
+REPLICA_KEEPALIVE: Final = bytes((REPLICA_KEEPALIVE_TYPE, 0, 0, 0))
+"""What a node given several replicas sends the ones it does not talk to, with each
+heartbeat: it keeps its NAT open towards them, so that one of them can tell it to move
+(`use_replica`) when its own replica dies. The registry counts it and answers nothing."""
 REGISTRY_COOKIE_TYPE: Final = 0x54
 """The registry's cookie reply (WireGuard's type 3 layout): it answers a control message
 whose mac2 does not prove the sender's address, and carries the cookie that will."""
