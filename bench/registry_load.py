@@ -16,9 +16,11 @@ requests, cookies, retries), in one process:
 
 With `--replicas N` (PostgreSQL only) N registry processes share the database; node i
 starts at replica i mod N and is given all of them. `--kill-replica-at S` kills the
-second replica (SIGKILL) S seconds into the heartbeats: `failover_s` is how long each of
-its nodes, from the heartbeat that found it silent, took to be answered by another (its
-own heartbeat interval, up to `--heartbeat-s`, comes before that).
+second replica (SIGKILL) S seconds into the heartbeats. The survivor finds it dead
+within 3 s and tells its nodes to come (`use_replica`, paced); a node told, or whose own
+heartbeat found the replica silent, registers with the survivor: `served_after_kill_s`
+is how long after the kill each was answered there, `failover_s` how long from the
+request (the notice, or the heartbeat that found the silence) to that answer.
 
 `dropped` counts the datagrams the registry's socket dropped (the kernel's count for
 that socket) plus the heartbeats that needed a second attempt. Nodes share a source
@@ -50,7 +52,7 @@ from typing import Any
 from pilotif.keys import decode_key
 from pilotif.lab.postgres import throwaway_postgres
 from pilotif.node.core import REGISTER_INTERVAL_S
-from pilotif.node.registry_link import GaveUp, RegistryLink, Reply, SwitchedRegistry
+from pilotif.node.registry_link import GaveUp, MoveAsked, RegistryLink, Reply, SwitchedRegistry
 from pilotif.overlay.crypto import generate_private_key
 
 NODES_PER_ADDRESS = 16
@@ -94,6 +96,8 @@ class Results:
     new_registration_ms: list[float] = field(default_factory=list)
     replicas: int = 1
     failover_s: list[float] = field(default_factory=list)
+    served_after_kill_s: list[float] = field(default_factory=list)
+    nodes_told: int = 0
 
     def summary(self) -> dict[str, Any]:
         beats = sorted(self.heartbeat_ms)
@@ -120,6 +124,9 @@ class Results:
             "nodes_failed_over": len(self.failover_s),
             "failover_p50_s": _round(_percentile(sorted(self.failover_s), 50)),
             "failover_max_s": _round(max(self.failover_s, default=0.0)),
+            "nodes_told_to_move": self.nodes_told,
+            "served_after_kill_p50_s": _round(_percentile(sorted(self.served_after_kill_s), 50)),
+            "served_after_kill_max_s": _round(max(self.served_after_kill_s, default=0.0)),
         }
 
 
@@ -145,6 +152,9 @@ class Swarm:
         self.waiting: set[int] = set()
         self.latencies: list[float] | None = None
         self.failovers: list[float] = []
+        self.served_after_kill: list[float] = []
+        self.told = 0
+        self.kill_at: float | None = None
         self.retried = 0
         self.gave_up = 0
 
@@ -197,6 +207,8 @@ class Swarm:
                 except BlockingIOError:
                     break
                 for event in node.link.receive(data, now, source):
+                    if isinstance(event, MoveAsked) and not node.switched:
+                        self._move(node, event, now)
                     if isinstance(event, Reply) and event.request_id == node.waiting:
                         if event.message.get("ok") is not True:
                             raise SystemExit(f"registration refused: {event.message}")
@@ -204,9 +216,21 @@ class Swarm:
             self._flush(node)
         return answered
 
+    def _move(self, node: SimulatedNode, asked: MoveAsked, now: float) -> None:
+        """What the node core does when told its replica died: go to the survivor and
+        register there at once."""
+        self.told += 1
+        node.link.switch_to(asked.endpoint, now)
+        if node.waiting is None:
+            self.register(node, now)
+        node.sent_s = now
+        node.switched = True
+
     def _answered(self, node: SimulatedNode, now: float, answered: list[SimulatedNode]) -> None:
         if node.switched:
             self.failovers.append(now - node.sent_s)
+            if self.kill_at is not None:
+                self.served_after_kill.append(now - self.kill_at)
         elif node.retried:
             self.retried += 1
         elif self.latencies is not None:
@@ -377,9 +401,18 @@ def _worker(
         if command[0] == "register":
             conn.send(_register_all(swarm, command[1]))
         elif command[0] == "heartbeats":
-            _, start, interval_s, measure_s, total = command
+            _, start, interval_s, measure_s, total, swarm.kill_at = command
             latencies = _heartbeats(swarm, first, total, start, interval_s, measure_s)
-            conn.send((latencies, swarm.retried, swarm.gave_up, swarm.failovers))
+            conn.send(
+                (
+                    latencies,
+                    swarm.retried,
+                    swarm.gave_up,
+                    swarm.failovers,
+                    swarm.served_after_kill,
+                    swarm.told,
+                )
+            )
         elif command[0] == "probe":
             conn.send(_probe_new_registrations(swarm, command[1]))
         else:
@@ -469,21 +502,25 @@ def run(args: argparse.Namespace) -> Results:
             _registration_rates(results, started, done_at)
             cpu_before, drops_before = _registry_totals(processes, ports)
             start = time.monotonic() + 1.0
+            kill_at = None if args.kill_replica_at is None else start + args.kill_replica_at
             for _, conn in workers:
-                conn.send(("heartbeats", start, args.heartbeat_s, args.measure_s, args.nodes))
-            if args.kill_replica_at is not None:
-                time.sleep(max(0.0, start + args.kill_replica_at - time.monotonic()))
+                command = ("heartbeats", start, args.heartbeat_s, args.measure_s, args.nodes)
+                conn.send((*command, kill_at))
+            if kill_at is not None:
+                time.sleep(max(0.0, kill_at - time.monotonic()))
                 cpu_killed, drops_killed = _registry_totals(processes[1:2], ports[1:2])
                 processes[1].kill()
                 processes[1].wait()
                 cpu_before -= cpu_killed
                 drops_before -= drops_killed
             for _, conn in workers:
-                latencies, retried, gave_up, failovers = conn.recv()
+                latencies, retried, gave_up, failovers, served, told = conn.recv()
                 results.heartbeat_ms += latencies
                 results.heartbeats_retried += retried
                 results.gave_up += gave_up
                 results.failover_s += failovers
+                results.served_after_kill_s += served
+                results.nodes_told += told
             cpu_after, drops_after = _registry_totals(processes, ports)
             results.registry_cpu_percent = 100 * (cpu_after - cpu_before) / args.measure_s
             results.registry_rss_mib = max(_rss_mib(p.pid) for p in processes if p.poll() is None)
