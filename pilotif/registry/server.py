@@ -106,8 +106,8 @@ DETACH_BATCH: Final = 1_000
 """Nodes let go of at once, at most (a mass departure is written over several calls
 rather than in one transaction that holds up every heartbeat)."""
 ORPHAN_NOTICE_EVERY_S: Final = 0.1
-ORPHAN_NOTICES_PER_CALL: Final = 200
-"""Nodes of a dead replica are told to move at 2,000 a second at most: each then costs
+ORPHAN_NOTICES_PER_CALL: Final = 500
+"""Nodes of a dead replica are told to move at 5,000 a second at most: each then costs
 the survivor a new channel and a registration, on top of its own nodes' heartbeats."""
 PUSH_CHANNEL: Final = "pilotif_push"
 """The notification channel that carries pushes to the replica a node talks to."""
@@ -211,8 +211,8 @@ class RegistryCore:
         self._trust_cache: dict[tuple[bytes, bytes], tuple[bool, float]] = {}
         """Pairs of nodes the relay asked about: whether they trust each other, until when."""
         self._keep_calls = 0
-        self._orphans: list[tuple[str, bytes, str, int | None]] = []
-        """Nodes of a dead replica not told yet: (its name, key, endpoint, session)."""
+        self._orphans: list[tuple[str, NodeRecord, int | None]] = []
+        """Nodes of a dead replica not told yet: (its name, the node, its session)."""
         self.store = store
         self.require_join_key = require_join_key
         """A closed registry: a new node needs a join key."""
@@ -579,14 +579,20 @@ class RegistryCore:
         ORPHAN_NOTICE_EVERY_S, so a mass move is paced."""
         outgoing: list[Outgoing] = []
         while self._orphans and len(outgoing) < ORPHAN_NOTICES_PER_CALL:
-            gone, key, endpoint, session = self._orphans.pop()
+            gone, record, session = self._orphans.pop()
+            key = record.public_key
             notice: dict[str, Any] = {"op": "use_replica", "gone": gone}
             if session is not None:
                 notice["session"] = session
+            if key not in self._channels:
+                # The channel its registration will need too, made from what we read.
+                self._remember(key, self._new_channel(key, record))
             try:
-                outgoing.append((self._seal(key, notice), parse_endpoint(endpoint)))
+                endpoint = parse_endpoint(record.endpoint or "")
             except ValueError:
                 self.counters["bad_endpoint"] += 1
+                continue
+            outgoing.append((self._seal(key, notice), endpoint))
         self.counters["orphans_told"] += len(outgoing)
         return outgoing
 

@@ -224,14 +224,23 @@ class Store:
         rows = self._db.execute("SELECT name FROM replicas WHERE alive >= ?", (since,))
         return {str(name) for (name,) in rows}
 
-    def nodes_at(self, replica: str) -> list[tuple[bytes, str, int | None]]:
-        """Key, public endpoint and session of every node whose row names `replica` (a
-        replica that died: its nodes are told to move)."""
+    def nodes_at(self, replica: str) -> list[tuple[NodeRecord, int | None]]:
+        """Every node whose row names `replica` (one that died: its nodes are told to
+        move), with its session; read in one query and remembered, as
+        `node_and_requests` would, for when they come."""
         self.flush()
         rows = self._db.execute(
-            "SELECT public_key, endpoint, session FROM nodes WHERE replica = ?", (replica,)
+            f"SELECT {_NODE_COLUMNS}, session,"
+            " EXISTS (SELECT 1 FROM trust_requests WHERE to_key = public_key)"
+            " FROM nodes WHERE replica = ?",
+            (replica,),
         )
-        return [(bytes(key), str(endpoint), session) for key, endpoint, session in rows]
+        found = []
+        for row in rows:
+            record = self._record(row[:-2])
+            self._remember(record.public_key, (record, bool(row[-1])))
+            found.append((record, row[-2]))
+        return found
 
     def detach(self, keys: Iterable[bytes], replica: str) -> None:
         """These nodes went offline at `replica` (unless another replica has them now)."""
