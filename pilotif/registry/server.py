@@ -106,9 +106,13 @@ DETACH_BATCH: Final = 1_000
 """Nodes let go of at once, at most (a mass departure is written over several calls
 rather than in one transaction that holds up every heartbeat)."""
 ORPHAN_NOTICE_EVERY_S: Final = 0.1
-ORPHAN_NOTICES_PER_CALL: Final = 500
-"""Nodes of a dead replica are told to move at 5,000 a second at most: each then costs
-the survivor a new channel and a registration, on top of its own nodes' heartbeats."""
+ORPHANS_IN_FLIGHT: Final = 500
+"""Nodes of a dead replica told to move that have not registered here yet, at most:
+the notices go as fast as the moved nodes are served (each costs the survivor a
+registration on top of its own nodes' heartbeats), never faster."""
+ORPHAN_WAIT_S: Final = 2.0
+"""A told node that has not come within this long no longer counts as in flight (it is
+offline, or its NAT dropped the notice; it moves at its next heartbeat)."""
 PUSH_CHANNEL: Final = "pilotif_push"
 """The notification channel that carries pushes to the replica a node talks to."""
 TRUST_CACHE_S: Final = 10.0
@@ -213,6 +217,8 @@ class RegistryCore:
         self._keep_calls = 0
         self._orphans: list[tuple[str, NodeRecord, int | None]] = []
         """Nodes of a dead replica not told yet: (its name, the node, its session)."""
+        self._told: dict[bytes, float] = {}
+        """Nodes told to move that have not registered here yet: when they were told."""
         self.store = store
         self.require_join_key = require_join_key
         """A closed registry: a new node needs a join key."""
@@ -441,6 +447,7 @@ class RegistryCore:
 
     def _register(self, request: _Request, counter: int) -> dict[str, Any]:
         message, key, now = request.message, request.sender, request.now
+        self._told.pop(key, None)
         hostname = _hostname(message.get("hostname"))
         tags = _tags(message.get("tags", []))
         lan = _lan_endpoints(message.get("lan", []))
@@ -573,14 +580,17 @@ class RegistryCore:
                 self.store.detach(gone, self.replica)
                 self._attached.difference_update(gone)
 
-    def tell_orphans(self) -> list[Outgoing]:
-        """Tell up to ORPHAN_NOTICES_PER_CALL nodes of a dead replica to use us (the
-        node moves at once instead of at its next heartbeat); called every
-        ORPHAN_NOTICE_EVERY_S, so a mass move is paced."""
+    def tell_orphans(self, now: float) -> list[Outgoing]:
+        """Tell nodes of a dead replica to use us (a node moves at once instead of at
+        its next heartbeat), as many as keep ORPHANS_IN_FLIGHT told and not yet here;
+        called every ORPHAN_NOTICE_EVERY_S."""
+        while self._told and next(iter(self._told.values())) < now - ORPHAN_WAIT_S:
+            self._told.pop(next(iter(self._told)))
         outgoing: list[Outgoing] = []
-        while self._orphans and len(outgoing) < ORPHAN_NOTICES_PER_CALL:
+        while self._orphans and len(self._told) < ORPHANS_IN_FLIGHT:
             gone, record, session = self._orphans.pop()
             key = record.public_key
+            self._told[key] = now
             notice: dict[str, Any] = {"op": "use_replica", "gone": gone}
             if session is not None:
                 notice["session"] = session

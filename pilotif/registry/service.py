@@ -237,7 +237,7 @@ class _Pushes:
     def tell_orphans(self) -> None:
         """Send the next notices to a dead replica's nodes (none: nothing to do)."""
         if self._protocol is not None:
-            self._protocol.send(self._core.tell_orphans())
+            self._protocol.send(self._core.tell_orphans(time.time()))
 
     def _listen(self) -> None:
         fd = self._core.store.listen(PUSH_CHANNEL)

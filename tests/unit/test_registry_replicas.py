@@ -13,7 +13,12 @@ import pytest
 from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.database import DatabaseError
-from pilotif.registry.server import ORPHAN_NOTICES_PER_CALL, PUSH_CHANNEL, REPLICA_ALIVE_S
+from pilotif.registry.server import (
+    ORPHAN_WAIT_S,
+    ORPHANS_IN_FLIGHT,
+    PUSH_CHANNEL,
+    REPLICA_ALIVE_S,
+)
 from pilotif.registry.store import Store
 from pilotif.registry.wire import COUNTER_LEASE, ControlChannel, pack_relay
 from tests.unit.test_registry_server import (
@@ -166,26 +171,36 @@ def test_the_nodes_of_a_silent_replica_are_offline(
     assert a.core.counters["pushes_forwarded"] == 0
 
 
-def test_the_nodes_of_a_dead_replica_are_told_to_come_paced(
+def test_the_nodes_of_a_dead_replica_are_told_to_come_as_fast_as_they_come(
     replicas: tuple[World, World], pair: tuple[FakeNode, FakeNode]
 ) -> None:
     a, b = replicas
     _, bob = pair
-    more = [b.new_node() for _ in range(ORPHAN_NOTICES_PER_CALL)]
+    more = [b.new_node() for _ in range(ORPHANS_IN_FLIGHT + 1)]
     for index, node in enumerate(more):
         b.register(node, f"node-{index}")
     b.store.flush()
     a.now += 3 * REPLICA_ALIVE_S + 1
     alive(a)  # b says nothing: it died
-    first = a.core.tell_orphans()
-    second = a.core.tell_orphans()
-    assert len(first) == ORPHAN_NOTICES_PER_CALL and len(second) == 1
-    assert a.core.tell_orphans() == []
-    told = {endpoint for _, endpoint in first + second}
-    assert told == {bob.endpoint, *(node.endpoint for node in more)}
+    first = a.core.tell_orphans(a.now)
+    assert len(first) == ORPHANS_IN_FLIGHT
+    assert a.core.tell_orphans(a.now) == [], "no more until some of them came"
+    came = next(n for n in more if any(to == n.endpoint for _, to in first))
+    a.nodes[came.endpoint] = came
+    came.channel = ControlChannel(came.private, a.core.public_key, local_is_registry=False)
+    came.counter = itertools.count(next(came.counter) + COUNTER_LEASE)
+    a.register(came, "node-came")
+    second = a.core.tell_orphans(a.now)
+    assert len(second) == 1
+    assert a.core.tell_orphans(a.now) == []
+    a.now += ORPHAN_WAIT_S + 1  # the others never came: they no longer hold the last up
+    third = a.core.tell_orphans(a.now)
+    assert len(third) == 1
+    told = first + second + third
+    assert {endpoint for _, endpoint in told} == {bob.endpoint, *(n.endpoint for n in more)}
     # Sealed by a (the same registry key, its own counters): bob opens it with the
     # window it keeps for a, and it names the replica that died and bob's session.
-    [notice] = [data for data, endpoint in first + second if endpoint == bob.endpoint]
+    [notice] = [data for data, endpoint in told if endpoint == bob.endpoint]
     at_a = ControlChannel(bob.private, a.core.public_key, local_is_registry=False)
     message = at_a.open(notice)
     assert (message["op"], message["gone"], message["session"]) == (
