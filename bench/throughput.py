@@ -1,10 +1,15 @@
-"""The five figures of issue 4: pilotif against wireguard-go on the same lab (needs root).
+"""The five figures of issue 14: pilotif against the best userspace WireGuard we can run,
+and Nebula, on the same lab (needs root).
 
+    sudo scripts/reference-peers.sh          # once: wireguard-go 0.0.20231211, Nebula 1.9.3
     sudo python3 bench/throughput.py [--time 10] [--pairs 3] [--only FIGURE ...] [--policy]
 
-Builds two namespaces joined by a veth pair, then alternately brings up a pilotif<->pilotif
-tunnel and a wireguard-go<->wireguard-go tunnel (same key layout, MTU 1420, no preshared
-key, 100.64.0.1 <-> 100.64.0.2), PAIRS times each, and over each tunnel measures:
+Builds two namespaces joined by a veth pair, then, PAIRS times, brings up in turn a
+tunnel of each implementation (same key layout, MTU 1420, no preshared key,
+100.64.0.1 <-> 100.64.0.2): pilotif, wireguard-go 0.0.20231211 (the reference: TUN
+TSO/GRO and UDP GSO/GRO), Debian's wireguard-go 0.0.20220316 (issue 4's reference),
+Nebula 1.9.3 (its defaults), and the raw veth with no tunnel (the machine's ceiling).
+Over each it measures:
 
 - ping:     RTT of 100 pings from A to B (`ping -c 100 -i 0.01`), average;
 - stream:   one TCP stream from A to B (`iperf3 -c 100.64.0.2 -t TIME -J`);
@@ -17,9 +22,10 @@ With `--policy` a third tunnel joins each pair: pilotif with TEN_RULE_POLICY (de
 deny, ten rules that let the tests through) on both ends, and the summary adds the ratio
 pilotif+policy / pilotif (issue 11: within 5%).
 
-Throughputs are iperf3's receiver-side rates. It prints every run, then per figure the
-median of each implementation, the ratio pilotif / wireguard-go and whether it meets the
-target of issue 4. Besides the pairs, over one more pilotif tunnel:
+Throughputs are iperf3's receiver-side rates (the raw veth has no daemon: no CPU figure).
+It prints every run, then per figure the median of each implementation, the ratio
+pilotif / wireguard-go 0.0.20231211 and whether it meets the target of issue 14.
+Besides the pairs, over one more pilotif tunnel:
 
 - sha256:   a 200 MB TCP transfer from A to B whose size and SHA-256 must match;
 - profile:  py-spy samples of the sending (A) and the receiving (B) daemon during one more
@@ -82,14 +88,14 @@ class Extra(StrEnum):
 
 @dataclass(frozen=True)
 class Target:
-    """What issue 4 asks of a figure: ratio pilotif / wireguard-go at least or at most."""
+    """What issue 14 asks of a figure: ratio pilotif / reference at least or at most."""
 
     unit: str
     higher_is_better: bool
     ratio: float
 
     def met(self, ratio: float) -> bool:
-        """Whether a ratio pilotif / wireguard-go meets the target."""
+        """Whether a ratio pilotif / reference meets the target."""
         return ratio >= self.ratio if self.higher_is_better else ratio <= self.ratio
 
     def __str__(self) -> str:
@@ -98,10 +104,10 @@ class Target:
 
 TARGETS = {
     Figure.PING: Target("ms RTT", higher_is_better=False, ratio=1.0),
-    Figure.STREAM: Target("Mbit/s", higher_is_better=True, ratio=2.5),
+    Figure.STREAM: Target("Mbit/s", higher_is_better=True, ratio=1.3),
     Figure.CPU: Target("CPU s/GB", higher_is_better=False, ratio=1.0),
-    Figure.REVERSE: Target("Mbit/s", higher_is_better=True, ratio=2.5),
-    Figure.PARALLEL: Target("Mbit/s", higher_is_better=True, ratio=2.0),
+    Figure.REVERSE: Target("Mbit/s", higher_is_better=True, ratio=1.3),
+    Figure.PARALLEL: Target("Mbit/s", higher_is_better=True, ratio=1.3),
 }
 TEN_RULE_POLICY = """\
 default deny
@@ -121,16 +127,20 @@ deny * 23/tcp
 
 @dataclass(frozen=True)
 class Variant:
-    """One kind of tunnel of a pair."""
+    """One kind of tunnel of a pair (None: no tunnel, the raw veth)."""
 
     label: str
-    kind: NodeKind
+    kind: NodeKind | None
     policy: str | None = None
 
 
 PILOTIF = Variant("pilotif", NodeKind.PILOTIF)
-WIREGUARD_GO = Variant("wireguard-go", NodeKind.WIREGUARD_GO)
+REFERENCE = Variant("wg-go 2023", NodeKind.WIREGUARD_GO_2023)
+WIREGUARD_GO_2022 = Variant("wg-go 2022", NodeKind.WIREGUARD_GO)
+NEBULA = Variant("nebula", NodeKind.NEBULA)
+RAW_VETH = Variant("raw veth", None)
 PILOTIF_POLICY = Variant("pilotif+policy", NodeKind.PILOTIF, TEN_RULE_POLICY)
+VARIANTS = (PILOTIF, REFERENCE, WIREGUARD_GO_2022, NEBULA, RAW_VETH)
 POLICY_COST_LIMIT = 0.05
 """Issue 11: a ten-rule policy costs at most this share of any figure."""
 
@@ -145,30 +155,37 @@ class Sample:
 
 
 def _measure(
-    a: LabHost, b: LabHost, figures: list[Figure], time_s: int, report: Callable[[str], None]
+    a: LabHost,
+    b: LabHost,
+    figures: list[Figure],
+    time_s: int,
+    report: Callable[[str], None],
+    address: str | None = None,
 ) -> dict[Figure, float]:
-    """The chosen figures over the tunnel that is up between A and B."""
+    """The chosen figures over the tunnel that is up between A and B (to B's `address`
+    instead of its overlay address: the raw veth)."""
     values: dict[Figure, float] = {}
     if Figure.PING in figures:
-        rtt = ping_rtt(a, b)
+        rtt = ping_rtt(a, b, address)
         values[Figure.PING] = rtt.average_ms
         report(
             f"ping average {rtt.average_ms:.3f} ms, median {rtt.median_ms:.3f} ms, lost {rtt.lost}"
         )
     if Figure.STREAM in figures or Figure.CPU in figures:
-        run = iperf(a, b, time_s)
+        run = iperf(a, b, time_s, address=address)
         values[Figure.STREAM] = run.megabits_per_s
-        values[Figure.CPU] = run.cpu_s_per_gb
+        if address is None:
+            values[Figure.CPU] = run.cpu_s_per_gb
         report(
             f"stream {run.megabits_per_s:7.1f} Mbit/s, retransmits {run.retransmits}, "
             f"daemons {run.daemon_cpu_s:.2f} CPU s = {run.cpu_s_per_gb:.2f} CPU s/GB"
         )
     if Figure.REVERSE in figures:
-        run = iperf(a, b, time_s, "-R")
+        run = iperf(a, b, time_s, "-R", address=address)
         values[Figure.REVERSE] = run.megabits_per_s
         report(f"reverse {run.megabits_per_s:7.1f} Mbit/s, retransmits {run.retransmits}")
     if Figure.PARALLEL in figures:
-        run = iperf(a, b, time_s, "-P", str(PARALLEL_STREAMS))
+        run = iperf(a, b, time_s, "-P", str(PARALLEL_STREAMS), address=address)
         values[Figure.PARALLEL] = run.megabits_per_s
         report(f"parallel {run.megabits_per_s:7.1f} Mbit/s, retransmits {run.retransmits}")
     return {figure: value for figure, value in values.items() if figure in figures}
@@ -199,44 +216,50 @@ def _pairs(
     for number in range(1, pairs + 1):
         for variant in variants:
             kind = variant.kind
-            with tunnel((kind, kind), (a, b), preshared_key=False, policy=variant.policy):
-                _check_up(a, b, kind)
 
-                def report(line: str, label: str = variant.label, number: int = number) -> None:
-                    print(f"pair {number} {label:<15} {line}", flush=True)
+            def report(line: str, label: str = variant.label, number: int = number) -> None:
+                print(f"pair {number} {label:<15} {line}", flush=True)
 
-                values = _measure(a, b, figures, time_s, report)
+            if kind is None:
+                values = _measure(a, b, figures, time_s, report, b.addresses.underlay)
+            else:
+                with tunnel((kind, kind), (a, b), preshared_key=False, policy=variant.policy):
+                    _check_up(a, b, kind)
+                    values = _measure(a, b, figures, time_s, report)
             samples += [Sample(variant, figure, value) for figure, value in values.items()]
     return samples
 
 
-def _median(samples: list[Sample], variant: Variant, figure: Figure) -> float:
-    return statistics.median(
-        s.value for s in samples if s.variant == variant and s.figure is figure
-    )
+def _median(samples: list[Sample], variant: Variant, figure: Figure) -> float | None:
+    values = [s.value for s in samples if s.variant == variant and s.figure is figure]
+    return statistics.median(values) if values else None
 
 
-def _summary(samples: list[Sample], figures: list[Figure], with_policy: bool) -> bool:
-    """Print median, ratio and target of each figure (and the policy's cost); whether
-    every target is met."""
-    policy_head = f"  {'+policy':>10}  cost" if with_policy else ""
-    print(
-        f"\n{'figure':<9} {'pilotif':>10} {'wireguard-go':>12}  unit      ratio  target  met"
-        + policy_head
-    )
+def _summary(samples: list[Sample], figures: list[Figure], variants: tuple[Variant, ...]) -> bool:
+    """Print each implementation's median per figure, the ratio pilotif / reference with
+    its target (and the policy's cost, if measured); whether every target is met."""
+    others = [v for v in variants if v not in (PILOTIF, PILOTIF_POLICY)]
+    head = f"\n{'figure':<9} {'unit':<9} {PILOTIF.label:>10}"
+    head += "".join(f" {v.label:>11}" for v in others)
+    head += f"  {'ratio':>6}  target  met"
+    with_policy = PILOTIF_POLICY in variants
+    print(head + (f"  {'+policy':>10}  cost" if with_policy else ""))
     all_met = True
     for figure in figures:
         target = TARGETS[figure]
-        ours, theirs = _median(samples, PILOTIF, figure), _median(samples, WIREGUARD_GO, figure)
+        ours, theirs = _median(samples, PILOTIF, figure), _median(samples, REFERENCE, figure)
+        assert ours is not None and theirs is not None
         ratio = ours / theirs
         met = target.met(ratio)
         all_met = all_met and met
-        line = (
-            f"{figure:<9} {ours:>10.3f} {theirs:>12.3f}"
-            f"  {target.unit:<9} {ratio:5.2f}  {target!s:<6}  {'yes' if met else 'NO '}"
-        )
+        line = f"{figure:<9} {target.unit:<9} {ours:>10.3f}"
+        for variant in others:
+            value = _median(samples, variant, figure)
+            line += f" {value:>11.3f}" if value is not None else f" {'-':>11}"
+        line += f"  {ratio:5.2f}x  {target!s:<6}  {'yes' if met else 'NO '}"
         if with_policy:
             filtered = _median(samples, PILOTIF_POLICY, figure)
+            assert filtered is not None
             worse = ours / filtered - 1 if target.higher_is_better else filtered / ours - 1
             cheap = worse <= POLICY_COST_LIMIT
             all_met = all_met and cheap
@@ -317,17 +340,18 @@ def main() -> int:
     extras = [extra for extra in Extra if extra in chosen]
 
     print(
-        f"pilotif vs wireguard-go, MTU {TUNNEL_MTU}, iperf3 -t {args.time}, {args.pairs} pairs, "
-        f"ping -c {PING_COUNT} -i {PING_INTERVAL_S}, {os.cpu_count()} CPUs",
+        f"pilotif vs wireguard-go 0.0.20231211 (and 0.0.20220316, Nebula 1.9.3, the raw veth),"
+        f" MTU {TUNNEL_MTU}, iperf3 -t {args.time}, {args.pairs} pairs,"
+        f" ping -c {PING_COUNT} -i {PING_INTERVAL_S}, {os.cpu_count()} CPUs",
         flush=True,
     )
     all_met = True
     intact = True
     with host_pair() as (a, b):
         if figures:
-            variants = (PILOTIF, WIREGUARD_GO) + ((PILOTIF_POLICY,) if args.policy else ())
+            variants = VARIANTS + ((PILOTIF_POLICY,) if args.policy else ())
             samples = _pairs(a, b, figures, args.pairs, args.time, variants)
-            all_met = _summary(samples, figures, args.policy)
+            all_met = _summary(samples, figures, variants)
         if extras:
             intact = _extras(a, b, extras, args.time, args.transfer_mb)
     if not intact:

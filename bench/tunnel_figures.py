@@ -79,9 +79,8 @@ def _total_cpu_s(pids: list[int]) -> float:
 
 
 @contextmanager
-def _iperf_server(host: LabHost) -> Iterator[None]:
-    """An iperf3 server for one test on the host's overlay address, stopped at the end."""
-    address = host.addresses.overlay_v4
+def _iperf_server(host: LabHost, address: str) -> Iterator[None]:
+    """An iperf3 server for one test on `address` of the host, stopped at the end."""
     server = host.namespace.spawn(
         "iperf3", "-s", "-1", "--forceflush", "-B", address, "-p", str(IPERF_PORT), pipes=True
     )
@@ -95,16 +94,20 @@ def _iperf_server(host: LabHost) -> Iterator[None]:
         host.namespace.stop(server)
 
 
-def iperf(a: LabHost, b: LabHost, time_s: int, *extra_args: str) -> IperfResult:
-    """One iperf3 test from a client on A to a server on B (`-R`: B sends), with the CPU
-    seconds that the tunnel daemons of both namespaces spent during it."""
+def iperf(
+    a: LabHost, b: LabHost, time_s: int, *extra_args: str, address: str | None = None
+) -> IperfResult:
+    """One iperf3 test from a client on A to a server on B's overlay address (or
+    `address`; `-R`: B sends), with the CPU seconds that the tunnel daemons of both
+    namespaces spent during it."""
+    target = address or b.addresses.overlay_v4
     pids = daemon_pids(a, b)
-    with _iperf_server(b):
+    with _iperf_server(b, target):
         cpu_before_s = _total_cpu_s(pids)
         result = a.namespace.run(
             "iperf3",
             "-c",
-            b.addresses.overlay_v4,
+            target,
             "-p",
             str(IPERF_PORT),
             "-t",
@@ -123,8 +126,9 @@ def iperf(a: LabHost, b: LabHost, time_s: int, *extra_args: str) -> IperfResult:
     )
 
 
-def ping_rtt(a: LabHost, b: LabHost) -> PingRtt:
-    """PING_COUNT pings from A to B's overlay address, PING_INTERVAL_S apart."""
+def ping_rtt(a: LabHost, b: LabHost, address: str | None = None) -> PingRtt:
+    """PING_COUNT pings from A to B's overlay address (or `address`), PING_INTERVAL_S
+    apart."""
     result = a.namespace.run(
         "ping",
         "-n",
@@ -134,7 +138,7 @@ def ping_rtt(a: LabHost, b: LabHost) -> PingRtt:
         str(PING_INTERVAL_S),
         "-W",
         str(PING_REPLY_TIMEOUT_S),
-        b.addresses.overlay_v4,
+        address or b.addresses.overlay_v4,
         check=False,
         timeout_s=PING_GRACE_S + PING_COUNT * PING_INTERVAL_S,
     )

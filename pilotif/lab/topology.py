@@ -18,9 +18,11 @@ from pilotif.lab.config import (
     new_private_key,
     public_key_of,
 )
+from pilotif.lab.nebula import NebulaNode
 from pilotif.lab.netns import Namespace, namespace, new_run_id, remove_stale_namespaces, run_checked
 from pilotif.lab.node import TunnelNode
 from pilotif.lab.pilotif_node import PilotifNode
+from pilotif.lab.reference_peers import reference_binary
 from pilotif.lab.wggo import WireguardGoNode
 
 UNDERLAY_INTERFACE = "ul0"
@@ -51,6 +53,11 @@ class NodeKind(StrEnum):
 
     PILOTIF = "pilotif"
     WIREGUARD_GO = "wireguard-go"
+    """Debian's (bookworm: 0.0.20220316, no offloads)."""
+    WIREGUARD_GO_2023 = "wireguard-go-0.0.20231211"
+    """The newer reference (TUN TSO/GRO, UDP GSO/GRO), from scripts/reference-peers.sh."""
+    NEBULA = "nebula"
+    """Nebula 1.9.3, from scripts/reference-peers.sh (IPv4 overlay only)."""
 
 
 _interface_numbers = itertools.count()
@@ -160,6 +167,11 @@ def make_node(
     interface = host.new_interface_name()
     if kind is NodeKind.PILOTIF:
         return PilotifNode(host.namespace, interface, config, host.workdir, policy)
+    if kind is NodeKind.NEBULA:
+        return NebulaNode(host.namespace, interface, config, host.workdir)
+    if kind is NodeKind.WIREGUARD_GO_2023:
+        newer = str(reference_binary("wireguard-go"))
+        return WireguardGoNode(host.namespace, interface, config, host.workdir, executable=newer)
     return WireguardGoNode(host.namespace, interface, config, host.workdir)
 
 

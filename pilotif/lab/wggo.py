@@ -1,4 +1,5 @@
-"""wireguard-go as the reference WireGuard peer of the lab.
+"""wireguard-go as the reference WireGuard peer of the lab (Debian's, or a newer build
+given as `executable`).
 
 It runs in the foreground (`wireguard-go -f`, so the lab owns its PID) inside a namespace
 and is configured with `wg set` and `ip`. Its UAPI socket lives in the shared
@@ -31,8 +32,10 @@ class WireguardGoNode:
         config: TunnelConfig,
         workdir: Path,
         log_level: str = "error",
+        executable: str = "wireguard-go",
     ) -> None:
         self._namespace = namespace
+        self._executable = executable
         self.interface = interface
         self.config = config
         self._workdir = workdir
@@ -51,7 +54,7 @@ class WireguardGoNode:
         if socket_path.exists():
             raise LabError(f"{socket_path} exists: another wireguard-go uses {self.interface}")
         self._process = self._namespace.spawn(
-            "wireguard-go",
+            self._executable,
             "-f",
             self.interface,
             log_path=self.log_path,
