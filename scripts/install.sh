@@ -2,12 +2,13 @@
 # Install what pilotif needs, as root: Debian packages, then the Python package.
 #
 #   ./scripts/install.sh demo    what the demo needs: the namespace lab's tools, and pilotif
+#                                (gcc, libssl-dev, python3-dev build its native batch loop)
 #   ./scripts/install.sh test    (the default) all the tests need too: wireguard-go, iperf3,
 #                                docker, debootstrap, systemd, postgresql, ... and the test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE="${1:-test}"
-DEMO_PACKAGES=(iproute2 iputils-ping nftables)
+DEMO_PACKAGES=(iproute2 iputils-ping nftables gcc libssl-dev python3-dev)
 TEST_PACKAGES=(
     "${DEMO_PACKAGES[@]}" wireguard-go wireguard-tools iperf3 tcpdump ethtool conntrack
     docker.io docker-compose debootstrap systemd postgresql

@@ -8,3 +8,7 @@ python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy --strict pilotif
 python3 -m pytest -q -rs tests "$@"
+# The data plane's unit tests again with the Python batch loop instead of the native one
+# (the fallback where pilotif is installed without a compiler).
+PILOTIF_PURE_PYTHON=1 python3 -m pytest -q -rs tests/unit/test_batch_aead.py \
+    tests/unit/test_device.py tests/unit/test_device_batch.py tests/unit/test_device_segments.py

@@ -26,6 +26,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
+from pilotif.overlay.batch_aead import open_rows
 from pilotif.overlay.constants import (
     AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
@@ -666,25 +667,18 @@ class Device:
             return
         peer, keypair, first = run
         last = first + count - 1
-        decrypt = keypair.receive_aead.decrypt_into
-        pack_nonce = _NONCE.pack
         plain_size = segment_size - _TRANSPORT_OVERHEAD_BYTES
         last_plain = last_size - _TRANSPORT_OVERHEAD_BYTES
-        failed: list[int] = []
-        start = out = 0
-        for counter in range(first, last + 1):
-            end = start + segment_size
-            try:
-                decrypt(
-                    pack_nonce(counter),
-                    buffer[start + TRANSPORT_HEADER_SIZE : end],
-                    None,
-                    plaintexts[out : out + (plain_size if counter != last else last_plain)],
-                )
-            except InvalidTag:
-                failed.append(counter - first)
-            start = end
-            out += plain_size
+        failed = open_rows(
+            keypair.receive_key,
+            first,
+            buffer,
+            segment_size,
+            count,
+            last_size,
+            TRANSPORT_HEADER_SIZE,
+            plaintexts,
+        )
         if failed:
             self._deliver_rows(
                 peer, keypair, buffer, segment_size, first, failed, source, now, plaintexts

@@ -38,6 +38,7 @@ class Keypair:
         "is_initiator",
         "local_index",
         "receive_aead",
+        "receive_key",
         "remote_index",
         "replay",
         "send_aead",
@@ -47,6 +48,8 @@ class Keypair:
     def __init__(self, keys: SessionKeys, created_s: float) -> None:
         self.send_aead = ChaCha20Poly1305(keys.send_key)
         self.receive_aead = ChaCha20Poly1305(keys.receive_key)
+        self.receive_key = keys.receive_key
+        """For the batch opener (pilotif.overlay.batch_aead), which takes the key itself."""
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
         self.is_initiator = keys.is_initiator

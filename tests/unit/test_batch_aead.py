@@ -1,0 +1,92 @@
+"""The batch opener: the native loop and the Python one give the same plaintexts and
+the same refusals, for whole batches, a short last message, keepalives and forgeries."""
+
+import os
+import struct
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from pilotif.overlay import batch_aead
+from pilotif.overlay.batch_aead import PURE_PYTHON_ENV, _open_rows_python, open_rows
+
+HEADER = 16
+TAG = 16
+NONCE = struct.Struct("<4xQ")
+IMPLEMENTATIONS = [pytest.param(_open_rows_python, id="python")]
+if batch_aead.NATIVE:
+    IMPLEMENTATIONS.append(pytest.param(open_rows, id="native"))
+
+
+def _batch(key: bytes, first: int, plains: list[bytes]) -> bytes:
+    aead = ChaCha20Poly1305(key)
+    return b"".join(
+        bytes(range(HEADER)) + aead.encrypt(NONCE.pack(first + i), plain, None)
+        for i, plain in enumerate(plains)
+    )
+
+
+def test_the_native_loop_is_built_unless_python_is_asked_for() -> None:
+    """CI installs a compiler and OpenSSL's headers: a missing build must not pass
+    unnoticed as the Python loop."""
+    assert batch_aead.NATIVE is not bool(os.environ.get(PURE_PYTHON_ENV))
+
+
+@pytest.mark.parametrize("opener", IMPLEMENTATIONS)
+def test_a_batch_opens_row_by_row_with_a_shorter_last(opener: batch_aead.OpenRows) -> None:
+    key = os.urandom(32)
+    plains = [os.urandom(1424) for _ in range(44)] + [os.urandom(700)]
+    buffer = _batch(key, 2**40, plains)
+    out = bytearray(45 * 1424)
+    segment = HEADER + 1424 + TAG
+    failed = opener(key, 2**40, buffer, segment, 45, HEADER + 700 + TAG, HEADER, memoryview(out))
+    assert failed == []
+    assert bytes(out[: 44 * 1424]) == b"".join(plains[:44])
+    assert bytes(out[44 * 1424 : 44 * 1424 + 700]) == plains[44]
+
+
+@pytest.mark.parametrize("opener", IMPLEMENTATIONS)
+def test_forged_and_misplaced_rows_are_named_and_the_rest_opened(
+    opener: batch_aead.OpenRows,
+) -> None:
+    key = os.urandom(32)
+    plains = [os.urandom(100) for _ in range(6)]
+    buffer = bytearray(_batch(key, 7, plains))
+    segment = HEADER + 100 + TAG
+    buffer[1 * segment + HEADER + 5] ^= 1  # a flipped ciphertext bit
+    buffer[3 * segment + segment - 1] ^= 0x80  # a flipped tag bit
+    # Row 5 sealed under another counter: a replayed message in the wrong place.
+    buffer[5 * segment :] = _batch(key, 99, [plains[5]])
+    out = bytearray(6 * 100)
+    failed = opener(key, 7, bytes(buffer), segment, 6, segment, HEADER, memoryview(out))
+    assert failed == [1, 3, 5]
+    for row in (0, 2, 4):
+        assert bytes(out[row * 100 : row * 100 + 100]) == plains[row]
+
+
+@pytest.mark.parametrize("opener", IMPLEMENTATIONS)
+def test_keepalives_open_to_nothing_and_a_wrong_key_opens_nothing(
+    opener: batch_aead.OpenRows,
+) -> None:
+    key = os.urandom(32)
+    buffer = _batch(key, 0, [b"", b""])
+    nothing = memoryview(bytearray())
+    keepalive = HEADER + TAG
+    assert opener(key, 0, buffer, keepalive, 2, keepalive, HEADER, nothing) == []
+    other = os.urandom(32)
+    assert opener(other, 0, buffer, keepalive, 2, keepalive, HEADER, nothing) == [0, 1]
+
+
+@pytest.mark.parametrize("opener", IMPLEMENTATIONS)
+def test_buffers_that_do_not_hold_the_batch_are_refused(opener: batch_aead.OpenRows) -> None:
+    key = os.urandom(32)
+    buffer = _batch(key, 0, [bytes(64)] * 3)
+    segment = HEADER + 64 + TAG
+    out = memoryview(bytearray(3 * 64))
+    with pytest.raises(ValueError, match="32 bytes"):
+        opener(key[:16], 0, buffer, segment, 3, segment, HEADER, out)
+    for count, last in ((4, segment), (3, segment + 1), (0, segment), (3, TAG)):
+        with pytest.raises(ValueError, match="do not hold"):
+            opener(key, 0, buffer, segment, count, last, HEADER, out)
+    with pytest.raises(ValueError, match="do not hold"):
+        opener(key, 0, buffer, segment, 3, segment, HEADER, out[:100])
