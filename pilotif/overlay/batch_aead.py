@@ -1,6 +1,7 @@
-"""Opening a batch of transport messages at once: the native loop
-(`pilotif.overlay._batch_aead`, built from C by `pip install` when a compiler and
-OpenSSL's headers are there) or, without it, the same in Python through `cryptography`.
+"""Sealing a run of packets and opening a batch of transport messages at once: the
+native loops (`pilotif.overlay._batch_aead`, built from C by `pip install` when a
+compiler and OpenSSL's headers are there) or, without them, the same in Python through
+`cryptography`.
 
 `PILOTIF_PURE_PYTHON=1` in the environment makes every process use the Python loop (CI
 runs the unit tests both ways).
@@ -8,7 +9,7 @@ runs the unit tests both ways).
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -19,8 +20,12 @@ from pilotif.overlay.crypto import KEY_SIZE, BytesLike
 
 PURE_PYTHON_ENV: Final = "PILOTIF_PURE_PYTHON"
 _NONCE: Final = struct.Struct("<4xQ")
+_TAG: Final = AEAD_TAG_SIZE
 
 OpenRows = Callable[[bytes, int, BytesLike, int, int, int, int, memoryview], list[int]]
+SealRows = Callable[
+    [bytes, int, Sequence[BytesLike], Sequence[int], Sequence[int], int, memoryview], None
+]
 
 
 def _open_rows_python(
@@ -66,21 +71,52 @@ def _open_rows_python(
     return failed
 
 
-def _native() -> OpenRows | None:
+def _seal_rows_python(
+    key: bytes,
+    first_counter: int,
+    packets: Sequence[BytesLike],
+    padded_sizes: Sequence[int],
+    offsets: Sequence[int],
+    header_size: int,
+    out: memoryview,
+) -> None:
+    """What the native seal_rows does (see its docstring), one call per packet."""
+    if len(key) != KEY_SIZE:
+        raise ValueError("the key is 32 bytes")
+    if not len(packets) == len(padded_sizes) == len(offsets) or header_size < 0:
+        raise ValueError("one size and one offset per packet")
+    for padded, offset, packet in zip(padded_sizes, offsets, packets, strict=True):
+        if padded < len(packet) or offset < 0 or offset + header_size + padded + _TAG > len(out):
+            raise ValueError("a packet does not fit where it goes")
+    encrypt = ChaCha20Poly1305(key).encrypt_into
+    pack_nonce = _NONCE.pack
+    rows = zip(packets, padded_sizes, offsets, strict=True)
+    for row, (packet, padded, offset) in enumerate(rows):
+        start = offset + header_size
+        text = packet if len(packet) == padded else bytes(packet) + bytes(padded - len(packet))
+        encrypt(pack_nonce(first_counter + row), text, None, out[start : start + padded + _TAG])
+
+
+def _native() -> tuple[OpenRows, SealRows] | None:
     if os.environ.get(PURE_PYTHON_ENV):
         return None
     try:
         from pilotif.overlay import _batch_aead  # type: ignore[attr-defined]
     except ImportError:
         return None
-    native: OpenRows = _batch_aead.open_rows
+    native: tuple[OpenRows, SealRows] = (_batch_aead.open_rows, _batch_aead.seal_rows)
     return native
 
 
-NATIVE: Final = _native() is not None
-"""Whether the native loop is in use."""
-open_rows: Final[OpenRows] = _native() or _open_rows_python
+_LOOPS: Final = _native()
+NATIVE: Final = _LOOPS is not None
+"""Whether the native loops are in use."""
+open_rows: Final[OpenRows] = _LOOPS[0] if _LOOPS else _open_rows_python
 """Decrypt `count` messages laid back to back in `buffer` (each `segment_size` bytes, the
 last `last_size`): a `header_size`-byte header, the ciphertext and the tag; message i
 has counter first_counter + i and its plaintext goes to plaintexts[i * stride:], stride
 being segment_size - header_size - 16. Returns the rows whose tag did not verify."""
+seal_rows: Final[SealRows] = _LOOPS[1] if _LOOPS else _seal_rows_python
+"""For each packet i: copy it to out[offsets[i] + header_size:], zero-pad it to
+padded_sizes[i] bytes, encrypt it there with counter first_counter + i and write the
+16-byte tag after it (the headers are the caller's)."""

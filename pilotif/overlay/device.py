@@ -26,7 +26,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
-from pilotif.overlay.batch_aead import open_rows
+from pilotif.overlay.batch_aead import open_rows, seal_rows
 from pilotif.overlay.constants import (
     AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
@@ -91,7 +91,7 @@ NO_PRESHARED_KEY = bytes(KEY_SIZE)
 _INDEX_SPACE = 2**32
 _NONCE: Final = struct.Struct("<4xQ")
 """The AEAD nonce of a transport counter: four zero bytes, then the counter."""
-_PADDING = bytes(PADDING_MULTIPLE)
+_HEADER: Final = TRANSPORT_HEADER_SIZE
 _TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
 _IPV4_FIRST_LENGTH_DESTINATION: Final = struct.Struct("!BxH12x4s")
 _IPV4_VERSION: Final = 4
@@ -138,7 +138,6 @@ class Device:
         self.mtu = mtu
         self.wall_offset_s = wall_offset_s
         self._random_bytes = random_bytes
-        self._pad_scratch = bytearray(mtu)
         self._cookie_checker = CookieChecker(self.local, random_bytes)
         self._peers: dict[bytes, Peer] = {}
         self._routes: AllowedIPs[Peer] = AllowedIPs()
@@ -329,15 +328,21 @@ class Device:
         """
         if sealed is None:
             sealed = memoryview(bytearray(self._sealed_bytes(packets)))
-        scratch = self._pad_scratch
         outgoing = self.outgoing
         pack_header = TRANSPORT_HEADER.pack_into
-        pack_nonce = _NONCE.pack
         mtu = self.mtu
         capacity = len(sealed)
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, PeerEndpoint] | None = None
         run_packet: BytesLike = b""
+        # The run's packets not sealed yet (one native call seals them, before the run's
+        # bookkeeping and before the buffer changes): the packets, their padded sizes,
+        # where their messages start, and the counter of the first.
+        rows: list[BytesLike] = []
+        sizes: list[int] = []
+        starts: list[int] = []
+        first_counter = 0
+        key = b""
         # The run's peer's filter when it must remember outbound UDP flows, and where the
         # run's packets say their protocol:
         noting: PacketFilter | None = None
@@ -361,6 +366,9 @@ class Device:
                     same_run = addresses is not None and addresses[1] == run_destination
             if not same_run:
                 if run is not None:
+                    if rows:
+                        seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
+                        rows, sizes, starts = [], [], []
                     self._sent_run(run, counter, offset - run_start, run_packet, now)
                 addresses = packet_addresses(packet)
                 run = self._send_run(addresses[1], now) if addresses is not None else None
@@ -369,8 +377,9 @@ class Device:
                     run_destination = addresses[1]
                     run_version = packet[0] >> 4
                     counter, remote_index = run[1].send_counter, run[1].remote_index
+                    first_counter, key = counter, run[1].send_key
                     run_packet = packet
-                    encrypt, endpoint = run[1].send_aead.encrypt_into, run[2]
+                    endpoint = run[2]
                     run_start = offset
                     noting = run[0].packet_filter
                     if noting is not None and not noting.records_udp:
@@ -382,29 +391,37 @@ class Device:
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or counter >= REJECT_AFTER_MESSAGES:
                 if run is not None:
+                    if rows:
+                        seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
+                        rows, sizes, starts = [], [], []
                     self._sent_run(run, counter, offset - run_start, run_packet, now)
                     run = None
                 self._stage(packet, now)
                 continue
             if end > capacity:
                 # The caller's buffer is full: the rest goes to a new one.
+                if rows:
+                    seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
+                    rows, sizes, starts = [], [], []
                 self._sent_run(run, counter, offset - run_start, run_packet, now)
                 sealed = memoryview(bytearray(self._sealed_bytes(packets[position:])))
                 capacity = len(sealed)
                 offset = run_start = 0
                 end = padded + _TRANSPORT_OVERHEAD_BYTES
             pack_header(sealed, offset, MESSAGE_TRANSPORT, remote_index, counter)
-            if padded != length:
-                scratch[:length] = packet
-                scratch[length:padded] = _PADDING[: padded - length]
-                packet = scratch[:padded]
-            encrypt(pack_nonce(counter), packet, None, sealed[offset + TRANSPORT_HEADER_SIZE : end])
+            if not rows:
+                first_counter = counter
+            rows.append(packet)
+            sizes.append(padded)
+            starts.append(offset)
             outgoing.append((sealed[offset:end], endpoint))
             if noting is not None and packet[proto_at] == _PROTO_UDP:
                 noting.note_outbound(packet, now)
             counter += 1
             offset = end
         if run is not None:
+            if rows:
+                seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
             self._sent_run(run, counter, offset - run_start, run_packet, now)
 
     def _send_run(

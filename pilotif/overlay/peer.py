@@ -43,13 +43,15 @@ class Keypair:
         "replay",
         "send_aead",
         "send_counter",
+        "send_key",
     )
 
     def __init__(self, keys: SessionKeys, created_s: float) -> None:
         self.send_aead = ChaCha20Poly1305(keys.send_key)
         self.receive_aead = ChaCha20Poly1305(keys.receive_key)
         self.receive_key = keys.receive_key
-        """For the batch opener (pilotif.overlay.batch_aead), which takes the key itself."""
+        self.send_key = keys.send_key
+        """The batch opener and sealer (pilotif.overlay.batch_aead) take the keys."""
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
         self.is_initiator = keys.is_initiator

@@ -8,14 +8,22 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from pilotif.overlay import batch_aead
-from pilotif.overlay.batch_aead import PURE_PYTHON_ENV, _open_rows_python, open_rows
+from pilotif.overlay.batch_aead import (
+    PURE_PYTHON_ENV,
+    _open_rows_python,
+    _seal_rows_python,
+    open_rows,
+    seal_rows,
+)
 
 HEADER = 16
 TAG = 16
 NONCE = struct.Struct("<4xQ")
 IMPLEMENTATIONS = [pytest.param(_open_rows_python, id="python")]
+SEALERS = [pytest.param(_seal_rows_python, id="python")]
 if batch_aead.NATIVE:
     IMPLEMENTATIONS.append(pytest.param(open_rows, id="native"))
+    SEALERS.append(pytest.param(seal_rows, id="native"))
 
 
 def _batch(key: bytes, first: int, plains: list[bytes]) -> bytes:
@@ -90,3 +98,47 @@ def test_buffers_that_do_not_hold_the_batch_are_refused(opener: batch_aead.OpenR
             opener(key, 0, buffer, segment, count, last, HEADER, out)
     with pytest.raises(ValueError, match="do not hold"):
         opener(key, 0, buffer, segment, 3, segment, HEADER, out[:100])
+
+
+@pytest.mark.parametrize("sealer", SEALERS)
+def test_a_run_is_sealed_padded_where_each_message_goes(sealer: batch_aead.SealRows) -> None:
+    key = os.urandom(32)
+    packets = [os.urandom(1420), os.urandom(37), b"", memoryview(os.urandom(100))[10:90]]
+    padded = [1424, 48, 0, 80]
+    starts, offset = [], 0
+    for size in padded:
+        starts.append(offset)
+        offset += HEADER + size + TAG
+    out = bytearray(b"\xee" * offset)
+    sealer(key, 2**33, packets, padded, starts, HEADER, memoryview(out))
+    aead = ChaCha20Poly1305(key)
+    for row, (packet, size, start) in enumerate(zip(packets, padded, starts, strict=True)):
+        assert out[start : start + HEADER] == b"\xee" * HEADER, "the header is the caller's"
+        message = bytes(out[start + HEADER : start + HEADER + size + TAG])
+        opened = aead.decrypt(NONCE.pack(2**33 + row), message, None)
+        assert opened == bytes(packet) + bytes(size - len(packet))
+
+
+@pytest.mark.parametrize("sealer", SEALERS)
+def test_what_is_sealed_opens_in_a_batch(sealer: batch_aead.SealRows) -> None:
+    key = os.urandom(32)
+    packets = [os.urandom(64) for _ in range(5)]
+    segment = HEADER + 64 + TAG
+    out = bytearray(5 * segment)
+    sealer(key, 9, packets, [64] * 5, [i * segment for i in range(5)], HEADER, memoryview(out))
+    plain = bytearray(5 * 64)
+    assert open_rows(key, 9, bytes(out), segment, 5, segment, HEADER, memoryview(plain)) == []
+    assert bytes(plain) == b"".join(packets)
+
+
+@pytest.mark.parametrize("sealer", SEALERS)
+def test_a_run_that_does_not_fit_is_refused(sealer: batch_aead.SealRows) -> None:
+    key = os.urandom(32)
+    out = memoryview(bytearray(100))
+    with pytest.raises(ValueError, match="32 bytes"):
+        sealer(key[:31], 0, [b"x"], [16], [0], HEADER, out)
+    with pytest.raises(ValueError, match="one size and one offset"):
+        sealer(key, 0, [b"x", b"y"], [16], [0], HEADER, out)
+    for size, start in ((0, 0), (16, 69), (16, -1), (100, 0)):
+        with pytest.raises(ValueError, match="does not fit"):
+            sealer(key, 0, [b"x"], [size], [start], HEADER, out)
