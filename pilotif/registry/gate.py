@@ -18,7 +18,10 @@ from pilotif.registry.wire import (
     CONTROL_HEADER_SIZE,
     MAX_PAYLOAD_BYTES,
     REGISTRY_COOKIE_TYPE,
+    RELAY_SOURCE_UNKNOWN,
     REQUEST_MACS_SIZE,
+    WireError,
+    unpack_relay,
 )
 
 CONTROL_RATE_PER_S: Final = 50.0
@@ -52,15 +55,25 @@ def address_group(source: Endpoint) -> bytes:
 
 
 class RelayLimit:
-    """Relay messages per ip:port: packets and bytes, each a token bucket."""
+    """Relay messages per ip:port (packets and bytes, each a token bucket), and their
+    parsing; what it refuses is counted in `counters`."""
 
-    def __init__(self) -> None:
+    def __init__(self, counters: Counter[str]) -> None:
+        self.counters = counters
         self._packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
         self._bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
 
-    def allow(self, source: Endpoint, now: float, size: int) -> bool:
-        """Whether a relay message of `size` bytes from `source` may go on."""
-        return self._packets.allow(source, now) and self._bytes.allow(source, now, size)
+    def take(self, data: bytes, source: Endpoint, now: float) -> tuple[bytes, bytes] | None:
+        """The destination key and inner datagram of a relay message from `source`;
+        None if it is over the limit or malformed."""
+        if not (self._packets.allow(source, now) and self._bytes.allow(source, now, len(data))):
+            self.counters["relay_rate_limited"] += 1
+            return None
+        try:
+            return unpack_relay(data)
+        except WireError:
+            self.counters["relay_malformed"] += 1
+            return None
 
 
 class ControlGate:
@@ -96,6 +109,13 @@ class ControlGate:
             self.counters["rate_limited"] += 1
             return []
         return None
+
+    def unknown_source(self, source: Endpoint, now: float) -> list[Outgoing]:
+        """The answer to a relay message from an address no node is known at: the 4-byte
+        notice that makes the node announce itself again (as every unproven answer,
+        limited per address)."""
+        self.counters["relay_unknown_source"] += 1
+        return [(RELAY_SOURCE_UNKNOWN, source)] if self.unproven_allowed(source, now) else []
 
     def unproven_allowed(self, source: Endpoint, now: float) -> bool:
         """Whether an answer may go to an address that proved nothing (counted if not)."""

@@ -42,7 +42,6 @@ from pilotif.registry.wire import (
     KEY_REQUEST_TYPE,
     MAX_PAYLOAD_BYTES,
     MAX_REQUEST_ID,
-    RELAY_SOURCE_UNKNOWN,
     RELAY_TYPE,
     REPLICA_KEEPALIVE,
     REQUEST_MACS_SIZE,
@@ -56,7 +55,6 @@ from pilotif.registry.wire import (
     pack_key_reply,
     pack_relay,
     parse_endpoint,
-    unpack_relay,
 )
 from pilotif.relay.info import RelayInfo
 from pilotif.relay.tickets import TICKET_LIFETIME_S, issue_ticket, ticket_key
@@ -240,7 +238,7 @@ class RegistryCore:
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._new_node_limit = TokenBuckets(NEW_NODES_PER_S, NEW_NODES_BURST)
         self._join_key_limit = TokenBuckets(JOIN_KEY_USES_PER_S, JOIN_KEY_BURST)
-        self._relay_limit = RelayLimit()
+        self._relay_limit = RelayLimit(self.counters)
         self._seen: dict[bytes, tuple[Endpoint, float]] = {}
         self._rtt_ms: dict[bytes, int] = {}
         """Each node's round trip to us as it last reported it (`rtt_ms` of any request)."""
@@ -279,20 +277,13 @@ class RegistryCore:
         return []
 
     def _relay(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
-        if not self._relay_limit.allow(source, now, len(data)):
-            self.counters["relay_rate_limited"] += 1
+        taken = self._relay_limit.take(data, source, now)
+        if taken is None:
             return []
-        try:
-            destination, inner = unpack_relay(data)
-        except WireError:
-            self.counters["relay_malformed"] += 1
-            return []
+        destination, inner = taken
         sender = self._owners.get(source)
         if sender is None:
-            self.counters["relay_unknown_source"] += 1
-            if not self._gate.unproven_allowed(source, now):
-                return []
-            return [(RELAY_SOURCE_UNKNOWN, source)]
+            return self._gate.unknown_source(source, now)
         target = self._seen.get(destination)
         if target is None or not self._online(sender, now) or not self._online(destination, now):
             self.counters["relay_offline"] += 1

@@ -25,7 +25,6 @@ from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.wire import (
     CONTROL_TYPE,
     MAX_REQUEST_ID,
-    RELAY_SOURCE_UNKNOWN,
     RELAY_TYPE,
     REQUEST_MACS_SIZE,
     ControlChannel,
@@ -35,7 +34,6 @@ from pilotif.registry.wire import (
     error_reply,
     id_field,
     pack_relay,
-    unpack_relay,
 )
 from pilotif.relay.tickets import check_ticket, ticket_key
 
@@ -95,7 +93,7 @@ class RelayCore:
         """Attached nodes, the longest silent first."""
         self._owners: dict[Endpoint, bytes] = {}
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
-        self._relay_limit = RelayLimit()
+        self._relay_limit = RelayLimit(self.counters)
 
     @property
     def attached(self) -> int:
@@ -123,21 +121,14 @@ class RelayCore:
     # -- relaying --------------------------------------------------------------------
 
     def _relay(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
-        if not self._relay_limit.allow(source, now, len(data)):
-            self.counters["relay_rate_limited"] += 1
+        taken = self._relay_limit.take(data, source, now)
+        if taken is None:
             return []
-        try:
-            destination, inner = unpack_relay(data)
-        except WireError:
-            self.counters["relay_malformed"] += 1
-            return []
+        destination, inner = taken
         sender = self._owners.get(source)
         node = self._nodes.get(sender) if sender is not None else None
         if sender is None or node is None or now - node.seen_s > ATTACH_TIMEOUT_S:
-            self.counters["relay_unknown_source"] += 1
-            if not self._gate.unproven_allowed(source, now):
-                return []
-            return [(RELAY_SOURCE_UNKNOWN, source)]
+            return self._gate.unknown_source(source, now)
         target = self._nodes.get(destination)
         if target is None or now - target.seen_s > ATTACH_TIMEOUT_S:
             self.counters["relay_offline"] += 1
