@@ -10,11 +10,9 @@ otherwise (one routine), as a user who installs it gets them.
 import json
 import time
 from pathlib import Path
-from subprocess import Popen
 
-from pilotif.lab.config import TunnelConfig
-from pilotif.lab.netns import LabError, Namespace, run_checked
-from pilotif.lab.node import PeerStats
+from pilotif.lab.netns import LabError, run_checked
+from pilotif.lab.node import ForegroundNode, PeerStats
 from pilotif.lab.reference_peers import reference_binary
 
 START_TIMEOUT_S = 5.0
@@ -22,22 +20,10 @@ _POLL_INTERVAL_S = 0.05
 _CA_DIR = "nebula-ca"
 
 
-class NebulaNode:
+class NebulaNode(ForegroundNode):
     """A nebula process and its interface in one namespace."""
 
-    def __init__(
-        self, namespace: Namespace, interface: str, config: TunnelConfig, workdir: Path
-    ) -> None:
-        self._namespace = namespace
-        self.interface = interface
-        self.config = config
-        self._workdir = workdir
-        self._process: Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        """nebula's own output."""
-        return self._workdir / f"nebula-{self.interface}.log"
+    program = "nebula"
 
     def start(self) -> None:
         """Sign our certificate, write the config, start nebula and wait for its TUN."""
@@ -112,16 +98,6 @@ class NebulaNode:
 
     def _log_tail(self) -> str:
         return self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        """Stop nebula; its interface goes with it."""
-        if self._process is not None:
-            self._namespace.stop(self._process)
-            self._process = None
-
-    def running(self) -> bool:
-        """Whether the nebula process is still alive."""
-        return self._process is not None and self._process.poll() is None
 
     def peers(self) -> list[PeerStats]:
         """Nebula has no `wg show`: the benchmarks need none."""

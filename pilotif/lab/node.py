@@ -1,9 +1,12 @@
 """What the lab needs from one end of a tunnel, whichever implementation runs it."""
 
 from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
 from typing import Protocol
 
 from pilotif.lab.config import TunnelConfig
+from pilotif.lab.netns import Namespace
 
 
 @dataclass(frozen=True)
@@ -46,3 +49,35 @@ class TunnelNode(Protocol):
     def peers(self) -> list[PeerStats]:
         """Its view of every peer."""
         ...
+
+
+class ForegroundNode:
+    """What the reference peers (wireguard-go, Nebula) share: one process the lab runs in
+    the foreground inside a namespace (so it owns the PID), its log, and its stop."""
+
+    program = "daemon"
+    """The program's name, for its log file."""
+
+    def __init__(
+        self, namespace: Namespace, interface: str, config: TunnelConfig, workdir: Path
+    ) -> None:
+        self._namespace = namespace
+        self.interface = interface
+        self.config = config
+        self._workdir = workdir
+        self._process: Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        """The program's own output."""
+        return self._workdir / f"{self.program}-{self.interface}.log"
+
+    def stop(self) -> None:
+        """Stop the process; its interface goes with it."""
+        if self._process is not None:
+            self._namespace.stop(self._process)
+            self._process = None
+
+    def running(self) -> bool:
+        """Whether the process is still alive."""
+        return self._process is not None and self._process.poll() is None

@@ -8,11 +8,10 @@ and is configured with `wg set` and `ip`. Its UAPI socket lives in the shared
 
 import time
 from pathlib import Path
-from subprocess import Popen
 
 from pilotif.lab.config import TunnelConfig
 from pilotif.lab.netns import LabError, Namespace
-from pilotif.lab.node import PeerStats
+from pilotif.lab.node import ForegroundNode, PeerStats
 
 UAPI_DIR = Path("/var/run/wireguard")
 START_TIMEOUT_S = 5.0
@@ -22,8 +21,10 @@ _DUMP_PEER_FIELDS = 8
 _NO_ENDPOINT = "(none)"
 
 
-class WireguardGoNode:
+class WireguardGoNode(ForegroundNode):
     """A wireguard-go process and its interface in one namespace."""
+
+    program = "wireguard-go"
 
     def __init__(
         self,
@@ -34,18 +35,9 @@ class WireguardGoNode:
         log_level: str = "error",
         executable: str = "wireguard-go",
     ) -> None:
-        self._namespace = namespace
-        self._executable = executable
-        self.interface = interface
-        self.config = config
-        self._workdir = workdir
+        super().__init__(namespace, interface, config, workdir)
         self._log_level = log_level
-        self._process: Popen[bytes] | None = None
-
-    @property
-    def log_path(self) -> Path:
-        """wireguard-go's own output."""
-        return self._workdir / f"wireguard-go-{self.interface}.log"
+        self._executable = executable
 
     def start(self) -> None:
         """Start wireguard-go, wait for its UAPI socket, set keys, peers and addresses."""
@@ -97,16 +89,6 @@ class WireguardGoNode:
             if peer.persistent_keepalive_s is not None:
                 args += ["persistent-keepalive", str(peer.persistent_keepalive_s)]
         return args
-
-    def stop(self) -> None:
-        """Stop wireguard-go; its interface and UAPI socket go with it."""
-        if self._process is not None:
-            self._namespace.stop(self._process)
-            self._process = None
-
-    def running(self) -> bool:
-        """Whether the wireguard-go process is still alive."""
-        return self._process is not None and self._process.poll() is None
 
     def peers(self) -> list[PeerStats]:
         """Every peer as `wg show IFNAME dump` reports it."""
