@@ -597,8 +597,7 @@ class Daemon:
         if isinstance(event, RelaysChanged) and self.node is not None:
             assert self._bind is not None
             relays = self.node.core.relays
-            home = relays.home.endpoint if relays.home is not None else None
-            self._bind.use_relays(home, relays.endpoints())
+            self._bind.use_relays(relays.home_endpoint, relays.endpoints())
         if self.node is not None and self.node.core.peers_version != self._names_version:
             self._update_names()
 

@@ -83,7 +83,7 @@ from pilotif.node.registry_link import (
     Reply,
     SwitchedRegistry,
 )
-from pilotif.node.relays import Relays, TicketsPresented
+from pilotif.node.relays import HomeRelayChanged, Relays, TicketsPresented
 from pilotif.node.trust import TrustRecord
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint, PeerEndpoint, RelayEndpoint
@@ -225,7 +225,6 @@ class NodeCore:
         """The name of the registry replica that answered our last registration."""
         self.relays = Relays(device.local.private_key)
         """The standalone relays the registry names (none: it relays itself)."""
-        self._relays_told: tuple[str | None, str] = (None, "")
         self._tickets: _TicketFetch | None = None
         self._tickets_due_s: float | None = None
         self._tickets_version = -1
@@ -444,9 +443,11 @@ class NodeCore:
         if self._next_register_s is not None and now >= self._next_register_s:
             self._next_register_s = now + REGISTER_INTERVAL_S
             self._register(now)
+        relayed = False
         for peer in list(self.peers.values()):
             self._tick_peer(peer, now)
-        self.relays.set_active(any(self.path_of(key) == "relay" for key in self.peers), now)
+            relayed = relayed or self.path_of(peer.public_key) == "relay"
+        self.relays.set_active(relayed, now)
         self.relays.handle_timer(now)
         self._after_relays(now)
 
@@ -625,11 +626,7 @@ class NodeCore:
 
     def _on_silence(self, op: str, now: float) -> None:
         """An internal request got no answer after every attempt."""
-        if op == "trust_list":
-            self._sync = None
-        if op == "relay_tickets":
-            self._tickets = None
-            self._tickets_due_s = now + TICKET_RETRY_S
+        self._abandon(op, now)
         if op != "register":
             self.events.append(RequestError(op, self._unreachable()[1]))
             return
@@ -653,12 +650,16 @@ class NodeCore:
         if op == "register" and not self.joined:
             self._fail(code, error, hint)
             return
+        self._abandon(op, now)
+        self.events.append(RequestError(op, error))
+
+    def _abandon(self, op: str, now: float) -> None:
+        """An internal request that pages (trust list, tickets) failed: start over later."""
         if op == "trust_list":
             self._sync = None
-        if op == "relay_tickets":
+        elif op == "relay_tickets":
             self._tickets = None
             self._tickets_due_s = now + TICKET_RETRY_S
-        self.events.append(RequestError(op, error))
 
     def _on_reply(self, op: str, reply: dict[str, Any], now: float) -> None:
         if op == "register":
@@ -725,25 +726,23 @@ class NodeCore:
     def _after_relays(self, now: float) -> None:
         """Tell the adapter where relayed datagrams go now, and fetch the tickets of our
         home relay when it changed, when peers changed, or before they expire."""
-        for item in self.relays.events:
+        events, self.relays.events = self.relays.events, []
+        for item in events:
             if isinstance(item, TicketsPresented):
                 # Handshakes the relay dropped for want of a ticket need not wait for
                 # their retry.
                 for key in self.peers:
                     if self.path_of(key) == "none":
                         self.device.rehandshake(key, now)
-            else:
+            elif isinstance(item, HomeRelayChanged):
                 self._tickets = None
                 self._tickets_due_s = now if item.home is not None else None
-        self.relays.events = []
         home = self.relays.home
-        told = (
-            format_endpoint(home.endpoint) if home is not None else None,
-            ",".join(sorted(format_endpoint(e) for e in self.relays.endpoints())),
-        )
-        if told != self._relays_told:
-            self._relays_told = told
-            self.events.append(RelaysChanged(*told))
+        if any(not isinstance(item, TicketsPresented) for item in events):
+            relays = ",".join(sorted(format_endpoint(e) for e in self.relays.endpoints()))
+            self.events.append(
+                RelaysChanged(format_endpoint(home.endpoint) if home else None, relays)
+            )
         if home is None or self._tickets is not None:
             return
         due = self._tickets_due_s

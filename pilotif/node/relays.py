@@ -9,7 +9,7 @@ alive the registry relays, as it does when it names no relays.
 
 Inputs: `update` (the relays of each registration), `receive` for datagrams from a
 relay's address, `set_tickets`, and `handle_timer(now)`. Outputs: `outgoing` and the
-`HomeRelayChanged` and `TicketsPresented` events in `events`.
+`HomeRelayChanged`, `TicketsPresented` and `RelaysListed` events in `events`.
 """
 
 from dataclasses import dataclass, field
@@ -50,7 +50,12 @@ class TicketsPresented:
     relay: RelayInfo
 
 
-RelaysEvent = HomeRelayChanged | TicketsPresented
+@dataclass(frozen=True)
+class RelaysListed:
+    """The registry named another set of relays (added or dropped ones)."""
+
+
+RelaysEvent = HomeRelayChanged | TicketsPresented | RelaysListed
 
 
 @dataclass
@@ -84,9 +89,14 @@ class Relays:
         """Whether a peer is relayed now: the home relay is then attached to every
         ATTACH_ACTIVE_S, so that its death shows within seconds."""
         self.active = active
-        home = self._relays.get(self.home.endpoint) if self.home is not None else None
+        home = self._relays.get(self.home_endpoint) if self.home_endpoint else None
         if active and home is not None:
             home.attach_at_s = min(home.attach_at_s, now + ATTACH_ACTIVE_S)
+
+    @property
+    def home_endpoint(self) -> Endpoint | None:
+        """Where relayed datagrams go (None: through the registry)."""
+        return self.home.endpoint if self.home is not None else None
 
     def endpoints(self) -> set[Endpoint]:
         """The relays' addresses (datagrams from them go to `receive`)."""
@@ -95,6 +105,8 @@ class Relays:
     def update(self, relays: list[RelayInfo], now: float) -> None:
         """The relays the registry names now: attach to new ones at once, drop others."""
         wanted = {relay.endpoint: relay for relay in relays}
+        if {state.info for state in self._relays.values()} != set(wanted.values()):
+            self.events.append(RelaysListed())
         for endpoint in list(self._relays):
             if self._relays[endpoint].info != wanted.get(endpoint):
                 del self._relays[endpoint]

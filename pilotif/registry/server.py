@@ -55,6 +55,7 @@ from pilotif.registry.wire import (
     pack_key_reply,
     pack_relay,
     parse_endpoint,
+    stale_counter_reply,
 )
 from pilotif.relay.info import RelayInfo
 from pilotif.relay.tickets import TICKET_LIFETIME_S, issue_ticket, ticket_key
@@ -364,8 +365,7 @@ class RegistryCore:
         request_id = id_field(stale.message, "id")
         if request_id is None:
             return []
-        notice = error_reply("stale_counter", "the counter is not above the last one", "")
-        notice["floor"] = stale.floor
+        notice = stale_counter_reply(stale.floor)
         session = id_field(stale.message, "session")
         if session is not None:
             notice["session"] = session
@@ -581,6 +581,11 @@ class RegistryCore:
         while self._orphans and len(self._told) < ORPHANS_IN_FLIGHT:
             gone, record, session = self._orphans.pop()
             key = record.public_key
+            try:
+                endpoint = parse_endpoint(record.endpoint or "")
+            except ValueError:
+                self.counters["bad_endpoint"] += 1
+                continue
             self._told[key] = now
             notice: dict[str, Any] = {"op": "use_replica", "gone": gone}
             if session is not None:
@@ -588,11 +593,6 @@ class RegistryCore:
             if key not in self._channels:
                 # The channel its registration will need too, made from what we read.
                 self._remember(key, self._new_channel(key, record))
-            try:
-                endpoint = parse_endpoint(record.endpoint or "")
-            except ValueError:
-                self.counters["bad_endpoint"] += 1
-                continue
             outgoing.append((self._seal(key, notice), endpoint))
         self.counters["orphans_told"] += len(outgoing)
         return outgoing

@@ -242,6 +242,14 @@ def error_reply(code: str, error: str, hint: str) -> dict[str, Any]:
     return {"op": "reply", "ok": False, "code": code, "error": error, "hint": hint}
 
 
+def stale_counter_reply(floor: int) -> dict[str, Any]:
+    """The reply to a message whose counter was seen or lies below what we accept: the
+    sender goes above `floor` and sends it again."""
+    notice = error_reply("stale_counter", "the counter is not above the last one", "")
+    notice["floor"] = floor
+    return notice
+
+
 def pack_relay(peer_public: bytes, inner: BytesLike) -> bytes:
     """`0x51 0 0 0 | peer key | inner datagram`."""
     if len(peer_public) != KEY_SIZE:

@@ -34,6 +34,7 @@ from pilotif.registry.wire import (
     error_reply,
     id_field,
     pack_relay,
+    stale_counter_reply,
 )
 from pilotif.relay.tickets import check_ticket, ticket_key
 
@@ -169,8 +170,7 @@ class RelayCore:
         except StaleCounter as stale:
             # A node that restarted counts from below: tell it where to go above.
             self.counters["stale_counter"] += 1
-            notice = error_reply("stale_counter", "the counter is not above the last one", "")
-            answer = {**notice, "floor": stale.floor}
+            answer = stale_counter_reply(stale.floor)
             return [(datagram, source) for datagram in self._reply(channel, stale.message, answer)]
         except WireError as error:
             self.counters[error.reason] += 1

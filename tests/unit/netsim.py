@@ -193,10 +193,8 @@ class SimNode:
         self.device.events.clear()
         for event in self.core.events:
             if isinstance(event, RelaysChanged):
-                home = self.core.relays.home
-                self.framing.use_relays(
-                    home.endpoint if home is not None else None, self.core.relays.endpoints()
-                )
+                relays = self.core.relays
+                self.framing.use_relays(relays.home_endpoint, relays.endpoints())
         self.events += self.core.events
         self.core.events = []
 
