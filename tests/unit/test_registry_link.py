@@ -25,7 +25,7 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.registry.server import RegistryCore
 from pilotif.registry.store import Store
-from pilotif.registry.wire import ControlChannel
+from pilotif.registry.wire import COUNTER_LEASE, REPLICA_KEEPALIVE, ControlChannel
 
 REGISTRY: Endpoint = ("198.18.0.1", 9000)
 START_S = 1_700_000_000.0
@@ -225,8 +225,26 @@ def test_another_replica_asks_the_node_to_move_and_only_it_may(pair: Pair) -> No
     assert link.receive(sealer.seal(stale, 3), pair.now, REPLICA) == []
     link.request("lookup", {"query": "x"}, pair.now)
     link.outgoing.clear()
+    before = link.counter
     assert link.switch_to(REPLICA, pair.now) == SwitchedRegistry(REPLICA, REGISTRY)
     assert [to for _, to in link.outgoing] == [REPLICA]
+    # Above any floor the silent replica stored for us (a lease COUNTER_LEASE ahead).
+    assert link.counter > before + COUNTER_LEASE
+
+
+def test_a_node_keeps_its_nat_open_to_the_replicas_it_does_not_talk_to(pair: Pair) -> None:
+    private = generate_private_key()
+    link = RegistryLink(
+        private, REGISTRY, pair.core.public_key, first_counter=1, replicas=(REPLICA,)
+    )
+    link.keep_others_open()
+    assert link.outgoing == [(REPLICA_KEEPALIVE, REPLICA)]
+    # The registry counts it and answers nothing: it amplifies nothing.
+    assert pair.core.handle_datagram(REPLICA_KEEPALIVE, ALICE, pair.now) == []
+    assert pair.core.counters["replica_keepalives"] == 1
+    lone = pair.link(private)
+    lone.keep_others_open()
+    assert lone.outgoing == []
 
 
 def _b64(private: bytes) -> str:
