@@ -1,8 +1,6 @@
-"""The daemon: the I/O shell that joins the TUN, the UDP sockets and the timers to the
-sans-IO overlay core, and answers the control socket.
-
-It reads a batch of packets per wake-up, hands each to the core with the current
-monotonic time, then flushes what the core produced and re-arms a single timer.
+"""The daemon: starts and stops one interface (its UDP port, the registry join, the TUN
+and its link, the servers on the overlay address), wires the packet pump (datapath.py)
+to the cores, and answers the control socket.
 """
 
 import asyncio
@@ -10,7 +8,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import AsyncGenerator
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_interface
@@ -21,14 +18,7 @@ from pilotif.bind import Bind, endpoint_text
 from pilotif.config import InterfaceConfig
 from pilotif.control import Reply, Request, serve_control
 from pilotif.counter_lease import CounterLease
-from pilotif.dns import (
-    DnsResponder,
-    DnsServer,
-    NameTable,
-    ResolverConfig,
-    ResolverError,
-    serve_dns,
-)
+from pilotif.datapath import DataPath
 from pilotif.identity import IPV6_PREFIX, StateFileError, write_private_file
 from pilotif.keys import encode_key
 from pilotif.logs import log_event
@@ -52,19 +42,11 @@ from pilotif.observe import (
 from pilotif.observe.publisher import EventPublisher
 from pilotif.overlay.constants import TRANSPORT_MIN_SIZE
 from pilotif.overlay.device import Device
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.events import (
-    Endpoint,
-    Event,
-)
+from pilotif.overlay.events import Endpoint, Event
+from pilotif.overlay_servers import OverlayServers
 from pilotif.paths import StatePaths
 from pilotif.registry.wire import format_endpoint
-from pilotif.services.commands import SERVICE_COMMANDS, ServiceCommands
-from pilotif.services.files import ReceivedFile, ReceivedFiles
-from pilotif.services.inbox import Inbox, Message
-from pilotif.services.server import AgentServices
-from pilotif.services.task_service import TaskService
-from pilotif.services.tasks import TaskStore
+from pilotif.services.commands import SERVICE_COMMANDS
 from pilotif.tun import (
     Ipv6UnavailableError,
     LinkError,
@@ -75,19 +57,11 @@ from pilotif.tun import (
     limit_gso_segments,
     link_exists,
 )
-from pilotif.tun.offload import READ_ARENA_BYTES, TunBatch, enable_offloads
+from pilotif.tun.offload import TunBatch, enable_offloads
 from pilotif.underlay import UnderlayError, resolve_endpoint, resolve_endpoints
-from pilotif.underlay_batch import RECEIVE_BUFFER_BYTES, segments_per_send
+from pilotif.underlay_batch import segments_per_send
 
 DEFAULT_MTU = 1420
-READ_BATCH_PACKETS = 64
-"""TUN packets read, and encrypted as one batch, before they are sent."""
-READ_ROUNDS = 8
-"""Batches of TUN packets, or UDP receives, handled per wake-up."""
-DNS_PORT = 53
-NETWORK_SETTLE_S = 0.3
-"""How long after a change of this host's addresses or routes the node acts (changes come
-in bursts: an address, then its routes)."""
 
 
 class StartupError(Exception):
@@ -125,30 +99,17 @@ class Daemon:
         self._bind: Bind | None = None
         self._tso_max_segments: int | None = None
         """The cap on segments per TSO super-packet (one UDP GSO send), if the kernel took it."""
-        self._sealed = memoryview(bytearray(2 * READ_ARENA_BYTES))
-        """Where a batch of TUN packets is encrypted, until it is sent."""
-        self._plaintexts = memoryview(bytearray(RECEIVE_BUFFER_BYTES))
-        """Where the datagrams of one UDP receive are decrypted, until written to the TUN."""
+        self._datapath: DataPath | None = None
         self._stopping: asyncio.Event | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_deadline: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._dns_responder = DnsResponder(NameTable())
-        self._dns: DnsServer | None = None
-        self._services: AgentServices | None = None
-        self._service_commands: ServiceCommands | None = None
-        self._resolver: ResolverConfig | None = None
-        self._names_version = -1
         self.events = EventBus()
         """Peer, path, trust and registry events for `pilotif events` and the webhook."""
         self.publisher = EventPublisher(self.events)
+        self._servers = OverlayServers(paths, interface, self.events)
         self._metrics = metrics
         self._metrics_server: asyncio.AbstractServer | None = None
         self._webhook = Webhook(webhook, self.events) if webhook is not None else None
         self._netwatch: NetworkWatch | None = None
-        self._network_settling: asyncio.TimerHandle | None = None
         self._network_task: asyncio.Future[None] | None = None
-        self._network_changes: list[str] = []
 
     # -- start and stop ------------------------------------------------------------
 
@@ -162,7 +123,6 @@ class Daemon:
 
     async def _main(self, ready_fd: int | None) -> None:
         loop = asyncio.get_running_loop()
-        self._loop = loop
         self._stopping = asyncio.Event()
         try:
             await self._start()
@@ -180,7 +140,7 @@ class Daemon:
             if isinstance(error, RegistryError) and error.hint:
                 message += f" ({error.hint})"
             raise StartupError(message) from error
-        assert self._tun is not None and self._bind is not None
+        assert self._datapath is not None and self._bind is not None
         server = await serve_control(
             self.paths.control_socket, self._handle_request, {"events": self._event_stream}
         )
@@ -203,7 +163,7 @@ class Daemon:
                 mtu=self.mtu,
                 peers=len(self.device.peers()),
             )
-            self._flush(time.monotonic())
+            self._datapath.flush(time.monotonic())
             if ready_fd is not None:
                 os.write(ready_fd, b"ready\n")
                 os.close(ready_fd)
@@ -214,15 +174,12 @@ class Daemon:
                 self._metrics_server.close()
             if self._webhook is not None:
                 await self._webhook.close()
-            if self._timer is not None:
-                self._timer.cancel()
             if self.node is not None:
                 self.node.close()
             if self._netwatch is not None:
                 self._netwatch.close()
-            for fd in [self._tun.fileno()] + [s.fileno() for s in self._bind.sockets()]:
-                loop.remove_reader(fd)
-            self._stop_overlay_servers()
+            self._datapath.close()
+            self._servers.close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.control_socket.unlink()
             with contextlib.suppress(FileNotFoundError):
@@ -245,8 +202,7 @@ class Daemon:
             registries = _registry_endpoints(self.node_options)
             snapshot = cache.load()
         self._bind = self._open_bind(registries, snapshot)
-        for sock in self._bind.sockets():
-            loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
+        self._datapath = DataPath(self.device, self._bind, loop, self._on_event)
         routes = [network for peer in self.config.peers for network in peer.allowed_ips]
         node = None
         if self.node_options is not None and registries:
@@ -258,8 +214,8 @@ class Daemon:
                 ip_interface(f"{core.ipv6}/{IPV6_PREFIX.prefixlen}"),
             ]
         await loop.run_in_executor(None, self._open_tun, routes)
-        assert self._tun is not None
-        loop.add_reader(self._tun.fileno(), self._on_tun_readable)
+        assert self._tun_io is not None
+        self._datapath.start_tun(self._tun_io)
         for peer, endpoint in static_peers:
             self.device.add_peer(
                 peer.public_key,
@@ -273,9 +229,7 @@ class Daemon:
             self._apply_static_policy()
         if node is not None:
             await node.synced()
-            self._update_names()
-            await self._start_dns(node.core)
-            await self._start_services(node.core)
+            await self._servers.start(node.core, self.addresses)
             self._netwatch = NetworkWatch(self.interface, loop, self._on_network_change)
         if self._metrics is not None:
             collector = NodeCollector(self.metrics_sample)
@@ -297,7 +251,7 @@ class Daemon:
                 log_event("registry_pin_replaced", key=encode_key(options.registry_key))
             trust.registry_key = options.registry_key
             files.save(trust)
-        assert self._bind is not None
+        assert self._bind is not None and self._datapath is not None
         port = self._bind.port
         lan = await loop.run_in_executor(None, local_endpoints, port, self.interface)
         lease = CounterLease(self.paths.control_counter)
@@ -319,7 +273,7 @@ class Daemon:
             self._policy_files,
             listen_port=port,
             send=self._bind.send_control,
-            flush=self._flush,
+            flush=self._datapath.flush,
             on_event=self._on_event,
         )
         self.publisher.node = core
@@ -341,23 +295,15 @@ class Daemon:
             return
         log_event("policy_reloaded")
 
-    def _on_network_change(self, what: str) -> None:
-        """An address or the default route of this host changed: act once they settle."""
-        self._network_changes.append(what)
-        if self._network_settling is None:
-            assert self._loop is not None
-            self._network_settling = self._loop.call_later(NETWORK_SETTLE_S, self._settled)
+    def _on_network_change(self, changes: list[str]) -> None:
+        """Addresses or the default route of this host changed (they settled)."""
+        self._network_task = asyncio.ensure_future(self._network_changed(changes))
 
-    def _settled(self) -> None:
-        self._network_task = asyncio.ensure_future(self._network_changed())
-
-    async def _network_changed(self) -> None:
-        self._network_settling = None
+    async def _network_changed(self, changes: list[str]) -> None:
         if self.node is None or self._bind is None:
             return
         loop = asyncio.get_running_loop()
         lan = await loop.run_in_executor(None, local_endpoints, self._bind.port, self.interface)
-        changes, self._network_changes = self._network_changes, []
         log_event("network_changed", lan=",".join(lan), changes=", ".join(changes))
         now = time.monotonic()
         self.node.core.network_changed(lan, now)
@@ -396,89 +342,6 @@ class Daemon:
             if limit_gso_segments(self.interface, segments):
                 self._tso_max_segments = segments
 
-    async def _start_dns(self, node: NodeCore) -> None:
-        """Serve `.pilot` names on our overlay address and point the resolver at it.
-        Names are a convenience: a failure is logged and `up` carries on without them."""
-        address = str(node.ipv4)
-        resolver = ResolverConfig(self.paths.root)
-        try:
-            self._dns = await serve_dns(
-                self._dns_responder, [(address, DNS_PORT)], resolver.original_nameservers()
-            )
-        except (OSError, ResolverError) as error:
-            log_event("dns_unavailable", level=logging.WARNING, error=str(error))
-            return
-        if not node.options.accept_dns:
-            return
-        try:
-            resolver.apply(self.interface, address, [a.network for a in self.addresses])
-        except (OSError, ResolverError) as error:
-            log_event("resolver_not_configured", level=logging.WARNING, error=str(error))
-            return
-        self._resolver = resolver
-        log_event("dns_configured", nameserver=address, domain="pilot")
-
-    async def _start_services(self, node: NodeCore) -> None:
-        """The agent services on our overlay address (docs/AGENTS.md); like names, a
-        convenience: a failure is logged and `up` carries on without them."""
-
-        def peer_of(address: str) -> str | None:
-            if address in (str(node.ipv4), str(node.ipv6)):
-                return node.options.hostname  # this node, using its own services
-            peer = node.find_peer(address)
-            return None if peer is None else peer.hostname
-
-        def trusted(text: str) -> tuple[str, str] | None:
-            peer = node.find_peer(text)
-            return None if peer is None else (peer.hostname, str(peer.ipv4))
-
-        def received(message: Message) -> None:
-            self.events.publish(
-                "message_received", peer=message.sender, id=message.id, text=message.text
-            )
-
-        def file_received(file: ReceivedFile) -> None:
-            self.events.publish(
-                "file_received", peer=file.sender, id=file.id, name=file.name, size=file.size
-            )
-
-        try:
-            files = ReceivedFiles(self.paths.root)
-        except OSError as error:
-            log_event("services_unavailable", level=logging.WARNING, error=str(error))
-            return
-
-        def address_of(hostname: str) -> str | None:
-            found = trusted(hostname)
-            return None if found is None else found[1]
-
-        tasks = TaskService(TaskStore(self.paths.root), address_of)
-        services = AgentServices(
-            Inbox(self.paths.root), files, tasks, peer_of, received, file_received
-        )
-        try:
-            await services.start(str(node.ipv4))
-        except OSError as error:
-            log_event("services_unavailable", level=logging.WARNING, error=str(error))
-            return
-        self._services = services
-        self._service_commands = ServiceCommands(services, trusted)
-        tasks.start()
-
-    def _stop_overlay_servers(self) -> None:
-        """The DNS responder (and the resolver it edited) and the agent services."""
-        if self._resolver is not None:
-            with contextlib.suppress(OSError, ResolverError):
-                self._resolver.restore()
-            self._resolver = None
-        if self._dns is not None:
-            self._dns.close()
-            self._dns = None
-        if self._services is not None:
-            self._services.tasks.close()
-            self._services.close()
-            self._services = None
-
     def _close(self) -> None:
         if self._tun is not None:
             self._tun.close()
@@ -488,102 +351,6 @@ class Daemon:
         if self._bind is not None:
             self._bind.close()
             self._bind = None
-
-    # -- data path -----------------------------------------------------------------
-
-    def _on_tun_readable(self) -> None:
-        assert self._tun_io is not None
-        read_many = self._tun_io.read_many
-        send_packets = self.device.send_packets
-        sealed = self._sealed
-        now = time.monotonic()
-        for _ in range(READ_ROUNDS):
-            packets = read_many(READ_BATCH_PACKETS)
-            if packets:
-                send_packets(packets, now, sealed)
-                self._flush(now)
-            if self._tun_io.drained:
-                break
-
-    def _on_udp_readable(self, sock: socket.socket) -> None:
-        assert self._bind is not None
-        bind = self._bind
-        receive_segments = self.device.receive_segments
-        plaintexts = self._plaintexts
-        now = time.monotonic()
-        for _ in range(READ_ROUNDS):
-            received = bind.receive(sock)
-            if received is None:
-                break
-            buffer, segment_size, source = received
-            if not bind.is_registry(source):
-                if bind.is_opener(buffer):
-                    continue
-                receive_segments(buffer, segment_size, source, now, plaintexts)
-                self._write_tun()
-                continue
-            sorted_ = bind.split_registry(buffer, segment_size, source)
-            for data, endpoint in sorted_.wireguard:
-                self.device.receive_datagram(data, endpoint, now)
-            if sorted_.control and self.node is not None:
-                for data in sorted_.control:
-                    self.node.receive_control(data, now, source)
-                self.node.after_input(now)
-        self._flush(now)
-        if self._tun_io is not None:
-            # What we wrote may have made the kernel answer at once (a TCP ACK): take
-            # it now rather than after another trip through the event loop.
-            self._on_tun_readable()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_deadline = None
-        now = time.monotonic()
-        self.device.handle_timers(now)
-        self._flush(now)
-
-    def _flush(self, now: float) -> None:
-        """Send and write what the cores produced, log their events, re-arm the timers."""
-        if self.node is not None and self.node.core.has_output:
-            self.node.drain()
-        device = self.device
-        if device.outgoing:
-            failed = self._bind.send(device.outgoing) if self._bind else len(device.outgoing)
-            device.outgoing.clear()
-            if failed:
-                device.drops[DropReason.SEND_FAILED] += failed
-        self._write_tun()
-        if device.events:
-            events, device.events = device.events, []
-            for event in events:
-                self._on_event(event)
-        self._rearm_timer()
-
-    def _write_tun(self) -> None:
-        """Write the decrypted packets to the TUN (they may point into `_plaintexts`)."""
-        device = self.device
-        if device.to_tun:
-            if self._tun_io is not None:
-                device.drops[DropReason.TUN_WRITE_FAILED] += self._tun_io.write(device.to_tun)
-            device.to_tun.clear()
-
-    def _rearm_timer(self) -> None:
-        """Make the timer fire by the core's next deadline.
-
-        An armed timer that fires no later than that stays: when it fires early, the
-        core finds nothing due and the timer is armed again for the real deadline. Data
-        moves the deadlines on every packet; cancelling and re-arming each time cost
-        more than the occasional early wake-up.
-        """
-        deadline = self.device.next_timer()
-        armed = self._timer_deadline
-        if deadline is None or (armed is not None and armed <= deadline):
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_deadline = deadline
-        if self._loop is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
 
     # -- events and metrics ----------------------------------------------------------
 
@@ -598,14 +365,8 @@ class Daemon:
             assert self._bind is not None
             relays = self.node.core.relays
             self._bind.use_relays(relays.home_endpoint, relays.endpoints())
-        if self.node is not None and self.node.core.peers_version != self._names_version:
-            self._update_names()
-
-    def _update_names(self) -> None:
-        """Point the DNS table at the node's trusted peers."""
         if self.node is not None:
-            self._names_version = self.node.core.peers_version
-            self._dns_responder.table.update(self.node.core.names())
+            self._servers.update_names(self.node.core)
 
     def _path_of(self, key: bytes) -> str:
         if self.node is not None:
@@ -652,20 +413,21 @@ class Daemon:
             self._stopping.set()
             return {"ok": True}
         if command in SERVICE_COMMANDS:
-            if self._service_commands is None:
+            if self._servers.commands is None:
                 return {
                     "ok": False,
                     "error": "the agent services are not running here",
                     "code": "no_services",
                     "hint": "they run on nodes joined to a registry; see the daemon's log",
                 }
-            return await self._service_commands.handle(request)
+            return await self._servers.commands.handle(request)
         if self.node is not None:
             reply = await self.node.command(request)
             for peer in reply.get("peers", []):
                 latest = peer.pop("last_handshake_s")
                 peer["last_handshake"] = None if latest is None else latest + self._wall_offset()
-            self._flush(time.monotonic())
+            if self._datapath is not None:
+                self._datapath.flush(time.monotonic())
             return reply
         return {
             "ok": False,

@@ -4,7 +4,8 @@ Other messages (links, neighbours, the overlay's own routes) say nothing about w
 the node is, and some come often.
 
 pyroute2's calls block and run an event loop of their own, so the watch runs in a thread
-of its own and hands each batch of changes to `on_change` on the daemon's loop.
+of its own and hands the changes to the daemon's loop, which waits for them to settle
+(they come in bursts: an address, then its routes) and calls `on_change` once a burst.
 """
 
 import asyncio
@@ -18,18 +19,25 @@ _ADDRESS_CHANGES: Final = frozenset({"RTM_NEWADDR", "RTM_DELADDR"})
 _ROUTE_CHANGES: Final = frozenset({"RTM_NEWROUTE", "RTM_DELROUTE"})
 _MAIN_TABLE: Final = 254
 _SCOPE_LINK: Final = 253
+SETTLE_S: Final = 0.3
+"""How long after the first change of a burst the node acts."""
 
 
 class NetworkWatch:
-    """Calls `on_change(what)` on `loop` after an address of an interface other than
-    `overlay`, or a default route, changed."""
+    """Calls `on_change(changes)` on `loop` once addresses of interfaces other than
+    `overlay`, or default routes, changed: SETTLE_S after the first change of a burst."""
 
     def __init__(
-        self, overlay: str, loop: asyncio.AbstractEventLoop, on_change: Callable[[str], None]
+        self,
+        overlay: str,
+        loop: asyncio.AbstractEventLoop,
+        on_change: Callable[[list[str]], None],
     ) -> None:
         self._overlay = overlay
         self._loop = loop
         self._on_change = on_change
+        self._changes: list[str] = []
+        self._settling: asyncio.TimerHandle | None = None
         self._ipr: IPRoute | None = None
         self._overlay_index: int | None = None
         self._stopping = False
@@ -50,7 +58,17 @@ class NetworkWatch:
                 return
             for message in messages:
                 if self._relevant(message):
-                    self._loop.call_soon_threadsafe(self._on_change, _describe(message))
+                    self._loop.call_soon_threadsafe(self._changed, _describe(message))
+
+    def _changed(self, what: str) -> None:
+        self._changes.append(what)
+        if self._settling is None:
+            self._settling = self._loop.call_later(SETTLE_S, self._settled)
+
+    def _settled(self) -> None:
+        self._settling = None
+        changes, self._changes = self._changes, []
+        self._on_change(changes)
 
     def _relevant(self, message: Any) -> bool:
         event = message.get("event")
@@ -67,6 +85,8 @@ class NetworkWatch:
         """Stop watching: the thread ends at its next message (it is a daemon thread, so
         it never holds the process up)."""
         self._stopping = True
+        if self._settling is not None:
+            self._settling.cancel()
 
 
 def _describe(message: Any) -> str:
