@@ -277,6 +277,7 @@ class Daemon:
             on_event=self._on_event,
         )
         self.publisher.node = core
+        self._datapath.node = self.node
         await self.node.join(snapshot)
         return self.node
 
