@@ -149,6 +149,14 @@ class Bind(RelayFraming):
                 direct.append((datagram, endpoint))
         return failed + (self._batch.send(direct) if direct else 0)
 
+    def send_train(self, train: memoryview, size: int, endpoint: PeerEndpoint) -> int:
+        """Send a GSO train (datagrams of `size` bytes back to back, the last may be
+        shorter) to one peer endpoint; the number refused."""
+        if not isinstance(endpoint, RelayEndpoint):
+            return self._batch.send_buffer(train, size, endpoint)
+        datagrams = [train[start : start + size] for start in range(0, len(train), size)]
+        return sum(not self._send_relayed(datagram, endpoint) for datagram in datagrams)
+
     def send_control(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> int:
         """Send control datagrams one by one; the number refused."""
         return sum(not self._sockets.send(datagram, to) for datagram, to in datagrams)

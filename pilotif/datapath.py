@@ -16,7 +16,7 @@ from pilotif.node.adapter import NodeRunner
 from pilotif.overlay.device import Device
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import Event
-from pilotif.tun.offload import READ_ARENA_BYTES, TunBatch
+from pilotif.tun.offload import READ_ARENA_BYTES, SuperPacket, TunBatch
 from pilotif.underlay_batch import RECEIVE_BUFFER_BYTES
 
 READ_BATCH_PACKETS = 64
@@ -71,12 +71,19 @@ class DataPath:
     def _on_tun_readable(self) -> None:
         assert self.tun_io is not None
         tun_io = self.tun_io
-        read_many = tun_io.read_many
+        read_batch = tun_io.read_batch
         send_packets = self.device.send_packets
+        send_super = self.device.send_super
         sealed = self._sealed
         now = time.monotonic()
         for _ in range(READ_ROUNDS):
-            packets = read_many(READ_BATCH_PACKETS)
+            packets = read_batch(READ_BATCH_PACKETS)
+            if isinstance(packets, SuperPacket):
+                header = packets.header
+                if send_super(packets.packet, header.csum_start, header.gso_size, now, sealed):
+                    self.flush(now)
+                    continue
+                packets = tun_io.split(packets)
             if packets:
                 send_packets(packets, now, sealed)
                 self.flush(now)
@@ -129,6 +136,10 @@ class DataPath:
             device.outgoing.clear()
             if failed:
                 device.drops[DropReason.SEND_FAILED] += failed
+        if device.trains:
+            for train, size, endpoint in device.trains:
+                device.drops[DropReason.SEND_FAILED] += self.bind.send_train(train, size, endpoint)
+            device.trains.clear()
         self._write_tun()
         if device.events:
             events, device.events = device.events, []

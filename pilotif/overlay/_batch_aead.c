@@ -1,10 +1,12 @@
 /*
- * The two loops of pilotif's data plane that run native: sealing a run of packets for
- * one session, and opening a batch of WireGuard transport messages (one GRO receive of
- * one session), with ChaCha20-Poly1305 through OpenSSL's EVP interface and the GIL
- * released, so that the crypto of one batch may run while Python does something else
- * (and costs less than one call into `cryptography` per packet). The protocol stays in
- * Python: headers, counters, padding lengths and offsets are decided there.
+ * The loops of pilotif's data plane that run native: sealing a run of packets for one
+ * session, sealing the segments of one TCP super-packet (what the TUN hands over with
+ * TSO) as they are cut, and opening a batch of WireGuard transport messages (one GRO
+ * receive of one session), with ChaCha20-Poly1305 through OpenSSL's EVP interface and
+ * the GIL released, so that the crypto of one batch may run while Python does something
+ * else (and costs less than one call into `cryptography` per packet). The protocol stays
+ * in Python: which session, which counters, and whether a batch may go this way at all
+ * are decided there.
  *
  * pilotif.overlay.batch_aead wraps it and holds the pure-Python equivalent, which is
  * used when this module was not built (or PILOTIF_PURE_PYTHON is set).
@@ -12,11 +14,23 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
+#include <stdint.h>
 #include <string.h>
 
 #define KEY_SIZE 32
 #define TAG_SIZE 16
 #define NONCE_SIZE 12
+#define TRANSPORT_HEADER_SIZE 16
+#define MESSAGE_TRANSPORT 4
+#define PADDING_MULTIPLE 16
+#define MAX_SEGMENTS 128
+#define IPV4_MIN_HEADER 20
+#define IPV6_HEADER 40
+#define TCP_MIN_HEADER 20
+#define TCP_FIN 0x01
+#define TCP_PSH 0x08
+#define TCP_CWR 0x80
+#define ONES 0xFFFFu
 
 /* WireGuard's nonce: 4 zero bytes, then the counter little-endian. */
 static void counter_nonce(unsigned char *nonce, unsigned long long counter) {
@@ -215,9 +229,201 @@ done:
     return result;
 }
 
+static void put_le32(unsigned char *p, uint32_t value) {
+    for (int i = 0; i < 4; i++) {
+        p[i] = (unsigned char)(value >> (8 * i));
+    }
+}
+
+static void put_be16(unsigned char *p, unsigned value) {
+    p[0] = (unsigned char)(value >> 8);
+    p[1] = (unsigned char)value;
+}
+
+static void put_be32(unsigned char *p, uint32_t value) {
+    for (int i = 0; i < 4; i++) {
+        p[i] = (unsigned char)(value >> (24 - 8 * i));
+    }
+}
+
+static uint32_t get_be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The ones' complement sum of big-endian 16-bit words (a last odd byte padded with zero),
+ * modulo 0xFFFF. Summed in the machine's own order eight bytes at a time (2^16 is 1
+ * modulo 0xFFFF, so wider words add up the same), then moved to big-endian order:
+ * swapping the bytes of a 16-bit sum is multiplying it by 256, modulo 0xFFFF. */
+static uint64_t sum_words(const unsigned char *p, size_t n) {
+    uint64_t sum = 0;
+    while (n >= 8) {
+        uint64_t word;
+        memcpy(&word, p, 8);
+        sum += (word & 0xFFFFFFFFu) + (word >> 32);
+        p += 8;
+        n -= 8;
+    }
+    while (n >= 2) {
+        uint16_t word;
+        memcpy(&word, p, 2);
+        sum += word;
+        p += 2;
+        n -= 2;
+    }
+    const uint16_t probe = 1;
+    int little = *(const unsigned char *)&probe == 1;
+    if (n) {
+        sum += little ? p[0] : (uint64_t)p[0] << 8;
+    }
+    sum %= ONES;
+    return little ? sum * 256 % ONES : sum;
+}
+
+/* A checksum field for a sum: a sum that is a multiple of 0xFFFF gives 0xFFFF, never 0
+ * (the other ones' complement zero, as pilotif.tun.offload writes it). */
+static unsigned checksum_of(uint64_t sum) { return ONES - (unsigned)(sum % ONES); }
+
+PyDoc_STRVAR(seal_tso_doc,
+"seal_tso(key, first_counter, receiver_index, packet, transport_start, segment_payload,\n"
+"         mtu, out) -> (count, datagram_size, total)\n\n"
+"Cut a TCP super-packet (IPv4 or IPv6 headers once, then the payload of every segment,\n"
+"as the TUN hands it over with TSO) into segments of `segment_payload` payload bytes and\n"
+"seal each, as it is cut, into a WireGuard transport message to `receiver_index` with\n"
+"counter first_counter + i, back to back in `out`. Each segment gets its own IPv4 total\n"
+"length, ID (one more a segment) and header checksum (IPv6: payload length), TCP\n"
+"sequence number (FIN and PSH only on the last, CWR only on the first) and full TCP\n"
+"checksum, then zeros to a multiple of 16 bytes (not past `mtu`). Every datagram but the\n"
+"last is `datagram_size` bytes; `total` bytes were written. ValueError when the headers\n"
+"do not describe the packet or `out` is too small.");
+
+static PyObject *seal_tso(PyObject *self, PyObject *args) {
+    Py_buffer key, input, output;
+    unsigned long long first;
+    unsigned long receiver;
+    Py_ssize_t start, gso_size, mtu;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*Kky*nnnw*", &key, &first, &receiver, &input, &start,
+                          &gso_size, &mtu, &output)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const unsigned char *packet = input.buf;
+    Py_ssize_t length = input.len;
+    const char *problem = NULL;
+    int version = length > 0 ? packet[0] >> 4 : 0;
+    Py_ssize_t ip_len = version == 4 ? (packet[0] & 0x0F) * 4 : IPV6_HEADER;
+    Py_ssize_t header_len = 0, payload_len = 0, count = 0, full_size = 0, last_size = 0;
+    Py_ssize_t datagram = 0, total = 0;
+    if (key.len != KEY_SIZE) {
+        problem = "the key is 32 bytes";
+    } else if ((version != 4 && version != 6) || ip_len < IPV4_MIN_HEADER || start < ip_len ||
+               gso_size < 1 || mtu < 1 || mtu > 65535 || receiver > 0xFFFFFFFFul ||
+               length <= start + TCP_MIN_HEADER) {
+        problem = "not a TCP super-packet";
+    } else {
+        header_len = start + (packet[start + 12] >> 4) * 4;
+        payload_len = length - header_len;
+        count = payload_len > 0 ? (payload_len + gso_size - 1) / gso_size : 0;
+        full_size = header_len + gso_size;
+        last_size = header_len + (payload_len - (count - 1) * gso_size);
+        if (header_len < start + TCP_MIN_HEADER || payload_len <= 0 || count > MAX_SEGMENTS ||
+            full_size > mtu || full_size > 65535) {
+            problem = "not a TCP super-packet";
+        }
+    }
+    if (problem == NULL) {
+        Py_ssize_t padded = full_size + (-full_size & (PADDING_MULTIPLE - 1));
+        Py_ssize_t last_padded = last_size + (-last_size & (PADDING_MULTIPLE - 1));
+        padded = padded <= mtu ? padded : mtu;
+        last_padded = last_padded <= mtu ? last_padded : mtu;
+        datagram = TRANSPORT_HEADER_SIZE + padded + TAG_SIZE;
+        total = (count - 1) * datagram + TRANSPORT_HEADER_SIZE + last_padded + TAG_SIZE;
+        if (total > output.len) {
+            problem = "the output buffer is too small";
+        }
+    }
+    if (problem != NULL) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        goto done;
+    }
+    int failed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL ||
+        !EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key.buf, NULL)) {
+        failed = 1;
+    }
+    /* The pseudo-header's addresses and protocol; its length goes per segment. */
+    uint64_t pseudo = version == 4 ? sum_words(packet + 12, 8) : sum_words(packet + 8, 32);
+    pseudo += 6;
+    unsigned first_id = version == 4 ? (unsigned)(packet[4] << 8 | packet[5]) : 0;
+    uint32_t first_seq = get_be32(packet + start + 4);
+    unsigned char flags = packet[start + 13];
+    unsigned char nonce[NONCE_SIZE];
+    const unsigned char *payload = packet + header_len;
+    for (Py_ssize_t row = 0; !failed && row < count; row++) {
+        int last = row == count - 1;
+        Py_ssize_t size = last ? last_size : full_size;
+        Py_ssize_t padded = size + (-size & (PADDING_MULTIPLE - 1));
+        padded = padded <= mtu ? padded : mtu;
+        unsigned char *message = (unsigned char *)output.buf + row * datagram;
+        unsigned char *text = message + TRANSPORT_HEADER_SIZE;
+        put_le32(message, MESSAGE_TRANSPORT);
+        put_le32(message + 4, (uint32_t)receiver);
+        for (int i = 0; i < 8; i++) {
+            message[8 + i] = (unsigned char)((first + (unsigned long long)row) >> (8 * i));
+        }
+        memcpy(text, packet, (size_t)header_len);
+        memcpy(text + header_len, payload + row * gso_size, (size_t)(size - header_len));
+        memset(text + size, 0, (size_t)(padded - size));
+        if (version == 4) {
+            put_be16(text + 2, (unsigned)size);
+            put_be16(text + 4, (first_id + (unsigned)row) & ONES);
+            put_be16(text + 10, 0);
+            put_be16(text + 10, checksum_of(sum_words(text, (size_t)ip_len)));
+        } else {
+            put_be16(text + 4, (unsigned)(size - IPV6_HEADER));
+        }
+        unsigned char *tcp = text + start;
+        put_be32(tcp + 4, first_seq + (uint32_t)(row * gso_size));
+        unsigned char segment_flags = flags & (unsigned char)~(TCP_FIN | TCP_PSH | TCP_CWR);
+        if (row == 0) {
+            segment_flags |= flags & TCP_CWR;
+        }
+        if (last) {
+            segment_flags |= flags & (TCP_FIN | TCP_PSH);
+        }
+        tcp[13] = segment_flags;
+        put_be16(tcp + 16, 0);
+        uint64_t sum = sum_words(tcp, (size_t)(size - start)) + pseudo + (uint64_t)(size - start);
+        put_be16(tcp + 16, checksum_of(sum));
+        int written = 0;
+        counter_nonce(nonce, first + (unsigned long long)row);
+        if (!EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) ||
+            !EVP_EncryptUpdate(ctx, text, &written, text, (int)padded) ||
+            !EVP_EncryptFinal_ex(ctx, text + written, &written) ||
+            !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, text + padded)) {
+            failed = 1;
+        }
+    }
+    EVP_CIPHER_CTX_free(ctx);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_SetString(PyExc_RuntimeError, "OpenSSL failed to seal");
+        goto done;
+    }
+    result = Py_BuildValue("nnn", count, datagram, total);
+done:
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&input);
+    PyBuffer_Release(&output);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"open_rows", open_rows, METH_VARARGS, open_rows_doc},
     {"seal_rows", seal_rows, METH_VARARGS, seal_rows_doc},
+    {"seal_tso", seal_tso, METH_VARARGS, seal_tso_doc},
     {NULL, NULL, 0, NULL},
 };
 

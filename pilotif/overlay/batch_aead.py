@@ -1,7 +1,8 @@
 """Sealing a run of packets and opening a batch of transport messages at once: the
 native loops (`pilotif.overlay._batch_aead`, built from C by `pip install` when a
 compiler and OpenSSL's headers are there) or, without them, the same in Python through
-`cryptography`.
+`cryptography`. Sealing a TCP super-packet as it is cut (`seal_tso`) is native only:
+without it the caller cuts the packet (pilotif.tun.offload.split_gso) and seals the run.
 
 `PILOTIF_PURE_PYTHON=1` in the environment makes every process use the Python loop (CI
 runs the unit tests both ways).
@@ -26,6 +27,8 @@ OpenRows = Callable[[bytes, int, BytesLike, int, int, int, int, memoryview], lis
 SealRows = Callable[
     [bytes, int, Sequence[BytesLike], Sequence[int], Sequence[int], int, memoryview], None
 ]
+
+SealTso = Callable[[bytes, int, int, BytesLike, int, int, int, memoryview], tuple[int, int, int]]
 
 
 def _open_rows_python(
@@ -97,14 +100,18 @@ def _seal_rows_python(
         encrypt(pack_nonce(first_counter + row), text, None, out[start : start + padded + _TAG])
 
 
-def _native() -> tuple[OpenRows, SealRows] | None:
+def _native() -> tuple[OpenRows, SealRows, SealTso] | None:
     if os.environ.get(PURE_PYTHON_ENV):
         return None
     try:
         from pilotif.overlay import _batch_aead  # type: ignore[attr-defined]
     except ImportError:
         return None
-    native: tuple[OpenRows, SealRows] = (_batch_aead.open_rows, _batch_aead.seal_rows)
+    native: tuple[OpenRows, SealRows, SealTso] = (
+        _batch_aead.open_rows,
+        _batch_aead.seal_rows,
+        _batch_aead.seal_tso,
+    )
     return native
 
 
@@ -120,3 +127,8 @@ seal_rows: Final[SealRows] = _LOOPS[1] if _LOOPS else _seal_rows_python
 """For each packet i: copy it to out[offsets[i] + header_size:], zero-pad it to
 padded_sizes[i] bytes, encrypt it there with counter first_counter + i and write the
 16-byte tag after it (the headers are the caller's)."""
+seal_tso: Final[SealTso | None] = _LOOPS[2] if _LOOPS else None
+"""Cut a TCP super-packet into segments and seal each as it is cut, back to back in
+`out`: (key, first_counter, receiver_index, packet, transport_start, segment_payload,
+mtu, out) -> (count, datagram_size, total); see the native docstring. None without the
+native loops."""

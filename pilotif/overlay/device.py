@@ -26,11 +26,12 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
-from pilotif.overlay.batch_aead import open_rows, seal_rows
+from pilotif.overlay.batch_aead import open_rows, seal_rows, seal_tso
 from pilotif.overlay.constants import (
     AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
     KEEPALIVE_TIMEOUT_S,
+    MAX_GSO_SEGMENTS,
     MAX_RETIRED_KEYPAIRS,
     MAX_STAGED_PACKETS,
     MESSAGE_COOKIE_REPLY,
@@ -146,6 +147,9 @@ class Device:
         self._handshakes_in_window = 0
         self._under_load_until_s = -1.0
         self.outgoing: list[tuple[BytesLike, PeerEndpoint]] = []
+        self.trains: list[tuple[memoryview, int, PeerEndpoint]] = []
+        """Sealed GSO trains (`send_super`): datagrams back to back, all of the given size
+        but the last, for one endpoint; sent after `outgoing`."""
         self.to_tun: list[BytesLike] = []
         self.events: list[Event] = []
         self.drops = new_drop_counters()
@@ -423,6 +427,47 @@ class Device:
             if rows:
                 seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
             self._sent_run(run, counter, offset - run_start, run_packet, now)
+
+    def send_super(
+        self,
+        packet: memoryview,
+        transport_start: int,
+        segment_payload: int,
+        now: float,
+        sealed: memoryview,
+    ) -> bool:
+        """Seal a TCP super-packet from the TUN (TSO: one flow's segments, headers once)
+        as one GSO train into `sealed`, cutting and sealing natively; True when it went.
+
+        False leaves it to the caller to cut and hand to `send_packets` (the one pipeline
+        for everything else): without the native loop, a peer, a session, or room below
+        the message limit, or when the headers do not describe the packet. TCP needs no
+        outbound note from the packet filter (only UDP answers are remembered).
+        """
+        addresses = packet_addresses(packet) if seal_tso is not None else None
+        run = self._send_run(addresses[1], now) if addresses is not None else None
+        if run is None or seal_tso is None:
+            return False
+        keypair = run[1]
+        counter = keypair.send_counter
+        if counter + MAX_GSO_SEGMENTS >= REJECT_AFTER_MESSAGES:
+            return False
+        try:
+            count, size, total = seal_tso(
+                keypair.send_key,
+                counter,
+                keypair.remote_index,
+                packet,
+                transport_start,
+                segment_payload,
+                self.mtu,
+                sealed,
+            )
+        except ValueError:
+            return False
+        self.trains.append((sealed[:total], size, run[2]))
+        self._sent_run(run, counter + count, total, packet, now)
+        return True
 
     def _send_run(
         self, destination: bytes, now: float

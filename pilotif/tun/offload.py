@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from pilotif.overlay.constants import MAX_GSO_SEGMENTS
 from pilotif.overlay.crypto import BytesLike
 from pilotif.tun.device import TunDevice
 
@@ -52,8 +53,6 @@ _WHOLE_BATCH_MIN_PACKETS: Final = 4
 """Below this many packets a write batch is coalesced packet by packet."""
 READ_ARENA_BYTES: Final = 4 * MAX_IP_PACKET_BYTES
 """Room for the packets of one `TunBatch.read_many` (a read needs a whole packet's room)."""
-MAX_GSO_SEGMENTS: Final = 128
-"""Segments one super-packet may split into (64 KiB of 536-byte segments fits)."""
 
 _VNET_HDR: Final = struct.Struct("=BBHHHH")
 _ZERO_VNET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)
@@ -640,12 +639,22 @@ def _finish(flow: _Flow) -> BytesLike:
 # -- the TUN in batches ------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class SuperPacket:
+    """What one TUN read returned with a GSO header: with TSO, one TCP flow's segments
+    with their headers once (`header` says how to cut them)."""
+
+    packet: memoryview
+    header: VirtioNetHdr
+
+
 class TunBatch:
     """Reads and writes on a TUN with whatever offloads it was granted.
 
     `read_many()` returns the packets of several kernel reads (or, with TSO, the
-    MTU-sized segments of one super-packet). They are views into buffers that the next
-    `read_many()` reuses: encrypt or copy them first.
+    MTU-sized segments of one super-packet); `read_batch()` the same, but a TCP
+    super-packet whole. They are views into buffers that the next read reuses: encrypt
+    or copy them first.
     """
 
     def __init__(self, tun: TunDevice, offloads: TunOffloads) -> None:
@@ -661,9 +670,16 @@ class TunBatch:
         self.drained = False
 
     def read_many(self, limit: int) -> list[memoryview]:
-        """The packets of up to `limit` reads; empty when nothing waits. Afterwards
-        `drained` says whether the last read found the queue empty (no need to call
-        again before the fd is readable)."""
+        """The packets of up to `limit` reads; empty when nothing waits (a super-packet
+        comes back cut into its segments)."""
+        read = self.read_batch(limit)
+        return self.split(read) if isinstance(read, SuperPacket) else read
+
+    def read_batch(self, limit: int) -> "list[memoryview] | SuperPacket":
+        """The packets of up to `limit` reads, or a TCP super-packet alone as the kernel
+        handed it over (TSO); empty when nothing waits. Afterwards `drained` says whether
+        the last read found the queue empty (no need to call again before the fd is
+        readable)."""
         fd = self._fd
         header = self._header
         arena = self._arena_view
@@ -680,18 +696,25 @@ class TunBatch:
             if length <= 0:
                 break
             if self.offloads.tso and (header[0] or header[1]):
-                # A super-packet (or a partial checksum): split it, and return its
-                # segments alone, as they live in the split buffer.
-                try:
-                    packets += split_gso(
-                        slot[:length], VirtioNetHdr.unpack_from(header), self._split_buffer
-                    )
-                except OffloadError:
-                    self.split_errors += 1
-                break
+                # A super-packet (or a partial checksum): a TCP one read first comes
+                # back whole; otherwise its segments follow the packets read before it.
+                found = SuperPacket(slot[:length], VirtioNetHdr.unpack_from(header))
+                if not packets and found.header.gso_type & ~_GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
+                    return found
+                return packets + self.split(found)
             packets.append(slot[:length])
             offset += length
         return packets
+
+    def split(self, read: "SuperPacket") -> list[memoryview]:
+        """A super-packet's segments (or the packet, its checksum completed), in the split
+        buffer until the next split; none when its header does not describe it
+        (counted in `split_errors`)."""
+        try:
+            return split_gso(read.packet, read.header, self._split_buffer)
+        except OffloadError:
+            self.split_errors += 1
+            return []
 
     def write(self, packets: Sequence[BytesLike]) -> int:
         """Hand `packets` to the kernel in as few writes as the offloads allow.

@@ -28,7 +28,9 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
+from test_offload import tcp_super_packet
 
+from pilotif.overlay import device as device_module
 from pilotif.overlay.constants import (
     AEAD_TAG_SIZE,
     MAX_STAGED_PACKETS,
@@ -606,3 +608,23 @@ def test_a_malformed_packet_to_the_same_destination_is_dropped_like_send_packet(
 
     assert len(take(a)) == 1
     assert drops(a) == {DropReason.NOT_IP: 2}
+
+
+# -- a TCP super-packet without the native loop ---------------------------------------
+
+
+def test_without_the_native_loop_a_super_packet_is_declined_untouched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The caller then cuts it and sends the run (test_seal_tso.py checks that the native
+    # path sends exactly that).
+    monkeypatch.setattr(device_module, "seal_tso", None)
+    a, b = established_pair()
+    raw, header = tcp_super_packet(bytes(20000))
+    counter = current_keypair(a, b).send_counter
+    taken = a.device.send_super(
+        memoryview(raw), header.csum_start, header.gso_size, NOW, sealed_buffer()
+    )
+    assert not taken
+    assert not a.device.trains and not a.device.outgoing
+    assert current_keypair(a, b).send_counter == counter

@@ -1,0 +1,186 @@
+"""Device.send_super: a TCP super-packet from the TUN, cut and sealed in one native call
+(`seal_tso`), must put on the wire exactly what cutting it (`split_gso`) and sealing the
+run (`send_packets`) does: the same datagrams byte for byte, the same counters and byte
+counts; the peer must get back exactly the segments. What it cannot take it declines,
+touching nothing, so that the caller cuts the packet and sends the run.
+
+These need the native loops (CI builds them; install.sh installs the compiler): the
+pure-Python run of the data-plane tests, which leaves this file out, covers the decline
+without them (test_device_batch.py).
+"""
+
+import struct
+
+import pytest
+from conftest import NOW, Node, current_keypair, peer_of
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_device_batch import (
+    SEALED_BYTES,
+    batch_receive,
+    batch_send,
+    delivered,
+    drops,
+    established_pair,
+    sealed_buffer,
+    take_bytes,
+)
+from test_offload import MSS_V4, MSS_V6, split, tcp_super_packet
+
+from pilotif.overlay.constants import MAX_GSO_SEGMENTS, REJECT_AFTER_MESSAGES
+from pilotif.tun.offload import VirtioNetHdr
+
+FLAGS = ["A", "PA", "FPA", "CPA", "CEA"]
+"""TCP flags of the super-packet: PSH and FIN go to the last segment, CWR to the first."""
+
+
+def super_packet(
+    size: int, *, v6: bool = False, flags: str = "PA", gso_size: int | None = None
+) -> tuple[bytearray, VirtioNetHdr]:
+    """A's super-packet of `size` payload bytes to B (addresses of conftest's A and B)."""
+    raw, header = tcp_super_packet(bytes((i * 7) % 251 for i in range(size)), v6=v6, flags=flags)
+    if gso_size is not None:
+        header = VirtioNetHdr(
+            header.flags,
+            header.gso_type,
+            header.hdr_len,
+            gso_size,
+            header.csum_start,
+            header.csum_offset,
+        )
+    return raw, header
+
+
+def send_super(node: Node, raw: bytearray, header: VirtioNetHdr, size: int = SEALED_BYTES) -> bool:
+    return node.device.send_super(
+        memoryview(raw), header.csum_start, header.gso_size, NOW, sealed_buffer(size)
+    )
+
+
+def train_datagrams(node: Node) -> list[bytes]:
+    """The datagrams of every train the node queued, cut at each train's size; empties
+    the queue."""
+    datagrams = []
+    for train, size, _ in node.device.trains:
+        datagrams += [bytes(train[i : i + size]) for i in range(0, len(train), size)]
+    node.device.trains.clear()
+    return datagrams
+
+
+def cut_and_sent(a: Node, b: Node, raw: bytearray, header: VirtioNetHdr) -> list[bytes]:
+    """What the other pipeline sends for the same super-packet: cut, then sealed as a run."""
+    batch_send(a, split(raw, header))
+    return [datagram for datagram, _ in take_bytes(a)]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(min_value=1, max_value=64000),
+    v6=st.booleans(),
+    flags=st.sampled_from(FLAGS),
+    odd_mss=st.integers(min_value=0, max_value=1),
+)
+def test_a_super_packet_goes_out_exactly_as_cut_and_sealed(
+    size: int, v6: bool, flags: str, odd_mss: int
+) -> None:
+    a, b = established_pair()
+    gso_size = (MSS_V6 if v6 else MSS_V4) - odd_mss
+    raw, header = super_packet(size, v6=v6, flags=flags, gso_size=gso_size)
+    keypair = current_keypair(a, b)
+    first = keypair.send_counter
+    tx_before = peer_of(a, b).tx_bytes
+
+    assert send_super(a, raw, header)
+    assert not a.device.outgoing
+    (_train, datagram_size, endpoint), *more = a.device.trains
+    assert not more and endpoint == b.endpoint
+    native = train_datagrams(a)
+    after, tx_after = keypair.send_counter, peer_of(a, b).tx_bytes
+
+    keypair.send_counter = first
+    expected = cut_and_sent(a, b, raw, header)
+    assert native == expected
+    assert all(len(datagram) == datagram_size for datagram in expected[:-1])
+    assert len(expected[-1]) <= datagram_size
+    assert keypair.send_counter == after == first + len(expected)
+    assert tx_after - tx_before == peer_of(a, b).tx_bytes - tx_after
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_the_peer_gets_back_exactly_the_segments(v6: bool) -> None:
+    a, b = established_pair()
+    raw, header = super_packet(60000, v6=v6, flags="FPA")
+    assert send_super(a, raw, header)
+    batch_receive(b, train_datagrams(a), a.endpoint)
+    assert delivered(b) == split(raw, header)
+    assert not drops(b)
+
+
+def test_counters_run_on_across_super_packets_and_never_repeat() -> None:
+    a, _b = established_pair()
+    counters: list[int] = []
+    for size in (30000, 1, 64000):
+        raw, header = super_packet(size)
+        assert send_super(a, raw, header)
+        counters += [struct.unpack_from("<Q", d, 8)[0] for d in train_datagrams(a)]
+    assert counters == list(range(counters[0], counters[0] + len(counters)))
+
+
+def _with(header: VirtioNetHdr, **changes: int) -> VirtioNetHdr:
+    fields = {
+        "flags": header.flags,
+        "gso_type": header.gso_type,
+        "hdr_len": header.hdr_len,
+        "gso_size": header.gso_size,
+        "csum_start": header.csum_start,
+        "csum_offset": header.csum_offset,
+    }
+    return VirtioNetHdr(**(fields | changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"csum_start": 10},
+        {"csum_start": 60000},
+        {"gso_size": 0},
+        {"gso_size": 100},
+        {"gso_size": 1400},
+    ],
+    ids=["transport-inside-ip", "transport-past-end", "no-size", "too-many-segments", "past-mtu"],
+)
+def test_a_header_that_does_not_describe_the_packet_is_declined(changes: dict[str, int]) -> None:
+    a, b = established_pair()
+    raw, header = super_packet(60000)
+    counter = current_keypair(a, b).send_counter
+    assert not send_super(a, raw, _with(header, **changes))
+    assert not a.device.trains and not a.device.outgoing
+    assert current_keypair(a, b).send_counter == counter
+
+
+def test_garbage_is_declined() -> None:
+    a, b = established_pair()
+    raw = bytearray(b"\x45" + bytes(range(200)))
+    raw[16:20] = b.v4.packed
+    assert not a.device.send_super(memoryview(raw), 20, 1000, NOW, sealed_buffer())
+    assert not a.device.send_super(memoryview(bytearray(3)), 20, 1000, NOW, sealed_buffer())
+    assert not a.device.trains and not a.device.outgoing
+
+
+def test_too_small_a_buffer_is_declined() -> None:
+    a, _b = established_pair()
+    raw, header = super_packet(60000)
+    assert not send_super(a, raw, header, size=20000)
+    assert not a.device.trains
+
+
+def test_without_a_session_or_near_the_message_limit_it_is_declined() -> None:
+    a, b = established_pair()
+    raw, header = super_packet(5000)
+    keypair = current_keypair(a, b)
+    keypair.send_counter = REJECT_AFTER_MESSAGES - MAX_GSO_SEGMENTS
+    assert not send_super(a, raw, header)
+    peer_of(a, b).current = None
+    keypair.send_counter = 0
+    assert not send_super(a, raw, header)
+    assert not a.device.trains and not a.device.outgoing
