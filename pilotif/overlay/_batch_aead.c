@@ -4,9 +4,10 @@
  * TSO) as they are cut, and opening a batch of WireGuard transport messages (one GRO
  * receive of one session), with ChaCha20-Poly1305 through OpenSSL's EVP interface and
  * the GIL released, so that the crypto of one batch may run while Python does something
- * else (and costs less than one call into `cryptography` per packet). The protocol stays
- * in Python: which session, which counters, and whether a batch may go this way at all
- * are decided there.
+ * else (and costs less than one call into `cryptography` per packet); and merging the
+ * usual decrypted batch (one TCP flow's next segments) into one TUN write. The protocol
+ * stays in Python: which session, which counters, and whether a batch may go this way
+ * at all are decided there.
  *
  * pilotif.overlay.batch_aead wraps it and holds the pure-Python equivalent, which is
  * used when this module was not built (or PILOTIF_PURE_PYTHON is set).
@@ -31,6 +32,10 @@
 #define TCP_PSH 0x08
 #define TCP_CWR 0x80
 #define ONES 0xFFFFu
+#define VIRTIO_NET_HDR_SIZE 10
+#define VIRTIO_NET_HDR_F_NEEDS_CSUM 1
+#define GSO_TCPV4 1
+#define GSO_TCPV6 4
 
 /* WireGuard's nonce: 4 zero bytes, then the counter little-endian. */
 static void counter_nonce(unsigned char *nonce, unsigned long long counter) {
@@ -420,10 +425,148 @@ done:
     return result;
 }
 
+static unsigned get_be16(const unsigned char *p) { return (unsigned)(p[0] << 8 | p[1]); }
+
+/* Whether two segments' headers are equal but for what differs from segment to segment:
+ * the IPv4 total length, ID and header checksum (IPv6: payload length), the TCP sequence
+ * number, PSH and checksum (pilotif.tun.offload's _header_mask). */
+static int same_headers(const unsigned char *a, const unsigned char *b, Py_ssize_t ip_len,
+                        Py_ssize_t header_len) {
+    const unsigned char *ta = a + ip_len, *tb = b + ip_len;
+    if (ip_len == IPV6_HEADER) {
+        if (memcmp(a, b, 4) != 0 || memcmp(a + 6, b + 6, IPV6_HEADER - 6) != 0) {
+            return 0;
+        }
+    } else if (memcmp(a, b, 2) != 0 || memcmp(a + 6, b + 6, 4) != 0 ||
+               memcmp(a + 12, b + 12, (size_t)(ip_len - 12)) != 0) {
+        return 0;
+    }
+    return memcmp(ta, tb, 4) == 0 && memcmp(ta + 8, tb + 8, 5) == 0 &&
+           (ta[13] & ~TCP_PSH) == (tb[13] & ~TCP_PSH) && memcmp(ta + 14, tb + 14, 2) == 0 &&
+           memcmp(ta + 18, tb + 18, (size_t)(header_len - ip_len - 18)) == 0;
+}
+
+PyDoc_STRVAR(coalesce_run_doc,
+"coalesce_run(packets) -> bytes | None\n\n"
+"The one TUN write (virtio header, then one TCP super-packet) that carries `packets` when\n"
+"they are the usual batch: every packet the next segment of the first one's flow (IPv4\n"
+"without options or IPv6, ACK and maybe PSH only, PSH on the last only), all of one size\n"
+"but the last, within one IP packet's size. None for anything else. What\n"
+"pilotif.tun.offload's _coalesce_whole and _finish write, byte for byte.");
+
+static PyObject *coalesce_run(PyObject *self, PyObject *arg) {
+    (void)self;
+    PyObject *list = PySequence_Fast(arg, "packets must be a sequence");
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(list), held = 0;
+    Py_buffer *views = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_buffer));
+    PyObject *result = NULL;
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < count; held++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(list, held), &views[held],
+                               PyBUF_SIMPLE) < 0) {
+            goto done;
+        }
+    }
+    result = Py_NewRef(Py_None);
+    if (count < 2) {
+        goto done;
+    }
+    const unsigned char *first = views[0].buf;
+    Py_ssize_t size = views[0].len, last_size = views[count - 1].len, ip_len;
+    if (size < IPV4_MIN_HEADER + TCP_MIN_HEADER) {
+        goto done;
+    }
+    int version = first[0] >> 4;
+    if (version == 4) {
+        ip_len = (first[0] & 0x0F) * 4;
+        if (ip_len != IPV4_MIN_HEADER || first[9] != 6 || get_be16(first + 2) != size ||
+            (get_be16(first + 6) & ~0x4000u) != 0) {
+            goto done;
+        }
+    } else if (version == 6) {
+        ip_len = IPV6_HEADER;
+        if (size < IPV6_HEADER + TCP_MIN_HEADER || first[6] != 6 ||
+            get_be16(first + 4) + IPV6_HEADER != size) {
+            goto done;
+        }
+    } else {
+        goto done;
+    }
+    Py_ssize_t header_len = ip_len + (first[ip_len + 12] >> 4) * 4;
+    Py_ssize_t payload = size - header_len;
+    if (header_len - ip_len < TCP_MIN_HEADER || header_len >= size ||
+        first[ip_len + 13] != 0x10 || !(header_len < last_size && last_size <= size) ||
+        header_len + payload * count > 65535) {
+        goto done;
+    }
+    uint32_t seq = get_be32(first + ip_len + 4);
+    Py_ssize_t length_at = version == 4 ? 2 : 4, length_base = version == 4 ? 0 : IPV6_HEADER;
+    for (Py_ssize_t row = 1; row < count; row++) {
+        const unsigned char *packet = views[row].buf;
+        Py_ssize_t length = views[row].len;
+        int last = row == count - 1;
+        if ((!last && length != size) || !same_headers(first, packet, ip_len, header_len) ||
+            get_be32(packet + ip_len + 4) - seq != (uint32_t)(row * payload) ||
+            (Py_ssize_t)get_be16(packet + length_at) != length - length_base ||
+            (!last && (packet[ip_len + 13] & TCP_PSH))) {
+            goto done;
+        }
+    }
+    Py_ssize_t merged = header_len + (count - 1) * payload + (last_size - header_len);
+    PyObject *write = PyBytes_FromStringAndSize(NULL, VIRTIO_NET_HDR_SIZE + merged);
+    if (write == NULL) {
+        Py_CLEAR(result);
+        goto done;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(write);
+    unsigned char *packet = out + VIRTIO_NET_HDR_SIZE;
+    memcpy(packet, first, (size_t)size);
+    unsigned char *at = packet + size;
+    for (Py_ssize_t row = 1; row < count; row++) {
+        Py_ssize_t part = views[row].len - header_len;
+        memcpy(at, (const unsigned char *)views[row].buf + header_len, (size_t)part);
+        at += part;
+    }
+    packet[ip_len + 13] |= ((const unsigned char *)views[count - 1].buf)[ip_len + 13] & TCP_PSH;
+    uint64_t pseudo;
+    if (version == 4) {
+        put_be16(packet + 2, (unsigned)merged);
+        put_be16(packet + 10, 0);
+        put_be16(packet + 10, (ONES - (unsigned)sum_words(packet, (size_t)ip_len)) % ONES);
+        pseudo = sum_words(packet + 12, 8);
+    } else {
+        put_be16(packet + 4, (unsigned)(merged - IPV6_HEADER));
+        pseudo = sum_words(packet + 8, 32);
+    }
+    unsigned partial = (unsigned)((pseudo + 6 + (uint64_t)(merged - ip_len)) % ONES);
+    put_be16(packet + ip_len + 16, partial ? partial : ONES);
+    /* struct virtio_net_hdr, in the machine's order: flags, gso_type, hdr_len, gso_size,
+     * csum_start, csum_offset. */
+    uint16_t fields[4] = {(uint16_t)header_len, (uint16_t)payload, (uint16_t)ip_len, 16};
+    out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    out[1] = version == 4 ? GSO_TCPV4 : GSO_TCPV6;
+    memcpy(out + 2, fields, sizeof fields);
+    Py_SETREF(result, write);
+done:
+    for (Py_ssize_t row = 0; row < held; row++) {
+        PyBuffer_Release(&views[row]);
+    }
+    PyMem_Free(views);
+    Py_DECREF(list);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"open_rows", open_rows, METH_VARARGS, open_rows_doc},
     {"seal_rows", seal_rows, METH_VARARGS, seal_rows_doc},
     {"seal_tso", seal_tso, METH_VARARGS, seal_tso_doc},
+    {"coalesce_run", coalesce_run, METH_O, coalesce_run_doc},
     {NULL, NULL, 0, NULL},
 };
 

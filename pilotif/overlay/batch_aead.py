@@ -1,8 +1,10 @@
 """Sealing a run of packets and opening a batch of transport messages at once: the
 native loops (`pilotif.overlay._batch_aead`, built from C by `pip install` when a
 compiler and OpenSSL's headers are there) or, without them, the same in Python through
-`cryptography`. Sealing a TCP super-packet as it is cut (`seal_tso`) is native only:
-without it the caller cuts the packet (pilotif.tun.offload.split_gso) and seals the run.
+`cryptography`. Two are native only, their callers doing the same in Python without
+them: sealing a TCP super-packet as it is cut (`seal_tso`; else the caller cuts it with
+pilotif.tun.offload.split_gso and seals the run) and merging a decrypted batch of one TCP
+flow into one TUN write (`coalesce_run`; else pilotif.tun.offload merges it with numpy).
 
 `PILOTIF_PURE_PYTHON=1` in the environment makes every process use the Python loop (CI
 runs the unit tests both ways).
@@ -29,6 +31,7 @@ SealRows = Callable[
 ]
 
 SealTso = Callable[[bytes, int, int, BytesLike, int, int, int, memoryview], tuple[int, int, int]]
+CoalesceRun = Callable[[Sequence[BytesLike]], bytes | None]
 
 
 def _open_rows_python(
@@ -100,17 +103,18 @@ def _seal_rows_python(
         encrypt(pack_nonce(first_counter + row), text, None, out[start : start + padded + _TAG])
 
 
-def _native() -> tuple[OpenRows, SealRows, SealTso] | None:
+def _native() -> tuple[OpenRows, SealRows, SealTso, CoalesceRun] | None:
     if os.environ.get(PURE_PYTHON_ENV):
         return None
     try:
         from pilotif.overlay import _batch_aead  # type: ignore[attr-defined]
     except ImportError:
         return None
-    native: tuple[OpenRows, SealRows, SealTso] = (
+    native: tuple[OpenRows, SealRows, SealTso, CoalesceRun] = (
         _batch_aead.open_rows,
         _batch_aead.seal_rows,
         _batch_aead.seal_tso,
+        _batch_aead.coalesce_run,
     )
     return native
 
@@ -132,3 +136,7 @@ seal_tso: Final[SealTso | None] = _LOOPS[2] if _LOOPS else None
 `out`: (key, first_counter, receiver_index, packet, transport_start, segment_payload,
 mtu, out) -> (count, datagram_size, total); see the native docstring. None without the
 native loops."""
+coalesce_run: Final[CoalesceRun | None] = _LOOPS[3] if _LOOPS else None
+"""The one TUN write (virtio header and TCP super-packet) that carries a batch of packets
+when they are one flow's next segments, else None; see the native docstring. None
+without the native loops."""

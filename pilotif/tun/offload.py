@@ -27,6 +27,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from pilotif.overlay.batch_aead import coalesce_run
 from pilotif.overlay.constants import MAX_GSO_SEGMENTS
 from pilotif.overlay.crypto import BytesLike
 from pilotif.tun.device import TunDevice
@@ -467,9 +468,14 @@ def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[Bytes
     not check a merged one again).
     """
     if not verify and len(packets) >= _WHOLE_BATCH_MIN_PACKETS:
-        whole = _coalesce_whole(packets)
-        if whole is not None:
-            return [_finish(whole)]
+        if coalesce_run is not None:
+            write = coalesce_run(packets)
+            if write is not None:
+                return [write]
+        else:
+            whole = _coalesce_whole(packets)
+            if whole is not None:
+                return [_finish(whole)]
     writes: list[BytesLike | _Flow] = []
     flows: dict[bytes, _Flow] = {}
     last: _Flow | None = None
@@ -491,11 +497,11 @@ def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[Bytes
 
 
 def _coalesce_whole(packets: Sequence[BytesLike]) -> _Flow | None:
-    """The usual batch in one go: every packet the next segment of the first one's flow,
-    all of one size but the last. Checked with numpy on all headers at once: the
-    shared bytes equal (`_header_mask`), sequence numbers consecutive, lengths right,
-    PSH on the last only. None when the batch is anything else (`coalesce` then goes
-    packet by packet)."""
+    """The usual batch in one go (without the native `coalesce_run`): every packet the
+    next segment of the first one's flow, all of one size but the last. Checked with
+    numpy on all headers at once: the shared bytes equal (`_header_mask`), sequence
+    numbers consecutive, lengths right, PSH on the last only. None when the batch is
+    anything else (`coalesce` then goes packet by packet)."""
     count = len(packets)
     size = len(packets[0])
     candidate = _tcp_candidate(packets[0])

@@ -15,6 +15,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
+from pilotif.overlay import _batch_aead  # type: ignore[attr-defined]
 from pilotif.tun.offload import (
     GSO_NONE,
     GSO_TCPV4,
@@ -25,6 +26,8 @@ from pilotif.tun.offload import (
     VIRTIO_NET_HDR_SIZE,
     OffloadError,
     VirtioNetHdr,
+    _coalesce_whole,
+    _finish,
     coalesce,
     internet_checksum,
     split_gso,
@@ -363,3 +366,37 @@ def test_unverified_coalescing_carries_exactly_the_packets(
         tcp = [p for p in batch if (p[6] if v6 else p[9]) == 6]
         tcp_writes = [w for w in writes if VirtioNetHdr.unpack_from(w).gso_type != GSO_NONE]
         assert len(tcp) == 1 or len(tcp_writes) == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.integers(min_value=4 * MSS_V4, max_value=64000),
+    change=st.sampled_from(["none", "psh-last", "psh-middle", "gap", "short-middle", "ttl"]),
+    where=st.integers(min_value=1, max_value=1000),
+    v6=st.booleans(),
+)
+def test_the_native_merge_writes_what_the_numpy_merge_writes(
+    size: int, change: str, where: int, v6: bool
+) -> None:
+    # coalesce_run (C) replaces _coalesce_whole + _finish (numpy) when it is built: the
+    # same write byte for byte, or None exactly when the numpy path declines too (both
+    # see batches of at least four packets: coalesce merges smaller ones one by one).
+    raw, header = tcp_super_packet(os.urandom(size), v6=v6, flags="A")
+    batch = [bytearray(s) for s in split(raw, header)]
+    at = where % len(batch)
+    flags_at, ttl_at = (40 if v6 else 20) + 13, 7 if v6 else 8
+    if change == "psh-last":
+        batch[-1][flags_at] |= 0x08
+    elif change == "psh-middle":
+        batch[at][flags_at] |= 0x08
+    elif change == "gap" and len(batch) > 2:
+        del batch[at]
+    elif change == "short-middle" and at < len(batch) - 1:
+        batch[at] = batch[at][:-1]
+    elif change == "ttl":
+        batch[at][ttl_at] -= 1
+    numpy_merge = _coalesce_whole(batch)
+    expected = None if numpy_merge is None else bytes(_finish(numpy_merge))
+    assert _batch_aead.coalesce_run(batch) == expected
+    if change == "none" and len(batch) > 1:
+        assert expected is not None
