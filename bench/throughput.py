@@ -14,7 +14,8 @@ Over each it measures:
 - ping:     RTT of 100 pings from A to B (`ping -c 100 -i 0.01`), average;
 - stream:   one TCP stream from A to B (`iperf3 -c 100.64.0.2 -t TIME -J`);
 - cpu:      CPU seconds (utime + stime from /proc/PID/stat) of both tunnel daemons during
-            the `stream` test, per 10^9 bytes iperf3 delivered;
+            the `stream` test, per 10^9 bytes iperf3 delivered (each run's line also
+            splits it: user and system time of the sending and of the receiving daemon);
 - reverse:  one TCP stream from B to A (the same with `-R`);
 - parallel: 8 TCP streams from A to B (the same with `-P 8`).
 
@@ -178,7 +179,11 @@ def _measure(
             values[Figure.CPU] = run.cpu_s_per_gb
         report(
             f"stream {run.megabits_per_s:7.1f} Mbit/s, retransmits {run.retransmits}, "
-            f"daemons {run.daemon_cpu_s:.2f} CPU s = {run.cpu_s_per_gb:.2f} CPU s/GB"
+            f"daemons {run.daemon_cpu_s:.2f} CPU s = {run.cpu_s_per_gb:.2f} CPU s/GB "
+            f"(user/system s/GB: sender {run.client_side_cpu.user_s / run.gigabytes:.2f}/"
+            f"{run.client_side_cpu.system_s / run.gigabytes:.2f}, receiver "
+            f"{run.server_side_cpu.user_s / run.gigabytes:.2f}/"
+            f"{run.server_side_cpu.system_s / run.gigabytes:.2f})"
         )
     if Figure.REVERSE in figures:
         run = iperf(a, b, time_s, "-R", address=address)

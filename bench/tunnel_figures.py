@@ -34,18 +34,43 @@ _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
+class CpuTime:
+    """User and system CPU seconds."""
+
+    user_s: float
+    system_s: float
+
+    def __sub__(self, other: "CpuTime") -> "CpuTime":
+        return CpuTime(self.user_s - other.user_s, self.system_s - other.system_s)
+
+    @property
+    def total_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+@dataclass(frozen=True)
 class IperfResult:
-    """What one iperf3 test moved, and what the tunnel daemons spent on it."""
+    """What one iperf3 test moved, and what the tunnel daemons of each side spent on it."""
 
     megabits_per_s: float
     received_bytes: int
     retransmits: int
-    daemon_cpu_s: float
+    client_side_cpu: CpuTime
+    """The daemon on the iperf3 client's host (it sends, unless `-R`)."""
+    server_side_cpu: CpuTime
+
+    @property
+    def daemon_cpu_s(self) -> float:
+        return self.client_side_cpu.total_s + self.server_side_cpu.total_s
 
     @property
     def cpu_s_per_gb(self) -> float:
         """CPU seconds of both tunnel daemons per 10^9 bytes iperf3 delivered."""
-        return self.daemon_cpu_s / (self.received_bytes / _BYTES_PER_GB)
+        return self.daemon_cpu_s / self.gigabytes
+
+    @property
+    def gigabytes(self) -> float:
+        return self.received_bytes / _BYTES_PER_GB
 
 
 @dataclass(frozen=True)
@@ -57,25 +82,22 @@ class PingRtt:
     lost: int
 
 
-def _cpu_s(pid: int) -> float:
-    """User plus system CPU seconds of a process (all its threads) so far; 0 if it is gone."""
+def _cpu(pid: int) -> CpuTime:
+    """User and system CPU seconds of a process (all its threads) so far; 0 if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
+        return CpuTime(0.0, 0.0)
     fields = stat.rsplit(")", 1)[1].split()
-    ticks = int(fields[_STAT_UTIME_INDEX]) + int(fields[_STAT_STIME_INDEX])
-    return ticks / _CLOCK_TICKS_PER_S
+    return CpuTime(
+        int(fields[_STAT_UTIME_INDEX]) / _CLOCK_TICKS_PER_S,
+        int(fields[_STAT_STIME_INDEX]) / _CLOCK_TICKS_PER_S,
+    )
 
 
-def daemon_pids(a: LabHost, b: LabHost) -> list[int]:
-    """Every process in the two namespaces: with a tunnel up and nothing else running in them,
-    the tunnel daemons (whatever the implementation, including any workers it started)."""
-    return a.namespace.pids() + b.namespace.pids()
-
-
-def _total_cpu_s(pids: list[int]) -> float:
-    return sum(_cpu_s(pid) for pid in pids)
+def _total_cpu(pids: list[int]) -> CpuTime:
+    times = [_cpu(pid) for pid in pids]
+    return CpuTime(sum(t.user_s for t in times), sum(t.system_s for t in times))
 
 
 @contextmanager
@@ -99,11 +121,12 @@ def iperf(
 ) -> IperfResult:
     """One iperf3 test from a client on A to a server on B's overlay address (or
     `address`; `-R`: B sends), with the CPU seconds that the tunnel daemons of both
-    namespaces spent during it."""
+    namespaces spent during it. The processes in a namespace before the test are its tunnel
+    daemon (whatever the implementation, including any workers it started)."""
     target = address or b.addresses.overlay_v4
-    pids = daemon_pids(a, b)
+    pids = a.namespace.pids(), b.namespace.pids()
     with _iperf_server(b, target):
-        cpu_before_s = _total_cpu_s(pids)
+        before = [_total_cpu(side) for side in pids]
         result = a.namespace.run(
             "iperf3",
             "-c",
@@ -116,13 +139,16 @@ def iperf(
             *extra_args,
             timeout_s=time_s + IPERF_GRACE_S,
         )
-        cpu_s = _total_cpu_s(pids) - cpu_before_s
+        client_side, server_side = (
+            _total_cpu(side) - earlier for side, earlier in zip(pids, before, strict=True)
+        )
     report = json.loads(result.stdout)["end"]
     return IperfResult(
         megabits_per_s=report["sum_received"]["bits_per_second"] / _BITS_PER_MEGABIT,
         received_bytes=int(report["sum_received"]["bytes"]),
         retransmits=int(report["sum_sent"].get("retransmits", 0)),
-        daemon_cpu_s=cpu_s,
+        client_side_cpu=client_side,
+        server_side_cpu=server_side,
     )
 
 
