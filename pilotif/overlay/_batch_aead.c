@@ -45,6 +45,31 @@ static void counter_nonce(unsigned char *nonce, unsigned long long counter) {
     }
 }
 
+/* A ChaCha20-Poly1305 context holding `key`, for sealing (`encrypt` 1) or opening (0);
+ * NULL when OpenSSL cannot make one. */
+static EVP_CIPHER_CTX *keyed_context(const void *key, int encrypt) {
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (ctx != NULL &&
+        !EVP_CipherInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key, NULL, encrypt)) {
+        EVP_CIPHER_CTX_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
+/* Seal `length` bytes at `text` in place with the counter's nonce and write the tag
+ * after them; 0 when OpenSSL failed. `ctx` holds the key. */
+static int seal_in_place(EVP_CIPHER_CTX *ctx, unsigned long long counter, unsigned char *text,
+                         int length) {
+    unsigned char nonce[NONCE_SIZE];
+    int written = 0;
+    counter_nonce(nonce, counter);
+    return EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) &&
+           EVP_EncryptUpdate(ctx, text, &written, text, length) &&
+           EVP_EncryptFinal_ex(ctx, text + written, &written) &&
+           EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, text + length);
+}
+
 PyDoc_STRVAR(open_rows_doc,
 "open_rows(key, first_counter, buffer, segment_size, count, last_size, header_size,\n"
 "          plaintexts) -> list[int]\n\n"
@@ -83,9 +108,8 @@ static PyObject *open_rows(PyObject *self, PyObject *args) {
     }
     int setup_failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL ||
-        !EVP_DecryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key.buf, NULL)) {
+    EVP_CIPHER_CTX *ctx = keyed_context(key.buf, 0);
+    if (ctx == NULL) {
         setup_failed = 1;
     } else {
         unsigned char nonce[NONCE_SIZE];
@@ -193,24 +217,13 @@ static PyObject *seal_rows(PyObject *self, PyObject *args) {
     }
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL ||
-        !EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key.buf, NULL)) {
-        failed = 1;
-    }
-    unsigned char nonce[NONCE_SIZE];
+    EVP_CIPHER_CTX *ctx = keyed_context(key.buf, 1);
+    failed = ctx == NULL;
     for (Py_ssize_t row = 0; !failed && row < count; row++) {
         unsigned char *text = (unsigned char *)output.buf + starts[row] + header;
-        int length = (int)padded[row], written = 0;
         memmove(text, views[row].buf, (size_t)views[row].len);
         memset(text + views[row].len, 0, (size_t)(padded[row] - views[row].len));
-        counter_nonce(nonce, first + (unsigned long long)row);
-        if (!EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) ||
-            !EVP_EncryptUpdate(ctx, text, &written, text, length) ||
-            !EVP_EncryptFinal_ex(ctx, text + written, &written) ||
-            !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, text + length)) {
-            failed = 1;
-        }
+        failed = !seal_in_place(ctx, first + (unsigned long long)row, text, (int)padded[row]);
     }
     EVP_CIPHER_CTX_free(ctx);
     Py_END_ALLOW_THREADS
@@ -353,18 +366,14 @@ static PyObject *seal_tso(PyObject *self, PyObject *args) {
     }
     int failed = 0;
     Py_BEGIN_ALLOW_THREADS
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
-    if (ctx == NULL ||
-        !EVP_EncryptInit_ex(ctx, EVP_chacha20_poly1305(), NULL, key.buf, NULL)) {
-        failed = 1;
-    }
+    EVP_CIPHER_CTX *ctx = keyed_context(key.buf, 1);
+    failed = ctx == NULL;
     /* The pseudo-header's addresses and protocol; its length goes per segment. */
     uint64_t pseudo = version == 4 ? sum_words(packet + 12, 8) : sum_words(packet + 8, 32);
     pseudo += 6;
     unsigned first_id = version == 4 ? (unsigned)(packet[4] << 8 | packet[5]) : 0;
     uint32_t first_seq = get_be32(packet + start + 4);
     unsigned char flags = packet[start + 13];
-    unsigned char nonce[NONCE_SIZE];
     const unsigned char *payload = packet + header_len;
     for (Py_ssize_t row = 0; !failed && row < count; row++) {
         int last = row == count - 1;
@@ -402,14 +411,7 @@ static PyObject *seal_tso(PyObject *self, PyObject *args) {
         put_be16(tcp + 16, 0);
         uint64_t sum = sum_words(tcp, (size_t)(size - start)) + pseudo + (uint64_t)(size - start);
         put_be16(tcp + 16, checksum_of(sum));
-        int written = 0;
-        counter_nonce(nonce, first + (unsigned long long)row);
-        if (!EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) ||
-            !EVP_EncryptUpdate(ctx, text, &written, text, (int)padded) ||
-            !EVP_EncryptFinal_ex(ctx, text + written, &written) ||
-            !EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, text + padded)) {
-            failed = 1;
-        }
+        failed = !seal_in_place(ctx, first + (unsigned long long)row, text, (int)padded);
     }
     EVP_CIPHER_CTX_free(ctx);
     Py_END_ALLOW_THREADS
