@@ -7,7 +7,12 @@ cd "$(dirname "$0")/.."
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy --strict pilotif
-python3 -m pytest -q -rs tests "$@"
+python3 -m pytest -q -rs -n 2 tests/unit "$@"
+# Each lab has namespaces of its own, so two integration tests run at once (the tests of
+# one file on one worker: the docker tests share a compose project). Tests that assert a
+# latency (marked `alone`) run afterwards with nothing beside them.
+python3 -m pytest -q -rs -n 2 --dist loadfile -m "not alone" tests/integration "$@"
+python3 -m pytest -q -rs -m alone tests/integration "$@"
 # The data plane's unit tests again with the Python batch loop instead of the native one
 # (the fallback where pilotif is installed without a compiler).
 PILOTIF_PURE_PYTHON=1 python3 -m pytest -q -rs tests/unit/test_batch_aead.py \

@@ -97,6 +97,7 @@ def test_a_spoofed_register_sends_the_victim_fewer_bytes_than_the_spoofer_sent(
     assert received < sent["bytes"] / 2, (received, sent)
 
 
+@pytest.mark.alone
 def test_registered_nodes_keep_working_while_junk_floods_the_registry(tmp_path: Path) -> None:
     """Before: a datagram from a new key cost an X25519 and a query, so ~10k a second
     saturated the registry. Now junk costs a hash or a cookie reply, and a node's
@@ -154,6 +155,7 @@ def _fresh_agent(template: Agent, number: int, workdir: Path) -> Agent:
     return Agent(name, template.namespace, template.router, template.lan_address, workdir / name)
 
 
+@pytest.mark.alone
 def test_routers_that_take_packets_for_themselves_still_go_direct_20_of_20(
     tmp_path: Path,
 ) -> None:
