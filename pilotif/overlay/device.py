@@ -16,13 +16,13 @@ Wall time is needed only for the TAI64N timestamp of initiations:
 `wall_offset_s` turns `now` into Unix time.
 """
 
+import functools
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
 
-import numpy as np
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
@@ -112,9 +112,29 @@ _TYPE_MASK: Final = 0xFFFFFFFF
 word in the low 32 bits, the receiver index in the high ones."""
 _INDEX_SHIFT: Final = 32
 _VECTOR_MIN_DATAGRAMS: Final = 4
-"""Below this many datagrams in one receive, numpy costs more than it saves."""
+"""Below this many datagrams in one receive, the checks at once cost more than they save."""
 _VECTOR_MIN_DATAGRAM_BYTES: Final = TRANSPORT_MIN_SIZE + 20
-"""Each datagram of a vectorised batch carries at least an IPv4 header."""
+"""Each datagram of a batch taken at once carries at least an IPv4 header."""
+_IPV4_PLAIN_FIRST_BYTES: Final = bytes([_IPV4_PLAIN_FIRST_BYTE]) * 256
+_IPV4_SOURCE_BYTES: Final = range(_IPV4_SOURCE_OFFSET, _IPV4_SOURCE_OFFSET + _IPV4_BYTES)
+_IPV4_DESTINATION_BYTES: Final = range(
+    _IPV4_DESTINATION_OFFSET, _IPV4_DESTINATION_OFFSET + _IPV4_BYTES
+)
+
+
+@functools.cache
+def _row_totals(plain_size: int, count: int) -> struct.Struct:
+    """Reads the IPv4 total length of each of `count` packets laid `plain_size` bytes
+    apart (from the first one's length field on)."""
+    return struct.Struct("!" + f"{plain_size - 2}x".join(["H"] * count))
+
+
+@functools.cache
+def _row_headers(segment_size: int, count: int) -> struct.Struct:
+    """Reads the first two 8-byte words (type and receiver index; counter) of each of
+    `count` datagrams laid `segment_size` bytes apart, little-endian."""
+    gap = f"{segment_size - 16}x" if segment_size > 16 else ""
+    return struct.Struct("<" + gap.join(["QQ"] * count))
 
 
 def padded_length(length: int, mtu: int) -> int:
@@ -635,7 +655,7 @@ class Device:
     ) -> None:
         """Handle the UDP payloads of one receive from `source`, in order; never raises
         on peer input. The one receive pipeline: a single datagram is a batch of one,
-        and `receive_segments` comes here for what numpy cannot take at once.
+        and `receive_segments` comes here for what it cannot take at once.
 
         Transport messages are decrypted back to back into `plaintexts` (which must hold
         the sum of their lengths; a new buffer when None) with one bookkeeping per run
@@ -718,7 +738,8 @@ class Device:
 
         What `receive_datagrams` does with them. The usual batch (transport messages of
         one session, counters increasing, all new, plain IPv4 packets from one source
-        inside) is checked with numpy at once: per datagram only the decryption is left.
+        inside) is checked at once (each field read down the rows by one `struct` or one
+        strided copy): per datagram only the decryption is left.
         `plaintexts` must hold len(buffer) bytes; `to_tun` gets views into it.
         """
         count = -(-len(buffer) // segment_size) if segment_size > 0 else 1
@@ -748,16 +769,12 @@ class Device:
             return
         keypair.replay.update_run(first, last)
         self._received_transport(peer, keypair, source, len(buffer), True, now)
-        firsts = np.ndarray((count,), np.uint8, plaintexts, 0, (plain_size,))
-        totals = np.ndarray((count,), ">u2", plaintexts, _IPV4_TOTAL_LENGTH, (plain_size,))
-        sources = np.ndarray((count,), ">u4", plaintexts, _IPV4_SOURCE_OFFSET, (plain_size,))
+        totals = _row_totals(plain_size, count).unpack_from(plaintexts, _IPV4_TOTAL_LENGTH)
         if (
-            self._rows_to_local(plaintexts, count, plain_size)
-            and (firsts == _IPV4_PLAIN_FIRST_BYTE).all()
-            and (sources == sources[0]).all()
-            and (totals >= _IPV4_MIN_BYTES).all()
-            and (totals[:-1] <= plain_size).all()
-            and int(totals[-1]) <= last_plain
+            min(totals) >= _IPV4_MIN_BYTES
+            and max(totals) <= plain_size
+            and totals[-1] <= last_plain
+            and self._rows_alike(plaintexts, count, plain_size)
             and self._routes.lookup(plaintexts[_IPV4_SOURCE_OFFSET:_IPV4_DESTINATION_OFFSET])
             is peer
             and (
@@ -765,28 +782,39 @@ class Device:
                 or peer.packet_filter.passes_rows(plaintexts, count, plain_size)
             )
         ):
+            starts = range(0, count * plain_size, plain_size)
             self.to_tun.extend(
-                [
-                    plaintexts[row * plain_size : row * plain_size + total]
-                    for row, total in enumerate(totals.tolist())
-                ]
+                [plaintexts[at : at + total] for at, total in zip(starts, totals, strict=True)]
             )
             return
         for row in range(count):
             size = plain_size if row < count - 1 else last_plain
             self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size], now)
 
-    def _rows_to_local(self, plaintexts: memoryview, count: int, plain_size: int) -> bool:
-        """Whether every IPv4 packet of a decrypted batch is addressed to this node (or
-        the device takes any destination)."""
-        if self.local_addresses is None:
-            return True
-        if self._local_ipv4 < 0:
+    def _rows_alike(self, plaintexts: memoryview, count: int, plain_size: int) -> bool:
+        """Whether the packets of a decrypted batch (one per `plain_size` bytes) are all
+        plain IPv4 from the first one's source, addressed to this node (or the device
+        takes any destination).
+
+        Each byte that must agree is read down the rows as one strided copy and compared
+        with the first row's byte repeated: a few C-level scans, not a loop per packet.
+        """
+        end = count * plain_size
+        if plaintexts[0:end:plain_size].tobytes() != _IPV4_PLAIN_FIRST_BYTES[:count]:
             return False
-        destinations = np.ndarray(
-            (count,), ">u4", plaintexts, _IPV4_DESTINATION_OFFSET, (plain_size,)
-        )
-        return bool((destinations == self._local_ipv4).all())
+        if self.local_addresses is not None and self._local_ipv4 < 0:
+            return False
+        agreeing = list(_IPV4_SOURCE_BYTES)
+        if self.local_addresses is not None:
+            agreeing += _IPV4_DESTINATION_BYTES
+            destination = plaintexts[_IPV4_DESTINATION_OFFSET : _IPV4_DESTINATION_OFFSET + 4]
+            if destination != self._local_ipv4.to_bytes(_IPV4_BYTES, "big"):
+                return False
+        for offset in agreeing:
+            column = plaintexts[offset:end:plain_size].tobytes()
+            if column.count(column[0]) != count:
+                return False
+        return True
 
     def _segments_run(
         self, buffer: memoryview, segment_size: int, count: int, last_size: int, now: float
@@ -796,20 +824,18 @@ class Device:
         takes data now, with consecutive counters all newer than any seen."""
         if count < _VECTOR_MIN_DATAGRAMS or last_size < _VECTOR_MIN_DATAGRAM_BYTES:
             return None
-        headers = np.ndarray((count,), "<u8", buffer, 0, (segment_size,))
-        if not (headers == headers[0]).all() or int(headers[0]) & _TYPE_MASK != MESSAGE_TRANSPORT:
-            return None
-        run = self._receive_run(int(headers[0]) >> _INDEX_SHIFT, now)
-        counters = np.ndarray((count,), "<u8", buffer, _COUNTER_OFFSET, (segment_size,))
-        first, last = int(counters[0]), int(counters[-1])
+        fields = _row_headers(segment_size, count).unpack_from(buffer)
+        headers, counters = fields[0::2], fields[1::2]
+        first = counters[0]
         if (
-            isinstance(run, DropReason)
-            or run[1] is run[0].next
-            or first <= run[1].replay.newest
-            or last != first + count - 1
-            or last >= REJECT_AFTER_MESSAGES
-            or not (counters[1:] > counters[:-1]).all()
+            headers[0] & _TYPE_MASK != MESSAGE_TRANSPORT
+            or headers.count(headers[0]) != count
+            or counters != tuple(range(first, first + count))
+            or first + count > REJECT_AFTER_MESSAGES
         ):
+            return None
+        run = self._receive_run(headers[0] >> _INDEX_SHIFT, now)
+        if isinstance(run, DropReason) or run[1] is run[0].next or first <= run[1].replay.newest:
             return None
         return run[0], run[1], first
 
