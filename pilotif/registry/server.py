@@ -12,7 +12,7 @@ docs/CONTROL_PROTOCOL.md is the contract with the node.
 import contextlib
 import itertools
 import json
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
@@ -21,6 +21,7 @@ from typing import Any, Final
 from pilotif.identity import HostnameError, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event
+from pilotif.lru import BoundedLru
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.registry.gate import ControlGate, Outgoing, RelayLimit, address_group
@@ -234,7 +235,7 @@ class RegistryCore:
         self._sessions: dict[bytes, int] = {}
         """Each node's session (chosen at its `up`), echoed in what we seal for it so that
         its messages from an earlier session cannot be replayed into this one."""
-        self._channels: OrderedDict[bytes, ControlChannel] = OrderedDict()
+        self._channels: BoundedLru[bytes, ControlChannel] = BoundedLru(MAX_CHANNELS)
         self._gate = ControlGate(private_key, self.counters)
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._new_node_limit = TokenBuckets(NEW_NODES_PER_S, NEW_NODES_BURST)
@@ -325,9 +326,9 @@ class RegistryCore:
             self.counters["bad_key"] += 1
             return []
         if fresh:
-            self._remember(sender, channel)
+            self._channels.remember(sender, channel)
         else:
-            self._channels.move_to_end(sender)
+            self._channels.touch(sender)
         # A new channel was made from the node's record: read it once.
         record, asked = looked_up or self.store.node_and_requests(sender)
         if record is not None and self._moved_away(record, channel):
@@ -389,17 +390,12 @@ class RegistryCore:
             channel.restore_counter(record.highest_counter)
         return channel
 
-    def _remember(self, key: bytes, channel: ControlChannel) -> None:
-        self._channels[key] = channel
-        if len(self._channels) > MAX_CHANNELS:
-            self._channels.popitem(last=False)
-
     def _seal(self, key: bytes, payload: dict[str, Any]) -> bytes:
         channel = self._channels.get(key)
         if channel is None:
             # Only authenticated senders and registered nodes receive messages.
             channel = self._new_channel(key, self.store.node_by_key(key))
-            self._remember(key, channel)
+            self._channels.remember(key, channel)
         session = self._sessions.get(key)
         if session is not None:
             payload = {"session": session, **payload}
@@ -592,7 +588,7 @@ class RegistryCore:
                 notice["session"] = session
             if key not in self._channels:
                 # The channel its registration will need too, made from what we read.
-                self._remember(key, self._new_channel(key, record))
+                self._channels.remember(key, self._new_channel(key, record))
             outgoing.append((self._seal(key, notice), endpoint))
         self.counters["orphans_told"] += len(outgoing)
         return outgoing

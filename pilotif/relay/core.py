@@ -18,6 +18,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from pilotif.lru import BoundedLru
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.registry.gate import ControlGate, Outgoing, RelayLimit
@@ -89,7 +90,7 @@ class RelayCore:
         self._private_key = private_key
         self._gate = ControlGate(private_key, self.counters)
         self._ticket_key = ticket_key(private_key, registry_key)
-        self._channels: OrderedDict[bytes, ControlChannel] = OrderedDict()
+        self._channels: BoundedLru[bytes, ControlChannel] = BoundedLru(MAX_CHANNELS)
         self._nodes: OrderedDict[bytes, _Attached] = OrderedDict()
         """Attached nodes, the longest silent first."""
         self._owners: dict[Endpoint, bytes] = {}
@@ -175,10 +176,7 @@ class RelayCore:
         except WireError as error:
             self.counters[error.reason] += 1
             return []
-        self._channels[sender] = channel
-        self._channels.move_to_end(sender)
-        if len(self._channels) > MAX_CHANNELS:
-            self._channels.popitem(last=False)
+        self._channels.remember(sender, channel)
         if message.get("op") != "attach":
             self.counters["unknown_op"] += 1
             answer = error_reply("unknown_op", "a relay only takes attach", "")
