@@ -1,14 +1,14 @@
-"""The native batch loop (pilotif/overlay/_batch_aead.c); everything else is in
+"""The native batch loops (pilotif/overlay/_batch_loops.c); everything else is in
 pyproject.toml. The extension is optional: without a compiler or OpenSSL's headers the
-build goes on and pilotif uses the same loop in Python."""
+build goes on and pilotif does the same in Python."""
 
 from setuptools import Extension, setup
 
 setup(
     ext_modules=[
         Extension(
-            "pilotif.overlay._batch_aead",
-            sources=["pilotif/overlay/_batch_aead.c"],
+            "pilotif.overlay._batch_loops",
+            sources=["pilotif/overlay/_batch_loops.c"],
             libraries=["crypto"],
             extra_compile_args=["-O2"],
             optional=True,

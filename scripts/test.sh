@@ -15,5 +15,5 @@ python3 -m pytest -q -rs -n 2 --dist loadfile -m "not alone" tests/integration "
 python3 -m pytest -q -rs -m alone tests/integration "$@"
 # The data plane's unit tests again with the Python batch loop instead of the native one
 # (the fallback where pilotif is installed without a compiler).
-PILOTIF_PURE_PYTHON=1 python3 -m pytest -q -rs tests/unit/test_batch_aead.py \
+PILOTIF_PURE_PYTHON=1 python3 -m pytest -q -rs tests/unit/test_batch_loops.py \
     tests/unit/test_device.py tests/unit/test_device_batch.py tests/unit/test_device_segments.py

@@ -26,7 +26,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
-from pilotif.overlay.batch_aead import open_rows, seal_rows, seal_tso
+from pilotif.overlay.batch_loops import open_rows, seal_rows, seal_tso
 from pilotif.overlay.constants import (
     AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,

@@ -51,7 +51,7 @@ class Keypair:
         self.receive_aead = ChaCha20Poly1305(keys.receive_key)
         self.receive_key = keys.receive_key
         self.send_key = keys.send_key
-        """The batch opener and sealer (pilotif.overlay.batch_aead) take the keys."""
+        """The batch opener and sealer (pilotif.overlay.batch_loops) take the keys."""
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
         self.is_initiator = keys.is_initiator

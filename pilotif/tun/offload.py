@@ -27,7 +27,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from pilotif.overlay.batch_aead import coalesce_run
+from pilotif.overlay.batch_loops import coalesce_run
 from pilotif.overlay.constants import MAX_GSO_SEGMENTS
 from pilotif.overlay.crypto import BytesLike
 from pilotif.tun.device import TunDevice

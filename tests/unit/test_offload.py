@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
-from pilotif.overlay import _batch_aead  # type: ignore[attr-defined]
+from pilotif.overlay import _batch_loops  # type: ignore[attr-defined]
 from pilotif.tun.offload import (
     GSO_NONE,
     GSO_TCPV4,
@@ -397,6 +397,6 @@ def test_the_native_merge_writes_what_the_numpy_merge_writes(
         batch[at][ttl_at] -= 1
     numpy_merge = _coalesce_whole(batch)
     expected = None if numpy_merge is None else bytes(_finish(numpy_merge))
-    assert _batch_aead.coalesce_run(batch) == expected
+    assert _batch_loops.coalesce_run(batch) == expected
     if change == "none" and len(batch) > 1:
         assert expected is not None

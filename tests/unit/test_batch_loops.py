@@ -7,8 +7,8 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from pilotif.overlay import batch_aead
-from pilotif.overlay.batch_aead import (
+from pilotif.overlay import batch_loops
+from pilotif.overlay.batch_loops import (
     PURE_PYTHON_ENV,
     _open_rows_python,
     _seal_rows_python,
@@ -21,7 +21,7 @@ TAG = 16
 NONCE = struct.Struct("<4xQ")
 IMPLEMENTATIONS = [pytest.param(_open_rows_python, id="python")]
 SEALERS = [pytest.param(_seal_rows_python, id="python")]
-if batch_aead.NATIVE:
+if batch_loops.NATIVE:
     IMPLEMENTATIONS.append(pytest.param(open_rows, id="native"))
     SEALERS.append(pytest.param(seal_rows, id="native"))
 
@@ -37,11 +37,11 @@ def _batch(key: bytes, first: int, plains: list[bytes]) -> bytes:
 def test_the_native_loop_is_built_unless_python_is_asked_for() -> None:
     """CI installs a compiler and OpenSSL's headers: a missing build must not pass
     unnoticed as the Python loop."""
-    assert batch_aead.NATIVE is not bool(os.environ.get(PURE_PYTHON_ENV))
+    assert batch_loops.NATIVE is not bool(os.environ.get(PURE_PYTHON_ENV))
 
 
 @pytest.mark.parametrize("opener", IMPLEMENTATIONS)
-def test_a_batch_opens_row_by_row_with_a_shorter_last(opener: batch_aead.OpenRows) -> None:
+def test_a_batch_opens_row_by_row_with_a_shorter_last(opener: batch_loops.OpenRows) -> None:
     key = os.urandom(32)
     plains = [os.urandom(1424) for _ in range(44)] + [os.urandom(700)]
     buffer = _batch(key, 2**40, plains)
@@ -55,7 +55,7 @@ def test_a_batch_opens_row_by_row_with_a_shorter_last(opener: batch_aead.OpenRow
 
 @pytest.mark.parametrize("opener", IMPLEMENTATIONS)
 def test_forged_and_misplaced_rows_are_named_and_the_rest_opened(
-    opener: batch_aead.OpenRows,
+    opener: batch_loops.OpenRows,
 ) -> None:
     key = os.urandom(32)
     plains = [os.urandom(100) for _ in range(6)]
@@ -74,7 +74,7 @@ def test_forged_and_misplaced_rows_are_named_and_the_rest_opened(
 
 @pytest.mark.parametrize("opener", IMPLEMENTATIONS)
 def test_keepalives_open_to_nothing_and_a_wrong_key_opens_nothing(
-    opener: batch_aead.OpenRows,
+    opener: batch_loops.OpenRows,
 ) -> None:
     key = os.urandom(32)
     buffer = _batch(key, 0, [b"", b""])
@@ -86,7 +86,7 @@ def test_keepalives_open_to_nothing_and_a_wrong_key_opens_nothing(
 
 
 @pytest.mark.parametrize("opener", IMPLEMENTATIONS)
-def test_buffers_that_do_not_hold_the_batch_are_refused(opener: batch_aead.OpenRows) -> None:
+def test_buffers_that_do_not_hold_the_batch_are_refused(opener: batch_loops.OpenRows) -> None:
     key = os.urandom(32)
     buffer = _batch(key, 0, [bytes(64)] * 3)
     segment = HEADER + 64 + TAG
@@ -101,7 +101,7 @@ def test_buffers_that_do_not_hold_the_batch_are_refused(opener: batch_aead.OpenR
 
 
 @pytest.mark.parametrize("sealer", SEALERS)
-def test_a_run_is_sealed_padded_where_each_message_goes(sealer: batch_aead.SealRows) -> None:
+def test_a_run_is_sealed_padded_where_each_message_goes(sealer: batch_loops.SealRows) -> None:
     key = os.urandom(32)
     packets = [os.urandom(1420), os.urandom(37), b"", memoryview(os.urandom(100))[10:90]]
     padded = [1424, 48, 0, 80]
@@ -120,7 +120,7 @@ def test_a_run_is_sealed_padded_where_each_message_goes(sealer: batch_aead.SealR
 
 
 @pytest.mark.parametrize("sealer", SEALERS)
-def test_what_is_sealed_opens_in_a_batch(sealer: batch_aead.SealRows) -> None:
+def test_what_is_sealed_opens_in_a_batch(sealer: batch_loops.SealRows) -> None:
     key = os.urandom(32)
     packets = [os.urandom(64) for _ in range(5)]
     segment = HEADER + 64 + TAG
@@ -132,7 +132,7 @@ def test_what_is_sealed_opens_in_a_batch(sealer: batch_aead.SealRows) -> None:
 
 
 @pytest.mark.parametrize("sealer", SEALERS)
-def test_a_run_that_does_not_fit_is_refused(sealer: batch_aead.SealRows) -> None:
+def test_a_run_that_does_not_fit_is_refused(sealer: batch_loops.SealRows) -> None:
     key = os.urandom(32)
     out = memoryview(bytearray(100))
     with pytest.raises(ValueError, match="32 bytes"):

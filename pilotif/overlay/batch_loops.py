@@ -1,5 +1,5 @@
 """Sealing a run of packets and opening a batch of transport messages at once: the
-native loops (`pilotif.overlay._batch_aead`, built from C by `pip install` when a
+native loops (`pilotif.overlay._batch_loops`, built from C by `pip install` when a
 compiler and OpenSSL's headers are there) or, without them, the same in Python through
 `cryptography`. Two are native only, their callers doing the same in Python without
 them: sealing a TCP super-packet as it is cut (`seal_tso`; else the caller cuts it with
@@ -107,14 +107,14 @@ def _native() -> tuple[OpenRows, SealRows, SealTso, CoalesceRun] | None:
     if os.environ.get(PURE_PYTHON_ENV):
         return None
     try:
-        from pilotif.overlay import _batch_aead  # type: ignore[attr-defined]
+        from pilotif.overlay import _batch_loops  # type: ignore[attr-defined]
     except ImportError:
         return None
     native: tuple[OpenRows, SealRows, SealTso, CoalesceRun] = (
-        _batch_aead.open_rows,
-        _batch_aead.seal_rows,
-        _batch_aead.seal_tso,
-        _batch_aead.coalesce_run,
+        _batch_loops.open_rows,
+        _batch_loops.seal_rows,
+        _batch_loops.seal_tso,
+        _batch_loops.coalesce_run,
     )
     return native
 

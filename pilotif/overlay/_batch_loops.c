@@ -9,7 +9,7 @@
  * stays in Python: which session, which counters, and whether a batch may go this way
  * at all are decided there.
  *
- * pilotif.overlay.batch_aead wraps it and holds the pure-Python equivalent, which is
+ * pilotif.overlay.batch_loops wraps it and holds the pure-Python equivalent, which is
  * used when this module was not built (or PILOTIF_PURE_PYTHON is set).
  */
 #define PY_SSIZE_T_CLEAN
@@ -572,9 +572,11 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef batch_aead_module = {
-    PyModuleDef_HEAD_INIT, "_batch_aead",
-    "ChaCha20-Poly1305 over a batch of WireGuard messages, without the GIL.", -1, methods,
+static struct PyModuleDef batch_loops_module = {
+    PyModuleDef_HEAD_INIT, "_batch_loops",
+    "The data plane's batch loops: sealing and opening WireGuard messages without the GIL, "
+    "cutting and sealing TCP super-packets, merging decrypted segments.",
+    -1, methods,
 };
 
-PyMODINIT_FUNC PyInit__batch_aead(void) { return PyModule_Create(&batch_aead_module); }
+PyMODINIT_FUNC PyInit__batch_loops(void) { return PyModule_Create(&batch_loops_module); }
