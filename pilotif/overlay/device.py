@@ -92,7 +92,6 @@ NO_PRESHARED_KEY = bytes(KEY_SIZE)
 _INDEX_SPACE = 2**32
 _NONCE: Final = struct.Struct("<4xQ")
 """The AEAD nonce of a transport counter: four zero bytes, then the counter."""
-_HEADER: Final = TRANSPORT_HEADER_SIZE
 _TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
 _IPV4_FIRST_LENGTH_DESTINATION: Final = struct.Struct("!BxH12x4s")
 _IPV4_VERSION: Final = 4
@@ -359,14 +358,12 @@ class Device:
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, PeerEndpoint] | None = None
         run_packet: BytesLike = b""
-        # The run's packets not sealed yet (one native call seals them, before the run's
-        # bookkeeping and before the buffer changes): the packets, their padded sizes,
-        # where their messages start, and the counter of the first.
+        # The run's packets not sealed yet (`_end_run` seals them in one native call,
+        # before the buffer changes): the packets, their padded sizes, where their
+        # messages start.
         rows: list[BytesLike] = []
         sizes: list[int] = []
         starts: list[int] = []
-        first_counter = 0
-        key = b""
         # The run's peer's filter when it must remember outbound UDP flows, and where the
         # run's packets say their protocol:
         noting: PacketFilter | None = None
@@ -390,10 +387,17 @@ class Device:
                     same_run = addresses is not None and addresses[1] == run_destination
             if not same_run:
                 if run is not None:
-                    if rows:
-                        seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
-                        rows, sizes, starts = [], [], []
-                    self._sent_run(run, counter, offset - run_start, run_packet, now)
+                    self._end_run(
+                        run,
+                        counter,
+                        offset - run_start,
+                        run_packet,
+                        now,
+                        sealed,
+                        rows,
+                        sizes,
+                        starts,
+                    )
                 addresses = packet_addresses(packet)
                 run = self._send_run(addresses[1], now) if addresses is not None else None
                 noting = None
@@ -401,7 +405,6 @@ class Device:
                     run_destination = addresses[1]
                     run_version = packet[0] >> 4
                     counter, remote_index = run[1].send_counter, run[1].remote_index
-                    first_counter, key = counter, run[1].send_key
                     run_packet = packet
                     endpoint = run[2]
                     run_start = offset
@@ -415,26 +418,30 @@ class Device:
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or counter >= REJECT_AFTER_MESSAGES:
                 if run is not None:
-                    if rows:
-                        seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
-                        rows, sizes, starts = [], [], []
-                    self._sent_run(run, counter, offset - run_start, run_packet, now)
+                    self._end_run(
+                        run,
+                        counter,
+                        offset - run_start,
+                        run_packet,
+                        now,
+                        sealed,
+                        rows,
+                        sizes,
+                        starts,
+                    )
                     run = None
                 self._stage(packet, now)
                 continue
             if end > capacity:
                 # The caller's buffer is full: the rest goes to a new one.
-                if rows:
-                    seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
-                    rows, sizes, starts = [], [], []
-                self._sent_run(run, counter, offset - run_start, run_packet, now)
+                self._end_run(
+                    run, counter, offset - run_start, run_packet, now, sealed, rows, sizes, starts
+                )
                 sealed = memoryview(bytearray(self._sealed_bytes(packets[position:])))
                 capacity = len(sealed)
                 offset = run_start = 0
                 end = padded + _TRANSPORT_OVERHEAD_BYTES
             pack_header(sealed, offset, MESSAGE_TRANSPORT, remote_index, counter)
-            if not rows:
-                first_counter = counter
             rows.append(packet)
             sizes.append(padded)
             starts.append(offset)
@@ -444,9 +451,9 @@ class Device:
             counter += 1
             offset = end
         if run is not None:
-            if rows:
-                seal_rows(key, first_counter, rows, sizes, starts, _HEADER, sealed)
-            self._sent_run(run, counter, offset - run_start, run_packet, now)
+            self._end_run(
+                run, counter, offset - run_start, run_packet, now, sealed, rows, sizes, starts
+            )
 
     def send_super(
         self,
@@ -501,6 +508,38 @@ class Device:
         if keypair is None or not keypair.can_send(now):
             return None
         return peer, keypair, peer.endpoint
+
+    def _end_run(
+        self,
+        run: tuple[Peer, Keypair, PeerEndpoint],
+        counter: int,
+        sent_bytes: int,
+        first: BytesLike,
+        now: float,
+        sealed: memoryview,
+        rows: list[BytesLike],
+        sizes: list[int],
+        starts: list[int],
+    ) -> None:
+        """Seal the run's packets not sealed yet (`rows`, padded to `sizes`, their
+        messages at `starts` in `sealed`; their counters follow on from the session's,
+        which `_sent_run` has not moved yet), empty the three lists, then the run's
+        bookkeeping."""
+        keypair = run[1]
+        if rows:
+            seal_rows(
+                keypair.send_key,
+                keypair.send_counter,
+                rows,
+                sizes,
+                starts,
+                TRANSPORT_HEADER_SIZE,
+                sealed,
+            )
+            rows.clear()
+            sizes.clear()
+            starts.clear()
+        self._sent_run(run, counter, sent_bytes, first, now)
 
     def _sent_run(
         self,
