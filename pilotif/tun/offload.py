@@ -53,7 +53,7 @@ MAX_IP_PACKET_BYTES: Final = 65535
 _WHOLE_BATCH_MIN_PACKETS: Final = 4
 """Below this many packets a write batch is coalesced packet by packet."""
 READ_ARENA_BYTES: Final = 4 * MAX_IP_PACKET_BYTES
-"""Room for the packets of one `TunBatch.read_many` (a read needs a whole packet's room)."""
+"""Room for the packets of one `TunBatch.read_batch` (a read needs a whole packet's room)."""
 
 _VNET_HDR: Final = struct.Struct("=BBHHHH")
 _ZERO_VNET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)
@@ -657,10 +657,9 @@ class SuperPacket:
 class TunBatch:
     """Reads and writes on a TUN with whatever offloads it was granted.
 
-    `read_many()` returns the packets of several kernel reads (or, with TSO, the
-    MTU-sized segments of one super-packet); `read_batch()` the same, but a TCP
-    super-packet whole. They are views into buffers that the next read reuses: encrypt
-    or copy them first.
+    `read_batch()` returns the packets of several kernel reads, or a TCP super-packet
+    whole (TSO; `split()` cuts it into MTU-sized segments). They are views into buffers
+    that the next read reuses: encrypt or copy them first.
     """
 
     def __init__(self, tun: TunDevice, offloads: TunOffloads) -> None:
@@ -675,13 +674,7 @@ class TunBatch:
         """Super-packets dropped because their header did not describe them."""
         self.drained = False
 
-    def read_many(self, limit: int) -> list[memoryview]:
-        """The packets of up to `limit` reads; empty when nothing waits (a super-packet
-        comes back cut into its segments)."""
-        read = self.read_batch(limit)
-        return self.split(read) if isinstance(read, SuperPacket) else read
-
-    def read_batch(self, limit: int) -> "list[memoryview] | SuperPacket":
+    def read_batch(self, limit: int) -> list[memoryview] | SuperPacket:
         """The packets of up to `limit` reads, or a TCP super-packet alone as the kernel
         handed it over (TSO); empty when nothing waits. Afterwards `drained` says whether
         the last read found the queue empty (no need to call again before the fd is
@@ -712,7 +705,7 @@ class TunBatch:
             offset += length
         return packets
 
-    def split(self, read: "SuperPacket") -> list[memoryview]:
+    def split(self, read: SuperPacket) -> list[memoryview]:
         """A super-packet's segments (or the packet, its checksum completed), in the split
         buffer until the next split; none when its header does not describe it
         (counted in `split_errors`)."""
