@@ -37,12 +37,17 @@
 #define GSO_TCPV4 1
 #define GSO_TCPV6 4
 
+/* The low `size` bytes of `value`, little-endian (WireGuard's fields) at `p`. */
+static void put_le(unsigned char *p, unsigned long long value, int size) {
+    for (int i = 0; i < size; i++) {
+        p[i] = (unsigned char)(value >> (8 * i));
+    }
+}
+
 /* WireGuard's nonce: 4 zero bytes, then the counter little-endian. */
 static void counter_nonce(unsigned char *nonce, unsigned long long counter) {
     memset(nonce, 0, 4);
-    for (int i = 0; i < 8; i++) {
-        nonce[4 + i] = (unsigned char)(counter >> (8 * i));
-    }
+    put_le(nonce + 4, counter, 8);
 }
 
 /* A ChaCha20-Poly1305 context holding `key`, for sealing (`encrypt` 1) or opening (0);
@@ -247,12 +252,6 @@ done:
     return result;
 }
 
-static void put_le32(unsigned char *p, uint32_t value) {
-    for (int i = 0; i < 4; i++) {
-        p[i] = (unsigned char)(value >> (8 * i));
-    }
-}
-
 static void put_be16(unsigned char *p, unsigned value) {
     p[0] = (unsigned char)(value >> 8);
     p[1] = (unsigned char)value;
@@ -382,11 +381,9 @@ static PyObject *seal_tso(PyObject *self, PyObject *args) {
         padded = padded <= mtu ? padded : mtu;
         unsigned char *message = (unsigned char *)output.buf + row * datagram;
         unsigned char *text = message + TRANSPORT_HEADER_SIZE;
-        put_le32(message, MESSAGE_TRANSPORT);
-        put_le32(message + 4, (uint32_t)receiver);
-        for (int i = 0; i < 8; i++) {
-            message[8 + i] = (unsigned char)((first + (unsigned long long)row) >> (8 * i));
-        }
+        put_le(message, MESSAGE_TRANSPORT, 4);
+        put_le(message + 4, receiver, 4);
+        put_le(message + 8, first + (unsigned long long)row, 8);
         memcpy(text, packet, (size_t)header_len);
         memcpy(text + header_len, payload + row * gso_size, (size_t)(size - header_len));
         memset(text + size, 0, (size_t)(padded - size));
