@@ -93,6 +93,9 @@ _INDEX_SPACE = 2**32
 _NONCE: Final = struct.Struct("<4xQ")
 """The AEAD nonce of a transport counter: four zero bytes, then the counter."""
 _TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
+_Pending = tuple[list[BytesLike], list[int], list[int]]
+"""Packets of a run not sealed yet: the packets, their padded sizes, where their
+messages start."""
 _IPV4_FIRST_LENGTH_DESTINATION: Final = struct.Struct("!BxH12x4s")
 _IPV4_VERSION: Final = 4
 _IPV4_PLAIN_FIRST_BYTE: Final = 0x45
@@ -358,12 +361,10 @@ class Device:
         offset = run_start = counter = remote_index = run_version = 0
         run: tuple[Peer, Keypair, PeerEndpoint] | None = None
         run_packet: BytesLike = b""
-        # The run's packets not sealed yet (`_end_run` seals them in one native call,
-        # before the buffer changes): the packets, their padded sizes, where their
-        # messages start.
-        rows: list[BytesLike] = []
-        sizes: list[int] = []
-        starts: list[int] = []
+        # The run's packets not sealed yet: `_sent_run` seals them in one native call,
+        # before the buffer changes.
+        pending: _Pending = ([], [], [])
+        rows, sizes, starts = pending
         # The run's peer's filter when it must remember outbound UDP flows, and where the
         # run's packets say their protocol:
         noting: PacketFilter | None = None
@@ -387,16 +388,8 @@ class Device:
                     same_run = addresses is not None and addresses[1] == run_destination
             if not same_run:
                 if run is not None:
-                    self._end_run(
-                        run,
-                        counter,
-                        offset - run_start,
-                        run_packet,
-                        now,
-                        sealed,
-                        rows,
-                        sizes,
-                        starts,
+                    self._sent_run(
+                        run, counter, offset - run_start, run_packet, now, (pending, sealed)
                     )
                 addresses = packet_addresses(packet)
                 run = self._send_run(addresses[1], now) if addresses is not None else None
@@ -418,25 +411,15 @@ class Device:
             end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
             if run is None or counter >= REJECT_AFTER_MESSAGES:
                 if run is not None:
-                    self._end_run(
-                        run,
-                        counter,
-                        offset - run_start,
-                        run_packet,
-                        now,
-                        sealed,
-                        rows,
-                        sizes,
-                        starts,
+                    self._sent_run(
+                        run, counter, offset - run_start, run_packet, now, (pending, sealed)
                     )
                     run = None
                 self._stage(packet, now)
                 continue
             if end > capacity:
                 # The caller's buffer is full: the rest goes to a new one.
-                self._end_run(
-                    run, counter, offset - run_start, run_packet, now, sealed, rows, sizes, starts
-                )
+                self._sent_run(run, counter, offset - run_start, run_packet, now, (pending, sealed))
                 sealed = memoryview(bytearray(self._sealed_bytes(packets[position:])))
                 capacity = len(sealed)
                 offset = run_start = 0
@@ -451,9 +434,7 @@ class Device:
             counter += 1
             offset = end
         if run is not None:
-            self._end_run(
-                run, counter, offset - run_start, run_packet, now, sealed, rows, sizes, starts
-            )
+            self._sent_run(run, counter, offset - run_start, run_packet, now, (pending, sealed))
 
     def send_super(
         self,
@@ -509,24 +490,24 @@ class Device:
             return None
         return peer, keypair, peer.endpoint
 
-    def _end_run(
+    def _sent_run(
         self,
         run: tuple[Peer, Keypair, PeerEndpoint],
         counter: int,
         sent_bytes: int,
         first: BytesLike,
         now: float,
-        sealed: memoryview,
-        rows: list[BytesLike],
-        sizes: list[int],
-        starts: list[int],
+        sealing: tuple[_Pending, memoryview] | None = None,
     ) -> None:
-        """Seal the run's packets not sealed yet (`rows`, padded to `sizes`, their
-        messages at `starts` in `sealed`; their counters follow on from the session's,
-        which `_sent_run` has not moved yet), empty the three lists, then the run's
-        bookkeeping."""
-        keypair = run[1]
-        if rows:
+        """The bookkeeping of packets sent to one peer up to `counter`, `first` the first
+        of them; with `sealing`, the run's packets not sealed yet are sealed first into
+        its buffer (their counters follow on from the session's, not moved yet), and the
+        pending lists emptied. A lone echo reply does not start waiting for an answer:
+        otherwise each side's path check (an echo) would make the other side's kernel
+        reply start the next one, back and forth for as long as the peers are idle."""
+        peer, keypair, _ = run
+        if sealing is not None and sealing[0][0]:
+            (rows, sizes, starts), sealed = sealing
             seal_rows(
                 keypair.send_key,
                 keypair.send_counter,
@@ -539,21 +520,6 @@ class Device:
             rows.clear()
             sizes.clear()
             starts.clear()
-        self._sent_run(run, counter, sent_bytes, first, now)
-
-    def _sent_run(
-        self,
-        run: tuple[Peer, Keypair, PeerEndpoint],
-        counter: int,
-        sent_bytes: int,
-        first: BytesLike,
-        now: float,
-    ) -> None:
-        """The bookkeeping of packets sealed for one peer up to `counter`, `first` the
-        first of them. A lone echo reply does not start waiting for an answer: otherwise each
-        side's path check (an echo) would make the other side's kernel reply start the
-        next one, back and forth for as long as the peers are idle."""
-        peer, keypair, _ = run
         lone = counter - keypair.send_counter == 1
         keypair.send_counter = counter
         waiting = peer.unanswered_since_s
