@@ -178,7 +178,8 @@ class Device:
         self.local_addresses: frozenset[bytes] | None = None
         """Packed addresses (4 or 16 bytes) that decrypted packets must be addressed to;
         None takes any destination (a plain WireGuard interface that may route)."""
-        self._local_ipv4 = -1
+        self._local_ipv4: bytes | None = None
+        """Our one IPv4 address (packed) among `local_addresses`, if there is just one."""
         self.roam_filter: Callable[[Peer, PeerEndpoint, float, bool], bool] | None = None
         """Decides whether a peer's endpoint may move to the source of an authenticated
         packet (the last argument: it is a handshake initiation); None lets it follow
@@ -191,7 +192,7 @@ class Device:
         router. Others are dropped as DESTINATION_NOT_LOCAL."""
         self.local_addresses = frozenset(addresses)
         ipv4 = [address for address in self.local_addresses if len(address) == _IPV4_BYTES]
-        self._local_ipv4 = int.from_bytes(ipv4[0], "big") if len(ipv4) == 1 else -1
+        self._local_ipv4 = ipv4[0] if len(ipv4) == 1 else None
 
     @property
     def public_key(self) -> bytes:
@@ -807,13 +808,11 @@ class Device:
         end = count * plain_size
         if plaintexts[0:end:plain_size].tobytes() != _IPV4_PLAIN_FIRST_BYTES[:count]:
             return False
-        if self.local_addresses is not None and self._local_ipv4 < 0:
-            return False
         agreeing = list(_IPV4_SOURCE_BYTES)
         if self.local_addresses is not None:
             agreeing += _IPV4_DESTINATION_BYTES
             destination = plaintexts[_IPV4_DESTINATION_OFFSET : _IPV4_DESTINATION_OFFSET + 4]
-            if destination != self._local_ipv4.to_bytes(_IPV4_BYTES, "big"):
+            if self._local_ipv4 is None or destination != self._local_ipv4:
                 return False
         for offset in agreeing:
             column = plaintexts[offset:end:plain_size].tobytes()
