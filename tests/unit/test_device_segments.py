@@ -627,6 +627,19 @@ def test_rows_all_from_another_peers_address_are_all_dropped() -> None:
     assert drops(b) == {DropReason.SOURCE_NOT_ALLOWED: ROWS}
 
 
+def test_rows_all_addressed_past_this_node_are_all_dropped() -> None:
+    # A node (not a router) takes packets for its own addresses only: a whole batch for
+    # another host behind it is dropped, not written to the TUN.
+    a, b = established_pair()
+    b.device.accept_only_to([b.v4.packed, b.v6.packed])
+    rows = [ipv4_packet(a.v4, SPOOFED_V4, payload(PLAIN_BYTES - 20, i)) for i in range(ROWS)]
+    datagrams = sealed_rows(a, b, rows)
+
+    assert receive(b, [one_receive(datagrams)], a.endpoint) == []
+    assert drops(b) == {DropReason.DESTINATION_NOT_LOCAL: ROWS}
+    assert receive(b, [one_receive(sealed_rows(a, b, plain_rows(a, b)))], a.endpoint)
+
+
 def test_rows_from_two_addresses_of_the_peer_are_all_delivered() -> None:
     a, b = established_pair()
     rows = plain_rows(a, b)
