@@ -56,6 +56,7 @@ class DataPath:
 
     def start_tun(self, tun_io: TunBatch) -> None:
         self.tun_io = tun_io
+        self.device.merges_for_tun = tun_io.offloads.vnet_hdr
         self._loop.add_reader(tun_io.tun.fileno(), self._on_tun_readable)
 
     def close(self) -> None:
@@ -154,6 +155,11 @@ class DataPath:
             if self.tun_io is not None:
                 device.drops[DropReason.TUN_WRITE_FAILED] += self.tun_io.write(device.to_tun)
             device.to_tun.clear()
+        if device.tun_writes:
+            if self.tun_io is not None:
+                failed = self.tun_io.write_merged(device.tun_writes)
+                device.drops[DropReason.TUN_WRITE_FAILED] += failed
+            device.tun_writes.clear()
 
     def _rearm_timer(self) -> None:
         """Make the timer fire by the core's next deadline.

@@ -445,94 +445,71 @@ static int same_headers(const unsigned char *a, const unsigned char *b, Py_ssize
            memcmp(ta + 18, tb + 18, (size_t)(header_len - ip_len - 18)) == 0;
 }
 
-PyDoc_STRVAR(coalesce_run_doc,
-"coalesce_run(packets) -> bytes | None\n\n"
-"The one TUN write (virtio header, then one TCP super-packet) that carries `packets` when\n"
-"they are the usual batch: every packet the next segment of the first one's flow (IPv4\n"
-"without options or IPv6, ACK and maybe PSH only, PSH on the last only), all of one size\n"
-"but the last, within one IP packet's size. None for anything else. What\n"
-"pilotif.tun.offload's _coalesce_whole and _finish write, byte for byte.");
-
-static PyObject *coalesce_run(PyObject *self, PyObject *arg) {
-    (void)self;
-    PyObject *list = PySequence_Fast(arg, "packets must be a sequence");
-    if (list == NULL) {
-        return NULL;
-    }
-    Py_ssize_t count = PySequence_Fast_GET_SIZE(list), held = 0;
-    Py_buffer *views = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_buffer));
-    PyObject *result = NULL;
-    if (views == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (; held < count; held++) {
-        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(list, held), &views[held],
-                               PyBUF_SIMPLE) < 0) {
-            goto done;
-        }
-    }
-    result = Py_NewRef(Py_None);
+/* The one TUN write (virtio header, then one TCP super-packet) that carries the `count`
+ * packets at `rows` (`lengths` bytes each) when they are the usual batch (see
+ * coalesce_run's docstring); a new reference to Py_None when they are not, NULL on an
+ * error. */
+static PyObject *merge_segments(const unsigned char *const *rows, const Py_ssize_t *lengths,
+                                Py_ssize_t count) {
     if (count < 2) {
-        goto done;
+        return Py_NewRef(Py_None);
     }
-    const unsigned char *first = views[0].buf;
-    Py_ssize_t size = views[0].len, last_size = views[count - 1].len, ip_len;
+    const unsigned char *first = rows[0];
+    Py_ssize_t size = lengths[0], last_size = lengths[count - 1], ip_len;
     if (size < IPV4_MIN_HEADER + TCP_MIN_HEADER) {
-        goto done;
+        return Py_NewRef(Py_None);
     }
     int version = first[0] >> 4;
     if (version == 4) {
         ip_len = (first[0] & 0x0F) * 4;
         if (ip_len != IPV4_MIN_HEADER || first[9] != 6 || get_be16(first + 2) != size ||
             (get_be16(first + 6) & ~0x4000u) != 0) {
-            goto done;
+            return Py_NewRef(Py_None);
         }
     } else if (version == 6) {
         ip_len = IPV6_HEADER;
         if (size < IPV6_HEADER + TCP_MIN_HEADER || first[6] != 6 ||
             get_be16(first + 4) + IPV6_HEADER != size) {
-            goto done;
+            return Py_NewRef(Py_None);
         }
     } else {
-        goto done;
+        return Py_NewRef(Py_None);
     }
     Py_ssize_t header_len = ip_len + (first[ip_len + 12] >> 4) * 4;
     Py_ssize_t payload = size - header_len;
     if (header_len - ip_len < TCP_MIN_HEADER || header_len >= size ||
         first[ip_len + 13] != 0x10 || !(header_len < last_size && last_size <= size) ||
         header_len + payload * count > 65535) {
-        goto done;
+        return Py_NewRef(Py_None);
     }
     uint32_t seq = get_be32(first + ip_len + 4);
     Py_ssize_t length_at = version == 4 ? 2 : 4, length_base = version == 4 ? 0 : IPV6_HEADER;
     for (Py_ssize_t row = 1; row < count; row++) {
-        const unsigned char *packet = views[row].buf;
-        Py_ssize_t length = views[row].len;
+        const unsigned char *packet = rows[row];
+        Py_ssize_t length = lengths[row];
         int last = row == count - 1;
         if ((!last && length != size) || !same_headers(first, packet, ip_len, header_len) ||
             get_be32(packet + ip_len + 4) - seq != (uint32_t)(row * payload) ||
             (Py_ssize_t)get_be16(packet + length_at) != length - length_base ||
             (!last && (packet[ip_len + 13] & TCP_PSH))) {
-            goto done;
+            return Py_NewRef(Py_None);
         }
     }
     Py_ssize_t merged = header_len + (count - 1) * payload + (last_size - header_len);
     PyObject *write = PyBytes_FromStringAndSize(NULL, VIRTIO_NET_HDR_SIZE + merged);
     if (write == NULL) {
-        Py_CLEAR(result);
-        goto done;
+        return NULL;
     }
     unsigned char *out = (unsigned char *)PyBytes_AS_STRING(write);
     unsigned char *packet = out + VIRTIO_NET_HDR_SIZE;
     memcpy(packet, first, (size_t)size);
     unsigned char *at = packet + size;
     for (Py_ssize_t row = 1; row < count; row++) {
-        Py_ssize_t part = views[row].len - header_len;
-        memcpy(at, (const unsigned char *)views[row].buf + header_len, (size_t)part);
+        Py_ssize_t part = lengths[row] - header_len;
+        memcpy(at, rows[row] + header_len, (size_t)part);
         at += part;
     }
-    packet[ip_len + 13] |= ((const unsigned char *)views[count - 1].buf)[ip_len + 13] & TCP_PSH;
+    packet[ip_len + 13] |= rows[count - 1][ip_len + 13] & TCP_PSH;
     uint64_t pseudo;
     if (version == 4) {
         put_be16(packet + 2, (unsigned)merged);
@@ -551,13 +528,102 @@ static PyObject *coalesce_run(PyObject *self, PyObject *arg) {
     out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
     out[1] = version == 4 ? GSO_TCPV4 : GSO_TCPV6;
     memcpy(out + 2, fields, sizeof fields);
-    Py_SETREF(result, write);
+    return write;
+}
+
+PyDoc_STRVAR(coalesce_run_doc,
+"coalesce_run(packets) -> bytes | None\n\n"
+"The one TUN write (virtio header, then one TCP super-packet) that carries `packets` when\n"
+"they are the usual batch: every packet the next segment of the first one's flow (IPv4\n"
+"without options or IPv6, ACK and maybe PSH only, PSH on the last only), all of one size\n"
+"but the last, within one IP packet's size. None for anything else. What\n"
+"pilotif.tun.offload's _coalesce_whole and _finish write, byte for byte.");
+
+static PyObject *coalesce_run(PyObject *self, PyObject *arg) {
+    (void)self;
+    PyObject *list = PySequence_Fast(arg, "packets must be a sequence");
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(list), held = 0;
+    size_t slots = (size_t)(count ? count : 1);
+    Py_buffer *views = PyMem_Calloc(slots, sizeof(Py_buffer));
+    const unsigned char **rows = PyMem_Calloc(slots, sizeof(*rows));
+    Py_ssize_t *lengths = PyMem_Calloc(slots, sizeof(*lengths));
+    PyObject *result = NULL;
+    if (views == NULL || rows == NULL || lengths == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; held < count; held++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(list, held), &views[held],
+                               PyBUF_SIMPLE) < 0) {
+            goto done;
+        }
+        rows[held] = views[held].buf;
+        lengths[held] = views[held].len;
+    }
+    result = merge_segments(rows, lengths, count);
 done:
     for (Py_ssize_t row = 0; row < held; row++) {
         PyBuffer_Release(&views[row]);
     }
     PyMem_Free(views);
+    PyMem_Free(rows);
+    PyMem_Free(lengths);
     Py_DECREF(list);
+    return result;
+}
+
+PyDoc_STRVAR(coalesce_rows_doc,
+"coalesce_rows(buffer, stride, count, last_size) -> bytes | None\n\n"
+"What coalesce_run returns for the `count` packets laid out one per `stride` bytes in\n"
+"`buffer` (the last row `last_size` bytes), each as long as its IP header says (IPv4's\n"
+"total length, IPv6's payload length plus its header) and no longer than its row: a\n"
+"decrypted batch merged without a view per packet. None when a row does not hold the\n"
+"packet its header describes, or when coalesce_run would decline.");
+
+static PyObject *coalesce_rows(PyObject *self, PyObject *args) {
+    Py_buffer buffer;
+    Py_ssize_t stride, count, last_size;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*nnn", &buffer, &stride, &count, &last_size)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    const unsigned char **rows = NULL;
+    Py_ssize_t *lengths = NULL;
+    if (count < 1 || stride < 1 || last_size < 0 || last_size > stride ||
+        (count - 1) * stride + last_size > buffer.len) {
+        PyErr_SetString(PyExc_ValueError, "the buffer does not hold `count` rows");
+        goto done;
+    }
+    rows = PyMem_Calloc((size_t)count, sizeof(*rows));
+    lengths = PyMem_Calloc((size_t)count, sizeof(*lengths));
+    if (rows == NULL || lengths == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t row = 0; row < count; row++) {
+        const unsigned char *packet = (const unsigned char *)buffer.buf + row * stride;
+        Py_ssize_t room = row < count - 1 ? stride : last_size, length = 0;
+        if (room >= IPV6_HEADER && packet[0] >> 4 == 6) {
+            length = IPV6_HEADER + get_be16(packet + 4);
+        } else if (room >= IPV4_MIN_HEADER && packet[0] >> 4 == 4) {
+            length = get_be16(packet + 2);
+        }
+        if (length < IPV4_MIN_HEADER || length > room) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        rows[row] = packet;
+        lengths[row] = length;
+    }
+    result = merge_segments(rows, lengths, count);
+done:
+    PyMem_Free(rows);
+    PyMem_Free(lengths);
+    PyBuffer_Release(&buffer);
     return result;
 }
 
@@ -566,6 +632,7 @@ static PyMethodDef methods[] = {
     {"seal_rows", seal_rows, METH_VARARGS, seal_rows_doc},
     {"seal_tso", seal_tso, METH_VARARGS, seal_tso_doc},
     {"coalesce_run", coalesce_run, METH_O, coalesce_run_doc},
+    {"coalesce_rows", coalesce_rows, METH_VARARGS, coalesce_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,10 +1,11 @@
 """Sealing a run of packets and opening a batch of transport messages at once: the
 native loops (`pilotif.overlay._batch_loops`, built from C by `pip install` when a
 compiler and OpenSSL's headers are there) or, without them, the same in Python through
-`cryptography`. Two are native only, their callers doing the same in Python without
+`cryptography`. Three are native only, their callers doing the same in Python without
 them: sealing a TCP super-packet as it is cut (`seal_tso`; else the caller cuts it with
 pilotif.tun.offload.split_gso and seals the run) and merging a decrypted batch of one TCP
-flow into one TUN write (`coalesce_run`; else pilotif.tun.offload merges it with numpy).
+flow into one TUN write (`coalesce_run` from the packets, `coalesce_rows` from the rows
+they were decrypted into; else pilotif.tun.offload merges the packets with numpy).
 
 `PILOTIF_PURE_PYTHON=1` in the environment makes every process use the Python loop (CI
 runs the unit tests both ways).
@@ -32,6 +33,7 @@ SealRows = Callable[
 
 SealTso = Callable[[bytes, int, int, BytesLike, int, int, int, memoryview], tuple[int, int, int]]
 CoalesceRun = Callable[[Sequence[BytesLike]], bytes | None]
+CoalesceRows = Callable[[BytesLike, int, int, int], bytes | None]
 
 
 def _open_rows_python(
@@ -103,18 +105,19 @@ def _seal_rows_python(
         encrypt(pack_nonce(first_counter + row), text, None, out[start : start + padded + _TAG])
 
 
-def _native() -> tuple[OpenRows, SealRows, SealTso, CoalesceRun] | None:
+def _native() -> tuple[OpenRows, SealRows, SealTso, CoalesceRun, CoalesceRows] | None:
     if os.environ.get(PURE_PYTHON_ENV):
         return None
     try:
         from pilotif.overlay import _batch_loops  # type: ignore[attr-defined]
     except ImportError:
         return None
-    native: tuple[OpenRows, SealRows, SealTso, CoalesceRun] = (
+    native: tuple[OpenRows, SealRows, SealTso, CoalesceRun, CoalesceRows] = (
         _batch_loops.open_rows,
         _batch_loops.seal_rows,
         _batch_loops.seal_tso,
         _batch_loops.coalesce_run,
+        _batch_loops.coalesce_rows,
     )
     return native
 
@@ -140,3 +143,7 @@ coalesce_run: Final[CoalesceRun | None] = _LOOPS[3] if _LOOPS else None
 """The one TUN write (virtio header and TCP super-packet) that carries a batch of packets
 when they are one flow's next segments, else None; see the native docstring. None
 without the native loops."""
+coalesce_rows: Final[CoalesceRows | None] = _LOOPS[4] if _LOOPS else None
+"""What `coalesce_run` returns for the packets laid out one per `stride` bytes of a buffer
+(buffer, stride, count, last_size), each as long as its IP header says: a decrypted
+batch merged without a view per packet. None without the native loops."""

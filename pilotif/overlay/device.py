@@ -8,8 +8,9 @@ inputs, each taking `now` (seconds on the caller's monotonic clock):
   (`receive_datagram`: one; `receive_segments`: one GRO receive);
 - `handle_timers(now)`: called at (or after) `next_timer()`.
 
-After any input the caller drains three outputs: `outgoing` (datagrams and the
-endpoint to send each to), `to_tun` (decrypted IP packets) and `events`.
+After any input the caller drains its outputs: `outgoing` (datagrams and the endpoint
+to send each to) and `trains` (GSO trains of them), `to_tun` (decrypted IP packets) and
+`tun_writes` (merged ones, when `merges_for_tun`), and `events`.
 Peer input is hostile: anything malformed, unauthenticated, replayed or not
 allowed is dropped and counted in `drops` by reason; it never raises.
 Wall time is needed only for the TAI64N timestamp of initiations:
@@ -26,7 +27,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 
 from pilotif.overlay.allowed_ips import AllowedIPs
-from pilotif.overlay.batch_loops import open_rows, seal_rows, seal_tso
+from pilotif.overlay.batch_loops import coalesce_rows, open_rows, seal_rows, seal_tso
 from pilotif.overlay.constants import (
     AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
@@ -173,6 +174,13 @@ class Device:
         """Sealed GSO trains (`send_super`): datagrams back to back, all of the given size
         but the last, for one endpoint; sent after `outgoing`."""
         self.to_tun: list[BytesLike] = []
+        self.merges_for_tun = False
+        """Whether a decrypted batch of one TCP flow's next segments goes to `tun_writes`
+        merged (natively) rather than to `to_tun` packet by packet: for a TUN that takes
+        virtio headers."""
+        self.tun_writes: list[bytes] = []
+        """TUN writes, each a virtio header and the TCP super-packet merged from one
+        decrypted batch (see `merges_for_tun`)."""
         self.events: list[Event] = []
         self.drops = new_drop_counters()
         self.local_addresses: frozenset[bytes] | None = None
@@ -745,7 +753,9 @@ class Device:
         What `receive_datagrams` does with them. The usual batch (transport messages of
         one session, counters increasing, all new, plain IPv4 packets from one source
         inside) is checked at once (each field read down the rows by one `struct` or one
-        strided copy): per datagram only the decryption is left.
+        strided copy): per datagram only the decryption is left. With `merges_for_tun`,
+        a batch of one TCP flow's next segments becomes one merged write in `tun_writes`
+        (checked as it is merged, natively).
         `plaintexts` must hold len(buffer) bytes; `to_tun` gets views into it.
         """
         count = -(-len(buffer) // segment_size) if segment_size > 0 else 1
@@ -775,6 +785,14 @@ class Device:
             return
         keypair.replay.update_run(first, last)
         self._received_transport(peer, keypair, source, len(buffer), True, now)
+        if self.merges_for_tun and coalesce_rows is not None:
+            merged = coalesce_rows(plaintexts, plain_size, count, last_plain)
+            if merged is not None:
+                # One flow's segments, headers equal but for what differs segment to
+                # segment: the first one's verdict is every one's.
+                if self._admitted(peer, plaintexts[:plain_size], now, count) is not None:
+                    self.tun_writes.append(merged)
+                return
         totals = _row_totals(plain_size, count).unpack_from(plaintexts, _IPV4_TOTAL_LENGTH)
         if (
             min(totals) >= _IPV4_MIN_BYTES
@@ -874,20 +892,32 @@ class Device:
 
     def _deliver(self, peer: Peer, plaintext: BytesLike, now: float) -> None:
         """Queue a decrypted packet of `peer` for the TUN if it is IP from its allowed IPs."""
+        packet = self._admitted(peer, plaintext, now)
+        if packet is not None:
+            self.to_tun.append(packet)
+
+    def _admitted(
+        self, peer: Peer, plaintext: BytesLike, now: float, count: int = 1
+    ) -> BytesLike | None:
+        """The IP packet at the start of `plaintext` if it is one `peer` may send us (from
+        its allowed IPs, to us, past its filter); else None, the drop counted `count`
+        times (for packets that share this one's verdict)."""
         addresses = packet_addresses(plaintext)
         if addresses is None:
-            self.drops[DropReason.NOT_IP] += 1
+            reason = DropReason.NOT_IP
         elif self._routes.lookup(addresses[0]) is not peer:
-            self.drops[DropReason.SOURCE_NOT_ALLOWED] += 1
+            reason = DropReason.SOURCE_NOT_ALLOWED
         elif self.local_addresses is not None and addresses[1] not in self.local_addresses:
-            self.drops[DropReason.DESTINATION_NOT_LOCAL] += 1
+            reason = DropReason.DESTINATION_NOT_LOCAL
         elif peer.packet_filter is not None and not peer.packet_filter.allows(
             plaintext[: addresses[2]], now
         ):
-            self.drops[DropReason.POLICY_DENIED] += 1
-            peer.policy_denied += 1
+            reason = DropReason.POLICY_DENIED
+            peer.policy_denied += count
         else:
-            self.to_tun.append(plaintext[: addresses[2]])
+            return plaintext[: addresses[2]]
+        self.drops[reason] += count
+        return None
 
     def _receive_run(self, index: int, now: float) -> tuple[Peer, Keypair] | DropReason:
         """The peer and session of a receiver index, or why its messages are dropped.

@@ -715,22 +715,28 @@ class TunBatch:
             self.split_errors += 1
             return []
 
+    def write_merged(self, writes: Sequence[BytesLike]) -> int:
+        """Hand the kernel writes that already carry their virtio header (a TUN with
+        `vnet_hdr` only); the number it refused."""
+        fd = self._fd
+        failed = 0
+        for write in writes:
+            try:
+                os.write(fd, write)
+            except OSError:
+                failed += 1
+        return failed
+
     def write(self, packets: Sequence[BytesLike]) -> int:
         """Hand `packets` to the kernel in as few writes as the offloads allow.
 
         Returns the number of writes the kernel refused (e.g. a full queue)."""
-        fd = self._fd
-        failed = 0
         if self.offloads.vnet_hdr:
             # No checksum check before merging: the tunnel's AEAD already proves these
             # bytes are what the peer sent; a checksum guards a wire we do not use.
-            writes: Sequence[BytesLike] = coalesce(packets, verify=False)
-            for write in writes:
-                try:
-                    os.write(fd, write)
-                except OSError:
-                    failed += 1
-            return failed
+            return self.write_merged(coalesce(packets, verify=False))
+        fd = self._fd
+        failed = 0
         prefix = (_ZERO_VNET_HDR,) if self._header else ()
         for packet in packets:
             try:

@@ -42,6 +42,7 @@ from test_device_batch import (
     tcp_segment,
 )
 
+from pilotif.overlay import batch_loops
 from pilotif.overlay.constants import (
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
@@ -51,6 +52,7 @@ from pilotif.overlay.constants import (
 from pilotif.overlay.drops import DropReason
 from pilotif.overlay.events import EndpointChanged, Event
 from pilotif.overlay.messages import TRANSPORT_HEADER, split_coalesced
+from pilotif.tun.offload import coalesce
 
 MAX_GRO_SEGMENTS = 64
 """The most datagrams the kernel coalesces into one receive."""
@@ -683,3 +685,126 @@ def test_a_glued_batch_with_a_forged_row_from_a_new_source_roams_once() -> None:
     assert b.device.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
     assert peer_of(b, a).endpoint == ROAMED_ENDPOINT
     assert drops(b) == {DropReason.DECRYPT_FAILED: 1}
+
+
+# -- merged TUN writes (merges_for_tun) ---------------------------------------------
+
+
+def flow_segment(a: Node, b: Node, row: int, *, size: int = MSS, src: str | None = None) -> bytes:
+    """Row `row` of one TCP flow from A to B: consecutive sequence numbers, MSS apart."""
+    payload_bytes = bytes((row + i) % 251 for i in range(size))
+    return bytes(
+        IP(src=src or str(a.v4), dst=str(b.v4), flags="DF")
+        / TCP(sport=40000, dport=5201, seq=row * MSS, flags="A")
+        / Raw(payload_bytes)
+    )
+
+
+def tun_writes(
+    node: Node, receives: list[Receive], source: Endpoint, *, merges: bool
+) -> list[bytes]:
+    """What a TUN that takes virtio headers gets for each receive: the packets coalesced
+    by pilotif.tun.offload, then the merged writes, as DataPath writes them."""
+    node.device.merges_for_tun = merges
+    plaintexts = memoryview(bytearray(max(len(buffer) for buffer, _ in receives)))
+    writes: list[bytes] = []
+    for buffer, segment_size in receives:
+        view = memoryview(bytearray(buffer))
+        node.device.receive_segments(view, segment_size, source, NOW, plaintexts)
+        writes += [bytes(write) for write in coalesce(node.device.to_tun, verify=False)]
+        writes += node.device.tun_writes
+        node.device.to_tun.clear()
+        node.device.tun_writes.clear()
+    return writes
+
+
+_FLOW_CHANGES = ["none", "short-tail", "corrupt", "spoof", "swap", "drop", "replay", "other"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 45),
+    change=st.sampled_from(_FLOW_CHANGES),
+    position=st.integers(0, 100),
+    tail=st.integers(1, MSS),
+)
+def test_merged_writes_are_what_coalescing_the_delivered_packets_writes(
+    rows: int, change: str, position: int, tail: int
+) -> None:
+    # With merges_for_tun the usual batch (one flow's next segments) is merged from the
+    # rows it was decrypted into; whatever the batch, the TUN must get byte for byte
+    # what coalescing the packets of the packet-by-packet path gets, with the same
+    # drops and byte counters.
+    outcomes = []
+    for merges in (True, False):
+        a, b = established_pair()
+        packets = [flow_segment(a, b, row) for row in range(rows)]
+        at = position % rows
+        if change == "short-tail":
+            packets[-1] = flow_segment(a, b, rows - 1, size=tail)
+        elif change == "spoof":
+            packets[at] = flow_segment(a, b, at, src=SPOOFED_V4)
+        elif change == "other":
+            packets[at] = a.packet_to(b, payload(MSS, at))
+        datagrams = sent(a, packets)
+        if change == "corrupt":
+            datagrams[at] = flip(datagrams[at], -1)
+        elif change == "swap" and at + 1 < rows:
+            datagrams[at : at + 2] = [datagrams[at + 1], datagrams[at]]
+        elif change == "drop" and rows > 1:
+            del datagrams[at]
+        elif change == "replay":
+            datagrams += datagrams
+        rx_before = peer_of(b, a).rx_bytes
+        writes = tun_writes(b, glue(datagrams), a.endpoint, merges=merges)
+        outcomes.append((writes, drops(b), peer_of(b, a).rx_bytes - rx_before))
+
+    merged, reference = outcomes
+    assert merged == reference
+
+
+def test_a_usual_batch_is_one_merged_write_when_the_native_loops_are_built() -> None:
+    a, b = established_pair()
+    packets = [flow_segment(a, b, row) for row in range(ROWS)]
+    b.device.merges_for_tun = True
+
+    receive(b, [one_receive(sent(a, packets))], a.endpoint)
+
+    if batch_loops.NATIVE:
+        assert batch_loops.coalesce_run is not None
+        assert b.device.tun_writes == [batch_loops.coalesce_run(packets)]
+    else:
+        assert b.device.tun_writes == []
+    assert drops(b) == {}
+
+
+@pytest.mark.parametrize("refused", ["source", "destination"])
+def test_a_merged_batch_the_node_must_not_take_is_dropped_whole(refused: str) -> None:
+    # The rows of a mergeable batch share one header: the first one's verdict is each
+    # one's, counted once per packet.
+    a, b = established_pair()
+    b.device.accept_only_to([b.v4.packed, b.v6.packed])
+    b.device.merges_for_tun = True
+    c = make_node(3)
+    connect(b, c)
+    packets = [
+        bytes(
+            IP(
+                src=str(c.v4) if refused == "source" else str(a.v4),
+                dst=SPOOFED_V4 if refused == "destination" else str(b.v4),
+                flags="DF",
+            )
+            / TCP(sport=40000, dport=5201, seq=row * MSS, flags="A")
+            / Raw(payload(MSS, row))
+        )
+        for row in range(ROWS)
+    ]
+    datagrams = sealed_rows(a, b, packets)
+
+    assert receive(b, [one_receive(datagrams)], a.endpoint) == []
+
+    assert b.device.tun_writes == []
+    reason = (
+        DropReason.SOURCE_NOT_ALLOWED if refused == "source" else DropReason.DESTINATION_NOT_LOCAL
+    )
+    assert drops(b) == {reason: ROWS}

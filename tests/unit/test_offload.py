@@ -400,3 +400,61 @@ def test_the_native_merge_writes_what_the_numpy_merge_writes(
     assert _batch_loops.coalesce_run(batch) == expected
     if change == "none" and len(batch) > 1:
         assert expected is not None
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    size=st.integers(min_value=2 * MSS_V4, max_value=64000),
+    slack=st.integers(min_value=0, max_value=40),
+    change=st.sampled_from(["none", "psh-middle", "gap", "long-header", "garbage-row"]),
+    where=st.integers(min_value=0, max_value=1000),
+    v6=st.booleans(),
+)
+def test_merging_rows_writes_what_merging_their_packets_writes(
+    size: int, slack: int, change: str, where: int, v6: bool
+) -> None:
+    # coalesce_rows reads the packets where a decrypted batch left them, one per row
+    # (the padding after each is not the packet's): the write coalesce_run makes of the
+    # packets themselves, byte for byte, or None when a row's header claims more than
+    # its row holds or coalesce_run would decline.
+    raw, header = tcp_super_packet(os.urandom(size), v6=v6, flags="A")
+    batch = [bytearray(s) for s in split(raw, header)]
+    at = where % len(batch)
+    flags_at = (40 if v6 else 20) + 13
+    if change == "psh-middle":
+        batch[at][flags_at] |= 0x08
+    elif change == "gap" and len(batch) > 2:
+        del batch[at]
+    stride = len(batch[0]) + slack
+    rows = bytearray(b"\xee" * (stride * len(batch)))
+    for row, packet in enumerate(batch):
+        rows[row * stride : row * stride + len(packet)] = packet
+    last_size = len(batch[-1]) + min(slack, 3)
+    if change == "long-header":
+        # The header claims one byte more than the row holds.
+        length_at, header_bytes = (4, 40) if v6 else (2, 0)
+        room = stride if at < len(batch) - 1 else last_size
+        field = (room + 1 - header_bytes).to_bytes(2, "big")
+        rows[at * stride + length_at : at * stride + length_at + 2] = field
+    elif change == "garbage-row":
+        rows[at * stride : at * stride + 2] = b"\x00\x00"
+
+    got = _batch_loops.coalesce_rows(memoryview(rows), stride, len(batch), last_size)
+
+    if change in ("long-header", "garbage-row"):
+        assert got is None
+    else:
+        assert got == _batch_loops.coalesce_run(batch)
+        if change == "none":
+            assert got is not None
+
+
+@pytest.mark.parametrize(
+    "stride, count, last_size",
+    [(0, 1, 0), (100, 0, 50), (100, 2, 101), (100, 2, -1), (100, 3, 100)],
+)
+def test_merging_rows_that_the_buffer_does_not_hold_is_an_error(
+    stride: int, count: int, last_size: int
+) -> None:
+    with pytest.raises(ValueError, match="rows"):
+        _batch_loops.coalesce_rows(bytes(250), stride, count, last_size)
