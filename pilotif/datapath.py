@@ -169,7 +169,7 @@ class DataPath:
         moves the deadlines on every packet; cancelling and re-arming each time cost
         more than the occasional early wake-up.
         """
-        deadline = self.device.next_timer()
+        deadline = self.device.wake_by()
         armed = self._timer_deadline
         if deadline is None or (armed is not None and armed <= deadline):
             return

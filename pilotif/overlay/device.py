@@ -6,7 +6,8 @@ inputs, each taking `now` (seconds on the caller's monotonic clock):
 - `send_packets(packets, now)`: IP packets read from the TUN (`send_packet`: one);
 - `receive_datagrams(datagrams, source, now)`: UDP payloads from the network
   (`receive_datagram`: one; `receive_segments`: one GRO receive);
-- `handle_timers(now)`: called at (or after) `next_timer()`.
+- `handle_timers(now)`: called at (or after) `wake_by()`, which is no later than
+  `next_timer()` and costs nothing to ask after every input.
 
 After any input the caller drains its outputs: `outgoing` (datagrams and the endpoint
 to send each to) and `trains` (GSO trains of them), `to_tun` (decrypted IP packets) and
@@ -169,6 +170,8 @@ class Device:
         self._handshakes_window_start_s = 0.0
         self._handshakes_in_window = 0
         self._under_load_until_s = -1.0
+        self._wake_by: float | None = None
+        """No timer is due before this (see `wake_by`)."""
         self.outgoing: list[tuple[BytesLike, PeerEndpoint]] = []
         self.trains: list[tuple[memoryview, int, PeerEndpoint]] = []
         """Sealed GSO trains (`send_super`): datagrams back to back, all of the given size
@@ -233,7 +236,7 @@ class Device:
         for network in peer.allowed_ips:
             self._routes.insert(network, peer)
         if persistent_keepalive_s and endpoint is not None:
-            peer.timers.persistent_keepalive = now
+            peer.timers.persistent_keepalive = self._arm(now)
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -272,7 +275,7 @@ class Device:
             return
         peer.persistent_keepalive_s = seconds
         peer.timers.persistent_keepalive = (
-            now + seconds if seconds and peer.endpoint is not None else None
+            self._arm(now + seconds) if seconds and peer.endpoint is not None else None
         )
 
     def rehandshake(self, public_key: bytes, now: float) -> None:
@@ -560,7 +563,7 @@ class Device:
         timers = peer.timers
         timers.send_keepalive = None
         if data and timers.new_handshake is None:
-            timers.new_handshake = now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S
+            timers.new_handshake = self._arm(now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S)
         self._arm_persistent_keepalive(peer, now)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
@@ -592,7 +595,9 @@ class Device:
             if peer.staged and peer.timers.retransmit_handshake is None:
                 # Too soon for another initiation: try again when allowed, so that
                 # queued packets are not stuck until the next one arrives.
-                peer.timers.retransmit_handshake = peer.last_initiation_sent_s + REKEY_TIMEOUT_S
+                peer.timers.retransmit_handshake = self._arm(
+                    peer.last_initiation_sent_s + REKEY_TIMEOUT_S
+                )
             return
         if peer.endpoint is None:
             return
@@ -618,7 +623,7 @@ class Device:
         jitter = (
             int.from_bytes(self._random_bytes(2), "little") / 0xFFFF * REKEY_TIMEOUT_JITTER_MAX_S
         )
-        peer.timers.retransmit_handshake = now + REKEY_TIMEOUT_S + jitter
+        peer.timers.retransmit_handshake = self._arm(now + REKEY_TIMEOUT_S + jitter)
 
     def _send_handshake_message(self, peer: Peer, message: bytes, now: float) -> None:
         assert peer.endpoint is not None
@@ -629,7 +634,7 @@ class Device:
 
     def _arm_persistent_keepalive(self, peer: Peer, now: float) -> None:
         if peer.persistent_keepalive_s:
-            peer.timers.persistent_keepalive = now + peer.persistent_keepalive_s
+            peer.timers.persistent_keepalive = self._arm(now + peer.persistent_keepalive_s)
 
     def _new_index(self) -> int:
         while True:
@@ -962,7 +967,7 @@ class Device:
         ):
             self._send_initiation(peer, now, is_retry=False)
         if data and timers.send_keepalive is None:
-            timers.send_keepalive = now + KEEPALIVE_TIMEOUT_S
+            timers.send_keepalive = self._arm(now + KEEPALIVE_TIMEOUT_S)
 
     def _under_load(self, now: float) -> bool:
         if now - self._handshakes_window_start_s >= 1.0:
@@ -1023,7 +1028,7 @@ class Device:
         peer.next = keypair
         self._by_index[index] = (peer, keypair)
         peer.timers.new_handshake = None
-        peer.timers.zero_key_material = now + ZERO_KEYS_AFTER_S
+        peer.timers.zero_key_material = self._arm(now + ZERO_KEYS_AFTER_S)
         self._send_handshake_message(peer, bytes(response), now)
 
     def _receive_response(self, data: bytes, source: PeerEndpoint, now: float) -> None:
@@ -1050,7 +1055,7 @@ class Device:
             peer.previous = peer.current
         peer.current = keypair
         peer.timers.new_handshake = None
-        peer.timers.zero_key_material = now + ZERO_KEYS_AFTER_S
+        peer.timers.zero_key_material = self._arm(now + ZERO_KEYS_AFTER_S)
         self._arm_persistent_keepalive(peer, now)
         self._handshake_complete(peer, now, initiator=True)
         if not self._send_staged(peer, now):
@@ -1124,12 +1129,12 @@ class Device:
         peer.retired.append((now + RETIRED_KEYPAIR_S, keypair))
         if len(peer.retired) > MAX_RETIRED_KEYPAIRS:
             self._forget_keypair(peer.retired.popleft()[1])
-        peer.timers.forget_retired = peer.retired[0][0]
+        peer.timers.forget_retired = self._arm(peer.retired[0][0])
 
     def _forget_retired(self, peer: Peer, now: float) -> None:
         while peer.retired and peer.retired[0][0] <= now:
             self._forget_keypair(peer.retired.popleft()[1])
-        peer.timers.forget_retired = peer.retired[0][0] if peer.retired else None
+        peer.timers.forget_retired = self._arm(peer.retired[0][0]) if peer.retired else None
 
     def _zero_keys(self, peer: Peer) -> None:
         for keypair in peer.keypairs():
@@ -1145,12 +1150,29 @@ class Device:
     # -- timers --------------------------------------------------------------------
 
     def next_timer(self) -> float | None:
-        """The earliest deadline of any peer's timer, or None when all are idle."""
+        """The earliest deadline of any peer's timer, or None when all are idle (a scan
+        of every peer: `wake_by` is what to ask after each input)."""
         deadlines = [t for p in self._peers.values() if (t := p.timers.earliest()) is not None]
         return min(deadlines) if deadlines else None
 
+    def wake_by(self) -> float | None:
+        """When `handle_timers` must run at the latest: never after `next_timer()`, maybe
+        before it (a timer since stopped or moved later counts until timers are handled),
+        and read without looking at any peer, however many there are."""
+        return self._wake_by
+
+    def _arm(self, deadline: float) -> float:
+        """`deadline`, about to be a timer's: `wake_by` stays no later than it."""
+        if self._wake_by is None or deadline < self._wake_by:
+            self._wake_by = deadline
+        return deadline
+
     def handle_timers(self, now: float) -> None:
         """Fire every timer whose deadline has passed."""
+        self._fire_timers(now)
+        self._wake_by = self.next_timer()
+
+    def _fire_timers(self, now: float) -> None:
         for peer in list(self._peers.values()):
             timers = peer.timers
             if timers.retransmit_handshake is not None and timers.retransmit_handshake <= now:
@@ -1181,7 +1203,7 @@ class Device:
             self.drops[DropReason.HANDSHAKE_GAVE_UP] += len(peer.staged)
             peer.staged.clear()
             if peer.timers.zero_key_material is None:
-                peer.timers.zero_key_material = now + ZERO_KEYS_AFTER_S
+                peer.timers.zero_key_material = self._arm(now + ZERO_KEYS_AFTER_S)
             self.events.append(HandshakeGaveUp(peer.public_key))
             return
         self._send_initiation(peer, now, is_retry=True)

@@ -178,9 +178,10 @@ def exchange(a: Node, b: Node, now: float) -> None:
 
 
 def run_timers(a: Node, b: Node, until: float) -> None:
-    """Fire both nodes' timers in deadline order up to `until`, exchanging after each step."""
+    """Fire both nodes' timers in deadline order up to `until`, exchanging after each step:
+    woken by `wake_by`, as the daemon's packet pump is (early wake-ups find nothing due)."""
     while True:
-        deadlines = [d for n in (a, b) if (d := n.device.next_timer()) is not None]
+        deadlines = [d for n in (a, b) if (d := n.device.wake_by()) is not None]
         if not deadlines or min(deadlines) > until:
             return
         now = min(deadlines)

@@ -65,6 +65,7 @@ from pilotif.overlay.events import (
     RelayEndpoint,
 )
 from pilotif.overlay.messages import TRANSPORT_HEADER
+from pilotif.overlay.peer import PeerTimers
 
 PSK = bytes([0x42]) * 32
 OTHER_PSK = bytes([0x24]) * 32
@@ -879,6 +880,56 @@ def test_next_timer_returns_the_earliest_deadline(pair: tuple[Node, Node]) -> No
     a.device.handle_timers(NOW + 1)
 
     assert a.device.next_timer() == NOW + 1 + 2
+
+
+def test_wake_by_is_never_after_the_next_deadline_and_is_it_once_timers_ran() -> None:
+    # What the packet pump re-arms its timer with after every input: a bound kept as
+    # timers are armed (stopping or postponing one leaves it early, never late).
+    a, b = make_node(1), make_node(2)
+    connect(a, b, persistent_keepalive_s=PERSISTENT_KEEPALIVE_S)
+    connect(b, a)
+    now = NOW
+    for step in range(400):
+        if step % 7 < 3:
+            a.device.send_packet(a.packet_to(b, b"data"), now)
+        if step % 11 == 0:
+            b.device.send_packet(b.packet_to(a, b"back"), now)
+        exchange(a, b, now)
+        for node in (a, b):
+            node.device.to_tun.clear()
+            deadline, bound = node.device.next_timer(), node.device.wake_by()
+            assert deadline is None or (bound is not None and bound <= deadline)
+        now = min(d for n in (a, b) if (d := n.device.wake_by()) is not None)
+        now = min(now, NOW + step * 3.0)
+        for node in (a, b):
+            node.device.handle_timers(now)
+            assert node.device.wake_by() == node.device.next_timer()
+    assert now > NOW + REJECT_AFTER_TIME_S
+    assert drops(a) == drops(b) == {}
+
+
+def test_asking_when_to_wake_looks_at_no_peer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A node with many peers answers after each input without visiting them all (the
+    # scan cost 270 us a wake-up with 1,000 peers).
+    a, b = make_pair()
+    for index in range(3, 203):
+        connect(a, make_node(index), persistent_keepalive_s=PERSISTENT_KEEPALIVE_S)
+    handshake(a, b, NOW)
+    visited: list[PeerTimers] = []
+    original = PeerTimers.earliest
+
+    def counting(timers: PeerTimers) -> float | None:
+        visited.append(timers)
+        return original(timers)
+
+    monkeypatch.setattr(PeerTimers, "earliest", counting)
+    a.device.send_packet(a.packet_to(b, b"data"), NOW + 1)
+    exchange(a, b, NOW + 1)
+
+    assert a.device.wake_by() == NOW
+    assert visited == []
+    a.device.handle_timers(NOW + 1)
+    assert len(visited) == 201
 
 
 # -- cookies under load ------------------------------------------------------------
