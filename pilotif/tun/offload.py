@@ -731,7 +731,7 @@ class TunBatch:
         """Hand `packets` to the kernel in as few writes as the offloads allow.
 
         Returns the number of writes the kernel refused (e.g. a full queue)."""
-        if self.offloads.vnet_hdr:
+        if self.offloads.vnet_hdr and len(packets) > 1:
             # No checksum check before merging: the tunnel's AEAD already proves these
             # bytes are what the peer sent; a checksum guards a wire we do not use.
             return self.write_merged(coalesce(packets, verify=False))

@@ -1,0 +1,124 @@
+"""TunBatch's writes and reads, on a datagram socket pair standing in for the TUN (one
+message per read or write, as a TUN keeps packets apart): what the kernel gets for a
+batch, for a lone packet, and when it refuses one."""
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.packet import Raw
+
+from pilotif.tun.device import TunDevice
+from pilotif.tun.offload import (
+    GSO_TCPV4,
+    VIRTIO_NET_HDR_SIZE,
+    TunBatch,
+    TunOffloads,
+    VirtioNetHdr,
+    coalesce,
+)
+
+MSS = 1380
+ZERO_HEADER = bytes(VIRTIO_NET_HDR_SIZE)
+
+
+def segment(row: int, flags: str = "A") -> bytes:
+    """Row `row` of one TCP flow: consecutive sequence numbers, MSS bytes each."""
+    return bytes(
+        IP(src="100.64.0.1", dst="100.64.0.2", flags="DF")
+        / TCP(sport=40000, dport=5201, seq=row * MSS, ack=7, flags=flags)
+        / Raw(os.urandom(MSS))
+    )
+
+
+@pytest.fixture
+def tun() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """(our end, the kernel's end) of a datagram socket pair."""
+    ours, kernels = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    kernels.setblocking(False)
+    yield ours, kernels
+    ours.close()
+    kernels.close()
+
+
+def batch_on(end: socket.socket, *, vnet_hdr: bool) -> TunBatch:
+    device = TunDevice("fake0", end.fileno(), vnet_hdr=vnet_hdr, multi_queue=False)
+    return TunBatch(device, TunOffloads(vnet_hdr=vnet_hdr, tso=vnet_hdr, uso=False))
+
+
+def received(end: socket.socket) -> list[bytes]:
+    """Every message written so far."""
+    messages = []
+    while True:
+        try:
+            messages.append(end.recv(1 << 17))
+        except BlockingIOError:
+            return messages
+
+
+def test_a_batch_of_one_flow_is_one_write_of_what_coalesce_makes(
+    tun: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, kernels = tun
+    packets = [segment(row) for row in range(6)]
+
+    assert batch_on(ours, vnet_hdr=True).write(packets) == 0
+
+    (write,) = received(kernels)
+    assert write == bytes(coalesce(packets, verify=False)[0])
+    assert VirtioNetHdr.unpack_from(write).gso_type == GSO_TCPV4
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [segment(0), bytes(IP(src="100.64.0.1", dst="100.64.0.2") / UDP() / Raw(b"one"))],
+    ids=["tcp", "udp"],
+)
+def test_a_lone_packet_is_written_as_it_is_behind_an_empty_header(
+    tun: tuple[socket.socket, socket.socket], packet: bytes
+) -> None:
+    ours, kernels = tun
+
+    assert batch_on(ours, vnet_hdr=True).write([packet]) == 0
+
+    assert received(kernels) == [ZERO_HEADER + packet]
+
+
+def test_without_virtio_headers_each_packet_is_written_bare(
+    tun: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, kernels = tun
+    packets = [segment(row) for row in range(3)]
+
+    assert batch_on(ours, vnet_hdr=False).write(packets) == 0
+
+    assert received(kernels) == packets
+
+
+def test_writes_the_kernel_refuses_are_counted(tun: tuple[socket.socket, socket.socket]) -> None:
+    ours, kernels = tun
+    batch = batch_on(ours, vnet_hdr=True)
+    kernels.close()
+
+    assert batch.write([segment(0)]) == 1
+    assert batch.write([segment(row) for row in range(4)]) == 1
+    assert batch.write_merged([ZERO_HEADER + segment(0), ZERO_HEADER + segment(1)]) == 2
+
+
+def test_reads_take_every_waiting_packet_up_to_the_limit(
+    tun: tuple[socket.socket, socket.socket],
+) -> None:
+    ours, kernels = tun
+    batch = batch_on(ours, vnet_hdr=True)
+    packets = [segment(row, flags="PA") for row in range(5)]
+    for packet in packets:
+        kernels.send(ZERO_HEADER + packet)
+
+    assert [bytes(p) for p in batch.read_batch(3)] == packets[:3]
+    assert not batch.drained
+    assert [bytes(p) for p in batch.read_batch(3)] == packets[3:]
+    assert batch.drained
+    assert batch.read_batch(3) == []
