@@ -62,6 +62,7 @@ SHORT_PLAIN_BYTES = 100
 """The plaintext size of their shorter last row."""
 ROWS = 6
 SPOOFED_V4 = "100.64.0.77"
+SPOOFED_V6 = "fd00:64::77"
 IPV4_OPTIONS = b"\x01\x01\x01\x00"
 
 Endpoint = tuple[str, int]
@@ -554,7 +555,7 @@ def _ipv6(a: Node, b: Node, size: int) -> bytes:
 
 
 def _ipv6_spoofed(a: Node, b: Node, size: int) -> bytes:
-    return ipv6_packet("fd00:64::77", b.v6, payload(size - 40, 99))
+    return ipv6_packet(SPOOFED_V6, b.v6, payload(size - 40, 99))
 
 
 def _options(a: Node, b: Node, size: int) -> bytes:
@@ -690,14 +691,18 @@ def test_a_glued_batch_with_a_forged_row_from_a_new_source_roams_once() -> None:
 # -- merged TUN writes (merges_for_tun) ---------------------------------------------
 
 
-def flow_segment(a: Node, b: Node, row: int, *, size: int = MSS, src: str | None = None) -> bytes:
-    """Row `row` of one TCP flow from A to B: consecutive sequence numbers, MSS apart."""
-    payload_bytes = bytes((row + i) % 251 for i in range(size))
-    return bytes(
-        IP(src=src or str(a.v4), dst=str(b.v4), flags="DF")
-        / TCP(sport=40000, dport=5201, seq=row * MSS, flags="A")
-        / Raw(payload_bytes)
-    )
+def flow_segment(
+    a: Node, b: Node, row: int, *, size: int = MSS, spoofed: bool = False, v6: bool = False
+) -> bytes:
+    """Row `row` of one TCP flow from A to B: consecutive sequence numbers, a full
+    segment's payload apart (over IPv6 20 bytes less: every row is as long either way)."""
+    full = MSS - 20 * v6
+    payload_bytes = bytes((row + i) % 251 for i in range(size - 20 * v6))
+    if v6:
+        ip: IP | IPv6 = IPv6(src=SPOOFED_V6 if spoofed else str(a.v6), dst=str(b.v6))
+    else:
+        ip = IP(src=SPOOFED_V4 if spoofed else str(a.v4), dst=str(b.v4), flags="DF")
+    return bytes(ip / TCP(sport=40000, dport=5201, seq=row * full, flags="A") / Raw(payload_bytes))
 
 
 def tun_writes(
@@ -726,10 +731,11 @@ _FLOW_CHANGES = ["none", "short-tail", "corrupt", "spoof", "swap", "drop", "repl
     rows=st.integers(1, 45),
     change=st.sampled_from(_FLOW_CHANGES),
     position=st.integers(0, 100),
-    tail=st.integers(1, MSS),
+    tail=st.integers(21, MSS),
+    v6=st.booleans(),
 )
 def test_merged_writes_are_what_coalescing_the_delivered_packets_writes(
-    rows: int, change: str, position: int, tail: int
+    rows: int, change: str, position: int, tail: int, v6: bool
 ) -> None:
     # With merges_for_tun the usual batch (one flow's next segments) is merged from the
     # rows it was decrypted into; whatever the batch, the TUN must get byte for byte
@@ -738,12 +744,12 @@ def test_merged_writes_are_what_coalescing_the_delivered_packets_writes(
     outcomes = []
     for merges in (True, False):
         a, b = established_pair()
-        packets = [flow_segment(a, b, row) for row in range(rows)]
+        packets = [flow_segment(a, b, row, v6=v6) for row in range(rows)]
         at = position % rows
         if change == "short-tail":
-            packets[-1] = flow_segment(a, b, rows - 1, size=tail)
+            packets[-1] = flow_segment(a, b, rows - 1, size=tail, v6=v6)
         elif change == "spoof":
-            packets[at] = flow_segment(a, b, at, src=SPOOFED_V4)
+            packets[at] = flow_segment(a, b, at, spoofed=True, v6=v6)
         elif change == "other":
             packets[at] = a.packet_to(b, payload(MSS, at))
         datagrams = sent(a, packets)
@@ -763,9 +769,10 @@ def test_merged_writes_are_what_coalescing_the_delivered_packets_writes(
     assert merged == reference
 
 
-def test_a_usual_batch_is_one_merged_write_when_the_native_loops_are_built() -> None:
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_a_usual_batch_is_one_merged_write_when_the_native_loops_are_built(v6: bool) -> None:
     a, b = established_pair()
-    packets = [flow_segment(a, b, row) for row in range(ROWS)]
+    packets = [flow_segment(a, b, row, v6=v6) for row in range(ROWS)]
     b.device.merges_for_tun = True
 
     receive(b, [one_receive(sent(a, packets))], a.endpoint)
