@@ -154,7 +154,7 @@ class Bind(RelayFraming):
         shorter) to one peer endpoint; the number refused."""
         if not isinstance(endpoint, RelayEndpoint):
             return self._batch.send_buffer(train, size, endpoint)
-        datagrams = [train[start : start + size] for start in range(0, len(train), size)]
+        datagrams = split_coalesced(train, size)
         return sum(not self._send_relayed(datagram, endpoint) for datagram in datagrams)
 
     def send_control(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> int:
