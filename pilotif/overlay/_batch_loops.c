@@ -75,6 +75,14 @@ static int seal_in_place(EVP_CIPHER_CTX *ctx, unsigned long long counter, unsign
            EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, TAG_SIZE, text + length);
 }
 
+/* Release the first `held` of `views` (the buffers of a sequence's items) and free them. */
+static void release_views(Py_buffer *views, Py_ssize_t held) {
+    for (Py_ssize_t row = 0; row < held; row++) {
+        PyBuffer_Release(&views[row]);
+    }
+    PyMem_Free(views);
+}
+
 PyDoc_STRVAR(open_rows_doc,
 "open_rows(key, first_counter, buffer, segment_size, count, last_size, header_size,\n"
 "          plaintexts) -> list[int]\n\n"
@@ -238,10 +246,7 @@ static PyObject *seal_rows(PyObject *self, PyObject *args) {
     }
     result = Py_NewRef(Py_None);
 done:
-    for (Py_ssize_t row = 0; row < held; row++) {
-        PyBuffer_Release(&views[row]);
-    }
-    PyMem_Free(views);
+    release_views(views, held);
     PyMem_Free(padded);
     PyMem_Free(starts);
     Py_XDECREF(packet_list);
@@ -565,10 +570,7 @@ static PyObject *coalesce_run(PyObject *self, PyObject *arg) {
     }
     result = merge_segments(rows, lengths, count);
 done:
-    for (Py_ssize_t row = 0; row < held; row++) {
-        PyBuffer_Release(&views[row]);
-    }
-    PyMem_Free(views);
+    release_views(views, held);
     PyMem_Free(rows);
     PyMem_Free(lengths);
     Py_DECREF(list);
