@@ -24,6 +24,7 @@ from pilotif.cli_common import (
     CliError,
     database_option,
     echo_result,
+    host_port_option,
     json_option,
     json_output,
     node_request,
@@ -33,7 +34,6 @@ from pilotif.config import ConfigError, InterfaceConfig, load_config
 from pilotif.context_cli import context
 from pilotif.control import ControlError, request, stream
 from pilotif.duration import DurationError, parse_duration
-from pilotif.hostport import HostPortError, parse_host_port
 from pilotif.identity import (
     HostnameError,
     StateFileError,
@@ -43,6 +43,7 @@ from pilotif.identity import (
 )
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.logs import log_event, setup_logging
+from pilotif.mcp_cli import mcp
 from pilotif.node.core import NETWORK_POLICY, QUEUED, NodeOptions
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.paths import STATE_DIR_ENV, StatePaths
@@ -164,7 +165,7 @@ def up(
     """Bring the interface up; returns once it is up, the daemon runs on in the background."""
     paths = StatePaths(state_dir.absolute())
     observe = _Observe(
-        metrics=_host_port("--metrics", metrics) if metrics is not None else None,
+        metrics=host_port_option("--metrics", metrics) if metrics is not None else None,
         webhook=_webhook_url(webhook) if webhook is not None else None,
     )
     if (config_path is None) == (registry is None):
@@ -219,14 +220,6 @@ class _Observe:
     webhook: str | None
 
 
-def _host_port(option: str, text: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) as (host, port); a clear error if not."""
-    try:
-        return parse_host_port(text)
-    except HostPortError as error:
-        raise CliError(f"{option} {error}", "bad_input") from None
-
-
 def _webhook_url(url: str) -> str:
     from pilotif.observe import WebhookError, check_webhook_url
 
@@ -267,7 +260,7 @@ def _node_options(
     auto_approve: str | None,
 ) -> NodeOptions:
     registries = [
-        _host_port("--registry", part.strip()) for part in registry.split(",") if part.strip()
+        host_port_option("--registry", part.strip()) for part in registry.split(",") if part.strip()
     ]
     if not registries:
         raise CliError("--registry needs HOST:PORT[,HOST:PORT...]", "bad_input")
@@ -825,7 +818,7 @@ def registry(
         return
     from pilotif.registry import RegistryOptions, run_registry
 
-    listen_at = _host_port("--listen", listen)
+    listen_at = host_port_option("--listen", listen)
     try:
         net = ipaddress.IPv4Network(network)
     except ValueError as error:
@@ -834,7 +827,7 @@ def registry(
         expire_after_s = parse_duration(expire_after)
     except DurationError as error:
         raise CliError(f"--expire-after: {error}", "bad_input") from None
-    metrics_at = _host_port("--metrics", metrics) if metrics is not None else None
+    metrics_at = host_port_option("--metrics", metrics) if metrics is not None else None
     options = RegistryOptions(net, require_join_key, expire_after_s, database, _relays(relays))
     setup_logging(as_json=log_format == "json")
     try:
@@ -880,8 +873,8 @@ def relay(
     Give its key to the registry with `pilotif registry --relay KEY@IP:PORT`."""
     from pilotif.relay.service import RelayOptions, RelayStartError, run_relay
 
-    listen_at = _host_port("--listen", listen)
-    registry_at = _host_port("--registry", registry) if registry is not None else None
+    listen_at = host_port_option("--listen", listen)
+    registry_at = host_port_option("--registry", registry) if registry is not None else None
     try:
         key = decode_key(registry_key) if registry_key is not None else None
     except InvalidKeyError as error:
@@ -954,28 +947,7 @@ cli.add_command(task)
 cli.add_command(bench)
 cli.add_command(listen)
 cli.add_command(context)
-
-
-@cli.command()
-@click.option("--http", "http_at", help="Serve streamable HTTP at HOST:PORT instead of stdio.")
-@state_dir_option
-def mcp(http_at: str | None, state_dir: Path) -> None:
-    """Serve this node as MCP tools (status, peers, find, trust, messages, TCP requests)
-    for LLM agents: over stdio, as MCP clients start it, or streamable HTTP."""
-    try:
-        from pilotif.mcp_server import build_server
-    except ImportError as error:
-        raise CliError(
-            f"the MCP SDK is not installed ({error.name})",
-            "missing_dependency",
-            "pip install 'pilotif[mcp]'",
-        ) from None
-    server = build_server(state_dir.absolute())
-    if http_at is None:
-        server.run("stdio")
-        return
-    host, port = _host_port("--http", http_at)
-    server.run("streamable-http", host=host, port=port)
+cli.add_command(mcp)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from pilotif.control import ControlError, request
+from pilotif.hostport import HostPortError, parse_host_port
 from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
 from pilotif.registry.database import is_postgresql
 
@@ -24,6 +25,14 @@ class CliError(click.ClickException):
         super().__init__(message)
         self.code = code
         self.hint = hint
+
+
+def host_port_option(option: str, text: str) -> tuple[str, int]:
+    """HOST:PORT given to OPTION (an IPv6 host in brackets) as (host, port), or a clear error."""
+    try:
+        return parse_host_port(text)
+    except HostPortError as error:
+        raise CliError(f"{option} {error}", "bad_input") from None
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
