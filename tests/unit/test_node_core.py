@@ -544,15 +544,20 @@ def test_a_quiet_peer_gets_one_keepalive_and_the_relay_one_at_most_every_ten_sec
 
 
 def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
-    alpha = net.node("alpha")
+    """`--auto-approve=tag:team` approves a node the registry's operator granted `team`,
+    never one that only tagged itself `team` (anyone may set their own tags)."""
+    impostor, member = net.node("impostor"), net.node("member")
     beta = net.node("beta", auto_approve="tag:team")
-    gamma = net.node("gamma", auto_approve="all")
-    net.up(alpha, beta, gamma)
-    alpha.call("trust_request", peer=beta.key, message="")
-    alpha.call("trust_request", peer=gamma.key, message="")
+    impostor.core.options = replace(impostor.core.options, tags=["team"])
+    net.up(impostor, member, beta)
+    net.registry.store.set_granted_tag("member", "team", True)
+    impostor.call("trust_request", peer=beta.key, message="")
+    member.call("trust_request", peer=beta.key, message="")
     net.run(2.0)
-    assert gamma.device.public_key in alpha.core.peers
-    assert beta.device.public_key not in alpha.core.peers
+    assert member.device.public_key in beta.core.peers
+    assert beta.device.public_key in member.core.peers
+    assert impostor.device.public_key not in beta.core.peers
+    assert beta.device.public_key not in impostor.core.peers
 
 
 def test_packets_from_a_peer_to_other_addresses_are_dropped(net: Network) -> None:
