@@ -20,7 +20,7 @@ from pilotif.overlay.cookie import CookieGenerator
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.messages import parse_cookie_reply
-from pilotif.registry import server
+from pilotif.registry import server, wire
 from pilotif.registry.gate import CONTROL_BURST, RELAY_BURST_BYTES, UNPROVEN_BURST
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.server import (
@@ -751,26 +751,29 @@ def test_junk_from_fresh_keys_costs_a_hash_not_a_key_exchange(
 ) -> None:
     """Before: each 0x50 from a new key cost an X25519 and a query (~97 us). Now a
     message without our mac1 is dropped after one keyed hash, and one without a cookie
-    gets a cookie reply; neither opens a channel."""
-    opened: list[bytes] = []
-    real_channel = server.ControlChannel
+    gets a cookie reply; neither costs the registry an X25519."""
+    exchanges: list[bytes] = []
+    real_dh = wire.dh
 
-    def counting_channel(private: bytes, key: bytes, **kwargs: Any) -> ControlChannel:
-        opened.append(key)
-        return real_channel(private, key, **kwargs)
+    def counting_dh(private: bytes, public: bytes) -> bytes:
+        if private == world.private_key:
+            exchanges.append(public)
+        return real_dh(private, public)
 
-    monkeypatch.setattr(server, "ControlChannel", counting_channel)
-    stranger = FakeNode(world.core.public_key, ("198.18.60.1", 1), world.clock)
+    monkeypatch.setattr(wire, "dh", counting_dh)
     for number in range(500):
         fresh = FakeNode(world.core.public_key, ("198.18.60.1", 1), world.clock)
         datagram = bytearray(fresh.seal("register", hostname=f"junk{number}"))
         world.deliver(bytes(datagram), (f"198.18.{61 + number % 100}.{number % 250 + 1}", 9))
         datagram[-REQUEST_MACS_SIZE - 1] ^= 1
         world.deliver(bytes(datagram), ("198.18.60.1", 1))
-    assert opened == []
+    assert exchanges == []
     assert world.core.counters["bad_mac1"] == 500
     assert world.core.counters["cookie_replies"] == 500
-    assert stranger.key not in opened
+    # The count is real: a node that proves its address costs exactly one.
+    node = world.new_node()
+    world.register(node, "proven")
+    assert exchanges == [node.key]
 
 
 def test_fresh_keys_from_one_proven_address_are_rate_limited(world: World) -> None:
