@@ -27,6 +27,11 @@ from pilotif.registry.wire import (
 CONTROL_RATE_PER_S: Final = 50.0
 CONTROL_BURST: Final = 100.0
 """Control messages from one proven ip:port (many nodes may share a NAT's address)."""
+NEW_KEY_RATE_PER_S: Final = 20.0
+NEW_KEY_BURST: Final = 50.0
+"""Control messages from keys without a channel (each costs an X25519, and at the
+registry a query), per address group: one host that proves many ports, or owns a /64,
+gets what one port gets."""
 UNPROVEN_RATE_PER_S: Final = 50.0
 UNPROVEN_BURST: Final = 200
 """Answers (cookie replies, key answers) to one address whose ports are not proven: the
@@ -86,6 +91,7 @@ class ControlGate:
         )
         self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
         self._unproven_limit = TokenBuckets(UNPROVEN_RATE_PER_S, UNPROVEN_BURST)
+        self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
 
     def admit(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing] | None:
         """None if the message may be opened; else what to answer (a cookie reply, or
@@ -109,6 +115,14 @@ class ControlGate:
             self.counters["rate_limited"] += 1
             return []
         return None
+
+    def new_key_allowed(self, source: Endpoint, now: float) -> bool:
+        """Whether a message from a key without a channel may cost an X25519 now, by the
+        address group of its (proven) source; counted if not."""
+        if self._new_key_limit.allow(address_group(source), now):
+            return True
+        self.counters["new_key_rate_limited"] += 1
+        return False
 
     def unknown_source(self, source: Endpoint, now: float) -> list[Outgoing]:
         """The answer to a relay message from an address no node is known at: the 4-byte

@@ -76,10 +76,6 @@ MAX_TAG_CHARS: Final = 32
 MAX_LAN_ENDPOINTS: Final = 4
 MAX_TRUST_MESSAGE_BYTES: Final = 256
 """Longest trust message, as JSON-encoded UTF-8, so that every push fits a datagram."""
-NEW_KEY_RATE_PER_S: Final = 20.0
-NEW_KEY_BURST: Final = 50
-"""Control messages from keys without a cached channel (each costs an X25519 and a
-query), per proven address."""
 NEW_NODES_PER_S: Final = 0.2
 NEW_NODES_BURST: Final = 20.0
 """New registrations from one address (a /64 for IPv6): names and addresses are finite."""
@@ -237,7 +233,6 @@ class RegistryCore:
         its messages from an earlier session cannot be replayed into this one."""
         self._channels: BoundedLru[bytes, ControlChannel] = BoundedLru(MAX_CHANNELS)
         self._gate = ControlGate(private_key, self.counters)
-        self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._new_node_limit = TokenBuckets(NEW_NODES_PER_S, NEW_NODES_BURST)
         self._join_key_limit = TokenBuckets(JOIN_KEY_USES_PER_S, JOIN_KEY_BURST)
         self._relay_limit = RelayLimit(self.counters)
@@ -310,8 +305,7 @@ class RegistryCore:
             fresh = channel is None
             looked_up = None
             if channel is None:
-                if not self._new_key_limit.allow(address_group(source), now):
-                    self.counters["new_key_rate_limited"] += 1
+                if not self._gate.new_key_allowed(source, now):
                     return []
                 looked_up = self.store.node_and_requests(sender)
                 channel = self._new_channel(sender, looked_up[0])

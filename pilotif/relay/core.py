@@ -22,7 +22,6 @@ from pilotif.lru import BoundedLru
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.registry.gate import ControlGate, Outgoing, RelayLimit
-from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.wire import (
     CONTROL_TYPE,
     MAX_REQUEST_ID,
@@ -48,9 +47,6 @@ MAX_CHANNELS: Final = 250_000
 """Senders whose channel (keys, replay window) stays in memory."""
 MAX_TICKETS_PER_NODE: Final = 10_000
 """Peers one node may hold tickets for (its trusted peers)."""
-NEW_KEY_RATE_PER_S: Final = 20.0
-NEW_KEY_BURST: Final = 50.0
-"""Attaches from keys without a channel (each costs an X25519), per proven ip:port."""
 TRAFFIC_COUNTERS: Final = frozenset(
     {"relayed_packets", "relayed_bytes", "attaches", "tickets_accepted", "cookie_replies"}
 )
@@ -94,7 +90,6 @@ class RelayCore:
         self._nodes: OrderedDict[bytes, _Attached] = OrderedDict()
         """Attached nodes, the longest silent first."""
         self._owners: dict[Endpoint, bytes] = {}
-        self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._relay_limit = RelayLimit(self.counters)
 
     @property
@@ -154,8 +149,7 @@ class RelayCore:
             sender = control_sender(sealed)
             channel = self._channels.get(sender)
             if channel is None:
-                if not self._new_key_limit.allow(source, now):
-                    self.counters["new_key_rate_limited"] += 1
+                if not self._gate.new_key_allowed(source, now):
                     return []
                 channel = ControlChannel(
                     self._private_key, sender, local_is_registry=True, local_public=self.public_key

@@ -21,14 +21,13 @@ from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.messages import parse_cookie_reply
 from pilotif.registry import server, wire
-from pilotif.registry.gate import CONTROL_BURST, RELAY_BURST_BYTES, UNPROVEN_BURST
+from pilotif.registry.gate import CONTROL_BURST, NEW_KEY_BURST, RELAY_BURST_BYTES, UNPROVEN_BURST
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.server import (
     MAX_LAN_ENDPOINTS,
     MAX_TAG_CHARS,
     MAX_TAGS,
     MAX_TRUST_MESSAGE_BYTES,
-    NEW_KEY_BURST,
     ONLINE_WINDOW_S,
     PENDING_PUSH_LIMIT,
     SEEN_WRITE_S,

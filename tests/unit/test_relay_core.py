@@ -12,6 +12,7 @@ from pilotif.overlay.cookie import CookieGenerator
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
 from pilotif.overlay.messages import parse_cookie_reply
+from pilotif.registry.gate import NEW_KEY_BURST
 from pilotif.registry.wire import (
     REGISTRY_COOKIE_TYPE,
     RELAY_SOURCE_UNKNOWN,
@@ -281,3 +282,16 @@ def test_tickets_are_checked_against_the_holder() -> None:
     assert check_ticket(key, holder, ticket, NOW) == (peer, int(NOW) + 10)
     # The pair, not the direction: the peer could hold the same proof about the holder.
     assert check_ticket(key, peer, issue_ticket(key, peer, holder, 5), 0) == (holder, 5)
+
+
+def test_fresh_keys_from_one_host_share_one_budget_whatever_their_ports(lab: Lab) -> None:
+    """Each attach from a key the relay has no channel for costs it an X25519. A host
+    that proves a few hundred ports gets what one port gets: NEW_KEY_BURST, counted
+    by its address (an IPv6 /64 likewise), as at the registry."""
+    answered = 0
+    for number in range(int(NEW_KEY_BURST) + 20):
+        node = Node(lab, ("198.18.2.1", 20000 + number))
+        node.link.request("attach", {"instance": None, "tickets": []}, NOW)
+        answered += sum(isinstance(item, Reply) for item in lab.pump(node))
+    assert answered == NEW_KEY_BURST
+    assert lab.relay.counters["new_key_rate_limited"] == 20
