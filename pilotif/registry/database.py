@@ -12,11 +12,13 @@ after another as one process does.
 
 import contextlib
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeGuard
+from urllib.parse import unquote
 
 POSTGRESQL_SCHEMES: Final = ("postgresql://", "postgres://")
 _DB_FILE_MODE: Final = 0o600
@@ -25,6 +27,13 @@ _WRITE_LOCK: Final = 0x70696C6F74
 _CONNECT_TIMEOUT_S: Final = 5
 _RECONNECT_S: Final = 1.0
 """A lost connection (the server restarted) is made again at most this often."""
+_MASK: Final = "***"
+_PASSWORD_KEYS: Final = frozenset({"password", "sslpassword"})
+"""The connection parameters of libpq that hold a secret."""
+_KEY_VALUE_PASSWORD: Final = re.compile(
+    r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)", re.IGNORECASE
+)
+"""`password=secret` or `password = 'a secret'` in a libpq key=value string."""
 
 
 class DatabaseError(Exception):
@@ -285,10 +294,24 @@ def _lost(url: str, error: Exception) -> DatabaseError:
     return DatabaseError(f"the database {without_password(url)} failed: {_first_line(error)}")
 
 
-def without_password(url: str) -> str:
-    """The URL as it may be logged: `user:secret@` loses the secret."""
-    scheme, _, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+def without_password(location: str) -> str:
+    """The database's location as it may be logged: the password of `user:secret@`, of
+    a `password=` or `sslpassword=` query parameter, and of the same keys in a libpq
+    `key=value` string becomes ***."""
+    scheme, separator, rest = location.partition("://")
+    if not separator:
+        return _KEY_VALUE_PASSWORD.sub(rf"\g<1>{_MASK}", location)
+    address, question, query = rest.partition("?")
+    authority, slash, path = address.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if at and ":" in credentials:
+        authority = f"{credentials.split(':', 1)[0]}:{_MASK}@{host}"
+    query = "&".join(_masked_parameter(item) for item in query.split("&"))
+    return f"{scheme}://{authority}{slash}{path}{question}{query}"
+
+
+def _masked_parameter(item: str) -> str:
+    name, equals, _ = item.partition("=")
+    if equals and unquote(name).strip().lower() in _PASSWORD_KEYS:
+        return f"{name}={_MASK}"
+    return item

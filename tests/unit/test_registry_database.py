@@ -12,7 +12,7 @@ from pilotif.identity import write_private_file
 from pilotif.keys import encode_key
 from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key
-from pilotif.registry.database import DatabaseError
+from pilotif.registry.database import DatabaseError, without_password
 from pilotif.registry.service import REGISTRY_KEY_FILE, RegistryOptions, _open_store
 from pilotif.registry.store import Store
 from tests.unit.test_cli import assert_one_line_error, pilotif
@@ -111,3 +111,29 @@ def test_a_store_whose_connections_were_dropped_connects_again(
         assert heard == ["hello"]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("location", "logged"),
+    [
+        ("postgresql://reg:s3cret@db.example/pilotif", "postgresql://reg:***@db.example/pilotif"),
+        (
+            "postgresql://reg@db.example/pilotif?password=s3cret&sslmode=require",
+            "postgresql://reg@db.example/pilotif?password=***&sslmode=require",
+        ),
+        (
+            "postgres://db.example/p?sslmode=require&sslpassword=s3cret&Password=s3cret",
+            "postgres://db.example/p?sslmode=require&sslpassword=***&Password=***",
+        ),
+        (
+            "postgresql://reg:s3cret@/pilotif?host=/run/pg&port=5432",
+            "postgresql://reg:***@/pilotif?host=/run/pg&port=5432",
+        ),
+        ("host=db dbname=p password=s3cret user=reg", "host=db dbname=p password=*** user=reg"),
+        ("host=db password = 's3 \\' cret' user=reg", "host=db password = *** user=reg"),
+        ("postgresql://reg@db.example/pilotif", "postgresql://reg@db.example/pilotif"),
+    ],
+)
+def test_a_database_location_is_logged_without_its_password(location: str, logged: str) -> None:
+    assert without_password(location) == logged
+    assert "s3" not in without_password(location)
