@@ -17,6 +17,7 @@ from pilotif.services.commands import ServiceCommands
 from pilotif.services.files import ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
 from pilotif.services.server import AgentServices
+from pilotif.services.store import ServiceStore
 from pilotif.services.task_service import TaskService
 from pilotif.services.tasks import TaskStore
 
@@ -35,6 +36,7 @@ class OverlayServers:
         self._dns: DnsServer | None = None
         self._resolver: ResolverConfig | None = None
         self._services: AgentServices | None = None
+        self._store: ServiceStore | None = None
         self.commands: ServiceCommands | None = None
         """The CLI's service commands, while the services run."""
 
@@ -102,10 +104,10 @@ class OverlayServers:
         except OSError as error:
             log_event("services_unavailable", level=logging.WARNING, error=str(error))
             return
-        tasks = TaskService(TaskStore(self._paths.root), address_of)
-        services = AgentServices(
-            Inbox(self._paths.root), files, tasks, peer_of, received, file_received
-        )
+        store = ServiceStore(self._paths.root)  # StateFileError: `up` says what to do
+        self._store = store
+        tasks = TaskService(TaskStore(store), address_of)
+        services = AgentServices(Inbox(store), files, tasks, peer_of, received, file_received)
         try:
             await services.start(str(node.ipv4))
         except OSError as error:
@@ -128,4 +130,7 @@ class OverlayServers:
             self._services.tasks.close()
             self._services.close()
             self._services = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
         self.commands = None

@@ -8,7 +8,8 @@ On TASKS_PORT (1003) a node answers its peers:
 - `{"op": "get", "id": ID}` -> `{"ok": true, "task": {...}}`: the submitter of one of our
   incoming tasks asks.
 
-A peer only ever sees and changes the tasks it is the other side of. The commands
+A peer only ever sees and changes the tasks it is the other side of, and submits at most
+SUBMITS_PER_S (burst SUBMIT_BURST); pilotif.services.tasks has the quotas. The commands
 (`pilotif task ...`) submit, accept, decline and answer; a change the submitter could not
 be told of is sent again every NOTIFY_RETRY_S.
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Final
 
+from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.services import client
 from pilotif.services.client import ServiceError
 from pilotif.services.tasks import Task, TaskError, TaskStore, new_task_id
@@ -26,6 +28,8 @@ from pilotif.services.wire import error_answer
 
 TASKS_PORT: Final = 1003
 NOTIFY_RETRY_S: Final = 10.0
+SUBMITS_PER_S: Final = 1.0
+SUBMIT_BURST: Final = 20.0
 AddressOf = Callable[[str], str | None]
 """The virtual IPv4 of a trusted peer by hostname, or None."""
 
@@ -37,6 +41,7 @@ class TaskService:
         self.store = store
         self._address_of = address_of
         self._retry: asyncio.Task[None] | None = None
+        self._submit_limit = TokenBuckets(SUBMITS_PER_S, SUBMIT_BURST)
 
     # -- what peers ask ------------------------------------------------------------------
 
@@ -47,6 +52,8 @@ class TaskService:
                 description = request.get("description")
                 if not isinstance(description, str) or not description:
                     raise TaskError("bad_request", 'a submit carries a "description"')
+                if not self._submit_limit.allow(peer, now):
+                    raise TaskError("rate_limited", f"at most {SUBMITS_PER_S:g} tasks a second")
                 task = Task(new_task_id(), "incoming", peer, description, "new", now, now)
                 return {"ok": True, "id": self.store.add(task).id}
             task_id = str(request.get("id", ""))

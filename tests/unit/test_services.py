@@ -4,7 +4,6 @@ never paths, nothing kept unless whole). The listeners run in the lab tests."""
 
 import asyncio
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,9 @@ from pilotif.services.files import (
     ReceivedFiles,
     safe_name,
 )
-from pilotif.services.inbox import INBOX_FILE, Inbox, Message
+from pilotif.services.inbox import Inbox, Message
 from pilotif.services.server import MAX_TEXT_BYTES, MESSAGE_BURST, AgentServices
+from pilotif.services.store import ServiceStore
 from pilotif.services.task_service import TaskService
 from pilotif.services.tasks import TASK_TTL_S, TaskError, TaskStore
 from pilotif.services.wire import WireError, decode, encode
@@ -40,31 +40,13 @@ def test_a_line_that_is_not_a_json_object_is_a_bad_request(line: bytes) -> None:
     assert error.value.code == "bad_request"
 
 
-def test_the_inbox_keeps_messages_across_restarts_and_only_the_newest(tmp_path: Path) -> None:
-    inbox = Inbox(tmp_path, max_messages=3)
-    for number in range(5):
-        inbox.add("alpha", f"m{number}", NOW + number)
-    again = Inbox(tmp_path, max_messages=3)
-    assert [(m.id, m.text) for m in again.messages()] == [(3, "m2"), (4, "m3"), (5, "m4")]
-    assert (tmp_path / INBOX_FILE).stat().st_mode & 0o777 == 0o600
-    assert again.add("beta", "next", NOW + 9).id == 6
-    assert again.clear() == 3 and Inbox(tmp_path).messages() == []
-
-
-def test_a_line_cut_short_by_a_crash_loses_only_itself(tmp_path: Path) -> None:
-    inbox = Inbox(tmp_path)
-    inbox.add("alpha", "whole", NOW)
-    with (tmp_path / INBOX_FILE).open("a") as file:
-        file.write('{"id": 2, "sender": "alpha", "rec')
-    assert [m.text for m in Inbox(tmp_path).messages()] == ["whole"]
-
-
 def _services(tmp_path: Path) -> tuple[AgentServices, list[Message]]:
     received: list[Message] = []
     peers = {"100.64.0.1": "alpha"}
-    tasks = TaskService(TaskStore(tmp_path), lambda hostname: None)
+    store = ServiceStore(tmp_path)
+    tasks = TaskService(TaskStore(store), lambda hostname: None)
     services = AgentServices(
-        Inbox(tmp_path), ReceivedFiles(tmp_path), tasks, peers.get, received.append, print
+        Inbox(store), ReceivedFiles(tmp_path), tasks, peers.get, received.append, print
     )
     return services, received
 
@@ -105,7 +87,7 @@ def test_a_peer_sending_too_fast_is_refused_past_its_burst(tmp_path: Path) -> No
     refused = [a for a in answers if not a["ok"]]
     assert len(refused) >= 4 and {a["code"] for a in refused} == {"rate_limited"}
     assert len(services.inbox.messages()) <= MESSAGE_BURST + 1
-    assert json.loads((tmp_path / INBOX_FILE).read_text().splitlines()[0])["sender"] == "alpha"
+    assert services.inbox.messages()[0].sender == "alpha"
 
 
 # -- files ------------------------------------------------------------------------------
@@ -235,7 +217,8 @@ def test_a_subscriber_gets_the_events_published_after_it_subscribed_only() -> No
 def test_a_task_goes_from_submitted_to_done_and_each_side_sees_only_its_own(
     tmp_path: Path,
 ) -> None:
-    executor = TaskService(TaskStore(tmp_path / "beta"), lambda hostname: None)
+    disk = ServiceStore(tmp_path / "beta")
+    executor = TaskService(TaskStore(disk), lambda hostname: None)
     (tmp_path / "beta").mkdir(exist_ok=True)
     submitted = executor.answer("alpha", {"op": "submit", "description": "build it"}, NOW)
     task_id = submitted["id"]
@@ -249,7 +232,8 @@ def test_a_task_goes_from_submitted_to_done_and_each_side_sees_only_its_own(
     with pytest.raises(TaskError) as again:
         store.move(done, "accepted", NOW + 2, notified=False)
     assert again.value.code == "bad_state"
-    reloaded = TaskStore(tmp_path / "beta")
+    disk.flush()
+    reloaded = TaskStore(ServiceStore(tmp_path / "beta"))
     assert reloaded.get(task_id, "incoming").result == "built"
 
 
@@ -265,14 +249,16 @@ def test_a_task_goes_from_submitted_to_done_and_each_side_sees_only_its_own(
 def test_bad_task_requests_are_refused(
     tmp_path: Path, request_: dict[str, object], code: str
 ) -> None:
-    service = TaskService(TaskStore(tmp_path), lambda hostname: None)
+    service = TaskService(TaskStore(ServiceStore(tmp_path)), lambda hostname: None)
     assert service.answer("alpha", request_, NOW)["code"] == code
 
 
 def test_tasks_not_ended_within_their_time_expire(tmp_path: Path) -> None:
-    store = TaskStore(tmp_path)
+    disk = ServiceStore(tmp_path)
+    store = TaskStore(disk)
     service = TaskService(store, lambda hostname: None)
     task_id = service.answer("alpha", {"op": "submit", "description": "x"}, NOW)["id"]
     assert [t.state for t in store.tasks(NOW + TASK_TTL_S - 1)] == ["new"]
     assert [t.state for t in store.tasks(NOW + TASK_TTL_S + 1)] == ["expired"]
-    assert TaskStore(tmp_path).get(task_id, "incoming").state == "expired"
+    disk.flush()
+    assert TaskStore(ServiceStore(tmp_path)).get(task_id, "incoming").state == "expired"
