@@ -76,8 +76,6 @@ class OverlayServers:
 
     async def _start_services(self, node: NodeCore) -> None:
         def peer_of(address: str) -> str | None:
-            if address in (str(node.ipv4), str(node.ipv6)):
-                return node.options.hostname  # this node, using its own services
             peer = node.find_peer(address)
             return None if peer is None else peer.hostname
 
@@ -107,7 +105,15 @@ class OverlayServers:
         store = ServiceStore(self._paths.root)  # StateFileError: `up` says what to do
         self._store = store
         tasks = TaskService(TaskStore(store), address_of)
-        services = AgentServices(Inbox(store), files, tasks, peer_of, received, file_received)
+        services = AgentServices(
+            Inbox(store),
+            files,
+            tasks,
+            peer_of,
+            received,
+            file_received,
+            own_name=node.options.hostname,  # this node, using its own services as root
+        )
         try:
             await services.start(str(node.ipv4))
         except OSError as error:

@@ -7,8 +7,11 @@ whole. NAME is the sender's name reduced to a safe file name (its last path comp
 letters, digits and `._-` only): no path the sender gives is ever used as a path here.
 `received/index.jsonl` lists each file with its sender, size, hash and time.
 
-Limits: MAX_FILE_BYTES a file, MAX_TOTAL_BYTES all received files, and a file is refused
-before a byte arrives if the disk would be left with less than MIN_FREE_BYTES.
+Limits, checked before a byte arrives, count the files in flight by the sizes they
+announced as well as the files kept (a file in flight holds its reservation until it is
+kept or dropped): MAX_FILE_BYTES a file, MAX_PEER_BYTES one peer's files,
+MAX_TOTAL_BYTES all, MAX_FILES files kept, MAX_IN_FLIGHT_PER_PEER transfers at once
+from one peer; and the disk must keep MIN_FREE_BYTES once every reservation is written.
 """
 
 import hashlib
@@ -26,7 +29,10 @@ RECEIVED_DIR: Final = "received"
 PARTIAL_DIR: Final = ".partial"
 INDEX_FILE: Final = "index.jsonl"
 MAX_FILE_BYTES: Final = 1 << 30
+MAX_PEER_BYTES: Final = 2 << 30
 MAX_TOTAL_BYTES: Final = 4 << 30
+MAX_FILES: Final = 10_000
+MAX_IN_FLIGHT_PER_PEER: Final = 4
 MIN_FREE_BYTES: Final = 256 << 20
 MAX_NAME_CHARS: Final = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -97,12 +103,14 @@ class Incoming:
         os.replace(self.path, self._store.root / final)
         received = ReceivedFile(self.id, self.sender, final, self.size, digest, now)
         self._store.add(received)
+        self._store.release(self.id)
         return received
 
     def abort(self) -> None:
-        """Drop what arrived."""
+        """Drop what arrived, and its reservation."""
         self._file.close()
         self.path.unlink(missing_ok=True)
+        self._store.release(self.id)
 
 
 class ReceivedFiles:
@@ -117,6 +125,8 @@ class ReceivedFiles:
         self.index_path = self.root / INDEX_FILE
         self._files = self._load()
         self._last_id = max((f.id for f in self._files), default=0)
+        self._in_flight: dict[int, Incoming] = {}
+        """The files on their way in, by id."""
 
     def _load(self) -> list[ReceivedFile]:
         files = []
@@ -139,12 +149,35 @@ class ReceivedFiles:
             raise FileRefused("bad_request", "size is a byte count, sha256 64 hex digits")
         if size > MAX_FILE_BYTES:
             raise FileRefused("too_large", f"a file is at most {MAX_FILE_BYTES} bytes")
-        if sum(f.size for f in self._files) + size > MAX_TOTAL_BYTES:
+        in_flight = [i.size for i in self._in_flight.values() if i.sender == sender]
+        if len(in_flight) >= MAX_IN_FLIGHT_PER_PEER:
+            raise FileRefused(
+                "too_many_transfers", f"at most {MAX_IN_FLIGHT_PER_PEER} files at once a peer"
+            )
+        reserved = self.reserved_bytes()
+        peer_bytes = sum(f.size for f in self._files if f.sender == sender) + sum(in_flight)
+        if peer_bytes + size > MAX_PEER_BYTES:
+            raise FileRefused(
+                "over_quota", f"this node keeps at most {MAX_PEER_BYTES} bytes a peer"
+            )
+        total = sum(f.size for f in self._files) + reserved
+        if total + size > MAX_TOTAL_BYTES or len(self._files) + len(self._in_flight) >= MAX_FILES:
             raise FileRefused("no_space", "this node keeps no more received files: clear some")
-        if shutil.disk_usage(self.root).free - size < MIN_FREE_BYTES:
+        unwritten = sum(i.size - i.written for i in self._in_flight.values())
+        if shutil.disk_usage(self.root).free - unwritten - size < MIN_FREE_BYTES:
             raise FileRefused("disk_full", "this node's disk has no room for that file")
         self._last_id += 1
-        return Incoming(self, self._last_id, sender, safe_name(name), size, sha256)
+        incoming = Incoming(self, self._last_id, sender, safe_name(name), size, sha256)
+        self._in_flight[incoming.id] = incoming
+        return incoming
+
+    def release(self, file_id: int) -> None:
+        """Give back a file's reservation (kept or dropped; twice is harmless)."""
+        self._in_flight.pop(file_id, None)
+
+    def reserved_bytes(self) -> int:
+        """The sizes announced by the files on their way in."""
+        return sum(incoming.size for incoming in self._in_flight.values())
 
     def add(self, received: ReceivedFile) -> None:
         self._files.append(received)

@@ -4,6 +4,7 @@ never paths, nothing kept unless whole). The listeners run in the lab tests."""
 
 import asyncio
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -198,17 +199,19 @@ def test_a_subscriber_gets_the_events_published_after_it_subscribed_only() -> No
     async def scenario() -> list[dict[str, object]]:
         broker = Broker()
         assert broker.publish("jobs/0", "before", "alpha") == 0
-        subscription = broker.subscribe("jobs/*")
+        subscription = broker.subscribe("jobs/*", "beta")
         assert broker.publish("jobs/1", {"n": 1}, "alpha") == 1
         assert broker.publish("other", "x", "alpha") == 0
-        events = [await subscription.get(), await subscription.get()]
+        assert broker.publish("jobs/2", "two", "alpha") == 1
+        events = [json.loads(await subscription.get()) for _ in range(2)]
         broker.unsubscribe(subscription)
-        assert broker.publish("jobs/2", "after", "alpha") == 0
+        assert broker.publish("jobs/3", "after", "alpha") == 0
+        assert subscription.queued_bytes == 0
         return events
 
     first, second = asyncio.run(scenario())
     assert (first["topic"], first["data"], first["sender"]) == ("jobs/1", {"n": 1}, "alpha")
-    assert second["topic"] == "other"  # the bus hands every event; the server filters
+    assert second["topic"] == "jobs/2"  # the broker queues matching events only
 
 
 # -- tasks ---------------------------------------------------------------------------------
