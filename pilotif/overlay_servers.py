@@ -1,7 +1,8 @@
 """What a joined node serves on its own overlay address: `.pilot` names (DNS, and the
 host's resolver pointed at it) and the agent services (docs/AGENTS.md).
 
-Both are conveniences: a failure to start either is logged and `up` carries on.
+Both are conveniences: a failure to start either is logged and `up` carries on; only a
+damaged services store stops `up`, with one line saying what to do (as other state files).
 """
 
 import contextlib
@@ -42,8 +43,8 @@ class OverlayServers:
 
     async def start(self, node: NodeCore, addresses: list[IPv4Interface | IPv6Interface]) -> None:
         self.update_names(node)
+        await self._start_services(node)  # first: a damaged store stops `up` before DNS
         await self._start_dns(node, addresses)
-        await self._start_services(node)
 
     def update_names(self, node: NodeCore) -> None:
         """Point the DNS table at the node's trusted peers, if they changed."""

@@ -8,10 +8,16 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from pilotif.identity import StateFileError
+from pilotif.node.core import NodeCore
+from pilotif.observe import EventBus
+from pilotif.overlay_servers import OverlayServers
+from pilotif.paths import StatePaths
 from pilotif.services.inbox import LEGACY_INBOX_FILE, Inbox, InboxLimits
 from pilotif.services.store import STORE_FILE, ServiceStore, Statement
 from pilotif.services.task_service import SUBMIT_BURST, TaskService
@@ -103,11 +109,11 @@ def test_past_the_total_the_heaviest_peer_gives_way(
     tmp_path: Path, stores: list[ServiceStore]
 ) -> None:
     inbox = Inbox(_open(stores, tmp_path), InboxLimits(max_messages=4, max_messages_per_peer=3))
+    inbox.add("alpha", "a0", NOW)
     for number in range(3):
         inbox.add("mallory", f"m{number}", NOW)
-    inbox.add("alpha", "a0", NOW)
     inbox.add("alpha", "a1", NOW)  # five in all: mallory holds the most
-    assert [m.text for m in inbox.messages()] == ["m1", "m2", "a0", "a1"]
+    assert [m.text for m in inbox.messages()] == ["a0", "m1", "m2", "a1"]
 
 
 def test_a_lone_surrogate_is_kept_as_a_replacement_character(
@@ -154,7 +160,7 @@ def test_a_peer_at_its_task_quota_forgets_its_own_ended_tasks_then_is_refused(
 ) -> None:
     store = TaskStore(_open(stores, tmp_path))
     service = TaskService(store, lambda hostname: None)
-    alpha = _submit(service, "alpha", NOW)["id"]
+    alpha = str(_submit(service, "alpha", NOW)["id"])
     own = store.add(Task("abc123", "outgoing", "mallory", "ours", "new", NOW, NOW))
     floods = []
     for number in range(MAX_TASKS_PER_PEER + 5):
@@ -228,7 +234,8 @@ def test_a_lone_surrogate_reason_never_makes_the_tasks_unsavable(
 def test_an_old_tasks_file_is_read_once_into_the_store(
     tmp_path: Path, stores: list[ServiceStore]
 ) -> None:
-    old = {"id": "a1", "role": "incoming", "peer": "alpha", "description": "old job"}
+    old: dict[str, object] = {"id": "a1", "role": "incoming", "peer": "alpha"}
+    old |= {"description": "old job"}
     old |= {"state": "new", "created": NOW, "updated": NOW, "notified": True}
     (tmp_path / LEGACY_TASKS_FILE).write_text(json.dumps([old]))
     assert TaskStore(_open(stores, tmp_path)).get("a1", "incoming").description == "old job"
@@ -281,14 +288,21 @@ class _SlowStore(ServiceStore):
     """A store whose writes wait until the test lets them go."""
 
     def __init__(self, root: Path) -> None:
+        self.started = threading.Event()
         self.release = threading.Event()
+        self.finished = threading.Event()
         self.writer_threads: set[int] = set()
         super().__init__(root)
 
     def _apply(self, batch: Sequence[Statement]) -> None:
         self.writer_threads.add(threading.get_ident())
-        self.release.wait(timeout=10)
+        self.started.set()
+        self.release.wait(timeout=SLOW_WRITE_TIMEOUT_S)
         super()._apply(batch)
+        self.finished.set()
+
+
+SLOW_WRITE_TIMEOUT_S = 5.0
 
 
 def test_writes_run_off_the_event_loop_while_it_keeps_serving(tmp_path: Path) -> None:
@@ -297,16 +311,15 @@ def test_writes_run_off_the_event_loop_while_it_keeps_serving(tmp_path: Path) ->
 
     async def scenario() -> list[str]:
         ran: list[str] = []
-        loop = asyncio.get_running_loop()
-        inbox.add("alpha", "hello", NOW)  # its write now waits in the writer thread
-        loop.call_soon(ran.append, "callback")
+        inbox.add("alpha", "hello", NOW)
+        asyncio.get_running_loop().call_soon(ran.append, "callback")
+        assert await asyncio.to_thread(store.started.wait, SLOW_WRITE_TIMEOUT_S)
         await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        ran.append("write still waiting" if not store.release.is_set() else "written")
+        ran.append("written" if store.finished.is_set() else "write in flight")
         return ran
 
     try:
-        assert asyncio.run(scenario()) == ["callback", "write still waiting"]
+        assert asyncio.run(scenario()) == ["callback", "write in flight"]
         assert threading.get_ident() not in store.writer_threads
     finally:
         store.release.set()
@@ -321,9 +334,26 @@ def test_a_failed_write_is_logged_once_and_the_store_carries_on(
     with caplog.at_level(logging.WARNING, logger="pilotif"):
         for _ in range(3):
             store.write("INSERT INTO nowhere VALUES (1)")
-        store.flush()
+            store.flush()
         store.write("INSERT INTO messages VALUES (1, 'alpha', 1.0, 'x')")
         store.flush()
     assert [r.msg for r in caplog.records] == ["services_store_write_failed"]
-    assert store.counters["write_failed"] >= 1
+    assert store.counters["write_failed"] == 3
     assert [m.text for m in Inbox(_reopen(stores, tmp_path)).messages()] == ["x"]
+
+
+def test_a_damaged_store_stops_the_overlay_servers_before_dns_is_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / STORE_FILE).write_bytes(b"this is not SQLite " * 300)
+    servers = OverlayServers(StatePaths(tmp_path), "pilot-test", EventBus())
+    started: list[str] = []
+
+    async def start_dns(*args: object) -> None:
+        started.append("dns")  # would point the host's resolver at a node that stops
+
+    monkeypatch.setattr(servers, "_start_dns", start_dns)
+    node = cast(NodeCore, SimpleNamespace(peers_version=0, names=dict))
+    with pytest.raises(StateFileError, match="is not a pilotif services store"):
+        asyncio.run(servers.start(node, []))
+    assert started == []
