@@ -6,6 +6,7 @@ standalone relays both answer through them.
 """
 
 from collections import Counter
+from dataclasses import dataclass
 from ipaddress import ip_address
 from typing import Final
 
@@ -57,6 +58,41 @@ Outgoing = tuple[bytes, Endpoint]
 def address_group(source: Endpoint) -> bytes:
     """What per-address limits count: an IPv4 address, or an IPv6 /64."""
     return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
+
+
+@dataclass(frozen=True)
+class PrefixRate:
+    """A rate for each network of one size: `rate_per_s` a second, up to `burst`, per
+    IPv`version` network of `prefix_bits`."""
+
+    version: int
+    prefix_bits: int
+    rate_per_s: float
+    burst: float
+
+
+class PrefixLimit:
+    """Token buckets per network at several prefix lengths (a /64, its /48, its /32):
+    a source is allowed when every network it is in has a token left, and then one is
+    taken from each. One who owns a wide prefix gets what its widest network allows,
+    not what its many small ones would add up to."""
+
+    def __init__(self, rates: tuple[PrefixRate, ...]) -> None:
+        self._levels = [(rate, TokenBuckets(rate.rate_per_s, rate.burst)) for rate in rates]
+
+    def allow(self, source: Endpoint, now: float) -> bool:
+        """Take a token for `source` from each of its networks if all have one."""
+        address = ip_address(source[0])
+        keys = [
+            (buckets, int(address) >> (address.max_prefixlen - rate.prefix_bits))
+            for rate, buckets in self._levels
+            if rate.version == address.version
+        ]
+        if any(buckets.tokens(key, now) < 1.0 for buckets, key in keys):
+            return False
+        for buckets, key in keys:
+            buckets.allow(key, now)
+        return True
 
 
 class RelayLimit:

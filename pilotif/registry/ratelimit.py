@@ -22,10 +22,13 @@ class TokenBuckets:
         self._max_sources = max_sources
         self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
+    def tokens(self, source: Hashable, now: float) -> float:
+        """How many tokens the source's bucket holds now (none are taken)."""
+        return self._refilled(*self._buckets.get(source, (self._burst, now)), now)
+
     def allow(self, source: Hashable, now: float, cost: float = 1.0) -> bool:
         """Take `cost` tokens from the source's bucket if it has them; whether it had."""
-        tokens, updated = self._buckets.pop(source, (self._burst, now))
-        tokens = min(self._burst, tokens + max(0.0, now - updated) * self._rate_per_s)
+        tokens = self._refilled(*self._buckets.pop(source, (self._burst, now)), now)
         allowed = tokens >= cost
         if allowed:
             tokens -= cost
@@ -33,3 +36,6 @@ class TokenBuckets:
         if len(self._buckets) > self._max_sources:
             self._buckets.popitem(last=False)
         return allowed
+
+    def _refilled(self, tokens: float, updated: float, now: float) -> float:
+        return min(self._burst, tokens + max(0.0, now - updated) * self._rate_per_s)

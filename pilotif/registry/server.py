@@ -24,7 +24,7 @@ from pilotif.logs import log_event
 from pilotif.lru import BoundedLru
 from pilotif.overlay.crypto import public_key as _public_key
 from pilotif.overlay.events import Endpoint
-from pilotif.registry.gate import ControlGate, Outgoing, RelayLimit, address_group
+from pilotif.registry.gate import ControlGate, Outgoing, PrefixLimit, PrefixRate, RelayLimit
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.registry.store import (
@@ -78,7 +78,22 @@ MAX_TRUST_MESSAGE_BYTES: Final = 256
 """Longest trust message, as JSON-encoded UTF-8, so that every push fits a datagram."""
 NEW_NODES_PER_S: Final = 0.2
 NEW_NODES_BURST: Final = 20.0
-"""New registrations from one address (a /64 for IPv6): names and addresses are finite."""
+"""New registrations from one IPv4 address or IPv6 /64: names and addresses are finite."""
+NEW_NODES_PER_IPV4_24_S: Final = 1.0
+NEW_NODES_IPV4_24_BURST: Final = 100.0
+NEW_NODES_PER_IPV6_48_S: Final = 0.5
+NEW_NODES_IPV6_48_BURST: Final = 50.0
+NEW_NODES_PER_IPV6_32_S: Final = 1.0
+NEW_NODES_IPV6_32_BURST: Final = 100.0
+"""New registrations from the networks around it, each counted too: a /48 holds 65,536
+/64s and a /32 65,536 /48s, but gets a few times what one /64 gets, not that many times."""
+NEW_NODE_RATES: Final = (
+    PrefixRate(4, 32, NEW_NODES_PER_S, NEW_NODES_BURST),
+    PrefixRate(4, 24, NEW_NODES_PER_IPV4_24_S, NEW_NODES_IPV4_24_BURST),
+    PrefixRate(6, 64, NEW_NODES_PER_S, NEW_NODES_BURST),
+    PrefixRate(6, 48, NEW_NODES_PER_IPV6_48_S, NEW_NODES_IPV6_48_BURST),
+    PrefixRate(6, 32, NEW_NODES_PER_IPV6_32_S, NEW_NODES_IPV6_32_BURST),
+)
 JOIN_KEY_USES_PER_S: Final = 1.0
 JOIN_KEY_BURST: Final = 100.0
 """New registrations with one join key (a fleet joins in a burst, a leaked key does not
@@ -233,7 +248,7 @@ class RegistryCore:
         its messages from an earlier session cannot be replayed into this one."""
         self._channels: BoundedLru[bytes, ControlChannel] = BoundedLru(MAX_CHANNELS)
         self._gate = ControlGate(private_key, self.counters)
-        self._new_node_limit = TokenBuckets(NEW_NODES_PER_S, NEW_NODES_BURST)
+        self._new_node_limit = PrefixLimit(NEW_NODE_RATES)
         self._join_key_limit = TokenBuckets(JOIN_KEY_USES_PER_S, JOIN_KEY_BURST)
         self._relay_limit = RelayLimit(self.counters)
         self._seen: dict[bytes, tuple[Endpoint, float]] = {}
@@ -613,9 +628,11 @@ class RegistryCore:
     def _limit_new_node(
         self, source: Endpoint, join_key: tuple[str, str] | None, now: float
     ) -> None:
-        if not self._new_node_limit.allow(address_group(source), now):
+        if not self._new_node_limit.allow(source, now):
             raise _Refused(
-                "rate_limited", "too many new nodes from this address", "try again in a minute"
+                "rate_limited",
+                "too many new nodes from this address or its network",
+                "try again in a minute",
             )
         if join_key is not None and not self._join_key_limit.allow(join_key[0], now):
             raise _Refused(

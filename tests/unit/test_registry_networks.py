@@ -8,8 +8,15 @@ from typing import Any
 
 import pytest
 
+from pilotif.overlay.events import Endpoint
 from pilotif.registry.schema import SCHEMA_VERSION
-from pilotif.registry.server import NEW_NODES_BURST, RegistryCore
+from pilotif.registry.server import (
+    NEW_NODES_BURST,
+    NEW_NODES_IPV4_24_BURST,
+    NEW_NODES_IPV6_32_BURST,
+    NEW_NODES_IPV6_48_BURST,
+    RegistryCore,
+)
 from pilotif.registry.store import Store
 from tests.unit.test_registry_server import NETWORK, START, FakeNode, World, trust
 
@@ -177,6 +184,43 @@ def test_new_nodes_from_one_address_are_limited(world: World) -> None:
         codes.append(reply.get("code"))
     assert codes[:-1] == [None] * int(NEW_NODES_BURST)
     assert codes[-1] == "rate_limited"
+
+
+def _new_node_from(world: World, endpoint: Endpoint, hostname: str) -> str | None:
+    """Register a new node from `endpoint`; its refusal code (None: admitted)."""
+    node = world.new_node()
+    node.endpoint = endpoint
+    world.nodes[endpoint] = node
+    reply = world.call(node, "register", hostname=hostname, tags=[], lan=[])
+    return reply.get("code")
+
+
+def test_new_nodes_from_many_64s_of_one_48_get_what_the_48_gets(world: World) -> None:
+    """Issue 22: 20 new nodes per /64, and a /48 holds 65,536 of them. The /48 and the
+    /32 around it are counted too."""
+    codes = [
+        _new_node_from(world, (f"2001:db8:1:{index:x}::1", 40000), f"v6-{index}")
+        for index in range(int(NEW_NODES_IPV6_48_BURST) + 1)
+    ]
+    assert codes == [None] * int(NEW_NODES_IPV6_48_BURST) + ["rate_limited"]
+    # The other /48s of that /32 share what is left of its budget.
+    more = int(NEW_NODES_IPV6_32_BURST - NEW_NODES_IPV6_48_BURST)
+    codes = [
+        _new_node_from(world, (f"2001:db8:{2 + index}::1", 40000), f"other-48-{index}")
+        for index in range(more + 1)
+    ]
+    assert codes == [None] * more + ["rate_limited"]
+    # Another /32 is not held up by this one.
+    assert _new_node_from(world, ("2001:db9::1", 40000), "elsewhere") is None
+
+
+def test_new_nodes_from_many_addresses_of_one_ipv4_24_get_what_the_24_gets(world: World) -> None:
+    codes = [
+        _new_node_from(world, (f"198.19.7.{index + 1}", 40000), f"v4-{index}")
+        for index in range(int(NEW_NODES_IPV4_24_BURST) + 1)
+    ]
+    assert codes == [None] * int(NEW_NODES_IPV4_24_BURST) + ["rate_limited"]
+    assert _new_node_from(world, ("198.19.8.1", 40000), "next-24") is None
 
 
 def test_a_renamed_node_is_pushed_to_its_peers(world: World) -> None:

@@ -136,7 +136,8 @@ class World:
         host = next(self._hosts)
         node = FakeNode(
             self.core.public_key,
-            (f"198.18.{host // 250}.{host % 250 + 1}", 40000 + host),
+            # Spread over /24s: the registry limits new nodes per /24 too.
+            (f"198.18.{host % 256}.{host // 256 % 250 + 1}", 40000 + host),
             self.clock,
         )
         self.nodes[node.endpoint] = node
