@@ -104,7 +104,7 @@ def test_an_mcp_client_uses_the_node_as_tools(tmp_path: Path) -> None:
         assert seen["status"]["node"]["hostname"] == "alpha"
         assert seen["send"]["peer"] == "beta"
         assert [(m["sender"], m["text"]) for m in beta.json("inbox")] == [("alpha", "from mcp")]
-        assert seen["echo"]["reply"] == "ping\n" and seen["echo"]["timed_out"] is True
+        assert seen["echo"]["untrusted_reply"] == "ping\n" and seen["echo"]["timed_out"] is True
         assert seen["stranger"].is_error and "not_trusted" in seen["stranger"].content[0].text
         assert seen["wrong_args"].is_error
         assert seen["publish"] == {"topic": "jobs/1", "delivered": 0}
