@@ -22,7 +22,7 @@ from pilotif.services.inbox import Inbox, Message
 from pilotif.services.server import MAX_TEXT_BYTES, MESSAGE_BURST, AgentServices
 from pilotif.services.store import ServiceStore
 from pilotif.services.task_service import TaskService
-from pilotif.services.tasks import TASK_TTL_S, TaskError, TaskStore
+from pilotif.services.tasks import TASK_TTL_S, Task, TaskError, TaskStore
 from pilotif.services.wire import WireError, decode, encode
 
 NOW = 1_800_000_000.0
@@ -265,3 +265,26 @@ def test_tasks_not_ended_within_their_time_expire(tmp_path: Path) -> None:
     assert [t.state for t in store.tasks(NOW + TASK_TTL_S + 1)] == ["expired"]
     disk.flush()
     assert TaskStore(ServiceStore(tmp_path)).get(task_id, "incoming").state == "expired"
+
+
+def test_only_the_executor_of_an_outgoing_task_may_change_it(tmp_path: Path) -> None:
+    store = TaskStore(ServiceStore(tmp_path))
+    service = TaskService(store, lambda hostname: None)
+    store.add(Task("t1", "outgoing", "beta", "build it", "new", NOW, NOW))
+    update = {"op": "update", "id": "t1", "state": "done", "result": "forged"}
+    refused = service.answer("gamma", update, NOW + 1)
+    assert (refused["ok"], refused["code"]) == (False, "unknown_task")
+    assert (store.get("t1", "outgoing").state, store.get("t1", "outgoing").result) == ("new", None)
+    assert service.answer("beta", update, NOW + 2) == {"ok": True}
+    assert store.get("t1", "outgoing").result == "forged"
+
+
+def test_only_the_submitter_of_an_incoming_task_may_read_it(tmp_path: Path) -> None:
+    service = TaskService(TaskStore(ServiceStore(tmp_path)), lambda hostname: None)
+    task_id = service.answer("alpha", {"op": "submit", "description": "secret plan"}, NOW)["id"]
+    stranger = service.answer("gamma", {"op": "get", "id": task_id}, NOW)
+    assert (stranger["ok"], stranger["code"]) == (False, "unknown_task")
+    assert "secret plan" not in json.dumps(stranger)
+    assert service.answer("alpha", {"op": "get", "id": task_id}, NOW)["task"]["description"] == (
+        "secret plan"
+    )
