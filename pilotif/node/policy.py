@@ -12,8 +12,11 @@ A policy is a default (`allow`, today's behaviour, or `deny`) and rules, read fr
 A port (or range, or `*` for all) is refused if a `deny` rule names it for that peer,
 else passes if an `allow` rule does, else the default decides. Order does not matter.
 Only tags the operator granted count (a tag a node gives itself means nothing here).
-`icmp` rules decide echo requests; replies and traffic that this node started pass
-whatever the policy (see `pilotif.overlay.packet_filter`, what the device runs).
+`icmp` rules decide echo requests; replies, errors about packets this node sent to that
+peer and traffic that this node started pass whatever the policy; other ICMP types are
+refused, and so is what cannot be judged (an IPv6 header chain that cannot be read, a
+fragment whose first fragment did not pass). See `pilotif.overlay.packet_filter`, what
+the device runs; an open policy (`Policy()`) runs no filter at all.
 
 `parse_policy` refuses a whole text at its first bad line (file and line number); the
 running policy is then left as it was.

@@ -84,7 +84,7 @@ from pilotif.overlay.messages import (
     parse_response,
     split_coalesced,
 )
-from pilotif.overlay.packet_filter import PacketFilter
+from pilotif.overlay.packet_filter import MAY_CARRY_UDP, PacketFilter
 from pilotif.overlay.peer import Keypair, Peer
 
 MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME_S / REKEY_TIMEOUT_S)
@@ -109,7 +109,6 @@ _IPV4_SOURCE_OFFSET: Final = 12
 _IPV4_DESTINATION_OFFSET: Final = 16
 _IPV4_PROTO_OFFSET: Final = 9
 _IPV6_NEXT_OFFSET: Final = 6
-_PROTO_UDP: Final = 17
 _COUNTER_OFFSET: Final = 8
 _TYPE_MASK: Final = 0xFFFFFFFF
 """The first 8 bytes of a transport message, read as one little-endian integer: the type
@@ -441,7 +440,7 @@ class Device:
             sizes.append(padded)
             starts.append(offset)
             outgoing.append((sealed[offset:end], endpoint))
-            if noting is not None and packet[proto_at] == _PROTO_UDP:
+            if noting is not None and packet[proto_at] in MAY_CARRY_UDP:
                 noting.note_outbound(packet, now)
             counter += 1
             offset = end
@@ -914,13 +913,15 @@ class Device:
             reason = DropReason.SOURCE_NOT_ALLOWED
         elif self.local_addresses is not None and addresses[1] not in self.local_addresses:
             reason = DropReason.DESTINATION_NOT_LOCAL
-        elif peer.packet_filter is not None and not peer.packet_filter.allows(
-            plaintext[: addresses[2]], now
-        ):
-            reason = DropReason.POLICY_DENIED
-            peer.policy_denied += count
         else:
-            return plaintext[: addresses[2]]
+            packet = plaintext[: addresses[2]]
+            if peer.packet_filter is None:
+                return packet
+            refused = peer.packet_filter.judge(packet, now)
+            if refused is None:
+                return packet
+            reason = refused
+            peer.policy_denied += count
         self.drops[reason] += count
         return None
 

@@ -39,6 +39,13 @@ class DropReason(StrEnum):
     addresses (a peer trying to reach our LAN or another interface through us)."""
     POLICY_DENIED = "policy_denied"
     """A decrypted packet the port policy refuses (counted per peer too)."""
+    POLICY_UNREADABLE = "policy_unreadable"
+    """A decrypted packet the port policy cannot judge, so refuses: an IPv6 extension
+    header chain that is malformed, truncated or too long, or a first fragment without
+    the transport header its ports are in (counted per peer too)."""
+    FRAGMENT_UNMATCHED = "fragment_unmatched"
+    """A later fragment from a peer with a port policy whose first fragment did not pass
+    (or was not seen first, or too long ago) (counted per peer too)."""
     NO_ROUTE = "no_route"
     """A packet from the TUN whose destination no peer's allowed IPs cover."""
     NO_ENDPOINT = "no_endpoint"

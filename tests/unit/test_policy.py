@@ -20,7 +20,13 @@ from pilotif.node.policy import (
     parse_rule,
 )
 from pilotif.node.policy_files import PolicyFiles
-from pilotif.overlay.packet_filter import UDP_REPLY_TIMEOUT_S, PacketFilter, PortDecisions
+from pilotif.overlay.drops import DropReason
+from pilotif.overlay.packet_filter import (
+    FRAGMENT_TIMEOUT_S,
+    UDP_REPLY_TIMEOUT_S,
+    PacketFilter,
+    PortDecisions,
+)
 
 ORCHESTRATOR = PeerIdentity("orchestrator", ("workers",), same_network=True)
 STRANGER = PeerIdentity("stranger", (), same_network=False)
@@ -28,6 +34,7 @@ OURS, THEIRS = IPv4Address("100.64.0.1"), IPv4Address("100.64.0.2")
 TCP, UDP, ICMP = 6, 17, 1
 SYN, ACK = 0x02, 0x10
 NOW = 1000.0
+POLICY_DENIED = DropReason.POLICY_DENIED
 
 EXAMPLE = """\
 # the orchestrator may reach the executor's API; workers their port range; pings in the
@@ -40,7 +47,14 @@ deny * 22/tcp
 """
 
 
-def _ipv4(proto: int, transport: bytes, *, fragment_offset: int = 0) -> bytes:
+def _ipv4(
+    proto: int,
+    transport: bytes,
+    *,
+    fragment_offset: int = 0,
+    source: IPv4Address = THEIRS,
+    destination: IPv4Address = OURS,
+) -> bytes:
     total = 20 + len(transport)
     header = struct.pack(
         "!BBHHHBBH4s4s",
@@ -52,8 +66,8 @@ def _ipv4(proto: int, transport: bytes, *, fragment_offset: int = 0) -> bytes:
         64,
         proto,
         0,
-        THEIRS.packed,
-        OURS.packed,
+        source.packed,
+        destination.packed,
     )
     return header + transport
 
@@ -82,6 +96,10 @@ def _tcp6(port: int, flags: int) -> bytes:
         IPv6Address("fd00::1").packed,
     )
     return header + transport
+
+
+def _passes(compiled: PacketFilter, packet: bytes, now: float) -> bool:
+    return compiled.judge(packet, now) is None
 
 
 def _example_filter(peer: PeerIdentity) -> PacketFilter:
@@ -181,12 +199,12 @@ def test_compiled_decisions_agree_with_the_rules_read_literally(
         return
     assert compiled is not None
     for port in ports:
-        assert compiled.allows(_tcp(port, SYN), NOW) == _brute_force(policy, peer, "tcp", port)
+        assert _passes(compiled, _tcp(port, SYN), NOW) == _brute_force(policy, peer, "tcp", port)
         expected_udp = _brute_force(policy, peer, "udp", port)
-        assert compiled.allows(_udp(port), NOW) == expected_udp
+        assert _passes(compiled, _udp(port), NOW) == expected_udp
     icmp_named = [r.action for r in policy.rules if peer.matches(r.target) and r.proto == "icmp"]
     expected_icmp = "deny" not in icmp_named and ("allow" in icmp_named or default == "allow")
-    assert compiled.allows(_icmp(8), NOW) == expected_icmp
+    assert _passes(compiled, _icmp(8), NOW) == expected_icmp
 
 
 @given(
@@ -220,39 +238,104 @@ def test_the_open_policy_needs_no_filter() -> None:
 
 def test_tcp_connections_are_checked_when_opened_only() -> None:
     orchestrator = _example_filter(ORCHESTRATOR)
-    assert orchestrator.allows(_tcp(8080, SYN), NOW)
-    assert not orchestrator.allows(_tcp(22, SYN), NOW)
-    assert not orchestrator.allows(_tcp(8081, SYN), NOW)
-    assert orchestrator.allows(_tcp(22, SYN | ACK), NOW)
-    assert orchestrator.allows(_tcp(22, ACK), NOW)
-    assert not _example_filter(STRANGER).allows(_tcp(8080, SYN), NOW)
-    assert orchestrator.allows(_tcp6(8080, SYN), NOW)
-    assert not orchestrator.allows(_tcp6(443, SYN), NOW)
+    assert _passes(orchestrator, _tcp(8080, SYN), NOW)
+    assert not _passes(orchestrator, _tcp(22, SYN), NOW)
+    assert not _passes(orchestrator, _tcp(8081, SYN), NOW)
+    assert _passes(orchestrator, _tcp(22, SYN | ACK), NOW)
+    assert _passes(orchestrator, _tcp(22, ACK), NOW)
+    assert not _passes(_example_filter(STRANGER), _tcp(8080, SYN), NOW)
+    assert _passes(orchestrator, _tcp6(8080, SYN), NOW)
+    assert not _passes(orchestrator, _tcp6(443, SYN), NOW)
 
 
 def test_udp_answers_to_what_we_sent_pass_until_they_expire() -> None:
     stranger = _example_filter(STRANGER)
-    assert not stranger.allows(_udp(5353, source_port=53), NOW)
-    outbound = _ipv4(UDP, struct.pack("!HHHH", 5353, 53, 8, 0))
+    assert not _passes(stranger, _udp(5353, source_port=53), NOW)
+    outbound = _ipv4(UDP, struct.pack("!HHHH", 5353, 53, 8, 0), source=OURS, destination=THEIRS)
     stranger.note_outbound(outbound, NOW)
-    assert stranger.allows(_udp(5353, source_port=53), NOW + 1)
-    assert not stranger.allows(_udp(5353, source_port=54), NOW + 1)
-    assert not stranger.allows(_udp(5353, source_port=53), NOW + UDP_REPLY_TIMEOUT_S + 1)
-    assert _example_filter(ORCHESTRATOR).allows(_udp(9050), NOW)
+    assert _passes(stranger, _udp(5353, source_port=53), NOW + 1)
+    assert not _passes(stranger, _udp(5353, source_port=54), NOW + 1)
+    assert not _passes(stranger, _udp(5353, source_port=53), NOW + UDP_REPLY_TIMEOUT_S + 1)
+    assert _passes(_example_filter(ORCHESTRATOR), _udp(9050), NOW)
 
 
-def test_icmp_echo_requests_follow_the_policy_and_replies_always_pass() -> None:
-    assert _example_filter(ORCHESTRATOR).allows(_icmp(8), NOW)
-    assert not _example_filter(STRANGER).allows(_icmp(8), NOW)
-    assert _example_filter(STRANGER).allows(_icmp(0), NOW)
-    assert _example_filter(STRANGER).allows(_icmp(3), NOW)
-
-
-def test_later_fragments_pass_and_other_protocols_get_the_default() -> None:
+def test_a_udp_answer_window_is_for_the_addresses_it_was_opened_between() -> None:
+    """The window is keyed by both addresses and both ports: the same ports from the
+    peer's other address, or to another address of ours, are not answers."""
     stranger = _example_filter(STRANGER)
-    assert stranger.allows(_ipv4(TCP, b"x" * 8, fragment_offset=100), NOW)
-    assert not stranger.allows(_ipv4(47, b"gre!"), NOW)
-    assert not stranger.allows(_ipv4(TCP, b"\x00\x16"), NOW)
+    other_theirs, other_ours = IPv4Address("100.64.0.3"), IPv4Address("100.64.0.4")
+    outbound = _ipv4(UDP, struct.pack("!HHHH", 5353, 53, 8, 0), source=OURS, destination=THEIRS)
+    stranger.note_outbound(outbound, NOW)
+    answer = struct.pack("!HHHH", 53, 5353, 8, 0)
+
+    assert _passes(stranger, _ipv4(UDP, answer), NOW + 1)
+    assert stranger.judge(_ipv4(UDP, answer, source=other_theirs), NOW + 1) == POLICY_DENIED
+    assert stranger.judge(_ipv4(UDP, answer, destination=other_ours), NOW + 1) == POLICY_DENIED
+
+
+def _icmp_error(kind: int, quoted_source: IPv4Address, quoted_destination: IPv4Address) -> bytes:
+    """An ICMP error from the peer quoting a UDP packet between the two addresses."""
+    quoted = _ipv4(
+        UDP,
+        struct.pack("!HHHH", 5353, 53, 8, 0),
+        source=quoted_source,
+        destination=quoted_destination,
+    )
+    return _ipv4(ICMP, bytes([kind, 0, 0, 0, 0, 0, 0, 0]) + quoted)
+
+
+def test_icmp_echo_requests_follow_the_policy_and_replies_and_errors_about_ours_pass() -> None:
+    assert _passes(_example_filter(ORCHESTRATOR), _icmp(8), NOW)
+    assert not _passes(_example_filter(STRANGER), _icmp(8), NOW)
+    assert _passes(_example_filter(STRANGER), _icmp(0), NOW)
+    # Unreachable (fragmentation needed too) and time exceeded about what we sent them.
+    for kind in (3, 11):
+        assert _passes(_example_filter(STRANGER), _icmp_error(kind, OURS, THEIRS), NOW)
+
+
+def test_icmp_errors_about_packets_we_did_not_send_and_other_types_are_refused() -> None:
+    stranger = _example_filter(STRANGER)
+    elsewhere = IPv4Address("100.64.0.9")
+    assert stranger.judge(_icmp_error(3, elsewhere, THEIRS), NOW) == POLICY_DENIED
+    assert stranger.judge(_icmp_error(3, THEIRS, OURS), NOW) == POLICY_DENIED
+    assert stranger.judge(_icmp(3), NOW) == DropReason.POLICY_UNREADABLE
+    # A redirect (even quoting our packet), a timestamp request, an address mask request.
+    assert stranger.judge(_icmp_error(5, OURS, THEIRS), NOW) == POLICY_DENIED
+    for kind in (13, 17):
+        assert stranger.judge(_icmp(kind), NOW) == POLICY_DENIED
+
+
+def test_later_fragments_pass_only_after_a_first_fragment_that_passed() -> None:
+    stranger = _example_filter(STRANGER)
+    later = _ipv4(TCP, b"x" * 8, fragment_offset=100)
+    assert stranger.judge(later, NOW) == DropReason.FRAGMENT_UNMATCHED
+    more_fragments = 0x2000
+    # A first fragment to a refused port: the rest of its datagram is refused too.
+    refused_first = _ipv4(TCP, _tcp(22, SYN)[20:], fragment_offset=more_fragments)
+    assert stranger.judge(refused_first, NOW) == POLICY_DENIED
+    assert stranger.judge(later, NOW) == DropReason.FRAGMENT_UNMATCHED
+    # The first fragment of an answer passes, and so do the datagram's later fragments
+    # until the kernel would have given up reassembling it.
+    first = _ipv4(TCP, _tcp(22, ACK)[20:], fragment_offset=more_fragments)
+    assert _passes(stranger, first, NOW)
+    assert _passes(stranger, later, NOW + 1)
+    assert stranger.judge(later, NOW + FRAGMENT_TIMEOUT_S + 1) == DropReason.FRAGMENT_UNMATCHED
+
+
+def test_a_first_fragment_without_its_ports_is_unreadable() -> None:
+    stranger = _example_filter(STRANGER)
+    more_fragments = 0x2000
+    cut = _ipv4(TCP, _tcp(8080, ACK)[20:28], fragment_offset=more_fragments)
+    assert stranger.judge(cut, NOW) == DropReason.POLICY_UNREADABLE
+
+
+def test_other_protocols_get_the_default() -> None:
+    stranger = _example_filter(STRANGER)
+    assert stranger.judge(_ipv4(47, b"gre!"), NOW) == POLICY_DENIED
+    assert stranger.judge(_ipv4(TCP, b"\x00\x16"), NOW) == DropReason.POLICY_UNREADABLE
+    allow_all_but_ssh = packet_filter(parse_policy("deny * 22/tcp", "t")[0], STRANGER)
+    assert allow_all_but_ssh is not None
+    assert _passes(allow_all_but_ssh, _ipv4(47, b"gre!"), NOW)
 
 
 # -- where it is kept -----------------------------------------------------------------------
@@ -292,3 +375,9 @@ def test_a_batch_passes_at_once_only_when_every_row_is_a_tcp_segment_that_opens_
     assert compiled.passes_rows(batch(*segments), 3, row)
     assert not compiled.passes_rows(batch(*segments, _tcp(22, SYN)), 4, row)
     assert not compiled.passes_rows(batch(*segments, _udp(53)), 4, row)
+    # Fragments are looked at one by one (a later one's "flags" are payload bytes).
+    ack = _tcp(22, ACK)[20:]
+    for fragment in (0x2000, 100, 0x0100):
+        fragmented = _ipv4(TCP, ack, fragment_offset=fragment)
+        assert not compiled.passes_rows(batch(*segments, fragmented), 4, row)
+    assert compiled.passes_rows(batch(*segments, _ipv4(TCP, ack, fragment_offset=0x4000)), 4, row)
