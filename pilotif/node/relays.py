@@ -32,6 +32,11 @@ NEARER_FACTOR: Final = 0.7
 shorter (round trips jitter; moving costs a ticket fetch)."""
 TICKETS_PER_ATTACH: Final = 12
 """Tickets one attach carries (it must fit one datagram)."""
+NOTICE_ATTACH_MIN_S: Final = 2.0
+"""A relay's notice that it does not know our address (0x55: 4 bytes that anyone can
+send from the relay's address) makes us attach again at most this often per relay, and
+not while an attach there waits for its answer (that one shows where we are now): a
+spoofer's notices never cost more than one attach and its retries per interval."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,8 @@ class _Relay:
     """Attach request id -> (when sent, the tickets it carries)."""
     tickets: list[str] = field(default_factory=list)
     """What we present there (its home relay only)."""
+    notice_attach_at_s: float = 0.0
+    """When a notice from it may make us attach again, at the earliest."""
 
 
 class Relays:
@@ -136,8 +143,7 @@ class Relays:
             if isinstance(item, Reply):
                 self._on_reply(state, item, now)
             elif isinstance(item, RelaySourceUnknown):
-                # Our NAT mapping towards it changed: attach from where we are now.
-                self._attach(state, [], now)
+                self._on_notice(state, now)
         self._choose_home()
         self._collect()
         return True
@@ -186,6 +192,14 @@ class Relays:
         state.attach_at_s = now + (ATTACH_ACTIVE_S if often else ATTACH_EVERY_S)
         fields = {"instance": state.instance, "tickets": tickets}
         state.waiting[state.link.request("attach", fields, now)] = (now, tickets)
+
+    def _on_notice(self, state: _Relay, now: float) -> None:
+        """Our NAT mapping towards the relay may have changed: attach from where we are
+        now, unless an attach is on its way or one went for a notice lately."""
+        if state.waiting or now < state.notice_attach_at_s:
+            return
+        state.notice_attach_at_s = now + NOTICE_ATTACH_MIN_S
+        self._attach(state, [], now)
 
     def _present(self, state: _Relay, now: float) -> None:
         for start in range(0, len(state.tickets), TICKETS_PER_ATTACH):

@@ -9,9 +9,13 @@ from pathlib import Path
 import pytest
 
 from pilotif.node.events import RelaysChanged
-from pilotif.node.relays import ATTACH_ACTIVE_S, SILENT_AFTER_S
+from pilotif.node.registry_link import REQUEST_ATTEMPTS
+from pilotif.node.relays import ATTACH_ACTIVE_S, NOTICE_ATTACH_MIN_S, SILENT_AFTER_S, Relays
+from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.overlay.events import Endpoint
-from pilotif.registry.wire import pack_relay
+from pilotif.registry.wire import CONTROL_TYPE, RELAY_SOURCE_UNKNOWN, pack_relay
+from pilotif.relay.core import RelayCore
+from pilotif.relay.info import RelayInfo
 from tests.unit.netsim import Mapping, Network, SimNode
 from tests.unit.test_node_core import _ping_arrives, _seconds_until_a_ping_arrives, _trusting
 
@@ -116,3 +120,55 @@ def test_a_node_that_is_not_trusted_cannot_use_the_relay(net: Network) -> None:
         net.run(0.2)
     assert net.relays[near].counters["relay_not_trusted"] == refused + 3
     assert len(beta.received) == before
+
+
+SPOOF_RATE_PER_S = 1_000
+SPOOF_FOR_S = 10.0
+NODE_AT: Endpoint = ("198.18.3.1", 51820)
+FIRST_ATTACH_DATAGRAMS = 3
+"""A node's first attach, sent again with the relay's cookie, then once more naming the
+relay's instance."""
+
+
+def _spoofed_notices(relay: RelayCore | None) -> tuple[Relays, int]:
+    """A node attached to one relay (`relay` answers its attaches; None: silent) gets
+    SPOOF_RATE_PER_S spoofed 0x55 notices from the relay's address for SPOOF_FOR_S;
+    the node's relays, and how many attaches it sent."""
+    relay_key = relay.public_key if relay is not None else public_key(generate_private_key())
+    info = RelayInfo(relay_key, ("198.18.1.1", 7947))
+    relays = Relays(generate_private_key())
+    now = 1_700_000_000.0
+    relays.update([info], now)
+    attaches = 0
+    for _ in range(int(SPOOF_FOR_S * SPOOF_RATE_PER_S)):
+        now += 1 / SPOOF_RATE_PER_S
+        relays.receive(RELAY_SOURCE_UNKNOWN, info.endpoint, now)
+        relays.handle_timer(now)
+        while relays.outgoing:
+            data, to = relays.outgoing.pop(0)
+            assert to == info.endpoint
+            attaches += data[0] == CONTROL_TYPE
+            for answer, _ in relay.handle_datagram(data, NODE_AT, now) if relay else []:
+                relays.receive(answer, info.endpoint, now)
+    return relays, attaches
+
+
+def test_spoofed_relay_notices_cost_one_attach_per_interval() -> None:
+    """Issue 22: each 4-byte 0x55 spoofed from a relay's address made the node send a
+    sealed attach (retried 5 times): x234. A live relay answers every attach, and the
+    node still attaches at most once per NOTICE_ATTACH_MIN_S (its first attach aside)."""
+    relay = RelayCore(generate_private_key(), public_key(generate_private_key()), first_counter=0)
+    relays, attaches = _spoofed_notices(relay)
+    assert attaches <= FIRST_ATTACH_DATAGRAMS + SPOOF_FOR_S / NOTICE_ATTACH_MIN_S, attaches
+    assert relays.describe()[0]["alive"] is True, "the relay is still used"
+
+
+def test_spoofed_notices_about_a_silent_relay_leave_one_attach_waiting() -> None:
+    """A relay that answers nothing: the notices coalesce into the attach that waits,
+    and what waits stays bounded."""
+    relays, attaches = _spoofed_notices(None)
+    rounds = SPOOF_FOR_S / NOTICE_ATTACH_MIN_S + 1
+    assert attaches <= rounds * REQUEST_ATTEMPTS, attaches
+    [state] = relays._relays.values()
+    assert len(state.waiting) <= 1
+    assert len(state.link._pending) <= 1
