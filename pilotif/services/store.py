@@ -160,11 +160,24 @@ class ServiceStore:
                 return
 
     def _write_batch(self, batch: list[Statement]) -> None:
+        """Commit `batch` in one transaction; if it fails, each statement alone (a bad
+        write loses only itself)."""
+        if not self._committed(batch) and len(batch) > 1:
+            for statement in batch:
+                self._committed([statement])
+        with self._written:
+            self._done_count += len(batch)
+            self._written.notify_all()
+
+    def _committed(self, batch: Sequence[Statement]) -> bool:
+        """Whether `batch` was committed; a failure is counted, and logged once until a
+        write succeeds again."""
         try:
             with self._lock:
                 self._apply(batch)
-        except (sqlite3.Error, ValueError) as error:
-            self.counters["write_failed"] += 1
+        except Exception as error:  # the thread must outlive any write, or flush waits forever
+            if len(batch) == 1:  # a longer batch is tried again statement by statement
+                self.counters["write_failed"] += 1
             if not self._failing:
                 log_event(
                     "services_store_write_failed",
@@ -173,13 +186,11 @@ class ServiceStore:
                     error=str(error),
                 )
             self._failing = True
-        else:
-            if self._failing:
-                log_event("services_store_writing_again", path=str(self.path))
-            self._failing = False
-        with self._written:
-            self._done_count += len(batch)
-            self._written.notify_all()
+            return False
+        if self._failing:
+            log_event("services_store_writing_again", path=str(self.path))
+        self._failing = False
+        return True
 
     def _apply(self, batch: Sequence[Statement]) -> None:
         """Run `batch` in one transaction (the lock held)."""

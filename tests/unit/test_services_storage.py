@@ -335,10 +335,14 @@ def test_a_failed_write_is_logged_once_and_the_store_carries_on(
         for _ in range(3):
             store.write("INSERT INTO nowhere VALUES (1)")
             store.flush()
+        store.write("INSERT INTO messages VALUES (?, 'alpha', 1.0, 'x')", (2**70,))
         store.write("INSERT INTO messages VALUES (1, 'alpha', 1.0, 'x')")
-        store.flush()
+        flushed = threading.Thread(target=store.flush, daemon=True)
+        flushed.start()
+        flushed.join(timeout=SLOW_WRITE_TIMEOUT_S)
+    assert not flushed.is_alive(), "the writer thread died"
     assert [r.msg for r in caplog.records] == ["services_store_write_failed"]
-    assert store.counters["write_failed"] == 3
+    assert store.counters["write_failed"] == 4
     assert [m.text for m in Inbox(_reopen(stores, tmp_path)).messages()] == ["x"]
 
 
@@ -357,3 +361,19 @@ def test_a_damaged_store_stops_the_overlay_servers_before_dns_is_touched(
     with pytest.raises(StateFileError, match="is not a pilotif services store"):
         asyncio.run(servers.start(node, []))
     assert started == []
+
+
+def test_a_bad_write_loses_only_itself_not_the_writes_queued_with_it(tmp_path: Path) -> None:
+    store = _SlowStore(tmp_path)
+    try:
+        store.write("INSERT INTO messages VALUES (1, 'alpha', 1.0, 'first')")
+        assert store.started.wait(SLOW_WRITE_TIMEOUT_S)  # the next two queue up together
+        store.write("INSERT INTO messages VALUES (?, 'alpha', 1.0, 'bad')", (2**70,))
+        store.write("INSERT INTO messages VALUES (3, 'alpha', 1.0, 'third')")
+        store.release.set()
+        store.flush()
+    finally:
+        store.release.set()
+        store.close()
+    assert [m.text for m in Inbox(ServiceStore(tmp_path)).messages()] == ["first", "third"]
+    assert store.counters["write_failed"] == 1
