@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Final
 
-from pilotif.registry.ratelimit import TokenBuckets
 from pilotif.services import client
 from pilotif.services.client import ServiceError
+from pilotif.services.limits import TokenBuckets
 from pilotif.services.tasks import Task, TaskError, TaskStore, new_task_id
 from pilotif.services.wire import error_answer
 
