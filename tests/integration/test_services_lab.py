@@ -26,13 +26,21 @@ PATH_TIMEOUT_S = 15.0
 REACHED_TIMEOUT_S = 10.0
 
 
-def _bash_exchange(agent: Agent, address: str, port: int, line: str) -> str:
-    """Send one line to address:port from the agent's namespace with bash's /dev/tcp and
-    return the first line of the answer: no Python on the client side."""
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+"""Run a command as uid 65534 (nobody), no groups: any unprivileged local user."""
+
+
+def _bash_exchange(
+    agent: Agent, address: str, port: int, *lines: str, user: tuple[str, ...] = ()
+) -> str:
+    """Send lines to address:port from the agent's namespace with bash's /dev/tcp (as
+    `user`, root without it) and return as many lines of answer: no Python on the client
+    side."""
     script = (
-        f"exec 3<>/dev/tcp/{address}/{port} && printf '%s\\n' \"$1\" >&3 && timeout 5 head -n 1 <&3"
+        f"exec 3<>/dev/tcp/{address}/{port} && printf '%s\\n' \"$@\" >&3"
+        f" && timeout 5 head -n {len(lines)} <&3"
     )
-    result = agent.namespace.run("bash", "-c", script, "client", line, check=False)
+    result = agent.namespace.run(*user, "bash", "-c", script, "client", *lines, check=False)
     return result.stdout.strip()
 
 
@@ -70,6 +78,22 @@ def test_messages_reach_the_inbox_survive_a_restart_and_speak_plain_lines(
             assert "pilotif: error:" in str(refused.value)
         assert beta.json("inbox", "--clear") == {"cleared": 2}
         assert beta.json("inbox") == []
+
+        # Hostile JSON gets an answer, and the next line on the same connection works.
+        surrogate = '{"op": "message", "text": "\\ud800"}'
+        after = json.dumps({"op": "message", "text": "after a surrogate"})
+        refused, accepted = _bash_exchange(alpha, beta_ip, 1001, surrogate, after).splitlines()
+        assert (json.loads(refused)["ok"], json.loads(refused)["code"]) == (False, "bad_request")
+        assert json.loads(accepted)["ok"] is True
+
+        # A local user of beta's host is not beta: refused, nothing kept "from beta".
+        as_beta = json.dumps({"op": "message", "text": "I am beta"})
+        for port, line in ((1001, as_beta), (1002, '{"op": "subscribe", "topic": "*"}')):
+            answer = json.loads(_bash_exchange(beta, beta_ip, port, line, user=NOBODY))
+            assert (answer["ok"], answer["code"]) == (False, "not_a_peer")
+        assert [(m["sender"], m["text"]) for m in beta.json("inbox")] == [
+            ("alpha", "after a surrogate")
+        ]
 
 
 FILE_BYTES = 50 * 2**20
