@@ -25,6 +25,7 @@ from pilotif.cli_common import (
     echo_result,
     json_option,
     json_output,
+    terminal_safe,
 )
 from pilotif.duration import DurationError, parse_duration
 from pilotif.identity import HostnameError, normalize_hostname
@@ -274,8 +275,10 @@ def node_list(ctx: click.Context, as_json: bool) -> None:
     with _store(ctx) as store:
         nodes = store.nodes()
     lines = [
-        f"{n.hostname:24} {n.ipv4!s:15} network={n.network or '-'}"
-        f"  tags={','.join(n.tags) or '-'}  granted={','.join(n.granted_tags) or '-'}"
+        terminal_safe(
+            f"{n.hostname:24} {n.ipv4!s:15} network={n.network or '-'}"
+            f"  tags={','.join(n.tags) or '-'}  granted={','.join(n.granted_tags) or '-'}"
+        )
         for n in nodes
     ]
     echo_result(as_json, [_node_fields(n) for n in nodes], "\n".join(lines) or "(no nodes)")

@@ -29,6 +29,7 @@ from pilotif.cli_common import (
     json_output,
     node_request,
     state_dir_option,
+    terminal_safe,
 )
 from pilotif.config import ConfigError, InterfaceConfig, load_config
 from pilotif.context_cli import context
@@ -452,13 +453,13 @@ def _format_status(state: dict[str, Any]) -> str:
     lines = []
     if node:
         lines += [
-            f"node: {node['hostname']} ({node['ipv4']}, {node['ipv6']})",
+            terminal_safe(f"node: {node['hostname']} ({node['ipv4']}, {node['ipv6']})"),
             f"  registry: {node['registry']} " + _registry_state(node),
             f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
         ]
         lines += [f"  relay: {_relay_state(relay)}" for relay in node.get("relays", [])]
         for hostname, reason in node["refused_peers"].items():
-            lines.append(f"  REFUSED peer {hostname}: {reason}")
+            lines.append(terminal_safe(f"  REFUSED peer {hostname}: {reason}"))
         lines.append("")
     lines += [
         f"interface: {state['interface']}",
@@ -513,7 +514,7 @@ def _node_line(node: dict[str, Any]) -> str:
     tags = ",".join(node.get("tags", []))
     granted = ",".join(node.get("granted_tags", []))
     network = node.get("network_name")
-    return (
+    return terminal_safe(
         f"{node.get('hostname', '?'):24} {node.get('ipv4', '?'):15} {node.get('public_key', '')}"
         + (f"  tags={tags}" if tags else "")
         + (f"  granted={granted}" if granted else "")
@@ -558,7 +559,7 @@ def pending(as_json: bool, state_dir: Path) -> None:
     reply = node_request(state_dir, "pending")
     incoming, outgoing = reply.get("incoming", []), reply.get("outgoing", [])
     lines = ["incoming:"] + [
-        f"  {_node_line(item.get('node', {}))}  message={item.get('message', '')!r}"
+        terminal_safe(f"  {_node_line(item.get('node', {}))}  message={item.get('message', '')!r}")
         for item in incoming
     ]
     lines += ["outgoing:"] + [f"  {_node_line(node)}" for node in outgoing]
@@ -641,8 +642,10 @@ def peers(as_json: bool, state_dir: Path) -> None:
     """Trusted peers with their path (direct, relay or none), endpoint and traffic."""
     rows = node_request(state_dir, "peers").get("peers", [])
     lines = [
-        f"{p['hostname']:24} {p['ipv4']:15} {p['path']:6} {p['endpoint'] or '-':22} "
-        f"rx={p['rx_bytes']} tx={p['tx_bytes']}"
+        terminal_safe(
+            f"{p['hostname']:24} {p['ipv4']:15} {p['path']:6} {p['endpoint'] or '-':22} "
+            f"rx={p['rx_bytes']} tx={p['tx_bytes']}"
+        )
         for p in rows
     ]
     echo_result(as_json, rows, "\n".join(lines) or "(no trusted peers)")
@@ -771,7 +774,7 @@ def _format_event(event: dict[str, Any]) -> str:
     fields = " ".join(
         f"{key}={value}" for key, value in event.items() if key not in ("time", "event")
     )
-    return f"{stamp} {event.get('event')} {fields}".rstrip()
+    return terminal_safe(f"{stamp} {event.get('event')} {fields}".rstrip())
 
 
 @cli.group(invoke_without_command=True)

@@ -1,9 +1,10 @@
 """What every group of `pilotif` commands shares: the one-line error with a code, the
-`--json` and `--state-dir` options, printing a result as text or JSON, and asking the
-running daemon."""
+`--json` and `--state-dir` options, printing a result as text or JSON (peer text made
+safe for a terminal), and asking the running daemon."""
 
 import json
 import sys
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,6 +58,35 @@ def json_output(shape: str, errors: tuple[str, ...] = ()) -> Callable[[F], F]:
         return function
 
     return declare
+
+
+_UNSAFE_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))
+"""Controls (C0, DEL, C1: ESC, CR, LF...), lone surrogates, line and paragraph separators."""
+_BIDI_CONTROLS = frozenset(
+    chr(code) for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+)
+"""Marks, embeddings, overrides and isolates: they reorder what a terminal shows."""
+_BYTE_ESCAPE_BELOW, _BMP_ESCAPE_BELOW = 0x100, 0x10000
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < _BYTE_ESCAPE_BELOW:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < _BMP_ESCAPE_BELOW else f"\\U{code:08x}"
+
+
+def terminal_safe(text: object) -> str:
+    """Text a peer (or the registry) chose, made safe to print on a terminal as part of a
+    line: every control character (ESC, CR, LF, C1...), lone surrogate, line separator and
+    bidi control shows as a visible escape (\\x1b, \\u202e), so it can neither move the
+    cursor, forge lines nor reorder what is shown."""
+    return "".join(
+        _escape(char)
+        if char in _BIDI_CONTROLS or unicodedata.category(char) in _UNSAFE_CATEGORIES
+        else char
+        for char in str(text)
+    )
 
 
 def echo_result(as_json: bool, data: Any, text: str) -> None:

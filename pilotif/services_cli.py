@@ -24,6 +24,7 @@ from pilotif.cli_common import (
     node_request,
     service_address,
     state_dir_option,
+    terminal_safe,
     text_or_file,
     trusted_peer_address,
 )
@@ -60,7 +61,7 @@ def send(
 
 def _message_line(message: dict[str, Any]) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(message.get("received", 0))))
-    return f"{stamp} {message.get('sender')}: {message.get('text')}"
+    return terminal_safe(f"{stamp} {message.get('sender')}: {message.get('text')}")
 
 
 @click.command()
@@ -154,7 +155,9 @@ def received(as_json: bool, state_dir: Path) -> None:
     reply = node_request(state_dir, "received")
     files = reply.get("files", [])
     lines = [
-        f"{f['name']:40} {f['size']:>12} from {f['sender']}  sha256 {f['sha256'][:16]}..."
+        terminal_safe(
+            f"{f['name']:40} {f['size']:>12} from {f['sender']}  sha256 {f['sha256'][:16]}..."
+        )
         for f in files
     ]
     text = "\n".join(lines) + f"\n(in {reply.get('directory')})" if files else "(no files)"
@@ -181,7 +184,9 @@ def publish(peer: str, topic: str, data: str, as_json: bool, state_dir: Path) ->
     with _as_cli_errors():
         delivered = peer_client.publish(service_address(state_dir, peer), topic, value)
     echo_result(
-        as_json, {"topic": topic, "delivered": delivered}, f"{topic}: {delivered} subscribers"
+        as_json,
+        {"topic": topic, "delivered": delivered},
+        terminal_safe(f"{topic}: {delivered} subscribers"),
     )
 
 

@@ -15,6 +15,7 @@ from pilotif.cli_common import (
     json_output,
     node_request,
     state_dir_option,
+    terminal_safe,
     text_or_file,
 )
 
@@ -30,8 +31,9 @@ def _task_line(item: dict[str, Any]) -> str:
     line += f" {item.get('description')}"
     if item.get("reason"):
         line += f"  (reason: {item['reason']})"
+    line = terminal_safe(line)
     if item.get("result"):
-        line += f"\n    result: {item['result']}"
+        line += f"\n    result: {terminal_safe(item['result'])}"
     return line
 
 
