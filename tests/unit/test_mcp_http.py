@@ -23,6 +23,9 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+ADDRESS = "127.0.0.2"
+"""Loopback, but not one of the three binds the SDK guards itself: the Host and Origin
+checks here are pilotif's."""
 STARTUP_TIMEOUT_S = 30.0
 CALL_TIMEOUT_S = 20.0
 SECRET = "the node's private key\n"
@@ -51,7 +54,7 @@ def pilotif(*args: str, timeout_s: float = CALL_TIMEOUT_S) -> subprocess.Complet
 
 def _free_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((ADDRESS, 0))
         port: int = probe.getsockname()[1]
         return port
 
@@ -75,7 +78,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`pilotif mcp --http 127.0.0.1:PORT --files-from OUTBOX`, with a secret beside the
+    """`pilotif mcp --http 127.0.0.2:PORT --files-from OUTBOX`, with a secret beside the
     outbox and the ways to reach it from inside: `..`, a link to it, a link to its dir."""
     root = tmp_path_factory.mktemp("mcp")
     state_dir, outbox, outside = root / "state", root / "outbox", root / "outside"
@@ -88,7 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = _free_port()
     process = subprocess.Popen(
         [
-            *(sys.executable, "-m", "pilotif", "mcp", "--http", f"127.0.0.1:{port}"),
+            *(sys.executable, "-m", "pilotif", "mcp", "--http", f"{ADDRESS}:{port}"),
             *("--state-dir", str(state_dir), "--files-from", str(outbox)),
         ],
         stdout=subprocess.DEVNULL,
@@ -100,11 +103,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             assert process.poll() is None, (root / "server.log").read_text()
             assert time.monotonic() < deadline, "pilotif mcp --http did not listen"
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection((ADDRESS, port), timeout=1).close()
                 break
             except OSError:
                 time.sleep(0.1)
-        yield Server(f"http://127.0.0.1:{port}/mcp", port, state_dir, outbox, outside)
+        yield Server(f"http://{ADDRESS}:{port}/mcp", port, state_dir, outbox, outside)
     finally:
         process.terminate()
         process.wait(timeout=10)
@@ -205,7 +208,7 @@ def test_the_token_command_prints_it_from_a_private_file(server: Server) -> None
 
 
 def test_a_request_naming_another_host_is_refused(server: Server) -> None:
-    """DNS rebinding: a page of evil.example whose name now resolves to 127.0.0.1."""
+    """DNS rebinding: a page of evil.example whose name now resolves to this address."""
     token = server.bearer()
     rebound = raw_initialize(server, Host=f"evil.example:{server.port}", **token)
     assert rebound.status_code == 421
@@ -216,7 +219,7 @@ def test_a_request_from_another_origin_is_refused(server: Server) -> None:
     token = server.bearer()
     assert raw_initialize(server, Origin="http://evil.example", **token).status_code == 403
     assert "error response" in refusal(server, {**token, "Origin": "http://evil.example"})
-    own = f"http://127.0.0.1:{server.port}"
+    own = f"http://{ADDRESS}:{server.port}"
     assert raw_initialize(server, Origin=own, **token).status_code == 200
 
 
@@ -226,6 +229,16 @@ def test_a_non_loopback_bind_needs_allow_remote(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "--allow-remote" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "mcp.token").exists()
+
+
+def test_a_bind_to_every_address_needs_the_names_clients_use(tmp_path: Path) -> None:
+    """Without --allow-host, no Host header could be checked against the bind."""
+    port = str(_free_port())
+    result = pilotif(
+        "mcp", "--http", f"0.0.0.0:{port}", "--allow-remote", "--state-dir", str(tmp_path)
+    )
+    assert result.returncode != 0
+    assert "--allow-host" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 def test_send_file_reads_nothing_outside_files_from(server: Server) -> None:
