@@ -1,4 +1,5 @@
-"""The Linux TUN device: open it (device), configure its link over netlink (link)."""
+"""The Linux TUN device: open it (device), configure its link over netlink (link), keep
+its addresses off every other interface (guard, nftables)."""
 
 from pilotif.tun.device import TunDevice, TunError
 from pilotif.tun.link import (

@@ -1,10 +1,12 @@
-"""Configure the TUN link over netlink (pyroute2): MTU, addresses, state and routes.
+"""Configure the TUN link over netlink (pyroute2): MTU, addresses, state and routes, and
+the guard that keeps its addresses off every other interface (`pilotif.tun.guard`).
 
 Everything acts in the caller's current network namespace and is safe to repeat:
-addresses and routes are written with replace semantics.
+addresses and routes are written with replace semantics, the guard replaced whole.
 """
 
 import errno
+import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -17,6 +19,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pilotif.config import IPV6_MIN_MTU
+from pilotif.logs import log_event
+from pilotif.tun.guard import GuardError, guard_overlay_addresses, remove_guard
 
 # Address flag: use the IPv6 address at once, without duplicate address detection.
 _IFA_F_NODAD: Final = 0x02
@@ -42,7 +46,12 @@ def link_exists(name: str) -> bool:
 
 
 def delete_link(name: str) -> bool:
-    """Remove the device `name`; True if one was removed, False if there was none."""
+    """Remove the device `name` and its guard; True if a device was removed, False if
+    there was none."""
+    try:
+        remove_guard(name)
+    except GuardError as error:
+        log_event("overlay_guard_not_removed", level=logging.WARNING, error=str(error))
     with _netlink(name, "delete") as ipr:
         indices = ipr.link_lookup(ifname=name)
         if not indices:
@@ -62,7 +71,8 @@ def configure_link(
     mtu: int,
     routes: Sequence[IPv4Network | IPv6Network],
 ) -> None:
-    """Set the MTU, add the addresses, bring `name` up and route `routes` to it.
+    """Set the MTU, add the addresses, bring `name` up and route `routes` to it; guard
+    the addresses so that only `name` reaches them (a warning when nftables cannot).
 
     A network already covered by the connected route of one of the addresses gets no
     route of its own.
@@ -89,6 +99,10 @@ def configure_link(
                 continue
             with _step(name, f"add route {network} to"):
                 _replace_route(ipr, index, network)
+    try:
+        guard_overlay_addresses(name, addresses)
+    except GuardError as error:
+        log_event("overlay_guard_unavailable", level=logging.WARNING, error=str(error))
 
 
 def limit_gso_segments(name: str, segments: int) -> bool:
