@@ -5,9 +5,13 @@ and posts each from a worker thread (urllib), so the event loop never waits on t
 network; a failed post is retried with exponential backoff a bounded number of times,
 then given up and logged. If the URL is slow the bus drops the oldest events and the
 webhook posts an `events_dropped` notice in their place.
+
+The daemon runs as root: a redirect is never followed (a 3xx is a failed delivery), and
+the URL is logged without its credentials, query or fragment (it may carry a token).
 """
 
 import asyncio
+import base64
 import contextlib
 import http.client
 import json
@@ -16,6 +20,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
+from email.message import Message
+from typing import IO
 
 from pilotif.logs import log_event
 from pilotif.observe.events import Event, EventBus, Subscription
@@ -46,12 +52,58 @@ def check_webhook_url(url: str) -> str:
     return url
 
 
-def _urllib_post(url: str, body: bytes, timeout_s: float) -> int:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json"}
-    )
+def _host_port(parts: urllib.parse.SplitResult) -> str:
+    """The URL's host[:port] without user and password."""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port is not None else host
+
+
+def loggable_url(url: str) -> str:
+    """The URL as it may be logged: scheme://host[:port]/path, no user, password, query
+    or fragment (a webhook's secret usually sits in one of them)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, _host_port(parts), parts.path, "", ""))
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx answer is the webhook's answer, not a place to go: following it would make
+    the daemon (root) request whatever URL the server names."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: Message,
+        newurl: str,
+    ) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
+def _urllib_post(url: str, body: bytes, timeout_s: float) -> int:
+    headers = {"Content-Type": "application/json"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:
+        # urllib takes user:password@ for part of the host name: send it as Basic auth.
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = (
+            "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        )
+        url = urllib.parse.urlunsplit(parts._replace(netloc=_host_port(parts)))
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with _OPENER.open(request, timeout=timeout_s) as response:
             return int(response.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
@@ -136,7 +188,7 @@ class Webhook:
         log_event(
             "webhook_failed",
             level=logging.WARNING,
-            url=self.url,
+            url=loggable_url(self.url),
             kind=event.get("event"),
             error=problem,
         )

@@ -1,9 +1,16 @@
 """The webhook's delivery policy, with a scripted transport and a recorded clock:
-retries on server errors with doubling backoff, bounded attempts, no retry on a 4xx.
-(A real HTTP server on loopback is in tests/integration/test_observability.py.)"""
+retries on server errors with doubling backoff, bounded attempts, no retry on a 4xx;
+against real HTTP servers on loopback: a redirect is never followed, and the URL's
+secrets never reach the log. (The daemon's webhook is in
+tests/integration/test_observability.py.)"""
 
 import asyncio
+import base64
+import http.server
 import json
+import logging
+import threading
+from collections.abc import Iterator
 
 import pytest
 
@@ -89,3 +96,96 @@ def test_events_from_the_bus_are_posted_in_order() -> None:
 def test_only_http_urls_are_accepted(url: str) -> None:
     with pytest.raises(WebhookError):
         Webhook(url, EventBus())
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Records each request's method and path; answers with the server's `answer`."""
+
+    def _answer(self) -> None:
+        server: _Server = self.server  # type: ignore[assignment]
+        server.requests.append((self.command, self.path))
+        server.authorizations.append(self.headers.get("Authorization"))
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        status, location = server.answer
+        self.send_response(status)
+        if location:
+            self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    def __init__(self, answer: tuple[int, str]) -> None:
+        super().__init__(("127.0.0.1", 0), _Recorder)
+        self.answer = answer
+        self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[_Server, _Server]]:
+    """A webhook that answers 302 to a second server (which would answer 200)."""
+    target = _Server((200, ""))
+    hook = _Server((302, f"{target.url}/internal/admin?delete=1"))
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in (hook, target)]
+    for thread in threads:
+        thread.start()
+    yield hook, target
+    for server in (hook, target):
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_is_not_followed(servers: tuple[_Server, _Server]) -> None:
+    """Issue 22: the webhook (root) followed a 302 and sent a GET wherever it pointed."""
+    hook_server, target = servers
+
+    async def scenario() -> bool:
+        hook = Webhook(f"{hook_server.url}/hook", EventBus(), attempts=1)
+        return await hook.deliver({"time": 1.0, "event": "peer_up", "peer": "beta"})
+
+    assert not asyncio.run(scenario())
+    assert hook_server.requests == [("POST", "/hook")]
+    assert target.requests == []
+
+
+def test_the_log_shows_the_url_without_its_secrets(
+    servers: tuple[_Server, _Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    hook_server, _ = servers
+    port = hook_server.server_address[1]
+    url = f"http://user:hunter2@127.0.0.1:{port}/hook/s3cr3t-path?token=abc123#frag"
+
+    async def scenario() -> bool:
+        hook = Webhook(url, EventBus(), attempts=1)
+        return await hook.deliver({"time": 1.0, "event": "peer_up"})
+
+    with caplog.at_level(logging.WARNING, logger="pilotif"):
+        assert not asyncio.run(scenario())
+    logged = [getattr(record, "fields", {}) for record in caplog.records]
+    assert {"url": f"http://127.0.0.1:{port}/hook/s3cr3t-path"}.items() <= logged[-1].items()
+    text = caplog.text + json.dumps(logged)
+    for secret in ("hunter2", "user", "abc123", "token", "frag"):
+        assert secret not in text
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth(servers: tuple[_Server, _Server]) -> None:
+    """urllib took `user:password@` for part of the host name (no post ever left)."""
+    _, target = servers
+    url = target.url.replace("http://", "http://hook%40ops:p%3Ass@") + "/hook"
+
+    async def scenario() -> bool:
+        return await Webhook(url, EventBus(), attempts=1).deliver({"time": 1.0, "event": "x"})
+
+    assert asyncio.run(scenario())
+    assert target.requests == [("POST", "/hook")]
+    assert target.authorizations == ["Basic " + base64.b64encode(b"hook@ops:p:ss").decode()]
