@@ -65,7 +65,8 @@ class Database(Protocol):
     """A connection the store reads through and writes in transactions."""
 
     types: dict[str, str]
-    """The engine's name for each type the schema spells `{bytes}` and `{float}`."""
+    """The engine's name for each type the schema spells `{bytes}` and `{float}`, and
+    `{serial}` for a rising integer key."""
     shared: bool
     """Whether other registry processes write it and say so (notifications): reads then
     cost a round trip, and what this process remembers of them must be let go."""
@@ -80,6 +81,10 @@ class Database(Protocol):
 
     def columns(self, cursor: Cursor, table: str) -> set[str]:
         """The column names of `table`."""
+        ...
+
+    def keep_private(self, cursor: Cursor, table: str) -> None:
+        """Let no database role but the owner (the registry's) use `table`."""
         ...
 
     def notify(self, channel: str, payload: str) -> None:
@@ -114,7 +119,7 @@ class SqliteDatabase:
     """A SQLite file (WAL, so that `registry admin` reads while the registry runs)."""
 
     def __init__(self, path: Path) -> None:
-        self.types = {"bytes": "BLOB", "float": "REAL"}
+        self.types = {"bytes": "BLOB", "float": "REAL", "serial": "INTEGER PRIMARY KEY"}
         self.shared = False
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.close(os.open(path, os.O_CREAT | os.O_RDWR, _DB_FILE_MODE))
@@ -139,6 +144,9 @@ class SqliteDatabase:
 
     def columns(self, cursor: Cursor, table: str) -> set[str]:
         return {row[1] for row in cursor.execute(f"PRAGMA table_info({table})")}
+
+    def keep_private(self, cursor: Cursor, table: str) -> None:
+        """A SQLite file has no roles: its mode (0600) keeps it private."""
 
     def notify(self, channel: str, payload: str) -> None:
         """One process uses a SQLite file: there are no other replicas to tell."""
@@ -187,7 +195,11 @@ class PostgresDatabase:
     """A database on a PostgreSQL server, through psycopg 3."""
 
     def __init__(self, url: str) -> None:
-        self.types = {"bytes": "BYTEA", "float": "DOUBLE PRECISION"}
+        self.types = {
+            "bytes": "BYTEA",
+            "float": "DOUBLE PRECISION",
+            "serial": "BIGSERIAL PRIMARY KEY",
+        }
         self.shared = True
         try:
             import psycopg
@@ -237,6 +249,11 @@ class PostgresDatabase:
             (table,),
         )
         return {str(name) for (name,) in rows}
+
+    def keep_private(self, cursor: Cursor, table: str) -> None:
+        # PUBLIC has no rights on a new table by default; an operator's default
+        # privileges might grant some, and any role that may connect is PUBLIC.
+        cursor.execute(f"REVOKE ALL ON TABLE {table} FROM PUBLIC")
 
     def notify(self, channel: str, payload: str) -> None:
         self.execute("SELECT pg_notify(?, ?)", (channel, payload))

@@ -95,6 +95,31 @@ _REPLICAS_TABLE: Final = """
 """
 """The registry replicas on this database and when each last said it is alive (a node's
 `replica` column names the one it talks to)."""
+_NOTES_TABLE: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS replica_notes (
+        id {serial},
+        replica TEXT NOT NULL,
+        note TEXT NOT NULL,
+        created {float} NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS replica_notes_replica ON replica_notes (replica)",
+)
+"""What one replica tells another (a push for a node it has, a trust change): the
+notification that wakes the other says nothing, since any role that may connect to the
+database may NOTIFY (and LISTEN); only the registry's role writes and reads this."""
+_PRIVATE_TABLES: Final = (
+    "schema_version",
+    "nodes",
+    "trust_requests",
+    "trusts",
+    "networks",
+    "join_keys",
+    "registry_identity",
+    "replicas",
+    "replica_notes",
+)
 
 
 def _first_tables(db: Database, cursor: Cursor) -> None:
@@ -126,11 +151,19 @@ def _replicas(db: Database, cursor: Cursor) -> None:
     cursor.execute(_REPLICAS_TABLE.format(**db.types))
 
 
+def _replica_notes(db: Database, cursor: Cursor) -> None:
+    for statement in _NOTES_TABLE:
+        cursor.execute(statement.format(**db.types))
+    for table in _PRIVATE_TABLES:
+        db.keep_private(cursor, table)
+
+
 _MIGRATIONS: Final[tuple[Callable[[Database, Cursor], None], ...]] = (
     _first_tables,
     _networks,
     _identity,
     _replicas,
+    _replica_notes,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 

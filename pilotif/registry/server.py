@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any, Final
@@ -125,7 +125,10 @@ ORPHAN_WAIT_S: Final = 2.0
 """A told node that has not come within this long no longer counts as in flight (it is
 offline, or its NAT dropped the notice; it moves at its next heartbeat)."""
 PUSH_CHANNEL: Final = "pilotif_push"
-"""The notification channel that carries pushes to the replica a node talks to."""
+"""The notification channel that wakes a replica when another left it notes (pushes for
+the nodes it has, trust changes) in the database."""
+NOTE_LIFETIME_S: Final = 60.0
+"""A note no replica took within this long is dropped (the one it was for died)."""
 TRUST_CACHE_S: Final = 10.0
 """How long the relay keeps its answer to "do these two trust each other?" (a change
 through any replica clears it at once; one made with `registry admin` shows within)."""
@@ -570,6 +573,7 @@ class RegistryCore:
             log_event("replica_dead", replicas=",".join(sorted(dead)), nodes=len(self._orphans))
         self._keep_calls += 1
         if self._keep_calls % DETACH_EVERY == 0:
+            self.store.drop_notes(now - NOTE_LIFETIME_S)
             offline = (key for key in self._attached if not self._online(key, now))
             gone = list(itertools.islice(offline, DETACH_BATCH))
             if gone:
@@ -603,10 +607,20 @@ class RegistryCore:
         return outgoing
 
     def handle_notifications(self, now: float) -> list[Outgoing]:
-        """What other replicas sent through the database: pushes for our nodes, and
-        trust changes the relay must not answer from memory."""
+        """The database notified us: what other replicas left for us, if anything came
+        on PUSH_CHANNEL. What a notification says is never read: any role that may
+        connect can send one."""
+        if not self.store.notifications():
+            return []
+        return self.take_notes(now)
+
+    def take_notes(self, now: float) -> list[Outgoing]:
+        """What other replicas left for this one in the database: pushes for our nodes,
+        and trust changes the relay must not answer from memory."""
+        if self.replica is None:
+            return []
         outgoing: list[Outgoing] = []
-        for text in self.store.notifications():
+        for text in self.store.take_notes(self.replica):
             try:
                 note = json.loads(text)
                 if "trust" in note:
@@ -617,7 +631,8 @@ class RegistryCore:
             except (ValueError, KeyError, TypeError, InvalidKeyError):
                 self.counters["bad_notification"] += 1
                 continue
-            if note.get("replica") != self.replica or not isinstance(payload, dict):
+            if not isinstance(payload, dict):
+                self.counters["bad_notification"] += 1
                 continue
             pushes: list[_Push] = []
             self._push(key, payload, now, pushes, forward=False)
@@ -786,7 +801,9 @@ class RegistryCore:
     ) -> None:
         self._trust_cache.pop(_pair(node.public_key, peer.public_key), None)
         # The other replicas' relays forget what they knew of these two.
-        self._tell_replicas({"trust": [encode_key(node.public_key), encode_key(peer.public_key)]})
+        others = self.live_replicas - {self.replica}
+        pair = [encode_key(node.public_key), encode_key(peer.public_key)]
+        self._tell_replicas(others, {"trust": pair}, now)
         log_event(
             "trust_established" if trusted else "trust_revoked",
             node=node.hostname,
@@ -866,7 +883,7 @@ class RegistryCore:
         seen = self._seen.get(key)
         if seen is None or not self._online(key, now):
             if forward:
-                self._forward(key, payload)
+                self._forward(key, payload, now)
             return
         if key not in self._sessions:
             # It would drop a push without its session; it syncs at its next request.
@@ -887,19 +904,20 @@ class RegistryCore:
         self._trust_cache[pair] = (trusted, now + TRUST_CACHE_S)
         return trusted
 
-    def _forward(self, key: bytes, payload: dict[str, Any]) -> None:
+    def _forward(self, key: bytes, payload: dict[str, Any], now: float) -> None:
         if self.replica is None:
             return
         record = self.store.node_by_key(key)
-        if record is None or not self._elsewhere(record):
+        if record is None or record.replica is None or not self._elsewhere(record):
             return
-        self._tell_replicas({"replica": record.replica, "key": encode_key(key), "payload": payload})
+        self._tell_replicas((record.replica,), {"key": encode_key(key), "payload": payload}, now)
         self.counters["pushes_forwarded"] += 1
 
-    def _tell_replicas(self, note: dict[str, Any]) -> None:
-        """Send the other replicas a note through the database (none: no replicas)."""
+    def _tell_replicas(self, replicas: Iterable[str], note: dict[str, Any], now: float) -> None:
+        """Leave other replicas a note in the database (none: no replicas)."""
         if self.replica is not None:
-            self.store.notify(PUSH_CHANNEL, json.dumps(note, separators=(",", ":")))
+            text = json.dumps(note, separators=(",", ":"))
+            self.store.leave_notes(PUSH_CHANNEL, replicas, text, now)
 
     def _at_another_replica(self, node: NodeRecord) -> bool:
         """Whether the database says the node talks to another replica than this one."""

@@ -211,10 +211,11 @@ async def _every(name: str, period_s: float, action: Callable[[], None]) -> None
 
 
 class _Pushes:
-    """What other replicas send through the database (NOTIFY), handed to the core to
-    send. If the notifications stop (the server restarted) it stops listening, once,
-    rather than fail at every turn; `listen_again` starts again once the server is back.
-    `tell_orphans` sends the core's notices to the nodes of a replica that died."""
+    """What other replicas leave for this one in the database (a NOTIFY wakes it),
+    handed to the core to send. If the notifications stop (the server restarted) it
+    stops listening, once, rather than fail at every turn; `listen_again` starts again
+    once the server is back. `tell_orphans` sends the core's notices to the nodes of a
+    replica that died."""
 
     def __init__(self, core: RegistryCore) -> None:
         self._core = core
@@ -233,6 +234,8 @@ class _Pushes:
         if self._fd is None and self._protocol is not None:
             self._listen()
             log_event("replica_notifications_back")
+            # What was left for us while nobody listened woke nobody.
+            self._protocol.send(self._core.take_notes(time.time()))
 
     def tell_orphans(self) -> None:
         """Send the next notices to a dead replica's nodes (none: nothing to do)."""

@@ -258,10 +258,32 @@ class Store:
                 key, lambda node: replace(node, replica=None) if node.replica == replica else node
             )
 
-    def notify(self, channel: str, payload: str) -> None:
-        """Tell every replica listening on `channel` (PostgreSQL NOTIFY; a lone SQLite
-        registry has nobody to tell)."""
-        self._db.notify(channel, payload)
+    def leave_notes(self, channel: str, replicas: Iterable[str], note: str, now: float) -> None:
+        """Leave `note` for each of `replicas` in the database and wake them on `channel`
+        (a lone SQLite registry has nobody to tell). The notification carries nothing:
+        any role that may connect may send one, so what a replica acts on is only what
+        the registry's role wrote (`take_notes`)."""
+        rows = [(replica, note, now) for replica in replicas]
+        if not rows or not self._db.shared:
+            return
+        with self._transaction() as cursor:
+            cursor.executemany(
+                "INSERT INTO replica_notes (replica, note, created) VALUES (?, ?, ?)", rows
+            )
+            # Delivered when the transaction commits: the rows are there by then.
+            cursor.execute("SELECT pg_notify(?, '')", (channel,))
+
+    def take_notes(self, replica: str) -> list[str]:
+        """The notes left for `replica`, oldest first, taken out of the database."""
+        rows = self._db.execute(
+            "DELETE FROM replica_notes WHERE replica = ? RETURNING id, note", (replica,)
+        )
+        return [str(note) for _, note in sorted(rows)]
+
+    def drop_notes(self, created_before: float) -> None:
+        """Forget the notes nobody took (their replica died) left before this time."""
+        if self._db.shared:
+            self._db.execute("DELETE FROM replica_notes WHERE created < ?", (created_before,))
 
     def listen(self, channel: str) -> int | None:
         """Start receiving `channel`'s notifications (and the changes to nodes others

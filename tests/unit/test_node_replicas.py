@@ -3,18 +3,29 @@ another replica when told that "a" died, and only then (a late notice about anot
 replica's death, e.g. "b" that it never used, leaves it where it is). A node core and a
 registry core (SQLite) in memory, no sockets."""
 
+import select
+import time
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import RegistrySwitched
 from pilotif.node.trust import TrustFiles
 from pilotif.overlay.crypto import generate_private_key
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint
-from pilotif.registry.server import RegistryCore
+from pilotif.registry.server import PUSH_CHANNEL, RegistryCore
 from pilotif.registry.store import Store
 from pilotif.registry.wire import ControlChannel
+from tests.unit.netsim import NETWORK, REGISTRY, Network
+from tests.unit.test_node_core import _trusting
+from tests.unit.test_registry_replicas import (
+    NOTIFY_WAIT_S,
+    QUIET_S,
+    forged_revocation,
+    intruder_connection,
+)
 
 REPLICA_A: Endpoint = ("198.18.0.1", 7946)
 REPLICA_B: Endpoint = ("198.18.0.2", 7946)
@@ -88,3 +99,45 @@ def test_a_notice_about_another_replica_leaves_the_node_where_it_is(tmp_path: Pa
     joined.notice_from_b("b")
     assert joined.core.link.endpoint == REPLICA_A
     assert not switches(joined)
+
+
+def test_a_notify_forged_by_any_role_that_may_connect_leaves_the_peer_trusted(
+    tmp_path: Path, postgres_server: ThrowawayPostgres
+) -> None:
+    """Issue 22: alpha and beta trust each other through replica "a" on PostgreSQL. A
+    role that may only connect sends `NOTIFY pilotif_push` saying "beta revoked its
+    trust in alpha": alpha keeps beta as a peer, its consent and its pin."""
+    url = postgres_server.create_database("forged_notify")
+    net = Network(tmp_path)
+    net.registry.store.close()
+    store = Store(url, IPv4Network(NETWORK))
+    net.registry = RegistryCore(net._registry_key, store, first_counter=1, replica="a")
+    listening = store.listen(PUSH_CHANNEL)
+    assert listening is not None
+    net.registry.keep_replicas(net.now)
+    alpha, beta = net.node("alpha"), net.node("beta")
+    _trusting(net, alpha, beta)
+    record = store.node_by_key(beta.device.public_key)
+    assert record is not None
+    beta_seen = {
+        "hostname": "beta",
+        "public_key": beta.key,
+        "ipv4": str(record.ipv4),
+        "ipv6": str(record.ipv6),
+        "tags": [],
+        "online": True,
+    }
+    with intruder_connection(postgres_server, url) as intruder:
+        intruder.execute(
+            "SELECT pg_notify('pilotif_push', %s)", (forged_revocation("a", alpha.key, beta_seen),)
+        )
+    # The registry's loop: whatever the notifications lead it to send, until quiet.
+    deadline = time.monotonic() + NOTIFY_WAIT_S
+    while select.select([listening], [], [], QUIET_S)[0] and time.monotonic() < deadline:
+        for datagram, destination in net.registry.handle_notifications(net.now):
+            net._transmit(datagram, REGISTRY, destination)
+    net.run(1.0)
+    assert beta.device.public_key in alpha.core.peers
+    assert beta.device.public_key in alpha.trust.consented
+    assert alpha.trust.pins["beta"] == beta.device.public_key
+    store.close()

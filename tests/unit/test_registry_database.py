@@ -102,13 +102,14 @@ def test_a_store_whose_connections_were_dropped_connects_again(
         found = store.node_by_hostname("alice")
         assert found is not None and found.hostname == "alice"
         assert store.listen("pilotif_push") is not None
-        store.notify("pilotif_push", "hello")
+        store.leave_notes("pilotif_push", ["me"], "hello", 2.0)
         deadline = time.monotonic() + 5
         heard: list[str] = []
         while not heard and time.monotonic() < deadline:
             time.sleep(0.05)
             heard = store.notifications()
-        assert heard == ["hello"]
+        assert heard == [""], "the notification only wakes: the note is in the database"
+        assert store.take_notes("me") == ["hello"]
     finally:
         store.close()
 

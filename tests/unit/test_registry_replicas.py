@@ -4,16 +4,21 @@ replicas find, trust and punch to each other, pushes cross through the database
 it, and a node that moves keeps its address, name and trust."""
 
 import itertools
+import json
 import select
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import psycopg
 import pytest
 
 from pilotif.lab.postgres import ThrowawayPostgres
 from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.server import (
+    DETACH_EVERY,
+    NOTE_LIFETIME_S,
     ORPHAN_WAIT_S,
     ORPHANS_IN_FLIGHT,
     PUSH_CHANNEL,
@@ -30,6 +35,9 @@ from tests.unit.test_registry_server import (
     remac,
 )
 
+INTRUDER = "intruder"
+"""A role that may connect to the registry's database and was granted nothing (any role
+may connect by default: PUBLIC has CONNECT on every new database)."""
 NOTIFY_WAIT_S = 5.0
 QUIET_S = 0.3
 """No notification for this long: the others said all they had to say."""
@@ -49,6 +57,22 @@ def replicas(
     yield a, b
     for world in (a, b):
         world.store.close()
+
+
+def intruder_connection(server: ThrowawayPostgres, url: str) -> "psycopg.Connection[Any]":
+    """A connection as INTRUDER to the database at `url` (the role made if need be)."""
+    server.psql(
+        f"DO $$ BEGIN CREATE ROLE {INTRUDER} LOGIN;"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+    )
+    return psycopg.connect(url.replace("postgres@", f"{INTRUDER}@", 1), autocommit=True)
+
+
+def forged_revocation(replica: str, node_key: str, peer: dict[str, Any]) -> str:
+    """What a replica once sent another on PUSH_CHANNEL: "tell your node `node_key`
+    that `peer` no longer trusts it"."""
+    payload = {"op": "trust_changed", "node": peer, "trusted": False}
+    return json.dumps({"replica": replica, "key": node_key, "payload": payload})
 
 
 def alive(*worlds: World) -> None:
@@ -344,3 +368,85 @@ def test_a_replica_whose_notifications_stop_says_so_and_reads_the_database(
     assert found is not None and found.hostname == "alice-2", "nothing stale is served"
     replica.close()
     admin.close()
+
+
+def test_a_notification_from_any_role_that_may_connect_pushes_nothing(
+    replicas: tuple[World, World],
+    pair: tuple[FakeNode, FakeNode],
+    postgres_server: ThrowawayPostgres,
+) -> None:
+    """Issue 22: any role that may connect could NOTIFY pilotif_push, and the replica
+    sealed what it said for its node as the registry's own word. Now a notification
+    only wakes a replica, which reads what the registry's role left it."""
+    a, b = replicas
+    alice, bob = pair
+    _trust_across(replicas, alice, bob)
+    [bob_seen] = a.call(alice, "trust_list")["trusted"]
+    with intruder_connection(postgres_server, a.location) as intruder:  # type: ignore[arg-type]
+        intruder.execute(
+            "SELECT pg_notify('pilotif_push', %s)",
+            (forged_revocation("a", alice.b64, bob_seen),),
+        )
+        intruder.execute("SELECT pg_notify('pilotif_push', %s)", (json.dumps({"trust": []}),))
+    assert pump(a, expect_pushes=False) == 0
+    assert a.messages(alice) == []
+    # A real push still crosses.
+    b.call(bob, "untrust", peer=alice.b64)
+    assert pump(a) == 1
+    [revoked] = a.pushes(alice)
+    assert (revoked["op"], revoked["trusted"]) == ("trust_changed", False)
+
+
+def test_a_role_that_listens_hears_no_push_and_cannot_read_or_write_the_notes(
+    replicas: tuple[World, World],
+    pair: tuple[FakeNode, FakeNode],
+    postgres_server: ThrowawayPostgres,
+) -> None:
+    """LISTEN needs no privilege either: a punch crossing replicas named both nodes'
+    endpoints in the notification. Now it says nothing, and the notes are the
+    registry role's alone."""
+    a, b = replicas
+    alice, bob = pair
+    _trust_across(replicas, alice, bob)
+    with intruder_connection(postgres_server, a.location) as intruder:  # type: ignore[arg-type]
+        intruder.execute("LISTEN pilotif_push")
+        assert a.call(alice, "connect", peer=bob.b64)["ok"]
+        pump(b)
+        [to_bob] = b.pushes(bob)
+        assert to_bob["op"] == "punch"
+        heard = [note.payload for note in intruder.notifies(timeout=1.0, stop_after=1)]
+        assert heard == [""]
+        for statement in (
+            "SELECT note FROM replica_notes",
+            "INSERT INTO replica_notes (replica, note, created) VALUES ('a', '{}', 0)",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                intruder.execute(statement)
+
+
+def test_tables_stay_private_when_the_operator_grants_public_by_default(
+    postgres_server: ThrowawayPostgres,
+) -> None:
+    """An operator's default privileges may hand PUBLIC every new table; the registry's
+    tables (its key among them) are revoked from PUBLIC all the same."""
+    url = postgres_server.create_database("granted_by_default")
+    postgres_server.psql(
+        "ALTER DEFAULT PRIVILEGES GRANT ALL ON TABLES TO PUBLIC", database="granted_by_default"
+    )
+    Store(url, NETWORK).close()
+    with intruder_connection(postgres_server, url) as intruder:
+        for statement in (
+            "SELECT private_key FROM registry_identity",
+            "INSERT INTO replica_notes (replica, note, created) VALUES ('a', '{}', 0)",
+            "SELECT hostname FROM nodes",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                intruder.execute(statement)
+
+
+def test_notes_left_for_a_replica_that_died_are_dropped(replicas: tuple[World, World]) -> None:
+    a, _ = replicas
+    a.store.leave_notes(PUSH_CHANNEL, ["gone"], "{}", a.now)
+    for _ in range(DETACH_EVERY):
+        a.core.keep_replicas(a.now + NOTE_LIFETIME_S + 1)
+    assert a.store.take_notes("gone") == []
