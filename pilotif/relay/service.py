@@ -30,6 +30,9 @@ REGISTRY_KEY_PIN_FILE: Final = "relay-registry.pub"
 EXPIRE_EVERY_S: Final = 10.0
 KEY_FETCH_ATTEMPTS: Final = 5
 KEY_FETCH_WAIT_S: Final = 1.0
+KEY_CONFIRM_S: Final = 0.5
+"""How long the relay listens for other answers after the registry's first."""
+KEY_REPLY_MAX_BYTES: Final = 64
 
 
 class RelayStartError(Exception):
@@ -46,34 +49,62 @@ class RelayOptions:
 
 
 def fetch_registry_key(registry: Endpoint) -> bytes:
-    """Ask the registry for its key (0x52), as a node does on first contact."""
+    """Ask the registry for its key (0x52), as a node does on first contact. The answer
+    is listened for KEY_CONFIRM_S past the first: anyone can send a datagram from the
+    registry's address, and an off-path spoofer racing the registry shows as a second
+    key, which RelayStartError refuses (no key is taken then)."""
     try:
         family, _, _, _, address = socket.getaddrinfo(*registry, type=socket.SOCK_DGRAM)[0]
     except OSError as error:
         raise RelayStartError(f"--registry {format_endpoint(registry)}: {error}") from None
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(KEY_FETCH_WAIT_S)
+        sock.connect(address)  # the kernel drops what comes from elsewhere
         for _ in range(KEY_FETCH_ATTEMPTS):
-            sock.sendto(KEY_REQUEST, address)
             try:
-                data, source = sock.recvfrom(64)
-            except TimeoutError:
-                continue
+                sock.send(KEY_REQUEST)
             except ConnectionRefusedError:
-                # Nothing listens there (yet): an ICMP port unreachable came back.
+                # The port unreachable of the previous try: nothing listens there yet.
                 time.sleep(KEY_FETCH_WAIT_S)
                 continue
-            if source[:2] != address[:2]:
-                continue
-            try:
-                return unpack_key_reply(data)
-            except WireError:
-                continue
+            keys = _keys_heard(sock)
+            if len(keys) > 1:
+                raise RelayStartError(
+                    f"the registry at {format_endpoint(registry)} answered with"
+                    f" {len(keys)} different keys: someone else sends from its address;"
+                    " give --registry-key KEY (the registry's first log line says it)"
+                )
+            if keys:
+                return keys.pop()
     raise RelayStartError(
         f"the registry at {format_endpoint(registry)} did not say its key"
         f" ({KEY_FETCH_ATTEMPTS} tries): check the address and that it runs,"
         " or give --registry-key"
     )
+
+
+def _keys_heard(sock: socket.socket) -> set[bytes]:
+    """The keys answered on a connected socket within KEY_FETCH_WAIT_S, and within
+    KEY_CONFIRM_S of the first."""
+    keys: set[bytes] = set()
+    deadline = time.monotonic() + KEY_FETCH_WAIT_S
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            data = sock.recv(KEY_REPLY_MAX_BYTES)
+        except TimeoutError:
+            break
+        except ConnectionRefusedError:
+            # Nothing listens there (yet): an ICMP port unreachable came back.
+            time.sleep(left)
+            break
+        try:
+            key = unpack_key_reply(data)
+        except WireError:
+            continue
+        if not keys:
+            deadline = time.monotonic() + KEY_CONFIRM_S
+        keys.add(key)
+    return keys
 
 
 def registry_key_for(state_dir: Path, options: RelayOptions) -> bytes:

@@ -1,0 +1,93 @@
+"""How a standalone relay learns whose tickets it accepts: the registry's key, asked for
+on first start and pinned in its state dir. A second key answered from the registry's
+address (an off-path spoofer racing it) and a key other than the pinned one are refused
+with one line that says what to do. A fake registry on loopback answers."""
+
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from pilotif.keys import decode_key, encode_key
+from pilotif.overlay.crypto import generate_private_key, public_key
+from pilotif.overlay.events import Endpoint
+from pilotif.registry.wire import KEY_REQUEST, pack_key_reply
+from pilotif.relay.service import (
+    REGISTRY_KEY_PIN_FILE,
+    RelayOptions,
+    RelayStartError,
+    registry_key_for,
+)
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextmanager
+def fake_registry(*keys: bytes) -> Iterator[Endpoint]:
+    """A UDP socket on loopback that answers every key request with each of `keys`
+    (more than one: what a spoofer racing the registry looks like from the relay)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.settimeout(0.1)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, source = sock.recvfrom(64)
+            except TimeoutError:
+                continue
+            if data == KEY_REQUEST:
+                for key in keys:
+                    sock.sendto(pack_key_reply(key), source)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield (LOOPBACK, sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+
+
+def _key() -> bytes:
+    return public_key(generate_private_key())
+
+
+def test_the_first_start_pins_the_registry_key_and_the_next_starts_keep_it(
+    tmp_path: Path,
+) -> None:
+    key = _key()
+    with fake_registry(key) as registry:
+        assert registry_key_for(tmp_path, RelayOptions(registry=registry)) == key
+        assert decode_key((tmp_path / REGISTRY_KEY_PIN_FILE).read_text()) == key
+        assert registry_key_for(tmp_path, RelayOptions(registry=registry)) == key
+
+
+def test_a_second_key_from_the_registry_address_is_refused_and_nothing_is_pinned(
+    tmp_path: Path,
+) -> None:
+    """An off-path attacker who answers first from the registry's address would have
+    made the relay accept its tickets for good."""
+    with (
+        fake_registry(_key(), _key()) as registry,
+        pytest.raises(RelayStartError, match=r"2 different keys.*--registry-key"),
+    ):
+        registry_key_for(tmp_path, RelayOptions(registry=registry))
+    assert not (tmp_path / REGISTRY_KEY_PIN_FILE).exists()
+
+
+def test_a_registry_with_another_key_than_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    pinned = _key()
+    with fake_registry(pinned) as registry:
+        registry_key_for(tmp_path, RelayOptions(registry=registry))
+    other = _key()
+    refusal = rf"{re.escape(encode_key(other))}.*not the pinned.*delete"
+    with fake_registry(other) as registry, pytest.raises(RelayStartError, match=refusal):
+        registry_key_for(tmp_path, RelayOptions(registry=registry))
+    assert decode_key((tmp_path / REGISTRY_KEY_PIN_FILE).read_text()) == pinned
