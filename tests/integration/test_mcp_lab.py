@@ -1,6 +1,8 @@
 """`pilotif mcp` with the MCP SDK's own client over stdio, the server in alpha's namespace
 of the NAT lab: it lists its tools, answers `status`, sends a message that arrives in
-beta's inbox, talks TCP to beta's echo port, and turns bad calls into tool errors."""
+beta's inbox, talks TCP to beta's echo port (its answer in `untrusted_reply`), sends a file
+of --files-from that beta keeps (and refuses one outside it), and turns bad calls into
+tool errors. tests/unit/test_mcp_http.py covers streamable HTTP (token, Host, Origin)."""
 
 import asyncio
 import json
@@ -50,7 +52,7 @@ def _payload(result: Any) -> Any:
     return json.loads(result.content[0].text)
 
 
-async def _session_checks(agent: Agent) -> dict[str, Any]:
+async def _session_checks(agent: Agent, outbox: Path) -> dict[str, Any]:
     server = StdioServerParameters(
         command="ip",
         args=[
@@ -63,6 +65,8 @@ async def _session_checks(agent: Agent) -> dict[str, Any]:
             "mcp",
             "--state-dir",
             str(agent.state_dir),
+            "--files-from",
+            str(outbox),
         ],
         env=dict(os.environ),
     )
@@ -89,6 +93,10 @@ async def _session_checks(agent: Agent) -> dict[str, Any]:
             await session.call_tool("task_submit", {"peer": "beta", "description": "from mcp"})
         )
         seen["wrong_args"] = await session.call_tool("send", {"peer": "beta"})
+        seen["file"] = await session.call_tool("send_file", {"peer": "beta", "path": "note.txt"})
+        seen["escape"] = await session.call_tool(
+            "send_file", {"peer": "beta", "path": str(agent.state_dir / "identity.key")}
+        )
     return seen
 
 
@@ -97,8 +105,11 @@ def test_an_mcp_client_uses_the_node_as_tools(tmp_path: Path) -> None:
         (NatKind.CONE, NatKind.CONE), tmp_path, ("direct", "relay"), PATH_TIMEOUT_S
     ) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
+        outbox = tmp_path / "outbox"
+        outbox.mkdir()
+        (outbox / "note.txt").write_text("from mcp, a file\n")
 
-        seen = asyncio.run(_session_checks(alpha))
+        seen = asyncio.run(_session_checks(alpha, outbox))
 
         assert seen["tools"] >= TOOLS
         assert seen["status"]["node"]["hostname"] == "alpha"
@@ -108,6 +119,12 @@ def test_an_mcp_client_uses_the_node_as_tools(tmp_path: Path) -> None:
         assert seen["stranger"].is_error and "not_trusted" in seen["stranger"].content[0].text
         assert seen["wrong_args"].is_error
         assert seen["publish"] == {"topic": "jobs/1", "delivered": 0}
+        assert not seen["file"].is_error, seen["file"].content
+        listing = beta.json("received")
+        [kept] = listing["files"]
+        assert kept["sender"] == "alpha" and kept["name"].endswith("note.txt")
+        assert (Path(listing["directory"]) / kept["name"]).read_text() == "from mcp, a file\n"
+        assert seen["escape"].is_error and "not_allowed" in seen["escape"].content[0].text
         [task] = beta.json("task", "list")
         assert (task["id"], task["description"], task["peer"]) == (
             seen["task"]["id"],
