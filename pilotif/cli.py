@@ -20,14 +20,17 @@ import click
 from pilotif.admin_cli import admin
 from pilotif.cli_common import (
     DAEMON_ERRORS,
+    DATABASE_ENV,
     REGISTRY_ERRORS,
     CliError,
     database_option,
     echo_result,
+    forget_secrets,
     host_port_option,
     json_option,
     json_output,
     node_request,
+    secret_option,
     state_dir_option,
     terminal_safe,
 )
@@ -58,6 +61,10 @@ from pilotif.tcp_cli import bench, listen
 
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
+WEBHOOK_ENV = "PILOTIF_WEBHOOK"
+_SECRET_OPTIONS = {"--join-key": JOIN_KEY_ENV, "--webhook": WEBHOOK_ENV}
+"""`up`'s options that carry a secret: the daemon `up` starts gets them in its
+environment, never on its command line."""
 DEFAULT_INTERFACE = "pilot0"
 STARTUP_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -125,7 +132,9 @@ def _daemon_running(paths: StatePaths) -> bool:
 @click.option(
     "--join-key",
     envvar=JOIN_KEY_ENV,
-    help=f"A join key from the registry's operator (env {JOIN_KEY_ENV}).",
+    callback=secret_option,
+    help="A join key from the registry's operator, or file:PATH (a file holding it);"
+    f" env {JOIN_KEY_ENV}.",
 )
 @click.option("--listen-port", type=click.IntRange(0, 65535), help="UDP port (registry mode).")
 @click.option(
@@ -143,7 +152,13 @@ def _daemon_running(paths: StatePaths) -> bool:
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option("--metrics", help="Serve Prometheus metrics at http://HOST:PORT/metrics.")
-@click.option("--webhook", help="POST every event (see `pilotif events`) as JSON to this URL.")
+@click.option(
+    "--webhook",
+    envvar=WEBHOOK_ENV,
+    callback=secret_option,
+    help="POST every event (see `pilotif events`) as JSON to this URL, or file:PATH (a file"
+    f" holding it, when it carries a token); env {WEBHOOK_ENV}.",
+)
 @state_dir_option
 def up(
     config_path: Path | None,
@@ -164,6 +179,7 @@ def up(
     state_dir: Path,
 ) -> None:
     """Bring the interface up; returns once it is up, the daemon runs on in the background."""
+    forget_secrets(*_SECRET_OPTIONS.values())
     paths = StatePaths(state_dir.absolute())
     observe = _Observe(
         metrics=host_port_option("--metrics", metrics) if metrics is not None else None,
@@ -210,7 +226,8 @@ def up(
     if foreground:
         _run_foreground(config, name, paths, log_format, node_options, observe, policy)
     else:
-        _start_background(name, paths)
+        secrets = {JOIN_KEY_ENV: join_key, WEBHOOK_ENV: webhook}
+        _start_background(name, paths, {k: v for k, v in secrets.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -319,10 +336,27 @@ def _run_foreground(
         raise CliError(str(error), "startup_failed") from None
 
 
-def _start_background(interface: str, paths: StatePaths) -> None:
-    """Run this same `up` command with --foreground as a detached daemon."""
+def _without_secrets(arguments: list[str]) -> list[str]:
+    """The command line without the options that carry a secret (and their values)."""
+    kept: list[str] = []
+    skip_value = False
+    for argument in arguments:
+        if skip_value:
+            skip_value = False
+            continue
+        name, equals, _ = argument.partition("=")
+        if name in _SECRET_OPTIONS:
+            skip_value = not equals
+            continue
+        kept.append(argument)
+    return kept
+
+
+def _start_background(interface: str, paths: StatePaths, secrets: dict[str, str]) -> None:
+    """Run this same `up` command with --foreground as a detached daemon; `secrets` (env
+    name -> value) reach it in its environment, never on its command line."""
     read_end, write_end = os.pipe()
-    command = [sys.executable, "-m", "pilotif", *sys.argv[1:], "--foreground"]
+    command = [sys.executable, "-m", "pilotif", *_without_secrets(sys.argv[1:]), "--foreground"]
     try:
         log = append_private_file(paths.log_file)
     except StateFileError as error:
@@ -334,7 +368,12 @@ def _start_background(interface: str, paths: StatePaths) -> None:
             stdout=log,
             stderr=log,
             pass_fds=(write_end,),
-            env={**os.environ, READY_FD_ENV: str(write_end), STATE_DIR_ENV: str(paths.root)},
+            env={
+                **os.environ,
+                **secrets,
+                READY_FD_ENV: str(write_end),
+                STATE_DIR_ENV: str(paths.root),
+            },
             start_new_session=True,
         )
     os.close(write_end)
@@ -820,6 +859,8 @@ def registry(
     if ctx.invoked_subcommand is not None:
         return
     from pilotif.registry import RegistryOptions, run_registry
+
+    forget_secrets(DATABASE_ENV)
 
     listen_at = host_port_option("--listen", listen)
     try:

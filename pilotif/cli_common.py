@@ -3,6 +3,7 @@
 safe for a terminal), and asking the running daemon."""
 
 import json
+import os
 import sys
 import unicodedata
 from collections.abc import Callable
@@ -17,6 +18,10 @@ from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
 from pilotif.registry.database import is_postgresql
 
 F = TypeVar("F", bound=Callable[..., Any])
+SECRET_FILE_PREFIX = "file:"
+"""A secret option given as file:PATH reads the secret from that file (as Tailscale's
+`--auth-key file:...`): it then never shows in /proc/PID/cmdline, which every user reads."""
+DATABASE_ENV = "PILOTIF_DATABASE"
 
 
 class CliError(click.ClickException):
@@ -150,7 +155,33 @@ def text_or_file(text: str | None, text_file: Path | None) -> str:
         raise CliError(f"--file: cannot read {text_file}: {error}", "bad_input") from None
 
 
+def secret_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Callback of an option that carries a secret: the value as given, or the content of
+    the file after file:. (A command that runs on deletes its environment variable with
+    `forget_secrets`.)"""
+    if value is None or not value.startswith(SECRET_FILE_PREFIX):
+        return value
+    option = param.opts[0] if param.opts else str(param.name)
+    path = Path(value.removeprefix(SECRET_FILE_PREFIX))
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise CliError(f"{option}: cannot read {path}: {reason}", "bad_input") from None
+    if not text:
+        raise CliError(f"{option}: {path} is empty", "bad_input")
+    return text
+
+
+def forget_secrets(*names: str) -> None:
+    """Delete these environment variables from this process's environment once read, so
+    that no child it starts (resolvectl, a hook) inherits them."""
+    for name in names:
+        os.environ.pop(name, None)
+
+
 def _database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    value = secret_option(ctx, param, value)
     if value is not None and not is_postgresql(value):
         raise click.BadParameter(
             "give a postgresql://USER@HOST[:PORT]/NAME URL (without it the registry uses"
@@ -162,7 +193,9 @@ def _database_url(ctx: click.Context, param: click.Parameter, value: str | None)
 database_option = click.option(
     "--database",
     metavar="URL",
+    envvar=DATABASE_ENV,
     callback=_database_url,
     help="A PostgreSQL database (postgresql://USER@HOST/NAME) instead of SQLite in the"
-    " state dir; registry replicas share one.",
+    " state dir; registry replicas share one. With a password, give file:PATH (a file"
+    f" holding the URL) or env {DATABASE_ENV}: a command line is public.",
 )
