@@ -67,26 +67,11 @@ def mcp(
     HTTP at http://HOST:PORT/mcp with the bearer token of `pilotif mcp token`."""
     if ctx.invoked_subcommand is not None:
         return
-    host, port = host_port_option("--http", http_at) if http_at is not None else ("", 0)
     try:
         from pilotif.mcp_files import FileRefused, FilesFrom
         from pilotif.mcp_server import build_server, is_loopback, is_unspecified, serve_http
     except ImportError as error:
         raise _sdk_missing(error) from None
-    if http_at is not None and not is_loopback(host) and not allow_remote:
-        raise CliError(
-            f"--http {http_at} is not a loopback address: add --allow-remote to serve the "
-            "node's tools there anyway (with TLS in front: the token travels in each request)",
-            "bad_input",
-            "--allow-remote, or --http 127.0.0.1:PORT",
-        )
-    if http_at is not None and is_unspecified(host) and not allow_hosts:
-        raise CliError(
-            f"--http {http_at} listens on every address: add --allow-host NAME for each name "
-            "or address clients put in the URL (requests naming another host are refused)",
-            "bad_input",
-            "--allow-host NAME",
-        )
     try:
         files = None if files_from is None else FilesFrom(files_from)
     except FileRefused as error:
@@ -95,8 +80,28 @@ def mcp(
     if http_at is None:
         build_server(state_dir, files).run("stdio")
         return
+    host, port = host_port_option("--http", http_at)
+    if not is_loopback(host) and not allow_remote:
+        raise CliError(
+            f"--http {http_at} is not a loopback address: add --allow-remote to serve the "
+            "node's tools there anyway (with TLS in front: the token travels in each request)",
+            "bad_input",
+            "--allow-remote, or --http 127.0.0.1:PORT",
+        )
+    if is_unspecified(host) and not allow_hosts:
+        raise CliError(
+            f"--http {http_at} listens on every address: add --allow-host NAME for each name "
+            "or address clients put in the URL (requests naming another host are refused)",
+            "bad_input",
+            "--allow-host NAME",
+        )
     _token(state_dir)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    click.echo(
+        f"pilotif mcp: {url}/mcp; clients send `Authorization: Bearer TOKEN`, TOKEN from "
+        f"`pilotif mcp token --state-dir {state_dir}`",
+        err=True,
+    )
     serve_http(build_server(state_dir, files, http_url=url), host, port, allow_hosts)
 
 
