@@ -117,8 +117,9 @@ def test_a_peer_allowed_only_8080_reaches_that_port_and_nothing_else(tmp_path: P
             )
             after = alpha.peer("beta")
             assert handshake is not None and after is not None
-            # Same session (the time is shown on the wall clock, to within a read's jitter).
-            assert after["path"] == "direct"
+            # Same session (the time is shown on the wall clock, to within a read's jitter);
+            # the pair may have moved to the relay meanwhile on a slow machine (issue 24).
+            assert after["path"] in ("direct", "relay")
             assert after["last_handshake"] == pytest.approx(handshake["last_handshake"], abs=0.5)
             assert ping(alpha.namespace, beta_ip).all_answered
 
