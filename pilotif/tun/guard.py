@@ -69,7 +69,10 @@ def guard_overlay_addresses(
 
 
 def remove_guard(interface: str) -> None:
-    """Remove the table of `interface` if there is one. GuardError when it cannot."""
+    """Remove the table of `interface` if there is one (without `nft` there is none).
+    GuardError when it cannot."""
+    if shutil.which(NFT_COMMAND) is None:
+        return
     _nft("\n".join([*_removal(table_name(_checked(interface))), ""]), f"unguard {interface}")
 
 
