@@ -3,6 +3,7 @@
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,17 @@ def test_a_state_dir_others_can_write_is_refused_and_left_as_it_was(tmp_path: Pa
     assert_one_line_error(result, str(shared), "writable by other users")
     assert shared.stat().st_mode & 0o7777 == 0o1777
     assert list(shared.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_state_dir_of_another_user_is_one_line_and_left_as_it_was(tmp_path: Path) -> None:
+    """Issue 22: its owner could plant links where the daemon (root) writes and deletes."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    result = pilotif("registry", "--listen", "127.0.0.1:1", "--state-dir", str(theirs))
+    assert_one_line_error(result, str(theirs), "belongs to uid 65534, not to this user")
+    assert list(theirs.iterdir()) == []
 
 
 def test_a_corrupted_registry_key_is_one_line_naming_the_file(tmp_path: Path) -> None:

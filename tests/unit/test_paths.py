@@ -83,3 +83,72 @@ def test_an_identity_key_that_is_a_link_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateFileError, match="symbolic link"):
         load_or_create_key(key_file)
     assert not (tmp_path / "elsewhere").exists()
+
+
+OTHER_UID = 65534
+"""nobody: a local user who is not the one running pilotif (these tests run as root)."""
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+def _victim(tmp_path: Path) -> Path:
+    """A directory of someone else's files that root must never delete."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me\n")
+    return victim
+
+
+@needs_root
+def test_a_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    """Issue 22: a state dir owned by another user passed the check; that user pointed
+    received/.partial at any directory, and root deleted its files on start."""
+    root = tmp_path / "theirs"
+    (root / "received").mkdir(parents=True, mode=0o700)
+    (root / "received" / ".partial").symlink_to(_victim(tmp_path))
+    for path in (root, root / "received"):
+        os.chown(path, OTHER_UID, OTHER_UID)
+        path.chmod(0o700)
+    with pytest.raises(StateFileError, match=f"belongs to uid {OTHER_UID}, not to this user"):
+        StatePaths(root).create()
+    assert (tmp_path / "victim" / "precious").read_text() == "keep me\n"
+
+
+def test_a_symbolic_link_in_the_state_dir_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    (root / "received").mkdir(parents=True, mode=0o700)
+    (root / "received" / ".partial").symlink_to(_victim(tmp_path))
+    with pytest.raises(StateFileError, match=r"holds a symbolic link, .*received/\.partial"):
+        StatePaths(root).create()
+
+
+@needs_root
+def test_a_directory_in_the_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    (root / "received" / ".partial").mkdir(parents=True, mode=0o700)
+    os.chown(root / "received", OTHER_UID, OTHER_UID)
+    with pytest.raises(StateFileError, match=f"received belongs to uid {OTHER_UID}"):
+        StatePaths(root).create()
+
+
+@pytest.mark.parametrize(("mode", "refused"), [(0o777, True), (0o775, True), (0o1777, False)])
+def test_a_directory_above_others_can_write_is_refused_unless_sticky(
+    tmp_path: Path, mode: int, refused: bool
+) -> None:
+    """Another user who may write to the parent could rename the state dir and put theirs
+    in its place; the sticky bit (as on /tmp) forbids that."""
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    parent.chmod(mode)
+    if refused:
+        with pytest.raises(StateFileError, match=f"above the state dir .* mode {mode:o}"):
+            StatePaths(parent / "state").create()
+        assert not (parent / "state").exists()
+    else:
+        StatePaths(parent / "state").create()
+
+
+def test_a_state_dir_reached_through_a_link_of_ours_is_used(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    StatePaths(tmp_path / "link").create()
