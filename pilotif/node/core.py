@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
-from pilotif.identity import HostnameError, ipv6_for_key, normalize_hostname
+from pilotif.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
 from pilotif.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.node.cache import CachedPeer, NodeSnapshot
+from pilotif.node.candidates import usable_candidates
 from pilotif.node.events import (
     Joined,
     JoinFailed,
@@ -88,7 +89,7 @@ from pilotif.node.trust import TrustRecord
 from pilotif.overlay.device import Device
 from pilotif.overlay.events import Endpoint, PeerEndpoint, RelayEndpoint
 from pilotif.overlay.peer import Peer
-from pilotif.registry.wire import PUNCH_OPENER, format_endpoint, parse_endpoint
+from pilotif.registry.wire import PUNCH_OPENER, format_endpoint
 from pilotif.relay.info import RelayInfo, relays_from_json
 from pilotif.relay.tickets import TICKET_LIFETIME_S
 
@@ -270,6 +271,9 @@ class NodeCore:
         self._openers: list[tuple[bytes, Endpoint]] = []
         self._delayed_punches: list[tuple[float, bytes, list[Endpoint]]] = []
         """Punches to act on later: (when, peer key, candidates)."""
+        self.candidates_refused = 0
+        """Peers' candidate endpoints never probed: loopback, link-local, our own... (see
+        pilotif.node.candidates)."""
         device.roam_filter = self._may_roam
 
     # -- inputs: commands ----------------------------------------------------------
@@ -958,12 +962,9 @@ class NodeCore:
         candidates = message.get("candidates")
         if key not in self.peers or not isinstance(candidates, list):
             return
-        endpoints = []
-        for text in candidates:
-            try:
-                endpoints.append(parse_endpoint(str(text)))
-            except ValueError:
-                continue
+        overlay = [IPV6_PREFIX] + ([self.network] if self.network is not None else [])
+        endpoints, refused = usable_candidates(candidates, self.lan_endpoints, overlay)
+        self.candidates_refused += refused
         delay_ms = message.get("delay_ms", 0)
         if type(delay_ms) is int and 0 < delay_ms <= MAX_PUNCH_DELAY_MS:
             # The registry says when the other side's punch arrives: open then.
@@ -1220,6 +1221,7 @@ class NodeCore:
             "nat": self.nat_type(),
             "refused_peers": self.refused,
             "control_dropped": self.link.dropped,
+            "candidates_refused": self.candidates_refused,
             "relays": self.relays.describe(),
         }
 
