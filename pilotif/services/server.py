@@ -274,9 +274,9 @@ class AgentServices:
             )
         except FileRefused as error:
             return self._refused(error.code, str(error))
-        writer.write(encode({"ok": True, "ready": True, "id": incoming.id}))
-        await writer.drain()
-        try:
+        try:  # from here on, every way out gives the reservation back
+            writer.write(encode({"ok": True, "ready": True, "id": incoming.id}))
+            await writer.drain()
             remaining = incoming.size
             while remaining:
                 chunk = await asyncio.wait_for(
@@ -294,6 +294,9 @@ class AgentServices:
             return self._refused(
                 "timeout", f"no byte of the file for {IDLE_TIMEOUT_S:g} s: send it again"
             )
+        except ConnectionError:  # an OSError too: the sender went, the disk did not fail
+            incoming.abort()
+            raise
         except OSError as error:
             incoming.abort()
             code = "disk_full" if error.errno in _NO_SPACE_ERRNOS else "write_failed"

@@ -223,3 +223,74 @@ def test_a_stalled_transfer_is_answered_timeout_and_leaves_nothing(
     assert (stalled["ok"], stalled["code"]) == (False, "timeout")
     assert services.files.reserved_bytes() == 0 and services.files.files() == []
     assert list((services.files.root / PARTIAL_DIR).iterdir()) == []
+
+
+class _GoneWriter:
+    """A sender's side that is gone (drain raises) or never drains (drain waits)."""
+
+    def __init__(self, gone: bool) -> None:
+        self.gone = gone
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    async def drain(self) -> None:
+        if self.gone:
+            raise ConnectionResetError("Connection lost")
+        await asyncio.get_running_loop().create_future()  # never done
+
+
+@pytest.mark.usefixtures("roomy_disk")
+@pytest.mark.parametrize("gone", [True, False], ids=["reset", "cancelled"])
+def test_a_file_announced_and_never_sent_gives_its_reservation_back(
+    tmp_path: Path, gone: bool
+) -> None:
+    services = _services(tmp_path)
+    request = {"op": "file", "name": "f", "size": MAX_FILE_BYTES, "sha256": "0" * 64}
+
+    async def scenario() -> None:
+        writer = _GoneWriter(gone)
+        answer = asyncio.ensure_future(
+            services._file(
+                "alpha",
+                request,
+                asyncio.StreamReader(),
+                cast(asyncio.StreamWriter, writer),
+            )
+        )
+        await asyncio.sleep(0.05)
+        if not gone:
+            assert services.files.reserved_bytes() == MAX_FILE_BYTES  # waiting to drain
+            answer.cancel()
+        with pytest.raises((ConnectionResetError, asyncio.CancelledError)):
+            await answer
+
+    asyncio.run(scenario())
+    assert services.files.reserved_bytes() == 0
+    assert list((services.files.root / PARTIAL_DIR).iterdir()) == []
+
+
+class _Writer(_GoneWriter):
+    async def drain(self) -> None:
+        pass
+
+
+@pytest.mark.usefixtures("roomy_disk")
+def test_a_sender_reset_inside_a_file_is_a_lost_connection_not_a_write_failure(
+    tmp_path: Path,
+) -> None:
+    services = _services(tmp_path)
+    request = {"op": "file", "name": "f", "size": 10, "sha256": "0" * 64}
+
+    async def scenario() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"01234")
+        reader.set_exception(ConnectionResetError("Connection reset by peer"))
+        writer = cast(asyncio.StreamWriter, _Writer(gone=False))
+        with pytest.raises(ConnectionResetError):
+            await services._file("alpha", request, reader, writer)
+
+    asyncio.run(scenario())
+    assert "write_failed" not in services.counters
+    assert services.files.reserved_bytes() == 0
