@@ -9,9 +9,10 @@ letters, digits and `._-` only): no path the sender gives is ever used as a path
 
 Limits, checked before a byte arrives, count the files in flight by the sizes they
 announced as well as the files kept (a file in flight holds its reservation until it is
-kept or dropped): MAX_FILE_BYTES a file, MAX_PEER_BYTES one peer's files,
-MAX_TOTAL_BYTES all, MAX_FILES files kept, MAX_IN_FLIGHT_PER_PEER transfers at once
-from one peer; and the disk must keep MIN_FREE_BYTES once every reservation is written.
+kept or dropped): MAX_FILE_BYTES a file, MAX_PEER_BYTES and MAX_FILES_PER_PEER one
+peer's files, MAX_TOTAL_BYTES and MAX_FILES all, MAX_IN_FLIGHT_PER_PEER transfers at once
+from one peer (one peer's many empty files cannot use up MAX_FILES for the others); and
+the disk must keep MIN_FREE_BYTES once every reservation is written.
 """
 
 import hashlib
@@ -32,6 +33,7 @@ MAX_FILE_BYTES: Final = 1 << 30
 MAX_PEER_BYTES: Final = 2 << 30
 MAX_TOTAL_BYTES: Final = 4 << 30
 MAX_FILES: Final = 10_000
+MAX_FILES_PER_PEER: Final = 1_000
 MAX_IN_FLIGHT_PER_PEER: Final = 4
 MIN_FREE_BYTES: Final = 256 << 20
 MAX_NAME_CHARS: Final = 100
@@ -155,10 +157,14 @@ class ReceivedFiles:
                 "too_many_transfers", f"at most {MAX_IN_FLIGHT_PER_PEER} files at once a peer"
             )
         reserved = self.reserved_bytes()
-        peer_bytes = sum(f.size for f in self._files if f.sender == sender) + sum(in_flight)
-        if peer_bytes + size > MAX_PEER_BYTES:
+        kept = [f.size for f in self._files if f.sender == sender]
+        if sum(kept) + sum(in_flight) + size > MAX_PEER_BYTES:
             raise FileRefused(
                 "over_quota", f"this node keeps at most {MAX_PEER_BYTES} bytes a peer"
+            )
+        if len(kept) + len(in_flight) >= MAX_FILES_PER_PEER:
+            raise FileRefused(
+                "over_quota", f"this node keeps at most {MAX_FILES_PER_PEER} files a peer"
             )
         total = sum(f.size for f in self._files) + reserved
         if total + size > MAX_TOTAL_BYTES or len(self._files) + len(self._in_flight) >= MAX_FILES:

@@ -190,6 +190,26 @@ def test_files_kept_count_against_their_senders_bytes(
     assert isinstance(_announce(files, "beta", 100), Incoming)
 
 
+@pytest.mark.usefixtures("roomy_disk")
+def test_one_peer_keeps_at_most_its_share_of_the_files_however_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files_module, "MAX_FILES_PER_PEER", 3)
+    monkeypatch.setattr(files_module, "MAX_FILES", 6)
+    files = ReceivedFiles(tmp_path)
+    empty = hashlib.sha256(b"").hexdigest()
+
+    def send_empty(peer: str) -> str:
+        try:
+            files.begin(peer, "empty", 0, empty).finish(NOW)
+        except FileRefused as refused:
+            return refused.code
+        return "kept"
+
+    assert [send_empty("alpha") for _ in range(4)] == ["kept", "kept", "kept", "over_quota"]
+    assert [send_empty("beta") for _ in range(3)] == ["kept", "kept", "kept"]
+
+
 def test_a_stalled_transfer_is_answered_timeout_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
