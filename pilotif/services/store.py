@@ -193,12 +193,15 @@ class ServiceStore:
         return True
 
     def _apply(self, batch: Sequence[Statement]) -> None:
-        """Run `batch` in one transaction (the lock held)."""
+        """Run `batch` in one transaction (the lock held); if anything fails, the COMMIT
+        too (a full disk), nothing of it stays and no transaction is left open (SQLite may
+        or may not have rolled back already: an open one would refuse every later BEGIN)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for sql, parameters in batch:
                 self._db.execute(sql, parameters)
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")

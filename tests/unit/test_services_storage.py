@@ -5,6 +5,7 @@ files of an older pilotif, and bounded per peer so one peer cannot push the othe
 import asyncio
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -377,3 +378,45 @@ def test_a_bad_write_loses_only_itself_not_the_writes_queued_with_it(tmp_path: P
         store.close()
     assert [m.text for m in Inbox(ServiceStore(tmp_path)).messages()] == ["first", "third"]
     assert store.counters["write_failed"] == 1
+
+
+class _CommitFailsOnce:
+    """A connection whose first COMMIT fails and leaves its transaction open (after a
+    full disk, SQLite may or may not have rolled back)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self.failed = False
+
+    def execute(self, sql: str, parameters: Sequence[object] = ()) -> sqlite3.Cursor:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, parameters)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _FullOnceStore(ServiceStore):
+    def _open(self) -> sqlite3.Connection:
+        return cast(sqlite3.Connection, _CommitFailsOnce(super()._open()))
+
+
+def test_a_commit_that_fails_leaves_no_transaction_open_and_later_writes_land(
+    tmp_path: Path, stores: list[ServiceStore]
+) -> None:
+    store = _FullOnceStore(tmp_path)
+    stores.append(store)
+    store.write("INSERT INTO messages VALUES (1, 'alpha', 1.0, 'lost to the full disk')")
+    store.flush()
+    store.write("INSERT INTO messages VALUES (2, 'alpha', 1.0, 'after the disk has room')")
+    store.flush()
+    assert store.counters["write_failed"] == 1
+    assert [m.text for m in Inbox(_reopen(stores, tmp_path)).messages()] == [
+        "after the disk has room"
+    ]
