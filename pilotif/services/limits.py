@@ -47,14 +47,14 @@ class Quota:
         return True
 
     def give_back(self, peer: str, amount: int = 1) -> None:
-        """Release what `take` held (never below zero; giving back twice is harmless)."""
+        """Release what `take` held (never below zero)."""
         given = min(amount, self._held[peer])
         self._all -= given
         left = self._held[peer] - given
         if left > 0:
             self._held[peer] = left
         else:
-            self._held.pop(peer, None)
+            del self._held[peer]
 
     def held(self, peer: str) -> int:
         return self._held[peer]
