@@ -3,7 +3,9 @@
 A path given by the client (relative to the directory, or absolute inside it) is opened
 one component at a time from a descriptor of the directory held since the start, with
 O_NOFOLLOW: no `..`, no symbolic link (even one that points inside), nothing but a regular
-file. The sender then reads exactly the file that was checked (through a link of our own to
+file, and no file with another name (a hard link: where the kernel lets users link files
+they do not own, fs.protected_hardlinks=0, one could name the node's key inside). The
+sender then reads exactly the file that was checked (through a link of our own to
 /proc/self/fd, in a private temporary directory), so swapping a name for a link after the
 check, by anyone who may write in the directory, reaches nothing else.
 """
@@ -70,8 +72,14 @@ class FilesFrom:
                     stack.callback(os.close, fd)
             except OSError as error:
                 raise FileRefused(_refusal(path, error)) from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
                 raise FileRefused(f"{path} is not a regular file")
+            if status.st_nlink != 1:
+                raise FileRefused(
+                    f"{path} has other names (hard links); send_file sends a file with one"
+                    " name only: copy it into the directory"
+                )
             private = stack.enter_context(tempfile.TemporaryDirectory(prefix=_PINNED_DIR_PREFIX))
             pinned = Path(private) / parts[-1]
             os.symlink(f"/proc/self/fd/{fd}", pinned)

@@ -54,6 +54,12 @@ def test_links_dotdot_and_paths_outside_are_refused(outbox: FilesFrom, tmp_path:
         assert checked.read_text() == "a report\n"
 
 
+def test_a_hard_link_to_a_file_outside_is_refused(outbox: FilesFrom, tmp_path: Path) -> None:
+    os.link(tmp_path / "secret", tmp_path / "outbox" / "notes.txt")
+    with pytest.raises(FileRefused, match="hard links"), outbox.opened("notes.txt"):
+        pass
+
+
 def test_a_fifo_is_refused_without_waiting_for_a_writer(outbox: FilesFrom, tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "outbox" / "pipe")
     outcome: list[str] = []
