@@ -78,6 +78,12 @@ def _tool_error(error: CliError) -> ToolError:
     return ToolError(visible_text(f"{message}{hint} [code: {error.code}]"))
 
 
+def _from_peer(answer: dict[str, Any]) -> dict[str, Any]:
+    """A line a peer's service wrote, all of it: every field is `untrusted_*` (its broker
+    or file service may be hostile, and write any field it likes)."""
+    return marked(answer, tuple(answer))
+
+
 def _ask(state_dir: Path, command: str, **arguments: Any) -> dict[str, Any]:
     try:
         return node_request(state_dir, command, **arguments)
@@ -235,7 +241,8 @@ def build_server(
         annotations=_acting("Send a file to a peer", destructive=True),
         description=(
             "Send a file of this machine to the trusted peer `peer`; it keeps it once its"
-            f" size and SHA-256 match (see its `received`). {files_note} Ask the user first."
+            " size and SHA-256 match (see its `received`), and says so in `untrusted_*`"
+            f" fields (its words). {files_note} Ask the user first."
         ),
     )
     def send_file(peer: str, path: str) -> dict[str, Any]:
@@ -247,8 +254,7 @@ def build_server(
         try:
             with files_from.opened(path) as checked, _service_errors():
                 address = service_address(state_dir, peer)
-                reply: dict[str, Any] = visible(peer_client.send_file(address, checked))
-                return reply
+                return _from_peer(peer_client.send_file(address, checked))
         except FileRefused as error:
             raise ToolError(f"{visible_text(str(error))} [code: not_allowed]") from None
 
@@ -266,13 +272,14 @@ def build_server(
     ) -> list[dict[str, Any]]:
         """Wait for events published on `peer`'s topics matching `topic` (`*` is any run
         of characters) from now on; returns those that came, at most `count` (up to 100)
-        within `timeout_s` seconds (up to 60). What publishers sent is `untrusted_data`."""
+        within `timeout_s` seconds (up to 60). Every field of an event is what `peer`'s
+        broker wrote (`untrusted_*`: topic, sender, the publisher's `untrusted_data`)."""
         bounded_count = max(1, min(count, MAX_EVENTS))
         bounded_s = max(0.1, min(timeout_s, MAX_REQUEST_S * 2))
         with _service_errors():
             address = service_address(state_dir, peer)
             events = peer_client.subscribe(address, topic, bounded_count, bounded_s)
-            return [marked(event, ("data",)) for event in events]
+            return [_from_peer(event) for event in events]
 
     @server.tool(annotations=_acting("Submit a task", destructive=False))
     def task_submit(peer: str, description: str) -> dict[str, Any]:
