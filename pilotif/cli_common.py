@@ -44,7 +44,13 @@ def host_port_option(option: str, text: str) -> tuple[str, int]:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 DAEMON_ERRORS = ("not_running",)
 """What every command that asks the daemon may answer (it is not running)."""
-SERVICE_ERRORS = ("not_trusted", "service_closed", "peer_unreachable", "service_failed")
+SERVICE_ERRORS = (
+    "not_trusted",
+    "service_closed",
+    "peer_unreachable",
+    "service_failed",
+    "internal_error",
+)
 """What a command that reaches a peer's service may answer."""
 REGISTRY_ERRORS = (*DAEMON_ERRORS, "unreachable", "peer_not_found", "ambiguous_peer", "no_request")
 """What a command that asks the registry (through the daemon) may answer."""

@@ -126,7 +126,18 @@ def _as_cli_errors() -> Iterator[None]:
     '{"peer", "name", "size", "sha256"}',
     DAEMON_ERRORS
     + SERVICE_ERRORS
-    + ("too_large", "no_space", "disk_full", "truncated", "bad_hash"),
+    + (
+        "too_large",
+        "over_quota",
+        "no_space",
+        "disk_full",
+        "too_many_transfers",
+        "rate_limited",
+        "timeout",
+        "write_failed",
+        "truncated",
+        "bad_hash",
+    ),
 )
 def send_file(peer: str, path: Path, as_json: bool, state_dir: Path) -> None:
     """Send the file PATH to the trusted PEER; it keeps it once size and SHA-256 match."""
@@ -203,7 +214,7 @@ def publish(peer: str, topic: str, data: str, as_json: bool, state_dir: Path) ->
         'one JSON object a line: {"time", "event": "published", "topic", "data", '
         '"sender"} or {"event": "events_dropped", "count"}'
     ),
-    DAEMON_ERRORS + SERVICE_ERRORS + ("bad_topic",),
+    DAEMON_ERRORS + SERVICE_ERRORS + ("bad_topic", "too_many_subscriptions"),
 )
 def subscribe(
     peer: str, topic: str, count: int | None, timeout_s: float | None, state_dir: Path

@@ -53,7 +53,7 @@ def _show_task(reply: dict[str, Any], as_json: bool) -> None:
         '"state": "new" | "accepted" | "declined" | "done" | "expired", "created", "updated", '
         '"result", "reason", "notified"}'
     ),
-    DAEMON_ERRORS + SERVICE_ERRORS + ("too_large",),
+    DAEMON_ERRORS + SERVICE_ERRORS + ("too_large", "too_many_tasks", "rate_limited"),
 )
 def task_submit(peer: str, description: str, as_json: bool, state_dir: Path) -> None:
     """Ask the trusted PEER to do DESCRIPTION; `task list` follows it."""
@@ -93,7 +93,7 @@ def task_accept(task_id: str, as_json: bool, state_dir: Path) -> None:
 @state_dir_option
 @json_output(
     "TASK",
-    DAEMON_ERRORS + TASK_ERRORS,
+    DAEMON_ERRORS + TASK_ERRORS + ("too_large",),
 )
 def task_decline(task_id: str, reason: str, as_json: bool, state_dir: Path) -> None:
     """Decline the task ID submitted to you."""
