@@ -5,7 +5,6 @@ safe for a terminal), and asking the running daemon."""
 import json
 import os
 import sys
-import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +15,7 @@ from pilotif.control import ControlError, request
 from pilotif.hostport import HostPortError, parse_host_port
 from pilotif.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
 from pilotif.registry.database import is_postgresql
+from pilotif.untrusted import visible_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 SECRET_FILE_PREFIX = "file:"
@@ -71,33 +71,13 @@ def json_output(shape: str, errors: tuple[str, ...] = ()) -> Callable[[F], F]:
     return declare
 
 
-_UNSAFE_CATEGORIES = frozenset(("Cc", "Cs", "Zl", "Zp"))
-"""Controls (C0, DEL, C1: ESC, CR, LF...), lone surrogates, line and paragraph separators."""
-_BIDI_CONTROLS = frozenset(
-    chr(code) for code in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
-)
-"""Marks, embeddings, overrides and isolates: they reorder what a terminal shows."""
-_BYTE_ESCAPE_BELOW, _BMP_ESCAPE_BELOW = 0x100, 0x10000
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if code < _BYTE_ESCAPE_BELOW:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < _BMP_ESCAPE_BELOW else f"\\U{code:08x}"
-
-
 def terminal_safe(text: object) -> str:
     """Text a peer (or the registry) chose, made safe to print on a terminal as part of a
-    line: every control character (ESC, CR, LF, C1...), lone surrogate, line separator and
-    bidi control shows as a visible escape (\\x1b, \\u202e), so it can neither move the
-    cursor, forge lines nor reorder what is shown."""
-    return "".join(
-        _escape(char)
-        if char in _BIDI_CONTROLS or unicodedata.category(char) in _UNSAFE_CATEGORIES
-        else char
-        for char in str(text)
-    )
+    line: every control character (ESC, CR, LF, C1...), format character (bidi controls,
+    zero-width and tag characters), lone surrogate and line separator shows as a visible
+    escape (\\x1b, \\u202e), so it can neither move the cursor, forge lines, hide
+    characters nor reorder what is shown."""
+    return visible_text(str(text), keep="")
 
 
 def echo_result(as_json: bool, data: Any, text: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 UNTRUSTED_PREFIX: Final = "untrusted_"
-_KEPT: Final = frozenset("\n\t")
+_KEPT_IN_TEXT: Final = "\n\t"
 _HIDDEN_CATEGORIES: Final = frozenset(("Cc", "Cf", "Cs", "Co", "Zl", "Zp"))
 """Controls, format characters (zero-width, bidi, tags), surrogates, private use, line and
 paragraph separators."""
@@ -26,13 +26,14 @@ def _escape(char: str) -> str:
     return f"\\u{code:04x}" if code < _BMP_ESCAPE_BELOW else f"\\U{code:08x}"
 
 
-def visible_text(text: str) -> str:
-    """`text` with every hidden or reordering character shown as an escape (\\u200b)."""
+def visible_text(text: str, keep: str = _KEPT_IN_TEXT) -> str:
+    """`text` with every hidden or reordering character but those in `keep` shown as an
+    escape (\\u200b)."""
     if text.isprintable():
         return text
     return "".join(
         _escape(char)
-        if char not in _KEPT and unicodedata.category(char) in _HIDDEN_CATEGORIES
+        if char not in keep and unicodedata.category(char) in _HIDDEN_CATEGORIES
         else char
         for char in text
     )
