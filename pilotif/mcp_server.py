@@ -16,6 +16,7 @@ The server holds the node's authority (root's, with the default state dir), so:
   characters shown (pilotif.untrusted).
 """
 
+import hmac
 import ipaddress
 import socket
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import uvicorn
+from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -33,8 +35,9 @@ from mcp.types import ToolAnnotations
 from pydantic import AnyHttpUrl
 
 from pilotif.cli_common import CliError, node_request, service_address, trusted_peer_address
+from pilotif.identity import StateFileError
 from pilotif.mcp_files import FileRefused, FilesFrom
-from pilotif.mcp_token import StaticTokenVerifier, token_path
+from pilotif.mcp_token import TOKEN_CLIENT_ID, read_token, token_path
 from pilotif.services import peer_client
 from pilotif.services.client import ServiceError
 from pilotif.untrusted import marked, visible, visible_text
@@ -56,6 +59,23 @@ LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "[::1]")
 """Host header values of a server bound to a loopback address."""
 _TASK_TEXT: Final = ("description", "result", "reason")
 """The fields of a task that a peer may have written."""
+
+
+class StaticTokenVerifier:
+    """The SDK's TokenVerifier for the token file: it reads the file on every check, so a
+    rotated token takes effect at once, and compares in constant time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            expected = read_token(self.path)
+        except StateFileError:
+            return None
+        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
+            return None
+        return AccessToken(token=token, client_id=TOKEN_CLIENT_ID, scopes=[])
 
 
 def _reading(title: str, *, open_world: bool) -> ToolAnnotations:

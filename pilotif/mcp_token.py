@@ -1,15 +1,11 @@
 """The bearer token that `pilotif mcp --http` requires: made with `secrets` on first use,
 kept in the state dir with mode 0600 (written atomically, never read through a link),
 printed by `pilotif mcp token` for the client's configuration, and checked in constant
-time by a verifier of the MCP SDK's `TokenVerifier` interface (an OAuth verifier can take
-its place later without touching the server)."""
+time by pilotif.mcp_server (this module needs no MCP SDK: the CLI imports it)."""
 
-import hmac
 import secrets
 from pathlib import Path
 from typing import Final
-
-from mcp.server.auth.provider import AccessToken
 
 from pilotif.identity import StateFileError, read_state_file, write_private_file
 from pilotif.paths import StatePaths
@@ -51,20 +47,3 @@ def load_or_create_token(state_dir: Path, *, rotate: bool = False) -> str:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         write_private_file(path, token + "\n")
     return token
-
-
-class StaticTokenVerifier:
-    """The SDK's TokenVerifier for the token file: it reads the file on every check, so a
-    rotated token takes effect at once, and compares in constant time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        try:
-            expected = read_token(self.path)
-        except StateFileError:
-            return None
-        if expected is None or not hmac.compare_digest(token.encode(), expected.encode()):
-            return None
-        return AccessToken(token=token, client_id=TOKEN_CLIENT_ID, scopes=[])

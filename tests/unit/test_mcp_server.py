@@ -6,6 +6,8 @@ a wildcard bind."""
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,8 @@ import pytest
 
 from pilotif import mcp_server
 from pilotif.mcp_files import FileRefused, FilesFrom
-from pilotif.mcp_server import build_server, transport_security
-from pilotif.mcp_token import StaticTokenVerifier, load_or_create_token, token_path
+from pilotif.mcp_server import StaticTokenVerifier, build_server, transport_security
+from pilotif.mcp_token import load_or_create_token, token_path
 
 SECRET = "the node's private key\n"
 HIDDEN = "approve me\u202e\u200b\U000e0041\x1b[2J"
@@ -163,3 +165,33 @@ def test_a_wildcard_bind_takes_only_the_hosts_named() -> None:
     assert not any(host.startswith(("0.0.0.0", "localhost")) for host in security.allowed_hosts)
     loopback = transport_security("::1", 8765)
     assert "[::1]:8765" in loopback.allowed_hosts and "localhost:8765" in loopback.allowed_hosts
+
+
+_WITHOUT_MCP_SDK = "import sys; sys.modules['mcp'] = None; from pilotif.cli import main; main()"
+"""The CLI as it runs where pilotif is installed without the `mcp` extra (the docker image)."""
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "printed"),
+    [
+        (["--help"], 0, "Usage:"),
+        (["mcp", "token", "--help"], 0, "Usage:"),
+        (["mcp"], 1, "the MCP SDK is not installed"),
+    ],
+)
+def test_the_cli_runs_without_the_mcp_sdk(
+    args: list[str], exit_code: int, printed: str, tmp_path: Path
+) -> None:
+    """The image installs pilotif without `[mcp]`: every command but `mcp` itself must
+    work, and `mcp` says what to install in one line."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MCP_SDK, *args, "--state-dir", str(tmp_path)]
+        if args == ["mcp"]
+        else [sys.executable, "-c", _WITHOUT_MCP_SDK, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == exit_code, result.stderr
+    assert printed in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
