@@ -1,4 +1,4 @@
-"""The native batch loops (pilotif/overlay/_batch_loops.c); everything else is in
+"""The native batch loops (pilotif/wg/fastpath/_batch_loops.c); everything else is in
 pyproject.toml. The extension is optional: without a compiler or OpenSSL's headers the
 build goes on and pilotif does the same in Python."""
 
@@ -7,8 +7,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "pilotif.overlay._batch_loops",
-            sources=["pilotif/overlay/_batch_loops.c"],
+            "pilotif.wg.fastpath._batch_loops",
+            sources=["pilotif/wg/fastpath/_batch_loops.c"],
             libraries=["crypto"],
             extra_compile_args=["-O2"],
             optional=True,

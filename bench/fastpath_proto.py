@@ -27,8 +27,8 @@ from ipaddress import IPv4Network
 from scapy.layers.inet import IP, TCP
 from scapy.packet import Raw
 
-from pilotif.overlay.crypto import generate_private_key
-from pilotif.overlay.device import Device
+from pilotif.net.udp import UdpSockets
+from pilotif.net.udp_batch import UdpBatch
 from pilotif.tun.offload import (
     GSO_TCPV4,
     MAX_IP_PACKET_BYTES,
@@ -37,8 +37,8 @@ from pilotif.tun.offload import (
     coalesce,
     split_gso,
 )
-from pilotif.underlay import UdpSockets
-from pilotif.underlay_batch import UdpBatch
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.device import Device
 
 MTU = 1420
 MSS = MTU - 20 - 32  # IPv4 and TCP with timestamps, as iperf3's stream has

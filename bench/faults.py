@@ -4,7 +4,7 @@
     sudo python3 bench/faults.py --only registry-restart daemon-restart
     sudo python3 bench/faults.py --soak 30     # one fault every 20 s for 30 minutes
 
-For each fault a fresh NAT lab (pilotif.lab.nat: a registry on the lab's internet, alpha
+For each fault a fresh NAT lab (pilotif_lab.nat: a registry on the lab's internet, alpha
 and beta behind two routers, cone for the direct path and symmetric for the relay) comes
 up with alpha and beta trusting each other. While the fault happens, alpha pings beta
 every 200 ms (`ping -D -O`) and sends beta a sha256-checked TCP stream. It prints per
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from pilotif.lab.checks import RunningTransfer, start_transfer
-from pilotif.lab.nat import NatKind, NatLab, nat_lab, poll_until, trust
+from pilotif_lab.checks import RunningTransfer, start_transfer
+from pilotif_lab.nat import NatKind, NatLab, nat_lab, poll_until, trust
 
 PING_INTERVAL_S = 0.2
 SETTLE_S = 3.0

@@ -49,11 +49,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from pilotif.keys import decode_key
-from pilotif.lab.postgres import throwaway_postgres
+from pilotif_lab.postgres import throwaway_postgres
+
 from pilotif.node.core import REGISTER_INTERVAL_S
 from pilotif.node.registry_link import GaveUp, MoveAsked, RegistryLink, Reply, SwitchedRegistry
-from pilotif.overlay.crypto import generate_private_key
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.keys import decode_key
 
 NODES_PER_ADDRESS = 16
 """Below the registry's NEW_NODES_BURST (20 new nodes per address)."""

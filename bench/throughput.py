@@ -47,6 +47,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from daemon_profile import self_time, start_record, wait_record
+from pilotif_lab import LabError, LabHost, NodeKind, PilotifNode, host_pair, ping, tunnel
+from pilotif_lab.topology import TUNNEL_MTU
 from tunnel_figures import (
     PING_COUNT,
     PING_INTERVAL_S,
@@ -54,9 +56,6 @@ from tunnel_figures import (
     iperf,
     ping_rtt,
 )
-
-from pilotif.lab import LabError, LabHost, NodeKind, PilotifNode, host_pair, ping, tunnel
-from pilotif.lab.topology import TUNNEL_MTU
 
 DEFAULT_TIME_S = 10
 DEFAULT_PAIRS = 3

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pilotif.lab import LabError, LabHost, TransferResult, tcp_transfer
+from pilotif_lab import LabError, LabHost, TransferResult, tcp_transfer
 
 IPERF_PORT = 5201
 IPERF_GRACE_S = 30.0

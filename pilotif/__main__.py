@@ -1,5 +1,5 @@
 """`python -m pilotif` runs the CLI."""
 
-from pilotif.cli import main
+from pilotif.cli.main import main
 
 main()

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install.sh demo >/dev/null
-exec pilotif demo "$@"
+exec python3 -m pilotif_lab "$@"

@@ -40,4 +40,4 @@ if [ "$(id -u)" -eq 0 ]; then
 else
     echo "install.sh: not root, skipping apt-get install of ${SYSTEM_PACKAGES[*]}" >&2
 fi
-python3 -m pip install -q --disable-pip-version-check -e "$PYTHON_PACKAGE"
+python3 -m pip install -q --disable-pip-version-check -e "$PYTHON_PACKAGE" -e ./lab

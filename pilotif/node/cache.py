@@ -12,10 +12,10 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Final
 
-from pilotif.identity import StateFileError, read_state_file, write_private_file
-from pilotif.keys import InvalidKeyError, decode_key, encode_key
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.wire import format_endpoint, parse_endpoint
+from pilotif.control.wire import format_endpoint, parse_endpoint
+from pilotif.util.identity import StateFileError, read_state_file, write_private_file
+from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 
 NODE_CACHE_FILE: Final = "node.json"
 

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
 
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.wire import parse_endpoint
+from pilotif.control.wire import parse_endpoint
+from pilotif.wg.events import Endpoint
 
 MAX_PEER_CANDIDATES: Final = 8
 """The registry sends the public endpoint and at most 4 LAN ones; more is not honest."""

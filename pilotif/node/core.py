@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
-from pilotif.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
-from pilotif.keys import InvalidKeyError, decode_key, encode_key
+from pilotif.control.tickets import TICKET_LIFETIME_S
+from pilotif.control.wire import PUNCH_OPENER, format_endpoint
+from pilotif.daemon.icmp import echo_request_packet
 from pilotif.node.cache import CachedPeer, NodeSnapshot
 from pilotif.node.candidates import usable_candidates
 from pilotif.node.events import (
@@ -54,7 +55,6 @@ from pilotif.node.events import (
     TrustStateChanged,
     TrustSynced,
 )
-from pilotif.node.icmp import echo_request_packet
 from pilotif.node.paths import (
     DIRECT_PATH_TIMEOUT_S,
     DIRECT_STATES,
@@ -86,12 +86,12 @@ from pilotif.node.registry_link import (
 )
 from pilotif.node.relays import HomeRelayChanged, Relays, TicketsPresented
 from pilotif.node.trust import TrustRecord
-from pilotif.overlay.device import Device
-from pilotif.overlay.events import Endpoint, PeerEndpoint, RelayEndpoint
-from pilotif.overlay.peer import Peer
-from pilotif.registry.wire import PUNCH_OPENER, format_endpoint
 from pilotif.relay.info import RelayInfo, relays_from_json
-from pilotif.relay.tickets import TICKET_LIFETIME_S
+from pilotif.util.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
+from pilotif.wg.device import Device
+from pilotif.wg.events import Endpoint, PeerEndpoint, RelayEndpoint
+from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
+from pilotif.wg.peer import Peer
 
 REGISTER_INTERVAL_S: Final = 20.0
 TICKET_RETRY_S: Final = 5.0

@@ -15,7 +15,7 @@ Only tags the operator granted count (a tag a node gives itself means nothing he
 `icmp` rules decide echo requests; replies, errors about packets this node sent to that
 peer and traffic that this node started pass whatever the policy; other ICMP types are
 refused, and so is what cannot be judged (an IPv6 header chain that cannot be read, a
-fragment whose first fragment did not pass). See `pilotif.overlay.packet_filter`, what
+fragment whose first fragment did not pass). See `pilotif.packet.filter`, what
 the device runs; an open policy (`Policy()`) runs no filter at all.
 
 `parse_policy` refuses a whole text at its first bad line (file and line number); the
@@ -25,8 +25,8 @@ running policy is then left as it was.
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from pilotif.identity import HostnameError, normalize_hostname
-from pilotif.overlay.packet_filter import PacketFilter, PortDecisions
+from pilotif.packet.filter import PacketFilter, PortDecisions
+from pilotif.util.identity import HostnameError, normalize_hostname
 
 Action = Literal["allow", "deny"]
 Proto = Literal["tcp", "udp", "icmp"]

@@ -8,8 +8,8 @@ file (the CLI's) wins over the file's.
 from pathlib import Path
 from typing import Final
 
-from pilotif.identity import StateFileError, read_state_file, write_private_file
 from pilotif.node.policy import Action, Policy, PolicyError, Rule, parse_policy
+from pilotif.util.identity import StateFileError, read_state_file, write_private_file
 
 POLICY_RULES_FILE: Final = "policy.rules"
 

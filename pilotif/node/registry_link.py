@@ -11,10 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pilotif.overlay.cookie import CookieGenerator
-from pilotif.overlay.events import Endpoint
-from pilotif.overlay.messages import MessageError, parse_cookie_reply
-from pilotif.registry.wire import (
+from pilotif.control.wire import (
     CONTROL_TYPE,
     COUNTER_LEASE,
     KEY_REQUEST,
@@ -27,6 +24,9 @@ from pilotif.registry.wire import (
     WireError,
     unpack_key_reply,
 )
+from pilotif.wg.cookie import CookieGenerator
+from pilotif.wg.events import Endpoint
+from pilotif.wg.messages import MessageError, parse_cookie_reply
 
 REQUEST_ATTEMPTS: Final = 5
 REQUEST_RETRY_S: Final = 1.0

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pilotif.node.registry_link import GaveUp, RegistryLink, RelaySourceUnknown, Reply
-from pilotif.overlay.events import Endpoint
 from pilotif.relay.info import RelayInfo
+from pilotif.wg.events import Endpoint
 
 ATTACH_EVERY_S: Final = 15.0
 """How often the node attaches to each relay again: it keeps the NAT's mapping towards

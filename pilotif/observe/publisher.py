@@ -7,19 +7,19 @@ whose path the node core does not choose itself (static peers roaming). Handshak
 counted for the metrics.
 """
 
-from pilotif.keys import encode_key
-from pilotif.logs import log_event
 from pilotif.node.core import NodeCore
 from pilotif.node.events import NodeEvent, PeerRemoved
 from pilotif.observe.events import EventBus
 from pilotif.observe.routes import ROUTES, event_fields
-from pilotif.overlay.events import (
+from pilotif.util.logs import log_event
+from pilotif.wg.events import (
     EndpointChanged,
     Event,
     HandshakeCompleted,
     KeysZeroed,
     RelayEndpoint,
 )
+from pilotif.wg.keys import encode_key
 
 
 class EventPublisher:

@@ -11,8 +11,7 @@ from dataclasses import dataclass, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Final
 
-from pilotif.bind import endpoint_text
-from pilotif.keys import encode_key
+from pilotif.net.bind import endpoint_text
 from pilotif.node.events import (
     Joined,
     JoinFailed,
@@ -38,7 +37,7 @@ from pilotif.node.events import (
     TrustStateChanged,
     TrustSynced,
 )
-from pilotif.overlay.events import (
+from pilotif.wg.events import (
     EndpointChanged,
     Event,
     HandshakeCompleted,
@@ -46,6 +45,7 @@ from pilotif.overlay.events import (
     KeysZeroed,
     RelayEndpoint,
 )
+from pilotif.wg.keys import encode_key
 
 
 @dataclass(frozen=True)

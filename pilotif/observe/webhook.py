@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from email.message import Message
 from typing import IO
 
-from pilotif.logs import log_event
 from pilotif.observe.events import Event, EventBus, Subscription
+from pilotif.util.logs import log_event
 
 WEBHOOK_QUEUE_EVENTS = 256
 WEBHOOK_ATTEMPTS = 5

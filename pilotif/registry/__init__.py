@@ -5,8 +5,9 @@
 (`RegistryCore`) and `service` its UDP loop (`run_registry`).
 """
 
-from pilotif.registry.server import RegistryCore
-from pilotif.registry.service import RegistryOptions, run_registry
+from pilotif.control.wire import ControlChannel, WireError
+from pilotif.registry.core import RegistryCore
+from pilotif.registry.server import RegistryOptions, run_registry
 from pilotif.registry.store import (
     NameTaken,
     NetworkFull,
@@ -17,7 +18,6 @@ from pilotif.registry.store import (
     TrustOutcome,
     UnknownNode,
 )
-from pilotif.registry.wire import ControlChannel, WireError
 
 __all__ = [
     "ControlChannel",

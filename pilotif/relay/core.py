@@ -2,7 +2,7 @@
 
 Nodes attach with a sealed `attach` request (0x50, the registry's wire format, through
 the same gate: size, macs, cookie, rate limits). It binds the node's key to the address
-it came from and carries tickets (pilotif.relay.tickets): the registry's proof that the
+it came from and carries tickets (pilotif.control.tickets): the registry's proof that the
 node and a peer trust each other. A relay message (0x51) from an attached address goes
 to the peer it names when that peer is attached too and the sender presented a ticket
 for it; anything else is dropped and counted in `counters`. No database, no query per
@@ -18,11 +18,9 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pilotif.lru import BoundedLru
-from pilotif.overlay.crypto import public_key as _public_key
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.gate import ControlGate, Outgoing, RelayLimit
-from pilotif.registry.wire import (
+from pilotif.control.gate import ControlGate, Outgoing, RelayLimit
+from pilotif.control.tickets import check_ticket, ticket_key
+from pilotif.control.wire import (
     CONTROL_TYPE,
     MAX_REQUEST_ID,
     RELAY_TYPE,
@@ -36,7 +34,9 @@ from pilotif.registry.wire import (
     pack_relay,
     stale_counter_reply,
 )
-from pilotif.relay.tickets import check_ticket, ticket_key
+from pilotif.util.lru import BoundedLru
+from pilotif.wg.crypto import public_key as _public_key
+from pilotif.wg.events import Endpoint
 
 ATTACH_TIMEOUT_S: Final = 60.0
 """A node that has not attached again for this long is forgotten (nodes attach every

@@ -4,10 +4,10 @@ and the JSON the registry hands nodes in its registration reply."""
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pilotif.hostport import parse_address_port
-from pilotif.keys import decode_key, encode_key
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.wire import format_endpoint
+from pilotif.control.wire import format_endpoint
+from pilotif.net.hostport import parse_address_port
+from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import decode_key, encode_key
 
 MAX_RELAYS: Final = 8
 """Relays one registry lists (each node attaches to all of them)."""

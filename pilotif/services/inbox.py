@@ -16,8 +16,8 @@ from collections import Counter, deque
 from dataclasses import astuple, dataclass
 from typing import Any, Final
 
-from pilotif.identity import StateFileError, read_state_file
 from pilotif.services.store import ServiceStore, Statement, storable
+from pilotif.util.identity import StateFileError, read_state_file
 
 LEGACY_INBOX_FILE: Final = "inbox.jsonl"
 MAX_MESSAGES: Final = 1000

@@ -1,6 +1,6 @@
 """Per-peer limits of the agent services, so one trusted peer cannot take what all share.
 
-- Rates: `TokenBuckets` (pilotif.registry.ratelimit), one bucket per peer, re-exported
+- Rates: `TokenBuckets` (pilotif.control.ratelimit), one bucket per peer, re-exported
   here; `allow(peer, now, cost)` with a cost of 1 counts requests, a cost in bytes counts
   bytes.
 - Quotas: `Quota` holds what a peer has at once (connections, subscriptions, files in
@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
-from pilotif.logs import log_event
-from pilotif.registry.ratelimit import TokenBuckets
+from pilotif.control.ratelimit import TokenBuckets
+from pilotif.util.logs import log_event
 
 __all__ = ["LOG_LINES_PER_MIN", "PeerLog", "Quota", "TokenBuckets"]
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pilotif.identity import StateFileError, append_private_file
-from pilotif.logs import log_event
+from pilotif.util.identity import StateFileError, append_private_file
+from pilotif.util.logs import log_event
 
 STORE_FILE: Final = "services.db"
 SCHEMA_VERSION: Final = 1

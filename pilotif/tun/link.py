@@ -18,9 +18,9 @@ from typing import Final
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pilotif.config import IPV6_MIN_MTU
-from pilotif.logs import log_event
+from pilotif.daemon.wgquick import IPV6_MIN_MTU
 from pilotif.tun.guard import GuardError, guard_overlay_addresses, remove_guard
+from pilotif.util.logs import log_event
 
 # Address flag: use the IPv6 address at once, without duplicate address detection.
 _IFA_F_NODAD: Final = 0x02

@@ -27,10 +27,10 @@ from typing import Any, Final
 
 import numpy as np
 
-from pilotif.overlay.batch_loops import coalesce_run
-from pilotif.overlay.constants import MAX_GSO_SEGMENTS
-from pilotif.overlay.crypto import BytesLike
 from pilotif.tun.device import TunDevice
+from pilotif.wg.constants import MAX_GSO_SEGMENTS
+from pilotif.wg.crypto import BytesLike
+from pilotif.wg.fastpath.batch_loops import coalesce_run
 
 VIRTIO_NET_HDR_SIZE: Final = 10
 VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 0x01

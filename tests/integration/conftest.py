@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from pilotif.lab import LabHost, host_pair
+from pilotif_lab import LabHost, host_pair
 
 
 @pytest.fixture

@@ -23,8 +23,9 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pilotif.lab.capture import read_udp
-from pilotif.overlay.constants import (
+from pilotif_lab.capture import read_udp
+
+from pilotif.wg.constants import (
     COOKIE_REPLY_SIZE,
     INITIATION_SIZE,
     MESSAGE_COOKIE_REPLY,

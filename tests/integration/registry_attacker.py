@@ -25,10 +25,10 @@ import struct
 import time
 from collections import Counter
 
-from pilotif.hostport import parse_host_port
-from pilotif.keys import decode_key
+from pilotif.net.hostport import parse_host_port
 from pilotif.node.registry_link import RegistryLink
-from pilotif.overlay.crypto import generate_private_key
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.keys import decode_key
 
 _UDP_HEADER = struct.Struct("!HHHH")
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")

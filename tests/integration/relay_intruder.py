@@ -18,12 +18,12 @@ import os
 import socket
 import time
 
-from pilotif.hostport import parse_address_port
-from pilotif.keys import decode_key
+from pilotif.control.tickets import TICKET_LIFETIME_S, issue_ticket
+from pilotif.control.wire import pack_relay
+from pilotif.net.hostport import parse_address_port
 from pilotif.node.registry_link import RegistryLink, Reply
-from pilotif.overlay.crypto import generate_private_key, public_key
-from pilotif.registry.wire import pack_relay
-from pilotif.relay.tickets import TICKET_LIFETIME_S, issue_ticket
+from pilotif.wg.crypto import generate_private_key, public_key
+from pilotif.wg.keys import decode_key
 
 _INITIATION_BYTES = 148
 _ANSWER_WAIT_S = 0.5

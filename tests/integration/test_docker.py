@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilotif_lab.netns import pid_alive, run_checked, stop_pid
 
 from pilotif.dns.resolver import MARKER
-from pilotif.lab.netns import pid_alive, run_checked, stop_pid
 
 pytestmark = [
     pytest.mark.integration,

@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from pilotif_lab import LabHost, NodeKind, PilotifNode, ping, start_transfer, tcp_transfer, tunnel
+from pilotif_lab.capture import capture_udp, read_udp
+from pilotif_lab.topology import LISTEN_PORT, UNDERLAY_INTERFACE
 
-from pilotif.lab import LabHost, NodeKind, PilotifNode, ping, start_transfer, tcp_transfer, tunnel
-from pilotif.lab.capture import capture_udp, read_udp
-from pilotif.lab.topology import LISTEN_PORT, UNDERLAY_INTERFACE
-from pilotif.overlay.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT
-from pilotif.overlay.drops import DropReason
+from pilotif.wg.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT
+from pilotif.wg.drops import DropReason
 
 pytestmark = [
     pytest.mark.integration,

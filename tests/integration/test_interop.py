@@ -10,8 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from pilotif.lab import (
+from pilotif_lab import (
     LabHost,
     NodeKind,
     PilotifNode,
@@ -21,11 +20,12 @@ from pilotif.lab import (
     tunnel,
     tunnel_configs,
 )
-from pilotif.lab.capture import capture_udp, read_udp
-from pilotif.lab.netns import pid_alive
-from pilotif.lab.topology import LISTEN_PORT, TUNNEL_MTU, UNDERLAY_INTERFACE
-from pilotif.overlay.constants import MESSAGE_INITIATION
-from pilotif.overlay.drops import DropReason
+from pilotif_lab.capture import capture_udp, read_udp
+from pilotif_lab.netns import pid_alive
+from pilotif_lab.topology import LISTEN_PORT, TUNNEL_MTU, UNDERLAY_INTERFACE
+
+from pilotif.wg.constants import MESSAGE_INITIATION
+from pilotif.wg.drops import DropReason
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-
-from pilotif.lab.nat import Agent, NatKind, trusting_pair
+from pilotif_lab.nat import Agent, NatKind, trusting_pair
 
 pytestmark = [
     pytest.mark.integration,

@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from pilotif.lab.nat import PATH_TIMEOUT_S, Agent, NatKind, nat_lab, poll_until
-from pilotif.lab.netns import LabError
+from pilotif_lab.nat import PATH_TIMEOUT_S, Agent, NatKind, nat_lab, poll_until
+from pilotif_lab.netns import LabError
 
 pytestmark = [
     pytest.mark.integration,

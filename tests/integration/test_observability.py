@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilotif_lab import LabHost, PilotifNode, ping, tcp_transfer, tunnel_configs
+from pilotif_lab.nat import PATH_TIMEOUT_S, REGISTRY, NatKind, NatLab, nat_lab, poll_until
+from pilotif_lab.netns import Namespace, pid_alive, stop_process
+from pilotif_lab.pilotif_node import pilotif_executable
 from prometheus_client.parser import text_string_to_metric_families
-
-from pilotif.lab import LabHost, PilotifNode, ping, tcp_transfer, tunnel_configs
-from pilotif.lab.nat import PATH_TIMEOUT_S, REGISTRY, NatKind, NatLab, nat_lab, poll_until
-from pilotif.lab.netns import Namespace, pid_alive, stop_process
-from pilotif.lab.pilotif_node import pilotif_executable
 
 pytestmark = [
     pytest.mark.integration,

@@ -135,9 +135,9 @@ print(json.dumps({
 
 _UDP_PROGRAM = """
 import json, select
-from pilotif.underlay import UdpSockets
-from pilotif.underlay_batch import UdpBatch
-from pilotif.overlay.messages import split_coalesced
+from pilotif.net.udp import UdpSockets
+from pilotif.net.udp_batch import UdpBatch
+from pilotif.wg.messages import split_coalesced
 
 a, b = UdpSockets(None), UdpSockets(None)
 sender, receiver = UdpBatch(a), UdpBatch(b)

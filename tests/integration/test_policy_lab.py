@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pilotif.lab.checks import ping, start_receiver
-from pilotif.lab.nat import NatKind, nat_lab, poll_until, trust
-from pilotif.lab.netns import LabError, Namespace
+from pilotif_lab.checks import ping, start_receiver
+from pilotif_lab.nat import NatKind, nat_lab, poll_until, trust
+from pilotif_lab.netns import LabError, Namespace
 
 pytestmark = [
     pytest.mark.integration,

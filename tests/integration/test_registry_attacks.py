@@ -13,9 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from pilotif.keys import decode_key, encode_key
-from pilotif.lab.nat import (
+from pilotif_lab.nat import (
     PATH_TIMEOUT_S,
     REGISTRY,
     Agent,
@@ -25,9 +23,11 @@ from pilotif.lab.nat import (
     poll_until,
     trust,
 )
-from pilotif.overlay.crypto import public_key
-from pilotif.registry.gate import UNPROVEN_BURST, UNPROVEN_RATE_PER_S
-from pilotif.registry.service import REGISTRY_KEY_FILE
+
+from pilotif.control.gate import UNPROVEN_BURST, UNPROVEN_RATE_PER_S
+from pilotif.registry.server import REGISTRY_KEY_FILE
+from pilotif.wg.crypto import public_key
+from pilotif.wg.keys import decode_key, encode_key
 
 pytestmark = [
     pytest.mark.integration,

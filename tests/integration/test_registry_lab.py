@@ -1,7 +1,7 @@
 """Issue 3 end to end: agents behind NAT routers join a registry, trust each other, reach each
 other by name, directly through cone NATs and through the relay when both NATs are symmetric.
 
-Every test builds its own NAT lab (pilotif.lab.nat: a public switch with the registry on
+Every test builds its own NAT lab (pilotif_lab.nat: a public switch with the registry on
 198.18.0.1, NAT routers, agents on their LANs) and drives the agents with the `pilotif`
 command line, as a user would; the lab is torn down even when a test fails. Files (daemon
 logs in AGENT/pilotif.log, the registry's log) stay in the test's tmp_path.
@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pilotif.lab.checks import (
+from pilotif_lab.checks import (
     ping,
     receiver_report,
     start_receiver,
     start_transfer,
 )
-from pilotif.lab.nat import (
+from pilotif_lab.nat import (
     LAN_NETWORKS,
     PATH_TIMEOUT_S,
     REGISTRY,
@@ -34,8 +33,8 @@ from pilotif.lab.nat import (
     poll_until,
     trust,
 )
-from pilotif.lab.nat_demo import run_nat_demo
-from pilotif.lab.netns import NAMESPACE_PREFIX, run_checked
+from pilotif_lab.nat_demo import run_nat_demo
+from pilotif_lab.netns import NAMESPACE_PREFIX, run_checked
 
 pytestmark = [
     pytest.mark.integration,

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from pilotif.lab.checks import ping
-from pilotif.lab.nat import (
+from pilotif_lab.checks import ping
+from pilotif_lab.nat import (
     RELAY_PORT,
     Agent,
     NatKind,

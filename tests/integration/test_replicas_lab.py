@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from pilotif.lab.checks import ping
-from pilotif.lab.nat import REGISTRY, NatKind, NatLab, nat_lab, poll_until, trust
-from pilotif.lab.postgres import throwaway_postgres
+from pilotif_lab.checks import ping
+from pilotif_lab.nat import REGISTRY, NatKind, NatLab, nat_lab, poll_until, trust
+from pilotif_lab.postgres import throwaway_postgres
 
 pytestmark = [
     pytest.mark.integration,

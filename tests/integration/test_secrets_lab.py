@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from pilotif.lab.nat import NatKind, nat_lab
+from pilotif_lab.nat import NatKind, nat_lab
 
 pytestmark = [
     pytest.mark.integration,

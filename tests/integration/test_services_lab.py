@@ -12,10 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pilotif.lab.nat import Agent, NatKind, poll_until, trusting_pair
-from pilotif.lab.netns import LabError
-from pilotif.lab.pilotif_node import pilotif_executable
+from pilotif_lab.nat import Agent, NatKind, poll_until, trusting_pair
+from pilotif_lab.netns import LabError
+from pilotif_lab.pilotif_node import pilotif_executable
 
 pytestmark = [
     pytest.mark.integration,

@@ -16,14 +16,14 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
 import pytest
+from pilotif_lab.postgres import ThrowawayPostgres, throwaway_postgres
 
-from pilotif.lab.postgres import ThrowawayPostgres, throwaway_postgres
-from pilotif.overlay.constants import MESSAGE_TRANSPORT
-from pilotif.overlay.crypto import generate_private_key
-from pilotif.overlay.device import Device
-from pilotif.overlay.events import Endpoint
-from pilotif.overlay.messages import TRANSPORT_HEADER
-from pilotif.overlay.peer import Keypair, Peer
+from pilotif.wg.constants import MESSAGE_TRANSPORT
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.device import Device
+from pilotif.wg.events import Endpoint
+from pilotif.wg.messages import TRANSPORT_HEADER
+from pilotif.wg.peer import Keypair, Peer
 
 MTU = 1420
 NOW = 1000.0

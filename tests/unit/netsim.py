@@ -27,20 +27,20 @@ from enum import StrEnum
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from pilotif.bind import RelayFraming
-from pilotif.keys import encode_key
+from pilotif.daemon.icmp import echo_request_packet
+from pilotif.net.bind import RelayFraming
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent, RelaysChanged
-from pilotif.node.icmp import echo_request_packet
 from pilotif.node.trust import TrustRecord
-from pilotif.overlay.crypto import generate_private_key, public_key
-from pilotif.overlay.device import Device
-from pilotif.overlay.events import Endpoint, RelayEndpoint
-from pilotif.registry.server import RegistryCore
+from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
 from pilotif.relay.core import RelayCore
 from pilotif.relay.info import RelayInfo
 from pilotif.tun.offload import internet_checksum
+from pilotif.wg.crypto import generate_private_key, public_key
+from pilotif.wg.device import Device
+from pilotif.wg.events import Endpoint, RelayEndpoint
+from pilotif.wg.keys import encode_key
 
 REGISTRY: Endpoint = ("198.18.0.1", 7946)
 RELAY_PORT = 7947

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.registry.store import DB_FILE_NAME, Store
+from pilotif.wg.crypto import generate_private_key, public_key
 from tests.unit.test_cli import assert_one_line_error, pilotif
 
 NETWORK = IPv4Network("100.64.0.0/10")

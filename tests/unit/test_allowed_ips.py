@@ -4,7 +4,7 @@ from ipaddress import ip_address, ip_network
 
 import pytest
 
-from pilotif.overlay.allowed_ips import AllowedIPs
+from pilotif.wg.allowed_ips import AllowedIPs
 
 
 def _raw(address: str) -> bytes:

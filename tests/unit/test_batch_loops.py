@@ -7,8 +7,8 @@ import struct
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from pilotif.overlay import batch_loops
-from pilotif.overlay.batch_loops import (
+from pilotif.wg.fastpath import batch_loops
+from pilotif.wg.fastpath.batch_loops import (
     PURE_PYTHON_ENV,
     _open_rows_python,
     _seal_rows_python,

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from pilotif.bind import Bind
-from pilotif.overlay.events import RelayEndpoint
-from pilotif.registry.wire import unpack_relay
+from pilotif.control.wire import unpack_relay
+from pilotif.net.bind import Bind
+from pilotif.wg.events import RelayEndpoint
 
 SIZE = 1452
 PEER_KEY = bytes(range(32))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.overlay.crypto import public_key
+from pilotif.wg.crypto import public_key
 
 
 def pilotif(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
@@ -165,7 +165,7 @@ def test_connect_refuses_a_port_out_of_range(tmp_path: Path) -> None:
 
 
 def test_status_says_which_offloads_are_on_and_what_was_refused() -> None:
-    from pilotif.cli import _format_status
+    from pilotif.cli.main import _format_status
 
     state = {
         "interface": "pilot0",
@@ -200,7 +200,7 @@ def test_status_says_which_offloads_are_on_and_what_was_refused() -> None:
 
 
 def test_status_names_each_relay_and_the_one_in_use() -> None:
-    from pilotif.cli import _relay_state
+    from pilotif.cli.main import _relay_state
 
     home = {"endpoint": "198.18.0.3:7947", "rtt_ms": 1.5, "alive": True, "home": True}
     dead = {"endpoint": "198.18.0.4:7947", "rtt_ms": None, "alive": False, "home": False}
@@ -225,7 +225,7 @@ def test_a_relay_whose_registry_does_not_answer_says_so(tmp_path: Path) -> None:
 
 
 def test_status_says_since_when_the_registry_is_unreachable() -> None:
-    from pilotif.cli import _registry_state
+    from pilotif.cli.main import _registry_state
 
     since = time.time() - 42
     node = {"registry_online": False, "registry_unreachable_since": since}

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from pilotif.cli_common import terminal_safe
-from pilotif.control import Reply, Request, serve_control
-from pilotif.paths import StatePaths
+from pilotif.cli.common import terminal_safe
+from pilotif.daemon.api import Reply, Request, serve_control
+from pilotif.util.paths import StatePaths
 
 HOSTILE = "evil\x1b[2J\x1b]0;owned\x07\r\n2024-01-01 12:00:00 root: forged line\u202etxt.exe\x9b"
 """Clears the screen, sets the window title, starts a forged line, reverses the rest."""

@@ -12,9 +12,9 @@ from typing import Any, ClassVar
 import pytest
 from click.testing import CliRunner
 
-from pilotif import cli as cli_module
-from pilotif.cli import JOIN_KEY_ENV, READY_FD_ENV, WEBHOOK_ENV, cli
-from pilotif.cli_common import DATABASE_ENV
+from pilotif.cli import main as cli_module
+from pilotif.cli.common import DATABASE_ENV
+from pilotif.cli.main import JOIN_KEY_ENV, READY_FD_ENV, WEBHOOK_ENV, cli
 from pilotif.registry.joinkey import new_join_key
 
 JOIN_KEY = new_join_key()[1]

@@ -7,9 +7,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilotif.config import ConfigError, InterfaceConfig, PeerConfig, load_config, parse_config
-from pilotif.keys import encode_key
-from pilotif.overlay.crypto import public_key
+from pilotif.daemon.wgquick import (
+    ConfigError,
+    InterfaceConfig,
+    PeerConfig,
+    load_config,
+    parse_config,
+)
+from pilotif.wg.crypto import public_key
+from pilotif.wg.keys import encode_key
 
 PRIVATE_KEY = bytes(range(1, 33))
 OWN_PUBLIC_KEY = public_key(PRIVATE_KEY)

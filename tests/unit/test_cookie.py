@@ -4,11 +4,11 @@ from collections.abc import Callable
 
 import pytest
 
-from pilotif.overlay import crypto
-from pilotif.overlay.constants import COOKIE_REFRESH_TIME_S
-from pilotif.overlay.cookie import CookieChecker, CookieGenerator, source_bytes
-from pilotif.overlay.handshake import LocalIdentity, create_initiation
-from pilotif.overlay.messages import parse_cookie_reply
+from pilotif.wg import crypto
+from pilotif.wg.constants import COOKIE_REFRESH_TIME_S
+from pilotif.wg.cookie import CookieChecker, CookieGenerator, source_bytes
+from pilotif.wg.handshake import LocalIdentity, create_initiation
+from pilotif.wg.messages import parse_cookie_reply
 
 SOURCE = source_bytes(("198.18.0.1", 51820))
 OTHER_SOURCE = source_bytes(("198.18.0.2", 51820))

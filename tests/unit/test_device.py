@@ -28,9 +28,9 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilotif.node.icmp import echo_request_packet
+from pilotif.daemon.icmp import echo_request_packet
 from pilotif.node.policy import PeerIdentity, packet_filter, parse_policy
-from pilotif.overlay.constants import (
+from pilotif.wg.constants import (
     COOKIE_REPLY_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
     INITIATION_SIZE,
@@ -54,18 +54,18 @@ from pilotif.overlay.constants import (
     TRANSPORT_MIN_SIZE,
     UNDER_LOAD_HANDSHAKES_PER_S,
 )
-from pilotif.overlay.cookie import CookieGenerator
-from pilotif.overlay.device import Device, padded_length
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.events import (
+from pilotif.wg.cookie import CookieGenerator
+from pilotif.wg.device import Device, padded_length
+from pilotif.wg.drops import DropReason
+from pilotif.wg.events import (
     EndpointChanged,
     HandshakeCompleted,
     HandshakeGaveUp,
     KeysZeroed,
     RelayEndpoint,
 )
-from pilotif.overlay.messages import TRANSPORT_HEADER
-from pilotif.overlay.peer import PeerTimers
+from pilotif.wg.messages import TRANSPORT_HEADER
+from pilotif.wg.peer import PeerTimers
 
 PSK = bytes([0x42]) * 32
 OTHER_PSK = bytes([0x24]) * 32

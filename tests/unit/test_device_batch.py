@@ -30,8 +30,8 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 from test_offload import tcp_super_packet
 
-from pilotif.overlay import device as device_module
-from pilotif.overlay.constants import (
+from pilotif.wg import device as device_module
+from pilotif.wg.constants import (
     AEAD_TAG_SIZE,
     MAX_STAGED_PACKETS,
     MESSAGE_INITIATION,
@@ -41,9 +41,9 @@ from pilotif.overlay.constants import (
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
 )
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.events import EndpointChanged, Event, HandshakeCompleted
-from pilotif.overlay.messages import TRANSPORT_HEADER
+from pilotif.wg.drops import DropReason
+from pilotif.wg.events import EndpointChanged, Event, HandshakeCompleted
+from pilotif.wg.messages import TRANSPORT_HEADER
 
 OVERHEAD_BYTES = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
 SEALED_BYTES = 64 * (MTU + OVERHEAD_BYTES)

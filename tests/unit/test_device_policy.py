@@ -11,7 +11,7 @@ from test_device_batch import delivered, drops, established_pair
 from test_device_segments import count_fallbacks, one_receive, receive, sealed_rows
 
 from pilotif.node.policy import PeerIdentity, packet_filter, parse_policy
-from pilotif.overlay.drops import DropReason
+from pilotif.wg.drops import DropReason
 
 DENIED, ALLOWED = 22, 8080
 FRAGMENT_ROWS = 6

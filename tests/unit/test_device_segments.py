@@ -42,17 +42,17 @@ from test_device_batch import (
     tcp_segment,
 )
 
-from pilotif.overlay import batch_loops
-from pilotif.overlay.constants import (
+from pilotif.tun.offload import coalesce
+from pilotif.wg.constants import (
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
     REKEY_AFTER_TIME_S,
     REKEY_TIMEOUT_S,
 )
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.events import EndpointChanged, Event
-from pilotif.overlay.messages import TRANSPORT_HEADER, split_coalesced
-from pilotif.tun.offload import coalesce
+from pilotif.wg.drops import DropReason
+from pilotif.wg.events import EndpointChanged, Event
+from pilotif.wg.fastpath import batch_loops
+from pilotif.wg.messages import TRANSPORT_HEADER, split_coalesced
 
 MAX_GRO_SEGMENTS = 64
 """The most datagrams the kernel coalesces into one receive."""

@@ -2,9 +2,9 @@
 
 import pytest
 
-from pilotif.overlay import crypto
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.handshake import (
+from pilotif.wg import crypto
+from pilotif.wg.drops import DropReason
+from pilotif.wg.handshake import (
     HandshakeError,
     InitiatorState,
     LocalIdentity,
@@ -15,7 +15,7 @@ from pilotif.overlay.handshake import (
     create_initiation,
     create_response,
 )
-from pilotif.overlay.messages import parse_initiation, parse_response
+from pilotif.wg.messages import parse_initiation, parse_response
 
 NO_PSK = bytes(32)
 PSK = bytes([5]) * 32

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pilotif.hostport import HostPortError, parse_address_port, parse_host_port
-from pilotif.registry.wire import parse_endpoint
+from pilotif.control.wire import parse_endpoint
+from pilotif.net.hostport import HostPortError, parse_address_port, parse_host_port
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from pilotif.overlay.ippacket import is_echo_reply, packet_addresses
+from pilotif.packet.ip import is_echo_reply, packet_addresses
 
 V4_SOURCE = ip_address("100.64.0.1").packed
 V4_DESTINATION = ip_address("100.64.0.2").packed

@@ -1,7 +1,7 @@
 """BoundedLru: the channel cache of the registry and the relay keeps the most recently
 used entries and never more than its limit."""
 
-from pilotif.lru import BoundedLru
+from pilotif.util.lru import BoundedLru
 
 
 def test_the_least_recently_used_entry_goes_first() -> None:

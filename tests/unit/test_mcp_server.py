@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from pilotif import mcp_server
-from pilotif.mcp_files import FileRefused, FilesFrom
-from pilotif.mcp_server import StaticTokenVerifier, build_server, transport_security
-from pilotif.mcp_token import load_or_create_token, token_path
+from pilotif.cli import mcp_server
+from pilotif.cli.mcp_files import FileRefused, FilesFrom
+from pilotif.cli.mcp_server import StaticTokenVerifier, build_server, transport_security
+from pilotif.cli.mcp_token import load_or_create_token, token_path
 
 SECRET = "the node's private key\n"
 HIDDEN = "approve me\u202e\u200b\U000e0041\x1b[2J"
@@ -167,7 +167,9 @@ def test_a_wildcard_bind_takes_only_the_hosts_named() -> None:
     assert "[::1]:8765" in loopback.allowed_hosts and "localhost:8765" in loopback.allowed_hosts
 
 
-_WITHOUT_MCP_SDK = "import sys; sys.modules['mcp'] = None; from pilotif.cli import main; main()"
+_WITHOUT_MCP_SDK = (
+    "import sys; sys.modules['mcp'] = None; from pilotif.cli.main import main; main()"
+)
 """The CLI as it runs where pilotif is installed without the `mcp` extra (the docker image)."""
 
 

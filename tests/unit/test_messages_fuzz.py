@@ -7,10 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilotif.overlay.constants import TRANSPORT_MIN_SIZE
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.ippacket import packet_addresses
-from pilotif.overlay.messages import (
+from pilotif.packet.ip import packet_addresses
+from pilotif.wg.constants import TRANSPORT_MIN_SIZE
+from pilotif.wg.drops import DropReason
+from pilotif.wg.messages import (
     MessageError,
     pack_transport_header,
     parse_cookie_reply,

@@ -12,19 +12,19 @@ from typing import Any
 
 import pytest
 
-from pilotif.counter_lease import CounterLease
-from pilotif.node.adapter import JOIN_GRACE_S, NodeRunner, RegistryError
+from pilotif.control.counter_lease import CounterLease
+from pilotif.daemon.node_runner import JOIN_GRACE_S, NodeRunner, RegistryError
 from pilotif.node.cache import NodeCache
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent
 from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registry_link import REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
-from pilotif.overlay.crypto import generate_private_key
-from pilotif.overlay.device import Device
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.server import RegistryCore
+from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.device import Device
+from pilotif.wg.events import Endpoint
 
 REGISTRY: Endpoint = ("198.18.0.1", 7946)
 NODE: Endpoint = ("198.18.0.11", 40000)

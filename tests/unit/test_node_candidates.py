@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.identity import IPV6_PREFIX
 from pilotif.node.candidates import MAX_PEER_CANDIDATES, usable_candidates
-from pilotif.overlay.events import Endpoint
+from pilotif.util.identity import IPV6_PREFIX
+from pilotif.wg.events import Endpoint
 from tests.unit.netsim import Network, SimNode
 
 OVERLAY = [IPV6_PREFIX, IPv4Network("100.64.0.0/10")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pilotif.daemon.icmp import echo_request_packet
 from pilotif.node.core import REGISTER_INTERVAL_S, REGISTRY_RECENT_S, REGISTRY_RETRY_S
 from pilotif.node.events import (
     Joined,
@@ -20,7 +21,6 @@ from pilotif.node.events import (
     StartedWithoutRegistry,
     TrustRequested,
 )
-from pilotif.node.icmp import echo_request_packet
 from pilotif.node.paths import (
     DIRECT_STATES,
     PROBE_DURATION_S,
@@ -33,8 +33,8 @@ from pilotif.node.paths import (
     next_state,
 )
 from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.events import RelayEndpoint
+from pilotif.wg.drops import DropReason
+from pilotif.wg.events import RelayEndpoint
 from tests.unit.netsim import (
     LINK_DELAY_S,
     NODE_PORT,

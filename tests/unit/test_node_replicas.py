@@ -8,16 +8,17 @@ import time
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from pilotif.lab.postgres import ThrowawayPostgres
+from pilotif_lab.postgres import ThrowawayPostgres
+
+from pilotif.control.wire import ControlChannel
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import RegistrySwitched
 from pilotif.node.trust import TrustFiles
-from pilotif.overlay.crypto import generate_private_key
-from pilotif.overlay.device import Device
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.server import PUSH_CHANNEL, RegistryCore
+from pilotif.registry.core import PUSH_CHANNEL, RegistryCore
 from pilotif.registry.store import Store
-from pilotif.registry.wire import ControlChannel
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.device import Device
+from pilotif.wg.events import Endpoint
 from tests.unit.netsim import NETWORK, REGISTRY, Network
 from tests.unit.test_node_core import _trusting
 from tests.unit.test_registry_replicas import (

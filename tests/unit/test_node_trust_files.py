@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.identity import StateFileError
-from pilotif.keys import encode_key
-from pilotif.logs import _EventFormatter
 from pilotif.node.cache import NODE_CACHE_FILE, CachedPeer, NodeCache, NodeSnapshot
 from pilotif.node.trust import TrustFiles, TrustRecord
-from pilotif.overlay.cookie import source_bytes
-from pilotif.overlay.events import RelayEndpoint
+from pilotif.util.identity import StateFileError
+from pilotif.util.logs import _EventFormatter
+from pilotif.wg.cookie import source_bytes
+from pilotif.wg.events import RelayEndpoint
+from pilotif.wg.keys import encode_key
 
 KEY_A, KEY_B = bytes(range(32)), bytes(range(1, 33))
 

@@ -5,7 +5,7 @@ import asyncio
 
 from pilotif.observe import Event, EventBus, Subscription
 from pilotif.observe.publisher import EventPublisher
-from pilotif.overlay.events import EndpointChanged, HandshakeCompleted, KeysZeroed, RelayEndpoint
+from pilotif.wg.events import EndpointChanged, HandshakeCompleted, KeysZeroed, RelayEndpoint
 
 
 async def _take(subscription: Subscription, count: int) -> list[Event]:

@@ -15,11 +15,11 @@ from pilotif.observe import (
     RegistrySample,
     render,
 )
-from pilotif.overlay.crypto import generate_private_key
-from pilotif.overlay.drops import new_drop_counters
-from pilotif.registry.server import RegistryCore
-from pilotif.registry.service import metrics_sample
+from pilotif.registry.core import RegistryCore
+from pilotif.registry.server import metrics_sample
 from pilotif.registry.store import Store
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.drops import new_drop_counters
 
 
 def _samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -15,7 +15,6 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
-from pilotif.overlay import _batch_loops  # type: ignore[attr-defined]
 from pilotif.tun.offload import (
     GSO_NONE,
     GSO_TCPV4,
@@ -32,6 +31,7 @@ from pilotif.tun.offload import (
     internet_checksum,
     split_gso,
 )
+from pilotif.wg.fastpath import _batch_loops  # type: ignore[attr-defined]
 
 MSS_V4 = 1368
 MSS_V6 = 1348

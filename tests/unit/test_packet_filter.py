@@ -25,12 +25,12 @@ from scapy.layers.ipsec import AH
 from scapy.packet import Packet, Raw
 
 from pilotif.node.policy import PeerIdentity, packet_filter, parse_policy
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.packet_filter import (
+from pilotif.packet.filter import (
     MAX_IPV6_EXTENSION_HEADERS,
     MAX_IPV6_HEADER_CHAIN_BYTES,
     PacketFilter,
 )
+from pilotif.wg.drops import DropReason
 
 PEER = PeerIdentity("peer", (), same_network=True)
 OURS, THEIRS = "fd7a::1", "fd7a::2"

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.identity import (
+from pilotif.util.identity import (
     StateFileError,
     append_private_file,
     load_or_create_key,
     write_private_file,
 )
-from pilotif.paths import StatePaths
+from pilotif.util.paths import StatePaths
 
 
 def test_a_new_state_dir_is_private(tmp_path: Path) -> None:

@@ -20,13 +20,13 @@ from pilotif.node.policy import (
     parse_rule,
 )
 from pilotif.node.policy_files import PolicyFiles
-from pilotif.overlay.drops import DropReason
-from pilotif.overlay.packet_filter import (
+from pilotif.packet.filter import (
     FRAGMENT_TIMEOUT_S,
     UDP_REPLY_TIMEOUT_S,
     PacketFilter,
     PortDecisions,
 )
+from pilotif.wg.drops import DropReason
 
 ORCHESTRATOR = PeerIdentity("orchestrator", ("workers",), same_network=True)
 STRANGER = PeerIdentity("stranger", (), same_network=False)

@@ -7,14 +7,14 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+from pilotif_lab.postgres import ThrowawayPostgres
 
-from pilotif.identity import write_private_file
-from pilotif.keys import encode_key
-from pilotif.lab.postgres import ThrowawayPostgres
-from pilotif.overlay.crypto import generate_private_key
 from pilotif.registry.database import DatabaseError, without_password
-from pilotif.registry.service import REGISTRY_KEY_FILE, RegistryOptions, _open_store
+from pilotif.registry.server import REGISTRY_KEY_FILE, RegistryOptions, _open_store
 from pilotif.registry.store import Store
+from pilotif.util.identity import write_private_file
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.keys import encode_key
 from tests.unit.test_cli import assert_one_line_error, pilotif
 
 NETWORK = IPv4Network("100.64.0.0/10")

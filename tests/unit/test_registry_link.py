@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from pilotif.counter_lease import LEASE, CounterLease
-from pilotif.identity import StateFileError
-from pilotif.keys import encode_key
+from pilotif.control.counter_lease import LEASE, CounterLease
+from pilotif.control.wire import COUNTER_LEASE, REPLICA_KEEPALIVE, ControlChannel
 from pilotif.node.registry_link import (
     REQUEST_ATTEMPTS,
     GaveUp,
@@ -21,11 +20,12 @@ from pilotif.node.registry_link import (
     Reply,
     SwitchedRegistry,
 )
-from pilotif.overlay.crypto import generate_private_key, public_key
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.server import RegistryCore
+from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
-from pilotif.registry.wire import COUNTER_LEASE, REPLICA_KEEPALIVE, ControlChannel
+from pilotif.util.identity import StateFileError
+from pilotif.wg.crypto import generate_private_key, public_key
+from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import encode_key
 
 REGISTRY: Endpoint = ("198.18.0.1", 9000)
 START_S = 1_700_000_000.0

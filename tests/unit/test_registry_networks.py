@@ -8,16 +8,16 @@ from typing import Any
 
 import pytest
 
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.schema import SCHEMA_VERSION
-from pilotif.registry.server import (
+from pilotif.registry.core import (
     NEW_NODES_BURST,
     NEW_NODES_IPV4_24_BURST,
     NEW_NODES_IPV6_32_BURST,
     NEW_NODES_IPV6_48_BURST,
     RegistryCore,
 )
+from pilotif.registry.schema import SCHEMA_VERSION
 from pilotif.registry.store import Store
+from pilotif.wg.events import Endpoint
 from tests.unit.test_registry_server import NETWORK, START, FakeNode, World, trust
 
 DAY_S = 86_400.0

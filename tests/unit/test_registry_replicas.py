@@ -12,11 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from pilotif_lab.postgres import ThrowawayPostgres
 
-from pilotif.lab.postgres import ThrowawayPostgres
-from pilotif.overlay.crypto import generate_private_key, public_key
-from pilotif.registry.database import DatabaseError
-from pilotif.registry.server import (
+from pilotif.control.wire import COUNTER_LEASE, ControlChannel, pack_relay
+from pilotif.registry.core import (
     DETACH_EVERY,
     NOTE_LIFETIME_S,
     ORPHAN_WAIT_S,
@@ -24,8 +23,9 @@ from pilotif.registry.server import (
     PUSH_CHANNEL,
     REPLICA_ALIVE_S,
 )
+from pilotif.registry.database import DatabaseError
 from pilotif.registry.store import Store
-from pilotif.registry.wire import COUNTER_LEASE, ControlChannel, pack_relay
+from pilotif.wg.crypto import generate_private_key, public_key
 from tests.unit.test_registry_server import (
     NETWORK,
     START,

@@ -12,30 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilotif.cli import cli
-from pilotif.identity import ipv6_for_key
-from pilotif.keys import encode_key
-from pilotif.overlay.constants import COOKIE_REPLY_SIZE
-from pilotif.overlay.cookie import CookieGenerator
-from pilotif.overlay.crypto import dh, generate_private_key, public_key
-from pilotif.overlay.events import Endpoint
-from pilotif.overlay.messages import parse_cookie_reply
-from pilotif.registry import server, wire
-from pilotif.registry.gate import CONTROL_BURST, NEW_KEY_BURST, RELAY_BURST_BYTES, UNPROVEN_BURST
-from pilotif.registry.ratelimit import TokenBuckets
-from pilotif.registry.server import (
-    MAX_LAN_ENDPOINTS,
-    MAX_TAG_CHARS,
-    MAX_TAGS,
-    MAX_TRUST_MESSAGE_BYTES,
-    ONLINE_WINDOW_S,
-    PENDING_PUSH_LIMIT,
-    SEEN_WRITE_S,
-    TRUST_CACHE_S,
-    RegistryCore,
-)
-from pilotif.registry.store import MAX_PENDING_PER_REQUESTER, MAX_PENDING_PER_TARGET, Store
-from pilotif.registry.wire import (
+from pilotif.cli.main import cli
+from pilotif.control import wire
+from pilotif.control.gate import CONTROL_BURST, NEW_KEY_BURST, RELAY_BURST_BYTES, UNPROVEN_BURST
+from pilotif.control.ratelimit import TokenBuckets
+from pilotif.control.wire import (
     CONTROL_HEADER_SIZE,
     KEY_REQUEST,
     REGISTRY_COOKIE_TYPE,
@@ -47,7 +28,27 @@ from pilotif.registry.wire import (
     unpack_key_reply,
     unpack_relay,
 )
+from pilotif.registry import core as server
+from pilotif.registry.core import (
+    MAX_LAN_ENDPOINTS,
+    MAX_TAG_CHARS,
+    MAX_TAGS,
+    MAX_TRUST_MESSAGE_BYTES,
+    ONLINE_WINDOW_S,
+    PENDING_PUSH_LIMIT,
+    SEEN_WRITE_S,
+    TRUST_CACHE_S,
+    RegistryCore,
+)
+from pilotif.registry.store import MAX_PENDING_PER_REQUESTER, MAX_PENDING_PER_TARGET, Store
 from pilotif.relay.info import RelayInfo
+from pilotif.util.identity import ipv6_for_key
+from pilotif.wg.constants import COOKIE_REPLY_SIZE
+from pilotif.wg.cookie import CookieGenerator
+from pilotif.wg.crypto import dh, generate_private_key, public_key
+from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import encode_key
+from pilotif.wg.messages import parse_cookie_reply
 
 NETWORK = IPv4Network("100.64.0.0/10")
 START = 1_700_000_000.0

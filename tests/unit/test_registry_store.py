@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.identity import ipv6_for_key
-from pilotif.overlay.crypto import generate_private_key, public_key
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.schema import SCHEMA_VERSION
 from pilotif.registry.store import (
@@ -20,6 +18,8 @@ from pilotif.registry.store import (
     StoreError,
     UnknownNode,
 )
+from pilotif.util.identity import ipv6_for_key
+from pilotif.wg.crypto import generate_private_key, public_key
 
 NETWORK = IPv4Network("100.64.0.0/10")
 NOW = 1_700_000_000.0

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pilotif.overlay.crypto import aead_encrypt, dh, generate_private_key, hash_, kdf2, public_key
-from pilotif.registry.wire import (
+from pilotif.control.wire import (
     CONTROL_HEADER_SIZE,
     CONTROL_REPLAY_WINDOW,
     KEY_REQUEST,
@@ -25,6 +24,7 @@ from pilotif.registry.wire import (
     unpack_key_reply,
     unpack_relay,
 )
+from pilotif.wg.crypto import aead_encrypt, dh, generate_private_key, hash_, kdf2, public_key
 
 NODE_PRIVATE = generate_private_key()
 REGISTRY_PRIVATE = generate_private_key()

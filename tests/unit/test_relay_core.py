@@ -7,26 +7,26 @@ from typing import Any
 
 import pytest
 
-from pilotif.node.registry_link import RegistryLink, RelaySourceUnknown, Reply
-from pilotif.overlay.cookie import CookieGenerator
-from pilotif.overlay.crypto import generate_private_key, public_key
-from pilotif.overlay.events import Endpoint
-from pilotif.overlay.messages import parse_cookie_reply
-from pilotif.registry.gate import NEW_KEY_BURST
-from pilotif.registry.wire import (
+from pilotif.control.gate import NEW_KEY_BURST
+from pilotif.control.tickets import (
+    TICKET_LIFETIME_S,
+    check_ticket,
+    issue_ticket,
+    ticket_key,
+)
+from pilotif.control.wire import (
     REGISTRY_COOKIE_TYPE,
     RELAY_SOURCE_UNKNOWN,
     RELAY_TYPE,
     pack_relay,
     unpack_relay,
 )
+from pilotif.node.registry_link import RegistryLink, RelaySourceUnknown, Reply
 from pilotif.relay.core import ATTACH_TIMEOUT_S, RelayCore
-from pilotif.relay.tickets import (
-    TICKET_LIFETIME_S,
-    check_ticket,
-    issue_ticket,
-    ticket_key,
-)
+from pilotif.wg.cookie import CookieGenerator
+from pilotif.wg.crypto import generate_private_key, public_key
+from pilotif.wg.events import Endpoint
+from pilotif.wg.messages import parse_cookie_reply
 
 NOW = 1_700_000_000.0
 RELAY_AT: Endpoint = ("198.18.0.9", 7947)

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.keys import decode_key, encode_key
-from pilotif.overlay.crypto import generate_private_key, public_key
-from pilotif.overlay.events import Endpoint
-from pilotif.registry.wire import KEY_REQUEST, pack_key_reply
-from pilotif.relay.service import (
+from pilotif.control.wire import KEY_REQUEST, pack_key_reply
+from pilotif.relay.server import (
     REGISTRY_KEY_PIN_FILE,
     RelayOptions,
     RelayStartError,
     registry_key_for,
 )
+from pilotif.wg.crypto import generate_private_key, public_key
+from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import decode_key, encode_key
 
 LOOPBACK = "127.0.0.1"
 

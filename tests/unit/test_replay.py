@@ -4,8 +4,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from pilotif.overlay.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE
-from pilotif.overlay.replay import WINDOW_SIZE, ReplayWindow
+from pilotif.wg.constants import REJECT_AFTER_MESSAGES, REPLAY_WINDOW_SIZE
+from pilotif.wg.replay import WINDOW_SIZE, ReplayWindow
 
 
 @pytest.fixture

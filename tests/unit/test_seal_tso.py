@@ -27,8 +27,8 @@ from test_device_batch import (
 )
 from test_offload import MSS_V4, MSS_V6, split, tcp_super_packet
 
-from pilotif.overlay.constants import MAX_GSO_SEGMENTS, REJECT_AFTER_MESSAGES
 from pilotif.tun.offload import VirtioNetHdr
+from pilotif.wg.constants import MAX_GSO_SEGMENTS, REJECT_AFTER_MESSAGES
 
 FLAGS = ["A", "PA", "FPA", "CPA", "CEA"]
 """TCP flags of the super-packet: PSH and FIN go to the last segment, CWR to the first."""

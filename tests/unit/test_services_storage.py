@@ -14,11 +14,9 @@ from typing import cast
 
 import pytest
 
-from pilotif.identity import StateFileError
+from pilotif.daemon.overlay_servers import OverlayServers
 from pilotif.node.core import NodeCore
 from pilotif.observe import EventBus
-from pilotif.overlay_servers import OverlayServers
-from pilotif.paths import StatePaths
 from pilotif.services.inbox import LEGACY_INBOX_FILE, Inbox, InboxLimits
 from pilotif.services.store import STORE_FILE, ServiceStore, Statement
 from pilotif.services.task_service import SUBMIT_BURST, TaskService
@@ -30,6 +28,8 @@ from pilotif.services.tasks import (
     TaskError,
     TaskStore,
 )
+from pilotif.util.identity import StateFileError
+from pilotif.util.paths import StatePaths
 
 NOW = 1_800_000_000.0
 

@@ -1,7 +1,7 @@
 """UDP batching without sockets: which datagrams share a GSO send, how a GRO read splits."""
 
-from pilotif.overlay.messages import split_coalesced
-from pilotif.underlay_batch import MAX_GSO_BYTES, UDP_MAX_SEGMENTS, gso_groups
+from pilotif.net.udp_batch import MAX_GSO_BYTES, UDP_MAX_SEGMENTS, gso_groups
+from pilotif.wg.messages import split_coalesced
 
 PEER = ("198.18.0.2", 51820)
 OTHER = ("198.18.0.3", 51820)

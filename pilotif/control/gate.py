@@ -1,0 +1,175 @@
+"""The cheap checks every sealed control message passes before any X25519: its size,
+mac1 (keyed by our public key), mac2 (the cookie that proves the sender's address;
+without it only a cookie reply goes back, smaller than the message) and the rate limits
+per address; and the limit on relayed traffic per address. The registry and the
+standalone relays both answer through them.
+"""
+
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Final
+
+from pilotif.control.ratelimit import TokenBuckets
+from pilotif.control.wire import (
+    CONTROL_HEADER_SIZE,
+    MAX_PAYLOAD_BYTES,
+    REGISTRY_COOKIE_TYPE,
+    RELAY_SOURCE_UNKNOWN,
+    REQUEST_MACS_SIZE,
+    WireError,
+    unpack_relay,
+)
+from pilotif.wg.constants import AEAD_TAG_SIZE
+from pilotif.wg.cookie import CookieChecker, source_bytes
+from pilotif.wg.events import Endpoint
+from pilotif.wg.handshake import LocalIdentity
+
+CONTROL_RATE_PER_S: Final = 50.0
+CONTROL_BURST: Final = 100.0
+"""Control messages from one proven ip:port (many nodes may share a NAT's address)."""
+NEW_KEY_RATE_PER_S: Final = 20.0
+NEW_KEY_BURST: Final = 50.0
+"""Control messages from keys without a channel (each costs an X25519, and at the
+registry a query), per address group: one host that proves many ports, or owns a /64,
+gets what one port gets."""
+UNPROVEN_RATE_PER_S: Final = 50.0
+UNPROVEN_BURST: Final = 200
+"""Answers (cookie replies, key answers) to one address whose ports are not proven: the
+most an off-path spoofer can reflect at one victim, at no more bytes than it sent."""
+
+RELAY_PACKETS_PER_S: Final = 20_000.0
+RELAY_BURST_PACKETS: Final = 40_000.0
+RELAY_BYTES_PER_S: Final = 25_000_000.0
+RELAY_BURST_BYTES: Final = 50_000_000.0
+"""What one ip:port may send through a relay (the registry's, or a standalone one)."""
+
+_MAX_CONTROL_DATAGRAM: Final = (
+    CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
+)
+_MIN_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
+_IPV6_GROUP_BYTES: Final = 8
+"""Rate limits count an IPv6 source by its /64, as one host may own all of it."""
+
+Outgoing = tuple[bytes, Endpoint]
+"""A datagram to send and where to."""
+
+
+def address_group(source: Endpoint) -> bytes:
+    """What per-address limits count: an IPv4 address, or an IPv6 /64."""
+    return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
+
+
+@dataclass(frozen=True)
+class PrefixRate:
+    """A rate for each network of one size: `rate_per_s` a second, up to `burst`, per
+    IPv`version` network of `prefix_bits`."""
+
+    version: int
+    prefix_bits: int
+    rate_per_s: float
+    burst: float
+
+
+class PrefixLimit:
+    """Token buckets per network at several prefix lengths (a /64, its /48, its /32):
+    a source is allowed when every network it is in has a token left, and then one is
+    taken from each. One who owns a wide prefix gets what its widest network allows,
+    not what its many small ones would add up to."""
+
+    def __init__(self, rates: tuple[PrefixRate, ...]) -> None:
+        self._levels = [(rate, TokenBuckets(rate.rate_per_s, rate.burst)) for rate in rates]
+
+    def allow(self, source: Endpoint, now: float) -> bool:
+        """Take a token for `source` from each of its networks if all have one."""
+        address = ip_address(source[0])
+        keys = [
+            (buckets, int(address) >> (address.max_prefixlen - rate.prefix_bits))
+            for rate, buckets in self._levels
+            if rate.version == address.version
+        ]
+        if any(buckets.tokens(key, now) < 1.0 for buckets, key in keys):
+            return False
+        for buckets, key in keys:
+            buckets.allow(key, now)
+        return True
+
+
+class RelayLimit:
+    """Relay messages per ip:port (packets and bytes, each a token bucket), and their
+    parsing; what it refuses is counted in `counters`."""
+
+    def __init__(self, counters: Counter[str]) -> None:
+        self.counters = counters
+        self._packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
+        self._bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
+
+    def take(self, data: bytes, source: Endpoint, now: float) -> tuple[bytes, bytes] | None:
+        """The destination key and inner datagram of a relay message from `source`;
+        None if it is over the limit or malformed."""
+        if not (self._packets.allow(source, now) and self._bytes.allow(source, now, len(data))):
+            self.counters["relay_rate_limited"] += 1
+            return None
+        try:
+            return unpack_relay(data)
+        except WireError:
+            self.counters["relay_malformed"] += 1
+            return None
+
+
+class ControlGate:
+    """Admits control messages worth opening; counts what it refuses in `counters`."""
+
+    def __init__(self, private_key: bytes, counters: Counter[str]) -> None:
+        self.counters = counters
+        self._cookies = CookieChecker(
+            LocalIdentity.from_private_key(private_key), reply_type=REGISTRY_COOKIE_TYPE
+        )
+        self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
+        self._unproven_limit = TokenBuckets(UNPROVEN_RATE_PER_S, UNPROVEN_BURST)
+        self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
+
+    def admit(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing] | None:
+        """None if the message may be opened; else what to answer (a cookie reply, or
+        nothing)."""
+        if len(data) > _MAX_CONTROL_DATAGRAM:
+            self.counters["too_large"] += 1
+            return []
+        if len(data) < _MIN_CONTROL_DATAGRAM:
+            self.counters["malformed"] += 1
+            return []
+        if not self._cookies.check_mac1(data):
+            self.counters["bad_mac1"] += 1
+            return []
+        address = source_bytes(source)
+        if not self._cookies.check_mac2(data, address, now):
+            if not self.unproven_allowed(source, now):
+                return []
+            self.counters["cookie_replies"] += 1
+            return [(self._cookies.create_reply(data, 0, address, now), source)]
+        if not self._control_limit.allow(source, now):
+            self.counters["rate_limited"] += 1
+            return []
+        return None
+
+    def new_key_allowed(self, source: Endpoint, now: float) -> bool:
+        """Whether a message from a key without a channel may cost an X25519 now, by the
+        address group of its (proven) source; counted if not."""
+        if self._new_key_limit.allow(address_group(source), now):
+            return True
+        self.counters["new_key_rate_limited"] += 1
+        return False
+
+    def unknown_source(self, source: Endpoint, now: float) -> list[Outgoing]:
+        """The answer to a relay message from an address no node is known at: the 4-byte
+        notice that makes the node announce itself again (as every unproven answer,
+        limited per address)."""
+        self.counters["relay_unknown_source"] += 1
+        return [(RELAY_SOURCE_UNKNOWN, source)] if self.unproven_allowed(source, now) else []
+
+    def unproven_allowed(self, source: Endpoint, now: float) -> bool:
+        """Whether an answer may go to an address that proved nothing (counted if not)."""
+        if self._unproven_limit.allow(address_group(source), now):
+            return True
+        self.counters["rate_limited"] += 1
+        return False

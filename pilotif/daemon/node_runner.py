@@ -1,0 +1,363 @@
+"""The asyncio side of a node: runs a `NodeCore` for the daemon.
+
+It feeds the core the time, arms one timer for it, sends its control datagrams, keeps
+the trust record and the counter lease on disk when they change, and owns the futures
+of whoever waits for the registry (`join` at start, the CLI's commands), resolving them
+from the core's events. Every other event goes to the daemon's `on_event`.
+"""
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from pilotif.control.counter_lease import CounterLease
+from pilotif.node.cache import NodeCache, NodeSnapshot
+from pilotif.node.core import UNREACHABLE, NodeCore
+from pilotif.node.events import (
+    Joined,
+    JoinFailed,
+    NodeEvent,
+    PathChanged,
+    PeerAdded,
+    PeerRemoved,
+    RequestDone,
+    RequestError,
+    RequestFailed,
+    StartedWithoutRegistry,
+    TrustStateChanged,
+    TrustSynced,
+)
+from pilotif.node.policy import (
+    ANY_PEER,
+    NETWORK_TARGET,
+    TAG_PREFIX,
+    PolicyError,
+    parse_rule,
+)
+from pilotif.node.policy_files import PolicyFiles
+from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
+from pilotif.node.trust import TrustFiles
+from pilotif.util.logs import log_event
+from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
+
+SYNC_TIMEOUT_S: Final = REQUEST_ATTEMPTS * REQUEST_RETRY_S * 2
+_POLICY_COMMAND: Final = "policy"
+JOIN_GRACE_S: Final = 1.0
+"""How long `up` waits for the registry when it could start from what the node kept."""
+_CACHED_CHANGES: Final = (Joined, PeerAdded, PeerRemoved, PathChanged, StartedWithoutRegistry)
+"""Events after which the node cache is written again (if what it holds changed)."""
+"""How long `join` waits for the first trust list before it carries on without it."""
+
+
+class RegistryError(Exception):
+    """The registry refused a request or never answered; `code` and `hint` say more."""
+
+    def __init__(self, code: str, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.hint = hint
+
+
+class NodeRunner:
+    """A NodeCore on the running event loop; see the module docstring."""
+
+    def __init__(
+        self,
+        core: NodeCore,
+        files: TrustFiles,
+        lease: CounterLease,
+        cache: NodeCache,
+        policy_files: PolicyFiles,
+        *,
+        listen_port: int,
+        send: Callable[[list[tuple[bytes, Endpoint]]], object],
+        flush: Callable[[float], None],
+        on_event: Callable[[NodeEvent], None],
+    ) -> None:
+        self.core = core
+        self._files = files
+        self._lease = lease
+        self._cache = cache
+        self._policy_files = policy_files
+        self._listen_port = listen_port
+        self._send = send
+        self._flush = flush
+        self._on_event = on_event
+        self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._joined: asyncio.Future[None] | None = None
+        self._synced: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # -- driving the core ------------------------------------------------------------
+
+    def after_input(self, now: float) -> None:
+        """After an input to the core: the daemon's flush (which drains the core and
+        sends what the core made the device produce), then the core's timer, whose
+        deadline an input may move without any output."""
+        if not self.core.has_output:
+            self._rearm()
+        self._flush(now)
+
+    def drain(self) -> None:
+        """Send, persist and route what the core produced, and re-arm its timer. The
+        daemon's flush calls it whenever `core.has_output`: also after device input,
+        since the device's roam filter moves paths."""
+        core = self.core
+        datagrams = core.datagrams_to_send()
+        if datagrams:
+            self._lease.cover(core.link.counter)
+            self._send(datagrams)
+        events, core.events = core.events, []
+        persist = False
+        if any(isinstance(event, _CACHED_CHANGES) for event in events):
+            snapshot = core.snapshot(self._listen_port)
+            if snapshot is not None:
+                self._cache.save(snapshot)
+        for event in events:
+            if isinstance(event, TrustStateChanged):
+                persist = True
+            elif isinstance(event, (RequestDone, RequestFailed)):
+                self._resolve_call(event)
+            elif isinstance(event, (Joined, JoinFailed)):
+                self._resolve_join(event)
+                self._on_event(event)
+            elif isinstance(event, TrustSynced):
+                _settle(self._synced)
+            else:
+                if isinstance(event, RequestError) and event.op == "trust_list":
+                    _settle(self._synced)
+                self._on_event(event)
+        if persist:
+            self._files.save(core.trust)
+        self._rearm()
+
+    def receive_control(self, data: bytes, now: float, source: Endpoint | None = None) -> None:
+        """A control datagram from a registry address (None: the current one)."""
+        self.core.receive_control(data, now, source)
+
+    def _rearm(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline is None or deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        now = time.monotonic()
+        self.core.handle_timer(now)
+        self.after_input(now)
+
+    def close(self) -> None:
+        """Stop the timer and fail whoever still waits."""
+        if self._timer is not None:
+            self._timer.cancel()
+        for future in self._calls.values():
+            if not future.done():
+                future.cancel()
+
+    # -- joining ---------------------------------------------------------------------
+
+    async def join(self, snapshot: NodeSnapshot | None = None) -> None:
+        """Register (learning the registry's key first if none is pinned), then fetch
+        the trust list; RegistryError if the registry refuses or never answers. With a
+        `snapshot` of an earlier run, a registry that has not answered within
+        JOIN_GRACE_S is not waited for: the node starts from the snapshot and the
+        registration goes on in the background."""
+        loop = asyncio.get_running_loop()
+        self._joined = loop.create_future()
+        self._synced = loop.create_future()
+        now = time.monotonic()
+        self.core.start(now)
+        self.after_input(now)
+        if snapshot is None:
+            await self._joined
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._joined), JOIN_GRACE_S)
+        except TimeoutError:
+            pass
+        except RegistryError as error:
+            if error.code != UNREACHABLE:
+                raise
+        else:
+            return
+        self._joined.cancel()
+        _settle(self._synced)
+        now = time.monotonic()
+        self.core.resume(snapshot, now)
+        self.after_input(now)
+
+    async def synced(self) -> None:
+        """Wait (a bounded time) for the first trust list after joining."""
+        if self._synced is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._synced), SYNC_TIMEOUT_S)
+            except TimeoutError:
+                return
+
+    def _resolve_join(self, event: Joined | JoinFailed) -> None:
+        future = self._joined
+        if future is None or future.done():
+            return
+        if isinstance(event, JoinFailed):
+            future.set_exception(RegistryError(event.code, event.error, event.hint))
+        else:
+            future.set_result(None)
+
+    # -- requests --------------------------------------------------------------------
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """Send a request through the core and wait for the registry's reply."""
+        now = time.monotonic()
+        request_id = self.core.call(op, fields, now)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._calls[request_id] = future
+        self.after_input(now)
+        try:
+            return await future
+        finally:
+            self._calls.pop(request_id, None)
+
+    def _resolve_call(self, event: RequestDone | RequestFailed) -> None:
+        future = self._calls.get(event.request_id)
+        if future is None or future.done():
+            return
+        if isinstance(event, RequestDone):
+            future.set_result(event.reply)
+        else:
+            future.set_exception(RegistryError(event.code, event.error, event.hint))
+
+    async def command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Answer a CLI command that needs the registry, the peer list or the policy."""
+        command = request.get("command")
+        if isinstance(command, str) and command.startswith(_POLICY_COMMAND):
+            return self._policy_command(command, request)
+        try:
+            if command == "peers":
+                core = self.core
+                return {"ok": True, "peers": [core.describe_peer(p) for p in core.peers.values()]}
+            if command == "find":
+                reply = await self.call("lookup", query=str(request.get("query", "")))
+                return {"ok": True, "nodes": reply.get("nodes", [])}
+            if command in ("trust", "pending"):
+                return {"ok": True, **(await self.trust_list())}
+            key = await self._resolve_key(str(request.get("peer", "")))
+            peer = encode_key(key)
+            if command == "handshake":
+                message = str(request.get("message", ""))
+                reply = await self.call("trust_request", peer=peer, message=message)
+                return {"ok": True, "state": reply.get("state")}
+            if command in ("approve", "reject"):
+                approve = command == "approve"
+                reply = await self.call("trust_respond", peer=peer, approve=approve)
+                return {"ok": True, "state": reply.get("state")}
+            if command == "untrust":
+                await self.call("untrust", peer=peer)
+                return {"ok": True, "state": "none"}
+        except RegistryError as error:
+            return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
+        return {"ok": False, "error": f"unknown command {command!r}", "code": "bad_command"}
+
+    # -- the port policy ---------------------------------------------------------------
+
+    def reload_policy(self) -> None:
+        """SIGHUP: read the policy files again; a bad one is logged, the policy kept."""
+        reply = self._policy_command("policy_reload", {})
+        if reply["ok"]:
+            log_event("policy_reloaded", rules=len(self.core.policy.rules))
+        else:
+            log_event("policy_not_reloaded", error=reply["error"])
+
+    def _policy_command(self, command: str, request: dict[str, Any]) -> dict[str, Any]:
+        """`pilotif policy ...`, `allow`, `deny`: show, reload or change the policy."""
+        files = self._policy_files
+        try:
+            if command == "policy_reload":
+                self.core.set_policy(files.load())
+            elif command == "policy_rule":
+                rule = parse_rule(
+                    str(request.get("action")), str(request.get("target")), str(request.get("spec"))
+                )
+                self._check_target(rule.target)
+                self.core.set_policy(files.add(rule))
+            elif command == "policy_default":
+                action = request.get("action")
+                if action not in ("allow", "deny"):
+                    raise PolicyError("the default is `allow` or `deny`")
+                self.core.set_policy(files.set_default("allow" if action == "allow" else "deny"))
+            elif command != "policy":
+                raise PolicyError(f"unknown command {command!r}")
+        except PolicyError as error:
+            return {"ok": False, "error": str(error), "code": "bad_policy"}
+        except RegistryError as error:
+            return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
+        policy = self.core.policy
+        denied = {
+            peer.hostname: state.policy_denied
+            for peer in self.core.peers.values()
+            if (state := self.core.device.peer(peer.public_key)) is not None
+        }
+        return {
+            "ok": True,
+            "policy": {"default": policy.default, "rules": [r.text() for r in policy.rules]},
+            "policy_denied": denied,
+        }
+
+    def _check_target(self, target: str) -> None:
+        """A rule for a peer by name needs a peer of that name (tags and `*` do not)."""
+        if target in (ANY_PEER, NETWORK_TARGET) or target.startswith(TAG_PREFIX):
+            return
+        if self.core.find_peer(target) is None:
+            raise RegistryError(
+                "peer_not_found",
+                f"no trusted peer is called {target!r}",
+                "`pilotif peers` lists them; a rule for tag:NAME, network or * needs none",
+            )
+
+    async def trust_list(self) -> dict[str, list[Any]]:
+        """Every page of the registry's trust list, joined."""
+        joined: dict[str, list[Any]] = {"trusted": [], "incoming": [], "outgoing": []}
+        offset: int | None = 0
+        while offset is not None:
+            reply = await self.call("trust_list", offset=offset)
+            for name, items in joined.items():
+                items.extend(reply.get(name, []))
+            next_offset = reply.get("next_offset")
+            offset = next_offset if isinstance(next_offset, int) and next_offset > offset else None
+        return joined
+
+    async def _resolve_key(self, text: str) -> bytes:
+        """A peer's key from a hostname, virtual IP or key: local peers first, then
+        nodes that asked us for trust, then the registry."""
+        peer = self.core.find_peer(text)
+        if peer is not None:
+            return peer.public_key
+        asker = self.core.requesters.get(text.strip().lower().removesuffix(".pilot"))
+        if asker is not None:
+            return asker
+        reply = await self.call("lookup", query=text.strip().removesuffix(".pilot"))
+        nodes = reply.get("nodes", [])
+        keys = {node.get("public_key") for node in nodes if isinstance(node, dict)}
+        if len(nodes) != 1 or len(keys) != 1:
+            raise RegistryError(
+                "peer_not_found" if not nodes else "ambiguous_peer",
+                f"no single node matches {text!r} ({len(nodes)} found)",
+                "use `pilotif find` to see who is registered",
+            )
+        try:
+            return decode_key(str(keys.pop()))
+        except InvalidKeyError:
+            raise RegistryError(
+                "peer_not_found", f"the registry gave no key for {text!r}"
+            ) from None
+
+
+def _settle(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)

@@ -1,0 +1,154 @@
+"""mac1, mac2 and cookie replies: WireGuard's DoS mitigation (whitepaper 5.4.4 and 5.4.7).
+
+Every handshake message ends with mac1 (keyed by the receiver's public key, so
+only messages meant for us pass a cheap check) and mac2 (keyed by a cookie the
+responder handed out, binding the sender to its source address). A responder
+under load answers handshakes that lack a valid mac2 with a cookie reply
+instead of doing the expensive Diffie-Hellman work.
+"""
+
+import hmac as _hmac
+import ipaddress
+import os
+from collections.abc import Callable
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+
+from pilotif.wg.constants import COOKIE_REFRESH_TIME_S, COOKIE_REPLY_SIZE, MESSAGE_COOKIE_REPLY
+from pilotif.wg.crypto import (
+    HASH_SIZE,
+    MAC_SIZE,
+    XAEAD_NONCE_SIZE,
+    BytesLike,
+    hash_,
+    mac,
+    xaead_decrypt,
+    xaead_encrypt,
+)
+from pilotif.wg.events import PeerEndpoint, RelayEndpoint
+from pilotif.wg.handshake import LABEL_COOKIE, LABEL_MAC1, LocalIdentity
+from pilotif.wg.messages import (
+    COOKIE_REPLY,
+    CookieReplyMessage,
+    MessageError,
+    parse_cookie_reply,
+)
+
+# mac1 and mac2 are the last two 16-byte fields of both handshake messages.
+_MAC1_START: Final = -2 * MAC_SIZE
+_MAC2_START: Final = -MAC_SIZE
+_PORT_SIZE: Final = 2
+# The initiator stops using a cookie this long before the responder's secret
+# can have changed (Linux: COOKIE_SECRET_LATENCY).
+_COOKIE_EXPIRY_MARGIN_S: Final = 5.0
+_NO_MAC: Final = bytes(MAC_SIZE)
+
+
+def source_bytes(source: PeerEndpoint) -> bytes:
+    """What a cookie is bound to: the packed address (4 or 16 bytes) and big-endian port
+    of a UDP source, or the peer key (32 bytes) of a datagram that came through the relay."""
+    if isinstance(source, RelayEndpoint):
+        return source.peer
+    host, port = source
+    return ipaddress.ip_address(host).packed + port.to_bytes(_PORT_SIZE, "big")
+
+
+class CookieChecker:
+    """The responder's side, one per device (and one in the registry, whose replies have
+    `reply_type` 0x54): checks mac1/mac2 and writes cookie replies."""
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        reply_type: int = MESSAGE_COOKIE_REPLY,
+    ) -> None:
+        self._reply_type = reply_type
+        self._mac1_key = local.mac1_key
+        self._cookie_key = local.cookie_key
+        self._random_bytes = random_bytes
+        self._secret = b""
+        self._secret_created_at: float | None = None
+
+    def check_mac1(self, message: BytesLike) -> bool:
+        """Whether the message's mac1 is keyed by our public key."""
+        expected = mac(self._mac1_key, message[:_MAC1_START])
+        return _hmac.compare_digest(expected, message[_MAC1_START:_MAC2_START])
+
+    def check_mac2(self, message: BytesLike, source: bytes, now: float) -> bool:
+        """Whether the message's mac2 uses the current cookie of `source`."""
+        if not self._secret_is_fresh(now):
+            return False
+        expected = mac(self._cookie(source), message[:_MAC2_START])
+        return _hmac.compare_digest(expected, message[_MAC2_START:])
+
+    def create_reply(
+        self, message: BytesLike, receiver_index: int, source: bytes, now: float
+    ) -> bytes:
+        """The 64-byte cookie reply to a handshake message (whose sender is `receiver_index`)."""
+        if not self._secret_is_fresh(now):
+            self._secret = self._random_bytes(HASH_SIZE)
+            self._secret_created_at = now
+        nonce = self._random_bytes(XAEAD_NONCE_SIZE)
+        encrypted_cookie = xaead_encrypt(
+            self._cookie_key, nonce, self._cookie(source), message[_MAC1_START:_MAC2_START]
+        )
+        reply = bytearray(COOKIE_REPLY_SIZE)
+        COOKIE_REPLY.pack_into(reply, 0, self._reply_type, receiver_index, nonce, encrypted_cookie)
+        return bytes(reply)
+
+    def _secret_is_fresh(self, now: float) -> bool:
+        created_at = self._secret_created_at
+        return created_at is not None and now - created_at <= COOKIE_REFRESH_TIME_S
+
+    def _cookie(self, source: bytes) -> bytes:
+        return mac(self._secret, source)
+
+
+class CookieGenerator:
+    """The initiator's side, one per peer: writes mac1/mac2 and takes in cookie replies."""
+
+    def __init__(self, remote_static: bytes) -> None:
+        self._mac1_key = hash_(LABEL_MAC1, remote_static)
+        self._cookie_key = hash_(LABEL_COOKIE, remote_static)
+        self._last_mac1: bytes | None = None
+        self._cookie = b""
+        self._cookie_received_at: float | None = None
+
+    def add_macs(self, message: bytearray, now: float) -> None:
+        """Fill mac1, and mac2 when we hold a cookie that is still valid (else zeros)."""
+        mac1 = mac(self._mac1_key, message[:_MAC1_START])
+        message[_MAC1_START:_MAC2_START] = mac1
+        self._last_mac1 = mac1
+        if self._cookie_is_fresh(now):
+            message[_MAC2_START:] = mac(self._cookie, message[:_MAC2_START])
+        else:
+            message[_MAC2_START:] = _NO_MAC
+
+    def consume_reply(self, message: BytesLike | CookieReplyMessage, now: float) -> bool:
+        """Store the cookie of a reply to our last handshake message; False if it is not one."""
+        if self._last_mac1 is None:
+            return False
+        if not isinstance(message, CookieReplyMessage):
+            try:
+                message = parse_cookie_reply(message)
+            except MessageError:
+                return False
+        try:
+            cookie = xaead_decrypt(
+                self._cookie_key, message.nonce, message.encrypted_cookie, self._last_mac1
+            )
+        except InvalidTag:
+            return False
+        self._cookie = cookie
+        self._cookie_received_at = now
+        self._last_mac1 = None
+        return True
+
+    def _cookie_is_fresh(self, now: float) -> bool:
+        received_at = self._cookie_received_at
+        return (
+            received_at is not None
+            and now - received_at < COOKIE_REFRESH_TIME_S - _COOKIE_EXPIRY_MARGIN_S
+        )
