@@ -27,8 +27,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pilotif.control.identity import load_or_create_key
 from pilotif.relay.server import RELAY_KEY_FILE
-from pilotif.util.identity import load_or_create_key
 from pilotif.wg.crypto import public_key
 from pilotif.wg.keys import encode_key
 from pilotif_lab.netns import (

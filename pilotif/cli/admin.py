@@ -27,6 +27,7 @@ from pilotif.cli.common import (
     json_output,
     terminal_safe,
 )
+from pilotif.control.identity import HostnameError, normalize_hostname
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.store import (
     DB_FILE_NAME,
@@ -36,7 +37,6 @@ from pilotif.registry.store import (
     StoreError,
 )
 from pilotif.util.duration import DurationError, parse_duration
-from pilotif.util.identity import HostnameError, normalize_hostname
 
 _ANY_NETWORK = IPv4Network("100.64.0.0/10")
 """The store needs an address range to allocate from; admin commands allocate none."""

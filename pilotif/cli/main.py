@@ -40,6 +40,7 @@ from pilotif.cli.policy import allow, deny, policy
 from pilotif.cli.services import inbox, publish, received, send, send_file, subscribe
 from pilotif.cli.task import task
 from pilotif.cli.tcp import bench, listen
+from pilotif.control.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.daemon.api import ControlError, request, stream
 from pilotif.daemon.wgquick import ConfigError, InterfaceConfig, load_config
 from pilotif.node.core import NETWORK_POLICY, QUEUED, NodeOptions
@@ -47,13 +48,7 @@ from pilotif.registry.database import DatabaseError
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.relay.info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.util.duration import DurationError, parse_duration
-from pilotif.util.identity import (
-    HostnameError,
-    StateFileError,
-    append_private_file,
-    load_or_create_key,
-    normalize_hostname,
-)
+from pilotif.util.files import StateFileError, append_private_file
 from pilotif.util.logs import log_event, setup_logging
 from pilotif.util.paths import STATE_DIR_ENV, StatePaths
 from pilotif.wg.crypto import generate_private_key, public_key
@@ -758,7 +753,7 @@ def connect(peer: str, port: int, timeout: float, state_dir: Path) -> None:
 )
 def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
     """ICMP echo to PEER over the overlay: RTT and path of each reply."""
-    from pilotif.daemon.icmp import ping_once
+    from pilotif.cli.ping import ping_once
 
     address = _peer_address(state_dir, peer)
     results = []

@@ -15,7 +15,7 @@ from pilotif.cli.common import (
     state_dir_option,
 )
 from pilotif.cli.mcp_token import load_or_create_token, token_path
-from pilotif.util.identity import StateFileError
+from pilotif.util.files import StateFileError
 
 
 def _sdk_missing(error: ImportError) -> CliError:

@@ -40,7 +40,7 @@ from pilotif.cli.mcp_token import TOKEN_CLIENT_ID, read_token, token_path
 from pilotif.cli.untrusted import marked, visible, visible_text
 from pilotif.services import peer_client
 from pilotif.services.client import ServiceError
-from pilotif.util.identity import StateFileError
+from pilotif.util.files import StateFileError
 
 MAX_REPLY_BYTES: Final = 64 * 1024
 MAX_REQUEST_S: Final = 30.0

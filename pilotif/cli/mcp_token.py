@@ -7,7 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Final
 
-from pilotif.util.identity import StateFileError, read_state_file, write_private_file
+from pilotif.util.files import StateFileError, read_state_file, write_private_file
 from pilotif.util.paths import StatePaths
 
 TOKEN_FILE: Final = "mcp.token"

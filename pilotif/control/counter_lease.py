@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Final
 
-from pilotif.util.identity import StateFileError, read_state_file, write_private_file
+from pilotif.util.files import StateFileError, read_state_file, write_private_file
 
 LEASE: Final = 2**32
 """How many counters one write covers (a node seals a few per minute)."""

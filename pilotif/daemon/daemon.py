@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pilotif.control.counter_lease import CounterLease
+from pilotif.control.identity import IPV6_PREFIX
 from pilotif.control.wire import format_endpoint
 from pilotif.daemon.api import Reply, Request, serve_control
 from pilotif.daemon.datapath import DataPath
@@ -53,7 +54,7 @@ from pilotif.tun import (
     link_exists,
 )
 from pilotif.tun.offload import TunBatch, enable_offloads
-from pilotif.util.identity import IPV6_PREFIX, StateFileError, write_private_file
+from pilotif.util.files import StateFileError, write_private_file
 from pilotif.util.logs import log_event
 from pilotif.util.paths import StatePaths
 from pilotif.wg.constants import TRANSPORT_MIN_SIZE

@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from pilotif.net.hostport import MAX_PORT, HostPortError, parse_host_port
+from pilotif.packet.ip import IPV6_MIN_MTU
 from pilotif.wg.crypto import public_key
 from pilotif.wg.keys import decode_key
 
 MIN_MTU: Final = 576
 MAX_MTU: Final = 65535
 # IPv6 refuses links whose MTU is below this (RFC 8200 section 5).
-IPV6_MIN_MTU: Final = 1280
 MAX_KEEPALIVE_S: Final = 65535
 
 _DIGITS: Final = re.compile(r"[0-9]+", re.ASCII)

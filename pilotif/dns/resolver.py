@@ -24,7 +24,7 @@ from pathlib import Path
 import dns.reversename
 
 from pilotif.dns.responder import DOMAIN
-from pilotif.util.identity import write_private_file
+from pilotif.util.files import write_private_file
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 RESOLVED_STUB = Path("/run/systemd/resolve/stub-resolv.conf")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pilotif.control.wire import format_endpoint, parse_endpoint
-from pilotif.util.identity import StateFileError, read_state_file, write_private_file
+from pilotif.util.files import StateFileError, read_state_file, write_private_file
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 

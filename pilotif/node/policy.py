@@ -25,8 +25,8 @@ running policy is then left as it was.
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from pilotif.control.identity import HostnameError, normalize_hostname
 from pilotif.packet.filter import PacketFilter, PortDecisions
-from pilotif.util.identity import HostnameError, normalize_hostname
 
 Action = Literal["allow", "deny"]
 Proto = Literal["tcp", "udp", "icmp"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Final
 
 from pilotif.node.policy import Action, Policy, PolicyError, Rule, parse_policy
-from pilotif.util.identity import StateFileError, read_state_file, write_private_file
+from pilotif.util.files import StateFileError, read_state_file, write_private_file
 
 POLICY_RULES_FILE: Final = "policy.rules"
 

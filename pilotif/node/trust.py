@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from pilotif.util.identity import StateFileError, read_state_file, write_private_file
+from pilotif.util.files import StateFileError, read_state_file, write_private_file
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 
 REGISTRY_PIN_FILE: Final = "registry.pub"

@@ -10,6 +10,9 @@ from typing import Final
 
 from pilotif.wg.crypto import BytesLike
 
+IPV6_MIN_MTU: Final = 1280
+"""The smallest MTU a link that carries IPv6 may have (RFC 8200 section 5)."""
+
 _IPV4: Final = 4
 _IPV6: Final = 6
 _IPV4_MIN_HEADER_SIZE: Final = 20

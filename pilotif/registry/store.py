@@ -15,10 +15,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from pilotif.control.identity import ipv6_for_key
 from pilotif.registry.database import Cursor, DatabaseError, Executor, open_database
 from pilotif.registry.joinkey import new_join_key, secret_matches
 from pilotif.registry.schema import migrate
-from pilotif.util.identity import ipv6_for_key
 
 TrustState = Literal["none", "pending", "trusted"]
 

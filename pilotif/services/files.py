@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
-from pilotif.util.identity import append_private_file, read_state_file
+from pilotif.util.files import append_private_file, read_state_file
 
 RECEIVED_DIR: Final = "received"
 PARTIAL_DIR: Final = ".partial"

@@ -17,7 +17,7 @@ from dataclasses import astuple, dataclass
 from typing import Any, Final
 
 from pilotif.services.store import ServiceStore, Statement, storable
-from pilotif.util.identity import StateFileError, read_state_file
+from pilotif.util.files import StateFileError, read_state_file
 
 LEGACY_INBOX_FILE: Final = "inbox.jsonl"
 MAX_MESSAGES: Final = 1000

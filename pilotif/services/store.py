@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from pilotif.util.identity import StateFileError, append_private_file
+from pilotif.util.files import StateFileError, append_private_file
 from pilotif.util.logs import log_event
 
 STORE_FILE: Final = "services.db"

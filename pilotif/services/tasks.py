@@ -30,7 +30,7 @@ from dataclasses import astuple, dataclass, fields, replace
 from typing import Any, Final, Literal
 
 from pilotif.services.store import ServiceStore, storable
-from pilotif.util.identity import StateFileError, read_state_file
+from pilotif.util.files import StateFileError, read_state_file
 
 LEGACY_TASKS_FILE: Final = "tasks.json"
 TASK_TTL_S: Final = 24 * 3600.0

@@ -18,7 +18,7 @@ from typing import Final
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pilotif.daemon.wgquick import IPV6_MIN_MTU
+from pilotif.packet.ip import IPV6_MIN_MTU
 from pilotif.tun.guard import GuardError, guard_overlay_addresses, remove_guard
 from pilotif.util.logs import log_event
 

@@ -1,2 +1,2 @@
-"""Small pieces every layer uses: structured logs, state paths and files, identities and
-hostnames, durations, a bounded LRU mapping."""
+"""Small pieces every layer uses: structured logs, state paths, state files (atomic, 0600,
+never through a link), durations, a bounded LRU mapping."""

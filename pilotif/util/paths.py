@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from pilotif.util.identity import StateFileError
+from pilotif.util.files import StateFileError
 
 DEFAULT_STATE_DIR = Path("/var/lib/pilotif")
 STATE_DIR_ENV = "PILOTIF_STATE_DIR"

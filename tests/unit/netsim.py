@@ -27,11 +27,11 @@ from enum import StrEnum
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from pilotif.daemon.icmp import echo_request_packet
 from pilotif.net.bind import RelayFraming
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent, RelaysChanged
 from pilotif.node.trust import TrustRecord
+from pilotif.packet.icmp import echo_request_packet
 from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
 from pilotif.relay.core import RelayCore

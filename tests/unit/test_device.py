@@ -28,8 +28,8 @@ from conftest import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pilotif.daemon.icmp import echo_request_packet
 from pilotif.node.policy import PeerIdentity, packet_filter, parse_policy
+from pilotif.packet.icmp import echo_request_packet
 from pilotif.wg.constants import (
     COOKIE_REPLY_SIZE,
     HANDSHAKE_INITIATION_RATE_S,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pilotif.control.identity import IPV6_PREFIX
 from pilotif.node.candidates import MAX_PEER_CANDIDATES, usable_candidates
-from pilotif.util.identity import IPV6_PREFIX
 from pilotif.wg.events import Endpoint
 from tests.unit.netsim import Network, SimNode
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.daemon.icmp import echo_request_packet
 from pilotif.node.core import REGISTER_INTERVAL_S, REGISTRY_RECENT_S, REGISTRY_RETRY_S
 from pilotif.node.events import (
     Joined,
@@ -33,6 +32,7 @@ from pilotif.node.paths import (
     next_state,
 )
 from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
+from pilotif.packet.icmp import echo_request_packet
 from pilotif.wg.drops import DropReason
 from pilotif.wg.events import RelayEndpoint
 from tests.unit.netsim import (

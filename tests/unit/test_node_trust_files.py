@@ -10,7 +10,7 @@ import pytest
 
 from pilotif.node.cache import NODE_CACHE_FILE, CachedPeer, NodeCache, NodeSnapshot
 from pilotif.node.trust import TrustFiles, TrustRecord
-from pilotif.util.identity import StateFileError
+from pilotif.util.files import StateFileError
 from pilotif.util.logs import _EventFormatter
 from pilotif.wg.cookie import source_bytes
 from pilotif.wg.events import RelayEndpoint

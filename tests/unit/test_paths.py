@@ -6,12 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.util.identity import (
-    StateFileError,
-    append_private_file,
-    load_or_create_key,
-    write_private_file,
-)
+from pilotif.control.identity import load_or_create_key
+from pilotif.util.files import StateFileError, append_private_file, write_private_file
 from pilotif.util.paths import StatePaths
 
 

@@ -12,7 +12,7 @@ from pilotif_lab.postgres import ThrowawayPostgres
 from pilotif.registry.database import DatabaseError, without_password
 from pilotif.registry.server import REGISTRY_KEY_FILE, RegistryOptions, _open_store
 from pilotif.registry.store import Store
-from pilotif.util.identity import write_private_file
+from pilotif.util.files import write_private_file
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.keys import encode_key
 from tests.unit.test_cli import assert_one_line_error, pilotif

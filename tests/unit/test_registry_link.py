@@ -22,7 +22,7 @@ from pilotif.node.registry_link import (
 )
 from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
-from pilotif.util.identity import StateFileError
+from pilotif.util.files import StateFileError
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import encode_key

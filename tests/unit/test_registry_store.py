@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pilotif.control.identity import ipv6_for_key
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.schema import SCHEMA_VERSION
 from pilotif.registry.store import (
@@ -18,7 +19,6 @@ from pilotif.registry.store import (
     StoreError,
     UnknownNode,
 )
-from pilotif.util.identity import ipv6_for_key
 from pilotif.wg.crypto import generate_private_key, public_key
 
 NETWORK = IPv4Network("100.64.0.0/10")

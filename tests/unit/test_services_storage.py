@@ -28,7 +28,7 @@ from pilotif.services.tasks import (
     TaskError,
     TaskStore,
 )
-from pilotif.util.identity import StateFileError
+from pilotif.util.files import StateFileError
 from pilotif.util.paths import StatePaths
 
 NOW = 1_800_000_000.0

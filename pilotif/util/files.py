@@ -1,47 +1,18 @@
-"""Identities and state files: key files kept atomically with mode 0600 and never read
-through a symlink, the IPv6 address derived from a key, and the rules for hostnames."""
+"""State files: written atomically with mode 0600 (temp file and rename), and never read
+or appended through a symbolic link; a file that cannot be used is one StateFileError that
+names it and says what to do."""
 
 import errno
-import ipaddress
 import os
-import re
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Final
 
-from pilotif.wg.crypto import generate_private_key, hash_
-from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
-
-IPV6_PREFIX = ipaddress.IPv6Network("fd50:696c:6f74::/48")
-_IPV6_LABEL = b"pilotif ipv6"
-_IPV6_SUFFIX_BYTES = 10
-_KEY_FILE_MODE = 0o600
-_HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-
-
-class HostnameError(ValueError):
-    """A hostname that is not a DNS label."""
+PRIVATE_FILE_MODE: Final = 0o600
 
 
 class StateFileError(Exception):
     """A state file that cannot be used; the message names it and says what to do."""
-
-
-def ipv6_for_key(public_key: bytes) -> ipaddress.IPv6Address:
-    """The node's IPv6 address: the pilotif ULA /48 and 80 bits of a hash of its key."""
-    suffix = hash_(_IPV6_LABEL, public_key)[:_IPV6_SUFFIX_BYTES]
-    return ipaddress.IPv6Address(IPV6_PREFIX.network_address.packed[:6] + suffix)
-
-
-def normalize_hostname(name: str) -> str:
-    """The lower-cased hostname, or HostnameError saying what a valid one looks like."""
-    lowered = name.strip().lower()
-    if not _HOSTNAME.match(lowered):
-        raise HostnameError(
-            f"invalid hostname {name!r}: use 1-63 letters, digits and '-', "
-            "not starting or ending with '-'"
-        )
-    return lowered
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -49,7 +20,7 @@ def write_private_file(path: Path, text: str) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, _KEY_FILE_MODE)
+        os.fchmod(fd, PRIVATE_FILE_MODE)
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
             handle.flush()
@@ -64,7 +35,7 @@ def _open_no_follow(path: Path, flags: int) -> int:
     """`os.open` that never follows a symbolic link at `path` (new files get mode 0600);
     FileNotFoundError passes through, any other failure is a StateFileError."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, _KEY_FILE_MODE)
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     except FileNotFoundError:
         raise
     except OSError as error:
@@ -97,27 +68,3 @@ def append_private_file(path: Path) -> BinaryIO:
     except FileNotFoundError as error:
         raise StateFileError(f"cannot open {path}: {error.strerror}") from None
     return os.fdopen(fd, "ab")
-
-
-def load_or_create_key(path: Path) -> bytes:
-    """The private key stored at `path`, created there on first use."""
-    key = load_key(path)
-    if key is None:
-        key = generate_private_key()
-        write_private_file(path, encode_key(key) + "\n")
-    return key
-
-
-def load_key(path: Path) -> bytes | None:
-    """The private key stored at `path` (None: no file); StateFileError if the file
-    holds something else."""
-    text = read_state_file(path)
-    if text is None:
-        return None
-    try:
-        return decode_key(text)
-    except InvalidKeyError:
-        raise StateFileError(
-            f"{path} does not hold a private key; restore it from a backup, or move it "
-            "away to start with a new key (peers must then trust the new key again)"
-        ) from None
