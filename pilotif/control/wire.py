@@ -13,12 +13,22 @@ from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 
+from pilotif.net.hostport import format_endpoint as format_endpoint
 from pilotif.net.hostport import parse_address_port
+from pilotif.net.relay_frame import CONTROL_TYPE as CONTROL_TYPE
+from pilotif.net.relay_frame import PUNCH_OPENER as PUNCH_OPENER
+from pilotif.net.relay_frame import PUNCH_OPENER_TYPE as PUNCH_OPENER_TYPE
+from pilotif.net.relay_frame import RELAY_HEADER_SIZE as RELAY_HEADER_SIZE
+from pilotif.net.relay_frame import RELAY_TYPE as RELAY_TYPE
+from pilotif.net.relay_frame import RESERVED as _RESERVED
+from pilotif.net.relay_frame import RESERVED_ZEROS as _RESERVED_ZEROS
+from pilotif.net.relay_frame import WireError as WireError
+from pilotif.net.relay_frame import pack_relay as pack_relay
+from pilotif.net.relay_frame import unpack_relay as unpack_relay
 from pilotif.wg.constants import AEAD_TAG_SIZE
 from pilotif.wg.crypto import (
     KEY_SIZE,
     MAC_SIZE,
-    BytesLike,
     aead_decrypt,
     aead_encrypt,
     dh,
@@ -28,16 +38,7 @@ from pilotif.wg.crypto import (
 from pilotif.wg.crypto import public_key as _public_key
 from pilotif.wg.events import Endpoint
 
-CONTROL_TYPE: Final = 0x50
-RELAY_TYPE: Final = 0x51
 KEY_REQUEST_TYPE: Final = 0x52
-PUNCH_OPENER_TYPE: Final = 0x53
-PUNCH_OPENER: Final = bytes((PUNCH_OPENER_TYPE, 0, 0, 0))
-"""What a node sends to each of a peer's candidates the moment a punch arrives, before
-any session exists: it opens our NAT's mapping towards the peer at the same moment the
-peer opens its own, so neither side's first probe meets a NAT with no mapping (a router
-that takes such a packet for itself then blocks that port towards the peer). The
-receiver drops it and counts it."""
 RELAY_SOURCE_UNKNOWN_TYPE: Final = 0x55
 RELAY_SOURCE_UNKNOWN: Final = bytes((RELAY_SOURCE_UNKNOWN_TYPE, 0, 0, 0))
 """The registry's answer to a relay message from an address no node registered from: the
@@ -54,7 +55,6 @@ whose mac2 does not prove the sender's address, and carries the cookie that will
 CONTROL_HEADER_SIZE: Final = 44
 REQUEST_MACS_SIZE: Final = 2 * MAC_SIZE
 """mac1 and mac2 follow the ciphertext of every control message a node sends."""
-RELAY_HEADER_SIZE: Final = 36
 KEY_MESSAGE_SIZE: Final = 36
 MAX_PAYLOAD_BYTES: Final = 1200
 MAX_COUNTER: Final = 2**63 - 1
@@ -78,22 +78,10 @@ KEY_REQUEST: Final = bytes((KEY_REQUEST_TYPE, 0, 0, 0)) + bytes(KEY_SIZE)
 """What a node sends to learn the registry's key on first contact."""
 
 _CONTROL_HEADER: Final = struct.Struct("<B3x32sQ")
-_RELAY_HEADER: Final = struct.Struct("<B3x32s")
-_RESERVED: Final = slice(1, 4)
-_RESERVED_ZEROS: Final = bytes(3)
 _CONTROL_LABEL: Final = b"pilotif control v1"
 _MAX_CIPHERTEXT_BYTES: Final = MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE
 
 assert _CONTROL_HEADER.size == CONTROL_HEADER_SIZE
-assert _RELAY_HEADER.size == RELAY_HEADER_SIZE
-
-
-class WireError(ValueError):
-    """A datagram from the network that we refuse; `reason` names why, for counters."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
 
 
 class StaleCounter(WireError):
@@ -248,28 +236,6 @@ def stale_counter_reply(floor: int) -> dict[str, Any]:
     notice = error_reply("stale_counter", "the counter is not above the last one", "")
     notice["floor"] = floor
     return notice
-
-
-def pack_relay(peer_public: bytes, inner: BytesLike) -> bytes:
-    """`0x51 0 0 0 | peer key | inner datagram`."""
-    if len(peer_public) != KEY_SIZE:
-        raise ValueError("a public key is 32 bytes")
-    return _RELAY_HEADER.pack(RELAY_TYPE, peer_public) + inner
-
-
-def unpack_relay(datagram: bytes) -> tuple[bytes, bytes]:
-    """The peer key and the inner datagram of a relay message; WireError if malformed."""
-    if len(datagram) <= RELAY_HEADER_SIZE:
-        raise WireError("malformed", "relay message without a datagram")
-    if datagram[0] != RELAY_TYPE or datagram[_RESERVED] != _RESERVED_ZEROS:
-        raise WireError("malformed", "not a relay message")
-    return bytes(datagram[4:RELAY_HEADER_SIZE]), bytes(datagram[RELAY_HEADER_SIZE:])
-
-
-def format_endpoint(endpoint: Endpoint) -> str:
-    """`ip:port`, or `[ip6]:port`: how endpoints travel in control messages."""
-    host, port = endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_endpoint(text: str) -> Endpoint:

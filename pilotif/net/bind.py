@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pilotif.control.wire import (
+from pilotif.net.hostport import format_endpoint
+from pilotif.net.relay_frame import (
     CONTROL_TYPE,
     PUNCH_OPENER,
     RELAY_TYPE,
     WireError,
-    format_endpoint,
     pack_relay,
     unpack_relay,
 )

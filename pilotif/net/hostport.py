@@ -68,3 +68,9 @@ def _ipv4_or_name(text: str, host: str) -> str:
     ):
         raise HostPortError(f"{text!r}: {host!r} is neither an IPv4 address nor a host name")
     return host
+
+
+def format_endpoint(endpoint: tuple[str, int]) -> str:
+    """`ip:port`, or `[ip6]:port`: how endpoints travel in control messages and logs."""
+    host, port = endpoint
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
