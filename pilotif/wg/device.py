@@ -22,6 +22,7 @@ import functools
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
 
@@ -66,6 +67,7 @@ from pilotif.wg.events import (
     HandshakeGaveUp,
     KeysZeroed,
     PeerEndpoint,
+    RelayEndpoint,
 )
 from pilotif.wg.fastpath.batch_loops import coalesce_rows, open_rows, seal_rows, seal_tso
 from pilotif.wg.handshake import (
@@ -147,6 +149,20 @@ def padded_length(length: int, mtu: int) -> int:
     return padded if padded <= mtu else max(length, mtu)
 
 
+@dataclass(frozen=True)
+class Roaming:
+    """Which authenticated sources may move a peer's endpoint, as whoever chooses the
+    peer's paths (the node) sets it with `Device.set_roaming`; the device applies it and
+    reports each move (EndpointChanged): it never calls back."""
+
+    to_udp: bool
+    """A UDP address may take the endpoint."""
+    to_relay_after_s: float | None
+    """The peer's own relay endpoint may take it with a handshake initiation, or when
+    nothing arrived on the current endpoint for longer than this; None: never (a relay
+    endpoint of another peer never does)."""
+
+
 class Device:
     """A WireGuard interface's protocol state; see the module docstring."""
 
@@ -190,10 +206,8 @@ class Device:
         None takes any destination (a plain WireGuard interface that may route)."""
         self._local_ipv4: bytes | None = None
         """Our one IPv4 address (packed) among `local_addresses`, if there is just one."""
-        self.roam_filter: Callable[[Peer, PeerEndpoint, float, bool], bool] | None = None
-        """Decides whether a peer's endpoint may move to the source of an authenticated
-        packet (the last argument: it is a handshake initiation); None lets it follow
-        every one (plain WireGuard roaming)."""
+        self._roaming: dict[bytes, Roaming] = {}
+        """Peer key -> which sources may move its endpoint (`set_roaming`)."""
 
     # -- configuration -------------------------------------------------------------
 
@@ -244,6 +258,7 @@ class Device:
         if peer is None:
             return
         self._routes.remove_value(peer)
+        self._roaming.pop(public_key, None)
         self._zero_keys(peer)
 
     def peers(self) -> list[Peer]:
@@ -260,6 +275,14 @@ class Device:
         if peer is not None:
             peer.endpoint = endpoint
             peer.unanswered_since_s = None
+
+    def set_roaming(self, public_key: bytes, roaming: Roaming | None) -> None:
+        """Which authenticated sources may move the peer's endpoint from now on (None:
+        every one, plain WireGuard roaming). Each move is reported as EndpointChanged."""
+        if roaming is None:
+            self._roaming.pop(public_key, None)
+        else:
+            self._roaming[public_key] = roaming
 
     def set_packet_filter(self, public_key: bytes, packet_filter: PacketFilter | None) -> None:
         """Apply a port policy to what the peer sends us (None: everything passes)."""
@@ -1084,12 +1107,10 @@ class Device:
         initiation: bool = False,
     ) -> None:
         """An authenticated packet arrived: the endpoint roams to its source (unless the
-        roam filter keeps it). Data or a handshake response on the current path answers
-        what we sent; a keepalive or an initiation proves only the way towards us."""
+        peer's `Roaming` keeps it). Data or a handshake response on the current path
+        answers what we sent; a keepalive or an initiation proves only the way towards us."""
         if peer.endpoint != source and (
-            peer.endpoint is None
-            or self.roam_filter is None
-            or self.roam_filter(peer, source, now, initiation)
+            peer.endpoint is None or self._may_roam(peer, source, now, initiation)
         ):
             peer.endpoint = source
             self.events.append(EndpointChanged(peer.public_key, source))
@@ -1097,6 +1118,19 @@ class Device:
             peer.last_received_s = now
             if answered:
                 peer.unanswered_since_s = None
+
+    def _may_roam(self, peer: Peer, source: PeerEndpoint, now: float, initiation: bool) -> bool:
+        """Whether the peer's `Roaming` lets an authenticated packet from `source` (a
+        handshake initiation, or not) take its endpoint."""
+        roaming = self._roaming.get(peer.public_key)
+        if roaming is None:
+            return True
+        if not isinstance(source, RelayEndpoint):
+            return roaming.to_udp
+        if roaming.to_relay_after_s is None or source.peer != peer.public_key:
+            return False
+        last = peer.last_received_s
+        return initiation or last is None or now - last > roaming.to_relay_after_s
 
     def _handshake_complete(self, peer: Peer, now: float, *, initiator: bool) -> None:
         peer.timers.retransmit_handshake = None
