@@ -41,12 +41,12 @@ from pilotif.cli.services import inbox, publish, received, send, send_file, subs
 from pilotif.cli.task import task
 from pilotif.cli.tcp import bench, listen
 from pilotif.control.identity import HostnameError, load_or_create_key, normalize_hostname
+from pilotif.control.relay_info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.daemon.api import ControlError, request, stream
 from pilotif.daemon.wgquick import ConfigError, InterfaceConfig, load_config
 from pilotif.node.core import NETWORK_POLICY, QUEUED, NodeOptions
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.joinkey import parse_join_key
-from pilotif.relay.info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.util.duration import DurationError, parse_duration
 from pilotif.util.files import StateFileError, append_private_file
 from pilotif.util.logs import log_event, setup_logging

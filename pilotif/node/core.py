@@ -26,6 +26,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
 
 from pilotif.control.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
+from pilotif.control.relay_info import RelayInfo, relays_from_json
 from pilotif.control.tickets import TICKET_LIFETIME_S
 from pilotif.control.wire import PUNCH_OPENER, format_endpoint
 from pilotif.node.cache import CachedPeer, NodeSnapshot
@@ -87,7 +88,6 @@ from pilotif.node.registry_link import (
 from pilotif.node.relays import HomeRelayChanged, Relays, TicketsPresented
 from pilotif.node.trust import TrustRecord
 from pilotif.packet.icmp import echo_request_packet
-from pilotif.relay.info import RelayInfo, relays_from_json
 from pilotif.wg.device import Device
 from pilotif.wg.events import Endpoint, PeerEndpoint, RelayEndpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key

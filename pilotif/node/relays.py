@@ -15,8 +15,8 @@ relay's address, `set_tickets`, and `handle_timer(now)`. Outputs: `outgoing` and
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from pilotif.control.relay_info import RelayInfo
 from pilotif.node.registry_link import GaveUp, RegistryLink, RelaySourceUnknown, Reply
-from pilotif.relay.info import RelayInfo
 from pilotif.wg.events import Endpoint
 
 ATTACH_EVERY_S: Final = 15.0

@@ -21,6 +21,7 @@ from typing import Any, Final
 from pilotif.control.gate import ControlGate, Outgoing, PrefixLimit, PrefixRate, RelayLimit
 from pilotif.control.identity import HostnameError, normalize_hostname
 from pilotif.control.ratelimit import TokenBuckets
+from pilotif.control.relay_info import RelayInfo
 from pilotif.control.tickets import TICKET_LIFETIME_S, issue_ticket, ticket_key
 from pilotif.control.wire import (
     CONTROL_TYPE,
@@ -54,7 +55,6 @@ from pilotif.registry.store import (
     StoreError,
     UnknownNode,
 )
-from pilotif.relay.info import RelayInfo
 from pilotif.util.logs import log_event
 from pilotif.util.lru import BoundedLru
 from pilotif.wg.crypto import public_key as _public_key

@@ -17,6 +17,7 @@ from typing import Any, Final, Protocol, cast
 from pilotif.control.counter_lease import CounterLease
 from pilotif.control.gate import Outgoing
 from pilotif.control.identity import load_key, load_or_create_key
+from pilotif.control.relay_info import RelayInfo
 from pilotif.control.wire import format_endpoint
 from pilotif.observe.metrics import RegistryCollector, RegistrySample, start_metrics_server
 from pilotif.registry.core import (
@@ -29,7 +30,6 @@ from pilotif.registry.core import (
 )
 from pilotif.registry.database import DatabaseError, without_password
 from pilotif.registry.store import DB_FILE_NAME, Store
-from pilotif.relay.info import RelayInfo
 from pilotif.util.logs import log_event, setup_logging
 from pilotif.util.paths import StatePaths
 from pilotif.wg.crypto import generate_private_key

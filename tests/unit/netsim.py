@@ -27,6 +27,7 @@ from enum import StrEnum
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from pilotif.control.relay_info import RelayInfo
 from pilotif.net.bind import RelayFraming
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent, RelaysChanged
@@ -35,7 +36,6 @@ from pilotif.packet.icmp import echo_request_packet
 from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
 from pilotif.relay.core import RelayCore
-from pilotif.relay.info import RelayInfo
 from pilotif.tun.offload import internet_checksum
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.device import Device

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from pilotif.control.relay_info import RelayInfo
 from pilotif.control.wire import CONTROL_TYPE, RELAY_SOURCE_UNKNOWN, pack_relay
 from pilotif.node.events import RelaysChanged
 from pilotif.node.registry_link import REQUEST_ATTEMPTS
 from pilotif.node.relays import ATTACH_ACTIVE_S, NOTICE_ATTACH_MIN_S, SILENT_AFTER_S, Relays
 from pilotif.relay.core import RelayCore
-from pilotif.relay.info import RelayInfo
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.events import Endpoint
 from tests.unit.netsim import Mapping, Network, SimNode

@@ -17,6 +17,7 @@ from pilotif.control import wire
 from pilotif.control.gate import CONTROL_BURST, NEW_KEY_BURST, RELAY_BURST_BYTES, UNPROVEN_BURST
 from pilotif.control.identity import ipv6_for_key
 from pilotif.control.ratelimit import TokenBuckets
+from pilotif.control.relay_info import RelayInfo
 from pilotif.control.wire import (
     CONTROL_HEADER_SIZE,
     KEY_REQUEST,
@@ -42,7 +43,6 @@ from pilotif.registry.core import (
     RegistryCore,
 )
 from pilotif.registry.store import MAX_PENDING_PER_REQUESTER, MAX_PENDING_PER_TARGET, Store
-from pilotif.relay.info import RelayInfo
 from pilotif.wg.constants import COOKIE_REPLY_SIZE
 from pilotif.wg.cookie import CookieGenerator
 from pilotif.wg.crypto import dh, generate_private_key, public_key
