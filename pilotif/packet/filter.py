@@ -36,11 +36,37 @@ Ports are decided by a sorted list of intervals (`PortDecisions`), one per proto
 
 import bisect
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Final
 
+from pilotif.packet.ip import (
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    IPV4_DESTINATION,
+    IPV4_FLAGS_FRAGMENT_OFFSET,
+    IPV4_ID_OFFSET,
+    IPV4_MIN_HEADER_BYTES,
+    IPV4_PLAIN_FIRST_BYTE,
+    IPV4_PROTOCOL_OFFSET,
+    IPV4_SOURCE,
+    IPV4_VERSION,
+    IPV6_DESTINATION,
+    IPV6_HEADER_BYTES,
+    IPV6_NEXT_HEADER_OFFSET,
+    IPV6_SOURCE,
+    IPV6_VERSION,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FLAGS_OFFSET,
+    TCP_SYN,
+    BytesLike,
+)
 from pilotif.util.lru import BoundedLru
-from pilotif.wg.crypto import BytesLike
-from pilotif.wg.drops import DropReason
 
 UDP_REPLY_TIMEOUT_S: Final = 180.0
 """How long a datagram we sent lets the peer's answers to it in (Nebula: 3 minutes)."""
@@ -58,10 +84,22 @@ MAX_IPV6_HEADER_CHAIN_BYTES: Final = 1024
 """How far past the fixed IPv6 header the upper-layer header may start."""
 PORT_COUNT: Final = 65536
 
-_PROTO_TCP: Final = 6
-_PROTO_UDP: Final = 17
-_PROTO_ICMP: Final = 1
-_PROTO_ICMPV6: Final = 58
+
+class Refusal(StrEnum):
+    """Why the filter refuses a packet; the device counts each as the drop reason of the
+    same name."""
+
+    POLICY_DENIED = "policy_denied"
+    """The port policy refuses it."""
+    POLICY_UNREADABLE = "policy_unreadable"
+    """The policy cannot judge it, so refuses: an IPv6 extension header chain that is
+    malformed, truncated or too long, or a first fragment without the transport header
+    its ports are in."""
+    FRAGMENT_UNMATCHED = "fragment_unmatched"
+    """A later fragment whose first fragment did not pass (or was not seen first, or too
+    long ago)."""
+
+
 _HOP_BY_HOP: Final = 0
 _ROUTING: Final = 43
 _FRAGMENT: Final = 44
@@ -70,7 +108,7 @@ _DESTINATION_OPTIONS: Final = 60
 _IPV6_EXTENSIONS: Final = frozenset(
     (_HOP_BY_HOP, _ROUTING, _FRAGMENT, _AUTHENTICATION, _DESTINATION_OPTIONS)
 )
-MAY_CARRY_UDP: Final = frozenset((_PROTO_UDP, *_IPV6_EXTENSIONS))
+MAY_CARRY_UDP: Final = frozenset((PROTO_UDP, *_IPV6_EXTENSIONS))
 """Protocol (IPv4) or next header (IPv6) bytes of a packet that may be UDP: the packets
 whose answers `PacketFilter.note_outbound` may have to remember."""
 _EXTENSION_MIN_BYTES: Final = 8
@@ -80,46 +118,29 @@ _AH_EXTRA_UNITS: Final = 2
 _FRAGMENT_MORE: Final = 0x0001
 _FRAGMENT_OFFSET_SHIFT: Final = 3
 
-_ICMP_ECHO_REPLY: Final = 0
-_ICMP_ECHO: Final = 8
 _ICMP_ERRORS: Final = frozenset((3, 11, 12))
 """Destination unreachable (fragmentation needed among them), time exceeded, parameter
 problem."""
-_ICMPV6_ECHO: Final = 128
-_ICMPV6_ECHO_REPLY: Final = 129
 _ICMPV6_ERRORS: Final = frozenset((1, 2, 3, 4))
 """Destination unreachable, packet too big, time exceeded, parameter problem."""
 _ICMP_HEADER_BYTES: Final = 8
 """Where an error's quoted packet starts."""
 
-_TCP_SYN: Final = 0x02
-_TCP_ACK: Final = 0x10
-_TCP_FLAGS_OFFSET: Final = 13
 _IPV4_FRAGMENT_OFFSET_MASK: Final = 0x1FFF
 _IPV4_MORE_FRAGMENTS: Final = 0x2000
 _IPV4_FRAGMENT_HIGH_MASK: Final = 0x3F
 """The More Fragments flag and the offset's high bits in the sixth byte of IPv4."""
-_IPV4_HEADER_BYTES: Final = 20
-_IPV4_PLAIN_FIRST_BYTE: Final = 0x45
-_PLAIN_TCP_FLAGS: Final = _IPV4_HEADER_BYTES + _TCP_FLAGS_OFFSET
-_IPV4_PROTO_BYTE: Final = 9
-_IPV4_FRAGMENT_BYTE: Final = 6
-_IPV4_ID: Final = slice(4, 6)
-_IPV4_SOURCE: Final = slice(12, 16)
-_IPV4_DESTINATION: Final = slice(16, 20)
-_IPV6_HEADER_BYTES: Final = 40
-_IPV6_NEXT_HEADER_BYTE: Final = 6
-_IPV6_SOURCE: Final = slice(8, 24)
-_IPV6_DESTINATION: Final = slice(24, 40)
+_PLAIN_TCP_FLAGS: Final = IPV4_MIN_HEADER_BYTES + TCP_FLAGS_OFFSET
 _OPENS: Final = 1
 _SYN_ONLY: Final = bytes(
-    _OPENS if flags & (_TCP_SYN | _TCP_ACK) == _TCP_SYN else 0 for flags in range(256)
+    _OPENS if flags & (TCP_SYN | TCP_ACK) == TCP_SYN else 0 for flags in range(256)
 )
 """A translation table: the TCP flags bytes that open a connection become _OPENS."""
 _FRAGMENTED: Final = bytes(_OPENS if byte & _IPV4_FRAGMENT_HIGH_MASK else 0 for byte in range(256))
 """A translation table: the sixth IPv4 bytes of a fragment (more to come, or an offset of
 256 words or more) become _OPENS."""
 _PORTS_BYTES: Final = 4
+_IPV4_ID_BYTES: Final = 2
 _LATER_FRAGMENT: Final = -1
 """What `_upper_layer` says for a fragment after the first: no upper-layer header."""
 
@@ -204,7 +225,7 @@ class PacketFilter:
     def note_outbound(self, packet: BytesLike, now: float) -> None:
         """A packet we send to the peer: remember a UDP flow so its answers pass."""
         upper = _upper_layer(packet)
-        if isinstance(upper, DropReason) or upper[0] != _PROTO_UDP:
+        if isinstance(upper, Refusal) or upper[0] != PROTO_UDP:
             return
         transport = upper[1]
         if len(packet) < transport + _PORTS_BYTES:
@@ -218,44 +239,44 @@ class PacketFilter:
         )
         self.udp_flows.remember(flow, now + UDP_REPLY_TIMEOUT_S)
 
-    def judge(self, packet: BytesLike, now: float) -> DropReason | None:
+    def judge(self, packet: BytesLike, now: float) -> Refusal | None:
         """Why a (well-formed, already source-checked) packet from the peer is refused,
         or None when it passes."""
         if (
-            packet[0] == _IPV4_PLAIN_FIRST_BYTE
-            and packet[_IPV4_PROTO_BYTE] == _PROTO_TCP
+            packet[0] == IPV4_PLAIN_FIRST_BYTE
+            and packet[IPV4_PROTOCOL_OFFSET] == PROTO_TCP
             and len(packet) > _PLAIN_TCP_FLAGS
-            and packet[_PLAIN_TCP_FLAGS] & (_TCP_SYN | _TCP_ACK) != _TCP_SYN
-            and not packet[_IPV4_FRAGMENT_BYTE] & _IPV4_FRAGMENT_HIGH_MASK
-            and not packet[_IPV4_FRAGMENT_BYTE + 1]
+            and packet[_PLAIN_TCP_FLAGS] & (TCP_SYN | TCP_ACK) != TCP_SYN
+            and not packet[IPV4_FLAGS_FRAGMENT_OFFSET] & _IPV4_FRAGMENT_HIGH_MASK
+            and not packet[IPV4_FLAGS_FRAGMENT_OFFSET + 1]
         ):
             # The common case first: a segment of an open connection, unfragmented.
             return None
         upper = _upper_layer(packet)
-        if isinstance(upper, DropReason):
+        if isinstance(upper, Refusal):
             return upper
         proto, at, first_fragment = upper
         if proto == _LATER_FRAGMENT:
             # Its first fragment decided.
             until = self.fragments.get(_fragment_key(packet, at))
-            return None if until is not None and now < until else DropReason.FRAGMENT_UNMATCHED
+            return None if until is not None and now < until else Refusal.FRAGMENT_UNMATCHED
         verdict = self._judge_upper(packet, proto, at, now)
         if verdict is None and first_fragment is not None:
             self.fragments.remember(first_fragment, now + FRAGMENT_TIMEOUT_S)
         return verdict
 
-    def _judge_upper(self, packet: BytesLike, proto: int, at: int, now: float) -> DropReason | None:
+    def _judge_upper(self, packet: BytesLike, proto: int, at: int, now: float) -> Refusal | None:
         length = len(packet)
-        if proto == _PROTO_TCP:
-            if length <= at + _TCP_FLAGS_OFFSET:
-                return DropReason.POLICY_UNREADABLE
-            if packet[at + _TCP_FLAGS_OFFSET] & (_TCP_SYN | _TCP_ACK) != _TCP_SYN:
+        if proto == PROTO_TCP:
+            if length <= at + TCP_FLAGS_OFFSET:
+                return Refusal.POLICY_UNREADABLE
+            if packet[at + TCP_FLAGS_OFFSET] & (TCP_SYN | TCP_ACK) != TCP_SYN:
                 return None
             port = packet[at + 2] << 8 | packet[at + 3]
-            return None if self.tcp.allows(port) else DropReason.POLICY_DENIED
-        if proto == _PROTO_UDP:
+            return None if self.tcp.allows(port) else Refusal.POLICY_DENIED
+        if proto == PROTO_UDP:
             if length < at + _PORTS_BYTES:
-                return DropReason.POLICY_UNREADABLE
+                return Refusal.POLICY_UNREADABLE
             ours = packet[at + 2] << 8 | packet[at + 3]
             if self.udp.allows(ours):
                 return None
@@ -263,44 +284,44 @@ class PacketFilter:
             until = self.udp_flows.get(
                 (ours_address, theirs, ours, packet[at] << 8 | packet[at + 1])
             )
-            return None if until is not None and now < until else DropReason.POLICY_DENIED
+            return None if until is not None and now < until else Refusal.POLICY_DENIED
         version = packet[0] >> 4
-        if (version, proto) in ((4, _PROTO_ICMP), (6, _PROTO_ICMPV6)):
+        if (version, proto) in ((IPV4_VERSION, PROTO_ICMP), (IPV6_VERSION, PROTO_ICMPV6)):
             return self._judge_icmp(packet, version, at)
-        return None if self.other else DropReason.POLICY_DENIED
+        return None if self.other else Refusal.POLICY_DENIED
 
-    def _judge_icmp(self, packet: BytesLike, version: int, at: int) -> DropReason | None:
+    def _judge_icmp(self, packet: BytesLike, version: int, at: int) -> Refusal | None:
         if len(packet) <= at:
-            return DropReason.POLICY_UNREADABLE
+            return Refusal.POLICY_UNREADABLE
         kind = packet[at]
-        if version == 4:
-            echo, reply, errors = _ICMP_ECHO, _ICMP_ECHO_REPLY, _ICMP_ERRORS
+        if version == IPV4_VERSION:
+            echo, reply, errors = ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY, _ICMP_ERRORS
         else:
-            echo, reply, errors = _ICMPV6_ECHO, _ICMPV6_ECHO_REPLY, _ICMPV6_ERRORS
+            echo, reply, errors = ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY, _ICMPV6_ERRORS
         if kind == echo:
-            return None if self.icmp_echo else DropReason.POLICY_DENIED
+            return None if self.icmp_echo else Refusal.POLICY_DENIED
         if kind == reply:
             return None
         if kind not in errors:
-            return DropReason.POLICY_DENIED
+            return Refusal.POLICY_DENIED
         quoted = packet[at + _ICMP_HEADER_BYTES :]
-        header = _IPV4_HEADER_BYTES if version == 4 else _IPV6_HEADER_BYTES
+        header = IPV4_MIN_HEADER_BYTES if version == IPV4_VERSION else IPV6_HEADER_BYTES
         if len(quoted) < header or quoted[0] >> 4 != version:
-            return DropReason.POLICY_UNREADABLE
+            return Refusal.POLICY_UNREADABLE
         theirs, ours = _addresses(packet)
-        return None if _addresses(quoted) == (ours, theirs) else DropReason.POLICY_DENIED
+        return None if _addresses(quoted) == (ours, theirs) else Refusal.POLICY_DENIED
 
     def passes_rows(self, plaintexts: memoryview, count: int, row_bytes: int) -> bool:
         """Whether every packet of a decrypted batch (plain IPv4 headers, one per
         `row_bytes`) passes without looking at each: unfragmented TCP segments that open
         nothing. (Strided byte copies and C-level scans: 5x what numpy views cost here.)"""
         end = count * row_bytes
-        protos = plaintexts[_IPV4_PROTO_BYTE:end:row_bytes].tobytes()
+        protos = plaintexts[IPV4_PROTOCOL_OFFSET:end:row_bytes].tobytes()
         flags = plaintexts[_PLAIN_TCP_FLAGS:end:row_bytes].tobytes()
-        fragment_high = plaintexts[_IPV4_FRAGMENT_BYTE:end:row_bytes].tobytes()
-        fragment_low = plaintexts[_IPV4_FRAGMENT_BYTE + 1 : end : row_bytes].tobytes()
+        fragment_high = plaintexts[IPV4_FLAGS_FRAGMENT_OFFSET:end:row_bytes].tobytes()
+        fragment_low = plaintexts[IPV4_FLAGS_FRAGMENT_OFFSET + 1 : end : row_bytes].tobytes()
         return (
-            protos.count(_PROTO_TCP) == count
+            protos.count(PROTO_TCP) == count
             and _OPENS not in flags.translate(_SYN_ONLY)
             and _OPENS not in fragment_high.translate(_FRAGMENTED)
             and fragment_low.count(0) == count
@@ -309,35 +330,36 @@ class PacketFilter:
 
 def _addresses(packet: BytesLike) -> tuple[bytes, bytes]:
     """Source and destination of an IPv4 or IPv6 header (at least its fixed length)."""
-    if packet[0] >> 4 == 4:
-        return bytes(packet[_IPV4_SOURCE]), bytes(packet[_IPV4_DESTINATION])
-    return bytes(packet[_IPV6_SOURCE]), bytes(packet[_IPV6_DESTINATION])
+    if packet[0] >> 4 == IPV4_VERSION:
+        return bytes(packet[IPV4_SOURCE]), bytes(packet[IPV4_DESTINATION])
+    return bytes(packet[IPV6_SOURCE]), bytes(packet[IPV6_DESTINATION])
 
 
 def _fragment_key(packet: BytesLike, fragment_header: int) -> _Fragment:
     """The datagram a fragment belongs to; `fragment_header` is where an IPv6 packet's
     Fragment header starts (unused for IPv4)."""
     source, destination = _addresses(packet)
-    if packet[0] >> 4 == 4:
-        return source, destination, bytes(packet[_IPV4_ID]), packet[_IPV4_PROTO_BYTE]
+    if packet[0] >> 4 == IPV4_VERSION:
+        identification = packet[IPV4_ID_OFFSET : IPV4_ID_OFFSET + _IPV4_ID_BYTES]
+        return source, destination, bytes(identification), packet[IPV4_PROTOCOL_OFFSET]
     identification = packet[fragment_header + 4 : fragment_header + _EXTENSION_MIN_BYTES]
     return source, destination, bytes(identification), 0
 
 
-def _upper_layer(packet: BytesLike) -> tuple[int, int, _Fragment | None] | DropReason:
+def _upper_layer(packet: BytesLike) -> tuple[int, int, _Fragment | None] | Refusal:
     """The upper-layer protocol of a well-formed IP packet, where its header starts and,
     for a first fragment (more to come), its datagram; for a later fragment
     _LATER_FRAGMENT and where its Fragment header starts (IPv6); or why the packet cannot
     be read."""
-    if packet[0] >> 4 == 4:
+    if packet[0] >> 4 == IPV4_VERSION:
         header = (packet[0] & 0x0F) * 4
-        fragment = packet[_IPV4_FRAGMENT_BYTE] << 8 | packet[_IPV4_FRAGMENT_BYTE + 1]
+        fragment = packet[IPV4_FLAGS_FRAGMENT_OFFSET] << 8 | packet[IPV4_FLAGS_FRAGMENT_OFFSET + 1]
         if fragment & _IPV4_FRAGMENT_OFFSET_MASK:
             return _LATER_FRAGMENT, header, None
         first = _fragment_key(packet, header) if fragment & _IPV4_MORE_FRAGMENTS else None
-        return packet[_IPV4_PROTO_BYTE], header, first
-    at = _IPV6_HEADER_BYTES
-    proto = packet[_IPV6_NEXT_HEADER_BYTE]
+        return packet[IPV4_PROTOCOL_OFFSET], header, first
+    at = IPV6_HEADER_BYTES
+    proto = packet[IPV6_NEXT_HEADER_OFFSET]
     length = len(packet)
     walked = 0
     fragmented = False
@@ -346,13 +368,13 @@ def _upper_layer(packet: BytesLike) -> tuple[int, int, _Fragment | None] | DropR
         walked += 1
         if (
             walked > MAX_IPV6_EXTENSION_HEADERS
-            or at - _IPV6_HEADER_BYTES > MAX_IPV6_HEADER_CHAIN_BYTES
+            or at - IPV6_HEADER_BYTES > MAX_IPV6_HEADER_CHAIN_BYTES
             or length < at + _EXTENSION_MIN_BYTES
         ):
-            return DropReason.POLICY_UNREADABLE
+            return Refusal.POLICY_UNREADABLE
         if proto == _FRAGMENT:
             if fragmented:
-                return DropReason.POLICY_UNREADABLE
+                return Refusal.POLICY_UNREADABLE
             fragmented = True
             field = packet[at + 2] << 8 | packet[at + 3]
             if field >> _FRAGMENT_OFFSET_SHIFT:
@@ -366,6 +388,6 @@ def _upper_layer(packet: BytesLike) -> tuple[int, int, _Fragment | None] | DropR
             size = (packet[at + 1] + 1) * _EXTENSION_UNIT_BYTES
         proto = packet[at]
         at += size
-    if at > length or at - _IPV6_HEADER_BYTES > MAX_IPV6_HEADER_CHAIN_BYTES:
-        return DropReason.POLICY_UNREADABLE
+    if at > length or at - IPV6_HEADER_BYTES > MAX_IPV6_HEADER_CHAIN_BYTES:
+        return Refusal.POLICY_UNREADABLE
     return proto, at, first_fragment

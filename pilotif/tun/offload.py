@@ -8,11 +8,8 @@ it super-packets built from the in-order TCP segments of one flow in a batch
 device with both directions and falls back to one plain packet per read and write when
 the kernel grants nothing.
 
-Checksums are the Internet ones' complement sum (RFC 1071). Python sums fastest as one
-big integer: `int.from_bytes(data, "little") % 0xFFFF` is congruent to the sum of the
-byte-swapped 16-bit words (2**16 == 1 mod 0xFFFF, an odd trailing byte is padded by
-itself), and the ones' complement sum does not care about byte order (RFC 1071, 2.B),
-so every sum here is kept in that "little" domain and written back little-endian.
+Checksums are the Internet ones' complement sum, kept in pilotif.packet.checksum's
+"little" domain.
 """
 
 import contextlib
@@ -27,9 +24,43 @@ from typing import Any, Final
 
 import numpy as np
 
+from pilotif.packet.checksum import ONES, fold_le, pseudo_sum_le, sum_le, swap16
+from pilotif.packet.ip import (
+    IPV4_ADDRESSES,
+    IPV4_CHECKSUM_OFFSET,
+    IPV4_DONT_FRAGMENT,
+    IPV4_FLAGS_FRAGMENT_OFFSET,
+    IPV4_ID_OFFSET,
+    IPV4_MIN_HEADER_BYTES,
+    IPV4_PROTOCOL_OFFSET,
+    IPV4_TOTAL_LENGTH_OFFSET,
+    IPV4_TTL_OFFSET,
+    IPV4_VERSION,
+    IPV6_ADDRESSES,
+    IPV6_HEADER_BYTES,
+    IPV6_HOP_LIMIT_OFFSET,
+    IPV6_NEXT_HEADER_OFFSET,
+    IPV6_PAYLOAD_LENGTH_OFFSET,
+    IPV6_VERSION,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_ACK_OFFSET,
+    TCP_CHECKSUM_OFFSET,
+    TCP_CWR,
+    TCP_DATA_OFFSET_OFFSET,
+    TCP_FIN,
+    TCP_FLAGS_OFFSET,
+    TCP_MIN_HEADER_BYTES,
+    TCP_PSH,
+    TCP_SEQ_OFFSET,
+    UDP_CHECKSUM_OFFSET,
+    UDP_HEADER_BYTES,
+    UDP_LENGTH_OFFSET,
+    BytesLike,
+)
 from pilotif.tun.device import TunDevice
 from pilotif.wg.constants import MAX_GSO_SEGMENTS
-from pilotif.wg.crypto import BytesLike
 from pilotif.wg.fastpath.batch_loops import coalesce_run
 
 VIRTIO_NET_HDR_SIZE: Final = 10
@@ -57,40 +88,8 @@ READ_ARENA_BYTES: Final = 4 * MAX_IP_PACKET_BYTES
 
 _VNET_HDR: Final = struct.Struct("=BBHHHH")
 _ZERO_VNET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)
-_ONES: Final = 0xFFFF
 _BYTE_SWAP_FACTOR: Final = 256
 """256 * x mod 0xFFFF swaps the bytes of a 16-bit ones' complement sum x."""
-_IPV4: Final = 4
-_IPV6: Final = 6
-_IPV4_MIN_HEADER_BYTES: Final = 20
-_IPV6_HEADER_BYTES: Final = 40
-_IPV4_ID: Final = 4
-_IPV4_TOTAL_LENGTH: Final = 2
-_IPV4_FLAGS_FRAGMENT: Final = 6
-_IPV4_DF: Final = 0x4000
-_IPV4_TTL: Final = 8
-_IPV4_PROTOCOL: Final = 9
-_IPV4_CHECKSUM: Final = 10
-_IPV4_ADDRESSES: Final = slice(12, 20)
-_IPV6_PAYLOAD_LENGTH: Final = 4
-_IPV6_NEXT_HEADER: Final = 6
-_IPV6_HOP_LIMIT: Final = 7
-_IPV6_ADDRESSES: Final = slice(8, 40)
-_PROTO_TCP: Final = 6
-_PROTO_UDP: Final = 17
-_TCP_MIN_HEADER_BYTES: Final = 20
-_TCP_SEQ: Final = 4
-_TCP_ACK: Final = 8
-_TCP_DATA_OFFSET: Final = 12
-_TCP_FLAGS: Final = 13
-_TCP_CHECKSUM: Final = 16
-_TCP_FIN: Final = 0x01
-_TCP_PSH: Final = 0x08
-_TCP_ACK_FLAG: Final = 0x10
-_TCP_CWR: Final = 0x80
-_UDP_HEADER_BYTES: Final = 8
-_UDP_LENGTH: Final = 4
-_UDP_CHECKSUM: Final = 6
 _SEQ_SPACE: Final = 2**32
 _U16: Final = struct.Struct("!H")
 _U16_LE: Final = struct.Struct("<H")
@@ -134,36 +133,6 @@ class VirtioNetHdr:
             self.csum_start,
             self.csum_offset,
         )
-
-
-# -- checksums -----------------------------------------------------------------------
-
-
-def _sum_le(data: BytesLike) -> int:
-    """The ones' complement sum of `data`'s byte-swapped 16-bit words, mod 0xFFFF."""
-    return int.from_bytes(data, "little") % _ONES
-
-
-def _swap16(value: int) -> int:
-    return ((value & 0xFF) << 8) | (value >> 8)
-
-
-def internet_checksum(data: BytesLike, initial: int = 0) -> int:
-    """The RFC 1071 checksum of `data` (big-endian, as written in a header).
-
-    `initial` is a big-endian partial sum to add (a pseudo-header's)."""
-    total = (_sum_le(data) + _swap16(initial)) % _ONES
-    return _swap16(-total % _ONES)
-
-
-def _pseudo_sum_le(addresses: BytesLike, protocol: int, length: int) -> int:
-    """The pseudo-header sum (source, destination, protocol, length) in the little domain."""
-    return int.from_bytes(addresses, "little") + (protocol << 8) + _swap16(length)
-
-
-def _fold_le(total: int) -> int:
-    """A little-domain sum folded to 16 bits, as a partial checksum field holds it."""
-    return total % _ONES or _ONES
 
 
 # -- TUN offload negotiation -----------------------------------------------------------
@@ -247,26 +216,26 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
         raise OffloadError(f"unsupported GSO type {header.gso_type} size {header.gso_size}")
     start = header.csum_start
     is_tcp = gso_type != GSO_UDP_L4
-    transport_min = _TCP_MIN_HEADER_BYTES if is_tcp else _UDP_HEADER_BYTES
-    if len(packet) <= start + transport_min or start < _IPV4_MIN_HEADER_BYTES:
+    transport_min = TCP_MIN_HEADER_BYTES if is_tcp else UDP_HEADER_BYTES
+    if len(packet) <= start + transport_min or start < IPV4_MIN_HEADER_BYTES:
         raise OffloadError("super-packet shorter than its headers")
     version = packet[0] >> 4
-    if version == _IPV4:
-        addresses = packet[_IPV4_ADDRESSES]
+    if version == IPV4_VERSION:
+        addresses = packet[IPV4_ADDRESSES]
         ip_len = (packet[0] & 0x0F) * 4
-    elif version == _IPV6:
-        addresses = packet[_IPV6_ADDRESSES]
-        ip_len = _IPV6_HEADER_BYTES
+    elif version == IPV6_VERSION:
+        addresses = packet[IPV6_ADDRESSES]
+        ip_len = IPV6_HEADER_BYTES
     else:
         raise OffloadError(f"super-packet of IP version {version}")
     if is_tcp:
-        header_len = start + (packet[start + _TCP_DATA_OFFSET] >> 4) * 4
-        protocol = _PROTO_TCP
-        checksum_at = start + _TCP_CHECKSUM
+        header_len = start + (packet[start + TCP_DATA_OFFSET_OFFSET] >> 4) * 4
+        protocol = PROTO_TCP
+        checksum_at = start + TCP_CHECKSUM_OFFSET
     else:
-        header_len = start + _UDP_HEADER_BYTES
-        protocol = _PROTO_UDP
-        checksum_at = start + _UDP_CHECKSUM
+        header_len = start + UDP_HEADER_BYTES
+        protocol = PROTO_UDP
+        checksum_at = start + UDP_CHECKSUM_OFFSET
     payload_len = len(packet) - header_len
     gso_size = header.gso_size
     full, remainder = divmod(payload_len, gso_size)
@@ -282,16 +251,16 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
     # The headers every full segment shares: lengths of a full segment, checksums zero,
     # the flags of a middle segment. IDs, sequence numbers and checksums go per row.
     template = bytearray(packet[:header_len])
-    if version == _IPV4:
-        _U16_PAIR.pack_into(template, _IPV4_TOTAL_LENGTH, full_size, 0)
-        _U16.pack_into(template, _IPV4_CHECKSUM, 0)
+    if version == IPV4_VERSION:
+        _U16_PAIR.pack_into(template, IPV4_TOTAL_LENGTH_OFFSET, full_size, 0)
+        _U16.pack_into(template, IPV4_CHECKSUM_OFFSET, 0)
     else:
-        _U16.pack_into(template, _IPV6_PAYLOAD_LENGTH, full_size - _IPV6_HEADER_BYTES)
+        _U16.pack_into(template, IPV6_PAYLOAD_LENGTH_OFFSET, full_size - IPV6_HEADER_BYTES)
     if is_tcp:
-        flags = template[start + _TCP_FLAGS]
-        template[start + _TCP_FLAGS] = flags & ~(_TCP_FIN | _TCP_PSH | _TCP_CWR)
+        flags = template[start + TCP_FLAGS_OFFSET]
+        template[start + TCP_FLAGS_OFFSET] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
     else:
-        _U16.pack_into(template, start + _UDP_LENGTH, full_size - start)
+        _U16.pack_into(template, start + UDP_LENGTH_OFFSET, full_size - start)
     _U16.pack_into(template, checksum_at, 0)
 
     rows = np.frombuffer(out, np.uint8, count * stride).reshape(count, stride)
@@ -304,37 +273,37 @@ def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[
     if remainder:
         rows[full, header_len : header_len + remainder] = payload[full * gso_size :]
         out[last + last_size : last + stride] = bytes(stride - last_size)
-        if version == _IPV4:
-            _U16.pack_into(out, last + _IPV4_TOTAL_LENGTH, last_size)
+        if version == IPV4_VERSION:
+            _U16.pack_into(out, last + IPV4_TOTAL_LENGTH_OFFSET, last_size)
         else:
-            _U16.pack_into(out, last + _IPV6_PAYLOAD_LENGTH, last_size - _IPV6_HEADER_BYTES)
+            _U16.pack_into(out, last + IPV6_PAYLOAD_LENGTH_OFFSET, last_size - IPV6_HEADER_BYTES)
         if not is_tcp:
-            _U16.pack_into(out, last + start + _UDP_LENGTH, last_size - start)
+            _U16.pack_into(out, last + start + UDP_LENGTH_OFFSET, last_size - start)
     if is_tcp:
-        out[start + _TCP_FLAGS] |= flags & _TCP_CWR
-        out[last + start + _TCP_FLAGS] |= flags & (_TCP_FIN | _TCP_PSH)
-        first_seq = _U32.unpack_from(packet, start + _TCP_SEQ)[0]
+        out[start + TCP_FLAGS_OFFSET] |= flags & TCP_CWR
+        out[last + start + TCP_FLAGS_OFFSET] |= flags & (TCP_FIN | TCP_PSH)
+        first_seq = _U32.unpack_from(packet, start + TCP_SEQ_OFFSET)[0]
         seqs = np.arange(first_seq, first_seq + count * gso_size, gso_size, dtype=np.uint64)
-        _column(rows, start + _TCP_SEQ, ">u4")[:] = seqs & 0xFFFFFFFF
-    if version == _IPV4:
-        first_id = _U16.unpack_from(packet, _IPV4_ID)[0]
-        ids = np.arange(first_id, first_id + count, dtype=np.uint64) & _ONES
-        _column(rows, _IPV4_ID, ">u2")[:] = ids
+        _column(rows, start + TCP_SEQ_OFFSET, ">u4")[:] = seqs & 0xFFFFFFFF
+    if version == IPV4_VERSION:
+        first_id = _U16.unpack_from(packet, IPV4_ID_OFFSET)[0]
+        ids = np.arange(first_id, first_id + count, dtype=np.uint64) & ONES
+        _column(rows, IPV4_ID_OFFSET, ">u2")[:] = ids
         # Only the ID (and the last row's length) differs from the template's header.
         ip_sums = ids + sum(struct.unpack(f"!{ip_len // 2}H", template[:ip_len]))
-        ip_sums[-1] += (last_size - full_size) % _ONES
-        _column(rows, _IPV4_CHECKSUM, ">u2")[:] = _ONES - ip_sums % _ONES
+        ip_sums[-1] += (last_size - full_size) % ONES
+        _column(rows, IPV4_CHECKSUM_OFFSET, ">u2")[:] = ONES - ip_sums % ONES
     # Summed in the module's little domain (little-endian words, native on x86 and ARM;
     # 32-bit accumulators, as a row is far below 65,536 words), then moved to the
     # big-endian domain: swapping the bytes of a 16-bit sum is multiplying it by 256,
     # modulo 0xFFFF.
     sums = rows[:, start:].view("<u2").sum(axis=1, dtype=np.uint32).astype(np.uint64)
-    sums += _pseudo_sum_le(addresses, protocol, full_size - start) % _ONES
-    sums[-1] += (_swap16(last_size - start) - _swap16(full_size - start)) % _ONES
-    sums = sums % _ONES * _BYTE_SWAP_FACTOR
+    sums += pseudo_sum_le(addresses, protocol, full_size - start) % ONES
+    sums[-1] += (swap16(last_size - start) - swap16(full_size - start)) % ONES
+    sums = sums % ONES * _BYTE_SWAP_FACTOR
     # A sum that is a multiple of 0xFFFF gives 0xFFFF, never 0: the other ones'
     # complement zero, equally valid for TCP and the one UDP needs.
-    _column(rows, checksum_at, ">u2")[:] = _ONES - sums % _ONES
+    _column(rows, checksum_at, ">u2")[:] = ONES - sums % ONES
     view = memoryview(out)
     segments = [view[offset : offset + full_size] for offset in range(0, full * stride, stride)]
     if remainder:
@@ -352,7 +321,7 @@ def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> 
     at = start + checksum_offset
     if at + 2 > len(packet):
         raise OffloadError("checksum offset beyond the packet")
-    checksum = -_sum_le(packet[start:]) % _ONES
+    checksum = -sum_le(packet[start:]) % ONES
     _U16_LE.pack_into(packet, at, checksum)
 
 
@@ -367,13 +336,13 @@ def _header_mask(ip_len: int, header_len: int) -> int:
     header checksum (IPv6: payload length), the TCP sequence number, PSH and checksum.
     """
     mask = bytearray(b"\xff" * header_len)
-    varying = [(_IPV4_TOTAL_LENGTH, 4), (_IPV4_CHECKSUM, 2)]
-    if ip_len == _IPV6_HEADER_BYTES:
-        varying = [(_IPV6_PAYLOAD_LENGTH, 2)]
-    varying += [(ip_len + _TCP_SEQ, 4), (ip_len + _TCP_CHECKSUM, 2)]
+    varying = [(IPV4_TOTAL_LENGTH_OFFSET, 4), (IPV4_CHECKSUM_OFFSET, 2)]
+    if ip_len == IPV6_HEADER_BYTES:
+        varying = [(IPV6_PAYLOAD_LENGTH_OFFSET, 2)]
+    varying += [(ip_len + TCP_SEQ_OFFSET, 4), (ip_len + TCP_CHECKSUM_OFFSET, 2)]
     for start, size in varying:
         mask[start : start + size] = bytes(size)
-    mask[ip_len + _TCP_FLAGS] &= ~_TCP_PSH
+    mask[ip_len + TCP_FLAGS_OFFSET] &= ~TCP_PSH
     return int.from_bytes(mask, "big")
 
 
@@ -415,13 +384,13 @@ class _Flow:
         """A PSH or a short segment ends the super-packet."""
         self.template = int.from_bytes(packet[:header_len], "big")
         self.mask = _header_mask(ip_len, header_len)
-        self.seq_shift = (header_len - ip_len - _TCP_SEQ - 4) * 8
-        self.psh_shift = (header_len - ip_len - _TCP_FLAGS - 1) * 8 + _TCP_PSH.bit_length() - 1
-        if ip_len == _IPV6_HEADER_BYTES:
-            self.length_shift = (header_len - _IPV6_PAYLOAD_LENGTH - 2) * 8
-            self.length_base = _IPV6_HEADER_BYTES
+        self.seq_shift = (header_len - ip_len - TCP_SEQ_OFFSET - 4) * 8
+        self.psh_shift = (header_len - ip_len - TCP_FLAGS_OFFSET - 1) * 8 + TCP_PSH.bit_length() - 1
+        if ip_len == IPV6_HEADER_BYTES:
+            self.length_shift = (header_len - IPV6_PAYLOAD_LENGTH_OFFSET - 2) * 8
+            self.length_base = IPV6_HEADER_BYTES
         else:
-            self.length_shift = (header_len - _IPV4_TOTAL_LENGTH - 2) * 8
+            self.length_shift = (header_len - IPV4_TOTAL_LENGTH_OFFSET - 2) * 8
             self.length_base = 0
 
     def extend(self, packet: BytesLike, verify: bool) -> bool:
@@ -453,7 +422,7 @@ class _Flow:
         self.next_seq = (self.next_seq + payload) % _SEQ_SPACE
         psh = (word >> self.psh_shift) & 1
         if psh:
-            self.buffer[VIRTIO_NET_HDR_SIZE + self.ip_len + _TCP_FLAGS] |= _TCP_PSH
+            self.buffer[VIRTIO_NET_HDR_SIZE + self.ip_len + TCP_FLAGS_OFFSET] |= TCP_PSH
         self.closed = bool(psh) or payload < self.gso_size
         return True
 
@@ -521,18 +490,20 @@ def _coalesce_whole(packets: Sequence[BytesLike]) -> _Flow | None:
     headers = np.ndarray((count, header_len), np.uint8, joined, 0, (size, 1))
     if ((headers ^ headers[0]) & _header_mask_array(ip_len, header_len)).any():
         return None
-    seqs = np.ndarray((count,), ">u4", joined, ip_len + _TCP_SEQ, (size,)).astype(np.uint64)
+    seqs = np.ndarray((count,), ">u4", joined, ip_len + TCP_SEQ_OFFSET, (size,)).astype(np.uint64)
     if ((seqs - seq) % _SEQ_SPACE != np.arange(count, dtype=np.uint64) * payload).any():
         return None
     length_at, length_base = (
-        (_IPV4_TOTAL_LENGTH, 0) if ip_len != _IPV6_HEADER_BYTES else (_IPV6_PAYLOAD_LENGTH, ip_len)
+        (IPV4_TOTAL_LENGTH_OFFSET, 0)
+        if ip_len != IPV6_HEADER_BYTES
+        else (IPV6_PAYLOAD_LENGTH_OFFSET, ip_len)
     )
     lengths = np.ndarray((count,), ">u2", joined, length_at, (size,))
-    flags = np.ndarray((count - 1,), np.uint8, joined, ip_len + _TCP_FLAGS, (size,))
+    flags = np.ndarray((count - 1,), np.uint8, joined, ip_len + TCP_FLAGS_OFFSET, (size,))
     if (
         (lengths[:-1] != size - length_base).any()
         or int(lengths[-1]) != last_size - length_base
-        or (flags & _TCP_PSH).any()
+        or (flags & TCP_PSH).any()
     ):
         return None
     flow = _Flow(packets[0], ip_len, header_len, seq, psh)
@@ -540,8 +511,8 @@ def _coalesce_whole(packets: Sequence[BytesLike]) -> _Flow | None:
     flow.buffer += middle.tobytes()
     flow.buffer += memoryview(joined)[(count - 1) * size + header_len :]
     flow.segments = count
-    if joined[-last_size + ip_len + _TCP_FLAGS] & _TCP_PSH:
-        flow.buffer[VIRTIO_NET_HDR_SIZE + ip_len + _TCP_FLAGS] |= _TCP_PSH
+    if joined[-last_size + ip_len + TCP_FLAGS_OFFSET] & TCP_PSH:
+        flow.buffer[VIRTIO_NET_HDR_SIZE + ip_len + TCP_FLAGS_OFFSET] |= TCP_PSH
     return flow
 
 
@@ -553,61 +524,63 @@ def _header_mask_array(ip_len: int, header_len: int) -> Any:
 
 def _tcp_candidate(packet: BytesLike) -> tuple[bytes, int, int, int, bool] | None:
     """(flow key, IP header length, all headers' length, seq, PSH) of a mergeable segment."""
-    if len(packet) < _IPV4_MIN_HEADER_BYTES + _TCP_MIN_HEADER_BYTES:
+    if len(packet) < IPV4_MIN_HEADER_BYTES + TCP_MIN_HEADER_BYTES:
         return None
     version = packet[0] >> 4
-    if version == _IPV4:
+    if version == IPV4_VERSION:
         ip_len = (packet[0] & 0x0F) * 4
         if (
-            ip_len != _IPV4_MIN_HEADER_BYTES
-            or packet[_IPV4_PROTOCOL] != _PROTO_TCP
-            or _U16.unpack_from(packet, _IPV4_TOTAL_LENGTH)[0] != len(packet)
-            or _U16.unpack_from(packet, _IPV4_FLAGS_FRAGMENT)[0] & ~_IPV4_DF
+            ip_len != IPV4_MIN_HEADER_BYTES
+            or packet[IPV4_PROTOCOL_OFFSET] != PROTO_TCP
+            or _U16.unpack_from(packet, IPV4_TOTAL_LENGTH_OFFSET)[0] != len(packet)
+            or _U16.unpack_from(packet, IPV4_FLAGS_FRAGMENT_OFFSET)[0] & ~IPV4_DONT_FRAGMENT
         ):
             return None
         ip_key = (
             bytes(packet[1:2])
-            + bytes(packet[_IPV4_TTL : _IPV4_TTL + 1])
-            + bytes(packet[_IPV4_FLAGS_FRAGMENT : _IPV4_FLAGS_FRAGMENT + 1])
+            + bytes(packet[IPV4_TTL_OFFSET : IPV4_TTL_OFFSET + 1])
+            + bytes(packet[IPV4_FLAGS_FRAGMENT_OFFSET : IPV4_FLAGS_FRAGMENT_OFFSET + 1])
         )
-        addresses = bytes(packet[_IPV4_ADDRESSES])
-    elif version == _IPV6:
-        ip_len = _IPV6_HEADER_BYTES
+        addresses = bytes(packet[IPV4_ADDRESSES])
+    elif version == IPV6_VERSION:
+        ip_len = IPV6_HEADER_BYTES
         if (
-            len(packet) < _IPV6_HEADER_BYTES + _TCP_MIN_HEADER_BYTES
-            or packet[_IPV6_NEXT_HEADER] != _PROTO_TCP
-            or _U16.unpack_from(packet, _IPV6_PAYLOAD_LENGTH)[0] + ip_len != len(packet)
+            len(packet) < IPV6_HEADER_BYTES + TCP_MIN_HEADER_BYTES
+            or packet[IPV6_NEXT_HEADER_OFFSET] != PROTO_TCP
+            or _U16.unpack_from(packet, IPV6_PAYLOAD_LENGTH_OFFSET)[0] + ip_len != len(packet)
         ):
             return None
-        ip_key = bytes(packet[0:2]) + bytes(packet[_IPV6_HOP_LIMIT : _IPV6_HOP_LIMIT + 1])
-        addresses = bytes(packet[_IPV6_ADDRESSES])
+        ip_key = bytes(packet[0:2]) + bytes(
+            packet[IPV6_HOP_LIMIT_OFFSET : IPV6_HOP_LIMIT_OFFSET + 1]
+        )
+        addresses = bytes(packet[IPV6_ADDRESSES])
     else:
         return None
-    header_len = ip_len + (packet[ip_len + _TCP_DATA_OFFSET] >> 4) * 4
-    flags = packet[ip_len + _TCP_FLAGS]
+    header_len = ip_len + (packet[ip_len + TCP_DATA_OFFSET_OFFSET] >> 4) * 4
+    flags = packet[ip_len + TCP_FLAGS_OFFSET]
     if (
-        header_len - ip_len < _TCP_MIN_HEADER_BYTES
+        header_len - ip_len < TCP_MIN_HEADER_BYTES
         or header_len >= len(packet)
-        or flags & ~_TCP_PSH != _TCP_ACK_FLAG
+        or flags & ~TCP_PSH != TCP_ACK
     ):
         return None
     key = (
         ip_key
         + addresses
-        + bytes(packet[ip_len : ip_len + _TCP_SEQ])
-        + bytes(packet[ip_len + _TCP_ACK : ip_len + _TCP_DATA_OFFSET])
-        + bytes(packet[ip_len + _TCP_MIN_HEADER_BYTES : header_len])
+        + bytes(packet[ip_len : ip_len + TCP_SEQ_OFFSET])
+        + bytes(packet[ip_len + TCP_ACK_OFFSET : ip_len + TCP_DATA_OFFSET_OFFSET])
+        + bytes(packet[ip_len + TCP_MIN_HEADER_BYTES : header_len])
     )
-    seq = _U32.unpack_from(packet, ip_len + _TCP_SEQ)[0]
-    return key, ip_len, header_len, seq, bool(flags & _TCP_PSH)
+    seq = _U32.unpack_from(packet, ip_len + TCP_SEQ_OFFSET)[0]
+    return key, ip_len, header_len, seq, bool(flags & TCP_PSH)
 
 
 def _tcp_checksum_ok(packet: BytesLike, ip_len: int) -> bool:
     addresses = (
-        packet[_IPV4_ADDRESSES] if ip_len == _IPV4_MIN_HEADER_BYTES else packet[_IPV6_ADDRESSES]
+        packet[IPV4_ADDRESSES] if ip_len == IPV4_MIN_HEADER_BYTES else packet[IPV6_ADDRESSES]
     )
-    total = _pseudo_sum_le(addresses, _PROTO_TCP, len(packet) - ip_len) + _sum_le(packet[ip_len:])
-    return total % _ONES == 0
+    total = pseudo_sum_le(addresses, PROTO_TCP, len(packet) - ip_len) + sum_le(packet[ip_len:])
+    return total % ONES == 0
 
 
 def _finish(flow: _Flow) -> BytesLike:
@@ -618,25 +591,25 @@ def _finish(flow: _Flow) -> BytesLike:
     packet = memoryview(buffer)[VIRTIO_NET_HDR_SIZE:]
     ip_len = flow.ip_len
     size = len(packet)
-    if ip_len == _IPV4_MIN_HEADER_BYTES:
+    if ip_len == IPV4_MIN_HEADER_BYTES:
         gso_type = GSO_TCPV4
-        _U16.pack_into(packet, _IPV4_TOTAL_LENGTH, size)
-        packet[_IPV4_CHECKSUM] = packet[_IPV4_CHECKSUM + 1] = 0
-        _U16_LE.pack_into(packet, _IPV4_CHECKSUM, -_sum_le(packet[:ip_len]) % _ONES)
-        addresses = packet[_IPV4_ADDRESSES]
+        _U16.pack_into(packet, IPV4_TOTAL_LENGTH_OFFSET, size)
+        packet[IPV4_CHECKSUM_OFFSET] = packet[IPV4_CHECKSUM_OFFSET + 1] = 0
+        _U16_LE.pack_into(packet, IPV4_CHECKSUM_OFFSET, -sum_le(packet[:ip_len]) % ONES)
+        addresses = packet[IPV4_ADDRESSES]
     else:
         gso_type = GSO_TCPV6
-        _U16.pack_into(packet, _IPV6_PAYLOAD_LENGTH, size - ip_len)
-        addresses = packet[_IPV6_ADDRESSES]
-    partial = _fold_le(_pseudo_sum_le(addresses, _PROTO_TCP, size - ip_len))
-    _U16_LE.pack_into(packet, ip_len + _TCP_CHECKSUM, partial)
+        _U16.pack_into(packet, IPV6_PAYLOAD_LENGTH_OFFSET, size - ip_len)
+        addresses = packet[IPV6_ADDRESSES]
+    partial = fold_le(pseudo_sum_le(addresses, PROTO_TCP, size - ip_len))
+    _U16_LE.pack_into(packet, ip_len + TCP_CHECKSUM_OFFSET, partial)
     VirtioNetHdr(
         flags=VIRTIO_NET_HDR_F_NEEDS_CSUM,
         gso_type=gso_type,
         hdr_len=flow.header_len,
         gso_size=flow.gso_size,
         csum_start=ip_len,
-        csum_offset=_TCP_CHECKSUM,
+        csum_offset=TCP_CHECKSUM_OFFSET,
     ).pack_into(buffer)
     packet.release()
     return buffer

@@ -9,15 +9,14 @@ import hashlib
 import hmac as _hmac
 import os
 import struct
-from typing import Final, TypeAlias
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
 
-BytesLike: TypeAlias = bytes | bytearray | memoryview
-"""What the functions here accept wherever they read bytes."""
+from pilotif.packet.ip import BytesLike as BytesLike
 
 KEY_SIZE = 32
 HASH_SIZE: Final = 32

@@ -943,7 +943,7 @@ class Device:
             refused = peer.packet_filter.judge(packet, now)
             if refused is None:
                 return packet
-            reason = refused
+            reason = DropReason(refused)
             peer.policy_denied += count
         self.drops[reason] += count
         return None

@@ -32,11 +32,11 @@ from pilotif.net.bind import RelayFraming
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent, RelaysChanged
 from pilotif.node.trust import TrustRecord
+from pilotif.packet.checksum import internet_checksum
 from pilotif.packet.icmp import echo_request_packet
 from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
 from pilotif.relay.core import RelayCore
-from pilotif.tun.offload import internet_checksum
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.device import Device
 from pilotif.wg.events import Endpoint, RelayEndpoint
@@ -170,6 +170,8 @@ class SimNode:
         return encode_key(self.device.public_key)
 
     def flush(self) -> None:
+        self.core.device_reported(self.device.events, self.net.now)
+        self.device.events.clear()
         for data, to in self.core.datagrams_to_send():
             if to == REGISTRY:
                 self.control_sent += 1
@@ -190,7 +192,6 @@ class SimNode:
             if replies:
                 self.device.send_packets(replies, self.net.now)
                 self.flush()
-        self.device.events.clear()
         for event in self.core.events:
             if isinstance(event, RelaysChanged):
                 relays = self.core.relays

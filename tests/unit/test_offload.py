@@ -15,6 +15,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Packet, Raw
 
+from pilotif.packet.checksum import internet_checksum
 from pilotif.tun.offload import (
     GSO_NONE,
     GSO_TCPV4,
@@ -28,7 +29,6 @@ from pilotif.tun.offload import (
     _coalesce_whole,
     _finish,
     coalesce,
-    internet_checksum,
     split_gso,
 )
 from pilotif.wg.fastpath import _batch_loops  # type: ignore[attr-defined]

@@ -29,8 +29,8 @@ from pilotif.packet.filter import (
     MAX_IPV6_EXTENSION_HEADERS,
     MAX_IPV6_HEADER_CHAIN_BYTES,
     PacketFilter,
+    Refusal,
 )
-from pilotif.wg.drops import DropReason
 
 PEER = PeerIdentity("peer", (), same_network=True)
 OURS, THEIRS = "fd7a::1", "fd7a::2"
@@ -91,7 +91,7 @@ def test_a_syn_behind_a_destination_options_header_to_a_denied_port_is_dropped()
     syn = _from_peer(IPv6ExtHdrDestOpt(), TCP(dport=DENIED, flags="S"))
     assert syn[6] == 60  # what a filter reading only the next header took for "other"
 
-    assert compiled.judge(syn, NOW) == DropReason.POLICY_DENIED
+    assert compiled.judge(syn, NOW) == Refusal.POLICY_DENIED
     assert (
         compiled.judge(_from_peer(IPv6ExtHdrDestOpt(), TCP(dport=ALLOWED, flags="S")), NOW) is None
     )
@@ -102,11 +102,11 @@ def test_tcp_and_udp_behind_extension_headers_are_judged_by_their_real_ports(cha
     compiled = _filter()
     assert (
         compiled.judge(_from_peer(*_chain(chain), TCP(dport=DENIED, flags="S")), NOW)
-        == DropReason.POLICY_DENIED
+        == Refusal.POLICY_DENIED
     )
     assert (
         compiled.judge(_from_peer(*_chain(chain), UDP(dport=DENIED_UDP)), NOW)
-        == DropReason.POLICY_DENIED
+        == Refusal.POLICY_DENIED
     )
     assert compiled.judge(_from_peer(*_chain(chain), TCP(dport=ALLOWED, flags="S")), NOW) is None
     assert compiled.judge(_from_peer(*_chain(chain), TCP(dport=DENIED, flags="A")), NOW) is None
@@ -117,8 +117,8 @@ def test_a_first_fragment_to_a_denied_port_refuses_its_whole_datagram() -> None:
     first = _from_peer(IPv6ExtHdrFragment(offset=0, m=1, id=9), TCP(dport=DENIED, flags="S"))
     later = _from_peer(IPv6ExtHdrFragment(offset=3, m=0, id=9, nh=6), Raw(b"x" * 16))
 
-    assert compiled.judge(first, NOW) == DropReason.POLICY_DENIED
-    assert compiled.judge(later, NOW) == DropReason.FRAGMENT_UNMATCHED
+    assert compiled.judge(first, NOW) == Refusal.POLICY_DENIED
+    assert compiled.judge(later, NOW) == Refusal.FRAGMENT_UNMATCHED
 
 
 def test_later_fragments_of_a_datagram_whose_first_fragment_passed_pass() -> None:
@@ -129,7 +129,7 @@ def test_later_fragments_of_a_datagram_whose_first_fragment_passed_pass() -> Non
 
     assert compiled.judge(first, NOW) is None
     assert compiled.judge(later, NOW + 1) is None
-    assert compiled.judge(stranger, NOW + 1) == DropReason.FRAGMENT_UNMATCHED
+    assert compiled.judge(stranger, NOW + 1) == Refusal.FRAGMENT_UNMATCHED
 
 
 def _destination_options(count: int) -> list[Packet]:
@@ -175,7 +175,7 @@ def _destination_options(count: int) -> list[Packet]:
     ],
 )
 def test_a_chain_that_cannot_be_read_is_dropped_as_unreadable(packet: bytes) -> None:
-    assert _filter().judge(packet, NOW) == DropReason.POLICY_UNREADABLE
+    assert _filter().judge(packet, NOW) == Refusal.POLICY_UNREADABLE
 
 
 def test_icmpv6_echo_follows_the_policy_errors_about_our_packets_pass_the_rest_not() -> None:
@@ -183,7 +183,7 @@ def test_icmpv6_echo_follows_the_policy_errors_about_our_packets_pass_the_rest_n
     ours = bytes(IPv6(src=OURS, dst=THEIRS) / UDP(sport=4000, dport=DENIED_UDP))
     not_ours = bytes(IPv6(src="fd7a::9", dst=THEIRS) / UDP(sport=4000, dport=DENIED_UDP))
 
-    assert compiled.judge(_from_peer(ICMPv6EchoRequest()), NOW) == DropReason.POLICY_DENIED
+    assert compiled.judge(_from_peer(ICMPv6EchoRequest()), NOW) == Refusal.POLICY_DENIED
     assert (
         _filter("default deny\nallow * icmp\n").judge(_from_peer(ICMPv6EchoRequest()), NOW) is None
     )
@@ -192,14 +192,14 @@ def test_icmpv6_echo_follows_the_policy_errors_about_our_packets_pass_the_rest_n
     assert compiled.judge(_from_peer(ICMPv6DestUnreach(), Raw(ours)), NOW) is None
     assert (
         compiled.judge(_from_peer(ICMPv6PacketTooBig(mtu=1280), Raw(not_ours)), NOW)
-        == DropReason.POLICY_DENIED
+        == Refusal.POLICY_DENIED
     )
     for other in (ICMPv6ND_RA(), ICMPv6ND_NS(tgt=OURS), ICMPv6ND_Redirect(tgt=OURS, dst=THEIRS)):
-        assert compiled.judge(_from_peer(other), NOW) == DropReason.POLICY_DENIED
+        assert compiled.judge(_from_peer(other), NOW) == Refusal.POLICY_DENIED
     # Behind a Destination Options header, an echo request is still an echo request.
     assert (
         compiled.judge(_from_peer(IPv6ExtHdrDestOpt(), ICMPv6EchoRequest()), NOW)
-        == DropReason.POLICY_DENIED
+        == Refusal.POLICY_DENIED
     )
 
 
@@ -286,6 +286,6 @@ def test_random_extension_chains_never_crash_and_never_let_a_denied_port_through
         assert verdict is None
     for part in (whole[: max(40, len(whole) - cut)], whole[:40] + garbage):
         verdict = compiled.judge(part, NOW)
-        assert verdict is None or isinstance(verdict, DropReason)
+        assert verdict is None or isinstance(verdict, Refusal)
         if _opens_a_denied_port(part):
             assert verdict is not None
