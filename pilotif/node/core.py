@@ -6,7 +6,8 @@ of input, each taking `now` (seconds on the caller's monotonic clock):
 
 - commands: `start` (join), `call` (a request for the registry on behalf of the CLI);
 - the network: `receive_control(data, now)` for every 0x50/0x52 datagram from the
-  registry's address, and the device's roam filter, which the core installs;
+  registry's address, and `device_reported(events, now)`: what the device reported
+  (an endpoint that roamed, as the path's `Roaming` let it; the device never calls back);
 - the timer: `handle_timer(now)` at or after `get_timer()`.
 
 Its outputs: `datagrams_to_send()` (control datagrams for the registry), the overlay
@@ -21,6 +22,7 @@ state means.
 
 import contextlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Any, Final
@@ -66,6 +68,7 @@ from pilotif.node.paths import (
     PROBE_INTERVAL_S,
     QUIET_PEER_KEEPALIVE_S,
     QUIET_RELAY_KEEPALIVE_MIN_S,
+    ROAMING,
     ROUND_BACKOFF_FIRST_S,
     ROUND_BACKOFF_MAX_S,
     STABLE_DIRECT_S,
@@ -89,7 +92,7 @@ from pilotif.node.relays import HomeRelayChanged, Relays, TicketsPresented
 from pilotif.node.trust import TrustRecord
 from pilotif.packet.icmp import echo_request_packet
 from pilotif.wg.device import Device
-from pilotif.wg.events import Endpoint, PeerEndpoint, RelayEndpoint
+from pilotif.wg.events import Endpoint, EndpointChanged, Event, PeerEndpoint, RelayEndpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 from pilotif.wg.peer import Peer
 
@@ -274,7 +277,6 @@ class NodeCore:
         self.candidates_refused = 0
         """Peers' candidate endpoints never probed: loopback, link-local, our own... (see
         pilotif.node.candidates)."""
-        device.roam_filter = self._may_roam
 
     # -- inputs: commands ----------------------------------------------------------
 
@@ -404,24 +406,16 @@ class NodeCore:
                 self._on_link(item, now)
         self._after_relays(now)
 
-    def _may_roam(self, state: Peer, source: PeerEndpoint, now: float, initiation: bool) -> bool:
-        """The device's roam filter: may an authenticated packet from `source` move the
-        peer's endpoint there? The path table decides; a relayed packet speaks only for
-        the peer the relay forwarded it from."""
-        peer = self.peers.get(state.public_key)
-        if peer is None:
-            return True
-        if isinstance(source, RelayEndpoint):
-            if source.peer != peer.public_key:
-                return False
-            if initiation:
-                # The peer (re)started a session through the relay: answer it there.
-                return self._input(peer, PathInput.RELAYED_INITIATION, now, source)
-            last = state.last_received_s
-            if last is not None and now - last <= DIRECT_PATH_TIMEOUT_S:
-                return False
-            return self._input(peer, PathInput.RELAYED_PACKET_AFTER_SILENCE, now, source)
-        return self._input(peer, PathInput.DIRECT_PACKET, now, source)
+    def device_reported(self, events: Iterable[Event], now: float) -> None:
+        """The device's events since the last call (hand each once, before draining the
+        core): a peer's endpoint that moved, as its path's `ROAMING` let it, feeds the
+        path table."""
+        for event in events:
+            if isinstance(event, EndpointChanged) and event.public_key in self.peers:
+                source = event.endpoint
+                relayed = isinstance(source, RelayEndpoint)
+                kind = PathInput.RELAYED_PACKET if relayed else PathInput.DIRECT_PACKET
+                self._input(self.peers[event.public_key], kind, now, source)
 
     # -- inputs: timer -------------------------------------------------------------
 
@@ -459,8 +453,7 @@ class NodeCore:
 
     @property
     def has_output(self) -> bool:
-        """Whether datagrams or events wait (the device's roam filter can add events
-        while the device, not the core, is handling input)."""
+        """Whether datagrams or events wait."""
         return bool(self.events or self.link.outgoing or self._openers or self.relays.outgoing)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
@@ -913,6 +906,7 @@ class NodeCore:
             persistent_keepalive_s=RELAY_KEEPALIVE_S,
             now=now,
         )
+        self.device.set_roaming(key, ROAMING[peer.state])
         self._apply_policy(peer)
         self.events.append(PeerAdded(hostname, key, peer.ipv4))
         return True
@@ -988,18 +982,14 @@ class NodeCore:
 
     def _input(
         self, peer: TrustedPeer, event: PathInput, now: float, source: PeerEndpoint | None = None
-    ) -> bool:
-        """Feed the path table; whether the peer's endpoint may move to `source`."""
+    ) -> None:
+        """Feed the path table (`source`: where the endpoint moved, for the packet inputs)."""
         state = next_state(peer.state, event)
         if state == peer.state:
-            return state in DIRECT_STATES and event == PathInput.DIRECT_PACKET
+            return
         previous, peer.state = peer.state, state
+        self.device.set_roaming(peer.public_key, ROAMING[state])
         self._enter(peer, previous, event, now, source)
-        return event in (
-            PathInput.DIRECT_PACKET,
-            PathInput.RELAYED_PACKET_AFTER_SILENCE,
-            PathInput.RELAYED_INITIATION,
-        )
 
     def _enter(
         self,

@@ -27,6 +27,8 @@ an echo, scheduling the next probe round) in one place, `NodeCore._enter`.
 from enum import StrEnum
 from typing import Final
 
+from pilotif.wg.device import Roaming
+
 PROBE_INTERVAL_S: Final = 0.2
 PROBE_DURATION_S: Final = 5.0
 ROUND_BACKOFF_FIRST_S: Final = 2.0
@@ -78,9 +80,11 @@ class PathInput(StrEnum):
     """PROBE_DURATION_S passed since the punch."""
     DIRECT_PACKET = "direct_packet"
     """An authenticated packet of the peer arrived from a UDP address."""
-    RELAYED_PACKET_AFTER_SILENCE = "relayed_packet_after_silence"
-    """An authenticated packet came through the relay while the direct path has been
-    silent for DIRECT_PATH_TIMEOUT_S (the other side fell back)."""
+    RELAYED_PACKET = "relayed_packet"
+    """An authenticated packet of the peer came through the relay and took the endpoint
+    (as `ROAMING` lets it: a handshake initiation, the peer restarted or lost its direct
+    path and answers only there; or anything once the direct path has been silent for
+    DIRECT_PATH_TIMEOUT_S, the other side fell back)."""
     NETWORK_CHANGED = "network_changed"
     """This host's addresses or routes changed: our NAT mappings (and so the peer's view
     of our endpoint) may be gone. Back to the relay at once; the probe round the node
@@ -88,9 +92,6 @@ class PathInput(StrEnum):
     CACHED_ENDPOINT = "cached_endpoint"
     """The node started without its registry and knows the peer's last direct endpoint:
     it goes there at once (and falls back like any direct path that does not answer)."""
-    RELAYED_INITIATION = "relayed_initiation"
-    """A handshake initiation of the peer came through the relay: it restarted, or lost
-    its direct path, and answers only there."""
     UNANSWERED = "unanswered"
     """Data sent on the direct path is unanswered for PATH_CHECK_AFTER_S."""
     ANSWERED = "answered"
@@ -110,20 +111,30 @@ TRANSITIONS: Final[dict[tuple[PathState, PathInput], PathState]] = {
     (PathState.DIRECT, PathInput.DIRECT_PACKET): PathState.DIRECT,
     (PathState.DIRECT, PathInput.UNANSWERED): PathState.SUSPECT,
     (PathState.DIRECT, PathInput.SILENT): PathState.HELD,
-    (PathState.DIRECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
-    (PathState.DIRECT, PathInput.RELAYED_INITIATION): PathState.RELAY,
+    (PathState.DIRECT, PathInput.RELAYED_PACKET): PathState.RELAY,
     (PathState.DIRECT, PathInput.NETWORK_CHANGED): PathState.HELD,
     (PathState.SUSPECT, PathInput.DIRECT_PACKET): PathState.SUSPECT,
     (PathState.SUSPECT, PathInput.ANSWERED): PathState.DIRECT,
     (PathState.SUSPECT, PathInput.SILENT): PathState.HELD,
-    (PathState.SUSPECT, PathInput.RELAYED_PACKET_AFTER_SILENCE): PathState.RELAY,
-    (PathState.SUSPECT, PathInput.RELAYED_INITIATION): PathState.RELAY,
+    (PathState.SUSPECT, PathInput.RELAYED_PACKET): PathState.RELAY,
     (PathState.SUSPECT, PathInput.NETWORK_CHANGED): PathState.HELD,
 }
 """(state, input) -> the next state; pairs not listed leave the state unchanged."""
 
 DIRECT_STATES: Final = frozenset({PathState.DIRECT, PathState.SUSPECT})
 """States whose traffic goes to a UDP endpoint."""
+
+ROAMING: Final[dict[PathState, Roaming]] = {
+    PathState.RELAY: Roaming(to_udp=True, to_relay_after_s=None),
+    PathState.PROBING: Roaming(to_udp=True, to_relay_after_s=None),
+    PathState.DIRECT: Roaming(to_udp=True, to_relay_after_s=DIRECT_PATH_TIMEOUT_S),
+    PathState.SUSPECT: Roaming(to_udp=True, to_relay_after_s=DIRECT_PATH_TIMEOUT_S),
+    PathState.HELD: Roaming(to_udp=False, to_relay_after_s=None),
+}
+"""What may move a peer's endpoint in each state, as the device applies it: a UDP address
+where the table takes DIRECT_PACKET (or the path is direct already and follows WireGuard
+roaming), the peer's relay where it takes RELAYED_PACKET. The device reports each move
+(EndpointChanged) and the node feeds it to the table."""
 
 
 def next_state(state: PathState, event: PathInput) -> PathState:

@@ -25,6 +25,7 @@ from pilotif.node.paths import (
     PROBE_DURATION_S,
     QUIET_PEER_KEEPALIVE_S,
     QUIET_RELAY_KEEPALIVE_MIN_S,
+    ROAMING,
     ROUND_BACKOFF_MAX_S,
     TRANSITIONS,
     PathInput,
@@ -33,6 +34,7 @@ from pilotif.node.paths import (
 )
 from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.packet.icmp import echo_request_packet
+from pilotif.wg.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT
 from pilotif.wg.drops import DropReason
 from pilotif.wg.events import RelayEndpoint
 from tests.unit.netsim import (
@@ -726,10 +728,24 @@ def test_a_dead_direct_path_falls_back_to_the_relay_within_ten_seconds(net: Netw
 def test_the_relay_speaks_only_for_the_peer_it_forwarded_from(net: Network) -> None:
     alpha, beta = net.node("alpha"), net.node("beta")
     _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
     state = alpha.device.peer(beta.device.public_key)
-    assert state is not None
-    for initiation in (False, True):
-        assert not alpha.core._may_roam(state, RelayEndpoint(b"\x01" * 32), net.now, initiation)
+    assert state is not None and isinstance(state.endpoint, tuple)
+    direct = state.endpoint
+    state.last_received_s = None  # the direct path silent: the peer's own relay may take it
+    beta.device.outgoing.clear()
+    beta.device.rehandshake(alpha.device.public_key, net.now)
+    beta.device.send_keepalive_to(alpha.device.public_key, direct, net.now)
+    sent = {bytes(data)[0]: bytes(data) for data, _ in beta.device.outgoing}
+    beta.device.outgoing.clear()
+    initiation, keepalive = sent[MESSAGE_INITIATION], sent[MESSAGE_TRANSPORT]
+    for data in (initiation, keepalive):
+        alpha.device.receive_datagram(data, RelayEndpoint(b"\x01" * 32), net.now)
+    assert state.endpoint == direct
+    beta.device.send_keepalive_to(alpha.device.public_key, direct, net.now)
+    [(another, _)] = beta.device.outgoing
+    alpha.device.receive_datagram(bytes(another), RelayEndpoint(beta.device.public_key), net.now)
+    assert state.endpoint == RelayEndpoint(beta.device.public_key)
 
 
 # -- the path table ---------------------------------------------------------------------
@@ -740,6 +756,15 @@ def test_every_listed_transition_is_reachable_and_others_keep_the_state() -> Non
         for event in PathInput:
             expected = TRANSITIONS.get((state, event), state)
             assert next_state(state, event) == expected
+
+
+def test_what_may_move_the_endpoint_is_what_the_table_takes() -> None:
+    for state, roaming in ROAMING.items():
+        follows = state in DIRECT_STATES
+        assert roaming.to_udp == (follows or next_state(state, PathInput.DIRECT_PACKET) != state)
+        to_relay = next_state(state, PathInput.RELAYED_PACKET) != state
+        assert (roaming.to_relay_after_s is not None) == to_relay
+    assert set(ROAMING) == set(PathState)
 
 
 def test_only_a_packet_from_the_peer_or_its_cached_endpoint_leaves_the_relay() -> None:
