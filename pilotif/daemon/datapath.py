@@ -129,9 +129,11 @@ class DataPath:
 
     def flush(self, now: float) -> None:
         """Send and write what the cores produced, report their events, re-arm the timer."""
+        device = self.device
+        if self.node is not None and device.events:
+            self.node.core.device_reported(device.events, now)
         if self.node is not None and self.node.core.has_output:
             self.node.drain()
-        device = self.device
         if device.outgoing:
             failed = self.bind.send(device.outgoing)
             device.outgoing.clear()
