@@ -15,6 +15,7 @@ from pilotif.cli.untrusted import visible_text
 from pilotif.daemon.api import ControlError, request
 from pilotif.net.hostport import HostPortError, parse_host_port
 from pilotif.registry.database import is_postgresql
+from pilotif.util.errors import CodedError
 from pilotif.util.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -24,13 +25,16 @@ SECRET_FILE_PREFIX = "file:"
 DATABASE_ENV = "PILOTIF_DATABASE"
 
 
-class CliError(click.ClickException):
+class CliError(CodedError, click.ClickException):
     """A failure reported as one line, with a machine-readable code for --json."""
 
     def __init__(self, message: str, code: str = "error", hint: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.hint = hint
+        super().__init__(code, message, hint)
+
+    @classmethod
+    def of(cls, error: CodedError) -> "CliError":
+        """Another part's refusal (the daemon's, a peer service's), as the CLI's."""
+        return cls(str(error), error.code, error.hint)
 
 
 def host_port_option(option: str, text: str) -> tuple[str, int]:
@@ -103,7 +107,7 @@ def node_request(state_dir: Path, command: str, **arguments: Any) -> dict[str, A
     try:
         return request(paths.control_socket, command, **arguments)
     except ControlError as error:
-        raise CliError(str(error), error.code, error.hint) from None
+        raise CliError.of(error) from None
 
 
 def trusted_peer_address(state_dir: Path, peer: str) -> str:

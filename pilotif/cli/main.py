@@ -422,7 +422,7 @@ def down(state_dir: Path) -> None:
         status = request(paths.control_socket, "status")["status"]
         request(paths.control_socket, "down")
     except ControlError as error:
-        raise CliError(str(error), error.code, error.hint) from None
+        raise CliError.of(error) from None
     pid = int(status["pid"])
     deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -451,7 +451,7 @@ def status(as_json: bool, state_dir: Path) -> None:
     try:
         state = request(paths.control_socket, "status")["status"]
     except ControlError as error:
-        raise CliError(str(error), error.code, error.hint) from None
+        raise CliError.of(error) from None
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
@@ -795,7 +795,7 @@ def events(as_json: bool, state_dir: Path) -> None:
         for event in stream(paths.control_socket, "events", on_open=_listening):
             click.echo(json.dumps(event) if as_json else _format_event(event))
     except ControlError as error:
-        raise CliError(str(error), error.code, error.hint) from None
+        raise CliError.of(error) from None
     raise CliError("the daemon stopped", "not_running")
 
 

@@ -395,6 +395,6 @@ def _service_errors() -> Iterator[None]:
     try:
         yield
     except ServiceError as error:
-        raise _tool_error(CliError(str(error), error.code, error.hint)) from None
+        raise _tool_error(CliError.of(error)) from None
     except CliError as error:
         raise _tool_error(error) from None

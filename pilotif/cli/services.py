@@ -104,7 +104,7 @@ def inbox(follow: bool, clear: bool, as_json: bool, state_dir: Path) -> None:
             }
             click.echo(json.dumps(arrived) if as_json else _message_line(arrived), nl=True)
     except ControlError as error:
-        raise CliError(str(error), error.code, error.hint) from None
+        raise CliError.of(error) from None
     raise CliError("the daemon stopped", "not_running")
 
 
@@ -114,7 +114,7 @@ def _as_cli_errors() -> Iterator[None]:
     try:
         yield
     except ServiceError as error:
-        raise CliError(str(error), error.code, error.hint) from None
+        raise CliError.of(error) from None
 
 
 @click.command("send-file")

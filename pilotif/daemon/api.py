@@ -15,6 +15,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mappi
 from pathlib import Path
 from typing import Any
 
+from pilotif.util.errors import CodedError
+
 Request = dict[str, Any]
 Reply = dict[str, Any]
 Handler = Callable[[Request], Awaitable[Reply]]
@@ -26,13 +28,11 @@ _CLIENT_TIMEOUT_S = 10.0
 _UCRED = struct.Struct("3i")
 
 
-class ControlError(Exception):
+class ControlError(CodedError):
     """The daemon could not be reached or refused the request."""
 
     def __init__(self, message: str, code: str = "not_running", hint: str = "") -> None:
-        super().__init__(f"{message}; {hint}" if hint else message)
-        self.code = code
-        self.hint = hint
+        super().__init__(code, f"{message}; {hint}" if hint else message, hint)
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:

@@ -38,6 +38,7 @@ from pilotif.node.policy import (
 from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
+from pilotif.util.errors import CodedError
 from pilotif.util.logs import log_event
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
@@ -51,13 +52,8 @@ _CACHED_CHANGES: Final = (Joined, PeerAdded, PeerRemoved, PathChanged, StartedWi
 """How long `join` waits for the first trust list before it carries on without it."""
 
 
-class RegistryError(Exception):
+class RegistryError(CodedError):
     """The registry refused a request or never answered; `code` and `hint` say more."""
-
-    def __init__(self, code: str, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.hint = hint
 
 
 class NodeRunner:
@@ -261,7 +257,7 @@ class NodeRunner:
                 await self.call("untrust", peer=peer)
                 return {"ok": True, "state": "none"}
         except RegistryError as error:
-            return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
+            return error.reply()
         return {"ok": False, "error": f"unknown command {command!r}", "code": "bad_command"}
 
     # -- the port policy ---------------------------------------------------------------
@@ -296,7 +292,7 @@ class NodeRunner:
         except PolicyError as error:
             return {"ok": False, "error": str(error), "code": "bad_policy"}
         except RegistryError as error:
-            return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
+            return error.reply()
         policy = self.core.policy
         denied = {
             peer.hostname: state.policy_denied

@@ -5,17 +5,13 @@ import asyncio
 from typing import Any, Final
 
 from pilotif.services.wire import MAX_LINE_BYTES, WireError, encode, read_message
+from pilotif.util.errors import CodedError
 
 REQUEST_TIMEOUT_S: Final = 10.0
 
 
-class ServiceError(Exception):
+class ServiceError(CodedError):
     """A peer's service did not do what was asked; `code` and `hint` say more."""
-
-    def __init__(self, code: str, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.code = code
-        self.hint = hint
 
 
 async def request(address: str, port: int, message: dict[str, Any]) -> dict[str, Any]:

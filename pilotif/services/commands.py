@@ -54,7 +54,7 @@ class ServiceCommands:
             messages = [asdict(m) for m in self._services.inbox.messages()]
             return {"ok": True, "messages": messages}
         except ServiceError as error:
-            return {"ok": False, "error": str(error), "code": error.code, "hint": error.hint}
+            return error.reply()
         except TaskError as error:
             return {"ok": False, "error": str(error), "code": error.code, "hint": _TASK_HINT}
 

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
 
+from pilotif.util.errors import CodedError
 from pilotif.util.files import append_private_file, read_state_file
 
 RECEIVED_DIR: Final = "received"
@@ -40,12 +41,8 @@ MAX_NAME_CHARS: Final = 100
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-class FileRefused(Exception):
+class FileRefused(CodedError):
     """A file this node does not take; `code` goes in the answer."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

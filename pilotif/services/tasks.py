@@ -30,6 +30,7 @@ from dataclasses import astuple, dataclass, fields, replace
 from typing import Any, Final, Literal
 
 from pilotif.services.store import ServiceStore, storable
+from pilotif.util.errors import CodedError
 from pilotif.util.files import StateFileError, read_state_file
 
 LEGACY_TASKS_FILE: Final = "tasks.json"
@@ -54,12 +55,8 @@ TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """What a task id looks like (ours are 12 hex digits; an executor's must fit this)."""
 
 
-class TaskError(Exception):
+class TaskError(CodedError):
     """A task operation that cannot be done; `code` goes to the CLI."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)

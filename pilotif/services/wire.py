@@ -20,6 +20,8 @@ import json
 import math
 from typing import Any, Final
 
+from pilotif.util.errors import CodedError
+
 MAX_LINE_BYTES: Final = 64 * 1024
 MAX_NESTING: Final = 64
 """Objects and arrays inside one another, at most."""
@@ -28,13 +30,12 @@ _OBJECT: Final = "a line is one JSON object"
 _TOO_DEEP: Final = f"{_OBJECT}, nested at most {MAX_NESTING} deep"
 
 
-class WireError(Exception):
+class WireError(CodedError):
     """A line that is not a request; `code` goes in the answer. `at_line`: the stream is
     still at the start of a line (the next request can be read)."""
 
     def __init__(self, code: str, message: str, *, at_line: bool = True) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(code, message)
         self.at_line = at_line
 
 
