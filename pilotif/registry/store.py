@@ -19,6 +19,7 @@ from pilotif.control.identity import ipv6_for_key
 from pilotif.registry.database import Cursor, DatabaseError, Executor, open_database
 from pilotif.registry.joinkey import new_join_key, secret_matches
 from pilotif.registry.schema import migrate
+from pilotif.util.errors import CodedError
 
 TrustState = Literal["none", "pending", "trusted"]
 
@@ -104,13 +105,9 @@ class UnknownNetwork(StoreError):
     code = "unknown_network"
 
 
-class JoinRefused(StoreError):
+class JoinRefused(StoreError, CodedError):
     """A node that may not join: no key where one is required, or a key that is not
     (or no longer) good; `code` says which."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
