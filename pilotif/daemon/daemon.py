@@ -23,7 +23,7 @@ from pilotif.daemon.netwatch import NetworkWatch
 from pilotif.daemon.node_runner import NodeRunner, RegistryError
 from pilotif.daemon.overlay_servers import OverlayServers
 from pilotif.daemon.wgquick import InterfaceConfig
-from pilotif.net.bind import Bind, endpoint_text
+from pilotif.net.bind import Bind, UdpBind, endpoint_text
 from pilotif.net.udp import UnderlayError, resolve_endpoint, resolve_endpoints
 from pilotif.net.udp_batch import segments_per_send
 from pilotif.node.cache import NodeCache, NodeSnapshot
@@ -315,12 +315,12 @@ class Daemon:
         """The UDP port: the one asked for, else the node's port of its last run (so that
         peers and NAT mappings that know it still reach it), else any."""
         if self.config.listen_port is not None or snapshot is None:
-            return Bind(self.config.listen_port, registries)
+            return UdpBind(self.config.listen_port, registries)
         try:
-            return Bind(snapshot.listen_port, registries)
+            return UdpBind(snapshot.listen_port, registries)
         except UnderlayError:
             log_event("listen_port_taken", port=snapshot.listen_port)
-            return Bind(None, registries)
+            return UdpBind(None, registries)
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         if link_exists(self.interface):

@@ -1,32 +1,31 @@
-"""The Bind: the UDP side of a daemon (wireguard-go's conn.Bind, Tailscale's magicsock).
+"""The Bind: the network side of a daemon (wireguard-go's conn.Bind, Tailscale's magicsock).
 
-It owns the UDP sockets and their batching, wraps datagrams for peers reached through
-a relay (our home relay, else the registry), and splits what arrives from the registry's
-and the relays' addresses into control messages (for the node core) and relayed
-WireGuard datagrams (for the overlay device, from a `RelayEndpoint`). Everything else
-that arrives goes to the device as it is.
+`Bind` is the interface the data path and the daemon use: send datagrams (or a GSO train)
+to any peer endpoint, whatever its transport (net/transport.py); send control datagrams to
+the registry and relays; receive from the sockets it watches and sort what came from a
+registry or relay address (net/relay_frame.py). `UdpBind` is the one on UDP sockets; the
+tests have a fake.
 """
 
 import socket
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pilotif.net.hostport import format_endpoint
-from pilotif.net.relay_frame import (
-    CONTROL_TYPE,
-    PUNCH_OPENER,
-    RELAY_TYPE,
-    WireError,
-    pack_relay,
-    unpack_relay,
+from pilotif.net.relay_frame import FromRegistry, RelayFraming
+from pilotif.net.transport import (
+    RelayTransport,
+    Transport,
+    TransportKind,
+    UdpTransport,
+    is_udp,
+    transport_of,
 )
 from pilotif.net.udp import UdpSockets
 from pilotif.net.udp_batch import UdpBatch
-from pilotif.wg.crypto import BytesLike
+from pilotif.packet.ip import BytesLike
 from pilotif.wg.events import Endpoint, PeerEndpoint, RelayEndpoint
-from pilotif.wg.messages import split_coalesced
 
 
 def endpoint_text(endpoint: PeerEndpoint) -> str:
@@ -34,93 +33,68 @@ def endpoint_text(endpoint: PeerEndpoint) -> str:
     return "relay" if isinstance(endpoint, RelayEndpoint) else format_endpoint(endpoint)
 
 
-@dataclass
-class FromRegistry:
-    """What one receive from a registry address held, sorted by who takes it."""
+class Bind(Protocol):
+    """What the data path and the daemon ask of the network under the overlay."""
 
-    control: list[bytes] = field(default_factory=list)
-    """Control messages and key answers (0x50, 0x52): for the node core."""
-    wireguard: list[tuple[bytes, PeerEndpoint]] = field(default_factory=list)
-    """WireGuard datagrams, with where they came from (the relay, for a peer): for the
-    device."""
+    port: int
+    """The local UDP port (peers and the registry send here)."""
+    counters: Counter[str]
+    """Relayed bytes each way, punch openers, malformed relay messages."""
 
+    def sockets(self) -> list[socket.socket]:
+        """The sockets to watch for input."""
 
-class RelayFraming:
-    """The Bind's logic without sockets: relay framing and sorting what arrives.
-
-    Relayed datagrams go to the home relay (`use_relays`), else to `registry`: the first
-    of `registries` (none for a daemon without a registry), whose replicas are where
-    control messages come from (`use_registry` moves to another). `counters` counts
-    relayed bytes each way, punch openers, and relay messages dropped as malformed.
-    """
-
-    def __init__(self, registries: tuple[Endpoint, ...]) -> None:
-        self.registry = registries[0] if registries else None
-        self.registries = set(registries)
-        self.relay: Endpoint | None = None
-        self.relays: set[Endpoint] = set()
-        self.counters: Counter[str] = Counter()
-
-    def use_registry(self, endpoint: Endpoint) -> None:
-        """Relay through the replica at `endpoint` from now on (when no relay is home)."""
-        self.registry = endpoint
-
-    def use_relays(self, home: Endpoint | None, relays: set[Endpoint]) -> None:
-        """Relay through `home` (None: the registry); take datagrams from all `relays`."""
-        self.relay = home
-        self.relays = relays
-
-    def wrap(self, datagram: BytesLike, endpoint: RelayEndpoint) -> tuple[bytes, Endpoint] | None:
-        """The datagram for the relay that carries `datagram` to a relayed peer."""
-        through = self.relay or self.registry
-        if through is None:
-            return None
-        self.counters["relay_tx_bytes"] += len(datagram)
-        return pack_relay(endpoint.peer, datagram), through
-
-    def is_opener(self, buffer: memoryview) -> bool:
-        """Whether a receive is a peer's punch opener (counted, then dropped)."""
-        if len(buffer) == len(PUNCH_OPENER) and buffer == PUNCH_OPENER:
-            self.counters["punch_openers"] += 1
-            return True
-        return False
+    def receive(self, sock: socket.socket) -> tuple[memoryview, int, Endpoint] | None:
+        """One receive on `sock`: its buffer, segment size and source; None when none waits."""
 
     def is_registry(self, source: Endpoint) -> bool:
-        """Whether datagrams from `source` need `split_registry` rather than the device."""
-        return source in self.registries or source in self.relays
+        """Whether datagrams from `source` need `split_registry`."""
+
+    def is_opener(self, buffer: memoryview) -> bool:
+        """Whether a receive is a peer's punch opener (counted, to be dropped)."""
 
     def split_registry(
         self, buffer: memoryview, segment_size: int, source: Endpoint
     ) -> FromRegistry:
-        """Sort the datagrams of one receive from a registry or relay address (`source`)."""
-        sorted_ = FromRegistry()
-        for view in split_coalesced(buffer, segment_size):
-            data = bytes(view)
-            if not data:
-                continue
-            if data[0] < CONTROL_TYPE:
-                sorted_.wireguard.append((data, source))
-            elif data[0] != RELAY_TYPE:
-                sorted_.control.append(data)
-            else:
-                try:
-                    peer, inner = unpack_relay(data)
-                except WireError:
-                    self.counters["relay_malformed"] += 1
-                    continue
-                self.counters["relay_rx_bytes"] += len(inner)
-                sorted_.wireguard.append((inner, RelayEndpoint(peer)))
-        return sorted_
+        """Sort the datagrams of one receive from a registry or relay address."""
+
+    def send(self, datagrams: Sequence[tuple[BytesLike, PeerEndpoint]]) -> int:
+        """Send datagrams to peer endpoints, each over its transport; the number refused."""
+
+    def send_train(self, train: memoryview, size: int, endpoint: PeerEndpoint) -> int:
+        """Send a GSO train to one peer endpoint; the number refused."""
+
+    def send_control(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> int:
+        """Send control datagrams to registry or relay addresses; the number refused."""
+
+    def use_registry(self, endpoint: Endpoint) -> None:
+        """Relay through the registry replica at `endpoint` (when no relay is home)."""
+
+    def use_relays(self, home: Endpoint | None, relays: set[Endpoint]) -> None:
+        """Relay through `home` (None: the registry); take datagrams from all `relays`."""
+
+    def status(self) -> dict[str, Any]:
+        """What `pilotif status` shows of the transports (offloads)."""
+
+    def close(self) -> None:
+        """Close the sockets."""
 
 
-class Bind(RelayFraming):
-    """UDP sockets on one port, batched, with the relay as one more kind of endpoint."""
+class UdpBind(RelayFraming):
+    """The Bind on UDP sockets (IPv4 and IPv6) on one port, batched; relayed peers are
+    reached through relay datagrams over the same sockets."""
 
     def __init__(self, port: int | None, registries: tuple[Endpoint, ...] = ()) -> None:
         super().__init__(registries)
         self._sockets = UdpSockets(port)
         self._batch = UdpBatch(self._sockets)
         self.port = self._sockets.port
+        self._udp = UdpTransport(self._batch)
+        self._transports: dict[TransportKind, Transport] = {
+            TransportKind.UDP4: self._udp,
+            TransportKind.UDP6: self._udp,
+            TransportKind.RELAY: RelayTransport(self, self._sockets.send),
+        }
 
     def sockets(self) -> list[socket.socket]:
         """The open sockets, to watch for input."""
@@ -134,38 +108,25 @@ class Bind(RelayFraming):
         """Close the sockets."""
         self._sockets.close()
 
-    # -- sending -----------------------------------------------------------------
-
     def send(self, datagrams: Sequence[tuple[BytesLike, PeerEndpoint]]) -> int:
-        """Send datagrams in order, wrapping those for relayed peers; the number refused."""
-        if not any(isinstance(endpoint, RelayEndpoint) for _, endpoint in datagrams):
-            return self._batch.send(datagrams)  # type: ignore[arg-type]
-        direct: list[tuple[BytesLike, Endpoint]] = []
-        failed = 0
+        """Send datagrams, each over its transport; the number refused. Datagrams for one
+        transport keep their order."""
+        if all(is_udp(endpoint) for _, endpoint in datagrams):
+            return self._udp.send(datagrams)
+        by_transport: dict[Transport, list[tuple[BytesLike, PeerEndpoint]]] = {}
         for datagram, endpoint in datagrams:
-            if isinstance(endpoint, RelayEndpoint):
-                failed += not self._send_relayed(datagram, endpoint)
-            else:
-                direct.append((datagram, endpoint))
-        return failed + (self._batch.send(direct) if direct else 0)
+            transport = self._transports[transport_of(endpoint)]
+            by_transport.setdefault(transport, []).append((datagram, endpoint))
+        return sum(transport.send(group) for transport, group in by_transport.items())
 
     def send_train(self, train: memoryview, size: int, endpoint: PeerEndpoint) -> int:
         """Send a GSO train (datagrams of `size` bytes back to back, the last may be
-        shorter) to one peer endpoint; the number refused."""
-        if not isinstance(endpoint, RelayEndpoint):
-            return self._batch.send_buffer(train, size, endpoint)
-        datagrams = split_coalesced(train, size)
-        return sum(not self._send_relayed(datagram, endpoint) for datagram in datagrams)
+        shorter) to one peer endpoint over its transport; the number refused."""
+        return self._transports[transport_of(endpoint)].send_train(train, size, endpoint)
 
     def send_control(self, datagrams: Sequence[tuple[bytes, Endpoint]]) -> int:
         """Send control datagrams one by one; the number refused."""
         return sum(not self._sockets.send(datagram, to) for datagram, to in datagrams)
-
-    def _send_relayed(self, datagram: BytesLike, endpoint: RelayEndpoint) -> bool:
-        wrapped = self.wrap(datagram, endpoint)
-        return wrapped is not None and self._sockets.send(*wrapped)
-
-    # -- receiving ---------------------------------------------------------------
 
     def receive(self, sock: socket.socket) -> tuple[memoryview, int, Endpoint] | None:
         """One receive on `sock` (see `UdpBatch.receive`), or None when none waits."""

@@ -28,7 +28,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from pilotif.control.relay_info import RelayInfo
-from pilotif.net.bind import RelayFraming
+from pilotif.net.relay_frame import RelayFraming
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import NodeEvent, RelaysChanged
 from pilotif.node.trust import TrustRecord

@@ -1,4 +1,4 @@
-"""Bind.send_train on loopback: a GSO train reaches a direct peer as its datagrams, and a
+"""UdpBind.send_train on loopback: a GSO train reaches a direct peer as its datagrams, and a
 relayed peer as one relay message per datagram, in order, none lost."""
 
 import os
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from pilotif.control.wire import unpack_relay
-from pilotif.net.bind import Bind
+from pilotif.net.bind import UdpBind
 from pilotif.wg.events import RelayEndpoint
 
 SIZE = 1452
@@ -39,7 +39,7 @@ def received(sock: socket.socket, count: int) -> list[bytes]:
 
 
 def test_a_train_reaches_a_direct_peer_as_its_datagrams(listener: socket.socket) -> None:
-    bind = Bind(None)
+    bind = UdpBind(None)
     sizes = [SIZE] * 5 + [200]
     train = train_of(sizes)
     try:
@@ -52,7 +52,7 @@ def test_a_train_reaches_a_direct_peer_as_its_datagrams(listener: socket.socket)
 def test_a_train_reaches_a_relayed_peer_one_relay_message_a_datagram(
     listener: socket.socket,
 ) -> None:
-    bind = Bind(None, (listener.getsockname(),))
+    bind = UdpBind(None, (listener.getsockname(),))
     sizes = [SIZE] * 5 + [200]
     train = train_of(sizes)
     try:
