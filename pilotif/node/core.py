@@ -24,20 +24,19 @@ import contextlib
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Final
 
 from pilotif.control.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
 from pilotif.control.relay_info import RelayInfo, relays_from_json
 from pilotif.control.tickets import TICKET_LIFETIME_S
-from pilotif.control.wire import PUNCH_OPENER, format_endpoint
+from pilotif.control.wire import format_endpoint
 from pilotif.node.cache import CachedPeer, NodeSnapshot
-from pilotif.node.candidates import usable_candidates
 from pilotif.node.events import (
+    EventSink,
     Joined,
     JoinFailed,
     NodeEvent,
-    PathChanged,
     PeerAdded,
     PeerRefused,
     PeerRemoved,
@@ -58,27 +57,12 @@ from pilotif.node.events import (
     TrustStateChanged,
     TrustSynced,
 )
-from pilotif.node.paths import (
-    DIRECT_PATH_TIMEOUT_S,
-    DIRECT_STATES,
-    FALLBACK_ROUND_S,
-    HOLD_AFTER_FALLBACK_S,
-    PATH_CHECK_AFTER_S,
-    PROBE_DURATION_S,
-    PROBE_INTERVAL_S,
-    QUIET_PEER_KEEPALIVE_S,
-    QUIET_RELAY_KEEPALIVE_MIN_S,
-    ROAMING,
-    ROUND_BACKOFF_FIRST_S,
-    ROUND_BACKOFF_MAX_S,
-    STABLE_DIRECT_S,
-    PathInput,
-    PathState,
-    next_state,
-)
+from pilotif.node.path_manager import RELAY_KEEPALIVE_S, PathManager
+from pilotif.node.peers import TrustedPeer
 from pilotif.node.policy import PeerIdentity, Policy, packet_filter
 from pilotif.node.registry_link import (
     KEY_FETCH_ID,
+    REGISTER_INTERVAL_S,
     KeyAnswer,
     LinkInput,
     MoveAsked,
@@ -90,23 +74,16 @@ from pilotif.node.registry_link import (
 )
 from pilotif.node.relays import HomeRelayChanged, Relays, TicketsPresented
 from pilotif.node.trust import TrustRecord
-from pilotif.packet.icmp import echo_request_packet
 from pilotif.wg.device import Device
-from pilotif.wg.events import Endpoint, EndpointChanged, Event, PeerEndpoint, RelayEndpoint
+from pilotif.wg.events import Endpoint, Event, RelayEndpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
-from pilotif.wg.peer import Peer
 
-REGISTER_INTERVAL_S: Final = 20.0
 TICKET_RETRY_S: Final = 5.0
 """The wait before tickets are asked for again after the registry refused or was silent."""
 TICKET_REFRESH_S: Final = TICKET_LIFETIME_S / 2
 """How often the tickets at our home relay are fetched again (before they expire)."""
 REREGISTER_MIN_S: Final = 2.0
 """The shortest time between two registrations the relay's notices cause."""
-RELAY_KEEPALIVE_S: Final = 2
-"""The persistent keepalive of a relayed peer: a NAT mapping towards the registry that
-changed (flushed, or the router restarted) is found within this, from the relay's
-notice, on both sides (a direct peer keeps REGISTER_INTERVAL_S)."""
 UNREACHABLE: Final = "unreachable"
 """The code of a failure that got no answer at all (as opposed to a refusal)."""
 REGISTRY_RETRY_S: Final = 1.0
@@ -115,11 +92,6 @@ registry that comes back (a restart, an upgrade) sees its nodes within about a s
 REGISTRY_RECENT_S: Final = 120.0
 """For this long after the registry stopped answering, retry every REGISTRY_RETRY_S; later
 only every REGISTER_INTERVAL_S (each register still tries REQUEST_ATTEMPTS times)."""
-"""How often a node registers again (its heartbeat)."""
-PATH_POLL_S: Final = 0.5
-"""How often the core looks at a direct path's answers."""
-MAX_PUNCH_DELAY_MS: Final = 1_000
-"""The longest a punch may be put off to meet the other side's."""
 TRUST_OPS: Final = frozenset({"trust_request", "trust_respond", "untrust"})
 """Requests that change trust: kept in the outbox until the registry confirms them."""
 QUEUED: Final = "queued"
@@ -148,37 +120,6 @@ class NodeOptions:
     """A join key from the registry's operator (sent until the registry admits us)."""
     registry_replicas: tuple[Endpoint, ...] = ()
     """Other replicas of the registry (HOST, PORT), tried in turn when one is silent."""
-
-
-@dataclass
-class TrustedPeer:
-    """What the node knows of a peer it trusts, and where its path stands."""
-
-    hostname: str
-    public_key: bytes
-    ipv4: IPv4Address
-    ipv6: IPv6Address
-    tags: list[str]
-    """The tags it gave itself (labels for `find`)."""
-    granted_tags: list[str] = field(default_factory=list)
-    """The tags the registry's operator granted it (what policies and auto-approval match)."""
-    network_name: str | None = None
-    state: PathState = PathState.RELAY
-    candidates: list[Endpoint] = field(default_factory=list)
-    round_until_s: float = 0.0
-    """Probes go out until then (also once direct: the other side may need them)."""
-    next_probe_s: float = 0.0
-    next_round_s: float | None = None
-    """When to ask the registry for the next probe round (relayed peers)."""
-    backoff_s: float = ROUND_BACKOFF_FIRST_S
-    direct_since_s: float | None = None
-    next_check_s: float = 0.0
-    """When to look at (or echo on) the direct path next."""
-    keepalive_for_s: float | None = None
-    """The data arrival (the device's last_data_received_s) after which the quiet-peer
-    keepalive went out."""
-    relay_keepalive_at_s: float = 0.0
-    """When a quiet-peer keepalive may go through the relay again."""
 
 
 @dataclass
@@ -244,7 +185,6 @@ class NodeCore:
         """Whether the registry accepted a registration of this run (the join key is
         sent until then: revoking it later does not turn the node away)."""
         self.public_endpoint: str | None = None
-        self.registry_online = False
         self.registry_lost_s: float | None = None
         """When the registry stopped answering (None while it answers)."""
         self.registry_key_refused: str | None = None
@@ -253,7 +193,9 @@ class NodeCore:
         self.peers: dict[bytes, TrustedPeer] = {}
         self.peers_version = 0
         """Bumped whenever a peer is added or removed (the DNS table follows it)."""
-        self.events: list[NodeEvent] = []
+        self._sink = EventSink()
+        self.paths = PathManager(device, self._sink)
+        """Every trusted peer's path (relay or direct), probes and punching."""
         self.refused: dict[str, str] = {}
         """Hostname -> why the registry's offer of that peer was refused (the latest)."""
         self._internal: dict[int, str] = {}
@@ -270,13 +212,21 @@ class NodeCore:
         self._rehandshake_after_register = False
         """After a network change: new handshakes through the relay once the registry
         knows our new address (the peers then move to the relay at once)."""
-        self._path_checks = 0
-        self._openers: list[tuple[bytes, Endpoint]] = []
-        self._delayed_punches: list[tuple[float, bytes, list[Endpoint]]] = []
-        """Punches to act on later: (when, peer key, candidates)."""
-        self.candidates_refused = 0
-        """Peers' candidate endpoints never probed: loopback, link-local, our own... (see
-        pilotif.node.candidates)."""
+
+    @property
+    def events(self) -> list[NodeEvent]:
+        """What happened, in order (frozen dataclasses of `pilotif.node.events`): take
+        the list and set a new one."""
+        return self._sink.items
+
+    @events.setter
+    def events(self, events: list[NodeEvent]) -> None:
+        self._sink.items = events
+
+    @property
+    def registry_online(self) -> bool:
+        """Whether the registry answers (since our last registration)."""
+        return self.paths.registry_online
 
     # -- inputs: commands ----------------------------------------------------------
 
@@ -286,7 +236,7 @@ class NodeCore:
         once at its last direct endpoint. Registering goes on in the background."""
         self._take_address(snapshot.ipv4, snapshot.network)
         self.network_name = snapshot.network_name
-        self.registry_online = False
+        self.paths.registry_changed(False, now)
         self.registry_lost_s = now
         added = 0
         for cached in snapshot.peers:
@@ -302,18 +252,20 @@ class NodeCore:
                 continue
             added += 1
             if cached.endpoint is not None:
-                peer = self.peers[cached.public_key]
-                self._input(peer, PathInput.CACHED_ENDPOINT, now, cached.endpoint)
-                self.device.initiate_handshake(cached.public_key, now)
+                self.paths.cached_endpoint(cached.public_key, cached.endpoint, now)
         self._next_register_s = now + REGISTRY_RETRY_S
         self.events.append(StartedWithoutRegistry(snapshot.ipv4, added))
 
     def _take_address(self, ipv4: IPv4Address, network: IPv4Network) -> None:
         """The node is joined with this address (from the registry, or kept): peers'
         packets must be addressed to it or to the node's IPv6 address."""
-        self.ipv4, self.network = ipv4, network
+        self._set_address(ipv4, network)
         self.joined = True
         self.device.accept_only_to([ipv4.packed, self.ipv6.packed])
+
+    def _set_address(self, ipv4: IPv4Address, network: IPv4Network) -> None:
+        self.ipv4, self.network = ipv4, network
+        self.paths.local_ipv4 = ipv4
 
     def snapshot(self, listen_port: int) -> NodeSnapshot | None:
         """What to keep for a start without the registry (None before joining)."""
@@ -410,12 +362,8 @@ class NodeCore:
         """The device's events since the last call (hand each once, before draining the
         core): a peer's endpoint that moved, as its path's `ROAMING` let it, feeds the
         path table."""
-        for event in events:
-            if isinstance(event, EndpointChanged) and event.public_key in self.peers:
-                source = event.endpoint
-                relayed = isinstance(source, RelayEndpoint)
-                kind = PathInput.RELAYED_PACKET if relayed else PathInput.DIRECT_PACKET
-                self._input(self.peers[event.public_key], kind, now, source)
+        self.paths.device_reported(events, now)
+        self._ask_rounds(now)
 
     # -- inputs: timer -------------------------------------------------------------
 
@@ -424,28 +372,19 @@ class NodeCore:
         deadlines = [self.link.next_timer(), self._next_register_s, self.relays.next_timer()]
         if self._tickets is None:
             deadlines.append(self._tickets_due_s)
-        deadlines += [at for at, _, _ in self._delayed_punches]
-        for peer in self.peers.values():
-            deadlines.append(self._peer_deadline(peer))
+        deadlines.append(self.paths.next_timer())
         return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         """Retries, the heartbeat, probes and path checks that are due."""
         for item in self.link.handle_timer(now):
             self._on_link(item, now)
-        due = [item for item in self._delayed_punches if item[0] <= now]
-        if due:
-            self._delayed_punches = [item for item in self._delayed_punches if item[0] > now]
-            for _, key, endpoints in due:
-                self._start_round(key, endpoints, now)
         if self._next_register_s is not None and now >= self._next_register_s:
             self._next_register_s = now + REGISTER_INTERVAL_S
             self._register(now)
-        relayed = False
-        for peer in list(self.peers.values()):
-            self._tick_peer(peer, now)
-            relayed = relayed or self.path_of(peer.public_key) == "relay"
-        self.relays.set_active(relayed, now)
+        self.paths.handle_timer(now)
+        self._ask_rounds(now)
+        self.relays.set_active(self.paths.any_relayed(), now)
         self.relays.handle_timer(now)
         self._after_relays(now)
 
@@ -454,7 +393,9 @@ class NodeCore:
     @property
     def has_output(self) -> bool:
         """Whether datagrams or events wait."""
-        return bool(self.events or self.link.outgoing or self._openers or self.relays.outgoing)
+        return bool(
+            self.events or self.link.outgoing or self.paths.has_output or self.relays.outgoing
+        )
 
     def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
         """Control datagrams for the registry and punch openers for peers' candidates,
@@ -463,10 +404,7 @@ class NodeCore:
         if self.relays.outgoing:
             out += self.relays.outgoing
             self.relays.outgoing = []
-        if self._openers:
-            out += self._openers
-            self._openers = []
-        return out
+        return out + self.paths.take_openers()
 
     # -- the registry link -----------------------------------------------------------
 
@@ -496,9 +434,13 @@ class NodeCore:
     def _punch_again(self, now: float) -> None:
         """Our NAT mapping, and so every peer's view of our endpoint, changed: back to the
         relay with each peer, and a probe round with each."""
-        for peer in self.peers.values():
-            self._input(peer, PathInput.NETWORK_CHANGED, now)
-            self._request("connect", {"peer": encode_key(peer.public_key)}, now)
+        self.paths.network_changed(now)
+        self._ask_rounds(now)
+
+    def _ask_rounds(self, now: float) -> None:
+        """Ask the registry for the probe rounds the path manager wants."""
+        for key in self.paths.take_rounds():
+            self._request("connect", {"peer": encode_key(key)}, now)
 
     def _on_relay_notice(self, now: float) -> None:
         """The relay does not know our address any more (our NAT mapping changed):
@@ -628,7 +570,7 @@ class NodeCore:
             self.events.append(RequestError(op, self._unreachable()[1]))
             return
         if self.registry_online or not self.joined:
-            self.registry_online = False
+            self.paths.registry_changed(False, now)
             if self.joined:
                 self.registry_lost_s = now
                 self.events.append(RegistryLost(self._unreachable()[1]))
@@ -678,7 +620,7 @@ class NodeCore:
                 RequestError("register", f"the registry moved this node to {ipv4} in {network}")
             )
             return
-        self.ipv4, self.network = ipv4, network
+        self._set_address(ipv4, network)
         self.admitted = True
         self.relays.update(relays_from_json(reply.get("relays")), now)
         replica = reply.get("replica")
@@ -698,7 +640,8 @@ class NodeCore:
             self._rehandshake_after_register = True
             self._punch_again(now)
         self._next_register_s = now + REGISTER_INTERVAL_S
-        was_online, self.registry_online = self.registry_online, True
+        was_online = self.registry_online
+        self.paths.registry_changed(True, now)
         self.registry_lost_s = None
         self.registry_key_refused = None
         if self._rehandshake_after_register:
@@ -817,7 +760,13 @@ class NodeCore:
                 self._remove_peer(key, reason="trust revoked")
                 self._withdraw(key)
         elif op == "punch":
-            self._on_punch(message, node, now)
+            key = _key(node.get("public_key"))
+            if key is not None:
+                self.paths.punch(key, message, self.lan_endpoints, self._overlay(), now)
+
+    def _overlay(self) -> list[IPv4Network | IPv6Network]:
+        """The overlay's networks (no peer's candidate may be in them)."""
+        return [IPV6_PREFIX] + ([self.network] if self.network is not None else [])
 
     def _on_trust_requested(self, node: dict[str, Any], message: str, now: float) -> None:
         key = _key(node.get("public_key"))
@@ -892,7 +841,6 @@ class NodeCore:
             tags=tags,
             granted_tags=granted,
             network_name=network_name,
-            next_round_s=now,
         )
         self.peers[key] = peer
         self.peers_version += 1
@@ -906,7 +854,7 @@ class NodeCore:
             persistent_keepalive_s=RELAY_KEEPALIVE_S,
             now=now,
         )
-        self.device.set_roaming(key, ROAMING[peer.state])
+        self.paths.add(peer, now)
         self._apply_policy(peer)
         self.events.append(PeerAdded(hostname, key, peer.ipv4))
         return True
@@ -946,203 +894,15 @@ class NodeCore:
         if peer is None:
             return
         self.peers_version += 1
+        self.paths.remove(key)
         self.device.remove_peer(key)
         self.events.append(PeerRemoved(peer.hostname, key, reason))
-
-    # -- paths -----------------------------------------------------------------------
-
-    def _on_punch(self, message: dict[str, Any], node: dict[str, Any], now: float) -> None:
-        key = _key(node.get("public_key"))
-        candidates = message.get("candidates")
-        if key not in self.peers or not isinstance(candidates, list):
-            return
-        overlay = [IPV6_PREFIX] + ([self.network] if self.network is not None else [])
-        endpoints, refused = usable_candidates(candidates, self.lan_endpoints, overlay)
-        self.candidates_refused += refused
-        delay_ms = message.get("delay_ms", 0)
-        if type(delay_ms) is int and 0 < delay_ms <= MAX_PUNCH_DELAY_MS:
-            # The registry says when the other side's punch arrives: open then.
-            self._delayed_punches.append((now + delay_ms / 1000, key, endpoints))
-            return
-        self._start_round(key, endpoints, now)
-
-    def _start_round(self, key: bytes, endpoints: list[Endpoint], now: float) -> None:
-        """A probe round towards a peer's candidates (the peer may have gone meanwhile)."""
-        peer = self.peers.get(key)
-        if peer is None:
-            return
-        peer.candidates = endpoints
-        self._openers += [(PUNCH_OPENER, endpoint) for endpoint in endpoints]
-        self._input(peer, PathInput.PUNCH, now)
-        peer.round_until_s = now + PROBE_DURATION_S
-        peer.next_probe_s = now
-        self.device.probe_with_initiations(peer.public_key, endpoints)
-        self.device.initiate_handshake(peer.public_key, now)
-        self._tick_peer(peer, now)
-
-    def _input(
-        self, peer: TrustedPeer, event: PathInput, now: float, source: PeerEndpoint | None = None
-    ) -> None:
-        """Feed the path table (`source`: where the endpoint moved, for the packet inputs)."""
-        state = next_state(peer.state, event)
-        if state == peer.state:
-            return
-        previous, peer.state = peer.state, state
-        self.device.set_roaming(peer.public_key, ROAMING[state])
-        self._enter(peer, previous, event, now, source)
-
-    def _enter(
-        self,
-        peer: TrustedPeer,
-        previous: PathState,
-        event: PathInput,
-        now: float,
-        source: PeerEndpoint | None,
-    ) -> None:
-        """What entering `peer.state` does."""
-        state = peer.state
-        if state == PathState.DIRECT and previous not in DIRECT_STATES:
-            if isinstance(source, tuple):
-                # Sends from the relay's time do not count against the new path; and
-                # the probe is answered where it came from, which may be a port the
-                # registry never saw (the peer's NAT chose it for us alone).
-                self.device.set_endpoint(peer.public_key, source)
-                self.device.send_keepalive_to(peer.public_key, source, now)
-            peer.direct_since_s = now
-            peer.next_round_s = None
-            peer.next_check_s = now + PATH_POLL_S
-            self.device.set_persistent_keepalive(peer.public_key, int(REGISTER_INTERVAL_S), now)
-            endpoint = format_endpoint(source) if isinstance(source, tuple) else None
-            reason = (
-                "last direct endpoint (started without the registry)"
-                if event == PathInput.CACHED_ENDPOINT
-                else "probe answered"
-            )
-            self._path_changed(peer, "direct", endpoint, reason)
-        elif state == PathState.SUSPECT:
-            self._echo(peer, now)
-        elif state == PathState.PROBING:
-            peer.next_round_s = None
-        elif state in (PathState.RELAY, PathState.HELD):
-            if previous in DIRECT_STATES:
-                self.device.set_persistent_keepalive(peer.public_key, RELAY_KEEPALIVE_S, now)
-                lived = now - (peer.direct_since_s or now)
-                if lived >= STABLE_DIRECT_S:
-                    peer.backoff_s = ROUND_BACKOFF_FIRST_S
-                    peer.next_round_s = now + FALLBACK_ROUND_S
-                else:
-                    peer.next_round_s = now + HOLD_AFTER_FALLBACK_S
-                reason = {
-                    PathInput.SILENT: "direct path silent",
-                    PathInput.NETWORK_CHANGED: "this host's network changed",
-                }.get(event, "the peer went back to the relay")
-                if state == PathState.HELD:
-                    self.device.set_endpoint(peer.public_key, RelayEndpoint(peer.public_key))
-                self._path_changed(peer, "relay", None, reason)
-            else:
-                peer.next_round_s = now + peer.backoff_s
-                peer.backoff_s = min(peer.backoff_s * 2, ROUND_BACKOFF_MAX_S)
-
-    def _path_changed(self, peer: TrustedPeer, path: str, endpoint: str | None, why: str) -> None:
-        self.events.append(PathChanged(peer.hostname, peer.public_key, path, endpoint, why))
-
-    def _echo(self, peer: TrustedPeer, now: float) -> None:
-        """An ICMP echo to the peer through the tunnel: its kernel answers at once, so
-        one-way data does not look like a dead path."""
-        if self.ipv4 is None:
-            return
-        self._path_checks += 1
-        packet = echo_request_packet(self.ipv4, peer.ipv4, self._path_checks)
-        self.device.send_packet(packet, now)
-        peer.next_check_s = now + PATH_CHECK_AFTER_S
-
-    def _peer_deadline(self, peer: TrustedPeer) -> float | None:
-        deadlines: list[float | None] = []
-        if peer.round_until_s > peer.next_probe_s:
-            deadlines.append(peer.next_probe_s)
-        if peer.state == PathState.PROBING:
-            deadlines.append(peer.round_until_s)
-        if peer.next_round_s is not None and self.registry_online:
-            deadlines.append(peer.next_round_s)
-        if peer.state in DIRECT_STATES:
-            deadlines.append(peer.next_check_s)
-        state = self.device.peer(peer.public_key)
-        if state is not None:
-            deadlines.append(self._quiet_keepalive_due(peer, state))
-        return min((d for d in deadlines if d is not None), default=None)
-
-    @staticmethod
-    def _quiet_keepalive_due(peer: TrustedPeer, state: Peer) -> float | None:
-        """When a peer whose data stopped arriving is sent one keepalive, if it is due."""
-        heard = state.last_data_received_s
-        if heard is None or heard == peer.keepalive_for_s:
-            return None
-        return heard + QUIET_PEER_KEEPALIVE_S
-
-    def _tick_peer(self, peer: TrustedPeer, now: float) -> None:
-        state = self.device.peer(peer.public_key)
-        if state is None:
-            return
-        if now < peer.round_until_s and now >= peer.next_probe_s:
-            peer.next_probe_s = now + PROBE_INTERVAL_S
-            if state.current is None:
-                self.device.initiate_handshake(peer.public_key, now)
-            targets = list(peer.candidates)
-            if isinstance(state.endpoint, tuple) and state.endpoint not in targets:
-                targets.append(state.endpoint)
-            for target in targets:
-                self.device.send_keepalive_to(peer.public_key, target, now)
-        if now >= peer.round_until_s and state.probe_endpoints:
-            self.device.probe_with_initiations(peer.public_key, ())
-        if peer.state == PathState.PROBING and now >= peer.round_until_s:
-            self._input(peer, PathInput.ROUND_OVER, now)
-        if peer.next_round_s is not None and now >= peer.next_round_s and self.registry_online:
-            peer.next_round_s = now + peer.backoff_s
-            self._request("connect", {"peer": encode_key(peer.public_key)}, now)
-        if peer.state in DIRECT_STATES and now >= peer.next_check_s:
-            peer.next_check_s = now + PATH_POLL_S
-            self._check_direct(peer, state, now)
-        due = self._quiet_keepalive_due(peer, state)
-        if due is not None and now >= due:
-            self._quiet_keepalive(peer, state, now)
-
-    def _quiet_keepalive(self, peer: TrustedPeer, state: Peer, now: float) -> None:
-        """A peer whose data stopped arriving gets a keepalive directly and, at most every
-        QUIET_RELAY_KEEPALIVE_MIN_S, one through the relay: if our router's public
-        address changed, the peer's router drops the direct one, and the relay answers
-        the other with its notice that it does not know our address (we register again,
-        see a new public endpoint, and punch again)."""
-        peer.keepalive_for_s = state.last_data_received_s
-        relay = RelayEndpoint(peer.public_key)
-        if isinstance(state.endpoint, tuple):
-            self.device.send_keepalive_to(peer.public_key, state.endpoint, now)
-        if now >= peer.relay_keepalive_at_s:
-            peer.relay_keepalive_at_s = now + QUIET_RELAY_KEEPALIVE_MIN_S
-            self.device.send_keepalive_to(peer.public_key, relay, now)
-
-    def _check_direct(self, peer: TrustedPeer, state: Peer, now: float) -> None:
-        since = state.unanswered_since_s
-        if since is None:
-            self._input(peer, PathInput.ANSWERED, now)
-        elif now - since > DIRECT_PATH_TIMEOUT_S:
-            self._input(peer, PathInput.SILENT, now)
-        elif now - since >= PATH_CHECK_AFTER_S:
-            if peer.state == PathState.SUSPECT:
-                self._echo(peer, now)
-            else:
-                self._input(peer, PathInput.UNANSWERED, now)
 
     # -- views -----------------------------------------------------------------------
 
     def path_of(self, key: bytes) -> str:
         """A peer's path: 'direct', 'relay' or 'none' (no session yet)."""
-        state = self.device.peer(key)
-        peer = self.peers.get(key)
-        if state is None or state.current is None or state.endpoint is None:
-            return "none"
-        if peer is not None:
-            return "direct" if peer.state in DIRECT_STATES else "relay"
-        return "relay" if isinstance(state.endpoint, RelayEndpoint) else "direct"
+        return self.paths.path_of(key)
 
     def names(self) -> dict[str, tuple[IPv4Address, IPv6Address]]:
         """Hostname -> addresses of every trusted peer, for the DNS responder."""
@@ -1173,7 +933,7 @@ class NodeCore:
             "tags": peer.tags,
             "trusted": True,
             "path": self.path_of(peer.public_key),
-            "path_state": str(peer.state),
+            "path_state": str(self.paths.state(peer.public_key)),
             "endpoint": format_endpoint(endpoint) if isinstance(endpoint, tuple) else None,
             "last_handshake_s": state.last_handshake_s if state else None,
             "rx_bytes": state.rx_bytes if state else 0,
@@ -1211,7 +971,7 @@ class NodeCore:
             "nat": self.nat_type(),
             "refused_peers": self.refused,
             "control_dropped": self.link.dropped,
-            "candidates_refused": self.candidates_refused,
+            "candidates_refused": self.paths.candidates_refused,
             "relays": self.relays.describe(),
         }
 

@@ -2,7 +2,7 @@
 trust, to peers and to their paths. The daemon logs each as one line and publishes some
 to `pilotif events` (its table `EVENT_ROUTES` says which)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
@@ -257,3 +257,11 @@ NodeEvent = (
     | TrustSynced
     | TrustStateChanged
 )
+
+
+@dataclass
+class EventSink:
+    """The node's events in the order its parts report them (the node core's `events`
+    is `items`: whoever drains it takes the list and leaves a new one)."""
+
+    items: list[NodeEvent] = field(default_factory=list)

@@ -28,6 +28,8 @@ from pilotif.wg.cookie import CookieGenerator
 from pilotif.wg.events import Endpoint
 from pilotif.wg.messages import MessageError, parse_cookie_reply
 
+REGISTER_INTERVAL_S: Final = 20.0
+"""How often a node registers again (its heartbeat)."""
 REQUEST_ATTEMPTS: Final = 5
 REQUEST_RETRY_S: Final = 1.0
 FAILOVER_AFTER_ATTEMPTS: Final = 2

@@ -90,4 +90,4 @@ def test_a_peer_cannot_make_the_node_probe_loopback_metadata_or_itself(net: Netw
     net.run_until(lambda: alpha.path_to(beta) == "direct", 10.0)
     hosts = {host for host, _ in sent_to}
     assert hosts.isdisjoint({"127.0.0.1", "169.254.169.254", alpha.address[0], "::1"})
-    assert alpha.core.candidates_refused >= 4
+    assert alpha.core.paths.candidates_refused >= 4

@@ -685,8 +685,7 @@ def test_probe_rounds_repeat_with_backoff_while_relayed(net: Network) -> None:
     rounds = net.registry.requests["connect"] - before
     # Both sides ask: backoff 2, 4, 8, 16, 30, 30 ... s: about six rounds each in 120 s.
     assert 6 <= rounds <= 20
-    peer = alpha.core.peers[beta.device.public_key]
-    assert peer.backoff_s == ROUND_BACKOFF_MAX_S
+    assert alpha.core.paths.backoff_s(beta.device.public_key) == ROUND_BACKOFF_MAX_S
 
 
 def test_a_probe_from_an_unexpected_port_is_answered_there(net: Network) -> None:
@@ -722,7 +721,7 @@ def test_a_dead_direct_path_falls_back_to_the_relay_within_ten_seconds(net: Netw
         assert net.now - start < 10.0
     net.run_until(lambda: beta.path_to(alpha) == "relay", 10.0)
     assert _ping_arrives(net, alpha, beta, 99)
-    assert alpha.core.peers[beta.device.public_key].state not in DIRECT_STATES
+    assert alpha.core.paths.state(beta.device.public_key) not in DIRECT_STATES
 
 
 def test_the_relay_speaks_only_for_the_peer_it_forwarded_from(net: Network) -> None:
