@@ -1,8 +1,7 @@
 """The cheap checks every sealed control message passes before any X25519: its size,
 mac1 (keyed by our public key), mac2 (the cookie that proves the sender's address;
 without it only a cookie reply goes back, smaller than the message) and the rate limits
-per address; and the limit on relayed traffic per address. The registry and the
-standalone relays both answer through them.
+per address. The registry and the standalone relays both answer through them.
 """
 
 from collections import Counter
@@ -17,8 +16,6 @@ from pilotif.control.wire import (
     REGISTRY_COOKIE_TYPE,
     RELAY_SOURCE_UNKNOWN,
     REQUEST_MACS_SIZE,
-    WireError,
-    unpack_relay,
 )
 from pilotif.wg.constants import AEAD_TAG_SIZE
 from pilotif.wg.cookie import CookieChecker, source_bytes
@@ -37,12 +34,6 @@ UNPROVEN_RATE_PER_S: Final = 50.0
 UNPROVEN_BURST: Final = 200
 """Answers (cookie replies, key answers) to one address whose ports are not proven: the
 most an off-path spoofer can reflect at one victim, at no more bytes than it sent."""
-
-RELAY_PACKETS_PER_S: Final = 20_000.0
-RELAY_BURST_PACKETS: Final = 40_000.0
-RELAY_BYTES_PER_S: Final = 25_000_000.0
-RELAY_BURST_BYTES: Final = 50_000_000.0
-"""What one ip:port may send through a relay (the registry's, or a standalone one)."""
 
 _MAX_CONTROL_DATAGRAM: Final = (
     CONTROL_HEADER_SIZE + MAX_PAYLOAD_BYTES + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
@@ -93,28 +84,6 @@ class PrefixLimit:
         for buckets, key in keys:
             buckets.allow(key, now)
         return True
-
-
-class RelayLimit:
-    """Relay messages per ip:port (packets and bytes, each a token bucket), and their
-    parsing; what it refuses is counted in `counters`."""
-
-    def __init__(self, counters: Counter[str]) -> None:
-        self.counters = counters
-        self._packets = TokenBuckets(RELAY_PACKETS_PER_S, RELAY_BURST_PACKETS)
-        self._bytes = TokenBuckets(RELAY_BYTES_PER_S, RELAY_BURST_BYTES)
-
-    def take(self, data: bytes, source: Endpoint, now: float) -> tuple[bytes, bytes] | None:
-        """The destination key and inner datagram of a relay message from `source`;
-        None if it is over the limit or malformed."""
-        if not (self._packets.allow(source, now) and self._bytes.allow(source, now, len(data))):
-            self.counters["relay_rate_limited"] += 1
-            return None
-        try:
-            return unpack_relay(data)
-        except WireError:
-            self.counters["relay_malformed"] += 1
-            return None
 
 
 class ControlGate:

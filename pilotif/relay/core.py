@@ -18,24 +18,11 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pilotif.control.gate import ControlGate, Outgoing, RelayLimit
+from pilotif.control.forwarder import Forwarder
+from pilotif.control.front import NO_FLOOR, ControlFront
+from pilotif.control.gate import Outgoing
 from pilotif.control.tickets import check_ticket, ticket_key
-from pilotif.control.wire import (
-    CONTROL_TYPE,
-    MAX_REQUEST_ID,
-    RELAY_TYPE,
-    REQUEST_MACS_SIZE,
-    ControlChannel,
-    StaleCounter,
-    WireError,
-    control_sender,
-    error_reply,
-    id_field,
-    pack_relay,
-    stale_counter_reply,
-)
-from pilotif.util.lru import BoundedLru
-from pilotif.wg.crypto import public_key as _public_key
+from pilotif.control.wire import CONTROL_TYPE, MAX_REQUEST_ID, RELAY_TYPE, WireError, error_reply
 from pilotif.wg.events import Endpoint
 
 ATTACH_TIMEOUT_S: Final = 60.0
@@ -63,6 +50,75 @@ class _Attached:
     """Peer key -> when the ticket for it expires (Unix seconds)."""
 
 
+class Attachments:
+    """The nodes attached to this relay, and the forwarder's routes: a node is known by
+    the address it attached from, reachable while it attaches again within
+    ATTACH_TIMEOUT_S, and authorized towards the peers its tickets name."""
+
+    def __init__(self) -> None:
+        self.nodes: OrderedDict[bytes, _Attached] = OrderedDict()
+        """Attached nodes, the longest silent first."""
+        self._owners: dict[Endpoint, bytes] = {}
+
+    def sender_at(self, source: Endpoint, now: float) -> bytes | None:
+        """The attached node at `source` (None: none, or it has not attached in a while)."""
+        sender = self._owners.get(source)
+        node = self.nodes.get(sender) if sender is not None else None
+        if node is None or now - node.seen_s > ATTACH_TIMEOUT_S:
+            return None
+        return sender
+
+    def endpoint_of(self, sender: bytes, destination: bytes, now: float) -> Endpoint | None:
+        """Where `destination` attached from, while it is attached."""
+        target = self.nodes.get(destination)
+        if target is None or now - target.seen_s > ATTACH_TIMEOUT_S:
+            return None
+        return target.endpoint
+
+    def authorized(self, sender: bytes, destination: bytes, now: float) -> bool:
+        """Whether `sender` holds a ticket for `destination` that has not expired."""
+        expires = self.nodes[sender].tickets.get(destination)
+        return expires is not None and expires > now
+
+    def attach(self, key: bytes, source: Endpoint, now: float) -> _Attached:
+        """Bind `key` to `source` (the longest silent node is let go when the relay is
+        full; an earlier node at `source` is gone from it)."""
+        node = self.nodes.pop(key, None)
+        if node is None:
+            node = _Attached(source, now)
+            if len(self.nodes) >= MAX_ATTACHED:
+                self.detach(next(iter(self.nodes)))
+        elif node.endpoint != source and self._owners.get(node.endpoint) == key:
+            del self._owners[node.endpoint]
+        previous = self._owners.get(source)
+        if previous is not None and previous != key:
+            # A NAT gave this address to another node: the earlier one is gone from it.
+            self.detach(previous)
+        self.nodes[key] = node
+        self._owners[source] = key
+        node.endpoint, node.seen_s = source, now
+        return node
+
+    def detach(self, key: bytes) -> None:
+        """Forget a node."""
+        node = self.nodes.pop(key, None)
+        if node is not None and self._owners.get(node.endpoint) == key:
+            del self._owners[node.endpoint]
+
+    def expire(self, now: float) -> None:
+        """Forget nodes that have not attached for ATTACH_TIMEOUT_S."""
+        while self.nodes:
+            key, node = next(iter(self.nodes.items()))
+            if now - node.seen_s <= ATTACH_TIMEOUT_S:
+                break
+            self.detach(key)
+
+
+def _nothing_known(_: bytes) -> tuple[None, int]:
+    """A relay keeps nothing of a sender beyond its channel."""
+    return None, NO_FLOOR
+
+
 class RelayCore:
     """See the module docstring. `registry_key` is the public key of the registry whose
     tickets this relay accepts; `now` is wall-clock seconds (tickets expire in it)."""
@@ -75,33 +131,39 @@ class RelayCore:
         first_counter: int,
         instance: int | None = None,
     ) -> None:
-        self.public_key = _public_key(private_key)
         self.counters: Counter[str] = Counter()
-        self.counter = first_counter
-        """The counter of the latest message sealed (the service keeps it rising across
-        restarts with a CounterLease)."""
         self.instance = (
             instance if instance is not None else int.from_bytes(os.urandom(8)) % MAX_REQUEST_ID
         )
-        self._private_key = private_key
-        self._gate = ControlGate(private_key, self.counters)
+        self._front: ControlFront[None] = ControlFront(
+            private_key,
+            self.counters,
+            first_counter=first_counter,
+            max_channels=MAX_CHANNELS,
+            lookup=_nothing_known,
+            reply_fields={"instance": self.instance},
+        )
+        self.public_key = self._front.public_key
         self._ticket_key = ticket_key(private_key, registry_key)
-        self._channels: BoundedLru[bytes, ControlChannel] = BoundedLru(MAX_CHANNELS)
-        self._nodes: OrderedDict[bytes, _Attached] = OrderedDict()
-        """Attached nodes, the longest silent first."""
-        self._owners: dict[Endpoint, bytes] = {}
-        self._relay_limit = RelayLimit(self.counters)
+        self._attachments = Attachments()
+        self._forwarder = Forwarder(self.counters, self._front.gate, self._attachments)
+
+    @property
+    def counter(self) -> int:
+        """The counter of the latest message sealed (the service keeps it rising across
+        restarts with a CounterLease)."""
+        return self._front.counter
 
     @property
     def attached(self) -> int:
         """How many nodes are attached."""
-        return len(self._nodes)
+        return len(self._attachments.nodes)
 
     def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """Everything to send in answer to one datagram from `source`."""
         kind = data[0] if data else None
         if kind == RELAY_TYPE:
-            return self._relay(data, source, now)
+            return self._forwarder.forward(data, source, now)
         if kind == CONTROL_TYPE:
             return self._control(data, source, now)
         self.counters["unknown_type"] += 1
@@ -109,88 +171,18 @@ class RelayCore:
 
     def expire(self, now: float) -> None:
         """Forget nodes that have not attached for ATTACH_TIMEOUT_S."""
-        while self._nodes:
-            key, node = next(iter(self._nodes.items()))
-            if now - node.seen_s <= ATTACH_TIMEOUT_S:
-                break
-            self._detach(key)
-
-    # -- relaying --------------------------------------------------------------------
-
-    def _relay(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
-        taken = self._relay_limit.take(data, source, now)
-        if taken is None:
-            return []
-        destination, inner = taken
-        sender = self._owners.get(source)
-        node = self._nodes.get(sender) if sender is not None else None
-        if sender is None or node is None or now - node.seen_s > ATTACH_TIMEOUT_S:
-            return self._gate.unknown_source(source, now)
-        target = self._nodes.get(destination)
-        if target is None or now - target.seen_s > ATTACH_TIMEOUT_S:
-            self.counters["relay_offline"] += 1
-            return []
-        expires = node.tickets.get(destination)
-        if expires is None or expires <= now:
-            self.counters["relay_not_trusted"] += 1
-            return []
-        self.counters["relayed_packets"] += 1
-        self.counters["relayed_bytes"] += len(inner)
-        return [(pack_relay(sender, inner), target.endpoint)]
-
-    # -- control messages ----------------------------------------------------------
+        self._attachments.expire(now)
 
     def _control(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
-        refused = self._gate.admit(data, source, now)
-        if refused is not None:
-            return refused
-        sealed = data[:-REQUEST_MACS_SIZE]
-        try:
-            sender = control_sender(sealed)
-            channel = self._channels.get(sender)
-            if channel is None:
-                if not self._gate.new_key_allowed(source, now):
-                    return []
-                channel = ControlChannel(
-                    self._private_key, sender, local_is_registry=True, local_public=self.public_key
-                )
-        except WireError as error:
-            self.counters[error.reason] += 1
-            return []
-        except ValueError:
-            self.counters["bad_key"] += 1
-            return []
-        try:
-            message = channel.open(sealed)
-        except StaleCounter as stale:
-            # A node that restarted counts from below: tell it where to go above.
-            self.counters["stale_counter"] += 1
-            answer = stale_counter_reply(stale.floor)
-            return [(datagram, source) for datagram in self._reply(channel, stale.message, answer)]
-        except WireError as error:
-            self.counters[error.reason] += 1
-            return []
-        self._channels.remember(sender, channel)
-        if message.get("op") != "attach":
+        opened = self._front.open(data, source, now)
+        if isinstance(opened, list):
+            return opened
+        if opened.message.get("op") != "attach":
             self.counters["unknown_op"] += 1
             answer = error_reply("unknown_op", "a relay only takes attach", "")
         else:
-            answer = self._attach(sender, message, source, now)
-        return [(datagram, source) for datagram in self._reply(channel, message, answer)]
-
-    def _reply(
-        self, channel: ControlChannel, request: dict[str, Any], answer: dict[str, Any]
-    ) -> list[bytes]:
-        """The sealed answer to a request (none to a message without an id)."""
-        request_id = id_field(request, "id")
-        if request_id is None:
-            return []
-        session = id_field(request, "session")
-        payload = {**answer, "id": request_id, "instance": self.instance}
-        if session is not None:
-            payload["session"] = session
-        self.counter += 1
-        return [channel.seal(payload, self.counter)]
+            answer = self._attach(opened.sender, opened.message, source, now)
+        return self._front.reply(opened.sender, opened.channel, opened.message, answer, source)
 
     def _attach(
         self, key: bytes, message: dict[str, Any], source: Endpoint, now: float
@@ -200,20 +192,7 @@ class RelayCore:
             # reply names our instance, and the node's next attach carries it.
             self.counters["new_instance"] += 1
             return error_reply("new_instance", "attach again with this instance", "")
-        node = self._nodes.pop(key, None)
-        if node is None:
-            node = _Attached(source, now)
-            if len(self._nodes) >= MAX_ATTACHED:
-                self._detach(next(iter(self._nodes)))
-        elif node.endpoint != source and self._owners.get(node.endpoint) == key:
-            del self._owners[node.endpoint]
-        previous = self._owners.get(source)
-        if previous is not None and previous != key:
-            # A NAT gave this address to another node: the earlier one is gone from it.
-            self._detach(previous)
-        self._nodes[key] = node
-        self._owners[source] = key
-        node.endpoint, node.seen_s = source, now
+        node = self._attachments.attach(key, source, now)
         self.counters["attaches"] += 1
         accepted = self._take_tickets(key, node, message.get("tickets", []), now)
         return {"op": "reply", "ok": True, "accepted": accepted}
@@ -236,11 +215,6 @@ class RelayCore:
                 accepted += 1
         self.counters["tickets_accepted"] += accepted
         return accepted
-
-    def _detach(self, key: bytes) -> None:
-        node = self._nodes.pop(key, None)
-        if node is not None and self._owners.get(node.endpoint) == key:
-            del self._owners[node.endpoint]
 
     def describe(self) -> dict[str, Any]:
         """What `relay_stopped` logs and the metrics show: attached nodes and counters."""

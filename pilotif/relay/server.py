@@ -11,8 +11,8 @@ from typing import Final
 
 from pilotif.control.counter_lease import CounterLease
 from pilotif.control.identity import load_or_create_key
+from pilotif.control.shell import Housekeeping, serve_until_stopped
 from pilotif.control.wire import KEY_REQUEST, WireError, format_endpoint, unpack_key_reply
-from pilotif.registry.server import Housekeeping, serve_until_stopped
 from pilotif.relay.core import RelayCore
 from pilotif.util.files import StateFileError, read_state_file, write_private_file
 from pilotif.util.logs import log_event, setup_logging

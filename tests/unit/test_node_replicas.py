@@ -14,7 +14,8 @@ from pilotif.control.wire import ControlChannel
 from pilotif.node.core import NodeCore, NodeOptions
 from pilotif.node.events import RegistrySwitched
 from pilotif.node.trust import TrustFiles
-from pilotif.registry.core import PUSH_CHANNEL, RegistryCore
+from pilotif.registry.core import RegistryCore
+from pilotif.registry.replicas import PUSH_CHANNEL
 from pilotif.registry.store import Store
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.device import Device

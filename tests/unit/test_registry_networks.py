@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from pilotif.registry.core import (
+from pilotif.registry.core import RegistryCore
+from pilotif.registry.register import (
     NEW_NODES_BURST,
     NEW_NODES_IPV4_24_BURST,
     NEW_NODES_IPV6_32_BURST,
     NEW_NODES_IPV6_48_BURST,
-    RegistryCore,
 )
 from pilotif.registry.schema import SCHEMA_VERSION
 from pilotif.registry.store import Store

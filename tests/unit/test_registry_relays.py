@@ -8,7 +8,7 @@ import pytest
 
 from pilotif.control.relay_info import RelayInfo, RelaySpecError, parse_relay, relays_from_json
 from pilotif.control.tickets import TICKET_LIFETIME_S, check_ticket, ticket_key
-from pilotif.registry.core import TICKET_PAGE_LIMIT
+from pilotif.registry.lookups import TICKET_PAGE_LIMIT
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.keys import encode_key
 from tests.unit.test_registry_server import START, FakeNode, World, trust

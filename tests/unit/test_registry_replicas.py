@@ -15,7 +15,8 @@ import pytest
 from pilotif_lab.postgres import ThrowawayPostgres
 
 from pilotif.control.wire import COUNTER_LEASE, ControlChannel, pack_relay
-from pilotif.registry.core import (
+from pilotif.registry.database import DatabaseError
+from pilotif.registry.replicas import (
     DETACH_EVERY,
     NOTE_LIFETIME_S,
     ORPHAN_WAIT_S,
@@ -23,7 +24,6 @@ from pilotif.registry.core import (
     PUSH_CHANNEL,
     REPLICA_ALIVE_S,
 )
-from pilotif.registry.database import DatabaseError
 from pilotif.registry.store import Store
 from pilotif.wg.crypto import generate_private_key, public_key
 from tests.unit.test_registry_server import (
@@ -293,7 +293,7 @@ def test_an_untrust_at_one_replica_stops_the_other_relaying_at_once(
     pump(a)
     a.deliver(relayed, alice.endpoint)
     assert a.core.counters["relay_not_trusted"] == 1
-    assert bob.key not in (k for k, _ in a.core._trust_cache)
+    assert bob.key not in (k for k, _ in a.core.routes.trust_cache)
 
 
 def test_what_a_node_sent_one_replica_cannot_be_replayed_to_another(

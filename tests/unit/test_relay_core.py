@@ -78,8 +78,10 @@ class Lab:
         self, registry_private: bytes | None = None, relay_private: bytes | None = None
     ) -> None:
         self.registry_private = registry_private or generate_private_key()
-        relay_private = relay_private or generate_private_key()
-        self.relay = RelayCore(relay_private, public_key(self.registry_private), first_counter=0)
+        self.relay_private = relay_private or generate_private_key()
+        self.relay = RelayCore(
+            self.relay_private, public_key(self.registry_private), first_counter=0
+        )
         self.ticket_key = ticket_key(self.registry_private, self.relay.public_key)
         self.hosts = 0
 
@@ -222,9 +224,7 @@ def test_an_attach_recorded_before_a_restart_binds_nothing_after_it(lab: Lab) ->
     alice.link.request("attach", {"instance": alice.instance, "tickets": []}, NOW)
     [(captured, _)] = alice.link.outgoing
     alice.link.outgoing = []
-    restarted = RelayCore(
-        lab.relay._private_key, public_key(lab.registry_private), first_counter=100
-    )
+    restarted = RelayCore(lab.relay_private, public_key(lab.registry_private), first_counter=100)
     replayed = remac_from(restarted, captured, alice.endpoint)
     assert len(restarted.handle_datagram(replayed, alice.endpoint, NOW)) == 1
     assert restarted.counters["new_instance"] == 1
