@@ -32,6 +32,9 @@ from pilotif.control.relay_info import RelayInfo, relays_from_json
 from pilotif.control.tickets import TICKET_LIFETIME_S
 from pilotif.control.wire import format_endpoint
 from pilotif.node.cache import CachedPeer, NodeSnapshot
+from pilotif.node.consent import NETWORK_POLICY as NETWORK_POLICY
+from pilotif.node.consent import QUEUED as QUEUED
+from pilotif.node.consent import TRUST_OPS, Consent, approves
 from pilotif.node.events import (
     EventSink,
     Joined,
@@ -71,12 +74,14 @@ from pilotif.node.registry_link import (
     RelaySourceUnknown,
     Reply,
     SwitchedRegistry,
+    message_key,
+    refusal,
 )
 from pilotif.node.relays import HomeRelayChanged, Relays, TicketsPresented
 from pilotif.node.trust import TrustRecord
 from pilotif.wg.device import Device
 from pilotif.wg.events import Endpoint, Event, RelayEndpoint
-from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
+from pilotif.wg.keys import encode_key
 
 TICKET_RETRY_S: Final = 5.0
 """The wait before tickets are asked for again after the registry refused or was silent."""
@@ -92,14 +97,6 @@ registry that comes back (a restart, an upgrade) sees its nodes within about a s
 REGISTRY_RECENT_S: Final = 120.0
 """For this long after the registry stopped answering, retry every REGISTRY_RETRY_S; later
 only every REGISTER_INTERVAL_S (each register still tries REQUEST_ATTEMPTS times)."""
-TRUST_OPS: Final = frozenset({"trust_request", "trust_respond", "untrust"})
-"""Requests that change trust: kept in the outbox until the registry confirms them."""
-QUEUED: Final = "queued"
-"""The state a trust request or answer has while the registry does not answer."""
-_OutboxEntry = tuple[str, dict[str, Any]]
-_ALL: Final = "all"
-NETWORK_POLICY: Final = "network"
-_TAG_PREFIX: Final = "tag:"
 
 
 @dataclass(frozen=True)
@@ -195,12 +192,12 @@ class NodeCore:
         """Bumped whenever a peer is added or removed (the DNS table follows it)."""
         self._sink = EventSink()
         self.paths = PathManager(device, self._sink)
+        self.consent = Consent(trust, self.link, self._sink)
+        """This node's consent to trust, and the outbox of its trust requests."""
         """Every trusted peer's path (relay or direct), probes and punching."""
         self.refused: dict[str, str] = {}
         """Hostname -> why the registry's offer of that peer was refused (the latest)."""
         self._internal: dict[int, str] = {}
-        self._outbox_sent: dict[int, tuple[bytes, _OutboxEntry]] = {}
-        """Request id -> the outbox entry it carries (peer key, (op, fields))."""
         self.requesters: dict[str, bytes] = {}
         """Hostname -> key of nodes that asked us for trust (for `approve NAME` while
         the registry is away)."""
@@ -301,52 +298,18 @@ class NodeCore:
         request withdraws it; untrust takes the peer down here at once, whatever the
         registry answers. (Rejecting a peer already trusted changes nothing, as at the
         registry.)"""
-        key = _key(fields.get("peer"))
+        key = message_key(fields.get("peer"))
         if key is None or op not in TRUST_OPS:
             return self.link.request(op, fields, now)
         if op == "trust_request" or (op == "trust_respond" and fields.get("approve")):
-            self._consent(key)
+            self.consent.give(key)
         elif op == "untrust" or key not in self.peers:
             self._remove_peer(key, reason="untrusted here")
-            self._withdraw(key)
-        request_id = self._queue_trust(key, op, fields, now)
+            self.consent.withdraw(key)
+        request_id = self.consent.queue(key, op, fields, now)
         if self.joined and not self.registry_online:
             self.events.append(RequestDone(request_id, {"ok": True, "state": QUEUED}))
         return request_id
-
-    def _queue_trust(self, key: bytes, op: str, fields: dict[str, Any], now: float) -> int:
-        """Keep a trust request or answer in the outbox (replacing any older one about
-        that peer) until the registry confirms it, and send it."""
-        entry = (op, fields)
-        self.trust.outbox[key] = entry
-        self.events.append(TrustStateChanged())
-        return self._send_queued(key, entry, now)
-
-    def _send_queued(self, key: bytes, entry: "_OutboxEntry", now: float) -> int:
-        request_id = self.link.request(entry[0], entry[1], now)
-        self._outbox_sent[request_id] = (key, entry)
-        return request_id
-
-    def _send_outbox(self, now: float) -> None:
-        """Send what the outbox holds and is not on its way (after a registration: the
-        registry answers again, or this node restarted with something queued)."""
-        on_the_way = [entry for _, entry in self._outbox_sent.values()]
-        for key, entry in list(self.trust.outbox.items()):
-            if not any(entry is sent for sent in on_the_way):
-                self._send_queued(key, entry, now)
-
-    def _outbox_answered(self, request_id: int, reply: dict[str, Any]) -> None:
-        """The registry answered a queued request: it leaves the outbox (a refusal too,
-        which is logged; the CLI caller, if any, sees it as well)."""
-        sent = self._outbox_sent.pop(request_id, None)
-        if sent is None:
-            return
-        key, entry = sent
-        if self.trust.outbox.get(key) is entry:
-            del self.trust.outbox[key]
-            self.events.append(TrustStateChanged())
-        if not reply.get("ok"):
-            self.events.append(RequestError(entry[0], _refusal(reply)[1]))
 
     # -- inputs: network -----------------------------------------------------------
 
@@ -464,7 +427,7 @@ class NodeCore:
         elif isinstance(item, KeyAnswer):
             self._on_key(item.key, now)
         elif isinstance(item, Reply):
-            self._outbox_answered(item.request_id, item.message)
+            self.consent.answered(item.request_id, item.message)
             op = self._internal.pop(item.request_id, None)
             if op is None:
                 self._on_call_reply(item.request_id, item.message)
@@ -484,7 +447,7 @@ class NodeCore:
             self._on_key(None, now)
         else:
             op = self._internal.pop(item.request_id, None)
-            if self._outbox_sent.pop(item.request_id, None) is not None:
+            if self.consent.unanswered(item.request_id):
                 # Kept in the outbox: sent again after the next registration, which is
                 # now (the registry may be gone: its silence then starts the retries
                 # that bring the node back within a second of its return).
@@ -500,7 +463,7 @@ class NodeCore:
         if reply.get("ok"):
             self.events.append(RequestDone(request_id, reply))
             return
-        code, error, hint = _refusal(reply)
+        code, error, hint = refusal(reply)
         self.events.append(RequestFailed(request_id, code, error, hint))
 
     def _unreachable(self) -> tuple[str, str, str]:
@@ -585,7 +548,7 @@ class NodeCore:
             self._next_register_s = now + (REGISTRY_RETRY_S if recent else REGISTER_INTERVAL_S)
 
     def _on_refusal(self, op: str, reply: dict[str, Any], now: float) -> None:
-        code, error, hint = _refusal(reply)
+        code, error, hint = refusal(reply)
         if op == "register" and not self.joined:
             self._fail(code, error, hint)
             return
@@ -648,7 +611,7 @@ class NodeCore:
             self._rehandshake_after_register = False
             for peer in self.peers.values():
                 self.device.rehandshake(peer.public_key, now)
-        self._send_outbox(now)
+        self.consent.send_outbox(now)
         if not self.joined:
             self._take_address(ipv4, network)
             self.events.append(Joined(ipv4, network, self.public_endpoint))
@@ -728,7 +691,7 @@ class NodeCore:
             self._request("trust_list", {"offset": next_offset}, now)
             return
         self._sync = None
-        trusted = {_key(node.get("public_key")): node for node in sync.trusted}
+        trusted = {message_key(node.get("public_key")): node for node in sync.trusted}
         for key in list(self.peers):
             if key not in trusted:
                 self._remove_peer(key, reason="no longer trusted")
@@ -748,7 +711,7 @@ class NodeCore:
         if op == "trust_requested":
             self._on_trust_requested(node, str(message.get("message", "")), now)
         elif op == "trust_changed":
-            key = _key(node.get("public_key"))
+            key = message_key(node.get("public_key"))
             if key is None:
                 return
             name = str(node.get("hostname", ""))
@@ -758,9 +721,9 @@ class NodeCore:
             elif message.get("trusted") is False:
                 self.events.append(TrustRevoked(name, key))
                 self._remove_peer(key, reason="trust revoked")
-                self._withdraw(key)
+                self.consent.withdraw(key)
         elif op == "punch":
-            key = _key(node.get("public_key"))
+            key = message_key(node.get("public_key"))
             if key is not None:
                 self.paths.punch(key, message, self.lan_endpoints, self._overlay(), now)
 
@@ -769,45 +732,24 @@ class NodeCore:
         return [IPV6_PREFIX] + ([self.network] if self.network is not None else [])
 
     def _on_trust_requested(self, node: dict[str, Any], message: str, now: float) -> None:
-        key = _key(node.get("public_key"))
+        key = message_key(node.get("public_key"))
         if key is None or key in self.peers:
             return
         with contextlib.suppress(HostnameError):
             self.requesters[normalize_hostname(str(node.get("hostname", "")))] = key
         self.events.append(TrustRequested(str(node.get("hostname", "")), key, message))
-        if self._approves_by_policy(node):
-            self._consent(key)
-            self._queue_trust(key, "trust_respond", {"peer": encode_key(key), "approve": True}, now)
-
-    def _approves_by_policy(self, node: dict[str, Any]) -> bool:
-        """Whether `--auto-approve` approves this asker: everyone, members of our
-        network, or nodes granted a tag (a tag a node gave itself never counts)."""
-        policy = self.options.auto_approve
-        if policy is None:
-            return False
-        if policy == _ALL:
-            return True
-        if policy == NETWORK_POLICY:
-            return self.network_name is not None and node.get("network_name") == self.network_name
-        granted = node.get("granted_tags")
-        return isinstance(granted, list) and policy.removeprefix(_TAG_PREFIX) in granted
-
-    def _consent(self, key: bytes) -> None:
-        if key not in self.trust.consented:
-            self.trust.consented.add(key)
-            self.events.append(TrustStateChanged())
-
-    def _withdraw(self, key: bytes) -> None:
-        if key in self.trust.consented or key in self.trust.pins.values():
-            self.trust.forget(key)
-            self.events.append(TrustStateChanged())
+        if approves(self.options.auto_approve, node, self.network_name):
+            self.consent.give(key)
+            self.consent.queue(
+                key, "trust_respond", {"peer": encode_key(key), "approve": True}, now
+            )
 
     # -- peers -----------------------------------------------------------------------
 
     def _add_peer(self, node: dict[str, Any], now: float) -> bool:
         """Add a peer the registry says we trust, if we consented and its addresses are
         sane; whether it is (now) a peer."""
-        key = _key(node.get("public_key"))
+        key = message_key(node.get("public_key"))
         name = str(node.get("hostname", ""))
         if key is None or key == self.device.public_key:
             return False
@@ -979,21 +921,3 @@ class NodeCore:
 def _strings(value: object) -> list[str]:
     """The strings of a list from a message ([] for anything else)."""
     return [str(item) for item in value if isinstance(item, str)] if isinstance(value, list) else []
-
-
-def _key(value: object) -> bytes | None:
-    """A base64 key from a message, or None when it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return decode_key(value)
-    except InvalidKeyError:
-        return None
-
-
-def _refusal(reply: dict[str, Any]) -> tuple[str, str, str]:
-    return (
-        str(reply.get("code", "error")),
-        str(reply.get("error", "the registry refused the request")),
-        str(reply.get("hint", "")),
-    )

@@ -26,6 +26,7 @@ from pilotif.control.wire import (
 )
 from pilotif.wg.cookie import CookieGenerator
 from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import InvalidKeyError, decode_key
 from pilotif.wg.messages import MessageError, parse_cookie_reply
 
 REGISTER_INTERVAL_S: Final = 20.0
@@ -337,3 +338,22 @@ class RegistryLink:
         pending.attempts -= 1
         pending.sent_s = now
         self._transmit(request_id, now)
+
+
+def message_key(value: object) -> bytes | None:
+    """A base64 key from a registry message, or None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return decode_key(value)
+    except InvalidKeyError:
+        return None
+
+
+def refusal(reply: dict[str, Any]) -> tuple[str, str, str]:
+    """A refusal's code, error and hint."""
+    return (
+        str(reply.get("code", "error")),
+        str(reply.get("error", "the registry refused the request")),
+        str(reply.get("hint", "")),
+    )
