@@ -22,15 +22,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import numpy as np
-
-from pilotif.packet.checksum import ONES, fold_le, pseudo_sum_le, sum_le, swap16
+from pilotif.packet.checksum import ONES, fold_le, pseudo_sum_le, sum_le
 from pilotif.packet.ip import (
     IPV4_ADDRESSES,
     IPV4_CHECKSUM_OFFSET,
     IPV4_DONT_FRAGMENT,
     IPV4_FLAGS_FRAGMENT_OFFSET,
-    IPV4_ID_OFFSET,
     IPV4_MIN_HEADER_BYTES,
     IPV4_PROTOCOL_OFFSET,
     IPV4_TOTAL_LENGTH_OFFSET,
@@ -43,24 +40,18 @@ from pilotif.packet.ip import (
     IPV6_PAYLOAD_LENGTH_OFFSET,
     IPV6_VERSION,
     PROTO_TCP,
-    PROTO_UDP,
     TCP_ACK,
     TCP_ACK_OFFSET,
     TCP_CHECKSUM_OFFSET,
-    TCP_CWR,
     TCP_DATA_OFFSET_OFFSET,
-    TCP_FIN,
     TCP_FLAGS_OFFSET,
     TCP_MIN_HEADER_BYTES,
     TCP_PSH,
     TCP_SEQ_OFFSET,
-    UDP_CHECKSUM_OFFSET,
-    UDP_HEADER_BYTES,
-    UDP_LENGTH_OFFSET,
     BytesLike,
 )
+from pilotif.packet.segments import SegmentError, SuperPacket, cut_segments
 from pilotif.tun.device import TunDevice
-from pilotif.wg.constants import MAX_GSO_SEGMENTS
 from pilotif.wg.fastpath.batch_loops import coalesce_run
 
 VIRTIO_NET_HDR_SIZE: Final = 10
@@ -165,8 +156,8 @@ def enable_offloads(tun: TunDevice, *, tso: bool = True, uso: bool = True) -> Tu
     `uso`) USO offloads on reads.
 
     Coalesced writes (GRO) need only the virtio header, so they are on whenever it is.
-    TSO reads are on by default: one read of a 64 KiB super-packet, split with numpy
-    (`split_gso`), costs less than dozens of one-packet reads (docs/BENCHMARKS.md).
+    TSO reads are on by default: one read of a 64 KiB super-packet, sealed as it is cut
+    (natively), costs less than dozens of one-packet reads (docs/BENCHMARKS.md).
     Needs a TUN opened with `vnet_hdr=True`; without it nothing is enabled. Each refusal
     falls back to less (TSO without USO, then nothing) and is recorded.
     """
@@ -196,124 +187,26 @@ def enable_offloads(tun: TunDevice, *, tso: bool = True, uso: bool = True) -> Tu
 
 
 def split_gso(packet: memoryview, header: VirtioNetHdr, out: bytearray) -> list[memoryview]:
-    """Split a super-packet into complete packets, one per row of `out`.
+    """Split a super-packet into complete packets, one per row of `out`
+    (pilotif.packet.segments.cut_segments; the views point into `out`).
 
     `packet` is what follows the virtio header. A packet without GSO comes back as it
     is, its checksum completed when the kernel left it partial (then `packet` must be
-    writable). Each segment gets its own IPv4 ID, total length and header checksum (or
-    IPv6 payload length), TCP sequence number (FIN, PSH only on the last, CWR only on
-    the first) or UDP length, and a full transport checksum. All segments are built at
-    once with numpy: one row of `out` each (the rows of a segment size that is odd get a
-    zero byte more, so that every row sums in 16-bit words). The views point into `out`.
-    Raises OffloadError for a header that does not describe the packet.
+    writable). Raises OffloadError for a header that does not describe the packet.
     """
     gso_type = header.gso_type & ~_GSO_ECN
     if gso_type == GSO_NONE:
         if header.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
             _complete_checksum(packet, header.csum_start, header.csum_offset)
         return [packet]
-    if gso_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4) or header.gso_size == 0:
+    if gso_type not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
         raise OffloadError(f"unsupported GSO type {header.gso_type} size {header.gso_size}")
-    start = header.csum_start
-    is_tcp = gso_type != GSO_UDP_L4
-    transport_min = TCP_MIN_HEADER_BYTES if is_tcp else UDP_HEADER_BYTES
-    if len(packet) <= start + transport_min or start < IPV4_MIN_HEADER_BYTES:
-        raise OffloadError("super-packet shorter than its headers")
-    version = packet[0] >> 4
-    if version == IPV4_VERSION:
-        addresses = packet[IPV4_ADDRESSES]
-        ip_len = (packet[0] & 0x0F) * 4
-    elif version == IPV6_VERSION:
-        addresses = packet[IPV6_ADDRESSES]
-        ip_len = IPV6_HEADER_BYTES
-    else:
-        raise OffloadError(f"super-packet of IP version {version}")
-    if is_tcp:
-        header_len = start + (packet[start + TCP_DATA_OFFSET_OFFSET] >> 4) * 4
-        protocol = PROTO_TCP
-        checksum_at = start + TCP_CHECKSUM_OFFSET
-    else:
-        header_len = start + UDP_HEADER_BYTES
-        protocol = PROTO_UDP
-        checksum_at = start + UDP_CHECKSUM_OFFSET
-    payload_len = len(packet) - header_len
-    gso_size = header.gso_size
-    full, remainder = divmod(payload_len, gso_size)
-    count = full + (remainder > 0)
-    if payload_len <= 0 or count > MAX_GSO_SEGMENTS:
-        raise OffloadError(f"super-packet of {payload_len} bytes in {count} segments")
-    stride = header_len + gso_size + (header_len + gso_size) % 2
-    if count * stride > len(out):
-        raise OffloadError("split buffer too small")
-
-    full_size = header_len + gso_size
-    last_size = header_len + (remainder or gso_size)
-    # The headers every full segment shares: lengths of a full segment, checksums zero,
-    # the flags of a middle segment. IDs, sequence numbers and checksums go per row.
-    template = bytearray(packet[:header_len])
-    if version == IPV4_VERSION:
-        _U16_PAIR.pack_into(template, IPV4_TOTAL_LENGTH_OFFSET, full_size, 0)
-        _U16.pack_into(template, IPV4_CHECKSUM_OFFSET, 0)
-    else:
-        _U16.pack_into(template, IPV6_PAYLOAD_LENGTH_OFFSET, full_size - IPV6_HEADER_BYTES)
-    if is_tcp:
-        flags = template[start + TCP_FLAGS_OFFSET]
-        template[start + TCP_FLAGS_OFFSET] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
-    else:
-        _U16.pack_into(template, start + UDP_LENGTH_OFFSET, full_size - start)
-    _U16.pack_into(template, checksum_at, 0)
-
-    rows = np.frombuffer(out, np.uint8, count * stride).reshape(count, stride)
-    rows[:, :header_len] = np.frombuffer(template, np.uint8)
-    payload = np.frombuffer(packet, np.uint8, offset=header_len)
-    rows[:full, header_len:full_size] = payload[: full * gso_size].reshape(full, gso_size)
-    if stride > full_size:
-        rows[:, full_size:] = 0
-    last = (count - 1) * stride
-    if remainder:
-        rows[full, header_len : header_len + remainder] = payload[full * gso_size :]
-        out[last + last_size : last + stride] = bytes(stride - last_size)
-        if version == IPV4_VERSION:
-            _U16.pack_into(out, last + IPV4_TOTAL_LENGTH_OFFSET, last_size)
-        else:
-            _U16.pack_into(out, last + IPV6_PAYLOAD_LENGTH_OFFSET, last_size - IPV6_HEADER_BYTES)
-        if not is_tcp:
-            _U16.pack_into(out, last + start + UDP_LENGTH_OFFSET, last_size - start)
-    if is_tcp:
-        out[start + TCP_FLAGS_OFFSET] |= flags & TCP_CWR
-        out[last + start + TCP_FLAGS_OFFSET] |= flags & (TCP_FIN | TCP_PSH)
-        first_seq = _U32.unpack_from(packet, start + TCP_SEQ_OFFSET)[0]
-        seqs = np.arange(first_seq, first_seq + count * gso_size, gso_size, dtype=np.uint64)
-        _column(rows, start + TCP_SEQ_OFFSET, ">u4")[:] = seqs & 0xFFFFFFFF
-    if version == IPV4_VERSION:
-        first_id = _U16.unpack_from(packet, IPV4_ID_OFFSET)[0]
-        ids = np.arange(first_id, first_id + count, dtype=np.uint64) & ONES
-        _column(rows, IPV4_ID_OFFSET, ">u2")[:] = ids
-        # Only the ID (and the last row's length) differs from the template's header.
-        ip_sums = ids + sum(struct.unpack(f"!{ip_len // 2}H", template[:ip_len]))
-        ip_sums[-1] += (last_size - full_size) % ONES
-        _column(rows, IPV4_CHECKSUM_OFFSET, ">u2")[:] = ONES - ip_sums % ONES
-    # Summed in the module's little domain (little-endian words, native on x86 and ARM;
-    # 32-bit accumulators, as a row is far below 65,536 words), then moved to the
-    # big-endian domain: swapping the bytes of a 16-bit sum is multiplying it by 256,
-    # modulo 0xFFFF.
-    sums = rows[:, start:].view("<u2").sum(axis=1, dtype=np.uint32).astype(np.uint64)
-    sums += pseudo_sum_le(addresses, protocol, full_size - start) % ONES
-    sums[-1] += (swap16(last_size - start) - swap16(full_size - start)) % ONES
-    sums = sums % ONES * _BYTE_SWAP_FACTOR
-    # A sum that is a multiple of 0xFFFF gives 0xFFFF, never 0: the other ones'
-    # complement zero, equally valid for TCP and the one UDP needs.
-    _column(rows, checksum_at, ">u2")[:] = ONES - sums % ONES
-    view = memoryview(out)
-    segments = [view[offset : offset + full_size] for offset in range(0, full * stride, stride)]
-    if remainder:
-        segments.append(view[last : last + last_size])
-    return segments
-
-
-def _column(rows: Any, offset: int, dtype: str) -> Any:
-    """A big-endian field of every row, as a writable numpy column."""
-    return rows[:, offset : offset + np.dtype(dtype).itemsize].view(dtype)[:, 0]
+    try:
+        return cut_segments(
+            packet, header.csum_start, header.gso_size, out, udp=gso_type == GSO_UDP_L4
+        )
+    except SegmentError as error:
+        raise OffloadError(str(error)) from error
 
 
 def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> None:
@@ -436,15 +329,15 @@ def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[Bytes
     With `verify`, a segment whose checksum is wrong is not merged (the kernel would
     not check a merged one again).
     """
-    if not verify and len(packets) >= _WHOLE_BATCH_MIN_PACKETS:
-        if coalesce_run is not None:
-            write = coalesce_run(packets)
-            if write is not None:
-                return [write]
-        else:
-            whole = _coalesce_whole(packets)
-            if whole is not None:
-                return [_finish(whole)]
+    if not verify and len(packets) >= _WHOLE_BATCH_MIN_PACKETS and coalesce_run is not None:
+        write = coalesce_run(packets)
+        if write is not None:
+            return [write]
+    return _coalesce_flows(packets, verify)
+
+
+def _coalesce_flows(packets: Sequence[BytesLike], verify: bool) -> list[BytesLike]:
+    """`coalesce` packet by packet, each flow's segments merged as they come."""
     writes: list[BytesLike | _Flow] = []
     flows: dict[bytes, _Flow] = {}
     last: _Flow | None = None
@@ -463,63 +356,6 @@ def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[Bytes
         last = flows[key] = _Flow(packet, ip_len, header_len, seq, psh)
         writes.append(last)
     return [_finish(w) if isinstance(w, _Flow) else w for w in writes]
-
-
-def _coalesce_whole(packets: Sequence[BytesLike]) -> _Flow | None:
-    """The usual batch in one go (without the native `coalesce_run`): every packet the
-    next segment of the first one's flow, all of one size but the last. Checked with
-    numpy on all headers at once: the shared bytes equal (`_header_mask`), sequence
-    numbers consecutive, lengths right, PSH on the last only. None when the batch is
-    anything else (`coalesce` then goes packet by packet)."""
-    count = len(packets)
-    size = len(packets[0])
-    candidate = _tcp_candidate(packets[0])
-    if candidate is None:
-        return None
-    _, ip_len, header_len, seq, psh = candidate
-    payload = size - header_len
-    last_size = len(packets[-1])
-    if (
-        psh
-        or not header_len < last_size <= size
-        or header_len + payload * count > MAX_IP_PACKET_BYTES
-        or any(len(packet) != size for packet in packets[1:-1])
-    ):
-        return None
-    joined = b"".join(packets)
-    headers = np.ndarray((count, header_len), np.uint8, joined, 0, (size, 1))
-    if ((headers ^ headers[0]) & _header_mask_array(ip_len, header_len)).any():
-        return None
-    seqs = np.ndarray((count,), ">u4", joined, ip_len + TCP_SEQ_OFFSET, (size,)).astype(np.uint64)
-    if ((seqs - seq) % _SEQ_SPACE != np.arange(count, dtype=np.uint64) * payload).any():
-        return None
-    length_at, length_base = (
-        (IPV4_TOTAL_LENGTH_OFFSET, 0)
-        if ip_len != IPV6_HEADER_BYTES
-        else (IPV6_PAYLOAD_LENGTH_OFFSET, ip_len)
-    )
-    lengths = np.ndarray((count,), ">u2", joined, length_at, (size,))
-    flags = np.ndarray((count - 1,), np.uint8, joined, ip_len + TCP_FLAGS_OFFSET, (size,))
-    if (
-        (lengths[:-1] != size - length_base).any()
-        or int(lengths[-1]) != last_size - length_base
-        or (flags & TCP_PSH).any()
-    ):
-        return None
-    flow = _Flow(packets[0], ip_len, header_len, seq, psh)
-    middle = np.ndarray((count - 2, payload), np.uint8, joined, size + header_len, (size, 1))
-    flow.buffer += middle.tobytes()
-    flow.buffer += memoryview(joined)[(count - 1) * size + header_len :]
-    flow.segments = count
-    if joined[-last_size + ip_len + TCP_FLAGS_OFFSET] & TCP_PSH:
-        flow.buffer[VIRTIO_NET_HDR_SIZE + ip_len + TCP_FLAGS_OFFSET] |= TCP_PSH
-    return flow
-
-
-@functools.cache
-def _header_mask_array(ip_len: int, header_len: int) -> Any:
-    """`_header_mask` as a numpy row of bytes."""
-    return np.frombuffer(_header_mask(ip_len, header_len).to_bytes(header_len, "big"), np.uint8)
 
 
 def _tcp_candidate(packet: BytesLike) -> tuple[bytes, int, int, int, bool] | None:
@@ -618,21 +454,12 @@ def _finish(flow: _Flow) -> BytesLike:
 # -- the TUN in batches ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SuperPacket:
-    """What one TUN read returned with a GSO header: with TSO, one TCP flow's segments
-    with their headers once (`header` says how to cut them)."""
-
-    packet: memoryview
-    header: VirtioNetHdr
-
-
 class TunBatch:
     """Reads and writes on a TUN with whatever offloads it was granted.
 
-    `read_batch()` returns the packets of several kernel reads, or a TCP super-packet
-    whole (TSO; `split()` cuts it into MTU-sized segments). They are views into buffers
-    that the next read reuses: encrypt or copy them first.
+    A `pilotif.tun.stack.LocalStack`: `read_batch()` returns the packets of several
+    kernel reads, or a TCP super-packet whole (TSO: the device seals it as it cuts it).
+    They are views into buffers that the next read reuses: encrypt or copy them first.
     """
 
     def __init__(self, tun: TunDevice, offloads: TunOffloads) -> None:
@@ -670,20 +497,29 @@ class TunBatch:
             if self.offloads.tso and (header[0] or header[1]):
                 # A super-packet (or a partial checksum): a TCP one read first comes
                 # back whole; otherwise its segments follow the packets read before it.
-                found = SuperPacket(slot[:length], VirtioNetHdr.unpack_from(header))
-                if not packets and found.header.gso_type & ~_GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
-                    return found
-                return packets + self.split(found)
+                found = VirtioNetHdr.unpack_from(header)
+                if not packets and found.gso_type & ~_GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
+                    return SuperPacket(slot[:length], found.csum_start, found.gso_size)
+                return packets + self._split(slot[:length], found)
             packets.append(slot[:length])
             offset += length
         return packets
 
-    def split(self, read: SuperPacket) -> list[memoryview]:
+    @property
+    def merges_writes(self) -> bool:
+        """Whether `write_merged` takes writes with a virtio header (GRO on the TUN)."""
+        return self.offloads.vnet_hdr
+
+    def fileno(self) -> int:
+        """The TUN's fd: readable when packets wait."""
+        return self._fd
+
+    def _split(self, packet: memoryview, header: VirtioNetHdr) -> list[memoryview]:
         """A super-packet's segments (or the packet, its checksum completed), in the split
         buffer until the next split; none when its header does not describe it
         (counted in `split_errors`)."""
         try:
-            return split_gso(read.packet, read.header, self._split_buffer)
+            return split_gso(packet, header, self._split_buffer)
         except OffloadError:
             self.split_errors += 1
             return []

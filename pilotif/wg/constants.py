@@ -43,6 +43,3 @@ MAX_STAGED_PACKETS: Final = 128
 # Handshake messages per second above which the responder asks for cookies.
 UNDER_LOAD_HANDSHAKES_PER_S: Final = 128
 UNDER_LOAD_HOLD_S: Final = 1.0
-# Segments one TSO super-packet may be cut into (64 KiB of 536-byte segments fits); the
-# native seal_tso has the same bound.
-MAX_GSO_SEGMENTS: Final = 128

@@ -3,22 +3,22 @@
 Theory of operation. The device never touches a socket or a clock. It has three
 inputs, each taking `now` (seconds on the caller's monotonic clock):
 
-- `send_packets(packets, now)`: IP packets read from the TUN (`send_packet`: one);
-- `receive_datagrams(datagrams, source, now)`: UDP payloads from the network
-  (`receive_datagram`: one; `receive_segments`: one GRO receive);
-- `handle_timers(now)`: called at (or after) `wake_by()`, which is no later than
-  `next_timer()` and costs nothing to ask after every input.
+- `send(batch, now)`: what the local stack read: IP packets, or a TCP super-packet;
+- `receive(batch, source, now)`: what the Bind received from `source`: UDP payloads,
+  or one GRO receive of them (`Coalesced`);
+- `handle_timer(now)`: called at (or after) `get_timer()`, which never names a moment
+  after the next deadline and costs nothing to ask after every input.
 
-After any input the caller drains its outputs: `outgoing` (datagrams and the endpoint
-to send each to) and `trains` (GSO trains of them), `to_tun` (decrypted IP packets) and
-`tun_writes` (merged ones, when `merges_for_tun`), and `events`.
+After any input the caller takes the one output, `take_output()`: datagrams (and GSO
+trains of them) for the Bind, packets (or merged writes) for the local stack, events.
+The batch fast paths (sealing a run, a super-packet, opening a GRO receive at once) are
+functions in `pilotif.wg.fastpath.rows`; the device keeps the protocol.
 Peer input is hostile: anything malformed, unauthenticated, replayed or not
 allowed is dropped and counted in `drops` by reason; it never raises.
 Wall time is needed only for the TAI64N timestamp of initiations:
 `wall_offset_s` turns `now` into Unix time.
 """
 
-import functools
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -29,20 +29,27 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 
 from pilotif.packet.filter import MAY_CARRY_UDP, PacketFilter
-from pilotif.packet.ip import is_echo_reply, packet_addresses
+from pilotif.packet.ip import (
+    IPV4_ADDRESS_BYTES,
+    IPV4_PROTOCOL_OFFSET,
+    IPV4_SOURCE,
+    IPV4_VERSION,
+    IPV6_NEXT_HEADER_OFFSET,
+    BytesLike,
+    is_echo_reply,
+    packet_addresses,
+)
+from pilotif.packet.segments import SegmentError, SuperPacket, cut_segments
 from pilotif.wg.allowed_ips import AllowedIPs
 from pilotif.wg.constants import (
-    AEAD_TAG_SIZE,
     HANDSHAKE_INITIATION_RATE_S,
     KEEPALIVE_TIMEOUT_S,
-    MAX_GSO_SEGMENTS,
     MAX_RETIRED_KEYPAIRS,
     MAX_STAGED_PACKETS,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
-    PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME_S,
     REKEY_AFTER_MESSAGES,
@@ -58,18 +65,28 @@ from pilotif.wg.constants import (
     UNDER_LOAD_HOLD_S,
 )
 from pilotif.wg.cookie import CookieChecker, CookieGenerator, source_bytes
-from pilotif.wg.crypto import KEY_SIZE, BytesLike, generate_private_key, tai64n
+from pilotif.wg.crypto import KEY_SIZE, generate_private_key, tai64n
 from pilotif.wg.drops import DropReason, new_drop_counters
 from pilotif.wg.events import (
     EndpointChanged,
-    Event,
     HandshakeCompleted,
     HandshakeGaveUp,
     KeysZeroed,
+    Output,
     PeerEndpoint,
     RelayEndpoint,
 )
-from pilotif.wg.fastpath.batch_loops import coalesce_rows, open_rows, seal_rows, seal_tso
+from pilotif.wg.fastpath.batch_loops import coalesce_rows, open_rows
+from pilotif.wg.fastpath.rows import (
+    TRANSPORT_OVERHEAD_BYTES,
+    batch_session,
+    fitting,
+    plain_rows,
+    runs,
+    seal_run,
+    seal_super,
+    sealed_bytes,
+)
 from pilotif.wg.handshake import (
     HandshakeError,
     InitiatorState,
@@ -81,6 +98,7 @@ from pilotif.wg.handshake import (
 )
 from pilotif.wg.messages import (
     TRANSPORT_HEADER,
+    Coalesced,
     MessageError,
     parse_cookie_reply,
     parse_initiation,
@@ -96,57 +114,8 @@ NO_PRESHARED_KEY = bytes(KEY_SIZE)
 _INDEX_SPACE = 2**32
 _NONCE: Final = struct.Struct("<4xQ")
 """The AEAD nonce of a transport counter: four zero bytes, then the counter."""
-_TRANSPORT_OVERHEAD_BYTES: Final = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
-_Pending = tuple[list[BytesLike], list[int], list[int]]
-"""Packets of a run not sealed yet: the packets, their padded sizes, where their
-messages start."""
-_IPV4_FIRST_LENGTH_DESTINATION: Final = struct.Struct("!BxH12x4s")
-_IPV4_VERSION: Final = 4
-_IPV4_PLAIN_FIRST_BYTE: Final = 0x45
-"""Version 4, a 20-byte header: the packets the fast path parses itself."""
-_IPV4_MIN_BYTES: Final = 20
-_IPV4_BYTES: Final = 4
-_IPV4_TOTAL_LENGTH: Final = 2
-_IPV4_SOURCE_OFFSET: Final = 12
-_IPV4_DESTINATION_OFFSET: Final = 16
-_IPV4_PROTO_OFFSET: Final = 9
-_IPV6_NEXT_OFFSET: Final = 6
-_COUNTER_OFFSET: Final = 8
-_TYPE_MASK: Final = 0xFFFFFFFF
-"""The first 8 bytes of a transport message, read as one little-endian integer: the type
-word in the low 32 bits, the receiver index in the high ones."""
-_INDEX_SHIFT: Final = 32
-_VECTOR_MIN_DATAGRAMS: Final = 4
-"""Below this many datagrams in one receive, the checks at once cost more than they save."""
-_VECTOR_MIN_DATAGRAM_BYTES: Final = TRANSPORT_MIN_SIZE + 20
-"""Each datagram of a batch taken at once carries at least an IPv4 header."""
-_IPV4_PLAIN_FIRST_BYTES: Final = bytes([_IPV4_PLAIN_FIRST_BYTE]) * 256
-_IPV4_SOURCE_BYTES: Final = range(_IPV4_SOURCE_OFFSET, _IPV4_SOURCE_OFFSET + _IPV4_BYTES)
-_IPV4_DESTINATION_BYTES: Final = range(
-    _IPV4_DESTINATION_OFFSET, _IPV4_DESTINATION_OFFSET + _IPV4_BYTES
-)
-
-
-@functools.cache
-def _row_totals(plain_size: int, count: int) -> struct.Struct:
-    """Reads the IPv4 total length of each of `count` packets laid `plain_size` bytes
-    apart (from the first one's length field on)."""
-    return struct.Struct("!" + f"{plain_size - 2}x".join(["H"] * count))
-
-
-@functools.cache
-def _row_headers(segment_size: int, count: int) -> struct.Struct:
-    """Reads the first two 8-byte words (type and receiver index; counter) of each of
-    `count` datagrams laid `segment_size` bytes apart, little-endian."""
-    gap = f"{segment_size - 16}x" if segment_size > 16 else ""
-    return struct.Struct("<" + gap.join(["QQ"] * count))
-
-
-def padded_length(length: int, mtu: int) -> int:
-    """A plaintext's length after WireGuard's padding: up to a multiple of 16, not past
-    the MTU (a longer packet is not padded)."""
-    padded = length + (-length % PADDING_MULTIPLE)
-    return padded if padded <= mtu else max(length, mtu)
+_CUT_BUFFER_BYTES: Final = 2 * 65535
+"""Where a super-packet the native loop does not seal is cut into its segments."""
 
 
 @dataclass(frozen=True)
@@ -186,20 +155,13 @@ class Device:
         self._handshakes_in_window = 0
         self._under_load_until_s = -1.0
         self._wake_by: float | None = None
-        """No timer is due before this (see `wake_by`)."""
-        self.outgoing: list[tuple[BytesLike, PeerEndpoint]] = []
-        self.trains: list[tuple[memoryview, int, PeerEndpoint]] = []
-        """Sealed GSO trains (`send_super`): datagrams back to back, all of the given size
-        but the last, for one endpoint; sent after `outgoing`."""
-        self.to_tun: list[BytesLike] = []
+        """No timer is due before this (see `get_timer`)."""
+        self._out = self._new_output()
+        self._cut_buffer = bytearray(_CUT_BUFFER_BYTES)
         self.merges_for_tun = False
-        """Whether a decrypted batch of one TCP flow's next segments goes to `tun_writes`
-        merged (natively) rather than to `to_tun` packet by packet: for a TUN that takes
-        virtio headers."""
-        self.tun_writes: list[bytes] = []
-        """TUN writes, each a virtio header and the TCP super-packet merged from one
-        decrypted batch (see `merges_for_tun`)."""
-        self.events: list[Event] = []
+        """Whether a decrypted batch of one TCP flow's next segments goes out merged
+        (natively, `Output.merged`) rather than packet by packet: for a local stack
+        that takes virtio headers."""
         self.drops = new_drop_counters()
         self.local_addresses: frozenset[bytes] | None = None
         """Packed addresses (4 or 16 bytes) that decrypted packets must be addressed to;
@@ -215,7 +177,7 @@ class Device:
         """Deliver only packets addressed to one of `addresses` (packed): a node, not a
         router. Others are dropped as DESTINATION_NOT_LOCAL."""
         self.local_addresses = frozenset(addresses)
-        ipv4 = [address for address in self.local_addresses if len(address) == _IPV4_BYTES]
+        ipv4 = [a for a in self.local_addresses if len(a) == IPV4_ADDRESS_BYTES]
         self._local_ipv4 = ipv4[0] if len(ipv4) == 1 else None
 
     @property
@@ -341,18 +303,118 @@ class Device:
         self._send_keepalive_message(peer, peer.current, now, endpoint)
         return True
 
+    # -- output ------------------------------------------------------------------
+
+    def take_output(self) -> Output:
+        """Everything produced since the last call (datagrams, trains, packets, merged
+        writes, events), handed over once: the device starts afresh."""
+        out, self._out = self._out, self._new_output()
+        return out
+
+    @staticmethod
+    def _new_output() -> Output:
+        return Output(datagrams=[], trains=[], packets=[], merged=[], events=[])
+
     # -- outbound ------------------------------------------------------------------
 
-    def send_packet(self, packet: BytesLike, now: float) -> None:
-        """Route one IP packet from the TUN: a batch of one (`send_packets`)."""
-        self.send_packets((packet,), now)
+    def send(
+        self,
+        batch: Sequence[BytesLike] | SuperPacket,
+        now: float,
+        sealed: memoryview | None = None,
+    ) -> None:
+        """Route and encrypt what the local stack read, in order: IP packets, or one TCP
+        super-packet (TSO: one flow's segments, headers once).
 
-    def _sealed_bytes(self, packets: Sequence[BytesLike]) -> int:
-        """What sealing `packets` takes, each padded and framed."""
+        Packets for a peer with a usable session are sealed back to back into `sealed`
+        (a new buffer when None, or when the rest does not fit) with one bookkeeping per
+        run of packets to the same destination; the datagrams in the output are views of
+        it, valid until the caller reuses `sealed`. A super-packet is sealed as one GSO
+        train as it is cut (natively), else cut into its packets first. A packet
+        without a session is queued for the handshake it starts.
+        """
+        if isinstance(batch, SuperPacket):
+            if sealed is not None and self._send_super(batch, now, sealed):
+                return
+            try:
+                batch = cut_segments(
+                    batch.packet,
+                    batch.transport_start,
+                    batch.segment_payload,
+                    self._cut_buffer,
+                    udp=False,
+                )
+            except SegmentError:
+                self.drops[DropReason.NOT_IP] += 1
+                return
+        self._send_packets(batch, now, sealed)
+
+    def _send_packets(
+        self, packets: Sequence[BytesLike], now: float, sealed: memoryview | None
+    ) -> None:
         mtu = self.mtu
-        return sum(padded_length(len(p), mtu) for p in packets) + len(packets) * (
-            _TRANSPORT_OVERHEAD_BYTES
+        if sealed is None:
+            sealed = memoryview(bytearray(sealed_bytes(packets, mtu)))
+        datagrams = self._out.datagrams
+        offset = start = 0
+        for end, destination in runs(packets):
+            run = self._send_run(destination, now) if destination is not None else None
+            rows = packets[start:end]
+            start = end
+            if run is None:
+                for packet in rows:
+                    self._stage(packet, now)
+                continue
+            peer, keypair, endpoint = run
+            room = REJECT_AFTER_MESSAGES - keypair.send_counter
+            rows, late = (rows, ()) if len(rows) <= room else (rows[:room], rows[room:])
+            while rows:
+                part = rows[: fitting(rows, mtu, len(sealed) - offset)]
+                if not part:
+                    # The caller's buffer is full: the rest goes to a new one.
+                    rest = sealed_bytes(rows, mtu) + sealed_bytes(packets[end:], mtu)
+                    sealed, offset = memoryview(bytearray(rest)), 0
+                    continue
+                views = seal_run(keypair, part, mtu, sealed, offset)
+                datagrams += [(view, endpoint) for view in views]
+                needed = sum(len(view) for view in views)
+                offset += needed
+                self._note_outbound(peer, part, now)
+                self._sent_run(run, keypair.send_counter + len(part), needed, part[0], now)
+                rows = rows[len(part) :]
+            for packet in late:
+                self._stage(packet, now)
+
+    def _note_outbound(self, peer: Peer, packets: Sequence[BytesLike], now: float) -> None:
+        """Let the peer's filter remember the UDP flows these packets (to one destination)
+        open, when it must."""
+        noting = peer.packet_filter
+        if noting is None or not noting.records_udp:
+            return
+        proto_at = (
+            IPV4_PROTOCOL_OFFSET if packets[0][0] >> 4 == IPV4_VERSION else IPV6_NEXT_HEADER_OFFSET
         )
+        for packet in packets:
+            if packet[proto_at] in MAY_CARRY_UDP:
+                noting.note_outbound(packet, now)
+
+    def _send_super(self, batch: SuperPacket, now: float, sealed: memoryview) -> bool:
+        """Seal a TCP super-packet as one GSO train into `sealed`, natively; whether it
+        went (not without the native loop, a peer, a session, or room below the message
+        limit, or when the headers do not describe the packet). TCP needs no outbound
+        note from the packet filter (only UDP answers are remembered)."""
+        addresses = packet_addresses(batch.packet)
+        run = self._send_run(addresses[1], now) if addresses is not None else None
+        if run is None:
+            return False
+        keypair = run[1]
+        sealed_train = seal_super(keypair, batch, self.mtu, sealed)
+        if sealed_train is None:
+            return False
+        count, size, total = sealed_train
+        self._out.trains.append((sealed[:total], size, run[2]))
+        self._sent_run(run, keypair.send_counter + count, total, batch.packet, now)
+        return True
 
     def _stage(self, packet: BytesLike, now: float) -> None:
         """A packet without a session to seal it with now: dropped (not IP, no route, no
@@ -374,143 +436,6 @@ class Device:
         peer.staged.append(bytes(packet))
         self._send_initiation(peer, now, is_retry=False)
 
-    def send_packets(
-        self, packets: Sequence[BytesLike], now: float, sealed: memoryview | None = None
-    ) -> None:
-        """Route and encrypt IP packets from the TUN, in order: the one send pipeline (a
-        single packet is a batch of one).
-
-        Packets for a peer with a usable session are sealed back to back into `sealed`
-        (a new buffer when None, or when the rest does not fit) with one bookkeeping per
-        run of packets to the same destination; the views of them appended to `outgoing`
-        are valid until the caller reuses `sealed`. A packet without a session is queued
-        for the handshake it starts (`_stage`).
-        """
-        if sealed is None:
-            sealed = memoryview(bytearray(self._sealed_bytes(packets)))
-        outgoing = self.outgoing
-        pack_header = TRANSPORT_HEADER.pack_into
-        mtu = self.mtu
-        capacity = len(sealed)
-        offset = run_start = counter = remote_index = run_version = 0
-        run: tuple[Peer, Keypair, PeerEndpoint] | None = None
-        run_packet: BytesLike = b""
-        # The run's packets not sealed yet: `_sent_run` seals them in one native call,
-        # before the buffer changes.
-        pending: _Pending = ([], [], [])
-        rows, sizes, starts = pending
-        # The run's peer's filter when it must remember outbound UDP flows, and where the
-        # run's packets say their protocol:
-        noting: PacketFilter | None = None
-        proto_at = _IPV4_PROTO_OFFSET
-        run_destination = b""
-        for position, packet in enumerate(packets):
-            length = len(packet)
-            # The run goes on for a well-formed packet to the same destination; a plain
-            # IPv4 header is checked here, anything else by packet_addresses.
-            same_run = False
-            if run is not None and length >= _IPV4_MIN_BYTES:
-                if run_version == _IPV4_VERSION:
-                    first, total, destination = _IPV4_FIRST_LENGTH_DESTINATION.unpack_from(packet)
-                    same_run = (
-                        destination == run_destination
-                        and first == _IPV4_PLAIN_FIRST_BYTE
-                        and _IPV4_MIN_BYTES <= total <= length
-                    )
-                else:
-                    addresses = packet_addresses(packet)
-                    same_run = addresses is not None and addresses[1] == run_destination
-            if not same_run:
-                if run is not None:
-                    self._sent_run(
-                        run, counter, offset - run_start, run_packet, now, (pending, sealed)
-                    )
-                addresses = packet_addresses(packet)
-                run = self._send_run(addresses[1], now) if addresses is not None else None
-                noting = None
-                if run is not None and addresses is not None:
-                    run_destination = addresses[1]
-                    run_version = packet[0] >> 4
-                    counter, remote_index = run[1].send_counter, run[1].remote_index
-                    run_packet = packet
-                    endpoint = run[2]
-                    run_start = offset
-                    noting = run[0].packet_filter
-                    if noting is not None and not noting.records_udp:
-                        noting = None
-                    proto_at = (
-                        _IPV4_PROTO_OFFSET if run_version == _IPV4_VERSION else _IPV6_NEXT_OFFSET
-                    )
-            padded = padded_length(length, mtu)
-            end = offset + padded + _TRANSPORT_OVERHEAD_BYTES
-            if run is None or counter >= REJECT_AFTER_MESSAGES:
-                if run is not None:
-                    self._sent_run(
-                        run, counter, offset - run_start, run_packet, now, (pending, sealed)
-                    )
-                    run = None
-                self._stage(packet, now)
-                continue
-            if end > capacity:
-                # The caller's buffer is full: the rest goes to a new one.
-                self._sent_run(run, counter, offset - run_start, run_packet, now, (pending, sealed))
-                sealed = memoryview(bytearray(self._sealed_bytes(packets[position:])))
-                capacity = len(sealed)
-                offset = run_start = 0
-                end = padded + _TRANSPORT_OVERHEAD_BYTES
-            pack_header(sealed, offset, MESSAGE_TRANSPORT, remote_index, counter)
-            rows.append(packet)
-            sizes.append(padded)
-            starts.append(offset)
-            outgoing.append((sealed[offset:end], endpoint))
-            if noting is not None and packet[proto_at] in MAY_CARRY_UDP:
-                noting.note_outbound(packet, now)
-            counter += 1
-            offset = end
-        if run is not None:
-            self._sent_run(run, counter, offset - run_start, run_packet, now, (pending, sealed))
-
-    def send_super(
-        self,
-        packet: memoryview,
-        transport_start: int,
-        segment_payload: int,
-        now: float,
-        sealed: memoryview,
-    ) -> bool:
-        """Seal a TCP super-packet from the TUN (TSO: one flow's segments, headers once)
-        as one GSO train into `sealed`, cutting and sealing natively; True when it went.
-
-        False leaves it to the caller to cut and hand to `send_packets` (the one pipeline
-        for everything else): without the native loop, a peer, a session, or room below
-        the message limit, or when the headers do not describe the packet. TCP needs no
-        outbound note from the packet filter (only UDP answers are remembered).
-        """
-        addresses = packet_addresses(packet) if seal_tso is not None else None
-        run = self._send_run(addresses[1], now) if addresses is not None else None
-        if run is None or seal_tso is None:
-            return False
-        keypair = run[1]
-        counter = keypair.send_counter
-        if counter + MAX_GSO_SEGMENTS >= REJECT_AFTER_MESSAGES:
-            return False
-        try:
-            count, size, total = seal_tso(
-                keypair.send_key,
-                counter,
-                keypair.remote_index,
-                packet,
-                transport_start,
-                segment_payload,
-                self.mtu,
-                sealed,
-            )
-        except ValueError:
-            return False
-        self.trains.append((sealed[:total], size, run[2]))
-        self._sent_run(run, counter + count, total, packet, now)
-        return True
-
     def _send_run(
         self, destination: bytes, now: float
     ) -> tuple[Peer, Keypair, PeerEndpoint] | None:
@@ -531,29 +456,12 @@ class Device:
         sent_bytes: int,
         first: BytesLike,
         now: float,
-        sealing: tuple[_Pending, memoryview] | None = None,
     ) -> None:
         """The bookkeeping of packets sent to one peer up to `counter`, `first` the first
-        of them; with `sealing`, the run's packets not sealed yet are sealed first into
-        its buffer (their counters follow on from the session's, not moved yet), and the
-        pending lists emptied. A lone echo reply does not start waiting for an answer:
-        otherwise each side's path check (an echo) would make the other side's kernel
-        reply start the next one, back and forth for as long as the peers are idle."""
+        of them. A lone echo reply does not start waiting for an answer: otherwise each
+        side's path check (an echo) would make the other side's kernel reply start the
+        next one, back and forth for as long as the peers are idle."""
         peer, keypair, _ = run
-        if sealing is not None and sealing[0][0]:
-            (rows, sizes, starts), sealed = sealing
-            seal_rows(
-                keypair.send_key,
-                keypair.send_counter,
-                rows,
-                sizes,
-                starts,
-                TRANSPORT_HEADER_SIZE,
-                sealed,
-            )
-            rows.clear()
-            sizes.clear()
-            starts.clear()
         lone = counter - keypair.send_counter == 1
         keypair.send_counter = counter
         waiting = peer.unanswered_since_s
@@ -573,7 +481,7 @@ class Device:
         datagram = TRANSPORT_HEADER.pack(
             MESSAGE_TRANSPORT, keypair.remote_index, counter
         ) + keypair.send_aead.encrypt(_NONCE.pack(counter), b"", None)
-        self.outgoing.append((datagram, destination))
+        self._out.datagrams.append((datagram, destination))
         self._sent_transport(peer, len(datagram), False, now)
 
     def _sent_transport(self, peer: Peer, sent_bytes: int, data: bool, now: float) -> None:
@@ -640,7 +548,7 @@ class Device:
         self._send_handshake_message(peer, bytes(message), now)
         for endpoint in peer.probe_endpoints:
             if endpoint != peer.endpoint:
-                self.outgoing.append((bytes(message), endpoint))
+                self._out.datagrams.append((bytes(message), endpoint))
                 peer.tx_bytes += len(message)
         jitter = (
             int.from_bytes(self._random_bytes(2), "little") / 0xFFFF * REKEY_TIMEOUT_JITTER_MAX_S
@@ -649,7 +557,7 @@ class Device:
 
     def _send_handshake_message(self, peer: Peer, message: bytes, now: float) -> None:
         assert peer.endpoint is not None
-        self.outgoing.append((message, peer.endpoint))
+        self._out.datagrams.append((message, peer.endpoint))
         peer.tx_bytes += len(message)
         peer.timers.send_keepalive = None
         self._arm_persistent_keepalive(peer, now)
@@ -666,9 +574,35 @@ class Device:
 
     # -- inbound -------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, source: PeerEndpoint, now: float) -> None:
-        """Handle one UDP payload from `source`: a batch of one (`receive_datagrams`)."""
-        self.receive_datagrams((data,), source, now)
+    def receive(
+        self,
+        batch: Sequence[BytesLike] | Coalesced,
+        source: PeerEndpoint,
+        now: float,
+        plaintexts: memoryview | None = None,
+    ) -> None:
+        """Handle what the Bind received from `source`, in order: UDP payloads, or one
+        GRO receive of them; never raises on peer input.
+
+        Transport messages are decrypted back to back into `plaintexts` (which must hold
+        the sum of their lengths; a new buffer when None) with one bookkeeping per run
+        of one session; the packets in the output are views into it, valid until the
+        caller reuses `plaintexts`. Handshake messages go to their handlers.
+
+        The usual GRO receive (transport messages of one session, counters increasing,
+        all new, plain IPv4 packets from one source inside) is checked at once: per
+        datagram only the decryption is left. With `merges_for_tun`, a batch of one TCP
+        flow's next segments goes out as one merged write (checked as it is merged,
+        natively).
+        """
+        if plaintexts is None:
+            size = len(batch.buffer) if isinstance(batch, Coalesced) else sum(map(len, batch))
+            plaintexts = memoryview(bytearray(size))
+        if isinstance(batch, Coalesced):
+            if self._receive_at_once(batch, source, now, plaintexts):
+                return
+            batch = split_coalesced(batch.buffer, batch.segment_size)
+        self._receive_datagrams(batch, source, now, plaintexts)
 
     def _receive_handshake_message(self, data: BytesLike, source: PeerEndpoint, now: float) -> None:
         """An initiation, response or cookie reply (anything else is malformed)."""
@@ -687,24 +621,15 @@ class Device:
         except HandshakeError as error:
             self.drops[error.reason] += 1
 
-    def receive_datagrams(
+    def _receive_datagrams(
         self,
         datagrams: Sequence[BytesLike],
         source: PeerEndpoint,
         now: float,
-        plaintexts: memoryview | None = None,
+        plaintexts: memoryview,
     ) -> None:
-        """Handle the UDP payloads of one receive from `source`, in order; never raises
-        on peer input. The one receive pipeline: a single datagram is a batch of one,
-        and `receive_segments` comes here for what it cannot take at once.
-
-        Transport messages are decrypted back to back into `plaintexts` (which must hold
-        the sum of their lengths; a new buffer when None) with one bookkeeping per run
-        of one session; the packets appended to `to_tun` are views into it, valid until
-        the caller reuses `plaintexts`. Handshake messages go to their handlers.
-        """
-        if plaintexts is None:
-            plaintexts = memoryview(bytearray(sum(len(d) for d in datagrams)))
+        """The one receive pipeline, datagram by datagram (a run of one session at a
+        time)."""
         drops = self.drops
         unpack_header = TRANSPORT_HEADER.unpack_from
         pack_nonce = _NONCE.pack
@@ -743,7 +668,7 @@ class Device:
             if not replay.check(counter):
                 drops[DropReason.REPLAY] += 1
                 continue
-            length = len(datagram) - _TRANSPORT_OVERHEAD_BYTES
+            length = len(datagram) - TRANSPORT_OVERHEAD_BYTES
             plaintext = plaintexts[offset : offset + length]
             try:
                 keypair.receive_aead.decrypt_into(
@@ -766,35 +691,24 @@ class Device:
         if run is not None and run_bytes:
             self._received_transport(*run, source, run_bytes, run_data, now)
 
-    def receive_segments(
-        self,
-        buffer: memoryview,
-        segment_size: int,
-        source: PeerEndpoint,
-        now: float,
-        plaintexts: memoryview,
-    ) -> None:
-        """Handle one GRO receive from `source`: datagrams of `segment_size` bytes back to
-        back in `buffer` (the last may be shorter; 0 means one datagram).
-
-        What `receive_datagrams` does with them. The usual batch (transport messages of
-        one session, counters increasing, all new, plain IPv4 packets from one source
-        inside) is checked at once (each field read down the rows by one `struct` or one
-        strided copy): per datagram only the decryption is left. With `merges_for_tun`,
-        a batch of one TCP flow's next segments becomes one merged write in `tun_writes`
-        (checked as it is merged, natively).
-        `plaintexts` must hold len(buffer) bytes; `to_tun` gets views into it.
-        """
+    def _receive_at_once(
+        self, batch: Coalesced, source: PeerEndpoint, now: float, plaintexts: memoryview
+    ) -> bool:
+        """Take a GRO receive at once if it is the usual batch (see `receive`); whether
+        it was."""
+        buffer, segment_size = batch.buffer, batch.segment_size
         count = -(-len(buffer) // segment_size) if segment_size > 0 else 1
         last_size = len(buffer) - (count - 1) * segment_size
-        run = self._segments_run(buffer, segment_size, count, last_size, now)
-        if run is None:
-            self.receive_datagrams(split_coalesced(buffer, segment_size), source, now, plaintexts)
-            return
-        peer, keypair, first = run
-        last = first + count - 1
-        plain_size = segment_size - _TRANSPORT_OVERHEAD_BYTES
-        last_plain = last_size - _TRANSPORT_OVERHEAD_BYTES
+        session = batch_session(buffer, segment_size, count, last_size)
+        if session is None:
+            return False
+        index, first = session
+        run = self._receive_run(index, now)
+        if isinstance(run, DropReason) or run[1] is run[0].next or first <= run[1].replay.newest:
+            return False
+        peer, keypair = run
+        plain_size = segment_size - TRANSPORT_OVERHEAD_BYTES
+        last_plain = last_size - TRANSPORT_OVERHEAD_BYTES
         failed = open_rows(
             keypair.receive_key,
             first,
@@ -806,11 +720,9 @@ class Device:
             plaintexts,
         )
         if failed:
-            self._deliver_rows(
-                peer, keypair, buffer, segment_size, first, failed, source, now, plaintexts
-            )
-            return
-        keypair.replay.update_run(first, last)
+            self._deliver_rows(peer, keypair, batch, first, failed, source, now, plaintexts)
+            return True
+        keypair.replay.update_run(first, first + count - 1)
         self._received_transport(peer, keypair, source, len(buffer), True, now)
         if self.merges_for_tun and coalesce_rows is not None:
             merged = coalesce_rows(plaintexts, plain_size, count, last_plain)
@@ -818,101 +730,58 @@ class Device:
                 # One flow's segments, headers equal but for what differs segment to
                 # segment: the first one's verdict is every one's.
                 if self._admitted(peer, plaintexts[:plain_size], now, count) is not None:
-                    self.tun_writes.append(merged)
-                return
-        totals = _row_totals(plain_size, count).unpack_from(plaintexts, _IPV4_TOTAL_LENGTH)
+                    self._out.merged.append(merged)
+                return True
+        packets = self._plain_rows(plaintexts, count, plain_size, last_plain)
         if (
-            min(totals) >= _IPV4_MIN_BYTES
-            and max(totals) <= plain_size
-            and totals[-1] <= last_plain
-            and self._rows_alike(plaintexts, count, plain_size)
-            and self._routes.lookup(plaintexts[_IPV4_SOURCE_OFFSET:_IPV4_DESTINATION_OFFSET])
-            is peer
+            packets is not None
+            and self._routes.lookup(plaintexts[IPV4_SOURCE]) is peer
             and (
                 peer.packet_filter is None
                 or peer.packet_filter.passes_rows(plaintexts, count, plain_size)
             )
         ):
-            starts = range(0, count * plain_size, plain_size)
-            self.to_tun.extend(
-                [plaintexts[at : at + total] for at, total in zip(starts, totals, strict=True)]
-            )
-            return
+            self._out.packets.extend(packets)
+            return True
         for row in range(count):
             size = plain_size if row < count - 1 else last_plain
             self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size], now)
-
-    def _rows_alike(self, plaintexts: memoryview, count: int, plain_size: int) -> bool:
-        """Whether the packets of a decrypted batch (one per `plain_size` bytes) are all
-        plain IPv4 from the first one's source, addressed to this node (or the device
-        takes any destination).
-
-        Each byte that must agree is read down the rows as one strided copy and compared
-        with the first row's byte repeated: a few C-level scans, not a loop per packet.
-        """
-        end = count * plain_size
-        if plaintexts[0:end:plain_size].tobytes() != _IPV4_PLAIN_FIRST_BYTES[:count]:
-            return False
-        agreeing = list(_IPV4_SOURCE_BYTES)
-        if self.local_addresses is not None:
-            agreeing += _IPV4_DESTINATION_BYTES
-            destination = plaintexts[_IPV4_DESTINATION_OFFSET : _IPV4_DESTINATION_OFFSET + 4]
-            if self._local_ipv4 is None or destination != self._local_ipv4:
-                return False
-        for offset in agreeing:
-            column = plaintexts[offset:end:plain_size].tobytes()
-            if column.count(column[0]) != count:
-                return False
         return True
 
-    def _segments_run(
-        self, buffer: memoryview, segment_size: int, count: int, last_size: int, now: float
-    ) -> tuple[Peer, Keypair, int] | None:
-        """The peer, session and first counter of a GRO receive that `receive_segments`
-        can take at once: enough datagrams, each a transport message of one session that
-        takes data now, with consecutive counters all newer than any seen."""
-        if count < _VECTOR_MIN_DATAGRAMS or last_size < _VECTOR_MIN_DATAGRAM_BYTES:
+    def _plain_rows(
+        self, plaintexts: memoryview, count: int, plain_size: int, last_plain: int
+    ) -> list[memoryview] | None:
+        """The packets of a decrypted batch when they are all plain IPv4 from one source
+        to this node (`pilotif.wg.fastpath.rows.plain_rows`)."""
+        if self.local_addresses is not None and self._local_ipv4 is None:
             return None
-        fields = _row_headers(segment_size, count).unpack_from(buffer)
-        headers, counters = fields[0::2], fields[1::2]
-        first = counters[0]
-        if (
-            headers[0] & _TYPE_MASK != MESSAGE_TRANSPORT
-            or headers.count(headers[0]) != count
-            or counters != tuple(range(first, first + count))
-            or first + count > REJECT_AFTER_MESSAGES
-        ):
-            return None
-        run = self._receive_run(headers[0] >> _INDEX_SHIFT, now)
-        if isinstance(run, DropReason) or run[1] is run[0].next or first <= run[1].replay.newest:
-            return None
-        return run[0], run[1], first
+        return plain_rows(plaintexts, count, plain_size, last_plain, self._local_ipv4)
 
     def _deliver_rows(
         self,
         peer: Peer,
         keypair: Keypair,
-        buffer: memoryview,
-        segment_size: int,
+        batch: Coalesced,
         first: int,
         failed: list[int],
         source: PeerEndpoint,
         now: float,
         plaintexts: memoryview,
     ) -> None:
-        """The rare end of `receive_segments`: some datagrams did not authenticate."""
+        """The rare end of a GRO receive taken at once: some datagrams did not
+        authenticate."""
         self.drops[DropReason.DECRYPT_FAILED] += len(failed)
         replay = keypair.replay
-        plain_size = segment_size - _TRANSPORT_OVERHEAD_BYTES
+        plain_size = batch.segment_size - TRANSPORT_OVERHEAD_BYTES
         received = 0
         skip = set(failed)
-        for row, datagram in enumerate(split_coalesced(buffer, segment_size)):
+        for row, datagram in enumerate(split_coalesced(batch.buffer, batch.segment_size)):
             if row in skip or not replay.update(first + row):
                 continue
             received += len(datagram)
             offset = row * plain_size
             self._deliver(
-                peer, plaintexts[offset : offset + len(datagram) - _TRANSPORT_OVERHEAD_BYTES], now
+                peer, plaintexts[offset : offset + len(datagram) - TRANSPORT_OVERHEAD_BYTES], now
             )
         if received:
             self._received_transport(peer, keypair, source, received, True, now)
@@ -921,7 +790,7 @@ class Device:
         """Queue a decrypted packet of `peer` for the TUN if it is IP from its allowed IPs."""
         packet = self._admitted(peer, plaintext, now)
         if packet is not None:
-            self.to_tun.append(packet)
+            self._out.packets.append(packet)
 
     def _admitted(
         self, peer: Peer, plaintext: BytesLike, now: float, count: int = 1
@@ -1013,7 +882,7 @@ class Device:
             source_key = source_bytes(source)
             if not self._cookie_checker.check_mac2(data, source_key, now):
                 reply = self._cookie_checker.create_reply(data, sender_index, source_key, now)
-                self.outgoing.append((reply, source))
+                self._out.datagrams.append((reply, source))
                 self.drops[DropReason.COOKIE_REQUIRED] += 1
                 return False
         return True
@@ -1113,7 +982,7 @@ class Device:
             peer.endpoint is None or self._may_roam(peer, source, now, initiation)
         ):
             peer.endpoint = source
-            self.events.append(EndpointChanged(peer.public_key, source))
+            self._out.events.append(EndpointChanged(peer.public_key, source))
         if source == peer.endpoint:
             peer.last_received_s = now
             if answered:
@@ -1136,7 +1005,7 @@ class Device:
         peer.timers.retransmit_handshake = None
         peer.handshake_attempts = 0
         peer.last_handshake_s = now
-        self.events.append(HandshakeCompleted(peer.public_key, initiator))
+        self._out.events.append(HandshakeCompleted(peer.public_key, initiator))
 
     def _send_staged(self, peer: Peer, now: float) -> bool:
         """Send the packets queued during the handshake; True if there were any."""
@@ -1145,7 +1014,7 @@ class Device:
             return False
         staged = list(peer.staged)
         peer.staged.clear()
-        self.send_packets(staged, now)
+        self._send_packets(staged, now, None)
         return True
 
     def _forget_keypair(self, keypair: Keypair | None) -> None:
@@ -1184,28 +1053,24 @@ class Device:
 
     # -- timers --------------------------------------------------------------------
 
-    def next_timer(self) -> float | None:
-        """The earliest deadline of any peer's timer, or None when all are idle (a scan
-        of every peer: `wake_by` is what to ask after each input)."""
-        deadlines = [t for p in self._peers.values() if (t := p.timers.earliest()) is not None]
-        return min(deadlines) if deadlines else None
-
-    def wake_by(self) -> float | None:
-        """When `handle_timers` must run at the latest: never after `next_timer()`, maybe
-        before it (a timer since stopped or moved later counts until timers are handled),
-        and read without looking at any peer, however many there are."""
+    def get_timer(self) -> float | None:
+        """When `handle_timer` must run at the latest (None: no timer is armed): never
+        after the earliest deadline of any peer's timer, maybe before it (a timer since
+        stopped or moved later counts until timers are handled), and read without
+        looking at any peer, however many there are."""
         return self._wake_by
 
     def _arm(self, deadline: float) -> float:
-        """`deadline`, about to be a timer's: `wake_by` stays no later than it."""
+        """`deadline`, about to be a timer's: `get_timer` stays no later than it."""
         if self._wake_by is None or deadline < self._wake_by:
             self._wake_by = deadline
         return deadline
 
-    def handle_timers(self, now: float) -> None:
+    def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline has passed."""
         self._fire_timers(now)
-        self._wake_by = self.next_timer()
+        deadlines = [t for p in self._peers.values() if (t := p.timers.earliest()) is not None]
+        self._wake_by = min(deadlines) if deadlines else None
 
     def _fire_timers(self, now: float) -> None:
         for peer in list(self._peers.values()):
@@ -1222,7 +1087,7 @@ class Device:
             if timers.zero_key_material is not None and timers.zero_key_material <= now:
                 timers.zero_key_material = None
                 self._zero_keys(peer)
-                self.events.append(KeysZeroed(peer.public_key))
+                self._out.events.append(KeysZeroed(peer.public_key))
             if timers.persistent_keepalive is not None and timers.persistent_keepalive <= now:
                 timers.persistent_keepalive = None
                 self._send_keepalive(peer, now)
@@ -1239,6 +1104,6 @@ class Device:
             peer.staged.clear()
             if peer.timers.zero_key_material is None:
                 peer.timers.zero_key_material = self._arm(now + ZERO_KEYS_AFTER_S)
-            self.events.append(HandshakeGaveUp(peer.public_key))
+            self._out.events.append(HandshakeGaveUp(peer.public_key))
             return
         self._send_initiation(peer, now, is_retry=True)

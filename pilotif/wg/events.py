@@ -1,6 +1,9 @@
-"""Events the overlay core reports to its I/O shell; the daemon logs each as one line."""
+"""Events the overlay core reports to its I/O shell (the daemon logs each as one line),
+and the `Output` that carries them out with the datagrams and packets."""
 
 from dataclasses import dataclass
+
+from pilotif.packet.ip import BytesLike
 
 Endpoint = tuple[str, int]
 """A UDP endpoint as (host, port); host is an IPv4 or IPv6 address literal."""
@@ -59,3 +62,27 @@ class KeysZeroed:
 
 
 Event = HandshakeCompleted | HandshakeGaveUp | EndpointChanged | KeysZeroed
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What the device produced since the last `Device.take_output()`: the one way out.
+
+    The views in it point into the buffers the caller lent the inputs (`sealed`,
+    `plaintexts`): use them before lending those again."""
+
+    datagrams: list[tuple[BytesLike, PeerEndpoint]]
+    """Datagrams for the Bind, each with the endpoint to send it to, in order."""
+    trains: list[tuple[memoryview, int, PeerEndpoint]]
+    """Sealed GSO trains: datagrams back to back, all of the given size but the last, for
+    one endpoint; sent after `datagrams`."""
+    packets: list[BytesLike]
+    """Decrypted IP packets for the local stack, in order."""
+    merged: list[bytes]
+    """Writes for a local stack that merges (`Device.merges_for_tun`): each a virtio
+    header and the TCP super-packet merged from one decrypted batch."""
+    events: list[Event]
+    """What happened, in order."""
+
+    def __bool__(self) -> bool:
+        return bool(self.datagrams or self.trains or self.packets or self.merged or self.events)

@@ -134,6 +134,15 @@ def pack_transport_header(
     TRANSPORT_HEADER.pack_into(buf, offset, MESSAGE_TRANSPORT, receiver, counter)
 
 
+@dataclass(frozen=True, slots=True)
+class Coalesced:
+    """One GRO receive: datagrams of `segment_size` bytes back to back in `buffer` (the
+    last may be shorter; a `segment_size` of 0 means one datagram)."""
+
+    buffer: memoryview
+    segment_size: int
+
+
 def split_coalesced(buffer: memoryview, segment_size: int) -> list[memoryview]:
     """The datagrams of a GRO receive: `segment_size` bytes each, the last maybe fewer
     (a `segment_size` of 0 means one datagram)."""

@@ -2,7 +2,9 @@
 
 Node A (100.64.0.1, fd00:64::1, underlay 198.18.0.1:51820) and node B
 (100.64.0.2, fd00:64::2, underlay 198.18.0.2:51820) are each a peer of the other.
-`deliver` moves the datagrams one node queued to the other, optionally through
+A Node keeps what its device handed out (`Device.take_output`, taken whenever a test
+looks at `outgoing`, `trains`, `to_tun`, `tun_writes` or `events`) until the test clears
+it. `deliver` moves the datagrams one node queued to the other, optionally through
 a transform that drops, duplicates, reorders or mutates them; `exchange`
 repeats that both ways until neither has anything left to send. Time is a
 float the test advances; nothing sleeps and nothing touches a socket.
@@ -11,7 +13,7 @@ float the test advances; nothing sleeps and nothing touches a socket.
 import itertools
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from pilotif_lab.postgres import ThrowawayPostgres, throwaway_postgres
 from pilotif.wg.constants import MESSAGE_TRANSPORT
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.device import Device
-from pilotif.wg.events import Endpoint
+from pilotif.wg.events import Endpoint, Event, Output, PeerEndpoint
 from pilotif.wg.messages import TRANSPORT_HEADER
 from pilotif.wg.peer import Keypair, Peer
 
@@ -40,14 +42,54 @@ Transform = Callable[[list[bytes]], Iterable[bytes]]
 """Rewrites the list of datagrams in flight: return fewer, more, reordered or changed ones."""
 
 
+def _no_output() -> Output:
+    return Output(datagrams=[], trains=[], packets=[], merged=[], events=[])
+
+
 @dataclass
 class Node:
-    """One side of the test network: a Device and the addresses it owns."""
+    """One side of the test network: a Device, the addresses it owns, and what the
+    device handed out so far."""
 
     device: Device
     endpoint: Endpoint
     v4: IPv4Address
     v6: IPv6Address
+    taken: Output = field(default_factory=_no_output)
+
+    def _take(self) -> Output:
+        out = self.device.take_output()
+        self.taken.datagrams.extend(out.datagrams)
+        self.taken.trains.extend(out.trains)
+        self.taken.packets.extend(out.packets)
+        self.taken.merged.extend(out.merged)
+        self.taken.events.extend(out.events)
+        return self.taken
+
+    @property
+    def outgoing(self) -> list[tuple[bytes | bytearray | memoryview, PeerEndpoint]]:
+        """Datagrams to send, with their endpoints (views: copy before the next send)."""
+        return self._take().datagrams
+
+    @property
+    def trains(self) -> list[tuple[memoryview, int, PeerEndpoint]]:
+        """GSO trains to send."""
+        return self._take().trains
+
+    @property
+    def to_tun(self) -> list[bytes | bytearray | memoryview]:
+        """Decrypted packets for the local stack."""
+        return self._take().packets
+
+    @property
+    def tun_writes(self) -> list[bytes]:
+        """Merged writes for a local stack that takes virtio headers."""
+        return self._take().merged
+
+    @property
+    def events(self) -> list[Event]:
+        """The device's events."""
+        return self._take().events
 
     def packet_to(self, other: "Node", payload: bytes = b"", *, v6: bool = False) -> bytes:
         """A UDP-looking IP packet from this node's overlay address to the other's."""
@@ -142,8 +184,8 @@ def make_pair(
 def take(node: Node) -> list[tuple[bytes, Endpoint]]:
     """Every datagram the node queued (copied out: sealed packets are views into the
     device's buffers), with its destination; empties the queue."""
-    queued = [(bytes(datagram), endpoint) for datagram, endpoint in node.device.outgoing]
-    node.device.outgoing.clear()
+    queued = [(bytes(datagram), endpoint) for datagram, endpoint in node.outgoing]
+    node.outgoing.clear()
     return queued
 
 
@@ -163,14 +205,14 @@ def deliver(
     if transform is not None:
         datagrams = list(transform(datagrams))
     for datagram in datagrams:
-        destination.device.receive_datagram(datagram, from_endpoint or source.endpoint, now)
+        destination.device.receive((datagram,), from_endpoint or source.endpoint, now)
     return datagrams
 
 
 def exchange(a: Node, b: Node, now: float) -> None:
     """Deliver both ways, unchanged, until neither node has anything queued."""
     for _ in range(_MAX_EXCHANGE_ROUNDS):
-        if not a.device.outgoing and not b.device.outgoing:
+        if not a.outgoing and not b.outgoing:
             return
         deliver(a, b, now)
         deliver(b, a, now)
@@ -179,15 +221,22 @@ def exchange(a: Node, b: Node, now: float) -> None:
 
 def run_timers(a: Node, b: Node, until: float) -> None:
     """Fire both nodes' timers in deadline order up to `until`, exchanging after each step:
-    woken by `wake_by`, as the daemon's packet pump is (early wake-ups find nothing due)."""
+    woken by `get_timer`, as the daemon's packet pump is (early wake-ups find nothing due)."""
     while True:
-        deadlines = [d for n in (a, b) if (d := n.device.wake_by()) is not None]
+        deadlines = [d for n in (a, b) if (d := n.device.get_timer()) is not None]
         if not deadlines or min(deadlines) > until:
             return
         now = min(deadlines)
-        a.device.handle_timers(now)
-        b.device.handle_timers(now)
+        a.device.handle_timer(now)
+        b.device.handle_timer(now)
         exchange(a, b, now)
+
+
+def next_deadline(node: Node) -> float | None:
+    """The earliest deadline of any of the node's peers' timers (what `get_timer`, which
+    may name an earlier moment, stands for)."""
+    deadlines = [t for p in node.device.peers() if (t := p.timers.earliest()) is not None]
+    return min(deadlines, default=None)
 
 
 def peer_of(node: Node, other: Node) -> Peer:
@@ -214,12 +263,12 @@ def pair() -> tuple[Node, Node]:
 def established(pair: tuple[Node, Node]) -> tuple[Node, Node]:
     """A and B with a session that A initiated at NOW; all outputs drained."""
     a, b = pair
-    a.device.send_packet(a.packet_to(b, b"hello"), NOW)
+    a.device.send((a.packet_to(b, b"hello"),), NOW)
     exchange(a, b, NOW)
     assert peer_of(b, a).current is not None
     for node in pair:
-        node.device.to_tun.clear()
-        node.device.events.clear()
+        node.to_tun.clear()
+        node.events.clear()
     return pair
 
 

@@ -39,7 +39,7 @@ from pilotif.registry.store import Store
 from pilotif.relay.core import RelayCore
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.device import Device
-from pilotif.wg.events import Endpoint, RelayEndpoint
+from pilotif.wg.events import Endpoint, Event, RelayEndpoint
 from pilotif.wg.keys import encode_key
 
 REGISTRY: Endpoint = ("198.18.0.1", 7946)
@@ -162,6 +162,8 @@ class SimNode:
         self.answers_pings = False
         """Whether its "kernel" answers ICMP echo requests that arrive through the tunnel."""
         self.events: list[NodeEvent] = []
+        self.device_events: list[Event] = []
+        """Device events the node's decisions caused, reported to it at the next flush."""
         self.received: list[bytes] = []
         """IP packets the device handed to the TUN."""
 
@@ -170,27 +172,28 @@ class SimNode:
         return encode_key(self.device.public_key)
 
     def flush(self) -> None:
-        self.core.device_reported(self.device.events, self.net.now)
-        self.device.events.clear()
+        out = self.device.take_output()
+        events, self.device_events = self.device_events + out.events, []
+        self.core.device_reported(events, self.net.now)
         for data, to in self.core.datagrams_to_send():
             if to == REGISTRY:
                 self.control_sent += 1
             self.net.send(self, data, to)
-        for data, endpoint in self.device.outgoing:
+        after = self.device.take_output()
+        self.device_events = after.events
+        for data, endpoint in out.datagrams + after.datagrams:
             if isinstance(endpoint, RelayEndpoint):
                 wrapped = self.framing.wrap(data, endpoint)
                 assert wrapped is not None
                 self.net.send(self, wrapped[0], wrapped[1])
             else:
                 self.net.send(self, bytes(data), endpoint)
-        self.device.outgoing.clear()
-        arrived = [bytes(p) for p in self.device.to_tun]
-        self.device.to_tun.clear()
+        arrived = [bytes(p) for p in out.packets + after.packets]
         self.received += arrived
         if self.answers_pings:
             replies = [r for r in map(_echo_reply, arrived) if r is not None]
             if replies:
-                self.device.send_packets(replies, self.net.now)
+                self.device.send(replies, self.net.now)
                 self.flush()
         for event in self.core.events:
             if isinstance(event, RelaysChanged):
@@ -226,18 +229,18 @@ class SimNode:
             for control in sorted_.control:
                 self.core.receive_control(control, now, source)
             for inner, endpoint in sorted_.wireguard:
-                self.device.receive_datagram(inner, endpoint, now)
+                self.device.receive((inner,), endpoint, now)
         elif not self.framing.is_opener(memoryview(data)):
-            self.device.receive_datagram(data, source, now)
+            self.device.receive((data,), source, now)
         self.flush()
 
     def timer(self) -> float | None:
-        deadlines = [d for d in (self.core.get_timer(), self.device.next_timer()) if d]
+        deadlines = [d for d in (self.core.get_timer(), self.device.get_timer()) if d]
         return min(deadlines, default=None)
 
     def fire(self) -> None:
         now = self.net.now
-        self.device.handle_timers(now)
+        self.device.handle_timer(now)
         self.core.handle_timer(now)
         self.flush()
 
@@ -250,7 +253,7 @@ class SimNode:
         """Send an ICMP echo to `other`'s overlay address, as a program would."""
         assert self.core.ipv4 is not None and other.core.ipv4 is not None
         packet = echo_request_packet(self.core.ipv4, other.core.ipv4, sequence)
-        self.device.send_packet(packet, self.net.now)
+        self.device.send((packet,), self.net.now)
         self.flush()
 
     def path_to(self, other: "SimNode") -> str:

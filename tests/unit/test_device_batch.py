@@ -1,7 +1,7 @@
-"""The batch fast path of the sans-IO Device: send_packets and receive_datagrams.
+"""The batch fast path of the sans-IO Device: `send` and `receive` of many at once.
 
-Each batch method must behave exactly like calling `send_packet` / `receive_datagram`
-once per item, in order: same packets out of the TUN on the far side, byte for byte,
+Each batch must behave exactly like `send` / `receive` of its items one at a time, in
+order: same packets out of the TUN on the far side, byte for byte,
 same drop counters, same byte counters, same roaming. A and B come from conftest.py.
 """
 
@@ -28,9 +28,9 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
-from test_offload import tcp_super_packet
+from test_offload import split, tcp_super_packet
 
-from pilotif.wg import device as device_module
+from pilotif.packet.segments import SuperPacket
 from pilotif.wg.constants import (
     AEAD_TAG_SIZE,
     MAX_STAGED_PACKETS,
@@ -43,6 +43,7 @@ from pilotif.wg.constants import (
 )
 from pilotif.wg.drops import DropReason
 from pilotif.wg.events import EndpointChanged, Event, HandshakeCompleted
+from pilotif.wg.fastpath import rows as rows_module
 from pilotif.wg.messages import TRANSPORT_HEADER
 
 OVERHEAD_BYTES = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
@@ -65,12 +66,12 @@ def drops(node: Node) -> dict[DropReason, int]:
 def established_pair() -> tuple[Node, Node]:
     """A and B with a session A initiated at NOW; all outputs drained."""
     a, b = make_pair()
-    a.device.send_packet(a.packet_to(b, b"hello"), NOW)
+    a.device.send((a.packet_to(b, b"hello"),), NOW)
     exchange(a, b, NOW)
     assert peer_of(b, a).current is not None
     for node in (a, b):
-        node.device.to_tun.clear()
-        node.device.events.clear()
+        node.to_tun.clear()
+        node.events.clear()
     return a, b
 
 
@@ -85,7 +86,7 @@ def sealed_buffer(size: int = SEALED_BYTES) -> memoryview:
 
 
 def batch_send(node: Node, packets: list[bytes], sealed: memoryview | None = None) -> None:
-    node.device.send_packets(packets, NOW, sealed if sealed is not None else sealed_buffer())
+    node.device.send(packets, NOW, sealed if sealed is not None else sealed_buffer())
 
 
 def take_bytes(node: Node) -> list[tuple[bytes, tuple[str, int]]]:
@@ -97,13 +98,13 @@ def batch_receive(
     node: Node, datagrams: list[bytes], source: tuple[str, int], now: float = NOW
 ) -> None:
     plaintexts = memoryview(bytearray(sum(len(d) for d in datagrams)))
-    node.device.receive_datagrams(datagrams, source, now, plaintexts)
+    node.device.receive(datagrams, source, now, plaintexts)
 
 
 def delivered(node: Node) -> list[bytes]:
     """What the node wrote to its TUN, copied; empties the list."""
-    packets = [bytes(packet) for packet in node.device.to_tun]
-    node.device.to_tun.clear()
+    packets = [bytes(packet) for packet in node.to_tun]
+    node.to_tun.clear()
     return packets
 
 
@@ -211,7 +212,7 @@ def _send_mix(use_batch: bool) -> tuple[_Outcome, list[bytes], int]:
         batch_send(a, packets)
     else:
         for packet in packets:
-            a.device.send_packet(packet, NOW)
+            a.device.send((packet,), NOW)
     sent = take_bytes(a)
     assert {endpoint for _, endpoint in sent} == {b.endpoint}
     datagrams = [datagram for datagram, _ in sent]
@@ -219,7 +220,7 @@ def _send_mix(use_batch: bool) -> tuple[_Outcome, list[bytes], int]:
         batch_receive(b, datagrams, a.endpoint)
     else:
         for datagram in datagrams:
-            b.device.receive_datagram(datagram, a.endpoint, NOW)
+            b.device.receive((datagram,), a.endpoint, NOW)
     outcome = _Outcome(
         delivered=delivered(b),
         lengths=[len(d) for d in datagrams],
@@ -228,7 +229,7 @@ def _send_mix(use_batch: bool) -> tuple[_Outcome, list[bytes], int]:
         receiver_drops=drops(b),
         tx_bytes=peer_of(a, b).tx_bytes - tx_before,
         rx_bytes=peer_of(b, a).rx_bytes - rx_before,
-        events=a.device.events + b.device.events,
+        events=a.events + b.events,
     )
     return outcome, good_mix(a, b), counter_before
 
@@ -286,10 +287,10 @@ def test_any_batch_equals_one_at_a_time(shapes: list[tuple[str, int]]) -> None:
             batch_receive(b, datagrams, a.endpoint)
         else:
             for packet in packets:
-                a.device.send_packet(packet, NOW)
+                a.device.send((packet,), NOW)
             datagrams = [d for d, _ in take_bytes(a)]
             for datagram in datagrams:
-                b.device.receive_datagram(datagram, a.endpoint, NOW)
+                b.device.receive((datagram,), a.endpoint, NOW)
         outcomes.append(
             (
                 delivered(b),
@@ -318,7 +319,7 @@ def test_send_counter_advances_by_the_batch_and_nonces_never_repeat(
         packets = [tcp_segment(a, b, 100 * round_number + i) for i in range(7)]
         packets.append(a.packet_to(b, b"tail"))
         before = keypair.send_counter
-        a.device.send_packets(packets, NOW, sealed)
+        a.device.send(packets, NOW, sealed)
         assert keypair.send_counter == before + len(packets)
         datagrams += [d for d, _ in take_bytes(a)]
         expected += packets
@@ -333,7 +334,7 @@ def test_send_counter_advances_by_the_batch_and_nonces_never_repeat(
 
     batch_receive(b, datagrams, a.endpoint)
     for datagram in datagrams[:3]:
-        b.device.receive_datagram(datagram, a.endpoint, NOW)
+        b.device.receive((datagram,), a.endpoint, NOW)
     assert delivered(b) == []
     assert drops(b) == {DropReason.REPLAY: len(datagrams) + 3}
 
@@ -380,7 +381,7 @@ def test_bad_datagrams_inside_a_batch_are_counted_and_good_ones_delivered_in_ord
         DropReason.UNKNOWN_INDEX: 1,
     }
     assert peer_of(b, a).rx_bytes - rx_before == sum(len(d) for d in good)
-    assert b.device.events == []
+    assert b.events == []
 
 
 def test_a_batch_of_only_replays_from_a_new_source_does_not_roam(
@@ -403,7 +404,7 @@ def test_a_batch_of_only_replays_from_a_new_source_does_not_roam(
     batch_receive(b, forged, ROAMED_ENDPOINT, now=NOW + 1)
 
     assert peer.endpoint == a.endpoint
-    assert b.device.events == []
+    assert b.events == []
     assert (peer.rx_bytes, peer.last_received_s) == (rx_before, last_received)
     assert delivered(b) == []
     assert drops(b) == {
@@ -430,7 +431,7 @@ def test_a_batch_with_one_valid_message_from_a_new_source_roams(
 
     peer = peer_of(b, a)
     assert peer.endpoint == ROAMED_ENDPOINT
-    assert b.device.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
+    assert b.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
     assert delivered(b) == [a.packet_to(b, bytes([3]) * 30)]
     batch_send(b, [b.packet_to(a, b"reply")])
     assert [endpoint for _, endpoint in take(b)] == [ROAMED_ENDPOINT]
@@ -484,11 +485,9 @@ def test_packets_that_do_not_fit_in_sealed_go_to_a_new_buffer_in_order(
     sealed = sealed_buffer(3 * (MTU + OVERHEAD_BYTES) + SMALL_DATAGRAM_BYTES)
     before = keypair.send_counter
 
-    a.device.send_packets(packets, NOW, sealed)
+    a.device.send(packets, NOW, sealed)
 
-    in_callers_buffer = [
-        isinstance(d, memoryview) and d.obj is sealed.obj for d, _ in a.device.outgoing
-    ]
+    in_callers_buffer = [isinstance(d, memoryview) and d.obj is sealed.obj for d, _ in a.outgoing]
     assert in_callers_buffer == [True] * 3 + [False] * 6
     sent = take(a)
     assert len(sent) == len(packets)
@@ -505,11 +504,11 @@ def test_an_empty_sealed_buffer_still_sends_everything(
     a, b = established
     packets = [tcp_segment(a, b, i) for i in range(3)]
 
-    a.device.send_packets(packets, NOW, memoryview(bytearray()))
+    a.device.send(packets, NOW, memoryview(bytearray()))
 
     datagrams = [d for d, _ in take_bytes(a)]
     for datagram in datagrams:
-        b.device.receive_datagram(datagram, a.endpoint, NOW)
+        b.device.receive((datagram,), a.endpoint, NOW)
     assert delivered(b) == packets
 
 
@@ -527,13 +526,13 @@ def test_batch_without_a_session_stages_packets_and_initiates_once() -> None:
         (MESSAGE_INITIATION, 148, b.endpoint)
     ]
     assert list(peer_of(a, b).staged) == packets
-    a.device.outgoing.extend(sent)
+    a.outgoing.extend(sent)
     exchange(a, b, NOW)
     assert delivered(b) == packets
     assert drops(a) == drops(b) == {}
 
 
-def test_batch_without_a_session_drops_the_oldest_staged_like_send_packet() -> None:
+def test_batch_without_a_session_drops_the_oldest_staged_like_a_lone_send() -> None:
     a, b = make_pair()
     packets = [a.packet_to(b, i.to_bytes(2, "big")) for i in range(MAX_STAGED_PACKETS + 2)]
 
@@ -551,14 +550,14 @@ def test_batch_without_a_session_drops_the_oldest_staged_like_send_packet() -> N
 def test_first_message_of_a_responders_new_session_inside_a_batch_promotes_it() -> None:
     a, b = make_pair()
     staged = [a.packet_to(b, b"staged")]
-    a.device.send_packet(staged[0], NOW)
+    a.device.send((staged[0],), NOW)
     (initiation, _), *_ = take(a)
-    b.device.receive_datagram(bytes(initiation), a.endpoint, NOW)
+    b.device.receive((bytes(initiation),), a.endpoint, NOW)
     assert peer_of(b, a).next is not None and peer_of(b, a).current is None
     response = [d for d, _ in take_bytes(b)]
     for datagram in response:
-        a.device.receive_datagram(datagram, b.endpoint, NOW)
-    a.device.events.clear()
+        a.device.receive((datagram,), b.endpoint, NOW)
+    a.events.clear()
     more = [tcp_segment(a, b, i) for i in range(3)] + [a.packet_to(b, b"last", v6=True)]
     batch_send(a, more)
     datagrams = [d for d, _ in take_bytes(a)]
@@ -568,7 +567,7 @@ def test_first_message_of_a_responders_new_session_inside_a_batch_promotes_it() 
 
     peer = peer_of(b, a)
     assert peer.next is None and peer.current is not None
-    assert b.device.events == [HandshakeCompleted(a.device.public_key, initiator=False)]
+    assert b.events == [HandshakeCompleted(a.device.public_key, initiator=False)]
     assert delivered(b) == staged + more
     assert drops(b) == {}
     batch_send(b, [b.packet_to(a, b"answer")])
@@ -584,7 +583,7 @@ def test_batch_stops_encrypting_at_the_reject_limit_and_stages_the_rest(
     keypair.send_counter = REJECT_AFTER_MESSAGES - 2
     packets = [a.packet_to(b, bytes([i]) * 20) for i in range(4)]
 
-    a.device.send_packets(packets, NOW + REKEY_TIMEOUT_S, sealed_buffer())
+    a.device.send(packets, NOW + REKEY_TIMEOUT_S, sealed_buffer())
 
     sent = [d for d, _ in take_bytes(a)]
     assert [d[0] for d in sent] == [MESSAGE_TRANSPORT, MESSAGE_TRANSPORT, MESSAGE_INITIATION]
@@ -595,13 +594,13 @@ def test_batch_stops_encrypting_at_the_reject_limit_and_stages_the_rest(
     assert list(peer_of(a, b).staged) == packets[2:]
 
 
-def test_a_malformed_packet_to_the_same_destination_is_dropped_like_send_packet(
+def test_a_malformed_packet_to_the_same_destination_is_dropped_like_a_lone_send(
     established: tuple[Node, Node],
 ) -> None:
     a, b = established
     malformed = bytearray(a.packet_to(b, b"claims more than it has"))
     malformed[2:4] = (len(malformed) + 100).to_bytes(2, "big")
-    a.device.send_packet(bytes(malformed), NOW)
+    a.device.send((bytes(malformed),), NOW)
     assert (take(a), drops(a)) == ([], {DropReason.NOT_IP: 1})
 
     batch_send(a, [a.packet_to(b, b"fine"), bytes(malformed)])
@@ -613,18 +612,18 @@ def test_a_malformed_packet_to_the_same_destination_is_dropped_like_send_packet(
 # -- a TCP super-packet without the native loop ---------------------------------------
 
 
-def test_without_the_native_loop_a_super_packet_is_declined_untouched(
+def test_without_the_native_loop_a_super_packet_is_cut_and_sent_as_a_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The caller then cuts it and sends the run (test_seal_tso.py checks that the native
-    # path sends exactly that).
-    monkeypatch.setattr(device_module, "seal_tso", None)
+    # test_seal_tso.py checks that the native path sends exactly that.
+    monkeypatch.setattr(rows_module, "seal_tso", None)
     a, b = established_pair()
     raw, header = tcp_super_packet(bytes(20000))
     counter = current_keypair(a, b).send_counter
-    taken = a.device.send_super(
-        memoryview(raw), header.csum_start, header.gso_size, NOW, sealed_buffer()
-    )
-    assert not taken
-    assert not a.device.trains and not a.device.outgoing
-    assert current_keypair(a, b).send_counter == counter
+    batch = SuperPacket(memoryview(raw), header.csum_start, header.gso_size)
+    a.device.send(batch, NOW, sealed_buffer())
+    assert not a.trains
+    sent = take_bytes(a)
+    current_keypair(a, b).send_counter = counter
+    batch_send(a, split(raw, header))
+    assert sent == take_bytes(a)

@@ -42,7 +42,7 @@ def test_a_syn_behind_a_destination_options_header_to_a_denied_port_is_dropped_a
     allowed = _v6(a, b, IPv6ExtHdrDestOpt(), TCP(dport=ALLOWED, flags="S"))
 
     for packet in (denied, allowed):
-        a.device.send_packet(packet, NOW + 1)
+        a.device.send((packet,), NOW + 1)
     deliver(a, b, NOW + 1)
 
     assert delivered(b) == [allowed]
@@ -91,10 +91,10 @@ def test_answers_to_udp_we_sent_in_ipv6_fragments_pass_a_default_deny_policy() -
     answer = _v6(a, b, UDP(sport=53, dport=5353))
     unasked = _v6(a, b, UDP(sport=54, dport=5353))
 
-    b.device.send_packets([question], NOW + 1, memoryview(bytearray(4096)))
+    b.device.send([question], NOW + 1, memoryview(bytearray(4096)))
     deliver(b, a, NOW + 1)
     for packet in (answer, unasked):
-        a.device.send_packet(packet, NOW + 2)
+        a.device.send((packet,), NOW + 2)
     deliver(a, b, NOW + 2)
 
     assert delivered(b) == [answer]

@@ -1,5 +1,5 @@
-"""Device.receive_segments: one GRO receive (datagrams back to back, all but the last of
-`segment_size` bytes) must do exactly what `receive_datagrams(split_coalesced(...))` does:
+"""Device.receive of one GRO receive (`Coalesced`: datagrams back to back, all but the
+last of `segment_size` bytes) must do exactly what receiving `split_coalesced(...)` does:
 same packets out of the TUN byte for byte and in order, same drop counters, same byte
 counters, same roaming, whether the vectorised path takes the batch or a fallback does.
 A and B come from conftest.py; the batch helpers from test_device_batch.py.
@@ -19,6 +19,7 @@ from conftest import (
     ipv4_packet,
     ipv6_packet,
     make_node,
+    next_deadline,
     peer_of,
     seal,
     take,
@@ -52,7 +53,7 @@ from pilotif.wg.constants import (
 from pilotif.wg.drops import DropReason
 from pilotif.wg.events import EndpointChanged, Event
 from pilotif.wg.fastpath import batch_loops
-from pilotif.wg.messages import TRANSPORT_HEADER, split_coalesced
+from pilotif.wg.messages import TRANSPORT_HEADER, Coalesced, split_coalesced
 
 MAX_GRO_SEGMENTS = 64
 """The most datagrams the kernel coalesces into one receive."""
@@ -110,7 +111,7 @@ def receive(
     *,
     segments: bool = True,
 ) -> list[bytes]:
-    """Hand each receive to `receive_segments` (or, with `segments` False, its datagrams
+    """Hand each receive to `receive` as one `Coalesced` (or, with `segments` False, its datagrams
     to `receive_datagrams`), one plaintext buffer reused as a socket loop does; returns
     what reached the TUN, copied after each receive."""
     plaintexts = memoryview(bytearray(max((len(buffer) for buffer, _ in receives), default=0)))
@@ -118,25 +119,25 @@ def receive(
     for buffer, segment_size in receives:
         view = memoryview(bytearray(buffer))
         if segments:
-            node.device.receive_segments(view, segment_size, source, now, plaintexts)
+            node.device.receive(Coalesced(view, segment_size), source, now, plaintexts)
         else:
             datagrams = split_coalesced(view, segment_size)
-            node.device.receive_datagrams(datagrams, source, now, plaintexts)
+            node.device.receive(datagrams, source, now, plaintexts)
         packets += delivered(node)
     return packets
 
 
 def count_fallbacks(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The sizes of the batches `receive_segments` hands to `receive_datagrams`: an empty
+    """The sizes of the batches a GRO receive hands to `_receive_datagrams`: an empty
     list means the vectorised path took every receive."""
     calls: list[int] = []
-    original = node.device.receive_datagrams
+    original = node.device._receive_datagrams
 
     def spy(datagrams: list[memoryview], source: Endpoint, now: float, plain: memoryview) -> None:
         calls.append(len(datagrams))
         original(datagrams, source, now, plain)
 
-    monkeypatch.setattr(node.device, "receive_datagrams", spy)
+    monkeypatch.setattr(node.device, "_receive_datagrams", spy)
     return calls
 
 
@@ -199,9 +200,9 @@ def _outcome(a: Node, b: Node, packets: list[bytes], rx_before: int) -> _Outcome
         endpoint=peer.endpoint,
         last_received_s=peer.last_received_s,
         unanswered_since_s=peer.unanswered_since_s,
-        next_timer=b.device.next_timer(),
+        next_timer=next_deadline(b),
         outgoing=[(len(datagram), endpoint) for datagram, endpoint in take(b)],
-        events=[replace(event, public_key=b"A") for event in b.device.events],
+        events=[replace(event, public_key=b"A") for event in b.events],
     )
 
 
@@ -249,7 +250,7 @@ _OPS = ["none", "none", "drop", "corrupt", "replay", "duplicate", "swap", "garba
 
 
 def _send_script(a: Node, b: Node, bursts: list[tuple[int, str, int, str, int]]) -> list[bytes]:
-    """The datagrams A sends B for `bursts`: each burst in one send_packets, then its
+    """The datagrams A sends B for `bursts`: each burst in one send, then its
     keepalive tail, if any, sealed after it."""
     keypair = current_keypair(a, b)
     datagrams: list[bytes] = []
@@ -340,7 +341,7 @@ def test_a_usual_batch_is_taken_by_the_vectorised_path_and_delivered_in_order(
     assert fallbacks == []
     assert drops(b) == {}
     assert peer_of(b, a).rx_bytes - rx_before == sum(len(d) for d in datagrams)
-    assert b.device.events == []
+    assert b.events == []
 
 
 @pytest.mark.parametrize("segment_size", [0, 1452, 5000])
@@ -391,7 +392,7 @@ def test_a_replayed_batch_from_a_new_source_is_all_dropped_and_does_not_roam() -
     assert receive(b, [glued], ROAMED_ENDPOINT, now=NOW + 1) == []
 
     assert drops(b) == {DropReason.REPLAY: len(packets)}
-    assert b.device.events == []
+    assert b.events == []
     assert (peer.endpoint, peer.rx_bytes, peer.last_received_s) == (
         a.endpoint,
         rx_before,
@@ -408,7 +409,7 @@ def test_a_glued_batch_of_forgeries_from_a_new_source_neither_delivers_nor_roams
     assert receive(b, [one_receive(forged)], ROAMED_ENDPOINT) == []
 
     assert drops(b) == {DropReason.DECRYPT_FAILED: 5}
-    assert b.device.events == []
+    assert b.events == []
     assert (peer.endpoint, peer.rx_bytes) == (a.endpoint, rx_before)
 
 
@@ -452,12 +453,12 @@ def test_a_row_of_the_previous_session_inside_a_batch_is_delivered_in_place() ->
     assert old is not None
     later = NOW + REKEY_TIMEOUT_S + 1
     old.created_s = later - REKEY_AFTER_TIME_S - 1
-    a.device.send_packet(a.packet_to(b, b"starts a rekey"), later)
+    a.device.send((a.packet_to(b, b"starts a rekey"),), later)
     exchange(a, b, later)
     assert peer_of(a, b).current is not old
     assert peer_of(b, a).previous is not None
     delivered(b)
-    b.device.events.clear()
+    b.events.clear()
     packets = tcp_segments(a, b, 6)
     batch_send(a, packets[:2])
     new = peer_of(a, b).current
@@ -470,7 +471,7 @@ def test_a_row_of_the_previous_session_inside_a_batch_is_delivered_in_place() ->
 
     assert receive(b, [one_receive(datagrams)], a.endpoint, now=later) == packets
     assert drops(b) == {}
-    assert b.device.events == []
+    assert b.events == []
 
 
 def test_a_row_whose_index_was_rewritten_is_dropped_though_its_counter_fits() -> None:
@@ -595,7 +596,7 @@ _DROPPED: dict[Row, DropReason] = {
 
 @pytest.mark.parametrize("position", [0, 2, ROWS])
 @pytest.mark.parametrize("odd", [*_DELIVERED, *_DROPPED], ids=lambda odd: odd.__name__)
-def test_one_odd_plaintext_is_handled_like_receive_datagram(
+def test_one_odd_plaintext_is_handled_like_a_lone_receive(
     odd: Row, position: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = established_pair()
@@ -669,7 +670,7 @@ def test_a_valid_glued_batch_from_a_new_source_roams_once(
     assert got == packets
     assert fallbacks == []
     peer = peer_of(b, a)
-    assert b.device.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
+    assert b.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
     assert (peer.endpoint, peer.last_received_s) == (ROAMED_ENDPOINT, NOW + 1)
     batch_send(b, [b.packet_to(a, b"reply")])
     assert [endpoint for _, endpoint in take(b)] == [ROAMED_ENDPOINT]
@@ -683,7 +684,7 @@ def test_a_glued_batch_with_a_forged_row_from_a_new_source_roams_once() -> None:
 
     assert receive(b, [one_receive(datagrams)], ROAMED_ENDPOINT) == packets[1:]
 
-    assert b.device.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
+    assert b.events == [EndpointChanged(a.device.public_key, ROAMED_ENDPOINT)]
     assert peer_of(b, a).endpoint == ROAMED_ENDPOINT
     assert drops(b) == {DropReason.DECRYPT_FAILED: 1}
 
@@ -715,11 +716,11 @@ def tun_writes(
     writes: list[bytes] = []
     for buffer, segment_size in receives:
         view = memoryview(bytearray(buffer))
-        node.device.receive_segments(view, segment_size, source, NOW, plaintexts)
-        writes += [bytes(write) for write in coalesce(node.device.to_tun, verify=False)]
-        writes += node.device.tun_writes
-        node.device.to_tun.clear()
-        node.device.tun_writes.clear()
+        node.device.receive(Coalesced(view, segment_size), source, NOW, plaintexts)
+        writes += [bytes(write) for write in coalesce(node.to_tun, verify=False)]
+        writes += node.tun_writes
+        node.to_tun.clear()
+        node.tun_writes.clear()
     return writes
 
 
@@ -779,9 +780,9 @@ def test_a_usual_batch_is_one_merged_write_when_the_native_loops_are_built(v6: b
 
     if batch_loops.NATIVE:
         assert batch_loops.coalesce_run is not None
-        assert b.device.tun_writes == [batch_loops.coalesce_run(packets)]
+        assert b.tun_writes == [batch_loops.coalesce_run(packets)]
     else:
-        assert b.device.tun_writes == []
+        assert b.tun_writes == []
     assert drops(b) == {}
 
 
@@ -810,7 +811,7 @@ def test_a_merged_batch_the_node_must_not_take_is_dropped_whole(refused: str) ->
 
     assert receive(b, [one_receive(datagrams)], a.endpoint) == []
 
-    assert b.device.tun_writes == []
+    assert b.tun_writes == []
     reason = (
         DropReason.SOURCE_NOT_ALLOWED if refused == "source" else DropReason.DESTINATION_NOT_LOCAL
     )

@@ -577,7 +577,7 @@ def test_packets_from_a_peer_to_other_addresses_are_dropped(net: Network) -> Non
         now=net.now,
     )
     before = beta.device.drops[DropReason.DESTINATION_NOT_LOCAL]
-    alpha.device.send_packet(packet, net.now)
+    alpha.device.send((packet,), net.now)
     alpha.flush()
     net.run(1.0)
     assert beta.device.drops[DropReason.DESTINATION_NOT_LOCAL] == before + 1
@@ -732,18 +732,17 @@ def test_the_relay_speaks_only_for_the_peer_it_forwarded_from(net: Network) -> N
     assert state is not None and isinstance(state.endpoint, tuple)
     direct = state.endpoint
     state.last_received_s = None  # the direct path silent: the peer's own relay may take it
-    beta.device.outgoing.clear()
+    beta.device.take_output()
     beta.device.rehandshake(alpha.device.public_key, net.now)
     beta.device.send_keepalive_to(alpha.device.public_key, direct, net.now)
-    sent = {bytes(data)[0]: bytes(data) for data, _ in beta.device.outgoing}
-    beta.device.outgoing.clear()
+    sent = {bytes(data)[0]: bytes(data) for data, _ in beta.device.take_output().datagrams}
     initiation, keepalive = sent[MESSAGE_INITIATION], sent[MESSAGE_TRANSPORT]
     for data in (initiation, keepalive):
-        alpha.device.receive_datagram(data, RelayEndpoint(b"\x01" * 32), net.now)
+        alpha.device.receive((data,), RelayEndpoint(b"\x01" * 32), net.now)
     assert state.endpoint == direct
     beta.device.send_keepalive_to(alpha.device.public_key, direct, net.now)
-    [(another, _)] = beta.device.outgoing
-    alpha.device.receive_datagram(bytes(another), RelayEndpoint(beta.device.public_key), net.now)
+    [(another, _)] = beta.device.take_output().datagrams
+    alpha.device.receive((bytes(another),), RelayEndpoint(beta.device.public_key), net.now)
     assert state.endpoint == RelayEndpoint(beta.device.public_key)
 
 

@@ -26,8 +26,7 @@ from pilotif.tun.offload import (
     VIRTIO_NET_HDR_SIZE,
     OffloadError,
     VirtioNetHdr,
-    _coalesce_whole,
-    _finish,
+    _coalesce_flows,
     coalesce,
     split_gso,
 )
@@ -375,12 +374,12 @@ def test_unverified_coalescing_carries_exactly_the_packets(
     where=st.integers(min_value=1, max_value=1000),
     v6=st.booleans(),
 )
-def test_the_native_merge_writes_what_the_numpy_merge_writes(
+def test_the_native_merge_writes_what_the_flow_by_flow_merge_writes(
     size: int, change: str, where: int, v6: bool
 ) -> None:
-    # coalesce_run (C) replaces _coalesce_whole + _finish (numpy) when it is built: the
-    # same write byte for byte, or None exactly when the numpy path declines too (both
-    # see batches of at least four packets: coalesce merges smaller ones one by one).
+    # coalesce_run (C) takes a batch whole when it is built: the same write byte for
+    # byte as merging flow by flow in Python, or None exactly when that does not make
+    # one write of the whole batch (coalesce then goes flow by flow).
     raw, header = tcp_super_packet(os.urandom(size), v6=v6, flags="A")
     batch = [bytearray(s) for s in split(raw, header)]
     at = where % len(batch)
@@ -395,8 +394,8 @@ def test_the_native_merge_writes_what_the_numpy_merge_writes(
         batch[at] = batch[at][:-1]
     elif change == "ttl":
         batch[at][ttl_at] -= 1
-    numpy_merge = _coalesce_whole(batch)
-    expected = None if numpy_merge is None else bytes(_finish(numpy_merge))
+    flow_by_flow = _coalesce_flows(batch, verify=False)
+    expected = bytes(flow_by_flow[0]) if len(flow_by_flow) == 1 else None
     assert _batch_loops.coalesce_run(batch) == expected
     if change == "none" and len(batch) > 1:
         assert expected is not None

@@ -1,8 +1,9 @@
-"""Device.send_super: a TCP super-packet from the TUN, cut and sealed in one native call
-(`seal_tso`), must put on the wire exactly what cutting it (`split_gso`) and sealing the
-run (`send_packets`) does: the same datagrams byte for byte, the same counters and byte
-counts; the peer must get back exactly the segments. What it cannot take it declines,
-touching nothing, so that the caller cuts the packet and sends the run.
+"""Device.send of a TCP super-packet from the TUN, cut and sealed in one native call
+(`seal_tso`), must put on the wire exactly what cutting it (`cut_segments`) and sealing
+the run (`send` of the packets) does: the same datagrams byte for byte, the same counters
+and byte counts; the peer must get back exactly the segments. What the native loop
+declines the device cuts and sends as that run; a super-packet its headers do not
+describe is dropped as not IP, touching nothing.
 
 These need the native loops (CI builds them; install.sh installs the compiler): the
 pure-Python run of the data-plane tests, which leaves this file out, covers the decline
@@ -27,8 +28,10 @@ from test_device_batch import (
 )
 from test_offload import MSS_V4, MSS_V6, split, tcp_super_packet
 
+from pilotif.packet.segments import MAX_GSO_SEGMENTS, SuperPacket
 from pilotif.tun.offload import VirtioNetHdr
-from pilotif.wg.constants import MAX_GSO_SEGMENTS, REJECT_AFTER_MESSAGES
+from pilotif.wg.constants import REJECT_AFTER_MESSAGES
+from pilotif.wg.drops import DropReason
 
 FLAGS = ["A", "PA", "FPA", "CPA", "CEA"]
 """TCP flags of the super-packet: PSH and FIN go to the last segment, CWR to the first."""
@@ -52,18 +55,19 @@ def super_packet(
 
 
 def send_super(node: Node, raw: bytearray, header: VirtioNetHdr, size: int = SEALED_BYTES) -> bool:
-    return node.device.send_super(
-        memoryview(raw), header.csum_start, header.gso_size, NOW, sealed_buffer(size)
-    )
+    """Hand the super-packet to the device; whether it went as one native train."""
+    batch = SuperPacket(memoryview(raw), header.csum_start, header.gso_size)
+    node.device.send(batch, NOW, sealed_buffer(size))
+    return bool(node.trains)
 
 
 def train_datagrams(node: Node) -> list[bytes]:
     """The datagrams of every train the node queued, cut at each train's size; empties
     the queue."""
     datagrams = []
-    for train, size, _ in node.device.trains:
+    for train, size, _ in node.trains:
         datagrams += [bytes(train[i : i + size]) for i in range(0, len(train), size)]
-    node.device.trains.clear()
+    node.trains.clear()
     return datagrams
 
 
@@ -91,8 +95,8 @@ def test_a_super_packet_goes_out_exactly_as_cut_and_sealed(
     tx_before = peer_of(a, b).tx_bytes
 
     assert send_super(a, raw, header)
-    assert not a.device.outgoing
-    (_train, datagram_size, endpoint), *more = a.device.trains
+    assert not a.outgoing
+    (_train, datagram_size, endpoint), *more = a.trains
     assert not more and endpoint == b.endpoint
     native = train_datagrams(a)
     after, tx_after = keypair.send_counter, peer_of(a, b).tx_bytes
@@ -153,8 +157,16 @@ def test_a_header_that_does_not_describe_the_packet_is_declined(changes: dict[st
     a, b = established_pair()
     raw, header = super_packet(60000)
     counter = current_keypair(a, b).send_counter
-    assert not send_super(a, raw, _with(header, **changes))
-    assert not a.device.trains and not a.device.outgoing
+    changed = _with(header, **changes)
+    assert not send_super(a, raw, changed)
+    if "gso_size" in changes and changes["gso_size"] > MSS_V4:
+        # Segments past the MTU: declined natively, cut and sent as a run.
+        sent = [datagram for datagram, _ in take_bytes(a)]
+        current_keypair(a, b).send_counter = counter
+        assert sent == cut_and_sent(a, b, raw, changed)
+        return
+    assert not a.trains and not a.outgoing
+    assert drops(a) == {DropReason.NOT_IP: 1}
     assert current_keypair(a, b).send_counter == counter
 
 
@@ -162,25 +174,35 @@ def test_garbage_is_declined() -> None:
     a, b = established_pair()
     raw = bytearray(b"\x45" + bytes(range(200)))
     raw[16:20] = b.v4.packed
-    assert not a.device.send_super(memoryview(raw), 20, 1000, NOW, sealed_buffer())
-    assert not a.device.send_super(memoryview(bytearray(3)), 20, 1000, NOW, sealed_buffer())
-    assert not a.device.trains and not a.device.outgoing
+    a.device.send(SuperPacket(memoryview(raw), 20, 1000), NOW, sealed_buffer())
+    a.device.send(SuperPacket(memoryview(bytearray(3)), 20, 1000), NOW, sealed_buffer())
+    assert not a.trains and not a.outgoing
+    assert drops(a) == {DropReason.NOT_IP: 2}
 
 
 def test_too_small_a_buffer_is_declined() -> None:
-    a, _b = established_pair()
+    a, b = established_pair()
     raw, header = super_packet(60000)
+    counter = current_keypair(a, b).send_counter
     assert not send_super(a, raw, header, size=20000)
-    assert not a.device.trains
+    sent = [datagram for datagram, _ in take_bytes(a)]
+    current_keypair(a, b).send_counter = counter
+    assert sent == cut_and_sent(a, b, raw, header)
 
 
 def test_without_a_session_or_near_the_message_limit_it_is_declined() -> None:
     a, b = established_pair()
     raw, header = super_packet(5000)
     keypair = current_keypair(a, b)
-    keypair.send_counter = REJECT_AFTER_MESSAGES - MAX_GSO_SEGMENTS
+    near_limit = REJECT_AFTER_MESSAGES - MAX_GSO_SEGMENTS
+    keypair.send_counter = near_limit
     assert not send_super(a, raw, header)
+    sent = [datagram for datagram, _ in take_bytes(a)]
+    keypair.send_counter = near_limit
+    assert sent == cut_and_sent(a, b, raw, header)
+
     peer_of(a, b).current = None
     keypair.send_counter = 0
     assert not send_super(a, raw, header)
-    assert not a.device.trains and not a.device.outgoing
+    assert not a.trains
+    assert [bytes(packet) for packet in peer_of(a, b).staged] == split(raw, header)
