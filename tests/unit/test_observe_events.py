@@ -2,9 +2,13 @@
 the publisher that turns the cores' events into it."""
 
 import asyncio
+from typing import get_args
 
+from pilotif.node.events import NodeEvent
 from pilotif.observe import Event, EventBus, Subscription
 from pilotif.observe.publisher import EventPublisher
+from pilotif.observe.routes import ROUTES
+from pilotif.wg import events as wg_events
 from pilotif.wg.events import EndpointChanged, HandshakeCompleted, KeysZeroed, RelayEndpoint
 
 
@@ -89,3 +93,8 @@ def test_the_publisher_says_peer_up_and_down_once_each_and_where_static_peers_ro
     assert (events[2]["path"], events[2]["endpoint"]) == ("relay", None)
     assert events[3]["reason"] == "silent"
     assert handshakes == 2
+
+
+def test_every_event_of_either_core_has_one_route() -> None:
+    cores = set(get_args(wg_events.Event)) | set(get_args(NodeEvent))
+    assert set(ROUTES) == cores
