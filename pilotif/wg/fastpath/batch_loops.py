@@ -1,14 +1,16 @@
 """Sealing a run of packets and opening a batch of transport messages at once: the
 native loops (`pilotif.wg.fastpath._batch_loops`, built from C by `pip install` when a
 compiler and OpenSSL's headers are there) or, without them, the same in Python through
-`cryptography`. Three are native only, their callers doing the same in Python without
-them: sealing a TCP super-packet as it is cut (`seal_tso`; else the caller cuts it with
-pilotif.tun.offload.split_gso and seals the run) and merging a decrypted batch of one TCP
-flow into one TUN write (`coalesce_run` from the packets, `coalesce_rows` from the rows
-they were decrypted into; else pilotif.tun.offload merges the packets with numpy).
+`cryptography`, one packet at a time. Three are native only, the fast path of rules the
+plain path keeps per packet: sealing a TCP super-packet as it is cut (`seal_tso`; else
+the device cuts it with pilotif.packet.segments.cut_segments and seals the run) and
+merging a decrypted batch of one TCP flow into one TUN write (`coalesce_run` from the
+packets, `coalesce_rows` from the rows they were decrypted into; else
+pilotif.tun.offload merges flow by flow in Python). Tests hold each native rule to the
+plain one byte for byte.
 
-`PILOTIF_PURE_PYTHON=1` in the environment makes every process use the Python loop (CI
-runs the unit tests both ways).
+`PILOTIF_PURE_PYTHON=1` in the environment makes every process use the Python loops
+(scripts/test.sh runs the data plane's unit tests that way too).
 """
 
 import os
