@@ -8,7 +8,7 @@ from the core's events. Every other event goes to the daemon's `on_event`.
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from pilotif.control.counter_lease import CounterLease
@@ -44,7 +44,19 @@ from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 
 SYNC_TIMEOUT_S: Final = REQUEST_ATTEMPTS * REQUEST_RETRY_S * 2
-_POLICY_COMMAND: Final = "policy"
+_POLICY_COMMANDS: Final = ("policy", "policy_reload", "policy_rule", "policy_default")
+NODE_COMMANDS: Final = (
+    "peers",
+    "find",
+    "trust",
+    "pending",
+    "handshake",
+    "approve",
+    "reject",
+    "untrust",
+    *_POLICY_COMMANDS,
+)
+"""The control requests the node answers (`command`)."""
 JOIN_GRACE_S: Final = 1.0
 """How long `up` waits for the registry when it could start from what the node kept."""
 _CACHED_CHANGES: Final = (Joined, PeerAdded, PeerRemoved, PathChanged, StartedWithoutRegistry)
@@ -86,6 +98,17 @@ class NodeRunner:
         self._synced: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._commands: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+            "peers": self._peers,
+            "find": self._find,
+            "trust": self._trust,
+            "pending": self._trust,
+            "handshake": self._handshake,
+            "approve": self._respond,
+            "reject": self._respond,
+            "untrust": self._untrust,
+        }
+        """The commands that ask the registry or the peer list (the policy's are below)."""
 
     # -- driving the core ------------------------------------------------------------
 
@@ -147,6 +170,11 @@ class NodeRunner:
         self._timer = self._timer_at = None
         now = time.monotonic()
         self.core.handle_timer(now)
+        self.after_input(now)
+
+    def network_changed(self, lan: list[str], now: float) -> None:
+        """This host's addresses or default route changed: `lan` are its LAN endpoints."""
+        self.core.network_changed(lan, now)
         self.after_input(now)
 
     def close(self) -> None:
@@ -230,35 +258,69 @@ class NodeRunner:
             future.set_exception(RegistryError(event.code, event.error, event.hint))
 
     async def command(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Answer a CLI command that needs the registry, the peer list or the policy."""
-        command = request.get("command")
-        if isinstance(command, str) and command.startswith(_POLICY_COMMAND):
+        """Answer a CLI command that needs the registry, the peer list or the policy (one
+        of NODE_COMMANDS)."""
+        command = str(request.get("command"))
+        if command in _POLICY_COMMANDS:
             return self._policy_command(command, request)
+        handler = self._commands.get(command)
+        if handler is None:
+            return CodedError("bad_command", f"unknown command {command!r}").reply()
         try:
-            if command == "peers":
-                core = self.core
-                return {"ok": True, "peers": [core.describe_peer(p) for p in core.peers.values()]}
-            if command == "find":
-                reply = await self.call("lookup", query=str(request.get("query", "")))
-                return {"ok": True, "nodes": reply.get("nodes", [])}
-            if command in ("trust", "pending"):
-                return {"ok": True, **(await self.trust_list())}
-            key = await self._resolve_key(str(request.get("peer", "")))
-            peer = encode_key(key)
-            if command == "handshake":
-                message = str(request.get("message", ""))
-                reply = await self.call("trust_request", peer=peer, message=message)
-                return {"ok": True, "state": reply.get("state")}
-            if command in ("approve", "reject"):
-                approve = command == "approve"
-                reply = await self.call("trust_respond", peer=peer, approve=approve)
-                return {"ok": True, "state": reply.get("state")}
-            if command == "untrust":
-                await self.call("untrust", peer=peer)
-                return {"ok": True, "state": "none"}
+            return await handler(request)
         except RegistryError as error:
             return error.reply()
-        return {"ok": False, "error": f"unknown command {command!r}", "code": "bad_command"}
+
+    async def _peers(self, request: dict[str, Any]) -> dict[str, Any]:
+        core = self.core
+        return {"ok": True, "peers": [core.describe_peer(p) for p in core.peers.values()]}
+
+    async def _find(self, request: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.call("lookup", query=str(request.get("query", "")))
+        return {"ok": True, "nodes": reply.get("nodes", [])}
+
+    async def _trust(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, **(await self.trust_list())}
+
+    async def _handshake(self, request: dict[str, Any]) -> dict[str, Any]:
+        peer = encode_key(await self._resolve_key(str(request.get("peer", ""))))
+        message = str(request.get("message", ""))
+        reply = await self.call("trust_request", peer=peer, message=message)
+        return {"ok": True, "state": reply.get("state")}
+
+    async def _respond(self, request: dict[str, Any]) -> dict[str, Any]:
+        peer = encode_key(await self._resolve_key(str(request.get("peer", ""))))
+        approve = request.get("command") == "approve"
+        reply = await self.call("trust_respond", peer=peer, approve=approve)
+        return {"ok": True, "state": reply.get("state")}
+
+    async def _untrust(self, request: dict[str, Any]) -> dict[str, Any]:
+        peer = encode_key(await self._resolve_key(str(request.get("peer", ""))))
+        await self.call("untrust", peer=peer)
+        return {"ok": True, "state": "none"}
+
+    # -- what the daemon asks of the node ----------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The node's part of `pilotif status`."""
+        return self.core.status()
+
+    def path_of(self, key: bytes) -> str:
+        """How the peer with `key` is reached (direct, relay, none)."""
+        return self.core.path_of(key)
+
+    def registry_online(self) -> bool:
+        """Whether the registry answers."""
+        return self.core.registry_online
+
+    def registry_endpoint(self) -> Endpoint:
+        """The registry replica the node talks to now."""
+        return self.core.link.endpoint
+
+    def relay_endpoints(self) -> tuple[Endpoint | None, set[Endpoint]]:
+        """The home relay (None: the registry relays) and every relay the node uses."""
+        relays = self.core.relays
+        return relays.home_endpoint, relays.endpoints()
 
     # -- the port policy ---------------------------------------------------------------
 
@@ -287,8 +349,6 @@ class NodeRunner:
                 if action not in ("allow", "deny"):
                     raise PolicyError("the default is `allow` or `deny`")
                 self.core.set_policy(files.set_default("allow" if action == "allow" else "deny"))
-            elif command != "policy":
-                raise PolicyError(f"unknown command {command!r}")
         except PolicyError as error:
             return {"ok": False, "error": str(error), "code": "bad_policy"}
         except RegistryError as error:
