@@ -134,6 +134,18 @@ def build_server(
         name="pilotif", instructions=INSTRUCTIONS, token_verifier=verifier, auth=auth
     )
 
+    _node_tools(server, state_dir)
+    _message_tools(server, state_dir)
+    _request_tool(server, state_dir)
+    _file_tool(server, state_dir, files_from)
+    _event_tools(server, state_dir)
+    _task_tools(server, state_dir)
+    return server
+
+
+def _node_tools(server: MCPServer, state_dir: Path) -> None:
+    """This node, its peers, finding agents and trust."""
+
     @server.tool(annotations=_reading("Node status", open_world=False))
     def status() -> dict[str, Any]:
         """This node: hostname, virtual addresses, whether the registry answers, the
@@ -188,6 +200,10 @@ def build_server(
         reply: dict[str, Any] = visible(_ask(state_dir, "reject", peer=peer))
         return reply
 
+
+def _message_tools(server: MCPServer, state_dir: Path) -> None:
+    """Messages to and from trusted peers."""
+
     @server.tool(annotations=_acting("Send a message", destructive=False))
     def send(peer: str, text: str) -> dict[str, Any]:
         """Leave a text message in the inbox of the trusted peer `peer` (at most 16 KiB).
@@ -202,6 +218,10 @@ def build_server(
         messages = _ask(state_dir, "inbox").get("messages", [])
         return [marked(message, ("text",)) for message in messages]
 
+
+def _request_tool(server: MCPServer, state_dir: Path) -> None:
+    """TCP to a service of a trusted peer."""
+
     @server.tool(annotations=_acting("TCP request to a peer", destructive=True))
     def request(
         peer: str, port: int, data: str, max_bytes: int = 16384, timeout_s: float = 5.0
@@ -215,29 +235,7 @@ def build_server(
         limit = max(1, min(max_bytes, MAX_REPLY_BYTES))
         deadline = time.monotonic() + max(0.1, min(timeout_s, MAX_REQUEST_S))
         address = _peer_address(state_dir, peer)
-        received = bytearray()
-        timed_out = False
-        try:
-            with socket.create_connection(
-                (address, port), timeout=deadline - time.monotonic()
-            ) as conn:
-                conn.sendall(data.encode())
-                while len(received) < limit:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        timed_out = True
-                        break
-                    conn.settimeout(remaining)
-                    chunk = conn.recv(limit - len(received))
-                    if not chunk:
-                        break
-                    received += chunk
-        except TimeoutError:
-            timed_out = True
-        except OSError as error:
-            raise ToolError(
-                f"{peer}:{port}: {error.strerror or error} [code: connection_failed]"
-            ) from None
+        received, timed_out = _exchange(peer, address, port, data.encode(), limit, deadline)
         return marked(
             {
                 "peer": peer,
@@ -250,6 +248,38 @@ def build_server(
             ("reply",),
         )
 
+
+def _exchange(
+    peer: str, address: str, port: int, data: bytes, limit: int, deadline: float
+) -> tuple[bytearray, bool]:
+    """Send `data` over TCP to address:port and read the answer until the peer closes,
+    `limit` bytes arrived or the monotonic `deadline` passed (then timed out)."""
+    received = bytearray()
+    timed_out = False
+    try:
+        with socket.create_connection((address, port), timeout=deadline - time.monotonic()) as conn:
+            conn.sendall(data)
+            while len(received) < limit:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    timed_out = True
+                    break
+                conn.settimeout(remaining)
+                chunk = conn.recv(limit - len(received))
+                if not chunk:
+                    break
+                received += chunk
+    except TimeoutError:
+        timed_out = True
+    except OSError as error:
+        raise ToolError(
+            f"{peer}:{port}: {error.strerror or error} [code: connection_failed]"
+        ) from None
+    return received, timed_out
+
+
+def _file_tool(server: MCPServer, state_dir: Path, files_from: FilesFrom | None) -> None:
+    """Sending a file, inside the directory the operator named (`files_from`)."""
     files_note = (
         f"Only files inside {files_from.directory} (a path relative to it, or absolute inside"
         " it; no symbolic links)."
@@ -278,6 +308,10 @@ def build_server(
         except FileRefused as error:
             raise ToolError(f"{visible_text(str(error))} [code: not_allowed]") from None
 
+
+def _event_tools(server: MCPServer, state_dir: Path) -> None:
+    """Publishing on, and waiting for, a peer's broker."""
+
     @server.tool(annotations=_acting("Publish an event", destructive=False))
     def publish(peer: str, topic: str, data: Any) -> dict[str, Any]:
         """Publish `data` (any JSON) on `topic` of the broker of `peer` (a trusted peer, or
@@ -300,6 +334,10 @@ def build_server(
             address = service_address(state_dir, peer)
             events = peer_client.subscribe(address, topic, bounded_count, bounded_s)
             return [_from_peer(event) for event in events]
+
+
+def _task_tools(server: MCPServer, state_dir: Path) -> None:
+    """Tasks for and from trusted peers."""
 
     @server.tool(annotations=_acting("Submit a task", destructive=False))
     def task_submit(peer: str, description: str) -> dict[str, Any]:
@@ -333,8 +371,6 @@ def build_server(
         """Answer an incoming task with its result: it is done, and its submitter has it."""
         reply = _ask(state_dir, "task_decide", id=task_id, state="done", result=result)
         return marked(reply["task"], _TASK_TEXT)
-
-    return server
 
 
 def is_loopback(host: str) -> bool:
