@@ -123,13 +123,7 @@ def cut_segments(
         out[at : at + header_len] = packet[:header_len]
         out[at + header_len : at + size] = packet[data_from : data_from + size - header_len]
         segment = view[at : at + size]
-        if version == IPV4_VERSION:
-            _U16.pack_into(segment, IPV4_TOTAL_LENGTH_OFFSET, size)
-            _U16.pack_into(segment, IPV4_ID_OFFSET, (first_id + row) % _ID_SPACE)
-            _U16.pack_into(segment, IPV4_CHECKSUM_OFFSET, 0)
-            _U16_LE.pack_into(segment, IPV4_CHECKSUM_OFFSET, ONES - sum_le(segment[:ip_len]))
-        else:
-            _U16.pack_into(segment, IPV6_PAYLOAD_LENGTH_OFFSET, size - IPV6_HEADER_BYTES)
+        _fix_ip_header(segment, version, ip_len, (first_id + row) % _ID_SPACE)
         if udp:
             _U16.pack_into(segment, start + UDP_LENGTH_OFFSET, size - start)
         else:
@@ -146,3 +140,14 @@ def cut_segments(
         _U16_LE.pack_into(segment, checksum_at, ONES - total)
         segments.append(segment)
     return segments
+
+
+def _fix_ip_header(segment: memoryview, version: int, ip_len: int, identification: int) -> None:
+    """A segment's own IPv4 total length, ID and header checksum (IPv6: payload length)."""
+    if version == IPV6_VERSION:
+        _U16.pack_into(segment, IPV6_PAYLOAD_LENGTH_OFFSET, len(segment) - IPV6_HEADER_BYTES)
+        return
+    _U16.pack_into(segment, IPV4_TOTAL_LENGTH_OFFSET, len(segment))
+    _U16.pack_into(segment, IPV4_ID_OFFSET, identification)
+    _U16.pack_into(segment, IPV4_CHECKSUM_OFFSET, 0)
+    _U16_LE.pack_into(segment, IPV4_CHECKSUM_OFFSET, ONES - sum_le(segment[:ip_len]))
