@@ -4,11 +4,11 @@ No network and no root: two Devices get a session in memory, then each path move
 same data (64 KiB TCP super-packets of MSS-sized segments, MTU 1420) through its own
 steps and we time them on one core.
 
-- per packet, send:  Device.send_packet per 1420-byte packet;
-- per packet, recv:  Device.receive_datagram per datagram;
-- batch, send:       split_gso of one super-packet (a TSO read) + Device.send_packets
+- per packet, send:  Device.send of one 1420-byte packet at a time;
+- per packet, recv:  Device.receive of one datagram at a time;
+- batch, send:       split_gso of one super-packet (a TSO read) + Device.send of them
                      into one buffer (what the daemon does);
-- batch, recv:       Device.receive_segments of one GRO receive + coalesce into TUN
+- batch, recv:       Device.receive of one GRO receive (Coalesced) + coalesce into TUN
                      writes (what the daemon does).
 
 With --udp it also times the UDP system calls on loopback: one sendto/recvmsg per
@@ -39,6 +39,7 @@ from pilotif.tun.offload import (
 )
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.device import Device
+from pilotif.wg.messages import Coalesced
 
 MTU = 1420
 MSS = MTU - 20 - 32  # IPv4 and TCP with timestamps, as iperf3's stream has
@@ -57,14 +58,13 @@ def _session() -> tuple[Device, Device]:
     b.add_peer(
         a.public_key, allowed_ips=[IPv4Network("100.64.0.1/32")], endpoint=A_ENDPOINT, now=NOW
     )
-    a.send_packet(bytes(IP(src="100.64.0.1", dst="100.64.0.2") / Raw(b"hi")), NOW)
+    a.send((bytes(IP(src="100.64.0.1", dst="100.64.0.2") / Raw(b"hi")),), NOW)
     for _ in range(4):
         for source, target, endpoint in ((a, b, A_ENDPOINT), (b, a, B_ENDPOINT)):
-            for datagram, _ in source.outgoing:
-                target.receive_datagram(datagram, endpoint, NOW)
-            source.outgoing.clear()
-    a.to_tun.clear()
-    b.to_tun.clear()
+            for datagram, _ in source.take_output().datagrams:
+                target.receive((datagram,), endpoint, NOW)
+    a.take_output()
+    b.take_output()
     return a, b
 
 
@@ -138,8 +138,8 @@ def main() -> None:
 
     def current_send() -> int:
         for segment in segments:
-            a.send_packet(segment, NOW)
-        a.outgoing.clear()
+            a.send((segment,), NOW)
+        a.take_output()
         return len(segments)
 
     def batch_split() -> int:
@@ -147,24 +147,22 @@ def main() -> None:
 
     def batch_send() -> int:
         pieces = split_gso(memoryview(raw), header, split_buffer)
-        a.send_packets(pieces, NOW, sealed)
-        a.outgoing.clear()
+        a.send(pieces, NOW, sealed)
+        a.take_output()
         return len(pieces)
 
-    results["per packet send (Device.send_packet)"] = _rate(current_send, seconds)
+    results["per packet send (Device.send of one)"] = _rate(current_send, seconds)
     results["batch send: split_gso only"] = _rate(batch_split, seconds)
-    results["batch send: split_gso + send_packets"] = _rate(batch_send, seconds)
+    results["batch send: split_gso + send"] = _rate(batch_send, seconds)
 
-    a.send_packets(segments, NOW, sealed)
-    datagrams = [bytes(d) for d, _ in a.outgoing]
-    a.outgoing.clear()
+    a.send(segments, NOW, sealed)
+    datagrams = [bytes(d) for d, _ in a.take_output().datagrams]
 
     def current_receive() -> int:
         receive_keypair.replay = type(receive_keypair.replay)()
         for datagram in datagrams:
-            b.receive_datagram(datagram, A_ENDPOINT, NOW)
-        assert len(b.to_tun) == len(datagrams)
-        b.to_tun.clear()
+            b.receive((datagram,), A_ENDPOINT, NOW)
+        assert len(b.take_output().packets) == len(datagrams)
         return len(datagrams)
 
     glued = memoryview(b"".join(datagrams))
@@ -174,18 +172,20 @@ def main() -> None:
         def step() -> int:
             receive_keypair.replay = type(receive_keypair.replay)()
             receive_keypair.replay.update(0)
-            b.receive_segments(glued, datagram_size, A_ENDPOINT, NOW, plaintexts)
-            assert len(b.to_tun) == len(datagrams)
+            b.receive(Coalesced(glued, datagram_size), A_ENDPOINT, NOW, plaintexts)
+            packets = b.take_output().packets
+            assert len(packets) == len(datagrams)
             if with_coalesce:
-                assert len(coalesce(b.to_tun, verify=False)) == 1
-            b.to_tun.clear()
+                assert len(coalesce(packets, verify=False)) == 1
             return len(datagrams)
 
         return step
 
-    results["per packet receive (Device.receive_datagram)"] = _rate(current_receive, seconds)
-    results["batch receive: receive_segments only"] = _rate(batch_receive(False), seconds)
-    results["batch receive: receive_segments + coalesce"] = _rate(batch_receive(True), seconds)
+    results["per packet receive (Device.receive of one)"] = _rate(current_receive, seconds)
+    results["batch receive: receive of a GRO batch only"] = _rate(batch_receive(False), seconds)
+    results["batch receive: receive of a GRO batch + coalesce"] = _rate(
+        batch_receive(True), seconds
+    )
 
     sample = segments[0]
     checksum_ways: dict[str, Callable[[], int]] = {
