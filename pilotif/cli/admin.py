@@ -320,37 +320,23 @@ def tag() -> None:
     """Tags the operator grants (they count for --auto-approve tag:X)."""
 
 
-@tag.command("grant")
-@click.argument("name")
-@click.argument("tag_name", metavar="TAG")
-@json_option
-@click.pass_context
-@json_output(
-    "NODE",
-    (*ADMIN_ERRORS, "unknown_peer"),
-)
-def tag_grant(ctx: click.Context, name: str, tag_name: str, as_json: bool) -> None:
-    """Grant the node NAME the tag TAG."""
-    _set_tag(ctx, name, tag_name, True, as_json)
+def _tag_command(command: str, granted: bool, help_text: str) -> click.Command:
+    """`registry admin tag grant|revoke NAME TAG`: show the node's granted tags after."""
+
+    @click.argument("name")
+    @click.argument("tag_name", metavar="TAG")
+    @json_option
+    @click.pass_context
+    @json_output("NODE", (*ADMIN_ERRORS, "unknown_peer"))
+    def set_tag(ctx: click.Context, name: str, tag_name: str, as_json: bool) -> None:
+        label = _label("TAG", tag_name)
+        with _store(ctx) as store:
+            changed = store.set_granted_tag(_label("NAME", name), label, granted)
+        text = f"{changed.hostname}: granted tags {','.join(changed.granted_tags) or '(none)'}"
+        echo_result(as_json, _node_fields(changed), text)
+
+    return tag.command(command, help=help_text)(set_tag)
 
 
-@tag.command("revoke")
-@click.argument("name")
-@click.argument("tag_name", metavar="TAG")
-@json_option
-@click.pass_context
-@json_output(
-    "NODE",
-    (*ADMIN_ERRORS, "unknown_peer"),
-)
-def tag_revoke(ctx: click.Context, name: str, tag_name: str, as_json: bool) -> None:
-    """Take the tag TAG back from the node NAME."""
-    _set_tag(ctx, name, tag_name, False, as_json)
-
-
-def _set_tag(ctx: click.Context, name: str, tag_name: str, granted: bool, as_json: bool) -> None:
-    label = _label("TAG", tag_name)
-    with _store(ctx) as store:
-        changed = store.set_granted_tag(_label("NAME", name), label, granted)
-    text = f"{changed.hostname}: granted tags {','.join(changed.granted_tags) or '(none)'}"
-    echo_result(as_json, _node_fields(changed), text)
+tag_grant = _tag_command("grant", True, "Grant the node NAME the tag TAG.")
+tag_revoke = _tag_command("revoke", False, "Take the tag TAG back from the node NAME.")

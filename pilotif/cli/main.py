@@ -600,52 +600,30 @@ def pending(as_json: bool, state_dir: Path) -> None:
     echo_result(as_json, {"incoming": incoming, "outgoing": outgoing}, "\n".join(lines))
 
 
-def _trust_decision(command: str, peer: str, as_json: bool, state_dir: Path) -> None:
-    reply = node_request(state_dir, command, peer=peer)
-    state = reply.get("state")
-    text = f"{peer}: {state}"
-    if state == QUEUED:
-        text += " (the registry does not answer: kept, and sent when it does)"
-    echo_result(as_json, {"peer": peer, "state": state}, text)
+def _trust_decision(command: str, states: str, help_text: str) -> click.Command:
+    """`pilotif approve|reject|untrust PEER`: send the decision, print the trust state
+    (`states`, for --json) it leaves."""
+
+    @click.argument("peer")
+    @json_option
+    @state_dir_option
+    @json_output(f'{{"peer", "state": {states}}}', REGISTRY_ERRORS)
+    def decide(peer: str, as_json: bool, state_dir: Path) -> None:
+        reply = node_request(state_dir, command, peer=peer)
+        state = reply.get("state")
+        text = f"{peer}: {state}"
+        if state == QUEUED:
+            text += " (the registry does not answer: kept, and sent when it does)"
+        echo_result(as_json, {"peer": peer, "state": state}, text)
+
+    return cli.command(command, help=help_text)(decide)
 
 
-@cli.command()
-@click.argument("peer")
-@json_option
-@state_dir_option
-@json_output(
-    '{"peer", "state": "trusted" | "queued"}',
-    REGISTRY_ERRORS,
+approve = _trust_decision("approve", '"trusted" | "queued"', "Approve PEER's trust request.")
+reject = _trust_decision("reject", '"none" | "queued"', "Reject PEER's trust request.")
+untrust = _trust_decision(
+    "untrust", '"none" | "queued"', "Revoke trust in PEER; the tunnel goes down on both sides."
 )
-def approve(peer: str, as_json: bool, state_dir: Path) -> None:
-    """Approve PEER's trust request."""
-    _trust_decision("approve", peer, as_json, state_dir)
-
-
-@cli.command()
-@click.argument("peer")
-@json_option
-@state_dir_option
-@json_output(
-    '{"peer", "state": "none" | "queued"}',
-    REGISTRY_ERRORS,
-)
-def reject(peer: str, as_json: bool, state_dir: Path) -> None:
-    """Reject PEER's trust request."""
-    _trust_decision("reject", peer, as_json, state_dir)
-
-
-@cli.command()
-@click.argument("peer")
-@json_option
-@state_dir_option
-@json_output(
-    '{"peer", "state": "none" | "queued"}',
-    REGISTRY_ERRORS,
-)
-def untrust(peer: str, as_json: bool, state_dir: Path) -> None:
-    """Revoke trust in PEER; the tunnel goes down on both sides."""
-    _trust_decision("untrust", peer, as_json, state_dir)
 
 
 @cli.command()

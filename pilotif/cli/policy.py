@@ -31,32 +31,26 @@ def _show(reply: dict[str, Any], as_json: bool) -> None:
     )
 
 
-@click.command(help=f"Let TARGET open SPEC on this node. {_TARGET_HELP}; {_SPEC_HELP}.")
-@click.argument("target")
-@click.argument("spec")
-@json_option
-@state_dir_option
-@json_output(
-    '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
-    (*DAEMON_ERRORS, "bad_policy", "peer_not_found"),
-)
-def allow(target: str, spec: str, as_json: bool, state_dir: Path) -> None:
-    reply = node_request(state_dir, "policy_rule", action="allow", target=target, spec=spec)
-    _show(reply, as_json)
+def _rule_command(action: str, help_text: str) -> click.Command:
+    """`pilotif allow|deny TARGET SPEC`: add the rule, show the policy it leaves."""
+
+    @click.argument("target")
+    @click.argument("spec")
+    @json_option
+    @state_dir_option
+    @json_output(
+        '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
+        (*DAEMON_ERRORS, "bad_policy", "peer_not_found"),
+    )
+    def add_rule(target: str, spec: str, as_json: bool, state_dir: Path) -> None:
+        reply = node_request(state_dir, "policy_rule", action=action, target=target, spec=spec)
+        _show(reply, as_json)
+
+    return click.command(action, help=f"{help_text} {_TARGET_HELP}; {_SPEC_HELP}.")(add_rule)
 
 
-@click.command(help=f"Refuse TARGET SPEC on this node. {_TARGET_HELP}; {_SPEC_HELP}.")
-@click.argument("target")
-@click.argument("spec")
-@json_option
-@state_dir_option
-@json_output(
-    '{"policy": {"default", "rules": [RULE]}, "policy_denied": {hostname: count}}',
-    (*DAEMON_ERRORS, "bad_policy", "peer_not_found"),
-)
-def deny(target: str, spec: str, as_json: bool, state_dir: Path) -> None:
-    reply = node_request(state_dir, "policy_rule", action="deny", target=target, spec=spec)
-    _show(reply, as_json)
+allow = _rule_command("allow", "Let TARGET open SPEC on this node.")
+deny = _rule_command("deny", "Refuse TARGET SPEC on this node.")
 
 
 @click.group(invoke_without_command=True)
