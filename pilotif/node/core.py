@@ -16,8 +16,10 @@ device it steers (peers, endpoints, probes: the caller drains the device as usua
 no sockets, no clock, no files: `trust` is the in-memory record the caller loads and
 saves (on TrustStateChanged).
 
-Paths follow the table of `pilotif.node.paths`; `_enter` does what entering each
-state means.
+The core coordinates parts with one job each: the registry link
+(`pilotif.node.registry_link`), the path manager (`pilotif.node.path_manager`: every
+peer's path, after the table of `pilotif.node.paths`), consent and the trust outbox
+(`pilotif.node.consent`), and the standalone relays (`pilotif.node.relays`).
 """
 
 import contextlib

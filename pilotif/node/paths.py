@@ -3,9 +3,10 @@
 Theory of operation (h11's `_state.py` is the model). Each peer's path is in one state
 of `PathState`; the node core feeds it `PathInput`s and `TRANSITIONS` says the new state
 for each (state, input) pair. A pair that is not in the table leaves the state as it
-is: that input means nothing there (a relayed packet while relayed, say). The core does
-the side effect that goes with entering a state (moving the device's endpoint, sending
-an echo, scheduling the next probe round) in one place, `NodeCore._enter`.
+is: that input means nothing there (a relayed packet while relayed, say). The path
+manager does the side effect that goes with entering a state (moving the device's
+endpoint, sending an echo, scheduling the next probe round) in one place,
+`PathManager._enter` (`pilotif.node.path_manager`).
 
 - RELAY: traffic goes through the registry's relay. Probe rounds are scheduled with
   backoff (`ROUND_BACKOFF_FIRST_S` doubling up to `ROUND_BACKOFF_MAX_S`): at each, the
