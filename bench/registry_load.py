@@ -51,8 +51,14 @@ from typing import Any
 
 from pilotif_lab.postgres import throwaway_postgres
 
-from pilotif.node.core import REGISTER_INTERVAL_S
-from pilotif.node.registry_link import GaveUp, MoveAsked, RegistryLink, Reply, SwitchedRegistry
+from pilotif.node.registry_link import (
+    REGISTER_INTERVAL_S,
+    GaveUp,
+    MoveAsked,
+    RegistryLink,
+    Reply,
+    SwitchedRegistry,
+)
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.keys import decode_key
 

@@ -44,7 +44,8 @@ from pilotif.control.identity import HostnameError, load_or_create_key, normaliz
 from pilotif.control.relay_info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.daemon.api import ControlError, request, stream
 from pilotif.daemon.wgquick import ConfigError, InterfaceConfig, load_config
-from pilotif.node.core import NETWORK_POLICY, QUEUED, NodeOptions
+from pilotif.node.consent import NETWORK_POLICY, QUEUED
+from pilotif.node.registration import NodeOptions
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.util.duration import DurationError, parse_duration

@@ -30,10 +30,11 @@ from pilotif.net.hostport import format_endpoint
 from pilotif.net.udp import UnderlayError, resolve_endpoint, resolve_endpoints
 from pilotif.net.udp_batch import segments_per_send
 from pilotif.node.cache import NodeCache, NodeSnapshot
-from pilotif.node.core import NodeCore, NodeOptions
+from pilotif.node.core import NodeCore
 from pilotif.node.lan import local_endpoints
 from pilotif.node.policy import PeerIdentity, PolicyError, packet_filter
 from pilotif.node.policy_files import PolicyFiles
+from pilotif.node.registration import NodeOptions
 from pilotif.node.trust import TrustFiles
 from pilotif.observe import (
     EventBus,

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from pilotif.control.counter_lease import CounterLease
 from pilotif.node.cache import NodeCache, NodeSnapshot
-from pilotif.node.core import UNREACHABLE, NodeCore
+from pilotif.node.core import NodeCore
 from pilotif.node.events import (
     Joined,
     JoinFailed,
@@ -36,6 +36,7 @@ from pilotif.node.policy import (
     parse_rule,
 )
 from pilotif.node.policy_files import PolicyFiles
+from pilotif.node.registration import UNREACHABLE
 from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
 from pilotif.util.errors import CodedError

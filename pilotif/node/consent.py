@@ -7,12 +7,16 @@ Inputs: `give`/`withdraw` (consent), `queue` (a trust request or answer for the
 registry), `answered`/`unanswered` (what became of a queued one) and `send_outbox` (the
 registry answers again). Outputs: requests on the registry link and
 `TrustStateChanged`/`RequestError` events; the record is the caller's to save.
+
+`TrustSync` fetches the registry's trust list page by page (the node core makes its
+peers match the whole list).
 """
 
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pilotif.node.events import EventSink, RequestError, TrustStateChanged
-from pilotif.node.registry_link import RegistryLink, refusal
+from pilotif.node.registry_link import Errands, RegistryLink, refusal
 from pilotif.node.trust import TrustRecord
 
 TRUST_OPS: Final = frozenset({"trust_request", "trust_respond", "untrust"})
@@ -98,3 +102,43 @@ def approves(policy: str | None, asker: dict[str, Any], network_name: str | None
         return network_name is not None and asker.get("network_name") == network_name
     granted = asker.get("granted_tags")
     return isinstance(granted, list) and policy.removeprefix(TAG_POLICY_PREFIX) in granted
+
+
+@dataclass
+class TrustList:
+    """The registry's trust list: the nodes we trust and those that asked us."""
+
+    trusted: list[dict[str, Any]] = field(default_factory=list)
+    incoming: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TrustSync:
+    """The trust list being fetched from the registry page by page (one at a time)."""
+
+    def __init__(self, errands: Errands) -> None:
+        self._errands = errands
+        self._pages: TrustList | None = None
+
+    def start(self, now: float) -> None:
+        """Fetch the trust list, unless a fetch is on its way."""
+        if self._pages is None:
+            self._pages = TrustList()
+            self._errands.send("trust_list", {"offset": 0}, now)
+
+    def page(self, reply: dict[str, Any], now: float) -> TrustList | None:
+        """A page of the list; the whole list after its last page (else None)."""
+        pages = self._pages
+        if pages is None:
+            return None
+        pages.trusted += [n for n in reply.get("trusted", []) if isinstance(n, dict)]
+        pages.incoming += [n for n in reply.get("incoming", []) if isinstance(n, dict)]
+        next_offset = reply.get("next_offset")
+        if type(next_offset) is int and next_offset > 0:
+            self._errands.send("trust_list", {"offset": next_offset}, now)
+            return None
+        self._pages = None
+        return pages
+
+    def abandon(self) -> None:
+        """The registry refused or was silent: the next sync starts over."""
+        self._pages = None

@@ -17,26 +17,24 @@ no sockets, no clock, no files: `trust` is the in-memory record the caller loads
 saves (on TrustStateChanged).
 
 The core coordinates parts with one job each: the registry link
-(`pilotif.node.registry_link`), the path manager (`pilotif.node.path_manager`: every
-peer's path, after the table of `pilotif.node.paths`), consent and the trust outbox
-(`pilotif.node.consent`), and the standalone relays (`pilotif.node.relays`).
+(`pilotif.node.registry_link`) and the registration over it (`pilotif.node.registration`:
+the heartbeat, the registry's key, online or lost), the path manager
+(`pilotif.node.path_manager`: every peer's path, after the table of `pilotif.node.paths`),
+consent, the trust outbox and the trust list (`pilotif.node.consent`), and the standalone
+relays with their tickets (`pilotif.node.relays`). The core keeps the node's address and
+its trusted peers, and routes the link's answers to the part that asked.
 """
 
 import contextlib
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any, Final
+from typing import Any
 
 from pilotif.control.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
-from pilotif.control.relay_info import RelayInfo, relays_from_json
-from pilotif.control.tickets import TICKET_LIFETIME_S
 from pilotif.control.wire import format_endpoint
 from pilotif.node.cache import CachedPeer, NodeSnapshot
-from pilotif.node.consent import NETWORK_POLICY as NETWORK_POLICY
-from pilotif.node.consent import QUEUED as QUEUED
-from pilotif.node.consent import TRUST_OPS, Consent, approves
+from pilotif.node.consent import QUEUED, TRUST_OPS, Consent, TrustSync, approves
 from pilotif.node.events import (
     EventSink,
     Joined,
@@ -45,12 +43,7 @@ from pilotif.node.events import (
     PeerAdded,
     PeerRefused,
     PeerRemoved,
-    PublicEndpointChanged,
-    RegistryKeyPinned,
-    RegistryKeyRefused,
-    RegistryLost,
     RegistryRegained,
-    RegistrySwitched,
     RelaysChanged,
     RequestDone,
     RequestError,
@@ -65,9 +58,10 @@ from pilotif.node.events import (
 from pilotif.node.path_manager import RELAY_KEEPALIVE_S, PathManager
 from pilotif.node.peers import TrustedPeer
 from pilotif.node.policy import PeerIdentity, Policy, packet_filter
+from pilotif.node.registration import NodeOptions, Registration
 from pilotif.node.registry_link import (
     KEY_FETCH_ID,
-    REGISTER_INTERVAL_S,
+    Errands,
     KeyAnswer,
     LinkInput,
     MoveAsked,
@@ -77,65 +71,14 @@ from pilotif.node.registry_link import (
     Reply,
     SwitchedRegistry,
     message_key,
+    message_strings,
     refusal,
 )
-from pilotif.node.relays import HomeRelayChanged, Relays, TicketsPresented
+from pilotif.node.relays import HomeRelayChanged, Relays, Tickets, TicketsPresented
 from pilotif.node.trust import TrustRecord
 from pilotif.wg.device import Device
 from pilotif.wg.events import Endpoint, Event, RelayEndpoint
 from pilotif.wg.keys import encode_key
-
-TICKET_RETRY_S: Final = 5.0
-"""The wait before tickets are asked for again after the registry refused or was silent."""
-TICKET_REFRESH_S: Final = TICKET_LIFETIME_S / 2
-"""How often the tickets at our home relay are fetched again (before they expire)."""
-REREGISTER_MIN_S: Final = 2.0
-"""The shortest time between two registrations the relay's notices cause."""
-UNREACHABLE: Final = "unreachable"
-"""The code of a failure that got no answer at all (as opposed to a refusal)."""
-REGISTRY_RETRY_S: Final = 1.0
-"""While the registry is unreachable: the pause before registering again, so that a
-registry that comes back (a restart, an upgrade) sees its nodes within about a second."""
-REGISTRY_RECENT_S: Final = 120.0
-"""For this long after the registry stopped answering, retry every REGISTRY_RETRY_S; later
-only every REGISTER_INTERVAL_S (each register still tries REQUEST_ATTEMPTS times)."""
-
-
-@dataclass(frozen=True)
-class NodeOptions:
-    """How `up` joins a registry."""
-
-    registry: Endpoint
-    """The registry's HOST, PORT (a name may have several addresses: replicas)."""
-    hostname: str
-    tags: list[str]
-    registry_key: bytes | None
-    auto_approve: str | None
-    """None (ask), "all", "network" (members of our network), or "tag:NAME" (nodes the
-    registry's operator granted that tag)."""
-    accept_dns: bool = True
-    """Point the system resolver at our DNS responder for `.pilot` names."""
-    join_key: str | None = None
-    """A join key from the registry's operator (sent until the registry admits us)."""
-    registry_replicas: tuple[Endpoint, ...] = ()
-    """Other replicas of the registry (HOST, PORT), tried in turn when one is silent."""
-
-
-@dataclass
-class _TrustSync:
-    """A trust_list being fetched page by page."""
-
-    trusted: list[dict[str, Any]] = field(default_factory=list)
-    incoming: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class _TicketFetch:
-    """Tickets for `relay` being fetched page by page (for the peers of `peers_version`)."""
-
-    relay: RelayInfo
-    peers_version: int
-    tickets: list[str] = field(default_factory=list)
 
 
 class NodeCore:
@@ -153,10 +96,8 @@ class NodeCore:
         first_request_id: int | None = None,
         registry_replicas: tuple[Endpoint, ...] = (),
     ) -> None:
-        self.options = options
         self.device = device
         self.trust = trust
-        self.lan_endpoints = lan_endpoints
         self.link = RegistryLink(
             device.local.private_key,
             registry,
@@ -165,52 +106,36 @@ class NodeCore:
             first_id=first_request_id,
             replicas=registry_replicas,
         )
-        self.replica: str | None = None
-        """The name of the registry replica that answered our last registration."""
+        self._sink = EventSink()
+        self._errands = Errands(self.link)
+        self.registration = Registration(
+            options, self.link, self._errands, trust, self._sink, lan_endpoints
+        )
+        """The heartbeat, the registry's key, and what the registry says of us."""
         self.relays = Relays(device.local.private_key)
         """The standalone relays the registry names (none: it relays itself)."""
-        self._tickets: _TicketFetch | None = None
-        self._tickets_due_s: float | None = None
-        self._tickets_version = -1
-        """`peers_version` when the tickets at our home relay were fetched."""
+        self._tickets = Tickets(self.relays, self._errands)
+        self.paths = PathManager(device, self._sink)
+        """Every trusted peer's path (relay or direct), probes and punching."""
+        self.consent = Consent(trust, self.link, self._sink)
+        """This node's consent to trust, and the outbox of its trust requests."""
+        self._trust_sync = TrustSync(self._errands)
         self.ipv4: IPv4Address | None = None
         self.ipv6 = ipv6_for_key(device.public_key)
         self.network: IPv4Network | None = None
         self.network_name: str | None = None
+        """The registry's network we are a member of (a join key put us there)."""
         self.policy = Policy()
         """The port policy applied to every peer's packets (`set_policy`)."""
-        """The registry's network we are a member of (a join key put us there)."""
-        self.admitted = False
-        """Whether the registry accepted a registration of this run (the join key is
-        sent until then: revoking it later does not turn the node away)."""
-        self.public_endpoint: str | None = None
-        self.registry_lost_s: float | None = None
-        """When the registry stopped answering (None while it answers)."""
-        self.registry_key_refused: str | None = None
-        """Why the registry at our address is refused (it has another key), with what to do."""
         self.joined = False
         self.peers: dict[bytes, TrustedPeer] = {}
         self.peers_version = 0
         """Bumped whenever a peer is added or removed (the DNS table follows it)."""
-        self._sink = EventSink()
-        self.paths = PathManager(device, self._sink)
-        self.consent = Consent(trust, self.link, self._sink)
-        """This node's consent to trust, and the outbox of its trust requests."""
-        """Every trusted peer's path (relay or direct), probes and punching."""
         self.refused: dict[str, str] = {}
         """Hostname -> why the registry's offer of that peer was refused (the latest)."""
-        self._internal: dict[int, str] = {}
         self.requesters: dict[str, bytes] = {}
         """Hostname -> key of nodes that asked us for trust (for `approve NAME` while
         the registry is away)."""
-        """Requests the core made itself, by id: their op."""
-        self._sync: _TrustSync | None = None
-        self._next_register_s: float | None = None
-        self._checking_key = False
-        self._reregister_at_s = 0.0
-        self._rehandshake_after_register = False
-        """After a network change: new handshakes through the relay once the registry
-        knows our new address (the peers then move to the relay at once)."""
 
     @property
     def events(self) -> list[NodeEvent]:
@@ -221,6 +146,11 @@ class NodeCore:
     @events.setter
     def events(self, events: list[NodeEvent]) -> None:
         self._sink.items = events
+
+    @property
+    def options(self) -> NodeOptions:
+        """How `up` joins a registry (the registration's)."""
+        return self.registration.options
 
     @property
     def registry_online(self) -> bool:
@@ -236,7 +166,7 @@ class NodeCore:
         self._take_address(snapshot.ipv4, snapshot.network)
         self.network_name = snapshot.network_name
         self.paths.registry_changed(False, now)
-        self.registry_lost_s = now
+        self.registration.resumed(now)
         added = 0
         for cached in snapshot.peers:
             node = {
@@ -252,7 +182,6 @@ class NodeCore:
             added += 1
             if cached.endpoint is not None:
                 self.paths.cached_endpoint(cached.public_key, cached.endpoint, now)
-        self._next_register_s = now + REGISTRY_RETRY_S
         self.events.append(StartedWithoutRegistry(snapshot.ipv4, added))
 
     def _take_address(self, ipv4: IPv4Address, network: IPv4Network) -> None:
@@ -289,10 +218,7 @@ class NodeCore:
 
     def start(self, now: float) -> None:
         """Join: learn the registry's key if none is pinned, then register."""
-        if self.link.registry_key is None:
-            self.link.fetch_key(now)
-        else:
-            self._register(now)
+        self.registration.start(now)
 
     def call(self, op: str, fields: dict[str, Any], now: float) -> int:
         """A request for the registry; RequestDone or RequestFailed with the returned id
@@ -334,19 +260,20 @@ class NodeCore:
 
     def get_timer(self) -> float | None:
         """When `handle_timer` is due next."""
-        deadlines = [self.link.next_timer(), self._next_register_s, self.relays.next_timer()]
-        if self._tickets is None:
-            deadlines.append(self._tickets_due_s)
-        deadlines.append(self.paths.next_timer())
+        deadlines = [
+            self.link.next_timer(),
+            self.registration.next_s,
+            self.relays.next_timer(),
+            self._tickets.next_timer(),
+            self.paths.next_timer(),
+        ]
         return min((d for d in deadlines if d is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         """Retries, the heartbeat, probes and path checks that are due."""
         for item in self.link.handle_timer(now):
             self._on_link(item, now)
-        if self._next_register_s is not None and now >= self._next_register_s:
-            self._next_register_s = now + REGISTER_INTERVAL_S
-            self._register(now)
+        self.registration.handle_timer(now)
         self.paths.handle_timer(now)
         self._ask_rounds(now)
         self.relays.set_active(self.paths.any_relayed(), now)
@@ -371,30 +298,15 @@ class NodeCore:
             self.relays.outgoing = []
         return out + self.paths.take_openers()
 
-    # -- the registry link -----------------------------------------------------------
-
-    def _register(self, now: float) -> None:
-        if self.link.registry_key is None:
-            # Started from the cache with no pinned key (registry.pub was removed).
-            self.link.fetch_key(now)
-            return
-        fields: dict[str, Any] = {"hostname": self.options.hostname, "tags": self.options.tags}
-        if self.options.join_key is not None and not self.admitted:
-            fields["join_key"] = self.options.join_key
-        request_id = self.link.request("register", {**fields, "lan": self.lan_endpoints}, now)
-        self._internal[request_id] = "register"
-        self.link.keep_others_open()
+    # -- network changes and the registry's answers ----------------------------------
 
     def network_changed(self, lan_endpoints: list[str], now: float) -> None:
         """This host's addresses or routes changed (a roam, a new LAN, a link back up):
         register at once from wherever we are now, and ask for a probe round with every
         peer, whose NATs may filter our new address until both sides punch again."""
-        self.lan_endpoints = lan_endpoints
-        if not self.joined:
-            return
-        self._rehandshake_after_register = True
-        self._reregister(now)
-        self._punch_again(now)
+        self.registration.network_changed(lan_endpoints, now, joined=self.joined)
+        if self.joined:
+            self._punch_again(now)
 
     def _punch_again(self, now: float) -> None:
         """Our NAT mapping, and so every peer's view of our endpoint, changed: back to the
@@ -405,32 +317,16 @@ class NodeCore:
     def _ask_rounds(self, now: float) -> None:
         """Ask the registry for the probe rounds the path manager wants."""
         for key in self.paths.take_rounds():
-            self._request("connect", {"peer": encode_key(key)}, now)
-
-    def _on_relay_notice(self, now: float) -> None:
-        """The relay does not know our address any more (our NAT mapping changed):
-        register again at once, at most every REREGISTER_MIN_S."""
-        if self.joined and now >= self._reregister_at_s:
-            self._reregister(now)
-
-    def _reregister(self, now: float) -> None:
-        """Register now, outside the heartbeat (which starts again from here)."""
-        self._reregister_at_s = now + REREGISTER_MIN_S
-        self._next_register_s = now + REGISTER_INTERVAL_S
-        self._register(now)
-
-    def _request(self, op: str, fields: dict[str, Any], now: float) -> None:
-        if self.link.registry_key is not None:
-            self._internal[self.link.request(op, fields, now)] = op
+            self._errands.send("connect", {"peer": encode_key(key)}, now)
 
     def _on_link(self, item: LinkInput, now: float) -> None:
         if isinstance(item, Push):
             self._on_push(item.message, now)
         elif isinstance(item, KeyAnswer):
-            self._on_key(item.key, now)
+            self.registration.key_answer(item.key, now, joined=self.joined)
         elif isinstance(item, Reply):
             self.consent.answered(item.request_id, item.message)
-            op = self._internal.pop(item.request_id, None)
+            op = self._errands.pop(item.request_id)
             if op is None:
                 self._on_call_reply(item.request_id, item.message)
             elif item.message.get("ok"):
@@ -438,26 +334,26 @@ class NodeCore:
             else:
                 self._on_refusal(op, item.message, now)
         elif isinstance(item, RelaySourceUnknown):
-            self._on_relay_notice(now)
+            # The relay does not know our address any more (our NAT mapping changed).
+            if self.joined:
+                self.registration.again(now)
         elif isinstance(item, SwitchedRegistry):
-            self._on_switched(item, now)
+            self.registration.switched(item, now, joined=self.joined)
         elif isinstance(item, MoveAsked):
-            # Only if the replica that died is ours (another may have told us late).
-            if self.replica is None or self.replica == item.gone:
-                self._on_switched(self.link.switch_to(item.endpoint, now), now)
+            self.registration.move_asked(item, now, joined=self.joined)
         elif item.request_id == KEY_FETCH_ID:
-            self._on_key(None, now)
+            self.registration.key_answer(None, now, joined=self.joined)
         else:
-            op = self._internal.pop(item.request_id, None)
+            op = self._errands.pop(item.request_id)
             if self.consent.unanswered(item.request_id):
                 # Kept in the outbox: sent again after the next registration, which is
                 # now (the registry may be gone: its silence then starts the retries
                 # that bring the node back within a second of its return).
                 self.events.append(RequestDone(item.request_id, {"ok": True, "state": QUEUED}))
-                if self.registry_online and now >= self._reregister_at_s:
-                    self._reregister(now)
+                if self.registry_online:
+                    self.registration.again(now)
             elif op is None:
-                self.events.append(RequestFailed(item.request_id, *self._unreachable()))
+                self.events.append(RequestFailed(item.request_id, *self.registration.unreachable()))
             else:
                 self._on_silence(op, now)
 
@@ -468,91 +364,18 @@ class NodeCore:
         code, error, hint = refusal(reply)
         self.events.append(RequestFailed(request_id, code, error, hint))
 
-    def _unreachable(self) -> tuple[str, str, str]:
-        host, port = self.link.endpoint
-        return (
-            UNREACHABLE,
-            f"no answer from the registry at {format_endpoint((host, port))}",
-            "check the address, that UDP to it is allowed, and that the registry runs",
-        )
-
-    def _on_switched(self, switched: SwitchedRegistry, now: float) -> None:
-        """Another replica takes our requests: it learns where we are at once (what
-        waited was sent to it already, a registration among them if one waited)."""
-        self.replica = None
-        self.events.append(
-            RegistrySwitched(format_endpoint(switched.endpoint), format_endpoint(switched.previous))
-        )
-        if self.joined and "register" not in self._internal.values():
-            self._reregister(now)
-
-    def _on_key(self, key: bytes | None, now: float) -> None:
-        pinned = self.link.registry_key
-        if pinned is None:
-            if key is None:
-                if not self.joined:
-                    self._fail(*self._unreachable())
-                return
-            self.trust.registry_key = key
-            self.link.use_key(key)
-            self.events += [RegistryKeyPinned(key), TrustStateChanged()]
-            self._register(now)
-            return
-        self._checking_key = False
-        if key is None or key == pinned:
-            if not self.joined:
-                self._fail(*self._unreachable())
-            return
-        where = format_endpoint(self.link.endpoint)
-        if self.options.registry_key is not None:
-            failure = (
-                "registry_key_mismatch",
-                f"the registry at {where} has key {encode_key(key)}, not the one given "
-                f"with --registry-key ({encode_key(pinned)})",
-                "check the key the registry logged at start and pass that to --registry-key",
-            )
-        else:
-            failure = (
-                "registry_key_changed",
-                f"the registry at {where} now has key {encode_key(key)}, not the pinned "
-                f"{encode_key(pinned)}",
-                "if that is expected, delete STATE_DIR/registry.pub or pass the new key "
-                "with --registry-key",
-            )
-        if self.joined:
-            self.registry_key_refused = f"{failure[1]}; {failure[2]}"
-            self.events.append(RegistryKeyRefused(key, failure[1], failure[2]))
-        else:
-            self._fail(*failure)
-
-    def _fail(self, code: str, error: str, hint: str) -> None:
-        self.events.append(JoinFailed(code, error, hint))
-
     def _on_silence(self, op: str, now: float) -> None:
         """An internal request got no answer after every attempt."""
         self._abandon(op, now)
         if op != "register":
-            self.events.append(RequestError(op, self._unreachable()[1]))
-            return
-        if self.registry_online or not self.joined:
+            self.events.append(RequestError(op, self.registration.unreachable()[1]))
+        elif self.registration.silent(now, joined=self.joined, online=self.registry_online):
             self.paths.registry_changed(False, now)
-            if self.joined:
-                self.registry_lost_s = now
-                self.events.append(RegistryLost(self._unreachable()[1]))
-        if not self._checking_key:
-            # Silence from a pinned registry: does it answer with another key? (Asked
-            # again at each retry: a registry that lost its state comes back silent.)
-            self._checking_key = True
-            self.link.fetch_key(now)
-        if self.joined:
-            lost = self.registry_lost_s
-            recent = lost is not None and now - lost <= REGISTRY_RECENT_S
-            self._next_register_s = now + (REGISTRY_RETRY_S if recent else REGISTER_INTERVAL_S)
 
     def _on_refusal(self, op: str, reply: dict[str, Any], now: float) -> None:
         code, error, hint = refusal(reply)
         if op == "register" and not self.joined:
-            self._fail(code, error, hint)
+            self.events.append(JoinFailed(code, error, hint))
             return
         self._abandon(op, now)
         self.events.append(RequestError(op, error))
@@ -560,10 +383,9 @@ class NodeCore:
     def _abandon(self, op: str, now: float) -> None:
         """An internal request that pages (trust list, tickets) failed: start over later."""
         if op == "trust_list":
-            self._sync = None
+            self._trust_sync.abandon()
         elif op == "relay_tickets":
-            self._tickets = None
-            self._tickets_due_s = now + TICKET_RETRY_S
+            self._tickets.abandon(now)
 
     def _on_reply(self, op: str, reply: dict[str, Any], now: float) -> None:
         if op == "register":
@@ -571,59 +393,35 @@ class NodeCore:
         elif op == "trust_list":
             self._on_trust_page(reply, now)
         elif op == "relay_tickets":
-            self._on_tickets(reply, now)
+            self._tickets.page(reply, now)
 
     def _on_registered(self, reply: dict[str, Any], now: float) -> None:
-        try:
-            ipv4 = IPv4Address(reply["ipv4"])
-            network = IPv4Network(reply.get("network", "100.64.0.0/10"))
-        except (KeyError, ValueError):
-            self.events.append(RequestError("register", "the registry's reply has no address"))
+        address = (self.ipv4, self.network)
+        done = self.registration.registered(reply, now, joined=self.joined, address=address)
+        if done is None:
             return
-        if self.network is not None and (ipv4, network) != (self.ipv4, self.network):
-            self.events.append(
-                RequestError("register", f"the registry moved this node to {ipv4} in {network}")
-            )
-            return
-        self._set_address(ipv4, network)
-        self.admitted = True
-        self.relays.update(relays_from_json(reply.get("relays")), now)
-        replica = reply.get("replica")
-        self.replica = replica if isinstance(replica, str) else None
-        name = reply.get("network_name")
-        name = name if isinstance(name, str) else None
-        if name != self.network_name:
-            self.network_name = name
+        self._set_address(done.ipv4, done.network)
+        self.relays.update(done.relays, now)
+        if done.network_name != self.network_name:
+            self.network_name = done.network_name
             self.set_policy(self.policy)
-        endpoint = reply.get("public_endpoint")
-        previous_endpoint = self.public_endpoint
-        self.public_endpoint = endpoint if isinstance(endpoint, str) else None
-        if self.joined and previous_endpoint not in (None, self.public_endpoint):
-            # Our router's public address changed with nothing changing on this host
-            # (a new lease): what network_changed does, the registration aside.
-            self.events.append(PublicEndpointChanged(previous_endpoint, self.public_endpoint))
-            self._rehandshake_after_register = True
+        if done.endpoint_moved:
+            # What network_changed does, the registration aside.
             self._punch_again(now)
-        self._next_register_s = now + REGISTER_INTERVAL_S
         was_online = self.registry_online
         self.paths.registry_changed(True, now)
-        self.registry_lost_s = None
-        self.registry_key_refused = None
-        if self._rehandshake_after_register:
-            self._rehandshake_after_register = False
+        if done.rehandshake:
             for peer in self.peers.values():
                 self.device.rehandshake(peer.public_key, now)
         self.consent.send_outbox(now)
         if not self.joined:
-            self._take_address(ipv4, network)
-            self.events.append(Joined(ipv4, network, self.public_endpoint))
+            self._take_address(done.ipv4, done.network)
+            self.events.append(Joined(done.ipv4, done.network, self.registration.public_endpoint))
             self.sync_trust(now)
         elif not was_online:
             self.events.append(RegistryRegained())
             self.sync_trust(now)
-        elif reply.get("resync") is True:
-            # The registry did not know our session (it restarted): pushes it had for us
-            # meanwhile were not sent.
+        elif done.resync:
             self.sync_trust(now)
 
     # -- standalone relays -----------------------------------------------------------
@@ -640,59 +438,25 @@ class NodeCore:
                     if self.path_of(key) == "none":
                         self.device.rehandshake(key, now)
             elif isinstance(item, HomeRelayChanged):
-                self._tickets = None
-                self._tickets_due_s = now if item.home is not None else None
+                self._tickets.home_changed(item.home, now)
         home = self.relays.home
         if any(not isinstance(item, TicketsPresented) for item in events):
             relays = ",".join(sorted(format_endpoint(e) for e in self.relays.endpoints()))
             self.events.append(
                 RelaysChanged(format_endpoint(home.endpoint) if home else None, relays)
             )
-        if home is None or self._tickets is not None:
-            return
-        due = self._tickets_due_s
-        if self._tickets_version != self.peers_version or (due is not None and now >= due):
-            self._tickets = _TicketFetch(home, self.peers_version)
-            self._request_tickets(0, now)
-
-    def _request_tickets(self, offset: int, now: float) -> None:
-        assert self._tickets is not None
-        relay = encode_key(self._tickets.relay.key)
-        self._request("relay_tickets", {"relay": relay, "offset": offset}, now)
-
-    def _on_tickets(self, reply: dict[str, Any], now: float) -> None:
-        fetch = self._tickets
-        if fetch is None:
-            return
-        fetch.tickets += _strings(reply.get("tickets"))
-        next_offset = reply.get("next_offset")
-        if type(next_offset) is int and next_offset > 0:
-            self._request_tickets(next_offset, now)
-            return
-        self._tickets = None
-        self._tickets_version = fetch.peers_version
-        self._tickets_due_s = now + TICKET_REFRESH_S
-        self.relays.set_tickets(fetch.relay, fetch.tickets, now)
+        self._tickets.fetch_if_due(self.peers_version, now)
 
     # -- trust -----------------------------------------------------------------------
 
     def sync_trust(self, now: float) -> None:
         """Fetch the trust list (page by page) and make the device's peers match it."""
-        if self._sync is None:
-            self._sync = _TrustSync()
-            self._request("trust_list", {"offset": 0}, now)
+        self._trust_sync.start(now)
 
     def _on_trust_page(self, reply: dict[str, Any], now: float) -> None:
-        sync = self._sync
+        sync = self._trust_sync.page(reply, now)
         if sync is None:
             return
-        sync.trusted += [n for n in reply.get("trusted", []) if isinstance(n, dict)]
-        sync.incoming += [n for n in reply.get("incoming", []) if isinstance(n, dict)]
-        next_offset = reply.get("next_offset")
-        if type(next_offset) is int and next_offset > 0:
-            self._request("trust_list", {"offset": next_offset}, now)
-            return
-        self._sync = None
         trusted = {message_key(node.get("public_key")): node for node in sync.trusted}
         for key in list(self.peers):
             if key not in trusted:
@@ -727,7 +491,9 @@ class NodeCore:
         elif op == "punch":
             key = message_key(node.get("public_key"))
             if key is not None:
-                self.paths.punch(key, message, self.lan_endpoints, self._overlay(), now)
+                self.paths.punch(
+                    key, message, self.registration.lan_endpoints, self._overlay(), now
+                )
 
     def _overlay(self) -> list[IPv4Network | IPv6Network]:
         """The overlay's networks (no peer's candidate may be in them)."""
@@ -762,8 +528,8 @@ class NodeCore:
             return False
         hostname = normalize_hostname(name)
         self.refused.pop(hostname, None)
-        tags = _strings(node.get("tags"))
-        granted = _strings(node.get("granted_tags"))
+        tags = message_strings(node.get("tags"))
+        granted = message_strings(node.get("granted_tags"))
         network_name = node.get("network_name")
         network_name = network_name if isinstance(network_name, str) else None
         if self.trust.pins.get(hostname) != key:
@@ -885,41 +651,15 @@ class NodeCore:
             "policy_denied": state.policy_denied if state else 0,
         }
 
-    def nat_type(self) -> str:
-        """What the registry's view of our endpoint says about the NAT in front of us."""
-        if self.public_endpoint is None:
-            return "unknown"
-        if self.public_endpoint in self.lan_endpoints:
-            return "none"
-        local_ports = {text.rpartition(":")[2] for text in self.lan_endpoints}
-        if self.public_endpoint.rpartition(":")[2] in local_ports:
-            return "port-preserving (cone-like: direct paths likely)"
-        return "port-changing (symmetric-like: may need the relay)"
-
     def status(self) -> dict[str, Any]:
         """The node part of `pilotif status`."""
-        key = self.link.registry_key
         return {
             "hostname": self.options.hostname,
             "ipv4": str(self.ipv4) if self.ipv4 else None,
             "ipv6": str(self.ipv6),
-            "registry": format_endpoint(self.link.endpoint),
-            "registry_replica": self.replica,
-            "registry_replicas": [format_endpoint(e) for e in self.link.endpoints],
-            "registry_key": encode_key(key) if key else None,
-            "registry_online": self.registry_online,
-            "registry_lost_s": self.registry_lost_s,
-            "registry_key_refused": self.registry_key_refused,
-            "public_endpoint": self.public_endpoint,
-            "lan_endpoints": self.lan_endpoints,
-            "nat": self.nat_type(),
+            **self.registration.describe(self.registry_online),
             "refused_peers": self.refused,
             "control_dropped": self.link.dropped,
             "candidates_refused": self.paths.candidates_refused,
             "relays": self.relays.describe(),
         }
-
-
-def _strings(value: object) -> list[str]:
-    """The strings of a list from a message ([] for anything else)."""
-    return [str(item) for item in value if isinstance(item, str)] if isinstance(value, list) else []

@@ -340,6 +340,29 @@ class RegistryLink:
         self._transmit(request_id, now)
 
 
+class Errands:
+    """The requests the node makes on its own behalf (registration, trust list, tickets,
+    probe rounds), by id: their op. A reply or a silence whose id is not here answers a
+    caller's request."""
+
+    def __init__(self, link: RegistryLink) -> None:
+        self._link = link
+        self._ops: dict[int, str] = {}
+
+    def send(self, op: str, fields: dict[str, Any], now: float) -> None:
+        """Send a request of the node's own (none while the registry's key is unknown)."""
+        if self._link.registry_key is not None:
+            self._ops[self._link.request(op, fields, now)] = op
+
+    def pop(self, request_id: int) -> str | None:
+        """The op of an errand that was answered or gave up (None: not an errand)."""
+        return self._ops.pop(request_id, None)
+
+    def waiting(self, op: str) -> bool:
+        """Whether an errand of this op waits for its answer."""
+        return op in self._ops.values()
+
+
 def message_key(value: object) -> bytes | None:
     """A base64 key from a registry message, or None when it is not one."""
     if not isinstance(value, str):
@@ -348,6 +371,11 @@ def message_key(value: object) -> bytes | None:
         return decode_key(value)
     except InvalidKeyError:
         return None
+
+
+def message_strings(value: object) -> list[str]:
+    """The strings of a list from a message ([] for anything else)."""
+    return [str(item) for item in value if isinstance(item, str)] if isinstance(value, list) else []
 
 
 def refusal(reply: dict[str, Any]) -> tuple[str, str, str]:

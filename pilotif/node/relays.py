@@ -10,14 +10,26 @@ alive the registry relays, as it does when it names no relays.
 Inputs: `update` (the relays of each registration), `receive` for datagrams from a
 relay's address, `set_tickets`, and `handle_timer(now)`. Outputs: `outgoing` and the
 `HomeRelayChanged`, `TicketsPresented` and `RelaysListed` events in `events`.
+
+`Tickets` fetches the home relay's tickets from the registry, page by page, and hands
+them to `Relays.set_tickets`.
 """
 
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pilotif.control.relay_info import RelayInfo
-from pilotif.node.registry_link import GaveUp, RegistryLink, RelaySourceUnknown, Reply
+from pilotif.control.tickets import TICKET_LIFETIME_S
+from pilotif.node.registry_link import (
+    Errands,
+    GaveUp,
+    RegistryLink,
+    RelaySourceUnknown,
+    Reply,
+    message_strings,
+)
 from pilotif.wg.events import Endpoint
+from pilotif.wg.keys import encode_key
 
 ATTACH_EVERY_S: Final = 15.0
 """How often the node attaches to each relay again: it keeps the NAT's mapping towards
@@ -37,6 +49,10 @@ NOTICE_ATTACH_MIN_S: Final = 2.0
 send from the relay's address) makes us attach again at most this often per relay, and
 not while an attach there waits for its answer (that one shows where we are now): a
 spoofer's notices never cost more than one attach and its retries per interval."""
+TICKET_RETRY_S: Final = 5.0
+"""The wait before tickets are asked for again after the registry refused or was silent."""
+TICKET_REFRESH_S: Final = TICKET_LIFETIME_S / 2
+"""How often the tickets at our home relay are fetched again (before they expire)."""
 
 
 @dataclass(frozen=True)
@@ -248,3 +264,70 @@ class Relays:
             if state.link.outgoing:
                 self.outgoing += state.link.outgoing
                 state.link.outgoing = []
+
+
+@dataclass
+class _TicketFetch:
+    """Tickets for `relay` being fetched page by page (for the peers of `peers_version`)."""
+
+    relay: RelayInfo
+    peers_version: int
+    tickets: list[str] = field(default_factory=list)
+
+
+class Tickets:
+    """The tickets of our home relay (one per trusted peer), fetched from the registry
+    page by page when the home relay changed, when the peers changed, or before they
+    expire; TICKET_RETRY_S after a refusal or a silence."""
+
+    def __init__(self, relays: Relays, errands: Errands) -> None:
+        self._relays = relays
+        self._errands = errands
+        self._fetch: _TicketFetch | None = None
+        self._due_s: float | None = None
+        self._version = -1
+        """`peers_version` when the tickets at our home relay were fetched."""
+
+    def home_changed(self, home: RelayInfo | None, now: float) -> None:
+        """Relayed datagrams go through `home` now: its tickets are due at once."""
+        self._fetch = None
+        self._due_s = now if home is not None else None
+
+    def next_timer(self) -> float | None:
+        """When a fetch is due (None while one is on its way)."""
+        return self._due_s if self._fetch is None else None
+
+    def fetch_if_due(self, peers_version: int, now: float) -> None:
+        """Start a fetch if the peers changed or the tickets are due."""
+        home = self._relays.home
+        if home is None or self._fetch is not None:
+            return
+        due = self._due_s
+        if self._version != peers_version or (due is not None and now >= due):
+            self._fetch = _TicketFetch(home, peers_version)
+            self._request(0, now)
+
+    def page(self, reply: dict[str, Any], now: float) -> None:
+        """A page of tickets; after the last, they go to the home relay."""
+        fetch = self._fetch
+        if fetch is None:
+            return
+        fetch.tickets += message_strings(reply.get("tickets"))
+        next_offset = reply.get("next_offset")
+        if type(next_offset) is int and next_offset > 0:
+            self._request(next_offset, now)
+            return
+        self._fetch = None
+        self._version = fetch.peers_version
+        self._due_s = now + TICKET_REFRESH_S
+        self._relays.set_tickets(fetch.relay, fetch.tickets, now)
+
+    def abandon(self, now: float) -> None:
+        """The registry refused or was silent: try again in TICKET_RETRY_S."""
+        self._fetch = None
+        self._due_s = now + TICKET_RETRY_S
+
+    def _request(self, offset: int, now: float) -> None:
+        assert self._fetch is not None
+        relay = encode_key(self._fetch.relay.key)
+        self._errands.send("relay_tickets", {"relay": relay, "offset": offset}, now)

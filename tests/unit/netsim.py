@@ -29,8 +29,9 @@ from pathlib import Path
 
 from pilotif.control.relay_info import RelayInfo
 from pilotif.net.relay_frame import RelayFraming
-from pilotif.node.core import NodeCore, NodeOptions
+from pilotif.node.core import NodeCore
 from pilotif.node.events import NodeEvent, RelaysChanged
+from pilotif.node.registration import NodeOptions
 from pilotif.node.trust import TrustRecord
 from pilotif.packet.checksum import internet_checksum
 from pilotif.packet.icmp import echo_request_packet

@@ -15,9 +15,10 @@ import pytest
 from pilotif.control.counter_lease import CounterLease
 from pilotif.daemon.node_runner import JOIN_GRACE_S, NodeRunner, RegistryError
 from pilotif.node.cache import NodeCache
-from pilotif.node.core import NodeCore, NodeOptions
+from pilotif.node.core import NodeCore
 from pilotif.node.events import NodeEvent
 from pilotif.node.policy_files import PolicyFiles
+from pilotif.node.registration import NodeOptions
 from pilotif.node.registry_link import REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
 from pilotif.registry.core import RegistryCore

@@ -75,7 +75,12 @@ def test_a_peer_cannot_make_the_node_probe_loopback_metadata_or_itself(net: Netw
     """Issue 22: a trusted peer's self-reported LAN candidates were probed as they came."""
     alpha, beta = net.node("alpha"), net.node("beta")
     alpha_lan = f"{alpha.address[0]}:{alpha.address[1]}"
-    beta.core.lan_endpoints = ["127.0.0.1:22", "169.254.169.254:80", alpha_lan, "[::1]:53"]
+    beta.core.registration.lan_endpoints = [
+        "127.0.0.1:22",
+        "169.254.169.254:80",
+        alpha_lan,
+        "[::1]:53",
+    ]
     sent_to: list[Endpoint] = []
     send = net.send
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.node.core import REGISTER_INTERVAL_S, REGISTRY_RECENT_S, REGISTRY_RETRY_S
 from pilotif.node.events import (
     Joined,
     PathChanged,
@@ -32,7 +31,8 @@ from pilotif.node.paths import (
     PathState,
     next_state,
 )
-from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
+from pilotif.node.registration import REGISTRY_RECENT_S, REGISTRY_RETRY_S
+from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.packet.icmp import echo_request_packet
 from pilotif.wg.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT
 from pilotif.wg.drops import DropReason
@@ -244,14 +244,14 @@ def test_nodes_are_back_within_seconds_of_the_registry_and_say_since_when_it_was
     net.up(alpha)
     net.registry_down = True
     net.run_until(lambda: not alpha.core.registry_online, REGISTER_INTERVAL_S + 10)
-    lost_s = alpha.core.registry_lost_s
+    lost_s = alpha.core.registration.lost_s
     assert lost_s is not None and alpha.core.status()["registry_lost_s"] == lost_s
     net.run(30.0)
     net.registry_down = False
     back_at = net.now
     net.run_until(lambda: alpha.core.registry_online, 10.0)
     assert net.now - back_at <= REGISTRY_RETRY_S * 2 + 0.5
-    assert alpha.core.registry_lost_s is None
+    assert alpha.core.registration.lost_s is None
 
 
 def test_a_registry_that_comes_back_with_another_key_is_refused_and_said_so(
@@ -265,12 +265,12 @@ def test_a_registry_that_comes_back_with_another_key_is_refused_and_said_so(
     net.run_until(lambda: not alpha.core.registry_online, REGISTER_INTERVAL_S + 10)
     net.restart_registry(new_key=True)
     net.registry_down = False
-    net.run_until(lambda: alpha.core.registry_key_refused is not None, 15.0)
+    net.run_until(lambda: alpha.core.registration.key_refused is not None, 15.0)
     [refused] = [e for e in alpha.events if isinstance(e, RegistryKeyRefused)]
     assert refused.key == net.registry.public_key
     assert "registry.pub" in refused.hint
     assert not alpha.core.registry_online
-    assert alpha.core.status()["registry_key_refused"] == alpha.core.registry_key_refused
+    assert alpha.core.status()["registry_key_refused"] == alpha.core.registration.key_refused
 
 
 def test_a_registry_away_for_long_is_tried_every_heartbeat_only(net: Network) -> None:
@@ -550,7 +550,7 @@ def test_auto_approve_by_tag_needs_the_tag(net: Network) -> None:
     never one that only tagged itself `team` (anyone may set their own tags)."""
     impostor, member = net.node("impostor"), net.node("member")
     beta = net.node("beta", auto_approve="tag:team")
-    impostor.core.options = replace(impostor.core.options, tags=["team"])
+    impostor.core.registration.options = replace(impostor.core.options, tags=["team"])
     net.up(impostor, member, beta)
     net.registry.store.set_granted_tag("member", "team", True)
     impostor.call("trust_request", peer=beta.key, message="")
@@ -697,7 +697,7 @@ def test_a_probe_from_an_unexpected_port_is_answered_there(net: Network) -> None
     net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
     to_alpha = beta.device.peer(alpha.device.public_key)
     assert to_alpha is not None and to_alpha.endpoint != (alpha.nat.wan if alpha.nat else "", 0)
-    assert alpha.core.public_endpoint not in (
+    assert alpha.core.registration.public_endpoint not in (
         None,
         f"{to_alpha.endpoint[0]}:{to_alpha.endpoint[1]}",
     )  # type: ignore[index]

@@ -11,8 +11,9 @@ from pathlib import Path
 from pilotif_lab.postgres import ThrowawayPostgres
 
 from pilotif.control.wire import ControlChannel
-from pilotif.node.core import NodeCore, NodeOptions
+from pilotif.node.core import NodeCore
 from pilotif.node.events import RegistrySwitched
+from pilotif.node.registration import NodeOptions
 from pilotif.node.trust import TrustFiles
 from pilotif.registry.core import RegistryCore
 from pilotif.registry.replicas import PUSH_CHANNEL
@@ -59,7 +60,7 @@ class Joined:
         self.now = START
         self.core.start(self.now)
         self.exchange()
-        assert self.core.replica == "a"
+        assert self.core.registration.replica == "a"
 
     def exchange(self) -> None:
         """Carry datagrams between the node and replica "a" until both are quiet."""
