@@ -17,6 +17,7 @@ from pilotif.control.counter_lease import CounterLease
 from pilotif.control.identity import IPV6_PREFIX
 from pilotif.daemon.api import serve_control
 from pilotif.daemon.datapath import DataPath
+from pilotif.daemon.event_publisher import EventPublisher
 from pilotif.daemon.event_router import EventRouter
 from pilotif.daemon.netwatch import NetworkWatch
 from pilotif.daemon.node_runner import NodeRunner, RegistryError
@@ -42,7 +43,6 @@ from pilotif.observe import (
     Webhook,
     start_metrics_server,
 )
-from pilotif.observe.publisher import EventPublisher
 from pilotif.tun import (
     Ipv6UnavailableError,
     LinkError,

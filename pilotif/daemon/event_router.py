@@ -4,9 +4,9 @@ it relays through and hears from, the `.pilot` names."""
 
 from collections.abc import Callable
 
+from pilotif.daemon.event_publisher import EventPublisher
 from pilotif.daemon.parts import Parts
 from pilotif.node.events import NodeEvent, RegistrySwitched, RelaysChanged
-from pilotif.observe.publisher import EventPublisher
 from pilotif.wg.events import Event
 
 

@@ -5,10 +5,10 @@ import os
 import time
 from typing import Any
 
+from pilotif.daemon.event_publisher import EventPublisher
 from pilotif.daemon.parts import Parts
 from pilotif.net.bind import endpoint_text
 from pilotif.observe import NodeSample, PeerSample
-from pilotif.observe.publisher import EventPublisher
 from pilotif.wg.keys import encode_key
 
 

@@ -4,10 +4,10 @@ the publisher that turns the cores' events into it."""
 import asyncio
 from typing import get_args
 
+from pilotif.daemon.event_catalogue import ROUTES
+from pilotif.daemon.event_publisher import EventPublisher
 from pilotif.node.events import NodeEvent
 from pilotif.observe import Event, EventBus, Subscription
-from pilotif.observe.publisher import EventPublisher
-from pilotif.observe.routes import ROUTES
 from pilotif.wg import events as wg_events
 from pilotif.wg.events import EndpointChanged, HandshakeCompleted, KeysZeroed, RelayEndpoint
 

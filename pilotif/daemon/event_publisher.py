@@ -1,5 +1,6 @@
 """Where the daemon's events go: every event of the overlay device and the node core
-becomes one log line and, as `pilotif.observe.routes` says, one `pilotif events` entry.
+becomes one log line and, as `pilotif.daemon.event_catalogue` says, one `pilotif events`
+entry.
 
 On top of the table: `peer_up` and `peer_down` are published once each way per peer (a
 session came up; the peer was removed or its keys zeroed), and `path_changed` for peers
@@ -7,10 +8,10 @@ whose path the node core does not choose itself (static peers roaming). Handshak
 counted for the metrics.
 """
 
+from pilotif.daemon.event_catalogue import ROUTES, event_fields
 from pilotif.node.core import NodeCore
 from pilotif.node.events import NodeEvent, PeerRemoved
 from pilotif.observe.events import EventBus
-from pilotif.observe.routes import ROUTES, event_fields
 from pilotif.util.logs import log_event
 from pilotif.wg.events import (
     EndpointChanged,

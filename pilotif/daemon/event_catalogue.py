@@ -2,7 +2,7 @@
 becomes and the `pilotif events` kind it is published as, if any.
 
 Fields come from the event's dataclass fields: keys as base64, addresses and endpoints
-as text. `peer_up`/`peer_down` are published by `pilotif.observe.publisher`, which knows
+as text. `peer_up`/`peer_down` are published by `pilotif.daemon.event_publisher`, which knows
 which peers are up; they are not in this table.
 """
 
