@@ -15,6 +15,8 @@ from typing import Any, Generic, TypeVar
 
 from pilotif.control.gate import ControlGate, Outgoing
 from pilotif.control.wire import (
+    CONTROL_TYPE,
+    RELAY_TYPE,
     REQUEST_MACS_SIZE,
     ControlChannel,
     StaleCounter,
@@ -46,6 +48,8 @@ class Opened(Generic[T]):
     message (None: the channel was in memory, nothing was looked up)."""
 
 
+DatagramHandler = Callable[[bytes, Endpoint, float], list[Outgoing]]
+"""What answers a datagram from a source at a time: what to send."""
 Lookup = Callable[[bytes], tuple[T, int]]
 """What the owner knows of a sender without a channel in memory, and the counter floor
 its new channel starts from."""
@@ -173,3 +177,23 @@ class ControlFront(Generic[T]):
         if session is not None:
             payload["session"] = session
         return payload
+
+
+class ByType:
+    """Hands each datagram to the handler of its type: a relay message (0x51), a control
+    message (0x50), or anything else."""
+
+    def __init__(
+        self, relay: DatagramHandler, control: DatagramHandler, other: DatagramHandler
+    ) -> None:
+        self._relay = relay
+        self._control = control
+        self._other = other
+
+    def __call__(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        kind = data[0] if data else None
+        if kind == RELAY_TYPE:
+            return self._relay(data, source, now)
+        if kind == CONTROL_TYPE:
+            return self._control(data, source, now)
+        return self._other(data, source, now)

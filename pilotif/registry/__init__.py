@@ -1,8 +1,12 @@
 """The rendezvous server: identities, names, addresses, trust, hole punching and relay.
 
-`wire` is the codec both the registry and the node speak (docs/CONTROL_PROTOCOL.md),
-`store` the registry's database, `joinkey` the join keys' text, `server` its logic
-(`RegistryCore`) and `service` its UDP loop (`run_registry`).
+`core` is its sans-IO logic (`RegistryCore`), in parts with one job each: `register`,
+`trust` (trust and punching), `lookups`, `presence` (who is where), `routes` (relaying
+by trust), `replicas`, with `directory` and `requests` what the handlers share. `store`
+is its database (nodes; `store_trust`, `store_networks`, `store_replicas` the other
+tables on `store_base`; `records` what it hands out), `database` and `schema` SQLite or
+PostgreSQL under it, `joinkey` the join keys' text, and `server` the asyncio shell
+(`run_registry`). The control wire is pilotif.control's, shared with the relays.
 """
 
 from pilotif.control.wire import ControlChannel, WireError

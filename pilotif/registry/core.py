@@ -16,14 +16,12 @@ from collections import Counter
 from typing import Any, Final
 
 from pilotif.control.forwarder import Forwarder
-from pilotif.control.front import NO_FLOOR, ControlFront, Opened
+from pilotif.control.front import NO_FLOOR, ByType, ControlFront, Opened
 from pilotif.control.gate import Outgoing
 from pilotif.control.relay_info import RelayInfo
 from pilotif.control.wire import (
-    CONTROL_TYPE,
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
-    RELAY_TYPE,
     REPLICA_KEEPALIVE,
     StaleCounter,
     error_reply,
@@ -112,7 +110,8 @@ class RegistryCore:
         self._replicas = Replicas(store, replica, self.counters)
         self.routes = TrustedRoutes(self._presence, store)
         """Who the relay carries datagrams for, and its trust cache."""
-        self._forwarder = Forwarder(self.counters, self._front.gate, self.routes)
+        forwarder = Forwarder(self.counters, self._front.gate, self.routes)
+        self._by_type = ByType(forwarder.forward, self._control, self._other)
         directory = Directory(
             store, self._presence, self._replicas, self._front.sessions, self.counters
         )
@@ -144,11 +143,11 @@ class RegistryCore:
 
     def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """Everything to send in answer to one datagram from `source`."""
+        return self._by_type(data, source, now)
+
+    def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        """A replica keepalive, a key request, or junk."""
         kind = data[0] if data else None
-        if kind == RELAY_TYPE:
-            return self._forwarder.forward(data, source, now)
-        if kind == CONTROL_TYPE:
-            return self._control(data, source, now)
         if data == REPLICA_KEEPALIVE:
             self.counters["replica_keepalives"] += 1
             return []
@@ -247,7 +246,7 @@ class RegistryCore:
         except StoreError as error:
             return error_reply(error.code, str(error), STORE_ERROR_HINTS.get(error.code, ""))
         except Refused as refused:
-            return error_reply(refused.code, refused.error, refused.hint)
+            return error_reply(refused.code, str(refused), refused.hint)
 
     # -- housekeeping ----------------------------------------------------------------
 

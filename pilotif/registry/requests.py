@@ -13,6 +13,7 @@ from pilotif.control.identity import HostnameError, normalize_hostname
 from pilotif.control.wire import MAX_PAYLOAD_BYTES, MAX_REQUEST_ID, format_endpoint, parse_endpoint
 from pilotif.registry.joinkey import parse_join_key
 from pilotif.registry.store import NameTaken, NetworkFull, NodeRecord, NoRequest, UnknownNode
+from pilotif.util.errors import CodedError
 from pilotif.wg.events import Endpoint
 
 MAX_TAGS: Final = 8
@@ -35,14 +36,8 @@ Push = tuple[bytes, dict[str, Any], Endpoint]
 """A message to seal for a node's key and send to its endpoint."""
 
 
-class Refused(Exception):
+class Refused(CodedError):
     """A request we answer with ok=false."""
-
-    def __init__(self, code: str, error: str, hint: str = "") -> None:
-        super().__init__(error)
-        self.code = code
-        self.error = error
-        self.hint = hint
 
 
 @dataclass

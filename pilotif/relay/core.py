@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pilotif.control.forwarder import Forwarder
-from pilotif.control.front import NO_FLOOR, ControlFront
+from pilotif.control.front import NO_FLOOR, ByType, ControlFront
 from pilotif.control.gate import Outgoing
 from pilotif.control.tickets import check_ticket, ticket_key
-from pilotif.control.wire import CONTROL_TYPE, MAX_REQUEST_ID, RELAY_TYPE, WireError, error_reply
+from pilotif.control.wire import MAX_REQUEST_ID, WireError, error_reply
 from pilotif.wg.events import Endpoint
 
 ATTACH_TIMEOUT_S: Final = 60.0
@@ -146,7 +146,8 @@ class RelayCore:
         self.public_key = self._front.public_key
         self._ticket_key = ticket_key(private_key, registry_key)
         self._attachments = Attachments()
-        self._forwarder = Forwarder(self.counters, self._front.gate, self._attachments)
+        forwarder = Forwarder(self.counters, self._front.gate, self._attachments)
+        self._by_type = ByType(forwarder.forward, self._control, self._other)
 
     @property
     def counter(self) -> int:
@@ -161,11 +162,9 @@ class RelayCore:
 
     def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """Everything to send in answer to one datagram from `source`."""
-        kind = data[0] if data else None
-        if kind == RELAY_TYPE:
-            return self._forwarder.forward(data, source, now)
-        if kind == CONTROL_TYPE:
-            return self._control(data, source, now)
+        return self._by_type(data, source, now)
+
+    def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         self.counters["unknown_type"] += 1
         return []
 
