@@ -50,6 +50,8 @@ class DataPath:
         self._loop = loop
         self._on_event = on_event
         self._timer: asyncio.TimerHandle | None = None
+        self._more: asyncio.Handle | None = None
+        """The local stack's next round, when a round ended with more waiting."""
         self._timer_deadline: float | None = None
         self._sealed = memoryview(bytearray(2 * READ_ARENA_BYTES))
         """Where a batch of local packets is encrypted, until it is sent."""
@@ -72,12 +74,16 @@ class DataPath:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._more is not None:
+            self._more.cancel()
+            self._more = None
         for sock in self.bind.sockets():
             self._loop.remove_reader(sock.fileno())
         if self.tun_io is not None:
             self._loop.remove_reader(self.tun_io.fileno())
 
     def _on_tun_readable(self) -> None:
+        self._more = None
         assert self.tun_io is not None
         stack = self.tun_io
         read_batch = stack.read_batch
@@ -90,7 +96,10 @@ class DataPath:
                 send(batch, now, sealed)
                 self.flush(now)
             if stack.drained:
-                break
+                return
+        # More waits (maybe in the stack itself, where the fd cannot say so): after the
+        # other readers have had their turn.
+        self._more = self._loop.call_soon(self._on_tun_readable)
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
         bind = self.bind

@@ -473,12 +473,19 @@ class TunBatch:
         self.split_errors = 0
         """Super-packets dropped because their header did not describe them."""
         self.drained = False
+        self._pending: SuperPacket | None = None
+        """A TCP super-packet read after other packets: the next read's (it goes to the
+        device whole, to be sealed as it is cut)."""
 
     def read_batch(self, limit: int) -> list[memoryview] | SuperPacket:
         """The packets of up to `limit` reads, or a TCP super-packet alone as the kernel
-        handed it over (TSO); empty when nothing waits. Afterwards `drained` says whether
-        the last read found the queue empty (no need to call again before the fd is
-        readable)."""
+        handed it over (TSO: one read after other packets comes back from the next call);
+        empty when nothing waits. Afterwards `drained` says whether the last read found
+        the queue empty (no need to call again before the fd is readable)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.drained = False
+            return pending
         fd = self._fd
         header = self._header
         arena = self._arena_view
@@ -498,8 +505,12 @@ class TunBatch:
                 # A super-packet (or a partial checksum): a TCP one read first comes
                 # back whole; otherwise its segments follow the packets read before it.
                 found = VirtioNetHdr.unpack_from(header)
-                if not packets and found.gso_type & ~_GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
-                    return SuperPacket(slot[:length], found.csum_start, found.gso_size)
+                if found.gso_type & ~_GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
+                    whole = SuperPacket(slot[:length], found.csum_start, found.gso_size)
+                    if not packets:
+                        return whole
+                    self._pending = whole
+                    return packets
                 return packets + self._split(slot[:length], found)
             packets.append(slot[:length])
             offset += length

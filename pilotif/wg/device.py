@@ -80,7 +80,6 @@ from pilotif.wg.fastpath.batch_loops import coalesce_rows, open_rows
 from pilotif.wg.fastpath.rows import (
     TRANSPORT_OVERHEAD_BYTES,
     batch_session,
-    fitting,
     plain_rows,
     runs,
     seal_run,
@@ -369,19 +368,19 @@ class Device:
             room = REJECT_AFTER_MESSAGES - keypair.send_counter
             rows, late = (rows, ()) if len(rows) <= room else (rows[:room], rows[room:])
             while rows:
-                part = rows[: fitting(rows, mtu, len(sealed) - offset)]
-                if not part:
+                views, end_offset = seal_run(keypair, rows, mtu, sealed, offset)
+                if not views:
                     # The caller's buffer is full: the rest goes to a new one.
                     rest = sealed_bytes(rows, mtu) + sealed_bytes(packets[end:], mtu)
                     sealed, offset = memoryview(bytearray(rest)), 0
                     continue
-                views = seal_run(keypair, part, mtu, sealed, offset)
                 datagrams += [(view, endpoint) for view in views]
-                needed = sum(len(view) for view in views)
-                offset += needed
+                count = len(views)
+                part = rows if count == len(rows) else rows[:count]
                 self._note_outbound(peer, part, now)
-                self._sent_run(run, keypair.send_counter + len(part), needed, part[0], now)
-                rows = rows[len(part) :]
+                self._sent_run(run, keypair.send_counter + count, end_offset - offset, part[0], now)
+                offset = end_offset
+                rows = rows[count:]
             for packet in late:
                 self._stage(packet, now)
 

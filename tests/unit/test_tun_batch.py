@@ -10,6 +10,7 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
+from pilotif.packet.segments import SuperPacket
 from pilotif.tun.device import TunDevice
 from pilotif.tun.offload import (
     GSO_TCPV4,
@@ -122,3 +123,30 @@ def test_reads_take_every_waiting_packet_up_to_the_limit(
     assert [bytes(p) for p in batch.read_batch(3)] == packets[3:]
     assert batch.drained
     assert batch.read_batch(3) == []
+
+
+def test_a_super_packet_after_other_packets_comes_whole_from_the_next_read(
+    tun: tuple[socket.socket, socket.socket],
+) -> None:
+    # Whole, the device seals it as it cuts it (natively); cut here, it would not be.
+    ours, kernels = tun
+    batch = batch_on(ours, vnet_hdr=True)
+    plain = segment(0, flags="PA")
+    whole = b"".join([segment(1)] + [segment(row)[40:] for row in range(2, 5)])
+    header = VirtioNetHdr(0, GSO_TCPV4, 40, MSS, 20, 16)
+    kernels.send(ZERO_HEADER + plain)
+    kernels.send(header_bytes(header) + whole)
+
+    assert [bytes(p) for p in batch.read_batch(8)] == [plain]
+    assert not batch.drained
+    read = batch.read_batch(8)
+    assert isinstance(read, SuperPacket)
+    assert (bytes(read.packet), read.transport_start, read.segment_payload) == (whole, 20, MSS)
+    assert batch.read_batch(8) == []
+    assert batch.drained
+
+
+def header_bytes(header: VirtioNetHdr) -> bytes:
+    packed = bytearray(VIRTIO_NET_HDR_SIZE)
+    header.pack_into(packed)
+    return bytes(packed)

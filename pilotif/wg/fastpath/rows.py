@@ -69,17 +69,6 @@ def sealed_bytes(packets: Sequence[BytesLike], mtu: int) -> int:
     )
 
 
-def fitting(packets: Sequence[BytesLike], mtu: int, room: int) -> int:
-    """How many of `packets`, from the first, fit sealed in `room` bytes."""
-    count = 0
-    for packet in packets:
-        room -= padded_length(len(packet), mtu) + TRANSPORT_OVERHEAD_BYTES
-        if room < 0:
-            break
-        count += 1
-    return count
-
-
 def runs(packets: Sequence[BytesLike]) -> list[tuple[int, bytes | None]]:
     """The packets cut into runs to one destination, in order: (end, destination) of
     each, the run starting where the previous one ended; a packet that is not
@@ -116,35 +105,44 @@ def runs(packets: Sequence[BytesLike]) -> list[tuple[int, bytes | None]]:
 
 def seal_run(
     keypair: Keypair, packets: Sequence[BytesLike], mtu: int, sealed: memoryview, offset: int
-) -> list[memoryview]:
-    """Seal `packets` with `keypair`'s next counters (not moved: the caller's) into
-    transport messages back to back in `sealed` from `offset`, which must have room
-    (`sealed_bytes`); the views of them."""
+) -> tuple[list[memoryview], int]:
+    """Seal as many of `packets` as fit in `sealed` from `offset` (from the first on), with
+    `keypair`'s next counters (not moved: the caller's), as transport messages back to
+    back: the views of them and where the last one ends."""
     pack_header = TRANSPORT_HEADER.pack_into
     counter = keypair.send_counter
     index = keypair.remote_index
+    capacity = len(sealed)
+    rows: list[BytesLike] = []
     sizes: list[int] = []
     starts: list[int] = []
     views: list[memoryview] = []
     for packet in packets:
-        padded = padded_length(len(packet), mtu)
+        length = len(packet)
+        padded = length + (-length % PADDING_MULTIPLE)
+        if padded > mtu:
+            padded = length if length > mtu else mtu
         end = offset + padded + TRANSPORT_OVERHEAD_BYTES
+        if end > capacity:
+            break
         pack_header(sealed, offset, MESSAGE_TRANSPORT, index, counter)
+        rows.append(packet)
         sizes.append(padded)
         starts.append(offset)
         views.append(sealed[offset:end])
         counter += 1
         offset = end
-    seal_rows(
-        keypair.send_key,
-        keypair.send_counter,
-        packets,
-        sizes,
-        starts,
-        TRANSPORT_HEADER_SIZE,
-        sealed,
-    )
-    return views
+    if rows:
+        seal_rows(
+            keypair.send_key,
+            keypair.send_counter,
+            rows,
+            sizes,
+            starts,
+            TRANSPORT_HEADER_SIZE,
+            sealed,
+        )
+    return views, offset
 
 
 def seal_super(
