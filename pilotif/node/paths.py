@@ -28,7 +28,7 @@ endpoint, sending an echo, scheduling the next probe round) in one place,
 from enum import StrEnum
 from typing import Final
 
-from pilotif.wg.device import Roaming
+from pilotif.wg.roaming import Roaming
 
 PROBE_INTERVAL_S: Final = 0.2
 PROBE_DURATION_S: Final = 5.0

@@ -22,7 +22,6 @@ Wall time is needed only for the TAI64N timestamp of initiations:
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
 
@@ -40,42 +39,24 @@ from pilotif.packet.ip import (
     packet_addresses,
 )
 from pilotif.packet.segments import SegmentError, SuperPacket, cut_segments
+from pilotif.wg.alarm import Alarm
 from pilotif.wg.allowed_ips import AllowedIPs
 from pilotif.wg.constants import (
-    HANDSHAKE_INITIATION_RATE_S,
     KEEPALIVE_TIMEOUT_S,
-    MAX_RETIRED_KEYPAIRS,
     MAX_STAGED_PACKETS,
-    MESSAGE_COOKIE_REPLY,
-    MESSAGE_INITIATION,
-    MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME_S,
     REKEY_AFTER_MESSAGES,
     REKEY_AFTER_TIME_S,
-    REKEY_ATTEMPT_TIME_S,
     REKEY_ON_RECEIVE_AGE_S,
-    REKEY_TIMEOUT_JITTER_MAX_S,
     REKEY_TIMEOUT_S,
-    RETIRED_KEYPAIR_S,
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
-    UNDER_LOAD_HANDSHAKES_PER_S,
-    UNDER_LOAD_HOLD_S,
 )
-from pilotif.wg.cookie import CookieChecker, CookieGenerator, source_bytes
-from pilotif.wg.crypto import KEY_SIZE, generate_private_key, tai64n
+from pilotif.wg.cookie import CookieGenerator
+from pilotif.wg.crypto import KEY_SIZE
 from pilotif.wg.drops import DropReason, new_drop_counters
-from pilotif.wg.events import (
-    EndpointChanged,
-    HandshakeCompleted,
-    HandshakeGaveUp,
-    KeysZeroed,
-    Output,
-    PeerEndpoint,
-    RelayEndpoint,
-)
+from pilotif.wg.events import KeysZeroed, Output, PeerEndpoint
 from pilotif.wg.fastpath.batch_loops import coalesce_rows, open_rows
 from pilotif.wg.fastpath.rows import (
     TRANSPORT_OVERHEAD_BYTES,
@@ -86,49 +67,19 @@ from pilotif.wg.fastpath.rows import (
     seal_super,
     sealed_bytes,
 )
-from pilotif.wg.handshake import (
-    HandshakeError,
-    InitiatorState,
-    LocalIdentity,
-    consume_initiation,
-    consume_response,
-    create_initiation,
-    create_response,
-)
-from pilotif.wg.messages import (
-    TRANSPORT_HEADER,
-    Coalesced,
-    MessageError,
-    parse_cookie_reply,
-    parse_initiation,
-    parse_response,
-    split_coalesced,
-)
+from pilotif.wg.handshake import LocalIdentity
+from pilotif.wg.handshakes import Handshakes
+from pilotif.wg.messages import TRANSPORT_HEADER, Coalesced, split_coalesced
+from pilotif.wg.outbox import Outbox
 from pilotif.wg.peer import Keypair, Peer
+from pilotif.wg.roaming import Roamer, Roaming
+from pilotif.wg.sessions import Sessions
 
-MAX_HANDSHAKE_ATTEMPTS = int(REKEY_ATTEMPT_TIME_S / REKEY_TIMEOUT_S)
-"""Initiations sent for one handshake before we give up (whitepaper 6.4)."""
-ZERO_KEYS_AFTER_S = REJECT_AFTER_TIME_S * 3
 NO_PRESHARED_KEY = bytes(KEY_SIZE)
-_INDEX_SPACE = 2**32
 _NONCE: Final = struct.Struct("<4xQ")
 """The AEAD nonce of a transport counter: four zero bytes, then the counter."""
 _CUT_BUFFER_BYTES: Final = 2 * 65535
 """Where a super-packet the native loop does not seal is cut into its segments."""
-
-
-@dataclass(frozen=True)
-class Roaming:
-    """Which authenticated sources may move a peer's endpoint, as whoever chooses the
-    peer's paths (the node) sets it with `Device.set_roaming`; the device applies it and
-    reports each move (EndpointChanged): it never calls back."""
-
-    to_udp: bool
-    """A UDP address may take the endpoint."""
-    to_relay_after_s: float | None
-    """The peer's own relay endpoint may take it with a handshake initiation, or when
-    nothing arrived on the current endpoint for longer than this; None: never (a relay
-    endpoint of another peer never does)."""
 
 
 class Device:
@@ -144,31 +95,31 @@ class Device:
     ) -> None:
         self.local = LocalIdentity.from_private_key(private_key)
         self.mtu = mtu
-        self.wall_offset_s = wall_offset_s
-        self._random_bytes = random_bytes
-        self._cookie_checker = CookieChecker(self.local, random_bytes)
+        self.drops = new_drop_counters()
         self._peers: dict[bytes, Peer] = {}
         self._routes: AllowedIPs[Peer] = AllowedIPs()
-        self._by_index: dict[int, tuple[Peer, Keypair | InitiatorState]] = {}
-        self._handshakes_window_start_s = 0.0
-        self._handshakes_in_window = 0
-        self._under_load_until_s = -1.0
-        self._wake_by: float | None = None
-        """No timer is due before this (see `get_timer`)."""
-        self._out = self._new_output()
+        self._alarm = Alarm()
+        self._outbox = Outbox()
+        self._sessions = Sessions(self._alarm, random_bytes)
+        self._roamer = Roamer(self._outbox)
+        self._handshakes = Handshakes(
+            self.local,
+            self._peers,
+            (self._sessions, self._roamer, self._alarm, self._outbox),
+            self.drops,
+            wall_offset_s=wall_offset_s,
+            random_bytes=random_bytes,
+        )
         self._cut_buffer = bytearray(_CUT_BUFFER_BYTES)
         self.merges_for_tun = False
         """Whether a decrypted batch of one TCP flow's next segments goes out merged
         (natively, `Output.merged`) rather than packet by packet: for a local stack
         that takes virtio headers."""
-        self.drops = new_drop_counters()
         self.local_addresses: frozenset[bytes] | None = None
         """Packed addresses (4 or 16 bytes) that decrypted packets must be addressed to;
         None takes any destination (a plain WireGuard interface that may route)."""
         self._local_ipv4: bytes | None = None
         """Our one IPv4 address (packed) among `local_addresses`, if there is just one."""
-        self._roaming: dict[bytes, Roaming] = {}
-        """Peer key -> which sources may move its endpoint (`set_roaming`)."""
 
     # -- configuration -------------------------------------------------------------
 
@@ -178,6 +129,15 @@ class Device:
         self.local_addresses = frozenset(addresses)
         ipv4 = [a for a in self.local_addresses if len(a) == IPV4_ADDRESS_BYTES]
         self._local_ipv4 = ipv4[0] if len(ipv4) == 1 else None
+
+    @property
+    def wall_offset_s(self) -> float:
+        """Added to `now` for the timestamp of our initiations (Unix time)."""
+        return self._handshakes.wall_offset_s
+
+    @wall_offset_s.setter
+    def wall_offset_s(self, seconds: float) -> None:
+        self._handshakes.wall_offset_s = seconds
 
     @property
     def public_key(self) -> bytes:
@@ -210,7 +170,7 @@ class Device:
         for network in peer.allowed_ips:
             self._routes.insert(network, peer)
         if persistent_keepalive_s and endpoint is not None:
-            peer.timers.persistent_keepalive = self._arm(now)
+            peer.timers.persistent_keepalive = self._alarm.arm(now)
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
@@ -219,8 +179,8 @@ class Device:
         if peer is None:
             return
         self._routes.remove_value(peer)
-        self._roaming.pop(public_key, None)
-        self._zero_keys(peer)
+        self._roamer.set(public_key, None)
+        self._sessions.zero(peer)
 
     def peers(self) -> list[Peer]:
         """All peers, in the order they were added."""
@@ -240,10 +200,7 @@ class Device:
     def set_roaming(self, public_key: bytes, roaming: Roaming | None) -> None:
         """Which authenticated sources may move the peer's endpoint from now on (None:
         every one, plain WireGuard roaming). Each move is reported as EndpointChanged."""
-        if roaming is None:
-            self._roaming.pop(public_key, None)
-        else:
-            self._roaming[public_key] = roaming
+        self._roamer.set(public_key, roaming)
 
     def set_packet_filter(self, public_key: bytes, packet_filter: PacketFilter | None) -> None:
         """Apply a port policy to what the peer sends us (None: everything passes)."""
@@ -258,7 +215,7 @@ class Device:
             return
         peer.persistent_keepalive_s = seconds
         peer.timers.persistent_keepalive = (
-            self._arm(now + seconds) if seconds and peer.endpoint is not None else None
+            self._alarm.arm(now + seconds) if seconds and peer.endpoint is not None else None
         )
 
     def rehandshake(self, public_key: bytes, now: float) -> None:
@@ -272,9 +229,9 @@ class Device:
         peer.last_initiation_sent_s = None
         if peer.handshake is not None and peer.timers.retransmit_handshake is not None:
             peer.timers.retransmit_handshake = None
-            self._retransmit_handshake(peer, now)
+            self._handshakes.retransmit(peer, now)
         else:
-            self._send_initiation(peer, now, is_retry=False)
+            self._handshakes.initiate(peer, now, is_retry=False)
 
     def initiate_handshake(self, public_key: bytes, now: float) -> None:
         """Start a handshake with a peer unless one is in flight or a session is fresh."""
@@ -283,7 +240,7 @@ class Device:
             return
         keypair = peer.current
         if keypair is None or not keypair.can_send(now):
-            self._send_initiation(peer, now, is_retry=False)
+            self._handshakes.initiate(peer, now, is_retry=False)
 
     def probe_with_initiations(self, public_key: bytes, endpoints: Sequence[PeerEndpoint]) -> None:
         """Send a copy of each initiation (and retry) to these candidate endpoints too,
@@ -307,12 +264,7 @@ class Device:
     def take_output(self) -> Output:
         """Everything produced since the last call (datagrams, trains, packets, merged
         writes, events), handed over once: the device starts afresh."""
-        out, self._out = self._out, self._new_output()
-        return out
-
-    @staticmethod
-    def _new_output() -> Output:
-        return Output(datagrams=[], trains=[], packets=[], merged=[], events=[])
+        return self._outbox.take()
 
     # -- outbound ------------------------------------------------------------------
 
@@ -354,7 +306,7 @@ class Device:
         mtu = self.mtu
         if sealed is None:
             sealed = memoryview(bytearray(sealed_bytes(packets, mtu)))
-        datagrams = self._out.datagrams
+        datagrams = self._outbox.out.datagrams
         offset = start = 0
         for end, destination in runs(packets):
             run = self._send_run(destination, now) if destination is not None else None
@@ -411,7 +363,7 @@ class Device:
         if sealed_train is None:
             return False
         count, size, total = sealed_train
-        self._out.trains.append((sealed[:total], size, run[2]))
+        self._outbox.out.trains.append((sealed[:total], size, run[2]))
         self._sent_run(run, keypair.send_counter + count, total, batch.packet, now)
         return True
 
@@ -433,7 +385,7 @@ class Device:
             peer.staged.popleft()
             self.drops[DropReason.QUEUE_FULL] += 1
         peer.staged.append(bytes(packet))
-        self._send_initiation(peer, now, is_retry=False)
+        self._handshakes.initiate(peer, now, is_retry=False)
 
     def _send_run(
         self, destination: bytes, now: float
@@ -480,7 +432,7 @@ class Device:
         datagram = TRANSPORT_HEADER.pack(
             MESSAGE_TRANSPORT, keypair.remote_index, counter
         ) + keypair.send_aead.encrypt(_NONCE.pack(counter), b"", None)
-        self._out.datagrams.append((datagram, destination))
+        self._outbox.out.datagrams.append((datagram, destination))
         self._sent_transport(peer, len(datagram), False, now)
 
     def _sent_transport(self, peer: Peer, sent_bytes: int, data: bool, now: float) -> None:
@@ -492,8 +444,8 @@ class Device:
         timers = peer.timers
         timers.send_keepalive = None
         if data and timers.new_handshake is None:
-            timers.new_handshake = self._arm(now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S)
-        self._arm_persistent_keepalive(peer, now)
+            timers.new_handshake = self._alarm.arm(now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S)
+        self._alarm.arm_persistent_keepalive(peer, now)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         keypair = peer.current
@@ -503,73 +455,13 @@ class Device:
             self._send_keepalive_message(peer, keypair, now)
             self._keep_key_fresh_sending(peer, keypair, now)
         else:
-            self._send_initiation(peer, now, is_retry=False)
+            self._handshakes.initiate(peer, now, is_retry=False)
 
     def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float) -> None:
         if keypair.send_counter > REKEY_AFTER_MESSAGES or (
             keypair.is_initiator and now - keypair.created_s > REKEY_AFTER_TIME_S
         ):
-            self._send_initiation(peer, now, is_retry=False)
-
-    def _send_initiation(self, peer: Peer, now: float, *, is_retry: bool) -> None:
-        if not is_retry:
-            if peer.handshake is not None and peer.timers.retransmit_handshake is not None:
-                return
-            peer.handshake_attempts = 0
-        if (
-            peer.last_initiation_sent_s is not None
-            and not is_retry
-            and now - peer.last_initiation_sent_s < REKEY_TIMEOUT_S
-        ):
-            if peer.staged and peer.timers.retransmit_handshake is None:
-                # Too soon for another initiation: try again when allowed, so that
-                # queued packets are not stuck until the next one arrives.
-                peer.timers.retransmit_handshake = self._arm(
-                    peer.last_initiation_sent_s + REKEY_TIMEOUT_S
-                )
-            return
-        if peer.endpoint is None:
-            return
-        if peer.handshake is not None:
-            self._by_index.pop(peer.handshake.sender_index, None)
-        index = self._new_index()
-        message, state = create_initiation(
-            self.local,
-            peer.public_key,
-            index,
-            tai64n(now + self.wall_offset_s),
-            generate_private_key(),
-        )
-        peer.cookie_generator.add_macs(message, now)
-        peer.handshake = state
-        self._by_index[index] = (peer, state)
-        peer.last_initiation_sent_s = now
-        self._send_handshake_message(peer, bytes(message), now)
-        for endpoint in peer.probe_endpoints:
-            if endpoint != peer.endpoint:
-                self._out.datagrams.append((bytes(message), endpoint))
-                peer.tx_bytes += len(message)
-        jitter = (
-            int.from_bytes(self._random_bytes(2), "little") / 0xFFFF * REKEY_TIMEOUT_JITTER_MAX_S
-        )
-        peer.timers.retransmit_handshake = self._arm(now + REKEY_TIMEOUT_S + jitter)
-
-    def _send_handshake_message(self, peer: Peer, message: bytes, now: float) -> None:
-        assert peer.endpoint is not None
-        self._out.datagrams.append((message, peer.endpoint))
-        peer.tx_bytes += len(message)
-        peer.timers.send_keepalive = None
-        self._arm_persistent_keepalive(peer, now)
-
-    def _arm_persistent_keepalive(self, peer: Peer, now: float) -> None:
-        if peer.persistent_keepalive_s:
-            peer.timers.persistent_keepalive = self._arm(now + peer.persistent_keepalive_s)
-
-    def _new_index(self) -> int:
-        while True:
-            index = int.from_bytes(self._random_bytes(4), "little") % _INDEX_SPACE
-            if index not in self._by_index:
-                return index
+            self._handshakes.initiate(peer, now, is_retry=False)
 
     # -- inbound -------------------------------------------------------------------
 
@@ -603,23 +495,6 @@ class Device:
             batch = split_coalesced(batch.buffer, batch.segment_size)
         self._receive_datagrams(batch, source, now, plaintexts)
 
-    def _receive_handshake_message(self, data: BytesLike, source: PeerEndpoint, now: float) -> None:
-        """An initiation, response or cookie reply (anything else is malformed)."""
-        kind = data[0]
-        try:
-            if kind == MESSAGE_INITIATION:
-                self._receive_initiation(bytes(data), source, now)
-            elif kind == MESSAGE_RESPONSE:
-                self._receive_response(bytes(data), source, now)
-            elif kind == MESSAGE_COOKIE_REPLY:
-                self._receive_cookie_reply(bytes(data), now)
-            else:
-                self.drops[DropReason.MALFORMED] += 1
-        except MessageError as error:
-            self.drops[error.reason] += 1
-        except HandshakeError as error:
-            self.drops[error.reason] += 1
-
     def _receive_datagrams(
         self,
         datagrams: Sequence[BytesLike],
@@ -648,12 +523,14 @@ class Device:
                 if datagram[0] == MESSAGE_TRANSPORT:
                     drops[DropReason.MALFORMED] += 1  # non-zero reserved bytes
                 else:
-                    self._receive_handshake_message(datagram, source, now)
+                    completed = self._handshakes.receive(datagram, source, now)
+                    if completed is not None and not self._send_staged(completed, now):
+                        self._send_keepalive(completed, now)
                 continue
             if index != run_index:
                 if run is not None and run_bytes:
                     self._received_transport(*run, source, run_bytes, run_data, now)
-                found = self._receive_run(index, now)
+                found = self._sessions.receive_run(index, now)
                 if isinstance(found, DropReason):
                     drops[found] += 1
                     run, run_index = None, -1
@@ -702,7 +579,7 @@ class Device:
         if session is None:
             return False
         index, first = session
-        run = self._receive_run(index, now)
+        run = self._sessions.receive_run(index, now)
         if isinstance(run, DropReason) or run[1] is run[0].next or first <= run[1].replay.newest:
             return False
         peer, keypair = run
@@ -729,7 +606,7 @@ class Device:
                 # One flow's segments, headers equal but for what differs segment to
                 # segment: the first one's verdict is every one's.
                 if self._admitted(peer, plaintexts[:plain_size], now, count) is not None:
-                    self._out.merged.append(merged)
+                    self._outbox.out.merged.append(merged)
                 return True
         packets = self._plain_rows(plaintexts, count, plain_size, last_plain)
         if (
@@ -740,7 +617,7 @@ class Device:
                 or peer.packet_filter.passes_rows(plaintexts, count, plain_size)
             )
         ):
-            self._out.packets.extend(packets)
+            self._outbox.out.packets.extend(packets)
             return True
         for row in range(count):
             size = plain_size if row < count - 1 else last_plain
@@ -789,7 +666,7 @@ class Device:
         """Queue a decrypted packet of `peer` for the TUN if it is IP from its allowed IPs."""
         packet = self._admitted(peer, plaintext, now)
         if packet is not None:
-            self._out.packets.append(packet)
+            self._outbox.out.packets.append(packet)
 
     def _admitted(
         self, peer: Peer, plaintext: BytesLike, now: float, count: int = 1
@@ -816,17 +693,6 @@ class Device:
         self.drops[reason] += count
         return None
 
-    def _receive_run(self, index: int, now: float) -> tuple[Peer, Keypair] | DropReason:
-        """The peer and session of a receiver index, or why its messages are dropped.
-        A session still waiting for its first message takes them too: the end of the
-        run (`_received_transport`) makes it the current one."""
-        peer, keypair = self._by_index.get(index, (None, None))
-        if peer is None or not isinstance(keypair, Keypair):
-            return DropReason.UNKNOWN_INDEX
-        if not keypair.can_receive(now):
-            return DropReason.KEY_EXPIRED
-        return peer, keypair
-
     def _received_transport(
         self,
         peer: Peer,
@@ -839,172 +705,23 @@ class Device:
         """The roaming, session rotation, timers and counters of authenticated transport
         messages from `source` (`data`: not only keepalives)."""
         peer.rx_bytes += received_bytes
-        self._authenticated_from(peer, source, now, answered=data)
+        self._roamer.authenticated_from(peer, source, now, answered=data)
         if data and source == peer.endpoint:
             peer.last_data_received_s = now
-        if keypair is peer.next:
-            self._retire_keypair(peer, peer.previous, now)
-            peer.previous = peer.current
-            peer.current = keypair
-            peer.next = None
-            self._handshake_complete(peer, now, initiator=False)
+        if self._sessions.first_message(peer, keypair, now):
+            self._handshakes.complete(peer, now, initiator=False)
             self._send_staged(peer, now)
         timers = peer.timers
         timers.new_handshake = None
-        self._arm_persistent_keepalive(peer, now)
+        self._alarm.arm_persistent_keepalive(peer, now)
         if (
             keypair is peer.current
             and keypair.is_initiator
             and now - keypair.created_s > REKEY_ON_RECEIVE_AGE_S
         ):
-            self._send_initiation(peer, now, is_retry=False)
+            self._handshakes.initiate(peer, now, is_retry=False)
         if data and timers.send_keepalive is None:
-            timers.send_keepalive = self._arm(now + KEEPALIVE_TIMEOUT_S)
-
-    def _under_load(self, now: float) -> bool:
-        if now - self._handshakes_window_start_s >= 1.0:
-            self._handshakes_window_start_s = now
-            self._handshakes_in_window = 0
-        self._handshakes_in_window += 1
-        if self._handshakes_in_window > UNDER_LOAD_HANDSHAKES_PER_S:
-            self._under_load_until_s = now + UNDER_LOAD_HOLD_S
-        return now < self._under_load_until_s
-
-    def _check_handshake_macs(
-        self, data: bytes, sender_index: int, source: PeerEndpoint, now: float
-    ) -> bool:
-        """mac1, and mac2 when under load; answers a cookie reply when mac2 is missing."""
-        if not self._cookie_checker.check_mac1(data):
-            self.drops[DropReason.BAD_MAC1] += 1
-            return False
-        if self._under_load(now):
-            source_key = source_bytes(source)
-            if not self._cookie_checker.check_mac2(data, source_key, now):
-                reply = self._cookie_checker.create_reply(data, sender_index, source_key, now)
-                self._out.datagrams.append((reply, source))
-                self.drops[DropReason.COOKIE_REQUIRED] += 1
-                return False
-        return True
-
-    def _receive_initiation(self, data: bytes, source: PeerEndpoint, now: float) -> None:
-        message = parse_initiation(data)
-        if not self._check_handshake_macs(data, message.sender, source, now):
-            return
-        state = consume_initiation(self.local, message)
-        peer = self._peers.get(state.remote_static)
-        if peer is None:
-            self.drops[DropReason.UNKNOWN_PEER] += 1
-            return
-        if state.timestamp <= peer.greatest_timestamp:
-            self.drops[DropReason.REPLAYED_INITIATION] += 1
-            return
-        if (
-            peer.last_initiation_received_s is not None
-            and now - peer.last_initiation_received_s < HANDSHAKE_INITIATION_RATE_S
-        ):
-            self.drops[DropReason.HANDSHAKE_RATE] += 1
-            return
-        peer.greatest_timestamp = state.timestamp
-        peer.last_initiation_received_s = now
-        peer.rx_bytes += len(data)
-        self._authenticated_from(peer, source, now, answered=False, initiation=True)
-        index = self._new_index()
-        response, keys = create_response(
-            self.local, state, peer.preshared_key, index, generate_private_key()
-        )
-        peer.cookie_generator.add_macs(response, now)
-        keypair = Keypair(keys, now)
-        self._retire_keypair(peer, peer.next, now)
-        self._retire_keypair(peer, peer.previous, now)
-        peer.previous = None
-        peer.next = keypair
-        self._by_index[index] = (peer, keypair)
-        peer.timers.new_handshake = None
-        peer.timers.zero_key_material = self._arm(now + ZERO_KEYS_AFTER_S)
-        self._send_handshake_message(peer, bytes(response), now)
-
-    def _receive_response(self, data: bytes, source: PeerEndpoint, now: float) -> None:
-        message = parse_response(data)
-        if not self._check_handshake_macs(data, message.sender, source, now):
-            return
-        peer, state = self._by_index.get(message.receiver, (None, None))
-        if peer is None or not isinstance(state, InitiatorState):
-            self.drops[DropReason.UNKNOWN_INDEX] += 1
-            return
-        keys = consume_response(self.local, state, peer.preshared_key, message)
-        del self._by_index[message.receiver]
-        peer.handshake = None
-        peer.rx_bytes += len(data)
-        self._authenticated_from(peer, source, now, answered=True)
-        keypair = Keypair(keys, now)
-        self._by_index[keys.local_index] = (peer, keypair)
-        self._retire_keypair(peer, peer.previous, now)
-        if peer.next is not None:
-            peer.previous = peer.next
-            self._retire_keypair(peer, peer.current, now)
-            peer.next = None
-        else:
-            peer.previous = peer.current
-        peer.current = keypair
-        peer.timers.new_handshake = None
-        peer.timers.zero_key_material = self._arm(now + ZERO_KEYS_AFTER_S)
-        self._arm_persistent_keepalive(peer, now)
-        self._handshake_complete(peer, now, initiator=True)
-        if not self._send_staged(peer, now):
-            self._send_keepalive(peer, now)
-
-    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
-        message = parse_cookie_reply(data)
-        entry = self._by_index.get(message.receiver)
-        if entry is None:
-            self.drops[DropReason.UNKNOWN_INDEX] += 1
-            return
-        peer = entry[0]
-        if not peer.cookie_generator.consume_reply(data, now):
-            self.drops[DropReason.BAD_COOKIE] += 1
-
-    # -- session bookkeeping -------------------------------------------------------
-
-    def _authenticated_from(
-        self,
-        peer: Peer,
-        source: PeerEndpoint,
-        now: float,
-        *,
-        answered: bool,
-        initiation: bool = False,
-    ) -> None:
-        """An authenticated packet arrived: the endpoint roams to its source (unless the
-        peer's `Roaming` keeps it). Data or a handshake response on the current path
-        answers what we sent; a keepalive or an initiation proves only the way towards us."""
-        if peer.endpoint != source and (
-            peer.endpoint is None or self._may_roam(peer, source, now, initiation)
-        ):
-            peer.endpoint = source
-            self._out.events.append(EndpointChanged(peer.public_key, source))
-        if source == peer.endpoint:
-            peer.last_received_s = now
-            if answered:
-                peer.unanswered_since_s = None
-
-    def _may_roam(self, peer: Peer, source: PeerEndpoint, now: float, initiation: bool) -> bool:
-        """Whether the peer's `Roaming` lets an authenticated packet from `source` (a
-        handshake initiation, or not) take its endpoint."""
-        roaming = self._roaming.get(peer.public_key)
-        if roaming is None:
-            return True
-        if not isinstance(source, RelayEndpoint):
-            return roaming.to_udp
-        if roaming.to_relay_after_s is None or source.peer != peer.public_key:
-            return False
-        last = peer.last_received_s
-        return initiation or last is None or now - last > roaming.to_relay_after_s
-
-    def _handshake_complete(self, peer: Peer, now: float, *, initiator: bool) -> None:
-        peer.timers.retransmit_handshake = None
-        peer.handshake_attempts = 0
-        peer.last_handshake_s = now
-        self._out.events.append(HandshakeCompleted(peer.public_key, initiator))
+            timers.send_keepalive = self._alarm.arm(now + KEEPALIVE_TIMEOUT_S)
 
     def _send_staged(self, peer: Peer, now: float) -> bool:
         """Send the packets queued during the handshake; True if there were any."""
@@ -1016,40 +733,6 @@ class Device:
         self._send_packets(staged, now, None)
         return True
 
-    def _forget_keypair(self, keypair: Keypair | None) -> None:
-        """Drop a keypair's index so that nothing is accepted for it any more."""
-        if keypair is None:
-            return
-        entry = self._by_index.get(keypair.local_index)
-        if entry is not None and entry[1] is keypair:
-            del self._by_index[keypair.local_index]
-
-    def _retire_keypair(self, peer: Peer, keypair: Keypair | None, now: float) -> None:
-        """Take a keypair that a rotation pushes out of its slot for RETIRED_KEYPAIR_S
-        more, for inbound packets only (at most MAX_RETIRED_KEYPAIRS per peer)."""
-        if keypair is None:
-            return
-        peer.retired.append((now + RETIRED_KEYPAIR_S, keypair))
-        if len(peer.retired) > MAX_RETIRED_KEYPAIRS:
-            self._forget_keypair(peer.retired.popleft()[1])
-        peer.timers.forget_retired = self._arm(peer.retired[0][0])
-
-    def _forget_retired(self, peer: Peer, now: float) -> None:
-        while peer.retired and peer.retired[0][0] <= now:
-            self._forget_keypair(peer.retired.popleft()[1])
-        peer.timers.forget_retired = self._arm(peer.retired[0][0]) if peer.retired else None
-
-    def _zero_keys(self, peer: Peer) -> None:
-        for keypair in peer.keypairs():
-            self._forget_keypair(keypair)
-        if peer.handshake is not None:
-            self._by_index.pop(peer.handshake.sender_index, None)
-        peer.current = peer.previous = peer.next = None
-        peer.retired.clear()
-        peer.timers.forget_retired = None
-        peer.handshake = None
-        peer.timers.retransmit_handshake = None
-
     # -- timers --------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
@@ -1057,52 +740,31 @@ class Device:
         after the earliest deadline of any peer's timer, maybe before it (a timer since
         stopped or moved later counts until timers are handled), and read without
         looking at any peer, however many there are."""
-        return self._wake_by
-
-    def _arm(self, deadline: float) -> float:
-        """`deadline`, about to be a timer's: `get_timer` stays no later than it."""
-        if self._wake_by is None or deadline < self._wake_by:
-            self._wake_by = deadline
-        return deadline
+        return self._alarm.wake_by
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer whose deadline has passed."""
         self._fire_timers(now)
-        deadlines = [t for p in self._peers.values() if (t := p.timers.earliest()) is not None]
-        self._wake_by = min(deadlines) if deadlines else None
+        self._alarm.recompute(self._peers.values())
 
     def _fire_timers(self, now: float) -> None:
         for peer in list(self._peers.values()):
             timers = peer.timers
             if timers.retransmit_handshake is not None and timers.retransmit_handshake <= now:
                 timers.retransmit_handshake = None
-                self._retransmit_handshake(peer, now)
+                self._handshakes.retransmit(peer, now)
             if timers.send_keepalive is not None and timers.send_keepalive <= now:
                 timers.send_keepalive = None
                 self._send_keepalive(peer, now)
             if timers.new_handshake is not None and timers.new_handshake <= now:
                 timers.new_handshake = None
-                self._send_initiation(peer, now, is_retry=False)
+                self._handshakes.initiate(peer, now, is_retry=False)
             if timers.zero_key_material is not None and timers.zero_key_material <= now:
                 timers.zero_key_material = None
-                self._zero_keys(peer)
-                self._out.events.append(KeysZeroed(peer.public_key))
+                self._sessions.zero(peer)
+                self._outbox.out.events.append(KeysZeroed(peer.public_key))
             if timers.persistent_keepalive is not None and timers.persistent_keepalive <= now:
                 timers.persistent_keepalive = None
                 self._send_keepalive(peer, now)
             if timers.forget_retired is not None and timers.forget_retired <= now:
-                self._forget_retired(peer, now)
-
-    def _retransmit_handshake(self, peer: Peer, now: float) -> None:
-        peer.handshake_attempts += 1
-        if peer.handshake_attempts >= MAX_HANDSHAKE_ATTEMPTS:
-            if peer.handshake is not None:
-                self._by_index.pop(peer.handshake.sender_index, None)
-                peer.handshake = None
-            self.drops[DropReason.HANDSHAKE_GAVE_UP] += len(peer.staged)
-            peer.staged.clear()
-            if peer.timers.zero_key_material is None:
-                peer.timers.zero_key_material = self._arm(now + ZERO_KEYS_AFTER_S)
-            self._out.events.append(HandshakeGaveUp(peer.public_key))
-            return
-        self._send_initiation(peer, now, is_retry=True)
+                self._sessions.forget_retired(peer, now)
