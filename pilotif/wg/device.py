@@ -20,7 +20,6 @@ Wall time is needed only for the TAI64N timestamp of initiations:
 """
 
 import os
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import Final
@@ -29,9 +28,7 @@ from cryptography.exceptions import InvalidTag
 
 from pilotif.packet.filter import MAY_CARRY_UDP, PacketFilter
 from pilotif.packet.ip import (
-    IPV4_ADDRESS_BYTES,
     IPV4_PROTOCOL_OFFSET,
-    IPV4_SOURCE,
     IPV4_VERSION,
     IPV6_NEXT_HEADER_OFFSET,
     BytesLike,
@@ -39,6 +36,7 @@ from pilotif.packet.ip import (
     packet_addresses,
 )
 from pilotif.packet.segments import SegmentError, SuperPacket, cut_segments
+from pilotif.wg.admission import Admission
 from pilotif.wg.alarm import Alarm
 from pilotif.wg.allowed_ips import AllowedIPs
 from pilotif.wg.constants import (
@@ -46,10 +44,7 @@ from pilotif.wg.constants import (
     MAX_STAGED_PACKETS,
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
-    REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME_S,
     REKEY_ON_RECEIVE_AGE_S,
-    REKEY_TIMEOUT_S,
     TRANSPORT_HEADER_SIZE,
     TRANSPORT_MIN_SIZE,
 )
@@ -61,7 +56,6 @@ from pilotif.wg.fastpath.batch_loops import coalesce_rows, open_rows
 from pilotif.wg.fastpath.rows import (
     TRANSPORT_OVERHEAD_BYTES,
     batch_session,
-    plain_rows,
     runs,
     seal_run,
     seal_super,
@@ -69,6 +63,7 @@ from pilotif.wg.fastpath.rows import (
 )
 from pilotif.wg.handshake import LocalIdentity
 from pilotif.wg.handshakes import Handshakes
+from pilotif.wg.keepalives import NONCE, Keepalives
 from pilotif.wg.messages import TRANSPORT_HEADER, Coalesced, split_coalesced
 from pilotif.wg.outbox import Outbox
 from pilotif.wg.peer import Keypair, Peer
@@ -76,8 +71,6 @@ from pilotif.wg.roaming import Roamer, Roaming
 from pilotif.wg.sessions import Sessions
 
 NO_PRESHARED_KEY = bytes(KEY_SIZE)
-_NONCE: Final = struct.Struct("<4xQ")
-"""The AEAD nonce of a transport counter: four zero bytes, then the counter."""
 _CUT_BUFFER_BYTES: Final = 2 * 65535
 """Where a super-packet the native loop does not seal is cut into its segments."""
 
@@ -110,25 +103,25 @@ class Device:
             wall_offset_s=wall_offset_s,
             random_bytes=random_bytes,
         )
+        self._keepalives = Keepalives(self._alarm, self._outbox, self._handshakes)
+        self._admission = Admission(self._routes, self.drops)
         self._cut_buffer = bytearray(_CUT_BUFFER_BYTES)
         self.merges_for_tun = False
         """Whether a decrypted batch of one TCP flow's next segments goes out merged
         (natively, `Output.merged`) rather than packet by packet: for a local stack
         that takes virtio headers."""
-        self.local_addresses: frozenset[bytes] | None = None
-        """Packed addresses (4 or 16 bytes) that decrypted packets must be addressed to;
-        None takes any destination (a plain WireGuard interface that may route)."""
-        self._local_ipv4: bytes | None = None
-        """Our one IPv4 address (packed) among `local_addresses`, if there is just one."""
 
     # -- configuration -------------------------------------------------------------
 
     def accept_only_to(self, addresses: Iterable[bytes]) -> None:
         """Deliver only packets addressed to one of `addresses` (packed): a node, not a
         router. Others are dropped as DESTINATION_NOT_LOCAL."""
-        self.local_addresses = frozenset(addresses)
-        ipv4 = [a for a in self.local_addresses if len(a) == IPV4_ADDRESS_BYTES]
-        self._local_ipv4 = ipv4[0] if len(ipv4) == 1 else None
+        self._admission.accept_only_to(addresses)
+
+    @property
+    def local_addresses(self) -> frozenset[bytes] | None:
+        """What decrypted packets must be addressed to (`Admission.local_addresses`)."""
+        return self._admission.local_addresses
 
     @property
     def wall_offset_s(self) -> float:
@@ -256,7 +249,7 @@ class Device:
         peer = self._peers.get(public_key)
         if peer is None or peer.current is None or not peer.current.can_send(now):
             return False
-        self._send_keepalive_message(peer, peer.current, now, endpoint)
+        self._keepalives.send_with(peer, peer.current, now, endpoint)
         return True
 
     # -- output ------------------------------------------------------------------
@@ -416,52 +409,10 @@ class Device:
         lone = counter - keypair.send_counter == 1
         keypair.send_counter = counter
         waiting = peer.unanswered_since_s
-        self._sent_transport(peer, sent_bytes, True, now)
+        self._keepalives.sent(peer, sent_bytes, True, now)
         if waiting is None and lone and is_echo_reply(first):
             peer.unanswered_since_s = None
-        self._keep_key_fresh_sending(peer, keypair, now)
-
-    def _send_keepalive_message(
-        self, peer: Peer, keypair: Keypair, now: float, endpoint: PeerEndpoint | None = None
-    ) -> None:
-        """A transport message with nothing inside (to the peer's endpoint, or another)."""
-        destination = endpoint or peer.endpoint
-        assert destination is not None
-        counter = keypair.send_counter
-        keypair.send_counter = counter + 1
-        datagram = TRANSPORT_HEADER.pack(
-            MESSAGE_TRANSPORT, keypair.remote_index, counter
-        ) + keypair.send_aead.encrypt(_NONCE.pack(counter), b"", None)
-        self._outbox.out.datagrams.append((datagram, destination))
-        self._sent_transport(peer, len(datagram), False, now)
-
-    def _sent_transport(self, peer: Peer, sent_bytes: int, data: bool, now: float) -> None:
-        """The timers and counters of transport messages just sent (`data`: not only
-        keepalives)."""
-        peer.tx_bytes += sent_bytes
-        if data and peer.unanswered_since_s is None:
-            peer.unanswered_since_s = now
-        timers = peer.timers
-        timers.send_keepalive = None
-        if data and timers.new_handshake is None:
-            timers.new_handshake = self._alarm.arm(now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S)
-        self._alarm.arm_persistent_keepalive(peer, now)
-
-    def _send_keepalive(self, peer: Peer, now: float) -> None:
-        keypair = peer.current
-        if peer.endpoint is None:
-            return
-        if keypair is not None and keypair.can_send(now):
-            self._send_keepalive_message(peer, keypair, now)
-            self._keep_key_fresh_sending(peer, keypair, now)
-        else:
-            self._handshakes.initiate(peer, now, is_retry=False)
-
-    def _keep_key_fresh_sending(self, peer: Peer, keypair: Keypair, now: float) -> None:
-        if keypair.send_counter > REKEY_AFTER_MESSAGES or (
-            keypair.is_initiator and now - keypair.created_s > REKEY_AFTER_TIME_S
-        ):
-            self._handshakes.initiate(peer, now, is_retry=False)
+        self._keepalives.keep_key_fresh(peer, keypair, now)
 
     # -- inbound -------------------------------------------------------------------
 
@@ -506,7 +457,7 @@ class Device:
         time)."""
         drops = self.drops
         unpack_header = TRANSPORT_HEADER.unpack_from
-        pack_nonce = _NONCE.pack
+        pack_nonce = NONCE.pack
         offset = run_bytes = 0
         run_data = False
         run_index = -1
@@ -525,7 +476,7 @@ class Device:
                 else:
                     completed = self._handshakes.receive(datagram, source, now)
                     if completed is not None and not self._send_staged(completed, now):
-                        self._send_keepalive(completed, now)
+                        self._keepalives.send(completed, now)
                 continue
             if index != run_index:
                 if run is not None and run_bytes:
@@ -605,33 +556,17 @@ class Device:
             if merged is not None:
                 # One flow's segments, headers equal but for what differs segment to
                 # segment: the first one's verdict is every one's.
-                if self._admitted(peer, plaintexts[:plain_size], now, count) is not None:
+                if self._admission.admitted(peer, plaintexts[:plain_size], now, count) is not None:
                     self._outbox.out.merged.append(merged)
                 return True
-        packets = self._plain_rows(plaintexts, count, plain_size, last_plain)
-        if (
-            packets is not None
-            and self._routes.lookup(plaintexts[IPV4_SOURCE]) is peer
-            and (
-                peer.packet_filter is None
-                or peer.packet_filter.passes_rows(plaintexts, count, plain_size)
-            )
-        ):
+        packets = self._admission.admitted_rows(peer, plaintexts, count, plain_size, last_plain)
+        if packets is not None:
             self._outbox.out.packets.extend(packets)
             return True
         for row in range(count):
             size = plain_size if row < count - 1 else last_plain
             self._deliver(peer, plaintexts[row * plain_size : row * plain_size + size], now)
         return True
-
-    def _plain_rows(
-        self, plaintexts: memoryview, count: int, plain_size: int, last_plain: int
-    ) -> list[memoryview] | None:
-        """The packets of a decrypted batch when they are all plain IPv4 from one source
-        to this node (`pilotif.wg.fastpath.rows.plain_rows`)."""
-        if self.local_addresses is not None and self._local_ipv4 is None:
-            return None
-        return plain_rows(plaintexts, count, plain_size, last_plain, self._local_ipv4)
 
     def _deliver_rows(
         self,
@@ -664,34 +599,9 @@ class Device:
 
     def _deliver(self, peer: Peer, plaintext: BytesLike, now: float) -> None:
         """Queue a decrypted packet of `peer` for the TUN if it is IP from its allowed IPs."""
-        packet = self._admitted(peer, plaintext, now)
+        packet = self._admission.admitted(peer, plaintext, now)
         if packet is not None:
             self._outbox.out.packets.append(packet)
-
-    def _admitted(
-        self, peer: Peer, plaintext: BytesLike, now: float, count: int = 1
-    ) -> BytesLike | None:
-        """The IP packet at the start of `plaintext` if it is one `peer` may send us (from
-        its allowed IPs, to us, past its filter); else None, the drop counted `count`
-        times (for packets that share this one's verdict)."""
-        addresses = packet_addresses(plaintext)
-        if addresses is None:
-            reason = DropReason.NOT_IP
-        elif self._routes.lookup(addresses[0]) is not peer:
-            reason = DropReason.SOURCE_NOT_ALLOWED
-        elif self.local_addresses is not None and addresses[1] not in self.local_addresses:
-            reason = DropReason.DESTINATION_NOT_LOCAL
-        else:
-            packet = plaintext[: addresses[2]]
-            if peer.packet_filter is None:
-                return packet
-            refused = peer.packet_filter.judge(packet, now)
-            if refused is None:
-                return packet
-            reason = DropReason(refused)
-            peer.policy_denied += count
-        self.drops[reason] += count
-        return None
 
     def _received_transport(
         self,
@@ -755,7 +665,7 @@ class Device:
                 self._handshakes.retransmit(peer, now)
             if timers.send_keepalive is not None and timers.send_keepalive <= now:
                 timers.send_keepalive = None
-                self._send_keepalive(peer, now)
+                self._keepalives.send(peer, now)
             if timers.new_handshake is not None and timers.new_handshake <= now:
                 timers.new_handshake = None
                 self._handshakes.initiate(peer, now, is_retry=False)
@@ -765,6 +675,6 @@ class Device:
                 self._outbox.out.events.append(KeysZeroed(peer.public_key))
             if timers.persistent_keepalive is not None and timers.persistent_keepalive <= now:
                 timers.persistent_keepalive = None
-                self._send_keepalive(peer, now)
+                self._keepalives.send(peer, now)
             if timers.forget_retired is not None and timers.forget_retired <= now:
                 self._sessions.forget_retired(peer, now)
