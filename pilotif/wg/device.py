@@ -41,7 +41,6 @@ from pilotif.wg.alarm import Alarm
 from pilotif.wg.allowed_ips import AllowedIPs
 from pilotif.wg.constants import (
     KEEPALIVE_TIMEOUT_S,
-    MAX_STAGED_PACKETS,
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
     REKEY_ON_RECEIVE_AGE_S,
@@ -217,14 +216,8 @@ class Device:
         way to it changed (the caller does this once per change of this host's network
         or relay, not per packet)."""
         peer = self._peers.get(public_key)
-        if peer is None:
-            return
-        peer.last_initiation_sent_s = None
-        if peer.handshake is not None and peer.timers.retransmit_handshake is not None:
-            peer.timers.retransmit_handshake = None
-            self._handshakes.retransmit(peer, now)
-        else:
-            self._handshakes.initiate(peer, now, is_retry=False)
+        if peer is not None:
+            self._handshakes.restart(peer, now)
 
     def initiate_handshake(self, public_key: bytes, now: float) -> None:
         """Start a handshake with a peer unless one is in flight or a session is fresh."""
@@ -374,11 +367,7 @@ class Device:
         if peer.endpoint is None:
             self.drops[DropReason.NO_ENDPOINT] += 1
             return
-        if len(peer.staged) >= MAX_STAGED_PACKETS:
-            peer.staged.popleft()
-            self.drops[DropReason.QUEUE_FULL] += 1
-        peer.staged.append(bytes(packet))
-        self._handshakes.initiate(peer, now, is_retry=False)
+        self._handshakes.stage(peer, packet, now)
 
     def _send_run(
         self, destination: bytes, now: float

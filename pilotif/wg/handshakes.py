@@ -12,6 +12,7 @@ from pilotif.packet.ip import BytesLike
 from pilotif.wg.alarm import Alarm
 from pilotif.wg.constants import (
     HANDSHAKE_INITIATION_RATE_S,
+    MAX_STAGED_PACKETS,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
@@ -118,6 +119,25 @@ class Handshakes:
             int.from_bytes(self._random_bytes(2), "little") / 0xFFFF * REKEY_TIMEOUT_JITTER_MAX_S
         )
         peer.timers.retransmit_handshake = self._alarm.arm(now + REKEY_TIMEOUT_S + jitter)
+
+    def restart(self, peer: Peer, now: float) -> None:
+        """A new initiation now, even if the last is recent; one in flight is sent again
+        now, as its retry (`Device.rehandshake`)."""
+        peer.last_initiation_sent_s = None
+        if peer.handshake is not None and peer.timers.retransmit_handshake is not None:
+            peer.timers.retransmit_handshake = None
+            self.retransmit(peer, now)
+        else:
+            self.initiate(peer, now, is_retry=False)
+
+    def stage(self, peer: Peer, packet: BytesLike, now: float) -> None:
+        """Queue a packet (at most MAX_STAGED_PACKETS, the oldest dropped) until the
+        handshake this starts gives the peer a session."""
+        if len(peer.staged) >= MAX_STAGED_PACKETS:
+            peer.staged.popleft()
+            self._drops[DropReason.QUEUE_FULL] += 1
+        peer.staged.append(bytes(packet))
+        self.initiate(peer, now, is_retry=False)
 
     def retransmit(self, peer: Peer, now: float) -> None:
         """The retransmit timer fired: the initiation again, or give up after
