@@ -12,7 +12,11 @@ inputs, each taking `now` (seconds on the caller's monotonic clock):
 After any input the caller takes the one output, `take_output()`: datagrams (and GSO
 trains of them) for the Bind, packets (or merged writes) for the local stack, events.
 The batch fast paths (sealing a run, a super-packet, opening a GRO receive at once) are
-functions in `pilotif.wg.fastpath.rows`; the device keeps the protocol.
+functions in `pilotif.wg.fastpath.rows`; the device keeps the protocol, composed of
+parts with one job each: `handshakes` (initiations, retries, responses, cookies),
+`sessions` (receiver indexes, keypair rotation), `keepalives` (the timers of sending),
+`admission` (what reaches the local stack), `roaming` (endpoint moves), `alarm` (the
+one timer) and `outbox` (the output being gathered).
 Peer input is hostile: anything malformed, unauthenticated, replayed or not
 allowed is dropped and counted in `drops` by reason; it never raises.
 Wall time is needed only for the TAI64N timestamp of initiations:
