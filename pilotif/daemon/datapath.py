@@ -146,7 +146,7 @@ class DataPath:
         if self.node is not None and self.node.core.has_output:
             self.node.drain()
             # What the node made the device do (a probe, a handshake) goes out now.
-            out = _joined(out, device.take_output())
+            _append(out, device.take_output())
         if out.datagrams:
             failed = self.bind.send(out.datagrams)
             if failed:
@@ -161,19 +161,23 @@ class DataPath:
     def _take(self) -> Output:
         """The device's output, after what was carried from the receives before it."""
         out = self.device.take_output()
-        if self._carried is not None:
-            out, self._carried = _joined(self._carried, out), None
-        return out
+        carried, self._carried = self._carried, None
+        if carried is None:
+            return out
+        _append(carried, out)
+        return carried
 
     def _carry(self, out: Output) -> None:
         """Write a receive's packets now; keep the rest for the next flush."""
         self._write_local(out)
-        if not (out.datagrams or out.trains or out.events):
+        out.packets.clear()
+        out.merged.clear()
+        if not out:
             return
-        rest = Output(
-            datagrams=out.datagrams, trains=out.trains, packets=[], merged=[], events=out.events
-        )
-        self._carried = rest if self._carried is None else _joined(self._carried, rest)
+        if self._carried is None:
+            self._carried = out
+        else:
+            _append(self._carried, out)
 
     def _write_local(self, out: Output) -> None:
         """Write the decrypted packets to the local stack (they may point into
@@ -205,14 +209,13 @@ class DataPath:
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
 
-def _joined(first: Output, then: Output) -> Output:
-    """Two outputs as one, `first`'s before `then`'s."""
+def _append(first: Output, then: Output) -> None:
+    """Put `then` after `first`, in `first`'s lists (the device handed both over: they are
+    ours to change), instead of building a third output."""
     if not then:
-        return first
-    return Output(
-        datagrams=first.datagrams + then.datagrams,
-        trains=first.trains + then.trains,
-        packets=first.packets + then.packets,
-        merged=first.merged + then.merged,
-        events=first.events + then.events,
-    )
+        return
+    first.datagrams.extend(then.datagrams)
+    first.trains.extend(then.trains)
+    first.packets.extend(then.packets)
+    first.merged.extend(then.merged)
+    first.events.extend(then.events)
