@@ -791,7 +791,16 @@ def _format_event(event: dict[str, Any]) -> str:
 
 
 @cli.group(invoke_without_command=True)
-@click.option("--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP).")
+@click.option(
+    "--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP and TCP)."
+)
+@click.option(
+    "--tcp-listen",
+    "tcp_listens",
+    multiple=True,
+    help="HOST:PORT where streams (TCP, for nodes without UDP) are accepted too, e.g."
+    " 0.0.0.0:443; TCP on the --listen port always is. Repeat for several.",
+)
 @click.option("--network", default="100.64.0.0/10", show_default=True, help="IPv4 overlay.")
 @click.option(
     "--require-join-key", is_flag=True, help="Admit new nodes only with a join key (closed)."
@@ -819,6 +828,7 @@ def _format_event(event: dict[str, Any]) -> str:
 def registry(
     ctx: click.Context,
     listen: str,
+    tcp_listens: tuple[str, ...],
     network: str,
     require_join_key: bool,
     expire_after: str,
@@ -846,7 +856,14 @@ def registry(
     except DurationError as error:
         raise CliError(f"--expire-after: {error}", "bad_input") from None
     metrics_at = host_port_option("--metrics", metrics) if metrics is not None else None
-    options = RegistryOptions(net, require_join_key, expire_after_s, database, _relays(relays))
+    options = RegistryOptions(
+        net,
+        require_join_key,
+        expire_after_s,
+        database,
+        _relays(relays),
+        _tcp_listens(tcp_listens),
+    )
     setup_logging(as_json=log_format == "json")
     try:
         run_registry(listen_at, state_dir.absolute(), options, log_format, metrics_at)
@@ -856,6 +873,10 @@ def registry(
         raise CliError(str(error), "no_database") from None
     except OSError as error:
         raise CliError(f"cannot listen on {listen}: {error.strerror or error}") from None
+
+
+def _tcp_listens(texts: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    return tuple(host_port_option("--tcp-listen", text) for text in texts)
 
 
 def _relays(texts: tuple[str, ...]) -> tuple[RelayInfo, ...]:
@@ -868,7 +889,16 @@ def _relays(texts: tuple[str, ...]) -> tuple[RelayInfo, ...]:
 
 
 @cli.command()
-@click.option("--listen", default="0.0.0.0:7947", show_default=True, help="HOST:PORT (UDP).")
+@click.option(
+    "--listen", default="0.0.0.0:7947", show_default=True, help="HOST:PORT (UDP and TCP)."
+)
+@click.option(
+    "--tcp-listen",
+    "tcp_listens",
+    multiple=True,
+    help="HOST:PORT where streams (TCP, for nodes without UDP) are accepted too, e.g."
+    " 0.0.0.0:443; TCP on the --listen port always is. Repeat for several.",
+)
 @click.option(
     "--registry",
     help="The registry whose tickets to accept, at HOST:PORT (its key is asked for on"
@@ -881,6 +911,7 @@ def _relays(texts: tuple[str, ...]) -> tuple[RelayInfo, ...]:
 @state_dir_option
 def relay(
     listen: str,
+    tcp_listens: tuple[str, ...],
     registry: str | None,
     registry_key: str | None,
     log_format: str,
@@ -905,7 +936,8 @@ def relay(
         )
     setup_logging(as_json=log_format == "json")
     try:
-        run_relay(listen_at, state_dir.absolute(), RelayOptions(registry_at, key), log_format)
+        options = RelayOptions(registry_at, key, _tcp_listens(tcp_listens))
+        run_relay(listen_at, state_dir.absolute(), options, log_format)
     except StateFileError as error:
         raise CliError(str(error), "bad_state") from None
     except RelayStartError as error:

@@ -1,6 +1,7 @@
 """The asyncio shell that the registry and the standalone relays run their sans-IO core
-in: a UDP socket whose datagrams go to the core with the wall-clock time, what the core
-answers sent back, its counter kept covered by a CounterLease, housekeeping actions run
+in: a UDP socket and the stream listener (control/stream_listener.py), whose datagrams
+go to the core with the wall-clock time, what the core answers sent back (down a stream
+to a stream's source), its counter kept covered by a CounterLease, housekeeping actions run
 every period, until SIGTERM or SIGINT."""
 
 import asyncio
@@ -14,10 +15,15 @@ from typing import Any, Final, Protocol, cast
 
 from pilotif.control.counter_lease import CounterLease
 from pilotif.control.gate import Outgoing
+from pilotif.control.stream_listener import (
+    IPV4_MAPPED_PREFIX,
+    StreamLimits,
+    StreamListener,
+    plain_host,
+)
 from pilotif.util.logs import log_event
 from pilotif.wg.events import Endpoint
 
-_IPV4_MAPPED_PREFIX: Final = "::ffff:"
 RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
 """The socket's receive buffer (as far as net.core.rmem_max allows): a burst of
 datagrams waits there while a batch of heartbeats is written."""
@@ -37,8 +43,9 @@ class DatagramCore(Protocol):
 
 
 class CoreProtocol(asyncio.DatagramProtocol):
-    """Hands every datagram to the core with the wall-clock time, sends what it returns,
-    and keeps the core's counter covered by its lease."""
+    """Hands every datagram (from the UDP socket, or from a stream of `streams`) to the
+    core with the wall-clock time, sends what it returns (down the stream of its
+    destination, else on the socket), and keeps the core's counter covered by its lease."""
 
     def __init__(self, core: DatagramCore, lease: CounterLease) -> None:
         self._core = core
@@ -46,19 +53,21 @@ class CoreProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._dual_stack = False
         self._paused = False
+        self.streams: StreamListener | None = None
+        """The stream listener, once serving: its sources are answered down their stream."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
         self._dual_stack = self._transport.get_extra_info("socket").family == socket.AF_INET6
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.answer(data, (plain_host(str(addr[0]), self._dual_stack), int(addr[1])))
+
+    def answer(self, data: bytes, source: Endpoint) -> None:
+        """Hand one datagram from `source` to the core and send what it answers."""
         core = self._core
-        host = str(addr[0])
-        if self._dual_stack and host.startswith(_IPV4_MAPPED_PREFIX) and "." in host:
-            # An IPv6 socket shows IPv4 nodes as ::ffff:a.b.c.d; their peers want a.b.c.d.
-            host = host.removeprefix(_IPV4_MAPPED_PREFIX)
         try:
-            outgoing = core.handle_datagram(data, (host, int(addr[1])), time.time())
+            outgoing = core.handle_datagram(data, source, time.time())
             self._lease.cover(core.counter)
         except Exception as error:
             core.counters["internal_error"] += 1
@@ -66,18 +75,22 @@ class CoreProtocol(asyncio.DatagramProtocol):
             if count & (count - 1) == 0:
                 log_event("internal_error", error=repr(error), count=count)
             return
-        assert self._transport is not None
-        if self._paused:
-            core.counters["send_queue_full"] += len(outgoing)
-            return
         self.send(outgoing)
 
     def send(self, outgoing: list[tuple[bytes, Endpoint]]) -> None:
-        """Send datagrams the core produced outside `datagram_received`."""
+        """Send datagrams: down the stream of their destination, else on the socket
+        (dropped and counted while the socket's buffer is full)."""
         assert self._transport is not None
-        for datagram, (host, port) in outgoing:
+        streams = self.streams
+        for datagram, endpoint in outgoing:
+            if streams is not None and streams.send(datagram, endpoint):
+                continue
+            if self._paused:
+                self._core.counters["send_queue_full"] += 1
+                continue
+            host, port = endpoint
             if self._dual_stack and ":" not in host:
-                host = _IPV4_MAPPED_PREFIX + host
+                host = IPV4_MAPPED_PREFIX + host
             self._transport.sendto(datagram, (host, port))
 
     def pause_writing(self) -> None:
@@ -102,9 +115,11 @@ async def serve_until_stopped(
     listen: Endpoint,
     housekeeping: Housekeeping,
     on_open: Callable[[CoreProtocol], Callable[[], None]] | None = None,
+    tcp_listens: tuple[Endpoint, ...] = (),
 ) -> None:
-    """Serve `core` on a UDP socket at `listen` and run each housekeeping action every
-    period, until SIGTERM or SIGINT. `on_open` may watch more (it returns how to stop)."""
+    """Serve `core` on a UDP socket at `listen`, on streams at the same address and port
+    (TCP) and at each of `tcp_listens`, and run each housekeeping action every period,
+    until SIGTERM or SIGINT. `on_open` may watch more (it returns how to stop)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -115,6 +130,9 @@ async def serve_until_stopped(
     transport.get_extra_info("socket").setsockopt(
         socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES
     )
+    udp_port = transport.get_extra_info("sockname")[1]
+    same_port = (listen[0], udp_port)
+    servers = await serve_streams(protocol, core.counters, (same_port, *tcp_listens))
     stop_watching = on_open(protocol) if on_open is not None else None
     tasks = [asyncio.create_task(_every(*job)) for job in housekeeping]
     try:
@@ -124,9 +142,32 @@ async def serve_until_stopped(
             stop_watching()
         for task in tasks:
             task.cancel()
+        for server in servers:
+            server.close()
+        if protocol.streams is not None:
+            protocol.streams.close()
         transport.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+async def serve_streams(
+    protocol: CoreProtocol,
+    counters: Counter[str],
+    listens: tuple[Endpoint, ...],
+    limits: StreamLimits | None = None,
+) -> list[asyncio.Server]:
+    """Listen for streams at each of `listens` (none: no listener), their datagrams
+    answered by `protocol` as its own."""
+    if not listens:
+        return []
+    listener = StreamListener(protocol.answer, counters, limits)
+    protocol.streams = listener
+    loop = asyncio.get_running_loop()
+    return [
+        await loop.create_server(listener.protocol, host, port, reuse_address=True)
+        for host, port in listens
+    ]
 
 
 async def _every(name: str, period_s: float, action: Callable[[], None]) -> None:

@@ -50,7 +50,11 @@ def metrics_sample(core: RegistryCore) -> RegistrySample:
 
 
 async def _serve(
-    core: RegistryCore, lease: CounterLease, listen: Endpoint, metrics: Endpoint | None
+    core: RegistryCore,
+    lease: CounterLease,
+    listen: Endpoint,
+    metrics: Endpoint | None,
+    tcp_listens: tuple[Endpoint, ...],
 ) -> None:
     metrics_server = None
     if metrics is not None:
@@ -71,7 +75,12 @@ async def _serve(
         ]
     try:
         await serve_until_stopped(
-            core, lease, listen, housekeeping, pushes.start if pushes is not None else None
+            core,
+            lease,
+            listen,
+            housekeeping,
+            pushes.start if pushes is not None else None,
+            tcp_listens,
         )
     finally:
         if metrics_server is not None:
@@ -141,6 +150,8 @@ class RegistryOptions:
     database: str | None = None
     relays: tuple[RelayInfo, ...] = ()
     """Standalone relays to name to nodes (none: this registry relays)."""
+    tcp_listens: tuple[Endpoint, ...] = ()
+    """Where streams are accepted besides TCP on the UDP listen address and port."""
 
 
 def _replica_name(listen: Endpoint) -> str:
@@ -206,6 +217,7 @@ def run_registry(
     log_event(
         "registry_started",
         listen=format_endpoint(listen),
+        tcp_listen=",".join(format_endpoint(e) for e in options.tcp_listens),
         public_key=encode_key(core.public_key),
         network=str(options.network),
         closed=options.require_join_key,
@@ -217,7 +229,7 @@ def run_registry(
         hint="nodes pin this key on first contact, or pass it as --registry-key",
     )
     try:
-        asyncio.run(_serve(core, lease, listen, metrics))
+        asyncio.run(_serve(core, lease, listen, metrics, options.tcp_listens))
     finally:
         core.save()
         store.close()

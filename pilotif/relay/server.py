@@ -42,6 +42,8 @@ class RelayOptions:
 
     registry: Endpoint | None = None
     registry_key: bytes | None = None
+    tcp_listens: tuple[Endpoint, ...] = ()
+    """Where streams are accepted besides TCP on the UDP listen address and port."""
 
 
 def fetch_registry_key(registry: Endpoint) -> bytes:
@@ -147,6 +149,7 @@ def run_relay(
     log_event(
         "relay_started",
         listen=format_endpoint(listen),
+        tcp_listen=",".join(format_endpoint(e) for e in options.tcp_listens),
         public_key=public,
         registry_key=encode_key(registry_key),
         state_dir=str(state_dir),
@@ -154,6 +157,8 @@ def run_relay(
     )
     housekeeping: Housekeeping = [("expire", EXPIRE_EVERY_S, lambda: core.expire(time.time()))]
     try:
-        asyncio.run(serve_until_stopped(core, lease, listen, housekeeping))
+        asyncio.run(
+            serve_until_stopped(core, lease, listen, housekeeping, tcp_listens=options.tcp_listens)
+        )
     finally:
         log_event("relay_stopped", **core.describe())
