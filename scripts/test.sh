@@ -15,7 +15,8 @@ python3 -m pytest -q -rs -n 2 --dist loadfile -m "not alone" tests/integration "
 python3 -m pytest -q -rs -m alone tests/integration "$@"
 # The data plane's unit tests again with the plain Python path instead of the native one
 # (where pilotif is installed without a compiler): its own code runs only there (the
-# Python seal and open loops, the device cutting every super-packet, merging flow by flow).
+# Python seal and open loops, the device cutting every super-packet, every packet written
+# to the TUN as it is).
 PILOTIF_PURE_PYTHON=1 python3 -m pytest -q -rs tests/unit/test_batch_loops.py \
     tests/unit/test_device.py tests/unit/test_device_batch.py tests/unit/test_device_segments.py \
     tests/unit/test_datapath.py

@@ -2,9 +2,10 @@
 
 With IFF_VNET_HDR every packet on the TUN fd is preceded by a `virtio_net_hdr`. Once
 TUNSETOFFLOAD grants TSO, the kernel hands us TCP "super-packets" of up to 64 KiB (one
-read) that we split into MTU-sized segments before encryption (`split_gso`), and we hand
-it super-packets built from the in-order TCP segments of one flow in a batch
-(`coalesce`), so that one write carries many segments (GRO). `TunBatch` wraps a TUN
+read) that the device cuts as it seals them (UDP ones: `split_gso`), and we hand it
+super-packets built natively from the in-order TCP segments of each connection in a
+batch (`pilotif.wg.fastpath.batch_loops.coalesce`), so that one write carries many
+segments (GRO). `TunBatch` wraps a TUN
 device with both directions and falls back to one plain packet per read and write when
 the kernel grants nothing.
 
@@ -22,37 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pilotif.packet.checksum import ONES, fold_le, pseudo_sum_le, sum_le
+from pilotif.packet.checksum import ONES, sum_le
 from pilotif.packet.ip import (
-    IPV4_ADDRESSES,
-    IPV4_CHECKSUM_OFFSET,
-    IPV4_DONT_FRAGMENT,
-    IPV4_FLAGS_FRAGMENT_OFFSET,
-    IPV4_MIN_HEADER_BYTES,
-    IPV4_PROTOCOL_OFFSET,
-    IPV4_TOTAL_LENGTH_OFFSET,
-    IPV4_TTL_OFFSET,
-    IPV4_VERSION,
-    IPV6_ADDRESSES,
-    IPV6_HEADER_BYTES,
-    IPV6_HOP_LIMIT_OFFSET,
-    IPV6_NEXT_HEADER_OFFSET,
-    IPV6_PAYLOAD_LENGTH_OFFSET,
-    IPV6_VERSION,
-    PROTO_TCP,
-    TCP_ACK,
-    TCP_ACK_OFFSET,
-    TCP_CHECKSUM_OFFSET,
-    TCP_DATA_OFFSET_OFFSET,
-    TCP_FLAGS_OFFSET,
-    TCP_MIN_HEADER_BYTES,
-    TCP_PSH,
-    TCP_SEQ_OFFSET,
     BytesLike,
 )
 from pilotif.packet.segments import SegmentError, SuperPacket, cut_segments
 from pilotif.tun.device import TunDevice
-from pilotif.wg.fastpath.batch_loops import coalesce_run
+from pilotif.wg.fastpath.batch_loops import coalesce
 
 VIRTIO_NET_HDR_SIZE: Final = 10
 VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 0x01
@@ -72,20 +49,12 @@ _TUNSETVNETHDRSZ: Final = 0x400454D8
 
 MAX_IP_PACKET_BYTES: Final = 65535
 """The largest packet a read returns or a coalesced write carries (IPv4 total length)."""
-_WHOLE_BATCH_MIN_PACKETS: Final = 4
-"""Below this many packets a write batch is coalesced packet by packet."""
 READ_ARENA_BYTES: Final = 4 * MAX_IP_PACKET_BYTES
 """Room for the packets of one `TunBatch.read_batch` (a read needs a whole packet's room)."""
 
 _VNET_HDR: Final = struct.Struct("=BBHHHH")
 _ZERO_VNET_HDR: Final = bytes(VIRTIO_NET_HDR_SIZE)
-_BYTE_SWAP_FACTOR: Final = 256
-"""256 * x mod 0xFFFF swaps the bytes of a 16-bit ones' complement sum x."""
-_SEQ_SPACE: Final = 2**32
-_U16: Final = struct.Struct("!H")
 _U16_LE: Final = struct.Struct("<H")
-_U32: Final = struct.Struct("!I")
-_U16_PAIR: Final = struct.Struct("!HH")
 
 
 class OffloadError(Exception):
@@ -222,235 +191,6 @@ def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> 
 
 
 @functools.cache
-def _header_mask(ip_len: int, header_len: int) -> int:
-    """Ones over the header bytes that every segment of one super-packet shares.
-
-    Zeros over what differs from segment to segment: the IPv4 total length, ID and
-    header checksum (IPv6: payload length), the TCP sequence number, PSH and checksum.
-    """
-    mask = bytearray(b"\xff" * header_len)
-    varying = [(IPV4_TOTAL_LENGTH_OFFSET, 4), (IPV4_CHECKSUM_OFFSET, 2)]
-    if ip_len == IPV6_HEADER_BYTES:
-        varying = [(IPV6_PAYLOAD_LENGTH_OFFSET, 2)]
-    varying += [(ip_len + TCP_SEQ_OFFSET, 4), (ip_len + TCP_CHECKSUM_OFFSET, 2)]
-    for start, size in varying:
-        mask[start : start + size] = bytes(size)
-    mask[ip_len + TCP_FLAGS_OFFSET] &= ~TCP_PSH
-    return int.from_bytes(mask, "big")
-
-
-class _Flow:
-    """A super-packet being built: the first segment's headers, then every payload.
-
-    A segment continues it when its headers, read as one big-endian integer, equal the
-    first segment's wherever `_header_mask` has ones and its sequence number is the
-    next one: one integer comparison per segment instead of a field-by-field parse.
-    """
-
-    __slots__ = (
-        "buffer",
-        "closed",
-        "first",
-        "gso_size",
-        "header_len",
-        "ip_len",
-        "length_base",
-        "length_shift",
-        "mask",
-        "next_seq",
-        "psh_shift",
-        "segments",
-        "seq_shift",
-        "template",
-    )
-
-    def __init__(self, packet: BytesLike, ip_len: int, header_len: int, seq: int, psh: bool):
-        payload = len(packet) - header_len
-        self.buffer = bytearray(_ZERO_VNET_HDR + packet)
-        self.first = packet
-        self.ip_len = ip_len
-        self.header_len = header_len
-        self.gso_size = payload
-        self.next_seq = (seq + payload) % _SEQ_SPACE
-        self.segments = 1
-        self.closed = psh
-        """A PSH or a short segment ends the super-packet."""
-        self.template = int.from_bytes(packet[:header_len], "big")
-        self.mask = _header_mask(ip_len, header_len)
-        self.seq_shift = (header_len - ip_len - TCP_SEQ_OFFSET - 4) * 8
-        self.psh_shift = (header_len - ip_len - TCP_FLAGS_OFFSET - 1) * 8 + TCP_PSH.bit_length() - 1
-        if ip_len == IPV6_HEADER_BYTES:
-            self.length_shift = (header_len - IPV6_PAYLOAD_LENGTH_OFFSET - 2) * 8
-            self.length_base = IPV6_HEADER_BYTES
-        else:
-            self.length_shift = (header_len - IPV4_TOTAL_LENGTH_OFFSET - 2) * 8
-            self.length_base = 0
-
-    def extend(self, packet: BytesLike, verify: bool) -> bool:
-        """Append `packet` if it is this flow's next segment; whether it was."""
-        if self.closed:
-            return False
-        header_len = self.header_len
-        payload = len(packet) - header_len
-        if (
-            payload <= 0
-            or payload > self.gso_size
-            or len(self.buffer) + payload > VIRTIO_NET_HDR_SIZE + MAX_IP_PACKET_BYTES
-        ):
-            return False
-        word = int.from_bytes(packet[:header_len], "big")
-        if (
-            (word ^ self.template) & self.mask
-            or (word >> self.seq_shift) & 0xFFFFFFFF != self.next_seq
-            or (word >> self.length_shift) & 0xFFFF != len(packet) - self.length_base
-        ):
-            return False
-        if verify and not _tcp_checksum_ok(packet, self.ip_len):
-            return False
-        if verify and self.segments == 1 and not _tcp_checksum_ok(self.first, self.ip_len):
-            self.closed = True
-            return False
-        self.buffer += packet[header_len:]
-        self.segments += 1
-        self.next_seq = (self.next_seq + payload) % _SEQ_SPACE
-        psh = (word >> self.psh_shift) & 1
-        if psh:
-            self.buffer[VIRTIO_NET_HDR_SIZE + self.ip_len + TCP_FLAGS_OFFSET] |= TCP_PSH
-        self.closed = bool(psh) or payload < self.gso_size
-        return True
-
-
-def coalesce(packets: Sequence[BytesLike], *, verify: bool = True) -> list[BytesLike]:
-    """The writes that carry `packets` to a TUN with TSO granted: each with its header.
-
-    In-order TCP segments of one flow (same addresses, ports, ACK, TCP options, TOS/TTL)
-    become one super-packet with a GSO virtio header; every other packet is written as
-    it is behind a zero header. Writes keep the order of each flow's first packet.
-    With `verify`, a segment whose checksum is wrong is not merged (the kernel would
-    not check a merged one again).
-    """
-    if not verify and len(packets) >= _WHOLE_BATCH_MIN_PACKETS and coalesce_run is not None:
-        write = coalesce_run(packets)
-        if write is not None:
-            return [write]
-    return _coalesce_flows(packets, verify)
-
-
-def _coalesce_flows(packets: Sequence[BytesLike], verify: bool) -> list[BytesLike]:
-    """`coalesce` packet by packet, each flow's segments merged as they come."""
-    writes: list[BytesLike | _Flow] = []
-    flows: dict[bytes, _Flow] = {}
-    last: _Flow | None = None
-    for packet in packets:
-        if last is not None and last.extend(packet, verify):
-            continue
-        candidate = _tcp_candidate(packet)
-        if candidate is None:
-            writes.append(_ZERO_VNET_HDR + packet)
-            continue
-        key, ip_len, header_len, seq, psh = candidate
-        flow = flows.get(key)
-        if flow is not None and flow is not last and flow.extend(packet, verify):
-            last = flow
-            continue
-        last = flows[key] = _Flow(packet, ip_len, header_len, seq, psh)
-        writes.append(last)
-    return [_finish(w) if isinstance(w, _Flow) else w for w in writes]
-
-
-def _tcp_candidate(packet: BytesLike) -> tuple[bytes, int, int, int, bool] | None:
-    """(flow key, IP header length, all headers' length, seq, PSH) of a mergeable segment."""
-    if len(packet) < IPV4_MIN_HEADER_BYTES + TCP_MIN_HEADER_BYTES:
-        return None
-    version = packet[0] >> 4
-    if version == IPV4_VERSION:
-        ip_len = (packet[0] & 0x0F) * 4
-        if (
-            ip_len != IPV4_MIN_HEADER_BYTES
-            or packet[IPV4_PROTOCOL_OFFSET] != PROTO_TCP
-            or _U16.unpack_from(packet, IPV4_TOTAL_LENGTH_OFFSET)[0] != len(packet)
-            or _U16.unpack_from(packet, IPV4_FLAGS_FRAGMENT_OFFSET)[0] & ~IPV4_DONT_FRAGMENT
-        ):
-            return None
-        ip_key = (
-            bytes(packet[1:2])
-            + bytes(packet[IPV4_TTL_OFFSET : IPV4_TTL_OFFSET + 1])
-            + bytes(packet[IPV4_FLAGS_FRAGMENT_OFFSET : IPV4_FLAGS_FRAGMENT_OFFSET + 1])
-        )
-        addresses = bytes(packet[IPV4_ADDRESSES])
-    elif version == IPV6_VERSION:
-        ip_len = IPV6_HEADER_BYTES
-        if (
-            len(packet) < IPV6_HEADER_BYTES + TCP_MIN_HEADER_BYTES
-            or packet[IPV6_NEXT_HEADER_OFFSET] != PROTO_TCP
-            or _U16.unpack_from(packet, IPV6_PAYLOAD_LENGTH_OFFSET)[0] + ip_len != len(packet)
-        ):
-            return None
-        ip_key = bytes(packet[0:2]) + bytes(
-            packet[IPV6_HOP_LIMIT_OFFSET : IPV6_HOP_LIMIT_OFFSET + 1]
-        )
-        addresses = bytes(packet[IPV6_ADDRESSES])
-    else:
-        return None
-    header_len = ip_len + (packet[ip_len + TCP_DATA_OFFSET_OFFSET] >> 4) * 4
-    flags = packet[ip_len + TCP_FLAGS_OFFSET]
-    if (
-        header_len - ip_len < TCP_MIN_HEADER_BYTES
-        or header_len >= len(packet)
-        or flags & ~TCP_PSH != TCP_ACK
-    ):
-        return None
-    key = (
-        ip_key
-        + addresses
-        + bytes(packet[ip_len : ip_len + TCP_SEQ_OFFSET])
-        + bytes(packet[ip_len + TCP_ACK_OFFSET : ip_len + TCP_DATA_OFFSET_OFFSET])
-        + bytes(packet[ip_len + TCP_MIN_HEADER_BYTES : header_len])
-    )
-    seq = _U32.unpack_from(packet, ip_len + TCP_SEQ_OFFSET)[0]
-    return key, ip_len, header_len, seq, bool(flags & TCP_PSH)
-
-
-def _tcp_checksum_ok(packet: BytesLike, ip_len: int) -> bool:
-    addresses = (
-        packet[IPV4_ADDRESSES] if ip_len == IPV4_MIN_HEADER_BYTES else packet[IPV6_ADDRESSES]
-    )
-    total = pseudo_sum_le(addresses, PROTO_TCP, len(packet) - ip_len) + sum_le(packet[ip_len:])
-    return total % ONES == 0
-
-
-def _finish(flow: _Flow) -> BytesLike:
-    """The write for a flow: the original segment, or the super-packet with its header."""
-    if flow.segments == 1:
-        return flow.buffer
-    buffer = flow.buffer
-    packet = memoryview(buffer)[VIRTIO_NET_HDR_SIZE:]
-    ip_len = flow.ip_len
-    size = len(packet)
-    if ip_len == IPV4_MIN_HEADER_BYTES:
-        gso_type = GSO_TCPV4
-        _U16.pack_into(packet, IPV4_TOTAL_LENGTH_OFFSET, size)
-        packet[IPV4_CHECKSUM_OFFSET] = packet[IPV4_CHECKSUM_OFFSET + 1] = 0
-        _U16_LE.pack_into(packet, IPV4_CHECKSUM_OFFSET, -sum_le(packet[:ip_len]) % ONES)
-        addresses = packet[IPV4_ADDRESSES]
-    else:
-        gso_type = GSO_TCPV6
-        _U16.pack_into(packet, IPV6_PAYLOAD_LENGTH_OFFSET, size - ip_len)
-        addresses = packet[IPV6_ADDRESSES]
-    partial = fold_le(pseudo_sum_le(addresses, PROTO_TCP, size - ip_len))
-    _U16_LE.pack_into(packet, ip_len + TCP_CHECKSUM_OFFSET, partial)
-    VirtioNetHdr(
-        flags=VIRTIO_NET_HDR_F_NEEDS_CSUM,
-        gso_type=gso_type,
-        hdr_len=flow.header_len,
-        gso_size=flow.gso_size,
-        csum_start=ip_len,
-        csum_offset=TCP_CHECKSUM_OFFSET,
-    ).pack_into(buffer)
-    packet.release()
-    return buffer
-
-
 # -- the TUN in batches ------------------------------------------------------------------
 
 
@@ -548,13 +288,15 @@ class TunBatch:
         return failed
 
     def write(self, packets: Sequence[BytesLike]) -> int:
-        """Hand `packets` to the kernel in as few writes as the offloads allow.
+        """Hand `packets` to the kernel in as few writes as the offloads allow: with a
+        virtio header and the native loops, each connection's run of next segments in
+        one write (`pilotif.wg.fastpath.batch_loops.coalesce`); else one packet a write.
 
         Returns the number of writes the kernel refused (e.g. a full queue)."""
-        if self.offloads.vnet_hdr and len(packets) > 1:
+        if self.offloads.vnet_hdr and len(packets) > 1 and coalesce is not None:
             # No checksum check before merging: the tunnel's AEAD already proves these
             # bytes are what the peer sent; a checksum guards a wire we do not use.
-            return self.write_merged(coalesce(packets, verify=False))
+            return self.write_merged(coalesce(packets))
         fd = self._fd
         failed = 0
         prefix = (_ZERO_VNET_HDR,) if self._header else ()

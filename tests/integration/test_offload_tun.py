@@ -29,8 +29,9 @@ from scapy.layers.inet import IP, TCP
 from pilotif.tun import TunDevice, configure_link
 from pilotif.tun.offload import (
     GSO_NONE, GSO_TCPV4, MAX_IP_PACKET_BYTES, VIRTIO_NET_HDR_SIZE, VirtioNetHdr,
-    coalesce, enable_offloads, split_gso,
+    enable_offloads, split_gso,
 )
+from pilotif.wg.fastpath.batch_loops import coalesce
 
 MTU = 1420
 MSS = MTU - 40

@@ -43,7 +43,6 @@ from test_device_batch import (
     tcp_segment,
 )
 
-from pilotif.tun.offload import coalesce
 from pilotif.wg.constants import (
     MESSAGE_TRANSPORT,
     REJECT_AFTER_MESSAGES,
@@ -709,15 +708,19 @@ def flow_segment(
 def tun_writes(
     node: Node, receives: list[Receive], source: Endpoint, *, merges: bool
 ) -> list[bytes]:
-    """What a TUN that takes virtio headers gets for each receive: the packets coalesced
-    by pilotif.tun.offload, then the merged writes, as DataPath writes them."""
+    """What a TUN that takes virtio headers gets for each receive: the packets as
+    pilotif.tun.offload's TunBatch writes them (coalesced natively, else one by one
+    behind a zero header), then the merged writes, as DataPath writes them."""
     node.device.merges_for_tun = merges
     plaintexts = memoryview(bytearray(max(len(buffer) for buffer, _ in receives)))
     writes: list[bytes] = []
     for buffer, segment_size in receives:
         view = memoryview(bytearray(buffer))
         node.device.receive(Coalesced(view, segment_size), source, NOW, plaintexts)
-        writes += [bytes(write) for write in coalesce(node.to_tun, verify=False)]
+        if batch_loops.coalesce is not None:
+            writes += [bytes(write) for write in batch_loops.coalesce(node.to_tun)]
+        else:
+            writes += [bytes(10) + bytes(packet) for packet in node.to_tun]
         writes += node.tun_writes
         node.to_tun.clear()
         node.tun_writes.clear()
@@ -779,8 +782,8 @@ def test_a_usual_batch_is_one_merged_write_when_the_native_loops_are_built(v6: b
     receive(b, [one_receive(sent(a, packets))], a.endpoint)
 
     if batch_loops.NATIVE:
-        assert batch_loops.coalesce_run is not None
-        assert b.tun_writes == [batch_loops.coalesce_run(packets)]
+        assert batch_loops.coalesce is not None
+        assert b.tun_writes == batch_loops.coalesce(packets)
     else:
         assert b.tun_writes == []
     assert drops(b) == {}

@@ -1,4 +1,5 @@
-"""TUN offloads without a TUN: splitting TSO super-packets, coalescing segments (GRO).
+"""TUN offloads without a TUN: splitting TSO super-packets, coalescing segments (GRO,
+the native `coalesce` and `coalesce_rows`).
 
 Super-packets are built the way the kernel hands them over (one IP and TCP header, a
 long payload, the TCP checksum field holding only the pseudo-header sum); every
@@ -26,11 +27,12 @@ from pilotif.tun.offload import (
     VIRTIO_NET_HDR_SIZE,
     OffloadError,
     VirtioNetHdr,
-    _coalesce_flows,
-    coalesce,
     split_gso,
 )
 from pilotif.wg.fastpath import _batch_loops  # type: ignore[attr-defined]
+
+coalesce = _batch_loops.coalesce
+"""The merge of TUN writes: native only (without it every packet is written as it is)."""
 
 MSS_V4 = 1368
 MSS_V6 = 1348
@@ -223,12 +225,37 @@ def test_segment_after_psh_is_not_merged() -> None:
     assert str(IP(bytes(writes[0][10:]))[TCP].flags) == "PA"
 
 
-def test_segment_with_a_bad_checksum_is_not_merged() -> None:
-    segments = [bytearray(s) for s in split(*tcp_super_packet(os.urandom(6000)))]
-    segments[2][-1] ^= 0xFF
-    writes = coalesce(segments)
+def test_a_packet_that_does_not_join_its_connections_run_ends_it() -> None:
+    # A pure ACK of the same connection between segments: the segments after it are not
+    # merged into the write before it (a connection's packets keep their order).
+    segments = split(*tcp_super_packet(os.urandom(6000), flags="A"))
+    ack = IP(segments[0])
+    ack[TCP].remove_payload()
+    del ack[IP].len, ack[IP].chksum, ack[TCP].chksum
+    pure_ack = bytes(ack)
+    batch = [*segments[:2], pure_ack, *segments[2:]]
+    writes = coalesce(batch)
     assert len(writes) == 3
-    assert bytes(writes[1][10:]) == bytes(segments[2])
+    assert bytes(writes[1]) == bytes(10) + pure_ack
+    assert [_without_ipv4_id(p) for p in _writes_as_packets(writes)] == [
+        _without_ipv4_id(p) for p in batch
+    ]
+
+
+def test_packets_too_long_for_ip_are_refused() -> None:
+    with pytest.raises(ValueError, match="longer"):
+        coalesce([bytes(65536)])
+
+
+def test_garbage_and_truncated_packets_are_written_as_they_are() -> None:
+    segments = split(*tcp_super_packet(os.urandom(3000), flags="A"))
+    garbage = [b"", b"\x45", os.urandom(30), segments[1][:30], b"\x60" + bytes(59)]
+    # Nothing among them is of the segments' connection: its run goes on after them.
+    writes = coalesce([segments[0], *garbage, segments[1], segments[2]])
+    assert [bytes(w) for w in writes[1:]] == [bytes(10) + g for g in garbage]
+    assert [_without_ipv4_id(p) for p in _writes_as_packets(writes[:1])] == [
+        _without_ipv4_id(s) for s in segments
+    ]
 
 
 @settings(max_examples=40, deadline=None)
@@ -320,85 +347,103 @@ def _without_ipv4_id(packet: bytes) -> bytes:
     return packet[:4] + bytes(2) + packet[6:10] + bytes(2) + packet[12:]
 
 
-@settings(max_examples=80, deadline=None)
+def _connection(packet: bytes) -> bytes:
+    """What tells a packet's TCP connection apart (its ports); other packets: themselves."""
+    v6 = packet[0] >> 4 == 6
+    ip_len = 40 if v6 else 20
+    if (packet[6] if v6 else packet[9]) != 6:
+        return packet
+    return packet[ip_len : ip_len + 4]
+
+
+def _by_connection(packets: list[bytes]) -> dict[bytes, list[bytes]]:
+    """Each connection's packets, in order (IPv4 IDs aside)."""
+    flows: dict[bytes, list[bytes]] = {}
+    for packet in packets:
+        flows.setdefault(_connection(packet), []).append(_without_ipv4_id(packet))
+    return flows
+
+
+def _cut_in_two(segment: bytes, where: int) -> list[bytes]:
+    """The segment as two back to back (a short one, then the rest), when it can be."""
+    packet = IPv6(segment) if segment[0] >> 4 == 6 else IP(segment)
+    payload = bytes(packet[TCP].payload)
+    if len(payload) < 2:
+        return [segment]
+    cut = 1 + where % (len(payload) - 1)
+    halves = []
+    for seq, part in ((packet[TCP].seq, payload[:cut]), (packet[TCP].seq + cut, payload[cut:])):
+        half = packet.copy()
+        half[TCP].remove_payload()
+        half[TCP].seq = seq % 2**32
+        del half[TCP].chksum
+        if IP in half:
+            del half[IP].len, half[IP].chksum
+        else:
+            del half[IPv6].plen
+        halves.append(bytes(half / Raw(part)))
+    return halves
+
+
+@settings(max_examples=120, deadline=None)
 @given(
-    sizes=st.lists(st.integers(min_value=1, max_value=20000), min_size=1, max_size=2),
-    change=st.sampled_from(["none", "drop", "swap", "ack", "psh", "udp", "short"]),
+    sizes=st.lists(st.integers(min_value=1, max_value=20000), min_size=1, max_size=3),
+    order=st.lists(st.integers(min_value=0, max_value=2), max_size=200),
+    change=st.sampled_from(
+        ["none", "drop", "swap", "ack", "psh", "psh-last", "udp", "short", "cut", "ttl", "window"]
+    ),
     where=st.integers(min_value=0, max_value=1000),
     v6=st.booleans(),
 )
-def test_unverified_coalescing_carries_exactly_the_packets(
-    sizes: list[int], change: str, where: int, v6: bool
+def test_coalescing_carries_exactly_the_packets_each_connection_in_order(
+    sizes: list[int], order: list[int], change: str, where: int, v6: bool
 ) -> None:
-    # The write path (verify=False) merges whole batches with numpy when it can and
-    # packet by packet when it cannot: either way the kernel must get back exactly the
-    # packets we were given, each flow in order, and a batch of one flow's in-order
-    # segments must become one write.
+    # What the native merge hands the kernel is what the plain path writes one by one:
+    # split again, the same packets, each connection's in the same order; and a
+    # connection's in-order run of segments becomes one write.
+    flows = []
+    for number, size in enumerate(sizes):
+        raw, header = tcp_super_packet(os.urandom(size), v6=v6, flags="A")
+        raw[(40 if v6 else 20) + 1] ^= number  # each connection its own source port
+        _set_partial_checksum(raw, 40 if v6 else 20, v6=v6)
+        flows.append(split(raw, header))
     batch: list[bytes] = []
-    seq = SEQ_NEAR_WRAP
-    for size in sizes:
-        raw, header = tcp_super_packet(os.urandom(size), v6=v6, flags="A", seq=seq)
-        batch += split(raw, header)
-        seq = (seq + size) % 2**32
+    for pick in order + list(range(len(flows))) * 50:
+        if flows[pick % len(flows)]:
+            batch.append(flows[pick % len(flows)].pop(0))
     at = where % len(batch)
+    tcp_at = 40 if v6 else 20
     if change == "drop" and len(batch) > 2:
         del batch[at]
     elif change == "swap" and len(batch) > 1:
         other = (at + 1) % len(batch)
         batch[at], batch[other] = batch[other], batch[at]
-    elif change in ("ack", "psh"):
+    elif change in ("ack", "psh", "psh-last", "ttl", "window"):
+        at = len(batch) - 1 if change == "psh-last" else at
         packet = bytearray(batch[at])
-        offset = (40 if v6 else 20) + (8 if change == "ack" else 13)
-        packet[offset] ^= 1 if change == "ack" else 0x08
+        offset = {"ack": tcp_at + 8, "psh": tcp_at + 13, "psh-last": tcp_at + 13}.get(
+            change, 7 if v6 and change == "ttl" else 8 if change == "ttl" else tcp_at + 14
+        )
+        packet[offset] ^= 0x08 if change.startswith("psh") else 1
         rebuilt = IPv6(bytes(packet)) if v6 else IP(bytes(packet))
         del rebuilt[TCP].chksum
+        if not v6:
+            del rebuilt[IP].chksum
         batch[at] = bytes(rebuilt)
     elif change == "udp":
         batch.insert(at, bytes(IP(src="100.64.0.1", dst="100.64.0.2") / UDP() / Raw(b"u")))
     elif change == "short":
         batch[at] = batch[at][:-1]
-    writes = [bytes(w) for w in coalesce(batch, verify=False)]
-    assert sorted(map(_without_ipv4_id, _writes_as_packets(writes))) == sorted(
-        map(_without_ipv4_id, batch)
-    )
-    if change in ("none", "udp") and len(sizes) == 1:
-        tcp = [p for p in batch if (p[6] if v6 else p[9]) == 6]
+    elif change == "cut":
+        batch[at : at + 1] = _cut_in_two(batch[at], where)
+
+    writes = [bytes(w) for w in coalesce(batch)]
+
+    assert _by_connection(_writes_as_packets(writes)) == _by_connection(batch)
+    assert all(w[:10] == bytes(10) for w in writes if VirtioNetHdr.unpack_from(w).gso_type == 0)
+    if change in ("none", "udp", "psh-last") and len(sizes) == 1:
         tcp_writes = [w for w in writes if VirtioNetHdr.unpack_from(w).gso_type != GSO_NONE]
-        assert len(tcp) == 1 or len(tcp_writes) == 1
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    size=st.integers(min_value=4 * MSS_V4, max_value=64000),
-    change=st.sampled_from(["none", "psh-last", "psh-middle", "gap", "short-middle", "ttl"]),
-    where=st.integers(min_value=1, max_value=1000),
-    v6=st.booleans(),
-)
-def test_the_native_merge_writes_what_the_flow_by_flow_merge_writes(
-    size: int, change: str, where: int, v6: bool
-) -> None:
-    # coalesce_run (C) takes a batch whole when it is built: the same write byte for
-    # byte as merging flow by flow in Python, or None exactly when that does not make
-    # one write of the whole batch (coalesce then goes flow by flow).
-    raw, header = tcp_super_packet(os.urandom(size), v6=v6, flags="A")
-    batch = [bytearray(s) for s in split(raw, header)]
-    at = where % len(batch)
-    flags_at, ttl_at = (40 if v6 else 20) + 13, 7 if v6 else 8
-    if change == "psh-last":
-        batch[-1][flags_at] |= 0x08
-    elif change == "psh-middle":
-        batch[at][flags_at] |= 0x08
-    elif change == "gap" and len(batch) > 2:
-        del batch[at]
-    elif change == "short-middle" and at < len(batch) - 1:
-        batch[at] = batch[at][:-1]
-    elif change == "ttl":
-        batch[at][ttl_at] -= 1
-    flow_by_flow = _coalesce_flows(batch, verify=False)
-    expected = bytes(flow_by_flow[0]) if len(flow_by_flow) == 1 else None
-    assert _batch_loops.coalesce_run(batch) == expected
-    if change == "none" and len(batch) > 1:
-        assert expected is not None
+        assert len(batch) - (change == "udp") == 1 or len(tcp_writes) == 1
 
 
 @settings(max_examples=80, deadline=None)
@@ -413,9 +458,9 @@ def test_merging_rows_writes_what_merging_their_packets_writes(
     size: int, slack: int, change: str, where: int, v6: bool
 ) -> None:
     # coalesce_rows reads the packets where a decrypted batch left them, one per row
-    # (the padding after each is not the packet's): the write coalesce_run makes of the
-    # packets themselves, byte for byte, or None when a row's header claims more than
-    # its row holds or coalesce_run would decline.
+    # (the padding after each is not the packet's): the one super-packet coalesce makes
+    # of the packets themselves, byte for byte, or None when a row's header claims more
+    # than its row holds or coalesce does not make one super-packet of them all.
     raw, header = tcp_super_packet(os.urandom(size), v6=v6, flags="A")
     batch = [bytearray(s) for s in split(raw, header)]
     at = where % len(batch)
@@ -443,7 +488,9 @@ def test_merging_rows_writes_what_merging_their_packets_writes(
     if change in ("long-header", "garbage-row"):
         assert got is None
     else:
-        assert got == _batch_loops.coalesce_run(batch)
+        writes = coalesce(batch)
+        one = len(writes) == 1 and VirtioNetHdr.unpack_from(writes[0]).gso_type != GSO_NONE
+        assert got == (writes[0] if one else None)
         if change == "none":
             assert got is not None
 

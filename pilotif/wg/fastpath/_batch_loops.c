@@ -433,7 +433,7 @@ static unsigned get_be16(const unsigned char *p) { return (unsigned)(p[0] << 8 |
 
 /* Whether two segments' headers are equal but for what differs from segment to segment:
  * the IPv4 total length, ID and header checksum (IPv6: payload length), the TCP sequence
- * number, PSH and checksum (pilotif.tun.offload's _header_mask). */
+ * number, PSH and checksum. */
 static int same_headers(const unsigned char *a, const unsigned char *b, Py_ssize_t ip_len,
                         Py_ssize_t header_len) {
     const unsigned char *ta = a + ip_len, *tb = b + ip_len;
@@ -450,73 +450,118 @@ static int same_headers(const unsigned char *a, const unsigned char *b, Py_ssize
            memcmp(ta + 18, tb + 18, (size_t)(header_len - ip_len - 18)) == 0;
 }
 
-/* The one TUN write (virtio header, then one TCP super-packet) that carries the `count`
- * packets at `rows` (`lengths` bytes each) when they are the usual batch (see
- * coalesce_run's docstring); a new reference to Py_None when they are not, NULL on an
- * error. */
-static PyObject *merge_segments(const unsigned char *const *rows, const Py_ssize_t *lengths,
-                                Py_ssize_t count) {
-    if (count < 2) {
-        return Py_NewRef(Py_None);
-    }
-    const unsigned char *first = rows[0];
-    Py_ssize_t size = lengths[0], last_size = lengths[count - 1], ip_len;
+/* What a packet is to the merge: TCP or not (then its IP header length), and for a
+ * segment that may be merged (IPv4 without options or IPv6, as long as its header says,
+ * not a fragment, ACK and maybe PSH only, some payload) its headers' length. */
+typedef struct {
+    Py_ssize_t ip_len;     /* 0: not a TCP packet whose connection can be read */
+    Py_ssize_t header_len; /* 0: not a segment that may be merged */
+    int psh;
+} Segment;
+
+static Segment read_segment(const unsigned char *packet, Py_ssize_t size) {
+    Segment found = {0, 0, 0};
     if (size < IPV4_MIN_HEADER + TCP_MIN_HEADER) {
-        return Py_NewRef(Py_None);
+        return found;
     }
-    int version = first[0] >> 4;
+    int version = packet[0] >> 4, plain;
     if (version == 4) {
-        ip_len = (first[0] & 0x0F) * 4;
-        if (ip_len != IPV4_MIN_HEADER || first[9] != 6 || get_be16(first + 2) != size ||
-            (get_be16(first + 6) & ~0x4000u) != 0) {
-            return Py_NewRef(Py_None);
+        found.ip_len = (packet[0] & 0x0F) * 4;
+        if (packet[9] != 6 || found.ip_len < IPV4_MIN_HEADER ||
+            size < found.ip_len + TCP_MIN_HEADER) {
+            found.ip_len = 0;
+            return found;
         }
-    } else if (version == 6) {
-        ip_len = IPV6_HEADER;
-        if (size < IPV6_HEADER + TCP_MIN_HEADER || first[6] != 6 ||
-            get_be16(first + 4) + IPV6_HEADER != size) {
-            return Py_NewRef(Py_None);
-        }
+        plain = found.ip_len == IPV4_MIN_HEADER && get_be16(packet + 2) == size &&
+                (get_be16(packet + 6) & ~0x4000u) == 0;
+    } else if (version == 6 && size >= IPV6_HEADER + TCP_MIN_HEADER && packet[6] == 6) {
+        found.ip_len = IPV6_HEADER;
+        plain = get_be16(packet + 4) + IPV6_HEADER == size;
     } else {
-        return Py_NewRef(Py_None);
+        return found;
     }
-    Py_ssize_t header_len = ip_len + (first[ip_len + 12] >> 4) * 4;
-    Py_ssize_t payload = size - header_len;
-    if (header_len - ip_len < TCP_MIN_HEADER || header_len >= size ||
-        first[ip_len + 13] != 0x10 || !(header_len < last_size && last_size <= size) ||
-        header_len + payload * count > 65535) {
-        return Py_NewRef(Py_None);
+    const unsigned char *tcp = packet + found.ip_len;
+    Py_ssize_t header_len = found.ip_len + (tcp[12] >> 4) * 4;
+    if (plain && header_len - found.ip_len >= TCP_MIN_HEADER && header_len < size &&
+        (tcp[13] & ~TCP_PSH) == 0x10) {
+        found.header_len = header_len;
+        found.psh = (tcp[13] & TCP_PSH) != 0;
     }
-    uint32_t seq = get_be32(first + ip_len + 4);
-    Py_ssize_t length_at = version == 4 ? 2 : 4, length_base = version == 4 ? 0 : IPV6_HEADER;
-    for (Py_ssize_t row = 1; row < count; row++) {
-        const unsigned char *packet = rows[row];
-        Py_ssize_t length = lengths[row];
-        int last = row == count - 1;
-        if ((!last && length != size) || !same_headers(first, packet, ip_len, header_len) ||
-            get_be32(packet + ip_len + 4) - seq != (uint32_t)(row * payload) ||
-            (Py_ssize_t)get_be16(packet + length_at) != length - length_base ||
-            (!last && (packet[ip_len + 13] & TCP_PSH))) {
-            return Py_NewRef(Py_None);
-        }
+    return found;
+}
+
+/* Whether two TCP packets (`ip_len` bytes of IP header each) are of one connection. */
+static int same_connection(const unsigned char *a, Py_ssize_t a_ip_len, const unsigned char *b,
+                           Py_ssize_t b_ip_len) {
+    if (a[0] >> 4 != b[0] >> 4) {
+        return 0;
     }
-    Py_ssize_t merged = header_len + (count - 1) * payload + (last_size - header_len);
-    PyObject *write = PyBytes_FromStringAndSize(NULL, VIRTIO_NET_HDR_SIZE + merged);
-    if (write == NULL) {
+    if (a[0] >> 4 == 6) {
+        return memcmp(a + 8, b + 8, 32) == 0 &&
+               memcmp(a + IPV6_HEADER, b + IPV6_HEADER, 4) == 0;
+    }
+    return memcmp(a + 12, b + 12, 8) == 0 && memcmp(a + a_ip_len, b + b_ip_len, 4) == 0;
+}
+
+/* One TUN write being built: a run of one connection's next segments, or one packet. */
+typedef struct {
+    Py_ssize_t first, last;   /* rows of its first and latest packet */
+    Py_ssize_t ip_len;        /* 0: not TCP */
+    Py_ssize_t header_len;    /* 0: one packet, written as it is */
+    Py_ssize_t gso_size, size, segments;
+    uint32_t next_seq;
+    int closed;
+} Write;
+
+/* Append the segment at `row` to `write` if it is its next one. */
+static int extend(Write *write, const unsigned char *const *rows, const Py_ssize_t *lengths,
+                  Py_ssize_t *next_row, Py_ssize_t row, const Segment *segment) {
+    const unsigned char *packet = rows[row];
+    Py_ssize_t payload = lengths[row] - segment->header_len;
+    if (write->closed || write->header_len != segment->header_len ||
+        write->ip_len != segment->ip_len || payload > write->gso_size ||
+        write->size + payload > 65535 ||
+        get_be32(packet + segment->ip_len + 4) != write->next_seq ||
+        !same_headers(rows[write->first], packet, segment->ip_len, segment->header_len)) {
+        return 0;
+    }
+    next_row[write->last] = row;
+    write->last = row;
+    write->size += payload;
+    write->segments += 1;
+    write->next_seq += (uint32_t)payload;
+    write->closed = segment->psh || payload < write->gso_size;
+    return 1;
+}
+
+/* The write (virtio header, then the packet or the TCP super-packet) for `write`. */
+static PyObject *build_write(const Write *write, const unsigned char *const *rows,
+                             const Py_ssize_t *lengths, const Py_ssize_t *next_row) {
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, VIRTIO_NET_HDR_SIZE + write->size);
+    if (bytes == NULL) {
         return NULL;
     }
-    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(write);
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(bytes);
     unsigned char *packet = out + VIRTIO_NET_HDR_SIZE;
-    memcpy(packet, first, (size_t)size);
-    unsigned char *at = packet + size;
-    for (Py_ssize_t row = 1; row < count; row++) {
+    memset(out, 0, VIRTIO_NET_HDR_SIZE);
+    Py_ssize_t first_size = lengths[write->first];
+    memcpy(packet, rows[write->first], (size_t)first_size);
+    if (write->segments == 1) {
+        return bytes;
+    }
+    Py_ssize_t ip_len = write->ip_len, header_len = write->header_len, merged = write->size;
+    unsigned char *at = packet + first_size;
+    for (Py_ssize_t row = next_row[write->first];; row = next_row[row]) {
         Py_ssize_t part = lengths[row] - header_len;
         memcpy(at, rows[row] + header_len, (size_t)part);
         at += part;
+        if (row == write->last) {
+            break;
+        }
     }
-    packet[ip_len + 13] |= rows[count - 1][ip_len + 13] & TCP_PSH;
+    packet[ip_len + 13] |= rows[write->last][ip_len + 13] & TCP_PSH;
     uint64_t pseudo;
-    if (version == 4) {
+    if (ip_len == IPV4_MIN_HEADER) {
         put_be16(packet + 2, (unsigned)merged);
         put_be16(packet + 10, 0);
         put_be16(packet + 10, (ONES - (unsigned)sum_words(packet, (size_t)ip_len)) % ONES);
@@ -529,22 +574,96 @@ static PyObject *merge_segments(const unsigned char *const *rows, const Py_ssize
     put_be16(packet + ip_len + 16, partial ? partial : ONES);
     /* struct virtio_net_hdr, in the machine's order: flags, gso_type, hdr_len, gso_size,
      * csum_start, csum_offset. */
-    uint16_t fields[4] = {(uint16_t)header_len, (uint16_t)payload, (uint16_t)ip_len, 16};
+    uint16_t fields[4] = {(uint16_t)header_len, (uint16_t)write->gso_size, (uint16_t)ip_len, 16};
     out[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-    out[1] = version == 4 ? GSO_TCPV4 : GSO_TCPV6;
+    out[1] = ip_len == IPV4_MIN_HEADER ? GSO_TCPV4 : GSO_TCPV6;
     memcpy(out + 2, fields, sizeof fields);
-    return write;
+    return bytes;
 }
 
-PyDoc_STRVAR(coalesce_run_doc,
-"coalesce_run(packets) -> bytes | None\n\n"
-"The one TUN write (virtio header, then one TCP super-packet) that carries `packets` when\n"
-"they are the usual batch: every packet the next segment of the first one's flow (IPv4\n"
-"without options or IPv6, ACK and maybe PSH only, PSH on the last only), all of one size\n"
-"but the last, within one IP packet's size. None for anything else. What\n"
-"pilotif.tun.offload's _coalesce_whole and _finish write, byte for byte.");
+/* The writes that carry the `count` packets at `rows` (`lengths` bytes each), as
+ * coalesce's docstring says; with `whole`, the one write of them all (a new reference to
+ * Py_None when they are not one run of two or more segments). NULL on an error. */
+static PyObject *merge(const unsigned char *const *rows, const Py_ssize_t *lengths,
+                       Py_ssize_t count, int whole) {
+    size_t slots = (size_t)(count ? count : 1);
+    Write *writes = PyMem_Calloc(slots, sizeof(Write));
+    Py_ssize_t *next_row = PyMem_Calloc(slots, sizeof(Py_ssize_t));
+    PyObject *result = NULL;
+    Py_ssize_t written = 0;
+    if (writes == NULL || next_row == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Write *last = NULL;
+    for (Py_ssize_t row = 0; row < count; row++) {
+        Segment segment = read_segment(rows[row], lengths[row]);
+        if (segment.header_len && last != NULL &&
+            extend(last, rows, lengths, next_row, row, &segment)) {
+            continue;
+        }
+        Write *same = NULL;
+        for (Py_ssize_t w = written - 1; segment.ip_len && w >= 0; w--) {
+            if (writes[w].ip_len &&
+                same_connection(rows[writes[w].first], writes[w].ip_len, rows[row],
+                                segment.ip_len)) {
+                same = &writes[w];
+                break;
+            }
+        }
+        /* Only the connection's latest write may take the segment: a connection's
+         * packets keep their order. */
+        if (same != NULL && segment.header_len && same != last &&
+            extend(same, rows, lengths, next_row, row, &segment)) {
+            last = same;
+            continue;
+        }
+        if (whole && row > 0) {
+            result = Py_NewRef(Py_None);
+            goto done;
+        }
+        last = &writes[written++];
+        Py_ssize_t payload = lengths[row] - segment.header_len;
+        *last = (Write){row, row, segment.ip_len, segment.header_len, payload, lengths[row], 1,
+                        0, 1};
+        if (segment.header_len) {
+            last->next_seq = get_be32(rows[row] + segment.ip_len + 4) + (uint32_t)payload;
+            last->closed = segment.psh;
+        }
+    }
+    if (whole) {
+        result = written == 1 && writes[0].segments > 1
+                     ? build_write(&writes[0], rows, lengths, next_row)
+                     : Py_NewRef(Py_None);
+        goto done;
+    }
+    result = PyList_New(written);
+    for (Py_ssize_t w = 0; result != NULL && w < written; w++) {
+        PyObject *write = build_write(&writes[w], rows, lengths, next_row);
+        if (write == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, w, write);
+    }
+done:
+    PyMem_Free(writes);
+    PyMem_Free(next_row);
+    return result;
+}
 
-static PyObject *coalesce_run(PyObject *self, PyObject *arg) {
+PyDoc_STRVAR(coalesce_doc,
+"coalesce(packets) -> list[bytes]\n\n"
+"The TUN writes (each a virtio header, then a packet) that carry `packets` to a TUN\n"
+"with TSO granted: each run of one TCP connection's next segments (IPv4 without\n"
+"options or IPv6, ACK and maybe PSH only, equal headers but for what differs segment\n"
+"to segment, all of one size but the last, a PSH ending the run, within one IP\n"
+"packet's size) becomes one super-packet with a GSO header; every other packet is\n"
+"written as it is behind a zero header. Writes are in the order of their first packet,\n"
+"and a connection's packets stay in order: a packet that does not join its\n"
+"connection's run ends it.");
+
+static PyObject *coalesce(PyObject *self, PyObject *arg) {
     (void)self;
     PyObject *list = PySequence_Fast(arg, "packets must be a sequence");
     if (list == NULL) {
@@ -567,8 +686,12 @@ static PyObject *coalesce_run(PyObject *self, PyObject *arg) {
         }
         rows[held] = views[held].buf;
         lengths[held] = views[held].len;
+        if (lengths[held] > 65535) {
+            PyErr_SetString(PyExc_ValueError, "a packet is longer than an IP packet can be");
+            goto done;
+        }
     }
-    result = merge_segments(rows, lengths, count);
+    result = merge(rows, lengths, count, 0);
 done:
     release_views(views, held);
     PyMem_Free(rows);
@@ -579,11 +702,12 @@ done:
 
 PyDoc_STRVAR(coalesce_rows_doc,
 "coalesce_rows(buffer, stride, count, last_size) -> bytes | None\n\n"
-"What coalesce_run returns for the `count` packets laid out one per `stride` bytes in\n"
-"`buffer` (the last row `last_size` bytes), each as long as its IP header says (IPv4's\n"
-"total length, IPv6's payload length plus its header) and no longer than its row: a\n"
-"decrypted batch merged without a view per packet. None when a row does not hold the\n"
-"packet its header describes, or when coalesce_run would decline.");
+"The one write that coalesce makes of the `count` packets laid out one per `stride`\n"
+"bytes in `buffer` (the last row `last_size` bytes), each as long as its IP header says\n"
+"(IPv4's total length, IPv6's payload length plus its header) and no longer than its\n"
+"row, when they are one run of a connection's next segments: a decrypted batch merged\n"
+"without a view per packet. None when a row does not hold the packet its header\n"
+"describes, or when coalesce would not make one super-packet of them all.");
 
 static PyObject *coalesce_rows(PyObject *self, PyObject *args) {
     Py_buffer buffer;
@@ -621,7 +745,7 @@ static PyObject *coalesce_rows(PyObject *self, PyObject *args) {
         rows[row] = packet;
         lengths[row] = length;
     }
-    result = merge_segments(rows, lengths, count);
+    result = merge(rows, lengths, count, 1);
 done:
     PyMem_Free(rows);
     PyMem_Free(lengths);
@@ -633,7 +757,7 @@ static PyMethodDef methods[] = {
     {"open_rows", open_rows, METH_VARARGS, open_rows_doc},
     {"seal_rows", seal_rows, METH_VARARGS, seal_rows_doc},
     {"seal_tso", seal_tso, METH_VARARGS, seal_tso_doc},
-    {"coalesce_run", coalesce_run, METH_O, coalesce_run_doc},
+    {"coalesce", coalesce, METH_O, coalesce_doc},
     {"coalesce_rows", coalesce_rows, METH_VARARGS, coalesce_rows_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -4,10 +4,10 @@ compiler and OpenSSL's headers are there) or, without them, the same in Python t
 `cryptography`, one packet at a time. Three are native only, the fast path of rules the
 plain path keeps per packet: sealing a TCP super-packet as it is cut (`seal_tso`; else
 the device cuts it with pilotif.packet.segments.cut_segments and seals the run) and
-merging a decrypted batch of one TCP flow into one TUN write (`coalesce_run` from the
-packets, `coalesce_rows` from the rows they were decrypted into; else
-pilotif.tun.offload merges flow by flow in Python). Tests hold each native rule to the
-plain one byte for byte.
+merging the next segments of each TCP connection in a decrypted batch into one TUN
+write each (`coalesce` from the packets, `coalesce_rows` from the rows a batch of one
+run was decrypted into; else every packet is written as it is). Tests hold each native
+rule to the plain path: the same bytes on the wire, the same packets into the TUN.
 
 `PILOTIF_PURE_PYTHON=1` in the environment makes every process use the Python loops
 (scripts/test.sh runs the data plane's unit tests that way too).
@@ -34,7 +34,7 @@ SealRows = Callable[
 ]
 
 SealTso = Callable[[bytes, int, int, BytesLike, int, int, int, memoryview], tuple[int, int, int]]
-CoalesceRun = Callable[[Sequence[BytesLike]], bytes | None]
+Coalesce = Callable[[Sequence[BytesLike]], list[bytes]]
 CoalesceRows = Callable[[BytesLike, int, int, int], bytes | None]
 
 
@@ -107,18 +107,18 @@ def _seal_rows_python(
         encrypt(pack_nonce(first_counter + row), text, None, out[start : start + padded + _TAG])
 
 
-def _native() -> tuple[OpenRows, SealRows, SealTso, CoalesceRun, CoalesceRows] | None:
+def _native() -> tuple[OpenRows, SealRows, SealTso, Coalesce, CoalesceRows] | None:
     if os.environ.get(PURE_PYTHON_ENV):
         return None
     try:
         from pilotif.wg.fastpath import _batch_loops  # type: ignore[attr-defined]
     except ImportError:
         return None
-    native: tuple[OpenRows, SealRows, SealTso, CoalesceRun, CoalesceRows] = (
+    native: tuple[OpenRows, SealRows, SealTso, Coalesce, CoalesceRows] = (
         _batch_loops.open_rows,
         _batch_loops.seal_rows,
         _batch_loops.seal_tso,
-        _batch_loops.coalesce_run,
+        _batch_loops.coalesce,
         _batch_loops.coalesce_rows,
     )
     return native
@@ -141,11 +141,12 @@ seal_tso: Final[SealTso | None] = _LOOPS[2] if _LOOPS else None
 `out`: (key, first_counter, receiver_index, packet, transport_start, segment_payload,
 mtu, out) -> (count, datagram_size, total); see the native docstring. None without the
 native loops."""
-coalesce_run: Final[CoalesceRun | None] = _LOOPS[3] if _LOOPS else None
-"""The one TUN write (virtio header and TCP super-packet) that carries a batch of packets
-when they are one flow's next segments, else None; see the native docstring. None
-without the native loops."""
+coalesce: Final[Coalesce | None] = _LOOPS[3] if _LOOPS else None
+"""The TUN writes (each a virtio header, then a packet or a TCP super-packet) that carry
+a batch of packets, each connection's run of next segments merged; see the native
+docstring. None without the native loops."""
 coalesce_rows: Final[CoalesceRows | None] = _LOOPS[4] if _LOOPS else None
-"""What `coalesce_run` returns for the packets laid out one per `stride` bytes of a buffer
-(buffer, stride, count, last_size), each as long as its IP header says: a decrypted
-batch merged without a view per packet. None without the native loops."""
+"""The one super-packet write `coalesce` makes of the packets laid out one per `stride`
+bytes of a buffer (buffer, stride, count, last_size), each as long as its IP header says,
+when they are one run (else None): a decrypted batch merged without a view per packet.
+None without the native loops."""
