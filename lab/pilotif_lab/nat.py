@@ -4,6 +4,11 @@
       +-- router r0: wan0 198.18.0.11, NAT (cone or symmetric), LAN 198.19.1.0/24 (agents .2 ...)
       +-- router r1: wan0 198.18.0.12, NAT (cone or symmetric), LAN 198.19.2.0/24 (agents .2 ...)
 
+The public namespace is also the internet's router: a router's WAN address is a /32 whose
+only neighbour is 198.18.0.1, so a packet from one router to another crosses one hop that
+decrements its TTL, as on the real internet (a punch opener sent with a low TTL leaves its
+own router and dies there, before the far router).
+
 Every router masquerades its LAN behind its WAN address with nftables and, like a home router,
 drops unsolicited inbound connections; a cone NAT keeps a LAN socket's port for every
 destination (endpoint-independent mapping), a symmetric NAT picks a random port for each.
@@ -63,6 +68,12 @@ POLL_INTERVAL_S = 0.2
 PATH_TIMEOUT_S = 5.0
 """How long a trusted pair may take to settle on its path (and on trust itself)."""
 _SWITCH = "sw0"
+_INTERNET_ROUTER_SYSCTLS = (
+    "net.ipv4.ip_forward=1",
+    "net.ipv4.conf.all.send_redirects=0",
+    "net.ipv4.conf.default.send_redirects=0",
+)
+"""The public namespace forwards between routers, and tells none of them to go direct."""
 _WAN = "wan0"
 _LAN_BRIDGE = "lan0"
 _AGENT_LINK = "eth0"
@@ -357,11 +368,8 @@ class NatLab:
         router = self.routers[index]
         address = str(PUBLIC_NETWORK[ROUTER_WAN_RENUMBERED_FIRST_HOST + index])
         ns = router.namespace
-        ns.run(
-            "ip", "address", "del", _with_prefix(router.wan_address, PUBLIC_NETWORK), "dev", _WAN
-        )
-        ns.run("ip", "address", "add", _with_prefix(address, PUBLIC_NETWORK), "dev", _WAN)
-        ns.run("ip", "route", "replace", "default", "via", REGISTRY_ADDRESS)
+        ns.run("ip", "address", "del", f"{router.wan_address}/32", "dev", _WAN)
+        _wan_address(ns, address)
         renumbered = dataclasses.replace(router, wan_address=address)
         self.routers = tuple(renumbered if r is router else r for r in self.routers)
         return address
@@ -547,6 +555,14 @@ def _with_prefix(address: str, network: ipaddress.IPv4Network) -> str:
     return f"{address}/{network.prefixlen}"
 
 
+def _wan_address(ns: Namespace, address: str) -> None:
+    """A router's WAN address, reached from the internet router 198.18.0.1 only (the
+    routers are no neighbours of each other: see the module docstring)."""
+    ns.run("ip", "address", "add", f"{address}/32", "dev", _WAN)
+    ns.run("ip", "route", "replace", REGISTRY_ADDRESS, "dev", _WAN, "src", address)
+    ns.run("ip", "route", "replace", "default", "via", REGISTRY_ADDRESS, "src", address)
+
+
 def _build_router(
     public: Namespace, ns: Namespace, index: int, kind: NatKind, delay_ms: float, loss: float
 ) -> Router:
@@ -569,9 +585,8 @@ def _build_router(
     else:
         _veth(port, public, _WAN, ns)
     _attach(public, port, _SWITCH)
-    ns.run("ip", "address", "add", _with_prefix(wan_address, PUBLIC_NETWORK), "dev", _WAN)
     ns.run("ip", "link", "set", _WAN, "up")
-    ns.run("ip", "route", "add", "default", "via", REGISTRY_ADDRESS)
+    _wan_address(ns, wan_address)
     router = Router(ns, kind, wan_address, LAN_NETWORKS[index])
     _bridge(ns, _LAN_BRIDGE, _with_prefix(router.lan_address, router.lan))
     ns.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
@@ -632,6 +647,8 @@ def nat_lab(
             return stack.enter_context(namespace(run_id, role, resolv_conf=RESOLV_CONF))
 
         public = new_namespace("pub")
+        for setting in _INTERNET_ROUTER_SYSCTLS:
+            public.run("sysctl", "-q", "-w", setting)
         _bridge(public, _SWITCH, _with_prefix(REGISTRY_ADDRESS, PUBLIC_NETWORK))
         delays = list(wan_delay_ms) + [0.0] * (len(nats) - len(wan_delay_ms))
         losses = list(wan_loss) + [0.0] * (len(nats) - len(wan_loss))

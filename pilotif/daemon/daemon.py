@@ -28,11 +28,17 @@ from pilotif.daemon.status import metrics_sample, wall_offset
 from pilotif.daemon.wgquick import InterfaceConfig
 from pilotif.net.bind import Bind, UdpBind
 from pilotif.net.hostport import format_endpoint
-from pilotif.net.udp import UnderlayError, resolve_endpoint, resolve_endpoints
+from pilotif.net.udp import (
+    UnderlayError,
+    resolve_endpoint,
+    resolve_endpoints,
+    send_with_hop_limit,
+)
 from pilotif.net.udp_batch import segments_per_send
 from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.core import NodeCore
 from pilotif.node.lan import local_endpoints
+from pilotif.node.path_manager import Opener
 from pilotif.node.policy import PeerIdentity, PolicyError, packet_filter
 from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registration import NodeOptions
@@ -278,6 +284,7 @@ class Daemon:
             self._policy_files,
             listen_port=port,
             send=bind.send_control,
+            send_openers=lambda openers: _send_openers(bind, openers),
             flush=self._datapath.flush,
             on_event=self._events.route,
         )
@@ -371,6 +378,15 @@ class Daemon:
     def _flush(self, now: float) -> None:
         if self._datapath is not None:
             self._datapath.flush(now)
+
+
+def _send_openers(bind: Bind, openers: list[Opener]) -> None:
+    """Punch openers over the Bind's UDP sockets, each with its own hop limit (counted
+    with the relay framing's: openers refused by the kernel are `punch_openers_refused`)."""
+    sockets = bind.sockets()
+    for opener in openers:
+        if not send_with_hop_limit(sockets, opener.datagram, opener.endpoint, opener.hops):
+            bind.counters["punch_openers_refused"] += 1
 
 
 def _registry_endpoints(options: NodeOptions) -> tuple[Endpoint, ...]:

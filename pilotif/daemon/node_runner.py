@@ -28,6 +28,7 @@ from pilotif.node.events import (
     TrustStateChanged,
     TrustSynced,
 )
+from pilotif.node.path_manager import Opener
 from pilotif.node.policy import (
     ANY_PEER,
     NETWORK_TARGET,
@@ -82,6 +83,7 @@ class NodeRunner:
         *,
         listen_port: int,
         send: Callable[[list[tuple[bytes, Endpoint]]], object],
+        send_openers: Callable[[list[Opener]], object],
         flush: Callable[[float], None],
         on_event: Callable[[NodeEvent], None],
     ) -> None:
@@ -92,6 +94,7 @@ class NodeRunner:
         self._policy_files = policy_files
         self._listen_port = listen_port
         self._send = send
+        self._send_openers = send_openers
         self._flush = flush
         self._on_event = on_event
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -130,6 +133,9 @@ class NodeRunner:
         if datagrams:
             self._lease.cover(core.link.counter)
             self._send(datagrams)
+        openers = core.take_openers()
+        if openers:
+            self._send_openers(openers)
         events, core.events = core.events, []
         persist = False
         if any(isinstance(event, _CACHED_CHANGES) for event in events):

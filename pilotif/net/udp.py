@@ -3,6 +3,8 @@
 import contextlib
 import errno
 import socket
+import struct
+from collections.abc import Sequence
 
 from pilotif.wg.crypto import BytesLike
 from pilotif.wg.events import Endpoint
@@ -89,3 +91,25 @@ def resolve_endpoints(host: str, port: int) -> list[Endpoint]:
 def resolve_endpoint(host: str, port: int) -> Endpoint:
     """An endpoint's address literal, resolving a host name (IPv4 preferred)."""
     return resolve_endpoints(host, port)[0]
+
+
+def send_with_hop_limit(
+    sockets: Sequence[socket.socket], datagram: bytes, endpoint: Endpoint, hops: int
+) -> bool:
+    """Send one datagram that routers drop after `hops` hops (its IPv4 TTL or IPv6 hop
+    limit, in its own ancillary data: the socket's default stays as it is), from the UDP
+    socket of the endpoint's family among `sockets`; False if there is none or the
+    kernel refused it."""
+    v6 = ":" in endpoint[0]
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    level, option = (
+        (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT) if v6 else (socket.IPPROTO_IP, socket.IP_TTL)
+    )
+    for sock in sockets:
+        if sock.family == family and sock.type == socket.SOCK_DGRAM:
+            try:
+                sock.sendmsg([datagram], [(level, option, struct.pack("=i", hops))], 0, endpoint)
+            except OSError:
+                return False
+            return True
+    return False

@@ -10,7 +10,8 @@ of input, each taking `now` (seconds on the caller's monotonic clock):
   (an endpoint that roamed, as the path's `Roaming` let it; the device never calls back);
 - the timer: `handle_timer(now)` at or after `get_timer()`.
 
-Its outputs: `datagrams_to_send()` (control datagrams for the registry), the overlay
+Its outputs: `datagrams_to_send()` (control datagrams for the registry), `take_openers()`
+(punch openers, each with its hop limit), the overlay
 device it steers (peers, endpoints, probes: the caller drains the device as usual),
 `events` (frozen dataclasses of `pilotif.node.events`) and `get_timer()`. No asyncio,
 no sockets, no clock, no files: `trust` is the in-memory record the caller loads and
@@ -55,7 +56,7 @@ from pilotif.node.events import (
     TrustStateChanged,
     TrustSynced,
 )
-from pilotif.node.path_manager import RELAY_KEEPALIVE_S, PathManager
+from pilotif.node.path_manager import RELAY_KEEPALIVE_S, Opener, PathManager
 from pilotif.node.peers import TrustedPeer
 from pilotif.node.policy import PeerIdentity, Policy, packet_filter
 from pilotif.node.registration import NodeOptions, Registration
@@ -290,13 +291,18 @@ class NodeCore:
         )
 
     def datagrams_to_send(self) -> list[tuple[bytes, Endpoint]]:
-        """Control datagrams for the registry and punch openers for peers' candidates,
-        in order; the list is handed over."""
+        """Control datagrams for the registry and relays, in order; the list is handed
+        over."""
         out, self.link.outgoing = self.link.outgoing, []
         if self.relays.outgoing:
             out += self.relays.outgoing
             self.relays.outgoing = []
-        return out + self.paths.take_openers()
+        return out
+
+    def take_openers(self) -> list[Opener]:
+        """Punch openers for peers' candidates (each with its hop limit), in order; the
+        list is handed over."""
+        return self.paths.take_openers()
 
     # -- network changes and the registry's answers ----------------------------------
 

@@ -10,7 +10,16 @@ registry), `device_reported` (endpoints the device moved, as each path's `Roamin
 let it), `network_changed`, and `handle_timer(now)` at or after `next_timer()`.
 Outputs: the device it steers (endpoints, keepalives, probes, echoes), `PathChanged`
 events in the node's event list, `take_openers()` (datagrams that open our NAT towards
-candidates) and `take_rounds()` (peers whose next probe round to ask the registry for).
+candidates, each with its hop limit) and `take_rounds()` (peers whose next probe round
+to ask the registry for).
+
+Punching that does not depend on distance: at a punch, openers go out at once with a
+TTL of OPENER_HOPS, which takes them through our own NAT (it maps our port towards the
+candidate) and lets them die at the next router, before the peer's: no router ever gets
+one of them, so none takes it for itself (a router without an input firewall keeps a
+conntrack entry for such a packet, and the peer's later outbound to us then gets another
+port). Probes, which must arrive, start OPENER_LEAD_S later, when both sides' openers
+have left, however near the two routers are to each other.
 
 Timers: `next_timer()` is a bound kept as deadlines are armed (as the device's
 `wake_by`): it never walks the peers; `handle_timer` walks them once and sets the bound
@@ -60,9 +69,28 @@ DIRECT_KEEPALIVE_S: Final = int(REGISTER_INTERVAL_S)
 """The persistent keepalive of a direct peer (as often as the node registers)."""
 PATH_POLL_S: Final = 0.5
 """How often a direct path's answers are looked at."""
+OPENER_HOPS: Final = 2
+"""The TTL (hop limit) of punch openers: one hop to our router, which forwards it (and
+maps our port towards the candidate), and it dies at the router after (the first hop of
+the internet, or a carrier-grade NAT in front of ours, which then maps nothing: our
+probes do that later)."""
+OPENER_LEAD_S: Final = 0.5
+"""How long after a punch's openers the round's probes start: more than the two sides'
+punches are apart (the registry times them to one moment; this covers the time each
+side takes to act on its own, on a loaded machine too)."""
 MAX_PUNCH_DELAY_MS: Final = 1_000
 """The longest a punch may be put off to meet the other side's."""
 _MS_PER_S: Final = 1000
+
+
+@dataclass(frozen=True)
+class Opener:
+    """A datagram that opens our NAT towards a peer's candidate, and is meant to go no
+    further than `hops` routers."""
+
+    datagram: bytes
+    endpoint: Endpoint
+    hops: int
 
 
 @dataclass
@@ -106,7 +134,7 @@ class PathManager:
         self.candidates_refused = 0
         """Peers' candidate endpoints never probed: loopback, link-local, our own... (see
         pilotif.node.candidates)."""
-        self._openers: list[tuple[bytes, Endpoint]] = []
+        self._openers: list[Opener] = []
         self._rounds: list[bytes] = []
         self._delayed_punches: list[tuple[float, bytes, list[Endpoint]]] = []
         """Punches to act on later: (when, peer key, candidates)."""
@@ -231,7 +259,7 @@ class PathManager:
     def has_output(self) -> bool:
         return bool(self._openers or self._rounds)
 
-    def take_openers(self) -> list[tuple[bytes, Endpoint]]:
+    def take_openers(self) -> list[Opener]:
         """Punch openers for peers' candidates, in order; the list is handed over."""
         out, self._openers = self._openers, []
         return out
@@ -255,11 +283,13 @@ class PathManager:
         if path is None:
             return
         path.candidates = endpoints
-        self._openers += [(PUNCH_OPENER, endpoint) for endpoint in endpoints]
+        self._openers += [Opener(PUNCH_OPENER, endpoint, OPENER_HOPS) for endpoint in endpoints]
         self._input(path, PathInput.PUNCH, now)
-        path.round_until_s = now + PROBE_DURATION_S
-        path.next_probe_s = now
-        self.device.probe_with_initiations(key, endpoints)
+        path.next_probe_s = now + OPENER_LEAD_S
+        path.round_until_s = path.next_probe_s + PROBE_DURATION_S
+        # Nothing of ours may reach the peer's router before its openers left: its
+        # session starts through the relay, the direct initiations with the probes.
+        self.device.probe_with_initiations(key, ())
         self.device.initiate_handshake(key, now)
         self._tick(path, now)
         self._lower_to(path, now)
@@ -394,7 +424,14 @@ class PathManager:
 
     def _probe(self, path: PeerPath, state: Peer, now: float) -> None:
         path.next_probe_s = now + PROBE_INTERVAL_S
-        if state.current is None:
+        candidates = tuple(path.candidates)
+        if state.probe_endpoints != candidates:
+            # The round's first probe: initiations go to the candidates too from now on,
+            # and one goes at once if the relay has not brought a session yet.
+            self.device.probe_with_initiations(path.key, candidates)
+            if state.current is None:
+                self.device.rehandshake(path.key, now)
+        elif state.current is None:
             self.device.initiate_handshake(path.key, now)
         targets = list(path.candidates)
         if isinstance(state.endpoint, tuple) and state.endpoint not in targets:

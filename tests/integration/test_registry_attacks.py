@@ -23,6 +23,7 @@ from pilotif_lab.nat import (
     poll_until,
     trust,
 )
+from pilotif_lab.netns import LabError
 
 from pilotif.control.gate import UNPROVEN_BURST, UNPROVEN_RATE_PER_S
 from pilotif.registry.server import REGISTRY_KEY_FILE
@@ -49,6 +50,9 @@ FAR_ROUTER_DELAY_MS = (0.0, 20.0)
 """beta's router is 20 ms from the internet, alpha's next to it: the registry's punch
 reaches alpha 20 ms before beta, so alpha's first packet would reach beta's router
 before beta sends any, unless the punch is timed (delay_ms from the reported RTTs)."""
+EQUIDISTANT_ROUTERS_DELAY_MS = (0.0, 0.0)
+"""Both routers next to the internet router: each side's first packet reaches the other
+router within microseconds of that router's own first one."""
 SETTLE_S = 1.0
 """Time for the last replies of an attack to cross the switch before counting."""
 
@@ -156,8 +160,11 @@ def _fresh_agent(template: Agent, number: int, workdir: Path) -> Agent:
 
 
 @pytest.mark.alone
+@pytest.mark.parametrize(
+    "wan_delay_ms", [EQUIDISTANT_ROUTERS_DELAY_MS, FAR_ROUTER_DELAY_MS], ids=["equidistant", "far"]
+)
 def test_routers_that_take_packets_for_themselves_still_go_direct_20_of_20(
-    tmp_path: Path,
+    tmp_path: Path, wan_delay_ms: tuple[float, float]
 ) -> None:
     """Before: when a peer's first probe reached a router with no mapping yet, a router
     without an input firewall took it for itself, conntrack held that tuple, our
@@ -166,9 +173,9 @@ def test_routers_that_take_packets_for_themselves_still_go_direct_20_of_20(
     go direct within 5 s of trust, every time (without the timing: 2 of 6)."""
     kind = NatKind.CONE_ACCEPTING
     with nat_lab(
-        (kind, kind), (("alpha", 0), ("beta", 1)), tmp_path, wan_delay_ms=FAR_ROUTER_DELAY_MS
+        (kind, kind), (("alpha", 0), ("beta", 1)), tmp_path, wan_delay_ms=wan_delay_ms
     ) as lab:
-        seconds: list[float] = []
+        seconds: list[float | None] = []
         for number in range(PUNCH_TRIES):
             alpha = _fresh_agent(lab["alpha"], number, tmp_path)
             beta = _fresh_agent(lab["beta"], number, tmp_path)
@@ -177,13 +184,17 @@ def test_routers_that_take_packets_for_themselves_still_go_direct_20_of_20(
                 beta.up()
                 trust(alpha, beta)
                 trusted_at = time.monotonic()
-                alpha.wait_for_path(beta.hostname, ("direct",), PATH_TIMEOUT_S)
-                beta.wait_for_path(alpha.hostname, ("direct",), PATH_TIMEOUT_S)
-                seconds.append(round(time.monotonic() - trusted_at, 1))
+                try:
+                    alpha.wait_for_path(beta.hostname, ("direct",), PATH_TIMEOUT_S)
+                    beta.wait_for_path(alpha.hostname, ("direct",), PATH_TIMEOUT_S)
+                    seconds.append(round(time.monotonic() - trusted_at, 1))
+                except LabError:
+                    seconds.append(None)
             finally:
                 alpha.down()
                 beta.down()
         taken = [router.packets_taken_for_itself() for router in lab.routers]
+    direct = [s for s in seconds if s is not None]
     print(f"direct after trust, seconds: {seconds}; packets routers took for themselves: {taken}")
-    assert len(seconds) == PUNCH_TRIES
-    assert max(seconds) <= PATH_TIMEOUT_S
+    assert len(direct) == PUNCH_TRIES, f"{len(direct)} of {PUNCH_TRIES} direct: {seconds}"
+    assert max(direct) <= PATH_TIMEOUT_S

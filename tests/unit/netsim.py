@@ -16,6 +16,11 @@ NAT routers model Linux conntrack + masquerade closely enough for hole punching:
   keeps a conntrack entry for each, so its LAN side cannot map that (port, remote) pair
   until the entry expires (the collision that issue 9 describes).
 Entries expire after UDP_TIMEOUT_S without traffic.
+
+Hops, for datagrams sent with a hop limit (punch openers): the LAN host's own router is
+the first, one internet router stands between any two routers (as in the namespace lab),
+so a datagram with `hops` < ROUTER_TO_ROUTER_HOPS maps its port at its own NAT (with at
+least OWN_ROUTER_HOPS) and never reaches the far side.
 """
 
 import heapq
@@ -48,6 +53,10 @@ RELAY_PORT = 7947
 NETWORK = "100.64.0.0/10"
 NODE_PORT = 51820
 UDP_TIMEOUT_S = 30.0
+OWN_ROUTER_HOPS = 2
+"""A hop limit this high leaves the sender's own router (which forwards and maps it)."""
+ROUTER_TO_ROUTER_HOPS = 3
+"""A hop limit this high crosses the internet router to the far router."""
 START_S = 1_000_000.0
 LINK_DELAY_S = 0.002
 _PLAIN_IPV4 = 0x45
@@ -180,6 +189,8 @@ class SimNode:
             if to == REGISTRY:
                 self.control_sent += 1
             self.net.send(self, data, to)
+        for opener in self.core.take_openers():
+            self.net.send(self, opener.datagram, opener.endpoint, hops=opener.hops)
         after = self.device.take_output()
         self.device_events = after.events
         for data, endpoint in out.datagrams + after.datagrams:
@@ -300,6 +311,8 @@ class Network:
         self.delays: dict[tuple[str, str], float] = {}
         """Extra delay of datagrams from one public address to another."""
         self.registry_down = False
+        self.dead_by_hops = 0
+        """Datagrams whose hop limit ran out between the routers."""
         """While True, whatever reaches the registry is lost (its process is stopped)."""
 
     def node(
@@ -326,11 +339,17 @@ class Network:
 
     # -- datagrams -------------------------------------------------------------------
 
-    def send(self, sender: SimNode, data: bytes, to: Endpoint) -> None:
-        """A datagram from a node, through its NAT."""
+    def send(self, sender: SimNode, data: bytes, to: Endpoint, hops: int | None = None) -> None:
+        """A datagram from a node, through its NAT, as far as `hops` takes it (see the
+        module docstring; None: the system's default, far enough)."""
         source = sender.address
         if sender.nat is not None:
+            if hops is not None and hops < OWN_ROUTER_HOPS:
+                return
             source = sender.nat.outbound(sender.address, to, self.now)
+        if hops is not None and hops < ROUTER_TO_ROUTER_HOPS:
+            self.dead_by_hops += 1
+            return
         self._transmit(data, source, to)
 
     def _transmit(self, data: bytes, source: Endpoint, to: Endpoint) -> None:

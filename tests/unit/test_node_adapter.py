@@ -17,6 +17,7 @@ from pilotif.daemon.node_runner import JOIN_GRACE_S, NodeRunner, RegistryError
 from pilotif.node.cache import NodeCache
 from pilotif.node.core import NodeCore
 from pilotif.node.events import NodeEvent
+from pilotif.node.path_manager import Opener
 from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registration import NodeOptions
 from pilotif.node.registry_link import REQUEST_RETRY_S
@@ -47,6 +48,7 @@ class Wiring:
             self.store, self.registry = restart_of.store, restart_of.registry
             private_key = restart_of.runner.core.device.local.private_key
         self.sent = 0
+        self.openers: list[Opener] = []
         self.drop_next = 0
         self.registry_down = False
         self.events: list[NodeEvent] = []
@@ -73,6 +75,7 @@ class Wiring:
             PolicyFiles(tmp, None),
             listen_port=NODE[1],
             send=self._send,
+            send_openers=self.openers.extend,
             flush=self._flush,
             on_event=self.events.append,
         )

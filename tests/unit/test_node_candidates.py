@@ -84,10 +84,10 @@ def test_a_peer_cannot_make_the_node_probe_loopback_metadata_or_itself(net: Netw
     sent_to: list[Endpoint] = []
     send = net.send
 
-    def recording(sender: SimNode, data: bytes, to: Endpoint) -> None:
+    def recording(sender: SimNode, data: bytes, to: Endpoint, hops: int | None = None) -> None:
         if sender is alpha:
             sent_to.append(to)
-        send(sender, data, to)
+        send(sender, data, to, hops)
 
     net.send = recording  # type: ignore[method-assign]
     net.up(alpha, beta)

@@ -19,6 +19,7 @@ from pilotif.node.events import (
     StartedWithoutRegistry,
     TrustRequested,
 )
+from pilotif.node.path_manager import OPENER_LEAD_S
 from pilotif.node.paths import (
     DIRECT_STATES,
     PROBE_DURATION_S,
@@ -647,6 +648,28 @@ def test_a_registry_far_from_one_side_still_has_both_open_at_one_moment(
     net.registry.store.close()
 
 
+@pytest.mark.parametrize("skew_s", [0.0, 4 * LINK_DELAY_S, OPENER_LEAD_S / 2])
+def test_openers_die_between_the_routers_and_no_router_takes_a_packet_for_itself(
+    tmp_path: Path, skew_s: float
+) -> None:
+    """Issue 24: two routers that take packets for themselves, one hop apart, the punch
+    reaching beta `skew_s` after alpha (but within the openers' lead): the openers map
+    each side's port and die at the hop between, the probes come after both opened, no
+    router takes anything for itself, and the pair goes direct."""
+    net = Network(tmp_path)
+    alpha = net.node("alpha", accepts_to_self=True)
+    beta = net.node("beta", accepts_to_self=True)
+    assert alpha.nat is not None and beta.nat is not None
+    net.up(alpha, beta)
+    net.delays[(REGISTRY[0], beta.nat.wan)] = skew_s
+    net.trust(alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+    assert net.dead_by_hops >= 2
+    assert alpha.nat.collisions == beta.nat.collisions == 0
+    assert not alpha.nat.own and not beta.nat.own
+    assert _ping_arrives(net, alpha, beta, 1)
+
+
 def test_a_round_lost_to_a_router_collision_is_followed_by_one_that_goes_direct(
     net: Network,
 ) -> None:
@@ -657,7 +680,9 @@ def test_a_round_lost_to_a_router_collision_is_followed_by_one_that_goes_direct(
     beta = net.node("beta", accepts_to_self=True)
     assert beta.nat is not None
     net.up(alpha, beta)
-    net.delays[(REGISTRY[0], beta.nat.wan)] = 4 * LINK_DELAY_S
+    # Later than alpha's openers lead its probes: alpha's first probe meets beta's router
+    # before beta's openers left.
+    net.delays[(REGISTRY[0], beta.nat.wan)] = 2 * OPENER_LEAD_S
     net.trust(alpha, beta)
     net.run(TRUST_TO_DIRECT_S)
     assert beta.nat.collisions > 0 and not _both_direct(alpha, beta)
