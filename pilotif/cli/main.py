@@ -44,6 +44,8 @@ from pilotif.control.identity import HostnameError, load_or_create_key, normaliz
 from pilotif.control.relay_info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.daemon.api import ControlError, request, stream
 from pilotif.daemon.wgquick import ConfigError, InterfaceConfig, load_config
+from pilotif.net.fallback import TransportMode
+from pilotif.net.proxy import Proxy
 from pilotif.node.consent import NETWORK_POLICY, QUEUED
 from pilotif.node.registration import NodeOptions
 from pilotif.registry.database import DatabaseError
@@ -58,7 +60,8 @@ from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
 WEBHOOK_ENV = "PILOTIF_WEBHOOK"
-_SECRET_OPTIONS = {"--join-key": JOIN_KEY_ENV, "--webhook": WEBHOOK_ENV}
+PROXY_ENV = "PILOTIF_PROXY"
+_SECRET_OPTIONS = {"--join-key": JOIN_KEY_ENV, "--webhook": WEBHOOK_ENV, "--proxy": PROXY_ENV}
 """`up`'s options that carry a secret: the daemon `up` starts gets them in its
 environment, never on its command line."""
 DEFAULT_INTERFACE = "pilot0"
@@ -134,6 +137,20 @@ def _daemon_running(paths: StatePaths) -> bool:
 )
 @click.option("--listen-port", type=click.IntRange(0, 65535), help="UDP port (registry mode).")
 @click.option(
+    "--transport",
+    type=click.Choice([mode.value for mode in TransportMode]),
+    default=TransportMode.AUTO.value,
+    show_default=True,
+    help="How to reach the registry and relays: UDP, a stream (TCP, looking like HTTPS),"
+    " or auto: the stream when UDP gets no answer, back to UDP when it does.",
+)
+@click.option(
+    "--proxy",
+    envvar=PROXY_ENV,
+    help="An HTTP proxy for the stream, http://[USER:PASSWORD@]HOST:PORT (CONNECT);"
+    f" default HTTPS_PROXY; env {PROXY_ENV}.",
+)
+@click.option(
     "--accept-dns",
     type=click.BOOL,
     default=True,
@@ -166,6 +183,8 @@ def up(
     policy_file: Path | None,
     join_key: str | None,
     listen_port: int | None,
+    transport: str,
+    proxy: str | None,
     accept_dns: bool,
     interface: str | None,
     foreground: bool,
@@ -199,6 +218,8 @@ def up(
             _node_options(registry, hostname, tags, registry_key, auto_approve),
             accept_dns=accept_dns,
             join_key=_join_key(join_key) if join_key else None,
+            transport=TransportMode(transport),
+            proxy=_proxy(proxy),
         )
         name = _interface_name(interface, Path(DEFAULT_INTERFACE))
         config = InterfaceConfig(
@@ -222,7 +243,7 @@ def up(
     if foreground:
         _run_foreground(config, name, paths, log_format, node_options, observe, policy)
     else:
-        secrets = {JOIN_KEY_ENV: join_key, WEBHOOK_ENV: webhook}
+        secrets = {JOIN_KEY_ENV: join_key, WEBHOOK_ENV: webhook, PROXY_ENV: proxy}
         _start_background(name, paths, {k: v for k, v in secrets.items() if v is not None})
 
 
@@ -232,6 +253,17 @@ class _Observe:
 
     metrics: tuple[str, int] | None
     webhook: str | None
+
+
+def _proxy(url: str | None) -> Proxy | None:
+    """The proxy of --proxy, else of HTTPS_PROXY (https_proxy), else none."""
+    from pilotif.net.proxy import ProxyError, parse_proxy, proxy_from_environment
+
+    try:
+        return parse_proxy(url) if url else proxy_from_environment()
+    except ProxyError as error:
+        source = "--proxy" if url else "HTTPS_PROXY"
+        raise CliError(f"{source}: {error}", "bad_input") from None
 
 
 def _webhook_url(url: str) -> str:
@@ -474,6 +506,14 @@ def _registry_state(node: dict[str, Any]) -> str:
     return f"UNREACHABLE since {stamp} ({time.time() - since:.0f} s)"
 
 
+def _transport_state(transport: dict[str, Any]) -> str:
+    """What carries control and relayed datagrams, e.g. `tcp via proxy http://p:3128 (auto)`."""
+    text = str(transport["carrier"])
+    if transport["carrier"] != "udp" and transport.get("proxy"):
+        text += f" {transport['proxy']}"
+    return f"{text} ({transport['mode']})"
+
+
 def _relay_state(relay: dict[str, Any]) -> str:
     """One standalone relay in `pilotif status`: where, how near, whether we use it."""
     text = str(relay["endpoint"])
@@ -492,6 +532,8 @@ def _format_status(state: dict[str, Any]) -> str:
             f"  registry: {node['registry']} " + _registry_state(node),
             f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
         ]
+        if state.get("transport"):
+            lines.append(f"  transport: {_transport_state(state['transport'])}")
         lines += [f"  relay: {_relay_state(relay)}" for relay in node.get("relays", [])]
         for hostname, reason in node["refused_peers"].items():
             lines.append(terminal_safe(f"  REFUSED peer {hostname}: {reason}"))
@@ -506,7 +548,8 @@ def _format_status(state: dict[str, Any]) -> str:
     for peer in state["peers"]:
         lines += ["", f"peer: {peer['public_key']}"]
         if peer["endpoint"]:
-            lines.append(f"  endpoint: {peer['endpoint']}")
+            via = f" ({peer['transport']})" if peer.get("transport") else ""
+            lines.append(f"  endpoint: {peer['endpoint']}{via}")
         lines.append(f"  allowed ips: {', '.join(peer['allowed_ips']) or '(none)'}")
         if peer["latest_handshake"] is not None:
             ago = max(0, int(time.time() - peer["latest_handshake"]))
@@ -646,18 +689,20 @@ def trust(as_json: bool, state_dir: Path) -> None:
 @json_output(
     (
         '[{"hostname", "ipv4", "ipv6", "public_key", "tags", '
-        '"path": "direct" | "relay" | "none", "path_state", "endpoint", "last_handshake", '
+        '"path": "direct" | "relay" | "none", "path_state", "endpoint", "transport": "udp4" | '
+        '"udp6" | "relay" | "tcp relay" | "tcp relay via proxy" | null, "last_handshake", '
         '"rx_bytes", "tx_bytes", "policy_denied"}]'
     ),
     DAEMON_ERRORS,
 )
 def peers(as_json: bool, state_dir: Path) -> None:
-    """Trusted peers with their path (direct, relay or none), endpoint and traffic."""
+    """Trusted peers with their path (direct, relay or none), its transport, endpoint and
+    traffic."""
     rows = node_request(state_dir, "peers").get("peers", [])
     lines = [
         terminal_safe(
-            f"{p['hostname']:24} {p['ipv4']:15} {p['path']:6} {p['endpoint'] or '-':22} "
-            f"rx={p['rx_bytes']} tx={p['tx_bytes']}"
+            f"{p['hostname']:24} {p['ipv4']:15} {p['path']:6} {p.get('transport') or '-':10} "
+            f"{p['endpoint'] or '-':22} rx={p['rx_bytes']} tx={p['tx_bytes']}"
         )
         for p in rows
     ]

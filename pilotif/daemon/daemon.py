@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pilotif.control.counter_lease import CounterLease
 from pilotif.control.identity import IPV6_PREFIX
+from pilotif.control.wire import KEY_REQUEST
 from pilotif.daemon.api import serve_control
 from pilotif.daemon.datapath import DataPath
 from pilotif.daemon.event_publisher import EventPublisher
@@ -28,6 +29,7 @@ from pilotif.daemon.status import metrics_sample, wall_offset
 from pilotif.daemon.wgquick import InterfaceConfig
 from pilotif.net.bind import Bind, UdpBind
 from pilotif.net.hostport import format_endpoint
+from pilotif.net.streams import StreamOptions
 from pilotif.net.udp import (
     UnderlayError,
     resolve_endpoint,
@@ -324,14 +326,19 @@ class Daemon:
 
     def _open_bind(self, registries: tuple[Endpoint, ...], snapshot: NodeSnapshot | None) -> Bind:
         """The UDP port: the one asked for, else the node's port of its last run (so that
-        peers and NAT mappings that know it still reach it), else any."""
+        peers and NAT mappings that know it still reach it), else any. A node's Bind
+        also has streams to the registry and relays (`--transport`, `--proxy`)."""
+        options = self.node_options
+        streams = None
+        if options is not None:
+            streams = StreamOptions(options.transport, options.proxy, KEY_REQUEST)
         if self.config.listen_port is not None or snapshot is None:
-            return UdpBind(self.config.listen_port, registries)
+            return UdpBind(self.config.listen_port, registries, streams)
         try:
-            return UdpBind(snapshot.listen_port, registries)
+            return UdpBind(snapshot.listen_port, registries, streams)
         except UnderlayError:
             log_event("listen_port_taken", port=snapshot.listen_port)
-            return UdpBind(None, registries)
+            return UdpBind(None, registries, streams)
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         parts = self.parts

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from pilotif.daemon.api import Reply, Request
 from pilotif.daemon.node_runner import NODE_COMMANDS
 from pilotif.daemon.parts import Parts
-from pilotif.daemon.status import interface_status, with_wall_clock
+from pilotif.daemon.status import interface_status, with_transports, with_wall_clock
 from pilotif.observe import EventBus
 from pilotif.services.commands import SERVICE_COMMANDS, ServiceCommands
 from pilotif.util.errors import CodedError
@@ -84,6 +84,6 @@ class ControlRequests:
             return CodedError(
                 "no_registry", f"`{command}` needs a registry: start with `pilotif up --registry`"
             ).reply()
-        reply = with_wall_clock(await node.command(request))
+        reply = with_transports(with_wall_clock(await node.command(request)), self._parts)
         self._flush(self._now())
         return reply

@@ -7,9 +7,9 @@ from typing import Any
 
 from pilotif.daemon.event_publisher import EventPublisher
 from pilotif.daemon.parts import Parts
-from pilotif.net.bind import endpoint_text
+from pilotif.net.bind import endpoint_text, path_transport
 from pilotif.observe import NodeSample, PeerSample
-from pilotif.wg.keys import encode_key
+from pilotif.wg.keys import decode_key, encode_key
 
 
 def wall_offset() -> float:
@@ -28,6 +28,7 @@ def interface_status(parts: Parts) -> dict[str, Any]:
             {
                 "public_key": encode_key(peer.public_key),
                 "endpoint": peer.endpoint and endpoint_text(peer.endpoint),
+                "transport": peer.endpoint and bind and path_transport(bind, peer.endpoint),
                 "allowed_ips": [str(n) for n in peer.allowed_ips],
                 "latest_handshake": None if latest is None else latest + offset,
                 "rx_bytes": peer.rx_bytes,
@@ -46,6 +47,7 @@ def interface_status(parts: Parts) -> dict[str, Any]:
         "peers": peers,
         "drops": {str(reason): count for reason, count in device.drops.items()},
         "bind": dict(bind.counters) if bind else {},
+        "transport": bind.transport() if bind else None,
         "offloads": {
             "tun": parts.tun_offloads,
             "tso_max_segments": parts.tso_max_segments,
@@ -69,6 +71,20 @@ def with_wall_clock(reply: dict[str, Any]) -> dict[str, Any]:
     for peer in reply.get("peers", []):
         latest = peer.pop("last_handshake_s")
         peer["last_handshake"] = None if latest is None else latest + wall_offset()
+    return reply
+
+
+def with_transports(reply: dict[str, Any], parts: Parts) -> dict[str, Any]:
+    """A node command's reply with each peer's transport now (`udp4`, `udp6`, `relay`,
+    `tcp relay`, `tcp relay via proxy`; None without a path)."""
+    bind = parts.bind
+    for peer in reply.get("peers", []):
+        state = parts.device.peer(decode_key(peer["public_key"])) if "public_key" in peer else None
+        endpoint = state.endpoint if state is not None else None
+        transport = None
+        if endpoint is not None and bind is not None and peer.get("path") != "none":
+            transport = path_transport(bind, endpoint)
+        peer["transport"] = transport
     return reply
 
 

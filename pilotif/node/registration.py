@@ -17,6 +17,8 @@ from typing import Any, Final
 
 from pilotif.control.relay_info import RelayInfo, relays_from_json
 from pilotif.control.wire import format_endpoint
+from pilotif.net.fallback import TransportMode
+from pilotif.net.proxy import Proxy
 from pilotif.node.events import (
     EventSink,
     JoinFailed,
@@ -71,6 +73,10 @@ class NodeOptions:
     """A join key from the registry's operator (sent until the registry admits us)."""
     registry_replicas: tuple[Endpoint, ...] = ()
     """Other replicas of the registry (HOST, PORT), tried in turn when one is silent."""
+    transport: TransportMode = TransportMode.AUTO
+    """UDP, the stream (TCP) to the registry and relays, or the stream when UDP fails."""
+    proxy: Proxy | None = None
+    """The HTTP proxy streams go through (`--proxy`, HTTPS_PROXY)."""
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,12 @@ class FakeBind(RelayFraming):
         self.control += datagrams
         return 0
 
+    def transport(self) -> dict[str, Any]:
+        return {"mode": "udp", "carrier": "udp", "proxy": None, "streams": {}}
+
+    def relay_text(self) -> str:
+        return "relay"
+
     def status(self) -> dict[str, Any]:
         return {"fake": True}
 
