@@ -227,7 +227,7 @@ class Daemon:
             ]
         await loop.run_in_executor(None, self._open_tun, routes)
         assert self._tun_io is not None
-        self._datapath.start_tun(self._tun_io)
+        self._datapath.start_stack(self._tun_io)
         for peer, endpoint in static_peers:
             parts.device.add_peer(
                 peer.public_key,

@@ -46,7 +46,7 @@ class DataPath:
         self.device = device
         self.bind = bind
         self.node: NodeRunner | None = None
-        self.tun_io: LocalStack | None = None
+        self.stack: LocalStack | None = None
         self._loop = loop
         self._on_event = on_event
         self._timer: asyncio.TimerHandle | None = None
@@ -63,9 +63,9 @@ class DataPath:
         for sock in bind.sockets():
             loop.add_reader(sock.fileno(), self._on_udp_readable, sock)
 
-    def start_tun(self, stack: LocalStack) -> None:
+    def start_stack(self, stack: LocalStack) -> None:
         """Read from and deliver to `stack` (the kernel TUN, or any local stack)."""
-        self.tun_io = stack
+        self.stack = stack
         self.device.merges_for_tun = stack.merges_writes
         self._loop.add_reader(stack.fileno(), self._on_tun_readable)
 
@@ -79,13 +79,13 @@ class DataPath:
             self._more = None
         for sock in self.bind.sockets():
             self._loop.remove_reader(sock.fileno())
-        if self.tun_io is not None:
-            self._loop.remove_reader(self.tun_io.fileno())
+        if self.stack is not None:
+            self._loop.remove_reader(self.stack.fileno())
 
     def _on_tun_readable(self) -> None:
         self._more = None
-        assert self.tun_io is not None
-        stack = self.tun_io
+        assert self.stack is not None
+        stack = self.stack
         read_batch = stack.read_batch
         send = self.device.send
         sealed = self._sealed
@@ -125,7 +125,7 @@ class DataPath:
                     self.node.receive_control(data, now, source)
                 self.node.after_input(now)
         self.flush(now)
-        if self.tun_io is not None:
+        if self.stack is not None:
             # What we wrote may have made the kernel answer at once (a TCP ACK): take
             # it now rather than after another trip through the event loop.
             self._on_tun_readable()
@@ -182,7 +182,7 @@ class DataPath:
     def _write_local(self, out: Output) -> None:
         """Write the decrypted packets to the local stack (they may point into
         `_plaintexts`); the rest of `out` is the caller's."""
-        stack = self.tun_io
+        stack = self.stack
         if stack is None:
             return
         drops = self.device.drops

@@ -77,7 +77,7 @@ class World:
         self.stack = MemoryStack(merges_writes=merges)
         self.events: list[Event] = []
         self.datapath = DataPath(self.a.device, self.bind, loop, self.events.append)
-        self.datapath.start_tun(self.stack)
+        self.datapath.start_stack(self.stack)
 
     def run(self, seconds: float = SETTLE_S) -> None:
         self.loop.run_until_complete(asyncio.sleep(seconds))
