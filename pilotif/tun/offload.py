@@ -16,7 +16,6 @@ Checksums are the Internet ones' complement sum, kept in pilotif.packet.checksum
 import contextlib
 import errno
 import fcntl
-import functools
 import os
 import struct
 from collections.abc import Sequence
@@ -187,10 +186,6 @@ def _complete_checksum(packet: memoryview, start: int, checksum_offset: int) -> 
     _U16_LE.pack_into(packet, at, checksum)
 
 
-# -- coalescing what we write (GRO) -----------------------------------------------------
-
-
-@functools.cache
 # -- the TUN in batches ------------------------------------------------------------------
 
 
