@@ -11,7 +11,7 @@ PROFILE="${1:-test}"
 DEMO_PACKAGES=(iproute2 iputils-ping nftables gcc libssl-dev python3-dev)
 TEST_PACKAGES=(
     "${DEMO_PACKAGES[@]}" wireguard-go wireguard-tools iperf3 tcpdump ethtool conntrack
-    docker.io docker-compose debootstrap systemd postgresql
+    docker.io docker-compose debootstrap systemd postgresql tinyproxy squid
 )
 case "$PROFILE" in
 demo)

@@ -186,6 +186,7 @@ class Daemon:
             if self._webhook is not None:
                 await self._webhook.close()
             if parts.node is not None:
+                await parts.node.close_port_mapping()
                 parts.node.close()
             if self._netwatch is not None:
                 self._netwatch.close()
@@ -289,6 +290,7 @@ class Daemon:
             send_openers=lambda openers: _send_openers(bind, openers),
             flush=self._datapath.flush,
             on_event=self._events.route,
+            port_mapping=True,
         )
         self.publisher.node = core
         self._datapath.node = node
@@ -331,7 +333,9 @@ class Daemon:
         options = self.node_options
         streams = None
         if options is not None:
-            streams = StreamOptions(options.transport, options.proxy, KEY_REQUEST)
+            streams = StreamOptions(
+                options.transport, options.proxy, KEY_REQUEST, self._transport_changed
+            )
         if self.config.listen_port is not None or snapshot is None:
             return UdpBind(self.config.listen_port, registries, streams)
         try:
@@ -339,6 +343,11 @@ class Daemon:
         except UnderlayError:
             log_event("listen_port_taken", port=snapshot.listen_port)
             return UdpBind(None, registries, streams)
+
+    def _transport_changed(self, carrier: str) -> None:
+        """The streams took over from UDP or gave back: the registry and relays see us at
+        another address, as after a move."""
+        self._on_network_change([f"transport {carrier}"])
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         parts = self.parts

@@ -36,6 +36,9 @@ class StreamOptions:
     proxy: Proxy | None
     probe: bytes
     """What asks the registry over UDP whether UDP works again (a key request)."""
+    on_change: Callable[[str], None] | None = None
+    """Called with the new carrier (`udp`, `tcp`, `tcp via proxy`) when it changes: our
+    address as the registry and relays see it changed, as after a move."""
 
 
 class NodeStreams:
@@ -48,8 +51,9 @@ class NodeStreams:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.choice = TransportChoice(options.mode)
-        self.proxy = proxy = options.proxy
+        self.proxy = options.proxy
         self.probe = options.probe
+        self._on_change = options.on_change
         self.counters = counters
         self._clock = clock
         self._links: dict[Endpoint, StreamLink] = {}
@@ -59,7 +63,7 @@ class NodeStreams:
         self._wake_out.setblocking(False)
         self._awake = False
         if self.choice.on_stream:
-            _log_change(TransportChanged(True, "forced"), proxy)
+            log_change(TransportChanged(True, "forced"), self.carrier())
 
     def sockets(self) -> list[socket.socket]:
         """The inbox, to watch with the UDP sockets."""
@@ -84,7 +88,7 @@ class NodeStreams:
         """Whether the streams carry control datagrams and relayed peers now."""
         change = self.choice.use_stream(now)
         if change is not None:
-            _log_change(change, self.proxy)
+            self._changed(change)
         return self.choice.on_stream
 
     def send(self, datagram: bytes, to: Endpoint) -> bool:
@@ -100,7 +104,7 @@ class NodeStreams:
         """A datagram came from a registry or relay address over UDP."""
         change = self.choice.heard_udp(now)
         if change is not None:
-            _log_change(change, self.proxy)
+            self._changed(change)
 
     def sent_udp(self, now: float) -> None:
         """A control datagram left for the registry or a relay over UDP."""
@@ -132,6 +136,12 @@ class NodeStreams:
         self._wake_in.close()
         self._wake_out.close()
 
+    def _changed(self, change: TransportChanged) -> None:
+        carrier = self.carrier()
+        log_change(change, carrier)
+        if self._on_change is not None:
+            self._on_change(carrier)
+
     def _arrived(self, data: bytes, source: Endpoint) -> None:
         if len(self._inbox) >= MAX_INBOX:
             self.counters["stream_inbox_full"] += 1
@@ -151,6 +161,6 @@ class NodeStreams:
                 self._wake_in.recv(len(_WAKE))
 
 
-def _log_change(change: TransportChanged, proxy: Proxy | None) -> None:
-    carrier = ("tcp via proxy" if proxy is not None else "tcp") if change.on_stream else "udp"
-    log_event("transport_changed", carrier=carrier, reason=change.reason, proxy=str(proxy or ""))
+def log_change(change: TransportChanged, carrier: str) -> None:
+    """The log line of a change of carrier."""
+    log_event("transport_changed", carrier=carrier, reason=change.reason)
