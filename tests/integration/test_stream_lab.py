@@ -4,13 +4,24 @@ it, relayed; through an HTTP proxy (tinyproxy, squid) when only the proxy is rea
 and back on UDP once UDP gets out again. nftables in each agent's namespace does the
 blocking: what leaves its LAN link is filtered, the overlay (the TUN) is not."""
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pilotif_lab.checks import ping, tcp_transfer
-from pilotif_lab.nat import Agent, NatKind, NatLab, nat_lab, poll_until, trust
+from pilotif_lab.nat import (
+    RELAY_PORT,
+    Agent,
+    NatKind,
+    NatLab,
+    nat_lab,
+    poll_until,
+    relay_log,
+    relay_spec,
+    trust,
+)
 from pilotif_lab.proxies import ProxyKind, http_proxy
 
 pytestmark = [
@@ -129,3 +140,35 @@ def test_nodes_that_reach_only_a_proxy_go_through_it(
             assert transport["carrier"] == "tcp via proxy", transport
             assert "s3cret" not in str(transport)
         relayed_transfer(alpha, beta, "tcp relay via proxy")
+
+
+def test_a_standalone_relay_carries_peers_over_its_stream(tmp_path: Path) -> None:
+    relay = "198.18.0.3"
+    with nat_lab(
+        (NatKind.CONE, NatKind.CONE),
+        (("alpha", 0), ("beta", 1)),
+        tmp_path,
+        registry_args=("--relay", relay_spec(tmp_path, relay)),
+    ) as lab:
+        lab.start_relay(relay)
+        alpha, beta = lab["alpha"], lab["beta"]
+        for agent in (alpha, beta):
+            block(agent, "meta l4proto udp")
+            up(agent)
+        for agent in (alpha, beta):
+            poll_until(
+                lambda agent=agent: True if _home(agent) == f"{relay}:{RELAY_PORT}" else None,
+                PATH_TIMEOUT_S,
+                f"{agent.hostname} on the relay",
+            )
+        relayed_transfer(alpha, beta, "tcp relay")
+        lab.stop_relay(relay)
+        log = relay_log(tmp_path, relay).read_text()
+        stopped = [json.loads(line) for line in log.splitlines() if '"relay_stopped"' in line]
+        assert stopped and stopped[-1]["stream_opened"] >= 2, stopped
+        assert stopped[-1]["relayed_bytes"] >= TRANSFER_BYTES, stopped
+
+
+def _home(agent: Agent) -> str | None:
+    homes = [r["endpoint"] for r in agent.status()["node"]["relays"] if r["home"]]
+    return homes[0] if homes else None
