@@ -54,15 +54,17 @@ class SegmentError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class SuperPacket:
-    """One TCP flow's segments as a TUN with TSO reads them: the headers once, then the
-    payload of every segment."""
+    """One TCP (or UDP) flow's segments as a TUN with TSO (USO) reads them: the headers
+    once, then the payload of every segment."""
 
     packet: memoryview
     """The IP packet (no virtio header)."""
     transport_start: int
-    """Where the TCP header starts."""
+    """Where the TCP (UDP) header starts."""
     segment_payload: int
     """Payload bytes per segment (the last one may carry fewer)."""
+    udp: bool = False
+    """Whether the segments are UDP datagrams (USO), not TCP segments."""
 
 
 def cut_segments(

@@ -2,7 +2,7 @@
 
 With IFF_VNET_HDR every packet on the TUN fd is preceded by a `virtio_net_hdr`. Once
 TUNSETOFFLOAD grants TSO, the kernel hands us TCP "super-packets" of up to 64 KiB (one
-read) that the device cuts as it seals them (UDP ones: `split_gso`), and we hand it
+read; with USO, UDP ones too) that the device cuts as it seals them, and we hand it
 super-packets built natively from the in-order TCP segments of each connection in a
 batch (`pilotif.wg.fastpath.batch_loops.coalesce`), so that one write carries many
 segments (GRO). `TunBatch` wraps a TUN
@@ -193,8 +193,8 @@ class TunBatch:
     """Reads and writes on a TUN with whatever offloads it was granted.
 
     A `pilotif.tun.stack.LocalStack`: `read_batch()` returns the packets of several
-    kernel reads, or a TCP super-packet whole (TSO: the device seals it as it cuts it).
-    They are views into buffers that the next read reuses: encrypt or copy them first.
+    kernel reads, or a TCP or UDP super-packet whole (TSO, USO: the device seals it as it
+    cuts it). They are views into buffers that the next read reuses: encrypt or copy them first.
     """
 
     def __init__(self, tun: TunDevice, offloads: TunOffloads) -> None:
@@ -213,8 +213,9 @@ class TunBatch:
         device whole, to be sealed as it is cut)."""
 
     def read_batch(self, limit: int) -> list[memoryview] | SuperPacket:
-        """The packets of up to `limit` reads, or a TCP super-packet alone as the kernel
-        handed it over (TSO: one read after other packets comes back from the next call);
+        """The packets of up to `limit` reads, or a TCP or UDP super-packet alone as the
+        kernel handed it over (TSO, USO: one read after other packets comes back from the
+        next call);
         empty when nothing waits. Afterwards `drained` says whether the last read found
         the queue empty (no need to call again before the fd is readable)."""
         if self._pending is not None:
@@ -237,11 +238,15 @@ class TunBatch:
             if length <= 0:
                 break
             if self.offloads.tso and (header[0] or header[1]):
-                # A super-packet (or a partial checksum): a TCP one read first comes
-                # back whole; otherwise its segments follow the packets read before it.
+                # A super-packet (or a partial checksum): one read first comes back
+                # whole; a packet whose checksum the kernel left to us follows the
+                # packets read before it, its checksum completed.
                 found = VirtioNetHdr.unpack_from(header)
-                if found.gso_type & ~_GSO_ECN in (GSO_TCPV4, GSO_TCPV6):
-                    whole = SuperPacket(slot[:length], found.csum_start, found.gso_size)
+                gso_type = found.gso_type & ~_GSO_ECN
+                if gso_type in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
+                    whole = SuperPacket(
+                        slot[:length], found.csum_start, found.gso_size, gso_type == GSO_UDP_L4
+                    )
                     if not packets:
                         return whole
                     self._pending = whole

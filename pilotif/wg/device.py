@@ -265,7 +265,7 @@ class Device:
         sealed: memoryview | None = None,
     ) -> None:
         """Route and encrypt what the local stack read, in order: IP packets, or one TCP
-        super-packet (TSO: one flow's segments, headers once).
+        or UDP super-packet (TSO, USO: one flow's segments, headers once).
 
         Packets for a peer with a usable session are sealed back to back into `sealed`
         (a new buffer when None, or when the rest does not fit) with one bookkeeping per
@@ -283,7 +283,7 @@ class Device:
                     batch.transport_start,
                     batch.segment_payload,
                     self._cut_buffer,
-                    udp=False,
+                    udp=batch.udp,
                 )
             except SegmentError:
                 self.drops[DropReason.NOT_IP] += 1
@@ -340,10 +340,10 @@ class Device:
                 noting.note_outbound(packet, now)
 
     def _send_super(self, batch: SuperPacket, now: float, sealed: memoryview) -> bool:
-        """Seal a TCP super-packet as one GSO train into `sealed`, natively; whether it
-        went (not without the native loop, a peer, a session, or room below the message
-        limit, or when the headers do not describe the packet). TCP needs no outbound
-        note from the packet filter (only UDP answers are remembered)."""
+        """Seal a super-packet as one GSO train into `sealed`, natively; whether it went
+        (not without the native loop, a peer, a session, or room below the message
+        limit, or when the headers do not describe the packet). Its segments share one
+        flow: a UDP one is noted once for the packet filter (TCP needs no note)."""
         addresses = packet_addresses(batch.packet)
         run = self._send_run(addresses[1], now) if addresses is not None else None
         if run is None:
@@ -353,6 +353,8 @@ class Device:
         if sealed_train is None:
             return False
         count, size, total = sealed_train
+        if batch.udp:
+            self._note_outbound(run[0], (batch.packet,), now)
         self._outbox.out.trains.append((sealed[:total], size, run[2]))
         self._sent_run(run, keypair.send_counter + count, total, batch.packet, now)
         return True

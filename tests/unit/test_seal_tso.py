@@ -1,4 +1,4 @@
-"""Device.send of a TCP super-packet from the TUN, cut and sealed in one native call
+"""Device.send of a TCP (or UDP) super-packet from the TUN, cut and sealed in one native call
 (`seal_tso`), must put on the wire exactly what cutting it (`cut_segments`) and sealing
 the run (`send` of the packets) does: the same datagrams byte for byte, the same counters
 and byte counts; the peer must get back exactly the segments. What the native loop
@@ -16,6 +16,9 @@ import pytest
 from conftest import NOW, Node, current_keypair, peer_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Packet, Raw
 from test_device_batch import (
     SEALED_BYTES,
     batch_receive,
@@ -26,10 +29,11 @@ from test_device_batch import (
     sealed_buffer,
     take_bytes,
 )
-from test_offload import MSS_V4, MSS_V6, split, tcp_super_packet
+from test_offload import MSS_V4, MSS_V6, checksums_are_valid, split, tcp_super_packet
 
+from pilotif.node.policy import PeerIdentity, packet_filter, parse_policy
 from pilotif.packet.segments import MAX_GSO_SEGMENTS, SuperPacket
-from pilotif.tun.offload import VirtioNetHdr
+from pilotif.tun.offload import GSO_UDP_L4, VIRTIO_NET_HDR_F_NEEDS_CSUM, VirtioNetHdr
 from pilotif.wg.constants import REJECT_AFTER_MESSAGES
 from pilotif.wg.drops import DropReason
 
@@ -206,3 +210,78 @@ def test_without_a_session_or_near_the_message_limit_it_is_declined() -> None:
     assert not send_super(a, raw, header)
     assert not a.trains
     assert [bytes(packet) for packet in peer_of(a, b).staged] == split(raw, header)
+
+
+def udp_super_packet(
+    a: Node, b: Node, size: int, gso_size: int, *, v6: bool = False
+) -> tuple[bytearray, VirtioNetHdr]:
+    """A's UDP super-packet to B (USO): the headers once, then `size` payload bytes."""
+    payload = bytes((i * 11) % 253 for i in range(size))
+    ip: Packet = IPv6(src=str(a.v6), dst=str(b.v6)) if v6 else IP(src=str(a.v4), dst=str(b.v4))
+    raw = bytearray(bytes(ip / UDP(sport=4433, dport=443) / Raw(payload)))
+    ip_len = 40 if v6 else 20
+    return raw, VirtioNetHdr(
+        VIRTIO_NET_HDR_F_NEEDS_CSUM, GSO_UDP_L4, ip_len + 8, gso_size, ip_len, 6
+    )
+
+
+def send_udp_super(node: Node, raw: bytearray, header: VirtioNetHdr) -> bool:
+    """Hand the UDP super-packet to the device; whether it went as one native train."""
+    batch = SuperPacket(memoryview(raw), header.csum_start, header.gso_size, udp=True)
+    node.device.send(batch, NOW, sealed_buffer())
+    return bool(node.trains)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(min_value=1, max_value=60000),
+    gso_size=st.integers(min_value=500, max_value=1392),
+    v6=st.booleans(),
+)
+def test_a_udp_super_packet_goes_out_exactly_as_cut_and_sealed(
+    size: int, gso_size: int, v6: bool
+) -> None:
+    # USO: the kernel hands a QUIC-like sender's datagrams glued; the native cut and
+    # seal must put on the wire what cutting them in Python and sealing the run does.
+    a, b = established_pair()
+    gso_size = min(gso_size, 1372 if v6 else 1392)  # within the MTU, 1420
+    raw, header = udp_super_packet(a, b, size, gso_size, v6=v6)
+    keypair = current_keypair(a, b)
+    first = keypair.send_counter
+
+    assert send_udp_super(a, raw, header)
+    native = train_datagrams(a)
+
+    keypair.send_counter = first
+    expected = cut_and_sent(a, b, raw, header)
+    assert native == expected
+    assert len(expected) == -(-size // gso_size)
+
+
+def test_the_peer_gets_back_exactly_the_udp_datagrams() -> None:
+    a, b = established_pair()
+    raw, header = udp_super_packet(a, b, 40000, 1200)
+    assert send_udp_super(a, raw, header)
+    batch_receive(b, train_datagrams(a), a.endpoint)
+    got = delivered(b)
+    assert got == split(raw, header)
+    assert b"".join(bytes(IP(p)[UDP].payload) for p in got) == bytes(raw[28:])
+    assert all(checksums_are_valid(p) for p in got)
+    assert not drops(b)
+
+
+def test_the_answers_to_a_udp_super_packet_pass_a_deny_by_default_policy() -> None:
+    # The segments share one flow: noting it once opens the window for its answers, as
+    # sending the datagrams one by one does.
+    a, b = established_pair()
+    policy, _ = parse_policy("default deny\n", "test")
+    peer = peer_of(a, b)
+    peer.packet_filter = packet_filter(policy, PeerIdentity("b", (), same_network=False))
+    answer = bytes(IP(src=str(b.v4), dst=str(a.v4)) / UDP(sport=443, dport=4433) / Raw(b"x"))
+    assert peer.packet_filter is not None
+    assert peer.packet_filter.judge(answer, NOW) is not None
+
+    raw, header = udp_super_packet(a, b, 5000, 1200)
+    assert send_udp_super(a, raw, header)
+
+    assert peer.packet_filter.judge(answer, NOW + 1) is None

@@ -14,6 +14,7 @@ from pilotif.packet.segments import SuperPacket
 from pilotif.tun.device import TunDevice
 from pilotif.tun.offload import (
     GSO_TCPV4,
+    GSO_UDP_L4,
     VIRTIO_NET_HDR_SIZE,
     TunBatch,
     TunOffloads,
@@ -144,6 +145,27 @@ def test_a_super_packet_after_other_packets_comes_whole_from_the_next_read(
     assert (bytes(read.packet), read.transport_start, read.segment_payload) == (whole, 20, MSS)
     assert batch.read_batch(8) == []
     assert batch.drained
+
+
+def test_a_udp_super_packet_comes_whole_too(tun: tuple[socket.socket, socket.socket]) -> None:
+    # USO: a QUIC-like sender's glued datagrams go to the device whole, to be cut
+    # as they are sealed.
+    ours, kernels = tun
+    batch = batch_on(ours, vnet_hdr=True)
+    whole = bytes(
+        IP(src="100.64.0.1", dst="100.64.0.2") / UDP(sport=4433, dport=443) / Raw(bytes(3000))
+    )
+    kernels.send(header_bytes(VirtioNetHdr(1, GSO_UDP_L4, 28, 1200, 20, 6)) + whole)
+
+    read = batch.read_batch(8)
+
+    assert isinstance(read, SuperPacket)
+    assert (bytes(read.packet), read.transport_start, read.segment_payload, read.udp) == (
+        whole,
+        20,
+        1200,
+        True,
+    )
 
 
 def header_bytes(header: VirtioNetHdr) -> bytes:

@@ -28,6 +28,7 @@
 #define IPV4_MIN_HEADER 20
 #define IPV6_HEADER 40
 #define TCP_MIN_HEADER 20
+#define UDP_HEADER 8
 #define TCP_FIN 0x01
 #define TCP_PSH 0x08
 #define TCP_CWR 0x80
@@ -307,25 +308,27 @@ static unsigned checksum_of(uint64_t sum) { return ONES - (unsigned)(sum % ONES)
 
 PyDoc_STRVAR(seal_tso_doc,
 "seal_tso(key, first_counter, receiver_index, packet, transport_start, segment_payload,\n"
-"         mtu, out) -> (count, datagram_size, total)\n\n"
-"Cut a TCP super-packet (IPv4 or IPv6 headers once, then the payload of every segment,\n"
-"as the TUN hands it over with TSO) into segments of `segment_payload` payload bytes and\n"
-"seal each, as it is cut, into a WireGuard transport message to `receiver_index` with\n"
-"counter first_counter + i, back to back in `out`. Each segment gets its own IPv4 total\n"
-"length, ID (one more a segment) and header checksum (IPv6: payload length), TCP\n"
-"sequence number (FIN and PSH only on the last, CWR only on the first) and full TCP\n"
-"checksum, then zeros to a multiple of 16 bytes (not past `mtu`). Every datagram but the\n"
-"last is `datagram_size` bytes; `total` bytes were written. ValueError when the headers\n"
-"do not describe the packet or `out` is too small.");
+"         mtu, out, udp=False) -> (count, datagram_size, total)\n\n"
+"Cut a TCP super-packet (with `udp`, a UDP one) as the TUN hands it over with TSO (USO):\n"
+"IPv4 or IPv6 headers once, then the payload of every segment, into segments of\n"
+"`segment_payload` payload bytes and seal each, as it is cut, into a WireGuard transport\n"
+"message to `receiver_index` with counter first_counter + i, back to back in `out`. Each\n"
+"segment gets its own IPv4 total length, ID (one more a segment) and header checksum\n"
+"(IPv6: payload length), TCP sequence number (FIN and PSH only on the last, CWR only on\n"
+"the first) or UDP length, and a full transport checksum (never 0), then zeros to a\n"
+"multiple of 16 bytes (not past `mtu`). Every datagram but the last is `datagram_size`\n"
+"bytes; `total` bytes were written. ValueError when the headers do not describe the\n"
+"packet or `out` is too small. What pilotif.packet.segments.cut_segments cuts, sealed.");
 
 static PyObject *seal_tso(PyObject *self, PyObject *args) {
     Py_buffer key, input, output;
     unsigned long long first;
     unsigned long receiver;
     Py_ssize_t start, gso_size, mtu;
+    int udp = 0;
     (void)self;
-    if (!PyArg_ParseTuple(args, "y*Kky*nnnw*", &key, &first, &receiver, &input, &start,
-                          &gso_size, &mtu, &output)) {
+    if (!PyArg_ParseTuple(args, "y*Kky*nnnw*|p", &key, &first, &receiver, &input, &start,
+                          &gso_size, &mtu, &output, &udp)) {
         return NULL;
     }
     PyObject *result = NULL;
@@ -336,21 +339,22 @@ static PyObject *seal_tso(PyObject *self, PyObject *args) {
     Py_ssize_t ip_len = version == 4 ? (packet[0] & 0x0F) * 4 : IPV6_HEADER;
     Py_ssize_t header_len = 0, payload_len = 0, count = 0, full_size = 0, last_size = 0;
     Py_ssize_t datagram = 0, total = 0;
+    Py_ssize_t transport_min = udp ? UDP_HEADER : TCP_MIN_HEADER;
     if (key.len != KEY_SIZE) {
         problem = "the key is 32 bytes";
     } else if ((version != 4 && version != 6) || ip_len < IPV4_MIN_HEADER || start < ip_len ||
                gso_size < 1 || mtu < 1 || mtu > 65535 || receiver > 0xFFFFFFFFul ||
-               length <= start + TCP_MIN_HEADER) {
-        problem = "not a TCP super-packet";
+               length <= start + transport_min) {
+        problem = "not a TCP or UDP super-packet";
     } else {
-        header_len = start + (packet[start + 12] >> 4) * 4;
+        header_len = start + (udp ? UDP_HEADER : (packet[start + 12] >> 4) * 4);
         payload_len = length - header_len;
         count = payload_len > 0 ? (payload_len + gso_size - 1) / gso_size : 0;
         full_size = header_len + gso_size;
         last_size = header_len + (payload_len - (count - 1) * gso_size);
-        if (header_len < start + TCP_MIN_HEADER || payload_len <= 0 || count > MAX_SEGMENTS ||
+        if (header_len < start + transport_min || payload_len <= 0 || count > MAX_SEGMENTS ||
             full_size > mtu || full_size > 65535) {
-            problem = "not a TCP super-packet";
+            problem = "not a TCP or UDP super-packet";
         }
     }
     if (problem == NULL) {
@@ -374,10 +378,10 @@ static PyObject *seal_tso(PyObject *self, PyObject *args) {
     failed = ctx == NULL;
     /* The pseudo-header's addresses and protocol; its length goes per segment. */
     uint64_t pseudo = version == 4 ? sum_words(packet + 12, 8) : sum_words(packet + 8, 32);
-    pseudo += 6;
+    pseudo += udp ? 17 : 6;
     unsigned first_id = version == 4 ? (unsigned)(packet[4] << 8 | packet[5]) : 0;
-    uint32_t first_seq = get_be32(packet + start + 4);
-    unsigned char flags = packet[start + 13];
+    uint32_t first_seq = udp ? 0 : get_be32(packet + start + 4);
+    unsigned char flags = udp ? 0 : packet[start + 13];
     const unsigned char *payload = packet + header_len;
     for (Py_ssize_t row = 0; !failed && row < count; row++) {
         int last = row == count - 1;
@@ -400,19 +404,25 @@ static PyObject *seal_tso(PyObject *self, PyObject *args) {
         } else {
             put_be16(text + 4, (unsigned)(size - IPV6_HEADER));
         }
-        unsigned char *tcp = text + start;
-        put_be32(tcp + 4, first_seq + (uint32_t)(row * gso_size));
-        unsigned char segment_flags = flags & (unsigned char)~(TCP_FIN | TCP_PSH | TCP_CWR);
-        if (row == 0) {
-            segment_flags |= flags & TCP_CWR;
+        unsigned char *transport = text + start;
+        Py_ssize_t checksum_at = udp ? 6 : 16;
+        if (udp) {
+            put_be16(transport + 4, (unsigned)(size - start));
+        } else {
+            put_be32(transport + 4, first_seq + (uint32_t)(row * gso_size));
+            unsigned char segment_flags = flags & (unsigned char)~(TCP_FIN | TCP_PSH | TCP_CWR);
+            if (row == 0) {
+                segment_flags |= flags & TCP_CWR;
+            }
+            if (last) {
+                segment_flags |= flags & (TCP_FIN | TCP_PSH);
+            }
+            transport[13] = segment_flags;
         }
-        if (last) {
-            segment_flags |= flags & (TCP_FIN | TCP_PSH);
-        }
-        tcp[13] = segment_flags;
-        put_be16(tcp + 16, 0);
-        uint64_t sum = sum_words(tcp, (size_t)(size - start)) + pseudo + (uint64_t)(size - start);
-        put_be16(tcp + 16, checksum_of(sum));
+        put_be16(transport + checksum_at, 0);
+        uint64_t sum =
+            sum_words(transport, (size_t)(size - start)) + pseudo + (uint64_t)(size - start);
+        put_be16(transport + checksum_at, checksum_of(sum));
         failed = !seal_in_place(ctx, first + (unsigned long long)row, text, (int)padded);
     }
     EVP_CIPHER_CTX_free(ctx);

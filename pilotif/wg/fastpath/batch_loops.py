@@ -33,7 +33,9 @@ SealRows = Callable[
     [bytes, int, Sequence[BytesLike], Sequence[int], Sequence[int], int, memoryview], None
 ]
 
-SealTso = Callable[[bytes, int, int, BytesLike, int, int, int, memoryview], tuple[int, int, int]]
+SealTso = Callable[
+    [bytes, int, int, BytesLike, int, int, int, memoryview, bool], tuple[int, int, int]
+]
 Coalesce = Callable[[Sequence[BytesLike]], list[bytes]]
 CoalesceRows = Callable[[BytesLike, int, int, int], bytes | None]
 
@@ -137,10 +139,10 @@ seal_rows: Final[SealRows] = _LOOPS[1] if _LOOPS else _seal_rows_python
 padded_sizes[i] bytes, encrypt it there with counter first_counter + i and write the
 16-byte tag after it (the headers are the caller's)."""
 seal_tso: Final[SealTso | None] = _LOOPS[2] if _LOOPS else None
-"""Cut a TCP super-packet into segments and seal each as it is cut, back to back in
-`out`: (key, first_counter, receiver_index, packet, transport_start, segment_payload,
-mtu, out) -> (count, datagram_size, total); see the native docstring. None without the
-native loops."""
+"""Cut a TCP (or, with `udp`, UDP) super-packet into segments and seal each as it is
+cut, back to back in `out`: (key, first_counter, receiver_index, packet,
+transport_start, segment_payload, mtu, out, udp) -> (count, datagram_size, total); see
+the native docstring. None without the native loops."""
 coalesce: Final[Coalesce | None] = _LOOPS[3] if _LOOPS else None
 """The TUN writes (each a virtio header, then a packet or a TCP super-packet) that carry
 a batch of packets, each connection's run of next segments merged; see the native

@@ -148,7 +148,7 @@ def seal_run(
 def seal_super(
     keypair: Keypair, batch: SuperPacket, mtu: int, sealed: memoryview
 ) -> tuple[int, int, int] | None:
-    """Cut a TCP super-packet and seal each segment as it is cut (natively) with
+    """Cut a TCP or UDP super-packet and seal each segment as it is cut (natively) with
     `keypair`'s next counters, back to back in `sealed`: (count, datagram size, total
     bytes); None without the native loop, without room below the message limit, or when
     the headers do not describe the packet."""
@@ -165,6 +165,7 @@ def seal_super(
             batch.segment_payload,
             mtu,
             sealed,
+            batch.udp,
         )
     except ValueError:
         return None
