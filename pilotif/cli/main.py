@@ -147,8 +147,9 @@ def _daemon_running(paths: StatePaths) -> bool:
 @click.option(
     "--proxy",
     envvar=PROXY_ENV,
-    help="An HTTP proxy for the stream, http://[USER:PASSWORD@]HOST:PORT (CONNECT);"
-    f" default HTTPS_PROXY; env {PROXY_ENV}.",
+    callback=secret_option,
+    help="An HTTP proxy for the stream, http://[USER:PASSWORD@]HOST:PORT (CONNECT), or"
+    f" file:PATH (a file holding it); default HTTPS_PROXY; env {PROXY_ENV}.",
 )
 @click.option(
     "--accept-dns",
@@ -532,6 +533,11 @@ def _format_status(state: dict[str, Any]) -> str:
             f"  registry: {node['registry']} " + _registry_state(node),
             f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
         ]
+        if mapping := node.get("port_mapping"):
+            lines.append(
+                f"  port mapping: {mapping['external']} by {mapping['protocol']}"
+                f", renewed before its {mapping['lifetime_s']} s run out"
+            )
         if state.get("transport"):
             lines.append(f"  transport: {_transport_state(state['transport'])}")
         lines += [f"  relay: {_relay_state(relay)}" for relay in node.get("relays", [])]

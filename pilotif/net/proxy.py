@@ -26,7 +26,11 @@ _OK_HIGH: Final = 299
 
 
 class ProxyError(StreamError):
-    """The proxy refused the tunnel, or its URL is unusable; `reason` names why."""
+    """The proxy refused the tunnel, or its URL is unusable; `reason` names why (for
+    counters), the message says what to do."""
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class StreamError(ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail or reason
 
 
 def frame(datagram: BytesLike) -> bytes:
