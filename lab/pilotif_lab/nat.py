@@ -54,6 +54,11 @@ REGISTRY_PORT = 7946
 REGISTRY = f"{REGISTRY_ADDRESS}:{REGISTRY_PORT}"
 RELAY_PORT = 7947
 LAN_NETWORKS = (ipaddress.IPv4Network("198.19.1.0/24"), ipaddress.IPv4Network("198.19.2.0/24"))
+CARRIER_NETWORKS = (
+    ipaddress.IPv4Network("198.18.64.0/24"),
+    ipaddress.IPv4Network("198.18.65.0/24"),
+)
+"""Between a carrier-grade NAT (.1) and the home router behind it (.2), per router."""
 ROUTER_WAN_FIRST_HOST = 11
 """Router i's WAN address is host ROUTER_WAN_FIRST_HOST + i of PUBLIC_NETWORK."""
 ROUTER_WAN_RENUMBERED_FIRST_HOST = 31
@@ -77,6 +82,7 @@ _INTERNET_ROUTER_SYSCTLS = (
 _WAN = "wan0"
 _LAN_BRIDGE = "lan0"
 _AGENT_LINK = "eth0"
+_CARRIER_LINK = "cgn0"
 _REGISTRY_DIR = "registry"
 _REGISTRY_LOG = "registry.log"
 _PID_FILE = "pilotif.pid"
@@ -150,7 +156,10 @@ class Router:
     namespace: Namespace
     kind: NatKind
     wan_address: str
+    """The public address its LAN is seen from (the carrier's, behind a carrier)."""
     lan: ipaddress.IPv4Network
+    carrier: Namespace | None = None
+    """The carrier-grade NAT in front of it (double NAT), if any."""
 
     @property
     def lan_address(self) -> str:
@@ -367,7 +376,7 @@ class NatLab:
         address."""
         router = self.routers[index]
         address = str(PUBLIC_NETWORK[ROUTER_WAN_RENUMBERED_FIRST_HOST + index])
-        ns = router.namespace
+        ns = router.carrier or router.namespace
         ns.run("ip", "address", "del", f"{router.wan_address}/32", "dev", _WAN)
         _wan_address(ns, address)
         renumbered = dataclasses.replace(router, wan_address=address)
@@ -564,14 +573,23 @@ def _wan_address(ns: Namespace, address: str) -> None:
 
 
 def _build_router(
-    public: Namespace, ns: Namespace, index: int, kind: NatKind, delay_ms: float, loss: float
+    public: Namespace,
+    ns: Namespace,
+    index: int,
+    kind: NatKind,
+    delay_ms: float,
+    loss: float,
+    carrier: Namespace | None = None,
 ) -> Router:
+    """Router `index` on the switch, or behind a carrier-grade NAT (`carrier`, a cone NAT
+    of its own) that holds the public address: double NAT."""
     wan_address = str(PUBLIC_NETWORK[ROUTER_WAN_FIRST_HOST + index])
+    uplink = carrier if carrier is not None else ns
     port = f"r{index}"
     if delay_ms or loss:
         # wan0 -- r{i}x ==cable== r{i}y -- r{i} on the switch.
         near, far = f"{port}x", f"{port}y"
-        _veth(near, public, _WAN, ns)
+        _veth(near, public, _WAN, uplink)
         _veth(far, public, port, public)
         # The cable copies frames as they are: those sent into it must be whole (no
         # segmentation offload) and carry their checksums (no checksum offload).
@@ -579,15 +597,27 @@ def _build_router(
         for link in (near, far, port):
             public.run("ip", "link", "set", link, "up")
             public.run("ethtool", "-K", link, *offloads)
-        ns.run("ethtool", "-K", _WAN, *offloads)
+        uplink.run("ethtool", "-K", _WAN, *offloads)
         cable = ("pilotif_lab.cable", near, far, str(delay_ms), str(loss))
         public.spawn(sys.executable, "-m", *cable)
     else:
-        _veth(port, public, _WAN, ns)
+        _veth(port, public, _WAN, uplink)
     _attach(public, port, _SWITCH)
-    ns.run("ip", "link", "set", _WAN, "up")
-    _wan_address(ns, wan_address)
-    router = Router(ns, kind, wan_address, LAN_NETWORKS[index])
+    uplink.run("ip", "link", "set", _WAN, "up")
+    _wan_address(uplink, wan_address)
+    if carrier is not None:
+        inside = CARRIER_NETWORKS[index]
+        _veth(_CARRIER_LINK, carrier, _WAN, ns)
+        carrier.run(
+            "ip", "address", "add", _with_prefix(str(inside[1]), inside), "dev", _CARRIER_LINK
+        )
+        carrier.run("ip", "link", "set", _CARRIER_LINK, "up")
+        carrier.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        carrier.run("nft", "-f", "-", input_text=_router_ruleset(NatKind.CONE))
+        ns.run("ip", "address", "add", _with_prefix(str(inside[2]), inside), "dev", _WAN)
+        ns.run("ip", "link", "set", _WAN, "up")
+        ns.run("ip", "route", "add", "default", "via", str(inside[1]))
+    router = Router(ns, kind, wan_address, LAN_NETWORKS[index], carrier)
     _bridge(ns, _LAN_BRIDGE, _with_prefix(router.lan_address, router.lan))
     ns.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
     ns.run("nft", "-f", "-", input_text=_router_ruleset(kind))
@@ -624,6 +654,7 @@ def nat_lab(
     wan_delay_ms: Sequence[float] = (),
     wan_loss: Sequence[float] = (),
     registry_args: Sequence[str] = (),
+    carriers: Sequence[int] = (),
 ) -> Iterator[NatLab]:
     """The lab with one router per entry of `nats` and agents (hostname, router index),
     and `internet_hosts` (names) on the public switch itself. `wan_delay_ms` and
@@ -654,7 +685,13 @@ def nat_lab(
         losses = list(wan_loss) + [0.0] * (len(nats) - len(wan_loss))
         routers = tuple(
             _build_router(
-                public, new_namespace(f"r{index}"), index, kind, delays[index], losses[index]
+                public,
+                new_namespace(f"r{index}"),
+                index,
+                kind,
+                delays[index],
+                losses[index],
+                new_namespace(f"cg{index}") if index in carriers else None,
             )
             for index, kind in enumerate(nats)
         )

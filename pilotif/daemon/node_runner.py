@@ -1,7 +1,9 @@
 """The asyncio side of a node: runs a `NodeCore` for the daemon.
 
 It feeds the core the time, arms one timer for it, sends its control datagrams, keeps
-the trust record and the counter lease on disk when they change, and owns the futures
+the trust record and the counter lease on disk when they change, runs the port mapper
+(with `port_mapping`: the gateway's mapping of our UDP port is a candidate the core
+reports; `close_port_mapping` deletes it at stop), and owns the futures
 of whoever waits for the registry (`join` at start, the CLI's commands), resolving them
 from the core's events. Every other event goes to the daemon's `on_event`.
 """
@@ -12,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from pilotif.control.counter_lease import CounterLease
+from pilotif.net.hostport import format_endpoint
+from pilotif.net.portmap.client import PortMapper, PortMapping
 from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.core import NodeCore
 from pilotif.node.events import (
@@ -86,6 +90,7 @@ class NodeRunner:
         send_openers: Callable[[list[Opener]], object],
         flush: Callable[[float], None],
         on_event: Callable[[NodeEvent], None],
+        port_mapping: bool = False,
     ) -> None:
         self.core = core
         self._files = files
@@ -97,6 +102,7 @@ class NodeRunner:
         self._send_openers = send_openers
         self._flush = flush
         self._on_event = on_event
+        self.port_mapper = PortMapper(listen_port, self._port_mapped) if port_mapping else None
         self._calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._joined: asyncio.Future[None] | None = None
         self._synced: asyncio.Future[None] | None = None
@@ -206,6 +212,8 @@ class NodeRunner:
         now = time.monotonic()
         self.core.start(now)
         self.after_input(now)
+        if self.port_mapper is not None:
+            self.port_mapper.start()
         if snapshot is None:
             await self._joined
             return
@@ -309,8 +317,20 @@ class NodeRunner:
     # -- what the daemon asks of the node ----------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The node's part of `pilotif status`."""
-        return self.core.status()
+        """The node's part of `pilotif status` (with the port mapping: its protocol,
+        external address and lifetime, or None)."""
+        mapper = self.port_mapper
+        return {**self.core.status(), "port_mapping": mapper.status() if mapper else None}
+
+    def _port_mapped(self, mapping: PortMapping | None) -> None:
+        now = time.monotonic()
+        self.core.port_mapped(None if mapping is None else format_endpoint(mapping.external), now)
+        self.after_input(now)
+
+    async def close_port_mapping(self) -> None:
+        """Delete the gateway's mapping of our port (bounded time), at stop."""
+        if self.port_mapper is not None:
+            await self.port_mapper.close()
 
     def path_of(self, key: bytes) -> str:
         """How the peer with `key` is reached (direct, relay, none)."""

@@ -118,6 +118,10 @@ class NodeCore:
         self._tickets = Tickets(self.relays, self._errands)
         self.paths = PathManager(device, self._sink)
         """Every trusted peer's path (relay or direct), probes and punching."""
+        self._lan_endpoints = list(lan_endpoints)
+        self.mapped_endpoint: str | None = None
+        """The 'ip:port' our gateway forwards to our UDP port (NAT-PMP, PCP or UPnP),
+        reported to the registry as our first candidate after the public one."""
         self.consent = Consent(trust, self.link, self._sink)
         """This node's consent to trust, and the outbox of its trust requests."""
         self._trust_sync = TrustSync(self._errands)
@@ -310,9 +314,26 @@ class NodeCore:
         """This host's addresses or routes changed (a roam, a new LAN, a link back up):
         register at once from wherever we are now, and ask for a probe round with every
         peer, whose NATs may filter our new address until both sides punch again."""
-        self.registration.network_changed(lan_endpoints, now, joined=self.joined)
+        self._lan_endpoints = list(lan_endpoints)
+        self.registration.network_changed(self._reported(), now, joined=self.joined)
         if self.joined:
             self._punch_again(now)
+
+    def port_mapped(self, endpoint: str | None, now: float) -> None:
+        """Our gateway forwards `endpoint` to our UDP port now (None: no longer): the
+        registry hears of it at once, and peers probe it at their next round."""
+        if endpoint == self.mapped_endpoint:
+            return
+        self.mapped_endpoint = endpoint
+        self.paths.port_mapped = endpoint is not None
+        self.registration.lan_endpoints = self._reported()
+        if self.joined:
+            self.registration.register(now)
+
+    def _reported(self) -> list[str]:
+        """The candidates we report besides the public one: the mapped one, then LAN."""
+        mapped = [self.mapped_endpoint] if self.mapped_endpoint is not None else []
+        return mapped + [lan for lan in self._lan_endpoints if lan not in mapped]
 
     def _punch_again(self, now: float) -> None:
         """Our NAT mapping, and so every peer's view of our endpoint, changed: back to the
@@ -497,9 +518,7 @@ class NodeCore:
         elif op == "punch":
             key = message_key(node.get("public_key"))
             if key is not None:
-                self.paths.punch(
-                    key, message, self.registration.lan_endpoints, self._overlay(), now
-                )
+                self.paths.punch(key, message, self._lan_endpoints, self._overlay(), now)
 
     def _overlay(self) -> list[IPv4Network | IPv6Network]:
         """The overlay's networks (no peer's candidate may be in them)."""

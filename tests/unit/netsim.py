@@ -16,6 +16,11 @@ NAT routers model Linux conntrack + masquerade closely enough for hole punching:
   keeps a conntrack entry for each, so its LAN side cannot map that (port, remote) pair
   until the entry expires (the collision that issue 9 describes).
 Entries expire after UDP_TIMEOUT_S without traffic.
+- `forwards`: ports the router forwards to a LAN endpoint (a NAT-PMP, PCP or UPnP
+  mapping: a DNAT rule). An inbound datagram to one makes a flow that the LAN side's
+  answers leave by; but when that LAN endpoint already has a flow towards the same
+  remote under another port, the two collide and the datagram is dropped (conntrack
+  cannot hold both), as Linux does.
 
 Hops, for datagrams sent with a hop limit (punch openers): the LAN host's own router is
 the first, one internet router stands between any two routers (as in the namespace lab),
@@ -91,6 +96,8 @@ class Nat:
     own: dict[tuple[int, Endpoint], float] = field(default_factory=dict)
     """(public port, remote) -> expiry of an entry for a datagram taken by the router."""
     collisions: int = 0
+    forwards: dict[int, Endpoint] = field(default_factory=dict)
+    """Public port -> LAN endpoint (see the module docstring)."""
 
     def flush(self) -> None:
         """Forget every mapping (`conntrack -F`, a router restart)."""
@@ -123,6 +130,15 @@ class Nat:
         if flow is not None:
             self.flows[(port, remote)] = (flow[0], now + UDP_TIMEOUT_S)
             return flow[0]
+        forward = self.forwards.get(port)
+        if forward is not None:
+            if any(
+                to == remote and inside == forward for (_, to), (inside, _) in self.flows.items()
+            ):
+                self.collisions += 1
+                return None
+            self.flows[(port, remote)] = (forward, now + UDP_TIMEOUT_S)
+            return forward
         if self.accepts_to_self:
             self.own[(port, remote)] = now + UDP_TIMEOUT_S
         return None

@@ -691,6 +691,48 @@ def test_a_round_lost_to_a_router_collision_is_followed_by_one_that_goes_direct(
     assert _ping_arrives(net, alpha, beta, 1)
 
 
+@pytest.mark.parametrize("mapped", [True, False], ids=["mapped", "control"])
+def test_a_symmetric_nat_that_forwards_a_port_goes_direct(net: Network, mapped: bool) -> None:
+    """Issue 24 item 5: alpha's symmetric NAT forwards a port to it (NAT-PMP, PCP or
+    UPnP) and alpha reports it; beta, behind a cone NAT that filters by endpoint, probes
+    it and the pair goes direct. alpha sends nothing to beta before beta's probe came in
+    (or its NAT's outbound would collide with the forwarded inbound). Without the
+    mapping (the control), the pair stays on the relay."""
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    beta = net.node("beta")
+    assert alpha.nat is not None
+    external_port = 40000
+    net.up(alpha, beta)
+    if mapped:
+        alpha.nat.forwards[external_port] = alpha.address
+        alpha.core.port_mapped(f"{alpha.nat.wan}:{external_port}", net.now)
+        alpha.flush()
+    net.trust(alpha, beta)
+    if mapped:
+        net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+        assert alpha.nat.collisions == 0
+        to_alpha = beta.device.peer(alpha.device.public_key)
+        assert to_alpha is not None and to_alpha.endpoint == (alpha.nat.wan, external_port)
+        assert _ping_arrives(net, alpha, beta, 1)
+    else:
+        net.run(TRUST_TO_DIRECT_S)
+        assert alpha.path_to(beta) == beta.path_to(alpha) == "relay"
+
+
+def test_a_mapping_that_goes_is_no_longer_reported(net: Network) -> None:
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    net.up(alpha)
+    before = net.registry.requests["register"]
+    alpha.core.port_mapped("198.18.0.11:40000", net.now)
+    alpha.flush()
+    assert alpha.core.registration.lan_endpoints[0] == "198.18.0.11:40000"
+    alpha.core.port_mapped(None, net.now)
+    alpha.flush()
+    assert "198.18.0.11:40000" not in alpha.core.registration.lan_endpoints
+    net.run(1.0)
+    assert net.registry.requests["register"] >= before + 2
+
+
 def test_symmetric_nats_stay_on_the_relay_and_carry_traffic(net: Network) -> None:
     alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
     beta = net.node("beta", mapping=Mapping.SYMMETRIC)
