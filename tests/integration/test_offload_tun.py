@@ -201,3 +201,53 @@ def test_udp_gso_send_arrives_as_one_gro_receive(netns: str) -> None:
     assert result["refused"] == 0
     assert result["same"]
     assert result["calls"] < 31
+
+
+_USO_PROGRAM = """
+import json, select, socket, time
+from ipaddress import ip_interface
+from pilotif.packet.segments import SuperPacket, cut_segments
+from pilotif.tun import TunDevice, configure_link
+from pilotif.tun.offload import TunBatch, enable_offloads
+
+UDP_SEGMENT = 103
+tun = TunDevice.open("pilot0", vnet_hdr=True)
+offloads = enable_offloads(tun, tso=True, uso=True)
+configure_link(tun.name, [ip_interface("100.64.0.1/24")], 1420, [])
+batch = TunBatch(tun, offloads)
+sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+# Until a first datagram comes through, the new link may drop what is sent.
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:
+    sender.sendto(b"?", ("100.64.0.2", 443))
+    if select.select([tun.fileno()], [], [], 0.1)[0]:
+        read = batch.read_batch(8)
+        if isinstance(read, list) and any(bytes(p[28:]) == b"?" for p in read):
+            break
+while select.select([tun.fileno()], [], [], 0.2)[0]:
+    batch.read_batch(8)
+sender.setsockopt(socket.IPPROTO_UDP, UDP_SEGMENT, 1200)
+payload = bytes(i % 251 for i in range(30000))
+sender.sendto(payload, ("100.64.0.2", 443))
+reads = []
+while select.select([tun.fileno()], [], [], 1)[0]:
+    read = batch.read_batch(8)
+    if isinstance(read, SuperPacket):
+        segments = cut_segments(
+            read.packet, read.transport_start, read.segment_payload, bytearray(65536),
+            udp=read.udp)
+        reads.append({"udp": read.udp, "datagrams": [bytes(s[28:]).hex() for s in segments]})
+print(json.dumps({"uso": offloads.uso, "reads": reads, "payload": payload.hex()}))
+"""
+
+
+def test_a_udp_gso_sender_reaches_the_device_as_one_udp_super_packet(netns: str) -> None:
+    # USO granted: the kernel hands a UDP_SEGMENT send over whole; cut, it is the
+    # datagrams the program sent, 1200 bytes each.
+    result = run_in(netns, _USO_PROGRAM)
+    assert result["uso"]
+    (read,) = result["reads"]
+    assert read["udp"]
+    datagrams = [bytes.fromhex(d) for d in read["datagrams"]]
+    payload = bytes.fromhex(result["payload"])
+    assert datagrams == [payload[i : i + 1200] for i in range(0, len(payload), 1200)]
