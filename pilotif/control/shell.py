@@ -24,6 +24,7 @@ from pilotif.control.stream_listener import (
 from pilotif.util.logs import log_event
 from pilotif.wg.events import Endpoint
 
+ANY_IPV6: Final = "::"
 RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
 """The socket's receive buffer (as far as net.core.rmem_max allows): a burst of
 datagrams waits there while a batch of heartbeats is written."""
@@ -165,7 +166,11 @@ async def serve_streams(
     protocol.streams = listener
     loop = asyncio.get_running_loop()
     return [
-        await loop.create_server(listener.protocol, host, port, reuse_address=True)
+        # `::` means every address of both families, as for the UDP socket (asyncio would
+        # take IPv6 only).
+        await loop.create_server(
+            listener.protocol, None if host == ANY_IPV6 else host, port, reuse_address=True
+        )
         for host, port in listens
     ]
 

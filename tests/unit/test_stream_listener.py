@@ -427,3 +427,31 @@ def test_a_service_takes_streams_on_its_udp_port_and_on_another(tmp_path: Path) 
                 await serving
 
     run(test)
+
+
+def test_listening_on_any_ipv6_address_takes_ipv4_streams_too(tmp_path: Path) -> None:
+    core = EchoCore()
+
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        lease = CounterLease(tmp_path / "counter")
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: CoreProtocol(core, lease), local_addr=("::", 0)
+        )
+        port = transport.get_extra_info("sockname")[1]
+        servers = await serve_streams(protocol, core.counters, (("::", port),))
+        try:
+            for host in ("127.0.0.1", "::1"):
+                client = await Client.open((host, port))
+                client.send(b"\x50hi")
+                assert await client.receive() == b"\x50hi"
+                client.close()
+        finally:
+            for server in servers:
+                server.close()
+            assert protocol.streams is not None
+            protocol.streams.close()
+            transport.close()
+
+    run(test)
+    assert core.heard[0][1][0] == "127.0.0.1"
