@@ -1,0 +1,55 @@
+"""The send side's SACK scoreboard (RFC 2018, used as RFC 6675 does): the ranges above
+the oldest unacknowledged byte that the peer says it holds, merged and capped in count,
+and what follows from them: bytes SACKed, the holes below the highest SACKed byte (lost,
+to retransmit first). Offsets are absolute (unwrapped) sequence numbers."""
+
+
+class Scoreboard:
+    """SACKed ranges, sorted and disjoint."""
+
+    def __init__(self, max_ranges: int) -> None:
+        self.ranges: list[tuple[int, int]] = []
+        self._max_ranges = max_ranges
+
+    def clear(self) -> None:
+        """Forget every SACK (after a retransmission timeout, RFC 2018 section 8)."""
+        self.ranges.clear()
+
+    def add(self, start: int, end: int, una: int, snd_max: int) -> None:
+        """A block the peer sent; blocks outside (una, snd_max] are ignored."""
+        start = max(start, una)
+        if end > snd_max or end <= start:
+            return
+        merged: list[tuple[int, int]] = []
+        for left, right in self.ranges:
+            if right < start or left > end:
+                merged.append((left, right))
+            else:
+                start, end = min(start, left), max(end, right)
+        merged.append((start, end))
+        merged.sort()
+        self.ranges = merged[-self._max_ranges :]
+
+    def advance(self, una: int) -> None:
+        """The cumulative ACK moved to `una`: forget what is below it."""
+        self.ranges = [(max(left, una), right) for left, right in self.ranges if right > una]
+
+    @property
+    def sacked_bytes(self) -> int:
+        """Bytes the peer holds above the cumulative ACK."""
+        return sum(right - left for left, right in self.ranges)
+
+    @property
+    def highest(self) -> int | None:
+        """The end of the highest SACKed range."""
+        return self.ranges[-1][1] if self.ranges else None
+
+    def holes(self, una: int) -> list[tuple[int, int]]:
+        """The ranges below the highest SACKed byte that the peer lacks."""
+        holes: list[tuple[int, int]] = []
+        at = una
+        for left, right in self.ranges:
+            if left > at:
+                holes.append((at, left))
+            at = max(at, right)
+        return holes

@@ -1,0 +1,127 @@
+"""Two userspace stacks back to back through a simulated link, for the netstack's unit
+tests: a one-way delay, seeded random loss, duplication and reordering (extra delay for
+some packets), a rate (packets queue behind each other), and a `tap` that sees (and may
+drop) every packet. Time is a float the wire advances from event to event; nothing
+sleeps and nothing touches a socket.
+"""
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from pilotif.netstack import Stack, StackConfig
+
+A_V4 = IPv4Address("100.64.0.1")
+B_V4 = IPv4Address("100.64.0.2")
+A_V6 = IPv6Address("fd00:64::1")
+B_V6 = IPv6Address("fd00:64::2")
+
+Tap = Callable[[str, bytes], bool]
+"""(direction 'ab' or 'ba', packet) -> whether the packet goes on."""
+
+
+@dataclass
+class Link:
+    """One direction's impairments."""
+
+    delay_s: float = 0.005
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    """Share of packets held back by `reorder_s` more."""
+    reorder_s: float = 0.004
+    rate_bytes_per_s: float | None = None
+
+
+@dataclass
+class Wire:
+    """Stacks a and b (addresses A_V4/A_V6 and B_V4/B_V6) joined by `link` both ways."""
+
+    link: Link = field(default_factory=Link)
+    config_a: StackConfig = field(default_factory=StackConfig)
+    config_b: StackConfig = field(default_factory=StackConfig)
+    seed: int = 1
+    tap: Tap | None = None
+    now: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.a = Stack([A_V4, A_V6], self.config_a, secret=b"a" * 32)
+        self.b = Stack([B_V4, B_V6], self.config_b, secret=b"b" * 32)
+        self._random = random.Random(self.seed)
+        self._queue: list[tuple[float, int, str, bytes]] = []
+        self._order = itertools.count()
+        self._free_at = {"ab": 0.0, "ba": 0.0}
+        self.sent = {"ab": 0, "ba": 0}
+
+    def _send(self, direction: str, packet: bytes) -> None:
+        self.sent[direction] += 1
+        if self.tap is not None and not self.tap(direction, packet):
+            return
+        link = self.link
+        if self._random.random() < link.loss:
+            return
+        copies = 2 if self._random.random() < link.duplicate else 1
+        start = self.now
+        if link.rate_bytes_per_s:
+            start = max(start, self._free_at[direction])
+            self._free_at[direction] = start + len(packet) / link.rate_bytes_per_s
+        arrive = start + link.delay_s
+        if self._random.random() < link.reorder:
+            arrive += link.reorder_s
+        for _ in range(copies):
+            heapq.heappush(self._queue, (arrive, next(self._order), direction, packet))
+
+    def inject(self, direction: str, packet: bytes) -> None:
+        """Deliver a packet of the test's own at once."""
+        (self.b if direction == "ab" else self.a).receive(packet, self.now)
+
+    def step(self) -> bool:
+        """Poll both stacks, then move time to the next arrival or timer and handle it;
+        False when nothing is left to happen."""
+        for name, stack in (("ab", self.a), ("ba", self.b)):
+            for packet in stack.poll(self.now):
+                self._send(name, packet)
+        times = [t for t in (self.a.next_timer(), self.b.next_timer()) if t is not None]
+        if self._queue:
+            times.append(self._queue[0][0])
+        if not times:
+            return False
+        self.now = max(self.now, min(times))
+        while self._queue and self._queue[0][0] <= self.now:
+            _, _, direction, packet = heapq.heappop(self._queue)
+            (self.b if direction == "ab" else self.a).receive(packet, self.now)
+        return True
+
+    def run(
+        self,
+        until: Callable[[], bool],
+        limit_s: float = 600.0,
+        app: Callable[[], None] | None = None,
+    ) -> None:
+        """Step until `until()` holds (calling `app` before each step); fails after
+        `limit_s` of simulated time."""
+        deadline = self.now + limit_s
+        idle = 0
+        while not until():
+            if app is not None:
+                app()
+            idle = 0 if self.step() else idle + 1
+            if idle > 1 and not until():
+                raise AssertionError(f"nothing left to happen at {self.now:.3f}")
+            if self.now > deadline:
+                raise AssertionError(f"not done after {limit_s} s of simulated time")
+
+    def settle(self, seconds: float) -> None:
+        """Let `seconds` of simulated time pass."""
+        end = self.now + seconds
+        while self.now < end:
+            if not self.step():
+                self.now = end
+
+
+def address_of(stack_address: IPv4Address | IPv6Address) -> bytes:
+    """The packed form, as connections keep it."""
+    return ip_address(stack_address).packed
