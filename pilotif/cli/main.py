@@ -841,17 +841,21 @@ def _format_event(event: dict[str, Any]) -> str:
     return terminal_safe(f"{stamp} {event.get('event')} {fields}".rstrip())
 
 
-@cli.group(invoke_without_command=True)
-@click.option(
-    "--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP and TCP)."
-)
-@click.option(
+tcp_listen_option = click.option(
     "--tcp-listen",
     "tcp_listens",
     multiple=True,
     help="HOST:PORT where streams (TCP, for nodes without UDP) are accepted too, e.g."
     " 0.0.0.0:443; TCP on the --listen port always is. Repeat for several.",
 )
+"""`registry` and `relay`: more addresses for streams."""
+
+
+@cli.group(invoke_without_command=True)
+@click.option(
+    "--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP and TCP)."
+)
+@tcp_listen_option
 @click.option("--network", default="100.64.0.0/10", show_default=True, help="IPv4 overlay.")
 @click.option(
     "--require-join-key", is_flag=True, help="Admit new nodes only with a join key (closed)."
@@ -943,13 +947,7 @@ def _relays(texts: tuple[str, ...]) -> tuple[RelayInfo, ...]:
 @click.option(
     "--listen", default="0.0.0.0:7947", show_default=True, help="HOST:PORT (UDP and TCP)."
 )
-@click.option(
-    "--tcp-listen",
-    "tcp_listens",
-    multiple=True,
-    help="HOST:PORT where streams (TCP, for nodes without UDP) are accepted too, e.g."
-    " 0.0.0.0:443; TCP on the --listen port always is. Repeat for several.",
-)
+@tcp_listen_option
 @click.option(
     "--registry",
     help="The registry whose tickets to accept, at HOST:PORT (its key is asked for on"

@@ -36,8 +36,9 @@ class StreamLimits:
 
     max_streams: int = 10_000
     """Connections open at once, in all (past it new ones are closed at once)."""
-    max_per_address: int = 16
-    """Connections open at once from one address (an IPv4 address, an IPv6 /64)."""
+    max_per_address: int = 256
+    """Connections open at once from one address (an IPv4 address, an IPv6 /64): an
+    office's NAT may hold many nodes, each with a stream to the registry and each relay."""
     opening_s: float = 10.0
     """The time from accept to a whole upgrade request."""
     idle_s: float = 60.0

@@ -46,6 +46,7 @@ class WireError(ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
+        self.detail = detail or reason
 
 
 def pack_relay(peer_public: bytes, inner: BytesLike) -> bytes:

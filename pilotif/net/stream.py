@@ -12,6 +12,7 @@ net/upgrade.py's; docs/RELAYS.md says why.
 import struct
 from typing import Final
 
+from pilotif.net.relay_frame import WireError
 from pilotif.packet.ip import BytesLike
 
 LENGTH_SIZE: Final = 2
@@ -25,13 +26,8 @@ _LENGTH: Final = struct.Struct(">H")
 assert _LENGTH.size == LENGTH_SIZE
 
 
-class StreamError(ValueError):
+class StreamError(WireError):
     """Stream input we refuse (the connection is closed); `reason` names why, for counters."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail or reason
 
 
 def frame(datagram: BytesLike) -> bytes:

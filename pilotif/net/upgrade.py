@@ -45,6 +45,21 @@ class RequestRefused(StreamError):
         self.answer = answer
 
 
+def _next_event(http: h11.Connection, data: bytes, received: int, what: str) -> object | None:
+    """The next event after `data` arrived (`received` bytes in all); None while more is
+    needed; StreamError (`bad_WHAT`, `WHAT_too_large`) for garbage or too much."""
+    http.receive_data(data)
+    try:
+        event = http.next_event()
+    except h11.RemoteProtocolError as error:
+        raise StreamError(f"bad_{what}", str(error)) from None
+    if event is h11.NEED_DATA:
+        if received > MAX_REQUEST_BYTES:
+            raise StreamError(f"{what}_too_large")
+        return None
+    return event
+
+
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
     return b",".join(value for key, value in headers if key == name).lower()
 
@@ -60,14 +75,8 @@ class UpgradeServer:
         """The opening once the request is whole; None while it is not; StreamError for
         garbage or a request too long, RequestRefused for a request that is not ours."""
         self._received += len(data)
-        self._http.receive_data(data)
-        try:
-            event = self._http.next_event()
-        except h11.RemoteProtocolError as error:
-            raise StreamError("bad_request", str(error)) from None
-        if event is h11.NEED_DATA:
-            if self._received > MAX_REQUEST_BYTES:
-                raise StreamError("request_too_large")
+        event = _next_event(self._http, data, self._received, "request")
+        if event is None:
             return None
         if not isinstance(event, h11.Request):
             raise StreamError("bad_request", type(event).__name__)
@@ -122,14 +131,8 @@ class ClientOpening:
         the stream's when the status opened it, else empty; None while the answer is not
         whole; StreamError for garbage or an answer over MAX_REQUEST_BYTES."""
         self._received += len(data)
-        self._http.receive_data(data)
-        try:
-            event = self._http.next_event()
-        except h11.RemoteProtocolError as error:
-            raise StreamError("bad_answer", str(error)) from None
-        if event is h11.NEED_DATA:
-            if self._received > MAX_REQUEST_BYTES:
-                raise StreamError("answer_too_large")
+        event = _next_event(self._http, data, self._received, "answer")
+        if event is None:
             return None
         if not isinstance(event, h11.InformationalResponse | h11.Response):
             raise StreamError("bad_answer", type(event).__name__)

@@ -1,36 +1,21 @@
 """`pilotif up --transport` and `--proxy`: what reaches the daemon's node options, the
 proxy's password kept off the daemon's command line, and bad input in one line."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from pilotif.cli import main as cli_module
-from pilotif.cli.main import PROXY_ENV, READY_FD_ENV, cli
+from pilotif.cli.main import PROXY_ENV, cli
 from pilotif.net.fallback import TransportMode
 from pilotif.net.proxy import Proxy
+from tests.unit.test_cli_secrets import _Started
 
 PROXY = "http://agent:pa55word@10.0.0.8:3128"
-
-
-class _Started:
-    """Stands in for subprocess.Popen: keeps the daemon's command and environment."""
-
-    command: ClassVar[list[str]] = []
-    env: ClassVar[dict[str, str]] = {}
-
-    def __init__(self, command: list[str], **options: Any) -> None:
-        _Started.command, _Started.env = command, options["env"]
-        os.write(int(options["env"][READY_FD_ENV]), b"ready\n")
-        self.pid = 4242
-
-    def poll(self) -> int | None:
-        return None
 
 
 def _up(state_dir: Path, *extra: str) -> list[str]:

@@ -5,15 +5,12 @@ listener on loopback (UDP unanswered -> the stream; UDP answers -> back)."""
 import asyncio
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
-from pilotif.control.counter_lease import CounterLease
 from pilotif.control.gate import Outgoing
-from pilotif.control.shell import CoreProtocol, serve_streams
+from pilotif.control.shell import CoreProtocol
 from pilotif.control.wire import KEY_REQUEST
 from pilotif.net import fallback
 from pilotif.net.bind import UdpBind, path_transport
@@ -27,6 +24,7 @@ from pilotif.net.fallback import (
 from pilotif.net.proxy import Proxy
 from pilotif.net.streams import StreamOptions
 from pilotif.wg.events import Endpoint, RelayEndpoint
+from tests.unit.test_stream_listener import serving
 
 WAIT_S = 20.0
 T0 = 1000.0
@@ -106,35 +104,6 @@ class Registry:
         return [(b"\x52key" if data == KEY_REQUEST else data, source)]
 
 
-@asynccontextmanager
-async def registry_at(
-    tmp_path: Path, core: Registry, udp_answers: bool
-) -> AsyncIterator[tuple[Endpoint, CoreProtocol, asyncio.DatagramTransport]]:
-    """The registry on TCP (and UDP on the same port when `udp_answers`)."""
-    loop = asyncio.get_running_loop()
-    lease = CounterLease(tmp_path / "counter")
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    silent.bind(("127.0.0.1", 0))
-    port = silent.getsockname()[1]
-    if udp_answers:
-        silent.close()
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: CoreProtocol(core, lease),
-        local_addr=("127.0.0.1", port) if udp_answers else ("127.0.0.1", 0),
-    )
-    servers = await serve_streams(protocol, core.counters, (("127.0.0.1", port),))
-    core.protocol = protocol
-    try:
-        yield ("127.0.0.1", port), protocol, transport
-    finally:
-        for server in servers:
-            server.close()
-        assert protocol.streams is not None
-        protocol.streams.close()
-        transport.close()
-        silent.close()
-
-
 class Node:
     """A Bind with streams, read the way the data path reads it."""
 
@@ -175,7 +144,8 @@ def test_tcp_mode_talks_to_the_registry_over_the_stream(tmp_path: Path) -> None:
     core = Registry()
 
     async def test() -> None:
-        async with registry_at(tmp_path, core, udp_answers=True) as (at, protocol, _):
+        async with serving(core, tmp_path) as (at, protocol):
+            core.protocol = protocol
             node = Node(at, TransportMode.TCP)
             assert await node.ask(b"\x50hello") == b"\x50hello"
             assert protocol.streams is not None and len(protocol.streams.streams) == 1
@@ -193,9 +163,11 @@ def test_auto_falls_back_to_the_stream_when_udp_gets_nothing(
 ) -> None:
     monkeypatch.setattr(fallback, "FALLBACK_AFTER_S", 0.5)
     core = Registry()
+    core.udp_blocked = True
 
     async def test() -> None:
-        async with registry_at(tmp_path, core, udp_answers=False) as (at, _, _):
+        async with serving(core, tmp_path) as (at, protocol):
+            core.protocol = protocol
             node = Node(at, TransportMode.AUTO)
             assert node.bind.transport()["carrier"] == "udp"
             assert await node.ask(b"\x50hello") == b"\x50hello"
@@ -209,7 +181,8 @@ def test_relayed_peers_follow_the_control_datagrams_onto_the_stream(tmp_path: Pa
     core = Registry()
 
     async def test() -> None:
-        async with registry_at(tmp_path, core, udp_answers=False) as (at, _, _):
+        async with serving(core, tmp_path) as (at, protocol):
+            core.protocol = protocol
             node = Node(at, TransportMode.TCP)
             peer = RelayEndpoint(bytes(range(32)))
             assert node.bind.send([(b"\x04" + bytes(40), peer)]) == 0
@@ -232,7 +205,8 @@ def test_auto_moves_back_to_udp_when_udp_answers(
     core.udp_blocked = True
 
     async def test() -> None:
-        async with registry_at(tmp_path, core, udp_answers=True) as (at, _, _):
+        async with serving(core, tmp_path) as (at, protocol):
+            core.protocol = protocol
             node = Node(at, TransportMode.AUTO)
             assert await node.ask(b"\x50one") == b"\x50one"
             assert node.bind.transport()["carrier"] == "tcp"

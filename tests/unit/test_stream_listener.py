@@ -60,17 +60,18 @@ Core = EchoCore | RelayCore
 
 @asynccontextmanager
 async def serving(
-    core: Core, tmp_path: Path, limits: StreamLimits | None = None
+    core: Core, tmp_path: Path, limits: StreamLimits | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[tuple[Endpoint, CoreProtocol]]:
-    """`core` on a UDP socket and a stream listener on loopback: the listener's address."""
+    """`core` on a UDP socket at `host` and a stream listener on the same port: where."""
     loop = asyncio.get_running_loop()
     lease = CounterLease(tmp_path / "counter")
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: CoreProtocol(core, lease), local_addr=("127.0.0.1", 0)
+        lambda: CoreProtocol(core, lease), local_addr=(host, 0)
     )
-    servers = await serve_streams(protocol, core.counters, (("127.0.0.1", 0),), limits)
+    at = (host, transport.get_extra_info("sockname")[1])
+    servers = await serve_streams(protocol, core.counters, (at,), limits)
     try:
-        yield servers[0].sockets[0].getsockname()[:2], protocol
+        yield at, protocol
     finally:
         for server in servers:
             server.close()
@@ -433,25 +434,12 @@ def test_listening_on_any_ipv6_address_takes_ipv4_streams_too(tmp_path: Path) ->
     core = EchoCore()
 
     async def test() -> None:
-        loop = asyncio.get_running_loop()
-        lease = CounterLease(tmp_path / "counter")
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: CoreProtocol(core, lease), local_addr=("::", 0)
-        )
-        port = transport.get_extra_info("sockname")[1]
-        servers = await serve_streams(protocol, core.counters, (("::", port),))
-        try:
+        async with serving(core, tmp_path, host="::") as ((_, port), _):
             for host in ("127.0.0.1", "::1"):
                 client = await Client.open((host, port))
                 client.send(b"\x50hi")
                 assert await client.receive() == b"\x50hi"
                 client.close()
-        finally:
-            for server in servers:
-                server.close()
-            assert protocol.streams is not None
-            protocol.streams.close()
-            transport.close()
 
     run(test)
     assert core.heard[0][1][0] == "127.0.0.1"
