@@ -127,9 +127,15 @@ class Stack:
             del self._listeners[listener.port]
 
     def connect(
-        self, remote: Address, port: int, now: float, local: Address | None = None
+        self,
+        remote: Address,
+        port: int,
+        now: float,
+        local: Address | None = None,
+        local_port: int | None = None,
     ) -> Connection:
-        """Open a connection (the SYN goes out at the next poll); raises LimitError."""
+        """Open a connection (the SYN goes out at the next poll) from `local_port` (else
+        an ephemeral one); raises LimitError."""
         self._now = now
         if local is None:
             local = next(ip_address(a) for a in self._addresses if len(a) == len(remote.packed))
@@ -139,8 +145,8 @@ class Stack:
         if self._per_peer[remote_bytes] >= self.config.max_connections_per_peer:
             raise LimitError(f"too many connections to {remote}")
         for _ in range(_PORT_TRIES):
-            local_port = self._random.choice(EPHEMERAL_PORTS)
-            key = (local.packed, local_port, remote_bytes, port)
+            chosen = self._random.choice(EPHEMERAL_PORTS) if local_port is None else local_port
+            key = (local.packed, chosen, remote_bytes, port)
             if key not in self._connections:
                 break
         else:

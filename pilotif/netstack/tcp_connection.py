@@ -171,6 +171,8 @@ class Connection:
         self._time_wait_at: float | None = None
         self.retransmissions = 0
         """Segments sent again (after a timeout, fast retransmit or SACK holes)."""
+        self.timeouts = 0
+        """Retransmission timer expiries (persist probes included)."""
 
     # -- the application's side -------------------------------------------------------
     def send(self, data: bytes | bytearray | memoryview) -> int:
@@ -206,6 +208,11 @@ class Connection:
     def readable_bytes(self) -> int:
         """Bytes waiting to be read."""
         return len(self._recv_buf)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Sequence space sent and not yet acknowledged."""
+        return self._snd_max - self._snd_una
 
     @property
     def send_buffered_bytes(self) -> int:
@@ -339,6 +346,7 @@ class Connection:
             self._keepalive_at = now + idle
 
     def _on_rto(self, now: float) -> None:
+        self.timeouts += 1
         self._retries += 1
         self.rto.back_off()
         if self.state in (State.SYN_SENT, State.SYN_RECEIVED):

@@ -10,9 +10,9 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 
-from pilotif.netstack import Stack, StackConfig
+from pilotif.netstack import Connection, Stack, StackConfig, State
 
 A_V4 = IPv4Address("100.64.0.1")
 B_V4 = IPv4Address("100.64.0.2")
@@ -122,6 +122,40 @@ class Wire:
                 self.now = end
 
 
-def address_of(stack_address: IPv4Address | IPv6Address) -> bytes:
-    """The packed form, as connections keep it."""
-    return ip_address(stack_address).packed
+PORT = 8080
+
+
+def payload(size: int, seed: int) -> bytes:
+    """`size` random bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(size)
+
+
+def open_pair(wire: Wire, ipv6: bool = False, backlog: int = 128) -> tuple[Connection, Connection]:
+    """A connects to B's listener on PORT; (client, accepted server) once both are open."""
+    listener = wire.b.listen(PORT, backlog)
+    client = wire.a.connect(B_V6 if ipv6 else B_V4, PORT, wire.now)
+    accepted: list[Connection] = []
+
+    def take() -> None:
+        if (server := listener.accept()) is not None:
+            accepted.append(server)
+
+    wire.run(lambda: bool(accepted) and client.state is State.ESTABLISHED, app=take)
+    return client, accepted[0]
+
+
+def transfer(wire: Wire, sender: Connection, receiver: Connection, data: bytes) -> bytes:
+    """Send `data` and close; what the receiver read until the peer's end."""
+    offset = 0
+    got = bytearray()
+
+    def app() -> None:
+        nonlocal offset
+        if offset < len(data):
+            offset += sender.send(data[offset : offset + 256 * 1024])
+            if offset == len(data):
+                sender.close()
+        got.extend(receiver.receive())
+
+    wire.run(lambda: receiver.peer_closed and not receiver.readable_bytes, app=app)
+    return bytes(got)

@@ -4,53 +4,16 @@ IPv6; what a user of the stack checks (every byte arrives, in order, and both en
 the close)."""
 
 import hashlib
-import random
 
 import pytest
-from netstack_wire import A_V4, A_V6, B_V4, B_V6, Link, Wire
+from netstack_wire import A_V4, A_V6, B_V6, Link, Wire, open_pair, payload, transfer
 
-from pilotif.netstack import Closed, Connection, State
-
-PORT = 8080
-
-
-def _payload(size: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def _open(wire: Wire, ipv6: bool = False) -> tuple[Connection, Connection]:
-    listener = wire.b.listen(PORT)
-    client = wire.a.connect(B_V6 if ipv6 else B_V4, PORT, wire.now)
-    accepted: list[Connection] = []
-
-    def take() -> None:
-        if (server := listener.accept()) is not None:
-            accepted.append(server)
-
-    wire.run(lambda: bool(accepted) and client.state is State.ESTABLISHED, app=take)
-    return client, accepted[0]
-
-
-def _transfer(wire: Wire, sender: Connection, receiver: Connection, data: bytes) -> bytes:
-    """Send `data` and close; what the receiver read until the peer's end."""
-    offset = 0
-    got = bytearray()
-
-    def app() -> None:
-        nonlocal offset
-        if offset < len(data):
-            offset += sender.send(data[offset : offset + 256 * 1024])
-            if offset == len(data):
-                sender.close()
-        got.extend(receiver.receive())
-
-    wire.run(lambda: receiver.peer_closed and not receiver.readable_bytes, app=app)
-    return bytes(got)
+from pilotif.netstack import Closed, State
 
 
 def test_handshake_opens_both_ends() -> None:
     wire = Wire()
-    client, server = _open(wire)
+    client, server = open_pair(wire)
     assert client.state is State.ESTABLISHED
     assert server.state is State.ESTABLISHED
     assert server.remote == (A_V4.packed, client.local[1])
@@ -58,27 +21,27 @@ def test_handshake_opens_both_ends() -> None:
 
 def test_five_megabytes_both_ways_over_a_clean_link() -> None:
     wire = Wire()
-    client, server = _open(wire)
-    up, down = _payload(5_000_000, 1), _payload(5_000_000, 2)
-    assert _transfer(wire, client, server, up) == up
-    assert _transfer(wire, server, client, down) == down
+    client, server = open_pair(wire)
+    up, down = payload(5_000_000, 1), payload(5_000_000, 2)
+    assert transfer(wire, client, server, up) == up
+    assert transfer(wire, server, client, down) == down
 
 
 @pytest.mark.parametrize("ipv6", [False, True])
 def test_transfer_survives_loss_duplication_reordering_and_a_rate(ipv6: bool) -> None:
     link = Link(delay_s=0.01, loss=0.02, duplicate=0.02, reorder=0.05, rate_bytes_per_s=20e6)
     wire = Wire(link=link, seed=7)
-    client, server = _open(wire, ipv6=ipv6)
-    up, down = _payload(2_000_000, 3), _payload(2_000_000, 4)
-    got_up = _transfer(wire, client, server, up)
+    client, server = open_pair(wire, ipv6=ipv6)
+    up, down = payload(2_000_000, 3), payload(2_000_000, 4)
+    got_up = transfer(wire, client, server, up)
     assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
-    assert _transfer(wire, server, client, down) == down
+    assert transfer(wire, server, client, down) == down
     assert client.retransmissions > 0 and server.retransmissions > 0
 
 
 def test_both_ends_close_and_forget_the_connection() -> None:
     wire = Wire()
-    client, server = _open(wire)
+    client, server = open_pair(wire)
     client.close()
     wire.run(lambda: server.peer_closed)
     server.close()
@@ -93,5 +56,5 @@ def test_both_ends_close_and_forget_the_connection() -> None:
 
 def test_ipv6_addresses_are_kept() -> None:
     wire = Wire()
-    client, server = _open(wire, ipv6=True)
+    client, server = open_pair(wire, ipv6=True)
     assert client.local[0] == A_V6.packed and server.local[0] == B_V6.packed
