@@ -47,6 +47,13 @@ from pilotif_lab.netns import (
     stop_pid,
 )
 from pilotif_lab.pilotif_node import UP_TIMEOUT_S, pilotif_executable
+from pilotif_lab.upnp_router import (
+    STUN_ALTERNATE_ADDRESS,
+    forwarding_on,
+    miniupnpd_config,
+    start_miniupnpd,
+    start_stun_server,
+)
 
 PUBLIC_NETWORK = ipaddress.IPv4Network("198.18.0.0/24")
 REGISTRY_ADDRESS = "198.18.0.1"
@@ -69,6 +76,8 @@ LAN_ROUTER_HOST = 1
 LAN_FIRST_AGENT_HOST = 2
 RESOLV_CONF = f"# pilotif NAT lab: nothing answers here\nnameserver {REGISTRY_ADDRESS}\n"
 REGISTRY_START_TIMEOUT_S = 10.0
+MINIUPNPD_START_TIMEOUT_S = 20.0
+"""miniupnpd's STUN test waits up to 3 s for each of its tries."""
 POLL_INTERVAL_S = 0.2
 PATH_TIMEOUT_S = 5.0
 """How long a trusted pair may take to settle on its path (and on trust itself)."""
@@ -112,9 +121,11 @@ _MASQUERADE = {
 }
 
 
-def _router_ruleset(kind: NatKind) -> str:
-    """NAT out of wan0; drop connections that start on the WAN side (to the LAN, and to
-    the router itself unless it is CONE_ACCEPTING, which counts them instead)."""
+def _router_ruleset(kind: NatKind, inside: ipaddress.IPv4Network) -> str:
+    """NAT out of wan0 what comes from `inside` (the LAN; the router's own sockets keep
+    their ports); drop connections that start on the WAN side (to the LAN, unless a port
+    forward (DNAT) lets them in, and to the router itself unless it is CONE_ACCEPTING,
+    which counts them instead)."""
     verdict = "counter" if kind is NatKind.CONE_ACCEPTING else "drop"
     input_chain = f"""
     chain input {{
@@ -125,10 +136,11 @@ def _router_ruleset(kind: NatKind) -> str:
 table ip pflab_nat {{
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        oifname "{_WAN}" {_MASQUERADE[kind]}
+        ip saddr {inside} oifname "{_WAN}" {_MASQUERADE[kind]}
     }}{input_chain}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        ct status dnat accept
         iifname "{_WAN}" ct state new drop
     }}
 }}
@@ -360,6 +372,8 @@ class NatLab:
     _registry: "subprocess.Popen[bytes] | None" = None
     _replicas: dict[str, "subprocess.Popen[bytes]"] = field(default_factory=dict)
     _relays: dict[str, "subprocess.Popen[bytes]"] = field(default_factory=dict)
+    _port_mapping: list[tuple[Namespace, "subprocess.Popen[bytes]"]] = field(default_factory=list)
+    """miniupnpd on routers, and the STUN server they test with (start_port_mapping)."""
 
     def __getitem__(self, hostname: str) -> Agent:
         return self.agents[hostname]
@@ -368,6 +382,35 @@ class NatLab:
         """Bytes the public switch has sent towards router `index`'s WAN (its link)."""
         shown = json.loads(self.public.run("ip", "-j", "-s", "link", "show", f"r{index}").stdout)
         return int(shown[0]["stats64"]["tx"]["bytes"])
+
+    def start_port_mapping(self, index: int) -> Path:
+        """miniupnpd on router `index` (NAT-PMP, PCP and UPnP IGD for its LAN;
+        pilotif_lab.upnp_router), with the STUN server it tests its address with; returns
+        (its workdir) once it forwards ports."""
+        router = self.routers[index]
+        if not self._port_mapping:
+            self._add_public_address(STUN_ALTERNATE_ADDRESS)
+            self._port_mapping.append((self.public, start_stun_server(self.public)))
+        # The STUN test's answers from the other address are new flows to the router.
+        router.namespace.run("nft", "flush", "chain", "ip", "pflab_nat", "input")
+        workdir = self.workdir / f"miniupnpd-r{index}"
+        config = miniupnpd_config(_WAN, _LAN_BRIDGE, str(router.lan), workdir)
+        process, log_path = start_miniupnpd(router.namespace, config, workdir)
+        self._port_mapping.append((router.namespace, process))
+
+        def forwarding() -> bool | None:
+            if process.poll() is not None:
+                raise LabError(f"miniupnpd exited {process.returncode}: {log_path.read_text()}")
+            return True if forwarding_on(log_path) else None
+
+        poll_until(forwarding, MINIUPNPD_START_TIMEOUT_S, f"miniupnpd forwarding on r{index}")
+        return workdir
+
+    def stop_port_mapping(self) -> None:
+        """Stop miniupnpd and the STUN server by their PIDs."""
+        while self._port_mapping:
+            ns, process = self._port_mapping.pop()
+            ns.stop(process)
 
     def renumber_router(self, index: int) -> str:
         """Give router `index` another WAN address, as an ISP does with a new lease: the
@@ -613,14 +656,14 @@ def _build_router(
         )
         carrier.run("ip", "link", "set", _CARRIER_LINK, "up")
         carrier.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-        carrier.run("nft", "-f", "-", input_text=_router_ruleset(NatKind.CONE))
+        carrier.run("nft", "-f", "-", input_text=_router_ruleset(NatKind.CONE, inside))
         ns.run("ip", "address", "add", _with_prefix(str(inside[2]), inside), "dev", _WAN)
         ns.run("ip", "link", "set", _WAN, "up")
         ns.run("ip", "route", "add", "default", "via", str(inside[1]))
     router = Router(ns, kind, wan_address, LAN_NETWORKS[index], carrier)
     _bridge(ns, _LAN_BRIDGE, _with_prefix(router.lan_address, router.lan))
     ns.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-    ns.run("nft", "-f", "-", input_text=_router_ruleset(kind))
+    ns.run("nft", "-f", "-", input_text=_router_ruleset(kind, router.lan))
     return router
 
 
@@ -710,6 +753,7 @@ def nat_lab(
         }
         lab = NatLab(public, routers, built, workdir, internet, tuple(registry_args))
         stack.callback(lab.stop_registry)
+        stack.callback(lab.stop_port_mapping)
         lab.start_registry()
         yield lab
 

@@ -96,6 +96,8 @@ class PortMapper:
         self._task: asyncio.Task[None] | None = None
         self._nonce = os.urandom(pcp.NONCE_BYTES)
         self._upnp: upnp.Gateway | None = None
+        self._asked: IPv4Address | None = None
+        """The gateway last asked (the one that holds the mapping)."""
 
     def start(self) -> None:
         """Ask for a mapping now, and keep it."""
@@ -148,6 +150,7 @@ class PortMapper:
         gateway = self._gateway or await asyncio.get_running_loop().run_in_executor(
             None, default_gateway
         )
+        self._asked = gateway
         if gateway is None:
             self.counters["no_gateway"] += 1
             return None
@@ -229,7 +232,7 @@ class PortMapper:
         return upnp.parse_description(body, location)
 
     async def _delete(self, mapping: PortMapping) -> None:
-        gateway = self._gateway or default_gateway()
+        gateway = self._asked
         if gateway is None:
             return
         if mapping.protocol == "pcp":
