@@ -1,0 +1,113 @@
+"""The userspace stack's bounds: a listener's backlog, the node's caps (connections,
+half-open handshakes), connections per remote address, the send buffer, the receive
+buffer and the out-of-order queue of a connection. Each refusal is counted by its
+reason and the peer's retry succeeds once there is room."""
+
+import pytest
+from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload, transfer
+
+from pilotif.netstack import Connection, LimitError, StackConfig, State, Writable
+from pilotif.netstack.segment import TCP_RST, parse_segment
+
+
+def _connect_many(wire: Wire, count: int) -> list[Connection]:
+    return [wire.a.connect(B_V4, PORT, wire.now) for _ in range(count)]
+
+
+def test_a_full_backlog_drops_syns_until_the_application_accepts() -> None:
+    wire = Wire()
+    listener = wire.b.listen(PORT, backlog=2)
+    clients = _connect_many(wire, 3)
+    wire.settle(0.5)
+    assert sorted(c.state.value for c in clients) == ["established", "established", "syn-sent"]
+    assert wire.b.counters["backlog_full"] >= 1
+    assert listener.pending == 2
+    assert listener.accept() is not None
+    wire.run(lambda: all(c.state is State.ESTABLISHED for c in clients), limit_s=10)
+
+
+def test_connections_per_peer_are_capped() -> None:
+    wire = Wire(config_b=StackConfig(max_connections_per_peer=2))
+    listener = wire.b.listen(PORT)
+    clients = _connect_many(wire, 3)
+    wire.settle(0.5)
+    assert sum(c.state is State.ESTABLISHED for c in clients) == 2
+    assert wire.b.counters["peer_limit"] >= 1
+    first = listener.accept()
+    assert first is not None
+    first.abort()
+    wire.run(lambda: all(c.state is not State.SYN_SENT for c in clients), limit_s=10)
+
+
+def test_half_open_handshakes_are_capped() -> None:
+    wire = Wire(config_b=StackConfig(max_half_open=2))
+    wire.b.listen(PORT)
+    wire.tap = lambda direction, packet: (
+        direction == "ab" or bool(parse_segment(packet).flags & TCP_RST)
+    )  # SYN-ACKs never arrive: every handshake stays half open at B
+    _connect_many(wire, 5)
+    wire.settle(0.1)
+    assert wire.b.connection_count == 2
+    assert wire.b.counters["syn_queue_full"] == 3
+
+
+def test_the_node_caps_its_connections_and_refuses_more_opens() -> None:
+    wire = Wire(config_a=StackConfig(max_connections=2), config_b=StackConfig(max_connections=2))
+    wire.b.listen(PORT)
+    _connect_many(wire, 2)
+    with pytest.raises(LimitError):
+        wire.a.connect(B_V4, PORT, wire.now)
+    wire.settle(0.5)
+    other = Wire(config_b=StackConfig(max_connections=1))
+    other.b.listen(PORT)
+    late = _connect_many(other, 2)
+    other.settle(0.5)
+    assert [c.state for c in late].count(State.ESTABLISHED) == 1
+    assert other.b.counters["connections_full"] >= 1
+
+
+def test_per_peer_cap_applies_to_active_opens_too() -> None:
+    wire = Wire(config_a=StackConfig(max_connections_per_peer=1))
+    wire.a.connect(B_V4, PORT, wire.now)
+    with pytest.raises(LimitError):
+        wire.a.connect(B_V4, PORT + 1, wire.now)
+    wire.a.connect(A_V4, PORT, wire.now)  # another address is another peer
+
+
+def test_send_buffer_takes_no_more_than_its_cap_and_says_when_there_is_room() -> None:
+    wire = Wire(config_a=StackConfig(send_buffer_bytes=100_000))
+    client, server = open_pair(wire)
+    assert client.send(payload(300_000, 1)) == 100_000
+    assert client.send(b"more") == 0
+    wire.run(
+        lambda: any(isinstance(e, Writable) for e in wire.a.take_events()),
+        app=lambda: server.receive() and None,
+    )
+    assert client.send(b"more") == 4
+
+
+def test_receive_buffer_caps_what_waits_unread() -> None:
+    wire = Wire(config_b=StackConfig(receive_buffer_bytes=50_000))
+    client, server = open_pair(wire)
+    client.send(payload(500_000, 2))
+    wire.settle(3.0)
+    assert server.readable_bytes <= 50_000
+    assert client.send_buffered_bytes >= 450_000
+
+
+def test_out_of_order_queue_is_capped_and_the_transfer_still_completes() -> None:
+    config = StackConfig(max_out_of_order_segments=2)
+    wire = Wire(link=Link(delay_s=0.01), config_b=config)
+    client, server = open_pair(wire)
+    count = [0]
+
+    def drop_every_other_early(direction: str, packet: bytes) -> bool:
+        if direction != "ab" or not parse_segment(packet).payload:
+            return True
+        count[0] += 1
+        return not (count[0] < 20 and count[0] % 2 == 0)
+
+    wire.tap = drop_every_other_early
+    data = payload(200_000, 3)
+    assert transfer(wire, client, server, data) == data
+    assert wire.b.counters["out_of_order_full"] >= 1
