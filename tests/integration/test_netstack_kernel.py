@@ -1,0 +1,157 @@
+"""The userspace TCP/IP stack against the Linux kernel's TCP: in a namespace the test
+creates, a TUN device (100.64.0.1/24 on the kernel's side) leads to our stack, which
+answers on 100.64.0.2. The kernel's socket connects to our listener and our stack
+connects to the kernel's listener; a few megabytes go each way on both, checked by
+sha256, and both ends see the other close.
+
+The stack and the kernel's sockets run in one child process inside the namespace
+(`ip netns exec`): the stack's loop on the main thread, each kernel socket on a thread.
+"""
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CHILD_TIMEOUT_S = 240
+SIZE_BYTES = 4 * 1024 * 1024
+
+_PROGRAM = r"""
+import hashlib, json, random, select, socket, sys, threading, time
+from ipaddress import IPv4Address, IPv4Interface
+from pilotif.netstack import Stack, StackConfig, State
+from pilotif.tun import TunDevice, configure_link
+
+SIZE = int(sys.argv[1])
+LIMIT_S = float(sys.argv[2])
+tun = TunDevice.open("pn0")
+configure_link("pn0", [IPv4Interface("100.64.0.1/24")], 1420, [])
+stack = Stack([IPv4Address("100.64.0.2")], StackConfig(mtu=1420))
+listener = stack.listen(8080)
+data = {name: random.Random(seed).randbytes(SIZE) for seed, name in enumerate("abcd")}
+digest = {name: hashlib.sha256(value).hexdigest() for name, value in data.items()}
+results = {}
+
+def read_all(sock):
+    h, n = hashlib.sha256(), 0
+    while chunk := sock.recv(1 << 16):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+def kernel_client():
+    s = socket.create_connection(("100.64.0.2", 8080), timeout=LIMIT_S)
+    s.sendall(data["a"])
+    s.shutdown(socket.SHUT_WR)
+    results["kernel_read_from_us"] = read_all(s)
+    s.close()
+
+def kernel_server(lsock):
+    c, _ = lsock.accept()
+    c.settimeout(LIMIT_S)
+    results["kernel_server_read"] = read_all(c)
+    c.sendall(data["d"])
+    c.close()
+
+lsock = socket.create_server(("100.64.0.1", 9000))
+threads = [
+    threading.Thread(target=kernel_client),
+    threading.Thread(target=kernel_server, args=(lsock,)),
+]
+for t in threads:
+    t.start()
+
+start = time.monotonic()
+ours_out = stack.connect(IPv4Address("100.64.0.1"), 9000, start)
+accepted = None
+sent = {"b": 0, "c": 0}
+got = {"in": hashlib.sha256(), "out": hashlib.sha256()}
+count = {"in": 0, "out": 0}
+buf = bytearray(65536)
+
+def feed(conn, name, key):
+    if conn.state in (State.ESTABLISHED, State.CLOSE_WAIT) and sent[key] < SIZE:
+        sent[key] += conn.send(memoryview(data[name])[sent[key]:sent[key] + 262144])
+        if sent[key] == SIZE:
+            conn.close()
+
+while time.monotonic() - start < LIMIT_S:
+    now = time.monotonic()
+    timer = stack.next_timer()
+    wait = 0.05 if timer is None else min(max(timer - now, 0), 0.05)
+    select.select([tun], [], [], wait)
+    now = time.monotonic()
+    while True:
+        try:
+            n = tun.read_into(buf)
+        except BlockingIOError:
+            break
+        stack.receive(memoryview(buf)[:n], now)
+    if accepted is None:
+        accepted = listener.accept()
+    if accepted is not None:
+        chunk = accepted.receive()
+        got["in"].update(chunk)
+        count["in"] += len(chunk)
+        if accepted.peer_closed and not accepted.readable_bytes:
+            feed(accepted, "b", "b")  # answer only once the kernel finished sending
+    feed(ours_out, "c", "c")
+    chunk = ours_out.receive()
+    got["out"].update(chunk)
+    count["out"] += len(chunk)
+    for packet in stack.poll(now):
+        tun.write(packet)
+    done = all(not t.is_alive() for t in threads)
+    if done and ours_out.peer_closed and accepted is not None and accepted.state is State.CLOSED:
+        break
+
+for t in threads:
+    t.join(timeout=5)
+print(json.dumps({
+    "elapsed_s": time.monotonic() - start,
+    "digest": digest,
+    "we_read_from_kernel_client": [got["in"].hexdigest(), count["in"]],
+    "we_read_from_kernel_server": [got["out"].hexdigest(), count["out"]],
+    "kernel_read_from_us": results.get("kernel_read_from_us"),
+    "kernel_server_read": results.get("kernel_server_read"),
+    "accepted_state": accepted.state.value if accepted else None,
+    "ours_out_state": ours_out.state.value,
+    "counters": dict(stack.counters),
+    "retransmissions": ours_out.retransmissions + (accepted.retransmissions if accepted else 0),
+}))
+"""
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    name = f"pn-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def test_kernel_tcp_and_our_stack_move_megabytes_both_ways(namespace: str) -> None:
+    done = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", _PROGRAM,
+         str(SIZE_BYTES), str(CHILD_TIMEOUT_S - 30)],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    digest = report["digest"]
+    assert report["we_read_from_kernel_client"] == [digest["a"], SIZE_BYTES], report
+    assert report["kernel_read_from_us"] == [digest["b"], SIZE_BYTES], report
+    assert report["kernel_server_read"] == [digest["c"], SIZE_BYTES], report
+    assert report["we_read_from_kernel_server"] == [digest["d"], SIZE_BYTES], report
+    assert report["accepted_state"] == "closed", report
+    assert report["ours_out_state"] in ("time-wait", "closed"), report
