@@ -325,7 +325,6 @@ class NodeCore:
         if endpoint == self.mapped_endpoint:
             return
         self.mapped_endpoint = endpoint
-        self.paths.port_mapped = endpoint is not None
         self.registration.lan_endpoints = self._reported()
         if self.joined:
             self.registration.register(now)

@@ -21,12 +21,6 @@ conntrack entry for such a packet, and the peer's later outbound to us then gets
 port). Probes, which must arrive, start OPENER_LEAD_S later, when both sides' openers
 have left, however near the two routers are to each other.
 
-A node whose gateway forwards it a port (`port_mapped`: NAT-PMP, PCP, UPnP) sends no
-openers and starts its probes MAPPED_PROBE_DELAY_S after the peer's: the peer's first
-probe to the mapped port must reach the gateway before anything of ours goes to the
-peer, or a symmetric NAT gives our outbound another port, and the forwarded inbound,
-whose answer would leave from that same socket, collides with it and is dropped.
-
 Timers: `next_timer()` is a bound kept as deadlines are armed (as the device's
 `wake_by`): it never walks the peers; `handle_timer` walks them once and sets the bound
 again. A deadline that moves later only makes a wake-up early. The one deadline the
@@ -84,8 +78,6 @@ OPENER_LEAD_S: Final = 0.5
 """How long after a punch's openers the round's probes start: more than the two sides'
 punches are apart (the registry times them to one moment; this covers the time each
 side takes to act on its own, on a loaded machine too)."""
-MAPPED_PROBE_DELAY_S: Final = 1.0
-"""How much later than the peer's a node with a mapped port starts probing."""
 MAX_PUNCH_DELAY_MS: Final = 1_000
 """The longest a punch may be put off to meet the other side's."""
 _MS_PER_S: Final = 1000
@@ -139,8 +131,6 @@ class PathManager:
         """Our overlay address, the source of path echoes (None before joining)."""
         self.registry_online = False
         """Probe rounds are asked for only while the registry answers."""
-        self.port_mapped = False
-        """Whether our gateway forwards a port to us (see the module docstring)."""
         self.candidates_refused = 0
         """Peers' candidate endpoints never probed: loopback, link-local, our own... (see
         pilotif.node.candidates)."""
@@ -293,13 +283,9 @@ class PathManager:
         if path is None:
             return
         path.candidates = endpoints
-        lead_s = OPENER_LEAD_S
-        if self.port_mapped:
-            lead_s += MAPPED_PROBE_DELAY_S
-        else:
-            self._openers += [Opener(PUNCH_OPENER, ep, OPENER_HOPS) for ep in endpoints]
+        self._openers += [Opener(PUNCH_OPENER, endpoint, OPENER_HOPS) for endpoint in endpoints]
         self._input(path, PathInput.PUNCH, now)
-        path.next_probe_s = now + lead_s
+        path.next_probe_s = now + OPENER_LEAD_S
         path.round_until_s = path.next_probe_s + PROBE_DURATION_S
         # Nothing of ours may reach the peer's router before its openers left: its
         # session starts through the relay, the direct initiations with the probes.

@@ -17,15 +17,10 @@ NAT routers model Linux conntrack + masquerade closely enough for hole punching:
   until the entry expires (the collision that issue 9 describes).
 Entries expire after UDP_TIMEOUT_S without traffic.
 - `forwards`: ports the router forwards to a LAN endpoint (a NAT-PMP, PCP or UPnP
-  mapping: a DNAT rule). An inbound datagram to one makes a flow that the LAN side's
-  answers leave by; but when that LAN endpoint already has a flow towards the same
-  remote under another port, the two collide and the datagram is dropped (conntrack
-  cannot hold both), as Linux does.
-
-Hops, for datagrams sent with a hop limit (punch openers): the LAN host's own router is
-the first, one internet router stands between any two routers (as in the namespace lab),
-so a datagram with `hops` < ROUTER_TO_ROUTER_HOPS maps its port at its own NAT (with at
-least OWN_ROUTER_HOPS) and never reaches the far side.
+  mapping: a DNAT rule): an inbound datagram to one makes a flow that the LAN side's
+  answers leave by. When that LAN endpoint already sends to the same remote from
+  another public port, Linux keeps both flows by giving the forwarded one another
+  source port as the LAN side sees it (an alias of the remote, undone on the way out).
 """
 
 import heapq
@@ -98,6 +93,8 @@ class Nat:
     collisions: int = 0
     forwards: dict[int, Endpoint] = field(default_factory=dict)
     """Public port -> LAN endpoint (see the module docstring)."""
+    aliases: dict[Endpoint, Endpoint] = field(default_factory=dict)
+    """The source the LAN side sees -> the remote it stands for (forwarded flows)."""
 
     def flush(self) -> None:
         """Forget every mapping (`conntrack -F`, a router restart)."""
@@ -108,37 +105,41 @@ class Nat:
         self.flows = {k: v for k, v in self.flows.items() if v[1] > now}
         self.own = {k: v for k, v in self.own.items() if v > now}
 
-    def outbound(self, lan: Endpoint, remote: Endpoint, now: float) -> Endpoint:
+    def outbound(self, lan: Endpoint, remote: Endpoint, now: float) -> tuple[Endpoint, Endpoint]:
+        """The public source of a datagram from `lan` to `remote`, and where it goes (the
+        remote itself, or the one an alias stands for)."""
         self._expire(now)
         for (port, to), (inside, _) in self.flows.items():
             if to == remote and inside == lan:
                 self.flows[(port, to)] = (lan, now + UDP_TIMEOUT_S)
-                return (self.wan, port)
+                return (self.wan, port), self.aliases.get(remote, remote)
         port = lan[1] if self.mapping == Mapping.CONE else self.rng.randrange(20000, 60000)
         while (port, remote) in self.flows or (port, remote) in self.own:
             if (port, remote) in self.own:
                 self.collisions += 1
             port = self.rng.randrange(20000, 60000)
         self.flows[(port, remote)] = (lan, now + UDP_TIMEOUT_S)
-        return (self.wan, port)
+        return (self.wan, port), remote
 
-    def inbound(self, port: int, remote: Endpoint, now: float) -> Endpoint | None:
+    def inbound(self, port: int, remote: Endpoint, now: float) -> tuple[Endpoint, Endpoint] | None:
+        """Where a datagram from `remote` to our public `port` goes on the LAN, and the
+        source the LAN side sees (None: dropped, or taken by the router)."""
         self._expire(now)
-        flow = self.flows.get((port, remote))
+        seen = next((a for a, real in self.aliases.items() if real == remote), remote)
+        flow = self.flows.get((port, seen))
         if flow is None and self.filtering == Filtering.ENDPOINT_INDEPENDENT:
             flow = next((v for (p, _), v in self.flows.items() if p == port), None)
         if flow is not None:
-            self.flows[(port, remote)] = (flow[0], now + UDP_TIMEOUT_S)
-            return flow[0]
+            self.flows[(port, seen)] = (flow[0], now + UDP_TIMEOUT_S)
+            return flow[0], seen
         forward = self.forwards.get(port)
         if forward is not None:
-            if any(
-                to == remote and inside == forward for (_, to), (inside, _) in self.flows.items()
-            ):
-                self.collisions += 1
-                return None
-            self.flows[(port, remote)] = (forward, now + UDP_TIMEOUT_S)
-            return forward
+            flows = self.flows.items()
+            if any(to == remote and inside == forward for (_, to), (inside, _) in flows):
+                seen = (remote[0], self.rng.randrange(20000, 60000))
+                self.aliases[seen] = remote
+            self.flows[(port, seen)] = (forward, now + UDP_TIMEOUT_S)
+            return forward, seen
         if self.accepts_to_self:
             self.own[(port, remote)] = now + UDP_TIMEOUT_S
         return None
@@ -362,7 +363,7 @@ class Network:
         if sender.nat is not None:
             if hops is not None and hops < OWN_ROUTER_HOPS:
                 return
-            source = sender.nat.outbound(sender.address, to, self.now)
+            source, to = sender.nat.outbound(sender.address, to, self.now)
         if hops is not None and hops < ROUTER_TO_ROUTER_HOPS:
             self.dead_by_hops += 1
             return
@@ -391,10 +392,13 @@ class Network:
         nat = self.nats.get(item.to[0])
         if nat is None:
             return
-        inside = nat.inbound(item.to[1], item.source, self.now)
+        arrived = nat.inbound(item.to[1], item.source, self.now)
+        if arrived is None:
+            return
+        inside, seen = arrived
         for node in self.nodes:
             if node.address == inside:
-                node.deliver(item.data, item.source)
+                node.deliver(item.data, seen)
 
     # -- time ------------------------------------------------------------------------
 
