@@ -376,7 +376,6 @@ class Connection:
         self._scoreboard.clear()
         self._in_recovery = False
         self._dupacks = 0
-        self._timed = None
         self._snd_nxt = self._snd_una
         self._host.wake(self)
         self._arm_rto(now)

@@ -7,7 +7,8 @@ import pytest
 from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload, transfer
 
 from pilotif.netstack import Connection, LimitError, StackConfig, State, Writable
-from pilotif.netstack.segment import TCP_RST, parse_segment
+from pilotif.netstack.segment import TCP_RST, build_segment, parse_segment
+from pilotif.packet.ip import TCP_ACK
 
 
 def _connect_many(wire: Wire, count: int) -> list[Connection]:
@@ -111,3 +112,20 @@ def test_out_of_order_queue_is_capped_and_the_transfer_still_completes() -> None
     data = payload(200_000, 3)
     assert transfer(wire, client, server, data) == data
     assert wire.b.counters["out_of_order_full"] >= 1
+
+
+def test_a_sender_that_ignores_the_window_cannot_overfill_the_receive_buffer() -> None:
+    cap = 20_000
+    wire = Wire(config_b=StackConfig(receive_buffer_bytes=cap))
+    client, server = open_pair(wire)
+    seq = (client._iss + client._snd_nxt) % 2**32
+    ack = (client._irs + client._rcv_nxt) % 2**32
+    ports = (client.local[1], client.remote[1])
+    for _ in range(40):
+        packet = build_segment(
+            A_V4.packed, B_V4.packed, ports, seq, ack, TCP_ACK, 1000, payload=b"w" * 1000
+        )
+        wire.b.receive(packet, wire.now)
+        seq = (seq + 1000) % 2**32
+    assert server.readable_bytes <= cap
+    assert wire.b.counters["beyond_window"] + wire.b.counters["out_of_window"] >= 20
