@@ -20,6 +20,7 @@ from pilotif.wg.events import (
     HandshakeCompleted,
     HandshakeGaveUp,
     KeysZeroed,
+    PathProbeAcked,
     RelayEndpoint,
 )
 from pilotif.wg.keys import encode_key
@@ -41,6 +42,7 @@ ROUTES: Final[dict[type, Route]] = {
     HandshakeGaveUp: Route("handshake_gave_up", level=logging.WARNING),
     EndpointChanged: Route("endpoint_changed"),
     KeysZeroed: Route("keys_zeroed"),
+    PathProbeAcked: Route(None),
     node.RegistryKeyPinned: Route("registry_key_pinned"),
     node.Joined: Route("registered"),
     node.StartedWithoutRegistry: Route("started_without_registry", level=logging.WARNING),

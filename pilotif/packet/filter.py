@@ -222,6 +222,18 @@ class PacketFilter:
         self.fragments: BoundedLru[_Fragment, float] = BoundedLru(MAX_FRAGMENTED_DATAGRAMS)
         """Datagrams whose first fragment passed -> until when their later ones pass."""
 
+    def note_sent(self, packets: Sequence[BytesLike], now: float) -> None:
+        """Packets we send to the peer (all to one destination): remember the UDP flows
+        they open, when this filter must."""
+        if not self.records_udp:
+            return
+        proto_at = (
+            IPV4_PROTOCOL_OFFSET if packets[0][0] >> 4 == IPV4_VERSION else IPV6_NEXT_HEADER_OFFSET
+        )
+        for packet in packets:
+            if packet[proto_at] in MAY_CARRY_UDP:
+                self.note_outbound(packet, now)
+
     def note_outbound(self, packet: BytesLike, now: float) -> None:
         """A packet we send to the peer: remember a UDP flow so its answers pass."""
         upper = _upper_layer(packet)

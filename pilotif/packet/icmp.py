@@ -1,5 +1,7 @@
-"""ICMP echo messages: the echo request a `pilotif ping` sends and the whole IPv4 packet
-carrying one that the node injects to check that a direct path still answers."""
+"""ICMP messages the overlay makes: the echo request a `pilotif ping` sends, the whole
+IPv4 packet carrying one that the node injects to check that a direct path still
+answers, and the "fragmentation needed" / "packet too big" that tells a local sender
+its packet does not fit the path to a peer."""
 
 import struct
 from ipaddress import IPv4Address
@@ -7,11 +9,21 @@ from typing import Final
 
 from pilotif.packet.checksum import internet_checksum
 from pilotif.packet.ip import (
+    ICMP_DESTINATION_UNREACHABLE,
     ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST,
+    ICMP_FRAGMENTATION_NEEDED,
+    ICMPV6_PACKET_TOO_BIG,
     IPV4_MIN_HEADER_BYTES,
     IPV4_PLAIN_FIRST_BYTE,
+    IPV4_VERSION,
+    IPV6_HEADER_BYTES,
+    IPV6_MIN_MTU,
+    IPV6_VERSION,
     PROTO_ICMP,
+    PROTO_ICMPV6,
+    BytesLike,
+    packet_addresses,
 )
 
 ECHO_REQUEST: Final = ICMP_ECHO_REQUEST
@@ -21,6 +33,19 @@ _PAYLOAD: Final = b"pilotif-ping-0123456789abcdef"
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _TTL = 64
 _PATH_CHECK_IDENT = 0x7069
+_ICMP_HEADER: Final = struct.Struct("!BBHHH")
+"""Type, code, checksum, then two 16-bit fields (unused and next-hop MTU for IPv4)."""
+_ICMPV6_TOO_BIG_HEADER: Final = struct.Struct("!BBHI")
+_IPV6_HEADER: Final = struct.Struct("!IHBB16s16s")
+_IPV4_QUOTED_BYTES: Final = 548
+"""How much of the packet an IPv4 "fragmentation needed" quotes: the whole message
+within 576 bytes (RFC 1812 4.3.2.3), the IP header and 8 bytes at least."""
+_IPV6_QUOTED_BYTES: Final = IPV6_MIN_MTU - IPV6_HEADER_BYTES - _ICMPV6_TOO_BIG_HEADER.size
+"""An ICMPv6 error quotes as much as fits in the least MTU (RFC 4443 2.4)."""
+_IPV6_FIRST_WORD: Final = IPV6_VERSION << 28
+"""Version 6, traffic class and flow label 0."""
+_IPV6_PSEUDO_TAIL: Final = struct.Struct("!I3xB")
+"""The ICMPv6 pseudo-header after the addresses: upper-layer length, next header."""
 
 
 def echo_message(ident: int, sequence: int) -> bytes:
@@ -46,3 +71,34 @@ def echo_request_packet(source: IPv4Address, destination: IPv4Address, sequence:
     header = _IPV4_HEADER.pack(*fields, source.packed, destination.packed)
     fields[7] = internet_checksum(header)
     return _IPV4_HEADER.pack(*fields, source.packed, destination.packed) + message
+
+
+def too_big_packet(packet: BytesLike, mtu: int) -> bytes | None:
+    """The ICMP error that tells the sender of `packet` that packets to its destination
+    must be at most `mtu` bytes (IPv4: "fragmentation needed", ICMPv6: "packet too big",
+    never below IPv6's least MTU), sent as if by that destination and quoting the
+    packet's start; None when `packet` is not a well-formed IP packet."""
+    addresses = packet_addresses(packet)
+    if addresses is None:
+        return None
+    source, destination, _ = addresses
+    if packet[0] >> 4 == IPV4_VERSION:
+        quoted = bytes(packet[:_IPV4_QUOTED_BYTES])
+        kind = (ICMP_DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED)
+        checksum = internet_checksum(_ICMP_HEADER.pack(*kind, 0, 0, mtu) + quoted)
+        message = _ICMP_HEADER.pack(*kind, checksum, 0, mtu) + quoted
+        fields = [IPV4_PLAIN_FIRST_BYTE, 0, IPV4_MIN_HEADER_BYTES + len(message), 0, 0]
+        fields += [_TTL, PROTO_ICMP, 0]
+        fields[7] = internet_checksum(_IPV4_HEADER.pack(*fields, destination, source))
+        return _IPV4_HEADER.pack(*fields, destination, source) + message
+    quoted = bytes(packet[:_IPV6_QUOTED_BYTES])
+    length = _ICMPV6_TOO_BIG_HEADER.size + len(quoted)
+    mtu = max(mtu, IPV6_MIN_MTU)
+    pseudo = destination + source + _IPV6_PSEUDO_TAIL.pack(length, PROTO_ICMPV6)
+    checksum = internet_checksum(
+        pseudo + _ICMPV6_TOO_BIG_HEADER.pack(ICMPV6_PACKET_TOO_BIG, 0, 0, mtu) + quoted
+    )
+    message = _ICMPV6_TOO_BIG_HEADER.pack(ICMPV6_PACKET_TOO_BIG, 0, checksum, mtu) + quoted
+    return _IPV6_HEADER.pack(_IPV6_FIRST_WORD, length, PROTO_ICMPV6, _TTL, destination, source) + (
+        message
+    )

@@ -1,7 +1,7 @@
 """Admission: which decrypted packets of a peer reach the local stack (cryptokey routing
 inbound): IP, from the peer's allowed IPs, to one of our addresses (when the device is a
 node, not a router), past the peer's packet filter. A refused packet is counted in the
-device's drops by reason."""
+device's drops by reason; a path MTU probe or its answer goes to `PathMtu`."""
 
 from collections.abc import Iterable
 
@@ -9,15 +9,21 @@ from pilotif.packet.ip import IPV4_ADDRESS_BYTES, IPV4_SOURCE, BytesLike, packet
 from pilotif.wg.allowed_ips import AllowedIPs
 from pilotif.wg.drops import DropReason
 from pilotif.wg.fastpath.rows import plain_rows
+from pilotif.wg.path_mtu import MESSAGE, PathMtu, is_path_message
 from pilotif.wg.peer import Peer
 
 
 class Admission:
     """The inbound checks over the device's routes (`routes`) and local addresses."""
 
-    def __init__(self, routes: AllowedIPs[Peer], drops: dict[DropReason, int]) -> None:
+    def __init__(
+        self, routes: AllowedIPs[Peer], drops: dict[DropReason, int], path_mtu: PathMtu
+    ) -> None:
         self._routes = routes
         self._drops = drops
+        self._path_mtu = path_mtu
+        """Where path MTU probes and their answers among the plaintexts go (not IP, but
+        not dropped)."""
         self.local_addresses: frozenset[bytes] | None = None
         """Packed addresses (4 or 16 bytes) that decrypted packets must be addressed to;
         None takes any destination (a plain WireGuard interface that may route)."""
@@ -38,6 +44,9 @@ class Admission:
         times (for packets that share this one's verdict)."""
         addresses = packet_addresses(plaintext)
         if addresses is None:
+            if is_path_message(plaintext):
+                self._path_mtu.received(peer, bytes(plaintext[: MESSAGE.size]), len(plaintext), now)
+                return None
             reason = DropReason.NOT_IP
         elif self._routes.lookup(addresses[0]) is not peer:
             reason = DropReason.SOURCE_NOT_ALLOWED

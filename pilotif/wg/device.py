@@ -30,11 +30,8 @@ from typing import Final
 
 from cryptography.exceptions import InvalidTag
 
-from pilotif.packet.filter import MAY_CARRY_UDP, PacketFilter
+from pilotif.packet.filter import PacketFilter
 from pilotif.packet.ip import (
-    IPV4_PROTOCOL_OFFSET,
-    IPV4_VERSION,
-    IPV6_NEXT_HEADER_OFFSET,
     BytesLike,
     is_echo_reply,
     packet_addresses,
@@ -69,6 +66,7 @@ from pilotif.wg.handshakes import Handshakes
 from pilotif.wg.keepalives import NONCE, Keepalives
 from pilotif.wg.messages import TRANSPORT_HEADER, Coalesced, split_coalesced
 from pilotif.wg.outbox import Outbox
+from pilotif.wg.path_mtu import PathMtu
 from pilotif.wg.peer import Keypair, Peer
 from pilotif.wg.roaming import Roamer, Roaming
 from pilotif.wg.sessions import Sessions
@@ -107,7 +105,8 @@ class Device:
             random_bytes=random_bytes,
         )
         self._keepalives = Keepalives(self._alarm, self._outbox, self._handshakes)
-        self._admission = Admission(self._routes, self.drops)
+        self._path_mtu = PathMtu(self._outbox, self._keepalives, self.drops)
+        self._admission = Admission(self._routes, self.drops, self._path_mtu)
         self._cut_buffer = bytearray(_CUT_BUFFER_BYTES)
         self.merges_for_tun = False
         """Whether a decrypted batch of one TCP flow's next segments goes out merged
@@ -240,6 +239,18 @@ class Device:
         if peer is not None:
             peer.probe_endpoints = tuple(endpoints)
 
+    def set_peer_mtu(self, public_key: bytes, mtu: int | None) -> None:
+        """Send the peer no packet larger than `mtu` (None: than the device's MTU)."""
+        peer = self._peers.get(public_key)
+        if peer is not None:
+            peer.mtu = mtu if mtu is None else min(mtu, self.mtu)
+
+    def send_path_probe(self, public_key: bytes, probe_id: int, size: int, now: float) -> bool:
+        """A path MTU probe of `size` plaintext bytes to the peer (pilotif.wg.path_mtu);
+        False when it has no session to send it with."""
+        peer = self._peers.get(public_key)
+        return peer is not None and self._path_mtu.probe(peer, probe_id, size, now)
+
     def send_keepalive_to(self, public_key: bytes, endpoint: PeerEndpoint, now: float) -> bool:
         """Probe a candidate path: an authenticated keepalive to `endpoint`, leaving the
         peer's endpoint as it is. False when there is no session to send it with."""
@@ -304,13 +315,17 @@ class Device:
             start = end
             if run is None:
                 for packet in rows:
-                    self._stage(packet, now)
+                    self._handshakes.stage_routed(self._routes, packet, now)
                 continue
             peer, keypair, endpoint = run
+            cap = mtu
+            if peer.mtu is not None:
+                cap = peer.mtu
+                rows = self._path_mtu.fitting(peer, cap, rows, now)
             room = REJECT_AFTER_MESSAGES - keypair.send_counter
             rows, late = (rows, ()) if len(rows) <= room else (rows[:room], rows[room:])
             while rows:
-                views, end_offset = seal_run(keypair, rows, mtu, sealed, offset)
+                views, end_offset = seal_run(keypair, rows, cap, sealed, offset)
                 if not views:
                     # The caller's buffer is full: the rest goes to a new one.
                     rest = sealed_bytes(rows, mtu) + sealed_bytes(packets[end:], mtu)
@@ -319,25 +334,13 @@ class Device:
                 datagrams += [(view, endpoint) for view in views]
                 count = len(views)
                 part = rows if count == len(rows) else rows[:count]
-                self._note_outbound(peer, part, now)
+                if peer.packet_filter is not None:
+                    peer.packet_filter.note_sent(part, now)
                 self._sent_run(run, keypair.send_counter + count, end_offset - offset, part[0], now)
                 offset = end_offset
                 rows = rows[count:]
             for packet in late:
-                self._stage(packet, now)
-
-    def _note_outbound(self, peer: Peer, packets: Sequence[BytesLike], now: float) -> None:
-        """Let the peer's filter remember the UDP flows these packets (to one destination)
-        open, when it must."""
-        noting = peer.packet_filter
-        if noting is None or not noting.records_udp:
-            return
-        proto_at = (
-            IPV4_PROTOCOL_OFFSET if packets[0][0] >> 4 == IPV4_VERSION else IPV6_NEXT_HEADER_OFFSET
-        )
-        for packet in packets:
-            if packet[proto_at] in MAY_CARRY_UDP:
-                noting.note_outbound(packet, now)
+                self._handshakes.stage_routed(self._routes, packet, now)
 
     def _send_super(self, batch: SuperPacket, now: float, sealed: memoryview) -> bool:
         """Seal a super-packet as one GSO train into `sealed`, natively; whether it went
@@ -349,31 +352,15 @@ class Device:
         if run is None:
             return False
         keypair = run[1]
-        sealed_train = seal_super(keypair, batch, self.mtu, sealed)
+        sealed_train = seal_super(keypair, batch, run[0].mtu or self.mtu, sealed)
         if sealed_train is None:
             return False
         count, size, total = sealed_train
-        if batch.udp:
-            self._note_outbound(run[0], (batch.packet,), now)
+        if batch.udp and run[0].packet_filter is not None:
+            run[0].packet_filter.note_sent((batch.packet,), now)
         self._outbox.out.trains.append((sealed[:total], size, run[2]))
         self._sent_run(run, keypair.send_counter + count, total, batch.packet, now)
         return True
-
-    def _stage(self, packet: BytesLike, now: float) -> None:
-        """A packet without a session to seal it with now: dropped (not IP, no route, no
-        endpoint), or queued for the handshake this starts."""
-        addresses = packet_addresses(packet)
-        if addresses is None:
-            self.drops[DropReason.NOT_IP] += 1
-            return
-        peer = self._routes.lookup(addresses[1])
-        if peer is None:
-            self.drops[DropReason.NO_ROUTE] += 1
-            return
-        if peer.endpoint is None:
-            self.drops[DropReason.NO_ENDPOINT] += 1
-            return
-        self._handshakes.stage(peer, packet, now)
 
     def _send_run(
         self, destination: bytes, now: float

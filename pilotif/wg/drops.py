@@ -58,6 +58,9 @@ class DropReason(StrEnum):
     """The UDP socket refused a datagram."""
     TUN_WRITE_FAILED = "tun_write_failed"
     """The TUN refused a decrypted packet (a full queue)."""
+    PACKET_TOO_BIG = "packet_too_big"
+    """A packet from the TUN larger than what reaches its peer (the path MTU probed):
+    its sender is told with an ICMP "fragmentation needed" / "packet too big"."""
 
 
 def new_drop_counters() -> dict[DropReason, int]:

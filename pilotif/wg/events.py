@@ -61,7 +61,17 @@ class KeysZeroed:
     """The peer's static public key."""
 
 
-Event = HandshakeCompleted | HandshakeGaveUp | EndpointChanged | KeysZeroed
+@dataclass(frozen=True)
+class PathProbeAcked:
+    """The peer answered our path MTU probe `probe_id` of `size` plaintext bytes: a
+    datagram that large reaches it (pilotif.wg.path_mtu)."""
+
+    public_key: bytes
+    probe_id: int
+    size: int
+
+
+Event = HandshakeCompleted | HandshakeGaveUp | EndpointChanged | KeysZeroed | PathProbeAcked
 
 
 @dataclass(frozen=True, slots=True)

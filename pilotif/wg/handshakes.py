@@ -8,8 +8,9 @@ device's output. Peer input is hostile: what fails a check is dropped and counte
 import os
 from collections.abc import Callable
 
-from pilotif.packet.ip import BytesLike
+from pilotif.packet.ip import BytesLike, packet_addresses
 from pilotif.wg.alarm import Alarm
+from pilotif.wg.allowed_ips import AllowedIPs
 from pilotif.wg.constants import (
     HANDSHAKE_INITIATION_RATE_S,
     MAX_STAGED_PACKETS,
@@ -129,6 +130,22 @@ class Handshakes:
             self.retransmit(peer, now)
         else:
             self.initiate(peer, now, is_retry=False)
+
+    def stage_routed(self, routes: AllowedIPs[Peer], packet: BytesLike, now: float) -> None:
+        """A packet without a session to seal it with now: dropped (not IP, no route in
+        `routes`, no endpoint), or queued for the handshake this starts."""
+        addresses = packet_addresses(packet)
+        if addresses is None:
+            self._drops[DropReason.NOT_IP] += 1
+            return
+        peer = routes.lookup(addresses[1])
+        if peer is None:
+            self._drops[DropReason.NO_ROUTE] += 1
+            return
+        if peer.endpoint is None:
+            self._drops[DropReason.NO_ENDPOINT] += 1
+            return
+        self.stage(peer, packet, now)
 
     def stage(self, peer: Peer, packet: BytesLike, now: float) -> None:
         """Queue a packet (at most MAX_STAGED_PACKETS, the oldest dropped) until the

@@ -43,16 +43,23 @@ class Keepalives:
             self._handshakes.initiate(peer, now, is_retry=False)
 
     def send_with(
-        self, peer: Peer, keypair: Keypair, now: float, endpoint: PeerEndpoint | None = None
+        self,
+        peer: Peer,
+        keypair: Keypair,
+        now: float,
+        endpoint: PeerEndpoint | None = None,
+        *,
+        plaintext: bytes = b"",
     ) -> None:
-        """A transport message with nothing inside (to the peer's endpoint, or another)."""
+        """A transport message with nothing inside (to the peer's endpoint, or another),
+        or with `plaintext` unpadded (a path MTU probe or its answer: no data either)."""
         destination = endpoint or peer.endpoint
         assert destination is not None
         counter = keypair.send_counter
         keypair.send_counter = counter + 1
         datagram = TRANSPORT_HEADER.pack(
             MESSAGE_TRANSPORT, keypair.remote_index, counter
-        ) + keypair.send_aead.encrypt(NONCE.pack(counter), b"", None)
+        ) + keypair.send_aead.encrypt(NONCE.pack(counter), plaintext, None)
         self._outbox.out.datagrams.append((datagram, destination))
         self.sent(peer, len(datagram), False, now)
 

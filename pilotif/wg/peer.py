@@ -137,6 +137,11 @@ class Peer:
     """The port policy of what it sends us (None: everything passes)."""
     policy_denied: int = 0
     """Its packets the port policy refused."""
+    mtu: int | None = None
+    """The largest packet that reaches it (the path MTU its node probed, less the
+    tunnel's overhead); None: the device's MTU."""
+    too_big_sent_s: float = float("-inf")
+    """When the local stack was last told a packet to it was too big."""
     staged: deque[bytes] = field(default_factory=deque)
     timers: PeerTimers = field(default_factory=PeerTimers)
 
