@@ -84,6 +84,10 @@ UDP_CHECKSUM_OFFSET: Final = 6
 # -- ICMP -----------------------------------------------------------------------------
 ICMP_ECHO_REPLY: Final = 0
 ICMP_ECHO_REQUEST: Final = 8
+ICMP_DESTINATION_UNREACHABLE: Final = 3
+ICMP_FRAGMENTATION_NEEDED: Final = 4
+"""The code of a destination unreachable that says "fragmentation needed and DF set"."""
+ICMPV6_PACKET_TOO_BIG: Final = 2
 ICMPV6_ECHO_REQUEST: Final = 128
 ICMPV6_ECHO_REPLY: Final = 129
 
