@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from pilotif_lab.netns import Namespace, namespace
 
 pytestmark = pytest.mark.integration
 
@@ -128,24 +129,20 @@ print(json.dumps({
 
 
 @pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"pn-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
+def lab_namespace() -> Iterator[Namespace]:
+    with namespace(uuid.uuid4().hex[:8], "netstack") as created:
+        yield created
 
 
-def test_kernel_tcp_and_our_stack_move_megabytes_both_ways(namespace: str) -> None:
+def test_kernel_tcp_and_our_stack_move_megabytes_both_ways(lab_namespace: Namespace) -> None:
     done = subprocess.run(
-        ["ip", "netns", "exec", namespace, sys.executable, "-c", _PROGRAM,
-         str(SIZE_BYTES), str(CHILD_TIMEOUT_S - 30)],
+        lab_namespace.command(
+            sys.executable, "-c", _PROGRAM, str(SIZE_BYTES), str(CHILD_TIMEOUT_S - 30)
+        ),
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT_S,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     digest = report["digest"]
