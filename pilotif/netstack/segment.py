@@ -25,7 +25,6 @@ from pilotif.packet.ip import (
     IPV4_TOTAL_LENGTH_OFFSET,
     IPV4_VERSION,
     IPV4_WORD_BYTES,
-    IPV6_ADDRESS_BYTES,
     IPV6_DESTINATION,
     IPV6_HEADER_BYTES,
     IPV6_NEXT_HEADER_OFFSET,
@@ -40,7 +39,6 @@ from pilotif.packet.ip import (
 
 TCP_RST: Final = 0x04
 """The reset flag (pilotif.packet.ip names the others)."""
-TCP_URG: Final = 0x20
 OPTION_END: Final = 0
 OPTION_NOP: Final = 1
 OPTION_MSS: Final = 2
@@ -92,11 +90,6 @@ class Segment:
     sack_permitted: bool = False
     sack_blocks: tuple[tuple[int, int], ...] = ()
     """(left edge, right edge) pairs as sent."""
-
-    @property
-    def ipv6(self) -> bool:
-        """Whether the segment came in IPv6."""
-        return len(self.source) == IPV6_ADDRESS_BYTES
 
 
 def parse_segment(packet: BytesLike) -> Segment:

@@ -52,7 +52,6 @@ class Listener:
         self._stack = stack
         self._queue: deque[Connection] = deque()
         self.half_open = 0
-        self.closed = False
 
     def accept(self) -> Connection | None:
         """The oldest connection that completed its handshake, or None."""
@@ -77,7 +76,6 @@ class Listener:
 
     def close(self) -> None:
         """Stop listening; connections not yet accepted are reset."""
-        self.closed = True
         self._stack.unlisten(self)
         while self._queue:
             self._queue.popleft().abort()

@@ -29,6 +29,7 @@ from pilotif.netstack.segment import (
     syn_options,
 )
 from pilotif.netstack.tcp_state import (
+    QUEUEING_STATES,
     RECEIVING_STATES,
     Action,
     LocalProtocolError,
@@ -48,9 +49,6 @@ DUPLICATE_ACK_THRESHOLD: Final = 3
 """Duplicate ACKs that start a fast retransmit (RFC 5681)."""
 ACK_EVERY_SEGMENTS: Final = 2
 """A receiver ACKs at least every second full segment (RFC 9293 3.8.6.3)."""
-_QUEUEABLE: Final = frozenset(
-    {State.SYN_SENT, State.SYN_RECEIVED, State.ESTABLISHED, State.CLOSE_WAIT}
-)
 _FIN_STATES: Final = frozenset(
     {State.ESTABLISHED, State.CLOSE_WAIT, State.FIN_WAIT_1, State.CLOSING, State.LAST_ACK}
 )
@@ -178,7 +176,7 @@ class Connection:
     def send(self, data: bytes | bytearray | memoryview) -> int:
         """Queue data; returns how many bytes were taken (the send buffer is capped; a
         Writable event follows when there is room again)."""
-        if self.state not in _QUEUEABLE or self._fin_at is not None:
+        if self.state not in QUEUEING_STATES or self._fin_at is not None:
             raise LocalProtocolError(f"cannot send in {self.state.value}")
         room = self._config.send_buffer_bytes - len(self._send_buf)
         taken = max(0, min(len(data), room))

@@ -127,8 +127,8 @@ TRANSITIONS: Final[dict[tuple[State, Event], Transition]] = {
 """Every transition; RFC 9293 figure 5 plus the resets and timeouts it leaves to the
 text. SEND_RST ends in CLOSED too: the connection sends its reset and is forgotten."""
 
-SENDING_STATES: Final = frozenset({S.ESTABLISHED, S.CLOSE_WAIT})
-"""States in which the application may still queue data."""
+QUEUEING_STATES: Final = frozenset({S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT})
+"""States in which the application may queue data (sent once the handshake is done)."""
 RECEIVING_STATES: Final = frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
 """States in which the peer's data is taken (RFC 9293 3.10.7.4, seventh step)."""
 
