@@ -30,7 +30,10 @@ class StackConfig:
     max_sack_ranges: int = 64
     """Cap of the ranges the sender remembers the peer has SACKed."""
     max_connections: int = 4096
-    """Cap of the connections of the node, in every state (TIME-WAIT included)."""
+    """Cap of the connections of the node, in every state but TIME-WAIT."""
+    max_time_wait: int = 4096
+    """Cap of the connections in TIME-WAIT (they hold no send buffer); past it the oldest
+    ends early (Linux's tcp_max_tw_buckets does the same)."""
     max_half_open: int = 256
     """Cap of the connections in SYN-RECEIVED (the SYN queue) of the node."""
     max_connections_per_peer: int = 256

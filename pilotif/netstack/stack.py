@@ -33,6 +33,10 @@ EPHEMERAL_PORTS: Final = range(49152, 65536)
 ISN_TICKS_PER_S: Final = 250_000
 """RFC 6528's clock: one tick every 4 microseconds."""
 _PORT_TRIES: Final = 64
+STALE_TIMERS_FACTOR: Final = 2
+"""The timer heap is compacted when it holds more than this many entries per scheduled
+connection (re-arming a timer leaves the old entry behind until then)."""
+_HEAP_SLACK: Final = 64
 DEFAULT_BACKLOG: Final = 128
 
 Address = IPv4Address | IPv6Address
@@ -97,6 +101,8 @@ class Stack:
         self._connections: dict[tuple[bytes, int, bytes, int], Connection] = {}
         self._per_peer: Counter[bytes] = Counter()
         self._half_open: set[Connection] = set()
+        self._time_wait: dict[Connection, None] = {}
+        """Connections in TIME-WAIT, oldest first (not counted per peer or in the cap)."""
         self._listeners: dict[int, Listener] = {}
         self._outbox: list[bytes] = []
         self._events: list[Event] = []
@@ -138,7 +144,7 @@ class Stack:
         if local is None:
             local = next(ip_address(a) for a in self._addresses if len(a) == len(remote.packed))
         remote_bytes = remote.packed
-        if len(self._connections) >= self.config.max_connections:
+        if self._active_count() >= self.config.max_connections:
             raise LimitError("too many connections")
         if self._per_peer[remote_bytes] >= self.config.max_connections_per_peer:
             raise LimitError(f"too many connections to {remote}")
@@ -183,6 +189,10 @@ class Stack:
             return
         key = (segment.destination, segment.destination_port, segment.source, segment.source_port)
         connection = self._connections.get(key)
+        if connection is not None and connection.takes_new_syn(segment):
+            self.counters["time_wait_reused"] += 1
+            connection.end_time_wait()
+            connection = None
         if connection is not None:
             connection.on_segment(segment, now)
             if connection.state is not State.CLOSED:
@@ -235,12 +245,22 @@ class Stack:
         key = (*connection.local, *connection.remote)
         if self._connections.get(key) is connection:
             del self._connections[key]
-            self._per_peer[connection.remote[0]] -= 1
-            if self._per_peer[connection.remote[0]] <= 0:
-                del self._per_peer[connection.remote[0]]
+            if connection in self._time_wait:
+                del self._time_wait[connection]
+            else:
+                self._release_peer(connection)
         self._leave_half_open(connection)
         self._scheduled.pop(connection, None)
         self._dirty.pop(connection, None)
+
+    def time_wait(self, connection: Connection) -> None:
+        if connection in self._time_wait:
+            return
+        self._time_wait[connection] = None
+        self._release_peer(connection)
+        if len(self._time_wait) > self.config.max_time_wait:
+            self.counters["time_wait_recycled"] += 1
+            next(iter(self._time_wait)).end_time_wait()
 
     def established(self, connection: Connection) -> None:
         self._leave_half_open(connection)
@@ -266,6 +286,15 @@ class Stack:
         self.counters[reason] += 1
 
     # -- inside -----------------------------------------------------------------------
+    def _active_count(self) -> int:
+        return len(self._connections) - len(self._time_wait)
+
+    def _release_peer(self, connection: Connection) -> None:
+        remote = connection.remote[0]
+        self._per_peer[remote] -= 1
+        if self._per_peer[remote] <= 0:
+            del self._per_peer[remote]
+
     def _add(self, key: tuple[bytes, int, bytes, int], now: float) -> Connection:
         local, local_port, remote, remote_port = key
         connection = Connection(
@@ -297,6 +326,14 @@ class Stack:
         elif self._scheduled.get(connection) != deadline:
             self._scheduled[connection] = deadline
             heapq.heappush(self._heap, (deadline, next(self._order), connection))
+            if len(self._heap) > STALE_TIMERS_FACTOR * len(self._scheduled) + _HEAP_SLACK:
+                self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Drop the heap's entries that a later reschedule made stale (each re-armed timer
+        leaves one), so the heap stays within a few entries per connection."""
+        self._heap = [entry for entry in self._heap if self._scheduled.get(entry[2]) == entry[0]]
+        heapq.heapify(self._heap)
 
     def _answer_echo(self, packet: BytesLike) -> None:
         addresses = packet_addresses(packet)
@@ -334,7 +371,7 @@ class Stack:
 
     def _syn_refusal(self, listener: Listener, remote: bytes) -> str:
         """Why a SYN for a listener is dropped (the peer retries), or ''."""
-        if len(self._connections) >= self.config.max_connections:
+        if self._active_count() >= self.config.max_connections:
             return "connections_full"
         if len(self._half_open) >= self.config.max_half_open:
             return "syn_queue_full"

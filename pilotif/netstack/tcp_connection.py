@@ -81,6 +81,10 @@ class ConnectionHost(Protocol):
         """The connection reached CLOSED."""
         ...
 
+    def time_wait(self, connection: "Connection") -> None:
+        """The connection entered (or restarted) TIME-WAIT."""
+        ...
+
     def established(self, connection: "Connection") -> None:
         """The handshake completed."""
         ...
@@ -287,11 +291,15 @@ class Connection:
             self._host.wake(self)
             self._host.established(self)
             self._host.report(Connected(self))
+            if self._fin_at is not None:
+                self._apply(Ev.CLOSE, reason="closed")
         elif action is Action.START_TIME_WAIT:
             self._ack_now = True
             self._host.wake(self)
             self._rto_at = self._keepalive_at = None
             self._time_wait_at = self._now + self._config.time_wait_s
+            self._send_buf.clear()
+            self._host.time_wait(self)
         elif action is Action.SEND_RST:
             self._send_rst()
             self._delete(reason)
@@ -304,6 +312,20 @@ class Connection:
         self._send_buf.clear()
         self._host.forget(self)
         self._host.report(Closed(self, reason))
+
+    def end_time_wait(self) -> None:
+        """Leave TIME-WAIT now (the node has too many, or a new SYN takes the 4-tuple)."""
+        if self.state is State.TIME_WAIT:
+            self._apply(Ev.TIMEOUT, reason="closed")
+
+    def takes_new_syn(self, segment: Segment) -> bool:
+        """Whether a SYN may open a new connection over this one in TIME-WAIT: its sequence
+        number is beyond what this one received (RFC 9293 3.10.7.4, RFC 6191)."""
+        return (
+            self.state is State.TIME_WAIT
+            and segment.flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+            and unwrap(segment.seq, self._irs, self._rcv_nxt) > self._rcv_nxt
+        )
 
     # -- timers -----------------------------------------------------------------------
     def deadline(self) -> float | None:

@@ -60,7 +60,8 @@ class Action(enum.Enum):
     """Queue a FIN after the data still to send."""
     SEND_RST = "send-rst"
     CONNECTED = "connected"
-    """Report the connection open (and ACK what must be)."""
+    """Report the connection open (and ACK what must be); a FIN queued before goes on
+    as a CLOSE."""
     START_TIME_WAIT = "start-time-wait"
     DELETE = "delete"
     """Report the connection closed and forget it."""
@@ -93,8 +94,11 @@ TRANSITIONS: Final[dict[tuple[State, Event], Transition]] = {
     (S.SYN_SENT, E.SYN): Transition(S.SYN_RECEIVED, A.SEND_SYN_ACK),
     (S.SYN_RECEIVED, E.ACK_OF_SYN): Transition(S.ESTABLISHED, A.CONNECTED),
     # closing, our side first
-    (S.SYN_SENT, E.CLOSE): Transition(S.CLOSED, A.DELETE),
-    (S.SYN_RECEIVED, E.CLOSE): Transition(S.FIN_WAIT_1, A.SEND_FIN),
+    # a close before the handshake completes queues the FIN after the data (RFC 9293
+    # 3.10.4 for SYN-RECEIVED; SYN-SENT the same, so that a request and its end can be
+    # handed over before the connection is open): CONNECTED then closes
+    (S.SYN_SENT, E.CLOSE): Transition(S.SYN_SENT, A.SEND_FIN),
+    (S.SYN_RECEIVED, E.CLOSE): Transition(S.SYN_RECEIVED, A.SEND_FIN),
     (S.ESTABLISHED, E.CLOSE): Transition(S.FIN_WAIT_1, A.SEND_FIN),
     (S.FIN_WAIT_1, E.ACK_OF_FIN): Transition(S.FIN_WAIT_2, A.NONE),
     (S.FIN_WAIT_1, E.FIN): Transition(S.CLOSING, A.SEND_ACK),

@@ -78,16 +78,16 @@ class Wire:
         """Deliver a packet of the test's own at once."""
         (self.b if direction == "ab" else self.a).receive(packet, self.now)
 
-    def step(self) -> bool:
-        """Poll both stacks, then move time to the next arrival or timer and handle it;
-        False when nothing is left to happen."""
+    def step(self, until_s: float | None = None) -> bool:
+        """Poll both stacks, then move time to the next arrival or timer (not past
+        `until_s`) and handle it; False when nothing is left to happen by then."""
         for name, stack in (("ab", self.a), ("ba", self.b)):
             for packet in stack.poll(self.now):
                 self._send(name, packet)
         times = [t for t in (self.a.next_timer(), self.b.next_timer()) if t is not None]
         if self._queue:
             times.append(self._queue[0][0])
-        if not times:
+        if not times or (until_s is not None and min(times) > until_s):
             return False
         self.now = max(self.now, min(times))
         while self._queue and self._queue[0][0] <= self.now:
@@ -118,7 +118,7 @@ class Wire:
         """Let `seconds` of simulated time pass."""
         end = self.now + seconds
         while self.now < end:
-            if not self.step():
+            if not self.step(until_s=end):
                 self.now = end
 
 

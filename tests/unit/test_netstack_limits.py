@@ -6,7 +6,7 @@ reason and the peer's retry succeeds once there is room."""
 import pytest
 from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload, transfer
 
-from pilotif.netstack import Connection, LimitError, StackConfig, State, Writable
+from pilotif.netstack import Connection, LimitError, Listener, StackConfig, State, Writable
 from pilotif.netstack.segment import TCP_RST, build_segment, parse_segment
 from pilotif.packet.ip import TCP_ACK
 
@@ -129,3 +129,118 @@ def test_a_sender_that_ignores_the_window_cannot_overfill_the_receive_buffer() -
         seq = (seq + 1000) % 2**32
     assert server.readable_bytes <= cap
     assert wire.b.counters["beyond_window"] + wire.b.counters["out_of_window"] >= 20
+
+
+def test_the_timer_heap_does_not_grow_with_re_armed_timers() -> None:
+    # every segment moves a connection's far keepalive deadline; the old entry stays
+    # buried under an earlier one that does not move
+    config = StackConfig(keepalive_idle_s=1000.0)
+    wire = Wire(config_a=config, config_b=config)
+    listener = wire.b.listen(PORT)
+    clients = [wire.a.connect(B_V4, PORT, wire.now) for _ in range(50)]
+    servers: list[Connection] = []
+
+    def accept_all() -> None:
+        while (server := listener.accept()) is not None:
+            servers.append(server)
+
+    wire.run(lambda: len(servers) == len(clients), app=accept_all)
+    servers[0].close()  # B closes first: its TIME-WAIT timer (60 s) heads the heap
+    clients[0].close()
+    wire.run(lambda: servers[0].state is State.TIME_WAIT)
+    del clients[0], servers[0]
+    for _ in range(20):
+        for client in clients:
+            client.send(b"ping")
+        wire.run(lambda: all(server.readable_bytes == 4 for server in servers))
+        for server in servers:
+            server.receive()
+    scheduled = len(wire.b._scheduled)
+    assert len(wire.b._heap) <= 2 * scheduled + 64
+
+
+def test_a_thousand_short_connections_leave_nothing_behind() -> None:
+    wire = Wire(link=Link(delay_s=0.001))
+    listener = wire.b.listen(PORT, backlog=1000)
+    served = 0
+    for index in range(1000):
+        client = wire.a.connect(B_V4, PORT, wire.now)
+        client.send(b"request %d" % index)
+        client.close()
+        wire.run(lambda: listener.pending > 0)
+        server = listener.accept()
+        assert server is not None
+        wire.run(lambda: server.peer_closed)  # noqa: B023 - run here, in this iteration
+        assert server.receive() == b"request %d" % index
+        server.send(b"answer")
+        server.close()
+        wire.run(lambda: client.peer_closed and server.state is State.CLOSED)  # noqa: B023
+        assert client.receive() == b"answer"
+        served += 1
+    assert served == 1000
+    wire.settle(wire.a.config.time_wait_s + 5)
+    assert wire.a.connection_count == 0 and wire.b.connection_count == 0
+
+
+def _short_exchange(wire: Wire, listener: Listener) -> Connection:
+    """One request and its answer; the client closes first (it ends in TIME-WAIT). The
+    server side, which closes second, is returned CLOSED."""
+    client = wire.a.connect(B_V4, PORT, wire.now)
+    client.send(b"request")
+    client.close()
+    wire.run(lambda: listener.pending > 0)
+    server = listener.accept()
+    assert server is not None
+    wire.run(lambda: server.peer_closed)
+    server.close()
+    wire.run(lambda: server.state is State.CLOSED and client.state is State.TIME_WAIT)
+    return client
+
+
+def test_time_wait_is_capped_and_the_oldest_ends_early() -> None:
+    wire = Wire(config_a=StackConfig(max_time_wait=5))
+    listener = wire.b.listen(PORT)
+    clients = [_short_exchange(wire, listener) for _ in range(10)]
+    assert [c.state for c in clients].count(State.TIME_WAIT) == 5
+    assert all(c.state is State.CLOSED for c in clients[:5])
+    assert wire.a.counters["time_wait_recycled"] == 5
+
+
+def test_time_wait_does_not_count_against_the_peer_cap() -> None:
+    wire = Wire(config_a=StackConfig(max_connections_per_peer=3))
+    listener = wire.b.listen(PORT)
+    for _ in range(10):
+        _short_exchange(wire, listener)
+    assert wire.a.connection_count == 10  # all in TIME-WAIT, and more may still open
+
+
+def test_a_new_syn_beyond_the_old_sequence_reuses_a_time_wait_4_tuple() -> None:
+    wire = Wire()
+    listener = wire.a.listen(PORT)  # B connects to A; A closes first and sits in TIME-WAIT
+    client = wire.b.connect(A_V4, PORT, wire.now, local_port=40000)
+    wire.run(lambda: listener.pending > 0)
+    server = listener.accept()
+    assert server is not None
+    server.close()
+    wire.run(lambda: client.peer_closed)
+    client.close()
+    wire.run(lambda: client.state is State.CLOSED and server.state is State.TIME_WAIT)
+    wire.settle(1.0)
+    again = wire.b.connect(A_V4, PORT, wire.now, local_port=40000)
+    # no SYN retry needed (that would take the initial timeout, 1 s)
+    wire.run(lambda: again.state is State.ESTABLISHED and listener.pending > 0, limit_s=0.5)
+    assert wire.a.counters["time_wait_reused"] == 1
+    assert server.state is State.CLOSED
+
+
+def test_close_before_the_handshake_sends_the_data_then_the_end() -> None:
+    wire = Wire()
+    listener = wire.b.listen(PORT)
+    client = wire.a.connect(B_V4, PORT, wire.now)
+    client.send(b"all of it")
+    client.close()
+    wire.run(lambda: listener.pending > 0)
+    server = listener.accept()
+    assert server is not None
+    wire.run(lambda: server.peer_closed and client.state is State.FIN_WAIT_2)
+    assert server.receive() == b"all of it"
