@@ -327,3 +327,99 @@ def test_a_merged_segment_larger_than_the_mss_is_taken_whole() -> None:
     )  # fmt: skip
     wire.inject("ab", big)
     assert server.receive() == data
+
+
+def _hold(wire: Wire, direction: str) -> list[bool]:
+    """From now on drop what goes `direction` (while the returned flag is set)."""
+    holding = [True]
+    wire.tap = lambda way, packet: not (way == direction and holding[0])
+    return holding
+
+
+def _server_in(wire: Wire, state: State) -> tuple[Connection, Connection]:
+    """(server at B in `state`, client at A): the server's peer is held silent where the
+    state needs it."""
+    if state is State.SYN_RECEIVED:
+        wire.b.listen(PORT)
+        sent = [0]
+
+        def syn_only(way: str, packet: bytes) -> bool:
+            sent[0] += way == "ab"
+            return way == "ba" or sent[0] == 1  # the client's final ACK never arrives
+
+        wire.tap = syn_only
+        client = wire.a.connect(B_V4, PORT, wire.now)
+        wire.run(lambda: client.state is State.ESTABLISHED)
+        (server,) = wire.b._connections.values()
+        return server, client
+    client, server = open_pair(wire)
+    if state is State.FIN_WAIT_1:
+        _hold(wire, "ab")
+        server.close()
+        wire.settle(0.05)
+    elif state is State.FIN_WAIT_2:
+        server.close()
+        wire.run(lambda: server.state is State.FIN_WAIT_2)
+    elif state is State.CLOSE_WAIT:
+        client.close()
+        wire.run(lambda: server.state is State.CLOSE_WAIT)
+    elif state is State.LAST_ACK:
+        client.close()
+        wire.run(lambda: server.state is State.CLOSE_WAIT)
+        _hold(wire, "ab")
+        server.close()
+        wire.settle(0.05)
+    elif state is State.CLOSING:
+        fins = [0]
+
+        def first_fin_only(way: str, packet: bytes) -> bool:
+            if way != "ab":
+                return True
+            fins[0] += 1
+            return fins[0] == 1  # the client's FIN passes, its ACK of ours does not
+
+        wire.tap = first_fin_only
+        client.close()
+        server.close()
+        wire.settle(0.05)
+    elif state is State.TIME_WAIT:
+        server.close()
+        wire.run(lambda: client.peer_closed)
+        client.close()
+        wire.run(lambda: server.state is State.TIME_WAIT)
+    return server, client
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        State.SYN_RECEIVED, State.ESTABLISHED, State.FIN_WAIT_1, State.FIN_WAIT_2,
+        State.CLOSE_WAIT, State.CLOSING, State.LAST_ACK, State.TIME_WAIT,
+    ],
+)  # fmt: skip
+def test_reset_in_every_state(state: State) -> None:
+    wire = Wire()
+    server, client = _server_in(wire, state)
+    assert server.state is state
+    wire.tap = lambda way, packet: False  # nothing else reaches either side
+    wire.inject("ab", _forge(server, client, 2**30, TCP_RST))
+    assert server.state is state  # far outside the window: ignored
+    wire.inject("ab", _forge(server, client, 0, TCP_RST))
+    assert server.state is State.CLOSED
+    assert _closed_reasons(wire.b.take_events())[-1:] == ["reset"]
+
+
+def test_reset_answering_our_syn_refuses_and_a_blind_one_does_not() -> None:
+    wire = Wire()
+    wire.tap = lambda way, packet: way == "ab"  # B's answers never arrive
+    client = wire.a.connect(B_V4, PORT, wire.now)
+    wire.step()
+    ports = (client.remote[1], client.local[1])
+    blind = build_segment(B_V4.packed, A_V4.packed, ports, 0, 12345, TCP_RST | TCP_ACK, 0)
+    wire.inject("ba", blind)
+    assert client.state is State.SYN_SENT
+    right_ack = (client._iss + 1) % 2**32
+    refusal = build_segment(B_V4.packed, A_V4.packed, ports, 0, right_ack, TCP_RST | TCP_ACK, 0)
+    wire.inject("ba", refusal)
+    assert client.state is State.CLOSED
+    assert _closed_reasons(wire.a.take_events()) == ["refused"]
