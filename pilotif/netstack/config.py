@@ -38,6 +38,9 @@ class StackConfig:
     """Cap of the connections in SYN-RECEIVED (the SYN queue) of the node."""
     max_connections_per_peer: int = 256
     """Cap of the connections with one remote address."""
+    max_half_open_per_peer: int = 32
+    """Cap of one remote address's connections in SYN-RECEIVED: one peer cannot fill
+    the node's SYN queue."""
     sack: bool = True
     """Offer and use SACK (RFC 2018)."""
     window_scale: bool = True

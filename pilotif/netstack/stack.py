@@ -100,7 +100,9 @@ class Stack:
         self._random = random.Random(self._secret)
         self._connections: dict[tuple[bytes, int, bytes, int], Connection] = {}
         self._per_peer: Counter[bytes] = Counter()
-        self._half_open: set[Connection] = set()
+        self._half_open: dict[Connection, Listener] = {}
+        """Connections in SYN-RECEIVED, with the listener whose backlog they count in."""
+        self._half_open_per_peer: Counter[bytes] = Counter()
         self._time_wait: dict[Connection, None] = {}
         """Connections in TIME-WAIT, oldest first (not counted per peer or in the cap)."""
         self._listeners: dict[int, Listener] = {}
@@ -313,11 +315,13 @@ class Stack:
         return (int(now * ISN_TICKS_PER_S) + int.from_bytes(digest)) % SEQ_SPACE
 
     def _leave_half_open(self, connection: Connection) -> None:
-        if connection in self._half_open:
-            self._half_open.discard(connection)
-            listener = self._listeners.get(connection.listener_port or 0)
-            if listener is not None:
-                listener.half_open -= 1
+        listener = self._half_open.pop(connection, None)
+        if listener is not None:
+            listener.half_open -= 1
+            remote = connection.remote[0]
+            self._half_open_per_peer[remote] -= 1
+            if self._half_open_per_peer[remote] <= 0:
+                del self._half_open_per_peer[remote]
 
     def _reschedule(self, connection: Connection) -> None:
         deadline = connection.deadline() if connection.state is not State.CLOSED else None
@@ -365,7 +369,8 @@ class Stack:
             return
         connection = self._add(key, now)
         connection.listener_port = listener.port
-        self._half_open.add(connection)
+        self._half_open[connection] = listener
+        self._half_open_per_peer[segment.source] += 1
         listener.half_open += 1
         connection.accept_syn(segment, now)
 
@@ -375,6 +380,8 @@ class Stack:
             return "connections_full"
         if len(self._half_open) >= self.config.max_half_open:
             return "syn_queue_full"
+        if self._half_open_per_peer[remote] >= self.config.max_half_open_per_peer:
+            return "peer_syn_limit"
         if self._per_peer[remote] >= self.config.max_connections_per_peer:
             return "peer_limit"
         if listener.full():

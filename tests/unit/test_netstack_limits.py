@@ -244,3 +244,15 @@ def test_close_before_the_handshake_sends_the_data_then_the_end() -> None:
     assert server is not None
     wire.run(lambda: server.peer_closed and client.state is State.FIN_WAIT_2)
     assert server.receive() == b"all of it"
+
+
+def test_one_peer_cannot_fill_the_syn_queue() -> None:
+    wire = Wire(config_b=StackConfig(max_half_open=10, max_half_open_per_peer=3))
+    wire.b.listen(PORT)
+    wire.tap = lambda direction, packet: direction == "ab"  # handshakes stay half open at B
+    _connect_many(wire, 5)
+    wire.settle(0.1)
+    assert wire.b.connection_count == 3
+    assert wire.b.counters["peer_syn_limit"] == 2
+    other = wire.b.connect(A_V4, PORT, wire.now)  # B's own opens are not half open
+    assert other.state is State.SYN_SENT
