@@ -696,19 +696,20 @@ def trust(as_json: bool, state_dir: Path) -> None:
     (
         '[{"hostname", "ipv4", "ipv6", "public_key", "tags", '
         '"path": "direct" | "relay" | "none", "path_state", "endpoint", "transport": "udp4" | '
-        '"udp6" | "relay" | "tcp relay" | "tcp relay via proxy" | null, "last_handshake", '
+        '"udp6" | "relay" | "tcp relay" | "tcp relay via proxy" | null, "mtu", "last_handshake", '
         '"rx_bytes", "tx_bytes", "policy_denied"}]'
     ),
     DAEMON_ERRORS,
 )
 def peers(as_json: bool, state_dir: Path) -> None:
-    """Trusted peers with their path (direct, relay or none), its transport, endpoint and
-    traffic."""
+    """Trusted peers with their path (direct, relay or none), its transport, endpoint, the
+    largest packet it carries (path MTU, probed) and traffic."""
     rows = node_request(state_dir, "peers").get("peers", [])
     lines = [
         terminal_safe(
             f"{p['hostname']:24} {p['ipv4']:15} {p['path']:6} {p.get('transport') or '-':10} "
-            f"{p['endpoint'] or '-':22} rx={p['rx_bytes']} tx={p['tx_bytes']}"
+            f"{p['endpoint'] or '-':22} mtu={p.get('mtu', '-')} rx={p['rx_bytes']} "
+            f"tx={p['tx_bytes']}"
         )
         for p in rows
     ]

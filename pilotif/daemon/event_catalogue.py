@@ -63,6 +63,7 @@ ROUTES: Final[dict[type, Route]] = {
     node.PeerAdded: Route("peer_added"),
     node.PeerRemoved: Route("peer_removed"),
     node.PathChanged: Route("path_changed", "path_changed"),
+    node.PathMtuChanged: Route("path_mtu_changed", "path_mtu_changed"),
     node.TrustSynced: Route(None),
     node.TrustStateChanged: Route(None),
 }

@@ -57,6 +57,7 @@ from pilotif.node.events import (
     TrustSynced,
 )
 from pilotif.node.path_manager import RELAY_KEEPALIVE_S, Opener, PathManager
+from pilotif.node.path_mtu import PathMtuProber
 from pilotif.node.peers import TrustedPeer
 from pilotif.node.policy import PeerIdentity, Policy, packet_filter
 from pilotif.node.registration import NodeOptions, Registration
@@ -117,6 +118,7 @@ class NodeCore:
         """The standalone relays the registry names (none: it relays itself)."""
         self._tickets = Tickets(self.relays, self._errands)
         self.paths = PathManager(device, self._sink)
+        self.path_mtu = PathMtuProber(device, self._sink)
         """Every trusted peer's path (relay or direct), probes and punching."""
         self._lan_endpoints = list(lan_endpoints)
         self.mapped_endpoint: str | None = None
@@ -258,7 +260,9 @@ class NodeCore:
         """The device's events since the last call (hand each once, before draining the
         core): a peer's endpoint that moved, as its path's `ROAMING` let it, feeds the
         path table."""
+        events = list(events)
         self.paths.device_reported(events, now)
+        self.path_mtu.device_reported(events, now)
         self._ask_rounds(now)
 
     # -- inputs: timer -------------------------------------------------------------
@@ -271,6 +275,7 @@ class NodeCore:
             self.relays.next_timer(),
             self._tickets.next_timer(),
             self.paths.next_timer(),
+            self.path_mtu.next_timer(),
         ]
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -280,6 +285,7 @@ class NodeCore:
             self._on_link(item, now)
         self.registration.handle_timer(now)
         self.paths.handle_timer(now)
+        self.path_mtu.handle_timer(now)
         self._ask_rounds(now)
         self.relays.set_active(self.paths.any_relayed(), now)
         self.relays.handle_timer(now)
@@ -589,6 +595,7 @@ class NodeCore:
             now=now,
         )
         self.paths.add(peer, now)
+        self.path_mtu.add(peer, now)
         self._apply_policy(peer)
         self.events.append(PeerAdded(hostname, key, peer.ipv4))
         return True
@@ -629,6 +636,7 @@ class NodeCore:
             return
         self.peers_version += 1
         self.paths.remove(key)
+        self.path_mtu.remove(key)
         self.device.remove_peer(key)
         self.events.append(PeerRemoved(peer.hostname, key, reason))
 
@@ -668,6 +676,7 @@ class NodeCore:
             "trusted": True,
             "path": self.path_of(peer.public_key),
             "path_state": str(self.paths.state(peer.public_key)),
+            "mtu": self.path_mtu.mtu_of(peer.public_key),
             "endpoint": format_endpoint(endpoint) if isinstance(endpoint, tuple) else None,
             "last_handshake_s": state.last_handshake_s if state else None,
             "rx_bytes": state.rx_bytes if state else 0,

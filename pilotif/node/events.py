@@ -214,6 +214,18 @@ class PathChanged:
 
 
 @dataclass(frozen=True)
+class PathMtuChanged:
+    """The largest packet that reaches a peer on its path now changed (path MTU probed)."""
+
+    peer: str
+    """Its hostname."""
+    public_key: bytes
+    """Its key."""
+    mtu: int
+    """The largest packet (bytes) it is sent from now on."""
+
+
+@dataclass(frozen=True)
 class RequestError:
     """A request the node made on its own (connect, auto-approve) failed."""
 
@@ -253,6 +265,7 @@ NodeEvent = (
     | PeerAdded
     | PeerRemoved
     | PathChanged
+    | PathMtuChanged
     | RequestError
     | TrustSynced
     | TrustStateChanged

@@ -66,7 +66,7 @@ from pilotif.wg.handshakes import Handshakes
 from pilotif.wg.keepalives import NONCE, Keepalives
 from pilotif.wg.messages import TRANSPORT_HEADER, Coalesced, split_coalesced
 from pilotif.wg.outbox import Outbox
-from pilotif.wg.path_mtu import PathMtu
+from pilotif.wg.path_mtu import PATH_MESSAGE_VERSION, PathMtu
 from pilotif.wg.peer import Keypair, Peer
 from pilotif.wg.roaming import Roamer, Roaming
 from pilotif.wg.sessions import Sessions
@@ -494,7 +494,8 @@ class Device:
                 continue
             run_bytes += len(datagram)
             if length:
-                run_data = True
+                # A path MTU probe or answer is no data (as a keepalive is not).
+                run_data = run_data or plaintext[0] >> 4 != PATH_MESSAGE_VERSION
                 self._deliver(peer, plaintext, now)
                 offset += length
         if run is not None and run_bytes:

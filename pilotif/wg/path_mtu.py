@@ -27,9 +27,10 @@ from pilotif.wg.keepalives import Keepalives
 from pilotif.wg.outbox import Outbox
 from pilotif.wg.peer import Peer
 
-PROBE: Final = 0xF1
-PROBE_ACK: Final = 0xF2
-"""First bytes of the two messages: IP version 15, which no IP packet has."""
+PATH_MESSAGE_VERSION: Final = 15
+"""What the "IP version" of both messages reads: one no IP packet has."""
+PROBE: Final = PATH_MESSAGE_VERSION << 4 | 1
+PROBE_ACK: Final = PATH_MESSAGE_VERSION << 4 | 2
 MESSAGE: Final = struct.Struct("!BIH")
 """Kind, probe id, probe size (bytes of plaintext)."""
 TOO_BIG_INTERVAL_S: Final = 0.1
