@@ -67,7 +67,8 @@ class StackConfig:
     keepalive_probes: int = 9
     """Unanswered keepalive probes before the connection is dropped."""
     challenge_acks_per_s: int = 1000
-    """Cap of RFC 5961 challenge ACKs and RSTs to closed ports the node sends a second."""
+    """Cap of the answers to bad segments the node sends a second: RFC 5961 challenge
+    ACKs, ACKs to segments outside the window, resets to segments for no connection."""
 
     def mss_bytes(self, ipv6: bool) -> int:
         """The largest payload of one segment on this path."""

@@ -583,7 +583,10 @@ class Connection:
             self._arm_rto(now)
 
     def _emit_reset_for(self, segment: Segment) -> None:
-        """A reset with the sequence number the bad ACK asked for (RFC 9293 3.10.7.3)."""
+        """A reset with the sequence number the bad ACK asked for (RFC 9293 3.10.7.3),
+        within the node's budget of answers to bad segments."""
+        if not self._host.allow_challenge():
+            return
         packet = build_segment(
             self.local[0],
             self.remote[0],
@@ -595,9 +598,10 @@ class Connection:
         )
         self._host.emit(packet)
 
-    def _challenge(self) -> None:
-        """RFC 5961's challenge ACK, within the node's budget."""
-        self._host.count("challenge_ack")
+    def _challenge(self, reason: str = "challenge_ack") -> None:
+        """RFC 5961's challenge ACK (or the ACK an unacceptable segment gets), within the
+        node's budget of answers to bad segments; counted by `reason`."""
+        self._host.count(reason)
         if self._host.allow_challenge():
             self._ack_now = True
             self._host.wake(self)
@@ -622,9 +626,7 @@ class Connection:
             return
         length = len(segment.payload) + (1 if flags & TCP_FIN else 0)
         if seq + length < self._rcv_nxt or seq > self._rcv_nxt + window:
-            self._host.count("out_of_window")
-            self._ack_now = True
-            self._host.wake(self)
+            self._challenge("out_of_window")
             return
         if not flags & TCP_ACK:
             self._host.count("no_ack")

@@ -423,3 +423,14 @@ def test_reset_answering_our_syn_refuses_and_a_blind_one_does_not() -> None:
     wire.inject("ba", refusal)
     assert client.state is State.CLOSED
     assert _closed_reasons(wire.a.take_events()) == ["refused"]
+
+
+def test_answers_to_segments_outside_the_window_share_the_budget() -> None:
+    wire = Wire(config_b=StackConfig(challenge_acks_per_s=3))
+    client, server = open_pair(wire)
+    answers: list[bytes] = []
+    for _ in range(10):
+        wire.inject("ab", _forge(server, client, 2**30, TCP_ACK))
+        answers += wire.b.poll(wire.now)  # each polled on its own: no answers coalesced
+    assert wire.b.counters["out_of_window"] == 10
+    assert len(answers) == 3
