@@ -187,6 +187,11 @@ def syn_options(mss: int, window_scale: int | None, sack_permitted: bool) -> byt
     return options
 
 
+def sack_option_bytes(blocks: int) -> int:
+    """The length of a SACK option with `blocks` blocks (and its two NOPs)."""
+    return 4 + _U32_PAIR.size * blocks if blocks else 0
+
+
 def sack_option(blocks: list[tuple[int, int]]) -> bytes:
     """A SACK option (two NOPs first, so it ends on a word) for up to MAX_SACK_BLOCKS
     (left, right) pairs as sent."""

@@ -26,6 +26,7 @@ from pilotif.netstack.segment import (
     Segment,
     build_segment,
     sack_option,
+    sack_option_bytes,
     syn_options,
 )
 from pilotif.netstack.tcp_state import (
@@ -45,6 +46,9 @@ MAX_WINDOW_FIELD: Final = 0xFFFF
 DEFAULT_MSS_IPV4: Final = 536
 """The MSS to assume when a SYN names none (RFC 9293 3.7.1)."""
 DEFAULT_MSS_IPV6: Final = 1220
+MIN_MSS_BYTES: Final = 64
+"""The least MSS a peer can make us use (Linux's floor is 48): a SYN that names less gets
+this, so that every segment still carries data next to its options."""
 DUPLICATE_ACK_THRESHOLD: Final = 3
 """Duplicate ACKs that start a fast retransmit (RFC 5681)."""
 ACK_EVERY_SEGMENTS: Final = 2
@@ -253,7 +257,7 @@ class Connection:
         self._irs = segment.seq
         self._rcv_nxt = 1
         if segment.mss is not None:
-            self.mss = max(min(self._local_mss, segment.mss), 1)
+            self.mss = max(min(self._local_mss, segment.mss), MIN_MSS_BYTES)
         else:
             self.mss = min(self._local_mss, self.mss)
         self.cc = NewReno(self.mss)
@@ -448,6 +452,13 @@ class Connection:
         )
         self._host.emit(packet)
 
+    def _payload_limit(self) -> int:
+        """The most payload a segment can carry now: the MSS less the SACK option it will
+        carry (RFC 6691: the MSS leaves the options out)."""
+        if not self._sack or not len(self._ooo):
+            return self.mss
+        return self.mss - sack_option_bytes(min(len(self._ooo), MAX_SACK_BLOCKS))
+
     def _sack_blocks(self) -> bytes:
         blocks = self._ooo.sack_blocks(MAX_SACK_BLOCKS)
         return sack_option(
@@ -474,6 +485,7 @@ class Connection:
         """Send [start, start+length) of the stream (a FIN too when it ends there);
         returns the sequence space used."""
         offset = start - self._buf_start
+        length = min(length, self._payload_limit())
         payload = memoryview(self._send_buf)[offset : offset + length]
         end = start + len(payload)
         flags = TCP_ACK
@@ -526,18 +538,20 @@ class Connection:
             for left, right in self._scoreboard.holes(self._snd_una):
                 start = max(left, self._rexmit_high)
                 while start < right and self._pipe() < cwnd:
-                    length = min(self.mss, right - start)
-                    self._send_data(start, length, now)
-                    start += length
+                    used = self._send_data(start, right - start, now)
+                    if not used:
+                        break
+                    start += used
                     self._rexmit_high = start
         data_end = self._buf_start + len(self._send_buf)
         while self._snd_nxt < data_end:
             window_end = self._snd_una + self._snd_wnd
             room = min(window_end - self._snd_nxt, cwnd - self._pipe())
-            length = min(self.mss, data_end - self._snd_nxt, room)
+            limit = self._payload_limit()
+            length = min(limit, data_end - self._snd_nxt, room)
             if length <= 0:
                 return
-            if length < self.mss and length < data_end - self._snd_nxt and self._pipe() > 0:
+            if length < limit and length < data_end - self._snd_nxt and self._pipe() > 0:
                 return  # no small segment while more waits and some is in flight
             used = self._send_data(self._snd_nxt, length, now)
             self._snd_nxt += used
@@ -715,7 +729,7 @@ class Connection:
             else:
                 self._rexmit_high = max(self._rexmit_high, ack)
                 if not self._sack:  # NewReno's partial ACK: the next hole, at once
-                    self._send_data(ack, min(self.mss, data_end - ack), now)
+                    self._send_data(ack, data_end - ack, now)
         else:
             self.cc.on_ack(acked)
         self._dupacks = 0
@@ -739,9 +753,8 @@ class Connection:
             self._recover = self._snd_max
             self.cc.on_loss(self._snd_max - self._snd_una)
             data_end = self._buf_start + len(self._send_buf)
-            length = min(self.mss, data_end - self._snd_una)
-            self._send_data(self._snd_una, length, now)
-            self._rexmit_high = self._snd_una + max(length, 1)
+            used = self._send_data(self._snd_una, data_end - self._snd_una, now)
+            self._rexmit_high = self._snd_una + max(used, 1)
         self._host.wake(self)
 
     def _on_data(self, segment: Segment, seq: int) -> None:

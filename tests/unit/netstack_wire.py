@@ -46,6 +46,9 @@ class Wire:
     seed: int = 1
     tap: Tap | None = None
     now: float = 0.0
+    mtu: int | None = None
+    """The largest packet the wire carries (a larger one fails the test); None: each
+    side's configured MTU."""
 
     def __post_init__(self) -> None:
         self.a = Stack([A_V4, A_V6], self.config_a, secret=b"a" * 32)
@@ -57,6 +60,8 @@ class Wire:
         self.sent = {"ab": 0, "ba": 0}
 
     def _send(self, direction: str, packet: bytes) -> None:
+        mtu = self.mtu or (self.config_a if direction == "ab" else self.config_b).mtu
+        assert len(packet) <= mtu, f"a {len(packet)}-byte packet on a {mtu} MTU"
         self.sent[direction] += 1
         if self.tap is not None and not self.tap(direction, packet):
             return

@@ -151,3 +151,12 @@ def test_a_connection_still_works_after_hostile_segments() -> None:
         )
     data = payload(100_000, 2)
     assert transfer(wire, client, server, data) == data
+
+
+def test_a_peer_announcing_a_tiny_mss_still_gets_its_data() -> None:
+    # A announces an MSS of 1; the wire carries what B sends at the floor (64) and options
+    wire = Wire(config_a=StackConfig(mtu=20 + 20 + 1), mtu=20 + 20 + 64 + 40)
+    client, server = open_pair(wire)
+    assert server.mss == 64  # the floor, not 1
+    data = payload(20_000, 4)
+    assert transfer(wire, server, client, data) == data
