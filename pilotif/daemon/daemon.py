@@ -346,8 +346,12 @@ class Daemon:
 
     def _transport_changed(self, carrier: str) -> None:
         """The streams took over from UDP or gave back: the registry and relays see us at
-        another address, as after a move."""
-        self._on_network_change([f"transport {carrier}"])
+        another address; the node registers from there once the send under way is over."""
+        asyncio.get_running_loop().call_soon(self._register_again)
+
+    def _register_again(self) -> None:
+        if self.parts.node is not None:
+            self.parts.node.carrier_changed(time.monotonic())
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         parts = self.parts

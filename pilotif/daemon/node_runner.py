@@ -190,6 +190,11 @@ class NodeRunner:
         self.core.network_changed(lan, now)
         self.after_input(now)
 
+    def carrier_changed(self, now: float) -> None:
+        """Control datagrams moved between UDP and a stream: register from there."""
+        self.core.carrier_changed(now)
+        self.after_input(now)
+
     def close(self) -> None:
         """Stop the timer and fail whoever still waits."""
         if self._timer is not None:

@@ -2,7 +2,8 @@
 when there is one (CONNECT, net/proxy.py), opened with the HTTP/1.1 Upgrade
 (net/upgrade.py), then frames both ways (net/stream.py). Datagrams to send while it opens
 wait (a few, MAX_WAITING); a stream that closes opens again at the next send, no sooner
-than RECONNECT_S after the last try. Drops are counted in `counters` (`stream_*`).
+than RECONNECT_S after the last try (the first failure of a run is logged, every one
+counted). Drops are counted in `counters` (`stream_*`).
 """
 
 import asyncio
@@ -51,6 +52,8 @@ class StreamLink:
         self._last_try: float | None = None
         self.opened = False
         """Whether the stream is open (upgraded) now."""
+        self._failing = False
+        """Whether the last try failed (only the first failure of a run is logged)."""
 
     def send(self, datagram: bytes) -> bool:
         """Send one datagram (open the stream first if needed); False if dropped."""
@@ -89,7 +92,7 @@ class StreamLink:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 reader, writer, rest = await self._connect()
-            self._writer, self.opened = writer, True
+            self._writer, self.opened, self._failing = writer, True, False
             log_event("stream_opened", target=format_endpoint(self.target), via=str(self.proxy))
             waiting, self._waiting = self._waiting, []
             for datagram in waiting:
@@ -105,13 +108,15 @@ class StreamLink:
         except (OSError, TimeoutError, StreamError) as error:
             reason = error.reason if isinstance(error, StreamError) else type(error).__name__
             self._counters[f"stream_{reason}"] += 1
-            log_event(
-                "stream_closed",
-                level=logging.WARNING,
-                target=format_endpoint(self.target),
-                via=str(self.proxy),
-                error=str(error) or reason,
-            )
+            if not self._failing:
+                log_event(
+                    "stream_closed",
+                    level=logging.WARNING,
+                    target=format_endpoint(self.target),
+                    via=str(self.proxy),
+                    error=str(error) or reason,
+                )
+            self._failing = True
         finally:
             self._writer, self.opened = None, False
             if writer is not None:
