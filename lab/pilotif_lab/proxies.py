@@ -93,7 +93,8 @@ def http_proxy(
             raise LabError("the lab's squid takes no credentials")
         config.write_text(_squid_config(address, ports, directory))
         # A service name of its own: squid's shared memory segments are named by it.
-        args = [program, "-N", "-n", directory.name.replace("-", ""), "-f", str(config)]
+        service = "".join(c for c in directory.name if c.isalnum())
+        args = [program, "-N", "-n", service, "-f", str(config)]
     process = ns.spawn(*args, log_path=directory / "output.log")
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
