@@ -332,7 +332,9 @@ class NodeCore:
             return
         self.mapped_endpoint = endpoint
         self.registration.lan_endpoints = self._reported()
-        if self.joined:
+        if self.link.registry_key is not None:
+            # Also before joining: the registration on its way may not carry it (without
+            # the key, the registration that follows the key's answer will).
             self.registration.register(now)
 
     def _reported(self) -> list[str]:

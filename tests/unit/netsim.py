@@ -307,6 +307,8 @@ class Network:
         self.loss = loss
         self._registry_key = generate_private_key()
         self._store = Store(tmp / "registry.db", IPv4Network(NETWORK))
+        self.registry_store = self._store
+        """What the registry keeps (for tests that look at a node's record)."""
         self._relay_keys = [generate_private_key() for _ in range(relays)]
         self.relay_infos = tuple(
             RelayInfo(public_key(private), (f"198.18.1.{index + 1}", RELAY_PORT))

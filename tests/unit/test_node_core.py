@@ -717,6 +717,25 @@ def test_a_symmetric_nat_that_forwards_a_port_goes_direct(net: Network, mapped: 
         assert alpha.path_to(beta) == beta.path_to(alpha) == "relay"
 
 
+def test_a_mapping_found_while_the_first_registration_is_on_its_way_reaches_the_registry(
+    net: Network,
+) -> None:
+    """The gateway's answer may come before the registry's: the registration already
+    sent did not carry the mapping, so another one goes."""
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
+    alpha.core.start(net.now)
+    alpha.flush()
+    # The first registration reached the registry; its answer is on its way.
+    net.run_until(lambda: net.registry.requests["register"] >= 1, 1.0, step_s=0.0005)
+    assert not alpha.core.joined
+    alpha.core.port_mapped("198.18.0.11:40000", net.now)
+    alpha.flush()
+    net.run(2.0)
+    assert alpha.core.joined
+    record = net.registry_store.node_by_key(alpha.device.public_key)
+    assert record is not None and "198.18.0.11:40000" in record.lan_endpoints
+
+
 def test_a_mapping_that_goes_is_no_longer_reported(net: Network) -> None:
     alpha = net.node("alpha", mapping=Mapping.SYMMETRIC)
     net.up(alpha)
