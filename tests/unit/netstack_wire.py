@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 
 from pilotif.netstack import Connection, Stack, StackConfig, State
+from pilotif.netstack.segment import parse_segment
+from pilotif.packet.ip import TCP_FIN, TCP_SYN
 
 A_V4 = IPv4Address("100.64.0.1")
 B_V4 = IPv4Address("100.64.0.2")
@@ -58,11 +60,14 @@ class Wire:
         self._order = itertools.count()
         self._free_at = {"ab": 0.0, "ba": 0.0}
         self.sent = {"ab": 0, "ba": 0}
+        self.last_sent: dict[str, bytes] = {}
+        """The last packet each way (dropped or not)."""
 
     def _send(self, direction: str, packet: bytes) -> None:
         mtu = self.mtu or (self.config_a if direction == "ab" else self.config_b).mtu
         assert len(packet) <= mtu, f"a {len(packet)}-byte packet on a {mtu} MTU"
         self.sent[direction] += 1
+        self.last_sent[direction] = packet
         if self.tap is not None and not self.tap(direction, packet):
             return
         link = self.link
@@ -147,6 +152,14 @@ def open_pair(wire: Wire, ipv6: bool = False, backlog: int = 128) -> tuple[Conne
 
     wire.run(lambda: bool(accepted) and client.state is State.ESTABLISHED, app=take)
     return client, accepted[0]
+
+
+def next_numbers(wire: Wire, direction: str) -> tuple[int, int]:
+    """(sequence, acknowledgement number) of the next segment sent `direction`: just after
+    the last one, acknowledging what that one did."""
+    last = parse_segment(wire.last_sent[direction])
+    end = last.seq + len(last.payload) + (1 if last.flags & (TCP_SYN | TCP_FIN) else 0)
+    return end % 2**32, last.ack
 
 
 def transfer(wire: Wire, sender: Connection, receiver: Connection, data: bytes) -> bytes:

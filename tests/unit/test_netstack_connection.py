@@ -5,7 +5,17 @@ SACK recovery, the zero window and its persist probe, window scaling, keepalives
 TIME-WAIT, a refused connection, misuse of the API."""
 
 import pytest
-from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload, transfer
+from netstack_wire import (
+    A_V4,
+    B_V4,
+    PORT,
+    Link,
+    Wire,
+    next_numbers,
+    open_pair,
+    payload,
+    transfer,
+)
 
 from pilotif.netstack import Closed, Connection, LocalProtocolError, StackConfig, State
 from pilotif.netstack.segment import TCP_RST, Segment, build_segment, parse_segment
@@ -30,12 +40,12 @@ def _closed_reasons(events: list[object]) -> list[str]:
     return [e.reason for e in events if isinstance(e, Closed)]
 
 
-def _forge(server: Connection, client: Connection, seq_offset: int, flags: int) -> bytes:
-    """A segment from the client's 4-tuple with a sequence number `seq_offset` from what
-    the server expects next (its ACK is what the server has sent)."""
-    expected = server._irs + server._rcv_nxt
+def _forge(wire: Wire, client: Connection, seq_offset: int, flags: int) -> bytes:
+    """A segment from the client's 4-tuple with a sequence number `seq_offset` from where
+    the client's sending goes on (what the server expects next, once the client's segments
+    arrived); its ACK is the client's last."""
+    expected, ack = next_numbers(wire, "ab")
     seq = (expected + seq_offset) % 2**32
-    ack = (server._iss + server._snd_nxt) % 2**32
     return build_segment(
         client.local[0], client.remote[0], (client.local[1], client.remote[1]), seq, ack, flags,
         1000,
@@ -64,7 +74,7 @@ def test_half_close_lets_the_other_side_keep_sending() -> None:
 def test_reset_with_the_exact_sequence_closes_the_connection() -> None:
     wire = Wire()
     client, server = open_pair(wire)
-    wire.inject("ab", _forge(server, client, 0, TCP_RST))
+    wire.inject("ab", _forge(wire, client, 0, TCP_RST))
     assert server.state is State.CLOSED
     assert _closed_reasons(wire.b.take_events()) == ["reset"]
 
@@ -73,7 +83,7 @@ def test_reset_inside_the_window_is_challenged_not_obeyed() -> None:
     wire = Wire()
     client, server = open_pair(wire)
     answers = _segments(wire, "ba")
-    wire.inject("ab", _forge(server, client, 1000, TCP_RST))
+    wire.inject("ab", _forge(wire, client, 1000, TCP_RST))
     wire.step()
     assert server.state is State.ESTABLISHED
     assert wire.b.counters["challenge_ack"] == 1
@@ -87,7 +97,7 @@ def test_reset_outside_the_window_is_dropped_silently() -> None:
     wire = Wire()
     client, server = open_pair(wire)
     answers = _segments(wire, "ba")
-    wire.inject("ab", _forge(server, client, 2**30, TCP_RST))
+    wire.inject("ab", _forge(wire, client, 2**30, TCP_RST))
     wire.step()
     assert server.state is State.ESTABLISHED
     assert wire.b.counters["rst_out_of_window"] == 1
@@ -98,7 +108,7 @@ def test_syn_on_an_open_connection_gets_a_challenge_ack() -> None:
     wire = Wire()
     client, server = open_pair(wire)
     answers = _segments(wire, "ba")
-    wire.inject("ab", _forge(server, client, 5, TCP_SYN))
+    wire.inject("ab", _forge(wire, client, 5, TCP_SYN))
     wire.step()
     assert server.state is State.ESTABLISHED
     assert [s.flags for s in answers] == [TCP_ACK]
@@ -108,10 +118,10 @@ def test_syn_on_an_open_connection_gets_a_challenge_ack() -> None:
 def test_challenge_acks_are_rate_limited() -> None:
     config = StackConfig(challenge_acks_per_s=3)
     wire = Wire(config_b=config)
-    client, server = open_pair(wire)
+    client, _server = open_pair(wire)
     answers = _segments(wire, "ba")
     for _ in range(10):
-        wire.inject("ab", _forge(server, client, 5, TCP_SYN))
+        wire.inject("ab", _forge(wire, client, 5, TCP_SYN))
     wire.step()
     assert wire.b.counters["challenge_ack"] == 10
     assert wire.b.counters["challenge_budget_spent"] == 7
@@ -319,8 +329,7 @@ def test_a_merged_segment_larger_than_the_mss_is_taken_whole() -> None:
     wire = Wire()
     client, server = open_pair(wire)
     data = payload(20_000, 9)
-    seq = (client._iss + client._snd_nxt) % 2**32
-    ack = (client._irs + client._rcv_nxt) % 2**32
+    seq, ack = next_numbers(wire, "ab")
     big = build_segment(
         client.local[0], client.remote[0], (client.local[1], client.remote[1]), seq, ack,
         TCP_ACK, 0xFFFF, payload=data,
@@ -402,9 +411,9 @@ def test_reset_in_every_state(state: State) -> None:
     server, client = _server_in(wire, state)
     assert server.state is state
     wire.tap = lambda way, packet: False  # nothing else reaches either side
-    wire.inject("ab", _forge(server, client, 2**30, TCP_RST))
+    wire.inject("ab", _forge(wire, client, 2**30, TCP_RST))
     assert server.state is state  # far outside the window: ignored
-    wire.inject("ab", _forge(server, client, 0, TCP_RST))
+    wire.inject("ab", _forge(wire, client, 0, TCP_RST))
     assert server.state is State.CLOSED
     assert _closed_reasons(wire.b.take_events())[-1:] == ["reset"]
 
@@ -418,7 +427,7 @@ def test_reset_answering_our_syn_refuses_and_a_blind_one_does_not() -> None:
     blind = build_segment(B_V4.packed, A_V4.packed, ports, 0, 12345, TCP_RST | TCP_ACK, 0)
     wire.inject("ba", blind)
     assert client.state is State.SYN_SENT
-    right_ack = (client._iss + 1) % 2**32
+    right_ack = next_numbers(wire, "ab")[0]  # just after our SYN
     refusal = build_segment(B_V4.packed, A_V4.packed, ports, 0, right_ack, TCP_RST | TCP_ACK, 0)
     wire.inject("ba", refusal)
     assert client.state is State.CLOSED
@@ -427,10 +436,10 @@ def test_reset_answering_our_syn_refuses_and_a_blind_one_does_not() -> None:
 
 def test_answers_to_segments_outside_the_window_share_the_budget() -> None:
     wire = Wire(config_b=StackConfig(challenge_acks_per_s=3))
-    client, server = open_pair(wire)
+    client, _server = open_pair(wire)
     answers: list[bytes] = []
     for _ in range(10):
-        wire.inject("ab", _forge(server, client, 2**30, TCP_ACK))
+        wire.inject("ab", _forge(wire, client, 2**30, TCP_ACK))
         answers += wire.b.poll(wire.now)  # each polled on its own: no answers coalesced
     assert wire.b.counters["out_of_window"] == 10
     assert len(answers) == 3

@@ -8,7 +8,7 @@ import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from netstack_wire import A_V4, A_V6, B_V4, B_V6, Wire, open_pair, payload, transfer
+from netstack_wire import A_V4, A_V6, B_V4, B_V6, Wire, next_numbers, open_pair, payload, transfer
 
 from pilotif.netstack import Connection, StackConfig
 from pilotif.netstack.segment import build_segment, parse_segment
@@ -25,8 +25,7 @@ from pilotif.packet.ip import (
 
 def _valid(wire: Wire) -> tuple[Connection, bytes]:
     client, server = open_pair(wire)
-    seq = (client._iss + client._snd_nxt) % 2**32
-    ack = (client._irs + client._rcv_nxt) % 2**32
+    seq, ack = next_numbers(wire, "ab")
     ports = (client.local[1], client.remote[1])
     return server, build_segment(
         A_V4.packed, B_V4.packed, ports, seq, ack, TCP_ACK, 1000, b"", b"hi"
@@ -119,18 +118,18 @@ def test_hostile_segments_raise_nothing_and_memory_stays_bounded(
     wire = Wire(config_b=config)
     client, server = open_pair(wire)
     server.send(payload(30_000, 1))
-    wire.b.poll(wire.now)
+    told = parse_segment(wire.b.poll(wire.now)[-1])  # the server's last word
     ports = (client.local[1], client.remote[1])
     for seq_delta, ack_delta, flags, window, options, length in segments:
-        seq = (server._irs + server._rcv_nxt + seq_delta) % 2**32
-        ack = (server._iss + server._snd_una + ack_delta) % 2**32
+        seq = (told.ack + seq_delta) % 2**32
+        ack = (told.seq + ack_delta) % 2**32
         packet = build_segment(
             A_V4.packed, B_V4.packed, ports, seq, ack, flags, window, options, b"z" * length
         )
         wire.b.receive(packet, wire.now)
         wire.now += 0.01
         for answer in wire.b.poll(wire.now):
-            parse_segment(answer)
+            told = parse_segment(answer)
         assert server.readable_bytes <= config.receive_buffer_bytes
         assert len(server._ooo) <= config.max_out_of_order_segments
         assert server._ooo.bytes <= config.receive_buffer_bytes

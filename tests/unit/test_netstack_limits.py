@@ -4,7 +4,7 @@ buffer and the out-of-order queue of a connection. Each refusal is counted by it
 reason and the peer's retry succeeds once there is room."""
 
 import pytest
-from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload, transfer
+from netstack_wire import A_V4, B_V4, PORT, Link, Wire, next_numbers, open_pair, payload, transfer
 
 from pilotif.netstack import Connection, LimitError, Listener, StackConfig, State, Writable
 from pilotif.netstack.segment import TCP_RST, build_segment, parse_segment
@@ -118,8 +118,7 @@ def test_a_sender_that_ignores_the_window_cannot_overfill_the_receive_buffer() -
     cap = 20_000
     wire = Wire(config_b=StackConfig(receive_buffer_bytes=cap))
     client, server = open_pair(wire)
-    seq = (client._iss + client._snd_nxt) % 2**32
-    ack = (client._irs + client._rcv_nxt) % 2**32
+    seq, ack = next_numbers(wire, "ab")
     ports = (client.local[1], client.remote[1])
     for _ in range(40):
         packet = build_segment(
