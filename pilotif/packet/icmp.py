@@ -55,9 +55,12 @@ def echo_message(ident: int, sequence: int) -> bytes:
     return ECHO_HEADER.pack(ECHO_REQUEST, 0, checksum, ident, sequence) + _PAYLOAD
 
 
-def echo_request_packet(source: IPv4Address, destination: IPv4Address, sequence: int) -> bytes:
-    """A whole IPv4 packet carrying an ICMP echo request, ready for the overlay device."""
-    message = echo_message(_PATH_CHECK_IDENT, sequence & 0xFFFF)
+def echo_request_packet(
+    source: IPv4Address, destination: IPv4Address, sequence: int, *, ident: int = _PATH_CHECK_IDENT
+) -> bytes:
+    """A whole IPv4 packet carrying an ICMP echo request, ready for the overlay device
+    (`ident`: the path checks' unless given)."""
+    message = echo_message(ident, sequence & 0xFFFF)
     fields = [
         IPV4_PLAIN_FIRST_BYTE,
         0,

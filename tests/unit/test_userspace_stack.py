@@ -1,0 +1,211 @@
+"""Two userspace nodes (pilotif.userspace.UserspaceStack) on a real event loop, each with
+its data path and WireGuard device, their Binds linked in memory: TCP through both
+devices as asyncio streams, ICMP echo, refusals, resets and a paused reader."""
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import pytest
+from conftest import make_pair
+from fake_bind import FakeBind
+
+from pilotif.daemon.datapath import DataPath
+from pilotif.packet.ip import BytesLike
+from pilotif.userspace import UserspaceStack
+from pilotif.wg.events import Endpoint, PeerEndpoint
+
+WAIT_S = 30.0
+"""The generous bound on anything the tests wait for."""
+PORT = 1000
+
+
+class LinkedBind(FakeBind):
+    """A FakeBind whose sends arrive at another one's socket, as one receive each."""
+
+    def __init__(self, source: Endpoint) -> None:
+        super().__init__()
+        self.source = source
+        self.other: LinkedBind | None = None
+        self.drop_next = 0
+        """Datagrams to lose (from the next send on)."""
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._arrivals: list[tuple[memoryview, int, Endpoint]] = []
+
+    def sockets(self) -> list[socket.socket]:
+        return [self._reader]
+
+    def send(self, datagrams: Sequence[tuple[BytesLike, PeerEndpoint]]) -> int:
+        assert self.other is not None
+        for data, _ in datagrams:
+            if self.drop_next:
+                self.drop_next -= 1
+                continue
+            self.other.arrive(bytes(data), self.source)
+        return 0
+
+    def arrive(self, datagram: bytes, source: Endpoint) -> None:
+        self._arrivals.append((memoryview(datagram), 0, source))
+        with contextlib.suppress(BlockingIOError):
+            self._writer.send(b"\x01")
+
+    def receive(self, sock: socket.socket) -> tuple[memoryview, int, Endpoint] | None:
+        if not self._arrivals:
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(65536)
+            return None
+        return self._arrivals.pop(0)
+
+    def close(self) -> None:
+        super().close()
+        self._reader.close()
+        self._writer.close()
+
+
+class Side:
+    def __init__(self, stack: UserspaceStack, datapath: DataPath, bind: LinkedBind) -> None:
+        self.stack = stack
+        self.datapath = datapath
+        self.bind = bind
+
+
+@contextlib.asynccontextmanager
+async def two_sides() -> AsyncIterator[tuple[Side, Side]]:
+    loop = asyncio.get_running_loop()
+    a, b = make_pair()
+    binds = LinkedBind(a.endpoint), LinkedBind(b.endpoint)
+    binds[0].other, binds[1].other = binds[1], binds[0]
+    built = []
+    for node, bind in zip((a, b), binds, strict=True):
+        datapath = DataPath(node.device, bind, loop, lambda event: None)
+        stack = UserspaceStack([node.v4, node.v6], loop)
+        datapath.start_stack(stack)
+        built.append(Side(stack, datapath, bind))
+    try:
+        yield built[0], built[1]
+    finally:
+        for side in built:
+            side.datapath.close()
+            side.stack.close()
+            side.bind.close()
+
+
+def run(body: Callable[[Side, Side], Awaitable[None]]) -> None:
+    """Run a test's body on a fresh event loop with two sides built for it."""
+
+    async def main() -> None:
+        async with two_sides() as (a, b):
+            await body(a, b)
+
+    asyncio.run(main())
+
+
+async def echo_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+def test_tcp_through_two_devices_carries_bytes_intact() -> None:
+    async def body(a: Side, b: Side) -> None:
+        await b.stack.start_server(echo_server, PORT)
+        payload = os.urandom(3 * 1024 * 1024 + 17)
+        async with asyncio.timeout(WAIT_S):
+            reader, writer = await a.stack.open_connection(b.stack.addresses[0], PORT)
+
+            async def send() -> None:
+                writer.write(payload)
+                await writer.drain()
+                writer.write_eof()
+
+            sending = asyncio.ensure_future(send())
+            received = await reader.read(-1)
+            await sending
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+        assert writer.get_extra_info("peername") == (str(b.stack.addresses[0]), PORT)
+        writer.close()
+
+    run(body)
+
+
+def test_tcp_over_ipv6_and_with_lost_datagrams() -> None:
+    async def body(a: Side, b: Side) -> None:
+        await b.stack.start_server(echo_server, PORT)
+        async with asyncio.timeout(WAIT_S):
+            reader, writer = await a.stack.open_connection(b.stack.addresses[1], PORT)
+            a.bind.drop_next = 3
+            writer.write(b"x" * 200_000)
+            writer.write_eof()
+            received = await reader.read(-1)
+        assert received == b"x" * 200_000
+
+    run(body)
+
+
+def test_a_port_nobody_serves_is_refused() -> None:
+    async def body(a: Side, b: Side) -> None:
+        with pytest.raises(ConnectionRefusedError):
+            async with asyncio.timeout(WAIT_S):
+                await a.stack.open_connection(b.stack.addresses[0], PORT + 1)
+
+    run(body)
+
+
+def test_a_reset_reaches_the_reader() -> None:
+    async def body(a: Side, b: Side) -> None:
+        accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.set_result(writer)
+
+        await b.stack.start_server(hold, PORT)
+        async with asyncio.timeout(WAIT_S):
+            reader, _ = await a.stack.open_connection(b.stack.addresses[0], PORT)
+            (await accepted).transport.abort()
+            with pytest.raises(ConnectionResetError):
+                await reader.read(1)
+
+    run(body)
+
+
+def test_ping_is_answered_by_the_peer_stack() -> None:
+    async def body(a: Side, b: Side) -> None:
+        rtt = await a.stack.ping(b.stack.addresses[0], WAIT_S)  # type: ignore[arg-type]
+        assert rtt is not None and rtt >= 0
+        assert b.stack.stack.counters["echo_answered"] == 1
+
+    run(body)
+
+
+def test_a_paused_reader_holds_the_sender_back() -> None:
+    """The server reads nothing for a while: the writer's drain waits (bounded memory)
+    instead of the data piling up, and everything arrives once it reads."""
+
+    async def body(a: Side, b: Side) -> None:
+        start_reading = asyncio.Event()
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await start_reading.wait()
+            got.set_result(await reader.read(-1))
+
+        await b.stack.start_server(slow, PORT)
+        size = 8 * 1024 * 1024
+        async with asyncio.timeout(WAIT_S):
+            _, writer = await a.stack.open_connection(b.stack.addresses[0], PORT)
+            writer.write(bytes(size))
+            draining = asyncio.ensure_future(writer.drain())
+            await asyncio.sleep(0.5)
+            assert not draining.done()
+            start_reading.set()
+            await draining
+            writer.write_eof()
+            assert len(await got) == size
+
+    run(body)
