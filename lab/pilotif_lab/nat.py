@@ -47,6 +47,7 @@ from pilotif_lab.netns import (
     stop_pid,
 )
 from pilotif_lab.pilotif_node import UP_TIMEOUT_S, pilotif_executable
+from pilotif_lab.unprivileged import as_nobody
 from pilotif_lab.upnp_router import (
     STUN_ALTERNATE_ADDRESS,
     forwarding_on,
@@ -210,6 +211,12 @@ class Agent:
     lan_address: str
     state_dir: Path
     _up_args: list[str] = field(default_factory=list)
+    unprivileged: bool = False
+    """Run pilotif as uid 65534 with no capabilities (pilotif_lab.unprivileged)."""
+
+    def _command(self, *args: str) -> list[str]:
+        command = [pilotif_executable(), *args, "--state-dir", str(self.state_dir)]
+        return as_nobody(*command) if self.unprivileged else command
 
     @property
     def log_path(self) -> Path:
@@ -221,10 +228,7 @@ class Agent:
     ) -> "subprocess.CompletedProcess[str]":
         """`pilotif ARGS --state-dir DIR` in the agent's namespace."""
         return self.namespace.run(
-            pilotif_executable(),
-            *args,
-            "--state-dir",
-            str(self.state_dir),
+            *self._command(*args),
             check=check,
             timeout_s=UP_TIMEOUT_S,
             input_text=input_text,
@@ -248,10 +252,11 @@ class Agent:
         join_key: str | None = None,
         policy_file: Path | None = None,
         registry: str = REGISTRY,
+        extra_args: Sequence[str] = (),
     ) -> None:
-        """`pilotif up` joined to the lab's registry (or the replicas `registry` lists);
-        returns once the daemon is up."""
-        args = ["--registry", registry, "--hostname", self.hostname]
+        """`pilotif up` joined to the lab's registry (or the replicas `registry` lists),
+        with `extra_args` (e.g. --userspace); returns once the daemon is up."""
+        args = ["--registry", registry, "--hostname", self.hostname, *extra_args]
         if join_key is not None:
             args += ["--join-key", join_key]
         if policy_file is not None:
@@ -271,11 +276,7 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         output = self.state_dir.parent / f"{self.hostname}-up.out"
         self.namespace.run(
-            pilotif_executable(),
-            "up",
-            *self._up_args,
-            "--state-dir",
-            str(self.state_dir),
+            *self._command("up", *self._up_args),
             timeout_s=UP_TIMEOUT_S,
             output_path=output,
         )

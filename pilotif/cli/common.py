@@ -16,7 +16,7 @@ from pilotif.daemon.api import ControlError, request
 from pilotif.net.hostport import HostPortError, parse_host_port
 from pilotif.registry.database import is_postgresql
 from pilotif.util.errors import CodedError
-from pilotif.util.paths import DEFAULT_STATE_DIR, STATE_DIR_ENV, StatePaths
+from pilotif.util.paths import STATE_DIR_ENV, StatePaths, default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 SECRET_FILE_PREFIX = "file:"
@@ -95,8 +95,8 @@ def state_dir_option(function: F) -> F:
         "--state-dir",
         type=click.Path(file_okay=False, path_type=Path),
         envvar=STATE_DIR_ENV,
-        default=DEFAULT_STATE_DIR,
-        show_default=True,
+        default=default_state_dir,
+        show_default="/var/lib/pilotif; not root: $XDG_STATE_HOME/pilotif, ~/.local/state/pilotif",
         help="Directory for the daemon's socket, pid file and log.",
     )(function)
 

@@ -1,5 +1,6 @@
 """The local control API: one JSON request and one JSON reply per connection, over a
-Unix socket that only root can open (mode 0600, and the peer's uid is checked).
+Unix socket that only the daemon's user can open (mode 0600, and the peer's uid is
+checked: root, or the user a userspace daemon runs as).
 
 A streaming command (`events`) answers `{"ok": true}` and then one JSON line per item
 for as long as the client keeps the connection open.
@@ -77,8 +78,11 @@ async def serve_control(
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if _peer_uid(writer) != 0:
-                reply: Reply = {"ok": False, "error": "only root may control pilotif"}
+            if _peer_uid(writer) not in (0, os.geteuid()):
+                reply: Reply = {
+                    "ok": False,
+                    "error": "only root or the daemon's user may control pilotif",
+                }
             else:
                 line = await reader.readline()
                 try:
@@ -129,7 +133,9 @@ def _connect(path: Path, command: str, arguments: dict[str, Any]) -> socket.sock
     except PermissionError:
         sock.close()
         raise ControlError(
-            f"permission denied on {path}", "permission_denied", "run this as root"
+            f"permission denied on {path}",
+            "permission_denied",
+            "run this as root, or as the user the daemon runs as",
         ) from None
     except ConnectionRefusedError:
         sock.close()

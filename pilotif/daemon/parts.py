@@ -1,6 +1,7 @@
 """What a running interface is made of, as start-up builds it (`Parts`): the status
 builder, the control requests and the event router read it; only start-up writes it."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
 from typing import Any
@@ -15,7 +16,7 @@ class Parts:
     """One interface's parts; `bind`, `node` and the TUN's offloads appear as they start."""
 
     interface: str
-    """The TUN's name."""
+    """The TUN's name (a userspace node's name for its stack)."""
     device: Device
     """The WireGuard core."""
     mtu: int
@@ -28,3 +29,5 @@ class Parts:
     """Which offloads the TUN was granted, once it is open."""
     tso_max_segments: int | None = None
     """The cap on segments per TSO super-packet (one UDP GSO send), if the kernel took it."""
+    userspace: Callable[[], dict[str, Any]] | None = None
+    """A userspace node's status (its stack and proxies), instead of a TUN."""

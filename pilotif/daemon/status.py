@@ -54,6 +54,7 @@ def interface_status(parts: Parts) -> dict[str, Any]:
             "udp": bind.status() if bind else None,
         },
         "node": _node_status(parts, offset),
+        "userspace": parts.userspace() if parts.userspace is not None else None,
     }
 
 

@@ -4,6 +4,7 @@ time. A refusal, a closed port or silence becomes a ServiceError with a code for
 import asyncio
 from typing import Any, Final
 
+from pilotif.services.overlay_net import KERNEL, OverlayNet
 from pilotif.services.wire import MAX_LINE_BYTES, WireError, encode, read_message
 from pilotif.util.errors import CodedError
 
@@ -14,11 +15,13 @@ class ServiceError(CodedError):
     """A peer's service did not do what was asked; `code` and `hint` say more."""
 
 
-async def request(address: str, port: int, message: dict[str, Any]) -> dict[str, Any]:
-    """Send one request to address:port and return its answer (`ok` true)."""
+async def request(
+    address: str, port: int, message: dict[str, Any], net: OverlayNet = KERNEL
+) -> dict[str, Any]:
+    """Send one request to address:port (over `net`) and return its answer (`ok` true)."""
     try:
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(address, port, limit=MAX_LINE_BYTES)
+            reader, writer = await net.open_connection(address, port, limit=MAX_LINE_BYTES)
             try:
                 writer.write(encode(message))
                 await writer.drain()

@@ -79,7 +79,9 @@ class ServiceCommands:
         if not isinstance(text, str) or not text:
             raise ServiceError("bad_input", "a message needs some text")
         hostname, address = self._trusted_or_refused(peer)
-        answer = await client.request(address, MESSAGES_PORT, {"op": "message", "text": text})
+        answer = await client.request(
+            address, MESSAGES_PORT, {"op": "message", "text": text}, self._services.net
+        )
         return {"ok": True, "peer": hostname, "id": answer.get("id")}
 
 

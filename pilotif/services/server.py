@@ -43,6 +43,7 @@ from pilotif.services.files import FileRefused, ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
 from pilotif.services.limits import PeerLog, Quota, TokenBuckets
 from pilotif.services.local_owner import tcp_owner_uid
+from pilotif.services.overlay_net import KERNEL, KernelNet, OverlayNet, OverlayServer
 from pilotif.services.task_service import TASKS_PORT, TaskService
 from pilotif.services.wire import MAX_LINE_BYTES, WireError, encode, error_answer, read_message
 
@@ -97,9 +98,13 @@ class AgentServices:
         *,
         own_name: str | None = None,
         owner_uid: OwnerUid = tcp_owner_uid,
+        net: OverlayNet | None = None,
     ) -> None:
         """`peer_of` names the trusted peers; `own_name` is this node's hostname, for
-        connections from this host that its own user made (`owner_uid` says who)."""
+        connections from this host that its own user made (`owner_uid` says who); `net`
+        is the overlay's TCP (default: the kernel's, on the address `start` is given)."""
+        self.net: OverlayNet = KERNEL if net is None else net
+        self._own_net = net is None
         self.inbox = inbox
         self.files = files
         self.tasks = tasks
@@ -118,7 +123,7 @@ class AgentServices:
         self._file_limit = TokenBuckets(FILES_PER_S, FILE_BURST)
         self._log = PeerLog()
         self.broker = Broker()
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[OverlayServer] = []
         self.ports: dict[int, int] = {}
         """Each service's well-known port -> the port it listens on."""
 
@@ -131,13 +136,14 @@ class AgentServices:
             TASKS_PORT: self._line_service(self._task_request),
             ECHO_PORT: self._echo,
         }
+        listening = KernelNet(address) if self._own_net else self.net
         for port, handler in handlers.items():
             listen_port = port if ports is None else ports.get(port, port)
-            server = await asyncio.start_server(
-                self._admit(handler), address, listen_port, limit=MAX_LINE_BYTES
+            server = await listening.start_server(
+                self._admit(handler), listen_port, limit=MAX_LINE_BYTES
             )
             self._servers.append(server)
-            self.ports[port] = int(server.sockets[0].getsockname()[1])
+            self.ports[port] = server.port
 
     def close(self) -> None:
         for server in self._servers:

@@ -23,6 +23,7 @@ from typing import Any, Final
 from pilotif.services import client
 from pilotif.services.client import ServiceError
 from pilotif.services.limits import TokenBuckets
+from pilotif.services.overlay_net import KERNEL, OverlayNet
 from pilotif.services.tasks import Task, TaskError, TaskStore, new_task_id
 from pilotif.services.wire import error_answer
 
@@ -37,8 +38,9 @@ AddressOf = Callable[[str], str | None]
 class TaskService:
     """See the module docstring."""
 
-    def __init__(self, store: TaskStore, address_of: AddressOf) -> None:
+    def __init__(self, store: TaskStore, address_of: AddressOf, net: OverlayNet = KERNEL) -> None:
         self.store = store
+        self._net = net
         self._address_of = address_of
         self._retry: asyncio.Task[None] | None = None
         self._submit_limit = TokenBuckets(SUBMITS_PER_S, SUBMIT_BURST)
@@ -84,7 +86,7 @@ class TaskService:
 
     async def submit(self, peer: str, address: str, description: str) -> Task:
         answer = await client.request(
-            address, TASKS_PORT, {"op": "submit", "description": description}
+            address, TASKS_PORT, {"op": "submit", "description": description}, self._net
         )
         now = time.time()
         task = Task(str(answer.get("id")), "outgoing", peer, description, "new", now, now)
@@ -107,7 +109,7 @@ class TaskService:
         update = {"op": "update", "id": task.id, "state": task.state}
         update |= {k: v for k, v in (("result", task.result), ("reason", task.reason)) if v}
         try:
-            await client.request(address, TASKS_PORT, update)
+            await client.request(address, TASKS_PORT, update, self._net)
         except ServiceError:
             self._retry_later()
             return task

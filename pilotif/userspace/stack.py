@@ -194,22 +194,16 @@ class UserspaceStack:
                 self._wake_out.send(_WAKE_BYTE)
 
     def close(self) -> None:
-        """Reset every connection (the peers learn at once) and stop."""
-        for connection in list(self._transports):
-            connection.abort()
-        self._pending = self.stack.poll(time.monotonic())
-        self._dispatch()
+        """Stop: every connection's protocol learns it was lost (the peers' own timers
+        end their side: nothing is sent any more)."""
+        for transport in list(self._transports.values()):
+            transport.on_closed("aborted")
+        self._transports.clear()
         if self._timer is not None:
             self._timer.cancel()
         self._closed = True
         self._wake_in.close()
         self._wake_out.close()
-
-    def take_pending(self) -> list[bytes]:
-        """What the stack still has to send (the resets of `close`), for the data path's
-        last flush."""
-        pending, self._pending = self._pending, []
-        return pending
 
     # -- inside -------------------------------------------------------------------------
     def _connect(self, address: Address, port: int) -> Connection:

@@ -12,10 +12,23 @@ from pathlib import Path
 from pilotif.util.files import StateFileError
 
 DEFAULT_STATE_DIR = Path("/var/lib/pilotif")
+"""Root's state directory."""
 STATE_DIR_ENV = "PILOTIF_STATE_DIR"
+XDG_STATE_HOME_ENV = "XDG_STATE_HOME"
+USER_STATE_HOME = Path(".local/state")
+"""Under the home directory: where XDG_STATE_HOME defaults to."""
 _STATE_DIR_MODE = 0o700
 _WRITABLE_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _ROOT_UID = 0
+
+
+def default_state_dir() -> Path:
+    """Root's DEFAULT_STATE_DIR; any other user's $XDG_STATE_HOME/pilotif, else
+    ~/.local/state/pilotif (a userspace node, `up --userspace`)."""
+    if os.geteuid() == _ROOT_UID:
+        return DEFAULT_STATE_DIR
+    home = os.environ.get(XDG_STATE_HOME_ENV) or str(Path.home() / USER_STATE_HOME)
+    return Path(home) / "pilotif"
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,7 @@ class StatePaths:
 
     @property
     def control_socket(self) -> Path:
-        """The Unix socket the CLI talks to; only root can open it."""
+        """The Unix socket the CLI talks to; only root and the daemon's user can open it."""
         return self.root / "pilotif.sock"
 
     @property
