@@ -3,7 +3,9 @@ calls and `now` in; IP packets, events and the next timer out.
 
 - stack.py: the node's stack (demux by 4-tuple, listeners, ICMP echo, node and per-peer
   limits, counters of drops)
-- tcp_connection.py: one connection (RFC 9293 segment processing, buffers, timers)
+- tcp_connection.py: one connection (RFC 9293 segment processing, the handshake,
+  timers), composed of tcp_receiver.py (receive buffer, window, SACK blocks, delayed
+  ACKs) and tcp_sender.py (send buffer, retransmission, NewReno and SACK recovery)
 - tcp_state.py: the state machine as a table
 - rto.py (RFC 6298), congestion.py (NewReno), scoreboard.py (SACK, sender),
   reassembly.py (out of order, receiver), segment.py (parse and build), echo.py,

@@ -1,8 +1,8 @@
 """TCP segments in IPv4 and IPv6 packets, read and written: `parse_segment` checks a
 packet from the network (lengths, checksums, options) and gives a `Segment` or raises
 `SegmentDrop` with the reason to count; `build_segment` lays out one packet with its
-checksums. Layout constants come from pilotif.packet.ip, the sums from
-pilotif.packet.checksum.
+checksums; `unwrap` turns a wire sequence number into an offset. Layout constants come
+from pilotif.packet.ip, the sums from pilotif.packet.checksum.
 """
 
 import struct
@@ -37,6 +37,8 @@ from pilotif.packet.ip import (
     BytesLike,
 )
 
+SEQ_SPACE: Final = 2**32
+_HALF_SPACE: Final = 2**31
 TCP_RST: Final = 0x04
 """The reset flag (pilotif.packet.ip names the others)."""
 OPTION_END: Final = 0
@@ -58,6 +60,13 @@ _IPV6 = struct.Struct("!IHBB16s16s")
 _U16 = struct.Struct("!H")
 _U16_LE = struct.Struct("<H")
 _U32_PAIR = struct.Struct("!II")
+
+
+def unwrap(wire: int, base: int, near: int) -> int:
+    """The offset from wire sequence number `base` of `wire`, taken as the one nearest
+    to the offset `near`."""
+    diff = (wire - base - near) % SEQ_SPACE
+    return near + (diff - SEQ_SPACE if diff >= _HALF_SPACE else diff)
 
 
 class SegmentDrop(ValueError):

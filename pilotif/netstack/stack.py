@@ -23,8 +23,15 @@ from typing import Final
 from pilotif.netstack.config import StackConfig
 from pilotif.netstack.echo import echo_reply, is_echo_request
 from pilotif.netstack.events import Event
-from pilotif.netstack.segment import TCP_RST, Segment, SegmentDrop, build_segment, parse_segment
-from pilotif.netstack.tcp_connection import SEQ_SPACE, Connection
+from pilotif.netstack.segment import (
+    SEQ_SPACE,
+    TCP_RST,
+    Segment,
+    SegmentDrop,
+    build_segment,
+    parse_segment,
+)
+from pilotif.netstack.tcp_connection import Connection
 from pilotif.netstack.tcp_state import State
 from pilotif.packet.ip import TCP_ACK, TCP_FIN, TCP_SYN, BytesLike, packet_addresses
 

@@ -131,8 +131,9 @@ def test_hostile_segments_raise_nothing_and_memory_stays_bounded(
         for answer in wire.b.poll(wire.now):
             told = parse_segment(answer)
         assert server.readable_bytes <= config.receive_buffer_bytes
-        assert len(server._ooo) <= config.max_out_of_order_segments
-        assert server._ooo.bytes <= config.receive_buffer_bytes
+        out_of_order = server._receiver.ooo  # no public view of the queue's memory
+        assert len(out_of_order) <= config.max_out_of_order_segments
+        assert out_of_order.bytes <= config.receive_buffer_bytes
         assert server.send_buffered_bytes <= config.send_buffer_bytes
 
 

@@ -18,8 +18,8 @@ from pilotif.netstack.segment import (
     parse_segment,
     sack_option,
     syn_options,
+    unwrap,
 )
-from pilotif.netstack.tcp_connection import unwrap
 from pilotif.netstack.tcp_state import TRANSITIONS, Event, State, transition
 from pilotif.packet.ip import TCP_ACK, TCP_SYN
 

@@ -1,0 +1,149 @@
+"""The receiving half of one TCP connection, sans-IO: the receive buffer (capped) and the
+out-of-order queue (reassembly.py), RCV.NXT and the peer's FIN, the window field we
+advertise (scaled, never moved left, no small openings: RFC 9293 3.8.6.2.2), the SACK
+blocks we send (RFC 2018), and when an ACK is due (at once, every second segment, or
+after the delayed-ACK time: RFC 9293 3.8.6.3).
+
+The connection (tcp_connection.py) owns the state machine: it hands this side the data
+of acceptable segments and sends the ACKs; this side says what the application is to be
+told. Sequence numbers are offsets from the peer's initial sequence number (its SYN is 0).
+"""
+
+from collections.abc import Callable
+from typing import Final
+
+from pilotif.netstack.config import StackConfig
+from pilotif.netstack.reassembly import OutOfOrder
+from pilotif.netstack.segment import (
+    MAX_SACK_BLOCKS,
+    SEQ_SPACE,
+    sack_option,
+    sack_option_bytes,
+)
+
+MAX_WINDOW_FIELD: Final = 0xFFFF
+ACK_EVERY_SEGMENTS: Final = 2
+"""A receiver ACKs at least every second full segment (RFC 9293 3.8.6.3)."""
+
+
+class Receiver:
+    """What we received from the peer and what we advertise to it."""
+
+    def __init__(self, config: StackConfig, count: Callable[[str], None]) -> None:
+        self._config = config
+        self._count = count
+        """Counts a drop by its reason (the stack's counters)."""
+        self.irs = 0
+        self.rcv_nxt = 0
+        """0 until the peer's SYN arrives, then the next byte expected."""
+        self.shift = 0
+        """Our window scale (RFC 7323), 0 when the peer does not scale."""
+        self.sack = False
+        """Whether our ACKs carry SACK blocks (both sides permitted SACK)."""
+        self.rcv_adv = 0
+        """Right edge of the window we advertised (never moved left)."""
+        self.buffer = bytearray()
+        self.ooo = OutOfOrder(config.max_out_of_order_segments)
+        self._peer_fin_at: int | None = None
+        self.peer_closed = False
+        """The peer's FIN arrived: after the buffered data, nothing more comes."""
+        self._readable_told = False
+        self.unacked_segments = 0
+        self.ack_now = False
+        self.ack_at: float | None = None
+        """When the delayed ACK is due (None: not armed)."""
+
+    def start(self, irs: int, shift: int, sack: bool) -> None:
+        """The peer's SYN arrived with sequence number `irs`."""
+        self.irs = irs
+        self.rcv_nxt = 1
+        self.shift = shift
+        self.sack = sack
+
+    def take(self, start: int, payload: bytes | memoryview, fin: bool) -> tuple[bool, bool]:
+        """The data (and FIN) of an acceptable segment at offset `start`; returns (data
+        became readable for the first time since the application emptied the buffer, the
+        peer's FIN is reached now)."""
+        window_end = self.rcv_nxt + max(self.rcv_adv - self.rcv_nxt, 0)
+        if start < self.rcv_nxt:
+            payload = payload[self.rcv_nxt - start :]
+            start = self.rcv_nxt
+            self.ack_now = True
+        if start + len(payload) > window_end:
+            payload = payload[: max(window_end - start, 0)]
+            fin = False
+            self.ack_now = True
+            self._count("beyond_window")
+        readable = False
+        if payload:
+            if start == self.rcv_nxt:
+                filled_hole = len(self.ooo) > 0
+                self.buffer += payload
+                self.rcv_nxt += len(payload)
+                while (ready := self.ooo.pop_ready(self.rcv_nxt)) is not None:
+                    self.buffer += ready[1]
+                    self.rcv_nxt += len(ready[1])
+                self.unacked_segments += 1
+                if filled_hole or self.unacked_segments >= ACK_EVERY_SEGMENTS:
+                    self.ack_now = True
+                readable = not self._readable_told
+                self._readable_told = True
+            else:
+                if not self.ooo.add(start, payload):
+                    self._count("out_of_order_full")
+                self.ack_now = True
+        if fin:
+            self._peer_fin_at = start + len(payload)
+        if self._peer_fin_at is not None and self._peer_fin_at == self.rcv_nxt:
+            self._peer_fin_at = None
+            self.rcv_nxt += 1
+            self.peer_closed = True
+            return readable, True
+        return readable, False
+
+    def read(self, max_bytes: int | None) -> bytes:
+        """Take up to `max_bytes` (all when None) from the receive buffer."""
+        count = len(self.buffer) if max_bytes is None else max_bytes
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        if not self.buffer:
+            self._readable_told = False
+        return data
+
+    def window_opened(self, mss: int) -> bool:
+        """Whether reading opened the window enough to be worth an ACK of its own."""
+        free_edge = self.rcv_nxt + self._config.receive_buffer_bytes - len(self.buffer)
+        opened = free_edge - self.rcv_adv
+        return opened >= min(self._config.receive_buffer_bytes // 2, 2 * mss)
+
+    def window_field(self, syn: bool, mss: int) -> int:
+        """The window field of the segment being built (and the edge it advertises)."""
+        free = self._config.receive_buffer_bytes - len(self.buffer)
+        if syn:
+            self.rcv_adv = self.rcv_nxt + min(free, MAX_WINDOW_FIELD)
+            return min(free, MAX_WINDOW_FIELD)
+        edge = self.rcv_nxt + free
+        if edge - self.rcv_adv < min(self._config.receive_buffer_bytes // 2, mss):
+            edge = max(self.rcv_adv, self.rcv_nxt)  # no small openings (RFC 9293 3.8.6.2.2)
+        field = min((edge - self.rcv_nxt) >> self.shift, MAX_WINDOW_FIELD)
+        self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + (field << self.shift))
+        return field
+
+    def ack_sent(self) -> None:
+        """A segment carrying our ACK went out: no ACK is due any more."""
+        self.ack_now = False
+        self.unacked_segments = 0
+        self.ack_at = None
+
+    def sack_option(self) -> bytes:
+        """The SACK option our next segment carries (when `sack` is on and the out-of-order queue
+        holds ranges)."""
+        blocks = self.ooo.sack_blocks(MAX_SACK_BLOCKS)
+        return sack_option(
+            [((self.irs + s) % SEQ_SPACE, (self.irs + e) % SEQ_SPACE) for s, e in blocks]
+        )
+
+    def sack_option_bytes(self) -> int:
+        """The room the SACK option takes in our next segment (as for
+        `sack_option`; RFC 6691: the MSS leaves the options out)."""
+        return sack_option_bytes(min(len(self.ooo), MAX_SACK_BLOCKS))

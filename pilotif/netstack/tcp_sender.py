@@ -1,0 +1,352 @@
+"""The sending half of one TCP connection, sans-IO: the send buffer (capped) and our
+sequence space (SND.UNA, SND.NXT, the highest sent, our FIN), the peer's window
+(SND.WND, WL1/WL2, its scale), the retransmission timer with RFC 6298's estimator and
+Karn's rule (rto.py), NewReno (congestion.py) with fast retransmit, NewReno's partial
+ACKs and SACK-based recovery over the scoreboard (scoreboard.py, RFC 6675's pipe), the
+sender's silly-window avoidance and the persist probe; what `transmit_stream` sends and
+what an ACK does to all of it (RFC 9293 3.10.7.4's fifth step).
+
+The connection (tcp_connection.py) owns the state machine and builds the segments: this
+side calls `emit` with a sequence number, flags and payload, and tells the connection
+what an ACK meant (`AckResult`). Sequence numbers are offsets from our initial sequence
+number (our SYN is 0, our first data byte 1).
+"""
+
+from collections.abc import Callable
+from enum import Enum
+from typing import Final
+
+from pilotif.netstack.config import StackConfig
+from pilotif.netstack.congestion import NewReno
+from pilotif.netstack.rto import RtoEstimator
+from pilotif.netstack.scoreboard import Scoreboard
+from pilotif.netstack.segment import Segment, unwrap
+from pilotif.netstack.tcp_receiver import Receiver
+from pilotif.packet.ip import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
+
+DUPLICATE_ACK_THRESHOLD: Final = 3
+"""Duplicate ACKs that start a fast retransmit (RFC 5681)."""
+
+Emit = Callable[[int, int, bytes | memoryview], None]
+"""Send a segment: (sequence offset, flags, payload)."""
+
+
+class AckResult(Enum):
+    """What an ACK meant to the sending side."""
+
+    UNSENT = "unsent"
+    """It acknowledges what we never sent: drop the segment, send an ACK."""
+    TOO_OLD = "too_old"
+    """Older than the largest window we were given: drop the segment, challenge."""
+    NEW = "new"
+    """New data (or our SYN or FIN) acknowledged."""
+    MORE_TO_SEND = "more_to_send"
+    """A duplicate ACK or a wider window: transmit may send more."""
+    NOTHING = "nothing"
+
+
+class Sender:
+    """What we send to the peer, and what it acknowledged."""
+
+    def __init__(
+        self, config: StackConfig, receiver: Receiver, emit: Emit, iss: int, mss: int
+    ) -> None:
+        self._config = config
+        self._receiver = receiver
+        """The receiving half: the SACK blocks it adds take room from our payload."""
+        self._emit = emit
+        self.iss = iss
+        self.mss = mss
+        """Payload bytes of our segments: the path's, and no more than the peer takes."""
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self.snd_max = 0
+        self.buffer = bytearray()
+        self._buf_start = 1
+        """The offset of the send buffer's first byte."""
+        self.fin_at: int | None = None
+        """Offset of our FIN once the application closed."""
+        self._snd_wnd = 0
+        self._max_snd_wnd = 0
+        self._wl1 = 0
+        self._wl2 = 0
+        self._shift = 0
+        self.sack = False
+        """Whether the peer sends SACK blocks (both sides permitted SACK)."""
+        self._want_writable = False
+        self._scoreboard = Scoreboard(config.max_sack_ranges)
+        self._dupacks = 0
+        self._in_recovery = False
+        self._recover = 0
+        self._rexmit_high = 0
+        self.rto = RtoEstimator(config.initial_rto_s, config.min_rto_s, config.max_rto_s)
+        self.rto_at: float | None = None
+        """When the retransmission (or persist) timer expires (None: not armed)."""
+        self.retries = 0
+        """Expiries of the timer in a row, without progress."""
+        self._timed: tuple[int, float] | None = None
+        """(offset, time sent) of the one segment being timed (Karn: sent once)."""
+        self.cc = NewReno(mss)
+        self.retransmissions = 0
+        """Segments sent again (after a timeout, fast retransmit or SACK holes)."""
+        self.timeouts = 0
+        """Retransmission timer expiries (persist probes included)."""
+
+    def start(self, segment: Segment, mss: int, shift: int, sack: bool) -> None:
+        """The peer's SYN arrived: its MSS, window, window scale and SACK as agreed."""
+        self.mss = mss
+        self.cc = NewReno(mss)
+        self._shift = shift
+        self.sack = sack
+        self._snd_wnd = self._max_snd_wnd = segment.window
+        self._wl1, self._wl2 = 0, 0
+
+    # -- the application's data ---------------------------------------------------------
+    def queue(self, data: bytes | bytearray | memoryview) -> int:
+        """Take what fits in the send buffer; returns how many bytes."""
+        room = self._config.send_buffer_bytes - len(self.buffer)
+        taken = max(0, min(len(data), room))
+        if taken < len(data):
+            self._want_writable = True
+        if taken:
+            self.buffer += data[:taken]
+        return taken
+
+    def queue_fin(self) -> None:
+        """Our FIN follows the data queued so far."""
+        self.fin_at = self._buf_start + len(self.buffer)
+
+    def _unsent_bytes(self) -> int:
+        """Queued data not sent yet."""
+        return self._buf_start + len(self.buffer) - self.snd_nxt
+
+    def writable_again(self) -> bool:
+        """Whether the application, once refused, may now queue more (told once)."""
+        if self._want_writable and len(self.buffer) < self._config.send_buffer_bytes:
+            self._want_writable = False
+            return True
+        return False
+
+    # -- timers ---------------------------------------------------------------------
+    def arm_rto(self, now: float) -> None:
+        """The retransmission timer runs from `now`."""
+        self.rto_at = now + self.rto.rto_s
+
+    def arm_if_waiting(self, now: float) -> None:
+        """Arm the timer if it is not running and something waits for it: data in
+        flight, or data held back by a zero window (the persist timer)."""
+        if self.rto_at is not None:
+            return
+        if self.snd_max > self.snd_una or (self._snd_wnd == 0 and self._unsent_bytes() > 0):
+            self.arm_rto(now)
+
+    def expire(self) -> int:
+        """The timer expired: counted and backed off; returns the expiries in a row."""
+        self.timeouts += 1
+        self.retries += 1
+        self.rto.back_off()
+        return self.retries
+
+    def on_timeout(self, now: float) -> bool:
+        """What an expiry does to the data (the handshake is the connection's): the
+        persist probe, or everything in flight again from SND.UNA after NewReno's loss
+        window; returns whether transmit has something to send."""
+        if self.snd_max == self.snd_una and self._snd_wnd == 0 and self._unsent_bytes() > 0:
+            self._send_data(self.snd_nxt, 1, now)  # the persist timer's probe
+            self.snd_nxt += 1
+            self.snd_max = max(self.snd_max, self.snd_nxt)
+            self.arm_rto(now)
+            return False
+        if self.snd_max == self.snd_una:
+            return False
+        if self._snd_wnd == 0:
+            self._send_data(self.snd_una, 1, now)  # the probe again, backed off
+            self.arm_rto(now)
+            return False
+        self.cc.on_timeout(self.snd_max - self.snd_una)
+        self._scoreboard.clear()
+        self._in_recovery = False
+        self._dupacks = 0
+        self.snd_nxt = self.snd_una
+        self.arm_rto(now)
+        return True
+
+    # -- output -----------------------------------------------------------------------
+    def syn_sent(self, now: float) -> None:
+        """Our SYN (sequence number 0) went out: timed unless it is a retransmission."""
+        self.snd_nxt = max(self.snd_nxt, 1)
+        self.snd_max = max(self.snd_max, 1)
+        self._timed = None if self.retries else (0, now)
+
+    def _payload_limit(self) -> int:
+        """The most payload a segment can carry now: the MSS less the SACK option it will
+        carry."""
+        receiver = self._receiver
+        if not receiver.sack or not len(receiver.ooo):
+            return self.mss
+        return self.mss - receiver.sack_option_bytes()
+
+    def _send_data(self, start: int, length: int, now: float) -> int:
+        """Send [start, start+length) of the stream (a FIN too when it ends there);
+        returns the sequence space used."""
+        offset = start - self._buf_start
+        length = min(length, self._payload_limit())
+        payload = memoryview(self.buffer)[offset : offset + length]
+        end = start + len(payload)
+        flags = TCP_ACK
+        if end == self._buf_start + len(self.buffer):
+            flags |= TCP_PSH
+        used = len(payload)
+        if self.fin_at is not None and end == self.fin_at:
+            flags |= TCP_FIN
+            used += 1
+        if start < self.snd_max:
+            self.retransmissions += 1
+            if self._timed is not None and self._timed[0] >= start:
+                self._timed = None  # Karn: an ACK for it would be ambiguous
+        elif self._timed is None:
+            self._timed = (start, now)
+        self._emit(start, flags, payload)
+        return used
+
+    def _pipe(self) -> int:
+        flight = self.snd_nxt - self.snd_una
+        if self.snd_nxt < self.snd_max:
+            return flight  # going back after a timeout
+        if self.sack:
+            lost = 0
+            if self._in_recovery:
+                for left, right in self._scoreboard.holes(self.snd_una):
+                    if right > self._rexmit_high:
+                        lost += right - max(left, self._rexmit_high)
+            return max(flight - self._scoreboard.sacked_bytes - lost, 0)
+        return max(flight - min(self._dupacks, DUPLICATE_ACK_THRESHOLD) * self.mss, 0)
+
+    def transmit_stream(self, now: float) -> None:
+        """Send what the windows allow: SACK holes first in recovery, then new data and
+        our FIN. (The hook for large segments: it cuts by `mss`.)"""
+        cwnd = self.cc.cwnd
+        if self._in_recovery and self.sack:
+            for left, right in self._scoreboard.holes(self.snd_una):
+                start = max(left, self._rexmit_high)
+                while start < right and self._pipe() < cwnd:
+                    used = self._send_data(start, right - start, now)
+                    if not used:
+                        break
+                    start += used
+                    self._rexmit_high = start
+        data_end = self._buf_start + len(self.buffer)
+        while self.snd_nxt < data_end:
+            window_end = self.snd_una + self._snd_wnd
+            pipe = self._pipe()
+            room = min(window_end - self.snd_nxt, cwnd - pipe)
+            limit = self._payload_limit()
+            length = min(limit, data_end - self.snd_nxt, room)
+            if length <= 0:
+                return
+            if length < limit and length < data_end - self.snd_nxt and pipe > 0:
+                return  # no small segment while more waits and some is in flight
+            used = self._send_data(self.snd_nxt, length, now)
+            self.snd_nxt += used
+            self.snd_max = max(self.snd_max, self.snd_nxt)
+        if self.fin_at is not None and self.snd_nxt == self.fin_at:
+            self._send_data(self.snd_nxt, 0, now)
+            self.snd_nxt += 1
+            self.snd_max = max(self.snd_max, self.snd_nxt)
+
+    # -- input ------------------------------------------------------------------------
+    def unwrap_ack(self, wire_ack: int, near: int) -> int:
+        """A segment's acknowledgement number as an offset, the one nearest to `near`."""
+        return unwrap(wire_ack, self.iss, near)
+
+    def syn_acked(self, now: float) -> None:
+        """The peer acknowledged our SYN."""
+        self.snd_una = 1
+        self.retries = 0
+        self.rto_at = None
+        self._sample_rtt(1, now)
+
+    def update_window(self, segment: Segment, seq: int, ack: int) -> None:
+        """Take the segment's window if it is newer than the last (SND.WL1/WL2)."""
+        if self._wl1 < seq or (self._wl1 == seq and self._wl2 <= ack):
+            shift = 0 if segment.flags & TCP_SYN else self._shift
+            self._snd_wnd = segment.window << shift
+            self._max_snd_wnd = max(self._max_snd_wnd, self._snd_wnd)
+            self._wl1, self._wl2 = seq, ack
+
+    def _sample_rtt(self, acked_to: int, now: float) -> None:
+        if self._timed is not None and acked_to > self._timed[0]:
+            self.rto.sample(now - self._timed[1])
+            self._timed = None
+
+    def on_ack(self, segment: Segment, seq: int, now: float) -> AckResult:
+        """The ACK of a synchronized segment at offset `seq` (of the peer's space)."""
+        ack = unwrap(segment.ack, self.iss, self.snd_una)
+        if ack > self.snd_max:
+            return AckResult.UNSENT
+        if ack < self.snd_una - self._max_snd_wnd:
+            return AckResult.TOO_OLD
+        old_window = self._snd_wnd
+        self.update_window(segment, seq, ack)
+        if self.sack and segment.sack_blocks:
+            for left, right in segment.sack_blocks:
+                start = unwrap(left, self.iss, self.snd_una)
+                end = unwrap(right, self.iss, self.snd_una)
+                self._scoreboard.add(start, end, self.snd_una, self.snd_max)
+        if self._snd_wnd == 0:
+            self.retries = 0  # a live peer answers our probes
+        if ack > self.snd_una:
+            self._on_new_ack(ack, now)
+            return AckResult.NEW
+        if (
+            ack == self.snd_una
+            and self.snd_max > self.snd_una
+            and not segment.payload
+            and not segment.flags & TCP_FIN
+            and (self._snd_wnd == old_window or segment.sack_blocks)
+        ):
+            self._on_duplicate_ack(now)
+            return AckResult.MORE_TO_SEND
+        if self._snd_wnd > old_window:
+            return AckResult.MORE_TO_SEND
+        return AckResult.NOTHING
+
+    def _on_new_ack(self, ack: int, now: float) -> None:
+        acked = ack - self.snd_una
+        self._sample_rtt(ack, now)
+        data_end = self._buf_start + len(self.buffer)
+        freed_to = min(ack, data_end)
+        if freed_to > self._buf_start:
+            del self.buffer[: freed_to - self._buf_start]
+            self._buf_start = freed_to
+        self.snd_una = ack
+        self.snd_nxt = max(self.snd_nxt, ack)
+        self._scoreboard.advance(ack)
+        self.retries = 0
+        if self._in_recovery:
+            if ack >= self._recover:
+                self._in_recovery = False
+                self.cc.on_recovery_end()
+            else:
+                self._rexmit_high = max(self._rexmit_high, ack)
+                if not self.sack:  # NewReno's partial ACK: the next hole, at once
+                    self._send_data(ack, data_end - ack, now)
+        else:
+            self.cc.on_ack(acked)
+        self._dupacks = 0
+        self.rto_at = None
+        if self.snd_max > self.snd_una:
+            self.arm_rto(now)
+
+    def _on_duplicate_ack(self, now: float) -> None:
+        self._dupacks += 1
+        sacked_enough = (
+            self.sack and self._scoreboard.sacked_bytes >= (DUPLICATE_ACK_THRESHOLD - 1) * self.mss
+        )
+        if not self._in_recovery and (self._dupacks >= DUPLICATE_ACK_THRESHOLD or sacked_enough):
+            self._in_recovery = True
+            self._recover = self.snd_max
+            self.cc.on_loss(self.snd_max - self.snd_una)
+            data_end = self._buf_start + len(self.buffer)
+            used = self._send_data(self.snd_una, data_end - self.snd_una, now)
+            self._rexmit_high = self.snd_una + max(used, 1)
