@@ -36,10 +36,17 @@ from pilotif.cli.common import (
 )
 from pilotif.cli.context import context
 from pilotif.cli.mcp import mcp
+from pilotif.cli.overlay import is_userspace, overlay_dial, userspace_ping
 from pilotif.cli.policy import allow, deny, policy
 from pilotif.cli.services import inbox, publish, received, send, send_file, subscribe
 from pilotif.cli.task import task
 from pilotif.cli.tcp import bench, listen
+from pilotif.cli.userspace import (
+    PROXY_CREDENTIALS_ENV,
+    require_tun,
+    userspace_from,
+    userspace_options,
+)
 from pilotif.control.identity import HostnameError, load_or_create_key, normalize_hostname
 from pilotif.control.relay_info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.daemon.api import ControlError, request, stream
@@ -50,6 +57,7 @@ from pilotif.node.consent import NETWORK_POLICY, QUEUED
 from pilotif.node.registration import NodeOptions
 from pilotif.registry.database import DatabaseError
 from pilotif.registry.joinkey import parse_join_key
+from pilotif.userspace.node import UserspaceOptions
 from pilotif.util.duration import DurationError, parse_duration
 from pilotif.util.files import StateFileError, append_private_file
 from pilotif.util.logs import log_event, setup_logging
@@ -61,7 +69,12 @@ READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
 WEBHOOK_ENV = "PILOTIF_WEBHOOK"
 PROXY_ENV = "PILOTIF_PROXY"
-_SECRET_OPTIONS = {"--join-key": JOIN_KEY_ENV, "--webhook": WEBHOOK_ENV, "--proxy": PROXY_ENV}
+_SECRET_OPTIONS = {
+    "--join-key": JOIN_KEY_ENV,
+    "--webhook": WEBHOOK_ENV,
+    "--proxy": PROXY_ENV,
+    "--proxy-credentials": PROXY_CREDENTIALS_ENV,
+}
 """`up`'s options that carry a secret: the daemon `up` starts gets them in its
 environment, never on its command line."""
 DEFAULT_INTERFACE = "pilot0"
@@ -173,6 +186,7 @@ def _daemon_running(paths: StatePaths) -> bool:
     help="POST every event (see `pilotif events`) as JSON to this URL, or file:PATH (a file"
     f" holding it, when it carries a token); env {WEBHOOK_ENV}.",
 )
+@userspace_options
 @state_dir_option
 def up(
     config_path: Path | None,
@@ -192,10 +206,24 @@ def up(
     log_format: str,
     metrics: str | None,
     webhook: str | None,
+    userspace: bool,
+    socks5: str,
+    http_proxy: str | None,
+    forward: tuple[str, ...],
+    expose: tuple[str, ...],
+    proxy_credentials: str | None,
+    allow_remote_proxy: bool,
     state_dir: Path,
 ) -> None:
     """Bring the interface up; returns once it is up, the daemon runs on in the background."""
     forget_secrets(*_SECRET_OPTIONS.values())
+    local = None
+    if userspace:
+        local = userspace_from(
+            socks5, http_proxy, forward, expose, proxy_credentials, allow_remote_proxy
+        )
+    else:
+        require_tun()
     paths = StatePaths(state_dir.absolute())
     observe = _Observe(
         metrics=host_port_option("--metrics", metrics) if metrics is not None else None,
@@ -242,9 +270,14 @@ def up(
     except OSError as error:
         raise CliError(f"cannot use state dir {paths.root}: {error.strerror}") from None
     if foreground:
-        _run_foreground(config, name, paths, log_format, node_options, observe, policy)
+        _run_foreground(config, name, paths, log_format, node_options, observe, policy, local)
     else:
-        secrets = {JOIN_KEY_ENV: join_key, WEBHOOK_ENV: webhook, PROXY_ENV: proxy}
+        secrets = {
+            JOIN_KEY_ENV: join_key,
+            WEBHOOK_ENV: webhook,
+            PROXY_ENV: proxy,
+            PROXY_CREDENTIALS_ENV: proxy_credentials,
+        }
         _start_background(name, paths, {k: v for k, v in secrets.items() if v is not None})
 
 
@@ -342,6 +375,7 @@ def _run_foreground(
     node_options: NodeOptions | None,
     observe: _Observe,
     policy_file: Path | None,
+    userspace: UserspaceOptions | None,
 ) -> None:
     from pilotif.daemon.daemon import Daemon, StartupError
 
@@ -356,6 +390,7 @@ def _run_foreground(
             metrics=observe.metrics,
             webhook=observe.webhook,
             policy_file=policy_file,
+            userspace=userspace,
         ).run(ready_fd)
     except StartupError as error:
         log_event("startup_failed", error=str(error))
@@ -757,8 +792,9 @@ def _peer_address(state_dir: Path, peer: str) -> str:
 def connect(peer: str, port: int, timeout: float, state_dir: Path) -> None:
     """Pipe stdin to TCP PORT of PEER and the reply to stdout."""
     address = _peer_address(state_dir, peer)
+    dial = overlay_dial(state_dir)
     try:
-        with socket.create_connection((address, port), timeout=timeout) as conn:
+        with dial(address, port, timeout) as conn:
             conn.settimeout(None)
             conn.sendall(sys.stdin.buffer.read())
             conn.shutdown(socket.SHUT_WR)
@@ -784,12 +820,16 @@ def connect(peer: str, port: int, timeout: float, state_dir: Path) -> None:
 )
 def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
     """ICMP echo to PEER over the overlay: RTT and path of each reply."""
-    from pilotif.cli.ping import ping_once
+    from pilotif.cli.ping import REPLY_TIMEOUT_S, ping_once
 
     address = _peer_address(state_dir, peer)
+    userspace = is_userspace(state_dir)
     results = []
     for sequence in range(count):
-        rtt = ping_once(address, sequence)
+        if userspace:
+            rtt = userspace_ping(state_dir, address, REPLY_TIMEOUT_S)
+        else:
+            rtt = ping_once(address, sequence)
         path = next(
             (
                 row["path"]

@@ -18,7 +18,6 @@ The server holds the node's authority (root's, with the default state dir), so:
 
 import hmac
 import ipaddress
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,9 +36,11 @@ from pydantic import AnyHttpUrl
 from pilotif.cli.common import CliError, node_request, service_address, trusted_peer_address
 from pilotif.cli.mcp_files import FileRefused, FilesFrom
 from pilotif.cli.mcp_token import TOKEN_CLIENT_ID, read_token, token_path
+from pilotif.cli.overlay import overlay_dial
 from pilotif.cli.untrusted import marked, visible, visible_text
 from pilotif.services import peer_client
 from pilotif.services.client import ServiceError
+from pilotif.services.peer_client import Dial
 from pilotif.util.files import StateFileError
 
 MAX_REPLY_BYTES: Final = 64 * 1024
@@ -235,7 +236,9 @@ def _request_tool(server: MCPServer, state_dir: Path) -> None:
         limit = max(1, min(max_bytes, MAX_REPLY_BYTES))
         deadline = time.monotonic() + max(0.1, min(timeout_s, MAX_REQUEST_S))
         address = _peer_address(state_dir, peer)
-        received, timed_out = _exchange(peer, address, port, data.encode(), limit, deadline)
+        received, timed_out = _exchange(
+            peer, address, port, data.encode(), limit, deadline, overlay_dial(state_dir)
+        )
         return marked(
             {
                 "peer": peer,
@@ -250,14 +253,14 @@ def _request_tool(server: MCPServer, state_dir: Path) -> None:
 
 
 def _exchange(
-    peer: str, address: str, port: int, data: bytes, limit: int, deadline: float
+    peer: str, address: str, port: int, data: bytes, limit: int, deadline: float, dial: Dial
 ) -> tuple[bytearray, bool]:
     """Send `data` over TCP to address:port and read the answer until the peer closes,
     `limit` bytes arrived or the monotonic `deadline` passed (then timed out)."""
     received = bytearray()
     timed_out = False
     try:
-        with socket.create_connection((address, port), timeout=deadline - time.monotonic()) as conn:
+        with dial(address, port, deadline - time.monotonic()) as conn:
             conn.sendall(data)
             while len(received) < limit:
                 remaining = deadline - time.monotonic()
@@ -304,7 +307,9 @@ def _file_tool(server: MCPServer, state_dir: Path, files_from: FilesFrom | None)
         try:
             with files_from.opened(path) as checked, _service_errors():
                 address = service_address(state_dir, peer)
-                return _from_peer(peer_client.send_file(address, checked))
+                return _from_peer(
+                    peer_client.send_file(address, checked, dial=overlay_dial(state_dir))
+                )
         except FileRefused as error:
             raise ToolError(f"{visible_text(str(error))} [code: not_allowed]") from None
 
@@ -317,7 +322,9 @@ def _event_tools(server: MCPServer, state_dir: Path) -> None:
         """Publish `data` (any JSON) on `topic` of the broker of `peer` (a trusted peer, or
         this node's own hostname). Returns how many subscribers it reached."""
         with _service_errors():
-            delivered = peer_client.publish(service_address(state_dir, peer), topic, data)
+            delivered = peer_client.publish(
+                service_address(state_dir, peer), topic, data, overlay_dial(state_dir)
+            )
         return {"topic": topic, "delivered": delivered}
 
     @server.tool(annotations=_reading("Wait for events", open_world=True))
@@ -332,7 +339,9 @@ def _event_tools(server: MCPServer, state_dir: Path) -> None:
         bounded_s = max(0.1, min(timeout_s, MAX_REQUEST_S * 2))
         with _service_errors():
             address = service_address(state_dir, peer)
-            events = peer_client.subscribe(address, topic, bounded_count, bounded_s)
+            events = peer_client.subscribe(
+                address, topic, bounded_count, bounded_s, dial=overlay_dial(state_dir)
+            )
             return [_from_peer(event) for event in events]
 
 

@@ -28,6 +28,7 @@ from pilotif.cli.common import (
     text_or_file,
     trusted_peer_address,
 )
+from pilotif.cli.overlay import overlay_dial
 from pilotif.daemon.api import ControlError, stream
 from pilotif.services import peer_client
 from pilotif.services.client import ServiceError
@@ -148,7 +149,7 @@ def send_file(peer: str, path: Path, as_json: bool, state_dir: Path) -> None:
         _as_cli_errors(),
         click.progressbar(length=size, label=path.name, file=sys.stderr, hidden=not show) as bar,
     ):
-        answer = peer_client.send_file(address, path, bar.update)
+        answer = peer_client.send_file(address, path, bar.update, overlay_dial(state_dir))
     data = {"peer": peer, "name": answer.get("name"), "size": size, "sha256": answer.get("sha256")}
     text = f"sent {path.name} to {peer} ({size} bytes, sha256 {str(answer.get('sha256'))[:16]}...)"
     echo_result(as_json, data, text)
@@ -193,7 +194,9 @@ def publish(peer: str, topic: str, data: str, as_json: bool, state_dir: Path) ->
     except json.JSONDecodeError:
         value = data
     with _as_cli_errors():
-        delivered = peer_client.publish(service_address(state_dir, peer), topic, value)
+        delivered = peer_client.publish(
+            service_address(state_dir, peer), topic, value, overlay_dial(state_dir)
+        )
     echo_result(
         as_json,
         {"topic": topic, "delivered": delivered},
@@ -227,5 +230,7 @@ def subscribe(
 
     address = service_address(state_dir, peer)
     with _as_cli_errors():
-        for event in peer_client.subscribe(address, topic, count, timeout_s, subscribed):
+        for event in peer_client.subscribe(
+            address, topic, count, timeout_s, subscribed, overlay_dial(state_dir)
+        ):
             click.echo(json.dumps(event))

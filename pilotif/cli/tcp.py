@@ -22,6 +22,7 @@ from pilotif.cli.common import (
     service_address,
     state_dir_option,
 )
+from pilotif.cli.overlay import overlay_dial
 from pilotif.services.peer_client import ANSWER_TIMEOUT_S, CHUNK_BYTES, CONNECT_TIMEOUT_S
 from pilotif.services.server import ECHO_PORT
 
@@ -44,7 +45,7 @@ def bench(peer: str, megabytes: int, as_json: bool, state_dir: Path) -> None:
     address = service_address(state_dir, peer)
     size = megabytes * 10**6
     try:
-        with socket.create_connection((address, ECHO_PORT), CONNECT_TIMEOUT_S) as conn:
+        with overlay_dial(state_dir)(address, ECHO_PORT, CONNECT_TIMEOUT_S) as conn:
             conn.settimeout(ANSWER_TIMEOUT_S)
             rtts = []
             for _ in range(BENCH_RTT_ROUNDS):

@@ -22,6 +22,8 @@ Request = dict[str, Any]
 Reply = dict[str, Any]
 Handler = Callable[[Request], Awaitable[Reply]]
 StreamHandler = Callable[[Request], AsyncGenerator[Reply, None]]
+PipeHandler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""A command that takes the connection over (`dial`: it becomes a byte pipe to a peer)."""
 
 _SOCKET_MODE = 0o600
 _MAX_REQUEST_BYTES = 65536
@@ -70,11 +72,16 @@ async def _stream(
 
 
 async def serve_control(
-    path: Path, handler: Handler, streams: Mapping[str, StreamHandler] | None = None
+    path: Path,
+    handler: Handler,
+    streams: Mapping[str, StreamHandler] | None = None,
+    pipes: Mapping[str, PipeHandler] | None = None,
 ) -> asyncio.AbstractServer:
     """Listen on `path` and answer each request with `handler`, or with the stream of
-    `streams[command]` for a streaming command."""
+    `streams[command]` for a streaming command, or hand the connection to
+    `pipes[command]`."""
     streams = streams or {}
+    pipes = pipes or {}
 
     async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -93,6 +100,10 @@ async def serve_control(
                     reply = {"ok": False, "error": "malformed control request"}
                 else:
                     stream = streams.get(str(request.get("command")))
+                    taker = pipes.get(str(request.get("command")))
+                    if taker is not None:
+                        await taker(request, reader, writer)
+                        return
                     if stream is not None:
                         await _stream(stream(request), reader, writer)
                         return
@@ -172,6 +183,26 @@ def request(path: Path, command: str, **arguments: Any) -> Reply:
         while chunk := sock.recv(65536):
             chunks.append(chunk)
     return _checked(b"".join(chunks))
+
+
+def pipe(path: Path, command: str, timeout_s: float, **arguments: Any) -> socket.socket:
+    """Send a request that turns the connection into a byte pipe (`dial`); once the
+    daemon's reply line says ok, the socket is the pipe (blocking, no timeout)."""
+    sock = _connect(path, command, arguments)
+    try:
+        sock.settimeout(timeout_s)
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            byte = sock.recv(1)  # byte by byte: what follows the line is the peer's
+            if not byte:
+                break
+            line += byte
+        _checked(bytes(line))
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
+    return sock
 
 
 def stream(

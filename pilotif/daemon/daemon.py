@@ -1,7 +1,8 @@
 """The daemon's start-up and shutdown: one interface (its UDP port, the registry join, the
-TUN and its link, the servers on the overlay address), the packet pump (datapath.py) wired
-to the cores, the control socket served. What it answers is requests.py's, what status
-shows status.py's, where events go event_router.py's.
+TUN and its link or a userspace stack (`--userspace`), the servers on the overlay
+address), the packet pump (datapath.py) wired to the cores, the control socket served.
+What it answers is requests.py's, what status shows status.py's, where events go
+event_router.py's.
 """
 
 import asyncio
@@ -62,6 +63,7 @@ from pilotif.tun import (
     link_exists,
 )
 from pilotif.tun.offload import TunBatch, enable_offloads
+from pilotif.userspace.node import UserspaceNode, UserspaceOptions
 from pilotif.util.files import StateFileError, write_private_file
 from pilotif.util.logs import log_event
 from pilotif.util.paths import StatePaths
@@ -91,8 +93,11 @@ class Daemon:
         metrics: Endpoint | None = None,
         webhook: str | None = None,
         policy_file: Path | None = None,
+        userspace: UserspaceOptions | None = None,
     ) -> None:
+        """`userspace`: a network stack in the process instead of a TUN (no root)."""
         self.config = config
+        self.userspace = userspace
         self._policy_files = PolicyFiles(paths.root, policy_file)
         self.paths = paths
         self.node_options = node_options
@@ -101,6 +106,7 @@ class Daemon:
         self.parts = Parts(interface, device, mtu, list(config.addresses))
         self._tun: TunDevice | None = None
         self._tun_io: TunBatch | None = None
+        self._local: UserspaceNode | None = None
         self._datapath: DataPath | None = None
         self._stopping = asyncio.Event()
         self.events = EventBus()
@@ -153,7 +159,10 @@ class Daemon:
             raise StartupError(message) from error
         assert self._datapath is not None and parts.bind is not None
         server = await serve_control(
-            self.paths.control_socket, self._requests.handle, {"events": self._requests.events}
+            self.paths.control_socket,
+            self._requests.handle,
+            {"events": self._requests.events},
+            self._local.pipes if self._local is not None else None,
         )
         if self._webhook is not None:
             self._webhook.start()
@@ -192,6 +201,8 @@ class Daemon:
                 self._netwatch.close()
             self._datapath.close()
             self._servers.close()
+            if self._local is not None:
+                self._local.close()
             with contextlib.suppress(FileNotFoundError):
                 self.paths.control_socket.unlink()
             with contextlib.suppress(FileNotFoundError):
@@ -226,9 +237,17 @@ class Daemon:
                 ip_interface(f"{core.ipv4}/{core.network.prefixlen}"),
                 ip_interface(f"{core.ipv6}/{IPV6_PREFIX.prefixlen}"),
             ]
-        await loop.run_in_executor(None, self._open_tun, routes)
-        assert self._tun_io is not None
-        self._datapath.start_stack(self._tun_io)
+        if self.userspace is not None:
+            self._local = UserspaceNode(self.userspace, parts.addresses, loop)
+            self._datapath.start_stack(self._local.stack)
+            parts.userspace = self._local.status
+            self._servers = OverlayServers(
+                self.paths, parts.interface, self.events, net=self._local.stack
+            )
+        else:
+            await loop.run_in_executor(None, self._open_tun, routes)
+            assert self._tun_io is not None
+            self._datapath.start_stack(self._tun_io)
         for peer, endpoint in static_peers:
             parts.device.add_peer(
                 peer.public_key,
@@ -244,6 +263,8 @@ class Daemon:
             await node.synced()
             await self._servers.start(node.core, parts.addresses)
             self._netwatch = NetworkWatch(parts.interface, loop, self._on_network_change)
+        if self._local is not None:
+            await self._local.start(node.core if node is not None else None)
         if self._metrics is not None:
             collector = NodeCollector(lambda: metrics_sample(parts, self.publisher))
             self._metrics_server = await start_metrics_server(*self._metrics, collector)

@@ -15,6 +15,7 @@ from pilotif.observe import EventBus
 from pilotif.services.commands import ServiceCommands
 from pilotif.services.files import ReceivedFile, ReceivedFiles
 from pilotif.services.inbox import Inbox, Message
+from pilotif.services.overlay_net import KERNEL, OverlayNet
 from pilotif.services.server import AgentServices
 from pilotif.services.store import ServiceStore
 from pilotif.services.task_service import TaskService
@@ -28,7 +29,12 @@ DNS_PORT = 53
 class OverlayServers:
     """The DNS responder and the agent services of one node."""
 
-    def __init__(self, paths: StatePaths, interface: str, events: EventBus) -> None:
+    def __init__(
+        self, paths: StatePaths, interface: str, events: EventBus, net: OverlayNet | None = None
+    ) -> None:
+        """`net`: a userspace stack's TCP (then no DNS: names are the proxies' to resolve),
+        else the kernel's."""
+        self._net = net
         self._paths = paths
         self._interface = interface
         self._events = events
@@ -44,7 +50,8 @@ class OverlayServers:
     async def start(self, node: NodeCore, addresses: list[IPv4Interface | IPv6Interface]) -> None:
         self.update_names(node)
         await self._start_services(node)  # first: a damaged store stops `up` before DNS
-        await self._start_dns(node, addresses)
+        if self._net is None:
+            await self._start_dns(node, addresses)
 
     def update_names(self, node: NodeCore) -> None:
         """Point the DNS table at the node's trusted peers, if they changed."""
@@ -105,7 +112,7 @@ class OverlayServers:
             return
         store = ServiceStore(self._paths.root)  # StateFileError: `up` says what to do
         self._store = store
-        tasks = TaskService(TaskStore(store), address_of)
+        tasks = TaskService(TaskStore(store), address_of, self._net or KERNEL)
         services = AgentServices(
             Inbox(store),
             files,
@@ -114,6 +121,7 @@ class OverlayServers:
             received,
             file_received,
             own_name=node.options.hostname,  # this node, using its own services as root
+            net=self._net,
         )
         try:
             await services.start(str(node.ipv4))

@@ -20,10 +20,22 @@ CHUNK_BYTES: Final = 256 * 1024
 _CLOSED_HINT: Final = "the peer runs an older pilotif, or its port policy refuses that port"
 
 
-def connect(address: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> socket.socket:
+Dial = Callable[[str, int, float], socket.socket]
+"""Opens a TCP connection to (address, port) within a timeout (OSError, and
+ConnectionRefusedError when nothing listens): the kernel's, or a userspace node's pipe."""
+
+
+def kernel_dial(address: str, port: int, timeout_s: float) -> socket.socket:
+    """A TCP connection through the kernel (a TUN node)."""
+    return socket.create_connection((address, port), timeout_s)
+
+
+def connect(
+    address: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S, dial: Dial = kernel_dial
+) -> socket.socket:
     """A TCP connection to a peer's service."""
     try:
-        conn = socket.create_connection((address, port), min(timeout_s, CONNECT_TIMEOUT_S))
+        conn = dial(address, port, min(timeout_s, CONNECT_TIMEOUT_S))
     except ConnectionRefusedError:
         raise ServiceError(
             "service_closed", f"nothing listens on {address}:{port}", _CLOSED_HINT
@@ -69,7 +81,10 @@ def sha256_of(path: Path) -> str:
 
 
 def send_file(
-    address: str, path: Path, on_progress: Callable[[int], object] = lambda sent: None
+    address: str,
+    path: Path,
+    on_progress: Callable[[int], object] = lambda sent: None,
+    dial: Dial = kernel_dial,
 ) -> dict[str, Any]:
     """Send a file to a peer; its answer once it kept the file whole."""
     try:
@@ -79,7 +94,7 @@ def send_file(
     except OSError as error:
         raise ServiceError("bad_input", f"cannot read {path}: {error.strerror}") from None
     header = {"op": "file", "name": path.name, "size": size, "sha256": sha256}
-    with source, connect(address, MESSAGES_PORT) as conn:
+    with source, connect(address, MESSAGES_PORT, dial=dial) as conn:
         stream = conn.makefile("rb")
         try:
             conn.sendall(encode(header))
@@ -94,9 +109,9 @@ def send_file(
         return read_answer(stream)
 
 
-def publish(address: str, topic: str, data: Any) -> int:
+def publish(address: str, topic: str, data: Any, dial: Dial = kernel_dial) -> int:
     """Publish on a peer's topic; how many subscribers it reached."""
-    with connect(address, EVENTS_PORT) as conn:
+    with connect(address, EVENTS_PORT, dial=dial) as conn:
         conn.sendall(encode({"op": "publish", "topic": checked_topic(topic), "data": data}))
         return int(read_answer(conn.makefile("rb")).get("delivered", 0))
 
@@ -107,12 +122,13 @@ def subscribe(
     count: int | None,
     timeout_s: float | None,
     on_subscribed: Callable[[], object] = lambda: None,
+    dial: Dial = kernel_dial,
 ) -> Iterator[dict[str, Any]]:
     """The events published on a peer's topics matching `pattern` from now on, until
     `count` of them or `timeout_s` seconds (None: no end)."""
     checked = checked_topic(pattern, pattern=True)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with connect(address, EVENTS_PORT, timeout_s or CONNECT_TIMEOUT_S) as conn:
+    with connect(address, EVENTS_PORT, timeout_s or CONNECT_TIMEOUT_S, dial) as conn:
         conn.sendall(encode({"op": "subscribe", "topic": checked}))
         stream = conn.makefile("rb")
         read_answer(stream)

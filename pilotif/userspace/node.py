@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from pilotif.net.hostport import format_endpoint
 from pilotif.node.core import NodeCore
+from pilotif.userspace.control import PipeHandler, control_pipes
 from pilotif.userspace.expose import Expose, Exposer
 from pilotif.userspace.forward import Forward, Forwarder
 from pilotif.userspace.http_proxy import HttpProxy
@@ -72,12 +73,15 @@ class UserspaceNode:
         self._overlay_servers: list[Any] = []
         self._listening: dict[str, str] = {}
         self._counters: dict[str, Callable[[], Counter[str]]] = {}
+        self.pipes: dict[str, PipeHandler] = {}
+        """The control socket's commands for the CLI (`dial`, `ping`), once started."""
 
     async def start(self, core: NodeCore | None) -> None:
         """Listen: proxies and forwards locally, exposed ports on the overlay."""
         resolve: Resolve = (
             any_address if core is None else peer_resolver(lambda: core.peers.values())
         )
+        self.pipes = control_pipes(self.stack, resolve)
         options = self.options
         if options.socks5 is not None:
             socks = Socks5Server(self.stack, resolve, options.credentials)

@@ -63,6 +63,7 @@ def foreground(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         node_options: Any,
         observe: Any,
         policy: Any,
+        userspace: Any,
     ) -> None:
         calls.append(
             {

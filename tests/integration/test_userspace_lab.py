@@ -1,0 +1,201 @@
+"""Issue 25 in the NAT lab: beta runs `pilotif up --userspace` as uid 65534 with no
+capabilities (no TUN, no root) and alpha is an ordinary TUN node. They register, trust
+and go direct as two TUN nodes do; unmodified programs on beta reach alpha through the
+SOCKS5 server (`curl --socks5-hostname`), the HTTP proxy (`curl -x`) and a --forward
+port; alpha reaches a local server of beta's through --expose and pings beta; beta's
+CLI works against it (connect, send, inbox, ping, status)."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pilotif_lab.nat import NatKind, NatLab, nat_lab, poll_until, trust
+from pilotif_lab.netns import LabError
+from pilotif_lab.unprivileged import NOBODY_UID
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="builds network namespaces: needs root"),
+]
+
+PATH_TIMEOUT_S = 30.0
+SOCKS5 = "127.0.0.1:1080"
+HTTP_PROXY = "127.0.0.1:3128"
+FORWARD_PORT = 9001
+WEB_PORT = 8080
+BETA_LOCAL_PORT = 8081
+PAGE = "hello from the overlay\n"
+LINE_PORT = 1000
+_LINE_SERVER = """
+import socketserver, sys
+class Lines(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(b"got " + line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[1], int(sys.argv[2])), Lines).serve_forever()
+"""
+_WEB_SERVER = """
+import http.server, sys
+class Page(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = sys.argv[3].encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Page).serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def nobody_state_dir() -> Iterator[Path]:
+    """A state directory uid 65534 owns, under directories it may enter."""
+    top = Path(tempfile.mkdtemp(prefix="pflab-us-"))
+    try:
+        top.chmod(0o755)
+        state = top / "beta"
+        state.mkdir(mode=0o700)
+        os.chown(state, NOBODY_UID, NOBODY_UID)
+        yield state
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def userspace_pair(tmp_path: Path, *extra: str) -> Iterator[NatLab]:
+    """alpha (TUN) and beta (userspace, nobody, `extra` options) trusting each other,
+    direct."""
+    with (
+        nobody_state_dir() as state,
+        nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab,
+    ):
+        alpha, beta = lab["alpha"], lab["beta"]
+        beta.state_dir = state
+        beta.unprivileged = True
+        alpha.up()
+        beta.up(extra_args=("--userspace", *extra))
+        trust(beta, alpha)
+        beta.wait_for_path("alpha", ("direct",), PATH_TIMEOUT_S)
+        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
+        yield lab
+
+
+def curl(lab: NatLab, agent: str, *args: str) -> str:
+    result = lab[agent].namespace.run(
+        "curl", "--silent", "--show-error", "--max-time", "20", *args, check=False
+    )
+    if result.returncode != 0:
+        raise LabError(f"curl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def test_a_userspace_node_as_nobody_reaches_and_is_reached_by_a_tun_node(
+    tmp_path: Path,
+) -> None:
+    options = (
+        "--http-proxy",
+        HTTP_PROXY,
+        "--forward",
+        f"{FORWARD_PORT}:alpha:{WEB_PORT}",
+        "--expose",
+        f"{WEB_PORT}={BETA_LOCAL_PORT}",
+    )
+    with userspace_pair(tmp_path, *options) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha_ip = alpha.status()["node"]["ipv4"]
+        beta_status = beta.status()
+        beta_ip = beta_status["node"]["ipv4"]
+        assert beta_status["userspace"]["listening"]["socks5"] == SOCKS5
+        python = shutil.which("python3") or "python3"
+        alpha.namespace.spawn(python, "-c", _WEB_SERVER, alpha_ip, str(WEB_PORT), PAGE)
+        beta.namespace.spawn(
+            python, "-c", _WEB_SERVER, "127.0.0.1", str(BETA_LOCAL_PORT), "beta's page\n"
+        )
+
+        url = f"http://alpha.pilot:{WEB_PORT}/"
+        fetched = poll_until(
+            lambda: _try(lambda: curl(lab, "beta", "--socks5-hostname", SOCKS5, url)),
+            PATH_TIMEOUT_S,
+            "a SOCKS5 fetch from beta",
+        )
+        assert fetched == PAGE
+        assert (
+            curl(lab, "beta", "--socks5-hostname", SOCKS5, f"http://{alpha_ip}:{WEB_PORT}/") == PAGE
+        )
+        assert curl(lab, "beta", "-x", f"http://{HTTP_PROXY}", url) == PAGE
+        assert curl(lab, "beta", f"http://127.0.0.1:{FORWARD_PORT}/") == PAGE
+        assert curl(lab, "alpha", f"http://{beta_ip}:{WEB_PORT}/") == "beta's page\n"
+
+        # A name that is no trusted peer: SOCKS5 says host unreachable, the proxy 502.
+        with pytest.raises(LabError, match=r"SOCKS5 connection to nobody.pilot. \(4\)"):
+            curl(lab, "beta", "--socks5-hostname", SOCKS5, "http://nobody.pilot/")
+        with pytest.raises(LabError, match="502"):
+            curl(lab, "beta", "--fail", "-x", f"http://{HTTP_PROXY}", "http://nobody.pilot/")
+
+        # ICMP echo both ways.
+        replies = alpha.json("ping", "beta", "--count", "2")["replies"]
+        assert all(reply["rtt_ms"] is not None for reply in replies)
+        replies = beta.json("ping", "alpha", "--count", "2")["replies"]
+        assert all(reply["rtt_ms"] is not None for reply in replies)
+
+
+def test_the_cli_works_against_a_userspace_node(tmp_path: Path) -> None:
+    with userspace_pair(tmp_path) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha_ip = alpha.status()["node"]["ipv4"]
+        python = shutil.which("python3") or "python3"
+        alpha.namespace.spawn(python, "-c", _LINE_SERVER, alpha_ip, str(LINE_PORT))
+        poll_until(
+            lambda: (
+                alpha.namespace.run(
+                    "bash", "-c", f"echo >/dev/tcp/{alpha_ip}/{LINE_PORT}", check=False
+                ).returncode
+                == 0
+                or None
+            ),
+            PATH_TIMEOUT_S,
+            "alpha's line server",
+        )
+
+        # The seed's line, from the userspace node.
+        line = '{"action":"start_stream", "parameters":"real_time"}'
+        answer = beta.pilotif("connect", "alpha", str(LINE_PORT), input_text=line + "\n").stdout
+        assert answer == "got " + line + "\n"
+
+        assert beta.json("send", "alpha", "hello alpha") == {"peer": "alpha", "id": 1}
+        assert [m["text"] for m in alpha.json("inbox")] == ["hello alpha"]
+        assert alpha.json("send", "beta", "hello beta")["peer"] == "beta"
+        assert [(m["sender"], m["text"]) for m in beta.json("inbox")] == [("alpha", "hello beta")]
+
+        sent = beta.state_dir.parent / "report.txt"
+        sent.write_bytes(os.urandom(300_000))
+        sent.chmod(0o644)
+        answer = beta.json("send-file", "alpha", str(sent))
+        assert answer["size"] == 300_000
+        assert beta.json("bench", "alpha", "1")["megabytes"] == 1
+
+        peers = beta.peers()
+        assert [(p["hostname"], p["path"]) for p in peers] == [("alpha", "direct")]
+        status = beta.status()
+        assert status["userspace"]["connections"] >= 0
+        assert status["node"]["hostname"] == "beta"
+
+        # Not a peer: one line, the right code.
+        with pytest.raises(LabError, match="not a trusted peer"):
+            beta.pilotif("connect", "nobody", "1000")
+        with pytest.raises(LabError, match=r"nothing listens"):
+            beta.pilotif("connect", "alpha", "1999", input_text="x\n")
+
+
+def _try(fetch: "callable[[], str]") -> str | None:  # type: ignore[valid-type]
+    try:
+        return fetch()
+    except LabError:
+        return None
