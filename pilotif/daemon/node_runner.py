@@ -33,6 +33,7 @@ from pilotif.node.events import (
     TrustSynced,
 )
 from pilotif.node.path_manager import Opener
+from pilotif.node.peers import find_peer
 from pilotif.node.policy import (
     ANY_PEER,
     NETWORK_TARGET,
@@ -339,7 +340,7 @@ class NodeRunner:
 
     def path_of(self, key: bytes) -> str:
         """How the peer with `key` is reached (direct, relay, none)."""
-        return self.core.path_of(key)
+        return self.core.paths.path_of(key)
 
     def registry_online(self) -> bool:
         """Whether the registry answers."""
@@ -401,7 +402,7 @@ class NodeRunner:
         """A rule for a peer by name needs a peer of that name (tags and `*` do not)."""
         if target in (ANY_PEER, NETWORK_TARGET) or target.startswith(TAG_PREFIX):
             return
-        if self.core.find_peer(target) is None:
+        if find_peer(self.core.peers.values(), target) is None:
             raise RegistryError(
                 "peer_not_found",
                 f"no trusted peer is called {target!r}",
@@ -423,7 +424,7 @@ class NodeRunner:
     async def _resolve_key(self, text: str) -> bytes:
         """A peer's key from a hostname, virtual IP or key: local peers first, then
         nodes that asked us for trust, then the registry."""
-        peer = self.core.find_peer(text)
+        peer = find_peer(self.core.peers.values(), text)
         if peer is not None:
             return peer.public_key
         asker = self.core.requesters.get(text.strip().lower().removesuffix(".pilot"))

@@ -11,6 +11,7 @@ from ipaddress import IPv4Interface, IPv6Interface
 
 from pilotif.dns import DnsResponder, DnsServer, NameTable, ResolverConfig, ResolverError, serve_dns
 from pilotif.node.core import NodeCore
+from pilotif.node.peers import find_peer, peer_names
 from pilotif.observe import EventBus
 from pilotif.services.commands import ServiceCommands
 from pilotif.services.files import ReceivedFile, ReceivedFiles
@@ -57,7 +58,7 @@ class OverlayServers:
         """Point the DNS table at the node's trusted peers, if they changed."""
         if node.peers_version != self._names_version:
             self._names_version = node.peers_version
-            self._responder.table.update(node.names())
+            self._responder.table.update(peer_names(node.peers.values()))
 
     async def _start_dns(
         self, node: NodeCore, addresses: list[IPv4Interface | IPv6Interface]
@@ -84,11 +85,11 @@ class OverlayServers:
 
     async def _start_services(self, node: NodeCore) -> None:
         def peer_of(address: str) -> str | None:
-            peer = node.find_peer(address)
+            peer = find_peer(node.peers.values(), address)
             return None if peer is None else peer.hostname
 
         def trusted(text: str) -> tuple[str, str] | None:
-            peer = node.find_peer(text)
+            peer = find_peer(node.peers.values(), text)
             return None if peer is None else (peer.hostname, str(peer.ipv4))
 
         def address_of(hostname: str) -> str | None:

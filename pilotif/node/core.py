@@ -29,7 +29,7 @@ its trusted peers, and routes the link's answers to the part that asked.
 import contextlib
 import ipaddress
 from collections.abc import Iterable
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
 from typing import Any
 
 from pilotif.control.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
@@ -58,7 +58,7 @@ from pilotif.node.events import (
 )
 from pilotif.node.path_manager import RELAY_KEEPALIVE_S, Opener, PathManager
 from pilotif.node.path_mtu import PathMtuProber
-from pilotif.node.peers import TrustedPeer
+from pilotif.node.peers import TrustedPeer, refusal_of
 from pilotif.node.policy import PeerIdentity, Policy, packet_filter
 from pilotif.node.registration import NodeOptions, Registration
 from pilotif.node.registry_link import (
@@ -476,7 +476,7 @@ class NodeCore:
                 # Handshakes the relay dropped for want of a ticket need not wait for
                 # their retry.
                 for key in self.peers:
-                    if self.path_of(key) == "none":
+                    if self.paths.path_of(key) == "none":
                         self.device.rehandshake(key, now)
             elif isinstance(item, HomeRelayChanged):
                 self._tickets.home_changed(item.home, now)
@@ -560,7 +560,7 @@ class NodeCore:
         name = str(node.get("hostname", ""))
         if key is None or key == self.device.public_key:
             return False
-        refusal = self._refusal_of(node, key)
+        refusal = refusal_of(node, key, self.trust, self.network, self.ipv4, self.peers.values())
         if refusal is not None:
             self.refused[name] = refusal
             self.events.append(PeerRefused(name, key, refusal))
@@ -620,25 +620,6 @@ class NodeCore:
         identity = PeerIdentity(peer.hostname, tuple(peer.granted_tags), same_network)
         self.device.set_packet_filter(peer.public_key, packet_filter(self.policy, identity))
 
-    def _refusal_of(self, node: dict[str, Any], key: bytes) -> str | None:
-        """Why the node the registry offered cannot be a peer, or None if it can."""
-        if key not in self.trust.consented:
-            return "this node never asked for or approved that trust"
-        try:
-            hostname = normalize_hostname(str(node.get("hostname", "")))
-            ipv4 = IPv4Address(node.get("ipv4"))
-        except (HostnameError, ValueError):
-            return "the registry gave no valid hostname and address"
-        pinned = self.trust.pins.get(hostname)
-        if pinned is not None and pinned != key:
-            return f"{hostname} is pinned to key {encode_key(pinned)}"
-        if self.network is None or ipv4 not in self.network or ipv4 == self.ipv4:
-            return f"{ipv4} is not a peer address of the network {self.network}"
-        taken = [p for p in self.peers.values() if p.ipv4 == ipv4 and p.public_key != key]
-        if taken:
-            return f"{ipv4} belongs to {taken[0].hostname}"
-        return None
-
     def _remove_peer(self, key: bytes, *, reason: str) -> None:
         peer = self.peers.pop(key, None)
         if peer is None:
@@ -651,27 +632,6 @@ class NodeCore:
 
     # -- views -----------------------------------------------------------------------
 
-    def path_of(self, key: bytes) -> str:
-        """A peer's path: 'direct', 'relay' or 'none' (no session yet)."""
-        return self.paths.path_of(key)
-
-    def names(self) -> dict[str, tuple[IPv4Address, IPv6Address]]:
-        """Hostname -> addresses of every trusted peer, for the DNS responder."""
-        return {p.hostname: (p.ipv4, p.ipv6) for p in self.peers.values()}
-
-    def find_peer(self, text: str) -> TrustedPeer | None:
-        """A trusted peer by hostname (with or without .pilot), virtual IP or key."""
-        text = text.strip()
-        name = text.lower().removesuffix(".pilot")
-        for peer in self.peers.values():
-            if text == encode_key(peer.public_key) or name in (
-                peer.hostname,
-                str(peer.ipv4),
-                str(peer.ipv6),
-            ):
-                return peer
-        return None
-
     def describe_peer(self, peer: TrustedPeer) -> dict[str, Any]:
         """One row of `pilotif peers` (times on the core's clock)."""
         state = self.device.peer(peer.public_key)
@@ -683,7 +643,7 @@ class NodeCore:
             "public_key": encode_key(peer.public_key),
             "tags": peer.tags,
             "trusted": True,
-            "path": self.path_of(peer.public_key),
+            "path": self.paths.path_of(peer.public_key),
             "path_state": str(self.paths.state(peer.public_key)),
             "mtu": self.path_mtu.mtu_of(peer.public_key),
             "endpoint": format_endpoint(endpoint) if isinstance(endpoint, tuple) else None,

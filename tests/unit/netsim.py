@@ -286,7 +286,7 @@ class SimNode:
         self.flush()
 
     def path_to(self, other: "SimNode") -> str:
-        return self.core.path_of(other.device.public_key)
+        return self.core.paths.path_of(other.device.public_key)
 
 
 @dataclass(order=True)

@@ -32,6 +32,7 @@ from pilotif.node.paths import (
     PathState,
     next_state,
 )
+from pilotif.node.peers import peer_names
 from pilotif.node.registration import REGISTRY_RECENT_S, REGISTRY_RETRY_S
 from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.packet.icmp import echo_request_packet
@@ -889,7 +890,7 @@ def test_a_node_that_renames_itself_is_known_by_the_new_name_to_its_peers(
     version = beta.core.peers_version
     alpha.options = replace(alpha.options, hostname="alpha-2")
     alpha.restart(NODE_PORT + 1)
-    net.run_until(lambda: "alpha-2" in beta.core.names(), 5.0)
-    assert "alpha" not in beta.core.names()
+    net.run_until(lambda: "alpha-2" in peer_names(beta.core.peers.values()), 5.0)
+    assert "alpha" not in peer_names(beta.core.peers.values())
     assert beta.core.peers_version > version
     assert beta.trust.pins.get("alpha-2") == alpha.device.public_key

@@ -358,7 +358,7 @@ def test_a_damaged_store_stops_the_overlay_servers_before_dns_is_touched(
         started.append("dns")  # would point the host's resolver at a node that stops
 
     monkeypatch.setattr(servers, "_start_dns", start_dns)
-    node = cast(NodeCore, SimpleNamespace(peers_version=0, names=dict))
+    node = cast(NodeCore, SimpleNamespace(peers_version=0, peers={}))
     with pytest.raises(StateFileError, match="is not a pilotif services store"):
         asyncio.run(servers.start(node, []))
     assert started == []
