@@ -375,8 +375,10 @@ class Connection:
         receiver = self._receiver
         syn = bool(flags & TCP_SYN)
         ack = (receiver.irs + receiver.rcv_nxt) % SEQ_SPACE if flags & TCP_ACK else 0
-        if flags & TCP_ACK:
-            receiver.ack_sent()
+        if flags & TCP_ACK:  # no ACK is due any more
+            receiver.ack_now = False
+            receiver.unacked_segments = 0
+            receiver.ack_at = None
             if not syn and receiver.sack and len(receiver.ooo):
                 options = options + receiver.sack_option()
         packet = build_segment(

@@ -129,12 +129,6 @@ class Receiver:
         self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + (field << self.shift))
         return field
 
-    def ack_sent(self) -> None:
-        """A segment carrying our ACK went out: no ACK is due any more."""
-        self.ack_now = False
-        self.unacked_segments = 0
-        self.ack_at = None
-
     def sack_option(self) -> bytes:
         """The SACK option our next segment carries (when `sack` is on and the out-of-order queue
         holds ranges)."""
