@@ -16,6 +16,8 @@ from fake_bind import FakeBind
 from pilotif.daemon.datapath import DataPath
 from pilotif.packet.ip import BytesLike
 from pilotif.userspace import UserspaceStack
+from pilotif.userspace.stack import STREAM_LIMIT_BYTES
+from pilotif.userspace.transport import READ_CHUNK_BYTES
 from pilotif.wg.events import Endpoint, PeerEndpoint
 
 WAIT_S = 30.0
@@ -184,25 +186,31 @@ def test_ping_is_answered_by_the_peer_stack() -> None:
 
 
 def test_a_paused_reader_holds_the_sender_back() -> None:
-    """The server reads nothing for a while: the writer's drain waits (bounded memory)
-    instead of the data piling up, and everything arrives once it reads."""
+    """The server reads nothing for a while: its stack's receive buffer fills and the
+    window closes (the sender is held back; nothing piles up beyond asyncio's reader
+    limit), and everything arrives once it reads."""
 
     async def body(a: Side, b: Side) -> None:
         start_reading = asyncio.Event()
         got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        readers: list[asyncio.StreamReader] = []
 
         async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            readers.append(reader)
             await start_reading.wait()
             got.set_result(await reader.read(-1))
 
         await b.stack.start_server(slow, PORT)
         size = 8 * 1024 * 1024
+        window = b.stack.stack.config.receive_buffer_bytes
         async with asyncio.timeout(WAIT_S):
             _, writer = await a.stack.open_connection(b.stack.addresses[0], PORT)
             writer.write(bytes(size))
             draining = asyncio.ensure_future(writer.drain())
-            await asyncio.sleep(0.5)
+            while not any(c.readable_bytes >= window - c.mss for c in b.stack._transports):
+                await asyncio.sleep(0.01)  # until the receiver's buffer is full
             assert not draining.done()
+            assert len(readers[0]._buffer) <= 2 * STREAM_LIMIT_BYTES + READ_CHUNK_BYTES
             start_reading.set()
             await draining
             writer.write_eof()
