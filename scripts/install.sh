@@ -12,7 +12,7 @@ DEMO_PACKAGES=(iproute2 iputils-ping nftables gcc libssl-dev python3-dev)
 TEST_PACKAGES=(
     "${DEMO_PACKAGES[@]}" wireguard-go wireguard-tools iperf3 tcpdump ethtool conntrack
     docker.io docker-compose debootstrap systemd postgresql tinyproxy squid
-    miniupnpd-nftables miniupnpd
+    miniupnpd-nftables miniupnpd curl util-linux
 )
 case "$PROFILE" in
 demo)
