@@ -13,6 +13,7 @@ import signal
 import time
 from ipaddress import IPv4Network, IPv6Network, ip_interface
 from pathlib import Path
+from typing import Any
 
 from pilotif.control.counter_lease import CounterLease
 from pilotif.control.identity import IPV6_PREFIX
@@ -141,6 +142,38 @@ class Daemon:
     async def _main(self, ready_fd: int | None) -> None:
         loop = asyncio.get_running_loop()
         parts = self.parts
+        await self.start()
+        server = await serve_control(
+            self.paths.control_socket,
+            self._requests.handle,
+            {"events": self._requests.events},
+            self._local.pipes if self._local is not None else None,
+        )
+        write_private_file(self.paths.pid_file, f"{os.getpid()}\n")
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self._stopping.set)
+            loop.add_signal_handler(
+                signal.SIGHUP,
+                self._reload_static_policy if parts.node is None else parts.node.reload_policy,
+            )
+            if ready_fd is not None:
+                os.write(ready_fd, b"ready\n")
+                os.close(ready_fd)
+            await self._stopping.wait()
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.control_socket.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.pid_file.unlink()
+            await self.stop()
+
+    async def start(self) -> None:
+        """Bring the interface up on the running loop (StartupError says why not); the
+        control socket is `run`'s (a node embedded in a program has none)."""
+        loop = asyncio.get_running_loop()
+        parts = self.parts
         try:
             await self._start()
         except (
@@ -158,57 +191,48 @@ class Daemon:
                 message += f" ({error.hint})"
             raise StartupError(message) from error
         assert self._datapath is not None and parts.bind is not None
-        server = await serve_control(
-            self.paths.control_socket,
-            self._requests.handle,
-            {"events": self._requests.events},
-            self._local.pipes if self._local is not None else None,
-        )
         if self._webhook is not None:
             self._webhook.start()
-        write_private_file(self.paths.pid_file, f"{os.getpid()}\n")
-        try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, self._stopping.set)
-            loop.add_signal_handler(
-                signal.SIGHUP,
-                self._reload_static_policy if parts.node is None else parts.node.reload_policy,
-            )
-            log_event(
-                "interface_up",
-                interface=parts.interface,
-                public_key=encode_key(parts.device.public_key),
-                listen_port=parts.bind.port,
-                addresses=",".join(str(a) for a in parts.addresses),
-                mtu=parts.mtu,
-                peers=len(parts.device.peers()),
-            )
-            self._datapath.flush(time.monotonic())
-            if ready_fd is not None:
-                os.write(ready_fd, b"ready\n")
-                os.close(ready_fd)
-            await self._stopping.wait()
-        finally:
-            server.close()
-            if self._metrics_server is not None:
-                self._metrics_server.close()
-            if self._webhook is not None:
-                await self._webhook.close()
-            if parts.node is not None:
-                await parts.node.close_port_mapping()
-                parts.node.close()
-            if self._netwatch is not None:
-                self._netwatch.close()
+        log_event(
+            "interface_up",
+            interface=parts.interface,
+            public_key=encode_key(parts.device.public_key),
+            listen_port=parts.bind.port,
+            addresses=",".join(str(a) for a in parts.addresses),
+            mtu=parts.mtu,
+            peers=len(parts.device.peers()),
+        )
+        self._datapath.flush(time.monotonic())
+
+    async def stop(self) -> None:
+        """Take the interface down (after `start`)."""
+        loop = asyncio.get_running_loop()
+        parts = self.parts
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        if self._webhook is not None:
+            await self._webhook.close()
+        if parts.node is not None:
+            await parts.node.close_port_mapping()
+            parts.node.close()
+        if self._netwatch is not None:
+            self._netwatch.close()
+        if self._datapath is not None:
             self._datapath.close()
-            self._servers.close()
-            if self._local is not None:
-                self._local.close()
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.control_socket.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                self.paths.pid_file.unlink()
-            await loop.run_in_executor(None, self._close)
-            log_event("interface_down", interface=parts.interface)
+        self._servers.close()
+        if self._local is not None:
+            self._local.close()
+        await loop.run_in_executor(None, self._close)
+        log_event("interface_down", interface=parts.interface)
+
+    @property
+    def local(self) -> UserspaceNode | None:
+        """The userspace stack and its servers, for a `--userspace` node once started."""
+        return self._local
+
+    async def request(self, command: str, **arguments: object) -> dict[str, Any]:
+        """What a control request answers (as the CLI's), for a node in a program."""
+        return await self._requests.handle({"command": command, **arguments})
 
     async def _start(self) -> None:
         """Sockets, joining the registry (node mode), then the TUN and its link."""

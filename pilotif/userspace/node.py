@@ -73,6 +73,8 @@ class UserspaceNode:
         self._overlay_servers: list[Any] = []
         self._listening: dict[str, str] = {}
         self._counters: dict[str, Callable[[], Counter[str]]] = {}
+        self.resolve: Resolve = any_address
+        """Trusted peers by name or address (a node of static peers: addresses only)."""
         self.pipes: dict[str, PipeHandler] = {}
         """The control socket's commands for the CLI (`dial`, `ping`), once started."""
 
@@ -81,6 +83,7 @@ class UserspaceNode:
         resolve: Resolve = (
             any_address if core is None else peer_resolver(lambda: core.peers.values())
         )
+        self.resolve = resolve
         self.pipes = control_pipes(self.stack, resolve)
         options = self.options
         if options.socks5 is not None:
