@@ -3,14 +3,17 @@ daemon's control socket on a userspace node (`dial`: the connection becomes a by
 `ping`: the node's own ICMP echo), since its overlay addresses are on no interface."""
 
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
-from pilotif.cli.common import node_request
+from pilotif.cli.common import CliError, node_request
 from pilotif.daemon.api import ControlError, pipe
 from pilotif.services.peer_client import Dial, kernel_dial
 from pilotif.util.paths import StatePaths
 
 _CLOSED_CODE = "service_closed"
+_LISTEN_OPEN_S = 10.0
+"""How long the daemon may take to start serving a port for `listen`."""
 
 
 def is_userspace(state_dir: Path) -> bool:
@@ -45,3 +48,15 @@ def userspace_ping(state_dir: Path, address: str, timeout_s: float) -> float | N
     reply = node_request(state_dir, "ping", address=address, timeout=timeout_s)
     rtt = reply.get("rtt_ms")
     return None if rtt is None else float(rtt)
+
+
+def userspace_listen(state_dir: Path, port: int) -> Iterator[str]:
+    """The JSON lines a userspace node passes on for what peers send to `port`."""
+    control = StatePaths(state_dir.absolute()).control_socket
+    try:
+        sock = pipe(control, "listen", _LISTEN_OPEN_S, port=port)
+    except ControlError as error:
+        raise CliError.of(error) from None
+    with sock, sock.makefile("rb") as lines:
+        for line in lines:
+            yield line.decode(errors="replace").rstrip("\n")

@@ -22,7 +22,7 @@ from pilotif.cli.common import (
     service_address,
     state_dir_option,
 )
-from pilotif.cli.overlay import overlay_dial
+from pilotif.cli.overlay import is_userspace, overlay_dial, userspace_listen
 from pilotif.services.peer_client import ANSWER_TIMEOUT_S, CHUNK_BYTES, CONNECT_TIMEOUT_S
 from pilotif.services.server import ECHO_PORT
 
@@ -105,6 +105,9 @@ def listen(port: int, count: int | None, state_dir: Path) -> None:
     address = node.get("ipv4")
     if not address:
         raise CliError("this node has no virtual address yet", "not_joined")
+    if is_userspace(state_dir):
+        _listen_through_daemon(state_dir, port, count)
+        return
     try:
         server = socket.create_server((str(address), port))
     except OSError as error:
@@ -123,3 +126,15 @@ def listen(port: int, count: int | None, state_dir: Path) -> None:
                     seen += 1
                     if count is not None and seen >= count:
                         return
+
+
+def _listen_through_daemon(state_dir: Path, port: int, count: int | None) -> None:
+    """`listen` on a userspace node: the daemon serves the port and passes the lines on."""
+    lines = userspace_listen(state_dir, port)
+    print(
+        f"pilotif: listening on overlay port {port} (Ctrl-C to stop)", file=sys.stderr, flush=True
+    )
+    for seen, line in enumerate(lines, start=1):
+        click.echo(line)
+        if count is not None and seen >= count:
+            return

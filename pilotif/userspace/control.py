@@ -1,7 +1,8 @@
 """What the CLI asks a userspace node for over its control socket, since it cannot reach
 the overlay through the kernel: `dial` (the control connection becomes a byte pipe to a
-peer's port: `connect`, `send-file`, `publish`, `bench`, the MCP tools) and `ping` (ICMP
-echo from the node's stack). Only the daemon's own user reaches the control socket."""
+peer's port: `connect`, `send-file`, `publish`, `bench`, the MCP tools), `ping` (ICMP echo
+from the node's stack) and `listen` (lines peers send to a port, one JSON line each).
+Only the daemon's own user reaches the control socket."""
 
 import asyncio
 import json
@@ -78,4 +79,36 @@ def control_pipes(stack: UserspaceStack, resolve: Resolve) -> dict[str, PipeHand
         rtt = await stack.ping(address, _timeout(request))
         await _answer(writer, {"ok": True, "rtt_ms": None if rtt is None else round(rtt, 3)})
 
-    return {"dial": dial, "ping": ping}
+    async def listen(
+        request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Until the client hangs up: each line peers send to `port`, as a JSON line
+        (`pilotif listen`)."""
+        port = request.get("port")
+        if not isinstance(port, int) or not 1 <= port <= MAX_PORT:
+            await _answer(writer, _refusal("bad_input", "listen needs a port (1-65535)"))
+            return
+
+        async def lines(peer_reader: asyncio.StreamReader, peer: asyncio.StreamWriter) -> None:
+            source = str(peer.get_extra_info("peername")[0])
+            try:
+                while line := await peer_reader.readline():
+                    text = line.decode(errors="replace").rstrip("\n")
+                    await _answer(writer, {"peer": source, "port": port, "data": text})
+            except (ConnectionError, OSError, ValueError):
+                pass  # the peer's connection ended (or a line beyond the limit)
+            finally:
+                peer.close()
+
+        try:
+            server = await stack.start_server(lines, port)
+        except ValueError:
+            await _answer(writer, _refusal("bad_input", f"port {port} is served already"))
+            return
+        try:
+            await _answer(writer, {"ok": True})
+            await reader.read()  # the client hangs up
+        finally:
+            server.close()
+
+    return {"dial": dial, "ping": ping, "listen": listen}

@@ -3,19 +3,28 @@ capabilities (no TUN, no root) and alpha is an ordinary TUN node. They register,
 and go direct as two TUN nodes do; unmodified programs on beta reach alpha through the
 SOCKS5 server (`curl --socks5-hostname`), the HTTP proxy (`curl -x`) and a --forward
 port; alpha reaches a local server of beta's through --expose and pings beta; beta's
-CLI works against it (connect, send, inbox, ping, status)."""
+CLI works against it (connect, send, inbox, send-file, bench, listen, events, ping,
+peers, status, the MCP server), all as uid 65534."""
 
+import asyncio
 import contextlib
+import json
 import os
+import select
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pilotif_lab.nat import NatKind, NatLab, nat_lab, poll_until, trust
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from pilotif_lab.nat import Agent, NatKind, NatLab, nat_lab, poll_until, trust
 from pilotif_lab.netns import LabError
-from pilotif_lab.unprivileged import NOBODY_UID
+from pilotif_lab.pilotif_node import pilotif_executable
+from pilotif_lab.unprivileged import NOBODY_UID, as_nobody
 
 pytestmark = [
     pytest.mark.integration,
@@ -30,6 +39,7 @@ WEB_PORT = 8080
 BETA_LOCAL_PORT = 8081
 PAGE = "hello from the overlay\n"
 LINE_PORT = 1000
+LISTEN_PORT = 1500
 _LINE_SERVER = """
 import socketserver, sys
 class Lines(socketserver.StreamRequestHandler):
@@ -187,6 +197,60 @@ def test_the_cli_works_against_a_userspace_node(tmp_path: Path) -> None:
         assert status["userspace"]["connections"] >= 0
         assert status["node"]["hostname"] == "beta"
 
+        # `listen`: the daemon serves the port and passes each line on.
+        listener = beta.namespace.spawn(
+            *as_nobody(
+                pilotif_executable(),
+                "listen",
+                str(LISTEN_PORT),
+                "--count",
+                "1",
+                "--state-dir",
+                str(beta.state_dir),
+            ),
+            pipes=True,
+        )
+        beta_ip = beta.status()["node"]["ipv4"]
+        poll_until(
+            lambda: (
+                alpha.namespace.run(
+                    "bash",
+                    "-c",
+                    f"echo hello listen >/dev/tcp/{beta_ip}/{LISTEN_PORT}",
+                    check=False,
+                ).returncode
+                == 0
+                or None
+            ),
+            PATH_TIMEOUT_S,
+            "beta listening through its daemon",
+        )
+        out, _ = listener.communicate(timeout=PATH_TIMEOUT_S)
+        assert json.loads(out) == {"peer": alpha_ip, "port": LISTEN_PORT, "data": "hello listen"}
+
+        # `events`: a message from alpha shows up.
+        events = beta.namespace.spawn(
+            *as_nobody(
+                pilotif_executable(), "events", "--json", "--state-dir", str(beta.state_dir)
+            ),
+            pipes=True,
+        )
+        assert events.stdout is not None
+
+        def event_line() -> bytes | None:
+            alpha.pilotif("send", "beta", "an event")
+            ready, _, _ = select.select([events.stdout], [], [], 1.0)
+            return events.stdout.readline() if ready else None  # type: ignore[union-attr]
+
+        event = json.loads(poll_until(event_line, PATH_TIMEOUT_S, "beta's events"))
+        assert event["event"] == "message_received" and event["peer"] == "alpha"
+        beta.namespace.stop(events)
+
+        # The MCP server of the userspace node, as nobody.
+        seen = asyncio.run(_mcp_checks(beta))
+        assert seen["status"]["node"]["hostname"] == "beta"
+        assert seen["request"]["untrusted_reply"] == "got ping\n"
+
         # Not a peer: one line, the right code.
         with pytest.raises(LabError, match="not a trusted peer"):
             beta.pilotif("connect", "nobody", "1000")
@@ -194,7 +258,21 @@ def test_the_cli_works_against_a_userspace_node(tmp_path: Path) -> None:
             beta.pilotif("connect", "alpha", "1999", input_text="x\n")
 
 
-def _try(fetch: "callable[[], str]") -> str | None:  # type: ignore[valid-type]
+async def _mcp_checks(agent: Agent) -> dict[str, Any]:
+    command = as_nobody(sys.executable, "-m", "pilotif", "mcp", "--state-dir", str(agent.state_dir))
+    server = StdioServerParameters(
+        command="ip", args=["netns", "exec", agent.namespace.name, *command], env=dict(os.environ)
+    )
+    seen: dict[str, Any] = {}
+    async with stdio_client(server) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        seen["status"] = (await session.call_tool("status", {})).structured_content
+        request = {"peer": "alpha", "port": LINE_PORT, "data": "ping\n", "timeout_s": 3}
+        seen["request"] = (await session.call_tool("request", request)).structured_content
+    return seen
+
+
+def _try(fetch: Callable[[], str]) -> str | None:
     try:
         return fetch()
     except LabError:
