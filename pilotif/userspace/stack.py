@@ -117,7 +117,7 @@ class UserspaceStack:
             self._dispatch()
         batch, self._pending = self._pending[:limit], self._pending[limit:]
         self._settle(now)
-        return [memoryview(bytearray(packet)) for packet in batch]
+        return [memoryview(packet) for packet in batch]
 
     def write(self, packets: Sequence[BytesLike]) -> int:
         now = time.monotonic()
