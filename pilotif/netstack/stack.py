@@ -33,6 +33,7 @@ from pilotif.netstack.segment import (
 )
 from pilotif.netstack.tcp_connection import Connection
 from pilotif.netstack.tcp_state import State
+from pilotif.packet.icmp import parse_too_big
 from pilotif.packet.ip import TCP_ACK, TCP_FIN, TCP_SYN, BytesLike, packet_addresses
 
 EPHEMERAL_PORTS: Final = range(49152, 65536)
@@ -188,7 +189,8 @@ class Stack:
         try:
             segment = parse_segment(packet)
         except SegmentDrop as drop:
-            self.counters[drop.reason] += 1
+            if drop.reason != "not_tcp" or not self._take_too_big(packet):
+                self.counters[drop.reason] += 1
             return
         if segment.destination not in self._addresses:
             self.counters["not_local"] += 1
@@ -345,6 +347,21 @@ class Stack:
         leaves one), so the heap stays within a few entries per connection."""
         self._heap = [entry for entry in self._heap if self._scheduled.get(entry[2]) == entry[0]]
         heapq.heapify(self._heap)
+
+    def _take_too_big(self, packet: BytesLike) -> bool:
+        """Whether `packet` is an ICMP "too big" about one of our connections' segments
+        (the data path sends one when a segment exceeds a peer's path MTU): that
+        connection's segments are cut smaller from now on (`mss_lowered`)."""
+        too_big = parse_too_big(packet)
+        if too_big is None or too_big.source not in self._addresses:
+            return False
+        key = (too_big.source, too_big.source_port, too_big.destination, too_big.destination_port)
+        connection = self._connections.get(key)
+        if connection is None:
+            self.counters["too_big_no_connection"] += 1
+        elif connection.lower_path_mtu(too_big.mtu):
+            self.counters["mss_lowered"] += 1
+        return True
 
     def _answer_echo(self, packet: BytesLike) -> None:
         addresses = packet_addresses(packet)

@@ -39,7 +39,15 @@ from pilotif.netstack.tcp_state import (
 )
 from pilotif.netstack.tcp_state import Event as Ev
 from pilotif.netstack.tcp_state import transition as table_transition
-from pilotif.packet.ip import IPV6_ADDRESS_BYTES, TCP_ACK, TCP_FIN, TCP_SYN
+from pilotif.packet.ip import (
+    IPV4_MIN_HEADER_BYTES,
+    IPV6_ADDRESS_BYTES,
+    IPV6_HEADER_BYTES,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_MIN_HEADER_BYTES,
+    TCP_SYN,
+)
 
 DEFAULT_MSS_IPV4: Final = 536
 """The MSS to assume when a SYN names none (RFC 9293 3.7.1)."""
@@ -130,6 +138,18 @@ class Connection:
     def mss(self) -> int:
         """Payload bytes of our segments: the path's, and no more than the peer takes."""
         return self._sender.mss
+
+    def lower_path_mtu(self, mtu: int) -> bool:
+        """The path carries at most `mtu` bytes (an ICMP "too big"): cut segments to fit,
+        never below the protocol's default MSS (a peer cannot make them tiny); whether
+        the MSS went down. What was lost goes again at the retransmission timer."""
+        ipv6 = len(self.local[0]) == IPV6_ADDRESS_BYTES
+        header = (IPV6_HEADER_BYTES if ipv6 else IPV4_MIN_HEADER_BYTES) + TCP_MIN_HEADER_BYTES
+        mss = max(mtu - header, DEFAULT_MSS_IPV6 if ipv6 else DEFAULT_MSS_IPV4)
+        if mss >= self._sender.mss:
+            return False
+        self._sender.mss = mss
+        return True
 
     @property
     def cc(self) -> NewReno:

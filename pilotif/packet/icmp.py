@@ -4,6 +4,7 @@ answers, and the "fragmentation needed" / "packet too big" that tells a local se
 its packet does not fit the path to a peer."""
 
 import struct
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Final
 
@@ -14,14 +15,24 @@ from pilotif.packet.ip import (
     ICMP_ECHO_REQUEST,
     ICMP_FRAGMENTATION_NEEDED,
     ICMPV6_PACKET_TOO_BIG,
+    IPV4_ADDRESS_BYTES,
+    IPV4_DESTINATION_OFFSET,
+    IPV4_IHL_MASK,
     IPV4_MIN_HEADER_BYTES,
     IPV4_PLAIN_FIRST_BYTE,
+    IPV4_PROTOCOL_OFFSET,
+    IPV4_SOURCE_OFFSET,
     IPV4_VERSION,
+    IPV4_WORD_BYTES,
+    IPV6_DESTINATION_OFFSET,
     IPV6_HEADER_BYTES,
     IPV6_MIN_MTU,
+    IPV6_NEXT_HEADER_OFFSET,
+    IPV6_SOURCE_OFFSET,
     IPV6_VERSION,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    PROTO_TCP,
     BytesLike,
     packet_addresses,
 )
@@ -33,6 +44,7 @@ _PAYLOAD: Final = b"pilotif-ping-0123456789abcdef"
 _IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _TTL = 64
 _PATH_CHECK_IDENT = 0x7069
+_PORTS: Final = struct.Struct("!HH")
 _ICMP_HEADER: Final = struct.Struct("!BBHHH")
 """Type, code, checksum, then two 16-bit fields (unused and next-hop MTU for IPv4)."""
 _ICMPV6_TOO_BIG_HEADER: Final = struct.Struct("!BBHI")
@@ -105,3 +117,57 @@ def too_big_packet(packet: BytesLike, mtu: int) -> bytes | None:
     return _IPV6_HEADER.pack(_IPV6_FIRST_WORD, length, PROTO_ICMPV6, _TTL, destination, source) + (
         message
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TooBig:
+    """An ICMP "fragmentation needed" / ICMPv6 "packet too big" about one of our TCP
+    segments: the path to `destination` carries at most `mtu` bytes."""
+
+    mtu: int
+    source: bytes
+    """Our address, as the quoted packet had it."""
+    source_port: int
+    destination: bytes
+    destination_port: int
+
+
+def parse_too_big(packet: BytesLike) -> TooBig | None:
+    """The "too big" that `packet` is, quoting a TCP segment; None for anything else."""
+    if packet_addresses(packet) is None:
+        return None
+    if packet[0] >> 4 == IPV4_VERSION:
+        header = (packet[0] & IPV4_IHL_MASK) * IPV4_WORD_BYTES
+        if packet[IPV4_PROTOCOL_OFFSET] != PROTO_ICMP or len(packet) < header + _ICMP_HEADER.size:
+            return None
+        kind, code, _, _, mtu = _ICMP_HEADER.unpack_from(packet, header)
+        if (kind, code) != (ICMP_DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED):
+            return None
+        quoted = header + _ICMP_HEADER.size
+        if len(packet) < quoted + IPV4_MIN_HEADER_BYTES or packet[quoted] >> 4 != IPV4_VERSION:
+            return None
+        ports = quoted + (packet[quoted] & IPV4_IHL_MASK) * IPV4_WORD_BYTES
+        if packet[quoted + IPV4_PROTOCOL_OFFSET] != PROTO_TCP or len(packet) < ports + _PORTS.size:
+            return None
+        source = bytes(packet[quoted + IPV4_SOURCE_OFFSET : quoted + IPV4_DESTINATION_OFFSET])
+        end = quoted + IPV4_DESTINATION_OFFSET + IPV4_ADDRESS_BYTES
+        destination = bytes(packet[quoted + IPV4_DESTINATION_OFFSET : end])
+    else:
+        header = IPV6_HEADER_BYTES
+        if (
+            packet[IPV6_NEXT_HEADER_OFFSET] != PROTO_ICMPV6
+            or len(packet) < header + _ICMPV6_TOO_BIG_HEADER.size
+        ):
+            return None
+        kind, _, _, mtu = _ICMPV6_TOO_BIG_HEADER.unpack_from(packet, header)
+        quoted = header + _ICMPV6_TOO_BIG_HEADER.size
+        ports = quoted + IPV6_HEADER_BYTES
+        if kind != ICMPV6_PACKET_TOO_BIG or len(packet) < ports + _PORTS.size:
+            return None
+        next_header = packet[quoted + IPV6_NEXT_HEADER_OFFSET]
+        if packet[quoted] >> 4 != IPV6_VERSION or next_header != PROTO_TCP:
+            return None
+        source = bytes(packet[quoted + IPV6_SOURCE_OFFSET : quoted + IPV6_DESTINATION_OFFSET])
+        destination = bytes(packet[quoted + IPV6_DESTINATION_OFFSET : ports])
+    source_port, destination_port = _PORTS.unpack_from(packet, ports)
+    return TooBig(mtu, source, source_port, destination, destination_port)
