@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from test_cli_secrets import _up_args
 
 from pilotif.cli import main as cli_module
 from pilotif.cli import userspace
@@ -19,20 +20,7 @@ NON_ROOT_UID = 1000
 
 
 def up(tmp_path: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        cli,
-        [
-            "up",
-            "--registry",
-            "127.0.0.1:9",
-            "--hostname",
-            "alpha",
-            *args,
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--foreground",
-        ],
-    )
+    result = CliRunner().invoke(cli, [*_up_args(tmp_path / "state", *args), "--foreground"])
     return result.exit_code, result.output
 
 

@@ -6,12 +6,11 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 from conftest import make_pair
-from fake_bind import FakeBind
+from test_datapath import SocketBind
 
 from pilotif.daemon.datapath import DataPath
 from pilotif.packet.ip import BytesLike
@@ -25,22 +24,17 @@ WAIT_S = 30.0
 PORT = 1000
 
 
-class LinkedBind(FakeBind):
-    """A FakeBind whose sends arrive at another one's socket, as one receive each."""
+class LinkedBind(SocketBind):
+    """test_datapath's SocketBind whose sends arrive at another one's, one datagram per
+    receive (its wake-up socket does not block when many wait)."""
 
     def __init__(self, source: Endpoint) -> None:
         super().__init__()
+        self._writer.setblocking(False)
         self.source = source
         self.other: LinkedBind | None = None
         self.drop_next = 0
         """Datagrams to lose (from the next send on)."""
-        self._reader, self._writer = socket.socketpair()
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
-        self._arrivals: list[tuple[memoryview, int, Endpoint]] = []
-
-    def sockets(self) -> list[socket.socket]:
-        return [self._reader]
 
     def send(self, datagrams: Sequence[tuple[BytesLike, PeerEndpoint]]) -> int:
         assert self.other is not None
@@ -48,25 +42,13 @@ class LinkedBind(FakeBind):
             if self.drop_next:
                 self.drop_next -= 1
                 continue
-            self.other.arrive(bytes(data), self.source)
+            self.other.arrive_one(bytes(data), self.source)
         return 0
 
-    def arrive(self, datagram: bytes, source: Endpoint) -> None:
+    def arrive_one(self, datagram: bytes, source: Endpoint) -> None:
         self._arrivals.append((memoryview(datagram), 0, source))
         with contextlib.suppress(BlockingIOError):
             self._writer.send(b"\x01")
-
-    def receive(self, sock: socket.socket) -> tuple[memoryview, int, Endpoint] | None:
-        if not self._arrivals:
-            with contextlib.suppress(BlockingIOError):
-                sock.recv(65536)
-            return None
-        return self._arrivals.pop(0)
-
-    def close(self) -> None:
-        super().close()
-        self._reader.close()
-        self._writer.close()
 
 
 class Side:
