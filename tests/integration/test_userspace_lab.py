@@ -25,6 +25,7 @@ from pilotif_lab.nat import Agent, NatKind, NatLab, nat_lab, poll_until, trust
 from pilotif_lab.netns import LabError
 from pilotif_lab.pilotif_node import pilotif_executable
 from pilotif_lab.unprivileged import NOBODY_UID, as_nobody
+from test_pmtu_lab import FOUND_MTU, MTU_FOUND_TIMEOUT_S, black_hole, peer_mtu
 
 pytestmark = [
     pytest.mark.integration,
@@ -256,6 +257,68 @@ def test_the_cli_works_against_a_userspace_node(tmp_path: Path) -> None:
             beta.pilotif("connect", "nobody", "1000")
         with pytest.raises(LabError, match=r"nothing listens"):
             beta.pilotif("connect", "alpha", "1999", input_text="x\n")
+
+
+_DIGEST_SERVER = """
+import hashlib, socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+while True:
+    conn, _ = server.accept()
+    with conn:
+        digest = hashlib.sha256()
+        while chunk := conn.recv(65536):
+            digest.update(chunk)
+        conn.sendall(digest.hexdigest().encode())
+"""
+_DIGEST_CLIENT = """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[2]))
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=60) as conn:
+    conn.sendall(data)
+    conn.shutdown(socket.SHUT_WR)
+    answer = conn.recv(64).decode()
+print(answer == hashlib.sha256(data).hexdigest())
+"""
+PMTU_TRANSFER_BYTES = 5 * 1024 * 1024
+
+
+def test_a_userspace_node_fits_its_segments_to_a_small_path(tmp_path: Path) -> None:
+    """Beta's path carries at most 1280-byte packets and drops the rest without a word:
+    once the nodes found the path MTU, the data path tells beta's stack by ICMP and its
+    segments fit; 5 MB from beta through a --forward port arrive intact."""
+    forward = ("--forward", f"{FORWARD_PORT}:alpha:{WEB_PORT}")
+    with userspace_pair(tmp_path, *forward) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        black_hole(lab, 1)
+        for node, peer in ((alpha, "beta"), (beta, "alpha")):
+            poll_until(
+                lambda node=node, peer=peer: (
+                    peer_mtu(lab, node.hostname, peer) == FOUND_MTU or None
+                ),
+                MTU_FOUND_TIMEOUT_S,
+                f"{node.hostname} to find the path MTU to {peer}",
+            )
+        alpha_ip = alpha.status()["node"]["ipv4"]
+        python = shutil.which("python3") or "python3"
+        alpha.namespace.spawn(python, "-c", _DIGEST_SERVER, alpha_ip, str(WEB_PORT))
+        sent = poll_until(
+            lambda: (
+                beta.namespace.run(
+                    python,
+                    "-c",
+                    _DIGEST_CLIENT,
+                    str(FORWARD_PORT),
+                    str(PMTU_TRANSFER_BYTES),
+                    check=False,
+                    timeout_s=120,
+                ).stdout.strip()
+                or None
+            ),
+            PATH_TIMEOUT_S,
+            "a transfer from beta",
+        )
+        assert sent == "True"
+        assert beta.status()["userspace"]["stack"]["mss_lowered"] >= 1
 
 
 async def _mcp_checks(agent: Agent) -> dict[str, Any]:
