@@ -80,12 +80,17 @@ def nobody_state_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def userspace_pair(tmp_path: Path, *extra: str) -> Iterator[NatLab]:
-    """alpha (TUN) and beta (userspace, nobody, `extra` options) trusting each other,
-    direct."""
+def userspace_pair(
+    tmp_path: Path,
+    *extra: str,
+    nats: tuple[NatKind, NatKind] = (NatKind.CONE, NatKind.CONE),
+    path: str = "direct",
+) -> Iterator[NatLab]:
+    """alpha (TUN) and beta (userspace, nobody, `extra` options) trusting each other, on
+    `path` (direct behind cone NATs; relay behind two symmetric ones)."""
     with (
         nobody_state_dir() as state,
-        nat_lab((NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path) as lab,
+        nat_lab(nats, (("alpha", 0), ("beta", 1)), tmp_path) as lab,
     ):
         alpha, beta = lab["alpha"], lab["beta"]
         beta.state_dir = state
@@ -93,8 +98,8 @@ def userspace_pair(tmp_path: Path, *extra: str) -> Iterator[NatLab]:
         alpha.up()
         beta.up(extra_args=("--userspace", *extra))
         trust(beta, alpha)
-        beta.wait_for_path("alpha", ("direct",), PATH_TIMEOUT_S)
-        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
+        beta.wait_for_path("alpha", (path,), PATH_TIMEOUT_S)
+        alpha.wait_for_path("beta", (path,), PATH_TIMEOUT_S)
         yield lab
 
 
@@ -155,6 +160,27 @@ def test_a_userspace_node_as_nobody_reaches_and_is_reached_by_a_tun_node(
         assert all(reply["rtt_ms"] is not None for reply in replies)
         replies = beta.json("ping", "alpha", "--count", "2")["replies"]
         assert all(reply["rtt_ms"] is not None for reply in replies)
+
+
+def test_a_userspace_node_behind_a_symmetric_nat_is_relayed_like_any_node(
+    tmp_path: Path,
+) -> None:
+    symmetric = (NatKind.SYMMETRIC, NatKind.SYMMETRIC)
+    with userspace_pair(tmp_path, nats=symmetric, path="relay") as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        alpha_ip = alpha.status()["node"]["ipv4"]
+        python = shutil.which("python3") or "python3"
+        alpha.namespace.spawn(python, "-c", _WEB_SERVER, alpha_ip, str(WEB_PORT), PAGE)
+        url = f"http://alpha.pilot:{WEB_PORT}/"
+        fetched = poll_until(
+            lambda: _try(lambda: curl(lab, "beta", "--socks5-hostname", SOCKS5, url)),
+            PATH_TIMEOUT_S,
+            "a SOCKS5 fetch from beta over the relay",
+        )
+        assert fetched == PAGE
+        assert beta.peer("alpha")["path"] == "relay"  # type: ignore[index]
+        replies = alpha.json("ping", "beta", "--count", "2")["replies"]
+        assert any(reply["rtt_ms"] is not None for reply in replies)
 
 
 def test_the_cli_works_against_a_userspace_node(tmp_path: Path) -> None:
