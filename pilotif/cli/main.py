@@ -229,20 +229,12 @@ def up(
         metrics=host_port_option("--metrics", metrics) if metrics is not None else None,
         webhook=_webhook_url(webhook) if webhook is not None else None,
     )
-    if (config_path is None) == (registry is None):
-        raise CliError(
-            "give either --config FILE (static peers) or --registry HOST:PORT --hostname NAME",
-            "bad_input",
-        )
-    node_options = None
+    node_options: NodeOptions | None = None
     if config_path is not None:
-        try:
-            config = load_config(config_path)
-        except ConfigError as error:
-            raise CliError(str(error), "bad_config") from None
-        name = _interface_name(interface, config_path)
+        config, name, node_options = _static_config(config_path, interface, registry)
+    elif registry is None:
+        raise CliError(_CONFIG_OR_REGISTRY, "bad_input")
     else:
-        assert registry is not None
         node_options = replace(
             _node_options(registry, hostname, tags, registry_key, auto_approve),
             accept_dns=accept_dns,
@@ -261,14 +253,7 @@ def up(
             "run `pilotif down` first or use another --state-dir",
             "already_running",
         )
-    try:
-        paths.create()
-        if node_options is not None:
-            config = replace(config, private_key=load_or_create_key(paths.identity_key))
-    except StateFileError as error:
-        raise CliError(str(error), "bad_state") from None
-    except OSError as error:
-        raise CliError(f"cannot use state dir {paths.root}: {error.strerror}") from None
+    config = _prepare_state(paths, config, with_identity=node_options is not None)
     if foreground:
         _run_foreground(config, name, paths, log_format, node_options, observe, policy, local)
     else:
@@ -279,6 +264,41 @@ def up(
             PROXY_CREDENTIALS_ENV: proxy_credentials,
         }
         _start_background(name, paths, {k: v for k, v in secrets.items() if v is not None})
+
+
+def _prepare_state(
+    paths: StatePaths, config: InterfaceConfig, *, with_identity: bool
+) -> InterfaceConfig:
+    """Create the state dir; a node's config gets its identity key from it (made on the
+    first start)."""
+    try:
+        paths.create()
+        if with_identity:
+            return replace(config, private_key=load_or_create_key(paths.identity_key))
+    except StateFileError as error:
+        raise CliError(str(error), "bad_state") from None
+    except OSError as error:
+        raise CliError(f"cannot use state dir {paths.root}: {error.strerror}") from None
+    return config
+
+
+_CONFIG_OR_REGISTRY = (
+    "give either --config FILE (static peers) or --registry HOST:PORT --hostname NAME"
+)
+
+
+def _static_config(
+    config_path: Path, interface: str | None, registry: str | None
+) -> tuple[InterfaceConfig, str, None]:
+    """`up --config FILE`: the interface it describes and its name (no node: a
+    `--registry` beside it is refused)."""
+    if registry is not None:
+        raise CliError(_CONFIG_OR_REGISTRY, "bad_input")
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        raise CliError(str(error), "bad_config") from None
+    return config, _interface_name(interface, config_path), None
 
 
 @dataclass(frozen=True)

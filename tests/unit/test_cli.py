@@ -64,6 +64,13 @@ def test_up_needs_a_config_or_a_registry() -> None:
     assert_one_line_error(pilotif("up"), "--config", "--registry")
 
 
+def test_up_takes_a_config_or_a_registry_not_both(tmp_path: Path) -> None:
+    config = tmp_path / "pilot0.conf"
+    config.write_text("[Interface]\nPrivateKey = nope\n")
+    both = pilotif("up", "--config", str(config), "--registry", "198.18.0.1:7946")
+    assert_one_line_error(both, "--config", "--registry")
+
+
 def test_up_names_the_file_and_line_of_a_config_mistake(tmp_path: Path) -> None:
     config = tmp_path / "pilot0.conf"
     config.write_text("[Interface]\nPrivateKey = nope\nAddress = 100.64.0.1/24\n")
