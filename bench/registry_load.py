@@ -8,11 +8,20 @@ each with its own key and UDP socket and the node's own sans-IO `RegistryLink` (
 requests, cookies, retries), in one process:
 
 1. registration: every node registers (at most `--window` at once, as a swarm that
-   starts together would); registrations/s over the first and the last tenth;
-2. heartbeats: for `--measure-s` seconds every node registers again every
-   `--heartbeat-s` seconds (the node's REGISTER_INTERVAL_S), spread evenly: the round
-   trip of each (p50/p99/max), the registry's CPU and memory;
-3. one registration at that size: `--probes` new nodes one after another (p50, p99).
+   starts together would); registrations/s over the first and the last tenth. A node
+   heartbeats from the moment it is registered, as a node does: it registers again
+   `--heartbeat-s` seconds (the node's REGISTER_INTERVAL_S; the node has no jitter: its
+   own start spreads it) after each answer, so registration and heartbeats overlap;
+2. heartbeats: then for `--measure-s` seconds more: the round trip of each heartbeat
+   since the first registration (p50/p99/max), the registry's CPU and memory;
+3. with `--registry-outage SECONDS`: every node online, the registry is SIGKILLed and
+   started again (same state, same port) SECONDS later. A node whose request went
+   unanswered REQUEST_ATTEMPTS times gives it up and, as the node does, registers again
+   every REGISTRY_RETRY_S; `back_online_*_s` is how long after the restart each node that
+   lost the registry was answered (`not_back_online`: never within `--return-s`),
+   `return_gave_up` the requests sent after the restart and given up, and
+   `return_heartbeat_p99_ms` the round trip of the requests sent after the restart;
+4. one registration at that size: `--probes` new nodes one after another (p50, p99).
 
 With `--replicas N` (PostgreSQL only) N registry processes share the database; node i
 starts at replica i mod N and is given all of them. `--kill-replica-at S` kills the
@@ -24,7 +33,8 @@ request (the notice, or the heartbeat that found the silence) to that answer.
 
 `dropped` counts the datagrams the registry's socket dropped (the kernel's count for
 that socket) plus the heartbeats that needed a second attempt. Nodes share a source
-address 16 at a time, below the registry's limit of new nodes per address. Run it on a
+address 16 at a time, each in a /24 of its own, below the registry's limits of new nodes
+per address and per /24. Run it on a
 quiet machine: the registry and this process share its cores.
 """
 
@@ -51,6 +61,7 @@ from typing import Any
 
 from pilotif_lab.postgres import throwaway_postgres
 
+from pilotif.node.registration import REGISTRY_RETRY_S
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
     GaveUp,
@@ -63,8 +74,9 @@ from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.keys import decode_key
 
 NODES_PER_ADDRESS = 16
-"""Below the registry's NEW_NODES_BURST (20 new nodes per address)."""
-PROBE_GROUPS = 0x800000
+"""Below the registry's NEW_NODES_BURST (20 new nodes per address); each address is in a
+/24 of its own (below NEW_NODES_IPV4_24_BURST)."""
+PROBE_GROUPS = 0x8000
 """Probe nodes send from 127.128.0.0/9, apart from the swarm's addresses."""
 RETRY_CHECK_S = 0.1
 STARTUP_TIMEOUT_S = 20.0
@@ -82,6 +94,13 @@ class SimulatedNode:
     sent_s: float = 0.0
     retried: bool = False
     switched: bool = False
+    beat: bool = False
+    """The request waited for is a heartbeat (not the node's first registration)."""
+    next_s: float | None = None
+    """When the node registers again (its heartbeat, or its retry while the registry is
+    away)."""
+    lost_s: float | None = None
+    """Since when the registry is silent to it (a request given up)."""
 
 
 @dataclass
@@ -101,6 +120,14 @@ class Results:
     registry_cpu_percent: float = 0.0
     registry_rss_mib: float = 0.0
     new_registration_ms: list[float] = field(default_factory=list)
+    outage_s: float | None = None
+    back_online_s: list[float] = field(default_factory=list)
+    not_back_online: int = 0
+    outage_gave_up: int = 0
+    return_gave_up: int = 0
+    return_heartbeat_ms: list[float] = field(default_factory=list)
+    return_socket_drops: int = 0
+    return_registry_cpu_percent: float = 0.0
     replicas: int = 1
     failover_s: list[float] = field(default_factory=list)
     served_after_kill_s: list[float] = field(default_factory=list)
@@ -134,6 +161,27 @@ class Results:
             "nodes_told_to_move": self.nodes_told,
             "served_after_kill_p50_s": _round(_percentile(sorted(self.served_after_kill_s), 50)),
             "served_after_kill_max_s": _round(max(self.served_after_kill_s, default=0.0)),
+            **self._outage_summary(),
+        }
+
+    def _outage_summary(self) -> dict[str, Any]:
+        if self.outage_s is None:
+            return {}
+        back = sorted(self.back_online_s)
+        beats = sorted(self.return_heartbeat_ms)
+        return {
+            "registry_outage_s": self.outage_s,
+            "nodes_back_online": len(back),
+            "not_back_online": self.not_back_online,
+            "back_online_p50_s": _round(_percentile(back, 50)),
+            "back_online_p99_s": _round(_percentile(back, 99)),
+            "back_online_max_s": _round(back[-1] if back else 0.0),
+            "outage_gave_up": self.outage_gave_up,
+            "return_gave_up": self.return_gave_up,
+            "return_heartbeat_p50_ms": _round(_percentile(beats, 50)),
+            "return_heartbeat_p99_ms": _round(_percentile(beats, 99)),
+            "return_socket_drops": self.return_socket_drops,
+            "return_registry_cpu_percent": round(self.return_registry_cpu_percent, 1),
         }
 
 
@@ -157,7 +205,15 @@ class Swarm:
         self.nodes: list[SimulatedNode] = []
         self.selector = selectors.EpollSelector()
         self.waiting: set[int] = set()
-        self.latencies: list[float] | None = None
+        self.latencies: list[tuple[float, float]] = []
+        """(sent at, round trip in ms) of each heartbeat answered at the first attempt."""
+        self.interval_s = REGISTER_INTERVAL_S
+        self.due: list[tuple[float, int]] = []
+        """(when, node number): heartbeats; an entry counts if it is the node's next_s."""
+        self.restart_at: float | None = None
+        self.back_online: list[float] = []
+        self.outage_gave_up = 0
+        self.return_gave_up = 0
         self.failovers: list[float] = []
         self.served_after_kill: list[float] = []
         self.told = 0
@@ -171,7 +227,8 @@ class Swarm:
         group = (self.first + number) // NODES_PER_ADDRESS + 1
         if hostname is not None:
             group |= PROBE_GROUPS
-        address = f"127.{group >> 16 & 0xFF}.{group >> 8 & 0xFF}.{group & 0xFF}"
+        # One /24 per address: the registry also limits new nodes per /24.
+        address = f"127.{group >> 8 & 0xFF}.{group & 0xFF}.1"
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind((address, 0))
         sock.setblocking(False)
@@ -188,11 +245,12 @@ class Swarm:
         self.selector.register(sock, selectors.EVENT_READ, node)
         return node
 
-    def register(self, node: SimulatedNode, now: float) -> None:
+    def register(self, node: SimulatedNode, now: float, *, beat: bool = False) -> None:
         fields = {"hostname": node.hostname, "tags": ["bench"], "lan": []}
         node.waiting = node.link.request("register", fields, now)
         node.sent_s = now
         node.retried = node.switched = False
+        node.beat = beat
         self.waiting.add(node.number)
         self._flush(node)
 
@@ -240,11 +298,31 @@ class Swarm:
                 self.served_after_kill.append(now - self.kill_at)
         elif node.retried:
             self.retried += 1
-        elif self.latencies is not None:
-            self.latencies.append((now - node.sent_s) * 1000)
+        elif node.beat:
+            self.latencies.append((node.sent_s, (now - node.sent_s) * 1000))
+        if node.lost_s is not None and self.restart_at is not None and now >= self.restart_at:
+            self.back_online.append(now - self.restart_at)
+        node.lost_s = None
         node.waiting = None
         self.waiting.discard(node.number)
+        self._schedule(node, now + self.interval_s)
         answered.append(node)
+
+    def _schedule(self, node: SimulatedNode, at: float) -> None:
+        node.next_s = at
+        heapq.heappush(self.due, (at, node.number))
+
+    def beat(self, now: float) -> float:
+        """Send the heartbeats that are due; the time until the next one."""
+        while self.due and self.due[0][0] <= now:
+            at, number = heapq.heappop(self.due)
+            node = self.nodes[number]
+            if node.next_s != at:
+                continue
+            node.next_s = None
+            if node.waiting is None:
+                self.register(node, now, beat=True)
+        return max(self.due[0][0] - now, 0.0) if self.due else RETRY_CHECK_S
 
     def retry(self, now: float) -> None:
         """Retries that are due (a lost datagram), and requests given up."""
@@ -256,10 +334,35 @@ class Swarm:
                 if isinstance(event, SwitchedRegistry):
                     node.switched = True
                 elif isinstance(event, GaveUp):
-                    self.gave_up += 1
-                    node.waiting = None
-                    self.waiting.discard(number)
+                    self._gave_up(node, now)
             self._flush(node)
+
+    def _gave_up(self, node: SimulatedNode, now: float) -> None:
+        """As the node does when the registry is silent: offline, and registering again
+        every REGISTRY_RETRY_S."""
+        if self.restart_at is None:
+            self.gave_up += 1
+        elif node.sent_s >= self.restart_at:
+            self.return_gave_up += 1
+        else:
+            self.outage_gave_up += 1
+        node.waiting = None
+        self.waiting.discard(node.number)
+        if node.lost_s is None:
+            node.lost_s = now
+        self._schedule(node, now + REGISTRY_RETRY_S)
+
+    def run_for(self, seconds: float) -> None:
+        """Heartbeats, answers and retries for `seconds`."""
+        end = time.monotonic() + seconds
+        last_retry = time.monotonic()
+        while (now := time.monotonic()) < end:
+            timeout = min(self.beat(now), RETRY_CHECK_S, end - now)
+            self.poll(timeout)
+            now = time.monotonic()
+            if now - last_retry >= RETRY_CHECK_S:
+                self.retry(now)
+                last_retry = now
 
 
 def _start_registry(
@@ -334,7 +437,7 @@ def _register_all(swarm: Swarm, window: int) -> list[float]:
         while next_node < len(swarm.nodes) and len(swarm.waiting) < window:
             swarm.register(swarm.nodes[next_node], time.monotonic())
             next_node += 1
-        for _ in swarm.poll(RETRY_CHECK_S):
+        for _ in swarm.poll(min(swarm.beat(time.monotonic()), RETRY_CHECK_S)):
             done_at.append(time.monotonic())
         now = time.monotonic()
         if now - last_retry >= RETRY_CHECK_S:
@@ -345,37 +448,6 @@ def _register_all(swarm: Swarm, window: int) -> list[float]:
     return done_at
 
 
-def _heartbeats(
-    swarm: Swarm, first: int, total: int, start: float, interval_s: float, measure_s: float
-) -> list[float]:
-    """Every node registers again every `interval_s` from `start` (node number `first +
-    i` of `total` at its share of the interval) for `measure_s`; the round trips."""
-    due = [(start + interval_s * (first + i) / total, i) for i in range(len(swarm.nodes))]
-    heapq.heapify(due)
-    latencies: list[float] = []
-    swarm.latencies = latencies
-    end = start + measure_s
-    last_retry = start
-    while True:
-        now = time.monotonic()
-        while due and due[0][0] <= now and due[0][0] < end:
-            slot, number = heapq.heappop(due)
-            node = swarm.nodes[number]
-            if node.waiting is None:
-                swarm.register(node, now)
-            heapq.heappush(due, (slot + interval_s, number))
-        if now >= end and (not swarm.waiting or now >= end + 10):
-            break
-        timeout = min(max(due[0][0] - now, 0.0), RETRY_CHECK_S) if due else RETRY_CHECK_S
-        swarm.poll(timeout)
-        now = time.monotonic()
-        if now - last_retry >= RETRY_CHECK_S:
-            swarm.retry(now)
-            last_retry = now
-    swarm.latencies = None
-    return latencies
-
-
 def _probe_new_registrations(swarm: Swarm, probes: int) -> list[float]:
     """Register `probes` new nodes one after another; the time of each (its cookie
     round trip included, as for any node's first message)."""
@@ -384,7 +456,7 @@ def _probe_new_registrations(swarm: Swarm, probes: int) -> list[float]:
         node = swarm.add(f"probe-{number}")
         swarm.register(node, time.monotonic())
         while node.waiting is not None:
-            swarm.poll(RETRY_CHECK_S)
+            swarm.poll(min(swarm.beat(time.monotonic()), RETRY_CHECK_S))
             swarm.retry(time.monotonic())
         timings.append((time.monotonic() - node.sent_s) * 1000)
     return timings
@@ -394,8 +466,8 @@ def _worker(
     conn: Connection, first: int, count: int, registries: list[tuple[str, int]], key: bytes
 ) -> None:
     """One process's share of the nodes (a process may hold only so many sockets),
-    driven by commands from the bench: ("register", window), ("heartbeats", start,
-    interval_s, measure_s, total), ("probe", count), ("stop",)."""
+    driven by commands from the bench: ("register", window, interval_s), ("heartbeats",
+    measure_s, kill_at), ("outage", restart_at, return_s), ("probe", count), ("stop",)."""
     swarm = Swarm(registries, key, first)
     for _ in range(count):
         swarm.add()
@@ -406,18 +478,33 @@ def _worker(
     while True:
         command = conn.recv()
         if command[0] == "register":
+            swarm.interval_s = command[2]
             conn.send(_register_all(swarm, command[1]))
         elif command[0] == "heartbeats":
-            _, start, interval_s, measure_s, total, swarm.kill_at = command
-            latencies = _heartbeats(swarm, first, total, start, interval_s, measure_s)
+            _, measure_s, swarm.kill_at = command
+            swarm.run_for(measure_s)
             conn.send(
                 (
-                    latencies,
+                    [ms for _, ms in swarm.latencies],
                     swarm.retried,
                     swarm.gave_up,
                     swarm.failovers,
                     swarm.served_after_kill,
                     swarm.told,
+                )
+            )
+        elif command[0] == "outage":
+            _, swarm.restart_at, run_s = command
+            swarm.latencies = []
+            swarm.run_for(run_s)
+            restart = swarm.restart_at
+            conn.send(
+                (
+                    swarm.back_online,
+                    sum(node.lost_s is not None for node in swarm.nodes),
+                    swarm.outage_gave_up,
+                    swarm.return_gave_up,
+                    [ms for sent, ms in swarm.latencies if sent >= restart],
                 )
             )
         elif command[0] == "probe":
@@ -442,8 +529,9 @@ def _database(args: argparse.Namespace) -> Iterator[str | None]:
 @contextlib.contextmanager
 def _registries(
     database: str | None, count: int
-) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[int], bytes]]:
-    """`count` registry processes (replicas when there are several) on loopback."""
+) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[int], bytes, Path]]:
+    """`count` registry processes (replicas when there are several) on loopback, and the
+    directory that holds their state directories (`state-INDEX`)."""
     with tempfile.TemporaryDirectory(prefix="pilotif-load-") as tmp:
         processes: list[subprocess.Popen[bytes]] = []
         ports: list[int] = []
@@ -452,7 +540,7 @@ def _registries(
                 ports.append(_free_port())
                 process, key = _start_registry(Path(tmp) / f"state-{index}", ports[-1], database)
                 processes.append(process)
-            yield processes, ports, key
+            yield processes, ports, key, Path(tmp)
         finally:
             for process in processes:
                 process.send_signal(signal.SIGTERM)
@@ -484,7 +572,7 @@ def run(args: argparse.Namespace) -> Results:
     results = Results(args.nodes, replicas=args.replicas)
     with (
         _database(args) as database,
-        _registries(database, args.replicas) as (processes, ports, key),
+        _registries(database, args.replicas) as (processes, ports, key, tmp),
     ):
         registries = [("127.0.0.1", port) for port in ports]
         workers: list[tuple[multiprocessing.Process, Connection]] = []
@@ -502,17 +590,16 @@ def run(args: argparse.Namespace) -> Results:
             started = time.monotonic()
             done_at: list[float] = []
             for _, conn in workers:
-                conn.send(("register", max(1, args.window // len(workers))))
+                conn.send(("register", max(1, args.window // len(workers)), args.heartbeat_s))
             for _, conn in workers:
                 done_at += conn.recv()
             done_at.sort()
             _registration_rates(results, started, done_at)
             cpu_before, drops_before = _registry_totals(processes, ports)
-            start = time.monotonic() + 1.0
+            start = time.monotonic()
             kill_at = None if args.kill_replica_at is None else start + args.kill_replica_at
             for _, conn in workers:
-                command = ("heartbeats", start, args.heartbeat_s, args.measure_s, args.nodes)
-                conn.send((*command, kill_at))
+                conn.send(("heartbeats", args.measure_s, kill_at))
             if kill_at is not None:
                 time.sleep(max(0.0, kill_at - time.monotonic()))
                 cpu_killed, drops_killed = _registry_totals(processes[1:2], ports[1:2])
@@ -529,12 +616,15 @@ def run(args: argparse.Namespace) -> Results:
                 results.served_after_kill_s += served
                 results.nodes_told += told
             cpu_after, drops_after = _registry_totals(processes, ports)
-            results.registry_cpu_percent = 100 * (cpu_after - cpu_before) / args.measure_s
+            measured_s = time.monotonic() - start
+            results.registry_cpu_percent = 100 * (cpu_after - cpu_before) / measured_s
             results.registry_rss_mib = max(_rss_mib(p.pid) for p in processes if p.poll() is None)
             results.socket_drops = drops_after - drops_before
             results.heartbeats = (
                 len(results.heartbeat_ms) + results.heartbeats_retried + len(results.failover_s)
             )
+            if args.registry_outage is not None:
+                _outage(args, results, workers, processes, ports[0], tmp / "state-0", database)
             workers[0][1].send(("probe", args.probes))
             results.new_registration_ms = workers[0][1].recv()
             for _, conn in workers:
@@ -546,6 +636,40 @@ def run(args: argparse.Namespace) -> Results:
                 if worker.is_alive():
                     worker.kill()
     return results
+
+
+def _outage(
+    args: argparse.Namespace,
+    results: Results,
+    workers: list[tuple[multiprocessing.Process, Connection]],
+    processes: list[subprocess.Popen[bytes]],
+    port: int,
+    state_dir: Path,
+    database: str | None,
+) -> None:
+    """Kill the (first) registry, start it again `--registry-outage` s later on the same
+    port and state while the nodes go on; what their return measured."""
+    killed_at = time.monotonic()
+    restart_at = killed_at + args.registry_outage
+    for _, conn in workers:
+        conn.send(("outage", restart_at, args.registry_outage + args.return_s))
+    processes[0].kill()
+    processes[0].wait()
+    time.sleep(max(0.0, restart_at - time.monotonic()))
+    processes[0], _ = _start_registry(state_dir, port, database)
+    cpu_before = _cpu_seconds(processes[0].pid)
+    results.outage_s = args.registry_outage
+    for _, conn in workers:
+        back, lost, outage_gave_up, return_gave_up, beats = conn.recv()
+        results.back_online_s += back
+        results.not_back_online += lost
+        results.outage_gave_up += outage_gave_up
+        results.return_gave_up += return_gave_up
+        results.return_heartbeat_ms += beats
+    returned_s = time.monotonic() - restart_at
+    cpu = _cpu_seconds(processes[0].pid) - cpu_before
+    results.return_registry_cpu_percent = 100 * cpu / returned_s
+    results.return_socket_drops = _socket_drops(processes[0].pid, port)
 
 
 def _registration_rates(results: Results, started: float, done_at: list[float]) -> None:
@@ -571,6 +695,15 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=1, help="registry replicas (PostgreSQL)")
     parser.add_argument(
         "--kill-replica-at", type=float, help="kill the second replica S s into the heartbeats"
+    )
+    parser.add_argument(
+        "--registry-outage",
+        type=float,
+        metavar="SECONDS",
+        help="after the heartbeats, kill the registry and start it again SECONDS later",
+    )
+    parser.add_argument(
+        "--return-s", type=float, default=60.0, help="how long the return is watched"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
