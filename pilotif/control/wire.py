@@ -159,7 +159,7 @@ class ControlChannel:
         """Refuse every counter up to `counter` (the highest one seen before a restart)."""
         self._floor = max(self._floor, counter)
         if counter > self._highest:
-            self._seen = self._seen << (counter - self._highest) & _WINDOW_MASK
+            self._seen = _slid(self._seen, counter - self._highest)
             self._highest = counter
 
     def seal(self, payload: dict[str, Any], counter: int) -> bytes:
@@ -200,13 +200,22 @@ class ControlChannel:
         """Mark `counter` seen; False if it was, or is too far behind to tell."""
         behind = self._highest - counter
         if behind < 0:
-            self._seen = (self._seen << -behind | 1) & _WINDOW_MASK
+            self._seen = _slid(self._seen, -behind) | 1
             self._highest = counter
             return True
         if behind >= CONTROL_REPLAY_WINDOW or self._seen >> behind & 1:
             return False
         self._seen |= 1 << behind
         return True
+
+
+def _slid(seen: int, ahead: int) -> int:
+    """The replay window `seen` once the highest counter went `ahead` (> 0) up: a jump
+    past the window empties it without building an integer `ahead` bits long (a
+    registry restarted with a far higher counter stalled each node for seconds)."""
+    if ahead >= CONTROL_REPLAY_WINDOW:
+        return 0
+    return seen << ahead & _WINDOW_MASK
 
 
 def _parse_payload(plaintext: bytes) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pilotif.control.wire import (
     CONTROL_HEADER_SIZE,
     CONTROL_REPLAY_WINDOW,
     KEY_REQUEST,
+    MAX_COUNTER,
     MAX_PAYLOAD_BYTES,
     RELAY_HEADER_SIZE,
     RELAY_TYPE,
@@ -217,3 +218,24 @@ def test_a_restored_counter_keeps_the_window_behind_it() -> None:
         registry.open(node.seal(MESSAGE, COUNTER + 5))
     assert registry.open(node.seal(MESSAGE, COUNTER + 6)) == MESSAGE
     assert registry.highest_counter == COUNTER + 6
+
+
+def test_a_counter_far_ahead_empties_the_window_and_the_old_counters_stay_refused() -> None:
+    # A registry restarted after an outage seals from a clock in nanoseconds: its first
+    # reply is ~1e10 counters ahead per 10 s; the window used to shift by that many bits.
+    node, registry = node_side(), registry_side()
+    registry.open(node.seal(MESSAGE, COUNTER))
+    assert registry.open(node.seal(MESSAGE, MAX_COUNTER)) == MESSAGE
+    assert registry.open(node.seal(MESSAGE, MAX_COUNTER - 1)) == MESSAGE
+    for stale in (MAX_COUNTER, MAX_COUNTER - 1, COUNTER + 1):
+        with pytest.raises(StaleCounter):
+            registry.open(node.seal(MESSAGE, stale))
+
+
+def test_a_counter_restored_far_ahead_refuses_what_lies_below() -> None:
+    node, registry = node_side(), registry_side()
+    registry.open(node.seal(MESSAGE, COUNTER))
+    registry.restore_counter(MAX_COUNTER - 1)
+    with pytest.raises(StaleCounter):
+        registry.open(node.seal(MESSAGE, MAX_COUNTER - 1))
+    assert registry.open(node.seal(MESSAGE, MAX_COUNTER)) == MESSAGE
