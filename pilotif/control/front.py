@@ -93,6 +93,10 @@ class ControlFront(Generic[T]):
         sealed = data[:-REQUEST_MACS_SIZE]
         try:
             sender = control_sender(sealed)
+            if sender not in self.channels:
+                busy = self.gate.busy(data, source, now)
+                if busy is not None:
+                    return busy
             found = self._channel(sender, source, now)
             if found is None:
                 return []

@@ -49,6 +49,13 @@ REPLICA_KEEPALIVE: Final = bytes((REPLICA_KEEPALIVE_TYPE, 0, 0, 0))
 """What a node given several replicas sends the ones it does not talk to, with each
 heartbeat: it keeps its NAT open towards them, so that one of them can tell it to move
 (`use_replica`) when its own replica dies. The registry counts it and answers nothing."""
+BUSY_TYPE: Final = 0x57
+_BUSY: Final = struct.Struct("<B3xI16s")
+BUSY_SIZE: Final = _BUSY.size
+"""The registry's "busy, retry after N ms": the type, three zero bytes, the pause in ms
+(uint32 little-endian) and the mac1 of the request it answers, which only the node and
+its path saw (an off-path sender cannot forge one the node takes). 24 bytes, smaller
+than any request: it amplifies nothing, and it goes only to a proven address."""
 REGISTRY_COOKIE_TYPE: Final = 0x54
 """The registry's cookie reply (WireGuard's type 3 layout): it answers a control message
 whose mac2 does not prove the sender's address, and carries the cookie that will."""
@@ -216,6 +223,27 @@ def _slid(seen: int, ahead: int) -> int:
     if ahead >= CONTROL_REPLAY_WINDOW:
         return 0
     return seen << ahead & _WINDOW_MASK
+
+
+def pack_busy(request: bytes, retry_after_ms: int) -> bytes:
+    """The busy notice answering `request` (a control message with its macs)."""
+    return _BUSY.pack(BUSY_TYPE, retry_after_ms, request_mac1(request))
+
+
+def parse_busy(data: bytes) -> tuple[int, bytes]:
+    """The pause (ms) and the request's mac1 a busy notice carries; WireError if it is
+    not one."""
+    if len(data) != BUSY_SIZE:
+        raise WireError("malformed", "a busy notice is 24 bytes")
+    kind, retry_after_ms, mac1 = _BUSY.unpack(data)
+    if kind != BUSY_TYPE or data[1:4] != bytes(3):
+        raise WireError("malformed", "not a busy notice")
+    return retry_after_ms, mac1
+
+
+def request_mac1(request: bytes | bytearray) -> bytes:
+    """The mac1 of a control message a node sends (what a busy notice echoes)."""
+    return bytes(request[-REQUEST_MACS_SIZE : -REQUEST_MACS_SIZE + MAC_SIZE])
 
 
 def _parse_payload(plaintext: bytes) -> dict[str, Any]:

@@ -8,10 +8,12 @@ that `receive` and `handle_timer` return. No sockets, no clocks.
 """
 
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Final
 
 from pilotif.control.wire import (
+    BUSY_TYPE,
     CONTROL_TYPE,
     COUNTER_LEASE,
     KEY_REQUEST,
@@ -22,6 +24,8 @@ from pilotif.control.wire import (
     REQUEST_MACS_SIZE,
     ControlChannel,
     WireError,
+    parse_busy,
+    request_mac1,
     unpack_key_reply,
 )
 from pilotif.wg.cookie import CookieGenerator
@@ -33,6 +37,9 @@ REGISTER_INTERVAL_S: Final = 20.0
 """How often a node registers again (its heartbeat)."""
 REQUEST_ATTEMPTS: Final = 5
 REQUEST_RETRY_S: Final = 1.0
+BUSY_JITTER: Final = 0.5
+"""A busy registry's pause is stretched or shrunk by up to this fraction at random, so
+that the nodes it turned away at once do not come back at once."""
 FAILOVER_AFTER_ATTEMPTS: Final = 2
 """With several registries, a request unanswered this many times goes to the next one
 (its attempts go on counting: every registry silent ends in GaveUp as with one)."""
@@ -108,6 +115,8 @@ class _Pending:
     retry_at_s: float
     sent_s: float
     """When it was first sent (its reply measures the round trip if it was sent once)."""
+    mac1: bytes = b""
+    """The mac1 of its latest transmission (what a busy notice about it echoes)."""
 
 
 class _Replica:
@@ -155,6 +164,8 @@ class RegistryLink:
         self.rtt_s: float | None = None
         """The round trip of the latest request answered at its first attempt."""
         self.dropped = 0
+        self.busy = 0
+        """Busy notices taken (a registry that shed our requests)."""
 
     @property
     def counter(self) -> int:
@@ -209,6 +220,7 @@ class RegistryLink:
         message = bytearray(replica.channel.seal(pending.payload, self._counter))
         message += bytes(REQUEST_MACS_SIZE)
         replica.cookies.add_macs(message, now)
+        pending.mac1 = request_mac1(message)
         self.outgoing.append((bytes(message), self.endpoint))
 
     def keep_others_open(self) -> None:
@@ -270,6 +282,10 @@ class RegistryLink:
             if source == self.endpoint:
                 self._take_cookie(data, now)
             return []
+        if data[:1] == bytes((BUSY_TYPE,)):
+            if source == self.endpoint:
+                self._busy(data, now)
+            return []
         if data == RELAY_SOURCE_UNKNOWN:
             return [RelaySourceUnknown()]
         if data[:1] == bytes((KEY_REQUEST_TYPE,)):
@@ -330,6 +346,24 @@ class RegistryLink:
         for request_id, pending in self._pending.items():
             if pending.payload is not None:
                 self._send_again(request_id, now)
+
+    def _busy(self, data: bytes, now: float) -> None:
+        """The registry is busy: the request the notice names waits the pause it asks
+        for, with jitter, before its next attempt (this one is not spent: the registry
+        is there). A notice naming no request we wait for is dropped."""
+        try:
+            retry_after_ms, mac1 = parse_busy(data)
+        except WireError:
+            self.dropped += 1
+            return
+        for pending in self._pending.values():
+            if pending.payload is not None and pending.mac1 == mac1:
+                pending.attempts -= 1
+                jitter = 1 + BUSY_JITTER * (2 * random.random() - 1)
+                pending.retry_at_s = now + retry_after_ms / 1000 * jitter
+                self.busy += 1
+                return
+        self.dropped += 1
 
     def _send_again(self, request_id: int, now: float) -> None:
         """Send a request at once without spending an attempt: the registry answered the

@@ -1,0 +1,174 @@
+"""Load shedding: past its budget of new channels a proven request
+from a key without a channel is answered with a 24-byte busy notice (retry after N ms,
+the request's mac1 echoed); nodes with a channel are still served; the notice's wire
+format refuses garbage; a node waits the pause with jitter, spends no attempt on it, and
+ignores a forged, broken or stray notice."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_registry_link import ALICE, BOB, Pair, register
+
+from pilotif.control import gate
+from pilotif.control.wire import (
+    BUSY_SIZE,
+    BUSY_TYPE,
+    WireError,
+    pack_busy,
+    parse_busy,
+    request_mac1,
+)
+from pilotif.node.registry_link import REQUEST_ATTEMPTS, GaveUp, RegistryLink, Reply
+from pilotif.wg.crypto import generate_private_key, public_key
+
+
+@pytest.fixture
+def saturated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
+    """A registry whose budget is one new channel, refilled once an hour."""
+    monkeypatch.setattr(gate, "NEW_CHANNELS_BURST", 1.0)
+    monkeypatch.setattr(gate, "NEW_CHANNELS_PER_S", 1 / 3600)
+    built = Pair(tmp_path)
+    yield built
+    built.store.close()
+
+
+def test_past_the_budget_a_new_key_is_answered_busy_and_known_nodes_are_served(
+    saturated: Pair,
+) -> None:
+    pair = saturated
+    alice = pair.link(generate_private_key())
+    register(pair, alice, ALICE, "alice")
+    bob = pair.link(generate_private_key())
+    bob.request("register", {"hostname": "bob", "tags": [], "lan": []}, pair.now)
+    sent = []
+    while bob.outgoing:
+        batch, bob.outgoing = bob.outgoing, []
+        for datagram, _ in batch:
+            sent.append(datagram)
+            for answer, destination in pair.core.handle_datagram(datagram, BOB, pair.now):
+                pair.heard.setdefault(destination, []).append(answer)
+                bob.receive(answer, pair.now)
+    # A cookie reply first (an unproven address gets no busy), then the busy notice.
+    busy = pair.heard[BOB][-1]
+    assert len(pair.heard[BOB]) == 2 and len(pair.heard[BOB][0]) == 64
+    assert busy[0] == BUSY_TYPE and len(busy) == BUSY_SIZE < len(sent[-1])
+    assert parse_busy(busy) == (gate.BUSY_RETRY_MS, request_mac1(sent[-1]))
+    assert pair.core.counters["busy"] == 1
+    assert pair.store.node_by_hostname("bob") is None
+    # Alice's channel is open: her heartbeat costs no budget.
+    assert pair.call(alice, ALICE, "register", hostname="alice", tags=[], lan=[])["ok"]
+    assert pair.core.counters["busy"] == 1
+
+
+def test_within_the_budget_nobody_is_answered_busy(tmp_path: Path) -> None:
+    pair = Pair(tmp_path)
+    for number, source in enumerate((ALICE, BOB)):
+        register(pair, pair.link(generate_private_key()), source, f"node-{number}")
+    assert pair.core.counters["busy"] == 0
+    pair.store.close()
+
+
+def test_a_busy_notice_reads_back() -> None:
+    request = bytes(range(200))
+    assert parse_busy(pack_busy(request, 1500)) == (1500, request[-32:-16])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes((BUSY_TYPE,)),
+        pack_busy(bytes(64), 1)[:-1],
+        pack_busy(bytes(64), 1) + b"\0",
+        bytes((0x54,)) + pack_busy(bytes(64), 1)[1:],
+        pack_busy(bytes(64), 1)[:1] + b"\1" + pack_busy(bytes(64), 1)[2:],
+    ],
+)
+def test_what_is_not_a_busy_notice_is_refused(data: bytes) -> None:
+    with pytest.raises(WireError):
+        parse_busy(data)
+
+
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_raise_wire_error_or_read_as_a_notice(data: bytes) -> None:
+    try:
+        retry_after_ms, mac1 = parse_busy(data)
+    except WireError:
+        return
+    assert pack_busy(bytes(16) + mac1 + bytes(16), retry_after_ms) == data
+
+
+# -- the node's side -------------------------------------------------------------------
+
+REGISTRY_AT = ("198.18.0.1", 9000)
+
+
+def waiting_link() -> tuple[RegistryLink, bytes]:
+    """A link with one registration in flight, and that datagram."""
+    link = RegistryLink(
+        generate_private_key(), REGISTRY_AT, public_key(generate_private_key()), first_counter=1
+    )
+    link.request("register", {"hostname": "n", "tags": [], "lan": []}, NOW)
+    ((datagram, _),) = link.outgoing
+    link.outgoing.clear()
+    return link, datagram
+
+
+NOW = 1_700_000_000.0
+
+
+def test_a_busy_notice_delays_the_retry_with_jitter_without_spending_an_attempt() -> None:
+    retries = []
+    for _ in range(50):
+        link, datagram = waiting_link()
+        assert link.receive(pack_busy(datagram, 2000), NOW, REGISTRY_AT) == []
+        assert link.busy == 1 and link.dropped == 0
+        due = link.next_timer()
+        assert due is not None and NOW + 1.0 <= due <= NOW + 3.0
+        retries.append(due)
+        # The attempt was not spent: REQUEST_ATTEMPTS more before it is given up.
+        given_up = []
+        for attempt in range(REQUEST_ATTEMPTS):
+            given_up += [e for e in link.handle_timer(due + attempt) if isinstance(e, GaveUp)]
+        assert not given_up
+    # Turned away together, they do not come back together.
+    assert max(retries) - min(retries) > 1.0
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda datagram: pack_busy(bytes(len(datagram)), 2000),  # another request's mac1
+        lambda datagram: pack_busy(datagram, 2000)[:-1],  # truncated
+        lambda datagram: pack_busy(datagram, 2000) + b"\0",  # too long
+        lambda datagram: bytes((BUSY_TYPE,)) + bytes(3),  # garbage
+    ],
+)
+def test_a_forged_or_broken_busy_notice_changes_nothing(forge: Callable[[bytes], bytes]) -> None:
+    link, datagram = waiting_link()
+    before = link.next_timer()
+    assert link.receive(forge(datagram), NOW, REGISTRY_AT) == []
+    assert link.next_timer() == before and link.busy == 0 and link.dropped == 1
+
+
+def test_a_busy_notice_from_another_address_is_ignored() -> None:
+    link, datagram = waiting_link()
+    before = link.next_timer()
+    link.receive(pack_busy(datagram, 60_000), NOW, ("198.18.9.9", 9000))
+    assert link.next_timer() == before and link.busy == 0
+
+
+def test_a_node_turned_away_registers_once_the_registry_has_room(saturated: Pair) -> None:
+    pair = saturated
+    register(pair, pair.link(generate_private_key()), ALICE, "alice")
+    bob = pair.link(generate_private_key())
+    request_id = bob.request("register", {"hostname": "bob", "tags": [], "lan": []}, pair.now)
+    assert pair.exchange(bob, BOB) == [] and bob.busy == 1
+    pair.now += 3600  # the budget refills
+    answers = [e for e in bob.handle_timer(pair.now)]
+    answers += pair.exchange(bob, BOB)
+    replies = [a for a in answers if isinstance(a, Reply)]
+    assert [r.request_id for r in replies] == [request_id] and replies[0].message["ok"]
