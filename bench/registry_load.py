@@ -20,7 +20,8 @@ requests, cookies, retries), in one process:
    every REGISTRY_RETRY_S; `back_online_*_s` is how long after the restart each node that
    lost the registry was answered (`not_back_online`: never within `--return-s`),
    `return_gave_up` the requests sent after the restart and given up, and
-   `return_heartbeat_p99_ms` the round trip of the requests sent after the restart;
+   `return_heartbeat_p99_ms` the round trip of the requests sent after the restart,
+   `busy_notices` how many "busy, retry after" notices the nodes took;
 4. one registration at that size: `--probes` new nodes one after another (p50, p99).
 
 With `--replicas N` (PostgreSQL only) N registry processes share the database; node i
@@ -128,6 +129,7 @@ class Results:
     return_heartbeat_ms: list[float] = field(default_factory=list)
     return_socket_drops: int = 0
     return_registry_cpu_percent: float = 0.0
+    busy_notices: int = 0
     replicas: int = 1
     failover_s: list[float] = field(default_factory=list)
     served_after_kill_s: list[float] = field(default_factory=list)
@@ -182,6 +184,7 @@ class Results:
             "return_heartbeat_p99_ms": _round(_percentile(beats, 99)),
             "return_socket_drops": self.return_socket_drops,
             "return_registry_cpu_percent": round(self.return_registry_cpu_percent, 1),
+            "busy_notices": self.busy_notices,
         }
 
 
@@ -505,6 +508,7 @@ def _worker(
                     swarm.outage_gave_up,
                     swarm.return_gave_up,
                     [ms for sent, ms in swarm.latencies if sent >= restart],
+                    sum(node.link.busy for node in swarm.nodes),
                 )
             )
         elif command[0] == "probe":
@@ -660,7 +664,8 @@ def _outage(
     cpu_before = _cpu_seconds(processes[0].pid)
     results.outage_s = args.registry_outage
     for _, conn in workers:
-        back, lost, outage_gave_up, return_gave_up, beats = conn.recv()
+        back, lost, outage_gave_up, return_gave_up, beats, busy = conn.recv()
+        results.busy_notices += busy
         results.back_online_s += back
         results.not_back_online += lost
         results.outage_gave_up += outage_gave_up
