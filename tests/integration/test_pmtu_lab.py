@@ -52,6 +52,17 @@ def peer_mtu(lab: NatLab, hostname: str, peer: str) -> int | None:
     return int(row["mtu"]) if row is not None and row.get("mtu") is not None else None
 
 
+def wait_for_found_mtu(lab: NatLab) -> None:
+    """Until alpha and beta each found FOUND_MTU to the other (LabError after
+    MTU_FOUND_TIMEOUT_S)."""
+    for node, peer in (("alpha", "beta"), ("beta", "alpha")):
+        poll_until(
+            lambda node=node, peer=peer: peer_mtu(lab, node, peer) == FOUND_MTU or None,
+            MTU_FOUND_TIMEOUT_S,
+            f"{node} to find the path MTU to {peer}",
+        )
+
+
 def test_a_1280_byte_black_hole_is_found_and_a_transfer_gets_through_both_ways(
     tmp_path: Path,
 ) -> None:
@@ -63,14 +74,7 @@ def test_a_1280_byte_black_hole_is_found_and_a_transfer_gets_through_both_ways(
         trust(alpha, beta)
         alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
         started = time.monotonic()
-        for node, peer in ((alpha, "beta"), (beta, "alpha")):
-            poll_until(
-                lambda node=node, peer=peer: (
-                    peer_mtu(lab, node.hostname, peer) == FOUND_MTU or None
-                ),
-                MTU_FOUND_TIMEOUT_S,
-                f"{node.hostname} to find the path MTU to {peer}",
-            )
+        wait_for_found_mtu(lab)
         print(f"path MTU {FOUND_MTU} found {time.monotonic() - started:.1f} s after direct")
         beta_ip = beta.status()["node"]["ipv4"]
         alpha_ip = alpha.status()["node"]["ipv4"]

@@ -25,7 +25,7 @@ from pilotif_lab.nat import Agent, NatKind, NatLab, nat_lab, poll_until, trust
 from pilotif_lab.netns import LabError
 from pilotif_lab.pilotif_node import pilotif_executable
 from pilotif_lab.unprivileged import NOBODY_UID, as_nobody
-from test_pmtu_lab import FOUND_MTU, MTU_FOUND_TIMEOUT_S, black_hole, peer_mtu
+from test_pmtu_lab import black_hole, wait_for_found_mtu
 
 pytestmark = [
     pytest.mark.integration,
@@ -316,14 +316,7 @@ def test_a_userspace_node_fits_its_segments_to_a_small_path(tmp_path: Path) -> N
     with userspace_pair(tmp_path, *forward) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
         black_hole(lab, 1)
-        for node, peer in ((alpha, "beta"), (beta, "alpha")):
-            poll_until(
-                lambda node=node, peer=peer: (
-                    peer_mtu(lab, node.hostname, peer) == FOUND_MTU or None
-                ),
-                MTU_FOUND_TIMEOUT_S,
-                f"{node.hostname} to find the path MTU to {peer}",
-            )
+        wait_for_found_mtu(lab)
         alpha_ip = alpha.status()["node"]["ipv4"]
         python = shutil.which("python3") or "python3"
         alpha.namespace.spawn(python, "-c", _DIGEST_SERVER, alpha_ip, str(WEB_PORT))
