@@ -42,6 +42,8 @@ LADDER: Final = (1400, 1380, 1360, 1340, 1320, 1300, 1280, 1260, 1240, 1220, 120
 class _Search:
     """One peer's probing."""
 
+    peer: TrustedPeer
+    """Whom it is for (its hostname names it in events)."""
     endpoint: PeerEndpoint | None = None
     """The endpoint the peer's MTU was found for (or is being found for)."""
     probes: dict[int, int] = field(default_factory=dict)
@@ -63,20 +65,17 @@ class PathMtuProber:
         self.device = device
         self._sink = sink
         self._searches: dict[bytes, _Search] = {}
-        self._peers: dict[bytes, TrustedPeer] = {}
         self._next_id = 1
         self._check_s: float | None = None
         """When to compare the peers' endpoints next."""
 
     def add(self, peer: TrustedPeer, now: float) -> None:
         """A trusted peer: searched once it has a session."""
-        self._peers[peer.public_key] = peer
-        self._searches[peer.public_key] = _Search()
+        self._searches[peer.public_key] = _Search(peer)
         if self._check_s is None:
             self._check_s = now + ENDPOINT_CHECK_S
 
     def remove(self, key: bytes) -> None:
-        self._peers.pop(key, None)
         self._searches.pop(key, None)
 
     def mtu_of(self, key: bytes) -> int:
@@ -150,22 +149,20 @@ class PathMtuProber:
 
     def _timed_out(self, key: bytes, search: _Search, now: float) -> None:
         """The full MTU again, then the ladder; after the ladder, the verdict."""
-        if search.answered is None and search.tries < TOP_TRIES:
+        if search.answered is not None:
+            self._settle(key, search, search.answered, now)
+        elif search.tries < TOP_TRIES:
             self._probe_top(key, search, now)
-            return
-        if search.tries == TOP_TRIES and search.answered is None:
+        elif search.tries == TOP_TRIES:
             search.tries += 1
             for size in LADDER:
                 if size < self.device.mtu:
                     self._probe(key, search, size, now)
             search.due_s = now + PROBE_TIMEOUT_S
-            return
-        if search.answered is None:
+        else:
             search.probes.clear()
             search.settled = True
             search.due_s = now + RETRY_S
-            return
-        self._settle(key, search, search.answered, now)
 
     def _settle(self, key: bytes, search: _Search, mtu: int | None, now: float) -> None:
         """The peer's MTU is `mtu` (None: the full one) until the next search."""
@@ -175,6 +172,5 @@ class PathMtuProber:
         before = self.mtu_of(key)
         self.device.set_peer_mtu(key, mtu)
         after = self.mtu_of(key)
-        peer = self._peers.get(key)
-        if after != before and peer is not None:
-            self._sink.items.append(PathMtuChanged(peer.hostname, key, after))
+        if after != before:
+            self._sink.items.append(PathMtuChanged(search.peer.hostname, key, after))
