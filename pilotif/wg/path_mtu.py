@@ -25,7 +25,7 @@ from pilotif.wg.drops import DropReason
 from pilotif.wg.events import PathProbeAcked
 from pilotif.wg.keepalives import Keepalives
 from pilotif.wg.outbox import Outbox
-from pilotif.wg.peer import Peer
+from pilotif.wg.peer import Keypair, Peer
 
 PATH_MESSAGE_VERSION: Final = 15
 """What the "IP version" of both messages reads: one no IP packet has."""
@@ -43,6 +43,14 @@ def is_path_message(plaintext: BytesLike) -> bool:
     return len(plaintext) >= MESSAGE.size and plaintext[0] in (PROBE, PROBE_ACK)
 
 
+def _sending(peer: Peer, now: float) -> Keypair | None:
+    """The session a probe or an answer goes out with now (None: none, or no endpoint)."""
+    keypair = peer.current
+    if keypair is None or not keypair.can_send(now) or peer.endpoint is None:
+        return None
+    return keypair
+
+
 class PathMtu:
     """Probes and answers them for the device; drops and answers what does not fit."""
 
@@ -56,10 +64,8 @@ class PathMtu:
     def probe(self, peer: Peer, probe_id: int, size: int, now: float) -> bool:
         """Send a probe of `size` plaintext bytes to the peer's endpoint; False when
         there is no session to send it with (or the size cannot hold a probe)."""
-        keypair = peer.current
-        if keypair is None or not keypair.can_send(now) or peer.endpoint is None:
-            return False
-        if size < MESSAGE.size:
+        keypair = _sending(peer, now)
+        if keypair is None or size < MESSAGE.size:
             return False
         message = MESSAGE.pack(PROBE, probe_id, size) + bytes(size - MESSAGE.size)
         self._keepalives.send_with(peer, keypair, now, plaintext=message)
@@ -70,10 +76,8 @@ class PathMtu:
         probe's answer (reported), from its first MESSAGE.size bytes, `header`."""
         kind, probe_id, size = MESSAGE.unpack(header)
         if kind == PROBE:
-            keypair = peer.current
-            ready = keypair is not None and keypair.can_send(now) and peer.endpoint is not None
-            if size == length and ready:
-                assert keypair is not None
+            keypair = _sending(peer, now)
+            if size == length and keypair is not None:
                 answer = MESSAGE.pack(PROBE_ACK, probe_id, size)
                 self._keepalives.send_with(peer, keypair, now, plaintext=answer)
             return
@@ -89,10 +93,10 @@ class PathMtu:
             if len(packet) <= mtu:
                 fit.append(packet)
             else:
-                self.too_big(peer, packet, mtu, now)
+                self._too_big(peer, packet, mtu, now)
         return fit
 
-    def too_big(self, peer: Peer, packet: BytesLike, mtu: int, now: float) -> None:
+    def _too_big(self, peer: Peer, packet: BytesLike, mtu: int, now: float) -> None:
         """Drop `packet` (larger than `mtu`) and tell its sender, at most every
         TOO_BIG_INTERVAL_S for this peer."""
         self._drops[DropReason.PACKET_TOO_BIG] += 1
