@@ -117,15 +117,20 @@ def _iperf_server(host: LabHost, address: str) -> Iterator[None]:
 
 
 def iperf(
-    a: LabHost, b: LabHost, time_s: int, *extra_args: str, address: str | None = None
+    a: LabHost,
+    b: LabHost,
+    time_s: int,
+    *extra_args: str,
+    address: str | None = None,
+    bind: str | None = None,
 ) -> IperfResult:
     """One iperf3 test from a client on A to a server on B's overlay address (or
-    `address`; `-R`: B sends), with the CPU seconds that the tunnel daemons of both
+    `address`; the server listens there, or on `bind`; `-R`: B sends), with the CPU seconds that the tunnel daemons of both
     namespaces spent during it. The processes in a namespace before the test are its tunnel
     daemon (whatever the implementation, including any workers it started)."""
     target = address or b.addresses.overlay_v4
     pids = a.namespace.pids(), b.namespace.pids()
-    with _iperf_server(b, target):
+    with _iperf_server(b, bind or target):
         before = [_total_cpu(side) for side in pids]
         result = a.namespace.run(
             "iperf3",

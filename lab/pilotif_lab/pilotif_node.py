@@ -41,6 +41,7 @@ class PilotifNode:
         config: TunnelConfig,
         workdir: Path,
         policy: str | None = None,
+        up_args: tuple[str, ...] = (),
     ) -> None:
         self._namespace = namespace
         self.interface = interface
@@ -50,6 +51,8 @@ class PilotifNode:
         self.config_path = workdir / f"{interface}.conf"
         self.policy = policy
         """A port policy's text for `up --policy` (None: none)."""
+        self.up_args = up_args
+        """More options for `up` (`--userspace --expose 5201`: a node without a TUN)."""
 
     @property
     def log_path(self) -> Path:
@@ -79,7 +82,7 @@ class PilotifNode:
             policy_path = self._workdir / f"{self.interface}.policy"
             policy_path.write_text(self.policy)
             args += ["--policy", str(policy_path)]
-        self._pilotif(*args)
+        self._pilotif(*args, *self.up_args)
 
     def pid(self) -> int | None:
         """The daemon's PID from its PID file, if it wrote one."""
