@@ -125,9 +125,10 @@ def iperf(
     bind: str | None = None,
 ) -> IperfResult:
     """One iperf3 test from a client on A to a server on B's overlay address (or
-    `address`; the server listens there, or on `bind`; `-R`: B sends), with the CPU seconds that the tunnel daemons of both
-    namespaces spent during it. The processes in a namespace before the test are its tunnel
-    daemon (whatever the implementation, including any workers it started)."""
+    `address`; the server listens there, or on `bind`; `-R`: B sends), with the CPU
+    seconds that the tunnel daemons of both namespaces spent during it. The processes in
+    a namespace before the test are its tunnel daemon (whatever the implementation,
+    including any workers it started)."""
     target = address or b.addresses.overlay_v4
     pids = a.namespace.pids(), b.namespace.pids()
     with _iperf_server(b, bind or target):

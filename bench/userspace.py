@@ -144,9 +144,7 @@ def _start(setup: str, a: LabHost, b: LabHost, stack: ExitStack) -> PilotifNode 
     return userspace
 
 
-def _measure(
-    setup: str, a: LabHost, b: LabHost, time_s: int, profile: bool
-) -> dict[str, float]:
+def _measure(setup: str, a: LabHost, b: LabHost, time_s: int, profile: bool) -> dict[str, float]:
     bind = LOOPBACK if setup == "userspace" else None
     with ExitStack() as stack:
         userspace = _start(setup, a, b, stack)
@@ -197,10 +195,12 @@ def _summary(runs: dict[str, list[dict[str, float]]]) -> bool:
     met = True
     print("\nmedians: " + "  ".join(f"{s:>12}" for s in medians) + "  userspace/tun")
     checks: dict[str, Callable[[float, float], bool]] = {
-        "stream": lambda value, ratio: value >= STREAM_TARGET_MBIT_S
-        and ratio >= STREAM_TARGET_RATIO,
-        "reverse": lambda value, ratio: value >= STREAM_TARGET_MBIT_S
-        and ratio >= STREAM_TARGET_RATIO,
+        "stream": lambda value, ratio: (
+            value >= STREAM_TARGET_MBIT_S and ratio >= STREAM_TARGET_RATIO
+        ),
+        "reverse": lambda value, ratio: (
+            value >= STREAM_TARGET_MBIT_S and ratio >= STREAM_TARGET_RATIO
+        ),
         "rr": lambda _value, ratio: ratio <= RR_TARGET_RATIO,
     }
     for figure, check in checks.items():
