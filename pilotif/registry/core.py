@@ -18,6 +18,7 @@ from typing import Any, Final
 from pilotif.control.forwarder import Forwarder
 from pilotif.control.front import NO_FLOOR, ByType, ControlFront, Opened
 from pilotif.control.gate import Outgoing
+from pilotif.control.probe_answer import answering_probes
 from pilotif.control.relay_info import RelayInfo
 from pilotif.control.wire import (
     KEY_REQUEST,
@@ -111,7 +112,11 @@ class RegistryCore:
         self.routes = TrustedRoutes(self._presence, store)
         """Who the relay carries datagrams for, and its trust cache."""
         forwarder = Forwarder(self.counters, self._front.gate, self.routes)
-        self._by_type = ByType(forwarder.forward, self._control, self._other)
+        self._by_type = ByType(
+            forwarder.forward,
+            self._control,
+            answering_probes(self._front.gate, self.counters, self._other),
+        )
         directory = Directory(
             store, self._presence, self._replicas, self._front.sessions, self.counters
         )

@@ -21,6 +21,7 @@ from typing import Any, Final
 from pilotif.control.forwarder import Forwarder
 from pilotif.control.front import NO_FLOOR, ByType, ControlFront
 from pilotif.control.gate import Outgoing
+from pilotif.control.probe_answer import answering_probes
 from pilotif.control.tickets import check_ticket, ticket_key
 from pilotif.control.wire import MAX_REQUEST_ID, WireError, error_reply
 from pilotif.wg.events import Endpoint
@@ -147,7 +148,11 @@ class RelayCore:
         self._ticket_key = ticket_key(private_key, registry_key)
         self._attachments = Attachments()
         forwarder = Forwarder(self.counters, self._front.gate, self._attachments)
-        self._by_type = ByType(forwarder.forward, self._control, self._other)
+        self._by_type = ByType(
+            forwarder.forward,
+            self._control,
+            answering_probes(self._front.gate, self.counters, self._other),
+        )
 
     @property
     def counter(self) -> int:
