@@ -370,6 +370,8 @@ class NatLab:
     internet: dict[str, InternetHost] = field(default_factory=dict)
     registry_args: tuple[str, ...] = ()
     """Extra `pilotif registry` options (e.g. --require-join-key), kept across restarts."""
+    registry_listen: str = REGISTRY
+    """The registry's --listen (`[::]:7946` serves both families: pilotif_lab.dual_stack)."""
     _registry: "subprocess.Popen[bytes] | None" = None
     _replicas: dict[str, "subprocess.Popen[bytes]"] = field(default_factory=dict)
     _relays: dict[str, "subprocess.Popen[bytes]"] = field(default_factory=dict)
@@ -450,7 +452,7 @@ class NatLab:
             pilotif_executable(),
             "registry",
             "--listen",
-            REGISTRY,
+            self.registry_listen,
             "--state-dir",
             str(self.registry_state_dir),
             *self.registry_args,
@@ -461,10 +463,11 @@ class NatLab:
         def listening() -> bool | None:
             if process.poll() is not None:
                 raise LabError(f"the registry exited {process.returncode}: {self._log_tail()}")
-            sockets = self.public.run("ss", "-Hnlu", "src", REGISTRY).stdout
+            sockets = self.public.run("ss", "-Hnlu", "src", self.registry_listen).stdout
             return True if sockets.strip() else None
 
-        poll_until(listening, REGISTRY_START_TIMEOUT_S, "the registry listening on " + REGISTRY)
+        what = "the registry listening on " + self.registry_listen
+        poll_until(listening, REGISTRY_START_TIMEOUT_S, what)
 
     def admin(self, *args: str) -> Any:
         """`pilotif registry admin --state-dir DIR ARGS --json`, parsed (run on the lab's
@@ -699,11 +702,13 @@ def nat_lab(
     wan_loss: Sequence[float] = (),
     registry_args: Sequence[str] = (),
     carriers: Sequence[int] = (),
+    registry_listen: str = REGISTRY,
 ) -> Iterator[NatLab]:
     """The lab with one router per entry of `nats` and agents (hostname, router index),
     and `internet_hosts` (names) on the public switch itself. `wan_delay_ms` and
     `wan_loss` (a share, 0 to 1) put a delay cable (pilotif_lab.cable) between router i
-    and the switch, each way. `registry_args` go to `pilotif registry`.
+    and the switch, each way. `registry_args` go to `pilotif registry`, which listens on
+    `registry_listen`.
 
     The registry runs (on a fresh state dir); agents are not up yet. Everything (daemons by
     PID, the registry, namespaces and their /etc/netns dirs) is torn down when the block
@@ -752,7 +757,9 @@ def nat_lab(
             name: _build_internet_host(public, new_namespace(name), index)
             for index, name in enumerate(internet_hosts)
         }
-        lab = NatLab(public, routers, built, workdir, internet, tuple(registry_args))
+        lab = NatLab(
+            public, routers, built, workdir, internet, tuple(registry_args), registry_listen
+        )
         stack.callback(lab.stop_registry)
         stack.callback(lab.stop_port_mapping)
         lab.start_registry()

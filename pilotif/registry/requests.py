@@ -18,7 +18,9 @@ from pilotif.wg.events import Endpoint
 
 MAX_TAGS: Final = 8
 MAX_TAG_CHARS: Final = 32
-MAX_LAN_ENDPOINTS: Final = 4
+MAX_LAN_ENDPOINTS: Final = 6
+"""A node's own addresses the registry keeps and hands on: both families (the node reports
+the first of each first), with room beside the public endpoints in MAX_PEER_CANDIDATES."""
 STORE_ERROR_HINTS: Final = {
     NameTaken.code: "choose another --hostname; a name belongs to the first key that takes it",
     NetworkFull.code: "the registry's network has no free address; ask its operator",

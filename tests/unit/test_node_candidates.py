@@ -11,6 +11,14 @@ import pytest
 
 from pilotif.control.identity import IPV6_PREFIX
 from pilotif.node.candidates import MAX_PEER_CANDIDATES, usable_candidates
+from pilotif.node.lan import (
+    IFA_F_DADFAILED,
+    IFA_F_DEPRECATED,
+    IFA_F_TENTATIVE,
+    candidate_order,
+    local_endpoints,
+    usable_address,
+)
 from pilotif.wg.events import Endpoint
 from tests.unit.netsim import Network, SimNode
 
@@ -96,3 +104,49 @@ def test_a_peer_cannot_make_the_node_probe_loopback_metadata_or_itself(net: Netw
     hosts = {host for host, _ in sent_to}
     assert hosts.isdisjoint({"127.0.0.1", "169.254.169.254", alpha.address[0], "::1"})
     assert alpha.core.paths.candidates_refused >= 4
+
+
+@pytest.mark.parametrize(
+    ("text", "flags"),
+    [
+        ("127.0.0.1", 0),
+        ("::1", 0),
+        ("169.254.1.1", 0),
+        ("fe80::1", 0),
+        ("ff02::1", 0),
+        ("::", 0),
+        ("not an address", 0),
+        ("3fff::5", IFA_F_TENTATIVE),
+        ("3fff::5", IFA_F_DEPRECATED),
+        ("3fff::5", IFA_F_DADFAILED),
+    ],
+)
+def test_an_address_no_peer_reaches_is_no_lan_candidate(text: str, flags: int) -> None:
+    assert usable_address(text, flags) is None
+
+
+def test_both_families_are_reported_the_first_of_each_first() -> None:
+    """Issue 24 item 3: the node reported IPv4 only, so two nodes with global IPv6 behind
+    symmetric IPv4 NATs stayed on the relay. The registry keeps the first few: a host with
+    many IPv4 bridges must still report its IPv6, global before ULA."""
+    found = [
+        usable_address(text, 0)
+        for text in ("10.0.0.2", "172.17.0.1", "fd00::2", "192.168.5.1", "3fff::2", "10.0.0.2")
+    ]
+    ordered = candidate_order([a for a in found if a is not None], 41641)
+    assert ordered == [
+        "10.0.0.2:41641",
+        "[3fff::2]:41641",
+        "172.17.0.1:41641",
+        "192.168.5.1:41641",
+        "[fd00::2]:41641",
+    ]
+    assert usable_address("3fff::2", 0x80) is not None  # IFA_F_PERMANENT
+
+
+def test_this_host_reports_its_ipv6_too() -> None:
+    """Whatever this namespace has: no loopback, no link-local, IPv6 with brackets."""
+    for text in local_endpoints(41641, "pf-none"):
+        host = text.rpartition(":")[0]
+        assert host not in ("127.0.0.1", "[::1]") and not host.startswith("[fe80")
+        assert (":" in host) == host.startswith("[")

@@ -1,0 +1,68 @@
+"""Issue 24 item 3 in the namespace lab (pilotif_lab.dual_stack): a pair goes direct over
+whichever family works. Symmetric IPv4 NATs on both sides with global IPv6 behind
+stateful firewalls go direct over udp6; cone NATs with the same firewalls go direct; a
+node without IPv6 and a dual-stack one pair over IPv4. Each carries 20 MB intact."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from pilotif_lab.checks import tcp_transfer
+from pilotif_lab.dual_stack import REGISTRY_DUAL_STACK, dual_stack_lab
+from pilotif_lab.nat import PATH_TIMEOUT_S, Agent, NatKind, NatLab, trust
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="builds network namespaces: needs root"),
+]
+
+TRANSFER_BYTES = 20 * 1024 * 1024
+_PAIR = (("alpha", 0), ("beta", 1))
+
+
+def _direct_and_carries(lab: NatLab, transports: tuple[str, ...]) -> dict[str, str]:
+    """Trust alpha and beta; both direct within PATH_TIMEOUT_S of trust over one of
+    `transports`; 20 MB from alpha to beta arrive intact. Each side's transport."""
+    alpha, beta = lab["alpha"], lab["beta"]
+    trust(alpha, beta)
+    trusted_at = time.monotonic()
+    rows = {
+        "alpha": alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S),
+        "beta": beta.wait_for_path("alpha", ("direct",), PATH_TIMEOUT_S),
+    }
+    print(f"direct {time.monotonic() - trusted_at:.1f} s after trust: {rows}")
+    for row in rows.values():
+        assert row["transport"] in transports, row
+    beta_ip = beta.status()["node"]["ipv4"]
+    result = tcp_transfer(alpha.namespace, beta.namespace, beta_ip, TRANSFER_BYTES)
+    assert result.intact, result
+    row = alpha.peer("beta")
+    assert row is not None and row["path"] == "direct", row
+    return {"alpha": row["transport"], "beta": rows["beta"]["transport"]}
+
+
+def _up_dual(*agents: Agent) -> None:
+    for agent in agents:
+        agent.up(registry=REGISTRY_DUAL_STACK)
+
+
+def test_symmetric_v4_nats_with_v6_firewalls_go_direct_over_udp6(tmp_path: Path) -> None:
+    with dual_stack_lab((NatKind.SYMMETRIC, NatKind.SYMMETRIC), _PAIR, tmp_path) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        _up_dual(alpha, beta)
+        transports = _direct_and_carries(lab, ("udp6",))
+        assert transports == {"alpha": "udp6", "beta": "udp6"}
+
+
+def test_cone_v4_nats_with_v6_firewalls_go_direct(tmp_path: Path) -> None:
+    with dual_stack_lab((NatKind.CONE, NatKind.CONE), _PAIR, tmp_path) as lab:
+        _up_dual(lab["alpha"], lab["beta"])
+        _direct_and_carries(lab, ("udp4", "udp6"))
+
+
+def test_a_v4_only_node_and_a_dual_stack_node_pair_over_v4(tmp_path: Path) -> None:
+    with dual_stack_lab((NatKind.CONE, NatKind.CONE), _PAIR, tmp_path, v4_only=("beta",)) as lab:
+        _up_dual(lab["alpha"])
+        lab["beta"].up()
+        assert _direct_and_carries(lab, ("udp4",)) == {"alpha": "udp4", "beta": "udp4"}
