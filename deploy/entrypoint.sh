@@ -13,14 +13,29 @@
 # PILOTIF_AUTO_APPROVE ("" off, "all", "network", "tag:NAME"), PILOTIF_JOIN_KEY (or
 # PILOTIF_JOIN_KEY_FILE, a file holding it), PILOTIF_HANDSHAKE (peers to ask for trust once
 # the node is up, comma-separated), PILOTIF_EXTRA_ARGS (more `pilotif up` options).
+# The node has a TUN when it can (root, /dev/net/tun, CAP_NET_ADMIN), else it runs
+# `up --userspace`; PILOTIF_USERSPACE=1 or 0 decides instead. A userspace node:
+# PILOTIF_SOCKS5 (HOST:PORT, default 127.0.0.1:1080), PILOTIF_HTTP_PROXY (HOST:PORT, default
+# 127.0.0.1:3128; "off" for none), PILOTIF_FORWARD and PILOTIF_EXPOSE (comma-separated
+# --forward and --expose values), PILOTIF_PROXY_CREDENTIALS (USER:PASSWORD, read by pilotif).
 # Registry: PILOTIF_LISTEN (HOST:PORT, default 0.0.0.0:7946), PILOTIF_EXTRA_ARGS.
-# State (key, pins; the registry's database) lives in PILOTIF_STATE_DIR, the image's volume.
+# State (key, pins; the registry's database) lives in PILOTIF_STATE_DIR, by default root's
+# /var/lib/pilotif (the image's volume), another user's ${XDG_STATE_HOME:-~/.local/state}/pilotif.
 set -eu
-set -f # PILOTIF_EXTRA_ARGS and PILOTIF_HANDSHAKE are split on spaces and commas, never globbed
+set -f # the lists in PILOTIF_* are split on spaces and commas, never globbed
 
-STATE_DIR="${PILOTIF_STATE_DIR:-/var/lib/pilotif}"
+if [ -n "${PILOTIF_STATE_DIR:-}" ]; then
+    STATE_DIR="$PILOTIF_STATE_DIR"
+elif [ "$(id -u)" -eq 0 ]; then
+    STATE_DIR=/var/lib/pilotif
+else
+    STATE_DIR="${XDG_STATE_HOME:-$HOME/.local/state}/pilotif"
+fi
 ROLE_FILE="$STATE_DIR/container-role"
 DEFAULT_LISTEN="0.0.0.0:7946"
+DEFAULT_SOCKS5="127.0.0.1:1080"
+DEFAULT_HTTP_PROXY="127.0.0.1:3128"
+CAP_NET_ADMIN_BIT=12
 HANDSHAKE_RETRY_S=2
 HANDSHAKE_TRIES=150
 export PILOTIF_STATE_DIR="$STATE_DIR"
@@ -72,11 +87,52 @@ handshake_when_up() {
     done
 }
 
+# Whether this container can run a TUN node: root, /dev/net/tun and CAP_NET_ADMIN in effect;
+# if not, `why` says what is missing.
+can_tun() {
+    why=""
+    [ "$(id -u)" -eq 0 ] || why="not root (uid $(id -u))"
+    [ -c /dev/net/tun ] || why="${why:+$why, }no /dev/net/tun"
+    capabilities=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status)
+    [ $((0x$capabilities >> CAP_NET_ADMIN_BIT & 1)) -eq 1 ] || why="${why:+$why, }no CAP_NET_ADMIN"
+    [ -z "$why" ]
+}
+
+# Whether the node runs `up --userspace`: PILOTIF_USERSPACE=1 or 0, else when it has no TUN.
+use_userspace() {
+    case "${PILOTIF_USERSPACE:-}" in
+    1) return 0 ;;
+    0)
+        can_tun || fail "PILOTIF_USERSPACE=0 needs a TUN, but $why: run as root with" \
+            "--device /dev/net/tun --cap-add NET_ADMIN, or set PILOTIF_USERSPACE=1"
+        return 1
+        ;;
+    "")
+        can_tun && return 1
+        log "$why: a userspace node (\`up --userspace\`): programs reach peers through" \
+            "SOCKS5 ${PILOTIF_SOCKS5:-$DEFAULT_SOCKS5} and the HTTP proxy" \
+            "${PILOTIF_HTTP_PROXY:-$DEFAULT_HTTP_PROXY}"
+        return 0
+        ;;
+    *) fail "PILOTIF_USERSPACE must be 1, 0 or unset, not '$PILOTIF_USERSPACE'" ;;
+    esac
+}
+
 run_node() {
     [ -n "${PILOTIF_REGISTRY:-}" ] || fail "set PILOTIF_REGISTRY=HOST:PORT (the registry)"
     [ -n "${PILOTIF_HOSTNAME:-}" ] || fail "set PILOTIF_HOSTNAME=NAME (this node's name)"
-    [ -c /dev/net/tun ] || fail "no /dev/net/tun: run with --device /dev/net/tun --cap-add NET_ADMIN"
     set -- up --foreground --registry "$PILOTIF_REGISTRY" --hostname "$PILOTIF_HOSTNAME"
+    if use_userspace; then
+        set -- "$@" --userspace --socks5 "${PILOTIF_SOCKS5:-$DEFAULT_SOCKS5}"
+        http_proxy="${PILOTIF_HTTP_PROXY:-$DEFAULT_HTTP_PROXY}"
+        [ "$http_proxy" = off ] || set -- "$@" --http-proxy "$http_proxy"
+        for forward in $(echo "${PILOTIF_FORWARD:-}" | tr ',' ' '); do
+            set -- "$@" --forward "$forward"
+        done
+        for expose in $(echo "${PILOTIF_EXPOSE:-}" | tr ',' ' '); do
+            set -- "$@" --expose "$expose"
+        done
+    fi
     [ -z "${PILOTIF_TAGS:-}" ] || set -- "$@" --tags "$PILOTIF_TAGS"
     [ -z "${PILOTIF_REGISTRY_KEY:-}" ] || set -- "$@" --registry-key "$PILOTIF_REGISTRY_KEY"
     [ -z "${PILOTIF_AUTO_APPROVE:-}" ] || set -- "$@" "--auto-approve=$PILOTIF_AUTO_APPROVE"

@@ -6,6 +6,9 @@ No image can be pulled here, so the base is Debian bookworm made with `debootstr
 then runs as a user would run it: an app container with no capabilities, in the network of
 its sidecar, reaches the other agent's app as `alpha.pilot:8080` over plain TCP; a recreated
 sidecar comes back with its address and trust (its volume); SIGTERM stops a sidecar cleanly.
+The userspace sidecar (gamma: no capability, the image's non-root user, no /dev/net/tun)
+trusts alpha, a TUN node, and its app reaches alpha's app through its SOCKS5 port and its
+HTTP proxy.
 
 dockerd gets its own data root, exec root, socket and pid file in a temp dir, its default
 bridge and address pool in 198.18.0.0/15, and neither iptables rules nor IP forwarding
@@ -75,6 +78,11 @@ IMAGE = "pilotif:latest"  # the image name deploy/compose.yaml runs
 PROJECT = "pilotiftest"
 APP_PORT = 8080
 OTHER_REGISTRY_PORT = 7000
+SIDECARS = ("alpha", "beta", "gamma")
+IMAGE_USER = "pilotif"
+IMAGE_UID = 10001
+SOCKS5_PORT = 1080
+HTTP_PROXY_PORT = 3128
 
 DEBOOTSTRAP_TIMEOUT_S = 900.0
 BUILD_TIMEOUT_S = 600.0
@@ -109,6 +117,49 @@ with socket.create_connection(("alpha.pilot", PORT), timeout=5) as conn:
 status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 print(json.dumps({"peer": peer, "reply": reply, "cap_bnd": int(status["CapBnd"], 16)}))
 """.replace("PORT", str(APP_PORT))
+
+# Runs in gamma-app: alpha.pilot:8080 through the sidecar's SOCKS5 port (the name resolved by
+# the node, as `curl --socks5-hostname` asks), then through its HTTP proxy (CONNECT).
+_PROXY_PROBE = (
+    f"SOCKS5_PORT, HTTP_PROXY_PORT, APP_PORT = {SOCKS5_PORT}, {HTTP_PROXY_PORT}, {APP_PORT}\n"
+    + """
+import http.client, json, socket, struct, sys
+line = sys.argv[1].encode() + b"\\n"
+name = b"alpha.pilot"
+with socket.create_connection(("127.0.0.1", SOCKS5_PORT), timeout=5) as conn:
+    replies = conn.makefile("rb")
+    conn.sendall(b"\\x05\\x01\\x00")
+    assert replies.read(2) == b"\\x05\\x00", "no SOCKS5 without a login"
+    conn.sendall(b"\\x05\\x01\\x00\\x03" + bytes([len(name)]) + name + struct.pack("!H", APP_PORT))
+    _, code, _, kind = replies.read(4)
+    assert code == 0, f"SOCKS5 reply {code}"
+    replies.read({1: 4, 4: 16}[kind] + 2)
+    conn.sendall(line)
+    socks5 = replies.readline().decode().strip()
+tunnel = http.client.HTTPConnection("127.0.0.1", HTTP_PROXY_PORT, timeout=5)
+tunnel.set_tunnel("alpha.pilot", APP_PORT)
+tunnel.connect()
+tunnel.sock.sendall(line)
+http_proxy = tunnel.sock.makefile().readline().strip()
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+cap_bnd = int(status["CapBnd"], 16)
+print(json.dumps({"socks5": socks5, "http_proxy": http_proxy, "cap_bnd": cap_bnd}))
+"""
+)
+
+# Runs in the userspace sidecar: its user, every process's effective capabilities, the TUN.
+_SIDECAR_PROBE = """
+import json, os, pathlib
+effective = {}
+for status in pathlib.Path("/proc").glob("[0-9]*/status"):
+    try:
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+    except FileNotFoundError:  # it exited
+        continue
+    effective[f"{status.parent.name} {fields['Name'].strip()}"] = int(fields["CapEff"], 16)
+print(json.dumps({"uid": os.getuid(), "cap_eff": effective,
+                  "tun": os.path.exists("/dev/net/tun")}))
+"""
 
 
 @dataclass(frozen=True)
@@ -400,21 +451,23 @@ def _pilotif(dockerd: _Dockerd, service: str, *args: str) -> Any:
     return json.loads(result.stdout)
 
 
-def _exchange(dockerd: _Dockerd, line: str) -> dict[str, Any]:
-    """Have beta-app send `line` to alpha.pilot:8080 until it answers; what it saw."""
+def _exchange(
+    dockerd: _Dockerd, line: str, app: str = "beta-app", probe: str = _PROBE
+) -> dict[str, Any]:
+    """Have `app` run `probe`, which sends `line` to alpha.pilot:8080, until it answers; what
+    it saw."""
     deadline = time.monotonic() + EXCHANGE_TIMEOUT_S
     while True:
         result = dockerd.docker(
-            "exec", _container(dockerd, "beta-app"), "python3", "-c", _PROBE, line, check=False
+            "exec", _container(dockerd, app), "python3", "-c", probe, line, check=False
         )
         if result.returncode == 0:
             seen: dict[str, Any] = json.loads(result.stdout)
             return seen
         if time.monotonic() > deadline:
             pytest.fail(
-                f"beta-app never reached alpha.pilot:{APP_PORT}: {result.stderr.strip()}\n"
-                + _logs(dockerd, _container(dockerd, "alpha"))
-                + _logs(dockerd, _container(dockerd, "beta"))
+                f"{app} never reached alpha.pilot:{APP_PORT}: {result.stderr.strip()}\n"
+                + "".join(_logs(dockerd, _container(dockerd, side)) for side in SIDECARS)
             )
         time.sleep(POLL_S)
 
@@ -424,7 +477,7 @@ def agents(dockerd: _Dockerd) -> Iterator[_Dockerd]:
     """deploy/compose.yaml up: the registry and the two agents, sidecars healthy."""
     try:
         dockerd.compose("up", "-d", "--no-build")
-        for service in ("registry", "alpha", "beta"):
+        for service in ("registry", *SIDECARS):
             _wait_healthy(dockerd, _container(dockerd, service))
         yield dockerd
     finally:
@@ -495,3 +548,48 @@ def test_sigterm_stops_a_sidecar_and_restores_its_resolver(agents: _Dockerd) -> 
     assert stopped["State"]["ExitCode"] == 0
     assert not resolv_conf.read_text().startswith(MARKER)
     assert "interface_down" in _logs(agents, beta["Id"])
+
+
+def test_userspace_sidecar_without_privileges_takes_its_app_to_a_tun_node(
+    agents: _Dockerd,
+) -> None:
+    """gamma: --cap-drop ALL, the image's user, no /dev/net/tun; its app reaches alpha's app
+    through the SOCKS5 port (the name resolved by the node) and the HTTP proxy."""
+    token = secrets.token_hex(8)
+    seen = _exchange(agents, f"proxied {token}", app="gamma-app", probe=_PROXY_PROBE)
+    assert seen["socks5"] == f"alpha-app got 'proxied {token}'"
+    assert seen["http_proxy"] == f"alpha-app got 'proxied {token}'"
+    assert seen["cap_bnd"] == 0
+    gamma = _inspect(agents, "gamma")
+    assert gamma["HostConfig"]["CapDrop"] == ["ALL"]
+    assert not gamma["HostConfig"]["CapAdd"]
+    assert not gamma["HostConfig"]["Devices"]
+    assert gamma["Config"]["User"] == IMAGE_USER
+    inside = json.loads(agents.docker("exec", gamma["Id"], "python3", "-c", _SIDECAR_PROBE).stdout)
+    assert inside["uid"] == IMAGE_UID
+    assert inside["tun"] is False
+    assert inside["cap_eff"]["1 docker-init"] == 0  # --init: PID 1 runs pilotif
+    assert any(process.endswith(" pilotif") for process in inside["cap_eff"])
+    assert set(inside["cap_eff"].values()) == {0}, inside["cap_eff"]
+    status = _pilotif(agents, "gamma", "status")  # as the image's user, as docker exec runs
+    assert status["userspace"] is not None
+    assert "alpha" in [peer["hostname"] for peer in _pilotif(agents, "gamma", "trust")]
+    log = _logs(agents, gamma["Id"])
+    assert "a userspace node" in log and "no /dev/net/tun" in log
+
+
+def test_userspace_forced_off_without_a_tun_says_what_is_missing(dockerd: _Dockerd) -> None:
+    result = dockerd.docker(
+        "run",
+        "--rm",
+        "--cap-drop=ALL",
+        f"--user={IMAGE_USER}",
+        "--env=PILOTIF_USERSPACE=0",
+        "--env=PILOTIF_REGISTRY=registry:7946",
+        "--env=PILOTIF_HOSTNAME=delta",
+        IMAGE,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert f"not root (uid {IMAGE_UID}), no /dev/net/tun, no CAP_NET_ADMIN" in result.stderr
+    assert "PILOTIF_USERSPACE=1" in result.stderr
