@@ -63,7 +63,9 @@ class Echo(socketserver.BaseRequestHandler):
         while data := self.request.recv(65536):
             self.request.sendall(data)
 socketserver.ThreadingTCPServer.allow_reuse_address = True
-socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), Echo).serve_forever()
+server = socketserver.ThreadingTCPServer(("0.0.0.0", int(sys.argv[1])), Echo)
+print("ready", flush=True)
+server.serve_forever()
 """
 _RR_CLIENT: Final = """
 import socket, statistics, sys, time
@@ -98,8 +100,11 @@ print(statistics.median(times) * 1e6)
 def _rr_median_us(a: LabHost, b: LabHost) -> float:
     """The median round trip of a 64-byte request and answer from A to B's overlay
     address, in microseconds."""
-    server = b.namespace.spawn(sys.executable, "-c", _RR_SERVER, str(RR_PORT))
+    server = b.namespace.spawn(sys.executable, "-c", _RR_SERVER, str(RR_PORT), pipes=True)
     try:
+        assert server.stdout is not None
+        if not server.stdout.readline():
+            raise LabError("the echo server did not start")
         result = a.namespace.run(
             sys.executable,
             "-c",

@@ -101,9 +101,12 @@ class Segment:
     """(left edge, right edge) pairs as sent."""
 
 
-def parse_segment(packet: BytesLike) -> Segment:
+def parse_segment(packet: BytesLike, *, checksums: bool = True) -> Segment:
     """The TCP segment in an IPv4 or IPv6 packet; raises SegmentDrop for anything else
-    (short, bad lengths, fragments, extension headers, bad checksums, not TCP)."""
+    (short, bad lengths, fragments, extension headers, bad checksums, not TCP). Without
+    `checksums` the sums are not checked (the packet's integrity is known otherwise: it
+    was authenticated by WireGuard, or merged from segments whose sums were left to the
+    receiver, as a TUN's GRO write does)."""
     view = memoryview(packet)
     if not view:
         raise SegmentDrop("truncated")
@@ -115,7 +118,7 @@ def parse_segment(packet: BytesLike) -> Segment:
         total = _U16.unpack_from(view, IPV4_TOTAL_LENGTH_OFFSET)[0]
         if ihl < IPV4_MIN_IHL_WORDS * IPV4_WORD_BYTES or not ihl <= total <= len(view):
             raise SegmentDrop("truncated")
-        if sum_le(view[:ihl]) % ONES != 0:
+        if checksums and sum_le(view[:ihl]) % ONES != 0:
             raise SegmentDrop("bad_checksum")
         if _U16.unpack_from(view, IPV4_FLAGS_FRAGMENT_OFFSET)[0] & _IPV4_MORE_FRAGMENTS_OR_OFFSET:
             raise SegmentDrop("fragment")
@@ -141,7 +144,9 @@ def parse_segment(packet: BytesLike) -> Segment:
     header = (offset >> 4) * _TCP_WORD_BYTES
     if not TCP_MIN_HEADER_BYTES <= header <= len(tcp):
         raise SegmentDrop("truncated")
-    if (pseudo_sum_le(source + destination, PROTO_TCP, len(tcp)) + sum_le(tcp)) % ONES != 0:
+    if checksums and (
+        (pseudo_sum_le(source + destination, PROTO_TCP, len(tcp)) + sum_le(tcp)) % ONES != 0
+    ):
         raise SegmentDrop("bad_checksum")
     mss, scale, sack_ok, blocks = _parse_options(tcp[TCP_MIN_HEADER_BYTES:header])
     return Segment(

@@ -180,14 +180,17 @@ class Stack:
         return len(self._connections)
 
     # -- the network's side -----------------------------------------------------------
-    def receive(self, packet: BytesLike, now: float) -> None:
-        """One IP packet from the network (a merged, larger-than-MSS segment is fine)."""
+    def receive(self, packet: BytesLike, now: float, *, authenticated: bool = False) -> None:
+        """One IP packet from the network (a merged, larger-than-MSS segment is fine: a run
+        of one connection's segments, as a TUN's GRO write carries them). An
+        `authenticated` packet (WireGuard's AEAD vouches for its bytes) has its checksums
+        taken as they are: a merged one carries only a partial sum."""
         self._now = now
         if is_echo_request(packet):
             self._answer_echo(packet)
             return
         try:
-            segment = parse_segment(packet)
+            segment = parse_segment(packet, checksums=not authenticated)
         except SegmentDrop as drop:
             if drop.reason != "not_tcp" or not self._take_too_big(packet):
                 self.counters[drop.reason] += 1

@@ -119,7 +119,7 @@ class Connection:
         """The listener that made this connection (passive open), else None."""
         ipv6 = len(local[0]) == IPV6_ADDRESS_BYTES
         self._local_mss = config.mss_bytes(ipv6)
-        self._receiver = Receiver(config, host.count)
+        self._receiver = Receiver(config, host.count, self._local_mss)
         self._sender = Sender(
             config,
             self._receiver,

@@ -23,16 +23,20 @@ from pilotif.netstack.segment import (
 
 MAX_WINDOW_FIELD: Final = 0xFFFF
 ACK_EVERY_SEGMENTS: Final = 2
-"""A receiver ACKs at least every second full segment (RFC 9293 3.8.6.3)."""
+"""A receiver ACKs at least every second full segment (RFC 9293 3.8.6.3); a merged
+segment counts as the full segments it carries (an ACK per merged run, as Linux's GRO)."""
 
 
 class Receiver:
     """What we received from the peer and what we advertise to it."""
 
-    def __init__(self, config: StackConfig, count: Callable[[str], None]) -> None:
+    def __init__(self, config: StackConfig, count: Callable[[str], None], mss: int) -> None:
         self._config = config
         self._count = count
         """Counts a drop by its reason (the stack's counters)."""
+        self._mss = mss
+        """The MSS we announced: the largest segment the peer sends (a merged run of its
+        segments counts as the full ones it holds)."""
         self.irs = 0
         self.rcv_nxt = 0
         """0 until the peer's SYN arrives, then the next byte expected."""
@@ -83,7 +87,7 @@ class Receiver:
                 while (ready := self.ooo.pop_ready(self.rcv_nxt)) is not None:
                     self.buffer += ready[1]
                     self.rcv_nxt += len(ready[1])
-                self.unacked_segments += 1
+                self.unacked_segments += max(len(payload) // self._mss, 1)
                 if filled_hole or self.unacked_segments >= ACK_EVERY_SEGMENTS:
                     self.ack_now = True
                 readable = not self._readable_told
