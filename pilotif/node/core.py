@@ -271,7 +271,7 @@ class NodeCore:
         """When `handle_timer` is due next."""
         deadlines = [
             self.link.next_timer(),
-            self.registration.next_s,
+            self.registration.next_timer(),
             self.relays.next_timer(),
             self._tickets.next_timer(),
             self.paths.next_timer(),
@@ -364,7 +364,7 @@ class NodeCore:
         if isinstance(item, Push):
             self._on_push(item.message, now)
         elif isinstance(item, KeyAnswer):
-            self.registration.key_answer(item.key, now, joined=self.joined)
+            self.registration.key_answer(item.key, now, joined=self.joined, source=item.source)
         elif isinstance(item, Reply):
             self.consent.answered(item.request_id, item.message)
             op = self._errands.pop(item.request_id)

@@ -4,6 +4,12 @@ replica), the registry's key (pinned on first contact, asked again when the regi
 falls silent: one that answers with another key is refused), and what the registry's
 answers say: our public endpoint, the replica, since when it is silent.
 
+While the registry is away (a registration got no answer after every attempt, or the node
+started from its cache) the node sends no registrations: it probes, one key request
+(36 bytes, answered statelessly) every PROBE_EVERY_S with PROBE_JITTER, for as long as the
+outage lasts, and registers in full once a probe is answered with the pinned key (so it is
+back within about PROBE_EVERY_S of the registry's return, whatever the outage's length).
+
 Inputs: `start`, `network_changed`, `again`, the link's answers (`registered`,
 `key_answer`, `silent`, `switched`, `move_asked`) and `handle_timer(now)` at or after
 `next_s`. Outputs: requests on the registry link, events in the sink, and from
@@ -11,6 +17,7 @@ Inputs: `start`, `network_changed`, `again`, the link's answers (`registered`,
 the relays, whether to hand-shake again), which the node core applies.
 """
 
+import random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Final
@@ -45,14 +52,20 @@ REREGISTER_MIN_S: Final = 2.0
 """The shortest time between two registrations the relay's notices cause."""
 UNREACHABLE: Final = "unreachable"
 """The code of a failure that got no answer at all (as opposed to a refusal)."""
-REGISTRY_RETRY_S: Final = 1.0
-"""While the registry is unreachable: the pause before registering again, so that a
-registry that comes back (a restart, an upgrade) sees its nodes within about a second."""
-REGISTRY_RECENT_S: Final = 120.0
-"""For this long after the registry stopped answering, retry every REGISTRY_RETRY_S; later
-only every REGISTER_INTERVAL_S (each register still tries REQUEST_ATTEMPTS times)."""
+PROBE_EVERY_S: Final = 1.0
+"""While the registry is away: the mean pause between two probes (one 36-byte key request
+each), so that a registry that comes back (a restart, an upgrade) sees its nodes within
+about a second, whatever the outage's length."""
+PROBE_JITTER: Final = 0.25
+"""Each pause is PROBE_EVERY_S stretched or shrunk by up to this fraction at random: a
+fleet that lost its registry at the same moment does not probe in step."""
 DEFAULT_NETWORK: Final = "100.64.0.0/10"
 """The overlay prefix when a registry's reply names none."""
+
+
+def probe_pause_s(rng: random.Random) -> float:
+    """The pause before the next probe: PROBE_EVERY_S, give or take PROBE_JITTER."""
+    return PROBE_EVERY_S * (1 + PROBE_JITTER * (2 * rng.random() - 1))
 
 
 @dataclass(frozen=True)
@@ -124,7 +137,12 @@ class Registration:
         self.key_refused: str | None = None
         """Why the registry at our address is refused (it has another key), with what to do."""
         self.next_s: float | None = None
-        """When the heartbeat registers next (None: not before the first answer)."""
+        """When the heartbeat registers next (None: not before the first answer, nor
+        while the registry is away)."""
+        self.probe_s: float | None = None
+        """When the next probe goes (None: the registry is not away)."""
+        self.rng = random.Random()
+        """The probes' jitter (tests seed it)."""
         self._checking_key = False
         self._again_at_s = 0.0
         self._rehandshake = False
@@ -141,9 +159,20 @@ class Registration:
             self.register(now)
 
     def resumed(self, now: float) -> None:
-        """The node started from its cache, the registry silent: retry soon."""
+        """The node started from its cache, the registry silent: probe until it answers."""
         self.lost_s = now
-        self.next_s = now + REGISTRY_RETRY_S
+        self._away(now)
+
+    def _away(self, now: float) -> None:
+        """The registry does not answer: no heartbeat, a probe at once and then about
+        every PROBE_EVERY_S until one is answered."""
+        self.next_s = None
+        if self.probe_s is None:
+            self.probe_s = now
+
+    def _probe(self, now: float) -> None:
+        self._link.probe()
+        self.probe_s = now + probe_pause_s(self.rng)
 
     def register(self, now: float) -> None:
         """Send a registration (the key first, if none is pinned)."""
@@ -209,7 +238,7 @@ class Registration:
         if moved:
             self._sink.items.append(PublicEndpointChanged(previous, self.public_endpoint))
         self.next_s = now + REGISTER_INTERVAL_S
-        self.lost_s = self.key_refused = None
+        self.lost_s = self.key_refused = self.probe_s = None
         rehandshake, self._rehandshake = self._rehandshake or moved, False
         return Registered(
             ipv4,
@@ -228,19 +257,22 @@ class Registration:
         if offline and joined:
             self.lost_s = now
             self._sink.items.append(RegistryLost(self.unreachable()[1]))
-        if not self._checking_key:
-            # Silence from a pinned registry: does it answer with another key? (Asked
-            # again at each retry: a registry that lost its state comes back silent.)
+        if joined:
+            # The probes ask for the key: a registry that lost its state and came back
+            # with another one is refused (key_answer) as soon as it answers.
+            self._away(now)
+        elif not self._checking_key:
+            # Joining failed: does the registry answer with another key than the pinned?
             self._checking_key = True
             self._link.fetch_key(now)
-        if joined:
-            lost = self.lost_s
-            recent = lost is not None and now - lost <= REGISTRY_RECENT_S
-            self.next_s = now + (REGISTRY_RETRY_S if recent else REGISTER_INTERVAL_S)
         return offline
 
-    def key_answer(self, key: bytes | None, now: float, *, joined: bool) -> None:
-        """The registry said its key (None: the key request got no answer)."""
+    def key_answer(
+        self, key: bytes | None, now: float, *, joined: bool, source: Endpoint | None = None
+    ) -> None:
+        """The registry at `source` (None: the current address) said its key (None: the
+        key request got no answer). While the registry is away, the pinned key back means
+        it is back: register in full now (there, if a replica answered)."""
         pinned = self._link.registry_key
         if pinned is None:
             if key is None:
@@ -250,19 +282,38 @@ class Registration:
             self._trust.registry_key = key
             self._link.use_key(key)
             self._sink.items += [RegistryKeyPinned(key), TrustStateChanged()]
-            self.register(now)
+            if self.probe_s is not None:
+                self._back(now, source)
+            else:
+                self.register(now)
             return
         self._checking_key = False
+        if key == pinned and self.probe_s is not None:
+            self._back(now, source)
+            return
         if key is None or key == pinned:
             if not joined:
                 self._fail(*self.unreachable())
             return
         failure = self._key_failure(key, pinned)
-        if joined:
-            self.key_refused = f"{failure[1]}; {failure[2]}"
-            self._sink.items.append(RegistryKeyRefused(key, failure[1], failure[2]))
-        else:
+        if not joined:
             self._fail(*failure)
+            return
+        refused = f"{failure[1]}; {failure[2]}"
+        if refused != self.key_refused:
+            # Said once: the probes go on (the operator may bring the old key back).
+            self.key_refused = refused
+            self._sink.items.append(RegistryKeyRefused(key, failure[1], failure[2]))
+
+    def _back(self, now: float, source: Endpoint | None) -> None:
+        """The registry answers: stop probing, register (the heartbeat starts again)."""
+        self.probe_s = None
+        self.next_s = now + REGISTER_INTERVAL_S
+        if source is not None and source != self._link.endpoint:
+            # A replica answered: what waits goes there, a registration with it.
+            self.switched(self._link.switch_to(source, now), now, joined=True)
+        elif not self._errands.waiting("register"):
+            self.register(now)
 
     def _key_failure(self, key: bytes, pinned: bytes) -> tuple[str, str, str]:
         where = format_endpoint(self._link.endpoint)
@@ -297,11 +348,17 @@ class Registration:
         if self.replica is None or self.replica == asked.gone:
             self.switched(self._link.switch_to(asked.endpoint, now), now, joined=joined)
 
+    def next_timer(self) -> float | None:
+        """When `handle_timer` is due: the heartbeat, or the next probe."""
+        return min((t for t in (self.next_s, self.probe_s) if t is not None), default=None)
+
     def handle_timer(self, now: float) -> None:
-        """The heartbeat, when due."""
+        """The heartbeat, or a probe, when due."""
         if self.next_s is not None and now >= self.next_s:
             self.next_s = now + REGISTER_INTERVAL_S
             self.register(now)
+        if self.probe_s is not None and now >= self.probe_s:
+            self._probe(now)
 
     # -- views -------------------------------------------------------------------------
 

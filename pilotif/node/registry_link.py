@@ -1,7 +1,7 @@
 """The node's link to the registry, sans-IO: sealed requests with retries, replies matched
 by id, pushes, and the registry key asked for on first contact.
 
-Inputs: `request`/`fetch_key` (what to send), `receive(data, now)` for every
+Inputs: `request`/`fetch_key`/`probe` (what to send), `receive(data, now)` for every
 0x50/0x52/0x54/0x55 datagram from the registry's address, and `handle_timer(now)` at or after
 `next_timer()`. Outputs: `outgoing` (datagrams for the registry) and the `LinkInput`s
 that `receive` and `handle_timer` return. No sockets, no clocks.
@@ -69,9 +69,11 @@ class Push:
 
 @dataclass(frozen=True)
 class KeyAnswer:
-    """The registry said its key (first contact, or after a silence)."""
+    """The registry said its key (first contact, or a probe's answer after a silence)."""
 
     key: bytes
+    source: Endpoint | None = None
+    """The registry address that answered (None: the current one)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,10 @@ class RegistryLink:
         """Chosen anew each start; every request carries it and the registry echoes it
         in all it seals for us, so its messages to an earlier session are refused."""
         self._pending: dict[int, _Pending] = {}
+        self._probed: set[Endpoint] = set()
+        """The registry addresses a probe went to since the last answer (what a key
+        reply may come from)."""
+        self._probes_sent = 0
         self.outgoing: list[tuple[bytes, Endpoint]] = []
         self.rtt_s: float | None = None
         """The round trip of the latest request answered at its first attempt."""
@@ -192,6 +198,16 @@ class RegistryLink:
         """Ask the registry for its key; a KeyAnswer or GaveUp(KEY_FETCH_ID) follows."""
         self._pending[KEY_FETCH_ID] = _Pending(None, 0, now, now)
         self._transmit(KEY_FETCH_ID, now)
+
+    def probe(self) -> None:
+        """Ask whether the registry is back: one key request (KEY_REQUEST, 36 bytes, that
+        the registry answers statelessly with as many), no retry (the caller paces
+        probes). With replicas, each probe goes to the next address in turn; a KeyAnswer
+        names the one that answered."""
+        endpoint = self.endpoints[self._probes_sent % len(self.endpoints)]
+        self._probes_sent += 1
+        self._probed.add(endpoint)
+        self.outgoing.append((KEY_REQUEST, endpoint))
 
     def request(self, op: str, fields: dict[str, Any], now: float) -> int:
         """Send a request (retried until answered); its id, which the Reply echoes."""
@@ -289,16 +305,7 @@ class RegistryLink:
         if data == RELAY_SOURCE_UNKNOWN:
             return [RelaySourceUnknown()]
         if data[:1] == bytes((KEY_REQUEST_TYPE,)):
-            if KEY_FETCH_ID not in self._pending:
-                self.dropped += 1
-                return []
-            try:
-                key = unpack_key_reply(data)
-            except WireError:
-                self.dropped += 1
-                return []
-            del self._pending[KEY_FETCH_ID]
-            return [KeyAnswer(key)]
+            return self._key_reply(data, source)
         replica = self._replica(source) if source in self.endpoints else None
         if replica is None or data[:1] != bytes((CONTROL_TYPE,)):
             self.dropped += 1
@@ -332,6 +339,20 @@ class RegistryLink:
         if pending.attempts == 1:
             self.rtt_s = now - pending.sent_s
         return [Reply(request_id, message)]
+
+    def _key_reply(self, data: bytes, source: Endpoint) -> list[LinkInput]:
+        """The registry's key, if we asked (a key request waits, or a probe went there)."""
+        if KEY_FETCH_ID not in self._pending and source not in self._probed:
+            self.dropped += 1
+            return []
+        try:
+            key = unpack_key_reply(data)
+        except WireError:
+            self.dropped += 1
+            return []
+        self._pending.pop(KEY_FETCH_ID, None)
+        self._probed.clear()
+        return [KeyAnswer(key, source)]
 
     def _take_cookie(self, data: bytes, now: float) -> None:
         try:

@@ -186,6 +186,8 @@ class SimNode:
         self.framing = RelayFraming((REGISTRY,))
         self.control_sent = 0
         """Datagrams sent to the registry's address."""
+        self.sent_to_registry: list[tuple[float, bytes]] | None = None
+        """When a list: (when, datagram) for each datagram sent to the registry's address."""
         self.answers_pings = False
         """Whether its "kernel" answers ICMP echo requests that arrive through the tunnel."""
         self.events: list[NodeEvent] = []
@@ -205,6 +207,8 @@ class SimNode:
         for data, to in self.core.datagrams_to_send():
             if to == REGISTRY:
                 self.control_sent += 1
+                if self.sent_to_registry is not None:
+                    self.sent_to_registry.append((self.net.now, bytes(data)))
             self.net.send(self, data, to)
         for opener in self.core.take_openers():
             self.net.send(self, opener.datagram, opener.endpoint, hops=opener.hops)
