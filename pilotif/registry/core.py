@@ -129,6 +129,7 @@ class RegistryCore:
             expire_after_s=expire_after_s,
         )
         self._ops: dict[str, Handler] = {
+            **self._registration.handlers(),
             **Lookups(directory, private_key, relays).handlers(),
             **TrustOps(directory, self.routes).handlers(),
         }

@@ -54,13 +54,16 @@ class Directory:
         return described
 
     def candidates(self, node: NodeRecord) -> list[str]:
-        """Where a peer should punch to reach the node: its public endpoint, then its
-        LAN ones."""
+        """Where a peer should punch to reach the node: its public endpoint, its public
+        endpoint of the other IP family (a dual-stack node), then its LAN ones."""
         seen = self.presence.endpoint(node.public_key)
         if seen is not None:
             public = [format_endpoint(seen)]
         else:
             public = [node.endpoint] if node.endpoint is not None else []
+        other = self.presence.other_family_endpoint(node.public_key)
+        if other is not None:
+            public.append(format_endpoint(other))
         return public + [lan for lan in node.lan_endpoints if lan not in public]
 
     def peer(self, request: Request) -> NodeRecord:

@@ -1,10 +1,14 @@
 """Where each node is, as the registry last heard it: the public endpoint it registered
-from and when (online for ONLINE_WINDOW_S after), which node each endpoint belongs to
-(relay messages are known by their source), and the round trip it last reported."""
+from and when (online for ONLINE_WINDOW_S after), its public endpoint of the other IP
+family (a dual-stack node tells us that one with `family_endpoint`: it talks to us over
+one family, but a peer may reach it only over the other), which node each endpoint
+belongs to (relay messages are known by their source), and the round trip it last
+reported."""
 
 from collections.abc import Iterator
 from typing import Final
 
+from pilotif.net.transport import transport_of
 from pilotif.wg.events import Endpoint
 
 ONLINE_WINDOW_S: Final = 60.0
@@ -20,14 +24,33 @@ class Presence:
         self._seen: dict[bytes, tuple[Endpoint, float]] = {}
         self._owners: dict[Endpoint, bytes] = {}
         self._rtt_ms: dict[bytes, int] = {}
+        self._other: dict[bytes, Endpoint] = {}
 
     def note_seen(self, key: bytes, endpoint: Endpoint, now: float) -> None:
-        """The node registered from `endpoint` at `now`."""
+        """The node registered from `endpoint` at `now` (its endpoint of the other family,
+        if it was of this family, is superseded)."""
         previous = self._seen.get(key)
         if previous is not None and self._owners.get(previous[0]) == key:
             del self._owners[previous[0]]
         self._seen[key] = (endpoint, now)
         self._owners[endpoint] = key
+        other = self._other.get(key)
+        if other is not None and transport_of(other) == transport_of(endpoint):
+            del self._other[key]
+
+    def note_other_family(self, key: bytes, endpoint: Endpoint) -> bool:
+        """The node told us `endpoint` is its public endpoint of the family it does not
+        register over; False (nothing kept) if it has not registered, or `endpoint` is of
+        the family it registers over (one endpoint per family: the registered one wins)."""
+        seen = self._seen.get(key)
+        if seen is None or transport_of(seen[0]) == transport_of(endpoint):
+            return False
+        self._other[key] = endpoint
+        return True
+
+    def other_family_endpoint(self, key: bytes) -> Endpoint | None:
+        """The node's public endpoint of the other family (None: none known)."""
+        return self._other.get(key)
 
     def endpoint(self, key: bytes) -> Endpoint | None:
         """Where the node last registered from (None: never, since we started)."""
@@ -66,3 +89,4 @@ class Presence:
         if seen is not None and self._owners.get(seen[0]) == key:
             del self._owners[seen[0]]
         self._rtt_ms.pop(key, None)
+        self._other.pop(key, None)

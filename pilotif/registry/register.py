@@ -1,7 +1,12 @@
 """The `register` op (a node's first registration and every heartbeat after it): its
 name, tags, network and address from the store, where it is now, what its peers learn
 when it changes, the trust requests that wait for it, and the limits on new nodes. It
-also keeps each node's counter floor in the store (`keep_counter_floor`)."""
+also keeps each node's counter floor in the store (`keep_counter_floor`).
+
+The `family_endpoint` op: a dual-stack node registers over one IP family and sends this
+(sealed, after each registration) to our address of the other family; where it came
+from is the node's public endpoint of that family, which its peers get among its
+candidates. An older node never sends it: its one endpoint is all we keep, as before."""
 
 from collections.abc import Mapping
 from typing import Any, Final
@@ -12,6 +17,7 @@ from pilotif.control.relay_info import RelayInfo
 from pilotif.control.wire import COUNTER_LEASE, format_endpoint
 from pilotif.registry.directory import Directory
 from pilotif.registry.requests import (
+    Handler,
     Refused,
     Request,
     hostname_field,
@@ -83,6 +89,17 @@ class Registration:
         self._expire_after_s = expire_after_s
         self._new_node_limit = PrefixLimit(NEW_NODE_RATES)
         self._join_key_limit = TokenBuckets(JOIN_KEY_USES_PER_S, JOIN_KEY_BURST)
+
+    def handlers(self) -> dict[str, Handler]:
+        """The ops this class answers besides `register` (which comes before a record)."""
+        return {"family_endpoint": self.family_endpoint}
+
+    def family_endpoint(self, request: Request, node: NodeRecord) -> dict[str, Any]:
+        """Keep where this came from as the node's public endpoint of its family, if the
+        node registers over the other one; the reply says what we saw, and whether we
+        keep it (a node that registers over this family already has its endpoint)."""
+        kept = self._directory.presence.note_other_family(node.public_key, request.source)
+        return {"public_endpoint": format_endpoint(request.source), "kept": kept}
 
     def register(self, request: Request, counter: int) -> dict[str, Any]:
         """Register the sender (or take its heartbeat); the reply. `counter` is the
