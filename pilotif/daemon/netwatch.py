@@ -6,14 +6,20 @@ the node is, and some come often.
 pyroute2's calls block and run an event loop of their own, so the watch runs in a thread
 of its own and hands the changes to the daemon's loop, which waits for them to settle
 (they come in bursts: an address, then its routes) and calls `on_change` once a burst.
+Where pyroute2 cannot be imported (a userspace node off Linux, or without it) there is no
+watch: the event `network_watch_unavailable` says so once.
 """
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from pyroute2 import IPRoute
+from pilotif.util.logs import log_event
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 _ADDRESS_CHANGES: Final = frozenset({"RTM_NEWADDR", "RTM_DELADDR"})
 _ROUTE_CHANGES: Final = frozenset({"RTM_NEWROUTE", "RTM_DELROUTE"})
@@ -46,6 +52,11 @@ class NetworkWatch:
 
     def _run(self) -> None:
         # pyroute2 runs its own event loop: it is made, and used, in this thread only.
+        try:
+            from pyroute2 import IPRoute
+        except ImportError as error:
+            log_event("network_watch_unavailable", level=logging.WARNING, error=str(error))
+            return
         ipr = IPRoute()
         self._ipr = ipr
         ipr.bind()

@@ -1,15 +1,16 @@
 """The node's LAN candidates: its own IPv4 and IPv6 addresses with the UDP port, so that
 two nodes on one LAN can reach each other without leaving it, and two nodes with global
-IPv6 addresses (no NAT, at most a stateful firewall) can punch to each other directly."""
+IPv6 addresses (no NAT, at most a stateful firewall) can punch to each other directly.
+Where pyroute2 cannot be imported (a userspace node off Linux, or without it), the
+addresses come from portable calls instead (pilotif.net.host_addresses)."""
 
 import socket
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Final
 
-from pyroute2 import IPRoute
-
 from pilotif.control.wire import format_endpoint
+from pilotif.net.host_addresses import host_addresses
 
 IFA_F_DADFAILED: Final = 0x08
 IFA_F_DEPRECATED: Final = 0x20
@@ -52,6 +53,11 @@ def local_endpoints(port: int, overlay_interface: str) -> list[str]:
     """'ip:port' for every usable IPv4 and IPv6 address of this network namespace, but
     the overlay interface's own (in `candidate_order`)."""
     found: list[IPv4Address | IPv6Address] = []
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:  # no netlink: no overlay interface either (a userspace node)
+        portable = (usable_address(text, 0) for text in host_addresses())
+        return candidate_order([a for a in portable if a is not None], port)
     with IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         for family in (socket.AF_INET, socket.AF_INET6):

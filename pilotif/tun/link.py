@@ -13,14 +13,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from pathlib import Path
-from typing import Final
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Final
 
 from pilotif.packet.ip import IPV6_MIN_MTU
 from pilotif.tun.guard import GuardError, guard_overlay_addresses, remove_guard
 from pilotif.util.logs import log_event
+
+if TYPE_CHECKING:  # at run time imported where used: a userspace node (no TUN) imports
+    # this package for its LocalStack and may have no pyroute2 (netlink is Linux's)
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
 # Address flag: use the IPv6 address at once, without duplicate address detection.
 _IFA_F_NODAD: Final = 0x02
@@ -52,6 +54,8 @@ def delete_link(name: str) -> bool:
         remove_guard(name)
     except GuardError as error:
         log_event("overlay_guard_not_removed", level=logging.WARNING, error=str(error))
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with _netlink(name, "delete") as ipr:
         indices = ipr.link_lookup(ifname=name)
         if not indices:
@@ -112,6 +116,9 @@ def limit_gso_segments(name: str, segments: int) -> bool:
     A super-packet whose segments fit one UDP GSO send leaves as one send and arrives as
     one GRO receive, one write into the peer's TUN and one ACK back.
     """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             ipr.link("set", index=_index(ipr, name), gso_max_segs=segments)
@@ -132,7 +139,7 @@ def _connected(
     )
 
 
-def _add_address(ipr: IPRoute, index: int, address: IPv4Interface | IPv6Interface) -> None:
+def _add_address(ipr: "IPRoute", index: int, address: IPv4Interface | IPv6Interface) -> None:
     ipr.addr(
         "replace",
         index=index,
@@ -143,7 +150,7 @@ def _add_address(ipr: IPRoute, index: int, address: IPv4Interface | IPv6Interfac
     )
 
 
-def _replace_route(ipr: IPRoute, index: int, network: IPv4Network | IPv6Network) -> None:
+def _replace_route(ipr: "IPRoute", index: int, network: IPv4Network | IPv6Network) -> None:
     # Scope link for IPv4, as `ip route add NET dev NAME` sets for a route without a gateway.
     ipr.route(
         "replace",
@@ -171,7 +178,7 @@ def _enable_ipv6(name: str) -> None:
         ) from None
 
 
-def _index(ipr: IPRoute, name: str) -> int:
+def _index(ipr: "IPRoute", name: str) -> int:
     indices: list[int] = ipr.link_lookup(ifname=name)
     if not indices:
         raise LinkError(f"no network device named {name}; open the TUN device first")
@@ -179,7 +186,10 @@ def _index(ipr: IPRoute, name: str) -> int:
 
 
 @contextmanager
-def _netlink(name: str, action: str) -> Iterator[IPRoute]:
+def _netlink(name: str, action: str) -> Iterator["IPRoute"]:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             yield ipr
@@ -189,13 +199,15 @@ def _netlink(name: str, action: str) -> Iterator[IPRoute]:
 
 @contextmanager
 def _step(name: str, action: str) -> Iterator[None]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         yield
     except NetlinkError as exc:
         raise LinkError(_describe(name, action, exc)) from None
 
 
-def _describe(name: str, action: str, exc: NetlinkError) -> str:
+def _describe(name: str, action: str, exc: "NetlinkError") -> str:
     code: int = exc.code
     reason = errno.errorcode.get(code, str(code))
     if code == errno.EPERM:

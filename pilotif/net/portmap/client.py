@@ -16,8 +16,6 @@ from ipaddress import IPv4Address
 from typing import Final
 from urllib.parse import urlsplit
 
-from pyroute2 import IPRoute
-
 from pilotif.net.portmap import natpmp, pcp, upnp
 from pilotif.net.portmap.errors import PortMapError
 from pilotif.util.logs import log_event
@@ -55,7 +53,12 @@ class PortMapping:
 
 
 def default_gateway() -> IPv4Address | None:
-    """The IPv4 default route's gateway in this network namespace, if there is one."""
+    """The IPv4 default route's gateway in this network namespace, if there is one (None
+    where pyroute2 cannot be imported: a userspace node off Linux maps no port)."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError:
+        return None
     with IPRoute() as ipr:
         for route in ipr.get_default_routes(family=socket.AF_INET):
             gateway = route.get_attr("RTA_GATEWAY")
