@@ -74,9 +74,11 @@ class PathProbeAcked:
 Event = HandshakeCompleted | HandshakeGaveUp | EndpointChanged | KeysZeroed | PathProbeAcked
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Output:
     """What the device produced since the last `Device.take_output()`: the one way out.
+    Not frozen: one is made per flush, and a frozen dataclass's __init__ costs three
+    times as much; its fields are never rebound, only the lists filled.
 
     The views in it point into the buffers the caller lent the inputs (`sealed`,
     `plaintexts`): use them before lending those again."""
