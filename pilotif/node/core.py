@@ -56,6 +56,7 @@ from pilotif.node.events import (
     TrustStateChanged,
     TrustSynced,
 )
+from pilotif.node.other_family import FAMILY_ENDPOINT_OP
 from pilotif.node.path_manager import RELAY_KEEPALIVE_S, Opener, PathManager
 from pilotif.node.path_mtu import PathMtuProber
 from pilotif.node.peers import TrustedPeer, refusal_of
@@ -408,7 +409,9 @@ class NodeCore:
     def _on_silence(self, op: str, now: float) -> None:
         """An internal request got no answer after every attempt."""
         self._abandon(op, now)
-        if op != "register":
+        if op == FAMILY_ENDPOINT_OP:
+            self.registration.other_family.silent()
+        elif op != "register":
             self.events.append(RequestError(op, self.registration.unreachable()[1]))
         elif self.registration.silent(now, joined=self.joined, online=self.registry_online):
             self.paths.registry_changed(False, now)
@@ -417,6 +420,9 @@ class NodeCore:
         code, error, hint = refusal(reply)
         if op == "register" and not self.joined:
             self.events.append(JoinFailed(code, error, hint))
+            return
+        if op == FAMILY_ENDPOINT_OP:
+            self.registration.other_family.refused(reply)
             return
         self._abandon(op, now)
         self.events.append(RequestError(op, error))
@@ -435,6 +441,8 @@ class NodeCore:
             self._on_trust_page(reply, now)
         elif op == "relay_tickets":
             self._tickets.page(reply, now)
+        elif op == FAMILY_ENDPOINT_OP:
+            self.registration.other_family.answered(reply)
 
     def _on_registered(self, reply: dict[str, Any], now: float) -> None:
         address = (self.ipv4, self.network)

@@ -37,6 +37,7 @@ from pilotif.node.events import (
     RequestError,
     TrustStateChanged,
 )
+from pilotif.node.other_family import OtherFamily
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
     Errands,
@@ -132,6 +133,8 @@ class Registration:
         """Whether the registry accepted a registration of this run (the join key is
         sent until then: revoking it later does not turn the node away)."""
         self.public_endpoint: str | None = None
+        self.other_family = OtherFamily(link, errands)
+        """Our public endpoint of the other IP family (a dual-stack registry)."""
         self.lost_s: float | None = None
         """When the registry stopped answering (None while it answers)."""
         self.key_refused: str | None = None
@@ -240,6 +243,7 @@ class Registration:
         self.next_s = now + REGISTER_INTERVAL_S
         self.lost_s = self.key_refused = self.probe_s = None
         rehandshake, self._rehandshake = self._rehandshake or moved, False
+        self.other_family.registered(now)
         return Registered(
             ipv4,
             network,
@@ -393,6 +397,9 @@ class Registration:
             "registry_lost_s": self.lost_s,
             "registry_key_refused": self.key_refused,
             "public_endpoint": self.public_endpoint,
+            "public_endpoints": [
+                e for e in (self.public_endpoint, self.other_family.endpoint) if e is not None
+            ],
             "lan_endpoints": self.lan_endpoints,
             "nat": self.nat_type(),
         }

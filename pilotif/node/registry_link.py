@@ -119,6 +119,9 @@ class _Pending:
     """When it was first sent (its reply measures the round trip if it was sent once)."""
     mac1: bytes = b""
     """The mac1 of its latest transmission (what a busy notice about it echoes)."""
+    to: Endpoint | None = None
+    """The registry address it goes to, whichever we talk to (a dual-stack node's
+    `family_endpoint` to our address of the other family); None: the current one."""
 
 
 class _Replica:
@@ -209,8 +212,11 @@ class RegistryLink:
         self._probed.add(endpoint)
         self.outgoing.append((KEY_REQUEST, endpoint))
 
-    def request(self, op: str, fields: dict[str, Any], now: float) -> int:
-        """Send a request (retried until answered); its id, which the Reply echoes."""
+    def request(
+        self, op: str, fields: dict[str, Any], now: float, *, to: Endpoint | None = None
+    ) -> int:
+        """Send a request (retried until answered, to `to` if given, never failing over);
+        its id, which the Reply echoes."""
         if self.registry_key is None:
             raise RuntimeError("RegistryLink.request before the registry key is known")
         request_id = self._next_id
@@ -219,7 +225,7 @@ class RegistryLink:
             # The registry times punches from it (both sides open their NATs at once).
             fields = {**fields, "rtt_ms": round(self.rtt_s * 1000)}
         payload = {"op": op, "id": request_id, "session": self.session, **fields}
-        self._pending[request_id] = _Pending(payload, 0, now, now)
+        self._pending[request_id] = _Pending(payload, 0, now, now, to=to)
         self._transmit(request_id, now)
         return request_id
 
@@ -230,14 +236,15 @@ class RegistryLink:
         if pending.payload is None:
             self.outgoing.append((KEY_REQUEST, self.endpoint))
             return
-        replica = self._replica(self.endpoint)
+        endpoint = pending.to or self.endpoint
+        replica = self._replica(endpoint)
         assert replica is not None
         self._counter += 1
         message = bytearray(replica.channel.seal(pending.payload, self._counter))
         message += bytes(REQUEST_MACS_SIZE)
         replica.cookies.add_macs(message, now)
         pending.mac1 = request_mac1(message)
-        self.outgoing.append((bytes(message), self.endpoint))
+        self.outgoing.append((bytes(message), endpoint))
 
     def keep_others_open(self) -> None:
         """Send the replicas we do not talk to a keepalive (REPLICA_KEEPALIVE): our NAT
@@ -261,7 +268,11 @@ class RegistryLink:
             if pending.attempts >= REQUEST_ATTEMPTS:
                 del self._pending[request_id]
                 inputs.append(GaveUp(request_id))
-            elif pending.attempts % FAILOVER_AFTER_ATTEMPTS == 0 and len(self.endpoints) > 1:
+            elif (
+                pending.attempts % FAILOVER_AFTER_ATTEMPTS == 0
+                and len(self.endpoints) > 1
+                and pending.to is None
+            ):
                 inputs.append(self._switch(now))
             else:
                 self._transmit(request_id, now)
@@ -295,8 +306,8 @@ class RegistryLink:
         """
         source = self.endpoint if source is None else source
         if data[:1] == bytes((REGISTRY_COOKIE_TYPE,)):
-            if source == self.endpoint:
-                self._take_cookie(data, now)
+            if source in self.endpoints:
+                self._take_cookie(data, now, source)
             return []
         if data[:1] == bytes((BUSY_TYPE,)):
             if source == self.endpoint:
@@ -336,7 +347,7 @@ class RegistryLink:
             self._send_again(request_id, now)
             return []
         del self._pending[request_id]
-        if pending.attempts == 1:
+        if pending.attempts == 1 and pending.to is None:
             self.rtt_s = now - pending.sent_s
         return [Reply(request_id, message)]
 
@@ -354,18 +365,20 @@ class RegistryLink:
         self._probed.clear()
         return [KeyAnswer(key, source)]
 
-    def _take_cookie(self, data: bytes, now: float) -> None:
+    def _take_cookie(self, data: bytes, now: float, source: Endpoint) -> None:
+        """A cookie from the registry address `source`: the requests waiting for that
+        address go again with it (a reply to none of them is dropped)."""
         try:
             reply = parse_cookie_reply(data, REGISTRY_COOKIE_TYPE)
         except MessageError:
             self.dropped += 1
             return
-        replica = self._replica(self.endpoint)
+        replica = self._replica(source)
         if replica is None or not replica.cookies.consume_reply(reply, now):
             self.dropped += 1
             return
         for request_id, pending in self._pending.items():
-            if pending.payload is not None:
+            if pending.payload is not None and (pending.to or self.endpoint) == source:
                 self._send_again(request_id, now)
 
     def _busy(self, data: bytes, now: float) -> None:
@@ -404,10 +417,13 @@ class Errands:
         self._link = link
         self._ops: dict[int, str] = {}
 
-    def send(self, op: str, fields: dict[str, Any], now: float) -> None:
-        """Send a request of the node's own (none while the registry's key is unknown)."""
+    def send(
+        self, op: str, fields: dict[str, Any], now: float, *, to: Endpoint | None = None
+    ) -> None:
+        """Send a request of the node's own (none while the registry's key is unknown),
+        to the registry address `to` if given."""
         if self._link.registry_key is not None:
-            self._ops[self._link.request(op, fields, now)] = op
+            self._ops[self._link.request(op, fields, now, to=to)] = op
 
     def pop(self, request_id: int) -> str | None:
         """The op of an errand that was answered or gave up (None: not an errand)."""

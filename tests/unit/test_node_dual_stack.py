@@ -1,0 +1,179 @@
+"""Issue 24 item 3, the node's side: a dual-stack node registers over one family and,
+after each registration, sends `family_endpoint` to the registry's address of the other
+family, so that the registry keeps (and gives peers) its public endpoint of each family.
+That request goes to its own address only (its silence never moves the node to another
+registry address), an older registry that does not know the op is asked once, and
+garbage in its reply keeps nothing. The link and the registry core in memory."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pilotif.control.wire import REGISTRY_COOKIE_TYPE
+from pilotif.node.other_family import FAMILY_ENDPOINT_OP, OtherFamily
+from pilotif.node.registry_link import (
+    REQUEST_ATTEMPTS,
+    REQUEST_RETRY_S,
+    Errands,
+    GaveUp,
+    LinkInput,
+    RegistryLink,
+    Reply,
+    SwitchedRegistry,
+)
+from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.events import Endpoint
+from tests.unit.test_registry_link import Pair
+
+REGISTRY_V4: Endpoint = ("198.18.0.1", 9000)
+REGISTRY_V6: Endpoint = ("3fff::1", 9000)
+NODE_V4: Endpoint = ("198.18.1.2", 40001)
+"""The node's public IPv4 endpoint (its NAT's mapping)."""
+NODE_V6: Endpoint = ("3fff:0:0:1::2", 51820)
+"""The node's global IPv6 endpoint (no NAT)."""
+
+
+class DualPair(Pair):
+    """The registry core at an IPv4 and an IPv6 address, and one dual-stack node's link
+    (registered over IPv4) with its errands and its other family."""
+
+    def __init__(self, tmp: Path) -> None:
+        super().__init__(tmp)
+        self.node = RegistryLink(
+            generate_private_key(),
+            REGISTRY_V4,
+            self.core.public_key,
+            first_counter=1,
+            replicas=(REGISTRY_V6,),
+        )
+        self.errands = Errands(self.node)
+        self.other = OtherFamily(self.node, self.errands)
+        self.sources = {REGISTRY_V4: NODE_V4, REGISTRY_V6: NODE_V6}
+        """Where the node's datagrams to each registry address come from."""
+        self.lost: set[Endpoint] = set()
+        """Registry addresses whose datagrams are lost."""
+
+    def carry(self) -> list[LinkInput]:
+        """Carry the node's datagrams to the registry and back until none is left."""
+        inputs: list[LinkInput] = []
+        while self.node.outgoing:
+            sent, self.node.outgoing = self.node.outgoing, []
+            for datagram, to in sent:
+                if to in self.lost:
+                    continue
+                source = self.sources[to]
+                for answer, destination in self.core.handle_datagram(datagram, source, self.now):
+                    self.heard.setdefault(destination, []).append(answer)
+                    if destination == source:
+                        inputs += self.node.receive(answer, self.now, to)
+        return inputs
+
+    def answer_errands(self, inputs: list[LinkInput]) -> None:
+        """What the node core does with its errands' replies and silences."""
+        for item in inputs:
+            request_id = item.request_id if isinstance(item, Reply | GaveUp) else None
+            if request_id is None or self.errands.pop(request_id) != FAMILY_ENDPOINT_OP:
+                continue
+            if isinstance(item, GaveUp):
+                self.other.silent()
+            elif item.message.get("ok"):
+                self.other.answered(item.message)
+            else:
+                self.other.refused(item.message)
+
+    def register(self) -> None:
+        request_id = self.node.request("register", {"hostname": "alice", "tags": [], "lan": []}, 0)
+        replies = [i for i in self.carry() if isinstance(i, Reply)]
+        assert [r.request_id for r in replies] == [request_id] and replies[0].message["ok"]
+        self.other.registered(self.now)
+        self.answer_errands(self.carry())
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[DualPair]:
+    built = DualPair(tmp_path)
+    yield built
+    built.store.close()
+
+
+def test_a_dual_stack_node_tells_the_registry_its_endpoint_of_the_other_family(
+    pair: DualPair,
+) -> None:
+    pair.register()
+    assert pair.other.endpoint == "[3fff:0:0:1::2]:51820"
+    # The registry asked the new address for a cookie first (it gets no more than it
+    # sent until it proves it receives there).
+    assert pair.heard[NODE_V6][0][0] == REGISTRY_COOKIE_TYPE
+    assert pair.node.endpoint == REGISTRY_V4
+
+
+def test_it_is_asked_again_at_each_registration_but_never_twice_at_once(
+    pair: DualPair,
+) -> None:
+    pair.register()
+    pair.lost.add(REGISTRY_V6)
+    pair.other.registered(pair.now)
+    pair.other.registered(pair.now)
+    to_v6 = [to for _, to in pair.node.outgoing if to == REGISTRY_V6]
+    assert len(to_v6) == 1
+
+
+def test_silence_over_the_other_family_forgets_it_and_never_moves_the_node(
+    pair: DualPair,
+) -> None:
+    pair.register()
+    pair.lost.add(REGISTRY_V6)
+    pair.other.registered(pair.now)
+    inputs: list[LinkInput] = []
+    for _ in range(REQUEST_ATTEMPTS + 1):
+        pair.now += REQUEST_RETRY_S
+        inputs += pair.node.handle_timer(pair.now)
+        inputs += pair.carry()
+    assert not any(isinstance(i, SwitchedRegistry) for i in inputs)
+    assert pair.node.endpoint == REGISTRY_V4
+    pair.answer_errands(inputs)
+    assert pair.other.endpoint is None
+    assert not pair.errands.waiting(FAMILY_ENDPOINT_OP)
+
+
+def test_an_older_registry_is_asked_once(pair: DualPair) -> None:
+    pair.core._ops.pop(FAMILY_ENDPOINT_OP)
+    pair.register()
+    assert pair.other.unsupported and pair.other.endpoint is None
+    pair.other.registered(pair.now)
+    assert pair.node.outgoing == []
+
+
+def test_a_node_with_one_family_never_asks(tmp_path: Path) -> None:
+    pair = DualPair(tmp_path)
+    try:
+        pair.node = RegistryLink(
+            generate_private_key(), REGISTRY_V4, pair.core.public_key, first_counter=1
+        )
+        pair.errands = Errands(pair.node)
+        pair.other = OtherFamily(pair.node, pair.errands)
+        pair.register()
+        assert NODE_V6 not in pair.heard and pair.other.endpoint is None
+    finally:
+        pair.store.close()
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"ok": True},
+        {"ok": True, "public_endpoint": "[3fff::2]:1"},
+        {"ok": True, "public_endpoint": "[3fff::2]:1", "kept": False},
+        {"ok": True, "public_endpoint": "[3fff::2]:1", "kept": "yes"},
+        {"ok": True, "public_endpoint": ["[3fff::2]:1"], "kept": True},
+        {"ok": True, "public_endpoint": 7, "kept": True},
+    ],
+)
+def test_a_reply_that_does_not_say_it_kept_a_text_keeps_nothing(reply: dict[str, Any]) -> None:
+    link = RegistryLink(generate_private_key(), REGISTRY_V4, None, first_counter=1)
+    other = OtherFamily(link, Errands(link))
+    other.endpoint = "[3fff::9]:9"
+    other.answered(reply)
+    assert other.endpoint is None
