@@ -18,7 +18,8 @@ from pilotif.control.wire import parse_endpoint
 from pilotif.wg.events import Endpoint
 
 MAX_PEER_CANDIDATES: Final = 8
-"""The registry sends the public endpoint and at most 4 LAN ones; more is not honest."""
+"""The registry sends the public endpoint, the one of the other IP family (a dual-stack
+peer) and at most 6 LAN ones; more is not honest."""
 
 IPAddress = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network

@@ -16,6 +16,10 @@ NAT routers model Linux conntrack + masquerade closely enough for hole punching:
   keeps a conntrack entry for each, so its LAN side cannot map that (port, remote) pair
   until the entry expires (the collision that issue 9 describes).
 Entries expire after UDP_TIMEOUT_S without traffic.
+- IPv6 (a node made with `ipv6`): the registry answers at REGISTRY_V6 too. A node with a
+  global address sits behind a stateful firewall (a Nat that keeps its address and port:
+  only the remotes it sent to get in); one behind NAT66 has a ULA and a cone Nat to a
+  global address. Datagrams to or from an address in `Network.blackholes` are lost.
 - `forwards`: ports the router forwards to a LAN endpoint (a NAT-PMP, PCP or UPnP
   mapping: a DNAT rule): an inbound datagram to one makes a flow that the LAN side's
   answers leave by. When that LAN endpoint already sends to the same remote from
@@ -33,6 +37,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 from pilotif.control.relay_info import RelayInfo
+from pilotif.control.wire import format_endpoint
 from pilotif.net.relay_frame import RelayFraming
 from pilotif.node.core import NodeCore
 from pilotif.node.events import NodeEvent, RelaysChanged
@@ -49,6 +54,9 @@ from pilotif.wg.events import Endpoint, Event, RelayEndpoint
 from pilotif.wg.keys import encode_key
 
 REGISTRY: Endpoint = ("198.18.0.1", 7946)
+REGISTRY_V6: Endpoint = ("3fff::1", 7946)
+"""The registry's IPv6 address (3fff::/20: the documentation prefix that `ipaddress` takes
+for global, see pilotif_lab.dual_stack)."""
 RELAY_PORT = 7947
 NETWORK = "100.64.0.0/10"
 NODE_PORT = 51820
@@ -75,6 +83,13 @@ class Mapping(StrEnum):
 class Filtering(StrEnum):
     ENDPOINT_DEPENDENT = "endpoint-dependent"
     ENDPOINT_INDEPENDENT = "endpoint-independent"
+
+
+class Ipv6(StrEnum):
+    """How a node is on IPv6 (see the module docstring)."""
+
+    FIREWALL = "global address behind a stateful firewall"
+    NAT66 = "ULA behind a NAT66"
 
 
 @dataclass
@@ -174,16 +189,20 @@ class SimNode:
         *,
         auto_approve: str | None = None,
         tags: tuple[str, ...] = (),
+        ipv6: tuple[str, Nat] | None = None,
     ) -> None:
         self.net = net
         self.hostname = hostname
         self.address: Endpoint = (lan_ip, NODE_PORT)
         self.nat = nat
+        self.address6: Endpoint | None = (ipv6[0], NODE_PORT) if ipv6 else None
+        """Its IPv6 address (None: IPv4 only), behind `nat6`."""
+        self.nat6 = ipv6[1] if ipv6 else None
         self.device = Device(generate_private_key(), mtu=1420, wall_offset_s=START_S)
         self.options = NodeOptions(REGISTRY, hostname, list(tags), None, auto_approve)
         self.trust = TrustRecord(registry_key=net.registry.public_key)
         self.core = self._new_core(first_counter=1)
-        self.framing = RelayFraming((REGISTRY,))
+        self.framing = RelayFraming((REGISTRY, REGISTRY_V6))
         self.control_sent = 0
         """Datagrams sent to the registry's address."""
         self.sent_to_registry: list[tuple[float, bytes]] | None = None
@@ -236,12 +255,16 @@ class SimNode:
         self.core.events = []
 
     def _new_core(self, *, first_counter: int) -> NodeCore:
+        lan = [format_endpoint(self.address)]
+        if self.address6 is not None:
+            lan.append(format_endpoint(self.address6))
         return NodeCore(
             self.options,
             self.device,
             self.trust,
             registry=REGISTRY,
-            lan_endpoints=[f"{self.address[0]}:{self.address[1]}"],
+            registry_replicas=(REGISTRY_V6,) if self.address6 is not None else (),
+            lan_endpoints=lan,
             first_counter=first_counter,
         )
 
@@ -250,6 +273,8 @@ class SimNode:
         gets): a new device and core with the same key and the trust record it kept."""
         counter = self.core.link.counter
         self.address = (self.address[0], port)
+        if self.address6 is not None:
+            self.address6 = (self.address6[0], port)
         self.device = Device(self.device.local.private_key, mtu=1420, wall_offset_s=START_S)
         self.core = self._new_core(first_counter=counter + 1)
         self.core.start(self.net.now)
@@ -336,6 +361,8 @@ class Network:
         self.registry_down = False
         self.dead_by_hops = 0
         """Datagrams whose hop limit ran out between the routers."""
+        self.blackholes: set[str] = set()
+        """Addresses whose datagrams, to them or from them, are lost."""
         """While True, whatever reaches the registry is lost (its process is stopped)."""
 
     def node(
@@ -346,6 +373,7 @@ class Network:
         filtering: Filtering = Filtering.ENDPOINT_DEPENDENT,
         accepts_to_self: bool = False,
         auto_approve: str | None = None,
+        ipv6: Ipv6 | None = None,
     ) -> SimNode:
         index = next(self._wan)
         nat = Nat(
@@ -356,7 +384,13 @@ class Network:
             random.Random(self.rng.random()),
         )
         self.nats[nat.wan] = nat
-        node = SimNode(self, hostname, f"198.19.{index}.2", nat, auto_approve=auto_approve)
+        v6 = None
+        if ipv6 is not None:
+            inside = f"3fff:0:0:{index:x}::2" if ipv6 == Ipv6.FIREWALL else f"fd00:{index:x}::2"
+            wan = f"3fff:0:0:{index:x}::2" if ipv6 == Ipv6.FIREWALL else f"3fff::{index:x}"
+            v6 = (inside, Nat(wan, rng=random.Random(self.rng.random())))
+            self.nats[wan] = v6[1]
+        node = SimNode(self, hostname, f"198.19.{index}.2", nat, auto_approve=auto_approve, ipv6=v6)
         self.nodes.append(node)
         return node
 
@@ -365,11 +399,15 @@ class Network:
     def send(self, sender: SimNode, data: bytes, to: Endpoint, hops: int | None = None) -> None:
         """A datagram from a node, through its NAT, as far as `hops` takes it (see the
         module docstring; None: the system's default, far enough)."""
-        source = sender.address
-        if sender.nat is not None:
+        source, nat = sender.address, sender.nat
+        if ":" in to[0]:
+            if sender.address6 is None:
+                return
+            source, nat = sender.address6, sender.nat6
+        if nat is not None:
             if hops is not None and hops < OWN_ROUTER_HOPS:
                 return
-            source, to = sender.nat.outbound(sender.address, to, self.now)
+            source, to = nat.outbound(source, to, self.now)
         if hops is not None and hops < ROUTER_TO_ROUTER_HOPS:
             self.dead_by_hops += 1
             return
@@ -377,6 +415,8 @@ class Network:
 
     def _transmit(self, data: bytes, source: Endpoint, to: Endpoint) -> None:
         if self.loss and self.rng.random() < self.loss:
+            return
+        if source[0] in self.blackholes or to[0] in self.blackholes:
             return
         delay = 2 * LINK_DELAY_S + self.delays.get((source[0], to[0]), 0.0)
         item = _InFlight(self.now + delay, next(self._seq), data, source, to)
@@ -389,11 +429,11 @@ class Network:
                 for data, to in relay.handle_datagram(item.data, item.source, self.now):
                     self._transmit(data, item.to, to)
             return
-        if item.to == REGISTRY:
+        if item.to in (REGISTRY, REGISTRY_V6):
             if self.registry_down:
                 return
             for data, to in self.registry.handle_datagram(item.data, item.source, self.now):
-                self._transmit(data, REGISTRY, to)
+                self._transmit(data, item.to, to)
             return
         nat = self.nats.get(item.to[0])
         if nat is None:
@@ -403,7 +443,7 @@ class Network:
             return
         inside, seen = arrived
         for node in self.nodes:
-            if node.address == inside:
+            if inside in (node.address, node.address6):
                 node.deliver(item.data, seen)
 
     # -- time ------------------------------------------------------------------------

@@ -3,7 +3,9 @@ after each registration, sends `family_endpoint` to the registry's address of th
 family, so that the registry keeps (and gives peers) its public endpoint of each family.
 That request goes to its own address only (its silence never moves the node to another
 registry address), an older registry that does not know the op is asked once, and
-garbage in its reply keeps nothing. The link and the registry core in memory."""
+garbage in its reply keeps nothing. Then pairs in the simulated network: a pair goes
+direct over whichever family works, and not over one that never answers. The link and
+the registry core in memory, and tests/unit/netsim.py."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,10 @@ from typing import Any
 
 import pytest
 
-from pilotif.control.wire import REGISTRY_COOKIE_TYPE
+from pilotif.control.wire import REGISTRY_COOKIE_TYPE, format_endpoint
+from pilotif.net.transport import transport_of
+from pilotif.node.candidates import usable_candidates
+from pilotif.node.events import PathChanged
 from pilotif.node.other_family import FAMILY_ENDPOINT_OP, OtherFamily
 from pilotif.node.registry_link import (
     REQUEST_ATTEMPTS,
@@ -25,6 +30,8 @@ from pilotif.node.registry_link import (
 )
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.events import Endpoint
+from tests.unit.netsim import NODE_PORT, Ipv6, Mapping, Network, SimNode
+from tests.unit.test_node_core import _both_direct, _trusting
 from tests.unit.test_registry_link import Pair
 
 REGISTRY_V4: Endpoint = ("198.18.0.1", 9000)
@@ -177,3 +184,119 @@ def test_a_reply_that_does_not_say_it_kept_a_text_keeps_nothing(reply: dict[str,
     other.endpoint = "[3fff::9]:9"
     other.answered(reply)
     assert other.endpoint is None
+
+
+# -- pairs in the simulated network (tests/unit/netsim.py) ------------------------------
+
+TRUST_TO_DIRECT_S = 5.0
+"""Issue 24: a direct path, where one exists, within this long of trust."""
+SETTLE_S = 60.0
+"""Long enough for a path that would flap between the families to do so."""
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Network]:
+    network = Network(tmp_path)
+    yield network
+    network.registry.store.close()
+
+
+def _direct_over(net: Network, alpha: SimNode, beta: SimNode) -> tuple[str, str]:
+    """Trust both ways; both direct within TRUST_TO_DIRECT_S; each side's transport."""
+    _trusting(net, alpha, beta)
+    net.run_until(lambda: _both_direct(alpha, beta), TRUST_TO_DIRECT_S)
+    return _transport(alpha, beta), _transport(beta, alpha)
+
+
+def _transport(node: SimNode, peer: SimNode) -> str:
+    state = node.device.peer(peer.device.public_key)
+    assert state is not None and state.endpoint is not None
+    return str(transport_of(state.endpoint))
+
+
+def test_symmetric_v4_nats_and_v6_firewalls_go_direct_over_udp6(net: Network) -> None:
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC, ipv6=Ipv6.FIREWALL)
+    beta = net.node("beta", mapping=Mapping.SYMMETRIC, ipv6=Ipv6.FIREWALL)
+    assert _direct_over(net, alpha, beta) == ("udp6", "udp6")
+    assert alpha.address6 is not None
+    public = alpha.core.registration.describe(online=True)["public_endpoints"]
+    assert public[1:] == [format_endpoint(alpha.address6)], public
+
+
+def test_behind_nat66_the_public_v6_endpoint_the_registry_saw_goes_direct(
+    net: Network,
+) -> None:
+    """A ULA behind NAT66 (symmetric IPv4 NATs too): the only way in is the public IPv6
+    endpoint the node's family_endpoint showed the registry."""
+    alpha = net.node("alpha", mapping=Mapping.SYMMETRIC, ipv6=Ipv6.NAT66)
+    beta = net.node("beta", mapping=Mapping.SYMMETRIC, ipv6=Ipv6.NAT66)
+    assert _direct_over(net, alpha, beta) == ("udp6", "udp6")
+    assert alpha.nat6 is not None
+    public = alpha.core.registration.describe(online=True)["public_endpoints"]
+    assert public[1] == f"[{alpha.nat6.wan}]:{NODE_PORT}", public
+
+
+def test_v6_that_never_answers_leaves_the_pair_direct_over_v4(net: Network) -> None:
+    alpha = net.node("alpha", ipv6=Ipv6.FIREWALL)
+    beta = net.node("beta", ipv6=Ipv6.FIREWALL)
+    assert alpha.address6 is not None
+    net.blackholes.add(alpha.address6[0])
+    assert _direct_over(net, alpha, beta) == ("udp4", "udp4")
+    net.run(SETTLE_S)
+    assert (_transport(alpha, beta), _transport(beta, alpha)) == ("udp4", "udp4")
+    assert _both_direct(alpha, beta)
+
+
+def test_with_both_families_working_the_path_settles_on_one(net: Network) -> None:
+    alpha = net.node("alpha", ipv6=Ipv6.FIREWALL)
+    beta = net.node("beta", ipv6=Ipv6.FIREWALL)
+    _direct_over(net, alpha, beta)
+    net.run(SETTLE_S)
+    moves = [e for e in alpha.events + beta.events if isinstance(e, PathChanged)]
+    assert [e.path for e in moves] == ["direct", "direct"], moves
+
+
+def test_a_v4_only_node_and_a_dual_stack_node_pair_over_v4(net: Network) -> None:
+    alpha = net.node("alpha", ipv6=Ipv6.FIREWALL)
+    beta = net.node("beta")
+    assert _direct_over(net, alpha, beta) == ("udp4", "udp4")
+    assert beta.core.registration.describe(online=True)["public_endpoints"] == [
+        beta.core.registration.public_endpoint
+    ]
+
+
+GARBAGE_CANDIDATES: list[object] = [
+    "[3fff::2",
+    "[3fff::2]",
+    "[3fff::2]:",
+    "[3fff::2]:99999",
+    "[3fff::2]:-1",
+    "[3fff::2]:0x10",
+    "3fff::2]:1",
+    "3fff::2:51820",
+    "[3fff::zz]:1",
+    "[3fff::2]:1\x00",
+    " [3fff::2]:1",
+    7,
+    None,
+    {"host": "3fff::2", "port": 1},
+    b"[3fff::2]:1",
+]
+
+
+def test_garbage_or_truncated_v6_candidates_are_refused() -> None:
+    usable, refused = usable_candidates(GARBAGE_CANDIDATES, [], [])
+    assert usable == [] and refused == len(GARBAGE_CANDIDATES)
+
+
+@pytest.mark.parametrize("candidates", ["[3fff::2]:1", {"[3fff::2]:1": 1}, None, 7])
+def test_a_punch_whose_candidates_are_no_list_starts_no_round(
+    net: Network, candidates: object
+) -> None:
+    alpha = net.node("alpha", ipv6=Ipv6.FIREWALL)
+    beta = net.node("beta", ipv6=Ipv6.FIREWALL)
+    _trusting(net, alpha, beta)
+    alpha.core.paths.take_openers()
+    punch = {"candidates": candidates}
+    alpha.core.paths.punch(beta.device.public_key, punch, [], [], net.now)
+    assert alpha.core.paths.take_openers() == []
