@@ -14,6 +14,7 @@ import click
 from pilotif.cli.untrusted import visible_text
 from pilotif.daemon.api import ControlError, request
 from pilotif.net.hostport import HostPortError, parse_host_port
+from pilotif.net.proxy import Proxy, ProxyError, parse_proxy, proxy_from_environment
 from pilotif.registry.database import is_postgresql
 from pilotif.util.errors import CodedError
 from pilotif.util.paths import STATE_DIR_ENV, StatePaths, default_state_dir
@@ -23,6 +24,8 @@ SECRET_FILE_PREFIX = "file:"
 """A secret option given as file:PATH reads the secret from that file (as Tailscale's
 `--auth-key file:...`): it then never shows in /proc/PID/cmdline, which every user reads."""
 DATABASE_ENV = "PILOTIF_DATABASE"
+PROXY_ENV = "PILOTIF_PROXY"
+"""Where `--proxy` may come from (`up`, `netcheck`)."""
 
 
 class CliError(CodedError, click.ClickException):
@@ -35,6 +38,15 @@ class CliError(CodedError, click.ClickException):
     def of(cls, error: CodedError) -> "CliError":
         """Another part's refusal (the daemon's, a peer service's), as the CLI's."""
         return cls(str(error), error.code, error.hint)
+
+
+def proxy_of(url: str | None) -> Proxy | None:
+    """The proxy of --proxy, else of HTTPS_PROXY (https_proxy), else none."""
+    try:
+        return parse_proxy(url) if url else proxy_from_environment()
+    except ProxyError as error:
+        source = "--proxy" if url else "HTTPS_PROXY"
+        raise CliError(f"{source}: {error}", "bad_input") from None
 
 
 def host_port_option(option: str, text: str) -> tuple[str, int]:

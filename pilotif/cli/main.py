@@ -21,6 +21,7 @@ from pilotif.cli.admin import admin
 from pilotif.cli.common import (
     DAEMON_ERRORS,
     DATABASE_ENV,
+    PROXY_ENV,
     REGISTRY_ERRORS,
     CliError,
     database_option,
@@ -30,12 +31,14 @@ from pilotif.cli.common import (
     json_option,
     json_output,
     node_request,
+    proxy_of,
     secret_option,
     state_dir_option,
     terminal_safe,
 )
 from pilotif.cli.context import context
 from pilotif.cli.mcp import mcp
+from pilotif.cli.netcheck import netcheck
 from pilotif.cli.overlay import is_userspace, overlay_dial, userspace_ping
 from pilotif.cli.policy import allow, deny, policy
 from pilotif.cli.services import inbox, publish, received, send, send_file, subscribe
@@ -52,7 +55,6 @@ from pilotif.control.relay_info import MAX_RELAYS, RelayInfo, RelaySpecError, pa
 from pilotif.daemon.api import ControlError, request, stream
 from pilotif.daemon.wgquick import ConfigError, InterfaceConfig, load_config
 from pilotif.net.fallback import TransportMode
-from pilotif.net.proxy import Proxy
 from pilotif.node.consent import NETWORK_POLICY, QUEUED
 from pilotif.node.registration import NodeOptions
 from pilotif.registry.database import DatabaseError
@@ -68,7 +70,6 @@ from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
 WEBHOOK_ENV = "PILOTIF_WEBHOOK"
-PROXY_ENV = "PILOTIF_PROXY"
 _SECRET_OPTIONS = {
     "--join-key": JOIN_KEY_ENV,
     "--webhook": WEBHOOK_ENV,
@@ -240,7 +241,7 @@ def up(
             accept_dns=accept_dns,
             join_key=_join_key(join_key) if join_key else None,
             transport=TransportMode(transport),
-            proxy=_proxy(proxy),
+            proxy=proxy_of(proxy),
         )
         name = _interface_name(interface, Path(DEFAULT_INTERFACE))
         config = InterfaceConfig(
@@ -307,17 +308,6 @@ class _Observe:
 
     metrics: tuple[str, int] | None
     webhook: str | None
-
-
-def _proxy(url: str | None) -> Proxy | None:
-    """The proxy of --proxy, else of HTTPS_PROXY (https_proxy), else none."""
-    from pilotif.net.proxy import ProxyError, parse_proxy, proxy_from_environment
-
-    try:
-        return parse_proxy(url) if url else proxy_from_environment()
-    except ProxyError as error:
-        source = "--proxy" if url else "HTTPS_PROXY"
-        raise CliError(f"{source}: {error}", "bad_input") from None
 
 
 def _webhook_url(url: str) -> str:
@@ -1087,6 +1077,7 @@ cli.add_command(bench)
 cli.add_command(listen)
 cli.add_command(context)
 cli.add_command(mcp)
+cli.add_command(netcheck)
 
 
 def main() -> None:

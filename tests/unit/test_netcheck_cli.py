@@ -1,0 +1,149 @@
+"""`pilotif netcheck [--json]` on loopback: what a user reads when the registry and a
+relay answer, when nothing answers (UDP blocked: the stream would carry), with a proxy
+set, and where the registry comes from (`--registry`, PILOTIF_REGISTRY, a running node)
+or why it cannot run. Fake servers answer probes as the registry and relays do
+(pilotif.control.probe_answer); the gateway is never asked (--no-port-mapping)."""
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from pilotif.cli.main import cli
+from pilotif.cli.netcheck import REGISTRY_ENV
+from pilotif.control.probe_answer import PROBE_TYPE, pack_answer
+from pilotif.net.hostport import format_endpoint
+from pilotif.wg.events import Endpoint
+from tests.unit.test_cli import assert_one_line_error, pilotif
+
+LOOPBACK = "127.0.0.1"
+POLL_S = 0.05
+QUICK_RUN = ("--timeout", "4", "--no-port-mapping")
+"""Long enough for loopback answers on a slow machine; the gateway is never asked."""
+
+
+@contextmanager
+def answering(*, silent: bool = False) -> Iterator[Endpoint]:
+    """A UDP socket on loopback that answers netcheck probes (or, `silent`, drops them:
+    what a network that blocks UDP looks like)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.settimeout(POLL_S)
+    stop = threading.Event()
+
+    def answer() -> None:
+        while not stop.is_set():
+            try:
+                data, source = sock.recvfrom(65_535)
+            except TimeoutError:
+                continue
+            if not silent and data[:1] == bytes((PROBE_TYPE,)):
+                sock.sendto(pack_answer(data, source), source)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield (LOOPBACK, sock.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_or_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTPS_PROXY", "https_proxy", "PILOTIF_PROXY", REGISTRY_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _netcheck(tmp_path: Path, *args: str) -> Result:
+    state_dir = tmp_path / "state"
+    return CliRunner().invoke(cli, ["netcheck", *args, *QUICK_RUN, "--state-dir", str(state_dir)])
+
+
+def test_registry_and_relay_answering_give_udp_the_endpoint_the_relay_and_the_mtu(
+    tmp_path: Path,
+) -> None:
+    with answering() as registry, answering() as relay:
+        result = _netcheck(
+            tmp_path, "--registry", format_endpoint(registry), "--relay", format_endpoint(relay)
+        )
+        as_json = _netcheck(
+            tmp_path,
+            "--json",
+            "--registry",
+            format_endpoint(registry),
+            "--relay",
+            "KEY@" + format_endpoint(relay),
+        )
+    assert result.exit_code == 0, result.output
+    assert "UDP over IPv4: yes" in result.output
+    assert "IPv6: no IPv6 address for the registry or any relay" in result.output
+    assert "mapping varies by destination: no" in result.output
+    assert "MTU towards the registry: 1500 bytes" in result.output
+    assert f"nearest relay: {format_endpoint(relay)}" in result.output
+    assert "transport: udp" in result.output
+    assert "port mapping: not checked" in result.output
+    report = json.loads(as_json.output)
+    assert report["udp_v4"] is True and report["udp_v6"] is None
+    assert report["mapping_varies_by_destination"] is False
+    assert report["mtu_to_registry"] == 1500
+    assert report["nearest_relay"] == format_endpoint(relay)
+    assert report["relays"][0]["rtt_ms"] is not None
+    (public,) = report["public_v4"]
+    assert public.startswith(LOOPBACK + ":")
+    assert report["registry"][0]["public_endpoint"] == public
+    assert report["transport"] == "udp" and report["proxy"] is None
+    assert report["stream"] == {"works": False, "rtt_ms": None}
+
+
+def test_when_nothing_answers_udp_the_stream_through_the_proxy_would_carry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@127.0.0.1:9")
+    with answering(silent=True) as registry:
+        result = _netcheck(tmp_path, "--json", "--registry", format_endpoint(registry))
+        text = _netcheck(tmp_path, "--registry", format_endpoint(registry))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["udp_v4"] is False and report["public_v4"] == []
+    assert report["mapping_varies_by_destination"] is None
+    assert report["mtu_to_registry"] is None
+    assert report["transport"] == "tcp"
+    assert report["proxy"] == "http://user@127.0.0.1:9"
+    assert "secret" not in result.output + text.output
+    assert "UDP over IPv4: no" in text.output
+    assert "transport: tcp (UDP gets no answer: the stream through http://user@127.0.0.1:9" in (
+        text.output
+    )
+
+
+def test_the_registry_comes_from_pilotif_registry_as_the_deployed_node_has_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with answering() as registry:
+        monkeypatch.setenv(REGISTRY_ENV, format_endpoint(registry))
+        result = _netcheck(tmp_path, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["registry"][0]["endpoint"] == format_endpoint(registry)
+
+
+def test_without_a_registry_or_a_node_it_says_what_to_give(tmp_path: Path) -> None:
+    state_dir = str(tmp_path / "state")
+    assert_one_line_error(pilotif("netcheck", "--state-dir", state_dir), "--registry HOST:PORT")
+    error = json.loads(pilotif("netcheck", "--json", "--state-dir", state_dir).stdout)
+    assert error["code"] == "not_running"
+    assert "--registry HOST:PORT" in error["hint"]
+
+
+@pytest.mark.parametrize("registry", ["nonsense", "127.0.0.1:99999", ",", "[::1"])
+def test_a_bad_registry_is_one_line(tmp_path: Path, registry: str) -> None:
+    state_dir = str(tmp_path / "state")
+    assert_one_line_error(
+        pilotif("netcheck", "--registry", registry, "--state-dir", state_dir), "--registry"
+    )
