@@ -1,7 +1,9 @@
 """Issue 24 item 3 in the namespace lab (pilotif_lab.dual_stack): a pair goes direct over
 whichever family works. Symmetric IPv4 NATs on both sides with global IPv6 behind
-stateful firewalls go direct over udp6; cone NATs with the same firewalls go direct; a
-node without IPv6 and a dual-stack one pair over IPv4. Each carries 20 MB intact."""
+stateful firewalls go direct over udp6; so do symmetric IPv4 NATs with NAT66 (ULAs: only
+the public IPv6 endpoint the registry saw, family_endpoint, reaches in); cone NATs with
+the firewalls go direct; a node without IPv6 and a dual-stack one pair over IPv4. Each
+carries 20 MB intact."""
 
 import os
 import time
@@ -11,6 +13,9 @@ import pytest
 from pilotif_lab.checks import tcp_transfer
 from pilotif_lab.dual_stack import REGISTRY_DUAL_STACK, dual_stack_lab
 from pilotif_lab.nat import PATH_TIMEOUT_S, Agent, NatKind, NatLab, trust
+
+from pilotif.control.wire import parse_endpoint
+from pilotif.net.transport import transport_of
 
 pytestmark = [
     pytest.mark.integration,
@@ -47,10 +52,25 @@ def _up_dual(*agents: Agent) -> None:
         agent.up(registry=REGISTRY_DUAL_STACK)
 
 
+def _public_families(agent: Agent) -> list[str]:
+    """The transport of each public endpoint the agent's status shows."""
+    public = agent.status()["node"]["public_endpoints"]
+    return [str(transport_of(parse_endpoint(text))) for text in public]
+
+
 def test_symmetric_v4_nats_with_v6_firewalls_go_direct_over_udp6(tmp_path: Path) -> None:
     with dual_stack_lab((NatKind.SYMMETRIC, NatKind.SYMMETRIC), _PAIR, tmp_path) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
         _up_dual(alpha, beta)
+        transports = _direct_and_carries(lab, ("udp6",))
+        assert transports == {"alpha": "udp6", "beta": "udp6"}
+        assert _public_families(alpha) == ["udp4", "udp6"]
+
+
+def test_symmetric_v4_nats_with_nat66_go_direct_over_udp6(tmp_path: Path) -> None:
+    nats = (NatKind.SYMMETRIC, NatKind.SYMMETRIC)
+    with dual_stack_lab(nats, _PAIR, tmp_path, nat66=True) as lab:
+        _up_dual(lab["alpha"], lab["beta"])
         transports = _direct_and_carries(lab, ("udp6",))
         assert transports == {"alpha": "udp6", "beta": "udp6"}
 
