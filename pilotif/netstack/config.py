@@ -56,6 +56,10 @@ class StackConfig:
     """Retransmissions of one segment (or persist probes unanswered) before giving up."""
     syn_retries: int = 6
     """Retransmissions of a SYN (or SYN-ACK) before giving up."""
+    large_segments: bool = False
+    """Send a run of full segments as one large segment (a `SuperPacket` of up to 64 KiB,
+    headers once: what a TUN with TSO hands over), for the data path to cut and seal
+    natively (`seal_tso`); off, every packet out is one segment with its checksums."""
     delayed_ack_s: float = 0.04
     """How long an ACK for a lone full segment may wait (RFC 9293 3.8.6.3: under 0.5 s)."""
     time_wait_s: float = 60.0

@@ -226,21 +226,25 @@ def build_segment(
     window: int,
     options: bytes = b"",
     payload: BytesLike = b"",
+    *,
+    tcp_checksum: bool = True,
 ) -> bytes:
     """One IPv4 (4-byte addresses) or IPv6 packet carrying a TCP segment, with the IPv4
-    header's checksum and the TCP checksum. `options` must be whole words."""
+    header's checksum and the TCP checksum (without `tcp_checksum`, 0: a large segment's
+    segments get theirs as they are cut). `options` must be whole words."""
     header_len = TCP_MIN_HEADER_BYTES + len(options)
     tcp_len = header_len + len(payload)
     tcp_header = bytearray(
         _TCP.pack(ports[0], ports[1], seq, ack, (header_len // 4) << 4, flags, window, 0, 0)
     )
     tcp_header += options
-    total = (
-        pseudo_sum_le(source + destination, PROTO_TCP, tcp_len)
-        + sum_le(tcp_header)
-        + sum_le(payload)
-    ) % ONES
-    _U16_LE.pack_into(tcp_header, TCP_CHECKSUM_OFFSET, ONES - total)
+    if tcp_checksum:
+        total = (
+            pseudo_sum_le(source + destination, PROTO_TCP, tcp_len)
+            + sum_le(tcp_header)
+            + sum_le(payload)
+        ) % ONES
+        _U16_LE.pack_into(tcp_header, TCP_CHECKSUM_OFFSET, ONES - total)
     if len(source) == IPV4_ADDRESS_BYTES:
         length = IPV4_MIN_HEADER_BYTES + tcp_len
         fields = (IPV4_PLAIN_FIRST_BYTE, 0, length, 0, IPV4_DONT_FRAGMENT, TTL, PROTO_TCP, 0)

@@ -35,6 +35,7 @@ from pilotif.netstack.tcp_connection import Connection
 from pilotif.netstack.tcp_state import State
 from pilotif.packet.icmp import parse_too_big
 from pilotif.packet.ip import TCP_ACK, TCP_FIN, TCP_SYN, BytesLike, packet_addresses
+from pilotif.packet.segments import SuperPacket
 
 EPHEMERAL_PORTS: Final = range(49152, 65536)
 """The ports active opens take theirs from (RFC 6335)."""
@@ -114,7 +115,7 @@ class Stack:
         self._time_wait: dict[Connection, None] = {}
         """Connections in TIME-WAIT, oldest first (not counted per peer or in the cap)."""
         self._listeners: dict[int, Listener] = {}
-        self._outbox: list[bytes] = []
+        self._outbox: list[bytes | SuperPacket] = []
         self._events: list[Event] = []
         self._dirty: dict[Connection, None] = {}
         self._heap: list[tuple[float, int, Connection]] = []
@@ -214,8 +215,9 @@ class Stack:
             return
         self._on_no_connection(key, segment, now)
 
-    def poll(self, now: float) -> list[bytes]:
-        """Run the timers that are due, send what connections have to send; the packets."""
+    def poll(self, now: float) -> list[bytes | SuperPacket]:
+        """Run the timers that are due, send what connections have to send; the packets
+        (and, with `large_segments`, large segments: SuperPackets to cut as TSO does)."""
         self._now = now
         while self._heap and self._heap[0][0] <= now:
             deadline, _, connection = heapq.heappop(self._heap)
@@ -245,7 +247,7 @@ class Stack:
         return None
 
     # -- ConnectionHost ---------------------------------------------------------------
-    def emit(self, packet: bytes) -> None:
+    def emit(self, packet: bytes | SuperPacket) -> None:
         self._outbox.append(packet)
 
     def report(self, event: Event) -> None:

@@ -48,6 +48,7 @@ from pilotif.packet.ip import (
     TCP_MIN_HEADER_BYTES,
     TCP_SYN,
 )
+from pilotif.packet.segments import SuperPacket
 
 DEFAULT_MSS_IPV4: Final = 536
 """The MSS to assume when a SYN names none (RFC 9293 3.7.1)."""
@@ -64,8 +65,8 @@ _FIN_STATES: Final = frozenset(
 class ConnectionHost(Protocol):
     """What a connection needs from its stack."""
 
-    def emit(self, packet: bytes) -> None:
-        """Send one IP packet."""
+    def emit(self, packet: bytes | SuperPacket) -> None:
+        """Send one IP packet (or one large segment, to be cut as TSO does)."""
         ...
 
     def report(self, event: Event) -> None:
@@ -390,7 +391,13 @@ class Connection:
 
     # -- output -----------------------------------------------------------------------
     def _emit(
-        self, seq: int, flags: int, payload: bytes | memoryview = b"", options: bytes = b""
+        self,
+        seq: int,
+        flags: int,
+        payload: bytes | memoryview = b"",
+        options: bytes = b"",
+        *,
+        segment_payload: int = 0,
     ) -> None:
         receiver = self._receiver
         syn = bool(flags & TCP_SYN)
@@ -411,8 +418,14 @@ class Connection:
             receiver.window_field(syn, self._sender.mss),
             options,
             payload,
+            tcp_checksum=not segment_payload,
         )
-        self._host.emit(packet)
+        if segment_payload:
+            ipv6 = len(self.local[0]) == IPV6_ADDRESS_BYTES
+            ip_header = IPV6_HEADER_BYTES if ipv6 else IPV4_MIN_HEADER_BYTES
+            self._host.emit(SuperPacket(memoryview(packet), ip_header, segment_payload))
+        else:
+            self._host.emit(packet)
 
     def _send_syn(self, ack: bool) -> None:
         shift = self._config.receive_window_shift() if self._config.window_scale else None

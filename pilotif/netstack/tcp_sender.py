@@ -12,9 +12,8 @@ what an ACK meant (`AckResult`). Sequence numbers are offsets from our initial s
 number (our SYN is 0, our first data byte 1).
 """
 
-from collections.abc import Callable
 from enum import Enum
-from typing import Final
+from typing import Final, Protocol
 
 from pilotif.netstack.config import StackConfig
 from pilotif.netstack.congestion import NewReno
@@ -22,13 +21,28 @@ from pilotif.netstack.rto import RtoEstimator
 from pilotif.netstack.scoreboard import Scoreboard
 from pilotif.netstack.segment import Segment, unwrap
 from pilotif.netstack.tcp_receiver import Receiver
-from pilotif.packet.ip import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
+from pilotif.packet.ip import IPV4_MIN_HEADER_BYTES, TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN
+from pilotif.packet.segments import MAX_GSO_SEGMENTS
 
 DUPLICATE_ACK_THRESHOLD: Final = 3
 """Duplicate ACKs that start a fast retransmit (RFC 5681)."""
 
-Emit = Callable[[int, int, bytes | memoryview], None]
-"""Send a segment: (sequence offset, flags, payload)."""
+TCP_MAX_HEADER_BYTES: Final = 60
+_MAX_IP_PACKET_BYTES: Final = 0xFFFF
+LARGE_SEGMENT_MAX_PAYLOAD_BYTES: Final = (
+    _MAX_IP_PACKET_BYTES - IPV4_MIN_HEADER_BYTES - TCP_MAX_HEADER_BYTES
+)
+"""The most payload of one large segment: its IP packet's length must fit 16 bits."""
+
+
+class Emit(Protocol):
+    """Send a segment: (sequence offset, flags, payload); with `segment_payload`, a large
+    segment that stands for segments of that many payload bytes each (the last may carry
+    fewer)."""
+
+    def __call__(
+        self, seq: int, flags: int, payload: bytes | memoryview, *, segment_payload: int = 0
+    ) -> None: ...
 
 
 class AckResult(Enum):
@@ -186,11 +200,17 @@ class Sender:
             return self.mss
         return self.mss - receiver.sack_option_bytes()
 
-    def _send_data(self, start: int, length: int, now: float) -> int:
-        """Send [start, start+length) of the stream (a FIN too when it ends there);
+    def _send_data(self, start: int, length: int, now: float, *, large: bool = False) -> int:
+        """Send [start, start+length) of the stream (a FIN too when it ends there), in one
+        segment, or `large`, in one large segment of up to MAX_GSO_SEGMENTS full ones;
         returns the sequence space used."""
         offset = start - self._buf_start
-        length = min(length, self._payload_limit())
+        limit = self._payload_limit()
+        if large:
+            segments = min(LARGE_SEGMENT_MAX_PAYLOAD_BYTES // limit, MAX_GSO_SEGMENTS)
+            length = min(length, segments * limit)
+        else:
+            length = min(length, limit)
         payload = memoryview(self.buffer)[offset : offset + length]
         end = start + len(payload)
         flags = TCP_ACK
@@ -206,7 +226,7 @@ class Sender:
                 self._timed = None  # Karn: an ACK for it would be ambiguous
         elif self._timed is None:
             self._timed = (start, now)
-        self._emit(start, flags, payload)
+        self._emit(start, flags, payload, segment_payload=limit if len(payload) > limit else 0)
         return used
 
     def _pipe(self) -> int:
@@ -223,8 +243,9 @@ class Sender:
         return max(flight - min(self._dupacks, DUPLICATE_ACK_THRESHOLD) * self.mss, 0)
 
     def transmit_stream(self, now: float) -> None:
-        """Send what the windows allow: SACK holes first in recovery, then new data and
-        our FIN. (The hook for large segments: it cuts by `mss`.)"""
+        """Send what the windows allow: SACK holes first in recovery, then new data (with
+        `large_segments`, as much as the windows allow in one large segment) and our
+        FIN."""
         cwnd = self.cc.cwnd
         if self._in_recovery and self.sack:
             for left, right in self._scoreboard.holes(self.snd_una):
@@ -244,9 +265,15 @@ class Sender:
             length = min(limit, data_end - self.snd_nxt, room)
             if length <= 0:
                 return
-            if length < limit and length < data_end - self.snd_nxt and pipe > 0:
+            unsent = data_end - self.snd_nxt
+            if length < limit and length < unsent and pipe > 0:
                 return  # no small segment while more waits and some is in flight
-            used = self._send_data(self.snd_nxt, length, now)
+            large = self._config.large_segments and min(room, unsent) >= 2 * limit
+            if large:
+                length = min(room, unsent)
+                if length < unsent:
+                    length -= length % limit  # whole segments, unless it ends the data
+            used = self._send_data(self.snd_nxt, length, now, large=large)
             self.snd_nxt += used
             self.snd_max = max(self.snd_max, self.snd_nxt)
         if self.fin_at is not None and self.snd_nxt == self.fin_at:

@@ -31,17 +31,20 @@ from pilotif.netstack import (
 )
 from pilotif.packet.icmp import ECHO_HEADER, ECHO_REPLY, echo_request_packet
 from pilotif.packet.ip import IPV4_IHL_MASK, IPV4_WORD_BYTES, BytesLike, is_echo_reply
+from pilotif.packet.segments import SuperPacket
 from pilotif.tun.offload import VIRTIO_NET_HDR_SIZE
 from pilotif.userspace.transport import StackTransport
 
 USERSPACE_CONFIG: Final = StackConfig(
     send_buffer_bytes=1024 * 1024,
     receive_buffer_bytes=1024 * 1024,
+    large_segments=True,
     max_connections=1024,
     max_connections_per_peer=128,
 )
 """A userspace node's limits: 1 MiB buffers each way and 1,024 connections bound the
-node at about 2 GiB in the worst case (the netstack's defaults allow 16 GiB)."""
+node at about 2 GiB in the worst case (the netstack's defaults allow 16 GiB); large
+segments out (the data path cuts and seals them natively)."""
 STREAM_LIMIT_BYTES: Final = 64 * 1024
 """asyncio's StreamReader limit (a line's longest) for streams made here."""
 PING_IDENT: Final = 0x7075
@@ -99,7 +102,7 @@ class UserspaceStack:
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
         self._woken = False
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | SuperPacket] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._transports: dict[Connection, StackTransport] = {}
@@ -113,14 +116,26 @@ class UserspaceStack:
     def fileno(self) -> int:
         return self._wake_in.fileno()
 
-    def read_batch(self, limit: int) -> list[memoryview]:
+    def read_batch(self, limit: int) -> list[memoryview] | SuperPacket:
+        """Up to `limit` of the netstack's packets as they are (no copy), or one of its
+        large segments (the device cuts and seals it natively)."""
         now = time.monotonic()
         if not self._pending:
             self._pending = self.stack.poll(now)
             self._dispatch()
-        batch, self._pending = self._pending[:limit], self._pending[limit:]
+        pending = self._pending
+        if pending and isinstance(large := pending[0], SuperPacket):
+            del pending[0]
+            self._settle(now)
+            return large
+        batch: list[memoryview] = []
+        for packet in pending:
+            if len(batch) == limit or isinstance(packet, SuperPacket):
+                break
+            batch.append(memoryview(packet))
+        del pending[: len(batch)]
         self._settle(now)
-        return [memoryview(packet) for packet in batch]
+        return batch
 
     def write(self, packets: Sequence[BytesLike]) -> int:
         """What the data path decrypted (WireGuard authenticated every byte: the netstack

@@ -2,7 +2,8 @@
 tests: a one-way delay, seeded random loss, duplication and reordering (extra delay for
 some packets), a rate (packets queue behind each other), and a `tap` that sees (and may
 drop) every packet. Time is a float the wire advances from event to event; nothing
-sleeps and nothing touches a socket.
+sleeps and nothing touches a socket. A stack's large segments are cut into their
+segments (as the data path's `seal_tso` cuts them) before they go on the wire.
 """
 
 import heapq
@@ -15,11 +16,15 @@ from ipaddress import IPv4Address, IPv6Address
 from pilotif.netstack import Connection, Stack, StackConfig, State
 from pilotif.netstack.segment import parse_segment
 from pilotif.packet.ip import TCP_FIN, TCP_SYN
+from pilotif.packet.segments import SuperPacket, cut_segments
 
 A_V4 = IPv4Address("100.64.0.1")
 B_V4 = IPv4Address("100.64.0.2")
 A_V6 = IPv6Address("fd00:64::1")
 B_V6 = IPv6Address("fd00:64::2")
+
+MAX_IP_PACKET_BYTES = 0xFFFF
+"""The largest IP packet (its length field's 16 bits): no large segment is larger."""
 
 Tap = Callable[[str, bytes], bool]
 """(direction 'ab' or 'ba', packet) -> whether the packet goes on."""
@@ -60,6 +65,8 @@ class Wire:
         self._order = itertools.count()
         self._free_at = {"ab": 0.0, "ba": 0.0}
         self.sent = {"ab": 0, "ba": 0}
+        self.large: dict[str, list[SuperPacket]] = {"ab": [], "ba": []}
+        """The large segments each way (before they were cut)."""
         self.last_sent: dict[str, bytes] = {}
         """The last packet each way (dropped or not)."""
 
@@ -84,6 +91,18 @@ class Wire:
         for _ in range(copies):
             heapq.heappush(self._queue, (arrive, next(self._order), direction, packet))
 
+    def _cut(self, direction: str, large: SuperPacket) -> list[bytes]:
+        """A large segment's segments (SegmentError when its headers do not say how)."""
+        assert len(large.packet) <= MAX_IP_PACKET_BYTES
+        self.large[direction].append(large)
+        out = bytearray(2 * MAX_IP_PACKET_BYTES)
+        return [
+            bytes(segment)
+            for segment in cut_segments(
+                large.packet, large.transport_start, large.segment_payload, out, udp=False
+            )
+        ]
+
     def inject(self, direction: str, packet: bytes) -> None:
         """Deliver a packet of the test's own at once."""
         (self.b if direction == "ab" else self.a).receive(packet, self.now)
@@ -93,7 +112,11 @@ class Wire:
         `until_s`) and handle it; False when nothing is left to happen by then."""
         for name, stack in (("ab", self.a), ("ba", self.b)):
             for packet in stack.poll(self.now):
-                self._send(name, packet)
+                if isinstance(packet, SuperPacket):
+                    for segment in self._cut(name, packet):
+                        self._send(name, segment)
+                else:
+                    self._send(name, packet)
         times = [t for t in (self.a.next_timer(), self.b.next_timer()) if t is not None]
         if self._queue:
             times.append(self._queue[0][0])

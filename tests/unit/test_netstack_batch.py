@@ -1,15 +1,22 @@
 """The netstack with the data path's batches: a run of one connection's segments merged
 into one (the device's native GRO, `coalesce`) is taken as one large segment and ACKed
 once; authenticated packets skip the checksums but not the other checks; ACKs wait for
-the delayed-ACK timer when a lone segment arrives."""
+the delayed-ACK timer when a lone segment arrives. Out, with `large_segments`, a run of
+full segments leaves as one large segment (a SuperPacket) that cuts into the segments
+the peer takes, checksums and all; lost ones are sent again one by one."""
+
+import hashlib
 
 import pytest
-from netstack_wire import Wire, open_pair, payload
+from netstack_wire import MAX_IP_PACKET_BYTES, Link, Wire, open_pair, payload, transfer
 
 from pilotif.netstack import StackConfig
 from pilotif.netstack.segment import parse_segment
-from pilotif.packet.ip import TCP_ACK
+from pilotif.packet.ip import TCP_ACK, TCP_PSH
+from pilotif.packet.segments import SuperPacket, cut_segments
 from pilotif.wg.fastpath.batch_loops import coalesce
+
+LARGE = StackConfig(large_segments=True)
 
 VIRTIO_HEADER_BYTES = 10
 
@@ -99,3 +106,58 @@ def test_a_lone_segment_is_acked_by_the_delayed_ack_timer() -> None:
     assert len(acks) == 1
     delay = acks[0] - sent_at - wire.link.delay_s
     assert config.delayed_ack_s * 0.99 <= delay <= config.delayed_ack_s * 1.01
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_a_run_of_full_segments_leaves_as_one_large_segment_cut_correctly(ipv6: bool) -> None:
+    wire = Wire(config_a=LARGE)
+    client, server = open_pair(wire, ipv6=ipv6)
+    data = payload(10 * client.mss, seed=5)
+    client.send(data)
+    out = wire.a.poll(wire.now)
+    assert len(out) == 1 and isinstance(out[0], SuperPacket), "the initial window at once"
+    large = out[0]
+    assert large.segment_payload == client.mss
+    cut = cut_segments(
+        large.packet, large.transport_start, large.segment_payload, bytearray(2**17), udp=False
+    )
+    segments = [parse_segment(bytes(packet)) for packet in cut]
+    assert [len(s.payload) for s in segments] == [client.mss] * 10
+    first = segments[0].seq
+    assert [(s.seq - first) % 2**32 for s in segments] == [i * client.mss for i in range(10)]
+    assert [bool(s.flags & TCP_PSH) for s in segments] == [False] * 9 + [True]
+    for packet in cut:  # checked as any packet from the wire: checksums too
+        wire.b.receive(bytes(packet), wire.now)
+    assert wire.b.counters["bad_checksum"] == 0
+    assert server.receive() == data
+
+
+def test_a_large_segment_stays_within_an_ip_packet_and_the_segments_seal_tso_cuts() -> None:
+    wire = Wire(config_a=StackConfig(large_segments=True, send_buffer_bytes=8 << 20))
+    client, server = open_pair(wire)
+    data = payload(6_000_000, seed=6)
+    assert transfer(wire, client, server, data) == data
+    sizes = [len(large.packet) for large in wire.large["ab"]]
+    assert max(sizes) <= MAX_IP_PACKET_BYTES
+    assert max(sizes) > MAX_IP_PACKET_BYTES - 2 * client.mss, "as large as one can be"
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_large_segments_carry_a_transfer_through_loss_and_reordering(ipv6: bool) -> None:
+    link = Link(delay_s=0.02, loss=0.01, duplicate=0.01, reorder=0.03, rate_bytes_per_s=20e6)
+    wire = Wire(link=link, config_a=LARGE, config_b=LARGE, seed=11)
+    client, server = open_pair(wire, ipv6=ipv6)
+    up, down = payload(2_000_000, 7), payload(2_000_000, 8)
+    got = transfer(wire, client, server, up)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(up).digest()
+    assert transfer(wire, server, client, down) == down
+    assert wire.large["ab"] and wire.large["ba"]
+    assert client.retransmissions > 0 and server.retransmissions > 0
+
+
+def test_less_than_two_full_segments_leave_as_plain_segments() -> None:
+    wire = Wire(config_a=LARGE)
+    client, _ = open_pair(wire)
+    client.send(payload(client.mss + 100, seed=9))
+    out = wire.a.poll(wire.now)
+    assert len(out) == 2 and not any(isinstance(p, SuperPacket) for p in out)

@@ -1,6 +1,7 @@
 """Two userspace nodes (pilotif.userspace.UserspaceStack) on a real event loop, each with
 its data path and WireGuard device, their Binds linked in memory: TCP through both
-devices as asyncio streams, ICMP echo, refusals, resets and a paused reader."""
+devices as asyncio streams (the bulk as large segments, sealed as GSO trains), ICMP echo,
+refusals, resets and a paused reader."""
 
 import asyncio
 import contextlib
@@ -18,6 +19,7 @@ from pilotif.userspace import UserspaceStack
 from pilotif.userspace.stack import STREAM_LIMIT_BYTES
 from pilotif.userspace.transport import READ_CHUNK_BYTES
 from pilotif.wg.events import Endpoint, PeerEndpoint
+from pilotif.wg.fastpath.batch_loops import seal_tso
 
 WAIT_S = 30.0
 """The generous bound on anything the tests wait for."""
@@ -35,6 +37,12 @@ class LinkedBind(SocketBind):
         self.other: LinkedBind | None = None
         self.drop_next = 0
         """Datagrams to lose (from the next send on)."""
+        self.trains = 0
+        """GSO trains sent (a large segment of the netstack, cut and sealed natively)."""
+
+    def send_train(self, train: memoryview, size: int, endpoint: PeerEndpoint) -> int:
+        self.trains += 1
+        return super().send_train(train, size, endpoint)
 
     def send(self, datagrams: Sequence[tuple[BytesLike, PeerEndpoint]]) -> int:
         assert self.other is not None
@@ -113,6 +121,8 @@ def test_tcp_through_two_devices_carries_bytes_intact() -> None:
             await sending
         assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
         assert writer.get_extra_info("peername") == (str(b.stack.addresses[0]), PORT)
+        if seal_tso is not None:
+            assert a.bind.trains and b.bind.trains, "large segments sealed as GSO trains"
         writer.close()
 
     run(body)
