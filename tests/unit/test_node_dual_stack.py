@@ -31,7 +31,7 @@ from pilotif.node.registry_link import (
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.events import Endpoint
 from tests.unit.netsim import NODE_PORT, Ipv6, Mapping, Network, SimNode
-from tests.unit.test_node_core import _both_direct, _trusting
+from tests.unit.test_node_core import TRUST_TO_DIRECT_S, _both_direct, _trusting
 from tests.unit.test_registry_link import Pair
 
 REGISTRY_V4: Endpoint = ("198.18.0.1", 9000)
@@ -188,8 +188,6 @@ def test_a_reply_that_does_not_say_it_kept_a_text_keeps_nothing(reply: dict[str,
 
 # -- pairs in the simulated network (tests/unit/netsim.py) ------------------------------
 
-TRUST_TO_DIRECT_S = 5.0
-"""Issue 24: a direct path, where one exists, within this long of trust."""
 SETTLE_S = 60.0
 """Long enough for a path that would flap between the families to do so."""
 
