@@ -16,12 +16,16 @@ requests, cookies, retries), in one process:
    since the first registration (p50/p99/max), the registry's CPU and memory;
 3. with `--registry-outage SECONDS`: every node online, the registry is SIGKILLed and
    started again (same state, same port) SECONDS later. A node whose request went
-   unanswered REQUEST_ATTEMPTS times gives it up and, as the node does, registers again
-   every REGISTRY_RETRY_S; `back_online_*_s` is how long after the restart each node that
-   lost the registry was answered (`not_back_online`: never within `--return-s`),
+   unanswered REQUEST_ATTEMPTS times gives it up and, as the node does, probes the
+   registry (a 36-byte key request, about every PROBE_EVERY_S with the node's jitter)
+   until a probe is answered, then registers; `outage_probes_per_node_s` is what a node
+   sent per second while away (probes over the node-seconds from its give-up to the
+   restart); `back_online_*_s` is how long after the restart each node that lost the
+   registry was answered (`not_back_online`: never within `--return-s`),
    `return_gave_up` the requests sent after the restart and given up, and
    `return_heartbeat_p99_ms` the round trip of the requests sent after the restart,
-   `busy_notices` how many "busy, retry after" notices the nodes took;
+   `busy_notices` how many "busy, retry after" notices the nodes took, `restart_ready_s`
+   the restarted registry's own start-up (within `back_online_*_s`);
 4. one registration at that size: `--probes` new nodes one after another (p50, p99).
 
 With `--replicas N` (PostgreSQL only) N registry processes share the database; node i
@@ -46,6 +50,7 @@ import heapq
 import json
 import multiprocessing
 import os
+import random
 import resource
 import selectors
 import signal
@@ -62,10 +67,11 @@ from typing import Any
 
 from pilotif_lab.postgres import throwaway_postgres
 
-from pilotif.node.registration import REGISTRY_RETRY_S
+from pilotif.node.registration import probe_pause_s
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
     GaveUp,
+    KeyAnswer,
     MoveAsked,
     RegistryLink,
     Reply,
@@ -102,6 +108,8 @@ class SimulatedNode:
     away)."""
     lost_s: float | None = None
     """Since when the registry is silent to it (a request given up)."""
+    probing: bool = False
+    """The registry is away: `next_s` is the next probe, not a registration."""
 
 
 @dataclass
@@ -130,6 +138,12 @@ class Results:
     return_socket_drops: int = 0
     return_registry_cpu_percent: float = 0.0
     busy_notices: int = 0
+    outage_probes: int = 0
+    outage_probing_s: float = 0.0
+    """Node-seconds spent probing before the restart (from a node's give-up on)."""
+    restart_ready_s: float = 0.0
+    """From the restart to the registry's `registry_started` (its own start-up, within
+    back_online_*_s)."""
     replicas: int = 1
     failover_s: list[float] = field(default_factory=list)
     served_after_kill_s: list[float] = field(default_factory=list)
@@ -173,6 +187,7 @@ class Results:
         beats = sorted(self.return_heartbeat_ms)
         return {
             "registry_outage_s": self.outage_s,
+            "restart_ready_s": _round(self.restart_ready_s),
             "nodes_back_online": len(back),
             "not_back_online": self.not_back_online,
             "back_online_p50_s": _round(_percentile(back, 50)),
@@ -185,6 +200,10 @@ class Results:
             "return_socket_drops": self.return_socket_drops,
             "return_registry_cpu_percent": round(self.return_registry_cpu_percent, 1),
             "busy_notices": self.busy_notices,
+            "outage_probes": self.outage_probes,
+            "outage_probes_per_node_s": _round(
+                self.outage_probes / max(self.outage_probing_s, 1e-9)
+            ),
         }
 
 
@@ -223,6 +242,11 @@ class Swarm:
         self.kill_at: float | None = None
         self.retried = 0
         self.gave_up = 0
+        self.rng = random.Random()
+        self.probes = 0
+        """Probes sent while the registry was away (before its restart)."""
+        self.probing_s = 0.0
+        """Node-seconds from each give-up to the restart (the time those probes span)."""
 
     def add(self, hostname: str | None = None) -> SimulatedNode:
         """A new node, named `load-NUMBER` unless `hostname` says otherwise."""
@@ -275,6 +299,12 @@ class Swarm:
                 except BlockingIOError:
                     break
                 for event in node.link.receive(data, now, source):
+                    if isinstance(event, KeyAnswer) and node.probing:
+                        # The registry is back: register (as Registration._back does).
+                        node.probing = False
+                        node.next_s = None
+                        if node.waiting is None:
+                            self.register(node, now)
                     if isinstance(event, MoveAsked) and not node.switched:
                         self._move(node, event, now)
                     if isinstance(event, Reply) and event.request_id == node.waiting:
@@ -323,7 +353,9 @@ class Swarm:
             if node.next_s != at:
                 continue
             node.next_s = None
-            if node.waiting is None:
+            if node.probing:
+                self._probe(node, now)
+            elif node.waiting is None:
                 self.register(node, now, beat=True)
         return max(self.due[0][0] - now, 0.0) if self.due else RETRY_CHECK_S
 
@@ -340,9 +372,16 @@ class Swarm:
                     self._gave_up(node, now)
             self._flush(node)
 
+    def _probe(self, node: SimulatedNode, now: float) -> None:
+        node.link.probe()
+        self._flush(node)
+        if self.restart_at is None or now < self.restart_at:
+            self.probes += 1
+        self._schedule(node, now + probe_pause_s(self.rng))
+
     def _gave_up(self, node: SimulatedNode, now: float) -> None:
-        """As the node does when the registry is silent: offline, and registering again
-        every REGISTRY_RETRY_S."""
+        """As the node does when the registry is silent: offline, and probing it until
+        it answers."""
         if self.restart_at is None:
             self.gave_up += 1
         elif node.sent_s >= self.restart_at:
@@ -353,7 +392,10 @@ class Swarm:
         self.waiting.discard(node.number)
         if node.lost_s is None:
             node.lost_s = now
-        self._schedule(node, now + REGISTRY_RETRY_S)
+            if self.restart_at is not None and now < self.restart_at:
+                self.probing_s += self.restart_at - now
+        node.probing = True
+        self._probe(node, now)
 
     def run_for(self, seconds: float) -> None:
         """Heartbeats, answers and retries for `seconds`."""
@@ -509,6 +551,8 @@ def _worker(
                     swarm.return_gave_up,
                     [ms for sent, ms in swarm.latencies if sent >= restart],
                     sum(node.link.busy for node in swarm.nodes),
+                    swarm.probes,
+                    swarm.probing_s,
                 )
             )
         elif command[0] == "probe":
@@ -661,11 +705,14 @@ def _outage(
     processes[0].wait()
     time.sleep(max(0.0, restart_at - time.monotonic()))
     processes[0], _ = _start_registry(state_dir, port, database)
+    results.restart_ready_s = time.monotonic() - restart_at
     cpu_before = _cpu_seconds(processes[0].pid)
     results.outage_s = args.registry_outage
     for _, conn in workers:
-        back, lost, outage_gave_up, return_gave_up, beats, busy = conn.recv()
+        back, lost, outage_gave_up, return_gave_up, beats, busy, probes, probing_s = conn.recv()
         results.busy_notices += busy
+        results.outage_probes += probes
+        results.outage_probing_s += probing_s
         results.back_online_s += back
         results.not_back_online += lost
         results.outage_gave_up += outage_gave_up
