@@ -1,0 +1,157 @@
+"""Issue 24 item 6 in the NAT lab: what `pilotif netcheck --json` tells a user, with no
+daemon running and (alpha's first run) no root: behind a cone NAT (r0) the mapping does
+not vary by destination, behind a symmetric NAT (r1) it does; each relay's round trip and
+the nearest; the port mapping protocol where miniupnpd runs (and the mapping deleted at
+once), none where it does not; the MTU towards the registry on a path that drops packets
+over 1280 bytes; only the HTTPS_PROXY reachable: no UDP, the stream through the proxy would carry."""
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pilotif_lab.nat import REGISTRY, RELAY_PORT, Agent, NatKind, NatLab, nat_lab
+from pilotif_lab.pilotif_node import pilotif_executable
+from pilotif_lab.proxies import ProxyKind, http_proxy
+from pilotif_lab.unprivileged import as_nobody
+from pilotif_lab.upnp_router import mappings
+
+from tests.integration.test_stream_lab import block, unblock
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="builds network namespaces: needs root"),
+]
+
+RELAYS = ("198.18.0.5", "198.18.0.6")
+PROXY_HOST = "proxy"
+REGISTRY_PORT = int(REGISTRY.rsplit(":", 1)[1])
+FULL_MTU = 1500
+"""The lab's links (Ethernet)."""
+PORT_MAPPING_PROTOCOLS = {"pcp", "nat-pmp", "upnp"}
+NARROW_PATH_BYTES = 1280
+_NARROW_TABLE = "pflab_narrow"
+
+
+def narrow_path(lab: NatLab, router: int) -> None:
+    """The internet drops, silently, every packet over NARROW_PATH_BYTES from router
+    `router`'s WAN address, to the registry (on the public namespace itself) and beyond
+    (a PPPoE or tunnel link that drops ICMP, as the path MTU lab's)."""
+    address = lab.routers[router].wan_address
+    chains = "".join(
+        f"""
+    chain {hook} {{
+        type filter hook {hook} priority -10; policy accept;
+        ip saddr {address} meta length > {NARROW_PATH_BYTES} drop
+    }}"""
+        for hook in ("input", "forward")
+    )
+    lab.public.run("nft", "-f", "-", input_text=f"table ip {_NARROW_TABLE} {{{chains}\n}}\n")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatLab]:
+    """alpha behind a cone NAT, beta behind a symmetric one, two relays; no node is up."""
+    with nat_lab(
+        (NatKind.CONE, NatKind.SYMMETRIC),
+        (("alpha", 0), ("beta", 1)),
+        tmp_path_factory.mktemp("netcheck"),
+        internet_hosts=(PROXY_HOST,),
+    ) as built:
+        for address in RELAYS:
+            built.start_relay(address)
+        yield built
+
+
+def netcheck(
+    agent: Agent, *extra: str, env: dict[str, str] | None = None, unprivileged: bool = False
+) -> dict[str, Any]:
+    """`pilotif netcheck --json` in the agent's namespace against the lab's registry and
+    relays (the agent's node is not running)."""
+    command = [
+        *(f"{name}={value}" for name, value in (env or {}).items()),
+        pilotif_executable(),
+        "netcheck",
+        "--json",
+        "--registry",
+        REGISTRY,
+        *(arg for address in RELAYS for arg in ("--relay", f"{address}:{RELAY_PORT}")),
+        *extra,
+    ]
+    command = ["env", "-u", "HTTPS_PROXY", "-u", "https_proxy", *command]
+    if unprivileged:
+        command = as_nobody(*command)
+    result = agent.namespace.run(*command)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_cone_and_symmetric_nats_relays_and_the_full_mtu(lab: NatLab) -> None:
+    cone = netcheck(lab["alpha"], "--no-port-mapping", unprivileged=True)
+    symmetric = netcheck(lab["beta"], "--no-port-mapping")
+    print(json.dumps(cone, indent=1), json.dumps(symmetric, indent=1))
+    for report in (cone, symmetric):
+        assert report["udp_v4"] is True
+        assert report["udp_v6"] is None  # the lab's servers have no IPv6 address
+        assert report["transport"] == "udp" and report["proxy"] is None
+        assert report["mtu_to_registry"] == FULL_MTU
+        assert [r["endpoint"] for r in report["relays"]] == [f"{a}:{RELAY_PORT}" for a in RELAYS]
+        assert all(r["rtt_ms"] is not None for r in report["relays"])
+        assert report["nearest_relay"] in {r["endpoint"] for r in report["relays"]}
+        assert report["registry"][0]["rtt_ms"] is not None
+        assert report["stream"]["works"] is True
+    assert cone["mapping_varies_by_destination"] is False
+    (public,) = cone["public_v4"]
+    assert public.startswith(lab.routers[0].wan_address + ":")
+    assert symmetric["mapping_varies_by_destination"] is True
+    assert len(symmetric["public_v4"]) == 1 + len(RELAYS)
+    assert all(e.startswith(lab.routers[1].wan_address + ":") for e in symmetric["public_v4"])
+
+
+def test_the_port_mapping_protocol_where_miniupnpd_runs_and_none_elsewhere(lab: NatLab) -> None:
+    lab.start_port_mapping(0)
+    try:
+        mapped = netcheck(lab["alpha"])
+        router = lab.routers[0].namespace
+        left = mappings(router)
+    finally:
+        lab.stop_port_mapping()
+    none = netcheck(lab["beta"])
+    print(mapped["port_mapping"], left)
+    assert mapped["port_mapping_checked"] is True
+    assert mapped["port_mapping"]["protocol"] in PORT_MAPPING_PROTOCOLS
+    assert mapped["port_mapping"]["external"].startswith(lab.routers[0].wan_address + ":")
+    assert left == []  # deleted at once
+    assert none["port_mapping_checked"] is True and none["port_mapping"] is None
+
+
+def test_the_mtu_towards_the_registry_on_a_1280_byte_path(lab: NatLab) -> None:
+    narrow_path(lab, 1)
+    try:
+        report = netcheck(lab["beta"], "--no-port-mapping")
+    finally:
+        lab.public.run("nft", "delete", "table", "ip", _NARROW_TABLE)
+    assert report["mtu_to_registry"] == NARROW_PATH_BYTES
+    assert report["udp_v4"] is True
+
+
+def test_only_the_proxy_reachable_the_stream_through_it_would_carry(lab: NatLab) -> None:
+    proxy_host = lab.internet[PROXY_HOST]
+    alpha = lab["alpha"]
+    with http_proxy(
+        ProxyKind.TINYPROXY,
+        proxy_host.namespace,
+        proxy_host.address,
+        (REGISTRY_PORT,),
+        lab.workdir,
+    ) as proxy:
+        block(alpha, f"ip daddr != {proxy_host.address}")  # only the proxy is reachable
+        try:
+            report = netcheck(alpha, "--no-port-mapping", env={"HTTPS_PROXY": f"http://{proxy}"})
+        finally:
+            unblock(alpha)
+    assert report["udp_v4"] is False and report["public_v4"] == []
+    assert report["transport"] == "tcp"
+    assert report["proxy"] == f"http://{proxy}"
+    assert report["stream"]["works"] is True
