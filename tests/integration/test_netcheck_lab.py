@@ -3,14 +3,18 @@ daemon running and (alpha's first run) no root: behind a cone NAT (r0) the mappi
 not vary by destination, behind a symmetric NAT (r1) it does; each relay's round trip and
 the nearest; the port mapping protocol where miniupnpd runs (and the mapping deleted at
 once), none where it does not; the MTU towards the registry on a path that drops packets
-over 1280 bytes; only the HTTPS_PROXY reachable: no UDP, the stream through the proxy would carry."""
+over 1280 bytes; only the HTTPS_PROXY reachable: no UDP, the stream through it would
+carry. In the dual-stack lab: UDP over IPv6 where the host and the registry have IPv6, no
+where the host has none; beside a running node, its registry's addresses."""
 
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pilotif_lab.dual_stack import REGISTRY_DUAL_STACK, agent_v6, dual_stack_lab
 from pilotif_lab.nat import REGISTRY, RELAY_PORT, Agent, NatKind, NatLab, nat_lab
 from pilotif_lab.pilotif_node import pilotif_executable
 from pilotif_lab.proxies import ProxyKind, http_proxy
@@ -65,18 +69,23 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatLab]:
 
 
 def netcheck(
-    agent: Agent, *extra: str, env: dict[str, str] | None = None, unprivileged: bool = False
+    agent: Agent,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    unprivileged: bool = False,
+    registry: str = REGISTRY,
+    relays: tuple[str, ...] = RELAYS,
 ) -> dict[str, Any]:
     """`pilotif netcheck --json` in the agent's namespace against the lab's registry and
-    relays (the agent's node is not running)."""
+    `relays` (the agent's node is not running)."""
     command = [
         *(f"{name}={value}" for name, value in (env or {}).items()),
         pilotif_executable(),
         "netcheck",
         "--json",
         "--registry",
-        REGISTRY,
-        *(arg for address in RELAYS for arg in ("--relay", f"{address}:{RELAY_PORT}")),
+        registry,
+        *(arg for address in relays for arg in ("--relay", f"{address}:{RELAY_PORT}")),
         *extra,
     ]
     command = ["env", "-u", "HTTPS_PROXY", "-u", "https_proxy", *command]
@@ -155,3 +164,22 @@ def test_only_the_proxy_reachable_the_stream_through_it_would_carry(lab: NatLab)
     assert report["transport"] == "tcp"
     assert report["proxy"] == f"http://{proxy}"
     assert report["stream"]["works"] is True
+
+
+def test_ipv6_where_the_registry_and_the_host_have_it_and_the_running_nodes_registry(
+    tmp_path: Path,
+) -> None:
+    with dual_stack_lab(
+        (NatKind.CONE, NatKind.CONE), (("alpha", 0), ("beta", 1)), tmp_path, v4_only=("beta",)
+    ) as lab:
+        alpha, beta = lab["alpha"], lab["beta"]
+        dual = netcheck(alpha, "--no-port-mapping", registry=REGISTRY_DUAL_STACK, relays=())
+        v4_only = netcheck(beta, "--no-port-mapping", registry=REGISTRY_DUAL_STACK, relays=())
+        alpha.up(registry=REGISTRY_DUAL_STACK)
+        from_node = alpha.json("netcheck", "--no-port-mapping")
+    print(json.dumps(dual, indent=1), json.dumps(v4_only, indent=1), json.dumps(from_node))
+    assert dual["udp_v4"] is True and dual["udp_v6"] is True
+    assert dual["public_v6"] == [f"[{agent_v6(0, 2)}]:{dual['public_v6'][0].rsplit(':', 1)[1]}"]
+    assert v4_only["udp_v4"] is True and v4_only["udp_v6"] is False
+    assert from_node["udp_v6"] is True
+    assert {r["endpoint"] for r in from_node["registry"]} == set(REGISTRY_DUAL_STACK.split(","))
