@@ -1,6 +1,7 @@
 """The userspace TCP/IP stack's own figures (pilotif.netstack), in process, no root:
 
     python3 bench/netstack.py [--megabytes 200] [--impaired-megabytes 50]
+                              [--congestion newreno|delivery_rate]
 
 - cpu:      two stacks back to back with nothing between them (packets handed straight
             over): bytes/s of one bulk transfer from A to B and CPU seconds per MB
@@ -9,7 +10,8 @@
 - impaired: the same transfer through the unit tests' simulated wire with 100 ms of
             round trip, 1% loss (--loss) both ways and a 100 MB/s rate: throughput in simulated
             time (what the algorithms reach, not the CPU), retransmissions, timeouts and
-            the longest stretch without new data at the receiver (a stall).
+            the longest stretch without new data at the receiver (a stall), with the
+            congestion controller --congestion names (the default's: NewReno).
 
 The data is checked by sha256 on both. docs/NETSTACK.md keeps the figures.
 """
@@ -21,8 +23,10 @@ import sys
 import time
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import get_args
 
 from pilotif.netstack import Connection, Stack, StackConfig, State
+from pilotif.netstack.congestion import Congestion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 from netstack_wire import Link, Wire, open_pair
@@ -64,9 +68,13 @@ def _cpu(megabytes: int) -> None:
     )
 
 
-def _impaired(megabytes: int, loss: float) -> None:
+def _impaired(megabytes: int, loss: float, congestion: Congestion) -> None:
     link = Link(delay_s=0.05, loss=loss, rate_bytes_per_s=100e6)
-    config = StackConfig(receive_buffer_bytes=8 * 1024 * 1024, send_buffer_bytes=8 * 1024 * 1024)
+    config = StackConfig(
+        receive_buffer_bytes=8 * 1024 * 1024,
+        send_buffer_bytes=8 * 1024 * 1024,
+        congestion=congestion,
+    )
     wire = Wire(link=link, config_a=config, config_b=config, seed=3)
     client, server = open_pair(wire)
     data = random.Random(2).randbytes(megabytes * MEGABYTE)
@@ -89,7 +97,7 @@ def _impaired(megabytes: int, loss: float) -> None:
     assert digest.digest() == hashlib.sha256(data).digest(), "data arrived corrupted"
     rate = megabytes / elapsed
     print(
-        f"impaired: {megabytes} MB over 100 ms RTT, {loss:.1%} loss: {rate:.2f} MB/s "
+        f"impaired: {megabytes} MB over 100 ms RTT, {loss:.1%} loss, {congestion}: {rate:.2f} MB/s "
         f"simulated, {client.retransmissions} retransmissions, {client.timeouts} timeouts, "
         f"longest stall {state['stall']:.2f} s"
     )
@@ -100,9 +108,11 @@ def main() -> None:
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--impaired-megabytes", type=int, default=50)
     parser.add_argument("--loss", type=float, default=0.01, help="share lost each way")
+    parser.add_argument("--congestion", choices=get_args(Congestion), default="newreno")
     args = parser.parse_args()
-    _cpu(args.megabytes)
-    _impaired(args.impaired_megabytes, args.loss)
+    if args.megabytes:
+        _cpu(args.megabytes)
+    _impaired(args.impaired_megabytes, args.loss, args.congestion)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ calls and `now` in; IP packets, events and the next timer out.
   limits, counters of drops)
 - tcp_connection.py: one connection (RFC 9293 segment processing, the handshake,
   timers), composed of tcp_receiver.py (receive buffer, window, SACK blocks, delayed
-  ACKs) and tcp_sender.py (send buffer, retransmission, NewReno and SACK recovery)
+  ACKs) and tcp_sender.py (send buffer, retransmission, congestion control, SACK
+  recovery, large segments)
 - tcp_state.py: the state machine as a table
-- rto.py (RFC 6298), congestion.py (NewReno), scoreboard.py (SACK, sender),
-  reassembly.py (out of order, receiver), segment.py (parse and build), echo.py,
-  config.py (every limit and timer), events.py
+- rto.py (RFC 6298), congestion.py (NewReno; a delivery-rate model as BBR's),
+  scoreboard.py (SACK, sender), reassembly.py (out of order, receiver), segment.py
+  (parse and build), echo.py, config.py (every limit and timer), events.py
 """
 
 from pilotif.netstack.config import StackConfig

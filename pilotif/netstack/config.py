@@ -5,6 +5,7 @@ value shared by the stack and its connections."""
 from dataclasses import dataclass
 from typing import Final
 
+from pilotif.netstack.congestion import Congestion
 from pilotif.packet.ip import IPV4_MIN_HEADER_BYTES, IPV6_HEADER_BYTES, TCP_MIN_HEADER_BYTES
 
 DEFAULT_MTU: Final = 1420
@@ -56,6 +57,9 @@ class StackConfig:
     """Retransmissions of one segment (or persist probes unanswered) before giving up."""
     syn_retries: int = 6
     """Retransmissions of a SYN (or SYN-ACK) before giving up."""
+    congestion: Congestion = "newreno"
+    """The congestion controller (congestion.py): "newreno", loss-bound, or
+    "delivery_rate", BBR's model of the path, which random loss does not slow down."""
     large_segments: bool = False
     """Send a run of full segments as one large segment (a `SuperPacket` of up to 64 KiB,
     headers once: what a TUN with TSO hands over), for the data path to cut and seal

@@ -17,7 +17,7 @@ wrapped only on the wire.
 from typing import Final, Protocol
 
 from pilotif.netstack.config import MAX_WINDOW_SCALE, StackConfig
-from pilotif.netstack.congestion import NewReno
+from pilotif.netstack.congestion import Controller
 from pilotif.netstack.events import Closed, Connected, Event, Readable, Writable
 from pilotif.netstack.rto import RtoEstimator
 from pilotif.netstack.segment import (
@@ -153,7 +153,7 @@ class Connection:
         return True
 
     @property
-    def cc(self) -> NewReno:
+    def cc(self) -> Controller:
         """The congestion controller."""
         return self._sender.cc
 

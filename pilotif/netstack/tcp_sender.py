@@ -1,10 +1,12 @@
 """The sending half of one TCP connection, sans-IO: the send buffer (capped) and our
 sequence space (SND.UNA, SND.NXT, the highest sent, our FIN), the peer's window
 (SND.WND, WL1/WL2, its scale), the retransmission timer with RFC 6298's estimator and
-Karn's rule (rto.py), NewReno (congestion.py) with fast retransmit, NewReno's partial
-ACKs and SACK-based recovery over the scoreboard (scoreboard.py, RFC 6675's pipe), the
-sender's silly-window avoidance and the persist probe; what `transmit_stream` sends and
-what an ACK does to all of it (RFC 9293 3.10.7.4's fifth step).
+Karn's rule (rto.py), the congestion controller (congestion.py: NewReno or the
+delivery-rate model, fed the round trips and the bytes delivered) with fast retransmit,
+NewReno's partial ACKs and SACK-based recovery over the scoreboard (scoreboard.py, RFC
+6675's pipe), the sender's silly-window avoidance and the persist probe; what
+`transmit_stream` sends (with `large_segments`, runs of full segments as one) and what
+an ACK does to all of it (RFC 9293 3.10.7.4's fifth step).
 
 The connection (tcp_connection.py) owns the state machine and builds the segments: this
 side calls `emit` with a sequence number, flags and payload, and tells the connection
@@ -16,7 +18,7 @@ from enum import Enum
 from typing import Final, Protocol
 
 from pilotif.netstack.config import StackConfig
-from pilotif.netstack.congestion import NewReno
+from pilotif.netstack.congestion import Controller, new_controller
 from pilotif.netstack.rto import RtoEstimator
 from pilotif.netstack.scoreboard import Scoreboard
 from pilotif.netstack.segment import Segment, unwrap
@@ -100,7 +102,7 @@ class Sender:
         """Expiries of the timer in a row, without progress."""
         self._timed: tuple[int, float] | None = None
         """(offset, time sent) of the one segment being timed (Karn: sent once)."""
-        self.cc = NewReno(mss)
+        self.cc: Controller = new_controller(config.congestion, mss)
         self.retransmissions = 0
         """Segments sent again (after a timeout, fast retransmit or SACK holes)."""
         self.timeouts = 0
@@ -109,7 +111,7 @@ class Sender:
     def start(self, segment: Segment, mss: int, shift: int, sack: bool) -> None:
         """The peer's SYN arrived: its MSS, window, window scale and SACK as agreed."""
         self.mss = mss
-        self.cc = NewReno(mss)
+        self.cc = new_controller(self._config.congestion, mss)
         self._shift = shift
         self.sack = sack
         self._snd_wnd = self._max_snd_wnd = segment.window
@@ -303,7 +305,9 @@ class Sender:
 
     def _sample_rtt(self, acked_to: int, now: float) -> None:
         if self._timed is not None and acked_to > self._timed[0]:
-            self.rto.sample(now - self._timed[1])
+            rtt_s = now - self._timed[1]
+            self.rto.sample(rtt_s)
+            self.cc.on_rtt(rtt_s, now)
             self._timed = None
 
     def on_ack(self, segment: Segment, seq: int, now: float) -> AckResult:
@@ -324,7 +328,10 @@ class Sender:
             self.retries = 0  # a live peer answers our probes
         if ack > self.snd_una:
             self._on_new_ack(ack, now)
+            self.cc.on_delivered(ack + self._scoreboard.sacked_bytes, self.snd_max, now)
             return AckResult.NEW
+        if segment.sack_blocks:
+            self.cc.on_delivered(ack + self._scoreboard.sacked_bytes, self.snd_max, now)
         if (
             ack == self.snd_una
             and self.snd_max > self.snd_una

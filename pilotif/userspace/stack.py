@@ -39,12 +39,14 @@ USERSPACE_CONFIG: Final = StackConfig(
     send_buffer_bytes=1024 * 1024,
     receive_buffer_bytes=1024 * 1024,
     large_segments=True,
+    congestion="delivery_rate",
     max_connections=1024,
     max_connections_per_peer=128,
 )
 """A userspace node's limits: 1 MiB buffers each way and 1,024 connections bound the
 node at about 2 GiB in the worst case (the netstack's defaults allow 16 GiB); large
-segments out (the data path cuts and seals them natively)."""
+segments out (the data path cuts and seals them natively); the delivery-rate model of the
+path (an overlay's underlay loses packets at random: a loss-bound window would crawl)."""
 STREAM_LIMIT_BYTES: Final = 64 * 1024
 """asyncio's StreamReader limit (a line's longest) for streams made here."""
 PING_IDENT: Final = 0x7075

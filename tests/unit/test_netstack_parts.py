@@ -1,6 +1,7 @@
 """The userspace stack's parts alone: the state table, segments built and parsed (IPv4,
 IPv6, options, SACK blocks), sequence numbers across the 2**32 wrap, the RFC 6298
-estimator, NewReno's window, the SACK scoreboard and the out-of-order queue."""
+estimator, NewReno's and the delivery-rate model's windows, the SACK scoreboard and the
+out-of-order queue."""
 
 from ipaddress import IPv4Address, IPv6Address
 
@@ -8,7 +9,12 @@ import pytest
 from netstack_wire import A_V4, A_V6, B_V4, B_V6, Wire, open_pair, payload, transfer
 
 from pilotif.netstack import Stack
-from pilotif.netstack.congestion import NewReno
+from pilotif.netstack.congestion import (
+    BANDWIDTH_WINDOW_ROUNDS,
+    MIN_RTT_WINDOW_S,
+    DeliveryRate,
+    NewReno,
+)
 from pilotif.netstack.reassembly import OutOfOrder
 from pilotif.netstack.rto import RtoEstimator
 from pilotif.netstack.scoreboard import Scoreboard
@@ -112,6 +118,69 @@ def test_newreno_grows_halves_and_collapses() -> None:
     assert cc.cwnd == 11_000  # congestion avoidance: one segment per window
     cc.on_timeout(flight=20_000)
     assert cc.cwnd == 1000 and cc.ssthresh == 10_000
+
+
+class _Path:
+    """A path a DeliveryRate controller measures: the time and the bytes delivered."""
+
+    def __init__(self, cc: DeliveryRate) -> None:
+        self.cc = cc
+        self.now = 0.0
+        self.delivered = 0
+        cc.on_delivered(0, 0, 0.0)  # the first ACK starts the first round
+
+    def rounds(self, count: int, rate: float, rtt_s: float, ahead: int = 0) -> None:
+        """`count` round trips of `rtt_s` that each deliver `rate` bytes a second, all
+        that was sent (and `ahead` bytes more sent)."""
+        for _ in range(count):
+            self.now += rtt_s
+            self.delivered += int(rate * rtt_s)
+            self.cc.on_rtt(rtt_s, self.now)
+            self.cc.on_delivered(self.delivered, self.delivered + ahead, self.now)
+
+
+def test_delivery_rate_window_is_twice_the_bandwidth_delay_product() -> None:
+    cc = DeliveryRate(mss=1000)
+    assert cc.cwnd == 10_000
+    path = _Path(cc)
+    path.rounds(3, rate=10e6, rtt_s=0.1)
+    assert cc.cwnd == pytest.approx(2 * 10e6 * 0.1, rel=0.01)
+    cc.on_loss(flight=cc.cwnd)  # random loss is not congestion
+    cc.on_recovery_end()
+    assert cc.cwnd == pytest.approx(2e6, rel=0.01)
+    path.rounds(BANDWIDTH_WINDOW_ROUNDS - 1, rate=1e6, rtt_s=0.1)
+    assert cc.cwnd == pytest.approx(2e6, rel=0.01), "the highest rate of the last rounds"
+    path.rounds(1, rate=1e6, rtt_s=0.1)
+    assert cc.cwnd == pytest.approx(2e5, rel=0.01), "the 10 MB/s rounds left the window"
+
+
+def test_delivery_rate_keeps_the_lowest_rtt_for_its_window_only() -> None:
+    cc = DeliveryRate(mss=1000)
+    path = _Path(cc)
+    path.rounds(1, rate=10e6, rtt_s=0.05)
+    path.rounds(5, rate=10e6, rtt_s=0.2)
+    assert cc.cwnd == pytest.approx(2 * 10e6 * 0.05, rel=0.01), "a queue does not grow it"
+    path.rounds(int(MIN_RTT_WINDOW_S / 0.2) + 1, rate=10e6, rtt_s=0.2)
+    assert cc.cwnd == pytest.approx(2 * 10e6 * 0.2, rel=0.01)
+
+
+def test_delivery_rate_after_a_timeout_one_segment_then_the_model() -> None:
+    cc = DeliveryRate(mss=1000)
+    path = _Path(cc)
+    path.rounds(3, rate=10e6, rtt_s=0.1, ahead=2_000_000)  # the last round: a window out
+    sent = path.delivered + 2_000_000
+    cc.on_timeout(flight=2_000_000)
+    assert cc.cwnd == 1000
+    cc.on_delivered(path.delivered, sent, path.now + 0.3)  # nothing new: one segment
+    assert cc.cwnd == 1000
+    cc.on_delivered(path.delivered + 1000, sent, path.now + 0.4)  # mid-round
+    assert cc.cwnd == pytest.approx(2e6, rel=0.01)
+
+
+def test_delivery_rate_never_below_the_initial_window() -> None:
+    cc = DeliveryRate(mss=1000)
+    _Path(cc).rounds(3, rate=1000, rtt_s=0.1)
+    assert cc.cwnd == 10_000
 
 
 def test_scoreboard_merges_and_finds_holes() -> None:
