@@ -15,7 +15,16 @@ from typing import Any
 
 import pytest
 from pilotif_lab.dual_stack import REGISTRY_DUAL_STACK, agent_v6, dual_stack_lab
-from pilotif_lab.nat import REGISTRY, RELAY_PORT, Agent, NatKind, NatLab, nat_lab
+from pilotif_lab.nat import (
+    REGISTRY,
+    RELAY_PORT,
+    Agent,
+    NatKind,
+    NatLab,
+    nat_lab,
+    poll_until,
+    relay_spec,
+)
 from pilotif_lab.pilotif_node import pilotif_executable
 from pilotif_lab.proxies import ProxyKind, http_proxy
 from pilotif_lab.unprivileged import as_nobody
@@ -33,6 +42,8 @@ PROXY_HOST = "proxy"
 REGISTRY_PORT = int(REGISTRY.rsplit(":", 1)[1])
 FULL_MTU = 1500
 """The lab's links (Ethernet)."""
+RELAYS_KNOWN_TIMEOUT_S = 15.0
+"""From `up` to the relays in status (given at registration: normally at once)."""
 PORT_MAPPING_PROTOCOLS = {"pcp", "nat-pmp", "upnp"}
 NARROW_PATH_BYTES = 1280
 _NARROW_TABLE = "pflab_narrow"
@@ -56,12 +67,16 @@ def narrow_path(lab: NatLab, router: int) -> None:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatLab]:
-    """alpha behind a cone NAT, beta behind a symmetric one, two relays; no node is up."""
+    """alpha behind a cone NAT, beta behind a symmetric one, two relays the registry
+    names to nodes; no node is up."""
+    workdir = tmp_path_factory.mktemp("netcheck")
+    specs = [relay_spec(workdir, address) for address in RELAYS]
     with nat_lab(
         (NatKind.CONE, NatKind.SYMMETRIC),
         (("alpha", 0), ("beta", 1)),
-        tmp_path_factory.mktemp("netcheck"),
+        workdir,
         internet_hosts=(PROXY_HOST,),
+        registry_args=[arg for spec in specs for arg in ("--relay", spec)],
     ) as built:
         for address in RELAYS:
             built.start_relay(address)
@@ -164,6 +179,23 @@ def test_only_the_proxy_reachable_the_stream_through_it_would_carry(lab: NatLab)
     assert report["transport"] == "tcp"
     assert report["proxy"] == f"http://{proxy}"
     assert report["stream"]["works"] is True
+
+
+def test_beside_a_running_node_its_registry_and_relays_are_checked(lab: NatLab) -> None:
+    alpha = lab["alpha"]
+    alpha.up()
+    try:
+        poll_until(
+            lambda: len(alpha.status()["node"].get("relays") or []) == len(RELAYS) or None,
+            RELAYS_KNOWN_TIMEOUT_S,
+            "alpha to know the relays",
+        )
+        report = alpha.json("netcheck", "--no-port-mapping")
+    finally:
+        alpha.down()
+    assert [r["endpoint"] for r in report["registry"]] == [REGISTRY]
+    assert sorted(r["endpoint"] for r in report["relays"]) == [f"{a}:{RELAY_PORT}" for a in RELAYS]
+    assert all(r["rtt_ms"] is not None for r in report["relays"])
 
 
 def test_ipv6_where_the_registry_and_the_host_have_it_and_the_running_nodes_registry(
