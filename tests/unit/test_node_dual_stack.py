@@ -80,8 +80,9 @@ class DualPair(Pair):
     def answer_errands(self, inputs: list[LinkInput]) -> None:
         """What the node core does with its errands' replies and silences."""
         for item in inputs:
-            request_id = item.request_id if isinstance(item, Reply | GaveUp) else None
-            if request_id is None or self.errands.pop(request_id) != FAMILY_ENDPOINT_OP:
+            if not isinstance(item, Reply | GaveUp):
+                continue
+            if self.errands.pop(item.request_id) != FAMILY_ENDPOINT_OP:
                 continue
             if isinstance(item, GaveUp):
                 self.other.silent()
