@@ -63,6 +63,7 @@ def report_json(report: NetcheckReport) -> dict[str, Any]:
     return {
         "udp_v4": udp.udp_v4,
         "udp_v6": udp.udp_v6,
+        "ipv6_route": report.ipv6_route,
         "public_v4": [format_endpoint(e) for e in udp.public_v4],
         "public_v6": [format_endpoint(e) for e in udp.public_v6],
         "mapping_varies_by_destination": udp.mapping_varies,
@@ -96,7 +97,11 @@ def report_text(report: NetcheckReport) -> str:
     if not has_v6:
         lines.append("  * IPv6: no IPv6 address for the registry or any relay")
     else:
-        lines.append(f"  * UDP over IPv6: {_yes_no(udp.udp_v6, '')}")
+        why = ""
+        if not udp.udp_v6:
+            routed = report.ipv6_route
+            why = " (nothing answered)" if routed else " (no IPv6 route on this host)"
+        lines.append(f"  * UDP over IPv6: {_yes_no(udp.udp_v6, '')}{why}")
     public = [format_endpoint(e) for e in (*udp.public_v4, *udp.public_v6)]
     lines.append(f"  * public endpoint: {', '.join(public) or 'unknown (no answer)'}")
     varies = _yes_no(udp.mapping_varies, "unknown (fewer than two servers answered)")
@@ -193,7 +198,8 @@ def _relay_option(text: str) -> tuple[str, int]:
 @json_option
 @state_dir_option
 @json_output(
-    '{"udp_v4", "udp_v6": bool | null, "public_v4": ["ip:port"], "public_v6", '
+    '{"udp_v4", "udp_v6": bool | null, "ipv6_route": bool | null, '
+    '"public_v4": ["ip:port"], "public_v6", '
     '"mapping_varies_by_destination": bool | null, "hairpinning": bool | null, '
     '"port_mapping": {"protocol", "external"} | null, "port_mapping_checked", '
     '"mtu_to_registry": int | null, "registry": [{"endpoint", "rtt_ms", "public_endpoint"}], '

@@ -70,6 +70,9 @@ class NetcheckReport:
     stream: StreamCheck | None
     """None: not checked (no IPv4 registry address)."""
     proxy: Proxy | None
+    ipv6_route: bool | None
+    """Whether this host routes to a server's IPv6 address (None: no server has one);
+    without a route, no IPv6 answer is no surprise."""
     ignored: dict[str, int]
     """Datagrams ignored by reason (forged, malformed, strays)."""
 
@@ -215,6 +218,17 @@ async def _stream_check(registry: Endpoint, proxy: Proxy | None, timeout_s: floa
     return StreamCheck(True, round((at - sent_s) * 1000, 1))
 
 
+def _has_route(endpoint: Endpoint) -> bool:
+    """Whether the host has a route to `endpoint` (a UDP connect sends nothing)."""
+    family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(endpoint)
+    except OSError:
+        return False
+    return True
+
+
 async def _nothing() -> None:
     return None
 
@@ -234,11 +248,13 @@ async def run_netcheck(options: NetcheckOptions) -> NetcheckReport:
         _stream_check(registry_v4, options.proxy, timeout_s) if registry_v4 else _nothing(),
     )
     report, ignored = udp
+    v6 = [s.endpoint for s in servers if ":" in s.endpoint[0]]
     return NetcheckReport(
         udp=report,
         port_mapping=mapping,
         port_mapping_checked=options.port_mapping,
         stream=stream,
         proxy=options.proxy,
+        ipv6_route=any(_has_route(e) for e in v6) if v6 else None,
         ignored=dict(ignored),
     )

@@ -207,11 +207,18 @@ def test_ipv6_where_the_registry_and_the_host_have_it_and_the_running_nodes_regi
         alpha, beta = lab["alpha"], lab["beta"]
         dual = netcheck(alpha, "--no-port-mapping", registry=REGISTRY_DUAL_STACK, relays=())
         v4_only = netcheck(beta, "--no-port-mapping", registry=REGISTRY_DUAL_STACK, relays=())
+        v4_only_text = beta.namespace.run(
+            *("env", "-u", "HTTPS_PROXY", "-u", "https_proxy", pilotif_executable()),
+            *("netcheck", "--no-port-mapping", "--registry", REGISTRY_DUAL_STACK),
+        ).stdout
         alpha.up(registry=REGISTRY_DUAL_STACK)
         from_node = alpha.json("netcheck", "--no-port-mapping")
     print(json.dumps(dual, indent=1), json.dumps(v4_only, indent=1), json.dumps(from_node))
     assert dual["udp_v4"] is True and dual["udp_v6"] is True
     assert dual["public_v6"] == [f"[{agent_v6(0, 2)}]:{dual['public_v6'][0].rsplit(':', 1)[1]}"]
+    assert dual["ipv6_route"] is True
     assert v4_only["udp_v4"] is True and v4_only["udp_v6"] is False
+    assert v4_only["ipv6_route"] is False
+    assert "UDP over IPv6: no (no IPv6 route on this host)" in v4_only_text
     assert from_node["udp_v6"] is True
     assert {r["endpoint"] for r in from_node["registry"]} == set(REGISTRY_DUAL_STACK.split(","))
