@@ -33,6 +33,10 @@ REGISTRY_ADDRESS_V6: Final = "3fff::1"
 REGISTRY_V6: Final = f"[{REGISTRY_ADDRESS_V6}]:{REGISTRY_PORT}"
 REGISTRY_DUAL_STACK: Final = f"{REGISTRY},{REGISTRY_V6}"
 """`--registry` for a dual-stack agent: the registry over IPv4 and over IPv6."""
+REGISTRY_NAME: Final = "registry.pflab.test"
+"""The registry's name in every dual-stack agent's hosts file, with both addresses (as a
+name with A and AAAA records); .test is reserved (RFC 2606)."""
+REGISTRY_BY_NAME: Final = f"{REGISTRY_NAME}:{REGISTRY_PORT}"
 PUBLIC_NETWORK_V6: Final = ipaddress.IPv6Network("3fff::/64")
 LAN_NETWORKS_V6: Final = (
     ipaddress.IPv6Network("3fff:0:0:1::/64"),
@@ -114,8 +118,15 @@ def _add_router_v6(public: Namespace, router: Router, index: int, nat66: bool) -
 
 
 def _add_agent_v6(ns: Namespace, index: int, host: int, nat66: bool) -> str:
+    """The agent's IPv6 address and default route, and REGISTRY_NAME in its hosts file
+    (`ip netns exec` mounts it over /etc/hosts; removed with the namespace's etc dir)."""
     lan = _lans(nat66)[index]
     address = agent_v6(index, host, nat66=nat66)
+    registry_v4 = REGISTRY.rpartition(":")[0]
+    (ns.etc_dir / "hosts").write_text(
+        "127.0.0.1 localhost\n::1 localhost\n"
+        f"{registry_v4} {REGISTRY_NAME}\n{REGISTRY_ADDRESS_V6} {REGISTRY_NAME}\n"
+    )
     _address(ns, f"{address}/{lan.prefixlen}", _AGENT_LINK)
     ns.run("ip", "-6", "route", "add", "default", "via", str(lan[1]))
     return address

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 from pilotif_lab.checks import tcp_transfer
-from pilotif_lab.dual_stack import REGISTRY_DUAL_STACK, dual_stack_lab
-from pilotif_lab.nat import PATH_TIMEOUT_S, Agent, NatKind, NatLab, trust
+from pilotif_lab.dual_stack import (
+    REGISTRY_BY_NAME,
+    REGISTRY_DUAL_STACK,
+    REGISTRY_V6,
+    dual_stack_lab,
+)
+from pilotif_lab.nat import PATH_TIMEOUT_S, REGISTRY, Agent, NatKind, NatLab, trust
 
 from pilotif.control.wire import parse_endpoint
 from pilotif.net.transport import transport_of
@@ -59,12 +64,17 @@ def _public_families(agent: Agent) -> list[str]:
 
 
 def test_symmetric_v4_nats_with_v6_firewalls_go_direct_over_udp6(tmp_path: Path) -> None:
+    """alpha names the registry (a name with both families' addresses), beta lists both
+    addresses: each registers over IPv4 and tells the registry its IPv6 endpoint."""
     with dual_stack_lab((NatKind.SYMMETRIC, NatKind.SYMMETRIC), _PAIR, tmp_path) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        _up_dual(alpha, beta)
+        alpha.up(registry=REGISTRY_BY_NAME)
+        _up_dual(beta)
         transports = _direct_and_carries(lab, ("udp6",))
         assert transports == {"alpha": "udp6", "beta": "udp6"}
-        assert _public_families(alpha) == ["udp4", "udp6"]
+        for agent in (alpha, beta):
+            assert agent.status()["node"]["registry_replicas"] == [REGISTRY, REGISTRY_V6]
+            assert _public_families(agent) == ["udp4", "udp6"]
 
 
 def test_symmetric_v4_nats_with_nat66_go_direct_over_udp6(tmp_path: Path) -> None:
