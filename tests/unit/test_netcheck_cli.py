@@ -5,8 +5,6 @@ or why it cannot run. Fake servers answer probes as the registry and relays do
 (pilotif.control.probe_answer); the gateway is never asked (--no-port-mapping)."""
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,39 +18,24 @@ from pilotif.control.probe_answer import PROBE_TYPE, pack_answer
 from pilotif.net.hostport import format_endpoint
 from pilotif.wg.events import Endpoint
 from tests.unit.test_cli import assert_one_line_error, pilotif
+from tests.unit.udp_responder import LOOPBACK, udp_responder
 
-LOOPBACK = "127.0.0.1"
-POLL_S = 0.05
 QUICK_RUN = ("--timeout", "4", "--no-port-mapping")
 """Long enough for loopback answers on a slow machine; the gateway is never asked."""
 
 
 @contextmanager
 def answering(*, silent: bool = False) -> Iterator[Endpoint]:
-    """A UDP socket on loopback that answers netcheck probes (or, `silent`, drops them:
-    what a network that blocks UDP looks like)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((LOOPBACK, 0))
-    sock.settimeout(POLL_S)
-    stop = threading.Event()
+    """A server on loopback that answers netcheck probes (or, `silent`, drops them: what
+    a network that blocks UDP looks like)."""
 
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                data, source = sock.recvfrom(65_535)
-            except TimeoutError:
-                continue
-            if not silent and data[:1] == bytes((PROBE_TYPE,)):
-                sock.sendto(pack_answer(data, source), source)
+    def answer(data: bytes, source: Endpoint) -> list[bytes]:
+        if silent or data[:1] != bytes((PROBE_TYPE,)):
+            return []
+        return [pack_answer(data, source)]
 
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
-        yield (LOOPBACK, sock.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join()
-        sock.close()
+    with udp_responder(answer) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(autouse=True)

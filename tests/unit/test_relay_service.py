@@ -4,8 +4,6 @@ address (an off-path spoofer racing it) and a key other than the pinned one are 
 with one line that says what to do. A fake registry on loopback answers."""
 
 import re
-import socket
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,37 +20,19 @@ from pilotif.relay.server import (
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import decode_key, encode_key
-
-LOOPBACK = "127.0.0.1"
+from tests.unit.udp_responder import udp_responder
 
 
 @contextmanager
 def fake_registry(*keys: bytes) -> Iterator[Endpoint]:
     """A UDP socket on loopback that answers every key request with each of `keys`
     (more than one: what a spoofer racing the registry looks like from the relay)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((LOOPBACK, 0))
-    sock.settimeout(0.1)
-    stop = threading.Event()
 
-    def answer() -> None:
-        while not stop.is_set():
-            try:
-                data, source = sock.recvfrom(64)
-            except TimeoutError:
-                continue
-            if data == KEY_REQUEST:
-                for key in keys:
-                    sock.sendto(pack_key_reply(key), source)
+    def answer(data: bytes, source: Endpoint) -> list[bytes]:
+        return [pack_key_reply(key) for key in keys] if data == KEY_REQUEST else []
 
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
-        yield (LOOPBACK, sock.getsockname()[1])
-    finally:
-        stop.set()
-        thread.join()
-        sock.close()
+    with udp_responder(answer) as endpoint:
+        yield endpoint
 
 
 def _key() -> bytes:
