@@ -146,6 +146,24 @@ def test_silence_over_the_other_family_forgets_it_and_never_moves_the_node(
     assert not pair.errands.waiting(FAMILY_ENDPOINT_OP)
 
 
+def test_after_failing_over_to_ipv6_the_node_tells_its_ipv4_endpoint(pair: DualPair) -> None:
+    """IPv4 to the registry breaks: the node registers over IPv6 (its other registry
+    address), and once IPv4 works again the registry learns that endpoint the other way
+    round."""
+    pair.lost.add(REGISTRY_V4)
+    request_id = pair.node.request("register", {"hostname": "alice", "tags": [], "lan": []}, 0)
+    inputs: list[LinkInput] = []
+    while not any(isinstance(i, Reply) for i in inputs):
+        pair.now += REQUEST_RETRY_S
+        inputs += pair.node.handle_timer(pair.now) + pair.carry()
+    assert pair.node.endpoint == REGISTRY_V6
+    assert [i.request_id for i in inputs if isinstance(i, Reply)] == [request_id]
+    pair.lost.clear()
+    pair.other.registered(pair.now)
+    pair.answer_errands(pair.carry())
+    assert pair.other.endpoint == "198.18.1.2:40001"
+
+
 def test_an_older_registry_is_asked_once(pair: DualPair) -> None:
     pair.core._ops.pop(FAMILY_ENDPOINT_OP)
     pair.register()
