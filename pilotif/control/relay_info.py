@@ -47,13 +47,14 @@ def relays_from_json(value: object) -> list[RelayInfo]:
     relays = []
     for item in value[:MAX_RELAYS]:
         if isinstance(item, dict):
-            relay = _relay_from_json(item)
+            relay = relay_from_json(item)
             if relay is not None:
                 relays.append(relay)
     return relays
 
 
-def _relay_from_json(item: dict[str, Any]) -> RelayInfo | None:
+def relay_from_json(item: dict[str, Any]) -> RelayInfo | None:
+    """One relay as `to_json` gives it (None: it is not one)."""
     key, endpoint = item.get("key"), item.get("endpoint")
     if not isinstance(key, str) or not isinstance(endpoint, str):
         return None

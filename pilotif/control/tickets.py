@@ -46,6 +46,28 @@ def issue_ticket(key: bytes, holder: bytes, peer: bytes, expires: int) -> str:
 def check_ticket(key: bytes, holder: bytes, ticket: object, now: float) -> tuple[bytes, int]:
     """The peer a ticket presented by `holder` proves and when it expires; WireError
     (`bad_ticket`, `expired_ticket`) if it proves nothing."""
+    peer, packed, tag = _unpack(ticket)
+    if not hmac.compare_digest(tag, _mac(key, holder, peer, packed)):
+        raise WireError("bad_ticket", "the MAC does not match")
+    (expires,) = _EXPIRES.unpack(packed)
+    if expires <= now:
+        raise WireError("expired_ticket")
+    return peer, expires
+
+
+def ticket_expiry(ticket: object) -> int | None:
+    """When a ticket says it expires (Unix seconds), its MAC unchecked (only the registry
+    and the relay hold the key): what a node that kept tickets drops them by. None if it
+    is no ticket."""
+    try:
+        _, packed, _ = _unpack(ticket)
+    except WireError:
+        return None
+    return int(_EXPIRES.unpack(packed)[0])
+
+
+def _unpack(ticket: object) -> tuple[bytes, bytes, bytes]:
+    """A ticket's peer, packed expiry and MAC; WireError (`bad_ticket`) if it is none."""
     if not isinstance(ticket, str):
         raise WireError("bad_ticket", "a ticket is a base64 string")
     try:
@@ -54,10 +76,4 @@ def check_ticket(key: bytes, holder: bytes, ticket: object, now: float) -> tuple
         raise WireError("bad_ticket", "not base64") from None
     if len(raw) != TICKET_SIZE:
         raise WireError("bad_ticket", f"a ticket is {TICKET_SIZE} bytes")
-    peer, packed, tag = raw[:KEY_SIZE], raw[KEY_SIZE:-MAC_SIZE], raw[-MAC_SIZE:]
-    if not hmac.compare_digest(tag, _mac(key, holder, peer, packed)):
-        raise WireError("bad_ticket", "the MAC does not match")
-    (expires,) = _EXPIRES.unpack(packed)
-    if expires <= now:
-        raise WireError("expired_ticket")
-    return peer, expires
+    return raw[:KEY_SIZE], raw[KEY_SIZE:-MAC_SIZE], raw[-MAC_SIZE:]

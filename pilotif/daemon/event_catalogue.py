@@ -52,6 +52,7 @@ ROUTES: Final[dict[type, Route]] = {
     node.RegistryRegained: Route("registry_regained", "registry_regained"),
     node.RegistrySwitched: Route("registry_switched", "registry_switched", logging.WARNING),
     node.RelaysChanged: Route("relays_changed", "relays_changed"),
+    node.RelayTicketsTaken: Route("relay_tickets_taken", level=logging.DEBUG),
     node.PublicEndpointChanged: Route("public_endpoint_changed"),
     node.RequestDone: Route(None),
     node.RequestFailed: Route(None),

@@ -25,6 +25,8 @@ from pilotif.node.events import (
     PathChanged,
     PeerAdded,
     PeerRemoved,
+    RelaysChanged,
+    RelayTicketsTaken,
     RequestDone,
     RequestError,
     RequestFailed,
@@ -66,7 +68,15 @@ NODE_COMMANDS: Final = (
 """The control requests the node answers (`command`)."""
 JOIN_GRACE_S: Final = 1.0
 """How long `up` waits for the registry when it could start from what the node kept."""
-_CACHED_CHANGES: Final = (Joined, PeerAdded, PeerRemoved, PathChanged, StartedWithoutRegistry)
+_CACHED_CHANGES: Final = (
+    Joined,
+    PeerAdded,
+    PeerRemoved,
+    PathChanged,
+    StartedWithoutRegistry,
+    RelaysChanged,
+    RelayTicketsTaken,
+)
 """Events after which the node cache is written again (if what it holds changed)."""
 """How long `join` waits for the first trust list before it carries on without it."""
 

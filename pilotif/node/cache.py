@@ -1,17 +1,24 @@
 """What a node keeps so that it can start while its registry is away: its address, its UDP
-port, and its trusted peers with their names, addresses, tags and last direct endpoint,
-in STATE_DIR/node.json (written atomically, mode 0600, never through a symlink).
+port, its trusted peers with their names, addresses, tags and last direct endpoint, the
+standalone relays the registry named and the tickets it gave us for our home relay, in
+STATE_DIR/node.json (written atomically, mode 0600, never through a symlink).
 
 Trust itself (consents and pins) stays in peers.json (`pilotif.node.trust`): a cached peer
-is added again only if the node still consents to it, whatever this file says.
+is added again only if the node still consents to it, whatever this file says. A kept
+ticket is dropped at load once the expiry it carries has passed; the relay checks it
+anyway (the registry's MAC for that relay, the holder's key, the expiry), so a kept one
+never lets a pair through that the registry's tickets would not.
 """
 
 import json
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Final
 
+from pilotif.control.relay_info import RelayInfo, relay_from_json
+from pilotif.control.tickets import ticket_expiry
 from pilotif.control.wire import format_endpoint, parse_endpoint
 from pilotif.util.files import StateFileError, read_state_file, write_private_file
 from pilotif.wg.events import Endpoint
@@ -36,6 +43,14 @@ class CachedPeer:
 
 
 @dataclass(frozen=True)
+class CachedTickets:
+    """The tickets the registry gave us for one relay (our home when it gave them)."""
+
+    relay: RelayInfo
+    tickets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class NodeSnapshot:
     """The node as it last ran joined to its registry."""
 
@@ -45,6 +60,10 @@ class NodeSnapshot:
     peers: tuple[CachedPeer, ...]
     network_name: str | None = None
     """The registry's network the node is a member of."""
+    relays: tuple[RelayInfo, ...] = ()
+    """The standalone relays the registry named last."""
+    tickets: CachedTickets | None = None
+    """Our home relay's tickets (at load: those that have not expired)."""
 
 
 class NodeCache:
@@ -54,14 +73,16 @@ class NodeCache:
         self.path = state_dir / NODE_CACHE_FILE
         self._saved: NodeSnapshot | None = None
 
-    def load(self) -> NodeSnapshot | None:
+    def load(self, wall_now: float | None = None) -> NodeSnapshot | None:
         """The snapshot kept, None before the node first joined; StateFileError if the
-        file is damaged."""
+        file is damaged. Tickets that expired by `wall_now` (Unix seconds; default: the
+        clock) are left out."""
         text = read_state_file(self.path)
         if text is None:
             return None
+        wall_now = time.time() if wall_now is None else wall_now
         try:
-            snapshot = _decode(json.loads(text))
+            snapshot = _decode(json.loads(text), wall_now)
         except (ValueError, KeyError, TypeError, InvalidKeyError):
             raise StateFileError(
                 f"{self.path} is not a pilotif node cache; delete it (the node then needs "
@@ -96,10 +117,17 @@ def _encode(snapshot: NodeSnapshot) -> dict[str, Any]:
             for peer in snapshot.peers
         ],
         "network_name": snapshot.network_name,
+        "relays": [relay.to_json() for relay in snapshot.relays],
+        "tickets": None
+        if snapshot.tickets is None
+        else {
+            "relay": snapshot.tickets.relay.to_json(),
+            "tickets": list(snapshot.tickets.tickets),
+        },
     }
 
 
-def _decode(document: dict[str, Any]) -> NodeSnapshot:
+def _decode(document: dict[str, Any], wall_now: float) -> NodeSnapshot:
     port = document["listen_port"]
     if type(port) is not int or not 0 < port < 2**16:
         raise ValueError("listen_port")
@@ -121,7 +149,27 @@ def _decode(document: dict[str, Any]) -> NodeSnapshot:
         port,
         peers,
         _optional_text(document.get("network_name")),
+        tuple(_relay(relay) for relay in document.get("relays", [])),
+        _tickets(document.get("tickets"), wall_now),
     )
+
+
+def _relay(document: object) -> RelayInfo:
+    relay = relay_from_json(document) if isinstance(document, dict) else None
+    if relay is None:
+        raise ValueError("relay")
+    return relay
+
+
+def _tickets(document: dict[str, Any] | None, wall_now: float) -> CachedTickets | None:
+    """The kept tickets that have not expired (None: none kept, or all expired)."""
+    if document is None:
+        return None
+    relay, tickets = _relay(document["relay"]), document["tickets"]
+    if not isinstance(tickets, list):
+        raise TypeError("tickets")
+    live = tuple(t for t in tickets if (ticket_expiry(t) or 0) > wall_now)
+    return CachedTickets(relay, live) if live else None
 
 
 def _optional_text(value: object) -> str | None:

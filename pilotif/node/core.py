@@ -34,7 +34,7 @@ from typing import Any
 
 from pilotif.control.identity import IPV6_PREFIX, HostnameError, ipv6_for_key, normalize_hostname
 from pilotif.control.wire import format_endpoint
-from pilotif.node.cache import CachedPeer, NodeSnapshot
+from pilotif.node.cache import CachedPeer, CachedTickets, NodeSnapshot
 from pilotif.node.consent import QUEUED, TRUST_OPS, Consent, TrustSync, approves
 from pilotif.node.events import (
     EventSink,
@@ -46,6 +46,7 @@ from pilotif.node.events import (
     PeerRemoved,
     RegistryRegained,
     RelaysChanged,
+    RelayTicketsTaken,
     RequestDone,
     RequestError,
     RequestFailed,
@@ -170,11 +171,14 @@ class NodeCore:
     def resume(self, snapshot: NodeSnapshot, now: float) -> None:
         """Start from what the node kept, the registry being unreachable (`start` said
         so): its address, and its cached peers that it still consents to, each tried at
-        once at its last direct endpoint. Registering goes on in the background."""
+        once at its last direct endpoint, or through the relays it kept (with the tickets
+        it kept for its home relay). Registering goes on in the background."""
         self._take_address(snapshot.ipv4, snapshot.network)
         self.network_name = snapshot.network_name
         self.paths.registry_changed(False, now)
         self.registration.resumed(now)
+        self._tickets.kept = snapshot.tickets
+        self.relays.update(list(snapshot.relays), now)
         added = 0
         for cached in snapshot.peers:
             node = {
@@ -190,7 +194,8 @@ class NodeCore:
             added += 1
             if cached.endpoint is not None:
                 self.paths.cached_endpoint(cached.public_key, cached.endpoint, now)
-        self.events.append(StartedWithoutRegistry(snapshot.ipv4, added))
+        kept = len(snapshot.tickets.tickets) if snapshot.tickets is not None else 0
+        self.events.append(StartedWithoutRegistry(snapshot.ipv4, added, len(snapshot.relays), kept))
 
     def _take_address(self, ipv4: IPv4Address, network: IPv4Network) -> None:
         """The node is joined with this address (from the registry, or kept): peers'
@@ -222,7 +227,16 @@ class NodeCore:
                     peer.network_name,
                 )
             )
-        return NodeSnapshot(self.ipv4, self.network, listen_port, tuple(peers), self.network_name)
+        home, tickets = self.relays.home, self.relays.home_tickets()
+        return NodeSnapshot(
+            self.ipv4,
+            self.network,
+            listen_port,
+            tuple(peers),
+            self.network_name,
+            self.relays.infos(),
+            CachedTickets(home, tickets) if home is not None and tickets else None,
+        )
 
     def start(self, now: float) -> None:
         """Join: learn the registry's key if none is pinned, then register."""
@@ -478,9 +492,15 @@ class NodeCore:
     def _after_relays(self, now: float) -> None:
         """Tell the adapter where relayed datagrams go now, and fetch the tickets of our
         home relay when it changed, when peers changed, or before they expire."""
+        self._tickets.registry_online = self.registry_online
         events, self.relays.events = self.relays.events, []
         for item in events:
             if isinstance(item, TicketsPresented):
+                self.events.append(
+                    RelayTicketsTaken(
+                        format_endpoint(item.relay.endpoint), len(self.relays.home_tickets())
+                    )
+                )
                 # Handshakes the relay dropped for want of a ticket need not wait for
                 # their retry.
                 for key in self.peers:

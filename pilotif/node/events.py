@@ -35,6 +35,11 @@ class StartedWithoutRegistry:
     ipv4: IPv4Address
     peers: int
     """How many cached peers it added again."""
+    relays: int = 0
+    """How many standalone relays it kept (it attaches to them again)."""
+    tickets: int = 0
+    """The unexpired tickets it kept for its home relay (presented there if it is home
+    again)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,15 @@ class RelaysChanged:
     home: str | None
     relays: str
     """`ip:port` of each, comma-separated."""
+
+
+@dataclass(frozen=True)
+class RelayTicketsTaken:
+    """Our home relay took our tickets (from the registry, or those the node kept): the
+    node cache keeps them."""
+
+    relay: str
+    tickets: int
 
 
 @dataclass(frozen=True)
@@ -255,6 +269,7 @@ NodeEvent = (
     | RegistryRegained
     | RegistrySwitched
     | RelaysChanged
+    | RelayTicketsTaken
     | PublicEndpointChanged
     | RequestDone
     | RequestFailed

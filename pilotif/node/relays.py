@@ -12,7 +12,11 @@ relay's address, `set_tickets`, and `handle_timer(now)`. Outputs: `outgoing` and
 `HomeRelayChanged`, `TicketsPresented` and `RelaysListed` events in `events`.
 
 `Tickets` fetches the home relay's tickets from the registry, page by page, and hands
-them to `Relays.set_tickets`.
+them to `Relays.set_tickets`; only while the registry answers (a node that lost it asks
+nothing but its probes). A node that started from its cache (`pilotif.node.cache`) with
+the registry away presents the tickets it kept for that relay, if it is home again, until
+the registry gives new ones: its relayed peers are reached as before, for as long as
+those tickets last (the relay checks their expiry, TICKET_LIFETIME_S from their issue).
 """
 
 from dataclasses import dataclass, field
@@ -20,6 +24,7 @@ from typing import Any, Final
 
 from pilotif.control.relay_info import RelayInfo
 from pilotif.control.tickets import TICKET_LIFETIME_S
+from pilotif.node.cache import CachedTickets
 from pilotif.node.registry_link import (
     Errands,
     GaveUp,
@@ -124,6 +129,15 @@ class Relays:
     def endpoints(self) -> set[Endpoint]:
         """The relays' addresses (datagrams from them go to `receive`)."""
         return set(self._relays)
+
+    def infos(self) -> tuple[RelayInfo, ...]:
+        """The relays the registry named (what the node cache keeps)."""
+        return tuple(state.info for state in self._relays.values())
+
+    def home_tickets(self) -> tuple[str, ...]:
+        """The tickets we present at our home relay (none without one)."""
+        state = self._relays.get(self.home_endpoint) if self.home_endpoint else None
+        return tuple(state.tickets) if state is not None else ()
 
     def update(self, relays: list[RelayInfo], now: float) -> None:
         """The relays the registry names now: attach to new ones at once, drop others."""
@@ -287,20 +301,28 @@ class Tickets:
         self._due_s: float | None = None
         self._version = -1
         """`peers_version` when the tickets at our home relay were fetched."""
+        self.kept: CachedTickets | None = None
+        """Tickets from the node cache, presented if their relay becomes home before the
+        registry gives new ones."""
+        self.registry_online = False
+        """Whether the registry answers: no fetch is started while it does not."""
 
     def home_changed(self, home: RelayInfo | None, now: float) -> None:
-        """Relayed datagrams go through `home` now: its tickets are due at once."""
+        """Relayed datagrams go through `home` now: its tickets are due at once (and
+        the kept ones for it, if any, are presented meanwhile)."""
         self._fetch = None
         self._due_s = now if home is not None else None
+        if home is not None and self.kept is not None and self.kept.relay == home:
+            self._relays.set_tickets(home, list(self.kept.tickets), now)
 
     def next_timer(self) -> float | None:
-        """When a fetch is due (None while one is on its way)."""
-        return self._due_s if self._fetch is None else None
+        """When a fetch is due (None while one is on its way or the registry is away)."""
+        return self._due_s if self._fetch is None and self.registry_online else None
 
     def fetch_if_due(self, peers_version: int, now: float) -> None:
         """Start a fetch if the peers changed or the tickets are due."""
         home = self._relays.home
-        if home is None or self._fetch is not None:
+        if home is None or self._fetch is not None or not self.registry_online:
             return
         due = self._due_s
         if self._version != peers_version or (due is not None and now >= due):
@@ -320,6 +342,7 @@ class Tickets:
         self._fetch = None
         self._version = fetch.peers_version
         self._due_s = now + TICKET_REFRESH_S
+        self.kept = None
         self._relays.set_tickets(fetch.relay, fetch.tickets, now)
 
     def abandon(self, now: float) -> None:
