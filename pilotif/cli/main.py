@@ -569,6 +569,11 @@ def _relay_state(relay: dict[str, Any]) -> str:
     return text + (" (home: relayed traffic goes here)" if relay["home"] else "")
 
 
+def _public_endpoints(node: dict[str, Any]) -> str:
+    """Where the registry sees us: one endpoint per IP family (docs/DUAL_STACK.md)."""
+    return ", ".join(node.get("public_endpoints") or [str(node["public_endpoint"])])
+
+
 def _format_status(state: dict[str, Any]) -> str:
     node = state.get("node")
     lines = []
@@ -576,7 +581,7 @@ def _format_status(state: dict[str, Any]) -> str:
         lines += [
             terminal_safe(f"node: {node['hostname']} ({node['ipv4']}, {node['ipv6']})"),
             f"  registry: {node['registry']} " + _registry_state(node),
-            f"  public endpoint: {node['public_endpoint']}  nat: {node['nat']}",
+            f"  public endpoint: {_public_endpoints(node)}  nat: {node['nat']}",
         ]
         if mapping := node.get("port_mapping"):
             lines.append(
@@ -904,7 +909,10 @@ tcp_listen_option = click.option(
 
 @cli.group(invoke_without_command=True)
 @click.option(
-    "--listen", default="0.0.0.0:7946", show_default=True, help="HOST:PORT (UDP and TCP)."
+    "--listen",
+    default="[::]:7946",
+    show_default=True,
+    help="HOST:PORT (UDP and TCP); [::] is every address of IPv4 and IPv6.",
 )
 @tcp_listen_option
 @click.option("--network", default="100.64.0.0/10", show_default=True, help="IPv4 overlay.")

@@ -25,6 +25,8 @@ from pilotif.util.logs import log_event
 from pilotif.wg.events import Endpoint
 
 ANY_IPV6: Final = "::"
+"""Every address of both families (one dual-stack socket: Linux's bindv6only is 0)."""
+ANY_IPV4: Final = "0.0.0.0"
 RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
 """The socket's receive buffer (as far as net.core.rmem_max allows): a burst of
 datagrams waits there while a batch of heartbeats is written."""
@@ -125,6 +127,7 @@ async def serve_until_stopped(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    listen = listen_address(listen)
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: CoreProtocol(core, lease), local_addr=listen
     )
@@ -150,6 +153,19 @@ async def serve_until_stopped(
         transport.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def listen_address(listen: Endpoint) -> Endpoint:
+    """Where to listen for `listen`: itself, but `::` (both families) on a host whose
+    kernel has no IPv6 is 0.0.0.0 on the same port (every address it has; said once)."""
+    if listen[0] != ANY_IPV6:
+        return listen
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+    except OSError as error:
+        log_event("listening_ipv4_only", level=logging.WARNING, reason=str(error))
+        return (ANY_IPV4, listen[1])
+    return listen
 
 
 async def serve_streams(

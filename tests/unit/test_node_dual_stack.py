@@ -317,3 +317,13 @@ def test_a_punch_whose_candidates_are_no_list_starts_no_round(
     punch = {"candidates": candidates}
     alpha.core.paths.punch(beta.device.public_key, punch, [], [], net.now)
     assert alpha.core.paths.take_openers() == []
+
+
+def test_status_shows_the_public_endpoint_of_each_family() -> None:
+    from pilotif.cli.main import _public_endpoints
+
+    v6 = "[3fff:0:0:1::2]:51820"
+    both = {"public_endpoint": "198.18.0.11:4000", "public_endpoints": ["198.18.0.11:4000", v6]}
+    assert _public_endpoints(both) == f"198.18.0.11:4000, {v6}"
+    assert _public_endpoints({"public_endpoint": "198.18.0.11:4000"}) == "198.18.0.11:4000"
+    assert _public_endpoints({"public_endpoint": None, "public_endpoints": []}) == "None"
