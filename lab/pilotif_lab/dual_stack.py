@@ -139,11 +139,13 @@ def dual_stack_lab(
     workdir: Path,
     *,
     v4_only: Sequence[str] = (),
+    v6_only: Sequence[str] = (),
     nat66: bool = False,
 ) -> Iterator[NatLab]:
     """The NAT lab (`nats`: each router's IPv4 NAT; `agents`: hostname, router index)
     with IPv6 on the public switch, every router and every agent but those in
-    `v4_only` (behind NAT66 with `nat66`); the registry listens on both families.
+    `v4_only` (behind NAT66 with `nat66`), and no IPv4 on the agents in `v6_only`; the
+    registry listens on both families.
     Agents are not up yet (a dual-stack one joins with `registry=REGISTRY_DUAL_STACK`).
     Torn down as nat_lab's."""
     with nat_lab(nats, agents, workdir, registry_listen=_LISTEN_BOTH) as lab:
@@ -156,4 +158,6 @@ def dual_stack_lab(
                 index = lab.routers.index(agent.router)
                 host = int(ipaddress.IPv4Address(agent.lan_address)) - int(agent.router.lan[0])
                 _add_agent_v6(agent.namespace, index, host, nat66)
+            if hostname in v6_only:
+                agent.namespace.run("ip", "-4", "address", "flush", "dev", _AGENT_LINK)
         yield lab

@@ -91,6 +91,16 @@ def test_cone_v4_nats_with_v6_firewalls_go_direct(tmp_path: Path) -> None:
         _direct_and_carries(lab, ("udp4", "udp6"))
 
 
+def test_ipv6_only_nodes_behind_firewalls_go_direct_over_udp6(tmp_path: Path) -> None:
+    """No IPv4 on either agent (IPv6-only hosts): the registry over IPv6 alone."""
+    nats = (NatKind.SYMMETRIC, NatKind.SYMMETRIC)
+    with dual_stack_lab(nats, _PAIR, tmp_path, v6_only=("alpha", "beta")) as lab:
+        for agent in (lab["alpha"], lab["beta"]):
+            agent.up(registry=REGISTRY_V6)
+        assert _direct_and_carries(lab, ("udp6",)) == {"alpha": "udp6", "beta": "udp6"}
+        assert _public_families(lab["alpha"]) == ["udp6"]
+
+
 def test_a_v4_only_node_and_a_dual_stack_node_pair_over_v4(tmp_path: Path) -> None:
     with dual_stack_lab((NatKind.CONE, NatKind.CONE), _PAIR, tmp_path, v4_only=("beta",)) as lab:
         _up_dual(lab["alpha"])
