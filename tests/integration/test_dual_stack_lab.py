@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pilotif_lab.checks import tcp_transfer
 from pilotif_lab.dual_stack import (
+    LAN_NETWORKS_V6,
     REGISTRY_BY_NAME,
     REGISTRY_DUAL_STACK,
     REGISTRY_V6,
@@ -99,6 +100,26 @@ def test_ipv6_only_nodes_behind_firewalls_go_direct_over_udp6(tmp_path: Path) ->
             agent.up(registry=REGISTRY_V6)
         assert _direct_and_carries(lab, ("udp6",)) == {"alpha": "udp6", "beta": "udp6"}
         assert _public_families(lab["alpha"]) == ["udp6"]
+
+
+def test_ipv6_only_nodes_that_cannot_punch_are_relayed_over_ipv6(tmp_path: Path) -> None:
+    """Each firewall also drops what comes from the other's LAN (a connection it opened
+    or not): no direct path, and the registry relays over IPv6."""
+    nats = (NatKind.SYMMETRIC, NatKind.SYMMETRIC)
+    with dual_stack_lab(nats, _PAIR, tmp_path, v6_only=("alpha", "beta")) as lab:
+        for router, other_lan in zip(lab.routers, reversed(LAN_NETWORKS_V6), strict=True):
+            rule = f"insert rule ip6 pflab_fw6 forward ip6 saddr {other_lan} drop"
+            router.namespace.run("nft", rule)
+        alpha, beta = lab["alpha"], lab["beta"]
+        for agent in (alpha, beta):
+            agent.up(registry=REGISTRY_V6)
+        trust(alpha, beta)
+        alpha.wait_for_path("beta", ("relay",), PATH_TIMEOUT_S)
+        beta_ip = beta.status()["node"]["ipv4"]
+        result = tcp_transfer(alpha.namespace, beta.namespace, beta_ip, TRANSFER_BYTES)
+        assert result.intact, result
+        row = alpha.peer("beta")
+        assert row is not None and row["path"] == "relay", row
 
 
 def test_a_v4_only_node_and_a_dual_stack_node_pair_over_v4(tmp_path: Path) -> None:
