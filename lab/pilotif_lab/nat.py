@@ -485,14 +485,15 @@ class NatLab:
         )
         return json.loads(result.stdout)
 
-    def stop_registry(self) -> None:
-        """Stop the registry by its PID (SIGTERM, then SIGKILL), and its replicas."""
+    def stop_registry(self, *, keep_relays: bool = False) -> None:
+        """Stop the registry by its PID (SIGTERM, then SIGKILL), and its replicas; its
+        standalone relays too unless `keep_relays` (a registry outage)."""
         if self._registry is not None:
             self.public.stop(self._registry)
             self._registry = None
         for address in list(self._replicas):
             self.kill_replica(address)
-        for address in list(self._relays):
+        for address in list(self._relays) if not keep_relays else ():
             self.stop_relay(address)
 
     def _add_public_address(self, address: str) -> None:

@@ -89,7 +89,8 @@ def test_a_node_restarted_while_the_registry_is_down_reaches_its_relayed_peer(
     net.restart_registry()
     net.registry_down = False
     net.run_until(lambda: alpha.core.registry_online and beta.core.registry_online, BACK_WITHIN_S)
-    net.run_until(lambda: alpha.core.relays.home_tickets() != snapshot.tickets.tickets, 5.0)
+    old_tickets = snapshot.tickets.tickets
+    net.run_until(lambda: alpha.core.relays.home_tickets() != old_tickets, BACK_WITHIN_S)
     regained = [i for i, e in enumerate(alpha.events) if isinstance(e, RegistryRegained)]
     taken = [i for i, e in enumerate(alpha.events) if isinstance(e, RelayTicketsTaken)]
     assert regained and taken[-1] > regained[0]
