@@ -2,7 +2,8 @@
 relay answer, when nothing answers (UDP blocked: the stream would carry), with a proxy
 set, and where the registry comes from (`--registry`, PILOTIF_REGISTRY, a running node)
 or why it cannot run. Fake servers answer probes as the registry and relays do
-(pilotif.control.probe_answer); the gateway is never asked (--no-port-mapping)."""
+(pilotif.control.probe_answer); the gateway is never asked (--no-port-mapping). And the
+readable report of what the lab shows (a symmetric NAT, a port mapping, IPv6 unrouted)."""
 
 import json
 from collections.abc import Iterator
@@ -13,9 +14,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pilotif.cli.main import cli
-from pilotif.cli.netcheck import REGISTRY_ENV
+from pilotif.cli.netcheck import REGISTRY_ENV, report_json, report_text
 from pilotif.control.probe_answer import PROBE_TYPE, pack_answer
+from pilotif.daemon.netcheck import NetcheckReport, StreamCheck
 from pilotif.net.hostport import format_endpoint
+from pilotif.net.portmap.client import PortMapping
+from pilotif.node.netcheck import Server, ServerKind, ServerResult, UdpReport
 from pilotif.wg.events import Endpoint
 from tests.unit.test_cli import assert_one_line_error, pilotif
 from tests.unit.udp_responder import LOOPBACK, udp_responder
@@ -130,3 +134,53 @@ def test_a_bad_registry_is_one_line(tmp_path: Path, registry: str) -> None:
     assert_one_line_error(
         pilotif("netcheck", "--registry", registry, "--state-dir", state_dir), "--registry"
     )
+
+
+def test_the_readable_report_of_a_symmetric_nat_with_a_port_mapping_and_no_ipv6_route() -> None:
+    registry = Server(ServerKind.REGISTRY, ("198.18.0.1", 7946))
+    registry_v6 = Server(ServerKind.REGISTRY, ("3fff::1", 7946))
+    relays = [Server(ServerKind.RELAY, (f"198.18.0.{host}", 7947)) for host in (5, 6)]
+    seen = [("198.18.0.12", port) for port in (40001, 40002, 40003)]
+    udp = UdpReport(
+        udp_v4=True,
+        udp_v6=False,
+        public_v4=tuple(seen),
+        public_v6=(),
+        mapping_varies=True,
+        hairpinning=False,
+        mtu=1280,
+        servers=(
+            ServerResult(registry, 3.0, seen[0]),
+            ServerResult(registry_v6, None, None),
+            ServerResult(relays[0], 9.5, seen[1]),
+            ServerResult(relays[1], 1.5, seen[2]),
+        ),
+    )
+    report = NetcheckReport(
+        udp=udp,
+        port_mapping=PortMapping("pcp", ("198.18.0.12", 51820), 7200, 51820),
+        port_mapping_checked=True,
+        stream=StreamCheck(True, 4.0),
+        proxy=None,
+        ipv6_route=False,
+        ignored={},
+    )
+    lines = report_text(report).splitlines()
+    for expected in (
+        "  * UDP over IPv6: no (no IPv6 route on this host)",
+        "  * public endpoint: 198.18.0.12:40001, 198.18.0.12:40002, 198.18.0.12:40003",
+        "  * port mapping: pcp (mapped 198.18.0.12:51820, deleted)",
+        "  * MTU towards the registry: 1280 bytes",
+        "  * registry [3fff::1]:7946: no answer",
+        "  * nearest relay: 198.18.0.6:7947",
+        "      - 198.18.0.6:7947: 1.5 ms",
+        "      - 198.18.0.5:7947: 9.5 ms",
+    ):
+        assert expected in lines, report_text(report)
+    assert lines.index("      - 198.18.0.6:7947: 1.5 ms") < lines.index(
+        "      - 198.18.0.5:7947: 9.5 ms"
+    )
+    assert any(line.startswith("  * mapping varies by destination: yes") for line in lines)
+    as_json = report_json(report)
+    assert as_json["port_mapping"] == {"protocol": "pcp", "external": "198.18.0.12:51820"}
+    assert as_json["nearest_relay"] == "198.18.0.6:7947" and as_json["ipv6_route"] is False
