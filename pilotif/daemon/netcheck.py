@@ -100,22 +100,19 @@ def servers_of(options: NetcheckOptions) -> list[Server]:
 
 
 class _Receiver(asyncio.DatagramProtocol):
-    """Hands what arrives to the core and wakes the run."""
+    """Hands what arrives to the core and wakes the run. A send that fails (EMSGSIZE: a
+    probe larger than the local link; no route; an ICMP error) is as good as lost: the
+    core's tries and deadline take care of it (DatagramProtocol.error_received ignores
+    it)."""
 
     def __init__(self, core: NetcheckProbes, wake: asyncio.Event) -> None:
         self._core = core
         self._wake = wake
-        self.send_errors = 0
 
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
         loop = asyncio.get_running_loop()
         self._core.receive(data, (str(addr[0]), int(addr[1])), loop.time())
         self._wake.set()
-
-    def error_received(self, exc: Exception) -> None:
-        """A probe larger than the local link (EMSGSIZE) or an ICMP error: the probe is
-        as good as lost."""
-        self.send_errors += 1
 
 
 def _socket(family: socket.AddressFamily) -> socket.socket | None:
