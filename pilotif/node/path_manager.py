@@ -434,7 +434,12 @@ class PathManager:
         elif state.current is None:
             self.device.initiate_handshake(path.key, now)
         targets = list(path.candidates)
-        if isinstance(state.endpoint, tuple) and state.endpoint not in targets:
+        if isinstance(state.endpoint, tuple) and path.state in DIRECT_STATES:
+            # Direct: the way the peer was heard from (which our answers keep open). A
+            # probe to its other candidates would move its endpoint there on arrival,
+            # to a way that may not carry its packets back (IPv6 that works one way).
+            targets = [state.endpoint]
+        elif isinstance(state.endpoint, tuple) and state.endpoint not in targets:
             targets.append(state.endpoint)
         for target in targets:
             self.device.send_keepalive_to(path.key, target, now)

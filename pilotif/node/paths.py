@@ -16,7 +16,8 @@ endpoint, sending an echo, scheduling the next probe round) in one place,
   still goes through the relay. The first authenticated packet from a UDP address
   moves the path there (DIRECT), wherever it came from: the NAT may have given the
   other side another port than the registry saw.
-- DIRECT: traffic goes to the peer's UDP endpoint, which follows WireGuard roaming.
+- DIRECT: traffic goes to the peer's UDP endpoint, which follows WireGuard roaming; the
+  rest of the round probes that endpoint only (not the peer's other candidates).
 - SUSPECT: data we sent directly has gone unanswered for `PATH_CHECK_AFTER_S`; an ICMP
   echo through the tunnel asks the peer's kernel for an answer.
 - HELD: the direct path went silent for `DIRECT_PATH_TIMEOUT_S`: back on the relay,

@@ -19,7 +19,8 @@ Entries expire after UDP_TIMEOUT_S without traffic.
 - IPv6 (a node made with `ipv6`): the registry answers at REGISTRY_V6 too. A node with a
   global address sits behind a stateful firewall (a Nat that keeps its address and port:
   only the remotes it sent to get in); one behind NAT66 has a ULA and a cone Nat to a
-  global address. Datagrams to or from an address in `Network.blackholes` are lost.
+  global address. Datagrams to or from an address in `Network.blackholes` are lost, and
+  so are those from one address to another in `Network.one_way_blocks`.
 - `forwards`: ports the router forwards to a LAN endpoint (a NAT-PMP, PCP or UPnP
   mapping: a DNAT rule): an inbound datagram to one makes a flow that the LAN side's
   answers leave by. When that LAN endpoint already sends to the same remote from
@@ -363,6 +364,8 @@ class Network:
         """Datagrams whose hop limit ran out between the routers."""
         self.blackholes: set[str] = set()
         """Addresses whose datagrams, to them or from them, are lost."""
+        self.one_way_blocks: set[tuple[str, str]] = set()
+        """(from, to) public addresses between which datagrams are lost that way only."""
         """While True, whatever reaches the registry is lost (its process is stopped)."""
 
     def node(
@@ -417,6 +420,8 @@ class Network:
         if self.loss and self.rng.random() < self.loss:
             return
         if source[0] in self.blackholes or to[0] in self.blackholes:
+            return
+        if (source[0], to[0]) in self.one_way_blocks:
             return
         delay = 2 * LINK_DELAY_S + self.delays.get((source[0], to[0]), 0.0)
         item = _InFlight(self.now + delay, next(self._seq), data, source, to)

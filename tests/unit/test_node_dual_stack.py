@@ -31,7 +31,7 @@ from pilotif.node.registry_link import (
 from pilotif.wg.crypto import generate_private_key
 from pilotif.wg.events import Endpoint
 from tests.unit.netsim import NODE_PORT, Ipv6, Mapping, Network, SimNode
-from tests.unit.test_node_core import TRUST_TO_DIRECT_S, _both_direct, _trusting
+from tests.unit.test_node_core import TRUST_TO_DIRECT_S, _both_direct, _ping_arrives, _trusting
 from tests.unit.test_registry_link import Pair
 
 REGISTRY_V4: Endpoint = ("198.18.0.1", 9000)
@@ -209,6 +209,7 @@ def test_a_reply_that_does_not_say_it_kept_a_text_keeps_nothing(reply: dict[str,
 
 SETTLE_S = 60.0
 """Long enough for a path that would flap between the families to do so."""
+PING_EVERY_S = 0.5
 
 
 @pytest.fixture
@@ -262,6 +263,23 @@ def test_v6_that_never_answers_leaves_the_pair_direct_over_v4(net: Network) -> N
     net.run(SETTLE_S)
     assert (_transport(alpha, beta), _transport(beta, alpha)) == ("udp4", "udp4")
     assert _both_direct(alpha, beta)
+
+
+def test_ipv6_that_works_one_way_only_leaves_both_directions_working(net: Network) -> None:
+    """alpha's datagrams to beta over IPv6 are lost, beta's to alpha arrive (cone IPv4
+    NATs): from the moment both are direct every ping goes through both ways. Before,
+    beta's probes to alpha's IPv6 address kept moving alpha's endpoint there (roaming)
+    for the rest of the round, and left it there: 18% of pings lost, and the pair fell
+    back to the relay and came back every 35 s."""
+    alpha = net.node("alpha", ipv6=Ipv6.FIREWALL)
+    beta = net.node("beta", ipv6=Ipv6.FIREWALL)
+    assert alpha.address6 is not None and beta.address6 is not None
+    net.one_way_blocks.add((alpha.address6[0], beta.address6[0]))
+    alpha.answers_pings = beta.answers_pings = True
+    _direct_over(net, alpha, beta)
+    for sequence in range(1, 1 + int(SETTLE_S / PING_EVERY_S)):
+        assert _ping_arrives(net, alpha, beta, sequence, PING_EVERY_S), net.now
+        assert _ping_arrives(net, beta, alpha, sequence, PING_EVERY_S), net.now
 
 
 def test_with_both_families_working_the_path_settles_on_one(net: Network) -> None:
