@@ -2,7 +2,9 @@
 `tailscale netcheck`): UDP over IPv4 and IPv6, the public endpoint, whether the NAT maps
 by destination, port mapping, hairpinning, each relay's round trip, the MTU towards the
 registry, the proxy and the transport a node would use. No daemon and no root needed:
-the registry and relays come from `--registry`/`--relay`, else from the running node."""
+the registry and relays come from `--registry`/`--relay`; else the registry from
+PILOTIF_REGISTRY (the deployed node's) or the running node, with the node's relays (the
+running node's, or those its registry named last, kept in node.json)."""
 
 import asyncio
 import logging
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from pilotif.cli.common import (
     DAEMON_ERRORS,
@@ -27,7 +30,9 @@ from pilotif.daemon.api import ControlError, request
 from pilotif.daemon.netcheck import NetcheckOptions, NetcheckReport, run_netcheck
 from pilotif.net.hostport import format_endpoint, parse_host_port
 from pilotif.net.udp import UnderlayError
+from pilotif.node.cache import NodeCache
 from pilotif.node.netcheck import DEFAULT_TIMEOUT_S, ServerKind, ServerResult
+from pilotif.util.files import StateFileError
 from pilotif.util.paths import StatePaths
 
 REGISTRY_ENV = "PILOTIF_REGISTRY"
@@ -142,7 +147,10 @@ def report_text(report: NetcheckReport) -> str:
     return "\n".join(lines)
 
 
-def _from_node(state_dir: Path) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...]]:
+Addresses = tuple[tuple[str, int], ...]
+
+
+def _from_node(state_dir: Path) -> tuple[Addresses, Addresses]:
     """The registry's addresses and the relays the running node uses."""
     try:
         status = request(StatePaths(state_dir.absolute()).control_socket, "status")["status"]
@@ -161,6 +169,20 @@ def _from_node(state_dir: Path) -> tuple[tuple[tuple[str, int], ...], tuple[tupl
     return registries, relays
 
 
+def _node_relays(state_dir: Path) -> Addresses:
+    """The relays of the node of `state_dir`: the running node's, else those its registry
+    named last (node.json; none if it cannot be read)."""
+    try:
+        return _from_node(state_dir)[1]
+    except CliError:
+        pass
+    try:
+        snapshot = NodeCache(state_dir).load()
+    except (StateFileError, OSError):
+        return ()
+    return tuple(relay.endpoint for relay in snapshot.relays) if snapshot else ()
+
+
 def _relay_option(text: str) -> tuple[str, int]:
     """`--relay` as HOST:PORT or KEY@HOST:PORT (the key is not needed to probe)."""
     return host_port_option("--relay", text.rpartition("@")[2])
@@ -177,7 +199,8 @@ def _relay_option(text: str) -> tuple[str, int]:
     "--relay",
     "relays",
     multiple=True,
-    help="A relay at HOST:PORT or KEY@HOST:PORT (repeat; default: the running node's).",
+    help="A relay at HOST:PORT or KEY@HOST:PORT (repeat; default without --registry: the"
+    " node's, running or as its registry named them last).",
 )
 @click.option(
     "--proxy",
@@ -217,16 +240,21 @@ def netcheck(
     state_dir: Path,
 ) -> None:
     """Check what the network here lets a node do: UDP, NAT, port mapping, relays, MTU."""
+    given_relays = tuple(_relay_option(r) for r in relays)
     if registry is not None:
         registries = tuple(
             host_port_option("--registry", part.strip())
             for part in registry.split(",")
             if part.strip()
         )
-        relay_addresses = tuple(_relay_option(r) for r in relays)
+        # PILOTIF_REGISTRY is the node's own registry: its relays go with it.
+        from_env = click.get_current_context().get_parameter_source("registry") is (
+            ParameterSource.ENVIRONMENT
+        )
+        relay_addresses = given_relays or (_node_relays(state_dir) if from_env else ())
     else:
         registries, from_node = _from_node(state_dir)
-        relay_addresses = tuple(_relay_option(r) for r in relays) or from_node
+        relay_addresses = given_relays or from_node
     if not registries:
         raise CliError("--registry needs HOST:PORT[,HOST:PORT...]", "bad_input")
     options = NetcheckOptions(

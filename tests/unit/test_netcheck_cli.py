@@ -8,6 +8,7 @@ readable report of what the lab shows (a symmetric NAT, a port mapping, IPv6 unr
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,11 @@ from click.testing import CliRunner, Result
 from pilotif.cli.main import cli
 from pilotif.cli.netcheck import REGISTRY_ENV, report_json, report_text
 from pilotif.control.probe_answer import PROBE_TYPE, pack_answer
+from pilotif.control.relay_info import RelayInfo
 from pilotif.daemon.netcheck import NetcheckReport, StreamCheck
 from pilotif.net.hostport import format_endpoint
 from pilotif.net.portmap.client import PortMapping
+from pilotif.node.cache import NodeCache, NodeSnapshot
 from pilotif.node.netcheck import Server, ServerKind, ServerResult, UdpReport
 from pilotif.wg.events import Endpoint
 from tests.unit.test_cli import assert_one_line_error, pilotif
@@ -118,6 +121,33 @@ def test_the_registry_comes_from_pilotif_registry_as_the_deployed_node_has_it(
         result = _netcheck(tmp_path, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["registry"][0]["endpoint"] == format_endpoint(registry)
+
+
+def test_with_pilotif_registry_and_no_daemon_the_relays_come_from_the_node_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's config (PILOTIF_REGISTRY) and its state (node.json: the relays its
+    registry named last) are enough; a registry given on the command line may be another
+    one, whose relays the cache does not know."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700)
+    with answering() as registry, answering() as relay:
+        NodeCache(state_dir).save(
+            NodeSnapshot(
+                IPv4Address("100.64.0.2"),
+                IPv4Network("100.64.0.0/10"),
+                51820,
+                (),
+                relays=(RelayInfo(bytes(32), relay),),
+            )
+        )
+        monkeypatch.setenv(REGISTRY_ENV, format_endpoint(registry))
+        from_state = json.loads(_netcheck(tmp_path, "--json").output)
+        monkeypatch.delenv(REGISTRY_ENV)
+        given = _netcheck(tmp_path, "--json", "--registry", format_endpoint(registry))
+    assert [r["endpoint"] for r in from_state["relays"]] == [format_endpoint(relay)]
+    assert from_state["relays"][0]["rtt_ms"] is not None
+    assert json.loads(given.output)["relays"] == []
 
 
 def test_without_a_registry_or_a_node_it_says_what_to_give(tmp_path: Path) -> None:
