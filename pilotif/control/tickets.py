@@ -55,15 +55,15 @@ def check_ticket(key: bytes, holder: bytes, ticket: object, now: float) -> tuple
     return peer, expires
 
 
-def ticket_expiry(ticket: object) -> int | None:
-    """When a ticket says it expires (Unix seconds), its MAC unchecked (only the registry
-    and the relay hold the key): what a node that kept tickets drops them by. None if it
-    is no ticket."""
+def ticket_claim(ticket: object) -> tuple[bytes, int] | None:
+    """The peer a ticket names and when it says it expires (Unix seconds), its MAC
+    unchecked (only the registry and the relay hold the key): what a node that kept
+    tickets sorts them by. None if it is no ticket."""
     try:
-        _, packed, _ = _unpack(ticket)
+        peer, packed, _ = _unpack(ticket)
     except WireError:
         return None
-    return int(_EXPIRES.unpack(packed)[0])
+    return peer, int(_EXPIRES.unpack(packed)[0])
 
 
 def _unpack(ticket: object) -> tuple[bytes, bytes, bytes]:

@@ -12,13 +12,14 @@ never lets a pair through that the registry's tickets would not.
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Final
 
 from pilotif.control.relay_info import RelayInfo, relay_from_json
-from pilotif.control.tickets import ticket_expiry
+from pilotif.control.tickets import ticket_claim
 from pilotif.control.wire import format_endpoint, parse_endpoint
 from pilotif.util.files import StateFileError, read_state_file, write_private_file
 from pilotif.wg.events import Endpoint
@@ -48,6 +49,12 @@ class CachedTickets:
 
     relay: RelayInfo
     tickets: tuple[str, ...]
+
+    def for_peers(self, peers: Collection[bytes]) -> "CachedTickets | None":
+        """Only the tickets for `peers` (a node presents none for a peer it no longer
+        trusts); None if that leaves none."""
+        kept = tuple(t for t in self.tickets if (claim := ticket_claim(t)) and claim[0] in peers)
+        return CachedTickets(self.relay, kept) if kept else None
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,7 @@ def _tickets(document: dict[str, Any] | None, wall_now: float) -> CachedTickets 
     relay, tickets = _relay(document["relay"]), document["tickets"]
     if not isinstance(tickets, list):
         raise TypeError("tickets")
-    live = tuple(t for t in tickets if (ticket_expiry(t) or 0) > wall_now)
+    live = tuple(t for t in tickets if (claim := ticket_claim(t)) and claim[1] > wall_now)
     return CachedTickets(relay, live) if live else None
 
 

@@ -177,8 +177,6 @@ class NodeCore:
         self.network_name = snapshot.network_name
         self.paths.registry_changed(False, now)
         self.registration.resumed(now)
-        self._tickets.kept = snapshot.tickets
-        self.relays.update(list(snapshot.relays), now)
         added = 0
         for cached in snapshot.peers:
             node = {
@@ -194,7 +192,9 @@ class NodeCore:
             added += 1
             if cached.endpoint is not None:
                 self.paths.cached_endpoint(cached.public_key, cached.endpoint, now)
-        kept = len(snapshot.tickets.tickets) if snapshot.tickets is not None else 0
+        self._tickets.kept = tickets = snapshot.tickets and snapshot.tickets.for_peers(self.peers)
+        self.relays.update(list(snapshot.relays), now)
+        kept = len(tickets.tickets) if tickets is not None else 0
         self.events.append(StartedWithoutRegistry(snapshot.ipv4, added, len(snapshot.relays), kept))
 
     def _take_address(self, ipv4: IPv4Address, network: IPv4Network) -> None:

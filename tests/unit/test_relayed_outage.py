@@ -97,6 +97,31 @@ def test_a_node_restarted_while_the_registry_is_down_reaches_its_relayed_peer(
     _pings_both_ways(net, alpha, beta)
 
 
+def test_a_peer_untrusted_during_the_outage_gets_no_kept_ticket_after_a_restart(
+    net: Network,
+) -> None:
+    """The node cache still holds the home relay's ticket for beta after alpha untrusted
+    beta while the registry was away: the restarted alpha does not present it."""
+    alpha, beta = _relayed_pair(net)
+    _registry_lost(net, alpha, beta)
+    alpha.call("untrust", peer=beta.key)
+    net.run(1.0)
+    snapshot = alpha.core.snapshot(NODE_PORT)
+    assert snapshot is not None and snapshot.peers == ()
+    assert snapshot.tickets is not None and len(snapshot.tickets.tickets) == 1
+    alpha.restart(port=NODE_PORT + 1)
+    net.run(1.0)
+    restarted = len(alpha.events)
+    alpha.core.resume(snapshot, net.now)
+    alpha.flush()
+    net.run(RELAYED_WITHIN_S)
+    events = alpha.events[restarted:]
+    [started] = [e for e in events if isinstance(e, StartedWithoutRegistry)]
+    assert (started.peers, started.relays, started.tickets) == (0, 2, 0)
+    assert not [e for e in events if isinstance(e, RelayTicketsTaken)]
+    assert alpha.core.relays.home is not None and alpha.core.relays.home_tickets() == ()
+
+
 def test_a_relayed_node_that_stays_up_keeps_its_peer_and_asks_only_probes(
     net: Network,
 ) -> None:
