@@ -133,7 +133,10 @@ class DeliveryRate:
         self._min_rtt_at = 0.0
         self._round: tuple[int, int, float] | None = None
         """(offset that ends the round, bytes delivered at its start, when it started)."""
-        self._after_timeout = False
+        self._delivered = 0
+        """The most delivered so far."""
+        self._after_timeout: int | None = None
+        """What was delivered when the timer expired (None: no timeout since)."""
 
     @property
     def bandwidth(self) -> float:
@@ -152,7 +155,7 @@ class DeliveryRate:
     def on_timeout(self, flight: int) -> None:
         """One segment in flight until the next acknowledgement."""
         self.cwnd = LOSS_WINDOW_SEGMENTS * self.mss
-        self._after_timeout = True
+        self._after_timeout = self._delivered
 
     def on_rtt(self, rtt_s: float, now: float) -> None:
         expired = now - self._min_rtt_at > MIN_RTT_WINDOW_S
@@ -161,20 +164,21 @@ class DeliveryRate:
             self._min_rtt_at = now
 
     def on_delivered(self, delivered: int, sent: int, now: float) -> None:
+        delivered = self._delivered = max(self._delivered, delivered)
+        if self._after_timeout is not None and delivered > self._after_timeout:
+            self._after_timeout = None  # the path delivers again: the model's window
+            self.cwnd = self._window()
         started = self._round
         if started is None:
             self._round = (sent, delivered, now)
             return
         end, delivered_before, since = started
         if delivered < end or delivered <= delivered_before or now <= since:
-            if self._after_timeout and delivered > delivered_before:
-                self._after_timeout = False
-                self.cwnd = self._window()
             return
         self._rates.append((delivered - delivered_before) / (now - since))
         self._round = (sent, delivered, now)
-        self._after_timeout = False
-        self.cwnd = self._window()
+        if self._after_timeout is None:
+            self.cwnd = self._window()
 
     def _window(self) -> int:
         """The model's window: CWND_GAIN bandwidth-delay products, never below the

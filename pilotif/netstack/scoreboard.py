@@ -1,7 +1,8 @@
 """The send side's SACK scoreboard (RFC 2018, used as RFC 6675 does): the ranges above
 the oldest unacknowledged byte that the peer says it holds, merged and capped in count,
 and what follows from them: bytes SACKed, the holes below the highest SACKed byte (lost,
-to retransmit first). Offsets are absolute (unwrapped) sequence numbers."""
+to retransmit first), what the peer lacks when we go back after a timeout. Offsets are
+absolute (unwrapped) sequence numbers."""
 
 
 class Scoreboard:
@@ -53,3 +54,18 @@ class Scoreboard:
                 holes.append((at, left))
             at = max(at, right)
         return holes
+
+    def sacked_below(self, at: int) -> int:
+        """Bytes the peer holds above the cumulative ACK and below `at`."""
+        return sum(min(right, at) - left for left, right in self.ranges if left < at)
+
+    def lacking(self, at: int, end: int) -> tuple[int, int]:
+        """The first range from `at` on (up to `end`) that the peer does not hold:
+        (its start, its end: the next SACKed range's start, or `end`)."""
+        for left, right in self.ranges:
+            if right <= at:
+                continue
+            if left > at:
+                return at, min(left, end)
+            at = right
+        return at, max(at, end)

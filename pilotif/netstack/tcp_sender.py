@@ -28,6 +28,9 @@ from pilotif.packet.segments import MAX_GSO_SEGMENTS
 
 DUPLICATE_ACK_THRESHOLD: Final = 3
 """Duplicate ACKs that start a fast retransmit (RFC 5681)."""
+LOST_RETRANSMISSION_RTTS: Final = 1.5
+"""Round trips after which a retransmission that ACKs still coming did not acknowledge
+counts as lost again (RACK's reordering allowance on top of one round trip)."""
 
 TCP_MAX_HEADER_BYTES: Final = 60
 _MAX_IP_PACKET_BYTES: Final = 0xFFFF
@@ -35,6 +38,9 @@ LARGE_SEGMENT_MAX_PAYLOAD_BYTES: Final = (
     _MAX_IP_PACKET_BYTES - IPV4_MIN_HEADER_BYTES - TCP_MAX_HEADER_BYTES
 )
 """The most payload of one large segment: its IP packet's length must fit 16 bits."""
+LARGE_SEGMENT_BURST_S: Final = 0.001
+"""A large segment carries what the window sends in this long (Linux's TSO autosizing:
+its segments leave back to back; a slow path is not handed 64 KiB at once)."""
 
 
 class Emit(Protocol):
@@ -95,6 +101,8 @@ class Sender:
         self._in_recovery = False
         self._recover = 0
         self._rexmit_high = 0
+        self._rexmit_at: float | None = None
+        """When the oldest retransmission of this pass of the holes went (in recovery)."""
         self.rto = RtoEstimator(config.initial_rto_s, config.min_rto_s, config.max_rto_s)
         self.rto_at: float | None = None
         """When the retransmission (or persist) timer expires (None: not armed)."""
@@ -165,8 +173,9 @@ class Sender:
 
     def on_timeout(self, now: float) -> bool:
         """What an expiry does to the data (the handshake is the connection's): the
-        persist probe, or everything in flight again from SND.UNA after NewReno's loss
-        window; returns whether transmit has something to send."""
+        persist probe, or everything in flight that the peer did not SACK again from
+        SND.UNA after the controller's loss window; returns whether transmit has
+        something to send."""
         if self.snd_max == self.snd_una and self._snd_wnd == 0 and self._unsent_bytes() > 0:
             self._send_data(self.snd_nxt, 1, now)  # the persist timer's probe
             self.snd_nxt += 1
@@ -180,7 +189,7 @@ class Sender:
             self.arm_rto(now)
             return False
         self.cc.on_timeout(self.snd_max - self.snd_una)
-        self._scoreboard.clear()
+        self._scoreboard.clear()  # the next ACKs say again what the peer holds
         self._in_recovery = False
         self._dupacks = 0
         self.snd_nxt = self.snd_una
@@ -209,8 +218,8 @@ class Sender:
         offset = start - self._buf_start
         limit = self._payload_limit()
         if large:
-            segments = min(LARGE_SEGMENT_MAX_PAYLOAD_BYTES // limit, MAX_GSO_SEGMENTS)
-            length = min(length, segments * limit)
+            segments = min(self._large_segment_bytes() // limit, MAX_GSO_SEGMENTS)
+            length = min(length, max(segments, 2) * limit)
         else:
             length = min(length, limit)
         payload = memoryview(self.buffer)[offset : offset + length]
@@ -231,10 +240,20 @@ class Sender:
         self._emit(start, flags, payload, segment_payload=limit if len(payload) > limit else 0)
         return used
 
+    def _large_segment_bytes(self) -> int:
+        """The most payload of one large segment: what the window sends in
+        LARGE_SEGMENT_BURST_S at its rate (cwnd / srtt, as Linux sizes TSO), no more than
+        an IP packet holds."""
+        srtt_s = self.rto.srtt_s
+        if not srtt_s:
+            return LARGE_SEGMENT_MAX_PAYLOAD_BYTES
+        burst = int(self.cc.cwnd * LARGE_SEGMENT_BURST_S / srtt_s)
+        return min(burst, LARGE_SEGMENT_MAX_PAYLOAD_BYTES)
+
     def _pipe(self) -> int:
         flight = self.snd_nxt - self.snd_una
-        if self.snd_nxt < self.snd_max:
-            return flight  # going back after a timeout
+        if self.snd_nxt < self.snd_max:  # going back after a timeout
+            return flight - self._scoreboard.sacked_below(self.snd_nxt)
         if self.sack:
             lost = 0
             if self._in_recovery:
@@ -258,16 +277,23 @@ class Sender:
                         break
                     start += used
                     self._rexmit_high = start
+                    if self._rexmit_at is None:
+                        self._rexmit_at = now
         data_end = self._buf_start + len(self.buffer)
         while self.snd_nxt < data_end:
+            end = data_end
+            if self.snd_nxt < self.snd_max:  # going back after a timeout: the unSACKed
+                self.snd_nxt, end = self._scoreboard.lacking(self.snd_nxt, data_end)
+                if self.snd_nxt >= data_end:
+                    break
             window_end = self.snd_una + self._snd_wnd
             pipe = self._pipe()
             room = min(window_end - self.snd_nxt, cwnd - pipe)
             limit = self._payload_limit()
-            length = min(limit, data_end - self.snd_nxt, room)
+            unsent = end - self.snd_nxt
+            length = min(limit, unsent, room)
             if length <= 0:
                 return
-            unsent = data_end - self.snd_nxt
             if length < limit and length < unsent and pipe > 0:
                 return  # no small segment while more waits and some is in flight
             large = self._config.large_segments and min(room, unsent) >= 2 * limit
@@ -326,6 +352,7 @@ class Sender:
                 self._scoreboard.add(start, end, self.snd_una, self.snd_max)
         if self._snd_wnd == 0:
             self.retries = 0  # a live peer answers our probes
+        self._detect_lost_retransmissions(now)
         if ack > self.snd_una:
             self._on_new_ack(ack, now)
             self.cc.on_delivered(ack + self._scoreboard.sacked_bytes, self.snd_max, now)
@@ -344,6 +371,18 @@ class Sender:
         if self._snd_wnd > old_window:
             return AckResult.MORE_TO_SEND
         return AckResult.NOTHING
+
+    def _detect_lost_retransmissions(self, now: float) -> None:
+        """In SACK recovery, ACKs still coming LOST_RETRANSMISSION_RTTS round trips after
+        a retransmission that none of them acknowledged: it was lost too. The holes go
+        again (from SND.UNA) instead of waiting for the timer (RACK's idea, RFC 8985,
+        by the time of the oldest retransmission of a pass)."""
+        srtt_s = self.rto.srtt_s
+        if not self._in_recovery or not self.sack or self._rexmit_at is None or not srtt_s:
+            return
+        if now - self._rexmit_at > LOST_RETRANSMISSION_RTTS * srtt_s:
+            self._rexmit_high = self.snd_una
+            self._rexmit_at = None
 
     def _on_new_ack(self, ack: int, now: float) -> None:
         acked = ack - self.snd_una
@@ -377,10 +416,16 @@ class Sender:
         sacked_enough = (
             self.sack and self._scoreboard.sacked_bytes >= (DUPLICATE_ACK_THRESHOLD - 1) * self.mss
         )
-        if not self._in_recovery and (self._dupacks >= DUPLICATE_ACK_THRESHOLD or sacked_enough):
+        going_back = self.snd_nxt < self.snd_max  # after a timeout: that is the repair
+        if (
+            not self._in_recovery
+            and not going_back
+            and (self._dupacks >= DUPLICATE_ACK_THRESHOLD or sacked_enough)
+        ):
             self._in_recovery = True
             self._recover = self.snd_max
             self.cc.on_loss(self.snd_max - self.snd_una)
             data_end = self._buf_start + len(self.buffer)
             used = self._send_data(self.snd_una, data_end - self.snd_una, now)
             self._rexmit_high = self.snd_una + max(used, 1)
+            self._rexmit_at = now

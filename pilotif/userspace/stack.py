@@ -36,15 +36,16 @@ from pilotif.tun.offload import VIRTIO_NET_HDR_SIZE
 from pilotif.userspace.transport import StackTransport
 
 USERSPACE_CONFIG: Final = StackConfig(
-    send_buffer_bytes=1024 * 1024,
-    receive_buffer_bytes=1024 * 1024,
+    send_buffer_bytes=4 * 1024 * 1024,
+    receive_buffer_bytes=4 * 1024 * 1024,
     large_segments=True,
     congestion="delivery_rate",
     max_connections=1024,
     max_connections_per_peer=128,
 )
-"""A userspace node's limits: 1 MiB buffers each way and 1,024 connections bound the
-node at about 2 GiB in the worst case (the netstack's defaults allow 16 GiB); large
+"""A userspace node's limits: 4 MiB buffers each way (a path of 100 ms at 10 MB/s holds
+1 MB, and a loss holds the window's start for a round trip more), 1,024 connections:
+8 GiB in the worst case, every buffer full (the netstack's defaults allow 16 GiB); large
 segments out (the data path cuts and seals them natively); the delivery-rate model of the
 path (an overlay's underlay loses packets at random: a loss-bound window would crawl)."""
 STREAM_LIMIT_BYTES: Final = 64 * 1024

@@ -3,7 +3,8 @@ into one (the device's native GRO, `coalesce`) is taken as one large segment and
 once; authenticated packets skip the checksums but not the other checks; ACKs wait for
 the delayed-ACK timer when a lone segment arrives. Out, with `large_segments`, a run of
 full segments leaves as one large segment (a SuperPacket) that cuts into the segments
-the peer takes, checksums and all; lost ones are sent again one by one."""
+the peer takes, checksums and all, as much as the window sends in a millisecond (a slow
+path gets smaller ones); lost ones are sent again one by one."""
 
 import hashlib
 
@@ -12,11 +13,14 @@ from netstack_wire import MAX_IP_PACKET_BYTES, Link, Wire, open_pair, payload, t
 
 from pilotif.netstack import StackConfig
 from pilotif.netstack.segment import parse_segment
-from pilotif.packet.ip import TCP_ACK, TCP_PSH
+from pilotif.packet.ip import TCP_ACK, TCP_MIN_HEADER_BYTES, TCP_PSH
 from pilotif.packet.segments import SuperPacket, cut_segments
 from pilotif.wg.fastpath.batch_loops import coalesce
 
 LARGE = StackConfig(large_segments=True)
+FAST = Link(delay_s=0.0001)
+"""A path whose window sends 64 KiB within a millisecond (large segments at their
+largest)."""
 
 VIRTIO_HEADER_BYTES = 10
 
@@ -110,7 +114,7 @@ def test_a_lone_segment_is_acked_by_the_delayed_ack_timer() -> None:
 
 @pytest.mark.parametrize("ipv6", [False, True])
 def test_a_run_of_full_segments_leaves_as_one_large_segment_cut_correctly(ipv6: bool) -> None:
-    wire = Wire(config_a=LARGE)
+    wire = Wire(link=FAST, config_a=LARGE)
     client, server = open_pair(wire, ipv6=ipv6)
     data = payload(10 * client.mss, seed=5)
     client.send(data)
@@ -133,7 +137,7 @@ def test_a_run_of_full_segments_leaves_as_one_large_segment_cut_correctly(ipv6: 
 
 
 def test_a_large_segment_stays_within_an_ip_packet_and_the_segments_seal_tso_cuts() -> None:
-    wire = Wire(config_a=StackConfig(large_segments=True, send_buffer_bytes=8 << 20))
+    wire = Wire(link=FAST, config_a=StackConfig(large_segments=True, send_buffer_bytes=8 << 20))
     client, server = open_pair(wire)
     data = payload(6_000_000, seed=6)
     assert transfer(wire, client, server, data) == data
@@ -153,6 +157,17 @@ def test_large_segments_carry_a_transfer_through_loss_and_reordering(ipv6: bool)
     assert transfer(wire, server, client, down) == down
     assert wire.large["ab"] and wire.large["ba"]
     assert client.retransmissions > 0 and server.retransmissions > 0
+
+
+def test_over_a_slow_path_a_large_segment_carries_a_millisecond_of_the_window() -> None:
+    wire = Wire(link=Link(delay_s=0.05), config_a=LARGE)
+    client, _ = open_pair(wire)
+    client.send(payload(10 * client.mss, seed=12))
+    out = wire.a.poll(wire.now)
+    # 10 segments a round trip of 100 ms: a millisecond is less than one, two at least.
+    assert [len(large.packet) - large.transport_start for large in out] == [
+        TCP_MIN_HEADER_BYTES + 2 * client.mss
+    ] * 5
 
 
 def test_less_than_two_full_segments_leave_as_plain_segments() -> None:

@@ -1,8 +1,11 @@
 """One connection's behaviour between two userspace stacks on the simulated wire:
 simultaneous open, half close, resets (RFC 5961: exact, in window, out of window), SYN
 on an open connection, retransmission after a loss (and Karn's rule), fast retransmit,
-SACK recovery, the zero window and its persist probe, window scaling, keepalives,
+SACK recovery (a lost retransmission sent again without a timeout; after a timeout
+only what the peer did not SACK), the zero window and its persist probe, window scaling, keepalives,
 TIME-WAIT, a refused connection, misuse of the API."""
+
+from collections.abc import Callable
 
 import pytest
 from netstack_wire import (
@@ -186,6 +189,57 @@ def test_sack_repairs_several_holes_in_one_window_without_a_timeout() -> None:
     assert client.timeouts == 0
     assert client.retransmissions == 4
     assert any(len(s.sack_blocks) >= 2 for s in blocks)
+
+
+def _seq_tap(wire: Wire, lose: Callable[[int, int], bool]) -> list[int]:
+    """Sequence numbers of every data segment A sends (in order, lost ones too);
+    `lose(seq, how many times before)` drops one."""
+    seqs: list[int] = []
+
+    def tap(direction: str, packet: bytes) -> bool:
+        segment = parse_segment(packet)
+        if direction != "ab" or not segment.payload:
+            return True
+        earlier = seqs.count(segment.seq)
+        seqs.append(segment.seq)
+        return not lose(segment.seq, earlier)
+
+    wire.tap = tap
+    return seqs
+
+
+def test_a_lost_retransmission_is_sent_again_without_a_timeout() -> None:
+    wire = Wire(link=Link(delay_s=0.02))
+    client, server = open_pair(wire)
+    hole: list[int] = []
+
+    def lose(seq: int, earlier: int) -> bool:
+        if not hole and len(seqs) == 40:
+            hole.append(seq)
+        return bool(hole) and seq == hole[0] and earlier < 2  # it, and its retransmission
+
+    seqs = _seq_tap(wire, lose)
+    data = payload(2_000_000, 14)
+    assert transfer(wire, client, server, data) == data
+    assert seqs.count(hole[0]) == 3
+    assert client.timeouts == 0
+
+
+def test_after_a_timeout_only_what_the_peer_lacks_goes_again() -> None:
+    wire = Wire(link=Link(delay_s=0.02))
+    client, server = open_pair(wire)
+    holes: list[int] = []
+
+    def lose(seq: int, earlier: int) -> bool:
+        if len(seqs) in (4, 8) and len(holes) < 2 and seq not in holes:
+            holes.append(seq)
+        return seq in holes and client.timeouts == 0  # lost until the timer expires
+
+    seqs = _seq_tap(wire, lose)
+    data = payload(10 * client.mss, 15)
+    assert transfer(wire, client, server, data) == data
+    assert client.timeouts == 1
+    assert {seq for seq in seqs if seqs.count(seq) > 1} == set(holes), "SACKed data not sent again"
 
 
 def test_zero_window_stalls_the_sender_and_the_persist_probe_resumes_it() -> None:

@@ -183,6 +183,17 @@ def test_delivery_rate_never_below_the_initial_window() -> None:
     assert cc.cwnd == 10_000
 
 
+def test_scoreboard_says_what_the_peer_lacks_when_going_back() -> None:
+    board = Scoreboard(max_ranges=8)
+    board.add(30, 40, una=10, snd_max=100)
+    board.add(50, 60, una=10, snd_max=100)
+    assert board.lacking(10, 100) == (10, 30)
+    assert board.lacking(30, 100) == (40, 50)
+    assert board.lacking(55, 100) == (60, 100)
+    assert board.lacking(60, 45) == (60, 60), "nothing up to the end"
+    assert board.sacked_below(35) == 5 and board.sacked_below(100) == 20
+
+
 def test_scoreboard_merges_and_finds_holes() -> None:
     board = Scoreboard(max_ranges=8)
     board.add(30, 40, una=10, snd_max=100)

@@ -193,8 +193,8 @@ def test_a_paused_reader_holds_the_sender_back() -> None:
             got.set_result(await reader.read(-1))
 
         await b.stack.start_server(slow, PORT)
-        size = 8 * 1024 * 1024
         window = b.stack.stack.config.receive_buffer_bytes
+        size = 2 * (window + a.stack.stack.config.send_buffer_bytes)  # more than both hold
         async with asyncio.timeout(WAIT_S):
             _, writer = await a.stack.open_connection(b.stack.addresses[0], PORT)
             writer.write(bytes(size))
