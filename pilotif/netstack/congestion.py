@@ -11,8 +11,8 @@ config names):
   highest delivery rate of the last BANDWIDTH_WINDOW_ROUNDS round trips (acknowledged
   and SACKed bytes a round), the delay the lowest round trip of MIN_RTT_WINDOW_S. A loss
   repaired by SACK or fast retransmit does not shrink it (random loss is not congestion);
-  a timeout leaves one segment in flight until the next acknowledgement, then the model's
-  window again. Never below the initial window; each round can deliver twice the last
+  a timeout leaves one segment in flight until new data is acknowledged, then the
+  model's window again. Never below the initial window; each round can deliver twice the last
   (as slow start) until the path's bandwidth holds it.
 
 Loss detection (duplicate ACKs, SACK, partial ACKs) is the connection's; these classes
@@ -133,10 +133,8 @@ class DeliveryRate:
         self._min_rtt_at = 0.0
         self._round: tuple[int, int, float] | None = None
         """(offset that ends the round, bytes delivered at its start, when it started)."""
-        self._delivered = 0
-        """The most delivered so far."""
-        self._after_timeout: int | None = None
-        """What was delivered when the timer expired (None: no timeout since)."""
+        self._after_timeout = False
+        """Whether the timer expired and no new data was acknowledged since."""
 
     @property
     def bandwidth(self) -> float:
@@ -144,7 +142,11 @@ class DeliveryRate:
         return max(self._rates, default=0.0)
 
     def on_ack(self, acked: int) -> None:
-        """The window follows the model (`on_delivered`), not each ACK."""
+        """The window follows the model (`on_delivered`), not each ACK; the first ACK of
+        new data after a timeout gives it back (the path delivers again)."""
+        if self._after_timeout:
+            self._after_timeout = False
+            self.cwnd = self._window()
 
     def on_loss(self, flight: int) -> None:
         """A loss SACK or duplicate ACKs found leaves the window as it is."""
@@ -153,9 +155,9 @@ class DeliveryRate:
         """Nothing was reduced at the loss: nothing to restore."""
 
     def on_timeout(self, flight: int) -> None:
-        """One segment in flight until the next acknowledgement."""
+        """One segment in flight until new data is acknowledged."""
         self.cwnd = LOSS_WINDOW_SEGMENTS * self.mss
-        self._after_timeout = self._delivered
+        self._after_timeout = True
 
     def on_rtt(self, rtt_s: float, now: float) -> None:
         expired = now - self._min_rtt_at > MIN_RTT_WINDOW_S
@@ -164,10 +166,6 @@ class DeliveryRate:
             self._min_rtt_at = now
 
     def on_delivered(self, delivered: int, sent: int, now: float) -> None:
-        delivered = self._delivered = max(self._delivered, delivered)
-        if self._after_timeout is not None and delivered > self._after_timeout:
-            self._after_timeout = None  # the path delivers again: the model's window
-            self.cwnd = self._window()
         started = self._round
         if started is None:
             self._round = (sent, delivered, now)
@@ -177,7 +175,7 @@ class DeliveryRate:
             return
         self._rates.append((delivered - delivered_before) / (now - since))
         self._round = (sent, delivered, now)
-        if self._after_timeout is None:
+        if not self._after_timeout:
             self.cwnd = self._window()
 
     def _window(self) -> int:
