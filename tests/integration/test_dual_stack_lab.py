@@ -122,6 +122,19 @@ def test_ipv6_only_nodes_that_cannot_punch_are_relayed_over_ipv6(tmp_path: Path)
         assert row is not None and row["path"] == "relay", row
 
 
+def test_ipv6_that_carries_one_way_only_leaves_the_pair_on_ipv4(tmp_path: Path) -> None:
+    """beta's firewall drops what comes from alpha's LAN over IPv6, alpha's lets beta's
+    in (cone IPv4 NATs): 20 MB arrive intact, and the pair ends on IPv4 both ways."""
+    with dual_stack_lab((NatKind.CONE, NatKind.CONE), _PAIR, tmp_path) as lab:
+        rule = f"insert rule ip6 pflab_fw6 forward ip6 saddr {LAN_NETWORKS_V6[0]} drop"
+        lab.routers[1].namespace.run("nft", rule)
+        _up_dual(lab["alpha"], lab["beta"])
+        _direct_and_carries(lab, ("udp4", "udp6"))
+        for agent, peer in ((lab["alpha"], "beta"), (lab["beta"], "alpha")):
+            row = agent.peer(peer)
+            assert row is not None and (row["path"], row["transport"]) == ("direct", "udp4")
+
+
 def test_a_v4_only_node_and_a_dual_stack_node_pair_over_v4(tmp_path: Path) -> None:
     with dual_stack_lab((NatKind.CONE, NatKind.CONE), _PAIR, tmp_path, v4_only=("beta",)) as lab:
         _up_dual(lab["alpha"])
