@@ -85,13 +85,17 @@ def userspace_pair(
     *extra: str,
     nats: tuple[NatKind, NatKind] = (NatKind.CONE, NatKind.CONE),
     path: str = "direct",
+    prepare: Callable[[NatLab], None] | None = None,
 ) -> Iterator[NatLab]:
     """alpha (TUN) and beta (userspace, nobody, `extra` options) trusting each other, on
-    `path` (direct behind cone NATs; relay behind two symmetric ones)."""
+    `path` (direct behind cone NATs; relay behind two symmetric ones); `prepare` shapes
+    the lab before either node starts."""
     with (
         nobody_state_dir() as state,
         nat_lab(nats, (("alpha", 0), ("beta", 1)), tmp_path) as lab,
     ):
+        if prepare is not None:
+            prepare(lab)
         alpha, beta = lab["alpha"], lab["beta"]
         beta.state_dir = state
         beta.unprivileged = True
@@ -313,9 +317,10 @@ def test_a_userspace_node_fits_its_segments_to_a_small_path(tmp_path: Path) -> N
     once the nodes found the path MTU, the data path tells beta's stack by ICMP and its
     segments fit; 5 MB from beta through a --forward port arrive intact."""
     forward = ("--forward", f"{FORWARD_PORT}:alpha:{WEB_PORT}")
-    with userspace_pair(tmp_path, *forward) as lab:
+    # The hole is there before the nodes start: made once the pair is direct, it raced
+    # the search of the direct path (done at the full MTU first on a slow machine).
+    with userspace_pair(tmp_path, *forward, prepare=lambda lab: black_hole(lab, 1)) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
-        black_hole(lab, 1)
         wait_for_found_mtu(lab)
         alpha_ip = alpha.status()["node"]["ipv4"]
         python = shutil.which("python3") or "python3"
