@@ -13,7 +13,8 @@ class Scoreboard:
         self._max_ranges = max_ranges
 
     def clear(self) -> None:
-        """Forget every SACK (after a retransmission timeout, RFC 2018 section 8)."""
+        """Forget every SACK (after a second retransmission timeout in a row: the peer
+        may have reneged, RFC 2018 section 8; kept after one, as Linux keeps it)."""
         self.ranges.clear()
 
     def add(self, start: int, end: int, una: int, snd_max: int) -> None:
@@ -69,3 +70,7 @@ class Scoreboard:
                 return at, min(left, end)
             at = right
         return at, max(at, end)
+
+    def holds(self, offset: int) -> bool:
+        """Whether the peer SACKed the byte at `offset`."""
+        return any(left <= offset < right for left, right in self.ranges)

@@ -328,6 +328,7 @@ class Connection:
             t
             for t in (
                 self._sender.rto_at,
+                self._sender.lost_check_at(),
                 self._receiver.ack_at,
                 self._keepalive_at,
                 self._time_wait_at,
@@ -348,6 +349,9 @@ class Connection:
             receiver.ack_at = None
             receiver.ack_now = True
         sender = self._sender
+        lost_check_at = sender.lost_check_at()
+        if lost_check_at is not None and now >= lost_check_at:
+            sender.on_lost_check(now)
         if sender.rto_at is not None and now >= sender.rto_at:
             sender.rto_at = None
             self._on_rto(now)

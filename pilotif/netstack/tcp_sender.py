@@ -14,6 +14,7 @@ what an ACK meant (`AckResult`). Sequence numbers are offsets from our initial s
 number (our SYN is 0, our first data byte 1).
 """
 
+import itertools
 from enum import Enum
 from typing import Final, Protocol
 
@@ -101,8 +102,11 @@ class Sender:
         self._in_recovery = False
         self._recover = 0
         self._rexmit_high = 0
-        self._rexmit_at: float | None = None
-        """When the oldest retransmission of this pass of the holes went (in recovery)."""
+        self._rexmitted: dict[int, float] = {}
+        """In SACK recovery, the offset of each segment retransmitted and when, oldest
+        first."""
+        self._lost_again: set[int] = set()
+        """Retransmitted segments found lost too, to send again first."""
         self.rto = RtoEstimator(config.initial_rto_s, config.min_rto_s, config.max_rto_s)
         self.rto_at: float | None = None
         """When the retransmission (or persist) timer expires (None: not armed)."""
@@ -189,8 +193,9 @@ class Sender:
             self.arm_rto(now)
             return False
         self.cc.on_timeout(self.snd_max - self.snd_una)
-        self._scoreboard.clear()  # the next ACKs say again what the peer holds
-        self._in_recovery = False
+        if self.retries > 1:
+            self._scoreboard.clear()  # the peer may have reneged (RFC 2018 section 8)
+        self._leave_recovery()
         self._dupacks = 0
         self.snd_nxt = self.snd_una
         self.arm_rto(now)
@@ -260,6 +265,7 @@ class Sender:
                 for left, right in self._scoreboard.holes(self.snd_una):
                     if right > self._rexmit_high:
                         lost += right - max(left, self._rexmit_high)
+                lost += len(self._lost_again) * self.mss
             return max(flight - self._scoreboard.sacked_bytes - lost, 0)
         return max(flight - min(self._dupacks, DUPLICATE_ACK_THRESHOLD) * self.mss, 0)
 
@@ -269,16 +275,16 @@ class Sender:
         FIN."""
         cwnd = self.cc.cwnd
         if self._in_recovery and self.sack:
+            self._send_lost_again(cwnd, now)
             for left, right in self._scoreboard.holes(self.snd_una):
                 start = max(left, self._rexmit_high)
                 while start < right and self._pipe() < cwnd:
                     used = self._send_data(start, right - start, now)
                     if not used:
                         break
+                    self._rexmitted[start] = now
                     start += used
                     self._rexmit_high = start
-                    if self._rexmit_at is None:
-                        self._rexmit_at = now
         data_end = self._buf_start + len(self.buffer)
         while self.snd_nxt < data_end:
             end = data_end
@@ -372,17 +378,50 @@ class Sender:
             return AckResult.MORE_TO_SEND
         return AckResult.NOTHING
 
-    def _detect_lost_retransmissions(self, now: float) -> None:
-        """In SACK recovery, ACKs still coming LOST_RETRANSMISSION_RTTS round trips after
-        a retransmission that none of them acknowledged: it was lost too. The holes go
-        again (from SND.UNA) instead of waiting for the timer (RACK's idea, RFC 8985,
-        by the time of the oldest retransmission of a pass)."""
+    def lost_check_at(self) -> float | None:
+        """When the oldest retransmission in recovery counts as lost unless acknowledged
+        or SACKed by then (None: none waits)."""
         srtt_s = self.rto.srtt_s
-        if not self._in_recovery or not self.sack or self._rexmit_at is None or not srtt_s:
+        if not self._rexmitted or not srtt_s or not self._snd_wnd:
+            return None  # (a zero window holds them back: the persist timer's)
+        return next(iter(self._rexmitted.values())) + LOST_RETRANSMISSION_RTTS * srtt_s
+
+    def _detect_lost_retransmissions(self, now: float) -> None:
+        """In SACK recovery, a retransmission that nothing acknowledged or SACKed
+        LOST_RETRANSMISSION_RTTS round trips after it went (checked at each ACK and at
+        `lost_check_at`) was lost too, and goes again first rather than after the
+        retransmission timer (RACK's idea, RFC 8985, for retransmissions)."""
+        srtt_s = self.rto.srtt_s
+        if not self._rexmitted or not srtt_s or not self._snd_wnd:
             return
-        if now - self._rexmit_at > LOST_RETRANSMISSION_RTTS * srtt_s:
-            self._rexmit_high = self.snd_una
-            self._rexmit_at = None
+        wait_s = LOST_RETRANSMISSION_RTTS * srtt_s  # as lost_check_at adds it
+        aged = list(
+            itertools.takewhile(lambda item: item[1] + wait_s <= now, self._rexmitted.items())
+        )
+        for offset, _ in aged:
+            del self._rexmitted[offset]
+            if offset >= self.snd_una and not self._scoreboard.holds(offset):
+                self._lost_again.add(offset)
+
+    def on_lost_check(self, now: float) -> None:
+        """`lost_check_at` came."""
+        self._detect_lost_retransmissions(now)
+
+    def _send_lost_again(self, cwnd: int, now: float) -> None:
+        """Send the retransmissions found lost again (the part the peer still lacks)."""
+        for offset in sorted(self._lost_again):
+            if self._pipe() >= cwnd:
+                return
+            self._lost_again.discard(offset)
+            start, end = self._scoreboard.lacking(max(offset, self.snd_una), self.snd_max)
+            if start == max(offset, self.snd_una) and start < end:
+                self._send_data(start, end - start, now)
+                self._rexmitted[start] = now
+
+    def _leave_recovery(self) -> None:
+        self._in_recovery = False
+        self._rexmitted.clear()
+        self._lost_again.clear()
 
     def _on_new_ack(self, ack: int, now: float) -> None:
         acked = ack - self.snd_una
@@ -398,7 +437,7 @@ class Sender:
         self.retries = 0
         if self._in_recovery:
             if ack >= self._recover:
-                self._in_recovery = False
+                self._leave_recovery()
                 self.cc.on_recovery_end()
             else:
                 self._rexmit_high = max(self._rexmit_high, ack)
@@ -428,4 +467,4 @@ class Sender:
             data_end = self._buf_start + len(self.buffer)
             used = self._send_data(self.snd_una, data_end - self.snd_una, now)
             self._rexmit_high = self.snd_una + max(used, 1)
-            self._rexmit_at = now
+            self._rexmitted[self.snd_una] = now

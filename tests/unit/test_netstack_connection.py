@@ -225,6 +225,23 @@ def test_a_lost_retransmission_is_sent_again_without_a_timeout() -> None:
     assert client.timeouts == 0
 
 
+def test_a_lost_retransmission_that_no_ack_follows_goes_again_before_the_timeout() -> None:
+    wire = Wire(link=Link(delay_s=0.02, rate_bytes_per_s=1e6))  # an ACK for each segment
+    client, server = open_pair(wire)
+    hole: list[int] = []
+
+    def lose(seq: int, earlier: int) -> bool:
+        if not hole and len(seqs) == 8:
+            hole.append(seq)
+        return bool(hole) and seq == hole[0] and earlier < 2
+
+    seqs = _seq_tap(wire, lose)
+    data = payload(10 * client.mss, 16)  # nothing follows the retransmission
+    assert transfer(wire, client, server, data) == data
+    assert seqs.count(hole[0]) == 3
+    assert client.timeouts == 0
+
+
 def test_after_a_timeout_only_what_the_peer_lacks_goes_again() -> None:
     wire = Wire(link=Link(delay_s=0.02))
     client, server = open_pair(wire)
