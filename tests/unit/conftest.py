@@ -11,6 +11,7 @@ float the test advances; nothing sleeps and nothing touches a socket.
 """
 
 import itertools
+import logging
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -280,6 +281,19 @@ def seal(keypair: Keypair, payload: bytes) -> bytes:
     return TRANSPORT_HEADER.pack(
         MESSAGE_TRANSPORT, keypair.remote_index, counter
     ) + keypair.send_aead.encrypt(nonce, payload, None)
+
+
+@pytest.fixture(autouse=True)
+def _pilotif_logger_restored() -> Iterator[None]:
+    """The "pilotif" logger as it was before the test: a command run in process
+    (`setup_logging`, netcheck's quiet level) must not hide the next test's events from
+    caplog, whichever test a worker runs next."""
+    logger = logging.getLogger("pilotif")
+    saved = (logger.level, list(logger.handlers), logger.propagate)
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
 
 
 @pytest.fixture(scope="session")
