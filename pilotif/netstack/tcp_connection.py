@@ -212,7 +212,7 @@ class Connection:
     @property
     def send_buffered_bytes(self) -> int:
         """Bytes queued and not yet acknowledged."""
-        return len(self._sender.buffer)
+        return self._sender.buffered_bytes
 
     def close(self) -> None:
         """No more data from us: a FIN follows the queued data (calling it again, or
@@ -290,7 +290,7 @@ class Connection:
             self._ack_soon()
             self._sender.rto_at = self._keepalive_at = None
             self._time_wait_at = self._now + self._config.time_wait_s
-            self._sender.buffer.clear()
+            self._sender.discard()
             self._host.time_wait(self)
         elif action is Action.SEND_RST:
             self._send_rst()
@@ -302,7 +302,7 @@ class Connection:
         self.state = State.CLOSED
         self._sender.rto_at = self._receiver.ack_at = None
         self._keepalive_at = self._time_wait_at = None
-        self._sender.buffer.clear()
+        self._sender.discard()
         self._host.forget(self)
         self._host.report(Closed(self, reason))
 

@@ -87,6 +87,9 @@ class Sender:
         self.buffer = bytearray()
         self._buf_start = 1
         """The offset of the send buffer's first byte."""
+        self._acked_bytes = 0
+        """Bytes at the buffer's start the peer acknowledged, cut off in bulk (cutting the
+        front of a bytearray makes its next growth copy everything)."""
         self.fin_at: int | None = None
         """Offset of our FIN once the application closed."""
         self._snd_wnd = 0
@@ -132,13 +135,24 @@ class Sender:
     # -- the application's data ---------------------------------------------------------
     def queue(self, data: bytes | bytearray | memoryview) -> int:
         """Take what fits in the send buffer; returns how many bytes."""
-        room = self._config.send_buffer_bytes - len(self.buffer)
+        room = self._config.send_buffer_bytes - self.buffered_bytes
         taken = max(0, min(len(data), room))
         if taken < len(data):
             self._want_writable = True
         if taken:
             self.buffer += data[:taken]
         return taken
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes queued and not yet acknowledged."""
+        return len(self.buffer) - self._acked_bytes
+
+    def discard(self) -> None:
+        """Forget the queued data (the connection ended)."""
+        self._buf_start += self._acked_bytes
+        self.buffer.clear()
+        self._acked_bytes = 0
 
     def queue_fin(self) -> None:
         """Our FIN follows the data queued so far."""
@@ -150,7 +164,7 @@ class Sender:
 
     def writable_again(self) -> bool:
         """Whether the application, once refused, may now queue more (told once)."""
-        if self._want_writable and len(self.buffer) < self._config.send_buffer_bytes:
+        if self._want_writable and self.buffered_bytes < self._config.send_buffer_bytes:
             self._want_writable = False
             return True
         return False
@@ -428,9 +442,12 @@ class Sender:
         self._sample_rtt(ack, now)
         data_end = self._buf_start + len(self.buffer)
         freed_to = min(ack, data_end)
-        if freed_to > self._buf_start:
-            del self.buffer[: freed_to - self._buf_start]
-            self._buf_start = freed_to
+        if freed_to > self._buf_start + self._acked_bytes:
+            self._acked_bytes = freed_to - self._buf_start
+            if 2 * self._acked_bytes >= len(self.buffer):  # cut when half is dead
+                del self.buffer[: self._acked_bytes]
+                self._buf_start = freed_to
+                self._acked_bytes = 0
         self.snd_una = ack
         self.snd_nxt = max(self.snd_nxt, ack)
         self._scoreboard.advance(ack)
