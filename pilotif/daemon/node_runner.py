@@ -53,6 +53,7 @@ from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 
 SYNC_TIMEOUT_S: Final = REQUEST_ATTEMPTS * REQUEST_RETRY_S * 2
+"""How long `join` waits for the first trust list before it carries on without it."""
 _POLICY_COMMANDS: Final = ("policy", "policy_reload", "policy_rule", "policy_default")
 NODE_COMMANDS: Final = (
     "peers",
@@ -78,7 +79,6 @@ _CACHED_CHANGES: Final = (
     RelayTicketsTaken,
 )
 """Events after which the node cache is written again (if what it holds changed)."""
-"""How long `join` waits for the first trust list before it carries on without it."""
 
 
 class RegistryError(CodedError):

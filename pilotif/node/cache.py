@@ -21,6 +21,7 @@ from typing import Any, Final
 from pilotif.control.relay_info import RelayInfo, relay_from_json
 from pilotif.control.tickets import ticket_claim
 from pilotif.control.wire import format_endpoint, parse_endpoint
+from pilotif.node.peers import TrustedPeer
 from pilotif.util.files import StateFileError, read_state_file, write_private_file
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
@@ -41,6 +42,30 @@ class CachedPeer:
     granted_tags: tuple[str, ...] = ()
     """The tags the registry's operator granted it (the port policy matches them)."""
     network_name: str | None = None
+
+    @classmethod
+    def of(cls, peer: TrustedPeer, endpoint: object) -> "CachedPeer":
+        """`peer` as kept, with the device's endpoint for it if that is a UDP one."""
+        return cls(
+            peer.hostname,
+            peer.public_key,
+            peer.ipv4,
+            tuple(peer.tags),
+            endpoint if isinstance(endpoint, tuple) else None,
+            tuple(peer.granted_tags),
+            peer.network_name,
+        )
+
+    def registry_node(self) -> dict[str, Any]:
+        """The peer as the registry describes a node (what the node adds peers from)."""
+        return {
+            "hostname": self.hostname,
+            "public_key": encode_key(self.public_key),
+            "ipv4": str(self.ipv4),
+            "tags": list(self.tags),
+            "granted_tags": list(self.granted_tags),
+            "network_name": self.network_name,
+        }
 
 
 @dataclass(frozen=True)

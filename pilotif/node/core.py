@@ -179,15 +179,7 @@ class NodeCore:
         self.registration.resumed(now)
         added = 0
         for cached in snapshot.peers:
-            node = {
-                "hostname": cached.hostname,
-                "public_key": encode_key(cached.public_key),
-                "ipv4": str(cached.ipv4),
-                "tags": list(cached.tags),
-                "granted_tags": list(cached.granted_tags),
-                "network_name": cached.network_name,
-            }
-            if not self._add_peer(node, now):
+            if not self._add_peer(cached.registry_node(), now):
                 continue
             added += 1
             if cached.endpoint is not None:
@@ -215,18 +207,7 @@ class NodeCore:
         peers = []
         for peer in self.peers.values():
             state = self.device.peer(peer.public_key)
-            endpoint = state.endpoint if state is not None else None
-            peers.append(
-                CachedPeer(
-                    peer.hostname,
-                    peer.public_key,
-                    peer.ipv4,
-                    tuple(peer.tags),
-                    endpoint if isinstance(endpoint, tuple) else None,
-                    tuple(peer.granted_tags),
-                    peer.network_name,
-                )
-            )
+            peers.append(CachedPeer.of(peer, state.endpoint if state is not None else None))
         home, tickets = self.relays.home, self.relays.home_tickets()
         return NodeSnapshot(
             self.ipv4,
