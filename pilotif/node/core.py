@@ -343,7 +343,7 @@ class NodeCore:
         to them): register at once, so that they answer where we are. Our UDP towards
         peers did not move: their paths stay."""
         if self.joined:
-            self.registration.again(now)
+            self.registration.carrier_changed(now)
 
     def _punch_again(self, now: float) -> None:
         """Our NAT mapping, and so every peer's view of our endpoint, changed: back to the

@@ -40,6 +40,8 @@ from pilotif.node.events import (
 from pilotif.node.other_family import OtherFamily
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
+    REQUEST_ATTEMPTS,
+    REQUEST_RETRY_S,
     Errands,
     MoveAsked,
     RegistryLink,
@@ -51,6 +53,9 @@ from pilotif.wg.keys import encode_key
 
 REREGISTER_MIN_S: Final = 2.0
 """The shortest time between two registrations the relay's notices cause."""
+CARRIER_SETTLE_S: Final = REQUEST_ATTEMPTS * REQUEST_RETRY_S
+"""After the carrier changed, how long a registration sent over the one before may still
+be answered (the registry then saw us at that carrier's address)."""
 UNREACHABLE: Final = "unreachable"
 """The code of a failure that got no answer at all (as opposed to a refusal)."""
 PROBE_EVERY_S: Final = 1.0
@@ -151,6 +156,15 @@ class Registration:
         self._rehandshake = False
         """After a network change: new handshakes through the relay once the registry
         knows our new address (the peers then move to the relay at once)."""
+        self._carrier_changed_s: float | None = None
+        """When the registry last began to hear us over another carrier (UDP, or a
+        stream to it): the endpoint it sees changes with the carrier, not with our UDP
+        mapping."""
+        self._answered_since_carrier = False
+        """Whether a registration was answered since the carrier changed."""
+        self._settled_endpoint: str | None = None
+        """The public endpoint the registry saw outside a change of carrier: a move is a
+        change of this one."""
 
     # -- inputs: commands ----------------------------------------------------------------
 
@@ -203,6 +217,14 @@ class Registration:
         if now >= self._again_at_s:
             self._reregister(now)
 
+    def carrier_changed(self, now: float) -> None:
+        """The registry and relays now hear us over another transport: register at once;
+        the endpoint the registry then sees moved with the carrier, not with our NAT
+        mapping (our UDP towards peers did not move: their paths stay)."""
+        self._carrier_changed_s = now
+        self._answered_since_carrier = False
+        self.again(now)
+
     def _reregister(self, now: float) -> None:
         """Register now, outside the heartbeat (which starts again from here)."""
         self._again_at_s = now + REREGISTER_MIN_S
@@ -235,11 +257,15 @@ class Registration:
         self.admitted = True
         replica, name = reply.get("replica"), reply.get("network_name")
         self.replica = replica if isinstance(replica, str) else None
-        endpoint, previous = reply.get("public_endpoint"), self.public_endpoint
+        endpoint = reply.get("public_endpoint")
         self.public_endpoint = endpoint if isinstance(endpoint, str) else None
-        moved = joined and previous not in (None, self.public_endpoint)
-        if moved:
-            self._sink.items.append(PublicEndpointChanged(previous, self.public_endpoint))
+        moved = False
+        if not self._carrier_settling(now):
+            previous, self._settled_endpoint = self._settled_endpoint, self.public_endpoint
+            moved = joined and previous not in (None, self.public_endpoint)
+            if moved:
+                self._sink.items.append(PublicEndpointChanged(previous, self.public_endpoint))
+        self._answered_since_carrier = True
         self.next_s = now + REGISTER_INTERVAL_S
         self.lost_s = self.key_refused = self.probe_s = None
         rehandshake, self._rehandshake = self._rehandshake or moved, False
@@ -253,6 +279,13 @@ class Registration:
             rehandshake,
             reply.get("resync") is True,
         )
+
+    def _carrier_settling(self, now: float) -> bool:
+        """Whether an answer may show the address of a carrier we no longer use (the
+        first answer since the carrier changed, or one within CARRIER_SETTLE_S of it)."""
+        if self._carrier_changed_s is None:
+            return False
+        return not self._answered_since_carrier or now < self._carrier_changed_s + CARRIER_SETTLE_S
 
     def silent(self, now: float, *, joined: bool, online: bool) -> bool:
         """A registration got no answer after every attempt; whether the registry is

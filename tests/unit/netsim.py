@@ -360,13 +360,13 @@ class Network:
         self.delays: dict[tuple[str, str], float] = {}
         """Extra delay of datagrams from one public address to another."""
         self.registry_down = False
+        """While True, whatever reaches the registry is lost (its process is stopped)."""
         self.dead_by_hops = 0
         """Datagrams whose hop limit ran out between the routers."""
         self.blackholes: set[str] = set()
         """Addresses whose datagrams, to them or from them, are lost."""
         self.one_way_blocks: set[tuple[str, str]] = set()
         """(from, to) public addresses between which datagrams are lost that way only."""
-        """While True, whatever reaches the registry is lost (its process is stopped)."""
 
     def node(
         self,
