@@ -392,11 +392,11 @@ class Daemon:
     def _transport_changed(self, carrier: str) -> None:
         """The streams took over from UDP or gave back: the registry and relays see us at
         another address; the node registers from there once the send under way is over."""
-        asyncio.get_running_loop().call_soon(self._register_again)
+        asyncio.get_running_loop().call_soon(self._register_again, carrier != "udp")
 
-    def _register_again(self) -> None:
+    def _register_again(self, over_stream: bool) -> None:
         if self.parts.node is not None:
-            self.parts.node.carrier_changed(time.monotonic())
+            self.parts.node.carrier_changed(time.monotonic(), over_stream=over_stream)
 
     def _open_tun(self, routes: list[IPv4Network | IPv6Network]) -> None:
         parts = self.parts

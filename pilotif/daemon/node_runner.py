@@ -201,9 +201,9 @@ class NodeRunner:
         self.core.network_changed(lan, now)
         self.after_input(now)
 
-    def carrier_changed(self, now: float) -> None:
+    def carrier_changed(self, now: float, *, over_stream: bool) -> None:
         """Control datagrams moved between UDP and a stream: register from there."""
-        self.core.carrier_changed(now)
+        self.core.carrier_changed(now, over_stream=over_stream)
         self.after_input(now)
 
     def close(self) -> None:

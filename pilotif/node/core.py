@@ -338,12 +338,12 @@ class NodeCore:
         mapped = [self.mapped_endpoint] if self.mapped_endpoint is not None else []
         return mapped + [lan for lan in self._lan_endpoints if lan not in mapped]
 
-    def carrier_changed(self, now: float) -> None:
+    def carrier_changed(self, now: float, *, over_stream: bool) -> None:
         """The registry and relays now hear us over another transport (UDP, or a stream
         to them): register at once, so that they answer where we are. Our UDP towards
         peers did not move: their paths stay."""
         if self.joined:
-            self.registration.carrier_changed(now)
+            self.registration.carrier_changed(now, over_stream=over_stream)
 
     def _punch_again(self, now: float) -> None:
         """Our NAT mapping, and so every peer's view of our endpoint, changed: back to the

@@ -156,15 +156,14 @@ class Registration:
         self._rehandshake = False
         """After a network change: new handshakes through the relay once the registry
         knows our new address (the peers then move to the relay at once)."""
+        self._over_stream = False
+        """Whether the registry hears us over a stream (net/streams.py) rather than UDP:
+        the endpoint it then sees is the stream's, not our UDP mapping."""
         self._carrier_changed_s: float | None = None
-        """When the registry last began to hear us over another carrier (UDP, or a
-        stream to it): the endpoint it sees changes with the carrier, not with our UDP
-        mapping."""
-        self._answered_since_carrier = False
-        """Whether a registration was answered since the carrier changed."""
-        self._settled_endpoint: str | None = None
-        """The public endpoint the registry saw outside a change of carrier: a move is a
-        change of this one."""
+        """When the carrier last changed."""
+        self._udp_endpoint: str | None = None
+        """The public endpoint the registry last saw over UDP alone: a move is a change
+        of this one."""
 
     # -- inputs: commands ----------------------------------------------------------------
 
@@ -217,12 +216,12 @@ class Registration:
         if now >= self._again_at_s:
             self._reregister(now)
 
-    def carrier_changed(self, now: float) -> None:
+    def carrier_changed(self, now: float, *, over_stream: bool) -> None:
         """The registry and relays now hear us over another transport: register at once;
         the endpoint the registry then sees moved with the carrier, not with our NAT
         mapping (our UDP towards peers did not move: their paths stay)."""
+        self._over_stream = over_stream
         self._carrier_changed_s = now
-        self._answered_since_carrier = False
         self.again(now)
 
     def _reregister(self, now: float) -> None:
@@ -260,12 +259,11 @@ class Registration:
         endpoint = reply.get("public_endpoint")
         self.public_endpoint = endpoint if isinstance(endpoint, str) else None
         moved = False
-        if not self._carrier_settling(now):
-            previous, self._settled_endpoint = self._settled_endpoint, self.public_endpoint
+        if self._over_udp(now):
+            previous, self._udp_endpoint = self._udp_endpoint, self.public_endpoint
             moved = joined and previous not in (None, self.public_endpoint)
             if moved:
                 self._sink.items.append(PublicEndpointChanged(previous, self.public_endpoint))
-        self._answered_since_carrier = True
         self.next_s = now + REGISTER_INTERVAL_S
         self.lost_s = self.key_refused = self.probe_s = None
         rehandshake, self._rehandshake = self._rehandshake or moved, False
@@ -280,12 +278,12 @@ class Registration:
             reply.get("resync") is True,
         )
 
-    def _carrier_settling(self, now: float) -> bool:
-        """Whether an answer may show the address of a carrier we no longer use (the
-        first answer since the carrier changed, or one within CARRIER_SETTLE_S of it)."""
-        if self._carrier_changed_s is None:
+    def _over_udp(self, now: float) -> bool:
+        """Whether an answer shows the endpoint of our UDP mapping: we are on UDP, and
+        not so soon after a change that it may answer what went over the stream."""
+        if self._over_stream:
             return False
-        return not self._answered_since_carrier or now < self._carrier_changed_s + CARRIER_SETTLE_S
+        return self._carrier_changed_s is None or now >= self._carrier_changed_s + CARRIER_SETTLE_S
 
     def silent(self, now: float, *, joined: bool, online: bool) -> bool:
         """A registration got no answer after every attempt; whether the registry is

@@ -8,6 +8,7 @@ import pytest
 from pilotif.control.wire import format_endpoint, parse_endpoint
 from pilotif.node.events import PathChanged, PublicEndpointChanged
 from pilotif.node.registration import REREGISTER_MIN_S
+from pilotif.node.registry_link import REGISTER_INTERVAL_S
 from pilotif.wg.events import Endpoint
 from tests.unit.netsim import Network
 from tests.unit.test_node_core import _both_direct, _trusting, net  # noqa: F401
@@ -20,7 +21,7 @@ def test_a_change_of_carrier_registers_at_once_and_keeps_direct_paths(net: Netwo
     net.run(3.0)
     registered = net.registry.requests["register"]
     changes = len([e for e in alpha.events if isinstance(e, PathChanged)])
-    alpha.core.carrier_changed(net.now)
+    alpha.core.carrier_changed(net.now, over_stream=True)
     alpha.flush()
     net.run(0.5)
     assert net.registry.requests["register"] == registered + 1
@@ -37,8 +38,9 @@ def test_the_endpoint_a_stream_shows_the_registry_is_no_move_of_the_udp_mapping(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A registry restart: the node registers over its stream first (the registry sees the
-    TCP source), then over UDP again. Neither is a move of its NAT mapping: the peers'
-    direct paths stay (they went to the relay twice, and a ping in between was lost)."""
+    TCP source), heartbeats there, then registers over UDP again. None of it is a move of
+    its NAT mapping: the peers' direct paths stay (they went to the relay twice, and a
+    ping in between was lost)."""
     alpha, beta = net.node("alpha"), net.node("beta")
     _trusting(net, alpha, beta)
     net.run_until(lambda: _both_direct(alpha, beta), 10.0)
@@ -57,14 +59,16 @@ def test_the_endpoint_a_stream_shows_the_registry_is_no_move_of_the_udp_mapping(
 
     changes = len([e for e in alpha.events if isinstance(e, PathChanged)])
     monkeypatch.setattr(net.registry, "handle_datagram", over_the_stream)
-    alpha.core.carrier_changed(net.now)
+    alpha.core.carrier_changed(net.now, over_stream=True)
     alpha.flush()
     net.run(0.5)
+    assert alpha.core.registration.public_endpoint == format_endpoint(stream_source)
+    net.run(REGISTER_INTERVAL_S)  # a heartbeat over the stream, long after the change
     assert alpha.core.registration.public_endpoint == format_endpoint(stream_source)
 
     monkeypatch.setattr(net.registry, "handle_datagram", over_udp)
     net.run(REREGISTER_MIN_S)
-    alpha.core.carrier_changed(net.now)
+    alpha.core.carrier_changed(net.now, over_stream=False)
     alpha.flush()
     net.run(0.5)
     assert alpha.core.registration.public_endpoint == udp_endpoint
