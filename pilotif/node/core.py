@@ -269,7 +269,7 @@ class NodeCore:
             self.link.next_timer(),
             self.registration.next_timer(),
             self.relays.next_timer(),
-            self._tickets.next_timer(),
+            self._tickets.next_timer(self.registry_online),
             self.paths.next_timer(),
             self.path_mtu.next_timer(),
         ]
@@ -473,7 +473,6 @@ class NodeCore:
     def _after_relays(self, now: float) -> None:
         """Tell the adapter where relayed datagrams go now, and fetch the tickets of our
         home relay when it changed, when peers changed, or before they expire."""
-        self._tickets.registry_online = self.registry_online
         events, self.relays.events = self.relays.events, []
         for item in events:
             if isinstance(item, TicketsPresented):
@@ -495,7 +494,7 @@ class NodeCore:
             self.events.append(
                 RelaysChanged(format_endpoint(home.endpoint) if home else None, relays)
             )
-        self._tickets.fetch_if_due(self.peers_version, now)
+        self._tickets.fetch_if_due(self.peers_version, now, registry_online=self.registry_online)
 
     # -- trust -----------------------------------------------------------------------
 

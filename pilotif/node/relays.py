@@ -304,8 +304,6 @@ class Tickets:
         self.kept: CachedTickets | None = None
         """Tickets from the node cache, presented if their relay becomes home before the
         registry gives new ones."""
-        self.registry_online = False
-        """Whether the registry answers: no fetch is started while it does not."""
 
     def home_changed(self, home: RelayInfo | None, now: float) -> None:
         """Relayed datagrams go through `home` now: its tickets are due at once (and
@@ -315,14 +313,15 @@ class Tickets:
         if home is not None and self.kept is not None and self.kept.relay == home:
             self._relays.set_tickets(home, list(self.kept.tickets), now)
 
-    def next_timer(self) -> float | None:
+    def next_timer(self, registry_online: bool) -> float | None:
         """When a fetch is due (None while one is on its way or the registry is away)."""
-        return self._due_s if self._fetch is None and self.registry_online else None
+        return self._due_s if self._fetch is None and registry_online else None
 
-    def fetch_if_due(self, peers_version: int, now: float) -> None:
-        """Start a fetch if the peers changed or the tickets are due."""
+    def fetch_if_due(self, peers_version: int, now: float, *, registry_online: bool) -> None:
+        """Start a fetch if the peers changed or the tickets are due (none is started
+        while the registry is away)."""
         home = self._relays.home
-        if home is None or self._fetch is not None or not self.registry_online:
+        if home is None or self._fetch is not None or not registry_online:
             return
         due = self._due_s
         if self._version != peers_version or (due is not None and now >= due):
