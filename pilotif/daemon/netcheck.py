@@ -16,6 +16,7 @@ from typing import Final
 
 from pilotif.control.probe_answer import PROBE_ID_BYTES, pack_probe, parse_answer
 from pilotif.control.wire import WireError
+from pilotif.net.host_addresses import route_source
 from pilotif.net.portmap.client import PortMapper, PortMapping
 from pilotif.net.proxy import Proxy
 from pilotif.net.stream_client import StreamLink
@@ -215,17 +216,6 @@ async def _stream_check(registry: Endpoint, proxy: Proxy | None, timeout_s: floa
     return StreamCheck(True, round((at - sent_s) * 1000, 1))
 
 
-def _has_route(endpoint: Endpoint) -> bool:
-    """Whether the host has a route to `endpoint` (a UDP connect sends nothing)."""
-    family = socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect(endpoint)
-    except OSError:
-        return False
-    return True
-
-
 async def _nothing() -> None:
     return None
 
@@ -252,6 +242,6 @@ async def run_netcheck(options: NetcheckOptions) -> NetcheckReport:
         port_mapping_checked=options.port_mapping,
         stream=stream,
         proxy=options.proxy,
-        ipv6_route=any(_has_route(e) for e in v6) if v6 else None,
+        ipv6_route=any(route_source(*e) is not None for e in v6) if v6 else None,
         ignored=dict(ignored),
     )

@@ -21,18 +21,24 @@ _DISCARD_PORT: Final = 9
 _UNSPECIFIED: Final = frozenset({"0.0.0.0", "::"})
 
 
+def route_source(destination: str, port: int = _DISCARD_PORT) -> str | None:
+    """The address this host sends from towards `destination` (an IP address), as its
+    routing table picks it; None without a route. Nothing is sent: UDP's connect only
+    asks the routing table."""
+    family = socket.AF_INET6 if ":" in destination else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((destination, port))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
+
+
 def host_addresses() -> list[str]:
     """This host's addresses as text, each once: the routing table's sources first, then
     those of the host's name (they may include loopback and link-local: the caller
     filters)."""
-    found: list[str] = []
-    for family, destination in ROUTE_PROBES:
-        with (
-            contextlib.suppress(OSError),
-            socket.socket(family, socket.SOCK_DGRAM) as probe,
-        ):
-            probe.connect((destination, _DISCARD_PORT))
-            found.append(str(probe.getsockname()[0]))
+    found = [s for _, d in ROUTE_PROBES if (s := route_source(d)) is not None]
     with contextlib.suppress(OSError):
         for *_, address in socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_DGRAM):
             found.append(str(address[0]))
