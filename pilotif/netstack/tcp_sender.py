@@ -395,20 +395,28 @@ class Sender:
     def lost_check_at(self) -> float | None:
         """When the oldest retransmission in recovery counts as lost unless acknowledged
         or SACKed by then (None: none waits)."""
+        wait_s = self._lost_wait_s()
+        if wait_s is None:
+            return None
+        return next(iter(self._rexmitted.values())) + wait_s
+
+    def _lost_wait_s(self) -> float | None:
+        """How long a retransmission in recovery waits for an ACK or SACK before it counts
+        as lost (None: none waits, no round trip is known yet, or a zero window holds
+        them back: the persist timer's)."""
         srtt_s = self.rto.srtt_s
         if not self._rexmitted or not srtt_s or not self._snd_wnd:
-            return None  # (a zero window holds them back: the persist timer's)
-        return next(iter(self._rexmitted.values())) + LOST_RETRANSMISSION_RTTS * srtt_s
+            return None
+        return LOST_RETRANSMISSION_RTTS * srtt_s
 
     def _detect_lost_retransmissions(self, now: float) -> None:
         """In SACK recovery, a retransmission that nothing acknowledged or SACKed
         LOST_RETRANSMISSION_RTTS round trips after it went (checked at each ACK and at
         `lost_check_at`) was lost too, and goes again first rather than after the
         retransmission timer (RACK's idea, RFC 8985, for retransmissions)."""
-        srtt_s = self.rto.srtt_s
-        if not self._rexmitted or not srtt_s or not self._snd_wnd:
+        wait_s = self._lost_wait_s()
+        if wait_s is None:
             return
-        wait_s = LOST_RETRANSMISSION_RTTS * srtt_s  # as lost_check_at adds it
         aged = list(
             itertools.takewhile(lambda item: item[1] + wait_s <= now, self._rexmitted.items())
         )
