@@ -138,19 +138,12 @@ def _socket(family: socket.AddressFamily) -> socket.socket | None:
     return sock
 
 
-async def _probe_udp(servers: list[Server], timeout_s: float) -> tuple[UdpReport, Counter[str]]:
+async def _probe_udp(
+    servers: list[Server], timeout_s: float, mtu_target: Endpoint | None
+) -> tuple[UdpReport, Counter[str]]:
     """Run the core to its end on our sockets; its report and what it ignored."""
     loop = asyncio.get_running_loop()
-    registries_v4 = [
-        s.endpoint for s in servers if s.kind is ServerKind.REGISTRY and ":" not in s.endpoint[0]
-    ]
-    registries = registries_v4 or [s.endpoint for s in servers if s.kind is ServerKind.REGISTRY]
-    core = NetcheckProbes(
-        servers,
-        loop.time(),
-        timeout_s=timeout_s,
-        mtu_target=registries[0] if registries else None,
-    )
+    core = NetcheckProbes(servers, loop.time(), timeout_s=timeout_s, mtu_target=mtu_target)
     wake = asyncio.Event()
     transports: dict[bool, asyncio.DatagramTransport] = {}
     try:
@@ -224,13 +217,14 @@ async def run_netcheck(options: NetcheckOptions) -> NetcheckReport:
     """Check the network (within about `options.timeout_s`); UnderlayError if a server's
     name does not resolve."""
     servers = servers_of(options)
-    registry_v4 = next(
-        (s.endpoint for s in servers if s.kind is ServerKind.REGISTRY and ":" not in s.endpoint[0]),
-        None,
-    )
+    registries = [s.endpoint for s in servers if s.kind is ServerKind.REGISTRY]
+    registries_v4 = [e for e in registries if ":" not in e[0]]
+    registry_v4 = registries_v4[0] if registries_v4 else None
+    # The MTU is searched towards the registry's first IPv4 address, else its first.
+    mtu_target = registry_v4 or (registries[0] if registries else None)
     timeout_s = options.timeout_s
     udp, mapping, stream = await asyncio.gather(
-        _probe_udp(servers, timeout_s),
+        _probe_udp(servers, timeout_s, mtu_target),
         _port_mapping(timeout_s) if options.port_mapping else _nothing(),
         _stream_check(registry_v4, options.proxy, timeout_s) if registry_v4 else _nothing(),
     )
