@@ -116,6 +116,16 @@ def curl(lab: NatLab, agent: str, *args: str) -> str:
     return result.stdout
 
 
+def socks5_fetch(lab: NatLab, url: str, what: str = "a SOCKS5 fetch from beta") -> str:
+    """What beta fetches from `url` through its SOCKS5 server (the node resolves the
+    name), once a fetch works (LabError after PATH_TIMEOUT_S)."""
+    return poll_until(
+        lambda: _try(lambda: curl(lab, "beta", "--socks5-hostname", SOCKS5, url)),
+        PATH_TIMEOUT_S,
+        what,
+    )
+
+
 def test_a_userspace_node_as_nobody_reaches_and_is_reached_by_a_tun_node(
     tmp_path: Path,
 ) -> None:
@@ -140,11 +150,7 @@ def test_a_userspace_node_as_nobody_reaches_and_is_reached_by_a_tun_node(
         )
 
         url = f"http://alpha.pilot:{WEB_PORT}/"
-        fetched = poll_until(
-            lambda: _try(lambda: curl(lab, "beta", "--socks5-hostname", SOCKS5, url)),
-            PATH_TIMEOUT_S,
-            "a SOCKS5 fetch from beta",
-        )
+        fetched = socks5_fetch(lab, url)
         assert fetched == PAGE
         assert (
             curl(lab, "beta", "--socks5-hostname", SOCKS5, f"http://{alpha_ip}:{WEB_PORT}/") == PAGE
@@ -176,11 +182,7 @@ def test_a_userspace_node_behind_a_symmetric_nat_is_relayed_like_any_node(
         python = shutil.which("python3") or "python3"
         alpha.namespace.spawn(python, "-c", _WEB_SERVER, alpha_ip, str(WEB_PORT), PAGE)
         url = f"http://alpha.pilot:{WEB_PORT}/"
-        fetched = poll_until(
-            lambda: _try(lambda: curl(lab, "beta", "--socks5-hostname", SOCKS5, url)),
-            PATH_TIMEOUT_S,
-            "a SOCKS5 fetch from beta over the relay",
-        )
+        fetched = socks5_fetch(lab, url, "a SOCKS5 fetch from beta over the relay")
         assert fetched == PAGE
         assert beta.peer("alpha")["path"] == "relay"  # type: ignore[index]
         replies = alpha.json("ping", "beta", "--count", "2")["replies"]

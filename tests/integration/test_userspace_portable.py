@@ -12,18 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pilotif_lab.nat import REGISTRY, NatKind, nat_lab, poll_until, trust
+from pilotif_lab.nat import REGISTRY, NatKind, nat_lab, trust
 from pilotif_lab.pilotif_node import pilotif_executable
 from pilotif_lab.unprivileged import as_nobody
 from test_userspace_lab import (
     _WEB_SERVER,
     PAGE,
     PATH_TIMEOUT_S,
-    SOCKS5,
     WEB_PORT,
-    _try,
-    curl,
     nobody_state_dir,
+    socks5_fetch,
 )
 
 pytestmark = [
@@ -80,12 +78,7 @@ def test_a_userspace_node_without_pyroute2_goes_direct_over_its_lan(
         alpha_ip = alpha.status()["node"]["ipv4"]
         alpha.namespace.spawn("python3", "-c", _WEB_SERVER, alpha_ip, str(WEB_PORT), PAGE)
         url = f"http://alpha.pilot:{WEB_PORT}/"
-        fetched = poll_until(
-            lambda: _try(lambda: curl(lab, "beta", "--socks5-hostname", SOCKS5, url)),
-            PATH_TIMEOUT_S,
-            "a SOCKS5 fetch from beta",
-        )
-        assert fetched == PAGE
+        assert socks5_fetch(lab, url) == PAGE
         log = beta.log_path.read_text()
         assert "network_watch_unavailable" in log
         assert "pyroute2 is made unimportable by this test" in log
