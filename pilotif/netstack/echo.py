@@ -4,7 +4,7 @@ packet of our own. The echo layout is pilotif.packet.icmp's."""
 
 from typing import Final
 
-from pilotif.netstack.segment import TTL
+from pilotif.netstack.ip_packet import TTL
 from pilotif.packet.checksum import ONES, internet_checksum, pseudo_sum_le, sum_le
 from pilotif.packet.icmp import ECHO_HEADER
 from pilotif.packet.ip import (

@@ -1,41 +1,24 @@
 """TCP segments in IPv4 and IPv6 packets, read and written: `parse_segment` checks a
 packet from the network (lengths, checksums, options) and gives a `Segment` or raises
 `SegmentDrop` with the reason to count; `build_segment` lays out one packet with its
-checksums; `unwrap` turns a wire sequence number into an offset. Layout constants come
-from pilotif.packet.ip, the sums from pilotif.packet.checksum.
+checksums; `unwrap` turns a wire sequence number into an offset. The IP layer is
+ip_packet.py's (SegmentDrop is its, named here too), the sums pilotif.packet.checksum's.
 """
 
 import struct
 from dataclasses import dataclass
 from typing import Final
 
-from pilotif.packet.checksum import ONES, pseudo_sum_le, sum_le
-from pilotif.packet.ip import (
-    IPV4_ADDRESS_BYTES,
-    IPV4_CHECKSUM_OFFSET,
-    IPV4_DESTINATION,
-    IPV4_DONT_FRAGMENT,
-    IPV4_FLAGS_FRAGMENT_OFFSET,
-    IPV4_IHL_MASK,
-    IPV4_MIN_HEADER_BYTES,
-    IPV4_MIN_IHL_WORDS,
-    IPV4_PLAIN_FIRST_BYTE,
-    IPV4_PROTOCOL_OFFSET,
-    IPV4_SOURCE,
-    IPV4_TOTAL_LENGTH_OFFSET,
-    IPV4_VERSION,
-    IPV4_WORD_BYTES,
-    IPV6_DESTINATION,
-    IPV6_HEADER_BYTES,
-    IPV6_NEXT_HEADER_OFFSET,
-    IPV6_PAYLOAD_LENGTH_OFFSET,
-    IPV6_SOURCE,
-    IPV6_VERSION,
-    PROTO_TCP,
-    TCP_CHECKSUM_OFFSET,
-    TCP_MIN_HEADER_BYTES,
-    BytesLike,
+from pilotif.netstack.ip_packet import (
+    SegmentDrop as SegmentDrop,
 )
+from pilotif.netstack.ip_packet import (
+    ip_header,
+    ip_payload,
+    transport_checksum_ok,
+)
+from pilotif.packet.checksum import ONES, pseudo_sum_le, sum_le
+from pilotif.packet.ip import PROTO_TCP, TCP_CHECKSUM_OFFSET, TCP_MIN_HEADER_BYTES, BytesLike
 
 SEQ_SPACE: Final = 2**32
 _HALF_SPACE: Final = 2**31
@@ -49,14 +32,8 @@ OPTION_SACK_PERMITTED: Final = 4
 OPTION_SACK: Final = 5
 MAX_SACK_BLOCKS: Final = 4
 """The most SACK blocks 40 bytes of options hold (without timestamps)."""
-TTL: Final = 64
-"""The hop limit of the packets we send."""
-_IPV4_MORE_FRAGMENTS_OR_OFFSET: Final = 0x3FFF
-_IPV6_VERSION_WORD: Final = 0x60000000
 _TCP_WORD_BYTES: Final = 4
 _TCP = struct.Struct("!HHIIBBHHH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
 _U16 = struct.Struct("!H")
 _U16_LE = struct.Struct("<H")
 _U32_PAIR = struct.Struct("!II")
@@ -67,14 +44,6 @@ def unwrap(wire: int, base: int, near: int) -> int:
     to the offset `near`."""
     diff = (wire - base - near) % SEQ_SPACE
     return near + (diff - SEQ_SPACE if diff >= _HALF_SPACE else diff)
-
-
-class SegmentDrop(ValueError):
-    """A packet that is not a well-formed TCP segment for us; `reason` names the counter."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,46 +76,14 @@ def parse_segment(packet: BytesLike, *, checksums: bool = True) -> Segment:
     `checksums` the sums are not checked (the packet's integrity is known otherwise: it
     was authenticated by WireGuard, or merged from segments whose sums were left to the
     receiver, as a TUN's GRO write does)."""
-    view = memoryview(packet)
-    if not view:
-        raise SegmentDrop("truncated")
-    version = view[0] >> 4
-    if version == IPV4_VERSION:
-        if len(view) < IPV4_MIN_HEADER_BYTES:
-            raise SegmentDrop("truncated")
-        ihl = (view[0] & IPV4_IHL_MASK) * IPV4_WORD_BYTES
-        total = _U16.unpack_from(view, IPV4_TOTAL_LENGTH_OFFSET)[0]
-        if ihl < IPV4_MIN_IHL_WORDS * IPV4_WORD_BYTES or not ihl <= total <= len(view):
-            raise SegmentDrop("truncated")
-        if checksums and sum_le(view[:ihl]) % ONES != 0:
-            raise SegmentDrop("bad_checksum")
-        if _U16.unpack_from(view, IPV4_FLAGS_FRAGMENT_OFFSET)[0] & _IPV4_MORE_FRAGMENTS_OR_OFFSET:
-            raise SegmentDrop("fragment")
-        if view[IPV4_PROTOCOL_OFFSET] != PROTO_TCP:
-            raise SegmentDrop("not_tcp")
-        source, destination = bytes(view[IPV4_SOURCE]), bytes(view[IPV4_DESTINATION])
-        tcp = view[ihl:total]
-    elif version == IPV6_VERSION:
-        if len(view) < IPV6_HEADER_BYTES:
-            raise SegmentDrop("truncated")
-        total = IPV6_HEADER_BYTES + _U16.unpack_from(view, IPV6_PAYLOAD_LENGTH_OFFSET)[0]
-        if total > len(view):
-            raise SegmentDrop("truncated")
-        if view[IPV6_NEXT_HEADER_OFFSET] != PROTO_TCP:
-            raise SegmentDrop("not_tcp")
-        source, destination = bytes(view[IPV6_SOURCE]), bytes(view[IPV6_DESTINATION])
-        tcp = view[IPV6_HEADER_BYTES:total]
-    else:
-        raise SegmentDrop("not_ip")
+    source, destination, tcp = ip_payload(packet, PROTO_TCP, checksums=checksums)
     if len(tcp) < TCP_MIN_HEADER_BYTES:
         raise SegmentDrop("truncated")
     sport, dport, seq, ack, offset, flags, window, _checksum, _urgent = _TCP.unpack_from(tcp)
     header = (offset >> 4) * _TCP_WORD_BYTES
     if not TCP_MIN_HEADER_BYTES <= header <= len(tcp):
         raise SegmentDrop("truncated")
-    if checksums and (
-        (pseudo_sum_le(source + destination, PROTO_TCP, len(tcp)) + sum_le(tcp)) % ONES != 0
-    ):
+    if checksums and not transport_checksum_ok(source, destination, PROTO_TCP, tcp):
         raise SegmentDrop("bad_checksum")
     mss, scale, sack_ok, blocks = _parse_options(tcp[TCP_MIN_HEADER_BYTES:header])
     return Segment(
@@ -245,13 +182,7 @@ def build_segment(
             + sum_le(payload)
         ) % ONES
         _U16_LE.pack_into(tcp_header, TCP_CHECKSUM_OFFSET, ONES - total)
-    if len(source) == IPV4_ADDRESS_BYTES:
-        length = IPV4_MIN_HEADER_BYTES + tcp_len
-        fields = (IPV4_PLAIN_FIRST_BYTE, 0, length, 0, IPV4_DONT_FRAGMENT, TTL, PROTO_TCP, 0)
-        ip = bytearray(_IPV4.pack(*fields, source, destination))
-        _U16_LE.pack_into(ip, IPV4_CHECKSUM_OFFSET, ONES - sum_le(ip))
-    else:
-        ip = bytearray(_IPV6.pack(_IPV6_VERSION_WORD, tcp_len, PROTO_TCP, TTL, source, destination))
+    ip = ip_header(source, destination, PROTO_TCP, tcp_len)
     ip += tcp_header
     ip += payload
     return bytes(ip)
