@@ -1,7 +1,8 @@
 """ICMP messages the overlay makes: the echo request a `pilotif ping` sends, the whole
 IPv4 packet carrying one that the node injects to check that a direct path still
-answers, and the "fragmentation needed" / "packet too big" that tells a local sender
-its packet does not fit the path to a peer."""
+answers, the "fragmentation needed" / "packet too big" that tells a local sender
+its packet does not fit the path to a peer, and the "port unreachable" a userspace node
+answers a datagram to a port nobody listens on with."""
 
 import struct
 from dataclasses import dataclass
@@ -14,7 +15,10 @@ from pilotif.packet.ip import (
     ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST,
     ICMP_FRAGMENTATION_NEEDED,
+    ICMP_PORT_UNREACHABLE,
+    ICMPV6_DESTINATION_UNREACHABLE,
     ICMPV6_PACKET_TOO_BIG,
+    ICMPV6_PORT_UNREACHABLE,
     IPV4_ADDRESS_BYTES,
     IPV4_DESTINATION_OFFSET,
     IPV4_IHL_MASK,
@@ -47,12 +51,13 @@ _PATH_CHECK_IDENT = 0x7069
 _PORTS: Final = struct.Struct("!HH")
 _ICMP_HEADER: Final = struct.Struct("!BBHHH")
 """Type, code, checksum, then two 16-bit fields (unused and next-hop MTU for IPv4)."""
-_ICMPV6_TOO_BIG_HEADER: Final = struct.Struct("!BBHI")
+_ICMPV6_ERROR_HEADER: Final = struct.Struct("!BBHI")
+"""Type, code, checksum, then a 32-bit field (the MTU of a "packet too big")."""
 _IPV6_HEADER: Final = struct.Struct("!IHBB16s16s")
 _IPV4_QUOTED_BYTES: Final = 548
 """How much of the packet an IPv4 "fragmentation needed" quotes: the whole message
 within 576 bytes (RFC 1812 4.3.2.3), the IP header and 8 bytes at least."""
-_IPV6_QUOTED_BYTES: Final = IPV6_MIN_MTU - IPV6_HEADER_BYTES - _ICMPV6_TOO_BIG_HEADER.size
+_IPV6_QUOTED_BYTES: Final = IPV6_MIN_MTU - IPV6_HEADER_BYTES - _ICMPV6_ERROR_HEADER.size
 """An ICMPv6 error quotes as much as fits in the least MTU (RFC 4443 2.4)."""
 _IPV6_FIRST_WORD: Final = IPV6_VERSION << 28
 """Version 6, traffic class and flow label 0."""
@@ -93,27 +98,49 @@ def too_big_packet(packet: BytesLike, mtu: int) -> bytes | None:
     must be at most `mtu` bytes (IPv4: "fragmentation needed", ICMPv6: "packet too big",
     never below IPv6's least MTU), sent as if by that destination and quoting the
     packet's start; None when `packet` is not a well-formed IP packet."""
+    return _error_packet(
+        packet,
+        (ICMP_DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, mtu),
+        (ICMPV6_PACKET_TOO_BIG, 0, max(mtu, IPV6_MIN_MTU)),
+    )
+
+
+def port_unreachable_packet(packet: BytesLike) -> bytes | None:
+    """The ICMP "port unreachable" (ICMPv6: destination unreachable, port unreachable)
+    that answers `packet`, a datagram to a port nobody listens on, sent as if by its
+    destination and quoting its start (RFC 1122 3.2.2.1, RFC 4443 3.1); None when
+    `packet` is not a well-formed IP packet."""
+    return _error_packet(
+        packet,
+        (ICMP_DESTINATION_UNREACHABLE, ICMP_PORT_UNREACHABLE, 0),
+        (ICMPV6_DESTINATION_UNREACHABLE, ICMPV6_PORT_UNREACHABLE, 0),
+    )
+
+
+def _error_packet(
+    packet: BytesLike, ipv4: tuple[int, int, int], ipv6: tuple[int, int, int]
+) -> bytes | None:
+    """An ICMP (IPv4) or ICMPv6 error about `packet` from its destination to its source:
+    (type, code, the value of the header's last 16 bits for IPv4, 32 bits for IPv6)."""
     addresses = packet_addresses(packet)
     if addresses is None:
         return None
     source, destination, _ = addresses
     if packet[0] >> 4 == IPV4_VERSION:
         quoted = bytes(packet[:_IPV4_QUOTED_BYTES])
-        kind = (ICMP_DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED)
-        checksum = internet_checksum(_ICMP_HEADER.pack(*kind, 0, 0, mtu) + quoted)
-        message = _ICMP_HEADER.pack(*kind, checksum, 0, mtu) + quoted
+        kind, code, value = ipv4
+        checksum = internet_checksum(_ICMP_HEADER.pack(kind, code, 0, 0, value) + quoted)
+        message = _ICMP_HEADER.pack(kind, code, checksum, 0, value) + quoted
         fields = [IPV4_PLAIN_FIRST_BYTE, 0, IPV4_MIN_HEADER_BYTES + len(message), 0, 0]
         fields += [_TTL, PROTO_ICMP, 0]
         fields[7] = internet_checksum(_IPV4_HEADER.pack(*fields, destination, source))
         return _IPV4_HEADER.pack(*fields, destination, source) + message
     quoted = bytes(packet[:_IPV6_QUOTED_BYTES])
-    length = _ICMPV6_TOO_BIG_HEADER.size + len(quoted)
-    mtu = max(mtu, IPV6_MIN_MTU)
+    length = _ICMPV6_ERROR_HEADER.size + len(quoted)
+    kind, code, value = ipv6
     pseudo = destination + source + _IPV6_PSEUDO_TAIL.pack(length, PROTO_ICMPV6)
-    checksum = internet_checksum(
-        pseudo + _ICMPV6_TOO_BIG_HEADER.pack(ICMPV6_PACKET_TOO_BIG, 0, 0, mtu) + quoted
-    )
-    message = _ICMPV6_TOO_BIG_HEADER.pack(ICMPV6_PACKET_TOO_BIG, 0, checksum, mtu) + quoted
+    checksum = internet_checksum(pseudo + _ICMPV6_ERROR_HEADER.pack(kind, code, 0, value) + quoted)
+    message = _ICMPV6_ERROR_HEADER.pack(kind, code, checksum, value) + quoted
     return _IPV6_HEADER.pack(_IPV6_FIRST_WORD, length, PROTO_ICMPV6, _TTL, destination, source) + (
         message
     )
@@ -156,11 +183,11 @@ def parse_too_big(packet: BytesLike) -> TooBig | None:
         header = IPV6_HEADER_BYTES
         if (
             packet[IPV6_NEXT_HEADER_OFFSET] != PROTO_ICMPV6
-            or len(packet) < header + _ICMPV6_TOO_BIG_HEADER.size
+            or len(packet) < header + _ICMPV6_ERROR_HEADER.size
         ):
             return None
-        kind, _, _, mtu = _ICMPV6_TOO_BIG_HEADER.unpack_from(packet, header)
-        quoted = header + _ICMPV6_TOO_BIG_HEADER.size
+        kind, _, _, mtu = _ICMPV6_ERROR_HEADER.unpack_from(packet, header)
+        quoted = header + _ICMPV6_ERROR_HEADER.size
         ports = quoted + IPV6_HEADER_BYTES
         if kind != ICMPV6_PACKET_TOO_BIG or len(packet) < ports + _PORTS.size:
             return None

@@ -87,6 +87,10 @@ ICMP_ECHO_REQUEST: Final = 8
 ICMP_DESTINATION_UNREACHABLE: Final = 3
 ICMP_FRAGMENTATION_NEEDED: Final = 4
 """The code of a destination unreachable that says "fragmentation needed and DF set"."""
+ICMP_PORT_UNREACHABLE: Final = 3
+"""The code of a destination unreachable that says no one listens on the UDP port."""
+ICMPV6_DESTINATION_UNREACHABLE: Final = 1
+ICMPV6_PORT_UNREACHABLE: Final = 4
 ICMPV6_PACKET_TOO_BIG: Final = 2
 ICMPV6_ECHO_REQUEST: Final = 128
 ICMPV6_ECHO_REPLY: Final = 129
