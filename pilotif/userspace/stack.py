@@ -6,8 +6,10 @@ the netstack sends (`read_batch`: its `poll`); a socket pair is the fd that is r
 whenever the netstack has something to send (the application wrote, a packet wants an
 ACK, a timer is due: `kick`). The netstack's events are drained after each call into it
 and go to the transports (transport.py), to `open_connection`'s waiters and to the
-servers' accept callbacks. ICMP echo replies to our own `ping` are taken here. Only
-portable calls: a socket pair, asyncio timers.
+servers' accept callbacks. ICMP echo replies to our own `ping` are taken here. UDP
+(protocol 17) goes to the netstack's UDP (pilotif/netstack/udp.py) before the TCP stack
+sees it, its datagrams out with the TCP stack's packets; `open_udp` gives asyncio code a
+UDP port (udp.py). Only portable calls: a socket pair, asyncio timers.
 """
 
 import asyncio
@@ -29,11 +31,13 @@ from pilotif.netstack import (
     StackConfig,
     Writable,
 )
+from pilotif.netstack.udp import UdpConfig, UdpStack, is_udp
 from pilotif.packet.icmp import ECHO_HEADER, ECHO_REPLY, echo_request_packet
 from pilotif.packet.ip import IPV4_IHL_MASK, IPV4_WORD_BYTES, BytesLike, is_echo_reply
 from pilotif.packet.segments import SuperPacket
 from pilotif.tun.offload import VIRTIO_NET_HDR_SIZE
 from pilotif.userspace.transport import StackTransport
+from pilotif.userspace.udp import UdpEndpoint
 
 USERSPACE_CONFIG: Final = StackConfig(
     send_buffer_bytes=4 * 1024 * 1024,
@@ -98,6 +102,7 @@ class UserspaceStack:
         config: StackConfig = USERSPACE_CONFIG,
     ) -> None:
         self.stack = Stack(addresses, config)
+        self.udp = UdpStack(addresses, UdpConfig(mtu=config.mtu))
         self.addresses = list(addresses)
         self.drained = True
         self._loop = loop
@@ -111,6 +116,7 @@ class UserspaceStack:
         self._transports: dict[Connection, StackTransport] = {}
         self._opening: dict[Connection, asyncio.Future[None]] = {}
         self._servers: dict[int, StackServer] = {}
+        self._udp_endpoints: dict[int, UdpEndpoint] = {}
         self._pings: dict[int, asyncio.Future[float]] = {}
         self._ping_sequence = 0
         self._closed = False
@@ -125,6 +131,7 @@ class UserspaceStack:
         now = time.monotonic()
         if not self._pending:
             self._pending = self.stack.poll(now)
+            self._pending += self.udp.take_output()
             self._dispatch()
         pending = self._pending
         if pending and isinstance(large := pending[0], SuperPacket):
@@ -146,10 +153,17 @@ class UserspaceStack:
         now = time.monotonic()
         receive = self.stack.receive
         for packet in packets:
+            if is_udp(packet):
+                self.udp.receive(packet, now, authenticated=True)
+                continue
             if is_echo_reply(packet) and self._take_echo_reply(packet, now):
                 continue
             receive(packet, now, authenticated=True)
         self._dispatch()
+        for readable in self.udp.take_readable():
+            endpoint = self._udp_endpoints.get(readable.port)
+            if endpoint is not None:
+                endpoint.on_readable()
         self.kick()
         return 0
 
@@ -186,6 +200,22 @@ class UserspaceStack:
         server = StackServer(self, listener, handler, limit)
         self._servers[port] = server
         return server
+
+    def open_udp(self, port: int | None = None) -> UdpEndpoint:
+        """A UDP port of the node's addresses (None: a free ephemeral one), for
+        `send(data, (address, port))` and `await recv()`; OSError when the port is taken
+        or the node's cap of UDP sockets is reached."""
+        try:
+            bound = self.udp.bind(port)
+        except (ValueError, LimitError) as error:
+            raise OSError(str(error)) from None
+        endpoint = UdpEndpoint(bound, self._loop, self.kick, self._forget_udp)
+        self._udp_endpoints[bound.port] = endpoint
+        return endpoint
+
+    def _forget_udp(self, endpoint: UdpEndpoint) -> None:
+        if self._udp_endpoints.get(endpoint.port) is endpoint:
+            del self._udp_endpoints[endpoint.port]
 
     def stop_server(self, server: StackServer) -> None:
         if self._servers.get(server.port) is server:
@@ -224,6 +254,8 @@ class UserspaceStack:
         for transport in list(self._transports.values()):
             transport.on_closed("aborted")
         self._transports.clear()
+        for endpoint in list(self._udp_endpoints.values()):
+            endpoint.close()
         if self._timer is not None:
             self._timer.cancel()
         self._closed = True
@@ -315,7 +347,9 @@ class UserspaceStack:
     def _settle(self, now: float) -> None:
         """After a read: drained or not; the fd cleared when drained; the timer armed."""
         deadline = self.stack.next_timer()
-        self.drained = not self._pending and (deadline is None or deadline > now)
+        self.drained = (
+            not self._pending and not self.udp.has_output and (deadline is None or deadline > now)
+        )
         if self.drained and self._woken:
             self._woken = False
             with contextlib.suppress(BlockingIOError):
