@@ -103,7 +103,10 @@ class ControlFront(Generic[T]):
             channel, looked_up = found
             message = channel.open(sealed)
         except StaleCounter as stale:
+            # Authentic, only below the floor: the channel is kept, so the node's next
+            # message (above it) costs no second X25519 and lookup.
             self.counters[stale.reason] += 1
+            self.channels.remember(sender, channel)
             return self.stale_notice(sender, channel, stale, source)
         except WireError as error:
             self.counters[error.reason] += 1

@@ -361,6 +361,11 @@ class RegistryLink:
         except WireError:
             self.dropped += 1
             return []
+        if source in self._probed:
+            # The registry is back from a silence, perhaps restarted: it then holds us to
+            # the floor it stored, up to COUNTER_LEASE above what it saw. Going above it
+            # spares the stale-counter round trip (and its work) as the fleet returns.
+            self._counter += COUNTER_LEASE
         self._pending.pop(KEY_FETCH_ID, None)
         self._probed.clear()
         return [KeyAnswer(key, source)]
