@@ -87,7 +87,7 @@ class UserspaceNode:
         self.pipes = control_pipes(self.stack, resolve)
         options = self.options
         if options.socks5 is not None:
-            socks = Socks5Server(self.stack, resolve, options.credentials)
+            socks = Socks5Server(self.stack, resolve, options.credentials, udp=self.stack)
             await self._listen("socks5", options.socks5, socks.handle)
             self._counters["socks5"] = lambda: socks.counters
         if options.http_proxy is not None:

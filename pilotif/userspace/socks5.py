@@ -1,7 +1,7 @@
 """The SOCKS5 server of a userspace node (RFC 1928, username/password of RFC 1929):
 CONNECT to a trusted peer by name (`curl --socks5-hostname`: `beta.pilot`) or overlay
-address, resolved by the node. BIND and UDP ASSOCIATE are refused (command not
-supported).
+address, resolved by the node; UDP ASSOCIATE (socks5_udp.py) when the server is given the
+node's UDP (`udp`). BIND is refused (command not supported).
 
 Bad input never raises through: a greeting that is not SOCKS5 is closed at once, a client
 that offers no acceptable method gets 0xFF, a failed login gets status 1, an unknown
@@ -14,11 +14,21 @@ import contextlib
 import hmac
 import struct
 from collections import Counter
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import ip_address
 from typing import Final
 
 from pilotif.services.overlay_net import OverlayNet
 from pilotif.userspace.names import Resolve
+from pilotif.userspace.socks5_udp import UdpNet, associate, serve
+from pilotif.userspace.socks5_wire import (
+    ATYP_IPV4,
+    IPV4_BYTES,
+    PORT,
+    Socks5WireError,
+    address_rest_bytes,
+    pack_address,
+    parse_address,
+)
 from pilotif.userspace.splice import splice
 
 VERSION: Final = 5
@@ -27,9 +37,8 @@ METHOD_NONE: Final = 0x00
 METHOD_PASSWORD: Final = 0x02
 METHOD_REFUSED: Final = 0xFF
 CMD_CONNECT: Final = 1
-ATYP_IPV4: Final = 1
-ATYP_DOMAIN: Final = 3
-ATYP_IPV6: Final = 4
+CMD_UDP_ASSOCIATE: Final = 3
+_COMMANDS: Final = frozenset((CMD_CONNECT, CMD_UDP_ASSOCIATE))
 REPLY_SUCCEEDED: Final = 0
 REPLY_FAILURE: Final = 1
 REPLY_HOST_UNREACHABLE: Final = 4
@@ -43,10 +52,7 @@ HANDSHAKE_TIMEOUT_S: Final = 10.0
 CONNECT_TIMEOUT_S: Final = 20.0
 STREAM_LIMIT_BYTES: Final = 64 * 1024
 _REQUEST_HEAD: Final = struct.Struct("!BBBB")
-_PORT: Final = struct.Struct("!H")
-_IPV4_BYTES: Final = 4
-_IPV6_BYTES: Final = 16
-_UNSPECIFIED_BOUND: Final = bytes([ATYP_IPV4]) + bytes(_IPV4_BYTES) + _PORT.pack(0)
+_UNSPECIFIED_BOUND: Final = bytes([ATYP_IPV4]) + bytes(IPV4_BYTES) + PORT.pack(0)
 
 
 class _Refused(Exception):
@@ -66,22 +72,31 @@ class Socks5Server:
     """Serves SOCKS5 clients on a local listening socket; connects over `net`."""
 
     def __init__(
-        self, net: OverlayNet, resolve: Resolve, credentials: tuple[str, str] | None = None
+        self,
+        net: OverlayNet,
+        resolve: Resolve,
+        credentials: tuple[str, str] | None = None,
+        udp: UdpNet | None = None,
     ) -> None:
         self._net = net
+        self._udp = udp
         self._resolve = resolve
         self._credentials = (
             None if credentials is None else (credentials[0].encode(), credentials[1].encode())
         )
         self.counters: Counter[str] = Counter()
-        """Refused clients by reason, and `connected`."""
+        """Refused clients by reason, `connected` and `associated`; UDP datagrams relayed
+        (`udp_sent`, `udp_received`) and dropped by reason (`udp_...`)."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One client (an asyncio.start_server callback)."""
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                host, port = await self._handshake(reader, writer)
-            await self._connect(host, port, reader, writer)
+                command, host, port = await self._handshake(reader, writer)
+            if command == CMD_UDP_ASSOCIATE:
+                await self._associate(port, reader, writer)
+            else:
+                await self._connect(host, port, reader, writer)
         except _Refused as refused:
             self.counters[refused.reason] += 1
             if refused.reply:
@@ -97,7 +112,7 @@ class Socks5Server:
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> tuple[str, int]:
+    ) -> tuple[int, str, int]:
         version, count = await reader.readexactly(2)
         if version != VERSION:
             raise _Refused("not_socks5")
@@ -113,19 +128,15 @@ class Socks5Server:
         )
         if version != VERSION:
             raise _Refused("bad_request", _reply(REPLY_FAILURE))
-        if kind == ATYP_IPV4:
-            host = str(IPv4Address(await reader.readexactly(_IPV4_BYTES)))
-        elif kind == ATYP_IPV6:
-            host = str(IPv6Address(await reader.readexactly(_IPV6_BYTES)))
-        elif kind == ATYP_DOMAIN:
-            (length,) = await reader.readexactly(1)
-            host = (await reader.readexactly(length)).decode("ascii", "replace")
-        else:
-            raise _Refused("address_type_unsupported", _reply(REPLY_ADDRESS_UNSUPPORTED))
-        (port,) = _PORT.unpack(await reader.readexactly(_PORT.size))
-        if command != CMD_CONNECT:
+        first = await reader.readexactly(1)
+        try:
+            rest = await reader.readexactly(address_rest_bytes(kind, first[0]))
+        except Socks5WireError:
+            raise _Refused("address_type_unsupported", _reply(REPLY_ADDRESS_UNSUPPORTED)) from None
+        host, port, _ = parse_address(kind, first + rest)
+        if (command == CMD_UDP_ASSOCIATE and self._udp is None) or command not in _COMMANDS:
             raise _Refused("command_unsupported", _reply(REPLY_COMMAND_UNSUPPORTED))
-        return host, port
+        return command, host, port
 
     async def _login(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._credentials is not None
@@ -157,9 +168,35 @@ class Socks5Server:
         except OSError:
             raise _Refused("connect_failed", _reply(REPLY_FAILURE)) from None
         bound = remote[1].get_extra_info("sockname")
-        packed = ip_address(bound[0]).packed
-        kind = ATYP_IPV4 if len(packed) == _IPV4_BYTES else ATYP_IPV6
-        writer.write(bytes([VERSION, REPLY_SUCCEEDED, 0, kind]) + packed + _PORT.pack(bound[1]))
+        writer.write(_succeeded(bound))
         await writer.drain()
         self.counters["connected"] += 1
         await splice((reader, writer), remote)
+
+    async def _associate(
+        self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """UDP ASSOCIATE: reply with the relay socket's address, relay until the client
+        closes this connection (socks5_udp.py)."""
+        assert self._udp is not None
+        try:
+            transport, overlay, relay = await associate(
+                (reader, writer), port, self._udp, self._resolve, self.counters
+            )
+        except OSError:
+            raise _Refused("associate_failed", _reply(REPLY_FAILURE)) from None
+        try:
+            writer.write(_succeeded(transport.get_extra_info("sockname")))
+            await writer.drain()
+            self.counters["associated"] += 1
+        except BaseException:
+            transport.close()
+            overlay.close()
+            raise
+        await serve((reader, writer), transport, overlay, relay, self.counters)
+
+
+def _succeeded(bound: tuple[str | int, ...]) -> bytes:
+    """The reply to a request that succeeded: BND.ADDR and BND.PORT are `bound`'s."""
+    address = ip_address(str(bound[0]).partition("%")[0])
+    return bytes([VERSION, REPLY_SUCCEEDED, 0]) + pack_address(address, int(bound[1]))
