@@ -244,6 +244,11 @@ class UdpStack:
         return output
 
     @property
+    def socket_count(self) -> int:
+        """Bound sockets."""
+        return len(self._sockets)
+
+    @property
     def has_output(self) -> bool:
         return bool(self._output)
 

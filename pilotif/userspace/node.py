@@ -139,6 +139,8 @@ class UserspaceNode:
             "counters": {name: dict(counters()) for name, counters in self._counters.items()},
             "stack": dict(self.stack.stack.counters),
             "connections": self.stack.stack.connection_count,
+            "udp": dict(self.stack.udp.counters),
+            "udp_sockets": self.stack.udp.socket_count,
         }
 
     def close(self) -> None:
