@@ -212,6 +212,7 @@ def up(
     http_proxy: str | None,
     forward: tuple[str, ...],
     expose: tuple[str, ...],
+    expose_udp: tuple[str, ...],
     proxy_credentials: str | None,
     allow_remote_proxy: bool,
     state_dir: Path,
@@ -221,7 +222,7 @@ def up(
     local = None
     if userspace:
         local = userspace_from(
-            socks5, http_proxy, forward, expose, proxy_credentials, allow_remote_proxy
+            socks5, http_proxy, forward, expose, proxy_credentials, allow_remote_proxy, expose_udp
         )
     else:
         require_tun()

@@ -1,6 +1,6 @@
 """`up --userspace` and its options: a node with no root and no TUN, its SOCKS5 server
-and HTTP proxy, --forward and --expose; and the one line `up` says when it cannot open a
-TUN (no root, no /dev/net/tun)."""
+and HTTP proxy, --forward, --expose and --expose-udp; and the one line `up` says when it
+cannot open a TUN (no root, no /dev/net/tun)."""
 
 import os
 from collections.abc import Callable
@@ -50,6 +50,12 @@ def userspace_options(function: F) -> F:
             " 127.0.0.1:LOCAL_PORT (repeatable; the port policy applies).",
         ),
         click.option(
+            "--expose-udp",
+            multiple=True,
+            help="Userspace: PORT[=LOCAL_PORT], this node's overlay UDP PORT leads to"
+            " 127.0.0.1:LOCAL_PORT, answers back (repeatable; the port policy applies).",
+        ),
+        click.option(
             "--proxy-credentials",
             envvar=PROXY_CREDENTIALS_ENV,
             callback=secret_option,
@@ -91,6 +97,7 @@ def userspace_from(
     expose: tuple[str, ...],
     proxy_credentials: str | None,
     allow_remote_proxy: bool,
+    expose_udp: tuple[str, ...] = (),
 ) -> UserspaceOptions:
     """The options given, checked (a non-loopback proxy needs the flag and credentials)."""
     socks = None if socks5 == OFF else host_port_option("--socks5", socks5)
@@ -115,7 +122,8 @@ def userspace_from(
         socks5=socks,
         http_proxy=http,
         forwards=tuple(_forward(text) for text in forward),
-        exposes=tuple(_expose(text) for text in expose),
+        exposes=tuple(_expose("--expose", text) for text in expose),
+        udp_exposes=tuple(_expose("--expose-udp", text) for text in expose_udp),
         credentials=credentials,
         allow_remote=allow_remote_proxy,
     )
@@ -135,7 +143,7 @@ def _forward(text: str) -> Forward:
     return Forward(_port("--forward", local), peer, _port("--forward", port))
 
 
-def _expose(text: str) -> Expose:
+def _expose(option: str, text: str) -> Expose:
     port, equals, local = text.partition("=")
-    exposed = _port("--expose", port)
-    return Expose(exposed, _port("--expose", local) if equals else exposed)
+    exposed = _port(option, port)
+    return Expose(exposed, _port(option, local) if equals else exposed)

@@ -1,6 +1,7 @@
 """A userspace node's local side, as the daemon starts it (`up --userspace`): the stack
 the data path reads and writes, and what local programs reach the overlay by (the SOCKS5
-server, the HTTP proxy, --forward ports) and what peers reach through it (--expose).
+server, the HTTP proxy, --forward ports) and what peers reach through it (--expose,
+--expose-udp).
 
 The proxies listen on loopback unless `allow_remote` and credentials are given (anyone who
 reaches them speaks to the overlay as this node); failing to listen stops `up` with one
@@ -19,6 +20,7 @@ from pilotif.net.hostport import format_endpoint
 from pilotif.node.core import NodeCore
 from pilotif.userspace.control import PipeHandler, control_pipes
 from pilotif.userspace.expose import Expose, Exposer
+from pilotif.userspace.expose_udp import UdpExposer
 from pilotif.userspace.forward import Forward, Forwarder
 from pilotif.userspace.http_proxy import HttpProxy
 from pilotif.userspace.names import Resolve, any_address, peer_resolver
@@ -52,6 +54,8 @@ class UserspaceOptions:
     http_proxy: tuple[str, int] | None = None
     forwards: tuple[Forward, ...] = ()
     exposes: tuple[Expose, ...] = ()
+    udp_exposes: tuple[Expose, ...] = ()
+    """--expose-udp: overlay UDP ports that lead to local UDP ports."""
     credentials: tuple[str, str] | None = field(default=None, repr=False)
     """The proxies' user and password (SOCKS5 RFC 1929, HTTP Basic)."""
     allow_remote: bool = False
@@ -71,6 +75,7 @@ class UserspaceNode:
         self.stack = UserspaceStack([a.ip for a in addresses], loop)
         self._servers: list[asyncio.Server] = []
         self._overlay_servers: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._listening: dict[str, str] = {}
         self._counters: dict[str, Callable[[], Counter[str]]] = {}
         self.resolve: Resolve = any_address
@@ -111,8 +116,21 @@ class UserspaceNode:
             name = f"expose {expose.port}"
             self._listening[name] = f"overlay port {expose.port} -> 127.0.0.1:{expose.local_port}"
             self._counters[name] = lambda e=exposer: e.counters  # type: ignore[misc]
+        for expose in options.udp_exposes:
+            await self._expose_udp(expose)
         for name, where in self._listening.items():
             log_event("userspace_listening", what=name, listen=where)
+
+    async def _expose_udp(self, expose: Expose) -> None:
+        try:
+            overlay = self.stack.open_udp(expose.port)
+        except OSError as error:
+            raise UserspaceError(f"--expose-udp {expose.port}: {error}") from None
+        exposer = UdpExposer(expose, overlay)
+        self._tasks.append(asyncio.ensure_future(exposer.run()))
+        name = f"expose-udp {expose.port}"
+        self._listening[name] = f"overlay UDP port {expose.port} -> 127.0.0.1:{expose.local_port}"
+        self._counters[name] = lambda: exposer.counters
 
     async def _listen(
         self,
@@ -148,4 +166,6 @@ class UserspaceNode:
             server.close()
         for overlay_server in self._overlay_servers:
             overlay_server.close()
+        for task in self._tasks:
+            task.cancel()
         self.stack.close()

@@ -1,7 +1,7 @@
 """`up` for a userspace node, checked before anything starts: the one line `up` says
 without root or /dev/net/tun (naming --userspace), proxies beyond loopback refused
-without the flag and credentials, --forward and --expose parsed, a non-root user's state
-directory."""
+without the flag and credentials, --forward, --expose and --expose-udp parsed, a
+non-root user's state directory."""
 
 from pathlib import Path
 
@@ -63,6 +63,7 @@ def test_up_without_a_tun_device_says_so_in_one_line_naming_userspace(
         (("--forward", "8080:beta"), ("LOCAL_PORT:PEER:PORT",)),
         (("--forward", "0:beta:80"), ("not a port",)),
         (("--expose", "80=99999"), ("not a port",)),
+        (("--expose-udp", "x=53"), ("--expose-udp", "not a port")),
         (("--socks5", "nonsense"), ("--socks5",)),
     ],
 )
@@ -96,6 +97,8 @@ def test_userspace_options_reach_the_daemon(
         "8080",
         "--expose",
         "22=2222",
+        "--expose-udp",
+        "5353=53",
     )
     assert code == 0, output
     [options] = seen
@@ -103,6 +106,7 @@ def test_userspace_options_reach_the_daemon(
     assert options.credentials == ("agent", "pw") and options.allow_remote
     assert options.forwards == (Forward(9000, "beta.pilot", 8080),)
     assert options.exposes == (Expose(8080, 8080), Expose(22, 2222))
+    assert options.udp_exposes == (Expose(5353, 53),)
     assert "pw" not in repr(options)
 
 
