@@ -4,7 +4,8 @@ on its overlay address. A SOCKS5 client on beta, written with plain sockets, ask
 SOCKS5 server for UDP ASSOCIATE and sends datagrams to `alpha.pilot` and to alpha's
 numeric address; they come back intact with the SOCKS5 UDP header naming alpha. A
 datagram to a port nobody serves on alpha gets nothing back, and the association ends
-when the client's TCP connection does."""
+when the client's TCP connection does. Inbound: beta's `--expose-udp` port leads to a
+UDP echo server on beta's loopback, and alpha's datagrams to it come back."""
 
 import json
 import os
@@ -23,6 +24,21 @@ pytestmark = [
 ECHO_PORT = 7007
 SILENT_PORT = 7008
 CLIENT_TIMEOUT_S = 120.0
+EXPOSED_PORT = 7009
+BETA_LOCAL_PORT = 7010
+_UDP_ASK = """
+import os, socket, sys
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.settimeout(1.0)
+payload = os.urandom(int(sys.argv[3]))
+udp.sendto(payload, (sys.argv[1], int(sys.argv[2])))
+try:
+    answer, sender = udp.recvfrom(65535)
+except socket.timeout:
+    print("silent")
+else:
+    print("intact" if answer == payload and sender[0] == sys.argv[1] else "mangled")
+"""
 _UDP_ECHO = """
 import socket, sys
 server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -84,7 +100,8 @@ def _associate(lab: NatLab, *targets: str) -> dict[str, object]:
 
 
 def test_socks5_udp_associate_reaches_a_tun_node_and_back(tmp_path: Path) -> None:
-    with userspace_pair(tmp_path) as lab:
+    exposed = ("--expose-udp", f"{EXPOSED_PORT}={BETA_LOCAL_PORT}")
+    with userspace_pair(tmp_path, *exposed) as lab:
         alpha, beta = lab["alpha"], lab["beta"]
         alpha_ip = alpha.status()["node"]["ipv4"]
         python = shutil.which("python3") or "python3"
@@ -114,9 +131,25 @@ def test_socks5_udp_associate_reaches_a_tun_node_and_back(tmp_path: Path) -> Non
         assert counters["associated"] >= 2
         assert counters["udp_sent"] >= 6 and counters["udp_received"] >= 6
 
-        # The associations ended with their TCP connections: no UDP port is left open.
+        # The associations ended with their TCP connections: only the exposed port is open.
         poll_until(
-            lambda: beta.status()["userspace"]["udp_sockets"] == 0 or None,
+            lambda: beta.status()["userspace"]["udp_sockets"] == 1 or None,
             PATH_TIMEOUT_S,
             "beta's UDP ports closed",
         )
+
+        # Inbound: alpha reaches beta's local UDP server through --expose-udp.
+        beta_ip = beta.status()["node"]["ipv4"]
+        beta.namespace.spawn(python, "-c", _UDP_ECHO, "127.0.0.1", str(BETA_LOCAL_PORT))
+
+        def asked(size: int) -> str | None:
+            result = alpha.namespace.run(
+                python, "-c", _UDP_ASK, beta_ip, str(EXPOSED_PORT), str(size)
+            )
+            answer = result.stdout.strip()
+            return None if answer == "silent" else answer
+
+        assert poll_until(lambda: asked(1), PATH_TIMEOUT_S, "beta's exposed UDP port") == ("intact")
+        assert asked(1200) == "intact"
+        exposer = beta.status()["userspace"]["counters"][f"expose-udp {EXPOSED_PORT}"]
+        assert exposer["forwarded"] >= 2 and exposer["answered"] >= 2
