@@ -11,6 +11,8 @@ calls and `now` in; IP packets, events and the next timer out.
 - rto.py (RFC 6298), congestion.py (NewReno; a delivery-rate model as BBR's),
   scoreboard.py (SACK, sender), reassembly.py (out of order, receiver), segment.py
   (parse and build), echo.py, config.py (every limit and timer), events.py
+- ip_packet.py: the IP layer TCP and UDP share; udp.py: UDP (bound ports, port
+  unreachable, bounded queues), which the userspace node routes to before this stack
 """
 
 from pilotif.netstack.config import StackConfig
