@@ -1,6 +1,6 @@
 """The knobs of the userspace TCP/IP stack, with the units in their names: buffer caps
-per connection, the node's caps (connections, half-open, per peer), timers. One frozen
-value shared by the stack and its connections."""
+per connection, the node's caps (connections, half-open, per peer, buffered bytes),
+timers. One frozen value shared by the stack and its connections."""
 
 from dataclasses import dataclass
 from typing import Final
@@ -28,6 +28,18 @@ class StackConfig:
     max_out_of_order_segments: int = 64
     """Cap of the separate ranges held out of order per connection (each one costs a list
     entry beyond its bytes); a segment that would make more is dropped."""
+    memory_budget_bytes: int = 256 * 1024 * 1024
+    """Cap of the bytes all the node's connections buffer together (receive buffers with
+    their out-of-order data, send buffers; memory.py). The per-connection caps alone let
+    a peer that never reads, or fills every window out of order, make the node hold
+    gigabytes (1,024 connections of 4 MiB each way: 8 GiB). 256 MiB lets 32 transfers
+    fill the userspace node's 4 MiB buffers both ways at once (one at 10 MB/s over
+    100 ms needs 1 MB in flight), more than a node runs, and stays a fraction of a small
+    machine's memory."""
+    memory_pressure_fraction: float = 0.75
+    """From this share of `memory_budget_bytes` on, the node is under pressure (Linux's
+    tcp_mem pressure): out-of-order data is dropped, and only connections that hold
+    little take more (memory.py says how much)."""
     max_sack_ranges: int = 64
     """Cap of the ranges the sender remembers the peer has SACKed."""
     max_connections: int = 4096

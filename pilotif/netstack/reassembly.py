@@ -66,6 +66,13 @@ class OutOfOrder:
                 return next_expected, chunk[next_expected - start :]
         return None
 
+    def clear(self) -> None:
+        """Forget every range (the connection ended)."""
+        self._starts.clear()
+        self._chunks.clear()
+        self._recent.clear()
+        self.bytes = 0
+
     def sack_blocks(self, limit: int) -> list[tuple[int, int]]:
         """Up to `limit` (start, end) ranges, the most recently changed first."""
         pairs = zip(self._starts, self._chunks, strict=True)

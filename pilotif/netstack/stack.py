@@ -3,8 +3,8 @@ out (`poll`), `now` passed in, `next_timer` out, events for the application
 (`take_events`). It owns the connections (demultiplexed by their 4-tuple), the listeners
 and their backlogs, answers ICMP echo, answers segments for no connection with a reset,
 and holds the node's limits: connections in all, half-open connections (the SYN queue),
-connections per remote address. Every dropped packet is counted by its reason in
-`counters`; nothing is logged per packet.
+connections per remote address, the bytes all connections buffer (memory.py). Every
+dropped packet is counted by its reason in `counters`; nothing is logged per packet.
 
 After feeding packets or calling a connection, call `poll(now)`; call it again at
 `next_timer()`.
@@ -23,6 +23,7 @@ from typing import Final
 from pilotif.netstack.config import StackConfig
 from pilotif.netstack.echo import echo_reply, is_echo_request
 from pilotif.netstack.events import Event
+from pilotif.netstack.memory import NodeMemory
 from pilotif.netstack.segment import (
     SEQ_SPACE,
     TCP_RST,
@@ -126,6 +127,8 @@ class Stack:
         self._budget_used = 0
         self.counters: Counter[str] = Counter()
         """Dropped packets and notable reactions, by reason."""
+        self.memory = NodeMemory(self.config)
+        """The node's budget of buffered bytes and what its connections hold of it."""
 
     # -- the application's side -------------------------------------------------------
     def listen(self, port: int, backlog: int = DEFAULT_BACKLOG) -> Listener:
@@ -159,6 +162,8 @@ class Stack:
             raise LimitError("too many connections")
         if self._per_peer[remote_bytes] >= self.config.max_connections_per_peer:
             raise LimitError(f"too many connections to {remote}")
+        if not self.memory.has_room_for_connection():
+            raise LimitError("the node's memory budget is spent")
         for _ in range(_PORT_TRIES):
             chosen = self._random.choice(EPHEMERAL_PORTS) if local_port is None else local_port
             key = (local.packed, chosen, remote_bytes, port)
@@ -179,6 +184,11 @@ class Stack:
     def connection_count(self) -> int:
         """Connections in every state."""
         return len(self._connections)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """What the connections' buffers hold now (the budget: memory_budget_bytes)."""
+        return self.memory.held_bytes
 
     # -- the network's side -----------------------------------------------------------
     def receive(self, packet: BytesLike, now: float, *, authenticated: bool = False) -> None:
@@ -314,7 +324,12 @@ class Stack:
     def _add(self, key: tuple[bytes, int, bytes, int], now: float) -> Connection:
         local, local_port, remote, remote_port = key
         connection = Connection(
-            self, self.config, (local, local_port), (remote, remote_port), self._isn(key, now)
+            self,
+            self.config,
+            (local, local_port),
+            (remote, remote_port),
+            self._isn(key, now),
+            self.memory,
         )
         self._connections[key] = connection
         self._per_peer[remote] += 1
@@ -409,6 +424,8 @@ class Stack:
             return "connections_full"
         if len(self._half_open) >= self.config.max_half_open:
             return "syn_queue_full"
+        if not self.memory.has_room_for_connection():
+            return "memory_full"
         if self._half_open_per_peer[remote] >= self.config.max_half_open_per_peer:
             return "peer_syn_limit"
         if self._per_peer[remote] >= self.config.max_connections_per_peer:

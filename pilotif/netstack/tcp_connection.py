@@ -4,7 +4,8 @@ buffer, out-of-order queue, the window and SACK blocks we advertise, when an ACK
 and the sending side (tcp_sender.py: send buffer, retransmission with Karn's rule,
 NewReno with fast retransmit and SACK-based recovery, the peer's window); here: the
 handshake and its options, RFC 5961's checks, the timers (retransmission, delayed ACK,
-keepalive, TIME-WAIT), building our segments and the application's calls.
+keepalive, TIME-WAIT), building our segments, the application's calls, and the charge of
+both halves' buffers to the node's memory budget (memory.py).
 
 Three inputs, as every core of pilotif: the application's calls (send, receive, close,
 abort: they only change buffers and ask to be polled), segments (`on_segment`), and the
@@ -19,6 +20,7 @@ from typing import Final, Protocol
 from pilotif.netstack.config import MAX_WINDOW_SCALE, StackConfig
 from pilotif.netstack.congestion import Controller
 from pilotif.netstack.events import Closed, Connected, Event, Readable, Writable
+from pilotif.netstack.memory import NodeMemory
 from pilotif.netstack.rto import RtoEstimator
 from pilotif.netstack.segment import (
     SEQ_SPACE,
@@ -108,6 +110,7 @@ class Connection:
         local: tuple[bytes, int],
         remote: tuple[bytes, int],
         iss: int,
+        memory: NodeMemory,
     ) -> None:
         self._host = host
         self._config = config
@@ -120,7 +123,10 @@ class Connection:
         """The listener that made this connection (passive open), else None."""
         ipv6 = len(local[0]) == IPV6_ADDRESS_BYTES
         self._local_mss = config.mss_bytes(ipv6)
-        self._receiver = Receiver(config, host.count, self._local_mss)
+        self._account = memory.open(self._on_memory_room)
+        self._writer_waits = False
+        """A write was cut short by the node's budget: Writable follows room."""
+        self._receiver = Receiver(config, host.count, self._local_mss, self._account)
         self._sender = Sender(
             config,
             self._receiver,
@@ -179,14 +185,38 @@ class Connection:
 
     # -- the application's side -------------------------------------------------------
     def send(self, data: bytes | bytearray | memoryview) -> int:
-        """Queue data; returns how many bytes were taken (the send buffer is capped; a
-        Writable event follows when there is room again)."""
+        """Queue data; returns how many bytes were taken (the send buffer and the node's
+        memory budget are capped; a Writable event follows when there is room again)."""
         if self.state not in QUEUEING_STATES or self._sender.fin_at is not None:
             raise LocalProtocolError(f"cannot send in {self.state.value}")
+        room = self._account.send_room()
+        if room < len(data):
+            data = memoryview(data)[:room]
+            self._writer_waits = True
+            self._account.wait()
+            self._host.count("memory_write_refused")
         taken = self._sender.queue(data)
         if taken:
+            self._send_buffer_changed()
             self._host.wake(self)
         return taken
+
+    def _send_buffer_changed(self) -> None:
+        self._account.hold_send(len(self._sender.buffer))
+
+    def _on_memory_room(self) -> None:
+        """The node's memory was given back: a refused write may go on, a window held
+        back may open (an ACK says so)."""
+        if self.state is State.CLOSED:
+            return
+        if self._writer_waits:
+            if self._account.send_room() > 0:
+                self._writer_waits = False
+                self._host.report(Writable(self))
+            else:
+                self._account.wait()
+        if self.state in RECEIVING_STATES and self._receiver.window_opened(self._sender.mss):
+            self._ack_soon()
 
     def receive(self, max_bytes: int | None = None) -> bytes:
         """Data received in order (b"" when none waits; see peer_closed for the end)."""
@@ -291,6 +321,9 @@ class Connection:
             self._sender.rto_at = self._keepalive_at = None
             self._time_wait_at = self._now + self._config.time_wait_s
             self._sender.discard()
+            self._send_buffer_changed()
+            self._receiver.finished()
+            self._account.release_reserve()
             self._host.time_wait(self)
         elif action is Action.SEND_RST:
             self._send_rst()
@@ -303,6 +336,9 @@ class Connection:
         self._sender.rto_at = self._receiver.ack_at = None
         self._keepalive_at = self._time_wait_at = None
         self._sender.discard()
+        self._send_buffer_changed()
+        self._receiver.discard()
+        self._account.release_reserve()
         self._host.forget(self)
         self._host.report(Closed(self, reason))
 
@@ -550,6 +586,8 @@ class Connection:
             self._sender.syn_acked(now)
             self._apply(Ev.ACK_OF_SYN, reason="")
         result = self._sender.on_ack(segment, seq, now)
+        if result is AckResult.NEW:
+            self._send_buffer_changed()
         if result is not AckResult.NOTHING and not self._on_ack(result):
             return
         if self.state is State.CLOSED:

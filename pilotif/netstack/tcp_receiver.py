@@ -1,8 +1,10 @@
 """The receiving half of one TCP connection, sans-IO: the receive buffer (capped) and the
-out-of-order queue (reassembly.py), RCV.NXT and the peer's FIN, the window field we
-advertise (scaled, never moved left, no small openings: RFC 9293 3.8.6.2.2), the SACK
-blocks we send (RFC 2018), and when an ACK is due (at once, every second segment, or
-after the delayed-ACK time: RFC 9293 3.8.6.3).
+out-of-order queue (reassembly.py), both charged to the node's memory budget (memory.py:
+what it does not let us hold is dropped and counted), RCV.NXT and the peer's FIN, the
+window field we advertise (scaled, no wider than the buffer's cap and the budget allow,
+never moved left, no small openings: RFC 9293 3.8.6.2.2), the SACK blocks we send (RFC
+2018), and when an ACK is due (at once, every second segment, or after the delayed-ACK
+time: RFC 9293 3.8.6.3).
 
 The connection (tcp_connection.py) owns the state machine: it hands this side the data
 of acceptable segments and sends the ACKs; this side says what the application is to be
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from typing import Final
 
 from pilotif.netstack.config import StackConfig
+from pilotif.netstack.memory import Account
 from pilotif.netstack.reassembly import OutOfOrder
 from pilotif.netstack.segment import (
     MAX_SACK_BLOCKS,
@@ -30,10 +33,14 @@ segment counts as the full segments it carries (an ACK per merged run, as Linux'
 class Receiver:
     """What we received from the peer and what we advertise to it."""
 
-    def __init__(self, config: StackConfig, count: Callable[[str], None], mss: int) -> None:
+    def __init__(
+        self, config: StackConfig, count: Callable[[str], None], mss: int, account: Account
+    ) -> None:
         self._config = config
         self._count = count
         """Counts a drop by its reason (the stack's counters)."""
+        self._account = account
+        """The connection's charge against the node's memory budget."""
         self._mss = mss
         """The MSS we announced: the largest segment the peer sends (a merged run of its
         segments counts as the full ones it holds)."""
@@ -79,6 +86,17 @@ class Receiver:
             self.ack_now = True
             self._count("beyond_window")
         readable = False
+        if payload and start == self.rcv_nxt:
+            room = self._account.receive_room(in_order=True)
+            if len(payload) > room:  # the node's budget is spent: the peer sends it again
+                payload = payload[:room]
+                fin = False
+                self.ack_now = True
+                self._count("memory_full_drop")
+        elif payload and len(payload) > self._account.receive_room(in_order=False):
+            payload = b""  # out of order, above the pressure line: not held
+            self.ack_now = True
+            self._count("memory_pressure_drop")
         if payload:
             if start == self.rcv_nxt:
                 filled_hole = len(self.ooo) > 0
@@ -96,6 +114,7 @@ class Receiver:
                 if not self.ooo.add(start, payload):
                     self._count("out_of_order_full")
                 self.ack_now = True
+            self._account.hold_receive(self.held_bytes)
         if fin:
             self._peer_fin_at = start + len(payload)
         if self._peer_fin_at is not None and self._peer_fin_at == self.rcv_nxt:
@@ -112,17 +131,47 @@ class Receiver:
         del self.buffer[:count]
         if not self.buffer:
             self._readable_told = False
+        if data:
+            self._account.hold_receive(self.held_bytes)
         return data
 
+    @property
+    def held_bytes(self) -> int:
+        """What the receive buffer and the out-of-order queue hold."""
+        return len(self.buffer) + self.ooo.bytes
+
+    def finished(self) -> None:
+        """No more data comes (TIME-WAIT): what is held out of order never will be read."""
+        self.ooo.clear()
+        self._account.hold_receive(self.held_bytes)
+
+    def discard(self) -> None:
+        """Forget what was received and not read (the connection ended)."""
+        self.buffer.clear()
+        self.ooo.clear()
+        self._account.hold_receive(0)
+
+    def _free(self) -> int:
+        """How far past RCV.NXT the window may reach: the buffer's cap less what waits
+        unread, and no further than the node's budget lets this connection hold (the
+        out-of-order queue's bytes are inside it already); held back by the budget, the
+        account waits to be told when memory is given back."""
+        free = self._config.receive_buffer_bytes - len(self.buffer)
+        allowed = self.ooo.bytes + self._account.window_room()
+        if allowed < free:
+            self._account.wait()
+            return allowed
+        return free
+
     def window_opened(self, mss: int) -> bool:
-        """Whether reading opened the window enough to be worth an ACK of its own."""
-        free_edge = self.rcv_nxt + self._config.receive_buffer_bytes - len(self.buffer)
-        opened = free_edge - self.rcv_adv
+        """Whether reading (or memory given back) opened the window enough to be worth an
+        ACK of its own."""
+        opened = self.rcv_nxt + self._free() - self.rcv_adv
         return opened >= min(self._config.receive_buffer_bytes // 2, 2 * mss)
 
     def window_field(self, syn: bool, mss: int) -> int:
         """The window field of the segment being built (and the edge it advertises)."""
-        free = self._config.receive_buffer_bytes - len(self.buffer)
+        free = self._free()
         if syn:
             self.rcv_adv = self.rcv_nxt + min(free, MAX_WINDOW_FIELD)
             return min(free, MAX_WINDOW_FIELD)

@@ -1,0 +1,342 @@
+"""The node's memory budget (memory.py): hostile peers that never read, that fill every
+window out of order, or whose data the application does not read cannot make the node
+hold more than its budget, measured from the buffers themselves; a well-behaved
+connection still completes its transfer meanwhile; advertised windows stop growing under
+pressure and never move left; writes refused at the budget go on once memory is given
+back; closing, aborting and resets give everything back."""
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload
+
+from pilotif.netstack import Connection, Listener, StackConfig, State, Writable
+from pilotif.netstack.segment import SEQ_SPACE, TCP_RST, build_segment, parse_segment
+from pilotif.packet.ip import TCP_ACK, TCP_SYN
+
+BUDGET_BYTES = 1024 * 1024
+HOSTILE = StackConfig(
+    memory_budget_bytes=BUDGET_BYTES,
+    receive_buffer_bytes=256 * 1024,
+    send_buffer_bytes=256 * 1024,
+)
+"""The node under attack: 24 connections of 256 KiB each way could hold 12 MiB."""
+HOSTILE_CONNECTIONS = 24
+BIG = StackConfig(
+    memory_budget_bytes=64 * 1024 * 1024,
+    receive_buffer_bytes=256 * 1024,
+    send_buffer_bytes=256 * 1024,
+)
+"""The peer's own node (not the one under test): room for whatever it is sent."""
+
+
+def held_by_buffers(connections: list[Connection]) -> int:
+    """What the connections' buffers hold, counted from the buffers themselves (receive
+    buffer, each out-of-order range, send buffer), not from the node's accounts."""
+    total = 0
+    for connection in connections:
+        receiver, sender = connection._receiver, connection._sender  # no public view
+        total += len(receiver.buffer) + len(sender.buffer)
+        total += sum(len(chunk) for chunk in receiver.ooo._chunks)
+    return total
+
+
+class Watch:
+    """B's side of the test: every connection it accepted, the budget checked at every
+    step, and the right edge of every window B advertised (which must never move left)."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.listener: Listener = wire.b.listen(PORT, backlog=HOSTILE_CONNECTIONS + 8)
+        self.accepted: list[Connection] = []
+        self.edges: dict[int, int] = {}
+        self.at_share_under_pressure = 0
+        """ACKs B sent under pressure for a connection holding its share or more."""
+        self.most_held = 0
+        wire.tap = self._tap
+
+    def _tap(self, direction: str, packet: bytes) -> bool:
+        if direction == "ba":
+            segment = parse_segment(packet)
+            if segment.flags & TCP_ACK and not segment.flags & (TCP_RST | TCP_SYN):
+                shift = self.wire.b.config.receive_window_shift()
+                edge = segment.ack + (segment.window << shift)
+                port = segment.destination_port
+                if port in self.edges:
+                    moved = (edge - self.edges[port] + SEQ_SPACE // 2) % SEQ_SPACE
+                    moved -= SEQ_SPACE // 2
+                    # the field's scaling may round the edge down by under 1 << shift
+                    assert moved > -(1 << shift), f"B moved a window's edge left by {-moved}"
+                    if self._at_share_under_pressure(port):
+                        self.at_share_under_pressure += 1
+                        assert moved < 1 << shift, "a window grew under pressure past its share"
+                    if moved < 0:
+                        return True
+                self.edges[port] = edge
+        return True
+
+    def _at_share_under_pressure(self, port: int) -> bool:
+        memory = self.wire.b.memory
+        if not memory.under_pressure:
+            return False
+        (server,) = [s for s in self.accepted if s.remote[1] == port] or [None]
+        return server is not None and held_by_buffers([server]) >= memory.share_bytes
+
+    def app(self) -> None:
+        while (server := self.listener.accept()) is not None:
+            self.accepted.append(server)
+        self.check()
+
+    def check(self) -> None:
+        """The budget holds, and the node's accounts agree with the buffers."""
+        held = held_by_buffers(self.accepted)
+        memory = self.wire.b.memory
+        assert held <= BUDGET_BYTES
+        assert memory.held_bytes == held == self.wire.b.buffered_bytes
+        assert memory.charged_bytes <= memory.budget_bytes
+        self.most_held = max(self.most_held, held)
+
+    def run(self, until: object, limit_s: float = 120.0) -> None:
+        self.wire.run(until, limit_s=limit_s, app=self.app)  # type: ignore[arg-type]
+
+
+def _hostile_clients(wire: Wire, watch: Watch) -> list[Connection]:
+    clients = [wire.a.connect(B_V4, PORT, wire.now) for _ in range(HOSTILE_CONNECTIONS)]
+    watch.run(lambda: len(watch.accepted) == HOSTILE_CONNECTIONS + 1)
+    return clients
+
+
+def _good_pair(wire: Wire, watch: Watch) -> tuple[Connection, Connection]:
+    client = wire.a.connect(B_V4, PORT, wire.now)
+    watch.run(lambda: len(watch.accepted) == 1 and client.state is State.ESTABLISHED)
+    return client, watch.accepted[0]
+
+
+def _transfer_checked(
+    watch: Watch, sender: Connection, receiver: Connection, data: bytes, feed: object = None
+) -> bytes:
+    """`transfer`, with the budget checked (and `feed` called) at every step."""
+    offset = 0
+    got = bytearray()
+
+    def app() -> None:
+        nonlocal offset
+        watch.app()
+        if feed is not None:
+            feed()  # type: ignore[operator]
+        if offset < len(data):
+            offset += sender.send(data[offset : offset + 64 * 1024])
+            if offset == len(data):
+                sender.close()
+        got.extend(receiver.receive())
+
+    watch.wire.run(lambda: receiver.peer_closed and not receiver.readable_bytes, app=app)
+    return bytes(got)
+
+
+def test_peers_whose_data_is_never_read_fill_the_budget_and_no_more() -> None:
+    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
+    watch = Watch(wire)
+    good_client, good_server = _good_pair(wire, watch)
+    clients = _hostile_clients(wire, watch)
+    for client in clients:  # B's application never reads these
+        client.send(payload(256 * 1024, 1))
+    data = payload(300_000, 2)
+    assert _transfer_checked(watch, good_client, good_server, data) == data
+    wire.settle(2.0)
+    watch.check()
+    assert watch.most_held > BUDGET_BYTES // 2  # the budget, not the caps, held them
+    assert wire.b.counters["memory_full_drop"] > 0
+    assert watch.at_share_under_pressure > 0  # and windows at their share stopped growing
+
+
+def test_out_of_order_data_in_every_window_stays_below_the_pressure_line() -> None:
+    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
+    watch = Watch(wire)
+    good_client, good_server = _good_pair(wire, watch)
+    _hostile_clients(wire, watch)
+    hostile = watch.accepted[1:]
+    flooded_to = {server: server._receiver.rcv_nxt + 1 for server in hostile}
+
+    def flood() -> None:
+        """Into every hostile window as it opens: all but its first byte, so nothing is
+        in order."""
+        for server in hostile:
+            receiver, sender = server._receiver, server._sender
+            ack = (sender.iss + sender.snd_nxt) % SEQ_SPACE
+            start = flooded_to[server]
+            while start + 1000 <= receiver.rcv_adv:
+                seq = (receiver.irs + start) % SEQ_SPACE
+                ports = (server.remote[1], server.local[1])
+                wire.inject(
+                    "ab",
+                    build_segment(
+                        A_V4.packed, B_V4.packed, ports, seq, ack, TCP_ACK, 65535, b"", b"o" * 1000
+                    ),
+                )
+                start += 1000
+            flooded_to[server] = start
+
+    data = payload(300_000, 3)
+    assert _transfer_checked(watch, good_client, good_server, data, feed=flood) == data
+    memory = wire.b.memory
+    out_of_order = sum(server._receiver.ooo.bytes for server in hostile)
+    reserves = len(hostile) * memory.reserve_bytes
+    assert out_of_order <= memory.pressure_bytes + reserves
+    assert out_of_order > memory.pressure_bytes // 2  # it was held until the line
+    assert wire.b.counters["memory_pressure_drop"] > 0
+    watch.check()
+
+
+def test_writes_to_peers_that_never_read_are_refused_at_the_budget() -> None:
+    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
+    watch = Watch(wire)
+    good_client, good_server = _good_pair(wire, watch)
+    clients = _hostile_clients(wire, watch)
+    hostile = watch.accepted[1:]
+    chunk = payload(64 * 1024, 4)
+
+    def write_all() -> None:
+        """B's application writes to every hostile peer whatever it takes; A's never
+        reads what these send."""
+        for server in hostile:
+            while server.state is State.ESTABLISHED and server.send(chunk):
+                pass
+
+    data = payload(200_000, 5)
+    assert _transfer_checked(watch, good_server, good_client, data, feed=write_all) == data
+    assert watch.most_held > BUDGET_BYTES // 2
+    assert wire.b.counters["memory_write_refused"] > 0
+    for client in clients:
+        client.abort()  # the peers reset: their send buffers are given back
+    watch.run(lambda: all(s.state is State.CLOSED for s in hostile))
+    assert wire.b.buffered_bytes == held_by_buffers(watch.accepted) == 0
+
+
+def test_a_writer_refused_at_the_budget_is_told_when_memory_returns() -> None:
+    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
+    watch = Watch(wire)
+    _good_pair(wire, watch)
+    _hostile_clients(wire, watch)
+    first, *others = watch.accepted[1:]
+    for server in others:
+        while server.send(payload(64 * 1024, 6)):
+            pass
+    while first.send(payload(64 * 1024, 6)):
+        pass
+    assert first.send(b"x") == 0
+    wire.b.take_events()
+    for server in others:
+        server.abort()
+    assert Writable(first) in wire.b.take_events()
+    assert first.send(payload(64 * 1024, 6)) > 0
+
+
+def test_a_new_connection_is_refused_when_its_reserve_does_not_fit() -> None:
+    config = StackConfig(memory_budget_bytes=64 * 1024)
+    wire = Wire(config_a=config, config_b=config)
+    wire.b.listen(PORT)
+    reserve = 2 * wire.a.memory.reserve_bytes
+    opened = [wire.a.connect(B_V4, PORT, wire.now) for _ in range(64 * 1024 // reserve)]
+    try:
+        wire.a.connect(B_V4, PORT, wire.now)
+    except Exception as error:
+        assert "memory" in str(error)
+    else:
+        raise AssertionError("a connection beyond the budget was opened")
+    opened[0].abort()
+    wire.a.connect(B_V4, PORT, wire.now)  # its reserve came back
+    wire.settle(1.0)
+    assert wire.b.counters["memory_full"] > 0  # B had no room for A's last SYN either
+
+
+def test_memory_returns_after_close_abort_and_reset() -> None:
+    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
+    watch = Watch(wire)
+    good_client, good_server = _good_pair(wire, watch)
+    clients = _hostile_clients(wire, watch)
+    hostile = watch.accepted[1:]
+    for client, server in zip(clients, hostile, strict=True):
+        client.send(payload(100_000, 7))
+        server.send(payload(100_000, 8))
+    wire.settle(1.0)
+    watch.check()
+    assert wire.b.buffered_bytes > 0
+    third = len(clients) // 3
+    for client in clients[:third]:
+        client.abort()  # a reset from the peer
+    for server in hostile[third : 2 * third]:
+        server.abort()  # aborted by the application
+    for client, server in zip(clients[2 * third :], hostile[2 * third :], strict=True):
+        client.close()  # closed both ways, nothing read
+        server.close()
+    good_client.close()
+    good_server.close()
+    watch.run(lambda: all(s.state in (State.CLOSED, State.TIME_WAIT) for s in watch.accepted))
+    wire.settle(wire.b.config.time_wait_s + 5)
+    assert wire.b.connection_count == 0
+    assert held_by_buffers(watch.accepted) == 0
+    memory = wire.b.memory
+    assert memory.held_bytes == memory.charged_bytes == memory.open_accounts == 0
+
+
+_KINDS = ("segment", "segment", "segment", "read", "write", "abort", "close", "poll")
+_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(_KINDS),
+        st.integers(0, 2),  # which connection
+        st.one_of(st.just(0), st.integers(-3000, 3000), st.integers(-70_000, 70_000)),
+        st.integers(-3000, 3000),
+        st.sampled_from([TCP_ACK, TCP_ACK | 0x01, TCP_ACK | 0x08, 0x04, 0x14, 0x02, 0x3F]),
+        st.integers(0, 4000),
+    ),
+    max_size=40,
+)
+"""(what, connection, sequence offset from RCV.NXT, acknowledgement offset from SND.NXT,
+flags, payload bytes): a hostile segment or the application's call."""
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_ACTIONS)
+def test_hostile_segments_keep_the_accounts_true_and_within_the_budget(
+    actions: list[tuple[str, int, int, int, int, int]],
+) -> None:
+    config = StackConfig(
+        memory_budget_bytes=48 * 1024,
+        receive_buffer_bytes=20_000,
+        send_buffer_bytes=20_000,
+        max_out_of_order_segments=8,
+    )
+    wire = Wire(config_b=config)
+    servers = []
+    for _ in range(3):
+        servers.append(open_pair(wire)[1])
+        wire.b.unlisten(wire.b._listeners[PORT])
+    memory = wire.b.memory
+    for kind, index, seq_delta, ack_delta, flags, length in actions:
+        server = servers[index]
+        if kind == "segment":
+            receiver, sender = server._receiver, server._sender
+            seq = (receiver.irs + receiver.rcv_nxt + seq_delta) % SEQ_SPACE
+            ack = (sender.iss + sender.snd_nxt + ack_delta) % SEQ_SPACE
+            ports = (server.remote[1], server.local[1])
+            packet = build_segment(
+                A_V4.packed, B_V4.packed, ports, seq, ack, flags, 0xFFFF, b"", b"h" * length
+            )
+            wire.inject("ab", packet)
+        elif kind == "read":
+            server.receive(5000)
+        elif kind == "write" and server.state in (State.ESTABLISHED, State.CLOSE_WAIT):
+            if server._sender.fin_at is None:
+                server.send(b"w" * 9000)
+        elif kind == "abort":
+            server.abort()
+        elif kind == "close":
+            server.close()
+        elif kind == "poll":
+            wire.now += 0.05
+            wire.b.poll(wire.now)
+        held = held_by_buffers(servers)
+        assert memory.held_bytes == held == wire.b.buffered_bytes
+        assert held <= memory.charged_bytes <= memory.budget_bytes
+        open_count = sum(s.state not in (State.CLOSED, State.TIME_WAIT) for s in servers)
+        assert memory.open_accounts == open_count
