@@ -27,6 +27,7 @@ from pilotif.control.wire import (
     stale_counter_reply,
 )
 from pilotif.util.lru import BoundedLru
+from pilotif.wg.crypto import loaded
 from pilotif.wg.crypto import public_key as _public_key
 from pilotif.wg.events import Endpoint
 
@@ -79,7 +80,7 @@ class ControlFront(Generic[T]):
         self.sessions: dict[bytes, int] = {}
         """Each sender's session (chosen at a node's `up`), echoed in what we seal for
         it so that its messages from an earlier session cannot be replayed into this one."""
-        self._private_key = private_key
+        self._loaded_key = loaded(private_key)
         self._lookup = lookup
         self._reply_fields = dict(reply_fields or {})
 
@@ -133,7 +134,7 @@ class ControlFront(Generic[T]):
     def new_channel(self, key: bytes, floor: int) -> ControlChannel:
         """A channel to `key` that refuses counters up to `floor`."""
         channel = ControlChannel(
-            self._private_key, key, local_is_registry=True, local_public=self.public_key
+            self._loaded_key, key, local_is_registry=True, local_public=self.public_key
         )
         channel.restore_counter(floor)
         return channel

@@ -29,6 +29,7 @@ from pilotif.wg.constants import AEAD_TAG_SIZE
 from pilotif.wg.crypto import (
     KEY_SIZE,
     MAC_SIZE,
+    PrivateKey,
     aead_decrypt,
     aead_encrypt,
     dh,
@@ -136,7 +137,7 @@ class ControlChannel:
 
     def __init__(
         self,
-        local_private: bytes,
+        local_private: PrivateKey,
         remote_public: bytes,
         *,
         local_is_registry: bool,

@@ -50,15 +50,26 @@ def generate_private_key() -> bytes:
     return bytes(key)
 
 
-def public_key(private_key: bytes) -> bytes:
+PrivateKey = bytes | X25519PrivateKey
+"""A private key as its 32 bytes, or loaded once (what a party that agrees keys with many
+others keeps: loading costs about as much as the agreement)."""
+
+
+def loaded(private_key: PrivateKey) -> X25519PrivateKey:
+    """The private key, loaded."""
+    if isinstance(private_key, X25519PrivateKey):
+        return private_key
+    return X25519PrivateKey.from_private_bytes(private_key)
+
+
+def public_key(private_key: PrivateKey) -> bytes:
     """The Curve25519 public key of a private key."""
-    return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
+    return loaded(private_key).public_key().public_bytes_raw()
 
 
-def dh(private_key: bytes, peer_public_key: bytes) -> bytes:
+def dh(private_key: PrivateKey, peer_public_key: bytes) -> bytes:
     """X25519; raises ValueError when the result is all zeros (a low-order point)."""
-    private = X25519PrivateKey.from_private_bytes(private_key)
-    return private.exchange(X25519PublicKey.from_public_bytes(peer_public_key))
+    return loaded(private_key).exchange(X25519PublicKey.from_public_bytes(peer_public_key))
 
 
 def hash_(*parts: BytesLike) -> bytes:

@@ -43,7 +43,7 @@ from pilotif.registry.store import MAX_PENDING_PER_REQUESTER, MAX_PENDING_PER_TA
 from pilotif.registry.trust import MAX_TRUST_MESSAGE_BYTES
 from pilotif.wg.constants import COOKIE_REPLY_SIZE
 from pilotif.wg.cookie import CookieGenerator
-from pilotif.wg.crypto import dh, generate_private_key, public_key
+from pilotif.wg.crypto import PrivateKey, dh, generate_private_key, public_key
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import encode_key
 from pilotif.wg.messages import parse_cookie_reply
@@ -753,8 +753,8 @@ def test_junk_from_fresh_keys_costs_a_hash_not_a_key_exchange(
     gets a cookie reply; neither costs the registry an X25519."""
     exchanges: list[bytes] = []
 
-    def counting_dh(private: bytes, public: bytes) -> bytes:
-        if private == world.private_key:
+    def counting_dh(private: PrivateKey, public: bytes) -> bytes:
+        if public_key(private) == world.core.public_key:
             exchanges.append(public)
         return dh(private, public)
 
