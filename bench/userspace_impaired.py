@@ -11,7 +11,8 @@ server on its loopback) or, with `tun`, a TUN node too (the kernel's TCP for ref
 
 Per direction it prints the goodput at the receiver (iperf3, intervals of INTERVAL_S) and
 the longest stretch of intervals in which the receiver got nothing (a stall), against the
-issue's target: >= 10 MB/s and no stall over 1 s.
+issue's target: >= 10 MB/s and no stall over 1 s; then what each cable carried and
+dropped (beyond its configured loss, a cable that drops is the bottleneck, not the path).
 """
 
 import argparse
@@ -38,6 +39,8 @@ IPERF_GRACE_S: Final = 60.0
 TARGET_MB_S: Final = 10.0
 STALL_TARGET_S: Final = 1.0
 _BYTES_PER_MB: Final = 1e6
+CABLE_LOGS: Final = "cable-r*.log"
+"""The cables' counters in the lab's directory (pilotif_lab.nat names them)."""
 
 
 def _received(report: dict[str, Any], reverse: bool) -> tuple[float, float]:
@@ -92,26 +95,43 @@ def _stream(alpha: Agent, beta: Agent, address: str, bind: str, time_s: int) -> 
 def _measure(setup: str, time_s: int) -> None:
     nats = (NatKind.CONE, NatKind.CONE)
     agents = (("alpha", 0), ("beta", 1))
-    with (
-        tempfile.TemporaryDirectory(prefix="pf-impaired-") as workdir,
-        nat_lab(
+    with tempfile.TemporaryDirectory(prefix="pf-impaired-") as workdir:
+        with nat_lab(
             nats,
             agents,
             Path(workdir),
             wan_delay_ms=(ONE_WAY_DELAY_MS, ONE_WAY_DELAY_MS),
             wan_loss=(CABLE_LOSS, CABLE_LOSS),
-        ) as lab,
-    ):
-        alpha, beta = lab["alpha"], lab["beta"]
-        alpha.up()
-        userspace = setup == "userspace"
-        beta.up(extra_args=("--userspace", "--expose", str(IPERF_PORT)) if userspace else ())
-        trust(beta, alpha)
-        alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
-        beta.wait_for_path("alpha", ("direct",), PATH_TIMEOUT_S)
-        address = beta.status()["node"]["ipv4"]
-        print(f"{setup} (beta), alpha a TUN node, {time_s} s each way:", flush=True)
-        _stream(alpha, beta, address, "127.0.0.1" if userspace else address, time_s)
+        ) as lab:
+            alpha, beta = lab["alpha"], lab["beta"]
+            alpha.up()
+            userspace = setup == "userspace"
+            beta.up(extra_args=("--userspace", "--expose", str(IPERF_PORT)) if userspace else ())
+            trust(beta, alpha)
+            alpha.wait_for_path("beta", ("direct",), PATH_TIMEOUT_S)
+            beta.wait_for_path("alpha", ("direct",), PATH_TIMEOUT_S)
+            address = beta.status()["node"]["ipv4"]
+            print(f"{setup} (beta), alpha a TUN node, {time_s} s each way:", flush=True)
+            _stream(alpha, beta, address, "127.0.0.1" if userspace else address, time_s)
+        _print_cables(Path(workdir))
+
+
+def _print_cables(workdir: Path) -> None:
+    """What each cable did over both streams (its counters, written when it stopped):
+    drops beyond the configured loss mean the cable, not the path, lost frames."""
+    for log in sorted(workdir.glob(CABLE_LOGS)):
+        lines = log.read_text().splitlines()
+        if not lines or not lines[-1].startswith("{"):
+            print(f"  {log.stem}: no counters: {lines[-1] if lines else 'no output'}")
+            continue
+        for direction, counts in json.loads(lines[-1]).items():
+            print(
+                f"  {log.stem} {direction}: {counts['carried']} carried, {counts['lost']} lost"
+                f" at random, {counts['socket_drops']} dropped by its socket,"
+                f" {counts['send_failures']} refused, at most {counts['most_held']} held,"
+                f" {counts['latest_late_ms']:.1f} ms late at worst",
+                flush=True,
+            )
 
 
 def main() -> int:

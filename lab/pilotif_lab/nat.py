@@ -628,9 +628,11 @@ def _build_router(
     delay_ms: float,
     loss: float,
     carrier: Namespace | None = None,
+    cable_log: Path | None = None,
 ) -> Router:
     """Router `index` on the switch, or behind a carrier-grade NAT (`carrier`, a cone NAT
-    of its own) that holds the public address: double NAT."""
+    of its own) that holds the public address: double NAT. A delay cable's counters go
+    to `cable_log` when it stops."""
     wan_address = str(PUBLIC_NETWORK[ROUTER_WAN_FIRST_HOST + index])
     uplink = carrier if carrier is not None else ns
     port = f"r{index}"
@@ -647,7 +649,7 @@ def _build_router(
             public.run("ethtool", "-K", link, *offloads)
         uplink.run("ethtool", "-K", _WAN, *offloads)
         cable = ("pilotif_lab.cable", near, far, str(delay_ms), str(loss))
-        public.spawn(sys.executable, "-m", *cable)
+        public.spawn(sys.executable, "-m", *cable, log_path=cable_log)
     else:
         _veth(port, public, _WAN, uplink)
     _attach(public, port, _SWITCH)
@@ -742,6 +744,7 @@ def nat_lab(
                 delays[index],
                 losses[index],
                 new_namespace(f"cg{index}") if index in carriers else None,
+                workdir / f"cable-r{index}.log",
             )
             for index, kind in enumerate(nats)
         )
