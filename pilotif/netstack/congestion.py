@@ -6,14 +6,17 @@ config names):
 - NewReno (RFC 5681, RFC 6582): slow start with appropriate byte counting (RFC 3465),
   congestion avoidance, the window halved after a fast retransmit, one segment after a
   timeout. Loss-bound: at 1% random loss and 100 ms it carries ~0.17 MB/s (Mathis).
-- DeliveryRate, a model-based controller as BBR's (Cardwell et al., 2016) without
-  pacing: the window is twice the path's bandwidth-delay product, the bandwidth the
-  highest delivery rate of the last BANDWIDTH_WINDOW_ROUNDS round trips (acknowledged
-  and SACKed bytes a round), the delay the lowest round trip of MIN_RTT_WINDOW_S. A loss
-  repaired by SACK or fast retransmit does not shrink it (random loss is not congestion);
-  a timeout leaves one segment in flight until new data is acknowledged, then the
-  model's window again. Never below the initial window; each round can deliver twice the last
-  (as slow start) until the path's bandwidth holds it.
+- DeliveryRate, a model-based controller as BBR's (Cardwell et al., 2016): the window is
+  twice the path's bandwidth-delay product, the bandwidth the highest delivery rate of
+  the last BANDWIDTH_WINDOW_ROUNDS round trips (acknowledged and SACKed bytes a round),
+  the delay the lowest round trip of MIN_RTT_WINDOW_S. A loss repaired by SACK or fast
+  retransmit does not shrink it (random loss is not congestion); a timeout leaves one
+  segment in flight until new data is acknowledged, then the model's window again. Never
+  below the initial window; each round can deliver twice the last (as slow start) until
+  the path's bandwidth holds it. Paced (pacing.py) at a gain times the bandwidth, as BBR:
+  STARTUP_PACING_GAIN until the bandwidth stops growing (FULL_PIPE_ROUNDS rounds without
+  FULL_PIPE_GROWTH), then PROBE_PACING_GAINS, one a round (a round above the estimate
+  to find more, one below to drain what that queued, then at the estimate).
 
 Loss detection (duplicate ACKs, SACK, partial ACKs) is the connection's; these classes
 only size the window.
@@ -36,6 +39,17 @@ MIN_RTT_WINDOW_S: Final = 10.0
 """How long the lowest round trip stands unless a lower one comes (BBR's 10 s)."""
 CWND_GAIN: Final = 2
 """The window in bandwidth-delay products (BBR's cwnd_gain)."""
+STARTUP_PACING_GAIN: Final = 2.885
+"""The pacing rate in bandwidths while the bandwidth grows (BBR's 2/ln 2: the rate
+doubles each round)."""
+FULL_PIPE_GROWTH: Final = 1.25
+FULL_PIPE_ROUNDS: Final = 3
+"""The pipe is full once the bandwidth grew by less than FULL_PIPE_GROWTH in this many
+rounds in a row (BBR's)."""
+PROBE_PACING_GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+"""Once the pipe is full, the pacing gain of each round in turn (BBR's ProbeBW cycle)."""
+PROBE_DRAIN_ROUND: Final = 1
+"""Where the cycle starts once the pipe is full: the round below the estimate."""
 
 Congestion = Literal["newreno", "delivery_rate"]
 """The controllers `StackConfig.congestion` names."""
@@ -65,6 +79,11 @@ class Controller(Protocol):
     def on_delivered(self, delivered: int, sent: int, now: float) -> None:
         """An ACK arrived: `delivered` is the highest byte offset acknowledged plus the
         bytes SACKed above it, `sent` the highest offset sent."""
+
+    @property
+    def pacing_rate(self) -> float:
+        """Bytes a second the sender may release (0: unpaced)."""
+        ...
 
 
 def new_controller(congestion: Congestion, mss: int) -> Controller:
@@ -120,9 +139,14 @@ class NewReno:
     def on_delivered(self, delivered: int, sent: int, now: float) -> None:
         """NewReno sizes its window from losses only."""
 
+    @property
+    def pacing_rate(self) -> float:
+        """NewReno is not paced."""
+        return 0.0
+
 
 class DeliveryRate:
-    """BBR's model without pacing; see the module docstring."""
+    """BBR's model and its pacing gains; see the module docstring."""
 
     def __init__(self, mss: int) -> None:
         self.mss = mss
@@ -135,11 +159,24 @@ class DeliveryRate:
         """(offset that ends the round, bytes delivered at its start, when it started)."""
         self._after_timeout = False
         """Whether the timer expired and no new data was acknowledged since."""
+        self._full_bandwidth = 0.0
+        """The bandwidth the pipe-full check compares with."""
+        self._rounds_without_growth = 0
+        self._probe_round: int | None = None
+        """Once the pipe is full, the round's place in PROBE_PACING_GAINS."""
 
     @property
     def bandwidth(self) -> float:
         """The path's bandwidth as measured, in bytes a second (0: nothing yet)."""
         return max(self._rates, default=0.0)
+
+    @property
+    def pacing_rate(self) -> float:
+        """The pacing gain of the round times the bandwidth (0, unpaced, until a round
+        measured it)."""
+        if self._probe_round is None:
+            return STARTUP_PACING_GAIN * self.bandwidth
+        return PROBE_PACING_GAINS[self._probe_round] * self.bandwidth
 
     def on_ack(self, acked: int) -> None:
         """The window follows the model (`on_delivered`), not each ACK; the first ACK of
@@ -175,8 +212,22 @@ class DeliveryRate:
             return
         self._rates.append((delivered - delivered_before) / (now - since))
         self._round = (sent, delivered, now)
+        self._next_pacing_round()
         if not self._after_timeout:
             self.cwnd = self._window()
+
+    def _next_pacing_round(self) -> None:
+        """A round ended: the next probing gain, or whether the pipe is full now."""
+        if self._probe_round is not None:
+            self._probe_round = (self._probe_round + 1) % len(PROBE_PACING_GAINS)
+            return
+        if self.bandwidth >= FULL_PIPE_GROWTH * self._full_bandwidth:
+            self._full_bandwidth = self.bandwidth
+            self._rounds_without_growth = 0
+            return
+        self._rounds_without_growth += 1
+        if self._rounds_without_growth >= FULL_PIPE_ROUNDS:
+            self._probe_round = PROBE_DRAIN_ROUND  # start-up queued some: drain it first
 
     def _window(self) -> int:
         """The model's window: CWND_GAIN bandwidth-delay products, never below the

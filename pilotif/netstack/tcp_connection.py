@@ -365,6 +365,7 @@ class Connection:
             for t in (
                 self._sender.rto_at,
                 self._sender.lost_check_at(),
+                self._sender.pace_at,
                 self._receiver.ack_at,
                 self._keepalive_at,
                 self._time_wait_at,
@@ -388,6 +389,8 @@ class Connection:
         lost_check_at = sender.lost_check_at()
         if lost_check_at is not None and now >= lost_check_at:
             sender.on_lost_check(now)
+        if sender.pace_at is not None and now >= sender.pace_at:
+            sender.pace_at = None  # what pacing held back goes at the transmit that follows
         if sender.rto_at is not None and now >= sender.rto_at:
             sender.rto_at = None
             self._on_rto(now)

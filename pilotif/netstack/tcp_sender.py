@@ -4,9 +4,10 @@ sequence space (SND.UNA, SND.NXT, the highest sent, our FIN), the peer's window
 Karn's rule (rto.py), the congestion controller (congestion.py: NewReno or the
 delivery-rate model, fed the round trips and the bytes delivered) with fast retransmit,
 NewReno's partial ACKs and SACK-based recovery over the scoreboard (scoreboard.py, RFC
-6675's pipe), the sender's silly-window avoidance and the persist probe; what
-`transmit_stream` sends (with `large_segments`, runs of full segments as one) and what
-an ACK does to all of it (RFC 9293 3.10.7.4's fifth step).
+6675's pipe), pacing at the controller's rate (pacing.py: what it holds back waits for
+`pace_at`), the sender's silly-window avoidance and the persist probe; what
+`transmit_stream` sends (with `large_segments`, runs of full segments as one, no longer
+than pacing allows) and what an ACK does to all of it (RFC 9293 3.10.7.4's fifth step).
 
 The connection (tcp_connection.py) owns the state machine and builds the segments: this
 side calls `emit` with a sequence number, flags and payload, and tells the connection
@@ -20,6 +21,7 @@ from typing import Final, Protocol
 
 from pilotif.netstack.config import StackConfig
 from pilotif.netstack.congestion import Controller, new_controller
+from pilotif.netstack.pacing import Pacer
 from pilotif.netstack.rto import RtoEstimator
 from pilotif.netstack.scoreboard import Scoreboard
 from pilotif.netstack.segment import Segment, unwrap
@@ -118,6 +120,7 @@ class Sender:
         self._timed: tuple[int, float] | None = None
         """(offset, time sent) of the one segment being timed (Karn: sent once)."""
         self.cc: Controller = new_controller(config.congestion, mss)
+        self._pacer = Pacer()
         self.retransmissions = 0
         """Segments sent again (after a timeout, fast retransmit or SACK holes)."""
         self.timeouts = 0
@@ -230,6 +233,19 @@ class Sender:
             return self.mss
         return self.mss - receiver.sack_option_bytes()
 
+    @property
+    def pace_at(self) -> float | None:
+        """When data that pacing held back may go (None: none is held back)."""
+        return self._pacer.release_at
+
+    @pace_at.setter
+    def pace_at(self, at: float | None) -> None:
+        self._pacer.release_at = at
+
+    def _paced(self, wanted: int, now: float) -> int:
+        """How many of `wanted` bytes pacing lets go now (0: held back until `pace_at`)."""
+        return self._pacer.allowance(wanted, self._payload_limit(), self.cc.pacing_rate, now)
+
     def _send_data(self, start: int, length: int, now: float, *, large: bool = False) -> int:
         """Send [start, start+length) of the stream (a FIN too when it ends there), in one
         segment, or `large`, in one large segment of up to MAX_GSO_SEGMENTS full ones;
@@ -257,6 +273,7 @@ class Sender:
         elif self._timed is None:
             self._timed = (start, now)
         self._emit(start, flags, payload, segment_payload=limit if len(payload) > limit else 0)
+        self._pacer.spend(len(payload))
         return used
 
     def _large_segment_bytes(self) -> int:
@@ -286,13 +303,17 @@ class Sender:
     def transmit_stream(self, now: float) -> None:
         """Send what the windows allow: SACK holes first in recovery, then new data (with
         `large_segments`, as much as the windows allow in one large segment) and our
-        FIN."""
+        FIN; no faster than pacing allows."""
         cwnd = self.cc.cwnd
+        self._pacer.release_at = None
         if self._in_recovery and self.sack:
-            self._send_lost_again(cwnd, now)
+            if not self._send_lost_again(cwnd, now):
+                return
             for left, right in self._scoreboard.holes(self.snd_una):
                 start = max(left, self._rexmit_high)
                 while start < right and self._pipe() < cwnd:
+                    if not self._paced(min(right - start, self._payload_limit()), now):
+                        return
                     used = self._send_data(start, right - start, now)
                     if not used:
                         break
@@ -321,6 +342,10 @@ class Sender:
                 length = min(room, unsent)
                 if length < unsent:
                     length -= length % limit  # whole segments, unless it ends the data
+            length = self._paced(length, now)
+            if not length:
+                return
+            large = large and length > limit
             used = self._send_data(self.snd_nxt, length, now, large=large)
             self.snd_nxt += used
             self.snd_max = max(self.snd_max, self.snd_nxt)
@@ -429,16 +454,20 @@ class Sender:
         """`lost_check_at` came."""
         self._detect_lost_retransmissions(now)
 
-    def _send_lost_again(self, cwnd: int, now: float) -> None:
-        """Send the retransmissions found lost again (the part the peer still lacks)."""
+    def _send_lost_again(self, cwnd: int, now: float) -> bool:
+        """Send the retransmissions found lost again (the part the peer still lacks);
+        False when pacing held one back."""
         for offset in sorted(self._lost_again):
             if self._pipe() >= cwnd:
-                return
+                return True
+            if not self._paced(self._payload_limit(), now):
+                return False
             self._lost_again.discard(offset)
             start, end = self._scoreboard.lacking(max(offset, self.snd_una), self.snd_max)
             if start == max(offset, self.snd_una) and start < end:
                 self._send_data(start, end - start, now)
                 self._rexmitted[start] = now
+        return True
 
     def _leave_recovery(self) -> None:
         self._in_recovery = False
