@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload
 
 from pilotif.netstack import Connection, Listener, StackConfig, State, Writable
+from pilotif.netstack.memory import NodeMemory
 from pilotif.netstack.segment import SEQ_SPACE, TCP_RST, build_segment, parse_segment
 from pilotif.packet.ip import TCP_ACK, TCP_SYN
 
@@ -51,6 +52,8 @@ class Watch:
         self.edges: dict[int, int] = {}
         self.at_share_under_pressure = 0
         """ACKs B sent under pressure for a connection holding its share or more."""
+        self.grown_under_pressure = 0
+        """ACKs B sent under pressure that moved a window's edge right."""
         self.most_held = 0
         wire.tap = self._tap
 
@@ -66,9 +69,14 @@ class Watch:
                     moved -= SEQ_SPACE // 2
                     # the field's scaling may round the edge down by under 1 << shift
                     assert moved > -(1 << shift), f"B moved a window's edge left by {-moved}"
+                    memory = self.wire.b.memory
                     if self._at_share_under_pressure(port):
                         self.at_share_under_pressure += 1
                         assert moved < 1 << shift, "a window grew under pressure past its share"
+                    elif moved > 0 and memory.under_pressure:
+                        self.grown_under_pressure += 1
+                        offered = (edge - segment.ack) % SEQ_SPACE
+                        assert offered <= memory.share_bytes + 2 * memory.reserve_bytes
                     if moved < 0:
                         return True
                 self.edges[port] = edge
@@ -147,6 +155,7 @@ def test_peers_whose_data_is_never_read_fill_the_budget_and_no_more() -> None:
     assert watch.most_held > BUDGET_BYTES // 2  # the budget, not the caps, held them
     assert wire.b.counters["memory_full_drop"] > 0
     assert watch.at_share_under_pressure > 0  # and windows at their share stopped growing
+    assert watch.grown_under_pressure > 0  # while the reader's grew, within its share
 
 
 def test_out_of_order_data_in_every_window_stays_below_the_pressure_line() -> None:
@@ -231,6 +240,22 @@ def test_a_writer_refused_at_the_budget_is_told_when_memory_returns() -> None:
     assert first.send(payload(64 * 1024, 6)) > 0
 
 
+def test_a_writer_held_to_its_reserve_is_told_when_its_own_data_is_acknowledged() -> None:
+    memory = NodeMemory(StackConfig(memory_budget_bytes=100_000))
+    woken: list[str] = []
+    small = memory.open(lambda: woken.append("small"))
+    big = memory.open(lambda: woken.append("big"))
+    big.hold(memory.budget_bytes - 3 * memory.reserve_bytes, 0)  # the node is full
+    assert memory.charged_bytes == memory.budget_bytes
+    assert small.send_room() == memory.reserve_bytes  # the reserve, and no more
+    small.hold(0, memory.reserve_bytes)
+    assert small.send_room() == 0
+    small.wait()
+    small.hold(0, 0)  # acknowledged: its charge (the reserve) did not change
+    assert woken == ["small"]
+    assert small.send_room() == memory.reserve_bytes
+
+
 def test_a_new_connection_is_refused_when_its_reserve_does_not_fit() -> None:
     config = StackConfig(memory_budget_bytes=64 * 1024)
     wire = Wire(config_a=config, config_b=config)
@@ -279,20 +304,22 @@ def test_memory_returns_after_close_abort_and_reset() -> None:
     assert memory.held_bytes == memory.charged_bytes == memory.open_accounts == 0
 
 
-_KINDS = ("segment", "segment", "segment", "read", "write", "abort", "close", "poll")
+_KINDS = ("segment",) * 4 + ("data", "data", "read", "read", "write", "poll", "abort", "close")
 _ACTIONS = st.lists(
     st.tuples(
         st.sampled_from(_KINDS),
         st.integers(0, 2),  # which connection
         st.one_of(st.just(0), st.integers(-3000, 3000), st.integers(-70_000, 70_000)),
-        st.integers(-3000, 3000),
-        st.sampled_from([TCP_ACK, TCP_ACK | 0x01, TCP_ACK | 0x08, 0x04, 0x14, 0x02, 0x3F]),
-        st.integers(0, 4000),
+        st.one_of(st.just(0), st.integers(-3000, 3000)),
+        st.sampled_from([TCP_ACK, TCP_ACK | 0x08, TCP_ACK | 0x01, 0x04, 0x14, 0x02, 0x3F]),
+        st.one_of(st.sampled_from([1380, 4000]), st.integers(0, 4000)),
     ),
-    max_size=40,
+    min_size=5,
+    max_size=60,
 )
 """(what, connection, sequence offset from RCV.NXT, acknowledgement offset from SND.NXT,
-flags, payload bytes): a hostile segment or the application's call."""
+flags, payload bytes): a hostile segment, in-order data of that length, or the
+application's call."""
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -301,7 +328,7 @@ def test_hostile_segments_keep_the_accounts_true_and_within_the_budget(
     actions: list[tuple[str, int, int, int, int, int]],
 ) -> None:
     config = StackConfig(
-        memory_budget_bytes=48 * 1024,
+        memory_budget_bytes=24 * 1024,
         receive_buffer_bytes=20_000,
         send_buffer_bytes=20_000,
         max_out_of_order_segments=8,
@@ -314,15 +341,24 @@ def test_hostile_segments_keep_the_accounts_true_and_within_the_budget(
     memory = wire.b.memory
     for kind, index, seq_delta, ack_delta, flags, length in actions:
         server = servers[index]
-        if kind == "segment":
-            receiver, sender = server._receiver, server._sender
-            seq = (receiver.irs + receiver.rcv_nxt + seq_delta) % SEQ_SPACE
-            ack = (sender.iss + sender.snd_nxt + ack_delta) % SEQ_SPACE
-            ports = (server.remote[1], server.local[1])
-            packet = build_segment(
-                A_V4.packed, B_V4.packed, ports, seq, ack, flags, 0xFFFF, b"", b"h" * length
-            )
-            wire.inject("ab", packet)
+        if kind in ("segment", "data"):
+            in_order = kind == "data"  # three segments in order with a right ACK
+            for _ in range(3 if in_order else 1):
+                receiver, sender = server._receiver, server._sender
+                seq = receiver.irs + receiver.rcv_nxt + (0 if in_order else seq_delta)
+                ack = sender.iss + sender.snd_nxt + (0 if in_order else ack_delta)
+                packet = build_segment(
+                    A_V4.packed,
+                    B_V4.packed,
+                    (server.remote[1], server.local[1]),
+                    seq % SEQ_SPACE,
+                    ack % SEQ_SPACE,
+                    TCP_ACK if in_order else flags,
+                    0xFFFF,
+                    b"",
+                    b"h" * length,
+                )
+                wire.inject("ab", packet)
         elif kind == "read":
             server.receive(5000)
         elif kind == "write" and server.state in (State.ESTABLISHED, State.CLOSE_WAIT):
