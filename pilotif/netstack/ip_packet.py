@@ -2,8 +2,9 @@
 (TCP: segment.py, UDP: udp.py): `ip_payload` checks an IPv4 or IPv6 packet from the
 network (lengths, the IPv4 header's checksum, no fragments, the protocol) and gives its
 addresses and upper-layer bytes or raises `SegmentDrop` with the reason to count;
-`ip_header` lays out the header of a packet we send; `transport_checksum_ok` checks an
-upper-layer checksum with its pseudo-header. Layouts come from pilotif.packet.ip, the
+`ip_packet` lays out a packet we send (`ip_header` its IP header), the upper layer's
+checksum written; `transport_checksum_ok` checks an upper-layer checksum with its
+pseudo-header. Layouts come from pilotif.packet.ip, the
 sums from pilotif.packet.checksum.
 """
 
@@ -115,3 +116,26 @@ def ip_header(source: bytes, destination: bytes, protocol: int, upper_bytes: int
     return bytearray(
         _IPV6.pack(_IPV6_VERSION_WORD, upper_bytes, protocol, TTL, source, destination)
     )
+
+
+def ip_packet(
+    source: bytes,
+    destination: bytes,
+    protocol: int,
+    header: bytearray,
+    payload: BytesLike,
+    checksum_at: int | None,
+) -> bytes:
+    """A whole packet we send: the IP header, the upper layer's `header` (its checksum
+    written at `checksum_at` over the pseudo-header, header and payload; never 0, which
+    UDP reads as none; None leaves the field as it is), then `payload`."""
+    length = len(header) + len(payload)
+    if checksum_at is not None:
+        total = (
+            pseudo_sum_le(source + destination, protocol, length) + sum_le(header) + sum_le(payload)
+        ) % ONES
+        _U16_LE.pack_into(header, checksum_at, ONES - total)
+    packet = ip_header(source, destination, protocol, length)
+    packet += header
+    packet += payload
+    return bytes(packet)

@@ -13,11 +13,10 @@ from pilotif.netstack.ip_packet import (
     SegmentDrop as SegmentDrop,
 )
 from pilotif.netstack.ip_packet import (
-    ip_header,
+    ip_packet,
     ip_payload,
     transport_checksum_ok,
 )
-from pilotif.packet.checksum import ONES, pseudo_sum_le, sum_le
 from pilotif.packet.ip import PROTO_TCP, TCP_CHECKSUM_OFFSET, TCP_MIN_HEADER_BYTES, BytesLike
 
 SEQ_SPACE: Final = 2**32
@@ -35,7 +34,6 @@ MAX_SACK_BLOCKS: Final = 4
 _TCP_WORD_BYTES: Final = 4
 _TCP = struct.Struct("!HHIIBBHHH")
 _U16 = struct.Struct("!H")
-_U16_LE = struct.Struct("<H")
 _U32_PAIR = struct.Struct("!II")
 
 
@@ -170,19 +168,9 @@ def build_segment(
     header's checksum and the TCP checksum (without `tcp_checksum`, 0: a large segment's
     segments get theirs as they are cut). `options` must be whole words."""
     header_len = TCP_MIN_HEADER_BYTES + len(options)
-    tcp_len = header_len + len(payload)
     tcp_header = bytearray(
         _TCP.pack(ports[0], ports[1], seq, ack, (header_len // 4) << 4, flags, window, 0, 0)
     )
     tcp_header += options
-    if tcp_checksum:
-        total = (
-            pseudo_sum_le(source + destination, PROTO_TCP, tcp_len)
-            + sum_le(tcp_header)
-            + sum_le(payload)
-        ) % ONES
-        _U16_LE.pack_into(tcp_header, TCP_CHECKSUM_OFFSET, ONES - total)
-    ip = ip_header(source, destination, PROTO_TCP, tcp_len)
-    ip += tcp_header
-    ip += payload
-    return bytes(ip)
+    checksum_at = TCP_CHECKSUM_OFFSET if tcp_checksum else None
+    return ip_packet(source, destination, PROTO_TCP, tcp_header, payload, checksum_at)

@@ -24,9 +24,8 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
 from pilotif.netstack.config import DEFAULT_MTU
-from pilotif.netstack.ip_packet import SegmentDrop, ip_header, ip_payload, transport_checksum_ok
+from pilotif.netstack.ip_packet import SegmentDrop, ip_packet, ip_payload, transport_checksum_ok
 from pilotif.netstack.stack import EPHEMERAL_PORTS, LimitError
-from pilotif.packet.checksum import ONES, pseudo_sum_le, sum_le
 from pilotif.packet.icmp import port_unreachable_packet
 from pilotif.packet.ip import (
     IPV4_ADDRESS_BYTES,
@@ -45,7 +44,6 @@ from pilotif.packet.ip import (
 MAX_PORT: Final = 0xFFFF
 _UDP: Final = struct.Struct("!HHHH")
 """Source port, destination port, length, checksum."""
-_U16_LE: Final = struct.Struct("<H")
 _PORT_TRIES: Final = 64
 _NO_CHECKSUM: Final = 0
 """An IPv4 datagram's checksum field when its sender computed none (RFC 768)."""
@@ -152,16 +150,8 @@ def build_datagram(
 ) -> bytes:
     """One IPv4 (4-byte addresses) or IPv6 packet carrying a UDP datagram, checksums
     computed (a sum of 0 is sent as 0xFFFF: 0 means none)."""
-    length = UDP_HEADER_BYTES + len(data)
-    header = bytearray(_UDP.pack(ports[0], ports[1], length, 0))
-    total = (
-        pseudo_sum_le(source + destination, PROTO_UDP, length) + sum_le(header) + sum_le(data)
-    ) % ONES
-    _U16_LE.pack_into(header, UDP_CHECKSUM_OFFSET, ONES - total)
-    packet = ip_header(source, destination, PROTO_UDP, length)
-    packet += header
-    packet += data
-    return bytes(packet)
+    header = bytearray(_UDP.pack(ports[0], ports[1], UDP_HEADER_BYTES + len(data), 0))
+    return ip_packet(source, destination, PROTO_UDP, header, data, UDP_CHECKSUM_OFFSET)
 
 
 class UdpStack:
