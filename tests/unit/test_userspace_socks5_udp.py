@@ -183,6 +183,27 @@ def test_answers_wait_for_the_client_to_speak_first() -> None:
     run(body)
 
 
+def test_a_node_out_of_udp_ports_answers_general_failure() -> None:
+    class FullNet(FakeUdpNet):
+        def open_udp(self, port: int | None = None) -> FakeOverlayUdp:
+            raise OSError("too many UDP sockets")
+
+    async def main() -> None:
+        server = Socks5Server(LoopbackNet(9), RESOLVE, udp=FullNet())
+        proxy = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection(*proxy.sockets[0].getsockname())
+            writer.write(b"\x05\x01\x00" + b"\x05\x03\x00\x01" + bytes(6))
+            async with asyncio.timeout(WAIT_S):
+                assert await reader.read(-1) == b"\x05\x00" + b"\x05\x01\x00\x01" + bytes(6)
+            assert server.counters["associate_failed"] == 1
+            writer.close()
+        finally:
+            proxy.close()
+
+    asyncio.run(main())
+
+
 def test_the_login_applies_to_udp_associate() -> None:
     async def body(port: int, udp: FakeUdpNet, server: Socks5Server) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
