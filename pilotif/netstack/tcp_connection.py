@@ -202,7 +202,11 @@ class Connection:
         return taken
 
     def _send_buffer_changed(self) -> None:
-        self._account.hold_send(len(self._sender.buffer))
+        """Charge the send buffer's length (an ACK changes it only when the acknowledged
+        front is cut, once half of it is: most ACKs cost a comparison)."""
+        held = len(self._sender.buffer)
+        if held != self._account.send_bytes:
+            self._account.hold_send(held)
 
     def _on_memory_room(self) -> None:
         """The node's memory was given back: a refused write may go on, a window held
