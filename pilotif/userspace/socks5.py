@@ -21,10 +21,10 @@ from pilotif.services.overlay_net import OverlayNet
 from pilotif.userspace.names import Resolve
 from pilotif.userspace.socks5_udp import UdpNet, associate, serve
 from pilotif.userspace.socks5_wire import (
+    ADDRESS_TYPES,
     ATYP_IPV4,
     IPV4_BYTES,
     PORT,
-    Socks5WireError,
     address_rest_bytes,
     pack_address,
     parse_address,
@@ -128,11 +128,10 @@ class Socks5Server:
         )
         if version != VERSION:
             raise _Refused("bad_request", _reply(REPLY_FAILURE))
+        if kind not in ADDRESS_TYPES:
+            raise _Refused("address_type_unsupported", _reply(REPLY_ADDRESS_UNSUPPORTED))
         first = await reader.readexactly(1)
-        try:
-            rest = await reader.readexactly(address_rest_bytes(kind, first[0]))
-        except Socks5WireError:
-            raise _Refused("address_type_unsupported", _reply(REPLY_ADDRESS_UNSUPPORTED)) from None
+        rest = await reader.readexactly(address_rest_bytes(kind, first[0]))
         host, port, _ = parse_address(kind, first + rest)
         if (command == CMD_UDP_ASSOCIATE and self._udp is None) or command not in _COMMANDS:
             raise _Refused("command_unsupported", _reply(REPLY_COMMAND_UNSUPPORTED))

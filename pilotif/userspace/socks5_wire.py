@@ -23,6 +23,7 @@ _UDP_HEAD: Final = struct.Struct("!HBB")
 """RSV, FRAG, ATYP."""
 _RSV_FRAG: Final = struct.Struct("!HB")
 _FIXED_BYTES: Final = {ATYP_IPV4: IPV4_BYTES, ATYP_IPV6: IPV6_BYTES}
+ADDRESS_TYPES: Final = frozenset((ATYP_IPV4, ATYP_DOMAIN, ATYP_IPV6))
 
 
 class Socks5WireError(ValueError):

@@ -163,6 +163,9 @@ def test_socks5_bad_input_gets_the_rfc_answers() -> None:
         # An address type that does not exist.
         answer = await exchange(port, b"\x05\x01\x00" + bytes([5, 1, 0, 9, 1, 2, 3, 4, 0, 80]))
         assert reply_code(answer) == 8
+        # ... answered at once, before any address byte.
+        answer = await exchange(port, b"\x05\x01\x00" + bytes([5, 1, 0, 9]))
+        assert reply_code(answer) == 8
         # A port nobody listens on: connection refused.
         answer = await exchange(port, b"\x05\x01\x00" + connect_request(b"beta", REFUSED_PORT))
         assert reply_code(answer) == 5
@@ -174,7 +177,7 @@ def test_socks5_bad_input_gets_the_rfc_answers() -> None:
     assert counters["not_socks5"] == 1
     assert counters["truncated"] == 2
     assert counters["command_unsupported"] == 2
-    assert counters["address_type_unsupported"] == 1
+    assert counters["address_type_unsupported"] == 2
     assert counters["refused"] == 1
     assert counters["no_acceptable_method"] == 1
 
