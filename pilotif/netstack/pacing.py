@@ -16,8 +16,10 @@ from typing import Final
 
 PACING_TRAIN_S: Final = 0.001
 """One release carries what the rate sends in this long."""
-PACING_CREDIT_S: Final = 0.002
-"""Credit builds up to what the rate sends in this long."""
+PACING_CREDIT_S: Final = 0.01
+"""Credit builds up to what the rate sends in this long: an event loop comes back late
+(asyncio's timers wake at a millisecond's resolution, a busy CPU later still), and a
+sender that got back less than it waited for would fall below the rate."""
 MIN_TRAIN_SEGMENTS: Final = 2
 """A release may always carry this many segments (a slow rate still sends pairs)."""
 MIN_WAIT_S: Final = 1e-6
