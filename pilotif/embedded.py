@@ -28,6 +28,7 @@ from pilotif.node.registration import NodeOptions
 from pilotif.services.overlay_net import ConnectedCallback
 from pilotif.userspace.node import UserspaceOptions
 from pilotif.userspace.stack import STREAM_LIMIT_BYTES, StackServer
+from pilotif.userspace.udp import UdpEndpoint
 from pilotif.util.errors import CodedError
 from pilotif.util.paths import StatePaths
 from pilotif.wg.keys import decode_key
@@ -127,6 +128,14 @@ class Node:
         local = self._running().local
         assert local is not None
         return await local.stack.start_server(handler, port, limit=limit)
+
+    def open_udp(self, port: int | None = None) -> UdpEndpoint:
+        """A UDP port of this node's overlay addresses (None: a free one):
+        `send(data, (peer, port))` to a trusted peer by name or address, `await recv()`
+        for `(data, (address, port))`; OSError when the port is taken."""
+        local = self._running().local
+        assert local is not None
+        return local.stack.open_udp(port, resolve=local.resolve)
 
     async def handshake(self, peer: str, message: str = "") -> dict[str, Any]:
         """Ask `peer` for mutual trust (`pilotif handshake`)."""

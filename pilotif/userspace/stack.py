@@ -36,6 +36,7 @@ from pilotif.packet.icmp import ECHO_HEADER, ECHO_REPLY, echo_request_packet
 from pilotif.packet.ip import IPV4_IHL_MASK, IPV4_WORD_BYTES, BytesLike, is_echo_reply
 from pilotif.packet.segments import SuperPacket
 from pilotif.tun.offload import VIRTIO_NET_HDR_SIZE
+from pilotif.userspace.names import Resolve
 from pilotif.userspace.transport import StackTransport
 from pilotif.userspace.udp import UdpEndpoint
 
@@ -201,15 +202,15 @@ class UserspaceStack:
         self._servers[port] = server
         return server
 
-    def open_udp(self, port: int | None = None) -> UdpEndpoint:
+    def open_udp(self, port: int | None = None, *, resolve: Resolve | None = None) -> UdpEndpoint:
         """A UDP port of the node's addresses (None: a free ephemeral one), for
-        `send(data, (address, port))` and `await recv()`; OSError when the port is taken
-        or the node's cap of UDP sockets is reached."""
+        `send(data, (address, port))` (`resolve`: names too) and `await recv()`; OSError
+        when the port is taken or the node's cap of UDP sockets is reached."""
         try:
             bound = self.udp.bind(port)
         except (ValueError, LimitError) as error:
             raise OSError(str(error)) from None
-        endpoint = UdpEndpoint(bound, self._loop, self.kick, self._forget_udp)
+        endpoint = UdpEndpoint(bound, self._loop, self.kick, self._forget_udp, resolve)
         self._udp_endpoints[bound.port] = endpoint
         return endpoint
 

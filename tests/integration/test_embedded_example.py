@@ -46,4 +46,6 @@ def test_the_embedded_example_runs(tmp_path: Path) -> None:
             check=False,
         )
         assert done.returncode == 0, done.stderr[-2000:]
-        assert done.stdout == 'got {"action":"start_stream", "parameters":"real_time"}\n'
+        assert done.stdout == (
+            'got {"action":"start_stream", "parameters":"real_time"}\nheard a datagram\n'
+        )

@@ -93,3 +93,18 @@ def test_datagrams_sent_while_the_data_path_reads_are_all_read() -> None:
             stack.close()
 
     asyncio.run(main())
+
+
+def test_with_a_resolver_peers_are_named_and_strangers_refused() -> None:
+    async def body(a: Side, b: Side) -> None:
+        server = b.stack.open_udp(PORT)
+        trusted = {"beta": b.stack.addresses[0]}
+        client = a.stack.open_udp(resolve=trusted.get)
+        assert client.send(b"by name", ("beta", PORT))
+        with pytest.raises(ValueError, match="not a trusted peer"):
+            client.send(b"x", ("mallory", PORT))
+        async with asyncio.timeout(WAIT_S):
+            data, _ = await server.recv()
+        assert data == b"by name"
+
+    run(body)
