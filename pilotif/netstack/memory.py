@@ -153,6 +153,12 @@ class Account:
             self._memory.wait(self)
 
     # -- what may be taken ------------------------------------------------------------
+    def fits_below_line(self, size_bytes: int) -> bool:
+        """Whether `size_bytes` more fit below the pressure line: then they may be taken,
+        whatever they are (the quick answer, for the usual case)."""
+        memory = self._memory
+        return memory.charged_bytes + size_bytes <= memory.pressure_bytes
+
     def receive_room(self, in_order: bool) -> int:
         """Bytes more the receive side may hold now: the reserve's rest, then in-order
         data up to the budget while this connection holds less than its share (else up

@@ -189,11 +189,11 @@ class Connection:
         memory budget are capped; a Writable event follows when there is room again)."""
         if self.state not in QUEUEING_STATES or self._sender.fin_at is not None:
             raise LocalProtocolError(f"cannot send in {self.state.value}")
-        room = self._account.send_room()
-        if room < len(data):
+        account = self._account
+        if not account.fits_below_line(len(data)) and (room := account.send_room()) < len(data):
             data = memoryview(data)[:room]
             self._writer_waits = True
-            self._account.wait()
+            account.wait()
             self._host.count("memory_write_refused")
         taken = self._sender.queue(data)
         if taken:

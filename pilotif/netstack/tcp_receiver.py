@@ -86,17 +86,8 @@ class Receiver:
             self.ack_now = True
             self._count("beyond_window")
         readable = False
-        if payload and start == self.rcv_nxt:
-            room = self._account.receive_room(in_order=True)
-            if len(payload) > room:  # the node's budget is spent: the peer sends it again
-                payload = payload[:room]
-                fin = False
-                self.ack_now = True
-                self._count("memory_full_drop")
-        elif payload and len(payload) > self._account.receive_room(in_order=False):
-            payload = b""  # out of order, above the pressure line: not held
-            self.ack_now = True
-            self._count("memory_pressure_drop")
+        if payload and not self._account.fits_below_line(len(payload)):
+            payload, fin = self._within_budget(start, payload, fin)
         if payload:
             if start == self.rcv_nxt:
                 filled_hole = len(self.ooo) > 0
@@ -123,6 +114,25 @@ class Receiver:
             self.peer_closed = True
             return readable, True
         return readable, False
+
+    def _within_budget(
+        self, start: int, payload: bytes | memoryview, fin: bool
+    ) -> tuple[bytes | memoryview, bool]:
+        """What of a segment's data (and FIN) the node's memory budget lets us hold: in
+        order, what fits (the rest is dropped: the peer sends it again); out of order, all
+        of it or nothing."""
+        if start == self.rcv_nxt:
+            room = self._account.receive_room(in_order=True)
+            if len(payload) <= room:
+                return payload, fin
+            self._count("memory_full_drop")
+            self.ack_now = True
+            return payload[:room], False
+        if len(payload) <= self._account.receive_room(in_order=False):
+            return payload, fin
+        self._count("memory_pressure_drop")
+        self.ack_now = True
+        return b"", False  # its FIN too: it marks where the dropped data ended
 
     def read(self, max_bytes: int | None) -> bytes:
         """Take up to `max_bytes` (all when None) from the receive buffer."""
@@ -157,6 +167,8 @@ class Receiver:
         out-of-order queue's bytes are inside it already); held back by the budget, the
         account waits to be told when memory is given back."""
         free = self._config.receive_buffer_bytes - len(self.buffer)
+        if self._account.fits_below_line(free):
+            return free
         allowed = self.ooo.bytes + self._account.window_room()
         if allowed < free:
             self._account.wait()

@@ -12,7 +12,7 @@ from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload
 from pilotif.netstack import Connection, Listener, StackConfig, State, Writable
 from pilotif.netstack.memory import NodeMemory
 from pilotif.netstack.segment import SEQ_SPACE, TCP_RST, build_segment, parse_segment
-from pilotif.packet.ip import TCP_ACK, TCP_SYN
+from pilotif.packet.ip import TCP_ACK, TCP_FIN, TCP_SYN
 
 BUDGET_BYTES = 1024 * 1024
 HOSTILE = StackConfig(
@@ -254,6 +254,32 @@ def test_a_writer_held_to_its_reserve_is_told_when_its_own_data_is_acknowledged(
     small.hold(0, 0)  # acknowledged: its charge (the reserve) did not change
     assert woken == ["small"]
     assert small.send_room() == memory.reserve_bytes
+
+
+def test_a_fin_after_out_of_order_data_dropped_under_pressure_is_dropped_too() -> None:
+    wire = Wire(config_b=StackConfig(memory_budget_bytes=64 * 1024))
+    full_client = open_pair(wire)[0]
+    wire.b.unlisten(wire.b._listeners[PORT])
+    client, server = open_pair(wire)
+    full_client.send(payload(80_000, 9))  # never read: B reaches its pressure line
+    wire.settle(1.0)
+    assert wire.b.memory.under_pressure
+    receiver, sender = server._receiver, server._sender
+    ports = (client.local[1], client.remote[1])
+    ack = (sender.iss + sender.snd_nxt) % SEQ_SPACE
+
+    def segment(offset: int, flags: int, size: int) -> bytes:
+        seq = (receiver.irs + receiver.rcv_nxt + offset) % SEQ_SPACE
+        return build_segment(
+            A_V4.packed, B_V4.packed, ports, seq, ack, flags, 0xFFFF, b"", b"d" * size
+        )
+
+    dropped = wire.b.counters["memory_pressure_drop"]
+    wire.inject("ab", segment(1000, TCP_ACK | TCP_FIN, 3000))  # beyond its reserve
+    assert wire.b.counters["memory_pressure_drop"] == dropped + 1
+    wire.inject("ab", segment(0, TCP_ACK, 1000))  # the hole before it fills
+    assert server.readable_bytes == 1000
+    assert not server.peer_closed  # the stream did not end where the dropped data began
 
 
 def test_a_new_connection_is_refused_when_its_reserve_does_not_fit() -> None:
