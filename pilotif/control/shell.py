@@ -5,13 +5,16 @@ to a stream's source), its counter kept covered by a CounterLease, housekeeping 
 every period, until SIGTERM or SIGINT."""
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
+import struct
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from typing import Any, Final, Protocol, cast
+from collections.abc import Callable, Iterator
+from typing import Final, Protocol
 
 from pilotif.control.counter_lease import CounterLease
 from pilotif.control.gate import Outgoing
@@ -27,6 +30,16 @@ from pilotif.wg.events import Endpoint
 ANY_IPV6: Final = "::"
 """Every address of both families (one dual-stack socket: Linux's bindv6only is 0)."""
 ANY_IPV4: Final = "0.0.0.0"
+READ_BATCH: Final = 256
+"""Datagrams answered per wake-up before the loop's other work (streams, housekeeping)
+has its turn."""
+MAX_DATAGRAM_BYTES: Final = 65_535
+SO_TIMESTAMPNS: Final = 35
+SCM_TIMESTAMPNS: Final = SO_TIMESTAMPNS
+"""Linux's receive timestamps, which Python's socket module does not name: each datagram
+carries the time (a timespec) the kernel queued it."""
+_TIMESPEC: Final = struct.Struct("@qq")
+ANCILLARY_BYTES: Final = socket.CMSG_SPACE(_TIMESPEC.size)
 RECEIVE_BUFFER_BYTES: Final = 4 * 1024 * 1024
 """The socket's receive buffer (as far as net.core.rmem_max allows): a burst of
 datagrams waits there while a batch of heartbeats is written."""
@@ -44,27 +57,52 @@ class DatagramCore(Protocol):
     def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """What to send in answer to one datagram."""
 
+    def waited(self, delay_s: float, now: float) -> None:
+        """A datagram about to be handled waited `delay_s` in the socket's queue."""
 
-class CoreProtocol(asyncio.DatagramProtocol):
+
+class CoreProtocol:
     """Hands every datagram (from the UDP socket, or from a stream of `streams`) to the
     core with the wall-clock time, sends what it returns (down the stream of its
-    destination, else on the socket), and keeps the core's counter covered by its lease."""
+    destination, else on the socket), and keeps the core's counter covered by its lease.
+
+    The socket is read in batches (at most READ_BATCH at a time, then the loop's other
+    work has its turn); the core hears how long each datagram waited in the kernel's
+    queue (`waited`, from the kernel's receive timestamp where there is one), which is how
+    it knows it falls behind."""
 
     def __init__(self, core: DatagramCore, lease: CounterLease) -> None:
         self._core = core
         self._lease = lease
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._dual_stack = False
-        self._paused = False
         self.streams: StreamListener | None = None
         """The stream listener, once serving: its sources are answered down their stream."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._dual_stack = self._transport.get_extra_info("socket").family == socket.AF_INET6
+    def attach(self, sock: socket.socket) -> None:
+        """Serve the (non-blocking, bound) UDP socket `sock`."""
+        self._sock = sock
+        self._dual_stack = sock.family == socket.AF_INET6
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.answer(data, (plain_host(str(addr[0]), self._dual_stack), int(addr[1])))
+    def read_ready(self) -> None:
+        """Answer what waits on the socket (called when it is readable), telling the core
+        how long each datagram waited in the kernel's queue."""
+        assert self._sock is not None
+        for _ in range(READ_BATCH):
+            try:
+                data, ancillary, _, addr = self._sock.recvmsg(MAX_DATAGRAM_BYTES, ANCILLARY_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # An ICMP error queued on the socket by an earlier send.
+                self._core.counters["socket_error"] += 1
+                continue
+            now = time.time()
+            for level, kind, value in ancillary:
+                if (level, kind) == (socket.SOL_SOCKET, SCM_TIMESTAMPNS) and len(value) >= 16:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                    self._core.waited(now - seconds - nanoseconds / 1e9, now)
+            self.answer(data, (plain_host(str(addr[0]), self._dual_stack), int(addr[1])))
 
     def answer(self, data: bytes, source: Endpoint) -> None:
         """Hand one datagram from `source` to the core and send what it answers."""
@@ -83,29 +121,20 @@ class CoreProtocol(asyncio.DatagramProtocol):
     def send(self, outgoing: list[tuple[bytes, Endpoint]]) -> None:
         """Send datagrams: down the stream of their destination, else on the socket
         (dropped and counted while the socket's buffer is full)."""
-        assert self._transport is not None
+        assert self._sock is not None
         streams = self.streams
         for datagram, endpoint in outgoing:
             if streams is not None and streams.send(datagram, endpoint):
                 continue
-            if self._paused:
-                self._core.counters["send_queue_full"] += 1
-                continue
             host, port = endpoint
             if self._dual_stack and ":" not in host:
                 host = IPV4_MAPPED_PREFIX + host
-            self._transport.sendto(datagram, (host, port))
-
-    def pause_writing(self) -> None:
-        """The kernel's buffer is full and asyncio holds more than its high-water mark:
-        drop (and count) answers rather than queue them behind junk."""
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-
-    def error_received(self, exc: Exception) -> None:
-        self._core.counters["socket_error"] += 1
+            try:
+                self._sock.sendto(datagram, (host, port))
+            except (BlockingIOError, InterruptedError):
+                self._core.counters["send_queue_full"] += 1
+            except OSError:
+                self._core.counters["socket_error"] += 1
 
 
 Housekeeping = list[tuple[str, float, Callable[[], None]]]
@@ -127,32 +156,63 @@ async def serve_until_stopped(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    listen = listen_address(listen)
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: CoreProtocol(core, lease), local_addr=listen
-    )
-    transport.get_extra_info("socket").setsockopt(
-        socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES
-    )
-    udp_port = transport.get_extra_info("sockname")[1]
-    same_port = (listen[0], udp_port)
-    servers = await serve_streams(protocol, core.counters, (same_port, *tcp_listens))
-    stop_watching = on_open(protocol) if on_open is not None else None
-    tasks = [asyncio.create_task(_every(*job)) for job in housekeeping]
     try:
-        await stop.wait()
+        with serving_udp(core, lease, listen_address(listen)) as (protocol, bound):
+            same_port = (listen_address(listen)[0], bound[1])
+            servers = await serve_streams(protocol, core.counters, (same_port, *tcp_listens))
+            stop_watching = on_open(protocol) if on_open is not None else None
+            tasks = [asyncio.create_task(_every(*job)) for job in housekeeping]
+            try:
+                await stop.wait()
+            finally:
+                if stop_watching is not None:
+                    stop_watching()
+                for task in tasks:
+                    task.cancel()
+                for server in servers:
+                    server.close()
+                if protocol.streams is not None:
+                    protocol.streams.close()
     finally:
-        if stop_watching is not None:
-            stop_watching()
-        for task in tasks:
-            task.cancel()
-        for server in servers:
-            server.close()
-        if protocol.streams is not None:
-            protocol.streams.close()
-        transport.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+@contextlib.contextmanager
+def serving_udp(
+    core: DatagramCore, lease: CounterLease, listen: Endpoint
+) -> Iterator[tuple[CoreProtocol, Endpoint]]:
+    """`core` answering on a UDP socket bound to `listen`, read by the running loop until
+    the block ends; its protocol, and the address the socket is bound to."""
+    loop = asyncio.get_running_loop()
+    protocol = CoreProtocol(core, lease)
+    sock = udp_socket(listen)
+    protocol.attach(sock)
+    loop.add_reader(sock.fileno(), protocol.read_ready)
+    try:
+        yield protocol, (listen[0], sock.getsockname()[1])
+    finally:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+
+
+def udp_socket(listen: Endpoint) -> socket.socket:
+    """A non-blocking UDP socket bound to `listen` (an IPv6 address or `::`: one socket
+    for both families), with RECEIVE_BUFFER_BYTES to read from and, on Linux, the time
+    each datagram was queued."""
+    host, port = listen
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        if sys.platform == "linux":
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def listen_address(listen: Endpoint) -> Endpoint:

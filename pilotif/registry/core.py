@@ -151,6 +151,11 @@ class RegistryCore:
         """Everything to send in answer to one datagram from `source`."""
         return self._by_type(data, source, now)
 
+    def waited(self, delay_s: float, now: float) -> None:
+        """A datagram about to be handled waited `delay_s` in the socket's queue: while
+        they all wait too long, new channels are answered busy (ControlGate.behind)."""
+        self._front.gate.waited(delay_s, now)
+
     def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """A replica keepalive, a key request, or junk."""
         kind = data[0] if data else None
@@ -158,6 +163,11 @@ class RegistryCore:
             self.counters["replica_keepalives"] += 1
             return []
         if kind == KEY_REQUEST_TYPE and data == KEY_REQUEST:
+            if self._front.gate.behind(now):
+                # A node away (or starting) registers once answered: while we fall
+                # behind, its silence costs least, and it asks again about a second on.
+                self.counters["key_request_behind"] += 1
+                return []
             if not self._front.gate.unproven_allowed(source, now):
                 return []
             return [(pack_key_reply(self.public_key), source)]

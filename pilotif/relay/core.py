@@ -169,6 +169,11 @@ class RelayCore:
         """Everything to send in answer to one datagram from `source`."""
         return self._by_type(data, source, now)
 
+    def waited(self, delay_s: float, now: float) -> None:
+        """A datagram about to be handled waited `delay_s` in the socket's queue: while
+        they all wait too long, new channels are answered busy (ControlGate.behind)."""
+        self._front.gate.waited(delay_s, now)
+
     def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         self.counters["unknown_type"] += 1
         return []

@@ -16,6 +16,7 @@ from pilotif.control import gate
 from pilotif.control.wire import (
     BUSY_SIZE,
     BUSY_TYPE,
+    KEY_REQUEST,
     WireError,
     pack_busy,
     parse_busy,
@@ -23,6 +24,9 @@ from pilotif.control.wire import (
 )
 from pilotif.node.registry_link import REQUEST_ATTEMPTS, GaveUp, RegistryLink, Reply
 from pilotif.wg.crypto import generate_private_key, public_key
+from pilotif.wg.events import Endpoint
+
+CAROL: Endpoint = ("198.18.1.4", 40003)
 
 
 @pytest.fixture
@@ -172,3 +176,52 @@ def test_a_node_turned_away_registers_once_the_registry_has_room(saturated: Pair
     answers += pair.exchange(bob, BOB)
     replies = [a for a in answers if isinstance(a, Reply)]
     assert [r.request_id for r in replies] == [request_id] and replies[0].message["ok"]
+
+
+# -- falling behind ----------------------------------------------------------------------
+
+
+def _registers(pair: Pair, source: Endpoint, name: str) -> bool:
+    """Whether a new node is served now (else it was answered busy)."""
+    link = pair.link(generate_private_key())
+    link.request("register", {"hostname": name, "tags": [], "lan": []}, pair.now)
+    return any(isinstance(e, Reply) for e in pair.exchange(link, source))
+
+
+def test_a_registry_whose_queue_stands_answers_new_keys_busy_until_it_drains(
+    tmp_path: Path,
+) -> None:
+    pair = Pair(tmp_path)
+    alice = pair.link(generate_private_key())
+    register(pair, alice, ALICE, "alice")
+    # A burst: one datagram of the interval waited little. Not behind.
+    for wait in (gate.QUEUE_TARGET_S * 3, gate.QUEUE_TARGET_S / 2, gate.QUEUE_TARGET_S * 3):
+        pair.core.waited(wait, pair.now)
+    pair.now += gate.QUEUE_INTERVAL_S
+    pair.core.waited(gate.QUEUE_TARGET_S * 3, pair.now)
+    assert _registers(pair, BOB, "bob")
+    # A standing queue: every datagram of an interval waited more than the target.
+    pair.now += gate.QUEUE_INTERVAL_S
+    pair.core.waited(gate.QUEUE_TARGET_S * 3, pair.now)
+    assert not _registers(pair, CAROL, "carol")
+    assert pair.core.counters["busy_behind"] == pair.core.counters["busy"] == 1
+    # Key requests (the probes of nodes away) go unanswered; a node with a channel is
+    # served all the same.
+    assert pair.core.handle_datagram(KEY_REQUEST, CAROL, pair.now) == []
+    assert pair.core.counters["key_request_behind"] == 1
+    assert pair.call(alice, ALICE, "register", hostname="alice", tags=[], lan=[])["ok"]
+    # Drained: the next interval's datagrams waited little.
+    pair.now += gate.QUEUE_INTERVAL_S
+    pair.core.waited(0.0, pair.now)
+    pair.now += gate.QUEUE_INTERVAL_S
+    pair.core.waited(0.0, pair.now)
+    assert _registers(pair, CAROL, "carol")
+    assert pair.core.handle_datagram(KEY_REQUEST, CAROL, pair.now) != []
+    assert pair.core.counters["busy"] == 1
+
+
+def test_without_a_shell_that_tells_the_waits_nobody_is_behind(tmp_path: Path) -> None:
+    pair = Pair(tmp_path)
+    pair.now += 3600
+    assert _registers(pair, BOB, "bob")
+    assert pair.core.counters["busy"] == 0

@@ -103,6 +103,9 @@ class Registry:
         self.heard.append((data, source))
         return [(b"\x52key" if data == KEY_REQUEST else data, source)]
 
+    def waited(self, delay_s: float, now: float) -> None:
+        pass
+
 
 class Node:
     """A Bind with streams, read the way the data path reads it."""

@@ -17,7 +17,7 @@ import pytest
 from pilotif.control import forwarder
 from pilotif.control.counter_lease import CounterLease
 from pilotif.control.gate import Outgoing
-from pilotif.control.shell import CoreProtocol, serve_streams, serve_until_stopped
+from pilotif.control.shell import CoreProtocol, serve_streams, serve_until_stopped, serving_udp
 from pilotif.control.stream_listener import StreamLimits
 from pilotif.control.tickets import TICKET_LIFETIME_S, issue_ticket, ticket_key
 from pilotif.control.wire import RELAY_TYPE, pack_relay, unpack_relay
@@ -54,6 +54,9 @@ class EchoCore:
             out.append((data, self.elsewhere))
         return out
 
+    def waited(self, delay_s: float, now: float) -> None:
+        pass
+
 
 Core = EchoCore | RelayCore
 
@@ -63,21 +66,16 @@ async def serving(
     core: Core, tmp_path: Path, limits: StreamLimits | None = None, host: str = "127.0.0.1"
 ) -> AsyncIterator[tuple[Endpoint, CoreProtocol]]:
     """`core` on a UDP socket at `host` and a stream listener on the same port: where."""
-    loop = asyncio.get_running_loop()
     lease = CounterLease(tmp_path / "counter")
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: CoreProtocol(core, lease), local_addr=(host, 0)
-    )
-    at = (host, transport.get_extra_info("sockname")[1])
-    servers = await serve_streams(protocol, core.counters, (at,), limits)
-    try:
-        yield at, protocol
-    finally:
-        for server in servers:
-            server.close()
-        assert protocol.streams is not None
-        protocol.streams.close()
-        transport.close()
+    with serving_udp(core, lease, (host, 0)) as (protocol, at):
+        servers = await serve_streams(protocol, core.counters, (at,), limits)
+        try:
+            yield at, protocol
+        finally:
+            for server in servers:
+                server.close()
+            assert protocol.streams is not None
+            protocol.streams.close()
 
 
 class Client:

@@ -1,0 +1,85 @@
+"""The shell's UDP reading (control/shell.py) on a real loopback socket: it answers
+what waits, in batches, and tells the core how long each datagram waited in the
+kernel's queue, which is how the registry knows it falls behind (ControlGate.behind)."""
+
+import asyncio
+import socket
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pilotif.control import shell
+from pilotif.control.counter_lease import CounterLease
+from pilotif.control.gate import Outgoing
+from pilotif.control.shell import serving_udp
+from pilotif.wg.events import Endpoint
+
+WAIT_S = 20.0
+DATAGRAMS = 10
+HELD_S = 0.2
+"""How long the loop is kept from reading (each datagram waited at least that)."""
+
+
+class RecordingCore:
+    """Echoes each datagram; records how long each waited in the queue."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+        self.heard = 0
+        self.waits: list[float] = []
+
+    @property
+    def counter(self) -> int:
+        return 0
+
+    def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        self.heard += 1
+        return [(data, source)]
+
+    def waited(self, delay_s: float, now: float) -> None:
+        self.waits.append(delay_s)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="receive timestamps are Linux's")
+def test_every_datagram_is_answered_in_batches_and_its_wait_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shell, "READ_BATCH", 4)
+    core = RecordingCore()
+
+    async def test() -> None:
+        lease = CounterLease(tmp_path / "counter")
+        with (
+            serving_udp(core, lease, ("127.0.0.1", 0)) as (_, at),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            client.settimeout(WAIT_S)
+
+            async def held(count: int) -> list[float]:
+                """Send `count` datagrams, keep the loop from reading for HELD_S, and
+                return their waits once answered."""
+                first = core.heard
+                for number in range(count):
+                    client.sendto(bytes((number,)), at)
+                time.sleep(HELD_S)
+                async with asyncio.timeout(WAIT_S):
+                    while core.heard < first + count:
+                        await asyncio.sleep(0.01)
+                answers = sorted(client.recv(16)[0] for _ in range(count))
+                assert answers == list(range(count))
+                return core.waits[first:]
+
+            # The kernel turns its timestamps on a moment after the socket asks (until
+            # then it stamps a datagram when it is read): wait for that first.
+            async with asyncio.timeout(WAIT_S):
+                while (await held(1))[0] < HELD_S:
+                    pass
+            waits = await held(DATAGRAMS)
+            assert len(waits) == DATAGRAMS
+            assert all(HELD_S <= wait < WAIT_S for wait in waits), waits
+
+    asyncio.run(test())
+    assert len(core.waits) == core.heard
