@@ -56,9 +56,10 @@ class Pacer:
         allowed = int(min(wanted, self._credit, train))
         if allowed < wanted:
             allowed -= allowed % segment_bytes
-        if allowed <= 0:
+        if allowed <= 0:  # below one segment, or spent ahead (a fast retransmission)
             needed = min(wanted, train)
             self.release_at = now + max((needed - self._credit) / rate, MIN_WAIT_S)
+            return 0
         return allowed
 
     def spend(self, sent: int) -> None:

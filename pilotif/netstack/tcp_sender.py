@@ -343,7 +343,7 @@ class Sender:
                 if length < unsent:
                     length -= length % limit  # whole segments, unless it ends the data
             length = self._paced(length, now)
-            if not length:
+            if length <= 0:
                 return
             large = large and length > limit
             used = self._send_data(self.snd_nxt, length, now, large=large)

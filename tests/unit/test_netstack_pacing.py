@@ -53,6 +53,17 @@ def test_what_is_held_back_has_a_release_time_and_goes_then() -> None:
     assert pacer.release_at is None
 
 
+def test_bytes_sent_ahead_of_the_credit_hold_the_next_release_back() -> None:
+    """What left unpaced (a fast retransmission) is charged: the credit goes below zero,
+    and nothing (never a negative length) may go until it has come back."""
+    pacer = Pacer()
+    pacer.spend(pacer.allowance(1 << 20, MSS, RATE, 0.0))
+    pacer.spend(MSS // 2)  # a retransmission sent at once
+    assert pacer.allowance(1 << 20, MSS, RATE, 0.0) == 0
+    assert pacer.release_at is not None
+    assert pacer.release_at >= (MSS // 2 + MIN_TRAIN_SEGMENTS * MSS) / RATE
+
+
 def test_no_rate_means_no_pacing() -> None:
     pacer = Pacer()
     for now in (0.0, 0.0, 0.001):
