@@ -33,6 +33,8 @@ from pilotif.wg.events import Endpoint
 
 T = TypeVar("T")
 
+_CONTROL_TYPE_BYTE = bytes((CONTROL_TYPE,))
+_RELAY_TYPE_BYTE = bytes((RELAY_TYPE,))
 NO_FLOOR = -1
 """The counter floor of a sender nothing is known of: every counter is above it."""
 
@@ -118,6 +120,16 @@ class ControlFront(Generic[T]):
         self.channels.remember(sender, channel)
         return Opened(sender, channel, message, looked_up)
 
+    def known(self, data: bytes) -> bool:
+        """Whether `data` is a control message from a sender whose channel we keep (its
+        cheap work: no X25519, no lookup; unverified until opened)."""
+        if data[:1] != _CONTROL_TYPE_BYTE:
+            return False
+        try:
+            return control_sender(data) in self.channels
+        except WireError:
+            return False
+
     def _channel(
         self, sender: bytes, source: Endpoint, now: float
     ) -> tuple[ControlChannel, T | None] | None:
@@ -185,6 +197,12 @@ class ControlFront(Generic[T]):
         if session is not None:
             payload["session"] = session
         return payload
+
+
+def urgent(front: "ControlFront[Any]", data: bytes) -> bool:
+    """What the shell serves before its backlog, at the registry and at a relay: relayed
+    traffic (0x51: a table lookup) and control messages on a channel we keep."""
+    return data[:1] == _RELAY_TYPE_BYTE or front.known(data)
 
 
 class ByType:

@@ -12,7 +12,7 @@ import socket
 import struct
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from typing import Final, Protocol
 
@@ -31,8 +31,14 @@ ANY_IPV6: Final = "::"
 """Every address of both families (one dual-stack socket: Linux's bindv6only is 0)."""
 ANY_IPV4: Final = "0.0.0.0"
 READ_BATCH: Final = 256
-"""Datagrams answered per wake-up before the loop's other work (streams, housekeeping)
-has its turn."""
+"""Datagrams read per wake-up before the loop's other work (streams, housekeeping) has
+its turn."""
+DRAIN_BATCH: Final = 8
+"""Backlog datagrams served between two reads of the socket (each may cost an X25519
+and a query: about a millisecond, the most a heartbeat then waits)."""
+MAX_BACKLOG: Final = 8192
+"""Datagrams read and waiting to be served (about as many as the socket's buffer
+holds)."""
 MAX_DATAGRAM_BYTES: Final = 65_535
 SO_TIMESTAMPNS: Final = 35
 SCM_TIMESTAMPNS: Final = SO_TIMESTAMPNS
@@ -58,7 +64,12 @@ class DatagramCore(Protocol):
         """What to send in answer to one datagram."""
 
     def waited(self, delay_s: float, now: float) -> None:
-        """A datagram about to be handled waited `delay_s` in the socket's queue."""
+        """A datagram of the backlog about to be handled waited `delay_s` since it
+        arrived."""
+
+    def urgent(self, data: bytes) -> bool:
+        """Whether a datagram is served before the backlog: cheap work for a party we
+        know (a node's heartbeat on its channel, relayed traffic)."""
 
 
 class CoreProtocol:
@@ -67,15 +78,21 @@ class CoreProtocol:
     destination, else on the socket), and keeps the core's counter covered by its lease.
 
     The socket is read in batches (at most READ_BATCH at a time, then the loop's other
-    work has its turn); the core hears how long each datagram waited in the kernel's
-    queue (`waited`, from the kernel's receive timestamp where there is one), which is how
-    it knows it falls behind."""
+    work has its turn). What the core calls urgent is answered at once; the rest joins a
+    backlog (at most MAX_BACKLOG datagrams; past it dropped and counted as
+    `backlog_full`) served DRAIN_BATCH at a time between reads, so that a heartbeat never
+    waits behind a crowd of new nodes. The core hears how long each backlog datagram
+    waited since it arrived (`waited`, from the kernel's receive timestamp where there is
+    one), which is how it knows it falls behind."""
 
     def __init__(self, core: DatagramCore, lease: CounterLease) -> None:
         self._core = core
         self._lease = lease
         self._sock: socket.socket | None = None
         self._dual_stack = False
+        self._backlog: deque[tuple[bytes, Endpoint, float | None]] = deque()
+        """Datagrams read and not yet served: data, source, when they arrived."""
+        self._draining = False
         self.streams: StreamListener | None = None
         """The stream listener, once serving: its sources are answered down their stream."""
 
@@ -85,24 +102,40 @@ class CoreProtocol:
         self._dual_stack = sock.family == socket.AF_INET6
 
     def read_ready(self) -> None:
-        """Answer what waits on the socket (called when it is readable), telling the core
-        how long each datagram waited in the kernel's queue."""
+        """Read what waits on the socket (called when it is readable): answer what is
+        urgent, keep the rest for `_drain`."""
         assert self._sock is not None
         for _ in range(READ_BATCH):
             try:
                 data, ancillary, _, addr = self._sock.recvmsg(MAX_DATAGRAM_BYTES, ANCILLARY_BYTES)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError:
                 # An ICMP error queued on the socket by an earlier send.
                 self._core.counters["socket_error"] += 1
                 continue
-            now = time.time()
-            for level, kind, value in ancillary:
-                if (level, kind) == (socket.SOL_SOCKET, SCM_TIMESTAMPNS) and len(value) >= 16:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(value)
-                    self._core.waited(now - seconds - nanoseconds / 1e9, now)
-            self.answer(data, (plain_host(str(addr[0]), self._dual_stack), int(addr[1])))
+            source = (plain_host(str(addr[0]), self._dual_stack), int(addr[1]))
+            if self._core.urgent(data):
+                self.answer(data, source)
+            elif len(self._backlog) < MAX_BACKLOG:
+                self._backlog.append((data, source, _arrival(ancillary)))
+            else:
+                self._core.counters["backlog_full"] += 1
+        if self._backlog and not self._draining:
+            self._draining = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """Serve the oldest of the backlog, then let the loop read again."""
+        for _ in range(min(DRAIN_BATCH, len(self._backlog))):
+            data, source, arrived = self._backlog.popleft()
+            if arrived is not None:
+                self._core.waited(time.time() - arrived, time.time())
+            self.answer(data, source)
+        if self._backlog:
+            asyncio.get_running_loop().call_soon(self._drain)
+        else:
+            self._draining = False
 
     def answer(self, data: bytes, source: Endpoint) -> None:
         """Hand one datagram from `source` to the core and send what it answers."""
@@ -194,6 +227,15 @@ def serving_udp(
     finally:
         loop.remove_reader(sock.fileno())
         sock.close()
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """When the kernel queued a datagram (its receive timestamp), if it says."""
+    for level, kind, value in ancillary:
+        if (level, kind) == (socket.SOL_SOCKET, SCM_TIMESTAMPNS) and len(value) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+            return float(seconds + nanoseconds / 1e9)
+    return None
 
 
 def udp_socket(listen: Endpoint) -> socket.socket:

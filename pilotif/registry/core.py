@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any, Final
 
 from pilotif.control.forwarder import Forwarder
-from pilotif.control.front import NO_FLOOR, ByType, ControlFront, Opened
+from pilotif.control.front import NO_FLOOR, ByType, ControlFront, Opened, urgent
 from pilotif.control.gate import Outgoing
 from pilotif.control.probe_answer import answering_probes
 from pilotif.control.relay_info import RelayInfo
@@ -151,9 +151,13 @@ class RegistryCore:
         """Everything to send in answer to one datagram from `source`."""
         return self._by_type(data, source, now)
 
+    def urgent(self, data: bytes) -> bool:
+        """Whether the shell serves `data` before its backlog (front.urgent)."""
+        return urgent(self._front, data)
+
     def waited(self, delay_s: float, now: float) -> None:
-        """A datagram about to be handled waited `delay_s` in the socket's queue: while
-        they all wait too long, new channels are answered busy (ControlGate.behind)."""
+        """A datagram of the shell's backlog waited `delay_s` since it arrived: while they
+        all wait too long, new channels are answered busy (ControlGate.behind)."""
         self._front.gate.waited(delay_s, now)
 
     def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:

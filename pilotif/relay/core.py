@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pilotif.control.forwarder import Forwarder
-from pilotif.control.front import NO_FLOOR, ByType, ControlFront
+from pilotif.control.front import NO_FLOOR, ByType, ControlFront, urgent
 from pilotif.control.gate import Outgoing
 from pilotif.control.probe_answer import answering_probes
 from pilotif.control.tickets import check_ticket, ticket_key
@@ -169,9 +169,13 @@ class RelayCore:
         """Everything to send in answer to one datagram from `source`."""
         return self._by_type(data, source, now)
 
+    def urgent(self, data: bytes) -> bool:
+        """Whether the shell serves `data` before its backlog (front.urgent)."""
+        return urgent(self._front, data)
+
     def waited(self, delay_s: float, now: float) -> None:
-        """A datagram about to be handled waited `delay_s` in the socket's queue: while
-        they all wait too long, new channels are answered busy (ControlGate.behind)."""
+        """A datagram of the shell's backlog waited `delay_s` since it arrived: while they
+        all wait too long, new channels are answered busy (ControlGate.behind)."""
         self._front.gate.waited(delay_s, now)
 
     def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:

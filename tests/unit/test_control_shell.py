@@ -1,6 +1,7 @@
 """The shell's UDP reading (control/shell.py) on a real loopback socket: it answers
-what waits, in batches, and tells the core how long each datagram waited in the
-kernel's queue, which is how the registry knows it falls behind (ControlGate.behind)."""
+what the core calls urgent at once and the rest from a bounded backlog, and tells the
+core how long each backlog datagram waited since it arrived, which is how the registry
+knows it falls behind (ControlGate.behind)."""
 
 import asyncio
 import socket
@@ -20,15 +21,18 @@ from pilotif.wg.events import Endpoint
 WAIT_S = 20.0
 DATAGRAMS = 10
 HELD_S = 0.2
+URGENT = b"U"
 """How long the loop is kept from reading (each datagram waited at least that)."""
 
 
 class RecordingCore:
-    """Echoes each datagram; records how long each waited in the queue."""
+    """Echoes each datagram; records the order it handled them in and how long each
+    backlog datagram waited. A datagram starting with URGENT is urgent."""
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
         self.heard = 0
+        self.handled: list[bytes] = []
         self.waits: list[float] = []
 
     @property
@@ -37,7 +41,11 @@ class RecordingCore:
 
     def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         self.heard += 1
+        self.handled.append(data)
         return [(data, source)]
+
+    def urgent(self, data: bytes) -> bool:
+        return data.startswith(URGENT)
 
     def waited(self, delay_s: float, now: float) -> None:
         self.waits.append(delay_s)
@@ -83,3 +91,44 @@ def test_every_datagram_is_answered_in_batches_and_its_wait_told(
 
     asyncio.run(test())
     assert len(core.waits) == core.heard
+
+
+def _serve_queued(tmp_path: Path, core: RecordingCore, datagrams: list[bytes]) -> None:
+    """Queue `datagrams` before the loop reads any, and serve them."""
+
+    async def test() -> None:
+        lease = CounterLease(tmp_path / "counter")
+        with (
+            serving_udp(core, lease, ("127.0.0.1", 0)) as (_, at),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            client.settimeout(WAIT_S)
+            for data in datagrams:
+                client.sendto(data, at)
+            async with asyncio.timeout(WAIT_S):
+                while core.heard + core.counters["backlog_full"] < len(datagrams):
+                    await asyncio.sleep(0.01)
+
+    asyncio.run(test())
+
+
+def test_an_urgent_datagram_is_served_before_the_backlog_that_came_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shell, "DRAIN_BATCH", 2)
+    core = RecordingCore()
+    crowd = [b"new-%d" % number for number in range(20)]
+    _serve_queued(tmp_path, core, [*crowd, URGENT + b"heartbeat"])
+    assert core.handled[0] == URGENT + b"heartbeat"
+    assert core.handled[1:] == crowd
+
+
+def test_past_its_bound_the_backlog_drops_and_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shell, "MAX_BACKLOG", 5)
+    core = RecordingCore()
+    crowd = [b"new-%d" % number for number in range(10)]
+    _serve_queued(tmp_path, core, crowd)
+    assert core.handled == crowd[:5]
+    assert core.counters["backlog_full"] == 5

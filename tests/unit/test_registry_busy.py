@@ -225,3 +225,21 @@ def test_without_a_shell_that_tells_the_waits_nobody_is_behind(tmp_path: Path) -
     pair.now += 3600
     assert _registers(pair, BOB, "bob")
     assert pair.core.counters["busy"] == 0
+
+
+def test_heartbeats_on_a_kept_channel_are_urgent_new_keys_and_junk_are_not(
+    tmp_path: Path,
+) -> None:
+    pair = Pair(tmp_path)
+    alice = pair.link(generate_private_key())
+    register(pair, alice, ALICE, "alice")
+    alice.request("register", {"hostname": "alice", "tags": [], "lan": []}, pair.now)
+    [(heartbeat, _)] = alice.outgoing
+    bob = pair.link(generate_private_key())
+    bob.request("register", {"hostname": "bob", "tags": [], "lan": []}, pair.now)
+    [(first, _)] = bob.outgoing
+    assert pair.core.urgent(heartbeat)
+    assert not pair.core.urgent(first)
+    assert not pair.core.urgent(KEY_REQUEST)
+    assert not pair.core.urgent(heartbeat[:20])
+    assert not pair.core.urgent(b"")
