@@ -36,10 +36,12 @@ heartbeat found the replica silent, registers with the survivor: `served_after_k
 is how long after the kill each was answered there, `failover_s` how long from the
 request (the notice, or the heartbeat that found the silence) to that answer.
 
-`dropped` counts the datagrams the registry's socket dropped (the kernel's count for
-that socket) plus the heartbeats that needed a second attempt. Nodes share a source
-address 16 at a time, each in a /24 of its own, below the registry's limits of new nodes
-per address and per /24. Run it on a
+`registry_counters` are what the registries counted of their drops and cheap answers
+(busy notices, key requests left unanswered while behind, backlog full, cookie
+replies), from the `registry_stopped` line each logs. `dropped` counts the datagrams the
+registry's socket dropped (the kernel's count for that socket) plus the heartbeats that
+needed a second attempt. Nodes share a source address 16 at a time, each in a /24 of
+its own, below the registry's limits of new nodes per address and per /24. Run it on a
 quiet machine: the registry and this process share its cores.
 """
 
@@ -86,6 +88,19 @@ NODES_PER_ADDRESS = 16
 PROBE_GROUPS = 0x8000
 """Probe nodes send from 127.128.0.0/9, apart from the swarm's addresses."""
 RETRY_CHECK_S = 0.1
+REGISTRY_COUNTERS = (
+    "busy",
+    "busy_behind",
+    "key_request_behind",
+    "backlog_full",
+    "cookie_replies",
+    "stale_counter",
+    "rate_limited",
+    "new_key_rate_limited",
+    "send_queue_full",
+    "internal_error",
+)
+"""The registry's counters the bench reports (of its drops and answers instead of work)."""
 IDLE_SLICE_S = 0.05
 """How long a worker drives its nodes between two looks for the bench's next command."""
 STARTUP_TIMEOUT_S = 20.0
@@ -147,6 +162,8 @@ class Results:
     """From the restart to the registry's `registry_started` (its own start-up, within
     back_online_*_s)."""
     replicas: int = 1
+    registry_counters: dict[str, int] = field(default_factory=dict)
+    """What the registries counted (REGISTRY_COUNTERS), from their logs at the end."""
     failover_s: list[float] = field(default_factory=list)
     served_after_kill_s: list[float] = field(default_factory=list)
     nodes_told: int = 0
@@ -180,6 +197,7 @@ class Results:
             "served_after_kill_p50_s": _round(_percentile(sorted(self.served_after_kill_s), 50)),
             "served_after_kill_max_s": _round(max(self.served_after_kill_s, default=0.0)),
             **self._outage_summary(),
+            "registry_counters": self.registry_counters,
         }
 
     def _outage_summary(self) -> dict[str, Any]:
@@ -431,11 +449,11 @@ def _start_registry(
     ]
     if database is not None:
         command += ["--database", database]
-    log = open(state_dir.parent / "registry.log", "wb")  # noqa: SIM115 (the child writes it)
+    log = open(_log_path(state_dir), "wb")  # noqa: SIM115 (the child writes it)
     process = subprocess.Popen(command, stdout=log, stderr=log)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        for line in (state_dir.parent / "registry.log").read_text().splitlines():
+        for line in _log_path(state_dir).read_text().splitlines():
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 if event.get("event") == "registry_started":
@@ -444,7 +462,7 @@ def _start_registry(
             break
         time.sleep(0.1)
     process.kill()
-    raise SystemExit((state_dir.parent / "registry.log").read_text() or "registry did not start")
+    raise SystemExit(_log_path(state_dir).read_text() or "registry did not start")
 
 
 def _free_port() -> int:
@@ -583,10 +601,12 @@ def _database(args: argparse.Namespace) -> Iterator[str | None]:
 
 @contextlib.contextmanager
 def _registries(
-    database: str | None, count: int
+    database: str | None, count: int, counters: dict[str, int]
 ) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[int], bytes, Path]]:
     """`count` registry processes (replicas when there are several) on loopback, and the
-    directory that holds their state directories (`state-INDEX`)."""
+    directory that holds their state directories (`state-INDEX`). Once they stopped,
+    `counters` holds the REGISTRY_COUNTERS they logged, summed (of a registry restarted
+    after an outage, its second run's)."""
     with tempfile.TemporaryDirectory(prefix="pilotif-load-") as tmp:
         processes: list[subprocess.Popen[bytes]] = []
         ports: list[int] = []
@@ -605,6 +625,24 @@ def _registries(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+            for index in range(len(processes)):
+                for name, value in _stop_counters(_log_path(Path(tmp) / f"state-{index}")).items():
+                    counters[name] = counters.get(name, 0) + value
+
+
+def _stop_counters(log: Path) -> dict[str, int]:
+    """The REGISTRY_COUNTERS of the `registry_stopped` line in a registry's log."""
+    for line in reversed(log.read_text().splitlines()):
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if event.get("event") == "registry_stopped":
+                return {name: int(event.get(name, 0)) for name in REGISTRY_COUNTERS}
+    return {}
+
+
+def _log_path(state_dir: Path) -> Path:
+    """Where the registry of `state_dir` logs (each run starts it anew)."""
+    return state_dir.parent / f"{state_dir.name}.log"
 
 
 def _registry_totals(
@@ -627,7 +665,12 @@ def run(args: argparse.Namespace) -> Results:
     results = Results(args.nodes, replicas=args.replicas)
     with (
         _database(args) as database,
-        _registries(database, args.replicas) as (processes, ports, key, tmp),
+        _registries(database, args.replicas, results.registry_counters) as (
+            processes,
+            ports,
+            key,
+            tmp,
+        ),
     ):
         registries = [("127.0.0.1", port) for port in ports]
         workers: list[tuple[multiprocessing.Process, Connection]] = []

@@ -30,7 +30,7 @@ from pilotif.wg.events import Endpoint
 ANY_IPV6: Final = "::"
 """Every address of both families (one dual-stack socket: Linux's bindv6only is 0)."""
 ANY_IPV4: Final = "0.0.0.0"
-READ_BATCH: Final = 256
+READ_BATCH: Final = 64
 """Datagrams read per wake-up before the loop's other work (streams, housekeeping) has
 its turn."""
 DRAIN_BATCH: Final = 8
