@@ -2,9 +2,9 @@
 26: a fleet comes back at once, so each return must be cheap): the node that probed the
 silence goes above the floor the registry stored for it and is served in two datagrams
 with one X25519; a node that did not notice costs one stale-counter notice, still one
-X25519; old messages stay refused."""
+X25519."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,13 +19,6 @@ from pilotif.wg.crypto import generate_private_key
 HEARTBEATS = 3
 LATER_COUNTER = 10**9
 """The restarted registry's first counter (its CounterLease starts above the old one)."""
-
-
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
-    built = Pair(tmp_path)
-    yield built
-    built.store.close()
 
 
 @pytest.fixture
@@ -72,8 +65,9 @@ def _registry_work(pair: Pair, link: RegistryLink) -> tuple[int, bool]:
 
 
 def test_a_node_whose_probe_was_answered_returns_in_two_datagrams_and_one_x25519(
-    pair: Pair, key_agreements: list[bytes]
+    tmp_path: Path, key_agreements: list[bytes]
 ) -> None:
+    pair = Pair(tmp_path)
     link = _registered(pair)
     _restart(pair)
     link.probe()
@@ -90,8 +84,9 @@ def test_a_node_whose_probe_was_answered_returns_in_two_datagrams_and_one_x25519
 
 
 def test_a_node_below_the_restarted_registrys_floor_costs_one_x25519(
-    pair: Pair, key_agreements: list[bytes]
+    tmp_path: Path, key_agreements: list[bytes]
 ) -> None:
+    pair = Pair(tmp_path)
     link = _registered(pair)
     _restart(pair)
     key_agreements.clear()
@@ -101,9 +96,10 @@ def test_a_node_below_the_restarted_registrys_floor_costs_one_x25519(
     assert len(key_agreements) == 1
 
 
-def test_a_probe_answered_at_start_up_does_not_move_the_counter(pair: Pair) -> None:
+def test_a_probe_answered_at_start_up_does_not_move_the_counter(tmp_path: Path) -> None:
     """Only the answer to a probe (a silence) jumps the counter; the key fetched at start
     does not, and neither does a key answer nobody asked for."""
+    pair = Pair(tmp_path)
     link = RegistryLink(generate_private_key(), REGISTRY, None, first_counter=7)
     link.fetch_key(pair.now)
     [(request, _)] = link.outgoing
