@@ -5,6 +5,8 @@ connection still completes its transfer meanwhile; advertised windows stop growi
 pressure and never move left; writes refused at the budget go on once memory is given
 back; closing, aborting and resets give everything back."""
 
+from dataclasses import dataclass
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netstack_wire import A_V4, B_V4, PORT, Link, Wire, open_pair, payload
@@ -107,16 +109,28 @@ class Watch:
         self.wire.run(until, limit_s=limit_s, app=self.app)  # type: ignore[arg-type]
 
 
-def _hostile_clients(wire: Wire, watch: Watch) -> list[Connection]:
+@dataclass
+class Attack:
+    """B under watch: a well-behaved pair opened first, then HOSTILE_CONNECTIONS more from
+    A (`clients` at A, `hostile` at B)."""
+
+    wire: Wire
+    watch: Watch
+    good_client: Connection
+    good_server: Connection
+    clients: list[Connection]
+    hostile: list[Connection]
+
+
+def _under_attack() -> Attack:
+    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
+    watch = Watch(wire)
+    good_client = wire.a.connect(B_V4, PORT, wire.now)
+    watch.run(lambda: len(watch.accepted) == 1 and good_client.state is State.ESTABLISHED)
     clients = [wire.a.connect(B_V4, PORT, wire.now) for _ in range(HOSTILE_CONNECTIONS)]
     watch.run(lambda: len(watch.accepted) == HOSTILE_CONNECTIONS + 1)
-    return clients
-
-
-def _good_pair(wire: Wire, watch: Watch) -> tuple[Connection, Connection]:
-    client = wire.a.connect(B_V4, PORT, wire.now)
-    watch.run(lambda: len(watch.accepted) == 1 and client.state is State.ESTABLISHED)
-    return client, watch.accepted[0]
+    good_server, *hostile = watch.accepted
+    return Attack(wire, watch, good_client, good_server, clients, hostile)
 
 
 def _transfer_checked(
@@ -142,14 +156,12 @@ def _transfer_checked(
 
 
 def test_peers_whose_data_is_never_read_fill_the_budget_and_no_more() -> None:
-    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
-    watch = Watch(wire)
-    good_client, good_server = _good_pair(wire, watch)
-    clients = _hostile_clients(wire, watch)
+    attack = _under_attack()
+    wire, watch, clients = attack.wire, attack.watch, attack.clients
     for client in clients:  # B's application never reads these
         client.send(payload(256 * 1024, 1))
     data = payload(300_000, 2)
-    assert _transfer_checked(watch, good_client, good_server, data) == data
+    assert _transfer_checked(watch, attack.good_client, attack.good_server, data) == data
     wire.settle(2.0)
     watch.check()
     assert watch.most_held > BUDGET_BYTES // 2  # the budget, not the caps, held them
@@ -159,11 +171,8 @@ def test_peers_whose_data_is_never_read_fill_the_budget_and_no_more() -> None:
 
 
 def test_out_of_order_data_in_every_window_stays_below_the_pressure_line() -> None:
-    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
-    watch = Watch(wire)
-    good_client, good_server = _good_pair(wire, watch)
-    _hostile_clients(wire, watch)
-    hostile = watch.accepted[1:]
+    attack = _under_attack()
+    wire, watch, hostile = attack.wire, attack.watch, attack.hostile
     flooded_to = {server: server._receiver.rcv_nxt + 1 for server in hostile}
 
     def flood() -> None:
@@ -186,7 +195,9 @@ def test_out_of_order_data_in_every_window_stays_below_the_pressure_line() -> No
             flooded_to[server] = start
 
     data = payload(300_000, 3)
-    assert _transfer_checked(watch, good_client, good_server, data, feed=flood) == data
+    assert (
+        _transfer_checked(watch, attack.good_client, attack.good_server, data, feed=flood) == data
+    )
     memory = wire.b.memory
     out_of_order = sum(server._receiver.ooo.bytes for server in hostile)
     reserves = len(hostile) * memory.reserve_bytes
@@ -197,11 +208,9 @@ def test_out_of_order_data_in_every_window_stays_below_the_pressure_line() -> No
 
 
 def test_writes_to_peers_that_never_read_are_refused_at_the_budget() -> None:
-    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
-    watch = Watch(wire)
-    good_client, good_server = _good_pair(wire, watch)
-    clients = _hostile_clients(wire, watch)
-    hostile = watch.accepted[1:]
+    attack = _under_attack()
+    wire, watch, hostile = attack.wire, attack.watch, attack.hostile
+    clients = attack.clients
     chunk = payload(64 * 1024, 4)
 
     def write_all() -> None:
@@ -212,7 +221,10 @@ def test_writes_to_peers_that_never_read_are_refused_at_the_budget() -> None:
                 pass
 
     data = payload(200_000, 5)
-    assert _transfer_checked(watch, good_server, good_client, data, feed=write_all) == data
+    assert (
+        _transfer_checked(watch, attack.good_server, attack.good_client, data, feed=write_all)
+        == data
+    )
     assert watch.most_held > BUDGET_BYTES // 2
     assert wire.b.counters["memory_write_refused"] > 0
     for client in clients:
@@ -222,11 +234,9 @@ def test_writes_to_peers_that_never_read_are_refused_at_the_budget() -> None:
 
 
 def test_a_writer_refused_at_the_budget_is_told_when_memory_returns() -> None:
-    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
-    watch = Watch(wire)
-    _good_pair(wire, watch)
-    _hostile_clients(wire, watch)
-    first, *others = watch.accepted[1:]
+    attack = _under_attack()
+    wire = attack.wire
+    first, *others = attack.hostile
     for server in others:
         while server.send(payload(64 * 1024, 6)):
             pass
@@ -301,11 +311,8 @@ def test_a_new_connection_is_refused_when_its_reserve_does_not_fit() -> None:
 
 
 def test_memory_returns_after_close_abort_and_reset() -> None:
-    wire = Wire(link=Link(delay_s=0.005), config_a=BIG, config_b=HOSTILE)
-    watch = Watch(wire)
-    good_client, good_server = _good_pair(wire, watch)
-    clients = _hostile_clients(wire, watch)
-    hostile = watch.accepted[1:]
+    attack = _under_attack()
+    wire, watch, clients, hostile = attack.wire, attack.watch, attack.clients, attack.hostile
     for client, server in zip(clients, hostile, strict=True):
         client.send(payload(100_000, 7))
         server.send(payload(100_000, 8))
@@ -320,8 +327,8 @@ def test_memory_returns_after_close_abort_and_reset() -> None:
     for client, server in zip(clients[2 * third :], hostile[2 * third :], strict=True):
         client.close()  # closed both ways, nothing read
         server.close()
-    good_client.close()
-    good_server.close()
+    attack.good_client.close()
+    attack.good_server.close()
     watch.run(lambda: all(s.state in (State.CLOSED, State.TIME_WAIT) for s in watch.accepted))
     wire.settle(wire.b.config.time_wait_s + 5)
     assert wire.b.connection_count == 0
