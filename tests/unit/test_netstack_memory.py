@@ -5,6 +5,7 @@ connection still completes its transfer meanwhile; advertised windows stop growi
 pressure and never move left; writes refused at the budget go on once memory is given
 back; closing, aborting and resets give everything back."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
@@ -88,8 +89,8 @@ class Watch:
         memory = self.wire.b.memory
         if not memory.under_pressure:
             return False
-        (server,) = [s for s in self.accepted if s.remote[1] == port] or [None]
-        return server is not None and held_by_buffers([server]) >= memory.share_bytes
+        servers = [s for s in self.accepted if s.remote[1] == port]
+        return held_by_buffers(servers) >= memory.share_bytes > 0 and len(servers) == 1
 
     def app(self) -> None:
         while (server := self.listener.accept()) is not None:
@@ -105,8 +106,8 @@ class Watch:
         assert memory.charged_bytes <= memory.budget_bytes
         self.most_held = max(self.most_held, held)
 
-    def run(self, until: object, limit_s: float = 120.0) -> None:
-        self.wire.run(until, limit_s=limit_s, app=self.app)  # type: ignore[arg-type]
+    def run(self, until: Callable[[], bool], limit_s: float = 120.0) -> None:
+        self.wire.run(until, limit_s=limit_s, app=self.app)
 
 
 @dataclass
@@ -134,7 +135,11 @@ def _under_attack() -> Attack:
 
 
 def _transfer_checked(
-    watch: Watch, sender: Connection, receiver: Connection, data: bytes, feed: object = None
+    watch: Watch,
+    sender: Connection,
+    receiver: Connection,
+    data: bytes,
+    feed: Callable[[], None] | None = None,
 ) -> bytes:
     """`transfer`, with the budget checked (and `feed` called) at every step."""
     offset = 0
@@ -144,7 +149,7 @@ def _transfer_checked(
         nonlocal offset
         watch.app()
         if feed is not None:
-            feed()  # type: ignore[operator]
+            feed()
         if offset < len(data):
             offset += sender.send(data[offset : offset + 64 * 1024])
             if offset == len(data):
