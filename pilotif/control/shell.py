@@ -30,12 +30,13 @@ from pilotif.wg.events import Endpoint
 ANY_IPV6: Final = "::"
 """Every address of both families (one dual-stack socket: Linux's bindv6only is 0)."""
 ANY_IPV4: Final = "0.0.0.0"
-READ_BATCH: Final = 64
+READ_BATCH: Final = 256
 """Datagrams read per wake-up before the loop's other work (streams, housekeeping) has
-its turn."""
-DRAIN_BATCH: Final = 8
-"""Backlog datagrams served between two reads of the socket (each may cost an X25519
-and a query: about a millisecond, the most a heartbeat then waits)."""
+its turn: about a millisecond of reads."""
+DRAIN_S: Final = 0.002
+"""How long the backlog is served between two reads of the socket (its datagrams may
+cost an X25519 and a query each): with READ_BATCH, what a heartbeat waits for behind a
+crowd, a few milliseconds per READ_BATCH datagrams ahead of it in the kernel's queue."""
 MAX_BACKLOG: Final = 8192
 """Datagrams read and waiting to be served (about as many as the socket's buffer
 holds)."""
@@ -80,7 +81,7 @@ class CoreProtocol:
     The socket is read in batches (at most READ_BATCH at a time, then the loop's other
     work has its turn). What the core calls urgent is answered at once; the rest joins a
     backlog (at most MAX_BACKLOG datagrams; past it dropped and counted as
-    `backlog_full`) served DRAIN_BATCH at a time between reads, so that a heartbeat never
+    `backlog_full`) served DRAIN_S at a time between reads, so that a heartbeat never
     waits behind a crowd of new nodes. The core hears how long each backlog datagram
     waited since it arrived (`waited`, from the kernel's receive timestamp where there is
     one), which is how it knows it falls behind."""
@@ -126,12 +127,15 @@ class CoreProtocol:
             asyncio.get_running_loop().call_soon(self._drain)
 
     def _drain(self) -> None:
-        """Serve the oldest of the backlog, then let the loop read again."""
-        for _ in range(min(DRAIN_BATCH, len(self._backlog))):
+        """Serve the oldest of the backlog for DRAIN_S, then let the loop read again."""
+        until = time.monotonic() + DRAIN_S
+        while self._backlog:
             data, source, arrived = self._backlog.popleft()
             if arrived is not None:
                 self._core.waited(time.time() - arrived, time.time())
             self.answer(data, source)
+            if time.monotonic() >= until:
+                break
         if self._backlog:
             asyncio.get_running_loop().call_soon(self._drain)
         else:

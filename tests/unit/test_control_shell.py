@@ -115,7 +115,7 @@ def _serve_queued(tmp_path: Path, core: RecordingCore, datagrams: list[bytes]) -
 def test_an_urgent_datagram_is_served_before_the_backlog_that_came_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shell, "DRAIN_BATCH", 2)
+    monkeypatch.setattr(shell, "DRAIN_S", 0.0)
     core = RecordingCore()
     crowd = [b"new-%d" % number for number in range(20)]
     _serve_queued(tmp_path, core, [*crowd, URGENT + b"heartbeat"])
