@@ -157,6 +157,7 @@ class UserspaceNode:
             "counters": {name: dict(counters()) for name, counters in self._counters.items()},
             "stack": dict(self.stack.stack.counters),
             "connections": self.stack.stack.connection_count,
+            "buffered_bytes": self.stack.stack.buffered_bytes,
             "udp": dict(self.stack.udp.counters),
             "udp_sockets": self.stack.udp.socket_count,
         }

@@ -49,8 +49,10 @@ USERSPACE_CONFIG: Final = StackConfig(
     max_connections_per_peer=128,
 )
 """A userspace node's limits: 4 MiB buffers each way (a path of 100 ms at 10 MB/s holds
-1 MB, and a loss holds the window's start for a round trip more), 1,024 connections:
-8 GiB in the worst case, every buffer full (the netstack's defaults allow 16 GiB); large
+1 MB, and a loss holds the window's start for a round trip more), 1,024 connections, all
+of them together holding at most the netstack's memory budget
+(StackConfig.memory_budget_bytes, 256 MiB; connections whose data nobody reads stop at
+3/4 of it: netstack/memory.py), not the 8 GiB the caps alone would allow; large
 segments out (the data path cuts and seals them natively); the delivery-rate model of the
 path (an overlay's underlay loses packets at random: a loss-bound window would crawl)."""
 STREAM_LIMIT_BYTES: Final = 64 * 1024
