@@ -10,7 +10,9 @@ path costs one probe). Twice unanswered, every size of the ladder goes at once a
 peer's MTU becomes the largest that is answered within PROBE_TIMEOUT_S; none answered
 (the path is down, or the peer an older pilotif): nothing changes and the search runs
 again after RETRY_S. A peer below the full MTU is probed at the full MTU again every
-RAISE_S (a path that got better). Each change is a `PathMtuChanged` event.
+RAISE_S (a path that got better), one at the full MTU every CONFIRM_S (a path that got
+worse on the same endpoint). A peer without a session is searched again at its next one.
+Each change is a `PathMtuChanged` event.
 """
 
 from collections.abc import Iterable
@@ -33,6 +35,10 @@ ENDPOINT_CHECK_S: Final = 2.0
 RAISE_S: Final = 600.0
 """A peer below the full MTU is probed at the full MTU again this often (RFC 8899's
 PMTU_RAISE_TIMER)."""
+CONFIRM_S: Final = 120.0
+"""A peer at the full MTU is probed at it again this often (RFC 8899's
+CONFIRMATION_TIMER): a path that starts dropping large packets on the same endpoint (a
+tunnel or a smaller link on the way) is found within this, at one probe per peer."""
 LADDER: Final = (1400, 1380, 1360, 1340, 1320, 1300, 1280, 1260, 1240, 1220, 1200)
 """Sizes (plaintext bytes) tried below the full MTU: down to 1200, which fits in the
 1280 bytes every IPv6 path carries after our 80 bytes of UDP, IP and WireGuard."""
@@ -111,6 +117,9 @@ class PathMtuProber:
         for key, search in self._searches.items():
             state = self.device.peer(key)
             if state is None or state.current is None:
+                if search.due_s is not None and search.due_s <= now:
+                    # Nothing can be probed without a session: its next one starts over.
+                    search.endpoint = search.due_s = None
                 continue
             moved = search.endpoint is not None and state.endpoint != search.endpoint
             due = search.due_s is not None and search.due_s <= now
@@ -168,7 +177,7 @@ class PathMtuProber:
         """The peer's MTU is `mtu` (None: the full one) until the next search."""
         search.probes.clear()
         search.settled = True
-        search.due_s = None if mtu is None else now + RAISE_S
+        search.due_s = now + (CONFIRM_S if mtu is None else RAISE_S)
         before = self.mtu_of(key)
         self.device.set_peer_mtu(key, mtu)
         after = self.mtu_of(key)

@@ -7,7 +7,14 @@ from conftest import NOW, Node, exchange
 from test_device_batch import batch_receive, established_pair, take_bytes
 
 from pilotif.node.events import EventSink, PathMtuChanged
-from pilotif.node.path_mtu import LADDER, PROBE_TIMEOUT_S, RAISE_S, RETRY_S, PathMtuProber
+from pilotif.node.path_mtu import (
+    CONFIRM_S,
+    LADDER,
+    PROBE_TIMEOUT_S,
+    RAISE_S,
+    RETRY_S,
+    PathMtuProber,
+)
 from pilotif.node.peers import TrustedPeer
 from pilotif.wg.events import HandshakeCompleted, PathProbeAcked
 
@@ -131,3 +138,40 @@ def test_an_answer_to_no_probe_of_ours_changes_nothing() -> None:
     lab.prober.device_reported([PathProbeAcked(lab.key, 1, 1300)], lab.now)
     lab.wait(4 * PROBE_TIMEOUT_S)
     assert lab.prober.mtu_of(lab.key) == 1220
+
+
+def test_a_black_hole_that_appears_on_the_same_endpoint_is_found_at_the_next_confirmation() -> None:
+    """Before: a peer settled at the full MTU was never probed again on that endpoint,
+    so a path that later dropped large packets (a tunnel on the way) went unnoticed."""
+    lab = Lab(limit=1500)
+    lab.wait(3 * PROBE_TIMEOUT_S)
+    assert lab.probes_sent == [FULL]
+    lab.limit = 1280 - 28
+    lab.wait(CONFIRM_S + 4 * PROBE_TIMEOUT_S)
+    assert lab.prober.mtu_of(lab.key) == 1220
+    assert lab.changes() == [1220]
+
+
+def test_a_clean_path_costs_one_probe_per_confirmation() -> None:
+    lab = Lab(limit=1500)
+    lab.wait(CONFIRM_S + 3 * PROBE_TIMEOUT_S)
+    assert lab.probes_sent == [FULL, FULL]
+    assert lab.changes() == []
+
+
+def test_a_peer_without_a_session_is_searched_again_at_its_next_one() -> None:
+    lab = Lab(limit=1500)
+    lab.wait(3 * PROBE_TIMEOUT_S)
+    state = lab.a.device.peer(lab.key)
+    assert state is not None
+    current, state.current = state.current, None
+    lab.now += CONFIRM_S
+    lab.prober.handle_timer(lab.now)
+    # Nothing to probe, and nothing left due (the caller's timer would spin on it).
+    due = lab.prober.next_timer()
+    assert due is None or due > lab.now
+    assert lab.probes_sent == [FULL]
+    state.current = current
+    lab.prober.device_reported([HandshakeCompleted(lab.key, initiator=True)], lab.now)
+    lab.carry()
+    assert lab.probes_sent == [FULL, FULL]
