@@ -4,10 +4,12 @@ core how long each backlog datagram waited since it arrived, which is how the re
 knows it falls behind (ControlGate.behind)."""
 
 import asyncio
+import contextlib
 import socket
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,18 @@ class RecordingCore:
         self.waits.append(delay_s)
 
 
+@contextlib.contextmanager
+def _served(core: RecordingCore, tmp_path: Path) -> Iterator[tuple[Endpoint, socket.socket]]:
+    """`core` served on loopback (in the running loop), and a client socket."""
+    lease = CounterLease(tmp_path / "counter")
+    with (
+        serving_udp(core, lease, ("127.0.0.1", 0)) as (_, at),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+    ):
+        client.settimeout(WAIT_S)
+        yield at, client
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="receive timestamps are Linux's")
 def test_every_datagram_is_answered_in_batches_and_its_wait_told(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -59,12 +73,7 @@ def test_every_datagram_is_answered_in_batches_and_its_wait_told(
     core = RecordingCore()
 
     async def test() -> None:
-        lease = CounterLease(tmp_path / "counter")
-        with (
-            serving_udp(core, lease, ("127.0.0.1", 0)) as (_, at),
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
-        ):
-            client.settimeout(WAIT_S)
+        with _served(core, tmp_path) as (at, client):
 
             async def held(count: int) -> list[float]:
                 """Send `count` datagrams, keep the loop from reading for HELD_S, and
@@ -97,12 +106,7 @@ def _serve_queued(tmp_path: Path, core: RecordingCore, datagrams: list[bytes]) -
     """Queue `datagrams` before the loop reads any, and serve them."""
 
     async def test() -> None:
-        lease = CounterLease(tmp_path / "counter")
-        with (
-            serving_udp(core, lease, ("127.0.0.1", 0)) as (_, at),
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
-        ):
-            client.settimeout(WAIT_S)
+        with _served(core, tmp_path) as (at, client):
             for data in datagrams:
                 client.sendto(data, at)
             async with asyncio.timeout(WAIT_S):
