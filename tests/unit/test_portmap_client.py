@@ -27,7 +27,7 @@ GRANTED_S = 3600
 
 class FakeGateway(asyncio.DatagramProtocol):
     """Answers NAT-PMP and, if `speaks_pcp`, PCP; `garbage` answers junk instead; a PCP
-    answer waits for `pcp_after` (when given) to be set."""
+    answer waits for `pcp_after` (when given) to be set; `silent` answers nothing."""
 
     def __init__(
         self,
@@ -35,10 +35,12 @@ class FakeGateway(asyncio.DatagramProtocol):
         speaks_pcp: bool,
         garbage: bool = False,
         pcp_after: asyncio.Event | None = None,
+        silent: bool = False,
     ) -> None:
         self.speaks_pcp = speaks_pcp
         self.garbage = garbage
         self.pcp_after = pcp_after
+        self.silent = silent
         self.requests: list[bytes] = []
         self.transport: asyncio.DatagramTransport | None = None
 
@@ -48,6 +50,8 @@ class FakeGateway(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
         self.requests.append(data)
         assert self.transport is not None
+        if self.silent:
+            return
         if self.pcp_after is not None and data[0] == pcp.VERSION:
             asyncio.get_running_loop().create_task(self._answer_later(data, addr))
             return
@@ -296,7 +300,7 @@ def test_a_gateway_that_speaks_only_upnp_maps_before_pcp_is_asked_again() -> Non
     async def scenario() -> None:
         igd = FakeIgd()
         await igd.start()
-        port_5351 = FakeGateway(speaks_pcp=True, pcp_after=asyncio.Event())  # never answers
+        port_5351 = FakeGateway(speaks_pcp=False, silent=True)
         silent, silent_port = await _gateway(port_5351)
         mapper = _mapper(silent_port, [], ssdp_target=(str(LOOPBACK), igd.ssdp_port))
         mapping = await mapper.map_once()
@@ -342,7 +346,7 @@ def test_a_cancelled_map_once_leaves_no_mapping_on_the_gateway(hold_adds: bool) 
     async def scenario() -> None:
         igd = FakeIgd(hold_adds=hold_adds)
         await igd.start()
-        port_5351 = FakeGateway(speaks_pcp=True, pcp_after=asyncio.Event())  # never answers
+        port_5351 = FakeGateway(speaks_pcp=False, silent=True)
         silent, silent_port = await _gateway(port_5351)
         mapper = _mapper(silent_port, [], ssdp_target=(str(LOOPBACK), igd.ssdp_port))
         asking = asyncio.get_running_loop().create_task(mapper.map_once())
