@@ -7,11 +7,11 @@ that offers none is asked again after RETRY_S. When the caller gives up on `map_
 gateway. The codecs are sans-IO (natpmp.py, pcp.py, upnp.py); this is the shell that
 sends and waits.
 
-PCP and NAT-PMP share the gateway's port 5351. RFC 6887 section 9 has a PCP client learn
-that a gateway speaks only NAT-PMP from its version-0 UNSUPP_VERSION answer and then fall
-back to NAT-PMP, so NAT-PMP is asked only after PCP's first wait went unanswered or PCP
-failed, not at the same moment; each asks from a socket of its own, and each codec checks
-the version byte of what it reads.
+PCP and NAT-PMP share the gateway's port 5351. RFC 6887 (version negotiation, section 9;
+NAT-PMP transition, appendix A) has a PCP client learn that a gateway speaks only NAT-PMP
+from its version-0 UNSUPP_VERSION answer and then fall back to NAT-PMP, so NAT-PMP is asked
+only after PCP's first wait went unanswered or PCP failed, not at the same moment; each
+asks from a socket of its own, and each codec checks the version byte of what it reads.
 """
 
 import asyncio
@@ -298,7 +298,8 @@ class PortMapper:
         requested: set[str],
         pcp_unanswered: asyncio.Event,
     ) -> PortMapping:
-        """NAT-PMP, once PCP's first wait went unanswered or PCP failed (RFC 6887 sec. 9)."""
+        """NAT-PMP, once PCP's first wait went unanswered or PCP failed (RFC 6887 section
+        9, appendix A)."""
         await pcp_unanswered.wait()
         port = self.internal_port
         answer, _ = await self._exchange(gateway, natpmp.external_address_request())
