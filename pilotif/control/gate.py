@@ -37,10 +37,18 @@ QUEUE_INTERVAL_S: Final = 0.1
 """A registry whose datagrams all waited more than QUEUE_TARGET_S in its socket's queue
 over a QUEUE_INTERVAL_S (the least wait above the target: a standing queue, not a burst,
 as CoDel tells them apart) is behind for the next interval: it serves the nodes it has
-channels with, answers new keys busy, cheaply, and leaves key requests (the probes of
-nodes that lost it, which register once answered) unanswered. So the rate it opens
+channels with, answers all but a few new keys busy, cheaply, and leaves all but a few
+key requests (the probes of nodes that lost it, which register once answered)
+unanswered (BEHIND_NEW_CHANNELS_PER_S, BEHIND_KEY_ANSWERS_PER_S). So the rate it opens
 channels at is what this machine manages, not a constant (a fixed 1,500 a second was
 too many on a slower machine and too few for a returning fleet on this one)."""
+BEHIND_NEW_CHANNELS_PER_S: Final = 100.0
+BEHIND_KEY_ANSWERS_PER_S: Final = 200.0
+BEHIND_BURST: Final = 20.0
+"""While behind, what still goes through: new channels, and answers to key requests (the
+nodes that then register). Shedding all of them let a registry whose queue stood for
+another reason (its heartbeats, a starved CPU) turn every returning node away for as
+long as that lasted: nodes that had given up probed unanswered for minutes."""
 BUSY_RETRY_MS: Final = 2_000
 """The pause a busy notice asks for (the node adds its jitter)."""
 NEW_KEY_RATE_PER_S: Final = 20.0
@@ -116,6 +124,8 @@ class ControlGate:
         self._unproven_limit = TokenBuckets(UNPROVEN_RATE_PER_S, UNPROVEN_BURST)
         self._new_key_limit = TokenBuckets(NEW_KEY_RATE_PER_S, NEW_KEY_BURST)
         self._new_channels = TokenBuckets(NEW_CHANNELS_PER_S, NEW_CHANNELS_BURST)
+        self._behind_channels = TokenBuckets(BEHIND_NEW_CHANNELS_PER_S, BEHIND_BURST)
+        self._behind_key_answers = TokenBuckets(BEHIND_KEY_ANSWERS_PER_S, BEHIND_BURST)
         self._least_wait = 0.0
         """The least a datagram waited in the socket's queue in the current interval."""
         self._interval_end = float("-inf")
@@ -163,12 +173,20 @@ class ControlGate:
         """For a proven message from a key without a channel: None if a new channel may
         be opened now (we keep up, and the ceiling allows it), else the busy notice to
         answer (counted)."""
-        if self.behind(now):
+        if self.behind(now) and not self._behind_channels.allow(None, now):
             self.counters["busy_behind"] += 1
         elif self._new_channels.allow(None, now):
             return None
         self.counters["busy"] += 1
         return [(pack_busy(data, BUSY_RETRY_MS), source)]
+
+    def answers_key_request(self, now: float) -> bool:
+        """Whether a key request (a node's probe, or its first word) is answered now:
+        always while we keep up, at BEHIND_KEY_ANSWERS_PER_S while behind (counted)."""
+        if not self.behind(now) or self._behind_key_answers.allow(None, now):
+            return True
+        self.counters["key_request_behind"] += 1
+        return False
 
     def new_key_allowed(self, source: Endpoint, now: float) -> bool:
         """Whether a message from a key without a channel may cost an X25519 now, by the

@@ -167,10 +167,9 @@ class RegistryCore:
             self.counters["replica_keepalives"] += 1
             return []
         if kind == KEY_REQUEST_TYPE and data == KEY_REQUEST:
-            if self._front.gate.behind(now):
+            if not self._front.gate.answers_key_request(now):
                 # A node away (or starting) registers once answered: while we fall
                 # behind, its silence costs least, and it asks again about a second on.
-                self.counters["key_request_behind"] += 1
                 return []
             if not self._front.gate.unproven_allowed(source, now):
                 return []

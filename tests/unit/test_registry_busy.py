@@ -27,6 +27,7 @@ from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.events import Endpoint
 
 CAROL: Endpoint = ("198.18.1.4", 40003)
+DAVE: Endpoint = ("198.18.1.5", 40004)
 
 
 @pytest.fixture
@@ -189,8 +190,12 @@ def _registers(pair: Pair, source: Endpoint, name: str) -> bool:
 
 
 def test_a_registry_whose_queue_stands_answers_new_keys_busy_until_it_drains(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # While behind, one new channel and one key answer an hour still go through.
+    monkeypatch.setattr(gate, "BEHIND_BURST", 1.0)
+    monkeypatch.setattr(gate, "BEHIND_NEW_CHANNELS_PER_S", 1 / 3600)
+    monkeypatch.setattr(gate, "BEHIND_KEY_ANSWERS_PER_S", 1 / 3600)
     pair = Pair(tmp_path)
     alice = pair.link(generate_private_key())
     register(pair, alice, ALICE, "alice")
@@ -203,10 +208,13 @@ def test_a_registry_whose_queue_stands_answers_new_keys_busy_until_it_drains(
     # A standing queue: every datagram of an interval waited more than the target.
     pair.now += gate.QUEUE_INTERVAL_S
     pair.core.waited(gate.QUEUE_TARGET_S * 3, pair.now)
+    # The few that still go through while behind (nobody waits for ever), then busy.
+    assert _registers(pair, DAVE, "dave")
     assert not _registers(pair, CAROL, "carol")
     assert pair.core.counters["busy_behind"] == pair.core.counters["busy"] == 1
-    # Key requests (the probes of nodes away) go unanswered; a node with a channel is
-    # served all the same.
+    # Key requests (the probes of nodes away): the few, then unanswered; a node with a
+    # channel is served all the same.
+    assert pair.core.handle_datagram(KEY_REQUEST, CAROL, pair.now) != []
     assert pair.core.handle_datagram(KEY_REQUEST, CAROL, pair.now) == []
     assert pair.core.counters["key_request_behind"] == 1
     assert pair.call(alice, ALICE, "register", hostname="alice", tags=[], lan=[])["ok"]
