@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from pilotif.control.gate import ControlGate, Outgoing
 from pilotif.control.wire import (
     CONTROL_TYPE,
+    KEY_REQUEST,
     RELAY_TYPE,
     REQUEST_MACS_SIZE,
     ControlChannel,
@@ -201,8 +202,10 @@ class ControlFront(Generic[T]):
 
 def urgent(front: "ControlFront[Any]", data: bytes) -> bool:
     """What the shell serves before its backlog, at the registry and at a relay: relayed
-    traffic (0x51: a table lookup) and control messages on a channel we keep."""
-    return data[:1] == _RELAY_TYPE_BYTE or front.known(data)
+    traffic (0x51: a table lookup), key requests (stateless: a storm of probes must not
+    stand in the backlog, whose wait says whether the expensive work keeps up) and
+    control messages on a channel we keep."""
+    return data[:1] == _RELAY_TYPE_BYTE or data == KEY_REQUEST or front.known(data)
 
 
 class ByType:

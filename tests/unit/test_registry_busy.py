@@ -235,7 +235,7 @@ def test_without_a_shell_that_tells_the_waits_nobody_is_behind(tmp_path: Path) -
     assert pair.core.counters["busy"] == 0
 
 
-def test_heartbeats_on_a_kept_channel_are_urgent_new_keys_and_junk_are_not(
+def test_heartbeats_on_a_kept_channel_and_key_requests_are_urgent_new_keys_and_junk_not(
     tmp_path: Path,
 ) -> None:
     pair = Pair(tmp_path)
@@ -248,6 +248,7 @@ def test_heartbeats_on_a_kept_channel_are_urgent_new_keys_and_junk_are_not(
     [(first, _)] = bob.outgoing
     assert pair.core.urgent(heartbeat)
     assert not pair.core.urgent(first)
-    assert not pair.core.urgent(KEY_REQUEST)
+    assert pair.core.urgent(KEY_REQUEST)
+    assert not pair.core.urgent(KEY_REQUEST + b"\0")
     assert not pair.core.urgent(heartbeat[:20])
     assert not pair.core.urgent(b"")
