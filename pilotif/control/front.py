@@ -121,9 +121,14 @@ class ControlFront(Generic[T]):
         self.channels.remember(sender, channel)
         return Opened(sender, channel, message, looked_up)
 
-    def known(self, data: bytes) -> bool:
-        """Whether `data` is a control message from a sender whose channel we keep (its
-        cheap work: no X25519, no lookup; unverified until opened)."""
+    def urgent(self, data: bytes) -> bool:
+        """What the shell serves before its backlog, at the registry and at a relay:
+        relayed traffic (0x51: a table lookup), key requests (stateless: a storm of
+        probes must not stand in the backlog, whose wait says whether the expensive work
+        keeps up) and control messages from a sender whose channel we keep (no X25519,
+        no lookup; unverified until opened)."""
+        if data[:1] == _RELAY_TYPE_BYTE or data == KEY_REQUEST:
+            return True
         if data[:1] != _CONTROL_TYPE_BYTE:
             return False
         try:
@@ -198,14 +203,6 @@ class ControlFront(Generic[T]):
         if session is not None:
             payload["session"] = session
         return payload
-
-
-def urgent(front: "ControlFront[Any]", data: bytes) -> bool:
-    """What the shell serves before its backlog, at the registry and at a relay: relayed
-    traffic (0x51: a table lookup), key requests (stateless: a storm of probes must not
-    stand in the backlog, whose wait says whether the expensive work keeps up) and
-    control messages on a channel we keep."""
-    return data[:1] == _RELAY_TYPE_BYTE or data == KEY_REQUEST or front.known(data)
 
 
 class ByType:

@@ -159,9 +159,9 @@ class ControlGate:
         if now < self._interval_end:
             self._least_wait = min(self._least_wait, delay_s)
             return
-        self._behind_until = (
-            now + QUEUE_INTERVAL_S if self._least_wait > QUEUE_TARGET_S else self._behind_until
-        )
+        # The interval that ended: did even its shortest wait stand above the target?
+        if self._least_wait > QUEUE_TARGET_S:
+            self._behind_until = now + QUEUE_INTERVAL_S
         self._least_wait = delay_s
         self._interval_end = now + QUEUE_INTERVAL_S
 

@@ -69,8 +69,8 @@ class DatagramCore(Protocol):
         arrived."""
 
     def urgent(self, data: bytes) -> bool:
-        """Whether a datagram is served before the backlog: cheap work for a party we
-        know (a node's heartbeat on its channel, relayed traffic)."""
+        """Whether a datagram is served before the backlog: cheap work (a node's
+        heartbeat on its channel, relayed traffic, a key request)."""
 
 
 class CoreProtocol:
@@ -132,7 +132,8 @@ class CoreProtocol:
         while self._backlog:
             data, source, arrived = self._backlog.popleft()
             if arrived is not None:
-                self._core.waited(time.time() - arrived, time.time())
+                now = time.time()
+                self._core.waited(now - arrived, now)
             self.answer(data, source)
             if time.monotonic() >= until:
                 break
@@ -193,9 +194,10 @@ async def serve_until_stopped(
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    listen = listen_address(listen)
     try:
-        with serving_udp(core, lease, listen_address(listen)) as (protocol, bound):
-            same_port = (listen_address(listen)[0], bound[1])
+        with serving_udp(core, lease, listen) as (protocol, bound):
+            same_port = (listen[0], bound[1])
             servers = await serve_streams(protocol, core.counters, (same_port, *tcp_listens))
             stop_watching = on_open(protocol) if on_open is not None else None
             tasks = [asyncio.create_task(_every(*job)) for job in housekeeping]

@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any, Final
 
 from pilotif.control.forwarder import Forwarder
-from pilotif.control.front import NO_FLOOR, ByType, ControlFront, Opened, urgent
+from pilotif.control.front import NO_FLOOR, ByType, ControlFront, Opened
 from pilotif.control.gate import Outgoing
 from pilotif.control.probe_answer import answering_probes
 from pilotif.control.relay_info import RelayInfo
@@ -152,8 +152,8 @@ class RegistryCore:
         return self._by_type(data, source, now)
 
     def urgent(self, data: bytes) -> bool:
-        """Whether the shell serves `data` before its backlog (front.urgent)."""
-        return urgent(self._front, data)
+        """Whether the shell serves `data` before its backlog (ControlFront.urgent)."""
+        return self._front.urgent(data)
 
     def waited(self, delay_s: float, now: float) -> None:
         """A datagram of the shell's backlog waited `delay_s` since it arrived: while they
