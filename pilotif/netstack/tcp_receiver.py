@@ -190,7 +190,11 @@ class Receiver:
         edge = self.rcv_nxt + free
         if edge - self.rcv_adv < min(self._config.receive_buffer_bytes // 2, mss):
             edge = max(self.rcv_adv, self.rcv_nxt)  # no small openings (RFC 9293 3.8.6.2.2)
-        field = min((edge - self.rcv_nxt) >> self.shift, MAX_WINDOW_FIELD)
+        # The field counts units of 2**shift: what is free is rounded down, but the edge
+        # already advertised is rounded up, so that the peer never sees it move left
+        # when RCV.NXT moved by less than a unit (RFC 7323 2.4; Linux ALIGNs it up).
+        kept = -(-max(self.rcv_adv - self.rcv_nxt, 0) >> self.shift)
+        field = min(max((edge - self.rcv_nxt) >> self.shift, kept), MAX_WINDOW_FIELD)
         self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + (field << self.shift))
         return field
 
