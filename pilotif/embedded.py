@@ -132,7 +132,9 @@ class Node:
     def open_udp(self, port: int | None = None) -> UdpEndpoint:
         """A UDP port of this node's overlay addresses (None: a free one):
         `send(data, (peer, port))` to a trusted peer by name or address, `await recv()`
-        for `(data, (address, port))`; OSError when the port is taken."""
+        for `(data, (address, port))` (or, once, the ICMP error about a datagram sent:
+        ConnectionRefusedError when nothing listens there); OSError when the port is
+        taken."""
         local = self._running().local
         assert local is not None
         return local.stack.open_udp(port, resolve=local.resolve)

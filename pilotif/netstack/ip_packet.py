@@ -33,6 +33,8 @@ from pilotif.packet.ip import (
     IPV6_PAYLOAD_LENGTH_OFFSET,
     IPV6_SOURCE,
     IPV6_VERSION,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_TCP,
     PROTO_UDP,
     BytesLike,
@@ -46,7 +48,12 @@ _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _U16 = struct.Struct("!H")
 _U16_LE = struct.Struct("<H")
-_NOT_PROTOCOL: Final = {PROTO_TCP: "not_tcp", PROTO_UDP: "not_udp"}
+_NOT_PROTOCOL: Final = {
+    PROTO_TCP: "not_tcp",
+    PROTO_UDP: "not_udp",
+    PROTO_ICMP: "not_icmp",
+    PROTO_ICMPV6: "not_icmp",
+}
 """The drop reason of a packet of another protocol than the one asked for."""
 
 
@@ -65,7 +72,7 @@ def ip_payload(
     """(source, destination, upper-layer bytes) of an IPv4 or IPv6 packet of `protocol`
     (the bytes after the packet's own length left out); raises SegmentDrop for anything
     else (short, bad lengths, fragments, extension headers, a bad IPv4 header checksum
-    when `checksums`, another protocol: `not_tcp` / `not_udp`)."""
+    when `checksums`, another protocol: `not_tcp` / `not_udp` / `not_icmp`)."""
     view = memoryview(packet)
     if not view:
         raise SegmentDrop("truncated")

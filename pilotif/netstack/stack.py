@@ -34,8 +34,8 @@ from pilotif.netstack.segment import (
 )
 from pilotif.netstack.tcp_connection import Connection
 from pilotif.netstack.tcp_state import State
-from pilotif.packet.icmp import parse_too_big
-from pilotif.packet.ip import TCP_ACK, TCP_FIN, TCP_SYN, BytesLike, packet_addresses
+from pilotif.packet.icmp import IcmpErrorKind, parse_icmp_error
+from pilotif.packet.ip import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_SYN, BytesLike, packet_addresses
 from pilotif.packet.segments import SuperPacket
 
 EPHEMERAL_PORTS: Final = range(49152, 65536)
@@ -203,7 +203,7 @@ class Stack:
         try:
             segment = parse_segment(packet, checksums=not authenticated)
         except SegmentDrop as drop:
-            if drop.reason != "not_tcp" or not self._take_too_big(packet):
+            if drop.reason != "not_tcp" or not self._take_icmp_error(packet):
                 self.counters[drop.reason] += 1
             return
         if segment.destination not in self._addresses:
@@ -368,18 +368,23 @@ class Stack:
         self._heap = [entry for entry in self._heap if self._scheduled.get(entry[2]) == entry[0]]
         heapq.heapify(self._heap)
 
-    def _take_too_big(self, packet: BytesLike) -> bool:
-        """Whether `packet` is an ICMP "too big" about one of our connections' segments
-        (the data path sends one when a segment exceeds a peer's path MTU): that
-        connection's segments are cut smaller from now on (`mss_lowered`)."""
-        too_big = parse_too_big(packet)
-        if too_big is None or too_big.source not in self._addresses:
+    def _take_icmp_error(self, packet: BytesLike) -> bool:
+        """Whether `packet` is an ICMP error about one of our TCP segments (then it is
+        taken). A "too big" (the data path sends one when a segment exceeds a peer's path
+        MTU) cuts that connection's segments smaller from now on (`mss_lowered`); a
+        destination unreachable is only counted (`icmp_unreachable`): TCP has its resets
+        and its timers (RFC 5927: such errors are easily forged)."""
+        error = parse_icmp_error(packet)
+        if error is None or error.protocol != PROTO_TCP or error.source not in self._addresses:
             return False
-        key = (too_big.source, too_big.source_port, too_big.destination, too_big.destination_port)
+        if error.kind is not IcmpErrorKind.TOO_BIG:
+            self.counters["icmp_unreachable"] += 1
+            return True
+        key = (error.source, error.source_port, error.destination, error.destination_port)
         connection = self._connections.get(key)
         if connection is None:
             self.counters["too_big_no_connection"] += 1
-        elif connection.lower_path_mtu(too_big.mtu):
+        elif connection.lower_path_mtu(error.mtu):
             self.counters["mss_lowered"] += 1
         return True
 

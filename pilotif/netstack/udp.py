@@ -12,6 +12,12 @@ each socket queues at most `max_queued_datagrams` / `max_queued_bytes`, the node
 what does not fit is dropped (UDP is lossy) and counted. Every dropped packet is counted
 by its reason in `counters`; nothing is logged per packet. Fragments are not reassembled
 (dropped: the overlay's MTU is kept by the senders, who see it).
+
+An ICMP error about a datagram we sent (`receive_icmp`: port unreachable, another
+destination unreachable, "too big"; ICMPv6's too) is the socket's that sent it: it keeps
+the newest (`UdpSocket.error`, as Linux keeps one sk_err) until taken, and is marked
+readable. Only the destination it names may say so (a peer speaks for itself: WireGuard's
+cryptokey routing vouches for the sender's address); anything else is counted.
 """
 
 import os
@@ -26,7 +32,8 @@ from typing import Final
 from pilotif.netstack.config import DEFAULT_MTU
 from pilotif.netstack.ip_packet import SegmentDrop, ip_packet, ip_payload, transport_checksum_ok
 from pilotif.netstack.stack import EPHEMERAL_PORTS, LimitError
-from pilotif.packet.icmp import port_unreachable_packet
+from pilotif.packet.checksum import ONES, sum_le
+from pilotif.packet.icmp import IcmpError, IcmpErrorKind, parse_icmp_error, port_unreachable_packet
 from pilotif.packet.ip import (
     IPV4_ADDRESS_BYTES,
     IPV4_MIN_HEADER_BYTES,
@@ -35,6 +42,8 @@ from pilotif.packet.ip import (
     IPV6_HEADER_BYTES,
     IPV6_NEXT_HEADER_OFFSET,
     IPV6_VERSION,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
     PROTO_UDP,
     UDP_CHECKSUM_OFFSET,
     UDP_HEADER_BYTES,
@@ -89,6 +98,21 @@ class Datagram:
     """Our address it was sent to."""
 
 
+@dataclass(frozen=True, slots=True)
+class SendError:
+    """An ICMP error about a datagram a socket sent."""
+
+    kind: IcmpErrorKind
+    """PORT_UNREACHABLE: nothing listens on `port` of `address`; UNREACHABLE: `address`
+    cannot be reached; TOO_BIG: the path to it carries at most `mtu` bytes (the datagram
+    was dropped)."""
+    address: Address
+    """Where the datagram went."""
+    port: int
+    mtu: int
+    """The path's largest packet (TOO_BIG), else 0."""
+
+
 class UdpSocket:
     """A bound port: what arrives for it waits in a bounded queue until `take`n."""
 
@@ -98,6 +122,13 @@ class UdpSocket:
         self._queue: deque[Datagram] = deque()
         self.queued_bytes = 0
         self.closed = False
+        self.error: SendError | None = None
+        """The newest ICMP error about a datagram this socket sent, not yet taken."""
+
+    def take_error(self) -> SendError | None:
+        """The error waiting (then forgotten), or None."""
+        error, self.error = self.error, None
+        return error
 
     def take(self) -> Datagram | None:
         """The oldest datagram not yet taken, or None."""
@@ -133,15 +164,24 @@ class UdpSocket:
 
 def is_udp(packet: BytesLike) -> bool:
     """Whether an IP packet says it carries UDP (lengths not yet checked)."""
+    return _carries(packet, PROTO_UDP, PROTO_UDP)
+
+
+def is_icmp(packet: BytesLike) -> bool:
+    """Whether an IP packet says it carries ICMP (ICMPv6; lengths not yet checked)."""
+    return _carries(packet, PROTO_ICMP, PROTO_ICMPV6)
+
+
+def _carries(packet: BytesLike, ipv4_protocol: int, ipv6_next_header: int) -> bool:
     if len(packet) < IPV4_MIN_HEADER_BYTES:
         return False
     version = packet[0] >> 4
     if version == IPV4_VERSION:
-        return packet[IPV4_PROTOCOL_OFFSET] == PROTO_UDP
+        return packet[IPV4_PROTOCOL_OFFSET] == ipv4_protocol
     return (
         version == IPV6_VERSION
         and len(packet) >= IPV6_HEADER_BYTES
-        and packet[IPV6_NEXT_HEADER_OFFSET] == PROTO_UDP
+        and packet[IPV6_NEXT_HEADER_OFFSET] == ipv6_next_header
     )
 
 
@@ -281,7 +321,41 @@ class UdpStack:
             return
         self._deliver(socket, udp, source, source_port, local)
 
+    def receive_icmp(self, packet: BytesLike, *, authenticated: bool = False) -> bool:
+        """Whether `packet` is an ICMP (ICMPv6) error quoting a UDP datagram of ours (then
+        it is taken: the socket that sent the datagram learns it, or a counter says why
+        not); False leaves it to the TCP stack."""
+        error = parse_icmp_error(packet)
+        if error is None or error.protocol != PROTO_UDP:
+            return False
+        local = self._addresses.get(error.source)
+        socket = self._sockets.get(error.source_port)
+        if not authenticated and not self._icmp_checksum_ok(packet):
+            self.counters["icmp_bad_checksum"] += 1
+        elif local is None or len(error.destination) != len(error.source):
+            self.counters["icmp_not_ours"] += 1
+        elif error.sender != error.destination:
+            self.counters["icmp_forged"] += 1  # only the destination speaks for itself
+        elif socket is None:
+            self.counters["icmp_no_socket"] += 1
+        else:
+            socket.error = _send_error(error)
+            self.counters[f"icmp_{error.kind.value}"] += 1
+            self._readable[socket] = None
+        return True
+
     # -- inside -----------------------------------------------------------------------
+    @staticmethod
+    def _icmp_checksum_ok(packet: BytesLike) -> bool:
+        protocol = PROTO_ICMP if packet[0] >> 4 == IPV4_VERSION else PROTO_ICMPV6
+        try:
+            source, destination, message = ip_payload(packet, protocol)
+        except SegmentDrop:
+            return False
+        if protocol == PROTO_ICMP:
+            return sum_le(message) % ONES == 0
+        return transport_checksum_ok(source, destination, PROTO_ICMPV6, message)
+
     @staticmethod
     def _checksum_ok(source: bytes, destination: bytes, udp: memoryview, checksum: int) -> bool:
         if checksum == _NO_CHECKSUM:
@@ -321,3 +395,12 @@ class UdpStack:
         self._budget_used += 1
         self.counters["no_socket"] += 1
         self._output.append(answer)
+
+
+def _send_error(error: IcmpError) -> SendError:
+    address = (
+        IPv4Address(error.destination)
+        if len(error.destination) == IPV4_ADDRESS_BYTES
+        else IPv6Address(error.destination)
+    )
+    return SendError(error.kind, address, error.destination_port, error.mtu)

@@ -2,8 +2,10 @@
 IPv4 packet carrying one that the node injects to check that a direct path still
 answers, the "fragmentation needed" / "packet too big" that tells a local sender
 its packet does not fit the path to a peer, and the "port unreachable" a userspace node
-answers a datagram to a port nobody listens on with."""
+answers a datagram to a port nobody listens on with; and reading such an error about one
+of our TCP segments or UDP datagrams (`parse_icmp_error`)."""
 
+import enum
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -37,6 +39,7 @@ from pilotif.packet.ip import (
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
+    PROTO_UDP,
     BytesLike,
     packet_addresses,
 )
@@ -146,12 +149,30 @@ def _error_packet(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class TooBig:
-    """An ICMP "fragmentation needed" / ICMPv6 "packet too big" about one of our TCP
-    segments: the path to `destination` carries at most `mtu` bytes."""
+class IcmpErrorKind(enum.Enum):
+    """What an ICMP error about one of our packets says."""
 
+    TOO_BIG = "too_big"
+    """IPv4 "fragmentation needed", ICMPv6 "packet too big": the path carries at most
+    `mtu` bytes."""
+    PORT_UNREACHABLE = "port_unreachable"
+    """Nothing listens on the quoted destination port (ICMPv6: destination unreachable,
+    port unreachable)."""
+    UNREACHABLE = "unreachable"
+    """Any other destination unreachable (host, network, prohibited, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpError:
+    """An ICMP error about a TCP segment or UDP datagram (the packet it quotes)."""
+
+    kind: IcmpErrorKind
+    protocol: int
+    """The quoted packet's: PROTO_TCP or PROTO_UDP."""
     mtu: int
+    """The largest packet of the path (TOO_BIG), else 0."""
+    sender: bytes
+    """Who says so: the error's own source address."""
     source: bytes
     """Our address, as the quoted packet had it."""
     source_port: int
@@ -159,23 +180,34 @@ class TooBig:
     destination_port: int
 
 
-def parse_too_big(packet: BytesLike) -> TooBig | None:
-    """The "too big" that `packet` is, quoting a TCP segment; None for anything else."""
-    if packet_addresses(packet) is None:
+_IPV4_KINDS: Final = {
+    ICMP_FRAGMENTATION_NEEDED: IcmpErrorKind.TOO_BIG,
+    ICMP_PORT_UNREACHABLE: IcmpErrorKind.PORT_UNREACHABLE,
+}
+"""An IPv4 destination unreachable's codes that say more than UNREACHABLE."""
+_QUOTED_PROTOCOLS: Final = frozenset({PROTO_TCP, PROTO_UDP})
+
+
+def parse_icmp_error(packet: BytesLike) -> IcmpError | None:
+    """The ICMP (ICMPv6) destination unreachable or "too big" that `packet` is, quoting
+    the start of a TCP segment or UDP datagram (addresses and ports); None for anything
+    else, truncated or not. Checksums are the caller's."""
+    addresses = packet_addresses(packet)
+    if addresses is None:
         return None
     if packet[0] >> 4 == IPV4_VERSION:
         header = (packet[0] & IPV4_IHL_MASK) * IPV4_WORD_BYTES
         if packet[IPV4_PROTOCOL_OFFSET] != PROTO_ICMP or len(packet) < header + _ICMP_HEADER.size:
             return None
         kind, code, _, _, mtu = _ICMP_HEADER.unpack_from(packet, header)
-        if (kind, code) != (ICMP_DESTINATION_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED):
+        if kind != ICMP_DESTINATION_UNREACHABLE:
             return None
+        meaning = _IPV4_KINDS.get(code, IcmpErrorKind.UNREACHABLE)
         quoted = header + _ICMP_HEADER.size
         if len(packet) < quoted + IPV4_MIN_HEADER_BYTES or packet[quoted] >> 4 != IPV4_VERSION:
             return None
         ports = quoted + (packet[quoted] & IPV4_IHL_MASK) * IPV4_WORD_BYTES
-        if packet[quoted + IPV4_PROTOCOL_OFFSET] != PROTO_TCP or len(packet) < ports + _PORTS.size:
-            return None
+        protocol = packet[quoted + IPV4_PROTOCOL_OFFSET]
         source = bytes(packet[quoted + IPV4_SOURCE_OFFSET : quoted + IPV4_DESTINATION_OFFSET])
         end = quoted + IPV4_DESTINATION_OFFSET + IPV4_ADDRESS_BYTES
         destination = bytes(packet[quoted + IPV4_DESTINATION_OFFSET : end])
@@ -186,15 +218,28 @@ def parse_too_big(packet: BytesLike) -> TooBig | None:
             or len(packet) < header + _ICMPV6_ERROR_HEADER.size
         ):
             return None
-        kind, _, _, mtu = _ICMPV6_ERROR_HEADER.unpack_from(packet, header)
+        kind, code, _, mtu = _ICMPV6_ERROR_HEADER.unpack_from(packet, header)
+        if kind == ICMPV6_PACKET_TOO_BIG:
+            meaning = IcmpErrorKind.TOO_BIG
+        elif kind == ICMPV6_DESTINATION_UNREACHABLE:
+            meaning = (
+                IcmpErrorKind.PORT_UNREACHABLE
+                if code == ICMPV6_PORT_UNREACHABLE
+                else IcmpErrorKind.UNREACHABLE
+            )
+        else:
+            return None
         quoted = header + _ICMPV6_ERROR_HEADER.size
         ports = quoted + IPV6_HEADER_BYTES
-        if kind != ICMPV6_PACKET_TOO_BIG or len(packet) < ports + _PORTS.size:
+        if len(packet) < ports or packet[quoted] >> 4 != IPV6_VERSION:
             return None
-        next_header = packet[quoted + IPV6_NEXT_HEADER_OFFSET]
-        if packet[quoted] >> 4 != IPV6_VERSION or next_header != PROTO_TCP:
-            return None
+        protocol = packet[quoted + IPV6_NEXT_HEADER_OFFSET]
         source = bytes(packet[quoted + IPV6_SOURCE_OFFSET : quoted + IPV6_DESTINATION_OFFSET])
         destination = bytes(packet[quoted + IPV6_DESTINATION_OFFSET : ports])
+    if protocol not in _QUOTED_PROTOCOLS or len(packet) < ports + _PORTS.size:
+        return None
     source_port, destination_port = _PORTS.unpack_from(packet, ports)
-    return TooBig(mtu, source, source_port, destination, destination_port)
+    mtu = mtu if meaning is IcmpErrorKind.TOO_BIG else 0
+    return IcmpError(
+        meaning, protocol, mtu, addresses[0], source, source_port, destination, destination_port
+    )

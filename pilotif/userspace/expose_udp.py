@@ -8,7 +8,8 @@ Each peer address and port is a flow: a local UDP socket of its own (the local s
 sees one client per flow, as behind a NAT), kept while datagrams pass either way and
 closed after FLOW_IDLE_S without any; at most MAX_FLOWS at once (the least recently used
 closes first). The flow table (`FlowTable`) is sans-IO: `now` passed in. Drops and
-closures are counted by reason in `counters`.
+closures are counted by reason in `counters`; an ICMP error about an answer sent to a peer
+too (`peer_unreachable`: the flow stays until it idles out, as a NAT's would).
 """
 
 import asyncio
@@ -126,6 +127,10 @@ class UdpExposer:
                         received = await self._overlay.recv()
                 except TimeoutError:
                     pass
+                except ConnectionAbortedError:
+                    raise
+                except OSError:  # an ICMP error about an answer: the flow idles out
+                    self.counters["peer_unreachable"] += 1
                 now = self._loop.time()
                 if now >= next_sweep:
                     self._close(self._flows.expire(now), "flow_expired")

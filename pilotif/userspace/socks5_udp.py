@@ -7,7 +7,9 @@ address of a trusted peer); what peers send to the node's port comes back to the
 with the header naming the peer. Datagrams are taken only from the client: the address
 its TCP control connection came from, and the port it named in the request (or, if it
 named none, the port of its first datagram). The association lasts as long as that TCP
-connection. Fragments (FRAG != 0) are not supported: dropped. Every dropped datagram is
+connection. Fragments (FRAG != 0) are not supported: dropped. SOCKS5 has no way to tell
+the client of an ICMP error about a datagram it sent (a port nobody listens on): it is
+counted (`udp_unreachable`). Every dropped datagram is
 counted by its reason (`udp_...`) in the server's counters; nothing is logged per
 datagram.
 """
@@ -149,7 +151,13 @@ async def _to_client(
     counters: Counter[str],
 ) -> None:
     while True:
-        data, (host, port) = await overlay.recv()
+        try:
+            data, (host, port) = await overlay.recv()
+        except ConnectionAbortedError:
+            raise
+        except OSError:  # an ICMP error about a datagram sent: SOCKS5 cannot say so
+            counters["udp_unreachable"] += 1
+            continue
         if not relay.client_port:
             counters["udp_no_client_yet"] += 1
             continue

@@ -7,8 +7,9 @@ whenever the netstack has something to send (the application wrote, a packet wan
 ACK, a timer is due: `kick`). The netstack's events are drained after each call into it
 and go to the transports (transport.py), to `open_connection`'s waiters and to the
 servers' accept callbacks. ICMP echo replies to our own `ping` are taken here. UDP
-(protocol 17) goes to the netstack's UDP (pilotif/netstack/udp.py) before the TCP stack
-sees it, its datagrams out with the TCP stack's packets; `open_udp` gives asyncio code a
+(protocol 17), and the ICMP errors about our datagrams, go to the netstack's UDP
+(pilotif/netstack/udp.py) before the TCP stack sees them, its datagrams out with the TCP
+stack's packets; `open_udp` gives asyncio code a
 UDP port (udp.py). Only portable calls: a socket pair, asyncio timers.
 """
 
@@ -31,7 +32,7 @@ from pilotif.netstack import (
     StackConfig,
     Writable,
 )
-from pilotif.netstack.udp import UdpConfig, UdpStack, is_udp
+from pilotif.netstack.udp import UdpConfig, UdpStack, is_icmp, is_udp
 from pilotif.packet.icmp import ECHO_HEADER, ECHO_REPLY, echo_request_packet
 from pilotif.packet.ip import IPV4_IHL_MASK, IPV4_WORD_BYTES, BytesLike, is_echo_reply
 from pilotif.packet.segments import SuperPacket
@@ -158,6 +159,8 @@ class UserspaceStack:
         for packet in packets:
             if is_udp(packet):
                 self.udp.receive(packet, now, authenticated=True)
+                continue
+            if is_icmp(packet) and self.udp.receive_icmp(packet, authenticated=True):
                 continue
             if is_echo_reply(packet) and self._take_echo_reply(packet, now):
                 continue

@@ -2,12 +2,13 @@
 a peer's path MTU (docs/PATH_MTU.md): the connection's segments are cut to fit, and a
 transfer over a path that drops larger packets completes intact. A "too big" that quotes
 no connection of ours, or garbage, changes nothing; a peer cannot push the MSS below the
-protocol's default."""
+protocol's default. A destination unreachable about a segment is counted as what it is."""
 
 from netstack_wire import Wire, open_pair, payload, transfer
 
+from pilotif.netstack import State
 from pilotif.netstack.tcp_connection import DEFAULT_MSS_IPV4, DEFAULT_MSS_IPV6
-from pilotif.packet.icmp import parse_too_big, too_big_packet
+from pilotif.packet.icmp import parse_icmp_error, port_unreachable_packet, too_big_packet
 
 PATH_MTU = 1280
 SIZE = 400_000
@@ -78,5 +79,18 @@ def test_a_too_big_about_no_connection_or_garbage_changes_nothing() -> None:
     assert wire.a.counters["too_big_no_connection"] == 1
     for cut in (21, 28, 40, 48, 51):
         wire.inject("ba", answer[:cut])  # truncated: dropped as it is
-    assert parse_too_big(answer[:51]) is None
+    assert parse_icmp_error(answer[:51]) is None
     assert client.mss == mss
+
+
+def test_a_destination_unreachable_about_a_segment_is_counted_as_such() -> None:
+    wire = Wire()
+    client, _ = open_pair(wire)
+    client.send(payload(3000, seed=2))
+    wire.step()
+    told = port_unreachable_packet(wire.last_sent["ab"])
+    assert told is not None
+    wire.inject("ba", told)
+    assert wire.a.counters["icmp_unreachable"] == 1
+    assert wire.a.counters["not_tcp"] == 0
+    assert client.state is State.ESTABLISHED  # TCP has its resets and timers

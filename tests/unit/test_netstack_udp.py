@@ -1,7 +1,9 @@
 """UDP of the userspace stack (pilotif/netstack/udp.py): datagrams between two stacks
 intact over IPv4 and IPv6; garbage, truncated packets, wrong checksums, fragments and
 bad lengths dropped and counted, never raised; a datagram to a port nobody is bound to
-answered with an ICMP port unreachable under a budget a second; every queue bounded."""
+answered with an ICMP port unreachable under a budget a second; every queue bounded. An
+ICMP error about a datagram we sent reaches the socket that sent it, and only when the
+destination it names says so; mangled, stray or forged ones are counted."""
 
 import random
 from ipaddress import IPv4Address, IPv6Address
@@ -10,9 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pilotif.netstack.segment import build_segment
 from pilotif.netstack.stack import EPHEMERAL_PORTS, LimitError
-from pilotif.netstack.udp import UdpConfig, UdpStack, build_datagram, is_udp
+from pilotif.netstack.udp import (
+    SendError,
+    UdpConfig,
+    UdpSocket,
+    UdpStack,
+    build_datagram,
+    is_icmp,
+    is_udp,
+)
 from pilotif.packet.checksum import internet_checksum
+from pilotif.packet.icmp import IcmpErrorKind, port_unreachable_packet, too_big_packet
 from pilotif.packet.ip import (
     ICMP_DESTINATION_UNREACHABLE,
     ICMP_PORT_UNREACHABLE,
@@ -23,6 +35,7 @@ from pilotif.packet.ip import (
     IPV6_HEADER_BYTES,
     PROTO_ICMP,
     PROTO_ICMPV6,
+    TCP_SYN,
     UDP_CHECKSUM_OFFSET,
     UDP_HEADER_BYTES,
     UDP_LENGTH_OFFSET,
@@ -273,3 +286,91 @@ def test_any_mangling_of_a_datagram_raises_nothing(noise: bytes, at: int, v6: bo
     b.receive(bytes(packet), NOW)
     b.receive(bytes(packet), NOW, authenticated=True)
     assert server.pending <= 2 and b.queued_bytes <= 2 * len(packet)
+
+
+def _refused(v6: bool = False) -> tuple[UdpStack, UdpSocket, bytes]:
+    """A's socket sent a datagram to a port of B nobody is bound to; B's answer."""
+    a, b = _pair()
+    client = a.bind()
+    assert client.send(b"anyone?", B_V6 if v6 else B_V4, PORT)
+    (sent,) = a.take_output()
+    b.receive(sent, NOW)
+    (answer,) = b.take_output()
+    return a, client, answer
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_port_unreachable_reaches_the_socket_that_sent_the_datagram(v6: bool) -> None:
+    a, client, answer = _refused(v6)
+    assert is_icmp(answer) and not is_udp(answer)
+    assert a.receive_icmp(answer)
+    assert a.take_readable() == [client]
+    error = client.take_error()
+    assert error == SendError(IcmpErrorKind.PORT_UNREACHABLE, B_V6 if v6 else B_V4, PORT, 0)
+    assert client.take_error() is None  # told once
+    assert a.counters == {"icmp_port_unreachable": 1}
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_a_too_big_about_a_datagram_says_how_big_the_path_is(v6: bool) -> None:
+    a, _ = _pair()
+    client = a.bind()
+    client.send(b"x" * 1300, B_V6 if v6 else B_V4, PORT)
+    (sent,) = a.take_output()
+    told = too_big_packet(sent, 1280)
+    assert told is not None and a.receive_icmp(told)
+    error = client.take_error()
+    assert error is not None and error.kind is IcmpErrorKind.TOO_BIG and error.mtu == 1280
+
+
+def test_an_icmp_error_about_tcp_is_left_to_the_tcp_stack() -> None:
+    a, _ = _pair()
+    segment = build_segment(A_V4.packed, B_V4.packed, (40000, 80), 1, 0, TCP_SYN, 1000)
+    told = port_unreachable_packet(segment)
+    assert told is not None and not a.receive_icmp(told)
+    assert not a.counters
+
+
+def test_forged_stray_truncated_and_bad_icmp_errors_are_counted_and_change_nothing() -> None:
+    a, client, answer = _refused()
+    forged = bytearray(answer)
+    forged[12:16] = IPv4Address("100.64.0.9").packed  # another peer speaks for B
+    other_port = bytearray(answer)
+    quoted_source_port = IPV4_MIN_HEADER_BYTES + 8 + IPV4_MIN_HEADER_BYTES
+    other_port[quoted_source_port] ^= 0xFF  # a port nobody here is bound to
+    not_ours = bytearray(answer)
+    not_ours[IPV4_MIN_HEADER_BYTES + 8 + 12 : IPV4_MIN_HEADER_BYTES + 8 + 16] = B_V4.packed
+    bad_sum = bytearray(answer)
+    bad_sum[-1] ^= 0xFF
+    for packet, reason in (
+        (forged, "icmp_forged"),
+        (other_port, "icmp_no_socket"),
+        (not_ours, "icmp_not_ours"),
+    ):
+        assert a.receive_icmp(bytes(packet), authenticated=True)
+        assert a.counters[reason] == 1, reason
+    assert a.receive_icmp(bytes(bad_sum))  # no WireGuard vouching for it: summed
+    assert a.counters["icmp_bad_checksum"] == 1
+    quoted_ports_end = quoted_source_port + 4
+    for cut in range(quoted_ports_end):
+        assert not a.receive_icmp(answer[:cut])  # too short to say whose: not taken
+    assert client.take_error() is None and not a.take_readable()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(min_size=0, max_size=60),
+    st.integers(0, 90),
+    st.booleans(),
+    st.booleans(),
+)
+def test_any_mangling_of_an_icmp_error_raises_nothing(
+    noise: bytes, at: int, v6: bool, authenticated: bool
+) -> None:
+    a, client, answer = _refused(v6)
+    packet = bytearray(answer)
+    packet[at : at + len(noise)] = noise
+    a.receive_icmp(bytes(packet), authenticated=authenticated)
+    a.receive(bytes(packet), NOW, authenticated=authenticated)
+    error = client.take_error()
+    assert error is None or error.address == (B_V6 if v6 else B_V4)

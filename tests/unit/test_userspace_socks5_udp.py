@@ -37,7 +37,8 @@ class FakeOverlayUdp:
 
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, tuple[str, int]]] = []
-        self.inbox: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+        self.inbox: asyncio.Queue[tuple[bytes, tuple[str, int]] | OSError] = asyncio.Queue()
+        """What peers send, or an ICMP error's OSError for recv() to raise."""
         self.closed = False
 
     def send(self, data: bytes, address: tuple[str | IPv4Address | IPv6Address, int]) -> bool:
@@ -47,7 +48,10 @@ class FakeOverlayUdp:
         return True
 
     async def recv(self) -> tuple[bytes, tuple[str, int]]:
-        return await self.inbox.get()
+        received = await self.inbox.get()
+        if isinstance(received, OSError):
+            raise received
+        return received
 
     def close(self) -> None:
         self.closed = True
@@ -133,6 +137,26 @@ def test_datagrams_reach_the_peer_by_name_and_answers_come_back_naming_it() -> N
         writer.close()
         await until(lambda: overlay.closed)
         assert server.counters["associated"] == 1
+        client.close()
+
+    run(body)
+
+
+def test_an_icmp_error_about_a_datagram_is_counted_and_the_association_goes_on() -> None:
+    async def body(port: int, udp: FakeUdpNet, server: Socks5Server) -> None:
+        _, writer, relay = await open_association(port)
+        client = client_socket()
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendto(client, to_name(b"beta.pilot", PEER_PORT, b"hello"), relay)
+        (overlay,) = udp.opened
+        await until(lambda: len(overlay.sent) == 1)
+        overlay.inbox.put_nowait(ConnectionRefusedError(111, "nothing listens"))
+        overlay.inbox.put_nowait((b"answer", (str(PEER), PEER_PORT)))
+        datagram = await loop.sock_recv(client, 2048)
+        assert datagram == udp_datagram_header(PEER, PEER_PORT) + b"answer"
+        assert server.counters["udp_unreachable"] == 1
+        writer.close()
+        await until(lambda: overlay.closed)
         client.close()
 
     run(body)

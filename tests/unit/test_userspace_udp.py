@@ -2,7 +2,8 @@
 WireGuard device, their Binds linked in memory; test_userspace_stack's harness): datagrams
 through both devices intact over IPv4 and IPv6 and the answers back (`open_udp`,
 `send`, `recv`); UDP never reaches the TCP stack; a port nobody bound answers port
-unreachable; a closed endpoint's recv raises; a taken port is refused."""
+unreachable, which the sender's endpoint raises (ConnectionRefusedError); a closed
+endpoint's recv raises; a taken port is refused."""
 
 import asyncio
 import os
@@ -41,17 +42,27 @@ def test_datagrams_cross_both_devices_intact_and_come_back(family: int) -> None:
     run(body)
 
 
-def test_a_port_nobody_bound_answers_port_unreachable() -> None:
+@pytest.mark.parametrize("family", [0, 1])
+def test_a_port_nobody_bound_refuses_and_the_sender_learns_it(family: int) -> None:
+    """B answers port unreachable (ICMPv6's too); A's endpoint raises it at its next recv,
+    as a connected Linux socket would, and goes on working; A's TCP stack never sees it."""
+
     async def body(a: Side, b: Side) -> None:
         client = a.stack.open_udp()
-        client.send(b"anyone?", (b.stack.addresses[0], PORT))
-
-        async def answered() -> None:
-            while not b.stack.udp.counters["no_socket"]:
-                await asyncio.sleep(0.01)
-
+        peer = b.stack.addresses[family]
+        client.send(b"anyone?", (peer, PORT))
         async with asyncio.timeout(WAIT_S):
-            await answered()
+            with pytest.raises(ConnectionRefusedError, match=f"port {PORT} of {peer}"):
+                await client.recv()
+        assert b.stack.udp.counters["no_socket"] == 1
+        assert a.stack.udp.counters["icmp_port_unreachable"] == 1
+        assert not a.stack.stack.counters  # not counted as not_tcp (or anything) by TCP
+        server = b.stack.open_udp(PORT)
+        client.send(b"now?", (peer, PORT))
+        async with asyncio.timeout(WAIT_S):
+            data, sender = await server.recv()
+            server.send(data[::-1], sender)
+            assert await client.recv() == (b"?won", (str(peer), PORT))
 
     run(body)
 
