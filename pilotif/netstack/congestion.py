@@ -16,7 +16,8 @@ config names):
   the path's bandwidth holds it. Paced (pacing.py) at a gain times the bandwidth, as BBR:
   STARTUP_PACING_GAIN until the bandwidth stops growing (FULL_PIPE_ROUNDS rounds without
   FULL_PIPE_GROWTH), then PROBE_PACING_GAINS, one a round (a round above the estimate
-  to find more, one below to drain what that queued, then at the estimate).
+  to find more, one below to drain what that queued, then at the estimate). A path
+  whose lowest round trip is under PACING_MIN_RTT_S is not paced (a LAN: see there).
 
 Loss detection (duplicate ACKs, SACK, partial ACKs) is the connection's; these classes
 only size the window.
@@ -50,6 +51,14 @@ PROBE_PACING_GAINS: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 """Once the pipe is full, the pacing gain of each round in turn (BBR's ProbeBW cycle)."""
 PROBE_DRAIN_ROUND: Final = 1
 """Where the cycle starts once the pipe is full: the round below the estimate."""
+PACING_MIN_RTT_S: Final = 0.002
+"""A path whose lowest round trip is below this is not paced. There the window (two
+bandwidth-delay products) is a couple of pacing trains at most, the event loop's timers
+are as coarse as the round trip, and the bandwidth measured is what the node's CPU
+managed, not the path's: pacing would hold the sender to its own last figure (Linux
+lets a short round trip burst the same way: TSQ and fq pace it far above what a
+CPU-bound sender reaches). On the lab's LAN the lowest round trips are 0.2-0.7 ms;
+over 100 ms, pacing is what keeps the cable's queues from overflowing."""
 
 Congestion = Literal["newreno", "delivery_rate"]
 """The controllers `StackConfig.congestion` names."""
@@ -173,7 +182,9 @@ class DeliveryRate:
     @property
     def pacing_rate(self) -> float:
         """The pacing gain of the round times the bandwidth (0, unpaced, until a round
-        measured it)."""
+        measured it, and on a path shorter than PACING_MIN_RTT_S)."""
+        if self._min_rtt_s is not None and self._min_rtt_s < PACING_MIN_RTT_S:
+            return 0.0
         if self._probe_round is None:
             return STARTUP_PACING_GAIN * self.bandwidth
         return PROBE_PACING_GAINS[self._probe_round] * self.bandwidth

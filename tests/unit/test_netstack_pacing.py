@@ -8,7 +8,7 @@ import pytest
 from netstack_wire import Link, Wire, open_pair, payload
 
 from pilotif.netstack import Connection, StackConfig
-from pilotif.netstack.congestion import DeliveryRate, NewReno
+from pilotif.netstack.congestion import PACING_MIN_RTT_S, DeliveryRate, NewReno
 from pilotif.netstack.pacing import MIN_TRAIN_SEGMENTS, PACING_CREDIT_S, PACING_TRAIN_S, Pacer
 from pilotif.netstack.segment import parse_segment
 
@@ -81,6 +81,24 @@ def test_only_the_delivery_rate_controller_paces() -> None:
         model.on_delivered(round_ * 100_000, (round_ + 1) * 100_000, round_ * 0.1)
     assert model.bandwidth == pytest.approx(1e6)
     assert 0.5 * model.bandwidth < model.pacing_rate < 3 * model.bandwidth
+
+
+def _measured(min_rtt_s: float) -> DeliveryRate:
+    """A model that measured 1 MB/s over rounds of `min_rtt_s`."""
+    model = DeliveryRate(MSS)
+    model.on_rtt(min_rtt_s, 0.0)
+    for round_ in range(1, 20):
+        model.on_delivered(round_ * 100_000, (round_ + 1) * 100_000, round_ * 0.1)
+    return model
+
+
+def test_a_path_shorter_than_the_threshold_is_not_paced() -> None:
+    """On a LAN the bandwidth measured is what the node's CPU managed: pacing at it would
+    hold the sender to its own last figure. A longer path is paced as before."""
+    assert _measured(0.5 * PACING_MIN_RTT_S).pacing_rate == 0.0
+    assert _measured(0.5 * PACING_MIN_RTT_S).bandwidth == pytest.approx(1e6)  # still measured
+    assert _measured(PACING_MIN_RTT_S).pacing_rate > 0.0
+    assert _measured(0.05).pacing_rate > 0.0
 
 
 # -- the sender over the wire ---------------------------------------------------------
