@@ -1,7 +1,7 @@
 """The userspace TCP/IP stack's own figures (pilotif.netstack), in process, no root:
 
     python3 bench/netstack.py [--megabytes 200] [--impaired-megabytes 50]
-                              [--congestion newreno|delivery_rate]
+                              [--congestion newreno|delivery_rate] [--round-trips 20000]
 
 - cpu:      two stacks back to back with nothing between them (packets handed straight
             over): bytes/s of one bulk transfer from A to B and CPU seconds per MB
@@ -11,7 +11,12 @@
             round trip, 1% loss (--loss) both ways and a 100 MB/s rate: throughput in simulated
             time (what the algorithms reach, not the CPU), retransmissions, timeouts and
             the longest stretch without new data at the receiver (a stall), with the
-            congestion controller --congestion names (the default's: NewReno).
+            congestion controller --congestion names (the default's: NewReno);
+- rr:       --round-trips of a 64-byte request and its answer over one established
+            connection, the stacks handing packets straight over (the userspace node's
+            config): CPU microseconds per round trip, both stacks (each sends one
+            segment, receives one and reads it): the netstack's share of a small
+            request's round trip through a userspace node (bench/userspace.py's rr).
 
 The data is checked by sha256 on both. docs/NETSTACK.md keeps the figures.
 """
@@ -27,12 +32,17 @@ from typing import get_args
 
 from pilotif.netstack import Connection, Stack, StackConfig, State
 from pilotif.netstack.congestion import Congestion
+from pilotif.userspace.stack import USERSPACE_CONFIG
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 from netstack_wire import Link, Wire, open_pair
 
 CHUNK_BYTES = 256 * 1024
 MEGABYTE = 1_000_000
+RR_MESSAGE_BYTES = 64
+RR_WARMUP = 1000
+RR_STEP_S = 0.0002
+"""Simulated time between round trips (a LAN's)."""
 
 
 def _cpu(megabytes: int) -> None:
@@ -103,16 +113,59 @@ def _impaired(megabytes: int, loss: float, congestion: Congestion) -> None:
     )
 
 
+def _rr(round_trips: int) -> None:
+    a = Stack([IPv4Address("100.64.0.1")], USERSPACE_CONFIG, secret=b"a" * 32)
+    b = Stack([IPv4Address("100.64.0.2")], USERSPACE_CONFIG, secret=b"b" * 32)
+    listener = b.listen(8080)
+    now = 0.0
+    client = a.connect(IPv4Address("100.64.0.2"), 8080, now)
+    accepted: Connection | None = None
+    while accepted is None or client.state is not State.ESTABLISHED:
+        now += RR_STEP_S
+        for packet in a.poll(now):
+            b.receive(packet, now, authenticated=True)
+        for packet in b.poll(now):
+            a.receive(packet, now, authenticated=True)
+        accepted = accepted or listener.accept()
+    server = accepted
+    request = bytes(RR_MESSAGE_BYTES)
+
+    def run(count: int) -> None:
+        nonlocal now
+        for _ in range(count):
+            now += RR_STEP_S
+            client.send(request)
+            for packet in a.poll(now):
+                b.receive(packet, now, authenticated=True)
+            server.send(server.receive())
+            for packet in b.poll(now):
+                a.receive(packet, now, authenticated=True)
+            if len(client.receive()) != RR_MESSAGE_BYTES:
+                raise AssertionError("the answer did not arrive whole")
+            a.take_events()
+            b.take_events()
+
+    run(RR_WARMUP)
+    cpu = time.process_time()
+    run(round_trips)
+    cpu = time.process_time() - cpu
+    print(f"rr:       {round_trips} round trips, {1e6 * cpu / round_trips:.1f} us CPU each")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--impaired-megabytes", type=int, default=50)
     parser.add_argument("--loss", type=float, default=0.01, help="share lost each way")
     parser.add_argument("--congestion", choices=get_args(Congestion), default="newreno")
+    parser.add_argument("--round-trips", type=int, default=20000)
     args = parser.parse_args()
     if args.megabytes:
         _cpu(args.megabytes)
-    _impaired(args.impaired_megabytes, args.loss, args.congestion)
+    if args.impaired_megabytes:
+        _impaired(args.impaired_megabytes, args.loss, args.congestion)
+    if args.round_trips:
+        _rr(args.round_trips)
 
 
 if __name__ == "__main__":
