@@ -399,7 +399,8 @@ class Swarm:
         self._flush(node)
         if self.restart_at is None or now < self.restart_at:
             self.probes += 1
-        self._schedule(node, now + probe_pause_s(self.rng))
+        assert node.lost_s is not None
+        self._schedule(node, now + probe_pause_s(now - node.lost_s, self.rng))
 
     def _gave_up(self, node: SimulatedNode, now: float) -> None:
         """As the node does when the registry is silent: offline, and probing it until

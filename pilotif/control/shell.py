@@ -175,8 +175,9 @@ class CoreProtocol:
                 self._core.counters["socket_error"] += 1
 
 
-Housekeeping = list[tuple[str, float, Callable[[], None]]]
-"""What a service does on its own: (name, every how many seconds, action)."""
+Housekeeping = list[tuple[str, float, Callable[[], list[Outgoing] | None]]]
+"""What a service does on its own: (name, every how many seconds, action); what an
+action returns is sent."""
 
 
 async def serve_until_stopped(
@@ -200,7 +201,7 @@ async def serve_until_stopped(
             same_port = (listen[0], bound[1])
             servers = await serve_streams(protocol, core.counters, (same_port, *tcp_listens))
             stop_watching = on_open(protocol) if on_open is not None else None
-            tasks = [asyncio.create_task(_every(*job)) for job in housekeeping]
+            tasks = [asyncio.create_task(_every(*job, protocol.send)) for job in housekeeping]
             try:
                 await stop.wait()
             finally:
@@ -299,13 +300,21 @@ async def serve_streams(
     ]
 
 
-async def _every(name: str, period_s: float, action: Callable[[], None]) -> None:
-    """Run `action` now, then every `period_s`, until cancelled. A failure (the database
-    is down) is logged once, and so is the first success after it: the loop goes on."""
+async def _every(
+    name: str,
+    period_s: float,
+    action: Callable[[], list[Outgoing] | None],
+    send: Callable[[list[Outgoing]], None],
+) -> None:
+    """Run `action` now, then every `period_s`, until cancelled, and `send` what it
+    returns. A failure (the database is down) is logged once, and so is the first
+    success after it: the loop goes on."""
     failing = False
     while True:
         try:
-            action()
+            outgoing = action()
+            if outgoing:
+                send(outgoing)
         except Exception as error:
             if not failing:
                 log_event("housekeeping_failed", level=logging.ERROR, job=name, error=str(error))

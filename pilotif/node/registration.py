@@ -6,9 +6,13 @@ answers say: our public endpoint, the replica, since when it is silent.
 
 While the registry is away (a registration got no answer after every attempt, or the node
 started from its cache) the node sends no registrations: it probes, one key request
-(36 bytes, answered statelessly) every PROBE_EVERY_S with PROBE_JITTER, for as long as the
-outage lasts, and registers in full once a probe is answered with the pinned key (so it is
-back within about PROBE_EVERY_S of the registry's return, whatever the outage's length).
+(36 bytes, answered statelessly), every PROBE_EVERY_S at first and then less often, a
+pause of PROBE_BACKOFF of the outage so far, at most PROBE_MAX_S (each with
+PROBE_JITTER), for as long as the outage lasts. It registers in full once a probe is
+answered with the pinned key, or once the registry, back, answers a probe it did not see
+(registry/recall.py tells its nodes at the pace it takes them back): so a node is back
+within about a second of the return, and by its own probes within a tenth of the
+outage's length (at most PROBE_MAX_S) where the registry does not tell it.
 
 Inputs: `start`, `network_changed`, `again`, the link's answers (`registered`,
 `key_answer`, `silent`, `switched`, `move_asked`) and `handle_timer(now)` at or after
@@ -60,18 +64,28 @@ UNREACHABLE: Final = "unreachable"
 """The code of a failure that got no answer at all (as opposed to a refusal)."""
 PROBE_EVERY_S: Final = 1.0
 """While the registry is away: the mean pause between two probes (one 36-byte key request
-each), so that a registry that comes back (a restart, an upgrade) sees its nodes within
-about a second, whatever the outage's length."""
+each) at first, so that a registry back after a short outage (a restart, an upgrade)
+sees its nodes within about a second."""
+PROBE_BACKOFF: Final = 0.1
+"""Later the mean pause is this fraction of the time since the registry was lost: a
+fleet does not hammer a registry that is down for long, and notices its return within
+a tenth of the outage's length by itself (the registry tells it sooner)."""
+PROBE_MAX_S: Final = 10.0
+"""The longest mean pause: the probes keep the NAT's mapping towards the registry open
+(UDP mappings may last 30 s; WireGuard keeps its own open every 25 s), so the key
+answer a returning registry sends reaches the node."""
 PROBE_JITTER: Final = 0.25
-"""Each pause is PROBE_EVERY_S stretched or shrunk by up to this fraction at random: a
-fleet that lost its registry at the same moment does not probe in step."""
+"""Each pause is stretched or shrunk by up to this fraction at random: a fleet that lost
+its registry at the same moment does not probe in step."""
 DEFAULT_NETWORK: Final = "100.64.0.0/10"
 """The overlay prefix when a registry's reply names none."""
 
 
-def probe_pause_s(rng: random.Random) -> float:
-    """The pause before the next probe: PROBE_EVERY_S, give or take PROBE_JITTER."""
-    return PROBE_EVERY_S * (1 + PROBE_JITTER * (2 * rng.random() - 1))
+def probe_pause_s(away_s: float, rng: random.Random) -> float:
+    """The pause before the next probe when the registry has been away for `away_s`:
+    PROBE_BACKOFF of it, within PROBE_EVERY_S and PROBE_MAX_S, give or take PROBE_JITTER."""
+    mean_s = min(max(away_s * PROBE_BACKOFF, PROBE_EVERY_S), PROBE_MAX_S)
+    return mean_s * (1 + PROBE_JITTER * (2 * rng.random() - 1))
 
 
 @dataclass(frozen=True)
@@ -149,6 +163,8 @@ class Registration:
         while the registry is away)."""
         self.probe_s: float | None = None
         """When the next probe goes (None: the registry is not away)."""
+        self._away_s = 0.0
+        """When the probes began (while `probe_s` is not None)."""
         self.rng = random.Random()
         """The probes' jitter (tests seed it)."""
         self._checking_key = False
@@ -180,15 +196,15 @@ class Registration:
         self._away(now)
 
     def _away(self, now: float) -> None:
-        """The registry does not answer: no heartbeat, a probe at once and then about
-        every PROBE_EVERY_S until one is answered."""
+        """The registry does not answer: no heartbeat, a probe at once and then after
+        each `probe_pause_s` until one is answered."""
         self.next_s = None
         if self.probe_s is None:
-            self.probe_s = now
+            self.probe_s = self._away_s = now
 
     def _probe(self, now: float) -> None:
         self._link.probe()
-        self.probe_s = now + probe_pause_s(self.rng)
+        self.probe_s = now + probe_pause_s(now - self._away_s, self.rng)
 
     def register(self, now: float) -> None:
         """Send a registration (the key first, if none is pinned)."""

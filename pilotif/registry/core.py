@@ -33,6 +33,7 @@ from pilotif.control.wire import (
 from pilotif.registry.directory import Directory
 from pilotif.registry.lookups import Lookups
 from pilotif.registry.presence import Presence
+from pilotif.registry.recall import Known, Recall
 from pilotif.registry.register import DEFAULT_EXPIRE_AFTER_S, Registration, keep_counter_floor
 from pilotif.registry.replicas import PushNote, Replicas
 from pilotif.registry.requests import STORE_ERROR_HINTS, Handler, Push, Refused, Request
@@ -55,6 +56,8 @@ TRAFFIC_COUNTERS: Final = frozenset(
         "pushes_received",
         "replica_keepalives",
         "orphans_told",
+        "recalled",
+        "recalled_back",
     }
 )
 """Counters of work done; every other counter counts datagrams dropped, by reason."""
@@ -104,10 +107,18 @@ class RegistryCore:
         )
         self.public_key = self._front.public_key
         self._presence = Presence()
-        for key, endpoint, last_seen, session in store.all_endpoints():
-            self._presence.note_seen(key, parse_endpoint(endpoint), last_seen)
+        known: list[Known] = []
+        for key, endpoint, last_seen, session, at_replica in store.all_endpoints():
+            where = parse_endpoint(endpoint)
+            self._presence.note_seen(key, where, last_seen)
             if session is not None:
                 self._front.sessions[key] = session
+            if at_replica is None:
+                known.append((key, where, last_seen))
+        self._recall: Recall | None = Recall(known, self.counters) if known else None
+        """Whom to tell that we are back (None: every node known was told); with
+        replicas, the nodes no replica has (another's are told by its survivors)."""
+        self._key_reply = pack_key_reply(self.public_key)
         self._replicas = Replicas(store, replica, self.counters)
         self.routes = TrustedRoutes(self._presence, store)
         """Who the relay carries datagrams for, and its trust cache."""
@@ -173,7 +184,7 @@ class RegistryCore:
                 return []
             if not self._front.gate.unproven_allowed(source, now):
                 return []
-            return [(pack_key_reply(self.public_key), source)]
+            return [(self._key_reply, source)]
         self.counters["malformed" if kind == KEY_REQUEST_TYPE else "unknown_type"] += 1
         return []
 
@@ -303,6 +314,33 @@ class RegistryCore:
             outgoing.append((self._seal(key, notice), orphan.endpoint))
         self.counters["orphans_told"] += len(outgoing)
         return outgoing
+
+    @property
+    def recalling(self) -> bool:
+        """Whether nodes known from before we started are still to be told we are back."""
+        return self._recall is not None
+
+    def recall(self, now: float) -> list[Outgoing]:
+        """Tell the next nodes known from before we started that we are back (the key
+        answer to the probes they send while we are away: registry/recall.py); called
+        every RECALL_EVERY_S."""
+        recall = self._recall
+        if recall is None:
+            return []
+        endpoints = recall.to_tell(
+            now,
+            self._presence.seen_since,
+            forget_before=now - self.expire_after_s,
+            behind=self._front.gate.behind(now),
+        )
+        if recall.done:
+            self._recall = None
+            log_event(
+                "recall_done",
+                told=self.counters["recalled"],
+                back=self.counters["recalled_back"],
+            )
+        return [(self._key_reply, endpoint) for endpoint in endpoints]
 
     def handle_notifications(self, now: float) -> list[Outgoing]:
         """The database notified us: what other replicas left for us, if anything came

@@ -66,6 +66,11 @@ class Presence:
         seen = self._seen.get(key)
         return seen is not None and now - seen[1] <= ONLINE_WINDOW_S
 
+    def seen_since(self, key: bytes, since: float) -> bool:
+        """Whether the node registered at or after `since`."""
+        seen = self._seen.get(key)
+        return seen is not None and seen[1] >= since
+
     def nodes_online(self, now: float) -> int:
         """How many nodes have registered within ONLINE_WINDOW_S."""
         return sum(1 for _, seen_s in self._seen.values() if now - seen_s <= ONLINE_WINDOW_S)

@@ -20,6 +20,7 @@ from pilotif.control.wire import format_endpoint
 from pilotif.observe.metrics import RegistryCollector, RegistrySample, start_metrics_server
 from pilotif.registry.core import TRAFFIC_COUNTERS, RegistryCore
 from pilotif.registry.database import DatabaseError, without_password
+from pilotif.registry.recall import RECALL_EVERY_S
 from pilotif.registry.register import DEFAULT_EXPIRE_AFTER_S
 from pilotif.registry.replicas import ORPHAN_NOTICE_EVERY_S, PUSH_CHANNEL, REPLICA_ALIVE_S
 from pilotif.registry.store import DB_FILE_NAME, Store
@@ -64,6 +65,7 @@ async def _serve(
     housekeeping: Housekeeping = [
         ("expire", EXPIRE_EVERY_S, lambda: core.expire(time.time())),
         ("write_heartbeats", WRITE_EVERY_S, core.store.flush),
+        ("recall", RECALL_EVERY_S, lambda: core.recall(time.time())),
     ]
     pushes = None
     if core.replica is not None:
@@ -71,7 +73,7 @@ async def _serve(
         housekeeping += [
             ("keep_replicas", REPLICA_ALIVE_S, lambda: core.keep_replicas(time.time())),
             ("listen_again", REPLICA_ALIVE_S, pushes.listen_again),
-            ("tell_orphans", ORPHAN_NOTICE_EVERY_S, pushes.tell_orphans),
+            ("tell_orphans", ORPHAN_NOTICE_EVERY_S, lambda: core.tell_orphans(time.time())),
         ]
     try:
         await serve_until_stopped(
@@ -91,8 +93,7 @@ class _Pushes:
     """What other replicas leave for this one in the database (a NOTIFY wakes it),
     handed to the core to send. If the notifications stop (the server restarted) it
     stops listening, once, rather than fail at every turn; `listen_again` starts again
-    once the server is back. `tell_orphans` sends the core's notices to the nodes of a
-    replica that died."""
+    once the server is back."""
 
     def __init__(self, core: RegistryCore) -> None:
         self._core = core
@@ -113,11 +114,6 @@ class _Pushes:
             log_event("replica_notifications_back")
             # What was left for us while nobody listened woke nobody.
             self._protocol.send(self._core.take_notes(time.time()))
-
-    def tell_orphans(self) -> None:
-        """Send the next notices to a dead replica's nodes (none: nothing to do)."""
-        if self._protocol is not None:
-            self._protocol.send(self._core.tell_orphans(time.time()))
 
     def _listen(self) -> None:
         fd = self._core.store.listen(PUSH_CHANNEL)

@@ -270,17 +270,17 @@ class Store(TrustTables, NetworkTables, ReplicaTables):
         )
         return [self._record(row) for row in rows]
 
-    def all_endpoints(self) -> list[tuple[bytes, str, float, int | None]]:
-        """Every node's key, public endpoint, last-seen time and session, for the relay's
-        index and pushes after a restart."""
+    def all_endpoints(self) -> list[tuple[bytes, str, float, int | None, str | None]]:
+        """Every node's key, public endpoint, last-seen time, session and replica, for the
+        relay's index, pushes and the recall after a restart."""
         self.flush()
         rows = self._db.execute(
-            "SELECT public_key, endpoint, last_seen, session FROM nodes"
+            "SELECT public_key, endpoint, last_seen, session, replica FROM nodes"
             " WHERE endpoint IS NOT NULL AND last_seen IS NOT NULL"
         )
         return [
-            (bytes(key), str(endpoint), float(seen), session)
-            for key, endpoint, seen, session in rows
+            (bytes(key), str(endpoint), float(seen), session, replica)
+            for key, endpoint, seen, session, replica in rows
         ]
 
     def nodes(self, limit: int = -1, offset: int = 0) -> list[NodeRecord]:

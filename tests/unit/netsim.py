@@ -47,6 +47,7 @@ from pilotif.node.trust import TrustRecord
 from pilotif.packet.checksum import internet_checksum
 from pilotif.packet.icmp import echo_request_packet
 from pilotif.registry.core import RegistryCore
+from pilotif.registry.recall import RECALL_EVERY_S
 from pilotif.registry.store import Store
 from pilotif.relay.core import RelayCore
 from pilotif.wg.crypto import generate_private_key, public_key
@@ -361,6 +362,9 @@ class Network:
         """Extra delay of datagrams from one public address to another."""
         self.registry_down = False
         """While True, whatever reaches the registry is lost (its process is stopped)."""
+        self.recall_s: float | None = None
+        """When the registry next tells the nodes it knew that it is back (its service
+        asks every RECALL_EVERY_S while the core has some to tell)."""
         self.dead_by_hops = 0
         """Datagrams whose hop limit ran out between the routers."""
         self.blackholes: set[str] = set()
@@ -461,15 +465,27 @@ class Network:
             next_timer = min(timers, default=None)
             next_datagram = self._queue[0].at if self._queue else None
             candidates = [t for t in (next_timer and next_timer[0], next_datagram) if t]
+            if self.recall_s is not None:
+                candidates.append(self.recall_s)
             if not candidates or min(candidates) > end:
                 self.now = end
                 return
             self.now = max(self.now, min(candidates))
             if next_datagram is not None and next_datagram <= self.now:
                 self._arrive(heapq.heappop(self._queue))
+            elif self.recall_s is not None and self.recall_s <= self.now:
+                self._recall()
             else:
                 assert next_timer is not None
                 self.nodes[next_timer[1]].fire()
+
+    def _recall(self) -> None:
+        """The registry's service tells the next nodes it knew that it is back (not
+        while its process is stopped)."""
+        if not self.registry_down:
+            for data, to in self.registry.recall(self.now):
+                self._transmit(data, REGISTRY, to)
+        self.recall_s = self.now + RECALL_EVERY_S if self.registry.recalling else None
 
     def run_until(
         self, condition: Callable[[], bool], timeout_s: float, step_s: float = 0.05
@@ -510,6 +526,7 @@ class Network:
             first_counter=self.registry.counter + 1,
             relays=self.relay_infos,
         )
+        self.recall_s = self.now if self.registry.recalling else None
 
     def restart_relay(self, index: int) -> None:
         """A new process of relay `index` (a new instance: it knows no node)."""

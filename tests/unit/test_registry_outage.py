@@ -1,7 +1,9 @@
 """Issue 26 items 3 and 4 on the simulated network (tests/unit/netsim.py): while the
-registry is away a node sends it one small probe about every second (jittered, however
-long the outage), registers in full once a probe is answered, and forged or stray answers
-change nothing. No sockets, no root."""
+registry is away a node sends it one small probe, about every second at first and then
+less often (a tenth of the outage so far, at most PROBE_MAX_S, jittered); a restarted
+registry tells the nodes it knew that it is back, so they are back within about a
+second however long the outage; a registry back without a restart is found by the
+probes; forged or stray answers change nothing. No sockets, no root."""
 
 import itertools
 from collections.abc import Iterator
@@ -11,17 +13,20 @@ import pytest
 
 from pilotif.control.wire import CONTROL_TYPE, KEY_REQUEST, KEY_REQUEST_TYPE, pack_key_reply
 from pilotif.node.events import RegistryKeyRefused, RegistryRegained, RegistrySwitched
-from pilotif.node.registration import PROBE_EVERY_S, PROBE_JITTER
+from pilotif.node.registration import PROBE_BACKOFF, PROBE_EVERY_S, PROBE_JITTER, PROBE_MAX_S
 from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.wg.crypto import generate_private_key, public_key
 from tests.unit.netsim import REGISTRY, Network, SimNode
 from tests.unit.test_node_replicas import REPLICA_A, REPLICA_B, Joined
 
 LONG_OUTAGE_S = 600.0
-"""Longer than any back-off the node had (120 s of retries, then every 20 s)."""
-PROBES_WATCHED = 200
+"""Long enough for the probes to have backed off to PROBE_MAX_S."""
 SETTLE_S = REQUEST_ATTEMPTS * REQUEST_RETRY_S + 1
 """Until the registration that was on its way when the registry went gives up."""
+LONGEST_PAUSE_S = PROBE_MAX_S * (1 + PROBE_JITTER)
+RETURN_S = 1.0
+"""How soon after a restarted registry's return a node it knew is back (the recall, a
+round trip, the registration)."""
 
 
 @pytest.fixture
@@ -42,32 +47,64 @@ def _away(net: Network, node: SimNode) -> list[tuple[float, bytes]]:
     return sent
 
 
-def test_probes_while_away_are_small_jittered_and_about_one_a_second(net: Network) -> None:
+def test_probes_while_away_are_small_jittered_and_back_off_to_one_in_ten_seconds(
+    net: Network,
+) -> None:
     alpha = net.node("alpha")
     net.up(alpha)
     alpha.core.registration.rng.seed(7)
     sent = _away(net, alpha)
-    net.run(PROBES_WATCHED * PROBE_EVERY_S)
-    assert {data for _, data in sent} == {KEY_REQUEST}
-    gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(sent)]
-    shortest, longest = PROBE_EVERY_S * (1 - PROBE_JITTER), PROBE_EVERY_S * (1 + PROBE_JITTER)
-    assert all(shortest - 1e-9 <= gap <= longest + 1e-9 for gap in gaps), (min(gaps), max(gaps))
-    # Jittered: spread over the range, not one fixed pause.
-    assert max(gaps) - min(gaps) > PROBE_JITTER * PROBE_EVERY_S
-    assert abs(sum(gaps) / len(gaps) - PROBE_EVERY_S) < 0.05
-
-
-def test_the_probe_rate_stays_the_same_however_long_the_outage(net: Network) -> None:
-    alpha = net.node("alpha")
-    net.up(alpha)
-    sent = _away(net, alpha)
+    lost_at = alpha.core.registration.lost_s
+    assert lost_at is not None
     net.run(LONG_OUTAGE_S)
-    late = [when for when, _ in sent if when >= net.now - REGISTER_INTERVAL_S * 2]
-    assert len(late) >= REGISTER_INTERVAL_S * 2 / (PROBE_EVERY_S * (1 + PROBE_JITTER)) - 1
+    assert {data for _, data in sent} == {KEY_REQUEST}
+    pauses = []
+    for (earlier, _), (later, _) in itertools.pairwise(sent):
+        mean = min(max((earlier - lost_at) * PROBE_BACKOFF, PROBE_EVERY_S), PROBE_MAX_S)
+        pauses.append((later - earlier) / mean)
+        assert later - earlier <= LONGEST_PAUSE_S + 1e-9
+    # Each pause is the mean of its moment, jittered: spread over the range.
+    assert all(1 - PROBE_JITTER - 1e-9 <= p <= 1 + PROBE_JITTER + 1e-9 for p in pauses)
+    assert max(pauses) - min(pauses) > PROBE_JITTER
+    # At first about a second apart; after the first minutes, about PROBE_MAX_S.
+    early = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(sent[:4])]
+    assert all(gap <= PROBE_EVERY_S * (1 + PROBE_JITTER) * 1.5 for gap in early), early
+    late = [when for when, _ in sent if when >= net.now - LONG_OUTAGE_S / 2]
+    per_s = len(late) / (LONG_OUTAGE_S / 2)
+    assert 1 / LONGEST_PAUSE_S <= per_s <= 1 / (PROBE_MAX_S * (1 - PROBE_JITTER)), per_s
+
+
+def test_a_restarted_registry_tells_its_nodes_so_a_long_outage_ends_within_a_second(
+    net: Network,
+) -> None:
+    alpha, beta = net.node("alpha"), net.node("beta")
+    net.up(alpha, beta)
+    _away(net, alpha)
+    net.run(LONG_OUTAGE_S)
+    assert not beta.core.registry_online
+    net.restart_registry()
     net.registry_down = False
     back_at = net.now
-    net.run_until(lambda: alpha.core.registry_online, 10.0)
-    assert net.now - back_at <= PROBE_EVERY_S * (1 + PROBE_JITTER) + 0.1
+    net.run_until(lambda: alpha.core.registry_online and beta.core.registry_online, 30.0)
+    assert net.now - back_at <= RETURN_S
+    assert net.registry.counters["recalled"] == 2
+    net.run(3.0)
+    assert net.registry.counters["recalled_back"] == 2
+    assert not net.registry.recalling
+
+
+def test_a_registry_back_without_a_restart_is_found_by_the_probes(net: Network) -> None:
+    """The registry did not restart (a network outage between them ended): it tells
+    nobody, and the node's next probe finds it, at most LONGEST_PAUSE_S later."""
+    alpha = net.node("alpha")
+    net.up(alpha)
+    _away(net, alpha)
+    net.run(LONG_OUTAGE_S)
+    net.registry_down = False
+    back_at = net.now
+    net.run_until(lambda: alpha.core.registry_online, LONGEST_PAUSE_S * 2)
+    assert net.now - back_at <= LONGEST_PAUSE_S + 0.1
+    assert net.registry.counters["recalled"] == 0
 
 
 def test_an_answered_probe_brings_one_registration_and_the_probes_stop(net: Network) -> None:
@@ -107,7 +144,7 @@ def test_a_registry_that_comes_back_with_another_key_is_said_once_and_still_prob
     assert len(refused) == 1
     assert not alpha.core.registry_online
     assert {data for _, data in sent} == {KEY_REQUEST}
-    assert len(sent) >= 30.0 / (PROBE_EVERY_S * (1 + PROBE_JITTER)) - 1
+    assert sent and net.now - sent[-1][0] <= LONGEST_PAUSE_S
 
 
 @pytest.mark.parametrize(

@@ -141,7 +141,7 @@ def test_mark_seen_records_where_and_record_counter_raises_the_floor(
     )
     assert record.highest_counter == 50
     store.record_counter(alice, 60)
-    assert store.all_endpoints() == [(alice, "198.18.0.1:4001", NOW + 6, 9)]
+    assert store.all_endpoints() == [(alice, "198.18.0.1:4001", NOW + 6, 9, None)]
     record = store.node_by_key(alice)
     assert record is not None and record.highest_counter == 60
 
