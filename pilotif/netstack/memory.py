@@ -2,27 +2,28 @@
 is to its sockets, and gVisor's and smoltcp's buffer limits to theirs), sans-IO: no
 allocation is watched, the connections say what their buffers hold after every change.
 
-Each connection has an `Account`, charged what its buffers hold (the receive buffer with
-its out-of-order queue, and the send buffer), but never less than its reserve each way
-while it is open: RESERVE_SEGMENTS of the largest MSS, so that every connection keeps a
-window and a write of its own however full the node is. The reserve is charged when the
-connection is made (a connection whose reserve does not fit is refused) and given back
-when it enters TIME-WAIT or closes. The charges together never exceed the budget, so
-neither do the bytes held.
+Each connection has an `Account`, charged what its buffers hold (the send buffer) or may
+come to hold (the receive side: the data the application has not read and the window
+advertised, whose bytes the peer may send at any time; out-of-order data lies inside that
+window), but never less than its reserve each way while it is open: RESERVE_SEGMENTS of
+the largest MSS, so that every connection keeps a window and a write of its own however
+full the node is. The reserve is charged when the connection is made (a connection whose
+reserve does not fit is refused) and given back when it enters TIME-WAIT or closes. The
+charges together never exceed the budget, so neither do the bytes held, nor what the
+windows promise: the data a peer sends inside its window always has room, and is never
+dropped for lack of it (a window is charged when it is advertised, not when it fills).
 
-Beyond its reserve a connection takes from the pool, by these rules:
+Beyond its reserve a connection takes from the pool (a window grows, a write is queued),
+by these rules:
 - below the pressure line (`memory_pressure_fraction` of the budget), up to its own caps
-  (the StackConfig's per-connection buffers);
-- above it (pressure), only connections that hold less than their share of what lies
-  above the line (that room over the open connections) take more, and no further than
-  that share: the others' windows stop growing (the edge already advertised stays: RFC
-  9293 never moves it left), their writes are refused and their data is dropped (the
-  peer sends it again). Connections that fill their buffers (a peer that never reads,
-  an application that does not) stop at the line, and the room above it stays for the
-  connections that hold little: one connection, or one peer with many, cannot starve
-  the rest;
-- out-of-order data never goes above the pressure line, in-order data never above the
-  budget.
+  (the StackConfig's per-connection buffers), and no further than the line;
+- above it (pressure), only connections that hold (or were promised) less than their
+  share of what lies above the line (that room over the open connections) take more,
+  and no further than that share: the others' windows stop growing (the edge already
+  advertised stays: RFC 9293 never moves it left) and their writes are refused.
+  Connections that fill their buffers (a peer that never reads, an application that
+  does not) stop at the line, and the room above it stays for the connections that hold
+  little: one connection, or one peer with many, cannot starve the rest.
 
 Memory given back wakes the accounts that wait (a refused write, a window held back): all
 of them once the node falls below the pressure line, else the account that gave it.
@@ -50,7 +51,8 @@ class NodeMemory:
         self.reserve_bytes = RESERVE_SEGMENTS * config.mss_bytes(ipv6=False)
         """A connection's reserve, each way."""
         self.charged_bytes = 0
-        """The accounts' charges together: held bytes, or the reserve where more."""
+        """The accounts' charges together: held (or promised) bytes, or the reserve where
+        more."""
         self.held_bytes = 0
         """The bytes the connections' buffers hold together."""
         self.open_accounts = 0
@@ -106,6 +108,9 @@ class Account:
         """Called (once per `wait`) when memory was given back."""
         self.receive_bytes = 0
         """What the receive buffer and the out-of-order queue hold."""
+        self.promised_bytes = 0
+        """What the receive side may come to hold: the unread data and the window
+        advertised (what it holds lies inside)."""
         self.send_bytes = 0
         """What the send buffer holds."""
         self._reserved = True
@@ -117,6 +122,11 @@ class Account:
     def held_bytes(self) -> int:
         return self.receive_bytes + self.send_bytes
 
+    @property
+    def committed_bytes(self) -> int:
+        """What the buffers hold or were promised (the receive side's window)."""
+        return max(self.receive_bytes, self.promised_bytes) + self.send_bytes
+
     def hold(self, receive_bytes: int, send_bytes: int) -> None:
         """The buffers now hold this much (each way)."""
         memory = self._memory
@@ -126,8 +136,10 @@ class Account:
         if self._recharge() or self.held_bytes < before:
             memory.given_back(self)
 
-    def hold_receive(self, receive_bytes: int) -> None:
-        """The receive buffer and the out-of-order queue now hold this much."""
+    def hold_receive(self, receive_bytes: int, promised_bytes: int) -> None:
+        """The receive buffer and the out-of-order queue now hold `receive_bytes`, and may
+        come to hold `promised_bytes` (the unread data and the window advertised)."""
+        self.promised_bytes = promised_bytes if self._reserved else 0
         self.hold(receive_bytes, self.send_bytes)
 
     def hold_send(self, send_bytes: int) -> None:
@@ -140,6 +152,7 @@ class Account:
         if not self._reserved:
             return
         self._reserved = False
+        self.promised_bytes = 0
         memory = self._memory
         memory.open_accounts -= 1
         memory.stop_waiting(self)
@@ -159,36 +172,30 @@ class Account:
         memory = self._memory
         return memory.charged_bytes + size_bytes <= memory.pressure_bytes
 
-    def receive_room(self, in_order: bool) -> int:
-        """Bytes more the receive side may hold now: the reserve's rest, then in-order
-        data up to the budget while this connection holds less than its share (else up
-        to the pressure line), out-of-order data up to the pressure line."""
-        return self._room(self.receive_bytes, in_order=in_order, grow=False)
-
     def window_room(self) -> int:
-        """Bytes more the advertised window may cover: as `receive_room` for in-order
-        data, and under pressure no further than this connection's share."""
-        return self._room(self.receive_bytes, in_order=True, grow=True)
+        """Bytes more the receive side may be promised (its window grow by): the
+        reserve's rest, then up to the pressure line, or beyond it up to this
+        connection's share (never past the budget)."""
+        return self._room(max(self.receive_bytes, self.promised_bytes))
 
     def send_room(self) -> int:
         """Bytes more the application may queue now (as `window_room`)."""
-        return self._room(self.send_bytes, in_order=True, grow=True)
+        return self._room(self.send_bytes)
 
-    def _room(self, side_bytes: int, *, in_order: bool, grow: bool) -> int:
+    def _room(self, side_bytes: int) -> int:
         memory = self._memory
         reserve_room = max(memory.reserve_bytes - side_bytes, 0) if self._reserved else 0
-        below_share = self.held_bytes < memory.share_bytes
-        line = memory.budget_bytes if in_order and below_share else memory.pressure_bytes
-        pool_room = max(line - memory.charged_bytes, 0)
-        if grow and memory.under_pressure:
-            pool_room = min(pool_room, max(memory.share_bytes - self.held_bytes, 0))
+        pool_room = max(memory.pressure_bytes - memory.charged_bytes, 0)
+        below_share = memory.share_bytes - self.committed_bytes
+        if below_share > pool_room:
+            pool_room = min(below_share, memory.budget_bytes - memory.charged_bytes)
         return reserve_room + pool_room
 
     def _recharge(self) -> bool:
         """Charge what is held (the reserve where more); whether the charge went down."""
         memory = self._memory
         if self._reserved:
-            charge = max(self.receive_bytes, memory.reserve_bytes)
+            charge = max(self.receive_bytes, self.promised_bytes, memory.reserve_bytes)
             charge += max(self.send_bytes, memory.reserve_bytes)
         else:
             charge = self.held_bytes

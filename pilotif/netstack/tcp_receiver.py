@@ -1,8 +1,9 @@
 """The receiving half of one TCP connection, sans-IO: the receive buffer (capped) and the
-out-of-order queue (reassembly.py), both charged to the node's memory budget (memory.py:
-what it does not let us hold is dropped and counted), RCV.NXT and the peer's FIN, the
-window field we advertise (scaled, no wider than the buffer's cap and the budget allow,
-never moved left, no small openings: RFC 9293 3.8.6.2.2), the SACK blocks we send (RFC
+out-of-order queue (reassembly.py), RCV.NXT and the peer's FIN, the window field we
+advertise (scaled, no wider than the buffer's cap and the node's memory budget allow,
+never moved left, no small openings: RFC 9293 3.8.6.2.2; the window is charged to the
+budget when advertised, memory.py, so what the peer sends inside it always has room),
+the SACK blocks we send (RFC
 2018), and when an ACK is due (at once, every second segment, or after the delayed-ACK
 time: RFC 9293 3.8.6.3).
 
@@ -25,6 +26,9 @@ from pilotif.netstack.segment import (
 )
 
 MAX_WINDOW_FIELD: Final = 0xFFFF
+WINDOW_GROWTH_PER_BYTE: Final = 2
+"""Bytes the window may grow by for each byte received in order: a window the sender
+fills triples each round trip, ahead of any slow start (Linux's autotuning doubles)."""
 ACK_EVERY_SEGMENTS: Final = 2
 """A receiver ACKs at least every second full segment (RFC 9293 3.8.6.3); a merged
 segment counts as the full segments it carries (an ACK per merged run, as Linux's GRO)."""
@@ -53,6 +57,9 @@ class Receiver:
         """Whether our ACKs carry SACK blocks (both sides permitted SACK)."""
         self.rcv_adv = 0
         """Right edge of the window we advertised (never moved left)."""
+        self._window_target = min(config.initial_receive_window_bytes, config.receive_buffer_bytes)
+        """What the unread data and the window may reach: grows as data arrives in order,
+        up to the buffer's cap."""
         self.buffer = bytearray()
         self.ooo = OutOfOrder(config.max_out_of_order_segments)
         self._peer_fin_at: int | None = None
@@ -86,16 +93,19 @@ class Receiver:
             self.ack_now = True
             self._count("beyond_window")
         readable = False
-        if payload and not self._account.fits_below_line(len(payload)):
-            payload, fin = self._within_budget(start, payload, fin)
         if payload:
             if start == self.rcv_nxt:
                 filled_hole = len(self.ooo) > 0
+                before = self.rcv_nxt
                 self.buffer += payload
                 self.rcv_nxt += len(payload)
                 while (ready := self.ooo.pop_ready(self.rcv_nxt)) is not None:
                     self.buffer += ready[1]
                     self.rcv_nxt += len(ready[1])
+                self._window_target = min(
+                    self._window_target + WINDOW_GROWTH_PER_BYTE * (self.rcv_nxt - before),
+                    self._config.receive_buffer_bytes,
+                )
                 self.unacked_segments += max(len(payload) // self._mss, 1)
                 if filled_hole or self.unacked_segments >= ACK_EVERY_SEGMENTS:
                     self.ack_now = True
@@ -105,7 +115,7 @@ class Receiver:
                 if not self.ooo.add(start, payload):
                     self._count("out_of_order_full")
                 self.ack_now = True
-            self._account.hold_receive(self.held_bytes)
+            self._account.hold_receive(self.held_bytes, self._promised())
         if fin:
             self._peer_fin_at = start + len(payload)
         if self._peer_fin_at is not None and self._peer_fin_at == self.rcv_nxt:
@@ -115,25 +125,6 @@ class Receiver:
             return readable, True
         return readable, False
 
-    def _within_budget(
-        self, start: int, payload: bytes | memoryview, fin: bool
-    ) -> tuple[bytes | memoryview, bool]:
-        """What of a segment's data (and FIN) the node's memory budget lets us hold: in
-        order, what fits (the rest is dropped: the peer sends it again); out of order, all
-        of it or nothing."""
-        if start == self.rcv_nxt:
-            room = self._account.receive_room(in_order=True)
-            if len(payload) <= room:
-                return payload, fin
-            self._count("memory_full_drop")
-            self.ack_now = True
-            return payload[:room], False
-        if len(payload) <= self._account.receive_room(in_order=False):
-            return payload, fin
-        self._count("memory_pressure_drop")
-        self.ack_now = True
-        return b"", False  # its FIN too: it marks where the dropped data ended
-
     def read(self, max_bytes: int | None) -> bytes:
         """Take up to `max_bytes` (all when None) from the receive buffer."""
         count = len(self.buffer) if max_bytes is None else max_bytes
@@ -142,7 +133,7 @@ class Receiver:
         if not self.buffer:
             self._readable_told = False
         if data:
-            self._account.hold_receive(self.held_bytes)
+            self._account.hold_receive(self.held_bytes, self._promised())
         return data
 
     @property
@@ -153,23 +144,31 @@ class Receiver:
     def finished(self) -> None:
         """No more data comes (TIME-WAIT): what is held out of order never will be read."""
         self.ooo.clear()
-        self._account.hold_receive(self.held_bytes)
+        self._account.hold_receive(self.held_bytes, self.held_bytes)
 
     def discard(self) -> None:
         """Forget what was received and not read (the connection ended)."""
         self.buffer.clear()
         self.ooo.clear()
-        self._account.hold_receive(0)
+        self._account.hold_receive(0, 0)
+
+    def _promised(self) -> int:
+        """What this side may come to hold: the unread data and the window advertised."""
+        return len(self.buffer) + max(self.rcv_adv - self.rcv_nxt, 0)
 
     def _free(self) -> int:
-        """How far past RCV.NXT the window may reach: the buffer's cap less what waits
-        unread, and no further than the node's budget lets this connection hold (the
-        out-of-order queue's bytes are inside it already); held back by the budget, the
-        account waits to be told when memory is given back."""
-        free = self._config.receive_buffer_bytes - len(self.buffer)
-        if self._account.fits_below_line(free):
+        """How far past RCV.NXT the window may reach: its target (the buffer's cap once
+        data has flowed) less what waits unread, and no further than the node's budget
+        lets this connection be promised (what its window covers already is charged);
+        held back by the budget, the account waits to be told when memory is given
+        back. Nothing more comes after the peer's FIN: the window stays where it is."""
+        if self.peer_closed:
+            return 0
+        free = self._window_target - len(self.buffer)
+        window = max(self.rcv_adv - self.rcv_nxt, 0)
+        if free <= window or self._account.fits_below_line(free - window):
             return free
-        allowed = self.ooo.bytes + self._account.window_room()
+        allowed = window + self._account.window_room()
         if allowed < free:
             self._account.wait()
             return allowed
@@ -185,18 +184,36 @@ class Receiver:
         """The window field of the segment being built (and the edge it advertises)."""
         free = self._free()
         if syn:
-            self.rcv_adv = self.rcv_nxt + min(free, MAX_WINDOW_FIELD)
-            return min(free, MAX_WINDOW_FIELD)
+            field = min(free, MAX_WINDOW_FIELD)
+            self._advertise(self.rcv_nxt + field)
+            return field
         edge = self.rcv_nxt + free
         if edge - self.rcv_adv < min(self._config.receive_buffer_bytes // 2, mss):
             edge = max(self.rcv_adv, self.rcv_nxt)  # no small openings (RFC 9293 3.8.6.2.2)
         # The field counts units of 2**shift: what is free is rounded down, but the edge
         # already advertised is rounded up, so that the peer never sees it move left
-        # when RCV.NXT moved by less than a unit (RFC 7323 2.4; Linux ALIGNs it up).
-        kept = -(-max(self.rcv_adv - self.rcv_nxt, 0) >> self.shift)
+        # when RCV.NXT moved by less than a unit (RFC 7323 2.4; Linux ALIGNs it up) -
+        # unless the budget has not even those few bytes left (then the peer sees the
+        # edge a little left of where we still take data: `window_rounded_down`).
+        window = max(self.rcv_adv - self.rcv_nxt, 0)
+        kept = -(-window >> self.shift)
         field = min(max((edge - self.rcv_nxt) >> self.shift, kept), MAX_WINDOW_FIELD)
-        self.rcv_adv = max(self.rcv_adv, self.rcv_nxt + (field << self.shift))
+        beyond = (field << self.shift) - max(free, window)
+        if (
+            beyond > 0
+            and not self._account.fits_below_line(beyond)
+            and beyond > self._account.window_room()
+        ):
+            field = window >> self.shift
+            self._count("window_rounded_down")
+        self._advertise(self.rcv_nxt + (field << self.shift))
         return field
+
+    def _advertise(self, edge: int) -> None:
+        """The window reaches `edge` now (never left of where it reached): charged."""
+        if edge > self.rcv_adv:
+            self.rcv_adv = edge
+            self._account.hold_receive(self.held_bytes, self._promised())
 
     def sack_option(self) -> bytes:
         """The SACK option our next segment carries (when `sack` is on and the out-of-order queue

@@ -1,13 +1,17 @@
 """The window a receiver advertises: with window scaling, the right edge the peer sees
 (the ACK plus the window field shifted by our scale) never moves left, however the
-segments it is sent cut the scale's granularity (RFC 7323 2.4, RFC 9293 3.8.6)."""
+segments it is sent cut the scale's granularity (RFC 7323 2.4, RFC 9293 3.8.6); and
+across many connections the windows never promise more than the node's memory budget
+has, so data sent inside them is never dropped for lack of it."""
 
 import itertools
 
-from netstack_wire import Wire, open_pair, payload
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from netstack_wire import A_V4, B_V4, PORT, Wire, open_pair, payload
 
-from pilotif.netstack import StackConfig
-from pilotif.netstack.segment import SEQ_SPACE, parse_segment
+from pilotif.netstack import Connection, StackConfig
+from pilotif.netstack.segment import SEQ_SPACE, build_segment, parse_segment
 from pilotif.packet.ip import TCP_ACK
 
 SCALED = StackConfig(receive_buffer_bytes=1024 * 1024)
@@ -43,3 +47,96 @@ def test_the_scaled_right_edge_never_moves_left_while_the_window_closes() -> Non
     assert not moved_left, f"{len(moved_left)} of {len(offsets)} ACKs moved the edge left"
     received = server.receive()
     assert received == data[: len(received)]  # and what was taken is intact
+
+
+NARROW_BUDGETS = [
+    StackConfig(
+        memory_budget_bytes=192 * 1024,
+        receive_buffer_bytes=32 * 1024,
+        send_buffer_bytes=32 * 1024,
+        max_out_of_order_segments=256,
+        initial_receive_window_bytes=256 * 1024,
+    ),
+    StackConfig(  # a scaled window (shift 3)
+        memory_budget_bytes=1024 * 1024,
+        receive_buffer_bytes=256 * 1024,
+        send_buffer_bytes=256 * 1024,
+        max_out_of_order_segments=256,
+        initial_receive_window_bytes=256 * 1024,
+    ),
+]
+"""Nodes whose budget holds the buffers of four connections or so, not six."""
+CONNECTIONS = 6
+_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(("data", "data", "data", "read", "poll", "poll", "write")),
+        st.integers(0, CONNECTIONS - 1),
+        st.floats(0, 1),  # where in the window the data starts (0: in order)
+        st.integers(1, 40_000),
+    ),
+    min_size=5,
+    max_size=50,
+)
+"""(what, connection, offset into its window, bytes): data inside the window B advertised,
+the application reading, time passing (B's ACKs and window updates go out), or B's
+application writing."""
+
+
+def _promised(connection: Connection) -> int:
+    """What a connection may come to hold without advertising more: what it received and
+    the application did not read, its window, and its send buffer."""
+    receiver = connection._receiver  # no public view
+    window = max(receiver.rcv_adv - receiver.rcv_nxt, 0)
+    return len(receiver.buffer) + window + len(connection._sender.buffer)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(NARROW_BUDGETS), _ACTIONS)
+def test_windows_never_promise_more_than_the_budget_and_data_in_them_is_kept(
+    config: StackConfig, actions: list[tuple[str, int, float, int]]
+) -> None:
+    wire = Wire(config_b=config)
+    servers = []
+    for _ in range(CONNECTIONS):
+        servers.append(open_pair(wire)[1])
+        wire.b.unlisten(wire.b._listeners[PORT])
+    wire.b.poll(wire.now)
+    budget = config.memory_budget_bytes
+    for kind, index, where, length in actions:
+        server = servers[index]
+        receiver = server._receiver
+        if kind == "data":
+            window = receiver.rcv_adv - receiver.rcv_nxt
+            start = receiver.rcv_nxt + int(where * window)
+            end = min(start + length, receiver.rcv_adv)
+            if end <= start:
+                continue
+            seq = (receiver.irs + start) % SEQ_SPACE
+            ack = (server._sender.iss + server._sender.snd_nxt) % SEQ_SPACE
+            wire.inject(
+                "ab",
+                build_segment(
+                    A_V4.packed,
+                    B_V4.packed,
+                    (server.remote[1], server.local[1]),
+                    seq,
+                    ack,
+                    TCP_ACK,
+                    0xFFFF,
+                    b"",
+                    b"d" * (end - start),
+                ),
+            )
+            held = receiver.ooo.sack_blocks(len(receiver.ooo))
+            kept = receiver.rcv_nxt >= end or any(s <= start and end <= e for s, e in held)
+            assert kept, "data inside the window was dropped"
+        elif kind == "read":
+            server.receive(length)
+        elif kind == "write":
+            server.send(b"w" * length)
+        else:
+            wire.now += 0.05
+            wire.b.poll(wire.now)
+        promised = sum(_promised(s) for s in servers)
+        assert promised <= budget, f"windows and buffers promise {promised} of {budget}"
+    assert not wire.b.counters["memory_full_drop"] + wire.b.counters["memory_pressure_drop"]
