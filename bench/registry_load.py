@@ -17,8 +17,10 @@ requests, cookies, retries), in one process:
 3. with `--registry-outage SECONDS`: every node online, the registry is SIGKILLed and
    started again (same state, same port) SECONDS later. A node whose request went
    unanswered REQUEST_ATTEMPTS times gives it up and, as the node does, probes the
-   registry (a 36-byte key request, about every PROBE_EVERY_S with the node's jitter)
-   until a probe is answered, then registers; `outage_probes_per_node_s` is what a node
+   registry (a 36-byte key request, at the node's pauses: `probe_pause_s`, about a
+   second at first, then a tenth of the outage so far, at most PROBE_MAX_S) until a probe
+   is answered or the restarted registry tells it it is back (registry/recall.py), then
+   registers; `outage_probes_per_node_s` is what a node
    sent per second while away (probes over the node-seconds from its give-up to the
    restart); `back_online_*_s` is how long after the restart each node that lost the
    registry was answered (`not_back_online`: never within `--return-s`),
@@ -99,6 +101,8 @@ REGISTRY_COUNTERS = (
     "new_key_rate_limited",
     "send_queue_full",
     "internal_error",
+    "recalled",
+    "recalled_back",
 )
 """The registry's counters the bench reports (of its drops and answers instead of work)."""
 IDLE_SLICE_S = 0.05
