@@ -17,7 +17,8 @@ An ICMP error about a datagram we sent (`receive_icmp`: port unreachable, anothe
 destination unreachable, "too big"; ICMPv6's too) is the socket's that sent it: it keeps
 the newest (`UdpSocket.error`, as Linux keeps one sk_err) until taken, and is marked
 readable. Only the destination it names may say so (a peer speaks for itself: WireGuard's
-cryptokey routing vouches for the sender's address); anything else is counted.
+cryptokey routing vouches for the sender's address), and only about a destination the
+socket sent to lately (SENT_TO_REMEMBERED); anything else is counted.
 """
 
 import os
@@ -49,11 +50,15 @@ from pilotif.packet.ip import (
     UDP_HEADER_BYTES,
     BytesLike,
 )
+from pilotif.util.lru import BoundedLru
 
 MAX_PORT: Final = 0xFFFF
 _UDP: Final = struct.Struct("!HHHH")
 """Source port, destination port, length, checksum."""
 _PORT_TRIES: Final = 64
+SENT_TO_REMEMBERED: Final = 64
+"""The destinations (address, port) a socket remembers it sent to most recently: an ICMP
+error is taken only about one of them (as Linux checks a connected socket's peer)."""
 _NO_CHECKSUM: Final = 0
 """An IPv4 datagram's checksum field when its sender computed none (RFC 768)."""
 
@@ -124,6 +129,7 @@ class UdpSocket:
         self.closed = False
         self.error: SendError | None = None
         """The newest ICMP error about a datagram this socket sent, not yet taken."""
+        self._sent_to: BoundedLru[tuple[bytes, int], None] = BoundedLru(SENT_TO_REMEMBERED)
 
     def take_error(self) -> SendError | None:
         """The error waiting (then forgotten), or None."""
@@ -266,6 +272,7 @@ class UdpStack:
             self.counters["output_full"] += 1
             return False
         self._output.append(build_datagram(source, remote.packed, (socket.port, port), data))
+        socket._sent_to.remember((remote.packed, port), None)
         return True
 
     def take_output(self) -> list[bytes]:
@@ -338,6 +345,8 @@ class UdpStack:
             self.counters["icmp_forged"] += 1  # only the destination speaks for itself
         elif socket is None:
             self.counters["icmp_no_socket"] += 1
+        elif (error.destination, error.destination_port) not in socket._sent_to:
+            self.counters["icmp_not_sent"] += 1  # about a datagram it never sent
         else:
             socket.error = _send_error(error)
             self.counters[f"icmp_{error.kind.value}"] += 1

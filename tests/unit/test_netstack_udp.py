@@ -3,7 +3,8 @@ intact over IPv4 and IPv6; garbage, truncated packets, wrong checksums, fragment
 bad lengths dropped and counted, never raised; a datagram to a port nobody is bound to
 answered with an ICMP port unreachable under a budget a second; every queue bounded. An
 ICMP error about a datagram we sent reaches the socket that sent it, and only when the
-destination it names says so; mangled, stray or forged ones are counted."""
+destination it names says so, about a destination the socket sent to; mangled, stray or
+forged ones are counted."""
 
 import random
 from ipaddress import IPv4Address, IPv6Address
@@ -288,6 +289,10 @@ def test_any_mangling_of_a_datagram_raises_nothing(noise: bytes, at: int, v6: bo
     assert server.pending <= 2 and b.queued_bytes <= 2 * len(packet)
 
 
+def _datagram_from(port: int, *, to: int) -> bytes:
+    return build_datagram(A_V4.packed, B_V4.packed, (port, to), b"never sent")
+
+
 def _refused(v6: bool = False) -> tuple[UdpStack, UdpSocket, bytes]:
     """A's socket sent a datagram to a port of B nobody is bound to; B's answer."""
     a, b = _pair()
@@ -342,10 +347,13 @@ def test_forged_stray_truncated_and_bad_icmp_errors_are_counted_and_change_nothi
     not_ours[IPV4_MIN_HEADER_BYTES + 8 + 12 : IPV4_MIN_HEADER_BYTES + 8 + 16] = B_V4.packed
     bad_sum = bytearray(answer)
     bad_sum[-1] ^= 0xFF
+    never_sent = port_unreachable_packet(_datagram_from(client.port, to=PORT + 1))
+    assert never_sent is not None  # B says so, about a port A never sent to
     for packet, reason in (
         (forged, "icmp_forged"),
         (other_port, "icmp_no_socket"),
         (not_ours, "icmp_not_ours"),
+        (never_sent, "icmp_not_sent"),
     ):
         assert a.receive_icmp(bytes(packet), authenticated=True)
         assert a.counters[reason] == 1, reason
