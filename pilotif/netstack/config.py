@@ -26,10 +26,11 @@ class StackConfig:
     """Cap of a connection's received bytes the application has not read, and so of the
     window it advertises (out-of-order bytes are inside that window)."""
     initial_receive_window_bytes: int = 64 * 1024
-    """What a new connection's window (with its unread data) may reach at first: it grows
-    by twice the bytes received in order (faster than any sender's slow start), up to
-    `receive_buffer_bytes` (Linux's receive buffer autotuning does the same), so that a
-    connection that carries little promises little of the node's memory budget."""
+    """What a new connection's window (with its unread data) may reach until it has
+    received half of it; then `receive_buffer_bytes` (as Linux's receive buffer autotuning
+    starts small), so that a connection that carries little promises little of the
+    node's memory budget. A sender's first round trips fit in it (ten segments, then
+    twenty or thirty): none waits for it."""
     max_out_of_order_segments: int = 64
     """Cap of the separate ranges held out of order per connection (each one costs a list
     entry beyond its bytes); a segment that would make more is dropped."""

@@ -26,9 +26,6 @@ from pilotif.netstack.segment import (
 )
 
 MAX_WINDOW_FIELD: Final = 0xFFFF
-WINDOW_GROWTH_PER_BYTE: Final = 2
-"""Bytes the window may grow by for each byte received in order: a window the sender
-fills triples each round trip, ahead of any slow start (Linux's autotuning doubles)."""
 ACK_EVERY_SEGMENTS: Final = 2
 """A receiver ACKs at least every second full segment (RFC 9293 3.8.6.3); a merged
 segment counts as the full segments it carries (an ACK per merged run, as Linux's GRO)."""
@@ -58,8 +55,10 @@ class Receiver:
         self.rcv_adv = 0
         """Right edge of the window we advertised (never moved left)."""
         self._window_target = min(config.initial_receive_window_bytes, config.receive_buffer_bytes)
-        """What the unread data and the window may reach: grows as data arrives in order,
-        up to the buffer's cap."""
+        """What the unread data and the window may reach: the initial window, then the
+        buffer's cap once half of that has arrived."""
+        self._received_bytes = 0
+        """Data taken so far, while the window is at its initial size."""
         self.buffer = bytearray()
         self.ooo = OutOfOrder(config.max_out_of_order_segments)
         self._peer_fin_at: int | None = None
@@ -93,19 +92,16 @@ class Receiver:
             self.ack_now = True
             self._count("beyond_window")
         readable = False
+        if payload and self._window_target < self._config.receive_buffer_bytes:
+            self._grow_window(len(payload))
         if payload:
             if start == self.rcv_nxt:
                 filled_hole = len(self.ooo) > 0
-                before = self.rcv_nxt
                 self.buffer += payload
                 self.rcv_nxt += len(payload)
                 while (ready := self.ooo.pop_ready(self.rcv_nxt)) is not None:
                     self.buffer += ready[1]
                     self.rcv_nxt += len(ready[1])
-                self._window_target = min(
-                    self._window_target + WINDOW_GROWTH_PER_BYTE * (self.rcv_nxt - before),
-                    self._config.receive_buffer_bytes,
-                )
                 self.unacked_segments += max(len(payload) // self._mss, 1)
                 if filled_hole or self.unacked_segments >= ACK_EVERY_SEGMENTS:
                     self.ack_now = True
@@ -124,6 +120,14 @@ class Receiver:
             self.peer_closed = True
             return readable, True
         return readable, False
+
+    def _grow_window(self, taken_bytes: int) -> None:
+        """A connection that received half its initial window carries data: its window
+        may reach the buffer's cap (a sender's first round trips fit in the initial one,
+        so none waits for it; half, since a window nobody reads closes short of full)."""
+        self._received_bytes += taken_bytes
+        if self._received_bytes >= self._config.initial_receive_window_bytes // 2:
+            self._window_target = self._config.receive_buffer_bytes
 
     def read(self, max_bytes: int | None) -> bytes:
         """Take up to `max_bytes` (all when None) from the receive buffer."""
