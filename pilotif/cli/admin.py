@@ -8,13 +8,15 @@ in WAL mode, or PostgreSQL, serves both); what changes here it reads at the next
 that needs it (a removed node, say, must join again at its next heartbeat).
 """
 
+from __future__ import annotations
+
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -28,15 +30,10 @@ from pilotif.cli.common import (
     terminal_safe,
 )
 from pilotif.control.identity import HostnameError, normalize_hostname
-from pilotif.registry.database import DatabaseError
-from pilotif.registry.store import (
-    DB_FILE_NAME,
-    JoinKeyRecord,
-    NodeRecord,
-    Store,
-    StoreError,
-)
 from pilotif.util.duration import DurationError, parse_duration
+
+if TYPE_CHECKING:
+    from pilotif.registry.store import JoinKeyRecord, NodeRecord, Store
 
 _ANY_NETWORK = IPv4Network("100.64.0.0/10")
 """The store needs an address range to allocate from; admin commands allocate none."""
@@ -65,6 +62,9 @@ _ADMIN_HINT = "pilotif registry admin --state-dir /var/lib/pilotif-registry netw
 
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[Store]:
+    from pilotif.registry.database import DatabaseError
+    from pilotif.registry.store import DB_FILE_NAME, Store, StoreError
+
     location: str | Path = ctx.obj
     if isinstance(location, Path):
         state_dir, location = location, location / DB_FILE_NAME

@@ -7,17 +7,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from pilotif.cli.untrusted import visible_text
 from pilotif.daemon.api import ControlError, request
 from pilotif.net.hostport import HostPortError, parse_host_port
-from pilotif.net.proxy import Proxy, ProxyError, parse_proxy, proxy_from_environment
-from pilotif.registry.database import is_postgresql
 from pilotif.util.errors import CodedError
 from pilotif.util.paths import STATE_DIR_ENV, StatePaths, default_state_dir
+
+if TYPE_CHECKING:
+    from pilotif.net.proxy import Proxy
 
 F = TypeVar("F", bound=Callable[..., Any])
 SECRET_FILE_PREFIX = "file:"
@@ -40,8 +41,10 @@ class CliError(CodedError, click.ClickException):
         return cls(str(error), error.code, error.hint)
 
 
-def proxy_of(url: str | None) -> Proxy | None:
+def proxy_of(url: str | None) -> "Proxy | None":
     """The proxy of --proxy, else of HTTPS_PROXY (https_proxy), else none."""
+    from pilotif.net.proxy import ProxyError, parse_proxy, proxy_from_environment
+
     try:
         return parse_proxy(url) if url else proxy_from_environment()
     except ProxyError as error:
@@ -183,6 +186,8 @@ def forget_secrets(*names: str) -> None:
 
 
 def _database_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from pilotif.registry.database import is_postgresql
+
     value = secret_option(ctx, param, value)
     if value is not None and not is_postgresql(value):
         raise click.BadParameter(

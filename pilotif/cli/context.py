@@ -60,8 +60,12 @@ def _commands(command: click.Command, path: list[str]) -> list[dict[str, Any]]:
             }
         )
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            found += _commands(command.commands[name], [*path, name])
+        # Through list_commands and get_command: a LazyGroup's commands are not loaded yet.
+        context = click.Context(command)
+        for name in sorted(command.list_commands(context)):
+            subcommand = command.get_command(context, name)
+            if subcommand is not None:
+                found += _commands(subcommand, [*path, name])
     return found
 
 

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from pilotif.cli.admin import admin
 from pilotif.cli.common import (
     DAEMON_ERRORS,
     DATABASE_ENV,
@@ -36,36 +35,19 @@ from pilotif.cli.common import (
     state_dir_option,
     terminal_safe,
 )
-from pilotif.cli.context import context
-from pilotif.cli.mcp import mcp
-from pilotif.cli.netcheck import netcheck
-from pilotif.cli.overlay import is_userspace, overlay_dial, userspace_ping
-from pilotif.cli.policy import allow, deny, policy
-from pilotif.cli.services import inbox, publish, received, send, send_file, subscribe
-from pilotif.cli.task import task
-from pilotif.cli.tcp import bench, listen
+from pilotif.cli.lazy import LazyGroup
 from pilotif.cli.userspace import (
     PROXY_CREDENTIALS_ENV,
     require_tun,
     userspace_from,
     userspace_options,
 )
-from pilotif.control.identity import HostnameError, load_or_create_key, normalize_hostname
-from pilotif.control.relay_info import MAX_RELAYS, RelayInfo, RelaySpecError, parse_relay
 from pilotif.daemon.api import ControlError, request, stream
-from pilotif.daemon.wgquick import ConfigError, InterfaceConfig, load_config
 from pilotif.net.fallback import TransportMode
-from pilotif.node.consent import NETWORK_POLICY, QUEUED
-from pilotif.node.registration import NodeOptions
-from pilotif.registry.database import DatabaseError
-from pilotif.registry.joinkey import parse_join_key
-from pilotif.userspace.node import UserspaceOptions
 from pilotif.util.duration import DurationError, parse_duration
 from pilotif.util.files import StateFileError, append_private_file
 from pilotif.util.logs import log_event, setup_logging
 from pilotif.util.paths import STATE_DIR_ENV, StatePaths
-from pilotif.wg.crypto import generate_private_key, public_key
-from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
 
 READY_FD_ENV = "PILOTIF_READY_FD"
 JOIN_KEY_ENV = "PILOTIF_JOIN_KEY"
@@ -87,8 +69,38 @@ _INTERFACE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+if TYPE_CHECKING:
+    from pilotif.control.relay_info import RelayInfo
+    from pilotif.daemon.wgquick import InterfaceConfig
+    from pilotif.node.registration import NodeOptions
+    from pilotif.userspace.node import UserspaceOptions
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+_LAZY_COMMANDS = {
+    "allow": "pilotif.cli.policy:allow",
+    "deny": "pilotif.cli.policy:deny",
+    "policy": "pilotif.cli.policy:policy",
+    "send": "pilotif.cli.services:send",
+    "inbox": "pilotif.cli.services:inbox",
+    "send-file": "pilotif.cli.services:send_file",
+    "received": "pilotif.cli.services:received",
+    "publish": "pilotif.cli.services:publish",
+    "subscribe": "pilotif.cli.services:subscribe",
+    "task": "pilotif.cli.task:task",
+    "bench": "pilotif.cli.tcp:bench",
+    "listen": "pilotif.cli.tcp:listen",
+    "context": "pilotif.cli.context:context",
+    "mcp": "pilotif.cli.mcp:mcp",
+    "netcheck": "pilotif.cli.netcheck:netcheck",
+}
+"""The command groups of their own modules, imported only when one of them runs."""
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy=_LAZY_COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="pilotif")
 def cli() -> None:
     """pilotif: a permanent virtual IP for every agent, over WireGuard."""
@@ -218,6 +230,8 @@ def up(
     state_dir: Path,
 ) -> None:
     """Bring the interface up; returns once it is up, the daemon runs on in the background."""
+    from pilotif.daemon.wgquick import InterfaceConfig
+
     forget_secrets(*_SECRET_OPTIONS.values())
     local = None
     if userspace:
@@ -269,10 +283,12 @@ def up(
 
 
 def _prepare_state(
-    paths: StatePaths, config: InterfaceConfig, *, with_identity: bool
-) -> InterfaceConfig:
+    paths: StatePaths, config: "InterfaceConfig", *, with_identity: bool
+) -> "InterfaceConfig":
     """Create the state dir; a node's config gets its identity key from it (made on the
     first start)."""
+    from pilotif.control.identity import load_or_create_key
+
     try:
         paths.create()
         if with_identity:
@@ -291,9 +307,11 @@ _CONFIG_OR_REGISTRY = (
 
 def _static_config(
     config_path: Path, interface: str | None, registry: str | None
-) -> tuple[InterfaceConfig, str, None]:
+) -> "tuple[InterfaceConfig, str, None]":
     """`up --config FILE`: the interface it describes and its name (no node: a
     `--registry` beside it is refused)."""
+    from pilotif.daemon.wgquick import ConfigError, load_config
+
     if registry is not None:
         raise CliError(_CONFIG_OR_REGISTRY, "bad_input")
     try:
@@ -334,6 +352,8 @@ def _policy_file(path: Path) -> Path:
 
 
 def _join_key(text: str) -> str:
+    from pilotif.registry.joinkey import parse_join_key
+
     if parse_join_key(text) is None:
         raise CliError(
             "--join-key: that is not a join key (they read pjk_...)",
@@ -349,7 +369,12 @@ def _node_options(
     tags: str,
     registry_key: str | None,
     auto_approve: str | None,
-) -> NodeOptions:
+) -> "NodeOptions":
+    from pilotif.control.identity import HostnameError, normalize_hostname
+    from pilotif.node.consent import NETWORK_POLICY
+    from pilotif.node.registration import NodeOptions
+    from pilotif.wg.keys import InvalidKeyError, decode_key
+
     registries = [
         host_port_option("--registry", part.strip()) for part in registry.split(",") if part.strip()
     ]
@@ -379,14 +404,14 @@ def _node_options(
 
 
 def _run_foreground(
-    config: InterfaceConfig,
+    config: "InterfaceConfig",
     interface: str,
     paths: StatePaths,
     log_format: str,
-    node_options: NodeOptions | None,
+    node_options: "NodeOptions | None",
     observe: _Observe,
     policy_file: Path | None,
-    userspace: UserspaceOptions | None,
+    userspace: "UserspaceOptions | None",
 ) -> None:
     from pilotif.daemon.daemon import Daemon, StartupError
 
@@ -668,6 +693,8 @@ def _node_line(node: dict[str, Any]) -> str:
 )
 def handshake(peer: str, message: str, as_json: bool, state_dir: Path) -> None:
     """Ask PEER (hostname, virtual IP or key) for mutual trust."""
+    from pilotif.node.consent import QUEUED
+
     reply = node_request(state_dir, "handshake", peer=peer, message=message)
     state = reply.get("state")
     if state == "trusted":
@@ -710,6 +737,8 @@ def _trust_decision(command: str, states: str, help_text: str) -> click.Command:
     @state_dir_option
     @json_output(f'{{"peer", "state": {states}}}', REGISTRY_ERRORS)
     def decide(peer: str, as_json: bool, state_dir: Path) -> None:
+        from pilotif.node.consent import QUEUED
+
         reply = node_request(state_dir, command, peer=peer)
         state = reply.get("state")
         text = f"{peer}: {state}"
@@ -807,6 +836,8 @@ def _peer_address(state_dir: Path, peer: str) -> str:
 @state_dir_option
 def connect(peer: str, port: int, timeout: float, state_dir: Path) -> None:
     """Pipe stdin to TCP PORT of PEER and the reply to stdout."""
+    from pilotif.cli.overlay import overlay_dial
+
     address = _peer_address(state_dir, peer)
     dial = overlay_dial(state_dir)
     try:
@@ -836,6 +867,7 @@ def connect(peer: str, port: int, timeout: float, state_dir: Path) -> None:
 )
 def ping(peer: str, count: int, as_json: bool, state_dir: Path) -> None:
     """ICMP echo to PEER over the overlay: RTT and path of each reply."""
+    from pilotif.cli.overlay import is_userspace, userspace_ping
     from pilotif.cli.ping import REPLY_TIMEOUT_S, ping_once
 
     address = _peer_address(state_dir, peer)
@@ -908,7 +940,7 @@ tcp_listen_option = click.option(
 """`registry` and `relay`: more addresses for streams."""
 
 
-@cli.group(invoke_without_command=True)
+@cli.group(cls=LazyGroup, lazy={"admin": "pilotif.cli.admin:admin"}, invoke_without_command=True)
 @click.option(
     "--listen",
     default="[::]:7946",
@@ -958,6 +990,7 @@ def registry(
     if ctx.invoked_subcommand is not None:
         return
     from pilotif.registry import RegistryOptions, run_registry
+    from pilotif.registry.database import DatabaseError
 
     forget_secrets(DATABASE_ENV)
 
@@ -994,7 +1027,9 @@ def _tcp_listens(texts: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     return tuple(host_port_option("--tcp-listen", text) for text in texts)
 
 
-def _relays(texts: tuple[str, ...]) -> tuple[RelayInfo, ...]:
+def _relays(texts: tuple[str, ...]) -> "tuple[RelayInfo, ...]":
+    from pilotif.control.relay_info import MAX_RELAYS, RelaySpecError, parse_relay
+
     if len(texts) > MAX_RELAYS:
         raise CliError(f"--relay: at most {MAX_RELAYS} relays", "bad_input")
     try:
@@ -1030,6 +1065,7 @@ def relay(
     WireGuard datagrams between nodes that the registry's tickets prove trust each other.
     Give its key to the registry with `pilotif registry --relay KEY@IP:PORT`."""
     from pilotif.relay.server import RelayOptions, RelayStartError, run_relay
+    from pilotif.wg.keys import InvalidKeyError, decode_key
 
     listen_at = host_port_option("--listen", listen)
     registry_at = host_port_option("--registry", registry) if registry is not None else None
@@ -1058,35 +1094,23 @@ def relay(
 @cli.command()
 def genkey() -> None:
     """Print a new private key (base64), as `wg genkey` does."""
+    from pilotif.wg.crypto import generate_private_key
+    from pilotif.wg.keys import encode_key
+
     click.echo(encode_key(generate_private_key()))
 
 
 @cli.command()
 def pubkey() -> None:
     """Read a private key on stdin and print its public key, as `wg pubkey` does."""
+    from pilotif.wg.crypto import public_key
+    from pilotif.wg.keys import InvalidKeyError, decode_key, encode_key
+
     try:
         private = decode_key(sys.stdin.read())
     except InvalidKeyError as error:
         raise CliError(f"stdin: {error}", "bad_input") from None
     click.echo(encode_key(public_key(private)))
-
-
-registry.add_command(admin)
-cli.add_command(allow)
-cli.add_command(deny)
-cli.add_command(policy)
-cli.add_command(send)
-cli.add_command(inbox)
-cli.add_command(send_file)
-cli.add_command(received)
-cli.add_command(publish)
-cli.add_command(subscribe)
-cli.add_command(task)
-cli.add_command(bench)
-cli.add_command(listen)
-cli.add_command(context)
-cli.add_command(mcp)
-cli.add_command(netcheck)
 
 
 def main() -> None:

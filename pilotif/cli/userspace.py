@@ -1,19 +1,29 @@
 """`up --userspace` and its options: a node with no root and no TUN, its SOCKS5 server
 and HTTP proxy, --forward, --expose and --expose-udp; and the one line `up` says when it
-cannot open a TUN (no root, no /dev/net/tun)."""
+cannot open a TUN (no root, no /dev/net/tun).
+
+pilotif.userspace (the node and its network stack) is imported only by a `up --userspace`:
+every other `pilotif` command defines `up` too, and would load it for nothing."""
+
+from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 
 from pilotif.cli.common import CliError, host_port_option, secret_option
-from pilotif.userspace.expose import Expose
-from pilotif.userspace.forward import Forward
-from pilotif.userspace.node import DEFAULT_SOCKS5, UserspaceOptions, is_loopback
 
+if TYPE_CHECKING:
+    from pilotif.userspace.expose import Expose
+    from pilotif.userspace.forward import Forward
+    from pilotif.userspace.node import UserspaceOptions
+
+SOCKS5_DEFAULT_TEXT: Final = "127.0.0.1:1080"
+"""--socks5's default as `--help` shows it: pilotif.userspace.node's DEFAULT_SOCKS5 (a
+unit test holds them equal), written out so that `--help` need not import the node."""
 PROXY_CREDENTIALS_ENV: Final = "PILOTIF_PROXY_CREDENTIALS"
 TUN_DEVICE: Final = Path("/dev/net/tun")
 OFF: Final = "off"
@@ -32,7 +42,7 @@ def userspace_options(function: F) -> F:
         ),
         click.option(
             "--socks5",
-            default=f"{DEFAULT_SOCKS5[0]}:{DEFAULT_SOCKS5[1]}",
+            default=SOCKS5_DEFAULT_TEXT,
             show_default=True,
             help="Userspace: the SOCKS5 server's HOST:PORT (`off`: none).",
         ),
@@ -100,6 +110,8 @@ def userspace_from(
     expose_udp: tuple[str, ...] = (),
 ) -> UserspaceOptions:
     """The options given, checked (a non-loopback proxy needs the flag and credentials)."""
+    from pilotif.userspace.node import UserspaceOptions, is_loopback
+
     socks = None if socks5 == OFF else host_port_option("--socks5", socks5)
     http = None if http_proxy is None else host_port_option("--http-proxy", http_proxy)
     credentials = None
@@ -136,6 +148,8 @@ def _port(option: str, text: str) -> int:
 
 
 def _forward(text: str) -> Forward:
+    from pilotif.userspace.forward import Forward
+
     local, _, rest = text.partition(":")
     peer, _, port = rest.rpartition(":")
     if not peer:
@@ -144,6 +158,8 @@ def _forward(text: str) -> Forward:
 
 
 def _expose(option: str, text: str) -> Expose:
+    from pilotif.userspace.expose import Expose
+
     port, equals, local = text.partition("=")
     exposed = _port(option, port)
     return Expose(exposed, _port(option, local) if equals else exposed)
