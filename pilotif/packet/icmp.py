@@ -25,6 +25,7 @@ from pilotif.packet.ip import (
     IPV4_DESTINATION_OFFSET,
     IPV4_IHL_MASK,
     IPV4_MIN_HEADER_BYTES,
+    IPV4_MIN_IHL_WORDS,
     IPV4_PLAIN_FIRST_BYTE,
     IPV4_PROTOCOL_OFFSET,
     IPV4_SOURCE_OFFSET,
@@ -206,7 +207,10 @@ def parse_icmp_error(packet: BytesLike) -> IcmpError | None:
         quoted = header + _ICMP_HEADER.size
         if len(packet) < quoted + IPV4_MIN_HEADER_BYTES or packet[quoted] >> 4 != IPV4_VERSION:
             return None
-        ports = quoted + (packet[quoted] & IPV4_IHL_MASK) * IPV4_WORD_BYTES
+        quoted_ihl = packet[quoted] & IPV4_IHL_MASK
+        if quoted_ihl < IPV4_MIN_IHL_WORDS:
+            return None  # its ports would be read from its own header
+        ports = quoted + quoted_ihl * IPV4_WORD_BYTES
         protocol = packet[quoted + IPV4_PROTOCOL_OFFSET]
         source = bytes(packet[quoted + IPV4_SOURCE_OFFSET : quoted + IPV4_DESTINATION_OFFSET])
         end = quoted + IPV4_DESTINATION_OFFSET + IPV4_ADDRESS_BYTES

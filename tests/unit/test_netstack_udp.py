@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from pilotif.netstack.segment import build_segment
 from pilotif.netstack.stack import EPHEMERAL_PORTS, LimitError
 from pilotif.netstack.udp import (
+    MAX_PORT,
     SendError,
     UdpConfig,
     UdpSocket,
@@ -25,7 +26,12 @@ from pilotif.netstack.udp import (
     is_udp,
 )
 from pilotif.packet.checksum import internet_checksum
-from pilotif.packet.icmp import IcmpErrorKind, port_unreachable_packet, too_big_packet
+from pilotif.packet.icmp import (
+    IcmpErrorKind,
+    parse_icmp_error,
+    port_unreachable_packet,
+    too_big_packet,
+)
 from pilotif.packet.ip import (
     ICMP_DESTINATION_UNREACHABLE,
     ICMP_PORT_UNREACHABLE,
@@ -382,3 +388,25 @@ def test_any_mangling_of_an_icmp_error_raises_nothing(
     a.receive(bytes(packet), NOW, authenticated=authenticated)
     error = client.take_error()
     assert error is None or error.address == (B_V6 if v6 else B_V4)
+
+
+def test_an_icmp_error_quoting_a_header_shorter_than_ipv4s_least_is_not_read() -> None:
+    """The quoted header's length says where its ports are: under 20 bytes it would read
+    them from the quoted addresses."""
+    a, client, answer = _refused()
+    assert parse_icmp_error(answer) is not None
+    for ihl_words in range(5):
+        short = bytearray(answer)
+        short[IPV4_MIN_HEADER_BYTES + 8] = 0x40 | ihl_words
+        assert parse_icmp_error(bytes(short)) is None
+        assert not a.receive_icmp(bytes(short), authenticated=True)
+    assert client.take_error() is None
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=120))
+def test_any_bytes_parse_as_an_icmp_error_or_none(data: bytes) -> None:
+    error = parse_icmp_error(data)
+    if error is not None:
+        assert len(error.source) == len(error.destination) == len(error.sender)
+        assert 0 <= error.source_port <= MAX_PORT and 0 <= error.destination_port <= MAX_PORT
