@@ -69,7 +69,7 @@ NARROW_BUDGETS = [
 CONNECTIONS = 6
 _ACTIONS = st.lists(
     st.tuples(
-        st.sampled_from(("data", "data", "data", "read", "poll", "poll", "write")),
+        st.sampled_from(("data", "data", "fill", "read", "poll", "poll", "write")),
         st.integers(0, CONNECTIONS - 1),
         st.floats(0, 1),  # where in the window the data starts (0: in order)
         st.integers(1, 40_000),
@@ -77,9 +77,28 @@ _ACTIONS = st.lists(
     min_size=5,
     max_size=50,
 )
-"""(what, connection, offset into its window, bytes): data inside the window B advertised,
-the application reading, time passing (B's ACKs and window updates go out), or B's
-application writing."""
+"""(what, connection, offset into its window, bytes): data inside the window B advertised
+(`fill`: all of it, from the offset on), the application reading, time passing (B's ACKs
+and window updates go out), or B's application writing."""
+
+
+MSS = 1380
+
+
+def _send_inside(wire: Wire, server: Connection, start: int, end: int) -> None:
+    """Data from `start` to `end` (inside the window B advertised) to B's `server`, which
+    must keep all of it."""
+    receiver = server._receiver  # no public view
+    seq = (receiver.irs + start) % SEQ_SPACE
+    ack = (server._sender.iss + server._sender.snd_nxt) % SEQ_SPACE
+    ports = (server.remote[1], server.local[1])
+    data = b"d" * (end - start)
+    wire.inject(
+        "ab", build_segment(A_V4.packed, B_V4.packed, ports, seq, ack, TCP_ACK, 0xFFFF, b"", data)
+    )
+    held = receiver.ooo.sack_blocks(len(receiver.ooo))
+    kept = receiver.rcv_nxt >= end or any(s <= start and end <= e for s, e in held)
+    assert kept, "data inside the window was dropped"
 
 
 def _promised(connection: Connection) -> int:
@@ -90,46 +109,44 @@ def _promised(connection: Connection) -> int:
     return len(receiver.buffer) + window + len(connection._sender.buffer)
 
 
+def _six_connections(wire: Wire) -> list[Connection]:
+    """B's side of six connections from A (B's listener gone again)."""
+    servers = []
+    for _ in range(CONNECTIONS):
+        servers.append(open_pair(wire)[1])
+        wire.b.unlisten(wire.b._listeners[PORT])
+    wire.b.poll(wire.now)
+    return servers
+
+
+def test_every_window_filled_at_once_is_kept_whole() -> None:
+    config = NARROW_BUDGETS[0]
+    wire = Wire(config_b=config)
+    servers = _six_connections(wire)
+    for server in servers:  # B's application reads none of it
+        receiver = server._receiver
+        for at in range(receiver.rcv_nxt, receiver.rcv_adv, MSS):
+            _send_inside(wire, server, at, min(at + MSS, receiver.rcv_adv))
+    assert sum(_promised(s) for s in servers) <= config.memory_budget_bytes
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(NARROW_BUDGETS), _ACTIONS)
 def test_windows_never_promise_more_than_the_budget_and_data_in_them_is_kept(
     config: StackConfig, actions: list[tuple[str, int, float, int]]
 ) -> None:
     wire = Wire(config_b=config)
-    servers = []
-    for _ in range(CONNECTIONS):
-        servers.append(open_pair(wire)[1])
-        wire.b.unlisten(wire.b._listeners[PORT])
-    wire.b.poll(wire.now)
+    servers = _six_connections(wire)
     budget = config.memory_budget_bytes
     for kind, index, where, length in actions:
         server = servers[index]
         receiver = server._receiver
-        if kind == "data":
+        if kind in ("data", "fill"):
             window = receiver.rcv_adv - receiver.rcv_nxt
             start = receiver.rcv_nxt + int(where * window)
-            end = min(start + length, receiver.rcv_adv)
-            if end <= start:
-                continue
-            seq = (receiver.irs + start) % SEQ_SPACE
-            ack = (server._sender.iss + server._sender.snd_nxt) % SEQ_SPACE
-            wire.inject(
-                "ab",
-                build_segment(
-                    A_V4.packed,
-                    B_V4.packed,
-                    (server.remote[1], server.local[1]),
-                    seq,
-                    ack,
-                    TCP_ACK,
-                    0xFFFF,
-                    b"",
-                    b"d" * (end - start),
-                ),
-            )
-            held = receiver.ooo.sack_blocks(len(receiver.ooo))
-            kept = receiver.rcv_nxt >= end or any(s <= start and end <= e for s, e in held)
-            assert kept, "data inside the window was dropped"
+            end = receiver.rcv_adv if kind == "fill" else min(start + length, receiver.rcv_adv)
+            for at in range(start, end, MSS):
+                _send_inside(wire, server, at, min(at + MSS, end))
         elif kind == "read":
             server.receive(length)
         elif kind == "write":
