@@ -14,8 +14,8 @@ requests, cookies, retries), in one process:
    own start spreads it) after each answer, so registration and heartbeats overlap;
 2. heartbeats: then for `--measure-s` seconds more: the round trip of each heartbeat
    since the first registration (p50/p99/max), the registry's CPU and memory;
-3. with `--registry-outage SECONDS`: every node online, the registry is SIGKILLed and
-   started again (same state, same port) SECONDS later. A node whose request went
+3. with `--registry-outage SECONDS`: every node online, the registry (every replica)
+   is SIGKILLed and started again (same state, same ports) SECONDS later. A node whose request went
    unanswered REQUEST_ATTEMPTS times gives it up and, as the node does, probes the
    registry (a 36-byte key request, at the node's pauses: `probe_pause_s`, about a
    second at first, then a tenth of the outage so far, at most PROBE_MAX_S) until a probe
@@ -729,7 +729,7 @@ def run(args: argparse.Namespace) -> Results:
                 len(results.heartbeat_ms) + results.heartbeats_retried + len(results.failover_s)
             )
             if args.registry_outage is not None:
-                _outage(args, results, workers, processes, ports[0], tmp / "state-0", database)
+                _outage(args, results, workers, processes, ports, tmp, database)
             workers[0][1].send(("probe", args.probes))
             results.new_registration_ms = workers[0][1].recv()
             for _, conn in workers:
@@ -748,22 +748,24 @@ def _outage(
     results: Results,
     workers: list[tuple[multiprocessing.Process, Connection]],
     processes: list[subprocess.Popen[bytes]],
-    port: int,
-    state_dir: Path,
+    ports: list[int],
+    tmp: Path,
     database: str | None,
 ) -> None:
-    """Kill the (first) registry, start it again `--registry-outage` s later on the same
-    port and state while the nodes go on; what their return measured."""
+    """Kill the registry (every replica), start it again `--registry-outage` s later on
+    the same ports and state while the nodes go on; what their return measured."""
     killed_at = time.monotonic()
     restart_at = killed_at + args.registry_outage
     for _, conn in workers:
         conn.send(("outage", restart_at, args.registry_outage + args.return_s))
-    processes[0].kill()
-    processes[0].wait()
+    for process in processes:
+        process.kill()
+        process.wait()
     time.sleep(max(0.0, restart_at - time.monotonic()))
-    processes[0], _ = _start_registry(state_dir, port, database)
+    for index, port in enumerate(ports):
+        processes[index], _ = _start_registry(tmp / f"state-{index}", port, database)
     results.restart_ready_s = time.monotonic() - restart_at
-    cpu_before = _cpu_seconds(processes[0].pid)
+    cpu_before, _ = _registry_totals(processes, ports)
     results.outage_s = args.registry_outage
     for _, conn in workers:
         back, lost, outage_gave_up, return_gave_up, beats, busy, probes, probing_s = conn.recv()
@@ -776,9 +778,8 @@ def _outage(
         results.return_gave_up += return_gave_up
         results.return_heartbeat_ms += beats
     returned_s = time.monotonic() - restart_at
-    cpu = _cpu_seconds(processes[0].pid) - cpu_before
-    results.return_registry_cpu_percent = 100 * cpu / returned_s
-    results.return_socket_drops = _socket_drops(processes[0].pid, port)
+    cpu, results.return_socket_drops = _registry_totals(processes, ports)
+    results.return_registry_cpu_percent = 100 * (cpu - cpu_before) / returned_s
 
 
 def _registration_rates(results: Results, started: float, done_at: list[float]) -> None:

@@ -130,6 +130,8 @@ class ControlGate:
         """The least a datagram waited in the socket's queue in the current interval."""
         self._interval_end = float("-inf")
         self._behind_until = float("-inf")
+        self._latest_wait = (0.0, float("-inf"))
+        """The wait of the latest datagram served from the backlog, and when."""
 
     def admit(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing] | None:
         """None if the message may be opened; else what to answer (a cookie reply, or
@@ -156,6 +158,7 @@ class ControlGate:
 
     def waited(self, delay_s: float, now: float) -> None:
         """A datagram about to be handled at `now` waited `delay_s` in the socket's queue."""
+        self._latest_wait = (delay_s, now)
         if now < self._interval_end:
             self._least_wait = min(self._least_wait, delay_s)
             return
@@ -164,6 +167,17 @@ class ControlGate:
             self._behind_until = now + QUEUE_INTERVAL_S
         self._least_wait = delay_s
         self._interval_end = now + QUEUE_INTERVAL_S
+
+    def drained(self, now: float) -> None:
+        """The backlog emptied at `now`: no queue stands (a wait of 0, as CoDel counts
+        it)."""
+        self.waited(0.0, now)
+
+    def queue_delay(self, now: float) -> float:
+        """How long the latest datagram served from the backlog waited (0 if none was
+        served in the last QUEUE_INTERVAL_S: no queue)."""
+        delay_s, at = self._latest_wait
+        return delay_s if now - at <= QUEUE_INTERVAL_S else 0.0
 
     def behind(self, now: float) -> bool:
         """Whether the last interval's datagrams all waited more than QUEUE_TARGET_S."""

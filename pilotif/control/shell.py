@@ -68,6 +68,9 @@ class DatagramCore(Protocol):
         """A datagram of the backlog about to be handled waited `delay_s` since it
         arrived."""
 
+    def drained(self, now: float) -> None:
+        """The backlog emptied at `now`."""
+
     def urgent(self, data: bytes) -> bool:
         """Whether a datagram is served before the backlog: cheap work (a node's
         heartbeat on its channel, relayed traffic, a key request)."""
@@ -140,6 +143,7 @@ class CoreProtocol:
         if self._backlog:
             asyncio.get_running_loop().call_soon(self._drain)
         else:
+            self._core.drained(time.time())
             self._draining = False
 
     def answer(self, data: bytes, source: Endpoint) -> None:

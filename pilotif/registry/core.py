@@ -58,6 +58,7 @@ TRAFFIC_COUNTERS: Final = frozenset(
         "orphans_told",
         "recalled",
         "recalled_back",
+        "recalled_by_probe",
     }
 )
 """Counters of work done; every other counter counts datagrams dropped, by reason."""
@@ -113,11 +114,10 @@ class RegistryCore:
             self._presence.note_seen(key, where, last_seen)
             if session is not None:
                 self._front.sessions[key] = session
-            if at_replica is None:
-                known.append((key, where, last_seen))
+            known.append((key, where, last_seen, at_replica))
         self._recall: Recall | None = Recall(known, self.counters) if known else None
         """Whom to tell that we are back (None: every node known was told); with
-        replicas, the nodes no replica has (another's are told by its survivors)."""
+        replicas, the nodes no other replica alive has."""
         self._key_reply = pack_key_reply(self.public_key)
         self._replicas = Replicas(store, replica, self.counters)
         self.routes = TrustedRoutes(self._presence, store)
@@ -171,6 +171,10 @@ class RegistryCore:
         all wait too long, new channels are answered busy (ControlGate.behind)."""
         self._front.gate.waited(delay_s, now)
 
+    def drained(self, now: float) -> None:
+        """The shell's backlog emptied (ControlGate.drained)."""
+        self._front.gate.drained(now)
+
     def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """A replica keepalive, a key request, or junk."""
         kind = data[0] if data else None
@@ -184,9 +188,19 @@ class RegistryCore:
                 return []
             if not self._front.gate.unproven_allowed(source, now):
                 return []
+            if not self._probe_answered(source, now):
+                return []
             return [(self._key_reply, source)]
         self.counters["malformed" if kind == KEY_REQUEST_TYPE else "unknown_type"] += 1
         return []
+
+    def _probe_answered(self, source: Endpoint, now: float) -> bool:
+        """Whether a key request from `source` is answered by the recall's rules (it
+        brings a registration back: registry/recall.py)."""
+        recall, owner = self._recall, self._presence.owner(source)
+        if recall is None or owner is None:
+            return True
+        return recall.answers_probe(owner, now, self._front.gate.queue_delay(now))
 
     def _look_up(self, sender: bytes) -> tuple[_LookedUp, int]:
         """A sender without a channel: its record (read once for the whole message),
@@ -324,14 +338,16 @@ class RegistryCore:
         """Tell the next nodes known from before we started that we are back (the key
         answer to the probes they send while we are away: registry/recall.py); called
         every RECALL_EVERY_S."""
-        recall = self._recall
-        if recall is None:
+        recall, live = self._recall, self._replicas.live
+        if recall is None or (self.replica is not None and not live):
+            # With replicas: not before we know which are alive (keep_replicas).
             return []
         endpoints = recall.to_tell(
             now,
             self._presence.seen_since,
             forget_before=now - self.expire_after_s,
-            behind=self._front.gate.behind(now),
+            queue_delay_s=self._front.gate.queue_delay(now),
+            elsewhere=lambda replica: self._recalled_elsewhere(replica, live),
         )
         if recall.done:
             self._recall = None
@@ -341,6 +357,19 @@ class RegistryCore:
                 back=self.counters["recalled_back"],
             )
         return [(self._key_reply, endpoint) for endpoint in endpoints]
+
+    def _recalled_elsewhere(self, replica: str | None, live: set[str]) -> bool:
+        """Whether a node whose record names `replica` is another replica's to recall:
+        one alive has it, or it had a replica that died and another replica on that
+        one's host and port (its restart) is alive."""
+        if replica is None or self.replica is None or replica == self.replica:
+            return False
+        if replica in live:
+            return True
+        address = replica.rpartition(":")[0]
+        return address != self.replica.rpartition(":")[0] and any(
+            other.rpartition(":")[0] == address for other in live
+        )
 
     def handle_notifications(self, now: float) -> list[Outgoing]:
         """The database notified us: what other replicas left for us, if anything came

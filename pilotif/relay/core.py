@@ -178,6 +178,10 @@ class RelayCore:
         all wait too long, new channels are answered busy (ControlGate.behind)."""
         self._front.gate.waited(delay_s, now)
 
+    def drained(self, now: float) -> None:
+        """The shell's backlog emptied (ControlGate.drained)."""
+        self._front.gate.drained(now)
+
     def _other(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         self.counters["unknown_type"] += 1
         return []

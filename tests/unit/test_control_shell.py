@@ -36,6 +36,7 @@ class RecordingCore:
         self.heard = 0
         self.handled: list[bytes] = []
         self.waits: list[float] = []
+        self.drains = 0
 
     @property
     def counter(self) -> int:
@@ -51,6 +52,9 @@ class RecordingCore:
 
     def waited(self, delay_s: float, now: float) -> None:
         self.waits.append(delay_s)
+
+    def drained(self, now: float) -> None:
+        self.drains += 1
 
 
 @contextlib.contextmanager
@@ -100,6 +104,8 @@ def test_every_datagram_is_answered_in_batches_and_its_wait_told(
 
     asyncio.run(test())
     assert len(core.waits) == core.heard
+    # Each held batch was served to the end: the backlog said it drained.
+    assert core.drains >= 2
 
 
 def _serve_queued(tmp_path: Path, core: RecordingCore, datagrams: list[bytes]) -> None:

@@ -4,6 +4,7 @@ the request's mac1 echoed); nodes with a channel are still served; the notice's 
 format refuses garbage; a node waits the pause with jitter, spends no attempt on it, and
 ignores a forged, broken or stray notice."""
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -226,6 +227,27 @@ def test_a_registry_whose_queue_stands_answers_new_keys_busy_until_it_drains(
     assert _registers(pair, CAROL, "carol")
     assert pair.core.handle_datagram(KEY_REQUEST, CAROL, pair.now) != []
     assert pair.core.counters["busy"] == 1
+
+
+def test_a_backlog_that_drains_does_not_stand_and_its_delay_is_gone() -> None:
+    """The shell says when its backlog emptied: a queue that drains within an interval
+    is a burst, not a standing queue, and the recall (registry/recall.py) sees no
+    delay the moment the backlog is empty, not a wait that is over."""
+    checker = gate.ControlGate(generate_private_key(), Counter())
+    now = 1_000.0
+    checker.waited(gate.QUEUE_TARGET_S * 3, now)
+    assert checker.queue_delay(now) == gate.QUEUE_TARGET_S * 3
+    checker.drained(now + 0.01)
+    assert checker.queue_delay(now + 0.01) == 0.0
+    checker.waited(gate.QUEUE_TARGET_S * 3, now + gate.QUEUE_INTERVAL_S + 0.02)
+    assert not checker.behind(now + gate.QUEUE_INTERVAL_S + 0.03)
+    # Without the drain the same waits stand: behind.
+    standing = gate.ControlGate(generate_private_key(), Counter())
+    standing.waited(gate.QUEUE_TARGET_S * 3, now)
+    standing.waited(gate.QUEUE_TARGET_S * 3, now + gate.QUEUE_INTERVAL_S + 0.02)
+    assert standing.behind(now + gate.QUEUE_INTERVAL_S + 0.03)
+    # A wait long over is no delay.
+    assert standing.queue_delay(now + 1.0) == 0.0
 
 
 def test_without_a_shell_that_tells_the_waits_nobody_is_behind(tmp_path: Path) -> None:

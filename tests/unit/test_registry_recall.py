@@ -7,17 +7,27 @@ from pathlib import Path
 
 from pilotif.control.wire import pack_key_reply
 from pilotif.registry.core import RegistryCore
-from pilotif.registry.recall import RECALL_IN_FLIGHT, RECALL_WAIT_S, Known, Recall
+from pilotif.registry.recall import (
+    RECALL_CUT_EVERY_S,
+    RECALL_FIRST_WINDOW,
+    RECALL_MAX_WINDOW,
+    RECALL_QUEUE_TARGET_S,
+    RECALL_WAIT_S,
+    Known,
+    Recall,
+    SeenSince,
+)
 from pilotif.registry.store import Store
 from pilotif.wg.crypto import generate_private_key
+from pilotif.wg.events import Endpoint
 
 NOW = 1_000_000.0
-NODES = RECALL_IN_FLIGHT * 3
+NODES = 10_000
 
 
 def _known(count: int, *, seen: float = NOW - 100) -> list[Known]:
     return [
-        (i.to_bytes(32, "big"), (f"198.18.{i >> 8}.{i & 0xFF}", 4000), seen - i)
+        (i.to_bytes(32, "big"), (f"198.18.{i >> 8}.{i & 0xFF}", 4000), seen - i, None)
         for i in range(count)
     ]
 
@@ -26,88 +36,179 @@ def _never(key: bytes, since: float) -> bool:
     return False
 
 
-def test_at_most_the_in_flight_are_told_and_those_silent_longest_first() -> None:
+def _tell(
+    recall: Recall, now: float, seen_since: SeenSince = _never, delay_s: float = 0.0
+) -> list[Endpoint]:
+    return recall.to_tell(now, seen_since, forget_before=0.0, queue_delay_s=delay_s)
+
+
+def test_a_first_window_is_told_and_those_silent_longest_first() -> None:
     known = _known(NODES)
     recall = Recall(known, Counter())
-    told = recall.to_tell(NOW, _never, forget_before=0.0, behind=False)
-    assert len(told) == RECALL_IN_FLIGHT
-    oldest_first = [endpoint for _, endpoint, _ in reversed(known)]
-    assert told == oldest_first[:RECALL_IN_FLIGHT]
+    told = _tell(recall, NOW)
+    assert len(told) == RECALL_FIRST_WINDOW
+    oldest_first = [endpoint for _, endpoint, _, _ in reversed(known)]
+    assert told == oldest_first[:RECALL_FIRST_WINDOW]
     # Nobody came back yet: nobody more is told.
-    assert recall.to_tell(NOW + 0.1, _never, forget_before=0.0, behind=False) == []
+    assert _tell(recall, NOW + 0.02) == []
     assert not recall.done
 
 
-def test_each_node_back_lets_another_be_told() -> None:
+def test_each_node_back_lets_two_more_be_told() -> None:
     counters: Counter[str] = Counter()
     recall = Recall(_known(NODES), counters)
-    first = recall.to_tell(NOW, _never, forget_before=0.0, behind=False)
-    back = {f"198.18.{i >> 8}.{i & 0xFF}" for i in range(NODES)} & {h for h, _ in first[:10]}
+    back: set[bytes] = set()
 
     def seen_since(key: bytes, since: float) -> bool:
-        i = int.from_bytes(key, "big")
-        return f"198.18.{i >> 8}.{i & 0xFF}" in back and since <= NOW
+        return key in back
 
-    more = recall.to_tell(NOW + 0.02, seen_since, forget_before=0.0, behind=False)
-    assert len(more) == 10
-    assert not set(more) & set(first)
-    assert counters["recalled"] == RECALL_IN_FLIGHT + 10
-    assert counters["recalled_back"] == 10
+    now = NOW
+    told_total = 0
+    for round_ in range(5):
+        told = recall.to_tell(now, seen_since, forget_before=0.0, queue_delay_s=0.0)
+        # Slow start: the window doubles each round in which every node told came back.
+        assert len(told) == RECALL_FIRST_WINDOW * 2**round_
+        told_total += len(told)
+        back |= {i.to_bytes(32, "big") for i in range(NODES - told_total, NODES)}
+        now += 0.02
+    assert counters["recalled"] == told_total
+    assert counters["recalled_back"] == told_total - RECALL_FIRST_WINDOW * 2**4
+
+
+def test_a_standing_backlog_halves_the_window_once_an_interval_and_tells_nobody() -> None:
+    recall = Recall(_known(NODES), Counter())
+    assert _tell(recall, NOW, delay_s=RECALL_QUEUE_TARGET_S * 2) == []
+    assert recall.window == RECALL_FIRST_WINDOW / 2
+    assert _tell(recall, NOW + RECALL_CUT_EVERY_S / 2, delay_s=1.0) == []
+    assert recall.window == RECALL_FIRST_WINDOW / 2
+    assert _tell(recall, NOW + RECALL_CUT_EVERY_S, delay_s=1.0) == []
+    assert recall.window == RECALL_FIRST_WINDOW / 4
+    assert len(_tell(recall, NOW + RECALL_CUT_EVERY_S + 0.02)) == RECALL_FIRST_WINDOW / 4
+    for step in range(20):
+        _tell(recall, NOW + 1 + step * RECALL_CUT_EVERY_S, delay_s=1.0)
+    assert recall.window == 1.0
+
+
+def test_the_window_has_a_ceiling() -> None:
+    known = _known(NODES * 10)
+    recall = Recall(known, Counter())
+    keys = {endpoint: key for key, endpoint, _, _ in known}
+    back: set[bytes] = set()
+
+    def seen_since(key: bytes, since: float) -> bool:
+        return key in back
+
+    for step in range(12):
+        back |= {keys[endpoint] for endpoint in _tell(recall, NOW + step * 0.02, seen_since)}
+    assert recall.window == RECALL_MAX_WINDOW
+    assert len(_tell(recall, NOW + 1.0, seen_since)) == RECALL_MAX_WINDOW
 
 
 def test_nodes_told_that_do_not_come_back_stop_counting_after_the_wait() -> None:
-    recall = Recall(_known(NODES), Counter())
-    recall.to_tell(NOW, _never, forget_before=0.0, behind=False)
-    assert recall.to_tell(NOW + RECALL_WAIT_S - 0.1, _never, forget_before=0.0, behind=False) == []
-    later = recall.to_tell(NOW + RECALL_WAIT_S + 0.1, _never, forget_before=0.0, behind=False)
-    assert len(later) == RECALL_IN_FLIGHT
+    count = RECALL_FIRST_WINDOW * 3
+    recall = Recall(_known(count), Counter())
+    assert len(_tell(recall, NOW)) == RECALL_FIRST_WINDOW
+    assert _tell(recall, NOW + RECALL_WAIT_S - 0.1) == []
+    assert len(_tell(recall, NOW + RECALL_WAIT_S + 0.1)) == RECALL_FIRST_WINDOW
     now = NOW + 2 * RECALL_WAIT_S + 0.2
-    last = recall.to_tell(now, _never, forget_before=0.0, behind=False)
-    assert len(last) == NODES - 2 * RECALL_IN_FLIGHT
+    assert len(_tell(recall, now)) == RECALL_FIRST_WINDOW
     assert not recall.done
-    recall.to_tell(now + RECALL_WAIT_S + 0.1, _never, forget_before=0.0, behind=False)
+    _tell(recall, now + RECALL_WAIT_S + 0.1)
     assert recall.done
-
-
-def test_nobody_is_told_while_behind() -> None:
-    recall = Recall(_known(10), Counter())
-    assert recall.to_tell(NOW, _never, forget_before=0.0, behind=True) == []
-    assert len(recall.to_tell(NOW + 0.1, _never, forget_before=0.0, behind=False)) == 10
 
 
 def test_nodes_that_would_expire_or_came_back_by_themselves_are_not_told() -> None:
     stale = _known(5, seen=NOW - 10_000)
-    fresh = [(b"f" * 32, ("198.18.9.1", 4000), NOW - 50), (b"g" * 32, ("198.18.9.2", 4000), NOW)]
+    fresh: list[Known] = [
+        (b"f" * 32, ("198.18.9.1", 4000), NOW - 50, None),
+        (b"g" * 32, ("198.18.9.2", 4000), NOW, None),
+    ]
     recall = Recall(stale + fresh, Counter())
 
     def seen_since(key: bytes, since: float) -> bool:
         return key == b"g" * 32 and since <= NOW + 1
 
-    told = recall.to_tell(NOW + 1, seen_since, forget_before=NOW - 5_000, behind=False)
+    told = recall.to_tell(NOW + 1, seen_since, forget_before=NOW - 5_000, queue_delay_s=0.0)
     assert told == [("198.18.9.1", 4000)]
 
 
-def test_a_restarted_core_recalls_its_nodes_but_not_another_replicas(tmp_path: Path) -> None:
+def test_a_probe_from_a_node_still_to_be_told_tells_it_while_the_window_has_room() -> None:
+    counters: Counter[str] = Counter()
+    known = _known(RECALL_FIRST_WINDOW * 2)
+    recall = Recall(known, counters)
+    oldest_key, oldest_endpoint, _, _ = known[-1]
+    newest_keys = [key for key, _, _, _ in known[: RECALL_FIRST_WINDOW + 1]]
+    # A stranger's probe (a new node asking for the key) is not the recall's to pace.
+    assert recall.answers_probe(b"s" * 32, NOW, 0.0)
+    assert recall.answers_probe(oldest_key, NOW, 0.0)
+    assert counters["recalled_by_probe"] == 1
+    told = _tell(recall, NOW)
+    # The window holds the node the probe told: one fewer told, and not that one again.
+    assert len(told) == RECALL_FIRST_WINDOW - 1 and oldest_endpoint not in told
+    # A node told is answered again (its answer may have been lost) ...
+    assert recall.answers_probe(oldest_key, NOW + 0.01, 0.0)
+    # ... but the window is full for the others: their probes wait, counted.
+    assert not recall.answers_probe(newest_keys[0], NOW + 0.01, 0.0)
+    assert counters["key_request_recall_waits"] == 1
+
+
+def test_a_probe_waits_while_the_backlog_stands() -> None:
+    counters: Counter[str] = Counter()
+    known = _known(4)
+    recall = Recall(known, counters)
+    assert not recall.answers_probe(known[0][0], NOW, RECALL_QUEUE_TARGET_S * 2)
+    assert recall.answers_probe(known[0][0], NOW + 0.1, 0.0)
+    assert counters["key_request_recall_waits"] == 1
+
+
+def _store_with_nodes(tmp_path: Path, replicas: tuple[str | None, ...]) -> Store:
+    """Nodes 198.18.0.1, .2, ... last seen at NOW, each at the replica given."""
     store = Store(tmp_path / "registry.db", IPv4Network("100.64.0.0/10"))
+    for i, replica in enumerate(replicas, start=1):
+        record, _ = store.register(generate_private_key(), f"node{i}", (), NOW)
+        store.mark_seen(
+            record.public_key,
+            endpoint=f"198.18.0.{i}:4000",
+            lan_endpoints=(),
+            session=i,
+            now=NOW,
+            replica=replica,
+        )
+    return store
+
+
+def test_a_restarted_registry_recalls_every_node_it_knew(tmp_path: Path) -> None:
+    store = _store_with_nodes(tmp_path, (None, None, None))
     try:
-        for i, replica in ((1, None), (2, None), (3, "other:4000:7")):
-            record, _ = store.register(generate_private_key(), f"node{i}", (), NOW)
-            store.mark_seen(
-                record.public_key,
-                endpoint=f"198.18.0.{i}:4000",
-                lan_endpoints=(),
-                session=i,
-                now=NOW,
-                replica=replica,
-            )
-        private = generate_private_key()
-        core = RegistryCore(private, store, first_counter=1)
+        core = RegistryCore(generate_private_key(), store, first_counter=1)
         assert core.recalling
         sent = core.recall(NOW + 120)
         reply = pack_key_reply(core.public_key)
-        assert sorted(sent) == [(reply, ("198.18.0.1", 4000)), (reply, ("198.18.0.2", 4000))]
+        assert sorted(sent) == [(reply, (f"198.18.0.{i}", 4000)) for i in (1, 2, 3)]
         core.recall(NOW + 120 + RECALL_WAIT_S + 0.1)
         assert not core.recalling
         assert core.recall(NOW + 130) == []
+    finally:
+        store.close()
+
+
+def test_a_replica_recalls_the_nodes_no_other_replica_alive_has(tmp_path: Path) -> None:
+    """Node 1 talked to a replica that died, node 2 to none, node 3 to one alive, node 4
+    to one that died and was restarted (on its host and port): only 1 and 2 are told,
+    and not before the replica knows which others are alive."""
+    replicas = ("dead:4000:1", None, "alive:4000:2", "restarted:5000:1")
+    store = _store_with_nodes(tmp_path, replicas)
+    try:
+        now = NOW + 120
+        store.replica_alive("dead:4000:1", NOW)
+        store.replica_alive("restarted:5000:1", NOW)
+        store.replica_alive("alive:4000:2", now)
+        store.replica_alive("restarted:5000:9", now)
+        core = RegistryCore(generate_private_key(), store, first_counter=1, replica="me:4000:3")
+        assert core.recall(now) == []
+        core.keep_replicas(now)
+        assert core.live_replicas == {"alive:4000:2", "me:4000:3", "restarted:5000:9"}
+        told = sorted(endpoint for _, endpoint in core.recall(now + 0.02))
+        assert told == [("198.18.0.1", 4000), ("198.18.0.2", 4000)]
     finally:
         store.close()

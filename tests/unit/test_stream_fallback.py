@@ -106,6 +106,9 @@ class Registry:
     def waited(self, delay_s: float, now: float) -> None:
         pass
 
+    def drained(self, now: float) -> None:
+        pass
+
     def urgent(self, data: bytes) -> bool:
         return False
 

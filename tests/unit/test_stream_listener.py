@@ -57,6 +57,9 @@ class EchoCore:
     def waited(self, delay_s: float, now: float) -> None:
         pass
 
+    def drained(self, now: float) -> None:
+        pass
+
     def urgent(self, data: bytes) -> bool:
         return False
 
