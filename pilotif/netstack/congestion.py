@@ -9,9 +9,13 @@ config names):
 - DeliveryRate, a model-based controller as BBR's (Cardwell et al., 2016): the window is
   twice the path's bandwidth-delay product, the bandwidth the highest delivery rate of
   the last BANDWIDTH_WINDOW_ROUNDS round trips (acknowledged and SACKed bytes a round),
-  the delay the lowest round trip of MIN_RTT_WINDOW_S. A loss repaired by SACK or fast
-  retransmit does not shrink it (random loss is not congestion); a timeout leaves one
-  segment in flight until new data is acknowledged, then the model's window again. Never
+  the delay the lowest round trip of MIN_RTT_WINDOW_S; a round in which the application
+  left the window unfilled (`on_app_limited`) measured the application, not the path,
+  and counts only if it beat the bandwidth (BBR's app-limited samples: a few small
+  requests over a long path must not make the next large answer crawl at their rate).
+  A loss repaired by SACK or fast retransmit does not shrink it (random loss is not
+  congestion); a timeout leaves one segment in flight until new data is acknowledged,
+  then the model's window again. Never
   below the initial window; each round can deliver twice the last (as slow start) until
   the path's bandwidth holds it. Paced (pacing.py) at a gain times the bandwidth, as BBR:
   STARTUP_PACING_GAIN until the bandwidth stops growing (FULL_PIPE_ROUNDS rounds without
@@ -89,6 +93,10 @@ class Controller(Protocol):
         """An ACK arrived: `delivered` is the highest byte offset acknowledged plus the
         bytes SACKed above it, `sent` the highest offset sent."""
 
+    def on_app_limited(self) -> None:
+        """Everything queued was sent with room left in the window: the application, not
+        the path, limits what is in flight."""
+
     @property
     def pacing_rate(self) -> float:
         """Bytes a second the sender may release (0: unpaced)."""
@@ -148,6 +156,9 @@ class NewReno:
     def on_delivered(self, delivered: int, sent: int, now: float) -> None:
         """NewReno sizes its window from losses only."""
 
+    def on_app_limited(self) -> None:
+        """NewReno sizes its window from losses only."""
+
     @property
     def pacing_rate(self) -> float:
         """NewReno is not paced."""
@@ -173,6 +184,8 @@ class DeliveryRate:
         self._rounds_without_growth = 0
         self._probe_round: int | None = None
         """Once the pipe is full, the round's place in PROBE_PACING_GAINS."""
+        self._app_limited = False
+        """Whether the application left the window unfilled during this round."""
 
     @property
     def bandwidth(self) -> float:
@@ -221,11 +234,18 @@ class DeliveryRate:
         end, delivered_before, since = started
         if delivered < end or delivered <= delivered_before or now <= since:
             return
-        self._rates.append((delivered - delivered_before) / (now - since))
+        rate = (delivered - delivered_before) / (now - since)
         self._round = (sent, delivered, now)
+        app_limited, self._app_limited = self._app_limited, False
+        if app_limited and rate < self.bandwidth:
+            return  # the application's rate, not the path's
+        self._rates.append(rate)
         self._next_pacing_round()
         if not self._after_timeout:
             self.cwnd = self._window()
+
+    def on_app_limited(self) -> None:
+        self._app_limited = True
 
     def _next_pacing_round(self) -> None:
         """A round ended: the next probing gain, or whether the pipe is full now."""

@@ -2,12 +2,13 @@
 sequence space (SND.UNA, SND.NXT, the highest sent, our FIN), the peer's window
 (SND.WND, WL1/WL2, its scale), the retransmission timer with RFC 6298's estimator and
 Karn's rule (rto.py), the congestion controller (congestion.py: NewReno or the
-delivery-rate model, fed the round trips and the bytes delivered) with fast retransmit,
-NewReno's partial ACKs and SACK-based recovery over the scoreboard (scoreboard.py, RFC
-6675's pipe), pacing at the controller's rate (pacing.py: what it holds back waits for
-`pace_at`), the sender's silly-window avoidance and the persist probe; what
-`transmit_stream` sends (with `large_segments`, runs of full segments as one, no longer
-than pacing allows) and what an ACK does to all of it (RFC 9293 3.10.7.4's fifth step).
+delivery-rate model, fed the round trips, the bytes delivered and whether all that was
+queued went out with the window unfilled) with fast retransmit, NewReno's partial ACKs
+and SACK-based recovery over the scoreboard (scoreboard.py, RFC 6675's pipe), pacing at
+the controller's rate (pacing.py: what it holds back waits for `pace_at`), the sender's
+silly-window avoidance and the persist probe; what `transmit_stream` sends (with
+`large_segments`, runs of full segments as one, no longer than pacing allows) and what an
+ACK does to all of it (RFC 9293 3.10.7.4's fifth step).
 
 The connection (tcp_connection.py) owns the state machine and builds the segments: this
 side calls `emit` with a sequence number, flags and payload, and tells the connection
@@ -353,6 +354,8 @@ class Sender:
             self._send_data(self.snd_nxt, 0, now)
             self.snd_nxt += 1
             self.snd_max = max(self.snd_max, self.snd_nxt)
+        if self.snd_nxt == self.snd_max >= data_end and self._pipe() < cwnd:
+            self.cc.on_app_limited()  # all sent, the window not full
 
     # -- input ------------------------------------------------------------------------
     def unwrap_ack(self, wire_ack: int, near: int) -> int:

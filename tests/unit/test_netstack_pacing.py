@@ -101,6 +101,26 @@ def test_a_path_shorter_than_the_threshold_is_not_paced() -> None:
     assert _measured(0.05).pacing_rate > 0.0
 
 
+def test_a_round_the_application_limited_counts_only_if_it_beat_the_bandwidth() -> None:
+    """Small requests measure the application's rate, not the path's: 20 such rounds at
+    1 kB/s leave the 1 MB/s measured before (they would have filled the 10-round window),
+    and one that went faster than the estimate still raises it."""
+    model = _measured(0.05)
+    window = model.cwnd
+    now = 2.0
+    delivered = 2_000_000
+    for _ in range(20):
+        model.on_app_limited()
+        now += 0.1
+        delivered += 100
+        model.on_delivered(delivered, delivered, now)
+    assert model.bandwidth == pytest.approx(1e6)
+    assert model.cwnd == window
+    model.on_app_limited()
+    model.on_delivered(delivered + 300_000, delivered + 300_000, now + 0.1)
+    assert model.bandwidth == pytest.approx(3e6)
+
+
 # -- the sender over the wire ---------------------------------------------------------
 _PATH = Link(delay_s=0.05, rate_bytes_per_s=10e6)
 _CONFIG = StackConfig(
@@ -197,3 +217,26 @@ def test_time_moves_on_while_a_paced_sender_waits() -> None:
         assert wire.step()
         same_instant = same_instant + 1 if wire.now == before else 0
         assert same_instant < STEPS_AT_ONE_INSTANT, f"time stands still at {wire.now}"
+
+
+def test_a_large_answer_after_small_requests_goes_at_the_paths_rate() -> None:
+    """An agent's pattern over a long path: a transfer, then small requests and answers
+    (each round carries 64 bytes: the application's rate), then a megabyte. The
+    megabyte leaves at the path's bandwidth; taking the small rounds as the path's, the
+    sender paced it at ~800 bytes a second and it took 6.4 s."""
+    log: list[tuple[float, int]] = []
+    wire = _sent_bytes(log)
+    client, server = open_pair(wire)
+    _drain(wire, client, server, 3_000_000)
+    assert isinstance(client.cc, DeliveryRate)
+    bulk = client.cc.bandwidth
+    for _ in range(30):
+        client.send(b"q" * 64)
+        wire.run(lambda: server.readable_bytes >= 64)
+        server.send(server.receive())
+        wire.run(lambda: client.readable_bytes >= 64)
+        client.receive()
+    assert client.cc.bandwidth >= 0.5 * bulk
+    start = wire.now
+    _drain(wire, client, server, 1_000_000)
+    assert wire.now - start < 4 * _PATH.delay_s + 2 * 1_000_000 / bulk
