@@ -237,9 +237,8 @@ class DeliveryRate:
         rate = (delivered - delivered_before) / (now - since)
         self._round = (sent, delivered, now)
         app_limited, self._app_limited = self._app_limited, False
-        if app_limited and rate < self.bandwidth:
-            return  # the application's rate, not the path's
-        self._rates.append(rate)
+        if not app_limited or rate >= self.bandwidth:  # else the application's rate
+            self._rates.append(rate)
         self._next_pacing_round()
         if not self._after_timeout:
             self.cwnd = self._window()

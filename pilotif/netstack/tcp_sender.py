@@ -277,6 +277,11 @@ class Sender:
         self._pacer.spend(len(payload))
         return used
 
+    def _app_limited(self, cwnd: int) -> bool:
+        """All that was queued went out: whether the application (not the window, not our
+        send buffer's cap) is what keeps the window unfilled."""
+        return 2 * self.buffered_bytes < self._config.send_buffer_bytes and self._pipe() < cwnd
+
     def _large_segment_bytes(self) -> int:
         """The most payload of one large segment: what the window sends in
         LARGE_SEGMENT_BURST_S at its rate (cwnd / srtt, as Linux sizes TSO), no more than
@@ -354,8 +359,8 @@ class Sender:
             self._send_data(self.snd_nxt, 0, now)
             self.snd_nxt += 1
             self.snd_max = max(self.snd_max, self.snd_nxt)
-        if self.snd_nxt == self.snd_max >= data_end and self._pipe() < cwnd:
-            self.cc.on_app_limited()  # all sent, the window not full
+        if self.snd_nxt == self.snd_max >= data_end and self._app_limited(cwnd):
+            self.cc.on_app_limited()
 
     # -- input ------------------------------------------------------------------------
     def unwrap_ack(self, wire_ack: int, near: int) -> int:

@@ -240,3 +240,34 @@ def test_a_large_answer_after_small_requests_goes_at_the_paths_rate() -> None:
     start = wire.now
     _drain(wire, client, server, 1_000_000)
     assert wire.now - start < 4 * _PATH.delay_s + 2 * 1_000_000 / bulk
+
+
+def test_a_sender_its_application_keeps_full_is_not_application_limited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transfer whose application keeps the send buffer full is limited by the path or
+    by that buffer (1 MiB here, half the path's window: all of it is sent at times), and
+    its rounds count as the path's; a lone small request is the application's."""
+    small_buffer = replace(_CONFIG, send_buffer_bytes=1 << 20)
+    wire = Wire(link=_PATH, config_a=small_buffer, config_b=_CONFIG)
+    client, server = open_pair(wire)
+    flagged: list[int] = []
+    monkeypatch.setattr(
+        client.cc, "on_app_limited", lambda: flagged.append(client.send_buffered_bytes)
+    )
+    data = payload(12_000_000, 7)
+    sent = received = 0
+
+    def app() -> None:
+        nonlocal sent, received
+        sent += client.send(memoryview(data)[sent : sent + 256 * 1024])
+        received += len(server.receive())
+
+    wire.run(lambda: received >= 6_000_000, app=app)
+    assert flagged == []
+    wire.run(lambda: received >= len(data), app=app)  # the tail is the application's
+    wire.settle(1.0)
+    flagged.clear()
+    client.send(b"q" * 64)
+    wire.step(until_s=wire.now)
+    assert flagged == [64]
