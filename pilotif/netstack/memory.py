@@ -172,6 +172,12 @@ class Account:
         memory = self._memory
         return memory.charged_bytes + size_bytes <= memory.pressure_bytes
 
+    def fits_in_budget(self, size_bytes: int) -> bool:
+        """Whether `size_bytes` more fit in the budget at all (a window's edge rounded up
+        to its scale's unit: a few bytes, taken whatever the shares say)."""
+        memory = self._memory
+        return memory.charged_bytes + size_bytes <= memory.budget_bytes
+
     def window_room(self) -> int:
         """Bytes more the receive side may be promised (its window grow by): the
         reserve's rest, then up to the pressure line, or beyond it up to this

@@ -203,11 +203,7 @@ class Receiver:
         kept = -(-window >> self.shift)
         field = min(max((edge - self.rcv_nxt) >> self.shift, kept), MAX_WINDOW_FIELD)
         beyond = (field << self.shift) - max(free, window)
-        if (
-            beyond > 0
-            and not self._account.fits_below_line(beyond)
-            and beyond > self._account.window_room()
-        ):
+        if beyond > 0 and not self._account.fits_in_budget(beyond):
             field = window >> self.shift
             self._count("window_rounded_down")
         self._advertise(self.rcv_nxt + (field << self.shift))

@@ -157,3 +157,27 @@ def test_windows_never_promise_more_than_the_budget_and_data_in_them_is_kept(
         promised = sum(_promised(s) for s in servers)
         assert promised <= budget, f"windows and buffers promise {promised} of {budget}"
     assert not wire.b.counters["memory_full_drop"] + wire.b.counters["memory_pressure_drop"]
+
+
+def test_with_no_byte_of_the_budget_left_the_edge_is_rounded_down_and_data_still_taken() -> None:
+    """The kept edge's round-up needs a few bytes of the budget; with none left the field
+    is rounded down (counted), by less than a unit, and what the peer sends up to the
+    edge advertised before is still taken."""
+    wire = Wire(config_b=SCALED)
+    client, server = open_pair(wire)
+    unit = 1 << SCALED.receive_window_shift()
+    client.send(payload(100_000, 4))  # B's application reads none of it
+    wire.settle(1.0)
+    memory = wire.b.memory
+    before = memory.charged_bytes
+    rest = memory.open(lambda: None)  # something else takes every byte left
+    rest.hold(memory.budget_bytes - before - memory.reserve_bytes, 0)
+    assert memory.charged_bytes == memory.budget_bytes
+    receiver = server._receiver
+    edge = receiver.rcv_adv
+    client.send(payload(unit * 40 + 3, 5))
+    wire.settle(1.0)
+    assert wire.b.counters["window_rounded_down"] > 0
+    assert receiver.rcv_adv == edge  # where data is taken did not move
+    assert memory.charged_bytes <= memory.budget_bytes
+    assert server.readable_bytes == 100_000 + unit * 40 + 3
