@@ -13,7 +13,9 @@ requests, cookies, retries), in one process:
    `--heartbeat-s` seconds (the node's REGISTER_INTERVAL_S; the node has no jitter: its
    own start spreads it) after each answer, so registration and heartbeats overlap;
 2. heartbeats: then for `--measure-s` seconds more: the round trip of each heartbeat
-   since the first registration (p50/p99/max), the registry's CPU and memory;
+   since the first registration (p50/p99/max: from the send to the moment the kernel
+   queued the answer, its receive timestamp, so that a load process busy elsewhere
+   does not count its own lateness), the registry's CPU and memory;
 3. with `--registry-outage SECONDS`: every node online, the registry (every replica)
    is SIGKILLed and started again (same state, same ports) SECONDS later. A node whose request went
    unanswered REQUEST_ATTEMPTS times gives it up and, as the node does, probes the
@@ -71,6 +73,7 @@ from typing import Any
 
 from pilotif_lab.postgres import throwaway_postgres
 
+from pilotif.control.shell import ANCILLARY_BYTES, SO_TIMESTAMPNS, kernel_arrival
 from pilotif.node.registration import probe_pause_s
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
@@ -281,6 +284,9 @@ class Swarm:
         # One /24 per address: the registry also limits new nodes per /24.
         address = f"127.{group >> 8 & 0xFF}.{group & 0xFF}.1"
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # Answers carry the time the kernel queued them: a worker busy elsewhere (six
+        # share two cores with the registry) does not count its own lateness.
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind((address, 0))
         sock.setblocking(False)
         link = RegistryLink(
@@ -318,12 +324,16 @@ class Swarm:
         answered: list[SimulatedNode] = []
         for key, _ in self.selector.select(timeout):
             node: SimulatedNode = key.data
-            now = time.monotonic()
             while True:
                 try:
-                    data, source = node.sock.recvfrom(2048)
+                    data, ancillary, _, source = node.sock.recvmsg(2048, ANCILLARY_BYTES)
                 except BlockingIOError:
                     break
+                # When it arrived, on the monotonic clock the requests were stamped with.
+                now = time.monotonic()
+                arrived = kernel_arrival(ancillary)
+                if arrived is not None:
+                    now -= min(max(time.time() - arrived, 0.0), now - node.sent_s)
                 for event in node.link.receive(data, now, source):
                     if isinstance(event, KeyAnswer) and node.probing:
                         # The registry is back: register (as Registration._back does).

@@ -122,7 +122,7 @@ class CoreProtocol:
             if self._core.urgent(data):
                 self.answer(data, source)
             elif len(self._backlog) < MAX_BACKLOG:
-                self._backlog.append((data, source, _arrival(ancillary)))
+                self._backlog.append((data, source, kernel_arrival(ancillary)))
             else:
                 self._core.counters["backlog_full"] += 1
         if self._backlog and not self._draining:
@@ -240,7 +240,7 @@ def serving_udp(
         sock.close()
 
 
-def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+def kernel_arrival(ancillary: list[tuple[int, int, bytes]]) -> float | None:
     """When the kernel queued a datagram (its receive timestamp), if it says."""
     for level, kind, value in ancillary:
         if (level, kind) == (socket.SOL_SOCKET, SCM_TIMESTAMPNS) and len(value) >= _TIMESPEC.size:
