@@ -414,7 +414,8 @@ class Swarm:
         if self.restart_at is None or now < self.restart_at:
             self.probes += 1
         assert node.lost_s is not None
-        self._schedule(node, now + probe_pause_s(now - node.lost_s, self.rng))
+        pause_s = probe_pause_s(now - node.lost_s, self.rng, len(self.registries))
+        self._schedule(node, now + pause_s)
 
     def _gave_up(self, node: SimulatedNode, now: float) -> None:
         """As the node does when the registry is silent: offline, and probing it until

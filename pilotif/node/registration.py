@@ -71,9 +71,10 @@ PROBE_BACKOFF: Final = 0.1
 fleet does not hammer a registry that is down for long, and notices its return within
 a tenth of the outage's length by itself (the registry tells it sooner)."""
 PROBE_MAX_S: Final = 10.0
-"""The longest mean pause: the probes keep the NAT's mapping towards the registry open
-(UDP mappings may last 30 s; WireGuard keeps its own open every 25 s), so the key
-answer a returning registry sends reaches the node."""
+"""The longest mean pause towards each registry address (with replicas, probed in turn,
+the pause is this over their number): the probes keep the NAT's mapping towards it open
+(UDP mappings may last 30 s; WireGuard keeps its own open every 25 s), so the key answer
+a returning registry sends reaches the node."""
 PROBE_JITTER: Final = 0.25
 """Each pause is stretched or shrunk by up to this fraction at random: a fleet that lost
 its registry at the same moment does not probe in step."""
@@ -81,10 +82,11 @@ DEFAULT_NETWORK: Final = "100.64.0.0/10"
 """The overlay prefix when a registry's reply names none."""
 
 
-def probe_pause_s(away_s: float, rng: random.Random) -> float:
+def probe_pause_s(away_s: float, rng: random.Random, addresses: int = 1) -> float:
     """The pause before the next probe when the registry has been away for `away_s`:
-    PROBE_BACKOFF of it, within PROBE_EVERY_S and PROBE_MAX_S, give or take PROBE_JITTER."""
-    mean_s = min(max(away_s * PROBE_BACKOFF, PROBE_EVERY_S), PROBE_MAX_S)
+    PROBE_BACKOFF of it, at least PROBE_EVERY_S and at most PROBE_MAX_S over the number
+    of registry `addresses` probed in turn, give or take PROBE_JITTER."""
+    mean_s = min(max(away_s * PROBE_BACKOFF, PROBE_EVERY_S), PROBE_MAX_S / addresses)
     return mean_s * (1 + PROBE_JITTER * (2 * rng.random() - 1))
 
 
@@ -163,8 +165,10 @@ class Registration:
         while the registry is away)."""
         self.probe_s: float | None = None
         """When the next probe goes (None: the registry is not away)."""
-        self._away_s = 0.0
-        """When the probes began (while `probe_s` is not None)."""
+        self._away_s: float | None = None
+        """Since when no registration was answered (the probes back off from then: a
+        probe answered by a registry that then leaves the registration unanswered does
+        not start them again at PROBE_EVERY_S)."""
         self.rng = random.Random()
         """The probes' jitter (tests seed it)."""
         self._checking_key = False
@@ -196,15 +200,24 @@ class Registration:
         self._away(now)
 
     def _away(self, now: float) -> None:
-        """The registry does not answer: no heartbeat, a probe at once and then after
-        each `probe_pause_s` until one is answered."""
+        """The registry does not answer: no heartbeat, a probe at once (after a pause if
+        it answered a probe since it last took a registration) and then after each
+        `probe_pause_s` until one is answered."""
         self.next_s = None
-        if self.probe_s is None:
-            self.probe_s = self._away_s = now
+        if self._away_s is None:
+            self._away_s = now
+            self.probe_s = now
+        elif self.probe_s is None:
+            # A probe was answered, the registration was not: go on backing off.
+            self.probe_s = now + self._probe_pause_s(now)
 
     def _probe(self, now: float) -> None:
         self._link.probe()
-        self.probe_s = now + probe_pause_s(now - self._away_s, self.rng)
+        self.probe_s = now + self._probe_pause_s(now)
+
+    def _probe_pause_s(self, now: float) -> float:
+        away_s = 0.0 if self._away_s is None else now - self._away_s
+        return probe_pause_s(away_s, self.rng, len(self._link.endpoints))
 
     def register(self, now: float) -> None:
         """Send a registration (the key first, if none is pinned)."""
@@ -281,7 +294,7 @@ class Registration:
             if moved:
                 self._sink.items.append(PublicEndpointChanged(previous, self.public_endpoint))
         self.next_s = now + REGISTER_INTERVAL_S
-        self.lost_s = self.key_refused = self.probe_s = None
+        self.lost_s = self.key_refused = self.probe_s = self._away_s = None
         rehandshake, self._rehandshake = self._rehandshake or moved, False
         self.other_family.registered(now)
         return Registered(

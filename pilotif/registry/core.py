@@ -198,7 +198,7 @@ class RegistryCore:
         """Whether a key request from `source` is answered by the recall's rules (it
         brings a registration back: registry/recall.py)."""
         recall, owner = self._recall, self._presence.owner(source)
-        if recall is None or owner is None:
+        if recall is None or not recall.started or owner is None:
             return True
         return recall.answers_probe(owner, now, self._front.gate.queue_delay(now))
 
@@ -353,23 +353,28 @@ class RegistryCore:
             self._recall = None
             log_event(
                 "recall_done",
-                told=self.counters["recalled"],
+                told=self.counters["recalled"] + self.counters["recalled_by_probe"],
                 back=self.counters["recalled_back"],
             )
         return [(self._key_reply, endpoint) for endpoint in endpoints]
 
     def _recalled_elsewhere(self, replica: str | None, live: set[str]) -> bool:
-        """Whether a node whose record names `replica` is another replica's to recall:
-        one alive has it, or it had a replica that died and another replica on that
-        one's host and port (its restart) is alive."""
+        """Whether a node whose record names `replica` is another replica's to have or
+        to recall. Ours: a node of our predecessor (a replica on our host and port,
+        alive or not: it may still count as alive a moment after its restart), and of
+        a replica that died and was not restarted (a replica on its host and port), if
+        we are the first alive by name (as for orphans). Another's: a node of a replica
+        alive, or of one whose restart is alive."""
         if replica is None or self.replica is None or replica == self.replica:
             return False
-        if replica in live:
-            return True
         address = replica.rpartition(":")[0]
-        return address != self.replica.rpartition(":")[0] and any(
-            other.rpartition(":")[0] == address for other in live
-        )
+        mine = self.replica.rpartition(":")[0]
+        if address == mine:
+            return False
+        if replica in live or any(other.rpartition(":")[0] == address for other in live):
+            return True
+        others = (name for name in live if name.rpartition(":")[0] != mine)
+        return min(others, default=self.replica) < self.replica
 
     def handle_notifications(self, now: float) -> list[Outgoing]:
         """The database notified us: what other replicas left for us, if anything came

@@ -10,12 +10,16 @@ within RECALL_WAIT_S no longer counts: it left, or its mapping did), which start
 RECALL_FIRST_WINDOW, grows by one for each node back, and halves (once per
 RECALL_CUT_EVERY_S) when what waits in the registry's backlog waited more than
 RECALL_QUEUE_TARGET_S, half the delay at which the registry sheds (ControlGate): the
-registrations the answers bring are then served, not answered busy. Those silent longest
-are told first. A probe from a node still to be told counts as telling it: answered
-while the window has room, else left unanswered (the node is told soon). A node that
-came back by itself since the start, that would have expired, or that another replica
-alive has, is not told. Nothing else moves: the answer
-is what any key request gets, and it goes only to addresses nodes registered from.
+registrations the answers bring are then served, not answered busy.
+
+Only the nodes online when the registry stopped are told (seen within
+RECALL_SEEN_WITHIN_S of the latest seen: the database has a node's time only to
+SEEN_WRITE_S), those seen last first: one gone for long would hold a place in the window
+for nothing. A probe from a node still to be told counts as telling it: answered while
+the window has room, else left unanswered (the node is told soon). A node that came
+back by itself since the start, that would have expired, or that is another replica's
+to have or to recall, is not told. Nothing else moves: the answer is what any key
+request gets, and it goes only to addresses nodes registered from.
 """
 
 from collections import Counter
@@ -23,6 +27,8 @@ from collections.abc import Callable
 from typing import Final
 
 from pilotif.control.gate import QUEUE_INTERVAL_S, QUEUE_TARGET_S
+from pilotif.registry.presence import ONLINE_WINDOW_S
+from pilotif.registry.register import SEEN_WRITE_S
 from pilotif.wg.events import Endpoint
 
 RECALL_EVERY_S: Final = 0.02
@@ -37,6 +43,11 @@ RECALL_CUT_EVERY_S: Final = QUEUE_INTERVAL_S
 """At most one halving per interval (the backlog's wait answers a change that late)."""
 RECALL_WAIT_S: Final = 2.0
 """How long a node told counts as on its way."""
+RECALL_SEEN_WITHIN_S: Final = SEEN_WRITE_S + ONLINE_WINDOW_S
+"""Nodes seen this long before the latest seen were offline when the registry stopped."""
+RECALL_PASSES_PER_CALL: Final = 4 * RECALL_MAX_WINDOW
+"""The most nodes passed over (told by a probe, back, expired, another replica's) in one
+call: the loop's other work has its turn."""
 
 Known = tuple[bytes, Endpoint, float, str | None]
 """A node the database knows: its key, the endpoint it last registered from, when, and
@@ -44,17 +55,20 @@ the replica it talked to (None: the only registry, or none)."""
 SeenSince = Callable[[bytes, float], bool]
 """Whether a node (by key) registered at or after a time."""
 Elsewhere = Callable[[str | None], bool]
-"""Whether the replica named (None: none) is another one, alive."""
+"""Whether a node whose record names that replica (None: none) is another replica's to
+have or to recall."""
 
 
 class Recall:
     """Whom to tell that the registry is back, and when; see the module docstring."""
 
     def __init__(self, known: list[Known], counters: Counter[str]) -> None:
-        self._left = sorted(known, key=lambda node: node[2], reverse=True)
-        """Nodes not told yet, the one silent longest last (popped first); those a probe
-        told meanwhile are passed over."""
-        self._waiting = {node[0] for node in known}
+        latest = max((node[2] for node in known), default=0.0)
+        online = [node for node in known if node[2] >= latest - RECALL_SEEN_WITHIN_S]
+        self._left = sorted(online, key=lambda node: node[2])
+        """Nodes not told yet, the one seen last last (popped first); those a probe told
+        meanwhile are passed over."""
+        self._waiting = {node[0] for node in online}
         """The keys of `_left` not told yet."""
         self._told: dict[bytes, float] = {}
         """Nodes told and not back yet: when they were told."""
@@ -63,6 +77,11 @@ class Recall:
         self.window = float(RECALL_FIRST_WINDOW)
         """How many nodes may be told and not back yet."""
         self._cut_s = float("-inf")
+
+    @property
+    def started(self) -> bool:
+        """Whether the recall began (the service asked whom to tell)."""
+        return self._started_s is not None
 
     @property
     def done(self) -> bool:
@@ -112,7 +131,11 @@ class Recall:
                 self.window = max(self.window / 2, 1.0)
             return []
         endpoints: list[Endpoint] = []
+        passes = 0
         while self._left and len(self._told) < int(self.window):
+            passes += 1
+            if passes > RECALL_PASSES_PER_CALL:
+                break
             key, endpoint, last_seen, replica = self._left.pop()
             if key not in self._waiting:
                 continue

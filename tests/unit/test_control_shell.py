@@ -142,3 +142,31 @@ def test_past_its_bound_the_backlog_drops_and_counts(
     _serve_queued(tmp_path, core, crowd)
     assert core.handled == crowd[:5]
     assert core.counters["backlog_full"] == 5
+
+
+def test_what_a_housekeeping_action_returns_is_sent_and_a_failure_does_not_stop_it() -> None:
+    """The recall and the orphan notices are housekeeping actions that return datagrams:
+    each run's are sent; an action that fails is run again at the next period."""
+    sent: list[list[Outgoing]] = []
+    runs = 0
+
+    def action() -> list[Outgoing] | None:
+        nonlocal runs
+        runs += 1
+        if runs == 2:
+            raise RuntimeError("the database is down")
+        return [(bytes((runs,)), ("198.18.0.1", 4000))] if runs % 2 else None
+
+    async def test() -> None:
+        task = asyncio.create_task(shell._every("recall", 0.001, action, sent.append))
+        async with asyncio.timeout(WAIT_S):
+            while runs < 5:
+                await asyncio.sleep(0.001)
+        task.cancel()
+
+    asyncio.run(test())
+    assert sent[:3] == [
+        [(b"\x01", ("198.18.0.1", 4000))],
+        [(b"\x03", ("198.18.0.1", 4000))],
+        [(b"\x05", ("198.18.0.1", 4000))],
+    ]

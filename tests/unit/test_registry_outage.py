@@ -6,6 +6,7 @@ second however long the outage; a registry back without a restart is found by th
 probes; forged or stray answers change nothing. No sockets, no root."""
 
 import itertools
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import pytest
 
 from pilotif.control.wire import CONTROL_TYPE, KEY_REQUEST, KEY_REQUEST_TYPE, pack_key_reply
 from pilotif.node.events import RegistryKeyRefused, RegistryRegained, RegistrySwitched
-from pilotif.node.registration import PROBE_BACKOFF, PROBE_EVERY_S, PROBE_JITTER, PROBE_MAX_S
+from pilotif.node.registration import (
+    PROBE_BACKOFF,
+    PROBE_EVERY_S,
+    PROBE_JITTER,
+    PROBE_MAX_S,
+    probe_pause_s,
+)
 from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.wg.crypto import generate_private_key, public_key
 from tests.unit.netsim import REGISTRY, Network, SimNode
@@ -72,6 +79,41 @@ def test_probes_while_away_are_small_jittered_and_back_off_to_one_in_ten_seconds
     late = [when for when, _ in sent if when >= net.now - LONG_OUTAGE_S / 2]
     per_s = len(late) / (LONG_OUTAGE_S / 2)
     assert 1 / LONGEST_PAUSE_S <= per_s <= 1 / (PROBE_MAX_S * (1 - PROBE_JITTER)), per_s
+
+
+def test_a_registry_that_answers_probes_but_not_registrations_is_not_hammered(
+    net: Network,
+) -> None:
+    """Its process runs but its database is down (or it sheds silently): each answered
+    probe brings a registration that goes unanswered. The probes keep backing off from
+    the first silence, so the node sends about one probe and one registration's
+    attempts per PROBE_MAX_S (before: a probe and a registration's attempts every few
+    seconds, 1.2 datagrams a second)."""
+    alpha = net.node("alpha")
+    net.up(alpha)
+    sent = _away(net, alpha)
+    registry = net.registry
+    answer = registry.handle_datagram
+    registry.handle_datagram = lambda data, source, now: (  # type: ignore[method-assign]
+        answer(data, source, now) if data == KEY_REQUEST else []
+    )
+    net.registry_down = False
+    net.run(LONG_OUTAGE_S)
+    late = [data for when, data in sent if when >= net.now - LONG_OUTAGE_S / 2]
+    probes = late.count(KEY_REQUEST)
+    assert probes <= LONG_OUTAGE_S / 2 / (PROBE_MAX_S * (1 - PROBE_JITTER)) + 1, probes
+    # Per answered probe, the registration's attempts (and a request that waited).
+    assert len(late) - probes <= probes * (REQUEST_ATTEMPTS + 1), len(late)
+    assert not alpha.core.registry_online
+
+
+def test_with_replicas_each_address_is_probed_often_enough_to_keep_its_mapping() -> None:
+    """Probed in turn, each of three replicas still hears a node at least every
+    PROBE_MAX_S (give or take the jitter): its NAT mapping towards each stays open."""
+    rng = random.Random(3)
+    longest = max(probe_pause_s(3600.0, rng, 3) for _ in range(1000))
+    assert 3 * longest <= PROBE_MAX_S * (1 + PROBE_JITTER)
+    assert max(probe_pause_s(3600.0, rng) for _ in range(1000)) > PROBE_MAX_S
 
 
 def test_a_restarted_registry_tells_its_nodes_so_a_long_outage_ends_within_a_second(
