@@ -42,7 +42,11 @@ request (the notice, or the heartbeat that found the silence) to that answer.
 
 `registry_counters` are what the registries counted of their drops and cheap answers
 (busy notices, key requests left unanswered while behind, backlog full, cookie
-replies), from the `registry_stopped` line each logs. `dropped` counts the datagrams the
+replies), from the `registry_stopped` line each logs, and `urgent_wait_p50_us`,
+`_p99_us`, `_max_us`: how long the datagrams a registry answered as it read them
+(heartbeats on a kept channel, key requests) waited in its socket's queue, the
+registry's own share of a heartbeat's round trip (the largest of the replicas'; of a
+registry restarted after an outage, its second run's). `dropped` counts the datagrams the
 registry's socket dropped (the kernel's count for that socket) plus the heartbeats that
 needed a second attempt. Nodes share a source address 16 at a time, each in a /24 of
 its own, below the registry's limits of new nodes per address and per /24. Run it on a
@@ -645,17 +649,27 @@ def _registries(
                     process.wait()
             for index in range(len(processes)):
                 for name, value in _stop_counters(_log_path(Path(tmp) / f"state-{index}")).items():
-                    counters[name] = counters.get(name, 0) + value
+                    if name.startswith("urgent_wait_"):
+                        counters[name] = max(counters.get(name, 0), value)
+                    else:
+                        counters[name] = counters.get(name, 0) + value
 
 
 def _stop_counters(log: Path) -> dict[str, int]:
-    """The REGISTRY_COUNTERS of the `registry_stopped` line in a registry's log."""
+    """The REGISTRY_COUNTERS of the `registry_stopped` line in a registry's log, and the
+    `urgent_waits` line's p50, p99 and max in microseconds (`urgent_wait_*_us`)."""
+    found: dict[str, int] = {}
     for line in reversed(log.read_text().splitlines()):
         with contextlib.suppress(ValueError):
             event = json.loads(line)
             if event.get("event") == "registry_stopped":
-                return {name: int(event.get(name, 0)) for name in REGISTRY_COUNTERS}
-    return {}
+                found |= {name: int(event.get(name, 0)) for name in REGISTRY_COUNTERS}
+            if event.get("event") == "urgent_waits":
+                found |= {
+                    f"urgent_wait_{name}_us": round(float(event[f"{name}_ms"]) * 1000)
+                    for name in ("p50", "p99", "max")
+                }
+    return found
 
 
 def _log_path(state_dir: Path) -> Path:

@@ -24,6 +24,7 @@ from pilotif.control.stream_listener import (
     StreamListener,
     plain_host,
 )
+from pilotif.util.delays import DelayHistogram
 from pilotif.util.logs import log_event
 from pilotif.wg.events import Endpoint
 
@@ -99,6 +100,9 @@ class CoreProtocol:
         self._draining = False
         self.streams: StreamListener | None = None
         """The stream listener, once serving: its sources are answered down their stream."""
+        self.urgent_waits = DelayHistogram()
+        """How long each datagram answered as read waited in the socket's queue (a
+        heartbeat's share of its round trip; logged as `urgent_waits` at the end)."""
 
     def attach(self, sock: socket.socket) -> None:
         """Serve the (non-blocking, bound) UDP socket `sock`."""
@@ -120,6 +124,9 @@ class CoreProtocol:
                 continue
             source = (plain_host(str(addr[0]), self._dual_stack), int(addr[1]))
             if self._core.urgent(data):
+                arrived = kernel_arrival(ancillary)
+                if arrived is not None:
+                    self.urgent_waits.add(time.time() - arrived)
                 self.answer(data, source)
             elif len(self._backlog) < MAX_BACKLOG:
                 self._backlog.append((data, source, kernel_arrival(ancillary)))
@@ -217,6 +224,14 @@ async def serve_until_stopped(
                     server.close()
                 if protocol.streams is not None:
                     protocol.streams.close()
+                waits = protocol.urgent_waits
+                log_event(
+                    "urgent_waits",
+                    count=waits.count,
+                    p50_ms=waits.quantile_ms(0.5),
+                    p99_ms=waits.quantile_ms(0.99),
+                    max_ms=round(waits.max_s * 1000, 3),
+                )
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -170,3 +170,34 @@ def test_what_a_housekeeping_action_returns_is_sent_and_a_failure_does_not_stop_
         [(b"\x03", ("198.18.0.1", 4000))],
         [(b"\x05", ("198.18.0.1", 4000))],
     ]
+
+
+def test_the_wait_of_each_datagram_answered_as_read_is_kept(tmp_path: Path) -> None:
+    """What a heartbeat waited in the socket's queue (its share of the round trip the
+    load bench measures) goes into the shell's histogram; the backlog's does not."""
+    core = RecordingCore()
+    lease = CounterLease(tmp_path / "counter")
+
+    async def test() -> None:
+        with (
+            serving_udp(core, lease, ("127.0.0.1", 0)) as (protocol, at),
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
+        ):
+            client.settimeout(WAIT_S)
+            # The kernel stamps datagrams a moment after the socket asks: wait for that.
+            async with asyncio.timeout(WAIT_S):
+                while protocol.urgent_waits.count == 0:
+                    client.sendto(URGENT + b"first", at)
+                    await asyncio.sleep(0.05)
+            before = protocol.urgent_waits.count
+            for number in range(DATAGRAMS):
+                client.sendto(URGENT + bytes((number,)), at)
+                client.sendto(bytes((number,)), at)
+            time.sleep(HELD_S)
+            async with asyncio.timeout(WAIT_S):
+                while core.heard < before + 2 * DATAGRAMS:
+                    await asyncio.sleep(0.01)
+            assert protocol.urgent_waits.count == before + DATAGRAMS
+            assert HELD_S <= protocol.urgent_waits.quantile(0.5) < WAIT_S
+
+    asyncio.run(test())
