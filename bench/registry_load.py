@@ -50,7 +50,8 @@ registry restarted after an outage, its second run's). `dropped` counts the data
 registry's socket dropped (the kernel's count for that socket) plus the heartbeats that
 needed a second attempt. Nodes share a source address 16 at a time, each in a /24 of
 its own, below the registry's limits of new nodes per address and per /24. Run it on a
-quiet machine: the registry and this process share its cores.
+quiet machine: the registry and this process share its cores (`--load-nice 10` runs the
+load processes, which stand for 100,000 other machines, below the registry).
 """
 
 import argparse
@@ -178,12 +179,14 @@ class Results:
     failover_s: list[float] = field(default_factory=list)
     served_after_kill_s: list[float] = field(default_factory=list)
     nodes_told: int = 0
+    load_nice: int = 0
 
     def summary(self) -> dict[str, Any]:
         beats = sorted(self.heartbeat_ms)
         probes = sorted(self.new_registration_ms)
         return {
             "nodes": self.nodes,
+            "load_nice": self.load_nice,
             "registration_s": round(self.registration_s, 1),
             "registrations_per_s": round(self.registrations_per_s),
             "registrations_per_s_first_tenth": round(self.registrations_per_s_first_tenth),
@@ -550,11 +553,18 @@ def _probe_new_registrations(swarm: Swarm, probes: int) -> list[float]:
 
 
 def _worker(
-    conn: Connection, first: int, count: int, registries: list[tuple[str, int]], key: bytes
+    conn: Connection,
+    first: int,
+    count: int,
+    registries: list[tuple[str, int]],
+    key: bytes,
+    nice: int,
 ) -> None:
     """One process's share of the nodes (a process may hold only so many sockets),
     driven by commands from the bench: ("register", window, interval_s), ("heartbeats",
-    measure_s, kill_at), ("outage", restart_at, return_s), ("probe", count), ("stop",)."""
+    measure_s, kill_at), ("outage", restart_at, return_s), ("probe", count), ("stop",);
+    at `nice` (os.nice) beside the registry."""
+    os.nice(nice)
     swarm = Swarm(registries, key, first)
     for _ in range(count):
         swarm.add()
@@ -694,7 +704,7 @@ def run(args: argparse.Namespace) -> Results:
         raise SystemExit("--replicas needs PostgreSQL (--database URL or --postgresql)")
     per_process = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1024
     resource.setrlimit(resource.RLIMIT_NOFILE, (per_process + 1024,) * 2)
-    results = Results(args.nodes, replicas=args.replicas)
+    results = Results(args.nodes, replicas=args.replicas, load_nice=args.load_nice)
     with (
         _database(args) as database,
         _registries(database, args.replicas, results.registry_counters) as (
@@ -710,7 +720,9 @@ def run(args: argparse.Namespace) -> Results:
             ours, theirs = multiprocessing.Pipe()
             count = min(per_process, args.nodes - first)
             worker = multiprocessing.Process(
-                target=_worker, args=(theirs, first, count, registries, key), daemon=True
+                target=_worker,
+                args=(theirs, first, count, registries, key, args.load_nice),
+                daemon=True,
             )
             worker.start()
             workers.append((worker, ours))
@@ -839,6 +851,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--return-s", type=float, default=60.0, help="how long the return is watched"
+    )
+    parser.add_argument(
+        "--load-nice",
+        type=int,
+        default=0,
+        help="run the load processes at this niceness (they stand for other machines: "
+        "with 10 the registry gets the CPU it asks for first)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
