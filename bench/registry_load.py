@@ -527,8 +527,11 @@ def _register_all(swarm: Swarm, window: int) -> list[float]:
         while next_node < len(swarm.nodes) and len(swarm.waiting) < window:
             swarm.register(swarm.nodes[next_node], time.monotonic())
             next_node += 1
-        for _ in swarm.poll(min(swarm.beat(time.monotonic()), RETRY_CHECK_S)):
-            done_at.append(time.monotonic())
+        for node in swarm.poll(min(swarm.beat(time.monotonic()), RETRY_CHECK_S)):
+            # Registered nodes heartbeat meanwhile: their answers are not registrations
+            # (counted, they ended this loop with ~40% of 100,000 nodes never registered).
+            if not node.beat:
+                done_at.append(time.monotonic())
         now = time.monotonic()
         if now - last_retry >= RETRY_CHECK_S:
             swarm.retry(now)
