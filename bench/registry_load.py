@@ -532,12 +532,12 @@ def _register_all(swarm: Swarm, window: int) -> list[float]:
             # (counted, they ended this loop with ~40% of 100,000 nodes never registered).
             if not node.beat:
                 done_at.append(time.monotonic())
+        # What was given up (a node then probes and registers once answered) is counted in
+        # `gave_up`, not a reason to stop: the run says how much.
         now = time.monotonic()
         if now - last_retry >= RETRY_CHECK_S:
             swarm.retry(now)
             last_retry = now
-        if swarm.gave_up:
-            raise SystemExit(f"{swarm.gave_up} registrations got no answer")
     return done_at
 
 
