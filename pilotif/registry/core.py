@@ -367,13 +367,12 @@ class RegistryCore:
         alive, or of one whose restart is alive."""
         if replica is None or self.replica is None or replica == self.replica:
             return False
-        address = replica.rpartition(":")[0]
-        mine = self.replica.rpartition(":")[0]
+        address, mine = _host_port(replica), _host_port(self.replica)
         if address == mine:
             return False
-        if replica in live or any(other.rpartition(":")[0] == address for other in live):
+        if replica in live or any(_host_port(other) == address for other in live):
             return True
-        others = (name for name in live if name.rpartition(":")[0] != mine)
+        others = (name for name in live if _host_port(name) != mine)
         return min(others, default=self.replica) < self.replica
 
     def handle_notifications(self, now: float) -> list[Outgoing]:
@@ -410,3 +409,8 @@ class RegistryCore:
     def nodes_online(self, now: float) -> int:
         """How many nodes have registered within ONLINE_WINDOW_S."""
         return self._presence.nodes_online(now)
+
+
+def _host_port(replica: str) -> str:
+    """The host and port of a replica's name (HOST:PORT:PID): where its restart runs."""
+    return replica.rpartition(":")[0]
