@@ -182,7 +182,11 @@ class StackTransport(asyncio.Transport):
             self._linger.cancel()
         make_error = _ERRORS.get(reason)
         error = None if make_error is None or self._closing else make_error()
-        self._loop.call_soon(self._protocol.connection_lost, error)
+        self._loop.call_soon(self._tell_lost, error)
+
+    def _tell_lost(self, error: Exception | None) -> None:
+        # The protocol of that moment (a splice may have taken the transport over since).
+        self._protocol.connection_lost(error)
 
     def _send(self, data: bytes | bytearray | memoryview) -> int:
         try:

@@ -1,7 +1,7 @@
 """Two userspace nodes (pilotif.userspace.UserspaceStack) on a real event loop, each with
 its data path and WireGuard device, their Binds linked in memory: TCP through both
 devices as asyncio streams (the bulk as large segments, sealed as GSO trains), ICMP echo,
-refusals, resets and a paused reader."""
+refusals, resets, a paused reader, and an exposed port spliced to a local server."""
 
 import asyncio
 import contextlib
@@ -16,6 +16,7 @@ from test_datapath import SocketBind
 from pilotif.daemon.datapath import DataPath
 from pilotif.packet.ip import BytesLike
 from pilotif.userspace import UserspaceStack
+from pilotif.userspace.expose import Expose, Exposer
 from pilotif.userspace.stack import STREAM_LIMIT_BYTES
 from pilotif.userspace.transport import READ_CHUNK_BYTES
 from pilotif.wg.events import Endpoint, PeerEndpoint
@@ -207,5 +208,31 @@ def test_a_paused_reader_holds_the_sender_back() -> None:
             await draining
             writer.write_eof()
             assert len(await got) == size
+
+    run(body)
+
+
+def test_an_exposed_port_is_spliced_to_a_local_server_both_ways() -> None:
+    """The client's end of data reaches the local server through the splice while the
+    answer still comes back (more than the transports' high-water marks), then both end."""
+
+    async def body(a: Side, b: Side) -> None:
+        async def shout(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write((await reader.read(-1)).upper())
+            await writer.drain()
+            writer.close()
+
+        local = await asyncio.start_server(shout, "127.0.0.1", 0)
+        exposer = Exposer(Expose(PORT, local.sockets[0].getsockname()[1]))
+        await b.stack.start_server(exposer.handle, PORT)
+        request = os.urandom(1024 * 1024).hex().encode()
+        async with asyncio.timeout(WAIT_S):
+            reader, writer = await a.stack.open_connection(b.stack.addresses[0], PORT)
+            writer.write(request)
+            writer.write_eof()
+            assert await reader.read(-1) == request.upper()
+            writer.close()
+        local.close()
+        assert exposer.counters["connected"] == 1
 
     run(body)
