@@ -264,6 +264,7 @@ class Daemon:
         if self.userspace is not None:
             self._local = UserspaceNode(self.userspace, parts.addresses, loop)
             self._datapath.start_stack(self._local.stack)
+            self._local.stack.wake_with(self._datapath.read_stack)
             parts.userspace = self._local.status
             self._servers = OverlayServers(
                 self.paths, parts.interface, self.events, net=self._local.stack

@@ -67,7 +67,7 @@ class DataPath:
         """Read from and deliver to `stack` (the kernel TUN, or any local stack)."""
         self.stack = stack
         self.device.merges_for_tun = stack.merges_writes
-        self._loop.add_reader(stack.fileno(), self._on_tun_readable)
+        self._loop.add_reader(stack.fileno(), self.read_stack)
 
     def close(self) -> None:
         """Stop reading and timing (the stack and the sockets are closed by their owner)."""
@@ -82,7 +82,9 @@ class DataPath:
         if self.stack is not None:
             self._loop.remove_reader(self.stack.fileno())
 
-    def _on_tun_readable(self) -> None:
+    def read_stack(self) -> None:
+        """Read and send what the local stack has (its fd is readable, or a stack that
+        runs on the loop asks: `UserspaceStack.wake_with`)."""
         self._more = None
         assert self.stack is not None
         stack = self.stack
@@ -99,7 +101,7 @@ class DataPath:
                 return
         # More waits (maybe in the stack itself, where the fd cannot say so): after the
         # other readers have had their turn.
-        self._more = self._loop.call_soon(self._on_tun_readable)
+        self._more = self._loop.call_soon(self.read_stack)
 
     def _on_udp_readable(self, sock: socket.socket) -> None:
         bind = self.bind
@@ -128,7 +130,7 @@ class DataPath:
         if self.stack is not None:
             # What we wrote may have made the kernel answer at once (a TCP ACK): take
             # it now rather than after another trip through the event loop.
-            self._on_tun_readable()
+            self.read_stack()
 
     def _on_timer(self) -> None:
         self._timer = None

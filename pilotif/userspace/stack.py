@@ -2,9 +2,10 @@
 and as asyncio streams for the programs inside the process.
 
 The data path writes decrypted packets here (`write`: into the netstack) and reads what
-the netstack sends (`read_batch`: its `poll`); a socket pair is the fd that is readable
-whenever the netstack has something to send (the application wrote, a packet wants an
-ACK, a timer is due: `kick`). The netstack's events are drained after each call into it
+the netstack sends (`read_batch`: its `poll`). Whenever the netstack has something to send
+(the application wrote, a packet wants an ACK, a timer is due: `kick`) the data path's
+read is called on the loop's next round (`wake_with`; without it, a socket pair is the fd
+made readable). The netstack's events are drained after each call into it
 and go to the transports (transport.py), to `open_connection`'s waiters and to the
 servers' accept callbacks. ICMP echo replies to our own `ping` are taken here. UDP
 (protocol 17), and the ICMP errors about our datagrams, go to the netstack's UDP
@@ -114,6 +115,9 @@ class UserspaceStack:
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
         self._woken = False
+        self._read: Callable[[], None] | None = None
+        """The data path's read (`wake_with`)."""
+        self._read_soon: asyncio.Handle | None = None
         self._pending: list[bytes | SuperPacket] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
@@ -128,6 +132,12 @@ class UserspaceStack:
     # -- LocalStack -------------------------------------------------------------------
     def fileno(self) -> int:
         return self._wake_in.fileno()
+
+    def wake_with(self, read: Callable[[], None]) -> None:
+        """Have a kick call the data path's `read` on the loop's next round rather than
+        make the fd readable (no write to the socket pair, no selector wake-up for it and
+        no read to clear it)."""
+        self._read = read
 
     def read_batch(self, limit: int) -> list[memoryview] | SuperPacket:
         """Up to `limit` of the netstack's packets as they are (no copy), or one of its
@@ -248,11 +258,15 @@ class UserspaceStack:
             self._pings.pop(sequence, None)
 
     def kick(self) -> None:
-        """Make the fd readable: the data path polls the stack."""
-        if not self._woken and not self._closed:
-            self._woken = True
-            with contextlib.suppress(BlockingIOError):
-                self._wake_out.send(_WAKE_BYTE)
+        """Have the data path poll the stack soon (once, however many kicks come first)."""
+        if self._woken or self._closed:
+            return
+        self._woken = True
+        if self._read is not None:
+            self._read_soon = self._loop.call_soon(self._read)
+            return
+        with contextlib.suppress(BlockingIOError):
+            self._wake_out.send(_WAKE_BYTE)
 
     def close(self) -> None:
         """Stop: every connection's protocol learns it was lost (the peers' own timers
@@ -264,6 +278,8 @@ class UserspaceStack:
             endpoint.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._read_soon is not None:
+            self._read_soon.cancel()
         self._closed = True
         self._wake_in.close()
         self._wake_out.close()
@@ -351,16 +367,21 @@ class UserspaceStack:
         return True
 
     def _settle(self, now: float) -> None:
-        """After a read: drained or not; the fd cleared when drained; the timer armed."""
+        """After a read: drained or not; when drained, the kick's call cancelled or the fd
+        cleared; the timer armed."""
         deadline = self.stack.next_timer()
         self.drained = (
             not self._pending and not self.udp.has_output and (deadline is None or deadline > now)
         )
         if self.drained and self._woken:
             self._woken = False
-            with contextlib.suppress(BlockingIOError):
-                while self._wake_in.recv(_DRAIN_BYTES):
-                    pass
+            if self._read_soon is not None:
+                self._read_soon.cancel()
+                self._read_soon = None
+            elif self._read is None:
+                with contextlib.suppress(BlockingIOError):
+                    while self._wake_in.recv(_DRAIN_BYTES):
+                        pass
         if deadline is None or deadline <= now:
             return
         armed = self._timer_deadline

@@ -78,6 +78,7 @@ async def two_sides() -> AsyncIterator[tuple[Side, Side]]:
         datapath = DataPath(node.device, bind, loop, lambda event: None)
         stack = UserspaceStack([node.v4, node.v6], loop)
         datapath.start_stack(stack)
+        stack.wake_with(datapath.read_stack)  # as the daemon does
         built.append(Side(stack, datapath, bind))
     try:
         yield built[0], built[1]
@@ -125,6 +126,25 @@ def test_tcp_through_two_devices_carries_bytes_intact() -> None:
         if seal_tso is not None:
             assert a.bind.trains and b.bind.trains, "large segments sealed as GSO trains"
         writer.close()
+
+    run(body)
+
+
+def test_the_stack_calls_the_data_path_without_its_fd() -> None:
+    """Writes from the application's tasks, the peer's ACKs and the retransmission timer
+    (datagrams lost) all reach the data path through `wake_with` alone."""
+
+    async def body(a: Side, b: Side) -> None:
+        loop = asyncio.get_running_loop()
+        for side in (a, b):
+            loop.remove_reader(side.stack.fileno())
+        await b.stack.start_server(echo_server, PORT)
+        async with asyncio.timeout(WAIT_S):
+            reader, writer = await a.stack.open_connection(b.stack.addresses[0], PORT)
+            a.bind.drop_next = 3
+            writer.write(b"x" * 300_000)
+            writer.write_eof()
+            assert await reader.read(-1) == b"x" * 300_000
 
     run(body)
 
