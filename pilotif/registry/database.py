@@ -100,6 +100,11 @@ class Database(Protocol):
         """The (channel, payload) pairs received since the last call (never blocks)."""
         ...
 
+    def changed_elsewhere(self) -> bool:
+        """Whether another connection may have committed a change since the last call
+        (one that is not announced by a notification)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -127,6 +132,8 @@ class SqliteDatabase:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._data_version = -1
+        """The file's `data_version` when `changed_elsewhere` last read it."""
 
     def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Cursor:
         return self._db.execute(sql, parameters)
@@ -156,6 +163,14 @@ class SqliteDatabase:
 
     def notifications(self) -> list[tuple[str, str]]:
         return []
+
+    def changed_elsewhere(self) -> bool:
+        """SQLite's `data_version` changes when another connection (`registry admin`, in
+        its own process) commits, never for this connection's own commits."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
 
     def close(self) -> None:
         self._db.close()
@@ -283,6 +298,10 @@ class PostgresDatabase:
         while (note := connection.notifies()) is not None:
             received.append((note.relname.decode(), note.extra.decode()))
         return received
+
+    def changed_elsewhere(self) -> bool:
+        """Other replicas announce what they change (NODE_CHANNEL)."""
+        return False
 
     def close(self) -> None:
         if self._listener is not None:

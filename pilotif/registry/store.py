@@ -197,7 +197,9 @@ class Store(TrustTables, NetworkTables, ReplicaTables):
     def touch(self, seen: Iterable[tuple[bytes, float]]) -> None:
         """Raise the last-seen times of these nodes (key, time) where the database has
         an earlier one, in one transaction."""
+        seen = list(seen)
         with self._transaction() as cursor:
+            self._touched(*(key for key, _ in seen))
             cursor.executemany(
                 "UPDATE nodes SET last_seen = ? WHERE public_key = ?"
                 " AND (last_seen IS NULL OR last_seen < ?)",
@@ -217,7 +219,9 @@ class Store(TrustTables, NetworkTables, ReplicaTables):
     def set_counter_floors(self, floors: Iterable[tuple[bytes, int]]) -> None:
         """Set these nodes' counter floors (key, counter) exactly, in one transaction:
         only for counters known to be the highest accepted (a lease is lowered)."""
+        floors = list(floors)
         with self._transaction() as cursor:
+            self._touched(*(key for key, _ in floors))
             cursor.executemany(
                 "UPDATE nodes SET highest_counter = ? WHERE public_key = ?",
                 [(counter, key) for key, counter in floors],
@@ -230,8 +234,12 @@ class Store(TrustTables, NetworkTables, ReplicaTables):
     def node_and_requests(self, public_key: bytes) -> tuple[NodeRecord | None, bool]:
         """The node with this key, and whether trust requests to it wait: what every
         control message needs, in one query (a round trip, on PostgreSQL)."""
-        if self._cache is not None and public_key in self._cache:
-            return self._cache[public_key]
+        cache = self._cache
+        if cache is not None:
+            if self._db.changed_elsewhere():
+                cache.clear()
+            elif (found := cache.get(public_key)) is not None:
+                return found
         row = self._db.execute(
             f"SELECT {NODE_COLUMNS},"
             " EXISTS (SELECT 1 FROM trust_requests WHERE to_key = ?) FROM nodes"

@@ -22,7 +22,7 @@ in hex): every other store lets go of what it remembered of them."""
 _KEYS_PER_NOTIFICATION: Final = 100
 """Keys in one notification (PostgreSQL takes 8,000 bytes; one round trip for many)."""
 MAX_CACHED_NODES: Final = 250_000
-"""Nodes a store on a shared database remembers (all are let go when it is full)."""
+"""Nodes a store remembers (all are let go when it is full)."""
 
 
 class StoreBase:
@@ -40,9 +40,11 @@ class StoreBase:
         self._counter_pending: dict[bytes, int] = {}
         """Counter floors not written yet."""
         self._db = open_database(location)
-        self._cache: dict[bytes, tuple[NodeRecord, bool]] | None = {} if self._db.shared else None
-        """On a shared database, what `node_and_requests` read (a heartbeat then needs no
-        round trip); a change anyone makes is announced on NODE_CHANNEL and let go."""
+        self._cache: dict[bytes, tuple[NodeRecord, bool]] | None = {}
+        """What `node_and_requests` read (a heartbeat then needs no query). What this
+        store changes is let go of when it commits; on a shared database a change anyone
+        makes is announced on NODE_CHANNEL and let go; on a SQLite file a commit by
+        another process (`registry admin`) lets go of all (`changed_elsewhere`)."""
         self._changed: set[bytes] = set()
         """Nodes the current transaction changes (announced when it commits)."""
         self._heartbeats_written: set[bytes] = set()
@@ -97,17 +99,18 @@ class StoreBase:
         (delivered when the transaction commits)."""
         if self._cache is None:
             return
+        for key in self._changed - self._heartbeats_written:
+            self._cache.pop(key, None)
+        if not self._db.shared:
+            return
         changed = sorted(self._changed)
-        for key in changed:
-            if key not in self._heartbeats_written:
-                self._cache.pop(key, None)
         for start in range(0, len(changed), _KEYS_PER_NOTIFICATION):
             keys = ",".join(key.hex() for key in changed[start : start + _KEYS_PER_NOTIFICATION])
             cursor.execute("SELECT pg_notify(?, ?)", (NODE_CHANNEL, f"{self._origin}:{keys}"))
 
     def _remember(self, key: bytes, found: tuple[NodeRecord, bool]) -> None:
-        """Keep a node (and whether requests to it wait) in memory, on a shared
-        database; all are let go when MAX_CACHED_NODES are kept."""
+        """Keep a node (and whether requests to it wait) in memory; all are let go when
+        MAX_CACHED_NODES are kept."""
         if self._cache is None:
             return
         if len(self._cache) >= MAX_CACHED_NODES:
