@@ -39,11 +39,12 @@ class Directory:
     def describe(self, node: NodeRecord, now: float) -> dict[str, Any]:
         """A node as others see it; `granted_tags` and `network_name` only where it has
         them (pages hold more nodes without them)."""
+        ipv4, ipv6 = node.address_texts
         described: dict[str, Any] = {
             "hostname": node.hostname,
             "public_key": encode_key(node.public_key),
-            "ipv4": str(node.ipv4),
-            "ipv6": str(node.ipv6),
+            "ipv4": ipv4,
+            "ipv6": ipv6,
             "tags": list(node.tags),
             "online": self.reachable(node, now),
         }

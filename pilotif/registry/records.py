@@ -4,6 +4,7 @@ join keys and trust outcomes; the `nodes` table's columns and how a row becomes 
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Final, Literal
 
@@ -111,6 +112,11 @@ class NodeRecord:
     replica: str | None = None
     """The registry replica it talks to while it is online (None: offline, or a
     registry without replicas)."""
+
+    @cached_property
+    def address_texts(self) -> tuple[str, str]:
+        """Its IPv4 and IPv6 addresses as text (in the answer to every heartbeat)."""
+        return str(self.ipv4), str(self.ipv6)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,7 @@ class Registration:
     ) -> None:
         self._directory = directory
         self._store = directory.store
+        self._network_text = str(self._store.network)
         self._sessions = sessions
         self._relays = relays
         self._require_join_key = require_join_key
@@ -218,14 +219,15 @@ class Registration:
 
     def _reply(self, request: Request, record: NodeRecord, endpoint: str) -> dict[str, Any]:
         replica = self._directory.replicas.name
+        ipv4, ipv6 = record.address_texts
         return {
             "op": "reply",
             "ok": True,
-            "ipv4": str(record.ipv4),
-            "ipv6": str(record.ipv6),
+            "ipv4": ipv4,
+            "ipv6": ipv6,
             "hostname": record.hostname,
             "public_endpoint": endpoint,
-            "network": str(self._store.network),
+            "network": self._network_text,
             "network_name": record.network,
             "granted_tags": list(record.granted_tags),
             "resync": request.new_session,
