@@ -48,6 +48,7 @@ from pilotif.packet.ip import (
     TCP_ACK,
     TCP_FIN,
     TCP_MIN_HEADER_BYTES,
+    TCP_PSH,
     TCP_SYN,
 )
 from pilotif.packet.segments import SuperPacket
@@ -505,10 +506,42 @@ class Connection:
     def on_segment(self, segment: Segment, now: float) -> None:
         """A segment for this connection (checksums already checked)."""
         self._now = now
+        if self.state is State.ESTABLISHED and self._predicted(segment, now):
+            return
         if self.state is State.SYN_SENT:
             self._on_syn_sent(segment, now)
         elif self.state is not State.CLOSED:
             self._on_synchronized(segment, now)
+
+    def _predicted(self, segment: Segment, now: float) -> bool:
+        """Header prediction (RFC 9293 3.10.7.4's common case, Van Jacobson's): in
+        ESTABLISHED, a segment with only ACK (and PSH) set, no SACK blocks, at RCV.NXT,
+        whose data fits the window with nothing held out of order, that acknowledges new
+        data or carries data, while the sender recovers nothing and the peer's window
+        stays as it was, is taken here with the same result as the general path, less
+        its checks; False (nothing done) for any other segment."""
+        if segment.flags & ~TCP_PSH != TCP_ACK or segment.sack_blocks:
+            return False
+        receiver = self._receiver
+        seq = receiver.rcv_nxt
+        payload = segment.payload
+        if (segment.seq - receiver.irs - seq) % SEQ_SPACE or not receiver.takes_next(len(payload)):
+            return False
+        sender = self._sender
+        ack = sender.predicted_ack(segment)
+        if ack is None or not (payload or ack > sender.snd_una):
+            return False
+        self._touch(now)
+        sender.update_window(segment, seq, ack)
+        if ack > sender.snd_una:
+            sender.take_new_ack(ack, now)
+            self._send_buffer_changed()
+            self._on_ack(AckResult.NEW)
+        if payload and receiver.take_next(payload):
+            self._host.report(Readable(self))
+        if receiver.ack_now or receiver.unacked_segments:
+            self._host.wake(self)
+        return True
 
     def _on_syn_sent(self, segment: Segment, now: float) -> None:
         flags = segment.flags

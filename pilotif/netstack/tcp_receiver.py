@@ -97,16 +97,12 @@ class Receiver:
         if payload:
             if start == self.rcv_nxt:
                 filled_hole = len(self.ooo) > 0
-                self.buffer += payload
-                self.rcv_nxt += len(payload)
+                readable = self._append(payload)
                 while (ready := self.ooo.pop_ready(self.rcv_nxt)) is not None:
                     self.buffer += ready[1]
                     self.rcv_nxt += len(ready[1])
-                self.unacked_segments += max(len(payload) // self._mss, 1)
-                if filled_hole or self.unacked_segments >= ACK_EVERY_SEGMENTS:
+                if filled_hole:
                     self.ack_now = True
-                readable = not self._readable_told
-                self._readable_told = True
             else:
                 if not self.ooo.add(start, payload):
                     self._count("out_of_order_full")
@@ -120,6 +116,33 @@ class Receiver:
             self.peer_closed = True
             return readable, True
         return readable, False
+
+    def takes_next(self, size: int) -> bool:
+        """Whether `size` bytes at RCV.NXT are the predicted case (header prediction):
+        inside the window, nothing held out of order, no FIN of the peer's waiting."""
+        return (
+            size <= self.rcv_adv - self.rcv_nxt and not len(self.ooo) and self._peer_fin_at is None
+        )
+
+    def take_next(self, payload: bytes | memoryview) -> bool:
+        """The data of a segment at RCV.NXT that `takes_next`: as `take` would take it;
+        whether data became readable for the first time since the buffer was emptied."""
+        if self._window_target < self._config.receive_buffer_bytes:
+            self._grow_window(len(payload))
+        readable = self._append(payload)
+        self._account.hold_receive(self.held_bytes, self._promised())
+        return readable
+
+    def _append(self, payload: bytes | memoryview) -> bool:
+        """In-order data into the buffer; an ACK is due every ACK_EVERY_SEGMENTS."""
+        self.buffer += payload
+        self.rcv_nxt += len(payload)
+        self.unacked_segments += max(len(payload) // self._mss, 1)
+        if self.unacked_segments >= ACK_EVERY_SEGMENTS:
+            self.ack_now = True
+        readable = not self._readable_told
+        self._readable_told = True
+        return readable
 
     def _grow_window(self, taken_bytes: int) -> None:
         """A connection that received half its initial window carries data: its window

@@ -407,8 +407,7 @@ class Sender:
             self.retries = 0  # a live peer answers our probes
         self._detect_lost_retransmissions(now)
         if ack > self.snd_una:
-            self._on_new_ack(ack, now)
-            self.cc.on_delivered(ack + self._scoreboard.sacked_bytes, self.snd_max, now)
+            self.take_new_ack(ack, now)
             return AckResult.NEW
         if segment.sack_blocks:
             self.cc.on_delivered(ack + self._scoreboard.sacked_bytes, self.snd_max, now)
@@ -424,6 +423,24 @@ class Sender:
         if self._snd_wnd > old_window:
             return AckResult.MORE_TO_SEND
         return AckResult.NOTHING
+
+    def predicted_ack(self, segment: Segment) -> int | None:
+        """The ACK of a segment that is the predicted case (header prediction): nothing
+        being recovered or retransmitted, the peer's window open, and an ACK beyond
+        SND.UNA (not beyond SND.MAX) or one at SND.UNA with the window as before; else
+        None (the general path, `on_ack`)."""
+        window = segment.window << self._shift
+        if self._in_recovery or self._rexmitted or self._lost_again or not window:
+            return None
+        ack = unwrap(segment.ack, self.iss, self.snd_una)
+        if self.snd_una < ack <= self.snd_max or (ack == self.snd_una and window == self._snd_wnd):
+            return ack
+        return None
+
+    def take_new_ack(self, ack: int, now: float) -> None:
+        """An ACK beyond SND.UNA (not beyond SND.MAX): the data it covers is delivered."""
+        self._on_new_ack(ack, now)
+        self.cc.on_delivered(ack + self._scoreboard.sacked_bytes, self.snd_max, now)
 
     def lost_check_at(self) -> float | None:
         """When the oldest retransmission in recovery counts as lost unless acknowledged
