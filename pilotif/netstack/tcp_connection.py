@@ -517,9 +517,10 @@ class Connection:
         """Header prediction (RFC 9293 3.10.7.4's common case, Van Jacobson's): in
         ESTABLISHED, a segment with only ACK (and PSH) set, no SACK blocks, at RCV.NXT,
         whose data fits the window with nothing held out of order, that acknowledges new
-        data or carries data, while the sender recovers nothing and the peer's window
-        stays as it was, is taken here with the same result as the general path, less
-        its checks; False (nothing done) for any other segment."""
+        data (the peer's window open), or carries data and acknowledges nothing new (the
+        peer's window as it was), while the sender recovers nothing, is taken here with
+        the same result as the general path, less its checks (Sender.predicted_ack);
+        False (nothing done) for any other segment."""
         if segment.flags & ~TCP_PSH != TCP_ACK or segment.sack_blocks:
             return False
         receiver = self._receiver
