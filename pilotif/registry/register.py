@@ -123,8 +123,8 @@ class Registration:
         presence = self._directory.presence
         was_online = presence.online(key, now) and presence.endpoint(key) == request.source
         presence.note_seen(key, request.source, now)
-        self._tell_changes(request, previous, record, new)
-        if not was_online:
+        self._tell_changes(request, previous, record, new, endpoint)
+        if not was_online and previous is not None:
             log_event("node_online", hostname=hostname, endpoint=endpoint)
         waiting = self._store.incoming(key, PENDING_PUSH_LIMIT) if request.asked else []
         for requester, text in waiting:
@@ -188,17 +188,24 @@ class Registration:
             )
 
     def _tell_changes(
-        self, request: Request, previous: NodeRecord | None, record: NodeRecord, new: bool
+        self,
+        request: Request,
+        previous: NodeRecord | None,
+        record: NodeRecord,
+        new: bool,
+        endpoint: str,
     ) -> None:
-        """Log a new node; log a renamed (or retagged) one and tell its peers."""
+        """Log a new node (one line: it is online too); log a renamed (or retagged) one
+        and tell its peers."""
         key, now = request.sender, request.now
         if new or previous is None:
             log_event(
                 "node_registered",
                 hostname=record.hostname,
-                ipv4=str(record.ipv4),
+                ipv4=record.address_texts[0],
                 key=encode_key(key),
                 network=record.network or "",
+                endpoint=endpoint,
             )
         elif (previous.hostname, previous.tags, previous.granted_tags) != (
             record.hostname,

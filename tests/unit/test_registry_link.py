@@ -1,6 +1,7 @@
 """The node's registry link against a real registry core, in memory: cookies, sessions and
 counters that survive restarts on both sides without the wall clock. No sockets."""
 
+import logging
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -288,3 +289,19 @@ def test_a_counter_file_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StateFileError, match="symbolic link"):
         CounterLease(tmp_path / "control.counter")
     assert target.read_text() == "5\n"
+
+
+def test_a_new_node_is_one_log_line_and_a_returning_one_another(
+    pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    """100,000 nodes registering write 100,000 lines, not twice as many; a node seen
+    again after it went offline is logged online."""
+    link = pair.link(generate_private_key())
+    with caplog.at_level(logging.INFO, logger="pilotif"):
+        register(pair, link, ALICE, "alice")
+        register(pair, link, ALICE, "alice")
+        pair.now += 3600
+        register(pair, link, ALICE, "alice")
+    events = [(r.getMessage(), r.fields) for r in caplog.records]  # type: ignore[attr-defined]
+    assert [name for name, _ in events] == ["node_registered", "node_online"]
+    assert events[0][1]["endpoint"] == events[1][1]["endpoint"] == f"{ALICE[0]}:{ALICE[1]}"
