@@ -132,6 +132,8 @@ class SimulatedNode:
     switched: bool = False
     beat: bool = False
     """The request waited for is a heartbeat (not the node's first registration)."""
+    retry_s: float | None = None
+    """When its link's next retry is due, as armed in the swarm's `retries`."""
     next_s: float | None = None
     """When the node registers again (its heartbeat, or its retry while the registry is
     away)."""
@@ -266,6 +268,10 @@ class Swarm:
         self.interval_s = REGISTER_INTERVAL_S
         self.due: list[tuple[float, int]] = []
         """(when, node number): heartbeats; an entry counts if it is the node's next_s."""
+        self.retries: list[tuple[float, int]] = []
+        """(when, node number): retries of waiting requests; an entry counts if it is the
+        node's retry_s (looking at every waiting node each RETRY_CHECK_S cost this process
+        the CPU the registry needed once many waited)."""
         self.restart_at: float | None = None
         self.back_online: list[float] = []
         self.outage_gave_up = 0
@@ -316,6 +322,7 @@ class Swarm:
         node.beat = beat
         self.waiting.add(node.number)
         self._flush(node)
+        self._arm(node)
         # When it left: a wave of due heartbeats takes milliseconds to seal and send, and
         # the last of them counted that as the registry's latency.
         node.sent_s = time.monotonic()
@@ -402,10 +409,18 @@ class Swarm:
                 self.register(node, now, beat=True)
         return max(self.due[0][0] - now, 0.0) if self.due else RETRY_CHECK_S
 
+    def _arm(self, node: SimulatedNode) -> None:
+        node.retry_s = node.link.next_timer()
+        if node.retry_s is not None:
+            heapq.heappush(self.retries, (node.retry_s, node.number))
+
     def retry(self, now: float) -> None:
         """Retries that are due (a lost datagram), and requests given up."""
-        for number in list(self.waiting):
+        while self.retries and self.retries[0][0] <= now:
+            at, number = heapq.heappop(self.retries)
             node = self.nodes[number]
+            if node.retry_s != at or node.waiting is None:
+                continue
             events = node.link.handle_timer(now)
             node.retried = node.retried or bool(node.link.outgoing)
             for event in events:
@@ -414,6 +429,8 @@ class Swarm:
                 elif isinstance(event, GaveUp):
                     self._gave_up(node, now)
             self._flush(node)
+            if node.waiting is not None:
+                self._arm(node)
 
     def _probe(self, node: SimulatedNode, now: float) -> None:
         node.link.probe()
