@@ -27,6 +27,7 @@ prints the top functions by self time.
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -227,6 +228,9 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("builds network namespaces: run as root", file=sys.stderr)
+        return 2
+    if shutil.which("iperf3") is None:
+        print("iperf3 is not installed (scripts/install.sh test installs it)", file=sys.stderr)
         return 2
     setups = [s for s in args.only if s != "wireguard-go" or _has_wireguard_go()]
     runs: dict[str, list[dict[str, float]]] = {setup: [] for setup in setups}
