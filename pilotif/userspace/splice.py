@@ -63,6 +63,7 @@ class _Side(asyncio.Protocol):
         if exc is not None:
             self.other.transport.abort()
         else:
+            self.resume_writing()  # what the other side still sends finds this one gone
             self.eof_received()
         self.streams_protocol.connection_lost(exc)
 

@@ -1,7 +1,8 @@
 """The splice (pilotif.userspace.splice) between a client and a far server on loopback,
 through a proxy that reads a handshake first: what the proxy's readers held is passed on,
 an end of data one way leaves the other way open, a reset ends both, a side that does not
-read holds the other back, and no task copies bytes."""
+read holds the other back (and ends it when it is lost meanwhile), and no task copies
+bytes."""
 
 import asyncio
 import hashlib
@@ -46,6 +47,7 @@ async def spliced(first: bytes = HELLO) -> AsyncIterator[World]:
     far_streams: asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]
     far_streams = loop.create_future()
     done: asyncio.Future[None] = loop.create_future()
+    splicing: asyncio.Future[None] = loop.create_future()
     proxy_writers: list[asyncio.StreamWriter] = []
 
     async def far(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -60,6 +62,7 @@ async def spliced(first: bytes = HELLO) -> AsyncIterator[World]:
         remote = await asyncio.open_connection("127.0.0.1", far_port)
         assert await remote[0].readexactly(2) == BANNER[:2]
         proxy_writers.extend((writer, remote[1]))
+        splicing.set_result(None)
         try:
             await splice((reader, writer), remote)
         finally:
@@ -72,7 +75,9 @@ async def spliced(first: bytes = HELLO) -> AsyncIterator[World]:
                 "127.0.0.1", proxy_server.sockets[0].getsockname()[1]
             )
             client[1].write(first)
-            yield World(client, await far_streams, proxy_writers, done)
+            far_side = await far_streams
+            await splicing
+            yield World(client, far_side, proxy_writers, done)
     finally:
         proxy_server.close()
         far_server.close()
@@ -145,6 +150,25 @@ def test_a_side_that_does_not_read_holds_the_other_back() -> None:
             far_reader = world.far[0]
             received = await far_reader.read(-1)
             assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+            client_writer.close()
+
+    run(body)
+
+
+def test_a_side_lost_while_holding_the_other_back_ends_it() -> None:
+    """The far connection is lost on the proxy's side (as when a userspace node's stack
+    stops) while the client is held back: the client's connection ends too."""
+
+    async def body() -> None:
+        async with spliced() as world:
+            client_writer = world.client[1]
+            client_writer.write(bytes(32 * 1024 * 1024))
+            to_far = world.proxy_writers[1].transport
+            while to_far.get_write_buffer_size() <= to_far.get_write_buffer_limits()[1]:
+                await asyncio.sleep(0.01)  # until the client is held back
+            to_far.abort()
+            await world.spliced
+            assert world.proxy_writers[0].is_closing()
             client_writer.close()
 
     run(body)
