@@ -46,10 +46,11 @@ class StoreBase:
         makes is announced on NODE_CHANNEL and let go; on a SQLite file a commit by
         another process (`registry admin`) lets go of all (`changed_elsewhere`)."""
         self._changed: set[bytes] = set()
-        """Nodes the current transaction changes (announced when it commits)."""
-        self._heartbeats_written: set[bytes] = set()
-        """Nodes whose heartbeat the current transaction writes: announced, but what we
-        remember of them is already up to date."""
+        """Nodes the current transaction changes: let go of here and announced when it
+        commits."""
+        self._written_as_remembered: set[bytes] = set()
+        """Nodes the current transaction writes only what we remember of them already
+        (their heartbeats, a detach): announced, not let go of here."""
         self._origin = os.urandom(4).hex()
         """Our name in what we announce (our own announcements change nothing here)."""
         try:
@@ -68,7 +69,7 @@ class StoreBase:
         """One transaction, which writes the pending heartbeats first (they stay pending
         if it rolls back)."""
         self._changed.clear()
-        self._heartbeats_written.clear()
+        self._written_as_remembered.clear()
         with self._db.transaction() as cursor:
             pending = self.unwritten > 0
             if pending:
@@ -99,11 +100,11 @@ class StoreBase:
         (delivered when the transaction commits)."""
         if self._cache is None:
             return
-        for key in self._changed - self._heartbeats_written:
+        for key in self._changed:
             self._cache.pop(key, None)
         if not self._db.shared:
             return
-        changed = sorted(self._changed)
+        changed = sorted(self._changed | self._written_as_remembered)
         for start in range(0, len(changed), _KEYS_PER_NOTIFICATION):
             keys = ",".join(key.hex() for key in changed[start : start + _KEYS_PER_NOTIFICATION])
             cursor.execute("SELECT pg_notify(?, ?)", (NODE_CHANNEL, f"{self._origin}:{keys}"))
@@ -125,8 +126,7 @@ class StoreBase:
 
     def _write_pending(self, cursor: Cursor) -> None:
         # Where a node is (and which replica has it) is news for the other replicas.
-        self._touched(*self._seen_pending)
-        self._heartbeats_written.update(self._seen_pending)
+        self._written_as_remembered.update(self._seen_pending)
         cursor.executemany(
             "UPDATE nodes SET endpoint = ?, lan_endpoints = ?, last_seen = ?, session = ?,"
             " replica = ? WHERE public_key = ?",

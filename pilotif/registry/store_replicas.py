@@ -51,8 +51,7 @@ class ReplicaTables(StoreBase):
         self.flush()
         keys = list(keys)
         with self._transaction() as cursor:
-            self._touched(*keys)
-            self._heartbeats_written.update(keys)  # what we remember is updated below
+            self._written_as_remembered.update(keys)  # what we remember is updated below
             cursor.executemany(
                 "UPDATE nodes SET replica = NULL WHERE public_key = ? AND replica = ?",
                 [(key, replica) for key in keys],

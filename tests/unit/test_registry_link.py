@@ -305,3 +305,21 @@ def test_a_new_node_is_one_log_line_and_a_returning_one_another(
     events = [(r.getMessage(), r.fields) for r in caplog.records]  # type: ignore[attr-defined]
     assert [name for name, _ in events] == ["node_registered", "node_online"]
     assert events[0][1]["endpoint"] == events[1][1]["endpoint"] == f"{ALICE[0]}:{ALICE[1]}"
+
+
+def test_a_trust_request_to_a_node_just_registered_comes_with_its_next_heartbeat(
+    pair: Pair,
+) -> None:
+    """Bob's heartbeat waits to be written (every 100 ms) when alice asks him for trust;
+    the push at once is lost: bob's next heartbeat brings it (found by review: the
+    registry's memory of bob kept "nothing waits")."""
+    alice_key, bob_key = generate_private_key(), generate_private_key()
+    alice, bob = pair.link(alice_key), pair.link(bob_key)
+    register(pair, alice, ALICE, "alice")
+    register(pair, bob, BOB, "bob")
+    pair.call(alice, ALICE, "trust_request", peer=_b64(bob_key), message="hi")
+    pair.heard.clear()
+    pair.now += 25
+    bob.request("register", {"hostname": "bob", "tags": [], "lan": []}, pair.now)
+    inputs = pair.exchange(bob, BOB)
+    assert [i.message["op"] for i in inputs if isinstance(i, Push)] == ["trust_requested"]

@@ -257,6 +257,31 @@ def test_a_kept_node_is_read_without_a_query_until_another_process_changes_it(
     registry.close()
 
 
+def _beat(store: Store, key: bytes) -> None:
+    """A heartbeat, pending until the next transaction or flush (every 100 ms)."""
+    store.mark_seen(key, endpoint="198.18.0.1:1", lan_endpoints=(), session=1, now=NOW + 1)
+
+
+def test_a_trust_request_to_a_node_whose_heartbeat_waits_is_read_at_once(
+    store: Store, alice: bytes, bob: bytes
+) -> None:
+    store.node_and_requests(bob)
+    _beat(store, bob)
+    store.request_trust(alice, bob, "hi", NOW + 2)
+    assert store.node_and_requests(bob)[1] is True
+
+
+def test_a_new_name_of_a_node_whose_heartbeat_waits_is_read_at_once(
+    store: Store, alice: bytes
+) -> None:
+    store.node_and_requests(alice)
+    _beat(store, alice)
+    store.register(alice, "alice2", ("cpu",), NOW + 2)
+    record, _ = store.node_and_requests(alice)
+    assert record is not None
+    assert (record.hostname, record.tags, record.endpoint) == ("alice2", ("cpu",), "198.18.0.1:1")
+
+
 def test_a_rejected_request_is_gone(store: Store, alice: bytes, bob: bytes) -> None:
     store.request_trust(alice, bob, "", NOW)
     assert store.respond(bob, alice, False, NOW).state == "none"
