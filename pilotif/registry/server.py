@@ -24,6 +24,7 @@ from pilotif.registry.recall import RECALL_EVERY_S
 from pilotif.registry.register import DEFAULT_EXPIRE_AFTER_S
 from pilotif.registry.replicas import ORPHAN_NOTICE_EVERY_S, PUSH_CHANNEL, REPLICA_ALIVE_S
 from pilotif.registry.store import DB_FILE_NAME, Store
+from pilotif.util.collector import FULL_COLLECTION_EVERY_S, collect_all, collect_oldest_on_schedule
 from pilotif.util.logs import log_event, setup_logging
 from pilotif.util.paths import StatePaths
 from pilotif.wg.crypto import generate_private_key
@@ -62,7 +63,9 @@ async def _serve(
         collector = RegistryCollector(lambda: metrics_sample(core))
         metrics_server = await start_metrics_server(*metrics, collector)
         log_event("metrics_serving", listen=format_endpoint(metrics))
+    collect_oldest_on_schedule()
     housekeeping: Housekeeping = [
+        ("collect_cycles", FULL_COLLECTION_EVERY_S, collect_all),
         ("expire", EXPIRE_EVERY_S, lambda: core.expire(time.time())),
         ("write_heartbeats", WRITE_EVERY_S, core.store.flush),
         ("recall", RECALL_EVERY_S, lambda: core.recall(time.time())),
