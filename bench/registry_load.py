@@ -15,7 +15,8 @@ requests, cookies, retries), in one process:
 2. heartbeats: then for `--measure-s` seconds more: the round trip of each heartbeat
    since the first registration (p50/p99/max: from the send to the moment the kernel
    queued the answer, its receive timestamp, so that a load process busy elsewhere
-   does not count its own lateness), the registry's CPU and memory;
+   does not count its own lateness; `steady_heartbeat_p99_ms`: of those sent once
+   every node was registered), the registry's CPU and memory;
 3. with `--registry-outage SECONDS`: every node online, the registry (every replica)
    is SIGKILLed and started again (same state, same ports) SECONDS later. A node whose request went
    unanswered REQUEST_ATTEMPTS times gives it up and, as the node does, probes the
@@ -154,6 +155,8 @@ class Results:
     registrations_per_s_last_tenth: float = 0.0
     heartbeats: int = 0
     heartbeat_ms: list[float] = field(default_factory=list)
+    steady_heartbeat_ms: list[float] = field(default_factory=list)
+    """Of heartbeat_ms, those sent once every node was registered."""
     heartbeats_retried: int = 0
     gave_up: int = 0
     socket_drops: int = 0
@@ -197,6 +200,7 @@ class Results:
             "heartbeat_p50_ms": _round(_percentile(beats, 50)),
             "heartbeat_p99_ms": _round(_percentile(beats, 99)),
             "heartbeat_max_ms": _round(beats[-1] if beats else 0.0),
+            "steady_heartbeat_p99_ms": _round(_percentile(sorted(self.steady_heartbeat_ms), 99)),
             "dropped": self.socket_drops + self.heartbeats_retried + self.gave_up,
             "socket_drops": self.socket_drops,
             "heartbeats_retried": self.heartbeats_retried,
@@ -607,7 +611,7 @@ def _worker(
             swarm.run_for(measure_s)
             conn.send(
                 (
-                    [ms for _, ms in swarm.latencies],
+                    swarm.latencies,
                     swarm.retried,
                     swarm.gave_up,
                     swarm.failovers,
@@ -771,7 +775,8 @@ def run(args: argparse.Namespace) -> Results:
                 drops_before -= drops_killed
             for _, conn in workers:
                 latencies, retried, gave_up, failovers, served, told = conn.recv()
-                results.heartbeat_ms += latencies
+                results.heartbeat_ms += [ms for _, ms in latencies]
+                results.steady_heartbeat_ms += [ms for sent, ms in latencies if sent >= done_at[-1]]
                 results.heartbeats_retried += retried
                 results.gave_up += gave_up
                 results.failover_s += failovers
