@@ -10,7 +10,7 @@ answered here with the floor to go above (a node that restarted counts from belo
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pilotif.control.gate import ControlGate, Outgoing
@@ -50,6 +50,8 @@ class Opened(Generic[T]):
     looked_up: T | None
     """What the owner's lookup said of the sender when its channel was made for this
     message (None: the channel was in memory, nothing was looked up)."""
+    renewal: list[Outgoing] = field(default_factory=list)
+    """A fresh cookie to send the sender after the answer (its own was due)."""
 
 
 DatagramHandler = Callable[[bytes, Endpoint, float], list[Outgoing]]
@@ -91,9 +93,9 @@ class ControlFront(Generic[T]):
         """The message a control datagram carries, once the gate admitted it and its
         channel opened it; else what to answer (a cookie reply, a stale counter notice,
         or nothing)."""
-        refused = self.gate.admit(data, source, now)
-        if refused is not None:
-            return refused
+        admitted = self.gate.admit(data, source, now)
+        if isinstance(admitted, list):
+            return admitted
         sealed = data[:-REQUEST_MACS_SIZE]
         try:
             sender = control_sender(sealed)
@@ -119,7 +121,8 @@ class ControlFront(Generic[T]):
             self.counters["bad_key"] += 1
             return []
         self.channels.remember(sender, channel)
-        return Opened(sender, channel, message, looked_up)
+        renewal = self.gate.renewal(data, source, now) if admitted.renew else []
+        return Opened(sender, channel, message, looked_up, renewal)
 
     def urgent(self, data: bytes) -> bool:
         """What the shell serves before its backlog, at the registry and at a relay:

@@ -12,6 +12,8 @@ from typing import Final
 from pilotif.control.ratelimit import TokenBuckets
 from pilotif.control.wire import (
     CONTROL_HEADER_SIZE,
+    COOKIE_CHALLENGE_INDEX,
+    COOKIE_RENEWAL_INDEX,
     MAX_PAYLOAD_BYTES,
     REGISTRY_COOKIE_TYPE,
     RELAY_SOURCE_UNKNOWN,
@@ -19,7 +21,7 @@ from pilotif.control.wire import (
     pack_busy,
 )
 from pilotif.wg.constants import AEAD_TAG_SIZE
-from pilotif.wg.cookie import CookieChecker, source_bytes
+from pilotif.wg.cookie import RenewingCookieChecker, source_bytes
 from pilotif.wg.events import Endpoint
 from pilotif.wg.handshake import LocalIdentity
 
@@ -72,6 +74,15 @@ Outgoing = tuple[bytes, Endpoint]
 """A datagram to send and where to."""
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A message the gate lets through to be opened."""
+
+    renew: bool
+    """Its cookie came from the secret before the current one: if it is authentic, its
+    answer brings a fresh one (ControlGate.renewal)."""
+
+
 def address_group(source: Endpoint) -> bytes:
     """What per-address limits count: an IPv4 address, or an IPv6 /64."""
     return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
@@ -117,7 +128,7 @@ class ControlGate:
 
     def __init__(self, private_key: bytes, counters: Counter[str]) -> None:
         self.counters = counters
-        self._cookies = CookieChecker(
+        self._cookies = RenewingCookieChecker(
             LocalIdentity.from_private_key(private_key), reply_type=REGISTRY_COOKIE_TYPE
         )
         self._control_limit = TokenBuckets(CONTROL_RATE_PER_S, CONTROL_BURST)
@@ -133,8 +144,8 @@ class ControlGate:
         self._latest_wait = (0.0, float("-inf"))
         """The wait of the latest datagram served from the backlog, and when."""
 
-    def admit(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing] | None:
-        """None if the message may be opened; else what to answer (a cookie reply, or
+    def admit(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing] | Admitted:
+        """Admitted if the message may be opened; else what to answer (a cookie reply, or
         nothing)."""
         if len(data) > _MAX_CONTROL_DATAGRAM:
             self.counters["too_large"] += 1
@@ -146,15 +157,25 @@ class ControlGate:
             self.counters["bad_mac1"] += 1
             return []
         address = source_bytes(source)
-        if not self._cookies.check_mac2(data, address, now):
+        age = self._cookies.cookie_age(data, address, now)
+        if age is None:
             if not self.unproven_allowed(source, now):
                 return []
             self.counters["cookie_replies"] += 1
-            return [(self._cookies.create_reply(data, 0, address, now), source)]
+            reply = self._cookies.create_reply(data, COOKIE_CHALLENGE_INDEX, address, now)
+            return [(reply, source)]
         if not self._control_limit.allow(source, now):
             self.counters["rate_limited"] += 1
             return []
-        return None
+        return Admitted(renew=age == "previous")
+
+    def renewal(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
+        """A fresh cookie for the sender of an authentic message whose cookie is due
+        for renewal (Admitted.renew), to send after the answer: 64 bytes to the address
+        its cookie proved."""
+        self.counters["cookie_renewals"] += 1
+        reply = self._cookies.create_reply(data, COOKIE_RENEWAL_INDEX, source_bytes(source), now)
+        return [(reply, source)]
 
     def waited(self, delay_s: float, now: float) -> None:
         """A datagram about to be handled at `now` waited `delay_s` in the socket's queue."""

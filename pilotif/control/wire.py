@@ -60,6 +60,11 @@ than any request: it amplifies nothing, and it goes only to a proven address."""
 REGISTRY_COOKIE_TYPE: Final = 0x54
 """The registry's cookie reply (WireGuard's type 3 layout): it answers a control message
 whose mac2 does not prove the sender's address, and carries the cookie that will."""
+COOKIE_CHALLENGE_INDEX: Final = 0
+COOKIE_RENEWAL_INDEX: Final = 1
+"""The receiver index of a cookie reply: a challenge (the message was not served: send
+it again with the cookie) or a renewal (sent beside the answer to a message whose cookie
+came from the secret before the current one: keep the new cookie, send nothing again)."""
 CONTROL_HEADER_SIZE: Final = 44
 REQUEST_MACS_SIZE: Final = 2 * MAC_SIZE
 """mac1 and mac2 follow the ciphertext of every control message a node sends."""

@@ -15,6 +15,7 @@ from typing import Any, Final
 from pilotif.control.wire import (
     BUSY_TYPE,
     CONTROL_TYPE,
+    COOKIE_RENEWAL_INDEX,
     COUNTER_LEASE,
     KEY_REQUEST,
     KEY_REQUEST_TYPE,
@@ -28,7 +29,7 @@ from pilotif.control.wire import (
     request_mac1,
     unpack_key_reply,
 )
-from pilotif.wg.cookie import CookieGenerator
+from pilotif.wg.cookie import RENEWED_COOKIE_LIFETIME_S, CookieGenerator
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import InvalidKeyError, decode_key
 from pilotif.wg.messages import MessageError, parse_cookie_reply
@@ -129,7 +130,8 @@ class _Replica:
 
     def __init__(self, private_key: bytes, registry_key: bytes) -> None:
         self.channel = ControlChannel(private_key, registry_key, local_is_registry=False)
-        self.cookies = CookieGenerator(registry_key)
+        # The registry renews a cookie before it lapses (RenewingCookieChecker).
+        self.cookies = CookieGenerator(registry_key, RENEWED_COOKIE_LIFETIME_S)
 
 
 class RegistryLink:
@@ -302,7 +304,8 @@ class RegistryLink:
         datagrams are dropped and counted).
 
         A cookie reply (0x54) to our latest request sends every waiting request again at
-        once, now with a mac2 that proves our address.
+        once, now with a mac2 that proves our address; a renewal (beside an answer) is
+        only kept.
         """
         source = self.endpoint if source is None else source
         if data[:1] == bytes((REGISTRY_COOKIE_TYPE,)):
@@ -381,6 +384,8 @@ class RegistryLink:
         replica = self._replica(source)
         if replica is None or not replica.cookies.consume_reply(reply, now):
             self.dropped += 1
+            return
+        if reply.receiver == COOKIE_RENEWAL_INDEX:
             return
         for request_id, pending in self._pending.items():
             if pending.payload is not None and (pending.to or self.endpoint) == source:

@@ -226,7 +226,7 @@ class RegistryCore:
         request = self._request(opened, record, asked, source, now)
         reply = self._dispatch(request, channel.highest_counter)
         outgoing = self._front.reply(sender, channel, message, reply, source)
-        return outgoing + self._sealed(request.pushes)
+        return outgoing + opened.renewal + self._sealed(request.pushes)
 
     def _request(
         self,

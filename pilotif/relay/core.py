@@ -199,7 +199,8 @@ class RelayCore:
             answer = error_reply("unknown_op", "a relay only takes attach", "")
         else:
             answer = self._attach(opened.sender, opened.message, source, now)
-        return self._front.reply(opened.sender, opened.channel, opened.message, answer, source)
+        reply = self._front.reply(opened.sender, opened.channel, opened.message, answer, source)
+        return reply + opened.renewal
 
     def _attach(
         self, key: bytes, message: dict[str, Any], source: Endpoint, now: float

@@ -12,7 +12,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Literal
 
 from cryptography.exceptions import InvalidTag
 
@@ -43,7 +43,12 @@ _PORT_SIZE: Final = 2
 # The initiator stops using a cookie this long before the responder's secret
 # can have changed (Linux: COOKIE_SECRET_LATENCY).
 _COOKIE_EXPIRY_MARGIN_S: Final = 5.0
+COOKIE_LIFETIME_S: Final = COOKIE_REFRESH_TIME_S - _COOKIE_EXPIRY_MARGIN_S
+"""How long an initiator uses a cookie (WireGuard's rule)."""
+RENEWED_COOKIE_LIFETIME_S: Final = 2 * COOKIE_REFRESH_TIME_S - _COOKIE_EXPIRY_MARGIN_S
+"""How long a sender uses a cookie of a RenewingCookieChecker (it is renewed before)."""
 _NO_MAC: Final = bytes(MAC_SIZE)
+CookieAge = Literal["current", "previous"]
 
 
 def source_bytes(source: PeerEndpoint) -> bytes:
@@ -117,10 +122,67 @@ class CookieChecker:
         return mac(self._secret, source)
 
 
+class RenewingCookieChecker(CookieChecker):
+    """The registry's and the relays' checker (they ask every message for mac2, not only
+    under load): a cookie stays good for a second COOKIE_REFRESH_TIME_S after its secret
+    was replaced, and `renews` tells the caller to hand such a sender a fresh one with
+    its answer. A fleet's cookies then never lapse all at once: with WireGuard's rule
+    every node's next message after a rotation (all 100,000 within a heartbeat interval,
+    every two minutes) paid a cookie round trip."""
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        reply_type: int = MESSAGE_COOKIE_REPLY,
+    ) -> None:
+        super().__init__(local, random_bytes, reply_type)
+        self._previous = b""
+        """The secret before the current one, good until COOKIE_REFRESH_TIME_S after it
+        was replaced (b"": none)."""
+
+    def check_mac2(self, message: BytesLike, source: bytes, now: float) -> bool:
+        """Whether the message's mac2 uses a cookie of `source` from the current secret or
+        the one before it."""
+        return self.cookie_age(message, source, now) is not None
+
+    def cookie_age(self, message: BytesLike, source: bytes, now: float) -> CookieAge | None:
+        """Which secret the cookie of the message's mac2 came from (None: neither, or not
+        a cookie of `source`): one from the previous secret is good, and due for renewal."""
+        self._rotate(now)
+        if not self._secret:
+            return None
+        if super().check_mac2(message, source, now):
+            return "current"
+        if not self._previous:
+            return None
+        expected = mac(mac(self._previous, source), message[:_MAC2_START])
+        return "previous" if _hmac.compare_digest(expected, message[_MAC2_START:]) else None
+
+    def create_reply(
+        self, message: BytesLike, receiver_index: int, source: bytes, now: float
+    ) -> bytes:
+        self._rotate(now)
+        return super().create_reply(message, receiver_index, source, now)
+
+    def _rotate(self, now: float) -> None:
+        """Replace a secret older than COOKIE_REFRESH_TIME_S (kept as the previous one),
+        and forget the previous one COOKIE_REFRESH_TIME_S after it was replaced."""
+        created_at = self._secret_created_at
+        if created_at is None or now - created_at <= COOKIE_REFRESH_TIME_S:
+            return
+        replaced_long_ago = now - created_at > 2 * COOKIE_REFRESH_TIME_S
+        self._previous = b"" if replaced_long_ago else self._secret
+        self._secret = self._random_bytes(HASH_SIZE)
+        self._secret_created_at = now
+
+
 class CookieGenerator:
     """The initiator's side, one per peer: writes mac1/mac2 and takes in cookie replies."""
 
-    def __init__(self, remote_static: bytes) -> None:
+    def __init__(self, remote_static: bytes, lifetime_s: float = COOKIE_LIFETIME_S) -> None:
+        self._lifetime_s = lifetime_s
+        """How long a cookie is used after it came."""
         self._mac1_key = hash_(LABEL_MAC1, remote_static)
         self._cookie_key = hash_(LABEL_COOKIE, remote_static)
         self._last_mac1: bytes | None = None
@@ -159,7 +221,4 @@ class CookieGenerator:
 
     def _cookie_is_fresh(self, now: float) -> bool:
         received_at = self._cookie_received_at
-        return (
-            received_at is not None
-            and now - received_at < COOKIE_REFRESH_TIME_S - _COOKIE_EXPIRY_MARGIN_S
-        )
+        return received_at is not None and now - received_at < self._lifetime_s

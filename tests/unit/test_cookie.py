@@ -6,7 +6,13 @@ import pytest
 
 from pilotif.wg import crypto
 from pilotif.wg.constants import COOKIE_REFRESH_TIME_S
-from pilotif.wg.cookie import CookieChecker, CookieGenerator, source_bytes
+from pilotif.wg.cookie import (
+    RENEWED_COOKIE_LIFETIME_S,
+    CookieChecker,
+    CookieGenerator,
+    RenewingCookieChecker,
+    source_bytes,
+)
 from pilotif.wg.handshake import LocalIdentity, create_initiation
 from pilotif.wg.messages import parse_cookie_reply
 
@@ -213,3 +219,40 @@ def test_a_reply_from_another_responder_is_refused(
 )
 def test_source_bytes_pack_the_address_and_big_endian_port(host: str, packed: bytes) -> None:
     assert source_bytes((host, 51820)) == packed + bytes([0xCA, 0x6C])
+
+
+def test_a_renewing_checker_takes_a_cookie_of_the_secret_before_and_says_so(
+    responder: LocalIdentity,
+) -> None:
+    checker = RenewingCookieChecker(responder, random_bytes=_counting_random())
+    generator = CookieGenerator(responder.public_key, RENEWED_COOKIE_LIFETIME_S)
+    _get_cookie(responder, checker, generator, NOW)
+    message = _initiation(responder)
+    generator.add_macs(message, NOW + COOKIE_REFRESH_TIME_S - 1)
+    assert checker.cookie_age(message, SOURCE, NOW + COOKIE_REFRESH_TIME_S - 1) == "current"
+    later = NOW + COOKIE_REFRESH_TIME_S + 1
+    message = _initiation(responder)
+    generator.add_macs(message, later)
+    assert checker.cookie_age(message, SOURCE, later) == "previous"
+    assert checker.check_mac2(message, SOURCE, later)
+    assert checker.cookie_age(message, OTHER_SOURCE, later) is None
+    # The renewal is a cookie of the new secret.
+    generator.consume_reply(checker.create_reply(message, 1, SOURCE, later), later)
+    renewed = _initiation(responder)
+    generator.add_macs(renewed, later + 1)
+    assert checker.cookie_age(renewed, SOURCE, later + 1) == "current"
+
+
+def test_a_renewing_checker_refuses_a_cookie_two_secrets_old(responder: LocalIdentity) -> None:
+    checker = RenewingCookieChecker(responder, random_bytes=_counting_random())
+    generator = CookieGenerator(responder.public_key, 10 * COOKIE_REFRESH_TIME_S)
+    _get_cookie(responder, checker, generator, NOW)
+    message = _initiation(responder)
+    generator.add_macs(message, NOW)
+    assert checker.cookie_age(message, SOURCE, NOW + COOKIE_REFRESH_TIME_S + 1) == "previous"
+    assert checker.cookie_age(message, SOURCE, NOW + 2 * COOKIE_REFRESH_TIME_S + 2) is None
+    # A secret left unused for long is not kept as the one before.
+    fresh = RenewingCookieChecker(responder, random_bytes=_counting_random())
+    _get_cookie(responder, fresh, generator, NOW)
+    generator.add_macs(message, NOW)
+    assert fresh.cookie_age(message, SOURCE, NOW + 3 * COOKIE_REFRESH_TIME_S) is None

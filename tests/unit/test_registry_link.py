@@ -12,6 +12,7 @@ import pytest
 from pilotif.control.counter_lease import LEASE, CounterLease
 from pilotif.control.wire import COUNTER_LEASE, REPLICA_KEEPALIVE, ControlChannel
 from pilotif.node.registry_link import (
+    REGISTER_INTERVAL_S,
     REQUEST_ATTEMPTS,
     GaveUp,
     LinkInput,
@@ -24,6 +25,7 @@ from pilotif.node.registry_link import (
 from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
 from pilotif.util.files import StateFileError
+from pilotif.wg.constants import COOKIE_REFRESH_TIME_S
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import encode_key
@@ -93,13 +95,34 @@ def test_a_cookie_reply_sends_the_request_again_at_once_without_spending_an_atte
     assert [type(i) for i in inputs] == [Reply]
     # The first datagram, without a cookie, was answered with 64 bytes only.
     assert len(pair.heard[ALICE][0]) == 64 < len(first[0])
-    # Every later request carries a valid mac2 until the cookie ages.
+    # Every later request carries a valid mac2 until the cookie ages (a node silent
+    # for longer than the registry renews cookies).
     register(pair, link, ALICE, "alice")
     assert pair.core.counters["cookie_replies"] == 1
-    pair.now += 150
+    pair.now += 2 * COOKIE_REFRESH_TIME_S + 10
     register(pair, link, ALICE, "alice")
     assert pair.core.counters["cookie_replies"] == 2
     assert link.handle_timer(pair.now + 1) == []
+    assert link.next_timer() is None
+
+
+def test_a_cookie_is_renewed_with_an_answer_before_it_lapses(pair: Pair) -> None:
+    """Every node's cookie dates from the registry's secret of the time: when the
+    registry replaced it every node's next heartbeat (100,000 within 20 s, every two
+    minutes) paid a cookie round trip. Now a message with a cookie of the secret before
+    is served in one round trip, and its answer brings a fresh cookie."""
+    link = pair.link(generate_private_key())
+    register(pair, link, ALICE, "alice")
+    for _ in range(20):
+        pair.now += REGISTER_INTERVAL_S
+        link.request("register", {"hostname": "alice", "tags": [], "lan": []}, pair.now)
+        pair.heard.clear()
+        inputs = pair.exchange(link, ALICE)
+        assert [type(i) for i in inputs] == [Reply]
+        # One request, one answer (and a 64-byte renewal when its cookie was due).
+        assert [len(d) for d in pair.heard[ALICE]][1:] in ([], [64])
+    assert pair.core.counters["cookie_replies"] == 1
+    assert pair.core.counters["cookie_renewals"] >= 2
     assert link.next_timer() is None
 
 
