@@ -10,8 +10,8 @@ requests, cookies, retries), in one process:
 1. registration: every node registers (at most `--window` at once, as a swarm that
    starts together would); registrations/s over the first and the last tenth. A node
    heartbeats from the moment it is registered, as a node does: it registers again
-   `--heartbeat-s` seconds (the node's REGISTER_INTERVAL_S; the node has no jitter: its
-   own start spreads it) after each answer, so registration and heartbeats overlap;
+   `--heartbeat-s` seconds (the node's REGISTER_INTERVAL_S, with its HEARTBEAT_JITTER)
+   after each answer, so registration and heartbeats overlap;
 2. heartbeats: then for `--measure-s` seconds more: the round trip of each heartbeat
    since the first registration (p50/p99/max: from the send to the moment the kernel
    queued the answer, its receive timestamp, so that a load process busy elsewhere
@@ -80,7 +80,7 @@ from typing import Any
 from pilotif_lab.postgres import throwaway_postgres
 
 from pilotif.control.shell import ANCILLARY_BYTES, SO_TIMESTAMPNS, kernel_arrival
-from pilotif.node.registration import probe_pause_s
+from pilotif.node.registration import heartbeat_pause_s, probe_pause_s
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
     GaveUp,
@@ -392,7 +392,7 @@ class Swarm:
         node.lost_s = None
         node.waiting = None
         self.waiting.discard(node.number)
-        self._schedule(node, now + self.interval_s)
+        self._schedule(node, now + heartbeat_pause_s(self.rng, self.interval_s))
         answered.append(node)
 
     def _schedule(self, node: SimulatedNode, at: float) -> None:

@@ -82,6 +82,19 @@ DEFAULT_NETWORK: Final = "100.64.0.0/10"
 """The overlay prefix when a registry's reply names none."""
 
 
+HEARTBEAT_JITTER: Final = 0.1
+"""Each pause between two heartbeats is REGISTER_INTERVAL_S stretched or shrunk by up to
+this fraction at random: nodes whose answers a busy registry held back together do not
+come back together every interval, a wave that held it up again (the synchronization of
+periodic messages: Floyd and Jacobson, 1993). At most 22 s: within the 30 s a NAT may
+keep a UDP mapping."""
+
+
+def heartbeat_pause_s(rng: random.Random, interval_s: float = REGISTER_INTERVAL_S) -> float:
+    """The pause before the next heartbeat: `interval_s`, give or take HEARTBEAT_JITTER."""
+    return interval_s * (1 + HEARTBEAT_JITTER * (2 * rng.random() - 1))
+
+
 def probe_pause_s(away_s: float, rng: random.Random, addresses: int = 1) -> float:
     """The pause before the next probe when the registry has been away for `away_s`:
     PROBE_BACKOFF of it, at least PROBE_EVERY_S and at most PROBE_MAX_S over the number
@@ -170,7 +183,7 @@ class Registration:
         probe answered by a registry that then leaves the registration unanswered does
         not start them again at PROBE_EVERY_S)."""
         self.rng = random.Random()
-        """The probes' jitter (tests seed it)."""
+        """The heartbeats' and the probes' jitter (tests seed it)."""
         self._checking_key = False
         self._again_at_s = 0.0
         self._rehandshake = False
@@ -256,7 +269,7 @@ class Registration:
     def _reregister(self, now: float) -> None:
         """Register now, outside the heartbeat (which starts again from here)."""
         self._again_at_s = now + REREGISTER_MIN_S
-        self.next_s = now + REGISTER_INTERVAL_S
+        self.next_s = now + heartbeat_pause_s(self.rng)
         self.register(now)
 
     # -- inputs: the link's answers --------------------------------------------------------
@@ -293,7 +306,7 @@ class Registration:
             moved = joined and previous not in (None, self.public_endpoint)
             if moved:
                 self._sink.items.append(PublicEndpointChanged(previous, self.public_endpoint))
-        self.next_s = now + REGISTER_INTERVAL_S
+        self.next_s = now + heartbeat_pause_s(self.rng)
         self.lost_s = self.key_refused = self.probe_s = self._away_s = None
         rehandshake, self._rehandshake = self._rehandshake or moved, False
         self.other_family.registered(now)
@@ -372,7 +385,7 @@ class Registration:
     def _back(self, now: float, source: Endpoint | None) -> None:
         """The registry answers: stop probing, register (the heartbeat starts again)."""
         self.probe_s = None
-        self.next_s = now + REGISTER_INTERVAL_S
+        self.next_s = now + heartbeat_pause_s(self.rng)
         if source is not None and source != self._link.endpoint:
             # A replica answered: what waits goes there, a registration with it.
             self.switched(self._link.switch_to(source, now), now, joined=True)
@@ -419,7 +432,7 @@ class Registration:
     def handle_timer(self, now: float) -> None:
         """The heartbeat, or a probe, when due."""
         if self.next_s is not None and now >= self.next_s:
-            self.next_s = now + REGISTER_INTERVAL_S
+            self.next_s = now + heartbeat_pause_s(self.rng)
             self.register(now)
         if self.probe_s is not None and now >= self.probe_s:
             self._probe(now)

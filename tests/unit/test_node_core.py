@@ -2,6 +2,7 @@
 trust, the daemon's own trust checks, paths through NATs of each kind, the relay, hole
 punching that keeps trying, and a dead direct path falling back. No sockets, no root."""
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_network
@@ -34,7 +35,7 @@ from pilotif.node.paths import (
     next_state,
 )
 from pilotif.node.peers import peer_names
-from pilotif.node.registration import PROBE_EVERY_S, PROBE_JITTER, PROBE_MAX_S
+from pilotif.node.registration import HEARTBEAT_JITTER, PROBE_EVERY_S, PROBE_JITTER, PROBE_MAX_S
 from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.packet.icmp import echo_request_packet
 from pilotif.wg.constants import MESSAGE_INITIATION, MESSAGE_TRANSPORT
@@ -301,6 +302,25 @@ def test_a_registry_away_for_long_gets_one_small_probe_in_ten_seconds_and_nothin
     back_at = net.now
     net.run_until(lambda: alpha.core.registry_online, 10.0)
     assert net.now - back_at <= 1.0
+
+
+def test_heartbeats_are_jittered_around_the_interval(net: Network) -> None:
+    """Nodes whose answers a busy registry held back together must not come back
+    together every interval: each pause is the interval give or take HEARTBEAT_JITTER."""
+    alpha = net.node("alpha")
+    net.up(alpha)
+    sent: list[tuple[float, bytes]] = []
+    alpha.sent_to_registry = sent
+    net.run(REGISTER_INTERVAL_S * 30)
+    beats = [when for when, data in sent if data != KEY_REQUEST]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
+    assert len(gaps) >= 25
+    low, high = (
+        REGISTER_INTERVAL_S * (1 - HEARTBEAT_JITTER),
+        REGISTER_INTERVAL_S * (1 + HEARTBEAT_JITTER),
+    )
+    assert all(low - 0.1 <= gap <= high + 0.1 for gap in gaps), gaps
+    assert max(gaps) - min(gaps) > REGISTER_INTERVAL_S * HEARTBEAT_JITTER
 
 
 def test_a_restarted_node_is_reached_again_within_two_seconds(net: Network) -> None:

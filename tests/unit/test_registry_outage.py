@@ -15,6 +15,7 @@ import pytest
 from pilotif.control.wire import CONTROL_TYPE, KEY_REQUEST, KEY_REQUEST_TYPE, pack_key_reply
 from pilotif.node.events import RegistryKeyRefused, RegistryRegained, RegistrySwitched
 from pilotif.node.registration import (
+    HEARTBEAT_JITTER,
     PROBE_BACKOFF,
     PROBE_EVERY_S,
     PROBE_JITTER,
@@ -47,7 +48,8 @@ def _away(net: Network, node: SimNode) -> list[tuple[float, bytes]]:
     """Stop the registry, wait until `node` takes it for lost; from then on, what the node
     sends to the registry's address (the list returned fills as the network runs)."""
     net.registry_down = True
-    net.run_until(lambda: not node.core.registry_online, REGISTER_INTERVAL_S + SETTLE_S)
+    longest_heartbeat_s = REGISTER_INTERVAL_S * (1 + HEARTBEAT_JITTER)
+    net.run_until(lambda: not node.core.registry_online, longest_heartbeat_s + SETTLE_S)
     net.run(SETTLE_S)
     sent: list[tuple[float, bytes]] = []
     node.sent_to_registry = sent
