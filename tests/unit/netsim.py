@@ -42,7 +42,8 @@ from pilotif.control.wire import format_endpoint
 from pilotif.net.relay_frame import RelayFraming
 from pilotif.node.core import NodeCore
 from pilotif.node.events import NodeEvent, RelaysChanged
-from pilotif.node.registration import NodeOptions
+from pilotif.node.registration import HEARTBEAT_JITTER, NodeOptions
+from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.node.trust import TrustRecord
 from pilotif.packet.checksum import internet_checksum
 from pilotif.packet.icmp import echo_request_packet
@@ -63,6 +64,11 @@ RELAY_PORT = 7947
 NETWORK = "100.64.0.0/10"
 NODE_PORT = 51820
 UDP_TIMEOUT_S = 30.0
+LOST_WITHIN_S = (
+    REGISTER_INTERVAL_S * (1 + HEARTBEAT_JITTER) + REQUEST_ATTEMPTS * REQUEST_RETRY_S + 2
+)
+"""How long a node may take to find a silent registry lost: its next heartbeat (jittered),
+then that request's attempts."""
 OWN_ROUTER_HOPS = 2
 """A hop limit this high leaves the sender's own router (which forwards and maps it)."""
 ROUTER_TO_ROUTER_HOPS = 3

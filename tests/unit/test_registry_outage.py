@@ -15,7 +15,6 @@ import pytest
 from pilotif.control.wire import CONTROL_TYPE, KEY_REQUEST, KEY_REQUEST_TYPE, pack_key_reply
 from pilotif.node.events import RegistryKeyRefused, RegistryRegained, RegistrySwitched
 from pilotif.node.registration import (
-    HEARTBEAT_JITTER,
     PROBE_BACKOFF,
     PROBE_EVERY_S,
     PROBE_JITTER,
@@ -24,7 +23,7 @@ from pilotif.node.registration import (
 )
 from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.wg.crypto import generate_private_key, public_key
-from tests.unit.netsim import REGISTRY, Network, SimNode
+from tests.unit.netsim import LOST_WITHIN_S, REGISTRY, Network, SimNode
 from tests.unit.test_node_replicas import REPLICA_A, REPLICA_B, Joined
 
 LONG_OUTAGE_S = 600.0
@@ -48,8 +47,7 @@ def _away(net: Network, node: SimNode) -> list[tuple[float, bytes]]:
     """Stop the registry, wait until `node` takes it for lost; from then on, what the node
     sends to the registry's address (the list returned fills as the network runs)."""
     net.registry_down = True
-    longest_heartbeat_s = REGISTER_INTERVAL_S * (1 + HEARTBEAT_JITTER)
-    net.run_until(lambda: not node.core.registry_online, longest_heartbeat_s + SETTLE_S)
+    net.run_until(lambda: not node.core.registry_online, LOST_WITHIN_S)
     net.run(SETTLE_S)
     sent: list[tuple[float, bytes]] = []
     node.sent_to_registry = sent

@@ -16,10 +16,9 @@ from pilotif.control.wire import KEY_REQUEST
 from pilotif.node.cache import NODE_CACHE_FILE, NodeCache, NodeSnapshot
 from pilotif.node.events import RegistryRegained, RelayTicketsTaken, StartedWithoutRegistry
 from pilotif.node.registration import PROBE_JITTER, PROBE_MAX_S
-from pilotif.node.registry_link import REGISTER_INTERVAL_S
 from pilotif.node.relays import TICKET_REFRESH_S
 from pilotif.util.files import StateFileError
-from tests.unit.netsim import NODE_PORT, Network, SimNode
+from tests.unit.netsim import LOST_WITHIN_S, NODE_PORT, Network, SimNode
 from tests.unit.test_node_core import _seconds_until_a_ping_arrives
 from tests.unit.test_node_relays import symmetric_pair
 from tests.unit.test_registry_outage import SETTLE_S
@@ -57,7 +56,7 @@ def _registry_lost(net: Network, *nodes: SimNode) -> None:
     net.registry_down = True
     net.run_until(
         lambda: not any(node.core.registry_online for node in nodes),
-        REGISTER_INTERVAL_S + SETTLE_S,
+        LOST_WITHIN_S,
     )
 
 
