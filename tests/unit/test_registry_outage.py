@@ -15,6 +15,7 @@ import pytest
 from pilotif.control.wire import CONTROL_TYPE, KEY_REQUEST, KEY_REQUEST_TYPE, pack_key_reply
 from pilotif.node.events import RegistryKeyRefused, RegistryRegained, RegistrySwitched
 from pilotif.node.registration import (
+    HEARTBEAT_JITTER,
     PROBE_BACKOFF,
     PROBE_EVERY_S,
     PROBE_JITTER,
@@ -160,7 +161,7 @@ def test_an_answered_probe_brings_one_registration_and_the_probes_stop(net: Netw
     back = len(sent)
     assert any(isinstance(e, RegistryRegained) for e in alpha.events)
     assert alpha.core.registration.probe_s is None
-    net.run(REGISTER_INTERVAL_S * 2 + 1)
+    net.run(REGISTER_INTERVAL_S * 2 * (1 + HEARTBEAT_JITTER) + 1)
     after = sent[back:]
     # Back to the heartbeat: two registrations (sealed), no probe.
     assert KEY_REQUEST not in {data for _, data in after}
