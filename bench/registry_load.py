@@ -105,6 +105,7 @@ REGISTRY_COUNTERS = (
     "key_request_behind",
     "backlog_full",
     "cookie_replies",
+    "cookie_renewals",
     "stale_counter",
     "rate_limited",
     "new_key_rate_limited",
