@@ -125,21 +125,14 @@ class CookieChecker:
 class RenewingCookieChecker(CookieChecker):
     """The registry's and the relays' checker (they ask every message for mac2, not only
     under load): a cookie stays good for a second COOKIE_REFRESH_TIME_S after its secret
-    was replaced, and `renews` tells the caller to hand such a sender a fresh one with
-    its answer. A fleet's cookies then never lapse all at once: with WireGuard's rule
-    every node's next message after a rotation (all 100,000 within a heartbeat interval,
-    every two minutes) paid a cookie round trip."""
+    was replaced, and `cookie_age` tells the caller to hand such a sender a fresh one
+    with its answer. A fleet's cookies then never lapse all at once: with WireGuard's
+    rule every node's next message after a rotation (all 100,000 within a heartbeat
+    interval, every two minutes) paid a cookie round trip."""
 
-    def __init__(
-        self,
-        local: LocalIdentity,
-        random_bytes: Callable[[int], bytes] = os.urandom,
-        reply_type: int = MESSAGE_COOKIE_REPLY,
-    ) -> None:
-        super().__init__(local, random_bytes, reply_type)
-        self._previous = b""
-        """The secret before the current one, good until COOKIE_REFRESH_TIME_S after it
-        was replaced (b"": none)."""
+    _previous = b""
+    """The secret before the current one, good until COOKIE_REFRESH_TIME_S after it was
+    replaced (b"": none)."""
 
     def check_mac2(self, message: BytesLike, source: bytes, now: float) -> bool:
         """Whether the message's mac2 uses a cookie of `source` from the current secret or
