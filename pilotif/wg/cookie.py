@@ -70,6 +70,12 @@ def _packed(host: str) -> bytes:
         return ipaddress.ip_address(host).packed
 
 
+def _mac2_fits(secret: bytes, message: BytesLike, source: bytes) -> bool:
+    """Whether the message's mac2 is keyed by the cookie `secret` makes for `source`."""
+    expected = mac(mac(secret, source), message[:_MAC2_START])
+    return _hmac.compare_digest(expected, message[_MAC2_START:])
+
+
 class CookieChecker:
     """The responder's side, one per device (and one in the registry, whose replies have
     `reply_type` 0x54): checks mac1/mac2 and writes cookie replies."""
@@ -94,10 +100,7 @@ class CookieChecker:
 
     def check_mac2(self, message: BytesLike, source: bytes, now: float) -> bool:
         """Whether the message's mac2 uses the current cookie of `source`."""
-        if not self._secret_is_fresh(now):
-            return False
-        expected = mac(self._cookie(source), message[:_MAC2_START])
-        return _hmac.compare_digest(expected, message[_MAC2_START:])
+        return self._secret_is_fresh(now) and _mac2_fits(self._secret, message, source)
 
     def create_reply(
         self, message: BytesLike, receiver_index: int, source: bytes, now: float
@@ -143,14 +146,11 @@ class RenewingCookieChecker(CookieChecker):
         """Which secret the cookie of the message's mac2 came from (None: neither, or not
         a cookie of `source`): one from the previous secret is good, and due for renewal."""
         self._rotate(now)
-        if not self._secret:
-            return None
         if super().check_mac2(message, source, now):
             return "current"
-        if not self._previous:
-            return None
-        expected = mac(mac(self._previous, source), message[:_MAC2_START])
-        return "previous" if _hmac.compare_digest(expected, message[_MAC2_START:]) else None
+        if self._previous and _mac2_fits(self._previous, message, source):
+            return "previous"
+        return None
 
     def create_reply(
         self, message: BytesLike, receiver_index: int, source: bytes, now: float
