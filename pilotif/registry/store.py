@@ -197,9 +197,7 @@ class Store(TrustTables, NetworkTables, ReplicaTables):
     def touch(self, seen: Iterable[tuple[bytes, float]]) -> None:
         """Raise the last-seen times of these nodes (key, time) where the database has
         an earlier one, in one transaction."""
-        seen = list(seen)
         with self._transaction() as cursor:
-            self._touched(*(key for key, _ in seen))
             cursor.executemany(
                 "UPDATE nodes SET last_seen = ? WHERE public_key = ?"
                 " AND (last_seen IS NULL OR last_seen < ?)",
@@ -219,9 +217,7 @@ class Store(TrustTables, NetworkTables, ReplicaTables):
     def set_counter_floors(self, floors: Iterable[tuple[bytes, int]]) -> None:
         """Set these nodes' counter floors (key, counter) exactly, in one transaction:
         only for counters known to be the highest accepted (a lease is lowered)."""
-        floors = list(floors)
         with self._transaction() as cursor:
-            self._touched(*(key for key, _ in floors))
             cursor.executemany(
                 "UPDATE nodes SET highest_counter = ? WHERE public_key = ?",
                 [(counter, key) for key, counter in floors],
