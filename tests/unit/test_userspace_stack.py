@@ -17,7 +17,7 @@ from pilotif.daemon.datapath import DataPath
 from pilotif.packet.ip import BytesLike
 from pilotif.userspace import UserspaceStack
 from pilotif.userspace.expose import Expose, Exposer
-from pilotif.userspace.stack import STREAM_LIMIT_BYTES
+from pilotif.userspace.stack import STREAM_LIMIT_BYTES, Address
 from pilotif.userspace.transport import READ_CHUNK_BYTES
 from pilotif.wg.events import Endpoint, PeerEndpoint
 from pilotif.wg.fastpath.batch_loops import seal_tso
@@ -130,6 +130,18 @@ def test_tcp_through_two_devices_carries_bytes_intact() -> None:
     run(body)
 
 
+async def _echoed_with_three_lost(a: Side, b: Side, address: Address, size: int) -> bool:
+    """Whether `size` bytes sent from a to b's echo server at `address` come back whole,
+    the first three of a's datagrams lost."""
+    await b.stack.start_server(echo_server, PORT)
+    async with asyncio.timeout(WAIT_S):
+        reader, writer = await a.stack.open_connection(address, PORT)
+        a.bind.drop_next = 3
+        writer.write(b"x" * size)
+        writer.write_eof()
+        return await reader.read(-1) == b"x" * size
+
+
 def test_the_stack_calls_the_data_path_without_its_fd() -> None:
     """Writes from the application's tasks, the peer's ACKs and the retransmission timer
     (datagrams lost) all reach the data path through `wake_with` alone."""
@@ -138,27 +150,14 @@ def test_the_stack_calls_the_data_path_without_its_fd() -> None:
         loop = asyncio.get_running_loop()
         for side in (a, b):
             loop.remove_reader(side.stack.fileno())
-        await b.stack.start_server(echo_server, PORT)
-        async with asyncio.timeout(WAIT_S):
-            reader, writer = await a.stack.open_connection(b.stack.addresses[0], PORT)
-            a.bind.drop_next = 3
-            writer.write(b"x" * 300_000)
-            writer.write_eof()
-            assert await reader.read(-1) == b"x" * 300_000
+        assert await _echoed_with_three_lost(a, b, b.stack.addresses[0], 300_000)
 
     run(body)
 
 
 def test_tcp_over_ipv6_and_with_lost_datagrams() -> None:
     async def body(a: Side, b: Side) -> None:
-        await b.stack.start_server(echo_server, PORT)
-        async with asyncio.timeout(WAIT_S):
-            reader, writer = await a.stack.open_connection(b.stack.addresses[1], PORT)
-            a.bind.drop_next = 3
-            writer.write(b"x" * 200_000)
-            writer.write_eof()
-            received = await reader.read(-1)
-        assert received == b"x" * 200_000
+        assert await _echoed_with_three_lost(a, b, b.stack.addresses[1], 200_000)
 
     run(body)
 
