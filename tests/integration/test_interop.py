@@ -24,7 +24,7 @@ from pilotif_lab.capture import capture_udp, read_udp
 from pilotif_lab.netns import pid_alive
 from pilotif_lab.topology import LISTEN_PORT, TUNNEL_MTU, UNDERLAY_INTERFACE
 
-from pilotif.wg.constants import MESSAGE_INITIATION
+from pilotif.wg.constants import MESSAGE_INITIATION, REKEY_TIMEOUT_JITTER_MAX_S, REKEY_TIMEOUT_S
 from pilotif.wg.drops import DropReason
 
 pytestmark = [
@@ -38,6 +38,10 @@ CLOCK_SLACK_S = 2.0
 """wireguard-go reports handshake times in whole seconds."""
 KEEPALIVE_S = 1
 KEEPALIVE_WAIT_S = 5.0
+HANDSHAKE_WAIT_S = KEEPALIVE_S + REKEY_TIMEOUT_S + REKEY_TIMEOUT_JITTER_MAX_S + KEEPALIVE_WAIT_S
+"""The keepalive's handshake may need its initiation sent again (one lost, or sent before
+the peer listened: WireGuard retries after REKEY_TIMEOUT_S): a wait of KEEPALIVE_WAIT_S
+alone raced that retry and lost it once on a loaded machine."""
 _POLL_INTERVAL_S = 0.1
 
 PILOTIF, WIREGUARD_GO = NodeKind.PILOTIF, NodeKind.WIREGUARD_GO
@@ -164,7 +168,7 @@ def test_persistent_keepalive_brings_the_tunnel_up_without_traffic(
         assert isinstance(pilotif_node, PilotifNode)
         [peer] = pilotif_node.status()["peers"]
         assert peer["persistent_keepalive"] == KEEPALIVE_S
-        deadline = time.monotonic() + KEEPALIVE_WAIT_S
+        deadline = time.monotonic() + HANDSHAKE_WAIT_S
         while wggo_node.peers()[0].latest_handshake is None:
             assert time.monotonic() < deadline, "no handshake within the keepalive wait"
             time.sleep(_POLL_INTERVAL_S)
