@@ -79,8 +79,9 @@ class Admitted:
     """A message the gate lets through to be opened."""
 
     renew: bool
-    """Its cookie came from the secret before the current one: if it is authentic, its
-    answer brings a fresh one (ControlGate.renewal)."""
+    """Its cookie came from the secret before the current one and is due for renewal
+    (RenewingCookieChecker.cookie_age): if it is authentic, its answer brings a fresh
+    one (ControlGate.renewal)."""
 
 
 def address_group(source: Endpoint) -> bytes:
@@ -167,7 +168,7 @@ class ControlGate:
         if not self._control_limit.allow(source, now):
             self.counters["rate_limited"] += 1
             return []
-        return Admitted(renew=age == "previous")
+        return Admitted(renew=age == "due")
 
     def renewal(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """A fresh cookie for the sender of an authentic message whose cookie is due

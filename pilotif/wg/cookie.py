@@ -47,8 +47,15 @@ COOKIE_LIFETIME_S: Final = COOKIE_REFRESH_TIME_S - _COOKIE_EXPIRY_MARGIN_S
 """How long an initiator uses a cookie (WireGuard's rule)."""
 RENEWED_COOKIE_LIFETIME_S: Final = 2 * COOKIE_REFRESH_TIME_S - _COOKIE_EXPIRY_MARGIN_S
 """How long a sender uses a cookie of a RenewingCookieChecker (it is renewed before)."""
+RENEWAL_SPREAD_S: Final = 80.0
+"""A RenewingCookieChecker renews the cookies of the secret it replaced over this long
+after the replacement, each sender at its own time (a keyed hash of its source): a
+fleet's renewals come at a steady rate, not with every sender's next message at once.
+A cookie lapses RENEWED_COOKIE_LIFETIME_S after it came, at least 115 s after the
+replacement: a sender that sends every 35 s or more often is renewed before."""
+_SPREAD_STEPS: Final = 1 << 16
 _NO_MAC: Final = bytes(MAC_SIZE)
-CookieAge = Literal["current", "previous"]
+CookieAge = Literal["current", "previous", "due"]
 
 
 def source_bytes(source: PeerEndpoint) -> bytes:
@@ -70,9 +77,9 @@ def _packed(host: str) -> bytes:
         return ipaddress.ip_address(host).packed
 
 
-def _mac2_fits(secret: bytes, message: BytesLike, source: bytes) -> bool:
-    """Whether the message's mac2 is keyed by the cookie `secret` makes for `source`."""
-    expected = mac(mac(secret, source), message[:_MAC2_START])
+def _mac2_fits(cookie: bytes, message: BytesLike) -> bool:
+    """Whether the message's mac2 is keyed by `cookie`."""
+    expected = mac(cookie, message[:_MAC2_START])
     return _hmac.compare_digest(expected, message[_MAC2_START:])
 
 
@@ -100,7 +107,7 @@ class CookieChecker:
 
     def check_mac2(self, message: BytesLike, source: bytes, now: float) -> bool:
         """Whether the message's mac2 uses the current cookie of `source`."""
-        return self._secret_is_fresh(now) and _mac2_fits(self._secret, message, source)
+        return self._secret_is_fresh(now) and _mac2_fits(self._cookie(source), message)
 
     def create_reply(
         self, message: BytesLike, receiver_index: int, source: bytes, now: float
@@ -128,10 +135,12 @@ class CookieChecker:
 class RenewingCookieChecker(CookieChecker):
     """The registry's and the relays' checker (they ask every message for mac2, not only
     under load): a cookie stays good for a second COOKIE_REFRESH_TIME_S after its secret
-    was replaced, and `cookie_age` tells the caller to hand such a sender a fresh one
-    with its answer. A fleet's cookies then never lapse all at once: with WireGuard's
-    rule every node's next message after a rotation (all 100,000 within a heartbeat
-    interval, every two minutes) paid a cookie round trip."""
+    was replaced, and `cookie_age` tells the caller when to hand such a sender a fresh
+    one with its answer (its own time within RENEWAL_SPREAD_S after the replacement). A
+    fleet's cookies then never lapse all at once: with WireGuard's rule every node's
+    next message after a rotation (all 100,000 within a heartbeat interval, every two
+    minutes) paid a cookie round trip, and renewing each with that message still made
+    100,000 renewals within 20 s."""
 
     _previous = b""
     """The secret before the current one, good until COOKIE_REFRESH_TIME_S after it was
@@ -144,13 +153,21 @@ class RenewingCookieChecker(CookieChecker):
 
     def cookie_age(self, message: BytesLike, source: bytes, now: float) -> CookieAge | None:
         """Which secret the cookie of the message's mac2 came from (None: neither, or not
-        a cookie of `source`): one from the previous secret is good, and due for renewal."""
+        a cookie of `source`): one from the previous secret is good, and "due" for
+        renewal once the secret was replaced at least `source`'s share of
+        RENEWAL_SPREAD_S ago."""
         self._rotate(now)
         if super().check_mac2(message, source, now):
             return "current"
-        if self._previous and _mac2_fits(self._previous, message, source):
-            return "previous"
-        return None
+        if not self._previous:
+            return None
+        cookie = mac(self._previous, source)
+        if not _mac2_fits(cookie, message):
+            return None
+        share = int.from_bytes(cookie[:2], "big") / _SPREAD_STEPS
+        assert self._secret_created_at is not None, "a previous secret was replaced"
+        replaced_s = now - self._secret_created_at
+        return "due" if replaced_s >= share * RENEWAL_SPREAD_S else "previous"
 
     def create_reply(
         self, message: BytesLike, receiver_index: int, source: bytes, now: float

@@ -7,6 +7,7 @@ import pytest
 from pilotif.wg import crypto
 from pilotif.wg.constants import COOKIE_REFRESH_TIME_S
 from pilotif.wg.cookie import (
+    RENEWAL_SPREAD_S,
     RENEWED_COOKIE_LIFETIME_S,
     CookieChecker,
     CookieGenerator,
@@ -233,8 +234,10 @@ def test_a_renewing_checker_takes_a_cookie_of_the_secret_before_and_says_so(
     later = NOW + COOKIE_REFRESH_TIME_S + 1
     message = _initiation(responder)
     generator.add_macs(message, later)
+    # Good, and due for renewal at the source's own time within RENEWAL_SPREAD_S.
     assert checker.cookie_age(message, SOURCE, later) == "previous"
     assert checker.check_mac2(message, SOURCE, later)
+    assert checker.cookie_age(message, SOURCE, later + RENEWAL_SPREAD_S) == "due"
     assert checker.cookie_age(message, OTHER_SOURCE, later) is None
     # The renewal is a cookie of the new secret.
     generator.consume_reply(checker.create_reply(message, 1, SOURCE, later), later)

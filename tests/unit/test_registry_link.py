@@ -1,7 +1,9 @@
 """The node's registry link against a real registry core, in memory: cookies, sessions and
 counters that survive restarts on both sides without the wall clock. No sockets."""
 
+import heapq
 import logging
+import random
 from collections.abc import Iterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from pilotif.control.counter_lease import LEASE, CounterLease
 from pilotif.control.wire import COUNTER_LEASE, REPLICA_KEEPALIVE, ControlChannel
+from pilotif.node.registration import heartbeat_pause_s
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
     REQUEST_ATTEMPTS,
@@ -26,6 +29,7 @@ from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store
 from pilotif.util.files import StateFileError
 from pilotif.wg.constants import COOKIE_REFRESH_TIME_S
+from pilotif.wg.cookie import RENEWAL_SPREAD_S
 from pilotif.wg.crypto import generate_private_key, public_key
 from pilotif.wg.events import Endpoint
 from pilotif.wg.keys import encode_key
@@ -124,6 +128,40 @@ def test_a_cookie_is_renewed_with_an_answer_before_it_lapses(pair: Pair) -> None
     assert pair.core.counters["cookie_replies"] == 1
     assert pair.core.counters["cookie_renewals"] >= 2
     assert link.next_timer() is None
+
+
+def test_a_fleets_cookies_are_renewed_at_a_steady_rate_and_none_lapses(pair: Pair) -> None:
+    """Before: when the registry replaced its cookie secret (every two minutes) every
+    node's next heartbeat brought a renewal, 100,000 within 20 s, which stood a queue at
+    the registry. Now each node is renewed at its own time within RENEWAL_SPREAD_S of
+    the replacement, and still before its cookie lapses: no heartbeat of a node that
+    registered pays a cookie round trip."""
+    rng = random.Random(26)
+    fleet = [
+        (pair.link(generate_private_key()), (f"198.18.{number}.2", 40000 + number))
+        for number in range(1, 121)
+    ]
+    for number, (link, source) in enumerate(fleet):
+        register(pair, link, source, f"node-{number}")
+    assert pair.core.counters["cookie_replies"] == len(fleet)
+    due = [(pair.now + heartbeat_pause_s(rng, REGISTER_INTERVAL_S), n) for n in range(len(fleet))]
+    heapq.heapify(due)
+    renewals: list[float] = []
+    # Three replacements of the secret, and the last one's renewals (each within a
+    # heartbeat of its time), before a fourth.
+    end = pair.now + 3 * COOKIE_REFRESH_TIME_S + RENEWAL_SPREAD_S + 1.5 * REGISTER_INTERVAL_S
+    while due[0][0] < end:
+        pair.now, number = heapq.heappop(due)
+        link, source = fleet[number]
+        before = pair.core.counters["cookie_renewals"]
+        register(pair, link, source, f"node-{number}")
+        renewals += [pair.now] * (pair.core.counters["cookie_renewals"] - before)
+        heapq.heappush(due, (pair.now + heartbeat_pause_s(rng, REGISTER_INTERVAL_S), number))
+    assert pair.core.counters["cookie_replies"] == len(fleet)
+    assert len(renewals) == 3 * len(fleet)
+    busiest = max(sum(at <= t < at + REGISTER_INTERVAL_S for t in renewals) for at in renewals)
+    # Spread over 80 s: about a quarter of the fleet in any 20 s (all of it before).
+    assert busiest <= len(fleet) // 2
 
 
 def test_a_node_counting_from_below_the_registrys_floor_joins_after_one_notice(
