@@ -191,6 +191,23 @@ def test_a_request_that_waited_past_the_nodes_retry_is_dropped_unread(pair: Pair
     assert not pair.core.expired(bytes((RELAY_TYPE,)) + first[1:], 10 * REQUEST_RETRY_S)
 
 
+def test_a_heartbeat_is_checked_unless_it_repeats_what_the_registry_holds(pair: Pair) -> None:
+    """A heartbeat that repeats its node's stored name, tags and LAN endpoints skips their
+    checks; one that differs is checked and normalized as a first registration is."""
+    private = generate_private_key()
+    link = pair.link(private)
+    fields = {"hostname": "alice", "tags": ["web"], "lan": ["198.18.1.2:51820"]}
+    for _ in range(2):
+        assert pair.call(link, ALICE, "register", **fields)["hostname"] == "alice"
+    reply = pair.call(link, ALICE, "register", hostname="Alice", tags=["WEB", "web"], lan=[])
+    assert reply["ok"] and reply["hostname"] == "alice", reply
+    record = pair.store.node_by_key(public_key(private))
+    assert record is not None
+    assert (record.hostname, record.tags, record.lan_endpoints) == ("alice", ("web",), ())
+    refused = pair.call(link, ALICE, "register", hostname="alice", tags=["no good"], lan=[])
+    assert refused["code"] == "invalid_tag", refused
+
+
 def test_a_node_counting_from_below_the_registrys_floor_joins_after_one_notice(
     pair: Pair,
 ) -> None:
