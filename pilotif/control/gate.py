@@ -6,7 +6,6 @@ per address. The registry and the standalone relays both answer through them.
 
 from collections import Counter
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Final
 
 from pilotif.control.ratelimit import TokenBuckets
@@ -21,7 +20,7 @@ from pilotif.control.wire import (
     pack_busy,
 )
 from pilotif.wg.constants import AEAD_TAG_SIZE
-from pilotif.wg.cookie import RenewingCookieChecker, source_bytes
+from pilotif.wg.cookie import RenewingCookieChecker, packed_address, source_bytes
 from pilotif.wg.events import Endpoint
 from pilotif.wg.handshake import LocalIdentity
 
@@ -68,6 +67,7 @@ _MAX_CONTROL_DATAGRAM: Final = (
 )
 _MIN_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
 _IPV6_GROUP_BYTES: Final = 8
+_IPV4_BITS: Final = 32
 """Rate limits count an IPv6 source by its /64, as one host may own all of it."""
 
 Outgoing = tuple[bytes, Endpoint]
@@ -86,7 +86,7 @@ class Admitted:
 
 def address_group(source: Endpoint) -> bytes:
     """What per-address limits count: an IPv4 address, or an IPv6 /64."""
-    return ip_address(source[0]).packed[:_IPV6_GROUP_BYTES]
+    return packed_address(source[0])[:_IPV6_GROUP_BYTES]
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,13 @@ class PrefixLimit:
 
     def allow(self, source: Endpoint, now: float) -> bool:
         """Take a token for `source` from each of its networks if all have one."""
-        address = ip_address(source[0])
+        packed = packed_address(source[0])
+        address, bits = int.from_bytes(packed, "big"), len(packed) * 8
+        version = 4 if bits == _IPV4_BITS else 6
         keys = [
-            (buckets, int(address) >> (address.max_prefixlen - rate.prefix_bits))
+            (buckets, address >> (bits - rate.prefix_bits))
             for rate, buckets in self._levels
-            if rate.version == address.version
+            if rate.version == version
         ]
         if any(buckets.tokens(key, now) < 1.0 for buckets, key in keys):
             return False

@@ -64,10 +64,10 @@ def source_bytes(source: PeerEndpoint) -> bytes:
     if isinstance(source, RelayEndpoint):
         return source.peer
     host, port = source
-    return _packed(host) + port.to_bytes(_PORT_SIZE, "big")
+    return packed_address(host) + port.to_bytes(_PORT_SIZE, "big")
 
 
-def _packed(host: str) -> bytes:
+def packed_address(host: str) -> bytes:
     """The 4 or 16 bytes of an address as the socket module writes it (inet_pton: a
     tenth of what `ipaddress` takes, paid by every control message at the registry)."""
     try:
