@@ -27,6 +27,7 @@ from pilotif.wg.crypto import (
     xaead_decrypt,
     xaead_encrypt,
 )
+from pilotif.wg.crypto import hmac as keyed_hash
 from pilotif.wg.events import PeerEndpoint, RelayEndpoint
 from pilotif.wg.handshake import LABEL_COOKIE, LABEL_MAC1, LocalIdentity
 from pilotif.wg.messages import (
@@ -54,6 +55,8 @@ fleet's renewals come at a steady rate, not with every sender's next message at 
 A cookie lapses RENEWED_COOKIE_LIFETIME_S after it came, at least 115 s after the
 replacement: a sender that sends every 35 s or more often is renewed before."""
 _SPREAD_STEPS: Final = 1 << 16
+_SECRETS_LABEL: Final = b"pilotif cookie secrets"
+_EPOCH_BYTES: Final = 8
 _NO_MAC: Final = bytes(MAC_SIZE)
 CookieAge = Literal["current", "previous", "due"]
 
@@ -140,11 +143,26 @@ class RenewingCookieChecker(CookieChecker):
     fleet's cookies then never lapse all at once: with WireGuard's rule every node's
     next message after a rotation (all 100,000 within a heartbeat interval, every two
     minutes) paid a cookie round trip, and renewing each with that message still made
-    100,000 renewals within 20 s."""
+    100,000 renewals within 20 s.
 
-    _previous = b""
-    """The secret before the current one, good until COOKIE_REFRESH_TIME_S after it was
-    replaced (b"": none)."""
+    Its secrets are not drawn at random: each is derived from our private key and the
+    wall clock's epoch of COOKIE_REFRESH_TIME_S (the current epoch's and the one before
+    are good). So a registry restarted within a few minutes, or a replica with the same
+    key, takes the cookies its nodes hold: with random secrets each returning node paid
+    a cookie round trip (two datagrams and a cookie reply each, 100,000 after an
+    outage)."""
+
+    def __init__(
+        self,
+        local: LocalIdentity,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        reply_type: int = MESSAGE_COOKIE_REPLY,
+    ) -> None:
+        super().__init__(local, random_bytes, reply_type)
+        self._secrets_key = hash_(_SECRETS_LABEL, local.private_key)
+        self._epoch: int | None = None
+        self._previous = b""
+        """The secret of the epoch before the current one."""
 
     def check_mac2(self, message: BytesLike, source: bytes, now: float) -> bool:
         """Whether the message's mac2 uses a cookie of `source` from the current secret or
@@ -159,15 +177,13 @@ class RenewingCookieChecker(CookieChecker):
         self._rotate(now)
         if super().check_mac2(message, source, now):
             return "current"
-        if not self._previous:
-            return None
         cookie = mac(self._previous, source)
         if not _mac2_fits(cookie, message):
             return None
         share = int.from_bytes(cookie[:2], "big") / _SPREAD_STEPS
-        assert self._secret_created_at is not None, "a previous secret was replaced"
+        assert self._secret_created_at is not None, "_rotate set the epoch's start"
         replaced_s = now - self._secret_created_at
-        return "due" if replaced_s >= share * RENEWAL_SPREAD_S else "previous"
+        return "due" if replaced_s > share * RENEWAL_SPREAD_S else "previous"
 
     def create_reply(
         self, message: BytesLike, receiver_index: int, source: bytes, now: float
@@ -176,15 +192,17 @@ class RenewingCookieChecker(CookieChecker):
         return super().create_reply(message, receiver_index, source, now)
 
     def _rotate(self, now: float) -> None:
-        """Replace a secret older than COOKIE_REFRESH_TIME_S (kept as the previous one),
-        and forget the previous one COOKIE_REFRESH_TIME_S after it was replaced."""
-        created_at = self._secret_created_at
-        if created_at is None or now - created_at <= COOKIE_REFRESH_TIME_S:
+        """The secrets of `now`'s epoch and of the one before, once per epoch."""
+        epoch = int(now // COOKIE_REFRESH_TIME_S)
+        if epoch == self._epoch:
             return
-        replaced_long_ago = now - created_at > 2 * COOKIE_REFRESH_TIME_S
-        self._previous = b"" if replaced_long_ago else self._secret
-        self._secret = self._random_bytes(HASH_SIZE)
-        self._secret_created_at = now
+        self._epoch = epoch
+        self._secret = self._epoch_secret(epoch)
+        self._previous = self._epoch_secret(epoch - 1)
+        self._secret_created_at = epoch * COOKIE_REFRESH_TIME_S
+
+    def _epoch_secret(self, epoch: int) -> bytes:
+        return keyed_hash(self._secrets_key, epoch.to_bytes(_EPOCH_BYTES, "big", signed=True))
 
 
 class CookieGenerator:

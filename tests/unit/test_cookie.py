@@ -21,6 +21,9 @@ SOURCE = source_bytes(("198.18.0.1", 51820))
 OTHER_SOURCE = source_bytes(("198.18.0.2", 51820))
 SENDER_INDEX = 0x01020304
 NOW = 1000.0
+EPOCH_START = 10 * COOKIE_REFRESH_TIME_S
+"""The start of a renewing checker's epoch (its secrets change at multiples of
+COOKIE_REFRESH_TIME_S)."""
 
 
 def _counting_random() -> Callable[[int], bytes]:
@@ -227,11 +230,11 @@ def test_a_renewing_checker_takes_a_cookie_of_the_secret_before_and_says_so(
 ) -> None:
     checker = RenewingCookieChecker(responder, random_bytes=_counting_random())
     generator = CookieGenerator(responder.public_key, RENEWED_COOKIE_LIFETIME_S)
-    _get_cookie(responder, checker, generator, NOW)
+    _get_cookie(responder, checker, generator, EPOCH_START)
     message = _initiation(responder)
-    generator.add_macs(message, NOW + COOKIE_REFRESH_TIME_S - 1)
-    assert checker.cookie_age(message, SOURCE, NOW + COOKIE_REFRESH_TIME_S - 1) == "current"
-    later = NOW + COOKIE_REFRESH_TIME_S + 1
+    generator.add_macs(message, EPOCH_START + COOKIE_REFRESH_TIME_S - 1)
+    assert checker.cookie_age(message, SOURCE, EPOCH_START + COOKIE_REFRESH_TIME_S - 1) == "current"
+    later = EPOCH_START + COOKIE_REFRESH_TIME_S
     message = _initiation(responder)
     generator.add_macs(message, later)
     # Good, and due for renewal at the source's own time within RENEWAL_SPREAD_S.
@@ -249,13 +252,30 @@ def test_a_renewing_checker_takes_a_cookie_of_the_secret_before_and_says_so(
 def test_a_renewing_checker_refuses_a_cookie_two_secrets_old(responder: LocalIdentity) -> None:
     checker = RenewingCookieChecker(responder, random_bytes=_counting_random())
     generator = CookieGenerator(responder.public_key, 10 * COOKIE_REFRESH_TIME_S)
-    _get_cookie(responder, checker, generator, NOW)
+    _get_cookie(responder, checker, generator, EPOCH_START)
     message = _initiation(responder)
-    generator.add_macs(message, NOW)
-    assert checker.cookie_age(message, SOURCE, NOW + COOKIE_REFRESH_TIME_S + 1) == "previous"
-    assert checker.cookie_age(message, SOURCE, NOW + 2 * COOKIE_REFRESH_TIME_S + 2) is None
-    # A secret left unused for long is not kept as the one before.
-    fresh = RenewingCookieChecker(responder, random_bytes=_counting_random())
-    _get_cookie(responder, fresh, generator, NOW)
-    generator.add_macs(message, NOW)
-    assert fresh.cookie_age(message, SOURCE, NOW + 3 * COOKIE_REFRESH_TIME_S) is None
+    generator.add_macs(message, EPOCH_START)
+    replaced = EPOCH_START + COOKIE_REFRESH_TIME_S
+    assert checker.cookie_age(message, SOURCE, replaced) == "previous"
+    assert checker.cookie_age(message, SOURCE, replaced + COOKIE_REFRESH_TIME_S) is None
+
+
+def test_a_renewing_checker_started_again_takes_the_cookies_it_gave(
+    responder: LocalIdentity,
+) -> None:
+    """Its secrets are its key's and the epoch's: a registry restarted (or a replica with
+    the same key) spares each returning node a cookie round trip; another key's checker
+    takes none of them."""
+    first = RenewingCookieChecker(responder)
+    generator = CookieGenerator(responder.public_key, RENEWED_COOKIE_LIFETIME_S)
+    _get_cookie(responder, first, generator, EPOCH_START)
+    message = _initiation(responder)
+    generator.add_macs(message, EPOCH_START + 1)
+    again = RenewingCookieChecker(responder)
+    assert again.cookie_age(message, SOURCE, EPOCH_START + 1) == "current"
+    assert again.cookie_age(message, SOURCE, EPOCH_START + COOKIE_REFRESH_TIME_S + 1) in (
+        "previous",
+        "due",
+    )
+    other = LocalIdentity.from_private_key(crypto.generate_private_key())
+    assert RenewingCookieChecker(other).cookie_age(message, SOURCE, EPOCH_START + 1) is None

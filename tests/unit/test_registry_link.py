@@ -154,9 +154,10 @@ def test_a_fleets_cookies_are_renewed_at_a_steady_rate_and_none_lapses(pair: Pai
     due = [(pair.now + heartbeat_pause_s(rng, REGISTER_INTERVAL_S), n) for n in range(len(fleet))]
     heapq.heapify(due)
     renewals: list[float] = []
-    # Three replacements of the secret, and the last one's renewals (each within a
-    # heartbeat of its time), before a fourth.
-    end = pair.now + 3 * COOKIE_REFRESH_TIME_S + RENEWAL_SPREAD_S + 1.5 * REGISTER_INTERVAL_S
+    # Three replacements of the secret (at the epochs' starts), and the last one's
+    # renewals (each within a heartbeat of its time), before a fourth.
+    first = (pair.now // COOKIE_REFRESH_TIME_S + 1) * COOKIE_REFRESH_TIME_S
+    end = first + 2 * COOKIE_REFRESH_TIME_S + RENEWAL_SPREAD_S + 1.5 * REGISTER_INTERVAL_S
     while due[0][0] < end:
         pair.now, number = heapq.heappop(due)
         link, source = fleet[number]
