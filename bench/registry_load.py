@@ -47,13 +47,16 @@ replies), from the `registry_stopped` line each logs, and `urgent_wait_p50_us`,
 `_p99_us`, `_max_us`: how long the datagrams a registry answered as it read them
 (heartbeats on a kept channel, key requests) waited in its socket's queue, the
 registry's own share of a heartbeat's round trip (the largest of the replicas'; of a
-registry restarted after an outage, its second run's). `dropped` counts the UDP datagrams the
-machine dropped for a full receive buffer while the heartbeats were measured (the
-registry's socket's, and any load socket's: `socket_drops`) plus the heartbeats that
-needed a second attempt. Nodes share a source address 16 at a time, each in a /24 of
-its own, below the registry's limits of new nodes per address and per /24. Run it on a
-quiet machine: the registry and this process share its cores (`--load-nice 10` runs the
-load processes, which stand for 100,000 other machines, below the registry).
+registry restarted after an outage, its second run's). `dropped` counts the UDP
+datagrams the machine dropped for a full receive buffer while the heartbeats were
+measured (the registry's socket's, and any load socket's: `socket_drops`), the requests
+that needed a second attempt without a busy notice (`requests_retried`: lost once) and
+those given up; a request answered "busy, retry after" and served at its next attempt is
+load shed as the registry means to (`shed_then_served`), not a drop. Nodes share a
+source address 16 at a time, each in a /24 of its own, below the registry's limits of
+new nodes per address and per /24. Run it on a quiet machine: the registry and this
+process share its cores (`--load-nice 10` runs the load processes, which stand for
+100,000 other machines, below the registry).
 """
 
 import argparse
@@ -133,6 +136,8 @@ class SimulatedNode:
     waiting: int | None = None
     sent_s: float = 0.0
     retried: bool = False
+    busy_before: int = 0
+    """How many busy notices its link had taken when the request waited for was sent."""
     switched: bool = False
     beat: bool = False
     """The request waited for is a heartbeat (not the node's first registration)."""
@@ -160,7 +165,12 @@ class Results:
     heartbeat_ms: list[float] = field(default_factory=list)
     steady_heartbeat_ms: list[float] = field(default_factory=list)
     """Of heartbeat_ms, those sent once every node was registered."""
-    heartbeats_retried: int = 0
+    requests_retried: int = 0
+    """Requests (heartbeats, registrations) answered at a later attempt, without a busy
+    notice: lost once."""
+    shed_then_served: int = 0
+    """Requests answered "busy, retry after" and served at their next attempt (the
+    registry shedding load, not losing it)."""
     gave_up: int = 0
     socket_drops: int = 0
     registry_cpu_percent: float = 0.0
@@ -204,9 +214,10 @@ class Results:
             "heartbeat_p99_ms": _round(_percentile(beats, 99)),
             "heartbeat_max_ms": _round(beats[-1] if beats else 0.0),
             "steady_heartbeat_p99_ms": _round(_percentile(sorted(self.steady_heartbeat_ms), 99)),
-            "dropped": self.socket_drops + self.heartbeats_retried + self.gave_up,
+            "dropped": self.socket_drops + self.requests_retried + self.gave_up,
             "socket_drops": self.socket_drops,
-            "heartbeats_retried": self.heartbeats_retried,
+            "requests_retried": self.requests_retried,
+            "shed_then_served": self.shed_then_served,
             "gave_up": self.gave_up,
             "registry_cpu_percent": round(self.registry_cpu_percent, 1),
             "registry_rss_mib": round(self.registry_rss_mib, 1),
@@ -288,6 +299,8 @@ class Swarm:
         self.told = 0
         self.kill_at: float | None = None
         self.retried = 0
+        self.shed = 0
+        """Requests answered busy, then served at their next attempt."""
         self.gave_up = 0
         self.rng = random.Random()
         self.probes = 0
@@ -326,6 +339,7 @@ class Swarm:
         fields = {"hostname": node.hostname, "tags": ["bench"], "lan": []}
         node.waiting = node.link.request("register", fields, now)
         node.retried = node.switched = False
+        node.busy_before = node.link.busy
         node.beat = beat
         self.waiting.add(node.number)
         self._flush(node)
@@ -386,6 +400,9 @@ class Swarm:
             self.failovers.append(now - node.sent_s)
             if self.kill_at is not None:
                 self.served_after_kill.append(now - self.kill_at)
+        elif node.retried and node.link.busy > node.busy_before:
+            # Told "busy, retry after" and served when it came back: shed, not lost.
+            self.shed += 1
         elif node.retried:
             self.retried += 1
         elif node.beat:
@@ -617,6 +634,7 @@ def _worker(
                 (
                     swarm.latencies,
                     swarm.retried,
+                    swarm.shed,
                     swarm.gave_up,
                     swarm.failovers,
                     swarm.served_after_kill,
@@ -770,10 +788,11 @@ def run(args: argparse.Namespace) -> Results:
                 processes[1].wait()
                 cpu_before -= cpu_killed
             for _, conn in workers:
-                latencies, retried, gave_up, failovers, served, told = conn.recv()
+                latencies, retried, shed, gave_up, failovers, served, told = conn.recv()
                 results.heartbeat_ms += [ms for _, ms in latencies]
                 results.steady_heartbeat_ms += [ms for sent, ms in latencies if sent >= done_at[-1]]
-                results.heartbeats_retried += retried
+                results.requests_retried += retried
+                results.shed_then_served += shed
                 results.gave_up += gave_up
                 results.failover_s += failovers
                 results.served_after_kill_s += served
@@ -784,7 +803,10 @@ def run(args: argparse.Namespace) -> Results:
             results.registry_rss_mib = max(_rss_mib(p.pid) for p in processes if p.poll() is None)
             results.socket_drops = drops_after - drops_before
             results.heartbeats = (
-                len(results.heartbeat_ms) + results.heartbeats_retried + len(results.failover_s)
+                len(results.heartbeat_ms)
+                + results.requests_retried
+                + results.shed_then_served
+                + len(results.failover_s)
             )
             if args.registry_outage is not None:
                 _outage(args, results, workers, processes, ports, tmp, database)
