@@ -108,7 +108,6 @@ REGISTRY_COUNTERS = (
     "busy_behind",
     "key_request_behind",
     "backlog_full",
-    "expired_in_queue",
     "cookie_replies",
     "cookie_renewals",
     "stale_counter",

@@ -19,7 +19,6 @@ from pilotif.control.wire import (
     KEY_REQUEST,
     RELAY_TYPE,
     REQUEST_MACS_SIZE,
-    REQUEST_RETRY_S,
     ControlChannel,
     StaleCounter,
     WireError,
@@ -139,14 +138,6 @@ class ControlFront(Generic[T]):
             return control_sender(data) in self.channels
         except WireError:
             return False
-
-    def expired(self, data: bytes, waited_s: float) -> bool:
-        """Whether a datagram that waited `waited_s` in the socket's queue is dropped
-        unread: a control message (0x50) older than REQUEST_RETRY_S, whose sender has
-        sent it again by now (it is behind it in the queue), or has given it up. Serving
-        both copies doubled the work of a registry that fell a second behind, and so
-        on: a queue became a collapse."""
-        return waited_s > REQUEST_RETRY_S and data[:1] == _CONTROL_TYPE_BYTE
 
     def _channel(
         self, sender: bytes, source: Endpoint, now: float

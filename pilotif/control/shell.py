@@ -65,10 +65,6 @@ class DatagramCore(Protocol):
     def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> list[Outgoing]:
         """What to send in answer to one datagram."""
 
-    def expired(self, data: bytes, waited_s: float) -> bool:
-        """Whether a datagram that waited `waited_s` since it arrived is dropped unread
-        (its sender has sent it again by now)."""
-
     def waited(self, delay_s: float, now: float) -> None:
         """A datagram of the backlog about to be handled waited `delay_s` since it
         arrived."""
@@ -92,9 +88,7 @@ class CoreProtocol:
     `backlog_full`) served DRAIN_S at a time between reads, so that a heartbeat never
     waits behind a crowd of new nodes. The core hears how long each backlog datagram
     waited since it arrived (`waited`, from the kernel's receive timestamp where there is
-    one), which is how it knows it falls behind; what waited so long that the core calls
-    it expired (its sender has sent it again) is dropped unread and counted as
-    `expired_in_queue`."""
+    one), which is how it knows it falls behind."""
 
     def __init__(self, core: DatagramCore, lease: CounterLease) -> None:
         self._core = core
@@ -128,16 +122,14 @@ class CoreProtocol:
                 # An ICMP error queued on the socket by an earlier send.
                 self._core.counters["socket_error"] += 1
                 continue
-            arrived = kernel_arrival(ancillary)
-            if arrived is not None and self._expired(data, time.time() - arrived):
-                continue
             source = (plain_host(str(addr[0]), self._dual_stack), int(addr[1]))
             if self._core.urgent(data):
+                arrived = kernel_arrival(ancillary)
                 if arrived is not None:
                     self.urgent_waits.add(time.time() - arrived)
                 self.answer(data, source)
             elif len(self._backlog) < MAX_BACKLOG:
-                self._backlog.append((data, source, arrived))
+                self._backlog.append((data, source, kernel_arrival(ancillary)))
             else:
                 self._core.counters["backlog_full"] += 1
         if self._backlog and not self._draining:
@@ -152,8 +144,6 @@ class CoreProtocol:
             if arrived is not None:
                 now = time.time()
                 self._core.waited(now - arrived, now)
-                if self._expired(data, now - arrived):
-                    continue
             self.answer(data, source)
             if time.monotonic() >= until:
                 break
@@ -162,13 +152,6 @@ class CoreProtocol:
         else:
             self._core.drained(time.time())
             self._draining = False
-
-    def _expired(self, data: bytes, waited_s: float) -> bool:
-        """Whether the core drops `data` after that wait (counted)."""
-        if not self._core.expired(data, waited_s):
-            return False
-        self._core.counters["expired_in_queue"] += 1
-        return True
 
     def answer(self, data: bytes, source: Endpoint) -> None:
         """Hand one datagram from `source` to the core and send what it answers."""

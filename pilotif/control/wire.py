@@ -78,10 +78,6 @@ data plane's window is 8,192 counters)."""
 _WINDOW_MASK: Final = (1 << CONTROL_REPLAY_WINDOW) - 1
 """The cap lets counters fit a signed SQL BIGINT (pilotif.control.counter_lease hands them out)."""
 
-REQUEST_RETRY_S: Final = 1.0
-"""How long a node waits for the answer to a request before it sends the request again
-(RegistryLink). A control message that waited longer in the queue of the registry's (or
-a relay's) socket has been sent again behind it, or given up: ControlFront.expired."""
 COUNTER_LEASE: Final = 1024
 """The counter floor the registry stores for a node runs at most this far ahead of the
 counters it accepted, so it is written once per COUNTER_LEASE / 2 messages; after a

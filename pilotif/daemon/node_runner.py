@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from pilotif.control.counter_lease import CounterLease
-from pilotif.control.wire import REQUEST_RETRY_S
 from pilotif.net.hostport import format_endpoint
 from pilotif.net.portmap.client import PortMapper, PortMapping
 from pilotif.node.cache import NodeCache, NodeSnapshot
@@ -46,7 +45,7 @@ from pilotif.node.policy import (
 )
 from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registration import UNREACHABLE
-from pilotif.node.registry_link import REQUEST_ATTEMPTS
+from pilotif.node.registry_link import REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
 from pilotif.util.errors import CodedError
 from pilotif.util.logs import log_event

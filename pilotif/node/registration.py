@@ -27,7 +27,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Final
 
 from pilotif.control.relay_info import RelayInfo, relays_from_json
-from pilotif.control.wire import REQUEST_RETRY_S, format_endpoint
+from pilotif.control.wire import format_endpoint
 from pilotif.net.fallback import TransportMode
 from pilotif.net.proxy import Proxy
 from pilotif.node.events import (
@@ -45,6 +45,7 @@ from pilotif.node.other_family import OtherFamily
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
     REQUEST_ATTEMPTS,
+    REQUEST_RETRY_S,
     Errands,
     MoveAsked,
     RegistryLink,

@@ -23,7 +23,6 @@ from pilotif.control.wire import (
     RELAY_SOURCE_UNKNOWN,
     REPLICA_KEEPALIVE,
     REQUEST_MACS_SIZE,
-    REQUEST_RETRY_S,
     ControlChannel,
     WireError,
     parse_busy,
@@ -38,6 +37,7 @@ from pilotif.wg.messages import MessageError, parse_cookie_reply
 REGISTER_INTERVAL_S: Final = 20.0
 """How often a node registers again (its heartbeat)."""
 REQUEST_ATTEMPTS: Final = 5
+REQUEST_RETRY_S: Final = 1.0
 BUSY_JITTER: Final = 0.5
 """A busy registry's pause is stretched or shrunk by up to this fraction at random, so
 that the nodes it turned away at once do not come back at once."""

@@ -173,10 +173,6 @@ class RelayCore:
         """Whether the shell serves `data` before its backlog (ControlFront.urgent)."""
         return self._front.urgent(data)
 
-    def expired(self, data: bytes, waited_s: float) -> bool:
-        """Whether the shell drops `data` unread after that wait (ControlFront.expired)."""
-        return self._front.expired(data, waited_s)
-
     def waited(self, delay_s: float, now: float) -> None:
         """A datagram of the shell's backlog waited `delay_s` since it arrived: while they
         all wait too long, new channels are answered busy (ControlGate.behind)."""

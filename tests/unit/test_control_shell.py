@@ -25,8 +25,6 @@ DATAGRAMS = 10
 HELD_S = 0.2
 URGENT = b"U"
 """How long the loop is kept from reading (each datagram waited at least that)."""
-EXPIRING = b"E"
-"""A datagram the core calls expired once it waited HELD_S."""
 
 
 class RecordingCore:
@@ -51,9 +49,6 @@ class RecordingCore:
 
     def urgent(self, data: bytes) -> bool:
         return data.startswith(URGENT)
-
-    def expired(self, data: bytes, waited_s: float) -> bool:
-        return EXPIRING in data[:2] and waited_s >= HELD_S
 
     def waited(self, delay_s: float, now: float) -> None:
         self.waits.append(delay_s)
@@ -206,36 +201,3 @@ def test_the_wait_of_each_datagram_answered_as_read_is_kept(tmp_path: Path) -> N
             assert HELD_S <= protocol.urgent_waits.quantile(0.5) < WAIT_S
 
     asyncio.run(test())
-
-
-@pytest.mark.skipif(sys.platform != "linux", reason="receive timestamps are Linux's")
-def test_what_waited_until_its_sender_sent_it_again_is_dropped_unread(tmp_path: Path) -> None:
-    """A registry a second behind served each request twice (the node's retry came
-    behind it), which put it further behind: what the core calls expired after its wait
-    is dropped unread and counted, urgent or not; the rest is served."""
-    core = RecordingCore()
-    lease = CounterLease(tmp_path / "counter")
-
-    async def test() -> None:
-        with (
-            serving_udp(core, lease, ("127.0.0.1", 0)) as (protocol, at),
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client,
-        ):
-            # The kernel stamps datagrams a moment after the socket asks: wait for that.
-            async with asyncio.timeout(WAIT_S):
-                while protocol.urgent_waits.count == 0:
-                    client.sendto(URGENT + b"first", at)
-                    await asyncio.sleep(0.05)
-            before = core.heard
-            kept = [URGENT + b"kept", b"kept"]
-            for data in [URGENT + EXPIRING, EXPIRING, *kept]:
-                client.sendto(data, at)
-            time.sleep(HELD_S)
-            async with asyncio.timeout(WAIT_S):
-                while core.heard < before + len(kept):
-                    await asyncio.sleep(0.01)
-            await asyncio.sleep(0.05)
-            assert core.handled[before:] == kept
-
-    asyncio.run(test())
-    assert core.counters["expired_in_queue"] == 2

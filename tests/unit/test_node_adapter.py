@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 
 from pilotif.control.counter_lease import CounterLease
-from pilotif.control.wire import REQUEST_RETRY_S
 from pilotif.daemon.node_runner import JOIN_GRACE_S, NodeRunner, RegistryError
 from pilotif.node.cache import NodeCache
 from pilotif.node.core import NodeCore
@@ -21,6 +20,7 @@ from pilotif.node.events import NodeEvent
 from pilotif.node.path_manager import Opener
 from pilotif.node.policy_files import PolicyFiles
 from pilotif.node.registration import NodeOptions
+from pilotif.node.registry_link import REQUEST_RETRY_S
 from pilotif.node.trust import TrustFiles
 from pilotif.registry.core import RegistryCore
 from pilotif.registry.store import Store

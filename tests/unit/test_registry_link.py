@@ -12,14 +12,7 @@ from typing import Any
 import pytest
 
 from pilotif.control.counter_lease import LEASE, CounterLease
-from pilotif.control.wire import (
-    COUNTER_LEASE,
-    KEY_REQUEST,
-    RELAY_TYPE,
-    REPLICA_KEEPALIVE,
-    REQUEST_RETRY_S,
-    ControlChannel,
-)
+from pilotif.control.wire import COUNTER_LEASE, REPLICA_KEEPALIVE, ControlChannel
 from pilotif.node.registration import heartbeat_pause_s
 from pilotif.node.registry_link import (
     REGISTER_INTERVAL_S,
@@ -170,26 +163,6 @@ def test_a_fleets_cookies_are_renewed_at_a_steady_rate_and_none_lapses(pair: Pai
     busiest = max(sum(at <= t < at + REGISTER_INTERVAL_S for t in renewals) for at in renewals)
     # Spread over 80 s: about a quarter of the fleet in any 20 s (all of it before).
     assert busiest <= len(fleet) // 2
-
-
-def test_a_request_that_waited_past_the_nodes_retry_is_dropped_unread(pair: Pair) -> None:
-    """By the time a request has waited REQUEST_RETRY_S in the registry's queue, the node
-    has sent it again (behind it): the registry drops it unread and serves the copy.
-    Key requests (the probes of nodes away) and relayed packets are never dropped so."""
-    link = pair.link(generate_private_key())
-    register(pair, link, ALICE, "alice")
-    link.request("lookup", {"query": "alice"}, pair.now)
-    [(first, _)] = link.outgoing
-    assert not pair.core.expired(first, REQUEST_RETRY_S * 0.9)
-    assert pair.core.expired(first, REQUEST_RETRY_S * 1.1)
-    link.outgoing.clear()
-    pair.now += REQUEST_RETRY_S
-    assert link.handle_timer(pair.now) == []
-    [(again, _)] = link.outgoing
-    assert again != first
-    assert [type(i) for i in pair.exchange(link, ALICE)] == [Reply]
-    assert not pair.core.expired(KEY_REQUEST, 10 * REQUEST_RETRY_S)
-    assert not pair.core.expired(bytes((RELAY_TYPE,)) + first[1:], 10 * REQUEST_RETRY_S)
 
 
 def test_a_heartbeat_is_checked_unless_it_repeats_what_the_registry_holds(pair: Pair) -> None:

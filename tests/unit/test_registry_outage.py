@@ -12,13 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pilotif.control.wire import (
-    CONTROL_TYPE,
-    KEY_REQUEST,
-    KEY_REQUEST_TYPE,
-    REQUEST_RETRY_S,
-    pack_key_reply,
-)
+from pilotif.control.wire import CONTROL_TYPE, KEY_REQUEST, KEY_REQUEST_TYPE, pack_key_reply
 from pilotif.node.events import RegistryKeyRefused, RegistryRegained, RegistrySwitched
 from pilotif.node.registration import (
     HEARTBEAT_JITTER,
@@ -28,7 +22,7 @@ from pilotif.node.registration import (
     PROBE_MAX_S,
     probe_pause_s,
 )
-from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS
+from pilotif.node.registry_link import REGISTER_INTERVAL_S, REQUEST_ATTEMPTS, REQUEST_RETRY_S
 from pilotif.wg.crypto import generate_private_key, public_key
 from tests.unit.netsim import LOST_WITHIN_S, REGISTRY, Network, SimNode
 from tests.unit.test_node_replicas import REPLICA_A, REPLICA_B, Joined

@@ -112,9 +112,6 @@ class Registry:
     def urgent(self, data: bytes) -> bool:
         return False
 
-    def expired(self, data: bytes, waited_s: float) -> bool:
-        return False
-
 
 class Node:
     """A Bind with streams, read the way the data path reads it."""

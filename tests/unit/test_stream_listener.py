@@ -63,9 +63,6 @@ class EchoCore:
     def urgent(self, data: bytes) -> bool:
         return False
 
-    def expired(self, data: bytes, waited_s: float) -> bool:
-        return False
-
 
 Core = EchoCore | RelayCore
 
