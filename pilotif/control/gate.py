@@ -67,8 +67,8 @@ _MAX_CONTROL_DATAGRAM: Final = (
 )
 _MIN_CONTROL_DATAGRAM: Final = CONTROL_HEADER_SIZE + AEAD_TAG_SIZE + REQUEST_MACS_SIZE
 _IPV6_GROUP_BYTES: Final = 8
-_IPV4_BITS: Final = 32
 """Rate limits count an IPv6 source by its /64, as one host may own all of it."""
+_IPV4_BITS: Final = 32
 
 Outgoing = tuple[bytes, Endpoint]
 """A datagram to send and where to."""
