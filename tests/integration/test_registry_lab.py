@@ -442,6 +442,7 @@ FALLBACK_DEADLINE_S = 10.0
 """Issue 3: a direct path that dies falls back to the relay within 10 s."""
 
 
+@pytest.mark.alone
 def test_a_dead_direct_path_falls_back_to_the_relay_within_ten_seconds(
     cone_pair: NatLab,
 ) -> None:

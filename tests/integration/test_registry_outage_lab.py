@@ -80,6 +80,7 @@ def pair(tmp_path: Path) -> Iterator[NatLab]:
         yield lab
 
 
+@pytest.mark.alone
 def test_nodes_are_back_within_a_second_of_the_registrys_return(pair: NatLab) -> None:
     both = (pair["alpha"], pair["beta"])
     pair.stop_registry()
