@@ -160,7 +160,6 @@ class RenewingCookieChecker(CookieChecker):
     ) -> None:
         super().__init__(local, random_bytes, reply_type)
         self._secrets_key = hash_(_SECRETS_LABEL, local.private_key)
-        self._epoch: int | None = None
         self._previous = b""
         """The secret of the epoch before the current one."""
 
@@ -194,12 +193,12 @@ class RenewingCookieChecker(CookieChecker):
     def _rotate(self, now: float) -> None:
         """The secrets of `now`'s epoch and of the one before, once per epoch."""
         epoch = int(now // COOKIE_REFRESH_TIME_S)
-        if epoch == self._epoch:
+        start = epoch * COOKIE_REFRESH_TIME_S
+        if start == self._secret_created_at:
             return
-        self._epoch = epoch
         self._secret = self._epoch_secret(epoch)
         self._previous = self._epoch_secret(epoch - 1)
-        self._secret_created_at = epoch * COOKIE_REFRESH_TIME_S
+        self._secret_created_at = start
 
     def _epoch_secret(self, epoch: int) -> bytes:
         return keyed_hash(self._secrets_key, epoch.to_bytes(_EPOCH_BYTES, "big", signed=True))
